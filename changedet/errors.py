@@ -39,3 +39,11 @@ class ScenarioError(ChangedetError):
 
 class DateError(ChangedetError):
     """A date or date range is malformed or inverted."""
+
+
+class StoreError(ChangedetError):
+    """A metric or alert store cannot be opened, read or written."""
+
+
+class RuleError(ChangedetError):
+    """A baseline rule has an unknown kind or invalid parameters."""

@@ -182,3 +182,19 @@ def crs_of(da: xr.DataArray) -> pyproj.CRS:
             "or load it with changedet.io.read_raster"
         )
     return pyproj.CRS.from_user_input(crs.to_wkt())
+
+
+def aoi_grid(aoi, resolution_m: float, *, margin_m: float = 20.0) -> GridSpec:
+    """The AOI's fixed pixel grid for a sensor resolution.
+
+    The site polygon is projected to its UTM zone, buffered by ``margin_m`` (so
+    co-registration and neighbourhood kernels have context at the edges) and snapped
+    to multiples of the resolution; every acquisition of that AOI and resolution lands
+    on exactly this grid.
+    """
+    crs = aoi.utm_crs()
+    poly = aoi.to_crs(aoi.polygon, crs)
+    xmin, ymin, xmax, ymax = poly.bounds
+    return GridSpec.from_bounds(
+        crs, (xmin - margin_m, ymin - margin_m, xmax + margin_m, ymax + margin_m), resolution_m
+    )

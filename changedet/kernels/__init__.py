@@ -1,0 +1,42 @@
+"""Pure array kernels for change detection (numpy- or dask-backed xarray in, same out).
+
+- :mod:`~changedet.kernels.change`: pairwise kernels (band difference, normalised
+  difference, spectral indices, change-vector magnitude, SAR log-ratio);
+- :mod:`~changedet.kernels.baseline`: per-pixel robust baselines over a time stack
+  and robust z-scores / change magnitude against them;
+- :mod:`~changedet.kernels.threshold`: global thresholds (Otsu, k*MAD), the cleaned
+  change mask, and its area in m^2.
+
+Kernels are lazy for dask input (no compute) except the thresholds and the area, which
+return Python floats.
+"""
+
+from changedet.kernels.baseline import MAD_SCALE, change_magnitude, robust_baseline, zscore
+from changedet.kernels.change import (
+    SPECTRAL_INDICES,
+    KernelError,
+    band_diff,
+    cva,
+    log_ratio,
+    normalized_diff,
+    spectral_index,
+)
+from changedet.kernels.threshold import change_mask, changed_area_m2, k_mad, otsu
+
+__all__ = [
+    "KernelError",
+    "MAD_SCALE",
+    "SPECTRAL_INDICES",
+    "band_diff",
+    "change_magnitude",
+    "change_mask",
+    "changed_area_m2",
+    "cva",
+    "k_mad",
+    "log_ratio",
+    "normalized_diff",
+    "otsu",
+    "robust_baseline",
+    "spectral_index",
+    "zscore",
+]

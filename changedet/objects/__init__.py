@@ -1,0 +1,1 @@
+"""Object change: railcars per track, container stacks in TEU, ships at berth."""

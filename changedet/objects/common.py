@@ -1,0 +1,130 @@
+"""Detections and counts shared by the object counters."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+import pyproj
+import shapely
+import xarray as xr
+from shapely.geometry import Polygon, box
+from shapely.affinity import rotate, translate
+
+from changedet.errors import ChangedetError
+from changedet.grid import GridSpec
+
+# Band names understood for (blue, green, red, nir), as written by common sources.
+_BGRN_NAMES = (
+    ("B", "G", "R", "NIR"),
+    ("B02", "B03", "B04", "B08"),
+    ("blue", "green", "red", "nir"),
+)
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One detected object. ``polygon`` is in the image CRS (metres)."""
+
+    kind: str
+    type: str
+    polygon: Polygon
+    score: float
+    feature_id: str | None
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CountResult:
+    """Counts over an image's features.
+
+    ``total`` is a count of objects (railcars, ships) or an estimate in TEU for
+    containers; ``uncertainty`` is one standard deviation of ``total`` where the method
+    can state one.
+    """
+
+    kind: str
+    total: float
+    by_type: Mapping[str, float]
+    per_feature: tuple[Mapping[str, Any], ...]
+    detections: tuple[Detection, ...]
+    crs: pyproj.CRS
+    uncertainty: float | None = None
+    observed_fraction: float = 1.0   # share of the features seen (not cloud, inside the image)
+
+    def to_json(self, *, to_crs: pyproj.CRS | None = None) -> dict[str, Any]:
+        """The CLI contract: total, by_type, per_feature, detections (GeoJSON geometries)."""
+        transformer = None
+        if to_crs is not None and not pyproj.CRS.from_user_input(to_crs).equals(self.crs):
+            transformer = pyproj.Transformer.from_crs(self.crs, to_crs, always_xy=True)
+        dets = []
+        for d in self.detections:
+            geom = d.polygon
+            if transformer is not None:
+                geom = shapely.ops.transform(transformer.transform, geom)
+            dets.append({"type": d.type, "polygon": shapely.geometry.mapping(geom), "score": round(d.score, 3),
+                         "feature_id": d.feature_id, **{k: v for k, v in d.attrs.items()}})
+        out = {"kind": self.kind, "total": _num(self.total), "by_type": {k: _num(v) for k, v in self.by_type.items()},
+               "per_feature": [dict(p) for p in self.per_feature], "detections": dets,
+               "observed_fraction": round(self.observed_fraction, 4)}
+        if self.uncertainty is not None:
+            out["uncertainty"] = round(float(self.uncertainty), 2)
+        return out
+
+
+def _num(v: float) -> float | int:
+    return int(v) if float(v).is_integer() else round(float(v), 2)
+
+
+def bgrn(image: xr.DataArray) -> np.ndarray:
+    """Pixels as float32 (4, rows, cols) in blue, green, red, NIR order.
+
+    Raises a clear error when the bands cannot be identified (the counters reason about
+    colour, so guessing band order would silently give wrong answers).
+    """
+    if "band" not in image.dims:
+        raise ChangedetError("the image needs a 'band' dimension with named bands (e.g. R, G, B, NIR)")
+    names = [str(b) for b in image["band"].values]
+    for cand in _BGRN_NAMES:
+        if all(c in names for c in cand):
+            return np.stack([np.asarray(image.sel(band=c).values, dtype="float32") for c in cand])
+    upper = [n.upper() for n in names]
+    for cand in _BGRN_NAMES:
+        if all(c.upper() in upper for c in cand):
+            return np.stack([np.asarray(image.isel(band=upper.index(c.upper())).values, dtype="float32")
+                             for c in cand])
+    if len(names) >= 4:
+        # Unnamed 4-band imagery: assume the usual R, G, B, NIR order of VHR products.
+        data = np.asarray(image.values[:4], dtype="float32")
+        return data[[2, 1, 0, 3]]
+    raise ChangedetError(
+        f"cannot identify blue, green, red and NIR among bands {names}; name them R, G, B, NIR or B02, B03, B04, B08"
+    )
+
+
+def oriented_rect(cx: float, cy: float, angle: float, length: float, width: float) -> Polygon:
+    rect = box(-length / 2, -width / 2, length / 2, width / 2)
+    return translate(rotate(rect, angle, origin=(0, 0), use_radians=True), cx, cy)
+
+
+def runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """Half-open index ranges [a, b) of True runs in a 1-D boolean array."""
+    m = np.concatenate([[False], np.asarray(mask, bool), [False]])
+    d = np.diff(m.astype(np.int8))
+    return list(zip(np.nonzero(d == 1)[0], np.nonzero(d == -1)[0]))
+
+
+def robust_ref(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band median and scaled MAD of (n, band) samples, ignoring NaN rows."""
+    s = samples[np.all(np.isfinite(samples), axis=1)]
+    if s.shape[0] == 0:
+        return np.full(samples.shape[1], np.nan), np.full(samples.shape[1], np.nan)
+    med = np.median(s, axis=0)
+    mad = 1.4826 * np.median(np.abs(s - med), axis=0)
+    return med, mad
+
+
+def angle_of(x0: float, y0: float, x1: float, y1: float) -> float:
+    return math.atan2(y1 - y0, x1 - x0)
