@@ -39,6 +39,7 @@ def count_railcars(
     *,
     valid: xr.DataArray | None = None,
     sun_azimuth_deg: float | None = None,
+    sun_elevation_deg: float | None = None,
     min_contrast: float = 4.0,
 ) -> CountResult:
     """Count railcars on each track of an optical image.
@@ -55,6 +56,9 @@ def count_railcars(
         Solar azimuth at acquisition (degrees clockwise from north, from the scene
         metadata). Tells which side of each track its cars' shadows fall on; inferred
         from the image when not given.
+    sun_elevation_deg : float, optional
+        Solar elevation at acquisition (degrees). With a high sun, a shadow beside a
+        track can only be cast by a car on that track, which resolves dark cars.
     min_contrast : float
         Distance from the empty-track colour, in units of its own spread, above which a
         position counts as occupied.
@@ -80,12 +84,13 @@ def count_railcars(
     total_obs, total_len = 0.0, 0.0
     est_total, est_var = 0.0, 0.0
     for tid, strip in strips.items():
-        occ, seen = _occupancy(strip, refs, min_contrast=min_contrast, vhr=vhr,
-                               sun_left=_sun_left(tracks[tid], sun_azimuth_deg))
+        sun_left, own_only = _sun_geometry(tracks[tid], sun_azimuth_deg, sun_elevation_deg)
+        occ, seen = _occupancy(strip, refs, min_contrast=min_contrast, vhr=vhr, sun_left=sun_left,
+                               anti_shadow_is_own=own_only)
         total_obs += seen.sum() * strip.step_m
         total_len += seen.size * strip.step_m
         if vhr:
-            cars = _split_cars(strip, occ, seen)
+            cars = _split_cars(strip, occ, seen, refs["lit_sd"])
             by_type: dict[str, int] = {}
             for a, b, ctype, score in cars:
                 by_type[ctype] = by_type.get(ctype, 0) + 1
@@ -165,7 +170,7 @@ def _empty_track_reference(strips: Mapping[str, Strip]) -> dict[str, np.ndarray]
 
 
 def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
-               sun_left: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+               sun_left: bool | None = None, anti_shadow_is_own: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Boolean occupied and observed (finite) flags per along-track position.
 
     Colour alone cannot tell a black tank car from shadowed ballast, nor a grey car
@@ -193,9 +198,16 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
     d_lit = dist(mean, refs["lit"], refs["lit_sd"])
     occ = d_lit > min_contrast
     if np.all(np.isfinite(refs["shadow"])) and left.any() and right.any():
-        d_sh = dist(mean, refs["shadow"], refs["shadow_sd"])
-        dark = occ & (d_sh <= min_contrast)
-        colourful = occ & ~dark
+        # Ground is any mix of lit and shadowed ballast (a shadow edge may cross the
+        # centre): measure the distance to the segment between the two references.
+        lit, sh = refs["lit"][:, None], refs["shadow"][:, None]
+        span = lit - sh
+        alpha = np.clip(np.nansum((mean - sh) * span, axis=0) / max(float((span ** 2).sum()), 1e-9), 0, 1)
+        sd = refs["shadow_sd"][:, None] + alpha * (refs["lit_sd"] - refs["shadow_sd"])[:, None]
+        d_ground = np.sqrt(np.nanmean(((mean - (sh + alpha * span)) / sd) ** 2, axis=0))
+        ground_like = d_ground <= min_contrast
+        dark = ground_like & (alpha < 0.5)
+        colourful = ~ground_like
         lit_b = float(np.mean(refs["lit"]))
         k = int(1.0 / strip.step_m) | 1
         bl = ndimage.uniform_filter1d(np.nanmean(strip.values[:, left, :], axis=(0, 1)), k)
@@ -213,7 +225,10 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
             # its centre stays lit: a shadow cast from the sun side would cover the centre.
             anti_dark = anti_b < 0.6 * lit_b
         texture = np.nanmean(np.nanstd(c, axis=1), axis=0) / max(float(np.nanmean(refs["shadow_sd"])), 1e-4)
-        occ = colourful | (dark & (sun_lit | (texture > 4.0))) | (~dark & anti_dark)
+        # Structure inside a dark centre is only trusted when the sun side is unknown: with
+        # a known sun, the edge of a neighbour's shadow crossing the centre mimics it.
+        structured = texture > 4.0 if sun_left is None else np.zeros_like(dark)
+        occ = colourful | (dark & (sun_lit | structured)) | (anti_dark & (~dark | anti_shadow_is_own))
     occ &= seen
     if vhr:
         # Close sub-metre holes (specular glints, noise) and drop specks shorter than 4 m.
@@ -225,17 +240,36 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
     return occ & seen, seen
 
 
-def _sun_left(line: LineString, sun_azimuth_deg: float | None) -> bool | None:
-    """Whether the sun lies to the left of the line's direction of travel (None: unknown)."""
-    if sun_azimuth_deg is None:
-        return None
+# Tallest common rolling stock (m) and the closest track spacing in yards (m).
+_MAX_CAR_HEIGHT_M = 5.0
+_MIN_TRACK_SPACING_M = 4.8
+
+
+def _sun_geometry(line: LineString, azimuth_deg: float | None,
+                  elevation_deg: float | None) -> tuple[bool | None, bool]:
+    """Which side of the track faces the sun, and whether a neighbour's shadow can reach
+    this track's anti-sun side.
+
+    Returns ``(sun_left, anti_shadow_is_own)``; ``sun_left`` is None when unknown or when
+    the sun shines along the track (shadows then fall along it, not beside it).
+    """
+    if azimuth_deg is None:
+        return None, False
     (x0, y0), (x1, y1) = line.coords[0], line.coords[-1]
-    left = np.array([-(y1 - y0), x1 - x0])
-    az = math.radians(sun_azimuth_deg)
-    dot = float(left @ np.array([math.sin(az), math.cos(az)]))
-    if abs(dot) < 0.2 * float(np.hypot(*left)):
-        return None  # sun nearly along the track: shadows fall along it, not beside it
-    return dot > 0
+    d = np.array([x1 - x0, y1 - y0]) / max(math.hypot(x1 - x0, y1 - y0), 1e-9)
+    left = np.array([-d[1], d[0]])
+    az = math.radians(azimuth_deg)
+    sun = np.array([math.sin(az), math.cos(az)])
+    across = float(left @ sun)
+    if abs(across) < 0.2:
+        return None, False
+    own_only = False
+    if elevation_deg is not None:
+        reach = _MAX_CAR_HEIGHT_M / math.tan(math.radians(max(elevation_deg, 1.0))) * abs(across)
+        # The neighbour's body edge is spacing - half width away; our anti-sun side
+        # starts 1.95 m past our centre line.
+        own_only = reach < _MIN_TRACK_SPACING_M - 1.65 + 1.95
+    return across > 0, own_only
 
 
 def _drop_short(mask: np.ndarray, min_len: int) -> np.ndarray:
@@ -247,23 +281,26 @@ def _drop_short(mask: np.ndarray, min_len: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------ splitting
-def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray) -> list[tuple[float, float, str, float]]:
+def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray) -> list[tuple[float, float, str, float]]:
     """Cut occupied runs into cars: (start_m, end_m, type, score) per car."""
     step = strip.step_m
     centre, _ = _zones(strip)
-    mean = np.nanmean(strip.values[:, centre, :], axis=1)
-    mean = np.where(np.isfinite(mean), mean, 0.0)
-    bright = mean.mean(axis=0)
-    # Cut evidence: a dip in brightness of the centre line (the ballast seen through a
-    # coupler gap is usually darker or lighter than both car ends) and a colour edge.
+    sides = np.abs(strip.across_m) >= 1.95
+    mean = np.nan_to_num(np.nanmean(strip.values[:, centre, :], axis=1))
+    side = np.nan_to_num(np.nanmean(strip.values[:, sides, :], axis=1))
+    sigma = max(float(np.nanmean(sd)), 1e-3)
+    # Cut evidence, in units of the empty track's colour spread:
+    # a colour edge between neighbouring car ends ...
     k = max(1, int(round(1.0 / step)))
     edge = np.zeros(mean.shape[1])
-    edge[k:-k] = np.linalg.norm(mean[:, 2 * k:] - mean[:, :-2 * k], axis=0) if mean.shape[1] > 2 * k else 0
-    scale = np.median(np.abs(np.diff(bright))) + 1e-4
-    dip = np.abs(bright - ndimage.maximum_filter1d(bright, size=4 * k + 1)) + \
-        np.abs(bright - ndimage.minimum_filter1d(bright, size=4 * k + 1))
-    evidence = (edge + 0.5 * dip) / scale
-    evidence = ndimage.maximum_filter1d(evidence, size=k + 1)
+    if mean.shape[1] > 2 * k:
+        edge[k:-k] = np.linalg.norm(mean[:, 2 * k:] - mean[:, :-2 * k], axis=0)
+    # ... or a coupler gap: the centre briefly looks like the ground beside the track.
+    d = np.linalg.norm(mean - side, axis=0)
+    k2 = max(1, int(round(1.5 / step)))
+    around = np.minimum(np.roll(d, k2), np.roll(d, -k2))
+    dip = np.clip(around - d, 0, None)
+    evidence = np.maximum(edge, dip) / sigma
     cars = []
     for a, b in runs(occ):
         run_len = (b - a) * step
@@ -297,7 +334,7 @@ def _best_cuts(evidence: np.ndarray, step: float) -> list[int]:
     best = np.full(n + 1, np.inf)
     prev = np.full(n + 1, -1)
     best[0] = 0.0
-    ev = np.clip(evidence, 0, 20)
+    ev = np.clip(evidence, 0, 12.0)
     for j in range(1, n + 1):
         i0, i1 = max(0, j - hi), j - lo
         if i1 < 0:

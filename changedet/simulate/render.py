@@ -331,8 +331,9 @@ def render_scene(aoi, day: date, sensor: str, *, seed: int = 0, resolution_m: fl
     # Materials (anti-aliased coverage fractions on the output grid).
     mat_shapes = [(static.site, _MATERIAL_IDS["ground"])]
     mat_shapes += [(z.buffer(3.0), _MATERIAL_IDS["concrete"]) for z in static.zones.values()]
-    mat_shapes += [(ln.buffer(2.4, cap_style="flat"), _MATERIAL_IDS["ballast"]) for ln in static.tracks.values()]
     mat_shapes += [(w, _MATERIAL_IDS["water"]) for w in static.water]
+    # Track beds last: where a track crosses water it runs on a bridge deck.
+    mat_shapes += [(ln.buffer(3.0, cap_style="flat"), _MATERIAL_IDS["ballast"]) for ln in static.tracks.values()]
     mat_shapes += [(b.buffer(25.0).difference(shapely.union_all(static.water)) if static.water else None,
                     _MATERIAL_IDS["concrete"]) for b in static.berths.values()]
     mat = _rasterize(mat_shapes, fine, dtype="uint8")
