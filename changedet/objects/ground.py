@@ -1,0 +1,59 @@
+"""The colour of bare ground, lit and in shadow, learnt from the image itself.
+
+Counters decide what is an object by comparing pixels with the ground they stand on.
+The ground's colour varies with the material and the light, so it is estimated per
+image from samples known to be ground (ballast between tracks, the apron around a
+stack zone), never from fixed constants.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from changedet.objects.common import robust_ref
+
+
+@dataclass(frozen=True)
+class GroundModel:
+    """Lit and shadowed ground colours (band,) with their spreads."""
+
+    lit: np.ndarray
+    lit_sd: np.ndarray
+    shadow: np.ndarray | None
+    shadow_sd: np.ndarray | None
+
+    @classmethod
+    def from_samples(cls, samples: np.ndarray) -> "GroundModel | None":
+        """Fit from (n, band) samples of ground, some of them possibly in shadow."""
+        s = samples[np.all(np.isfinite(samples), axis=1)]
+        if s.shape[0] < 10:
+            return None
+        bright = s.mean(axis=1)
+        lit, lit_sd = robust_ref(s[bright >= np.percentile(bright, 60)])
+        lit_sd = np.maximum(lit_sd, 0.004 + 0.03 * lit)
+        ratio = bright / max(float(lit.mean()), 1e-6)
+        dark = s[(ratio < 0.65) & (ratio > 0.08)]
+        if dark.shape[0] >= max(20, 0.03 * s.shape[0]):
+            shadow, shadow_sd = robust_ref(dark)
+            shadow_sd = np.maximum(shadow_sd, 0.003 + 0.03 * shadow)
+        else:
+            # No shadow seen: assume the usual 20-35 % of direct light.
+            shadow, shadow_sd = lit * 0.3, lit_sd * 0.5
+        return cls(lit, lit_sd, shadow, shadow_sd)
+
+    def classify(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Distance to ground (in spreads) and lit fraction alpha for (band, ...) pixels.
+
+        Ground is any mix of lit and shadowed ground (shadow edges cross pixels), so the
+        distance is to the segment between the two colours.
+        """
+        shape = pixels.shape[1:]
+        p = pixels.reshape(pixels.shape[0], -1)
+        lit, sh = self.lit[:, None], self.shadow[:, None]
+        span = lit - sh
+        alpha = np.clip(np.nansum((p - sh) * span, axis=0) / max(float((span ** 2).sum()), 1e-9), 0, 1)
+        sd = self.shadow_sd[:, None] + alpha * (self.lit_sd - self.shadow_sd)[:, None]
+        d = np.sqrt(np.nanmean(((p - (sh + alpha * span)) / sd) ** 2, axis=0))
+        return d.reshape(shape), alpha.reshape(shape)
