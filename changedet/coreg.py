@@ -361,7 +361,9 @@ def apply_shift(image, shift_row: float, shift_col: float, *, order: int = 3):
 # -- coregister ----------------------------------------------------------------------
 def _grid(da: xr.DataArray, what: str) -> GridSpec:
     if not isinstance(da, xr.DataArray):
-        raise CoregError(f"{what} must be an xarray.DataArray with x/y coordinates and a CRS, got {type(da).__name__}")
+        raise CoregError(
+            f"{what} must be an xarray.DataArray with x/y coordinates and a CRS, got {type(da).__name__}"
+        )
     if da.ndim not in (2, 3) or da.dims[-2:] != ("y", "x"):
         raise CoregError(f"{what} has dims {da.dims}; expected (y, x) or (band, y, x)")
     try:
@@ -398,7 +400,8 @@ def _to_reference_grid(moving: xr.DataArray, reference: xr.DataArray, ref_grid: 
     if mx0 >= rx1 or mx1 <= rx0 or my0 >= ry1 or my1 <= ry0:
         raise CoregError(
             f"moving image bounds {tuple(round(v, 1) for v in (mx0, my0, mx1, my1))} do not overlap the "
-            f"reference grid bounds {tuple(round(v, 1) for v in ref_grid.bounds)} (in {ref_grid.crs.to_string()}); "
+            f"reference grid bounds {tuple(round(v, 1) for v in ref_grid.bounds)} "
+            f"(in {ref_grid.crs.to_string()}); "
             "check the CRS of both inputs and that the acquisition covers the AOI"
         )
     from rasterio.enums import Resampling
@@ -523,7 +526,9 @@ def coregister(
     if not np.isfinite(ref_img).any():
         raise CoregError("reference band is all NaN (or nodata); use a reference with valid pixels")
     if not np.isfinite(mov_img).any():
-        raise CoregError("moving band is all NaN (or nodata) on the reference grid; the acquisition has no data here")
+        raise CoregError(
+            "moving band is all NaN (or nodata) on the reference grid; the acquisition has no data here"
+        )
 
     ok = np.isfinite(ref_img) & np.isfinite(mov_img)
     if valid is not None:

@@ -6,7 +6,6 @@ Accuracy figures are printed (run with ``-s`` to see them).
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pyproj
@@ -86,7 +85,7 @@ def s2_texture(test_data):
 
 # -- sign convention ------------------------------------------------------------------
 def test_sign_convention_pixels_and_metres():
-    ref = fractal(256, seed=11)
+    ref = fractal(256, beta=2.5, seed=11)
     # moving = reference content displaced by +2.3 rows (down) and -1.7 cols (left)
     mov = spline_shift(ref, (2.3, -1.7))
     row, col, rel = estimate_shift(ref, mov)
@@ -99,8 +98,9 @@ def test_sign_convention_pixels_and_metres():
     inner = np.s_[8:-8, 8:-8]
     err = aligned[inner] - ref[inner]
     assert np.isfinite(err).all()
-    # A residual of 0.03 px on this texture leaves ~1 % of its standard deviation.
-    assert np.sqrt(np.mean(err**2)) < 0.03 * ref.std()
+    # What remains is the smoothing of two cubic resamplings (5.6 % of the standard
+    # deviation with the exact shift on this texture); misaligned it is ~48 %.
+    assert np.sqrt(np.mean(err**2)) < 0.08 * ref.std()
     assert np.sqrt(np.mean((mov[inner] - ref[inner]) ** 2)) > 0.3 * ref.std()
 
     # DataArray path: metres follow x east / y north on a north-up grid.
@@ -306,15 +306,14 @@ def test_reprojection_path_other_resolution_and_fractional_origin():
     lattice = grid_at(scene.shape)
     ref_rows, ref_cols = slice(72, 328), slice(72, 328)
     ref_grid = GridSpec(
-        lattice.crs, lattice.transform * Affine.translation(ref_cols.start, ref_rows.start), (256, 256)
+        lattice.crs, lattice.transform @ Affine.translation(ref_cols.start, ref_rows.start), (256, 256)
     )
     ref = ref_grid.attach(scene[ref_rows, ref_cols])
 
     disp_x, disp_y = 12.0, -7.0
-    mov_grid = GridSpec(
-        lattice.crs, Affine(8.0, 0, lattice.transform.c + 40 * RES + 3.3, 0, -8.0, lattice.transform.f - 40 * RES - 2.1),
-        (400, 400),
-    )
+    x0 = lattice.transform.c + 40 * RES + 3.3  # 0.33 reference pixel off the lattice
+    y1 = lattice.transform.f - 40 * RES - 2.1
+    mov_grid = GridSpec(lattice.crs, Affine(8.0, 0, x0, 0, -8.0, y1), (400, 400))
     xx, yy = np.meshgrid(mov_grid.x - disp_x, mov_grid.y - disp_y)
     r, c = lattice.rowcol(xx, yy)
     mov = mov_grid.attach(ndimage.map_coordinates(scene, [r, c], order=3, mode="nearest"))

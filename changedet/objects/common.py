@@ -9,6 +9,7 @@ from typing import Any, Mapping
 import numpy as np
 import pyproj
 import shapely
+import shapely.ops
 import xarray as xr
 from shapely.geometry import Polygon, box
 from shapely.affinity import rotate, translate

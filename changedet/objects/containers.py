@@ -73,6 +73,7 @@ def count_containers(
     per_feature, detections = [], []
     total, var, seen_total, area_total = 0.0, 0.0, 0.0, 0.0
     have_sun = sun_azimuth_deg is not None and sun_elevation_deg is not None
+    pending = []
     for zid, zone in zones.items():
         inside = _mask(zone, grid)
         apron = _mask(zone.buffer(3.0 * max(res, 1.0)), grid) & ~_mask(zone.buffer(-1.0), grid)
@@ -91,19 +92,32 @@ def count_containers(
         box = ndimage.binary_closing(box, structure=np.ones((2, 2), bool))
         ground_dark = (d <= min_contrast) & (alpha < 0.5) & around & ok
         labels, n = ndimage.label(box & inside)
-        zone_teu, zone_var, zone_slots = 0.0, 0.0, 0.0
+        blobs = []
         for lab in range(1, n + 1):
             blob = labels == lab
             area = blob.sum() * px_m2
             if area < min_area_m2:
                 continue
+            lengths = _shadow_lengths(blob, box, ground_dark, res, sun_azimuth_deg, sun_elevation_deg) \
+                if have_sun else np.array([])
+            blobs.append((blob, area, lengths))
+        pending.append((zid, inside, blobs))
+        continue
+    # Heights: a block's own shadows when enough of them fall on open pavement, else the
+    # zone's, else the whole image's (blocks packed tight shade each other, not the ground).
+    all_lengths = np.concatenate([b[2] for _, _, bl in pending for b in bl] or [np.array([])])
+    for zid, inside, blobs in pending:
+        zone_lengths = np.concatenate([b[2] for b in blobs] or [np.array([])])
+        zone_teu, zone_var, zone_slots = 0.0, 0.0, 0.0
+        for blob, area, lengths in blobs:
             slots = area / SLOT_M2
-            if have_sun:
-                tiers, tiers_sd = _tiers(blob, box, ground_dark, res, sun_azimuth_deg, sun_elevation_deg)
+            if not have_sun:
+                tiers, tiers_sd, method = 1.0, 0.0, "assumed_one_tier"
             else:
-                tiers, tiers_sd = 1.0, 0.0
+                tiers, tiers_sd, method = _tiers_from(lengths, zone_lengths, all_lengths, res,
+                                                      sun_azimuth_deg, sun_elevation_deg)
             teu = slots * tiers
-            # Footprint area is uncertain by about a pixel along the outline.
+            # Footprint area is uncertain by about half a pixel along the outline.
             perim = (blob ^ ndimage.binary_erosion(blob)).sum() * res
             slots_sd = perim * res * 0.5 / SLOT_M2
             zone_var += (slots_sd * tiers) ** 2 + (slots * tiers_sd) ** 2
@@ -111,7 +125,8 @@ def count_containers(
             zone_slots += slots
             detections.append(Detection("container_stack", "stack", _polygon(blob, grid), 1.0, zid,
                                         {"area_m2": round(float(area), 1), "ground_slots": round(float(slots), 1),
-                                         "tiers": round(float(tiers), 1), "teu": round(float(teu), 1)}))
+                                         "tiers": round(float(tiers), 2), "tiers_method": method,
+                                         "teu": round(float(teu), 1)}))
         total += zone_teu
         var += zone_var
         per_feature.append({"id": zid, "count": round(zone_teu, 1), "by_type": {"ground_slots": round(zone_slots, 1)},
@@ -130,12 +145,12 @@ def _mask(poly: Polygon, grid: GridSpec) -> np.ndarray:
                                dtype="uint8").astype(bool)
 
 
-def _tiers(blob, box, ground_dark, res, azimuth, elevation) -> tuple[float, float]:
-    """Stack height in tiers from the shadow thrown beyond the block's anti-sun edge.
+def _shadow_lengths(blob, box, ground_dark, res, azimuth, elevation) -> np.ndarray:
+    """Lengths (pixels) of the shadows thrown beyond a block's anti-sun edge onto pavement.
 
     From every block pixel whose next pixel away from the sun is not a container, walk
-    away from the sun while the ground stays dark; shadows that run into another block
-    are cut short and ignored. Height = shadow length x tan(elevation).
+    away from the sun while the ground stays dark; walks that run into another block are
+    cut short by it and dropped.
     """
     el = math.radians(max(elevation, 5.0))
     az = math.radians(azimuth)
@@ -149,7 +164,7 @@ def _tiers(blob, box, ground_dark, res, azimuth, elevation) -> tuple[float, floa
     edge = ~box[nr, nc]
     rr, cc = rr[edge], cc[edge]
     if rr.size == 0:
-        return 1.0, 1.0
+        return np.array([])
     length = np.zeros(rr.size)
     alive = np.ones(rr.size, bool)
     censored = np.zeros(rr.size, bool)
@@ -159,19 +174,28 @@ def _tiers(blob, box, ground_dark, res, azimuth, elevation) -> tuple[float, floa
         inb = (r >= 0) & (r < rows) & (c >= 0) & (c < cols)
         r, c = np.clip(r, 0, rows - 1), np.clip(c, 0, cols - 1)
         dark = ground_dark[r, c] & inb
-        hit = box[r, c] & inb & alive
-        censored |= hit
+        censored |= box[r, c] & inb & alive
         alive &= dark
         length += alive
-    usable = ~censored & (length > 0)
-    if usable.sum() < 3:
-        return 1.0, 1.0
+    return length[~censored & (length > 0)]
+
+
+def _tiers_from(own, zone, everything, res, azimuth, elevation) -> tuple[float, float, str]:
+    """Tiers (and their standard error) from the best available set of shadow lengths."""
+    for lengths, method in ((own, "shadow_block"), (zone, "shadow_zone"), (everything, "shadow_image")):
+        if lengths.size >= 5:
+            break
+    else:
+        return 1.0, 1.5, "assumed_one_tier"
+    el = math.radians(max(elevation, 5.0))
+    az = math.radians(azimuth)
+    dr, dc = math.cos(az), -math.sin(az)
     # Pixel steps along a diagonal are longer than one pixel.
     step = res * math.hypot(dr, dc) / max(abs(dr), abs(dc))
-    h = np.median(length[usable]) * step * math.tan(el)
+    h = float(np.median(lengths)) * step * math.tan(el)
     tiers = float(np.clip(h / TIER_M, 1.0, MAX_TIERS))
-    spread = float(np.std(length[usable]) * step * math.tan(el) / TIER_M)
-    return tiers, min(spread, 2.0) / math.sqrt(max(usable.sum() / 10.0, 1.0)) + 0.25
+    spread = float(np.std(lengths) * step * math.tan(el) / TIER_M)
+    return tiers, min(spread, 2.0) / math.sqrt(max(lengths.size / 10.0, 1.0)) + 0.25, method
 
 
 def _polygon(blob: np.ndarray, grid: GridSpec) -> Polygon:

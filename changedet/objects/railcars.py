@@ -14,6 +14,7 @@ occupied length over the mean car pitch, with an uncertainty.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Mapping
 
 import numpy as np
@@ -69,6 +70,14 @@ def count_railcars(
         Per-track counts and types, per-car detections (VHR) or an estimate with an
         uncertainty (medium resolution).
     """
+    with warnings.catch_warnings():
+        # All-NaN strips (clouds, image edges) are expected; they are reported as unobserved.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return _count_railcars(image, tracks, valid=valid, sun_azimuth_deg=sun_azimuth_deg,
+                               sun_elevation_deg=sun_elevation_deg, min_contrast=min_contrast)
+
+
+def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg, min_contrast) -> CountResult:
     grid = GridSpec.of(image)
     pix = bgrn(image)
     if valid is not None:

@@ -12,7 +12,7 @@ until the end, so the displacement recorded in the truth is exact.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from functools import lru_cache
 from pathlib import Path
@@ -294,12 +294,13 @@ class SimScene:
 
 
 def render_scene(aoi, day: date, sensor: str, *, seed: int = 0, resolution_m: float | None = None,
-                 registry: Path | None = None) -> SimScene:
+                 registry: Path | None = None, clear: bool = False, misregistration: bool = True) -> SimScene:
     """Render one acquisition of ``aoi`` on ``day`` by ``sensor`` (vhr | s2 | s1).
 
     Deterministic for (AOI, date, sensor, seed, resolution). Objects on the ground do
     not depend on the sensor: a VHR and a Sentinel-2 image of the same day show the same
-    railcars.
+    railcars. ``clear`` removes cloud, haze and snow; ``misregistration=False`` renders
+    on the exact grid (a reference basemap).
     """
     if sensor not in SENSORS:
         raise ChangedetError(f"unknown sensor {sensor!r}; use one of {sorted(SENSORS)}")
@@ -312,6 +313,10 @@ def render_scene(aoi, day: date, sensor: str, *, seed: int = 0, resolution_m: fl
     static = _static(aoi)
     grid = aoi_grid(aoi, res)
     cond = conditions(aoi, day, sensor, seed=seed, scenario=scenario)
+    if clear:
+        cond = replace(cond, cloud_fraction=0.0, haze=0.0, snow=0.0)
+    if not misregistration:
+        cond = replace(cond, shift_row_px=0.0, shift_col_px=0.0)
     act = scenario.activity(day, seed=seed)
 
     # Ground truth objects: independent of the sensor.

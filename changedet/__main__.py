@@ -1,0 +1,5 @@
+import sys
+
+from changedet.cli import main
+
+sys.exit(main())

@@ -1,0 +1,66 @@
+"""``changedet`` command line: thin wrappers that parse, call the library and print.
+
+Errors from changedet (:class:`~changedet.errors.ChangedetError`) are printed as one
+line naming the input and the fix, with exit code 2; no tracebacks for user mistakes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from changedet import __version__
+from changedet.errors import ChangedetError, DateError
+
+
+def parse_date(text: str):
+    """argparse type for YYYY-MM-DD dates with a helpful message."""
+    from datetime import date
+
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date; write it as YYYY-MM-DD") from None
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("CHANGEDET_DATA_DIR", "changedet-data"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from changedet.cli import aois, alerts, run, simulate
+
+    parser = argparse.ArgumentParser(
+        prog="changedet",
+        description="Watch places on Earth through recurring satellite imagery and alert when activity "
+        "departs from normal.",
+    )
+    parser.add_argument("--version", action="version", version=f"changedet {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    aois.add_parser(sub)
+    simulate.add_parser(sub)
+    run.add_parser(sub)
+    alerts.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    try:
+        return int(args.func(args) or 0)
+    except (ChangedetError, DateError) as exc:
+        print(f"changedet: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("changedet: interrupted; finished days are kept, re-run to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Raster I/O: read any GDAL raster into a georeferenced DataArray, write GeoTIFF/COG, reproject."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from changedet.errors import GridError, RasterError
+from changedet.grid import GridSpec, crs_of, with_crs
+
+
+def read_raster(path: str | Path, *, bands: list[str] | None = None) -> xr.DataArray:
+    """Read a GeoTIFF / COG / JPEG2000 as ``DataArray(band, y, x)`` (float32, NaN for nodata).
+
+    Band names come from the file's band descriptions when present, else ``bands`` or
+    ``b1, b2, ...``. Raises :class:`RasterError` naming the file for unreadable, corrupt
+    or ungeoreferenced input.
+    """
+    import rasterio
+    import rioxarray
+
+    path = Path(path)
+    if not path.exists():
+        raise RasterError(f"{path}: no such file; check the path")
+    try:
+        with rasterio.open(path) as src:
+            descriptions = [d for d in src.descriptions]
+            if src.crs is None:
+                raise RasterError(f"{path}: has no CRS; georeference it (e.g. gdal_edit.py -a_srs EPSG:xxxx) first")
+        da = rioxarray.open_rasterio(path, masked=True).load()
+    except RasterError:
+        raise
+    except Exception as exc:  # rasterio raises several types for corrupt files
+        raise RasterError(f"{path}: cannot be read as a raster ({exc.__class__.__name__}: {exc}); "
+                          "check that the file is a complete GeoTIFF, COG or JPEG2000") from None
+    if "band" not in da.dims:
+        da = da.expand_dims("band")
+    names = bands or [d if d else f"b{i + 1}" for i, d in enumerate(descriptions)]
+    if len(names) != da.sizes["band"]:
+        raise RasterError(f"{path}: has {da.sizes['band']} bands but {len(names)} band names were given")
+    da = da.assign_coords(band=list(names)).astype("float32")
+    da.attrs = {k: v for k, v in da.attrs.items() if k in ("long_name", "units")}
+    return da
+
+
+def write_geotiff(da: xr.DataArray, path: str | Path, *, cog: bool = True, dtype: str = "float32") -> Path:
+    """Write ``da`` as a (Cloud Optimized) GeoTIFF that QGIS opens with its CRS and band names.
+
+    Written to a temporary name and moved into place, so a crash never leaves a
+    half-written file where a good one was.
+    """
+    import rioxarray  # noqa: F401
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = da.astype(dtype)
+    if "band" not in out.dims:
+        out = out.expand_dims(band=[out.name or "value"])
+    names = [str(b) for b in out["band"].values]
+    tmp = path.with_name(f".{path.name}.tmp")
+    kwargs = {"driver": "COG", "compress": "DEFLATE"} if cog else {"compress": "DEFLATE", "tiled": True}
+    nodata = np.nan if np.issubdtype(np.dtype(dtype), np.floating) else None
+    out = out.rio.write_nodata(nodata, encoded=False) if nodata is not None else out
+    # rioxarray writes a tuple long_name as the band descriptions QGIS shows.
+    out.attrs["long_name"] = tuple(names)
+    out.rio.to_raster(tmp, **kwargs)
+    os.replace(tmp, path)
+    return path
+
+
+def reproject_to(da: xr.DataArray, grid: GridSpec, *, resampling: str = "bilinear") -> xr.DataArray:
+    """Resample ``da`` onto ``grid`` (any CRS and resolution in); NaN outside its footprint."""
+    import rioxarray  # noqa: F401
+    from rasterio.enums import Resampling
+
+    crs_of(da)  # clear error when the input has no CRS
+    template = grid.attach(np.zeros(grid.shape, dtype="float32"))
+    src = da.rio.write_nodata(np.nan, encoded=False) if np.issubdtype(da.dtype, np.floating) else da
+    out = src.rio.reproject_match(template, resampling=getattr(Resampling, resampling))
+    out = out.assign_coords(x=grid.x, y=grid.y)
+    if bool(np.all(np.isnan(out.values))):
+        raise GridError("the raster does not overlap the target grid; check its CRS and that it covers the AOI")
+    return with_crs(out, grid.crs)

@@ -1,0 +1,385 @@
+"""The daily slice for one AOI: acquire, co-register, store, detect change, count, record, alert.
+
+``run_day`` is the unit of work the CLI, the demo and the Prefect flows all call; it is
+idempotent (a scene already in the cube is not processed twice, a finding already in the
+outbox is not re-opened), so re-running a day or a whole range is safe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import shapely
+import xarray as xr
+
+from changedet import __version__
+from changedet.alerts.outbox import Outbox
+from changedet.baselines import evaluate
+from changedet.coreg import apply_shift, coregister
+from changedet.cube import Cube, clear_mask, optical_bands
+from changedet.errors import CoregError, SourceError
+from changedet.grid import aoi_grid
+from changedet.io import write_geotiff
+from changedet.kernels import change_magnitude, changed_area_m2, robust_baseline
+from changedet.kernels.threshold import change_mask
+from changedet.metrics import SITE, MetricStore
+from changedet.objects.containers import count_containers
+from changedet.objects.railcars import count_railcars
+from changedet.objects.ships import count_ships
+from changedet.sources.base import CLOUD_BAND
+from changedet.sources.simulator import SimulatorSource
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Settings of a run (everything that changes results goes into the config hash).
+
+    Attributes
+    ----------
+    data_dir : Path
+        Cubes, metric store, outbox and products live here.
+    seed : int
+        Simulator seed.
+    baseline_dates : int
+        Earlier acquisitions used for the per-pixel change baseline.
+    min_observed : float
+        Share of a feature that must be cloud-free for a count to be recorded; a count
+        over half-hidden tracks would look like a drop in activity.
+    change_z : float
+        Change magnitude (RMS of band z-scores) above which a pixel changed.
+    change_res_m : float
+        Pixel size of the change cube: VHR is averaged to this before the per-pixel
+        baseline (vehicles and stacks stay visible; the work drops by the square).
+    coreg_window_px : int
+        Side of the window around the site used to estimate the global shift.
+    """
+
+    data_dir: Path
+    seed: int = 0
+    registry: Path | None = None
+    baseline_dates: int = 6
+    min_observed: float = 0.95
+    change_z: float = 6.0
+    mad_floor: float = 0.01
+    change_res_m: float = 2.0
+    cloud_buffer_m: float = 30.0
+    coreg_window_px: int = 768
+    write_products: bool = True
+
+    def hash(self, aoi) -> str:
+        """Hash of the configuration and the AOI definition: provenance of every metric."""
+        doc = {k: v for k, v in asdict(self).items() if k not in ("data_dir", "registry", "write_products")}
+        h = hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode())
+        for p in (aoi.source_path, aoi.source_path.with_suffix(".geojson") if aoi.source_path else None):
+            if p is not None and Path(p).exists():
+                h.update(Path(p).read_bytes())
+        return h.hexdigest()[:16]
+
+
+@dataclass
+class DayResult:
+    """What happened for one AOI on one day (printed by the CLI, returned by flows)."""
+
+    aoi_id: str
+    day: date
+    status: str                      # processed | no_scene | cloudy | already_processed
+    scene_id: str | None = None
+    sensor: str | None = None
+    shift_px: tuple[float, float] | None = None
+    reliability: float | None = None
+    cloud_fraction: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    note: str = ""
+
+    def summary(self) -> str:
+        head = f"{self.aoi_id} {self.day}"
+        if self.status != "processed":
+            return f"{head}: {self.status}{(' (' + self.note + ')') if self.note else ''}"
+        parts = [f"{k}={_fmt(v)}" for k, v in self.metrics.items() if "_" not in k or k in
+                 ("containers_teu", "changed_area_m2")]
+        if self.shift_px is not None:
+            parts.append(f"shift=({self.shift_px[0]:+.2f},{self.shift_px[1]:+.2f})px")
+        parts += [f"{k}: {v}" for k, v in self.skipped.items()]
+        text = f"{head}: " + " ".join(parts)
+        for a in self.alerts:
+            text += f"\n    ALERT {a['action']}: {a['message']}"
+        return text
+
+
+def _fmt(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else f"{v:.1f}"
+
+
+def _primary_source(aoi, seed: int, registry: Path | None):
+    """The first source of the AOI this installation can serve, with its spec."""
+    for spec in aoi.sources:
+        if spec.name == "simulator":
+            return SimulatorSource(seed=seed, registry=registry), spec
+    # Real sources are configured per deployment; until one is, the simulator stands in.
+    spec = aoi.sources[0]
+    if spec.sensor in ("vhr", "s2", "s1"):
+        return SimulatorSource(seed=seed, registry=registry), spec
+    raise SourceError(f"{aoi.id}: no usable source among {[s.name for s in aoi.sources]}")
+
+
+def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
+    """Process the acquisition of ``aoi`` on ``day`` (if there is one)."""
+    source, spec = _primary_source(aoi, cfg.seed, cfg.registry)
+    res = float(spec.resolution_m)
+    grid = aoi_grid(aoi, res)
+    cube = Cube(cfg.data_dir, aoi.id, spec.sensor, grid)
+    result = DayResult(aoi.id, day, "no_scene", sensor=spec.sensor)
+    scenes = source.search(aoi, day, day, sensor=spec.sensor, resolution_m=res)
+    if not scenes:
+        return result
+    scene = scenes[0]
+    result.scene_id = scene.id
+    if cube.has(scene.id):
+        result.status = "already_processed"
+        return result
+    reference = _reference(cube, source, aoi, spec.sensor, res)
+    data = source.load(scene, grid, aoi=aoi)
+    optical = spec.sensor != "s1"
+    clear = clear_mask(data) if optical else data.notnull().all("band")
+    if optical:
+        # Cloud masks miss thin cloud and haze at cloud edges; a buffer (as Fmask and
+        # s2cloudless users apply) keeps those pixels out of change and counts.
+        from scipy import ndimage
+
+        cloud = ~np.asarray(clear.values, bool)
+        grow = max(3, int(round(cfg.cloud_buffer_m / res)))
+        if cloud.any():
+            cloud = ndimage.binary_dilation(cloud, structure=np.ones((3, 3), bool), iterations=grow)
+        clear = clear.copy(data=~cloud)
+    site = aoi.to_crs(aoi.polygon, grid.crs)
+    site_mask = _rasterize(site, grid)
+    cloud_fraction = 1.0 - float(clear.values[site_mask].mean())
+    result.cloud_fraction = round(cloud_fraction, 4)
+    if cloud_fraction > 0.9:
+        result.status, result.note = "cloudy", f"{cloud_fraction:.0%} of the site under cloud"
+        return result
+
+    # Co-register onto the AOI reference; the cloud mask moves with the pixels.
+    bands = optical_bands(data)
+    try:
+        reg = _coregister_window(optical_bands(reference), bands, clear, site, window=cfg.coreg_window_px)
+    except CoregError as exc:
+        # Too little clear overlap to register: the scene cannot be trusted pixel-wise.
+        result.status, result.note = "not_registered", str(exc)
+        return result
+    aligned = apply_shift(bands, reg.shift_row_px, reg.shift_col_px) if reg.applied else bands
+    if reg.applied:
+        clear_al = apply_shift(clear.astype("float32"), reg.shift_row_px, reg.shift_col_px, order=1) > 0.99
+        clear_al = clear_al.fillna(False) if hasattr(clear_al, "fillna") else clear_al
+    else:
+        clear_al = clear
+    clear_al = xr.DataArray(np.asarray(clear_al.values, bool) & np.asarray(aligned.notnull().all("band").values),
+                            dims=("y", "x"), coords={"y": aligned.y, "x": aligned.x})
+    result.shift_px = (round(reg.shift_row_px, 3), round(reg.shift_col_px, 3))
+    result.reliability = round(reg.reliability, 3)
+    stored = aligned
+    if optical:
+        mask_band = (~clear_al).astype("float32").expand_dims(band=[CLOUD_BAND])
+        stored = xr.concat([aligned, mask_band.assign_coords(spatial_ref=aligned.spatial_ref)], dim="band")
+    provenance = {"scene_id": scene.id, "code_version": __version__, "config_hash": cfg.hash(aoi),
+                  "coreg": {"shift_row_px": reg.shift_row_px, "shift_col_px": reg.shift_col_px,
+                            "reliability": reg.reliability, "applied": reg.applied}}
+
+    metrics: list[dict[str, Any]] = []
+    products = Path(cfg.data_dir) / "products" / aoi.id / day.isoformat()
+
+    # Pixel change against the robust per-pixel baseline of earlier aligned dates, on a
+    # coarser cube of its own (cheap to read back for every new date).
+    factor = max(1, int(round(cfg.change_res_m / res)))
+    cgrid = aoi_grid(aoi, res * factor)
+    coarse_cube = Cube(cfg.data_dir, aoi.id, spec.sensor, cgrid, reflectance=optical)
+    coarse = _coarsen(stored, factor, cgrid)
+    history = coarse_cube.read(before=scene.time, last=cfg.baseline_dates)
+    if history is not None and history.sizes["time"] >= 3:
+        value_bands = [str(b) for b in aligned["band"].values]
+        hist = history.sel(band=value_bands).load()
+        if optical:
+            hist = hist.where(history.sel(band=CLOUD_BAND).load() < 0.5)
+        new = coarse.sel(band=value_bands)
+        if optical:
+            new = new.where(coarse.sel(band=CLOUD_BAND) < 0.5)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            base = robust_baseline(hist, dim="time")
+            mag = change_magnitude(new, base, mad_floor=cfg.mad_floor)
+        csite = _rasterize(site, cgrid)
+        mag = mag.where(xr.DataArray(csite, dims=("y", "x"), coords={"y": mag.y, "x": mag.x}))
+        min_px = max(2, int(round(10.0 / (cgrid.resolution ** 2))))
+        mask = change_mask(mag.fillna(0.0), threshold=cfg.change_z, min_area_px=min_px)
+        area = changed_area_m2(mask)
+        metrics.append({"metric": "changed_area_m2", "value": round(float(area), 1)})
+        if cfg.write_products:
+            write_geotiff(mag.expand_dims(band=["change_magnitude"]), products / "change_magnitude.tif")
+    else:
+        result.skipped["changed_area_m2"] = "baseline needs 3 earlier dates"
+
+    # Object counts on the AOI's features.
+    sun = {k: scene.properties.get(k) for k in ("sun_azimuth_deg", "sun_elevation_deg")}
+    counts = []
+    if "railcars" in aoi.metrics and aoi.features_by_role("track") and optical:
+        tracks = {f.id: aoi.to_crs(f.geometry, grid.crs) for f in aoi.features_by_role("track")}
+        counts.append(("railcars", count_railcars(aligned, tracks, valid=clear_al, **sun)))
+    if "containers_teu" in aoi.metrics and aoi.features_by_role("stack_zone") and optical:
+        zones = {f.id: aoi.to_crs(f.geometry, grid.crs) for f in aoi.features_by_role("stack_zone")}
+        counts.append(("containers_teu", count_containers(aligned, zones, valid=clear_al, **sun)))
+    if "ships" in aoi.metrics and optical:
+        berths = {f.id: aoi.to_crs(f.geometry, grid.crs) for f in aoi.features_by_role("berth")}
+        water = [aoi.to_crs(f.geometry, grid.crs) for f in aoi.features_by_role("water")]
+        counts.append(("ships", count_ships(aligned, berths, water=shapely.union_all(water) if water else None,
+                                            valid=clear_al)))
+    for metric, res_ in counts:
+        if res_.observed_fraction < cfg.min_observed:
+            result.skipped[metric] = f"only {res_.observed_fraction:.0%} of features cloud-free"
+            continue
+        metrics.append({"metric": metric, "value": float(res_.total)})
+        if metric == "railcars":
+            for t, n in res_.by_type.items():
+                metrics.append({"metric": f"railcars_{t}", "value": float(n)})
+        for pf in res_.per_feature:
+            metrics.append({"metric": metric, "value": float(pf["count"]), "feature_id": pf["id"]})
+        if cfg.write_products and res_.detections:
+            _write_detections(res_, products / f"{metric}.geojson")
+
+    store = MetricStore(Path(cfg.data_dir) / "metrics.sqlite")
+    try:
+        store.record_many([{"aoi_id": aoi.id, "time": scene.time, "provenance": provenance,
+                            "feature_id": m.get("feature_id", SITE), **{k: m[k] for k in ("metric", "value")}}
+                           for m in metrics])
+        result.metrics = {m["metric"]: m["value"] for m in metrics if "feature_id" not in m}
+        # Pixels last: a crash before this line leaves the scene unprocessed, so a re-run
+        # redoes it (metrics are upserts) instead of skipping it as done.
+        cube.append(scene, stored, extra={"coreg": provenance["coreg"], "cloud_fraction": cloud_fraction})
+        coarse_cube.append(scene, coarse, extra={"coarsened_from_m": res})
+        result.status = "processed"
+        result.alerts = _evaluate_rules(aoi, scene.time, store, Path(cfg.data_dir) / "outbox",
+                                        {m["metric"] for m in metrics})
+    finally:
+        store.close()
+    return result
+
+
+def _evaluate_rules(aoi, t: datetime, store: MetricStore, outbox_dir: Path, fresh: set[str]) -> list[dict]:
+    out = []
+    outbox = None
+    for rule in aoi.rules:
+        if rule.metric not in fresh:
+            continue
+        series = store.series(aoi.id, rule.metric, end=t)
+        finding = evaluate(series, rule_id=rule.id, kind=rule.kind, params=dict(rule.params),
+                           severity=rule.severity, aoi_id=aoi.id, aoi_name=aoi.name, metric=rule.metric, at=t)
+        if finding is None or finding.time != series.index[-1]:
+            continue
+        outbox = outbox or Outbox(outbox_dir)
+        alert, action = outbox.open_or_update(finding)
+        if action in ("opened", "escalated"):
+            out.append({"action": action, "alert_id": alert.id, "rule_id": rule.id, "severity": alert.severity,
+                        "message": finding.message, "value": finding.value})
+    return out
+
+
+def _reference(cube: Cube, source, aoi, sensor: str, res: float) -> xr.DataArray:
+    """The AOI's registration reference, created on first use from the source's basemap."""
+    ref = cube.reference()
+    if ref is not None:
+        return ref
+    ref_scene = source.reference(aoi, sensor=sensor, resolution_m=res)
+    data = source.load(ref_scene, cube.grid, aoi=aoi)
+    cube.set_reference(optical_bands(data))
+    return cube.reference()
+
+
+def _coregister_window(reference: xr.DataArray, moving: xr.DataArray, clear: xr.DataArray, site,
+                       *, window: int):
+    """Global shift estimated on a window around the site centre (AROSICS-style), so the
+    cost does not grow with the AOI; the shift is then applied to the whole image."""
+    rows, cols = moving.sizes["y"], moving.sizes["x"]
+    grid = aoi_grid_of(moving)
+    r, c = grid.rowcol(site.centroid.x, site.centroid.y)
+    h, w = min(window, rows), min(window, cols)
+    r0 = int(np.clip(round(float(r)) - h // 2, 0, rows - h))
+    c0 = int(np.clip(round(float(c)) - w // 2, 0, cols - w))
+    win = {"y": slice(r0, r0 + h), "x": slice(c0, c0 + w)}
+    _, reg = coregister(reference.isel(win), moving.isel(win), valid=clear.isel(win))
+    return reg
+
+
+def aoi_grid_of(da):
+    from changedet.grid import GridSpec
+
+    return GridSpec.of(da)
+
+
+def _coarsen(da: xr.DataArray, factor: int, grid) -> xr.DataArray:
+    """Block-average onto the coarse grid (which shares the fine grid's origin)."""
+    if factor == 1:
+        return da
+    rows, cols = grid.shape
+    v = np.asarray(da.values, dtype="float32")
+    pad_r, pad_c = rows * factor - v.shape[1], cols * factor - v.shape[2]
+    v = np.pad(v, ((0, 0), (0, max(pad_r, 0)), (0, max(pad_c, 0))), constant_values=np.nan)[:, :rows * factor,
+                                                                                           :cols * factor]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        out = np.nanmean(v.reshape(v.shape[0], rows, factor, cols, factor), axis=(2, 4))
+    return grid.attach(out.astype("float32"), bands=[str(b) for b in da["band"].values])
+
+
+def _rasterize(geom, grid) -> np.ndarray:
+    from rasterio import features as rfeatures
+
+    return rfeatures.rasterize([(geom, 1)], out_shape=grid.shape, transform=grid.transform, fill=0,
+                               dtype="uint8").astype(bool)
+
+
+def _write_detections(res, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = res.to_json(to_crs="EPSG:4326")
+    fc = {"type": "FeatureCollection",
+          "features": [{"type": "Feature", "geometry": d.pop("polygon"), "properties": d} for d in doc["detections"]]}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(fc))
+    tmp.replace(path)
+
+
+def dates_between(start: date, end: date, every_days: int) -> list[date]:
+    if end < start:
+        from changedet.errors import DateError
+
+        raise DateError(f"end date {end} is before start date {start}; swap them")
+    n = (end - start).days // every_days
+    return [start + timedelta(days=every_days * i) for i in range(n + 1)]
+
+
+def next_acquisition(aoi, day: date, cfg: RunConfig, *, within_days: int) -> date | None:
+    """First day in [day, day + within_days) with an acquisition of the AOI's primary source."""
+    source, spec = _primary_source(aoi, cfg.seed, cfg.registry)
+    scenes = source.search(aoi, day, day + timedelta(days=within_days - 1), sensor=spec.sensor,
+                           resolution_m=spec.resolution_m, max_cloud=90.0)
+    return scenes[0].day if scenes else None
+
+
+def run_series(aoi, days: Iterable[date], cfg: RunConfig, *,
+               progress: Callable[[DayResult], None] | None = None) -> list[DayResult]:
+    """Run ``run_day`` over days in order (alerts depend on the order)."""
+    out = []
+    for d in sorted(days):
+        r = run_day(aoi, d, cfg)
+        out.append(r)
+        if progress:
+            progress(r)
+    return out
