@@ -99,7 +99,7 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
         total_obs += seen.sum() * strip.step_m
         total_len += seen.size * strip.step_m
         if vhr:
-            cars = _split_cars(strip, occ, seen, refs["lit_sd"])
+            cars = _split_cars(strip, occ, seen, refs["lit_sd"], refs["lit"])
             by_type: dict[str, int] = {}
             for a, b, ctype, score in cars:
                 by_type[ctype] = by_type.get(ctype, 0) + 1
@@ -290,7 +290,8 @@ def _drop_short(mask: np.ndarray, min_len: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------ splitting
-def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray) -> list[tuple[float, float, str, float]]:
+def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
+                lit: np.ndarray) -> list[tuple[float, float, str, float]]:
     """Cut occupied runs into cars: (start_m, end_m, type, score) per car."""
     step = strip.step_m
     centre, _ = _zones(strip)
@@ -310,12 +311,14 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray)
     around = np.minimum(np.roll(d, k2), np.roll(d, -k2))
     dip = np.clip(around - d, 0, None)
     evidence = np.maximum(edge, dip) / sigma
+    # Black car bodies (well below the empty track's brightness, lit or shaded).
+    dark = mean.mean(axis=0) < 0.5 * float(np.nanmean(lit))
     cars = []
     for a, b in runs(occ):
         run_len = (b - a) * step
         if run_len < 7.0:
             continue
-        cuts = _best_cuts(evidence[a:b], step)
+        cuts = _best_cuts(evidence[a:b], step, dark[a:b])
         edges = [a] + [a + c for c in cuts] + [b]
         for s0, s1 in zip(edges[:-1], edges[1:]):
             length = (s1 - s0) * step
@@ -328,18 +331,23 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray)
     return cars
 
 
-def _best_cuts(evidence: np.ndarray, step: float) -> list[int]:
+def _best_cuts(evidence: np.ndarray, step: float, dark: np.ndarray | None = None) -> list[int]:
     """Cut positions (indices into the run) that split it into plausible cars.
 
     Dynamic programming over cut positions: every segment (car body plus a coupler gap)
     must be 10.5-20 m long; segments near a real car pitch are preferred, and cuts on
-    strong evidence (gap, colour edge) are rewarded.
+    strong evidence (gap, colour edge) are rewarded. Where cars are black, couplers
+    between them barely show, so a prior decides: black freight cars are
+    overwhelmingly tank cars (oil and chemicals), whose pitch is preferred there.
     """
     n = evidence.size
-    pitches = np.array([v + GAP_M for v in CAR_LENGTHS_M.values()])
+    names = list(CAR_LENGTHS_M)
+    pitches = np.array([CAR_LENGTHS_M[t] + GAP_M for t in names])
+    tank = np.array([t == "tank" for t in names])
     lo, hi = int(10.5 / step), int(20.0 / step)
     if n * step <= 20.5:
         return []
+    dark_cum = np.concatenate([[0.0], np.cumsum(dark if dark is not None else np.zeros(n))])
     best = np.full(n + 1, np.inf)
     prev = np.full(n + 1, -1)
     best[0] = 0.0
@@ -352,9 +360,11 @@ def _best_cuts(evidence: np.ndarray, step: float) -> list[int]:
             if not np.isfinite(best[i]):
                 continue
             seg = (j - i) * step + (GAP_M / 2 if i == 0 else 0) + (GAP_M / 2 if j == n else 0)
-            length_cost = float(np.min(np.abs(pitches - seg))) ** 2 * 0.8
+            dark_share = (dark_cum[j] - dark_cum[i]) / (j - i)
+            type_cost = np.where(tank, 0.0, 3.0 * dark_share)
+            length_cost = float(np.min((pitches - seg) ** 2 * 0.8 + type_cost))
             cut_reward = ev[j] if j < n else 0.0
-            c = best[i] + length_cost - cut_reward + 1.0
+            c = best[i] + length_cost - cut_reward + 0.3
             if c < best[j]:
                 best[j], prev[j] = c, i
     if not np.isfinite(best[n]):
