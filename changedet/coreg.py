@@ -292,7 +292,40 @@ def estimate_shift(
     if max(abs(shift_row - int_shift[0]), abs(shift_col - int_shift[1])) > 1.0:
         # The two stages disagree by more than a pixel: the match is ambiguous.
         reliability = min(reliability, 0.25)
+    if reliability < 1.0:
+        # Periodic scenes (parallel tracks, rows of containers) have strong secondary
+        # peaks one period away, which the peak ratio reads as ambiguity. Independent
+        # estimates on the four quadrants agreeing on the same shift is evidence too.
+        reliability = max(reliability, _quadrant_agreement(ref, mov, v, (shift_row, shift_col)))
+    if max_shift_px is not None and np.hypot(shift_row, shift_col) > max_shift_px + 0.5:
+        # The search radius excluded the real peak: what was found is not trustworthy.
+        reliability = min(reliability, 0.25)
     return shift_row, shift_col, reliability
+
+
+def _quadrant_agreement(ref: np.ndarray, mov: np.ndarray, v: np.ndarray, shift: tuple[float, float],
+                        *, tol_px: float = 0.5) -> float:
+    """Share of image quadrants whose own shift estimate agrees with ``shift`` (0 if < 3 usable)."""
+    from skimage.registration import phase_cross_correlation
+
+    rows, cols = ref.shape
+    if min(rows, cols) < 128:
+        return 0.0
+    agree, usable = 0, 0
+    for r0, r1 in ((0, rows // 2), (rows // 2, rows)):
+        for c0, c1 in ((0, cols // 2), (cols // 2, cols)):
+            vq = v[r0:r1, c0:c1]
+            if vq.sum() < MIN_VALID_PIXELS:
+                continue
+            usable += 1
+            est, _, _ = phase_cross_correlation(_prepare(ref[r0:r1, c0:c1], vq), _prepare(mov[r0:r1, c0:c1], vq),
+                                                upsample_factor=10, normalization=None)
+            if abs(est[0] - shift[0]) <= tol_px and abs(est[1] - shift[1]) <= tol_px:
+                agree += 1
+    if usable < 3:
+        return 0.0
+    # All four agreeing is strong evidence; three of four is fair; fewer is none.
+    return {4: 0.9, 3: 0.7}.get(agree, 0.0) if usable == 4 else (0.7 if agree == 3 else 0.0)
 
 
 # -- apply ---------------------------------------------------------------------------

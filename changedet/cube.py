@@ -84,7 +84,7 @@ class Cube:
 
     def scenes(self) -> list[dict[str, Any]]:
         """Provenance entries of stored scenes, sorted by acquisition time."""
-        return sorted(self._read_provenance()["scenes"], key=lambda s: s["time"])
+        return sorted(self._read_provenance()["scenes"], key=lambda s: pd.Timestamp(s["time"]))
 
     def has(self, scene_id: str) -> bool:
         return any(s["scene_id"] == scene_id for s in self._read_provenance()["scenes"])
@@ -103,6 +103,8 @@ class Cube:
             bands = [str(b) for b in data["band"].values]
             if n and doc.get("bands") != bands:
                 raise CubeError(f"scene {scene.id} has bands {bands} but the cube holds {doc.get('bands')}")
+            if scene.time.tzinfo is None:
+                raise CubeError(f"scene {scene.id} has a time without timezone; give acquisition times in UTC")
             t = pd.Timestamp(scene.time).tz_convert("UTC").tz_localize(None)
             values = data.astype("float32")
             if self.reflectance:
@@ -124,6 +126,9 @@ class Cube:
                 enc = {"data": {"chunks": (1, len(bands), min(512, self.grid.shape[0]), min(512, self.grid.shape[1]))}}
                 if self.reflectance:
                     enc["data"].update(dtype="uint16", scale_factor=1e-4, add_offset=0.0, _FillValue=65535)
+                # Fixed units: otherwise xarray picks them from the first scene and a later
+                # acquisition at another time of day cannot be represented exactly.
+                enc["time"] = {"units": "microseconds since 1970-01-01", "dtype": "int64"}
                 ds.attrs = {"aoi_id": self.aoi_id, "sensor": self.sensor, "crs_wkt": self.grid.crs.to_wkt(),
                             "grid_transform": list(self.grid.transform)[:6], "grid_shape": list(self.grid.shape)}
                 ds.to_zarr(self.path, mode="w", encoding=enc, consolidated=False)
@@ -165,7 +170,7 @@ class Cube:
             cut = cut.tz_localize("UTC") if cut.tzinfo is None else cut.tz_convert("UTC")
             entries = [e for e in entries if pd.Timestamp(e["time"]) < cut]
         if last is not None:
-            entries = entries[-last:]
+            entries = entries[-last:] if last > 0 else []
         if not entries:
             return None
         ds = xr.open_zarr(self.path, consolidated=False)

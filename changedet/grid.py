@@ -73,7 +73,7 @@ class GridSpec:
         xmin, ymin, xmax, ymax = (float(v) for v in bounds)
         if not (xmax > xmin and ymax > ymin):
             raise GridError(f"bounds {tuple(bounds)} are empty or inverted")
-        if resolution <= 0:
+        if not resolution > 0:  # also catches NaN
             raise GridError(f"resolution {resolution} must be positive")
         x0 = math.floor(xmin / resolution) * resolution
         y1 = math.ceil(ymax / resolution) * resolution

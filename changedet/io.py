@@ -61,7 +61,8 @@ def write_geotiff(da: xr.DataArray, path: str | Path, *, cog: bool = True, dtype
         out = out.expand_dims(band=[out.name or "value"])
     names = [str(b) for b in out["band"].values]
     tmp = path.with_name(f".{path.name}.tmp")
-    kwargs = {"driver": "COG", "compress": "DEFLATE"} if cog else {"compress": "DEFLATE", "tiled": True}
+    kwargs = {"driver": "COG", "compress": "DEFLATE"} if cog else {"driver": "GTiff", "compress": "DEFLATE",
+                                                                    "tiled": True}
     nodata = np.nan if np.issubdtype(np.dtype(dtype), np.floating) else None
     out = out.rio.write_nodata(nodata, encoded=False) if nodata is not None else out
     # rioxarray writes a tuple long_name as the band descriptions QGIS shows.
@@ -78,7 +79,8 @@ def reproject_to(da: xr.DataArray, grid: GridSpec, *, resampling: str = "bilinea
 
     crs_of(da)  # clear error when the input has no CRS
     template = grid.attach(np.zeros(grid.shape, dtype="float32"))
-    src = da.rio.write_nodata(np.nan, encoded=False) if np.issubdtype(da.dtype, np.floating) else da
+    # Float with NaN nodata whatever the input type: outside the footprint must read as missing.
+    src = da.astype("float32").rio.write_nodata(np.nan, encoded=False)
     out = src.rio.reproject_match(template, resampling=getattr(Resampling, resampling))
     out = out.assign_coords(x=grid.x, y=grid.y)
     if bool(np.all(np.isnan(out.values))):

@@ -177,7 +177,13 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
         # Too little clear overlap to register: the scene cannot be trusted pixel-wise.
         result.status, result.note = "not_registered", str(exc)
         return result
-    aligned = apply_shift(bands, reg.shift_row_px, reg.shift_col_px) if reg.applied else bands
+    if not reg.applied:
+        # Counting on tracks and zones that may sit metres off would be worse than no count.
+        result.status = "not_registered"
+        result.note = f"registration unreliable ({reg.reason or f'reliability {reg.reliability:.2f}'})"
+        result.reliability = round(reg.reliability, 3)
+        return result
+    aligned = apply_shift(bands, reg.shift_row_px, reg.shift_col_px)
     if reg.applied:
         clear_al = apply_shift(clear.astype("float32"), reg.shift_row_px, reg.shift_col_px, order=1) > 0.99
         clear_al = clear_al.fillna(False) if hasattr(clear_al, "fillna") else clear_al

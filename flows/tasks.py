@@ -34,7 +34,7 @@ def process_aoi_day(aoi_id: str, day: date, data_dir: str, seed: int = 0) -> dic
     return _as_dict(result)
 
 
-@task(retries=1, retry_delay_seconds=10, cache_policy=NO_CACHE, task_run_name="{aoi_id} {days[0]}..{days[-1]}")
+@task(retries=1, retry_delay_seconds=10, cache_policy=NO_CACHE, task_run_name="{aoi_id} backfill chunk")
 def process_aoi_days(aoi_id: str, days: list[date], data_dir: str, seed: int = 0) -> list[dict[str, Any]]:
     """Run consecutive days for one AOI in order (alerts depend on the order)."""
     logger = get_run_logger()
