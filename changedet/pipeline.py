@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta, timezone
@@ -26,7 +25,7 @@ from changedet.baselines import evaluate
 from changedet.coreg import apply_shift, coregister
 from changedet.cube import Cube, clear_mask, optical_bands
 from changedet.errors import CoregError, SourceError
-from changedet.grid import aoi_grid
+from changedet.grid import GridSpec, aoi_grid
 from changedet.io import write_geotiff
 from changedet.kernels import change_magnitude, changed_area_m2, robust_baseline
 from changedet.kernels.threshold import change_mask
@@ -314,7 +313,7 @@ def _coregister_window(reference: xr.DataArray, moving: xr.DataArray, clear: xr.
     """Global shift estimated on a window around the site centre (AROSICS-style), so the
     cost does not grow with the AOI; the shift is then applied to the whole image."""
     rows, cols = moving.sizes["y"], moving.sizes["x"]
-    grid = aoi_grid_of(moving)
+    grid = GridSpec.of(moving)
     r, c = grid.rowcol(site.centroid.x, site.centroid.y)
     h, w = min(window, rows), min(window, cols)
     r0 = int(np.clip(round(float(r)) - h // 2, 0, rows - h))
@@ -322,12 +321,6 @@ def _coregister_window(reference: xr.DataArray, moving: xr.DataArray, clear: xr.
     win = {"y": slice(r0, r0 + h), "x": slice(c0, c0 + w)}
     _, reg = coregister(reference.isel(win), moving.isel(win), valid=clear.isel(win))
     return reg
-
-
-def aoi_grid_of(da):
-    from changedet.grid import GridSpec
-
-    return GridSpec.of(da)
 
 
 def _coarsen(da: xr.DataArray, factor: int, grid) -> xr.DataArray:

@@ -25,22 +25,39 @@ class GroundModel:
     shadow_sd: np.ndarray | None
 
     @classmethod
-    def from_samples(cls, samples: np.ndarray) -> "GroundModel | None":
-        """Fit from (n, band) samples of ground, some of them possibly in shadow."""
+    def from_samples(cls, samples: np.ndarray, *, refine_with: np.ndarray | None = None,
+                     assume_shadow: bool = True) -> "GroundModel | None":
+        """Fit from (n, band) samples of ground, some of them possibly in shadow.
+
+        The brighter 40 % give the lit colour. ``refine_with`` are other (n, band)
+        samples of which those close to that colour refine it (the centre of an empty
+        track also shows its rails). Samples at 8-65 % of the lit brightness give the
+        shadow colour; when there are too few, the shadow is assumed at 30 % of lit
+        (``assume_shadow``) or left unknown (``shadow`` is None).
+        """
         s = samples[np.all(np.isfinite(samples), axis=1)]
         if s.shape[0] < 10:
             return None
         bright = s.mean(axis=1)
         lit, lit_sd = robust_ref(s[bright >= np.percentile(bright, 60)])
+        if refine_with is not None:
+            r = refine_with[np.all(np.isfinite(refine_with), axis=1)]
+            d = np.sqrt(np.mean(((r - lit) / np.maximum(lit_sd, 0.004)) ** 2, axis=1))
+            close = r[d < 2.5]
+            if close.shape[0] >= 20:
+                lit_c, sd_c = robust_ref(close)
+                lit, lit_sd = lit_c, np.maximum(sd_c, lit_sd * 0.5)
         lit_sd = np.maximum(lit_sd, 0.004 + 0.03 * lit)
         ratio = bright / max(float(lit.mean()), 1e-6)
         dark = s[(ratio < 0.65) & (ratio > 0.08)]
         if dark.shape[0] >= max(20, 0.03 * s.shape[0]):
             shadow, shadow_sd = robust_ref(dark)
             shadow_sd = np.maximum(shadow_sd, 0.003 + 0.03 * shadow)
-        else:
+        elif assume_shadow:
             # No shadow seen: assume the usual 20-35 % of direct light.
             shadow, shadow_sd = lit * 0.3, lit_sd * 0.5
+        else:
+            shadow, shadow_sd = None, None
         return cls(lit, lit_sd, shadow, shadow_sd)
 
     def classify(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -23,7 +23,8 @@ from scipy import ndimage
 from shapely.geometry import LineString
 
 from changedet.grid import GridSpec
-from changedet.objects.common import CountResult, Detection, bgrn, oriented_rect, robust_ref, runs
+from changedet.objects.common import CountResult, Detection, bgrn, oriented_rect, runs
+from changedet.objects.ground import GroundModel
 from changedet.objects.strips import Strip, sample_strip
 
 # Real lengths over the body (m) and the pitch they occupy with a coupler gap.
@@ -151,31 +152,15 @@ def _empty_track_reference(strips: Mapping[str, Strip]) -> dict[str, np.ndarray]
         centre, side = _zones(s)
         side_samples.append(s.values[:, side, :].reshape(s.values.shape[0], -1).T)
         centre_means.append(np.nanmean(s.values[:, centre, :], axis=1).T)
-    side_all = np.concatenate(side_samples)
-    side_all = side_all[np.all(np.isfinite(side_all), axis=1)]
-    centre_all = np.concatenate(centre_means)
-    centre_all = centre_all[np.all(np.isfinite(centre_all), axis=1)]
-    if side_all.shape[0] < 10:
-        nb = side_all.shape[1] if side_all.ndim == 2 else 4
-        return {"lit": np.full(nb, np.nan), "lit_sd": np.full(nb, np.nan), "shadow": np.full(nb, np.nan),
-                "shadow_sd": np.full(nb, np.nan)}
-    bright = side_all.mean(axis=1)
-    lit, lit_sd = robust_ref(side_all[bright >= np.percentile(bright, 60)])
-    # Centre samples that look like side ballast refine the reference for the rails' effect.
-    d = np.sqrt(np.mean(((centre_all - lit) / np.maximum(lit_sd, 0.004)) ** 2, axis=1)) if centre_all.size else []
-    close = centre_all[np.asarray(d) < 2.5] if len(d) else centre_all
-    if close.shape[0] >= 20:
-        lit_c, sd_c = robust_ref(close)
-        lit, lit_sd = lit_c, np.maximum(sd_c, lit_sd * 0.5)
-    lit_sd = np.maximum(lit_sd, 0.004 + 0.03 * lit)
-    ratio = bright / max(float(lit.mean()), 1e-6)
-    shadow_samples = side_all[(ratio < 0.65) & (ratio > 0.08)]
-    if shadow_samples.shape[0] >= max(20, 0.03 * side_all.shape[0]):
-        shadow, shadow_sd = robust_ref(shadow_samples)
-        shadow_sd = np.maximum(shadow_sd, 0.003 + 0.03 * shadow)
-    else:
-        shadow, shadow_sd = np.full_like(lit, np.nan), np.full_like(lit, np.nan)
-    return {"lit": lit, "lit_sd": lit_sd, "shadow": shadow, "shadow_sd": shadow_sd}
+    model = GroundModel.from_samples(np.concatenate(side_samples), refine_with=np.concatenate(centre_means),
+                                     assume_shadow=False)
+    nb = side_samples[0].shape[1]
+    nan = np.full(nb, np.nan)
+    if model is None:
+        return {"lit": nan, "lit_sd": nan, "shadow": nan, "shadow_sd": nan}
+    return {"lit": model.lit, "lit_sd": model.lit_sd,
+            "shadow": nan if model.shadow is None else model.shadow,
+            "shadow_sd": nan if model.shadow_sd is None else model.shadow_sd}
 
 
 def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
