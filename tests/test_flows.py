@@ -8,18 +8,12 @@ import pytest
 
 @pytest.fixture(scope="module")
 def prefect_env(tmp_path_factory):
-    home = tmp_path_factory.mktemp("prefect-home")
-    old = dict(os.environ)
-    os.environ.update({
-        "PREFECT_HOME": str(home),
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_API_URL": "",
-    })
-    os.environ.pop("PREFECT_API_URL")
-    yield home
-    os.environ.clear()
-    os.environ.update(old)
+    """A throw-away Prefect server and database, stopped cleanly at the end (Prefect's own harness)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
 
 
 def test_day_for_uses_the_aoi_timezone():
