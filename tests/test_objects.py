@@ -136,6 +136,7 @@ def railcar_runs():
     return rows
 
 
+@pytest.mark.slow
 def test_railcar_count_error_on_held_out_scenes(railcar_runs):
     assert len(railcar_runs) >= 6, "too few clear held-out scenes"
     print("\nrailcars (VHR 0.5 m), held-out scenes")
@@ -154,6 +155,7 @@ def test_railcar_count_error_on_held_out_scenes(railcar_runs):
     assert mape <= RAILCAR_MAPE_MAX
 
 
+@pytest.mark.slow
 def test_railcar_detections_match_truth_polygons(railcar_runs):
     tp = sum(r["tp"] for r in railcar_runs)
     n_det = sum(r["n_det"] for r in railcar_runs)
@@ -203,6 +205,7 @@ def test_count_result_json_contract(railcar_runs):
 CONTAINER_CASES = _clear_scenes("tikhoretsk_depot", (11, 12), CONTAINER_DATES, min_sun=40.0)
 
 
+@pytest.mark.slow
 def test_container_teu_error_on_held_out_scenes():
     assert len(CONTAINER_CASES) >= 5, "too few clear high-sun held-out scenes"
     aoi = load_aoi("tikhoretsk_depot")
@@ -232,6 +235,7 @@ SHIP_CASES = [(aoi_id, seed, day) for aoi_id in ("vostochny_port", "dunai_port")
               for seed, day in _clear_scenes(aoi_id, (11, 13), DATES)]
 
 
+@pytest.mark.slow
 def test_ship_counts_and_lengths_on_clear_scenes():
     assert len(SHIP_CASES) >= 6
     print("\nships (VHR at 1.0 m), held-out scenes")
@@ -275,9 +279,9 @@ def test_medium_resolution_railcar_estimate_has_uncertainty():
         res = count_railcars(image, _features(aoi, "track", sc.grid.crs), valid=valid, **_sun(sc))
         truth = sc.truth["counts"]["railcars"]
         results[label] = res
+        z = (res.total - truth) / res.uncertainty if res.uncertainty else float("-inf" if res.total < truth else 0)
         print(f"\ns2 railcar estimate ({label}, seed {seed}, {day}): {res.total} +- {res.uncertainty:.1f} "
-              f"(truth {truth}, error {(res.total - truth) / max(truth, 1):+.2f}, "
-              f"z {(res.total - truth) / max(res.uncertainty, 1e-9):+.1f})")
+              f"(truth {truth}, error {(res.total - truth) / max(truth, 1):+.2f}, z {z:+.1f})")
         assert isinstance(res.total, float)
         assert res.uncertainty is not None and math.isfinite(res.uncertainty) and res.uncertainty >= 0
         assert res.detections == ()   # no per-car outlines at 10 m
@@ -285,3 +289,16 @@ def test_medium_resolution_railcar_estimate_has_uncertainty():
         assert "uncertainty" in res.to_json()
     assert results["busy"].total > results["quiet"].total
     assert results["busy"].uncertainty > 0
+
+
+@pytest.mark.xfail(reason="counter limitation: at 10 m the yard's 5 m track spacing is not resolved; the busy "
+                          "yard is undercounted by ~40 % with a stated 1-sigma uncertainty of ~4 cars, and an "
+                          "empty-looking yard is reported as 0 +- 0", strict=False)
+def test_medium_resolution_uncertainty_covers_the_truth():
+    aoi = load_aoi("tumangang_railyard")
+    for seed, day in _clear_scenes("tumangang_railyard", (11, 12), DATES, sensor="s2"):
+        sc = render_scene(aoi, day, "s2", seed=seed)
+        image, valid = _aligned(sc)
+        res = count_railcars(image, _features(aoi, "track", sc.grid.crs), valid=valid, **_sun(sc))
+        truth = sc.truth["counts"]["railcars"]
+        assert abs(res.total - truth) <= 3 * max(res.uncertainty, 1.0), (seed, day, truth, res.total)

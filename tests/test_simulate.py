@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import shapely
 from rasterio import features
+from scipy import ndimage
 from shapely.affinity import translate
 from shapely.geometry import shape
 
@@ -214,7 +215,7 @@ def test_shadows_depend_on_the_date(quiet_registry):
 
 
 # ------------------------------------------------------------------- misregistration
-@pytest.mark.parametrize("sensor,seeds", [("vhr", (11, 12)), ("s2", (11, 12, 13))])
+@pytest.mark.parametrize("sensor,seeds", [pytest.param("vhr", (11, 12), marks=pytest.mark.slow), ("s2", (11, 12, 13))])
 def test_recorded_shift_is_the_applied_shift(quiet_registry, sensor, seeds):
     """Co-registration of a misregistered render onto an exact one recovers -applied.
 
@@ -243,27 +244,25 @@ def test_recorded_shift_is_the_applied_shift(quiet_registry, sensor, seeds):
         assert col == pytest.approx(-applied["col"], abs=0.1)
 
 
-def test_truth_shift_puts_objects_back_on_their_polygons(quiet_registry):
-    """Sign convention: an object whose polygon is at pixel p is drawn at p + shift."""
-    aoi = load_aoi("rajin_port")
-    day = date(2023, 7, 5)
-    mov = render_scene(aoi, day, "vhr", seed=11, resolution_m=1.0, clear=True)
-    empty = render_scene(aoi, day, "vhr", seed=11, resolution_m=1.0, clear=True, registry=quiet_registry)
-    g = mov.grid
+def test_content_appears_displaced_by_the_recorded_shift(pairs):
+    """Sign convention: ground at pixel p of the exact grid appears at p + shift."""
+    aoi, exact, _ = pairs["rajin"]
+    mov = render_scene(aoi, date(2023, 7, 5), "vhr", seed=11, resolution_m=1.0, clear=True)
+    assert mov.truth["objects"] == exact.truth["objects"]
     sh = mov.truth["applied_shift_px"]
-    assert sh == empty.truth["applied_shift_px"]  # same conditions draw
-    diff = np.linalg.norm(mov.data - empty.data, axis=0)
-    ship = shape(next(o for o in mov.truth["objects"] if o["kind"] == "ship")["polygon"]).buffer(-3.0)
-    res = g.resolution
+    assert max(abs(sh["row"]), abs(sh["col"])) > 1.5
+    # Compare around the objects (sharp edges); the rest is smooth texture plus noise.
+    near = _mask(shapely.union_all([shape(o["polygon"]) for o in mov.truth["objects"]]).buffer(4.0), mov.grid)
 
-    def change(dr, dc):
-        # Map offset of a pixel shift: +col is east, +row is south.
-        return diff[_mask(translate(ship, dc * res, -dr * res), g)].mean()
+    def residual(dr, dc):
+        moved = np.stack([ndimage.shift(b, (dr, dc), order=3, mode="nearest") for b in exact.data])
+        return float(np.abs(moved - mov.data)[:, near].mean())
 
-    at_truth_shift = change(sh["row"], sh["col"])
-    at_opposite = change(-sh["row"], -sh["col"])
-    print(f"\nchange inside ship moved by +shift {at_truth_shift:.3f}, by -shift {at_opposite:.3f}")
-    assert at_truth_shift > at_opposite
+    plus, minus = residual(sh["row"], sh["col"]), residual(-sh["row"], -sh["col"])
+    none = residual(0.0, 0.0)
+    print(f"\napplied ({sh['row']:+.2f}, {sh['col']:+.2f}) px; |exact moved by +shift - render| {plus:.4f}, "
+          f"by -shift {minus:.4f}, unmoved {none:.4f}")
+    assert plus < 0.5 * none and plus < 0.5 * minus
 
 
 # --------------------------------------------------------------------------- sensors
@@ -526,7 +525,7 @@ def test_scenario_inverted_period_names_the_file(tmp_path):
     assert str(path) in str(exc.value) and "railcars[0]" in str(exc.value)
 
 
-@pytest.mark.parametrize("value", ["'next week'", "2023/09/01", "20230901"])
+@pytest.mark.parametrize("value", ["'next week'", "2023/09/01", "'31.08.2023'"])
 def test_scenario_bad_date_names_the_file(tmp_path, value):
     path = _scenario_file(tmp_path, f"containers:\n  - {{from: {value}, to: 2023-10-01, teu: [1, 2]}}\n")
     with pytest.raises(ScenarioError) as exc:
@@ -558,9 +557,6 @@ def test_scenario_for_checks_the_aoi_key(tmp_path):
     assert scenario_for("no_such_site", tmp_path).railcars == ()  # no file: a quiet site
 
 
-@pytest.mark.xfail(reason="library bug: a calendar-invalid date such as 2023-09-31 makes yaml.safe_load raise "
-                          "ValueError, which load_scenario does not turn into a ScenarioError",
-                   raises=ValueError, strict=False)
 def test_scenario_impossible_calendar_date_names_the_file(tmp_path):
     path = _scenario_file(tmp_path, "railcars:\n  - {from: 2023-09-01, to: 2023-09-31, count: [1, 2]}\n")
     with pytest.raises(ScenarioError) as exc:
@@ -568,9 +564,23 @@ def test_scenario_impossible_calendar_date_names_the_file(tmp_path):
     assert str(path) in str(exc.value)
 
 
-@pytest.mark.xfail(reason="library bug: visits are not checked for 'to' before 'from' (the visit silently "
-                          "never happens)", strict=False)
 def test_scenario_inverted_visit_is_refused(tmp_path):
     path = _scenario_file(tmp_path, "visits:\n  - {from: 2023-09-01, to: 2023-08-01, berth: B1, length_m: 100}\n")
-    with pytest.raises(ScenarioError):
+    with pytest.raises(ScenarioError, match="swap"):
         load_scenario(path)
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ("visits:\n  - [2023-07-01]\n", "mapping"),
+    ("visits:\n  - {from: 2023-07-01, to: 2023-07-05, berth: B1, length_m: long}\n", "length_m"),
+    ("railcars:\n  - {from: 2023-07-01, to: 2023-07-05, count: [a, b]}\n", "count"),
+    ("railcars:\n  - {from: 2023-07-01, to: 2023-07-05, count: [1, 2], locomotives: [3, 1]}\n", "locomotives"),
+    ("railcars:\n  - {from: 2023-07-01, to: 2023-07-05, count: [1, 2], mix: {tank: -1}}\n", "mix"),
+    ("containers:\n  - {from: 2023-07-01, to: 2023-07-05, teu_from: x, teu_to: 5}\n", "teu_from"),
+    ("weather: [1, 2]\n", "weather"),
+])
+def test_scenario_malformed_entries_are_refused_with_the_file_named(tmp_path, body, fragment):
+    path = _scenario_file(tmp_path, body)
+    with pytest.raises(ScenarioError, match=fragment) as exc:
+        load_scenario(path)
+    assert str(path) in str(exc.value)

@@ -156,15 +156,26 @@ def _periods(items: Any, where: str, *, lo_key: str, ramp: str) -> tuple[Period,
         has_ramp = f"{ramp}_from" in item and f"{ramp}_to" in item
         if has_range == has_ramp:
             raise ScenarioError(f"{w}: give either '{lo_key}: [lo, hi]' or '{ramp}_from' and '{ramp}_to'")
-        if has_range:
-            rng_ = item[lo_key]
-            if not (isinstance(rng_, list) and len(rng_) == 2 and 0 <= rng_[0] <= rng_[1]):
-                raise ScenarioError(f"{w}: '{lo_key}' must be [lo, hi] with 0 <= lo <= hi")
+        def pair_ok(v) -> bool:
+            return (isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v)
+                    and 0 <= v[0] <= v[1])
+
+        if has_range and not pair_ok(item[lo_key]):
+            raise ScenarioError(f"{w}: '{lo_key}' must be [lo, hi] numbers with 0 <= lo <= hi")
+        if has_ramp and not all(isinstance(item[f"{ramp}_{k}"], (int, float)) and item[f"{ramp}_{k}"] >= 0
+                                for k in ("from", "to")):
+            raise ScenarioError(f"{w}: '{ramp}_from' and '{ramp}_to' must be non-negative numbers")
+        for key in ("locomotives", "length_m"):
+            if key in item and not pair_ok(item[key]):
+                raise ScenarioError(f"{w}: '{key}' must be [lo, hi] numbers with 0 <= lo <= hi")
         mix = item.get("mix")
         if mix is not None:
             unknown = set(mix) - set(RAILCARS)
             if unknown:
                 raise ScenarioError(f"{w}: unknown railcar types {sorted(unknown)}; use {sorted(RAILCARS)}")
+            weights = list(mix.values())
+            if not all(isinstance(x, (int, float)) and x >= 0 for x in weights) or sum(weights) <= 0:
+                raise ScenarioError(f"{w}: 'mix' weights must be non-negative numbers with a positive sum")
         out.append(Period(start, end, dict(item)))
     return tuple(sorted(out, key=lambda p: p.start))
 
@@ -175,15 +186,29 @@ def load_scenario(path: Path) -> Scenario:
         doc = yaml.safe_load(Path(path).read_text())
     except yaml.YAMLError as exc:
         raise ScenarioError(f"{path}: not valid YAML ({exc})") from None
+    except ValueError as exc:
+        # PyYAML turns date-like scalars into dates and fails on impossible ones (2023-09-31).
+        raise ScenarioError(f"{path}: {exc}; check the dates (YYYY-MM-DD, a real calendar day)") from None
     if not isinstance(doc, dict) or "aoi" not in doc:
         raise ScenarioError(f"{path}: a scenario needs a mapping with an 'aoi' key")
     visits = []
     for i, v in enumerate(doc.get("visits") or []):
         w = f"{path}: visits[{i}]"
+        if not isinstance(v, dict):
+            raise ScenarioError(f"{w}: a visit is a mapping with from, to, berth, length_m")
         try:
-            visits.append(Visit(_date(v["from"], w), _date(v["to"], w), str(v["berth"]), float(v["length_m"])))
+            visit = Visit(_date(v["from"], w), _date(v["to"], w), str(v["berth"]), float(v["length_m"]))
         except KeyError as exc:
             raise ScenarioError(f"{w}: missing {exc}; a visit needs from, to, berth, length_m") from None
+        except (TypeError, ValueError):
+            raise ScenarioError(f"{w}: length_m must be a number of metres") from None
+        if visit.end < visit.start:
+            raise ScenarioError(f"{w}: 'to' ({visit.end}) is before 'from' ({visit.start}); swap them")
+        if not 10.0 <= visit.length_m <= 450.0:
+            raise ScenarioError(f"{w}: length_m {visit.length_m} is not a ship length (10-450 m)")
+        visits.append(visit)
+    if not isinstance(doc.get("weather") or {}, dict):
+        raise ScenarioError(f"{path}: 'weather' must be a mapping such as {{clear_prob: 0.8, haze_max: 0.2}}")
     return Scenario(
         aoi_id=str(doc["aoi"]),
         railcars=_periods(doc.get("railcars"), f"{path}: railcars", lo_key="count", ramp="count"),

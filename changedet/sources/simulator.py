@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -84,6 +84,8 @@ class SimulatorSource:
         scenario = scenario_for(aoi.id, self._aoi_registry())
         res = float(resolution_m or SENSORS[sensor].resolution_m)
         cond = conditions(aoi, _REFERENCE_DAY, sensor, seed=self.seed, scenario=scenario)
+        # The reference is rendered clear whatever the day's weather draw.
+        cond = replace(cond, cloud_fraction=0.0, haze=0.0, snow=0.0)
         return self._record(aoi, _REFERENCE_DAY, sensor, res, cond, reference=True)
 
     def render(self, scene: SceneRecord, aoi) -> SimScene:
