@@ -105,6 +105,16 @@ def bgrn(image: xr.DataArray) -> np.ndarray:
     )
 
 
+def prepare(image: xr.DataArray, valid: xr.DataArray | None) -> tuple[GridSpec, np.ndarray, np.ndarray]:
+    """Grid, BGRN pixels and the mask of usable pixels (finite and, if given, ``valid``)."""
+    grid = GridSpec.of(image)
+    pix = bgrn(image)
+    ok = np.all(np.isfinite(pix), axis=0)
+    if valid is not None:
+        ok &= np.asarray(valid.values, bool)
+    return grid, pix, ok
+
+
 def oriented_rect(cx: float, cy: float, angle: float, length: float, width: float) -> Polygon:
     rect = box(-length / 2, -width / 2, length / 2, width / 2)
     return translate(rotate(rect, angle, origin=(0, 0), use_radians=True), cx, cy)

@@ -20,7 +20,7 @@ from scipy import ndimage
 from shapely.geometry import Polygon, shape
 
 from changedet.grid import GridSpec
-from changedet.objects.common import CountResult, Detection, bgrn
+from changedet.objects.common import CountResult, Detection, prepare
 from changedet.objects.ground import GroundModel
 
 SLOT_M2 = 6.06 * 2.44
@@ -63,11 +63,7 @@ def count_containers(
         ``total`` in TEU with an uncertainty; detections are stack blocks with their
         footprint, ground slots and tiers.
     """
-    grid = GridSpec.of(image)
-    pix = bgrn(image)
-    ok = np.all(np.isfinite(pix), axis=0)
-    if valid is not None:
-        ok &= np.asarray(valid.values, bool)
+    grid, pix, ok = prepare(image, valid)
     res = grid.resolution
     px_m2 = res * res
     per_feature, detections = [], []

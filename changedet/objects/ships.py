@@ -18,8 +18,8 @@ import xarray as xr
 from scipy import ndimage
 from shapely.geometry import Polygon
 
-from changedet.grid import GridSpec
-from changedet.objects.common import CountResult, Detection, bgrn
+
+from changedet.objects.common import CountResult, Detection, prepare
 from changedet.objects.containers import _mask, _polygon
 from changedet.objects.ground import GroundModel
 
@@ -47,11 +47,7 @@ def count_ships(
         Water in the image CRS; its pixels away from berths teach the water colour and
         vessels found there are reported as at anchor.
     """
-    grid = GridSpec.of(image)
-    pix = bgrn(image)
-    ok = np.all(np.isfinite(pix), axis=0)
-    if valid is not None:
-        ok &= np.asarray(valid.values, bool)
+    grid, pix, ok = prepare(image, valid)
     res = grid.resolution
     berth_union = shapely.union_all(list(berths.values())) if berths else Polygon()
     if water is None or water.is_empty:

@@ -11,7 +11,7 @@ import numpy as np
 import xarray as xr
 
 from changedet.errors import SourceError
-from changedet.grid import GridSpec, aoi_grid
+from changedet.grid import GridSpec
 from changedet.simulate.render import MASK_BAND, SENSORS, SimScene, conditions, render_scene
 from changedet.simulate.scenario import scenario_for
 from changedet.sources.base import SceneRecord, check_range
