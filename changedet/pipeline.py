@@ -179,7 +179,7 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
     if not reg.applied:
         # Counting on tracks and zones that may sit metres off would be worse than no count.
         result.status = "not_registered"
-        result.note = f"registration unreliable ({reg.reason or f'reliability {reg.reliability:.2f}'})"
+        result.note = f"registration unreliable: {reg.reason or f'reliability {reg.reliability:.2f}'}"
         result.reliability = round(reg.reliability, 3)
         return result
     aligned = apply_shift(bands, reg.shift_row_px, reg.shift_col_px)
