@@ -71,6 +71,7 @@ class Static:
     water: list[Polygon]
     buildings: list[Obj]
     slots: list[Slot]
+    roads: Polygon
 
 
 @lru_cache(maxsize=32)
@@ -95,9 +96,31 @@ def _static(aoi) -> Static:
         + [b.buffer(10.0) for b in berths.values()] + [w.buffer(3.0) for w in water]
     ) if (tracks or zones or berths or water) else Polygon()
     axis = _axis(site)[2]
+    roads = _access_road(site, keep_out, axis)
+    if not roads.is_empty:
+        keep_out = shapely.union(keep_out, roads.buffer(3.0))
     grid = aoi_grid(aoi, 1.0)
     buildings = place_buildings(grid.bounds, keep_out, axis, aoi.id)
-    return Static(crs, site, tracks, gauges, zones, berths, water, buildings, container_slots(zones, aoi.id))
+    return Static(crs, site, tracks, gauges, zones, berths, water, buildings, container_slots(zones, aoi.id),
+                  roads)
+
+
+def _access_road(site: Polygon, keep_out, axis: float):
+    """An asphalt access road along the site's long axis, on whichever side has room.
+
+    Sites are reached by road; it is also a long straight stable edge that
+    co-registration can lock on to. Returned as a 7 m wide polygon (may be empty).
+    """
+    cx, cy, angle, length, width = _axis(site)
+    ca, sa = math.cos(angle), math.sin(angle)
+    for offset in (width / 2 - 10.0, -(width / 2 - 10.0), 0.0):
+        ox, oy = cx - offset * sa, cy + offset * ca
+        line = LineString([(ox - ca * length / 2, oy - sa * length / 2), (ox + ca * length / 2, oy + sa * length / 2)])
+        road = line.intersection(site.buffer(-4.0)).buffer(3.5, cap_style="flat")
+        free = road.difference(keep_out) if not keep_out.is_empty else road
+        if not road.is_empty and free.area > 0.8 * road.area:
+            return free
+    return Polygon()
 
 
 @dataclass(frozen=True)
@@ -334,7 +357,7 @@ def render_scene(aoi, day: date, sensor: str, *, seed: int = 0, resolution_m: fl
     rng = rng_for("pixels", aoi.id, day.isoformat(), sensor, seed)
 
     # Materials (anti-aliased coverage fractions on the output grid).
-    mat_shapes = [(static.site, _MATERIAL_IDS["ground"])]
+    mat_shapes = [(static.site, _MATERIAL_IDS["ground"]), (static.roads, _MATERIAL_IDS["asphalt"])]
     mat_shapes += [(z.buffer(3.0), _MATERIAL_IDS["concrete"]) for z in static.zones.values()]
     mat_shapes += [(w, _MATERIAL_IDS["water"]) for w in static.water]
     # Track beds last: where a track crosses water it runs on a bridge deck.
