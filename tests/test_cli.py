@@ -45,3 +45,30 @@ def test_demo_on_a_short_range_prints_progress_and_summary(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "[dunai_port 4/4]" in out.stdout
     assert "No alert at: dunai_port" in out.stdout
+
+
+def test_alerts_deliver_without_channels_keeps_alerts(tmp_path):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHANGEDET_")}
+    out = changedet("alerts", "--data-dir", str(tmp_path), "deliver", env=env)
+    assert out.returncode == 0 and "no delivery channel configured" in out.stdout
+
+
+def test_alerts_deliver_to_a_dead_webhook_fails_without_leaking_the_url(tmp_path):
+    import os
+
+    from changedet.alerts.outbox import Outbox
+    from changedet.baselines import Finding
+    from datetime import datetime, timezone
+
+    Outbox(tmp_path / "outbox").open_or_update(Finding(
+        aoi_id="rajin_port", aoi_name="Rajin port", rule_id="ships_surge", metric="ships", feature_id="__site__",
+        time=datetime(2023, 7, 6, tzinfo=timezone.utc), value=5.0, severity="medium", kind="robust_z",
+        figures={"sign": 1}, message="5 ships at Rajin port"))
+    secret = "http://127.0.0.1:9/services/T000/B000/very-secret-token"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("CHANGEDET_")},
+           "CHANGEDET_SLACK_WEBHOOK_URL": secret}
+    out = changedet("alerts", "--data-dir", str(tmp_path), "deliver", env=env)
+    assert out.returncode == 1 and "failed 1" in out.stdout
+    assert "very-secret-token" not in out.stdout + out.stderr

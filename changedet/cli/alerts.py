@@ -17,6 +17,9 @@ def add_parser(sub) -> None:
     ls.add_argument("--aoi")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=cmd_list)
+    dl = s.add_parser("deliver", help="send due alert notifications to the channels configured in the environment "
+                      "(CHANGEDET_SLACK_WEBHOOK_URL, CHANGEDET_SMTP_*); failed sends are retried by later runs")
+    dl.set_defaults(func=cmd_deliver)
     for name, func, helptext in (("show", cmd_show, "show one alert"), ("ack", cmd_ack, "acknowledge an alert"),
                                  ("resolve", cmd_resolve, "resolve an alert")):
         q = s.add_parser(name, help=helptext)
@@ -57,3 +60,26 @@ def cmd_resolve(args) -> int:
     a = _outbox(args).resolve(args.alert_id)
     print(f"{args.alert_id}: {getattr(a, 'status', 'resolved')}")
     return 0
+
+
+def cmd_deliver(args) -> int:
+    from changedet.alerts.delivery import channels_from_env, flush
+    from changedet.aoi import load_aoi
+
+    channels = channels_from_env()
+    if not channels:
+        print("no delivery channel configured: set CHANGEDET_SLACK_WEBHOOK_URL and/or CHANGEDET_SMTP_HOST "
+              "(see infra/.env.example); alerts stay in the outbox")
+        return 0
+    cache: dict[str, dict] = {}
+
+    def recipients_for(alert):
+        # Recipients by channel name come from the AOI file of the alert's site.
+        if alert.aoi_id not in cache:
+            cache[alert.aoi_id] = dict(load_aoi(alert.aoi_id).recipients)
+        return cache[alert.aoi_id]
+
+    result = flush(_outbox(args), channels, recipients_for=recipients_for)
+    for channel, counts in result.items():
+        print(f"{channel}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return 1 if any(c.get("failed") for c in result.values()) else 0
