@@ -30,7 +30,7 @@ def default_data_dir() -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from changedet.cli import aois, alerts, run, simulate
+    from changedet.cli import aois, alerts, coregister, count, run, simulate
 
     parser = argparse.ArgumentParser(
         prog="changedet",
@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_parser(sub)
     run.add_parser(sub)
     alerts.add_parser(sub)
+    coregister.add_parser(sub)
+    count.add_parser(sub)
     return parser
 
 

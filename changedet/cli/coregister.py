@@ -1,0 +1,88 @@
+"""``changedet coregister``: estimate (and apply) the shift that puts one raster onto another."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from changedet.errors import ChangedetError, CoregError
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "coregister",
+        help="estimate the translation that moves MOVING onto REFERENCE (and write the aligned image)",
+        description="Co-register MOVING onto REFERENCE (any GDAL raster: GeoTIFF, COG, JPEG2000; CRS and "
+        "resolution may differ). Shifts are the translation that moves MOVING onto REFERENCE: x positive "
+        "east, y positive north, in reference pixels and map units.",
+    )
+    p.add_argument("reference", type=Path, help="reference raster (its grid is the output grid)")
+    p.add_argument("moving", type=Path, help="raster to align onto the reference")
+    p.add_argument("--out", type=Path, default=None, help="write the aligned moving image (reference grid) as a COG")
+    p.add_argument("--band", default=None, help="band name used for the estimate (default: NIR, else red, else mean)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
+    p.add_argument("--min-reliability", type=float, default=0.5,
+                   help="shifts with a lower reliability (0..1) are not applied (default 0.5)")
+    p.add_argument("--max-shift", type=float, default=20.0,
+                   help="shifts longer than this many reference pixels are not applied (default 20)")
+    p.add_argument("--local", action="store_true",
+                   help="local (tie-point grid) co-registration; not implemented yet")
+    p.set_defaults(func=cmd_coregister)
+
+
+def _num(v: float) -> float | None:
+    v = float(v)
+    return round(v, 4) if math.isfinite(v) else None
+
+
+def result_json(res) -> dict:
+    """The CLI JSON contract for a :class:`~changedet.coreg.CoregResult`."""
+    return {
+        "shift_x_px": _num(res.shift_col_px) if res.shift_col_px else 0.0,
+        "shift_y_px": _num(-res.shift_row_px) if res.shift_row_px else 0.0,
+        "shift_x_m": _num(res.shift_x_m),
+        "shift_y_m": _num(res.shift_y_m),
+        "shift_row_px": _num(res.shift_row_px),
+        "shift_col_px": _num(res.shift_col_px),
+        "reliability": _num(res.reliability),
+        "tie_points": int(res.tie_points),
+        "similarity_before": _num(res.similarity_before),
+        "similarity_after": _num(res.similarity_after),
+        "applied": bool(res.applied),
+        "reason": res.reason,
+    }
+
+
+def cmd_coregister(args) -> int:
+    if args.local:
+        raise ChangedetError("local (tie-point) co-registration is not implemented yet; run without --local")
+    from changedet.coreg import coregister
+    from changedet.io import read_raster, write_geotiff
+
+    ref = read_raster(args.reference)
+    mov = read_raster(args.moving)
+    if args.band is not None:
+        for path, da in ((args.reference, ref), (args.moving, mov)):
+            names = [str(b) for b in da["band"].values]
+            if args.band not in names:
+                raise CoregError(f"{path}: has no band {args.band!r}; its bands are {', '.join(names)}")
+    aligned, res = coregister(ref, mov, band=args.band, min_reliability=args.min_reliability,
+                              max_shift_px=args.max_shift)
+    out_path = None
+    if args.out is not None:
+        out_path = write_geotiff(aligned, args.out)
+    doc = result_json(res)
+    if out_path is not None:
+        doc["out"] = str(out_path)
+    if args.json:
+        print(json.dumps(doc))
+        return 0
+    status = "applied" if res.applied else f"NOT applied ({res.reason})"
+    print(f"shift moving -> reference: x {doc['shift_x_px']:+.3f} px ({res.shift_x_m:+.2f} m east), "
+          f"y {doc['shift_y_px']:+.3f} px ({res.shift_y_m:+.2f} m north)")
+    print(f"reliability {res.reliability:.2f}, tie points {res.tie_points}, gradient similarity "
+          f"{res.similarity_before:.3f} -> {res.similarity_after:.3f}; {status}")
+    if out_path is not None:
+        print(f"aligned image written to {out_path}")
+    return 0

@@ -1,0 +1,200 @@
+"""``changedet count``: count railcars, containers (TEU) or ships in one image."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from changedet.errors import ChangedetError
+
+KINDS = ("railcars", "containers", "ships")
+MASK_BAND = "CLM"
+
+
+class FeatureError(ChangedetError):
+    """A features file is unreadable or lacks the features the counter needs."""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("count", help="count railcars, containers (TEU) or ships in one image")
+    p.add_argument("kind", choices=KINDS, help="what to count")
+    p.add_argument("image", type=Path, help="georeferenced raster with named bands (R, G, B, NIR [, CLM])")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--aoi", help="AOI id (or .yaml path) whose features to use")
+    src.add_argument("--features", type=Path,
+                     help="GeoJSON FeatureCollection (properties id, role); EPSG:4326 unless a 'crs' member says otherwise")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.add_argument("--out", type=Path, default=None, help="write detections as a GeoJSON FeatureCollection (EPSG:4326)")
+    p.add_argument("--sun-azimuth", type=float, default=None, help="solar azimuth, degrees clockwise from north")
+    p.add_argument("--sun-elevation", type=float, default=None, help="solar elevation, degrees")
+    p.set_defaults(func=cmd_count)
+
+
+# -- features -------------------------------------------------------------------------------
+def _geojson_crs(doc: dict, path: Path):
+    import pyproj
+
+    member = doc.get("crs")
+    if not member:
+        return pyproj.CRS.from_epsg(4326)
+    try:
+        name = member["properties"]["name"] if isinstance(member, dict) and "properties" in member else member
+        crs = pyproj.CRS.from_user_input(name)
+    except Exception:
+        raise FeatureError(f"{path}: cannot understand its 'crs' member {member!r}; use e.g. "
+                           '{"type": "name", "properties": {"name": "EPSG:32652"}} or drop it for EPSG:4326') from None
+    # OGC CRS84 is lon/lat like RFC 7946.
+    if crs.equals(pyproj.CRS.from_user_input("OGC:CRS84")):
+        return pyproj.CRS.from_epsg(4326)
+    return crs
+
+
+def read_features(path: Path) -> tuple[list[dict[str, Any]], Any]:
+    """(features as dicts with id, role, geometry (shapely), the CRS of the file)."""
+    import shapely.geometry
+
+    path = Path(path)
+    if not path.exists():
+        raise FeatureError(f"{path}: no such file; check the path")
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise FeatureError(f"{path}: not valid GeoJSON ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("type") != "FeatureCollection" or not isinstance(doc.get("features"), list):
+        raise FeatureError(f"{path}: must be a GeoJSON FeatureCollection of features with properties id and role")
+    crs = _geojson_crs(doc, path)
+    feats = []
+    for i, f in enumerate(doc["features"]):
+        props = (f or {}).get("properties") or {}
+        try:
+            geom = shapely.geometry.shape(f["geometry"])
+        except Exception:
+            raise FeatureError(f"{path}: feature #{i} has no valid geometry") from None
+        fid = props.get("id", f.get("id", f"f{i + 1}"))
+        feats.append({"id": str(fid), "role": props.get("role"), "geometry": geom})
+    return feats, crs
+
+
+def _project(geom, src_crs, dst_crs):
+    import numpy as np
+    import pyproj
+    import shapely
+
+    if pyproj.CRS.from_user_input(src_crs).equals(pyproj.CRS.from_user_input(dst_crs)):
+        return geom
+    t = pyproj.Transformer.from_crs(src_crs, dst_crs, always_xy=True)
+
+    def fwd(xy):
+        x, y = t.transform(xy[:, 0], xy[:, 1])
+        return np.column_stack([x, y])
+
+    return shapely.transform(geom, fwd)
+
+
+def _select(feats: list[dict], kind: str, where: str) -> dict[str, Any]:
+    """Geometries by role for ``kind``: {'main': {id: geom}, 'water': geom | None}."""
+    import shapely
+
+    def by_role(role, geom_types):
+        tagged = [f for f in feats if f["role"] is not None]
+        if tagged:
+            chosen = [f for f in feats if f["role"] == role]
+        else:  # no roles at all: fall back on geometry type
+            chosen = [f for f in feats if f["geometry"].geom_type in geom_types]
+        return chosen
+
+    if kind == "railcars":
+        main = by_role("track", ("LineString", "MultiLineString"))
+        need = "track (LineString)"
+    elif kind == "containers":
+        main = by_role("stack_zone", ("Polygon", "MultiPolygon"))
+        need = "stack_zone (Polygon)"
+    else:
+        main = [f for f in feats if f["role"] == "berth"]
+        need = "berth (Polygon)"
+    if not main:
+        roles = sorted({str(f["role"]) for f in feats}) or ["none"]
+        raise FeatureError(f"{where}: no {need} features to count {kind} on (roles present: {', '.join(roles)}); "
+                           f"give features with role {need.split()[0]!r}")
+    water = None
+    if kind == "ships":
+        ws = [f["geometry"] for f in feats if f["role"] == "water"]
+        water = shapely.union_all(ws) if ws else None
+    return {"main": {f["id"]: f["geometry"] for f in main}, "water": water}
+
+
+# -- command --------------------------------------------------------------------------------
+def cmd_count(args) -> int:
+    import pyproj
+
+    from changedet.grid import crs_of
+    from changedet.io import read_raster
+
+    image = read_raster(args.image)
+    img_crs = pyproj.CRS.from_user_input(crs_of(image))
+    ll = pyproj.CRS.from_epsg(4326)
+
+    if args.aoi:
+        from changedet.aoi import load_aoi
+
+        aoi = load_aoi(args.aoi)
+        feats = [{"id": f.id, "role": f.role, "geometry": f.geometry} for f in aoi.features]
+        feat_crs, where = ll, f"AOI {aoi.id!r}"
+    else:
+        feats, feat_crs = read_features(args.features)
+        where = str(args.features)
+    feats = [dict(f, geometry=_project(f["geometry"], feat_crs, img_crs)) for f in feats]
+    sel = _select(feats, args.kind, where)
+
+    valid = None
+    names = [str(b) for b in image["band"].values]
+    if MASK_BAND in names:
+        valid = image.sel(band=MASK_BAND, drop=True) < 0.5
+        image = image.sel(band=[b for b in names if b != MASK_BAND])
+
+    if args.kind == "railcars":
+        from changedet.objects.railcars import count_railcars
+
+        res = count_railcars(image, sel["main"], valid=valid, sun_azimuth_deg=args.sun_azimuth,
+                             sun_elevation_deg=args.sun_elevation)
+    elif args.kind == "containers":
+        from changedet.objects.containers import count_containers
+
+        res = count_containers(image, sel["main"], valid=valid, sun_azimuth_deg=args.sun_azimuth,
+                               sun_elevation_deg=args.sun_elevation)
+    else:
+        from changedet.objects.ships import count_ships
+
+        res = count_ships(image, sel["main"], water=sel["water"], valid=valid)
+
+    out_crs = ll if feat_crs.equals(ll) else img_crs
+    doc = res.to_json(to_crs=out_crs)
+    if args.out is not None:
+        _write_detections(res, args.out)
+        doc["out"] = str(args.out)
+    if args.json:
+        print(json.dumps(doc))
+        return 0
+    unit = "TEU" if args.kind == "containers" else args.kind
+    types = ", ".join(f"{k} {v}" for k, v in doc["by_type"].items()) or "none"
+    unc = f" +- {doc['uncertainty']}" if "uncertainty" in doc else ""
+    print(f"{args.kind}: {doc['total']}{unc} {unit} (by type: {types}); observed {doc['observed_fraction']:.0%}")
+    for pf in doc["per_feature"]:
+        print(f"  {pf.get('id')}: {pf.get('count')}")
+    if args.out is not None:
+        print(f"{len(doc['detections'])} detections written to {args.out}")
+    return 0
+
+
+def _write_detections(res, path: Path) -> None:
+    import os
+
+    doc = res.to_json(to_crs="EPSG:4326")
+    feats = [{"type": "Feature", "geometry": d["polygon"],
+              "properties": {k: v for k, v in d.items() if k != "polygon"}} for d in doc["detections"]]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
+    os.replace(tmp, path)
