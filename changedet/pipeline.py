@@ -183,12 +183,9 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
         result.reliability = round(reg.reliability, 3)
         return result
     aligned = apply_shift(bands, reg.shift_row_px, reg.shift_col_px)
-    if reg.applied:
-        clear_al = apply_shift(clear.astype("float32"), reg.shift_row_px, reg.shift_col_px, order=1) > 0.99
-        clear_al = clear_al.fillna(False) if hasattr(clear_al, "fillna") else clear_al
-    else:
-        clear_al = clear
-    clear_al = xr.DataArray(np.asarray(clear_al.values, bool) & np.asarray(aligned.notnull().all("band").values),
+    # Pixels near a cloud edge after resampling count as cloudy (NaN compares False).
+    moved = apply_shift(clear.astype("float32"), reg.shift_row_px, reg.shift_col_px, order=1) > 0.99
+    clear_al = xr.DataArray(np.asarray(moved.values, bool) & np.asarray(aligned.notnull().all("band").values),
                             dims=("y", "x"), coords={"y": aligned.y, "x": aligned.x})
     result.shift_px = (round(reg.shift_row_px, 3), round(reg.shift_col_px, 3))
     result.reliability = round(reg.reliability, 3)
