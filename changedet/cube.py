@@ -24,7 +24,7 @@ import pandas as pd
 import xarray as xr
 
 from changedet.errors import CubeError
-from changedet.grid import GridSpec, crs_of, with_crs
+from changedet.grid import GridSpec, with_crs
 from changedet.sources.base import CLOUD_BAND, SceneRecord
 
 _FORMAT = 1
@@ -216,4 +216,4 @@ def clear_mask(da: xr.DataArray) -> xr.DataArray:
     return valid.drop_vars("band", errors="ignore")
 
 
-__all__ = ["Cube", "clear_mask", "crs_of", "optical_bands"]
+__all__ = ["Cube", "clear_mask", "optical_bands"]

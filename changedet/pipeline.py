@@ -124,11 +124,10 @@ def _primary_source(aoi, seed: int, registry: Path | None):
     for spec in aoi.sources:
         if spec.name == "simulator":
             return SimulatorSource(seed=seed, registry=registry), spec
-    # Real sources are configured per deployment; until one is, the simulator stands in.
-    spec = aoi.sources[0]
-    if spec.sensor in ("vhr", "s2", "s1"):
-        return SimulatorSource(seed=seed, registry=registry), spec
-    raise SourceError(f"{aoi.id}: no usable source among {[s.name for s in aoi.sources]}")
+    raise SourceError(
+        f"{aoi.id}: none of its sources {[s.name for s in aoi.sources]} is available in this installation; "
+        "add '{name: simulator, sensor: vhr, resolution_m: 0.5}' to its sources to run offline"
+    )
 
 
 def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
@@ -359,14 +358,6 @@ def dates_between(start: date, end: date, every_days: int) -> list[date]:
         raise DateError(f"end date {end} is before start date {start}; swap them")
     n = (end - start).days // every_days
     return [start + timedelta(days=every_days * i) for i in range(n + 1)]
-
-
-def next_acquisition(aoi, day: date, cfg: RunConfig, *, within_days: int) -> date | None:
-    """First day in [day, day + within_days) with an acquisition of the AOI's primary source."""
-    source, spec = _primary_source(aoi, cfg.seed, cfg.registry)
-    scenes = source.search(aoi, day, day + timedelta(days=within_days - 1), sensor=spec.sensor,
-                           resolution_m=spec.resolution_m, max_cloud=90.0)
-    return scenes[0].day if scenes else None
 
 
 def run_series(aoi, days: Iterable[date], cfg: RunConfig, *,

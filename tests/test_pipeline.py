@@ -103,3 +103,15 @@ def test_cloudy_day_records_no_count(tmp_path):
     r = run_day(aoi, day, RunConfig(data_dir=tmp_path))
     assert r.status in ("cloudy", "not_registered") or "ships" in r.skipped
     assert "ships" not in r.metrics
+
+
+def test_aoi_without_an_available_source_is_refused_not_simulated(tmp_path):
+    """A site that only lists real sources must not be silently fed simulated pixels."""
+    from dataclasses import replace
+
+    from changedet.errors import SourceError
+
+    aoi = load_aoi("rajin_port")
+    real_only = replace(aoi, sources=tuple(s for s in aoi.sources if s.name != "simulator"))
+    with pytest.raises(SourceError, match="simulator"):
+        run_day(real_only, date(2023, 7, 6), RunConfig(data_dir=tmp_path))

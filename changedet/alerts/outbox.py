@@ -276,6 +276,15 @@ _PENDING = """
 _SEVERITY_RANK = {s: i for i, s in enumerate(SEVERITIES)}
 
 
+def _active_row(db: sqlite3.Connection, key: Mapping[str, str]) -> sqlite3.Row | None:
+    """The one active (open, escalated or acknowledged) alert of an (AOI, rule, feature) key."""
+    return db.execute(
+        f"SELECT * FROM alerts WHERE aoi_id = :aoi_id AND rule_id = :rule_id "
+        f"AND feature_id = :feature_id AND {_ACTIVE_SQL}",
+        key,
+    ).fetchone()
+
+
 def _row_to_alert(row: sqlite3.Row) -> Alert:
     return Alert(
         id=row["id"],
@@ -518,11 +527,7 @@ class Outbox:
         figures = dict(finding.figures)
 
         with self._txn(f"record a finding of rule {finding.rule_id!r}") as db:
-            row = db.execute(
-                f"SELECT * FROM alerts WHERE aoi_id = :aoi_id AND rule_id = :rule_id "
-                f"AND feature_id = :feature_id AND {_ACTIVE_SQL}",
-                key,
-            ).fetchone()
+            row = _active_row(db, key)
             if row is not None:
                 alert = _row_to_alert(row)
                 if t <= alert.last_time:
@@ -666,11 +671,7 @@ class Outbox:
         t = to_utc(time)
         key = {"aoi_id": aoi_id, "rule_id": rule_id, "feature_id": feature_id}
         with self._txn(f"resolve quiet alerts of rule {rule_id!r}") as db:
-            row = db.execute(
-                f"SELECT * FROM alerts WHERE aoi_id = :aoi_id AND rule_id = :rule_id "
-                f"AND feature_id = :feature_id AND {_ACTIVE_SQL}",
-                key,
-            ).fetchone()
+            row = _active_row(db, key)
             if row is None:
                 return None
             alert = _row_to_alert(row)

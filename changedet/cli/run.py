@@ -55,7 +55,6 @@ def cmd_run(args) -> int:
     if not args.date and not (args.start and args.end):
         raise DateError("give --date YYYY-MM-DD, or --start and --end for a range")
     cfg = _config(args.data_dir, args.seed)
-    status = 0
     for aoi_id in args.aoi:
         aoi = load_aoi(aoi_id)
         days = [args.date] if args.date else dates_between(args.start, args.end, args.every or aoi.cadence_days)
@@ -65,7 +64,7 @@ def cmd_run(args) -> int:
                 print(json.dumps(_as_json(r)))
             else:
                 print(r.summary(), flush=True)
-    return status
+    return 0
 
 
 def _as_json(r) -> dict:
@@ -76,7 +75,7 @@ def _as_json(r) -> dict:
     return doc
 
 
-def _demo_worker(aoi_id: str, days: list[date], data_dir: str, seed: int, total: int) -> list[dict]:
+def _demo_worker(aoi_id: str, days: list[date], data_dir: str, seed: int) -> list[dict]:
     from changedet.aoi import load_aoi
     from changedet.pipeline import RunConfig, run_day
 
@@ -110,7 +109,7 @@ def cmd_demo(args) -> int:
     # Largest AOIs first so the pool stays busy to the end.
     order = sorted(aois, key=lambda a: -a.polygon.area / min(s.resolution_m for s in a.sources) ** 2)
     with ProcessPoolExecutor(max_workers=max(1, args.workers)) as pool:
-        futures = {pool.submit(_demo_worker, a.id, days, str(data_dir), args.seed, total): a.id for a in order}
+        futures = {pool.submit(_demo_worker, a.id, days, str(data_dir), args.seed): a.id for a in order}
         for fut in as_completed(futures):
             fut.result()
             done += len(days)
