@@ -30,7 +30,10 @@ def default_data_dir() -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from changedet.cli import aois, alerts, coregister, count, run, simulate
+    import importlib
+    import pkgutil
+
+    import changedet.cli as cli_pkg
 
     parser = argparse.ArgumentParser(
         prog="changedet",
@@ -39,12 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"changedet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    aois.add_parser(sub)
-    simulate.add_parser(sub)
-    run.add_parser(sub)
-    alerts.add_parser(sub)
-    coregister.add_parser(sub)
-    count.add_parser(sub)
+    # Every module in this package with an ``add_parser(subparsers)`` is a command, so a new
+    # command is one new file; the listed ones come first in --help, the rest alphabetically.
+    first = ["aois", "simulate", "run", "demo", "alerts"]
+    names = sorted(m.name for m in pkgutil.iter_modules(cli_pkg.__path__) if not m.name.startswith("_"))
+    for name in sorted(names, key=lambda n: (first.index(n) if n in first else len(first), n)):
+        module = importlib.import_module(f"changedet.cli.{name}")
+        if hasattr(module, "add_parser"):
+            module.add_parser(sub)
     return parser
 
 
