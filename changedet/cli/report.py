@@ -1,0 +1,32 @@
+"""``changedet report``: build the static HTML report (per-AOI pages and an index)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from changedet.cli import default_data_dir, parse_date
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("report", help="build a static HTML report (maps, detections, change, metrics, alerts)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--aoi", action="append", help="AOI id; repeat for several (default: all AOIs)")
+    which.add_argument("--all", action="store_true", help="every AOI of the registry (the default)")
+    p.add_argument("--start", type=parse_date, default=None, help="first day shown YYYY-MM-DD (default: first record)")
+    p.add_argument("--end", type=parse_date, default=None, help="last day shown YYYY-MM-DD (default: latest)")
+    p.add_argument("--out", type=Path, required=True, help="report folder (index.html is written there)")
+    p.add_argument("--data-dir", type=Path, default=None, help="where runs wrote cubes, metrics and the outbox "
+                   "(default: $CHANGEDET_DATA_DIR or ./changedet-data)")
+    p.add_argument("--registry", type=Path, default=None, help="AOI folder (default: $CHANGEDET_AOIS or aois/)")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args) -> int:
+    from changedet.report import build_report
+
+    index = build_report(args.data_dir or default_data_dir(), args.out, aoi_ids=args.aoi, start=args.start,
+                         end=args.end, registry=args.registry)
+    print(f"report: {index}")
+    if args.aoi and len(args.aoi) == 1:
+        print(f"  {args.aoi[0]}: {index.parent / args.aoi[0] / 'index.html'}")
+    return 0

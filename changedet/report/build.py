@@ -1,0 +1,590 @@
+"""Build the static HTML report from what runs left in a data directory.
+
+Reads the data directory (opening the outbox may re-sync its alert JSON files, nothing else
+is written there): cubes (latest image, before/after chips),
+``products/<aoi>/<date>/`` (change magnitude COG, detections GeoJSON), the metric store
+and the alert outbox. Writes ``<out>/index.html`` plus ``<out>/<aoi_id>/index.html``
+with its PNG figures; pages open from disk (no server, no remote URL).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from changedet import __version__
+from changedet.errors import ChangedetError
+from changedet.report.html import esc, fmt_num, href, page, rel_href, sparkline, table
+
+__all__ = ["ReportError", "build_report", "baseline_band"]
+
+#: Change magnitude threshold drawn on heatmaps: the pipeline default
+#: (:attr:`changedet.pipeline.RunConfig.change_z`); runs do not record theirs.
+DEFAULT_CHANGE_Z = 6.0
+#: Side of the before/after chips, metres.
+CHIP_M = 160.0
+_METRIC_UNITS = {"railcars": "railcars", "containers_teu": "TEU", "ships": "ships", "changed_area_m2": "m²"}
+
+
+class ReportError(ChangedetError):
+    """The report cannot be built (unknown AOI, unreadable data directory, bad period)."""
+
+
+@dataclass
+class _MetricView:
+    name: str
+    series: pd.Series
+    baseline: pd.DataFrame
+    alert_times: list[pd.Timestamp]
+
+
+@dataclass
+class _AOIView:
+    aoi: Any
+    status: str
+    latest: pd.Timestamp | None
+    sensor: str | None
+    metrics: list[_MetricView] = field(default_factory=list)
+    alerts: list[Any] = field(default_factory=list)
+    open_alerts: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+# -- time helpers ------------------------------------------------------------------------------
+def _ts(value) -> pd.Timestamp:
+    ts = pd.Timestamp(value)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def _period(start, end) -> tuple[pd.Timestamp | None, pd.Timestamp | None]:
+    s = _ts(start) if start is not None else None
+    # An end *date* includes that whole day.
+    e = None
+    if end is not None:
+        e = _ts(end)
+        if isinstance(end, date) and not isinstance(end, datetime):
+            e = e + pd.Timedelta(days=1) - pd.Timedelta(microseconds=1)
+    if s is not None and e is not None and e < s:
+        raise ReportError(f"report end {end} is before its start {start}; swap --start and --end")
+    return s, e
+
+
+def _in(t: pd.Timestamp, start, end) -> bool:
+    return (start is None or t >= start) and (end is None or t <= end)
+
+
+def _day(t) -> str:
+    return _ts(t).strftime("%Y-%m-%d")
+
+
+# -- baseline band -----------------------------------------------------------------------------
+def baseline_band(series: pd.Series, *, window_days: float = 90.0, k: float = 4.0, min_history: int = 6,
+                  mad_floor: float = 1.0, rel_floor: float = 0.1) -> pd.DataFrame:
+    """Normal range of each observation from the ones strictly before it, as the robust-z rule sees it.
+
+    For every time t the window is the observations in ``[t - window_days, t)``; the
+    band is ``median ± k · max(1.4826·MAD, mad_floor, rel_floor·|median|)``.
+
+    Parameters
+    ----------
+    series : pandas.Series
+        Metric values on a DatetimeIndex (any order, NaN ignored).
+    window_days : float
+        Trailing window, days.
+    k : float
+        Half-width of the band in robust standard deviations.
+    min_history : int
+        Fewer observations in the window give NaN (no band yet).
+    mad_floor, rel_floor : float
+        Floors of the scale (metric units, and share of the median).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``lo``, ``mid``, ``hi`` on the series' (sorted) index.
+    """
+    from changedet.baselines import MAD_TO_SIGMA
+
+    s = pd.Series(np.asarray(series.values, dtype="float64"), index=pd.DatetimeIndex(series.index)).sort_index()
+    s = s[np.isfinite(s.values)]
+    times = s.index
+    vals = s.values
+    lo, mid, hi = (np.full(len(s), np.nan) for _ in range(3))
+    win = pd.Timedelta(days=float(window_days))
+    for i, t in enumerate(times):
+        m = (times < t) & (times >= t - win)
+        if m.sum() < max(1, int(min_history)):
+            continue
+        w = vals[m]
+        med = float(np.median(w))
+        mad = float(np.median(np.abs(w - med)))
+        scale = max(MAD_TO_SIGMA * mad, float(mad_floor), float(rel_floor) * abs(med))
+        lo[i], mid[i], hi[i] = med - k * scale, med, med + k * scale
+    return pd.DataFrame({"lo": lo, "mid": mid, "hi": hi}, index=times)
+
+
+def _band_params(aoi, metric: str) -> dict[str, Any]:
+    from changedet.baselines import validate_params
+
+    for rule in getattr(aoi, "rules", ()):
+        if rule.metric == metric and rule.kind == "robust_z":
+            p = validate_params("robust_z", dict(rule.params), rule_id=rule.id)
+            break
+    else:
+        p = validate_params("robust_z", {})
+    return {k: p[k] for k in ("window_days", "k", "min_history", "mad_floor", "rel_floor")}
+
+
+# -- imagery -----------------------------------------------------------------------------------
+@dataclass
+class _Imagery:
+    sensor: str
+    source: str                  # SourceSpec.name, e.g. "simulator"
+    cube: Any
+    scenes: list[dict]           # in the period, sorted by time
+
+
+def _imagery(aoi, data_dir: Path, start, end) -> _Imagery | None:
+    """The first source of the AOI with stored scenes (the pipeline's primary source)."""
+    from changedet.cube import Cube
+    from changedet.grid import aoi_grid
+
+    for spec in aoi.sources:
+        grid = aoi_grid(aoi, float(spec.resolution_m))
+        cube = Cube(data_dir, aoi.id, spec.sensor, grid, reflectance=spec.sensor != "s1")
+        if not Path(cube.path).exists():
+            continue
+        scenes = [s for s in cube.scenes() if _in(_ts(s["time"]), start, end)]
+        if scenes:
+            return _Imagery(spec.sensor, spec.name, cube, scenes)
+    return None
+
+
+def _scene_image(img: _Imagery, entry: dict) -> xr.DataArray:
+    from changedet.sources.base import CLOUD_BAND
+
+    da = img.cube.read(before=_ts(entry["time"]) + pd.Timedelta(microseconds=1), last=1)
+    if da is None:
+        raise ReportError(f"scene {entry['scene_id']} is listed but not readable in {img.cube.path}")
+    da = da.isel(time=0).load()
+    names = [str(b) for b in da["band"].values]
+    if CLOUD_BAND in names:
+        # Clouds are shown as they are (an analyst must see why a count is missing).
+        da = da.sel(band=[b for b in names if b != CLOUD_BAND])
+    return da
+
+
+def _products_dir(data_dir: Path, aoi_id: str, t: pd.Timestamp) -> Path | None:
+    """``products/<aoi>/<day>/`` of an acquisition: the run day nearest its time (within a day)."""
+    root = data_dir / "products" / aoi_id
+    if not root.is_dir():
+        return None
+    best, best_d = None, None
+    for d in root.iterdir():
+        try:
+            day = date.fromisoformat(d.name)
+        except ValueError:
+            continue
+        gap = abs((_ts(day) + pd.Timedelta(hours=12)) - t)
+        if gap <= pd.Timedelta(hours=36) and (best_d is None or gap < best_d):
+            best, best_d = d, gap
+    return best
+
+
+def _detections(prod: Path | None, crs) -> list[dict]:
+    """Detections of every ``*.geojson`` product (EPSG:4326) projected to ``crs``."""
+    import shapely.geometry
+
+    from changedet.aoi import _project
+
+    out: list[dict] = []
+    if prod is None:
+        return out
+    for f in sorted(prod.glob("*.geojson")):
+        try:
+            doc = json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        for feat in doc.get("features", []):
+            props = feat.get("properties") or {}
+            try:
+                geom = _project(shapely.geometry.shape(feat["geometry"]), crs)
+            except Exception:
+                continue
+            out.append({"type": str(props.get("type", f.stem)), "polygon": shapely.geometry.mapping(geom),
+                        "score": props.get("score")})
+    return out
+
+
+def _features(aoi, crs) -> list[dict]:
+    feats = [{"id": aoi.id, "role": "site", "geometry": aoi.to_crs(aoi.polygon, crs)}]
+    feats += [{"id": f.id, "role": f.role, "geometry": aoi.to_crs(f.geometry, crs)} for f in aoi.features]
+    return feats
+
+
+def _chip_window(da: xr.DataArray, centre_xy: tuple[float, float]) -> dict[str, slice]:
+    from changedet.grid import GridSpec
+
+    g = GridSpec.of(da)
+    half = int(round(CHIP_M / g.resolution / 2))
+    r, c = g.rowcol(*centre_xy)
+    rows, cols = g.shape
+    r0 = int(np.clip(round(float(r)) - half, 0, max(0, rows - 2 * half)))
+    c0 = int(np.clip(round(float(c)) - half, 0, max(0, cols - 2 * half)))
+    return {"y": slice(r0, min(rows, r0 + 2 * half)), "x": slice(c0, min(cols, c0 + 2 * half))}
+
+
+def _change_centre(mag: xr.DataArray | None, aoi, crs) -> tuple[float, float]:
+    """Where change is strongest (smoothed over ~40 m), else the site centre."""
+    if mag is not None:
+        from scipy import ndimage
+
+        v = np.asarray(mag.squeeze().values, dtype="float32")
+        if np.isfinite(v).any() and np.nanmax(v) > 0:
+            res = abs(float(mag.x[1] - mag.x[0]))
+            size = max(3, int(round(40.0 / res)))
+            sm = ndimage.uniform_filter(np.nan_to_num(v, nan=0.0), size=size)
+            r, c = np.unravel_index(int(np.argmax(sm)), sm.shape)
+            return float(mag.x[c]), float(mag.y[r])
+    cen = aoi.to_crs(aoi.polygon, crs).centroid
+    return float(cen.x), float(cen.y)
+
+
+# -- per-AOI page ------------------------------------------------------------------------------
+def _rel(target: Path, start_dir: Path) -> str:
+    return os.path.relpath(Path(target).resolve(), Path(start_dir).resolve())
+
+
+def _evidence_link(data_dir: Path, alert, page_dir: Path) -> tuple[str, str]:
+    """(relative link, label) to the alert's evidence pack, else its outbox JSON."""
+    ev = data_dir / "evidence" / alert.id
+    if ev.is_dir():
+        idx = ev / "index.html"
+        # Without a page of its own the folder itself is linked (browsers list its files).
+        return (_rel(idx, page_dir) if idx.exists() else _rel(ev, page_dir) + "/"), "evidence pack"
+    return _rel(data_dir / "outbox" / "alerts" / f"{alert.id}.json", page_dir), "alert record (JSON)"
+
+
+def _figure_block(src: str, alt: str, caption: str, *, gid: str) -> str:
+    return (f"<figure id=\"{esc(gid)}\"><img class=\"fig\" src=\"{href(src)}\" alt=\"{esc(alt)}\">"
+            f"<figcaption>{esc(caption)}</figcaption></figure>")
+
+
+def _build_aoi(aoi, data_dir: Path, out_dir: Path, start, end, store, outbox) -> _AOIView:
+    from changedet import figures as F
+    from changedet.alerts.outbox import ACTIVE
+    from changedet.metrics import SITE
+
+    page_dir = out_dir / aoi.id
+    page_dir.mkdir(parents=True, exist_ok=True)
+    img = _imagery(aoi, data_dir, start, end)
+    latest_t = _ts(img.scenes[-1]["time"]) if img else None
+    view = _AOIView(aoi, "no data", latest_t, img.sensor if img else None)
+
+    # Alerts of this AOI in the period (opened in it, or still active at its end).
+    alerts = []
+    if outbox is not None:
+        for a in outbox.list(aoi_id=aoi.id):
+            opened = _ts(a.opened_at)
+            active = a.status != "resolved"
+            if _in(opened, start, end) or (active and (end is None or opened <= end)):
+                alerts.append(a)
+    view.alerts = alerts
+    view.open_alerts = sum(1 for a in alerts if a.status in ACTIVE)
+
+    # Metric series (site level) with their baseline band; the window reaches back before the period.
+    if store is not None:
+        for metric in store.metrics(aoi.id):
+            if SITE not in store.features(aoi.id, metric):
+                continue
+            full = store.series(aoi.id, metric, feature_id=SITE, end=end) if end is not None else \
+                store.series(aoi.id, metric, feature_id=SITE)
+            if full is None or len(full) == 0:
+                continue
+            full.index = pd.DatetimeIndex(full.index)
+            full.index = full.index.tz_localize("UTC") if full.index.tz is None else full.index.tz_convert("UTC")
+            band = baseline_band(full, **_band_params(aoi, metric))
+            keep = [(_in(t, start, end)) for t in full.index]
+            s = full[keep]
+            if len(s) == 0:
+                continue
+            a_times = sorted({_ts(a.opened_at) for a in alerts if a.metric == metric})
+            view.metrics.append(_MetricView(metric, s, band[keep], a_times))
+
+    if view.metrics or img:
+        view.status = "alert" if view.open_alerts else "ok"
+
+    parts: list[str] = []
+    name = aoi.name
+    period = f"{_day(start) if start is not None else 'first record'} to {_day(end) if end is not None else 'latest'}"
+    parts.append(f"<p><a href=\"../index.html\">&larr; all sites</a></p>")
+    parts.append(f"<h1 id=\"aoi-name\">{esc(name)}</h1>")
+    parts.append(
+        f"<p class=\"meta\">{esc(aoi.id)} · {esc(aoi.kind)} · timezone {esc(aoi.timezone)} · period {esc(period)} · "
+        f"status <span class=\"badge {esc(_badge(view.status))}\">{esc(view.status)}</span></p>"
+    )
+    if getattr(aoi, "notes", None):
+        parts.append(f"<p class=\"note\">{esc(aoi.notes)}</p>")
+
+    if img:
+        # One unreadable product must not cost the analyst the rest of the page.
+        img_parts: list[str] = []
+        try:
+            latest = img.scenes[-1]
+            da = _scene_image(img, latest)
+            crs = da.rio.crs
+            when = latest_t.to_pydatetime()
+            attribution = F.attribution_for(img.sensor, latest_t.year, source=img.source)
+            prod = _products_dir(data_dir, aoi.id, latest_t)
+            dets = _detections(prod, crs)
+            feats = _features(aoi, crs)
+            F.map_png(da, page_dir / "map.png", title=f"{name}: site and features", when=when, sensor=img.sensor,
+                      attribution=attribution, features=feats)
+            img_parts.append("<h2>Site and features</h2>")
+            img_parts.append(_figure_block("map.png", f"Map of {name} with its features",
+                                       f"Site outline and mapped features ({', '.join(sorted({f['role'] for f in feats}))}) "
+                                       f"over the image of {_day(latest_t)}.", gid="fig-map"))
+            F.scene_png(da, page_dir / "latest.png", title=f"{name}: latest image", when=when, sensor=img.sensor,
+                        attribution=attribution, detections=dets)
+            counts: dict[str, int] = {}
+            for d in dets:
+                counts[d["type"]] = counts.get(d["type"], 0) + 1
+            det_text = ", ".join(f"{n} {t}" for t, n in sorted(counts.items())) or "no detections"
+            img_parts.append("<h2>Latest image</h2>")
+            img_parts.append(_figure_block("latest.png", f"Latest image of {name} with detections",
+                                       f"{_day(latest_t)}, scene {latest['scene_id']}: {det_text}.", gid="fig-latest"))
+
+            # Change heatmap of the latest date that has one in the period.
+            mag, mag_t = None, None
+            for entry in reversed(img.scenes):
+                t = _ts(entry["time"])
+                pdir = _products_dir(data_dir, aoi.id, t)
+                if pdir is not None and (pdir / "change_magnitude.tif").exists():
+                    from changedet.io import read_raster
+
+                    mag, mag_t = read_raster(pdir / "change_magnitude.tif"), t
+                    break
+            centre = _change_centre(mag, aoi, crs)
+            if len(img.scenes) >= 2:
+                before = img.scenes[0]
+                bda = _scene_image(img, before)
+                win = _chip_window(da, centre)
+                a_chip, b_chip = da.isel(win), bda.isel(win)
+                joint = np.concatenate([F.select_rgb(b_chip), F.select_rgb(a_chip)], axis=-1)
+                vr = F.stretch_range(joint)
+                bt = _ts(before["time"])
+                F.scene_png(b_chip, page_dir / "before.png", title="Before", when=bt.to_pydatetime(), sensor=img.sensor,
+                            attribution=attribution, value_range=vr, max_px=512)
+                F.scene_png(a_chip, page_dir / "after.png", title="After", when=when, sensor=img.sensor,
+                            attribution=attribution, value_range=vr, max_px=512)
+                img_parts.append("<h2>Before and after</h2>")
+                img_parts.append(
+                    "<div class=\"pair\">"
+                    + _figure_block("before.png", f"Before: {_day(bt)}", f"{_day(bt)} (first image of the period)",
+                                    gid="fig-before")
+                    + _figure_block("after.png", f"After: {_day(latest_t)}", f"{_day(latest_t)} (latest image)",
+                                    gid="fig-after")
+                    + "</div><p class=\"muted\">Same "
+                    + esc(f"{CHIP_M:g} m")
+                    + " window in both, centred on the strongest change; both share one brightness stretch.</p>"
+                )
+            else:
+                view.notes.append("Only one image in the period: no before/after comparison.")
+            if mag is not None:
+                F.heatmap_png(mag, page_dir / "change.png", title=f"{name}: change", when=mag_t.to_pydatetime(),
+                              sensor=img.sensor, attribution=attribution, threshold=DEFAULT_CHANGE_Z)
+                img_parts.append("<h2>Change</h2>")
+                img_parts.append(_figure_block("change.png", f"Change magnitude at {name}",
+                                           f"Change magnitude on {_day(mag_t)} against the per-pixel baseline of earlier "
+                                           f"dates; outlined: above {DEFAULT_CHANGE_Z:g} (the default threshold).",
+                                           gid="fig-change"))
+            else:
+                view.notes.append("No change map in the period yet (the per-pixel baseline needs 3 earlier dates).")
+        except (ChangedetError, OSError, ValueError) as exc:
+            view.notes.append(f"Imagery could not be shown: {exc}")
+        parts.extend(img_parts)
+    else:
+        view.notes.append("No stored imagery for this site in the period.")
+    if not any("fig-map" in p_ for p_ in parts):
+        parts.append("<h2>Site and features</h2>")
+        parts.append(_geometry_map(aoi, page_dir))
+
+    parts.append("<h2>Metrics</h2>")
+    if not view.metrics:
+        parts.append("<p class=\"muted\">No metric recorded in the period.</p>")
+    for i, m in enumerate(_ordered_metrics(view)):
+        units = _METRIC_UNITS.get(m.name, "railcars" if m.name.startswith("railcars_") else "")
+        title = f"{m.name} (site)"
+        svg = F.series_svg(m.series, title=title, units=units, baseline=m.baseline, alerts=m.alert_times,
+                           id_prefix=f"m{i}")
+        F.series_png(m.series, page_dir / f"series_{i}.png", title=f"{name}: {m.name}", units=units,
+                     baseline=m.baseline, alerts=m.alert_times)
+        p = _band_params(aoi, m.name)
+        parts.append(
+            f"<h3>{esc(m.name)}</h3><figure class=\"series\" id=\"series-{i}\" data-metric=\"{esc(m.name)}\" "
+            f"data-alerts=\"{len(m.alert_times)}\">{svg}<figcaption>Latest {esc(fmt_num(m.series.iloc[-1]))} "
+            f"on {esc(_day(m.series.index[-1]))}. Band: median ± {esc(fmt_num(p['k']))}·MAD of the previous "
+            f"{esc(fmt_num(p['window_days']))} days, once {esc(p['min_history'])} observations are in the window; "
+            f"▼ alerts. <a href=\"{href(f'series_{i}.png')}\">PNG</a></figcaption></figure>"
+        )
+
+    parts.append("<h2>Alerts</h2>")
+    rows = []
+    for a in sorted(alerts, key=lambda a: _ts(a.opened_at), reverse=True):
+        link, label = _evidence_link(data_dir, a, page_dir)
+        feature = "site" if a.feature_id == SITE else a.feature_id
+        rows.append([
+            f"<span class=\"sev-{esc(a.severity)}\">{esc(a.severity)}</span>",
+            esc(a.status),
+            esc(_day(a.opened_at)),
+            esc(a.rule_id),
+            esc(a.metric),
+            esc(feature),
+            esc(fmt_num(a.value)),
+            esc(a.message),
+            f"<a class=\"evidence\" href=\"{rel_href(link)}\">{esc(label)}</a>",
+        ])
+    parts.append(table(["severity", "status", "opened", "rule", "metric", "feature", "value", "message", "evidence"],
+                       rows, cls="alerts", numeric=(6,)))
+    for n in view.notes:
+        parts.append(f"<p class=\"muted\">{esc(n)}</p>")
+    parts.append(_footer())
+    (page_dir / "index.html").write_text(page(f"{name} — changedet report", "\n".join(parts)), encoding="utf-8")
+    return view
+
+
+def _geometry_map(aoi, page_dir: Path) -> str:
+    """Site and features on a blank background, for sites without imagery yet."""
+    from changedet import figures as F
+    from changedet.grid import aoi_grid
+
+    shape = aoi_grid(aoi, 1.0).shape
+    res = float(max(1, math.ceil(max(shape) / 800)))
+    grid = aoi_grid(aoi, res)
+    blank = grid.attach(np.full(grid.shape, np.nan, dtype="float32"))
+    F.map_png(blank, page_dir / "map.png", title=f"{aoi.name}: site and features", when=None,
+              sensor="no imagery yet", attribution="Geometry: changedet AOI registry",
+              features=_features(aoi, grid.crs))
+    return _figure_block("map.png", f"Map of {aoi.name} with its features",
+                         "Site outline and mapped features (no image stored for the period).", gid="fig-map")
+
+
+def _main_metrics(view: _AOIView) -> list[_MetricView]:
+    """The AOI's declared metrics, plus any other metric an alert or rule is about (e.g. per-type counts)."""
+    watched = set(view.aoi.metrics) | {r.metric for r in view.aoi.rules} | {a.metric for a in view.alerts}
+    return [m for m in view.metrics if m.name in watched]
+
+
+def _ordered_metrics(view: _AOIView) -> list[_MetricView]:
+    main = _main_metrics(view)
+    return main + [m for m in view.metrics if all(m is not x for x in main)]
+
+
+def _badge(status: str) -> str:
+    return {"alert": "alert", "ok": "ok", "no data": "nodata"}.get(status, "stale")
+
+
+def _footer() -> str:
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return f"<p class=\"muted\">Generated {esc(now)} by changedet {esc(__version__)}.</p>"
+
+
+# -- index -------------------------------------------------------------------------------------
+def _index(views: list[_AOIView], out_dir: Path, start, end) -> Path:
+    rows = []
+    for v in views:
+        sparks = []
+        for m in _main_metrics(v):
+            secs = [t.timestamp() for t in m.series.index]
+            sparks.append(
+                f"<div class=\"spark-row\" data-metric=\"{esc(m.name)}\"><span class=\"spark-name\">{esc(m.name)}</span> "
+                + sparkline(secs, list(m.series.values), alert_times=[t.timestamp() for t in m.alert_times],
+                            label=f"{m.name} at {v.aoi.name}")
+                + f" <span class=\"num\">{esc(fmt_num(m.series.iloc[-1]))}</span></div>"
+            )
+        rows.append([
+            f"<a class=\"aoi-link\" href=\"{href(v.aoi.id, 'index.html')}\">{esc(v.aoi.name)}</a>"
+            f"<br><span class=\"muted\">{esc(v.aoi.id)} · {esc(v.aoi.kind)}</span>",
+            f"<span class=\"badge {esc(_badge(v.status))}\">{esc(v.status)}</span>",
+            esc(_day(v.latest)) if v.latest is not None else "<span class=\"muted\">none</span>",
+            "".join(sparks) or "<span class=\"muted\">no metric recorded</span>",
+            esc(v.open_alerts),
+        ])
+    period = f"{_day(start) if start is not None else 'first record'} to {_day(end) if end is not None else 'latest'}"
+    body = [
+        "<h1>changedet: monitored sites</h1>",
+        f"<p class=\"meta\">{len(views)} site(s) · period {esc(period)} · "
+        f"{sum(v.open_alerts for v in views)} open alert(s)</p>",
+        table(["site", "status", "latest acquisition", "metrics (period; ● alert)", "open alerts"], rows,
+              cls="index", numeric=(4,)),
+        _footer(),
+    ]
+    path = out_dir / "index.html"
+    path.write_text(page("changedet report", "\n".join(body)), encoding="utf-8")
+    return path
+
+
+# -- entry point -------------------------------------------------------------------------------
+def build_report(data_dir: str | Path, out_dir: str | Path, *, aoi_ids: Sequence[str] | None = None,
+                 start: date | datetime | str | None = None, end: date | datetime | str | None = None,
+                 registry: str | Path | None = None) -> Path:
+    """Build the static HTML report and return the path of its ``index.html``.
+
+    Parameters
+    ----------
+    data_dir : path
+        Where runs wrote cubes, products, ``metrics.sqlite`` and ``outbox/`` (read only).
+    out_dir : path
+        Report folder (created): ``index.html`` and ``<aoi_id>/index.html`` with figures.
+    aoi_ids : sequence of str, optional
+        AOIs to report on; default every AOI of the registry.
+    start, end : date or datetime, optional
+        Period shown (an end date includes its whole day); default everything.
+    registry : path, optional
+        AOI registry (default :func:`changedet.aoi.default_registry`).
+
+    Returns
+    -------
+    pathlib.Path
+        ``<out_dir>/index.html``.
+
+    Raises
+    ------
+    ReportError
+        Missing data directory or an inverted period.
+    AOIError
+        Unknown or invalid AOI.
+    """
+    from changedet.alerts.outbox import Outbox
+    from changedet.aoi import list_aois, load_aoi
+    from changedet.metrics import MetricStore
+
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    if not data_dir.is_dir():
+        raise ReportError(f"data directory {data_dir} does not exist; give the --data-dir your runs wrote to")
+    s, e = _period(start, end)
+    reg = Path(registry) if registry is not None else None
+    aois = [load_aoi(i, registry=reg) for i in aoi_ids] if aoi_ids else list_aois(reg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    store = MetricStore(data_dir / "metrics.sqlite") if (data_dir / "metrics.sqlite").exists() else None
+    outbox = Outbox(data_dir / "outbox") if (data_dir / "outbox" / "outbox.sqlite").exists() else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            views = [_build_aoi(a, data_dir, out_dir, s, e, store, outbox) for a in aois]
+        return _index(views, out_dir, s, e)
+    finally:
+        if store is not None:
+            store.close()
+        if outbox is not None:
+            outbox.close()
