@@ -29,6 +29,8 @@ __all__ = [
     "normalized_diff",
     "spectral_index",
     "cva",
+    "cva_direction",
+    "index_change",
     "log_ratio",
     "SPECTRAL_INDICES",
 ]
@@ -280,6 +282,66 @@ def cva(before: xr.DataArray, after: xr.DataArray, *, dim: str = "band") -> xr.D
     return _unwrap(_finish(out, b, "cva"), bare_b and bare_a)
 
 
+def _cva_direction_np(before, after, *, dtype):
+    """Angle (degrees) between the change vector (band axis first) and the all-ones diagonal."""
+    d = np.subtract(after, before, dtype=dtype)
+    n = d.shape[0]
+    norm = np.sqrt(np.sum(d * d, axis=0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cos = np.sum(d, axis=0) / (np.sqrt(dtype.type(n)) * norm)
+    ang = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))).astype(dtype, copy=False)
+    # A zero change vector has no direction; NaN inputs are already NaN through the sums.
+    return np.where(norm == 0, dtype.type(np.nan), ang)
+
+
+def cva_direction(before: xr.DataArray, after: xr.DataArray, *, dim: str = "band") -> xr.DataArray:
+    """Change-vector analysis direction: angle of ``after - before`` to the diagonal.
+
+    The direction of the change vector tells kinds of change apart when the magnitude
+    cannot: a uniform brightening of all bands (e.g. a new bright roof, haze) points
+    along the diagonal ``(1, ..., 1)``, a darkening against it, and a change of spectral
+    shape (vegetation loss: NIR down, red up) across it. For any number of bands this
+    is the spherical angle of C2VA (Bovolo et al. 2012): ``arccos(sum_b d_b /
+    (sqrt(B) * |d|))``.
+
+    Parameters
+    ----------
+    before, after : xarray.DataArray
+        Multi-band images on the same grid, e.g. (band, y, x).
+    dim : str, optional
+        Spectral dimension (default ``"band"``).
+
+    Returns
+    -------
+    xarray.DataArray
+        Degrees in [0, 180]: 0 = all bands rose equally, 180 = all fell equally, 90 =
+        no net brightness change. ``dim`` removed. NaN where any band of either input is
+        NaN, or where the change vector is exactly zero (no direction). Lazy for dask.
+    """
+    b, bare_b = _as_dataarray(before, "before")
+    a, bare_a = _as_dataarray(after, "after")
+    if dim not in b.dims or dim not in a.dims:
+        raise KernelError(
+            f"cva_direction needs the spectral dimension {dim!r} in both inputs (before has "
+            f"{b.dims}, after has {a.dims}); pass dim= the name of the band dimension"
+        )
+    a = _check_same_grid(b, a, "before", "after")
+    dtype = _float_dtype(b.dtype, a.dtype)
+    if b.chunks is not None or a.chunks is not None:
+        # The whole spectral vector of a pixel must be in one block.
+        b, a = b.chunk({dim: -1}), a.chunk({dim: -1})
+    out = xr.apply_ufunc(
+        lambda x, y, **kw: _cva_direction_np(np.moveaxis(x, -1, 0), np.moveaxis(y, -1, 0), **kw),
+        b,
+        a,
+        input_core_dims=[[dim], [dim]],
+        kwargs={"dtype": dtype},
+        dask="parallelized",
+        output_dtypes=[dtype],
+    )
+    return _unwrap(_finish(out, b, "cva_direction"), bare_b and bare_a)
+
+
 # ---------------------------------------------------------------------------------------
 # Spectral indices
 # ---------------------------------------------------------------------------------------
@@ -359,3 +421,34 @@ def spectral_index(
         _nd_np, pos, neg, kwargs={"eps": 1e-6, "dtype": dtype}, dask="parallelized", output_dtypes=[dtype]
     )
     return _finish(out, image, key)
+
+
+def index_change(
+    before: xr.DataArray, after: xr.DataArray, index: str, *, band_map: Mapping[str, str] | None = None
+) -> xr.DataArray:
+    """Change of a spectral index: ``index(after) - index(before)``.
+
+    Parameters
+    ----------
+    before, after : xarray.DataArray
+        Reflectance images with named bands on the same grid, e.g. (band, y, x).
+    index : {"ndvi", "ndwi", "ndbi"}
+        See :func:`spectral_index`.
+    band_map : mapping, optional
+        Role -> band name overrides, see :func:`spectral_index`.
+
+    Returns
+    -------
+    xarray.DataArray
+        Unitless, in [-2, 2]: negative NDVI change is vegetation loss, positive NDWI
+        change new water, positive NDBI change new built-up surface. ``band`` removed.
+        NaN where a band of either date is NaN. Lazy for dask input.
+    """
+    if not isinstance(before, xr.DataArray) or not isinstance(after, xr.DataArray):
+        raise KernelError("index_change needs DataArrays with band names (build them with GridSpec.attach)")
+    ib = spectral_index(before, index, band_map=band_map)
+    ia = spectral_index(after, index, band_map=band_map)
+    ia = _check_same_grid(ib, ia, "before", "after")
+    dtype = _float_dtype(ib.dtype, ia.dtype)
+    out = xr.apply_ufunc(_diff_np, ib, ia, kwargs={"dtype": dtype}, dask="parallelized", output_dtypes=[dtype])
+    return _finish(out, ib, f"{str(index).lower()}_change")

@@ -22,7 +22,7 @@ from changedet.errors import GridError
 from changedet.kernels.baseline import MAD_SCALE
 from changedet.kernels.change import KernelError, _as_dataarray, _finish, _unwrap
 
-__all__ = ["otsu", "k_mad", "change_mask", "changed_area_m2"]
+__all__ = ["otsu", "kittler_illingworth", "chi2_threshold", "k_mad", "change_mask", "changed_area_m2"]
 
 #: Histogram bins per refinement pass of the exact dask quantile search.
 _SELECT_BINS = 4096
@@ -300,6 +300,106 @@ def otsu(values, *, bins: int = 256) -> float:
     edges = np.linspace(lo, hi, int(bins) + 1)
     (counts,) = _histograms(x, is_dask, [edges], closed_last=True)
     return _otsu_from_hist(counts, edges)
+
+
+def _ki_from_hist(counts: np.ndarray, edges: np.ndarray) -> float:
+    """Minimum-error threshold: split minimising the two-Gaussian classification cost J(t)."""
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    c = counts.astype("float64")
+    n = c.sum()
+    p1 = np.cumsum(c)
+    s1 = np.cumsum(c * centres)
+    q1 = np.cumsum(c * centres**2)
+    p2, s2, q2 = n - p1, s1[-1] - s1, q1[-1] - q1
+    with np.errstate(divide="ignore", invalid="ignore"):
+        m1, m2 = s1 / p1, s2 / p2
+        v1 = q1 / p1 - m1**2
+        v2 = q2 / p2 - m2**2
+        # Kittler & Illingworth (1986): J = 1 + 2 (P1 ln s1 + P2 ln s2) - 2 (P1 ln P1 + P2 ln P2)
+        w1, w2 = p1 / n, p2 / n
+        j = 1 + w1 * np.log(v1) + w2 * np.log(v2) - 2 * (w1 * np.log(w1) + w2 * np.log(w2))
+    # A class narrower than one bin has a variance of rounding noise (J -> -inf); a split
+    # is only a candidate when each class spans at least two bins' worth of spread.
+    width = (edges[1] - edges[0]) ** 2 / 12.0
+    ok = np.isfinite(j) & (v1 > width) & (v2 > width) & (p1 > 0) & (p2 > 0)
+    if not ok.any():
+        return _otsu_from_hist(counts, edges)
+    j = np.where(ok, j, np.inf)
+    idx = int(np.argmin(j))
+    return float(edges[idx + 1])
+
+
+def kittler_illingworth(values, *, bins: int = 256, log: bool = False) -> float:
+    """Kittler–Illingworth minimum-error threshold of the finite values.
+
+    Models the histogram as two Gaussian classes (no change, change) with their own
+    means, spreads *and* weights, and picks the split that minimises the Bayes
+    classification error under that model. Unlike :func:`otsu` it copes with unequal
+    class sizes and spreads, the usual case for change magnitude (a wide no-change peak
+    and a small changed tail).
+
+    Parameters
+    ----------
+    values : array-like, numpy or dask array, or xarray.DataArray
+        e.g. a change magnitude map. NaN and +-inf are ignored.
+    bins : int, optional
+        Histogram bins between the smallest and largest finite value (default 256).
+    log : bool, optional
+        Threshold ``log1p(values)`` instead (for heavy-tailed non-negative magnitudes);
+        the result is transformed back to the units of ``values``.
+
+    Returns
+    -------
+    float
+        Threshold in the units of ``values``; flag ``values > threshold``. If no split
+        gives two classes wider than a bin, the Otsu threshold of the same histogram.
+
+    Raises
+    ------
+    KernelError
+        If there is no finite value.
+    """
+    if int(bins) < 4:
+        raise KernelError(f"bins={bins!r} must be at least 4")
+    x, is_dask = _raw(values)
+    if log:
+        import dask.array as dka
+
+        x = (dka.log1p(dka.maximum(x, 0)) if is_dask else np.log1p(np.maximum(x, 0)))
+    n, lo, hi = _global_stats(x, is_dask)
+    _require_values(n, "kittler_illingworth")
+    if lo == hi:
+        t = float(lo)
+    else:
+        edges = np.linspace(lo, hi, int(bins) + 1)
+        (counts,) = _histograms(x, is_dask, [edges], closed_last=True)
+        t = _ki_from_hist(counts, edges)
+    return float(np.expm1(t)) if log else t
+
+
+def chi2_threshold(dof: int, *, alpha: float = 0.01) -> float:
+    """Chi-square threshold for a no-change test statistic (e.g. IR-MAD ``chi2``).
+
+    Parameters
+    ----------
+    dof : int
+        Degrees of freedom (the number of bands for IR-MAD).
+    alpha : float, optional
+        False-alarm probability per no-change pixel (default 0.01): a pixel is flagged
+        when its no-change probability is below ``alpha``.
+
+    Returns
+    -------
+    float
+        The ``1 - alpha`` quantile of chi-square(``dof``), in the units of the statistic.
+    """
+    from scipy.special import gammainccinv
+
+    if int(dof) < 1:
+        raise KernelError(f"dof={dof!r} must be a positive integer (the number of bands)")
+    if not 0.0 < float(alpha) < 1.0:
+        raise KernelError(f"alpha={alpha!r} must be a probability in (0, 1), e.g. 0.01")
+    return float(2.0 * gammainccinv(0.5 * int(dof), float(alpha)))
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,0 +1,116 @@
+"""``changedet change``: pixel change between two images, as a magnitude COG and polygons."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from changedet.errors import ChangedetError
+
+
+def add_parser(sub) -> None:
+    from changedet.change import METHODS, THRESHOLDS
+
+    p = sub.add_parser(
+        "change",
+        help="detect pixel change between BEFORE and AFTER (magnitude COG, optional polygons)",
+        description="Detect change between two dates. BEFORE and AFTER are multi-band GeoTIFF/COG files or "
+        "directories of single-band files named by band (e.g. *_B04.tif, as OSCD and EO Browser export "
+        "them). AFTER is resampled onto BEFORE's grid. The output GeoTIFF holds the change magnitude and the "
+        "cleaned change mask (0/1, NaN = nodata).",
+    )
+    p.add_argument("before", type=Path, help="earlier image (its grid is the output grid)")
+    p.add_argument("after", type=Path, help="later image")
+    p.add_argument("--method", choices=METHODS, default="irmad", help="change score (default irmad)")
+    p.add_argument("--bands", default=None,
+                   help="comma-separated bands to use, e.g. B02,B03,B04,B08 (default: all common bands)")
+    p.add_argument("--threshold", default=None,
+                   help=f"{'|'.join(THRESHOLDS)} or a number in magnitude units (default: chi2 for irmad, "
+                   "kmad for zscore, ki (Kittler-Illingworth) otherwise)")
+    p.add_argument("--k", type=float, default=3.0, help="k for the kmad threshold (default 3)")
+    p.add_argument("--alpha", type=float, default=0.01, help="false-alarm rate for the chi2 threshold (default 0.01)")
+    p.add_argument("--min-area", type=int, default=9, help="minimum mapping unit in pixels (default 9)")
+    p.add_argument("--opening", type=int, default=1, help="opening radius in pixels, 0 = none (default 1)")
+    p.add_argument("--out", type=Path, required=True, help="output GeoTIFF (COG): bands magnitude, change")
+    p.add_argument("--polygons", type=Path, default=None,
+                   help="write change polygons: .geojson (lon/lat) or .parquet (GeoParquet, image CRS)")
+    p.add_argument("--aoi", default=None, help="AOI id or YAML path: polygons list the AOI features they touch")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
+    p.set_defaults(func=cmd_change)
+
+
+def _num(v: float) -> float | None:
+    v = float(v)
+    return round(v, 6) if math.isfinite(v) else None
+
+
+def cmd_change(args) -> int:
+    import numpy as np
+    import xarray as xr
+
+    from changedet.change import changed_area_m2, detect_change, load_pair
+    from changedet.io import write_geotiff
+
+    bands = [b.strip() for b in args.bands.split(",") if b.strip()] if args.bands else None
+    before, after = load_pair(args.before, args.after, bands=bands)
+    res = detect_change(
+        before, after, method=args.method, threshold=args.threshold, k=args.k, alpha=args.alpha,
+        min_area_px=args.min_area, opening_radius_px=args.opening,
+    )
+    mag = res.magnitude
+    mask = res.mask.astype("float32").where(np.isfinite(mag))
+    layers = [mag.astype("float32"), mask]
+    names = ["magnitude", "change"]
+    if res.direction is not None:
+        layers.append(res.direction.astype("float32"))
+        names.append("direction_deg")
+    out = xr.concat([layer.drop_vars("band", errors="ignore") for layer in layers], dim="band")
+    out = out.assign_coords(band=names)
+    if "spatial_ref" in mag.coords:
+        out = out.assign_coords(spatial_ref=mag["spatial_ref"])
+    path = write_geotiff(out, args.out)
+    area = changed_area_m2(res.mask)
+    doc = {
+        "method": res.method,
+        "threshold_method": res.threshold_method,
+        "threshold": _num(res.threshold),
+        "bands": [str(b) for b in before["band"].values],
+        "changed_pixels": int(res.mask.sum()),
+        "valid_pixels": int(np.isfinite(mag).sum()),
+        "changed_area_m2": _num(area),
+        "out": str(path),
+    }
+    if args.polygons is not None:
+        from changedet.polygons import change_polygons, write_geojson, write_geoparquet
+
+        aoi = None
+        if args.aoi:
+            from changedet.aoi import load_aoi
+
+            aoi = load_aoi(args.aoi)
+        polys = change_polygons(
+            res.mask, mag, aoi=aoi,
+            properties={"method": res.method, "threshold": res.threshold, "threshold_method": res.threshold_method},
+        )
+        suffix = args.polygons.suffix.lower()
+        if suffix in (".parquet", ".geoparquet"):
+            write_geoparquet(polys, args.polygons)
+        elif suffix in (".geojson", ".json"):
+            write_geojson(polys, args.polygons)
+        else:
+            raise ChangedetError(f"--polygons {args.polygons}: unknown format; end the name in .geojson or .parquet")
+        doc["polygons"] = str(args.polygons)
+        doc["polygon_count"] = len(polys)
+    else:
+        doc["polygon_count"] = None
+    if args.json:
+        print(json.dumps(doc))
+        return 0
+    print(f"{res.method}: threshold {res.threshold:.4g} ({res.threshold_method}), "
+          f"{doc['changed_pixels']} of {doc['valid_pixels']} valid pixels changed, "
+          f"{area / 1e4:.2f} ha")
+    if args.polygons is not None:
+        print(f"{doc['polygon_count']} change polygons written to {args.polygons}")
+    print(f"magnitude and change mask written to {path}")
+    return 0

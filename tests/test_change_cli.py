@@ -1,0 +1,136 @@
+"""``changedet change``: loading (multi-band files, band-named directories), alignment, CLI JSON."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+
+from changedet.change import ChangeError, changed_area_m2, detect_change, load_image, load_pair
+from changedet.cli import main
+from changedet.grid import GridSpec
+from changedet.io import write_geotiff
+
+RES = 10.0
+GRID = GridSpec.from_bounds("EPSG:32631", (440000.0, 5410000.0, 440000.0 + 80 * RES, 5410000.0 + 64 * RES), RES)
+BANDS = ["B02", "B03", "B04", "B08"]
+
+
+def _scene(seed, change):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:64, 0:80]
+    base = np.stack([1000 + 300 * np.sin(xx / (7 + b)) + 200 * np.cos(yy / (5 + b)) for b in range(4)])
+    img = base + rng.normal(0, 15, base.shape)
+    if change:
+        img[:, 20:32, 30:46] += np.array([900, 700, 1200, -300])[:, None, None]
+    return np.clip(img, 0, 65535).astype(np.uint16)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pair")
+    before = GRID.attach(_scene(0, False), bands=BANDS)
+    after = GRID.attach(_scene(1, True), bands=BANDS)
+    write_geotiff(before, d / "before.tif", dtype="uint16")
+    write_geotiff(after, d / "after.tif", dtype="uint16")
+    # Directory of single-band files as OSCD / EO Browser name them; B11 at 20 m.
+    for name, img in (("imgs_1", before), ("imgs_2", after)):
+        sub = d / name
+        sub.mkdir()
+        for b in BANDS:
+            write_geotiff(img.sel(band=[b]), sub / f"T31UDQ_20170829T105019_{b}.tif", dtype="uint16")
+        coarse = GRID.scaled(20.0)
+        swir = coarse.attach(np.full((1,) + coarse.shape, 2000, np.uint16), bands=["B11"])
+        write_geotiff(swir, sub / f"S2A_OPER_MSI_L1C_TL_{b}_B11.tif".replace(f"_{b}_", "_X_"), dtype="uint16")
+        (sub / "notes.txt").write_text("not a raster")
+    return d
+
+
+def test_load_directory_of_band_files(pair):
+    img = load_image(pair / "imgs_1")
+    assert [str(b) for b in img["band"].values] == ["B02", "B03", "B04", "B08", "B11"]
+    assert img.shape == (5, 64, 80)  # 20 m band resampled onto the 10 m grid
+    assert GridSpec.of(img).same_as(GRID)
+    assert float(img.sel(band="B11").mean()) == pytest.approx(2000.0)
+    sel = load_image(pair / "imgs_1", bands=["b8", "B4"])
+    assert [str(b) for b in sel["band"].values] == ["B08", "B04"]
+    with pytest.raises(ChangeError, match="B12"):
+        load_image(pair / "imgs_1", bands=["B12"])
+    with pytest.raises(ChangeError, match="no raster files"):
+        load_image(pair)  # holds only multi-band files without band names in their names
+
+
+def test_after_is_aligned_to_before(pair, tmp_path):
+    # AFTER in another CRS (Web Mercator): resampled onto BEFORE's UTM grid.
+    after = load_image(pair / "after.tif")
+    merc = after.rio.reproject("EPSG:3857")
+    write_geotiff(merc, tmp_path / "after_3857.tif")
+    b, a = load_pair(pair / "before.tif", tmp_path / "after_3857.tif")
+    assert GridSpec.of(a).same_as(GridSpec.of(b))
+    res = detect_change(b, a, method="cva")
+    m = res.mask.values
+    assert m[22:30, 32:44].mean() > 0.9
+    assert m[:, :20].mean() < 0.02
+
+
+@pytest.mark.parametrize("method", ["diff", "cva", "irmad", "logratio", "zscore"])
+def test_every_method_finds_the_block(pair, method):
+    b, a = load_pair(pair / "before.tif", pair / "after.tif")
+    res = detect_change(b, a, method=method)
+    truth = np.zeros((64, 80), bool)
+    truth[20:32, 30:46] = True
+    m = res.mask.values
+    tp = (m & truth).sum()
+    assert tp / truth.sum() > 0.8, method
+    assert tp / max(m.sum(), 1) > 0.8, method
+
+
+def test_cli_json_and_polygons(pair, tmp_path, capsys):
+    out = tmp_path / "change.tif"
+    poly = tmp_path / "change.geojson"
+    rc = main(["change", str(pair / "imgs_1"), str(pair / "imgs_2"), "--method", "cva", "--bands", "B02,B03,B04,B08",
+               "--out", str(out), "--polygons", str(poly), "--json"])
+    assert rc == 0
+    doc = json.loads(capsys.readouterr().out.strip())
+    assert doc["method"] == "cva" and doc["threshold_method"] == "ki" and doc["threshold"] > 0
+    assert doc["polygon_count"] == 1
+    assert doc["changed_area_m2"] == pytest.approx(12 * 16 * 100, rel=0.15)
+    gj = json.loads(poly.read_text())
+    assert len(gj["features"]) == 1 and gj["features"][0]["properties"]["area_m2"] == pytest.approx(
+        doc["changed_area_m2"])
+    with rasterio.open(out) as src:
+        assert src.descriptions == ("magnitude", "change", "direction_deg")
+        assert src.crs.to_epsg() == 32631
+        change = src.read(2)
+    assert np.nansum(change) * 100 == doc["changed_area_m2"]
+
+
+def test_cli_geoparquet_and_irmad(pair, tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    rc = main(["change", str(pair / "before.tif"), str(pair / "after.tif"), "--method", "irmad",
+               "--out", str(tmp_path / "c.tif"), "--polygons", str(tmp_path / "c.parquet"), "--json"])
+    assert rc == 0
+    doc = json.loads(capsys.readouterr().out.strip())
+    assert doc["threshold_method"] == "chi2"
+    assert doc["threshold"] == pytest.approx(13.2767, rel=1e-4)  # chi2(4) 99 % quantile
+    assert pq.read_table(tmp_path / "c.parquet").num_rows == doc["polygon_count"] >= 1
+
+
+def test_cli_errors(pair, tmp_path, capsys):
+    rc = main(["change", str(pair / "before.tif"), str(pair / "after.tif"), "--method", "cva",
+               "--threshold", "chi2", "--out", str(tmp_path / "x.tif")])
+    assert rc == 2 and "irmad only" in capsys.readouterr().err
+    rc = main(["change", str(pair / "before.tif"), str(tmp_path / "missing.tif"), "--out", str(tmp_path / "x.tif")])
+    assert rc == 2 and "missing.tif" in capsys.readouterr().err
+    rc = main(["change", str(pair / "before.tif"), str(pair / "after.tif"), "--bands", "B12",
+               "--out", str(tmp_path / "x.tif")])
+    assert rc == 2 and "B12" in capsys.readouterr().err
+
+
+def test_geographic_area():
+    g = GridSpec.from_bounds("EPSG:4326", (2.0, 48.0, 2.01, 48.01), 0.001)
+    m = g.attach(np.ones(g.shape, bool))
+    assert changed_area_m2(m) == pytest.approx(1112.0 * 744.0, rel=0.01)
