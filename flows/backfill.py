@@ -1,4 +1,12 @@
-"""``backfill``: re-run a date range for AOIs, resumable (processed scenes are skipped)."""
+"""``backfill``: process a date range for AOIs; chunked, idempotent and resumable.
+
+Every AOI-day is one cached task (key: AOI, scene id, configuration hash; results
+persisted under the data directory), so re-running a finished range does nothing and a
+crashed run, started again with the same parameters (or re-scheduled: see
+:func:`flows.submit.submit_backfill`), resumes after the last finished AOI-day. Days of
+one AOI run in order (alerts depend on the order); AOIs run in parallel on the Dask
+cluster, within each source's global concurrency limit.
+"""
 
 from __future__ import annotations
 
@@ -6,34 +14,57 @@ from datetime import date
 
 from prefect import flow, get_run_logger
 
-from changedet.aoi import list_aois, load_aoi
 from changedet.pipeline import dates_between
-from flows.daily import default_data_dir
-from flows.tasks import process_aoi_days
+from flows.cluster import task_runner, workers_see_this_api
+from flows.daily import default_data_dir, select_aois
+from flows.tasks import ensure_source_limits, process_aoi_day, result_storage, run_config, source_limit_name
 
 
-@flow(name="backfill", log_prints=True)
-def backfill(aoi_ids: list[str] | None, start: date, end: date, every_days: int = 7,
-             data_dir: str | None = None, seed: int = 0, chunk_days: int = 8) -> dict[str, list[dict]]:
-    """Process ``start``..``end`` every ``every_days`` days; AOIs run in parallel, days in order.
+@flow(name="backfill", log_prints=True, task_runner=task_runner())
+def backfill(aoi_ids: list[str] | None = None, start: date = date(2023, 6, 1), end: date = date(2023, 11, 30),
+             cadence: int | None = None, data_dir: str | None = None, seed: int = 0, registry: str | None = None,
+             chunk_size: int = 8, source_concurrency: int | None = None,
+             kernels_on_cluster: bool = True) -> dict[str, list[dict]]:
+    """Process ``start``..``end`` for each AOI, every ``cadence`` days.
 
-    Chunks of ``chunk_days`` dates are separate task runs, so a crash loses at most one
-    chunk's progress and a re-run skips everything already in the cubes.
+    Parameters
+    ----------
+    aoi_ids : list of str, optional
+        AOIs (default: the whole registry).
+    start, end : date
+        First and last day (inclusive).
+    cadence : int, optional
+        Days between runs; default: each AOI's own cadence.
+    data_dir, seed, registry, source_concurrency, kernels_on_cluster
+        As for ``daily_monitor``.
+    chunk_size : int
+        Dates per AOI submitted at once; the flow waits for a chunk before the next, so
+        the number of task runs in flight stays bounded and progress is logged per chunk.
     """
     logger = get_run_logger()
-    aois = [load_aoi(a) for a in aoi_ids] if aoi_ids else list_aois()
-    days = dates_between(start, end, every_days)
+    aois = select_aois(aoi_ids, registry)
     data_dir = data_dir or default_data_dir()
-    out: dict[str, list[dict]] = {}
-    futures = {}
-    for a in aois:
-        chunks = [days[i:i + chunk_days] for i in range(0, len(days), chunk_days)]
-        prev = None
-        for ch in chunks:
-            # Each AOI's chunks wait on the previous one: alerts depend on the order of days.
-            prev = process_aoi_days.submit(a.id, ch, data_dir, seed, wait_for=[prev] if prev else None)
-            futures.setdefault(a.id, []).append(prev)
-    for aoi_id, fs in futures.items():
-        out[aoi_id] = [r for f in fs for r in f.result()]
-    logger.info("backfill of %d AOIs x %d dates done", len(aois), len(days))
+    cfg = run_config(data_dir, seed, registry)
+    ensure_source_limits({source_limit_name(a, cfg) for a in aois}, source_concurrency)
+    task = process_aoi_day.with_options(result_storage=result_storage(data_dir))
+    days = {a.id: dates_between(start, end, cadence or a.cadence_days) for a in aois}
+    n_chunks = max((len(d) + chunk_size - 1) // chunk_size for d in days.values())
+    out: dict[str, list[dict]] = {a.id: [] for a in aois}
+    prev: dict[str, object] = {}
+    with workers_see_this_api():
+        for k in range(n_chunks):
+            futures = []
+            for a in aois:
+                for d in days[a.id][k * chunk_size:(k + 1) * chunk_size]:
+                    # Each day waits for the AOI's previous day: its alerts read that history.
+                    f = task.submit(a.id, d, data_dir, seed, registry, kernels_on_cluster,
+                                    wait_for=[prev[a.id]] if a.id in prev else None)
+                    prev[a.id] = f
+                    futures.append((a.id, f))
+            for aoi_id, f in futures:
+                out[aoi_id].append(f.result())
+            done = sum(len(v) for v in out.values())
+            logger.info("backfill chunk %d/%d done (%d of %d AOI-days)", k + 1, n_chunks, done,
+                        sum(len(v) for v in days.values()))
     return out
+

@@ -1,9 +1,20 @@
-"""Prefect flows in ephemeral mode (no server to install): they wire library calls only."""
+"""Prefect flows in ephemeral mode (Prefect's own test harness), deployments and ``prefect.yaml``.
+
+The flows run with their default task runner (a Dask LocalCluster); the end-to-end test
+on a real ``prefect server``, ``dask scheduler`` and workers is
+tests/test_integration_prefect.py.
+"""
 
 import os
+import subprocess
+import sys
 from datetime import date, datetime, timezone
+from pathlib import Path
 
 import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -12,7 +23,9 @@ def prefect_env(tmp_path_factory):
     from prefect.testing.utilities import prefect_test_harness
 
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    with prefect_test_harness(server_startup_timeout=180):
+    # The CI sets PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS; a busy machine needs more than 30 s.
+    timeout = int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180"))
+    with prefect_test_harness(server_startup_timeout=timeout):
         yield
 
 
@@ -25,19 +38,142 @@ def test_day_for_uses_the_aoi_timezone():
     assert day_for(aoi, datetime(2023, 10, 4, 14, 0, tzinfo=timezone.utc)) == date(2023, 10, 4)
 
 
-def test_daily_monitor_and_backfill_run_in_ephemeral_mode(prefect_env, tmp_path):
+def test_cache_key_is_aoi_scene_and_config(tmp_path, monkeypatch):
+    from flows.tasks import aoi_day_cache_key
+
+    params = {"aoi_id": "dunai_port", "day": date(2023, 6, 1), "data_dir": str(tmp_path), "seed": 0,
+              "registry": None}
+    key = aoi_day_cache_key(None, params)
+    assert key and key.startswith("changedet-dunai_port-") and key == aoi_day_cache_key(None, dict(params))
+    assert set(key) <= set("abcdefghijklmnopqrstuvwxyz0123456789_-")
+    # Another configuration (the seed is part of the config hash) is another key.
+    assert aoi_day_cache_key(None, {**params, "seed": 1}) != key
+    # The key does not depend on where the data lives (results are stored there anyway).
+    assert aoi_day_cache_key(None, {**params, "data_dir": str(tmp_path / "x")}) == key
+    # A day without an acquisition is never cached: a late scene must still be processed.
+    # (The simulator's VHR source has a scene every day, so the empty catalogue is simulated.)
+    import flows.tasks
+
+    monkeypatch.setattr(flows.tasks, "find_scene", lambda aoi, day, cfg: None)
+    assert aoi_day_cache_key(None, params) is None
+
+
+def test_task_runner_default_and_address(monkeypatch):
+    from prefect_dask import DaskTaskRunner
+
+    from flows.cluster import SPARE_THREADS, dask_address, local_cluster_kwargs, task_runner
+
+    monkeypatch.delenv("CHANGEDET_DASK_ADDRESS", raising=False)
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    runner = task_runner()
+    assert isinstance(runner, DaskTaskRunner) and runner.cluster_class is not None
+    kw = local_cluster_kwargs(n_workers=2, mapped_per_worker=3)
+    assert kw["threads_per_worker"] == 3 + SPARE_THREADS and kw["processes"] is True
+    monkeypatch.setenv("CHANGEDET_DASK_ADDRESS", "tcp://127.0.0.1:8786")
+    assert dask_address() == "tcp://127.0.0.1:8786"
+    assert task_runner().address == "tcp://127.0.0.1:8786"
+    assert dask_address("tcp://other:1") == "tcp://other:1"
+
+
+def test_daily_backfill_and_report_flows(prefect_env, tmp_path):
+    from prefect.client.orchestration import get_client
+
     from flows.backfill import backfill
     from flows.daily import daily_monitor
+    from flows.report import report
 
     data = str(tmp_path / "data")
-    results = daily_monitor(aoi_ids=["rajin_port"], day=date(2023, 7, 6), data_dir=data)
-    assert [r["aoi_id"] for r in results] == ["rajin_port"]
-    assert results[0]["status"] in ("processed", "cloudy", "not_registered")
+    results = daily_monitor(aoi_ids=["dunai_port"], day=date(2023, 6, 1), data_dir=data)
+    assert [(r["aoi_id"], r["day"], r["status"]) for r in results] == [("dunai_port", "2023-06-01", "processed")]
 
-    out = backfill(["dunai_port"], date(2023, 6, 1), date(2023, 6, 29), every_days=7, data_dir=data, chunk_days=2)
-    days = [r["day"] for r in out["dunai_port"]]
-    assert days == ["2023-06-01", "2023-06-08", "2023-06-15", "2023-06-22", "2023-06-29"]
-    # Re-running a finished range does nothing new.
-    again = backfill(["dunai_port"], date(2023, 6, 1), date(2023, 6, 29), every_days=7, data_dir=data)
-    assert all(r["status"] in ("already_processed", "no_scene", "cloudy", "not_registered")
-               for r in again["dunai_port"])
+    # The per-source global concurrency limit was created for the run.
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name("changedet-source-simulator")
+    assert limit.limit >= 1 and limit.active
+
+    # The backfill's first day is the daily run's day: a cache hit returns the persisted
+    # result ("processed"); a miss would have found the scene in the cube ("already_processed").
+    out = backfill(["dunai_port"], date(2023, 6, 1), date(2023, 6, 8), cadence=7, data_dir=data, chunk_size=1)
+    assert [r["day"] for r in out["dunai_port"]] == ["2023-06-01", "2023-06-08"]
+    assert [r["status"] for r in out["dunai_port"]] == ["processed", "processed"]
+    assert out["dunai_port"][0] == results[0]
+    # Re-running a finished range does nothing new: every day comes from the cache.
+    again = backfill(["dunai_port"], date(2023, 6, 1), date(2023, 6, 8), cadence=7, data_dir=data)
+    assert again == out
+    assert len(list((Path(data) / "prefect-results").iterdir())) == 2
+
+    index = Path(report(data_dir=data, out_dir=str(tmp_path / "report"), aoi_ids=["dunai_port"]))
+    assert index.name == "index.html" and index.exists() and "dunai" in index.read_text().lower()
+
+
+def test_deployments_per_timezone_with_editable_parameters():
+    from prefect.deployments.runner import EntrypointType
+
+    from changedet.aoi import list_aois
+    from flows.deploy import build_deployments, timezone_slug
+
+    deps = {d.name: d for d in build_deployments(data_dir="/data")}
+    by_tz = {}
+    for a in list_aois():
+        by_tz.setdefault(a.timezone, []).append(a.id)
+    for tz, ids in by_tz.items():
+        d = deps[f"daily-{timezone_slug(tz)}"]
+        assert d.parameters["aoi_ids"] == sorted(ids) and d.parameters["data_dir"] == "/data"
+        [sched] = d.schedules
+        assert sched.schedule.cron == "0 6 * * *" and sched.schedule.timezone == tz and sched.active
+        assert d.entrypoint == "flows.daily.daily_monitor" and d.entrypoint_type == EntrypointType.MODULE_PATH
+        # Every flow parameter is in the schema, so the UI can edit it.
+        assert {"aoi_ids", "day", "data_dir", "seed", "registry"} <= set(d._parameter_openapi_schema.properties)
+    assert deps["changedet-backfill"].schedules in (None, [])
+    assert {"start", "end", "cadence", "chunk_size"} <= set(deps["changedet-backfill"]._parameter_openapi_schema.properties)
+    assert deps["changedet-report"].entrypoint == "flows.report.report"
+
+
+def test_idempotency_key_depends_only_on_the_backfill():
+    from flows.deploy import backfill_parameters, idempotency_key
+
+    a = backfill_parameters(["b", "a"], date(2023, 6, 1), date(2023, 7, 1), 7, data_dir="/d")
+    b = backfill_parameters(["a", "b"], date(2023, 6, 1), date(2023, 7, 1), 7, data_dir="/d")
+    assert idempotency_key("backfill/x", a) == idempotency_key("backfill/x", b)
+    assert idempotency_key("backfill/x", a) != idempotency_key("backfill/y", a)
+    c = backfill_parameters(["a", "b"], date(2023, 6, 1), date(2023, 7, 2), 7, data_dir="/d")
+    assert idempotency_key("backfill/x", a) != idempotency_key("backfill/x", c)
+
+
+def test_prefect_yaml_deployments_match_the_flows():
+    import importlib
+
+    from prefect.client.schemas.schedules import CronSchedule
+
+    from changedet.aoi import list_aois
+
+    doc = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    deployments = {d["name"]: d for d in doc["deployments"]}
+    aois = {a.id: a for a in list_aois()}
+    daily_ids = []
+    for name, d in deployments.items():
+        module, _, attr = d["entrypoint"].partition(":")
+        assert module.endswith(".py") and (REPO / module).exists(), f"{name}: entrypoint {d['entrypoint']}"
+        flow = getattr(importlib.import_module(module[:-3].replace("/", ".")), attr)
+        params = set(flow.parameters.properties)
+        assert set(d.get("parameters", {})) <= params, f"{name}: unknown parameters"
+        assert d["work_pool"]["name"] == doc["deployments"][0]["work_pool"]["name"]
+        for s in d.get("schedules") or []:
+            CronSchedule(cron=s["cron"], timezone=s["timezone"])  # raises on a bad cron or timezone
+        if flow.name == "daily_monitor":
+            tzs = {s["timezone"] for s in d["schedules"]}
+            ids = d["parameters"]["aoi_ids"]
+            assert tzs == {aois[i].timezone for i in ids}, f"{name}: schedule timezone differs from its AOIs'"
+            daily_ids += ids
+    assert sorted(daily_ids) == sorted(aois), "every AOI has exactly one daily deployment"
+    assert {"backfill", "report"} <= {d["entrypoint"].rsplit(":", 1)[1] for d in deployments.values()}
+
+
+def test_cli_serve_and_backfill_commands(tmp_path):
+    env = {**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api"}
+    helptext = subprocess.run([sys.executable, "-m", "changedet", "serve", "--help"], capture_output=True,
+                              text=True, env=env, cwd=REPO)
+    assert helptext.returncode == 0 and "--dask-address" in helptext.stdout
+    bad = subprocess.run([sys.executable, "-m", "changedet", "backfill", "--start", "2023-07-01", "--end",
+                          "2023-06-01"], capture_output=True, text=True, env=env, cwd=REPO)
+    assert bad.returncode == 2 and "swap them" in bad.stderr and "Traceback" not in bad.stderr

@@ -661,3 +661,39 @@ def test_readme_documents_the_deployment():
     for service in EXPECTED_SERVICES:
         assert service in readme, f"infra/README.md does not describe {service}"
     assert "validated" in readme.lower()
+
+
+# --------------------------------------------------------------------------- changedet commands
+
+
+def test_changedet_worker_runs_a_real_changedet_command():
+    from changedet.cli import build_parser
+    from changedet.cli.serve import cmd_serve
+
+    services = _load_compose()["services"]
+    cmd = _command(services["changedet-worker"])
+    args = build_parser().parse_args(cmd[1:])
+    assert args.func is cmd_serve and args.dask_address == DASK_ADDRESS
+    container = _pod_spec(_workloads()["changedet-worker"])["containers"][0]
+    assert build_parser().parse_args(container["command"][1:]).func is cmd_serve
+
+
+def test_shared_data_volume():
+    pvcs = {d["metadata"]["name"]: d for d in _k8s_resources() if d["kind"] == "PersistentVolumeClaim"}
+    for name in ("changedet-worker", "dask-worker"):
+        spec = _pod_spec(_workloads()[name])
+        claims = [v["persistentVolumeClaim"]["claimName"] for v in spec["volumes"] if "persistentVolumeClaim" in v]
+        assert claims == ["changedet-data"], f"{name} must mount the shared data volume"
+        mounts = {m["name"]: m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}
+        assert mounts.get("data") == "/data"
+    assert "ReadWriteMany" in pvcs["changedet-data"]["spec"]["accessModes"]
+    services = _load_compose()["services"]
+    for name in ("changedet-worker", "dask-worker"):
+        assert "changedet-data:/data" in services[name]["volumes"]
+
+
+def test_prefect_yaml_commands_in_the_readme_exist():
+    readme = (INFRA / "README.md").read_text()
+    assert "prefect deploy --all" in readme and "prefect worker start --pool changedet-process" in readme
+    assert "--all" in _help("prefect", "deploy")
+    assert "--pool" in _help("prefect", "worker", "start")

@@ -1,0 +1,70 @@
+"""The Dask task runner of the flows: a LocalCluster by default, or an existing scheduler.
+
+The scheduler address comes from (first match) the ``address`` argument (``changedet
+serve --dask-address``), ``$CHANGEDET_DASK_ADDRESS``, or Dask's own ``scheduler-address``
+setting (``$DASK_SCHEDULER_ADDRESS``). Without one, each flow run starts a LocalCluster
+sized so that every worker has more threads than the AOI-day tasks mapped onto it: a task
+computes its kernels on the same cluster and must find a free thread for them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator
+
+#: Threads per LocalCluster worker beyond the mapped tasks it may hold (for their kernels).
+SPARE_THREADS = 2
+
+
+def dask_address(address: str | None = None) -> str | None:
+    if address:
+        return address
+    env = os.environ.get("CHANGEDET_DASK_ADDRESS")
+    if env:
+        return env
+    import dask
+
+    return dask.config.get("scheduler-address", None) or None
+
+
+def local_cluster_kwargs(n_workers: int | None = None, mapped_per_worker: int | None = None) -> dict:
+    """LocalCluster settings: process workers (the pipeline holds the GIL in places)."""
+    n = n_workers or int(os.environ.get("CHANGEDET_DASK_WORKERS", "0")) or min(2, os.cpu_count() or 1)
+    per = mapped_per_worker or int(os.environ.get("CHANGEDET_DASK_MAPPED_PER_WORKER", "2"))
+    return {"n_workers": n, "threads_per_worker": per + SPARE_THREADS, "processes": True,
+            "dashboard_address": ":0"}
+
+
+def task_runner(address: str | None = None, *, n_workers: int | None = None):
+    """A ``DaskTaskRunner`` on ``address`` (see the module docstring) or on a new LocalCluster."""
+    from prefect_dask import DaskTaskRunner
+
+    addr = dask_address(address)
+    if addr:
+        return DaskTaskRunner(address=addr)
+    return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=local_cluster_kwargs(n_workers))
+
+
+@contextlib.contextmanager
+def workers_see_this_api() -> Iterator[None]:
+    """Make Dask worker processes started in this block report to this process's Prefect API.
+
+    A LocalCluster's workers are new processes: without ``PREFECT_API_URL`` in their
+    environment each would start an ephemeral Prefect server of its own (slow, and
+    blind to this run's concurrency limits). The variable is restored afterwards so a
+    later flow in this process does not point at a server that has gone.
+    """
+    if os.environ.get("PREFECT_API_URL"):
+        yield
+        return
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        url = str(client.api_url).rstrip("/")
+    os.environ["PREFECT_API_URL"] = url
+    try:
+        yield
+    finally:
+        if os.environ.get("PREFECT_API_URL") == url:
+            del os.environ["PREFECT_API_URL"]
