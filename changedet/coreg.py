@@ -22,12 +22,26 @@ Method (global translation, one match per call):
    the highest peak to the highest peak elsewhere.
 4. Sub-pixel stage: both images are cropped to their common footprint at that integer
    offset (so the common window/mask envelope cannot pull the estimate towards zero
-   shift) and :func:`skimage.registration.phase_cross_correlation` with
-   ``normalization=None`` (plain cross-correlation of the gradient images) refines the
-   residual. Phase normalisation weights every frequency equally and comes out ~2 %
-   short on spline-resampled shifts (``shared/NOTES.md``); the un-normalised
+   shift) and the maximum of the *plain* (un-normalised) cross-correlation of the
+   gradient images is found by Newton's method on its Fourier series, started at its
+   integer maximum (:func:`_newton_peak`; the same objective as
+   ``skimage.registration.phase_cross_correlation(normalization=None)`` without the
+   upsampling grid). Phase normalisation weights every frequency equally and comes out
+   ~2 % short on spline-resampled shifts (``shared/NOTES.md``); the un-normalised
    correlation of smoothed gradients weights the mid frequencies where resampling is
    accurate.
+
+Local mode (:func:`estimate_local`, ``coregister(..., local=True)``): the same two
+stages on a grid of windows, all windows batched through one set of FFTs; a window
+counts as a tie point when its peak ratio is above noise and its edges are not all
+parallel (structure-tensor coherence, the aperture problem); tie points inconsistent
+with a robust affine fit of the others are rejected (residual beyond 3 robust standard
+deviations, 0.25-1.5 px); an affine + thin-plate-spline field fitted to the survivors
+(:func:`fit_warp`) is applied with ``map_coordinates`` (:func:`apply_warp`).
+
+Stack mode (:func:`coregister_stack`): every date of a (time, band, y, x) cube onto the
+reference, one Dask task per date, the result of each written into the cube's
+provenance (``Cube.annotate``).
 
 Sign convention: every shift returned here is the translation that moves the MOVING
 image's content onto the REFERENCE: ``apply_shift(moving, row, col)`` aligns it. Rows
@@ -44,6 +58,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import xarray as xr
+from scipy import fft as sfft
 from scipy import ndimage, signal
 
 from changedet.errors import CoregError, GridError
@@ -53,9 +68,15 @@ __all__ = [
     "CoregResult",
     "MIN_VALID_PIXELS",
     "MIN_VALID_FRACTION",
-    "estimate_shift",
+    "TiePoints",
     "apply_shift",
+    "apply_warp",
     "coregister",
+    "coregister_stack",
+    "estimate_local",
+    "estimate_shift",
+    "fit_warp",
+    "provenance_fields",
 ]
 
 #: Fewest valid overlapping pixels for which a shift is estimated at all.
@@ -108,6 +129,16 @@ class CoregResult:
         False when the shift was rejected; the returned image is then unshifted.
     reason : str
         Empty when applied, otherwise why the shift was not applied.
+    mode : str
+        ``"global"`` (one translation) or ``"local"`` (tie-point grid and warp).
+    tie_points_total : int
+        Windows with enough valid pixels to be measured (local mode; 1 for global).
+    residual_rmse_px : float
+        Local mode: RMS difference (pixels) between the kept tie-point shifts and the
+        fitted warp; NaN for global.
+    tie_point_table : tuple of tuple
+        Local mode: one ``(row, col, shift_row_px, shift_col_px, reliability, kept)``
+        per measured window (row/col of the window centre on the reference grid).
     """
 
     shift_row_px: float
@@ -120,6 +151,10 @@ class CoregResult:
     similarity_after: float
     applied: bool
     reason: str
+    mode: str = "global"
+    tie_points_total: int = 1
+    residual_rmse_px: float = float("nan")
+    tie_point_table: tuple = ()
 
 
 # -- pre-processing ------------------------------------------------------------------
@@ -127,11 +162,11 @@ def _tukey2d(shape: tuple[int, int]) -> np.ndarray:
     return np.outer(signal.windows.tukey(shape[0], _TUKEY_ALPHA), signal.windows.tukey(shape[1], _TUKEY_ALPHA))
 
 
-def _gradient(img: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _gradient(img: np.ndarray, valid: np.ndarray, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
     """Complex gradient ``gx + i*gy`` of ``img`` and the mask of pixels it is valid on."""
-    filled = np.where(valid, img, img[valid].mean())
+    filled = np.where(valid, img, img[valid].mean()).astype(dtype, copy=False)
     smooth = ndimage.gaussian_filter(filled, _SMOOTH_SIGMA)
-    grad = ndimage.sobel(smooth, axis=1) + 1j * ndimage.sobel(smooth, axis=0)
+    grad = ndimage.sobel(smooth, axis=1) + 1j * ndimage.sobel(smooth, axis=0).astype(dtype, copy=False)
     # The smoothing + Sobel halo around invalid pixels mixes in the fill value.
     halo = 1 + int(math.ceil(3 * _SMOOTH_SIGMA))
     good = ~ndimage.binary_dilation(~valid, iterations=halo) if not valid.all() else valid
@@ -163,14 +198,23 @@ def _crop_pair(ref: np.ndarray, mov: np.ndarray, shift: tuple[int, int]):
     return ref[sl_r], mov[sl_m]
 
 
-def _gradient_ncc(ref: np.ndarray, mov: np.ndarray, valid: np.ndarray | None = None) -> float:
-    """Normalised cross-correlation of gradient magnitudes over the common valid pixels."""
+def _gradient_ncc(ref: np.ndarray, mov: np.ndarray, valid: np.ndarray | None = None, *,
+                  cache: dict | None = None) -> float:
+    """Normalised cross-correlation of gradient magnitudes over the common valid pixels.
+
+    ``cache`` (a dict) keeps the reference gradient between calls with the same mask.
+    """
     v = np.isfinite(ref) & np.isfinite(mov)
     if valid is not None:
         v &= valid
     if v.sum() < 16:
         return float("nan")
-    ga, good_a = _gradient(ref, v)
+    if cache is not None and "mask" in cache and np.array_equal(cache["mask"], v):
+        ga, good_a = cache["grad"]
+    else:
+        ga, good_a = _gradient(ref, v)
+        if cache is not None:
+            cache.update(mask=v, grad=(ga, good_a))
     gb, good_b = _gradient(mov, v)
     good = good_a & good_b
     if good.sum() < 16:
@@ -249,13 +293,13 @@ def estimate_shift(
     # -- integer stage on the phase-normalised surface (sharp peak -> reliability)
     a = _prepare(ref, v)
     b = _prepare(mov, v)
-    fa = np.fft.fft2(a)
-    fb = np.fft.fft2(b)
+    fa = sfft.fft2(a.astype(np.complex64))
+    fb = sfft.fft2(b.astype(np.complex64))
     prod = fa * np.conj(fb)
     mag = np.abs(prod)
     if not np.any(mag > 0):
         return 0.0, 0.0, 0.0  # no texture at all: nothing to match
-    surface = np.abs(np.fft.ifft2(prod / np.maximum(mag, 1e-12 * mag.max())))
+    surface = np.abs(sfft.ifft2(prod / np.maximum(mag, 1e-12 * mag.max())))
     rows, cols = surface.shape
     dr = np.fft.fftfreq(rows, 1.0 / rows)[:, None]  # signed integer shifts per bin
     dc = np.fft.fftfreq(cols, 1.0 / cols)[None, :]
@@ -282,11 +326,19 @@ def estimate_shift(
         rc, mc, vc, base = ref, mov, v, (0.0, 0.0)
     else:
         base = (float(int_shift[0]), float(int_shift[1]))
-    from skimage.registration import phase_cross_correlation
-
-    residual, _, _ = phase_cross_correlation(
-        _prepare(rc, vc), _prepare(mc, vc), upsample_factor=upsample_factor, normalization=None
-    )
+    # Maximum of the plain cross-correlation of the gradient images by Newton's method on
+    # its Fourier series (exact, where a 100x upsampled DFT costs ~10x more), quantised
+    # to 1 / upsample_factor px as documented.
+    pa = sfft.fft2(_prepare(rc, vc).astype(np.complex64))
+    pb = sfft.fft2(_prepare(mc, vc).astype(np.complex64))
+    cross = pa * np.conj(pb)
+    # Start from the integer maximum of the plain cross-correlation (as skimage does):
+    # on scenes with repeated structure it can sit a pixel or more from the phase peak.
+    cc = np.abs(sfft.ifft2(cross))
+    k0 = np.array(np.unravel_index(int(np.argmax(cc)), cc.shape), dtype=float)
+    k0 = np.where(k0 > np.array(cc.shape) // 2, k0 - np.array(cc.shape), k0)
+    residual = _newton_peak(cross[None], k0[None])[0]
+    residual = np.round(residual * upsample_factor) / upsample_factor
     shift_row = base[0] + float(residual[0])
     shift_col = base[1] + float(residual[1])
     if max(abs(shift_row - int_shift[0]), abs(shift_col - int_shift[1])) > 1.0:
@@ -423,6 +475,16 @@ def _bounds_in(grid: GridSpec, crs) -> tuple[float, float, float, float]:
     return tr.transform_bounds(*grid.bounds, densify_pts=21)
 
 
+def _same_lattice(a: GridSpec, b: GridSpec, tol: float = 1e-6) -> bool:
+    """Same CRS and pixel size, and origins an integer number of pixels apart."""
+    ta, tb = a.transform, b.transform
+    if a.crs != b.crs or abs(ta.a - tb.a) > tol * abs(tb.a) or abs(ta.e - tb.e) > tol * abs(tb.e):
+        return False
+    dc = (ta.c - tb.c) / tb.a
+    dr = (ta.f - tb.f) / tb.e
+    return abs(dc - round(dc)) < 1e-4 and abs(dr - round(dr)) < 1e-4
+
+
 def _to_reference_grid(moving: xr.DataArray, reference: xr.DataArray, ref_grid: GridSpec) -> xr.DataArray:
     mov_grid = _grid(moving, "moving")
     mov = _as_float_with_nan(moving)
@@ -437,6 +499,12 @@ def _to_reference_grid(moving: xr.DataArray, reference: xr.DataArray, ref_grid: 
             f"(in {ref_grid.crs.to_string()}); "
             "check the CRS of both inputs and that the acquisition covers the AOI"
         )
+    if _same_lattice(mov_grid, ref_grid):
+        # Same CRS and pixel size, origins a whole number of pixels apart: selecting the
+        # reference's pixels is exact and much cheaper than a resampling pass.
+        tol = 1e-3 * ref_grid.resolution
+        out = mov.reindex(x=reference["x"].values, y=reference["y"].values, method="nearest", tolerance=tol)
+        return out.assign_coords(x=reference["x"].values, y=reference["y"].values)
     from rasterio.enums import Resampling
 
     # Cubic keeps the edge sharpness the shift estimate relies on; GDAL excludes NaN
@@ -506,6 +574,32 @@ def _valid_on_grid(valid: xr.DataArray, reference: xr.DataArray, ref_grid: GridS
     return np.asarray(out.values) == 1
 
 
+def _metres_per_unit(grid: GridSpec) -> float:
+    """Metres per CRS unit of a projected grid; CoregError for angular or unknown units."""
+    crs = grid.crs
+    axes = crs.axis_info
+    unit = axes[0].unit_name if axes else ""
+    factor = axes[0].unit_conversion_factor if axes else float("nan")
+    if not crs.is_projected or not unit or unit.lower() in ("degree", "radian", "grad", "unknown") \
+            or not (factor and math.isfinite(factor)):
+        raise CoregError(
+            f"reference CRS {crs.name!r} has no units of length (axis unit {unit or 'none'!r}); shifts in "
+            "metres and pixel sizes need a projected reference grid, e.g. reproject the reference to its "
+            "UTM zone (changedet.grid.utm_crs_for)"
+        )
+    return float(factor)
+
+
+def _check_texture(img: np.ndarray, ok: np.ndarray, what: str) -> None:
+    vals = img[ok]
+    spread = float(np.nanmax(vals) - np.nanmin(vals)) if vals.size else 0.0
+    if not spread > 1e-9 * max(1.0, float(np.nanmax(np.abs(vals))) if vals.size else 1.0):
+        raise CoregError(
+            f"{what} image is constant over the valid overlap (value {float(vals[0]) if vals.size else 'none'}); "
+            "there is nothing to match - check the band selection, nodata value and scaling of that input"
+        )
+
+
 def coregister(
     reference: xr.DataArray,
     moving: xr.DataArray,
@@ -514,46 +608,75 @@ def coregister(
     valid: xr.DataArray | None = None,
     min_reliability: float = 0.5,
     max_shift_px: float = 20.0,
+    local: bool = False,
+    window_px: int = 256,
+    step_px: int | None = None,
+    warp: str = "smooth",
+    min_tie_points: int = 4,
 ) -> tuple[xr.DataArray, CoregResult]:
-    """Put ``moving`` on the reference grid and remove its translation relative to ``reference``.
+    """Put ``moving`` on the reference grid and remove its misregistration relative to ``reference``.
 
     Parameters
     ----------
     reference : xarray.DataArray
-        (y, x) or (band, y, x) image on the AOI's reference grid, with a CRS.
+        (y, x) or (band, y, x) image on the AOI's reference grid, with a projected CRS
+        (units of length).
     moving : xarray.DataArray
         (y, x) or (band, y, x) acquisition with a CRS; any grid, CRS or resolution that
         overlaps the reference (reprojected onto it with cubic resampling first).
     band : str, optional
         Band name used for the estimate in both images. Default: a NIR band, else a red
-        band if both images have it, else the mean of the bands.
+        band if both images have it, else the mean of the bands (then both must have
+        the same number of bands).
     valid : xarray.DataArray of bool, optional
         True where pixels are usable (e.g. cloud-free), on the reference grid (or with a
         CRS, then reprojected with nearest neighbour).
     min_reliability : float
         Shifts with a lower reliability (0..1) are not applied.
     max_shift_px : float
-        Shifts longer than this (reference pixels) are not applied.
+        Shifts longer than this (reference pixels) are not applied; in local mode, no
+        pixel of the warp may move further.
+    local : bool
+        Estimate a shift per window on a grid (tie points), reject outliers and apply a
+        warp fitted to the survivors (non-rigid distortion) instead of one translation.
+    window_px, step_px : int
+        Local mode: window side and spacing of the window centres (default half the
+        window), in reference pixels.
+    warp : {"smooth", "affine", "translation"}
+        Local mode: model fitted to the kept tie points (see :func:`fit_warp`).
+    min_tie_points : int
+        Local mode: fewer kept tie points than this and nothing is applied.
 
     Returns
     -------
     aligned : xarray.DataArray
-        ``moving`` on the reference grid (reference coords and CRS), shifted when
-        ``result.applied``; float, NaN outside the data.
+        ``moving`` on the reference grid (reference coords and CRS), shifted (warped)
+        when ``result.applied``; float, NaN outside the data.
     result : CoregResult
-        Shift in pixels and metres, reliability, similarity and whether it was applied.
+        Shift in pixels and metres (local mode: the mean of the warp over the grid),
+        reliability, tie points, similarity and whether it was applied.
 
     Raises
     ------
     CoregError
-        Inputs without CRS/coordinates, grids that do not overlap, an all-NaN band, a
-        band selection that is not 2-D, or fewer than :data:`MIN_VALID_PIXELS` /
-        :data:`MIN_VALID_FRACTION` valid overlapping pixels.
+        Inputs without CRS/coordinates, a reference CRS without units of length, grids
+        that do not overlap, an all-NaN or constant band, different band counts when
+        the band mean is used, a band selection that is not 2-D, or fewer than
+        :data:`MIN_VALID_PIXELS` / :data:`MIN_VALID_FRACTION` valid overlapping pixels
+        (e.g. everything cloudy).
     """
     ref_grid = _grid(reference, "reference")
+    to_m = _metres_per_unit(ref_grid)
     aligned_grid = _to_reference_grid(moving, reference, ref_grid)
 
     use_band = _common_band(reference, moving, band)
+    if use_band is None and reference.ndim == 3 and moving.ndim == 3 \
+            and reference.shape[0] != moving.shape[0]:
+        raise CoregError(
+            f"reference has {reference.shape[0]} bands {_band_names(reference)} and moving has "
+            f"{moving.shape[0]} {_band_names(moving)}, and no common band to match on; pass band= "
+            "naming a band both have (or select matching bands first)"
+        )
     ref_img = _select_band(_as_float_with_nan(reference), use_band, "reference")
     mov_img = _select_band(aligned_grid, use_band, "moving")
     if not np.isfinite(ref_img).any():
@@ -570,30 +693,65 @@ def coregister(
     frac = n_ok / ok.size
     if n_ok < MIN_VALID_PIXELS or frac < MIN_VALID_FRACTION:
         raise CoregError(
-            f"only {n_ok} valid overlapping pixels ({frac:.1%} of the reference grid); need at least "
-            f"{MIN_VALID_PIXELS} and {MIN_VALID_FRACTION:.0%}. Use an acquisition with more coverage / less cloud"
+            f"only {n_ok} valid overlapping pixels (cloud-free, not NaN; {frac:.1%} of the reference grid); "
+            f"need at least {MIN_VALID_PIXELS} and {MIN_VALID_FRACTION:.0%}. Use an acquisition with more "
+            "coverage / less cloud"
         )
+    _check_texture(ref_img, ok, "reference")
+    _check_texture(mov_img, ok, "moving")
 
-    # No search restriction here: a confident shift beyond max_shift_px is reported as
-    # such rather than replaced by a spurious peak inside the radius.
-    row, col, rel = estimate_shift(ref_img, mov_img, valid=ok)
-    xres = ref_grid.transform.a
-    yres = abs(ref_grid.transform.e)
-    sim_before = _gradient_ncc(ref_img, mov_img, ok)
-
+    xres = ref_grid.transform.a * to_m
+    yres = abs(ref_grid.transform.e) * to_m
+    ncc_cache: dict = {}
+    sim_before = _gradient_ncc(ref_img, mov_img, ok, cache=ncc_cache)
     reason = ""
-    length = math.hypot(row, col)
-    if rel < min_reliability:
-        reason = f"reliability {rel:.2f} below min_reliability {min_reliability:.2f}"
-    elif length > max_shift_px:
-        reason = f"shift {length:.2f} px exceeds max_shift_px {max_shift_px:.2f}"
+    extra: dict = {}
+    if local:
+        tp = estimate_local(ref_img, mov_img, valid=ok, window_px=window_px, step_px=step_px,
+                            max_shift_px=max_shift_px)
+        kept = int(tp.kept.sum())
+        table = tuple((float(r), float(c), float(dr), float(dc), float(q), bool(k)) for r, c, dr, dc, q, k in
+                      zip(tp.row, tp.col, tp.shift_row, tp.shift_col, tp.reliability, tp.kept))
+        extra = {"mode": "local", "tie_points_total": len(tp.row), "tie_point_table": table}
+        if kept < min_tie_points:
+            rel = float(np.median(tp.reliability[tp.kept])) * kept / min_tie_points if kept else 0.0
+            row = float(np.median(tp.shift_row[tp.kept])) if kept else 0.0
+            col = float(np.median(tp.shift_col[tp.kept])) if kept else 0.0
+            reason = (f"only {kept} of {len(tp.row)} tie points kept (need {min_tie_points}); "
+                      "the images do not match reliably")
+            field = None
+        else:
+            field_r, field_c, rmse = fit_warp(tp, ref_img.shape, warp=warp)
+            field = (field_r, field_c)
+            row, col = float(field_r.mean()), float(field_c.mean())
+            # Median window reliability; many windows agreeing on one warp is evidence of
+            # its own (as the quadrant agreement of the global mode), whatever their peaks.
+            rel = float(np.median(tp.reliability[tp.kept]))
+            if kept >= max(6, len(tp.row) // 2):
+                rel = max(rel, 0.7)
+            extra["residual_rmse_px"] = rmse
+            length = float(np.sqrt(field_r**2 + field_c**2).max())
+            if rel < min_reliability:
+                reason = f"reliability {rel:.2f} below min_reliability {min_reliability:.2f}"
+            elif length > max_shift_px:
+                reason = f"warp moves pixels {length:.2f} px, more than max_shift_px {max_shift_px:.2f}"
+        extra["tie_points"] = kept
+    else:
+        # No search restriction here: a confident shift beyond max_shift_px is reported as
+        # such rather than replaced by a spurious peak inside the radius.
+        row, col, rel = estimate_shift(ref_img, mov_img, valid=ok)
+        length = math.hypot(row, col)
+        if rel < min_reliability:
+            reason = f"reliability {rel:.2f} below min_reliability {min_reliability:.2f}"
+        elif length > max_shift_px:
+            reason = f"shift {length:.2f} px exceeds max_shift_px {max_shift_px:.2f}"
 
     out = aligned_grid
     sim_after = sim_before
     if not reason:
-        shifted = apply_shift(aligned_grid, row, col)
+        shifted = apply_warp(aligned_grid, *field) if local else apply_shift(aligned_grid, row, col)
         mov_after = _select_band(shifted, use_band, "moving")
-        sim_after = _gradient_ncc(ref_img, mov_after, ok)
+        sim_after = _gradient_ncc(ref_img, mov_after, ok, cache=ncc_cache)
         if np.isfinite(sim_before) and np.isfinite(sim_after) and sim_after < sim_before - 0.01:
             # A correct shift cannot make the edges agree less; keep the input.
             reason = f"shift did not improve gradient similarity ({sim_before:.3f} -> {sim_after:.3f})"
@@ -607,10 +765,580 @@ def coregister(
         shift_x_m=float(col * xres),
         shift_y_m=float(-row * yres),
         reliability=float(rel),
-        tie_points=1,
+        tie_points=int(extra.pop("tie_points", 1)),
         similarity_before=float(sim_before),
         similarity_after=float(sim_after),
         applied=not reason,
         reason=reason,
+        **extra,
     )
     return out, result
+
+
+# -- local (tie-point grid) mode ------------------------------------------------------
+# Windows are matched in one batch: gradient images are prepared once for the whole
+# frame, every window pair is cut out with fancy indexing, and all FFTs and sub-pixel
+# refinements run as stacked array operations. That is what makes a tie-point grid
+# cost about as much as a handful of single matches.
+_MIN_WINDOW_GOOD = 0.5      # a window needs this share of valid pixels in both images
+# Tie points need a peak ratio above 1.75 (reliability 0.1): unrelated windows and noise
+# stay below 1.16 (see _RATIO_NOISE). Wrong peaks that pass are caught by consistency:
+_LOCAL_MIN_RELIABILITY = 0.1
+_MAD_K = 3.0                # outlier threshold in robust standard deviations of the residual,
+_MAD_FLOOR_PX = 0.25        # never tighter than this (sub-pixel noise of good points)
+_MAD_CAP_PX = 1.5           # and never looser than this (random shifts must not pass)
+# Aperture problem: a window whose edges all run one way (a shoreline, a quay, a field
+# border) fixes the shift across them but not along them, and its correlation peak
+# still looks sharp. Coherence |sum g^2| / sum |g|^2 of the gradient structure tensor
+# is 0 for isotropic texture and 1 for parallel edges; above this the window is dropped
+# (eigenvalue ratio below ~0.1).
+_MAX_COHERENCE = 0.8
+
+
+@dataclass(frozen=True)
+class TiePoints:
+    """Tie points of a local match, on the reference grid.
+
+    Attributes
+    ----------
+    row, col : numpy.ndarray
+        Window centres (reference pixels).
+    shift_row, shift_col : numpy.ndarray
+        Shift (pixels) that moves the moving content onto the reference at each point.
+    reliability : numpy.ndarray
+        0..1 per point (peak ratio of the window's phase correlation).
+    kept : numpy.ndarray of bool
+        Points that survived the reliability threshold and the outlier rejection.
+    """
+
+    row: np.ndarray
+    col: np.ndarray
+    shift_row: np.ndarray
+    shift_col: np.ndarray
+    reliability: np.ndarray
+    kept: np.ndarray
+
+
+def _full_gradient(img: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Clipped complex gradient of the whole frame and its feathered weight (0 where invalid)."""
+    # Single precision: smoothed gradients are far above float32 rounding, and it halves
+    # the cost of the filters, every FFT and every product downstream.
+    grad, good = _gradient(img, valid, np.float32)
+    if good.sum() < 16:
+        return np.zeros(img.shape, np.complex64), np.zeros(img.shape, np.float32)
+    mag = np.abs(grad)
+    clip = np.percentile(mag[good], _CLIP_PERCENTILE)
+    if clip > 0:
+        grad = grad * np.minimum(1.0, clip / np.maximum(mag, 1e-30))
+    weight = good.astype(np.float32)
+    if not good.all():
+        weight = ndimage.gaussian_filter(weight, _FEATHER_SIGMA) * good
+    return grad.astype(np.complex64, copy=False), weight
+
+
+def _cut(arr: np.ndarray, r0: np.ndarray, c0: np.ndarray, ws: int) -> np.ndarray:
+    """Stack of ``ws`` x ``ws`` windows with upper-left corners (r0, c0); outside -> 0."""
+    rows, cols = arr.shape
+    out = np.zeros((len(r0), ws, ws), dtype=arr.dtype)
+    for i, (r, c) in enumerate(zip(r0.tolist(), c0.tolist())):
+        # Plain slices (memcpy) are several times faster than fancy indexing here.
+        ra, rb = max(r, 0), min(r + ws, rows)
+        ca, cb = max(c, 0), min(c + ws, cols)
+        if ra < rb and ca < cb:
+            out[i, ra - r:rb - r, ca - c:cb - c] = arr[ra:rb, ca:cb]
+    return out
+
+
+def _window_stack(grad, weight, r0, c0, ws, taper):
+    """Zero-mean, feathered and tapered gradient windows, and each window's valid share."""
+    g = _cut(grad, r0, c0, ws)
+    w = _cut(weight, r0, c0, ws)
+    inside = w > 0
+    count = inside.sum(axis=(1, 2))
+    mean = g.sum(axis=(1, 2), where=inside) / np.maximum(count, 1)
+    g -= mean[:, None, None].astype(g.dtype)
+    g *= w
+    g *= taper
+    return g, count / float(ws * ws)
+
+
+def _newton_peak(prod: np.ndarray, start: np.ndarray, *, iterations: int = 8) -> np.ndarray:
+    """Sub-pixel maximum of ``|c(s)|^2`` for each window, by Newton's method.
+
+    ``prod`` is the cross-power spectrum stack (n, R, C); the cross-correlation at a
+    fractional shift s is ``c(s) = sum P(f) exp(2 pi i f.s)``. Its derivatives are
+    sums of the same kind, and the kernel is separable in rows and columns, so one
+    Newton step costs three matrix-vector products per window: exact (no sampling
+    grid, unlike the upsampled DFT) and a fraction of the cost of a 100x upsampling.
+    Steps are limited to 0.5 px so that a start in the peak's basin stays there.
+    """
+    n, rows, cols = prod.shape
+    a = 2j * np.pi * np.fft.fftfreq(rows)  # d/ds_row of the row kernel
+    b = 2j * np.pi * np.fft.fftfreq(cols)
+    s = np.array(start, dtype=float, copy=True)
+    for _ in range(iterations):
+        er = np.exp(a[None, :] * s[:, 0, None])  # (n, R)
+        ec = np.exp(b[None, :] * s[:, 1, None])  # (n, C)
+        q = (prod @ np.stack([ec, b * ec, b * b * ec], axis=2).astype(prod.dtype)).astype(complex)  # (n, R, 3)
+        c = np.einsum("nr,nr->n", er, q[:, :, 0])
+        cr = np.einsum("nr,nr->n", a * er, q[:, :, 0])
+        crr = np.einsum("nr,nr->n", a * a * er, q[:, :, 0])
+        cc = np.einsum("nr,nr->n", er, q[:, :, 1])
+        crc = np.einsum("nr,nr->n", a * er, q[:, :, 1])
+        ccc = np.einsum("nr,nr->n", er, q[:, :, 2])
+        cj = np.conj(c)
+        g = 2 * np.stack([np.real(cj * cr), np.real(cj * cc)], axis=1)
+        h_rr = 2 * np.real(np.conj(cr) * cr + cj * crr)
+        h_cc = 2 * np.real(np.conj(cc) * cc + cj * ccc)
+        h_rc = 2 * np.real(np.conj(cr) * cc + cj * crc)
+        det = h_rr * h_cc - h_rc**2
+        concave = (h_rr < 0) & (det > 0)
+        safe = np.where(concave, det, 1.0)
+        step = np.stack([-(h_cc * g[:, 0] - h_rc * g[:, 1]) / safe,
+                         -(h_rr * g[:, 1] - h_rc * g[:, 0]) / safe], axis=1)
+        # Outside the concave core of the peak: move uphill by a bounded step.
+        gn = np.maximum(np.hypot(g[:, 0], g[:, 1]), 1e-300)
+        step = np.where(concave[:, None], step, 0.25 * g / gn[:, None])
+        step = np.clip(step, -0.5, 0.5)
+        s += step
+        if np.abs(step).max() < 1e-4:
+            break
+    return s
+
+
+def _coherence(win: np.ndarray) -> np.ndarray:
+    """Structure-tensor coherence (0 isotropic .. 1 one orientation) of complex gradient windows."""
+    s = np.sum(np.abs(win) ** 2, axis=(1, 2))
+    z = np.abs(np.sum(win**2, axis=(1, 2)))  # (gx + i gy)^2 = gx^2 - gy^2 + 2i gx gy
+    return np.where(s > 0, z / np.maximum(s, 1e-30), 1.0)
+
+
+def _window_grid(shape, ws: int, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """Window centres on a regular grid, the outer windows flush with the frame edges."""
+    centres = []
+    for n in shape:
+        if n <= ws:
+            centres.append(np.array([n // 2]))
+            continue
+        k = int(math.ceil((n - ws) / step)) + 1
+        centres.append(np.round(np.linspace(ws // 2, n - ws + ws // 2, k)).astype(int))
+    rr, cc = np.meshgrid(*centres, indexing="ij")
+    return rr.ravel(), cc.ravel()
+
+
+def estimate_local(
+    reference: np.ndarray,
+    moving: np.ndarray,
+    *,
+    valid: np.ndarray | None = None,
+    window_px: int = 256,
+    step_px: int | None = None,
+    prior_shift: tuple[float, float] = (0.0, 0.0),
+    max_shift_px: float = 20.0,
+) -> TiePoints:
+    """Shift and reliability on a grid of windows (tie points), with outlier rejection.
+
+    Parameters
+    ----------
+    reference, moving : numpy.ndarray
+        2-D float arrays on the same grid; NaN marks invalid pixels.
+    valid : numpy.ndarray of bool, optional
+        Usable pixels (e.g. cloud-free) on that grid, applied to both images.
+    window_px : int
+        Side of the matching windows (pixels); clipped to the image size.
+    step_px : int, optional
+        Spacing of the window centres (pixels); default ``window_px // 2``.
+    prior_shift : (float, float)
+        Expected shift (e.g. the global estimate); the moving windows are cut at its
+        integer part so that large shifts stay inside the windows.
+    max_shift_px : float
+        Tie points whose shift differs from ``prior_shift`` by more are dropped.
+
+    Returns
+    -------
+    TiePoints
+        Every window with at least half of its pixels valid in both images; ``kept``
+        marks those with reliability >= 0.3 that are consistent with an affine model
+        of the others (residual within 3 robust standard deviations, at least
+        0.25 px).
+
+    Raises
+    ------
+    CoregError
+        Arrays of different shapes, or no window with enough valid pixels.
+    """
+    ref = np.asarray(reference, dtype="float64")
+    mov = np.asarray(moving, dtype="float64")
+    if ref.ndim != 2 or ref.shape != mov.shape:
+        raise CoregError(
+            f"estimate_local needs two 2-D arrays of the same shape, got {ref.shape} and {mov.shape}"
+        )
+    base = np.isfinite(ref) & np.isfinite(mov)
+    if valid is not None:
+        base &= np.asarray(valid, dtype=bool)
+    v_ref = np.isfinite(ref) & (base if valid is None else np.asarray(valid, bool))
+    v_mov = np.isfinite(mov) & (np.ones_like(base) if valid is None else np.asarray(valid, bool))
+    if v_ref.sum() < MIN_VALID_PIXELS or v_mov.sum() < MIN_VALID_PIXELS:
+        raise CoregError(
+            "too few valid pixels for local co-registration; use an acquisition with less cloud / nodata"
+        )
+    ws = int(min(window_px, *ref.shape))
+    ws -= ws % 2
+    step = int(step_px or max(ws // 2, 1))
+    cr, cc = _window_grid(ref.shape, ws, step)
+    g_ref, w_ref = _full_gradient(ref, v_ref)
+    g_mov, w_mov = _full_gradient(mov, v_mov)
+    taper = _tukey2d((ws, ws)).astype("float32")
+    pri = np.round(np.asarray(prior_shift, float)).astype(int)
+
+    r0 = cr - ws // 2
+    c0 = cc - ws // 2
+    a, fa_good = _window_stack(g_ref, w_ref, r0, c0, ws, taper)
+    # Moving content that lands at r came from r - shift.
+    b, fb_good = _window_stack(g_mov, w_mov, r0 - pri[0], c0 - pri[1], ws, taper)
+    use = (fa_good >= _MIN_WINDOW_GOOD) & (fb_good >= _MIN_WINDOW_GOOD)
+    if not use.any():
+        raise CoregError(
+            f"no {ws} x {ws} px window has {_MIN_WINDOW_GOOD:.0%} valid pixels in both images; "
+            "use a smaller window_px or an acquisition with less cloud / nodata"
+        )
+    a, b, cr, cc, r0, c0 = a[use], b[use], cr[use], cc[use], r0[use], c0[use]
+    n = len(cr)
+
+    # Integer stage and reliability on the phase-normalised surface, as estimate_shift.
+    fa = sfft.fft2(a)
+    fb = sfft.fft2(b)
+    prod = fa * np.conj(fb)
+    mag = np.abs(prod)
+    surf = np.abs(sfft.ifft2(prod / np.maximum(mag, 1e-12 * mag.max(axis=(1, 2), keepdims=True) + 1e-30)))
+    flat = surf.reshape(n, -1)
+    pk = flat.argmax(axis=1)
+    pr, pc = np.unravel_index(pk, (ws, ws))
+    peak = flat[np.arange(n), pk]
+    excl = np.arange(-_PEAK_EXCLUDE, _PEAK_EXCLUDE + 1)
+    others = surf.copy()
+    er = (pr[:, None] + excl[None, :]) % ws
+    ec = (pc[:, None] + excl[None, :]) % ws
+    others[np.arange(n)[:, None, None], er[:, :, None], ec[:, None, :]] = 0.0
+    second = others.reshape(n, -1).max(axis=1)
+    ratio = np.where(second > 0, peak / np.maximum(second, 1e-300), np.inf)
+    rel = np.clip((ratio - _RATIO_NOISE) / (_RATIO_GOOD - _RATIO_NOISE), 0.0, 1.0)
+    coherence = np.maximum(_coherence(a), _coherence(b))
+    rel = np.where(coherence > _MAX_COHERENCE, 0.0, rel)
+    ishift = np.stack([np.where(pr > ws // 2, pr - ws, pr), np.where(pc > ws // 2, pc - ws, pc)], axis=1)
+
+    # Sub-pixel stage: re-cut the moving windows at the window's own integer offset (so
+    # the window envelopes coincide) and refine the plain cross-correlation.
+    tot = pri[None, :] + ishift
+    moved = np.any(ishift != 0, axis=1)
+    if moved.any():
+        b2, _ = _window_stack(g_mov, w_mov, r0[moved] - tot[moved, 0], c0[moved] - tot[moved, 1], ws, taper)
+        prod[moved] = fa[moved] * np.conj(sfft.fft2(b2))
+    prod2 = prod
+    # Newton starts at the integer maximum of the plain cross-correlation, as in
+    # estimate_shift; a start more than a pixel from the phase peak marks an ambiguous window.
+    ccs = np.abs(sfft.ifft2(prod2)).reshape(n, -1).argmax(axis=1)
+    k0 = np.stack(np.unravel_index(ccs, (ws, ws)), axis=1).astype(float)
+    k0 = np.where(k0 > ws // 2, k0 - ws, k0)
+    fine = _newton_peak(prod2, k0)
+    shift = tot + fine
+    if np.any(np.abs(fine) > 1.1):
+        rel = np.where(np.abs(fine).max(axis=1) > 1.1, np.minimum(rel, 0.25), rel)
+
+    kept = (rel >= _LOCAL_MIN_RELIABILITY) & (np.hypot(*(shift - np.asarray(prior_shift)).T) <= max_shift_px)
+    kept = _reject_outliers(cr.astype(float), cc.astype(float), shift, kept)
+    return TiePoints(cr.astype(float), cc.astype(float), shift[:, 0], shift[:, 1], rel, kept)
+
+
+def _affine_design(row: np.ndarray, col: np.ndarray, scale: float) -> np.ndarray:
+    return np.stack([np.ones_like(row), row / scale, col / scale], axis=1)
+
+
+def _reject_outliers(row, col, shift, kept) -> np.ndarray:
+    """Drop tie points inconsistent with a robust affine fit of the others (iterated)."""
+    kept = kept.copy()
+    scale = max(float(np.ptp(row)), float(np.ptp(col)), 1.0)
+    for _ in range(5):
+        k = int(kept.sum())
+        if k < 3:
+            # Too few for a plane: compare with the median only.
+            if k:
+                res = np.hypot(*(shift - np.median(shift[kept], axis=0)).T)
+                kept &= res <= min(_MAD_CAP_PX, max(_MAD_FLOOR_PX, _MAD_K * 1.4826 * float(np.median(res[kept]))))
+            return kept
+        model = _affine_design(row, col, scale) if k >= 6 else np.ones((len(row), 1))
+        coef, *_ = np.linalg.lstsq(model[kept], shift[kept], rcond=None)
+        res = np.hypot(*(shift - model @ coef).T)
+        mad = 1.4826 * float(np.median(res[kept]))
+        new = kept & (res <= min(_MAD_CAP_PX, max(_MAD_FLOOR_PX, _MAD_K * mad)))
+        if int(new.sum()) >= 3 and not (new == kept).all():
+            kept = new
+        else:
+            # Either stable, or a rejection that would leave too few to fit: stop.
+            return kept if int(new.sum()) < 3 else new
+    return kept
+
+
+def fit_warp(tp: TiePoints, shape: tuple[int, int], *, warp: str = "smooth",
+             smoothing: float | None = None) -> tuple[np.ndarray, np.ndarray, float]:
+    """Dense shift field (pixels) over ``shape`` fitted to the kept tie points.
+
+    Parameters
+    ----------
+    tp : TiePoints
+    shape : (int, int)
+        Rows and columns of the reference grid.
+    warp : {"smooth", "affine", "translation"}
+        ``affine``: least-squares affine field; ``smooth``: the affine field plus a
+        thin-plate spline through the residuals (regularised, evaluated on a coarse
+        lattice and interpolated bilinearly); ``translation``: the mean shift.
+        ``smooth`` falls back to ``affine`` below 10 kept points and ``affine`` to
+        ``translation`` below 6.
+    smoothing : float, optional
+        Thin-plate regularisation; default the number of kept points (the fit then
+        follows systematic distortion but not single-window noise).
+
+    Returns
+    -------
+    field_row, field_col : numpy.ndarray
+        Shift per reference pixel, shape ``shape``.
+    rmse : float
+        RMS residual (pixels) of the kept tie points against the field.
+    """
+    if warp not in ("smooth", "affine", "translation"):
+        raise CoregError(f"warp {warp!r} is not one of 'smooth', 'affine', 'translation'")
+    k = tp.kept
+    nk = int(k.sum())
+    if nk == 0:
+        raise CoregError("no tie point survived the reliability and outlier checks; nothing to fit")
+    if warp == "smooth" and nk < 10:
+        warp = "affine"
+    if warp == "affine" and nk < 6:
+        warp = "translation"
+    rows, cols = shape
+    pts = np.stack([tp.row[k], tp.col[k]], axis=1)
+    vals = np.stack([tp.shift_row[k], tp.shift_col[k]], axis=1)
+    scale = max(float(rows), float(cols))
+    if warp == "translation":
+        coef = vals.mean(axis=0)
+        fit_pts = np.broadcast_to(coef, vals.shape)
+
+        def at(r, c):
+            return np.broadcast_to(coef[0], r.shape), np.broadcast_to(coef[1], r.shape)
+    else:
+        coef, *_ = np.linalg.lstsq(_affine_design(pts[:, 0], pts[:, 1], scale), vals, rcond=None)
+
+        def affine_at(r, c):
+            d = _affine_design(r.ravel(), c.ravel(), scale) @ coef
+            return d[:, 0].reshape(r.shape), d[:, 1].reshape(r.shape)
+
+        at = affine_at
+        fit_pts = _affine_design(pts[:, 0], pts[:, 1], scale) @ coef
+        if warp == "smooth":
+            from scipy.interpolate import RBFInterpolator
+
+            resid = vals - fit_pts
+            rbf = RBFInterpolator(pts / scale, resid, kernel="thin_plate_spline",
+                                  smoothing=float(nk if smoothing is None else smoothing) * 1e-3)
+            fit_pts = fit_pts + rbf(pts / scale)
+
+            def at(r, c):  # noqa: F811 - the smooth field replaces the affine one
+                ar, ac = affine_at(r, c)
+                d = rbf(np.stack([r.ravel(), c.ravel()], axis=1) / scale)
+                return ar + d[:, 0].reshape(r.shape), ac + d[:, 1].reshape(r.shape)
+
+    # Evaluate on a coarse lattice (every 16 px) and interpolate: the field is smooth at
+    # the tie-point spacing, and a thin-plate spline per pixel would cost seconds.
+    lat = 16
+    lr = np.unique(np.r_[np.arange(0, rows, lat), rows - 1]).astype(float)
+    lc = np.unique(np.r_[np.arange(0, cols, lat), cols - 1]).astype(float)
+    gr, gc = np.meshgrid(lr, lc, indexing="ij")
+    fr, fc = at(gr, gc)
+    ir = np.interp(np.arange(rows), lr, np.arange(len(lr)))
+    ic = np.interp(np.arange(cols), lc, np.arange(len(lc)))
+    coords = np.meshgrid(ir, ic, indexing="ij")
+    field_r = ndimage.map_coordinates(np.asarray(fr, float), coords, order=1, mode="nearest")
+    field_c = ndimage.map_coordinates(np.asarray(fc, float), coords, order=1, mode="nearest")
+    rmse = float(np.sqrt(np.mean(np.sum((vals - fit_pts) ** 2, axis=1))))
+    return field_r, field_c, rmse
+
+
+def _warp_plane(plane: np.ndarray, field_row: np.ndarray, field_col: np.ndarray, order: int) -> np.ndarray:
+    out_dtype = plane.dtype if plane.dtype == np.float32 else np.float64
+    data = np.asarray(plane, dtype="float64")
+    finite = np.isfinite(data)
+    if not finite.any():
+        return np.full(data.shape, np.nan, dtype=out_dtype)
+    if not finite.all():
+        idx = ndimage.distance_transform_edt(~finite, return_distances=False, return_indices=True)
+        data = data[tuple(idx)]
+    rr, cc = np.indices(data.shape, dtype="float64")
+    # Content at r moves to r + d(r), so the output at r samples the input at r - d(r).
+    src = [rr - field_row, cc - field_col]
+    out = ndimage.map_coordinates(data, src, order=order, mode="nearest")
+    invalid = ndimage.map_coordinates((~finite).astype(float), src, order=1, mode="constant", cval=1.0)
+    out[invalid > 1e-6] = np.nan
+    return out.astype(out_dtype, copy=False)
+
+
+def apply_warp(image, field_row: np.ndarray, field_col: np.ndarray, *, order: int = 3):
+    """Move the content of ``image`` by a per-pixel shift field (pixels).
+
+    Parameters
+    ----------
+    image : numpy.ndarray or xarray.DataArray
+        (..., rows, cols); a DataArray must end with dims (y, x).
+    field_row, field_col : numpy.ndarray
+        Shift (rows, cols) per output pixel: the output at (r, c) takes the input at
+        (r - field_row, c - field_col). A constant field equals :func:`apply_shift`.
+    order : int
+        Spline order of the resampling (3 = cubic).
+
+    Returns
+    -------
+    numpy.ndarray or xarray.DataArray
+        As :func:`apply_shift`: same kind and grid, NaN where the source was outside or
+        touched NaN.
+    """
+    fr = np.asarray(field_row, float)
+    fc = np.asarray(field_col, float)
+    arr = image.values if isinstance(image, xr.DataArray) else np.asarray(image)
+    if fr.shape != arr.shape[-2:] or fc.shape != arr.shape[-2:]:
+        raise CoregError(f"shift field shape {fr.shape} does not match the image {arr.shape[-2:]}")
+    if isinstance(image, xr.DataArray) and image.dims[-2:] != ("y", "x"):
+        raise CoregError(f"DataArray dims {image.dims} must end with ('y', 'x'); transpose it first")
+    flat = np.asarray(arr).reshape((-1,) + arr.shape[-2:])
+    out = np.stack([_warp_plane(p, fr, fc, order) for p in flat]).reshape(arr.shape)
+    if isinstance(image, xr.DataArray):
+        res = image.copy(data=out)
+        if image.rio.nodata is not None:
+            res = res.rio.write_nodata(np.nan, encoded=False)
+        return res
+    return out
+
+
+# -- stack mode -----------------------------------------------------------------------
+def provenance_fields(result: CoregResult) -> dict:
+    """The JSON-able record of a registration stored in a cube slice's provenance."""
+    def num(v):
+        v = float(v)
+        return round(v, 4) if math.isfinite(v) else None
+
+    return {
+        "mode": result.mode,
+        "shift_row_px": num(result.shift_row_px),
+        "shift_col_px": num(result.shift_col_px),
+        "shift_x_m": num(result.shift_x_m),
+        "shift_y_m": num(result.shift_y_m),
+        "reliability": num(result.reliability),
+        "tie_points": int(result.tie_points),
+        "tie_points_total": int(result.tie_points_total),
+        "residual_rmse_px": num(result.residual_rmse_px),
+        "similarity_before": num(result.similarity_before),
+        "similarity_after": num(result.similarity_after),
+        "applied": bool(result.applied),
+        "reason": result.reason,
+    }
+
+
+def _register_slice(reference, moving, valid, kwargs):
+    """coregister one date; a date that cannot be registered is kept unshifted, not fatal."""
+    try:
+        return coregister(reference, moving, valid=valid, **kwargs)
+    except CoregError as exc:
+        ref_grid = GridSpec.of(reference)
+        try:
+            out = _to_reference_grid(moving, reference, ref_grid)
+        except CoregError:
+            shape = (moving.shape[0],) + ref_grid.shape if moving.ndim == 3 else ref_grid.shape
+            out = xr.full_like(reference.isel(band=0, drop=True) if reference.ndim == 3 else reference,
+                               np.nan, dtype="float64")
+            if moving.ndim == 3:
+                out = out.expand_dims(band=moving["band"].values).transpose("band", "y", "x")
+            assert out.shape == shape
+        nan = float("nan")
+        return out, CoregResult(0.0, 0.0, 0.0, 0.0, 0.0, 0, nan, nan, False, f"not registered: {exc}",
+                                mode="local" if kwargs.get("local") else "global", tie_points_total=0)
+
+
+def coregister_stack(
+    stack: xr.DataArray,
+    reference: xr.DataArray,
+    *,
+    valid: xr.DataArray | None = None,
+    cube=None,
+    scheduler: str | None = None,
+    **kwargs,
+) -> tuple[xr.DataArray, list[CoregResult]]:
+    """Register every date of a cube onto the AOI reference, in parallel over time with Dask.
+
+    Parameters
+    ----------
+    stack : xarray.DataArray
+        (time, band, y, x) or (time, y, x) acquisitions with a CRS (numpy or dask backed),
+        e.g. :meth:`changedet.cube.Cube.read`. Any grid that overlaps the reference.
+    reference : xarray.DataArray
+        (band, y, x) or (y, x) AOI reference with a projected CRS; its grid is the
+        output grid.
+    valid : xarray.DataArray of bool, optional
+        (time, y, x) usable pixels (e.g. cloud-free) per date, on the reference grid.
+    cube : changedet.cube.Cube, optional
+        When given, each date's shift and quality (:func:`provenance_fields`) is merged
+        into its provenance entry as ``{"coreg": ...}`` via ``cube.annotate``, keyed on
+        the stack's ``scene_id`` coordinate.
+    scheduler : str, optional
+        Dask scheduler for the per-date tasks (default: the active one, threads if none;
+        a ``distributed.Client`` in scope is used automatically).
+    **kwargs
+        Passed to :func:`coregister` (``local``, ``band``, ``min_reliability`` ...).
+
+    Returns
+    -------
+    aligned : xarray.DataArray
+        (time, band, y, x) on the reference grid; dates that could not be registered
+        are kept unshifted (their result says why).
+    results : list of CoregResult
+        One per date, in stack order. A date that raised :class:`CoregError` (e.g. all
+        cloud) gets ``applied=False`` with the error as its reason.
+
+    Raises
+    ------
+    CoregError
+        ``stack`` without a time dimension, ``cube`` without scene ids to key on, or a
+        ``valid`` mask with another number of dates.
+    """
+    import dask
+
+    if not isinstance(stack, xr.DataArray) or "time" not in stack.dims or stack.dims[0] != "time":
+        raise CoregError("stack must be a DataArray with a leading 'time' dimension, e.g. Cube.read()")
+    if "valid" in kwargs:
+        raise CoregError("pass the per-date mask as valid= to coregister_stack, with a time dimension")
+    if valid is not None and ("time" not in valid.dims or valid.sizes["time"] != stack.sizes["time"]):
+        raise CoregError(f"valid must be (time, y, x) with {stack.sizes['time']} dates, got dims {valid.dims}")
+    scene_ids = None
+    if cube is not None:
+        if "scene_id" not in stack.coords:
+            raise CoregError("stack has no scene_id coordinate to key the cube provenance on; read it with "
+                             "Cube.read() or assign_coords(scene_id=('time', ids))")
+        scene_ids = [str(s) for s in np.atleast_1d(stack["scene_id"].values)]
+    _metres_per_unit(_grid(reference, "reference"))  # fail once, not once per date
+    ref = reference.load() if reference.chunks is not None else reference
+
+    tasks = []
+    for i in range(stack.sizes["time"]):
+        # Each task loads only its own date (lazy stacks stay lazy until then).
+        mov = dask.delayed(lambda da: da.load())(stack.isel(time=i, drop=True))
+        vm = None if valid is None else valid.isel(time=i, drop=True)
+        tasks.append(dask.delayed(_register_slice, pure=False)(ref, mov, vm, kwargs))
+    done = dask.compute(*tasks, scheduler=scheduler)
+    results = [r for _, r in done]
+    aligned = xr.concat([a.drop_vars([c for c in a.coords if c not in a.dims and c != "spatial_ref"])
+                         for a, _ in done], dim="time", coords="minimal", compat="override")
+    aligned = aligned.assign_coords(time=stack["time"].values)
+    for c in stack.coords:
+        if c != "time" and stack[c].dims == ("time",):
+            aligned = aligned.assign_coords({c: ("time", stack[c].values)})
+    if cube is not None:
+        for sid, res in zip(scene_ids, results):
+            cube.annotate(sid, {"coreg": provenance_fields(res)})
+    return aligned, results

@@ -112,9 +112,25 @@ def test_coregister_human_summary(port_pair, capsys):
     assert not out.lstrip().startswith("{")
 
 
-def test_coregister_local_is_refused_honestly(port_pair, capsys):
-    with pytest.raises(ChangedetError, match="local .*not implemented yet; run without --local"):
-        _run(["coregister", port_pair["reference"], port_pair["moving"], "--local"], capsys)
+def test_coregister_local_json(test_data, capsys, tmp_path):
+    # The real Sentinel-2 pair, a 512 px reference window: AROSICS reports x/y_shift_map
+    # -7.19 / -18.90 m at its centre (README.txt of the pair).
+    x, y = 339611.0, 5856426.0
+    ref = _s2_crop(test_data("arosics_s2_pair/ref_S2A_20160608T153121_T33UUU_sub.jp2"), tmp_path / "ref.tif", x, y, 256)
+    tgt = _s2_crop(test_data("arosics_s2_pair/tgt_S2A_20160529T153631_T33UUU_sub.jp2"), tmp_path / "tgt.tif", x, y, 288)
+    aligned = tmp_path / "aligned_local.tif"
+    doc = _run_json(["coregister", ref, tgt, "--local", "--window", "256", "--step", "128", "--out", aligned], capsys)
+    print(f"\nCLI --local S2: {doc}")
+    assert doc["mode"] == "local" and doc["applied"] is True
+    kept = doc["tie_points"]
+    assert isinstance(kept, int) and 4 <= kept <= doc["tie_points_total"]
+    # The mean of the warp over the window; the warp is near-rigid here.
+    assert abs(doc["shift_x_m"] - (-7.19)) <= 2.0 and abs(doc["shift_y_m"] - (-18.90)) <= 2.0
+    assert doc["shift_x_px"] == pytest.approx(doc["shift_x_m"] / 10.0, abs=1e-3)
+    assert doc["similarity_after"] > doc["similarity_before"]
+    assert aligned.exists()
+    with pytest.raises(ChangedetError, match="--window 8 is too small"):
+        _run(["coregister", ref, tgt, "--local", "--window", "8"], capsys)
 
 
 def test_coregister_missing_file_names_it(port_pair, capsys, tmp_path):
@@ -262,8 +278,10 @@ def test_end_to_end_coregister(port_pair):
     assert abs(doc["shift_x_px"] + applied["col"]) <= 0.3 and abs(doc["shift_y_px"] - applied["row"]) <= 0.3
     r = _cli("coregister", port_pair["reference"], port_pair["dir"] / "missing.tif")
     assert r.returncode == 2 and "missing.tif" in r.stderr and "Traceback" not in r.stderr
-    r = _cli("coregister", port_pair["reference"], port_pair["moving"], "--local")
-    assert r.returncode == 2 and "not implemented yet" in r.stderr
+    r = _cli("coregister", port_pair["reference"], port_pair["moving"], "--local", "--window", "128", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["mode"] == "local" and doc["tie_points"] <= doc["tie_points_total"]
 
 
 def test_end_to_end_count(port_pair):

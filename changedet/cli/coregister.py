@@ -27,7 +27,14 @@ def add_parser(sub) -> None:
     p.add_argument("--max-shift", type=float, default=20.0,
                    help="shifts longer than this many reference pixels are not applied (default 20)")
     p.add_argument("--local", action="store_true",
-                   help="local (tie-point grid) co-registration; not implemented yet")
+                   help="local co-registration: a shift per window on a grid (tie points), outlier rejection and "
+                        "a smooth warp fitted to the kept points (for non-rigid distortion)")
+    p.add_argument("--window", type=int, default=256,
+                   help="--local: matching window side in reference pixels (default 256)")
+    p.add_argument("--step", type=int, default=None,
+                   help="--local: spacing of the tie points in reference pixels (default half the window)")
+    p.add_argument("--warp", choices=("smooth", "affine", "translation"), default="smooth",
+                   help="--local: model fitted to the kept tie points (default smooth: affine + thin-plate spline)")
     p.set_defaults(func=cmd_coregister)
 
 
@@ -51,12 +58,13 @@ def result_json(res) -> dict:
         "similarity_after": _num(res.similarity_after),
         "applied": bool(res.applied),
         "reason": res.reason,
+        "mode": res.mode,
+        "tie_points_total": int(res.tie_points_total),
+        "residual_rmse_px": _num(res.residual_rmse_px),
     }
 
 
 def cmd_coregister(args) -> int:
-    if args.local:
-        raise ChangedetError("local (tie-point) co-registration is not implemented yet; run without --local")
     from changedet.coreg import coregister
     from changedet.io import read_raster, write_geotiff
 
@@ -67,8 +75,13 @@ def cmd_coregister(args) -> int:
             names = [str(b) for b in da["band"].values]
             if args.band not in names:
                 raise CoregError(f"{path}: has no band {args.band!r}; its bands are {', '.join(names)}")
+    for name in ("window", "step"):
+        v = getattr(args, name)
+        if v is not None and v < 32:
+            raise ChangedetError(f"--{name} {v} is too small; use at least 32 pixels")
     aligned, res = coregister(ref, mov, band=args.band, min_reliability=args.min_reliability,
-                              max_shift_px=args.max_shift)
+                              max_shift_px=args.max_shift, local=args.local, window_px=args.window,
+                              step_px=args.step, warp=args.warp)
     out_path = None
     if args.out is not None:
         out_path = write_geotiff(aligned, args.out)
@@ -81,6 +94,9 @@ def cmd_coregister(args) -> int:
     status = "applied" if res.applied else f"NOT applied ({res.reason})"
     print(f"shift moving -> reference: x {doc['shift_x_px']:+.3f} px ({res.shift_x_m:+.2f} m east), "
           f"y {doc['shift_y_px']:+.3f} px ({res.shift_y_m:+.2f} m north)")
+    if res.mode == "local":
+        print(f"local warp from {res.tie_points} of {res.tie_points_total} tie points (mean shift above), "
+              f"tie-point residual {res.residual_rmse_px:.3f} px")
     print(f"reliability {res.reliability:.2f}, tie points {res.tie_points}, gradient similarity "
           f"{res.similarity_before:.3f} -> {res.similarity_after:.3f}; {status}")
     if out_path is not None:

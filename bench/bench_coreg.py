@@ -1,0 +1,433 @@
+"""Co-registration against AROSICS, side by side: accuracy and wall time in one run.
+
+Run:  . .venv/bin/activate && python bench/bench_coreg.py [--repeat N] [--quick]
+
+Cases (all from real Sentinel-2 data in ../shared/data/arosics_s2_pair):
+
+* ``global synthetic``: 1024 x 1024 crops of the reference scene displaced by known
+  sub-pixel shifts with a band-limited Fourier shift (neither tool's resampling), with
+  20 % changed pixels, bright cloud blobs and noise. Error = |estimate - truth|.
+* ``global real``: the pair itself at AROSICS' two recorded points (512 px windows);
+  no truth, the recorded AROSICS figures are printed alongside.
+* ``local synthetic``: a 1024 x 1024 crop warped by a smooth non-rigid field (up to
+  ~2 px of bending) with the same clutter; tie points every 128 px, 256 px windows for
+  both tools. Error = RMS of (kept tie-point shift - true field at the point).
+* ``--naip``: the 10-date NAIP stack registered with ``coregister_stack`` (global and
+  local) and the pairwise residual shift measured independently (other bands, per
+  quadrant, skimage phase correlation).
+
+Columns: ``ours`` is the full operation (estimate on the whole image, apply, similarity
+before/after); ``same-task`` is what AROSICS computes: global = ``coregister`` on the
+same centred 256 px window, local = the tie-point table only (``estimate_local``). The
+speed-ups compare same-task with AROSICS, by wall time and by CPU time (this machine is
+shared, so wall time is noisy; CPU time counts AROSICS' worker processes too).
+
+AROSICS runs in its own virtualenv (``.venv-arosics``, see README / shared NOTES.md for
+the GDAL recipe) through a subprocess; its wall time is measured inside that process
+around the AROSICS calls only (imports and file writing excluded), ours around
+``read_raster`` + ``coregister`` from the same files. If AROSICS cannot be imported the
+reason is printed and the comparison falls back to full-image upsampled phase
+correlation (``skimage.registration.phase_cross_correlation``, upsample 100).
+
+Writes ``bench/results/coreg.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("CHANGEDET_TEST_DATA", REPO.parent / "shared" / "data"))
+AROSICS_PY = REPO / ".venv-arosics" / "bin" / "python"
+RES = 10.0
+
+_AROSICS_RUNNER = r'''
+import json, resource, sys, time, warnings
+warnings.filterwarnings("ignore")
+
+
+def cpu():
+    # This process and its worker processes (COREG_LOCAL forks CPUs workers).
+    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+import numpy as np
+from arosics import COREG, COREG_LOCAL
+cases = json.load(open(sys.argv[1]))
+out = []
+for c in cases:
+    times, cpus, res = [], [], None
+    for _ in range(c["repeat"]):
+        t = time.perf_counter()
+        t_cpu = cpu()
+        try:
+            res = run_case(c, t, t_cpu, times, cpus)
+        except Exception as exc:  # AROSICS raises when it finds no match; record it as a failure
+            times.append(time.perf_counter() - t)
+            cpus.append(cpu() - t_cpu)
+            res = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    res["wall_s"] = min(times)
+    res["cpu_s"] = min(cpus)
+    out.append(res)
+print(json.dumps(out))
+'''
+
+_AROSICS_CASE = r'''
+def run_case(c, t, t_cpu, times, cpus):
+    if True:
+        if c["mode"] == "global":
+            cr = COREG(c["ref"], c["tgt"], ws=(c["ws"], c["ws"]), q=True, nodata=(-9999, -9999),
+                       max_shift=c["max_shift"])
+            cr.calculate_spatial_shifts()
+            times.append(time.perf_counter() - t)
+            cpus.append(cpu() - t_cpu)
+            res = {"ok": bool(cr.success), "x_m": float(cr.x_shift_map) if cr.success else None,
+                   "y_m": float(cr.y_shift_map) if cr.success else None}
+        else:
+            cl = COREG_LOCAL(c["ref"], c["tgt"], grid_res=c["step"], window_size=(c["ws"], c["ws"]),
+                             CPUs=c["cpus"], q=True, nodata=(-9999, -9999), max_shift=c["max_shift"])
+            tab = cl.CoRegPoints_table
+            times.append(time.perf_counter() - t)
+            cpus.append(cpu() - t_cpu)
+            good = tab[(tab["OUTLIER"] == False) & (tab["X_SHIFT_M"] != -9999)]  # noqa: E712
+            res = {"ok": len(good) > 0, "n_points": int(len(tab)), "n_kept": int(len(good)),
+                   "x_im": good["X_IM"].astype(float).tolist(), "y_im": good["Y_IM"].astype(float).tolist(),
+                   "x_m": good["X_SHIFT_M"].astype(float).tolist(), "y_m": good["Y_SHIFT_M"].astype(float).tolist()}
+    return res
+'''
+
+
+def fourier_shift(img: np.ndarray, shift) -> np.ndarray:
+    n0, n1 = img.shape
+    pad = np.pad(img, ((n0 // 2, n0 // 2), (n1 // 2, n1 // 2)), mode="symmetric")
+    out = np.fft.ifft2(ndimage.fourier_shift(np.fft.fft2(pad), shift)).real
+    return out[n0 // 2 : n0 // 2 + n0, n1 // 2 : n1 // 2 + n1]
+
+
+def clutter(ref: np.ndarray, mov: np.ndarray, seed: int, change: float = 0.2):
+    """Changed rectangles, bright (not NaN: both tools see them) cloud blobs and noise."""
+    rng = np.random.default_rng(seed)
+    ref, mov = ref.copy(), mov.copy()
+    sd, lo, hi = float(ref.std()), float(ref.min()), float(ref.max())
+    rows, cols = ref.shape
+    changed = np.zeros(ref.shape, bool)
+    while changed.mean() < change:
+        h, w = rng.integers(10, rows // 6, 2)
+        r, c = rng.integers(0, rows - h), rng.integers(0, cols - w)
+        changed[r : r + h, c : c + w] = True
+        mov[r : r + h, c : c + w] = rng.uniform(lo, hi) + rng.normal(0, 0.05 * sd, (h, w))
+    blob = ndimage.gaussian_filter(rng.standard_normal(ref.shape), 20)
+    cloud = blob > np.quantile(blob, 0.93)
+    mov[cloud] = hi * 1.3
+    mov += rng.normal(0, 0.02 * sd, mov.shape)
+    ref += rng.normal(0, 0.02 * sd, ref.shape)
+    return ref, mov
+
+
+def write(path: Path, arr: np.ndarray, x0: float, y1: float) -> Path:
+    import rasterio
+    from affine import Affine
+
+    with rasterio.open(path, "w", driver="GTiff", width=arr.shape[1], height=arr.shape[0], count=1,
+                       dtype="float32", crs="EPSG:32633", transform=Affine(RES, 0, x0, 0, -RES, y1),
+                       nodata=-9999) as dst:
+        dst.write(np.where(np.isfinite(arr), arr, -9999).astype("float32"), 1)
+    return path
+
+
+def crop_real(which: str, x: float, y: float, half: int, out: Path) -> Path:
+    import rioxarray
+
+    name = {"ref": "ref_S2A_20160608T153121_T33UUU_sub.jp2", "tgt": "tgt_S2A_20160529T153631_T33UUU_sub.jp2"}
+    da = rioxarray.open_rasterio(DATA / "arosics_s2_pair" / name[which]).squeeze("band", drop=True)
+    win = da.sel(x=slice(x - half * RES, x + half * RES), y=slice(y + half * RES, y - half * RES)).load()
+    arr = np.where(win.values == 0, np.nan, win.values.astype("float64"))
+    return write(out, arr, float(win.x[0]) - RES / 2, float(win.y[0]) + RES / 2)
+
+
+def run_arosics(cases: list[dict], tmp: Path) -> tuple[list[dict] | None, str]:
+    if not AROSICS_PY.exists():
+        return None, f"{AROSICS_PY} does not exist (create .venv-arosics with the GDAL recipe in shared NOTES.md)"
+    probe = subprocess.run([str(AROSICS_PY), "-c", "import arosics; print(arosics.__version__)"],
+                           capture_output=True, text=True, timeout=300)
+    if probe.returncode != 0:
+        return None, "import arosics failed: " + probe.stderr.strip().splitlines()[-1]
+    spec = tmp / "cases.json"
+    spec.write_text(json.dumps(cases))
+    runner = tmp / "runner.py"
+    head, tail = _AROSICS_RUNNER.split("cases = json.load", 1)
+    runner.write_text(head + _AROSICS_CASE + "\ncases = json.load" + tail)
+    r = subprocess.run([str(AROSICS_PY), str(runner), str(spec)], capture_output=True, text=True, timeout=3600)
+    if r.returncode != 0:
+        return None, "AROSICS run failed: " + r.stderr.strip()[-2000:]
+    return json.loads(r.stdout.strip().splitlines()[-1]), "arosics " + probe.stdout.strip()
+
+
+def timed(fn, repeat: int):
+    """(result, best wall s, best CPU s) over ``repeat`` runs; CPU counts all threads."""
+    best, best_cpu, out = float("inf"), float("inf"), None
+    for _ in range(repeat):
+        t, c = time.perf_counter(), time.process_time()
+        out = fn()
+        best = min(best, time.perf_counter() - t)
+        best_cpu = min(best_cpu, time.process_time() - c)
+    return out, best, best_cpu
+
+
+def naip_stack(local: bool) -> dict:
+    """Stack registration of the 10 NAIP dates and the residual shift between every pair.
+
+    Estimate: NIR band (b4), whole frame. Residual: measured independently with
+    ``skimage.registration.phase_cross_correlation`` (upsample 100) on the red and green
+    bands, in each of the four quadrants, the median of those 8 per pair.
+    """
+    import glob
+    import itertools
+
+    import xarray as xr
+    from rasterio.enums import Resampling
+    from skimage.registration import phase_cross_correlation
+
+    from changedet.coreg import coregister_stack
+    from changedet.io import read_raster
+
+    files = sorted(glob.glob(str(DATA / "naip_timeseries_nd" / "*.tif")))
+    das = [read_raster(f) for f in files]
+    ref = das[0]
+    stack = xr.concat([d.rio.reproject_match(ref, resampling=Resampling.cubic).assign_coords(x=ref.x, y=ref.y)
+                       for d in das], dim="time").assign_coords(time=np.arange(len(das)))
+    t = time.perf_counter()
+    aligned, results = coregister_stack(stack, ref.sel(band=["b4"]), band="b4", local=local)
+    wall = time.perf_counter() - t
+    rows, cols = ref.shape[1:]
+    wins = [np.s_[40:rows // 2, 40:cols // 2], np.s_[40:rows // 2, cols // 2:-40],
+            np.s_[rows // 2:-40, 40:cols // 2], np.s_[rows // 2:-40, cols // 2:-40]]
+
+    def residuals(imgs):
+        out = []
+        for i, j in itertools.combinations(range(len(imgs)), 2):
+            per = []
+            for band in (0, 1):
+                for w in wins:
+                    a, b = imgs[i][band][w], imgs[j][band][w]
+                    m = np.isfinite(a) & np.isfinite(b)
+                    a, b = np.where(m, a, np.nanmean(a)), np.where(m, b, np.nanmean(b))
+                    per.append(phase_cross_correlation(a, b, upsample_factor=100)[0])
+            out.append(float(np.hypot(*np.median(np.array(per), axis=0))))
+        return np.array(out)
+
+    before = residuals([s.values for s in stack])
+    after = residuals([s.values for s in aligned])
+    return {"mode": "local" if local else "global", "wall_s": wall,
+            "applied": sum(r.applied for r in results), "dates": len(results),
+            "before_max_px": float(before.max()), "before_median_px": float(np.median(before)),
+            "after_max_px": float(after.max()), "after_median_px": float(np.median(after)),
+            "pairs_over_0.1px_after": int((after > 0.1).sum()), "pairs": int(after.size)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=2, help="timing repeats (best of N); default 2")
+    ap.add_argument("--quick", action="store_true", help="2 global synthetic cases instead of 4")
+    ap.add_argument("--cpus", type=int, default=2, help="CPUs for AROSICS COREG_LOCAL (default 2)")
+    ap.add_argument("--naip", action="store_true",
+                    help="also register the NAIP 10-date stack and measure pairwise residual shifts (slow)")
+    args = ap.parse_args()
+
+    sys.path.insert(0, str(REPO))
+    import rioxarray
+
+    from changedet.coreg import coregister
+    from changedet.io import read_raster
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_coreg_"))
+    src = rioxarray.open_rasterio(DATA / "arosics_s2_pair" / "ref_S2A_20160608T153121_T33UUU_sub.jp2")
+    scene = src.isel(band=0).values.astype("float64")
+    x0, y1 = float(src.x[0]) - RES / 2, float(src.y[0]) + RES / 2
+    rng = np.random.default_rng(2026)
+
+    cases, truth = [], []
+    n_glob = 2 if args.quick else 4
+    for i in range(n_glob):
+        r0, c0 = 300 + 250 * i, 400 + 300 * (i % 2)
+        base = scene[r0 : r0 + 1024, c0 : c0 + 1024]
+        true = rng.uniform(-8, 8, 2)  # content displacement (rows, cols)
+        ref, mov = clutter(base, fourier_shift(base, true), seed=10 + i)
+        ox, oy = x0 + c0 * RES, y1 - r0 * RES
+        cases.append({"name": f"global synthetic {i + 1}", "mode": "global", "ws": 256, "max_shift": 20,
+                      "ref": str(write(tmp / f"g{i}_ref.tif", ref, ox, oy)),
+                      "tgt": str(write(tmp / f"g{i}_mov.tif", mov, ox, oy))})
+        # The correction is minus the displacement: x east = -cols, y north = +rows.
+        truth.append({"x_m": -true[1] * RES, "y_m": true[0] * RES})
+    for j, (x, y, ax, ay) in enumerate([(339611.0, 5856426.0, -7.19, -18.90), (353810.0, 5840516.0, -6.56, -16.80)]):
+        cases.append({"name": f"global real point {j + 1}", "mode": "global", "ws": 256, "max_shift": 20,
+                      "ref": str(crop_real("ref", x, y, 256, tmp / f"r{j}_ref.tif")),
+                      "tgt": str(crop_real("tgt", x, y, 288, tmp / f"r{j}_tgt.tif"))})
+        truth.append({"x_m": ax, "y_m": ay, "recorded": True})
+    # Local: a smooth warp. Content at r moves to r + D(r).
+    n = 1024
+    r0, c0 = 500, 700
+    base = scene[r0 : r0 + n, c0 : c0 + n]
+    rr, cc = np.indices((n, n), dtype=float)
+    dr = 1.5 + 1.2 * np.sin(np.pi * rr / n) * cc / n
+    dc = -1.0 + 0.8 * np.cos(np.pi * cc / n) * rr / n
+    warped = ndimage.map_coordinates(base, [rr - dr, cc - dc], order=5, mode="reflect")
+    ref, mov = clutter(base, warped, seed=99)
+    ox, oy = x0 + c0 * RES, y1 - r0 * RES
+    cases.append({"name": "local synthetic", "mode": "local", "ws": 256, "step": 128, "cpus": args.cpus,
+                  "max_shift": 10, "ref": str(write(tmp / "l_ref.tif", ref, ox, oy)),
+                  "tgt": str(write(tmp / "l_mov.tif", mov, ox, oy))})
+    truth.append({"field": (dr, dc)})
+    for c in cases:
+        c["repeat"] = args.repeat
+
+    # -- ours: the full operation (estimate, apply, similarity) and the part AROSICS does
+    # (global: the same 256 px window at the centre; local: the tie-point table only).
+    from changedet.coreg import estimate_local
+
+    ours, ours_same = [], []
+    for c in cases:
+        def run(c=c):
+            ref_da, mov_da = read_raster(c["ref"]), read_raster(c["tgt"])
+            if c["mode"] == "global":
+                return coregister(ref_da, mov_da, max_shift_px=c["max_shift"])[1]
+            return coregister(ref_da, mov_da, local=True, window_px=c["ws"], step_px=c["step"],
+                              max_shift_px=c["max_shift"])[1]
+
+        def run_same(c=c):
+            ref_da, mov_da = read_raster(c["ref"]), read_raster(c["tgt"])
+            if c["mode"] == "global":
+                rows, cols = ref_da.shape[-2:]
+                r0, c0 = (rows - c["ws"]) // 2, (cols - c["ws"]) // 2
+                win = ref_da.isel(y=slice(max(r0, 0), max(r0, 0) + c["ws"]), x=slice(max(c0, 0), max(c0, 0) + c["ws"]))
+                return coregister(win, mov_da, max_shift_px=c["max_shift"])[1]
+            return estimate_local(ref_da.values[0], mov_da.values[0], window_px=c["ws"], step_px=c["step"],
+                                  max_shift_px=c["max_shift"])
+        ours.append(timed(run, args.repeat))
+        ours_same.append(timed(run_same, args.repeat))
+
+    aro, aro_note = run_arosics(cases, tmp)
+    fallback = None
+    if aro is None:
+        from skimage.registration import phase_cross_correlation
+
+        fallback = []
+        for c in cases:
+            def run(c=c):
+                a, b = read_raster(c["ref"]).values[0], read_raster(c["tgt"]).values[0]
+                if a.shape != b.shape:  # real crops: target has a margin; cut it to the reference
+                    m = (b.shape[0] - a.shape[0]) // 2, (b.shape[1] - a.shape[1]) // 2
+                    b = b[m[0] : m[0] + a.shape[0], m[1] : m[1] + a.shape[1]]
+                a, b = np.nan_to_num(a, nan=np.nanmean(a)), np.nan_to_num(b, nan=np.nanmean(b))
+                return phase_cross_correlation(a, b, upsample_factor=100)[0]
+            s, wall, cpu = timed(run, args.repeat)
+            fallback.append({"ok": True, "x_m": float(s[1]) * RES, "y_m": float(-s[0]) * RES, "wall_s": wall,
+                             "cpu_s": cpu})
+
+    other = aro if aro is not None else fallback
+    other_name = "AROSICS" if aro is not None else "full-image PCC"
+    rows, doc = [], {"peer": other_name, "peer_note": aro_note, "cases": []}
+    print(f"\npeer: {other_name} ({aro_note})")
+    hdr = (f"{'case':<22} {'ours err px':>11} {'same-task':>9} {'peer err px':>11} {'ours s':>7} {'same s':>7} "
+           f"{'peer s':>7} {'x wall':>6} {'same cpu':>8} {'peer cpu':>8} {'x cpu':>6}  notes")
+    print(hdr)
+    print("-" * len(hdr))
+    for c, t, (res, wall, cpu), (res_s, wall_s, cpu_s), p in zip(cases, truth, ours, ours_same, other):
+        entry = {"case": c["name"], "ours_wall_s": wall, "peer_wall_s": p.get("wall_s"), "ours_cpu_s": cpu,
+                 "peer_cpu_s": p.get("cpu_s"), "same_task_wall_s": wall_s, "same_task_cpu_s": cpu_s}
+        if c["mode"] == "global":
+            e_ours = float(np.hypot(res.shift_x_m - t["x_m"], res.shift_y_m - t["y_m"]) / RES)
+            e_peer = (float(np.hypot(p["x_m"] - t["x_m"], p["y_m"] - t["y_m"]) / RES)
+                      if p.get("ok") and p.get("x_m") is not None else float("nan"))
+            note = ("vs AROSICS recorded figure (no truth)" if t.get("recorded") else "vs truth") + \
+                f"; ours ({res.shift_x_m:+.2f}, {res.shift_y_m:+.2f}) m, peer " + \
+                (f"({p['x_m']:+.2f}, {p['y_m']:+.2f}) m" if p.get("x_m") is not None else "failed")
+            e_same = float(np.hypot(res_s.shift_x_m - t["x_m"], res_s.shift_y_m - t["y_m"]) / RES)
+            entry.update(ours_err_px=e_ours, peer_err_px=e_peer, same_task_err_px=e_same,
+                         ours_shift_m=[res.shift_x_m, res.shift_y_m],
+                         peer_shift_m=[p.get("x_m"), p.get("y_m")], truth_m=[t["x_m"], t["y_m"]])
+        else:
+            dr, dc = t["field"]
+            tab = np.array([q for q in res.tie_point_table if q[5]])
+            ri, ci = tab[:, 0].astype(int), tab[:, 1].astype(int)
+            e_ours = float(np.sqrt(np.mean((tab[:, 2] + dr[ri, ci]) ** 2 + (tab[:, 3] + dc[ri, ci]) ** 2)))
+            k = res_s.kept
+            ri2, ci2 = res_s.row[k].astype(int), res_s.col[k].astype(int)
+            e_same = float(np.sqrt(np.mean((res_s.shift_row[k] + dr[ri2, ci2]) ** 2
+                                           + (res_s.shift_col[k] + dc[ri2, ci2]) ** 2)))
+            if aro is not None and p.get("ok"):
+                xi = np.clip(np.round(np.array(p["x_im"])).astype(int), 0, n - 1)
+                yi = np.clip(np.round(np.array(p["y_im"])).astype(int), 0, n - 1)
+                ex = np.array(p["x_m"]) / RES + dc[yi, xi]
+                ey = -np.array(p["y_m"]) / RES + dr[yi, xi]
+                e_peer = float(np.sqrt(np.mean(ex**2 + ey**2)))
+                note = (f"kept points: ours {res.tie_points}/{res.tie_points_total}, "
+                        f"AROSICS {p['n_kept']}/{p['n_points']}")
+            else:
+                e_peer = float("nan")
+                note = f"kept points: ours {res.tie_points}/{res.tie_points_total}; peer has no local mode"
+            entry.update(ours_err_px=e_ours, peer_err_px=e_peer, same_task_err_px=e_same)
+        speed = (p.get("wall_s") or float("nan")) / wall_s
+        speed_cpu = (p.get("cpu_s") or float("nan")) / cpu_s
+        entry["speedup"] = speed
+        entry["speedup_cpu"] = speed_cpu
+        rows.append(entry)
+        print(f"{c['name']:<22} {entry['ours_err_px']:>11.4f} {entry['same_task_err_px']:>9.4f} "
+              f"{entry['peer_err_px']:>11.4f} {wall:>7.2f} {wall_s:>7.2f} "
+              f"{p.get('wall_s', float('nan')):>7.2f} {speed:>5.1f}x {cpu_s:>8.2f} "
+              f"{p.get('cpu_s', float('nan')):>8.2f} "
+              f"{speed_cpu:>5.1f}x  {note}")
+        doc["cases"].append(entry)
+    glob_syn = [e for e in rows if e["case"].startswith("global synthetic")]
+    ok_peer = [e["peer_err_px"] for e in glob_syn if np.isfinite(e["peer_err_px"])]
+    doc["summary"] = {
+        "global_synthetic_rmse_px": {
+            "ours": float(np.sqrt(np.mean([e["ours_err_px"] ** 2 for e in glob_syn]))),
+            "ours_same_window": float(np.sqrt(np.mean([e["same_task_err_px"] ** 2 for e in glob_syn]))),
+            "peer": float(np.sqrt(np.mean(np.square(ok_peer)))) if ok_peer else float("nan"),
+            "peer_failed": len(glob_syn) - len(ok_peer),
+        },
+        "total_wall_s": {"ours": float(sum(e["ours_wall_s"] for e in rows)),
+                         "peer": float(sum(e["peer_wall_s"] or 0.0 for e in rows))},
+        "total_cpu_s": {"ours": float(sum(e["ours_cpu_s"] for e in rows)),
+                        "peer": float(sum(e["peer_cpu_s"] or 0.0 for e in rows))},
+        "load_average_1min": os.getloadavg()[0],
+    }
+    s = doc["summary"]
+    print(f"\nglobal synthetic RMSE: ours {s['global_synthetic_rmse_px']['ours']:.4f} px (whole image), "
+          f"{s['global_synthetic_rmse_px']['ours_same_window']:.4f} px (same 256 px window), "
+          f"{other_name} {s['global_synthetic_rmse_px']['peer']:.4f} px "
+          f"({s['global_synthetic_rmse_px']['peer_failed']} failed); total wall ours "
+          f"{s['total_wall_s']['ours']:.2f} s, {other_name} {s['total_wall_s']['peer']:.2f} s "
+          f"({s['total_wall_s']['peer'] / s['total_wall_s']['ours']:.1f}x); total CPU ours "
+          f"{s['total_cpu_s']['ours']:.2f} s, peer {s['total_cpu_s']['peer']:.2f} s; load average "
+          f"{s['load_average_1min']:.1f} (the machine is shared: compare ratios from one run)")
+    if args.naip:
+        doc["naip"] = []
+        print(f"\n{'NAIP stack':<12} {'applied':>8} {'before max':>10} {'median':>7} {'after max':>9} {'median':>7} "
+              f"{'>0.1 px':>8} {'wall s':>7}")
+        for local in (False, True):
+            r = naip_stack(local)
+            doc["naip"].append(r)
+            print(f"{r['mode']:<12} {r['applied']:>4}/{r['dates']:<3} {r['before_max_px']:>10.3f} "
+                  f"{r['before_median_px']:>7.3f} {r['after_max_px']:>9.3f} {r['after_median_px']:>7.3f} "
+                  f"{r['pairs_over_0.1px_after']:>4}/{r['pairs']:<3} {r['wall_s']:>7.1f}")
+    out = REPO / "bench" / "results" / "coreg.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=1))
+    print(f"written {out.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
