@@ -6,7 +6,13 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
+import uuid
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
@@ -16,7 +22,7 @@ import pytest
 import xarray as xr
 from shapely.geometry import box
 
-from changedet.cube import Cube, clear_mask, optical_bands
+from changedet.cube import Cube, CubeLocked, clear_mask, optical_bands
 from changedet.errors import CubeError
 from changedet.grid import GridSpec, crs_of
 from changedet.sources.base import SceneRecord
@@ -380,3 +386,254 @@ def test_scene_times_with_different_times_of_day(tmp_path):
     cube.append(scene(2, time=t2), image(2))
     got = list(pd.DatetimeIndex(cube.read()["time"].values))
     assert got == [pd.Timestamp(t1).tz_localize(None), pd.Timestamp(t2).tz_localize(None)]
+
+
+# -- annotate, skipped record, content hash ---------------------------------------------
+def test_annotate_merges_fields_under_the_lock(tmp_path):
+    cube = make_cube(tmp_path)
+    cube.append(scene(1), image(1), extra={"cloud_fraction": 0.1})
+    cube.append(scene(2), image(2))
+    shift = {"shift_row_px": 0.25, "shift_col_px": -1.5, "reliability": 0.9}
+    cube.annotate("s1", {"coreg": shift, "quality": "good"})
+    cube.annotate("s1", {"quality": "checked"})
+    e1, e2 = cube.scenes()
+    assert e1["coreg"] == shift and e1["quality"] == "checked" and e1["cloud_fraction"] == 0.1
+    assert e1["index"] == 0 and e1["scene_id"] == "s1" and "annotated_at" in e1
+    assert "coreg" not in e2
+    with pytest.raises(CubeError, match="not in the cube"):
+        cube.annotate("s9", {"coreg": shift})
+    with pytest.raises(CubeError, match="identify the stored slice"):
+        cube.annotate("s1", {"index": 5})
+    # the pixels are untouched; other Cube instances see the annotation
+    np.testing.assert_allclose(cube.read().values[0], image(1).values, atol=1e-4)
+    assert Cube(tmp_path, "site", "vhr", GRID).info()["scenes"][0]["coreg"] == shift
+
+
+def test_annotate_races_with_appends(tmp_path):
+    cube = make_cube(tmp_path)
+    cube.append(scene(0), image(0))
+    errors = []
+
+    def annotate():
+        try:
+            for k in range(20):
+                Cube(tmp_path, "site", "vhr", GRID).annotate("s0", {"k": k})
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    th = threading.Thread(target=annotate)
+    th.start()
+    for i in range(1, 6):
+        Cube(tmp_path, "site", "vhr", GRID).append(scene(i), image(i))
+    th.join(timeout=60)
+    assert not errors
+    entries = cube.scenes()
+    assert [e["scene_id"] for e in entries] == [f"s{i}" for i in range(6)]  # no append lost
+    assert entries[0]["k"] == 19  # no annotation lost
+
+
+def test_same_pixels_under_another_id_are_not_stored_twice(tmp_path):
+    cube = make_cube(tmp_path)
+    assert cube.append(scene(1), image(1))
+    other = SceneRecord(**{**scene(1).__dict__, "id": "same-acquisition-other-catalogue"})
+    assert cube.append(other, image(1)) is False
+    assert [s["scene_id"] for s in cube.scenes()] == ["s1"] and stored_time_steps(cube) == 1
+    assert len(cube.scenes()[0]["sha256"]) == 64
+
+
+def test_skipped_scenes_are_recorded_and_cleared_when_stored(tmp_path):
+    cube = make_cube(tmp_path)
+    cube.record_skipped(scene(1), "80% of the site under cloud", cloud_fraction=0.8)
+    cube.record_skipped(scene(1), "75% of the site under cloud", cloud_fraction=0.75)  # replaces
+    cube.record_skipped(scene(2), "all cloud")
+    assert [(s["scene_id"], s["reason"]) for s in cube.skipped()] == [
+        ("s1", "75% of the site under cloud"), ("s2", "all cloud")]
+    assert cube.scenes() == [] and cube.read() is None
+    cube.append(scene(1), image(1))
+    assert [s["scene_id"] for s in cube.skipped()] == ["s2"]
+    info = cube.info()
+    assert info["n_scenes"] == 1 and info["bands"] == BANDS and info["size_bytes"] > 0
+    assert [s["scene_id"] for s in info["skipped"]] == ["s2"]
+
+
+# -- fsspec stores -----------------------------------------------------------------------
+def test_memory_store_behaves_like_a_local_one(tmp_path):
+    import fsspec
+
+    root = f"memory://cubes-{uuid.uuid4().hex}"
+    cube = Cube(root, "site", "vhr", GRID)
+    assert cube.remote and cube.path == f"{root}/cubes/site/vhr_1m.zarr"
+    assert cube.read() is None
+    for i in [2, 0, 1]:
+        assert cube.append(scene(i), image(i))
+    assert cube.append(scene(1), image(1)) is False
+    out = Cube(root, "site", "vhr", GRID).read()
+    assert ids(out) == ["s0", "s1", "s2"]
+    for k in range(3):
+        np.testing.assert_allclose(out.values[k], image(k).values, atol=1e-4)
+    cube.annotate("s2", {"coreg": {"shift_row_px": 1.0, "shift_col_px": 0.0}})
+    assert cube.scenes()[2]["coreg"]["shift_row_px"] == 1.0
+    cube.set_reference(image(7))
+    np.testing.assert_array_equal(cube.reference().values, image(7).values)
+    fs = fsspec.filesystem("memory")
+    assert fs.exists(cube.provenance_path) and not fs.exists(cube._lock_path)  # lease released
+    # threads of one process are serialised exactly on a remote store as well
+    errors = []
+
+    def work(t):
+        try:
+            for i in range(3 + 2 * t, 5 + 2 * t):
+                Cube(root, "site", "vhr", GRID).append(scene(i), image(i))
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(2)]
+    [th.start() for th in threads]
+    [th.join(timeout=60) for th in threads]
+    assert not errors and ids(cube.read()) == [f"s{i}" for i in range(7)]
+    assert sorted(e["index"] for e in cube.scenes()) == list(range(7))
+
+
+def test_remote_lease_held_by_another_writer_times_out(tmp_path):
+    import fsspec
+
+    root = f"memory://cubes-{uuid.uuid4().hex}"
+    cube = Cube(root, "site", "vhr", GRID, lock_timeout=0.5)
+    fsspec.filesystem("memory").pipe_file(cube._lock_path, json.dumps(
+        {"owner": "someone-else", "expires": time.time() + 60}).encode())
+    with pytest.raises(CubeLocked, match="being written by another run"):
+        cube.append(scene(1), image(1))
+    assert cube.scenes() == []
+    # an expired lease (its writer died) is taken over
+    fsspec.filesystem("memory").pipe_file(cube._lock_path, json.dumps(
+        {"owner": "dead", "expires": time.time() - 1}).encode())
+    assert cube.append(scene(1), image(1))
+
+
+# -- a lock held by another process ------------------------------------------------------
+HOLD = """
+import fcntl, sys, time
+fh = open(sys.argv[1], "a")
+fcntl.flock(fh, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_writer_waits_or_gives_up_with_a_clear_message(tmp_path):
+    cube = make_cube(tmp_path, lock_timeout=0.5)
+    cube.append(scene(1), image(1))
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(cube._lock_path), "3"], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        t0 = time.monotonic()
+        with pytest.raises(CubeLocked) as err:
+            cube.append(scene(2), image(2))
+        assert 0.4 < time.monotonic() - t0 < 3.0
+        assert "stayed locked for 0.5 s" in str(err.value) and "nothing was changed" in str(err.value)
+        assert [s["scene_id"] for s in cube.scenes()] == ["s1"]
+        # a patient writer waits for the holder to finish
+        patient = Cube(tmp_path, "site", "vhr", GRID, lock_timeout=30)
+        assert patient.append(scene(2), image(2))
+        assert time.monotonic() - t0 > 2.0
+    finally:
+        holder.kill()
+        holder.wait()
+    assert ids(cube.read()) == ["s1", "s2"]
+
+
+# -- kill -9 mid-append ------------------------------------------------------------------
+BIG = GridSpec.from_bounds(CRS, (300000, 4100000, 300512, 4100512), 1.0)  # 512 x 512, 4 bands
+BIG_BANDS = ["B02", "B03", "B04", "B08"]
+
+WRITER = """
+import sys, time
+from datetime import datetime, timedelta, timezone
+import numpy as np
+from shapely.geometry import box
+from changedet.cube import Cube
+from changedet.grid import GridSpec
+from changedet.sources.base import SceneRecord
+
+root, mode, ids_ = sys.argv[1], sys.argv[2], [int(v) for v in sys.argv[3].split(",")]
+grid = GridSpec.from_bounds("EPSG:32652", (300000, 4100000, 300512, 4100512), 1.0)
+t0 = datetime(2024, 5, 1, 2, 0, tzinfo=timezone.utc)
+cube = Cube(root, "site", "vhr", grid)
+if mode == "hang-before-commit":
+    real = Cube._write_provenance
+    def write(self, doc):
+        if len(doc["scenes"]) == len(ids_):  # the last scene: pixels are on disk, provenance not yet
+            print("pixels-written", flush=True)
+            time.sleep(60)
+        return real(self, doc)
+    Cube._write_provenance = write
+for i in ids_:
+    rng = np.random.default_rng(i)  # the same pixels as image(i, grid=BIG, bands=BIG_BANDS)
+    data = rng.uniform(0.0, 1.0, (4,) + grid.shape).astype("float32")
+    data[:, i % grid.shape[0], :5] = np.nan
+    rec = SceneRecord(id=f"s{i}", source="test", aoi_id="site", sensor="vhr", time=t0 + timedelta(days=i),
+                      platform="synthetic", cloud_cover=float(i), footprint=box(130.0, 42.0, 130.1, 42.1),
+                      resolution_m=1.0)
+    print(f"begin {i}", flush=True)
+    cube.append(rec, grid.attach(data, bands=["B02", "B03", "B04", "B08"]))
+    print(f"end {i}", flush=True)
+"""
+
+
+def _writer(root, mode: str, ids_: list[int]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", WRITER, str(root), mode, ",".join(map(str, ids_))],
+                            stdout=subprocess.PIPE, text=True)
+
+
+def _consistent(root) -> list[str]:
+    """The cube is readable and every listed scene holds exactly its own pixels."""
+    cube = Cube(root, "site", "vhr", BIG)
+    out = cube.read()
+    if out is None:
+        return []
+    got = ids(out)
+    values = out.values
+    for k, sid in enumerate(got):
+        want = image(int(sid[1:]), grid=BIG, bands=BIG_BANDS).values
+        np.testing.assert_allclose(values[k], want, atol=1e-4)
+    return got
+
+
+def test_kill_9_mid_append_leaves_a_readable_cube_and_the_scene_is_fetched_again(tmp_path):
+    # 1. killed after the pixels are written, before the provenance commit (deterministic)
+    proc = _writer(tmp_path, "hang-before-commit", [0, 1, 2])
+    try:
+        for line in proc.stdout:
+            if line.strip() == "pixels-written":
+                break
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    with xr.open_zarr(Cube(tmp_path, "site", "vhr", BIG).path, consolidated=False) as ds:
+        assert ds.sizes["time"] == 3  # the orphan step is on disk
+    assert _consistent(tmp_path) == ["s0", "s1"]  # ... but not visible
+    assert not Cube(tmp_path, "site", "vhr", BIG).has("s2")  # so the next fetch loads s2 again
+
+    # 2. killed at arbitrary moments inside appends (timing from a measured append)
+    rng = np.random.default_rng(0)
+    for round_ in range(2):
+        proc = _writer(tmp_path, "plain", [3 + round_, 2])
+        try:
+            assert proc.stdout.readline().startswith("begin")
+            time.sleep(float(rng.uniform(0.0, 0.3)))
+            os.kill(proc.pid, signal.SIGKILL)
+        finally:
+            proc.wait()
+        listed = _consistent(tmp_path)
+        assert listed[:2] == ["s0", "s1"] and len(listed) == len(set(listed))
+
+    # 3. the next complete run stores what is missing, each scene exactly once
+    proc = _writer(tmp_path, "plain", [0, 1, 2, 3, 4, 5])
+    assert proc.wait(timeout=300) == 0
+    assert _consistent(tmp_path) == [f"s{i}" for i in range(6)]
+    cube = Cube(tmp_path, "site", "vhr", BIG)
+    assert sorted(e["index"] for e in cube.scenes()) == list(range(6))
+    with xr.open_zarr(cube.path, consolidated=False) as ds:
+        assert ds.sizes["time"] == 6

@@ -1,0 +1,265 @@
+"""Imagery an analyst already has: a folder or glob of GeoTIFF / COG / JPEG2000 files.
+
+One file is one acquisition, in any CRS. Its acquisition time comes from a filename
+pattern when one is configured, otherwise from the file's metadata (``TIFFTAG_DATETIME``,
+the ``IMAGERY`` domain's ``ACQUISITIONDATETIME`` that GDAL reads from DigitalGlobe,
+Pleiades and SPOT metadata, ``DATE_ACQUIRED``, ``SENSING_TIME``, ``datetime``...), and
+last from a ``YYYYMMDD[THHMMSS]`` run of digits in the name. Pixels are reprojected
+onto the AOI grid (bilinear; nearest for classification and mask bands).
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import xarray as xr
+from shapely.geometry import box
+
+from changedet.errors import GridError, RasterError, SourceError
+from changedet.grid import GridSpec
+from changedet.sources.base import CLOUD_BAND, SCL_BAND, SceneRecord, check_range
+
+SUFFIXES = (".tif", ".tiff", ".jp2", ".j2k")
+#: Metadata items holding an acquisition time, in the order they are trusted.
+DATE_TAGS = (
+    ("IMAGERY", "ACQUISITIONDATETIME"),
+    ("", "ACQUISITIONDATETIME"),
+    ("", "ACQUISITION_DATETIME"),
+    ("", "SENSING_TIME"),
+    ("", "DATE_ACQUIRED"),
+    ("", "ACQUISITION_DATE"),
+    ("", "datetime"),
+    ("", "DATETIME"),
+    ("", "TIFFTAG_DATETIME"),
+)
+_NAME_DATE = re.compile(r"(?<!\d)(\d{4})-?(\d{2})-?(\d{2})(?:[T_ -]?(\d{2}):?(\d{2}):?(\d{2}))?(?!\d)")
+_CLASS_BANDS = (CLOUD_BAND, SCL_BAND)
+
+
+def _parse_time(text: str) -> datetime | None:
+    text = str(text).strip()
+    if not text:
+        return None
+    m = re.fullmatch(r"(\d{4}):(\d{2}):(\d{2})[ T](\d{2}):(\d{2}):(\d{2})", text)  # TIFF 6.0 form
+    if m:
+        return datetime(*map(int, m.groups()), tzinfo=timezone.utc)
+    try:
+        import pandas as pd
+
+        ts = pd.Timestamp(text.replace("Z", "+00:00"))
+    except (ValueError, TypeError):
+        return None
+    if ts is pd.NaT:
+        return None
+    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    return ts.to_pydatetime()
+
+
+def _name_time(name: str, pattern: str | None) -> datetime | None:
+    if pattern:
+        m = re.search(pattern, name)
+        if not m:
+            return None
+        groups = m.groupdict()
+        text = groups.get("date") or m.group(0)
+        if groups.get("time"):
+            text = f"{text}T{groups['time']}"
+        digits = re.fullmatch(r"(\d{4})(\d{2})(\d{2})(?:T(\d{2})(\d{2})(\d{2}))?", text)
+        if digits:
+            parts = [int(g) for g in digits.groups() if g is not None]
+            try:
+                return datetime(*parts, tzinfo=timezone.utc)
+            except ValueError:
+                return None
+        return _parse_time(text)
+    m = _NAME_DATE.search(name)
+    if not m:
+        return None
+    try:
+        return datetime(*(int(g) for g in m.groups() if g is not None), tzinfo=timezone.utc)
+    except ValueError:
+        return None
+
+
+@dataclass
+class LocalSource:
+    """Files on disk as an imagery source.
+
+    Parameters
+    ----------
+    path : str
+        A folder (every ``.tif/.tiff/.jp2/.j2k`` in it) or a glob (``/data/vhr/*.tif``, ``**`` allowed).
+    pattern : str, optional
+        Regular expression on the file name giving the acquisition time: a named group
+        ``date`` (``YYYYMMDD`` or ISO) and optionally ``time`` (``HHMMSS``). When given it
+        wins over metadata.
+    bands : sequence of str, optional
+        Band names for the files' bands (otherwise their descriptions, else b1, b2...).
+        Name cloud masks ``CLM`` and Sentinel-2 classifications ``SCL``.
+    scale : float or "auto"
+        Factor from stored values to reflectance; ``auto``: 1/255 for 8-bit files, 1e-4
+        for 16-bit ones (the L2A convention), 1 for floating point. Mask bands are not scaled.
+    sensor, platform : str
+        Written to the scene records.
+    resolution_m : float, optional
+        Recorded resolution; default the file's pixel size (metres for projected CRSs).
+    """
+
+    path: str = "."
+    pattern: str | None = None
+    bands: Sequence[str] | None = None
+    scale: float | str = "auto"
+    sensor: str = "vhr"
+    platform: str = "local"
+    resolution_m: float | None = None
+    name: str = "local"
+    _headers: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+
+    def files(self) -> list[Path]:
+        p = Path(str(self.path)).expanduser()
+        if p.is_dir():
+            found = [f for f in sorted(p.iterdir()) if f.suffix.lower() in SUFFIXES and f.is_file()]
+        else:
+            found = [Path(f) for f in sorted(glob.glob(str(p), recursive=True))
+                     if Path(f).suffix.lower() in SUFFIXES and Path(f).is_file()]
+        return found
+
+    def header(self, path: Path) -> dict[str, Any]:
+        """CRS, footprint, dtype and acquisition time of one file, without reading pixels."""
+        import rasterio
+        from rasterio.warp import transform_bounds
+
+        key = str(path.resolve())
+        if key in self._headers:
+            return self._headers[key]
+        try:
+            with rasterio.open(path) as src:
+                if src.crs is None:
+                    raise SourceError(f"{path}: has no CRS (unknown coordinate system); georeference it "
+                                      "(e.g. gdal_edit.py -a_srs EPSG:xxxx) or move it out of the folder")
+                try:
+                    bounds4326 = transform_bounds(src.crs, "EPSG:4326", *src.bounds, densify_pts=21)
+                except Exception as exc:
+                    raise SourceError(f"{path}: its CRS cannot be transformed to lon/lat ({exc}); "
+                                      "fix its georeferencing") from None
+                tags = {(dom, k): v for dom in ("", "IMAGERY") for k, v in src.tags(ns=dom or None).items()}
+                res = abs(src.transform.a) if src.crs.is_projected else None
+                info = {"crs": src.crs, "bounds4326": bounds4326, "dtype": src.dtypes[0], "count": src.count,
+                        "descriptions": list(src.descriptions), "tags": tags, "res": res}
+        except SourceError:
+            raise
+        except Exception as exc:  # rasterio raises several types for corrupt files
+            raise SourceError(f"{path}: cannot be read as a raster ({exc.__class__.__name__}: {exc}); "
+                              "check that it is a complete GeoTIFF, COG or JPEG2000, or move it out of the folder") \
+                from None
+        info["time"] = self._time(path, info["tags"])
+        self._headers[key] = info
+        return info
+
+    def _time(self, path: Path, tags: dict) -> datetime:
+        if self.pattern:
+            t = _name_time(path.name, self.pattern)
+            if t is None:
+                raise SourceError(f"{path}: its name does not match the date pattern {self.pattern!r}; "
+                                  "fix the pattern (a regex with a named group 'date') or rename the file")
+            return t
+        for key in DATE_TAGS:
+            if key in tags:
+                t = _parse_time(tags[key])
+                if t is not None:
+                    return t
+        t = _name_time(path.name, None)
+        if t is None:
+            raise SourceError(f"{path}: no acquisition date in its metadata (TIFFTAG_DATETIME, ACQUISITIONDATETIME...) "
+                              "or name; give the source a 'pattern' with a named group 'date', e.g. "
+                              r"'(?P<date>\d{8})'")
+        return t
+
+    def _record(self, path: Path, info: dict[str, Any], aoi) -> SceneRecord:
+        st = path.stat()
+        digest = hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:10]
+        cc = info["tags"].get(("IMAGERY", "CLOUDCOVER"), info["tags"].get(("", "CLOUDCOVER")))
+        try:
+            cloud = float(cc)
+            cloud = cloud * 100.0 if 0.0 <= cloud <= 1.0 and "." in str(cc) else cloud
+        except (TypeError, ValueError):
+            cloud = math.nan  # unknown until the cloud mask is computed
+        res = float(self.resolution_m or info["res"] or 0.0)
+        return SceneRecord(
+            id=f"local-{path.stem}-{digest}", source=self.name, aoi_id=aoi.id, sensor=self.sensor,
+            time=info["time"], platform=str(info["tags"].get(("IMAGERY", "SATELLITEID"), self.platform)),
+            cloud_cover=cloud, footprint=box(*info["bounds4326"]), resolution_m=res,
+            properties={"path": str(path.resolve())},
+        )
+
+    def search(self, aoi, start: date, end: date, *, sensor: str | None = None,
+               max_cloud: float = 100.0, **_: Any) -> list[SceneRecord]:
+        check_range(start, end)
+        files = self.files()
+        if not files:
+            raise SourceError(f"no GeoTIFF/COG/JPEG2000 files at {self.path!r}; check the source's 'path' "
+                              "(a folder or a glob such as /data/vhr/*.tif)")
+        out = []
+        for f in files:
+            info = self.header(f)
+            if not (start <= info["time"].date() <= end):
+                continue
+            rec = self._record(f, info, aoi)
+            if not rec.footprint.intersects(aoi.polygon):
+                continue
+            if not math.isnan(rec.cloud_cover) and rec.cloud_cover > max_cloud:
+                continue
+            out.append(rec)
+        return sorted(out, key=lambda r: r.time)
+
+    def _scale(self, dtype: str) -> float:
+        if self.scale != "auto":
+            return float(self.scale)
+        if self.sensor == "s1":
+            return 1.0
+        kind = np.dtype(dtype)
+        if kind == np.uint8:
+            return 1.0 / 255.0
+        if kind.kind in "ui":
+            return 1e-4
+        return 1.0
+
+    def load(self, scene: SceneRecord, grid: GridSpec, **_: Any) -> xr.DataArray:
+        """The file's pixels on ``grid``, reflectance bands scaled, masks kept as classes."""
+        from changedet.io import read_raster, reproject_to
+
+        path = Path(scene.properties["path"])
+        info = self.header(path)
+        try:
+            da = read_raster(path, bands=list(self.bands) if self.bands else None)
+            # read_raster reads lazily-opened files fully; a truncated file fails here.
+        except RasterError as exc:
+            raise SourceError(str(exc)) from None
+        names = [str(b) for b in da["band"].values]
+        scale = self._scale(info["dtype"])
+        classes = [b for b in names if b in _CLASS_BANDS]
+        values = [b for b in names if b not in _CLASS_BANDS]
+        parts = []
+        try:
+            if values:
+                parts.append(reproject_to(da.sel(band=values) * scale, grid, resampling="bilinear"))
+            if classes:
+                parts.append(reproject_to(da.sel(band=classes), grid, resampling="nearest"))
+        except GridError:
+            raise SourceError(f"{path}: does not cover the AOI {scene.aoi_id} grid; pick files over the site "
+                              "or check their CRS") from None
+        out = xr.concat(parts, dim="band") if len(parts) > 1 else parts[0]
+        out = out.sel(band=names).astype("float32")
+        out.attrs = {"scene_id": scene.id, "sensor": scene.sensor, "platform": scene.platform}
+        return out
+
+
+__all__ = ["LocalSource"]
