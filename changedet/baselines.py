@@ -13,6 +13,20 @@ Rule kinds
 ``trend``
     Sustained growth over a trailing window (Theil–Sen slope whose confidence
     interval is above zero, with enough relative and absolute growth).
+``seasonal``
+    Deviation from the same weeks of earlier years (median and MAD of the
+    observations within ``halfwidth_days`` of the same day of year), for metrics
+    with a yearly rhythm (harvest trains, ice-bound ports).
+``ewma``
+    Exponentially weighted moving average of the standardised recent observations
+    against the baseline before them: catches a moderate shift that persists.
+``cusum``
+    One-sided cumulative sum of the standardised recent observations above (or
+    below) the baseline: catches sustained growth that no single day shows.
+
+Every kind also takes the lifecycle parameters of :data:`LIFECYCLE_PARAMS`
+(cooldown after resolution, escalation ratio, quiet days before auto-resolution),
+read with :func:`lifecycle_params` and applied by the outbox and the pipeline.
 
 Parameters of each kind, with defaults, are in :data:`RULE_PARAMS`;
 :func:`validate_params` checks a rule's parameters up front (config loading) and
@@ -39,8 +53,10 @@ __all__ = [
     "RULE_KINDS",
     "RULE_PARAMS",
     "SEVERITIES",
+    "LIFECYCLE_PARAMS",
     "evaluate",
     "evaluate_all",
+    "lifecycle_params",
     "validate_params",
 ]
 
@@ -103,10 +119,78 @@ RULE_PARAMS: dict[str, dict[str, _Param]] = {
         "min_history": _Param(6, _int(3), "an integer >= 3"),
         "min_rel_growth": _Param(0.25, _num(0), "a number >= 0"),
         "min_delta": _Param(0.0, _num(0), "a number >= 0"),
+        # 0.90 finds a build-up within an acquisition of it becoming visible
+        # (bench/bench_alerts.py); on pure noise it needs min_delta to stay quiet.
         "alpha": _Param(0.90, lambda v: _is_number(v) and 0.5 <= v < 1, "a confidence level in [0.5, 1)"),
+    },
+    "seasonal": {
+        "halfwidth_days": _Param(21.0, lambda v: _is_number(v) and 0 < v <= 91, "a number of days in (0, 91]"),
+        "min_years": _Param(1, _int(1), "an integer >= 1"),
+        "min_history": _Param(4, _int(1), "an integer >= 1"),
+        "k": _Param(4.0, _num(0, lo_open=True), "a number > 0"),
+        "min_delta": _Param(0.0, _num(0), "a number >= 0"),
+        "mad_floor": _Param(1.0, _num(0), "a number >= 0"),
+        "rel_floor": _Param(0.1, _num(0), "a number >= 0"),
+        "direction": _Param("up", lambda v: v in ("up", "down", "both"), "one of up, down, both"),
+    },
+    "ewma": {
+        # Baseline: observations older than recent_days, within window_days.
+        "window_days": _Param(180.0, _num(0, lo_open=True), "a number of days > 0"),
+        "recent_days": _Param(42.0, _num(0, lo_open=True), "a number of days > 0"),
+        "min_history": _Param(10, _int(2), "an integer >= 2"),
+        "lam": _Param(0.25, lambda v: _is_number(v) and 0 < v <= 1, "a smoothing weight in (0, 1]"),
+        # Above the textbook 3: the baseline's median and scale are estimated from a
+        # few observations, which shortens the in-control run length a lot.
+        "limit": _Param(3.5, _num(0, lo_open=True), "a number of standard errors > 0"),
+        "min_delta": _Param(0.0, _num(0), "a number >= 0"),
+        "mad_floor": _Param(1.0, _num(0), "a number >= 0"),
+        "rel_floor": _Param(0.1, _num(0), "a number >= 0"),
+        "direction": _Param("up", lambda v: v in ("up", "down"), "one of up, down"),
+    },
+    "cusum": {
+        "window_days": _Param(180.0, _num(0, lo_open=True), "a number of days > 0"),
+        "recent_days": _Param(42.0, _num(0, lo_open=True), "a number of days > 0"),
+        "min_history": _Param(10, _int(2), "an integer >= 2"),
+        "k": _Param(0.5, _num(0), "an allowance in standard units >= 0"),
+        "h": _Param(5.0, _num(0, lo_open=True), "a decision interval in standard units > 0"),
+        "min_delta": _Param(0.0, _num(0), "a number >= 0"),
+        "mad_floor": _Param(1.0, _num(0), "a number >= 0"),
+        "rel_floor": _Param(0.1, _num(0), "a number >= 0"),
+        "direction": _Param("up", lambda v: v in ("up", "down"), "one of up, down"),
     },
 }
 RULE_KINDS = tuple(RULE_PARAMS)
+
+#: Parameters every rule kind accepts, about the alert's lifecycle rather than the test:
+#: ``cooldown_days`` (findings this soon after the key's alert was resolved are
+#: suppressed), ``escalate_ratio`` (an active alert re-notifies when its value passes
+#: this many times the value last notified) and ``quiet_days`` (an active alert with no
+#: finding for this long is resolved by the pipeline).
+LIFECYCLE_PARAMS: dict[str, _Param] = {
+    "cooldown_days": _Param(14.0, _num(0), "a number of days >= 0"),
+    "escalate_ratio": _Param(1.25, _num(1), "a ratio >= 1"),
+    "quiet_days": _Param(28.0, _num(0, lo_open=True), "a number of days > 0"),
+}
+
+
+def lifecycle_params(params: Mapping[str, Any] | None, *, rule_id: str = "?") -> dict[str, float]:
+    """The lifecycle parameters of a rule (see :data:`LIFECYCLE_PARAMS`), defaults filled in.
+
+    Raises
+    ------
+    RuleError
+        If one is invalid (the message names the rule and key).
+    """
+    params = params or {}
+    if not isinstance(params, Mapping):
+        raise RuleError(f"rule {rule_id!r}: params must be a mapping, got {type(params).__name__}")
+    out = {}
+    for key, p in LIFECYCLE_PARAMS.items():
+        value = params.get(key, p.default)
+        if not p.check(value):
+            raise RuleError(f"rule {rule_id!r}: parameter {key!r} = {value!r} must be {p.expect}")
+        out[key] = float(value)
+    return out
 
 
 def validate_params(kind: str, params: Mapping[str, Any] | None, *, rule_id: str = "?") -> dict[str, Any]:
@@ -124,7 +208,8 @@ def validate_params(kind: str, params: Mapping[str, Any] | None, *, rule_id: str
     Returns
     -------
     dict
-        Every parameter of the kind, defaults filled in.
+        Every parameter of the kind, defaults filled in (lifecycle parameters are
+        checked but not returned; see :func:`lifecycle_params`).
 
     Raises
     ------
@@ -139,11 +224,12 @@ def validate_params(kind: str, params: Mapping[str, Any] | None, *, rule_id: str
         raise RuleError(f"rule {rule_id!r}: params must be a mapping, got {type(params).__name__}")
     spec = RULE_PARAMS[kind]
     out: dict[str, Any] = {}
+    lifecycle_params(params, rule_id=rule_id)
     for key in params:
-        if key not in spec:
+        if key not in spec and key not in LIFECYCLE_PARAMS:
             raise RuleError(
                 f"rule {rule_id!r}: unknown parameter {key!r} for kind {kind!r}; "
-                f"valid parameters are {', '.join(spec)}"
+                f"valid parameters are {', '.join([*spec, *LIFECYCLE_PARAMS])}"
             )
     for key, p in spec.items():
         value = params.get(key, p.default)
@@ -415,10 +501,165 @@ def _trend(ctx: _Ctx, p: dict, t: pd.Timestamp, value: float, history: pd.Series
     return ctx.finding(t, value, figures, message)
 
 
+def _robust_stats(values: np.ndarray, p: dict) -> tuple[float, float, float]:
+    """Median, MAD and a conservative noise scale of a baseline sample.
+
+    The MAD of a handful of small integer counts is often one or two steps too small
+    (half the values may sit on the median); the mean absolute deviation (times
+    sqrt(pi/2) for Gaussian consistency) varies less between small samples. Taking
+    the larger of the two keeps a chart from firing on ordinary noise.
+    """
+    median = float(np.median(values))
+    dev = np.abs(values - median)
+    mad = float(np.median(dev))
+    scale = max(_scale(median, mad, p["mad_floor"], p["rel_floor"]), math.sqrt(math.pi / 2) * float(dev.mean()))
+    return median, mad, scale
+
+
+def _seasonal(ctx: _Ctx, p: dict, t: pd.Timestamp, value: float, history: pd.Series) -> Finding | None:
+    # Same weeks of earlier years: circular day-of-year distance, and at least
+    # half a year back so the current season's own rise is not its baseline.
+    past = history[history.index <= t - 182 * _DAY]
+    if past.empty:
+        return None
+    doy = past.index.day_of_year.to_numpy()
+    gap = np.abs(doy - t.day_of_year)
+    gap = np.minimum(gap, 365 - gap)
+    same = past[gap <= p["halfwidth_days"]]
+    years = sorted(set(same.index.year))
+    if len(same) < p["min_history"] or len(years) < p["min_years"]:
+        return None
+    median, mad, scale = _robust_stats(same.to_numpy(), p)
+    delta = value - median
+    z = delta / scale
+    direction = p["direction"]
+    sign = (1 if delta >= 0 else -1) if direction == "both" else (1 if direction == "up" else -1)
+    if sign * z < p["k"] or sign * delta < p["min_delta"]:
+        return None
+    span = f"{years[0]}" if len(years) == 1 else f"{years[0]}–{years[-1]}"
+    figures = {
+        "seasonal_median": median,
+        "mad": mad,
+        "scale": scale,
+        "z": z,
+        "delta": delta,
+        "season_n": len(same),
+        "season_years": len(years),
+        "halfwidth_days": p["halfwidth_days"],
+        "since": _day(same.index[0]),
+        "sign": sign,
+    }
+    word = "above" if sign > 0 else "below"
+    message = (
+        f"{_fmt(value)} {ctx.metric} at {_place(ctx.aoi_name, ctx.feature_id)} on {_day(t)}; "
+        f"{abs(z):.1f} MAD {word} the seasonal median of {_fmt(median)} "
+        f"(same weeks of {span}, {len(same)} observations)."
+    )
+    return ctx.finding(t, value, figures, message)
+
+
+def _split_recent(p: dict, t: pd.Timestamp, value: float, history: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """(baseline, recent): recent ends with the current observation."""
+    cut = t - p["recent_days"] * _DAY
+    baseline = history[(history.index <= cut) & (history.index > cut - p["window_days"] * _DAY)]
+    recent = pd.concat([history[history.index > cut], pd.Series([value], index=[t])])
+    return baseline, recent
+
+
+def _ewma(ctx: _Ctx, p: dict, t: pd.Timestamp, value: float, history: pd.Series) -> Finding | None:
+    baseline, recent = _split_recent(p, t, value, history)
+    if len(baseline) < p["min_history"]:
+        return None
+    median, mad, scale = _robust_stats(baseline.to_numpy(), p)
+    sign = 1 if p["direction"] == "up" else -1
+    lam = p["lam"]
+    z = 0.0
+    path = []
+    for x in recent.to_numpy():
+        z = lam * sign * (x - median) / scale + (1 - lam) * z
+        path.append(z)
+    # Steady-state standard error (classic EWMA chart limits): the tighter start-up
+    # limits would turn the first recent observation into a k=limit spike test.
+    n = len(path)
+    se = math.sqrt(lam / (2 - lam))
+    limit = p["limit"] * se
+    delta = sign * (value - median)
+    if z < limit or delta < p["min_delta"] or sign * (value - median) <= 0:
+        return None
+    level = float(median + sign * z * scale)
+    figures = {
+        "ewma_z": z,
+        "limit": limit,
+        "lam": lam,
+        "baseline_median": median,
+        "mad": mad,
+        "scale": scale,
+        "ewma_level": level,
+        "recent_n": n,
+        "baseline_n": len(baseline),
+        "since": _day(recent.index[0]),
+        "delta": value - median,
+        "sign": sign,
+    }
+    word = "above" if sign > 0 else "below"
+    message = (
+        f"{ctx.metric} at {_place(ctx.aoi_name, ctx.feature_id)} has run {word} normal over the "
+        f"{n} acquisition{'s' if n != 1 else ''} since {figures['since']}: smoothed level about "
+        f"{_about(level)} against a median of {_fmt(median)} before, {z / se:.1f} standard errors "
+        f"(limit {p['limit']:g}); {_fmt(value)} on {_day(t)}."
+    )
+    return ctx.finding(t, value, figures, message)
+
+
+def _cusum_rule(ctx: _Ctx, p: dict, t: pd.Timestamp, value: float, history: pd.Series) -> Finding | None:
+    baseline, recent = _split_recent(p, t, value, history)
+    if len(baseline) < p["min_history"]:
+        return None
+    median, mad, scale = _robust_stats(baseline.to_numpy(), p)
+    sign = 1 if p["direction"] == "up" else -1
+    s_ = 0.0
+    start = None
+    for when, x in recent.items():
+        s_ = max(0.0, s_ + sign * (x - median) / scale - p["k"])
+        if s_ == 0.0:
+            start = None
+        elif start is None:
+            start = when
+    delta = sign * (value - median)
+    if s_ < p["h"] or delta < p["min_delta"] or start is None:
+        return None
+    run = recent[recent.index >= start]
+    figures = {
+        "cusum": s_,
+        "h": p["h"],
+        "k": p["k"],
+        "baseline_median": median,
+        "mad": mad,
+        "scale": scale,
+        "run_n": len(run),
+        "run_mean": float(run.mean()),
+        "baseline_n": len(baseline),
+        "since": _day(start),
+        "delta": value - median,
+        "sign": sign,
+    }
+    word = "above" if sign > 0 else "below"
+    message = (
+        f"{ctx.metric} at {_place(ctx.aoi_name, ctx.feature_id)} has stayed {word} normal since "
+        f"{figures['since']}: {len(run)} acquisition{'s' if len(run) != 1 else ''} averaging "
+        f"{_about(figures['run_mean'])} against a median of {_fmt(median)} before "
+        f"(CUSUM {s_:.1f}, threshold {p['h']:g}); {_fmt(value)} on {_day(t)}."
+    )
+    return ctx.finding(t, value, figures, message)
+
+
 _RULES: dict[str, Callable[[_Ctx, dict, pd.Timestamp, float, pd.Series], Finding | None]] = {
     "robust_z": _robust_z,
     "historical_max": _historical_max,
     "trend": _trend,
+    "seasonal": _seasonal,
+    "ewma": _ewma,
+    "cusum": _cusum_rule,
 }
 
 

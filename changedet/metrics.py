@@ -5,10 +5,12 @@ level, ``feature_id == SITE``) or per feature inside it, each with its provenanc
 (scene ids, code version, config hash...). Baseline rules then read them back as
 :class:`pandas.Series`.
 
-Storage is one SQLite file in WAL mode with a busy timeout, so a backfill and a daily
-run in two processes can write at the same time. The SQL is plain enough (``ON
-CONFLICT ... DO UPDATE``, ISO-8601 text times, named parameters) to port to
-PostgreSQL later: only :func:`_connect` and the statement table would change.
+Storage is one SQLite file in WAL mode with a busy timeout by default, so a backfill
+and a daily run in two processes can write at the same time; or a PostgreSQL database
+given by URL (``postgresql://user:password@host:5432/db``, through psycopg 3) when
+several machines share the store. The SQL is the same for both (``ON CONFLICT ... DO
+UPDATE``, ISO-8601 text times, named parameters); only the parameter style and the
+float type differ.
 
 Times are stored as fixed-width ISO-8601 UTC strings (``2023-10-05T00:00:00.000000Z``)
 so that text comparison equals time comparison in range queries.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Mapping
@@ -31,7 +34,8 @@ import pandas as pd
 
 from changedet.errors import DateError, StoreError
 
-__all__ = ["SITE", "MetricStore", "to_utc", "iso_utc", "parse_iso_utc", "sqlite_path", "open_sqlite", "write_transaction"]
+__all__ = ["SITE", "MetricStore", "to_utc", "iso_utc", "parse_iso_utc", "sqlite_path", "open_sqlite",
+           "write_transaction", "is_postgres_url", "redact_url"]
 
 SITE = "__site__"
 """``feature_id`` of site-level metrics (the whole AOI rather than one feature in it)."""
@@ -89,21 +93,35 @@ def parse_iso_utc(text: str) -> datetime:
 
 
 # -- connections -----------------------------------------------------------------------
+_PG_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
+
+
+def is_postgres_url(target: str | Path) -> bool:
+    """Whether a store location is a PostgreSQL URL (``postgresql://...``)."""
+    text = str(target)
+    return "://" in text and text.partition("://")[0].lower() in _PG_SCHEMES
+
+
+def redact_url(url: str) -> str:
+    """A database URL with its password replaced by ``***`` (for messages and repr)."""
+    return re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://[^:/@]*):[^@/]*@", r"\1:***@", str(url))
+
+
 def sqlite_path(target: str | Path) -> Path:
     """Resolve a store location (file path or ``sqlite:///abs/path`` URL) to a path.
 
     Raises
     ------
     StoreError
-        For another URL scheme (PostgreSQL support comes later) or an empty path.
+        For another URL scheme or an empty path.
     """
     text = str(target)
     if "://" in text:
         scheme, _, rest = text.partition("://")
         if scheme.lower() != "sqlite":
             raise StoreError(
-                f"store URL scheme {scheme!r} is not supported yet; "
-                "use a file path or sqlite:///absolute/path.sqlite"
+                f"store URL scheme {scheme!r} is not supported; use a file path, "
+                "sqlite:///absolute/path.sqlite or postgresql://user:password@host:5432/db"
             )
         if not rest.startswith("/") or rest.strip("/") == "":
             raise StoreError(f"store URL {text!r} must be sqlite:///absolute/path.sqlite")
@@ -181,6 +199,121 @@ def write_transaction(conn: sqlite3.Connection, what: str) -> Iterator[sqlite3.C
         raise StoreError(f"cannot commit transaction to {what}: {exc}") from None
 
 
+# -- backends --------------------------------------------------------------------------
+class _Backend:
+    """The few operations MetricStore needs, per database engine."""
+
+    def create_schema(self, statements: Iterable[str]) -> None:
+        raise NotImplementedError
+
+    def write_many(self, sql: str, params: list[dict[str, Any]], what: str) -> None:
+        raise NotImplementedError
+
+    def query(self, sql: str, params: Mapping[str, Any], what: str) -> list[Mapping[str, Any]]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class _SqliteBackend(_Backend):
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.conn = open_sqlite(path)
+
+    def create_schema(self, statements: Iterable[str]) -> None:
+        with write_transaction(self.conn, f"create the metric tables in {self.path}") as db:
+            for stmt in statements:
+                db.execute(stmt)
+
+    def write_many(self, sql: str, params: list[dict[str, Any]], what: str) -> None:
+        with write_transaction(self.conn, what) as db:
+            try:
+                db.executemany(sql, params)
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot {what}: {exc}") from None
+
+    def query(self, sql: str, params: Mapping[str, Any], what: str) -> list[Mapping[str, Any]]:
+        try:
+            return self.conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot {what}: {exc}") from None
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+# ``:name`` -> ``%(name)s``; a literal % must be doubled for psycopg.
+_NAMED = re.compile(r"(?<![:\w]):([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def pg_sql(sql: str) -> str:
+    """Translate the portable SQL of this package (``:name`` parameters, REAL) to PostgreSQL."""
+    sql = sql.replace("%", "%%")
+    sql = re.sub(r"\bREAL\b", "DOUBLE PRECISION", sql)
+    return _NAMED.sub(r"%(\1)s", sql)
+
+
+class _PostgresBackend(_Backend):
+    # Serialises concurrent CREATE TABLE IF NOT EXISTS, which can otherwise fail with a
+    # unique violation on the catalog when two processes create the table at once.
+    _SCHEMA_LOCK_KEY = 0x63686764  # "chgd"
+
+    def __init__(self, url: str, where: str) -> None:
+        try:
+            import psycopg
+            from psycopg.rows import dict_row
+        except ImportError:
+            raise StoreError(
+                f"metric store {where} needs the PostgreSQL driver; install it with "
+                "pip install 'psycopg[binary]'"
+            ) from None
+        self._psycopg = psycopg
+        self.where = where
+        conninfo = url.replace("postgresql+psycopg://", "postgresql://", 1)
+        try:
+            self.conn = psycopg.connect(conninfo, autocommit=True, row_factory=dict_row, connect_timeout=10)
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot connect to PostgreSQL {where}: {_pg_error(exc, url)}") from None
+
+    def _txn(self, what: str, fn) -> Any:
+        psycopg = self._psycopg
+        try:
+            with self.conn.transaction():
+                with self.conn.cursor() as cur:
+                    return fn(cur)
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot {what}: {_pg_error(exc)}") from None
+
+    def create_schema(self, statements: Iterable[str]) -> None:
+        def run(cur):
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (self._SCHEMA_LOCK_KEY,))
+            for stmt in statements:
+                cur.execute(pg_sql(stmt))
+
+        self._txn(f"create the metric tables in {self.where}", run)
+
+    def write_many(self, sql: str, params: list[dict[str, Any]], what: str) -> None:
+        self._txn(what, lambda cur: cur.executemany(pg_sql(sql), params))
+
+    def query(self, sql: str, params: Mapping[str, Any], what: str) -> list[Mapping[str, Any]]:
+        return self._txn(what, lambda cur: cur.execute(pg_sql(sql), dict(params)).fetchall())
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _pg_error(exc: BaseException, url: str | None = None) -> str:
+    """One line of a driver error, without the URL's password."""
+    text = " ".join(str(exc).split())
+    if url:
+        text = text.replace(url, redact_url(url))
+        password = re.match(r"^[^:]+://[^:/@]*:([^@/]*)@", url)
+        if password and password.group(1):
+            text = text.replace(password.group(1), "***")
+    return text[:300]
+
+
 # -- statements ------------------------------------------------------------------------
 # Kept together and in portable SQL so a PostgreSQL backend only has to swap the
 # parameter style (:name -> %(name)s) and the REAL type.
@@ -237,12 +370,16 @@ class MetricStore:
     Parameters
     ----------
     path : str or pathlib.Path
-        SQLite file (parent folders are created) or ``sqlite:///abs/path`` URL.
+        SQLite file (parent folders are created), ``sqlite:///abs/path`` URL, or
+        PostgreSQL URL ``postgresql://user:password@host:5432/db`` (the database must
+        exist; the table is created on first use).
 
     Notes
     -----
     One instance may be shared by threads (calls are serialised by a lock); several
-    instances or processes on the same file are safe too (WAL + busy timeout).
+    instances or processes on the same file or database are safe too (WAL + busy
+    timeout in SQLite; row-level upserts in PostgreSQL). The password of a URL never
+    appears in ``repr`` or error messages.
     Use as a context manager or call :meth:`close`.
 
     Examples
@@ -253,20 +390,25 @@ class MetricStore:
     """
 
     def __init__(self, path: str | Path) -> None:
-        self.path = sqlite_path(path)
         self._lock = threading.RLock()
-        self._conn: sqlite3.Connection | None = open_sqlite(self.path)
-        with self._lock, write_transaction(self._conn, f"create the metric tables in {self.path}"):
-            for stmt in _SCHEMA:
-                self._conn.execute(stmt)
+        if is_postgres_url(path):
+            self.path = None
+            self.where = redact_url(str(path))
+            self._backend: _Backend | None = _PostgresBackend(str(path), self.where)
+        else:
+            self.path = sqlite_path(path)
+            self.where = str(self.path)
+            self._backend = _SqliteBackend(self.path)
+        with self._lock:
+            self._backend.create_schema(_SCHEMA)
 
     # -- lifecycle ---------------------------------------------------------------------
     def close(self) -> None:
         """Close the connection (idempotent)."""
         with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+            if self._backend is not None:
+                self._backend.close()
+                self._backend = None
 
     def __enter__(self) -> "MetricStore":
         return self
@@ -275,13 +417,13 @@ class MetricStore:
         self.close()
 
     def __repr__(self) -> str:
-        return f"MetricStore({str(self.path)!r})"
+        return f"MetricStore({self.where!r})"
 
     @property
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise StoreError(f"metric store {self.path} is closed; open a new MetricStore")
-        return self._conn
+    def _db(self) -> "_Backend":
+        if self._backend is None:
+            raise StoreError(f"metric store {self.where} is closed; open a new MetricStore")
+        return self._backend
 
     # -- writing -----------------------------------------------------------------------
     @staticmethod
@@ -381,19 +523,13 @@ class MetricStore:
                 raise StoreError(f"row {i} {dict(row)!r} does not match record(): {exc}") from None
         if not params:
             return
-        with self._lock, write_transaction(self._db, f"record {len(params)} metric values in {self.path}") as db:
-            try:
-                db.executemany(_UPSERT, params)
-            except sqlite3.Error as exc:
-                raise StoreError(f"cannot record metrics in {self.path}: {exc}") from None
+        with self._lock:
+            self._db.write_many(_UPSERT, params, f"record {len(params)} metric values in {self.where}")
 
     # -- reading -----------------------------------------------------------------------
-    def _query(self, sql: str, params: Mapping[str, Any]) -> list[sqlite3.Row]:
+    def _query(self, sql: str, params: Mapping[str, Any]) -> list[Mapping[str, Any]]:
         with self._lock:
-            try:
-                return self._db.execute(sql, params).fetchall()
-            except sqlite3.Error as exc:
-                raise StoreError(f"cannot read metrics from {self.path}: {exc}") from None
+            return self._db.query(sql, params, f"read metrics from {self.where}")
 
     def series(
         self,
@@ -438,11 +574,12 @@ class MetricStore:
 
     def metrics(self, aoi_id: str) -> list[str]:
         """Names of the metrics recorded for an AOI (any feature), sorted."""
-        return [r["metric"] for r in self._query(_METRICS, {"aoi_id": aoi_id})]
+        # Sorted here, not by SQL, so that every backend and collation agrees.
+        return sorted(r["metric"] for r in self._query(_METRICS, {"aoi_id": aoi_id}))
 
     def features(self, aoi_id: str, metric: str) -> list[str]:
         """Feature ids (including :data:`SITE` if present) with values of ``metric``."""
-        return [r["feature_id"] for r in self._query(_FEATURES, {"aoi_id": aoi_id, "metric": metric})]
+        return sorted(r["feature_id"] for r in self._query(_FEATURES, {"aoi_id": aoi_id, "metric": metric}))
 
     def provenance(
         self, aoi_id: str, metric: str, time: datetime | date | str, feature_id: str = SITE

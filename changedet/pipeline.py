@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
@@ -21,20 +23,22 @@ import xarray as xr
 
 from changedet import __version__
 from changedet.alerts.outbox import Outbox
-from changedet.baselines import evaluate
+from changedet.baselines import evaluate, lifecycle_params
 from changedet.coreg import apply_shift, coregister
 from changedet.cube import Cube, clear_mask, optical_bands
-from changedet.errors import CoregError, SourceError
+from changedet.errors import ChangedetError, CoregError, SourceError
 from changedet.grid import GridSpec, aoi_grid
 from changedet.io import write_geotiff
 from changedet.kernels import change_magnitude, changed_area_m2, robust_baseline
 from changedet.kernels.threshold import change_mask
-from changedet.metrics import SITE, MetricStore
+from changedet.metrics import SITE, MetricStore, to_utc
 from changedet.objects.containers import count_containers
 from changedet.objects.railcars import count_railcars
 from changedet.objects.ships import count_ships
 from changedet.sources.base import CLOUD_BAND
 from changedet.sources.simulator import SimulatorSource
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,12 @@ class RunConfig:
         baseline (vehicles and stacks stay visible; the work drops by the square).
     coreg_window_px : int
         Side of the window around the site used to estimate the global shift.
+    metrics_url : str, optional
+        Metric store: a SQLite path or URL, or ``postgresql://...``. Default:
+        ``$CHANGEDET_METRICS_URL``, else ``<data_dir>/metrics.sqlite``.
+    evidence : bool
+        Write an evidence pack (``<data_dir>/evidence/<alert_id>/``) when an alert
+        opens or escalates.
     """
 
     data_dir: Path
@@ -72,15 +82,26 @@ class RunConfig:
     cloud_buffer_m: float = 30.0
     coreg_window_px: int = 768
     write_products: bool = True
+    metrics_url: str | None = None
+    evidence: bool = True
 
     def hash(self, aoi) -> str:
         """Hash of the configuration and the AOI definition: provenance of every metric."""
-        doc = {k: v for k, v in asdict(self).items() if k not in ("data_dir", "registry", "write_products")}
+        doc = self.settings()
         h = hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode())
         for p in (aoi.source_path, aoi.source_path.with_suffix(".geojson") if aoi.source_path else None):
             if p is not None and Path(p).exists():
                 h.update(Path(p).read_bytes())
         return h.hexdigest()[:16]
+
+    def settings(self) -> dict[str, Any]:
+        """The settings that change results (what :meth:`hash` covers), as JSON."""
+        return {k: v for k, v in asdict(self).items()
+                if k not in ("data_dir", "registry", "write_products", "metrics_url", "evidence")}
+
+    def store_location(self) -> str | Path:
+        """Where the metric store is (see ``metrics_url``)."""
+        return self.metrics_url or os.environ.get("CHANGEDET_METRICS_URL") or Path(self.data_dir) / "metrics.sqlite"
 
 
 @dataclass
@@ -131,7 +152,17 @@ def _primary_source(aoi, seed: int, registry: Path | None):
 
 
 def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
-    """Process the acquisition of ``aoi`` on ``day`` (if there is one)."""
+    """Process the acquisition of ``aoi`` on ``day`` (if there is one).
+
+    Raises
+    ------
+    changedet.alerts.config.AlertConfigError
+        Before any work, if the AOI's alert rules or the delivery settings in the
+        environment are wrong (all problems listed).
+    """
+    from changedet.alerts.config import check_alerting
+
+    check_alerting([aoi])
     source, spec = _primary_source(aoi, cfg.seed, cfg.registry)
     res = float(spec.resolution_m)
     grid = aoi_grid(aoi, res)
@@ -198,6 +229,13 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
 
     metrics: list[dict[str, Any]] = []
     products = Path(cfg.data_dir) / "products" / aoi.id / day.isoformat()
+    # What an evidence pack needs if a rule fires on this day.
+    ev: dict[str, Any] = {"scene": scene, "sensor": spec.sensor, "after": aligned, "cube": cube, "site": site,
+                          "registration": {**provenance["coreg"], "residual_rmse_px": getattr(reg, "residual_rmse_px", None),
+                                           "tie_points": getattr(reg, "tie_points", None)},
+                          "cloud_fraction": cloud_fraction, "config": cfg.settings(),
+                          "config_hash": provenance["config_hash"], "detections": [], "threshold": cfg.change_z,
+                          "scene_data": data}
 
     # Pixel change against the robust per-pixel baseline of earlier aligned dates, on a
     # coarser cube of its own (cheap to read back for every new date).
@@ -224,6 +262,7 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
         mask = change_mask(mag.fillna(0.0), threshold=cfg.change_z, min_area_px=min_px)
         area = changed_area_m2(mask)
         metrics.append({"metric": "changed_area_m2", "value": round(float(area), 1)})
+        ev["magnitude"], ev["mask"] = mag, mask
         if cfg.write_products:
             write_geotiff(mag.expand_dims(band=["change_magnitude"]), products / "change_magnitude.tif")
     else:
@@ -255,8 +294,9 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
             metrics.append({"metric": metric, "value": float(pf["count"]), "feature_id": pf["id"]})
         if cfg.write_products and res_.detections:
             _write_detections(res_, products / f"{metric}.geojson")
+        ev["detections"] += [{"metric": metric, **d} for d in res_.to_json()["detections"]]
 
-    store = MetricStore(Path(cfg.data_dir) / "metrics.sqlite")
+    store = MetricStore(cfg.store_location())
     try:
         store.record_many([{"aoi_id": aoi.id, "time": scene.time, "provenance": provenance,
                             "feature_id": m.get("feature_id", SITE), **{k: m[k] for k in ("metric", "value")}}
@@ -268,29 +308,115 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
         coarse_cube.append(scene, coarse, extra={"coarsened_from_m": res})
         result.status = "processed"
         result.alerts = _evaluate_rules(aoi, scene.time, store, Path(cfg.data_dir) / "outbox",
-                                        {m["metric"] for m in metrics})
+                                        {m["metric"] for m in metrics},
+                                        evidence=(Path(cfg.data_dir) / "evidence", ev) if cfg.evidence else None)
     finally:
         store.close()
     return result
 
 
-def _evaluate_rules(aoi, t: datetime, store: MetricStore, outbox_dir: Path, fresh: set[str]) -> list[dict]:
+def _sha(da: xr.DataArray) -> str:
+    from changedet.evidence import data_sha256
+
+    return data_sha256(da)
+
+
+def _evaluate_rules(aoi, t: datetime, store: MetricStore, outbox_dir: Path, fresh: set[str],
+                    evidence: tuple[Path, dict] | None = None) -> list[dict]:
     out = []
     outbox = None
     for rule in aoi.rules:
         if rule.metric not in fresh:
             continue
+        life = lifecycle_params(dict(rule.params), rule_id=rule.id)
+        params = {k: v for k, v in rule.params.items() if k not in life}
         series = store.series(aoi.id, rule.metric, end=t)
-        finding = evaluate(series, rule_id=rule.id, kind=rule.kind, params=dict(rule.params),
+        finding = evaluate(series, rule_id=rule.id, kind=rule.kind, params=params,
                            severity=rule.severity, aoi_id=aoi.id, aoi_name=aoi.name, metric=rule.metric, at=t)
         if finding is None or finding.time != series.index[-1]:
+            # A quiet observation: an alert of this rule with no finding for quiet_days resolves.
+            if outbox is None and (outbox_dir / "outbox.sqlite").exists():
+                outbox = Outbox(outbox_dir)
+            if outbox is not None:
+                outbox.resolve_quiet(aoi_id=aoi.id, rule_id=rule.id, feature_id=SITE, time=t,
+                                     quiet_days=life["quiet_days"])
             continue
         outbox = outbox or Outbox(outbox_dir)
-        alert, action = outbox.open_or_update(finding)
+        alert, action = outbox.open_or_update(finding, cooldown_days=life["cooldown_days"],
+                                              escalate_ratio=life["escalate_ratio"])
         if action in ("opened", "escalated"):
-            out.append({"action": action, "alert_id": alert.id, "rule_id": rule.id, "severity": alert.severity,
-                        "message": finding.message, "value": finding.value})
+            entry = {"action": action, "alert_id": alert.id, "rule_id": rule.id, "severity": alert.severity,
+                     "message": finding.message, "value": finding.value}
+            if evidence is not None:
+                try:
+                    entry["evidence"] = str(_write_evidence(evidence[0], evidence[1], alert, action, series, rule))
+                except (ChangedetError, OSError, ValueError) as exc:
+                    # The alert is stored and will be delivered; the pack can be rebuilt
+                    # by re-running the day. Say so rather than fail the run.
+                    log.error("evidence pack of alert %s could not be written: %s", alert.id, exc)
+                    entry["evidence_error"] = str(exc)
+            out.append(entry)
     return out
+
+
+def _write_evidence(root: Path, ev: dict, alert, action: str, series, rule) -> Path:
+    """Evidence pack of an alert that just opened or escalated (see changedet.evidence)."""
+    from changedet.evidence import build_evidence
+
+    scene, cube = ev["scene"], ev["cube"]
+    before = before_time = None
+    # The scene as the source delivered it (before co-registration): what a re-run must get again.
+    scenes = [{"role": "after", "id": scene.id, "time": scene.time, "sha256": _sha(ev["scene_data"])}]
+    prev = cube.read(before=scene.time, last=1)
+    if prev is not None and prev.sizes.get("time", 0):
+        prev = prev.isel(time=-1).load()
+        before = prev.sel(band=[str(b) for b in ev["after"]["band"].values])
+        before_time = to_utc(prev["time"].values)
+        prev_id = str(prev["scene_id"].item()) if "scene_id" in prev.coords else None
+        scenes.append({"role": "before", "id": prev_id, "time": before_time, "sha256": _sha(before)})
+    ref = cube.reference()
+    if ref is not None:
+        scenes.append({"role": "registration_reference", "id": f"{alert.aoi_id}-reference", "sha256": _sha(ref)})
+    minx, miny, maxx, maxy = ev["site"].bounds
+    margin = 0.05 * max(maxx - minx, maxy - miny)
+    band = _baseline_band(series, rule)
+    return build_evidence(
+        root, alert.id, alert=alert.to_dict(), event=action, sensor=ev["sensor"], when=scene.time,
+        after=ev["after"], before=before, before_time=before_time, magnitude=ev.get("magnitude"),
+        threshold=ev["threshold"], change_mask=ev.get("mask"), detections=ev["detections"], series=series,
+        baseline=band, bbox=(minx - margin, miny - margin, maxx + margin, maxy + margin),
+        registration=ev["registration"], cloud_fraction=ev["cloud_fraction"], scenes=scenes, config=ev["config"],
+        config_hash=ev["config_hash"], code_version=__version__, rgb=_rgb_bands(ev["after"]),
+    )
+
+
+def _rgb_bands(da: xr.DataArray) -> list[str] | None:
+    names = [str(b) for b in da["band"].values]
+    for trio in (("R", "G", "B"), ("B04", "B03", "B02"), ("red", "green", "blue")):
+        if all(t in names for t in trio):
+            return list(trio)
+    return None
+
+
+def _baseline_band(series, rule):
+    """Rolling median and +-3 scaled MAD of the window before each point (for the plot)."""
+    import pandas as pd
+
+    days = float(dict(rule.params).get("window_days", 90))
+    if len(series) < 3:
+        return None
+    lo, mid, hi = [], [], []
+    for i, t in enumerate(series.index):
+        past = series.iloc[:i]
+        past = past[past.index >= t - pd.Timedelta(days=days)]
+        if len(past) < 3:
+            lo.append(np.nan), mid.append(np.nan), hi.append(np.nan)
+            continue
+        med = float(past.median())
+        mad = float((past - med).abs().median())
+        scale = max(1.4826 * mad, 1.0)
+        lo.append(med - 3 * scale), mid.append(med), hi.append(med + 3 * scale)
+    return pd.DataFrame({"lo": lo, "mid": mid, "hi": hi}, index=series.index)
 
 
 def _reference(cube: Cube, source, aoi, sensor: str, res: float) -> xr.DataArray:

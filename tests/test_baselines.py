@@ -270,3 +270,82 @@ def test_figures_are_json_ready():
         f = evaluate(spike_series(), rule_id="r", kind=kind, params={}, **RAIL)
         json.dumps(dict(f.figures), allow_nan=False)
         assert all(not isinstance(v, float) or math.isfinite(v) for v in f.figures.values())
+
+
+# -- seasonal, ewma, cusum ------------------------------------------------------------
+def seasonal_series(years: int = 3, seed: int = 4) -> pd.Series:
+    # Weekly, a yearly rhythm from 10 (spring) to 60 (autumn) plus +-3 noise.
+    idx = pd.date_range("2020-01-02", periods=52 * years, freq="7D", tz="UTC")
+    phase = 2 * np.pi * (idx.day_of_year.to_numpy() - 200) / 365.25
+    rng = np.random.default_rng(seed)
+    return pd.Series(35 + 25 * np.cos(phase) + rng.integers(-3, 4, len(idx)), index=idx)
+
+
+def test_seasonal_ignores_the_yearly_rhythm_but_flags_an_outsized_season():
+    s = seasonal_series()
+    # The third autumn peaks like the first two: no finding anywhere.
+    assert evaluate_all(s, rule_id="season", kind="seasonal", params={"k": 4}, **RAIL) == []
+    # A robust z over 90 days mistakes the ordinary autumn rise for an anomaly.
+    assert evaluate_all(s, rule_id="z", kind="robust_z", params={}, **RAIL) != []
+    peak = s.index[(s.index.year == 2022) & (s.index.day_of_year > 190)][0]
+    bumped = s.copy()
+    bumped[peak] = s[peak] + 60
+    f = evaluate(bumped, rule_id="season", kind="seasonal", params={}, at=peak, **RAIL)
+    assert f is not None and f.kind == "seasonal"
+    same = s[(s.index < peak - pd.Timedelta(days=182))]
+    doy = same.index.day_of_year.to_numpy()
+    gap = np.minimum(abs(doy - peak.day_of_year), 365 - abs(doy - peak.day_of_year))
+    assert f.figures["seasonal_median"] == pytest.approx(float(np.median(same[gap <= 21])))
+    assert f.figures["season_years"] == 2
+    assert "seasonal median" in f.message and "same weeks of 2020–2021" in f.message
+
+
+def shift_series(shift: float, n_before: int = 26, n_after: int = 8, seed: int = 2) -> pd.Series:
+    values = np.r_[flat_noise(n_before, seed=seed), flat_noise(n_after, seed=seed + 100) + shift]
+    return weekly(values)
+
+
+@pytest.mark.parametrize("kind", ["ewma", "cusum"])
+def test_sustained_shift_fires_within_three_acquisitions_where_robust_z_does_not(kind):
+    s = shift_series(9)
+    first_shifted = s.index[26]
+    found = evaluate_all(s, rule_id="sustained", kind=kind, params={}, **RAIL)
+    assert found, f"{kind} missed a sustained +9 shift"
+    assert first_shifted <= found[0].time <= s.index[28]
+    # Baseline: observations older than recent_days (42) within window_days (180) of the finding.
+    t = pd.Timestamp(found[0].time)
+    cut = t - pd.Timedelta(days=42)
+    base = s[(s.index <= cut) & (s.index > cut - pd.Timedelta(days=180))]
+    assert found[0].figures["baseline_median"] == pytest.approx(float(base.median()))
+    assert found[0].figures["baseline_n"] == len(base)
+    assert "normal" in found[0].message and found[0].message.startswith("railcars at Tumangang railyard")
+    # No single observation of the shift is extreme enough for the spike rule.
+    assert evaluate_all(s, rule_id="z", kind="robust_z", params={"k": 5}, **RAIL) == []
+
+
+@pytest.mark.parametrize("kind", ["ewma", "cusum", "seasonal"])
+@pytest.mark.parametrize("seed", [11, 12, 13])
+def test_two_years_of_noise_raise_nothing(kind, seed):
+    s = weekly(flat_noise(104, seed=seed), start="2021-01-07")
+    assert evaluate_all(s, rule_id="quiet", kind=kind, params={}, **RAIL) == []
+
+
+def test_cusum_figures_and_downward_direction():
+    s = shift_series(-9)
+    assert evaluate_all(s, rule_id="c", kind="cusum", params={}, **RAIL) == []
+    found = evaluate_all(s, rule_id="c", kind="cusum", params={"direction": "down"}, **RAIL)
+    assert found and found[0].figures["sign"] == -1
+    f = found[0]
+    assert f.figures["cusum"] >= f.figures["h"] == 5.0
+    assert "stayed below normal since" in f.message
+
+
+def test_lifecycle_params_are_accepted_by_every_kind_and_checked():
+    from changedet.baselines import LIFECYCLE_PARAMS, lifecycle_params
+
+    for kind in RULE_PARAMS:
+        p = validate_params(kind, {"cooldown_days": 7, "escalate_ratio": 2, "quiet_days": 21}, rule_id="r")
+        assert not set(p) & set(LIFECYCLE_PARAMS)
+    assert lifecycle_params({"cooldown_days": 7}) == {"cooldown_days": 7.0, "escalate_ratio": 1.25, "quiet_days": 28.0}
+    with pytest.raises(RuleError, match=r"rule 'r'.*'escalate_ratio'"):
+        validate_params("cusum", {"escalate_ratio": 0.5}, rule_id="r")

@@ -34,8 +34,15 @@ def test_creates_parent_dirs_and_accepts_sqlite_url(tmp_path):
 
 
 def test_other_url_schemes_are_refused(tmp_path):
-    with pytest.raises(StoreError, match="not supported yet"):
-        MetricStore("postgresql://user@host/db")
+    with pytest.raises(StoreError, match="not supported; use a file path"):
+        MetricStore("mysql://user@host/db")
+
+
+def test_unreachable_postgres_names_the_server_but_not_the_password():
+    # Port 1 on loopback: nothing listens there, the connection is refused at once.
+    with pytest.raises(StoreError, match=r"cannot connect to PostgreSQL postgresql://bob:\*\*\*@127.0.0.1:1/db") as info:
+        MetricStore("postgresql://bob:s3cretPW@127.0.0.1:1/db")
+    assert "s3cretPW" not in str(info.value)
 
 
 def test_upsert_replaces_value_and_provenance(store):
@@ -143,7 +150,7 @@ def test_closed_store_says_so(tmp_path):
 
 
 def test_wal_mode(store):
-    mode = store._db.execute("PRAGMA journal_mode").fetchone()[0]
+    mode = store._db.conn.execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
 
 

@@ -293,3 +293,28 @@ def test_invalid_inputs(box):
         box.open_or_update(finding(), escalate_ratio=0.5)
     with pytest.raises(StoreError, match="status"):
         box.list(status="closed")
+
+
+def test_claim_reserves_an_event_for_one_sender(box, clock):
+    box.open_or_update(finding())
+    (event_id, aid, event), = box.pending_events("slack")
+    assert event == "opened"
+    alert, ev = box.claim(event_id, "slack", lease_s=300)
+    assert alert.id == aid and ev == "opened"
+    # A second sender (another process) finds it taken, and it is not pending meanwhile.
+    assert box.claim(event_id, "slack", lease_s=300) is None
+    assert box.pending_events("slack") == []
+    assert box.delivery_state(aid, "opened", "slack")[0]["status"] == "sending"
+    # Another channel is independent.
+    assert box.claim(event_id, "email") is not None
+    # A sender that died: the lease runs out and the event is due again, nothing lost.
+    later = NOW + timedelta(seconds=301)
+    assert [e[0] for e in box.pending_events("slack", now=later)] == [event_id]
+    assert box.claim(event_id, "slack", now=later) is not None
+    box.mark_delivered(aid, "opened", "slack", event_id=event_id)
+    # The first sender reporting a failure late must not undo the delivery.
+    assert box.mark_failed(aid, "opened", "slack", "timeout", event_id=event_id) is None
+    assert box.delivery_state(aid, "opened", "slack")[0]["status"] == "delivered"
+    assert box.claim(event_id, "slack", now=later + timedelta(days=1)) is None
+    with pytest.raises(StoreError, match="lease_s"):
+        box.claim(event_id, "email", lease_s=0)

@@ -115,3 +115,72 @@ def test_aoi_without_an_available_source_is_refused_not_simulated(tmp_path):
     real_only = replace(aoi, sources=tuple(s for s in aoi.sources if s.name != "simulator"))
     with pytest.raises(SourceError, match="simulator"):
         run_day(real_only, date(2023, 7, 6), RunConfig(data_dir=tmp_path))
+
+
+def test_each_alert_has_an_evidence_pack(surge_run):
+    """Opened alerts leave a pack with the scenes, hashes, registration and config to reproduce them."""
+    import json
+
+    cfg, _, results = surge_run
+    entries = [al for r in results["tumangang_railyard"] for al in r.alerts]
+    assert entries and all("evidence_error" not in al for al in entries), entries
+    latest = {al["alert_id"]: al for al in entries}  # an escalation rewrites the opening's pack
+    for al in latest.values():
+        pack = cfg.data_dir / "evidence" / al["alert_id"]
+        manifest = json.loads((pack / "manifest.json").read_text())
+        assert manifest["alert_id"] == al["alert_id"] and manifest["event"] == al["action"]
+        roles = {s["role"]: s for s in manifest["scenes"]}
+        assert roles["after"]["id"].startswith("sim-vhr-tumangang_railyard") and len(roles["after"]["sha256"]) == 64
+        assert roles["before"]["id"].startswith("sim-vhr-tumangang_railyard")
+        assert roles["before"]["time"] < roles["after"]["time"]
+        assert manifest["registration"]["applied"] is True
+        assert 0 <= manifest["cloud_fraction"] <= 1
+        assert manifest["config_hash"] and manifest["code_version"]
+        assert manifest["config"]["change_z"] == cfg.change_z
+        for name in ("before.tif", "after.tif", "detections.geojson", "change_polygons.geojson", "series.csv"):
+            assert name in manifest["files"], name
+            assert (pack / name).stat().st_size == manifest["files"][name]["bytes"]
+        dets = json.loads((pack / "detections.geojson").read_text())["features"]
+        # The pack's railcar detections are the count the alert is about.
+        n_rail = sum(1 for d in dets if d["properties"]["metric"] == "railcars")
+        assert n_rail == al["value"]
+        lon, lat = dets[0]["geometry"]["coordinates"][0][0]
+        assert 129 < lon < 132 and 41 < lat < 44
+
+
+def test_rule_lifecycle_settings_escalate_resolve_and_cool_down(tmp_path):
+    """Per-rule lifecycle parameters from the AOI file drive the outbox: re-notify on growth,
+    resolve when quiet, no re-opening during the cooldown."""
+    from dataclasses import replace
+    from datetime import datetime, timezone
+
+    from changedet.aoi import AlertRule
+    from changedet.pipeline import _evaluate_rules
+
+    rule = AlertRule(id="surge", metric="railcars", kind="robust_z", severity="high", channels=("slack",),
+                     params={"window_days": 120, "k": 5.0, "min_history": 6, "min_delta": 10,
+                             "escalate_ratio": 1.5, "quiet_days": 21, "cooldown_days": 28})
+    aoi = replace(load_aoi("tumangang_railyard"), rules=(rule,))
+    values = [14, 12, 15, 13, 16, 14, 12, 15,   # history
+              40,                               # opens
+              50,                               # grows by 1.25x: below escalate_ratio, no notification
+              65,                               # 65 >= 1.5 * 40: escalates
+              14, 13, 15, 14,                   # quiet for 4 weeks: resolved after 21 days
+              45,                               # within 28 days of the resolution: suppressed
+              14, 15, 13, 14, 16,
+              48]                               # after the cooldown: a new alert
+    store = MetricStore(tmp_path / "m.sqlite")
+    actions = []
+    for i, v in enumerate(values):
+        t = datetime(2023, 6, 1, tzinfo=timezone.utc) + timedelta(days=7 * i)
+        store.record(aoi_id=aoi.id, metric="railcars", time=t, value=v)
+        out = _evaluate_rules(aoi, t, store, tmp_path / "outbox", {"railcars"})
+        actions.append(out[0]["action"] if out else None)
+    assert actions[8] == "opened" and actions[9] is None and actions[10] == "escalated"
+    assert actions[11:] == [None] * (len(values) - 12) + ["opened"]
+    alerts = Outbox(tmp_path / "outbox").list()
+    assert [a.status for a in alerts] == ["resolved", "open"]
+    first = alerts[0]
+    assert first.peak_value == 65 and first.notified_value == 65
+    # Resolved on the observation 21+ days after its last finding (observation time, not wall clock).
+    assert (first.resolved_at - first.last_time).days >= 21

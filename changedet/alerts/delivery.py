@@ -12,6 +12,11 @@ Channels come from the environment (:func:`channels_from_env`):
 
 ``CHANGEDET_SLACK_WEBHOOK_URL``
     Slack incoming webhook (a secret: never logged nor put into error text).
+``CHANGEDET_PUBLIC_BASE_URL``
+    Optional http(s) URL under which ``<data-dir>/evidence/`` is served (e.g. a
+    bucket website or a reverse proxy): Slack messages then show the evidence
+    picture ``<base>/evidence/<alert_id>/overlay.png`` and link the others
+    (webhooks cannot upload images).
 ``CHANGEDET_SMTP_HOST``, ``CHANGEDET_SMTP_PORT``, ``CHANGEDET_SMTP_USER``,
 ``CHANGEDET_SMTP_PASSWORD``, ``CHANGEDET_SMTP_SECURITY``, ``CHANGEDET_SMTP_FROM``
     SMTP relay; security is ``starttls`` (default, port 587), ``tls`` (port 465) or
@@ -26,6 +31,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -95,7 +101,16 @@ def channels_from_env(env: Mapping[str, str] | None = None) -> list[ChannelConfi
     if url:
         if not url.lower().startswith(("https://", "http://")):
             raise DeliveryError("CHANGEDET_SLACK_WEBHOOK_URL must be an http(s) URL (the Slack webhook, https://hooks.slack.com/...)")
-        out.append(ChannelConfig("slack", "slack", {"webhook_url": url}))
+        settings: dict[str, Any] = {"webhook_url": url}
+        base = (env.get("CHANGEDET_PUBLIC_BASE_URL") or "").strip()
+        if base:
+            if not base.lower().startswith(("https://", "http://")):
+                raise DeliveryError(
+                    f"CHANGEDET_PUBLIC_BASE_URL={base!r} must be an http(s) URL under which the evidence folder "
+                    "is served, e.g. https://changedet.example.org/files"
+                )
+            settings["public_base_url"] = base.rstrip("/")
+        out.append(ChannelConfig("slack", "slack", settings))
     host = (env.get("CHANGEDET_SMTP_HOST") or "").strip()
     if host:
         security = (env.get("CHANGEDET_SMTP_SECURITY") or "starttls").strip().lower()
@@ -135,19 +150,44 @@ def channels_from_env(env: Mapping[str, str] | None = None) -> list[ChannelConfi
     return out
 
 
-def send(alert: Alert, channel: ChannelConfig, *, event: str = "opened", recipients: tuple[str, ...] = ()) -> None:
-    """Send one alert on one channel (raises :class:`DeliveryError` on failure)."""
+def evidence_links(alert: Alert, images: Mapping[str, Path], base_url: str | None) -> dict[str, str]:
+    """{role: public URL} of an alert's evidence pictures under ``base_url`` (empty without one)."""
+    if not base_url:
+        return {}
+    from urllib.parse import quote
+
+    return {role: f"{base_url.rstrip('/')}/evidence/{quote(alert.id)}/{quote(Path(p).name)}" for role, p in images.items()}
+
+
+def send(
+    alert: Alert,
+    channel: ChannelConfig,
+    *,
+    event: str = "opened",
+    recipients: tuple[str, ...] = (),
+    evidence: str | Path | None = None,
+) -> None:
+    """Send one alert on one channel (raises :class:`DeliveryError` on failure).
+
+    ``evidence`` is the alert's evidence pack folder; its pictures go inline into
+    emails and, with a public base URL, into Slack messages.
+    """
+    from changedet.evidence import evidence_images
+
     s = dict(channel.settings)
+    images = evidence_images(evidence) if evidence is not None else {}
     if channel.kind == "slack":
         from changedet.alerts.slack import send_slack
 
         if not s.get("webhook_url"):
             raise DeliveryError(f"channel {channel.name!r}: no Slack webhook configured; set CHANGEDET_SLACK_WEBHOOK_URL")
+        links = evidence_links(alert, images, s.get("public_base_url"))
         send_slack(
             alert,
             webhook_url=s["webhook_url"],
             timeout_s=s.get("timeout_s", 10),
-            image_url=s.get("image_url"),
+            image_url=s.get("image_url") or links.get("overlay") or links.get("after"),
+            links=links,
             event=event,
         )
         return
@@ -170,6 +210,7 @@ def send(alert: Alert, channel: ChannelConfig, *, event: str = "opened", recipie
         security=s.get("security", "starttls"),
         timeout_s=s.get("timeout_s", 10),
         event=event,
+        images=images,
     )
 
 
@@ -188,6 +229,8 @@ def flush(
     *,
     recipients_for: Callable[[Alert], Mapping[str, tuple[str, ...]]] | None = None,
     now: datetime | None = None,
+    evidence_root: str | Path | None = None,
+    lease_s: float = 300.0,
 ) -> dict[str, dict[str, int]]:
     """Send every due outbox event on every channel and record the outcome.
 
@@ -205,6 +248,13 @@ def flush(
     now : datetime, optional
         Time used to pick due events and to schedule retries (default: the outbox
         clock).
+    evidence_root : path, optional
+        Folder of the evidence packs (``<evidence_root>/<alert_id>/manifest.json``);
+        default ``evidence/`` next to the outbox folder. Images found there go into
+        the messages; an alert without a pack is sent without images.
+    lease_s : float
+        How long a claimed event is reserved for this sender (see
+        :meth:`Outbox.claim`); it must exceed the longest send.
 
     Returns
     -------
@@ -214,36 +264,46 @@ def flush(
     Notes
     -----
     A failed send (or a bug in a sender) is recorded with :meth:`Outbox.mark_failed`
-    and does not stop the other alerts or channels.
+    and does not stop the other alerts or channels. Several flushes may run at once
+    on one outbox (processes or machines sharing it): each event is claimed in a
+    database transaction before it is sent, so each reaches each channel once.
     """
     counts: dict[str, dict[str, int]] = {}
+    evidence_dir = Path(evidence_root) if evidence_root is not None else outbox.root.parent / "evidence"
     for channel in channels:
         c = counts.setdefault(channel.name, {"sent": 0, "failed": 0, "skipped": 0})
-        for alert, event in outbox.pending_deliveries(channel.name, now=now):
+        # Each due event is claimed before it is sent: another flush running at the same
+        # time (a second cron job, a retry overlapping a daily run) skips it.
+        for event_id, _alert_id, _event in outbox.pending_events(channel.name, now=now):
+            claimed = outbox.claim(event_id, channel.name, now=now, lease_s=lease_s)
+            if claimed is None:
+                continue
+            alert, event = claimed
             recipients: tuple[str, ...] = ()
             try:
                 if recipients_for is not None:
                     routes = recipients_for(alert) or {}
                     if channel.name not in routes:
-                        outbox.mark_delivered(alert.id, event, channel.name)
+                        outbox.mark_delivered(alert.id, event, channel.name, event_id=event_id)
                         log.info("alert %s (%s) is not routed to channel %r; skipped", alert.id, event, channel.name)
                         c["skipped"] += 1
                         continue
                     recipients = tuple(routes[channel.name] or ())
-                send(alert, channel, event=event, recipients=recipients)
+                send(alert, channel, event=event, recipients=recipients, evidence=evidence_dir / alert.id)
             except Exception as exc:  # noqa: BLE001 - one bad send must not stop the rest
                 text = _error_text(exc, channel)
                 log.warning("delivery of alert %s (%s) on %r failed: %s", alert.id, event, channel.name, text)
                 c["failed"] += 1
                 try:
-                    outbox.mark_failed(alert.id, event, channel.name, text, now=now)
+                    outbox.mark_failed(alert.id, event, channel.name, text, now=now, event_id=event_id)
                 except StoreError as store_exc:
                     log.error("cannot record failed delivery of alert %s on %r: %s", alert.id, channel.name, store_exc)
                 continue
             try:
-                outbox.mark_delivered(alert.id, event, channel.name)
+                outbox.mark_delivered(alert.id, event, channel.name, event_id=event_id)
             except StoreError as store_exc:
-                # Sent but not recorded: the next flush sends it again (at-least-once).
+                # Sent but not recorded: the claim expires and a later flush sends it
+                # again (at-least-once).
                 log.error("alert %s was sent on %r but cannot be marked delivered: %s", alert.id, channel.name, store_exc)
             c["sent"] += 1
     return counts

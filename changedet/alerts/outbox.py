@@ -266,11 +266,19 @@ _UPSERT_DELIVERY = """
         attempts = excluded.attempts, last_error = excluded.last_error,
         next_attempt_at = excluded.next_attempt_at, updated_at = excluded.updated_at
 """
-_PENDING = """
+# Due: never tried, failed with its backoff passed, or claimed by a sender whose lease
+# ran out (it crashed or hung between claim and mark).
+_DUE = "(d.event_id IS NULL OR (d.status IN ('failed', 'sending') AND d.next_attempt_at <= :now))"
+_PENDING = f"""
     SELECT e.id, e.alert_id, e.event FROM events e
     LEFT JOIN deliveries d ON d.event_id = e.id AND d.channel = :channel
-    WHERE d.event_id IS NULL OR (d.status = 'failed' AND d.next_attempt_at <= :now)
+    WHERE {_DUE}
     ORDER BY e.id
+"""
+_CLAIMABLE = f"""
+    SELECT e.id, e.alert_id, e.event, d.attempts FROM events e
+    LEFT JOIN deliveries d ON d.event_id = e.id AND d.channel = :channel
+    WHERE e.id = :event_id AND {_DUE}
 """
 
 _SEVERITY_RANK = {s: i for i, s in enumerate(SEVERITIES)}
@@ -724,33 +732,100 @@ class Outbox:
     def pending_deliveries(self, channel: str, *, now: datetime | None = None) -> list[tuple[Alert, str]]:
         """Events not yet delivered to ``channel`` and due (oldest first).
 
-        An event is due when it was never tried on the channel, or its last attempt
-        failed and its backoff has passed. Each event appears once; two escalations
-        of one alert not yet delivered appear twice, each with the alert's current
-        state.
+        An event is due when it was never tried on the channel, its last attempt
+        failed and its backoff has passed, or a sender claimed it (:meth:`claim`) and
+        its lease ran out. Each event appears once; two escalations of one alert not
+        yet delivered appear twice, each with the alert's current state.
 
         Returns
         -------
         list of (Alert, str)
             The alert as it is now and the event (``opened`` or ``escalated``).
         """
-        when = iso_utc(self._now() if now is None else now)
-        rows = self._read(_PENDING, {"channel": channel, "now": when})
         cache: dict[str, Alert] = {}
         out = []
-        for r in rows:
-            if r["alert_id"] not in cache:
-                cache[r["alert_id"]] = self.get(r["alert_id"])
-            out.append((cache[r["alert_id"]], r["event"]))
+        for _id, alert_id_, event in self.pending_events(channel, now=now):
+            if alert_id_ not in cache:
+                cache[alert_id_] = self.get(alert_id_)
+            out.append((cache[alert_id_], event))
         return out
 
-    def _delivery(self, alert_id_: str, event: str, channel: str, what: str, update: Callable[[int, int], dict]) -> Any:
+    def pending_events(self, channel: str, *, now: datetime | None = None) -> list[tuple[int, str, str]]:
+        """``(event_id, alert_id, event)`` of the events due on ``channel``, oldest first."""
+        when = iso_utc(self._now() if now is None else now)
+        return [(int(r["id"]), r["alert_id"], r["event"]) for r in self._read(_PENDING, {"channel": channel, "now": when})]
+
+    def claim(
+        self, event_id: int, channel: str, *, now: datetime | None = None, lease_s: float = 300.0
+    ) -> tuple[Alert, str] | None:
+        """Take one due event for sending on ``channel``, so that no other sender does.
+
+        In one write transaction the event is checked to be still due and marked
+        ``sending`` until ``now + lease_s``; a second sender (another process running
+        :func:`~changedet.alerts.delivery.flush` at the same time) then finds it not
+        due and skips it. A sender that dies before :meth:`mark_delivered` /
+        :meth:`mark_failed` leaves the claim to expire, after which the event is due
+        again (at-least-once, never lost).
+
+        Parameters
+        ----------
+        event_id : int
+            From :meth:`pending_events`.
+        channel : str
+            Channel name.
+        now : datetime, optional
+            Current time (default: the outbox clock).
+        lease_s : float
+            How long the claim holds; longer than any send may take.
+
+        Returns
+        -------
+        (Alert, str) or None
+            The alert and event to send, or None if the event is no longer due.
+        """
+        if not lease_s > 0:
+            raise StoreError(f"lease_s={lease_s!r} must be > 0 seconds")
+        t = self._now() if now is None else to_utc(now)
+        with self._txn(f"claim event {event_id} on {channel!r}") as db:
+            row = db.execute(_CLAIMABLE, {"channel": channel, "event_id": int(event_id), "now": iso_utc(t)}).fetchone()
+            if row is None:
+                return None
+            db.execute(
+                _UPSERT_DELIVERY,
+                {
+                    "event_id": int(event_id),
+                    "channel": channel,
+                    "status": "sending",
+                    "attempts": int(row["attempts"] or 0),
+                    "last_error": None,
+                    "next_attempt_at": iso_utc(t + timedelta(seconds=lease_s)),
+                    "updated_at": iso_utc(t),
+                },
+            )
+            alert = self._fetch(db, row["alert_id"])
+        return (alert, row["event"]) if alert is not None else None
+
+    def _delivery(
+        self, alert_id_: str, event: str, channel: str, what: str, update: Callable[[int, int], dict],
+        event_id: int | None = None,
+    ) -> Any:
         if event not in EVENTS:
             raise StoreError(f"unknown event {event!r}; use one of {', '.join(EVENTS)}")
         with self._txn(f"{what} {event!r} of alert {alert_id_!r} on {channel!r}") as db:
-            row = db.execute(
-                _OLDEST_UNDELIVERED, {"alert_id": alert_id_, "event": event, "channel": channel}
-            ).fetchone()
+            if event_id is None:
+                row = db.execute(
+                    _OLDEST_UNDELIVERED, {"alert_id": alert_id_, "event": event, "channel": channel}
+                ).fetchone()
+            else:
+                # The claimed event itself; never downgrade one already delivered (a
+                # sender whose lease ran out may report after another one succeeded).
+                row = db.execute(
+                    "SELECT e.id, d.attempts FROM events e LEFT JOIN deliveries d "
+                    "ON d.event_id = e.id AND d.channel = :channel WHERE e.id = :event_id "
+                    "AND e.alert_id = :alert_id AND e.event = :event "
+                    "AND (d.status IS NULL OR d.status <> 'delivered')",
+                    {"alert_id": alert_id_, "event": event, "channel": channel, "event_id": int(event_id)},
+                ).fetchone()
             if row is None:
                 known = db.execute(
                     "SELECT 1 FROM events WHERE alert_id = :a AND event = :e", {"a": alert_id_, "e": event}
@@ -762,8 +837,12 @@ class Outbox:
             db.execute(_UPSERT_DELIVERY, {"event_id": row["id"], "channel": channel, **params})
             return params
 
-    def mark_delivered(self, alert_id: str, event: str, channel: str) -> None:
-        """Record that the oldest undelivered ``event`` of an alert reached ``channel``."""
+    def mark_delivered(self, alert_id: str, event: str, channel: str, *, event_id: int | None = None) -> None:
+        """Record that an ``event`` of an alert reached ``channel``.
+
+        ``event_id`` (from :meth:`claim`) names the event; without it, the oldest
+        undelivered ``event`` of the alert is meant.
+        """
         now = iso_utc(self._now())
         self._delivery(
             alert_id,
@@ -777,10 +856,12 @@ class Outbox:
                 "next_attempt_at": None,
                 "updated_at": now,
             },
+            event_id,
         )
 
     def mark_failed(
-        self, alert_id: str, event: str, channel: str, error: str, *, now: datetime | None = None
+        self, alert_id: str, event: str, channel: str, error: str, *, now: datetime | None = None,
+        event_id: int | None = None,
     ) -> datetime | None:
         """Record a failed send and schedule the next attempt with exponential backoff.
 
@@ -793,6 +874,8 @@ class Outbox:
             cut to 500 characters so that no secret ends up in the database.
         now : datetime, optional
             Time of the failure (default: the outbox clock).
+        event_id : int, optional
+            The claimed event (see :meth:`claim`); default the oldest undelivered one.
 
         Returns
         -------
@@ -812,7 +895,7 @@ class Outbox:
                 "updated_at": iso_utc(t),
             }
 
-        params = self._delivery(alert_id, event, channel, "mark failed", update)
+        params = self._delivery(alert_id, event, channel, "mark failed", update, event_id)
         return None if params is None else parse_iso_utc(params["next_attempt_at"])
 
     def delivery_state(self, alert_id: str, event: str, channel: str) -> list[dict[str, Any]]:

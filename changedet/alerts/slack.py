@@ -11,6 +11,7 @@ import json
 import logging
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from typing import Any
 
 from changedet.alerts.delivery import DeliveryError, alert_title, key_figures
@@ -33,8 +34,23 @@ def _cut(text: str, n: int) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def build_payload(alert: Alert, *, image_url: str | None = None, event: str = "opened") -> dict[str, Any]:
-    """The Block Kit message for an alert: header, message, figures, optional image."""
+_LINK_LABELS = {
+    "overlay": "detections",
+    "before": "before",
+    "after": "after",
+    "heatmap": "change heatmap",
+    "series": "metric plot",
+}
+
+
+def build_payload(
+    alert: Alert, *, image_url: str | None = None, event: str = "opened", links: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The Block Kit message for an alert: header, message, figures, image, evidence links.
+
+    ``image_url`` must be publicly reachable (Slack fetches it); ``links`` maps
+    evidence roles to public URLs, listed under the image.
+    """
     title = alert_title(alert, event)
     message = alert.message or f"{alert.metric} on {alert.feature_id}: {alert.value}"
     blocks: list[dict[str, Any]] = [
@@ -49,6 +65,11 @@ def build_payload(alert: Alert, *, image_url: str | None = None, event: str = "o
         blocks.append({"type": "section", "fields": fields})
     if image_url:
         blocks.append({"type": "image", "image_url": image_url, "alt_text": _cut(f"{title} imagery", 2000)})
+    if links:
+        text = "Evidence: " + " · ".join(
+            f"<{url}|{_LINK_LABELS.get(role, role)}>" for role, url in links.items() if url.startswith(("https://", "http://"))
+        )
+        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": _cut(text, _SECTION_MAX)}]})
     blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": _mrkdwn_escape(f"changedet alert {alert.id}")}]})
     # ``text`` is the fallback shown in notifications.
     return {"text": _cut(f"{title} — {message}", _SECTION_MAX), "blocks": blocks}
@@ -61,6 +82,7 @@ def send_slack(
     timeout_s: float = 10,
     image_url: str | None = None,
     event: str = "opened",
+    links: Mapping[str, str] | None = None,
 ) -> None:
     """Post an alert to a Slack incoming webhook.
 
@@ -72,7 +94,7 @@ def send_slack(
     """
     if not isinstance(webhook_url, str) or not webhook_url.lower().startswith(("https://", "http://")):
         raise DeliveryError("Slack webhook URL must be an http(s) URL; check CHANGEDET_SLACK_WEBHOOK_URL")
-    body = json.dumps(build_payload(alert, image_url=image_url, event=event)).encode("utf-8")
+    body = json.dumps(build_payload(alert, image_url=image_url, event=event, links=links)).encode("utf-8")
     request = urllib.request.Request(
         webhook_url,
         data=body,

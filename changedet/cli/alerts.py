@@ -1,4 +1,4 @@
-"""``changedet alerts``: list, show, acknowledge and resolve alerts in the outbox."""
+"""``changedet alerts``: list, show, acknowledge, resolve and deliver alerts; check the alerting setup."""
 
 from __future__ import annotations
 
@@ -20,6 +20,11 @@ def add_parser(sub) -> None:
     dl = s.add_parser("deliver", help="send due alert notifications to the channels configured in the environment "
                       "(CHANGEDET_SLACK_WEBHOOK_URL, CHANGEDET_SMTP_*); failed sends are retried by later runs")
     dl.set_defaults(func=cmd_deliver)
+    ck = s.add_parser("check", help="check the AOIs' alert rules, channels and delivery settings (no network)")
+    ck.add_argument("--aoi", action="append", help="AOI id or YAML path (repeatable; default: every AOI)")
+    ck.add_argument("--require-delivery", action="store_true",
+                    help="also fail when a channel used by a rule has no settings (as deliver does)")
+    ck.set_defaults(func=cmd_check)
     for name, func, helptext in (("show", cmd_show, "show one alert"), ("ack", cmd_ack, "acknowledge an alert"),
                                  ("resolve", cmd_resolve, "resolve an alert")):
         q = s.add_parser(name, help=helptext)
@@ -62,7 +67,24 @@ def cmd_resolve(args) -> int:
     return 0
 
 
+def _aois(names):
+    from changedet.aoi import list_aois, load_aoi
+
+    return [load_aoi(n) for n in names] if names else list_aois()
+
+
+def cmd_check(args) -> int:
+    from changedet.alerts.config import check_alerting
+
+    aois = _aois(args.aoi)
+    check_alerting(aois, require_delivery=args.require_delivery)
+    n_rules = sum(len(a.rules) for a in aois)
+    print(f"alerting OK: {n_rules} rule(s) in {len(aois)} AOI(s)")
+    return 0
+
+
 def cmd_deliver(args) -> int:
+    from changedet.alerts.config import alerting_problems
     from changedet.alerts.delivery import channels_from_env, flush
     from changedet.aoi import load_aoi
 
@@ -71,6 +93,19 @@ def cmd_deliver(args) -> int:
         print("no delivery channel configured: set CHANGEDET_SLACK_WEBHOOK_URL and/or CHANGEDET_SMTP_HOST "
               "(see infra/.env.example); alerts stay in the outbox")
         return 0
+    outbox = _outbox(args)
+    # A channel that rules use but that is not configured would hold its alerts back
+    # silently; say so (the configured channels are still served).
+    from changedet.errors import AOIError
+
+    known = []
+    for aoi_id in sorted({a.aoi_id for a in outbox.list(status=("open", "escalated", "acknowledged"))}):
+        try:
+            known.append(load_aoi(aoi_id))
+        except AOIError as exc:  # its alerts fail one by one below, with this reason
+            print(f"warning: {exc}")
+    for problem in alerting_problems(known, require_delivery=True):
+        print(f"warning: {problem}")
     cache: dict[str, dict] = {}
 
     def recipients_for(alert):
@@ -79,7 +114,8 @@ def cmd_deliver(args) -> int:
             cache[alert.aoi_id] = dict(load_aoi(alert.aoi_id).recipients)
         return cache[alert.aoi_id]
 
-    result = flush(_outbox(args), channels, recipients_for=recipients_for)
+    result = flush(outbox, channels, recipients_for=recipients_for,
+                   evidence_root=Path(args.data_dir or default_data_dir()) / "evidence")
     for channel, counts in result.items():
         print(f"{channel}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return 1 if any(c.get("failed") for c in result.values()) else 0
