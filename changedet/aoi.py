@@ -41,7 +41,8 @@ from shapely.geometry.base import BaseGeometry
 from shapely.geometry.polygon import Polygon
 from shapely.validation import explain_validity
 
-from changedet.errors import AOIError, GridError
+from changedet import baselines as _baselines
+from changedet.errors import AOIError, GridError, RuleError
 from changedet.grid import utm_crs_for
 
 __all__ = [
@@ -76,16 +77,12 @@ SENSORS = ("vhr", "s2", "s1")
 METRICS = ("railcars", "containers_teu", "ships", "changed_area_m2")
 #: per-type railcar counts, e.g. ``railcars_tank``, are allowed besides METRICS.
 _RAILCAR_TYPE_METRIC = re.compile(r"railcars_[a-z0-9]+(?:_[a-z0-9]+)*")
-RULE_KINDS = ("robust_z", "historical_max", "trend")
 SEVERITIES = ("low", "medium", "high")
-#: The parameters each rule kind is known to take. Other names are accepted (the
-#: alert engine may grow new ones) unless they look like a typo of one of these.
+#: Rule kinds and the parameters each takes come from the alert engine, so a kind added
+#: there is accepted here without a second list to keep in step.
+RULE_KINDS = _baselines.RULE_KINDS
 RULE_PARAMS: Mapping[str, tuple[str, ...]] = MappingProxyType(
-    {
-        "robust_z": ("window_days", "k", "min_history", "min_delta"),
-        "historical_max": ("min_history", "factor", "min_delta"),
-        "trend": ("window_days", "min_history", "min_rel_growth", "min_delta"),
-    }
+    {k: (*v, *_baselines.LIFECYCLE_PARAMS) for k, v in _baselines.RULE_PARAMS.items()}
 )
 #: metric -> feature roles it is measured on; a metric without any such feature
 #: would read zero forever and its rules could never fire.
@@ -802,9 +799,11 @@ def _parse_rules(
                     P.add(f"{where}: unknown parameter {name!r}{hint}; {kind} takes {', '.join(known)}")
                     good = False
                 continue
-            if not (_is_number(value) and value >= 0) or (name in ("window_days", "min_history") and not (isinstance(value, int) and value >= 1)):
-                want = "a positive whole number" if name in ("window_days", "min_history") else "a non-negative number"
-                P.add(f"{where}: parameter {name} must be {want}, not {value!r}")
+        if good and kind in RULE_KINDS:
+            try:
+                _baselines.validate_params(kind, params, rule_id=str(rid))
+            except RuleError as exc:
+                P.add(f"{where}: {exc}")
                 good = False
         severity = item.get("severity")
         if "severity" in item and severity not in SEVERITIES:

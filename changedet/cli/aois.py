@@ -150,6 +150,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
             print(f"ERROR {err}")
         print(f"FAILED: {len(errors)} problem{'s' if len(errors) != 1 else ''} in {path}")
         return 1
+    # Delivery settings are checked as well, so a missing SMTP host or a malformed
+    # webhook URL is reported here rather than at the first alert.
+    from changedet.alerts.config import alerting_problems
+
+    aois = list_aois(path) if path.is_dir() else [load_aoi(path)]
+    problems = alerting_problems(aois)
+    if problems:
+        for problem in problems:
+            print(f"ERROR {problem}")
+        print(f"FAILED: {len(problems)} alerting problem{'s' if len(problems) != 1 else ''} in {path}")
+        return 1
     n = len({p.stem for p in path.glob("*.yaml")}) if path.is_dir() else 1
     print(f"OK {n} AOI{'s' if n != 1 else ''}")
     return 0
@@ -174,6 +185,12 @@ def describe_rule(rule: AlertRule) -> str:
         window = f" over {p.pop('window_days')} days" if "window_days" in p else ""
         grows = f"by more than {growth:.0%}" if growth is not None else "steadily"
         text = f"alert when metric {m} grows {grows}{window}"
+    elif rule.kind == "seasonal":
+        k = f"{p.pop('k'):g}" if "k" in p else "k"
+        text = f"alert when metric {m} is more than {k} robust standard deviations above the same weeks of earlier years"
+    elif rule.kind in ("ewma", "cusum"):
+        what = "exponentially weighted mean (EWMA)" if rule.kind == "ewma" else "cumulative sum (CUSUM)"
+        text = f"alert when the {what} of metric {m} shows a sustained shift from its earlier baseline"
     else:  # validated AOIs never get here; kept so a new kind still prints something
         text = f"alert on metric {m} ({rule.kind})"
     if "min_delta" in p:
