@@ -35,6 +35,8 @@ from changedet.sources.base import SceneRecord, check_range
 #: Percent of the site under cloud above which a scene is skipped, unless the AOI's
 #: source entry (``max_cloud``) or the caller says otherwise.
 DEFAULT_MAX_CLOUD = 60.0
+#: Product name of the cube that ``fetch`` fills (see :class:`changedet.cube.Cube`).
+ACQUIRED = "acquired"
 
 
 @dataclass(frozen=True)
@@ -120,8 +122,10 @@ def fetch(aoi, source, *, sensor: str, resolution_m: float, start: date, end: da
         raise SourceError(f"max_cloud {max_cloud} must be a percentage between 0 and 100")
     grid = aoi_grid(aoi, float(resolution_m))
     optical = sensor != "s1"
+    # Raw acquisitions go to their own cube: the pipeline's cube holds co-registered
+    # slices and skips scene ids it already has, so sharing one would hide these scenes.
     cube = Cube(data_dir, aoi.id, sensor, grid, reflectance=optical, lock_timeout=lock_timeout,
-                storage_options=storage_options)
+                storage_options=storage_options, product=ACQUIRED)
     scenes: list[SceneRecord] = sorted(source.search(aoi, start, end, sensor=sensor, max_cloud=100.0),
                                        key=lambda s: s.time)
     if not scenes:

@@ -38,6 +38,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import threading
 import time as _time
 import uuid
@@ -108,14 +109,20 @@ class Cube:
 
     def __init__(self, root: str | Path, aoi_id: str, sensor: str, grid: GridSpec, *,
                  reflectance: bool = True, lock_timeout: float | None = None,
-                 storage_options: dict[str, Any] | None = None) -> None:
+                 storage_options: dict[str, Any] | None = None, product: str | None = None) -> None:
         self.aoi_id, self.sensor, self.grid = aoi_id, sensor, grid
+        if product is not None and not re.fullmatch(r"[a-z][a-z0-9]*", product):
+            raise CubeError(f"cube product name {product!r} must be lower-case letters and digits, e.g. 'acquired'")
+        # Several cubes of one sensor and grid can sit side by side: the pipeline's
+        # co-registered slices (no product name) and, say, raw acquisitions from
+        # ``changedet fetch`` (product "acquired"), so one never masks the other's scenes.
+        self.product = product
         # Reflectance (0..6.5) is stored as uint16 x 1e-4, as L2A products do: half the
         # bytes of float32 and well below sensor noise; SAR backscatter stays float32.
         self.reflectance = reflectance
         self.lock_timeout = lock_timeout
         self.storage_options = dict(storage_options or {})
-        stem = f"{sensor}_{grid.resolution:g}m"
+        stem = f"{sensor}_{grid.resolution:g}m" + (f"_{product}" if product else "")
         self.remote = is_url(root)
         if self.remote:
             import fsspec
@@ -447,6 +454,7 @@ class Cube:
             sources[e.get("source", "?")] = sources.get(e.get("source", "?"), 0) + 1
         return {
             "aoi_id": self.aoi_id, "sensor": self.sensor, "resolution_m": self.grid.resolution,
+            "product": self.product or "aligned",
             "path": str(self.path), "crs": self.grid.crs.to_string(), "shape": list(self.grid.shape),
             "bands": doc.get("bands", []), "n_scenes": len(entries), "sources": sources,
             "size_bytes": self.size_bytes(),

@@ -35,7 +35,7 @@ def test_fetch_simulator_then_cube_info(tmp_path, capsys):
     assert "tumangang_railyard s2" in err and "scene" in err  # the progress bar, on stderr
     assert out.startswith("tumangang_railyard/s2 from simulator:") and "stored" in out
     aoi = load_aoi("tumangang_railyard")
-    cube = Cube(data, aoi.id, "s2", aoi_grid(aoi, 10.0))
+    cube = Cube(data, aoi.id, "s2", aoi_grid(aoi, 10.0), product="acquired")
     stored, skipped = cube.scenes(), cube.skipped()
     assert len(stored) + len(skipped) == 8  # Sentinel-2 every 5 days
     assert stored and all(s["cloud_fraction"] <= 0.40 and s["cloud_mask"] == "clm" for s in stored)
@@ -120,7 +120,7 @@ time.sleep(30)
 def test_fetch_skips_a_cube_another_run_is_writing(tmp_path, capsys):
     data = tmp_path / "data"
     aoi = load_aoi("tumangang_railyard")
-    cube = Cube(data, aoi.id, "s2", aoi_grid(aoi, 10.0))
+    cube = Cube(data, aoi.id, "s2", aoi_grid(aoi, 10.0), product="acquired")
     cube._lock_path.parent.mkdir(parents=True)
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(cube._lock_path)], stdout=subprocess.PIPE, text=True)
     try:
@@ -158,3 +158,23 @@ def test_bad_input_is_one_line_and_stores_nothing(tmp_path, capsys, args, messag
 def test_cube_info_without_a_cube(tmp_path, capsys):
     assert main(["cube", "info", "tumangang_railyard", "--data-dir", str(tmp_path)]) == 2
     assert "no cube of AOI tumangang_railyard" in capsys.readouterr().err
+
+
+def test_fetched_scenes_do_not_hide_scenes_from_the_pipeline(tmp_path, capsys):
+    # The pipeline keeps co-registered slices in its own cube and skips scene ids it
+    # has; raw fetched scenes must land beside it, not in it.
+    data = str(tmp_path / "data")
+    assert main(SIM + ["--start", "2023-07-01", "--end", "2023-07-12", "--data-dir", data, "--max-cloud", "100",
+                       "--no-progress"]) == 0
+    capsys.readouterr()
+    aoi = load_aoi("tumangang_railyard")
+    grid = aoi_grid(aoi, 10.0)
+    fetched = Cube(data, aoi.id, "s2", grid, product="acquired")
+    aligned = Cube(data, aoi.id, "s2", grid)
+    assert fetched.scenes() and fetched.path != aligned.path
+    assert not any(aligned.has(s["scene_id"]) for s in fetched.scenes())
+    assert main(["cube", "info", "tumangang_railyard", "--data-dir", data, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [c["product"] for c in doc["cubes"]] == ["acquired"]
+    with pytest.raises(Exception, match="product name"):
+        Cube(data, aoi.id, "s2", grid, product="../x")

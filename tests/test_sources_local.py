@@ -168,7 +168,7 @@ def test_fetch_masks_clouds_and_records_skipped_scenes(tmp_path, eopatch, site):
     assert 3 <= expected.count("skipped") <= N_DATES - 3  # the real series has both
     for o, f in zip(report.outcomes, truth):
         assert o.cloud_fraction == pytest.approx(f, abs=1e-3) and o.cloud_mask == "clm"
-    cube = Cube(tmp_path / "data", "eo_site", "s2", grid)
+    cube = Cube(tmp_path / "data", "eo_site", "s2", grid, product="acquired")
     assert len(cube.scenes()) == expected.count("stored")
     skipped = cube.skipped()
     assert len(skipped) == expected.count("skipped")
@@ -181,7 +181,7 @@ def test_fetch_masks_clouds_and_records_skipped_scenes(tmp_path, eopatch, site):
     again = fetch(site, LocalSource(path=str(tmp_path / "imgs"), sensor="s2"), sensor="s2", resolution_m=10.0,
                   start=date(2015, 1, 1), end=date(2017, 12, 31), data_dir=tmp_path / "data", max_cloud=limit)
     assert again.count("stored") == 0 and again.count("already") == expected.count("stored")
-    assert len(Cube(tmp_path / "data", "eo_site", "s2", grid).scenes()) == expected.count("stored")
+    assert len(Cube(tmp_path / "data", "eo_site", "s2", grid, product="acquired").scenes()) == expected.count("stored")
 
 
 def _listing(root: Path) -> list[str]:

@@ -197,7 +197,7 @@ def test_fetch_masks_scl_clouds_and_skips_cloudy_days(server, site, catalogue, t
     assert "identical pixels" in rep.outcomes[2].reason
     assert rep.outcomes[0].cloud_fraction == pytest.approx(want_frac, abs=1e-3)
     assert rep.outcomes[0].cloud_mask == "scl" and "under cloud" in rep.outcomes[0].reason
-    cube = Cube(data, "bercy", "s2", grid)
+    cube = Cube(data, "bercy", "s2", grid, product="acquired")
     [skipped] = cube.skipped()
     assert skipped["scene_id"] == rep.outcomes[0].scene_id and "limit" in skipped["reason"]
     # a higher limit stores it; the CLM band follows SCL and no-data pixels are NaN in every band

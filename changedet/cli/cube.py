@@ -8,7 +8,7 @@ import re
 from changedet.cli import default_data_dir
 from changedet.errors import CubeError
 
-_NAME = re.compile(r"(?P<sensor>[a-z0-9]+)_(?P<res>[0-9.]+)m\.provenance\.json$")
+_NAME = re.compile(r"(?P<sensor>[a-z0-9]+)_(?P<res>[0-9.]+)m(?:_(?P<product>[a-z][a-z0-9]*))?\.provenance\.json$")
 
 
 def add_parser(sub) -> None:
@@ -23,8 +23,8 @@ def add_parser(sub) -> None:
     info.set_defaults(func=cmd_info)
 
 
-def find_cubes(data_dir: str, aoi_id: str) -> list[tuple[str, float]]:
-    """(sensor, resolution) of every cube of ``aoi_id`` under ``data_dir``."""
+def find_cubes(data_dir: str, aoi_id: str) -> list[tuple[str, float, str | None]]:
+    """(sensor, resolution, product) of every cube of ``aoi_id`` under ``data_dir``."""
     import fsspec
 
     fs, base = fsspec.core.url_to_fs(f"{str(data_dir).rstrip('/')}/cubes/{aoi_id}")
@@ -34,8 +34,8 @@ def find_cubes(data_dir: str, aoi_id: str) -> list[tuple[str, float]]:
     for path in fs.ls(base, detail=False):
         m = _NAME.search(str(path))
         if m:
-            out.append((m["sensor"], float(m["res"])))
-    return sorted(out)
+            out.append((m["sensor"], float(m["res"]), m["product"]))
+    return sorted(out, key=lambda t: (t[0], t[1], t[2] or ""))
 
 
 def _fmt_shift(coreg) -> str:
@@ -54,18 +54,18 @@ def cmd_info(args) -> int:
 
     aoi = load_aoi(args.aoi)
     data_dir = args.data_dir or str(default_data_dir())
-    cubes = [(s, r) for s, r in find_cubes(data_dir, aoi.id) if args.sensor in (None, s)]
+    cubes = [(s, r, p) for s, r, p in find_cubes(data_dir, aoi.id) if args.sensor in (None, s)]
     if not cubes:
         raise CubeError(f"no cube of AOI {aoi.id} under {data_dir}; run 'changedet fetch --aoi {aoi.id} ...' first "
                         "or give the right --data-dir")
-    infos = [Cube(data_dir, aoi.id, s, aoi_grid(aoi, r), reflectance=s != "s1").info() for s, r in cubes]
+    infos = [Cube(data_dir, aoi.id, s, aoi_grid(aoi, r), reflectance=s != "s1", product=p).info() for s, r, p in cubes]
     if args.json:
         print(json.dumps({"aoi_id": aoi.id, "cubes": infos}, default=str))
         return 0
     for info in infos:
         times = [s["time"][:10] for s in info["scenes"]]
         span = f"{times[0]} .. {times[-1]}" if times else "empty"
-        print(f"{info['aoi_id']} {info['sensor']} {info['resolution_m']:g} m  {info['path']}")
+        print(f"{info['aoi_id']} {info['sensor']} {info['resolution_m']:g} m {info['product']}  {info['path']}")
         print(f"  grid {info['shape'][0]} x {info['shape'][1]} px, {info['crs']}; bands {', '.join(info['bands'])}")
         print(f"  {info['n_scenes']} scenes ({span}); sources: "
               + (", ".join(f"{k} {v}" for k, v in info["sources"].items()) or "none")
