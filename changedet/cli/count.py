@@ -28,6 +28,12 @@ def add_parser(sub) -> None:
     p.add_argument("--out", type=Path, default=None, help="write detections as a GeoJSON FeatureCollection (EPSG:4326)")
     p.add_argument("--sun-azimuth", type=float, default=None, help="solar azimuth, degrees clockwise from north")
     p.add_argument("--sun-elevation", type=float, default=None, help="solar elevation, degrees")
+    p.add_argument("--detector", default=None,
+                   help="use your own detector instead of the classical counter: a .onnx or TorchScript .pt "
+                        "model, or 'package.module:factory' (no weights are shipped or downloaded)")
+    p.add_argument("--labels", default="object",
+                   help="comma-separated class names of the --detector model's class indices")
+    p.add_argument("--min-score", type=float, default=0.5, help="drop --detector boxes scoring below this")
     p.set_defaults(func=cmd_count)
 
 
@@ -153,7 +159,12 @@ def cmd_count(args) -> int:
         valid = image.sel(band=MASK_BAND, drop=True) < 0.5
         image = image.sel(band=[b for b in names if b != MASK_BAND])
 
-    if args.kind == "railcars":
+    if getattr(args, "detector", None):
+        from changedet.objects.plugins import count_with_detector, load_detector
+
+        det = load_detector(args.detector, labels=[x.strip() for x in args.labels.split(",") if x.strip()])
+        res = count_with_detector(image, det, sel["main"], kind=args.kind, min_score=args.min_score)
+    elif args.kind == "railcars":
         from changedet.objects.railcars import count_railcars
 
         res = count_railcars(image, sel["main"], valid=valid, sun_azimuth_deg=args.sun_azimuth,

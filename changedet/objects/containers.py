@@ -20,6 +20,7 @@ from scipy import ndimage
 from shapely.geometry import Polygon, shape
 
 from changedet.grid import GridSpec
+from changedet.objects.checks import check_features, check_resolution
 from changedet.objects.common import CountResult, Detection, prepare
 from changedet.objects.ground import GroundModel
 
@@ -63,6 +64,9 @@ def count_containers(
         ``total`` in TEU with an uncertainty; detections are stack blocks with their
         footprint, ground slots and tiers.
     """
+    grid = GridSpec.of(image)
+    check_resolution(grid, "containers")
+    check_features(zones, grid, what="stack zone")
     grid, pix, ok = prepare(image, valid)
     res = grid.resolution
     px_m2 = res * res

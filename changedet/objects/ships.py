@@ -19,12 +19,15 @@ from scipy import ndimage
 from shapely.geometry import Polygon
 
 
+from changedet.grid import GridSpec
+from changedet.objects.checks import check_features
 from changedet.objects.common import CountResult, Detection, prepare
 from changedet.objects.containers import _mask, _polygon
 from changedet.objects.ground import GroundModel
 
 MIN_SHIP_AREA_M2 = 150.0   # a 25 x 6 m coaster
 MIN_SHIP_LENGTH_M = 20.0
+VHR_MAX_RES_M = 3.0
 
 
 def count_ships(
@@ -40,13 +43,30 @@ def count_ships(
     Parameters
     ----------
     image : xarray.DataArray (band, y, x)
-        Surface reflectance with named bands and a CRS; 10 m or finer.
+        Surface reflectance with named bands and a CRS. At 3 m or finer ships are
+        outlined from colour; coarser optical images (to 30 m) go to
+        :func:`changedet.objects.vessels.detect_vessels`, and an image with a VV band
+        to :func:`changedet.objects.vessels.detect_vessels_sar`.
     berths : mapping of str to Polygon
         Berth polygons in the image CRS, by berth id.
     water : Polygon, optional
         Water in the image CRS; its pixels away from berths teach the water colour and
         vessels found there are reported as at anchor.
     """
+    grid = GridSpec.of(image)
+    names = {str(b).upper() for b in image["band"].values} if "band" in image.dims else set()
+    if "VV" in names:
+        from changedet.objects.vessels import detect_vessels_sar
+
+        return detect_vessels_sar(image, water=water, berths=berths)
+    if grid.resolution > VHR_MAX_RES_M:
+        # Hulls are a few pixels: colour against a berth-side water model no longer
+        # works, a contrast test against the local water (CFAR) does.
+        from changedet.objects.vessels import detect_vessels
+
+        return detect_vessels(image, water=water, berths=berths, valid=valid)
+    if berths:
+        check_features(berths, grid, what="berth")
     grid, pix, ok = prepare(image, valid)
     res = grid.resolution
     berth_union = shapely.union_all(list(berths.values())) if berths else Polygon()

@@ -1,0 +1,371 @@
+"""Vessels on water at medium resolution: optical (Sentinel-2) and radar (Sentinel-1).
+
+Optical (about 3-30 m): water absorbs near- and short-wave infrared, so the darker
+class of ``max(NIR, SWIR)`` (Otsu) is water; large water bodies are the sea, and
+small non-water islands inside them (up to a large ship's footprint) are put back into
+it. A vessel is a pixel group on the sea that is brighter than the water around it by
+``k`` robust spreads (a constant-false-alarm-rate test against the local water, in
+the visible and in the NIR). Groups touching the shore
+are kept only when at least two pixels wide, since a one-pixel rim along a shore is
+the mixed land/water pixels every coastline has, not a hull.
+
+Radar (Sentinel-1): calm sea is dark and hulls are strong reflectors. Each pixel is
+tested against the mean backscatter of the water around it with the threshold of a
+cell-averaging CFAR for gamma-distributed speckle at the image's number of looks.
+
+Both return :class:`~changedet.objects.common.CountResult` with one detection per
+vessel (outline, length, beam, heading, ``at_berth`` when it lies alongside the shore or
+in a berth polygon, else ``at_anchor``).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Mapping
+
+import numpy as np
+import pyproj
+import shapely
+import xarray as xr
+from scipy import ndimage, stats
+from shapely.geometry import Polygon
+
+from changedet.errors import ChangedetError
+from changedet.grid import GridSpec
+from changedet.objects.checks import BandOrderError, ResolutionError, check_features
+from changedet.objects.common import CountResult, Detection
+
+MAX_LENGTH_M = 400.0     # the largest container ships and tankers
+MAX_BEAM_M = 70.0
+MIN_LENGTH_PX = 3.0      # below this a vessel is not told from a wave crest
+MIN_SEA_M2 = 5.0e5       # a water body smaller than this is a pond or a shadow, not a port basin
+TILE_M = 320.0           # local water statistics in windows of 2 tiles (640 m): no ship dominates one
+OPTICAL_NAMES = {
+    "blue": ("B02", "B", "blue"), "green": ("B03", "G", "green"), "red": ("B04", "R", "red"),
+    "nir": ("B08", "NIR", "nir"), "swir": ("B11", "SWIR", "swir", "SWIR1"),
+}
+
+
+def ground_metres_per_unit(grid: GridSpec) -> float:
+    """Metres on the ground per CRS unit at the grid centre (Web Mercator stretches them)."""
+    crs = pyproj.CRS.from_user_input(grid.crs)
+    if crs.is_geographic:
+        raise ResolutionError("the image is in a geographic CRS (degrees); reproject it to a projected CRS "
+                              "(UTM or EPSG:3857) so lengths can be measured")
+    x0, y0, x1, y1 = grid.bounds
+    lon, lat = pyproj.Transformer.from_crs(crs, 4326, always_xy=True).transform((x0 + x1) / 2, (y0 + y1) / 2)
+    try:
+        k = pyproj.Proj(crs).get_factors(lon, lat).meridional_scale
+    except Exception:  # exotic CRS without factors: assume true metres
+        k = 1.0
+    return 1.0 / k if k and math.isfinite(k) else 1.0
+
+
+def _band(image: xr.DataArray, role: str, *, required: bool = True) -> np.ndarray | None:
+    names = [str(b) for b in image["band"].values] if "band" in image.dims else []
+    upper = [n.upper() for n in names]
+    for cand in OPTICAL_NAMES[role]:
+        if cand.upper() in upper:
+            return np.asarray(image.isel(band=upper.index(cand.upper())).values, dtype="float32")
+    if required:
+        raise BandOrderError(f"no {role} band among {names}; name the bands (B02, B03, B04, B08 [, B11]) or "
+                             f"(B, G, R, NIR [, SWIR]) - vessel detection needs to know which band is which")
+    return None
+
+
+def _otsu(values: np.ndarray) -> float:
+    from skimage.filters import threshold_otsu
+
+    return float(threshold_otsu(values[np.isfinite(values)]))
+
+
+def optical_water(image: xr.DataArray, *, valid: np.ndarray | None = None) -> np.ndarray:
+    """Water mask of an optical image: the darker Otsu class of log(max(NIR, SWIR)).
+
+    Raises :class:`BandOrderError` when what comes out as water is brighter in the NIR
+    than in the green (water never is, so the bands are out of order).
+    """
+    green, nir = _band(image, "green"), _band(image, "nir")
+    swir = _band(image, "swir", required=False)
+    dark = nir if swir is None else np.maximum(nir, swir)
+    f = np.log(np.maximum(dark, 1e-6))
+    ok = np.isfinite(f) & (valid if valid is not None else True)
+    if ok.sum() < 100:
+        raise ChangedetError("fewer than 100 usable pixels in the image; nothing to detect vessels on")
+    t = _otsu(f[ok])
+    water = (f < t) & ok
+    if water.sum() >= 50:
+        g, n = np.nanmedian(green[water]), np.nanmedian(nir[water])
+        if n > 1.5 * g:
+            raise BandOrderError(
+                f"the pixels found dark in the NIR band are brighter in NIR ({n:.4g}) than in green ({g:.4g}); "
+                "water never is, so the bands look out of order - check the band names against the file's "
+                "band order (Sentinel-2: B02 blue, B03 green, B04 red, B08 NIR, B11 SWIR)")
+    return water
+
+
+def _sea(water: np.ndarray, res_m: float, *, given: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(open water, sea domain): big water bodies, and those with ship-sized islands filled."""
+    if given is not None:
+        water = water & given
+    lab, n = ndimage.label(water)
+    if n == 0:
+        return water, water
+    sizes = ndimage.sum(water, lab, index=np.arange(1, n + 1)) * res_m * res_m
+    big = np.isin(lab, 1 + np.nonzero(sizes >= MIN_SEA_M2)[0]) if given is None else water
+    holes = ndimage.binary_fill_holes(big) & ~big
+    hl, nh = ndimage.label(holes)
+    hs = ndimage.sum(holes, hl, index=np.arange(1, nh + 1)) * res_m * res_m if nh else np.array([])
+    enclosed = np.isin(hl, 1 + np.nonzero(hs <= MAX_LENGTH_M * MAX_BEAM_M)[0])
+    # Closing with a 30 m disk puts gaps up to ~60 m across (the beam of the largest
+    # ships) into the sea: a hull whose pixels are not water, lying off a pier.
+    r = max(1, int(math.ceil(30.0 / res_m)))
+    closed = ndimage.binary_closing(np.pad(big, r, mode="edge"), structure=_disk(r))[r:-r, r:-r]
+    dom = closed | enclosed | big
+    if given is not None:
+        dom &= given
+    return big, dom
+
+
+def _disk(r: int) -> np.ndarray:
+    y, x = np.ogrid[-r:r + 1, -r:r + 1]
+    return x * x + y * y <= r * r
+
+
+def _local_stats(x: np.ndarray, m: np.ndarray, tile: int) -> tuple[np.ndarray, np.ndarray]:
+    """Median and scaled MAD of ``x`` over ``m`` in overlapping tiles (windows 2 x tile)."""
+    rows, cols = x.shape
+    nr, nc = -(-rows // tile), -(-cols // tile)
+    med = np.full((nr, nc), np.nan)
+    mad = np.full((nr, nc), np.nan)
+    h = tile // 2
+    for i in range(nr):
+        for j in range(nc):
+            sl = (slice(max(0, i * tile - h), min(rows, (i + 1) * tile + h)),
+                  slice(max(0, j * tile - h), min(cols, (j + 1) * tile + h)))
+            v = x[sl][m[sl]]
+            v = v[np.isfinite(v)]
+            if v.size >= 50:
+                md = np.median(v)
+                med[i, j], mad[i, j] = md, 1.4826 * np.median(np.abs(v - md))
+    v = x[m & np.isfinite(x)]
+    gm = float(np.median(v)) if v.size else 0.0
+    gs = float(1.4826 * np.median(np.abs(v - gm))) if v.size else 1.0
+    med = np.where(np.isnan(med), gm, med)
+    mad = np.where(np.isnan(mad) | (mad <= 0), max(gs, 1e-6), mad)
+    up = np.ones((tile, tile))
+    return np.kron(med, up)[:rows, :cols], np.kron(mad, up)[:rows, :cols]
+
+
+def detect_vessels(
+    image: xr.DataArray,
+    *,
+    water: Polygon | None = None,
+    berths: Mapping[str, Polygon] | None = None,
+    valid: xr.DataArray | None = None,
+    k: float = 5.0,
+    min_length_px: float = MIN_LENGTH_PX,
+) -> CountResult:
+    """Detect vessels on water in an optical image of 3-30 m resolution.
+
+    Parameters
+    ----------
+    image : xarray.DataArray (band, y, x)
+        Reflectance or any monotone stretch of it, bands named B02, B03, B04, B08 [, B11]
+        (or B, G, R, NIR [, SWIR]), projected CRS.
+    water : Polygon, optional
+        Water in the image CRS (e.g. the AOI's water polygons). Without it, water is
+        found from the image (NIR/SWIR darkness) and the sea is its large bodies.
+    berths : mapping of str to Polygon, optional
+        Berth polygons (image CRS): a vessel overlapping one is reported there.
+    valid : xarray.DataArray (y, x) of bool, optional
+        False where the image must not be trusted (cloud, nodata).
+    k : float
+        CFAR threshold in robust spreads of the local water (5: about one false pixel
+        in a few million for Gaussian water).
+    min_length_px : float
+        Shortest vessel reported, in pixels.
+
+    Returns
+    -------
+    CountResult
+        ``kind`` "ships"; types ``at_berth`` / ``at_anchor``; detections carry
+        ``length_m``, ``width_m``, ``heading_deg`` (0-180, the hull axis from north) and
+        ``peak_z`` (contrast to the local water in spreads).
+    """
+    grid = GridSpec.of(image)
+    m_per_unit = ground_metres_per_unit(grid)
+    res_m = grid.resolution * m_per_unit
+    if res_m < 2.0:
+        raise ResolutionError(f"the image is {res_m:.2f} m per pixel; detect_vessels is for 3-30 m imagery - "
+                              "use count_ships (berth polygons, VHR colour model) for finer images")
+    if res_m > 30.0:
+        raise ResolutionError(f"the image is {res_m:.1f} m per pixel; vessels need 30 m or finer "
+                              f"(a {min_length_px:.0f}-pixel vessel is then {min_length_px * 30:.0f} m long)")
+    if berths:
+        check_features(berths, grid, what="berth")
+    if water is not None:
+        check_features({"water": water}, grid, what="water polygon")
+    ok = np.ones(grid.shape, bool) if valid is None else np.asarray(valid.values, bool)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        wmask = optical_water(image, valid=ok)
+        given = _mask(water, grid) if water is not None else None
+        sea, dom = _sea(wmask, res_m, given=given)
+        tile = max(16, int(round(TILE_M / res_m)))
+        zs = []
+        vis = _band(image, "blue") + _band(image, "green") + _band(image, "red")
+        for x in (np.log(np.maximum(vis, 1e-6)), np.log(np.maximum(_band(image, "nir"), 1e-6))):
+            med, mad = _local_stats(x, sea & ok, tile)
+            zs.append((x - med) / mad)
+        z = np.nan_to_num(np.maximum(zs[0], zs[1]), nan=0.0)
+    # A hull must stand out from its own water: being merely 'not water' is also true of
+    # the shore clutter that the closing above pulled into the sea domain.
+    target = (z > k) & dom & ok
+    return _vessels_from(target, dom, z, grid, m_per_unit, berths or {}, min_length_px=min_length_px,
+                         observed=float((dom & ok).sum() / max(dom.sum(), 1)))
+
+
+def detect_vessels_sar(
+    image: xr.DataArray,
+    *,
+    water: Polygon | None = None,
+    berths: Mapping[str, Polygon] | None = None,
+    pfa: float = 1e-6,
+    looks: float = 4.4,
+    band: str = "VV",
+    min_length_px: float = 2.0,
+) -> CountResult:
+    """Detect vessels on a Sentinel-1 backscatter image with a cell-averaging CFAR.
+
+    Parameters
+    ----------
+    image : xarray.DataArray (band, y, x)
+        Backscatter as linear power (sigma0), with a ``band`` (default VV).
+    water : Polygon, optional
+        Water in the image CRS. Without it, water is the darker Otsu class of the
+        smoothed log backscatter, and the sea its large bodies.
+    pfa : float
+        False-alarm probability per pixel of the CFAR test.
+    looks : float
+        Equivalent number of looks of the speckle (Sentinel-1 IW GRD high resolution: 4.4).
+    min_length_px : float
+        Shortest vessel reported, in pixels.
+    """
+    grid = GridSpec.of(image)
+    m_per_unit = ground_metres_per_unit(grid)
+    res_m = grid.resolution * m_per_unit
+    if res_m > 30.0:
+        raise ResolutionError(f"the SAR image is {res_m:.1f} m per pixel; vessel CFAR needs 30 m or finer")
+    names = [str(b) for b in image["band"].values] if "band" in image.dims else []
+    if band not in names:
+        raise BandOrderError(f"no {band!r} band among {names}; name the SAR bands (VV, VH)")
+    if berths:
+        check_features(berths, grid, what="berth")
+    if water is not None:
+        check_features({"water": water}, grid, what="water polygon")
+    sig = np.asarray(image.sel(band=band).values, dtype="float64")
+    if np.nanmedian(sig) < 0:
+        raise BandOrderError(f"band {band!r} has negative values (decibels?); give linear sigma0 "
+                             "(10 ** (dB / 10))")
+    ok = np.isfinite(sig)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        if water is not None:
+            wmask = _mask(water, grid) & ok
+        else:
+            # Speckle hides the land/water edge pixel by pixel; a 3x3 mean of the log does not.
+            f = ndimage.uniform_filter(np.log(np.where(ok, np.maximum(sig, 1e-8), 1e-8)), 3)
+            wmask = (f < _otsu(f[ok])) & ok
+        sea, dom = _sea(wmask, res_m, given=_mask(water, grid) if water is not None else None)
+        tile = max(16, int(round(TILE_M / res_m)))
+        # Background mean over water in each tile; targets barely move a median.
+        med, _ = _local_stats(sig, sea & ok, tile)
+        # Gamma speckle with L looks: the mean-normalised intensity is Gamma(L, 1/L).
+        factor = float(stats.gamma.isf(pfa, looks, scale=1.0 / looks))
+        # A median of Gamma(L) sits below its mean by the median/mean ratio.
+        ratio = float(stats.gamma.median(looks, scale=1.0 / looks))
+        mean_bg = med / ratio
+        z = sig / np.maximum(mean_bg, 1e-12)
+    target = (z > factor) & dom & ok
+    # Radar returns from the quay wall spill into the first row of water pixels; no
+    # contrast test can tell that rim from a hull, so it is left out (a moored hull is
+    # wider than one pixel, and its length, along the quay, is kept).
+    target &= ~ndimage.binary_dilation(~dom, iterations=1)
+    return _vessels_from(target, dom, np.nan_to_num(z / factor, nan=0.0), grid, m_per_unit, berths or {},
+                         min_length_px=min_length_px, observed=float((dom & ok).sum() / max(dom.sum(), 1)),
+                         shore_min_width_px=2.0)
+
+
+def _mask(poly: Polygon | None, grid: GridSpec) -> np.ndarray:
+    from changedet.objects.containers import _mask as rasterize
+
+    if poly is None:
+        return np.zeros(grid.shape, bool)
+    return rasterize(poly, grid)
+
+
+def _vessels_from(target: np.ndarray, dom: np.ndarray, z: np.ndarray, grid: GridSpec, m_per_unit: float,
+                  berths: Mapping[str, Polygon], *, min_length_px: float, observed: float,
+                  shore_min_width_px: float = 2.0, shore_elongation: float = 2.0) -> CountResult:
+    from skimage.measure import label, regionprops
+
+    res_m = grid.resolution * m_per_unit
+    near_land = ndimage.binary_dilation(~dom, iterations=1)
+    berth_masks = {bid: _mask(p, grid) for bid, p in berths.items()}
+    lab = label(target, connectivity=2)
+    detections = []
+    counts = {bid: 0 for bid in berths}
+    for rp in regionprops(lab):
+        r0, c0, r1, c1 = rp.bbox
+        # Sides of the rectangle with the region's second moments: n pixels in a row
+        # have variance (n^2 - 1) / 12 (skimage's axes are 4 standard deviations).
+        length_px = math.sqrt(12.0 * (rp.axis_major_length / 4.0) ** 2 + 1.0)
+        width_px = math.sqrt(12.0 * (rp.axis_minor_length / 4.0) ** 2 + 1.0)
+        if length_px < min_length_px or length_px * res_m > MAX_LENGTH_M or width_px * res_m > MAX_BEAM_M \
+                or rp.area < 3:
+            continue
+        if r0 == 0 or c0 == 0 or r1 == grid.shape[0] or c1 == grid.shape[1]:
+            continue   # cut by the image edge: neither its size nor its nature can be judged
+        cc = tuple(rp.coords.T)
+        ashore = bool(near_land[cc].any())
+        # Alongside a shore, only a hull shape tells a ship from the shore's own clutter
+        # (mixed-pixel rims are one pixel wide, pier heads and jetties are stubby):
+        # hulls are at least two pixels wide and over twice as long as wide.
+        if ashore and (width_px < shore_min_width_px or length_px < shore_elongation * width_px):
+            continue
+        berth = next((bid for bid, m in berth_masks.items() if m[cc].mean() >= 0.3), None)
+        kind = "at_berth" if (ashore or berth is not None) else "at_anchor"
+        if berth is not None:
+            counts[berth] += 1
+        # Orientation: skimage's angle is from the row axis; rows run south on north-up grids.
+        theta = rp.orientation
+        heading = math.degrees(math.atan2(math.sin(theta), -math.cos(theta))) % 180.0
+        outline = _outline(rp, grid)
+        score = float(np.clip(np.median(z[cc]) / 10.0, 0.0, 1.0))
+        detections.append(Detection("ship", kind, outline, score, berth,
+                                    {"length_m": round(float(length_px * res_m), 1),
+                                     "width_m": round(float(width_px * res_m), 1),
+                                     "heading_deg": round(heading, 1),
+                                     "peak_z": round(float(np.max(z[cc])), 1),
+                                     "bbox_px": [int(c0), int(r0), int(c1 - c0), int(r1 - r0)]}))
+    by_type: dict[str, int] = {}
+    for d in detections:
+        by_type[d.type] = by_type.get(d.type, 0) + 1
+    per_feature = tuple({"id": bid, "count": n, "by_type": {"at_berth": n} if n else {}}
+                        for bid, n in counts.items())
+    return CountResult("ships", len(detections), by_type, per_feature, tuple(detections), grid.crs, None,
+                       observed)
+
+
+def _outline(rp, grid: GridSpec) -> Polygon:
+    """The pixel footprint of a region as a polygon in map coordinates."""
+    from rasterio import features as rfeatures
+    from affine import Affine
+
+    r0, c0, r1, c1 = rp.bbox
+    t = grid.transform @ Affine.translation(c0, r0)
+    shapes = [shapely.geometry.shape(g) for g, v in
+              rfeatures.shapes(rp.image.astype("uint8"), mask=rp.image, transform=t)]
+    return max(shapes, key=lambda p: p.area) if shapes else Polygon()

@@ -1,0 +1,240 @@
+"""Vessel detection at 10 m: real Sentinel-2 port scenes (sen2ships) and simulated Sentinel-1.
+
+The sen2ships labels (COCO bounding boxes in pixel coordinates of the band rasters)
+are used only to score the detector; no threshold was fitted to them. A detection
+matches a label when their boxes overlap with IoU >= 0.1 (vessels are a few pixels
+long, so a one-pixel shift of a 3 x 8 box already costs half its IoU), one to one,
+greedily by IoU. Only labels at least 3 pixels long are scored (all of them, here).
+
+Measured (``pytest -s``): Busan F1 0.40, Casablanca F1 0.21 - far below the 0.7 the
+issue asks for. Open-water vessels are found; vessels moored alongside quays, which
+most labels are, merge with the quay at 10 m and are mostly missed, and shore clutter
+costs precision. The floors below sit a margin under those figures so that a
+regression fails; they are not the target.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from datetime import date
+
+import numpy as np
+import pytest
+import shapely
+import xarray as xr
+from scipy import ndimage
+from shapely.geometry import Point, shape
+
+from changedet.aoi import load_aoi
+from changedet.grid import GridSpec
+from changedet.io import read_raster
+from changedet.objects.vessels import BandOrderError, ResolutionError, detect_vessels, detect_vessels_sar
+from changedet.simulate.render import render_scene
+
+PORTS = {"busan": "2022-05-14", "casablanca": "2023-04-26"}
+# Measured F1 minus a margin (see the module docstring): regression floors.
+F1_FLOOR = {"busan": 0.33, "casablanca": 0.14}
+MATCH_IOU = 0.1
+
+
+def _scene(test_data, port: str) -> xr.DataArray:
+    day = PORTS[port]
+    bands = []
+    for b in ("B02", "B03", "B04", "B08", "B11"):
+        path = test_data(f"sen2ships_s2_ports/{port}/{day}-00_00_{day}-23_59_Sentinel-2_L2A_{b}_(Raw).tiff")
+        bands.append(read_raster(path, bands=[b]))
+    return xr.concat(bands, "band")
+
+
+def _labels(test_data, port: str) -> list[list[float]]:
+    doc = json.loads(test_data(f"sen2ships_s2_ports/{port}/{port}_coco.json").read_text())
+    return [a["bbox"] for a in doc["annotations"] if max(a["bbox"][2:]) >= 3]
+
+
+def _iou(a, b) -> float:
+    ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+
+
+def _score(dets: list, labels: list) -> tuple[int, float, float, float]:
+    pairs = sorted(((_iou(d, t), i, j) for i, d in enumerate(dets) for j, t in enumerate(labels)), reverse=True)
+    used_d, used_t = set(), set()
+    for iou, i, j in pairs:
+        if iou < MATCH_IOU or i in used_d or j in used_t:
+            continue
+        used_d.add(i)
+        used_t.add(j)
+    tp = len(used_t)
+    p, r = tp / max(len(dets), 1), tp / max(len(labels), 1)
+    return tp, p, r, 2 * p * r / max(p + r, 1e-9)
+
+
+@pytest.mark.parametrize("port", sorted(PORTS))
+def test_sentinel2_vessel_detection_per_port(test_data, port):
+    image = _scene(test_data, port)
+    labels = _labels(test_data, port)
+    res = detect_vessels(image)
+    dets = [d.attrs["bbox_px"] for d in res.detections]
+    tp, p, r, f1 = _score(dets, labels)
+    print(f"\n{port}: {len(labels)} labelled vessels, {len(dets)} detections ({dict(res.by_type)}), "
+          f"TP {tp}, precision {p:.2f}, recall {r:.2f}, F1 {f1:.2f}")
+    assert f1 >= F1_FLOOR[port]
+    # Web Mercator pixels are 10 m in map units but ~8.2-8.6 m on the ground at these latitudes.
+    for d in res.detections:
+        assert 20.0 <= d.attrs["length_m"] <= 400.0
+        assert 0.0 <= d.attrs["heading_deg"] < 180.0
+        assert d.type in ("at_berth", "at_anchor")
+    json.dumps(res.to_json(to_crs="EPSG:4326"))
+
+
+def test_wrong_band_order_is_refused(test_data):
+    image = _scene(test_data, "casablanca")
+    names = list(image["band"].values)
+    # Green and NIR swapped: the dark class is then 'brighter in NIR than in green'.
+    swapped = image.assign_coords(band=[{"B03": "B08", "B08": "B03"}.get(n, n) for n in names])
+    with pytest.raises(BandOrderError, match="out of order"):
+        detect_vessels(swapped)
+    with pytest.raises(BandOrderError, match="no nir band"):
+        detect_vessels(image.sel(band=["B02", "B03", "B04"]))
+
+
+# --------------------------------------------------------------------------- synthetic
+def _synthetic(res_m: float = 10.0, heading_deg: float = 30.0, length_m: float = 200.0, beam_m: float = 30.0):
+    """Dark noisy sea with one bright hull at a known heading, land along the south edge."""
+    rng = np.random.default_rng(0)
+    n = 160
+    grid = GridSpec.from_bounds("EPSG:32652", (500000.0, 4000000.0, 500000.0 + n * res_m, 4000000.0 + n * res_m),
+                                res_m)
+    n = grid.shape[0]
+    xs, ys = np.meshgrid(grid.x, grid.y)
+    cx, cy = grid.x[n // 2], grid.y[int(n * 0.375)]
+    h = math.radians(heading_deg)
+    along = (xs - cx) * math.sin(h) + (ys - cy) * math.cos(h)
+    across = (xs - cx) * math.cos(h) - (ys - cy) * math.sin(h)
+    hull = (np.abs(along) <= length_m / 2) & (np.abs(across) <= beam_m / 2)
+    land = np.arange(n)[:, None] >= int(n * 0.8)
+    base = {"B02": 0.06, "B03": 0.05, "B04": 0.03, "B08": 0.015, "B11": 0.01}
+    bright = {"B02": 0.15, "B03": 0.15, "B04": 0.15, "B08": 0.2, "B11": 0.15}
+    landv = {"B02": 0.08, "B03": 0.1, "B04": 0.12, "B08": 0.3, "B11": 0.25}
+    data = []
+    for b in base:
+        v = base[b] * (1 + 0.05 * rng.standard_normal((n, n)))
+        v = np.where(hull, bright[b], v)
+        v = np.where(land, landv[b] * (1 + 0.1 * rng.standard_normal((n, n))), v)
+        data.append(ndimage.uniform_filter(v, 2))
+    return grid.attach(np.stack(data).astype("float32"), bands=list(base)), grid, (cx, cy)
+
+
+def test_synthetic_vessel_length_beam_heading_and_anchor():
+    image, grid, (cx, cy) = _synthetic(heading_deg=30.0)
+    res = detect_vessels(image)
+    assert res.total == 1, res.to_json()
+    d = res.detections[0]
+    assert d.type == "at_anchor"
+    assert d.polygon.contains(Point(cx, cy))
+    assert abs(d.attrs["length_m"] - 200.0) <= 30.0
+    assert abs(((d.attrs["heading_deg"] - 30.0 + 90) % 180) - 90) <= 8.0
+    # A berth polygon around it makes it a ship at that berth.
+    res2 = detect_vessels(image, berths={"b1": Point(cx, cy).buffer(150.0)})
+    assert res2.detections[0].type == "at_berth" and res2.detections[0].feature_id == "b1"
+    assert res2.per_feature == ({"id": "b1", "count": 1, "by_type": {"at_berth": 1}},)
+
+
+def test_vessel_detection_refuses_unsuitable_resolution():
+    image, grid, _ = _synthetic(res_m=0.5)
+    with pytest.raises(ResolutionError, match="count_ships"):
+        detect_vessels(image)
+    image, grid, _ = _synthetic(res_m=60.0)
+    with pytest.raises(ResolutionError, match="30 m or finer"):
+        detect_vessels(image)
+
+
+# ---------------------------------------------------------------- Sentinel-1 (simulator)
+SAR_CASES = [(aoi_id, seed, day) for aoi_id in ("vostochny_port", "dunai_port", "rajin_port")
+             for seed in (11, 13) for day in (date(2023, 6, 10), date(2023, 9, 29))]
+
+
+def test_sentinel1_cfar_on_simulated_ports():
+    """Bright hulls on dark sea: every truth ship found, no false alarm, on held-out seeds.
+
+    Scenes are put back on the AOI grid with the recorded shift (co-registration is
+    measured elsewhere): with the water polygons a pixel off, the quay's returns fall on
+    'water' and raise false alarms.
+    """
+    n_truth = n_found = n_det = 0
+    rel = []
+    for aoi_id, seed, day in SAR_CASES:
+        aoi = load_aoi(aoi_id)
+        sc = render_scene(aoi, day, "s1", seed=seed)
+        sh = sc.truth["applied_shift_px"]
+        data = np.stack([ndimage.shift(b, (-sh["row"], -sh["col"]), order=1, mode="nearest") for b in sc.data])
+        image = sc.grid.attach(data, bands=list(sc.bands))
+        crs = sc.grid.crs
+        water = shapely.union_all([aoi.to_crs(f.geometry, crs) for f in aoi.features_by_role("water")])
+        berths = {f.id: aoi.to_crs(f.geometry, crs) for f in aoi.features_by_role("berth")}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            res = detect_vessels_sar(image, water=water, berths=berths)
+        truth = [o for o in sc.truth["objects"] if o["kind"] == "ship"]
+        n_truth += len(truth)
+        n_det += res.total
+        for t in truth:
+            hits = [d for d in res.detections if d.polygon.intersects(shape(t["polygon"]))]
+            if hits:
+                n_found += 1
+                rel.append((hits[0].attrs["length_m"] - t["length_m"]) / t["length_m"])
+        assert all(d.type == "at_berth" for d in res.detections)
+    print(f"\nS1 CFAR: {n_found}/{n_truth} ships found, {n_det} detections; length error median "
+          f"{np.median(rel):+.2f}, max abs {np.max(np.abs(rel)):.2f}")
+    assert n_truth >= 8
+    assert n_found == n_truth
+    assert n_det == n_truth
+    assert np.max(np.abs(rel)) <= 0.5   # 10 m pixels on 80-250 m hulls
+
+
+def test_sentinel1_refuses_decibels():
+    image, grid, _ = _synthetic()
+    db = grid.attach(np.stack([-15.0 + image.values[0], -20.0 + image.values[1]]), bands=["VV", "VH"])
+    with pytest.raises(BandOrderError, match="decibels"):
+        detect_vessels_sar(db)
+
+
+def test_cli_counts_ships_on_a_sentinel2_scene_and_takes_a_plugin(test_data, tmp_path, capsys, monkeypatch):
+    """`changedet count ships` on a 10 m scene goes to the vessel detector; --detector swaps in a plugin."""
+    from changedet.cli import build_parser
+    from changedet.io import write_geotiff
+
+    image = _scene(test_data, "casablanca")
+    tif = write_geotiff(image, tmp_path / "casablanca.tif", cog=False)
+    x0, y0, x1, y1 = GridSpec.of(image).bounds
+    frame = shapely.geometry.box(x0, y0, x1, y1)
+    feats = {"type": "FeatureCollection", "crs": {"type": "name", "properties": {"name": "EPSG:3857"}},
+             "features": [{"type": "Feature", "properties": {"id": "harbour", "role": "berth"},
+                           "geometry": shapely.geometry.mapping(frame.buffer(-200))}]}
+    fpath = tmp_path / "port.geojson"
+    fpath.write_text(json.dumps(feats))
+
+    def run(argv):
+        args = build_parser().parse_args([str(a) for a in argv])
+        capsys.readouterr()
+        assert args.func(args) == 0
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    doc = run(["count", "ships", tif, "--features", fpath, "--json"])
+    direct = detect_vessels(image, berths={"harbour": frame.buffer(-200)})
+    assert doc["total"] == direct.total > 0
+    assert {"total", "by_type", "per_feature", "detections"} <= set(doc)
+    assert all(d["type"] in ("at_berth", "at_anchor") and "heading_deg" in d for d in doc["detections"])
+
+    (tmp_path / "one_box.py").write_text(
+        "from changedet.objects.plugins import PixelBox\n"
+        "def make():\n"
+        "    return lambda pixels: [PixelBox(100, 200, 110, 230, 0.9, 'vessel')]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    doc = run(["count", "ships", tif, "--features", fpath, "--json", "--detector", "one_box:make"])
+    assert doc["total"] == 1 and doc["by_type"] == {"vessel": 1}
+    assert doc["per_feature"] == [{"id": "harbour", "count": 1, "by_type": {"vessel": 1}}]
