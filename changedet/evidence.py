@@ -207,6 +207,7 @@ def build_evidence(
     registration: Mapping[str, Any] | None = None,
     cloud_fraction: float | None = None,
     scenes: Sequence[Mapping[str, Any]] = (),
+    source: str | None = None,
     config: Mapping[str, Any] | None = None,
     config_hash: str | None = None,
     code_version: str | None = None,
@@ -247,6 +248,8 @@ def build_evidence(
         (``id``, ``role``, ``time``, ``sha256``).
     rgb : sequence of str, optional
         Band names for red, green, blue in pictures.
+    source : str, optional
+        Name of the imagery source (e.g. ``"simulator"``), for the pictures' attribution.
 
     Returns
     -------
@@ -298,7 +301,7 @@ def build_evidence(
         images, image_errors = _pictures(
             work, alert=alert, sensor=sensor, when=when, after=after_c, before=before_c, before_time=before_time,
             magnitude=magnitude, threshold=threshold, detections=detections, series=series, baseline=baseline,
-            rgb=rgb,
+            rgb=rgb, source=source,
         )
         for role, name in images.items():
             files[name] = role
@@ -347,7 +350,7 @@ def build_evidence(
 
 
 def _pictures(work: Path, *, alert, sensor, when, after, before, before_time, magnitude, threshold, detections,
-              series, baseline, rgb) -> tuple[dict[str, str], dict[str, str]]:
+              series, baseline, rgb, source=None) -> tuple[dict[str, str], dict[str, str]]:
     """Render the pictures with changedet.figures; {role: file} and {role: error}."""
     try:
         from changedet import figures
@@ -369,7 +372,7 @@ def _pictures(work: Path, *, alert, sensor, when, after, before, before_time, ma
             log.warning("evidence picture %s of %s failed: %s", role, alert.get("id"), errors[role])
 
     try:
-        attribution = figures.attribution_for(sensor, year)
+        attribution = figures.attribution_for(sensor, year, source=source)
     except Exception:  # noqa: BLE001
         attribution = ""
     common = dict(sensor=sensor, attribution=attribution)

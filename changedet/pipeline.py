@@ -140,7 +140,7 @@ def _fmt(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else f"{v:.1f}"
 
 
-def _primary_source(aoi, seed: int, registry: Path | None):
+def primary_source(aoi, seed: int, registry: Path | None):
     """The first source of the AOI this installation can serve, with its spec."""
     for spec in aoi.sources:
         if spec.name == "simulator":
@@ -163,7 +163,7 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
     from changedet.alerts.config import check_alerting
 
     check_alerting([aoi])
-    source, spec = _primary_source(aoi, cfg.seed, cfg.registry)
+    source, spec = primary_source(aoi, cfg.seed, cfg.registry)
     res = float(spec.resolution_m)
     grid = aoi_grid(aoi, res)
     cube = Cube(cfg.data_dir, aoi.id, spec.sensor, grid)
@@ -271,17 +271,26 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
     # Object counts on the AOI's features.
     sun = {k: scene.properties.get(k) for k in ("sun_azimuth_deg", "sun_elevation_deg")}
     counts = []
+
+    def count(metric: str, func, *args, **kwargs) -> None:
+        # A counter that cannot work on this image (too coarse, features off the
+        # scene) skips its metric with the reason; the other metrics still count.
+        try:
+            counts.append((metric, func(*args, **kwargs)))
+        except ChangedetError as exc:
+            result.skipped[metric] = str(exc)
+
     if "railcars" in aoi.metrics and aoi.features_by_role("track") and optical:
         tracks = {f.id: aoi.to_crs(f.geometry, grid.crs) for f in aoi.features_by_role("track")}
-        counts.append(("railcars", count_railcars(aligned, tracks, valid=clear_al, **sun)))
+        count("railcars", count_railcars, aligned, tracks, valid=clear_al, **sun)
     if "containers_teu" in aoi.metrics and aoi.features_by_role("stack_zone") and optical:
         zones = {f.id: aoi.to_crs(f.geometry, grid.crs) for f in aoi.features_by_role("stack_zone")}
-        counts.append(("containers_teu", count_containers(aligned, zones, valid=clear_al, **sun)))
+        count("containers_teu", count_containers, aligned, zones, valid=clear_al, **sun)
     if "ships" in aoi.metrics and optical:
         berths = {f.id: aoi.to_crs(f.geometry, grid.crs) for f in aoi.features_by_role("berth")}
         water = [aoi.to_crs(f.geometry, grid.crs) for f in aoi.features_by_role("water")]
-        counts.append(("ships", count_ships(aligned, berths, water=shapely.union_all(water) if water else None,
-                                            valid=clear_al)))
+        count("ships", count_ships, aligned, berths, water=shapely.union_all(water) if water else None,
+              valid=clear_al)
     for metric, res_ in counts:
         if res_.observed_fraction < cfg.min_observed:
             result.skipped[metric] = f"only {res_.observed_fraction:.0%} of features cloud-free"
@@ -386,6 +395,7 @@ def _write_evidence(root: Path, ev: dict, alert, action: str, series, rule) -> P
         threshold=ev["threshold"], change_mask=ev.get("mask"), detections=ev["detections"], series=series,
         baseline=band, bbox=(minx - margin, miny - margin, maxx + margin, maxy + margin),
         registration=ev["registration"], cloud_fraction=ev["cloud_fraction"], scenes=scenes, config=ev["config"],
+        source=getattr(scene, "source", None),
         config_hash=ev["config_hash"], code_version=__version__, rgb=_rgb_bands(ev["after"]),
     )
 

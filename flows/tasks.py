@@ -42,9 +42,9 @@ def primary_source(aoi, cfg: RunConfig):
     """The source ``run_day`` will use for ``aoi`` and its spec (name, sensor, resolution)."""
     # pipeline owns the choice of source; reusing it keeps the cache key and the
     # concurrency limit on the very source run_day reads from.
-    from changedet.pipeline import _primary_source
+    from changedet.pipeline import primary_source
 
-    return _primary_source(aoi, cfg.seed, cfg.registry)
+    return primary_source(aoi, cfg.seed, cfg.registry)
 
 
 def find_scene(aoi, day: date, cfg: RunConfig):
