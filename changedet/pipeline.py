@@ -24,7 +24,7 @@ import xarray as xr
 from changedet import __version__
 from changedet.alerts.outbox import Outbox
 from changedet.baselines import evaluate, lifecycle_params
-from changedet.coreg import apply_shift, coregister
+from changedet.coreg import apply_shift, coregister, provenance_fields
 from changedet.cube import Cube, clear_mask, optical_bands
 from changedet.errors import ChangedetError, CoregError, SourceError
 from changedet.grid import GridSpec, aoi_grid
@@ -231,8 +231,9 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
     products = Path(cfg.data_dir) / "products" / aoi.id / day.isoformat()
     # What an evidence pack needs if a rule fires on this day.
     ev: dict[str, Any] = {"scene": scene, "sensor": spec.sensor, "after": aligned, "cube": cube, "site": site,
-                          "registration": {**provenance["coreg"], "residual_rmse_px": getattr(reg, "residual_rmse_px", None),
-                                           "tie_points": getattr(reg, "tie_points", None)},
+                          # Similarity before/after says how well the shift explains the scene;
+                          # the residual is set in local mode only (tie points against the warp).
+                          "registration": {**provenance["coreg"], **provenance_fields(reg)},
                           "cloud_fraction": cloud_fraction, "config": cfg.settings(),
                           "config_hash": provenance["config_hash"], "detections": [], "threshold": cfg.change_z,
                           "scene_data": data}

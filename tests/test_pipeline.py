@@ -134,6 +134,7 @@ def test_each_alert_has_an_evidence_pack(surge_run):
         assert roles["before"]["id"].startswith("sim-vhr-tumangang_railyard")
         assert roles["before"]["time"] < roles["after"]["time"]
         assert manifest["registration"]["applied"] is True
+        assert manifest["registration"]["mode"] == "global" and manifest["registration"]["similarity_after"] is not None
         assert 0 <= manifest["cloud_fraction"] <= 1
         assert manifest["config_hash"] and manifest["code_version"]
         assert manifest["config"]["change_z"] == cfg.change_z
