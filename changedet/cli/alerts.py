@@ -9,7 +9,7 @@ from changedet.cli import default_data_dir
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("alerts", help="list, show, ack or resolve alerts")
+    p = sub.add_parser("alerts", help="list, show, ack, resolve, deliver and check alerts")
     p.add_argument("--data-dir", type=Path, default=None, help="default: $CHANGEDET_DATA_DIR or ./changedet-data")
     s = p.add_subparsers(dest="alerts_command", metavar="ACTION", required=True)
     ls = s.add_parser("list", help="list alerts")
