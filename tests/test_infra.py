@@ -668,7 +668,7 @@ def test_readme_documents_the_deployment():
 
 def test_changedet_worker_runs_a_real_changedet_command():
     from changedet.cli import build_parser
-    from changedet.cli.serve import cmd_serve
+    from flows.cli import cmd_serve
 
     services = _load_compose()["services"]
     cmd = _command(services["changedet-worker"])

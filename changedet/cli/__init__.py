@@ -50,6 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"changedet.cli.{name}")
         if hasattr(module, "add_parser"):
             module.add_parser(sub)
+    # Commands from other packages (``changedet serve``/``backfill`` from flows/), so the
+    # library never has to import what they need.
+    from importlib.metadata import entry_points
+
+    for ep in sorted(entry_points(group="changedet.commands"), key=lambda e: e.name):
+        try:
+            module = ep.load()
+        except ImportError:  # that package is not installed here: its commands are absent
+            continue
+        module.add_parser(sub)
     return parser
 
 

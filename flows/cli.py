@@ -1,7 +1,9 @@
 """``changedet serve`` (serve the Prefect deployments) and ``changedet backfill`` (run or submit one).
 
-Prefect and the ``flows`` package are imported inside the commands only: the library
-never imports Prefect, and ``changedet --help`` works without the ``flows`` extra.
+These commands live with the flows, not in the library: ``changedet`` finds them through
+the ``changedet.commands`` entry point (see pyproject.toml), so the library never imports
+Prefect. Prefect itself is imported inside the commands, so ``changedet --help`` works
+without the ``flows`` extra.
 """
 
 from __future__ import annotations
