@@ -381,17 +381,25 @@ def _quadrant_agreement(ref: np.ndarray, mov: np.ndarray, v: np.ndarray, shift: 
 
 
 # -- apply ---------------------------------------------------------------------------
-def _shift_plane(plane: np.ndarray, shift: tuple[float, float], order: int) -> np.ndarray:
-    out_dtype = plane.dtype if plane.dtype == np.float32 else np.float64
+def _filled(plane: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.dtype]:
+    """(float64 data with NaN holes filled, finite mask, output dtype) of one plane.
+
+    Holes take the nearest valid value: spline prefiltering would spread NaN over the
+    whole image, and a constant fill would ring at the hole's edge.
+    """
+    out_dtype = plane.dtype if plane.dtype == np.float32 else np.dtype(np.float64)
     data = np.asarray(plane, dtype="float64")
     finite = np.isfinite(data)
-    if not finite.any():
-        return np.full(data.shape, np.nan, dtype=out_dtype)
-    if not finite.all():
-        # Fill holes with the nearest valid value: spline prefiltering would spread NaN
-        # over the whole image, and a constant fill would ring at the hole's edge.
+    if finite.any() and not finite.all():
         idx = ndimage.distance_transform_edt(~finite, return_distances=False, return_indices=True)
         data = data[tuple(idx)]
+    return data, finite, out_dtype
+
+
+def _shift_plane(plane: np.ndarray, shift: tuple[float, float], order: int) -> np.ndarray:
+    data, finite, out_dtype = _filled(plane)
+    if not finite.any():
+        return np.full(data.shape, np.nan, dtype=out_dtype)
     shifted = ndimage.shift(data, shift, order=order, mode="nearest")
     # A pixel is valid when every neighbour it interpolates from was valid and inside.
     invalid = ndimage.shift((~finite).astype(float), shift, order=1, mode="constant", cval=1.0)
@@ -1164,14 +1172,9 @@ def fit_warp(tp: TiePoints, shape: tuple[int, int], *, warp: str = "smooth",
 
 
 def _warp_plane(plane: np.ndarray, field_row: np.ndarray, field_col: np.ndarray, order: int) -> np.ndarray:
-    out_dtype = plane.dtype if plane.dtype == np.float32 else np.float64
-    data = np.asarray(plane, dtype="float64")
-    finite = np.isfinite(data)
+    data, finite, out_dtype = _filled(plane)
     if not finite.any():
         return np.full(data.shape, np.nan, dtype=out_dtype)
-    if not finite.all():
-        idx = ndimage.distance_transform_edt(~finite, return_distances=False, return_indices=True)
-        data = data[tuple(idx)]
     rr, cc = np.indices(data.shape, dtype="float64")
     # Content at r moves to r + d(r), so the output at r samples the input at r - d(r).
     src = [rr - field_row, cc - field_col]
