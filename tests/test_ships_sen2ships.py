@@ -6,11 +6,15 @@ matches a label when their boxes overlap with IoU >= 0.1 (vessels are a few pixe
 long, so a one-pixel shift of a 3 x 8 box already costs half its IoU), one to one,
 greedily by IoU. Only labels at least 3 pixels long are scored (all of them, here).
 
-Measured (``pytest -s``): Busan F1 0.40, Casablanca F1 0.21 - far below the 0.7 the
-issue asks for. Open-water vessels are found; vessels moored alongside quays, which
-most labels are, merge with the quay at 10 m and are mostly missed, and shore clutter
-costs precision. The floors below sit a margin under those figures so that a
-regression fails; they are not the target.
+Measured (``pytest -s``; also ``python bench/bench_ships.py``, which adds a centre-in-box
+rule and recall split by alongside / open water): Busan F1 0.44 (P 0.42, R 0.46),
+Casablanca F1 0.33 (P 0.26, R 0.47) - still far below the 0.7 the issue asks for.
+Open-water vessels are found (recall 0.80 and 1.00); vessels moored alongside quays,
+which most labels are (39 of 54 and 13 of 15), merge with the quay at 10 m and are
+mostly missed (recall 0.33 and 0.39), and shore clutter costs precision. Hull growing
+(``k_grow``) and the two-pixel seed (``min_seed_px``, checked on Busan only; Casablanca
+held out) raised them from 0.40 and 0.21. The floors below sit a margin under the
+measured figures so that a regression fails; they are not the target.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from changedet.simulate.render import render_scene
 
 PORTS = {"busan": "2022-05-14", "casablanca": "2023-04-26"}
 # Measured F1 minus a margin (see the module docstring): regression floors.
-F1_FLOOR = {"busan": 0.33, "casablanca": 0.14}
+F1_FLOOR = {"busan": 0.40, "casablanca": 0.28}
 MATCH_IOU = 0.1
 
 
@@ -142,6 +146,52 @@ def test_synthetic_vessel_length_beam_heading_and_anchor():
     res2 = detect_vessels(image, berths={"b1": Point(cx, cy).buffer(150.0)})
     assert res2.detections[0].type == "at_berth" and res2.detections[0].feature_id == "b1"
     assert res2.per_feature == ({"id": "b1", "count": 1, "by_type": {"at_berth": 1}},)
+
+
+def test_hull_growing_and_seed_size():
+    """A hull whose edge pixels fall between k_grow and k is grown to its full length;
+    a lone clutter pixel above k seeds nothing; inconsistent thresholds are refused."""
+    from changedet.errors import ChangedetError
+
+    image, grid, (cx, cy) = _synthetic(heading_deg=0.0, length_m=200.0, beam_m=30.0)
+    data = image.values.copy()
+    n = data.shape[1]
+    # The hull with its blurred rim (NIR well above the 0.015 water), not the land.
+    rows, cols = np.nonzero(data[3, : int(n * 0.7)] > 0.03)
+    mid = rows.mean()
+    # Dim the hull's two 50 m ends to 4 robust spreads above the water (between k_grow=3
+    # and k=5) in the visible sum and in the NIR.
+    ends = np.abs(rows - mid) * grid.resolution > 50.0
+    sea = np.s_[:30, :]
+
+    def spread(x):
+        v = np.log(x[sea]).ravel()
+        return np.median(v), 1.4826 * np.median(np.abs(v - np.median(v)))
+
+    vis_med, vis_s = spread(data[0] + data[1] + data[2])
+    for b in range(5):
+        med, s_ = spread(data[b]) if b >= 3 else (np.log(np.median(data[b][sea])), vis_s)
+        data[b, rows[ends], cols[ends]] = np.exp(med + 4.0 * (vis_s if b < 3 else s_))
+    # A whitecap: one pixel above k with a dimmer pixel either side (between k_grow and k).
+    data[:, 20, 20] = 0.2
+    for r in (19, 21):
+        data[:3, r, 20] = np.exp(np.log(np.median(data[:3, :30, :], axis=(1, 2))) + 4.0 * vis_s)
+    dim = grid.attach(data, bands=list(image["band"].values))
+    grown = detect_vessels(dim)
+    assert grown.total == 1, grown.to_json()
+    seeds_only = detect_vessels(dim, k_grow=5.0)
+    assert seeds_only.total == 1
+    assert grown.detections[0].attrs["length_m"] > seeds_only.detections[0].attrs["length_m"] + 40.0
+    assert abs(grown.detections[0].attrs["length_m"] - 200.0) <= 30.0
+    # With single-pixel seeds allowed the whitecap grows into a 3-pixel 'vessel'; with the
+    # default two-pixel seed it seeds nothing.
+    assert all(not d.polygon.contains(Point(grid.x[20], grid.y[20])) for d in grown.detections)
+    lone = detect_vessels(dim, min_seed_px=1)
+    assert any(d.polygon.contains(Point(grid.x[20], grid.y[20])) for d in lone.detections), lone.to_json()
+    with pytest.raises(ChangedetError, match="k_grow"):
+        detect_vessels(dim, k=4.0, k_grow=5.0)
+    with pytest.raises(ChangedetError, match="min_seed_px"):
+        detect_vessels(dim, min_seed_px=0)
 
 
 def test_vessel_detection_refuses_unsuitable_resolution():

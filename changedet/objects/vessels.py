@@ -3,9 +3,11 @@
 Optical (about 3-30 m): water absorbs near- and short-wave infrared, so the darker
 class of ``max(NIR, SWIR)`` (Otsu) is water; large water bodies are the sea, and
 small non-water islands inside them (up to a large ship's footprint) are put back into
-it. A vessel is a pixel group on the sea that is brighter than the water around it by
-``k`` robust spreads (a constant-false-alarm-rate test against the local water, in
-the visible and in the NIR). Groups touching the shore
+it. A vessel is seeded by a pixel group on the sea (at least ``min_seed_px``) brighter
+than the water around it by ``k`` robust spreads (a constant-false-alarm-rate test
+against the local water, in the visible and in the NIR) and grown over the connected
+pixels above ``k_grow`` (hysteresis: the dim ends and shaded side of a hull belong to
+it). Groups touching the shore
 are kept only when at least two pixels wide, since a one-pixel rim along a shore is
 the mixed land/water pixels every coastline has, not a hull.
 
@@ -165,6 +167,8 @@ def detect_vessels(
     berths: Mapping[str, Polygon] | None = None,
     valid: xr.DataArray | None = None,
     k: float = 5.0,
+    k_grow: float = 3.0,
+    min_seed_px: int = 2,
     min_length_px: float = MIN_LENGTH_PX,
 ) -> CountResult:
     """Detect vessels on water in an optical image of 3-30 m resolution.
@@ -184,6 +188,15 @@ def detect_vessels(
     k : float
         CFAR threshold in robust spreads of the local water (5: about one false pixel
         in a few million for Gaussian water).
+    k_grow : float
+        Hysteresis threshold in the same spreads (3: the 0.1 % tail of Gaussian water):
+        a hull found at ``k`` is grown over the connected sea pixels above ``k_grow``, so
+        its dim ends and shaded side count towards its outline and length. Set it to
+        ``k`` to switch growing off.
+    min_seed_px : int
+        Fewest 8-connected pixels above ``k`` that a hull must have. A lone pixel above
+        ``k`` is what heavy-tailed sea clutter (whitecaps, glint) gives; a hull at least
+        3 pixels long, blurred by the sensor's point spread, lifts two or more.
     min_length_px : float
         Shortest vessel reported, in pixels.
 
@@ -203,6 +216,11 @@ def detect_vessels(
     if res_m > 30.0:
         raise ResolutionError(f"the image is {res_m:.1f} m per pixel; vessels need 30 m or finer "
                               f"(a {min_length_px:.0f}-pixel vessel is then {min_length_px * 30:.0f} m long)")
+    if k_grow > k:
+        raise ChangedetError(f"k_grow={k_grow} is above k={k}; the growing threshold must not exceed the "
+                             "detection threshold (use k_grow=k to switch growing off)")
+    if min_seed_px < 1:
+        raise ChangedetError(f"min_seed_px={min_seed_px}; give a whole number of pixels >= 1")
     if berths:
         check_features(berths, grid, what="berth")
     if water is not None:
@@ -222,7 +240,16 @@ def detect_vessels(
         z = np.nan_to_num(np.maximum(zs[0], zs[1]), nan=0.0)
     # A hull must stand out from its own water: being merely 'not water' is also true of
     # the shore clutter that the closing above pulled into the sea domain.
-    target = (z > k) & dom & ok
+    seed = (z > k) & dom & ok
+    if min_seed_px > 1:
+        lab, _ = ndimage.label(seed, structure=np.ones((3, 3), bool))
+        size = np.bincount(lab.ravel())
+        size[0] = 0
+        seed = size[lab] >= min_seed_px
+    # Only the brightest deck pixels of a hull pass a test strict enough for the open
+    # sea; the rest of the hull (mixed edge pixels, the shaded side) is dimmer but joined
+    # to them. Growing from the seeds recovers it without admitting isolated dim pixels.
+    target = ndimage.binary_propagation(seed, mask=(z > k_grow) & dom & ok, structure=np.ones((3, 3), bool))
     return _vessels_from(target, dom, z, grid, m_per_unit, berths or {}, min_length_px=min_length_px,
                          observed=float((dom & ok).sum() / max(dom.sum(), 1)))
 
