@@ -119,6 +119,28 @@ def test_cli_geoparquet_and_irmad(pair, tmp_path, capsys):
     assert pq.read_table(tmp_path / "c.parquet").num_rows == doc["polygon_count"] >= 1
 
 
+def test_cli_irmad_kilog(pair, tmp_path, capsys):
+    # The best automatic threshold for IR-MAD on OSCD (docs/oscd.md): KI on log1p(chi2).
+    from changedet.kernels import kittler_illingworth
+
+    rc = main(["change", str(pair / "before.tif"), str(pair / "after.tif"), "--method", "irmad",
+               "--threshold", "kilog", "--smooth", "3", "--out", str(tmp_path / "k.tif"), "--json"])
+    assert rc == 0
+    doc = json.loads(capsys.readouterr().out.strip())
+    assert doc["method"] == "irmad" and doc["threshold_method"] == "kilog" and doc["smooth"] == 3
+    with rasterio.open(tmp_path / "k.tif") as src:
+        mag = src.read(1)
+    assert doc["threshold"] == pytest.approx(kittler_illingworth(mag, log=True), rel=1e-5)
+    assert doc["threshold"] != pytest.approx(kittler_illingworth(mag), rel=1e-3)
+    # The magnitude is that of the 3x3-averaged images.
+    before, after = load_pair(pair / "before.tif", pair / "after.tif")
+    ref = detect_change(before, after, method="irmad", threshold="kilog", smooth=3)
+    np.testing.assert_allclose(mag, ref.magnitude.values, rtol=1e-5, equal_nan=True)
+    rc = main(["change", str(pair / "before.tif"), str(pair / "after.tif"), "--smooth", "2",
+               "--out", str(tmp_path / "x.tif")])
+    assert rc == 2 and "smooth=2" in capsys.readouterr().err
+
+
 def test_cli_errors(pair, tmp_path, capsys):
     rc = main(["change", str(pair / "before.tif"), str(pair / "after.tif"), "--method", "cva",
                "--threshold", "chi2", "--out", str(tmp_path / "x.tif")])

@@ -147,6 +147,23 @@ def test_irmad_no_change_is_chi2_distributed():
         assert np.quantile(c, q) == pytest.approx(chi2_dist.ppf(q, 3), rel=0.06)
 
 
+def test_irmad_heavy_tailed_no_change_stays_calibrated():
+    # Student-t(3) no-change noise (urban scenes are heavier-tailed than Gaussian) and a
+    # changed block. Weighting with the uncalibrated sqrt(2 (1 - rho)) spread inflated
+    # chi2 here (median 1.14x chi2(4)'s) and collapsed outright on OSCD (tests/test_oscd.py).
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(4, 150, 150))
+    y = 0.6 * x + 0.4 * rng.standard_t(3, size=x.shape) + 2
+    changed = np.zeros((150, 150), bool)
+    changed[20:50, 30:60] = True
+    y[:, changed] = rng.normal(3, 2, size=(4, changed.sum()))
+    res = irmad(xr.DataArray(x, dims=("band", "y", "x")), xr.DataArray(y, dims=("band", "y", "x")))
+    assert res.converged
+    ratio = np.median(res.chi2.values[~changed]) / chi2_dist.ppf(0.5, 4)
+    assert 0.92 < ratio < 1.08, ratio
+    assert np.mean(res.p_nochange.values[changed] < 0.01) > 0.9
+
+
 @pytest.mark.parametrize("chunks", [(16, 13), (61, 47), (7, 30)])
 def test_irmad_numpy_equals_dask(chunks):
     b, a = _pair()
@@ -265,3 +282,47 @@ def test_baseline_zscore_fused_equals_numpy(lazy):
     assert isinstance(got.data, da.Array) == lazy
     np.testing.assert_array_equal(got.values, ref)
     assert np.isnan(got.values[1, 0, 0]) and np.isnan(got.values[0, 2, 2])
+
+
+# --- box mean (spatial context) -------------------------------------------------------
+def test_box_mean_known_answer():
+    from changedet.kernels.change import box_mean
+
+    x = np.zeros((1, 5, 6), "float32")
+    x[0, 2, 2] = 9.0
+    x[0, 0, 5] = np.nan
+    out = box_mean(xr.DataArray(x, dims=("band", "y", "x")), size=3).values[0]
+    expect = np.zeros((5, 6))
+    expect[1:4, 1:4] = 1.0  # 9 spread over each 3x3 window that holds it
+    expect[0, 5] = np.nan  # nodata stays nodata ...
+    np.testing.assert_array_equal(out, expect)  # ... and is left out of its neighbours' means
+    const = np.full((2, 7, 4), 5.0)
+    const[1, 3, 2] = np.nan
+    # Edges and NaN neighbours do not bias the mean: a constant stays that constant.
+    got = box_mean(xr.DataArray(const, dims=("band", "y", "x")), size=5).values
+    np.testing.assert_array_equal(got, const)
+    np.testing.assert_array_equal(box_mean(xr.DataArray(x, dims=("band", "y", "x")), size=1).values, x)
+
+
+@pytest.mark.parametrize("chunks", [(16, 13), (5, 7), (61, 3)])
+def test_box_mean_numpy_equals_dask(chunks):
+    from changedet.kernels.change import box_mean
+
+    b, _ = _pair()
+    b = b.where(~((b.y == b.y[30]) & (b.x == b.x[12])))  # one nodata pixel
+    ref = box_mean(b, size=3)
+    lazy = box_mean(_chunked(b, *chunks), size=3)
+    assert isinstance(lazy.data, da.Array)
+    np.testing.assert_array_equal(lazy.values, ref.values)  # bit-identical, NaN in place
+    assert ref.dtype == np.float32 and GridSpec.of(ref).same_as(GRID)
+    assert np.isnan(ref.values[:, 30, 12]).all() and np.isfinite(ref.values[:, 29, 12]).all()
+
+
+def test_box_mean_bad_size():
+    from changedet.kernels.change import box_mean
+
+    b, _ = _pair()
+    for size in (0, 2, 2.5, -3):
+        with pytest.raises(KernelError, match="odd"):
+            box_mean(b, size=size)
+

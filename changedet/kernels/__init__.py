@@ -1,7 +1,8 @@
 """Pure array kernels for change detection (numpy- or dask-backed xarray in, same out).
 
 - :mod:`~changedet.kernels.change`: pairwise kernels (band difference, normalised
-  difference, spectral indices, change-vector magnitude, SAR log-ratio);
+  difference, spectral indices, change-vector magnitude, SAR log-ratio, NaN-aware
+  N×N box mean);
 - :mod:`~changedet.kernels.baseline`: per-pixel robust baselines over a time stack
   and robust z-scores / change magnitude against them;
 - :mod:`~changedet.kernels.threshold`: global thresholds (Otsu, k*MAD), the cleaned
@@ -19,6 +20,7 @@ from changedet.kernels.change import (
     SPECTRAL_INDICES,
     KernelError,
     band_diff,
+    box_mean,
     cva,
     cva_direction,
     index_change,
@@ -44,6 +46,7 @@ __all__ = [
     "MAD_SCALE",
     "SPECTRAL_INDICES",
     "band_diff",
+    "box_mean",
     "baseline_zscore",
     "change_magnitude",
     "change_mask",

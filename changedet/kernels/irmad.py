@@ -11,7 +11,11 @@ sensor calibration). Standardised and squared, their sum is chi-square distribut
 
 is a per-pixel probability of no change. IR-MAD repeats the CCA with every pixel
 weighted by its ``p_nochange``, so that changed pixels stop influencing the statistics
-that define "no change"; a few iterations converge.
+that define "no change"; a few iterations converge. The ``sigma_i`` behind the weights
+are re-estimated in every iteration from the pixels below the 99 % chi-square quantile
+(consistency-corrected), not taken as the weighted ``sqrt(2 (1 - rho_i))``: on
+heavy-tailed no-change (urban scenes) the latter feeds back into ever smaller weights and
+the iteration collapses onto a handful of pixels.
 
 Global statistics (weighted sums, means and cross-products of all bands of both
 dates) are computed as blockwise partial sums reduced with dask: one pass over the
@@ -315,7 +319,13 @@ def irmad(
     for it in range(int(max_iter) + 1):
         sums = _reduce(zs, params, nb)
         mean, av, bv, sigma, rho = _solve(sums, nb, float(ridge))
-        params = (mean, av, bv, sigma)
+        # The weights of the next pass come from the *calibrated* no-change spread, not
+        # from the weighted sqrt(2 (1 - rho)): with heavy-tailed no-change (cities,
+        # 20 m bands resampled to 10 m, seasons) the weighted spread understates it,
+        # chi2 grows, the weights shrink, the spread shrinks again, and the iteration
+        # collapses onto a few thousand pixels (OSCD Bercy: weight sum 142 200 -> 5 400
+        # in 11 iterations, median chi2 1 671 for 10 bands). Calibrated, it converges.
+        params = _calibrate(zs, (mean, av, bv, sigma), nb, passes=2)
         if rho_prev is not None and np.max(np.abs(rho - rho_prev)) < tol:
             converged = True
             break
