@@ -1,18 +1,25 @@
 """Speed of the baseline + z-score pass against the memory-bandwidth bound, and a cube
-larger than a worker's memory limit on a dask LocalCluster.
+larger than the workers' memory limit on a dask LocalCluster.
 
-    python bench/bench_change.py [--dates 20] [--bands 4] [--size 4096] [--ooc-size 8192]
+    python bench/bench_change.py            # issue shape: 20 dates x 4 bands x 4096^2 float32 (5.4 GB)
+    python bench/bench_change.py --quick    # 20 x 4 x 1024^2, out-of-core cube 2048^2
 
-Figures (one run, same process, so ratios are comparable on a noisy machine):
+Figures, all taken in ONE run so that ratios are comparable on a shared machine (the
+1-minute load average is printed beside each):
 
-- copy bandwidth: best of 3 large-array copies (numpy single thread, and a numba
-  parallel copy), bytes read + written per second;
-- bound: bytes the pass must move (history read once, z written once) / copy bandwidth;
-- fused numba kernel (changedet.kernels.fast.baseline_zscore) on the whole cube;
-- single-threaded numpy implementation of the same arithmetic (the library numpy path,
-  ``zscore(image, robust_baseline(history))``) on a row slab, as Mpix/s;
-- out-of-core: a lazily generated cube several times a worker's memory limit, reduced
-  on a LocalCluster (2 workers x ``--worker-mem``) to a count of |z| > 4.
+- copy bandwidth: best of 3 copies of a 1 GiB float32 array (bytes read + written per
+  second), numpy in 1 thread and split over 2 threads;
+- bytes that must move: history and image read once, z written once; bound time =
+  bytes / best copy bandwidth;
+- fused kernel (``changedet.kernels.baseline_zscore``, numba) on the whole cube with all
+  CPUs (wall time, best of 3), and its single-thread CPU time per pixel-band on a slab
+  (``time.thread_time``: stays meaningful when other processes share the cores);
+- plain single-threaded numpy of the same arithmetic (``np.nanmedian`` of the history,
+  ``np.nanmedian`` of the absolute deviations, z) on a slab of ``--numpy-rows`` rows,
+  scaled to the cube; and the library numpy path ``zscore(image, robust_baseline(h))``
+  on the same slab, which the fused kernel must equal bit for bit;
+- out-of-core: a lazily generated cube larger than the sum of the workers' memory limits
+  (2 worker processes x ``--worker-mem``) reduced to a count of |z| > 4 on a LocalCluster.
 
 Writes bench/results/bench_change.json.
 """
@@ -20,6 +27,7 @@ Writes bench/results/bench_change.json.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import sys
@@ -31,108 +39,180 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+MAD_FLOOR = 0.005
 
-def _best(f, n=3):
+
+def _load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def _best(f, n=3, clock=time.perf_counter):
     ts = []
     for _ in range(n):
-        t = time.perf_counter()
+        t = clock()
         f()
-        ts.append(time.perf_counter() - t)
+        ts.append(clock() - t)
     return min(ts)
 
 
 def copy_bandwidth(nbytes: int) -> dict:
-    import numba
-
+    """Bytes read + written per second by a large-array copy, 1 and 2 threads."""
     a = np.ones(nbytes // 4, dtype=np.float32)
     b = np.empty_like(a)
+    h = a.size // 2
 
-    @numba.njit(parallel=True)
-    def pcopy(src, dst):
-        for i in numba.prange(src.size):
-            dst[i] = src[i]
+    def copy2():
+        # np.copyto releases the GIL on large arrays, so two halves copy in parallel.
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda s: np.copyto(b[s], a[s]), [slice(0, h), slice(h, None)]))
 
-    pcopy(a[:10], b[:10])
+    np.copyto(b, a)
     t1 = _best(lambda: np.copyto(b, a))
-    t2 = _best(lambda: pcopy(a, b))
-    return {"numpy_1thread_GBps": 2 * nbytes / t1 / 1e9, "numba_parallel_GBps": 2 * nbytes / t2 / 1e9,
-            "best_GBps": 2 * nbytes / min(t1, t2) / 1e9}
+    t2 = _best(copy2)
+    c1 = _best(lambda: np.copyto(b, a), clock=time.thread_time)
+    res = {"array_GB": nbytes / 1e9, "numpy_1thread_GBps": 2 * nbytes / t1 / 1e9,
+           "numpy_2threads_GBps": 2 * nbytes / t2 / 1e9, "numpy_1thread_cpu_time_GBps": 2 * nbytes / c1 / 1e9,
+           "load": _load()}
+    res["best_GBps"] = max(res["numpy_1thread_GBps"], res["numpy_2threads_GBps"])
+    return res
+
+
+def make_cube(T: int, B: int, N: int, seed: int = 0) -> np.ndarray:
+    """(T, B, N, N) float32 reflectance-like noise, filled one date at a time."""
+    rng = np.random.default_rng(seed)
+    cube = np.empty((T, B, N, N), dtype=np.float32)
+    for t in range(T):
+        for b in range(B):
+            rng.standard_normal((N, N), dtype=np.float32, out=cube[t, b])
+            cube[t, b] *= 0.01
+            cube[t, b] += 0.2
+    cube[3, :, : N // 8] = np.nan  # a cloud over an eighth of one date
+    return cube
+
+
+def nanmedian_pass(hist: np.ndarray, img: np.ndarray) -> np.ndarray:
+    """Plain numpy, one thread: nanmedian baseline, nanmedian MAD, z."""
+    med = np.nanmedian(hist, axis=0)
+    mad = np.nanmedian(np.abs(hist - med), axis=0) * np.float32(1.4826)
+    return (img - med) / np.maximum(mad, np.float32(MAD_FLOOR))
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dates", type=int, default=20)
+    ap.add_argument("--quick", action="store_true", help="20 x 4 x 1024^2 cube, out-of-core 2048^2")
+    ap.add_argument("--dates", type=int, default=20, help="dates in the cube (history = dates - 1)")
     ap.add_argument("--bands", type=int, default=4)
-    ap.add_argument("--size", type=int, default=4096)
-    ap.add_argument("--numpy-rows", type=int, default=64, help="rows of the single-thread numpy slab")
-    ap.add_argument("--ooc-size", type=int, default=3072, help="side of the out-of-core cube (0 = skip)")
-    ap.add_argument("--worker-mem", default="1GiB")
+    ap.add_argument("--size", type=int, default=None, help="side in pixels (default 4096, --quick 1024)")
+    ap.add_argument("--numpy-rows", type=int, default=16, help="rows of the single-thread numpy slab")
+    ap.add_argument("--ooc-size", type=int, default=None,
+                    help="side of the out-of-core cube (default 4096, --quick 2048; 0 = skip)")
+    ap.add_argument("--worker-mem", default="1GiB", help="memory limit of each of the 2 workers")
     args = ap.parse_args(argv)
+    N = args.size or (1024 if args.quick else 4096)
+    M = args.ooc_size if args.ooc_size is not None else (2048 if args.quick else 4096)
+    T, B = args.dates, args.bands
 
     import xarray as xr
 
-    from changedet.kernels import robust_baseline, zscore
-    from changedet.kernels.fast import baseline_zscore
+    from changedet.kernels import baseline_zscore, robust_baseline, zscore
+    from changedet.kernels.fast import _threads
 
-    T, B, N = args.dates, args.bands, args.size
-    rng = np.random.default_rng(0)
-    print(f"cube float32 {T} dates x {B} bands x {N}^2 = {T * B * N * N * 4 / 1e9:.2f} GB", flush=True)
-    cube = np.empty((T, B, N, N), dtype=np.float32)
-    for t in range(T):
-        cube[t] = rng.standard_normal((B, N, N), dtype=np.float32) * 0.01 + 0.2
-    cube[3, :, : N // 8] = np.nan  # a cloud over an eighth of one date
+    res: dict = {"shape": [T, B, N, N], "cpus": _threads()}
+    t = time.perf_counter()
+    cube = make_cube(T, B, N)
+    print(f"cube float32 {T} dates x {B} bands x {N}^2 = {cube.nbytes / 1e9:.2f} GB, made in "
+          f"{time.perf_counter() - t:.1f} s (load {_load()})", flush=True)
     hist = xr.DataArray(cube[:-1], dims=("time", "band", "y", "x"))
     new = xr.DataArray(cube[-1], dims=("band", "y", "x"))
 
-    bw = copy_bandwidth(min(cube.nbytes // 2, 2 << 30))
+    bw = copy_bandwidth(min(cube.nbytes // 4, 1 << 30))
+    res["copy_bandwidth"] = bw
     moved = hist.nbytes + new.nbytes + new.nbytes  # read history and image, write z
     bound_s = moved / (bw["best_GBps"] * 1e9)
 
-    baseline_zscore(hist[:, :, :8, :64], new[:, :8, :64], mad_floor=0.005)  # compile
-    t_fast = _best(lambda: baseline_zscore(hist, new, mad_floor=0.005), n=3)
+    # Compile (or load from numba's cache) outside the timings.
+    t = time.perf_counter()
+    baseline_zscore(hist[:, :, :2, :64], new[:, :2, :64], mad_floor=MAD_FLOOR)
+    res["compile_or_load_s"] = time.perf_counter() - t
+    load0 = _load()
+    t_fast = _best(lambda: baseline_zscore(hist, new, mad_floor=MAD_FLOOR), n=3)
+    load1 = _load()
 
-    rows = args.numpy_rows
-    h_s, n_s = hist[:, :, :rows], new[:, :rows]
-    z_np = None
+    # Single-thread CPU time per pixel-band on a slab without and with the cloud.
+    rows = max(64, N // 16)
+    pb = {}
+    for label, ys in (("clear", slice(N // 2, N // 2 + rows)), ("cloudy date", slice(0, min(rows, N // 8)))):
+        hs, ns_ = hist[:, :, ys], new[:, ys]
+        cpu = _best(lambda: baseline_zscore(hs, ns_, mad_floor=MAD_FLOOR, threads=1), n=3, clock=time.thread_time)
+        pb[label] = cpu / ns_.size * 1e9
 
-    def np_pass():
-        nonlocal z_np
-        z_np = zscore(n_s, robust_baseline(h_s), mad_floor=0.005)
+    r = args.numpy_rows
+    h_s, n_s = hist[:, :, N // 2: N // 2 + r], new[:, N // 2: N // 2 + r]
+    loadn = _load()
+    out_nm = {}
 
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    t_np = _best(np_pass, n=2)
-    z_fast_slab = baseline_zscore(h_s, n_s, mad_floor=0.005)
-    identical = bool(np.array_equal(z_np.values, z_fast_slab.values, equal_nan=True))
+    def nm():
+        out_nm["z"] = nanmedian_pass(h_s.values, n_s.values)
+
+    t_nm = _best(nm, n=2) * N / r
+    cpu_nm = _best(nm, n=1, clock=time.thread_time) / n_s.size * 1e9  # ns per pixel-band
+    z_lib = zscore(n_s, robust_baseline(h_s), mad_floor=MAD_FLOOR).values
+    z_fast = baseline_zscore(h_s, n_s, mad_floor=MAD_FLOOR).values
+    identical = bool(np.array_equal(z_lib, z_fast, equal_nan=True))
+    nanmed_diff = float(np.nanmax(np.abs(out_nm["z"] - z_fast)))
 
     px = N * N
-    res = {
-        "shape": [T, B, N, N],
-        "copy_bandwidth": bw,
+    res.update({
         "bytes_moved": moved,
         "bound_s": bound_s,
         "fused_s": t_fast,
+        "fused_load": [load0, load1],
         "fused_Mpix_s": px / t_fast / 1e6,
         "fraction_of_bound": bound_s / t_fast,
-        "numpy_1thread_Mpix_s": rows * N / t_np / 1e6,
-        "speedup_vs_numpy": (px / t_fast) / (rows * N / t_np),
-        "fused_equals_numpy": identical,
-    }
-    print(f"copy bandwidth: numpy 1 thread {bw['numpy_1thread_GBps']:.1f} GB/s, numba parallel "
-          f"{bw['numba_parallel_GBps']:.1f} GB/s (bound uses {bw['best_GBps']:.1f})")
-    print(f"{'pass':38s} {'seconds':>8s} {'Mpix/s':>8s}")
-    print(f"{'bandwidth bound (' + format(moved / 1e9, '.2f') + ' GB moved)':38s} {bound_s:8.3f} {px / bound_s / 1e6:8.1f}")
-    print(f"{'fused numba baseline+z':38s} {t_fast:8.3f} {res['fused_Mpix_s']:8.1f}")
-    print(f"{'numpy single thread (' + str(rows) + ' rows)':38s} {t_np * N / rows:8.3f} {res['numpy_1thread_Mpix_s']:8.1f}")
-    print(f"fraction of bound {res['fraction_of_bound']:.0%} (target >= 60 %), speed-up vs numpy "
-          f"{res['speedup_vs_numpy']:.1f}x (target >= 1.5x), identical to numpy: {identical}", flush=True)
+        "fused_1thread_cpu_ns_per_pixel_band": pb,
+        "bound_ns_per_pixel_band_1thread": moved / (B * px) / bw["numpy_1thread_GBps"],
+        # Same ratio on CPU time (time.thread_time of one thread): less disturbed by
+        # other processes than wall time on a shared machine.
+        "bound_cpu_ns_per_pixel_band_1thread": moved / (B * px) / bw["numpy_1thread_cpu_time_GBps"],
+        "fraction_of_bound_1thread_cpu_time": moved / (B * px) / bw["numpy_1thread_cpu_time_GBps"] / pb["clear"],
+        "numpy_nanmedian_1thread_cpu_ns_per_pixel_band": cpu_nm,
+        "speedup_vs_numpy_1thread_cpu_time": cpu_nm / pb["clear"],
+        "numpy_nanmedian_1thread_s_scaled": t_nm,
+        "numpy_rows_measured": r,
+        "numpy_load": loadn,
+        "speedup_vs_numpy": t_nm / t_fast,
+        "fused_equals_library_numpy": identical,
+        "fused_vs_nanmedian_max_abs_diff": nanmed_diff,
+    })
+    w = 44
+    print(f"{'figure':{w}s} {'value':>12s} {'load':>6s}")
+    print(f"{'copy bandwidth numpy 1 thread (GB/s)':{w}s} {bw['numpy_1thread_GBps']:12.1f} {bw['load']:6.2f}")
+    print(f"{'copy bandwidth numpy 2 threads (GB/s)':{w}s} {bw['numpy_2threads_GBps']:12.1f} {bw['load']:6.2f}")
+    print(f"{'bytes that must move (GB)':{w}s} {moved / 1e9:12.2f}")
+    print(f"{'bound time (s)':{w}s} {bound_s:12.3f} {bw['load']:6.2f}")
+    label = f"fused kernel, {res['cpus']} threads (s)"
+    print(f"{label:{w}s} {t_fast:12.3f} {load1:6.2f}")
+    print(f"{'fraction of bound (target >= 60 %)':{w}s} {bound_s / t_fast:12.0%} {load1:6.2f}")
+    for label, v in pb.items():
+        print(f"{'fused 1 thread CPU ns/pixel-band, ' + label:{w}s} {v:12.2f} {load1:6.2f}")
+    print(f"{'bound ns/pixel-band at 1-thread copy rate':{w}s} {res['bound_ns_per_pixel_band_1thread']:12.2f}")
+    print(f"{'same, CPU time of the copy':{w}s} {res['bound_cpu_ns_per_pixel_band_1thread']:12.2f} {bw['load']:6.2f}")
+    print(f"{'fraction of bound, 1 thread, CPU time':{w}s} {res['fraction_of_bound_1thread_cpu_time']:12.0%}")
+    print(f"{'numpy nanmedian 1 thread CPU ns/pixel-band':{w}s} {cpu_nm:12.1f} {loadn:6.2f}")
+    print(f"{'speed-up vs numpy, 1 thread each, CPU time':{w}s} {res['speedup_vs_numpy_1thread_cpu_time']:11.0f}x")
+    label = f"numpy nanmedian 1 thread (s, {r} rows scaled)"
+    print(f"{label:{w}s} {t_nm:12.1f} {loadn:6.2f}")
+    print(f"{'speed-up vs numpy (target >= 1.5x)':{w}s} {t_nm / t_fast:11.0f}x {loadn:6.2f}")
+    print(f"fused == library numpy path (bit for bit): {identical}; max |fused - nanmedian pass| = "
+          f"{nanmed_diff:.2g}", flush=True)
     # The slabs are views of the cube: drop them too, or the cube stays in memory.
-    del cube, hist, new, h_s, n_s, z_np, z_fast_slab
+    del cube, hist, new, h_s, n_s, z_lib, z_fast, out_nm
 
-    if args.ooc_size:
+    if M:
         import dask.array as da
+        import xarray as xr
         from distributed import Client, LocalCluster
 
-        M = args.ooc_size
         chunk = 512
         with LocalCluster(n_workers=2, threads_per_worker=1, memory_limit=args.worker_mem,
                           processes=True, dashboard_address=":0") as cl, Client(cl) as client:
@@ -142,15 +222,20 @@ def main(argv=None) -> int:
             n = da.random.default_rng(2).standard_normal((B, M, M), dtype=np.float32,
                                                          chunks=(B, chunk, chunk)) * 0.01 + 0.2
             z = baseline_zscore(xr.DataArray(h, dims=("time", "band", "y", "x")),
-                                xr.DataArray(n, dims=("band", "y", "x")), mad_floor=0.005)
+                                xr.DataArray(n, dims=("band", "y", "x")), mad_floor=MAD_FLOOR)
             t = time.perf_counter()
             flagged = int((abs(z.data) > 4).sum().compute())
             t_ooc = time.perf_counter() - t
-        cube_gb = (T - 1 + 1) * B * M * M * 4 / 1e9
+            peak = client.run(lambda dask_worker: dask_worker.monitor.range_query(start=0)["memory"])
+        cube_gb = T * B * M * M * 4 / 1e9
+        limits_gb = sum(limit.values()) / 1e9
+        peak_gb = max(max(v) for v in peak.values()) / 1e9 if peak else float("nan")
         res["out_of_core"] = {"cube_GB": cube_gb, "worker_limit_GB": max(limit.values()) / 1e9, "workers": 2,
-                              "seconds": t_ooc, "flagged": flagged, "chunk": chunk}
-        print(f"out of core: {cube_gb:.1f} GB cube on 2 workers limited to {max(limit.values()) / 1e9:.2f} GB "
-              f"each: done in {t_ooc:.1f} s, {flagged} values |z| > 4 ({flagged / (B * M * M):.3%})")
+                              "sum_of_limits_GB": limits_gb, "seconds": t_ooc, "flagged": flagged,
+                              "chunk": chunk, "peak_worker_rss_GB": peak_gb, "load": _load()}
+        print(f"out of core: {cube_gb:.1f} GB cube on 2 workers limited to {max(limit.values()) / 1e9:.2f} GB each "
+              f"({limits_gb:.2f} GB together): done in {t_ooc:.1f} s, peak worker RSS {peak_gb:.2f} GB, "
+              f"{flagged} values |z| > 4 ({flagged / (B * M * M):.4%}) (load {_load()})")
 
     out = REPO / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)

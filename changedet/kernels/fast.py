@@ -1,24 +1,46 @@
 """Fused robust baseline + z-score in one pass over the history (numba, optional).
 
-``baseline_zscore(history, image, mad_floor=...)`` gives exactly (bit for bit) what
-``zscore(image, robust_baseline(history), mad_floor=...)`` gives, but reads the history
-once and writes only the z-scores, so it runs near the memory-bandwidth limit instead
-of the several full-array sorts and temporaries of the numpy path.
+``baseline_zscore(history, image, mad_floor=...)`` gives exactly (bit for bit, for
+finite data with NaN as missing) what ``zscore(image, robust_baseline(history),
+mad_floor=...)`` gives, but reads the history once and writes only the z-scores.
 
-How: for every (band, row) the kernel copies the history row ``(time, x)`` into a small
-buffer, sorts each column with a Batcher odd-even merge sorting network applied to whole
-rows (each comparator is a vectorised min/max over x, which LLVM turns into SIMD), takes
-the NaN-aware median at fixed ranks, and repeats on the absolute deviations for the MAD.
-NaN dates are sorted last as +inf and excluded by count, as in the numpy path. Rows are
-spread over threads with ``numba.prange``; dask input runs the kernel per block with
-``map_blocks`` (whole time axis per block, chunk in space).
+How (histories of up to ``MAX_UNROLLED`` dates): a kernel is generated for the number
+of dates ``nt`` as straight-line Python and compiled with numba. Its inner loop runs
+over the pixels of a row and keeps one pixel's ``nt`` values in scalars, so LLVM
+vectorises it across pixels (8 float32 lanes with AVX2) with every comparator of a
+Batcher odd-even merge sorting network as one ``vminps``/``vmaxps`` pair and no
+branches. Per block of ``_BLOCK`` pixels:
+
+- fast path, every pixel: sort, median at the fixed ranks, and the MAD as a rank of
+  the union of two sorted runs (the deviations of the sorted values left of the median
+  decrease, those right of it increase), ``min`` over ``max`` of pairs. ``0 * sum`` of
+  the dates is added to z, so a pixel with a NaN date comes out NaN;
+- a block where such a NaN appears (and the image is valid) is redone by the general
+  path: NaN become +inf (sorted last),
+  the median is picked per pixel by the count of valid dates with branch-free
+  ``max(p, min(s_k, (n - c) * inf))`` terms, the deviations (V-shaped, +inf tail:
+  a bitonic sequence) are sorted by a bitonic merger and the MAD picked the same way.
+
+Rows are spread over threads (numba ``nogil`` kernels in a thread pool) for numpy
+input; dask input runs the serial kernel per block with ``map_blocks`` (whole time
+axis per block, chunked in space), so dask's threads give the parallelism. The
+generated source is written to a cache folder (``NUMBA_CACHE_DIR`` or
+``~/.cache/changedet/kernels``) so numba's on-disk cache spares the compile
+(10-30 s for 19 dates on this machine) in later processes. Longer histories use a generic
+kernel that sorts row buffers (same results, slower).
 
 numba is optional: without it the numpy path is used and results are identical.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import hashlib
 import importlib.util
+import os
+import sys
+import threading
+from pathlib import Path
 
 import numpy as np
 import xarray as xr
@@ -26,7 +48,7 @@ import xarray as xr
 from changedet.kernels.baseline import MAD_SCALE, _check_floor, robust_baseline, zscore
 from changedet.kernels.change import KernelError, _as_dataarray, _check_same_grid, _finish, _unwrap
 
-__all__ = ["baseline_zscore", "HAVE_NUMBA", "sorting_network"]
+__all__ = ["baseline_zscore", "HAVE_NUMBA", "MAX_UNROLLED", "sorting_network", "bitonic_merger"]
 
 # Found, not imported: importing numba costs about a second, paid only on first use.
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
@@ -54,6 +76,174 @@ def sorting_network(n: int) -> np.ndarray:
             k //= 2
         p *= 2
     return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+
+
+def bitonic_merger(n: int) -> np.ndarray:
+    """Comparator pairs (i < j) of a bitonic merger that sorts a V-shaped sequence of ``n``.
+
+    Half-cleaners for the next power of two, pruned of comparators touching the padding
+    (virtual +inf elements at the end keep the sequence V-shaped and never move).
+    """
+    size = 1
+    while size < n:
+        size *= 2
+    pairs = []
+    h = size // 2
+    while h >= 1:
+        for s in range(0, size, 2 * h):
+            for i in range(s, s + h):
+                if i + h < n:
+                    pairs.append((i, i + h))
+        h //= 2
+    return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+
+
+#: Longest history (dates) handled by the generated, vectorised kernel.
+MAX_UNROLLED = 32
+# Pixels per block: the general path redoes a block that holds a NaN date, so small
+# blocks keep clouds from spreading the slower path; large ones amortise the check.
+_BLOCK = 256
+
+
+def _kth_of_two_sorted(a: list[str], b: list[str], r: int) -> str:
+    """Expression for the rank-``r`` (0-based) value of the union of sorted runs a, b."""
+    k = r + 1
+    terms = []
+    # i values from a and k - i from b: the k-th value is the smallest of the largest
+    # elements over all feasible splits.
+    for i in range(max(0, k - len(b)), min(len(a), k) + 1):
+        x = a[i - 1] if i > 0 else None
+        y = b[k - i - 1] if k - i > 0 else None
+        terms.append(y if x is None else x if y is None else f"max({x}, {y})")
+    expr = terms[0]
+    for t in terms[1:]:
+        expr = f"min({expr}, {t})"
+    return expr
+
+
+def _kernel_source(nt: int) -> str:
+    """Python source of the straight-line kernel for ``nt`` history dates (see module doc)."""
+    net = [tuple(int(v) for v in p) for p in sorting_network(nt)]
+    merge = [tuple(int(v) for v in p) for p in bitonic_merger(nt)]
+    lo, hi = (nt - 1) // 2, nt // 2
+    L = [
+        f'"""Generated by changedet.kernels.fast for {nt} history dates; do not edit."""',
+        "import numpy as np",
+        "",
+        "",
+        "def kernel(hist, img, floor, scale, out, r0, r1):",
+        "    nb, ny, nx = img.shape",
+        "    half = np.float32(0.5)",
+        "    inf = np.float32(np.inf)",
+        "    for r in range(r0, r1):",
+        "        b = r // ny",
+        "        y = r - b * ny",
+    ]
+    L += [f"        h{t} = hist[{t}, b, y]" for t in range(nt)]
+    L += [
+        "        im = img[b, y]",
+        "        o = out[b, y]",
+        f"        for x0 in range(0, nx, {_BLOCK}):",
+        f"            x1 = min(x0 + {_BLOCK}, nx)",
+        "            for x in range(x0, x1):",
+    ]
+
+    def exchange(ind, p, pairs):
+        # min/max lower to one select each (numba), which LLVM turns into vminps/vmaxps.
+        for i, j in pairs:
+            L.extend([f"{ind}u = {p}{i}", f"{ind}v = {p}{j}", f"{ind}{p}{i} = min(u, v)", f"{ind}{p}{j} = max(u, v)"])
+
+    def pick(ind, p, var):
+        # s_lo and s_hi of the ascending run for a per-pixel count n, without branches:
+        # (n - c) * inf is +inf where rank k is within the count and -inf beyond it.
+        L.append(f"{ind}a = -inf")
+        L.extend(f"{ind}a = max(a, min({p}{k}, (n - np.float32({2 * k + 0.5})) * inf))" for k in range(lo + 1))
+        L.append(f"{ind}c = -inf")
+        L.extend(f"{ind}c = max(c, min({p}{k}, (n - np.float32({2 * k - 0.5})) * inf))" for k in range(hi + 1))
+        L.append(f"{ind}{var} = half * (a + c)")
+
+    ind = " " * 16
+    L += [f"{ind}s{t} = h{t}[x]" for t in range(nt)]
+    # A NaN date makes this sum NaN, and so z (a sum overflowing to inf only sends the
+    # pixel to the general path too, which is always right).
+    L.append(ind + "chk = np.float32(0) * (" + " + ".join(f"s{t}" for t in range(nt)) + ")")
+    exchange(ind, "s", net)
+    L.append(f"{ind}med = half * (s{lo} + s{hi})")
+    L += [f"{ind}d{t} = abs(s{t} - med)" for t in range(nt)]
+    left = [f"d{k}" for k in range(lo, -1, -1)]  # ascending: deviations left of the median
+    right = [f"d{k}" for k in range(lo + 1, nt)]
+    L.append(f"{ind}m0 = {_kth_of_two_sorted(left, right, lo)}")
+    L.append(f"{ind}m1 = {_kth_of_two_sorted(left, right, hi)}")
+    L.append(f"{ind}o[x] = (im[x] - med) / max((half * (m0 + m1)) * scale, floor) + chk")
+    # A separate loop: a reduction inside the loop above stops LLVM from vectorising it.
+    L += ["            bad = 0",
+          "            for x in range(x0, x1):",
+          "                bad += (o[x] != o[x]) & (im[x] == im[x])",
+          "            if bad:",
+          "                for x in range(x0, x1):"]
+    ind = " " * 20
+    L += [f"{ind}s{t} = h{t}[x]" for t in range(nt)]
+    L.append(ind + "n = " + " + ".join(f"np.float32(s{t} == s{t})" for t in range(nt)))
+    # min(inf, nan) is inf: the select keeps its first operand unless the second is smaller.
+    L += [f"{ind}s{t} = min(inf, s{t})" for t in range(nt)]
+    exchange(ind, "s", net)
+    pick(ind, "s", "med")
+    # No date valid: med is NaN, so is z. Invalid dates give +inf deviations (sorted last).
+    L += [f"{ind}d{t} = abs(s{t} - med)" for t in range(nt)]
+    exchange(ind, "d", merge)
+    pick(ind, "d", "mad")
+    L.append(f"{ind}o[x] = (im[x] - med) / max(mad * scale, floor)")
+    return "\n".join(L) + "\n"
+
+
+_UNROLLED: dict = {}
+_LOCK = threading.Lock()
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("NUMBA_CACHE_DIR") or os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(base) / "changedet" / "kernels"
+
+
+def _unrolled(nt: int):
+    """The compiled kernel for ``nt`` dates, from numba's disk cache when possible."""
+    with _LOCK:
+        if nt in _UNROLLED:
+            return _UNROLLED[nt]
+        import numba
+
+        src = _kernel_source(nt)
+        key = hashlib.sha256(f"{src}{numba.__version__}".encode()).hexdigest()[:16]
+        name = f"bz{nt}_{key}"
+        opts = dict(nogil=True, error_model="numpy", fastmath=False)
+        try:
+            # numba caches only functions defined in a real file: write the source once.
+            path = _cache_dir() / f"{name}.py"
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_text(src)
+                os.replace(tmp, path)
+            spec = importlib.util.spec_from_file_location(f"changedet_kernels_{name}", path)
+            mod = importlib.util.module_from_spec(spec)
+            # numba's cached code looks its module up by name when loaded.
+            sys.modules[spec.name] = mod
+            spec.loader.exec_module(mod)
+            fn = numba.njit(cache=True, **opts)(mod.kernel)
+        except OSError:
+            # Read-only home: compile from memory each process.
+            ns: dict = {}
+            exec(compile(src, f"<changedet {name}>", "exec"), ns)
+            fn = numba.njit(**opts)(ns["kernel"])
+        _UNROLLED[nt] = fn
+        return fn
+
+
+def _threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 _KERNEL = None
@@ -129,21 +319,42 @@ def _build():
     return kernel
 
 
-def _np_block(hist: np.ndarray, img: np.ndarray, *, floor: float) -> np.ndarray:
+def _np_block(hist: np.ndarray, img: np.ndarray, *, floor: float, threads: int = 1) -> np.ndarray:
     """(time, band, y, x) float32 history and (band, y, x) image -> z float32 (numba)."""
     hist = np.ascontiguousarray(hist, dtype=np.float32)
     img = np.ascontiguousarray(img, dtype=np.float32)
     out = np.empty(img.shape, dtype=np.float32)
-    if hist.shape[0] == 0 or img.size == 0:
+    nt = hist.shape[0]
+    if nt == 0 or img.size == 0:
         out[...] = np.nan
         return out
-    # Positions with ``v != inf`` must really be data: a +inf reflectance is nodata too.
-    _build()(hist, img, sorting_network(hist.shape[0]), np.float32(floor), np.float32(MAD_SCALE), out)
+    f32_floor, f32_scale = np.float32(floor), np.float32(MAD_SCALE)
+    if nt > MAX_UNROLLED:
+        _build()(hist, img, sorting_network(nt), f32_floor, f32_scale, out)
+        return out
+    kernel = _unrolled(nt)
+    kernel(hist, img, f32_floor, f32_scale, out, 0, 0)  # compile or load here, not in the pool
+    rows = img.shape[0] * img.shape[1]
+    threads = max(1, min(threads, rows))
+    if threads == 1:
+        kernel(hist, img, f32_floor, f32_scale, out, 0, rows)
+        return out
+    # Several slabs per thread so a thread slowed by a busy core does not hold up the rest.
+    edges = np.linspace(0, rows, 4 * threads + 1).astype(np.int64)
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        for f in [pool.submit(kernel, hist, img, f32_floor, f32_scale, out, int(a), int(b))
+                  for a, b in zip(edges[:-1], edges[1:]) if b > a]:
+            f.result()
     return out
 
 
 def baseline_zscore(
-    history: xr.DataArray, image: xr.DataArray, *, mad_floor: float, use_numba: bool | None = None
+    history: xr.DataArray,
+    image: xr.DataArray,
+    *,
+    mad_floor: float,
+    use_numba: bool | None = None,
+    threads: int | None = None,
 ) -> xr.DataArray:
     """Robust z-score of ``image`` against the per-pixel median / MAD of ``history``.
 
@@ -158,6 +369,9 @@ def baseline_zscore(
         Lower bound on the spread, image units (see :func:`changedet.kernels.zscore`).
     use_numba : bool, optional
         Default: numba when installed and the inputs are float32, else the numpy path.
+    threads : int, optional
+        Threads for numpy input (default: the CPUs this process may use). Dask input
+        runs one single-threaded kernel per block; dask's scheduler sets the threads.
 
     Returns
     -------
@@ -176,6 +390,9 @@ def baseline_zscore(
         )
     img = _check_same_grid(h.isel(time=0, drop=True), img, "history", "image")
     fast = HAVE_NUMBA and h.dtype == np.float32 and img.dtype == np.float32 if use_numba is None else use_numba
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
+                                or threads < 1):
+        raise KernelError(f"threads={threads!r} must be a positive integer (or None for all CPUs)")
     if fast and not HAVE_NUMBA:
         raise KernelError("use_numba=True but numba is not installed: pip install 'numba==0.68.1'")
     if not fast:
@@ -192,6 +409,7 @@ def baseline_zscore(
             chunks=idata.chunks,
         )
     else:
-        data = _np_block(np.asarray(h.data), np.asarray(img.data), floor=floor)
+        data = _np_block(np.asarray(h.data), np.asarray(img.data), floor=floor,
+                         threads=_threads() if threads is None else int(threads))
     out = img.copy(data=data)
     return _unwrap(_finish(out, img, "zscore"), bare)

@@ -1,0 +1,143 @@
+"""The generated, vectorised baseline + z-score kernel (changedet.kernels.fast) against the
+library numpy path: bit-for-bit equal on NaN patterns that exercise both of its paths."""
+
+from __future__ import annotations
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+
+from changedet.kernels import baseline_zscore, robust_baseline, zscore
+from changedet.kernels import fast
+from changedet.kernels.change import KernelError
+
+pytestmark = pytest.mark.skipif(not fast.HAVE_NUMBA, reason="numba is pinned in constraints.txt")
+
+FLOOR = 0.005
+
+
+def _reference(h: np.ndarray, img: np.ndarray) -> np.ndarray:
+    return zscore(xr.DataArray(img, dims=("band", "y", "x")),
+                  robust_baseline(xr.DataArray(h, dims=("time", "band", "y", "x"))), mad_floor=FLOOR).values
+
+
+def _fused(h, img, **kw) -> np.ndarray:
+    return np.asarray(baseline_zscore(xr.DataArray(h, dims=("time", "band", "y", "x")),
+                                      xr.DataArray(img, dims=("band", "y", "x")), mad_floor=FLOOR, **kw).values)
+
+
+def _history(nt: int, seed: int = 0, nx: int = 300) -> tuple[np.ndarray, np.ndarray]:
+    """History whose rows cover every path: clear rows (fast path only), scattered NaN
+    (every valid count from 0 to nt), a whole cloudy date, all-NaN and one-valid pixels,
+    ties, a constant history (MAD 0 -> floor) and NaN image pixels. 300 columns: one full
+    256-pixel block and a partial one."""
+    rng = np.random.default_rng(seed)
+    h = rng.normal(0.2, 0.02, size=(nt, 2, 12, nx)).astype(np.float32)
+    cloud_odds = rng.random((1,) + h[:, :, 2:6].shape[1:])  # per pixel: all valid counts occur
+    h[:, :, 2:6][rng.random(h[:, :, 2:6].shape) < cloud_odds] = np.nan
+    h[nt // 2, :, 6] = np.nan  # one date cloudy over a whole row
+    h[:, 0, 7, 10:20] = np.nan  # never observed
+    h[1:, 1, 7, 10:20] = np.nan  # one valid date
+    h[:, :, 8] = np.round(h[:, :, 8], 2)  # many ties
+    h[:, :, 9, :50] = np.float32(0.25)  # constant: MAD 0
+    img = rng.normal(0.2, 0.05, size=(2, 12, nx)).astype(np.float32)
+    img[:, 10, 3:9] = np.nan
+    img[:, 11, 280:] += 0.3  # a change
+    return h, img
+
+
+@pytest.mark.parametrize("nt", [1, 2, 5, 8, 19])
+def test_generated_kernel_equals_numpy_path(nt):
+    h, img = _history(nt)
+    counts = np.count_nonzero(~np.isnan(h), axis=0)
+    if nt >= 5:  # the cloudy rows give every valid count, even and odd, from 0 to nt
+        assert set(np.unique(counts[:, 2:6])) == set(range(nt + 1))
+    ref = _reference(h, img)
+    got = _fused(h, img)
+    np.testing.assert_array_equal(got, ref)  # bit for bit, NaN in the same places
+    assert np.isnan(got[0, 7, 10:20]).all()  # no valid date
+    assert np.isfinite(got[1, 7, 10:20]).all()  # one valid date: MAD 0, floor
+    assert np.isnan(got[:, 10, 3:9]).all()  # NaN image
+    assert np.isfinite(got[:, :2]).all()  # clear rows
+    if nt >= 5:
+        assert (got[:, 11, 280:] > 4).all()
+
+
+def test_fast_and_general_paths_agree_per_pixel():
+    # The same pixel gives the same z whether its block takes the fast path (no NaN in
+    # the block) or is redone by the general path (a NaN elsewhere in the block).
+    nt = 8
+    h, img = _history(nt, seed=3)
+    clear = h[:, :, :1].copy()
+    z_fast = _fused(clear, img[:, :1])
+    cloudy = clear.copy()
+    cloudy[4, :, 0, 7] = np.nan
+    z_general = _fused(cloudy, img[:, :1])
+    keep = np.ones(clear.shape[-1], bool)
+    keep[7] = False
+    np.testing.assert_array_equal(z_general[..., keep], z_fast[..., keep])
+    np.testing.assert_array_equal(z_general, _reference(cloudy, img[:, :1]))
+
+
+def test_sum_overflow_and_large_values_still_exact():
+    # Values near float32 max overflow the NaN check sum to inf: those pixels go to the
+    # general path, which must still give the numpy result.
+    h, img = _history(5, seed=4)
+    h[:, :, 0, :40] = np.float32(3e38) * np.sign(h[:, :, 0, :40] - 0.2)
+    np.testing.assert_array_equal(_fused(h, img), _reference(h, img))
+
+
+def test_threads_do_not_change_results():
+    h, img = _history(19, seed=5)
+    one = _fused(h, img, threads=1)
+    np.testing.assert_array_equal(_fused(h, img, threads=2), one)
+    np.testing.assert_array_equal(_fused(h, img, threads=7), one)
+    for bad in (0, -1, True, 1.5, "2"):
+        with pytest.raises(KernelError, match="threads"):
+            _fused(h, img, threads=bad)
+
+
+@pytest.mark.parametrize("chunks", [{"y": 5, "x": 64}, {"y": 12, "x": 290}])
+def test_numpy_equals_dask(chunks):
+    h, img = _history(8, seed=6)
+    ref = _fused(h, img)
+    hd = xr.DataArray(h, dims=("time", "band", "y", "x")).chunk({"time": 3, **chunks})
+    idd = xr.DataArray(img, dims=("band", "y", "x")).chunk(chunks)
+    z = baseline_zscore(hd, idd, mad_floor=FLOOR)
+    assert isinstance(z.data, da.Array)
+    with dask.config.set(scheduler="threads", num_workers=2):
+        np.testing.assert_array_equal(z.values, ref)
+
+
+def test_long_history_uses_generic_kernel():
+    nt = fast.MAX_UNROLLED + 1
+    h, img = _history(nt, seed=7, nx=40)
+    np.testing.assert_array_equal(_fused(h, img), _reference(h, img))
+
+
+def test_networks_sort_all_zero_one_inputs():
+    # 0-1 principle: a comparator network sorts every input iff it sorts every 0/1 input.
+    for n in (3, 8, 13, 19):
+        v = ((np.arange(2**n)[:, None] >> np.arange(n)) & 1).astype(np.int8)
+        for i, j in fast.sorting_network(n):
+            v[:, i], v[:, j] = np.minimum(v[:, i], v[:, j]), np.maximum(v[:, i], v[:, j])
+        assert (np.diff(v, axis=1) >= 0).all(), n
+    # The merger sorts V-shaped (non-increasing then non-decreasing) 0/1 sequences: 1..1 0..0 1..1.
+    for n in (2, 7, 19, 32):
+        seqs = [np.r_[np.ones(a), np.zeros(n - a - b), np.ones(b)] for a in range(n + 1) for b in range(n + 1 - a)]
+        v = np.asarray(seqs, dtype=np.int8)
+        for i, j in fast.bitonic_merger(n):
+            v[:, i], v[:, j] = np.minimum(v[:, i], v[:, j]), np.maximum(v[:, i], v[:, j])
+        assert (np.diff(v, axis=1) >= 0).all(), n
+
+
+def test_unwritable_cache_compiles_in_memory(tmp_path, monkeypatch):
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("")
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(blocker))
+    monkeypatch.setattr(fast, "_UNROLLED", {})
+    h, img = _history(2, seed=8, nx=20)
+    np.testing.assert_array_equal(_fused(h, img), _reference(h, img))
+    assert 2 in fast._UNROLLED
