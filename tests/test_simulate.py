@@ -584,3 +584,29 @@ def test_scenario_malformed_entries_are_refused_with_the_file_named(tmp_path, bo
     with pytest.raises(ScenarioError, match=fragment) as exc:
         load_scenario(path)
     assert str(path) in str(exc.value)
+
+
+def test_tarp_fraction_is_opt_in_and_only_changes_the_covers():
+    """``tarp_fraction`` overrides the scenario's share of tarped stacks; left at None the
+    scene is the scenario's own, byte for byte, so other tests and the pipeline see no change."""
+    aoi = load_aoi("tikhoretsk_depot")
+    day = date(2023, 9, 2)
+    base = render_scene(aoi, day, "vhr", seed=12, clear=True)
+    same = render_scene(aoi, day, "vhr", seed=12, clear=True, tarp_fraction=None)
+    assert base.data.tobytes() == same.data.tobytes() and base.truth == same.truth
+    none = render_scene(aoi, day, "vhr", seed=12, clear=True, tarp_fraction=0.0)
+    full = render_scene(aoi, day, "vhr", seed=12, clear=True, tarp_fraction=1.0)
+
+    def stacks(sc):
+        return [o for o in sc.truth["objects"] if o["kind"] == "container"]
+
+    assert stacks(base) and not all(o["tarped"] for o in stacks(base))
+    assert not any(o["tarped"] for o in stacks(none))
+    assert all(o["tarped"] for o in stacks(full))
+    # Same stacks, same places, same TEU: only what covers them differs.
+    for a, b in zip(stacks(none), stacks(full)):
+        assert a["polygon"] == b["polygon"] and a["teu"] == b["teu"]
+    assert len(stacks(none)) == len(stacks(full)) == len(stacks(base))
+    assert not np.array_equal(none.data, full.data)
+    with pytest.raises(ChangedetError, match="tarp_fraction"):
+        render_scene(aoi, day, "vhr", seed=12, tarp_fraction=1.5)

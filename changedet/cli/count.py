@@ -191,6 +191,8 @@ def cmd_count(args) -> int:
     types = ", ".join(f"{k} {v}" for k, v in doc["by_type"].items()) or "none"
     unc = f" +- {doc['uncertainty']}" if "uncertainty" in doc else ""
     print(f"{args.kind}: {doc['total']}{unc} {unit} (by type: {types}); observed {doc['observed_fraction']:.0%}")
+    if "tarped_stacks" in doc:
+        print(f"  tarped stacks flagged: {doc['tarped_stacks']}")
     for pf in doc["per_feature"]:
         print(f"  {pf.get('id')}: {pf.get('count')}")
     if args.out is not None:

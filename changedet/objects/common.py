@@ -54,6 +54,7 @@ class CountResult:
     crs: pyproj.CRS
     uncertainty: float | None = None
     observed_fraction: float = 1.0   # share of the features seen (not cloud, inside the image)
+    extras: Mapping[str, Any] = field(default_factory=dict)   # counter-specific totals (e.g. tarped_stacks)
 
     def to_json(self, *, to_crs: pyproj.CRS | None = None) -> dict[str, Any]:
         """The CLI contract: total, by_type, per_feature, detections (GeoJSON geometries)."""
@@ -72,6 +73,8 @@ class CountResult:
                "observed_fraction": round(self.observed_fraction, 4)}
         if self.uncertainty is not None:
             out["uncertainty"] = round(float(self.uncertainty), 2)
+        for k, v in self.extras.items():
+            out.setdefault(k, v)
         return out
 
 

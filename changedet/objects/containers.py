@@ -5,6 +5,12 @@ learnt from the zone's apron) are container tops. Their area in 20 ft ground slo
 (6.06 x 2.44 m, ISO 668) gives the boxes on the ground; the height of each stack
 block comes from the length of the shadow it throws onto open pavement when the sun's
 position is known (tiers of 2.59 m), and TEU = ground slots x tiers.
+
+Tarped stacks are flagged (``tarped`` per stack block, ``tarped_stacks`` per zone and
+in total): plain patches of dull cloth colour on a block, and patches of pavement
+colour that cast a shadow along their anti-sun edge (a grey cover is told from
+concrete by its height, and then counted as containers too). The flag is
+conservative: a tarp in a saturated colour passes for container paint.
 """
 
 from __future__ import annotations
@@ -91,6 +97,11 @@ def count_containers(
         box = ndimage.binary_opening(box, structure=np.ones((2, 2), bool))
         box = ndimage.binary_closing(box, structure=np.ones((2, 2), bool))
         ground_dark = (d <= min_contrast) & (alpha < 0.5) & around & ok
+        tarps = np.zeros_like(box)
+        if have_sun:
+            cand = (d <= min_contrast) & (alpha >= 0.3) & inside & ok & ~box
+            tarps = _tarp_tops(cand, ground_dark, box, res, sun_azimuth_deg)
+            box |= tarps
         labels, n = ndimage.label(box & inside)
         blobs = []
         for lab in range(1, n + 1):
@@ -100,16 +111,18 @@ def count_containers(
                 continue
             lengths = _shadow_lengths(blob, box, ground_dark, res, sun_azimuth_deg, sun_elevation_deg) \
                 if have_sun else np.array([])
-            blobs.append((blob, area, lengths))
+            n_tarps = ndimage.label((tarps & blob) | _dull_tops(blob, pix, model, px_m2))[1]
+            blobs.append((blob, area, lengths, n_tarps))
         pending.append((zid, inside, blobs))
         continue
     # Heights: a block's own shadows when enough of them fall on open pavement, else the
     # zone's, else the whole image's (blocks packed tight shade each other, not the ground).
     all_lengths = np.concatenate([b[2] for _, _, bl in pending for b in bl] or [np.array([])])
+    tarped_total = 0
     for zid, inside, blobs in pending:
         zone_lengths = np.concatenate([b[2] for b in blobs] or [np.array([])])
-        zone_teu, zone_var, zone_slots = 0.0, 0.0, 0.0
-        for blob, area, lengths in blobs:
+        zone_teu, zone_var, zone_slots, zone_tarped = 0.0, 0.0, 0.0, 0
+        for blob, area, lengths, n_tarps in blobs:
             slots = area / SLOT_M2
             if not have_sun:
                 tiers, tiers_sd, method = 1.0, 0.0, "assumed_one_tier"
@@ -126,16 +139,101 @@ def count_containers(
             detections.append(Detection("container_stack", "stack", _polygon(blob, grid), 1.0, zid,
                                         {"area_m2": round(float(area), 1), "ground_slots": round(float(slots), 1),
                                          "tiers": round(float(tiers), 2), "tiers_method": method,
-                                         "teu": round(float(teu), 1)}))
+                                         "teu": round(float(teu), 1), "tarped": bool(n_tarps),
+                                         "tarped_stacks": int(n_tarps)}))
+            zone_tarped += n_tarps
         total += zone_teu
         var += zone_var
+        tarped_total += zone_tarped
         per_feature.append({"id": zid, "count": round(zone_teu, 1), "by_type": {"ground_slots": round(zone_slots, 1)},
+                            "tarped_stacks": int(zone_tarped),
                             "uncertainty": round(math.sqrt(zone_var), 1),
                             "observed_fraction": round(float((inside & ok).sum() / max(inside.sum(), 1)), 4)})
     observed = seen_total / area_total if area_total else 0.0
     result = CountResult("containers", round(total, 1), {"teu": round(total, 1)}, tuple(per_feature),
-                         tuple(detections), grid.crs, math.sqrt(var), observed)
+                         tuple(detections), grid.crs, math.sqrt(var), observed,
+                         {"tarped_stacks": int(tarped_total)})
     return result
+
+
+# A tarpaulin is dull cloth: grey, olive or tan, not the saturated liveries (red,
+# orange, blue, green) of container paint nor the bright white of reefers. Chroma is
+# (max - min) / mean of the visible bands; brightness is relative to lit pavement.
+_TARP_MAX_CHROMA = 0.45
+_TARP_BRIGHTNESS = (0.35, 1.2)
+
+
+def _dull_tops(blob: np.ndarray, pix: np.ndarray, model: GroundModel, px_m2: float) -> np.ndarray:
+    """Plain patches of dull colour, at least half a 20 ft slot large, in a stack block.
+
+    Limits: a tarp in a saturated colour (bright blue) passes for container paint, and
+    a dark-brown box for a tarp (the brightness floor keeps most of those out).
+    """
+    out = np.zeros_like(blob)
+    rows, cols = np.nonzero(blob)
+    r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    rgb = pix[:3, r0:r1, c0:c1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = rgb.mean(axis=0)
+        chroma = (rgb.max(axis=0) - rgb.min(axis=0)) / np.maximum(mean, 1e-4)
+        rel = mean / max(float(model.lit[:3].mean()), 1e-4)
+    dull = blob[r0:r1, c0:c1] & (chroma < _TARP_MAX_CHROMA) & (rel > _TARP_BRIGHTNESS[0]) \
+        & (rel < _TARP_BRIGHTNESS[1])
+    # Plain cloth: drop dull specks and strips (box edges, seams, shaded rims).
+    dull = ndimage.binary_opening(dull, structure=np.ones((3, 3), bool))
+    labels, n = ndimage.label(dull)
+    if n:
+        areas = ndimage.sum(dull, labels, index=np.arange(1, n + 1)) * px_m2
+        keep = np.concatenate([[False], areas >= 0.5 * SLOT_M2])
+        out[r0:r1, c0:c1] = keep[labels]
+    return out
+
+
+def _tarp_tops(cand: np.ndarray, ground_dark: np.ndarray, boxes: np.ndarray, res: float,
+               azimuth: float) -> np.ndarray:
+    """Stack tops in the colour of pavement: tarpaulins (grey, olive, tan cloth).
+
+    Colour cannot tell a grey tarp from concrete; height can. A patch of ground colour
+    (``cand``: lit or half-lit pavement colour, not a container) that throws a shadow
+    along its whole anti-sun edge stands above the ground: a covered stack. Open
+    pavement between blocks borders the next block or lit pavement on that side, and
+    is only shaded on its sun side (by the block before it).
+    """
+    out = np.zeros_like(cand)
+    k = max(1, int(round(1.0 / res)))
+    cand = ndimage.binary_opening(cand, structure=np.ones((2 * k + 1, 2 * k + 1), bool))
+    labels, n = ndimage.label(cand)
+    if n == 0:
+        return out
+    az = math.radians(azimuth)
+    dr, dc = math.cos(az), -math.sin(az)
+    rows, cols = cand.shape
+    px_m2 = res * res
+    objs = ndimage.find_objects(labels)
+    for lab, sl in enumerate(objs, start=1):
+        comp = labels[sl] == lab
+        area = comp.sum() * px_m2
+        # Half a 20 ft box to a row of three 40 ft boxes under one cover.
+        if area < 0.5 * SLOT_M2 or area > 6 * 2 * SLOT_M2:
+            continue
+        rr, cc = np.nonzero(comp)
+        rr, cc = rr + sl[0].start, cc + sl[1].start
+        nr = np.clip(np.round(rr + 2 * dr).astype(int), 0, rows - 1)
+        nc = np.clip(np.round(cc + 2 * dc).astype(int), 0, cols - 1)
+        sr = np.clip(np.round(rr - 2 * dr).astype(int), 0, rows - 1)
+        sc = np.clip(np.round(cc - 2 * dc).astype(int), 0, cols - 1)
+        anti = labels[nr, nc] != lab
+        sun = labels[sr, sc] != lab
+        if anti.sum() < 4 or sun.sum() < 4:
+            continue
+        # Anti-sun side: its own shadow, or a neighbouring stack it leans on.
+        shade = ground_dark[nr[anti], nc[anti]]
+        held = shade | boxes[nr[anti], nc[anti]]
+        # Sun side: open to the sun; a lane of pavement is shaded there by the block before it.
+        sun_dark = ground_dark[sr[sun], sc[sun]].mean()
+        if held.mean() >= 0.7 and shade.mean() >= 0.3 and sun_dark < 0.5:
+            out[rr, cc] = True
+    return out
 
 
 def _mask(poly: Polygon, grid: GridSpec) -> np.ndarray:

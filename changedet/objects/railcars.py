@@ -6,6 +6,13 @@ occupied; occupied runs are cut into cars where coupler gaps and colour edges ar
 with car lengths kept near real rolling-stock lengths by dynamic programming; each car
 is typed from its length and look.
 
+Under cloud (``valid`` given), stretches of track under a cloud or in a cloud's shadow
+(found by :func:`changedet.objects.cloud_shadow.cloud_shade`; cloud masks rarely carry
+the shadows) are unobserved: nothing is counted there and no count is extrapolated to
+them. Each track reports ``observed_fraction``, ``unobserved_m`` and the unobserved
+stretches (``unobserved_runs_m``, metres along the centreline), so a reader can scale
+or discard a partly seen track.
+
 Medium resolution (coarser than ~1.5 m: Sentinel-2, Planet): cars are narrower than a
 pixel, so only the occupied track length is measured and the count is estimated as
 occupied length over the mean car pitch, with an uncertainty.
@@ -24,6 +31,7 @@ from shapely.geometry import LineString
 
 from changedet.grid import GridSpec
 from changedet.objects.checks import ResolutionError, check_features
+from changedet.objects.cloud_shadow import cloud_shade
 from changedet.objects.common import CountResult, Detection, bgrn, oriented_rect, runs
 from changedet.objects.ground import GroundModel
 from changedet.objects.strips import Strip, sample_strip
@@ -99,6 +107,19 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
     if not strips:
         return CountResult("railcars", 0, {}, (), (), grid.crs, None, 0.0)
     refs = _empty_track_reference(strips)
+    shade = None
+    if valid is not None:
+        cloud = ~np.asarray(valid.values, bool) & np.all(np.isfinite(bgrn(image)), axis=0)
+        model = None
+        if np.all(np.isfinite(refs["shadow"])) and np.all(np.isfinite(refs["lit"])):
+            model = GroundModel(refs["lit"], refs["lit_sd"], refs["shadow"], refs["shadow_sd"])
+        shade = cloud_shade(pix, grid, cloud, model=model, sun_azimuth_deg=sun_azimuth_deg,
+                            sun_elevation_deg=sun_elevation_deg, object_height_m=_MAX_CAR_HEIGHT_M)
+    if shade is not None and shade.any():
+        # Ground in a cloud's shadow looks like a car's shadow or a dark car over whole
+        # stretches: those stretches are unobserved, not empty and not occupied.
+        strips = {tid: _masked(s, shade, grid) for tid, s in strips.items()}
+        refs = _empty_track_reference(strips)
     per_feature, detections = [], []
     total_obs, total_len = 0.0, 0.0
     est_total, est_var = 0.0, 0.0
@@ -115,7 +136,11 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
                 by_type[ctype] = by_type.get(ctype, 0) + 1
                 detections.append(_detection(strip, a, b, ctype, score, tid))
             per_feature.append({"id": tid, "count": len(cars), "by_type": by_type,
-                                "observed_fraction": round(float(seen.mean()) if seen.size else 0.0, 4)})
+                                "observed_fraction": round(float(seen.mean()) if seen.size else 0.0, 4),
+                                "unobserved_m": round(float((~seen).sum() * strip.step_m), 1),
+                                "unobserved_runs_m": [[round(float(strip.along_m[a]), 1),
+                                                       round(float(strip.along_m[b - 1] + strip.step_m), 1)]
+                                                      for a, b in runs(~seen)]})
         else:
             occupied_m = float(occ.sum() * strip.step_m)
             n = occupied_m / MEAN_PITCH_M
@@ -145,6 +170,14 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
                            grid.crs, None, observed)
     return CountResult("railcars", round(est_total, 1), {}, tuple(per_feature), (), grid.crs,
                        math.sqrt(est_var), observed)
+
+
+def _masked(strip: Strip, mask: np.ndarray, grid: GridSpec) -> Strip:
+    """``strip`` with NaN wherever its samples fall on ``mask``."""
+    rows, cols = grid.rowcol(strip.x, strip.y)
+    hit = ndimage.map_coordinates(mask.astype("float32"), [rows, cols], order=0, mode="constant", cval=0.0) > 0.5
+    values = np.where(hit[None], np.nan, strip.values).astype(strip.values.dtype)
+    return Strip(values, strip.along_m, strip.across_m, strip.x, strip.y, strip.step_m)
 
 
 # ----------------------------------------------------------------------------- model

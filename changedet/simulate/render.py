@@ -317,16 +317,21 @@ class SimScene:
 
 
 def render_scene(aoi, day: date, sensor: str, *, seed: int = 0, resolution_m: float | None = None,
-                 registry: Path | None = None, clear: bool = False, misregistration: bool = True) -> SimScene:
+                 registry: Path | None = None, clear: bool = False, misregistration: bool = True,
+                 tarp_fraction: float | None = None) -> SimScene:
     """Render one acquisition of ``aoi`` on ``day`` by ``sensor`` (vhr | s2 | s1).
 
     Deterministic for (AOI, date, sensor, seed, resolution). Objects on the ground do
     not depend on the sensor: a VHR and a Sentinel-2 image of the same day show the same
     railcars. ``clear`` removes cloud, haze and snow; ``misregistration=False`` renders
-    on the exact grid (a reference basemap).
+    on the exact grid (a reference basemap). ``tarp_fraction`` (0-1), when given,
+    replaces the scenario's share of container stacks covered by tarpaulin (an opt-in
+    test scenario; None keeps the scenario's own, and the output is then unchanged).
     """
     if sensor not in SENSORS:
         raise ChangedetError(f"unknown sensor {sensor!r}; use one of {sorted(SENSORS)}")
+    if tarp_fraction is not None and not 0.0 <= float(tarp_fraction) <= 1.0:
+        raise ChangedetError(f"tarp_fraction must lie in [0, 1], got {tarp_fraction!r}")
     spec = SENSORS[sensor]
     res = float(resolution_m or spec.resolution_m)
     if registry is None:
@@ -341,6 +346,8 @@ def render_scene(aoi, day: date, sensor: str, *, seed: int = 0, resolution_m: fl
     if not misregistration:
         cond = replace(cond, shift_row_px=0.0, shift_col_px=0.0)
     act = scenario.activity(day, seed=seed)
+    if tarp_fraction is not None:
+        act = replace(act, tarp_fraction=float(tarp_fraction))
 
     # Ground truth objects: independent of the sensor.
     cars, cars_left = place_railcars(static.tracks, act, rng_for("cars", aoi.id, day.isoformat(), seed))
