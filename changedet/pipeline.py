@@ -7,6 +7,7 @@ outbox is not re-opened), so re-running a day or a whole range is safe.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -15,7 +16,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import shapely
@@ -25,8 +26,8 @@ from changedet import __version__
 from changedet.alerts.outbox import Outbox
 from changedet.baselines import evaluate, lifecycle_params
 from changedet.coreg import apply_shift, coregister, provenance_fields
-from changedet.cube import Cube, clear_mask, optical_bands
-from changedet.errors import ChangedetError, CoregError, SourceError
+from changedet.cube import Cube, clear_mask, is_url, optical_bands
+from changedet.errors import ChangedetError, CoregError, CubeError, SourceError
 from changedet.grid import GridSpec, aoi_grid
 from changedet.io import write_geotiff
 from changedet.kernels import change_magnitude, changed_area_m2, robust_baseline
@@ -69,6 +70,13 @@ class RunConfig:
     evidence : bool
         Write an evidence pack (``<data_dir>/evidence/<alert_id>/``) when an alert
         opens or escalates.
+    store_url : str, optional
+        Where cubes and products (change maps, detections) go: a local path or an fsspec
+        URL such as ``s3://bucket/prefix``. Default: ``$CHANGEDET_STORE_URL``, else
+        ``data_dir``. Credentials come from the environment (``AWS_ACCESS_KEY_ID``...,
+        ``AWS_ENDPOINT_URL`` for S3-compatible servers) and are never stored. The metric
+        store, the outbox and evidence packs stay under ``data_dir`` (SQLite and the
+        senders need a file system).
     """
 
     data_dir: Path
@@ -84,6 +92,7 @@ class RunConfig:
     write_products: bool = True
     metrics_url: str | None = None
     evidence: bool = True
+    store_url: str | None = None
 
     def hash(self, aoi) -> str:
         """Hash of the configuration and the AOI definition: provenance of every metric."""
@@ -97,11 +106,29 @@ class RunConfig:
     def settings(self) -> dict[str, Any]:
         """The settings that change results (what :meth:`hash` covers), as JSON."""
         return {k: v for k, v in asdict(self).items()
-                if k not in ("data_dir", "registry", "write_products", "metrics_url", "evidence")}
+                if k not in ("data_dir", "registry", "write_products", "metrics_url", "evidence", "store_url")}
 
     def store_location(self) -> str | Path:
         """Where the metric store is (see ``metrics_url``)."""
         return self.metrics_url or os.environ.get("CHANGEDET_METRICS_URL") or Path(self.data_dir) / "metrics.sqlite"
+
+    def store_root(self) -> str | Path:
+        """Where cubes and products are (see ``store_url``): a local path or an fsspec URL."""
+        url = self.store_url or os.environ.get("CHANGEDET_STORE_URL")
+        if not url:
+            return Path(self.data_dir)
+        if is_url(url):
+            import fsspec
+
+            protocol = url.split("://", 1)[0]
+            try:
+                fsspec.get_filesystem_class(protocol)
+            except (ImportError, ValueError) as exc:
+                # The URL itself is not secret; the exception text may name the missing package.
+                raise CubeError(f"store URL scheme {protocol}:// cannot be used here ({exc}); install its "
+                                "fsspec backend (s3fs for s3://) or set CHANGEDET_STORE_URL to a local path") from None
+            return url.rstrip("/")
+        return Path(url[len("file://"):] if url.startswith("file://") else url)
 
 
 @dataclass
@@ -166,7 +193,8 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
     source, spec = primary_source(aoi, cfg.seed, cfg.registry)
     res = float(spec.resolution_m)
     grid = aoi_grid(aoi, res)
-    cube = Cube(cfg.data_dir, aoi.id, spec.sensor, grid)
+    root = cfg.store_root()
+    cube = Cube(root, aoi.id, spec.sensor, grid)
     result = DayResult(aoi.id, day, "no_scene", sensor=spec.sensor)
     scenes = source.search(aoi, day, day, sensor=spec.sensor, resolution_m=res)
     if not scenes:
@@ -228,7 +256,7 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
                             "reliability": reg.reliability, "applied": reg.applied}}
 
     metrics: list[dict[str, Any]] = []
-    products = Path(cfg.data_dir) / "products" / aoi.id / day.isoformat()
+    products = _Products(root, aoi.id, day)
     # What an evidence pack needs if a rule fires on this day.
     ev: dict[str, Any] = {"scene": scene, "sensor": spec.sensor, "after": aligned, "cube": cube, "site": site,
                           # Similarity before/after says how well the shift explains the scene;
@@ -242,7 +270,7 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
     # coarser cube of its own (cheap to read back for every new date).
     factor = max(1, int(round(cfg.change_res_m / res)))
     cgrid = aoi_grid(aoi, res * factor)
-    coarse_cube = Cube(cfg.data_dir, aoi.id, spec.sensor, cgrid, reflectance=optical)
+    coarse_cube = Cube(root, aoi.id, spec.sensor, cgrid, reflectance=optical)
     coarse = _coarsen(stored, factor, cgrid)
     history = coarse_cube.read(before=scene.time, last=cfg.baseline_dates)
     if history is not None and history.sizes["time"] >= 3:
@@ -265,7 +293,8 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
         metrics.append({"metric": "changed_area_m2", "value": round(float(area), 1)})
         ev["magnitude"], ev["mask"] = mag, mask
         if cfg.write_products:
-            write_geotiff(mag.expand_dims(band=["change_magnitude"]), products / "change_magnitude.tif")
+            with products.local("change_magnitude.tif") as path:
+                write_geotiff(mag.expand_dims(band=["change_magnitude"]), path)
     else:
         result.skipped["changed_area_m2"] = "baseline needs 3 earlier dates"
 
@@ -303,7 +332,8 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
         for pf in res_.per_feature:
             metrics.append({"metric": metric, "value": float(pf["count"]), "feature_id": pf["id"]})
         if cfg.write_products and res_.detections:
-            _write_detections(res_, products / f"{metric}.geojson")
+            with products.local(f"{metric}.geojson") as path:
+                _write_detections(res_, path)
         ev["detections"] += [{"metric": metric, **d} for d in res_.to_json()["detections"]]
 
     store = MetricStore(cfg.store_location())
@@ -476,6 +506,31 @@ def _rasterize(geom, grid) -> np.ndarray:
 
     return rfeatures.rasterize([(geom, 1)], out_shape=grid.shape, transform=grid.transform, fill=0,
                                dtype="uint8").astype(bool)
+
+
+class _Products:
+    """The products folder of one AOI-day: ``<root>/products/<aoi>/<day>/``, local or on a store URL."""
+
+    def __init__(self, root: str | Path, aoi_id: str, day: date) -> None:
+        self.remote = is_url(root)
+        self.base = (f"{root}/products/{aoi_id}/{day.isoformat()}" if self.remote
+                     else Path(root) / "products" / aoi_id / day.isoformat())
+
+    @contextlib.contextmanager
+    def local(self, name: str) -> Iterator[Path]:
+        """A local path to write ``name`` to; on a store URL it is uploaded (one PUT) afterwards."""
+        if not self.remote:
+            yield self.base / name
+            return
+        import tempfile
+
+        import fsspec
+
+        with tempfile.TemporaryDirectory(prefix="changedet-product-") as tmp:
+            path = Path(tmp) / name
+            yield path
+            fs, target = fsspec.core.url_to_fs(f"{self.base}/{name}")
+            fs.put_file(str(path), target)
 
 
 def _write_detections(res, path: Path) -> None:

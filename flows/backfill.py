@@ -17,14 +17,15 @@ from prefect import flow, get_run_logger
 from changedet.pipeline import dates_between
 from flows.cluster import task_runner, workers_see_this_api
 from flows.daily import default_data_dir, select_aois
-from flows.tasks import ensure_source_limits, process_aoi_day, result_storage, run_config, source_limit_name
+from flows.tasks import (ensure_source_limits, process_aoi_day, result_storage, run_config, source_limit_name,
+                         store_url_for)
 
 
 @flow(name="backfill", log_prints=True, task_runner=task_runner())
 def backfill(aoi_ids: list[str] | None = None, start: date = date(2023, 6, 1), end: date = date(2023, 11, 30),
              cadence: int | None = None, data_dir: str | None = None, seed: int = 0, registry: str | None = None,
              chunk_size: int = 8, source_concurrency: int | None = None,
-             kernels_on_cluster: bool = True) -> dict[str, list[dict]]:
+             kernels_on_cluster: bool = True, store_url: str | None = None) -> dict[str, list[dict]]:
     """Process ``start``..``end`` for each AOI, every ``cadence`` days.
 
     Parameters
@@ -35,7 +36,7 @@ def backfill(aoi_ids: list[str] | None = None, start: date = date(2023, 6, 1), e
         First and last day (inclusive).
     cadence : int, optional
         Days between runs; default: each AOI's own cadence.
-    data_dir, seed, registry, source_concurrency, kernels_on_cluster
+    data_dir, seed, registry, source_concurrency, kernels_on_cluster, store_url
         As for ``daily_monitor``.
     chunk_size : int
         Dates per AOI submitted at once; the flow waits for a chunk before the next, so
@@ -44,7 +45,8 @@ def backfill(aoi_ids: list[str] | None = None, start: date = date(2023, 6, 1), e
     logger = get_run_logger()
     aois = select_aois(aoi_ids, registry)
     data_dir = data_dir or default_data_dir()
-    cfg = run_config(data_dir, seed, registry)
+    store_url = store_url_for(store_url)
+    cfg = run_config(data_dir, seed, registry, store_url)
     ensure_source_limits({source_limit_name(a, cfg) for a in aois}, source_concurrency)
     task = process_aoi_day.with_options(result_storage=result_storage(data_dir))
     days = {a.id: dates_between(start, end, cadence or a.cadence_days) for a in aois}
@@ -57,7 +59,7 @@ def backfill(aoi_ids: list[str] | None = None, start: date = date(2023, 6, 1), e
             for a in aois:
                 for d in days[a.id][k * chunk_size:(k + 1) * chunk_size]:
                     # Each day waits for the AOI's previous day: its alerts read that history.
-                    f = task.submit(a.id, d, data_dir, seed, registry, kernels_on_cluster,
+                    f = task.submit(a.id, d, data_dir, seed, registry, kernels_on_cluster, store_url,
                                     wait_for=[prev[a.id]] if a.id in prev else None)
                     prev[a.id] = f
                     futures.append((a.id, f))

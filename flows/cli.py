@@ -40,6 +40,8 @@ def add_parser(sub) -> None:
     b.add_argument("--data-dir", type=Path, default=None, help="default: $CHANGEDET_DATA_DIR or ./changedet-data")
     b.add_argument("--registry", type=Path, default=None, help="AOI registry (default: $CHANGEDET_AOIS or aois/)")
     b.add_argument("--seed", type=int, default=0, help="simulator seed")
+    b.add_argument("--store-url", default=None, help="cubes and products on a path or fsspec URL such as "
+                   "s3://bucket/prefix (default: $CHANGEDET_STORE_URL, else the data directory)")
     b.add_argument("--chunk-size", type=int, default=8, help="dates per AOI submitted at once")
     b.add_argument("--dask-address", default=None, help="Dask scheduler (when running here)")
     b.add_argument("--submit", action="store_true",
@@ -96,14 +98,14 @@ def cmd_backfill(args) -> int:
         run, action = submit_backfill(args.aoi, args.start, args.end, args.every,
                                       deployment=args.deployment or BACKFILL_DEPLOYMENT, data_dir=data_dir,
                                       seed=args.seed, registry=registry, chunk_size=args.chunk_size,
-                                      wait=args.wait or None)
+                                      wait=args.wait or None, store_url=args.store_url)
         print(f"backfill flow run {run.name} ({run.id}): {action}; state {run.state.name if run.state else '?'}")
         return 0 if not (run.state and run.state.is_final() and not run.state.is_completed()) else 1
     _env(args.dask_address, None, None)
     from flows.backfill import backfill
 
     out = backfill(args.aoi, args.start, args.end, args.every, data_dir=data_dir, seed=args.seed,
-                   registry=registry, chunk_size=args.chunk_size)
+                   registry=registry, chunk_size=args.chunk_size, store_url=args.store_url)
     for aoi_id, results in out.items():
         statuses = {}
         for r in results:

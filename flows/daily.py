@@ -11,7 +11,8 @@ from prefect.runtime import flow_run
 
 from changedet.aoi import list_aois, load_aoi
 from flows.cluster import task_runner, workers_see_this_api
-from flows.tasks import ensure_source_limits, process_aoi_day, result_storage, run_config, source_limit_name
+from flows.tasks import (ensure_source_limits, process_aoi_day, result_storage, run_config, source_limit_name,
+                         store_url_for)
 
 
 def default_data_dir() -> str:
@@ -40,7 +41,7 @@ def day_for(aoi, scheduled: datetime | None) -> date:
 @flow(name="daily_monitor", log_prints=True, task_runner=task_runner())
 def daily_monitor(aoi_ids: list[str] | None = None, day: date | None = None, data_dir: str | None = None,
                   seed: int = 0, registry: str | None = None, source_concurrency: int | None = None,
-                  kernels_on_cluster: bool = True) -> list[dict]:
+                  kernels_on_cluster: bool = True, store_url: str | None = None) -> list[dict]:
     """Acquire, co-register, count and alert for each AOI on one day.
 
     Parameters
@@ -61,12 +62,17 @@ def daily_monitor(aoi_ids: list[str] | None = None, day: date | None = None, dat
         (default ``$CHANGEDET_SOURCE_CONCURRENCY`` or 2); an existing limit is kept.
     kernels_on_cluster : bool
         Run the pipeline's dask computations on the task runner's cluster.
+    store_url : str, optional
+        Where cubes and products go (a path or fsspec URL such as ``s3://bucket/prefix``;
+        default ``$CHANGEDET_STORE_URL``, else ``data_dir``). Metrics, outbox, evidence
+        and task results stay under ``data_dir``.
     """
     logger = get_run_logger()
     aois = select_aois(aoi_ids, registry)
     scheduled = flow_run.scheduled_start_time if flow_run.id else None
     data_dir = data_dir or default_data_dir()
-    cfg = run_config(data_dir, seed, registry)
+    store_url = store_url_for(store_url)
+    cfg = run_config(data_dir, seed, registry, store_url)
     ensure_source_limits({source_limit_name(a, cfg) for a in aois}, source_concurrency)
     task = process_aoi_day.with_options(result_storage=result_storage(data_dir))
     futures = []
@@ -74,7 +80,7 @@ def daily_monitor(aoi_ids: list[str] | None = None, day: date | None = None, dat
         for a in aois:
             d = day or day_for(a, scheduled)
             logger.info("[%s %s] submitted (scheduled start %s)", a.id, d, scheduled)
-            futures.append(task.submit(a.id, d, data_dir, seed, registry, kernels_on_cluster))
+            futures.append(task.submit(a.id, d, data_dir, seed, registry, kernels_on_cluster, store_url))
         results = [f.result() for f in futures]
     alerts = [al for r in results for al in r["alerts"]]
     logger.info("%d AOIs processed, %d alerts opened or escalated", len(results), len(alerts))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import time
 from dataclasses import asdict
 from datetime import date
 from pathlib import Path
@@ -22,6 +23,7 @@ from prefect import get_run_logger, task
 from prefect.context import TaskRunContext
 
 from changedet.aoi import load_aoi
+from changedet.cube import is_url
 from changedet.pipeline import RunConfig, run_day
 
 #: Prefix of the global concurrency limit of each imagery source ("changedet-source-simulator").
@@ -30,8 +32,21 @@ SOURCE_LIMIT_PREFIX = "changedet-source-"
 DEFAULT_SOURCE_CONCURRENCY = 2
 
 
-def run_config(data_dir: str, seed: int = 0, registry: str | None = None) -> RunConfig:
-    return RunConfig(data_dir=Path(data_dir), seed=seed, registry=Path(registry) if registry else None)
+def run_config(data_dir: str, seed: int = 0, registry: str | None = None, store_url: str | None = None) -> RunConfig:
+    return RunConfig(data_dir=Path(data_dir), seed=seed, registry=Path(registry) if registry else None,
+                     store_url=store_url)
+
+
+def store_url_for(store_url: str | None) -> str | None:
+    """The store URL a flow passes to its tasks: the parameter, else ``$CHANGEDET_STORE_URL``.
+
+    Resolved in the flow (not left to each task's environment) so Dask workers started
+    elsewhere, without the variable, still write where the flow was told to.
+    """
+    url = store_url or os.environ.get("CHANGEDET_STORE_URL") or None
+    if url:
+        run_config(".", store_url=url).store_root()  # unusable scheme: fail before submitting anything
+    return url
 
 
 def _registry(registry: str | None) -> Path | None:
@@ -64,7 +79,8 @@ def aoi_day_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> st
     No scene yet means no key (no caching): a scene published late must be processed
     by the next run, not hidden behind a cached "no scene".
     """
-    cfg = run_config(parameters["data_dir"], parameters.get("seed", 0), parameters.get("registry"))
+    cfg = run_config(parameters["data_dir"], parameters.get("seed", 0), parameters.get("registry"),
+                     parameters.get("store_url"))
     aoi = load_aoi(parameters["aoi_id"], registry=cfg.registry)
     day = parameters["day"]
     if isinstance(day, str):
@@ -72,7 +88,15 @@ def aoi_day_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> st
     scene = find_scene(aoi, day, cfg)
     if scene is None:
         return None
-    digest = hashlib.sha256(f"{aoi.id}\n{scene.id}\n{cfg.hash(aoi)}".encode()).hexdigest()[:32]
+    # A store apart from data_dir is part of the key: the same AOI-day written to another
+    # store is not done there. (Results are persisted under data_dir, so cubes kept in
+    # data_dir need no more than that.)
+    where = ""
+    if cfg.store_url or os.environ.get("CHANGEDET_STORE_URL"):
+        where = str(cfg.store_root())
+        if not is_url(where):
+            where = str(Path(where).resolve())
+    digest = hashlib.sha256(f"{aoi.id}\n{scene.id}\n{cfg.hash(aoi)}\n{where}".encode()).hexdigest()[:32]
     # Keys are file names in the result storage: keep them to [a-z0-9_-].
     return f"changedet-{aoi.id}-{digest}"
 
@@ -109,7 +133,12 @@ def kernels_on_cluster(enabled: bool) -> Iterator[None]:
     mapped tasks as threads that would deadlock).
     """
     if not enabled:
-        yield
+        # Inside a Dask worker, compute() would otherwise go to the worker's distributed
+        # client (graph shipped to the scheduler and back): "local" must mean this process.
+        import dask
+
+        with dask.config.set(scheduler="threads"):
+            yield
         return
     try:
         from distributed import get_worker, rejoin, secede
@@ -138,21 +167,31 @@ def _acquire_source_slot(name: str):
 @task(retries=2, retry_delay_seconds=[5, 30], cache_key_fn=aoi_day_cache_key, persist_result=True,
       task_run_name="{aoi_id} {day}")
 def process_aoi_day(aoi_id: str, day: date, data_dir: str, seed: int = 0, registry: str | None = None,
-                    on_cluster: bool = True) -> dict[str, Any]:
+                    on_cluster: bool = True, store_url: str | None = None) -> dict[str, Any]:
     """Run the daily slice for one AOI and day; every log line names the AOI and the date.
 
     Holds one slot of the source's global concurrency limit while it runs, so the
     number of AOI-days hitting one imagery provider at once stays within its quota.
     """
     logger = get_run_logger()
-    cfg = run_config(data_dir, seed, registry)
+    cfg = run_config(data_dir, seed, registry, store_url)
     aoi = load_aoi(aoi_id, registry=cfg.registry)
+    wall0, cpu0 = time.perf_counter(), time.process_time()
     with _acquire_source_slot(source_limit_name(aoi, cfg)), kernels_on_cluster(on_cluster):
+        t_in, c_in = time.perf_counter(), time.process_time()
         result = run_day(aoi, day, cfg)
+        work = (time.perf_counter() - t_in, time.process_time() - c_in)
     logger.info("[%s %s] %s", aoi_id, day, result.summary().splitlines()[0])
     for alert in result.alerts:
         logger.warning("[%s %s] ALERT %s %s: %s", aoi_id, day, alert["action"], alert["alert_id"], alert["message"])
-    return _as_dict(result)
+    doc = _as_dict(result)
+    # Where the time went (bench/bench_flows.py sums these): run_day itself, and the task
+    # including the concurrency slot. CPU is this process's (all its threads): exact
+    # with one task per worker process, an upper bound when tasks share a process.
+    doc["timing"] = {"run_day_wall_s": round(work[0], 4), "run_day_cpu_s": round(work[1], 4),
+                     "task_wall_s": round(time.perf_counter() - wall0, 4),
+                     "task_cpu_s": round(time.process_time() - cpu0, 4), "pid": os.getpid()}
+    return doc
 
 
 @task(retries=1, retry_delay_seconds=10, persist_result=False, task_run_name="report {out_dir}")

@@ -152,9 +152,10 @@ def test_prefect_yaml_deployments_match_the_flows():
     aois = {a.id: a for a in list_aois()}
     daily_ids = []
     for name, d in deployments.items():
-        module, _, attr = d["entrypoint"].partition(":")
-        assert module.endswith(".py") and (REPO / module).exists(), f"{name}: entrypoint {d['entrypoint']}"
-        flow = getattr(importlib.import_module(module[:-3].replace("/", ".")), attr)
+        # Module paths: Dask workers must be able to import the flow's module by name.
+        module, _, attr = d["entrypoint"].rpartition(".")
+        assert ":" not in d["entrypoint"] and module.startswith("flows."), f"{name}: entrypoint {d['entrypoint']}"
+        flow = getattr(importlib.import_module(module), attr)
         params = set(flow.parameters.properties)
         assert set(d.get("parameters", {})) <= params, f"{name}: unknown parameters"
         assert d["work_pool"]["name"] == doc["deployments"][0]["work_pool"]["name"]
@@ -166,7 +167,7 @@ def test_prefect_yaml_deployments_match_the_flows():
             assert tzs == {aois[i].timezone for i in ids}, f"{name}: schedule timezone differs from its AOIs'"
             daily_ids += ids
     assert sorted(daily_ids) == sorted(aois), "every AOI has exactly one daily deployment"
-    assert {"backfill", "report"} <= {d["entrypoint"].rsplit(":", 1)[1] for d in deployments.values()}
+    assert {"backfill", "report"} <= {d["entrypoint"].rsplit(".", 1)[1] for d in deployments.values()}
 
 
 def test_cli_serve_and_backfill_commands(tmp_path):
@@ -177,3 +178,25 @@ def test_cli_serve_and_backfill_commands(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "changedet", "backfill", "--start", "2023-07-01", "--end",
                           "2023-06-01"], capture_output=True, text=True, env=env, cwd=REPO)
     assert bad.returncode == 2 and "swap them" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_store_url_is_resolved_by_the_flow_and_keys_the_cache(tmp_path, monkeypatch):
+    from changedet.errors import CubeError
+    from flows.tasks import aoi_day_cache_key, store_url_for
+
+    params = {"aoi_id": "dunai_port", "day": date(2023, 6, 1), "data_dir": str(tmp_path), "seed": 0,
+              "registry": None}
+    monkeypatch.delenv("CHANGEDET_STORE_URL", raising=False)
+    assert store_url_for(None) is None
+    plain = aoi_day_cache_key(None, params)
+    # The flow passes the variable on to its tasks (workers elsewhere need not have it).
+    monkeypatch.setenv("CHANGEDET_STORE_URL", "memory://changedet-flows/a")
+    assert store_url_for(None) == "memory://changedet-flows/a"
+    assert store_url_for("memory://changedet-flows/b") == "memory://changedet-flows/b"
+    monkeypatch.delenv("CHANGEDET_STORE_URL")
+    # An AOI-day done on one store is not done on another.
+    on_a = aoi_day_cache_key(None, {**params, "store_url": "memory://changedet-flows/a"})
+    on_b = aoi_day_cache_key(None, {**params, "store_url": "memory://changedet-flows/b"})
+    assert len({plain, on_a, on_b}) == 3
+    with pytest.raises(CubeError, match="nosuchscheme://.*CHANGEDET_STORE_URL"):
+        store_url_for("nosuchscheme://bucket/x")

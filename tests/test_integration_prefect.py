@@ -13,9 +13,13 @@ one earlier observation, so two AOI-days are enough to open an alert:
   runner reports the run Crashed, submitting the same backfill again re-schedules the
   same run, and it finishes with exactly the cubes and metric rows of the daily runs
   (the uninterrupted reference);
-* last, the server's scheduler has created the cron runs of the daily deployment at
+* the server's scheduler has created the cron runs of the daily deployment at
   06:00 in the AOI's timezone, and stopping ``changedet serve`` leaves them active
-  (``pause_on_shutdown=False``).
+  (``pause_on_shutdown=False``);
+* last, ``prefect.yaml`` itself is deployed with ``prefect deploy --all`` to a process
+  work pool (its pull step pointed at this checkout), a run of its daily deployment is
+  triggered through the API and a ``prefect worker --run-once`` executes it on the same
+  Dask scheduler.
 """
 
 from __future__ import annotations
@@ -150,7 +154,7 @@ def stack(tmp_path_factory):
 
             _wait("changedet serve to register its deployments", deployed, 90, procs)
             yield {"root": root, "data": data, "registry": registry, "serve": serve, "api": api, "procs": procs,
-                   "logs": logs}
+                   "logs": logs, "env": env, "scheduler": scheduler}
     except BaseException:
         for name, _ in procs:
             log = logs / f"{name}.log"
@@ -301,3 +305,58 @@ def test_served_schedules_run_at_0600_local_and_survive_shutdown(stack):
         after = c.read_deployment_by_name("daily_monitor/daily-asia-vladivostok")
         schedules = c.read_deployment_schedules(after.id)
     assert not after.paused and schedules and all(s.active for s in schedules), "shutdown paused the schedules"
+
+
+def test_prefect_yaml_deploys_to_a_process_pool_and_a_worker_runs_it(stack):
+    """Runs after the served deployments are stopped: ``prefect deploy`` re-registers the
+    same deployment names against the work pool, as an operator switching to workers would."""
+    import yaml
+    from prefect.deployments import run_deployment
+
+    # The served deployments share these names: the runner of `changedet serve` must not
+    # take the run (it has stopped already when the whole module runs).
+    _stop(stack["serve"])
+    root, env = stack["root"], {**stack["env"], "CHANGEDET_DASK_ADDRESS": stack["scheduler"]}
+    doc = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    [step] = doc["pull"]
+    # The shipped file pulls into the image's /app; here the code is this checkout.
+    step["prefect.deployments.steps.set_working_directory"]["directory"] = str(REPO)
+    pool = doc["definitions"]["work_pool"]["name"]
+    (root / "prefect.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+
+    def prefect(*args, timeout=180):
+        out = subprocess.run([str(BIN / "prefect"), *args], env=env, cwd=REPO, capture_output=True, text=True,
+                             timeout=timeout)
+        assert out.returncode == 0, f"prefect {' '.join(args)}:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}"
+        return out
+
+    prefect("work-pool", "create", pool, "--type", "process", "--overwrite")
+    prefect("--no-prompt", "deploy", "--all", "--prefect-file", str(root / "prefect.yaml"))
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as c:
+        deployed = {d.name: d for d in c.read_deployments()}
+    for d in doc["deployments"]:
+        assert deployed[d["name"]].work_pool_name == pool, d["name"]
+
+    data = root / "yaml-data"
+    run = run_deployment("daily_monitor/daily-asia-vladivostok", as_subflow=False, timeout=0,
+                         parameters={"aoi_ids": [AOI], "day": DAYS[0].isoformat(), "data_dir": str(data)})
+    worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", pool, "--run-once",
+                               "--type", "process"], env=env, cwd=REPO, start_new_session=True,
+                              stdin=subprocess.DEVNULL, stdout=open(stack["logs"] / "worker.log", "w"),
+                              stderr=subprocess.STDOUT)
+    try:
+        done = _run_state(run.id, 240, [p for p in stack["procs"] if p[0] != "changedet-serve"])
+        assert done.state.is_completed(), f"{done.state.name}: {done.state.message}\n" + \
+            (stack["logs"] / "worker.log").read_text()[-3000:]
+        worker.wait(timeout=60)
+    finally:
+        _stop(worker)
+    assert done.work_pool_name == pool
+    # The run did the work: the day is in its cube, identical to the served daily run's.
+    assert [s["time"][:10] for s in json.loads(_fine_cube(data).read_text())["scenes"]] == [DAYS[0].isoformat()]
+    assert _metric_rows(data), "the run recorded no metric"
+    served = [r for r in _cube_record(stack["data"]) if r["time"][:10] == DAYS[0].isoformat()]
+    if served:  # the served daily run of the same day (absent when this test runs alone)
+        assert _cube_record(data) == served

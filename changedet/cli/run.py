@@ -24,6 +24,9 @@ def add_parser(sub) -> None:
     p.add_argument("--every", type=int, default=None, help="days between runs in a range (default: AOI cadence)")
     p.add_argument("--data-dir", type=Path, default=None, help="where cubes, metrics and the outbox live "
                    "(default: $CHANGEDET_DATA_DIR or ./changedet-data)")
+    p.add_argument("--store-url", default=None, help="where cubes and products go: a path or an fsspec URL such "
+                   "as s3://bucket/prefix (default: $CHANGEDET_STORE_URL, else the data directory); S3 "
+                   "credentials and endpoint come from the AWS_* environment variables")
     p.add_argument("--seed", type=int, default=0, help="simulator seed")
     p.add_argument("--json", action="store_true", help="print one JSON object per day")
     p.set_defaults(func=cmd_run)
@@ -40,10 +43,12 @@ def add_parser(sub) -> None:
     d.set_defaults(func=cmd_demo)
 
 
-def _config(data_dir: Path | None, seed: int):
+def _config(data_dir: Path | None, seed: int, store_url: str | None = None):
     from changedet.pipeline import RunConfig
 
-    return RunConfig(data_dir=Path(data_dir or default_data_dir()), seed=seed)
+    cfg = RunConfig(data_dir=Path(data_dir or default_data_dir()), seed=seed, store_url=store_url)
+    cfg.store_root()  # an unusable store URL fails here, before any work
+    return cfg
 
 
 def cmd_run(args) -> int:
@@ -54,7 +59,7 @@ def cmd_run(args) -> int:
         raise DateError("give either --date or --start/--end, not both")
     if not args.date and not (args.start and args.end):
         raise DateError("give --date YYYY-MM-DD, or --start and --end for a range")
-    cfg = _config(args.data_dir, args.seed)
+    cfg = _config(args.data_dir, args.seed, args.store_url)
     for aoi_id in args.aoi:
         aoi = load_aoi(aoi_id)
         days = [args.date] if args.date else dates_between(args.start, args.end, args.every or aoi.cadence_days)
