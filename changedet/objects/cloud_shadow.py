@@ -124,6 +124,8 @@ def _shift(mask: np.ndarray, dr: float, dc: float) -> np.ndarray:
 # Cloud shadows are hundreds of metres across; a car's, stack's or building's shadow is
 # a few metres wide. Ground shaded throughout a window this wide is under a cloud.
 CLOUD_SHADE_WINDOW_M = 40.0
+#: NDWI above which a pixel is open water, not shadowed ground (McFeeters NDWI, G and NIR).
+WATER_NDWI = 0.3
 
 
 def cloud_shade(
@@ -181,7 +183,12 @@ def cloud_shade(
         with np.errstate(invalid="ignore"):
             small = np.nanmean(pix[:, :rows, :cols].reshape(pix.shape[0], rows // f, f, cols // f, f), axis=(2, 4))
         d, alpha = model.classify(small)
-        ground = (d <= 4.0) & np.all(np.isfinite(small), axis=0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ndwi = (small[1] - small[3]) / (small[1] + small[3])
+        # Open water has the colour of shadowed ground (dark, bluish) but a far higher
+        # NDWI (0.3-0.6 against about 0.1 for shade on ballast or concrete): a river under
+        # a bridge must not read as a cloud shadow that then spreads onto the track.
+        ground = (d <= 4.0) & np.all(np.isfinite(small), axis=0) & ~(ndwi > WATER_NDWI)
         # A cloud's thin edge dims the ground by 10-40 %, its core by more.
         shaded = ground & (alpha < 0.8)
         w = max(3, int(round(CLOUD_SHADE_WINDOW_M / (grid.resolution * f))))
