@@ -137,6 +137,9 @@ def backfill_scaling(aois: list[str], dates: list[date], work: Path) -> dict:
     from changedet.pipeline import RunConfig, run_series
     from flows.backfill import backfill
     from flows.tasks import ensure_source_limits
+    from flows.cluster import configure_worker_malloc
+
+    configure_worker_malloc()
 
     start, end = dates[0], dates[-1]
     every = (dates[1] - dates[0]).days if len(dates) > 1 else 7

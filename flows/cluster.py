@@ -16,6 +16,26 @@ from typing import Iterator
 #: Threads per LocalCluster worker beyond the mapped tasks it may hold (for their kernels).
 SPARE_THREADS = 2
 
+#: malloc settings for LocalCluster workers. Dask's nanny sets MALLOC_TRIM_THRESHOLD_=64 KiB
+#: so workers hand freed memory back to the OS; setting it also freezes glibc's mmap
+#: threshold at 128 KiB, so every large numpy temporary is a fresh mmap of zeroed pages.
+#: Measured on one AOI-day series: run_day used 1.46x the CPU inside a worker than in a
+#: plain process (27.2 vs 18.6 s), and 1.11x (20.6 s) with these values, at the price of
+#: a worker keeping up to 1 GiB of freed heap.
+WORKER_ENV = {"MALLOC_TRIM_THRESHOLD_": str(1 << 30), "MALLOC_MMAP_THRESHOLD_": str(256 << 20)}
+
+
+def configure_worker_malloc() -> None:
+    """Make nannies started from this process spawn workers with :data:`WORKER_ENV`.
+
+    glibc reads these variables at the first allocation, so they must be in the
+    environment the worker process starts with (Dask's ``pre-spawn-environ``); the
+    nanny's ``env=`` argument is applied too late for them.
+    """
+    import dask
+
+    dask.config.set({f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in WORKER_ENV.items()})
+
 
 def dask_address(address: str | None = None) -> str | None:
     if address:
@@ -30,6 +50,7 @@ def dask_address(address: str | None = None) -> str | None:
 
 def local_cluster_kwargs(n_workers: int | None = None, mapped_per_worker: int | None = None) -> dict:
     """LocalCluster settings: process workers (the pipeline holds the GIL in places)."""
+    configure_worker_malloc()
     n = n_workers or int(os.environ.get("CHANGEDET_DASK_WORKERS", "0")) or min(2, os.cpu_count() or 1)
     per = mapped_per_worker or int(os.environ.get("CHANGEDET_DASK_MAPPED_PER_WORKER", "2"))
     return {"n_workers": n, "threads_per_worker": per + SPARE_THREADS, "processes": True,
