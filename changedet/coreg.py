@@ -1386,16 +1386,7 @@ def coregister_stack(
         tasks.append(dask.delayed(_register_slice, pure=False)(ref, mov, vm, kwargs))
     done = dask.compute(*tasks, scheduler=scheduler)
     results = [r for _, r in done]
-    aligned = xr.concat([a.drop_vars([c for c in a.coords if c not in a.dims and c != "spatial_ref"])
-                         for a, _ in done], dim="time", coords="minimal", compat="override")
-    aligned = aligned.assign_coords(time=stack["time"].values)
-    for c in stack.coords:
-        if c != "time" and stack[c].dims == ("time",):
-            aligned = aligned.assign_coords({c: ("time", stack[c].values)})
-    if cube is not None:
-        for sid, res in zip(scene_ids, results):
-            cube.annotate(sid, {"coreg": provenance_fields(res)})
-    return aligned, results
+    return _assemble_stack([a for a, _ in done], stack, results, scene_ids, cube)
 
 
 # -- network (all-pairs) stack mode ---------------------------------------------------
@@ -1574,6 +1565,12 @@ def _network_stack(stack, ref, valid, cube, scheduler, scene_ids, kwargs):
         results.append(CoregResult(row, col, col * xres, -row * yres, rel, n_kept, float(sim_before),
                                    float(sim_after), not reason, reason, mode="network",
                                    tie_points_total=n_obs))
+    return _assemble_stack(outs, stack, results, scene_ids, cube)
+
+
+def _assemble_stack(outs, stack, results, scene_ids, cube):
+    """The registered dates as one (time, ...) stack with the input's time coordinates;
+    each date's registration recorded in the cube's provenance when a cube is given."""
     aligned = xr.concat([a.drop_vars([c for c in a.coords if c not in a.dims and c != "spatial_ref"])
                          for a in outs], dim="time", coords="minimal", compat="override")
     aligned = aligned.assign_coords(time=stack["time"].values)
