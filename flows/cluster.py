@@ -50,7 +50,6 @@ def dask_address(address: str | None = None) -> str | None:
 
 def local_cluster_kwargs(n_workers: int | None = None, mapped_per_worker: int | None = None) -> dict:
     """LocalCluster settings: process workers (the pipeline holds the GIL in places)."""
-    configure_worker_malloc()
     n = n_workers or int(os.environ.get("CHANGEDET_DASK_WORKERS", "0")) or min(2, os.cpu_count() or 1)
     per = mapped_per_worker or int(os.environ.get("CHANGEDET_DASK_MAPPED_PER_WORKER", "2"))
     return {"n_workers": n, "threads_per_worker": per + SPARE_THREADS, "processes": True,
@@ -64,6 +63,8 @@ def task_runner(address: str | None = None, *, n_workers: int | None = None):
     addr = dask_address(address)
     if addr:
         return DaskTaskRunner(address=addr)
+    # The runner starts the LocalCluster later, in this process: its nannies read this then.
+    configure_worker_malloc()
     return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=local_cluster_kwargs(n_workers))
 
 
