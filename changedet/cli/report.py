@@ -18,6 +18,10 @@ def add_parser(sub) -> None:
     p.add_argument("--data-dir", type=Path, default=None, help="where runs wrote cubes, metrics and the outbox "
                    "(default: $CHANGEDET_DATA_DIR or ./changedet-data)")
     p.add_argument("--registry", type=Path, default=None, help="AOI folder (default: $CHANGEDET_AOIS or aois/)")
+    p.add_argument("--store-url", default=None, help="where the runs put cubes and products: a path or an fsspec "
+                   "URL such as s3://bucket/prefix (default: $CHANGEDET_STORE_URL, else the data directory)")
+    p.add_argument("--metrics-url", default=None, help="metric store (default: $CHANGEDET_METRICS_URL, else "
+                   "<data-dir>/metrics.sqlite)")
     p.set_defaults(func=cmd_report)
 
 
@@ -25,7 +29,8 @@ def cmd_report(args) -> int:
     from changedet.report import build_report
 
     index = build_report(args.data_dir or default_data_dir(), args.out, aoi_ids=args.aoi, start=args.start,
-                         end=args.end, registry=args.registry)
+                         end=args.end, registry=args.registry, store_url=args.store_url,
+                         metrics_url=args.metrics_url)
     print(f"report: {index}")
     if args.aoi and len(args.aoi) == 1:
         print(f"  {args.aoi[0]}: {index.parent / args.aoi[0] / 'index.html'}")

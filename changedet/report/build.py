@@ -154,15 +154,74 @@ class _Imagery:
     scenes: list[dict]           # in the period, sorted by time
 
 
-def _imagery(aoi, data_dir: Path, start, end) -> _Imagery | None:
+class _Store:
+    """Where runs put cubes and products: a local folder or an fsspec URL (read only here)."""
+
+    def __init__(self, root: str | Path) -> None:
+        from changedet.cube import is_url
+
+        self.root = root
+        self.remote = is_url(root)
+        if self.remote:
+            import fsspec
+
+            self.fs, self.base = fsspec.core.url_to_fs(str(root).rstrip("/"))
+        else:
+            self.fs, self.base = None, str(root)
+
+    def _join(self, *parts: str) -> str:
+        return "/".join([self.base.rstrip("/"), *parts])
+
+    def product_days(self, aoi_id: str) -> list[str]:
+        """Names of the ``products/<aoi>/<day>`` folders."""
+        folder = self._join("products", aoi_id)
+        if not self.remote:
+            p = Path(folder)
+            return [d.name for d in p.iterdir() if d.is_dir()] if p.is_dir() else []
+        try:
+            entries = self.fs.ls(folder, detail=True)
+        except (FileNotFoundError, OSError):
+            return []
+        return [e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory"]
+
+    def files(self, aoi_id: str, day: str, suffix: str) -> list[str]:
+        """Product files of one AOI-day ending in ``suffix``, sorted."""
+        folder = self._join("products", aoi_id, day)
+        if not self.remote:
+            p = Path(folder)
+            return sorted(str(f) for f in p.glob(f"*{suffix}")) if p.is_dir() else []
+        try:
+            return sorted(f for f in self.fs.ls(folder, detail=False) if f.endswith(suffix))
+        except (FileNotFoundError, OSError):
+            return []
+
+    def read_text(self, path: str) -> str:
+        return Path(path).read_text() if not self.remote else self.fs.cat_file(path).decode()
+
+    def read_raster(self, path: str) -> xr.DataArray:
+        from changedet.io import read_raster
+
+        if not self.remote:
+            return read_raster(path)
+        import tempfile
+
+        # GDAL reads local files; a change map is a few MB, so one copy is cheaper than a VSI setup.
+        with tempfile.TemporaryDirectory(prefix="changedet-report-") as tmp:
+            local = Path(tmp) / Path(path).name
+            self.fs.get_file(path, str(local))
+            return read_raster(local)
+
+
+def _imagery(aoi, data: _Store, start, end) -> _Imagery | None:
     """The first source of the AOI with stored scenes (the pipeline's primary source)."""
     from changedet.cube import Cube
     from changedet.grid import aoi_grid
 
     for spec in aoi.sources:
         grid = aoi_grid(aoi, float(spec.resolution_m))
-        cube = Cube(data_dir, aoi.id, spec.sensor, grid, reflectance=spec.sensor != "s1")
-        if not Path(cube.path).exists():
+        cube = Cube(data.root, aoi.id, spec.sensor, grid, reflectance=spec.sensor != "s1")
+        exists = data.fs.exists(str(cube.path)) if data.remote else Path(cube.path).exists()
+        if not exists:
             continue
         scenes = [s for s in cube.scenes() if _in(_ts(s["time"]), start, end)]
         if scenes:
@@ -184,24 +243,21 @@ def _scene_image(img: _Imagery, entry: dict) -> xr.DataArray:
     return da
 
 
-def _products_dir(data_dir: Path, aoi_id: str, t: pd.Timestamp) -> Path | None:
-    """``products/<aoi>/<day>/`` of an acquisition: the run day nearest its time (within a day)."""
-    root = data_dir / "products" / aoi_id
-    if not root.is_dir():
-        return None
+def _products_dir(data: _Store, aoi_id: str, t: pd.Timestamp) -> str | None:
+    """The ``products/<aoi>/<day>`` day of an acquisition: the run day nearest its time (within a day)."""
     best, best_d = None, None
-    for d in root.iterdir():
+    for name in data.product_days(aoi_id):
         try:
-            day = date.fromisoformat(d.name)
+            day = date.fromisoformat(name)
         except ValueError:
             continue
         gap = abs((_ts(day) + pd.Timedelta(hours=12)) - t)
         if gap <= pd.Timedelta(hours=36) and (best_d is None or gap < best_d):
-            best, best_d = d, gap
+            best, best_d = name, gap
     return best
 
 
-def _detections(prod: Path | None, crs) -> list[dict]:
+def _detections(data: _Store, aoi_id: str, prod: str | None, crs) -> list[dict]:
     """Detections of every ``*.geojson`` product (EPSG:4326) projected to ``crs``."""
     import shapely.geometry
 
@@ -210,9 +266,10 @@ def _detections(prod: Path | None, crs) -> list[dict]:
     out: list[dict] = []
     if prod is None:
         return out
-    for f in sorted(prod.glob("*.geojson")):
+    for f in data.files(aoi_id, prod, ".geojson"):
+        stem = f.rsplit("/", 1)[-1][: -len(".geojson")]
         try:
-            doc = json.loads(f.read_text())
+            doc = json.loads(data.read_text(f))
         except (OSError, json.JSONDecodeError):
             continue
         for feat in doc.get("features", []):
@@ -221,7 +278,7 @@ def _detections(prod: Path | None, crs) -> list[dict]:
                 geom = _project(shapely.geometry.shape(feat["geometry"]), crs)
             except Exception:
                 continue
-            out.append({"type": str(props.get("type", f.stem)), "polygon": shapely.geometry.mapping(geom),
+            out.append({"type": str(props.get("type", stem)), "polygon": shapely.geometry.mapping(geom),
                         "score": props.get("score")})
     return out
 
@@ -280,14 +337,14 @@ def _figure_block(src: str, alt: str, caption: str, *, gid: str) -> str:
             f"<figcaption>{esc(caption)}</figcaption></figure>")
 
 
-def _build_aoi(aoi, data_dir: Path, out_dir: Path, start, end, store, outbox) -> _AOIView:
+def _build_aoi(aoi, data_dir: Path, data: _Store, out_dir: Path, start, end, store, outbox) -> _AOIView:
     from changedet import figures as F
     from changedet.alerts.outbox import ACTIVE
     from changedet.metrics import SITE
 
     page_dir = out_dir / aoi.id
     page_dir.mkdir(parents=True, exist_ok=True)
-    img = _imagery(aoi, data_dir, start, end)
+    img = _imagery(aoi, data, start, end)
     latest_t = _ts(img.scenes[-1]["time"]) if img else None
     view = _AOIView(aoi, "no data", latest_t, img.sensor if img else None)
 
@@ -345,8 +402,8 @@ def _build_aoi(aoi, data_dir: Path, out_dir: Path, start, end, store, outbox) ->
             crs = da.rio.crs
             when = latest_t.to_pydatetime()
             attribution = F.attribution_for(img.sensor, latest_t.year, source=img.source)
-            prod = _products_dir(data_dir, aoi.id, latest_t)
-            dets = _detections(prod, crs)
+            prod = _products_dir(data, aoi.id, latest_t)
+            dets = _detections(data, aoi.id, prod, crs)
             feats = _features(aoi, crs)
             F.map_png(da, page_dir / "map.png", title=f"{name}: site and features", when=when, sensor=img.sensor,
                       attribution=attribution, features=feats)
@@ -368,11 +425,11 @@ def _build_aoi(aoi, data_dir: Path, out_dir: Path, start, end, store, outbox) ->
             mag, mag_t = None, None
             for entry in reversed(img.scenes):
                 t = _ts(entry["time"])
-                pdir = _products_dir(data_dir, aoi.id, t)
-                if pdir is not None and (pdir / "change_magnitude.tif").exists():
-                    from changedet.io import read_raster
-
-                    mag, mag_t = read_raster(pdir / "change_magnitude.tif"), t
+                pdir = _products_dir(data, aoi.id, t)
+                tifs = [f for f in data.files(aoi.id, pdir, ".tif")
+                        if f.rsplit("/", 1)[-1] == "change_magnitude.tif"] if pdir is not None else []
+                if tifs:
+                    mag, mag_t = data.read_raster(tifs[0]), t
                     break
             centre = _change_centre(mag, aoi, crs)
             if len(img.scenes) >= 2:
@@ -537,7 +594,8 @@ def _index(views: list[_AOIView], out_dir: Path, start, end) -> Path:
 # -- entry point -------------------------------------------------------------------------------
 def build_report(data_dir: str | Path, out_dir: str | Path, *, aoi_ids: Sequence[str] | None = None,
                  start: date | datetime | str | None = None, end: date | datetime | str | None = None,
-                 registry: str | Path | None = None) -> Path:
+                 registry: str | Path | None = None, store_url: str | None = None,
+                 metrics_url: str | None = None) -> Path:
     """Build the static HTML report and return the path of its ``index.html``.
 
     Parameters
@@ -552,6 +610,12 @@ def build_report(data_dir: str | Path, out_dir: str | Path, *, aoi_ids: Sequence
         Period shown (an end date includes its whole day); default everything.
     registry : path, optional
         AOI registry (default :func:`changedet.aoi.default_registry`).
+    store_url : str, optional
+        Where the runs put cubes and products, as for ``changedet run``: a local path or an
+        fsspec URL (default ``$CHANGEDET_STORE_URL``, else ``data_dir``).
+    metrics_url : str, optional
+        Metric store, as for ``changedet run`` (default ``$CHANGEDET_METRICS_URL``, else
+        ``<data_dir>/metrics.sqlite`` when it exists).
 
     Returns
     -------
@@ -567,7 +631,7 @@ def build_report(data_dir: str | Path, out_dir: str | Path, *, aoi_ids: Sequence
     """
     from changedet.alerts.outbox import Outbox
     from changedet.aoi import list_aois, load_aoi
-    from changedet.metrics import MetricStore
+    from changedet.metrics import MetricStore, is_postgres_url, sqlite_path
 
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     if not data_dir.is_dir():
@@ -576,12 +640,19 @@ def build_report(data_dir: str | Path, out_dir: str | Path, *, aoi_ids: Sequence
     reg = Path(registry) if registry is not None else None
     aois = [load_aoi(i, registry=reg) for i in aoi_ids] if aoi_ids else list_aois(reg)
     out_dir.mkdir(parents=True, exist_ok=True)
-    store = MetricStore(data_dir / "metrics.sqlite") if (data_dir / "metrics.sqlite").exists() else None
+    # The same resolution as the runs (RunConfig), so a report sees what `changedet run` wrote.
+    from changedet.pipeline import RunConfig
+
+    cfg = RunConfig(data_dir=data_dir, store_url=store_url, metrics_url=metrics_url)
+    data = _Store(cfg.store_root())
+    where = cfg.store_location()
+    # A missing SQLite file means no run wrote metrics; opening it would create one.
+    store = MetricStore(where) if is_postgres_url(where) or sqlite_path(where).exists() else None
     outbox = Outbox(data_dir / "outbox") if (data_dir / "outbox" / "outbox.sqlite").exists() else None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            views = [_build_aoi(a, data_dir, out_dir, s, e, store, outbox) for a in aois]
+            views = [_build_aoi(a, data_dir, data, out_dir, s, e, store, outbox) for a in aois]
         return _index(views, out_dir, s, e)
     finally:
         if store is not None:
