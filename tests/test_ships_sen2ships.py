@@ -7,17 +7,24 @@ long, so a one-pixel shift of a 3 x 8 box already costs half its IoU), one to on
 greedily by IoU. Only labels at least 3 pixels long are scored (all of them, here).
 
 Measured (``pytest -s``; also ``python bench/bench_ships.py``, which adds a centre-in-box
-rule and recall split by alongside / open water): Busan F1 0.49 (P 0.47, R 0.52),
-Casablanca (held out) F1 0.45 (P 0.36, R 0.60) - still below the 0.7 the issue asks for.
+rule, recall split by alongside / open water and figures per size class): Busan F1 0.53
+(P 0.55, R 0.52), Casablanca F1 0.50 (P 0.54, R 0.47) - still below the 0.7 the issue
+asks for.
 Open-water vessels are found (recall 0.67 and 1.00); vessels moored alongside quays,
 which most labels are (39 of 54 and 13 of 15), merge with the quay at 10 m; the
-quayside search (strips sticking out of the straightened quay line) now finds about half
-of them (recall 0.46 and 0.54, from 0.33 and 0.39). History: hull growing (``k_grow``)
+quayside search (strips sticking out of the straightened quay line) finds about half
+of them on Busan (recall 0.46 and 0.39; 0.33 and 0.39 before it; on Casablanca the fill
+test costs one hull alongside and the NDWI test another). History: hull growing (``k_grow``)
 and the two-pixel seed (``min_seed_px``, checked on Busan only; Casablanca held out)
 raised F1 from 0.40 / 0.21 to 0.44 / 0.33; the elongation cap (piers) and the SWIR test
 on open-water detections (whitecaps, foam; ``k_swir`` = 4, checked on Busan: same F1,
 a fifth fewer false alarms) to 0.44 / 0.41; the quayside search (hull elongation >= 5,
-checked on Busan: 4 / 5 / 6 gave 0.483 / 0.491 / 0.473) to 0.49 / 0.45. The floors below
+checked on Busan: 4 / 5 / 6 gave 0.483 / 0.491 / 0.473) to 0.49 / 0.45; three tests on
+what a body is - some water-class rim pixels in a body grown from the water (islets and
+pier ends have none), a pixel with NDWI <= 0 (foam and plumes have none; this one was
+written after looking at Casablanca's surf, so Casablanca is not held out for it), and a
+quayside strip filling 80 % of its moment rectangle (corner crescents do not; 0.8
+chosen on Busan) - to 0.53 / 0.50. The floors below
 sit a margin under the measured figures so that a regression fails; they are not the
 target.
 """
@@ -44,7 +51,7 @@ from changedet.simulate.render import render_scene
 
 PORTS = {"busan": "2022-05-14", "casablanca": "2023-04-26"}
 # Measured F1 minus a margin (see the module docstring): regression floors.
-F1_FLOOR = {"busan": 0.45, "casablanca": 0.40}
+F1_FLOOR = {"busan": 0.50, "casablanca": 0.46}
 MATCH_IOU = 0.1
 
 
@@ -229,15 +236,18 @@ def test_foam_dark_in_swir_and_piers_too_thin_are_not_vessels():
     default = detect_vessels(scene)
     assert default.total == 1, default.to_json()
     assert default.detections[0].polygon.contains(Point(cx, cy))
-    everything = centres(detect_vessels(scene, k_swir=None, max_elongation=math.inf))
+    # The NDWI and water-fraction hull tests (test below) would also drop the foam and
+    # the sharp-edged pier; they are switched off here to test the SWIR and shape tests.
+    others_off = {"hull_ndwi": None, "min_water_fraction": 0.0}
+    everything = centres(detect_vessels(scene, k_swir=None, max_elongation=math.inf, **others_off))
     assert len(everything) == 3
     assert any(19 <= r <= 22 and 119 <= c <= 126 for r, c in everything)   # the foam
     assert any(99 <= r <= 102 and 19 <= c <= 50 for r, c in everything)    # the pier
-    pier_len = [d.attrs["length_m"] for d in detect_vessels(scene, max_elongation=math.inf).detections
+    pier_len = [d.attrs["length_m"] for d in detect_vessels(scene, max_elongation=math.inf, **others_off).detections
                 if d.attrs["length_m"] > 250.0]
     assert pier_len and abs(pier_len[0] - 300.0) <= 30.0
     # Without a SWIR band the foam test cannot be made, and is not.
-    no_swir = detect_vessels(scene.sel(band=["B02", "B03", "B04", "B08"]))
+    no_swir = detect_vessels(scene.sel(band=["B02", "B03", "B04", "B08"]), **others_off)
     assert no_swir.total == 2, no_swir.to_json()
     with pytest.raises(ChangedetError, match="max_elongation"):
         detect_vessels(scene, max_elongation=0.5)
@@ -375,3 +385,75 @@ def test_cli_counts_ships_on_a_sentinel2_scene_and_takes_a_plugin(test_data, tmp
     doc = run(["count", "ships", tif, "--features", fpath, "--json", "--detector", "one_box:make"])
     assert doc["total"] == 1 and doc["by_type"] == {"vessel": 1}
     assert doc["per_feature"] == [{"id": "harbour", "count": 1, "by_type": {"vessel": 1}}]
+
+
+def test_land_bodies_and_spectrally_water_bodies_are_not_vessels():
+    """Two hull tests made on what a body is, not on its shape. A bright body in the sea
+    domain with no water-class pixel at all (no mixed rim: an islet, a pier end pulled in
+    by the shore closing) is land; a body whose every pixel reflects less NIR than green
+    (NDWI > 0: foam, a turbid plume, glint) is water. The blurred hull is kept by both;
+    each test can be switched off and the body it removes comes back."""
+    image, grid, (cx, cy) = _synthetic(heading_deg=30.0)
+    data = image.values.copy()
+    names = list(image["band"].values)
+    # Islet: 4 x 12 pixels of concrete with sharp edges (set after the blur), far from the hull.
+    islet = np.s_[30:34, 20:32]
+    for b, v in zip(names, (0.08, 0.1, 0.12, 0.3, 0.25)):
+        data[names.index(b)][islet] = v
+    # Plume: 3 x 10 pixels bright in the visible, NIR above the water but below green
+    # (NDWI ~ +0.5), SWIR lifted so that the open-water SWIR test alone would keep it.
+    plume = np.s_[20:23, 110:120]
+    for b, v in zip(names, (0.15, 0.15, 0.12, 0.05, 0.04)):
+        data[names.index(b)][plume] = v
+    scene = grid.attach(data, bands=names)
+
+    def found(res, sl):
+        rows, cols = sl
+        box = shapely.geometry.box(grid.x[cols.start], grid.y[rows.stop - 1], grid.x[cols.stop - 1],
+                                   grid.y[rows.start])
+        return any(d.polygon.intersects(box) for d in res.detections)
+
+    default = detect_vessels(scene)
+    assert default.total == 1, default.to_json()
+    assert default.detections[0].polygon.contains(Point(cx, cy))
+    no_water_test = detect_vessels(scene, min_water_fraction=0.0)
+    assert found(no_water_test, islet) and not found(no_water_test, plume)
+    no_ndwi_test = detect_vessels(scene, hull_ndwi=None)
+    assert found(no_ndwi_test, plume) and not found(no_ndwi_test, islet)
+    assert detect_vessels(scene, min_water_fraction=0.0, hull_ndwi=None).total == 3
+    from changedet.errors import ChangedetError
+
+    with pytest.raises(ChangedetError, match="min_water_fraction"):
+        detect_vessels(scene, min_water_fraction=5.0)
+    with pytest.raises(ChangedetError, match="hull_ndwi"):
+        detect_vessels(scene, hull_ndwi=2.0)
+    with pytest.raises(ChangedetError, match="quay_min_fill"):
+        detect_vessels(scene, quay_min_fill=-0.1)
+
+
+def test_quayside_strip_must_fill_its_rectangle():
+    """A hull strip alongside a quay is convex and fills the rectangle of its second
+    moments; the crescent a line opening leaves at a rounded quay corner is as elongated
+    but fills about a third of it, and is not reported (unless the test is switched off)."""
+    from changedet.objects.vessels import _vessels_from
+
+    _, grid, _ = _synthetic(heading_deg=0.0)
+    n = grid.shape[0]
+    dom = np.ones((n, n), bool)
+    dom[130:] = False                                    # the quay
+    quay = np.zeros((n, n), bool)
+    quay[127:130, 20:45] = True                          # a 3 x 25 px hull alongside
+    rr, cc = np.mgrid[:n, :n]
+    ring = np.hypot(rr - 160.0, cc - 110.0)
+    bearing = np.degrees(np.arctan2(cc - 110.0, 160.0 - rr))
+    quay |= (ring >= 31) & (ring < 33) & (np.abs(bearing) <= 35)   # a 2 px arc, 37 x 7 px box
+    z = np.zeros((n, n))
+
+    def boxes(fill):
+        res = _vessels_from(np.zeros((n, n), bool), dom, z, grid, 1.0, {}, min_length_px=3.0, observed=1.0,
+                            max_elongation=10.0, quayside=quay, quay_min_fill=fill)
+        assert all(d.type == "at_berth" for d in res.detections)
+        return sorted(d.attrs["bbox_px"] for d in res.detections)
+
+    assert boxes(0.8) == [[20, 127, 25, 3]]
+    assert boxes(0.0) == [[20, 127, 25, 3], [92, 128, 37, 7]]
