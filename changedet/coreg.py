@@ -53,6 +53,7 @@ the target's geotransform origin).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -164,18 +165,41 @@ class CoregResult:
 
 
 # -- pre-processing ------------------------------------------------------------------
+@functools.lru_cache(maxsize=32)
+def _tukey2d_cached(shape: tuple[int, int]) -> np.ndarray:
+    win = np.outer(signal.windows.tukey(shape[0], _TUKEY_ALPHA), signal.windows.tukey(shape[1], _TUKEY_ALPHA))
+    win = win.astype(np.float32)
+    win.flags.writeable = False  # shared between calls
+    return win
+
+
 def _tukey2d(shape: tuple[int, int]) -> np.ndarray:
-    return np.outer(signal.windows.tukey(shape[0], _TUKEY_ALPHA), signal.windows.tukey(shape[1], _TUKEY_ALPHA))
+    """2-D Tukey taper (float32, read-only: it is cached per shape)."""
+    return _tukey2d_cached(tuple(int(n) for n in shape))
+
+
+def _workers(size: int) -> int:
+    """FFT threads for an array of ``size`` elements: one below 512 x 512, where thread
+    start-up costs more than it saves (and the cores are shared with other work)."""
+    return _FFT_WORKERS if size >= 512 * 512 else 1
 
 
 def _gradient(img: np.ndarray, valid: np.ndarray, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
     """Complex gradient ``gx + i*gy`` of ``img`` and the mask of pixels it is valid on."""
-    filled = np.where(valid, img, img[valid].mean()).astype(dtype, copy=False)
+    all_valid = bool(valid.all())
+    if all_valid:
+        filled = np.asarray(img, dtype=dtype)
+    else:
+        filled = np.where(valid, img, img[valid].mean()).astype(dtype, copy=False)
     smooth = ndimage.gaussian_filter(filled, _SMOOTH_SIGMA)
-    grad = ndimage.sobel(smooth, axis=1) + 1j * ndimage.sobel(smooth, axis=0).astype(dtype, copy=False)
+    grad = np.empty(smooth.shape, np.complex64 if dtype == np.float32 else np.complex128)
+    grad.real = ndimage.sobel(smooth, axis=1)
+    grad.imag = ndimage.sobel(smooth, axis=0)
+    if all_valid:
+        return grad, valid
     # The smoothing + Sobel halo around invalid pixels mixes in the fill value.
     halo = 1 + int(math.ceil(3 * _SMOOTH_SIGMA))
-    good = ~ndimage.binary_dilation(~valid, iterations=halo) if not valid.all() else valid
+    good = ~ndimage.binary_dilation(~valid, iterations=halo)
     return grad, good
 
 
@@ -186,21 +210,27 @@ def _prepare(img: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 def _condition(grad: np.ndarray, good: np.ndarray) -> np.ndarray:
     """:func:`_prepare` from a gradient image and the mask where it is clean."""
-    if good.sum() < 16:
+    all_good = bool(good.all())
+    if not all_good and good.sum() < 16:
         return np.zeros(grad.shape, dtype=np.complex64)
     mag = np.abs(grad)
-    clip = np.percentile(mag[good], _CLIP_PERCENTILE)
+    clip = np.percentile(mag if all_good else mag[good], _CLIP_PERCENTILE)
     if clip > 0:
         # Keep orientation, cap the weight of strong (possibly changed) edges.
-        grad = grad * np.minimum(1.0, clip / np.maximum(mag, 1e-30))
-    grad = grad - grad[good].mean()
+        np.minimum(np.float32(clip) / np.maximum(mag, np.float32(1e-30)), np.float32(1.0), out=mag)
+        grad = grad * mag
+    else:
+        grad = grad.copy()
+    grad -= (grad.mean() if all_good else grad[good].mean()).astype(grad.dtype)
     # Single precision throughout (as the local mode): the correlation needs far less
     # than float32's 7 digits, and it halves the cost of every filter and FFT.
-    weight = good.astype(np.float32)
-    if not good.all():
+    weight = _tukey2d(grad.shape)
+    if not all_good:
         # Feather mask edges so they do not act as a common, unshifted feature.
-        weight = ndimage.gaussian_filter(weight, _FEATHER_SIGMA) * good
-    return (grad * (weight * _tukey2d(grad.shape).astype(np.float32))).astype(np.complex64, copy=False)
+        weight = ndimage.gaussian_filter(good.astype(np.float32), _FEATHER_SIGMA) * good * weight
+    grad = grad.astype(np.complex64, copy=False)
+    grad *= weight
+    return grad
 
 
 def _crop_slices(shape: tuple[int, int], shift: tuple[int, int]):
@@ -228,11 +258,15 @@ def _gradient_ncc(ref: np.ndarray, mov: np.ndarray, valid: np.ndarray | None = N
         if cache is not None:
             cache.update(mask=v, grad=(ga, good_a))
     gb, good_b = _gradient(mov, v)
-    good = good_a & good_b
+    return _ncc(ga, gb, good_a & good_b)
+
+
+def _ncc(ga: np.ndarray, gb: np.ndarray, good: np.ndarray) -> float:
+    """NCC of the magnitudes of two gradient images over ``good`` (NaN below 16 pixels)."""
     if good.sum() < 16:
         return float("nan")
-    a = np.abs(ga[good])
-    b = np.abs(gb[good])
+    a = np.abs(ga[good]).astype(np.float64)
+    b = np.abs(gb[good]).astype(np.float64)
     a = a - a.mean()
     b = b - b.mean()
     den = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
@@ -279,8 +313,9 @@ def estimate_shift(
         Arrays not 2-D or of different shapes, or fewer than :data:`MIN_VALID_PIXELS`
         valid overlapping pixels.
     """
-    ref = np.asarray(reference, dtype="float64")
-    mov = np.asarray(moving, dtype="float64")
+    # Single precision: the gradients are computed in float32 anyway.
+    ref = np.asarray(reference, dtype=np.float32)
+    mov = np.asarray(moving, dtype=np.float32)
     if ref.ndim != 2 or mov.ndim != 2:
         raise CoregError(
             f"estimate_shift needs 2-D arrays, got shapes {ref.shape} and {mov.shape}; select one band first"
@@ -301,17 +336,32 @@ def estimate_shift(
             f"only {n_valid} valid overlapping pixels (need {MIN_VALID_PIXELS}); "
             "use a larger window or an acquisition with less cloud / nodata"
         )
+    return _estimate(ref, mov, v, upsample_factor=upsample_factor, max_shift_px=max_shift_px)
 
+
+def _estimate(ref: np.ndarray, mov: np.ndarray, v: np.ndarray, *, upsample_factor: int = 100,
+              max_shift_px: float | None = None, grads: dict | None = None) -> tuple[float, float, float]:
+    """:func:`estimate_shift` on checked float32 arrays and their common valid mask ``v``.
+
+    ``grads`` (a dict) receives the frame gradients of both images and their clean mask
+    (``ref``, ``mov``, ``good``), from which :func:`coregister` measures the similarity
+    before co-registration without filtering the images again.
+    """
     # -- integer stage on the phase-normalised surface (sharp peak -> reliability)
-    a = _prepare(ref, v)
-    b = _prepare(mov, v)
-    fa = sfft.fft2(a, workers=_FFT_WORKERS)
-    fb = sfft.fft2(b, workers=_FFT_WORKERS)
+    workers = _workers(ref.size)
+    ga, good = _gradient(ref, v)
+    gb, _ = _gradient(mov, v)  # same mask, same clean area
+    if grads is not None:
+        grads.update(ref=ga, mov=gb, good=good)
+    a = _condition(ga, good)
+    b = _condition(gb, good)
+    fa = sfft.fft2(a, workers=workers)
+    fb = sfft.fft2(b, workers=workers)
     prod = fa * np.conj(fb)
     mag = np.abs(prod)
     if not np.any(mag > 0):
         return 0.0, 0.0, 0.0  # no texture at all: nothing to match
-    surface = np.abs(sfft.ifft2(prod / np.maximum(mag, 1e-12 * mag.max()), workers=_FFT_WORKERS))
+    surface = np.abs(sfft.ifft2(prod / np.maximum(mag, 1e-12 * mag.max()), workers=workers))
     rows, cols = surface.shape
     dr = np.fft.fftfreq(rows, 1.0 / rows)[:, None]  # signed integer shifts per bin
     dc = np.fft.fftfreq(cols, 1.0 / cols)[None, :]
@@ -320,11 +370,10 @@ def estimate_shift(
         search = np.where(np.hypot(dr, dc) <= max_shift_px + 0.5, surface, -np.inf)
     pr, pc = np.unravel_index(int(np.argmax(search)), surface.shape)
     peak = surface[pr, pc]
-    others = surface.copy()
     idx_r = np.arange(pr - _PEAK_EXCLUDE, pr + _PEAK_EXCLUDE + 1) % rows
     idx_c = np.arange(pc - _PEAK_EXCLUDE, pc + _PEAK_EXCLUDE + 1) % cols
-    others[np.ix_(idx_r, idx_c)] = 0.0
-    second = float(others.max())
+    surface[np.ix_(idx_r, idx_c)] = 0.0  # the main peak is read; what is left are the others
+    second = float(surface.max())
     ratio = float(peak / second) if second > 0 else float("inf")
     reliability = float(np.clip((ratio - _RATIO_NOISE) / (_RATIO_GOOD - _RATIO_NOISE), 0.0, 1.0))
     int_shift = (int(dr[pr, 0]), int(dc[0, pc]))
@@ -332,21 +381,24 @@ def estimate_shift(
     # -- sub-pixel stage on the common footprint at the integer offset
     sl_r, sl_m = _crop_slices(ref.shape, int_shift)
     vc = v[sl_r] & np.isfinite(mov[sl_m])
-    if min(vc.shape) < 8 or vc.sum() < MIN_VALID_PIXELS:
-        # Cropping would leave too little: refine on the full frame instead.
-        pa_in, pb_in, base = a, b, (0.0, 0.0)
+    if int_shift == (0, 0):
+        # The common footprint is the whole frame: the stage-1 spectra are the ones to refine.
+        base, cross = (0.0, 0.0), prod
     else:
-        base = (float(int_shift[0]), float(int_shift[1]))
-        # Filtered again on the crops (reflected at the crop edge): reusing the
-        # whole-frame gradients was measured 10 % less accurate on the simulator texture.
-        pa_in = _prepare(np.where(v[sl_r], ref[sl_r], np.nan), vc)
-        pb_in = _prepare(mov[sl_m], vc)
-    pa = sfft.fft2(pa_in, workers=_FFT_WORKERS)
-    pb = sfft.fft2(pb_in, workers=_FFT_WORKERS)
-    cross = pa * np.conj(pb)
+        if min(vc.shape) < 8 or vc.sum() < MIN_VALID_PIXELS:
+            # Cropping would leave too little: refine on the full frame instead.
+            pa_in, pb_in, base = a, b, (0.0, 0.0)
+        else:
+            base = (float(int_shift[0]), float(int_shift[1]))
+            # Filtered again on the crops (reflected at the crop edge): reusing the
+            # whole-frame gradients was measured 10 % less accurate on the simulator texture.
+            pa_in = _prepare(np.where(v[sl_r], ref[sl_r], np.nan), vc)
+            pb_in = _prepare(mov[sl_m], vc)
+        w2 = _workers(pa_in.size)
+        cross = sfft.fft2(pa_in, workers=w2) * np.conj(sfft.fft2(pb_in, workers=w2))
     # Start from the integer maximum of the plain cross-correlation (as skimage does):
     # on scenes with repeated structure it can sit a pixel or more from the phase peak.
-    cc = np.abs(sfft.ifft2(cross, workers=_FFT_WORKERS))
+    cc = np.abs(sfft.ifft2(cross, workers=_workers(cross.size)))
     k0 = np.array(np.unravel_index(int(np.argmax(cc)), cc.shape), dtype=float)
     k0 = np.where(k0 > np.array(cc.shape) // 2, k0 - np.array(cc.shape), k0)
     residual = _newton_peak(cross[None], k0[None])[0]
@@ -394,27 +446,98 @@ def _quadrant_agreement(ref: np.ndarray, mov: np.ndarray, v: np.ndarray, shift: 
 
 # -- apply ---------------------------------------------------------------------------
 def _filled(plane: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.dtype]:
-    """(float64 data with NaN holes filled, finite mask, output dtype) of one plane.
+    """(data with NaN holes filled, finite mask, output dtype) of one plane.
 
     Holes take the nearest valid value: spline prefiltering would spread NaN over the
-    whole image, and a constant fill would ring at the hole's edge.
+    whole image, and a constant fill would ring at the hole's edge. float32 planes stay
+    float32 (the output precision), anything else becomes float64.
     """
     out_dtype = plane.dtype if plane.dtype == np.float32 else np.dtype(np.float64)
-    data = np.asarray(plane, dtype="float64")
+    data = np.array(plane, dtype=out_dtype)
     finite = np.isfinite(data)
     if finite.any() and not finite.all():
-        idx = ndimage.distance_transform_edt(~finite, return_distances=False, return_indices=True)
-        data = data[tuple(idx)]
+        # The nearest valid pixel of every hole lies within the holes' bounding box grown
+        # by one pixel (anything beyond projects onto a closer valid pixel on that
+        # border), so the distance transform needs only that box.
+        rows = np.flatnonzero(~finite.all(axis=1))
+        cols = np.flatnonzero(~finite.all(axis=0))
+        r0, r1 = max(rows[0] - 1, 0), min(rows[-1] + 2, data.shape[0])
+        c0, c1 = max(cols[0] - 1, 0), min(cols[-1] + 2, data.shape[1])
+        box = data[r0:r1, c0:c1]
+        idx = ndimage.distance_transform_edt(~finite[r0:r1, c0:c1], return_distances=False, return_indices=True)
+        box[...] = box[tuple(idx)]
     return data, finite, out_dtype
+
+
+_SPLINE_PAD = 12  # edge padding before the spline prefilter, as scipy.ndimage for mode="nearest"
+
+
+def _bspline_weights(t: float, order: int) -> tuple[int, np.ndarray]:
+    """(offset of the first tap from floor(x), tap weights) of a B-spline at fraction ``t``."""
+    if order == 1:
+        return 0, np.array([1.0 - t, t])
+    return -1, np.array([(1 - t) ** 3, 3 * t**3 - 6 * t**2 + 4, -3 * t**3 + 3 * t**2 + 3 * t + 1, t**3]) / 6.0
+
+
+def _translate_axis(arr: np.ndarray, shift: float, axis: int, order: int, pad: int, n: int) -> np.ndarray:
+    """Samples of ``arr`` (padded by ``pad`` along ``axis``) at ``i - shift``, i = 0..n-1.
+
+    A translation samples every output at the same fraction of a pixel, so one set of
+    tap weights serves the whole axis and each tap is a shifted slice: 4 (cubic) or 2
+    (linear) multiply-adds per pixel and axis instead of the 16 per pixel with per-pixel
+    coordinates of a general 2-D resampler. The caller pads enough for every tap.
+    """
+    i0 = math.floor(-shift)
+    first, w = _bspline_weights(-shift - i0, order)
+    out = None
+    for k, wk in enumerate(w):
+        if wk == 0.0:
+            continue
+        a = pad + i0 + first + k
+        part = arr[a:a + n] if axis == 0 else arr[:, a:a + n]
+        if out is None:
+            out = part * arr.dtype.type(wk)
+        else:
+            out += part * arr.dtype.type(wk)
+    return out
 
 
 def _shift_plane(plane: np.ndarray, shift: tuple[float, float], order: int) -> np.ndarray:
     data, finite, out_dtype = _filled(plane)
     if not finite.any():
         return np.full(data.shape, np.nan, dtype=out_dtype)
-    shifted = ndimage.shift(data, shift, order=order, mode="nearest")
+    rows, cols = data.shape
+    if order not in (1, 3):
+        shifted = ndimage.shift(data, shift, order=order, mode="nearest")
+        invalid = ndimage.shift((~finite).astype(float), shift, order=1, mode="constant", cval=1.0)
+    else:
+        # Separable resampling, the same interpolant as ndimage.shift(order, mode="nearest"):
+        # the spline prefilter sees the image edge-padded by 12 px as scipy does; beyond
+        # that, taps only reach pixels whose source is outside the image (masked below).
+        reach = int(math.ceil(max(abs(shift[0]), abs(shift[1])))) + 3
+        pad = max(_SPLINE_PAD, reach)
+        if order == 3:
+            coef = ndimage.spline_filter(np.pad(data, _SPLINE_PAD, mode="edge"), 3, output=data.dtype,
+                                         mode="nearest")
+            if pad > _SPLINE_PAD:
+                coef = np.pad(coef, pad - _SPLINE_PAD, mode="edge")
+        else:
+            coef = np.pad(data, pad, mode="edge")
+        tmp = _translate_axis(coef, shift[0], 0, order, pad, rows)
+        shifted = _translate_axis(tmp, shift[1], 1, order, pad, cols)
+        # Bilinear weight of invalid or outside (1) source pixels, as
+        # ndimage.shift(~finite, order=1, mode="constant", cval=1).
+        if finite.all():
+            # Only the frame is outside: the weight is 1 - inside_row (x) inside_col, so two
+            # 1-D profiles give it.
+            inside = [_translate_axis(np.pad(np.ones(n, np.float32), pad), s, 0, 1, pad, n)
+                      for n, s in zip(data.shape, shift)]
+            invalid = 1.0 - np.outer(inside[0], inside[1])
+        else:
+            bad = np.pad((~finite).astype(np.float32), pad, mode="constant", constant_values=1.0)
+            tmp = _translate_axis(bad, shift[0], 0, 1, pad, rows)
+            invalid = _translate_axis(tmp, shift[1], 1, 1, pad, cols)
     # A pixel is valid when every neighbour it interpolates from was valid and inside.
-    invalid = ndimage.shift((~finite).astype(float), shift, order=1, mode="constant", cval=1.0)
     shifted[invalid > 1e-6] = np.nan
     return shifted.astype(out_dtype, copy=False)
 
@@ -439,7 +562,11 @@ def apply_shift(image, shift_row: float, shift_col: float, *, order: int = 3):
         Shift in pixels; content at (r, c) ends up at (r + shift_row, c + shift_col).
         Pass the shift from :func:`estimate_shift` to align moving onto reference.
     order : int
-        Spline order of the resampling (3 = cubic; 1 = bilinear, 0 = nearest).
+        Spline order of the resampling (3 = cubic; 1 = bilinear, 0 = nearest). Orders 1
+        and 3 run as two 1-D passes with one set of tap weights per axis (a translation
+        samples every pixel at the same fraction), the same values as
+        ``scipy.ndimage.shift(order=order, mode="nearest")`` at ~5x less cost; float32
+        input is computed in float32.
 
     Returns
     -------
@@ -455,10 +582,10 @@ def apply_shift(image, shift_row: float, shift_col: float, *, order: int = 3):
                 f"DataArray dims {image.dims} must end with ('y', 'x'); transpose it first"
             )
         data = _apply_ndarray(np.asarray(image.values), shift_row, shift_col, order)
-        out = image.copy(data=data)
+        out = image.copy(deep=False, data=data)
         if image.rio.nodata is not None:
             # The output is float with NaN fill; an integer nodata value no longer applies.
-            out = out.rio.write_nodata(np.nan, encoded=False)
+            out.rio.write_nodata(np.nan, encoded=False, inplace=True)
         return out
     return _apply_ndarray(np.asarray(image), shift_row, shift_col, order)
 
@@ -480,10 +607,11 @@ def _grid(da: xr.DataArray, what: str) -> GridSpec:
 def _as_float_with_nan(da: xr.DataArray) -> xr.DataArray:
     """Float copy with the declared nodata value replaced by NaN."""
     nodata = da.rio.nodata
-    out = da.astype("float32" if da.dtype == np.float32 else "float64")
+    values = np.asarray(da.values)
+    data = values.astype(np.float32 if values.dtype == np.float32 else np.float64)
     if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
-        out = out.where(da != nodata)
-    return out.rio.write_nodata(np.nan, encoded=False)
+        data[values == nodata] = np.nan
+    return da.copy(deep=False, data=data).rio.write_nodata(np.nan, encoded=False, inplace=True)
 
 
 def _bounds_in(grid: GridSpec, crs) -> tuple[float, float, float, float]:
@@ -505,11 +633,19 @@ def _same_lattice(a: GridSpec, b: GridSpec, tol: float = 1e-6) -> bool:
     return abs(dc - round(dc)) < 1e-4 and abs(dr - round(dr)) < 1e-4
 
 
+def _with_reference_coords(da: xr.DataArray, reference: xr.DataArray) -> xr.DataArray:
+    """``da`` with the reference's exact x/y coordinates (rebuilt only when they differ:
+    rebuilding the indexes costs more than the rest of a small window's registration)."""
+    x, y = reference["x"].values, reference["y"].values
+    if np.array_equal(da["x"].values, x) and np.array_equal(da["y"].values, y):
+        return da
+    return da.assign_coords(x=x, y=y)
+
+
 def _to_reference_grid(moving: xr.DataArray, reference: xr.DataArray, ref_grid: GridSpec) -> xr.DataArray:
     mov_grid = _grid(moving, "moving")
-    mov = _as_float_with_nan(moving)
     if mov_grid.same_as(ref_grid):
-        return mov.assign_coords(x=reference["x"].values, y=reference["y"].values)
+        return _with_reference_coords(_as_float_with_nan(moving), reference)
     rx0, ry0, rx1, ry1 = ref_grid.bounds
     mx0, my0, mx1, my1 = _bounds_in(mov_grid, ref_grid.crs)
     if mx0 >= rx1 or mx1 <= rx0 or my0 >= ry1 or my1 <= ry0:
@@ -519,9 +655,19 @@ def _to_reference_grid(moving: xr.DataArray, reference: xr.DataArray, ref_grid: 
             f"(in {ref_grid.crs.to_string()}); "
             "check the CRS of both inputs and that the acquisition covers the AOI"
         )
+    mov = _as_float_with_nan(moving)
     if _same_lattice(mov_grid, ref_grid):
         # Same CRS and pixel size, origins a whole number of pixels apart: selecting the
         # reference's pixels is exact and much cheaper than a resampling pass.
+        tr, tm = ref_grid.transform, mov_grid.transform
+        r_off = int(round((tr.f - tm.f) / tm.e))
+        c_off = int(round((tr.c - tm.c) / tm.a))
+        rows, cols = ref_grid.shape
+        if 0 <= r_off and r_off + rows <= mov_grid.shape[0] and 0 <= c_off and c_off + cols <= mov_grid.shape[1]:
+            # The reference lies inside: a slice, converted after cutting (a window of a
+            # large scene costs only the window; lazy inputs read only the window).
+            sub = _as_float_with_nan(moving.isel(y=slice(r_off, r_off + rows), x=slice(c_off, c_off + cols)))
+            return _with_reference_coords(sub, reference)
         tol = 1e-3 * ref_grid.resolution
         out = mov.reindex(x=reference["x"].values, y=reference["y"].values, method="nearest", tolerance=tol)
         return out.assign_coords(x=reference["x"].values, y=reference["y"].values)
@@ -551,6 +697,8 @@ def _select_band(da: xr.DataArray, band: str | None, what: str) -> np.ndarray:
         if str(band).lower() not in lower:
             raise CoregError(f"band {band!r} is not in {what} bands {names}; pass one of them as band=")
         sel = da.isel({da.dims[0]: lower.index(str(band).lower())})
+    elif da.shape[0] == 1:
+        sel = da[0]
     else:
         # Mean of bands: averages out band-specific noise, keeps the shared edges.
         with np.errstate(all="ignore"):
@@ -723,10 +871,10 @@ def coregister(
     xres = ref_grid.transform.a * to_m
     yres = abs(ref_grid.transform.e) * to_m
     ncc_cache: dict = {}
-    sim_before = _gradient_ncc(ref_img, mov_img, ok, cache=ncc_cache)
     reason = ""
     extra: dict = {}
     if local:
+        sim_before = _gradient_ncc(ref_img, mov_img, ok, cache=ncc_cache)
         tp = estimate_local(ref_img, mov_img, valid=ok, window_px=window_px, step_px=step_px,
                             max_shift_px=max_shift_px)
         kept = int(tp.kept.sum())
@@ -759,7 +907,11 @@ def coregister(
     else:
         # No search restriction here: a confident shift beyond max_shift_px is reported as
         # such rather than replaced by a spurious peak inside the radius.
-        row, col, rel = estimate_shift(ref_img, mov_img, valid=ok)
+        grads: dict = {}
+        row, col, rel = _estimate(ref_img.astype(np.float32, copy=False), mov_img.astype(np.float32, copy=False),
+                                  ok, grads=grads)
+        # Similarity before, from the gradients the estimate filtered (same images, same mask).
+        sim_before = _ncc(grads["ref"], grads["mov"], grads["good"])
         length = math.hypot(row, col)
         if rel < min_reliability:
             reason = f"reliability {rel:.2f} below min_reliability {min_reliability:.2f}"
@@ -1052,25 +1204,29 @@ def estimate_local(
     n = len(cr)
 
     # Integer stage and reliability on the phase-normalised surface, as estimate_shift.
-    fa = sfft.fft2(a, workers=_FFT_WORKERS)
-    fb = sfft.fft2(b, workers=_FFT_WORKERS)
-    prod = fa * np.conj(fb)
+    # In place where possible: these stacks are tens of MB, and allocating and filling
+    # fresh ones costs about as much as the FFTs themselves.
+    coherence = np.maximum(_coherence(a), _coherence(b))
+    fa = sfft.fft2(a, workers=_FFT_WORKERS, overwrite_x=True)
+    prod = sfft.fft2(b, workers=_FFT_WORKERS, overwrite_x=True)
+    np.conjugate(prod, out=prod)
+    prod *= fa
     mag = np.abs(prod)
-    surf = np.abs(sfft.ifft2(prod / np.maximum(mag, 1e-12 * mag.max(axis=(1, 2), keepdims=True) + 1e-30),
-                             workers=_FFT_WORKERS))
+    floor = 1e-12 * mag.max(axis=(1, 2), keepdims=True) + 1e-30
+    np.maximum(mag, floor.astype(mag.dtype), out=mag)
+    surf = np.abs(sfft.ifft2(prod / mag, workers=_FFT_WORKERS, overwrite_x=True))
+    del mag
     flat = surf.reshape(n, -1)
     pk = flat.argmax(axis=1)
     pr, pc = np.unravel_index(pk, (ws, ws))
     peak = flat[np.arange(n), pk]
     excl = np.arange(-_PEAK_EXCLUDE, _PEAK_EXCLUDE + 1)
-    others = surf.copy()
     er = (pr[:, None] + excl[None, :]) % ws
     ec = (pc[:, None] + excl[None, :]) % ws
-    others[np.arange(n)[:, None, None], er[:, :, None], ec[:, None, :]] = 0.0
-    second = others.reshape(n, -1).max(axis=1)
+    surf[np.arange(n)[:, None, None], er[:, :, None], ec[:, None, :]] = 0.0  # peak read: the rest are others
+    second = flat.max(axis=1)
     ratio = np.where(second > 0, peak / np.maximum(second, 1e-300), np.inf)
     rel = np.clip((ratio - _RATIO_NOISE) / (_RATIO_GOOD - _RATIO_NOISE), 0.0, 1.0)
-    coherence = np.maximum(_coherence(a), _coherence(b))
     rel = np.where(coherence > _MAX_COHERENCE, 0.0, rel)
     ishift = np.stack([np.where(pr > ws // 2, pr - ws, pr), np.where(pc > ws // 2, pc - ws, pc)], axis=1)
 
@@ -1080,7 +1236,10 @@ def estimate_local(
     moved = np.any(ishift != 0, axis=1)
     if moved.any():
         b2, _ = _window_stack(g_mov, w_mov, r0[moved] - tot[moved, 0], c0[moved] - tot[moved, 1], ws, taper)
-        prod[moved] = fa[moved] * np.conj(sfft.fft2(b2, workers=_FFT_WORKERS))
+        fb2 = sfft.fft2(b2, workers=_FFT_WORKERS, overwrite_x=True)
+        np.conjugate(fb2, out=fb2)
+        fb2 *= fa[moved]
+        prod[moved] = fb2
     prod2 = prod
     # Newton starts at the integer maximum of the plain cross-correlation, as in
     # estimate_shift; a start more than a pixel from the phase peak marks an ambiguous window.
