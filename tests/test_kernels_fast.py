@@ -141,3 +141,24 @@ def test_unwritable_cache_compiles_in_memory(tmp_path, monkeypatch):
     h, img = _history(2, seed=8, nx=20)
     np.testing.assert_array_equal(_fused(h, img), _reference(h, img))
     assert 2 in fast._UNROLLED
+
+
+def test_staging_tiles_and_non_finite_history():
+    # A row wider than one staging tile (tile edges inside a 256-pixel block, a short
+    # last tile) with a NaN date only in the second tile, and +-inf dates: every
+    # non-finite value sends its block to the general path, which must equal numpy.
+    nt, nx = 19, fast._STAGE + 300
+    h, img = _history(nt, seed=9, nx=nx)
+    h[:, :, :2] = np.random.default_rng(9).normal(0.2, 0.02, size=(nt, 2, 2, nx)).astype(np.float32)
+    h[5, 0, 0, fast._STAGE + 17] = np.nan
+    h[2, 1, 0, 40] = np.inf
+    h[7, 1, 1, fast._STAGE + 290] = -np.inf
+    got = _fused(h, img)
+    np.testing.assert_array_equal(got, _reference(h, img))
+    # Clear pixels are unaffected by a non-finite neighbour in their block.
+    clear = h.copy()
+    clear[5, 0, 0, fast._STAGE + 17] = 0.2
+    z_clear = _fused(clear, img)
+    keep = np.ones(nx, bool)
+    keep[fast._STAGE + 17] = False
+    np.testing.assert_array_equal(got[0, 0, keep], z_clear[0, 0, keep])
