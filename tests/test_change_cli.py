@@ -156,3 +156,41 @@ def test_geographic_area():
     g = GridSpec.from_bounds("EPSG:4326", (2.0, 48.0, 2.01, 48.01), 0.001)
     m = g.attach(np.ones(g.shape, bool))
     assert changed_area_m2(m) == pytest.approx(1112.0 * 744.0, rel=0.01)
+
+
+def test_cli_mask_clouds_errors(pair, tmp_path, capsys):
+    args = ["change", str(pair / "before.tif"), str(pair / "after.tif"), "--out", str(tmp_path / "x.tif")]
+    # The four-band pair lacks the bands s2cloudless needs.
+    assert main(args + ["--mask-clouds"]) == 2
+    assert "B01" in capsys.readouterr().err
+    assert main(args + ["--mask-clouds", "--dates", "2017-11-07"]) == 2
+    assert "YYYY-MM-DD,YYYY-MM-DD" in capsys.readouterr().err
+    assert main(args + ["--dates", "2016-11-30,2017-11-07"]) == 2
+    assert "--mask-clouds" in capsys.readouterr().err
+
+
+def test_cli_mask_clouds_on_paris(test_data, tmp_path, capsys):
+    """A crop of OSCD Paris holding a cumulus of 7 Nov 2017 and its shadow: both were
+    change without the mask and are unobserved with it."""
+    from changedet.cloudmask import S2CLOUDLESS_BANDS
+
+    base = test_data("oscd_sentinel2/images/paris/imgs_2/T31UDQ_20171107T105229_B02.tif").parents[1]
+    bands = sorted(set(S2CLOUDLESS_BANDS) | {"B03"})
+    before, after = load_pair(base / "imgs_1", base / "imgs_2", bands=bands)
+    crop = {"y": slice(170, 408), "x": slice(80, 320)}
+    for name, img in (("b.tif", before), ("a.tif", after)):
+        write_geotiff(img.isel(crop), tmp_path / name)
+    common = ["change", str(tmp_path / "b.tif"), str(tmp_path / "a.tif"), "--method", "irmad",
+              "--bands", "B02,B03,B04,B08", "--smooth", "3", "--threshold", "kilog", "--json"]
+    assert main(common + ["--out", str(tmp_path / "plain.tif")]) == 0
+    plain = json.loads(capsys.readouterr().out.strip())
+    assert main(common + ["--out", str(tmp_path / "m.tif"), "--mask-clouds", "--dates", "2016-11-30,2017-11-07"]) == 0
+    masked = json.loads(capsys.readouterr().out.strip())
+    assert plain["unobserved_pixels"] is None
+    assert 0.03 < masked["unobserved_pixels"] / plain["valid_pixels"] < 0.3, masked
+    assert masked["valid_pixels"] == plain["valid_pixels"] - masked["unobserved_pixels"]
+    # Most of what the plain run flagged here was the cloud and its shadow.
+    assert masked["changed_pixels"] < 0.5 * plain["changed_pixels"], (plain, masked)
+    with rasterio.open(tmp_path / "m.tif") as src:
+        change = src.read(2)
+    assert np.isnan(change).sum() == masked["unobserved_pixels"]

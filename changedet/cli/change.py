@@ -34,6 +34,15 @@ def add_parser(sub) -> None:
                    help="average both images over an N x N pixel window before scoring (odd N; default 1 = off). "
                    "Best unsupervised setting on OSCD Sentinel-2: --method irmad --bands B02,B03,B04,B08 "
                    "--smooth 3 --threshold kilog")
+    p.add_argument("--mask-clouds", action="store_true",
+                   help="leave clouds (s2cloudless, hysteresis seed) and, with --dates, their shadows out of the "
+                   "statistics and the mask. Needs the Sentinel-2 bands B01 B02 B04 B05 B08 B8A B09 B10 B11 B12 in "
+                   "both inputs (they are read for the mask even when --bands selects fewer). Best unsupervised "
+                   "setting on OSCD: --method irmad --bands B02,B03,B04,B08 --smooth 3 --threshold kilog "
+                   "--mask-clouds --dates D1,D2")
+    p.add_argument("--dates", default=None,
+                   help="acquisition dates BEFORE,AFTER as YYYY-MM-DD,YYYY-MM-DD: with --mask-clouds, cloud shadows "
+                   "are found from the sun's position on those dates")
     p.add_argument("--min-area", type=int, default=9, help="minimum mapping unit in pixels (default 9)")
     p.add_argument("--opening", type=int, default=1, help="opening radius in pixels, 0 = none (default 1)")
     p.add_argument("--out", type=Path, required=True, help="output GeoTIFF (COG): bands magnitude, change")
@@ -49,6 +58,18 @@ def _num(v: float) -> float | None:
     return round(v, 6) if math.isfinite(v) else None
 
 
+def _dates(text: str):
+    from datetime import date
+
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        return tuple(date.fromisoformat(p) for p in parts)
+    except ValueError:
+        raise ChangedetError(f"--dates {text!r}: give two dates BEFORE,AFTER as YYYY-MM-DD,YYYY-MM-DD") from None
+
+
 def cmd_change(args) -> int:
     import numpy as np
     import xarray as xr
@@ -57,10 +78,24 @@ def cmd_change(args) -> int:
     from changedet.io import write_geotiff
 
     bands = [b.strip() for b in args.bands.split(",") if b.strip()] if args.bands else None
+    dates = _dates(args.dates) if args.dates else (None, None)
+    if args.dates and not args.mask_clouds:
+        raise ChangedetError("--dates is used for cloud shadows only; add --mask-clouds or drop --dates")
     before, after = load_pair(args.before, args.after, bands=bands)
+    unobserved = None
+    if args.mask_clouds:
+        from changedet.change import unobserved_mask
+        from changedet.cloudmask import S2CLOUDLESS_BANDS
+
+        full_b, full_a = load_pair(args.before, args.after, bands=list(S2CLOUDLESS_BANDS))
+        if full_b.shape[-2:] != before.shape[-2:]:
+            raise ChangedetError(f"the cloud bands are on a {full_b.shape[-2:]} grid and --bands on "
+                                 f"{before.shape[-2:]}; pass inputs whose finest band is 10 m in both selections")
+        unobserved = (np.asarray(unobserved_mask(full_b, date=dates[0]).values)
+                      | np.asarray(unobserved_mask(full_a, date=dates[1]).values))
     res = detect_change(
         before, after, method=args.method, threshold=args.threshold, k=args.k, alpha=args.alpha,
-        min_area_px=args.min_area, opening_radius_px=args.opening, smooth=args.smooth,
+        min_area_px=args.min_area, opening_radius_px=args.opening, smooth=args.smooth, unobserved=unobserved,
     )
     mag = res.magnitude
     mask = res.mask.astype("float32").where(np.isfinite(mag))
@@ -81,6 +116,7 @@ def cmd_change(args) -> int:
         "threshold": _num(res.threshold),
         "bands": [str(b) for b in before["band"].values],
         "smooth": args.smooth,
+        "unobserved_pixels": None if unobserved is None else int(unobserved.sum()),
         "changed_pixels": int(res.mask.sum()),
         "valid_pixels": int(np.isfinite(mag).sum()),
         "changed_area_m2": _num(area),
