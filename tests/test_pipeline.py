@@ -22,6 +22,7 @@ def surge_run(tmp_path_factory):
     return cfg, days, results
 
 
+@pytest.mark.slow
 def test_surge_alert_appears_with_figures(surge_run):
     cfg, days, results = surge_run
     alerts = [al for r in results["tumangang_railyard"] for al in r.alerts]
@@ -35,12 +36,14 @@ def test_surge_alert_appears_with_figures(surge_run):
     print([(r.day.isoformat(), r.metrics.get("railcars")) for r in results["tumangang_railyard"]])
 
 
+@pytest.mark.slow
 def test_quiet_site_stays_quiet(surge_run):
     cfg, _, results = surge_run
     assert not [al for r in results["khasan_railyard"] for al in r.alerts]
     assert not Outbox(cfg.data_dir / "outbox").list(aoi_id="khasan_railyard")
 
 
+@pytest.mark.slow
 def test_counts_track_the_scenario(surge_run):
     cfg, _, results = surge_run
     store = MetricStore(cfg.data_dir / "metrics.sqlite")
@@ -55,6 +58,7 @@ def test_counts_track_the_scenario(surge_run):
     assert "config_hash" in prov and "coreg" in prov
 
 
+@pytest.mark.slow
 def test_every_stage_left_its_output(surge_run):
     cfg, days, results = surge_run
     aoi = load_aoi("tumangang_railyard")
@@ -80,6 +84,7 @@ def test_every_stage_left_its_output(surge_run):
     assert (cfg.data_dir / "products" / aoi.id).exists()
 
 
+@pytest.mark.slow
 def test_rerunning_a_day_changes_nothing(surge_run):
     cfg, days, results = surge_run
     aoi = load_aoi("tumangang_railyard")
@@ -90,6 +95,7 @@ def test_rerunning_a_day_changes_nothing(surge_run):
     assert len(Outbox(cfg.data_dir / "outbox").list()) == n_alerts
 
 
+@pytest.mark.slow
 def test_cloudy_day_records_no_count(tmp_path):
     """A scene mostly under cloud is reported as such, never as a drop in activity."""
     from changedet.simulate.render import conditions
@@ -117,6 +123,7 @@ def test_aoi_without_an_available_source_is_refused_not_simulated(tmp_path):
         run_day(real_only, date(2023, 7, 6), RunConfig(data_dir=tmp_path))
 
 
+@pytest.mark.slow
 def test_each_alert_has_an_evidence_pack(surge_run):
     """Opened alerts leave a pack with the scenes, hashes, registration and config to reproduce them."""
     import json

@@ -114,6 +114,7 @@ def test_baseline_band_known_answer():
     assert baseline_band(flat, k=3.0, min_history=2, mad_floor=1.0, rel_floor=0.0)["hi"].iloc[-1] == 8.0
 
 
+@pytest.mark.slow
 def test_report_pages_and_figures(built):
     page = built["page"]
     assert built["index"] == built["out"] / "index.html" and built["index"].exists()
@@ -142,6 +143,7 @@ def test_report_pages_and_figures(built):
         assert not re.match(r"^(https?:)?//", url), (tag, url)
 
 
+@pytest.mark.slow
 def test_hostile_names_are_escaped(built):
     for path in (built["page"], built["index"]):
         text = path.read_text(encoding="utf-8")
@@ -150,6 +152,7 @@ def test_hostile_names_are_escaped(built):
         assert "script" not in _parse(path).tags
 
 
+@pytest.mark.slow
 def test_index_lists_every_aoi(built):
     text = built["index"].read_text(encoding="utf-8")
     rows = re.findall(r"<tr>(.*?)</tr>", text.split("<tbody>")[1], flags=re.S)
@@ -167,6 +170,7 @@ def test_index_lists_every_aoi(built):
         assert im.size[0] >= 480
 
 
+@pytest.mark.slow
 def test_cli_period_and_errors(built, tmp_path, capsys):
     out = tmp_path / "r"
     rc = main(["report", "--aoi", AOI_ID, "--start", "2023-08-01", "--end", "2023-09-10", "--out", str(out),
@@ -217,6 +221,7 @@ def _load(driver, path: Path) -> list[dict]:
     return driver.get_log("browser")
 
 
+@pytest.mark.slow
 def test_report_in_headless_chromium(built, browser, tmp_path):
     from selenium.common.exceptions import NoAlertPresentException
 

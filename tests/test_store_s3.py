@@ -61,17 +61,29 @@ def _changedet(args, env, cwd):
                           cwd=cwd, timeout=600)
 
 
-def test_run_writes_cubes_and_products_to_s3_and_matches_a_local_run(s3, tmp_path):
+def _changedet_in_process(args, capsys) -> tuple[int, str]:
+    """The same command through ``changedet.cli.main`` in this process (no interpreter start-up)."""
+    from changedet.cli import main
+
+    capsys.readouterr()
+    rc = main(args)
+    return rc, capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_run_writes_cubes_and_products_to_s3_and_matches_a_local_run(s3, tmp_path, capsys, monkeypatch):
     env, client = s3
     url = f"s3://{BUCKET}/site-a"
     common = ["run", "--aoi", AOI, "--start", DAYS[0], "--end", DAYS[-1], "--every", "7", "--json"]
     remote = _changedet([*common, "--data-dir", str(tmp_path / "remote")],
                         {**env, "CHANGEDET_STORE_URL": url}, tmp_path)
     assert remote.returncode == 0, remote.stderr[-3000:]
-    local = _changedet([*common, "--data-dir", str(tmp_path / "local")], env, tmp_path)
-    assert local.returncode == 0, local.stderr[-3000:]
+    # The local reference run: same command in-process, with no store URL in the environment.
+    monkeypatch.delenv("CHANGEDET_STORE_URL", raising=False)
+    rc, local_out = _changedet_in_process([*common, "--data-dir", str(tmp_path / "local")], capsys)
+    assert rc == 0
     r_days = [json.loads(line) for line in remote.stdout.splitlines()]
-    l_days = [json.loads(line) for line in local.stdout.splitlines()]
+    l_days = [json.loads(line) for line in local_out.splitlines()]
     assert [d["day"] for d in r_days] == DAYS
     # Same pixels in, same answers out: the store must not change a single figure.
     strip = ("alerts",)
@@ -129,10 +141,13 @@ def test_run_writes_cubes_and_products_to_s3_and_matches_a_local_run(s3, tmp_pat
             assert SECRET.encode() not in client.get_object(Bucket=BUCKET, Key=key)["Body"].read()
 
 
-def test_bad_store_url_is_a_one_line_error(s3, tmp_path):
-    env, _ = s3
-    out = _changedet(["run", "--aoi", AOI, "--date", DAYS[0], "--data-dir", str(tmp_path)],
-                     {**env, "CHANGEDET_STORE_URL": "nosuchscheme://bucket/x"}, tmp_path)
-    assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert "nosuchscheme://" in out.stderr and "CHANGEDET_STORE_URL" in out.stderr
+def test_bad_store_url_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    from changedet.cli import main
+
+    monkeypatch.setenv("CHANGEDET_STORE_URL", "nosuchscheme://bucket/x")
+    capsys.readouterr()
+    rc = main(["run", "--aoi", AOI, "--date", DAYS[0], "--data-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert "nosuchscheme://" in err and "CHANGEDET_STORE_URL" in err
     assert not (tmp_path / "cubes").exists()
