@@ -39,8 +39,10 @@ RAILCAR_SCENES = {"hazy": date(2023, 7, 30), "partly_cloudy": date(2023, 8, 4), 
 # misregistered 0.043 / 0.978 / 0.955.
 RAILCAR_FLOORS = {"hazy": (0.05, 0.95, 0.85), "partly_cloudy": (0.25, 0.70, 0.60),
                   "low_sun": (0.30, 0.80, 0.60), "misregistered": (0.08, 0.90, 0.85)}
-CONTAINER_SCENES = {"hazy": date(2023, 4, 1)}
-TEU_MAX_ERROR = {"hazy": 0.10}   # measured +0.039
+CONTAINER_SCENES = {"hazy": date(2023, 4, 1), "low_sun": date(2023, 11, 27)}
+# Measured: hazy -0.020; low sun (20 degrees, shadows 7-36 m over 9 m lanes) +0.016, where
+# dropping the shadows cut short by the next block gave -0.532.
+TEU_MAX_ERROR = {"hazy": 0.10, "low_sun": 0.20}
 
 
 def _on_grid(sc, aoi, condition, seed):
@@ -85,8 +87,13 @@ def test_railcars_per_condition(condition):
                              sun_elevation_deg=sc.truth["sun"]["elevation_deg"])
     truth = [o for o in sc.truth["objects"] if o["kind"] == "railcar"]
     if sc.cloud_mask is not None and sc.cloud_mask.any():
-        # Score against the cars the image shows (at most half under the cloud mask).
-        truth = [o for o in truth if sc.cloud_mask[_mask(shape(o["polygon"]), sc.grid)].mean() <= 0.5]
+        # Score against the cars the image shows: at most half under the cloud mask, and
+        # not centred on a stretch the counter reports unobserved (cloud shadow, the
+        # cloud's thin edge); how much it gave up is checked in the cloud-shadow test.
+        gaps = {p["id"]: p.get("unobserved_runs_m", []) for p in res.per_feature}
+        truth = [o for o in truth if sc.cloud_mask[_mask(shape(o["polygon"]), sc.grid)].mean() <= 0.5
+                 and not any(a <= tracks[o["feature_id"]].project(shape(o["polygon"]).centroid) <= b
+                             for a, b in gaps.get(o["feature_id"], []))]
     pairs = _match([d.polygon for d in res.detections], [shape(o["polygon"]) for o in truth], 0.5)
     ape = abs(res.total - len(truth)) / max(len(truth), 1)
     f1 = 2 * len(pairs) / max(len(truth) + len(res.detections), 1)
@@ -121,7 +128,9 @@ def test_railcars_under_cloud_shadow_are_unobserved_not_counted():
     """Cloud shadows are not in the cloud mask. On this held-out scene (bench seed 31, 27 %
     cloud, sun 63 degrees) shadowed ballast was taken for cars: 45 counted against 11 cars
     in view. Stretches in cloud shadow are now reported unobserved (``unobserved_runs_m``
-    per track) and nothing is counted there; cars are scored on the observed stretches."""
+    per track) and nothing is counted there; cars are scored on the observed stretches.
+    The cloud's thin edge (5 m beyond the mask) is unobserved too since it was added,
+    which leaves 7 cars in view rather than 10."""
     aoi = load_aoi("tumangang_railyard")
     sc = render_scene(aoi, date(2023, 6, 15), "vhr", seed=31)
     image, valid = _on_grid(sc, aoi, "partly_cloudy", 31)
@@ -140,7 +149,7 @@ def test_railcars_under_cloud_shadow_are_unobserved_not_counted():
             in_view.append(o)
     print(f"\npartly cloudy, cloud shadow: {len(cars)} cars, {len(in_view)} on observed track; counted {res.total}; "
           f"observed fraction {res.observed_fraction:.2f}")
-    assert len(in_view) >= 8
+    assert len(in_view) >= 6
     assert abs(res.total - len(in_view)) <= 0.4 * len(in_view)
     assert res.observed_fraction < 0.9
     for p in res.per_feature:

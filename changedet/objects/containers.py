@@ -4,7 +4,14 @@ Inside each stack zone, pixels whose colour is not ground (lit or shadowed pavem
 learnt from the zone's apron) are container tops. Their area in 20 ft ground slots
 (6.06 x 2.44 m, ISO 668) gives the boxes on the ground; the height of each stack
 block comes from the length of the shadow it throws onto open pavement when the sun's
-position is known (tiers of 2.59 m), and TEU = ground slots x tiers.
+position is known (tiers of 2.59 m), and TEU = ground slots x tiers. With a low sun most
+shadows cross the lane and run into the next block; those walks are lower bounds
+(censored), and the median shadow is the Kaplan-Meier estimate over all walks rather
+than the median of the ones seen to end, which are the short ones.
+
+Under cloud (``valid`` given), pixels under the cloud's thin edge and in its projected
+shadow are unobserved like the cloud itself (:func:`observed_mask`); nothing is counted
+or extrapolated there, and each zone reports its ``observed_fraction``.
 
 Tarped stacks are flagged (``tarped`` per stack block, ``tarped_stacks`` per zone and
 in total): plain patches of dull cloth colour on a block, and patches of pavement
@@ -27,6 +34,7 @@ from shapely.geometry import Polygon, shape
 
 from changedet.grid import GridSpec
 from changedet.objects.checks import check_features, check_resolution
+from changedet.objects.cloud_shadow import cloud_shade
 from changedet.objects.common import CountResult, Detection, prepare
 from changedet.objects.ground import GroundModel
 
@@ -74,26 +82,37 @@ def count_containers(
     check_resolution(grid, "containers")
     check_features(zones, grid, what="stack zone")
     grid, pix, ok = prepare(image, valid)
+    if valid is not None:
+        ok &= ~_cloud_shade(pix, grid, ok, sun_azimuth_deg, sun_elevation_deg)
     res = grid.resolution
     px_m2 = res * res
     per_feature, detections = [], []
     total, var, seen_total, area_total = 0.0, 0.0, 0.0, 0.0
     have_sun = sun_azimuth_deg is not None and sun_elevation_deg is not None
     pending = []
+    pooled = None
     for zid, zone in zones.items():
         inside = _mask(zone, grid)
         apron = _mask(zone.buffer(3.0 * max(res, 1.0)), grid) & ~_mask(zone.buffer(-1.0), grid)
         area_total += inside.sum()
         seen_total += (inside & ok).sum()
         model = GroundModel.from_samples(pix[:, apron & ok].T)
+        if model is None and (inside & ok).any():
+            # The zone's own apron is under cloud: the pavement of the other zones' aprons.
+            if pooled is None:
+                pooled = GroundModel.from_samples(pix[:, _aprons(zones, grid) & ok].T) or False
+            model = pooled or None
         if model is None or inside.sum() == 0:
             per_feature.append({"id": zid, "count": 0, "by_type": {}, "observed_fraction": 0.0})
             continue
-        around = _mask(zone.buffer(20.0), grid)
+        # Classify as far as the longest possible shadow reaches (a 5-tier stack throws
+        # 36 m at 20 degrees of sun), so that a long shadow is seen to end, not cut off.
+        around = _mask(zone.buffer(max(_reach_m(sun_elevation_deg), 20.0) if have_sun else 20.0), grid)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             d, alpha = model.classify(np.where(around[None], pix, np.nan))
         box = (d > min_contrast) & around & ok
+        lit_ground = (d <= min_contrast) & (alpha >= 0.5) & around & ok
         box = ndimage.binary_opening(box, structure=np.ones((2, 2), bool))
         box = ndimage.binary_closing(box, structure=np.ones((2, 2), bool))
         ground_dark = (d <= min_contrast) & (alpha < 0.5) & around & ok
@@ -109,18 +128,18 @@ def count_containers(
             area = blob.sum() * px_m2
             if area < min_area_m2:
                 continue
-            lengths = _shadow_lengths(blob, box, ground_dark, res, sun_azimuth_deg, sun_elevation_deg) \
-                if have_sun else np.array([])
+            lengths = _shadow_lengths(blob, box, lit_ground, around & ok, res, sun_azimuth_deg,
+                                      sun_elevation_deg) if have_sun else _NO_WALKS
             n_tarps = ndimage.label((tarps & blob) | _dull_tops(blob, pix, model, px_m2))[1]
             blobs.append((blob, area, lengths, n_tarps))
         pending.append((zid, inside, blobs))
         continue
     # Heights: a block's own shadows when enough of them fall on open pavement, else the
     # zone's, else the whole image's (blocks packed tight shade each other, not the ground).
-    all_lengths = np.concatenate([b[2] for _, _, bl in pending for b in bl] or [np.array([])])
+    all_lengths = _pool([b[2] for _, _, bl in pending for b in bl])
     tarped_total = 0
     for zid, inside, blobs in pending:
-        zone_lengths = np.concatenate([b[2] for b in blobs] or [np.array([])])
+        zone_lengths = _pool([b[2] for b in blobs])
         zone_teu, zone_var, zone_slots, zone_tarped = 0.0, 0.0, 0.0, 0
         for blob, area, lengths, n_tarps in blobs:
             slots = area / SLOT_M2
@@ -154,6 +173,43 @@ def count_containers(
                          tuple(detections), grid.crs, math.sqrt(var), observed,
                          {"tarped_stacks": int(tarped_total)})
     return result
+
+
+def observed_mask(
+    image: xr.DataArray,
+    zones: Mapping[str, Polygon],
+    *,
+    valid: xr.DataArray | None = None,
+    sun_azimuth_deg: float | None = None,
+    sun_elevation_deg: float | None = None,
+) -> np.ndarray:
+    """The pixels :func:`count_containers` reads (row, col): finite, ``valid``, and not
+    in a cloud's shadow.
+
+    Under a cloud's shadow the pavement is as dark as a stack's shadow everywhere, so
+    stack heights would come out as tall as the walks allow: those pixels are left
+    unobserved (nothing is counted there), like the cloud itself.
+    """
+    grid, pix, ok = prepare(image, valid)
+    if valid is not None:
+        ok &= ~_cloud_shade(pix, grid, ok, sun_azimuth_deg, sun_elevation_deg)
+    return ok
+
+
+def _aprons(zones: Mapping[str, Polygon], grid: GridSpec) -> np.ndarray:
+    out = np.zeros(grid.shape, bool)
+    for zone in zones.values():
+        out |= _mask(zone.buffer(3.0 * max(grid.resolution, 1.0)), grid) & ~_mask(zone.buffer(-1.0), grid)
+    return out
+
+
+def _cloud_shade(pix, grid, ok, azimuth, elevation) -> np.ndarray:
+    cloud = ~ok & np.all(np.isfinite(pix), axis=0)
+    # Projection of the cloud mask and its thin edge only: the colour cue (shaded
+    # pavement over a whole 40 m window) takes a packed yard, dark between its blocks,
+    # for a cloud's shadow.
+    shade = cloud_shade(pix, grid, cloud, model=None, sun_azimuth_deg=azimuth, sun_elevation_deg=elevation)
+    return np.zeros(ok.shape, bool) if shade is None else shade
 
 
 # A tarpaulin is dull cloth: grey, olive or tan, not the saturated liveries (red,
@@ -243,12 +299,32 @@ def _mask(poly: Polygon, grid: GridSpec) -> np.ndarray:
                                dtype="uint8").astype(bool)
 
 
-def _shadow_lengths(blob, box, ground_dark, res, azimuth, elevation) -> np.ndarray:
-    """Lengths (pixels) of the shadows thrown beyond a block's anti-sun edge onto pavement.
+_NO_WALKS = (np.array([]), np.array([], bool))
+
+
+def _reach_m(elevation: float) -> float:
+    """How far beyond a zone to look for shadows (m): the longest one plus a margin."""
+    return min(MAX_TIERS * TIER_M / math.tan(math.radians(max(elevation, 5.0))), 80.0) + 5.0
+
+
+def _pool(walks: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    if not walks:
+        return _NO_WALKS
+    return np.concatenate([w[0] for w in walks]), np.concatenate([w[1] for w in walks])
+
+
+def _shadow_lengths(blob, box, lit_ground, seen, res, azimuth, elevation) -> tuple[np.ndarray, np.ndarray]:
+    """Shadow walks beyond a block's anti-sun edge: lengths (pixels) and censored flags.
 
     From every block pixel whose next pixel away from the sun is not a container, walk
-    away from the sun while the ground stays dark; walks that run into another block are
-    cut short by it and dropped.
+    away from the sun until lit pavement (``lit_ground``): that walk measures the
+    shadow. Specks that are neither (noise, a dark patch of ground) do not end a shadow.
+    A walk cut short first (by another block across a lane, by unobserved pixels:
+    cloud, image edge, beyond the classified area ``seen``; or at the longest possible
+    shadow) only says the shadow is at least that long: it is censored. Dropping
+    censored walks would keep only the short shadows wherever lanes are narrower than
+    the shadows (low sun) and bias heights low; they enter the Kaplan-Meier estimate in
+    :func:`_tiers_from` instead.
     """
     el = math.radians(max(elevation, 5.0))
     az = math.radians(azimuth)
@@ -262,38 +338,63 @@ def _shadow_lengths(blob, box, ground_dark, res, azimuth, elevation) -> np.ndarr
     edge = ~box[nr, nc]
     rr, cc = rr[edge], cc[edge]
     if rr.size == 0:
-        return np.array([])
+        return _NO_WALKS
     length = np.zeros(rr.size)
     alive = np.ones(rr.size, bool)
-    censored = np.zeros(rr.size, bool)
+    ended = np.zeros(rr.size, bool)
     for k in range(1, max_len_px + 1):
         r = np.round(rr + k * dr).astype(int)
         c = np.round(cc + k * dc).astype(int)
         inb = (r >= 0) & (r < rows) & (c >= 0) & (c < cols)
         r, c = np.clip(r, 0, rows - 1), np.clip(c, 0, cols - 1)
-        dark = ground_dark[r, c] & inb
-        censored |= box[r, c] & inb & alive
-        alive &= dark
+        lit = lit_ground[r, c] & inb
+        ended |= alive & lit
+        alive &= ~lit & inb & seen[r, c] & ~box[r, c]
         length += alive
-    return length[~censored & (length > 0)]
+    keep = length > 0
+    return length[keep], ~ended[keep]
+
+
+def _km_median(lengths: np.ndarray, censored: np.ndarray) -> float | None:
+    """Kaplan-Meier median of right-censored lengths; None when the censoring hides it."""
+    surv = 1.0
+    events = np.sort(lengths[~censored])
+    for t in np.unique(events):
+        at_risk = int((lengths >= t).sum())
+        surv *= 1.0 - float((events == t).sum()) / max(at_risk, 1)
+        if surv <= 0.5:
+            return float(t)
+    return None
 
 
 def _tiers_from(own, zone, everything, res, azimuth, elevation) -> tuple[float, float, str]:
-    """Tiers (and their standard error) from the best available set of shadow lengths."""
-    for lengths, method in ((own, "shadow_block"), (zone, "shadow_zone"), (everything, "shadow_image")):
-        if lengths.size >= 5:
-            break
-    else:
-        return 1.0, 1.5, "assumed_one_tier"
+    """Tiers (and their standard error) from the best available set of shadow walks.
+
+    Each set is (lengths, censored). The median shadow comes from the Kaplan-Meier
+    estimate, which uses censored walks as lower bounds; a set is used when it has
+    enough walks and its median is not hidden by censoring. When no set shows it (every
+    long shadow runs into the next block), the longest censored walk is a lower bound.
+    """
     el = math.radians(max(elevation, 5.0))
     az = math.radians(azimuth)
     dr, dc = math.cos(az), -math.sin(az)
     # Pixel steps along a diagonal are longer than one pixel.
     step = res * math.hypot(dr, dc) / max(abs(dr), abs(dc))
-    h = float(np.median(lengths)) * step * math.tan(el)
-    tiers = float(np.clip(h / TIER_M, 1.0, MAX_TIERS))
-    spread = float(np.std(lengths) * step * math.tan(el) / TIER_M)
-    return tiers, min(spread, 2.0) / math.sqrt(max(lengths.size / 10.0, 1.0)) + 0.25, method
+    to_tiers = step * math.tan(el) / TIER_M
+    for (lengths, censored), method in ((own, "shadow_block"), (zone, "shadow_zone"), (everything, "shadow_image")):
+        if lengths.size < 5 or (~censored).sum() < 3:
+            continue
+        med = _km_median(lengths, censored)
+        if med is None:
+            continue
+        tiers = float(np.clip(med * to_tiers, 1.0, MAX_TIERS))
+        spread = float(np.std(lengths) * to_tiers)
+        return tiers, min(spread, 2.0) / math.sqrt(max(lengths.size / 10.0, 1.0)) + 0.25, method
+    lengths, censored = everything
+    if lengths.size and censored.any():
+        low = float(np.clip(np.median(lengths[censored]) * to_tiers, 1.0, MAX_TIERS))
+        return low, 1.5, "shadow_lower_bound"
+    return 1.0, 1.5, "assumed_one_tier"
 
 
 def _polygon(blob: np.ndarray, grid: GridSpec) -> Polygon:
