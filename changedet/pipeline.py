@@ -552,6 +552,51 @@ def dates_between(start: date, end: date, every_days: int) -> list[date]:
     return [start + timedelta(days=every_days * i) for i in range(n + 1)]
 
 
+def day_cost(aoi, cfg: RunConfig) -> float:
+    """Relative cost of one ``run_day`` of ``aoi``, for scheduling: megapixels of its grid.
+
+    Every stage of the daily slice (load, cloud mask, co-registration, resampling,
+    counting) is linear in the pixels of the AOI grid at the primary source's
+    resolution, so their number ranks AOIs by cost without running anything.
+
+    Returns
+    -------
+    float
+        Pixels of the grid, in millions (a 1 m grid of 1 km x 1 km is 1.0).
+    """
+    _, spec = primary_source(aoi, cfg.seed, cfg.registry)
+    rows, cols = aoi_grid(aoi, float(spec.resolution_m)).shape
+    return rows * cols / 1e6
+
+
+def chain_priorities(days: dict[str, list[date]], cost: dict[str, float]) -> dict[tuple[str, date], float]:
+    """Scheduling priority of every AOI-day: the work left in its AOI's chain from it on.
+
+    Days of one AOI run in order, so a backfill is a set of chains and can finish no
+    sooner than its longest. Running first the ready day with the most work left behind
+    it (critical path first, LPT over chains) starts the longest chains at once and
+    fills the other workers with the short ones.
+
+    Parameters
+    ----------
+    days : dict of str to list of date
+        Days to run per AOI.
+    cost : dict of str to float
+        Relative cost of one day per AOI (e.g. :func:`day_cost`); same unit for all.
+
+    Returns
+    -------
+    dict of (str, date) to float
+        Remaining chain cost from each AOI-day (included) to the AOI's last day.
+    """
+    out = {}
+    for aoi_id, ds in days.items():
+        ordered = sorted(ds)
+        for i, d in enumerate(ordered):
+            out[(aoi_id, d)] = cost[aoi_id] * (len(ordered) - i)
+    return out
+
+
 def run_series(aoi, days: Iterable[date], cfg: RunConfig, *,
                progress: Callable[[DayResult], None] | None = None) -> list[DayResult]:
     """Run ``run_day`` over days in order (alerts depend on the order)."""

@@ -101,19 +101,21 @@ def aoi_day_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> st
     return f"changedet-{aoi.id}-{digest}"
 
 
-def result_storage(data_dir: str) -> str:
+def result_storage(data_dir: str) -> "LocalFileSystem":
     """Where AOI-day results are persisted: next to the data they describe.
 
     Prefect wants result storage saved server-side (tasks may run in other processes),
-    so this saves a ``LocalFileSystem`` block named after the directory and returns its
-    slug.
+    so this saves a ``LocalFileSystem`` block named after the directory. It returns the
+    saved block itself, not its slug: a slug makes every task run load the block from
+    the API again (one request per AOI-day), the block travels with the task instead.
     """
     from prefect.filesystems import LocalFileSystem
 
     base = Path(data_dir).resolve() / "prefect-results"
     name = "changedet-results-" + hashlib.sha256(str(base).encode()).hexdigest()[:16]
-    LocalFileSystem(basepath=str(base)).save(name, overwrite=True)
-    return f"local-file-system/{name}"
+    block = LocalFileSystem(basepath=str(base))
+    block.save(name, overwrite=True)
+    return block
 
 
 def _as_dict(result) -> dict[str, Any]:
@@ -176,7 +178,7 @@ def process_aoi_day(aoi_id: str, day: date, data_dir: str, seed: int = 0, regist
     logger = get_run_logger()
     cfg = run_config(data_dir, seed, registry, store_url)
     aoi = load_aoi(aoi_id, registry=cfg.registry)
-    wall0, cpu0 = time.perf_counter(), time.process_time()
+    wall0, cpu0, t_start = time.perf_counter(), time.process_time(), time.time()
     with _acquire_source_slot(source_limit_name(aoi, cfg)), kernels_on_cluster(on_cluster):
         t_in, c_in = time.perf_counter(), time.process_time()
         result = run_day(aoi, day, cfg)
@@ -187,10 +189,13 @@ def process_aoi_day(aoi_id: str, day: date, data_dir: str, seed: int = 0, regist
     doc = _as_dict(result)
     # Where the time went (bench/bench_flows.py sums these): run_day itself, and the task
     # including the concurrency slot. CPU is this process's (all its threads): exact
-    # with one task per worker process, an upper bound when tasks share a process.
+    # with one task per worker process, an upper bound when tasks share a process. The
+    # epoch start/end place the task on the run's timeline (gaps between tasks on one
+    # worker are the task engine's own work and scheduling).
     doc["timing"] = {"run_day_wall_s": round(work[0], 4), "run_day_cpu_s": round(work[1], 4),
                      "task_wall_s": round(time.perf_counter() - wall0, 4),
-                     "task_cpu_s": round(time.process_time() - cpu0, 4), "pid": os.getpid()}
+                     "task_cpu_s": round(time.process_time() - cpu0, 4), "pid": os.getpid(),
+                     "start_epoch_s": round(t_start, 4), "end_epoch_s": round(time.time(), 4)}
     return doc
 
 

@@ -106,6 +106,28 @@ def test_daily_backfill_and_report_flows(prefect_env, tmp_path):
     assert index.name == "index.html" and index.exists() and "dunai" in index.read_text().lower()
 
 
+def test_backfill_runs_the_ready_day_with_the_most_work_left_first(prefect_env, tmp_path):
+    from prefect_dask import DaskTaskRunner
+
+    from flows.backfill import backfill
+
+    # One worker thread: AOI-days run one at a time, in the order the flow and the
+    # scheduler give them. vostochny_port has 1.5x the pixels of dunai_port (day_cost).
+    runner = DaskTaskRunner(cluster_class="distributed.LocalCluster",
+                            cluster_kwargs={"n_workers": 1, "threads_per_worker": 1, "processes": False,
+                                            "dashboard_address": ":0"})
+    out = backfill.with_options(task_runner=runner)(
+        ["dunai_port", "vostochny_port"], date(2023, 7, 6), date(2023, 7, 13), cadence=7,
+        data_dir=str(tmp_path / "data"), kernels_on_cluster=False)
+    assert {a: [r["day"] for r in v] for a, v in out.items()} == {
+        "dunai_port": ["2023-07-06", "2023-07-13"], "vostochny_port": ["2023-07-06", "2023-07-13"]}
+    started = sorted(((r["timing"]["start_epoch_s"], a, r["day"]) for a, v in out.items() for r in v))
+    # Longest chain first (arrival order would start dunai_port, listed first); then
+    # dunai's first day (two days of work behind it: 0.73) before vostochny's last (0.56).
+    assert [(a, d) for _, a, d in started] == [("vostochny_port", "2023-07-06"), ("dunai_port", "2023-07-06"),
+                                              ("vostochny_port", "2023-07-13"), ("dunai_port", "2023-07-13")]
+
+
 def test_deployments_per_timezone_with_editable_parameters():
     from prefect.deployments.runner import EntrypointType
 
