@@ -13,6 +13,7 @@ in its shadowed colour throughout a window far wider than any object's shadow.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 from scipy import ndimage
@@ -72,7 +73,8 @@ def cloud_shadow_mask(
     rows, cols = (cloud.shape[0] // f) * f, (cloud.shape[1] // f) * f
     if rows == 0 or cols == 0:
         return out
-    with np.errstate(invalid="ignore"):
+    with warnings.catch_warnings():  # all-NaN blocks (under cloud, off the image) are NaN by design
+        warnings.simplefilter("ignore", RuntimeWarning)
         b = np.nanmean(brightness[:rows, :cols].reshape(rows // f, f, cols // f, f), axis=(1, 3))
     c = cloud[:rows, :cols].reshape(rows // f, f, cols // f, f).mean(axis=(1, 3)) > 0.5
     clear = np.isfinite(b) & ~c
@@ -176,7 +178,8 @@ def cloud_shade(
     cloud = np.asarray(cloud, bool)
     if not cloud.any():
         return None
-    with np.errstate(invalid="ignore"):
+    with warnings.catch_warnings():  # a pixel with no valid band is NaN by design
+        warnings.simplefilter("ignore", RuntimeWarning)
         bright = np.nanmean(pix[:3], axis=0)
     out = np.zeros(cloud.shape, bool)
     if edge_m > 0:
