@@ -199,7 +199,7 @@ def container_row(seed: int, day: date, condition: str) -> dict:
     # is not extrapolated.
     # Old scoring (kept as *_extrapolated): the whole yard's TEU against the count
     # scaled by the observed share of the zones under partial cloud.
-    seen = observed_mask(image, zones, valid=valid, **sun)
+    seen = observed_mask(image, valid=valid, **sun)
     truth = 0.0
     for o in sc.truth["objects"]:
         if o["kind"] == "container":

@@ -113,7 +113,7 @@ def test_thin_cloud_edge_and_its_shadow_are_unobserved():
     cloud = np.zeros(grid.shape, bool)
     cloud[:40, :60] = True
     valid = grid.attach(~cloud)
-    seen = observed_mask(image, zones, valid=valid, sun_azimuth_deg=180.0, sun_elevation_deg=50.0)
+    seen = observed_mask(image, valid=valid, sun_azimuth_deg=180.0, sun_elevation_deg=50.0)
     # 5 m (10 pixels) beyond the mask are the cloud's thin edge.
     assert not seen[:48, :60].any() and not seen[:40, :68].any()
     assert seen[60:, 80:].all()

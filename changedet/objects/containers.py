@@ -81,9 +81,7 @@ def count_containers(
     grid = GridSpec.of(image)
     check_resolution(grid, "containers")
     check_features(zones, grid, what="stack zone")
-    grid, pix, ok = prepare(image, valid)
-    if valid is not None:
-        ok &= ~_cloud_shade(pix, grid, ok, sun_azimuth_deg, sun_elevation_deg)
+    grid, pix, ok = _observed(image, valid, sun_azimuth_deg, sun_elevation_deg)
     res = grid.resolution
     px_m2 = res * res
     per_feature, detections = [], []
@@ -177,7 +175,6 @@ def count_containers(
 
 def observed_mask(
     image: xr.DataArray,
-    zones: Mapping[str, Polygon],
     *,
     valid: xr.DataArray | None = None,
     sun_azimuth_deg: float | None = None,
@@ -190,10 +187,14 @@ def observed_mask(
     stack heights would come out as tall as the walks allow: those pixels are left
     unobserved (nothing is counted there), like the cloud itself.
     """
+    return _observed(image, valid, sun_azimuth_deg, sun_elevation_deg)[2]
+
+
+def _observed(image, valid, azimuth, elevation) -> tuple[GridSpec, np.ndarray, np.ndarray]:
     grid, pix, ok = prepare(image, valid)
     if valid is not None:
-        ok &= ~_cloud_shade(pix, grid, ok, sun_azimuth_deg, sun_elevation_deg)
-    return ok
+        ok &= ~_cloud_shade(pix, grid, ok, azimuth, elevation)
+    return grid, pix, ok
 
 
 def _aprons(zones: Mapping[str, Polygon], grid: GridSpec) -> np.ndarray:
