@@ -168,12 +168,19 @@ class _Store:
             self.fs, self.base = fsspec.core.url_to_fs(str(root).rstrip("/"))
         else:
             self.fs, self.base = None, str(root)
+        self._days: dict[str, list[str]] = {}
 
     def _join(self, *parts: str) -> str:
         return "/".join([self.base.rstrip("/"), *parts])
 
     def product_days(self, aoi_id: str) -> list[str]:
-        """Names of the ``products/<aoi>/<day>`` folders."""
+        """Names of the ``products/<aoi>/<day>`` folders (listed once per AOI: a listing
+        on an object store is a request, and every scene of the period asks)."""
+        if aoi_id not in self._days:
+            self._days[aoi_id] = self._list_days(aoi_id)
+        return self._days[aoi_id]
+
+    def _list_days(self, aoi_id: str) -> list[str]:
         folder = self._join("products", aoi_id)
         if not self.remote:
             p = Path(folder)
