@@ -30,7 +30,7 @@ Prefect runs in ephemeral mode in a temporary PREFECT_HOME. Prints a table and w
 ``bench/results/bench_flows.json``. Report ``uptime`` with the figures: the machine's
 other load depresses every wall-clock ratio.
 
-    python bench/bench_flows.py --skip-history   # backfill only (4 AOIs x 6 weekly dates)
+    python bench/bench_flows.py --skip-history   # backfill only (every registry AOI x 3 weekly dates)
     python bench/bench_flows.py                  # both parts
     python bench/bench_flows.py --quick          # sparser history, 2 dates per AOI
     python bench/bench_flows.py --print bench/results/bench_flows.json   # the table again
@@ -121,14 +121,18 @@ def history_cost(aoi_id: str, start: date, every: int, repeats: int, work: Path,
             "cpu_ratio": statistics.median(c_l) / statistics.median(c_e)}
 
 
-def _warm(aoi_id: str, day: str, where: str) -> dict:
-    """Imports and numba compilation of one worker: one AOI-day on a scratch directory."""
+def _warm(aoi_ids: list[str], day: str, where: str) -> dict:
+    """Imports and numba compilation of one worker: one AOI-day per AOI kind on a scratch directory."""
     from changedet.aoi import load_aoi
     from changedet.pipeline import RunConfig, run_day
     import flows.tasks  # noqa: F401  (what the tasks import)
 
     t = time.perf_counter()
-    run_day(load_aoi(aoi_id), date.fromisoformat(day), RunConfig(data_dir=Path(where) / str(os.getpid())))
+    kinds: set[str] = set()
+    for aoi in map(load_aoi, aoi_ids):
+        if aoi.kind not in kinds:  # each kind has its own counters to compile
+            kinds.add(aoi.kind)
+            run_day(aoi, date.fromisoformat(day), RunConfig(data_dir=Path(where) / str(os.getpid())))
     return {"pid": os.getpid(), "s": time.perf_counter() - t}
 
 
@@ -223,7 +227,7 @@ def backfill_scaling(aois: list[str], dates: list[date], work: Path, *, idle_win
         os.environ["PREFECT_API_URL"] = str(client.api_url).rstrip("/")
 
     # The same AOI-days with the library alone, in this (warmed) process.
-    _warm(aois[0], warm_day, str(work / "warm-lib"))
+    _warm(aois, warm_day, str(work / "warm-lib"))
     lib = work / "library"
     t, c = time.perf_counter(), time.process_time()
     per_aoi = {}
@@ -239,7 +243,7 @@ def backfill_scaling(aois: list[str], dates: list[date], work: Path, *, idle_win
         client = Client(cluster)
         start_s = time.perf_counter() - t
         t = time.perf_counter()
-        warm = client.run(_warm, aois[0], warm_day, str(work / f"warm-{workers}w"))
+        warm = client.run(_warm, aois, warm_day, str(work / f"warm-{workers}w"))
         warm_s = time.perf_counter() - t
         pids = {"flow process (with the Dask scheduler)": [os.getpid()], "Prefect server": _server_pids(),
                 "workers": sorted(w["pid"] for w in warm.values())}
@@ -273,6 +277,9 @@ def backfill_scaling(aois: list[str], dates: list[date], work: Path, *, idle_win
                    "sum_run_day_wall_s": sum(x["run_day_wall_s"] for x in tim),
                    "sum_run_day_cpu_s": sum(x["run_day_cpu_s"] for x in tim),
                    "processes": len({x["pid"] for x in tim}),
+                   # Where a task's wall outside run_day goes (sums over the AOI-days, s).
+                   "task_phases_s": {k: round(sum(x.get(k, 0.0) for x in tim), 3)
+                                     for k in ("slot_acquire_s", "slot_release_s")},
                    "longest_aoi_chain_s": max(chains.values()) if chains else 0.0}
             # Mean number of AOI-days in flight, and the CPU each of them actually got.
             row["concurrency"] = row["sum_task_wall_s"] / wall
@@ -344,9 +351,11 @@ def main(argv: list[str] | None = None) -> int:
                          "simulated sites are mostly clear)")
     ap.add_argument("--every", type=int, default=None, help="days between history dates (default 14; quick 28)")
     ap.add_argument("--repeats", type=int, default=None, help="samples per measured day (default 3; quick 2)")
-    ap.add_argument("--backfill-aois", default="dunai_port,vostochny_port,rajin_port,chongjin_port")
+    ap.add_argument("--backfill-aois", default="all",
+                    help="comma-separated AOI ids, or 'all' (default: every AOI of the registry, ports and "
+                         "railyards: a backfill over the registry, with chains of unequal cost)")
     ap.add_argument("--backfill-start", type=date.fromisoformat, default=date(2023, 7, 6))
-    ap.add_argument("--backfill-dates", type=int, default=None, help="weekly dates per AOI (default 6; quick 2)")
+    ap.add_argument("--backfill-dates", type=int, default=None, help="weekly dates per AOI (default 3; quick 2)")
     ap.add_argument("--skip-history", action="store_true")
     ap.add_argument("--skip-backfill", action="store_true")
     ap.add_argument("--print", metavar="JSON", help="print the table of a results file and exit")
@@ -356,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     every = args.every or (28 if args.quick else 14)
     repeats = args.repeats or (2 if args.quick else 3)
-    n_dates = args.backfill_dates or (2 if args.quick else 6)
+    n_dates = args.backfill_dates or (2 if args.quick else 3)
 
     work = Path(tempfile.mkdtemp(prefix="bench-flows-"))
     os.environ["PREFECT_HOME"] = str(work / "prefect-home")
@@ -374,7 +383,13 @@ def main(argv: list[str] | None = None) -> int:
             print("history:", json.dumps({k: v for k, v in results["history"].items() if k != "build"}), flush=True)
         if not args.skip_backfill:
             dates = [args.backfill_start + timedelta(days=7 * i) for i in range(n_dates)]
-            results["backfill"] = backfill_scaling(args.backfill_aois.split(","), dates, work)
+            if args.backfill_aois == "all":
+                from changedet.aoi import list_aois
+
+                aoi_ids = [a.id for a in list_aois()]
+            else:
+                aoi_ids = args.backfill_aois.split(",")
+            results["backfill"] = backfill_scaling(aoi_ids, dates, work)
         results["uptime_after"] = _uptime()
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -455,6 +470,11 @@ def print_table(results: dict) -> None:
               f"{b['speedup_bound']:5.2f} / {b['speedup_bound_lpt']:4.2f}")
         print(f"{'Prefect overhead per AOI-day (1-worker flow - library) s':64s} {b['overhead_per_aoi_day_s']:12.2f}")
         print(f"{'  of which outside run_day inside the flow, s':64s} {b['overhead_in_flow_per_aoi_day_s']:12.2f}")
+        for k, r in (("1 worker", one), ("2 workers", two)):
+            ph = r.get("task_phases_s")
+            if ph:
+                print(f"{'  ' + k + ': waiting for the source slot / to release it, s per AOI-day':64s} "
+                      f"{ph['slot_acquire_s'] / r['aoi_days']:6.2f} / {ph['slot_release_s'] / r['aoi_days']:4.2f}")
         print(f"{'  ephemeral Prefect server start, paid once, not included, s':64s} "
               f"{b['ephemeral_server_start_s']:12.1f}")
         print(f"{'re-run of the finished backfill (all cached), s per AOI-day':64s} "

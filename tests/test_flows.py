@@ -106,6 +106,43 @@ def test_daily_backfill_and_report_flows(prefect_env, tmp_path):
     assert index.name == "index.html" and index.exists() and "dunai" in index.read_text().lower()
 
 
+def test_source_slot_limits_concurrent_holders_and_is_released(prefect_env):
+    import contextvars
+    import threading
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    from flows.tasks import _acquire_source_slot
+
+    name = "changedet-source-test-one-slot"
+    with get_client(sync_client=True) as client:
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+    held: list[tuple[float, float]] = []
+
+    def hold() -> None:
+        with _acquire_source_slot(name, lease_s=60):
+            t0 = time.monotonic()
+            time.sleep(0.3)
+            held.append((t0, time.monotonic()))
+
+    threads = [threading.Thread(target=contextvars.copy_context().run, args=(hold,)) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert len(held) == 2
+    held.sort()
+    # One slot: the holders ran one after another, never two at once.
+    assert all(a[1] <= b[0] for a, b in zip(held, held[1:])), held
+    with get_client(sync_client=True) as client:
+        assert client.read_global_concurrency_limit_by_name(name).active_slots == 0
+    with pytest.raises(RuntimeError, match="changedet-source-no-such-limit"):
+        with _acquire_source_slot("changedet-source-no-such-limit"):
+            pass
+
+
 def test_backfill_runs_the_ready_day_with_the_most_work_left_first(prefect_env, tmp_path):
     from prefect_dask import DaskTaskRunner
 
