@@ -18,21 +18,23 @@ Cases (all from real Sentinel-2 data in ../shared/data/arosics_s2_pair):
   the red and green bands, the registration uses NIR).
 
 Columns: ``ours`` is the full operation (estimate on the whole image, apply, similarity
-before/after); ``same-task`` is what AROSICS computes: global = ``coregister`` on the
-same centred 256 px window, local = the tie-point table only (``estimate_local``). The
-speed-ups compare same-task with AROSICS, by wall time and by CPU time (this machine is
-shared, so wall time is noisy; CPU time counts AROSICS' worker processes too). The load
-average is printed beside every case.
+before/after); ``same-task`` is what AROSICS computes: global = ``coregister_files``,
+file in and shift out, one 256 px window at the centre of the overlap read alone from
+each file (the whole cost: opening and reading the files, the estimate, its checks and
+the similarity before/after on the window), local = the tie-point table only
+(``read_raster`` + ``estimate_local``). The speed-ups compare same-task with AROSICS,
+by wall time and by CPU time (this machine is shared, so wall time is noisy; CPU time
+counts AROSICS' worker processes too). The load average is printed beside every case.
 
 A second table, global mode *compute only*: both tools get their images already in
-memory (ours: DataArrays from ``read_raster``; AROSICS: ``GeoArray.to_mem()``) and the
-clock covers the match on the same 256 px window (ours: ``coregister`` on the window,
-which also applies the shift to it and measures the similarity before/after).
+memory (ours: the two windows ``coregister_files`` reads; AROSICS: ``GeoArray.to_mem()``)
+and the clock covers the match (ours: ``estimate_window``: shift, reliability and the
+similarity before/after on the window).
 
 AROSICS runs in its own virtualenv (``.venv-arosics``, see README / shared NOTES.md for
 the GDAL recipe) through a subprocess; its wall time is measured inside that process
 around the AROSICS calls only (imports and file writing excluded), ours around
-``read_raster`` + ``coregister`` from the same files. If AROSICS cannot be imported the
+the calls above from the same files. If AROSICS cannot be imported the
 reason is printed and the comparison falls back to full-image upsampled phase
 correlation (``skimage.registration.phase_cross_correlation``, upsample 100).
 
@@ -245,6 +247,43 @@ def naip_stack(mode: str) -> dict:
             "pairs_unmeasured_after": int(np.isnan(after).sum())}
 
 
+def window_pair(ref_path: str, mov_path: str, ws: int, max_shift: float):
+    """The two windows ``coregister_files`` reads (same choice of position), for the
+    compute-only timing: (reference box, moving box, filter margin, search margin, m/unit)."""
+    import math
+
+    from changedet import coreg as C
+    from changedet.io import open_raster
+
+    with open_raster(ref_path) as rs, open_raster(mov_path) as ms:
+        ri, mi = C._raster_info(rs, ref_path), C._raster_info(ms, mov_path)
+        to_m = C._grid_checks(ri.crs_wkt, tuple(ri.transform))
+        rb, mb = C._band_indexes(ri, mi, None)
+        off = C._lattice_offset(ri, mi)
+        r_a, c_a = max(0, -off[0]), max(0, -off[1])
+        r_b, c_b = min(ri.shape[0], mi.shape[0] - off[0]), min(ri.shape[1], mi.shape[1] - off[1])
+        w = min(ws, r_b - r_a, c_b - c_a)
+        f, m = C._FILTER_MARGIN, int(math.ceil(max_shift)) + 2
+        for r0, c0 in C._window_positions((r_a, r_b, c_a, c_b), w):
+            a = C._read_box(rs, ri, rb, r0 - f, c0 - f, w + 2 * f, w + 2 * f)
+            b = C._read_box(ms, mi, mb, r0 + off[0] - f - m, c0 + off[1] - f - m, w + 2 * (f + m), w + 2 * (f + m))
+            if np.isfinite(a).mean() > 0.5 and np.isfinite(b).mean() > 0.5:
+                return a, b, f, m, to_m
+    raise RuntimeError(f"no usable window in {ref_path}")
+
+
+class _WindowResult:
+    """The shift of an ``estimate_window`` result in metres (north-up 10 m grid)."""
+
+    def __init__(self, est: dict, to_m: float):
+        self.shift_x_m = est["shift_col"] * RES * to_m
+        self.shift_y_m = -est["shift_row"] * RES * to_m
+
+
+def window_result(est: dict, to_m: float) -> _WindowResult:
+    return _WindowResult(est, to_m)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=2, help="timing repeats (best of N); default 2")
@@ -257,7 +296,7 @@ def main() -> int:
     sys.path.insert(0, str(REPO))
     import rioxarray
 
-    from changedet.coreg import coregister
+    from changedet.coreg import coregister, coregister_files, estimate_window
     from changedet.io import read_raster
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_coreg_"))
@@ -315,12 +354,10 @@ def main() -> int:
                               max_shift_px=c["max_shift"])[1]
 
         def run_same(c=c):
-            ref_da, mov_da = read_raster(c["ref"]), read_raster(c["tgt"])
             if c["mode"] == "global":
-                rows, cols = ref_da.shape[-2:]
-                r0, c0 = (rows - c["ws"]) // 2, (cols - c["ws"]) // 2
-                win = ref_da.isel(y=slice(max(r0, 0), max(r0, 0) + c["ws"]), x=slice(max(c0, 0), max(c0, 0) + c["ws"]))
-                return coregister(win, mov_da, max_shift_px=c["max_shift"])[1]
+                # File in, shift out: one window read from each file (coregister_files).
+                return coregister_files(c["ref"], c["tgt"], window_px=c["ws"], max_shift_px=c["max_shift"])
+            ref_da, mov_da = read_raster(c["ref"]), read_raster(c["tgt"])
             return estimate_local(ref_da.values[0], mov_da.values[0], window_px=c["ws"], step_px=c["step"],
                                   max_shift_px=c["max_shift"])
         ours.append(timed(run, args.repeat))
@@ -328,12 +365,10 @@ def main() -> int:
         if c["mode"] == "global":
             # Compute only: the images are in memory before the clock starts (as AROSICS'
             # in-memory GeoArrays below), so file reading does not count on either side.
-            ref_da, mov_da = read_raster(c["ref"]), read_raster(c["tgt"])
-            rows, cols = ref_da.shape[-2:]
-            r0, c0 = max((rows - c["ws"]) // 2, 0), max((cols - c["ws"]) // 2, 0)
-            win = ref_da.isel(y=slice(r0, r0 + c["ws"]), x=slice(c0, c0 + c["ws"]))
-            ours_mem.append(timed(lambda win=win, mov_da=mov_da, c=c: coregister(
-                win, mov_da, max_shift_px=c["max_shift"])[1], args.repeat) + (os.getloadavg()[0],))
+            a, b, f, m, to_m = window_pair(c["ref"], c["tgt"], c["ws"], c["max_shift"])
+            ours_mem.append(timed(lambda a=a, b=b, f=f, m=m, c=c, to_m=to_m: window_result(
+                estimate_window(a, b, filter_margin=f, search_margin=m, max_shift_px=c["max_shift"]), to_m),
+                args.repeat) + (os.getloadavg()[0],))
         loads.append(os.getloadavg()[0])
 
     n_cases = len(cases)

@@ -39,6 +39,13 @@ with a robust affine fit of the others are rejected (residual beyond 3 robust st
 deviations, 0.25-1.5 px); an affine + thin-plate-spline field fitted to the survivors
 (:func:`fit_warp`) is applied with ``map_coordinates`` (:func:`apply_warp`).
 
+Global mode from files (:func:`coregister_files`, ``changedet coregister --window N``):
+AROSICS' task, one window at the centre of the overlap, read alone from each file
+(rasterio windowed reads on the shared pixel lattice, the moving one with a margin for
+re-cutting at the integer shift), estimated and scored by :func:`estimate_window` with
+the same two stages; the similarity after is taken on the moving gradient resampled at
+the shift. Files on different lattices go through :func:`coregister` on whole images.
+
 Stack mode (:func:`coregister_stack`): every date of a (time, band, y, x) cube onto the
 reference, one Dask task per date, the result of each written into the cube's
 provenance (``Cube.annotate``).
@@ -71,10 +78,13 @@ __all__ = [
     "MIN_VALID_PIXELS",
     "MIN_VALID_FRACTION",
     "TiePoints",
+    "apply_result",
     "apply_shift",
     "apply_warp",
     "coregister",
+    "coregister_files",
     "coregister_stack",
+    "estimate_window",
     "estimate_local",
     "estimate_shift",
     "fit_warp",
@@ -184,23 +194,55 @@ def _workers(size: int) -> int:
     return _FFT_WORKERS if size >= 512 * 512 else 1
 
 
+def _gradient_kernels(sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """(smoothing, derivative) 1-D correlation kernels of Gaussian(sigma) then Sobel.
+
+    The Gaussian is ``ndimage.gaussian_filter``'s (truncated at 4 sigma); composing it
+    with Sobel's two arms turns six filter passes into four.
+    """
+    x = np.arange(-int(4 * sigma + 0.5), int(4 * sigma + 0.5) + 1)
+    g = np.exp(-0.5 * (x / sigma) ** 2)
+    g /= g.sum()
+    return np.convolve(g, [1.0, 2.0, 1.0]), np.convolve(g, [-1.0, 0.0, 1.0])
+
+
+_K_SMOOTH, _K_DIFF = _gradient_kernels(_SMOOTH_SIGMA)
+
+
+def _along_rows(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """``correlate1d(img, kernel, axis=0)`` run on the transposed copy: filtering along
+    the contiguous axis and transposing twice costs half of a strided axis-0 pass."""
+    return ndimage.correlate1d(np.ascontiguousarray(img.T), kernel, axis=1, mode="reflect").T
+
+
 def _gradient(img: np.ndarray, valid: np.ndarray, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
-    """Complex gradient ``gx + i*gy`` of ``img`` and the mask of pixels it is valid on."""
+    """Complex gradient ``gx + i*gy`` of ``img`` and the mask of pixels it is valid on.
+
+    Sobel of the Gaussian-smoothed image (sigma :data:`_SMOOTH_SIGMA`, reflected at the
+    frame edge), computed with the composed separable kernels.
+    """
     all_valid = bool(valid.all())
     if all_valid:
-        filled = np.asarray(img, dtype=dtype)
+        filled = np.ascontiguousarray(img, dtype=dtype)
     else:
         filled = np.where(valid, img, img[valid].mean()).astype(dtype, copy=False)
-    smooth = ndimage.gaussian_filter(filled, _SMOOTH_SIGMA)
-    grad = np.empty(smooth.shape, np.complex64 if dtype == np.float32 else np.complex128)
-    grad.real = ndimage.sobel(smooth, axis=1)
-    grad.imag = ndimage.sobel(smooth, axis=0)
+    grad = np.empty(filled.shape, np.complex64 if dtype == np.float32 else np.complex128)
+    grad.real = _along_rows(ndimage.correlate1d(filled, _K_DIFF, axis=1, mode="reflect"), _K_SMOOTH)
+    grad.imag = _along_rows(ndimage.correlate1d(filled, _K_SMOOTH, axis=1, mode="reflect"), _K_DIFF)
     if all_valid:
         return grad, valid
     # The smoothing + Sobel halo around invalid pixels mixes in the fill value.
     halo = 1 + int(math.ceil(3 * _SMOOTH_SIGMA))
     good = ~ndimage.binary_dilation(~valid, iterations=halo)
     return grad, good
+
+
+def _quantile(values: np.ndarray, q: float) -> float:
+    """The ``q``-th percentile of ``values`` (nearest rank, one partial sort: a third of
+    ``np.percentile``'s cost; one order statistic further is immaterial for a clip level)."""
+    flat = values.ravel()
+    k = min(int(q / 100.0 * (flat.size - 1) + 0.5), flat.size - 1)
+    return float(np.partition(flat, k)[k])
 
 
 def _prepare(img: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -214,7 +256,7 @@ def _condition(grad: np.ndarray, good: np.ndarray) -> np.ndarray:
     if not all_good and good.sum() < 16:
         return np.zeros(grad.shape, dtype=np.complex64)
     mag = np.abs(grad)
-    clip = np.percentile(mag if all_good else mag[good], _CLIP_PERCENTILE)
+    clip = _quantile(mag if all_good else mag[good], _CLIP_PERCENTILE)
     if clip > 0:
         # Keep orientation, cap the weight of strong (possibly changed) edges.
         np.minimum(np.float32(clip) / np.maximum(mag, np.float32(1e-30)), np.float32(1.0), out=mag)
@@ -265,12 +307,14 @@ def _ncc(ga: np.ndarray, gb: np.ndarray, good: np.ndarray) -> float:
     """NCC of the magnitudes of two gradient images over ``good`` (NaN below 16 pixels)."""
     if good.sum() < 16:
         return float("nan")
-    a = np.abs(ga[good]).astype(np.float64)
-    b = np.abs(gb[good]).astype(np.float64)
-    a = a - a.mean()
-    b = b - b.mean()
-    den = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
-    return float((a * b).sum() / den) if den > 0 else float("nan")
+    everywhere = bool(good.all())
+    a = np.abs(ga if everywhere else ga[good]).astype(np.float64).ravel()
+    b = np.abs(gb if everywhere else gb[good]).astype(np.float64).ravel()
+    a -= a.mean()
+    b -= b.mean()
+    # einsum, not np.dot: BLAS dot products may start threads that spin-wait on a busy machine.
+    den = math.sqrt(float(np.einsum("i,i->", a, a)) * float(np.einsum("i,i->", b, b)))
+    return float(np.einsum("i,i->", a, b) / den) if den > 0 else float("nan")
 
 
 # -- estimate ------------------------------------------------------------------------
@@ -947,6 +991,389 @@ def coregister(
     return out, result
 
 
+# -- global mode from files: one window read alone ------------------------------------
+# AROSICS' global mode matches one window (256 px by default) at the centre of the
+# overlap and reads little else; :func:`coregister_files` does the same task: it reads
+# only that window from each file (no xarray, no resampling when the grids share a
+# lattice), with a margin for the filters and for re-cutting the moving window at the
+# integer shift, and estimates, checks and scores the shift on the window alone.
+_FILTER_MARGIN = 8      # px: Gaussian (4 px) + Sobel (1 px) support, rounded up
+_MIN_WINDOW_VALID = 0.5  # a window needs this share of valid pixels in both images
+
+
+@dataclass(frozen=True)
+class _RasterInfo:
+    path: str
+    crs_wkt: str
+    transform: object
+    shape: tuple[int, int]
+    nodata: float | None
+    names: tuple[str, ...]
+
+
+def _raster_info(src, path) -> _RasterInfo:
+    return _RasterInfo(str(path), src.crs.to_wkt(), src.transform, (src.height, src.width), src.nodata,
+                       tuple(d if d else f"b{i + 1}" for i, d in enumerate(src.descriptions)))
+
+
+@functools.lru_cache(maxsize=16)
+def _grid_checks(crs_wkt: str, transform: tuple) -> float:
+    """Metres per CRS unit of a reference grid (CoregError as :func:`coregister`); cached
+    per CRS because building a pyproj CRS costs more than a window's estimate."""
+    from affine import Affine
+    from pyproj import CRS
+
+    try:
+        grid = GridSpec(CRS.from_wkt(crs_wkt), Affine(*transform[:6]), (2, 2))
+    except GridError as exc:
+        raise CoregError(f"reference: {exc}") from exc
+    return _metres_per_unit(grid)
+
+
+def _band_indexes(ref: _RasterInfo, mov: _RasterInfo, band: str | None) -> tuple[list[int], list[int]]:
+    """1-based band indexes read from each file: ``band``, a preferred band both have,
+    or all bands (their mean is matched), as :func:`coregister` chooses."""
+    if band is not None:
+        out = []
+        for info in (ref, mov):
+            lower = [n.lower() for n in info.names]
+            if str(band).lower() not in lower:
+                raise CoregError(f"band {band!r} is not in {info.path} bands {list(info.names)}; "
+                                 "pass one of them as band=")
+            out.append([lower.index(str(band).lower()) + 1])
+        return out[0], out[1]
+    sets = [[n.lower() for n in info.names] for info in (ref, mov)]
+    pick = next((p for p in _PREFERRED_BANDS if all(p in names for names in sets)), None)
+    if pick is not None:
+        return [sets[0].index(pick) + 1], [sets[1].index(pick) + 1]
+    if len(ref.names) != len(mov.names):
+        raise CoregError(
+            f"reference has {len(ref.names)} bands {list(ref.names)} and moving has {len(mov.names)} "
+            f"{list(mov.names)}, and no common band to match on; pass band= naming a band both have "
+            "(or select matching bands first)"
+        )
+    return list(range(1, len(ref.names) + 1)), list(range(1, len(mov.names) + 1))
+
+
+def _read_box(src, info: _RasterInfo, bands: list[int], r0: int, c0: int, rows: int, cols: int) -> np.ndarray:
+    """float32 (rows, cols) box at (r0, c0) of ``src`` (band mean), NaN outside the file
+    and at nodata; only the part inside the file is read (no boundless VRT)."""
+    from rasterio.windows import Window
+
+    out = np.full((rows, cols), np.nan, np.float32)
+    ra, rb = max(r0, 0), min(r0 + rows, info.shape[0])
+    ca, cb = max(c0, 0), min(c0 + cols, info.shape[1])
+    if ra >= rb or ca >= cb:
+        return out
+    raw = src.read(bands, window=Window(ca, ra, cb - ca, rb - ra))
+    data = raw.astype(np.float32, copy=False)
+    nd = info.nodata
+    if nd is not None and not (isinstance(nd, float) and math.isnan(nd)):
+        data = np.where(raw == nd, np.float32(np.nan), data)
+    out[ra - r0:rb - r0, ca - c0:cb - c0] = data[0] if len(bands) == 1 else np.mean(data, axis=0)
+    return out
+
+
+def _lattice_offset(ref: _RasterInfo, mov: _RasterInfo) -> tuple[int, int] | None:
+    """(row, col) of the reference's pixel (0, 0) in the moving file when both share a
+    pixel lattice (same CRS, pixel size, origins whole pixels apart), else None."""
+    tr, tm = ref.transform, mov.transform
+    if tr.b or tr.d or tm.b or tm.d:
+        return None
+    if abs(tr.a - tm.a) > 1e-6 * abs(tm.a) or abs(tr.e - tm.e) > 1e-6 * abs(tm.e):
+        return None
+    dr, dc = (tr.f - tm.f) / tm.e, (tr.c - tm.c) / tm.a
+    if abs(dr - round(dr)) > 1e-4 or abs(dc - round(dc)) > 1e-4:
+        return None
+    if ref.crs_wkt != mov.crs_wkt:
+        from pyproj import CRS
+
+        if CRS.from_wkt(ref.crs_wkt) != CRS.from_wkt(mov.crs_wkt):
+            return None
+    return int(round(dr)), int(round(dc))
+
+
+def _window_positions(overlap: tuple[int, int, int, int], ws: int) -> list[tuple[int, int]]:
+    """Upper-left corners of candidate windows: the centre of the overlap first (as
+    AROSICS), then the centres of a 3 x 3 grid over it, nearest first."""
+    r_a, r_b, c_a, c_b = overlap
+    rows = [r_a + (r_b - r_a - ws) * f for f in (0.5, 0.25, 0.75)]
+    cols = [c_a + (c_b - c_a - ws) * f for f in (0.5, 0.25, 0.75)]
+    cand = [(int(round(r)), int(round(c))) for r in rows for c in cols]
+    cand.sort(key=lambda rc: (rc[0] - rows[0]) ** 2 + (rc[1] - cols[0]) ** 2)
+    return list(dict.fromkeys(cand))
+
+
+def _keys_weights(t: float) -> np.ndarray:
+    """Keys cubic-convolution weights (a = -0.5) of the taps at -1, 0, 1, 2 for fraction ``t``."""
+    x = np.array([t + 1.0, t, 1.0 - t, 2.0 - t])
+    near = x <= 1.0
+    return np.where(near, 1.5 * x**3 - 2.5 * x**2 + 1.0, -0.5 * x**3 + 2.5 * x**2 - 4.0 * x + 2.0)
+
+
+def _keys_resample(g: np.ndarray, good: np.ndarray, shift_row: float, shift_col: float, start: int,
+                   ws: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``ws`` x ``ws`` block at (start, start) of ``g`` translated by the shift (output
+    at p samples p - shift; cubic convolution, two 1-D passes of 4 taps) and the mask of
+    outputs whose 4 x 4 source taps are all in ``good``."""
+    i0r, i0c = math.floor(-shift_row), math.floor(-shift_col)
+    wr, wc = _keys_weights(-shift_row - i0r), _keys_weights(-shift_col - i0c)
+    br, bc = start + i0r - 1, start + i0c - 1
+    rows = g[br:br + ws, bc:bc + ws + 3] * np.float32(wr[0])
+    for k in range(1, 4):
+        rows += g[br + k:br + k + ws, bc:bc + ws + 3] * np.float32(wr[k])
+    out = rows[:, 0:ws] * np.float32(wc[0])
+    for k in range(1, 4):
+        out += rows[:, k:k + ws] * np.float32(wc[k])
+    ok = good[br:br + ws, bc:bc + ws + 3].copy()
+    for k in range(1, 4):
+        ok &= good[br + k:br + k + ws, bc:bc + ws + 3]
+    mask = ok[:, 0:ws].copy()
+    for k in range(1, 4):
+        mask &= ok[:, k:k + ws]
+    return out.astype(g.dtype, copy=False), mask
+
+
+def estimate_window(reference: np.ndarray, moving: np.ndarray, *, filter_margin: int = _FILTER_MARGIN,
+                    search_margin: int, max_shift_px: float | None = None) -> dict:
+    """Shift, reliability and similarity of one window pair (the core of
+    :func:`coregister_files`).
+
+    Parameters
+    ----------
+    reference : numpy.ndarray
+        (ws + 2 f, ws + 2 f) float image: the reference window with ``f =
+        filter_margin`` px of context on every side (NaN = invalid).
+    moving : numpy.ndarray
+        (ws + 2 (f + m), ...) float image of the moving file on the same pixel lattice,
+        centred on the same window, with ``m = search_margin`` extra px on every side so
+        that the window can be re-cut at any integer shift up to ``m``.
+    filter_margin, search_margin : int
+        ``f`` and ``m`` above (pixels).
+    max_shift_px : float, optional
+        Reported shifts longer than this get their reliability capped at 0.25 only when
+        the peak lies beyond the search margin (the re-cut is then impossible).
+
+    Returns
+    -------
+    dict
+        ``shift_row``, ``shift_col`` (pixels, moving onto reference), ``reliability``
+        (0..1), ``similarity_before`` and ``similarity_after`` (gradient-magnitude NCC on
+        the window before and after shifting the moving window), ``valid_fraction``.
+    """
+    f, m = int(filter_margin), int(search_margin)
+    ref = np.asarray(reference, np.float32)
+    mov = np.asarray(moving, np.float32)
+    ws = ref.shape[0] - 2 * f
+    if ref.shape != (ws + 2 * f, ws + 2 * f) or mov.shape != (ws + 2 * (f + m),) * 2 or ws < 16:
+        raise CoregError(f"estimate_window needs a square reference window with {f} px margin and a moving "
+                         f"window {2 * m} px larger; got {ref.shape} and {mov.shape}")
+    core = slice(f, f + ws)
+    v_ref = np.isfinite(ref)
+    v_mov = np.isfinite(mov)
+    g_ref, good_ref = _gradient(ref, v_ref)
+    g_mov, good_mov = _gradient(mov, v_mov)
+    g_ref, good_ref = g_ref[core, core], good_ref[core, core]
+
+    def mov_cut(dr, dc):
+        sl = (slice(f + m - dr, f + m - dr + ws), slice(f + m - dc, f + m - dc + ws))
+        return g_mov[sl], good_mov[sl]
+
+    g0, good0 = mov_cut(0, 0)
+    good = good_ref & good0
+    if good.sum() < MIN_VALID_PIXELS:
+        raise CoregError(f"only {int(good.sum())} valid overlapping pixels in the {ws} px window "
+                         f"(need {MIN_VALID_PIXELS}); use a larger window or an acquisition with less cloud")
+    sim_before = _ncc(g_ref, g0, good)
+    a = _condition(g_ref, good)
+    b = _condition(g0, good)
+    fa = sfft.fft2(a, workers=1)
+    prod = fa * np.conj(sfft.fft2(b, workers=1))
+    mag = np.abs(prod)
+    if not np.any(mag > 0):
+        return dict(shift_row=0.0, shift_col=0.0, reliability=0.0, similarity_before=sim_before,
+                    similarity_after=sim_before, valid_fraction=float(good.mean()))
+    np.maximum(mag, np.float32(1e-12) * mag.max(), out=mag)
+    surface = np.abs(sfft.ifft2(prod / mag, workers=1))
+    pr, pc = np.unravel_index(int(np.argmax(surface)), surface.shape)
+    peak = float(surface[pr, pc])
+    idx = np.arange(-_PEAK_EXCLUDE, _PEAK_EXCLUDE + 1)
+    surface[np.ix_((pr + idx) % ws, (pc + idx) % ws)] = 0.0
+    second = float(surface.max())
+    ratio = peak / second if second > 0 else float("inf")
+    reliability = float(np.clip((ratio - _RATIO_NOISE) / (_RATIO_GOOD - _RATIO_NOISE), 0.0, 1.0))
+    ir = int(pr - ws if pr > ws // 2 else pr)
+    ic = int(pc - ws if pc > ws // 2 else pc)
+
+    base = (0, 0)
+    cross = prod
+    if (ir, ic) != (0, 0) and max(abs(ir), abs(ic)) <= m:
+        # Re-cut the moving window at the integer shift: both windows then hold the same
+        # content under the same taper, so the envelope cannot pull the estimate to zero.
+        g1, good1 = mov_cut(ir, ic)
+        good_s = good_ref & good1
+        if good_s.sum() >= MIN_VALID_PIXELS:
+            base = (ir, ic)
+            fa_s = fa if np.array_equal(good_s, good) else sfft.fft2(_condition(g_ref, good_s), workers=1)
+            cross = fa_s * np.conj(sfft.fft2(_condition(g1, good_s), workers=1))
+    cc = np.abs(sfft.ifft2(cross, workers=1))
+    k0 = np.array(np.unravel_index(int(np.argmax(cc)), cc.shape), dtype=float)
+    k0 = np.where(k0 > ws // 2, k0 - ws, k0)
+    fine = _newton_peak(cross[None], k0[None])[0]
+    row, col = base[0] + float(fine[0]), base[1] + float(fine[1])
+    if max(abs(row - ir), abs(col - ic)) > 1.0:
+        reliability = min(reliability, 0.25)  # the two stages disagree: ambiguous match
+    if base == (0, 0) and max(abs(ir), abs(ic)) > m:
+        reliability = min(reliability, 0.25)  # beyond the margin read: not refined
+    if reliability < 1.0:
+        # Repeated structure lowers the peak ratio; quadrants agreeing is evidence too.
+        mv = mov[f + m:f + m + ws, f + m:f + m + ws]
+        rv = ref[core, core]
+        reliability = max(reliability, _quadrant_agreement(rv, mv, np.isfinite(rv) & np.isfinite(mv),
+                                                           (row, col)))
+    if max_shift_px is not None and math.hypot(row, col) > max_shift_px + 0.5 and base == (0, 0):
+        reliability = min(reliability, 0.25)
+    # Similarity after: the moving gradient resampled at the estimated shift (filtering
+    # and translation commute, so this is the gradient of the shifted window, without
+    # resampling and filtering the image again).
+    sim_after = float("nan")
+    if max(abs(row), abs(col)) <= m - 2:
+        g_s, good_s = _keys_resample(g_mov, good_mov, row, col, f + m, ws)
+        sim_after = _ncc(g_ref, g_s, good_ref & good_s)
+    return dict(shift_row=row, shift_col=col, reliability=reliability, similarity_before=sim_before,
+                similarity_after=sim_after, valid_fraction=float(good.mean()))
+
+
+def coregister_files(
+    reference,
+    moving,
+    *,
+    band: str | None = None,
+    window_px: int = 256,
+    min_reliability: float = 0.5,
+    max_shift_px: float = 20.0,
+) -> CoregResult:
+    """Global shift of the MOVING file onto the REFERENCE file from one window, read alone.
+
+    The same task as AROSICS' global ``COREG``: one ``window_px`` window at the centre
+    of the two footprints' overlap (the next of a 3 x 3 grid of positions when fewer
+    than half of its pixels are valid in either file) is read from each file with
+    rasterio (the moving one with ``max_shift_px`` + 2 px of margin), and the shift,
+    its reliability and the similarity before/after are measured on that window with
+    the estimator of :func:`coregister`. Files on different pixel lattices (CRS, pixel
+    size or a sub-pixel origin offset), and files where no candidate window is usable,
+    are registered by :func:`coregister` on the whole images instead (read with
+    :func:`changedet.io.read_raster`; same result type).
+
+    Parameters
+    ----------
+    reference, moving : str or path-like
+        GDAL rasters (GeoTIFF, COG, JPEG2000); the reference needs a projected CRS.
+    band, min_reliability, max_shift_px
+        As :func:`coregister`.
+    window_px : int
+        Side of the matching window (reference pixels); clipped to the overlap.
+
+    Returns
+    -------
+    CoregResult
+        ``mode="global"``, one tie point. ``applied`` says whether the shift passes the
+        reliability, length and similarity checks (nothing is resampled here: apply it
+        with :func:`apply_result`).
+
+    Raises
+    ------
+    CoregError
+        A reference CRS without units of length, footprints that do not overlap, no
+        common band (different band counts), an unknown ``band``; and the errors of
+        :func:`coregister` when the whole images are used.
+    RasterError
+        A missing, corrupt or ungeoreferenced file.
+    """
+    from changedet.io import open_raster, read_raster
+
+    if int(window_px) < 32:
+        raise CoregError(f"window_px {window_px} is too small; use at least 32 pixels")
+    with open_raster(reference) as rsrc, open_raster(moving) as msrc:
+        ref, mov = _raster_info(rsrc, reference), _raster_info(msrc, moving)
+        to_m = _grid_checks(ref.crs_wkt, tuple(ref.transform))
+        ref_bands, mov_bands = _band_indexes(ref, mov, band)
+        offset = _lattice_offset(ref, mov)
+        found = None
+        if offset is not None:
+            # Overlap of the two footprints in reference pixels.
+            r_a, c_a = max(0, -offset[0]), max(0, -offset[1])
+            r_b = min(ref.shape[0], mov.shape[0] - offset[0])
+            c_b = min(ref.shape[1], mov.shape[1] - offset[1])
+            if r_a >= r_b or c_a >= c_b:
+                raise CoregError(
+                    f"moving image {mov.path} does not overlap the reference grid of {ref.path}; check the "
+                    "CRS of both inputs and that the acquisition covers the AOI"
+                )
+            ws = int(min(window_px, r_b - r_a, c_b - c_a))
+            ws -= ws % 2
+            f, m = _FILTER_MARGIN, int(math.ceil(max_shift_px)) + 2
+            for r0, c0 in (_window_positions((r_a, r_b, c_a, c_b), ws) if ws >= 32 else []):
+                a = _read_box(rsrc, ref, ref_bands, r0 - f, c0 - f, ws + 2 * f, ws + 2 * f)
+                ca = a[f:f + ws, f:f + ws]
+                if np.isfinite(ca).mean() < _MIN_WINDOW_VALID or not np.nanmax(ca) > np.nanmin(ca):
+                    continue
+                b = _read_box(msrc, mov, mov_bands, r0 + offset[0] - f - m, c0 + offset[1] - f - m,
+                              ws + 2 * (f + m), ws + 2 * (f + m))
+                cb = b[f + m:f + m + ws, f + m:f + m + ws]
+                if np.isfinite(cb).mean() < _MIN_WINDOW_VALID or not np.nanmax(cb) > np.nanmin(cb):
+                    continue
+                found = (a, b, f, m)
+                break
+    est = None
+    if found is not None:
+        a, b, f, m = found
+        try:
+            est = estimate_window(a, b, filter_margin=f, search_margin=m, max_shift_px=max_shift_px)
+        except CoregError:
+            est = None  # too few clean pixels in a small window: use the whole images
+    if est is None:
+        # Different lattices, or no usable window: the whole-image path (reprojection,
+        # masks and its clear errors for all-cloud / constant / NaN inputs).
+        return coregister(read_raster(reference), read_raster(moving), band=band, min_reliability=min_reliability,
+                          max_shift_px=max_shift_px)[1]
+    row, col, rel = est["shift_row"], est["shift_col"], est["reliability"]
+    sim_before, sim_after = est["similarity_before"], est["similarity_after"]
+    length = math.hypot(row, col)
+    reason = ""
+    if rel < min_reliability:
+        reason = f"reliability {rel:.2f} below min_reliability {min_reliability:.2f}"
+    elif length > max_shift_px:
+        reason = f"shift {length:.2f} px exceeds max_shift_px {max_shift_px:.2f}"
+    elif np.isfinite(sim_before) and np.isfinite(sim_after) and sim_after < sim_before - 0.01:
+        reason = f"shift did not improve gradient similarity ({sim_before:.3f} -> {sim_after:.3f})"
+    if reason:
+        sim_after = sim_before
+    xres = ref.transform.a * to_m
+    yres = abs(ref.transform.e) * to_m
+    return CoregResult(shift_row_px=float(row), shift_col_px=float(col), shift_x_m=float(col * xres),
+                       shift_y_m=float(-row * yres), reliability=float(rel), tie_points=1,
+                       similarity_before=float(sim_before), similarity_after=float(sim_after),
+                       applied=not reason, reason=reason)
+
+
+def apply_result(reference: xr.DataArray, moving: xr.DataArray, result: CoregResult) -> xr.DataArray:
+    """``moving`` on the reference grid, shifted by ``result`` when it was applied
+    (a global or network result: one translation).
+
+    Raises
+    ------
+    CoregError
+        A local result (its warp is not stored in the result; use :func:`coregister`),
+        or grids that do not overlap.
+    """
+    if result.mode == "local":
+        raise CoregError("apply_result applies one translation; a local result's warp is applied by "
+                         "coregister(..., local=True)")
+    on_grid = _to_reference_grid(moving, reference, _grid(reference, "reference"))
+    return apply_shift(on_grid, result.shift_row_px, result.shift_col_px) if result.applied else on_grid
+
+
 # -- local (tie-point grid) mode ------------------------------------------------------
 # Windows are matched in one batch: gradient images are prepared once for the whole
 # frame, every window pair is cut out with fancy indexing, and all FFTs and sub-pixel
@@ -991,27 +1418,32 @@ class TiePoints:
     kept: np.ndarray
 
 
-def _full_gradient(img: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Clipped complex gradient of the whole frame and its feathered weight (0 where invalid)."""
+def _full_gradient(img: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Clipped complex gradient of the whole frame and its feathered weight (0 where
+    invalid); the weight is None when every pixel is clean (a weight of ones)."""
     # Single precision: smoothed gradients are far above float32 rounding, and it halves
     # the cost of the filters, every FFT and every product downstream.
     grad, good = _gradient(img, valid, np.float32)
-    if good.sum() < 16:
+    all_good = bool(good.all())
+    if not all_good and good.sum() < 16:
         return np.zeros(img.shape, np.complex64), np.zeros(img.shape, np.float32)
     mag = np.abs(grad)
-    clip = np.percentile(mag[good], _CLIP_PERCENTILE)
+    clip = _quantile(mag if all_good else mag[good], _CLIP_PERCENTILE)
     if clip > 0:
-        grad = grad * np.minimum(1.0, clip / np.maximum(mag, 1e-30))
-    weight = good.astype(np.float32)
-    if not good.all():
-        weight = ndimage.gaussian_filter(weight, _FEATHER_SIGMA) * good
-    return grad.astype(np.complex64, copy=False), weight
+        np.minimum(np.float32(clip) / np.maximum(mag, np.float32(1e-30)), np.float32(1.0), out=mag)
+        grad *= mag
+    if all_good:
+        return grad, None
+    weight = ndimage.gaussian_filter(good.astype(np.float32), _FEATHER_SIGMA) * good
+    return grad, weight
 
 
 def _cut(arr: np.ndarray, r0: np.ndarray, c0: np.ndarray, ws: int) -> np.ndarray:
     """Stack of ``ws`` x ``ws`` windows with upper-left corners (r0, c0); outside -> 0."""
     rows, cols = arr.shape
-    out = np.zeros((len(r0), ws, ws), dtype=arr.dtype)
+    inside = (r0 >= 0) & (c0 >= 0) & (r0 + ws <= rows) & (c0 + ws <= cols)
+    # Zero-filled only when some window reaches outside the frame.
+    out = (np.empty if inside.all() else np.zeros)((len(r0), ws, ws), dtype=arr.dtype)
     for i, (r, c) in enumerate(zip(r0.tolist(), c0.tolist())):
         # Plain slices (memcpy) are several times faster than fancy indexing here.
         ra, rb = max(r, 0), min(r + ws, rows)
@@ -1024,7 +1456,13 @@ def _cut(arr: np.ndarray, r0: np.ndarray, c0: np.ndarray, ws: int) -> np.ndarray
 def _window_stack(grad, weight, r0, c0, ws, taper):
     """Zero-mean, feathered and tapered gradient windows, and each window's valid share."""
     g = _cut(grad, r0, c0, ws)
-    w = _cut(weight, r0, c0, ws)
+    rows, cols = grad.shape
+    if weight is None and np.all((r0 >= 0) & (c0 >= 0) & (r0 + ws <= rows) & (c0 + ws <= cols)):
+        # Every pixel of every window is clean: plain means, no feathering.
+        g -= g.mean(axis=(1, 2), keepdims=True)
+        g *= taper
+        return g, np.ones(len(r0))
+    w = _cut(np.ones(grad.shape, np.float32) if weight is None else weight, r0, c0, ws)
     inside = w > 0
     count = inside.sum(axis=(1, 2))
     mean = g.sum(axis=(1, 2), where=inside) / np.maximum(count, 1)
@@ -1106,9 +1544,16 @@ def _newton_peak_impl(prod: np.ndarray, start: np.ndarray, *, iterations: int) -
 
 def _coherence(win: np.ndarray) -> np.ndarray:
     """Structure-tensor coherence (0 isotropic .. 1 one orientation) of complex gradient windows."""
-    s = np.sum(np.abs(win) ** 2, axis=(1, 2))
-    z = np.abs(np.sum(win**2, axis=(1, 2)))  # (gx + i gy)^2 = gx^2 - gy^2 + 2i gx gy
-    return np.where(s > 0, z / np.maximum(s, 1e-30), 1.0)
+    out = np.empty(len(win))
+    with _blas_single_thread():
+        for i, w in enumerate(win):
+            # Two BLAS dot products per window (sum |g|^2 and sum g^2): a quarter of the
+            # cost of the elementwise squares and reductions over the stack.
+            f = w.ravel()
+            s = float(np.vdot(f, f).real)
+            z = abs(complex(np.dot(f, f)))  # (gx + i gy)^2 = gx^2 - gy^2 + 2i gx gy
+            out[i] = z / s if s > 0 else 1.0
+    return out
 
 
 def _window_grid(shape, ws: int, step: int) -> tuple[np.ndarray, np.ndarray]:

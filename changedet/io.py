@@ -2,14 +2,42 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
-from changedet.errors import GridError, RasterError
+from changedet.errors import ChangedetError, GridError, RasterError
 from changedet.grid import GridSpec, crs_of, with_crs
+
+
+@contextlib.contextmanager
+def open_raster(path: str | Path):
+    """Open a georeferenced raster with rasterio, with :func:`read_raster`'s errors.
+
+    Yields the open ``rasterio`` dataset (for windowed reads). A missing file, a file
+    without CRS, or one that cannot be opened or read inside the block raises
+    :class:`RasterError` naming the file; changedet errors raised in the block pass
+    through unchanged.
+    """
+    import rasterio
+
+    path = Path(path)
+    if not path.exists():
+        raise RasterError(f"{path}: no such file; check the path")
+    try:
+        with rasterio.open(path) as src:
+            if src.crs is None:
+                raise RasterError(f"{path}: has no CRS; georeference it (e.g. gdal_edit.py -a_srs EPSG:xxxx) first")
+            yield src
+    except ChangedetError:
+        raise
+    except Exception as exc:  # rasterio raises several types for corrupt files
+        raise RasterError(f"{path}: cannot be read as a raster ({exc.__class__.__name__}: {exc}); "
+                          "check that the file is a complete GeoTIFF, COG or JPEG2000") from None
 
 
 def read_raster(path: str | Path, *, bands: list[str] | None = None) -> xr.DataArray:
@@ -19,31 +47,36 @@ def read_raster(path: str | Path, *, bands: list[str] | None = None) -> xr.DataA
     ``b1, b2, ...``. Raises :class:`RasterError` naming the file for unreadable, corrupt
     or ungeoreferenced input.
     """
-    import rasterio
-    import rioxarray
+    import rioxarray  # noqa: F401  registers the .rio accessor
 
     path = Path(path)
-    if not path.exists():
-        raise RasterError(f"{path}: no such file; check the path")
-    try:
-        with rasterio.open(path) as src:
-            descriptions = [d for d in src.descriptions]
-            if src.crs is None:
-                raise RasterError(f"{path}: has no CRS; georeference it (e.g. gdal_edit.py -a_srs EPSG:xxxx) first")
-        da = rioxarray.open_rasterio(path, masked=True).load()
-    except RasterError:
-        raise
-    except Exception as exc:  # rasterio raises several types for corrupt files
-        raise RasterError(f"{path}: cannot be read as a raster ({exc.__class__.__name__}: {exc}); "
-                          "check that the file is a complete GeoTIFF, COG or JPEG2000") from None
-    if "band" not in da.dims:
-        da = da.expand_dims("band")
+    # One open: metadata and pixels from the same handle (opening costs about as much as
+    # reading a small window, and a second open doubled the cost of small files).
+    with open_raster(path) as src:
+        descriptions = list(src.descriptions)
+        units = [u or "" for u in src.units]
+        nodata = src.nodata
+        transform, crs = src.transform, src.crs
+        raw = src.read()
+    data = raw.astype("float32", copy=False)
+    if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
+        # Compared on the raw values: float32 rounding could merge nodata with a neighbour.
+        data = np.where(raw == nodata, np.float32(np.nan), data)
     names = bands or [d if d else f"b{i + 1}" for i, d in enumerate(descriptions)]
-    if len(names) != da.sizes["band"]:
-        raise RasterError(f"{path}: has {da.sizes['band']} bands but {len(names)} band names were given")
-    da = da.assign_coords(band=list(names)).astype("float32")
-    da.attrs = {k: v for k, v in da.attrs.items() if k in ("long_name", "units")}
-    return da
+    if len(names) != data.shape[0]:
+        raise RasterError(f"{path}: has {data.shape[0]} bands but {len(names)} band names were given")
+    rows, cols = data.shape[1:]
+    # Pixel-centre coordinates, as rioxarray (and GridSpec) derive them from the transform.
+    x = transform.c + (np.arange(cols) + 0.5) * transform.a
+    y = transform.f + (np.arange(rows) + 0.5) * transform.e
+    attrs = {}
+    if any(descriptions):
+        attrs["long_name"] = tuple(d or "" for d in descriptions) if len(descriptions) > 1 else descriptions[0]
+    if any(units):
+        attrs["units"] = units[0] if len(set(units)) == 1 else tuple(units)
+    da = xr.DataArray(data, dims=("band", "y", "x"), coords={"band": list(names), "y": y, "x": x}, attrs=attrs)
+    da = da.rio.write_crs(crs.to_wkt(), inplace=True)
+    return da.rio.write_transform(transform, inplace=True)
 
 
 def write_geotiff(da: xr.DataArray, path: str | Path, *, cog: bool = True, dtype: str = "float32") -> Path:

@@ -29,8 +29,10 @@ def add_parser(sub) -> None:
     p.add_argument("--local", action="store_true",
                    help="local co-registration: a shift per window on a grid (tie points), outlier rejection and "
                         "a smooth warp fitted to the kept points (for non-rigid distortion)")
-    p.add_argument("--window", type=int, default=256,
-                   help="--local: matching window side in reference pixels (default 256)")
+    p.add_argument("--window", type=int, default=None,
+                   help="matching window side in reference pixels. --local: per tie point (default 256). "
+                        "Global: match ONE window of this side at the centre of the overlap, read alone from the "
+                        "files (AROSICS' task; much faster on large scenes), instead of the whole images (the default)")
     p.add_argument("--step", type=int, default=None,
                    help="--local: spacing of the tie points in reference pixels (default half the window)")
     p.add_argument("--warp", choices=("smooth", "affine", "translation"), default="smooth",
@@ -65,26 +67,37 @@ def result_json(res) -> dict:
 
 
 def cmd_coregister(args) -> int:
-    from changedet.coreg import coregister
+    from changedet.coreg import apply_result, coregister, coregister_files
     from changedet.io import read_raster, write_geotiff
 
-    ref = read_raster(args.reference)
-    mov = read_raster(args.moving)
-    if args.band is not None:
-        for path, da in ((args.reference, ref), (args.moving, mov)):
-            names = [str(b) for b in da["band"].values]
-            if args.band not in names:
-                raise CoregError(f"{path}: has no band {args.band!r}; its bands are {', '.join(names)}")
     for name in ("window", "step"):
         v = getattr(args, name)
         if v is not None and v < 32:
             raise ChangedetError(f"--{name} {v} is too small; use at least 32 pixels")
-    aligned, res = coregister(ref, mov, band=args.band, min_reliability=args.min_reliability,
-                              max_shift_px=args.max_shift, local=args.local, window_px=args.window,
-                              step_px=args.step, warp=args.warp)
+    if args.band is not None:
+        from changedet.io import open_raster
+
+        for path in (args.reference, args.moving):
+            with open_raster(path) as src:
+                names = [d if d else f"b{i + 1}" for i, d in enumerate(src.descriptions)]
+            if args.band not in names:
+                raise CoregError(f"{path}: has no band {args.band!r}; its bands are {', '.join(names)}")
     out_path = None
-    if args.out is not None:
-        out_path = write_geotiff(aligned, args.out)
+    if args.window is not None and not args.local:
+        # One window read from the files; the whole images are read only to write --out.
+        res = coregister_files(args.reference, args.moving, band=args.band, window_px=args.window,
+                               min_reliability=args.min_reliability, max_shift_px=args.max_shift)
+        if args.out is not None:
+            out_path = write_geotiff(apply_result(read_raster(args.reference), read_raster(args.moving), res),
+                                     args.out)
+    else:
+        ref = read_raster(args.reference)
+        mov = read_raster(args.moving)
+        aligned, res = coregister(ref, mov, band=args.band, min_reliability=args.min_reliability,
+                                  max_shift_px=args.max_shift, local=args.local, window_px=args.window or 256,
+                                  step_px=args.step, warp=args.warp)
+        if args.out is not None:
+            out_path = write_geotiff(aligned, args.out)
     doc = result_json(res)
     if out_path is not None:
         doc["out"] = str(out_path)
