@@ -7,9 +7,9 @@ long, so a one-pixel shift of a 3 x 8 box already costs half its IoU), one to on
 greedily by IoU. Only labels at least 3 pixels long are scored (all of them, here).
 
 Measured (``pytest -s``; also ``python bench/bench_ships.py``, which adds a centre-in-box
-rule, recall split by alongside / open water and figures per size class): Busan F1 0.53
-(P 0.55, R 0.52), Casablanca F1 0.50 (P 0.54, R 0.47) - still below the 0.7 the issue
-asks for.
+rule, recall split by alongside / open water, figures per size class and where each
+vessel is lost): Busan F1 0.54 (P 0.55, R 0.54), Casablanca F1 0.58 (P 0.56, R 0.60) -
+still below the 0.7 the issue asks for.
 Open-water vessels are found (recall 0.67 and 1.00); vessels moored alongside quays,
 which most labels are (39 of 54 and 13 of 15), merge with the quay at 10 m; the
 quayside search (strips sticking out of the straightened quay line) finds about half
@@ -24,7 +24,10 @@ what a body is - some water-class rim pixels in a body grown from the water (isl
 pier ends have none), a pixel with NDWI <= 0 (foam and plumes have none; this one was
 written after looking at Casablanca's surf, so Casablanca is not held out for it), and a
 quayside strip filling 80 % of its moment rectangle (corner crescents do not; 0.8
-chosen on Busan) - to 0.53 / 0.50. The floors below
+chosen on Busan) - to 0.53 / 0.50; joining quayside strips to the bodies grown on the
+water that they touch (a hull alongside is split into a land-class deck and a water-side
+rim; no parameter fitted, the idea came from misses on both ports) - to 0.54 / 0.58. The
+floors below
 sit a margin under the measured figures so that a regression fails; they are not the
 target.
 """
@@ -51,7 +54,7 @@ from changedet.simulate.render import render_scene
 
 PORTS = {"busan": "2022-05-14", "casablanca": "2023-04-26"}
 # Measured F1 minus a margin (see the module docstring): regression floors.
-F1_FLOOR = {"busan": 0.50, "casablanca": 0.46}
+F1_FLOOR = {"busan": 0.51, "casablanca": 0.54}
 MATCH_IOU = 0.1
 
 
@@ -251,6 +254,58 @@ def test_foam_dark_in_swir_and_piers_too_thin_are_not_vessels():
     assert no_swir.total == 2, no_swir.to_json()
     with pytest.raises(ChangedetError, match="max_elongation"):
         detect_vessels(scene, max_elongation=0.5)
+
+
+def test_joining_quayside_strips_finds_hulls_alongside_in_docks(test_data):
+    """Casablanca's hulls moored in narrow docks are split by the water mask into a
+    land-class deck strip and a water-side rim; joined, they are found (two more
+    labelled vessels), and no vessel found without joining is lost."""
+    image = _scene(test_data, "casablanca")
+    labels = _labels(test_data, "casablanca")
+
+    def matched(res):
+        dets = [d.attrs["bbox_px"] for d in res.detections]
+        return {j for j, t in enumerate(labels) if any(_iou(d, t) >= MATCH_IOU for d in dets)}
+
+    rejected: list = []
+    joined = matched(detect_vessels(image, rejected=rejected))
+    alone = matched(detect_vessels(image, join_quayside=False))
+    assert alone <= joined and len(joined) >= len(alone) + 2, (sorted(alone), sorted(joined))
+    # A joined body that fails a test is logged as such and its water parts judged alone.
+    assert any(source == "joined" for source, _, _ in rejected)
+
+
+def test_rejected_candidates_name_the_test_that_dropped_them():
+    """The diagnostics hook reports each candidate turned down with the test it failed
+    (foam: SWIR; pier: elongation), at the right place, without changing the detections;
+    every detection lies on a candidate of :func:`optical_candidates`."""
+    from changedet.objects.vessels import optical_candidates
+
+    image, grid, (cx, cy) = _synthetic(heading_deg=30.0)
+    data = image.values.copy()
+    names = list(image["band"].values)
+    for b, v in zip(names, (0.15, 0.15, 0.15, 0.1, None)):   # foam, water-dark in B11
+        if v is not None:
+            data[names.index(b)][20:22, 120:126] = v
+    for b, v in zip(names, (0.08, 0.1, 0.12, 0.3, 0.25)):     # a 300 m pier
+        data[names.index(b)][100:102, 20:50] = v
+    scene = grid.attach(data, bands=names)
+    rejected: list = []
+    kw = {"hull_ndwi": None, "min_water_fraction": 0.0}
+    res = detect_vessels(scene, rejected=rejected, **kw)
+    assert res.to_json() == detect_vessels(scene, **kw).to_json()
+    assert res.total == 1 and res.detections[0].polygon.contains(Point(cx, cy))
+    by_reason = {reason: box for source, reason, box in rejected if source == "water"}
+    assert set(by_reason) >= {"swir_dark", "too_elongated"}, rejected
+    c0, r0, w, h = by_reason["swir_dark"]
+    assert c0 <= 120 and c0 + w >= 126 and r0 <= 20 and r0 + h >= 22
+    c0, r0, w, h = by_reason["too_elongated"]
+    assert c0 <= 20 and c0 + w >= 50 and r0 <= 100 and r0 + h >= 102
+    cand = optical_candidates(scene)
+    assert cand.bodies[20:22, 120:126].all() and cand.bodies[100:102, 20:50].all()
+    assert not cand.bodies[cand.water & (cand.z < 3.0)].any()
+    c0, r0, w, h = res.detections[0].attrs["bbox_px"]
+    assert cand.bodies[r0:r0 + h, c0:c0 + w].any()
 
 
 def test_hull_moored_alongside_a_straight_quay_is_found():
