@@ -6,6 +6,13 @@ occupied; occupied runs are cut into cars where coupler gaps and colour edges ar
 with car lengths kept near real rolling-stock lengths by dynamic programming; each car
 is typed from its length and look.
 
+With the sun's position known, light is read as geometry, not as colour alone: a black
+tank car is a cylinder, brighter on its sun-facing half (a shadow cast onto the track
+darkens that half first); paint with a sunlit spectrum but too dark for ballast under
+any mix of sun and skylight is a car even where the whole yard lies in shadow; and a
+car's own shadow, which runs along the track when the sun is oblique to it, is trimmed
+from the car's end by its known length.
+
 Under cloud (``valid`` given), stretches of track under a cloud or in a cloud's shadow
 (found by :func:`changedet.objects.cloud_shadow.cloud_shade`; cloud masks rarely carry
 the shadows) are unobserved: nothing is counted there and no count is extrapolated to
@@ -126,11 +133,14 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
     for tid, strip in strips.items():
         sun_left, own_only = _sun_geometry(tracks[tid], sun_azimuth_deg, sun_elevation_deg)
         occ, seen = _occupancy(strip, refs, min_contrast=min_contrast, vhr=vhr, sun_left=sun_left,
-                               anti_shadow_is_own=own_only)
+                               anti_shadow_is_own=own_only,
+                               shadow_tail_m=_shadow_tail(tracks[tid], sun_azimuth_deg) if sun_left is not None
+                               else 0.0)
         total_obs += seen.sum() * strip.step_m
         total_len += seen.size * strip.step_m
         if vhr:
-            cars = _split_cars(strip, occ, seen, refs["lit_sd"], refs["lit"])
+            cars = _split_cars(strip, occ, seen, refs["lit_sd"], refs["lit"], sun_left=sun_left,
+                               ground_sd=float(np.nanmean(refs["shadow_sd"])))
             by_type: dict[str, int] = {}
             for a, b, ctype, score in cars:
                 by_type[ctype] = by_type.get(ctype, 0) + 1
@@ -215,7 +225,8 @@ def _empty_track_reference(strips: Mapping[str, Strip]) -> dict[str, np.ndarray]
 
 
 def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
-               sun_left: bool | None = None, anti_shadow_is_own: bool = False) -> tuple[np.ndarray, np.ndarray]:
+               sun_left: bool | None = None, anti_shadow_is_own: bool = False,
+               shadow_tail_m: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Boolean occupied and observed (finite) flags per along-track position.
 
     Colour alone cannot tell a black tank car from shadowed ballast, nor a grey car
@@ -228,6 +239,11 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
       shadow, whatever the car's colour;
     * a track dark across its whole width lies in a neighbour's shadow: occupied only
       if its centre shows structure (a cylinder's highlight, a gondola's rim).
+
+    The last two rules also fire past a car's end where its own shadow runs along the
+    track (sun oblique to the track): ``shadow_tail_m`` (signed, metres along the track
+    beyond a car's end on the shadow side, from :func:`_shadow_tail`) bounds the stretch
+    at a run's shadow-side end occupied by those rules alone, which is trimmed.
     """
     centre, _ = _zones(strip)
     a = strip.across_m
@@ -269,20 +285,65 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
             # Only something standing on this track can shade its anti-sun side while
             # its centre stays lit: a shadow cast from the sun side would cover the centre.
             anti_dark = anti_b < 0.6 * lit_b
+        if sun_left is not None:
+            # A sunlit convex body (a tank car's cylinder) is brighter on its sun-facing half;
+            # a shadow cast onto the track darkens the sun-facing half first, and shadowed
+            # ballast is flat. A dark centre much brighter towards the sun is a car.
+            glow = _sun_side_glow(strip, sun_left, float(np.nanmean(refs["shadow_sd"])), k)
+            dark_car = dark & glow
+        else:
+            dark_car = np.zeros_like(dark)
+        # Ground under any mix of direct sun and skylight is a non-negative mix of its lit
+        # and shadowed colours of about its usual brightness (coefficients summing to ~1).
+        # A dark car in the sun keeps the spectrum of sunlit paint at a fraction of the
+        # ground's brightness: too dark for its colour, whatever the shade around it.
+        mix = np.linalg.pinv(np.stack([refs["lit"], refs["shadow"]], axis=1)) @ np.nan_to_num(mean)
+        too_dark = (mix.sum(axis=0) < _MIN_GROUND_SCALE) | (mix.min(axis=0) < -_MAX_NEGATIVE_MIX)
+        dark_car |= dark & too_dark
         texture = np.nanmean(np.nanstd(c, axis=1), axis=0) / max(float(np.nanmean(refs["shadow_sd"])), 1e-4)
         # Structure inside a dark centre is only trusted when the sun side is unknown: with
         # a known sun, the edge of a neighbour's shadow crossing the centre mimics it.
         structured = texture > 4.0 if sun_left is None else np.zeros_like(dark)
-        occ = colourful | (dark & (sun_lit | structured)) | (anti_dark & (~dark | anti_shadow_is_own))
+        occ = colourful | (dark & (sun_lit | structured)) | dark_car | (anti_dark & (~dark | anti_shadow_is_own))
+        solid = colourful | dark_car
+    else:
+        solid = occ
     occ &= seen
     if vhr:
         # Close sub-metre holes (specular glints, noise) and drop specks shorter than 4 m.
         k = max(1, int(round(0.6 / strip.step_m)))
         occ = ndimage.binary_closing(occ, structure=np.ones(k + 1, bool))
+        if shadow_tail_m:
+            occ = _trim_tails(occ, occ & ~solid, shadow_tail_m, strip.step_m)
         occ = _drop_short(occ, int(4.0 / strip.step_m))
     else:
         occ = _drop_short(occ, 1)
     return occ & seen, seen
+
+
+# Ground brightness relative to its learnt colour under the same mix of sun and skylight:
+# ballast texture and wear keep it above ~0.75 (measured on empty track, lit and shaded);
+# a weight below -0.35 puts a colour outside every mix of the two lights.
+_MIN_GROUND_SCALE = 0.65
+_MAX_NEGATIVE_MIX = 0.35
+# Across-track bands (m from the centreline) compared for a cylinder's shading: inside a
+# 3 m car body, clear of the centreline where both halves meet.
+_HALF_BAND_M = (0.25, 1.1)
+# A Lambertian cylinder lit from the side is 2-3 times brighter on its sun-facing half;
+# ground, flat roofs and loads stay within about 30 %.
+_GLOW_RATIO = 1.35
+
+
+def _sun_side_glow(strip: Strip, sun_left: bool, ground_sd: float, k: int) -> np.ndarray:
+    """Positions where the sun-facing half of the centre is clearly brighter than the
+    other half: by ``_GLOW_RATIO`` and by three spreads of the ground colour."""
+    a = strip.across_m if sun_left else -strip.across_m
+    lo, hi = _HALF_BAND_M
+    b = np.nanmean(strip.values[:3], axis=0)   # visible brightness (across, along)
+    sun_half = _nan_smooth(np.nanmean(b[(a >= lo) & (a <= hi)], axis=0), k)
+    anti_half = _nan_smooth(np.nanmean(b[(a <= -lo) & (a >= -hi)], axis=0), k)
+    with np.errstate(invalid="ignore"):
+        return (sun_half >= _GLOW_RATIO * anti_half) & (sun_half - anti_half >= 3.0 * ground_sd)
 
 
 # Tallest common rolling stock (m) and the closest track spacing in yards (m).
@@ -317,6 +378,49 @@ def _sun_geometry(line: LineString, azimuth_deg: float | None,
     return across > 0, own_only
 
 
+# Widest band of the strip read for a car's shadow (m off the centreline): the anti-sun
+# side band ends at 2.6 m, the car body's sun-side edge is 1.5 m on the other side.
+_SHADOW_BAND_M = 2.6 + 1.5
+# Longest shadow tail trimmed (m): beyond it the sun runs nearly along the track and the
+# side rules are not used.
+_MAX_TAIL_M = 6.0
+
+
+def _shadow_tail(line: LineString, azimuth_deg: float | None) -> float:
+    """How far (m, signed along the track) a car's own shadow reaches past its end at the
+    edge of the strip's side bands, whatever the car's height.
+
+    A car's shadow is its footprint swept away from the sun; its boundary leaves the car's
+    sun-side corner at the shadow's direction, so across a band ``_SHADOW_BAND_M`` wide it
+    runs ``_SHADOW_BAND_M`` times (along over across component) past the car's end: the
+    height and the sun's elevation only set how far the shadow reaches sideways.
+    """
+    if azimuth_deg is None:
+        return 0.0
+    (x0, y0), (x1, y1) = line.coords[0], line.coords[-1]
+    d = np.array([x1 - x0, y1 - y0]) / max(math.hypot(x1 - x0, y1 - y0), 1e-9)
+    az = math.radians(azimuth_deg)
+    away = -np.array([math.sin(az), math.cos(az)])   # shadows point away from the sun
+    along, across = float(d @ away), abs(float(d[0] * away[1] - d[1] * away[0]))
+    if across < 1e-6:
+        return 0.0
+    return float(np.clip(_SHADOW_BAND_M * along / across, -_MAX_TAIL_M, _MAX_TAIL_M))
+
+
+def _trim_tails(occ: np.ndarray, shade_only: np.ndarray, tail_m: float, step: float) -> np.ndarray:
+    """Drop, at each run's shadow-side end (the high end for ``tail_m`` > 0), the samples
+    occupied by shadow rules alone, up to ``|tail_m|`` (plus half a metre of blur)."""
+    out = occ.copy()
+    n_max = int(round((abs(tail_m) + 0.5) / step))
+    for a, b in runs(occ):
+        idx = range(b - 1, max(a, b - n_max) - 1, -1) if tail_m > 0 else range(a, min(b, a + n_max))
+        for i in idx:
+            if not shade_only[i]:
+                break
+            out[i] = False
+    return out
+
+
 def _nan_smooth(x: np.ndarray, k: int) -> np.ndarray:
     """Moving mean over ``k`` samples ignoring NaN (a running sum would carry one NaN to
     every later sample: a cloud gap would blind the rest of the track)."""
@@ -337,8 +441,15 @@ def _drop_short(mask: np.ndarray, min_len: int) -> np.ndarray:
 
 # ------------------------------------------------------------------------ splitting
 def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
-                lit: np.ndarray) -> list[tuple[float, float, str, float]]:
-    """Cut occupied runs into cars: (start_m, end_m, type, score) per car."""
+                lit: np.ndarray, *, sun_left: bool | None = None,
+                ground_sd: float = float("nan")) -> list[tuple[float, float, str, float]]:
+    """Cut occupied runs into cars: (start_m, end_m, type, score) per car.
+
+    Where the sun shines across the track (``sun_left`` known), black bodies brighter on
+    their sun-facing half are cylinders (tank cars) and get the tank car's pitch; other
+    black bodies (open cars seen into, black boxcars) get no preference. Without the sun
+    side, every black body gets the tank pitch (the commonest black freight car).
+    """
     step = strip.step_m
     centre, _ = _zones(strip)
     sides = np.abs(strip.across_m) >= 1.95
@@ -356,9 +467,20 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
     k2 = max(1, int(round(1.5 / step)))
     around = np.minimum(np.roll(d, k2), np.roll(d, -k2))
     dip = np.clip(around - d, 0, None)
-    evidence = np.maximum(edge, dip) / sigma
+    # ... or any narrow band across the track unlike the bodies on both sides: with a low
+    # sun the gap is lit or shaded unlike the ground beside the track, which is itself
+    # part lit, part in the cars' shadows.
+    ridge = np.zeros_like(d)
+    if mean.shape[1] > 2 * k2:
+        ridge[k2:-k2] = np.minimum(np.linalg.norm(mean[:, k2:-k2] - mean[:, :-2 * k2], axis=0),
+                                   np.linalg.norm(mean[:, k2:-k2] - mean[:, 2 * k2:], axis=0))
+    # A narrow band is specific to a gap; a colour step rises over a metre either side of
+    # it (blur, car end walls), and a lit gap between two cars shows as two steps.
+    evidence = np.maximum(np.maximum(edge, dip), 2.0 * ridge) / sigma
     # Black car bodies (well below the empty track's brightness, lit or shaded).
     dark = mean.mean(axis=0) < 0.5 * float(np.nanmean(lit))
+    if sun_left is not None and np.isfinite(ground_sd):
+        dark &= _sun_side_glow(strip, sun_left, ground_sd, int(1.0 / step) | 1)
     cars = []
     for a, b in runs(occ):
         run_len = (b - a) * step
@@ -397,7 +519,10 @@ def _best_cuts(evidence: np.ndarray, step: float, dark: np.ndarray | None = None
     best = np.full(n + 1, np.inf)
     prev = np.full(n + 1, -1)
     best[0] = 0.0
-    ev = np.clip(evidence, 0, 12.0)
+    # Rewards saturate (one very strong edge must not outweigh the length prior), but
+    # smoothly: next to a bright car the cue stays high for a metre either side of a gap,
+    # and its peak, where the gap is, must still earn the most.
+    ev = 12.0 * (1.0 - np.exp(-np.clip(evidence, 0, None) / 12.0))
     for j in range(1, n + 1):
         i0, i1 = max(0, j - hi), j - lo
         if i1 < 0:
