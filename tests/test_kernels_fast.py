@@ -133,6 +133,46 @@ def test_networks_sort_all_zero_one_inputs():
         assert (np.diff(v, axis=1) >= 0).all(), n
 
 
+def _sorts_all_zero_one_inputs(net, n) -> bool:
+    # Channel k of all 2**n 0/1 inputs as packed bits: a comparator is AND (min) and OR (max).
+    ch = [np.packbits((np.arange(2**n) >> k) & 1 == 1) for k in range(n)]
+    for i, j in net:
+        ch[i], ch[j] = ch[i] & ch[j], ch[i] | ch[j]
+    return not any((ch[k] & ~ch[k + 1]).any() for k in range(n - 1))
+
+
+def test_best_known_network_sorts_and_is_smaller():
+    # 0-1 principle over all 2**19 inputs: the 85-comparator network used for 19 dates.
+    n = 19
+    net = fast.best_network(n)
+    assert len(net) == 85 < len(fast.sorting_network(n))
+    assert (net[:, 0] < net[:, 1]).all() and net.min() >= 0 and net.max() < n
+    assert _sorts_all_zero_one_inputs(net, n)
+    # The check can fail: without its last comparator the network no longer sorts.
+    assert not _sorts_all_zero_one_inputs(net[:-1], n)
+    np.testing.assert_array_equal(fast.best_network(8), fast.sorting_network(8))  # none listed: Batcher
+
+
+def test_generated_kernel_is_vectorised_and_prefetches(tmp_path, monkeypatch):
+    # What the speed rests on, read from the machine code: the sorting network as 8-lane
+    # (ymm) min/max and the staging copy's software prefetch. Fails if a code change
+    # stops LLVM vectorising the compute loop or drops the prefetch. Compiled in memory:
+    # numba cannot show the machine code of a kernel loaded from its disk cache.
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("")
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(blocker))
+    monkeypatch.setattr(fast, "_UNROLLED", {})
+    nt = 9  # the network is checked above; a short history compiles faster
+    h, img = _history(nt, seed=10, nx=40)
+    np.testing.assert_array_equal(_fused(h, img), _reference(h, img))
+    kernel = fast._UNROLLED[nt]
+    asm = kernel.inspect_asm(kernel.signatures[0])
+    ymm_minmax = [ln for ln in asm.splitlines() if ("vminps" in ln or "vmaxps" in ln) and "ymm" in ln]
+    # Fast path: one min and one max per comparator, plus the MAD pick.
+    assert len(ymm_minmax) >= 2 * len(fast.best_network(nt)), len(ymm_minmax)
+    assert "prefetcht2" in asm
+
+
 def test_unwritable_cache_compiles_in_memory(tmp_path, monkeypatch):
     blocker = tmp_path / "not_a_dir"
     blocker.write_text("")

@@ -6,17 +6,23 @@ mad_floor=...)`` gives, but reads the history once and writes only the z-scores.
 
 How (histories of up to ``MAX_UNROLLED`` dates): a kernel is generated for the number
 of dates ``nt`` as straight-line Python and compiled with numba. Per row, tiles of
-``_STAGE`` pixels are first copied date by date into per-date scratch buffers (L2):
-read in place, the ``nt`` values of a pixel lie a power-of-two plane stride apart
-(64-256 MiB in a (time, band, y, x) cube) and the kernel waited on memory (~100 ns CPU
-per pixel-band on that layout, ~14 ns with dates 4 MiB apart; likely cause: every date
-competes for the same cache sets and DRAM banks). Staged, it is ~24 ns on the cube
-layout, of which ~10 ns is the compute. The copy also counts non-finite values per block of
-``_BLOCK`` pixels. The compute loop runs over the pixels of a block and keeps one
-pixel's ``nt`` values in scalars, so LLVM vectorises it across pixels (8 float32
-lanes with AVX2) with every comparator of a Batcher odd-even merge sorting network as
-one ``vminps``/``vmaxps`` pair and no branches (loop indices are unsigned: no
-negative-index wraparound code). Per block:
+``_STAGE`` pixels are first copied date by date into one scratch buffer (L2), each
+date's run a cache line further than a multiple of the tile: read in place, the ``nt``
+values of a pixel lie a power-of-two plane stride apart (64-256 MiB in a (time, band,
+y, x) cube; with numpy's huge pages every date of a pixel falls in the same L1, L2 and
+L3 set) and the kernel waited on memory (~100 ns CPU per pixel-band). While a date is
+copied the same tile of the next date is software-prefetched (``_prefetch``, an LLVM
+intrinsic; the hardware prefetcher restarts at each 4 KiB page). The copy also counts
+non-finite values per block of ``_BLOCK`` pixels. The compute loop runs over the pixels
+of a block and keeps one pixel's ``nt`` values in scalars, loaded from the one buffer
+at constant offsets, so LLVM vectorises it across pixels (8 float32 lanes with AVX2)
+with every comparator of the sorting network (the best known one where listed, 85
+comparators for 19 dates; else Batcher's odd-even merge sort) as one
+``vminps``/``vmaxps`` pair and no branches (loop indices are unsigned: no
+negative-index wraparound code). Single-thread CPU per pixel-band on the 19-date cube
+(``bench/bench_change.py``): ~16 ns under load, of which ~6.5 ns is the compute; the
+rest is the wait on the staging reads, which are not overlapped with the compute
+(a prefetch inside the compute loop stops LLVM vectorising it). Per block:
 
 - fast path, blocks with only finite dates: sort, median at the fixed ranks, and the
   MAD as a rank of the union of two sorted runs (the deviations of the sorted values
@@ -55,7 +61,7 @@ import xarray as xr
 from changedet.kernels.baseline import MAD_SCALE, _check_floor, robust_baseline, zscore
 from changedet.kernels.change import KernelError, _as_dataarray, _check_same_grid, _finish, _unwrap
 
-__all__ = ["baseline_zscore", "HAVE_NUMBA", "MAX_UNROLLED", "sorting_network", "bitonic_merger"]
+__all__ = ["baseline_zscore", "HAVE_NUMBA", "MAX_UNROLLED", "sorting_network", "bitonic_merger", "best_network"]
 
 # Found, not imported: importing numba costs about a second, paid only on first use.
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
@@ -83,6 +89,37 @@ def sorting_network(n: int) -> np.ndarray:
             k //= 2
         p *= 2
     return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+
+
+# Best known (smallest) sorting network for 19 inputs: 85 comparators in 14 layers against
+# 98 for the pruned Batcher network (found by B. Dobbelaere's SorterHunter; as listed in
+# Morwenn/cpp-sort, sorting_network/sort19.h). 19 history dates is the issue's cube (20
+# dates, the newest scored). Checked by the 0-1 principle in the tests.
+_BEST = {
+    19: ((0, 12), (1, 4), (2, 8), (3, 5), (6, 17), (7, 11), (9, 14), (10, 13), (15, 16),
+         (0, 2), (1, 7), (3, 6), (4, 11), (5, 17), (8, 12), (10, 15), (13, 16), (14, 18),
+         (3, 10), (4, 14), (5, 15), (6, 13), (7, 9), (11, 17), (16, 18),
+         (0, 7), (1, 10), (4, 6), (9, 15), (11, 16), (12, 17), (13, 14),
+         (0, 3), (2, 6), (5, 7), (8, 11), (12, 16),
+         (1, 8), (2, 9), (3, 4), (6, 15), (7, 13), (10, 11), (12, 18),
+         (1, 3), (2, 5), (6, 9), (7, 12), (8, 10), (11, 14), (17, 18),
+         (0, 1), (2, 3), (4, 8), (6, 10), (9, 12), (14, 15), (16, 17),
+         (1, 2), (5, 8), (6, 7), (9, 11), (10, 13), (14, 16), (15, 17),
+         (3, 6), (4, 5), (7, 9), (8, 10), (11, 12), (13, 14), (15, 16),
+         (3, 4), (5, 6), (7, 8), (9, 10), (11, 13), (12, 14),
+         (2, 3), (4, 5), (6, 7), (8, 9), (10, 11), (12, 13), (14, 15)),
+}
+
+
+def best_network(n: int) -> np.ndarray:
+    """Comparator pairs (i < j) of the smallest sorting network known here for ``n`` inputs.
+
+    A best known network where one is listed (19 inputs: 85 comparators), else
+    :func:`sorting_network` (Batcher).
+    """
+    if n in _BEST:
+        return np.asarray(_BEST[n], dtype=np.int64).reshape(-1, 2)
+    return sorting_network(n)
 
 
 def bitonic_merger(n: int) -> np.ndarray:
@@ -134,12 +171,19 @@ def _kth_of_two_sorted(a: list[str], b: list[str], r: int) -> str:
 
 def _kernel_source(nt: int) -> str:
     """Python source of the straight-line kernel for ``nt`` history dates (see module doc)."""
-    net = [tuple(int(v) for v in p) for p in sorting_network(nt)]
+    net = [tuple(int(v) for v in p) for p in best_network(nt)]
     merge = [tuple(int(v) for v in p) for p in bitonic_merger(nt)]
     lo, hi = (nt - 1) // 2, nt // 2
+    # One staging buffer, date t at t * sd floats: the compute loop addresses every date
+    # from one base register with constant offsets (19 base pointers ran out of general
+    # registers). The 16-float pad puts each date one cache line further, so the dates
+    # of a pixel do not all share a cache set.
+    sd = _STAGE + 16
     L = [
-        f'"""Generated by changedet.kernels.fast for {nt} history dates; do not edit."""',
+        f'"""Generated by changedet.kernels.fast for {nt} history dates (v3); do not edit."""',
         "import numpy as np",
+        "",
+        "from changedet.kernels.fast import _prefetch",
         "",
         "",
         "def kernel(hist, img, floor, scale, out, r0, r1):",
@@ -148,12 +192,11 @@ def _kernel_source(nt: int) -> str:
         "    inf = np.float32(np.inf)",
         "    zero = np.float32(0)",
         f"    flags = np.zeros({_STAGE // _BLOCK + 1}, dtype=np.int64)",
-    ]
-    # One array per date: rows of one 2-D buffer made LLVM split each vector load.
-    # Padded by a cache line so the dates of one pixel do not all share a cache set.
-    L += [f"    b{t} = np.empty({_STAGE + 16 * (t + 1)}, dtype=np.float32)" for t in range(nt)]
-    L.append("    buf = (" + ", ".join(f"b{t}" for t in range(nt)) + ",)")
-    L += [
+        f"    buf = np.empty({nt * sd}, dtype=np.float32)",
+        # Flat view for the prefetch addresses: a row's successor in the same date plane
+        # is the next (band, y) row, so "the next tile" is just further along.
+        "    hf = hist.reshape(-1)",
+        "    plane = nb * ny * nx",
         "    for r in range(r0, r1):",
         "        b = r // ny",
         "        y = r - b * ny",
@@ -166,13 +209,19 @@ def _kernel_source(nt: int) -> str:
         # place, the dates of a pixel a power-of-two stride apart, it waited on memory).
         f"            for t in range({nt}):",
         "                src = hist[t, b, y, x0:x0 + w]",
-        "                dst = buf[t]",
+        f"                dst = buf[t * {sd}:t * {sd} + w]",
+        # While date t is copied, the same tile of date t + 1 (after the last date: the
+        # next tile of date 0) is prefetched a line at a time, one date ahead: the
+        # hardware prefetcher restarts at every 4 KiB page and a tile is 2 pages per date.
+        f"                pn = (t + 1) * plane + r * nx + x0 if t < {nt - 1} else r * nx + x0 + w",
         "                for s in range(nsub):",
         f"                    m = min({_BLOCK}, w - s * {_BLOCK})",
         # Views indexed from 0 by a range variable: no negative-index wraparound checks,
         # so LLVM vectorises the copy and the count.
         f"                    sv = src[s * {_BLOCK}:s * {_BLOCK} + m]",
         f"                    dv = dst[s * {_BLOCK}:s * {_BLOCK} + m]",
+        "                    for q in range(0, m, 16):",
+        f"                        _prefetch(hf, pn + s * {_BLOCK} + q)",
         "                    bad = 0",
         "                    for i in range(m):",
         "                        v = sv[i]",
@@ -185,12 +234,14 @@ def _kernel_source(nt: int) -> str:
         f"                m = min({_BLOCK}, w - i0)",
         "                im = img[b, y, x0 + i0:x0 + i0 + m]",
         "                o = out[b, y, x0 + i0:x0 + i0 + m]",
-    ]
-    L += [f"                c{t} = b{t}[i0:i0 + m]" for t in range(nt)]
-    L += [
+        "                cb = buf[i0:]",
         "                if flags[s] == 0:",
         "                    for x in range(np.uint64(m)):",
     ]
+
+    def load(ind):
+        # Unsigned offsets: an unsigned index needs no wraparound check.
+        L.extend(f"{ind}s{t} = cb[x + np.uint64({t * sd})]" for t in range(nt))
 
     def exchange(ind, p, pairs):
         # min/max lower to one select each (numba), which LLVM turns into vminps/vmaxps.
@@ -207,7 +258,7 @@ def _kernel_source(nt: int) -> str:
         L.append(f"{ind}{var} = half * (a + c)")
 
     ind = " " * 24
-    L += [f"{ind}s{t} = c{t}[x]" for t in range(nt)]
+    load(ind)
     exchange(ind, "s", net)
     L.append(f"{ind}med = half * (s{lo} + s{hi})")
     L += [f"{ind}d{t} = abs(s{t} - med)" for t in range(nt)]
@@ -218,7 +269,7 @@ def _kernel_source(nt: int) -> str:
     L.append(f"{ind}o[x] = (im[x] - med) / max((half * (m0 + m1)) * scale, floor)")
     L += ["                else:",
           "                    for x in range(np.uint64(m)):"]
-    L += [f"{ind}s{t} = c{t}[x]" for t in range(nt)]
+    load(ind)
     L.append(ind + "n = " + " + ".join(f"np.float32(s{t} == s{t})" for t in range(nt)))
     # min(inf, nan) is inf: the select keeps its first operand unless the second is smaller.
     L += [f"{ind}s{t} = min(inf, s{t})" for t in range(nt)]
@@ -230,6 +281,49 @@ def _kernel_source(nt: int) -> str:
     pick(ind, "d", "mad")
     L.append(f"{ind}o[x] = (im[x] - med) / max(mad * scale, floor)")
     return "\n".join(L) + "\n"
+
+
+def _make_prefetch():
+    """numba intrinsic ``_prefetch(array, i)``: prefetch the line holding flat element i.
+
+    No bounds check and no fault: a prefetch past the array end is dropped by the CPU.
+    Locality 1 (``prefetcht2``); t0, t1, t2 and nta measured within noise of each other here.
+    """
+    from llvmlite import ir
+    from numba.core import cgutils, types
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def prefetch(typingctx, arr, idx):
+        def codegen(context, builder, sig, args):
+            ary = context.make_array(sig.args[0])(context, builder, args[0])
+            i8p = ir.IntType(8).as_pointer()
+            ptr = builder.bitcast(builder.gep(ary.data, [args[1]]), i8p)
+            i32 = ir.IntType(32)
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0")
+            # (address, read, locality, data cache)
+            builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 1), ir.Constant(i32, 1)])
+            return context.get_dummy_value()
+
+        return types.void(arr, idx), codegen
+
+    return prefetch
+
+
+_PREFETCH_LOCK = threading.Lock()  # not _LOCK: held by _unrolled while a kernel module imports this
+
+
+def __getattr__(name):
+    # The generated kernels import _prefetch; made on first use so that importing this
+    # module does not import numba.
+    if name == "_prefetch":
+        with _PREFETCH_LOCK:
+            global _prefetch
+            if "_prefetch" not in globals():
+                _prefetch = _make_prefetch()
+        return _prefetch
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 _UNROLLED: dict = {}
