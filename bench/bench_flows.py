@@ -226,15 +226,19 @@ def backfill_scaling(aois: list[str], dates: list[date], work: Path, *, idle_win
         # Worker processes must report to this server, not start ephemeral ones of their own.
         os.environ["PREFECT_API_URL"] = str(client.api_url).rstrip("/")
 
-    # The same AOI-days with the library alone, in this (warmed) process.
+    # The same AOI-days with the library alone, in this (warmed) process, on one thread
+    # as on a 1-thread worker (the flow's tasks limit dask to their worker's threads).
+    import dask
+
     _warm(aois, warm_day, str(work / "warm-lib"))
     lib = work / "library"
     t, c = time.perf_counter(), time.process_time()
     per_aoi = {}
-    for a in aois:
-        ta = time.perf_counter()
-        run_series(load_aoi(a), dates, RunConfig(data_dir=lib))
-        per_aoi[a] = time.perf_counter() - ta
+    with dask.config.set(scheduler="threads", num_workers=1):
+        for a in aois:
+            ta = time.perf_counter()
+            run_series(load_aoi(a), dates, RunConfig(data_dir=lib))
+            per_aoi[a] = time.perf_counter() - ta
     out["library"] = {"wall_s": time.perf_counter() - t, "cpu_s": time.process_time() - c, "per_aoi_s": per_aoi}
 
     for workers in (1, 2):
@@ -430,7 +434,7 @@ def print_table(results: dict) -> None:
     if b:
         one, two = b["1w"], b["2w"]
         print(f"{'backfill workload: AOIs x dates':64s} {len(b['aois']):5d} x {len(b['dates'])}")
-        print(f"{'library alone (run_series, one process): wall / CPU s':64s} "
+        print(f"{'library alone (run_series, one process, dask on 1 thread): wall / CPU s':64s} "
               f"{b['library']['wall_s']:6.1f} / {b['library']['cpu_s']:5.1f}")
         for k, r in (("1 worker", one), ("2 workers", two)):
             print(f"{'cluster of ' + k + ': start / warm-up s (not in the flow wall)':64s} "

@@ -18,7 +18,7 @@ import os
 import random
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any, Iterator
@@ -128,6 +128,17 @@ def _as_dict(result) -> dict[str, Any]:
     return doc
 
 
+def _worker_threads() -> int | None:
+    """Threads of the Dask worker running this code, or None outside a worker."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return None
+    return int(getattr(getattr(worker, "state", worker), "nthreads", 0)) or None
+
+
 @contextlib.contextmanager
 def kernels_on_cluster(enabled: bool) -> Iterator[None]:
     """Let dask computations inside the task run on the task runner's cluster.
@@ -141,9 +152,16 @@ def kernels_on_cluster(enabled: bool) -> Iterator[None]:
     if not enabled:
         # Inside a Dask worker, compute() would otherwise go to the worker's distributed
         # client (graph shipped to the scheduler and back): "local" must mean this process.
+        # And no more threads than the worker was given: a worker of one thread is one
+        # core's worth of a cluster, and a local pool of every core on the machine would
+        # take the cores of the workers next to it.
         import dask
 
-        with dask.config.set(scheduler="threads"):
+        config: dict[str, Any] = {"scheduler": "threads"}
+        nthreads = _worker_threads()
+        if nthreads:
+            config["num_workers"] = nthreads
+        with dask.config.set(config):
             yield
         return
     try:
@@ -163,9 +181,13 @@ def kernels_on_cluster(enabled: bool) -> Iterator[None]:
         rejoin()
 
 
-#: Lease on a source slot (s): renewed while the AOI-day runs, so a worker that dies
-#: without releasing it frees the slot after at most this long.
-SOURCE_LEASE_S = 300.0
+#: Lease on a source slot (s; the server's minimum): renewed every third of it while
+#: held, so the slots of a worker that dies (or of a Dask worker process, which exits
+#: without running exit handlers) are free again after at most this long.
+SOURCE_LEASE_S = 60.0
+#: A process keeps a slot it has finished with this long (s) for its next AOI-day of the
+#: same source, then gives it back.
+SOURCE_SLOT_IDLE_S = 10.0
 
 _clients: dict[str, Any] = {}
 _clients_lock = threading.Lock()
@@ -176,8 +198,8 @@ def _api_client():
 
     ``prefect.concurrency.sync.concurrency`` opens a new async client for each release,
     starts a renewal thread it joins on exit and emits events: about 0.4 s per
-    AOI-day of waiting on a loaded 2-core machine, a fifth of the AOI-day's own work.
-    A kept client makes acquire and release one request each.
+    AOI-day of waiting on a loaded 2-core machine. A kept client makes acquire and
+    release one request each.
     """
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL
@@ -193,54 +215,142 @@ def _api_client():
     return client
 
 
-@contextlib.contextmanager
-def _acquire_source_slot(name: str, *, lease_s: float = SOURCE_LEASE_S) -> Iterator[None]:
-    """Hold one slot of the global concurrency limit ``name`` (a lease, renewed).
+@dataclass
+class _Lease:
+    key: tuple[str, str]   # (API URL, limit name)
+    lease_id: str
+    client: Any
+    renewed: float         # time.monotonic() of the grant or last renewal
+    idle_since: float | None = None
 
-    Waits while the limit is full (the server answers 423 with the time to wait). The
-    flow creates the limit before submitting, so a missing one is a bug and fails.
+
+class _SourceSlots:
+    """The source-slot leases this process holds: in use, or idle and kept for reuse.
+
+    Asking the server for a slot costs one request, but under a backfill the Prefect
+    server is busy persisting task runs and events, and the request waited 1.1 s per
+    AOI-day on an idle 2-core machine (``bench/bench_flows.py``), half the cost of a
+    port's AOI-day. A worker that has just finished an AOI-day of a source is about
+    to start another, so it keeps the lease for ``SOURCE_SLOT_IDLE_S`` and hands it to
+    its next task of that source: the limit still counts this process's tasks (a kept
+    lease is one slot, used by one task at a time), and a slot no task of this
+    process wants goes back to the server within seconds. One daemon thread renews
+    every held lease and gives back the idle ones.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: dict[tuple[str, str], list[_Lease]] = {}
+        self._held: dict[str, _Lease] = {}
+        self._thread: threading.Thread | None = None
+
+    def take_idle(self, key: tuple[str, str]) -> _Lease | None:
+        with self._lock:
+            pool = self._idle.get(key)
+            if pool:
+                lease = pool.pop()
+                lease.idle_since = None
+                return lease
+        return None
+
+    def add(self, lease: _Lease) -> None:
+        with self._lock:
+            self._held[lease.lease_id] = lease
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._maintain, name="changedet source slots",
+                                                daemon=True)
+                self._thread.start()
+                atexit.register(self.release_idle, 0.0)
+
+    def put_back(self, lease: _Lease) -> None:
+        with self._lock:
+            if lease.lease_id in self._held:
+                lease.idle_since = time.monotonic()
+                self._idle.setdefault(lease.key, []).append(lease)
+
+    def drop(self, lease: _Lease) -> None:
+        with self._lock:
+            self._held.pop(lease.lease_id, None)
+            pool = self._idle.get(lease.key, [])
+            if lease in pool:
+                pool.remove(lease)
+
+    def release_idle(self, older_than_s: float = SOURCE_SLOT_IDLE_S) -> int:
+        """Give back the idle leases unused for ``older_than_s`` seconds; how many were."""
+        now = time.monotonic()
+        with self._lock:
+            gone = [x for pool in self._idle.values() for x in pool if now - x.idle_since >= older_than_s]
+            for x in gone:
+                self._idle[x.key].remove(x)
+                del self._held[x.lease_id]
+        for x in gone:
+            with contextlib.suppress(Exception):  # an expired lease is released already
+                x.client.release_concurrency_slots_with_lease(x.lease_id)
+        return len(gone)
+
+    def _maintain(self) -> None:
+        while True:
+            time.sleep(min(SOURCE_SLOT_IDLE_S / 2, SOURCE_LEASE_S / 6))
+            self.release_idle()
+            with self._lock:
+                due = [x for x in self._held.values() if time.monotonic() - x.renewed > SOURCE_LEASE_S / 3]
+            for x in due:
+                try:
+                    x.client.renew_concurrency_lease(x.lease_id, lease_duration=SOURCE_LEASE_S)
+                    x.renewed = time.monotonic()
+                except Exception as exc:  # noqa: BLE001  (a lost lease only loosens the limit)
+                    logging.getLogger(__name__).warning("could not renew a lease on %s: %s", x.key[1],
+                                                        type(exc).__name__)
+                    if x.idle_since is not None:
+                        self.drop(x)
+
+
+_slots = _SourceSlots()
+
+
+def release_idle_source_slots() -> int:
+    """Give back at once the source slots this process keeps for reuse (see :class:`_SourceSlots`)."""
+    return _slots.release_idle(0.0)
+
+
+@contextlib.contextmanager
+def _acquire_source_slot(name: str) -> Iterator[None]:
+    """Hold one slot of the global concurrency limit ``name`` for the block.
+
+    Reuses a lease this process kept from its last AOI-day of the source, else asks the
+    server, waiting while the limit is full (the server answers 423 with the time to
+    wait). The flow creates the limit before submitting, so a missing one fails.
     """
     import httpx
-    from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+    from prefect.settings import PREFECT_API_URL
 
-    client = _api_client()
-    holder = None
-    ctx = TaskRunContext.get()
-    if ctx is not None and ctx.task_run is not None:
-        # Shown in the UI next to the limit: which task run holds the slot.
-        holder = ConcurrencyLeaseHolder(type="task_run", id=ctx.task_run.id)
-    log = get_run_logger() if ctx is not None else logging.getLogger(__name__)
-    while True:
+    key = (PREFECT_API_URL.value() or "", name)
+    lease = _slots.take_idle(key)
+    while lease is None:
+        client = _api_client()
         try:
             response = client.increment_concurrency_slots_with_lease(
-                names=[name], slots=1, mode="concurrency", lease_duration=lease_s, holder=holder)
-            break
+                names=[name], slots=1, mode="concurrency", lease_duration=SOURCE_LEASE_S)
         except httpx.HTTPStatusError as exc:
             if exc.response.status_code != 423:
                 raise
-            # Full: wait as told, with jitter so waiting tasks do not retry in lockstep.
-            time.sleep(float(exc.response.headers.get("Retry-After", 1.0)) * random.uniform(1.0, 1.25))
-    body = response.json()
-    if not body.get("limits"):
-        raise RuntimeError(f"global concurrency limit {name!r} does not exist; the changedet flows create it "
-                           f"before submitting AOI-days (or create it: prefect gcl create {name} --limit N)")
-    lease_id = body["lease_id"]
-    stop = threading.Event()
-
-    def renew() -> None:
-        while not stop.wait(lease_s / 3):
-            try:
-                client.renew_concurrency_lease(lease_id, lease_duration=lease_s)
-            except Exception as exc:  # noqa: BLE001  (a lost lease only loosens the limit)
-                log.warning("could not renew the lease on %s: %s", name, type(exc).__name__)
-
-    renewer = threading.Thread(target=renew, name=f"lease {name}", daemon=True)
-    renewer.start()
+            # Full: wait as told, with jitter so waiting tasks do not retry in lockstep,
+            # unless a task of this process gives its slot back meanwhile.
+            deadline = time.monotonic() + float(exc.response.headers.get("Retry-After", 1.0)) * random.uniform(1, 1.25)
+            while lease is None and time.monotonic() < deadline:
+                time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+                lease = _slots.take_idle(key)
+            continue
+        body = response.json()
+        if not body.get("limits"):
+            raise RuntimeError(f"global concurrency limit {name!r} does not exist; the changedet flows create it "
+                               f"before submitting AOI-days (or create it: prefect gcl create {name} --limit N)")
+        lease = _Lease(key, str(body["lease_id"]), client, time.monotonic())
+        _slots.add(lease)
     try:
         yield
     finally:
-        stop.set()
-        client.release_concurrency_slots_with_lease(lease_id)
+        _slots.put_back(lease)
 
 
 @task(retries=2, retry_delay_seconds=[5, 30], cache_key_fn=aoi_day_cache_key, persist_result=True,

@@ -114,30 +114,45 @@ def test_source_slot_limits_concurrent_holders_and_is_released(prefect_env):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 
-    from flows.tasks import _acquire_source_slot
+    from flows.tasks import _acquire_source_slot, _slots, release_idle_source_slots
 
     name = "changedet-source-test-one-slot"
     with get_client(sync_client=True) as client:
         client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-    held: list[tuple[float, float]] = []
 
-    def hold() -> None:
-        with _acquire_source_slot(name, lease_s=60):
-            t0 = time.monotonic()
-            time.sleep(0.3)
-            held.append((t0, time.monotonic()))
+        def active() -> int:
+            return client.read_global_concurrency_limit_by_name(name).active_slots
 
-    threads = [threading.Thread(target=contextvars.copy_context().run, args=(hold,)) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert len(held) == 2
-    held.sort()
-    # One slot: the holders ran one after another, never two at once.
-    assert all(a[1] <= b[0] for a, b in zip(held, held[1:])), held
-    with get_client(sync_client=True) as client:
-        assert client.read_global_concurrency_limit_by_name(name).active_slots == 0
+        # A process keeps the slot it finished with for its next AOI-day of the source:
+        # the second use asks the server nothing and holds the same single slot.
+        with _acquire_source_slot(name):
+            assert active() == 1
+            first = set(_slots._held)
+        with _acquire_source_slot(name):
+            assert active() == 1 and set(_slots._held) == first
+        assert active() == 1   # kept, idle, for SOURCE_SLOT_IDLE_S
+        assert release_idle_source_slots() == 1 and active() == 0
+
+        held: list[tuple[float, float]] = []
+
+        def hold() -> None:
+            with _acquire_source_slot(name):
+                t0 = time.monotonic()
+                time.sleep(0.3)
+                held.append((t0, time.monotonic()))
+
+        threads = [threading.Thread(target=contextvars.copy_context().run, args=(hold,)) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert len(held) == 3
+        held.sort()
+        # One slot: the holders ran one after another, never two at once (the waiting
+        # ones took the slot a finished one kept, or got it from the server).
+        assert all(a[1] <= b[0] for a, b in zip(held, held[1:])), held
+        release_idle_source_slots()
+        assert active() == 0
     with pytest.raises(RuntimeError, match="changedet-source-no-such-limit"):
         with _acquire_source_slot("changedet-source-no-such-limit"):
             pass
