@@ -1065,11 +1065,9 @@ def _read_box(src, info: _RasterInfo, bands: list[int], r0: int, c0: int, rows: 
     ca, cb = max(c0, 0), min(c0 + cols, info.shape[1])
     if ra >= rb or ca >= cb:
         return out
-    raw = src.read(bands, window=Window(ca, ra, cb - ca, rb - ra))
-    data = raw.astype(np.float32, copy=False)
-    nd = info.nodata
-    if nd is not None and not (isinstance(nd, float) and math.isnan(nd)):
-        data = np.where(raw == nd, np.float32(np.nan), data)
+    # masked: nodata, internal mask and alpha bands, as read_raster.
+    raw = src.read(bands, window=Window(ca, ra, cb - ca, rb - ra), masked=True)
+    data = np.ma.filled(raw.astype(np.float32), np.float32(np.nan))
     out[ra - r0:rb - r0, ca - c0:cb - c0] = data[0] if len(bands) == 1 else np.mean(data, axis=0)
     return out
 

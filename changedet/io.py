@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 from pathlib import Path
 
@@ -55,13 +54,14 @@ def read_raster(path: str | Path, *, bands: list[str] | None = None) -> xr.DataA
     with open_raster(path) as src:
         descriptions = list(src.descriptions)
         units = [u or "" for u in src.units]
-        nodata = src.nodata
         transform, crs = src.transform, src.crs
-        raw = src.read()
-    data = raw.astype("float32", copy=False)
-    if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
-        # Compared on the raw values: float32 rounding could merge nodata with a neighbour.
-        data = np.where(raw == nodata, np.float32(np.nan), data)
+        if transform.b or transform.d:
+            raise RasterError(f"{path}: has a rotated or sheared geotransform; warp it to a north-up grid "
+                              "first (gdalwarp -t_srs <its CRS>)")
+        # masked: nodata (per band), internal mask and alpha bands all become NaN, as
+        # with rioxarray's masked=True; the mask comes from the raw values, so float32
+        # rounding cannot merge nodata with a neighbour.
+        data = np.ma.filled(src.read(masked=True).astype("float32"), np.float32(np.nan))
     names = bands or [d if d else f"b{i + 1}" for i, d in enumerate(descriptions)]
     if len(names) != data.shape[0]:
         raise RasterError(f"{path}: has {data.shape[0]} bands but {len(names)} band names were given")

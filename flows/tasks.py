@@ -247,10 +247,13 @@ class _SourceSlots:
     def take_idle(self, key: tuple[str, str]) -> _Lease | None:
         with self._lock:
             pool = self._idle.get(key)
-            if pool:
+            while pool:
                 lease = pool.pop()
-                lease.idle_since = None
-                return lease
+                if time.monotonic() - lease.renewed < SOURCE_LEASE_S:
+                    lease.idle_since = None
+                    return lease
+                # Not renewed in time: the server may have given the slot to someone else.
+                self._held.pop(lease.lease_id, None)
         return None
 
     def add(self, lease: _Lease) -> None:
@@ -301,8 +304,9 @@ class _SourceSlots:
                 except Exception as exc:  # noqa: BLE001  (a lost lease only loosens the limit)
                     logging.getLogger(__name__).warning("could not renew a lease on %s: %s", x.key[1],
                                                         type(exc).__name__)
-                    if x.idle_since is not None:
-                        self.drop(x)
+                    # Lost (expired or revoked on the server): never hand it out again; a
+                    # task using it finishes, and put_back discards it.
+                    self.drop(x)
 
 
 _slots = _SourceSlots()

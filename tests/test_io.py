@@ -266,3 +266,32 @@ def test_reproject_integer_input_nan_outside_and_non_overlap():
     far = GridSpec.from_bounds(UTM52, (500000, 4500000, 500640, 4500480), 10.0)
     with pytest.raises(GridError):
         reproject_to(da, far)
+
+
+@pytest.mark.parametrize("kind", ["nodata", "mask"])
+def test_read_raster_masks_like_rioxarray(tmp_path, kind):
+    import rasterio
+    import rioxarray
+    from rasterio.transform import from_origin
+
+    from changedet.io import read_raster
+
+    rng = np.random.default_rng(3)
+    data = rng.integers(1, 5000, (2, 20, 30)).astype("uint16")
+    data[:, 2:5, 3:9] = 0
+    path = tmp_path / f"{kind}.tif"
+    profile = dict(driver="GTiff", width=30, height=20, count=2, dtype="uint16", crs="EPSG:32652",
+                   transform=from_origin(500000.0, 4200000.0, 10.0, 10.0))
+    if kind == "nodata":
+        profile["nodata"] = 0
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        if kind == "mask":  # an internal mask band instead of a nodata value
+            dst.write_mask(np.where(data[0] == 0, 0, 255).astype("uint8"))
+    got = read_raster(path)
+    want = rioxarray.open_rasterio(path, masked=True)
+    np.testing.assert_array_equal(got.values, want.values.astype("float32"))
+    assert np.isnan(got.values[:, 2:5, 3:9]).all() and not np.isnan(got.values[:, 10:, 10:]).any()
+    np.testing.assert_allclose(got.x.values, want.x.values)
+    np.testing.assert_allclose(got.y.values, want.y.values)
+    assert got.rio.crs == want.rio.crs
