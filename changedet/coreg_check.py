@@ -192,6 +192,15 @@ def window_shifts(ref_bands, mov_bands, *, window_px: int = 128, step_px: int = 
     return np.array(out), np.array(ok)
 
 
+def _stack_and_pairs(stack, pairs) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """The (time, band, rows, cols) float array of ``stack`` and the date pairs (default all)."""
+    arr = np.asarray(getattr(stack, "values", stack), float)
+    if arr.ndim != 4:
+        raise CoregError(f"stack must be (time, band, rows, cols), got shape {arr.shape}")
+    pairs = list(pairs) if pairs is not None else list(itertools.combinations(range(arr.shape[0]), 2))
+    return arr, pairs
+
+
 def pairwise_residuals(stack, *, bands=(0, 1), pairs=None, **kwargs) -> list[PairResidual]:
     """Residual shift between every pair of dates of a registered stack, measured independently.
 
@@ -211,11 +220,8 @@ def pairwise_residuals(stack, *, bands=(0, 1), pairs=None, **kwargs) -> list[Pai
     -------
     list of PairResidual
     """
-    arr = np.asarray(getattr(stack, "values", stack), float)
-    if arr.ndim != 4:
-        raise CoregError(f"stack must be (time, band, rows, cols), got shape {arr.shape}")
+    arr, pairs = _stack_and_pairs(stack, pairs)
     sel = arr[:, list(bands)]
-    pairs = list(pairs) if pairs is not None else list(itertools.combinations(range(arr.shape[0]), 2))
     out = []
     for i, j in pairs:
         sh, ok = window_shifts(sel[i], sel[j], **kwargs)
@@ -539,12 +545,9 @@ def stack_residuals(stack, *, band: int, pairs=None, mask=None, window_px: int =
     -------
     list of BandResidual
     """
-    arr = np.asarray(getattr(stack, "values", stack), float)
-    if arr.ndim != 4:
-        raise CoregError(f"stack must be (time, band, rows, cols), got shape {arr.shape}")
+    arr, pairs = _stack_and_pairs(stack, pairs)
     if not 0 <= band < arr.shape[1]:
         raise CoregError(f"band {band} is not in the stack's {arr.shape[1]} bands; pass 0..{arr.shape[1] - 1}")
-    pairs = list(pairs) if pairs is not None else list(itertools.combinations(range(arr.shape[0]), 2))
     rng = np.random.default_rng(seed)
     out = []
     nan = math.nan
