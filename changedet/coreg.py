@@ -62,7 +62,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,6 +71,7 @@ from scipy import ndimage, signal
 
 from changedet.errors import CoregError, GridError
 from changedet.grid import GridSpec
+from changedet.threads import cpu_budget
 
 __all__ = [
     "CoregResult",
@@ -113,8 +113,8 @@ _RATIO_NOISE = 1.5
 _RATIO_GOOD = 4.0
 _PEAK_EXCLUDE = 2  # half-size of the neighbourhood excluded around the main peak
 # Threads per FFT: window stacks and whole frames split well over the cores (scipy.fft
-# releases the GIL), and a 2-core machine already halves the FFT wall time.
-_FFT_WORKERS = os.cpu_count() or 1
+# releases the GIL), and a 2-core machine already halves the FFT wall time; but never
+# more than the thread budget (a 1-thread Dask worker is one core: changedet.threads).
 
 # Band names (case-insensitive) preferred for the estimate, best first: NIR has the
 # strongest field/forest contrast and suffers least from haze; red is next best.
@@ -191,7 +191,7 @@ def _tukey2d(shape: tuple[int, int]) -> np.ndarray:
 def _workers(size: int) -> int:
     """FFT threads for an array of ``size`` elements: one below 512 x 512, where thread
     start-up costs more than it saves (and the cores are shared with other work)."""
-    return _FFT_WORKERS if size >= 512 * 512 else 1
+    return cpu_budget() if size >= 512 * 512 else 1
 
 
 def _gradient_kernels(sigma: float) -> tuple[np.ndarray, np.ndarray]:
@@ -1650,14 +1650,14 @@ def estimate_local(
     # In place where possible: these stacks are tens of MB, and allocating and filling
     # fresh ones costs about as much as the FFTs themselves.
     coherence = np.maximum(_coherence(a), _coherence(b))
-    fa = sfft.fft2(a, workers=_FFT_WORKERS, overwrite_x=True)
-    prod = sfft.fft2(b, workers=_FFT_WORKERS, overwrite_x=True)
+    fa = sfft.fft2(a, workers=cpu_budget(), overwrite_x=True)
+    prod = sfft.fft2(b, workers=cpu_budget(), overwrite_x=True)
     np.conjugate(prod, out=prod)
     prod *= fa
     mag = np.abs(prod)
     floor = 1e-12 * mag.max(axis=(1, 2), keepdims=True) + 1e-30
     np.maximum(mag, floor.astype(mag.dtype), out=mag)
-    surf = np.abs(sfft.ifft2(prod / mag, workers=_FFT_WORKERS, overwrite_x=True))
+    surf = np.abs(sfft.ifft2(prod / mag, workers=cpu_budget(), overwrite_x=True))
     del mag
     flat = surf.reshape(n, -1)
     pk = flat.argmax(axis=1)
@@ -1679,14 +1679,14 @@ def estimate_local(
     moved = np.any(ishift != 0, axis=1)
     if moved.any():
         b2, _ = _window_stack(g_mov, w_mov, r0[moved] - tot[moved, 0], c0[moved] - tot[moved, 1], ws, taper)
-        fb2 = sfft.fft2(b2, workers=_FFT_WORKERS, overwrite_x=True)
+        fb2 = sfft.fft2(b2, workers=cpu_budget(), overwrite_x=True)
         np.conjugate(fb2, out=fb2)
         fb2 *= fa[moved]
         prod[moved] = fb2
     prod2 = prod
     # Newton starts at the integer maximum of the plain cross-correlation, as in
     # estimate_shift; a start more than a pixel from the phase peak marks an ambiguous window.
-    ccs = np.abs(sfft.ifft2(prod2, workers=_FFT_WORKERS)).reshape(n, -1).argmax(axis=1)
+    ccs = np.abs(sfft.ifft2(prod2, workers=cpu_budget())).reshape(n, -1).argmax(axis=1)
     k0 = np.stack(np.unravel_index(ccs, (ws, ws)), axis=1).astype(float)
     k0 = np.where(k0 > ws // 2, k0 - ws, k0)
     fine = _newton_peak(prod2, k0)

@@ -25,16 +25,58 @@ SPARE_THREADS = 2
 WORKER_ENV = {"MALLOC_TRIM_THRESHOLD_": str(1 << 30), "MALLOC_MMAP_THRESHOLD_": str(256 << 20)}
 
 
+#: Dask's housekeeping for LocalClusters started by the flows. Defaults: a statistical
+#: profiler sampling every worker thread's stack every 10 ms, event-loop health ticks every
+#: 20 ms, system and memory monitors every 0.5 s and 0.1 s. Measured on idle 1-thread
+#: workers (2-core machine): 0.053 CPU-s/s per worker and 0.083 for the scheduler's
+#: process with the defaults, 0.006 and 0.013 with these: about 0.4 CPU-s per AOI-day of
+#: a 2-worker backfill given back to the work. What is lost: the dashboard's profile
+#: page (turn it back on with DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=True), finer
+#: dashboard plots, and a worker notices memory growth within 0.5 s instead of 0.1 s.
+QUIET_DASK = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "1s",
+    "distributed.admin.system-monitor.interval": "2s",
+    "distributed.worker.memory.monitor-interval": "500ms",
+}
+
+
 def configure_worker_malloc() -> None:
     """Make nannies started from this process spawn workers with :data:`WORKER_ENV`.
 
     glibc reads these variables at the first allocation, so they must be in the
     environment the worker process starts with (Dask's ``pre-spawn-environ``); the
-    nanny's ``env=`` argument is applied too late for them.
+    nanny's ``env=`` argument is applied too late for them. Also applies
+    :data:`QUIET_DASK` where the user's Dask configuration does not set those keys (the
+    nannies hand this process's configuration to their workers).
     """
     import dask
 
     dask.config.set({f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in WORKER_ENV.items()})
+    dask.config.set({k: v for k, v in QUIET_DASK.items() if not _user_set(k)})
+
+
+def _user_set(key: str) -> bool:
+    """Whether ``key`` comes from the user's Dask YAML or environment, not Dask's defaults."""
+    env = "DASK_" + key.replace(".", "__").replace("-", "_").upper()
+    return env in os.environ or any(_has(d, key) for d in _user_yaml())
+
+
+def _has(d: dict, key: str) -> bool:
+    for part in key.split("."):
+        if not isinstance(d, dict):
+            return False
+        match = next((k for k in d if k.replace("_", "-") == part), None)
+        if match is None:
+            return False
+        d = d[match]
+    return True
+
+
+def _user_yaml() -> list[dict]:
+    import dask.config
+
+    return dask.config.collect_yaml(dask.config.paths)
 
 
 def dask_address(address: str | None = None) -> str | None:

@@ -29,6 +29,7 @@ from prefect.context import TaskRunContext
 from changedet.aoi import load_aoi
 from changedet.cube import is_url
 from changedet.pipeline import RunConfig, run_day
+from changedet.threads import set_cpu_budget
 
 #: Prefix of the global concurrency limit of each imagery source ("changedet-source-simulator").
 SOURCE_LIMIT_PREFIX = "changedet-source-"
@@ -161,6 +162,9 @@ def kernels_on_cluster(enabled: bool) -> Iterator[None]:
         nthreads = _worker_threads()
         if nthreads:
             config["num_workers"] = nthreads
+            # And the same budget for the threads kernels start themselves (whole-frame
+            # FFTs of the co-registration, the numba baseline kernel).
+            set_cpu_budget(nthreads)
         with dask.config.set(config):
             yield
         return

@@ -60,6 +60,7 @@ import xarray as xr
 
 from changedet.kernels.baseline import MAD_SCALE, _check_floor, robust_baseline, zscore
 from changedet.kernels.change import KernelError, _as_dataarray, _check_same_grid, _finish, _unwrap
+from changedet.threads import cpu_budget
 
 __all__ = ["baseline_zscore", "HAVE_NUMBA", "MAX_UNROLLED", "sorting_network", "bitonic_merger", "best_network"]
 
@@ -370,10 +371,7 @@ def _unrolled(nt: int):
 
 
 def _threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+    return cpu_budget()
 
 
 _KERNEL = None
@@ -500,7 +498,7 @@ def baseline_zscore(
     use_numba : bool, optional
         Default: numba when installed and the inputs are float32, else the numpy path.
     threads : int, optional
-        Threads for numpy input (default: the CPUs this process may use). Dask input
+        Threads for numpy input (default: :func:`changedet.threads.cpu_budget`). Dask input
         runs one single-threaded kernel per block; dask's scheduler sets the threads.
 
     Returns
