@@ -22,7 +22,7 @@ Parameters: ``k`` = 5 robust spreads for a hull seed (about one false pixel in a
 million on Gaussian water) and ``k_grow`` = 3 for growing the hull (the 0.1 % tail) were
 chosen on those grounds, not fitted to these labels. ``min_seed_px`` = 2 (a lone pixel
 above ``k`` is sea clutter) was checked on Busan only (1: F1 0.424, 2 and 3: 0.439;
-the smaller was kept); Casablanca is held out. ``--sweep`` prints F1 over a small grid
+the smaller was kept; 3 since the fifth round, below); Casablanca is held out. ``--sweep`` prints F1 over a small grid
 for transparency, with Busan as the tuning port.
 
 Second round (vessels alongside quays, false alarms), chosen on Busan or on principle,
@@ -87,7 +87,78 @@ Fourth round (issue 6 session 5; F1 0.533 / 0.500 -> 0.542 / 0.581):
                           so Casablanca is not strictly held out for it. Without the fallback
                           to the water parts: 0.549 / 0.560.
 
-Where the F1 is lost (figures below are from before ``join_quayside``; the bench prints
+Fifth round (issue 6 session 6; F1 0.542 / 0.581 -> 0.571 / 0.643; Busan = tuning port):
+
+``long_min_solidity`` = 0.6  a body on the water 200 m or longer must be convex (solidity >=
+                          0.6). Ships that long have beams of 30 m or more, so at 10 m their
+                          outline is resolved: a digitised rectangle 24-48 x 3-7 px at any angle
+                          has solidity >= 0.76 (computed); the vessels that long found are at
+                          0.68 (Busan) and 0.72 (Casablanca); most long false alarms were piers
+                          with their rims and quay rims with cranes (0.46-0.51). On Busan 0.55 /
+                          0.6 / 0.65 all gave 0.542 -> 0.552 (FP 24 -> 22, no TP lost); 0.6 is
+                          the middle of that plateau; 0.7 cuts into real hulls (0.68 above) and
+                          was not taken although it scored 0.566 with the old beam limit.
+                          Casablanca: 0.55 no change, 0.6 / 0.65 FP 7 -> 5 (0.581 -> 0.621).
+                          The solidity of detections was tabulated for both ports before the
+                          choice, so Casablanca is not strictly held out.
+``MAX_BEAM_M`` = 62 m     the widest ships afloat (24,000 TEU container ships) are 61.5 m in
+                          beam; 70 m let bodies of a ship merged with its quay or a pier through.
+                          Busan: one vessel more (a joined body now fails and its water part is
+                          judged alone; 0.552 -> 0.566); Casablanca unchanged.
+``min_seed_px`` = 3       (was 2) a vessel at least 3 px long - the shortest the issue counts -
+                          lifts at least 3 pixels above ``k``; sea clutter and speckle-like glint
+                          lift one or two. Busan grid, F1 with k / min_seed_px (k_grow 3):
+                            k 3.5: 0.571 / 0.571 / 0.587 (seed 2 / 3 / 4)
+                            k 4.0: 0.569 / 0.574 / 0.579
+                            k 4.5: 0.556 / 0.566 / 0.571
+                            k 5.0: 0.566 / 0.571 / 0.577
+                          The whole grid lies within 0.556-0.587, i.e. one or two detections on
+                          54 labels, so its maximum was NOT taken (that would fit noise); k stays
+                          at 5 (chosen on principle in round one) and min_seed_px follows the
+                          3 px rule. Casablanca (held out) for the same grid: 0.667 / 0.667 /
+                          0.621, 0.667 / 0.667 / 0.621, 0.621 / 0.643 / 0.643, 0.621 / 0.643 /
+                          0.538 - the chosen (5, 3) gives 0.643 (FP 5 -> 4).
+Tried and not kept: watershed splitting of bodies that fail ``too_big`` from their seed groups
+(Busan 0.556 -> 0.488, Casablanca 0.581 -> 0.529: 15 new false alarms, one vessel); splitting
+every body at its z peaks (peak_local_max, 2-4 px apart, raw or smoothed 1 px) only when every
+piece passes all tests: Busan 0.527-0.542, Casablanca 0.581-0.621 (no gain; the boats of a raft
+are one seed group at 10 m); when a joined body fails, joining each
+of its water parts with the quayside pixels within 1 / 2 / 3 / 4 px of it (its own deck) instead
+of judging the part alone: Busan 0.531 / 0.549 / 0.571 / 0.561, Casablanca 0.500 / 0.486 / 0.486
+/ 0.514 (one-pixel rims along quays gain a deck and pass as hulls).
+
+Where the F1 is lost now (``gap()``, printed as "Why vessels >= 3 px are missed"; IoU rule):
+
+  misses (Busan 24 / Casablanca 6)
+  (a) never a candidate: 3 / 1 (Busan: dim boats on open water, z under 5 - their labels'
+      brightest pixels reach 3.7-4.7 spreads; Casablanca: a hull alongside, inside the quay's
+      land class and not sticking out of the quay line);
+  (b) a candidate turned down: 8 / 5 - Busan shore_stubby 3, quayside stubby 2, swir_dark 2
+      (small boats on open water, 6-8 px, weak at 20 m in B11), quayside not_convex 1;
+      Casablanca quayside stubby 2, not_convex 1, too_long 1, shore_stubby 1 (large painted
+      hulls alongside piers and in docks, two ships abreast);
+  (c) split or merged: 13 / 0 - merged with neighbours 4 (one body over four boats moored
+      side by side at a quay), cut short or grown onto the quay 3, and 6 whose pixels lie only
+      in turned-down candidates that match no label (four boats of a raft at a marina pier,
+      joined with the pier into one ``too_big`` body; two ships alongside quays).
+  false alarms (Busan 21 / Casablanca 4), by eye on the ``--chips`` pictures:
+  (d) boats the labels leave out: Busan 5 sure (one on open water, four at the west marina
+      pontoons, where most boats are unlabelled), 4 unclear (grey objects along a pier,
+      a boat rafted on a pier, a row of objects along the breakwater); Casablanca 0;
+  (e) quay, pier and breakwater structures: Busan 5 (a quay edge, two long piers, the rim
+      of a container terminal, a speck on land); Casablanca 4 (a pier end, the breakwater,
+      a crane boom over the water, a dock rim);
+  (f) wakes, shadows, clutter: Busan 3 (a curved wake, two faint dark streaks); Casablanca 0;
+  and pieces of split hulls or rafts beside a labelled vessel (c): Busan 4, Casablanca 0.
+  A SECONDARY score that also counts the 5 sure unlabelled Busan boats (``UNLABELLED_BY_EYE``)
+  gives Busan F1 0.64 (P 0.69, R 0.59); the headline F1 stays the labels' alone.
+  So on Busan most of the gap is recall on small boats in rafts and at quays (13 split or
+  merged + 8 turned down), which no per-body test can win back: at 8.3 m the boats of a raft
+  form one bright body, and the splits tried above found no usable dip between them. On
+  Casablanca it is the large hulls alongside that the quayside search cuts short or merges
+  with the pier (5 of 6 misses).
+
+Where the F1 was lost before (figures below are from before ``join_quayside``; the bench prints
 the current ones).
 The bench now prints (and writes under ``audit``) where each vessel >= 3 px goes, the
 precision of the two detection sources, and, for every test, how many candidates it turned
@@ -157,6 +228,23 @@ REPO = Path(__file__).resolve().parents[1]
 PORTS = {"busan": "2022-05-14", "casablanca": "2023-04-26"}
 MATCH_IOU = 0.1
 MIN_LEN_PX = 3.0
+# SECONDARY SCORE ONLY - the headline F1 is always scored against the COCO labels alone.
+# Boats that the sen2ships labels leave out, seen by eye on 8x true-colour chips of the
+# detector's false alarms (``--chips``; 2 December 2026, issue 6 session 6): hulls with a
+# clear outline on water or at marina pontoons, next to labelled boats of the same look.
+# [col, row, width, height] in pixels of the band rasters. Only false alarms were looked
+# at, so this list is biased towards what the detector finds; it is a check of the label
+# quality, not a better score. Unclear cases (grey objects along the pier at col 851-855,
+# rows 379-398; boats rafted on the pier at col 461, row 405; a row of objects along the
+# breakwater at col 101, row 486) are NOT in it.
+UNLABELLED_BY_EYE = {
+    "busan": [[514, 422, 6, 8],     # small boat on open water, south of the inner basin
+              [107, 517, 9, 8],     # west marina: boat off the pontoon, beside labelled boat 35
+              [90, 533, 10, 15],    # west marina: boat moored at the pontoon
+              [111, 565, 8, 5],     # west marina: boat at the finger pier of the L-shaped pontoon
+              [99, 572, 10, 5]],    # west marina: boat at the same pontoon
+    "casablanca": [],
+}
 SIZE_CLASSES = (("<50m", 50.0), ("50-100m", 100.0), ("100-200m", 200.0), (">=200m", float("inf")))
 
 
@@ -304,6 +392,74 @@ def audit(image: xr.DataArray, labels: list[dict], dets: list, res_m: float, rej
                                   "max": round(float(long_px.max() * res_m), 1)}}
 
 
+def _overlap(a, b) -> float:
+    """Area shared by two [col, row, width, height] boxes, in pixels."""
+    ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    return ix * iy
+
+
+def gap(image: xr.DataArray, labels: list[dict], dets: list, rejected: list) -> dict:
+    """Split the misses and false alarms (vessels >= 3 px, IoU rule) into causes.
+
+    Each missed label goes to the first cause that applies:
+
+    ``merged``          a detection overlaps it and covers at least half of another label's box
+                        too (boats abreast or a ship and its quay taken as one body);
+    ``cut_or_offset``   a detection overlaps it but covers no other label: the body was cut
+                        short, or grown onto the quay, so the boxes overlap by less than IoU 0.1;
+    ``rejected:<source>/<test>`` a candidate that failed ``<test>`` matches it (IoU >= 0.1;
+                        the best-matching such candidate is named);
+    ``in_other_body``   some candidate pixel lies in its mask, but only as part of a candidate
+                        far larger or smaller than the vessel (IoU < 0.1) that was turned down;
+    ``never_candidate`` no candidate pixel in its mask (too dim, or inside the land class
+                        along a curved shore, not sticking out of the quay line).
+
+    Each false alarm is ``beside_label`` (its box overlaps a label box: a piece of a split
+    hull or of a raft), ``alongside`` (touches land in the detector's sea domain: quay, pier,
+    breakwater, or a boat moored there that the labels leave out) or ``open_water`` (wake,
+    whitecap, or an unlabelled boat). What those are by eye is in the module docstring.
+    """
+    cand = optical_candidates(image)
+    searched = cand.bodies | (cand.quayside if cand.quayside is not None else False)
+    near_land = ndimage.binary_dilation(~cand.domain, iterations=1)
+    labs = [lab for lab in labels if max(lab["bbox"][2:]) >= MIN_LEN_PX]
+    boxes = [lab["bbox"] for lab in labs]
+    pairs = match_pairs(dets, boxes, "iou")
+    hit_lab, hit_det = {j for _, j in pairs}, {i for i, _ in pairs}
+    misses: dict = {}
+    for j, lab in enumerate(labs):
+        if j in hit_lab:
+            continue
+        b = boxes[j]
+        over = [d for d in dets if _overlap(d, b) > 0]
+        rej = sorted(((iou(box, b), f"{source}/{reason}") for source, reason, box in rejected
+                     if iou(box, b) >= MATCH_IOU), reverse=True)
+        if any(sum(_overlap(d, o) >= 0.5 * o[2] * o[3] for k, o in enumerate(boxes) if k != j) for d in over):
+            why = "merged"
+        elif over:
+            why = "cut_or_offset"
+        elif rej:
+            why = f"rejected:{rej[0][1]}"
+        elif searched[lab["mask"]].any():
+            why = "in_other_body"
+        else:
+            why = "never_candidate"
+        misses[why] = misses.get(why, 0) + 1
+    false_alarms = {"beside_label": 0, "alongside": 0, "open_water": 0}
+    for i, d in enumerate(dets):
+        if i in hit_det:
+            continue
+        c0, r0, w, h = d
+        if any(_overlap(d, b) > 0 for b in boxes):
+            false_alarms["beside_label"] += 1
+        elif near_land[r0:r0 + h, c0:c0 + w].any():
+            false_alarms["alongside"] += 1
+        else:
+            false_alarms["open_water"] += 1
+    return {"misses": dict(sorted(misses.items())), "false_alarms": false_alarms}
+
+
 def write_chips(image: xr.DataArray, labels: list[dict], dets: list, out_dir: Path, port: str) -> int:
     """PNG chips (true colour, 8x) of every false alarm and every missed vessel >= 3 px (IoU rule).
 
@@ -338,7 +494,7 @@ def write_chips(image: xr.DataArray, labels: list[dict], dets: list, out_dir: Pa
     return len(todo)
 
 
-def score_port(image: xr.DataArray, labels: list[dict], **kw) -> dict:
+def score_port(image: xr.DataArray, labels: list[dict], port: str = "", **kw) -> dict:
     t0 = time.perf_counter()
     rejected: list = []
     res = detect_vessels(image, rejected=rejected, **kw)
@@ -353,6 +509,7 @@ def score_port(image: xr.DataArray, labels: list[dict], **kw) -> dict:
     res_m = grid.resolution * ground_metres_per_unit(grid)
     out = {"seconds": round(seconds, 2), "by_type": dict(res.by_type),
            "audit": audit(image, labels, dets, res_m, rejected),
+           "gap": gap(image, labels, dets, rejected),
            "size_classes": size_classes(dets, [d.attrs["length_m"] for d in res.detections],
                                         [lab for lab in labels if max(lab["bbox"][2:]) >= MIN_LEN_PX], res_m)}
     for subset, keep in (("min3px", lambda lab: max(lab["bbox"][2:]) >= MIN_LEN_PX), ("all", lambda lab: True)):
@@ -369,6 +526,10 @@ def score_port(image: xr.DataArray, labels: list[dict], **kw) -> dict:
                                        / max(len(labs) - len(along), 1), 3)
             row["n_alongside"] = len(along)
             out[f"{subset}/{rule}"] = row
+    extra = [lab["bbox"] for lab in labels if max(lab["bbox"][2:]) >= MIN_LEN_PX]
+    extra += [list(map(float, b)) for b in UNLABELLED_BY_EYE.get(port, [])]
+    ds = [d for d in dets if max(d[2:]) >= MIN_LEN_PX]
+    out["secondary_with_unlabelled_by_eye"] = figures(len(ds), len(extra), len(match(ds, extra, "iou")))
     return out
 
 
@@ -384,13 +545,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     scenes = {p: (load_scene(args.data, p), load_labels(args.data, p)) for p in PORTS}
-    results = {p: score_port(im, labs) for p, (im, labs) in scenes.items()}
+    results = {p: score_port(im, labs, p) for p, (im, labs) in scenes.items()}
 
     head = (f"{'port':11s} {'set/rule':13s} {'labels':>6s} {'dets':>5s} {'TP':>4s} {'FP':>4s} {'FN':>4s} "
             f"{'prec':>5s} {'rec':>5s} {'F1':>5s} {'rec_along':>9s} {'rec_open':>8s}")
-    print("Sentinel-2 vessel detection on sen2ships (detect_vessels defaults: k=5, k_grow=3, min_seed_px=2, "
+    print("Sentinel-2 vessel detection on sen2ships (detect_vessels defaults: k=5, k_grow=3, min_seed_px=3, "
           "max_elongation=10, k_swir=4, quayside=on, min_water_fraction=0.05, hull_ndwi=0, quay_min_fill=0.8, "
-          "join_quayside=on)")
+          "join_quayside=on, long_min_solidity=0.6, beam <= 62 m)")
     print(head)
     print("-" * len(head))
     for p, r in results.items():
@@ -432,7 +593,21 @@ def main(argv: list[str] | None = None) -> int:
             v = r["audit"]["tests"].get(t, {"lost_vessels": 0, "prevented_false_alarms": 0})
             cells.append(f"{v['lost_vessels']:d} / {v['prevented_false_alarms']:d}".rjust(12))
         print(f"{t:26s} " + " ".join(cells))
-    print("Target (issue 6): F1 >= 0.7 for vessels >= 3 px long, per port.")
+    print("\nWhy vessels >= 3 px are missed and what the false alarms are (IoU rule; see gap())")
+    causes = sorted({c for r in results.values() for c in r["gap"]["misses"]})
+    print(f"{'miss cause':32s} " + " ".join(f"{p:>12s}" for p in results))
+    for c in causes:
+        print(f"{c:32s} " + " ".join(f"{r['gap']['misses'].get(c, 0):12d}" for r in results.values()))
+    for c in ("beside_label", "alongside", "open_water"):
+        cells = " ".join(f"{r['gap']['false_alarms'][c]:12d}" for r in results.values())
+        print(f"{'false alarm ' + c:32s} {cells}")
+    print("\nSECONDARY score, not the issue's (labels plus UNLABELLED_BY_EYE, boats the labels leave out; "
+          "IoU rule, >= 3 px):")
+    for p, r in results.items():
+        f = r["secondary_with_unlabelled_by_eye"]
+        print(f"{p:11s} labels {f['labels']:3d} dets {f['detections']:3d} TP {f['tp']:3d}  P {f['precision']:.2f} "
+              f"R {f['recall']:.2f} F1 {f['f1']:.2f}")
+    print("Target (issue 6): F1 >= 0.7 for vessels >= 3 px long, per port (headline rows above).")
     if args.chips is not None:
         for p, (im, labs) in scenes.items():
             dets = [d.attrs["bbox_px"] for d in detect_vessels(im).detections]
@@ -442,19 +617,19 @@ def main(argv: list[str] | None = None) -> int:
     sweep = []
     if args.sweep:
         print("\nSweep (F1, >= 3 px, IoU rule) - Busan = tuning port, Casablanca = held out:")
-        grid = [(k, kg, 2, 4.0) for k in (4.0, 5.0, 6.0) for kg in (2.0, 3.0, k)] + [(5.0, 3.0, 1, 4.0),
-                                                                                  (5.0, 3.0, 3, 4.0)]
-        grid += [(5.0, 3.0, 2, ks) for ks in (None, 3.0, 5.0)]
+        grid = [(k, kg, 3, 4.0) for k in (4.0, 5.0, 6.0) for kg in (2.0, 3.0, k)] + [(5.0, 3.0, 1, 4.0),
+                                                                                  (5.0, 3.0, 2, 4.0)]
+        grid += [(5.0, 3.0, 3, ks) for ks in (None, 3.0, 5.0)]
         rows = [dict(k=k, k_grow=kg, min_seed_px=ms, k_swir=ks) for k, kg, ms, ks in grid]
         rows += [dict(quayside=False), dict(min_water_fraction=0.0), dict(hull_ndwi=None),
                  dict(min_water_fraction=0.0, hull_ndwi=None)]
         rows += [dict(quay_min_fill=f) for f in (0.0, 0.7, 0.75)] + [dict(shore_elongation=1.5)]
-        rows += [dict(join_quayside=False)]
+        rows += [dict(join_quayside=False)] + [dict(long_min_solidity=v) for v in (0.0, 0.55, 0.65, 0.7)]
         print(f"{'setting (others at their defaults)':60s} {'busan':>6s} {'casablanca':>10s}")
         for kw in rows:
             row = dict(kw)
             for p, (im, labs) in scenes.items():
-                row[p] = score_port(im, labs, **kw)["min3px/iou"]["f1"]
+                row[p] = score_port(im, labs, p, **kw)["min3px/iou"]["f1"]
             sweep.append(row)
             text = ", ".join(f"{a}={v}" for a, v in kw.items())
             print(f"{text:60s} {row['busan']:6.3f} {row['casablanca']:10.3f}")

@@ -8,12 +8,12 @@ greedily by IoU. Only labels at least 3 pixels long are scored (all of them, her
 
 Measured (``pytest -s``; also ``python bench/bench_ships.py``, which adds a centre-in-box
 rule, recall split by alongside / open water, figures per size class and where each
-vessel is lost): Busan F1 0.54 (P 0.55, R 0.54), Casablanca F1 0.58 (P 0.56, R 0.60) -
+vessel is lost): Busan F1 0.57 (P 0.59, R 0.56), Casablanca F1 0.64 (P 0.69, R 0.60) -
 still below the 0.7 the issue asks for.
 Open-water vessels are found (recall 0.67 and 1.00); vessels moored alongside quays,
 which most labels are (39 of 54 and 13 of 15), merge with the quay at 10 m; the
 quayside search (strips sticking out of the straightened quay line) finds about half
-of them on Busan (recall 0.46 and 0.39; 0.33 and 0.39 before it; on Casablanca the fill
+of them on Busan (recall now 0.51 and 0.54; 0.33 and 0.39 before it; on Casablanca the fill
 test costs one hull alongside and the NDWI test another). History: hull growing (``k_grow``)
 and the two-pixel seed (``min_seed_px``, checked on Busan only; Casablanca held out)
 raised F1 from 0.40 / 0.21 to 0.44 / 0.33; the elongation cap (piers) and the SWIR test
@@ -26,8 +26,12 @@ written after looking at Casablanca's surf, so Casablanca is not held out for it
 quayside strip filling 80 % of its moment rectangle (corner crescents do not; 0.8
 chosen on Busan) - to 0.53 / 0.50; joining quayside strips to the bodies grown on the
 water that they touch (a hull alongside is split into a land-class deck and a water-side
-rim; no parameter fitted, the idea came from misses on both ports) - to 0.54 / 0.58. The
-floors below
+rim; no parameter fitted, the idea came from misses on both ports) - to 0.54 / 0.58; a
+convexity test on bodies 200 m or longer (resolved hulls are convex, piers with rims are
+not; 0.6 in the middle of Busan's plateau 0.55-0.65) and the beam limit lowered from 70 m
+to the widest ship's 61.5 m (62 m) - to 0.57 / 0.62; a three-pixel seed (a vessel at least
+3 px long lifts three pixels; 2 -> 3 on Busan removed a false alarm) - to 0.571 / 0.643.
+The floors below
 sit a margin under the measured figures so that a regression fails; they are not the
 target.
 """
@@ -54,7 +58,7 @@ from changedet.simulate.render import render_scene
 
 PORTS = {"busan": "2022-05-14", "casablanca": "2023-04-26"}
 # Measured F1 minus a margin (see the module docstring): regression floors.
-F1_FLOOR = {"busan": 0.51, "casablanca": 0.54}
+F1_FLOOR = {"busan": 0.54, "casablanca": 0.60}
 MATCH_IOU = 0.1
 
 
@@ -191,6 +195,10 @@ def test_hull_growing_and_seed_size():
     data[:, 20, 20] = 0.2
     for r in (19, 21):
         data[:3, r, 20] = np.exp(np.log(np.median(data[:3, :30, :], axis=(1, 2))) + 4.0 * vis_s)
+    # A two-pixel glint: two pixels above k, a dimmer pixel at either end (4 px grown).
+    data[:, 10, 60:62] = 0.2
+    for c in (59, 62):
+        data[:3, 10, c] = np.exp(np.log(np.median(data[:3, :30, :], axis=(1, 2))) + 4.0 * vis_s)
     dim = grid.attach(data, bands=list(image["band"].values))
     grown = detect_vessels(dim)
     assert grown.total == 1, grown.to_json()
@@ -198,11 +206,17 @@ def test_hull_growing_and_seed_size():
     assert seeds_only.total == 1
     assert grown.detections[0].attrs["length_m"] > seeds_only.detections[0].attrs["length_m"] + 40.0
     assert abs(grown.detections[0].attrs["length_m"] - 200.0) <= 30.0
-    # With single-pixel seeds allowed the whitecap grows into a 3-pixel 'vessel'; with the
-    # default two-pixel seed it seeds nothing.
-    assert all(not d.polygon.contains(Point(grid.x[20], grid.y[20])) for d in grown.detections)
+    # With single-pixel seeds allowed the whitecap grows into a 3-pixel 'vessel', and with
+    # two-pixel seeds the glint into a 4-pixel one; with the default three-pixel seed (a
+    # vessel at least 3 px long lifts three) neither seeds anything.
+    def at(res, r, c):
+        return any(d.polygon.contains(Point(grid.x[c], grid.y[r])) for d in res.detections)
+
+    assert not at(grown, 20, 20) and not at(grown, 10, 60)
     lone = detect_vessels(dim, min_seed_px=1)
-    assert any(d.polygon.contains(Point(grid.x[20], grid.y[20])) for d in lone.detections), lone.to_json()
+    assert at(lone, 20, 20) and at(lone, 10, 60), lone.to_json()
+    pair = detect_vessels(dim, min_seed_px=2)
+    assert at(pair, 10, 60) and not at(pair, 20, 20), pair.to_json()
     with pytest.raises(ChangedetError, match="k_grow"):
         detect_vessels(dim, k=4.0, k_grow=5.0)
     with pytest.raises(ChangedetError, match="min_seed_px"):
@@ -512,3 +526,49 @@ def test_quayside_strip_must_fill_its_rectangle():
 
     assert boxes(0.8) == [[20, 127, 25, 3]]
     assert boxes(0.0) == [[20, 127, 25, 3], [92, 128, 37, 7]]
+
+
+def test_long_bodies_must_be_convex_and_no_wider_than_a_ship():
+    """A body on the water 200 m or longer is resolved at 10 m, so a hull that long is
+    convex; a pier with its rims (a comb of the same length) is not, and is dropped with
+    the reason ``long_not_convex`` unless the test is switched off. A short non-convex
+    body is left to the other tests. A body wider than the widest ship (61.5 m beam) is
+    ``too_big``."""
+    from changedet.errors import ChangedetError
+    from changedet.objects.vessels import LONG_HULL_M, MAX_BEAM_M, _vessels_from
+
+    _, grid, _ = _synthetic(heading_deg=0.0)
+    n = grid.shape[0]
+    assert grid.resolution == 10.0 and 61.5 <= MAX_BEAM_M < 70.0
+    dom = np.ones((n, n), bool)
+    target = np.zeros((n, n), bool)
+    target[20:24, 20:50] = True                          # hull: 300 x 40 m, convex
+    comb = np.zeros((n, n), bool)
+    comb[60:62, 20:50] = True                            # a 300 m pier head ...
+    for c in range(20, 50, 6):
+        comb[62:66, c:c + 2] = True                      # ... with fingers: solidity ~0.5
+    target |= comb
+    small = np.zeros((n, n), bool)
+    small[100:102, 20:30] = True                         # a 100 m L: not convex, but short
+    small[102:104, 20:22] = True
+    target |= small
+    target[130:136, 100:120] = True                      # 200 x 60 m: as wide as a ship gets
+    target[130:137, 130:150] = True                      # 200 x 70 m: wider than any ship
+    z = np.where(target, 8.0, 0.0)
+
+    def run(solidity):
+        rejected: list = []
+        res = _vessels_from(target, dom, z, grid, 1.0, {}, min_length_px=3.0, observed=1.0, max_elongation=10.0,
+                            long_min_solidity=solidity, rejected=rejected)
+        return sorted(d.attrs["bbox_px"] for d in res.detections), rejected
+
+    kept, rejected = run(0.6)
+    assert kept == [[20, 20, 30, 4], [20, 100, 10, 4], [100, 130, 20, 6]], kept
+    assert ("water", "long_not_convex", [20, 60, 30, 6]) in rejected
+    assert ("water", "too_big", [130, 130, 20, 7]) in rejected
+    assert 30 * 10.0 >= LONG_HULL_M > 10 * 10.0
+    kept_all, _ = run(0.0)
+    assert [20, 60, 30, 6] in kept_all and len(kept_all) == 4
+    image, _, _ = _synthetic(heading_deg=0.0)
+    with pytest.raises(ChangedetError, match="long_min_solidity"):
+        detect_vessels(image, long_min_solidity=1.5)
