@@ -11,7 +11,10 @@ tank car is a cylinder, brighter on its sun-facing half (a shadow cast onto the 
 darkens that half first); paint with a sunlit spectrum but too dark for ballast under
 any mix of sun and skylight is a car even where the whole yard lies in shadow; and a
 car's own shadow, which runs along the track when the sun is oblique to it, is trimmed
-from the car's end by its known length.
+from the car's end by its known length (or, where it is as dark as the car, allowed to
+the end car's length, bounded by the tallest car's shadow). In a near-empty yard the
+shadowed ground's colour is learnt on the tracks' anti-sun sides, where cars cast
+their shadows.
 
 Under cloud (``valid`` given), stretches of track under a cloud or in a cloud's shadow
 (found by :func:`changedet.objects.cloud_shadow.cloud_shade`; cloud masks rarely carry
@@ -39,7 +42,7 @@ from shapely.geometry import LineString
 from changedet.grid import GridSpec
 from changedet.objects.checks import ResolutionError, check_features
 from changedet.objects.cloud_shadow import cloud_shade
-from changedet.objects.common import CountResult, Detection, bgrn, oriented_rect, runs
+from changedet.objects.common import CountResult, Detection, bgrn, oriented_rect, robust_ref, runs
 from changedet.objects.ground import GroundModel
 from changedet.objects.strips import Strip, sample_strip
 
@@ -114,6 +117,8 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
     if not strips:
         return CountResult("railcars", 0, {}, (), (), grid.crs, None, 0.0)
     refs = _empty_track_reference(strips)
+    if not np.all(np.isfinite(refs["shadow"])):
+        refs = _shadow_from_anti_sun_sides(strips, tracks, refs, sun_azimuth_deg)
     shade = None
     if valid is not None:
         cloud = ~np.asarray(valid.values, bool) & np.all(np.isfinite(bgrn(image)), axis=0)
@@ -127,6 +132,8 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
         # stretches: those stretches are unobserved, not empty and not occupied.
         strips = {tid: _masked(s, shade, grid) for tid, s in strips.items()}
         refs = _empty_track_reference(strips)
+        if not np.all(np.isfinite(refs["shadow"])):
+            refs = _shadow_from_anti_sun_sides(strips, tracks, refs, sun_azimuth_deg)
     per_feature, detections = [], []
     total_obs, total_len = 0.0, 0.0
     est_total, est_var = 0.0, 0.0
@@ -140,7 +147,8 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
         total_len += seen.size * strip.step_m
         if vhr:
             cars = _split_cars(strip, occ, seen, refs["lit_sd"], refs["lit"], sun_left=sun_left,
-                               ground_sd=float(np.nanmean(refs["shadow_sd"])))
+                               ground_sd=float(np.nanmean(refs["shadow_sd"])),
+                               shadow_reach_m=_shadow_reach(tracks[tid], sun_azimuth_deg, sun_elevation_deg))
             by_type: dict[str, int] = {}
             for a, b, ctype, score in cars:
                 by_type[ctype] = by_type.get(ctype, 0) + 1
@@ -222,6 +230,42 @@ def _empty_track_reference(strips: Mapping[str, Strip]) -> dict[str, np.ndarray]
     return {"lit": model.lit, "lit_sd": model.lit_sd,
             "shadow": nan if model.shadow is None else model.shadow,
             "shadow_sd": nan if model.shadow_sd is None else model.shadow_sd}
+
+
+# Fewest shadow samples (0.5 m apart) from which a shadow colour is learnt: the shadow
+# band beside about one car.
+_MIN_SHADOW_SAMPLES = 40
+
+
+def _shadow_from_anti_sun_sides(strips: Mapping[str, Strip], tracks: Mapping[str, LineString],
+                                refs: dict[str, np.ndarray], azimuth_deg: float | None) -> dict[str, np.ndarray]:
+    """``refs`` with the shadowed-ground colour learnt from the anti-sun side of the tracks.
+
+    In a near-empty yard under a high sun, shadow is too rare among all the ground
+    beside the tracks to be told from dark debris, and without a shadow colour every
+    shadow (a car's own, a cloud's) reads as a car. With the sun's azimuth known, the
+    ground on a track's anti-sun side is where its cars cast their shadows: dark ground
+    there (8-65 % of the lit brightness, as in :class:`GroundModel`) is shadow.
+    """
+    if azimuth_deg is None or not np.all(np.isfinite(refs["lit"])):
+        return refs
+    lit_b = float(np.mean(refs["lit"]))
+    samples = []
+    for tid, s in strips.items():
+        sun_left, _ = _sun_geometry(tracks[tid], azimuth_deg, None)
+        if sun_left is None:
+            continue
+        a = s.across_m if sun_left else -s.across_m
+        band = (a <= -1.95) & (a >= -2.6)
+        v = s.values[:, band, :].reshape(s.values.shape[0], -1).T
+        v = v[np.all(np.isfinite(v), axis=1)]
+        ratio = v.mean(axis=1) / max(lit_b, 1e-6)
+        samples.append(v[(ratio > 0.08) & (ratio < 0.65)])
+    dark = np.concatenate(samples) if samples else np.empty((0, refs["lit"].size))
+    if dark.shape[0] < _MIN_SHADOW_SAMPLES:
+        return refs
+    shadow, shadow_sd = robust_ref(dark)
+    return {**refs, "shadow": shadow, "shadow_sd": np.maximum(shadow_sd, 0.003 + 0.03 * shadow)}
 
 
 def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
@@ -407,6 +451,25 @@ def _shadow_tail(line: LineString, azimuth_deg: float | None) -> float:
     return float(np.clip(_SHADOW_BAND_M * along / across, -_MAX_TAIL_M, _MAX_TAIL_M))
 
 
+def _shadow_reach(line: LineString, azimuth_deg: float | None, elevation_deg: float | None) -> float:
+    """How far (m, signed along the track) the shadow of the tallest car can reach past
+    its end on the track itself: its height over the tangent of the sun's elevation,
+    times the along-track share of the shadow's direction.
+
+    A dark car casts its shadow onto the track ahead of it, where the shadow looks
+    like more of the car (dark, and lit beside it); this bounds how much of a run's
+    shadow-side end may be that shadow.
+    """
+    if azimuth_deg is None or elevation_deg is None:
+        return 0.0
+    (x0, y0), (x1, y1) = line.coords[0], line.coords[-1]
+    d = np.array([x1 - x0, y1 - y0]) / max(math.hypot(x1 - x0, y1 - y0), 1e-9)
+    az = math.radians(azimuth_deg)
+    along = -float(d @ np.array([math.sin(az), math.cos(az)]))
+    reach = _MAX_CAR_HEIGHT_M / math.tan(math.radians(max(elevation_deg, 1.0))) * along
+    return float(np.clip(reach, -_MAX_TAIL_M, _MAX_TAIL_M))
+
+
 def _trim_tails(occ: np.ndarray, shade_only: np.ndarray, tail_m: float, step: float) -> np.ndarray:
     """Drop, at each run's shadow-side end (the high end for ``tail_m`` > 0), the samples
     occupied by shadow rules alone, up to ``|tail_m|`` (plus half a metre of blur)."""
@@ -441,14 +504,17 @@ def _drop_short(mask: np.ndarray, min_len: int) -> np.ndarray:
 
 # ------------------------------------------------------------------------ splitting
 def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
-                lit: np.ndarray, *, sun_left: bool | None = None,
-                ground_sd: float = float("nan")) -> list[tuple[float, float, str, float]]:
+                lit: np.ndarray, *, sun_left: bool | None = None, ground_sd: float = float("nan"),
+                shadow_reach_m: float = 0.0) -> list[tuple[float, float, str, float]]:
     """Cut occupied runs into cars: (start_m, end_m, type, score) per car.
 
     Where the sun shines across the track (``sun_left`` known), black bodies brighter on
     their sun-facing half are cylinders (tank cars) and get the tank car's pitch; other
     black bodies (open cars seen into, black boxcars) get no preference. Without the sun
     side, every black body gets the tank pitch (the commonest black freight car).
+    A run's shadow-side end may carry a car's own shadow cast along the track (up to
+    ``|shadow_reach_m|``, from :func:`_shadow_reach`; negative: at the run's start),
+    which its end car is allowed beyond its pitch (see :func:`_shadow_lead`).
     """
     step = strip.step_m
     centre, _ = _zones(strip)
@@ -479,6 +545,7 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
     evidence = np.maximum(np.maximum(edge, dip), 2.0 * ridge) / sigma
     # Black car bodies (well below the empty track's brightness, lit or shaded).
     dark = mean.mean(axis=0) < 0.5 * float(np.nanmean(lit))
+    dim = dark.copy()
     if sun_left is not None and np.isfinite(ground_sd):
         dark &= _sun_side_glow(strip, sun_left, ground_sd, int(1.0 / step) | 1)
     cars = []
@@ -486,7 +553,8 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
         run_len = (b - a) * step
         if run_len < 7.0:
             continue
-        cuts = _best_cuts(evidence[a:b], step, dark[a:b])
+        lead, trail = _shadow_lead(dim[a:b], shadow_reach_m, step)
+        cuts = _best_cuts(evidence[a:b], step, dark[a:b], lead_m=lead, trail_m=trail)
         edges = [a] + [a + c for c in cuts] + [b]
         for s0, s1 in zip(edges[:-1], edges[1:]):
             length = (s1 - s0) * step
@@ -499,7 +567,29 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
     return cars
 
 
-def _best_cuts(evidence: np.ndarray, step: float, dark: np.ndarray | None = None) -> list[int]:
+def _shadow_lead(dim: np.ndarray, reach_m: float, step: float) -> tuple[float, float]:
+    """Metres of a run's (start, end) that may be its end car's shadow on the track.
+
+    That shadow is dark and lies on the shadow-side end (``reach_m``'s sign), before
+    the first bright sample within ``|reach_m|``. Where the whole reach is dark, shadow
+    cannot be told from a black body: none is allowed.
+    """
+    if reach_m == 0:
+        return 0.0, 0.0
+    # A metre more for the blur of the shadow's and the body's edges.
+    n_max = min(int(round((abs(reach_m) + 1.0) / step)), dim.size)
+    if n_max == 0:
+        return 0.0, 0.0
+    end = dim[:n_max] if reach_m < 0 else dim[::-1][:n_max]
+    # The run's first metre may be the blurred edge of the shadow, not yet dark.
+    first = np.flatnonzero(end[:max(1, int(round(1.0 / step)))])
+    bright = np.flatnonzero(~end[first[0]:]) + first[0] if first.size else np.empty(0, int)
+    lead = float(bright[0] * step) if bright.size else 0.0
+    return (lead, 0.0) if reach_m < 0 else (0.0, lead)
+
+
+def _best_cuts(evidence: np.ndarray, step: float, dark: np.ndarray | None = None, *,
+               lead_m: float = 0.0, trail_m: float = 0.0) -> list[int]:
     """Cut positions (indices into the run) that split it into plausible cars.
 
     Dynamic programming over cut positions: every segment (car body plus a coupler gap)
@@ -507,14 +597,18 @@ def _best_cuts(evidence: np.ndarray, step: float, dark: np.ndarray | None = None
     strong evidence (gap, colour edge) are rewarded. Where cars are black, couplers
     between them barely show, so a prior decides: black freight cars are
     overwhelmingly tank cars (oil and chemicals), whose pitch is preferred there.
+    The first segment may also hold up to ``lead_m`` and the last up to ``trail_m`` of
+    a car's own shadow cast along the track: their length is matched to a pitch
+    anywhere within that tolerance.
     """
     n = evidence.size
     names = list(CAR_LENGTHS_M)
     pitches = np.array([CAR_LENGTHS_M[t] + GAP_M for t in names])
     tank = np.array([t == "tank" for t in names])
     lo, hi = int(10.5 / step), int(20.0 / step)
-    if n * step <= 20.5:
+    if n * step <= 20.5 + lead_m + trail_m:
         return []
+    ext_lead, ext_trail = int(round(lead_m / step)), int(round(trail_m / step))
     dark_cum = np.concatenate([[0.0], np.cumsum(dark if dark is not None else np.zeros(n))])
     best = np.full(n + 1, np.inf)
     prev = np.full(n + 1, -1)
@@ -524,16 +618,21 @@ def _best_cuts(evidence: np.ndarray, step: float, dark: np.ndarray | None = None
     # and its peak, where the gap is, must still earn the most.
     ev = 12.0 * (1.0 - np.exp(-np.clip(evidence, 0, None) / 12.0))
     for j in range(1, n + 1):
-        i0, i1 = max(0, j - hi), j - lo
+        i0, i1 = max(0, j - hi - ext_lead - (ext_trail if j == n else 0)), j - lo
         if i1 < 0:
             continue
         for i in range(i0, i1 + 1):
             if not np.isfinite(best[i]):
                 continue
+            ext = (lead_m if i == 0 else 0.0) + (trail_m if j == n else 0.0)
+            if j - i > hi + int(round(ext / step)):
+                continue
             seg = (j - i) * step + (GAP_M / 2 if i == 0 else 0) + (GAP_M / 2 if j == n else 0)
             dark_share = (dark_cum[j] - dark_cum[i]) / (j - i)
             type_cost = np.where(tank, 0.0, 3.0 * dark_share)
-            length_cost = float(np.min((pitches - seg) ** 2 * 0.8 + type_cost))
+            # Distance from each pitch to the lengths the car may have: seg less 0-ext of shadow.
+            miss = np.clip(seg - ext - pitches, 0, None) + np.clip(pitches - seg, 0, None)
+            length_cost = float(np.min(miss ** 2 * 0.8 + type_cost))
             cut_reward = ev[j] if j < n else 0.0
             c = best[i] + length_cost - cut_reward + 0.3
             if c < best[j]:
@@ -550,20 +649,45 @@ def _best_cuts(evidence: np.ndarray, step: float, dark: np.ndarray | None = None
 def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = float("nan")) -> str:
     """Type from body length, then from the look of the body across the track.
 
-    Locomotives and boxcars are told by length alone (18 and 15.7 m against 12-14 m).
-    Among the shorter cars, length is not enough (a container on a flatcar is 12.2 m,
-    the length of a tank car), so the across-track profile decides: a gondola's
-    interior lies below its rims; a tank is a cylinder, whose shading changes by a
-    quarter or more of its brightness across the top whatever the sun's position (a
-    Lambertian cylinder seen within +-40 degrees of its crest); a flat top does not.
-    A flat top darker than half the lit ballast (``lit_b``) is an open car seen into
-    (bulk loads such as coal and ore, or a floor shaded by its walls): a gondola; a
-    brighter one is a deck or a container on it: a flatcar.
+    Locomotives and boxcars are longest (18 and 15.7 m against 12-14 m), but a cut
+    misplaced by a metre or two (a coupler hidden in shadow) makes an open car or a
+    boxcar look that long, so the look is read at every length and overrides length
+    where it is unambiguous: an open car seen into (a gondola) has its interior below
+    its rims, or a flat top darker than half the lit ballast (``lit_b``: bulk loads,
+    a floor shaded by its walls); a locomotive's roof carries equipment (fans,
+    exhausts, a cab), while a boxcar's roof is one plain sheet, within about a tenth of
+    its brightness across the car. Among the shorter cars length is not enough (a
+    container on a flatcar is 12.2 m, the length of a tank car): a tank is a cylinder,
+    whose shading changes by a quarter or more of its brightness across the top
+    whatever the sun's position (a Lambertian cylinder seen within +-40 degrees of its
+    crest); a brighter flat top is a deck or a container on it: a flatcar.
     """
+    look = _look(strip, s0, s1, lit_b)
     if body_m >= 16.9:
-        return "locomotive"
+        return {"open": "gondola", "plain": "boxcar"}.get(look, "locomotive")
     if body_m >= 14.8:
-        return "boxcar"
+        return "gondola" if look == "open" else "boxcar"
+    if look == "open":
+        return "gondola"
+    if look == "cylinder":
+        return "tank"
+    if look in ("plain", "flat"):
+        return "flatcar"
+    return "tank" if body_m < 12.7 else "flatcar"
+
+
+# Relative brightness change across the top (max - min over mean, within 1 m of the
+# centreline): a lit cylinder changes by a quarter or more; a plain roof sheet by about
+# a tenth at most (ribs, blur of its edges).
+_CYLINDER_RELIEF = 0.25
+_PLAIN_RELIEF = 0.12
+
+
+def _look(strip: Strip, s0: int, s1: int, lit_b: float) -> str | None:
+    """How the body between samples ``s0`` and ``s1`` looks across the track:
+    ``"open"`` (interior below the rims, or a flat top too dark for a roof or deck),
+    ``"cylinder"``, ``"plain"`` (a flat top even to a tenth), ``"flat"`` (other flat
+    tops), or None where the samples are not finite."""
     a = np.abs(strip.across_m)
     n = s1 - s0
     core = slice(s0 + n // 6, s1 - n // 6) if n >= 6 else slice(s0, s1)
@@ -572,15 +696,16 @@ def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = floa
     walls = [np.nanmean(strip.values[:, (strip.across_m * side >= 1.15) & (strip.across_m * side <= 1.45), core])
              for side in (1, -1)]
     if np.isfinite(inner) and np.all(np.isfinite(walls)) and inner < 0.8 * max(walls):
-        return "gondola"
+        return "open"
     top = np.nanmean(strip.values[:, a <= 1.0, core], axis=(0, 2))   # brightness per across position
-    if top.size >= 3 and np.all(np.isfinite(top)) and top.mean() > 0:
-        if (top.max() - top.min()) / top.mean() >= 0.25:
-            return "tank"
-        if np.isfinite(lit_b) and top.mean() < 0.5 * lit_b:
-            return "gondola"
-        return "flatcar"
-    return "tank" if body_m < 12.7 else "flatcar"
+    if not (top.size >= 3 and np.all(np.isfinite(top)) and top.mean() > 0):
+        return None
+    relief = (top.max() - top.min()) / top.mean()
+    if relief >= _CYLINDER_RELIEF:
+        return "cylinder"
+    if np.isfinite(lit_b) and top.mean() < 0.5 * lit_b:
+        return "open"
+    return "plain" if relief < _PLAIN_RELIEF else "flat"
 
 
 def _detection(strip: Strip, a_m: float, b_m: float, ctype: str, score: float, tid: str) -> Detection:
