@@ -45,6 +45,11 @@ AROSICS' task, one window at the centre of the overlap, read alone from each fil
 re-cutting at the integer shift), estimated and scored by :func:`estimate_window` with
 the same two stages; the similarity after is taken on the moving gradient resampled at
 the shift. Files on different lattices go through :func:`coregister` on whole images.
+That path is kept lean because it is the one timed against AROSICS: a separable
+gradient on the window interior (:func:`_window_gradient`), per-thread work buffers
+reused between calls (:func:`_scratch`: re-faulting freed heap pages cost as much CPU
+as the arithmetic), in-place FFTs, a raw read with the nodata test done here when the
+file has no mask band, and one GDAL environment without directory listing.
 
 Stack mode (:func:`coregister_stack`): every date of a (time, band, y, x) cube onto the
 reference, one Dask task per date, the result of each written into the cube's
@@ -62,12 +67,13 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from dataclasses import dataclass
 
 import numpy as np
 import xarray as xr
 from scipy import fft as sfft
-from scipy import ndimage, signal
+from scipy import ndimage
 
 from changedet.errors import CoregError, GridError
 from changedet.grid import GridSpec
@@ -175,9 +181,24 @@ class CoregResult:
 
 
 # -- pre-processing ------------------------------------------------------------------
+def _tukey(n: int, alpha: float) -> np.ndarray:
+    """``scipy.signal.windows.tukey(n, alpha)`` (symmetric), written out: importing
+    ``scipy.signal`` pulls in ``scipy.stats`` and was half of ``changedet coregister``'s
+    start-up (4.2 of 8.3 s of import time on the loaded machine)."""
+    if n <= 1 or alpha <= 0:
+        return np.ones(max(n, 0))
+    alpha = min(alpha, 1.0)
+    k = np.arange(n, dtype=float)
+    width = int(np.floor(alpha * (n - 1) / 2.0))
+    w = np.ones(n)
+    w[:width + 1] = 0.5 * (1 + np.cos(np.pi * (-1 + 2.0 * k[:width + 1] / alpha / (n - 1))))
+    w[n - width - 1:] = 0.5 * (1 + np.cos(np.pi * (-2.0 / alpha + 1 + 2.0 * k[n - width - 1:] / alpha / (n - 1))))
+    return w
+
+
 @functools.lru_cache(maxsize=32)
 def _tukey2d_cached(shape: tuple[int, int]) -> np.ndarray:
-    win = np.outer(signal.windows.tukey(shape[0], _TUKEY_ALPHA), signal.windows.tukey(shape[1], _TUKEY_ALPHA))
+    win = np.outer(_tukey(shape[0], _TUKEY_ALPHA), _tukey(shape[1], _TUKEY_ALPHA))
     win = win.astype(np.float32)
     win.flags.writeable = False  # shared between calls
     return win
@@ -1058,6 +1079,7 @@ def _band_indexes(ref: _RasterInfo, mov: _RasterInfo, band: str | None) -> tuple
 def _read_box(src, info: _RasterInfo, bands: list[int], r0: int, c0: int, rows: int, cols: int) -> np.ndarray:
     """float32 (rows, cols) box at (r0, c0) of ``src`` (band mean), NaN outside the file
     and at nodata; only the part inside the file is read (no boundless VRT)."""
+    from rasterio.enums import MaskFlags
     from rasterio.windows import Window
 
     out = np.full((rows, cols), np.nan, np.float32)
@@ -1065,9 +1087,27 @@ def _read_box(src, info: _RasterInfo, bands: list[int], r0: int, c0: int, rows: 
     ca, cb = max(c0, 0), min(c0 + cols, info.shape[1])
     if ra >= rb or ca >= cb:
         return out
-    # masked: nodata, internal mask and alpha bands, as read_raster.
-    raw = src.read(bands, window=Window(ca, ra, cb - ca, rb - ra), masked=True)
-    data = np.ma.filled(raw.astype(np.float32), np.float32(np.nan))
+    window = Window(ca, ra, cb - ca, rb - ra)
+    flags = [src.mask_flag_enums[b - 1] for b in bands]
+    if all(set(f) <= {MaskFlags.nodata} or set(f) == {MaskFlags.all_valid} for f in flags):
+        # No mask band to read: nodata (or none) is tested on the raw values here; a
+        # masked read costs GDAL a mask band and rasterio a masked array on top. Raw
+        # values, so float32 rounding cannot merge nodata with a neighbour (as read_raster).
+        raw = src.read(bands, window=window)
+        data = raw.astype(np.float32)
+        nd = info.nodata
+        if nd is not None:
+            if np.isnan(nd):
+                data[np.isnan(raw)] = np.nan
+            else:
+                typed = np.asarray(nd).astype(raw.dtype)
+                # An integer nodata outside the data type's range marks nothing (as GDAL).
+                if raw.dtype.kind == "f" or float(typed) == float(nd):
+                    data[raw == typed] = np.nan
+    else:
+        # masked: nodata, internal mask and alpha bands, as read_raster.
+        raw = src.read(bands, window=window, masked=True)
+        data = np.ma.filled(raw.astype(np.float32), np.float32(np.nan))
     out[ra - r0:rb - r0, ca - c0:cb - c0] = data[0] if len(bands) == 1 else np.mean(data, axis=0)
     return out
 
@@ -1110,19 +1150,36 @@ def _keys_weights(t: float) -> np.ndarray:
 
 
 def _keys_resample(g: np.ndarray, good: np.ndarray, shift_row: float, shift_col: float, start: int,
-                   ws: int) -> tuple[np.ndarray, np.ndarray]:
+                   ws: int, *, scratch: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The ``ws`` x ``ws`` block at (start, start) of ``g`` translated by the shift (output
     at p samples p - shift; cubic convolution, two 1-D passes of 4 taps) and the mask of
-    outputs whose 4 x 4 source taps are all in ``good``."""
+    outputs whose 4 x 4 source taps are all in ``good``. ``scratch``: the output is a
+    work buffer of this thread (:func:`_scratch`), valid until the next such call."""
     i0r, i0c = math.floor(-shift_row), math.floor(-shift_col)
     wr, wc = _keys_weights(-shift_row - i0r), _keys_weights(-shift_col - i0c)
     br, bc = start + i0r - 1, start + i0c - 1
-    rows = g[br:br + ws, bc:bc + ws + 3] * np.float32(wr[0])
+    # Real weights on complex samples: work on the float (re, im) view, where a sample's
+    # column offset k is 2 k floats (half the multiplications of complex arithmetic).
+    gv = np.ascontiguousarray(g, np.complex64).view(np.float32)
+
+    def buf(name, shape):
+        return _scratch(name, shape, np.float32) if scratch else np.empty(shape, np.float32)
+
+    rows = np.multiply(gv[br:br + ws, 2 * bc:2 * (bc + ws + 3)], np.float32(wr[0]),
+                       out=buf("kr.r", (ws, 2 * (ws + 3))))
+    tmp = buf("kr.t", rows.shape)
     for k in range(1, 4):
-        rows += g[br + k:br + k + ws, bc:bc + ws + 3] * np.float32(wr[k])
-    out = rows[:, 0:ws] * np.float32(wc[0])
+        np.multiply(gv[br + k:br + k + ws, 2 * bc:2 * (bc + ws + 3)], np.float32(wr[k]), out=tmp)
+        rows += tmp
+    out = np.multiply(rows[:, 0:2 * ws], np.float32(wc[0]), out=buf("kr.o", (ws, 2 * ws)))
+    tmp = tmp[:, 0:2 * ws]
     for k in range(1, 4):
-        out += rows[:, k:k + ws] * np.float32(wc[k])
+        np.multiply(rows[:, 2 * k:2 * (k + ws)], np.float32(wc[k]), out=tmp)
+        out += tmp
+    out = out.view(np.complex64)
+    src_ok = good[br:br + ws + 3, bc:bc + ws + 3]
+    if src_ok.all():
+        return out.astype(g.dtype, copy=False), np.ones((ws, ws), bool)
     ok = good[br:br + ws, bc:bc + ws + 3].copy()
     for k in range(1, 4):
         ok &= good[br + k:br + k + ws, bc:bc + ws + 3]
@@ -1130,6 +1187,198 @@ def _keys_resample(g: np.ndarray, good: np.ndarray, shift_row: float, shift_col:
     for k in range(1, 4):
         mask &= ok[:, k:k + ws]
     return out.astype(g.dtype, copy=False), mask
+
+
+# Gaussian half-width (taps) of _K_SMOOTH / _K_DIFF before the Sobel arms are composed in.
+_GAUSS_HALF = int(4 * _SMOOTH_SIGMA + 0.5)
+_GAUSS_TAPS = np.exp(-0.5 * (np.arange(_GAUSS_HALF + 1) / _SMOOTH_SIGMA) ** 2)
+_GAUSS_TAPS = (_GAUSS_TAPS / (2 * _GAUSS_TAPS.sum() - _GAUSS_TAPS[0])).astype(np.float32)
+# Per-thread work buffers of the window match, kept between calls up to this many
+# elements each (a 512 px window with a 20 px search margin; ~15 buffers of at most
+# 4 MB). glibc returns the freed heap to the system after every call and faults it in
+# again on the next (~1400 page faults, about half of a 256 px match's CPU).
+_SCRATCH_MAX = 600 * 600
+_SCRATCH = threading.local()
+
+
+def _scratch(name: str, shape: tuple[int, ...], dtype, *, zero: bool = False) -> np.ndarray:
+    """A work buffer of this thread for ``name`` (uninitialised unless ``zero`` on first
+    use); reused by the next call with the same name and shape, so it must not outlive
+    the call that asked for it."""
+    size = math.prod(shape)
+    if size > _SCRATCH_MAX:
+        return np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
+    bufs = getattr(_SCRATCH, "bufs", None)
+    if bufs is None:
+        bufs = _SCRATCH.bufs = {}
+    key = (name, tuple(shape), np.dtype(dtype).str)
+    buf = bufs.get(key)
+    if buf is None:
+        if len(bufs) > 64:  # window sizes changed many times: start afresh
+            bufs.clear()
+        buf = bufs[key] = np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
+    return buf
+
+
+def _window_gradient(img: np.ndarray, tag: str) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_gradient` of a window whose outer ``_GAUSS_HALF + 1`` px are context only.
+
+    When every pixel is finite: the Gaussian along each axis (symmetric taps, pairs of
+    array slices) and then the two 3-tap Sobel arms, on the interior where no boundary
+    rule is needed. Same filter as :func:`_gradient` (equal to float32 rounding), in
+    about a third of its CPU: two 9-tap passes and four 3-tap ones instead of four 11-tap
+    passes and two transposes. The outer ring is zero and marked not good; callers
+    (:func:`estimate_window`) only use the window inside its filter margin. The result
+    lives in this thread's ``tag`` buffers (see :func:`_scratch`). Invalid pixels are
+    handled as by :func:`_gradient`: filled with the mean of the valid ones, and the
+    filter halo around them (the same 4-step cross dilation) marked not good.
+    """
+    src = np.asarray(img, np.float32)
+    valid = np.isfinite(src)
+    all_valid = bool(valid.all())
+    if not all_valid:
+        if not valid.any():
+            return np.zeros(src.shape, np.complex64), np.zeros(src.shape, bool)
+        filled = _scratch(tag + ".f", src.shape, np.float32)
+        np.copyto(filled, src)
+        np.copyto(filled, np.float32(src[valid].mean()), where=~valid)
+        src = filled
+    h = _GAUSS_HALF
+    n0, n1 = img.shape
+    k = _GAUSS_TAPS
+    a = np.multiply(src[:, h:n1 - h], k[0], out=_scratch(tag + ".a", (n0, n1 - 2 * h), np.float32))
+    tmp = _scratch(tag + ".t", (n0, n1 - 2 * h), np.float32)
+    for j in range(1, h + 1):
+        np.add(src[:, h - j:n1 - h - j], src[:, h + j:n1 - h + j], out=tmp)
+        tmp *= k[j]
+        a += tmp
+    s = np.multiply(a[h:n0 - h], k[0], out=_scratch(tag + ".s", (n0 - 2 * h, n1 - 2 * h), np.float32))
+    tmp = tmp[h:n0 - h]
+    for j in range(1, h + 1):
+        np.add(a[h - j:n0 - h - j], a[h + j:n0 - h + j], out=tmp)
+        tmp *= k[j]
+        s += tmp
+    m0, m1 = s.shape
+    d_col = np.subtract(s[:, 2:], s[:, :-2], out=_scratch(tag + ".d", (m0, m1 - 2), np.float32))
+    s_col = np.multiply(s[:, 1:-1], np.float32(2.0), out=_scratch(tag + ".c", (m0, m1 - 2), np.float32))
+    s_col += s[:, :-2]
+    s_col += s[:, 2:]
+    # The ring outside the interior is zeroed once, when the buffer is made, and never written.
+    grad = _scratch(tag + ".g", src.shape, np.complex64, zero=True)
+    o = h + 1
+    inner = (slice(o, n0 - o), slice(o, n1 - o))
+    gx, gy = grad.real[inner], grad.imag[inner]
+    np.multiply(d_col[1:-1], np.float32(2.0), out=gx)
+    gx += d_col[:-2]
+    gx += d_col[2:]
+    np.subtract(s_col[2:], s_col[:-2], out=gy)
+    good = _scratch(tag + ".ok", src.shape, bool, zero=True)
+    good[inner] = True
+    if not all_valid:
+        good &= ~_dilate_cross(~valid, 1 + int(math.ceil(3 * _SMOOTH_SIGMA)))
+    return grad, good
+
+
+def _dilate_cross(mask: np.ndarray, iterations: int) -> np.ndarray:
+    """``ndimage.binary_dilation(mask, iterations=...)`` (3 x 3 cross, nothing beyond
+    the edge) by shifted in-place ORs: a tenth of its CPU on a window."""
+    out = mask.copy()
+    prev = np.empty_like(out)
+    for _ in range(iterations):
+        np.copyto(prev, out)
+        out[1:] |= prev[:-1]
+        out[:-1] |= prev[1:]
+        out[:, 1:] |= prev[:, :-1]
+        out[:, :-1] |= prev[:, 1:]
+    return out
+
+
+def _window_condition(grad: np.ndarray, good: np.ndarray, mag: np.ndarray, all_good: bool, tag: str,
+                      clip: float | None = None, weight: np.ndarray | None = None
+                      ) -> tuple[np.ndarray, float, np.ndarray]:
+    """:func:`_condition` of a window from its gradient magnitudes ``mag`` (left
+    unchanged), into this thread's ``tag`` buffer; returns it, the clip level and the
+    taper (``weight``: the taper of an earlier call with the same ``good``, reused: the
+    feathering of mask edges is a 2-D Gaussian filter).
+
+    The clip level is the 90th percentile of every other pixel of every other row when
+    all pixels are good (a quarter of the partial sort; a bound on edge weight needs no
+    more), or ``clip`` when given (the moving window re-cut at the integer shift keeps
+    the level of its first cut: the same image, 90 % the same pixels).
+    """
+    if clip is None:
+        clip = _quantile(mag[::2, ::2] if all_good else mag[good], _CLIP_PERCENTILE)
+    out = _scratch(tag, grad.shape, np.complex64)
+    if clip > 0:
+        w = np.maximum(mag, np.float32(1e-30), out=_scratch(tag + ".w", mag.shape, np.float32))
+        np.divide(np.float32(clip), w, out=w)
+        np.minimum(w, np.float32(1.0), out=w)
+        np.multiply(grad, w, out=out)
+    else:
+        np.copyto(out, grad)
+    out -= (out.mean() if all_good else out[good].mean()).astype(out.dtype)
+    if weight is None:
+        weight = _tukey2d(out.shape)
+        if not all_good:
+            weight = ndimage.gaussian_filter(good.astype(np.float32), _FEATHER_SIGMA) * good * weight
+    out *= weight
+    return out, clip, weight
+
+
+def _ncc_mag(ma: np.ndarray, mb: np.ndarray, good: np.ndarray, all_good: bool) -> float:
+    """:func:`_ncc` from gradient magnitudes (float32 sums: a similarity score needs
+    three digits, not fifteen)."""
+    if not all_good and good.sum() < 16:
+        return float("nan")
+    if all_good:
+        a = np.subtract(ma, np.float32(ma.mean(dtype=np.float64)), out=_scratch("ncc.a", ma.shape, np.float32))
+        b = np.subtract(mb, np.float32(mb.mean(dtype=np.float64)), out=_scratch("ncc.b", mb.shape, np.float32))
+        a, b = a.ravel(), b.ravel()
+    else:
+        a, b = ma[good], mb[good]
+        a -= np.float32(a.mean(dtype=np.float64))
+        b -= np.float32(b.mean(dtype=np.float64))
+    den = math.sqrt(float(np.einsum("i,i->", a, a)) * float(np.einsum("i,i->", b, b)))
+    return float(np.einsum("i,i->", a, b) / den) if den > 0 else float("nan")
+
+
+def _newton_peak_one(cross: np.ndarray, start: np.ndarray, *, iterations: int = 8) -> np.ndarray:
+    """:func:`_newton_peak` of one window: the same Newton steps with matrix-vector
+    products, BLAS limited to one thread (a threaded gemv spin-waits on a busy machine:
+    measured 145 ms instead of 0.5 ms per call)."""
+    with _blas_single_thread():
+        return _newton_peak_one_impl(cross, start, iterations=iterations)
+
+
+def _newton_peak_one_impl(cross: np.ndarray, start: np.ndarray, *, iterations: int) -> np.ndarray:
+    rows, cols = cross.shape
+    a = 2j * np.pi * np.fft.fftfreq(rows)
+    b = 2j * np.pi * np.fft.fftfreq(cols)
+    s = np.array(start, dtype=float, copy=True)
+    for _ in range(iterations):
+        er = np.exp(a * s[0])
+        ec = np.exp(b * s[1])
+        q0 = (cross @ ec.astype(cross.dtype)).astype(complex)
+        q1 = (cross @ (b * ec).astype(cross.dtype)).astype(complex)
+        q2 = (cross @ (b * b * ec).astype(cross.dtype)).astype(complex)
+        c, cr, crr = er @ q0, (a * er) @ q0, (a * a * er) @ q0
+        cc, crc, ccc = er @ q1, (a * er) @ q1, er @ q2
+        cj = c.conjugate()
+        g = 2 * np.array([(cj * cr).real, (cj * cc).real])
+        h_rr = 2 * (cr.conjugate() * cr + cj * crr).real
+        h_cc = 2 * (cc.conjugate() * cc + cj * ccc).real
+        h_rc = 2 * (cr.conjugate() * cc + cj * crc).real
+        det = h_rr * h_cc - h_rc**2
+        if h_rr < 0 and det > 0:
+            step = np.array([-(h_cc * g[0] - h_rc * g[1]) / det, -(h_rr * g[1] - h_rc * g[0]) / det])
+        else:
+            # Outside the concave core of the peak: move uphill by a bounded step.
+            step = 0.25 * g / max(math.hypot(g[0], g[1]), 1e-300)
+        step = np.clip(step, -0.5, 0.5)
+        s += step
+        if np.abs(step).max() < 1e-4:
+            break
+    return s
 
 
 def estimate_window(reference: np.ndarray, moving: np.ndarray, *, filter_margin: int = _FILTER_MARGIN,
@@ -1167,10 +1416,14 @@ def estimate_window(reference: np.ndarray, moving: np.ndarray, *, filter_margin:
         raise CoregError(f"estimate_window needs a square reference window with {f} px margin and a moving "
                          f"window {2 * m} px larger; got {ref.shape} and {mov.shape}")
     core = slice(f, f + ws)
-    v_ref = np.isfinite(ref)
-    v_mov = np.isfinite(mov)
-    g_ref, good_ref = _gradient(ref, v_ref)
-    g_mov, good_mov = _gradient(mov, v_mov)
+    # Both gradients in one pass each; the margins are filter context only. Every large
+    # array below is a per-thread buffer (_scratch): none of them outlives this call.
+    if f > _GAUSS_HALF:
+        g_ref, good_ref = _window_gradient(ref, "ew.ref")
+        g_mov, good_mov = _window_gradient(mov, "ew.mov")
+    else:  # margins too thin for the interior-only filter: reflect at the edge instead
+        g_ref, good_ref = _gradient(ref, np.isfinite(ref))
+        g_mov, good_mov = _gradient(mov, np.isfinite(mov))
     g_ref, good_ref = g_ref[core, core], good_ref[core, core]
 
     def mov_cut(dr, dc):
@@ -1179,20 +1432,29 @@ def estimate_window(reference: np.ndarray, moving: np.ndarray, *, filter_margin:
 
     g0, good0 = mov_cut(0, 0)
     good = good_ref & good0
-    if good.sum() < MIN_VALID_PIXELS:
+    all_good = bool(good.all())
+    if not all_good and good.sum() < MIN_VALID_PIXELS:
         raise CoregError(f"only {int(good.sum())} valid overlapping pixels in the {ws} px window "
                          f"(need {MIN_VALID_PIXELS}); use a larger window or an acquisition with less cloud")
-    sim_before = _ncc(g_ref, g0, good)
-    a = _condition(g_ref, good)
-    b = _condition(g0, good)
-    fa = sfft.fft2(a, workers=1)
-    prod = fa * np.conj(sfft.fft2(b, workers=1))
-    mag = np.abs(prod)
-    if not np.any(mag > 0):
+    # Magnitudes once: for the clip level, the weights and the similarity scores.
+    mag_ref = np.abs(g_ref, out=_scratch("ew.mag_ref", (ws, ws), np.float32))
+    mag0 = np.abs(g0, out=_scratch("ew.mag_mov", (ws, ws), np.float32))
+    sim_before = _ncc_mag(mag_ref, mag0, good, all_good)
+    a, _, taper = _window_condition(g_ref, good, mag_ref, all_good, "ew.a")
+    b, clip_mov, _ = _window_condition(g0, good, mag0, all_good, "ew.b", weight=taper)
+    # In-place transforms: fa and fb live in the buffers of a and b.
+    fa = sfft.fft2(a, workers=1, overwrite_x=True)
+    prod = sfft.fft2(b, workers=1, overwrite_x=True)
+    np.conjugate(prod, out=prod)
+    prod *= fa
+    mag = np.abs(prod, out=_scratch("ew.mag", (ws, ws), np.float32))
+    mag_max = mag.max()
+    if not mag_max > 0:
         return dict(shift_row=0.0, shift_col=0.0, reliability=0.0, similarity_before=sim_before,
                     similarity_after=sim_before, valid_fraction=float(good.mean()))
-    np.maximum(mag, np.float32(1e-12) * mag.max(), out=mag)
-    surface = np.abs(sfft.ifft2(prod / mag, workers=1))
+    np.maximum(mag, np.float32(1e-12) * mag_max, out=mag)
+    phase = np.divide(prod, mag, out=_scratch("ew.c", (ws, ws), np.complex64))
+    surface = np.abs(sfft.ifft2(phase, workers=1, overwrite_x=True), out=mag)
     pr, pc = np.unravel_index(int(np.argmax(surface)), surface.shape)
     peak = float(surface[pr, pc])
     idx = np.arange(-_PEAK_EXCLUDE, _PEAK_EXCLUDE + 1)
@@ -1210,14 +1472,24 @@ def estimate_window(reference: np.ndarray, moving: np.ndarray, *, filter_margin:
         # content under the same taper, so the envelope cannot pull the estimate to zero.
         g1, good1 = mov_cut(ir, ic)
         good_s = good_ref & good1
-        if good_s.sum() >= MIN_VALID_PIXELS:
+        all_s = bool(good_s.all())
+        if all_s or good_s.sum() >= MIN_VALID_PIXELS:
             base = (ir, ic)
-            fa_s = fa if np.array_equal(good_s, good) else sfft.fft2(_condition(g_ref, good_s), workers=1)
-            cross = fa_s * np.conj(sfft.fft2(_condition(g1, good_s), workers=1))
-    cc = np.abs(sfft.ifft2(cross, workers=1))
+            fa_s, taper_s = fa, taper
+            if not ((all_s and all_good) or np.array_equal(good_s, good)):
+                a1, _, taper_s = _window_condition(g_ref, good_s, mag_ref, all_s, "ew.a1")
+                fa_s = sfft.fft2(a1, workers=1, overwrite_x=True)
+            mag1 = np.abs(g1, out=_scratch("ew.mag_mov", (ws, ws), np.float32))  # mag0 is used no more
+            b1, _, _ = _window_condition(g1, good_s, mag1, all_s, "ew.b1", clip=clip_mov, weight=taper_s)
+            cross = sfft.fft2(b1, workers=1, overwrite_x=True)
+            np.conjugate(cross, out=cross)
+            cross *= fa_s
+    cc = _scratch("ew.c", (ws, ws), np.complex64)  # the phase surface is read: reuse its buffers
+    np.copyto(cc, cross)
+    cc = np.abs(sfft.ifft2(cc, workers=1, overwrite_x=True), out=mag)
     k0 = np.array(np.unravel_index(int(np.argmax(cc)), cc.shape), dtype=float)
     k0 = np.where(k0 > ws // 2, k0 - ws, k0)
-    fine = _newton_peak(cross[None], k0[None])[0]
+    fine = _newton_peak_one(cross, k0)
     row, col = base[0] + float(fine[0]), base[1] + float(fine[1])
     if max(abs(row - ir), abs(col - ic)) > 1.0:
         reliability = min(reliability, 0.25)  # the two stages disagree: ambiguous match
@@ -1236,8 +1508,10 @@ def estimate_window(reference: np.ndarray, moving: np.ndarray, *, filter_margin:
     # resampling and filtering the image again).
     sim_after = float("nan")
     if max(abs(row), abs(col)) <= m - 2:
-        g_s, good_s = _keys_resample(g_mov, good_mov, row, col, f + m, ws)
-        sim_after = _ncc(g_ref, g_s, good_ref & good_s)
+        g_s, good_s = _keys_resample(g_mov, good_mov, row, col, f + m, ws, scratch=True)
+        good_a = good_ref & good_s
+        mag_s = np.abs(g_s, out=_scratch("ew.mag_mov", (ws, ws), np.float32))
+        sim_after = _ncc_mag(mag_ref, mag_s, good_a, bool(good_a.all()))
     return dict(shift_row=row, shift_col=col, reliability=reliability, similarity_before=sim_before,
                 similarity_after=sim_after, valid_fraction=float(good.mean()))
 
@@ -1292,7 +1566,15 @@ def coregister_files(
 
     if int(window_px) < 32:
         raise CoregError(f"window_px {window_px} is too small; use at least 32 pixels")
-    with open_raster(reference) as rsrc, open_raster(moving) as msrc:
+    import rasterio
+
+    # One GDAL environment for both files; no directory listing on open (GDAL still
+    # probes the few sidecar names it needs, but a folder of many scenes costs nothing);
+    # uncompressed GeoTIFFs read through a memory map instead of the block cache (CPU of
+    # reading the two windows of a striped 1024 px file: 3.4 -> 1.9 ms; compressed files
+    # are not affected).
+    with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="TRUE", GTIFF_VIRTUAL_MEM_IO="YES"), \
+            open_raster(reference) as rsrc, open_raster(moving) as msrc:
         ref, mov = _raster_info(rsrc, reference), _raster_info(msrc, moving)
         to_m = _grid_checks(ref.crs_wkt, tuple(ref.transform))
         ref_bands, mov_bands = _band_indexes(ref, mov, band)

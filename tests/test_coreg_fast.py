@@ -1,0 +1,154 @@
+"""The lean window path of ``coregister_files``: same numbers as the general helpers.
+
+``estimate_window`` uses its own gradient (separable slices on the window interior),
+per-thread work buffers, a one-window Newton peak and a raw read with the nodata test
+done here. Each must agree with the general code it replaces, and the buffers must not
+leak between calls or threads.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from rasterio.windows import Window
+from scipy import fft as sfft
+from scipy import ndimage
+
+from changedet import coreg
+from changedet.io import open_raster, read_raster
+from test_coreg import fractal
+
+
+def _smooth(shape, seed):
+    rng = np.random.default_rng(seed)
+    return ndimage.gaussian_filter(rng.standard_normal(shape), 2.0).astype(np.float32) * 100 + 500
+
+
+@pytest.mark.parametrize("holes", [False, True])
+def test_window_gradient_matches_gradient(holes):
+    img = _smooth((90, 110), 1)
+    if holes:
+        rng = np.random.default_rng(2)
+        img[rng.random(img.shape) < 0.01] = np.nan
+        img[20:35, 40:70] = np.nan
+    grad, good = coreg._window_gradient(img, "test")
+    ref_grad, ref_good = coreg._gradient(img, np.isfinite(img))
+    inner = np.s_[5:-5, 5:-5]  # the ring is filter context: zero and not good
+    np.testing.assert_array_equal(good[inner], ref_good[inner])
+    assert not good[:5].any() and not good[:, -5:].any()
+    ok = good[inner]
+    assert ok.sum() > 3000
+    err = np.abs(grad[inner][ok] - ref_grad[inner][ok]).max()
+    assert err < 1e-5 * np.abs(ref_grad[inner][ok]).max()
+
+
+def test_dilate_cross_matches_binary_dilation():
+    mask = np.random.default_rng(4).random((40, 57)) < 0.03
+    mask[0, 10] = mask[-1, -1] = True  # edges: nothing beyond them
+    for it in (1, 4):
+        np.testing.assert_array_equal(coreg._dilate_cross(mask, it), ndimage.binary_dilation(mask, iterations=it))
+
+
+def test_newton_peak_one_matches_batched():
+    rng = np.random.default_rng(6)
+    a = (rng.standard_normal((64, 64)) + 1j * rng.standard_normal((64, 64))).astype(np.complex64)
+    radius = np.hypot(*np.meshgrid(sfft.fftfreq(64), sfft.fftfreq(64)))
+    a = sfft.ifft2(sfft.fft2(a) * np.exp(-0.5 * (radius / 0.1) ** 2))  # smooth: a single clear peak
+    b = ndimage.shift(a.real, (1.3, -0.6), order=3) + 1j * ndimage.shift(a.imag, (1.3, -0.6), order=3)
+    cross = (sfft.fft2(a) * np.conj(sfft.fft2(b))).astype(np.complex64)
+    one = coreg._newton_peak_one(cross, np.array([-1.0, 1.0]))
+    batch = coreg._newton_peak(cross[None], np.array([[-1.0, 1.0]]))[0]
+    np.testing.assert_allclose(one, batch, atol=1e-6)
+    assert abs(one[0] + 1.3) < 0.1 and abs(one[1] - 0.6) < 0.1
+
+
+def _pair(shift, seed, size=316 + 40):
+    scene = fractal(size, seed=seed).astype(np.float64)
+    mov = ndimage.shift(scene, shift, order=3, mode="reflect")
+    f, m, ws = coreg._FILTER_MARGIN, 22, 256
+    c = 20
+    ref = scene[c + m:c + m + ws + 2 * f, c + m:c + m + ws + 2 * f].astype(np.float32)
+    mv = mov[c:c + ws + 2 * (f + m), c:c + ws + 2 * (f + m)].astype(np.float32)
+    return ref, mv, f, m
+
+
+def test_estimate_window_buffers_do_not_leak_between_calls_or_threads():
+    pairs = [_pair((2.4, -3.7), 11), _pair((-5.2, 0.8), 12), _pair((0.3, 6.1), 13)]
+    pairs[2][0][100:140, 60:200] = np.nan  # one window with a hole: the masked path
+    first = [coreg.estimate_window(a, b, filter_margin=f, search_margin=m) for a, b, f, m in pairs]
+    # Interleaved calls give the same answers (nothing carried over in the buffers) ...
+    again = [coreg.estimate_window(a, b, filter_margin=f, search_margin=m) for a, b, f, m in pairs[::-1]][::-1]
+    assert again == first
+    # ... and so do concurrent calls on other threads (each thread has its own buffers).
+    out = {}
+
+    def work(i):
+        a, b, f, m = pairs[i % 3]
+        out[i] = [coreg.estimate_window(a, b, filter_margin=f, search_margin=m) for _ in range(3)]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, res in out.items():
+        assert all(r == first[i % 3] for r in res)
+    # The answers are right: content displaced by +shift comes back by -shift.
+    for (dr, dc), r in zip([(2.4, -3.7), (-5.2, 0.8), (0.3, 6.1)], first):
+        assert abs(r["shift_row"] + dr) < 0.05 and abs(r["shift_col"] + dc) < 0.05
+        assert r["reliability"] > 0.7 and r["similarity_after"] > r["similarity_before"]
+
+
+def _write(path, arr, *, dtype, nodata, mask=None):
+    with rasterio.open(path, "w", driver="GTiff", width=arr.shape[1], height=arr.shape[0], count=1, dtype=dtype,
+                       crs="EPSG:32633", transform=Affine(10, 0, 500000, 0, -10, 4200000), nodata=nodata) as dst:
+        dst.write(arr.astype(dtype), 1)
+        if mask is not None:
+            dst.write_mask(mask)
+    return path
+
+
+@pytest.mark.parametrize("case", ["float_nodata", "uint16_zero", "nan_nodata", "none", "internal_mask"])
+def test_read_box_matches_masked_read(tmp_path, case):
+    rng = np.random.default_rng(8)
+    arr = rng.integers(1, 4000, (70, 90)).astype(np.float64)
+    holes = rng.random(arr.shape) < 0.1
+    mask = None
+    if case == "float_nodata":
+        dtype, nodata, arr[holes] = "float32", -9999.0, -9999.0
+    elif case == "uint16_zero":
+        dtype, nodata, arr[holes] = "uint16", 0, 0
+    elif case == "nan_nodata":
+        dtype, nodata, arr[holes] = "float32", float("nan"), np.nan
+    elif case == "none":
+        dtype, nodata = "int16", None
+    else:
+        dtype, nodata, mask = "uint16", None, np.where(holes, 0, 255).astype("uint8")
+    path = _write(tmp_path / f"{case}.tif", arr, dtype=dtype, nodata=nodata, mask=mask)
+    with open_raster(path) as src:
+        info = coreg._raster_info(src, path)
+        # A box reaching past the top-left corner: NaN outside the file.
+        got = coreg._read_box(src, info, [1], -3, 5, 40, 50)
+        want = np.ma.filled(src.read(1, window=Window(5, 0, 50, 37), masked=True).astype(np.float32), np.nan)
+    assert np.isnan(got[:3]).all()
+    np.testing.assert_array_equal(got[3:], want)
+    np.testing.assert_array_equal(np.isnan(got[3:]), np.isnan(read_raster(path).values[0, 0:37, 5:55]))
+    if case == "none":
+        assert np.isfinite(got[3:]).all()
+    else:
+        assert np.isnan(got[3:]).sum() == holes[0:37, 5:55].sum()
+
+
+def test_estimate_window_with_thin_filter_margin():
+    # Margins thinner than the filter: the edge is reflected (the general gradient), and
+    # the answer is still right.
+    ref, mov, f, m = _pair((1.7, -2.2), 14)
+    thin = 3
+    est = coreg.estimate_window(ref[f - thin:ref.shape[0] - f + thin, f - thin:ref.shape[1] - f + thin],
+                                mov[f - thin:mov.shape[0] - f + thin, f - thin:mov.shape[1] - f + thin],
+                                filter_margin=thin, search_margin=m)
+    assert abs(est["shift_row"] + 1.7) < 0.05 and abs(est["shift_col"] - 2.2) < 0.05
