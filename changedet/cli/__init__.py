@@ -29,7 +29,23 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("CHANGEDET_DATA_DIR", "changedet-data"))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``changedet`` parser; with ``command``, only that command's module is loaded.
+
+    Command modules import what their command needs (``count`` the object detectors,
+    ``run`` the pipeline, pandas and scipy.stats): loading all of them cost seconds
+    before a 20 ms ``changedet coregister`` could start. When ``command`` is not a module
+    of that name (or is None, e.g. for ``--help``), every command is loaded.
+    """
+    if command:
+        parser = _build(only=command)
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        if command in sub.choices:
+            return parser
+    return _build()
+
+
+def _build(only: str | None = None) -> argparse.ArgumentParser:
     import importlib
     import pkgutil
 
@@ -46,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     # command is one new file; the listed ones come first in --help, the rest alphabetically.
     first = ["aois", "simulate", "run", "demo", "alerts"]
     names = sorted(m.name for m in pkgutil.iter_modules(cli_pkg.__path__) if not m.name.startswith("_"))
+    if only is not None:
+        names = [n for n in names if n == only]
     for name in sorted(names, key=lambda n: (first.index(n) if n in first else len(first), n)):
         module = importlib.import_module(f"changedet.cli.{name}")
         if hasattr(module, "add_parser"):
@@ -55,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     from importlib.metadata import entry_points
 
     for ep in sorted(entry_points(group="changedet.commands"), key=lambda e: e.name):
+        if only is not None and (names or ep.name != only):
+            continue
         try:
             module = ep.load()
         except ImportError:  # that package is not installed here: its commands are absent
@@ -64,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv[0] if argv and not argv[0].startswith("-") else None)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
