@@ -3,6 +3,8 @@ library numpy path: bit-for-bit equal on NaN patterns that exercise both of its 
 
 from __future__ import annotations
 
+import re
+
 import dask
 import dask.array as da
 import numpy as np
@@ -171,6 +173,35 @@ def test_generated_kernel_is_vectorised_and_prefetches(tmp_path, monkeypatch):
     # Fast path: one min and one max per comparator, plus the MAD pick.
     assert len(ymm_minmax) >= 2 * len(fast.best_network(nt)), len(ymm_minmax)
     assert "prefetcht2" in asm
+    # The staging copy counts non-finite values in int32 lanes of ymm registers: an int64
+    # count (numba's default integer) widens each 4 values with vpmovzxdq into 64-bit lanes.
+    assert re.search(r"vp(add|sub)d\s.*ymm", asm)
+    assert "vpmovzxdq" not in asm and "vpaddq" not in asm
+
+
+def test_nonfinite_intrinsic_matches_numpy():
+    # The staging copy's test for the general path: NaN (any payload, either sign) and
+    # +-inf are non-finite; the largest finite, subnormal and signed zero values are not.
+    import numba
+
+    @numba.njit
+    def flags(a):
+        out = np.empty(a.size, dtype=np.int32)
+        total = np.int32(0)
+        for i in range(a.size):
+            out[i] = fast._nonfinite(a[i])
+            total = fast._add32(total, out[i])
+        return out, total
+
+    special = np.array([np.nan, -np.nan, np.inf, -np.inf, np.finfo(np.float32).max, -np.finfo(np.float32).max,
+                        np.finfo(np.float32).tiny / 4, -0.0, 0.0, 1.0], dtype=np.float32)
+    payload = np.array([0x7F800001, 0xFFC00123, 0x7F7FFFFF, 0xFF800000], dtype=np.uint32).view(np.float32)
+    rng = np.random.default_rng(11)
+    bits = rng.integers(0, 2**32, size=20000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    a = np.concatenate([special, payload, bits])
+    got, total = flags(a)
+    np.testing.assert_array_equal(got, (~np.isfinite(a)).astype(np.int32))
+    assert total == np.count_nonzero(~np.isfinite(a)) > 0
 
 
 def test_unwritable_cache_compiles_in_memory(tmp_path, monkeypatch):
