@@ -13,9 +13,11 @@ Cases (all from real Sentinel-2 data in ../shared/data/arosics_s2_pair):
   ~2 px of bending) with the same clutter; tie points every 128 px, 256 px windows for
   both tools. Error = RMS of (kept tie-point shift - true field at the point).
 * ``--naip``: the 10-date NAIP stack registered with ``coregister_stack`` (global,
-  local and network) and the residual shift between all 45 pairs measured
-  independently (:mod:`changedet.coreg_check`: least-squares translation per window on
-  the red and green bands, the registration uses NIR).
+  local, whole-frame network on NIR, windowed network per band) on one colour of a
+  72 px checkerboard, and the residual shift between all 45 pairs measured
+  independently on the other colour, on NIR and on red (:mod:`bench_naip`,
+  :mod:`changedet.coreg_check`: Lucas-Kanade per cell, bootstrap standard errors,
+  network adjustment).
 
 Columns: ``ours`` is the full operation (estimate on the whole image, apply, similarity
 before/after); ``same-task`` is what AROSICS computes: global = ``coregister_files``,
@@ -201,50 +203,34 @@ def timed(fn, repeat: int):
     return out, best, best_cpu
 
 
-def naip_stack(mode: str) -> dict:
-    """Stack registration of the 10 NAIP dates and the residual shift between every pair.
+def naip_stack(mode: str, bands=("b4", "b1"), fold: int = 0, n_boot: int = 100) -> list[dict]:
+    """Stack registration of the 10 NAIP dates and the held-out residual between every pair.
 
-    Estimate: NIR band (b4), whole frame; ``mode`` is ``global`` (each date against the
-    reference), ``local`` (tie-point warp per date) or ``network`` (all pairs, robust
-    least squares). Residual: measured independently with
-    :func:`changedet.coreg_check.pairwise_residuals` (iterated least-squares translation
-    per 128 px window on the red and green bands; a window counts when both bands agree
-    within 0.2 px), the median over reliable windows per pair.
+    Reuses :mod:`bench_naip` (``python bench/bench_naip.py`` is the full report): the
+    registration may use one colour of a 72 px checkerboard (``fold``), the residual is
+    measured on the other colour, band by band (NAIP's visible bands are offset from NIR
+    differently on each date, so a residual measured on another band than the one
+    registered mixes in that offset), by Lucas-Kanade per cell with bootstrap standard
+    errors, then adjusted over all 45 pairs (:func:`changedet.coreg_check.adjust_residuals`).
+    ``mode``: ``before``, ``global`` / ``local`` / ``whole`` (NIR, applied to every band)
+    or ``windows`` (windowed network, every band on itself).
     """
-    import glob
+    sys.path.insert(0, str(REPO / "bench"))
+    import bench_naip
 
-    import xarray as xr
-    from rasterio.enums import Resampling
-
-    from changedet.coreg import coregister_stack
-    from changedet.coreg_check import pairwise_residuals
-    from changedet.io import read_raster
-
-    files = sorted(glob.glob(str(DATA / "naip_timeseries_nd" / "*.tif")))
-    das = [read_raster(f) for f in files]
-    ref = das[0]
-    stack = xr.concat([d.rio.reproject_match(ref, resampling=Resampling.cubic).assign_coords(x=ref.x, y=ref.y)
-                       for d in das], dim="time").assign_coords(time=np.arange(len(das)))
-    t = time.perf_counter()
-    aligned, results = coregister_stack(stack, ref.sel(band=["b4"]), band="b4", local=mode == "local",
-                                        network=mode == "network")
-    wall = time.perf_counter() - t
-    m = 12  # cubic reprojection leaves NaN at the frame edge
-
-    def residuals(arr):
-        res = pairwise_residuals(np.asarray(arr)[:, :, m:-m, m:-m], bands=(0, 1))
-        return np.array([r.magnitude_px for r in res]), np.array([r.stderr_px for r in res])
-
-    before, se_b = residuals(stack.values)
-    after, se_a = residuals(aligned.values)
-    return {"mode": mode, "wall_s": wall,
-            "applied": sum(r.applied for r in results), "dates": len(results),
-            "before_median_px": float(np.nanmedian(before)), "before_p90_px": float(np.nanpercentile(before, 90)),
-            "before_max_px": float(np.nanmax(before)),
-            "after_median_px": float(np.nanmedian(after)), "after_p90_px": float(np.nanpercentile(after, 90)),
-            "after_max_px": float(np.nanmax(after)), "after_median_stderr_px": float(np.nanmedian(se_a)),
-            "pairs_over_0.1px_after": int((after > 0.1).sum()), "pairs": int(after.size),
-            "pairs_unmeasured_after": int(np.isnan(after).sum())}
+    stack, _ = bench_naip.load_stack()
+    names = [str(b) for b in stack["band"].values]
+    t, c = time.perf_counter(), time.process_time()
+    arr, _ = bench_naip.register(stack, mode, fold)
+    wall, cpu = time.perf_counter() - t, time.process_time() - c
+    out = []
+    for b in bands:
+        m = bench_naip.measure(arr, names.index(b), fold, n_boot)
+        out.append({"mode": mode, "band": b, "fold": fold, "register_wall_s": wall, "register_cpu_s": cpu,
+                    **{k: m[k] for k in ("adjusted_median_px", "adjusted_max_px", "adjusted_median_stderr_px",
+                                         "adjusted_max_stderr_px", "pairs_over_0.1px_adjusted", "chi2_dof",
+                                         "raw_median_px", "raw_max_px", "floor_bootstrap", "floor_split_half")}})
+    return out
 
 
 def window_pair(ref_path: str, mov_path: str, ws: int, max_shift: float):
@@ -441,9 +427,9 @@ def main() -> int:
         entry["speedup_cpu"] = speed_cpu
         rows.append(entry)
         print(f"{c['name']:<22} {entry['ours_err_px']:>11.4f} {entry['same_task_err_px']:>9.4f} "
-              f"{entry['peer_err_px']:>11.4f} {wall:>7.2f} {wall_s:>7.2f} "
-              f"{p.get('wall_s', float('nan')):>7.2f} {speed:>5.1f}x {cpu_s:>8.2f} "
-              f"{p.get('cpu_s', float('nan')):>8.2f} "
+              f"{entry['peer_err_px']:>11.4f} {wall:>7.2f} {wall_s:>7.3f} "
+              f"{p.get('wall_s', float('nan')):>7.3f} {speed:>5.1f}x {cpu_s:>8.4f} "
+              f"{p.get('cpu_s', float('nan')):>8.4f} "
               f"{speed_cpu:>5.1f}x  load {load:.1f}; {note}")
         doc["cases"].append(entry)
     if aro_mem is not None:
@@ -464,7 +450,7 @@ def main() -> int:
                    "speedup": p["wall_s"] / wall_m, "speedup_cpu": p["cpu_s"] / cpu_m, "load_average_1min": load_m}
             doc["global_compute_only"].append(ent)
             print(f"{c['name']:<22} {e_o:>11.4f} {e_p:>11.4f} {wall_m:>7.3f} {p['wall_s']:>7.3f} "
-                  f"{ent['speedup']:>5.1f}x {cpu_m:>8.3f} {p['cpu_s']:>8.3f} {ent['speedup_cpu']:>5.1f}x "
+                  f"{ent['speedup']:>5.1f}x {cpu_m:>8.4f} {p['cpu_s']:>8.4f} {ent['speedup_cpu']:>5.1f}x "
                   f"{load_m:>5.1f}")
     glob_syn = [e for e in rows if e["case"].startswith("global synthetic")]
     ok_peer = [e["peer_err_px"] for e in glob_syn if np.isfinite(e["peer_err_px"])]
@@ -492,14 +478,18 @@ def main() -> int:
           f"{s['load_average_1min']:.1f} (the machine is shared: compare ratios from one run)")
     if args.naip:
         doc["naip"] = []
-        print(f"\n{'NAIP stack':<12} {'applied':>8} {'before med':>10} {'p90':>6} {'after med':>9} {'p90':>6} "
-              f"{'max':>6} {'>0.1 px':>8} {'wall s':>7}")
-        for mode in ("global", "local", "network"):
-            r = naip_stack(mode)
-            doc["naip"].append(r)
-            print(f"{r['mode']:<12} {r['applied']:>4}/{r['dates']:<3} {r['before_median_px']:>10.3f} "
-                  f"{r['before_p90_px']:>6.3f} {r['after_median_px']:>9.3f} {r['after_p90_px']:>6.3f} "
-                  f"{r['after_max_px']:>6.3f} {r['pairs_over_0.1px_after']:>4}/{r['pairs']:<3} {r['wall_s']:>7.1f}")
+        print(f"\nNAIP stack, registration on checkerboard fold 0, residual on fold 1 (bench_naip.py), "
+              f"adjusted over 45 pairs")
+        print(f"{'mode':<8} {'band':<4} {'median':>7} {'max':>7} {'SE':>6} {'>0.1 px':>8} {'chi2/dof':>8} "
+              f"{'check floor med/max':>19} {'reg wall s':>10} {'reg CPU s':>9}")
+        for mode in ("before", "global", "local", "whole", "windows"):
+            for r in naip_stack(mode):
+                doc["naip"].append(r)
+                print(f"{r['mode']:<8} {r['band']:<4} {r['adjusted_median_px']:7.3f} {r['adjusted_max_px']:7.3f} "
+                      f"{r['adjusted_median_stderr_px']:6.3f} {r['pairs_over_0.1px_adjusted']:>5}/45 "
+                      f"{r['chi2_dof']:8.2f} {r['floor_split_half']['median_px'][0]:9.3f}/"
+                      f"{r['floor_split_half']['max_px'][0]:.3f} {r['register_wall_s']:10.1f} "
+                      f"{r['register_cpu_s']:9.1f}", flush=True)
     out = REPO / "bench" / "results" / "coreg.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import itertools
 import json
 import os
 import resource
@@ -36,8 +37,13 @@ EDGE = 12   # cubic reprojection leaves NaN at the frame edge
 CELL = 72   # checkerboard cell = check window (64 px) + its 4 px margins
 
 
-def load_stack():
-    """The 10 dates on the grid of the first, as a (time, band, y, x) DataArray, edge cropped."""
+def load_stack(offset_px: float = 0.0):
+    """The 10 dates on the grid of the first, as a (time, band, y, x) DataArray, edge cropped.
+
+    ``offset_px`` moves that grid by a fraction of a pixel in x and y, so that the first
+    date is resampled like the others (with 0 it is copied unresampled, the only date
+    with its native sharpness and aliasing).
+    """
     import xarray as xr
     from rasterio.enums import Resampling
 
@@ -48,6 +54,12 @@ def load_stack():
         raise SystemExit(f"expected 10 NAIP files under {DATA / 'naip_timeseries_nd'}, found {len(files)}")
     das = [read_raster(f) for f in files]
     ref = das[0]
+    if offset_px:
+        from affine import Affine
+
+        t = ref.rio.transform()
+        ref = ref.assign_coords(x=ref.x + offset_px * t.a, y=ref.y + offset_px * t.e)
+        ref = ref.rio.write_transform(t * Affine.translation(offset_px, offset_px))
     stack = xr.concat([d.rio.reproject_match(ref, resampling=Resampling.cubic).assign_coords(x=ref.x, y=ref.y)
                        for d in das], dim="time")
     stack = stack.assign_coords(time=np.arange(len(das)))
@@ -59,32 +71,48 @@ def register(stack, method: str, fold: int):
     import xarray as xr
 
     from changedet.coreg import coregister_stack
-    from changedet.coreg_network import checkerboard, coregister_stack_windows
+    from changedet.coreg_network import checkerboard
 
     use = checkerboard(stack.shape[-2:], CELL, parity=fold)
     if method == "before":
         return stack.values, np.zeros(stack.shape[:2] + (2,))
-    if method == "whole":
-        valid = xr.DataArray(np.broadcast_to(use, (stack.sizes["time"],) + use.shape).copy(),
-                             dims=("time", "y", "x"), coords={"y": stack.y, "x": stack.x})
-        valid = valid.rio.write_crs(stack.rio.crs)
-        aligned, results = coregister_stack(stack, stack.isel(time=0, drop=True).sel(band=["b4"]), band="b4",
-                                            network=True, valid=valid, scheduler="synchronous")
+    valid = xr.DataArray(np.broadcast_to(use, (stack.sizes["time"],) + use.shape).copy(),
+                         dims=("time", "y", "x"), coords={"y": stack.y, "x": stack.x})
+    valid = valid.rio.write_crs(stack.rio.crs)
+    ref = stack.isel(time=0, drop=True)
+    if method in ("whole", "global", "local"):
+        # One translation (or warp) per date from NIR, applied to every band.
+        kw = {"network": True} if method == "whole" else {"local": method == "local"}
+        aligned, results = coregister_stack(stack, ref.sel(band=["b4"]), band="b4", valid=valid, **kw)
         sh = np.array([[r.shift_row_px, r.shift_col_px] if r.applied else [np.nan, np.nan] for r in results])
         return aligned.values, np.repeat(sh[:, None], stack.sizes["band"], axis=1)
     if method == "windows":
-        aligned, shifts, _ = coregister_stack_windows(stack, per_band=True, valid=use)
-        return aligned.values, shifts
-    raise SystemExit(f"unknown method {method!r}: use before, whole or windows")
+        # The windowed network, every band on itself (coregister_stack's per-band mode).
+        aligned, results = coregister_stack(stack, ref, network="windows", per_band=True, valid=valid)
+        names = [str(b) for b in stack["band"].values]
+        sh = np.array([[[r[b].shift_row_px, r[b].shift_col_px] if r[b].applied else [np.nan, np.nan]
+                        for b in names] for r in results])
+        return aligned.values, sh
+    raise SystemExit(f"unknown method {method!r}: use before, whole, windows, global or local")
 
 
 def measure(arr: np.ndarray, band: int, fold: int, n_boot: int) -> dict:
-    from changedet.coreg_check import adjust_residuals, stack_residuals
+    from changedet.coreg_check import adjust_residuals, noise_floor, split_half, stack_residuals
     from changedet.coreg_network import checkerboard
+    from changedet.errors import CoregError
 
     held_out = checkerboard(arr.shape[-2:], CELL, parity=1 - fold)
     res = stack_residuals(arr, band=band, mask=held_out, window_px=CELL - 8, step_px=CELL, n_boot=n_boot)
     adj = adjust_residuals(res, arr.shape[0])
+    # The check's own noise, two ways: from its bootstrap errors, and measured on two halves
+    # of the held-out pixels (includes errors a date's pairs share, which the bootstrap misses).
+    floor = noise_floor(adj)
+    try:
+        half = split_half(arr, band=band, mask=held_out, cell_px=CELL, n_boot=min(n_boot, 50))
+    except CoregError as exc:  # a half with too few reliable windows to link every date
+        nan2 = (float("nan"), float("nan"))
+        half = {"floor": {"median_px": nan2, "max_px": nan2}, "sigma_date_px": list(nan2),
+                "sigma_date_bootstrap_px": list(nan2), "error": str(exc)}
     raw = np.array([r.magnitude_px for r in res])
     raw_se = np.array([r.stderr_px for r in res])
     k = int(np.nanargmax(adj.magnitude_px))
@@ -104,29 +132,99 @@ def measure(arr: np.ndarray, band: int, fold: int, n_boot: int) -> dict:
         "adjusted_max_stderr_px": float(adj.stderr[k].max()),
         "adjusted_median_stderr_px": float(np.median(adj.stderr.max(axis=1))),
         "pairs_over_0.1px_adjusted": int((adj.magnitude_px > 0.1).sum()),
+        "floor_bootstrap": floor, "floor_split_half": half["floor"],
+        "sigma_date_split_half_px": half["sigma_date_px"], "sigma_date_bootstrap_px": half["sigma_date_bootstrap_px"],
     }
+
+
+def diagnose(stack, bands: list[int], names: list[str], n_boot: int) -> list[dict]:
+    """Where the held-out residual comes from: per-date translations by both estimators on both folds.
+
+    For every band and fold ``f`` (checkerboard colour) two per-date translation sets,
+    relative to date 0: ``pc f`` from the registration's estimator (windowed phase
+    correlation network, :func:`changedet.coreg_network.network_shifts`) and ``lk f``
+    from the check's (Lucas-Kanade + :func:`changedet.coreg_check.adjust_residuals`).
+    Comparing them pairwise separates
+
+    * ``pc0-lk1`` / ``pc1-lk0``: what the bench's "after" measures (registration on one
+      fold, check on the other);
+    * ``lk0-lk1``, ``pc0-pc1``: one estimator on the two folds - the translation that
+      fits one half of the pixels against the other half (non-rigid misregistration,
+      changed content, noise);
+    * ``pc0-lk0``, ``pc1-lk1``: the two estimators on the same pixels (estimator bias:
+      they weight windows and edges differently).
+
+    Each comparison is reported as the median and max over pairs of ``|d_j - d_i|``
+    (``d`` = difference of the two per-date sets), beside the noise floor of that
+    comparison (:func:`changedet.coreg_check.noise_floor` on the summed covariances).
+    """
+    from changedet.coreg_check import AdjustedResiduals, BandResidual, adjust_residuals, noise_floor, stack_residuals
+    from changedet.coreg_network import checkerboard, network_shifts
+
+    arr = stack.values
+    n = arr.shape[0]
+    rows = []
+    print(f"\n{'band':<4} {'comparison':<10} {'median':>7} {'max':>7} | {'floor med':>9} {'floor max':>9} "
+          f"{'(95 %)':>7}")
+    for b in bands:
+        est = {}
+        for fold in (0, 1):
+            cells = checkerboard(arr.shape[-2:], CELL, parity=fold)
+            res = stack_residuals(arr, band=b, mask=cells, window_px=CELL - 8, step_px=CELL, n_boot=n_boot)
+            lk = adjust_residuals(res, n)
+            est[f"lk{fold}"] = (lk.per_date, lk.covariance)
+            sol = network_shifts(None, arr[:, b], valid=cells)
+            pres = [BandResidual(int(i), int(j), b, float(r), float(c), float(e), float(e), float(np.hypot(r, c)),
+                                 float(e), 0, 0, float("nan"))
+                    for (i, j), (r, c), e in zip(sol.pairs, sol.pair_shifts, sol.pair_stderr) if np.isfinite(e)]
+            pc = adjust_residuals(pres, n)
+            # The registration's own (robust) solution; the adjustment only supplies its covariance.
+            est[f"pc{fold}"] = (sol.shifts, pc.covariance)
+        pairs = np.array(list(itertools.combinations(range(n), 2)))
+        for a, c in (("pc0", "lk1"), ("pc1", "lk0"), ("lk0", "lk1"), ("pc0", "pc1"), ("pc0", "lk0"),
+                     ("pc1", "lk1")):
+            d = est[a][0] - est[c][0]
+            mag = np.hypot(*(d[pairs[:, 1]] - d[pairs[:, 0]]).T)
+            cov = est[a][1] + est[c][1]
+            floor = noise_floor(AdjustedResiduals(pairs, None, None, None, np.zeros((n, 2)), float("nan"), cov))
+            row = {"band": names[b], "comparison": f"{a}-{c}", "median_px": float(np.median(mag)),
+                   "max_px": float(mag.max()), "floor_median_px": floor["median_px"], "floor_max_px": floor["max_px"],
+                   "per_date_diff_px": d.tolist()}
+            rows.append(row)
+            print(f"{names[b]:<4} {a + '-' + c:<10} {row['median_px']:7.3f} {row['max_px']:7.3f} | "
+                  f"{floor['median_px'][0]:9.3f} {floor['max_px'][0]:9.3f} {floor['max_px'][1]:7.3f}", flush=True)
+    return rows
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bands", default="b1,b2,b3,b4", help="bands to check (b1..b4 = R,G,B,NIR)")
-    ap.add_argument("--methods", default="before,whole,windows", help="before, whole, windows")
+    ap.add_argument("--methods", default="before,whole,windows",
+                    help="before, whole (network, NIR), windows (windowed network per band), global, local (NIR)")
     ap.add_argument("--fold", type=int, default=0, choices=(0, 1),
                     help="checkerboard colour used for registration (the other is checked)")
     ap.add_argument("--boot", type=int, default=200, help="bootstrap resamples per pair")
     ap.add_argument("--per-pair", action="store_true", help="print every pair")
+    ap.add_argument("--grid-offset", type=float, default=0.0,
+                    help="move the stack grid off the first date's by this fraction of a pixel (x and y)")
+    ap.add_argument("--diagnose", action="store_true",
+                    help="decompose the residual: both estimators on both folds, against their noise floor")
     args = ap.parse_args()
 
     t0 = time.perf_counter()
-    stack, dates = load_stack()
+    stack, dates = load_stack(args.grid_offset)
     names = [str(b) for b in stack["band"].values]
     bands = [names.index(b) for b in args.bands.split(",")]
-    out = {"dates": dates, "cell_px": CELL, "fold": args.fold, "load": os.getloadavg()[0], "runs": []}
+    out = {"dates": dates, "cell_px": CELL, "fold": args.fold, "grid_offset_px": args.grid_offset, "load": os.getloadavg()[0], "runs": []}
     print(f"NAIP {len(dates)} dates {stack.shape[-2:]} px, checkerboard {CELL} px, registration on fold "
           f"{args.fold}, check on fold {1 - args.fold}; load {os.getloadavg()[0]:.1f}")
     print(f"{'method':<8} {'band':<4} {'raw med':>8} {'raw max':>8} {'raw SE':>7} | {'adj med':>8} "
-          f"{'adj max':>8} {'(pair)':>8} {'SE':>6} {'>0.1':>5} {'chi2/dof':>8} {'reg CPU s':>9}")
-    for method in args.methods.split(","):
+          f"{'adj max':>8} {'(pair)':>8} {'SE':>6} {'>0.1':>5} {'chi2/dof':>8} | {'floor boot med/max':>18} "
+          f"{'floor split med/max':>19} | {'reg CPU s':>9}")
+    if args.diagnose:
+        out["diagnose"] = diagnose(stack, bands, names, args.boot)
+        args.methods = ""
+    for method in filter(None, args.methods.split(",")):
         c = time.process_time()
         arr, shifts = register(stack, method, args.fold)
         cpu = time.process_time() - c
@@ -138,7 +236,10 @@ def main() -> int:
             print(f"{method:<8} {names[b]:<4} {m['raw_median_px']:8.3f} {m['raw_max_px']:8.3f} "
                   f"{m['raw_median_stderr_px']:7.3f} | {m['adjusted_median_px']:8.3f} {m['adjusted_max_px']:8.3f} "
                   f"{str(tuple(m['adjusted_max_pair'])):>8} {m['adjusted_max_stderr_px']:6.3f} "
-                  f"{m['pairs_over_0.1px_adjusted']:5d} {m['chi2_dof']:8.2f} {cpu:9.1f}", flush=True)
+                  f"{m['pairs_over_0.1px_adjusted']:5d} {m['chi2_dof']:8.2f} | "
+                  f"{m['floor_bootstrap']['median_px'][0]:8.3f}/{m['floor_bootstrap']['max_px'][0]:.3f} "
+                  f"{m['floor_split_half']['median_px'][0]:9.3f}/{m['floor_split_half']['max_px'][0]:.3f} | "
+                  f"{cpu:9.1f}", flush=True)
             if args.per_pair:
                 for p, r, rs, a, s, w, wt in zip(m["pairs"], m["raw_px"], m["raw_stderr_px"], m["adjusted_px"],
                                                  m["adjusted_stderr_px"], m["windows"], m["windows_total"]):
@@ -148,8 +249,9 @@ def main() -> int:
     out["cpu_s"] = resource.getrusage(resource.RUSAGE_SELF).ru_utime
     dest = ROOT / "bench" / "results"
     dest.mkdir(parents=True, exist_ok=True)
-    (dest / f"bench_naip_fold{args.fold}.json").write_text(json.dumps(out, indent=1))
-    print(f"wall {out['wall_s']:.0f} s, CPU {out['cpu_s']:.0f} s; JSON in bench/results/bench_naip_fold{args.fold}.json")
+    name = "bench_naip_diagnose.json" if args.diagnose else f"bench_naip_fold{args.fold}.json"
+    (dest / name).write_text(json.dumps(out, indent=1))
+    print(f"wall {out['wall_s']:.0f} s, CPU {out['cpu_s']:.0f} s; JSON in bench/results/{name}")
     return 0
 
 

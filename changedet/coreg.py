@@ -153,7 +153,8 @@ class CoregResult:
         Empty when applied, otherwise why the shift was not applied.
     mode : str
         ``"global"`` (one translation), ``"local"`` (tie-point grid and warp) or
-        ``"network"`` (stack mode, one translation per date from all-pairs matches).
+        ``"network"`` (stack mode, one translation per date from all-pairs matches) or
+        ``"windows"`` (stack mode, the same network on windows, optionally per band).
     tie_points_total : int
         Windows with enough valid pixels to be measured (local mode; 1 for global).
     residual_rmse_px : float
@@ -2194,9 +2195,10 @@ def coregister_stack(
     valid: xr.DataArray | None = None,
     cube=None,
     scheduler: str | None = None,
-    network: bool = False,
+    network: bool | str = False,
+    per_band: bool = False,
     **kwargs,
-) -> tuple[xr.DataArray, list[CoregResult]]:
+) -> tuple[xr.DataArray, list]:
     """Register every date of a cube onto the AOI reference, in parallel over time with Dask.
 
     Parameters
@@ -2222,6 +2224,22 @@ def coregister_stack(
         each date by robust weighted least squares over all those matches (a date taken
         in another season than the reference is then tied to it through the dates
         between). Results have ``mode="network"``; not combinable with ``local``.
+        ``"whole"`` is the same as True. ``"windows"``: the same network, but each
+        pair is matched on a grid of ``window_px`` windows and its shift is a robust
+        (Huber) mean over them, weighted in the solve by its standard error
+        (:mod:`changedet.coreg_network`); changed content (moved shorelines, new
+        fields) is outvoted instead of averaged in. Results have ``mode="windows"``;
+        it accepts ``band``, ``min_reliability``, ``max_shift_px`` and ``window_px``
+        (default 64).
+    per_band : bool
+        With ``network="windows"`` only: solve and apply a separate translation for
+        every band, each band matched on itself (the stack's bands must all be in the
+        reference). For sensors whose bands are not co-registered with each other: on
+        the NAIP series the visible bands sit 0.1-0.3 px from NIR, differently on each
+        date, so one translation per date cannot align every band. ``results`` then
+        holds one dict band name -> CoregResult per date, and the cube provenance
+        ``{"coreg": {"mode": "windows", "per_band": True, "applied": ..., "bands":
+        {band: provenance_fields(...)}}}``.
     **kwargs
         Passed to :func:`coregister` (``local``, ``band``, ``min_reliability`` ...).
 
@@ -2230,9 +2248,10 @@ def coregister_stack(
     aligned : xarray.DataArray
         (time, band, y, x) on the reference grid; dates that could not be registered
         are kept unshifted (their result says why).
-    results : list of CoregResult
-        One per date, in stack order. A date that raised :class:`CoregError` (e.g. all
-        cloud) gets ``applied=False`` with the error as its reason.
+    results : list of CoregResult, or of dict
+        One per date, in stack order (with ``per_band=True`` a dict band name ->
+        CoregResult). A date that raised :class:`CoregError` (e.g. all cloud) gets
+        ``applied=False`` with the error as its reason.
 
     Raises
     ------
@@ -2256,6 +2275,20 @@ def coregister_stack(
         scene_ids = [str(s) for s in np.atleast_1d(stack["scene_id"].values)]
     _metres_per_unit(_grid(reference, "reference"))  # fail once, not once per date
     ref = reference.load() if reference.chunks is not None else reference
+    if network not in (False, True, "whole", "windows"):
+        raise CoregError(f"network={network!r} is not a stack mode; use False, True (= 'whole') or 'windows'")
+    if per_band and network != "windows":
+        raise CoregError("per_band=True needs network='windows' (the windowed network solves one "
+                         "translation per band); the other modes register all bands together")
+    if network == "windows":
+        if kwargs.get("local"):
+            raise CoregError("network='windows' estimates one translation per date (and band); it cannot "
+                             "be combined with local=True")
+        from changedet.coreg_network import windows_stack
+
+        outs, results, _ = windows_stack(stack, ref, valid=valid, per_band=bool(per_band), scheduler=scheduler,
+                                         **kwargs)
+        return _assemble_stack(outs, stack, results, scene_ids, cube)
     if network:
         if kwargs.get("local"):
             raise CoregError("network=True estimates one translation per date; it cannot be combined with "
@@ -2463,5 +2496,11 @@ def _assemble_stack(outs, stack, results, scene_ids, cube):
             aligned = aligned.assign_coords({c: ("time", stack[c].values)})
     if cube is not None:
         for sid, res in zip(scene_ids, results):
-            cube.annotate(sid, {"coreg": provenance_fields(res)})
+            if isinstance(res, dict):
+                # Per band: one record per band, and whether every band was shifted.
+                rec = {"mode": "windows", "per_band": True, "applied": all(r.applied for r in res.values()),
+                       "bands": {b: provenance_fields(r) for b, r in res.items()}}
+            else:
+                rec = provenance_fields(res)
+            cube.annotate(sid, {"coreg": rec})
     return aligned, results

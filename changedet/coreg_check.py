@@ -44,7 +44,8 @@ from scipy import ndimage
 from changedet.errors import CoregError
 
 __all__ = ["AdjustedResiduals", "BandResidual", "PairResidual", "adjust_residuals", "lk_window_shifts",
-           "pairwise_residuals", "robust_mean", "stack_residuals", "window_shifts"]
+           "noise_floor", "pairwise_residuals", "robust_mean", "split_half", "stack_residuals",
+           "window_shifts"]
 
 
 @dataclass(frozen=True)
@@ -595,6 +596,9 @@ class AdjustedResiduals:
         (time, 2) residual translation per date, date 0 fixed at 0 (pixels).
     chi2_dof : float
         Sum of squared normalised misclosures over its degrees of freedom.
+    covariance : numpy.ndarray
+        (2, time, time) covariance of ``per_date`` per component (row, col; pixels^2),
+        date 0 fixed; :func:`noise_floor` draws from it.
     """
 
     pairs: np.ndarray
@@ -603,6 +607,7 @@ class AdjustedResiduals:
     magnitude_px: np.ndarray
     per_date: np.ndarray
     chi2_dof: float
+    covariance: np.ndarray | None = None
 
 
 def adjust_residuals(results: list[BandResidual], n_dates: int) -> AdjustedResiduals:
@@ -657,4 +662,126 @@ def adjust_residuals(results: list[BandResidual], n_dates: int) -> AdjustedResid
     res = per_date[pairs[:, 1]] - per_date[pairs[:, 0]]
     err = np.stack([np.sqrt(cv[pairs[:, 0], pairs[:, 0]] + cv[pairs[:, 1], pairs[:, 1]]
                             - 2 * cv[pairs[:, 0], pairs[:, 1]]) for cv in covs], axis=1)
-    return AdjustedResiduals(pairs, res, err, np.hypot(res[:, 0], res[:, 1]), per_date, misfit / dof)
+    return AdjustedResiduals(pairs, res, err, np.hypot(res[:, 0], res[:, 1]), per_date, misfit / dof,
+                             np.stack(covs))
+
+
+def noise_floor(adjusted: AdjustedResiduals, *, draws: int = 4000, seed: int = 0) -> dict:
+    """What the check reports for a perfect registration: its own noise, by Monte Carlo.
+
+    The adjusted pair residuals are differences of per-date estimates with covariance
+    ``adjusted.covariance``; with no misregistration at all they are that noise alone.
+    The median and the maximum over pairs of its length are then not 0 - the maximum
+    over 45 correlated pairs of a 2-D Gaussian length is ~2.5-3 standard errors - so a
+    measured residual should be compared with these figures, not with 0.
+
+    Parameters
+    ----------
+    adjusted : AdjustedResiduals
+        From :func:`adjust_residuals`.
+    draws : int
+        Monte Carlo draws.
+    seed : int
+        Seed of the draws.
+
+    Returns
+    -------
+    dict
+        ``median_px`` and ``max_px``: (mean, 95th percentile) over draws of the median
+        and of the maximum over pairs of the residual length (pixels), for a perfect
+        registration measured with this check's errors.
+    """
+    if adjusted.covariance is None:
+        raise CoregError("adjusted residuals without a covariance; compute them with adjust_residuals")
+    rng = np.random.default_rng(seed)
+    n = adjusted.per_date.shape[0]
+    e = np.zeros((draws, n, 2))
+    for c in range(2):
+        cov = adjusted.covariance[c][1:, 1:]
+        e[:, 1:, c] = rng.multivariate_normal(np.zeros(n - 1), cov, size=draws, method="cholesky")
+    p = adjusted.pairs
+    mag = np.hypot(*(e[:, p[:, 1]] - e[:, p[:, 0]]).transpose(2, 0, 1))
+    med, mx = np.median(mag, axis=1), mag.max(axis=1)
+    return {"median_px": (float(med.mean()), float(np.percentile(med, 95))),
+            "max_px": (float(mx.mean()), float(np.percentile(mx, 95)))}
+
+
+def split_half(stack, *, band: int, mask, cell_px: int, window_px: int | None = None, n_boot: int = 50,
+               seed: int = 0, draws: int = 4000) -> dict:
+    """The check's error measured, not modelled: the same check on two halves of its pixels.
+
+    The bootstrap standard errors of :func:`stack_residuals` treat windows as
+    independent, and :func:`adjust_residuals` treats pairs as independent. An error
+    that belongs to a date - its content measured on these particular windows gives its
+    translation a bias that all its pairs share - passes both unseen (the pairs still
+    close up). Here the held-out pixels are split into two interleaved halves (rows of
+    ``cell_px`` blocks, alternately), the per-date residuals are solved on each half,
+    and the spread of their difference gives an empirical standard error of the
+    per-date residual measured on all the pixels, date-specific errors included.
+
+    Parameters
+    ----------
+    stack : numpy.ndarray or xarray.DataArray
+        (time, band, rows, cols) on one grid, NaN where invalid.
+    band : int
+        Band index measured.
+    mask : numpy.ndarray of bool
+        (rows, cols) pixels the check may use (those held out from the registration).
+    cell_px : int
+        Block height (pixels) of the split; windows are ``cell_px - 8`` wide and spaced
+        by ``cell_px`` unless ``window_px`` is given.
+    window_px : int, optional
+        Window side (pixels).
+    n_boot : int
+        Bootstrap resamples per pair (only needed for the adjustment weights).
+    seed : int
+        Seed of the bootstrap and of the Monte Carlo.
+    draws : int
+        Monte Carlo draws of the noise floor.
+
+    Returns
+    -------
+    dict
+        ``sigma_date_px`` (row, col): empirical standard error of one date's residual
+        on all the check's pixels (pixels); ``sigma_date_bootstrap_px`` (row, col): the
+        same from the bootstrap and adjustment (for comparison); ``floor``: the
+        :func:`noise_floor` of the pair residuals with the empirical errors (median and
+        max over pairs, mean and 95th percentile); ``halves``: the two per-date
+        residual sets (time, 2).
+
+    Raises
+    ------
+    CoregError
+        When a half does not link every date (too few reliable windows).
+    """
+    arr, _ = _stack_and_pairs(stack, None)
+    mk = np.asarray(mask, bool)
+    n = arr.shape[0]
+    if mk.shape != arr.shape[-2:]:
+        raise CoregError(f"mask shape {mk.shape} does not match the stack's grid {arr.shape[-2:]}")
+    ws = int(window_px or cell_px - 8)
+    rows = (np.arange(arr.shape[-2]) // cell_px) % 2
+    halves, boot = [], []
+    for h in (0, 1):
+        part = mk & (rows == h)[:, None]
+        adj = adjust_residuals(stack_residuals(arr, band=band, mask=part, window_px=ws, step_px=cell_px,
+                                               n_boot=n_boot, seed=seed), n)
+        halves.append(adj.per_date)
+        # Bootstrap variance of one date relative to date 0, mean over dates, per component.
+        boot.append(np.array([np.mean(np.diag(c)[1:]) for c in adj.covariance]))
+    d = halves[0] - halves[1]
+    pairs = np.array(list(itertools.combinations(range(n), 2)), int)
+    dd = d[pairs[:, 1]] - d[pairs[:, 0]]
+    # Per date and half, independent errors of variance s_h^2: a pair difference of the
+    # halves' difference has variance 4 s_h^2, and all the pixels halve it: s^2 = s_h^2 / 2.
+    sigma = np.sqrt(np.mean(dd ** 2, axis=0) / 8.0)
+    cov = np.zeros((2, n, n))
+    for c in range(2):
+        # Relative to date 0: every date carries date 0's error too.
+        cov[c, 1:, 1:] = sigma[c] ** 2 * (np.eye(n - 1) + 1.0)
+    floor = noise_floor(AdjustedResiduals(pairs, None, None, None, np.zeros((n, 2)), math.nan, cov),
+                        draws=draws, seed=seed)
+    # All the pixels: half the variance of one half's bootstrap figure.
+    sigma_boot = np.sqrt(0.5 * np.mean(boot, axis=0) / 2.0)
+    return {"sigma_date_px": sigma.tolist(), "sigma_date_bootstrap_px": sigma_boot.tolist(), "floor": floor,
+            "halves": [h.tolist() for h in halves]}

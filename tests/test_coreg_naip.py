@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from changedet.coreg import apply_shift
+from changedet.coreg import apply_shift, coregister_stack
 from changedet.coreg_check import BandResidual, adjust_residuals, lk_window_shifts, robust_mean, stack_residuals
 from changedet.coreg_network import checkerboard, coregister_stack_windows, network_shifts
 from changedet.errors import CoregError
@@ -130,7 +130,14 @@ def test_naip_registration_reduces_held_out_residual(naip_nir):
         return adjust_residuals(res, arr.shape[0])
 
     before = measured(naip_nir.values)
-    aligned, shifts, _ = coregister_stack_windows(naip_nir, valid=reg)
+    # Through the stack API (coregister_stack's windowed per-band mode), registration
+    # restricted to the registration colour.
+    valid = xr.DataArray(np.broadcast_to(reg, (naip_nir.sizes["time"],) + reg.shape).copy(), dims=("time", "y", "x"),
+                         coords={"y": naip_nir.y, "x": naip_nir.x}).rio.write_crs(naip_nir.rio.crs)
+    aligned, results = coregister_stack(naip_nir, naip_nir.isel(time=0, drop=True), network="windows",
+                                        per_band=True, valid=valid)
+    assert all(r["b4"].applied and r["b4"].mode == "windows" for r in results), [r["b4"].reason for r in results]
+    shifts = np.array([[r["b4"].shift_row_px, r["b4"].shift_col_px] for r in results])
     after = measured(aligned.values)
     i = int(np.argmax(after.magnitude_px))
     msg = (f"held-out NIR residual (adjusted over 45 pairs): median {np.median(before.magnitude_px):.3f} -> "
