@@ -65,6 +65,7 @@ the target's geotransform origin).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import threading
@@ -1096,15 +1097,20 @@ def _read_box(src, info: _RasterInfo, bands: list[int], r0: int, c0: int, rows: 
         # values, so float32 rounding cannot merge nodata with a neighbour (as read_raster).
         raw = src.read(bands, window=window)
         data = raw.astype(np.float32)
-        nd = info.nodata
-        if nd is not None:
+        # Each band's own nodata (VRT, netCDF and ENVI bands may differ from band 1's).
+        for k, b in enumerate(bands):
+            nd = src.nodatavals[b - 1]
+            if nd is None:
+                continue
             if np.isnan(nd):
-                data[np.isnan(raw)] = np.nan
-            else:
-                typed = np.asarray(nd).astype(raw.dtype)
+                data[k][np.isnan(raw[k])] = np.nan
+                continue
+            if raw.dtype.kind in "iu":
                 # An integer nodata outside the data type's range marks nothing (as GDAL).
-                if raw.dtype.kind == "f" or float(typed) == float(nd):
-                    data[raw == typed] = np.nan
+                lim = np.iinfo(raw.dtype)
+                if not (lim.min <= nd <= lim.max and float(nd).is_integer()):
+                    continue
+            data[k][raw[k] == np.asarray(nd).astype(raw.dtype)] = np.nan
     else:
         # masked: nodata, internal mask and alpha bands, as read_raster.
         raw = src.read(bands, window=window, masked=True)
@@ -1573,7 +1579,8 @@ def coregister_files(
     # probes the few sidecar names it needs, but a folder of many scenes costs nothing);
     # uncompressed GeoTIFFs read through a memory map instead of the block cache (CPU of
     # reading the two windows of a striped 1024 px file: 3.4 -> 1.9 ms; compressed files
-    # are not affected).
+    # are not affected). The price: a file truncated while it is read stops the process
+    # with SIGBUS instead of an error, so inputs must not be rewritten during the call.
     with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="TRUE", GTIFF_VIRTUAL_MEM_IO="YES"), \
             open_raster(reference) as rsrc, open_raster(moving) as msrc:
         ref, mov = _raster_info(rsrc, reference), _raster_info(msrc, moving)
@@ -1753,25 +1760,44 @@ def _window_stack(grad, weight, r0, c0, ws, taper):
     return g, count / float(ws * ws)
 
 
+@contextlib.contextmanager
 def _blas_single_thread():
     """Context limiting BLAS to one thread (the Newton steps' small matrix products).
 
     Multi-threaded OpenBLAS on these thin (R x C) @ (C x 3) products spin-waits for its
     workers: measured 25 ms per product instead of 0.15 ms on a loaded 2-core machine.
+    The limit is process-wide (threadpoolctl sets OpenBLAS's global thread count), so
+    overlapping callers (windows of a stack in Dask threads) share one limit: the
+    first to enter sets it, the last to leave restores the user's setting. (Some
+    OpenBLAS builds ignore a limit set from a secondary thread: then the products
+    there run threaded, slower but with the same results.)
     """
-    global _BLAS_CONTROLLER
+    global _BLAS_CONTROLLER, _BLAS_LIMIT, _BLAS_USERS
     try:
         from threadpoolctl import ThreadpoolController
     except ImportError:  # optional: without it BLAS keeps its default threading
-        import contextlib
-
-        return contextlib.nullcontext()
-    if _BLAS_CONTROLLER is None:
-        _BLAS_CONTROLLER = ThreadpoolController()
-    return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
+        yield
+        return
+    with _BLAS_LOCK:
+        if _BLAS_USERS == 0:
+            if _BLAS_CONTROLLER is None:
+                _BLAS_CONTROLLER = ThreadpoolController()
+            _BLAS_LIMIT = _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
+        _BLAS_USERS += 1
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _BLAS_USERS -= 1
+            if _BLAS_USERS == 0:
+                _BLAS_LIMIT.restore_original_limits()
+                _BLAS_LIMIT = None
 
 
 _BLAS_CONTROLLER = None
+_BLAS_LIMIT = None
+_BLAS_USERS = 0
+_BLAS_LOCK = threading.Lock()
 
 
 def _newton_peak(prod: np.ndarray, start: np.ndarray, *, iterations: int = 8) -> np.ndarray:
@@ -2230,7 +2256,9 @@ def coregister_stack(
         (:mod:`changedet.coreg_network`); changed content (moved shorelines, new
         fields) is outvoted instead of averaged in. Results have ``mode="windows"``;
         it accepts ``band``, ``min_reliability``, ``max_shift_px`` and ``window_px``
-        (default 64).
+        (default 64). There a date's reliability is ``min(1, kept pair matches / 2)``:
+        a date tied to the rest by fewer than two consistent pairs is unreliable (the
+        pair weights are inverse variances, px^-2, not a 0-1 score).
     per_band : bool
         With ``network="windows"`` only: solve and apply a separate translation for
         every band, each band matched on itself (the stack's bands must all be in the

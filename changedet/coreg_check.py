@@ -698,7 +698,8 @@ def noise_floor(adjusted: AdjustedResiduals, *, draws: int = 4000, seed: int = 0
     e = np.zeros((draws, n, 2))
     for c in range(2):
         cov = adjusted.covariance[c][1:, 1:]
-        e[:, 1:, c] = rng.multivariate_normal(np.zeros(n - 1), cov, size=draws, method="cholesky")
+        # eigh, not cholesky: a zero covariance (a noiseless component) is valid.
+        e[:, 1:, c] = rng.multivariate_normal(np.zeros(n - 1), cov, size=draws, method="eigh")
     p = adjusted.pairs
     mag = np.hypot(*(e[:, p[:, 1]] - e[:, p[:, 0]]).transpose(2, 0, 1))
     med, mx = np.median(mag, axis=1), mag.max(axis=1)

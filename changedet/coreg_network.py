@@ -403,7 +403,8 @@ def windows_stack(stack: xr.DataArray, reference: xr.DataArray, *, valid=None, p
     max_shift = float(kwargs.get("max_shift_px", 20.0))
     window_px = int(kwargs.get("window_px", 64))
     if window_px < 16:
-        raise CoregError(f"window_px={window_px} is too small for windowed matches; use 32-128 px")
+        raise CoregError(f"window_px={window_px} is too small for windowed matches (at least 16 px; "
+                         "32-128 px is the useful range)")
     ref_grid = _grid(reference, "reference")
     to_m = _metres_per_unit(ref_grid)
     n = stack.sizes["time"]

@@ -11,13 +11,19 @@ container sets it with the ``CHANGEDET_NUM_THREADS`` environment variable.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import threading
+from typing import Iterator
 
 from changedet.errors import ChangedetError
 
 ENV_VAR = "CHANGEDET_NUM_THREADS"
 
 _budget: int | None = None
+_limits: list[int] = []  # budgets of the `limited` blocks now open, in any thread
+_lock = threading.Lock()
 
 
 class ThreadBudgetError(ChangedetError, ValueError):
@@ -47,7 +53,8 @@ def cpu_budget() -> int:
     """Threads one library call may use.
 
     The smallest of the CPUs available to the process, ``CHANGEDET_NUM_THREADS`` when
-    set, and the budget set by :func:`set_cpu_budget` (e.g. a Dask worker's threads).
+    set, the budget set by :func:`set_cpu_budget` or an open :func:`limited` block,
+    and the threads of the Dask worker running the calling task.
     """
     n = available_cpus()
     env = os.environ.get(ENV_VAR, "").strip()
@@ -55,7 +62,44 @@ def cpu_budget() -> int:
         n = min(n, _positive(env, ENV_VAR))
     if _budget is not None:
         n = min(n, _budget)
+    with _lock:
+        if _limits:
+            n = min(n, min(_limits))
+    worker = _dask_worker_threads()
+    if worker:
+        n = min(n, worker)
     return n
+
+
+def _dask_worker_threads() -> int | None:
+    """Threads of the Dask worker whose task is calling, or None (not in a worker task)."""
+    if "distributed" not in sys.modules:  # never import distributed just to ask
+        return None
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except (ImportError, ValueError):
+        return None
+    return int(getattr(getattr(worker, "state", worker), "nthreads", 0) or 0) or None
+
+
+@contextlib.contextmanager
+def limited(threads: int) -> Iterator[None]:
+    """Limit library calls to ``threads`` threads while the block runs.
+
+    Process-wide (the thread pools that run a task's kernels do not inherit context
+    variables), and nestable across threads: the budget is the smallest of the open
+    blocks', and the limit is gone when the last block closes.
+    """
+    n = _positive(threads, "threads")
+    with _lock:
+        _limits.append(n)
+    try:
+        yield
+    finally:
+        with _lock:
+            _limits.remove(n)
 
 
 def set_cpu_budget(threads: int | None) -> None:

@@ -29,7 +29,7 @@ from prefect.context import TaskRunContext
 from changedet.aoi import load_aoi
 from changedet.cube import is_url
 from changedet.pipeline import RunConfig, run_day
-from changedet.threads import set_cpu_budget
+from changedet.threads import limited as threads_limited
 
 #: Prefix of the global concurrency limit of each imagery source ("changedet-source-simulator").
 SOURCE_LIMIT_PREFIX = "changedet-source-"
@@ -162,10 +162,10 @@ def kernels_on_cluster(enabled: bool) -> Iterator[None]:
         nthreads = _worker_threads()
         if nthreads:
             config["num_workers"] = nthreads
-            # And the same budget for the threads kernels start themselves (whole-frame
-            # FFTs of the co-registration, the numba baseline kernel).
-            set_cpu_budget(nthreads)
-        with dask.config.set(config):
+        # And the same budget for the threads kernels start themselves (whole-frame FFTs
+        # of the co-registration, the numba baseline kernel), lifted when the task ends.
+        budget = threads_limited(nthreads) if nthreads else contextlib.nullcontext()
+        with dask.config.set(config), budget:
             yield
         return
     try:

@@ -152,3 +152,71 @@ def test_estimate_window_with_thin_filter_margin():
                                 mov[f - thin:mov.shape[0] - f + thin, f - thin:mov.shape[1] - f + thin],
                                 filter_margin=thin, search_margin=m)
     assert abs(est["shift_row"] + 1.7) < 0.05 and abs(est["shift_col"] - 2.2) < 0.05
+
+
+def test_read_box_uses_each_bands_own_nodata(tmp_path):
+    """A VRT whose bands have different nodata values: each band is masked with its own."""
+    rng = np.random.default_rng(3)
+    paths = []
+    for k, nd in enumerate((5, 7)):
+        a = rng.integers(10, 100, (20, 30)).astype(np.float64)
+        a[k, :] = nd  # band 1: row 0 is nodata; band 2: row 1
+        paths.append(_write(tmp_path / f"b{k}.tif", a, dtype="uint16", nodata=nd))
+    vrt = tmp_path / "two.vrt"
+    bands = "".join(
+        f'<VRTRasterBand dataType="UInt16" band="{k + 1}"><NoDataValue>{nd}</NoDataValue>'
+        f'<SimpleSource><SourceFilename relativeToVRT="1">{p.name}</SourceFilename><SourceBand>1</SourceBand>'
+        f'</SimpleSource></VRTRasterBand>' for k, (nd, p) in enumerate(zip((5, 7), paths)))
+    with rasterio.open(paths[0]) as src:
+        gt = ", ".join(str(v) for v in src.transform.to_gdal())
+        srs = src.crs.to_wkt()
+    vrt.write_text(f'<VRTDataset rasterXSize="30" rasterYSize="20"><SRS>{srs}</SRS>'
+                   f'<GeoTransform>{gt}</GeoTransform>{bands}</VRTDataset>')
+    with open_raster(vrt) as src:
+        info = coreg._raster_info(src, vrt)
+        got = coreg._read_box(src, info, [1, 2], 0, 0, 20, 30)
+        want = np.ma.filled(src.read([1, 2], masked=True).astype(np.float32), np.nan).mean(axis=0)
+    assert np.isnan(got[0]).all() and np.isnan(got[1]).all()
+    np.testing.assert_array_equal(got, want)
+
+
+def test_blas_limit_is_shared_by_overlapping_threads_and_restored():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+
+    with coreg._blas_single_thread():
+        pass  # the controller knows the BLAS libraries loaded when it was made
+    known = {lib.filepath for lib in coreg._BLAS_CONTROLLER.lib_controllers if lib.user_api == "blas"}
+
+    def blas():
+        return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["filepath"] in known]
+
+    before = blas()
+    inside_a, a_left = threading.Event(), threading.Event()
+    seen = {}
+
+    def a():
+        with coreg._blas_single_thread():
+            inside_a.set()
+            a_left.wait(10)
+
+    def b():
+        inside_a.wait(10)
+        with coreg._blas_single_thread():
+            a_left.set()
+            t.join(10)  # a has left; b is still inside
+            seen["b_after_a"] = coreg._BLAS_USERS
+
+    t = threading.Thread(target=a)
+    u = threading.Thread(target=b)
+    t.start()
+    u.start()
+    u.join(20)
+    # (Whether OpenBLAS honours a limit set from a secondary thread depends on its
+    # version; what must hold is that a's exit did not end b's block, and that the
+    # user's setting is back when both have left.)
+    assert known and seen["b_after_a"] == 1
+    assert coreg._BLAS_USERS == 0 and coreg._BLAS_LIMIT is None
+    assert blas() == before
+    with coreg._blas_single_thread():  # and in the calling thread the limit holds
+        assert all(n == 1 for n in blas())
+    assert blas() == before

@@ -89,3 +89,44 @@ def test_budget_reaches_the_numba_baseline_kernel(monkeypatch):
     two = fast.baseline_zscore(hist, img, mad_floor=0.01)
     assert used == [2]
     np.testing.assert_array_equal(one.values, two.values)
+
+
+def test_limited_blocks_nest_across_threads_and_lift():
+    from changedet.threads import limited
+
+    with limited(1):
+        assert cpu_budget() == 1
+        with limited(3):
+            assert cpu_budget() == 1  # the smallest open block wins
+        assert cpu_budget() == 1
+    assert cpu_budget() == available_cpus()  # nothing left behind
+    with pytest.raises(ThreadBudgetError):
+        with limited(0):
+            pass
+    assert cpu_budget() == available_cpus()
+
+
+def test_budget_inside_a_dask_worker_task_is_the_workers_threads():
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        assert client.submit(cpu_budget, pure=False).result() == 1
+    assert cpu_budget() == available_cpus()  # the worker's size does not leak out
+
+
+def test_kernels_on_cluster_lifts_the_budget_after_the_task():
+    """A task computing locally on an in-process 1-thread worker leaves no budget behind."""
+    from distributed import Client, LocalCluster
+
+    from flows.tasks import kernels_on_cluster
+
+    def task():
+        with kernels_on_cluster(False):
+            return cpu_budget()
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        assert client.submit(task, pure=False).result() == 1
+    assert threads._limits == [] and threads._budget is None
+    assert cpu_budget() == available_cpus()

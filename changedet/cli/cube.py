@@ -41,6 +41,16 @@ def find_cubes(data_dir: str, aoi_id: str) -> list[tuple[str, float, str | None]
 def _fmt_shift(coreg) -> str:
     if not isinstance(coreg, dict):
         return "-"
+    bands = coreg.get("bands")
+    if isinstance(bands, dict) and bands:
+        # Registered per band: show the band that moved most.
+        def size(b):
+            v = bands[b] if isinstance(bands[b], dict) else {}
+            r, c = v.get("shift_row_px"), v.get("shift_col_px")
+            return -1.0 if r is None or c is None else float(r) ** 2 + float(c) ** 2
+        worst = max(bands, key=size)
+        one = _fmt_shift(bands[worst])
+        return one if one == "-" else f"{one} ({worst}; {len(bands)} bands)"
     r, c = coreg.get("shift_row_px"), coreg.get("shift_col_px")
     if r is None or c is None:
         return "-"

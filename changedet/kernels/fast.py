@@ -54,6 +54,7 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import importlib.util
+import inspect
 import os
 import sys
 import threading
@@ -386,7 +387,10 @@ def _unrolled(nt: int):
         import numba
 
         src = _kernel_source(nt)
-        key = hashlib.sha256(f"{src}{numba.__version__}".encode()).hexdigest()[:16]
+        # numba's disk cache does not see the intrinsics the kernel calls: their code is
+        # part of the key, so changing one cannot leave stale machine code behind.
+        intrinsics = "".join(inspect.getsource(f) for f in (_make_prefetch, _make_nonfinite, _make_add32))
+        key = hashlib.sha256(f"{src}{intrinsics}{numba.__version__}".encode()).hexdigest()[:16]
         name = f"bz{nt}_{key}"
         opts = dict(nogil=True, error_model="numpy", fastmath=False)
         try:
@@ -500,7 +504,16 @@ def _np_block(hist: np.ndarray, img: np.ndarray, *, floor: float, threads: int =
         return out
     f32_floor, f32_scale = np.float32(floor), np.float32(MAD_SCALE)
     if nt > MAX_UNROLLED:
-        _build()(hist, img, sorting_network(nt), f32_floor, f32_scale, out)
+        import numba
+
+        # The prange kernel would start every core's worth of numba threads; the
+        # setting is per calling thread, so restore it for the caller's later work.
+        before = numba.get_num_threads()
+        numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
+        try:
+            _build()(hist, img, sorting_network(nt), f32_floor, f32_scale, out)
+        finally:
+            numba.set_num_threads(before)
         return out
     kernel = _unrolled(nt)
     kernel(hist, img, f32_floor, f32_scale, out, 0, 0)  # compile or load here, not in the pool
