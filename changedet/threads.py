@@ -65,13 +65,13 @@ def cpu_budget() -> int:
     with _lock:
         if _limits:
             n = min(n, min(_limits))
-    worker = _dask_worker_threads()
+    worker = dask_worker_threads()
     if worker:
         n = min(n, worker)
     return n
 
 
-def _dask_worker_threads() -> int | None:
+def dask_worker_threads() -> int | None:
     """Threads of the Dask worker whose task is calling, or None (not in a worker task)."""
     if "distributed" not in sys.modules:  # never import distributed just to ask
         return None

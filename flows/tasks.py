@@ -29,7 +29,7 @@ from prefect.context import TaskRunContext
 from changedet.aoi import load_aoi
 from changedet.cube import is_url
 from changedet.pipeline import RunConfig, run_day
-from changedet.threads import limited as threads_limited
+from changedet.threads import dask_worker_threads, limited as threads_limited
 
 #: Prefix of the global concurrency limit of each imagery source ("changedet-source-simulator").
 SOURCE_LIMIT_PREFIX = "changedet-source-"
@@ -129,17 +129,6 @@ def _as_dict(result) -> dict[str, Any]:
     return doc
 
 
-def _worker_threads() -> int | None:
-    """Threads of the Dask worker running this code, or None outside a worker."""
-    try:
-        from distributed import get_worker
-
-        worker = get_worker()
-    except (ImportError, ValueError):
-        return None
-    return int(getattr(getattr(worker, "state", worker), "nthreads", 0)) or None
-
-
 @contextlib.contextmanager
 def kernels_on_cluster(enabled: bool) -> Iterator[None]:
     """Let dask computations inside the task run on the task runner's cluster.
@@ -159,7 +148,7 @@ def kernels_on_cluster(enabled: bool) -> Iterator[None]:
         import dask
 
         config: dict[str, Any] = {"scheduler": "threads"}
-        nthreads = _worker_threads()
+        nthreads = dask_worker_threads()
         if nthreads:
             config["num_workers"] = nthreads
         # And the same budget for the threads kernels start themselves (whole-frame FFTs
