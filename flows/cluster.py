@@ -53,13 +53,14 @@ def configure_worker_malloc() -> None:
     import dask
 
     dask.config.set({f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in WORKER_ENV.items()})
-    dask.config.set({k: v for k, v in QUIET_DASK.items() if not _user_set(k)})
+    user_yaml = list(dask.config.collect_yaml(dask.config.paths))
+    dask.config.set({k: v for k, v in QUIET_DASK.items() if not _user_set(k, user_yaml)})
 
 
-def _user_set(key: str) -> bool:
+def _user_set(key: str, user_yaml: list[dict]) -> bool:
     """Whether ``key`` comes from the user's Dask YAML or environment, not Dask's defaults."""
     env = "DASK_" + key.replace(".", "__").replace("-", "_").upper()
-    return env in os.environ or any(_has(d, key) for d in _user_yaml())
+    return env in os.environ or any(_has(d, key) for d in user_yaml)
 
 
 def _has(d: dict, key: str) -> bool:
@@ -71,12 +72,6 @@ def _has(d: dict, key: str) -> bool:
             return False
         d = d[match]
     return True
-
-
-def _user_yaml() -> list[dict]:
-    import dask.config
-
-    return dask.config.collect_yaml(dask.config.paths)
 
 
 def dask_address(address: str | None = None) -> str | None:

@@ -36,3 +36,12 @@ def test_quiet_settings_reach_local_cluster_workers(restore_dask_config, monkeyp
     assert profile is False
     assert tick == "40ms"
     assert trim == WORKER_ENV["MALLOC_TRIM_THRESHOLD_"]
+
+
+def test_a_value_from_the_users_dask_yaml_wins(restore_dask_config, monkeypatch, tmp_path):
+    (tmp_path / "mine.yaml").write_text("distributed:\n  worker:\n    memory:\n      monitor_interval: 250ms\n")
+    monkeypatch.setattr(dask.config, "paths", [str(tmp_path)])
+    dask.config.refresh(paths=[str(tmp_path)])  # as if found when dask was imported
+    configure_worker_malloc()
+    assert dask.config.get("distributed.worker.memory.monitor-interval") == "250ms"
+    assert dask.config.get("distributed.worker.profile.enabled") is False  # not set by the user: ours
