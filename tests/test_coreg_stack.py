@@ -19,8 +19,8 @@ T0 = datetime(2024, 5, 1, 10, 30, tzinfo=timezone.utc)
 SHIFTS = [(0.0, 0.0), (1.3, -0.4), (-2.25, 3.1), None, (0.6, 0.9)]  # None: an all-cloud date
 
 
-def _scene(i: int) -> SceneRecord:
-    return SceneRecord(id=f"d{i}", source="test", aoi_id="site", sensor="vhr", time=T0 + timedelta(days=7 * i),
+def _scene(i: int, prefix: str = "d") -> SceneRecord:
+    return SceneRecord(id=f"{prefix}{i}", source="test", aoi_id="site", sensor="vhr", time=T0 + timedelta(days=7 * i),
                        platform="synthetic", cloud_cover=0.0, footprint=box(15.0, 37.9, 15.01, 37.91),
                        resolution_m=10.0)
 

@@ -5,31 +5,21 @@ refused."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
-
 import numpy as np
 import pytest
-from shapely.geometry import box
 
 from changedet.coreg import apply_shift, coregister_stack, provenance_fields
 from changedet.coreg_network import coregister_stack_windows
 from changedet.cube import Cube
 from changedet.errors import CoregError
-from changedet.sources.base import SceneRecord
 from test_coreg import fractal, grid_at, spline_shift
+from test_coreg_stack import _scene
 
-T0 = datetime(2024, 5, 1, 10, 30, tzinfo=timezone.utc)
 N = 256
 # Per date: the shift of the whole date, and the extra offset of the second band (as
 # NAIP's visible bands sit 0.1-0.3 px from its NIR band, differently on each date).
 MOVES = np.array([[0.0, 0.0], [1.3, -0.4], [-2.25, 3.1], [0.6, 0.9]])
 EXTRA = np.array([[0.0, 0.0], [0.3, -0.2], [-0.25, 0.15], [0.12, 0.28]])
-
-
-def _scene(i: int) -> SceneRecord:
-    return SceneRecord(id=f"w{i}", source="test", aoi_id="site", sensor="vhr", time=T0 + timedelta(days=7 * i),
-                       platform="synthetic", cloud_cover=0.0, footprint=box(15.0, 37.9, 15.01, 37.91),
-                       resolution_m=10.0)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +40,7 @@ def band_offset_cube(tmp_path_factory):
             r0, c0 = rng.integers(0, N - 100, 2)
             a[r0:r0 + 100, c0:c0 + 100] = 1000.0
             b[r0:r0 + 100, c0:c0 + 100] = 1500.0
-        cube.append(_scene(i), grid.attach(np.stack([a, b]), bands=["red", "nir"]))
+        cube.append(_scene(i, "w"), grid.attach(np.stack([a, b]), bands=["red", "nir"]))
     return cube, ref
 
 
