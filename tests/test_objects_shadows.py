@@ -39,11 +39,15 @@ def test_km_median_known_answers():
 BAY_TIERS = (1, 2, 3, 4, 5, 3, 2, 4, 3, 3)   # per bay (column of 6 slots): mean and median 3
 
 
-def _yard(tiers, elevation: float, *, n_blocks: int = 3, lane_m: float = 9.0, seed: int = 0):
-    """Blocks of 20 ft slots (6 rows by 10 bays each) stacked north-south, sun due south.
+def _yard(tiers, elevation: float, *, n_blocks: int = 3, lane_m: float = 9.0, seed: int = 0,
+          azimuth: float = 180.0, paints: np.ndarray = PAINTS, skylight=0.3):
+    """Blocks of 20 ft slots (6 rows by 10 bays each) stacked north-south, sun due south
+    unless ``azimuth`` says otherwise.
 
-    ``tiers`` is one height for every bay or one per bay. Returns the image, its grid,
-    the zone, the true TEU and ground slots.
+    ``tiers`` is one height for every bay or one per bay; box tops take a random row of
+    ``paints`` (B, G, R, NIR); shaded pavement is lit pavement times ``skylight`` (one
+    factor, or one per band). Returns the image, its grid, the zone, the true TEU and
+    ground slots.
     """
     rng = np.random.default_rng(seed)
     block_rows, bays = 6, 10
@@ -70,7 +74,7 @@ def _yard(tiers, elevation: float, *, n_blocks: int = 3, lane_m: float = 9.0, se
                 xa = x0 + s * (6.06 + 0.45)
                 m = ((ys <= y1) & (ys > y1 - 2.44))[:, None] & ((xs >= xa) & (xs < xa + 6.06))[None, :]
                 h[m] = t * TIER_M
-                colour[:, m] = PAINTS[rng.integers(len(PAINTS))][:, None]
+                colour[:, m] = paints[rng.integers(len(paints))][:, None]
                 slots += 1
                 teu += t
     top = h > 0
@@ -79,9 +83,20 @@ def _yard(tiers, elevation: float, *, n_blocks: int = 3, lane_m: float = 9.0, se
     # higher than the sun's ray over that distance.
     shade = np.zeros(grid.shape, bool)
     rise = RES * math.tan(math.radians(elevation))
-    for k in range(1, int(shadow_m / RES) + 2):
-        shade[:-k] |= h[k:] > k * rise
-    ground = PAVEMENT[:, None, None] * np.where(shade & ~top, 0.3, 1.0)[None]
+    if azimuth == 180.0:
+        for k in range(1, int(shadow_m / RES) + 2):
+            shade[:-k] |= h[k:] > k * rise
+    else:
+        # Oblique sun: march towards the sun in quarter-pixel steps (row +south, col +east).
+        sr, sc = -math.cos(math.radians(azimuth)), math.sin(math.radians(azimuth))
+        rr, cc = np.indices(grid.shape)
+        for k in np.arange(0.25, shadow_m / RES + 2, 0.25):
+            r = np.round(rr + k * sr).astype(int)
+            c = np.round(cc + k * sc).astype(int)
+            inb = (r >= 0) & (r < grid.shape[0]) & (c >= 0) & (c < grid.shape[1])
+            shade |= inb & (h[r.clip(0, grid.shape[0] - 1), c.clip(0, grid.shape[1] - 1)] > k * rise)
+    sky = np.broadcast_to(np.asarray(skylight, "float32"), (4,))[:, None, None]
+    ground = PAVEMENT[:, None, None] * np.where((shade & ~top)[None], sky, 1.0)
     data = np.where(top[None], colour, ground) + rng.normal(0, 0.004, (4,) + grid.shape).astype("float32")
     image = grid.attach(data[[2, 1, 0, 3]].astype("float32"), bands=["R", "G", "B", "NIR"])
     return image, grid, {"Z1": zone}, teu, slots
