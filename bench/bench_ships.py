@@ -127,6 +127,43 @@ of its water parts with the quayside pixels within 1 / 2 / 3 / 4 px of it (its o
 of judging the part alone: Busan 0.531 / 0.549 / 0.571 / 0.561, Casablanca 0.500 / 0.486 / 0.486
 / 0.514 (one-pixel rims along quays gain a deck and pass as hulls).
 
+Sixth round (issue 6 session 7): tried, nothing kept; F1 stays 0.571 / 0.643. Busan was the
+tuning port; every try was scored on both ports in one run, so the Casablanca figures are
+not held out. Experiment patches and scripts: /work/notes/s7/C/.
+  - Splitting bodies at dips of the mean (or the peak) z profile along the body's long
+    axis: the shore-parallel axis of a raft of boats abreast. Tried on bodies that pass,
+    30 m or wider, kept when two or more pieces pass. Dip 1 / 1.5 / 2 / 3 spreads gave Busan
+    0.542 / 0.542 / 0.547 / 0.571 and Casablanca 0.643 throughout. With the peak profile:
+    no change. Also tried on bodies that fail ``shore_stubby``: no change with two pieces,
+    0.566 with one. On both kinds of body, with one piece enough: 0.500 / 0.571.
+    Why it fails: in B08 the Busan raft at rows 525-590, cols 605-665 shows the boats as
+    one-pixel streaks across the quay at a pitch of about 2 px. The labels there are 9-11 px
+    boxes at a pitch of 5-7 px, so no dip in the profile falls between two labels. The
+    pieces of two boats abreast are stubby (L/B < 2) and fail ``shore_stubby``.
+  - Spectral contrast of a quayside strip against the quay behind it (5 bands, log): the
+    labelled hulls and the false alarms overlap over the whole range. The largest
+    per-band log ratio is 0.06-0.84 for hulls and 0.04-1.12 for false alarms. Over the
+    five bands' percentiles, hull pixels on land and quay pixels differ only slightly (Busan
+    red/green median 1.25 vs 1.09). No local hull-versus-quay test can be built on these
+    bands. That matters for hulls like the Casablanca miss at rows 263-284, cols 243-258:
+    it lies in a berth flush with the quay line, so only a one-pixel rim sticks out.
+  - A fallback for quayside strips that fail ``stubby`` / ``too_long`` / ``not_convex``: open
+    the strip with a 2 x 2 or 3 x 3 square and judge its cores. Busan 0.561 / 0.571,
+    Casablanca 0.621 / 0.621. At the Casablanca miss at rows 240-260, the hull and the quay
+    rim beyond it form one strip 13 times longer than wide. That strip has no core that passes.
+  - Matched filter for dim boats on open water: seeds also from the 2 x 2 / 3 x 3 mean of
+    the log bands, with their own local statistics, away from land. Busan 0.569 / 0.571,
+    Casablanca 0.643.
+  - The SWIR test (``k_swir`` = 4) for bodies alongside, on the body's own pixels, since
+    the box takes in SWIR-bright land. Busan unchanged (nothing turned down), Casablanca
+    0.643 -> 0.667 (one pier-rim false alarm). It is fragile: on the body dilated by one
+    pixel (the 20 m band's misregistration margin, as on open water) it does nothing, and
+    on the body's pixels off the land it loses two Casablanca hulls (0.560). At 6 / 8:
+    Busan 0.594 / 0.596, Casablanca 0.615 / 0.560. Not kept: a one-detection gain that
+    disappears at a one-pixel change of the footprint.
+  - Shore-parallel orientation of quayside strips does not separate hulls from false
+    alarms: the line opening makes every strip parallel to the shore.
+
 Where the F1 is lost now (``gap()``, printed as "Why vessels >= 3 px are missed"; IoU rule):
 
   misses (Busan 24 / Casablanca 6)
