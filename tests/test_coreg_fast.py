@@ -143,6 +143,60 @@ def test_read_box_matches_masked_read(tmp_path, case):
         assert np.isnan(got[3:]).sum() == holes[0:37, 5:55].sum()
 
 
+@pytest.mark.parametrize("case", ["float_nodata", "nan_nodata", "none", "internal_mask", "uint16_zero"])
+def test_read_box_inside_the_file_matches_masked_read(tmp_path, case):
+    # A box wholly inside the file: one float32 band is read straight into the result;
+    # every other kind of file takes the general path. Both must give the masked read.
+    rng = np.random.default_rng(9)
+    arr = rng.uniform(1, 4000, (70, 90))
+    holes = rng.random(arr.shape) < 0.1
+    mask = None
+    dtype = "float32"
+    if case == "float_nodata":
+        nodata, arr[holes] = -9999.0, -9999.0
+    elif case == "nan_nodata":
+        nodata, arr[holes] = float("nan"), np.nan
+    elif case == "none":
+        nodata = None
+    elif case == "internal_mask":
+        nodata, mask = None, np.where(holes, 0, 255).astype("uint8")
+    else:
+        dtype, nodata, arr[holes] = "uint16", 0, 0
+    path = _write(tmp_path / f"{case}.tif", arr, dtype=dtype, nodata=nodata, mask=mask)
+    with open_raster(path) as src:
+        info = coreg._raster_info(src, path)
+        got = coreg._read_box(src, info, [1], 4, 7, 50, 60)
+        want = np.ma.filled(src.read(1, window=Window(7, 4, 60, 50), masked=True).astype(np.float32), np.nan)
+    assert got.shape == (50, 60) and got.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(read_raster(path).values[0, 4:54, 7:67]))
+    if case == "none":
+        assert np.isfinite(got).all()
+    else:
+        assert np.isnan(got).sum() == holes[4:54, 7:67].sum()
+
+
+def test_usable_window_matches_masked_test():
+    rng = np.random.default_rng(10)
+    cases = [rng.random((40, 40)).astype(np.float32), np.full((40, 40), 3.0, np.float32)]
+    for share in (0.3, 0.49, 0.5, 0.51, 0.9):
+        a = rng.random((40, 40)).astype(np.float32)
+        a.ravel()[rng.permutation(a.size)[:int(round((1 - share) * a.size))]] = np.nan
+        cases.append(a)
+    b = rng.random((40, 40)).astype(np.float32)
+    b[0, 0] = np.inf  # infinite pixels are not valid either
+    c = np.full((40, 40), 2.0, np.float32)
+    c[:10] = np.nan  # constant where valid
+    d = np.full((40, 40), np.nan, np.float32)
+    d[0, :3] = (1, 2, 3)  # too few valid pixels
+    cases += [b, c, d]
+    for win in cases:
+        with np.errstate(invalid="ignore"):
+            want = bool(np.isfinite(win).mean() >= coreg._MIN_WINDOW_VALID and np.nanmax(win) > np.nanmin(win))
+        assert coreg._usable_window(win) is want
+    assert [coreg._usable_window(w) for w in cases[:2]] == [True, False]
+
+
 def test_estimate_window_with_thin_filter_margin():
     # Margins thinner than the filter: the edge is reflected (the general gradient), and
     # the answer is still right.
@@ -220,3 +274,35 @@ def test_blas_limit_is_shared_by_overlapping_threads_and_restored():
     with coreg._blas_single_thread():  # and in the calling thread the limit holds
         assert all(n == 1 for n in blas())
     assert blas() == before
+
+
+def test_grid_checks_cache_the_crs_not_the_transform():
+    from pyproj import CRS
+
+    wkt = CRS.from_epsg(32633).to_wkt()
+    coreg._pyproj_crs.cache_clear()
+    # Scenes of one CRS with other origins: one CRS build, every transform still checked.
+    for x0 in (500000.0, 500010.0, 612345.0):
+        assert coreg._grid_checks(wkt, (10.0, 0.0, x0, 0.0, -10.0, 4200000.0)) == 1.0
+    assert coreg._pyproj_crs.cache_info().misses == 1
+    with pytest.raises(coreg.CoregError, match="rotated"):
+        coreg._grid_checks(wkt, (10.0, 1.0, 500000.0, 0.0, -10.0, 4200000.0))
+    with pytest.raises(coreg.CoregError, match="north-up"):
+        coreg._grid_checks(wkt, (10.0, 0.0, 500000.0, 0.0, 10.0, 4200000.0))
+    with pytest.raises(coreg.CoregError, match="no units of length"):
+        coreg._grid_checks(CRS.from_epsg(4326).to_wkt(), (0.1, 0.0, 10.0, 0.0, -0.1, 50.0))
+    feet = coreg._grid_checks(CRS.from_epsg(2263).to_wkt(), (10.0, 0.0, 9e5, 0.0, -10.0, 2e5))
+    assert feet == pytest.approx(0.3048006096)
+
+
+def test_lattice_offset_compares_crs_not_wkt_text():
+    from pyproj import CRS
+
+    def info(crs_wkt, x0):
+        return coreg._RasterInfo("f.tif", crs_wkt, Affine(10, 0, x0, 0, -10, 4200000), (50, 60), None, ("b1",))
+
+    wkt2, wkt1 = CRS.from_epsg(32633).to_wkt(), CRS.from_epsg(32633).to_wkt("WKT1_GDAL")
+    assert wkt1 != wkt2
+    # The same CRS written two ways: same lattice, 3 columns apart; another zone: none.
+    assert coreg._lattice_offset(info(wkt2, 500030.0), info(wkt1, 500000.0)) == (0, 3)
+    assert coreg._lattice_offset(info(wkt2, 500030.0), info(CRS.from_epsg(32634).to_wkt(), 500000.0)) is None
