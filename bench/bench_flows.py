@@ -8,7 +8,9 @@
 2. Backfill throughput: the ``backfill`` flow on the SAME workload (``--backfill-aois`` x
    ``--backfill-dates`` weekly AOI-days) on a Dask LocalCluster of 1 and of 2 worker
    processes (one thread each, kernels local: one AOI-day per process at a time; target
-   >= 1.7x). Each cluster is started once and warmed (imports, numba compilation: one
+   >= 1.7x; 6 dates by default: the tail, where one worker waits for the other's last
+   AOI-day, is a fixed cost a 3-date backfill makes three times the share it is in a
+   months-long one). Each cluster is started once and warmed (imports, numba compilation: one
    AOI-day on a scratch directory per worker) before the timed flow run: that is what a
    long-lived cluster (``--dask-address``) or one LocalCluster per flow run serving many
    AOI-days looks like; start and warm-up are reported apart, and the throughput is also
@@ -30,7 +32,7 @@ Prefect runs in ephemeral mode in a temporary PREFECT_HOME. Prints a table and w
 ``bench/results/bench_flows.json``. Report ``uptime`` with the figures: the machine's
 other load depresses every wall-clock ratio.
 
-    python bench/bench_flows.py --skip-history   # backfill only (every registry AOI x 3 weekly dates)
+    python bench/bench_flows.py --skip-history   # backfill only (every registry AOI x 6 weekly dates)
     python bench/bench_flows.py                  # both parts
     python bench/bench_flows.py --quick          # sparser history, 2 dates per AOI
     python bench/bench_flows.py --print bench/results/bench_flows.json   # the table again
@@ -187,11 +189,16 @@ def timeline(tim: list[dict], t0: float, t1: float) -> dict:
                         "idle_after_last_s": t1 - xs[-1]["end_epoch_s"]})
     chains = {}
     for x in tim:
-        c = chains.setdefault(x["aoi"], {"start_s": float("inf"), "end_s": 0.0, "busy_s": 0.0, "days": 0})
+        c = chains.setdefault(x["aoi"], {"start_s": float("inf"), "end_s": 0.0, "busy_s": 0.0, "days": 0,
+                                         "workers": 0, "pids": set()})
+        c["pids"].add(x["pid"])
+        c["workers"] = len(c["pids"])
         c["start_s"] = min(c["start_s"], x["start_epoch_s"] - t0)
         c["end_s"] = max(c["end_s"], x["end_epoch_s"] - t0)
         c["busy_s"] += x["task_wall_s"]
         c["days"] += 1
+    for c in chains.values():
+        del c["pids"]
     n_tasks = max(len(tim), 1)
     return {"wall_s": wall, "workers": workers, "chains": chains,
             "chain_start_order": sorted(chains, key=lambda a: chains[a]["start_s"]),
@@ -204,13 +211,12 @@ def timeline(tim: list[dict], t0: float, t1: float) -> dict:
 def backfill_scaling(aois: list[str], dates: list[date], work: Path, *, idle_window_s: float = 5.0) -> dict:
     from distributed import Client, LocalCluster
     from prefect.client.orchestration import get_client
-    from prefect_dask import DaskTaskRunner
 
     from changedet.aoi import load_aoi
     from changedet.pipeline import RunConfig, run_series
     from flows.backfill import backfill
     from flows.tasks import ensure_source_limits
-    from flows.cluster import configure_worker_malloc
+    from flows.cluster import configure_worker_malloc, task_runner
 
     configure_worker_malloc()
 
@@ -268,7 +274,8 @@ def backfill_scaling(aois: list[str], dates: list[date], work: Path, *, idle_win
         b1, tb = _cpu_s(pids), time.perf_counter() - tb
         background = {k: (b1[k] - b0[k]) / tb for k in b0}
         try:
-            flow = backfill.with_options(task_runner=DaskTaskRunner(address=cluster.scheduler_address))
+            # The flows' own runner (flows.cluster.task_runner), on this cluster.
+            flow = backfill.with_options(task_runner=task_runner(cluster.scheduler_address))
             data = work / f"backfill-{workers}w"
             cpu0 = _cpu_s(pids)
             t, e0 = time.perf_counter(), time.time()
@@ -367,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated AOI ids, or 'all' (default: every AOI of the registry, ports and "
                          "railyards: a backfill over the registry, with chains of unequal cost)")
     ap.add_argument("--backfill-start", type=date.fromisoformat, default=date(2023, 7, 6))
-    ap.add_argument("--backfill-dates", type=int, default=None, help="weekly dates per AOI (default 3; quick 2)")
+    ap.add_argument("--backfill-dates", type=int, default=None, help="weekly dates per AOI (default 6; quick 2)")
     ap.add_argument("--skip-history", action="store_true")
     ap.add_argument("--skip-backfill", action="store_true")
     ap.add_argument("--print", metavar="JSON", help="print the table of a results file and exit")
@@ -377,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     every = args.every or (28 if args.quick else 14)
     repeats = args.repeats or (2 if args.quick else 3)
-    n_dates = args.backfill_dates or (2 if args.quick else 3)
+    n_dates = args.backfill_dates or (2 if args.quick else 6)
 
     work = Path(tempfile.mkdtemp(prefix="bench-flows-"))
     os.environ["PREFECT_HOME"] = str(work / "prefect-home")
@@ -458,6 +465,10 @@ def print_table(results: dict) -> None:
                   f"{tl['first_task_start_s']:5.1f} / {tl['gap_per_task_s']:4.2f} / {tl['tail_idle_s']:4.1f} / "
                   f"{tl['after_last_task_s']:4.1f}")
             print(f"{'  ' + k + ' chains started in order':64s} {', '.join(tl['chain_start_order'])}")
+            if k == "2 workers" and all("workers" in c for c in tl["chains"].values()):
+                # 1 for every chain would mean each AOI stayed on the worker of its first day.
+                spread = sum(c["workers"] > 1 for c in tl["chains"].values())
+                print(f"{'  2 workers: AOI chains whose days ran on both workers':64s} {spread:6d} of {len(tl['chains'])}")
         print(f"{'CPU s per AOI-day: gross / net of background (background CPU s per s)':64s} "
               f"{'1 worker':>20s} {'2 workers':>22s}")
         for role in one["cpu_s_per_aoi_day"]:

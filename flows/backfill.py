@@ -12,6 +12,7 @@ longest chain, so that one must not start last.
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from datetime import date
 from queue import SimpleQueue
@@ -44,10 +45,13 @@ def backfill(aoi_ids: list[str] | None = None, start: date = date(2023, 6, 1), e
     data_dir, seed, registry, source_concurrency, kernels_on_cluster, store_url
         As for ``daily_monitor``.
     chunk_size : int
-        Days per AOI in flight at once (submitted, not yet finished): each finished day
-        lets the flow submit that AOI's next, so the task runs in flight stay bounded
-        without the flow ever waiting for a whole batch. Progress is logged every
-        ``chunk_size`` finished AOI-days.
+        AOI-days in flight at once (submitted, not yet finished), over all AOIs. An
+        AOI has at most one: its days run in order, and each is submitted when the day
+        before it has finished, so every submitted day can run on whichever worker is
+        free. Each finished day lets the flow submit another, so the work in flight stays
+        bounded without the flow ever waiting for a whole batch; give at least as many
+        as the cluster runs AOI-days at once. Progress is logged every ``chunk_size``
+        finished AOI-days.
     """
     logger = get_run_logger()
     aois = select_aois(aoi_ids, registry)
@@ -59,40 +63,52 @@ def backfill(aoi_ids: list[str] | None = None, start: date = date(2023, 6, 1), e
     days = {a.id: dates_between(start, end, cadence or a.cadence_days) for a in aois}
     priority = chain_priorities(days, {a.id: day_cost(a, cfg) for a in aois})
     total = sum(len(v) for v in days.values())
-    # Longest chain first in submission too (the scheduler breaks ties by arrival).
-    order = sorted((a for a in days if days[a]), key=lambda a: -priority[(a, days[a][0])])
-    todo = {a: deque(days[a]) for a in order}
-    in_flight: dict[str, deque] = {a: deque() for a in order}
+    todo = {a: deque(ds) for a, ds in days.items() if ds}
+    # AOIs whose next day may be submitted, the most work left first (ties: registry order).
+    ready = [(-priority[(a, todo[a][0])], i, a) for i, a in enumerate(todo)]
+    heapq.heapify(ready)
+    in_flight: dict[str, object] = {}
     finished: SimpleQueue[str] = SimpleQueue()
-    prev: dict[str, object] = {}
+    before: dict[str, object] = {}
     out: dict[str, list[dict]] = {a.id: [] for a in aois}
+    order = {a: i for i, a in enumerate(todo)}
+    window = max(chunk_size, 1)
 
     def submit_next(aoi_id: str) -> None:
         d = todo[aoi_id].popleft()
-        # Dask runs the ready AOI-day with the most work left behind it first.
+        # Dask runs the queued AOI-day with the most work left behind it first.
         with dask.annotate(priority=int(round(1000 * priority[(aoi_id, d)]))):
-            # Each day waits for the AOI's previous day: its alerts read that history.
+            # The day before has finished: its final State (not its future) is passed, so
+            # Prefect records the dependency while Dask gets no dependency edge. An edge
+            # would make Dask run the day on the worker holding the day before's result,
+            # pinning every AOI to the worker its first day ran on: the chains are then
+            # a fixed partition of the workers (one ends idle while another still has a
+            # chain to finish), and workers added mid-backfill get nothing to do.
             f = task.submit(aoi_id, d, data_dir, seed, registry, kernels_on_cluster, store_url,
-                            wait_for=[prev[aoi_id]] if aoi_id in prev else None)
-        prev[aoi_id] = f
-        in_flight[aoi_id].append(f)
+                            wait_for=[before[aoi_id]] if aoi_id in before else None)
+        in_flight[aoi_id] = f
         # Woken by completions (no polling): the callback only queues the AOI's name,
         # the flow's own thread submits (task.submit needs the flow run's context).
         f.add_done_callback(lambda _f, a=aoi_id: finished.put(a))
 
+    def fill() -> None:
+        while ready and len(in_flight) < window:
+            submit_next(heapq.heappop(ready)[2])
+
     with workers_see_this_api():
-        for a in order:
-            for _ in range(min(max(chunk_size, 1), len(todo[a]))):
-                submit_next(a)
+        fill()
         done = 0
         while done < total:
             a = finished.get()
-            # Days of one AOI finish in order; result() raises for a failed day.
-            out[a].append(in_flight[a].popleft().result())
+            f = in_flight.pop(a)
+            # result() raises for a failed day (after its retries): the AOI's later days
+            # would read a history with a hole, so the backfill stops there.
+            out[a].append(f.result())
+            before[a] = f.state
             done += 1
             if todo[a]:
-                submit_next(a)
-            if done % max(chunk_size, 1) == 0 or done == total:
+                heapq.heappush(ready, (-priority[(a, todo[a][0])], order[a], a))
+            fill()
+            if done % window == 0 or done == total:
                 logger.info("backfill: %d of %d AOI-days done", done, total)
     return out
-

@@ -95,14 +95,15 @@ def local_cluster_kwargs(n_workers: int | None = None, mapped_per_worker: int | 
 
 def task_runner(address: str | None = None, *, n_workers: int | None = None):
     """A ``DaskTaskRunner`` on ``address`` (see the module docstring) or on a new LocalCluster."""
-    from prefect_dask import DaskTaskRunner
+    from flows.runner import ChangedetDaskTaskRunner
 
     addr = dask_address(address)
     if addr:
-        return DaskTaskRunner(address=addr)
+        return ChangedetDaskTaskRunner(address=addr)
     # The runner starts the LocalCluster later, in this process: its nannies read this then.
     configure_worker_malloc()
-    return DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=local_cluster_kwargs(n_workers))
+    return ChangedetDaskTaskRunner(cluster_class="distributed.LocalCluster",
+                                   cluster_kwargs=local_cluster_kwargs(n_workers))
 
 
 @contextlib.contextmanager

@@ -180,6 +180,48 @@ def test_backfill_runs_the_ready_day_with_the_most_work_left_first(prefect_env, 
                                               ("vostochny_port", "2023-07-13"), ("dunai_port", "2023-07-13")]
 
 
+def test_backfill_days_carry_prefect_lineage_but_no_dask_dependency(prefect_env, tmp_path):
+    """A day waits for the AOI's day before in Prefect (the UI shows the edge), not in Dask.
+
+    A Dask dependency would make the scheduler run the day on the worker holding the
+    day before's result: every AOI would stay on the worker its first day ran on.
+    """
+    from distributed import LocalCluster
+    from distributed.diagnostics.plugin import SchedulerPlugin
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.backfill import backfill
+    from flows.cluster import task_runner
+
+    class Deps(SchedulerPlugin):
+        def __init__(self):
+            self.deps = {}
+
+        def update_graph(self, scheduler, *, keys, **kwargs):
+            for k in keys:
+                ts = scheduler.tasks.get(k)
+                if ts is not None:
+                    self.deps[k] = len(ts.dependencies)
+
+    plugin = Deps()
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
+        cluster.scheduler.add_plugin(plugin)
+        state = backfill.with_options(task_runner=task_runner(cluster.scheduler_address))(
+            ["dunai_port"], date(2023, 7, 6), date(2023, 7, 20), cadence=7, data_dir=str(tmp_path / "data"),
+            kernels_on_cluster=False, return_state=True)
+    out = state.result()
+    assert [r["day"] for r in out["dunai_port"]] == ["2023-07-06", "2023-07-13", "2023-07-20"]
+    assert len(plugin.deps) == 3 and set(plugin.deps.values()) == {0}, plugin.deps
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    by_day = {r.name.split()[-1]: r for r in runs}
+    assert sorted(by_day) == ["2023-07-06", "2023-07-13", "2023-07-20"]
+    waits = {d: {i.id for i in r.task_inputs.get("wait_for", [])} for d, r in by_day.items()}
+    assert waits == {"2023-07-06": set(), "2023-07-13": {by_day["2023-07-06"].id},
+                     "2023-07-20": {by_day["2023-07-13"].id}}
+
+
 def test_deployments_per_timezone_with_editable_parameters():
     from prefect.deployments.runner import EntrypointType
 
