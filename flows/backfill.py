@@ -45,13 +45,12 @@ def backfill(aoi_ids: list[str] | None = None, start: date = date(2023, 6, 1), e
     data_dir, seed, registry, source_concurrency, kernels_on_cluster, store_url
         As for ``daily_monitor``.
     chunk_size : int
-        AOI-days in flight at once (submitted, not yet finished), over all AOIs. An
-        AOI has at most one: its days run in order, and each is submitted when the day
-        before it has finished, so every submitted day can run on whichever worker is
-        free. Each finished day lets the flow submit another, so the work in flight stays
-        bounded without the flow ever waiting for a whole batch; give at least as many
-        as the cluster runs AOI-days at once. Progress is logged every ``chunk_size``
-        finished AOI-days.
+        Progress is logged every ``chunk_size`` finished AOI-days. Every AOI has one day
+        in flight at a time (its days run in order): each is submitted when the day
+        before it has finished, so it runs on whichever worker is free; earlier versions
+        submitted up to ``chunk_size`` days per AOI ahead, bound to the worker of the
+        AOI's first day. The parameter keeps its name and default so that backfills
+        submitted before keep their idempotency keys.
     """
     logger = get_run_logger()
     aois = select_aois(aoi_ids, registry)
@@ -72,7 +71,7 @@ def backfill(aoi_ids: list[str] | None = None, start: date = date(2023, 6, 1), e
     before: dict[str, object] = {}
     out: dict[str, list[dict]] = {a.id: [] for a in aois}
     order = {a: i for i, a in enumerate(todo)}
-    window = max(chunk_size, 1)
+    every = max(chunk_size, 1)
 
     def submit_next(aoi_id: str) -> None:
         d = todo[aoi_id].popleft()
@@ -92,7 +91,7 @@ def backfill(aoi_ids: list[str] | None = None, start: date = date(2023, 6, 1), e
         f.add_done_callback(lambda _f, a=aoi_id: finished.put(a))
 
     def fill() -> None:
-        while ready and len(in_flight) < window:
+        while ready:
             submit_next(heapq.heappop(ready)[2])
 
     with workers_see_this_api():
@@ -109,6 +108,6 @@ def backfill(aoi_ids: list[str] | None = None, start: date = date(2023, 6, 1), e
             if todo[a]:
                 heapq.heappush(ready, (-priority[(a, todo[a][0])], order[a], a))
             fill()
-            if done % window == 0 or done == total:
+            if done % every == 0 or done == total:
                 logger.info("backfill: %d of %d AOI-days done", done, total)
     return out

@@ -43,7 +43,8 @@ def add_parser(sub) -> None:
     b.add_argument("--store-url", default=None, help="cubes and products on a path or fsspec URL such as "
                    "s3://bucket/prefix (default: $CHANGEDET_STORE_URL, else the data directory)")
     b.add_argument("--chunk-size", type=int, default=8,
-                   help="AOI-days in flight at once, over all AOIs (each AOI runs one day at a time)")
+                   help="log progress every N finished AOI-days (each AOI runs one day at a time, on whichever "
+                        "worker is free)")
     b.add_argument("--dask-address", default=None, help="Dask scheduler (when running here)")
     b.add_argument("--submit", action="store_true",
                    help="create a run of the served backfill deployment instead of running here; the same "
