@@ -19,9 +19,13 @@ their shadows.
 Under cloud (``valid`` given), stretches of track under a cloud or in a cloud's shadow
 (found by :func:`changedet.objects.cloud_shadow.cloud_shade`; cloud masks rarely carry
 the shadows) are unobserved: nothing is counted there and no count is extrapolated to
-them. Each track reports ``observed_fraction``, ``unobserved_m`` and the unobserved
-stretches (``unobserved_runs_m``, metres along the centreline), so a reader can scale
-or discard a partly seen track.
+them. A car cut by such a stretch is counted where its centre lies: when the visible
+part is at least half the longest car its look allows, with its hidden end placed at
+its type's length. Outside those stretches a thin cloud (or a cloud shadow's faint
+edge) may still dim the ground and the cars alike: darkness is judged against the share
+of light read on the ground beside the track. Each track reports ``observed_fraction``,
+``unobserved_m`` and the unobserved stretches (``unobserved_runs_m``, metres along the
+centreline), so a reader can scale or discard a partly seen track.
 
 Medium resolution (coarser than ~1.5 m: Sentinel-2, Planet): cars are narrower than a
 pixel, so only the occupied track length is measured and the count is estimated as
@@ -140,6 +144,7 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
     for tid, strip in strips.items():
         sun_left, own_only = _sun_geometry(tracks[tid], sun_azimuth_deg, sun_elevation_deg)
         occ, seen = _occupancy(strip, refs, min_contrast=min_contrast, vhr=vhr, sun_left=sun_left,
+                               thin_cloud=shade is not None,
                                anti_shadow_is_own=own_only,
                                shadow_tail_m=_shadow_tail(tracks[tid], sun_azimuth_deg) if sun_left is not None
                                else 0.0)
@@ -270,7 +275,7 @@ def _shadow_from_anti_sun_sides(strips: Mapping[str, Strip], tracks: Mapping[str
 
 def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
                sun_left: bool | None = None, anti_shadow_is_own: bool = False,
-               shadow_tail_m: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+               shadow_tail_m: float = 0.0, thin_cloud: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Boolean occupied and observed (finite) flags per along-track position.
 
     Colour alone cannot tell a black tank car from shadowed ballast, nor a grey car
@@ -302,6 +307,14 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
 
     d_lit = dist(mean, refs["lit"], refs["lit_sd"])
     occ = d_lit > min_contrast
+    if thin_cloud and not np.all(np.isfinite(refs["shadow"])) and left.any() and right.any():
+        # Without a shadowed-ground colour only the lit one is known: under a thin cloud
+        # (or a cloud shadow's faint edge) the ground keeps it at the light share read on
+        # the brighter side of the track (a car shades at most one side).
+        k = int(1.0 / strip.step_m) | 1
+        light = np.fmax(_light_share(strip.values[:, left, :], refs, k),
+                        _light_share(strip.values[:, right, :], refs, k))
+        occ = dist(mean / light, refs["lit"], refs["lit_sd"]) > min_contrast
     if np.all(np.isfinite(refs["shadow"])) and left.any() and right.any():
         # Ground is any mix of lit and shadowed ballast (a shadow edge may cross the
         # centre): measure the distance to the segment between the two references.
@@ -320,6 +333,17 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
         if sun_left is None:
             diff = np.nanmedian((bl - br)[colourful]) if colourful.sum() >= 10 else 0.0
             sun_left = None if abs(diff) < 0.1 * lit_b else bool(diff > 0)
+        # Light reaching the ground here, as a share of the open sky's, read on the ground
+        # beside the track: a thin cloud or the faint edge of a cloud's shadow dims ground
+        # and cars alike, which a shadow does not (it shifts the colour towards the
+        # shadowed ground's). A car shades at most its anti-sun side, so the sun side
+        # tells where it is known, the brighter side otherwise.
+        if thin_cloud:
+            light_l = _light_share(strip.values[:, left, :], refs, k)
+            light_r = _light_share(strip.values[:, right, :], refs, k)
+        else:
+            light_l = light_r = np.ones(mean.shape[1])
+        light = np.fmax(light_l, light_r) if sun_left is None else (light_l if sun_left else light_r)
         if sun_left is None:
             sun_lit = (bl > 0.75 * lit_b) | (br > 0.75 * lit_b)
             anti_dark = np.zeros_like(sun_lit)
@@ -328,7 +352,9 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
             sun_lit = sun_b > 0.75 * lit_b
             # Only something standing on this track can shade its anti-sun side while
             # its centre stays lit: a shadow cast from the sun side would cover the centre.
-            anti_dark = anti_b < 0.6 * lit_b
+            # Under a thin cloud the sun side is dimmed as much: darkness is judged
+            # against the light there.
+            anti_dark = anti_b < 0.6 * lit_b * light
         if sun_left is not None:
             # A sunlit convex body (a tank car's cylinder) is brighter on its sun-facing half;
             # a shadow cast onto the track darkens the sun-facing half first, and shadowed
@@ -341,7 +367,9 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
         # and shadowed colours of about its usual brightness (coefficients summing to ~1).
         # A dark car in the sun keeps the spectrum of sunlit paint at a fraction of the
         # ground's brightness: too dark for its colour, whatever the shade around it.
-        mix = np.linalg.pinv(np.stack([refs["lit"], refs["shadow"]], axis=1)) @ np.nan_to_num(mean)
+        # Under a thin cloud the ground keeps its colour at a fraction of its brightness:
+        # "too dark" is judged against the light reaching the ground beside the track.
+        mix = (np.linalg.pinv(np.stack([refs["lit"], refs["shadow"]], axis=1)) @ np.nan_to_num(mean)) / light
         too_dark = (mix.sum(axis=0) < _MIN_GROUND_SCALE) | (mix.min(axis=0) < -_MAX_NEGATIVE_MIX)
         dark_car |= dark & too_dark
         texture = np.nanmean(np.nanstd(c, axis=1), axis=0) / max(float(np.nanmean(refs["shadow_sd"])), 1e-4)
@@ -376,6 +404,52 @@ _HALF_BAND_M = (0.25, 1.1)
 # A Lambertian cylinder lit from the side is 2-3 times brighter on its sun-facing half;
 # ground, flat roofs and loads stay within about 30 %.
 _GLOW_RATIO = 1.35
+
+
+def _light_share(band: np.ndarray, refs, k: int) -> np.ndarray:
+    """Share of the open sky's light (0.2-1) reaching the ground samples ``band`` (band,
+    across, along), smoothed over ``k`` positions.
+
+    Ground under any mix of sun and skylight has a colour between its lit and shadowed
+    ones; a thin cloud scales that colour down. The share is the scale that best fits
+    the samples' colour as a scaled mix (the largest among fits within one standard
+    error of the best: where the lit and shadowed colours differ little, a shadow cannot
+    be told from dimming, and full light is assumed). 1 where the samples are no ground
+    (a car's flank) or unknown. Without a shadowed colour (NaN in ``refs``) the ground
+    is the lit colour, scaled.
+    """
+    colour = _nan_smooth_2d(np.nanmean(band, axis=1), k)   # (band, along)
+    lit, sh = refs["lit"][:, None], refs["shadow"][:, None]
+    lit_sd, sh_sd = refs["lit_sd"][:, None], refs["shadow_sd"][:, None]
+    if not np.all(np.isfinite(sh)):
+        # Only the lit colour is known: the ground is that colour, scaled.
+        sh, sh_sd = lit, lit_sd
+    fits = []
+    for a in np.linspace(0.0, 1.0, 11):
+        m = sh + a * (lit - sh)
+        sd = sh_sd + a * (lit_sd - sh_sd)
+        scale = np.nansum(colour * m, axis=0) / max(float((m ** 2).sum()), 1e-12)
+        resid = np.sqrt(np.nanmean(((colour - scale * m) / (np.maximum(scale, 1e-3) * sd)) ** 2, axis=0))
+        fits.append((scale, resid))
+    scales = np.stack([f[0] for f in fits])
+    resid = np.stack([f[1] for f in fits])
+    # Fits within one standard error of the best are as good: the side colour is a mean
+    # of about n samples, each off the ground colour by one spread.
+    n = max(1, band.shape[1]) * k
+    ok = resid <= np.nanmin(resid, axis=0) + 1.0 / math.sqrt(n)
+    best_s = np.nanmax(np.where(ok, scales, -np.inf), axis=0)
+    ground = np.nanmin(resid, axis=0) <= _GROUND_FIT
+    good = np.isfinite(best_s) & ground & np.all(np.isfinite(colour), axis=0)
+    return np.where(good, np.clip(best_s, 0.2, 1.0), 1.0)
+
+
+# Colour misfit (in spreads of the ground colour) up to which side samples are ground.
+_GROUND_FIT = 4.0
+
+
+def _nan_smooth_2d(x: np.ndarray, k: int) -> np.ndarray:
+    """:func:`_nan_smooth` along the last axis of each row of ``x`` (band, along)."""
+    return np.stack([_nan_smooth(row, k) for row in x])
 
 
 def _sun_side_glow(strip: Strip, sun_left: bool, ground_sd: float, k: int) -> np.ndarray:
@@ -549,22 +623,66 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
     if sun_left is not None and np.isfinite(ground_sd):
         dark &= _sun_side_glow(strip, sun_left, ground_sd, int(1.0 / step) | 1)
     cars = []
+    n_all = occ.size
+    tol = max(1, int(round(_GAP_EDGE_M / step)))
     for a, b in runs(occ):
         run_len = (b - a) * step
-        if run_len < 7.0:
+        # A run ending at an unobserved stretch (cloud, cloud shadow) is cut there, not
+        # at a car's end: the car there reaches into the stretch by an unknown length.
+        open_a = bool(a > 0 and not seen[max(0, a - tol):a].all())
+        open_b = bool(b < n_all and not seen[b:b + tol].all())
+        if run_len < (_MIN_OPEN_RUN_M if (open_a or open_b) else 7.0):
             continue
         lead, trail = _shadow_lead(dim[a:b], shadow_reach_m, step)
-        cuts = _best_cuts(evidence[a:b], step, dark[a:b], lead_m=lead, trail_m=trail)
+        cuts = _best_cuts(evidence[a:b], step, dark[a:b], lead_m=lead, trail_m=trail,
+                          open_start=open_a, open_end=open_b)
         edges = [a] + [a + c for c in cuts] + [b]
         for s0, s1 in zip(edges[:-1], edges[1:]):
             length = (s1 - s0) * step
             interior = (s0 != a) + (s1 != b)
             body = length - interior * GAP_M / 2
             ctype = _classify(strip, s0, s1, body, float(np.nanmean(lit)))
+            a_m = s0 * step + (GAP_M / 2 if s0 != a else 0)
+            b_m = s1 * step - (GAP_M / 2 if s1 != b else 0)
+            cut_a, cut_b = open_a and s0 == a, open_b and s1 == b
+            if cut_a or cut_b:
+                # Cars cut by the unobserved stretch are counted where their centre lies
+                # (the convention that counts each car once across tiles or gaps), which
+                # the image shows when the visible part is at least half the car: half
+                # the longest car type the body's look allows (a plain or flat top may
+                # be a boxcar as well as a flatcar).
+                # The visible part reaches the unobserved stretch: the samples between
+                # the run's end and the stretch are the car blurred into the mask's edge.
+                if cut_a:
+                    a_m = (a - int(np.argmax(~seen[max(0, a - tol):a][::-1]))) * step
+                if cut_b:
+                    b_m = (b + int(np.argmax(~seen[b:b + tol]))) * step
+                body = b_m - a_m
+                look = _look(strip, s0, s1, float(np.nanmean(lit)))
+                longest = {"open": "gondola", "cylinder": "tank"}.get(look, "boxcar")
+                if body < CAR_LENGTHS_M[longest] / 2:
+                    continue
+                if look == "plain":
+                    # Length cannot tell a boxcar from a flatcar here; a top plain to a
+                    # tenth is a roof sheet (a flatcar's deck or load shows its edges).
+                    ctype = "boxcar"
+                full = CAR_LENGTHS_M[ctype]
+                if body < full and not (cut_a and cut_b):
+                    # The hidden end is placed at the car's length.
+                    if cut_a:
+                        a_m = b_m - full
+                    else:
+                        b_m = a_m + full
             score = float(np.clip(0.5 + 0.5 * min(1.0, body / 11.0), 0, 1))
-            cars.append((s0 * step + (GAP_M / 2 if s0 != a else 0), s1 * step - (GAP_M / 2 if s1 != b else 0),
-                         ctype, score))
+            cars.append((a_m, b_m, ctype, score))
     return cars
+
+
+# Unobserved samples within this distance of a run's end (m) cut the run there.
+_GAP_EDGE_M = 1.0
+# Shortest visible part of a car cut by an unobserved stretch that can hold its centre:
+# half the shortest car (a 12 m tank car).
+_MIN_OPEN_RUN_M = 6.0
 
 
 def _shadow_lead(dim: np.ndarray, reach_m: float, step: float) -> tuple[float, float]:
@@ -589,7 +707,8 @@ def _shadow_lead(dim: np.ndarray, reach_m: float, step: float) -> tuple[float, f
 
 
 def _best_cuts(evidence: np.ndarray, step: float, dark: np.ndarray | None = None, *,
-               lead_m: float = 0.0, trail_m: float = 0.0) -> list[int]:
+               lead_m: float = 0.0, trail_m: float = 0.0, open_start: bool = False,
+               open_end: bool = False) -> list[int]:
     """Cut positions (indices into the run) that split it into plausible cars.
 
     Dynamic programming over cut positions: every segment (car body plus a coupler gap)
@@ -599,14 +718,19 @@ def _best_cuts(evidence: np.ndarray, step: float, dark: np.ndarray | None = None
     overwhelmingly tank cars (oil and chemicals), whose pitch is preferred there.
     The first segment may also hold up to ``lead_m`` and the last up to ``trail_m`` of
     a car's own shadow cast along the track: their length is matched to a pitch
-    anywhere within that tolerance.
+    anywhere within that tolerance. With ``open_start`` (``open_end``) the run is cut
+    there by an unobserved stretch: its first (last) segment is the visible part of a
+    car, of any length from 3 m up to a pitch.
     """
     n = evidence.size
     names = list(CAR_LENGTHS_M)
     pitches = np.array([CAR_LENGTHS_M[t] + GAP_M for t in names])
     tank = np.array([t == "tank" for t in names])
     lo, hi = int(10.5 / step), int(20.0 / step)
-    if n * step <= 20.5 + lead_m + trail_m:
+    lo_open = int(3.0 / step)
+    # Too short for two cars; a run cut by an unobserved stretch may hold the visible
+    # parts of two cars, 3 m each at least.
+    if n * step <= (2 * lo_open * step if (open_start or open_end) else 20.5 + lead_m + trail_m):
         return []
     ext_lead, ext_trail = int(round(lead_m / step)), int(round(trail_m / step))
     dark_cum = np.concatenate([[0.0], np.cumsum(dark if dark is not None else np.zeros(n))])
@@ -618,11 +742,17 @@ def _best_cuts(evidence: np.ndarray, step: float, dark: np.ndarray | None = None
     # and its peak, where the gap is, must still earn the most.
     ev = 12.0 * (1.0 - np.exp(-np.clip(evidence, 0, None) / 12.0))
     for j in range(1, n + 1):
-        i0, i1 = max(0, j - hi - ext_lead - (ext_trail if j == n else 0)), j - lo
+        i0 = max(0, j - hi - ext_lead - (ext_trail if j == n else 0))
+        i1 = j - (lo_open if (open_end and j == n) else lo)
+        if open_start and j - lo_open >= 0 and j - lo < 0:
+            i1 = 0   # only the visible part of a car cut at the start fits
         if i1 < 0:
             continue
         for i in range(i0, i1 + 1):
             if not np.isfinite(best[i]):
+                continue
+            cut_seg = (open_start and i == 0) or (open_end and j == n)
+            if (j - i) < lo and not cut_seg:
                 continue
             ext = (lead_m if i == 0 else 0.0) + (trail_m if j == n else 0.0)
             if j - i > hi + int(round(ext / step)):
@@ -631,7 +761,9 @@ def _best_cuts(evidence: np.ndarray, step: float, dark: np.ndarray | None = None
             dark_share = (dark_cum[j] - dark_cum[i]) / (j - i)
             type_cost = np.where(tank, 0.0, 3.0 * dark_share)
             # Distance from each pitch to the lengths the car may have: seg less 0-ext of shadow.
-            miss = np.clip(seg - ext - pitches, 0, None) + np.clip(pitches - seg, 0, None)
+            # A car cut by an unobserved stretch may be shorter than any pitch.
+            short = 0.0 if cut_seg else np.clip(pitches - seg, 0, None)
+            miss = np.clip(seg - ext - pitches, 0, None) + short
             length_cost = float(np.min(miss ** 2 * 0.8 + type_cost))
             cut_reward = ev[j] if j < n else 0.0
             c = best[i] + length_cost - cut_reward + 0.3
