@@ -49,6 +49,11 @@ from changedet.objects.ground import GroundModel
 SLOT_M2 = 6.06 * 2.44
 TIER_M = 2.59
 MAX_TIERS = 5
+# Gaps between neighbouring boxes in a yard (m): across rows (side by side) and along a
+# row (end to end). At 0.5 m pixels they mostly fill in, so a block's footprint is its
+# outline, gaps included.
+GAP_ACROSS_M = 0.35
+GAP_ALONG_M = 0.45
 
 
 def count_containers(
@@ -97,17 +102,22 @@ def count_containers(
     have_sun = sun_azimuth_deg is not None and sun_elevation_deg is not None
     pending = []
     pooled = None
+    pooled_pavement = np.empty((0, pix.shape[0]), pix.dtype)
     for zid, zone in zones.items():
         inside = _mask(zone, grid)
         apron = _mask(zone.buffer(3.0 * max(res, 1.0)), grid) & ~_mask(zone.buffer(-1.0), grid)
         area_total += inside.sum()
         seen_total += (inside & ok).sum()
-        model = GroundModel.from_samples(pix[:, apron & ok].T)
+        pavement = pix[:, apron & ok].T
+        model = GroundModel.from_samples(pavement)
         if model is None and (inside & ok).any():
             # The zone's own apron is under cloud: the pavement of the other zones' aprons.
             if pooled is None:
-                pooled = GroundModel.from_samples(pix[:, _aprons(zones, grid) & ok].T) or False
+                pooled_pavement = pix[:, _aprons(zones, grid) & ok].T
+                pooled = GroundModel.from_samples(pooled_pavement) or False
             model = pooled or None
+            # The lit pavement's hue is then read from the samples the model was fitted on.
+            pavement = pooled_pavement
         if model is None or inside.sum() == 0:
             per_feature.append({"id": zid, "count": 0, "by_type": {}, "observed_fraction": 0.0})
             continue
@@ -126,7 +136,7 @@ def count_containers(
             shade = _learn_shade(box & inside, box, lit_ground, around & ok, pix, res, sun_azimuth_deg,
                                  sun_elevation_deg)
             if shade is not None:
-                model, d, alpha, off_hue = _reclassify(model, shade, pix[:, apron & ok].T, pix, around)
+                model, d, alpha, off_hue = _reclassify(model, shade, pavement, pix, around)
                 box = ((d > min_contrast) | (off_hue > min_contrast)) & around & ok
                 # Lit pavement, where shadow walks end, stays as first classified: the
                 # hue test adds boxes, it does not say where a shadow ends.
@@ -154,7 +164,7 @@ def count_containers(
             n_tarps = ndimage.label((tarps & blob) | _dull_tops(blob, pix, model, px_m2))[1]
             stacks = _stack_tiers(blob, pix, lengths, px_m2, _walk_to_tiers(res, sun_azimuth_deg, sun_elevation_deg)) \
                 if have_sun else None
-            blobs.append((blob, area, lengths, n_tarps, stacks))
+            blobs.append((blob, area, lengths, n_tarps, stacks, _ground_slots(blob, res)))
         pending.append((zid, inside, blobs))
         continue
     # Heights: a block's own shadows when enough of them fall on open pavement, else the
@@ -164,8 +174,7 @@ def count_containers(
     for zid, inside, blobs in pending:
         zone_lengths = _pool([b[2] for b in blobs])
         zone_teu, zone_var, zone_slots, zone_tarped = 0.0, 0.0, 0.0, 0
-        for blob, area, lengths, n_tarps, stacks in blobs:
-            slots = area / SLOT_M2
+        for blob, area, lengths, n_tarps, stacks, slots in blobs:
             if not have_sun:
                 tiers, tiers_sd, method = 1.0, 0.0, "assumed_one_tier"
             else:
@@ -375,7 +384,9 @@ def _reclassify(model: GroundModel, shade_samples: np.ndarray, apron_samples: np
     chromaticity between theirs; paint of about the pavement's brightness (brown, dark
     green, pale blue) does not. Pixels darker than the shade measured are judged by hue
     alone (distance 0): deeper shade (less sky seen in a narrow lane, a cloud's shadow
-    over a stack's) keeps the hue. Limit: a black or dark-grey box there is ground.
+    over a stack's) keeps the hue. Limit: a black or dark-grey box there is ground, and
+    the walks of the blocks around it run over it (heights too tall): a yard of black
+    boxes under a blue sky counts none.
     """
     shadow, shadow_sd = robust_ref(shade_samples)
     shadow_sd = np.maximum(shadow_sd, 0.003 + 0.03 * shadow)
@@ -402,6 +413,48 @@ def _reclassify(model: GroundModel, shade_samples: np.ndarray, apron_samples: np
         off = np.sqrt(np.nanmean(((c - (sh_c[:, None] + t * span)) / sd) ** 2, axis=0)).reshape(shape)
         d = np.where(deep.reshape(shape), 0.0, d)
     return model, d, alpha, off
+
+
+def _ground_slots(blob: np.ndarray, res: float) -> float:
+    """20 ft ground slots of a stack block, counted row by row along its long axis.
+
+    Boxes stand in rows, side by side across the row and end to end along it, with gaps
+    (``GAP_ACROSS_M``, ``GAP_ALONG_M``) narrower than a pixel that fill in wholly or in
+    part. Area over the box's own 14.8 m^2 then counts the gaps as boxes (+20 % in a
+    full block). Instead, the block is turned so its rows run along the columns; at each
+    step along the row, every run of block pixels across it holds
+    round((run + gap) / (2.44 + gap)) rows, whether the gaps between its rows filled in
+    or not, and the rounding also drops the blur at the block's sides. Row length over
+    the 20 ft pitch along the row (6.06 m + gap, an end gap added per row) gives the
+    slots. The long axis of the block is taken as the rows' direction; where it is not
+    (a block one or two bays long) the row count still rounds whole boxes.
+    """
+    rows, cols = np.nonzero(blob)
+    if rows.size < 3:
+        return float(rows.size * res * res / SLOT_M2)
+    # A hole inside a block is a box top in the shade of a taller neighbour (low sun),
+    # too dark to tell from pavement by colour.
+    crop = ndimage.binary_fill_holes(blob[rows.min():rows.max() + 1, cols.min():cols.max() + 1])
+    x, y = cols - cols.mean(), -(rows - rows.mean())
+    w, v = np.linalg.eigh(np.cov(np.vstack([x, y])))
+    angle = math.degrees(math.atan2(v[1, 1], v[0, 1]))
+    # Turn the long axis onto the column axis (rotate is counter-clockwise as displayed).
+    turned = ndimage.rotate(np.pad(crop, 2).astype("float32"), -angle, order=1, reshape=True) > 0.5
+    # A notch of about one box in the block's outline is likewise a shaded top: close
+    # with a rectangle a little larger than a box (3 x 7 m), which spans no empty
+    # 40 ft slot and no step between rows of different lengths.
+    k = (int(round(3.0 / res)) | 1, int(round(7.0 / res)) | 1)
+    turned = ndimage.binary_closing(np.pad(turned, ((k[0], k[0]), (k[1], k[1]))),
+                                    structure=np.ones(k, bool))[k[0]:-k[0], k[1]:-k[1]]
+    t = np.pad(turned, ((1, 1), (0, 0)))
+    starts = np.nonzero((t[1:] & ~t[:-1]).T)
+    ends = np.nonzero((~t[1:] & t[:-1]).T)
+    run_m = (ends[1] - starts[1]) * res
+    per_run = np.round((run_m + GAP_ACROSS_M) / (2.44 + GAP_ACROSS_M))
+    n_rows = np.bincount(starts[0], weights=per_run, minlength=t.shape[1])
+    # A row (or a piece of one) begins wherever the count of rows steps up along the row.
+    row_ends = np.maximum(np.diff(n_rows, prepend=0.0), 0.0).sum()
+    return float((n_rows.sum() * res + row_ends * GAP_ALONG_M) / (6.06 + GAP_ALONG_M))
 
 
 def _mask(poly: Polygon, grid: GridSpec) -> np.ndarray:
@@ -493,6 +546,13 @@ def _walk_to_tiers(res: float, azimuth: float, elevation: float) -> float:
     return res * math.tan(math.radians(max(elevation, 5.0))) / TIER_M
 
 
+# A walk counts the shaded pixel centres beyond the block's last pixel, whose centre lies
+# anywhere within half a pixel of the true edge: n = floor(L / res + U), U uniform on
+# (-1/2, 1/2), so E[n] = L / res - 1/2 and the shadow is (n + 1/2) pixels long. Half a
+# pixel is 0.17 tiers at 60 degrees of sun (0.5 m pixels), 0.04 at 20.
+WALK_END_PX = 0.5
+
+
 # Relative colour step between neighbouring pixels above which they lie on different
 # boxes: the gaps between boxes (0.35-0.45 m, shaded) and changes of paint.
 _STACK_EDGE = 0.2
@@ -566,7 +626,7 @@ def _stack_tiers(blob, pix, walks, px_m2, to_tiers) -> tuple[list, list, list] |
             # Less one step: the pixel where the walk met the next block may be half wall.
             hidden.append((max(float(np.max(lengths[m])) - 1.0, 0.0) * to_tiers, area))
             continue
-        heights.append(float(np.clip(round(q * to_tiers), 1, MAX_TIERS)))
+        heights.append(float(np.clip(round((q + WALK_END_PX) * to_tiers), 1, MAX_TIERS)))
         areas.append(area)
     if not heights and not hidden:
         return None
@@ -661,7 +721,7 @@ def _tiers_from(own, zone, everything, res, azimuth, elevation) -> tuple[float, 
         med = _km_median(lengths, censored)
         if med is None:
             continue
-        tiers = float(np.clip(med * to_tiers, 1.0, MAX_TIERS))
+        tiers = float(np.clip((med + WALK_END_PX) * to_tiers, 1.0, MAX_TIERS))
         spread = float(np.std(lengths) * to_tiers)
         return tiers, min(spread, 2.0) / math.sqrt(max(lengths.size / 10.0, 1.0)) + 0.25, method
     lengths, censored = everything
