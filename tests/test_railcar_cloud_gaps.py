@@ -65,3 +65,29 @@ def test_a_car_cut_by_a_gap_counts_where_its_centre_is_seen():
     assert ctype == "boxcar"
     assert b_m == pytest.approx(20.0 + 11.0, abs=0.6)
     assert b_m - a_m == pytest.approx(R.CAR_LENGTHS_M["boxcar"], abs=0.01)
+
+
+@pytest.mark.filterwarnings("ignore:Mean of empty slice:RuntimeWarning")
+@pytest.mark.parametrize("relief, length", [(None, 15.7), (0.3, 18.0)])
+def test_a_long_car_split_by_a_narrow_stretch_is_not_counted_twice(relief, length):
+    # A plain roof as long as a boxcar, or a top with relief as long as a locomotive
+    # (the longest cars of those looks), with 1 m unobserved in its middle: each side
+    # shows less than half of the longest car its look allows and the centre is hidden,
+    # so neither side counts it (at most one side ever may).
+    n_along = 160
+    rng = np.random.default_rng(0)
+    vals = LIT[:, None, None] * (1 + 0.04 * rng.standard_normal((1, ACROSS.size, n_along)))
+    vals = vals + 0.002 * rng.standard_normal(vals.shape)
+    body = np.abs(ACROSS) <= 1.6
+    prof = np.ones(ACROSS.size) if relief is None else 1 + relief * (np.arange(ACROSS.size) % 2)
+    mid = 20.0 + length / 2
+    vals[:, body, _i(20.0):_i(20.0 + length)] = (PLAIN_ROOF * np.array([0.95, 1.0, 1.02, 1.1]))[:, None, None] \
+        * prof[body][None, :, None]
+    vals[:, :, _i(mid - 0.5):_i(mid + 0.5)] = np.nan
+    seen = np.all(np.isfinite(vals[:, np.abs(ACROSS) <= 1.0, :]), axis=(0, 1))
+    occ = seen & (np.arange(n_along) >= _i(20.0)) & (np.arange(n_along) < _i(20.0 + length))
+    along = np.arange(n_along) * STEP
+    x, y = np.meshgrid(along, ACROSS)
+    strip = Strip(vals.astype("float32"), along, ACROSS, x, y, STEP)
+    cars = R._split_cars(strip, occ, seen, LIT * 0.04, LIT)
+    assert len(cars) <= 1, cars

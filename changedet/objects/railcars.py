@@ -144,7 +144,10 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
     for tid, strip in strips.items():
         sun_left, own_only = _sun_geometry(tracks[tid], sun_azimuth_deg, sun_elevation_deg)
         occ, seen = _occupancy(strip, refs, min_contrast=min_contrast, vhr=vhr, sun_left=sun_left,
-                               thin_cloud=shade is not None,
+                               # Dimming by a cloud shadow's faint edge is looked for only
+                               # on tracks a cloud or its shadow reaches (some samples
+                               # unobserved): elsewhere dark ground is ground.
+                               thin_cloud=shade is not None and not np.isfinite(strip.values).all(),
                                anti_shadow_is_own=own_only,
                                shadow_tail_m=_shadow_tail(tracks[tid], sun_azimuth_deg) if sun_left is not None
                                else 0.0)
@@ -659,7 +662,9 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
                     b_m = (b + int(np.argmax(~seen[b:b + tol]))) * step
                 body = b_m - a_m
                 look = _look(strip, s0, s1, float(np.nanmean(lit)))
-                longest = {"open": "gondola", "cylinder": "tank"}.get(look, "boxcar")
+                # The same table as _classify's for the longest bodies: a body cut in two
+                # by a narrow stretch must not have both halves counted.
+                longest = {"open": "gondola", "plain": "boxcar"}.get(look, "locomotive")
                 if body < CAR_LENGTHS_M[longest] / 2:
                     continue
                 if look == "plain":
