@@ -21,9 +21,12 @@ Under cloud (``valid`` given), stretches of track under a cloud or in a cloud's 
 the shadows) are unobserved: nothing is counted there and no count is extrapolated to
 them. A car cut by such a stretch is counted where its centre lies: when the visible
 part is at least half the longest car its look allows, with its hidden end placed at
-its type's length. Outside those stretches a thin cloud (or a cloud shadow's faint
-edge) may still dim the ground and the cars alike: darkness is judged against the share
-of light read on the ground beside the track. Each track reports ``observed_fraction``,
+its type's length. The same holds, with or without ``valid``, for a car cut by the
+image's edge or by nodata pixels (the convention that counts each car once across
+tiles). On tracks a cloud or its shadow reaches, the faint edge of a cloud's shadow
+may still dim the ground and the cars alike: darkness is judged there against the
+share of light read on the ground beside the track (modelled as grey dimming, as the
+simulator draws it; a thin cloud over the ground, which adds light, is not modelled). Each track reports ``observed_fraction``,
 ``unobserved_m`` and the unobserved stretches (``unobserved_runs_m``, metres along the
 centreline), so a reader can scale or discard a partly seen track.
 
