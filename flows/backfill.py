@@ -12,7 +12,6 @@ longest chain, so that one must not start last.
 
 from __future__ import annotations
 
-import heapq
 from collections import deque
 from datetime import date
 from queue import SimpleQueue
@@ -63,14 +62,10 @@ def backfill(aoi_ids: list[str] | None = None, start: date = date(2023, 6, 1), e
     priority = chain_priorities(days, {a.id: day_cost(a, cfg) for a in aois})
     total = sum(len(v) for v in days.values())
     todo = {a: deque(ds) for a, ds in days.items() if ds}
-    # AOIs whose next day may be submitted, the most work left first (ties: registry order).
-    ready = [(-priority[(a, todo[a][0])], i, a) for i, a in enumerate(todo)]
-    heapq.heapify(ready)
     in_flight: dict[str, object] = {}
     finished: SimpleQueue[str] = SimpleQueue()
     before: dict[str, object] = {}
     out: dict[str, list[dict]] = {a.id: [] for a in aois}
-    order = {a: i for i, a in enumerate(todo)}
     every = max(chunk_size, 1)
 
     def submit_next(aoi_id: str) -> None:
@@ -90,12 +85,10 @@ def backfill(aoi_ids: list[str] | None = None, start: date = date(2023, 6, 1), e
         # the flow's own thread submits (task.submit needs the flow run's context).
         f.add_done_callback(lambda _f, a=aoi_id: finished.put(a))
 
-    def fill() -> None:
-        while ready:
-            submit_next(heapq.heappop(ready)[2])
-
     with workers_see_this_api():
-        fill()
+        # Longest chain first in submission too (the scheduler breaks ties by arrival).
+        for a in sorted(todo, key=lambda a: -priority[(a, todo[a][0])]):
+            submit_next(a)
         done = 0
         while done < total:
             a = finished.get()
@@ -106,8 +99,7 @@ def backfill(aoi_ids: list[str] | None = None, start: date = date(2023, 6, 1), e
             before[a] = f.state
             done += 1
             if todo[a]:
-                heapq.heappush(ready, (-priority[(a, todo[a][0])], order[a], a))
-            fill()
+                submit_next(a)
             if done % every == 0 or done == total:
                 logger.info("backfill: %d of %d AOI-days done", done, total)
     return out
