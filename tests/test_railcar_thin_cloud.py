@@ -13,25 +13,13 @@ import numpy as np
 import pytest
 
 from changedet.objects import railcars as R
-from changedet.objects.strips import Strip
+# The ballast, its references and the strip builder of the light tests.
+from tests.test_railcar_light import LIT, REFS, SHADOW, STEP, _strip
 
-STEP = 0.5
-LIT = np.array([0.12, 0.13, 0.14, 0.16])          # sunlit ballast, B G R NIR
-SHADOW = LIT * np.array([0.32, 0.27, 0.24, 0.22])  # the same ballast lit by the sky only
-REFS = {"lit": LIT, "lit_sd": np.maximum(0.004 + 0.03 * LIT, 0.0075), "shadow": SHADOW,
-        "shadow_sd": 0.003 + 0.03 * SHADOW}
 NAN = np.full(4, np.nan)
 LIT_ONLY = {"lit": LIT, "lit_sd": REFS["lit_sd"], "shadow": NAN, "shadow_sd": NAN}
 N = 120          # 60 m of track
 DIM = slice(40, 70)   # a 15 m stretch under the cloud's faint edge
-
-
-def _strip(values: np.ndarray) -> Strip:
-    nb, na, nl = values.shape
-    across = (np.arange(na) - na // 2) * STEP
-    along = np.arange(nl) * STEP
-    x, y = np.meshgrid(along, across)
-    return Strip(values.astype("float32"), along, across, x, y, STEP)
 
 
 def _ground(colour: np.ndarray, seed: int = 0) -> np.ndarray:
