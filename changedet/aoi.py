@@ -41,7 +41,6 @@ from shapely.geometry.base import BaseGeometry
 from shapely.geometry.polygon import Polygon
 from shapely.validation import explain_validity
 
-from changedet import baselines as _baselines
 from changedet.errors import AOIError, GridError, RuleError
 from changedet.grid import utm_crs_for
 
@@ -78,12 +77,29 @@ METRICS = ("railcars", "containers_teu", "ships", "changed_area_m2")
 #: per-type railcar counts, e.g. ``railcars_tank``, are allowed besides METRICS.
 _RAILCAR_TYPE_METRIC = re.compile(r"railcars_[a-z0-9]+(?:_[a-z0-9]+)*")
 SEVERITIES = ("low", "medium", "high")
-#: Rule kinds and the parameters each takes come from the alert engine, so a kind added
-#: there is accepted here without a second list to keep in step.
-RULE_KINDS = _baselines.RULE_KINDS
-RULE_PARAMS: Mapping[str, tuple[str, ...]] = MappingProxyType(
-    {k: (*v, *_baselines.LIFECYCLE_PARAMS) for k, v in _baselines.RULE_PARAMS.items()}
-)
+#: Rule kinds (``RULE_KINDS``) and the parameters each takes (``RULE_PARAMS``) come from
+#: the alert engine, so a kind added there is accepted here without a second list to keep
+#: in step. They are read on first use (module ``__getattr__``, :func:`_rule_kinds`): the
+#: alert engine imports pandas and scipy.stats, seconds of start-up that every command
+#: loading an AOI without rules would otherwise pay.
+
+
+@lru_cache(maxsize=1)
+def _rule_kinds() -> tuple[tuple[str, ...], Mapping[str, tuple[str, ...]]]:
+    from changedet import baselines
+
+    params = MappingProxyType({k: (*v, *baselines.LIFECYCLE_PARAMS) for k, v in baselines.RULE_PARAMS.items()})
+    return baselines.RULE_KINDS, params
+
+
+def __getattr__(name: str):
+    if name == "RULE_KINDS":
+        return _rule_kinds()[0]
+    if name == "RULE_PARAMS":
+        return _rule_kinds()[1]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 #: metric -> feature roles it is measured on; a metric without any such feature
 #: would read zero forever and its rules could never fire.
 METRIC_NEEDS_ROLES: Mapping[str, tuple[str, ...]] = MappingProxyType(
@@ -781,8 +797,9 @@ def _parse_rules(
                 P.add(f"{where}: metric {metric!r} is not in metrics; add it to metrics or change the rule's metric")
                 good = False
         kind = item.get("kind")
-        if "kind" in item and kind not in RULE_KINDS:
-            P.add(f"{where}: unknown rule kind {kind!r}{_suggest(kind, RULE_KINDS)}; use one of: {', '.join(RULE_KINDS)}")
+        rule_kinds, rule_params = _rule_kinds()
+        if "kind" in item and kind not in rule_kinds:
+            P.add(f"{where}: unknown rule kind {kind!r}{_suggest(kind, rule_kinds)}; use one of: {', '.join(rule_kinds)}")
             good = False
         params = item.get("params", {})
         if params is None:
@@ -791,7 +808,7 @@ def _parse_rules(
             P.add(f"{where}: params must be a mapping; e.g. params: {{window_days: 120, k: 5.0}}")
             good = False
             params = {}
-        known = RULE_PARAMS.get(kind, ()) if isinstance(kind, str) else ()
+        known = rule_params.get(kind, ()) if isinstance(kind, str) else ()
         for name, value in params.items():
             if name not in known:
                 hint = _suggest(name, known)
@@ -799,9 +816,11 @@ def _parse_rules(
                     P.add(f"{where}: unknown parameter {name!r}{hint}; {kind} takes {', '.join(known)}")
                     good = False
                 continue
-        if good and kind in RULE_KINDS:
+        if good and kind in rule_kinds:
             try:
-                _baselines.validate_params(kind, params, rule_id=str(rid))
+                from changedet.baselines import validate_params
+
+                validate_params(kind, params, rule_id=str(rid))
             except RuleError as exc:
                 P.add(f"{where}: {exc}")
                 good = False

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pyproj
-import xarray as xr
 from affine import Affine
 
 from changedet.errors import GridError
+
+# xarray (and pandas under it) is imported where an array is built: the AOI registry
+# imports this module for its UTM zone helper and needs neither (about 1 s of start-up).
+if TYPE_CHECKING:
+    import xarray as xr
 
 
 def utm_crs_for(lon: float, lat: float) -> pyproj.CRS:
@@ -160,6 +164,8 @@ class GridSpec:
                 raise GridError("a 3-D array needs one band name per leading plane")
             coords["band"] = list(bands)
             dims = ("band", "y", "x")
+        import xarray as xr
+
         da = xr.DataArray(data, dims=dims, coords=coords, name=name, attrs=dict(attrs or {}))
         return with_crs(da, self.crs)
 

@@ -13,14 +13,42 @@ from changedet.errors import ChangedetError, GridError, RasterError
 from changedet.grid import GridSpec, crs_of, with_crs
 
 
+def _unreadable(path: Path, exc: BaseException) -> RasterError:
+    return RasterError(f"{path}: cannot be read as a raster ({exc.__class__.__name__}: {exc}); "
+                       "check that the file is a complete GeoTIFF, COG or JPEG2000")
+
+
+def _raised_by_raster_library(exc: BaseException) -> bool:
+    """True for an error of rasterio/GDAL reading the file, False for one of the caller's code.
+
+    rasterio reports a corrupt block as ``RasterioIOError`` (or a raw ``CPLE_*`` error
+    from GDAL); a plain ``OSError`` is the driver's only when rasterio raised it (the
+    caller's own file handling raises ``OSError`` too, and is not a corrupt raster).
+    """
+    from rasterio._err import CPLE_BaseError
+    from rasterio.errors import RasterioError
+
+    if isinstance(exc, (RasterioError, CPLE_BaseError)):
+        return True
+    if not isinstance(exc, OSError):
+        return False
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    module = tb.tb_frame.f_globals.get("__name__", "") if tb is not None else ""
+    return module == "rasterio" or module.startswith("rasterio.")
+
+
 @contextlib.contextmanager
 def open_raster(path: str | Path):
     """Open a georeferenced raster with rasterio, with :func:`read_raster`'s errors.
 
     Yields the open ``rasterio`` dataset (for windowed reads). A missing file, a file
-    without CRS, or one that cannot be opened or read inside the block raises
-    :class:`RasterError` naming the file; changedet errors raised in the block pass
-    through unchanged.
+    without CRS, or one that cannot be opened raises :class:`RasterError` naming the
+    file, and so does an error of rasterio/GDAL reading it inside the block (a corrupt
+    or truncated block). Any other error raised in the block (the caller's own code,
+    changedet errors) passes through unchanged, so a bug is never reported as a
+    corrupt file.
     """
     import rasterio
 
@@ -28,23 +56,51 @@ def open_raster(path: str | Path):
     if not path.exists():
         raise RasterError(f"{path}: no such file; check the path")
     try:
-        with rasterio.open(path) as src:
-            if src.crs is None:
-                raise RasterError(f"{path}: has no CRS; georeference it (e.g. gdal_edit.py -a_srs EPSG:xxxx) first")
-            yield src
-    except ChangedetError:
-        raise
+        src = rasterio.open(path)
     except Exception as exc:  # rasterio raises several types for corrupt files
-        raise RasterError(f"{path}: cannot be read as a raster ({exc.__class__.__name__}: {exc}); "
-                          "check that the file is a complete GeoTIFF, COG or JPEG2000") from None
+        raise _unreadable(path, exc) from None
+    with src:
+        try:
+            crs = src.crs
+        except Exception as exc:
+            raise _unreadable(path, exc) from None
+        if crs is None:
+            raise RasterError(f"{path}: has no CRS; georeference it (e.g. gdal_edit.py -a_srs EPSG:xxxx) first")
+        try:
+            yield src
+        except Exception as exc:
+            if isinstance(exc, ChangedetError) or not _raised_by_raster_library(exc):
+                raise
+            raise _unreadable(path, exc) from None
+
+
+def band_names(descriptions) -> list[str]:
+    """Band names of a raster file from its band descriptions (``src.descriptions``).
+
+    The one rule for every reader of files (:func:`read_raster`, the co-registration of
+    files, the CLI's band checks): a band's description when it has one, else
+    ``b<n>`` with ``n`` its 1-based band number, so that a band is called the same
+    whichever reader opened the file.
+
+    Parameters
+    ----------
+    descriptions : sequence of str or None
+        One entry per band, in band order; None or "" for a band without description.
+
+    Returns
+    -------
+    list of str
+    """
+    return [d if d else f"b{i + 1}" for i, d in enumerate(descriptions)]
 
 
 def read_raster(path: str | Path, *, bands: list[str] | None = None) -> xr.DataArray:
     """Read a GeoTIFF / COG / JPEG2000 as ``DataArray(band, y, x)`` (float32, NaN for nodata).
 
-    Band names come from the file's band descriptions when present, else ``bands`` or
-    ``b1, b2, ...``. Raises :class:`RasterError` naming the file for unreadable, corrupt
-    or ungeoreferenced input.
+    Band names are ``bands`` when given (one per band of the file), else those of
+    :func:`band_names` (the file's band descriptions, ``b1, b2, ...`` for bands without
+    one). Raises :class:`RasterError` naming the file for unreadable, corrupt or
+    ungeoreferenced input.
     """
     import rioxarray  # noqa: F401  registers the .rio accessor
 
@@ -62,7 +118,7 @@ def read_raster(path: str | Path, *, bands: list[str] | None = None) -> xr.DataA
         # with rioxarray's masked=True; the mask comes from the raw values, so float32
         # rounding cannot merge nodata with a neighbour.
         data = np.ma.filled(src.read(masked=True).astype("float32"), np.float32(np.nan))
-    names = bands or [d if d else f"b{i + 1}" for i, d in enumerate(descriptions)]
+    names = list(bands) if bands else band_names(descriptions)
     if len(names) != data.shape[0]:
         raise RasterError(f"{path}: has {data.shape[0]} bands but {len(names)} band names were given")
     rows, cols = data.shape[1:]

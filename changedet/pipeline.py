@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -33,6 +32,7 @@ from changedet.io import write_geotiff
 from changedet.kernels import baseline_zscore, changed_area_m2
 from changedet.kernels.threshold import change_mask
 from changedet.metrics import SITE, MetricStore, to_utc
+from changedet.nanstats import quiet_nanmean
 from changedet.objects.containers import count_containers
 from changedet.objects.railcars import count_railcars
 from changedet.objects.ships import count_ships
@@ -509,9 +509,7 @@ def _coarsen(da: xr.DataArray, factor: int, grid) -> xr.DataArray:
     pad_r, pad_c = rows * factor - v.shape[1], cols * factor - v.shape[2]
     v = np.pad(v, ((0, 0), (0, max(pad_r, 0)), (0, max(pad_c, 0))), constant_values=np.nan)[:, :rows * factor,
                                                                                            :cols * factor]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        out = np.nanmean(v.reshape(v.shape[0], rows, factor, cols, factor), axis=(2, 4))
+    out = quiet_nanmean(v.reshape(v.shape[0], rows, factor, cols, factor), axis=(2, 4))  # all-NaN block: NaN
     return grid.attach(out.astype("float32"), bands=[str(b) for b in da["band"].values])
 
 

@@ -75,11 +75,11 @@ def cmd_coregister(args) -> int:
         if v is not None and v < 32:
             raise ChangedetError(f"--{name} {v} is too small; use at least 32 pixels")
     if args.band is not None:
-        from changedet.io import open_raster
+        from changedet.io import band_names, open_raster
 
         for path in (args.reference, args.moving):
             with open_raster(path) as src:
-                names = [d if d else f"b{i + 1}" for i, d in enumerate(src.descriptions)]
+                names = band_names(src.descriptions)
             if args.band not in names:
                 raise CoregError(f"{path}: has no band {args.band!r}; its bands are {', '.join(names)}")
     out_path = None

@@ -13,8 +13,6 @@ code on the same (float64) values.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import xarray as xr
 
@@ -418,9 +416,11 @@ def _mask_np(mag: np.ndarray, *, threshold: float, footprint, max_small: int, co
             # mode="ignore": the image border neither erodes nor grows objects.
             plane = opening(plane, footprint, mode="ignore")
         if max_small > 0 and plane.any():
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "only one label" on single-object planes
-                plane = remove_small_objects(plane, max_size=max_small, connectivity=connectivity)
+            # A boolean plane is labelled by skimage itself: its "only one label" warning is
+            # for integer label images only, so none is raised (and none needs silencing,
+            # which would not be thread-safe in Dask workers).
+            plane = remove_small_objects(np.asarray(plane, dtype=bool), max_size=max_small,
+                                         connectivity=connectivity)
         out[idx] = plane
     return out
 

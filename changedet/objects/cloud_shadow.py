@@ -13,12 +13,12 @@ in its shadowed colour throughout a window far wider than any object's shadow.
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 from scipy import ndimage
 
 from changedet.grid import GridSpec
+from changedet.nanstats import quiet_nanmean
 from changedet.objects.ground import GroundModel
 
 # Cloud-base heights searched (m): low cumulus to mid-level cloud.
@@ -73,9 +73,8 @@ def cloud_shadow_mask(
     rows, cols = (cloud.shape[0] // f) * f, (cloud.shape[1] // f) * f
     if rows == 0 or cols == 0:
         return out
-    with warnings.catch_warnings():  # all-NaN blocks (under cloud, off the image) are NaN by design
-        warnings.simplefilter("ignore", RuntimeWarning)
-        b = np.nanmean(brightness[:rows, :cols].reshape(rows // f, f, cols // f, f), axis=(1, 3))
+    # All-NaN blocks (under cloud, off the image) are NaN by design.
+    b = quiet_nanmean(brightness[:rows, :cols].reshape(rows // f, f, cols // f, f), axis=(1, 3))
     c = cloud[:rows, :cols].reshape(rows // f, f, cols // f, f).mean(axis=(1, 3)) > 0.5
     clear = np.isfinite(b) & ~c
     if clear.sum() < 100:
@@ -178,9 +177,7 @@ def cloud_shade(
     cloud = np.asarray(cloud, bool)
     if not cloud.any():
         return None
-    with warnings.catch_warnings():  # a pixel with no valid band is NaN by design
-        warnings.simplefilter("ignore", RuntimeWarning)
-        bright = np.nanmean(pix[:3], axis=0)
+    bright = quiet_nanmean(pix[:3], axis=0)  # a pixel with no valid band is NaN by design
     out = np.zeros(cloud.shape, bool)
     if edge_m > 0:
         r = edge_m / grid.resolution
@@ -203,7 +200,8 @@ def cloud_shade(
         f = max(1, int(round(2.0 / grid.resolution)))
         rows, cols = (cloud.shape[0] // f) * f, (cloud.shape[1] // f) * f
         with np.errstate(invalid="ignore"):
-            small = np.nanmean(pix[:, :rows, :cols].reshape(pix.shape[0], rows // f, f, cols // f, f), axis=(2, 4))
+            small = quiet_nanmean(pix[:, :rows, :cols].reshape(pix.shape[0], rows // f, f, cols // f, f),
+                                  axis=(2, 4))
         d, alpha = model.classify(small)
         with np.errstate(invalid="ignore", divide="ignore"):
             ndwi = (small[1] - small[3]) / (small[1] + small[3])

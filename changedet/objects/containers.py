@@ -30,7 +30,6 @@ conservative: a tarp in a saturated colour passes for container paint.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import replace
 from typing import Mapping
 
@@ -42,6 +41,7 @@ from shapely.geometry import Polygon, shape
 
 from changedet.grid import GridSpec
 from changedet.objects.checks import check_features, check_resolution
+from changedet.nanstats import quiet_nanmean
 from changedet.objects.cloud_shadow import cloud_shade
 from changedet.objects.common import CountResult, Detection, prepare, robust_ref
 from changedet.objects.ground import GroundModel
@@ -124,9 +124,8 @@ def count_containers(
         # Classify as far as the longest possible shadow reaches (a 5-tier stack throws
         # 36 m at 20 degrees of sun), so that a long shadow is seen to end, not cut off.
         around = _mask(zone.buffer(max(_reach_m(sun_elevation_deg), 20.0) if have_sun else 20.0), grid)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            d, alpha = model.classify(np.where(around[None], pix, np.nan))
+        # Outside ``around`` every band is NaN on purpose: those pixels get distance NaN.
+        d, alpha = model.classify(np.where(around[None], pix, np.nan))
         box = (d > min_contrast) & around & ok
         lit_ground = (d <= min_contrast) & (alpha >= 0.5) & around & ok
         box = ndimage.binary_opening(box, structure=np.ones((2, 2), bool))
@@ -391,8 +390,9 @@ def _reclassify(model: GroundModel, shade_samples: np.ndarray, apron_samples: np
     shadow, shadow_sd = robust_ref(shade_samples)
     shadow_sd = np.maximum(shadow_sd, 0.003 + 0.03 * shadow)
     model = replace(model, shadow=shadow, shadow_sd=shadow_sd)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
+    # Pixels outside ``around`` (all bands NaN) come out NaN; FP errors of the chromaticity
+    # of black pixels are NaN too (np.errstate is per thread, unlike warnings filters).
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         d, alpha = model.classify(np.where(around[None], pix, np.nan))
         a = apron_samples[np.all(np.isfinite(apron_samples), axis=1)]
         bright = a.mean(axis=1)
@@ -407,10 +407,10 @@ def _reclassify(model: GroundModel, shade_samples: np.ndarray, apron_samples: np
         t = np.clip(np.nansum((c - sh_c[:, None]) * span, axis=0) / max(float((span ** 2).sum()), 1e-12), 0, 1)
         sd = sh_c_sd[:, None] + t * (lit_c_sd - sh_c_sd)[:, None]
         # The hue of deeper shade is noisier in proportion to its darkness.
-        bright = np.nanmean(np.where(around[None], pix, np.nan), axis=0)
+        bright = quiet_nanmean(np.where(around[None], pix, np.nan), axis=0)
         deep = (bright < float(shadow.mean())).reshape(-1)
         sd = sd * np.where(deep, float(shadow.mean()) / np.maximum(bright.reshape(-1), 1e-3), 1.0)
-        off = np.sqrt(np.nanmean(((c - (sh_c[:, None] + t * span)) / sd) ** 2, axis=0)).reshape(shape)
+        off = np.sqrt(quiet_nanmean(((c - (sh_c[:, None] + t * span)) / sd) ** 2, axis=0)).reshape(shape)
         d = np.where(deep.reshape(shape), 0.0, d)
     return model, d, alpha, off
 

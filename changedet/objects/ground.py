@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from changedet.nanstats import quiet_nanmean
 from changedet.objects.common import robust_ref
 
 
@@ -72,5 +73,5 @@ class GroundModel:
         span = lit - sh
         alpha = np.clip(np.nansum((p - sh) * span, axis=0) / max(float((span ** 2).sum()), 1e-9), 0, 1)
         sd = self.shadow_sd[:, None] + alpha * (self.lit_sd - self.shadow_sd)[:, None]
-        d = np.sqrt(np.nanmean(((p - (sh + alpha * span)) / sd) ** 2, axis=0))
+        d = np.sqrt(quiet_nanmean(((p - (sh + alpha * span)) / sd) ** 2, axis=0))  # NaN for a pixel with no band
         return d.reshape(shape), alpha.reshape(shape)

@@ -38,7 +38,6 @@ occupied length over the mean car pitch, with an uncertainty.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Mapping
 
 import numpy as np
@@ -48,6 +47,7 @@ from shapely.geometry import LineString
 
 from changedet.grid import GridSpec
 from changedet.objects.checks import ResolutionError, check_features
+from changedet.nanstats import quiet_nanmean, quiet_nanmin, quiet_nanstd
 from changedet.objects.cloud_shadow import cloud_shade
 from changedet.objects.common import CountResult, Detection, bgrn, oriented_rect, robust_ref, runs
 from changedet.objects.ground import GroundModel
@@ -98,9 +98,10 @@ def count_railcars(
         Per-track counts and types, per-car detections (VHR) or an estimate with an
         uncertainty (medium resolution).
     """
-    with warnings.catch_warnings():
-        # All-NaN strips (clouds, image edges) are expected; they are reported as unobserved.
-        warnings.simplefilter("ignore", RuntimeWarning)
+    # All-NaN strips (clouds, image edges) are expected; they are reported as unobserved.
+    # Their statistics are NaN without a warning (quiet_nanmean & co.) and floating-point
+    # errors on them are ignored per thread (np.errstate; a warnings filter is process-wide).
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         return _count_railcars(image, tracks, valid=valid, sun_azimuth_deg=sun_azimuth_deg,
                                sun_elevation_deg=sun_elevation_deg, min_contrast=min_contrast)
 
@@ -158,7 +159,7 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
         total_len += seen.size * strip.step_m
         if vhr:
             cars = _split_cars(strip, occ, seen, refs["lit_sd"], refs["lit"], sun_left=sun_left,
-                               ground_sd=float(np.nanmean(refs["shadow_sd"])),
+                               ground_sd=float(quiet_nanmean(refs["shadow_sd"])),
                                shadow_reach_m=_shadow_reach(tracks[tid], sun_azimuth_deg, sun_elevation_deg))
             by_type: dict[str, int] = {}
             for a, b, ctype, score in cars:
@@ -231,7 +232,7 @@ def _empty_track_reference(strips: Mapping[str, Strip]) -> dict[str, np.ndarray]
     for s in strips.values():
         centre, side = _zones(s)
         side_samples.append(s.values[:, side, :].reshape(s.values.shape[0], -1).T)
-        centre_means.append(np.nanmean(s.values[:, centre, :], axis=1).T)
+        centre_means.append(quiet_nanmean(s.values[:, centre, :], axis=1).T)
     model = GroundModel.from_samples(np.concatenate(side_samples), refine_with=np.concatenate(centre_means),
                                      assume_shadow=False)
     nb = side_samples[0].shape[1]
@@ -306,10 +307,10 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
     right = (a <= -1.95) & (a >= -2.6)
     c = strip.values[:, centre, :]
     seen = np.all(np.isfinite(c), axis=(0, 1))
-    mean = np.nanmean(c, axis=1)  # (band, along)
+    mean = quiet_nanmean(c, axis=1)  # (band, along)
 
     def dist(x, ref, sd):
-        return np.sqrt(np.nanmean(((x - ref[:, None]) / sd[:, None]) ** 2, axis=0))
+        return np.sqrt(quiet_nanmean(((x - ref[:, None]) / sd[:, None]) ** 2, axis=0))
 
     d_lit = dist(mean, refs["lit"], refs["lit_sd"])
     occ = d_lit > min_contrast
@@ -328,14 +329,14 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
         span = lit - sh
         alpha = np.clip(np.nansum((mean - sh) * span, axis=0) / max(float((span ** 2).sum()), 1e-9), 0, 1)
         sd = refs["shadow_sd"][:, None] + alpha * (refs["lit_sd"] - refs["shadow_sd"])[:, None]
-        d_ground = np.sqrt(np.nanmean(((mean - (sh + alpha * span)) / sd) ** 2, axis=0))
+        d_ground = np.sqrt(quiet_nanmean(((mean - (sh + alpha * span)) / sd) ** 2, axis=0))
         ground_like = d_ground <= min_contrast
         dark = ground_like & (alpha < 0.5)
         colourful = ~ground_like
         lit_b = float(np.mean(refs["lit"]))
         k = int(1.0 / strip.step_m) | 1
-        bl = _nan_smooth(np.nanmean(strip.values[:, left, :], axis=(0, 1)), k)
-        br = _nan_smooth(np.nanmean(strip.values[:, right, :], axis=(0, 1)), k)
+        bl = _nan_smooth(quiet_nanmean(strip.values[:, left, :], axis=(0, 1)), k)
+        br = _nan_smooth(quiet_nanmean(strip.values[:, right, :], axis=(0, 1)), k)
         if sun_left is None:
             diff = np.nanmedian((bl - br)[colourful]) if colourful.sum() >= 10 else 0.0
             sun_left = None if abs(diff) < 0.1 * lit_b else bool(diff > 0)
@@ -365,7 +366,7 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
             # A sunlit convex body (a tank car's cylinder) is brighter on its sun-facing half;
             # a shadow cast onto the track darkens the sun-facing half first, and shadowed
             # ballast is flat. A dark centre much brighter towards the sun is a car.
-            glow = _sun_side_glow(strip, sun_left, float(np.nanmean(refs["shadow_sd"])), k)
+            glow = _sun_side_glow(strip, sun_left, float(quiet_nanmean(refs["shadow_sd"])), k)
             dark_car = dark & glow
         else:
             dark_car = np.zeros_like(dark)
@@ -378,7 +379,7 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
         mix = (np.linalg.pinv(np.stack([refs["lit"], refs["shadow"]], axis=1)) @ np.nan_to_num(mean)) / light
         too_dark = (mix.sum(axis=0) < _MIN_GROUND_SCALE) | (mix.min(axis=0) < -_MAX_NEGATIVE_MIX)
         dark_car |= dark & too_dark
-        texture = np.nanmean(np.nanstd(c, axis=1), axis=0) / max(float(np.nanmean(refs["shadow_sd"])), 1e-4)
+        texture = quiet_nanmean(quiet_nanstd(c, axis=1), axis=0) / max(float(quiet_nanmean(refs["shadow_sd"])), 1e-4)
         # Structure inside a dark centre is only trusted when the sun side is unknown: with
         # a known sun, the edge of a neighbour's shadow crossing the centre mimics it.
         structured = texture > 4.0 if sun_left is None else np.zeros_like(dark)
@@ -424,7 +425,7 @@ def _light_share(band: np.ndarray, refs, k: int) -> np.ndarray:
     (a car's flank) or unknown. Without a shadowed colour (NaN in ``refs``) the ground
     is the lit colour, scaled.
     """
-    colour = _nan_smooth_2d(np.nanmean(band, axis=1), k)   # (band, along)
+    colour = _nan_smooth_2d(quiet_nanmean(band, axis=1), k)   # (band, along)
     lit, sh = refs["lit"][:, None], refs["shadow"][:, None]
     lit_sd, sh_sd = refs["lit_sd"][:, None], refs["shadow_sd"][:, None]
     if not np.all(np.isfinite(sh)):
@@ -435,16 +436,16 @@ def _light_share(band: np.ndarray, refs, k: int) -> np.ndarray:
         m = sh + a * (lit - sh)
         sd = sh_sd + a * (lit_sd - sh_sd)
         scale = np.nansum(colour * m, axis=0) / max(float((m ** 2).sum()), 1e-12)
-        resid = np.sqrt(np.nanmean(((colour - scale * m) / (np.maximum(scale, 1e-3) * sd)) ** 2, axis=0))
+        resid = np.sqrt(quiet_nanmean(((colour - scale * m) / (np.maximum(scale, 1e-3) * sd)) ** 2, axis=0))
         fits.append((scale, resid))
     scales = np.stack([f[0] for f in fits])
     resid = np.stack([f[1] for f in fits])
     # Fits within one standard error of the best are as good: the side colour is a mean
     # of about n samples, each off the ground colour by one spread.
     n = max(1, band.shape[1]) * k
-    ok = resid <= np.nanmin(resid, axis=0) + 1.0 / math.sqrt(n)
+    ok = resid <= quiet_nanmin(resid, axis=0) + 1.0 / math.sqrt(n)
     best_s = np.nanmax(np.where(ok, scales, -np.inf), axis=0)
-    ground = np.nanmin(resid, axis=0) <= _GROUND_FIT
+    ground = quiet_nanmin(resid, axis=0) <= _GROUND_FIT
     good = np.isfinite(best_s) & ground & np.all(np.isfinite(colour), axis=0)
     return np.where(good, np.clip(best_s, 0.2, 1.0), 1.0)
 
@@ -463,9 +464,9 @@ def _sun_side_glow(strip: Strip, sun_left: bool, ground_sd: float, k: int) -> np
     other half: by ``_GLOW_RATIO`` and by three spreads of the ground colour."""
     a = strip.across_m if sun_left else -strip.across_m
     lo, hi = _HALF_BAND_M
-    b = np.nanmean(strip.values[:3], axis=0)   # visible brightness (across, along)
-    sun_half = _nan_smooth(np.nanmean(b[(a >= lo) & (a <= hi)], axis=0), k)
-    anti_half = _nan_smooth(np.nanmean(b[(a <= -lo) & (a >= -hi)], axis=0), k)
+    b = quiet_nanmean(strip.values[:3], axis=0)   # visible brightness (across, along)
+    sun_half = _nan_smooth(quiet_nanmean(b[(a >= lo) & (a <= hi)], axis=0), k)
+    anti_half = _nan_smooth(quiet_nanmean(b[(a <= -lo) & (a >= -hi)], axis=0), k)
     with np.errstate(invalid="ignore"):
         return (sun_half >= _GLOW_RATIO * anti_half) & (sun_half - anti_half >= 3.0 * ground_sd)
 
@@ -599,9 +600,9 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
     step = strip.step_m
     centre, _ = _zones(strip)
     sides = np.abs(strip.across_m) >= 1.95
-    mean = np.nan_to_num(np.nanmean(strip.values[:, centre, :], axis=1))
-    side = np.nan_to_num(np.nanmean(strip.values[:, sides, :], axis=1))
-    sigma = max(float(np.nanmean(sd)), 1e-3)
+    mean = np.nan_to_num(quiet_nanmean(strip.values[:, centre, :], axis=1))
+    side = np.nan_to_num(quiet_nanmean(strip.values[:, sides, :], axis=1))
+    sigma = max(float(quiet_nanmean(sd)), 1e-3)
     # Cut evidence, in units of the empty track's colour spread:
     # a colour edge between neighbouring car ends ...
     k = max(1, int(round(1.0 / step)))
@@ -624,7 +625,7 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
     # it (blur, car end walls), and a lit gap between two cars shows as two steps.
     evidence = np.maximum(np.maximum(edge, dip), 2.0 * ridge) / sigma
     # Black car bodies (well below the empty track's brightness, lit or shaded).
-    dark = mean.mean(axis=0) < 0.5 * float(np.nanmean(lit))
+    dark = mean.mean(axis=0) < 0.5 * float(quiet_nanmean(lit))
     dim = dark.copy()
     if sun_left is not None and np.isfinite(ground_sd):
         dark &= _sun_side_glow(strip, sun_left, ground_sd, int(1.0 / step) | 1)
@@ -647,7 +648,7 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
             length = (s1 - s0) * step
             interior = (s0 != a) + (s1 != b)
             body = length - interior * GAP_M / 2
-            ctype = _classify(strip, s0, s1, body, float(np.nanmean(lit)))
+            ctype = _classify(strip, s0, s1, body, float(quiet_nanmean(lit)))
             a_m = s0 * step + (GAP_M / 2 if s0 != a else 0)
             b_m = s1 * step - (GAP_M / 2 if s1 != b else 0)
             cut_a, cut_b = open_a and s0 == a, open_b and s1 == b
@@ -664,7 +665,7 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
                 if cut_b:
                     b_m = (b + int(np.argmax(~seen[b:b + tol]))) * step
                 body = b_m - a_m
-                look = _look(strip, s0, s1, float(np.nanmean(lit)))
+                look = _look(strip, s0, s1, float(quiet_nanmean(lit)))
                 # The same table as _classify's for the longest bodies: a body cut in two
                 # by a narrow stretch must not have both halves counted.
                 longest = {"open": "gondola", "plain": "boxcar"}.get(look, "locomotive")
@@ -831,13 +832,13 @@ def _look(strip: Strip, s0: int, s1: int, lit_b: float) -> str | None:
     a = np.abs(strip.across_m)
     n = s1 - s0
     core = slice(s0 + n // 6, s1 - n // 6) if n >= 6 else slice(s0, s1)
-    inner = np.nanmean(strip.values[:, a <= 0.8, core])
+    inner = quiet_nanmean(strip.values[:, a <= 0.8, core])
     # The sun-side wall is lit; the other may sit in the wall's own shadow.
-    walls = [np.nanmean(strip.values[:, (strip.across_m * side >= 1.15) & (strip.across_m * side <= 1.45), core])
+    walls = [quiet_nanmean(strip.values[:, (strip.across_m * side >= 1.15) & (strip.across_m * side <= 1.45), core])
              for side in (1, -1)]
     if np.isfinite(inner) and np.all(np.isfinite(walls)) and inner < 0.8 * max(walls):
         return "open"
-    top = np.nanmean(strip.values[:, a <= 1.0, core], axis=(0, 2))   # brightness per across position
+    top = quiet_nanmean(strip.values[:, a <= 1.0, core], axis=(0, 2))   # brightness per across position
     if not (top.size >= 3 and np.all(np.isfinite(top)) and top.mean() > 0):
         return None
     relief = (top.max() - top.min()) / top.mean()

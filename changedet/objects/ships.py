@@ -9,7 +9,6 @@ width and heading come from the blob's minimum rotated rectangle.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Mapping
 
 import numpy as np
@@ -81,9 +80,8 @@ def count_ships(
     if model is None:
         return CountResult("ships", 0, {}, tuple({"id": b, "count": 0, "by_type": {}} for b in berths), (),
                            grid.crs, None, 0.0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        d, _ = model.classify(pix)
+    # Invalid pixels (all bands NaN) get distance NaN, never above the contrast threshold.
+    d, _ = model.classify(pix)
     # Vessels float: only water pixels can be hull (the quay beside a berth is not water).
     target = (d > min_contrast) & ok & _mask(water, grid)
     target = ndimage.binary_opening(target, structure=np.ones((2, 2), bool))

@@ -41,7 +41,6 @@ in a berth polygon, else ``at_anchor``).
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -126,7 +125,9 @@ def optical_water(image: xr.DataArray, *, valid: np.ndarray | None = None) -> np
         raise ChangedetError("fewer than 100 usable pixels in the image; nothing to detect vessels on")
     t = _otsu(f[ok])
     water = (f < t) & ok
-    if water.sum() >= 50:
+    # A water pixel has a finite NIR (and SWIR), but its green may be missing: with no
+    # green at all there is nothing to compare (and an all-NaN median would warn).
+    if water.sum() >= 50 and not np.isnan(green[water]).all():
         g, n = np.nanmedian(green[water]), np.nanmedian(nir[water])
         if n > 1.5 * g:
             raise BandOrderError(
@@ -482,8 +483,9 @@ def optical_candidates(
     grid = GridSpec.of(image)
     res_m = grid.resolution * ground_metres_per_unit(grid)
     ok = np.ones(grid.shape, bool) if valid is None else np.asarray(valid.values, bool)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
+    # NaN pixels (nodata, off the swath) stay NaN through the logs and ratios below;
+    # np.errstate (per thread, unlike a warnings filter) keeps them quiet.
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         wmask = optical_water(image, valid=ok)
         given = _mask(water, grid) if water is not None else None
         sea, dom = _sea(wmask, res_m, given=given)
@@ -559,8 +561,7 @@ def detect_vessels_sar(
         raise BandOrderError(f"band {band!r} has negative values (decibels?); give linear sigma0 "
                              "(10 ** (dB / 10))")
     ok = np.isfinite(sig)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # per thread; NaN pixels stay NaN
         if water is not None:
             wmask = _mask(water, grid) & ok
         else:

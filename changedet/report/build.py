@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import warnings
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -657,8 +656,10 @@ def build_report(data_dir: str | Path, out_dir: str | Path, *, aoi_ids: Sequence
     store = MetricStore(where) if is_postgres_url(where) or sqlite_path(where).exists() else None
     outbox = Outbox(data_dir / "outbox") if (data_dir / "outbox" / "outbox.sqlite").exists() else None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
+        # Figures of partly empty images compute on NaN; floating-point warnings about it
+        # are silenced per thread (np.errstate), not through the process-wide warnings
+        # filters, which other threads (a Dask worker, a flow's task runner) share.
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             views = [_build_aoi(a, data_dir, data, out_dir, s, e, store, outbox) for a in aois]
         return _index(views, out_dir, s, e)
     finally:
