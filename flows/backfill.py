@@ -7,18 +7,23 @@ crashed run, started again with the same parameters (or re-scheduled: see
 one AOI run in order (alerts depend on the order); AOIs run in parallel on the Dask
 cluster, within each source's global concurrency limit. The chains with the most work
 left go first (``changedet.pipeline.chain_priorities``): a backfill lasts at least its
-longest chain, so that one must not start last.
+longest chain, so that one must not start last. A failed AOI-day stops only its own AOI
+(its later days are reported as not run); the others finish, then the flow run fails
+with a summary (:class:`BackfillFailed`) and a re-run resumes the failed AOIs.
 """
 
 from __future__ import annotations
 
+import re
 from collections import deque
+from dataclasses import dataclass
 from datetime import date
 from queue import SimpleQueue
 
 import dask
 from prefect import flow, get_run_logger
 
+from changedet.errors import ChangedetError
 from changedet.pipeline import chain_priorities, dates_between, day_cost
 from flows.cluster import task_runner, workers_see_this_api
 from flows.daily import default_data_dir, select_aois
@@ -26,11 +31,85 @@ from flows.tasks import (ensure_source_limits, process_aoi_day, result_storage, 
                          store_url_for)
 
 
+class BackfillFailed(ChangedetError):
+    """Some AOI-days of a backfill failed; the message names each AOI, day and error.
+
+    ``results`` holds what did complete (as the flow returns it), ``failures`` one
+    :class:`DayFailure` per failed AOI.
+    """
+
+    def __init__(self, message: str, results: dict[str, list[dict]], failures: list["DayFailure"]) -> None:
+        super().__init__(message)
+        self.results, self.failures = results, failures
+
+    def __reduce__(self):  # picklable with its fields (Prefect keeps the flow's exception)
+        return type(self), (str(self), self.results, self.failures)
+
+
+@dataclass(frozen=True)
+class DayFailure:
+    """One AOI's failed day and the days of that AOI left unrun behind it."""
+
+    aoi_id: str
+    day: date
+    error: str
+    not_run: tuple[date, ...] = ()
+    cancelled: bool = False   # stopped by ``fail_fast`` (another AOI failed), not by its own error
+
+    def line(self) -> str:
+        what = "cancelled" if self.cancelled else "failed"
+        later = (f"; {len(self.not_run)} later day(s) not run ({self.not_run[0]}..{self.not_run[-1]})"
+                 if self.not_run else "")
+        return f"{self.aoi_id} {what} on {self.day}: {self.error}{later}"
+
+
+#: Longest error text quoted per AOI in the flow's final message (the task run's own log has it all).
+ERROR_CHARS = 300
+_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+_SECRET_QUERY = re.compile(r"(?i)((?:token|key|secret|password|signature|sig|credential)[a-z_-]*=)[^&\s]+")
+
+
+def _error_text(state) -> str:
+    """The error of a failed AOI-day, short and without credentials.
+
+    Changedet's own errors never carry secrets; anything else (an HTTP client's error
+    quoting a URL) may, so user info and secret-looking query values are masked.
+    """
+    try:
+        exc = state.result(raise_on_failure=False)
+    except Exception as read_error:  # noqa: BLE001  (the state's message still says what happened)
+        exc = read_error if not state.message else None
+    text = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else (state.message or state.name)
+    text = _SECRET_QUERY.sub(r"\1***", _USERINFO.sub("***@", " ".join(text.split())))
+    return text if len(text) <= ERROR_CHARS else text[:ERROR_CHARS - 3] + "..."
+
+
+def _final_state(future):
+    """The final Prefect state of a finished AOI-day's future (Crashed if Dask lost it)."""
+    from prefect.states import Crashed
+
+    future.wait()
+    try:
+        state = future.state  # final here: set by wait() from the worker's answer
+    except Exception as exc:  # noqa: BLE001
+        return Crashed(message=f"state unknown: {type(exc).__name__}: {exc}")
+    if not state.is_final():
+        # The Dask future failed without a Prefect state (a worker killed mid-task, an
+        # answer that could not be unpickled): the API still says Running.
+        try:
+            error = future.wrapped_future.exception()
+        except Exception as exc:  # noqa: BLE001  (cancelled)
+            error = exc
+        return Crashed(message=f"the Dask task ended without a Prefect state: {type(error).__name__}: {error}")
+    return state
+
+
 @flow(name="backfill", log_prints=True, task_runner=task_runner())
 def backfill(aoi_ids: list[str] | None = None, start: date = date(2023, 6, 1), end: date = date(2023, 11, 30),
              cadence: int | None = None, data_dir: str | None = None, seed: int = 0, registry: str | None = None,
              chunk_size: int = 8, source_concurrency: int | None = None,
-             kernels_on_cluster: bool = True, store_url: str | None = None) -> dict[str, list[dict]]:
+             kernels_on_cluster: bool = True, store_url: str | None = None,
+             fail_fast: bool = False) -> dict[str, list[dict]]:
     """Process ``start``..``end`` for each AOI, every ``cadence`` days.
 
     Parameters
@@ -50,6 +129,27 @@ def backfill(aoi_ids: list[str] | None = None, start: date = date(2023, 6, 1), e
         submitted up to ``chunk_size`` days per AOI ahead, bound to the worker of the
         AOI's first day. The parameter keeps its name and default so that backfills
         submitted before keep their idempotency keys.
+    fail_fast : bool
+        Stop the whole backfill at the first failed AOI-day: the other AOIs' days that
+        have not started are cancelled (Cancelled in Prefect), those already running
+        are waited for (interrupting one mid-write would only waste it), nothing more
+        is submitted. Default: AOIs are independent, so a failed day stops only its own
+        AOI (its later days depend on its history and are not run) and every other AOI
+        runs to the end.
+
+    Returns
+    -------
+    dict
+        AOI id -> the results of its days, in date order.
+
+    Raises
+    ------
+    BackfillFailed
+        After every AOI that could run has finished, when any AOI-day failed: the flow
+        run ends Failed, its message naming each failed AOI, the day, the error and the
+        days not run. Everything that completed is stored and cached; running the same
+        backfill again (``changedet backfill --submit`` re-schedules the failed run)
+        skips the completed days and resumes each failed AOI at its failed day.
     """
     logger = get_run_logger()
     aois = select_aois(aoi_ids, registry)
@@ -66,6 +166,7 @@ def backfill(aoi_ids: list[str] | None = None, start: date = date(2023, 6, 1), e
     finished: SimpleQueue[str] = SimpleQueue()
     before: dict[str, object] = {}
     out: dict[str, list[dict]] = {a.id: [] for a in aois}
+    days_of: dict[object, date] = {}   # task run id -> its day
     every = max(chunk_size, 1)
 
     def submit_next(aoi_id: str) -> None:
@@ -81,25 +182,94 @@ def backfill(aoi_ids: list[str] | None = None, start: date = date(2023, 6, 1), e
             f = task.submit(aoi_id, d, data_dir, seed, registry, kernels_on_cluster, store_url,
                             wait_for=[before[aoi_id]] if aoi_id in before else None)
         in_flight[aoi_id] = f
+        days_of[f.task_run_id] = d
         # Woken by completions (no polling): the callback only queues the AOI's name,
         # the flow's own thread submits (task.submit needs the flow run's context).
         f.add_done_callback(lambda _f, a=aoi_id: finished.put(a))
+
+    failures: dict[str, DayFailure] = {}
+    ended = done = 0   # AOI-days that ended (any state), that completed
+
+    def fail(aoi_id: str, day: date, error: str, cancelled: bool = False) -> None:
+        not_run = tuple(d for d in todo[aoi_id] if d != day)
+        todo[aoi_id].clear()
+        failures[aoi_id] = DayFailure(aoi_id, day, error, not_run, cancelled)
+        log = logger.warning if cancelled else logger.error
+        log("backfill: %s", failures[aoi_id].line())
+
+    def cancel_the_rest(cause: str) -> None:
+        """``fail_fast``: cancel the queued days; wait for the running ones."""
+        running = _running_keys(in_flight.values())
+        for aoi_id, f in list(in_flight.items()):
+            if f.wrapped_future.key in running:
+                continue
+            f.wrapped_future.cancel()
+            _mark_cancelled(f, f"cancelled before it started: fail_fast and {cause}")
+            del in_flight[aoi_id]
+            fail(aoi_id, days_of[f.task_run_id], f"not started: fail_fast after {cause}", cancelled=True)
+        # The running ones end in the loop below; their AOIs' next days are then not submitted.
 
     with workers_see_this_api():
         # Longest chain first in submission too (the scheduler breaks ties by arrival).
         for a in sorted(todo, key=lambda a: -priority[(a, todo[a][0])]):
             submit_next(a)
-        done = 0
-        while done < total:
+        while in_flight:
             a = finished.get()
-            f = in_flight.pop(a)
-            # result() raises for a failed day (after its retries): the AOI's later days
-            # would read a history with a hole, so the backfill stops there.
-            out[a].append(f.result())
-            before[a] = f.state
-            done += 1
-            if todo[a]:
-                submit_next(a)
-            if done % every == 0 or done == total:
+            f = in_flight.pop(a, None)
+            if f is None:  # cancelled by fail_fast after it was queued here
+                continue
+            state = _final_state(f)
+            ended += 1
+            if state.is_completed():
+                done += 1
+                out[a].append(state.result())
+                before[a] = state
+                if todo[a] and not (fail_fast and failures):
+                    submit_next(a)
+                elif todo[a]:
+                    fail(a, todo[a][0], "not started: fail_fast after " + _first(failures), cancelled=True)
+            else:
+                # The AOI's later days would read a history with a hole: they are not run.
+                # Other AOIs are independent and go on (unless fail_fast).
+                fail(a, days_of[f.task_run_id], _error_text(state))
+                if fail_fast:
+                    cancel_the_rest(f"{a} failed on {days_of[f.task_run_id]}")
+            if ended % every == 0 or not in_flight:
                 logger.info("backfill: %d of %d AOI-days done", done, total)
+    if failures:
+        head = (f"backfill: {len(failures)} of {len(out)} AOIs did not finish ({done} of {total} AOI-days "
+                f"done and kept); run the same backfill again to resume them")
+        # The AOIs that failed first, then those fail_fast stopped.
+        order = sorted(failures.values(), key=lambda x: (x.cancelled, x.aoi_id))
+        raise BackfillFailed(head + ": " + "; ".join(x.line() for x in order), out, order)
     return out
+
+
+def _first(failures: dict[str, DayFailure]) -> str:
+    x = next(x for x in failures.values() if not x.cancelled)
+    return f"{x.aoi_id} failed on {x.day}"
+
+
+def _running_keys(futures) -> set:
+    """Dask keys of these AOI-days that a worker has started (or holds to start next)."""
+    futures = list(futures)
+    if not futures:
+        return set()
+    client = futures[0].wrapped_future.client
+    return {k for keys in client.processing().values() for k in keys}
+
+
+def _mark_cancelled(future, message: str) -> None:
+    """Record in Prefect that a queued AOI-day was cancelled (its Dask task never ran)."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled
+
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            state = client.read_task_run(future.task_run_id).state
+        except ObjectNotFound:
+            return  # the worker never created the run: there is nothing to mark
+        if state is None or not state.is_final():
+            client.set_task_run_state(future.task_run_id, Cancelled(message=message), force=True)

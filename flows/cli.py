@@ -45,6 +45,9 @@ def add_parser(sub) -> None:
     b.add_argument("--chunk-size", type=int, default=8,
                    help="log progress every N finished AOI-days (each AOI runs one day at a time, on whichever "
                         "worker is free)")
+    b.add_argument("--fail-fast", action="store_true",
+                   help="stop every AOI at the first failed AOI-day (days not started are cancelled); by default "
+                        "only the failed AOI stops and the others finish")
     b.add_argument("--dask-address", default=None, help="Dask scheduler (when running here)")
     b.add_argument("--submit", action="store_true",
                    help="create a run of the served backfill deployment instead of running here; the same "
@@ -100,17 +103,27 @@ def cmd_backfill(args) -> int:
         run, action = submit_backfill(args.aoi, args.start, args.end, args.every,
                                       deployment=args.deployment or BACKFILL_DEPLOYMENT, data_dir=data_dir,
                                       seed=args.seed, registry=registry, chunk_size=args.chunk_size,
-                                      wait=args.wait or None, store_url=args.store_url)
+                                      wait=args.wait or None, store_url=args.store_url,
+                                      fail_fast=args.fail_fast)
         print(f"backfill flow run {run.name} ({run.id}): {action}; state {run.state.name if run.state else '?'}")
         return 0 if not (run.state and run.state.is_final() and not run.state.is_completed()) else 1
     _env(args.dask_address, None, None)
-    from flows.backfill import backfill
+    from flows.backfill import BackfillFailed, backfill
 
-    out = backfill(args.aoi, args.start, args.end, args.every, data_dir=data_dir, seed=args.seed,
-                   registry=registry, chunk_size=args.chunk_size, store_url=args.store_url)
+    try:
+        out = backfill(args.aoi, args.start, args.end, args.every, data_dir=data_dir, seed=args.seed,
+                       registry=registry, chunk_size=args.chunk_size, store_url=args.store_url,
+                       fail_fast=args.fail_fast)
+    except BackfillFailed as exc:  # what did finish, then the one-line summary (exit 2)
+        _print_backfill(exc.results)
+        raise
+    _print_backfill(out)
+    return 0
+
+
+def _print_backfill(out: dict[str, list[dict]]) -> None:
     for aoi_id, results in out.items():
         statuses = {}
         for r in results:
             statuses[r["status"]] = statuses.get(r["status"], 0) + 1
         print(f"{aoi_id}: {len(results)} dates, " + ", ".join(f"{n} {s}" for s, n in sorted(statuses.items())))
-    return 0

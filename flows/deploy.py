@@ -75,11 +75,14 @@ def serve(*, aoi_ids: list[str] | None = None, data_dir: str | None = None, regi
 
 def backfill_parameters(aoi_ids: list[str] | None, start: date, end: date, cadence: int | None = None, *,
                         data_dir: str | None = None, seed: int = 0, registry: str | None = None,
-                        chunk_size: int = 8, store_url: str | None = None) -> dict[str, Any]:
+                        chunk_size: int = 8, store_url: str | None = None,
+                        fail_fast: bool = False) -> dict[str, Any]:
     doc = {"aoi_ids": sorted(aoi_ids) if aoi_ids else None, "start": start.isoformat(), "end": end.isoformat(),
            "cadence": cadence, "data_dir": data_dir, "seed": seed, "registry": registry, "chunk_size": chunk_size}
     if store_url:  # only when given: keys of backfills submitted without one stay as they were
         doc["store_url"] = store_url
+    if fail_fast:  # likewise
+        doc["fail_fast"] = True
     return doc
 
 
@@ -91,7 +94,7 @@ def idempotency_key(deployment: str, parameters: dict[str, Any]) -> str:
 def submit_backfill(aoi_ids: list[str] | None, start: date, end: date, cadence: int | None = None, *,
                     deployment: str = BACKFILL_DEPLOYMENT, data_dir: str | None = None, seed: int = 0,
                     registry: str | None = None, chunk_size: int = 8, wait: float | None = 0,
-                    store_url: str | None = None):
+                    store_url: str | None = None, fail_fast: bool = False):
     """Create (or find, or resume) the deployment run of a backfill.
 
     Returns
@@ -107,7 +110,7 @@ def submit_backfill(aoi_ids: list[str] | None, start: date, end: date, cadence: 
     from prefect.states import Scheduled
 
     params = backfill_parameters(aoi_ids, start, end, cadence, data_dir=data_dir, seed=seed, registry=registry,
-                                 chunk_size=chunk_size, store_url=store_url)
+                                 chunk_size=chunk_size, store_url=store_url, fail_fast=fail_fast)
     key = idempotency_key(deployment, params)
     run = run_deployment(deployment, parameters=params, idempotency_key=key, timeout=0, as_subflow=False,
                          tags=["changedet", "backfill"])

@@ -27,7 +27,8 @@ from prefect import get_run_logger, task
 from prefect.context import TaskRunContext
 
 from changedet.aoi import load_aoi
-from changedet.cube import is_url
+from changedet.cube import CubeLocked, is_url
+from changedet.errors import ChangedetError, SourceError, StoreError
 from changedet.pipeline import RunConfig, run_day
 from changedet.threads import dask_worker_threads, limited as threads_limited
 
@@ -350,8 +351,67 @@ def _acquire_source_slot(name: str) -> Iterator[None]:
         _slots.put_back(lease)
 
 
-@task(retries=2, retry_delay_seconds=[5, 30], cache_key_fn=aoi_day_cache_key, persist_result=True,
-      task_run_name="{aoi_id} {day}")
+#: Errors a retry cannot cure are not retried: bad input or configuration (a corrupt raster,
+#: a malformed AOI or scenario, a cube written with another grid) fails the same way 5 and
+#: 30 s later. Of changedet's own errors only these may be passing: an imagery provider or
+#: metric store that is down, a cube another run holds locked. Anything else (network
+#: errors, a killed process) is retried as before.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (SourceError, StoreError, CubeLocked)
+
+
+def worth_retrying(task, task_run, state) -> bool:
+    """Prefect ``retry_condition_fn``: False for a changedet error that is not transient."""
+    exc = state.data if isinstance(state.data, BaseException) else state.result(raise_on_failure=False)
+    return not isinstance(exc, ChangedetError) or isinstance(exc, TRANSIENT_ERRORS)
+
+
+def sendable(exc: BaseException) -> bool:
+    """Whether ``exc`` survives the trip from a Dask worker to the flow (pickling).
+
+    Checked with tblib's exception pickling installed for ``exc`` and its causes, as
+    Dask installs it (``distributed.core.error_message``) for every error it reports:
+    once installed in a worker, that pickling applies to those exception classes
+    whichever way they travel, including inside the Prefect state a task returns.
+    """
+    import pickle
+
+    chain, e = [], exc
+    while e is not None and len(chain) < 32:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    try:
+        from tblib import pickling_support
+
+        pickling_support.install(*chain)
+    except ImportError:  # no Dask here: plain pickling is what will be used
+        pass
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return True
+    except Exception:  # noqa: BLE001  (any failure means: cannot be sent)
+        return False
+
+
+def portable_error(exc: BaseException) -> BaseException:
+    """``exc`` made safe to send from a Dask worker to the flow.
+
+    Dask pickles a task's exception with its whole ``__cause__`` chain. Some library
+    exceptions cannot be rebuilt on the other side (rasterio's ``CPLE_AppDefinedError``
+    behind a :class:`RasterError` fails with "property 'args' ... has no setter"), and
+    the flow then fails with that ``AttributeError`` instead of the error that happened:
+    the backfill cannot tell which AOI-day failed or why. So the chain is dropped (the
+    caller logs it first); an exception that cannot be sent even then becomes a
+    ``RuntimeError`` with its type and text.
+    """
+    if sendable(exc):
+        return exc
+    exc.__cause__ = exc.__context__ = None
+    exc.__suppress_context__ = True
+    return exc if sendable(exc) else RuntimeError(f"{type(exc).__name__}: {exc}")
+
+
+@task(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=worth_retrying, cache_key_fn=aoi_day_cache_key,
+      persist_result=True, task_run_name="{aoi_id} {day}")
 def process_aoi_day(aoi_id: str, day: date, data_dir: str, seed: int = 0, registry: str | None = None,
                     on_cluster: bool = True, store_url: str | None = None) -> dict[str, Any]:
     """Run the daily slice for one AOI and day; every log line names the AOI and the date.
@@ -359,6 +419,18 @@ def process_aoi_day(aoi_id: str, day: date, data_dir: str, seed: int = 0, regist
     Holds one slot of the source's global concurrency limit while it runs, so the
     number of AOI-days hitting one imagery provider at once stays within its quota.
     """
+    try:
+        return _process_aoi_day(aoi_id, day, data_dir, seed, registry, on_cluster, store_url)
+    except Exception as exc:
+        if sendable(exc):
+            raise
+        # The cause is about to be dropped (see portable_error): its traceback goes to the log.
+        get_run_logger().error("[%s %s] %s: %s", aoi_id, day, type(exc).__name__, exc, exc_info=exc)
+        raise portable_error(exc) from None
+
+
+def _process_aoi_day(aoi_id: str, day: date, data_dir: str, seed: int, registry: str | None, on_cluster: bool,
+                     store_url: str | None) -> dict[str, Any]:
     logger = get_run_logger()
     cfg = run_config(data_dir, seed, registry, store_url)
     aoi = load_aoi(aoi_id, registry=cfg.registry)

@@ -75,6 +75,19 @@ def test_data():
     return get
 
 
+@pytest.fixture(scope="session")
+def prefect_env():
+    """A throw-away Prefect server and database (Prefect's own harness), one per test session
+    (per xdist worker), shared by the flow test files, stopped cleanly at the end."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The CI sets PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS; a busy machine needs more than 30 s.
+    timeout = int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180"))
+    with prefect_test_harness(server_startup_timeout=timeout):
+        yield
+
+
 @pytest.fixture
 def aoi_dir() -> Path:
     """The AOI registry shipped in the repository."""

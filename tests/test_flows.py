@@ -17,18 +17,6 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def prefect_env(tmp_path_factory):
-    """A throw-away Prefect server and database, stopped cleanly at the end (Prefect's own harness)."""
-    from prefect.testing.utilities import prefect_test_harness
-
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # The CI sets PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS; a busy machine needs more than 30 s.
-    timeout = int(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180"))
-    with prefect_test_harness(server_startup_timeout=timeout):
-        yield
-
-
 def test_day_for_uses_the_aoi_timezone():
     from changedet.aoi import load_aoi
     from flows.daily import day_for
