@@ -233,3 +233,34 @@ def test_staging_tiles_and_non_finite_history():
     keep = np.ones(nx, bool)
     keep[fast._STAGE + 17] = False
     np.testing.assert_array_equal(got[0, 0, keep], z_clear[0, 0, keep])
+
+
+def test_fast_and_general_paths_agree_on_signs_zeros_and_extremes():
+    # Two paths per block: finite values (the sorting network) and non-finite values.
+    # Signed zeros, negative values, ties across zero and the largest finite magnitudes
+    # must give the numpy result bit for bit on each, and a pixel its z whatever path its
+    # block takes.
+    nt, nx = 19, 300
+    rng = np.random.default_rng(12)
+    h = rng.normal(0.2, 0.05, size=(nt, 2, 6, nx)).astype(np.float32)
+    img = rng.normal(0.2, 0.1, size=(2, 6, nx)).astype(np.float32)
+    h[:, :, 1] -= np.float32(0.2)  # about half the values negative
+    h[:, :, 2, :40] = np.float32(0.0)  # ties at +0, and at -0 below
+    h[:, 1, 2, :40] = np.float32(-0.0)
+    h[::2, 0, 3, :40] = np.float32(-0.0)  # +0 and -0 mixed in one pixel
+    h[:, :, 4, :40] = np.round(h[:, :, 4, :40] - 0.2, 1)  # ties around zero
+    h[:, 0, 5, :20] = np.float32(3.4e38)  # largest magnitudes, both signs
+    h[:9, 1, 5, :20] = np.float32(-3.4e38)
+    np.testing.assert_array_equal(_fused(h, img), _reference(h, img))
+    # The same positive pixels in a block of their own, next to a negative value, and
+    # next to a NaN (general path).
+    pos = np.abs(h[:, :1, :1]) + np.float32(0.01)
+    zs = []
+    for other in (0.3, -0.3, np.nan):
+        v = pos.copy()
+        v[7, 0, 0, 5] = other
+        zs.append(_fused(v, img[:1, :1]))
+        np.testing.assert_array_equal(zs[-1], _reference(v, img[:1, :1]))
+    keep = np.arange(nx) != 5
+    np.testing.assert_array_equal(zs[1][..., keep], zs[0][..., keep])
+    np.testing.assert_array_equal(zs[2][..., keep], zs[0][..., keep])
