@@ -49,9 +49,7 @@ That path is kept lean because it is the one timed against AROSICS: a separable
 gradient on the window interior (:func:`_window_gradient`), per-thread work buffers
 reused between calls (:func:`_scratch`: re-faulting freed heap pages cost as much CPU
 as the arithmetic), in-place FFTs, a raw read with the nodata test done here when the
-file has no mask band, one GDAL environment without directory listing, and Newton's
-start found by a direct DFT of the few integer offsets around the phase peak
-(:func:`_local_peak_start`) instead of a fifth FFT.
+file has no mask band, and one GDAL environment without directory listing.
 
 Stack mode (:func:`coregister_stack`): every date of a (time, band, y, x) cube onto the
 reference, one Dask task per date, the result of each written into the cube's
@@ -1097,7 +1095,15 @@ def _band_indexes(ref: _RasterInfo, mov: _RasterInfo, band: str | None) -> tuple
 
 def _read_box(src, info: _RasterInfo, bands: list[int], r0: int, c0: int, rows: int, cols: int) -> np.ndarray:
     """float32 (rows, cols) box at (r0, c0) of ``src`` (band mean), NaN outside the file
-    and at nodata; only the part inside the file is read (no boundless VRT)."""
+    and at nodata; only the part inside the file is read (no boundless VRT). A read
+    error is a :class:`RasterError` naming this file (both files are open at once)."""
+    from changedet.io import reading
+
+    with reading(info.path):
+        return _read_box_of(src, info, bands, r0, c0, rows, cols)
+
+
+def _read_box_of(src, info: _RasterInfo, bands: list[int], r0: int, c0: int, rows: int, cols: int) -> np.ndarray:
     from rasterio.enums import MaskFlags
     from rasterio.windows import Window
 
@@ -1427,29 +1433,6 @@ def _newton_peak_one_impl(cross: np.ndarray, start: np.ndarray, *, iterations: i
     return s
 
 
-_START_RADIUS = 2  # px: half-side of the square of integer offsets searched for Newton's start
-
-
-def _local_peak_start(cross: np.ndarray, centre: tuple[int, int], radius: int) -> tuple[np.ndarray, bool]:
-    """Integer offset (rows, cols) of the largest ``|ifft2(cross)|`` within ``radius`` of
-    ``centre`` (Chebyshev), and whether it lies on the rim of that square.
-
-    The correlation at offsets ``n`` is ``e_r(n) @ cross @ e_c(n)`` with ``e(n)_k =
-    exp(2 pi i f_k n)`` (the same Fourier series :func:`_newton_peak_one` climbs): two
-    small matrix products instead of a whole inverse FFT. Call it with BLAS limited to
-    one thread (:func:`_blas_single_thread`).
-    """
-    rows, cols = cross.shape
-    off = np.arange(-radius, radius + 1)
-    nr, nc = centre[0] + off, centre[1] + off
-    er = np.exp(2j * np.pi * np.outer(nr, np.fft.fftfreq(rows))).astype(cross.dtype)
-    ec = np.exp(2j * np.pi * np.outer(np.fft.fftfreq(cols), nc)).astype(cross.dtype)
-    surf = np.abs(er @ (cross @ ec))
-    i, j = np.unravel_index(int(np.argmax(surf)), surf.shape)
-    on_rim = i in (0, 2 * radius) or j in (0, 2 * radius)
-    return np.array([float(nr[i]), float(nc[j])]), bool(on_rim)
-
-
 def estimate_window(reference: np.ndarray, moving: np.ndarray, *, filter_margin: int = _FILTER_MARGIN,
                     search_margin: int, max_shift_px: float | None = None) -> dict:
     """Shift, reliability and similarity of one window pair (the core of
@@ -1555,16 +1538,14 @@ def estimate_window(reference: np.ndarray, moving: np.ndarray, *, filter_margin:
             cross = sfft.fft2(b1, workers=1, overwrite_x=True)
             np.conjugate(cross, out=cross)
             cross *= fa_s
-    # Newton starts at the integer maximum of the plain correlation near the phase
-    # peak, found by a direct DFT of the 5 x 5 offsets around it (0.1 ms; the whole
-    # surface by an inverse FFT cost 0.6 ms). A maximum on the rim of that square means
-    # the plain correlation climbs away from the phase peak: the stages disagree.
-    centre = (ir - base[0], ic - base[1])
-    with _blas_single_thread():  # one thread for both (see _newton_peak_one)
-        k0, on_rim = _local_peak_start(cross, centre, _START_RADIUS)
-        fine = _newton_peak_one_impl(cross, k0, iterations=8)
+    cc = _scratch("ew.c", (ws, ws), np.complex64)  # the phase surface is read: reuse its buffers
+    np.copyto(cc, cross)
+    cc = np.abs(sfft.ifft2(cc, workers=1, overwrite_x=True), out=mag)
+    k0 = np.array(np.unravel_index(int(np.argmax(cc)), cc.shape), dtype=float)
+    k0 = np.where(k0 > ws // 2, k0 - ws, k0)
+    fine = _newton_peak_one(cross, k0)
     row, col = base[0] + float(fine[0]), base[1] + float(fine[1])
-    if on_rim or max(abs(row - ir), abs(col - ic)) > 1.0:
+    if max(abs(row - ir), abs(col - ic)) > 1.0:
         reliability = min(reliability, 0.25)  # the two stages disagree: ambiguous match
     if base == (0, 0) and max(abs(ir), abs(ic)) > m:
         reliability = min(reliability, 0.25)  # beyond the margin read: not refined
