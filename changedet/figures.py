@@ -677,7 +677,12 @@ def _series_figure(series: pd.Series, *, title: str, units: str, baseline: pd.Da
         ax.axvline(ts, color=_ALERT_COLOR, linewidth=1.0, linestyle=":", zorder=3)
         # The marker sits on the observation at (or just before) the alert time.
         before = s[s.index <= ts]
-        y = float(before.iloc[-1]) if len(before) else (float(np.nanmax(s.values)) if np.isfinite(s.values).any() else 0.0)
+        if len(before):
+            y = float(before.iloc[-1])
+        elif np.isfinite(s.values).any():
+            y = float(np.nanmax(s.values))
+        else:  # no observation to sit on: no marker (NaN) for an all-NaN series, 0 for an empty one
+            y = float("nan") if len(s) else 0.0
         ax.plot([ts], [y], marker="v", markersize=10, color=_ALERT_COLOR, markeredgecolor="black",
                 markeredgewidth=0.6, linestyle="none", zorder=6, gid=f"alert-marker-{i}", clip_on=False,
                 label="alert" if n_alert == 0 else None)

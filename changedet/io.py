@@ -40,6 +40,21 @@ def _raised_by_raster_library(exc: BaseException) -> bool:
 
 
 @contextlib.contextmanager
+def reading(path: str | Path):
+    """Turn an error of rasterio/GDAL reading ``path`` inside the block into a
+    :class:`RasterError` naming ``path``; any other error passes through unchanged.
+
+    For code that reads several open files in one block (:func:`open_raster` alone
+    cannot tell which of them a read error came from)."""
+    try:
+        yield
+    except Exception as exc:
+        if isinstance(exc, ChangedetError) or not _raised_by_raster_library(exc):
+            raise
+        raise _unreadable(Path(path), exc) from None
+
+
+@contextlib.contextmanager
 def open_raster(path: str | Path):
     """Open a georeferenced raster with rasterio, with :func:`read_raster`'s errors.
 
@@ -47,8 +62,9 @@ def open_raster(path: str | Path):
     without CRS, or one that cannot be opened raises :class:`RasterError` naming the
     file, and so does an error of rasterio/GDAL reading it inside the block (a corrupt
     or truncated block). Any other error raised in the block (the caller's own code,
-    changedet errors) passes through unchanged, so a bug is never reported as a
-    corrupt file.
+    changedet errors) passes through unchanged. A block that reads several files
+    (nested ``open_raster``) reads each inside :func:`reading` of its own path, or a read
+    error of the outer file is blamed on the inner one.
     """
     import rasterio
 
@@ -66,12 +82,8 @@ def open_raster(path: str | Path):
             raise _unreadable(path, exc) from None
         if crs is None:
             raise RasterError(f"{path}: has no CRS; georeference it (e.g. gdal_edit.py -a_srs EPSG:xxxx) first")
-        try:
+        with reading(path):
             yield src
-        except Exception as exc:
-            if isinstance(exc, ChangedetError) or not _raised_by_raster_library(exc):
-                raise
-            raise _unreadable(path, exc) from None
 
 
 def band_names(descriptions) -> list[str]:

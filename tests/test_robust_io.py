@@ -59,3 +59,14 @@ def test_coregister_files_reports_corrupt_moving_file(tmp_path, test_data):
     with pytest.raises(RasterError) as err:
         coregister_files(test_data(NAIP), half, band="b4", window_px=256)
     assert str(half) in str(err.value) and "cannot be read as a raster" in str(err.value)
+
+
+def test_coregister_files_names_the_corrupt_reference_not_the_moving_file(tmp_path, test_data):
+    # Both files are open at once: a read error of the outer (reference) file must not be
+    # blamed on the inner (moving) one.
+    half = _half(tmp_path, test_data)
+    good = test_data(NAIP)
+    with pytest.raises(RasterError) as err:
+        coregister_files(half, good, band="b4", window_px=256)
+    msg = str(err.value)
+    assert msg.startswith(str(half)) and str(good) not in msg and "cannot be read as a raster" in msg

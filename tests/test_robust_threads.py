@@ -187,3 +187,19 @@ def test_ground_classify_is_quiet_and_equals_numpy():
             assert g.dtype == w.dtype and g.shape == w.shape
             assert g.tobytes() == w.tobytes()
         assert np.isnan(all_nan[0]).all() and (all_nan[1] == 0).all()
+
+
+def test_library_never_uses_catch_warnings():
+    # catch_warnings swaps the process-wide filter list: not in code that runs in threads.
+    import ast
+    from pathlib import Path
+
+    import changedet
+
+    root = Path(changedet.__file__).parent
+    hits = []
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Attribute) and node.attr == "catch_warnings":
+                hits.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert not hits, hits

@@ -338,7 +338,10 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
         bl = _nan_smooth(quiet_nanmean(strip.values[:, left, :], axis=(0, 1)), k)
         br = _nan_smooth(quiet_nanmean(strip.values[:, right, :], axis=(0, 1)), k)
         if sun_left is None:
-            diff = np.nanmedian((bl - br)[colourful]) if colourful.sum() >= 10 else 0.0
+            # Columns seen on both sides only: a NaN median would read as "sun on the right".
+            seen = (bl - br)[colourful]
+            seen = seen[np.isfinite(seen)]
+            diff = float(np.median(seen)) if seen.size >= 10 else 0.0
             sun_left = None if abs(diff) < 0.1 * lit_b else bool(diff > 0)
         # Light reaching the ground here, as a share of the open sky's, read on the ground
         # beside the track: a thin cloud or the faint edge of a cloud's shadow dims ground
