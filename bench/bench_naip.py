@@ -7,15 +7,20 @@ Registration and check use disjoint pixels and different estimators:
 * registration: phase correlation (:mod:`changedet.coreg`) - either the whole-frame
   network of ``coregister_stack(network=True)`` on NIR, or the windowed per-band network
   of :mod:`changedet.coreg_network`;
-* check: Lucas-Kanade translation per 72 px cell (:func:`changedet.coreg_check.stack_residuals`),
-  robust mean over cells, bootstrap standard error; then the network adjustment
+* check (``--check weighted``, the default): Lucas-Kanade translation of every 12 px
+  window tiled inside the held-out 72 px cells, each with its Cramer-Rao covariance,
+  pooled per pair by a random-effects biweight mean restarted until it is a fixed point,
+  bootstrap over cells (:func:`changedet.coreg_check.stack_residuals` with
+  ``pooling="weighted"``); ``--check huber`` is the earlier check (one 64 px window per
+  cell, equal-weight Huber mean). Then the network adjustment
   (:func:`changedet.coreg_check.adjust_residuals`) that combines all 45 pair
-  measurements into each pair's residual.
+  measurements into each pair's residual, and the check's own noise floor measured on two
+  halves of its pixels (:func:`changedet.coreg_check.split_half`).
 
 Prints per band and method the residual per pair (raw and adjusted) with standard
-errors, the max over pairs, and writes JSON to bench/results/bench_naip_fold<F>.json.
+errors, the max over pairs, and writes JSON to bench/results/bench_naip_fold<F>_<check>.json.
 
-Usage: ``python bench/bench_naip.py [--bands b4] [--fold 0] [--methods before,whole,windows]``
+Usage: ``python bench/bench_naip.py [--bands b4] [--fold 0] [--methods before,whole,windows] [--check weighted]``
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("CHANGEDET_TEST_DATA", ROOT.parent / "shared" / "data"))
 EDGE = 12   # cubic reprojection leaves NaN at the frame edge
 CELL = 72   # checkerboard cell = check window (64 px) + its 4 px margins
+WINDOW = 12  # window of the weighted check (px): 5 x 5 of them tile a cell's interior
 
 
 def load_stack(offset_px: float = 0.0):
@@ -96,19 +102,24 @@ def register(stack, method: str, fold: int):
     raise SystemExit(f"unknown method {method!r}: use before, whole, windows, global or local")
 
 
-def measure(arr: np.ndarray, band: int, fold: int, n_boot: int) -> dict:
+def measure(arr: np.ndarray, band: int, fold: int, n_boot: int, check: str = "weighted") -> dict:
     from changedet.coreg_check import adjust_residuals, noise_floor, split_half, stack_residuals
     from changedet.coreg_network import checkerboard
     from changedet.errors import CoregError
 
     held_out = checkerboard(arr.shape[-2:], CELL, parity=1 - fold)
-    res = stack_residuals(arr, band=band, mask=held_out, window_px=CELL - 8, step_px=CELL, n_boot=n_boot)
+    if check == "weighted":
+        opts = {"pooling": "weighted", "window_px": WINDOW}
+        res = stack_residuals(arr, band=band, mask=held_out, cell_px=CELL, n_boot=n_boot, **opts)
+    else:
+        opts = {}
+        res = stack_residuals(arr, band=band, mask=held_out, window_px=CELL - 8, step_px=CELL, n_boot=n_boot)
     adj = adjust_residuals(res, arr.shape[0])
     # The check's own noise, two ways: from its bootstrap errors, and measured on two halves
     # of the held-out pixels (includes errors a date's pairs share, which the bootstrap misses).
     floor = noise_floor(adj)
     try:
-        half = split_half(arr, band=band, mask=held_out, cell_px=CELL, n_boot=min(n_boot, 50))
+        half = split_half(arr, band=band, mask=held_out, cell_px=CELL, n_boot=min(n_boot, 50), **opts)
     except CoregError as exc:  # a half with too few reliable windows to link every date
         nan2 = (float("nan"), float("nan"))
         half = {"floor": {"median_px": nan2, "max_px": nan2}, "sigma_date_px": list(nan2),
@@ -204,6 +215,8 @@ def main() -> int:
     ap.add_argument("--fold", type=int, default=0, choices=(0, 1),
                     help="checkerboard colour used for registration (the other is checked)")
     ap.add_argument("--boot", type=int, default=200, help="bootstrap resamples per pair")
+    ap.add_argument("--check", default="weighted", choices=("weighted", "huber"),
+                    help="weighted: 12 px windows, Cramer-Rao weights, biweight (default); huber: 64 px windows")
     ap.add_argument("--per-pair", action="store_true", help="print every pair")
     ap.add_argument("--grid-offset", type=float, default=0.0,
                     help="move the stack grid off the first date's by this fraction of a pixel (x and y)")
@@ -215,9 +228,10 @@ def main() -> int:
     stack, dates = load_stack(args.grid_offset)
     names = [str(b) for b in stack["band"].values]
     bands = [names.index(b) for b in args.bands.split(",")]
-    out = {"dates": dates, "cell_px": CELL, "fold": args.fold, "grid_offset_px": args.grid_offset, "load": os.getloadavg()[0], "runs": []}
+    out = {"dates": dates, "cell_px": CELL, "check": args.check, "fold": args.fold,
+           "grid_offset_px": args.grid_offset, "load": os.getloadavg()[0], "runs": []}
     print(f"NAIP {len(dates)} dates {stack.shape[-2:]} px, checkerboard {CELL} px, registration on fold "
-          f"{args.fold}, check on fold {1 - args.fold}; load {os.getloadavg()[0]:.1f}")
+          f"{args.fold}, {args.check} check on fold {1 - args.fold}; load {os.getloadavg()[0]:.1f}")
     print(f"{'method':<8} {'band':<4} {'raw med':>8} {'raw max':>8} {'raw SE':>7} | {'adj med':>8} "
           f"{'adj max':>8} {'(pair)':>8} {'SE':>6} {'>0.1':>5} {'chi2/dof':>8} | {'floor boot med/max':>18} "
           f"{'floor split med/max':>19} | {'reg CPU s':>9}")
@@ -229,7 +243,7 @@ def main() -> int:
         arr, shifts = register(stack, method, args.fold)
         cpu = time.process_time() - c
         for b in bands:
-            m = measure(arr, b, args.fold, args.boot)
+            m = measure(arr, b, args.fold, args.boot, args.check)
             m.update({"method": method, "band": names[b], "register_cpu_s": cpu,
                       "shifts_px": np.where(np.isfinite(shifts[:, b]), shifts[:, b], None).tolist()})
             out["runs"].append(m)
@@ -249,7 +263,7 @@ def main() -> int:
     out["cpu_s"] = resource.getrusage(resource.RUSAGE_SELF).ru_utime
     dest = ROOT / "bench" / "results"
     dest.mkdir(parents=True, exist_ok=True)
-    name = "bench_naip_diagnose.json" if args.diagnose else f"bench_naip_fold{args.fold}.json"
+    name = "bench_naip_diagnose.json" if args.diagnose else f"bench_naip_fold{args.fold}_{args.check}.json"
     (dest / name).write_text(json.dumps(out, indent=1))
     print(f"wall {out['wall_s']:.0f} s, CPU {out['cpu_s']:.0f} s; JSON in bench/results/{name}")
     return 0
