@@ -57,7 +57,7 @@ class DayFailure:
     cancelled: bool = False   # stopped by ``fail_fast`` (another AOI failed), not by its own error
 
     def line(self) -> str:
-        what = "cancelled" if self.cancelled else "failed"
+        what = "stopped" if self.cancelled else "failed"
         later = (f"; {len(self.not_run)} later day(s) not run ({self.not_run[0]}..{self.not_run[-1]})"
                  if self.not_run else "")
         return f"{self.aoi_id} {what} on {self.day}: {self.error}{later}"
@@ -65,8 +65,11 @@ class DayFailure:
 
 #: Longest error text quoted per AOI in the flow's final message (the task run's own log has it all).
 ERROR_CHARS = 300
-_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
-_SECRET_QUERY = re.compile(r"(?i)((?:token|key|secret|password|signature|sig|credential)[a-z_-]*=)[^&\s]+")
+_USERINFO = re.compile(r"(?<=://)[^/?#\s]*@")   # greedy: a password may hold an '@'
+_SECRET_QUERY = re.compile(
+    r"(?i)((?:token|key|secret|password|passwd|pwd|signature|sig|credential|auth)[a-z_-]*[\"']?\s*[=:]\s*[\"']?)"
+    r"[^&\s\"',}]+")
+_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+")
 
 
 def _error_text(state) -> str:
@@ -80,7 +83,8 @@ def _error_text(state) -> str:
     except Exception as read_error:  # noqa: BLE001  (the state's message still says what happened)
         exc = read_error if not state.message else None
     text = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else (state.message or state.name)
-    text = _SECRET_QUERY.sub(r"\1***", _USERINFO.sub("***@", " ".join(text.split())))
+    text = _USERINFO.sub("***@", " ".join(text.split()))
+    text = _SECRET_QUERY.sub(r"\1***", _BEARER.sub(r"\1 ***", text))
     return text if len(text) <= ERROR_CHARS else text[:ERROR_CHARS - 3] + "..."
 
 
@@ -100,7 +104,15 @@ def _final_state(future):
             error = future.wrapped_future.exception()
         except Exception as exc:  # noqa: BLE001  (cancelled)
             error = exc
-        return Crashed(message=f"the Dask task ended without a Prefect state: {type(error).__name__}: {error}")
+        crashed = Crashed(message=f"the Dask task ended without a Prefect state: {type(error).__name__}: {error}")
+        try:  # the API (and the UI) would say Running for good
+            from prefect.client.orchestration import get_client
+
+            with get_client(sync_client=True) as client:
+                client.set_task_run_state(future.task_run_id, crashed, force=True)
+        except Exception:  # noqa: BLE001  (the flow's own summary still reports it)
+            pass
+        return crashed
     return state
 
 
@@ -130,10 +142,11 @@ def backfill(aoi_ids: list[str] | None = None, start: date = date(2023, 6, 1), e
         AOI's first day. The parameter keeps its name and default so that backfills
         submitted before keep their idempotency keys.
     fail_fast : bool
-        Stop the whole backfill at the first failed AOI-day: the other AOIs' days that
-        have not started are cancelled (Cancelled in Prefect), those already running
-        are waited for (interrupting one mid-write would only waste it), nothing more
-        is submitted. Default: AOIs are independent, so a failed day stops only its own
+        Stop the whole backfill at the first failed AOI-day: no AOI-day is submitted
+        after it. Each other AOI has at most one day in flight; it runs to its end and
+        is kept (interrupting it mid-write would only waste it, and cancelling a day
+        the scheduler may be starting at that moment leaves Prefect and Dask
+        disagreeing). Default: AOIs are independent, so a failed day stops only its own
         AOI (its later days depend on its history and are not run) and every other AOI
         runs to the end.
 
@@ -197,27 +210,13 @@ def backfill(aoi_ids: list[str] | None = None, start: date = date(2023, 6, 1), e
         log = logger.warning if cancelled else logger.error
         log("backfill: %s", failures[aoi_id].line())
 
-    def cancel_the_rest(cause: str) -> None:
-        """``fail_fast``: cancel the queued days; wait for the running ones."""
-        running = _running_keys(in_flight.values())
-        for aoi_id, f in list(in_flight.items()):
-            if f.wrapped_future.key in running:
-                continue
-            f.wrapped_future.cancel()
-            _mark_cancelled(f, f"cancelled before it started: fail_fast and {cause}")
-            del in_flight[aoi_id]
-            fail(aoi_id, days_of[f.task_run_id], f"not started: fail_fast after {cause}", cancelled=True)
-        # The running ones end in the loop below; their AOIs' next days are then not submitted.
-
     with workers_see_this_api():
         # Longest chain first in submission too (the scheduler breaks ties by arrival).
         for a in sorted(todo, key=lambda a: -priority[(a, todo[a][0])]):
             submit_next(a)
         while in_flight:
             a = finished.get()
-            f = in_flight.pop(a, None)
-            if f is None:  # cancelled by fail_fast after it was queued here
-                continue
+            f = in_flight.pop(a)
             state = _final_state(f)
             ended += 1
             if state.is_completed():
@@ -230,10 +229,9 @@ def backfill(aoi_ids: list[str] | None = None, start: date = date(2023, 6, 1), e
                     fail(a, todo[a][0], "not started: fail_fast after " + _first(failures), cancelled=True)
             else:
                 # The AOI's later days would read a history with a hole: they are not run.
-                # Other AOIs are independent and go on (unless fail_fast).
+                # Other AOIs are independent and go on (with fail_fast, each stops when
+                # its day in flight ends, above).
                 fail(a, days_of[f.task_run_id], _error_text(state))
-                if fail_fast:
-                    cancel_the_rest(f"{a} failed on {days_of[f.task_run_id]}")
             if ended % every == 0 or not in_flight:
                 logger.info("backfill: %d of %d AOI-days done", done, total)
     if failures:
@@ -248,28 +246,3 @@ def backfill(aoi_ids: list[str] | None = None, start: date = date(2023, 6, 1), e
 def _first(failures: dict[str, DayFailure]) -> str:
     x = next(x for x in failures.values() if not x.cancelled)
     return f"{x.aoi_id} failed on {x.day}"
-
-
-def _running_keys(futures) -> set:
-    """Dask keys of these AOI-days that a worker has started (or holds to start next)."""
-    futures = list(futures)
-    if not futures:
-        return set()
-    client = futures[0].wrapped_future.client
-    return {k for keys in client.processing().values() for k in keys}
-
-
-def _mark_cancelled(future, message: str) -> None:
-    """Record in Prefect that a queued AOI-day was cancelled (its Dask task never ran)."""
-    from prefect.client.orchestration import get_client
-    from prefect.states import Cancelled
-
-    from prefect.exceptions import ObjectNotFound
-
-    with get_client(sync_client=True) as client:
-        try:
-            state = client.read_task_run(future.task_run_id).state
-        except ObjectNotFound:
-            return  # the worker never created the run: there is nothing to mark
-        if state is None or not state.is_final():
-            client.set_task_run_state(future.task_run_id, Cancelled(message=message), force=True)

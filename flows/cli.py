@@ -46,7 +46,7 @@ def add_parser(sub) -> None:
                    help="log progress every N finished AOI-days (each AOI runs one day at a time, on whichever "
                         "worker is free)")
     b.add_argument("--fail-fast", action="store_true",
-                   help="stop every AOI at the first failed AOI-day (days not started are cancelled); by default "
+                   help="stop every AOI at the first failed AOI-day (days in flight finish and are kept); by default "
                         "only the failed AOI stops and the others finish")
     b.add_argument("--dask-address", default=None, help="Dask scheduler (when running here)")
     b.add_argument("--submit", action="store_true",

@@ -426,7 +426,10 @@ def process_aoi_day(aoi_id: str, day: date, data_dir: str, seed: int = 0, regist
             raise
         # The cause is about to be dropped (see portable_error): its traceback goes to the log.
         get_run_logger().error("[%s %s] %s: %s", aoi_id, day, type(exc).__name__, exc, exc_info=exc)
-        raise portable_error(exc) from None
+        err = portable_error(exc)
+    # Raised outside the except block, or the unsendable exception rides along as __context__.
+    err.__context__ = None
+    raise err from None
 
 
 def _process_aoi_day(aoi_id: str, day: date, data_dir: str, seed: int, registry: str | None, on_cluster: bool,

@@ -90,6 +90,10 @@ def test_error_text_is_short_and_hides_credentials():
     assert text == "RuntimeError: GET https://***@example.org/x?token=***&band=B04 failed twice"
     assert "s3cr3t" not in text and "abc123" not in text
     assert len(_error_text(Failed(data=ValueError("v" * 1000)))) == ERROR_CHARS
+    for secret, raw in (("p@ss", "s3://bob:p@ss@minio:9000/bucket"), ("hunter2", '{"password": "hunter2"}'),
+                        ("eyJhbGc.x", "Authorization: Bearer eyJhbGc.x"), ("zzz", "api_key: zzz"),
+                        ("qq", "pwd=qq")):
+        assert secret not in _error_text(Failed(data=RuntimeError(raw))), raw
 
 
 @pytest.mark.slow
@@ -123,8 +127,8 @@ def _backfill_fail_and_resume(flow, data: Path, ref: Path, good: bytes) -> None:
     cubes_before = {p: p.read_bytes() for p in (data / "cubes" / "dunai_port").glob("*.json")}
     kw = dict(cadence=7, data_dir=str(data), kernels_on_cluster=False, return_state=True)
 
-    # fail_fast: the first failure stops the whole backfill, and no AOI-day is left
-    # running or pending behind the flow: each ran to its end or was cancelled unstarted.
+    # fail_fast: the first failure stops the whole backfill: nothing is submitted after it,
+    # and the days already in flight run to their end and are kept.
     state = flow(AOIS, START, END, fail_fast=True, **kw)
     assert state.is_failed(), state
     err = state.result(raise_on_failure=False)
@@ -140,10 +144,14 @@ def _backfill_fail_and_resume(flow, data: Path, ref: Path, good: bytes) -> None:
         else:
             assert done == DAYS
     runs = _task_runs(state.state_details.flow_run_id)
-    assert {r.state.type.value for r in runs.values()} <= {"COMPLETED", "FAILED", "CANCELLED"}, runs
+    assert {r.state.type.value for r in runs.values()} <= {"COMPLETED", "FAILED"}, runs
     assert [k for k, r in runs.items() if r.state.type.value == "FAILED"] == [("dunai_port", "2023-06-08")]
-    assert all(r.run_count == 0 for r in runs.values() if r.state.type.value == "CANCELLED")
     assert ("dunai_port", "2023-06-15") not in runs
+    for a, x in stopped.items():  # a stopped AOI's days were never submitted
+        assert all((a, d.isoformat()) not in runs for d in (x.day, *x.not_run)), (a, runs)
+    for a in ("chongjin_port", "rajin_port"):  # every day that ran is in the results
+        ran = sorted(d for (aoi, d), r in runs.items() if aoi == a and r.state.type.value == "COMPLETED")
+        assert ran == [r["day"] for r in err.results[a]], (a, ran)
 
     # Default: AOIs are independent, so the others run to the end.
     state = flow(AOIS, START, END, **kw)
