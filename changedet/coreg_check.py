@@ -556,7 +556,8 @@ def lk_window_fit(reference, moving, *, cell_px: int, window_px: int = 16, mask=
 
 
 def _cut(hr, hm, rr, cc, size):
-    """Patches of ``size`` px at origins ``rr, cc``, each scaled by its own contrast."""
+    """Patches of ``size`` px at origins ``rr, cc``, each scaled by its own contrast (gains
+    differ between dates and places); a flat or invalid patch becomes zeros."""
     pr = np.stack([hr[r:r + size, c:c + size] for r, c in zip(rr, cc)])
     pm = np.stack([hm[r:r + size, c:c + size] for r, c in zip(rr, cc)])
     with np.errstate(all="ignore"):
@@ -695,17 +696,9 @@ def _patches(hr, hm, ok, window_px, step_px):
     count = integ[rr + size, cc + size] - integ[rr, cc + size] - integ[rr + size, cc] + integ[rr, cc]
     keep = count == size * size
     rr, cc = rr[keep], cc[keep]
-    pr = np.stack([hr[r:r + size, c:c + size] for r, c in zip(rr, cc)]) if rr.size else np.zeros((0, size, size))
-    pm = np.stack([hm[r:r + size, c:c + size] for r, c in zip(rr, cc)]) if rr.size else np.zeros((0, size, size))
-    # Each window normalised by its own contrast: gains differ between dates and places.
-    with np.errstate(all="ignore"):
-        pr = pr / pr.std(axis=(1, 2), keepdims=True)
-        pm = pm / pm.std(axis=(1, 2), keepdims=True)
-    flat = ~(np.isfinite(pr).all(axis=(1, 2)) & np.isfinite(pm).all(axis=(1, 2)))
-    pr[flat] = 0.0
-    pm[flat] = 0.0
-    centres = np.stack([rr + size / 2 - 0.5, cc + size / 2 - 0.5], axis=1).astype(float)
-    return pr, pm, centres
+    if not rr.size:
+        return np.zeros((0, size, size)), np.zeros((0, size, size)), np.zeros((0, 2))
+    return _cut(hr, hm, rr, cc, size)
 
 
 def robust_mean(x, *, c: float = 1.345, iterations: int = 30) -> np.ndarray:
