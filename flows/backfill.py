@@ -54,10 +54,10 @@ class DayFailure:
     day: date
     error: str
     not_run: tuple[date, ...] = ()
-    cancelled: bool = False   # stopped by ``fail_fast`` (another AOI failed), not by its own error
+    stopped: bool = False   # stopped by ``fail_fast`` (another AOI failed), not by its own error
 
     def line(self) -> str:
-        what = "stopped" if self.cancelled else "failed"
+        what = "stopped" if self.stopped else "failed"
         later = (f"; {len(self.not_run)} later day(s) not run ({self.not_run[0]}..{self.not_run[-1]})"
                  if self.not_run else "")
         return f"{self.aoi_id} {what} on {self.day}: {self.error}{later}"
@@ -203,11 +203,11 @@ def backfill(aoi_ids: list[str] | None = None, start: date = date(2023, 6, 1), e
     failures: dict[str, DayFailure] = {}
     ended = done = 0   # AOI-days that ended (any state), that completed
 
-    def fail(aoi_id: str, day: date, error: str, cancelled: bool = False) -> None:
+    def fail(aoi_id: str, day: date, error: str, stopped: bool = False) -> None:
         not_run = tuple(d for d in todo[aoi_id] if d != day)
         todo[aoi_id].clear()
-        failures[aoi_id] = DayFailure(aoi_id, day, error, not_run, cancelled)
-        log = logger.warning if cancelled else logger.error
+        failures[aoi_id] = DayFailure(aoi_id, day, error, not_run, stopped)
+        log = logger.warning if stopped else logger.error
         log("backfill: %s", failures[aoi_id].line())
 
     with workers_see_this_api():
@@ -226,7 +226,7 @@ def backfill(aoi_ids: list[str] | None = None, start: date = date(2023, 6, 1), e
                 if todo[a] and not (fail_fast and failures):
                     submit_next(a)
                 elif todo[a]:
-                    fail(a, todo[a][0], "not started: fail_fast after " + _first(failures), cancelled=True)
+                    fail(a, todo[a][0], "not started: fail_fast after " + _first(failures), stopped=True)
             else:
                 # The AOI's later days would read a history with a hole: they are not run.
                 # Other AOIs are independent and go on (with fail_fast, each stops when
@@ -238,11 +238,11 @@ def backfill(aoi_ids: list[str] | None = None, start: date = date(2023, 6, 1), e
         head = (f"backfill: {len(failures)} of {len(out)} AOIs did not finish ({done} of {total} AOI-days "
                 f"done and kept); run the same backfill again to resume them")
         # The AOIs that failed first, then those fail_fast stopped.
-        order = sorted(failures.values(), key=lambda x: (x.cancelled, x.aoi_id))
+        order = sorted(failures.values(), key=lambda x: (x.stopped, x.aoi_id))
         raise BackfillFailed(head + ": " + "; ".join(x.line() for x in order), out, order)
     return out
 
 
 def _first(failures: dict[str, DayFailure]) -> str:
-    x = next(x for x in failures.values() if not x.cancelled)
+    x = next(x for x in failures.values() if not x.stopped)
     return f"{x.aoi_id} failed on {x.day}"

@@ -133,7 +133,7 @@ def _backfill_fail_and_resume(flow, data: Path, ref: Path, good: bytes) -> None:
     assert state.is_failed(), state
     err = state.result(raise_on_failure=False)
     assert isinstance(err, BackfillFailed) and "dunai_port failed on 2023-06-08: RasterError" in state.message
-    stopped = {x.aoi_id: x for x in err.failures if x.cancelled}
+    stopped = {x.aoi_id: x for x in err.failures if x.stopped}
     for a in ("chongjin_port", "rajin_port"):
         done = [r["day"] for r in err.results[a]]
         assert done == DAYS[:len(done)]
@@ -165,7 +165,7 @@ def _backfill_fail_and_resume(flow, data: Path, ref: Path, good: bytes) -> None:
     assert "vhr_1m.reference.tif: cannot be read as a raster" in state.message
     assert "1 later day(s) not run (2023-06-15..2023-06-15)" in state.message
     [failure] = err.failures
-    assert (failure.aoi_id, failure.day, failure.not_run, failure.cancelled) == (
+    assert (failure.aoi_id, failure.day, failure.not_run, failure.stopped) == (
         "dunai_port", date(2023, 6, 8), (date(2023, 6, 15),), False)
     # The other AOIs ran every day; the failed one kept its first day.
     assert {a: [r["day"] for r in v] for a, v in err.results.items()} == {
