@@ -372,6 +372,17 @@ def _lk_patches(ref: np.ndarray, mov: np.ndarray, margin: int, iterations: int, 
     return d, lam, np.nan_to_num(ncc), converged, cov
 
 
+def _valid(ref: np.ndarray, mov: np.ndarray, mask) -> np.ndarray:
+    """Pixels finite in both dates and inside ``mask`` (when given, of the images' shape)."""
+    ok = np.isfinite(ref) & np.isfinite(mov)
+    if mask is not None:
+        mk = np.asarray(mask, bool)
+        if mk.shape != ok.shape:
+            raise CoregError(f"mask shape {mk.shape} does not match the images {ok.shape}")
+        ok &= mk
+    return ok
+
+
 def lk_window_shifts(reference, moving, *, window_px: int = 64, step_px: int | None = None, mask=None,
                      highpass_sigma: float = 4.0, iterations: int = 10, min_isotropy: float = 0.1,
                      min_ncc: float = 0.5, max_shift_px: float = 2.0):
@@ -422,12 +433,7 @@ def lk_window_shifts(reference, moving, *, window_px: int = 64, step_px: int | N
         raise CoregError(f"lk_window_shifts needs two 2-D arrays of one shape, got {ref.shape} and {mov.shape}")
     hr = _highpass(ref, highpass_sigma)
     hm = _highpass(mov, highpass_sigma)
-    ok = np.isfinite(ref) & np.isfinite(mov)
-    if mask is not None:
-        mk = np.asarray(mask, bool)
-        if mk.shape != ok.shape:
-            raise CoregError(f"mask shape {mk.shape} does not match the images {ok.shape}")
-        ok &= mk
+    ok = _valid(ref, mov, mask)
     pr, pm, centres = _patches(hr, hm, ok, window_px, step_px or window_px)
     if not centres.size:
         raise CoregError(f"no {window_px} px window is fully valid in both dates; use a smaller window_px")
@@ -524,12 +530,7 @@ def lk_window_fit(reference, moving, *, cell_px: int, window_px: int = 16, mask=
     if k < 1:
         raise CoregError(f"cell_px={cell_px} holds no {window_px} px window with its {m} px margins; "
                          f"use cell_px >= {size}")
-    ok = np.isfinite(ref) & np.isfinite(mov)
-    if mask is not None:
-        mk = np.asarray(mask, bool)
-        if mk.shape != ok.shape:
-            raise CoregError(f"mask shape {mk.shape} does not match the images {ok.shape}")
-        ok &= mk
+    ok = _valid(ref, mov, mask)
     rows, cols = ok.shape
     off = (cell_px - 2 * m - k * window_px) // 2 + np.arange(k) * window_px
     cr, cc_ = np.meshgrid(np.arange(0, rows, cell_px), np.arange(0, cols, cell_px), indexing="ij")
