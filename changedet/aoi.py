@@ -100,6 +100,11 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    # The lazily read names belong in dir() too, for tab completion and introspection.
+    return sorted({*globals(), "RULE_KINDS", "RULE_PARAMS"})
+
+
 #: metric -> feature roles it is measured on; a metric without any such feature
 #: would read zero forever and its rules could never fire.
 METRIC_NEEDS_ROLES: Mapping[str, tuple[str, ...]] = MappingProxyType(

@@ -33,4 +33,5 @@ def test_rule_kinds_still_come_from_the_alert_engine():
         assert set(names) == set(baselines.RULE_PARAMS[kind]) | set(baselines.LIFECYCLE_PARAMS)
     with pytest.raises(AttributeError, match="no_such_name"):
         aoi.no_such_name  # noqa: B018
+    assert {"RULE_KINDS", "RULE_PARAMS", "load_aoi"} <= set(dir(aoi))
 
