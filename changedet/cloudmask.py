@@ -30,6 +30,7 @@ from typing import Sequence
 import numpy as np
 import xarray as xr
 
+from changedet.bands import find_band
 from changedet.errors import SourceError
 from changedet.sources.base import CLOUD_BAND, SCL_BAND
 
@@ -41,12 +42,6 @@ S2CLOUDLESS_BANDS = ("B01", "B02", "B04", "B05", "B08", "B8A", "B09", "B10", "B1
 #: s2cloudless post-processing at 10 m, as its authors use it there: probability > 0.4
 #: after a 4 px disk average, then a 2 px disk dilation.
 S2CLOUDLESS_PARAMS = {"threshold": 0.4, "average_over": 4, "dilation_size": 2}
-_ALIASES = {
-    "blue": ("B02", "B", "blue", "BLUE", "Blue"),
-    "green": ("B03", "G", "green", "GREEN", "Green"),
-    "red": ("B04", "R", "red", "RED", "Red"),
-    "nir": ("B08", "NIR", "nir", "N", "Nir"),
-}
 METHODS = ("auto", "clm", "scl", "s2cloudless", "brightness")
 
 
@@ -55,8 +50,7 @@ def _names(da: xr.DataArray) -> list[str]:
 
 
 def _find(da: xr.DataArray, role: str) -> str | None:
-    names = _names(da)
-    return next((a for a in _ALIASES[role] if a in names), None)
+    return find_band(_names(da), role)
 
 
 def available_method(da: xr.DataArray) -> str | None:

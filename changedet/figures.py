@@ -29,6 +29,7 @@ import pandas as pd
 import pyproj
 import xarray as xr
 
+from changedet.bands import find_bands
 from changedet.errors import ChangedetError
 
 __all__ = [
@@ -455,10 +456,8 @@ def _select_rgb(image: xr.DataArray, has_band: bool, rgb: tuple[str, str, str] |
         if missing:
             raise FigureError(f"rgb bands {missing} are not in the image bands {names}; pass rgb=(r, g, b) from those")
         idx = [names.index(b) for b in rgb]
-    elif all(b in names for b in ("R", "G", "B")):
-        idx = [names.index(b) for b in ("R", "G", "B")]
-    elif all(b in names for b in ("B04", "B03", "B02")):
-        idx = [names.index(b) for b in ("B04", "B03", "B02")]
+    elif (found := find_bands(names, ("red", "green", "blue"))) is not None:
+        idx = [names.index(b) for b in found]
     else:
         # One band (e.g. SAR backscatter): grey.
         idx = [0]

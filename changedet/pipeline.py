@@ -23,6 +23,7 @@ import xarray as xr
 
 from changedet import __version__
 from changedet.alerts.outbox import Outbox
+from changedet.bands import find_bands
 from changedet.baselines import evaluate, lifecycle_params
 from changedet.coreg import apply_shift, coregister, provenance_fields
 from changedet.cube import Cube, clear_mask, is_url, optical_bands
@@ -430,11 +431,8 @@ def _write_evidence(root: Path, ev: dict, alert, action: str, series, rule) -> P
 
 
 def _rgb_bands(da: xr.DataArray) -> list[str] | None:
-    names = [str(b) for b in da["band"].values]
-    for trio in (("R", "G", "B"), ("B04", "B03", "B02"), ("red", "green", "blue")):
-        if all(t in names for t in trio):
-            return list(trio)
-    return None
+    found = find_bands([str(b) for b in da["band"].values], ("red", "green", "blue"))
+    return None if found is None else list(found)
 
 
 def _baseline_band(series, rule):

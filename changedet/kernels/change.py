@@ -21,6 +21,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import xarray as xr
 
+from changedet.bands import ROLE_NAMES, find_band
 from changedet.errors import ChangedetError, GridError
 
 __all__ = [
@@ -353,16 +354,6 @@ SPECTRAL_INDICES: dict[str, tuple[str, str]] = {
     "ndbi": ("swir1", "nir"),  # built-up (Zha et al. 2003)
 }
 
-#: role -> band names tried in order (VHR names first, then Sentinel-2), case-insensitive
-_BAND_ALIASES: dict[str, tuple[str, ...]] = {
-    "red": ("R", "RED", "B04", "B4"),
-    "green": ("G", "GREEN", "B03", "B3"),
-    "blue": ("B", "BLUE", "B02", "B2"),
-    "nir": ("NIR", "B08", "B8", "B8A"),
-    "swir1": ("SWIR1", "SWIR", "SWIR16", "B11"),
-}
-
-
 def _resolve_band(image: xr.DataArray, role: str, band_map: Mapping[str, str] | None):
     names = [str(v) for v in image["band"].values]
     if band_map and role in band_map:
@@ -370,12 +361,11 @@ def _resolve_band(image: xr.DataArray, role: str, band_map: Mapping[str, str] | 
         if wanted not in names:
             raise KernelError(f"band_map maps {role!r} to {wanted!r}, but the image has bands {names}")
         return wanted
-    lower = {n.lower(): n for n in names}
-    for alias in _BAND_ALIASES[role]:
-        if alias.lower() in lower:
-            return lower[alias.lower()]
+    found = find_band(names, role)
+    if found is not None:
+        return found
     raise KernelError(
-        f"no {role} band among the image bands {names} (looked for {list(_BAND_ALIASES[role])}); "
+        f"no {role} band among the image bands {names} (looked for {list(ROLE_NAMES[role])}); "
         f"pass band_map={{'{role}': '<band name>'}}"
     )
 
@@ -395,8 +385,9 @@ def spectral_index(
         (McFeeters); ``ndbi = (SWIR1 - NIR) / (SWIR1 + NIR)``.
     band_map : mapping, optional
         Role -> band name overrides, roles ``"red"``, ``"green"``, ``"nir"``, ``"swir1"``.
-        Without it, VHR names (``R``, ``G``, ``B``, ``NIR``, ``SWIR``) and Sentinel-2 names
-        (``B02``, ``B03``, ``B04``, ``B08``, ``B11``) are recognised, case-insensitively.
+        Without it, bands are found by :data:`changedet.bands.ROLE_NAMES`: VHR names
+        (``R``, ``G``, ``B``, ``NIR``, ``SWIR``), STAC common names and Sentinel-2 names
+        (``B02``, ``B03``, ``B04``, ``B08``, ``B11``), case-insensitively.
         VHR sensors usually have no SWIR band, so ``ndbi`` needs Sentinel-2 ``B11``.
 
     Returns

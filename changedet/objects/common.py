@@ -14,16 +14,9 @@ import xarray as xr
 from shapely.geometry import Polygon, box
 from shapely.affinity import rotate, translate
 
+from changedet.bands import find_bands
 from changedet.errors import ChangedetError
 from changedet.grid import GridSpec
-
-# Band names understood for (blue, green, red, nir), as written by common sources.
-_BGRN_NAMES = (
-    ("B", "G", "R", "NIR"),
-    ("B02", "B03", "B04", "B08"),
-    ("blue", "green", "red", "nir"),
-)
-
 
 @dataclass(frozen=True)
 class Detection:
@@ -91,14 +84,9 @@ def bgrn(image: xr.DataArray) -> np.ndarray:
     if "band" not in image.dims:
         raise ChangedetError("the image needs a 'band' dimension with named bands (e.g. R, G, B, NIR)")
     names = [str(b) for b in image["band"].values]
-    for cand in _BGRN_NAMES:
-        if all(c in names for c in cand):
-            return np.stack([np.asarray(image.sel(band=c).values, dtype="float32") for c in cand])
-    upper = [n.upper() for n in names]
-    for cand in _BGRN_NAMES:
-        if all(c.upper() in upper for c in cand):
-            return np.stack([np.asarray(image.isel(band=upper.index(c.upper())).values, dtype="float32")
-                             for c in cand])
+    found = find_bands(names, ("blue", "green", "red", "nir"))
+    if found is not None:
+        return np.stack([np.asarray(image.isel(band=names.index(c)).values, dtype="float32") for c in found])
     if len(names) >= 4:
         # Unnamed 4-band imagery: assume the usual R, G, B, NIR order of VHR products.
         data = np.asarray(image.values[:4], dtype="float32")

@@ -51,6 +51,7 @@ import xarray as xr
 from scipy import ndimage, stats
 from shapely.geometry import Polygon
 
+from changedet.bands import find_band
 from changedet.errors import ChangedetError
 from changedet.grid import GridSpec
 from changedet.objects.checks import BandOrderError, ResolutionError, check_features
@@ -71,10 +72,8 @@ QUAY_MIN_FILL = 0.8      # a hull fills its moment rectangle (rectangle 1.0, ell
 LONG_HULL_M = 200.0      # from here on a hull (beam >= ~30 m, >= 3.5 px at 8.3 m) is resolved, so its outline is
 LONG_MIN_SOLIDITY = 0.6  # convex: a digitised rectangle of that size has solidity >= 0.76; piers with rims do not
 TILE_M = 320.0           # local water statistics in windows of 2 tiles (640 m): no ship dominates one
-OPTICAL_NAMES = {
-    "blue": ("B02", "B", "blue"), "green": ("B03", "G", "green"), "red": ("B04", "R", "red"),
-    "nir": ("B08", "NIR", "nir"), "swir": ("B11", "SWIR", "swir", "SWIR1"),
-}
+#: the detector's roles -> roles of :data:`changedet.bands.ROLE_NAMES`
+_ROLES = {"blue": "blue", "green": "green", "red": "red", "nir": "nir", "swir": "swir1"}
 
 
 def ground_metres_per_unit(grid: GridSpec) -> float:
@@ -94,10 +93,9 @@ def ground_metres_per_unit(grid: GridSpec) -> float:
 
 def _band(image: xr.DataArray, role: str, *, required: bool = True) -> np.ndarray | None:
     names = [str(b) for b in image["band"].values] if "band" in image.dims else []
-    upper = [n.upper() for n in names]
-    for cand in OPTICAL_NAMES[role]:
-        if cand.upper() in upper:
-            return np.asarray(image.isel(band=upper.index(cand.upper())).values, dtype="float32")
+    found = find_band(names, _ROLES[role])
+    if found is not None:
+        return np.asarray(image.isel(band=names.index(found)).values, dtype="float32")
     if required:
         raise BandOrderError(f"no {role} band among {names}; name the bands (B02, B03, B04, B08 [, B11]) or "
                              f"(B, G, R, NIR [, SWIR]) - vessel detection needs to know which band is which")
