@@ -8,10 +8,11 @@ Names are matched case-insensitively, in the order listed: VHR product names (``
 ``NIR``), STAC common names (``red``, ``nir08``, ``swir16``), then Sentinel-2 band
 numbers (``B04``, ``B08``, with ``B8A``, the 20 m narrow NIR, as the last NIR choice).
 
-Numbered bands of other sensors are not guessed: NAIP's ``b4`` is NIR and Landsat 8's
-``B5`` is NIR, while Sentinel-2's are red and red edge. ``B4``/``b4`` is read as the
-Sentinel-2 red band; name such bands by role (or pass an explicit mapping where the
-function takes one).
+Numbered bands are matched only in Sentinel-2's zero-padded spelling (``B04``, ``B08``,
+``B8A``). Unpadded numbers are not guessed: ``b1``...``bN`` is what a GeoTIFF without band
+descriptions reads as (:func:`changedet.io.band_names`), and NAIP's ``b4`` or Landsat 8's
+``B5`` is NIR while Sentinel-2's band 4 is red and band 5 red edge. Name such bands by role
+(``R``, ``G``, ``B``, ``NIR``) or pass an explicit mapping where the function takes one.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ __all__ = ["ROLE_NAMES", "find_band", "find_bands"]
 
 #: role -> band names tried in order, case-insensitively.
 ROLE_NAMES: Mapping[str, tuple[str, ...]] = MappingProxyType({
-    "blue": ("B", "BLUE", "B02", "B2"),
-    "green": ("G", "GREEN", "B03", "B3"),
-    "red": ("R", "RED", "B04", "B4"),
-    "nir": ("NIR", "N", "NIR08", "B08", "B8", "B8A"),
+    "blue": ("B", "BLUE", "B02"),
+    "green": ("G", "GREEN", "B03"),
+    "red": ("R", "RED", "B04"),
+    "nir": ("NIR", "N", "NIR08", "B08", "B8A"),
     "swir1": ("SWIR1", "SWIR", "SWIR16", "B11"),
 })
 

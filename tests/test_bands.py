@@ -50,3 +50,17 @@ def test_stages_agree_on_the_same_bands(names):
     assert [_find(img, r) for r in ("blue", "green", "red", "nir")] == list(names)
     np.testing.assert_array_equal(bgrn(img), data)
     np.testing.assert_array_equal(_band(img, "nir"), data[3])
+
+
+def test_unpadded_numbers_are_not_guessed():
+    # b1..b4 is how an undescribed GeoTIFF reads (NAIP order R, G, B, NIR): reading b4 as
+    # Sentinel-2 red would colour figures and cloud masks with the wrong bands, silently.
+    from changedet.cloudmask import available_method
+    from changedet.pipeline import _rgb_bands
+
+    names = ["b1", "b2", "b3", "b4"]
+    assert all(find_band(names, r) is None for r in ROLE_NAMES)
+    img = GridSpec.from_bounds("EPSG:32633", (500000, 0, 500070, 60), 10.0).attach(
+        np.ones((4, 6, 7), "float32"), bands=names)
+    assert available_method(img) is None
+    assert _rgb_bands(img) is None
