@@ -38,8 +38,9 @@ no branches (loop indices are unsigned: no negative-index wraparound code). Per 
   ``max(p, min(s_k, (n - c) * inf))`` terms, the deviations (V-shaped, +inf tail:
   a bitonic sequence) are sorted by a bitonic merger and the MAD picked the same way.
 
-How far this is from the memory-bandwidth bound, and why 60 % of it is out of reach with
-this arithmetic on a 2-core AVX2 machine, is worked out in ``bench/bench_change.py``.
+How far this is from the memory-bandwidth bound, and where the time goes (in cache ~8 ns
+per pixel-band: the network at the float min/max port limit ~3.7, the staging copy ~3; the
+rest of the gap is memory traffic not hidden), is worked out in ``bench/bench_change.py``.
 
 Rows are spread over threads (numba ``nogil`` kernels in a thread pool) for numpy
 input; dask input runs the serial kernel per block with ``map_blocks`` (whole time
