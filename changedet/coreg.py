@@ -49,7 +49,9 @@ That path is kept lean because it is the one timed against AROSICS: a separable
 gradient on the window interior (:func:`_window_gradient`), per-thread work buffers
 reused between calls (:func:`_scratch`: re-faulting freed heap pages cost as much CPU
 as the arithmetic), in-place FFTs, a raw read with the nodata test done here when the
-file has no mask band, and one GDAL environment without directory listing.
+file has no mask band, and one GDAL environment without directory listing. Once a
+process has matched a few windows, the gradient, clip/taper and resampling passes run as
+numba loops (:func:`_kernels`) that give the numpy code's results bit for bit.
 
 Stack mode (:func:`coregister_stack`): every date of a (time, band, y, x) cube onto the
 reference, one Dask task per date, the result of each written into the cube's
@@ -68,8 +70,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import sys
 import threading
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 import xarray as xr
@@ -1215,6 +1219,14 @@ def _keys_resample(g: np.ndarray, good: np.ndarray, shift_row: float, shift_col:
     def buf(name, shape):
         return _scratch(name, shape, np.float32) if scratch else np.empty(shape, np.float32)
 
+    nb = _kernels()
+    if nb is not None:
+        if br < 0 or bc < 0 or br + ws + 3 > g.shape[0] or bc + ws + 3 > g.shape[1]:
+            raise ValueError(f"_keys_resample: a shift of ({shift_row}, {shift_col}) px reaches outside the "
+                             f"{g.shape} source from {start}")  # the compiled loop checks no bounds
+        out = buf("kr.o", (ws, 2 * ws))
+        nb.keys(gv, br, bc, wr.astype(np.float32), wc.astype(np.float32), buf("kr.r", (ws, 2 * (ws + 3))), out)
+        return _keys_finish(out, g, good, br, bc, ws)
     rows = np.multiply(gv[br:br + ws, 2 * bc:2 * (bc + ws + 3)], np.float32(wr[0]),
                        out=buf("kr.r", (ws, 2 * (ws + 3))))
     tmp = buf("kr.t", rows.shape)
@@ -1226,6 +1238,11 @@ def _keys_resample(g: np.ndarray, good: np.ndarray, shift_row: float, shift_col:
     for k in range(1, 4):
         np.multiply(rows[:, 2 * k:2 * (k + ws)], np.float32(wc[k]), out=tmp)
         out += tmp
+    return _keys_finish(out, g, good, br, bc, ws)
+
+
+def _keys_finish(out: np.ndarray, g: np.ndarray, good: np.ndarray, br: int, bc: int, ws: int):
+    """:func:`_keys_resample`'s result from its float output: as complex, and the mask."""
     out = out.view(np.complex64)
     src_ok = good[br:br + ws + 3, bc:bc + ws + 3]
     if src_ok.all():
@@ -1296,6 +1313,12 @@ def _window_gradient(img: np.ndarray, tag: str) -> tuple[np.ndarray, np.ndarray]
     h = _GAUSS_HALF
     n0, n1 = img.shape
     k = _GAUSS_TAPS
+    nb = _kernels()
+    if nb is not None:
+        grad = _scratch(tag + ".g", src.shape, np.complex64, zero=True)
+        nb.gradient(np.ascontiguousarray(src), k, _scratch(tag + ".a", (n0, n1 - 2 * h), np.float32),
+                    _scratch(tag + ".s", (n0 - 2 * h, n1 - 2 * h), np.float32), grad.view(np.float32))
+        return grad, _window_good(src.shape, valid, all_valid, tag)
     a = np.multiply(src[:, h:n1 - h], k[0], out=_scratch(tag + ".a", (n0, n1 - 2 * h), np.float32))
     tmp = _scratch(tag + ".t", (n0, n1 - 2 * h), np.float32)
     for j in range(1, h + 1):
@@ -1324,11 +1347,154 @@ def _window_gradient(img: np.ndarray, tag: str) -> tuple[np.ndarray, np.ndarray]
     gx += d_col[2:]
     grad.real[inner] = gx
     np.subtract(s_col[2:], s_col[:-2], out=grad.imag[inner])
-    good = _scratch(tag + ".ok", src.shape, bool, zero=True)
-    good[inner] = True
+    return grad, _window_good(src.shape, valid, all_valid, tag)
+
+
+def _window_good(shape: tuple[int, int], valid: np.ndarray, all_valid: bool, tag: str) -> np.ndarray:
+    """Where :func:`_window_gradient` is clean: the interior, less the filter halo of
+    invalid pixels."""
+    o = _GAUSS_HALF + 1
+    good = _scratch(tag + ".ok", shape, bool, zero=True)
+    good[o:shape[0] - o, o:shape[1] - o] = True
     if not all_valid:
         good &= ~_dilate_cross(~valid, 1 + int(math.ceil(3 * _SMOOTH_SIGMA)))
-    return grad, good
+    return good
+
+
+# -- numba kernels of the window path -------------------------------------------------
+# The window match is a dozen small passes over 256 px windows; as numpy operations each
+# pass streams its arrays through memory again. These loops do the same arithmetic in
+# the same order (float32, no fast-math, so no reassociation or FMA contraction: results
+# equal the numpy code bit for bit) with fewer passes over the data. Importing numba and
+# loading the compiled code (cached on disk) costs about a second, which a one-off
+# ``changedet coregister`` would pay to save ~3 ms: so the numpy code matches the first
+# ``_NUMBA_AFTER`` windows of a process (unless numba is already imported) and the
+# kernels the rest. The results are the same either way. ``_USE_NUMBA``: None = that
+# rule, True / False = always / never (tests, benchmarks).
+_USE_NUMBA: bool | None = None
+_NUMBA_AFTER = 3
+_WINDOWS_MATCHED = 0
+
+
+def _nb_gradient_impl(src, k, a, s, gv):  # pragma: no cover - compiled by numba
+    """Gaussian rows then columns (taps ``k``, symmetric) and the two Sobel arms of the
+    all-finite window ``src``, written into the interior of ``gv`` (the float32 view of
+    the complex gradient: real at even, imaginary at odd columns); as the numpy path of
+    :func:`_window_gradient` (``a``, ``s``: its row / column pass buffers). Inner loops
+    run over 1-D row views: indexing those, LLVM drops the negative-index checks and
+    vectorises (2-D indexing ran 5 times slower)."""
+    n0, n1 = src.shape
+    h = k.shape[0] - 1
+    w1 = n1 - 2 * h
+    k0 = k[0]
+    for i in range(n0):
+        ai, si = a[i], src[i]
+        for j in range(w1):
+            ai[j] = si[h + j] * k0
+        for t in range(1, h + 1):
+            kt = k[t]
+            left, right = si[h - t:h - t + w1], si[h + t:h + t + w1]
+            for j in range(w1):
+                ai[j] += (left[j] + right[j]) * kt
+    m0 = n0 - 2 * h
+    for i in range(m0):
+        si, mid = s[i], a[h + i]
+        for j in range(w1):
+            si[j] = mid[j] * k0
+        for t in range(1, h + 1):
+            kt = k[t]
+            left, right = a[h + i - t], a[h + i + t]
+            for j in range(w1):
+                si[j] += (left[j] + right[j]) * kt
+    two = np.float32(2.0)
+    o = h + 1
+    for i in range(m0 - 2):
+        s0, s1, s2 = s[i], s[i + 1], s[i + 2]
+        row = gv[o + i, 2 * o:]
+        for j in range(w1 - 2):
+            gx = (s1[j + 2] - s1[j]) * two
+            gx += s0[j + 2] - s0[j]
+            gx += s2[j + 2] - s2[j]
+            lo = s0[j + 1] * two
+            lo += s0[j]
+            lo += s0[j + 2]
+            hi = s2[j + 1] * two
+            hi += s2[j]
+            hi += s2[j + 2]
+            row[2 * j] = gx
+            row[2 * j + 1] = hi - lo
+
+
+def _nb_keys_impl(gv, br, bc, wr, wc, rows, out):  # pragma: no cover - compiled by numba
+    """The two 4-tap passes of :func:`_keys_resample` on the float view ``gv``, in its
+    order of operations; ``rows`` (ws, 2 (ws + 3)) and ``out`` (ws, 2 ws) float32."""
+    ws = out.shape[0]
+    q = rows.shape[1]
+    n = 2 * ws
+    c0 = 2 * bc
+    for i in range(ws):
+        ri = rows[i]
+        src = gv[br + i, c0:c0 + q]
+        for j in range(q):
+            ri[j] = src[j] * wr[0]
+        for t in range(1, 4):
+            wt = wr[t]
+            src = gv[br + t + i, c0:c0 + q]
+            for j in range(q):
+                ri[j] += src[j] * wt
+        oi = out[i]
+        for j in range(n):
+            oi[j] = ri[j] * wc[0]
+        for t in range(1, 4):
+            wt = wc[t]
+            shifted = ri[2 * t:2 * t + n]
+            for j in range(n):
+                oi[j] += shifted[j] * wt
+
+
+def _nb_clip_impl(gv, mag, clip, outv):  # pragma: no cover - compiled by numba
+    """``out = grad * min(clip / max(mag, 1e-30), 1)`` on float views (complex times
+    real: numpy multiplies by ``w + 0j``, which gives the same two products)."""
+    rows, cols = mag.shape
+    tiny, one = np.float32(1e-30), np.float32(1.0)
+    for i in range(rows):
+        mi, gi, oi = mag[i], gv[i], outv[i]
+        for j in range(cols):
+            w = min(clip / max(mi[j], tiny), one)
+            oi[2 * j] = gi[2 * j] * w
+            oi[2 * j + 1] = gi[2 * j + 1] * w
+
+
+def _nb_taper_impl(outv, mean_re, mean_im, weight):  # pragma: no cover - compiled by numba
+    """``out = (out - mean) * weight`` on the float view of the complex window."""
+    rows, cols = weight.shape
+    for i in range(rows):
+        wi, oi = weight[i], outv[i]
+        for j in range(cols):
+            oi[2 * j] = (oi[2 * j] - mean_re) * wi[j]
+            oi[2 * j + 1] = (oi[2 * j + 1] - mean_im) * wi[j]
+
+
+@functools.lru_cache(maxsize=1)
+def _nb():
+    """The compiled kernels (a namespace), or None without numba."""
+    try:
+        import numba
+    except ImportError:  # optional at run time: the numpy path gives the same numbers
+        return None
+    jit = numba.njit(cache=True, nogil=True, boundscheck=False)
+    return SimpleNamespace(gradient=jit(_nb_gradient_impl), keys=jit(_nb_keys_impl), clip=jit(_nb_clip_impl),
+                           taper=jit(_nb_taper_impl))
+
+
+def _kernels():
+    """The numba kernels when they are to be used now (see ``_USE_NUMBA``), else None."""
+    if _USE_NUMBA is None:
+        if _WINDOWS_MATCHED <= _NUMBA_AFTER and "numba" not in sys.modules:
+            return None
+    elif not _USE_NUMBA:
+        return None
+    return _nb()
 
 
 def _dilate_cross(mask: np.ndarray, iterations: int) -> np.ndarray:
@@ -1361,6 +1527,16 @@ def _window_condition(grad: np.ndarray, good: np.ndarray, mag: np.ndarray, all_g
     if clip is None:
         clip = _quantile(mag[::2, ::2] if all_good else mag[good], _CLIP_PERCENTILE)
     out = _scratch(tag, grad.shape, np.complex64)
+    nb = _kernels()
+    if nb is not None and clip > 0 and grad.dtype == np.complex64 and grad.strides[1] == 8:
+        nb.clip(grad.view(np.float32), mag, np.float32(clip), out.view(np.float32))
+        mean = out.mean() if all_good else out[good].mean()
+        if weight is None:
+            weight = _tukey2d(out.shape)
+            if not all_good:
+                weight = ndimage.gaussian_filter(good.astype(np.float32), _FEATHER_SIGMA) * good * weight
+        nb.taper(out.view(np.float32), np.float32(mean.real), np.float32(mean.imag), weight)
+        return out, clip, weight
     if clip > 0:
         w = np.maximum(mag, np.float32(1e-30), out=_scratch(tag + ".w", mag.shape, np.float32))
         np.divide(np.float32(clip), w, out=w)
@@ -1460,6 +1636,8 @@ def estimate_window(reference: np.ndarray, moving: np.ndarray, *, filter_margin:
         (0..1), ``similarity_before`` and ``similarity_after`` (gradient-magnitude NCC on
         the window before and after shifting the moving window), ``valid_fraction``.
     """
+    global _WINDOWS_MATCHED
+    _WINDOWS_MATCHED += 1  # (a lost update between threads only delays the switch to numba)
     f, m = int(filter_margin), int(search_margin)
     ref = np.asarray(reference, np.float32)
     mov = np.asarray(moving, np.float32)
@@ -1628,7 +1806,12 @@ def coregister_files(
     # reading the two windows of a striped 1024 px file: 3.4 -> 1.9 ms; compressed files
     # are not affected). The price: a file truncated while it is read stops the process
     # with SIGBUS instead of an error, so inputs must not be rewritten during the call.
-    with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="TRUE", GTIFF_VIRTUAL_MEM_IO="YES"), \
+    # A GeoTIFF's CRS is built from its GeoKeys alone (GTIFF_SRS_SOURCE=GEOKEYS): GDAL's
+    # default also builds the EPSG code's definition from the PROJ database to compare
+    # (~0.27 ms of a ~0.85 ms open); the two differ only for files whose keys contradict
+    # their code, where GDAL keeps the keys' parameters either way, and only the units and
+    # the sameness of the two files' CRSs are used here.
+    with rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="TRUE", GTIFF_VIRTUAL_MEM_IO="YES", GTIFF_SRS_SOURCE="GEOKEYS"), \
             open_raster(reference) as rsrc, open_raster(moving) as msrc:
         ref, mov = _raster_info(rsrc, reference), _raster_info(msrc, moving)
         to_m = _grid_checks(ref.crs_wkt, tuple(ref.transform))
