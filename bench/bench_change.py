@@ -49,7 +49,8 @@ and outputs in /work/notes/s9/K/):
   (in L2); of it the 85-comparator network is 3.6-3.8 ns = 170 ``vminps``/``vmaxps`` per 8
   pixels at ~1.85 per cycle, i.e. at the float min/max port limit (2 per cycle). Its 28
   ymm spill stores and 30 reloads per 8 pixels go to the load/store ports and cost little;
-- next-tile prefetch and the 8-pixel chunk loop: 0.3-1.5 ns (about 150 scalar instructions
+- next-tile prefetch and the 8-pixel chunk loop: 0.3-1.5 ns (every second line; every line,
+  as now: ~1 ns more, see below) (about 150 scalar instructions
   per chunk in the asm: prefetch addresses, LLVM's alias checks, spilled loop variables).
   Without the prefetch the memory-resident cost rises (256 MiB plane stride, 1 thread:
   11.7 -> 12.9 ns; 2 threads wall +35 %).
@@ -66,10 +67,31 @@ pick and a table of prefetch offsets (in L2 8.0-8.8 against 8.2; memory-resident
 against 10.7); staging each 256-pixel block into an L1 buffer just before its compute
 (memory-resident 12.5 against 10.1 ns, 2-thread wall +30 %; with a one-block-ahead
 prefetch equal to the kernel above); compute chunks of 32, 64 and 256 pixels; staging
-tiles of 1024 and 4096 pixels. The bench recomputes the figures (``roofline`` in the JSON)
-from the copy rate and the in-L2 cost of the same run; under load the copy rate collapses
-(3.5-9 GB/s measured at load 5-6 against 24-33 idle) and the roofline lines then say
-nothing: read them from an idle run.
+tiles of 1024 and 4096 pixels.
+
+Memory side, round 2 (session 9, same-process A/B on the issue cube's strides, 19 x 4 x
+4096 x 4096 history with huge pages, fresh 512-row regions; scripts and outputs in
+/work/notes/s9/K2/): the next-tile prefetch now covers every cache line, not every second
+one, and the staging copy prefetches only a tile the previous compute did not (before, it
+prefetched every tile a second time). Memory-resident, ns per pixel-band (ab_landed.txt,
+4 runs of 5-7 rounds, load 3.9-4.9): 1 thread CPU 11.4-13.3 -> 9.3-10.5; 2 threads, CPU of
+both 11.6-13.8 -> 9.4-11.9, wall (median of the rounds) 20.3-26.3 -> 13.8-20.8, 14-32 % less
+in each run. This bench's whole cube, 1 thread CPU: 13.20 (08:51, load 3.4) -> 10.44 (09:13,
+load 4.1). The one-tile-per-call in-L2 figure rises ~1 ns (7.7-7.9 -> 8.7-8.9: that loop
+pays both prefetches on every call). Two threads now cost as much CPU per pixel-band as one,
+so what the 2-thread wall loses against half the 1-thread CPU is the other processes' share
+of the 2 cores, not memory contention between the threads. Tried and not kept: prefetching
+the tile after next (within noise), the staging copy prefetching two dates ahead (worse),
+two prefetches per line (worse), compute chunks of 16 (within noise), how rows are split
+between the threads (contiguous slabs, slab starts staggered by 1 MiB, two halves: same
+CPU, 12.4 ns per pixel-band; ab_split.txt), and a plane stride that is not a multiple of
+64 KiB (19 x 4 x 4095 x 4112: 1 thread within noise of 4096 x 4096, so cache-set aliasing
+of the dates is not what the memory side costs; alias.txt).
+
+The bench recomputes the figures (``roofline`` in the JSON) from the copy rate and the
+in-L2 cost of the same run; under load the copy rate collapses (3.5-9 GB/s measured at
+load 5-6 against 24-33 idle) and the roofline lines then say nothing: read them from an
+idle run.
 
 Writes bench/results/bench_change.json.
 """
