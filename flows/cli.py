@@ -49,6 +49,13 @@ def add_parser(sub) -> None:
                    help="stop every AOI at the first failed AOI-day (days in flight finish and are kept); by default "
                         "only the failed AOI stops and the others finish")
     b.add_argument("--dask-address", default=None, help="Dask scheduler (when running here)")
+    b.add_argument("--worker-grace", type=float, default=None, metavar="SECONDS",
+                   help="when running here: fail the backfill once the Dask cluster has had no running worker (or "
+                        "an unanswering scheduler) this long; workers a nanny restarts within it resume the work "
+                        "(default: $CHANGEDET_DASK_WORKER_GRACE_S, else 60)")
+    b.add_argument("--stall-limit", type=float, default=None, metavar="SECONDS",
+                   help="when running here: give up when no AOI-day ended for this long, 0 for never (default: "
+                        "$CHANGEDET_BACKFILL_STALL_S, else 14400)")
     b.add_argument("--submit", action="store_true",
                    help="create a run of the served backfill deployment instead of running here; the same "
                         "backfill submitted again is the same run (resumed if it crashed)")
@@ -95,6 +102,13 @@ def cmd_backfill(args) -> int:
     if args.every is not None and args.every < 1:
         raise DateError(f"--every {args.every}: give a number of days >= 1")
     _flows()
+    if args.submit and (args.worker_grace is not None or args.stall_limit is not None):
+        raise ChangedetError("--worker-grace and --stall-limit apply to a backfill run here; a submitted run reads "
+                             "CHANGEDET_DASK_WORKER_GRACE_S and CHANGEDET_BACKFILL_STALL_S from the environment of "
+                             "the process that serves the deployment (changedet serve)")
+    from flows.backfill import check_watch_settings
+
+    check_watch_settings(args.worker_grace, args.stall_limit, names=("--worker-grace", "--stall-limit"))
     data_dir = str(Path(args.data_dir).resolve()) if args.data_dir else None
     registry = str(Path(args.registry).resolve()) if args.registry else None
     if args.submit:
@@ -113,7 +127,7 @@ def cmd_backfill(args) -> int:
     try:
         out = backfill(args.aoi, args.start, args.end, args.every, data_dir=data_dir, seed=args.seed,
                        registry=registry, chunk_size=args.chunk_size, store_url=args.store_url,
-                       fail_fast=args.fail_fast)
+                       fail_fast=args.fail_fast, worker_grace_s=args.worker_grace, stall_limit_s=args.stall_limit)
     except BackfillFailed as exc:  # what did finish, then the one-line summary (exit 2)
         _print_backfill(exc.results)
         raise
