@@ -1,12 +1,15 @@
 """NAIP 10-date series: residual shift between every pair of dates after stack registration.
 
-Registration and check use disjoint pixels and different estimators:
+Registration and check use disjoint pixels and, by default, different estimators:
 
 * the frame is cut into a checkerboard of ``CELL`` px squares; registration may use only
   one colour (``--fold 0``: cells with even row+col index), the check only the other;
 * registration: phase correlation (:mod:`changedet.coreg`) - either the whole-frame
   network of ``coregister_stack(network=True)`` on NIR, or the windowed per-band network
-  of :mod:`changedet.coreg_network`;
+  of :mod:`changedet.coreg_network` (``--estimator pc``); ``--estimator lk`` matches the
+  pairs of that network with the weighted check's estimator instead (12 px Lucas-Kanade
+  windows, precision-weighted), on the registration's pixels only - then only the pixels
+  are independent, so run it with ``--check weighted,huber`` and read both;
 * check (``--check weighted``, the default): Lucas-Kanade translation of every 12 px
   window tiled inside the held-out 72 px cells, each with its Cramer-Rao covariance,
   pooled per pair by a random-effects biweight mean restarted until it is a fixed point,
@@ -20,7 +23,13 @@ Registration and check use disjoint pixels and different estimators:
 Prints per band and method the residual per pair (raw and adjusted) with standard
 errors, the max over pairs, and writes JSON to bench/results/bench_naip_fold<F>_<check>.json.
 
-Usage: ``python bench/bench_naip.py [--bands b4] [--fold 0] [--methods before,whole,windows] [--check weighted]``
+Each band and check also prints the per-date residuals (row, col) and the floor the
+check would report after a registration exactly as precise as itself (its split-half
+variance doubled: what an ``--estimator lk`` registration on the other colour can at best
+reach).
+
+Usage: ``python bench/bench_naip.py [--bands b4] [--fold 0] [--methods before,whole,windows] [--estimator lk]
+[--check weighted,huber]``
 """
 
 from __future__ import annotations
@@ -72,7 +81,7 @@ def load_stack(offset_px: float = 0.0):
     return stack.isel(y=slice(EDGE, -EDGE), x=slice(EDGE, -EDGE)).astype("float64"), [Path(f).stem[-8:] for f in files]
 
 
-def register(stack, method: str, fold: int):
+def register(stack, method: str, fold: int, estimator: str = "pc"):
     """Registered stack (numpy) and the applied shifts (time, band, 2) for one method."""
     import xarray as xr
 
@@ -94,7 +103,8 @@ def register(stack, method: str, fold: int):
         return aligned.values, np.repeat(sh[:, None], stack.sizes["band"], axis=1)
     if method == "windows":
         # The windowed network, every band on itself (coregister_stack's per-band mode).
-        aligned, results = coregister_stack(stack, ref, network="windows", per_band=True, valid=valid)
+        aligned, results = coregister_stack(stack, ref, network="windows", per_band=True, valid=valid,
+                                            estimator=estimator)
         names = [str(b) for b in stack["band"].values]
         sh = np.array([[[r[b].shift_row_px, r[b].shift_col_px] if r[b].applied else [np.nan, np.nan]
                         for b in names] for r in results])
@@ -124,6 +134,19 @@ def measure(arr: np.ndarray, band: int, fold: int, n_boot: int, check: str = "we
         nan2 = (float("nan"), float("nan"))
         half = {"floor": {"median_px": nan2, "max_px": nan2}, "sigma_date_px": list(nan2),
                 "sigma_date_bootstrap_px": list(nan2), "error": str(exc)}
+    # What the check reports after a registration exactly as noisy as itself (the same
+    # estimator on the other, statistically equivalent, colour: registration = lk): the
+    # per-date errors of both add, so the split-half variance doubles.
+    both = {"median_px": (float("nan"),) * 2, "max_px": (float("nan"),) * 2}
+    if np.all(np.isfinite(half["sigma_date_px"])):
+        from changedet.coreg_check import AdjustedResiduals
+
+        n = arr.shape[0]
+        cov = np.zeros((2, n, n))
+        for c in range(2):
+            cov[c, 1:, 1:] = 2.0 * half["sigma_date_px"][c] ** 2 * (np.eye(n - 1) + 1.0)
+        pairs = np.array(list(itertools.combinations(range(n), 2)), int)
+        both = noise_floor(AdjustedResiduals(pairs, None, None, None, np.zeros((n, 2)), float("nan"), cov))
     raw = np.array([r.magnitude_px for r in res])
     raw_se = np.array([r.stderr_px for r in res])
     k = int(np.nanargmax(adj.magnitude_px))
@@ -143,7 +166,7 @@ def measure(arr: np.ndarray, band: int, fold: int, n_boot: int, check: str = "we
         "adjusted_max_stderr_px": float(adj.stderr[k].max()),
         "adjusted_median_stderr_px": float(np.median(adj.stderr.max(axis=1))),
         "pairs_over_0.1px_adjusted": int((adj.magnitude_px > 0.1).sum()),
-        "floor_bootstrap": floor, "floor_split_half": half["floor"],
+        "floor_bootstrap": floor, "floor_split_half": half["floor"], "floor_check_plus_equal_registration": both,
         "sigma_date_split_half_px": half["sigma_date_px"], "sigma_date_bootstrap_px": half["sigma_date_bootstrap_px"],
     }
 
@@ -215,24 +238,33 @@ def main() -> int:
     ap.add_argument("--fold", type=int, default=0, choices=(0, 1),
                     help="checkerboard colour used for registration (the other is checked)")
     ap.add_argument("--boot", type=int, default=200, help="bootstrap resamples per pair")
-    ap.add_argument("--check", default="weighted", choices=("weighted", "huber"),
-                    help="weighted: 12 px windows, Cramer-Rao weights, biweight (default); huber: 64 px windows")
+    ap.add_argument("--check", default="weighted",
+                    help="weighted: 12 px windows, Cramer-Rao weights, biweight (default); huber: 64 px windows; "
+                         "both: weighted,huber")
+    ap.add_argument("--estimator", default="pc", choices=("pc", "lk"),
+                    help="pair estimator of the windows method: pc (64 px phase correlation, the default) or lk "
+                         "(12 px Lucas-Kanade windows, precision-weighted; the weighted check's estimator on the "
+                         "other pixels, so report the huber check beside it)")
     ap.add_argument("--per-pair", action="store_true", help="print every pair")
     ap.add_argument("--grid-offset", type=float, default=0.0,
                     help="move the stack grid off the first date's by this fraction of a pixel (x and y)")
     ap.add_argument("--diagnose", action="store_true",
                     help="decompose the residual: both estimators on both folds, against their noise floor")
     args = ap.parse_args()
+    checks = args.check.split(",")
+    if not set(checks) <= {"weighted", "huber"}:
+        raise SystemExit(f"--check {args.check!r}: use weighted, huber or weighted,huber")
 
     t0 = time.perf_counter()
     stack, dates = load_stack(args.grid_offset)
     names = [str(b) for b in stack["band"].values]
     bands = [names.index(b) for b in args.bands.split(",")]
-    out = {"dates": dates, "cell_px": CELL, "check": args.check, "fold": args.fold,
+    out = {"dates": dates, "cell_px": CELL, "check": args.check, "fold": args.fold, "estimator": args.estimator,
            "grid_offset_px": args.grid_offset, "load": os.getloadavg()[0], "runs": []}
     print(f"NAIP {len(dates)} dates {stack.shape[-2:]} px, checkerboard {CELL} px, registration on fold "
-          f"{args.fold}, {args.check} check on fold {1 - args.fold}; load {os.getloadavg()[0]:.1f}")
-    print(f"{'method':<8} {'band':<4} {'raw med':>8} {'raw max':>8} {'raw SE':>7} | {'adj med':>8} "
+          f"{args.fold} ({args.estimator} pairs), {args.check} check on fold {1 - args.fold}; "
+          f"load {os.getloadavg()[0]:.1f}")
+    print(f"{'method':<8} {'check':<8} {'band':<4} {'raw med':>8} {'raw max':>8} {'raw SE':>7} | {'adj med':>8} "
           f"{'adj max':>8} {'(pair)':>8} {'SE':>6} {'>0.1':>5} {'chi2/dof':>8} | {'floor boot med/max':>18} "
           f"{'floor split med/max':>19} | {'reg CPU s':>9}")
     if args.diagnose:
@@ -240,20 +272,31 @@ def main() -> int:
         args.methods = ""
     for method in filter(None, args.methods.split(",")):
         c = time.process_time()
-        arr, shifts = register(stack, method, args.fold)
+        # Each band is registered on itself (per band), so registering only the checked
+        # bands gives them the same shifts at a fraction of the cost.
+        # The NIR-driven methods (whole, global, local) need b4 in the stack.
+        subset = method in ("before", "windows")
+        arr, shifts = register(stack.isel(band=bands) if subset else stack, method, args.fold, args.estimator)
         cpu = time.process_time() - c
-        for b in bands:
-            m = measure(arr, b, args.fold, args.boot, args.check)
-            m.update({"method": method, "band": names[b], "register_cpu_s": cpu,
-                      "shifts_px": np.where(np.isfinite(shifts[:, b]), shifts[:, b], None).tolist()})
+        for b, check in itertools.product(range(len(bands)), checks):
+            plane = b if subset else bands[b]  # the band's plane in arr and shifts
+            m = measure(arr, plane, args.fold, args.boot, check)
+            m.update({"method": method, "band": names[bands[b]], "check": check, "register_cpu_s": cpu,
+                      "shifts_px": np.where(np.isfinite(shifts[:, plane]), shifts[:, plane], None).tolist()})
             out["runs"].append(m)
-            print(f"{method:<8} {names[b]:<4} {m['raw_median_px']:8.3f} {m['raw_max_px']:8.3f} "
+            print(f"{method:<8} {check:<8} {names[bands[b]]:<4} {m['raw_median_px']:8.3f} {m['raw_max_px']:8.3f} "
                   f"{m['raw_median_stderr_px']:7.3f} | {m['adjusted_median_px']:8.3f} {m['adjusted_max_px']:8.3f} "
                   f"{str(tuple(m['adjusted_max_pair'])):>8} {m['adjusted_max_stderr_px']:6.3f} "
                   f"{m['pairs_over_0.1px_adjusted']:5d} {m['chi2_dof']:8.2f} | "
                   f"{m['floor_bootstrap']['median_px'][0]:8.3f}/{m['floor_bootstrap']['max_px'][0]:.3f} "
                   f"{m['floor_split_half']['median_px'][0]:9.3f}/{m['floor_split_half']['max_px'][0]:.3f} | "
                   f"{cpu:9.1f}", flush=True)
+            fb = m["floor_check_plus_equal_registration"]
+            print(f"    floor of check + a registration as precise as the check (split-half x2): median "
+                  f"{fb['median_px'][0]:.3f} (95 % {fb['median_px'][1]:.3f}), max {fb['max_px'][0]:.3f} "
+                  f"(95 % {fb['max_px'][1]:.3f})")
+            print("    per date (row, col) px: " + "  ".join(f"{dates[t][2:4]} {r:+.3f} {c:+.3f}"
+                                                          for t, (r, c) in enumerate(m["per_date_px"])), flush=True)
             if args.per_pair:
                 for p, r, rs, a, s, w, wt in zip(m["pairs"], m["raw_px"], m["raw_stderr_px"], m["adjusted_px"],
                                                  m["adjusted_stderr_px"], m["windows"], m["windows_total"]):
@@ -263,7 +306,8 @@ def main() -> int:
     out["cpu_s"] = resource.getrusage(resource.RUSAGE_SELF).ru_utime
     dest = ROOT / "bench" / "results"
     dest.mkdir(parents=True, exist_ok=True)
-    name = "bench_naip_diagnose.json" if args.diagnose else f"bench_naip_fold{args.fold}_{args.check}.json"
+    name = ("bench_naip_diagnose.json" if args.diagnose
+            else f"bench_naip_fold{args.fold}_{args.estimator}_{'_'.join(checks)}.json")
     (dest / name).write_text(json.dumps(out, indent=1))
     print(f"wall {out['wall_s']:.0f} s, CPU {out['cpu_s']:.0f} s; JSON in bench/results/{name}")
     return 0
