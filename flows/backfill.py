@@ -200,8 +200,12 @@ class ClusterWatch:
         self.last_progress = clock()
 
     def progressed(self) -> None:
-        """An AOI-day ended (any state): the stall clock starts again."""
+        """An AOI-day ended (any state): the stall clock starts again, and the cluster
+        evidently runs, so an earlier look at it that found no worker no longer counts
+        (checks happen only while no day ends: a flag left from a blip long ago would
+        fail the next blip at once)."""
         self.last_progress = self._clock()
+        self.unhealthy_since = None
 
     def check(self, futures) -> None:
         """Raise :class:`_Interrupt` if the cluster under ``futures`` is lost or the backfill stalled."""
@@ -219,14 +223,16 @@ class ClusterWatch:
         if client.status != "running":
             raise _lost_scheduler(client)
         try:
-            workers = client.sync(client.scheduler.ncores_running, callback_timeout=SCHEDULER_RPC_TIMEOUT_S)
-            problem, lasting = (None, "") if workers else ("has no running worker", "has had no running worker")
+            # Every worker the scheduler knows, not only those in the "running" state: a
+            # worker paused at its memory limit, or retiring, still runs the day it has.
+            workers = client.sync(client.scheduler.ncores, callback_timeout=SCHEDULER_RPC_TIMEOUT_S)
+            problem, lasting = (None, "") if workers else ("has no worker", "has had no worker")
         except Exception as exc:  # noqa: BLE001  (timeouts, refused connections: all mean no answer)
             problem = f"does not answer ({type(exc).__name__}: {exc})"
             lasting = f"has not answered ({type(exc).__name__}: {exc})"
         if problem is None:
             if self.unhealthy_since is not None and self._log:
-                self._log("info", f"backfill: {_where(client)} has {len(workers)} running worker(s) again")
+                self._log("info", f"backfill: {_where(client)} has {len(workers)} worker(s) again")
             self.unhealthy_since = None
             return
         if self.unhealthy_since is None:
@@ -298,8 +304,11 @@ def _final_state(future, watch: ClusterWatch | None = None, in_flight=()):
             try:
                 answer = wrapped.result(timeout=watch.poll_s)
             except TimeoutError as exc:
-                if wrapped.status == "error":  # the task's own TimeoutError, not the wait's
-                    error = exc
+                if wrapped.status == "error":  # the task failed (perhaps with its own TimeoutError)
+                    try:
+                        error = wrapped.exception()
+                    except Exception as exc2:  # noqa: BLE001
+                        error = exc2
                     break
                 watch.check(in_flight)
                 continue
@@ -332,16 +341,34 @@ def _final_state(future, watch: ClusterWatch | None = None, in_flight=()):
 
 
 def _mark_crashed(task_run_ids, state) -> None:
-    """Set the task runs' state in the API, which would otherwise say Running (or Pending) for good."""
-    if not task_run_ids:
+    """Set the task runs' state in the API, which would otherwise say Running (or Pending) for good.
+
+    Runs the API already shows as final are left alone: a worker may have finished and
+    reported a day (stored, and cached for a re-run) that this flow never heard back from.
+    """
+    _set_unfinished({task_run_id: state for task_run_id in task_run_ids})
+
+
+def _set_unfinished(states: dict[object, object]) -> None:
+    """Force each task run's given state in the API, where the API does not show the run as final."""
+    if not states:
         return
     try:
         from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import (TaskRunFilter, TaskRunFilterId, TaskRunFilterState,
+                                                    TaskRunFilterStateType)
+        from prefect.client.schemas.objects import StateType
 
+        unfinished = TaskRunFilterState(type=TaskRunFilterStateType(
+            any_=[StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING]))
         with get_client(sync_client=True) as client:
-            for task_run_id in task_run_ids:
-                client.set_task_run_state(task_run_id, state, force=True)
-    except Exception:  # noqa: BLE001  (the flow's own summary still reports it)
+            ids = list(states)
+            for i in range(0, len(ids), 200):
+                runs = client.read_task_runs(task_run_filter=TaskRunFilter(
+                    id=TaskRunFilterId(any_=ids[i:i + 200]), state=unfinished), limit=200)
+                for run in runs:
+                    client.set_task_run_state(run.id, states[run.id], force=True)
+    except Exception:  # noqa: BLE001  (the API record only; the flow's own summary reports it)
         pass
 
 
@@ -524,25 +551,7 @@ def _record_completed(completed: dict[object, object]) -> None:
     would say Running for good although the flow has the result (and the result store
     the cache entry a re-run uses). Only runs the API does not show as final are set.
     """
-    if not completed:
-        return
-    try:
-        from prefect.client.orchestration import get_client
-        from prefect.client.schemas.filters import (TaskRunFilter, TaskRunFilterId, TaskRunFilterState,
-                                                    TaskRunFilterStateType)
-        from prefect.client.schemas.objects import StateType
-
-        unfinished = TaskRunFilterState(type=TaskRunFilterStateType(
-            any_=[StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING]))
-        with get_client(sync_client=True) as client:
-            ids = list(completed)
-            for i in range(0, len(ids), 200):
-                runs = client.read_task_runs(task_run_filter=TaskRunFilter(
-                    id=TaskRunFilterId(any_=ids[i:i + 200]), state=unfinished), limit=200)
-                for run in runs:
-                    client.set_task_run_state(run.id, completed[run.id], force=True)
-    except Exception:  # noqa: BLE001  (the API record only; results and cache are stored)
-        pass
+    _set_unfinished(completed)
 
 
 def _interrupted(why: _Interrupt, out: dict[str, list[dict]], failures: dict[str, DayFailure],

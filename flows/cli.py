@@ -106,9 +106,10 @@ def cmd_backfill(args) -> int:
         raise ChangedetError("--worker-grace and --stall-limit apply to a backfill run here; a submitted run reads "
                              "CHANGEDET_DASK_WORKER_GRACE_S and CHANGEDET_BACKFILL_STALL_S from the environment of "
                              "the process that serves the deployment (changedet serve)")
-    from flows.backfill import check_watch_settings
+    if not args.submit:  # a submitted run reads the settings where it runs, not here
+        from flows.backfill import check_watch_settings
 
-    check_watch_settings(args.worker_grace, args.stall_limit, names=("--worker-grace", "--stall-limit"))
+        check_watch_settings(args.worker_grace, args.stall_limit, names=("--worker-grace", "--stall-limit"))
     data_dir = str(Path(args.data_dir).resolve()) if args.data_dir else None
     registry = str(Path(args.registry).resolve()) if args.registry else None
     if args.submit:
