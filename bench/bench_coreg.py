@@ -277,11 +277,15 @@ def lk_reference(a: np.ndarray, b: np.ndarray, f: int, m: int, start: tuple[floa
     intensities, not gradient phase correlation) on 32 px windows every 16 px, the
     moving window pre-cut at the integer part of ``start`` (row, col px); the median of
     the reliable windows. For the real pair, whose only "truth" is AROSICS' own recorded
-    output, it is a third opinion on the same pixels."""
+    output, it is a third opinion on the same pixels, on the sub-pixel part only: it
+    starts from our own shift rounded to whole pixels and searches +-1.5 px around it, so
+    it favours ours wherever the whole-pixel part is in doubt."""
     from changedet.coreg_check import lk_window_shifts
 
     ws = a.shape[0] - 2 * f
     ir, ic = int(round(start[0])), int(round(start[1]))
+    if max(abs(ir), abs(ic)) > m:  # the cut would leave the moving window
+        return {"row": float("nan"), "col": float("nan"), "windows": 0, "of": 0}
     ref = a[f:f + ws, f:f + ws].astype(float)
     mov = b[f + m - ir:f + m - ir + ws, f + m - ic:f + m - ic + ws].astype(float)
     _, d, ok = lk_window_shifts(ref, mov, window_px=32, step_px=16, max_shift_px=1.5)
@@ -513,7 +517,8 @@ def main() -> int:
     print("-" * len(hdr3))
     gl = [(c, t, e) for c, t, e in zip(cases, truth, rows) if c["mode"] == "global"]
     for (c, t, e), lk, (res_s, _, _), p in zip(gl, lk_refs, [o for o, c in zip(ours_same, cases)
-                                                            if c["mode"] == "global"], other):
+                                                            if c["mode"] == "global"],
+                                               [p for p, c in zip(other, cases) if c["mode"] == "global"]):
         def dist(x_m, y_m):
             return float(np.hypot(-y_m / RES - lk["row"], x_m / RES - lk["col"]))
         d_truth = float("nan") if t.get("recorded") else dist(t["x_m"], t["y_m"])

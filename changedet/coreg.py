@@ -1482,9 +1482,15 @@ def _nb():
         import numba
     except ImportError:  # optional at run time: the numpy path gives the same numbers
         return None
-    jit = numba.njit(cache=True, nogil=True, boundscheck=False)
-    return SimpleNamespace(gradient=jit(_nb_gradient_impl), keys=jit(_nb_keys_impl), clip=jit(_nb_clip_impl),
-                           taper=jit(_nb_taper_impl))
+    impls = {"gradient": _nb_gradient_impl, "keys": _nb_keys_impl, "clip": _nb_clip_impl, "taper": _nb_taper_impl}
+    try:
+        jit = numba.njit(cache=True, nogil=True, boundscheck=False)
+        return SimpleNamespace(**{name: jit(f) for name, f in impls.items()})
+    except RuntimeError:
+        # No writable cache folder (read-only install and home, no NUMBA_CACHE_DIR): numba
+        # refuses cache=True at decoration. Compile per process instead (a few seconds once).
+        jit = numba.njit(nogil=True, boundscheck=False)
+        return SimpleNamespace(**{name: jit(f) for name, f in impls.items()})
 
 
 def _kernels():
@@ -1528,7 +1534,9 @@ def _window_condition(grad: np.ndarray, good: np.ndarray, mag: np.ndarray, all_g
         clip = _quantile(mag[::2, ::2] if all_good else mag[good], _CLIP_PERCENTILE)
     out = _scratch(tag, grad.shape, np.complex64)
     nb = _kernels()
-    if nb is not None and clip > 0 and grad.dtype == np.complex64 and grad.strides[1] == 8:
+    # The compiled loops take their sizes from mag and weight and check no bounds.
+    if (nb is not None and clip > 0 and grad.dtype == np.complex64 and grad.strides[1] == 8
+            and mag.shape == grad.shape and (weight is None or weight.shape == grad.shape)):
         nb.clip(grad.view(np.float32), mag, np.float32(clip), out.view(np.float32))
         mean = out.mean() if all_good else out[good].mean()
         if weight is None:

@@ -20,13 +20,26 @@ from changedet import coreg
 from test_coreg import fractal
 
 
+def _poisoned_scratch(name, shape, dtype, *, zero=False):
+    """A new buffer per request, filled with garbage unless ``zero``: a compiled loop that
+    left part of its output unwritten would otherwise show the numpy run's values, still
+    sitting in the shared per-thread buffer, and compare equal."""
+    if zero:
+        return np.zeros(shape, dtype)
+    kind = np.dtype(dtype).kind
+    return np.full(shape, np.nan if kind in "fc" else 1, dtype)
+
+
 def _both(monkeypatch, fn):
-    """``fn()`` on the numpy path and on the numba path."""
+    """``fn()`` on the numpy path and on the numba path (on fresh, poisoned buffers)."""
     monkeypatch.setattr(coreg, "_USE_NUMBA", False)
     a = fn()
     monkeypatch.setattr(coreg, "_USE_NUMBA", True)
     assert coreg._kernels() is not None
-    return a, fn()
+    with monkeypatch.context() as mp:
+        mp.setattr(coreg, "_scratch", _poisoned_scratch)
+        b = fn()
+    return a, b
 
 
 def _pair(shift, seed, *, ws=256, m=22, size=400):
@@ -157,3 +170,29 @@ def test_compiled_resampler_refuses_a_shift_outside_the_source(monkeypatch):
     good = np.ones(g.shape, bool)
     with pytest.raises(ValueError, match="outside"):
         coreg._keys_resample(g, good, -6.5, 0.0, 4, 32)  # would read rows 40-42 of a 40-row array
+
+
+def test_kernels_compile_without_a_writable_cache(monkeypatch):
+    # A read-only install and home: numba refuses cache=True at decoration; the kernels
+    # must still compile (uncached) rather than fail every window after the third.
+    import numba
+
+    real = numba.njit
+
+    def njit(*args, **kw):
+        if kw.get("cache"):
+            raise RuntimeError("cannot cache function: no locator available")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(numba, "njit", njit)
+    coreg._nb.cache_clear()
+    try:
+        nb = coreg._nb()
+        assert nb is not None
+        a = np.arange(12, dtype=np.float32).reshape(3, 4)
+        out = np.ones((3, 8), np.float32)
+        nb.taper(out, np.float32(0.5), np.float32(0.0), a)
+        assert out[1, 2] == np.float32(0.5) * a[1, 1] and out[1, 3] == a[1, 1]
+    finally:
+        monkeypatch.undo()
+        coreg._nb.cache_clear()
