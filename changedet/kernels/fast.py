@@ -464,7 +464,7 @@ def _unrolled(nt: int):
             # numba's cached code looks its module up by name when loaded.
             sys.modules[spec.name] = mod
             spec.loader.exec_module(mod)
-            fn = numba.njit(cache=True, **opts)(mod.kernel)
+            fn = _njit_cached(**opts)(mod.kernel)
         except OSError:
             # Read-only home: compile from memory each process.
             ns: dict = {}
@@ -472,6 +472,20 @@ def _unrolled(nt: int):
             fn = numba.njit(**opts)(ns["kernel"])
         _UNROLLED[nt] = fn
         return fn
+
+
+def _njit_cached(**opts):
+    """``numba.njit(cache=True, **opts)``, or uncached where numba finds no writable cache
+    folder (it refuses ``cache=True`` at decoration then: read-only install and home)."""
+    import numba
+
+    def decorate(f):
+        try:
+            return numba.njit(cache=True, **opts)(f)
+        except RuntimeError:
+            return numba.njit(**opts)(f)
+
+    return decorate
 
 
 def _threads() -> int:
@@ -487,7 +501,7 @@ def _build():
         return _KERNEL
     import numba
 
-    @numba.njit(parallel=True, fastmath=False, cache=True)
+    @_njit_cached(parallel=True, fastmath=False)
     def kernel(hist, img, net, floor, scale, out):  # pragma: no cover - compiled
         nt, nb, ny, nx = hist.shape
         half = np.float32(0.5)
