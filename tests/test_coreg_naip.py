@@ -94,9 +94,11 @@ def test_per_band_network_recovers_band_offsets_on_real_texture(naip_nir):
     moves = np.array([[0.0, 0.0], [0.8, -0.5], [-0.6, 1.1]])
     b0 = np.stack([apply_shift(x, *m) for x, m in zip(a, moves)])
     b1 = np.stack([apply_shift(x, *(m + o)) for x, m, o in zip(a, moves, extra)])
-    plain = network_shifts(None, a)
-    s0 = network_shifts(None, b0)
-    s1 = network_shifts(None, b1)
+    # The phase-correlation network on its own (the default refines it with Lucas-Kanade,
+    # tested in test_coreg_network.py and by the held-out check below).
+    plain = network_shifts(None, a, estimator="pc")
+    s0 = network_shifts(None, b0, estimator="pc")
+    s1 = network_shifts(None, b1, estimator="pc")
     # The known moves (relative to date 0) come back on top of the real residuals, within
     # the pairs' standard errors: moving real imagery by a sub-pixel amount re-draws
     # each window's error (the 5 m frames are aliased), so the recovery is no better
@@ -109,12 +111,12 @@ def test_per_band_network_recovers_band_offsets_on_real_texture(naip_nir):
     grid = naip_nir.isel(time=[5, 6, 7])
     da = xr.concat([grid.copy(data=b0[:, None]).assign_coords(band=["red"]),
                     grid.copy(data=b1[:, None]).assign_coords(band=["nir"])], dim="band")
-    aligned, shifts, sols = coregister_stack_windows(da, per_band=True)
+    aligned, shifts, sols = coregister_stack_windows(da, per_band=True, estimator="pc")
     assert aligned.dims == ("time", "band", "y", "x") and set(sols) == {"red", "nir"}
     np.testing.assert_allclose(shifts[:, 0], s0.shifts, atol=1e-9)
     np.testing.assert_allclose(shifts[:, 1], s1.shifts, atol=1e-9)
     np.testing.assert_allclose(aligned.values[2, 1], apply_shift(b1[2], *s1.shifts[2]), atol=1e-9)
-    _, one, _ = coregister_stack_windows(da, per_band=False, band="nir")
+    _, one, _ = coregister_stack_windows(da, per_band=False, band="nir", estimator="pc")
     np.testing.assert_allclose(one[:, 0], one[:, 1])
     with pytest.raises(CoregError, match="time, band, y, x"):
         coregister_stack_windows(da.isel(band=0))

@@ -162,3 +162,87 @@ def test_lk_estimator_bad_options_are_refused(seasonal_stack):
         coregister_stack(stack, ref, network="windows", per_band=True, estimator="ncc")
     with pytest.raises(CoregError, match="window_px=4 is too small for estimator='lk'"):
         network_shifts(None, stack.values[:, 0], estimator="lk", window_px=4)
+
+
+# -- the two-stage estimator (estimator="pc+lk"): phase-correlation reach, Lucas-Kanade precision --
+
+#: Several pixels per date, beyond the ~2 px the Lucas-Kanade windows alone can refine.
+BIG_SHIFTS = np.array([(0.0, 0.0), (3.4, -5.7), (-7.3, 4.5), (5.8, 7.6), (-4.6, -3.1)])
+
+
+@pytest.fixture(scope="module")
+def big_shift_stack():
+    """Five dates shifted by BIG_SHIFTS, content drifting, noise, and a cloud per date masked in ``valid``."""
+    n = 256
+    grid = grid_at((n, n))
+    base, other = fractal(n, beta=2.3, seed=5), fractal(n, beta=2.3, seed=6)
+    rng = np.random.default_rng(1)
+    frames, valid = [], np.ones((len(BIG_SHIFTS), n, n), bool)
+    for k, sh in enumerate(BIG_SHIFTS):
+        img = spline_shift((1 - 0.12 * k) * base + 0.12 * k * other, sh) + rng.normal(0, 5, (n, n))
+        if k:
+            r0, c0 = rng.integers(20, n - 80, 2)
+            img[r0:r0 + 40, c0:c0 + 60] = 3000.0  # a cloud, in the date's own pixels
+            valid[k, r0:r0 + 40, c0:c0 + 60] = False
+        frames.append(img)
+    ref = grid.attach(base[None], bands=["nir"])
+    stack = xr.concat([grid.attach(f[None], bands=["nir"]) for f in frames], dim="time")
+    stack = stack.assign_coords(time=np.arange(len(frames)))
+    vda = xr.DataArray(valid, dims=("time", "y", "x"), coords={"y": stack.y, "x": stack.x}).rio.write_crs(
+        stack.rio.crs)
+    return stack, ref, valid, vda
+
+
+def test_pc_lk_recovers_shifts_of_several_pixels_numpy_equals_dask(big_shift_stack):
+    from changedet.coreg_network import network_shifts, pair_shift_lk
+
+    stack, ref, valid, vda = big_shift_stack
+    truth = -BIG_SHIFTS
+    imgs = stack.values[:, 0]
+    # Lucas-Kanade alone cannot reach 7 px: no reliable window, or a wrong answer.
+    alone = np.array(pair_shift_lk(ref.values[0], imgs[2], n_boot=0)[:2])
+    assert not np.all(np.abs(alone - truth[2]) < 0.5), alone
+    sol = network_shifts(ref.values[0], imgs, valid=valid, estimator="pc+lk")
+    np.testing.assert_allclose(sol.shifts, truth, atol=0.05)
+    # The coarse stage did the reach; the refinement is what the fine stage added.
+    assert np.abs(sol.coarse_shifts - truth).max() < 0.5
+    assert sol.kept.sum() >= len(sol.kept) - 2
+    # Pair shifts are reported on the input dates: j onto i is truth[j] - truth[i].
+    k = [tuple(p) for p in sol.pairs.tolist()].index((1, 3))
+    np.testing.assert_allclose(sol.pair_shifts[k], truth[3] - truth[1], atol=0.05)
+    # Through the stack API, eager on one thread and lazy on the threaded scheduler.
+    a_eager, r_eager = coregister_stack(stack, ref, network="windows", per_band=True, estimator="pc+lk",
+                                        valid=vda, scheduler="synchronous")
+    a_lazy, r_lazy = coregister_stack(stack.chunk({"time": 1}), ref, network="windows", per_band=True,
+                                      estimator="pc+lk", valid=vda.chunk({"time": 1}), scheduler="threads")
+    np.testing.assert_array_equal(a_eager.values, a_lazy.values)
+    assert r_eager == r_lazy
+    got = np.array([[r["nir"].shift_row_px, r["nir"].shift_col_px] for r in r_eager])
+    np.testing.assert_allclose(got, truth, atol=0.05)
+    np.testing.assert_allclose(got, sol.shifts, atol=0.02)
+    assert all(r["nir"].applied and r["nir"].mode == "windows" for r in r_eager)
+    # One resampling from the input by the summed shift.
+    np.testing.assert_allclose(a_eager.isel(time=2).values,
+                               apply_shift(stack.isel(time=2, drop=True), *got[2]).values, atol=1e-5, equal_nan=True)
+
+
+def test_pc_lk_keeps_coarse_shifts_the_fine_stage_cannot_refine_and_no_guess_without_them():
+    from changedet.coreg_network import NetworkShifts, _coarse_start, _combine
+
+    pairs = np.array([(-1, 0), (-1, 1), (-1, 2), (0, 1), (0, 2), (1, 2)])
+    coarse_t = np.array([[0.0, 0.0], [3.2, -4.1], [np.nan, np.nan]])
+    coarse = NetworkShifts(coarse_t, np.array([3.0, 3.0, 0.0]), pairs, np.zeros((6, 2)), np.full(6, 0.1),
+                           np.ones(6, bool))
+    start = _coarse_start(coarse.shifts)
+    np.testing.assert_array_equal(start[2], [0.0, 0.0])
+    fine_obs = np.array([[0.01, 0.0], [0.05, -0.02], [0.4, 0.3], [0.04, -0.02], [0.39, 0.3], [0.35, 0.32]])
+    # Date 1 unlinked by the fine stage (NaN): the coarse shift stays. Date 2 unlinked by the
+    # coarse stage: a fine shift "from 0" is not trusted (a 7 px move comes back as ~0).
+    fine = NetworkShifts(np.array([[0.01, 0.0], [np.nan, np.nan], [0.4, 0.3]]), np.array([3.0, 0.0, 3.0]), pairs,
+                         fine_obs, np.full(6, 0.05), np.ones(6, bool))
+    got = _combine(coarse, fine, start)
+    np.testing.assert_allclose(got.shifts, [[0.01, 0.0], [3.2, -4.1], [np.nan, np.nan]])
+    np.testing.assert_array_equal(got.support, [3.0, 3.0, 0.0])
+    # Pair (0, 1) on the input dates: fine measurement plus the coarse start of date 1.
+    np.testing.assert_allclose(got.pair_shifts[3], fine_obs[3] + [3.2, -4.1])
+    np.testing.assert_allclose(got.coarse_shifts, coarse_t)
