@@ -2503,7 +2503,9 @@ def coregister_stack(
         date, so one translation per date cannot align every band. ``results`` then
         holds one dict band name -> CoregResult per date, and the cube provenance
         ``{"coreg": {"mode": "windows", "per_band": True, "applied": ..., "bands":
-        {band: provenance_fields(...)}}}``.
+        {band: provenance_fields(...)}, "estimator": ...}}``. The windowed network's pair
+        estimator is ``estimator=`` in ``**kwargs`` (:data:`changedet.coreg_network.ESTIMATORS`;
+        default ``"pc+lk"``), recorded in the provenance of every date.
     **kwargs
         Passed to :func:`coregister` (``local``, ``band``, ``min_reliability`` ...).
 
@@ -2548,11 +2550,12 @@ def coregister_stack(
         if kwargs.get("local"):
             raise CoregError("network='windows' estimates one translation per date (and band); it cannot "
                              "be combined with local=True")
-        from changedet.coreg_network import windows_stack
+        from changedet.coreg_network import DEFAULT_ESTIMATOR, windows_stack
 
         outs, results, _ = windows_stack(stack, ref, valid=valid, per_band=bool(per_band), scheduler=scheduler,
                                          **kwargs)
-        return _assemble_stack(outs, stack, results, scene_ids, cube)
+        return _assemble_stack(outs, stack, results, scene_ids, cube,
+                               {"estimator": str(kwargs.get("estimator", DEFAULT_ESTIMATOR))})
     if network:
         if kwargs.get("local"):
             raise CoregError("network=True estimates one translation per date; it cannot be combined with "
@@ -2749,9 +2752,10 @@ def _network_stack(stack, ref, valid, cube, scheduler, scene_ids, kwargs):
     return _assemble_stack(outs, stack, results, scene_ids, cube)
 
 
-def _assemble_stack(outs, stack, results, scene_ids, cube):
+def _assemble_stack(outs, stack, results, scene_ids, cube, method: dict | None = None):
     """The registered dates as one (time, ...) stack with the input's time coordinates;
-    each date's registration recorded in the cube's provenance when a cube is given."""
+    each date's registration recorded in the cube's provenance when a cube is given,
+    with ``method`` (how the shifts were estimated, e.g. the windowed network's estimator)."""
     aligned = xr.concat([a.drop_vars([c for c in a.coords if c not in a.dims and c != "spatial_ref"])
                          for a in outs], dim="time", coords="minimal", compat="override")
     aligned = aligned.assign_coords(time=stack["time"].values)
@@ -2766,5 +2770,6 @@ def _assemble_stack(outs, stack, results, scene_ids, cube):
                        "bands": {b: provenance_fields(r) for b, r in res.items()}}
             else:
                 rec = provenance_fields(res)
+            rec.update(method or {})
             cube.annotate(sid, {"coreg": rec})
     return aligned, results

@@ -77,6 +77,7 @@ def test_windows_per_band_recovers_band_offsets_and_records_them(band_offset_cub
         rec = prov[f"w{i}"]["coreg"]
         assert rec["mode"] == "windows" and rec["per_band"] is True and rec["applied"] is True
         assert rec["bands"] == {b: provenance_fields(r) for b, r in res.items()}
+        assert rec["estimator"] == "pc+lk"   # the default, recorded with the shifts it gave
 
 
 def test_windows_numpy_equals_dask_and_the_library_function(band_offset_cube):
