@@ -23,7 +23,7 @@ Registration and check use disjoint pixels and, by default, different estimators
   halves of its pixels (:func:`changedet.coreg_check.split_half`).
 
 Prints per band and method the residual per pair (raw and adjusted) with standard
-errors, the max over pairs, and writes JSON to bench/results/bench_naip_fold<F>_<check>.json.
+errors, the max over pairs, and writes JSON to bench/results/bench_naip_fold<F>_<estimator>_<checks>.json.
 
 Each band and check also prints the per-date residuals (row, col) and the floor the
 check would report after a registration exactly as precise as itself (its split-half
@@ -209,7 +209,7 @@ def diagnose(stack, bands: list[int], names: list[str], n_boot: int) -> list[dic
             res = stack_residuals(arr, band=b, mask=cells, window_px=CELL - 8, step_px=CELL, n_boot=n_boot)
             lk = adjust_residuals(res, n)
             est[f"lk{fold}"] = (lk.per_date, lk.covariance)
-            sol = network_shifts(None, arr[:, b], valid=cells)
+            sol = network_shifts(None, arr[:, b], valid=cells, estimator="pc")  # windowed phase correlation
             pres = [BandResidual(int(i), int(j), b, float(r), float(c), float(e), float(e), float(np.hypot(r, c)),
                                  float(e), 0, 0, float("nan"))
                     for (i, j), (r, c), e in zip(sol.pairs, sol.pair_shifts, sol.pair_stderr) if np.isfinite(e)]

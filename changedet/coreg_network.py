@@ -243,6 +243,12 @@ def _check_estimator(estimator: str, window_px: int | None) -> int:
     if ws < low:
         raise CoregError(f"window_px={ws} is too small for estimator={estimator!r} (at least {low} px; "
                          f"{'32-128' if estimator == 'pc' else '8-24'} px is the useful range)")
+    # The Lucas-Kanade windows tile 72 px blocks (pair_shift_lk): a larger window fits no
+    # block, every pair would come back NaN and pc+lk would silently keep its coarse stage.
+    if estimator != "pc" and ws > 64:
+        raise CoregError(f"window_px={ws} is too large for estimator={estimator!r}: it sets the Lucas-Kanade "
+                         "window (8-24 px is the useful range, at most 64); the phase-correlation stage of "
+                         "'pc+lk' keeps its 64 px windows. For larger phase-correlation windows use estimator='pc'")
     return ws
 
 
@@ -280,7 +286,11 @@ def _combine(coarse: NetworkShifts, fine: NetworkShifts, start: np.ndarray) -> N
     pairs = fine.pairs
     s_i = np.where(pairs[:, :1] >= 0, start[np.maximum(pairs[:, 0], 0)], 0.0)
     s_j = start[pairs[:, 1]]
-    refined = np.all(np.isfinite(fine.shifts), axis=1) & np.all(np.isfinite(coarse.shifts), axis=1)
+    # A date refined only if some fine pair supports it: a finite fine shift whose pairs
+    # all fell beyond the robust cut (support 0) would turn a well-supported coarse
+    # shift into an unreliable one.
+    refined = (np.all(np.isfinite(fine.shifts), axis=1) & np.all(np.isfinite(coarse.shifts), axis=1)
+               & (fine.support >= 1))
     shifts = np.where(refined[:, None], fine.shifts + start, coarse.shifts)
     support = np.where(refined, fine.support, coarse.support)
     # Pair (i, j) was measured on dates moved by start[i] and start[j]: on the input dates

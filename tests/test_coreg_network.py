@@ -162,6 +162,10 @@ def test_lk_estimator_bad_options_are_refused(seasonal_stack):
         coregister_stack(stack, ref, network="windows", per_band=True, estimator="ncc")
     with pytest.raises(CoregError, match="window_px=4 is too small for estimator='lk'"):
         network_shifts(None, stack.values[:, 0], estimator="lk", window_px=4)
+    # A window that fits no 72 px block would make every Lucas-Kanade pair NaN, and pc+lk
+    # would quietly fall back to its coarse stage: refused instead.
+    with pytest.raises(CoregError, match="window_px=128 is too large for estimator='pc\\+lk'"):
+        network_shifts(None, stack.values[:, 0], estimator="pc+lk", window_px=128)
 
 
 # -- the two-stage estimator (estimator="pc+lk"): phase-correlation reach, Lucas-Kanade precision --
