@@ -1478,19 +1478,14 @@ def _nb_taper_impl(outv, mean_re, mean_im, weight):  # pragma: no cover - compil
 @functools.lru_cache(maxsize=1)
 def _nb():
     """The compiled kernels (a namespace), or None without numba."""
-    try:
-        import numba
-    except ImportError:  # optional at run time: the numpy path gives the same numbers
+    # njit_cached: uncached where numba finds no writable cache folder.
+    from changedet.kernels.fast import HAVE_NUMBA, njit_cached
+
+    if not HAVE_NUMBA:  # optional at run time: the numpy path gives the same numbers
         return None
-    impls = {"gradient": _nb_gradient_impl, "keys": _nb_keys_impl, "clip": _nb_clip_impl, "taper": _nb_taper_impl}
-    try:
-        jit = numba.njit(cache=True, nogil=True, boundscheck=False)
-        return SimpleNamespace(**{name: jit(f) for name, f in impls.items()})
-    except RuntimeError:
-        # No writable cache folder (read-only install and home, no NUMBA_CACHE_DIR): numba
-        # refuses cache=True at decoration. Compile per process instead (a few seconds once).
-        jit = numba.njit(nogil=True, boundscheck=False)
-        return SimpleNamespace(**{name: jit(f) for name, f in impls.items()})
+    jit = njit_cached(nogil=True, boundscheck=False)
+    return SimpleNamespace(gradient=jit(_nb_gradient_impl), keys=jit(_nb_keys_impl), clip=jit(_nb_clip_impl),
+                           taper=jit(_nb_taper_impl))
 
 
 def _kernels():

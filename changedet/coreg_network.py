@@ -570,12 +570,12 @@ def _date_on_grid(reference, moving, valid, keys, ref_grid):
 
 
 def _pair_task(a, b, key, window_px, max_shift_px, estimator="pc"):
-    """The pair match of date ``b`` onto ``a`` (date tuples of :func:`_date_on_grid`)."""
+    """The pair match of date ``b`` onto ``a`` (date tuples of :func:`_date_on_grid`, or of
+    :func:`_moved_date`, whose usable masks are per key)."""
     if a[3] is not None or b[3] is not None:
         return math.nan, math.nan, math.nan, 0
-    m = None
-    if a[2] is not None or b[2] is not None:
-        m = (True if a[2] is None else a[2]) & (True if b[2] is None else b[2])
+    ma, mb = (None if d[2] is None else d[2][key] if isinstance(d[2], dict) else d[2] for d in (a, b))
+    m = None if ma is None and mb is None else (True if ma is None else ma) & (True if mb is None else mb)
     return _match(estimator, a[1][key], b[1][key], m, window_px, max_shift_px)
 
 
@@ -590,16 +590,6 @@ def _moved_date(date, keys, start):
             else np.full(np.shape(date[1][k]), np.nan) for k in keys}
     masks = None if date[2] is None else {k: _shift_mask(date[2], start[k]) for k in keys}
     return None, imgs, masks, None
-
-
-def _refine_task(a, b, key, window_px):
-    """The ``"lk"`` pair match of moved date ``b`` onto ``a`` (tuples of :func:`_moved_date`,
-    or the reference's), with each date's mask for this key."""
-    if a[3] is not None or b[3] is not None:
-        return math.nan, math.nan, math.nan, 0
-    ma, mb = (None if d[2] is None else d[2][key] if isinstance(d[2], dict) else d[2] for d in (a, b))
-    m = None if ma is None and mb is None else (True if ma is None else ma) & (True if mb is None else mb)
-    return _match("lk", a[1][key], b[1][key], m, window_px, 2.0)
 
 
 def _apply_date(date, ref_imgs, keys, shifts, band_index):
@@ -695,7 +685,8 @@ def windows_stack(stack: xr.DataArray, reference: xr.DataArray, *, valid=None, p
         moved = [dask.delayed(_moved_date, pure=False)(date_out[i], keys,
                                                        {k: tuple(solutions[k].shifts[i]) for k in keys})
                  for i in range(n)]
-        fine_tasks = [dask.delayed(_refine_task, pure=False)(ref_date if i < 0 else moved[i], moved[j], k, window_px)
+        fine_tasks = [dask.delayed(_pair_task, pure=False)(ref_date if i < 0 else moved[i], moved[j], k, window_px,
+                                                            max_shift, "lk")
                       for k in keys for i, j in pairs]
         fine = np.array(dask.compute(*fine_tasks, scheduler=scheduler), float).reshape(len(keys), len(pairs), 4)
         solutions = {k: _combine(solutions[k], solve_pairs(n, pairs, fine[kk, :, :2], fine[kk, :, 2],

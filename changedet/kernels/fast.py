@@ -464,7 +464,7 @@ def _unrolled(nt: int):
             # numba's cached code looks its module up by name when loaded.
             sys.modules[spec.name] = mod
             spec.loader.exec_module(mod)
-            fn = _njit_cached(**opts)(mod.kernel)
+            fn = njit_cached(**opts)(mod.kernel)
         except OSError:
             # Read-only home: compile from memory each process.
             ns: dict = {}
@@ -474,7 +474,7 @@ def _unrolled(nt: int):
         return fn
 
 
-def _njit_cached(**opts):
+def njit_cached(**opts):
     """``numba.njit(cache=True, **opts)``, or uncached where numba finds no writable cache
     folder (it refuses ``cache=True`` at decoration then: read-only install and home)."""
     import numba
@@ -501,7 +501,7 @@ def _build():
         return _KERNEL
     import numba
 
-    @_njit_cached(parallel=True, fastmath=False)
+    @njit_cached(parallel=True, fastmath=False)
     def kernel(hist, img, net, floor, scale, out):  # pragma: no cover - compiled
         nt, nb, ny, nx = hist.shape
         half = np.float32(0.5)
