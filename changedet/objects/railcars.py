@@ -227,14 +227,28 @@ def _empty_track_reference(strips: Mapping[str, Strip]) -> dict[str, np.ndarray]
     so those samples show the empty-track colour; the brighter ones are lit, the darker
     ones in the shadow of cars or buildings. The centre of an empty track also carries
     the rails, so the reference is refined on centre samples close to the side colour.
+    In a busy yard most of that ground is in the cars' shadows: the lit colour is then
+    learnt from the bright mode of the samples (:func:`_lit_weighted`).
     """
     side_samples, centre_means = [], []
     for s in strips.values():
         centre, side = _zones(s)
         side_samples.append(s.values[:, side, :].reshape(s.values.shape[0], -1).T)
         centre_means.append(quiet_nanmean(s.values[:, centre, :], axis=1).T)
-    model = GroundModel.from_samples(np.concatenate(side_samples), refine_with=np.concatenate(centre_means),
-                                     assume_shadow=False)
+    samples = np.concatenate(side_samples)
+    centres = np.concatenate(centre_means)
+    weighted = _lit_weighted(samples)
+    if weighted is not samples:
+        # A busy yard: most track centres carry cars, some close to the ground's colour.
+        # Only the mode of the centres near the lit ground is empty track.
+        first = GroundModel.from_samples(weighted, assume_shadow=False)
+        if first is not None:
+            centres = _clipped_mode(centres, first.lit, first.lit_sd)
+    model = GroundModel.from_samples(weighted, refine_with=centres, assume_shadow=False)
+    if weighted is not samples and model is not None and model.shadow is None:
+        # The lit colour was learnt from the bright mode and a subset of the dark one:
+        # the shadow colour is learnt from all the samples beside the tracks.
+        model = _with_shadow(model, samples)
     nb = side_samples[0].shape[1]
     nan = np.full(nb, np.nan)
     if model is None:
@@ -242,6 +256,83 @@ def _empty_track_reference(strips: Mapping[str, Strip]) -> dict[str, np.ndarray]
     return {"lit": model.lit, "lit_sd": model.lit_sd,
             "shadow": nan if model.shadow is None else model.shadow,
             "shadow_sd": nan if model.shadow_sd is None else model.shadow_sd}
+
+
+def _lit_weighted(samples: np.ndarray) -> np.ndarray:
+    """Side samples to learn the ground from, such that lit ground is at least 40 % of them.
+
+    :meth:`GroundModel.from_samples` takes the brighter 40 % as lit. In a busy yard
+    most of the ground between tracks lies in the cars' shadows (a 4-5 m high car under
+    a 35-60 degree sun shades 3-7 m beside it, more than the 1.7-2 m between the bodies
+    on neighbouring tracks), and the brighter 40 % would straddle shadow and sun. Shadow
+    takes 8-65 % of the lit brightness (skylight only), so in log brightness the two are
+    separate modes: where they are (an Otsu split with the modes at least that far
+    apart) and the bright one holds less than 40 %, the bright mode is taken without its
+    flanks (sigma-clipped) and only as many dark samples are kept as make it 40 %.
+    """
+    s = samples[np.all(np.isfinite(samples), axis=1)]
+    b = s.mean(axis=1)
+    s, b = s[b > 0], b[b > 0]
+    if s.shape[0] < 50:
+        return samples
+    from skimage.filters import threshold_otsu
+
+    lb = np.log(b)
+    t = float(threshold_otsu(lb))
+    bright, dark = lb > t, lb <= t
+    n_b = int(bright.sum())
+    if n_b < _MIN_LIT_MODE_SAMPLES or n_b >= 0.4 * s.shape[0]:
+        return samples
+    ratio = math.exp(float(np.median(lb[dark])) - float(np.median(lb[bright])))
+    if not 0.08 < ratio < 0.65:
+        return samples
+    # The bright mode without the penumbrae and blurred car edges on its flanks: clipped
+    # at three spreads around its median, as often as that changes it.
+    lit = s[bright]
+    for _ in range(5):
+        med, sd = robust_ref(lit)
+        close = np.all(np.abs(s - med) <= 3.0 * np.maximum(sd, 1e-4), axis=1) & bright
+        if close.sum() < _MIN_LIT_MODE_SAMPLES or close.sum() == lit.shape[0]:
+            break
+        lit = s[close]
+    # An even subset of the dark mode (every k-th sample, not the darkest: the shadow
+    # colour is learnt from these too).
+    d = s[dark]
+    keep = np.linspace(0, d.shape[0] - 1, min(d.shape[0], int(1.5 * lit.shape[0]))).astype(int)
+    return np.concatenate([lit, d[keep]])
+
+
+def _clipped_mode(samples: np.ndarray, near: np.ndarray, sd: np.ndarray) -> np.ndarray:
+    """Samples (n, band) within 2.5 spreads of ``near`` (as :meth:`GroundModel.from_samples`
+    selects them), then clipped at three spreads around their median until it settles."""
+    s = samples[np.all(np.isfinite(samples), axis=1)]
+    s = s[np.sqrt(np.mean(((s - near) / np.maximum(sd, 0.004)) ** 2, axis=1)) < 2.5]
+    for _ in range(5):
+        if s.shape[0] < 20:
+            break
+        med, mad = robust_ref(s)
+        close = np.all(np.abs(s - med) <= 3.0 * np.maximum(mad, 1e-4), axis=1)
+        if close.all():
+            break
+        s = s[close]
+    return s
+
+
+def _with_shadow(model: GroundModel, samples: np.ndarray) -> GroundModel:
+    """``model`` with the shadow colour of ``samples`` at 8-65 % of its lit brightness,
+    when there are as many as :meth:`GroundModel.from_samples` requires."""
+    s = samples[np.all(np.isfinite(samples), axis=1)]
+    ratio = s.mean(axis=1) / max(float(model.lit.mean()), 1e-6)
+    dark = s[(ratio < 0.65) & (ratio > 0.08)]
+    if dark.shape[0] < max(20, 0.03 * s.shape[0]):
+        return model
+    shadow, shadow_sd = robust_ref(dark)
+    return GroundModel(model.lit, model.lit_sd, shadow, np.maximum(shadow_sd, 0.003 + 0.03 * shadow))
+
+
+# Fewest samples (0.5 m apart) of a bright mode to learn lit ground from: the ballast
+# beside a few car lengths.
+_MIN_LIT_MODE_SAMPLES = 100
 
 
 # Fewest shadow samples (0.5 m apart) from which a shadow colour is learnt: the shadow
@@ -339,9 +430,10 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
         br = _nan_smooth(quiet_nanmean(strip.values[:, right, :], axis=(0, 1)), k)
         if sun_left is None:
             # Columns seen on both sides only: a NaN median would read as "sun on the right".
-            seen = (bl - br)[colourful]
-            seen = seen[np.isfinite(seen)]
-            diff = float(np.median(seen)) if seen.size >= 10 else 0.0
+            # (Not named ``seen``: that is the observed mask returned below.)
+            both = (bl - br)[colourful]
+            both = both[np.isfinite(both)]
+            diff = float(np.median(both)) if both.size >= 10 else 0.0
             sun_left = None if abs(diff) < 0.1 * lit_b else bool(diff > 0)
         # Light reaching the ground here, as a share of the open sky's, read on the ground
         # beside the track: a thin cloud or the faint edge of a cloud's shadow dims ground
