@@ -45,8 +45,10 @@ Three pair estimators (``estimator=``):
   solution, the ``"lk"`` network on the resampled dates, and the two added. The reach of
   the first, the precision of the second: on a synthetic stack moved by 3-8 px (where
   ``"lk"`` alone finds nothing) it recovers every shift within 0.05 px; on NAIP (fold 0,
-  NIR) it gives 0.053 / 0.145 px (11 pairs > 0.1), ``"lk"`` alone 0.047 / 0.140 (13),
-  both at the check's floor for a registration as precise as itself (0.057 / 0.145).
+  NIR) it gives 0.057 / 0.145 px (12 pairs > 0.1; 0.053 / 0.145 (11) before masked
+  pixels were filled ahead of the move, within the check's noise), ``"lk"`` alone
+  0.047 / 0.140 (13), both at the check's floor for a registration as precise as
+  itself (0.057 / 0.145).
   The price is the ``"lk"`` stage: some 1.5 s CPU per NAIP pair (12 px windows refit
   until the pooled shift stops moving) against 0.12 s for ``"pc"``, 87 s against 8-10 s
   per band of the 10-date series; ``estimator="pc"`` is the cheap choice when 0.1-0.3 px
@@ -76,6 +78,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import xarray as xr
+from scipy import ndimage
 
 from changedet.coreg import apply_shift, estimate_local, solve_network
 from changedet.coreg_check import lk_window_fit, pool_windows, robust_mean
@@ -255,13 +258,59 @@ def _check_estimator(estimator: str, window_px: int | None) -> int:
 def _shift_mask(mask: np.ndarray | None, shift) -> np.ndarray | None:
     """A date's usable-pixel mask moved with its content by ``shift`` (row, col, pixels).
 
-    A pixel stays usable only when every source pixel of its bilinear resampling was
-    (a cloud edge moves with the cloud; the NaN border of the move is unusable). No
+    A pixel stays usable only when every source pixel of its cubic resampling
+    (:func:`changedet.coreg.apply_shift`: 4 taps per axis, 3 at a whole-pixel shift,
+    whose spline reproduces the source pixel exactly) was usable: a cloud edge moves
+    with the cloud, and it takes the kernel's reach with it, about 2 px on one side and
+    1 px on the other for a fractional shift; the NaN border of the move is unusable. No
     shift (0 or NaN: a date left unmoved) leaves the mask as it is.
     """
     if mask is None or not np.any(shift) or not np.all(np.isfinite(shift)):
         return mask
-    return apply_shift(np.asarray(mask, float), float(shift[0]), float(shift[1]), order=1) > 0.999
+    bad = ~np.asarray(mask, bool)
+    for axis, s in enumerate(shift):
+        if float(s) != math.floor(float(s)):
+            # Bilinear taps are floor and floor + 1; the cubic ones reach one further each side.
+            bad = ndimage.maximum_filter1d(bad, 3, axis=axis, mode="constant", cval=False)
+    return apply_shift((~bad).astype(float), float(shift[0]), float(shift[1]), order=1) > 0.999
+
+
+def _fill_masked(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``image`` with its finite pixels outside ``mask`` replaced by the nearest usable one.
+
+    Done before a date is resampled, so that what is masked (a cloud 10x brighter than
+    the ground) cannot reach kept pixels through the cubic spline's prefilter and taps,
+    nor windows next to it through a later high-pass: every value of the moved image
+    then comes from usable pixels only. A nearest-pixel copy (as
+    :func:`changedet.coreg.apply_shift` fills NaN holes), not a constant, so that the
+    fill adds no edge of its own. NaN pixels stay NaN (apply_shift handles them).
+    """
+    from changedet.coreg import _filled
+
+    finite = np.isfinite(image)
+    hole = finite & ~np.asarray(mask, bool)
+    if not hole.any():
+        return image
+    out, _, _ = _filled(np.where(hole, np.nan, image))
+    out[~finite] = np.nan
+    return out
+
+
+def _move(image: np.ndarray, mask: np.ndarray | None, shift) -> tuple[np.ndarray, np.ndarray | None]:
+    """One date of the ``"pc+lk"`` fine stage: its image and usable mask moved by ``shift``.
+
+    The mask is on the date's own pixels (a cloud in that date), so it moves with the
+    content (:func:`_shift_mask`); masked pixels are filled from usable ones first
+    (:func:`_fill_masked`). Without a mask the image is moved as it is. A shift with a
+    NaN (a date the coarse stage did not link) gives an all-NaN image, so that its pairs
+    give no match (see :func:`_coarse_start`).
+    """
+    if not np.all(np.isfinite(shift)):
+        return np.full(np.shape(image), np.nan), mask
+    if mask is None:
+        return apply_shift(image, float(shift[0]), float(shift[1])), None
+    moved = apply_shift(_fill_masked(image, mask), float(shift[0]), float(shift[1]))
+    return moved, _shift_mask(mask, shift)
 
 
 def _coarse_start(shifts: np.ndarray) -> np.ndarray:
@@ -296,7 +345,7 @@ def _combine(coarse: NetworkShifts, fine: NetworkShifts, start: np.ndarray) -> N
     # Pair (i, j) was measured on dates moved by start[i] and start[j]: on the input dates
     # the shift of j onto i is the measured one plus start[j] - start[i].
     return NetworkShifts(shifts, support, pairs, fine.pair_shifts + s_j - s_i, fine.pair_stderr, fine.kept,
-                         coarse_shifts=coarse.shifts)
+                         coarse_shifts=coarse.shifts, refined=refined)
 
 
 @dataclass(frozen=True)
@@ -324,6 +373,10 @@ class NetworkShifts:
         minus these (NaN taken as 0) is the refinement. ``support``, ``pair_stderr`` and
         ``kept`` are the refinement's (``support`` the coarse one for a date only the
         coarse stage linked, whose shift is then the coarse one).
+    refined : numpy.ndarray of bool or None
+        ``estimator="pc+lk"`` only: (time,) whether a date's shift is the refined one;
+        False where the date keeps its coarse shift (or has none), so that its
+        ``support`` (the tie points a stack result reports) is the coarse stage's.
     """
 
     shifts: np.ndarray
@@ -333,6 +386,7 @@ class NetworkShifts:
     pair_stderr: np.ndarray
     kept: np.ndarray
     coarse_shifts: np.ndarray | None = None
+    refined: np.ndarray | None = None
 
 
 def network_shifts(reference: np.ndarray | None, images: np.ndarray, *, valid: np.ndarray | None = None,
@@ -349,7 +403,9 @@ def network_shifts(reference: np.ndarray | None, images: np.ndarray, *, valid: n
         invalid.
     valid : numpy.ndarray of bool, optional
         (rows, cols) or (time, rows, cols) pixels the matches may use (e.g. one colour of
-        :func:`checkerboard`, cloud-free pixels).
+        :func:`checkerboard`, cloud-free pixels), on each date's own pixels: a (rows,
+        cols) mask holds for every date, and with ``"pc+lk"`` it moves with each date
+        into the fine stage, as a (time, rows, cols) one does.
     window_px : int, optional
         Window side of the matches (pixels); default 64 (``"pc"``) or 12 (``"lk"``, and
         the ``"lk"`` stage of ``"pc+lk"``, whose ``"pc"`` stage uses 64).
@@ -364,10 +420,11 @@ def network_shifts(reference: np.ndarray | None, images: np.ndarray, *, valid: n
         (:func:`pair_shift`), precision-weighted Lucas-Kanade windows
         (:func:`pair_shift_lk`), or both in turn: the ``"pc"``
         network (any shift up to ``max_shift_px``), each date resampled by its solution
-        (:func:`changedet.coreg.apply_shift`; a (time, rows, cols) ``valid`` moves with
-        it, a (rows, cols) one stays on the grid), the ``"lk"`` network on the resampled
-        dates, and its shifts added to the ``"pc"`` ones. The coarse stage gives range,
-        the fine one precision.
+        (:func:`changedet.coreg.apply_shift`; ``valid``, given on each date's own
+        pixels, moves with it, eroded by the cubic kernel's reach, and masked pixels are
+        filled from usable ones before the move, so that none of their content reaches
+        the fine stage), the ``"lk"`` network on the resampled dates, and its shifts
+        added to the ``"pc"`` ones. The coarse stage gives range, the fine one precision.
 
     Returns
     -------
@@ -386,10 +443,13 @@ def network_shifts(reference: np.ndarray | None, images: np.ndarray, *, valid: n
         coarse = network_shifts(reference, imgs, valid=vm, max_shift_px=max_shift_px, floor_px=floor_px,
                                 estimator="pc")
         start = _coarse_start(coarse.shifts)
-        linked = np.all(np.isfinite(coarse.shifts), axis=1)
-        moved = np.stack([apply_shift(imgs[t], *start[t]) if linked[t] else np.full(imgs.shape[1:], np.nan)
-                          for t in range(n)])
-        vm_moved = vm if vm is None or vm.ndim == 2 else np.stack([_shift_mask(vm[t], start[t]) for t in range(n)])
+        # A (rows, cols) mask holds for every date on its own pixels, as a (time, rows,
+        # cols) one does: it moves with each date (as in the stack API's Dask path).
+        per_date = None if vm is None else np.broadcast_to(vm, imgs.shape)
+        moved_pairs = [_move(imgs[t], None if per_date is None else per_date[t], coarse.shifts[t])
+                       for t in range(n)]
+        moved = np.stack([m for m, _ in moved_pairs])
+        vm_moved = None if vm is None else np.stack([k for _, k in moved_pairs])
         fine = network_shifts(reference, moved, valid=vm_moved, window_px=window_px, floor_px=floor_px,
                               estimator="lk")
         return _combine(coarse, fine, start)
@@ -486,7 +546,8 @@ def coregister_stack_windows(stack: xr.DataArray, reference: xr.DataArray | None
     band : str, optional
         Band name matched when ``per_band`` is False (default: the last band).
     valid : numpy.ndarray of bool, optional
-        (y, x) or (time, y, x) pixels the matches may use.
+        (y, x) or (time, y, x) pixels the matches may use, on each date's own pixels
+        (see :func:`network_shifts`).
     window_px : int, optional
         Window side of the matches (pixels); the estimator's default when None.
     max_shift_px : float
@@ -580,16 +641,20 @@ def _pair_task(a, b, key, window_px, max_shift_px, estimator="pc"):
 
 
 def _moved_date(date, keys, start):
-    """A date tuple of :func:`_date_on_grid` with each key's image (and the usable mask)
-    moved by ``start[key]`` (row, col, pixels): the input of the ``"pc+lk"`` fine stage.
-    A key the coarse stage did not link (``start[key]`` NaN) gets an all-NaN image, so
-    that its pairs give no match (see :func:`_coarse_start`)."""
+    """A date tuple of :func:`_date_on_grid` with each key's image and its usable mask
+    moved by ``start[key]`` (row, col, pixels; :func:`_move`): the input of the
+    ``"pc+lk"`` fine stage. A key the coarse stage did not link (``start[key]`` NaN) gets
+    an all-NaN image, so that its pairs give no match (see :func:`_coarse_start`)."""
     if date[3] is not None:
         return date
-    imgs = {k: apply_shift(date[1][k], *start[k]) if np.all(np.isfinite(start[k]))
-            else np.full(np.shape(date[1][k]), np.nan) for k in keys}
-    masks = None if date[2] is None else {k: _shift_mask(date[2], start[k]) for k in keys}
-    return None, imgs, masks, None
+    moved = {k: _move(date[1][k], date[2], start[k]) for k in keys}
+    masks = None if date[2] is None else {k: moved[k][1] for k in keys}
+    return None, {k: moved[k][0] for k in keys}, masks, None
+
+
+def _date_error(date):
+    """The error of a date tuple of :func:`_date_on_grid` (None when it is on the grid)."""
+    return date[3]
 
 
 def _apply_date(date, ref_imgs, keys, shifts, band_index):
@@ -664,29 +729,34 @@ def windows_stack(stack: xr.DataArray, reference: xr.DataArray, *, valid=None, p
         keys = [_common_band(reference, stack.isel(time=0, drop=True), kwargs.get("band"))]
         band_index = None
     ref_imgs = {k: _select_band(ref_f, k, "reference") for k in keys}
-    ref_date = (ref_f, ref_imgs, None, None)
-
+    # The reference and every date on its grid are persisted once and then passed to the
+    # later stages as graph keys: with a distributed client they stay on the workers,
+    # where literal arrays in a task would be uploaded again with every stage (and the
+    # reference with every pair).
+    ref_d = dask.delayed(reference, traverse=False)
+    ref_date_d = dask.delayed((ref_f, ref_imgs, None, None), traverse=False)
     dates = []
     for i in range(n):
         mov = dask.delayed(lambda da: da.load())(stack.isel(time=i, drop=True))
         vm = None if valid is None else valid.isel(time=i, drop=True)
-        dates.append(dask.delayed(_date_on_grid, pure=False)(reference, mov, vm, keys, ref_grid))
+        dates.append(dask.delayed(_date_on_grid, pure=False)(ref_d, mov, vm, keys, ref_grid))
+    ref_date_d, *dates = dask.persist(ref_date_d, *dates, scheduler=scheduler)
     pairs = [(-1, j) for j in range(n)] + list(itertools.combinations(range(n), 2))
-    tasks = [dask.delayed(_pair_task, pure=False)(ref_date if i < 0 else dates[i], dates[j], k, coarse_ws,
+    tasks = [dask.delayed(_pair_task, pure=False)(ref_date_d if i < 0 else dates[i], dates[j], k, coarse_ws,
                                                    max_shift, coarse_est)
              for k in keys for i, j in pairs]
-    date_out, matches = dask.compute(dates, tasks, scheduler=scheduler)
+    errors, matches = dask.compute([dask.delayed(_date_error)(d) for d in dates], tasks, scheduler=scheduler)
     matches = np.array(matches, float).reshape(len(keys), len(pairs), 4)
     solutions = {k: solve_pairs(n, pairs, matches[kk, :, :2], matches[kk, :, 2], has_reference=True)
                  for kk, k in enumerate(keys)}
     if estimator == "pc+lk":
         # Fine stage: every date moved by its coarse shifts (per key), then the "lk" network on them.
         starts = {k: _coarse_start(solutions[k].shifts) for k in keys}
-        moved = [dask.delayed(_moved_date, pure=False)(date_out[i], keys,
+        moved = [dask.delayed(_moved_date, pure=False)(dates[i], keys,
                                                        {k: tuple(solutions[k].shifts[i]) for k in keys})
                  for i in range(n)]
-        fine_tasks = [dask.delayed(_pair_task, pure=False)(ref_date if i < 0 else moved[i], moved[j], k, window_px,
-                                                            max_shift, "lk")
+        fine_tasks = [dask.delayed(_pair_task, pure=False)(ref_date_d if i < 0 else moved[i], moved[j], k,
+                                                            window_px, max_shift, "lk")
                       for k in keys for i, j in pairs]
         fine = np.array(dask.compute(*fine_tasks, scheduler=scheduler), float).reshape(len(keys), len(pairs), 4)
         solutions = {k: _combine(solutions[k], solve_pairs(n, pairs, fine[kk, :, :2], fine[kk, :, 2],
@@ -700,8 +770,8 @@ def windows_stack(stack: xr.DataArray, reference: xr.DataArray, *, valid=None, p
             t = sol.shifts[i]
             rel = float(min(1.0, 0.5 * sol.support[i]))
             reason = ""
-            if date_out[i][3] is not None:
-                reason = f"not registered: {date_out[i][3]}"
+            if errors[i] is not None:
+                reason = f"not registered: {errors[i]}"
             elif not np.all(np.isfinite(t)):
                 reason = "no reliable windowed match links this date to the reference"
             elif rel < min_rel:
@@ -716,8 +786,8 @@ def windows_stack(stack: xr.DataArray, reference: xr.DataArray, *, valid=None, p
             reasons[i][k] = reason
             rels[i][k] = rel
 
-    ok_dates = [i for i in range(n) if date_out[i][3] is None]
-    applied = dask.compute(*[dask.delayed(_apply_date, pure=False)(date_out[i], ref_imgs, keys, shifts[i],
+    ok_dates = [i for i in range(n) if errors[i] is None]
+    applied = dask.compute(*[dask.delayed(_apply_date, pure=False)(dates[i], ref_date_d[1], keys, shifts[i],
                                                                    band_index) for i in ok_dates],
                            scheduler=scheduler)
     by_date = dict(zip(ok_dates, applied))
@@ -737,7 +807,9 @@ def windows_stack(stack: xr.DataArray, reference: xr.DataArray, *, valid=None, p
         for kk, k in enumerate(keys):
             sol = solutions[k]
             involved = [p for p, (a, b) in enumerate(pairs) if i in (a, b)]
-            n_kept = int(sum(bool(sol.kept[p]) for p in involved))
+            # The kept pairs of the stage whose shift is applied (support: a date the
+            # fine stage could not refine keeps the coarse shift and the coarse count).
+            n_kept = int(sol.support[i])
             sh = shifts[i][k]
             row, col = sh if sh is not None else (0.0, 0.0)
             before, after = by_date[i][1][k] if i in by_date else (math.nan, math.nan)

@@ -143,3 +143,106 @@ def test_windows_bad_options_are_refused(band_offset_cube):
         coregister_stack(stack.isel(band=0, drop=True), ref, network="windows", per_band=True)
     with pytest.raises(CoregError, match="window_px"):
         coregister_stack(stack, ref, network="windows", window_px=4)
+
+
+# -- the "pc+lk" stack: tie points of dates that keep the coarse shift; no re-upload of dates --
+
+
+def _fallback_stack():
+    """Four dates: 0 and 1 plain, 2 much brighter (a gain change), 3 unrelated content."""
+    import xarray as xr
+
+    n = 192
+    grid = grid_at((n, n))
+    base = fractal(n, beta=2.3, seed=5)
+    rng = np.random.default_rng(1)
+    frames = []
+    for k, sh in enumerate([(0.0, 0.0), (3.4, -5.7), (-2.3, 1.5), (0.0, 0.0)]):
+        img = spline_shift(base, sh) + rng.normal(0, 5, (n, n))
+        frames.append(img + 5000.0 if k == 2 else rng.normal(0, 100, (n, n)) if k == 3 else img)
+    ref = grid.attach(base[None], bands=["nir"])
+    stack = xr.concat([grid.attach(f[None], bands=["nir"]) for f in frames], dim="time")
+    return stack.assign_coords(time=np.arange(len(frames))), ref
+
+
+def test_pc_lk_date_keeping_its_coarse_shift_reports_the_coarse_tie_points(monkeypatch):
+    import changedet.coreg_network as cn
+
+    stack, ref = _fallback_stack()
+    real = cn.pair_shift_lk
+
+    def no_fine_match_on_bright(a, b, **kw):
+        # The fine stage finds nothing for date 2 (as on a date with little 12 px texture).
+        if any(np.isfinite(x).any() and np.nanmean(x) > 2500 for x in (a, b)):
+            return np.nan, np.nan, np.nan, 0
+        return real(a, b, **kw)
+
+    monkeypatch.setattr(cn, "pair_shift_lk", no_fine_match_on_bright)
+    _, res, sols = cn.windows_stack(stack, ref, per_band=True, estimator="pc+lk", scheduler="synchronous")
+    _, coarse = coregister_stack(stack, ref, network="windows", per_band=True, estimator="pc",
+                                 scheduler="synchronous")
+    fell_back, pc = res[2]["nir"], coarse[2]["nir"]
+    assert fell_back.applied and (fell_back.shift_row_px, fell_back.shift_col_px) == (pc.shift_row_px,
+                                                                                         pc.shift_col_px)
+    # The shift applied is the phase-correlation one, so are its tie points and reliability
+    # (the fine stage kept none of date 2's pairs: it reported 0 on an applied shift).
+    assert fell_back.tie_points == pc.tie_points >= 2
+    assert fell_back.reliability == pc.reliability
+    # A refined date reports the fine stage's pairs; date 3 is linked by neither.
+    sol = sols["nir"]
+    np.testing.assert_array_equal(sol.refined, [True, True, False, False])
+    assert [r["nir"].tie_points for r in res] == [int(v) for v in sol.support]
+    assert not res[3]["nir"].applied and res[3]["nir"].tie_points == 0
+
+
+def _graph_bytes(collections) -> int:
+    """Pickled size of the task graph of ``collections``: what a distributed client uploads."""
+    import cloudpickle
+    import dask
+
+    flat, todo = [], list(collections)
+    while todo:
+        c = todo.pop()
+        if isinstance(c, (list, tuple)):
+            todo.extend(c)
+        elif dask.is_dask_collection(c):
+            flat.append(c)
+    graph = dask.base.collections_to_expr(flat, optimize_graph=False).__dask_graph__()
+    return len(cloudpickle.dumps(dict(graph)))
+
+
+def test_pc_lk_on_a_distributed_cluster_keeps_dates_on_the_workers(monkeypatch):
+    """The dates on the reference grid are persisted once: later stages refer to them by
+    key, where they used to travel back to the workers inside every task's arguments."""
+    import dask
+    import distributed
+
+    from changedet.coreg_network import network_shifts
+
+    stack, ref = _fallback_stack()
+    graphs = []
+    for name in ("compute", "persist"):
+        real = getattr(dask, name)
+
+        def recording(*args, _real=real, _name=name, **kw):
+            graphs.append((_name, _graph_bytes(args)))
+            return _real(*args, **kw)
+
+        monkeypatch.setattr(dask, name, recording)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  dashboard_address=":0") as cluster, distributed.Client(cluster):
+        aligned, res = coregister_stack(stack.chunk({"time": 1}), ref, network="windows", per_band=True)
+    monkeypatch.undo()
+    # The numpy path's shifts, applied as apply_shift does; date 3 (unrelated content) unlinked.
+    sol = network_shifts(ref.values[0], stack.values[:, 0], estimator="pc+lk")
+    got = np.array([[r["nir"].shift_row_px, r["nir"].shift_col_px] for r in res])
+    np.testing.assert_array_equal(got[:3], sol.shifts[:3])
+    assert [r["nir"].applied for r in res] == [True, True, True, False] and np.isnan(sol.shifts[3]).all()
+    for i in range(3):
+        np.testing.assert_array_equal(aligned.isel(time=i).values, apply_shift(stack.isel(time=i).values, *got[i]))
+    # First the dates go up once (persist); the coarse pairs, the fine pairs (on the dates
+    # moved on the workers) and the application then send keys, not arrays: each graph
+    # is well under one date (it was ~12 dates' worth for the fine stage).
+    date_bytes = stack.isel(time=0).values.nbytes
+    assert all(size < date_bytes / 10 for _, size in graphs[1:]), (graphs, date_bytes)
+    assert [g[0] for g in graphs] == ["persist", "compute", "compute", "compute"], graphs
