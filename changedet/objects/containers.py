@@ -161,8 +161,8 @@ def count_containers(
             lengths = _shadow_lengths(blob, walk_box | blob, lit_ground, around & ok, res, sun_azimuth_deg,
                                       sun_elevation_deg) if have_sun else _NO_WALKS
             n_tarps = ndimage.label((tarps & blob) | _dull_tops(blob, pix, model, px_m2))[1]
-            stacks = _stack_tiers(blob, pix, lengths, px_m2, _walk_to_tiers(res, sun_azimuth_deg, sun_elevation_deg)) \
-                if have_sun else None
+            stacks = _stack_tiers(blob, pix, lengths, px_m2, _walk_to_tiers(res, sun_azimuth_deg, sun_elevation_deg),
+                                  _toward_sun(sun_azimuth_deg, res)) if have_sun else None
             blobs.append((blob, area, lengths, n_tarps, stacks, _ground_slots(blob, res)))
         pending.append((zid, inside, blobs))
         continue
@@ -283,6 +283,13 @@ def _dull_tops(blob: np.ndarray, pix: np.ndarray, model: GroundModel, px_m2: flo
     return out
 
 
+# Side of the square opening the candidates for pavement-coloured tops (m): narrower
+# than a box (2.44 m) less a blurred pixel on each side. The opening used to be about
+# 2.5 m square at 0.5 m pixels (5 x 5), which removed every single grey box or tarp
+# one box wide. Never under 2 x 2 pixels: a single pixel is a speck at any resolution.
+TARP_OPENING_M = 1.6
+
+
 def _tarp_tops(cand: np.ndarray, ground_dark: np.ndarray, boxes: np.ndarray, res: float,
                azimuth: float) -> np.ndarray:
     """Stack tops in the colour of pavement: tarpaulins (grey, olive, tan cloth).
@@ -294,8 +301,10 @@ def _tarp_tops(cand: np.ndarray, ground_dark: np.ndarray, boxes: np.ndarray, res
     is only shaded on its sun side (by the block before it).
     """
     out = np.zeros_like(cand)
-    k = max(1, int(round(1.0 / res)))
-    cand = ndimage.binary_opening(cand, structure=np.ones((2 * k + 1, 2 * k + 1), bool))
+    # Drop specks and thin strips, but keep a single box: the square must fit inside a
+    # 2.44 m wide top whose blurred sides are lost to the classification.
+    k = max(2, int(TARP_OPENING_M / res))
+    cand = ndimage.binary_opening(cand, structure=np.ones((k, k), bool))
     labels, n = ndimage.label(cand)
     if n == 0:
         return out
@@ -482,9 +491,12 @@ def _shadow_lengths(blob, box, lit_ground, seen, res, azimuth, elevation) -> tup
     """Shadow walks beyond a block's anti-sun edge: lengths (pixels), censored flags and
     the (row, col) pixel each walk starts from.
 
-    From every block pixel whose next pixel away from the sun is not a container, walk
-    away from the sun until lit pavement (``lit_ground``): that walk measures the
-    shadow. Specks that are neither (noise, a dark patch of ground) do not end a shadow.
+    From every pixel on the block's outline (holes filled: a hole is a lower top in the
+    shade of the stacks around it) whose next pixel away from the sun is not a
+    container, walk away from the sun until lit pavement (``lit_ground``, at least
+    ``LIT_RUN_M`` of it in a row, never a container pixel): that walk measures the
+    shadow. Specks that are neither (noise, a dark patch of ground) do not end a
+    shadow, nor do painted lines in it (as bright as lit asphalt, narrower than a metre).
     A walk cut short first (by another block across a lane, by unobserved pixels:
     cloud, image edge, beyond the classified area ``seen``; or at the longest possible
     shadow) only says the shadow is at least that long: it is censored. Dropping
@@ -501,7 +513,11 @@ def _shadow_lengths(blob, box, lit_ground, seen, res, azimuth, elevation) -> tup
     rows, cols = blob.shape
     nr = np.clip(np.round(rr + dr).astype(int), 0, rows - 1)
     nc = np.clip(np.round(cc + dc).astype(int), 0, cols - 1)
-    edge = ~box[nr, nc]
+    # Walks leave the block's outline only. A hole in a block is a lower top in the
+    # shade of taller stacks around it (or a top in pavement colour): a walk across it
+    # measures a height difference, or ends on the grey top, not on the ground.
+    outline = _filled(blob)
+    edge = ~box[nr, nc] & ~outline[nr, nc]
     rr, cc = rr[edge], cc[edge]
     if rr.size == 0:
         return _NO_WALKS
@@ -509,17 +525,53 @@ def _shadow_lengths(blob, box, lit_ground, seen, res, azimuth, elevation) -> tup
     length = np.zeros(rr.size)
     alive = np.ones(rr.size, bool)
     ended = np.zeros(rr.size, bool)
+    # Lit pixels met so far in a row, not yet a shadow's end (a painted line in the shade).
+    pending = np.zeros(rr.size)
+    run = _lit_run_px(res)
     for k in range(1, max_len_px + 1):
         r = np.round(rr + k * dr).astype(int)
         c = np.round(cc + k * dc).astype(int)
         inb = (r >= 0) & (r < rows) & (c >= 0) & (c < cols)
         r, c = np.clip(r, 0, rows - 1), np.clip(c, 0, cols - 1)
-        lit = lit_ground[r, c] & inb
-        ended |= alive & lit
-        alive &= ~lit & inb & seen[r, c] & ~box[r, c]
-        length += alive
+        # A container is never lit pavement, whatever its colour (grey boxes on concrete).
+        lit = lit_ground[r, c] & inb & ~box[r, c]
+        blocked = ~inb | ~seen[r, c] | box[r, c]
+        pending = np.where(alive & lit, pending + 1, pending)
+        done = alive & lit & (pending >= run)
+        # Cut off after lit pavement began: the shadow ended where it began.
+        ended |= done | (alive & ~lit & blocked & (pending > 0))
+        alive &= ~done & ~(blocked & ~lit)
+        # Shade again after a short lit run: the run was a bright mark inside the shadow.
+        shaded = alive & ~lit
+        length = np.where(shaded, length + pending + 1, length)
+        pending = np.where(shaded, 0, pending)
+    ended |= alive & (pending > 0)
     keep = length > 0
     return length[keep], ~ended[keep], r_start[keep], c_start[keep]
+
+
+# A shadow ends where lit pavement begins and goes on: painted lane lines and slot
+# markings (0.1-0.3 m wide, white or yellow) are as bright in a stack's shadow as lit
+# asphalt, and ending the walk on them cut the shadows of a yard's edge blocks at the
+# line (tiers too low). One metre of lit pavement is wider than any marking and
+# shorter than the lanes' lit strips.
+LIT_RUN_M = 1.0
+
+
+def _lit_run_px(res: float) -> int:
+    """Lit pixels in a row that end a shadow walk (at least one)."""
+    return max(1, int(math.ceil(LIT_RUN_M / res - 1e-9)))
+
+
+def _filled(blob: np.ndarray) -> np.ndarray:
+    """``blob`` with its holes filled, computed over its bounding box."""
+    out = np.zeros_like(blob)
+    rows, cols = np.nonzero(blob)
+    if rows.size == 0:
+        return out
+    sl = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+    out[sl] = ndimage.binary_fill_holes(blob[sl])
+    return out
 
 
 def _km_median(lengths: np.ndarray, censored: np.ndarray) -> float | None:
@@ -595,7 +647,20 @@ def _stack_tops(blob: np.ndarray, pix: np.ndarray, px_m2: float) -> tuple[np.nda
     return np.where(b, labels[idx[0], idx[1]], 0), sl
 
 
-def _stack_tiers(blob, pix, walks, px_m2, to_tiers) -> tuple[list, list, list] | None:
+# How far back towards the sun a walk's ray must run over the stack it starts from (m)
+# to measure that stack: a ray that leaves past the stack's corner at an oblique sun is
+# shaded by the gap or the lower neighbour beside it, and its walk is short.
+CORNER_M = 1.0
+
+
+def _toward_sun(azimuth: float, res: float) -> tuple[np.ndarray, np.ndarray]:
+    """(row, col) offsets of the pixels within ``CORNER_M`` back towards the sun."""
+    az = math.radians(azimuth)
+    k = np.arange(1, max(1, int(math.ceil(CORNER_M / res))) + 1)
+    return np.round(-k * math.cos(az)).astype(int), np.round(k * math.sin(az)).astype(int)
+
+
+def _stack_tiers(blob, pix, walks, px_m2, to_tiers, back=None) -> tuple[list, list, list] | None:
     """Mean tiers of a block from the heights of the stacks along its anti-sun edge.
 
     A shadow walk is attributed to the stack it starts from. It measures that stack's
@@ -606,6 +671,9 @@ def _stack_tiers(blob, pix, walks, px_m2, to_tiers) -> tuple[list, list, list] |
     (Kaplan-Meier, cut-short walks censored), rounded to whole tiers. Stacks inside the
     block cast no shadow on the ground; the edge stacks stand for them (their mean).
 
+    With ``back`` (:func:`_toward_sun`), a walk whose ray back towards the sun leaves
+    its stack within ``CORNER_M`` (past the stack's corner) is not attributed to it.
+
     Returns the heights (tiers) of the stacks whose shadows were seen to end, their
     areas (pixels), and (lower bound, area) of the stacks whose shadows were all cut
     short; None when there is no walk. :func:`_block_tiers` makes the block's mean.
@@ -615,6 +683,15 @@ def _stack_tiers(blob, pix, walks, px_m2, to_tiers) -> tuple[list, list, list] |
         return None
     labels, sl = _stack_tops(blob, pix, px_m2)
     seg = labels[r0 - sl[0].start, c0 - sl[1].start]
+    if back is not None:
+        # Corner walks: the ray back towards the sun leaves the stack within CORNER_M.
+        h, w = labels.shape
+        for dr, dc in zip(*back):
+            rr, cc = r0 - sl[0].start + dr, c0 - sl[1].start + dc
+            inside = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
+            same = np.zeros(seg.shape, bool)
+            same[inside] = labels[rr[inside], cc[inside]] == seg[inside]
+            seg = np.where(same, seg, 0)
     heights, areas, hidden = [], [], []
     for k in np.unique(seg[seg > 0]):
         m = seg == k

@@ -2,13 +2,18 @@
 
 Water is dark and uniform in the near-infrared; hulls, decks and hatches are not. The
 water colour is learnt from the image over the AOI's water polygons away from the
-berths; pixels that depart from it and form a blob of ship size are vessels. Length,
+berths; pixels that depart from it and form a blob of ship size are vessels. Foam (the
+wake of a vessel under way) departs from the water colour too but stays greener than
+NIR (:data:`FOAM_NDWI`), and is left out so a wake does not lengthen its vessel. On a
+Sentinel-1 image, detections that the sidelobes of a far brighter vessel explain are
+dropped (:func:`drop_sidelobes`). Length,
 width and heading come from the blob's minimum rotated rectangle.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Mapping
 
 import numpy as np
@@ -27,6 +32,14 @@ from changedet.objects.ground import GroundModel
 MIN_SHIP_AREA_M2 = 150.0   # a 25 x 6 m coaster
 MIN_SHIP_LENGTH_M = 20.0
 VHR_MAX_RES_M = 3.0
+# NDWI ((green - NIR) / (green + NIR)) above which a bright pixel on the water is foam,
+# not hull: decks and paint sit at or below 0, foam and water well above; the margin
+# keeps dark hull pixels, whose NDWI is noisy, in the hull.
+FOAM_NDWI = 0.15
+# Shortest length/beam of a hull outline: harbour tugs are 2.5-3.3 times longer than
+# wide (a 32 x 12 m tug: 2.7) and the blurred rim widens the outline by a pixel or two;
+# cloud wisps and glint patches are round (about 1).
+MIN_ELONGATION = 2.0
 
 
 def count_ships(
@@ -57,7 +70,7 @@ def count_ships(
     if "VV" in names:
         from changedet.objects.vessels import detect_vessels_sar
 
-        return detect_vessels_sar(image, water=water, berths=berths)
+        return drop_sidelobes(detect_vessels_sar(image, water=water, berths=berths))
     if grid.resolution > VHR_MAX_RES_M:
         # Hulls are a few pixels: colour against a berth-side water model no longer
         # works, a contrast test against the local water (CFAR) does.
@@ -84,6 +97,13 @@ def count_ships(
     d, _ = model.classify(pix)
     # Vessels float: only water pixels can be hull (the quay beside a berth is not water).
     target = (d > min_contrast) & ok & _mask(water, grid)
+    # Foam (a moving vessel's wake, breaking waves) departs from the water colour as much
+    # as a deck does, but water still absorbs its near-infrared: it stays greener than
+    # NIR, while steel, paint and decks reflect at least as much NIR as green. A wake
+    # joined to the hull that makes it would double the vessel's length.
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ndwi = (pix[1] - pix[3]) / (pix[1] + pix[3])
+    target &= ~(ndwi > FOAM_NDWI)
     target = ndimage.binary_opening(target, structure=np.ones((2, 2), bool))
     target = ndimage.binary_fill_holes(target)
     labels, n = ndimage.label(target)
@@ -113,7 +133,7 @@ def count_ships(
             length, width = lens[k], lens[1 - k]
             # Hulls are long and fill their bounding rectangle; cloud wisps and glint
             # patches are neither.
-            if length < MIN_SHIP_LENGTH_M or length > 450 or length < 2.5 * width \
+            if length < MIN_SHIP_LENGTH_M or length > 450 or length < MIN_ELONGATION * width \
                     or outline.area < 0.55 * rect.area:
                 continue
             heading = (math.degrees(math.atan2(e[k][0], e[k][1]))) % 180.0
@@ -132,3 +152,64 @@ def count_ships(
         by_type[det.type] = by_type.get(det.type, 0) + 1
     return CountResult("ships", len(detections), by_type, tuple(per_feature), tuple(detections), grid.crs, None,
                        float(np.mean(seen)) if seen else 0.0)
+
+
+# Sentinel-1 IW GRD: about 20 m resolution, the impulse response's peak sidelobe about
+# -21.5 dB below its peak (Hamming-weighted processing, 0.75), the first sidelobe about
+# 1.43 resolution cells out, and the sidelobes' power falling with the square of the
+# distance beyond (a weighting with a pedestal keeps the sinc's decay).
+SAR_RESOLUTION_M = 20.0
+SIDELOBE_PEAK = 10 ** (-21.5 / 10)
+# A sidelobe pixel is one speckled look of the pattern: its brightest pixels reach about
+# four times the pattern's mean at 4.4 looks (6 dB).
+SIDELOBE_MARGIN = 4.0
+
+
+def drop_sidelobes(result: CountResult) -> CountResult:
+    """Drop SAR detections that the sidelobes of a far brighter vessel explain.
+
+    A strong scatterer (a superstructure, a container ship's stacks) spreads its
+    impulse response along range and azimuth; on calm water the sidelobes stand many
+    times above the sea's backscatter for a hundred metres and more, and a CFAR test
+    reports them as small vessels in a cross around the real one. A detection is a
+    sidelobe when its peak (``peak_z``, in units of the local water mean) stays under
+    the envelope of a brighter detection's sidelobes at its distance, with a speckle
+    margin: ``SIDELOBE_MARGIN * SIDELOBE_PEAK * (1.43 * SAR_RESOLUTION_M / d) ** 2`` times
+    the bright one's peak. The distance is measured to the bright detection's outline,
+    which holds its scatterers, so the test errs on the side of dropping.
+
+    Limit: the envelope is the same in every direction (the sidelobes only run along
+    range and azimuth, whose angle to a north-up grid is not in the image), so a small
+    boat moored beside a very bright ship (a tug alongside, within about 100 m) whose
+    peak is 40 dB weaker is dropped with the sidelobes.
+    """
+    dets = list(result.detections)
+    peaks = [float(d.attrs.get("peak_z", 0.0) or 0.0) for d in dets]
+    if not dets or max(peaks) <= 0:
+        return result
+    first = 1.43 * SAR_RESOLUTION_M
+    order = np.argsort(peaks)[::-1]
+    keep = np.ones(len(dets), bool)
+    for j in range(len(dets)):
+        for i in order:
+            if peaks[i] <= peaks[j] or i == j:
+                continue
+            d = max(dets[j].polygon.centroid.distance(dets[i].polygon), first)
+            if peaks[j] < SIDELOBE_MARGIN * SIDELOBE_PEAK * (first / d) ** 2 * peaks[i]:
+                keep[j] = False
+                break
+    if keep.all():
+        return result
+    kept = tuple(d for d, k in zip(dets, keep) if k)
+    by_type: dict[str, int] = {}
+    for det in kept:
+        by_type[det.type] = by_type.get(det.type, 0) + 1
+    per_feature = []
+    for pf in result.per_feature:
+        types: dict[str, int] = {}
+        for d in kept:
+            if d.feature_id == pf["id"]:
+                types[d.type] = types.get(d.type, 0) + 1
+        per_feature.append({**pf, "count": sum(types.values()), "by_type": types})
+    return replace(result, total=len(kept), by_type=by_type, per_feature=tuple(per_feature), detections=kept,
+                   extras={**dict(result.extras), "sidelobes_dropped": int((~keep).sum())})
