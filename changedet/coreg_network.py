@@ -391,7 +391,7 @@ class NetworkShifts:
 
 def network_shifts(reference: np.ndarray | None, images: np.ndarray, *, valid: np.ndarray | None = None,
                    window_px: int | None = None, max_shift_px: float = 20.0, floor_px: float = 0.02,
-                   estimator: str = DEFAULT_ESTIMATOR) -> NetworkShifts:
+                   estimator: str = DEFAULT_ESTIMATOR, _ref_valid: np.ndarray | None = None) -> NetworkShifts:
     """Solve one translation per date from windowed matches of every pair of dates.
 
     Parameters
@@ -450,8 +450,9 @@ def network_shifts(reference: np.ndarray | None, images: np.ndarray, *, valid: n
                        for t in range(n)]
         moved = np.stack([m for m, _ in moved_pairs])
         vm_moved = None if vm is None else np.stack([k for _, k in moved_pairs])
+        # The reference does not move: a (rows, cols) mask still holds on its pixels.
         fine = network_shifts(reference, moved, valid=vm_moved, window_px=window_px, floor_px=floor_px,
-                              estimator="lk")
+                              estimator="lk", _ref_valid=vm if vm is not None and vm.ndim == 2 else None)
         return _combine(coarse, fine, start)
 
     def mask(i, j):
@@ -459,7 +460,7 @@ def network_shifts(reference: np.ndarray | None, images: np.ndarray, *, valid: n
             return None
         if vm.ndim == 2:
             return vm
-        return vm[j] & (vm[i] if i >= 0 else True)
+        return vm[j] & (vm[i] if i >= 0 else (True if _ref_valid is None else _ref_valid))
 
     ref = None
     ref_pairs = []
@@ -657,6 +658,14 @@ def _date_error(date):
     return date[3]
 
 
+def _reference_date(reference, keys):
+    """The reference as a date tuple of :func:`_date_on_grid` (floats, band planes, no mask, no error)."""
+    from changedet.coreg import _as_float_with_nan, _select_band
+
+    ref_f = _as_float_with_nan(reference)
+    return ref_f, {k: _select_band(ref_f, k, "reference") for k in keys}, None, None
+
+
 def _apply_date(date, ref_imgs, keys, shifts, band_index):
     """Shift one date, band by band (``band_index``: the band plane of each key, None =
     all bands by the one shift); returns (image, {key: (similarity before, after)})."""
@@ -728,13 +737,16 @@ def windows_stack(stack: xr.DataArray, reference: xr.DataArray, *, valid=None, p
     else:
         keys = [_common_band(reference, stack.isel(time=0, drop=True), kwargs.get("band"))]
         band_index = None
-    ref_imgs = {k: _select_band(ref_f, k, "reference") for k in keys}
+    for k in keys:  # a missing band fails here, before any task runs
+        _select_band(ref_f, k, "reference")
     # The reference and every date on its grid are persisted once and then passed to the
     # later stages as graph keys: with a distributed client they stay on the workers,
     # where literal arrays in a task would be uploaded again with every stage (and the
     # reference with every pair).
     ref_d = dask.delayed(reference, traverse=False)
-    ref_date_d = dask.delayed((ref_f, ref_imgs, None, None), traverse=False)
+    # Built where it runs from the one uploaded reference (a literal tuple would upload
+    # the reference twice more: as floats and as its band planes).
+    ref_date_d = dask.delayed(_reference_date, pure=False)(ref_d, keys)
     dates = []
     for i in range(n):
         mov = dask.delayed(lambda da: da.load())(stack.isel(time=i, drop=True))

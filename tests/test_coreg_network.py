@@ -328,3 +328,29 @@ def test_pc_lk_two_dimensional_mask_moves_with_each_date_numpy_equals_dask(seaso
     _, res = coregister_stack(cloudy, ref, network="windows", per_band=True, valid=vda, scheduler="synchronous")
     got = np.array([[r["nir"].shift_row_px, r["nir"].shift_col_px] for r in res])
     np.testing.assert_array_equal(got, sol.shifts)
+
+
+def test_pc_lk_two_dimensional_mask_still_holds_on_the_reference_in_the_fine_stage(big_shift_stack, monkeypatch):
+    """The dates move into the fine stage, the reference does not: a (rows, cols) mask
+    must still keep the reference's masked pixels out of its pairs after shifts of
+    several pixels (the moved mask alone reached 600-1100 of them)."""
+    import changedet.coreg_network as cn
+
+    stack, ref, _, _ = big_shift_stack
+    usable = np.ones(stack.shape[-2:], bool)
+    usable[60:140, 50:200] = False
+    seen = []
+    match = cn._match
+
+    def spy(estimator, a, b, m, *args):
+        if estimator == "lk" and a is not None and a.shape == usable.shape and np.shares_memory(a, ref_img):
+            seen.append(m)
+        return match(estimator, a, b, m, *args)
+
+    ref_img = np.asarray(ref.values[0], float)
+    monkeypatch.setattr(cn, "_match", spy)
+    sol = cn.network_shifts(ref_img, stack.values[:, 0], valid=usable, estimator="pc+lk")
+    assert len(seen) == len(BIG_SHIFTS)  # one fine reference pair per date
+    for m in seen:
+        assert not (m & ~usable).any()
+    np.testing.assert_allclose(sol.shifts, -BIG_SHIFTS, atol=0.05)
