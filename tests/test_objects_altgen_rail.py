@@ -13,7 +13,8 @@ import math
 
 import numpy as np
 import pytest
-from shapely.geometry import Point
+from scipy import ndimage
+from shapely.geometry import LineString, Point
 
 from changedet.grid import GridSpec
 from changedet.objects.ground import GroundModel
@@ -161,3 +162,42 @@ def test_lit_ground_is_learnt_from_its_mode_when_shadow_dominates():
     # one mode (no shadow to speak of): the samples are left as they are
     one = lit * (1 + 0.05 * rng.standard_normal((500, 4)))
     assert _lit_weighted(one) is one
+
+
+def _plain_tops_scene(elevation_deg: float, gsd: float = 0.3):
+    """One east-west track, the sun due south: two plain-topped bodies the same grey, a
+    14.2 m boxcar roof 4.9 m above the ground and a 13.6 m flat wagon's deck 1.55 m
+    above it, each casting its shadow north by its height over tan(elevation)."""
+    rng = np.random.default_rng(3)
+    grid = GridSpec.from_bounds("EPSG:32652", (0.0, 0.0, 80.0, 20.0), gsd)
+    ys, xs = np.meshgrid(grid.y, grid.x, indexing="ij")
+    lit = np.array([0.16, 0.15, 0.14, 0.20])        # ballast R G B NIR
+    sky = np.array([0.30, 0.34, 0.40, 0.26])        # share of its light left in shadow
+    top = np.array([0.22, 0.22, 0.23, 0.25])        # light grey, the same on both
+    refl = lit[:, None, None] * (1 + 0.04 * rng.standard_normal((1,) + grid.shape))
+    per_m = 1 / math.tan(math.radians(elevation_deg))
+    track_y = 10.0
+    for x0, body, width, height in ((10.0, 14.2, 3.2, 4.9), (45.0, 13.6, 2.9, 1.55)):
+        inside_x = (xs >= x0) & (xs <= x0 + body)
+        edge = track_y + width / 2
+        shade = inside_x & (ys > edge) & (ys <= edge + height * per_m)
+        refl = np.where(shade[None], refl * sky[:, None, None], refl)
+        car = inside_x & (np.abs(ys - track_y) <= width / 2)
+        refl = np.where(car[None], top[:, None, None] * (1 + 0.01 * rng.standard_normal((4,) + grid.shape)), refl)
+    refl = np.stack([ndimage.gaussian_filter(b, 0.6) for b in refl])   # the sensor's blur
+    image = grid.attach(refl.astype("float32"), bands=["R", "G", "B", "NIR"])
+    return image, {"t": LineString([(0.5, track_y), (79.5, track_y)])}
+
+
+@pytest.mark.parametrize("elevation_deg", [62.0, 55.0])
+def test_tall_plain_body_is_a_boxcar_by_its_shadow(elevation_deg):
+    # A plain top shorter than 14.8 m used to be a flat wagon whatever its height (the
+    # 11-217 boxcar's 14.2 m body read as a flatcar); the width of its shadow beside the
+    # track, with the sun's elevation known, gives its height.
+    image, tracks = _plain_tops_scene(elevation_deg)
+    res = count_railcars(image, tracks, sun_azimuth_deg=180.0, sun_elevation_deg=elevation_deg)
+    dets = sorted(res.detections, key=lambda d: d.polygon.centroid.x)
+    assert [d.type for d in dets] == ["boxcar", "flatcar"], [(d.type, d.attrs) for d in dets]
+    # Without the sun's position there is no height cue: both plain tops stay flat wagons.
+    res = count_railcars(image, tracks)
+    assert [d.type for d in sorted(res.detections, key=lambda d: d.polygon.centroid.x)] == ["flatcar", "flatcar"]

@@ -142,6 +142,14 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
         refs = _empty_track_reference(strips)
         if not np.all(np.isfinite(refs["shadow"])):
             refs = _shadow_from_anti_sun_sides(strips, tracks, refs, sun_azimuth_deg)
+    # The height cue reads the ground out to just short of the nearest neighbour track's
+    # cars (see _tall), wider than the counting strip.
+    wide = {}
+    if vhr and sun_azimuth_deg is not None and sun_elevation_deg is not None:
+        wide = {tid: sample_strip(pix, grid, line, half_width_m=_HEIGHT_BAND_M, step_m=step)
+                for tid, line in tracks.items()}
+        if shade is not None and shade.any():
+            wide = {tid: _masked(s, shade, grid) for tid, s in wide.items()}
     per_feature, detections = [], []
     total_obs, total_len = 0.0, 0.0
     est_total, est_var = 0.0, 0.0
@@ -160,7 +168,9 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
         if vhr:
             cars = _split_cars(strip, occ, seen, refs["lit_sd"], refs["lit"], sun_left=sun_left,
                                ground_sd=float(quiet_nanmean(refs["shadow_sd"])),
-                               shadow_reach_m=_shadow_reach(tracks[tid], sun_azimuth_deg, sun_elevation_deg))
+                               shadow_reach_m=_shadow_reach(tracks[tid], sun_azimuth_deg, sun_elevation_deg),
+                               shadow_across_m=_shadow_across(tracks[tid], sun_azimuth_deg, sun_elevation_deg),
+                               wide=wide.get(tid), blur_m=max(0.2, 0.5 * grid.resolution))
             by_type: dict[str, int] = {}
             for a, b, ctype, score in cars:
                 by_type[ctype] = by_type.get(ctype, 0) + 1
@@ -681,7 +691,9 @@ def _drop_short(mask: np.ndarray, min_len: int) -> np.ndarray:
 # ------------------------------------------------------------------------ splitting
 def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
                 lit: np.ndarray, *, sun_left: bool | None = None, ground_sd: float = float("nan"),
-                shadow_reach_m: float = 0.0) -> list[tuple[float, float, str, float]]:
+                shadow_reach_m: float = 0.0,
+                shadow_across_m: float = float("nan"), wide: Strip | None = None,
+                blur_m: float = 0.4) -> list[tuple[float, float, str, float]]:
     """Cut occupied runs into cars: (start_m, end_m, type, score) per car.
 
     Where the sun shines across the track (``sun_left`` known), black bodies brighter on
@@ -691,6 +703,10 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
     A run's shadow-side end may carry a car's own shadow cast along the track (up to
     ``|shadow_reach_m|``, from :func:`_shadow_reach`; negative: at the run's start),
     which its end car is allowed beyond its pitch (see :func:`_shadow_lead`).
+    ``shadow_across_m`` (from :func:`_shadow_across`) is how far sideways a shadow
+    falls per metre of height, which tells a flat wagon's deck from a tall car's roof
+    in ``wide`` (the same track sampled wider, same along-track samples), with shadow
+    edges blurred over ``blur_m`` (see :func:`_tall`).
     """
     step = strip.step_m
     centre, _ = _zones(strip)
@@ -743,7 +759,9 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
             length = (s1 - s0) * step
             interior = (s0 != a) + (s1 != b)
             body = length - interior * GAP_M / 2
-            ctype = _classify(strip, s0, s1, body, float(quiet_nanmean(lit)))
+            tall = (_tall(wide, s0, s1, sun_left, shadow_across_m, blur_m=blur_m)
+                    if sun_left is not None and wide is not None else None)
+            ctype = _classify(strip, s0, s1, body, float(quiet_nanmean(lit)), tall=tall)
             a_m = s0 * step + (GAP_M / 2 if s0 != a else 0)
             b_m = s1 * step - (GAP_M / 2 if s1 != b else 0)
             cut_a, cut_b = open_a and s0 == a, open_b and s1 == b
@@ -882,7 +900,78 @@ def _best_cuts(evidence: np.ndarray, step: float, dark: np.ndarray | None = None
     return sorted(cuts)
 
 
-def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = float("nan")) -> str:
+def _shadow_across(line: LineString, azimuth_deg: float | None, elevation_deg: float | None) -> float:
+    """How far (m) a shadow falls sideways from the track per metre of height above the
+    ground: the across-track share of the sun's direction over the tangent of its
+    elevation. NaN when the sun is unknown or shines nearly along the track."""
+    if azimuth_deg is None or elevation_deg is None:
+        return float("nan")
+    (x0, y0), (x1, y1) = line.coords[0], line.coords[-1]
+    d = np.array([x1 - x0, y1 - y0]) / max(math.hypot(x1 - x0, y1 - y0), 1e-9)
+    az = math.radians(azimuth_deg)
+    across = abs(float(d[0] * math.cos(az) - d[1] * math.sin(az)))
+    if across < 0.2:
+        return float("nan")
+    return across / math.tan(math.radians(min(max(elevation_deg, 1.0), 89.0)))
+
+
+# Heights above the ground beside the track (m): a flat wagon's deck (1.3-1.4 m above
+# the rail, which sits about 0.2 m above the ballast shoulder) is at most _DECK_HEIGHT_M;
+# the lowest car with walls or a roof (an open wagon, 3.5 m above the rail) at least
+# _LOW_TALL_M. Half a car body's width (m), and the blur allowed at a shadow's edge (m,
+# the default; the counter allows half a pixel, 0.2 m at least). The ground is read out to
+# _HEIGHT_BAND_M off the centreline: neighbour tracks are 4.8 m or more apart, so their
+# cars' bodies start 3.2 m or more away.
+_DECK_HEIGHT_M = 1.6
+_LOW_TALL_M = 3.4
+_HALF_BODY_M = 1.5
+_SHADOW_EDGE_BLUR_M = 0.4
+_HEIGHT_BAND_M = 3.1
+# Shadowed ground keeps only skylight, a fifth to a half of the sunlit ground's light;
+# the same ground lit keeps about all of it. The midpoint between them decides.
+_SHADOW_RATIO = 0.6
+
+
+def _tall(strip: Strip, s0: int, s1: int, sun_left: bool, per_m: float, *,
+          blur_m: float = _SHADOW_EDGE_BLUR_M) -> bool | None:
+    """Whether the body between samples ``s0`` and ``s1`` stands at least a wall's height
+    (``_LOW_TALL_M``) above the ground, read from the width of its shadow.
+
+    A body of height h casts its shadow ``h * per_m`` metres sideways past its anti-sun
+    edge (``per_m`` from :func:`_shadow_across`). Between where a flat wagon's deck
+    shadow would end and where the lowest walled car's would, the ground on the anti-sun
+    side is lit beside a flat wagon and shadowed beside a tall car; it is compared with
+    the same ground, equally far out, on the sun side (same ground, lit), so the
+    ground's own colour does not matter. True for a shadow there, None where the sun's
+    geometry leaves no such band inside the strip or the band is not seen; never False:
+    a lit band may also be a neighbour's shadow darkening the sun side.
+    """
+    if not np.isfinite(per_m):
+        return None
+    lo = _HALF_BODY_M + _DECK_HEIGHT_M * per_m + blur_m
+    hi = min(_HALF_BODY_M + _LOW_TALL_M * per_m - blur_m, float(np.abs(strip.across_m).max()))
+    a = strip.across_m if sun_left else -strip.across_m
+    anti = (a <= -lo) & (a >= -hi)
+    sun = (a >= lo) & (a <= hi)
+    if hi - lo < 0.2 or not anti.any() or not sun.any():
+        return None
+    n = s1 - s0
+    core = slice(s0 + n // 6, s1 - n // 6) if n >= 6 else slice(s0, s1)
+    b = quiet_nanmean(strip.values[:3, :, core], axis=0)   # visible brightness (across, along)
+    dark, lit = quiet_nanmean(b[anti]), quiet_nanmean(b[sun])
+    if not (np.isfinite(dark) and np.isfinite(lit) and lit > 0):
+        return None
+    return True if dark < _SHADOW_RATIO * lit else None
+
+
+# Between the longest deck of a flat wagon shorter than 14.8 m (13-401: 13.4 m; loaded
+# with a container or timber it is as tall as a boxcar) and the shortest boxcar body on
+# 1520 mm gauge (11-217: 13.8 m).
+_MIN_BOXCAR_BODY_M = 13.6
+
+
+def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = float("nan"), *,
+              tall: bool | None = None) -> str:
     """Type from body length, then from the look of the body across the track.
 
     Locomotives and boxcars are longest (18 and 15.7 m against 12-14 m), but a cut
@@ -896,7 +985,10 @@ def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = floa
     container on a flatcar is 12.2 m, the length of a tank car): a tank is a cylinder,
     whose shading changes by a quarter or more of its brightness across the top
     whatever the sun's position (a Lambertian cylinder seen within +-40 degrees of its
-    crest); a brighter flat top is a deck or a container on it: a flatcar.
+    crest); a brighter flat top is a deck or a container on it: a flatcar, unless its
+    shadow shows a tall body (``tall``, from :func:`_tall`): then a plain top at least a
+    boxcar's length is a boxcar's roof (shorter: a container on a flat wagon) and a
+    textured one an open wagon's load or a covered hopper's hatches (the gondola class).
     """
     look = _look(strip, s0, s1, lit_b)
     if body_m >= 16.9:
@@ -908,6 +1000,10 @@ def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = floa
     if look == "cylinder":
         return "tank"
     if look in ("plain", "flat"):
+        if tall:
+            if look == "flat":
+                return "gondola"
+            return "boxcar" if body_m >= _MIN_BOXCAR_BODY_M else "flatcar"
         return "flatcar"
     return "tank" if body_m < 12.7 else "flatcar"
 
