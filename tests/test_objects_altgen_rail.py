@@ -9,6 +9,7 @@ targets on purpose: they guard against regressions, not claim the targets are me
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -32,8 +33,17 @@ SCENES = [
 ]
 
 
+# Rendering is most of these tests' time; the truth and scoring tests share the scenes.
+pytestmark = pytest.mark.slow
+
+
 def _scene(seed, gsd, cond, kw):
-    return make_railyard(seed, gsd_m=gsd, condition=cond, n_tracks=3, yard_length_m=150, **kw)
+    return _rendered(seed, gsd, cond, tuple(sorted(kw.items())))
+
+
+@functools.lru_cache(maxsize=None)
+def _rendered(seed, gsd, cond, kw):
+    return make_railyard(seed, gsd_m=gsd, condition=cond, n_tracks=3, yard_length_m=150, **dict(kw))
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +101,10 @@ def test_generator_truth_is_self_consistent():
 
 
 def test_generator_is_deterministic():
+    seed, gsd, cond, kw = SCENES[0]
     a = _scene(*SCENES[0])
-    b = _scene(*SCENES[0])
+    b = _rendered.__wrapped__(seed, gsd, cond, tuple(sorted(kw.items())))  # rendered again, not the cached one
+    assert a is not b
     np.testing.assert_array_equal(a.image.values, b.image.values)
     assert [c.polygon.wkt for c in a.cars] == [c.polygon.wkt for c in b.cars]
 
@@ -105,7 +117,22 @@ def test_sun_along_the_tracks_is_counted(scored):
     assert s["tp"] >= 18 and s["fp"] <= 6   # measured 21 and 4 of 27 cars
 
 
+# Measured 15 found, 9 false alarms of 16 (with the sun: 15 and 0).
+NO_SUN_MIN_TP, NO_SUN_MAX_FP = 13, 12
+
+
+def test_counts_without_sun_metadata(scored):
+    # No sun angles given (the API default, and any file without acquisition metadata):
+    # the shadows' side is unknown, as with the sun along the tracks, and this crashed
+    # the same way before 1df9547.
+    sc = scored[0][0]
+    s = score(sc, count_railcars(sc.image, sc.tracks, valid=sc.valid))
+    print("no sun:", s["tp"], s["fp"], s["fn"])
+    assert s["tp"] >= NO_SUN_MIN_TP and s["fp"] <= NO_SUN_MAX_FP, (s["tp"], s["fp"])
+
+
 def test_counts_and_detections_on_altgen_scenes(scored):
+    print("altgen:", [(s["tp"], s["fp"], s["fn"], s["type_ok"]) for _, _, s in scored])
     tp = sum(s["tp"] for _, _, s in scored)
     fp = sum(s["fp"] for _, _, s in scored)
     fn = sum(s["fn"] for _, _, s in scored)

@@ -389,7 +389,7 @@ def make_railyard(seed: int, *, gsd_m: float | None = None, condition: str | Non
         cars.append(TruthCar(poly, ctype, COUNTER_CLASS[ctype], tid, float(u0), float(u1), seen_share >= 0.5,
                              in_shade))
     params = {"ground": ground, "angle_deg": math.degrees(angle), "psf_sigma_px": psf, "bits": bits,
-              "misregistration_px": mis_px, "n_tracks": ntr, "yard_length_m": length,
+              "misregistration_px": mis_px, "misregistration_xy_m": (mdx, mdy), "n_tracks": ntr, "yard_length_m": length,
               "cloud_fraction": float(cloud_mask.mean()), "haze_transmission": trans,
               "sleepers": sleeper_mat, "spacing_m": [float(s) for s in spacing]}
     return RailyardScene(da, valid, tracks, true_tracks, tuple(cars), azim, elev, gsd, cond, params)
@@ -633,7 +633,15 @@ def score(scene: RailyardScene, result) -> dict:
     centred on track the counter reports observed (a stretch it gives up on, a cloud's
     shadow say, is reported as ``given_up`` cars, not as misses). Detections matching
     a car mostly under the cloud mask are neither hits nor false alarms.
+
+    IoU is scored in the AOI's frame: a counter places its cars on the centrelines it is
+    given, so the truth is moved by the drawn misregistration first (at 0.75-1 m pixels
+    a 1.5 px sideways offset alone would push a perfect detection of a 3 m wide body
+    below IoU 0.5).
     """
+    from shapely.affinity import translate
+
+    mdx, mdy = scene.params.get("misregistration_xy_m", (0.0, 0.0))
     per = {p["id"]: p for p in result.per_feature}
     hidden_runs = {tid: p.get("unobserved_runs_m", []) for tid, p in per.items()}
 
@@ -645,13 +653,15 @@ def score(scene: RailyardScene, result) -> dict:
     n_given_up = sum(1 for c in scene.cars if c.observed and given_up(c))
     hidden = [c for c in scene.cars if not c.observed]
     dets = list(result.detections)
+    tpoly = [translate(t.polygon, mdx, mdy) for t in truth]
+    hpoly = [translate(h.polygon, mdx, mdy) for h in hidden]
     pairs = []
-    for i, t in enumerate(truth):
+    for i, t in enumerate(tpoly):
         for j, d in enumerate(dets):
-            if not t.polygon.intersects(d.polygon):
+            if not t.intersects(d.polygon):
                 continue
-            inter = t.polygon.intersection(d.polygon).area
-            iou = inter / (t.polygon.area + d.polygon.area - inter)
+            inter = t.intersection(d.polygon).area
+            iou = inter / (t.area + d.polygon.area - inter)
             if iou >= 0.5:
                 pairs.append((iou, i, j))
     pairs.sort(reverse=True)
@@ -666,8 +676,8 @@ def score(scene: RailyardScene, result) -> dict:
     for j, d in enumerate(dets):
         if j in dj:
             continue
-        for h in hidden:
-            if h.polygon.intersects(d.polygon) and h.polygon.intersection(d.polygon).area > 0.3 * d.polygon.area:
+        for h in hpoly:
+            if h.intersects(d.polygon) and h.intersection(d.polygon).area > 0.3 * d.polygon.area:
                 neutral.add(j)
                 break
     tp = len(matches)
