@@ -62,7 +62,10 @@ THRESHOLDS = ("otsu", "ki", "kilog", "kmad", "chi2")
 # equal-variance assumption (on OSCD Otsu put the split among the outliers in 3 of 5 cities).
 _DEFAULT_THRESHOLD = {"diff": "ki", "cva": "ki", "logratio": "ki", "irmad": "chi2", "zscore": "kmad"}
 _RASTER_EXT = (".tif", ".tiff", ".jp2", ".vrt", ".img")
-_BAND_RE = re.compile(r"(?:^|[_\-.])(B(?:\d{1,2}A?|8A))(?=$|[_\-.])", re.IGNORECASE)
+# A band token stands alone between separators: _ - . as products write them, and the
+# spaces and parentheses of hand-named or browser-duplicated downloads ("sentinel2 B04.tif",
+# "S2_B04 (1).tif"); letters or digits around it ("SUB04", "B04X") make it part of a word.
+_BAND_RE = re.compile(r"(?:^|[_\-.\s()])(B(?:\d{1,2}A?|8A))(?=$|[_\-.\s()])", re.IGNORECASE)
 
 
 class ChangeError(ChangedetError):
@@ -172,7 +175,11 @@ def load_pair(
     b, a = b.sel(band=common), a.sel(band=common)
     gb = GridSpec.of(b)
     if not GridSpec.of(a).same_as(gb):
-        a = reproject_to(a, gb, resampling="bilinear").assign_coords(band=common)
+        try:
+            a = reproject_to(a, gb, resampling="bilinear").assign_coords(band=common)
+        except GridError as exc:
+            # Name the inputs: the bare message does not say which of the two is off.
+            raise GridError(f"{after} does not overlap {before} (the output grid): {exc}") from None
     a = a.assign_coords(x=b.x, y=b.y)
     return b, a
 

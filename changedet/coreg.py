@@ -129,7 +129,33 @@ _PEAK_EXCLUDE = 2  # half-size of the neighbourhood excluded around the main pea
 
 # Band names (case-insensitive) preferred for the estimate, best first: NIR has the
 # strongest field/forest contrast and suffers least from haze; red is next best.
+# ``b4``/``b8`` (NAIP's NIR, Landsat's) count only as real band descriptions: ``b<n>`` at
+# band position n is also the name every undescribed band gets (changedet.io.band_names),
+# and an RGBA file's alpha would then pass for "b4".
 _PREFERRED_BANDS = ("nir", "nir08", "b08", "b8", "b8a", "red", "b04", "b4")
+# Class bands (cloud mask 0/1, Sentinel-2 scene classification): categories, not
+# radiometry. They are resampled with nearest neighbour and never averaged into the
+# band mean that is matched (as changedet.sources.local reads them).
+CLASS_BANDS = ("CLM", "SCL")
+
+
+def _is_class_band(name: str) -> bool:
+    return str(name).upper() in CLASS_BANDS
+
+
+def _matchable(names, described=None) -> list[str]:
+    """Lower-case band names for the preferred-band choice; "" for an undescribed band's
+    generic ``b<n>`` name (``described[i]`` False, or, when unknown, the name is
+    ``b<i+1>``), which is no evidence of what the band holds."""
+    import re
+
+    out = []
+    for i, n in enumerate(names):
+        low = str(n).lower()
+        generic = re.fullmatch(r"b(\d+)", low) is not None and (
+            not described[i] if described is not None else low == f"b{i + 1}")
+        out.append("" if generic else low)
+    return out
 
 
 @dataclass(frozen=True)
@@ -747,9 +773,38 @@ def _to_reference_grid(moving: xr.DataArray, reference: xr.DataArray, ref_grid: 
     # Cubic keeps the edge sharpness the shift estimate relies on; GDAL excludes NaN
     # (nodata) pixels from the kernel.
     template = reference if reference.ndim == 2 else reference.isel(band=0, drop=True)
-    out = mov.rio.reproject_match(template, resampling=Resampling.cubic, nodata=np.nan)
+    out = _by_band_kind(mov, lambda da, cls: da.rio.reproject_match(
+        template, resampling=Resampling.nearest if cls else Resampling.cubic, nodata=np.nan))
     # Use the reference's exact coordinates (reprojection recomputes them in float).
     return out.assign_coords(x=reference["x"].values, y=reference["y"].values)
+
+
+def _by_band_kind(da: xr.DataArray, move) -> xr.DataArray:
+    """``move(part, is_class)`` applied to the value bands and to the class bands
+    (:data:`CLASS_BANDS`) of ``da`` separately, bands back in their order."""
+    names = _band_names(da)
+    cls = [n for n in names if _is_class_band(n)]
+    if da.ndim != 3 or not cls:
+        return move(da, False)
+    dim = da.dims[0]
+    vals = [n for n in names if not _is_class_band(n)]
+    parts = [move(da.sel({dim: vals}), False)] if vals else []
+    parts.append(move(da.sel({dim: cls}), True))
+    out = xr.concat(parts, dim=dim) if len(parts) > 1 else parts[0]
+    out = out.sel({dim: names})
+    if "spatial_ref" in parts[0].coords and "spatial_ref" not in out.coords:
+        out = out.assign_coords(spatial_ref=parts[0]["spatial_ref"])
+    return out
+
+
+def _shift_bands(da: xr.DataArray, row: float, col: float) -> xr.DataArray:
+    """:func:`apply_shift` with cubic for value bands and nearest for class bands."""
+    return _by_band_kind(da, lambda part, cls: apply_shift(part, row, col, order=0 if cls else 3))
+
+
+def _warp_bands(da: xr.DataArray, field_row: np.ndarray, field_col: np.ndarray) -> xr.DataArray:
+    """:func:`apply_warp` with cubic for value bands and nearest for class bands."""
+    return _by_band_kind(da, lambda part, cls: apply_warp(part, field_row, field_col, order=0 if cls else 3))
 
 
 def _band_names(da: xr.DataArray) -> list[str]:
@@ -766,18 +821,38 @@ def _select_band(da: xr.DataArray, band: str | None, what: str) -> np.ndarray:
         names = _band_names(da)
         lower = [n.lower() for n in names]
         if str(band).lower() not in lower:
-            raise CoregError(f"band {band!r} is not in {what} bands {names}; pass one of them as band=")
+            raise CoregError(f"band {band!r} is not in {what} bands {names}; pass one of them as band= (CLI: --band)")
         sel = da.isel({da.dims[0]: lower.index(str(band).lower())})
     elif da.shape[0] == 1:
         sel = da[0]
     else:
-        # Mean of bands: averages out band-specific noise, keeps the shared edges.
+        # Mean of the value bands (class bands are categories, not brightness): averages
+        # out band-specific noise, keeps the shared edges.
+        names = _band_names(da)
+        if names and any(_is_class_band(n) for n in names) and not all(_is_class_band(n) for n in names):
+            da = da.isel({da.dims[0]: [i for i, n in enumerate(names) if not _is_class_band(n)]})
         with np.errstate(all="ignore"):
-            sel = da.mean(dim=da.dims[0], skipna=True)
+            sel = da.mean(dim=da.dims[0], skipna=True) if da.shape[0] > 1 else da[0]
     data = np.asarray(sel.values, dtype="float64")
     if data.ndim != 2:
         raise CoregError(f"{what} band for matching has shape {data.shape}; it must be 2-D (y, x)")
     return data
+
+
+def _described(da: xr.DataArray) -> list[bool] | None:
+    """Which bands of ``da`` carry a real description, from the ``long_name`` attribute
+    :func:`changedet.io.read_raster` sets (None when the DataArray does not say)."""
+    ln = da.attrs.get("long_name")
+    n = da.shape[0]
+    if isinstance(ln, (tuple, list)) and len(ln) == n:
+        return [bool(x) for x in ln]
+    if isinstance(ln, str) and n == 1:
+        return [bool(ln)]
+    return None
+
+
+def _value_band_count(da: xr.DataArray) -> int:
+    return sum(not _is_class_band(n) for n in _band_names(da)) or da.shape[0]
 
 
 def _common_band(reference: xr.DataArray, moving: xr.DataArray, band: str | None) -> str | None:
@@ -787,7 +862,7 @@ def _common_band(reference: xr.DataArray, moving: xr.DataArray, band: str | None
     """
     if band is not None:
         return str(band)
-    sets = [{n.lower() for n in _band_names(da)} for da in (reference, moving) if da.ndim == 3]
+    sets = [set(_matchable(_band_names(da), _described(da))) for da in (reference, moving) if da.ndim == 3]
     if not sets:
         return None
     return next((p for p in _PREFERRED_BANDS if all(p in names for names in sets)), None)
@@ -910,11 +985,11 @@ def coregister(
 
     use_band = _common_band(reference, moving, band)
     if use_band is None and reference.ndim == 3 and moving.ndim == 3 \
-            and reference.shape[0] != moving.shape[0]:
+            and _value_band_count(reference) != _value_band_count(moving):
         raise CoregError(
             f"reference has {reference.shape[0]} bands {_band_names(reference)} and moving has "
-            f"{moving.shape[0]} {_band_names(moving)}, and no common band to match on; pass band= "
-            "naming a band both have (or select matching bands first)"
+            f"{moving.shape[0]} {_band_names(moving)}, and no common band to match on; pass band= naming a band both have "
+            "(--band on the command line), or select matching bands first"
         )
     ref_img = _select_band(_as_float_with_nan(reference), use_band, "reference")
     mov_img = _select_band(aligned_grid, use_band, "moving")
@@ -992,7 +1067,7 @@ def coregister(
     out = aligned_grid
     sim_after = sim_before
     if not reason:
-        shifted = apply_warp(aligned_grid, *field) if local else apply_shift(aligned_grid, row, col)
+        shifted = _warp_bands(aligned_grid, *field) if local else _shift_bands(aligned_grid, row, col)
         mov_after = _select_band(shifted, use_band, "moving")
         sim_after = _gradient_ncc(ref_img, mov_after, ok, cache=ncc_cache)
         if np.isfinite(sim_before) and np.isfinite(sim_after) and sim_after < sim_before - 0.01:
@@ -1035,14 +1110,19 @@ class _RasterInfo:
     transform: object
     shape: tuple[int, int]
     nodata: float | None
-    names: tuple[str, ...]
+    names: tuple[str, ...]            # of the data bands (alpha bands left out)
+    indexes: tuple[int, ...] = ()     # their 1-based band numbers in the file
+    described: tuple[bool, ...] = ()  # whether each has a real description
 
 
 def _raster_info(src, path) -> _RasterInfo:
-    from changedet.io import band_names
+    from changedet.io import band_names, data_band_indexes
 
+    keep = data_band_indexes(src)
+    names = band_names(src.descriptions)
     return _RasterInfo(str(path), src.crs.to_wkt(), src.transform, (src.height, src.width), src.nodata,
-                       tuple(band_names(src.descriptions)))
+                       tuple(names[i] for i in keep), tuple(i + 1 for i in keep),
+                       tuple(bool(src.descriptions[i]) for i in keep))
 
 
 @functools.lru_cache(maxsize=16)
@@ -1081,20 +1161,27 @@ def _band_indexes(ref: _RasterInfo, mov: _RasterInfo, band: str | None) -> tuple
             lower = [n.lower() for n in info.names]
             if str(band).lower() not in lower:
                 raise CoregError(f"band {band!r} is not in {info.path} bands {list(info.names)}; "
-                                 "pass one of them as band=")
-            out.append([lower.index(str(band).lower()) + 1])
+                                 "pass one of them as band= (CLI: --band)")
+            out.append([_file_band(info, lower.index(str(band).lower()))])
         return out[0], out[1]
-    sets = [[n.lower() for n in info.names] for info in (ref, mov)]
+    sets = [_matchable(info.names, info.described or None) for info in (ref, mov)]
     pick = next((p for p in _PREFERRED_BANDS if all(p in names for names in sets)), None)
     if pick is not None:
-        return [sets[0].index(pick) + 1], [sets[1].index(pick) + 1]
-    if len(ref.names) != len(mov.names):
+        return [_file_band(ref, sets[0].index(pick))], [_file_band(mov, sets[1].index(pick))]
+    values = [[i for i, n in enumerate(info.names) if not _is_class_band(n)] or list(range(len(info.names)))
+              for info in (ref, mov)]
+    if len(values[0]) != len(values[1]):
         raise CoregError(
             f"reference has {len(ref.names)} bands {list(ref.names)} and moving has {len(mov.names)} "
             f"{list(mov.names)}, and no common band to match on; pass band= naming a band both have "
-            "(or select matching bands first)"
+            "(--band on the command line), or select matching bands first"
         )
-    return list(range(1, len(ref.names) + 1)), list(range(1, len(mov.names) + 1))
+    return [_file_band(ref, i) for i in values[0]], [_file_band(mov, i) for i in values[1]]
+
+
+def _file_band(info: _RasterInfo, position: int) -> int:
+    """1-based file band number of the data band at ``position`` of ``info.names``."""
+    return info.indexes[position] if info.indexes else position + 1
 
 
 def _read_box(src, info: _RasterInfo, bands: list[int], r0: int, c0: int, rows: int, cols: int) -> np.ndarray:
@@ -1890,7 +1977,7 @@ def apply_result(reference: xr.DataArray, moving: xr.DataArray, result: CoregRes
         raise CoregError("apply_result applies one translation; a local result's warp is applied by "
                          "coregister(..., local=True)")
     on_grid = _to_reference_grid(moving, reference, _grid(reference, "reference"))
-    return apply_shift(on_grid, result.shift_row_px, result.shift_col_px) if result.applied else on_grid
+    return _shift_bands(on_grid, result.shift_row_px, result.shift_col_px) if result.applied else on_grid
 
 
 # -- local (tie-point grid) mode ------------------------------------------------------

@@ -106,13 +106,32 @@ def band_names(descriptions) -> list[str]:
     return [d if d else f"b{i + 1}" for i, d in enumerate(descriptions)]
 
 
+def data_band_indexes(src) -> list[int]:
+    """0-based indexes of the bands of open dataset ``src`` that hold data, not alpha.
+
+    An alpha band (GDAL colour interpretation Alpha, as ``gdalwarp -dstalpha`` and QGIS
+    exports write) is the validity mask of the other bands: reading it as a band would
+    make it a "band 4" full of 255. A file whose every band is alpha keeps them all.
+    """
+    from rasterio.enums import ColorInterp
+
+    try:
+        interp = list(src.colorinterp)
+    except Exception:  # a driver without colour interpretation: every band is data
+        return list(range(src.count))
+    keep = [i for i, ci in enumerate(interp) if ci != ColorInterp.alpha]
+    return keep or list(range(src.count))
+
+
 def read_raster(path: str | Path, *, bands: list[str] | None = None) -> xr.DataArray:
     """Read a GeoTIFF / COG / JPEG2000 as ``DataArray(band, y, x)`` (float32, NaN for nodata).
 
     Band names are ``bands`` when given (one per band of the file), else those of
     :func:`band_names` (the file's band descriptions, ``b1, b2, ...`` for bands without
-    one). Raises :class:`RasterError` naming the file for unreadable, corrupt or
-    ungeoreferenced input.
+    one). Alpha bands are not returned: they mask the data bands (NaN where alpha is 0),
+    see :func:`data_band_indexes`; ``bands`` may name every band of the file (the alpha's
+    name is dropped) or the data bands only. Raises :class:`RasterError` naming the file
+    for unreadable, corrupt or ungeoreferenced input.
     """
     import rioxarray  # noqa: F401  registers the .rio accessor
 
@@ -130,9 +149,25 @@ def read_raster(path: str | Path, *, bands: list[str] | None = None) -> xr.DataA
         # with rioxarray's masked=True; the mask comes from the raw values, so float32
         # rounding cannot merge nodata with a neighbour.
         data = np.ma.filled(src.read(masked=True).astype("float32"), np.float32(np.nan))
+        keep = data_band_indexes(src)
+        if len(keep) < data.shape[0]:
+            # GDAL makes an alpha band the mask of the others only for gray+alpha and
+            # RGB+alpha 8/16-bit files; apply it here for every layout (R, G, B, NIR + alpha...).
+            alpha = [i for i in range(data.shape[0]) if i not in keep]
+            hidden = np.any(src.read([i + 1 for i in alpha]) == 0, axis=0)
+            data[:, hidden] = np.nan
     names = list(bands) if bands else band_names(descriptions)
-    if len(names) != data.shape[0]:
-        raise RasterError(f"{path}: has {data.shape[0]} bands but {len(names)} band names were given")
+    if len(names) == data.shape[0] and len(keep) < data.shape[0]:
+        names = [names[i] for i in keep]
+    elif len(names) != len(keep):
+        raise RasterError(f"{path}: has {len(keep)} bands but {len(names)} band names were given"
+                          + (f" (its {data.shape[0] - len(keep)} alpha band(s) are read as the validity mask, "
+                             "not as data)" if len(keep) < data.shape[0] else ""))
+    if len(keep) < data.shape[0]:
+        # The alpha band is the mask of the others (already NaN where it is 0), never a data band.
+        data = data[keep]
+        descriptions = [descriptions[i] for i in keep]
+        units = [units[i] for i in keep]
     rows, cols = data.shape[1:]
     # Pixel-centre coordinates, as rioxarray (and GridSpec) derive them from the transform.
     x = transform.c + (np.arange(cols) + 0.5) * transform.a

@@ -70,6 +70,15 @@ def _dates(text: str):
         raise ChangedetError(f"--dates {text!r}: give two dates BEFORE,AFTER as YYYY-MM-DD,YYYY-MM-DD") from None
 
 
+def _polygon_format(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".geoparquet"):
+        return "parquet"
+    if suffix in (".geojson", ".json"):
+        return "geojson"
+    raise ChangedetError(f"--polygons {path}: unknown format; end the name in .geojson or .parquet")
+
+
 def cmd_change(args) -> int:
     import numpy as np
     import xarray as xr
@@ -81,6 +90,8 @@ def cmd_change(args) -> int:
     dates = _dates(args.dates) if args.dates else (None, None)
     if args.dates and not args.mask_clouds:
         raise ChangedetError("--dates is used for cloud shadows only; add --mask-clouds or drop --dates")
+    if args.polygons is not None:
+        _polygon_format(args.polygons)  # refuse a bad name before the work, not after it
     before, after = load_pair(args.before, args.after, bands=bands)
     unobserved = None
     if args.mask_clouds:
@@ -122,29 +133,25 @@ def cmd_change(args) -> int:
         "changed_area_m2": _num(area),
         "out": str(path),
     }
+    from changedet.polygons import change_polygons, write_geojson, write_geoparquet
+
+    aoi = None
+    if args.aoi and args.polygons is not None:
+        from changedet.aoi import load_aoi
+
+        aoi = load_aoi(args.aoi)
+    # Polygons are always built: the JSON reports their count whether or not they are written.
+    polys = change_polygons(
+        res.mask, mag, aoi=aoi,
+        properties={"method": res.method, "threshold": res.threshold, "threshold_method": res.threshold_method},
+    )
+    doc["polygon_count"] = len(polys)
     if args.polygons is not None:
-        from changedet.polygons import change_polygons, write_geojson, write_geoparquet
-
-        aoi = None
-        if args.aoi:
-            from changedet.aoi import load_aoi
-
-            aoi = load_aoi(args.aoi)
-        polys = change_polygons(
-            res.mask, mag, aoi=aoi,
-            properties={"method": res.method, "threshold": res.threshold, "threshold_method": res.threshold_method},
-        )
-        suffix = args.polygons.suffix.lower()
-        if suffix in (".parquet", ".geoparquet"):
+        if _polygon_format(args.polygons) == "parquet":
             write_geoparquet(polys, args.polygons)
-        elif suffix in (".geojson", ".json"):
-            write_geojson(polys, args.polygons)
         else:
-            raise ChangedetError(f"--polygons {args.polygons}: unknown format; end the name in .geojson or .parquet")
+            write_geojson(polys, args.polygons)
         doc["polygons"] = str(args.polygons)
-        doc["polygon_count"] = len(polys)
-    else:
-        doc["polygon_count"] = None
     if args.json:
         print(json.dumps(doc))
         return 0
@@ -153,5 +160,7 @@ def cmd_change(args) -> int:
           f"{area / 1e4:.2f} ha")
     if args.polygons is not None:
         print(f"{doc['polygon_count']} change polygons written to {args.polygons}")
+    else:
+        print(f"{doc['polygon_count']} change polygons (not written; add --polygons FILE to write them)")
     print(f"magnitude and change mask written to {path}")
     return 0

@@ -20,7 +20,9 @@ def add_parser(sub) -> None:
     p.add_argument("reference", type=Path, help="reference raster (its grid is the output grid)")
     p.add_argument("moving", type=Path, help="raster to align onto the reference")
     p.add_argument("--out", type=Path, default=None, help="write the aligned moving image (reference grid) as a COG")
-    p.add_argument("--band", default=None, help="band name used for the estimate (default: NIR, else red, else mean)")
+    p.add_argument("--band", default=None,
+                   help="band name used for the estimate (default: NIR, else red, else the mean of the bands; "
+                        "a CLM or SCL band is never averaged in: it masks clouds in both images)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
     p.add_argument("--min-reliability", type=float, default=0.5,
                    help="shifts with a lower reliability (0..1) are not applied (default 0.5)")
@@ -66,6 +68,40 @@ def result_json(res) -> dict:
     }
 
 
+def _clear(da):
+    """Clear-sky mask (y, x) of one image from its CLM or SCL band (True = usable), or None."""
+    from changedet.cloudmask import available_method, cloud_mask
+
+    method = available_method(da)
+    if method not in ("clm", "scl"):
+        return None
+    mask, _ = cloud_mask(da, method=method)
+    # NaN (no data in the class band) is not usable either.
+    return mask == 0
+
+
+def clear_sky(ref, mov):
+    """The ``valid`` mask for :func:`changedet.coreg.coregister` on the reference grid: pixels
+    clear in every input that carries a ``CLM``/``SCL`` band (None when neither does).
+
+    The moving image's mask is moved onto the reference grid with nearest neighbour
+    (classes must not be interpolated)."""
+    import numpy as np
+
+    from changedet.grid import GridSpec
+    from changedet.io import reproject_to
+
+    ok_ref, ok_mov = _clear(ref), _clear(mov)
+    if ok_ref is None and ok_mov is None:
+        return None
+    grid = GridSpec.of(ref)
+    valid = np.ones(grid.shape, bool) if ok_ref is None else np.asarray(ok_ref.values, bool)
+    if ok_mov is not None:
+        on_ref = reproject_to(ok_mov.astype("float32"), grid, resampling="nearest")
+        valid &= np.asarray(on_ref.values) == 1
+    return grid.attach(valid)
+
+
 def cmd_coregister(args) -> int:
     from changedet.coreg import apply_result, coregister, coregister_files
     from changedet.io import read_raster, write_geotiff
@@ -93,9 +129,10 @@ def cmd_coregister(args) -> int:
     else:
         ref = read_raster(args.reference)
         mov = read_raster(args.moving)
+        valid = clear_sky(ref, mov)
         aligned, res = coregister(ref, mov, band=args.band, min_reliability=args.min_reliability,
                                   max_shift_px=args.max_shift, local=args.local, window_px=args.window or 256,
-                                  step_px=args.step, warp=args.warp)
+                                  step_px=args.step, warp=args.warp, valid=valid)
         if args.out is not None:
             out_path = write_geotiff(aligned, args.out)
     doc = result_json(res)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,11 @@ def add_parser(sub) -> None:
                      help="GeoJSON FeatureCollection (properties id, role); EPSG:4326 unless a 'crs' member says otherwise")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.add_argument("--out", type=Path, default=None, help="write detections as a GeoJSON FeatureCollection (EPSG:4326)")
-    p.add_argument("--sun-azimuth", type=float, default=None, help="solar azimuth, degrees clockwise from north")
-    p.add_argument("--sun-elevation", type=float, default=None, help="solar elevation, degrees")
+    p.add_argument("--sun-azimuth", type=float, default=None,
+                   help="solar azimuth, degrees clockwise from north (default: from the file's SUN_AZIMUTH tag, "
+                        "else from its acquisition time and centre)")
+    p.add_argument("--sun-elevation", type=float, default=None,
+                   help="solar elevation, degrees (default: as --sun-azimuth)")
     p.add_argument("--detector", default=None,
                    help="use your own detector instead of the classical counter: a .onnx or TorchScript .pt "
                         "model, or 'package.module:factory' (no weights are shipped or downloaded)")
@@ -82,6 +86,14 @@ def read_features(path: Path) -> tuple[list[dict[str, Any]], Any]:
     return feats, crs
 
 
+def _lonlat_range(feats: list[dict]) -> bool:
+    """Whether every feature's coordinates fit longitude/latitude (|x| <= 180, |y| <= 90)."""
+    import shapely
+
+    x0, y0, x1, y1 = shapely.total_bounds([f["geometry"] for f in feats])
+    return -180.0 <= x0 and x1 <= 180.0 and -90.0 <= y0 and y1 <= 90.0
+
+
 def _project(geom, src_crs, dst_crs):
     import numpy as np
     import pyproj
@@ -130,6 +142,86 @@ def _select(feats: list[dict], kind: str, where: str) -> dict[str, Any]:
     return {"main": {f["id"]: f["geometry"] for f in main}, "water": water}
 
 
+# -- sun ------------------------------------------------------------------------------------
+#: Metadata items (domain, azimuth key, elevation key) that state the sun's position, in
+#: the order trusted: changedet's own writers, then DigitalGlobe/Maxar IMD (GDAL's reader).
+SUN_TAGS = (
+    ("", "SUN_AZIMUTH", "SUN_ELEVATION"),
+    ("", "MEAN_SUN_AZIMUTH", "MEAN_SUN_ELEVATION"),
+    ("IMD", "IMAGE_1.meanSunAz", "IMAGE_1.meanSunEl"),
+)
+
+
+def _image_centre_lonlat(image) -> tuple[float, float]:
+    import pyproj
+
+    from changedet.grid import GridSpec
+
+    g = GridSpec.of(image)
+    t = g.transform
+    rows, cols = g.shape
+    tr = pyproj.Transformer.from_crs(g.crs, 4326, always_xy=True)
+    lon, lat = tr.transform(t.c + t.a * cols / 2, t.f + t.e * rows / 2)
+    return float(lon), float(lat)
+
+
+def resolve_sun(path: Path, image, *, azimuth: float | None, elevation: float | None) -> dict[str, Any]:
+    """The sun for a shadow-aware count: ``{"azimuth_deg", "elevation_deg", "source"}`` (degrees).
+
+    Order: both flags; the file's sun tags (:data:`SUN_TAGS`); the sun computed at the image
+    centre from the acquisition time in the file's tags (``TIFFTAG_DATETIME``,
+    ``ACQUISITIONDATETIME``... as :mod:`changedet.sources.local` reads them) or, failing
+    that, from a date in the file name at a 10:30 local solar time morning overpass. The
+    angles are None (and ``source`` says why) when none of these exists.
+
+    Raises
+    ------
+    ChangedetError
+        Only one of the two flags is given.
+    """
+    from changedet.io import open_raster
+    from changedet.sources.local import DATE_TAGS, _name_time, _parse_time
+    from changedet.sun import MORNING_OVERPASS_H, sun_at, sun_position
+
+    if (azimuth is None) != (elevation is None):
+        raise ChangedetError("give both --sun-azimuth and --sun-elevation, or neither (the sun is then taken "
+                             "from the file's metadata or acquisition time)")
+    if azimuth is not None:
+        return {"azimuth_deg": float(azimuth), "elevation_deg": float(elevation), "source": "flags"}
+    with open_raster(path) as src:
+        tags = {(dom, k): v for dom in ("", "IMAGERY", "IMD") for k, v in src.tags(ns=dom or None).items()}
+    for dom, akey, ekey in SUN_TAGS:
+        try:
+            az, el = float(tags[(dom, akey)]), float(tags[(dom, ekey)])
+        except (KeyError, ValueError):
+            continue
+        return {"azimuth_deg": round(az, 3), "elevation_deg": round(el, 3),
+                "source": f"file metadata {akey}/{ekey}"}
+    lon, lat = _image_centre_lonlat(image)
+    for key in DATE_TAGS:
+        when = _parse_time(tags[key]) if key in tags else None
+        # A time of exactly 00:00:00 is a date without time of day (the sun is then assumed
+        # at the morning overpass, below): no optical satellite images at local midnight.
+        if when is not None and (when.hour, when.minute, when.second) != (0, 0, 0):
+            el, az = sun_at(when, lat, lon)
+            return {"azimuth_deg": round(az, 3), "elevation_deg": round(el, 3),
+                    "source": f"computed from {key[1]} {when.isoformat()} at the image centre "
+                              f"({lon:.4f}, {lat:.4f})"}
+    day = next((t.date() for t in (_parse_time(tags[k]) for k in DATE_TAGS if k in tags) if t is not None), None)
+    origin = "metadata date"
+    if day is None:
+        t = _name_time(Path(path).name, None)
+        day, origin = (t.date() if t is not None else None), "date in the file name"
+    if day is not None:
+        el, az = sun_position(day, lat, local_solar_time_h=MORNING_OVERPASS_H)
+        return {"azimuth_deg": round(az, 3), "elevation_deg": round(el, 3),
+                "source": f"computed from the {origin} {day.isoformat()} at the image centre ({lon:.4f}, "
+                          f"{lat:.4f}), assuming a {MORNING_OVERPASS_H:g} h local solar time overpass"}
+    return {"azimuth_deg": None, "elevation_deg": None,
+            "source": "sun unknown (no --sun-azimuth/--sun-elevation, no sun or acquisition time in the file's "
+                      "metadata, no date in its name): shadows are not used, counts may be lower; pass the flags"}
+
+
 # -- command --------------------------------------------------------------------------------
 def cmd_count(args) -> int:
     import pyproj
@@ -150,8 +242,20 @@ def cmd_count(args) -> int:
     else:
         feats, feat_crs = read_features(args.features)
         where = str(args.features)
+        if feats and feat_crs.equals(ll) and not _lonlat_range(feats):
+            raise FeatureError(
+                f"{args.features}: its coordinates are not longitude/latitude (outside +-180/+-90) and the file has no "
+                f"'crs' member saying what they are; add one, e.g. "
+                f'{{"type": "name", "properties": {{"name": "{img_crs.to_string()}"}}}} if they are in the '
+                "image's CRS, or export the features as EPSG:4326")
     feats = [dict(f, geometry=_project(f["geometry"], feat_crs, img_crs)) for f in feats]
     sel = _select(feats, args.kind, where)
+
+    sun = None
+    if args.kind in ("railcars", "containers") and not getattr(args, "detector", None):
+        sun = resolve_sun(args.image, image, azimuth=args.sun_azimuth, elevation=args.sun_elevation)
+        if sun["azimuth_deg"] is None:
+            print(f"changedet count: warning: {sun['source']}", file=sys.stderr)
 
     valid = None
     names = [str(b) for b in image["band"].values]
@@ -167,13 +271,13 @@ def cmd_count(args) -> int:
     elif args.kind == "railcars":
         from changedet.objects.railcars import count_railcars
 
-        res = count_railcars(image, sel["main"], valid=valid, sun_azimuth_deg=args.sun_azimuth,
-                             sun_elevation_deg=args.sun_elevation)
+        res = count_railcars(image, sel["main"], valid=valid, sun_azimuth_deg=sun["azimuth_deg"],
+                             sun_elevation_deg=sun["elevation_deg"])
     elif args.kind == "containers":
         from changedet.objects.containers import count_containers
 
-        res = count_containers(image, sel["main"], valid=valid, sun_azimuth_deg=args.sun_azimuth,
-                               sun_elevation_deg=args.sun_elevation)
+        res = count_containers(image, sel["main"], valid=valid, sun_azimuth_deg=sun["azimuth_deg"],
+                               sun_elevation_deg=sun["elevation_deg"])
     else:
         from changedet.objects.ships import count_ships
 
@@ -181,6 +285,8 @@ def cmd_count(args) -> int:
 
     out_crs = ll if feat_crs.equals(ll) else img_crs
     doc = res.to_json(to_crs=out_crs)
+    if sun is not None:
+        doc["sun"] = sun
     if args.out is not None:
         _write_detections(res, args.out)
         doc["out"] = str(args.out)
@@ -191,6 +297,9 @@ def cmd_count(args) -> int:
     types = ", ".join(f"{k} {v}" for k, v in doc["by_type"].items()) or "none"
     unc = f" +- {doc['uncertainty']}" if "uncertainty" in doc else ""
     print(f"{args.kind}: {doc['total']}{unc} {unit} (by type: {types}); observed {doc['observed_fraction']:.0%}")
+    if sun is not None and sun["azimuth_deg"] is not None:
+        print(f"  sun: azimuth {sun['azimuth_deg']:.1f} deg, elevation {sun['elevation_deg']:.1f} deg "
+              f"({sun['source']})")
     if "tarped_stacks" in doc:
         print(f"  tarped stacks flagged: {doc['tarped_stacks']}")
     for pf in doc["per_feature"]:

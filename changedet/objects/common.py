@@ -75,25 +75,84 @@ def _num(v: float) -> float | int:
     return int(v) if float(v).is_integer() else round(float(v), 2)
 
 
-def bgrn(image: xr.DataArray) -> np.ndarray:
+# Band-order check: vegetation, the commonest bright cover outside deserts and snow, is
+# far brighter in the NIR than in the red (NDVI 0.3-0.9); no common bright material is the
+# other way round by as much (red paint, rust and tiles reflect NIR too: NDVI above -0.1).
+# Dark pixels (water: NDVI down to -0.5) are left out by keeping the brighter half, and a
+# "reversed" pixel must also be red-dominant over green as swapped vegetation is (its NIR
+# is 2-6 times its green): a water-dominated harbour puts water in the brighter half, and
+# water is greener than red (measured: 55 % of a simulated harbour's bright pixels below
+# -0.3 without this test, none with it; real swapped NAIP, Sentinel-2 ports and OSCD
+# still flagged, 0.017-0.61). With
+# red and NIR swapped (or a NIR-first file read as R, G, B, NIR) vegetation shows up as
+# strongly "negative NDVI": measured on 10 NAIP dates, 2 simulated VHR scenes and 6 real
+# Sentinel-2 scenes, the share of bright pixels below -0.3 is at most 0.033 in the right
+# order (with 0.11-0.75 above +0.3 wherever it is over 0.005) and 0.03-0.75 swapped.
+_NDVI_SPLIT = 0.3
+_MIN_REVERSED_SHARE = 0.01   # too little reversed vegetation to judge below this
+_REVERSED_DOMINANCE = 3.0    # reversed share must exceed the normal share this many times
+_RED_OVER_GREEN = 1.5        # a reversed pixel's 'red' over its green, as swapped vegetation
+
+
+def check_red_nir(pix: np.ndarray, names: list[str], *, assumed: bool) -> None:
+    """Raise :class:`~changedet.objects.checks.BandOrderError` when the red and NIR planes
+    of ``pix`` (float (4, rows, cols) in B, G, R, NIR order) look swapped.
+
+    Images without enough vegetation to tell (deserts, snow, all-concrete yards) pass.
+    """
+    from changedet.objects.checks import BandOrderError
+
+    green = pix[1].astype("float64", copy=False)
+    red, nir = pix[2].astype("float64", copy=False), pix[3].astype("float64", copy=False)
+    bright = (red + nir) / 2
+    ok = np.isfinite(bright)
+    if ok.sum() < 100:
+        return
+    sel = ok & (bright > np.median(bright[ok]))
+    with np.errstate(all="ignore"):
+        ndvi = (nir[sel] - red[sel]) / np.maximum(np.abs(nir[sel] + red[sel]), 1e-12)
+    if ndvi.size == 0:
+        return
+    reversed_share = float(((ndvi < -_NDVI_SPLIT) & (red[sel] > _RED_OVER_GREEN * green[sel])).mean())
+    normal_share = float((ndvi > _NDVI_SPLIT).mean())
+    if reversed_share >= _MIN_REVERSED_SHARE and reversed_share > _REVERSED_DOMINANCE * normal_share:
+        how = ("the file's bands are unnamed and were taken as R, G, B, NIR" if assumed
+               else f"bands {names} were read by their names")
+        raise BandOrderError(
+            f"the band order looks wrong: {reversed_share:.1%} of the brighter pixels are much brighter in the "
+            f"'red' band than in the 'NIR' band (vegetation is the other way round) and only {normal_share:.1%} "
+            f"the normal way; {how}. Give the file band descriptions in its real order (R, G, B, NIR or B02, "
+            "B03, B04, B08; Planet 4-band analytic is B, G, R, NIR) and check that red and NIR are not swapped")
+
+
+def bgrn(image: xr.DataArray, *, check_order: bool = True) -> np.ndarray:
     """Pixels as float32 (4, rows, cols) in blue, green, red, NIR order.
 
     Raises a clear error when the bands cannot be identified (the counters reason about
-    colour, so guessing band order would silently give wrong answers).
+    colour, so guessing band order would silently give wrong answers), and a
+    :class:`~changedet.objects.checks.BandOrderError` when red and NIR look swapped
+    (:func:`check_red_nir`; ``check_order=False`` skips that check).
     """
     if "band" not in image.dims:
         raise ChangedetError("the image needs a 'band' dimension with named bands (e.g. R, G, B, NIR)")
     names = [str(b) for b in image["band"].values]
     found = find_bands(names, ("blue", "green", "red", "nir"))
     if found is not None:
-        return np.stack([np.asarray(image.isel(band=names.index(c)).values, dtype="float32") for c in found])
-    if len(names) >= 4:
+        pix = np.stack([np.asarray(image.isel(band=names.index(c)).values, dtype="float32") for c in found])
+        assumed = False
+    elif len(names) >= 4:
         # Unnamed 4-band imagery: assume the usual R, G, B, NIR order of VHR products.
         data = np.asarray(image.values[:4], dtype="float32")
-        return data[[2, 1, 0, 3]]
-    raise ChangedetError(
-        f"cannot identify blue, green, red and NIR among bands {names}; name them R, G, B, NIR or B02, B03, B04, B08"
-    )
+        pix = data[[2, 1, 0, 3]]
+        assumed = True
+    else:
+        raise ChangedetError(
+            f"cannot identify blue, green, red and NIR among bands {names}; name them R, G, B, NIR or B02, B03, "
+            "B04, B08"
+        )
+    if check_order:
+        check_red_nir(pix, names, assumed=assumed)
+    return pix
 
 
 def prepare(image: xr.DataArray, valid: xr.DataArray | None) -> tuple[GridSpec, np.ndarray, np.ndarray]:

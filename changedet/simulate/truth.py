@@ -14,6 +14,32 @@ from changedet.io import write_geotiff
 from changedet.simulate.render import MASK_BAND, SimScene
 
 
+def acquisition_tags(scene: SimScene) -> dict[str, str]:
+    """GeoTIFF metadata items that say when the scene was taken and where the sun stood.
+
+    ``TIFFTAG_DATETIME`` is the UTC time (TIFF form ``YYYY:MM:DD HH:MM:SS``) at which the
+    simulated morning overpass happens over the scene centre, so a reader that derives the
+    sun from the time (``changedet count``) finds the renderer's sun; ``SUN_AZIMUTH`` and
+    ``SUN_ELEVATION`` (degrees) state it outright, as VHR product metadata does.
+    """
+    from datetime import date
+
+    from changedet.sun import solar_time_utc
+
+    day = date.fromisoformat(str(scene.truth["date"]))
+    t = scene.grid.transform
+    rows, cols = scene.grid.shape
+    to_ll = pyproj.Transformer.from_crs(scene.grid.crs, 4326, always_xy=True)
+    lon, _ = to_ll.transform(t.c + t.a * cols / 2, t.f + t.e * rows / 2)
+    when = solar_time_utc(day, lon)
+    sun = scene.truth.get("sun") or {}
+    tags = {"TIFFTAG_DATETIME": when.strftime("%Y:%m:%d %H:%M:%S")}
+    if "azimuth_deg" in sun and "elevation_deg" in sun:
+        tags["SUN_AZIMUTH"] = f"{float(sun['azimuth_deg']):.3f}"
+        tags["SUN_ELEVATION"] = f"{float(sun['elevation_deg']):.3f}"
+    return tags
+
+
 def write_scene(scene: SimScene, out_dir: str | Path, *, stem: str) -> dict[str, Path]:
     """Write ``<stem>.tif`` (bands + cloud mask), ``<stem>.truth.json`` (map CRS) and
     ``<stem>.truth.geojson`` (EPSG:4326)."""
@@ -23,7 +49,9 @@ def write_scene(scene: SimScene, out_dir: str | Path, *, stem: str) -> dict[str,
     if scene.cloud_mask is not None:
         data = np.concatenate([data, scene.cloud_mask[None].astype("float32")])
         bands.append(MASK_BAND)
-    image = write_geotiff(scene.grid.attach(data, bands=bands), out / f"{stem}.tif")
+    da = scene.grid.attach(data, bands=bands)
+    da.attrs.update(acquisition_tags(scene))
+    image = write_geotiff(da, out / f"{stem}.tif")
     truth_path = out / f"{stem}.truth.json"
     truth_path.write_text(json.dumps(scene.truth, indent=1))
     to_ll = pyproj.Transformer.from_crs(scene.grid.crs, 4326, always_xy=True)
