@@ -185,3 +185,32 @@ def test_zone_whose_apron_is_unobserved_uses_the_other_zones_pavement_for_hue():
     z1, z2 = r.per_feature
     assert z2["count"] == 0
     assert z1["count"] == pytest.approx(teu, rel=0.1)
+
+
+@pytest.mark.parametrize("box_m, share", [(6.06, 1.0), (12.19, 0.0)])
+def test_box_runs_tell_20ft_rows_from_40ft_rows(box_m, share):
+    """Rows of boxes, each box a paint of its own with a dark 0.4 m gap: runs along the rows
+    are 20 ft or 40 ft long, whichever way the block lies."""
+    from changedet.objects.containers import _box_runs, _share_20ft
+
+    res = 0.25
+    rng = np.random.default_rng(3)
+    paints = np.array([[0.30, 0.10, 0.08], [0.08, 0.12, 0.35], [0.10, 0.28, 0.12], [0.35, 0.33, 0.30]])
+    n_rows, n_bays = 5, int(round(48.0 / box_m))
+    h, w = int(n_rows * 2.84 / res) + 8, int(n_bays * (box_m + 0.4) / res) + 8
+    pix = np.full((3, h, w), 0.2)
+    blob = np.zeros((h, w), bool)
+    for r in range(n_rows):
+        r0 = 4 + int(r * 2.84 / res)
+        for b in range(n_bays):
+            c0 = 4 + int(b * (box_m + 0.4) / res)
+            c1 = c0 + int(box_m / res)
+            pix[:, r0:r0 + int(2.44 / res), c0:c1] = paints[(r + b) % 4][:, None, None]
+            blob[r0:r0 + int(2.84 / res), c0:c1 + int(0.4 / res)] = True
+    pix += rng.normal(0, 0.005, pix.shape)
+    for k in (0, 1):   # as drawn, and turned a quarter (rows along the image's columns)
+        b_, p_ = (blob, pix) if k == 0 else (blob.T, pix.transpose(0, 2, 1))
+        runs = _box_runs(b_, p_, res)
+        est, sd = _share_20ft(runs, (0.0, 0.0, 0), (0.0, 0.0, 0), res)
+        assert abs(est - share) <= 0.1, (runs, est)
+        assert 0.0 < sd < 0.3

@@ -341,7 +341,9 @@ def test_tarped_stacks_are_flagged_and_only_where_tarps_are(tarp_scenes):
     assert sum(d.attrs["tarped_stacks"] for d in res.detections) == res.extras["tarped_stacks"]
     assert sum(p["tarped_stacks"] for p in res.per_feature) == res.extras["tarped_stacks"]
     doc = res.to_json()
-    assert doc["tarped_stacks"] == res.extras["tarped_stacks"] and doc["by_type"] == {"teu": res.total}
+    assert doc["tarped_stacks"] == res.extras["tarped_stacks"] and doc["by_type"]["teu"] == res.total
+    assert set(doc["by_type"]) == {"teu", "20ft", "40ft"}
+    assert abs(doc["by_type"]["20ft"] + 2 * doc["by_type"]["40ft"] - res.total) <= 0.2
     assert all(isinstance(d["tarped"], bool) for d in doc["detections"])
     # Nothing is flagged on the same day without tarps, and the TEU is the same as without the option.
     sc0, res0 = tarp_scenes[0.0]

@@ -14,7 +14,9 @@ shadows cross the lane and run into the next block; those walks are lower bounds
 than the median of the ones seen to end, which are the short ones. Heights are measured
 stack by stack along a block's anti-sun edge; a stack whose shadows all run into the
 next block is at least as tall as its walks, and takes the mean of the block's measured
-stacks above that bound (Kaplan-Meier over stacks).
+stacks above that bound (Kaplan-Meier over stacks). The TEU of a block splits into 20 ft
+and 40 ft boxes by the share of its row length in runs of one paint about 6 m long
+(20 ft boxes) against about 12 m (40 ft boxes, or two 20 ft boxes of one colour).
 
 Under cloud (``valid`` given), pixels under the cloud's thin edge and in its projected
 shadow are unobserved like the cloud itself (:func:`observed_mask`); nothing is counted
@@ -89,7 +91,13 @@ def count_containers(
     -------
     CountResult
         ``total`` in TEU with an uncertainty; detections are stack blocks with their
-        footprint, ground slots and tiers.
+        footprint, ground slots, tiers and boxes (``boxes_20ft``, ``boxes_40ft``,
+        ``share_20ft``). ``by_type`` holds ``teu`` and the estimated numbers of
+        ``20ft`` and ``40ft`` boxes (TEU = 20ft + 2 x 40ft, to rounding); each zone's
+        ``by_type`` adds its ``ground_slots`` (20 ft slots), and ``by_type_uncertainty``
+        (one standard deviation of each box count) is given per zone and in ``extras``.
+        The split comes from the lengths of single-paint runs along the rows
+        (:func:`_box_runs`): two 20 ft boxes of one colour end to end read as a 40 ft box.
     """
     grid = GridSpec.of(image)
     check_resolution(grid, "containers")
@@ -163,17 +171,22 @@ def count_containers(
             n_tarps = ndimage.label((tarps & blob) | _dull_tops(blob, pix, model, px_m2))[1]
             stacks = _stack_tiers(blob, pix, lengths, px_m2, _walk_to_tiers(res, sun_azimuth_deg, sun_elevation_deg),
                                   _toward_sun(sun_azimuth_deg, res)) if have_sun else None
-            blobs.append((blob, area, lengths, n_tarps, stacks, _ground_slots(blob, res)))
+            blobs.append((blob, area, lengths, n_tarps, stacks, _ground_slots(blob, res), _box_runs(blob, pix, res)))
         pending.append((zid, inside, blobs))
         continue
     # Heights: a block's own shadows when enough of them fall on open pavement, else the
     # zone's, else the whole image's (blocks packed tight shade each other, not the ground).
     all_lengths = _pool([b[2] for _, _, bl in pending for b in bl])
+    # Box sizes likewise: a block's own runs, else its zone's, else the image's.
+    all_runs = np.sum([b[6] for _, _, bl in pending for b in bl] or [(0.0, 0.0, 0)], axis=0)
     tarped_total = 0
+    n20_total, n40_total, n20_var, n40_var = 0.0, 0.0, 0.0, 0.0
     for zid, inside, blobs in pending:
         zone_lengths = _pool([b[2] for b in blobs])
+        zone_runs = np.sum([b[6] for b in blobs] or [(0.0, 0.0, 0)], axis=0)
         zone_teu, zone_var, zone_slots, zone_tarped = 0.0, 0.0, 0.0, 0
-        for blob, area, lengths, n_tarps, stacks, slots in blobs:
+        zone_n20, zone_n40, zone_v20, zone_v40 = 0.0, 0.0, 0.0, 0.0
+        for blob, area, lengths, n_tarps, stacks, slots, runs in blobs:
             if not have_sun:
                 tiers, tiers_sd, method = 1.0, 0.0, "assumed_one_tier"
             else:
@@ -187,26 +200,44 @@ def count_containers(
             # Footprint area is uncertain by about half a pixel along the outline.
             perim = (blob ^ ndimage.binary_erosion(blob)).sum() * res
             slots_sd = perim * res * 0.5 / SLOT_M2
-            zone_var += (slots_sd * tiers) ** 2 + (slots * tiers_sd) ** 2
+            teu_var = (slots_sd * tiers) ** 2 + (slots * tiers_sd) ** 2
+            zone_var += teu_var
             zone_teu += teu
             zone_slots += slots
+            share, share_sd = _share_20ft(runs, zone_runs, all_runs, res)
+            n20, n40 = float(share * teu), float((1.0 - share) * teu / 2.0)
+            # TEU = n20 + 2 n40 exactly; the share's spread moves boxes between the sizes.
+            v20 = (share_sd * teu) ** 2 + share ** 2 * teu_var
+            v40 = (share_sd * teu / 2.0) ** 2 + (1.0 - share) ** 2 * teu_var / 4.0
+            zone_n20, zone_n40, zone_v20, zone_v40 = zone_n20 + n20, zone_n40 + n40, zone_v20 + v20, zone_v40 + v40
             detections.append(Detection("container_stack", "stack", _polygon(blob, grid), 1.0, zid,
                                         {"area_m2": round(float(area), 1), "ground_slots": round(float(slots), 1),
                                          "tiers": round(float(tiers), 2), "tiers_method": method,
-                                         "teu": round(float(teu), 1), "tarped": bool(n_tarps),
+                                         "teu": round(float(teu), 1), "boxes_20ft": round(float(n20), 1),
+                                         "boxes_40ft": round(float(n40), 1), "share_20ft": round(float(share), 3),
+                                         "tarped": bool(n_tarps),
                                          "tarped_stacks": int(n_tarps)}))
             zone_tarped += n_tarps
         total += zone_teu
         var += zone_var
         tarped_total += zone_tarped
-        per_feature.append({"id": zid, "count": round(zone_teu, 1), "by_type": {"ground_slots": round(zone_slots, 1)},
+        n20_total, n40_total = n20_total + zone_n20, n40_total + zone_n40
+        n20_var, n40_var = n20_var + zone_v20, n40_var + zone_v40
+        per_feature.append({"id": zid, "count": round(zone_teu, 1),
+                            "by_type": {"ground_slots": round(zone_slots, 1), "20ft": round(zone_n20, 1),
+                                        "40ft": round(zone_n40, 1)},
+                            "by_type_uncertainty": {"20ft": round(math.sqrt(zone_v20), 1),
+                                                    "40ft": round(math.sqrt(zone_v40), 1)},
                             "tarped_stacks": int(zone_tarped),
                             "uncertainty": round(math.sqrt(zone_var), 1),
                             "observed_fraction": round(float((inside & ok).sum() / max(inside.sum(), 1)), 4)})
     observed = seen_total / area_total if area_total else 0.0
-    result = CountResult("containers", round(total, 1), {"teu": round(total, 1)}, tuple(per_feature),
-                         tuple(detections), grid.crs, math.sqrt(var), observed,
-                         {"tarped_stacks": int(tarped_total)})
+    result = CountResult("containers", round(total, 1),
+                         {"teu": round(total, 1), "20ft": round(n20_total, 1), "40ft": round(n40_total, 1)},
+                         tuple(per_feature), tuple(detections), grid.crs, math.sqrt(var), observed,
+                         {"tarped_stacks": int(tarped_total),
+                          "by_type_uncertainty": {"20ft": round(math.sqrt(n20_var), 1),
+                                                  "40ft": round(math.sqrt(n40_var), 1)}})
     return result
 
 
@@ -464,6 +495,95 @@ def _ground_slots(blob: np.ndarray, res: float) -> float:
     # A row (or a piece of one) begins wherever the count of rows steps up along the row.
     row_ends = np.maximum(np.diff(n_rows, prepend=0.0), 0.0).sum()
     return float((n_rows.sum() * res + row_ends * GAP_ALONG_M) / (6.06 + GAP_ALONG_M))
+
+
+# Along a row, a box's end shows as a change of paint or a dark gap between boxes. Runs of
+# one paint about a 20 ft box long (6.06 m) are 20 ft boxes; runs about a 40 ft slot
+# long (12.19 m) are 40 ft boxes, or two 20 ft boxes of one colour (ISO 668 pairs fill
+# a 40 ft slot end to end, so the footprint alone cannot tell them: the share of 20 ft
+# boxes is biased low by the chance that paired neighbours match).
+BOX_EDGE_REL = 0.2           # relative colour change (L1 over mean) that marks a box end
+RUN_20FT_M = (4.5, 8.5)      # run lengths read as one 20 ft box (m)
+RUN_40FT_M = (10.5, 14.0)    # run lengths read as one 40 ft slot (m)
+
+
+def _share_20ft(own, zone, everything, res: float) -> tuple[float, float]:
+    """Share of a block's TEU in 20 ft boxes, and its standard deviation.
+
+    ``own``, ``zone``, ``everything``: (row length in 20 ft runs, in 40 ft runs, runs)
+    from :func:`_box_runs` for the block, its zone and the image; the first with runs
+    over about three box widths of rows is used. Each box is crossed by about 2.44 m /
+    ``res`` pixel rows, so the independent runs are fewer than the runs read. With none,
+    half and half, with the spread of a uniform share (0.29).
+    """
+    for len20, len40, n in (own, zone, everything):
+        n_eff = n * res / 2.44
+        if n_eff >= 3.0 and len20 + len40 > 0:
+            share = float(len20 / (len20 + len40))
+            # Binomial spread over the independent runs, plus a floor for the paired
+            # 20 ft boxes of one colour that read as 40 ft slots.
+            return share, math.sqrt(share * (1.0 - share) / n_eff + 0.1 ** 2)
+    return 0.5, 0.29
+
+
+def _row_frame(blob: np.ndarray) -> tuple[tuple[slice, slice], float]:
+    """The bounding box of a block and the angle (degrees) that turns its long axis onto the columns."""
+    rows, cols = np.nonzero(blob)
+    x, y = cols - cols.mean(), -(rows - rows.mean())
+    v = np.linalg.eigh(np.cov(np.vstack([x, y])))[1]
+    sl = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+    return sl, math.degrees(math.atan2(v[1, 1], v[0, 1]))
+
+
+def _box_runs(blob: np.ndarray, pix: np.ndarray, res: float) -> tuple[float, float, int]:
+    """Row length (m) read as 20 ft boxes and as 40 ft slots in a stack block, and the runs read.
+
+    The block is turned so its rows run along the columns (as in :func:`_ground_slots`);
+    along every pixel row of it, a box end is where the colour two pixels apart (about
+    1 m) changes by more than ``BOX_EDGE_REL`` of its brightness, or the block ends.
+    Runs between ends are sorted by length into ``RUN_20FT_M`` and ``RUN_40FT_M``; others
+    (a shadow's edge across a box top, a logo, blur) are not read.
+    """
+    if blob.sum() < 9:
+        return 0.0, 0.0, 0
+    sl, angle = _row_frame(blob)
+    crop = np.pad(blob[sl], 2).astype("float32")
+    mask = ndimage.rotate(crop, -angle, order=1, reshape=True) > 0.5
+    # Half a pixel in from the outline: the block's edge blends box paint with pavement.
+    mask = ndimage.binary_erosion(mask)
+    bands = np.stack([ndimage.rotate(np.pad(np.nan_to_num(b[sl]), 2).astype("float32"), -angle, order=1,
+                                     reshape=True) for b in pix])
+    step = max(1, int(round(1.0 / res)))
+    a, b = bands[:, :, :-step], bands[:, :, step:]
+    rel = np.abs(a - b).sum(axis=0) / np.maximum(0.5 * (a + b).sum(axis=0), 1e-3)
+    both = mask[:, :-step] & mask[:, step:]
+    # The change between columns c and c + step is placed at their middle.
+    edge = np.zeros(mask.shape, bool)
+    edge[:, step // 2:step // 2 + rel.shape[1]] = (rel > BOX_EDGE_REL) & both
+    len20 = len40 = 0.0
+    n = 0
+    for r in range(mask.shape[0]):
+        m = mask[r]
+        if m.sum() * res < RUN_20FT_M[0]:
+            continue
+        # Box ends: the row's own ends and the middle of every run of changed pixels.
+        t = np.concatenate([[False], m, [False]])
+        ends = list(np.nonzero(t[1:] != t[:-1])[0])
+        e = np.concatenate([[False], edge[r] & m, [False]])
+        on, off = np.nonzero(e[1:] & ~e[:-1])[0], np.nonzero(~e[1:] & e[:-1])[0]
+        cuts = np.sort(np.concatenate([np.asarray(ends, float), 0.5 * (on + off)]))
+        for lo, hi in zip(cuts[:-1], cuts[1:]):
+            mid = int(0.5 * (lo + hi))
+            if not m[min(mid, m.size - 1)]:
+                continue
+            length = (hi - lo) * res
+            if RUN_20FT_M[0] <= length <= RUN_20FT_M[1]:
+                len20 += length
+                n += 1
+            elif RUN_40FT_M[0] <= length <= RUN_40FT_M[1]:
+                len40 += length
+                n += 1
+    return len20, len40, n
 
 
 def _mask(poly: Polygon, grid: GridSpec) -> np.ndarray:

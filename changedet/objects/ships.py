@@ -28,6 +28,7 @@ from changedet.objects.checks import check_features
 from changedet.objects.common import CountResult, Detection, prepare
 from changedet.objects.containers import _mask, _polygon
 from changedet.objects.ground import GroundModel
+from changedet.objects.vessels import SAR_RESOLUTION_M, SIDELOBE_MARGIN, SIDELOBE_PEAK
 
 MIN_SHIP_AREA_M2 = 150.0   # a 25 x 6 m coaster
 MIN_SHIP_LENGTH_M = 20.0
@@ -152,17 +153,6 @@ def count_ships(
         by_type[det.type] = by_type.get(det.type, 0) + 1
     return CountResult("ships", len(detections), by_type, tuple(per_feature), tuple(detections), grid.crs, None,
                        float(np.mean(seen)) if seen else 0.0)
-
-
-# Sentinel-1 IW GRD: about 20 m resolution, the impulse response's peak sidelobe about
-# -21.5 dB below its peak (Hamming-weighted processing, 0.75), the first sidelobe about
-# 1.43 resolution cells out, and the sidelobes' power falling with the square of the
-# distance beyond (a weighting with a pedestal keeps the sinc's decay).
-SAR_RESOLUTION_M = 20.0
-SIDELOBE_PEAK = 10 ** (-21.5 / 10)
-# A sidelobe pixel is one speckled look of the pattern: its brightest pixels reach about
-# four times the pattern's mean at 4.4 looks (6 dB).
-SIDELOBE_MARGIN = 4.0
 
 
 def drop_sidelobes(result: CountResult) -> CountResult:

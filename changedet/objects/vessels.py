@@ -68,6 +68,15 @@ MIN_SEA_M2 = 5.0e5       # a water body smaller than this is a pond or a shadow,
 MIN_WATER_FRACTION = 0.05  # a hull grown into its blurred rim takes in water-class pixels; land does not
 HULL_NDWI = 0.0          # steel, paint and decks reflect at least as much NIR as green; water and foam less
 SHORE_ELONGATION = 2.0   # alongside a shore a body under twice as long as wide is a pier head, not a hull
+# Sentinel-1 IW GRD: about 20 m resolution, the impulse response's peak sidelobe about
+# -21.5 dB below its peak (Hamming-weighted processing, 0.75), the first sidelobe about
+# 1.43 resolution cells out, and the sidelobes' power falling with the square of the
+# distance beyond (a weighting with a pedestal keeps the sinc's decay).
+SAR_RESOLUTION_M = 20.0
+SIDELOBE_PEAK = 10 ** (-21.5 / 10)
+# A sidelobe pixel is one speckled look of the pattern: its brightest pixels reach about
+# four times the pattern's mean at 4.4 looks (6 dB).
+SIDELOBE_MARGIN = 4.0
 QUAY_MIN_FILL = 0.8      # a hull fills its moment rectangle (rectangle 1.0, ellipse 1.05); corner crescents do not
 LONG_HULL_M = 200.0      # from here on a hull (beam >= ~30 m, >= 3.5 px at 8.3 m) is resolved, so its outline is
 LONG_MIN_SOLIDITY = 0.6  # convex: a digitised rectangle of that size has solidity >= 0.76; piers with rims do not
@@ -525,6 +534,7 @@ def detect_vessels_sar(
     looks: float = 4.4,
     band: str = "VV",
     min_length_px: float = 2.0,
+    rejected: list | None = None,
 ) -> CountResult:
     """Detect vessels on a Sentinel-1 backscatter image with a cell-averaging CFAR.
 
@@ -541,6 +551,9 @@ def detect_vessels_sar(
         Equivalent number of looks of the speckle (Sentinel-1 IW GRD high resolution: 4.4).
     min_length_px : float
         Shortest vessel reported, in pixels.
+    rejected : list, optional
+        Filled with ``(source, reason, [col, row, width, height])`` for every candidate
+        a test turned down, as in :func:`detect_vessels`.
     """
     grid = GridSpec.of(image)
     m_per_unit = ground_metres_per_unit(grid)
@@ -581,9 +594,80 @@ def detect_vessels_sar(
     # contrast test can tell that rim from a hull, so it is left out (a moored hull is
     # wider than one pixel, and its length, along the quay, is kept).
     target &= ~ndimage.binary_dilation(~dom, iterations=1)
+    target = _trim_sidelobes(target, np.nan_to_num(z, nan=0.0), factor, res_m)
     return _vessels_from(target, dom, np.nan_to_num(z / factor, nan=0.0), grid, m_per_unit, berths or {},
                          min_length_px=min_length_px, observed=float((dom & ok).sum() / max(dom.sum(), 1)),
-                         shore_min_width_px=2.0)
+                         shore_min_width_px=2.0, rejected=rejected)
+
+
+def sidelobe_cross(z: np.ndarray, threshold: float, res_m: float) -> np.ndarray:
+    """Pixels that the range and azimuth sidelobes of a brighter scatterer explain.
+
+    Parameters
+    ----------
+    z : numpy.ndarray (row, col)
+        Backscatter over the local water mean (dimensionless).
+    threshold : float
+        The CFAR threshold on ``z``; only scatterers whose sidelobes can cross it are
+        followed.
+    res_m : float
+        Pixel size (m).
+
+    A scatterer of peak ``P`` (a local maximum over 5 x 5 pixels) spreads sidelobes
+    along the image's rows and columns (the range and azimuth axes of an image in radar
+    geometry or one near north-up), in a band as wide as the main lobe (its row or
+    column and the next on each side). A pixel there, at least one first-sidelobe
+    distance (1.43 resolution cells) from the peak, whose ``z`` stays under the envelope
+    ``SIDELOBE_MARGIN * SIDELOBE_PEAK * P * (first / d) ** 2`` is marked.
+    """
+    out = np.zeros(z.shape, bool)
+    first = 1.43 * SAR_RESOLUTION_M
+    level = SIDELOBE_MARGIN * SIDELOBE_PEAK
+    strong = (z == ndimage.maximum_filter(z, size=5)) & (level * z > threshold)
+    rows, cols = np.nonzero(strong)
+    band = max(1, int(round(0.5 * SAR_RESOLUTION_M / res_m)))
+    for r, c in zip(rows, cols):
+        p = z[r, c]
+        for axis in (0, 1):
+            # Along a row (axis 1) the distance runs over columns, and the other way round.
+            n = z.shape[axis]
+            d = np.abs(np.arange(n) - (c if axis == 1 else r)) * res_m
+            env = np.where(d >= first, level * p * (first / np.maximum(d, first)) ** 2, 0.0)
+            if axis == 1:
+                sl = slice(max(r - band, 0), r + band + 1)
+                out[sl, :] |= z[sl, :] < env[None, :]
+            else:
+                sl = slice(max(c - band, 0), c + band + 1)
+                out[:, sl] |= z[:, sl] < env[:, None]
+    return out
+
+
+def _trim_sidelobes(target: np.ndarray, z: np.ndarray, threshold: float, res_m: float) -> np.ndarray:
+    """Cut the sidelobe cross off target blobs too big or too elongated to be a hull.
+
+    On calm water a bright vessel's sidelobes stand above the CFAR threshold for
+    hundreds of metres along both image axes; the hull and its cross form one blob that
+    the size tests reject, losing the vessel. Such a blob keeps only its pixels above
+    the envelope of :func:`sidelobe_cross`. Blobs that pass as they are keep every
+    pixel: a hull's own weak pixels in line with its brightest scatterer are not cut.
+    """
+    from skimage.measure import label, regionprops
+
+    lab = label(target, connectivity=2)
+    lobe = None
+    out = target.copy()
+    for rp in regionprops(lab):
+        length_px = math.sqrt(12.0 * (rp.axis_major_length / 4.0) ** 2 + 1.0)
+        width_px = math.sqrt(12.0 * (rp.axis_minor_length / 4.0) ** 2 + 1.0)
+        if (length_px * res_m <= MAX_LENGTH_M and width_px * res_m <= MAX_BEAM_M
+                and length_px <= MAX_ELONGATION * width_px and rp.solidity >= 0.5):
+            continue
+        if lobe is None:
+            lobe = sidelobe_cross(z, threshold, res_m)
+        r0, c0, r1, c1 = rp.bbox
+        sub = out[r0:r1, c0:c1]
+        sub[rp.image & lobe[r0:r1, c0:c1]] = False
+    return out
 
 
 def _mask(poly: Polygon | None, grid: GridSpec) -> np.ndarray:
