@@ -43,6 +43,41 @@ FOAM_NDWI = 0.15
 MIN_ELONGATION = 2.0
 
 
+def _trim_foam(target: np.ndarray, foam: np.ndarray) -> np.ndarray:
+    """``target`` less the foam that lies outside the convex hull of each blob's non-foam part.
+
+    Foam may only trim a hull, never split it: a wake trails outside the hull, while a
+    shadow across a deck (bridge, crane, stacked boxes; lit by the bluish sky alone, its
+    NDWI is as high as foam's) lies between two parts of it and stays.
+    """
+    from skimage.morphology import convex_hull_image
+
+    foam = target & foam
+    if not foam.any():
+        return target
+    core = target & ~foam
+    keep = core.copy()
+    lab, _ = ndimage.label(target, structure=np.ones((3, 3), bool))
+    for i, sl in enumerate(ndimage.find_objects(lab), 1):
+        if sl is None:
+            continue
+        comp = lab[sl] == i
+        f = comp & foam[sl]
+        if not f.any():
+            continue
+        # The hull's parts are large; a wake's own non-foam pixels are specks, which
+        # must not stretch the hull over the wake.
+        pieces, npieces = ndimage.label(comp & core[sl], structure=np.ones((3, 3), bool))
+        if npieces == 0:
+            continue
+        sizes = np.bincount(pieces.ravel())[1:]
+        big = np.flatnonzero(sizes >= max(4, 0.1 * sizes.max())) + 1
+        c = np.isin(pieces, big)
+        if c.sum() >= 3:
+            keep[sl] |= f & convex_hull_image(c)
+    return keep
+
+
 def count_ships(
     image: xr.DataArray,
     berths: Mapping[str, Polygon],
@@ -104,7 +139,7 @@ def count_ships(
     # joined to the hull that makes it would double the vessel's length.
     with np.errstate(invalid="ignore", divide="ignore"):
         ndwi = (pix[1] - pix[3]) / (pix[1] + pix[3])
-    target &= ~(ndwi > FOAM_NDWI)
+    target = _trim_foam(target, ndwi > FOAM_NDWI)
     target = ndimage.binary_opening(target, structure=np.ones((2, 2), bool))
     target = ndimage.binary_fill_holes(target)
     labels, n = ndimage.label(target)
