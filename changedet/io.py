@@ -119,8 +119,22 @@ def data_band_indexes(src) -> list[int]:
         interp = list(src.colorinterp)
     except Exception:  # a driver without colour interpretation: every band is data
         return list(range(src.count))
-    keep = [i for i, ci in enumerate(interp) if ci != ColorInterp.alpha]
+    keep = [i for i, ci in enumerate(interp) if ci != ColorInterp.alpha or not _is_mask_band(src, i)]
     return keep or list(range(src.count))
+
+
+def _is_mask_band(src, i: int) -> bool:
+    """Whether band ``i`` (labelled alpha) really is a mask: GDAL labels band 4 of every
+    4-band 8-bit GeoTIFF written without a photometric tag alpha, NIR included. A mask
+    has no other description than alpha/mask and holds only 0 and full scale (1, 255,
+    65535 or the type's maximum)."""
+    desc = (src.descriptions[i] or "").strip().lower()
+    if desc not in ("", "alpha", "mask", "a"):
+        return False
+    h, w = src.height, src.width
+    sample = src.read(i + 1, out_shape=(min(h, 512), min(w, 512)))
+    full = [1, 255, 65535] + ([np.iinfo(sample.dtype).max] if np.issubdtype(sample.dtype, np.integer) else [])
+    return bool(np.isin(sample, [0, *full]).all())
 
 
 def read_raster(path: str | Path, *, bands: list[str] | None = None) -> xr.DataArray:

@@ -214,3 +214,19 @@ def test_box_runs_tell_20ft_rows_from_40ft_rows(box_m, share):
         est, sd = _share_20ft(runs, (0.0, 0.0, 0), (0.0, 0.0, 0), res)
         assert abs(est - share) <= 0.1, (runs, est)
         assert 0.0 < sd < 0.3
+
+
+def test_containers_refuse_a_crs_whose_units_are_not_ground_metres():
+    # Web Mercator at 60 degrees N: one unit is 0.5 m on the ground; the counter measured
+    # box lengths and shadows in units (TEU 5x too high on the same yard).
+    from shapely.geometry import box as _box
+
+    from changedet.grid import GridSpec
+    from changedet.objects.checks import ResolutionError
+    from changedet.objects.containers import count_containers
+
+    x0, y0 = 1_113_195.0, 8_399_738.0  # about 10 E, 60 N in EPSG:3857
+    grid = GridSpec.from_bounds("EPSG:3857", (x0, y0, x0 + 200, y0 + 200), 1.0)
+    img = grid.attach(np.full((4,) + grid.shape, 0.2, np.float32), bands=["B", "G", "R", "NIR"])
+    with pytest.raises(ResolutionError, match="UTM"):
+        count_containers(img, {"z": _box(x0 + 20, y0 + 20, x0 + 180, y0 + 180)})

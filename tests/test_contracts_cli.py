@@ -120,6 +120,18 @@ def test_count_sun_from_acquisition_time_tag(railyard, tmp_path):
     assert got["elevation_deg"] == pytest.approx(sun["elevation_deg"], abs=0.05)
 
 
+def test_count_sun_ignores_a_night_time_stamp(railyard, tmp_path):
+    # TIFF DateTime is often a local or processing time: one that puts the sun below the
+    # horizon at the image is not the acquisition's; a date in the name is used instead.
+    from changedet.cli.count import resolve_sun
+
+    path = _copy_without_tags(railyard["image"], tmp_path / "scene_20230920.tif",
+                              tags={"TIFFTAG_DATETIME": "2023:09:20 14:00:00"})  # ~23:00 local at 130 E
+    got = resolve_sun(path, read_raster(path), azimuth=None, elevation=None)
+    assert got["elevation_deg"] > 20 and "date in the file name 2023-09-20" in got["source"]
+    assert "not used" in got["source"]
+
+
 def test_count_one_sun_flag_is_refused(railyard, capsys):
     rc = main(["count", "railcars", str(railyard["image"]), "--aoi", "tumangang_railyard", "--json",
                "--sun-azimuth", "150"])
@@ -224,6 +236,28 @@ def test_read_raster_drops_alpha(test_data, tmp_path):
     assert list(named["band"].values) == ["R", "G", "B", "NIR"]
 
 
+@pytest.mark.parametrize("desc", [("R", "G", "B", "NIR"), (None, None, None, None)])
+def test_read_raster_keeps_a_nir_band_gdal_labels_alpha(tmp_path, desc):
+    # A 4-band uint8 GeoTIFF written without a photometric tag (rasterio's default): GDAL
+    # labels band 4 alpha although it is NIR. It is data unless it holds only 0 and 255.
+    from rasterio.transform import from_origin
+
+    rng = np.random.default_rng(0)
+    data = rng.integers(1, 250, (4, 40, 50), dtype=np.uint8)
+    path = tmp_path / "rgbn.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=50, height=40, count=4, dtype="uint8",
+                       crs="EPSG:32652", transform=from_origin(500000, 4700000, 1, 1)) as dst:
+        dst.write(data)
+        for i, d in enumerate(desc, start=1):
+            if d:
+                dst.set_band_description(i, d)
+    with rasterio.open(path) as src:
+        assert src.colorinterp[3] == ColorInterp.alpha  # what GDAL says
+    da = read_raster(path)
+    assert da.sizes["band"] == 4
+    np.testing.assert_array_equal(da.values, data.astype("float32"))
+
+
 def test_coregister_rgba_pair(test_data, tmp_path, capsys):
     # RGB + alpha (gdalwarp -dstalpha, QGIS exports): the alpha was read as band "b4" and
     # chosen as NAIP's NIR, a constant 255 ("reference image is constant").
@@ -292,6 +326,9 @@ def _scene(seed, change):
     img = base + rng.normal(0, 15, base.shape)
     if change:
         img[:, 20:32, 30:46] += np.array([900, 700, 1200, -300])[:, None, None]
+    if change == 2:  # two more regions, one touching the first only at a corner
+        img[:, 32:40, 46:52] += np.array([900, 700, 1200, -300])[:, None, None]
+        img[:, 50:58, 5:12] += np.array([900, 700, 1200, -300])[:, None, None]
     return np.clip(img, 0, 65535).astype(np.uint16)
 
 
@@ -303,6 +340,19 @@ def test_change_reports_polygon_count_without_polygons(tmp_path, capsys):
     assert rc == 0
     doc = _json(capsys)
     assert doc["polygon_count"] == 1 and "polygons" not in doc
+
+
+def test_change_polygon_count_is_the_same_with_and_without_polygons(tmp_path, capsys):
+    # Without --polygons the count comes from labelling the mask, not from vectorising it.
+    write_geotiff(GRID.attach(_scene(0, False), bands=BANDS), tmp_path / "before.tif", dtype="uint16")
+    write_geotiff(GRID.attach(_scene(1, 2), bands=BANDS), tmp_path / "after.tif", dtype="uint16")
+    counts = []
+    for extra in ([], ["--polygons", str(tmp_path / "p.geojson")]):
+        rc = main(["change", str(tmp_path / "before.tif"), str(tmp_path / "after.tif"), "--method", "cva",
+                   "--out", str(tmp_path / "c.tif"), "--json", *extra])
+        assert rc == 0
+        counts.append(_json(capsys)["polygon_count"])
+    assert counts[0] == counts[1] == 3, counts
 
 
 def test_change_refuses_bad_polygon_name_before_work(tmp_path, capsys):

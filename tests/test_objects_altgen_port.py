@@ -232,3 +232,38 @@ def test_drop_sidelobes_keeps_vessels_and_drops_what_a_bright_one_explains():
     assert out.detections == (bright, far, vessel)
     assert out.total == 3 and out.by_type == {"at_anchor": 3}
     assert out.extras["sidelobes_dropped"] == 1
+
+
+def test_sar_hull_crossed_by_crane_sidelobes_stays_one_vessel():
+    """A 200 x 40 m hull moored along a north-south quay, on calm water, crossed by the row
+    sidelobes of three bright cranes on the quay: the blob is too big as it is, and the
+    sidelobe trim used to cut the hull itself into 2-5 "vessels"."""
+    from scipy import ndimage
+
+    import changedet.objects.vessels as V
+
+    res, n = 10.0, 200
+    grid = GridSpec.from_bounds("EPSG:32652", (500000.0, 4000000.0, 500000.0 + n * res, 4000000.0 + n * res), res)
+    first = 1.43 * V.SAR_RESOLUTION_M
+    for seed in (1, 2):
+        rng = np.random.default_rng(seed)
+        sig = np.full((n, n), 10 ** (-22 / 10))
+        sig[:, 150:] = 10 ** (-6 / 10)  # the quay, to the east
+        sig[60:80, 144:148] = 1.0       # the hull, 0 dB
+        sig = ndimage.gaussian_filter(sig, 0.6)
+        rr, cc = np.mgrid[0:n, 0:n]
+        for r, c, db in ((64, 153, 25.0), (70, 153, 25.0), (76, 153, 25.0), (71, 146, 15.0)):
+            a = 10 ** (db / 10)
+            dr, dc = np.abs(rr - r) * res, np.abs(cc - c) * res
+            sig = sig + a * np.exp(-((rr - r) ** 2 + (cc - c) ** 2) / (2 * 0.8 ** 2))
+            sig = sig + np.where(dr >= first, V.SIDELOBE_PEAK * a * (first / np.maximum(dr, first)) ** 2, 0) \
+                * np.exp(-(cc - c) ** 2 / 0.8)
+            sig = sig + np.where(dc >= first, V.SIDELOBE_PEAK * a * (first / np.maximum(dc, first)) ** 2, 0) \
+                * np.exp(-(rr - r) ** 2 / 0.8)
+        img = grid.attach((sig * rng.gamma(4.4, 1 / 4.4, sig.shape))[None].astype("float32"), bands=["VV"])
+        water = box(*grid.bounds).difference(box(grid.x[150] - 5, grid.bounds[1], grid.bounds[2], grid.bounds[3]))
+        hull = box(grid.x[144] - 5, grid.y[79] - 5, grid.x[147] + 5, grid.y[60] + 5)
+        found = [d for d in V.detect_vessels_sar(img, water=water).detections if d.polygon.intersects(hull)]
+        # Measured: one vessel of 215-221 m each seed (2 pieces of 61 and 153 m before).
+        assert len(found) == 1, [d.attrs["length_m"] for d in found]
+        assert 170 <= found[0].attrs["length_m"] <= 250

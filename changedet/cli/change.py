@@ -140,12 +140,19 @@ def cmd_change(args) -> int:
         from changedet.aoi import load_aoi
 
         aoi = load_aoi(args.aoi)
-    # Polygons are always built: the JSON reports their count whether or not they are written.
-    polys = change_polygons(
-        res.mask, mag, aoi=aoi,
-        properties={"method": res.method, "threshold": res.threshold, "threshold_method": res.threshold_method},
-    )
-    doc["polygon_count"] = len(polys)
+    # The JSON reports the polygon count whether or not they are written; without
+    # --polygons it is the number of regions (one polygon each), without vectorising them
+    # (8 s for 31 000 regions on a 4000^2 mask, against 0.2 s to label it).
+    if args.polygons is None:
+        from changedet.kernels import label_components
+
+        doc["polygon_count"] = int(label_components(res.mask, connectivity=1)[1])
+    else:
+        polys = change_polygons(
+            res.mask, mag, aoi=aoi,
+            properties={"method": res.method, "threshold": res.threshold, "threshold_method": res.threshold_method},
+        )
+        doc["polygon_count"] = len(polys)
     if args.polygons is not None:
         if _polygon_format(args.polygons) == "parquet":
             write_geoparquet(polys, args.polygons)

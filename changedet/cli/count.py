@@ -165,6 +165,11 @@ def _image_centre_lonlat(image) -> tuple[float, float]:
     return float(lon), float(lat)
 
 
+#: Lowest sun (degrees) an acquisition time in the metadata may put it at; optical
+#: imagery is not taken lower, so such a time is not the acquisition's in UTC.
+MIN_SUN_ELEVATION_DEG = 5.0
+
+
 def resolve_sun(path: Path, image, *, azimuth: float | None, elevation: float | None) -> dict[str, Any]:
     """The sun for a shadow-aware count: ``{"azimuth_deg", "elevation_deg", "source"}`` (degrees).
 
@@ -198,25 +203,35 @@ def resolve_sun(path: Path, image, *, azimuth: float | None, elevation: float | 
         return {"azimuth_deg": round(az, 3), "elevation_deg": round(el, 3),
                 "source": f"file metadata {akey}/{ekey}"}
     lon, lat = _image_centre_lonlat(image)
+    skipped = []
     for key in DATE_TAGS:
         when = _parse_time(tags[key]) if key in tags else None
         # A time of exactly 00:00:00 is a date without time of day (the sun is then assumed
         # at the morning overpass, below): no optical satellite images at local midnight.
         if when is not None and (when.hour, when.minute, when.second) != (0, 0, 0):
             el, az = sun_at(when, lat, lon)
+            if el < MIN_SUN_ELEVATION_DEG:
+                # No optical image is taken with the sun that low: the time is not the
+                # acquisition's in UTC (TIFF DateTime is often a local or processing time).
+                skipped.append(f"{key[1]} {when.isoformat()} puts the sun at {el:.1f} deg")
+                continue
             return {"azimuth_deg": round(az, 3), "elevation_deg": round(el, 3),
                     "source": f"computed from {key[1]} {when.isoformat()} at the image centre "
                               f"({lon:.4f}, {lat:.4f})"}
     day = next((t.date() for t in (_parse_time(tags[k]) for k in DATE_TAGS if k in tags) if t is not None), None)
     origin = "metadata date"
-    if day is None:
-        t = _name_time(Path(path).name, None)
-        day, origin = (t.date() if t is not None else None), "date in the file name"
+    named = _name_time(Path(path).name, None)
+    if skipped and named is not None:
+        # The metadata's time was implausible: a date in the file name is likelier the acquisition's.
+        day, origin = named.date(), "date in the file name"
+    elif day is None:
+        day, origin = (named.date() if named is not None else None), "date in the file name"
     if day is not None:
         el, az = sun_position(day, lat, local_solar_time_h=MORNING_OVERPASS_H)
+        note = f" ({'; '.join(skipped)}: not used)" if skipped else ""
         return {"azimuth_deg": round(az, 3), "elevation_deg": round(el, 3),
                 "source": f"computed from the {origin} {day.isoformat()} at the image centre ({lon:.4f}, "
-                          f"{lat:.4f}), assuming a {MORNING_OVERPASS_H:g} h local solar time overpass"}
+                          f"{lat:.4f}), assuming a {MORNING_OVERPASS_H:g} h local solar time overpass{note}"}
     return {"azimuth_deg": None, "elevation_deg": None,
             "source": "sun unknown (no --sun-azimuth/--sun-elevation, no sun or acquisition time in the file's "
                       "metadata, no date in its name): shadows are not used, counts may be lower; pass the flags"}

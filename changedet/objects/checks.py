@@ -49,6 +49,20 @@ def check_resolution(grid: GridSpec, kind: str, *, max_m: float | None = None) -
         raise ResolutionError(f"the image is {grid.resolution:g} m per pixel, too coarse for {kind}: {what}")
 
 
+def check_metric(grid: GridSpec, kind: str) -> None:
+    """Raise :class:`ResolutionError` unless the grid's CRS units are metres on the ground
+    (within 2 %): ``kind``'s counter measures lengths, areas and shadows in pixels times
+    the resolution (Web Mercator at 60 degrees N would make every length twice too long)."""
+    from changedet.objects.vessels import ground_metres_per_unit
+
+    m = ground_metres_per_unit(grid)
+    if abs(m - 1.0) > 0.02:
+        raise ResolutionError(
+            f"the image's CRS units are {m:.3g} m on the ground here (not metres; e.g. Web Mercator away from "
+            f"the equator): {kind} counting measures in metres. Reproject the image to the local UTM zone "
+            "(gdalwarp -t_srs EPSG:326NN / 327NN) and count again")
+
+
 def check_features(features: Mapping[str, BaseGeometry], grid: GridSpec, *, what: str,
                    min_inside: float = 0.0) -> None:
     """Every feature must be non-empty and overlap the image.

@@ -42,7 +42,7 @@ from scipy import ndimage
 from shapely.geometry import Polygon, shape
 
 from changedet.grid import GridSpec
-from changedet.objects.checks import check_features, check_resolution
+from changedet.objects.checks import check_features, check_metric, check_resolution
 from changedet.nanstats import quiet_nanmean
 from changedet.objects.cloud_shadow import cloud_shade
 from changedet.objects.common import CountResult, Detection, prepare, robust_ref
@@ -101,6 +101,7 @@ def count_containers(
     """
     grid = GridSpec.of(image)
     check_resolution(grid, "containers")
+    check_metric(grid, "container")
     check_features(zones, grid, what="stack zone")
     grid, pix, ok = _observed(image, valid, sun_azimuth_deg, sun_elevation_deg)
     res = grid.resolution
@@ -127,7 +128,8 @@ def count_containers(
             # The lit pavement's hue is then read from the samples the model was fitted on.
             pavement = pooled_pavement
         if model is None or inside.sum() == 0:
-            per_feature.append({"id": zid, "count": 0, "by_type": {}, "observed_fraction": 0.0})
+            per_feature.append({"id": zid, "count": 0, "by_type": {"ground_slots": 0.0, "20ft": 0.0, "40ft": 0.0},
+                                "by_type_uncertainty": {"20ft": 0.0, "40ft": 0.0}, "observed_fraction": 0.0})
             continue
         # Classify as far as the longest possible shadow reaches (a 5-tier stack throws
         # 36 m at 20 degrees of sun), so that a long shadow is seen to end, not cut off.

@@ -129,7 +129,7 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
         refs = _shadow_from_anti_sun_sides(strips, tracks, refs, sun_azimuth_deg)
     shade = None
     if valid is not None:
-        cloud = ~np.asarray(valid.values, bool) & np.all(np.isfinite(bgrn(image)), axis=0)
+        cloud = ~np.asarray(valid.values, bool) & np.all(np.isfinite(bgrn(image, check_order=False)), axis=0)
         model = None
         if np.all(np.isfinite(refs["shadow"])) and np.all(np.isfinite(refs["lit"])):
             model = GroundModel(refs["lit"], refs["lit_sd"], refs["shadow"], refs["shadow_sd"])

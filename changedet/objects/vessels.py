@@ -667,7 +667,37 @@ def _trim_sidelobes(target: np.ndarray, z: np.ndarray, threshold: float, res_m: 
         r0, c0, r1, c1 = rp.bbox
         sub = out[r0:r1, c0:c1]
         sub[rp.image & lobe[r0:r1, c0:c1]] = False
-    return out
+    return _bridge_cut_hulls(target, out, res_m)
+
+
+def _bridge_cut_hulls(target: np.ndarray, out: np.ndarray, res_m: float) -> np.ndarray:
+    """Give back the cut pixels that rejoin a hull the trim split: a moored hull crossed by
+    the row or column sidelobes of bright quay cranes would otherwise come back in
+    pieces, each counted as a vessel. A bridge across the cut band is kept only where it
+    joins two or more trimmed pieces into one of hull size."""
+    from skimage.measure import label, regionprops
+
+    cut = target & ~out
+    if not cut.any():
+        return out
+    band = max(1, int(round(0.5 * SAR_RESOLUTION_M / res_m)))
+    k = 2 * band + 3
+    padded = np.pad(out, k)
+    across = (ndimage.binary_closing(padded, structure=np.ones((k, 1), bool))
+              | ndimage.binary_closing(padded, structure=np.ones((1, k), bool)))[k:-k, k:-k]
+    bridged = out | (cut & across)
+    pieces = label(out, connectivity=2)
+    res = out.copy()
+    for rp in regionprops(label(bridged, connectivity=2)):
+        r0, c0, r1, c1 = rp.bbox
+        parts = np.unique(pieces[r0:r1, c0:c1][rp.image])
+        if (parts > 0).sum() < 2:
+            continue
+        length_px = math.sqrt(12.0 * (rp.axis_major_length / 4.0) ** 2 + 1.0)
+        width_px = math.sqrt(12.0 * (rp.axis_minor_length / 4.0) ** 2 + 1.0)
+        if length_px * res_m <= MAX_LENGTH_M and width_px * res_m <= MAX_BEAM_M:
+            res[r0:r1, c0:c1] |= rp.image
+    return res
 
 
 def _mask(poly: Polygon | None, grid: GridSpec) -> np.ndarray:
