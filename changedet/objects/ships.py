@@ -48,7 +48,9 @@ def _trim_foam(target: np.ndarray, foam: np.ndarray) -> np.ndarray:
 
     Foam may only trim a hull, never split it: a wake trails outside the hull, while a
     shadow across a deck (bridge, crane, stacked boxes; lit by the bluish sky alone, its
-    NDWI is as high as foam's) lies between two parts of it and stays.
+    NDWI is as high as foam's) lies between two parts of it and stays. Only a blob whose
+    foam leaves two or more large parts is restored (a bow wave beside a single hull is
+    still trimmed: it widened a tug's outline past the length/beam test).
     """
     from skimage.morphology import convex_hull_image
 
@@ -67,11 +69,16 @@ def _trim_foam(target: np.ndarray, foam: np.ndarray) -> np.ndarray:
             continue
         # The hull's parts are large; a wake's own non-foam pixels are specks, which
         # must not stretch the hull over the wake.
-        pieces, npieces = ndimage.label(comp & core[sl], structure=np.ones((3, 3), bool))
+        # Parts as the 2 x 2 opening below will leave them: a one-pixel rim joining two
+        # halves of a hull does not survive it.
+        solid = ndimage.binary_opening(comp & core[sl], structure=np.ones((2, 2), bool))
+        pieces, npieces = ndimage.label(solid, structure=np.ones((3, 3), bool))
         if npieces == 0:
             continue
         sizes = np.bincount(pieces.ravel())[1:]
-        big = np.flatnonzero(sizes >= max(4, 0.1 * sizes.max())) + 1
+        big = np.flatnonzero(sizes >= max(4, 0.25 * sizes.max())) + 1
+        if big.size < 2:
+            continue  # the foam split nothing: a wake or bow wave is trimmed as before
         c = np.isin(pieces, big)
         if c.sum() >= 3:
             keep[sl] |= f & convex_hull_image(c)
