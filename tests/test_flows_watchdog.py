@@ -307,6 +307,13 @@ def test_watch_tolerates_a_worker_its_nanny_restarts_but_not_an_empty_cluster(cl
         from distributed.core import Status
 
         def set_status(status, dask_worker):
+            # The memory monitor would resume a worker paused below its memory limit on
+            # its next tick (100 ms), sometimes before the scheduler heard of the pause.
+            mm = dask_worker.memory_manager
+            if status == Status.paused:
+                mm.saved_pause_fraction, mm.memory_pause_fraction = mm.memory_pause_fraction, False
+            else:
+                mm.memory_pause_fraction = getattr(mm, "saved_pause_fraction", mm.memory_pause_fraction)
             dask_worker.status = status
 
         client.run(set_status, Status.paused)
