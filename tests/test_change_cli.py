@@ -25,6 +25,9 @@ def _scene(seed, change):
     img = base + rng.normal(0, 15, base.shape)
     if change:
         img[:, 20:32, 30:46] += np.array([900, 700, 1200, -300])[:, None, None]
+    if change == 2:  # two more regions, one touching the first only at a corner
+        img[:, 32:40, 46:52] += np.array([900, 700, 1200, -300])[:, None, None]
+        img[:, 50:58, 5:12] += np.array([900, 700, 1200, -300])[:, None, None]
     return np.clip(img, 0, 65535).astype(np.uint16)
 
 

@@ -314,22 +314,8 @@ def test_coregister_refuses_all_cloud(test_data, tmp_path, capsys):
 
 
 # ---------------------------------------------------------------- change: polygon_count, band names
-RES = 10.0
-GRID = GridSpec.from_bounds("EPSG:32631", (440000.0, 5410000.0, 440000.0 + 80 * RES, 5410000.0 + 64 * RES), RES)
-BANDS = ["B02", "B03", "B04", "B08"]
-
-
-def _scene(seed, change):
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:64, 0:80]
-    base = np.stack([1000 + 300 * np.sin(xx / (7 + b)) + 200 * np.cos(yy / (5 + b)) for b in range(4)])
-    img = base + rng.normal(0, 15, base.shape)
-    if change:
-        img[:, 20:32, 30:46] += np.array([900, 700, 1200, -300])[:, None, None]
-    if change == 2:  # two more regions, one touching the first only at a corner
-        img[:, 32:40, 46:52] += np.array([900, 700, 1200, -300])[:, None, None]
-        img[:, 50:58, 5:12] += np.array([900, 700, 1200, -300])[:, None, None]
-    return np.clip(img, 0, 65535).astype(np.uint16)
+# The synthetic change pair of the change CLI tests (change=2: three regions).
+from tests.test_change_cli import BANDS, GRID, RES, _scene  # noqa: E402
 
 
 def test_change_reports_polygon_count_without_polygons(tmp_path, capsys):
