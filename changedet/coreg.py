@@ -1246,6 +1246,34 @@ def _read_box_of(src, info: _RasterInfo, bands: list[int], r0: int, c0: int, row
     return out
 
 
+def _class_band(info: _RasterInfo) -> tuple[str, int] | None:
+    """(``"CLM"`` or ``"SCL"``, 1-based file band) of the file's cloud class band, or None."""
+    upper = [str(n).upper() for n in info.names]
+    for kind in CLASS_BANDS:
+        if kind in upper:
+            return kind, _file_band(info, upper.index(kind))
+    return None
+
+
+def _mask_cloud(box: np.ndarray, src, info: _RasterInfo, cls: tuple[str, int] | None, r0: int, c0: int) -> None:
+    """Set ``box`` (read at (r0, c0)) to NaN where the file's CLM/SCL band says cloud,
+    cloud shadow or no data, in place, as :func:`coregister` does with ``valid``: a cloud
+    moves with the weather, not with the ground, and would pull the match towards its
+    own displacement."""
+    if cls is None:
+        return
+    from changedet.cloudmask import SCL_CLOUD, SCL_NODATA
+
+    kind, idx = cls
+    # The class band read alone: no band mean, NaN outside the file and at its nodata.
+    v = _read_box(src, info, [idx], r0, c0, box.shape[0], box.shape[1])
+    if kind == "CLM":
+        bad = ~(v == 0)
+    else:
+        bad = np.isin(v, SCL_CLOUD + SCL_NODATA) | np.isnan(v)
+    box[bad] = np.nan
+
+
 def _usable_window(win: np.ndarray) -> bool:
     """At least ``_MIN_WINDOW_VALID`` of ``win`` finite, and not constant there."""
     lo, hi = win.min(), win.max()
@@ -1921,12 +1949,15 @@ def coregister_files(
             ws = int(min(window_px, r_b - r_a, c_b - c_a))
             ws -= ws % 2
             f, m = _FILTER_MARGIN, int(math.ceil(max_shift_px)) + 2
+            ref_cls, mov_cls = _class_band(ref), _class_band(mov)
             for r0, c0 in (_window_positions((r_a, r_b, c_a, c_b), ws) if ws >= 32 else []):
                 a = _read_box(rsrc, ref, ref_bands, r0 - f, c0 - f, ws + 2 * f, ws + 2 * f)
+                _mask_cloud(a, rsrc, ref, ref_cls, r0 - f, c0 - f)
                 if not _usable_window(a[f:f + ws, f:f + ws]):
                     continue
                 b = _read_box(msrc, mov, mov_bands, r0 + offset[0] - f - m, c0 + offset[1] - f - m,
                               ws + 2 * (f + m), ws + 2 * (f + m))
+                _mask_cloud(b, msrc, mov, mov_cls, r0 + offset[0] - f - m, c0 + offset[1] - f - m)
                 if not _usable_window(b[f + m:f + m + ws, f + m:f + m + ws]):
                     continue
                 found = (a, b, f, m)

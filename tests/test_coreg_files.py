@@ -226,3 +226,31 @@ def test_read_raster_opens_the_file_once(tmp_path, scene, monkeypatch):
     da = read_raster(path)
     assert len(calls) == 1
     assert da.shape == (1, 64, 64) and da.dtype == np.float32
+
+
+@pytest.mark.parametrize("kind", ["CLM", "SCL"])
+def test_window_ignores_what_the_class_band_calls_cloud(tmp_path, scene, kind):
+    """A cloud sits at the same place in both files (weather, not ground): its texture
+    pulls an unmasked match towards zero shift. With the CLM / SCL band of each file
+    marking it, the one-window path masks it as the whole-image path does."""
+    rng = np.random.default_rng(5)
+    shift = (3.4, -2.7)
+    ref = scene + rng.normal(0, 2, scene.shape)
+    mov = _fourier_shift(scene, shift) + rng.normal(0, 2, scene.shape)
+    cloud = np.zeros(scene.shape, bool)
+    cloud[120:400, 100:330] = True  # most of the central 256 px window
+    haze = 6 * fractal(512, seed=99)  # strong texture of its own, identical in both
+    ref, mov = np.where(cloud, haze, ref), np.where(cloud, haze, mov)
+    cloud_val, clear_val = (1, 0) if kind == "CLM" else (9, 4)
+    cls = np.where(cloud, cloud_val, clear_val).astype("float32")
+    names = ["B04", kind]
+    a = _write(tmp_path / "ref.tif", np.stack([ref, cls]), descriptions=names)
+    b = _write(tmp_path / "mov.tif", np.stack([mov, cls]), descriptions=names)
+    res = coregister_files(a, b, window_px=256)
+    assert res.applied, res.reason
+    assert abs(res.shift_row_px + shift[0]) < 0.1 and abs(res.shift_col_px + shift[1]) < 0.1
+    # The same files without the class band: the cloud's texture wins (the test can fail).
+    a2 = _write(tmp_path / "ref2.tif", ref, descriptions=["B04"])
+    b2 = _write(tmp_path / "mov2.tif", mov, descriptions=["B04"])
+    blind = coregister_files(a2, b2, window_px=256)
+    assert abs(blind.shift_row_px + shift[0]) > 0.5 or abs(blind.shift_col_px + shift[1]) > 0.5 or not blind.applied
