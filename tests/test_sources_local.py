@@ -238,3 +238,16 @@ def test_bad_files_give_clear_errors_and_store_nothing(tmp_path, eopatch, site):
         fetch(site, LocalSource(path=str(tmp_path / "imgs")), sensor="s2", resolution_m=10.0,
               start=date(2020, 2, 1), end=date(2020, 1, 1), data_dir=data)
     assert _listing(data) == []  # nothing stored, not even a lock file
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("S2A_20160529T153631_B04.tif", datetime(2016, 5, 29, 15, 36, 31, tzinfo=timezone.utc)),
+    ("order_10020304.tif", None),                       # an order number, not the year 1002
+    ("order_10020304_2024-05-12.tif", datetime(2024, 5, 12, tzinfo=timezone.utc)),
+    ("tile_20231399_20240512.tif", datetime(2024, 5, 12, tzinfo=timezone.utc)),  # month 13: not a date
+    ("vhr_1985-07-04.tif", datetime(1985, 7, 4, tzinfo=timezone.utc)),
+])
+def test_date_from_file_name(name, expected):
+    from changedet.sources.local import _name_time
+
+    assert _name_time(name, None) == expected

@@ -40,7 +40,9 @@ DATE_TAGS = (
     ("", "DATETIME"),
     ("", "TIFFTAG_DATETIME"),
 )
-_NAME_DATE = re.compile(r"(?<!\d)(\d{4})-?(\d{2})-?(\d{2})(?:[T_ -]?(\d{2}):?(\d{2}):?(\d{2}))?(?!\d)")
+# Years of the Earth-observation era only: an order or tile number such as
+# ``order_10020304`` is not the date 1002-03-04.
+_NAME_DATE = re.compile(r"(?<!\d)(19[6-9]\d|20\d{2})-?(\d{2})-?(\d{2})(?:[T_ -]?(\d{2}):?(\d{2}):?(\d{2}))?(?!\d)")
 _CLASS_BANDS = (CLOUD_BAND, SCL_BAND)
 
 
@@ -80,13 +82,14 @@ def _name_time(name: str, pattern: str | None) -> datetime | None:
             except ValueError:
                 return None
         return _parse_time(text)
-    m = _NAME_DATE.search(name)
-    if not m:
-        return None
-    try:
-        return datetime(*(int(g) for g in m.groups() if g is not None), tzinfo=timezone.utc)
-    except ValueError:
-        return None
+    # The first run of digits that is a real date: a number before it (an order id, a
+    # 20231399 typo) must not hide the date that follows.
+    for m in _NAME_DATE.finditer(name):
+        try:
+            return datetime(*(int(g) for g in m.groups() if g is not None), tzinfo=timezone.utc)
+        except ValueError:
+            continue
+    return None
 
 
 @dataclass
