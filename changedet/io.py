@@ -102,8 +102,11 @@ def band_names(descriptions) -> list[str]:
     Returns
     -------
     list of str
+        The cloud-class bands ``CLM`` and ``SCL`` in upper case whatever the file's case
+        (``scl`` from a GDAL export): every mask reader looks them up by those names.
     """
-    return [d if d else f"b{i + 1}" for i, d in enumerate(descriptions)]
+    names = [d if d else f"b{i + 1}" for i, d in enumerate(descriptions)]
+    return [n.strip().upper() if n.strip().upper() in ("CLM", "SCL") else n for n in names]
 
 
 def data_band_indexes(src) -> list[int]:

@@ -295,3 +295,25 @@ def test_read_raster_masks_like_rioxarray(tmp_path, kind):
     np.testing.assert_allclose(got.x.values, want.x.values)
     np.testing.assert_allclose(got.y.values, want.y.values)
     assert got.rio.crs == want.rio.crs
+
+
+def test_class_band_names_are_read_in_upper_case(tmp_path):
+    """A GDAL export may describe the classification band as ``scl``: it is still the
+    SCL band the cloud mask uses, not a data band averaged into the others."""
+    import rasterio
+    from affine import Affine
+
+    from changedet.cloudmask import cloud_mask
+
+    data = np.stack([np.full((8, 8), 0.2, "float32"), np.full((8, 8), 0.3, "float32"),
+                     np.where(np.arange(64).reshape(8, 8) < 16, 9, 4).astype("float32")])
+    path = tmp_path / "scl.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=8, height=8, count=3, dtype="float32",
+                       crs="EPSG:32633", transform=Affine(10, 0, 500000, 0, -10, 4200000)) as dst:
+        dst.write(data)
+        for i, d in enumerate(["B04", "B08", " scl"]):
+            dst.set_band_description(i + 1, d)
+    da = read_raster(path)
+    assert list(da["band"].values) == ["B04", "B08", "SCL"]
+    mask, method = cloud_mask(da)
+    assert method == "scl" and int(np.nansum(mask.values)) == 16
