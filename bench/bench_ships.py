@@ -164,6 +164,39 @@ not held out. Experiment patches and scripts: /work/notes/s7/C/.
   - Shore-parallel orientation of quayside strips does not separate hulls from false
     alarms: the line opening makes every strip parallel to the shore.
 
+Seventh round (issue 6 session 11): the scoring checked, two tries, nothing kept; F1 stays
+0.571 / 0.643. Scripts: /work/notes/s11/V/.
+  The scoring (``scoring_audit()``, printed as "Scoring audit"):
+  - labels: every COCO mask decodes inside its box (column-major RLE; box = mask bounds
+    within 1 px); all 54 / 15 are image 2 (the true-colour PNG, same 1042 x 699 / 511 x 339
+    grid as the bands); none touches the image edge; all carry iscrowd = 1, which is how
+    CVAT exports RLE masks, not a crowd region - each is one vessel, so none is ignored;
+    shifting all masks by up to 2 px does not raise the mean contrast under them (no offset).
+  - ">= 3 px": every label is 7 px or longer, so the rule removes no label; detections
+    under 3 px are not held against the min3px set (the detector makes none).
+  - matching: box IoU >= 0.1, one to one. Greedy (best IoU first) gives the same TP as the
+    largest one-to-one matching on both ports (30 / 9); tests/test_ships_sen2ships.py now
+    checks that. IoU 0.1 is already the lenient end: F1 Busan / Casablanca at IoU 0.01 0.63 /
+    0.64, 0.05 0.59 / 0.64, 0.2 0.42 / 0.64, 0.3 0.40 / 0.57, 0.5 0.30 / 0.57; box centres
+    within 1 / 2 / 3 px 0.15-0.40 / 0.21-0.57. No rule a 10 m benchmark would defend reaches
+    0.7, so the scoring was not changed.
+  - ceiling: the largest matching between the labels and every candidate the detector
+    judges (kept or turned down) is 39 of 54 / 14 of 15: a perfect choice among today's
+    candidates would give recall 0.72 / 0.93; Busan's 15 other vessels are never a
+    candidate of their own size (dim boats, rafts merged at 10 m, ships end to end).
+  Tried, not kept (Busan thought of first; both ports scored in one run):
+  - a learned choice among the candidates (logistic regression on 13 shape, spectral and
+    context features of all 272 / 138 candidates, threshold picked on the training port):
+    in-sample F1 0.46-0.50 (below the hand-made tests), trained on Busan -> Casablanca
+    0.28-0.32, trained on Casablanca -> Busan 0.06-0.11 (ridge 0.3-10). The features do not
+    separate hulls from quay clutter across ports.
+  - ``shore_stubby`` judged on the body's bright core (pixels >= 0.4 / 0.5 / 0.6 of its peak
+    contrast, the half-maximum footprint of a blurred hull) when the grown body is stubby:
+    Busan 0.574 / 0.554 / 0.564, Casablanca 0.600 / 0.581 / 0.581 (stubby pier heads have
+    elongated bright cores too).
+  - growing hulls only over pixels >= 0.3 / 0.4 / 0.5 of their body's peak contrast (to keep
+    bright boats abreast apart): Busan 0.571 / 0.519 / 0.477, Casablanca 0.483 / 0.467 / 0.467.
+
 Where the F1 is lost now (``gap()``, printed as "Why vessels >= 3 px are missed"; IoU rule):
 
   misses (Busan 24 / Casablanca 6)
@@ -255,6 +288,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 from scipy import ndimage
+from scipy.optimize import linear_sum_assignment
 
 from changedet.grid import GridSpec
 from changedet.io import read_raster
@@ -341,6 +375,60 @@ def match_pairs(dets: list, labs: list, rule: str) -> list[tuple[int, int]]:
 def match(dets: list, labs: list, rule: str) -> set[int]:
     """Indices of the labels matched one to one, best pairs first."""
     return {j for _, j in match_pairs(dets, labs, rule)}
+
+
+def max_matching(dets: list, labs: list, thr: float = MATCH_IOU) -> int:
+    """Largest number of one-to-one (detection, label) pairs with box IoU >= ``thr``.
+
+    The headline uses greedy matching (best IoU first, as COCO does). Greedy can fall short
+    of the largest matching when one detection overlaps two labels of a raft; this is the
+    check that it does not understate the true positives.
+    """
+    if not dets or not labs:
+        return 0
+    ok = np.array([[iou(d, t) >= thr for t in labs] for d in dets], float)
+    r, c = linear_sum_assignment(-ok)
+    return int(ok[r, c].sum())
+
+
+def centre_distance_pairs(dets: list, labs: list, max_px: float) -> int:
+    """One-to-one matches whose box centres lie at most ``max_px`` pixels apart (nearest first)."""
+    def dist(a, b):
+        return float(np.hypot(a[0] + a[2] / 2 - b[0] - b[2] / 2, a[1] + a[3] / 2 - b[1] - b[3] / 2))
+
+    pairs = sorted((dist(d, t), i, j) for i, d in enumerate(dets) for j, t in enumerate(labs))
+    used_d, used_t = set(), set()
+    for v, i, j in pairs:
+        if v > max_px or i in used_d or j in used_t:
+            continue
+        used_d.add(i)
+        used_t.add(j)
+    return len(used_t)
+
+
+def scoring_audit(dets: list, labs: list, rejected: list) -> dict:
+    """Checks of the scoring rule itself (vessels >= 3 px; see the module docstring).
+
+    ``greedy_tp`` / ``max_tp``: true positives of the headline greedy matching and of the
+    largest one-to-one matching at IoU >= 0.1 (equal: the greedy order costs nothing).
+    ``f1_by_iou``: F1 at other IoU thresholds; ``f1_by_centre_px``: F1 when box centres must
+    lie within 1 / 2 / 3 pixels (no box overlap needed). ``candidate_ceiling``: the largest
+    matching between labels and ALL candidates the detector judged (accepted or turned down
+    by a test; boxes >= 3 px), i.e. the recall that a perfect choice among the present
+    candidates would reach, with the F1 it would give at no false alarm.
+    """
+    boxes = [lab["bbox"] for lab in labs]
+    out = {"greedy_tp": len(match(dets, boxes, "iou")), "max_tp": max_matching(dets, boxes)}
+    out["f1_by_iou"] = {str(t): figures(len(dets), len(boxes), max_matching(dets, boxes, t))["f1"]
+                        for t in (0.01, 0.05, 0.1, 0.2, 0.3, 0.5)}
+    out["f1_by_centre_px"] = {str(m): figures(len(dets), len(boxes), centre_distance_pairs(dets, boxes, m))["f1"]
+                              for m in (1, 2, 3)}
+    cands = list(dets) + [b for _, _, b in rejected if max(b[2:]) >= MIN_LEN_PX]
+    tp = max_matching(cands, boxes)
+    out["candidate_ceiling"] = {"candidates": len(cands), "tp": tp,
+                                "recall": round(tp / max(len(boxes), 1), 3),
+                                "f1_no_false_alarm": figures(tp, len(boxes), tp)["f1"]}
+    return out
 
 
 def size_classes(dets: list, det_len_m: list, labels: list, res_m: float) -> dict:
@@ -547,6 +635,8 @@ def score_port(image: xr.DataArray, labels: list[dict], port: str = "", **kw) ->
     out = {"seconds": round(seconds, 2), "by_type": dict(res.by_type),
            "audit": audit(image, labels, dets, res_m, rejected),
            "gap": gap(image, labels, dets, rejected),
+           "scoring_audit": scoring_audit([d for d in dets if max(d[2:]) >= MIN_LEN_PX],
+                                          [lab for lab in labels if max(lab["bbox"][2:]) >= MIN_LEN_PX], rejected),
            "size_classes": size_classes(dets, [d.attrs["length_m"] for d in res.detections],
                                         [lab for lab in labels if max(lab["bbox"][2:]) >= MIN_LEN_PX], res_m)}
     for subset, keep in (("min3px", lambda lab: max(lab["bbox"][2:]) >= MIN_LEN_PX), ("all", lambda lab: True)):
@@ -644,6 +734,16 @@ def main(argv: list[str] | None = None) -> int:
         f = r["secondary_with_unlabelled_by_eye"]
         print(f"{p:11s} labels {f['labels']:3d} dets {f['detections']:3d} TP {f['tp']:3d}  P {f['precision']:.2f} "
               f"R {f['recall']:.2f} F1 {f['f1']:.2f}")
+    print("\nScoring audit (vessels >= 3 px; scoring_audit()): greedy vs largest one-to-one matching, F1 under "
+          "other rules, and the ceiling of a perfect choice among all candidates the detector judged")
+    for p, r in results.items():
+        a = r["scoring_audit"]
+        byi = " ".join(f"{t}:{v:.2f}" for t, v in a["f1_by_iou"].items())
+        byc = " ".join(f"{m}px:{v:.2f}" for m, v in a["f1_by_centre_px"].items())
+        c = a["candidate_ceiling"]
+        print(f"{p:11s} TP greedy {a['greedy_tp']} / largest {a['max_tp']}; F1 by IoU {byi}; by centre distance "
+              f"{byc}; ceiling {c['tp']} of {r['min3px/iou']['labels']} labels in {c['candidates']} candidates "
+              f"(recall {c['recall']:.2f}, F1 {c['f1_no_false_alarm']:.2f} with no false alarm)")
     print("Target (issue 6): F1 >= 0.7 for vessels >= 3 px long, per port (headline rows above).")
     if args.chips is not None:
         for p, (im, labs) in scenes.items():
