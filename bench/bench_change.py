@@ -13,7 +13,7 @@ Figures, all taken in ONE run so that ratios are comparable on a shared machine 
   bytes / best copy bandwidth;
 - fused kernel (``changedet.kernels.baseline_zscore``, numba) on the whole cube with all
   CPUs (wall time, best of 3), and its single-thread CPU time per pixel-band on the
-  whole cube, on a clear and a cloudy-date slab and on one 2048-pixel tile held in L2,
+  whole cube, on a clear and a cloudy-date slab and on one staging tile held in L2,
   repeated (staging from L2 + compute) (``time.thread_time``: stays
   meaningful when other processes share the cores, though their memory traffic still
   slows it);
@@ -24,11 +24,12 @@ Figures, all taken in ONE run so that ratios are comparable on a shared machine 
 - out-of-core: a lazily generated cube larger than the sum of the workers' memory limits
   (2 worker processes x ``--worker-mem``) reduced to a count of |z| > 4 on a LocalCluster.
 
-Roofline (printed at the end of the kernel figures; AMD EPYC Zen 3 under KVM, 2 cores,
-AVX2, no SMT, ~3.0 GHz): per pixel-band 84 bytes must move (19 history dates and the image
-read, z written, float32). At the 2-thread copy rate (24-33 GB/s idle, it varies between
-runs) that is a bound of 2.6-3.5 ns of wall time per pixel-band; 60 % of it allows
-4.3-5.8 ns wall = **8.7-11.6 ns of core time per pixel-band** over 2 cores.
+Roofline (printed at the end of the kernel figures; sessions up to 9 ran on AMD EPYC Zen 3
+under KVM, 2 cores, AVX2, no SMT, ~3.0 GHz: see session 11 below for Zen 4): per
+pixel-band 84 bytes must move (19 history dates and the image read, z written, float32).
+At the 2-thread copy rate (24-33 GB/s idle, it varies between runs) that is a bound of
+2.6-3.5 ns of wall time per pixel-band; 60 % of it allows 4.3-5.8 ns wall = **8.7-11.6 ns
+of core time per pixel-band** over 2 cores.
 
 Where the kernel's in-cache time goes (one 2048-pixel tile of history in L2, 1 thread, CPU
 time, best of interleaved rounds in one process, load 2-6, 2026-12-02 session 9; scripts
@@ -87,6 +88,58 @@ between the threads (contiguous slabs, slab starts staggered by 1 MiB, two halve
 CPU, 12.4 ns per pixel-band; ab_split.txt), and a plane stride that is not a multiple of
 64 KiB (19 x 4 x 4095 x 4112: 1 thread within noise of 4096 x 4096, so cache-set aliasing
 of the dates is not what the memory side costs; alias.txt).
+
+Session 11 (2026-12-02; the machine is now AMD Zen 4, family 25 model 17, under KVM: 2
+cores, AVX-512, L1d 32 KiB, L2 1 MiB per core, L3 32 MiB; the figures above are Zen 3's).
+Scripts and outputs in /work/notes/s11/K/ (``ab.py``: old and new generated kernels in one
+process, interleaved rounds, 1 thread CPU time; memory-resident = 128 fresh rows of a
+(19, 4, 4096, 4096) history, the issue's 256 MiB plane stride). On Zen 4 LLVM vectorised
+the compute loop 16 lanes wide (zmm) with a 4-lane (xmm) epilogue, and the 8-pixel chunks
+never reached the 16-lane body: the kernel ran 4 lanes wide. Changes and what each gave
+(ns CPU per pixel-band, best of 5-9 rounds, load 6.5-7.5):
+
+- compute chunks of 32 pixels (two zmm or four ymm iterations): in L2 11.2 -> 7.1-7.5,
+  memory-resident 12.4 -> 8.3-8.8, cloudy (general path) 18.3 -> 10.6;
+- fast path without ``abs`` (the sorted values' deviations have known signs; blocks with a
+  value of magnitude >= 2**127 go to the general path, where the median's sum could
+  overflow): in L2 7.5 -> 7.2, memory-resident 8.8 -> 8.6;
+- staging tile from the L2 size, 4096 pixels on a 1 MiB L2: memory-resident 8.1 -> 7.6;
+- sign-clear blocks sort int32 bit patterns (vpminsd/vpmaxsd): in L2 7.2 -> 6.0,
+  memory-resident 7.8 -> 6.8;
+- the general path's bitonic merger pruned to the ranks its pick reads (37 -> 30
+  comparators for 19 dates): within noise (cloudy 10.7 either way).
+
+All together against the session's starting kernel, one process, 9 rounds, load 7.0
+(ab_final2.txt): in L2 11.59 -> 6.54, memory-resident 12.75 -> 6.73 (medians 13.49 -> 7.86),
+cloudy in L2 18.70 -> 11.09. Held out (real data not used while tuning, heldout.txt, load
+8.6): eo-learn S2 NDVI, 19+1 dates, three windows: clear 13.0-13.2 -> 9.6-9.9, with the
+CLM cloud mask as NaN 20.5-20.8 -> 13.9-14.1; NAIP 9+1 dates x 4 bands: 5.5 -> 3.7; all bit
+for bit equal to the numpy path. Pruning the 85-comparator sort by back-propagating the
+ranks read removes nothing: the MAD (a rank of the union of the runs left and right of the
+median) reads every rank (``prune_network``; the median alone would need 61).
+
+Two threads on the memory-resident history (ab2.py, ab2_threads.txt, 9 rounds, load 6.9):
+CPU of both threads 13.33 -> 6.99 ns per pixel-band (as with one thread: the threads do not
+slow each other), wall 32.0 -> 14.4 (the other processes held most of the 2 cores). This
+bench at load 8.5-8.9 (15:16): 1 thread CPU whole cube 10.5 (14.3 at load 4.9 before),
+clear slab 6.5 (12.6), cloudy-date slab 11.3 (19.8), in L2 5.7 (11.0); 2-thread wall 1.14 s
+against a bound of 0.54 s at the load-collapsed copy rate (10 GB/s): 47 %. Not measured
+idle this session (the load stayed 6-9): at the earlier idle copy rates (24-33 GB/s, bound
+2.6-3.5 ns wall) 6.7-7.9 ns of core time per pixel-band would be 66-100 % of the bound if
+both cores were free and the memory kept up; 60 % needs <= 8.7-11.6 ns.
+
+No staging copy (brief's idea; gen_inplace.py, ab_mem.py): the compute loading every date
+in place at base + t x plane (plane a compile-time constant), with the next-tile prefetch,
+int network only and no checks (a lower bound for that design), 1 thread, memory-resident,
+same process: at the issue's 256 MiB plane stride 34.8 ns against 6.3 staged (6.4 x
+slower; 36.5 without the prefetch: ab_inplace.txt): the 19 dates of a pixel share one L1
+set (8 ways) and, with huge pages, one L2 set (8 ways), so their lines evict each other
+before use. At a stride that spreads them (19 x 4 x 4095 x 4112: plane = 64 KiB - 256 B
+modulo 64 KiB) the same in-place kernel took 4.0 against 6.5 staged (ab_inplace_odd.txt):
+the staging copy costs ~2.5 ns per pixel-band and is needed only for strides that alias.
+Not built here: a kernel per (nt, plane) for non-aliasing strides (with the per-chunk
+off-path/sign checks the staging copy now does) would not change the issue's 4096 x 4096
+cube.
 
 The bench recomputes the figures (``roofline`` in the JSON) from the copy rate and the
 in-L2 cost of the same run; under load the copy rate collapses (3.5-9 GB/s measured at
@@ -209,7 +262,7 @@ def main(argv=None) -> int:
 
     from changedet.kernels import baseline_zscore, robust_baseline, zscore
     from changedet.kernels.baseline import MAD_SCALE
-    from changedet.kernels.fast import MAX_UNROLLED, _threads, _unrolled
+    from changedet.kernels.fast import MAX_UNROLLED, _stage, _threads, _unrolled
 
     res: dict = {"shape": [T, B, N, N], "cpus": _threads()}
     t = time.perf_counter()
@@ -248,19 +301,20 @@ def main(argv=None) -> int:
         pb[label] = cpu / ns_.size * 1e9
         del hs, ns_
 
-    # The same kernel with its input in L2 (one 2048-pixel tile of one row: 19 x 8 KiB
+    # The same kernel with its input in L2 (one staging tile of one row, 2048 or 4096
+    # pixels by the L2 size (fast._stage): 19 x 8 or 16 KiB
     # history plus as much staging), computed repeatedly and called directly (xarray's
     # per-call overhead would dominate a row): staging from L2 and the compute, without
     # waiting on memory.
     if T - 1 <= MAX_UNROLLED:
         kern = _unrolled(T - 1)
-        w = min(N, 2048)
+        w = min(N, _stage(T - 1))
         hc = np.ascontiguousarray(hist.values[:, :1, N // 2:N // 2 + 1, :w])
         nc = np.ascontiguousarray(new.values[:1, N // 2:N // 2 + 1, :w])
         oc = np.empty_like(nc)
         f32 = (np.float32(MAD_FLOOR), np.float32(MAD_SCALE))
         kern(hc, nc, *f32, oc, 0, 1)
-        # Each call allocates the kernel's staging buffer (19 dates: 157 KiB). With glibc's
+        # Each call allocates the kernel's staging buffer (19 dates: 157 or 312 KiB). With glibc's
         # malloc thresholds at their defaults (128 KiB, raised only once the process has
         # freed a larger mmapped block) that buffer is mmapped and page-faulted afresh on
         # every call: 39 faults per call, 54 instead of 7.7 ns per pixel-band here, a cost

@@ -156,10 +156,11 @@ def test_best_known_network_sorts_and_is_smaller():
 
 
 def test_generated_kernel_is_vectorised_and_prefetches(tmp_path, monkeypatch):
-    # What the speed rests on, read from the machine code: the sorting network as 8-lane
-    # (ymm) min/max and the staging copy's software prefetch. Fails if a code change
-    # stops LLVM vectorising the compute loop or drops the prefetch. Compiled in memory:
-    # numba cannot show the machine code of a kernel loaded from its disk cache.
+    # What the speed rests on, read from the machine code: the sorting network as min/max
+    # on the host's widest vectors (ymm with AVX2, zmm with AVX-512) and the staging copy's
+    # software prefetch. Fails if a code change stops LLVM vectorising the compute loop or
+    # drops the prefetch. Compiled in memory: numba cannot show the machine code of a
+    # kernel loaded from its disk cache.
     blocker = tmp_path / "not_a_dir"
     blocker.write_text("")
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(blocker))
@@ -169,19 +170,48 @@ def test_generated_kernel_is_vectorised_and_prefetches(tmp_path, monkeypatch):
     np.testing.assert_array_equal(_fused(h, img), _reference(h, img))
     kernel = fast._UNROLLED[nt]
     asm = kernel.inspect_asm(kernel.signatures[0])
-    ymm_minmax = [ln for ln in asm.splitlines() if ("vminps" in ln or "vmaxps" in ln) and "ymm" in ln]
-    # Fast path: one min and one max per comparator, plus the MAD pick.
-    assert len(ymm_minmax) >= 2 * len(fast.best_network(nt)), len(ymm_minmax)
+    # The width LLVM chose for numba's target CPU: its tuning, not only the ISA, decides
+    # (zmm on Zen 4; ymm on AVX2 and on Intel AVX-512 cores, which LLVM tunes for 256 bits).
+    def minmax_on(r):
+        return sum(1 for ln in asm.splitlines() if ("vminps" in ln or "vmaxps" in ln) and r in ln)
+
+    need = 2 * len(fast.best_network(nt))
+    # The widest registers holding a whole network (a narrower copy of the loop may
+    # exist too: LLVM's epilogue for the remainder).
+    reg = next((r for r in ("zmm", "ymm", "xmm") if minmax_on(r) >= need), "none")
+    assert reg != "none", "the sorting network is not vectorised"
+    lanes = {"xmm": 4, "ymm": 8, "zmm": 16}[reg]
+    # The compute loop runs _CHUNK pixels at a time: a chunk shorter than one wide vector
+    # runs in LLVM's narrow epilogue instead (8-pixel chunks ran 4-lane xmm code on Zen 4).
+    assert fast._CHUNK % lanes == 0, (fast._CHUNK, lanes)
+    wide_minmax = [ln for ln in asm.splitlines() if ("vminps" in ln or "vmaxps" in ln) and reg in ln]
+    # Fast paths: one min and one max per comparator, plus the MAD pick; as int32
+    # (vpminsd/vpmaxsd) for sign-clear blocks, as float32 for the others.
+    assert len(wide_minmax) >= 2 * len(fast.best_network(nt)), len(wide_minmax)
+    wide_int = [ln for ln in asm.splitlines() if ("vpminsd" in ln or "vpmaxsd" in ln) and reg in ln]
+    assert len(wide_int) >= 2 * len(fast.best_network(nt)), len(wide_int)
     assert "prefetcht2" in asm
-    # The staging copy counts non-finite values in int32 lanes of ymm registers: an int64
-    # count (numba's default integer) widens each 4 values with vpmovzxdq into 64-bit lanes.
-    assert re.search(r"vp(add|sub)d\s.*ymm", asm)
+    # The staging copy counts non-finite values in int32 lanes of wide registers: an
+    # int64 count (numba's default integer) widens each 4 values with vpmovzxdq into
+    # 64-bit lanes.
+    assert re.search(rf"vp(add|sub)d\s.*{reg}", asm)
     assert "vpmovzxdq" not in asm and "vpaddq" not in asm
 
 
-def test_nonfinite_intrinsic_matches_numpy():
-    # The staging copy's test for the general path: NaN (any payload, either sign) and
-    # +-inf are non-finite; the largest finite, subnormal and signed zero values are not.
+def test_staging_tile_fits_l2():
+    # Tile + the next tile's prefetched lines within 60 % of L2: 2048 pixels for 19
+    # dates on a 512 KiB L2 (Zen 3), 4096 on 1 MiB (Zen 4), never below 1024.
+    assert fast._stage(19, 512 << 10) == 2048
+    assert fast._stage(19, 1 << 20) == 4096
+    assert fast._stage(32, 256 << 10) == 1024
+    assert fast._stage(2, 64 << 20) == fast._STAGE
+    assert fast._l2_bytes() > 0
+
+
+def test_offpath_intrinsic_matches_numpy():
+    # The staging copy's test for the general path: NaN (any payload, either sign), +-inf
+    # and magnitudes from 2**127 up (whose median sum could overflow); the largest value
+    # below 2**127, subnormal and signed zero values stay on the fast path.
     import numba
 
     @numba.njit
@@ -189,19 +219,22 @@ def test_nonfinite_intrinsic_matches_numpy():
         out = np.empty(a.size, dtype=np.int32)
         total = np.int32(0)
         for i in range(a.size):
-            out[i] = fast._nonfinite(a[i])
+            out[i] = fast._offpath(a[i])
             total = fast._add32(total, out[i])
         return out, total
 
     special = np.array([np.nan, -np.nan, np.inf, -np.inf, np.finfo(np.float32).max, -np.finfo(np.float32).max,
                         np.finfo(np.float32).tiny / 4, -0.0, 0.0, 1.0], dtype=np.float32)
-    payload = np.array([0x7F800001, 0xFFC00123, 0x7F7FFFFF, 0xFF800000], dtype=np.uint32).view(np.float32)
+    payload = np.array([0x7F800001, 0xFFC00123, 0x7F7FFFFF, 0xFF800000, 0x7F000000, 0xFEFFFFFF, 0x7EFFFFFF],
+                       dtype=np.uint32).view(np.float32)
     rng = np.random.default_rng(11)
     bits = rng.integers(0, 2**32, size=20000, dtype=np.uint64).astype(np.uint32).view(np.float32)
     a = np.concatenate([special, payload, bits])
     got, total = flags(a)
-    np.testing.assert_array_equal(got, (~np.isfinite(a)).astype(np.int32))
-    assert total == np.count_nonzero(~np.isfinite(a)) > 0
+    with np.errstate(invalid="ignore"):
+        want = ~(np.abs(a) < np.float32(2.0**127))  # NaN compares False
+    np.testing.assert_array_equal(got, want.astype(np.int32))
+    assert total == np.count_nonzero(want) > np.count_nonzero(~np.isfinite(a)) > 0
 
 
 def test_unwritable_cache_compiles_in_memory(tmp_path, monkeypatch):
@@ -218,20 +251,22 @@ def test_staging_tiles_and_non_finite_history():
     # A row wider than one staging tile (tile edges inside a 256-pixel block, a short
     # last tile) with a NaN date only in the second tile, and +-inf dates: every
     # non-finite value sends its block to the general path, which must equal numpy.
-    nt, nx = 19, fast._STAGE + 300
+    nt = 19
+    stage = fast._stage(nt)
+    nx = stage + 300
     h, img = _history(nt, seed=9, nx=nx)
     h[:, :, :2] = np.random.default_rng(9).normal(0.2, 0.02, size=(nt, 2, 2, nx)).astype(np.float32)
-    h[5, 0, 0, fast._STAGE + 17] = np.nan
+    h[5, 0, 0, stage + 17] = np.nan
     h[2, 1, 0, 40] = np.inf
-    h[7, 1, 1, fast._STAGE + 290] = -np.inf
+    h[7, 1, 1, stage + 290] = -np.inf
     got = _fused(h, img)
     np.testing.assert_array_equal(got, _reference(h, img))
     # Clear pixels are unaffected by a non-finite neighbour in their block.
     clear = h.copy()
-    clear[5, 0, 0, fast._STAGE + 17] = 0.2
+    clear[5, 0, 0, stage + 17] = 0.2
     z_clear = _fused(clear, img)
     keep = np.ones(nx, bool)
-    keep[fast._STAGE + 17] = False
+    keep[stage + 17] = False
     np.testing.assert_array_equal(got[0, 0, keep], z_clear[0, 0, keep])
 
 
@@ -264,3 +299,51 @@ def test_fast_and_general_paths_agree_on_signs_zeros_and_extremes():
     keep = np.arange(nx) != 5
     np.testing.assert_array_equal(zs[1][..., keep], zs[0][..., keep])
     np.testing.assert_array_equal(zs[2][..., keep], zs[0][..., keep])
+
+
+def test_pruned_merger_keeps_the_ranks_the_pick_reads():
+    # The general path prunes the bitonic merger to the ranks its MAD pick reads (0..nt//2).
+    # Pruned and whole merger agree there on every V-shaped 0/1 sequence and on random
+    # V-shaped floats with +inf tails (invalid dates); the fast path's sort prunes nothing.
+    rng = np.random.default_rng(13)
+    for n in (2, 5, 8, 19, 32):
+        keep = range(n // 2 + 1)
+        pruned, whole = fast.prune_network(fast.bitonic_merger(n), keep), fast.bitonic_merger(n)
+        seqs = [np.r_[np.ones(a), np.zeros(n - a - b), np.ones(b)] for a in range(n + 1) for b in range(n + 1 - a)]
+        floats = []
+        for _ in range(200):
+            k = rng.integers(0, n + 1)
+            d = np.abs(np.sort(rng.normal(size=k)) - rng.normal())
+            floats.append(np.r_[d, np.full(n - k, np.inf)])
+        for v0 in (np.asarray(seqs), np.asarray(floats)):
+            outs = []
+            for net in (pruned, whole):
+                v = v0.copy()
+                for i, j in net:
+                    v[:, i], v[:, j] = np.minimum(v[:, i], v[:, j]), np.maximum(v[:, i], v[:, j])
+                outs.append(v[:, list(keep)])
+            np.testing.assert_array_equal(outs[0], outs[1])
+        if n == 19:
+            assert len(pruned) < len(whole)
+    full = fast.best_network(19)
+    assert len(fast.prune_network(full, range(19))) == len(full)
+    assert len(fast.prune_network(full, [9])) < len(full)  # the check can drop comparators
+
+
+def test_a_zero_mad_from_zeros_of_both_signs_is_positive():
+    # Sorted values 1e-45, +0, -0, +0, 2.8e-45 (bit patterns 1, 0, 0x80000000, 0, 2): the
+    # deviations med - s of zeros of opposite sign are -0.0; with a floor that rounds to 0
+    # in float32, max(-0.0 MAD, +0 floor) kept -0.0 and z came out -inf where numpy's
+    # (always +0) MAD gives +inf. The kernel takes abs of the MAD.
+    import xarray as xr
+
+    from changedet.kernels import baseline_zscore, robust_baseline, zscore
+
+    h = np.array([1, 0, 0x80000000, 0, 2], dtype=np.uint32).view(np.float32).reshape(5, 1, 1, 1)
+    h = np.broadcast_to(h, (5, 1, 1, 40)).copy()
+    img = np.ones((1, 1, 40), np.float32)
+    H, I = xr.DataArray(h, dims=("time", "band", "y", "x")), xr.DataArray(img, dims=("band", "y", "x"))
+    with np.errstate(all="ignore"):
+        ref = zscore(I, robust_baseline(H), mad_floor=1e-46).values
+        got = baseline_zscore(H, I, mad_floor=1e-46, use_numba=True).values
+    assert np.array_equal(np.signbit(ref), np.signbit(got)) and np.array_equal(ref, got)

@@ -6,13 +6,16 @@ mad_floor=...)`` gives, but reads the history once and writes only the z-scores.
 
 How (histories of up to ``MAX_UNROLLED`` dates): a kernel is generated for the number
 of dates ``nt`` as straight-line Python and compiled with numba. Per row, tiles of
-``_STAGE`` pixels are first copied date by date into one scratch buffer (L2), each
+``_stage(nt)`` pixels (2048 or 4096 for 19 dates: the tile and the next tile's
+prefetched lines fill at most 60 % of the L2) are first copied date by date into one
+scratch buffer (L2), each
 date's run a cache line further than a multiple of the tile: read in place, the ``nt``
 values of a pixel lie a power-of-two plane stride apart (64-256 MiB in a (time, band,
 y, x) cube; with numpy's huge pages every date of a pixel falls in the same L1, L2 and
-L3 set) and the kernel waited on memory (~100 ns CPU per pixel-band). The copy also counts
-non-finite values per block of ``_BLOCK`` pixels, in int32 (``_nonfinite``, ``_add32``:
-numba's int64 count halved the copy's vector lanes).
+L3 set) and the kernel waited on memory (~100 ns CPU per pixel-band). The copy also counts,
+per block of ``_BLOCK`` pixels and in int32 (``_add32``: numba's int64 count halved the
+copy's vector lanes), the values the fast paths must not see (``_offpath``: NaN, +-inf
+and ``|x| >= 2**127``) and the values with the sign bit set (``_signbit32``).
 The compute loop runs over the pixels of a block in chunks of ``_CHUNK`` pixels. Before
 each chunk a share of the next tile of every date is software-prefetched (``_prefetch``, an
 LLVM intrinsic; every cache line, date after date, so a chunk's lines are consecutive), so
@@ -28,23 +31,28 @@ prefetched by its own staging copy, one date ahead (the hardware prefetcher rest
 each 4 KiB page). With the history already in cache the prefetch instructions cost ~1-2 ns
 per pixel-band. A chunk keeps one pixel's ``nt`` values in scalars, loaded
 from the one buffer at constant offsets, so LLVM vectorises it across pixels (8 lanes
-with AVX2) with every comparator of the sorting network (the best known one where listed,
-85 comparators for 19 dates; else Batcher's odd-even merge sort) as one min/max pair and
-no branches (loop indices are unsigned: no negative-index wraparound code). Per block:
+with AVX2, 16 with AVX-512: ``_CHUNK`` must be a multiple of the widest vector, or the
+chunk runs in LLVM's narrow epilogue) with every comparator of the sorting network (the
+best known one where listed, 85 comparators for 19 dates; else Batcher's odd-even merge
+sort) as one min/max pair and no branches (loop indices are unsigned: no negative-index
+wraparound code). Per block:
 
-- fast path, blocks with only finite dates: sort, median at the fixed ranks, and the
-  MAD as a rank of the union of two sorted runs (the deviations of the sorted values
-  left of the median decrease, those right of it increase), ``min`` (a balanced tree)
-  over ``max`` of pairs;
-- a block with a NaN or infinite date takes the general path: NaN become +inf
+- fast path, blocks of finite values below ``2**127`` in magnitude: sort, median at the
+  fixed ranks, and the MAD as a rank of the union of two sorted runs (the deviations of
+  the sorted values left of the median decrease, those right of it increase; their signs
+  are known, so no ``abs``), ``min`` (a balanced tree) over ``max`` of pairs. Blocks
+  with no sign bit set sort the int32 bit patterns (same order, integer min/max issue on
+  more vector pipes), the others sort the floats;
+- a block with a NaN, infinite or huge date takes the general path: NaN become +inf
   (sorted last),
   the median is picked per pixel by the count of valid dates with branch-free
   ``max(p, min(s_k, (n - c) * inf))`` terms, the deviations (V-shaped, +inf tail:
-  a bitonic sequence) are sorted by a bitonic merger and the MAD picked the same way.
+  a bitonic sequence) are sorted by a bitonic merger pruned to the ranks the MAD pick
+  reads (``prune_network``) and the MAD picked the same way.
 
-How far this is from the memory-bandwidth bound, and where the time goes (in cache ~8 ns
-per pixel-band: the network at the float min/max port limit ~3.7, the staging copy ~3; the
-rest of the gap is memory traffic not hidden), is worked out in ``bench/bench_change.py``.
+How far this is from the memory-bandwidth bound, and where the time goes, is worked out
+in ``bench/bench_change.py`` (session 11, AMD Zen 4 with AVX-512: in cache ~6.5 ns per
+pixel-band, memory-resident ~6.7-7.9 ns on one core; earlier figures there are for Zen 3).
 
 Rows are spread over threads (numba ``nogil`` kernels in a thread pool) for numpy
 input; dask input runs the serial kernel per block with ``map_blocks`` (whole time
@@ -75,7 +83,8 @@ from changedet.kernels.baseline import MAD_SCALE, _check_floor, robust_baseline,
 from changedet.kernels.change import KernelError, _as_dataarray, _check_same_grid, _finish, _unwrap
 from changedet.threads import cpu_budget
 
-__all__ = ["baseline_zscore", "HAVE_NUMBA", "MAX_UNROLLED", "sorting_network", "bitonic_merger", "best_network"]
+__all__ = ["baseline_zscore", "HAVE_NUMBA", "MAX_UNROLLED", "sorting_network", "bitonic_merger", "best_network",
+           "prune_network"]
 
 # Found, not imported: importing numba costs about a second, paid only on first use.
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
@@ -156,21 +165,72 @@ def bitonic_merger(n: int) -> np.ndarray:
     return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
 
 
+def prune_network(pairs, needed) -> np.ndarray:
+    """The comparators of ``pairs`` that any output channel in ``needed`` depends on.
+
+    Back-propagates "needed" from the last comparator to the first: a comparator none of
+    whose two outputs is needed is dropped; one that is kept needs both its inputs. The
+    kept channels in ``needed`` get the same values as with the whole network.
+    """
+    need = {int(k) for k in needed}
+    keep = []
+    for i, j in reversed([(int(a), int(b)) for a, b in pairs]):
+        if i in need or j in need:
+            keep.append((i, j))
+            need |= {i, j}
+    return np.asarray(keep[::-1], dtype=np.int64).reshape(-1, 2)
+
+
 #: Longest history (dates) handled by the generated, vectorised kernel.
 MAX_UNROLLED = 32
 # Pixels per block: a block with a non-finite date takes the general path, so small
 # blocks keep clouds from spreading the slower path; large ones amortise the check.
 _BLOCK = 256
-# Pixels per staging tile: the tile's history (nt x 8 KiB) is copied into per-date
-# scratch buffers that stay in L2 (1024 to 2048 measured best; 4096 spills L2 with 19 dates).
-_STAGE = 2048
-# Pixels computed between two rounds of next-tile prefetches.
-_CHUNK = 8
+# Largest pixels per staging tile (see _stage).
+_STAGE = 4096
+# Pixels computed between two rounds of next-tile prefetches, and the trip count of the
+# vectorised compute loop: LLVM vectorises it at the host's widest vector width (16
+# lanes with AVX-512) and runs what is left in a narrower epilogue. Chunks of 8 (one
+# AVX2 ymm vector) ran in the 4-lane xmm epilogue on an AVX-512 CPU (AMD Zen 4: in L2
+# 11.2 against 7.1-7.5 ns per pixel-band with 16 or 32, same-process A/B). 32 is two
+# zmm or four ymm iterations; on Zen 3 (AVX2) 32 was within noise of 8.
+_CHUNK = 32
 # Floats between two next-tile prefetches: every 64-byte line. Every second line (32,
 # counting on the L2's adjacent-line prefetcher for the other) costs ~0.7 ns less per
 # pixel-band in L2 but left the memory-resident cube waiting on memory (issue strides,
 # same-process A/B, load 5: 1 thread 11.6-12.1 against 10.0-10.4 ns CPU per pixel-band).
 _PF_STEP = 16
+
+
+def _l2_bytes() -> int:
+    """Per-core L2 cache size in bytes from Linux sysfs; 512 KiB (Zen 3) where unknown."""
+    base = Path("/sys/devices/system/cpu/cpu0/cache")
+    try:
+        for d in sorted(base.glob("index*")):
+            if (d / "level").read_text().strip() == "2" and (d / "type").read_text().strip() != "Instruction":
+                size = (d / "size").read_text().strip().upper()
+                mult = {"K": 1 << 10, "M": 1 << 20}.get(size[-1:], 1)
+                return int(size.rstrip("KM")) * mult
+    except (OSError, ValueError):
+        pass
+    return 512 << 10
+
+
+def _stage(nt: int, l2: int | None = None) -> int:
+    """Pixels per staging tile for ``nt`` dates: the largest power of two from 1024 to
+    ``_STAGE`` whose staged tile plus the next tile's prefetched lines (2 x nt x 4 bytes
+    per pixel) fill at most 60 % of the L2 (``l2`` bytes, default this CPU's): the rest is
+    the image and output rows, the prefetch running ahead and other traffic.
+
+    Measured (19 dates, same-process A/B, memory-resident, 1 thread): Zen 3, 512 KiB L2:
+    1024-2048 best, 4096 spilled L2; Zen 4, 1 MiB L2: 4096 against 2048, 7.6 against 8.1
+    ns CPU per pixel-band (best of 7 rounds; medians 7.7 and 8.2).
+    """
+    l2 = _l2_bytes() if l2 is None else l2
+    s = _STAGE
+    while s > 1024 and 2 * nt * s * 4 > 0.6 * l2:
+        s //= 2
+    return s
 
 
 def _kth_of_two_sorted(a: list[str], b: list[str], r: int) -> str:
@@ -193,33 +253,42 @@ def _kth_of_two_sorted(a: list[str], b: list[str], r: int) -> str:
 def _kernel_source(nt: int) -> str:
     """Python source of the straight-line kernel for ``nt`` history dates (see module doc)."""
     net = [tuple(int(v) for v in p) for p in best_network(nt)]
-    merge = [tuple(int(v) for v in p) for p in bitonic_merger(nt)]
     lo, hi = (nt - 1) // 2, nt // 2
+    # The general path's MAD pick reads the sorted deviations up to rank hi only (a count
+    # of n valid dates puts the MAD at ranks (n-1)//2 and n//2): 30 of the merger's 37
+    # comparators for 19 dates. The fast path reads every rank of the sort (the MAD is
+    # a rank of the union of the runs left and right of the median): nothing to prune.
+    merge = [tuple(int(v) for v in p) for p in prune_network(bitonic_merger(nt), range(hi + 1))]
+    stage = _stage(nt)
     # One staging buffer, date t at t * sd floats: the compute loop addresses every date
     # from one base register with constant offsets (19 base pointers ran out of general
     # registers). The 16-float pad puts each date one cache line further, so the dates
     # of a pixel do not all share a cache set.
-    sd = _STAGE + 16
+    sd = stage + 16
     # Next-tile prefetch: lpt addresses _PF_STEP floats apart per date, npf before each
     # chunk (date-major, so that one chunk's lines are consecutive and hit different sets).
-    lpt = _STAGE // _PF_STEP
+    lpt = stage // _PF_STEP
     lsh = lpt.bit_length() - 1
     # The addresses split a line number j into (date, line) with a shift and a mask.
-    assert lpt > 0 and lpt & (lpt - 1) == 0, "_STAGE // _PF_STEP must be a power of two"
-    npf = -(-lpt * nt // (_STAGE // _CHUNK))
+    assert lpt > 0 and lpt & (lpt - 1) == 0, "stage // _PF_STEP must be a power of two"
+    npf = -(-lpt * nt // (stage // _CHUNK))
     L = [
-        f'"""Generated by changedet.kernels.fast for {nt} history dates (v6); do not edit."""',
+        f'"""Generated by changedet.kernels.fast for {nt} history dates (v7); do not edit."""',
         "import numpy as np",
         "",
-        "from changedet.kernels.fast import _add32, _nonfinite, _prefetch",
+        "from changedet.kernels.fast import _add32, _asfloat32, _offpath, _prefetch, _signbit32",
         "",
         "",
         "def kernel(hist, img, floor, scale, out, r0, r1):",
         "    nb, ny, nx = img.shape",
         "    half = np.float32(0.5)",
         "    inf = np.float32(np.inf)",
-        f"    flags = np.zeros({_STAGE // _BLOCK + 1}, dtype=np.int64)",
+        f"    flags = np.zeros({stage // _BLOCK + 1}, dtype=np.int64)",
         f"    buf = np.empty({nt * sd}, dtype=np.float32)",
+        # The same values as int32 bit patterns, for the sign-clear path.
+        "    bufi = buf.view(np.int32)",
+        # Per block: count of values with the sign bit set (-0.0 included).
+        f"    negs = np.zeros({stage // _BLOCK + 1}, dtype=np.int64)",
         # Flat view for the prefetch addresses: a row's successor in the same date plane
         # is the next (band, y) row, so "the next tile" is just further along.
         "    hf = hist.reshape(-1)",
@@ -231,11 +300,12 @@ def _kernel_source(nt: int) -> str:
         "    for r in range(r0, r1):",
         "        b = r // ny",
         "        y = r - b * ny",
-        f"        for x0 in range(0, nx, {_STAGE}):",
-        f"            w = min({_STAGE}, nx - x0)",
+        f"        for x0 in range(0, nx, {stage}):",
+        f"            w = min({stage}, nx - x0)",
         f"            nsub = (w + {_BLOCK - 1}) // {_BLOCK}",
         "            for t in range(nsub):",
         "                flags[t] = 0",
+        "                negs[t] = 0",
         # Staging: one date at a time, so each read is a long contiguous run (read in
         # place, the dates of a pixel a power-of-two stride apart, it waited on memory).
         f"            for t in range({nt}):",
@@ -259,22 +329,25 @@ def _kernel_source(nt: int) -> str:
         # An int32 count keeps the copy 8 lanes wide: numba's int64 count halved the
         # lanes and cost as much as the copy itself (0.21 against 0.12 ns per value).
         "                    bad = np.int32(0)",
+        "                    neg = np.int32(0)",
         "                    for i in range(m):",
         "                        v = sv[i]",
         "                        dv[i] = v",
-        # NaN and +-inf (exponent bits all set): those blocks take the general path.
-        "                        bad = _add32(bad, _nonfinite(v))",
+        # NaN, +-inf and |v| >= 2**127 (see _offpath): those blocks take the general path.
+        "                        bad = _add32(bad, _offpath(v))",
+        "                        neg = _add32(neg, _signbit32(v))",
         "                    flags[s] += bad",
+        "                    negs[s] += neg",
         # Start of the next tile in every date plane (the next row's first tile after a
         # row's last). Near the end of the array the tile prefetches itself, which keeps
         # most prefetches inside the array (a narrow last tile or an array smaller than a
         # tile still reaches up to a tile past its end: a prefetch never faults, it only
-        # costs a page walk on an unmapped page). A tile narrower than _STAGE has fewer
+        # costs a page walk on an unmapped page). A tile narrower than the stage has fewer
         # chunks than prefetch slots and covers the first dates only: the next tile's
         # staging copy then prefetches for itself (cpf).
         "            pnext = r * nx + x0 + w",
-        f"            cpf = 0 if w == {_STAGE} else 1",
-        f"            if pnext + {_STAGE} > plane:",
+        f"            cpf = 0 if w == {stage} else 1",
+        f"            if pnext + {stage} > plane:",
         "                pnext = r * nx + x0",
         "                cpf = 1",
         "            for s in range(nsub):",
@@ -283,6 +356,7 @@ def _kernel_source(nt: int) -> str:
         "                im = img[b, y, x0 + i0:x0 + i0 + m]",
         "                o = out[b, y, x0 + i0:x0 + i0 + m]",
         "                cb = buf[i0:]",
+        "                cbi = bufi[i0:]",
     ]
 
     def head(cond):
@@ -300,7 +374,14 @@ def _kernel_source(nt: int) -> str:
             f"                        for x in range(np.uint64(c0), np.uint64(min(c0 + {_CHUNK}, m))):",
         ])
 
-    head("if flags[s] == 0")
+    # Blocks of finite, sign-clear values (reflectance, radiance, counts: the usual case)
+    # sort the bit patterns as int32: IEEE 754 values of sign 0 order as their bits
+    # (+0 lowest, equal values equal bits), so the sorted values are bit for bit those of
+    # the float network, and vpminsd/vpmaxsd issue on more vector pipes than
+    # vminps/vmaxps (AMD Zen 4, same-process A/B, 19 dates, 1 thread: in L2 7.2 -> 6.0,
+    # memory-resident 7.8 -> 6.8 ns per pixel-band; the network alone on Zen 3 was 28 %
+    # faster). Blocks with a sign bit set (-0.0 included) take the float network below.
+    head("if flags[s] == 0 and negs[s] == 0")
 
     def load(ind):
         # Unsigned offsets: an unsigned index needs no wraparound check.
@@ -322,15 +403,30 @@ def _kernel_source(nt: int) -> str:
 
     def fast_path(ind, p, val):
         exchange(ind, p, net)
+        tail(ind, val)
+
+    def tail(ind, val):
+        # Median and MAD of the sorted values val(0) <= ... <= val(nt - 1), and z.
         L.append(f"{ind}med = half * ({val(lo)} + {val(hi)})")
-        L.extend(f"{ind}d{t} = abs({val(t)} - med)" for t in range(nt))
+        # Sorted, so the deviations' signs are known: med lies in [s_lo, s_hi] (rounding
+        # is monotonic), and fl(med - s) == abs(fl(s - med)) (round to nearest is
+        # symmetric; both are +0 where s == med): no abs instructions.
+        L.extend(f"{ind}d{t} = med - {val(t)}" if t <= lo else f"{ind}d{t} = {val(t)} - med" for t in range(nt))
         left = [f"d{k}" for k in range(lo, -1, -1)]  # ascending: deviations left of the median
         right = [f"d{k}" for k in range(lo + 1, nt)]
         L.append(f"{ind}m0 = {_kth_of_two_sorted(left, right, lo)}")
         L.append(f"{ind}m1 = {_kth_of_two_sorted(left, right, hi)}" if hi != lo else f"{ind}m1 = m0")
-        L.append(f"{ind}o[x] = (im[x] - med) / max((half * (m0 + m1)) * scale, floor)")
+        # abs: without abs on the deviations, two zeros of opposite sign give a -0.0
+        # MAD, and max(-0.0, +0.0 floor) keeps -0.0: z flips sign (numpy's MAD is +0).
+        L.append(f"{ind}o[x] = (im[x] - med) / max(abs(half * (m0 + m1)) * scale, floor)")
 
     ind = " " * 28
+    L.extend(f"{ind}s{t} = cbi[x + np.uint64({t * sd})]" for t in range(nt))
+    exchange(ind, "s", net)
+    # New names: numba would unify an int32 and a float32 s{t} to float64.
+    L.extend(f"{ind}f{t} = _asfloat32(s{t})" for t in range(nt))
+    tail(ind, lambda t: f"f{t}")
+    head("elif flags[s] == 0")
     load(ind)
     fast_path(ind, "s", lambda t: f"s{t}")
     head("else")
@@ -376,26 +472,64 @@ def _make_prefetch():
     return prefetch
 
 
-def _make_nonfinite():
-    """numba intrinsic ``_nonfinite(x)``: int32 1 where float32 x is NaN or +-inf, else 0.
+def _make_offpath():
+    """numba intrinsic ``_offpath(x)``: int32 1 where float32 x is NaN, +-inf or
+    ``|x| >= 2**127``, else 0: the values a block's fast path must not see.
 
-    The exponent bits all set. int32 on purpose: numba widens integer arithmetic to
-    int64, which halves the vector lanes of the staging copy that counts these.
+    The exponent's top 7 bits set. Below 2**127 in magnitude the median's sum
+    ``s_lo + s_hi`` and every deviation ``s - med`` stay finite, which the fast path's
+    sign-known deviations rely on (an overflowed median of +inf gave ``s - med = -inf``
+    where numpy's ``abs`` gives +inf). int32 on purpose: numba widens integer arithmetic
+    to int64, which halves the vector lanes of the staging copy that counts these.
     """
     from llvmlite import ir
     from numba.core import types
     from numba.extending import intrinsic
 
     @intrinsic
-    def nonfinite(typingctx, x):
+    def offpath(typingctx, x):
         def codegen(context, builder, sig, args):
             i32 = ir.IntType(32)
             e = builder.and_(builder.bitcast(args[0], i32), ir.Constant(i32, 0x7F800000))
-            return builder.zext(builder.icmp_unsigned("==", e, ir.Constant(i32, 0x7F800000)), i32)
+            return builder.zext(builder.icmp_unsigned(">=", e, ir.Constant(i32, 0x7F000000)), i32)
 
         return types.int32(types.float32), codegen
 
-    return nonfinite
+    return offpath
+
+
+def _make_asfloat32():
+    """numba intrinsic ``_asfloat32(i)``: the float32 whose bits are int32 ``i`` (no instruction)."""
+    from llvmlite import ir
+    from numba.core import types
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def asfloat32(typingctx, x):
+        def codegen(context, builder, sig, args):
+            return builder.bitcast(args[0], ir.FloatType())
+
+        return types.float32(types.int32), codegen
+
+    return asfloat32
+
+
+def _make_signbit32():
+    """numba intrinsic ``_signbit32(x)``: int32 1 where float32 x has its sign bit set
+    (negative, -0.0, NaN of either sign), else 0. int32 like :func:`_make_offpath`."""
+    from llvmlite import ir
+    from numba.core import types
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def signbit32(typingctx, x):
+        def codegen(context, builder, sig, args):
+            i32 = ir.IntType(32)
+            return builder.lshr(builder.bitcast(args[0], i32), ir.Constant(i32, 31))
+
+        return types.int32(types.float32), codegen
+
+    return signbit32
 
 
 def _make_add32():
@@ -414,7 +548,8 @@ def _make_add32():
 
 
 _PREFETCH_LOCK = threading.Lock()  # not _LOCK: held by _unrolled while a kernel module imports this
-_INTRINSICS = {"_prefetch": _make_prefetch, "_nonfinite": _make_nonfinite, "_add32": _make_add32}
+_INTRINSICS = {"_prefetch": _make_prefetch, "_offpath": _make_offpath, "_add32": _make_add32,
+               "_asfloat32": _make_asfloat32, "_signbit32": _make_signbit32}
 
 
 def __getattr__(name):
@@ -447,7 +582,8 @@ def _unrolled(nt: int):
         src = _kernel_source(nt)
         # numba's disk cache does not see the intrinsics the kernel calls: their code is
         # part of the key, so changing one cannot leave stale machine code behind.
-        intrinsics = "".join(inspect.getsource(f) for f in (_make_prefetch, _make_nonfinite, _make_add32))
+        made = (_make_prefetch, _make_offpath, _make_add32, _make_asfloat32, _make_signbit32)
+        intrinsics = "".join(inspect.getsource(f) for f in made)
         key = hashlib.sha256(f"{src}{intrinsics}{numba.__version__}".encode()).hexdigest()[:16]
         name = f"bz{nt}_{key}"
         opts = dict(nogil=True, error_model="numpy", fastmath=False)
