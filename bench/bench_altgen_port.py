@@ -1,7 +1,8 @@
 """Container TEU and ship detection on scenes from an independent generator.
 
 Run: ``python bench/bench_altgen_port.py [--yard-seeds 101 102] [--harbour-seeds 201 202 203]
-[--out bench/results/altgen_port.json] [--png DIR]``.
+[--out bench/results/altgen_port.json] [--png DIR]``; ``--harbour-seeds`` with no value runs
+the yards only (``--yard-seeds`` with none, the ships only).
 
 The scenes come from ``tests/altgen/container_yard.py`` and ``tests/altgen/harbour.py``,
 written from the real world without reading changedet's own simulator; the counters
@@ -13,7 +14,9 @@ never saw them while being developed. Scoring:
   against the truth's, tarped stacks found (a truth tarped stack under a detection
   flagged ``tarped``); 20 ft / 40 ft boxes: the absolute error of the share of TEU in
   20 ft boxes, and the box count error (|20 ft error| + |40 ft error|) over the visible
-  boxes (each size's truth times the zone's visible share of TEU);
+  boxes (each size's truth times the zone's visible share of TEU); and how often the
+  truth lies within one and two reported standard deviations (TEU, 20 ft and 40 ft
+  boxes: about 68 % and 95 % if the uncertainty is honest);
 - ships, per sensor: detection F1 with one-to-one matching, at IoU >= 0.5 for VHR
   (0.5-1 m) and centre-in-hull (hull grown by one pixel) for Sentinel-1-like SAR at
   10 m; median length error, median heading error, at_berth / at_anchor accuracy.
@@ -86,6 +89,13 @@ def run_yards(seeds, png: Path | None) -> list[dict]:
                 tr = sc.truth[row["zone"]]
                 est20, est40 = (float(pf.get("by_type", {}).get(k, 0.0)) for k in ("20ft", "40ft"))
                 seen = row["visible_teu"] / max(tr.teu, 1)
+                # Reported one-sigma uncertainties against the errors: does the interval
+                # cover the truth about as often as it says (68 % within 1 sigma)?
+                sd = float(pf.get("uncertainty", 0.0))
+                sd20, sd40 = (float(pf.get("by_type_uncertainty", {}).get(k, 0.0)) for k in ("20ft", "40ft"))
+                row.update(uncertainty=sd, z_teu=(row["est_teu"] - row["visible_teu"]) / max(sd, 1e-6),
+                           z_20ft=(est20 - tr.n20 * seen) / max(sd20, 1e-6),
+                           z_40ft=(est40 - tr.n40 * seen) / max(sd40, 1e-6))
                 row.update(est_20ft=est20, est_40ft=est40, truth_share_20ft=round(tr.n20 / max(tr.teu, 1), 3),
                            est_share_20ft=round(est20 / row["est_teu"], 3) if row["est_teu"] else None,
                            boxes_error=(abs(est20 - tr.n20 * seen) + abs(est40 - tr.n40 * seen))
@@ -163,8 +173,10 @@ def _agg(rows, key):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--yard-seeds", type=int, nargs="+", default=[101, 102])
-    ap.add_argument("--harbour-seeds", type=int, nargs="+", default=[201, 202, 203])
+    ap.add_argument("--yard-seeds", type=int, nargs="*", default=[101, 102],
+                    help="container yard seeds; give the option with no value to skip the yards")
+    ap.add_argument("--harbour-seeds", type=int, nargs="*", default=[201, 202, 203],
+                    help="harbour seeds (ships); give the option with no value to skip the ships")
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/altgen_port.json")
     ap.add_argument("--png", type=Path, default=None)
     args = ap.parse_args()
@@ -175,8 +187,8 @@ def main() -> None:
     vhr, sar = run_ships(args.harbour_seeds, args.png)
     summary = {"containers": {}, "ships_vhr": {}, "ships_sar": {}}
     print("\ncontainers (per zone)      zones  TEU err mean  max   <=10%   slots err  |tiers err|  tarps found/truth"
-          "  |20ft share err|  boxes err")
-    for cond in sorted({r["condition"] for r in yards}) + ["all"]:
+          "  |20ft share err|  boxes err  truth within 1 / 2 sigma: TEU  20ft  40ft")
+    for cond in sorted({r["condition"] for r in yards}) + (["all"] if yards else []):
         rs = [r for r in yards if cond in ("all", r["condition"])]
         te = [r["teu_error"] for r in rs]
         tiers = [abs(r["est_tiers"] - r["truth_tiers"]) for r in rs if r["est_tiers"] is not None]
@@ -189,12 +201,18 @@ def main() -> None:
              "share_20ft_abs_error_mean": float(np.mean([abs(r["est_share_20ft"] - r["truth_share_20ft"])
                                                          for r in rs if r["est_share_20ft"] is not None])),
              "boxes_error_mean": float(np.mean([r["boxes_error"] for r in rs]))}
+        for k in ("teu", "20ft", "40ft"):
+            z = np.abs([r[f"z_{k}"] for r in rs])
+            s[f"within_1sd_{k}"], s[f"within_2sd_{k}"] = float(np.mean(z <= 1.0)), float(np.mean(z <= 2.0))
         summary["containers"][cond] = s
         print(f"  {cond:24s} {s['zones']:5d}  {s['teu_error_mean']:11.1%} {s['teu_error_max']:6.1%} "
               f"{s['share_within_10pct']:6.0%}   {s['ground_error_mean']:8.1%}   {s['tiers_abs_error_mean']:9.2f}"
               f"   {s['tarps_found']}/{s['tarps_truth']} (flagged {s['tarps_flagged']})"
-              f"   {s['share_20ft_abs_error_mean']:8.2f}   {s['boxes_error_mean']:8.1%}")
+              f"   {s['share_20ft_abs_error_mean']:8.2f}   {s['boxes_error_mean']:8.1%}  "
+              + "  ".join(f"{s[f'within_1sd_{k}']:3.0%}/{s[f'within_2sd_{k}']:3.0%}" for k in ("teu", "20ft", "40ft")))
     for name, rows, rule in (("ships_vhr", vhr, "IoU>=0.5"), ("ships_sar", sar, "centre in hull+1px")):
+        if not rows:
+            continue
         print(f"\n{name} ({rule})       scenes truth det  TP   P     R     F1   len err  head err  state acc")
         for cond in sorted({r["condition"] for r in rows}, key=str) + ["all"]:
             rs = [r for r in rows if cond in ("all", r["condition"])]

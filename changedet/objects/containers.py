@@ -12,7 +12,9 @@ position is known (tiers of 2.59 m), and TEU = ground slots x tiers. With a low 
 shadows cross the lane and run into the next block; those walks are lower bounds
 (censored), and the median shadow is the Kaplan-Meier estimate over all walks rather
 than the median of the ones seen to end, which are the short ones. Heights are measured
-stack by stack along a block's anti-sun edge; a stack whose shadows all run into the
+stack by stack along a block's anti-sun edge (its notches of about one box closed: a
+notch is a lower top in the shade of taller stacks; and only where the walk leaves the
+edge at 30 degrees or more, outside the blur of a grazing shadow's side); a stack whose shadows all run into the
 next block is at least as tall as its walks, and takes the mean of the block's measured
 stacks above that bound (Kaplan-Meier over stacks). The TEU of a block splits into 20 ft
 and 40 ft boxes by the share of its row length in runs of one paint about 6 m long
@@ -118,12 +120,12 @@ def count_containers(
         area_total += inside.sum()
         seen_total += (inside & ok).sum()
         pavement = pix[:, apron & ok].T
-        model = GroundModel.from_samples(pavement)
+        model = _ground_model(pavement)
         if model is None and (inside & ok).any():
             # The zone's own apron is under cloud: the pavement of the other zones' aprons.
             if pooled is None:
                 pooled_pavement = pix[:, _aprons(zones, grid) & ok].T
-                pooled = GroundModel.from_samples(pooled_pavement) or False
+                pooled = _ground_model(pooled_pavement) or False
             model = pooled or None
             # The lit pavement's hue is then read from the samples the model was fitted on.
             pavement = pooled_pavement
@@ -135,7 +137,7 @@ def count_containers(
         # 36 m at 20 degrees of sun), so that a long shadow is seen to end, not cut off.
         around = _mask(zone.buffer(max(_reach_m(sun_elevation_deg), 20.0) if have_sun else 20.0), grid)
         # Outside ``around`` every band is NaN on purpose: those pixels get distance NaN.
-        d, alpha = model.classify(np.where(around[None], pix, np.nan))
+        d, alpha = _classify(model, np.where(around[None], pix, np.nan))
         box = (d > min_contrast) & around & ok
         lit_ground = (d <= min_contrast) & (alpha >= 0.5) & around & ok
         box = ndimage.binary_opening(box, structure=np.ones((2, 2), bool))
@@ -241,6 +243,40 @@ def count_containers(
                           "by_type_uncertainty": {"20ft": round(math.sqrt(n20_var), 1),
                                                   "40ft": round(math.sqrt(n40_var), 1)}})
     return result
+
+
+# Shade is pavement lit by the sky alone: its colour is lit pavement's times the sky's
+# share of the light in each band. Under a clear sky that share falls steeply with
+# wavelength (Rayleigh scattering, about lambda^-4): some 20-30 % in blue, 15 % in green,
+# 10-12 % in red and 5-8 % in the near infrared at a sun of 30-60 degrees; haze makes the
+# sky brighter and greyer (about 30 % in every band). An apron without shadow samples
+# gets both as its possible shade colours until the stacks' own shadows show the real one
+# (:func:`_learn_shade`). With grey shade alone, the shadows beside the stacks on a bright
+# concrete apron under a clear sky (as dark as the grey shade, but bluer and with almost
+# no infrared) read as container tops: the footprint grew by the shadow, no walk was
+# left, and every stack counted one tier.
+SHADE_GREY = np.array([0.30, 0.30, 0.30, 0.30])
+SHADE_CLEAR_SKY = np.array([0.25, 0.16, 0.11, 0.065])
+
+
+def _ground_model(samples: np.ndarray) -> GroundModel | None:
+    """Ground model of pavement samples; grey shade (30 % of lit) when they hold none."""
+    model = GroundModel.from_samples(samples, assume_shadow=False)
+    if model is None or model.shadow is not None:
+        return model
+    return replace(model, shadow=model.lit * SHADE_GREY[:model.lit.size], shadow_sd=model.lit_sd * 0.5)
+
+
+def _classify(model: GroundModel, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:meth:`GroundModel.classify`, the shade also tried at the clear sky's colour
+    (``SHADE_CLEAR_SKY``) when the model's shade was assumed grey: the nearer wins."""
+    d, alpha = model.classify(pixels)
+    if model.lit.size != SHADE_CLEAR_SKY.size or not np.array_equal(model.shadow, model.lit * SHADE_GREY):
+        return d, alpha
+    blue = replace(model, shadow=model.lit * SHADE_CLEAR_SKY, shadow_sd=model.lit_sd * 0.5)
+    d2, alpha2 = blue.classify(pixels)
+    nearer = d2 < d
+    return np.where(nearer, d2, d), np.where(nearer, alpha2, alpha)
 
 
 def observed_mask(
@@ -638,9 +674,10 @@ def _shadow_lengths(blob, box, lit_ground, seen, res, azimuth, elevation) -> tup
     # Walks leave the block's outline only. A hole in a block is a lower top in the
     # shade of taller stacks around it (or a top in pavement colour): a walk across it
     # measures a height difference, or ends on the grey top, not on the ground.
-    outline = _filled(blob)
+    outline = _filled(blob, res)
     edge = ~box[nr, nc] & ~outline[nr, nc]
     rr, cc = rr[edge], cc[edge]
+    rr, cc = _steep(outline, rr, cc, dr, dc, res)
     if rr.size == 0:
         return _NO_WALKS
     r_start, c_start = rr, cc
@@ -672,6 +709,38 @@ def _shadow_lengths(blob, box, lit_ground, seen, res, azimuth, elevation) -> tup
     return length[keep], ~ended[keep], r_start[keep], c_start[keep]
 
 
+# Least sine of the angle between a walk and the block's edge it leaves. The walk ends
+# where it crosses the shadow's side, which runs along the edge; that boundary is
+# blurred over about a pixel (PSF, mixed pixels), and the walk crosses it at the angle
+# theta, so the blur moves the walk's end by about a pixel over sin(theta). With the sun
+# nearly along a block's long side (theta under 30 degrees) the shadow there is a sliver
+# one or two pixels wide, the whole walk runs inside the blur and ends (or meets the
+# blurred edge of the block) anywhere along it: tall stacks read as one tier.
+MIN_EDGE_SINE = 0.5
+# Scale over which the edge direction is read (m): longer than the step between stacks
+# of different row lengths and the gaps between boxes, shorter than a box is wide.
+EDGE_SCALE_M = 1.0
+
+
+def _steep(outline: np.ndarray, rr: np.ndarray, cc: np.ndarray, dr: float, dc: float,
+           res: float) -> tuple[np.ndarray, np.ndarray]:
+    """The walk starts (rr, cc) whose walk (dr, dc) leaves the block's outline at an angle
+    whose sine is at least ``MIN_EDGE_SINE``: the outward normal of the smoothed outline
+    there is within 60 degrees of the walk."""
+    if rr.size == 0:
+        return rr, cc
+    sigma = max(EDGE_SCALE_M / res, 1.0)
+    pad = int(math.ceil(3 * sigma)) + 1
+    r0, c0 = max(int(rr.min()) - pad, 0), max(int(cc.min()) - pad, 0)
+    sub = outline[r0:int(rr.max()) + pad + 1, c0:int(cc.max()) + pad + 1].astype("float32")
+    smooth = ndimage.gaussian_filter(sub, sigma)
+    gr, gc = np.gradient(smooth)
+    nr, nc = -gr[rr - r0, cc - c0], -gc[rr - r0, cc - c0]
+    norm = np.hypot(nr, nc)
+    keep = (nr * dr + nc * dc) >= MIN_EDGE_SINE * np.maximum(norm, 1e-9)
+    return rr[keep], cc[keep]
+
+
 # A shadow ends where lit pavement begins and goes on: painted lane lines and slot
 # markings (0.1-0.3 m wide, white or yellow) are as bright in a stack's shadow as lit
 # asphalt, and ending the walk on them cut the shadows of a yard's edge blocks at the
@@ -685,15 +754,49 @@ def _lit_run_px(res: float) -> int:
     return max(1, int(math.ceil(LIT_RUN_M / res - 1e-9)))
 
 
-def _filled(blob: np.ndarray) -> np.ndarray:
-    """``blob`` with its holes filled, computed over its bounding box."""
+def _filled(blob: np.ndarray, res: float | None = None) -> np.ndarray:
+    """``blob`` with its holes filled, computed over its bounding box; with ``res`` (m),
+    also its notches of about one box closed, as :func:`_ground_slots` closes them.
+
+    A notch in a block's outline is mostly a lower stack's top in the shade of the
+    taller stacks beside it (or a grey top of pavement colour): the ground-slot count
+    takes it for boxes, and a shadow walk into it runs over that top (the height
+    difference between the stacks, not a height) and ends on its lit part or at the
+    next box. On the independent yards (heights that vary stack by stack) over a quarter
+    of the walks were of this kind, all short: tiers biased low.
+    """
     out = np.zeros_like(blob)
     rows, cols = np.nonzero(blob)
     if rows.size == 0:
         return out
-    sl = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
-    out[sl] = ndimage.binary_fill_holes(blob[sl])
-    return out
+    if res is None or rows.size < 3:
+        sl = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+        out[sl] = ndimage.binary_fill_holes(blob[sl])
+        return out
+    se = _notch_element(blob, res)
+    pad = se.shape[0] // 2 + 1
+    r0, c0 = rows.min(), cols.min()
+    crop = np.pad(blob[r0:rows.max() + 1, c0:cols.max() + 1], pad)
+    closed = ndimage.binary_fill_holes(ndimage.binary_closing(ndimage.binary_fill_holes(crop), structure=se))
+    # Closing adds no pixel outside the block's bounding box beyond the padding; clip to the frame.
+    rr, cc = np.nonzero(closed)
+    rr, cc = rr + r0 - pad, cc + c0 - pad
+    k = (rr >= 0) & (rr < blob.shape[0]) & (cc >= 0) & (cc < blob.shape[1])
+    out[rr[k], cc[k]] = True
+    return out | blob
+
+
+def _notch_element(blob: np.ndarray, res: float) -> np.ndarray:
+    """The 3 x 7 m rectangle of :func:`_ground_slots`'s closing, its long side along the
+    block's rows, as a structuring element on the image grid."""
+    angle = math.radians(_row_frame(blob)[1])
+    half_u, half_v = 3.5 / res, 1.5 / res
+    r = int(math.ceil(math.hypot(half_u, half_v)))
+    i, j = np.mgrid[-r:r + 1, -r:r + 1]
+    x, y = j.astype(float), -i.astype(float)
+    u = x * math.cos(angle) + y * math.sin(angle)
+    v = -x * math.sin(angle) + y * math.cos(angle)
+    return (np.abs(u) <= half_u) & (np.abs(v) <= half_v)
 
 
 def _km_median(lengths: np.ndarray, censored: np.ndarray) -> float | None:
