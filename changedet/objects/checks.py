@@ -53,14 +53,21 @@ def check_metric(grid: GridSpec, kind: str) -> None:
     """Raise :class:`ResolutionError` unless the grid's CRS units are metres on the ground
     (within 2 %): ``kind``'s counter measures lengths, areas and shadows in pixels times
     the resolution (Web Mercator at 60 degrees N would make every length twice too long)."""
+    import pyproj
+
     from changedet.objects.vessels import ground_metres_per_unit
 
+    fix = ("Reproject the image to the local UTM zone (gdalwarp -t_srs EPSG:326NN / 327NN) and count again")
+    if pyproj.CRS.from_user_input(grid.crs).is_geographic:
+        # Said here, not by ground_metres_per_unit: its advice (UTM or Web Mercator) suits
+        # the ship counter, which scales Web Mercator, but not this one.
+        raise ResolutionError(f"the image is in a geographic CRS (degrees): {kind} counting measures in metres. "
+                              + fix)
     m = ground_metres_per_unit(grid)
     if abs(m - 1.0) > 0.02:
         raise ResolutionError(
             f"the image's CRS units are {m:.3g} m on the ground here (not metres; e.g. Web Mercator away from "
-            f"the equator): {kind} counting measures in metres. Reproject the image to the local UTM zone "
-            "(gdalwarp -t_srs EPSG:326NN / 327NN) and count again")
+            f"the equator): {kind} counting measures in metres. " + fix)
 
 
 def check_features(features: Mapping[str, BaseGeometry], grid: GridSpec, *, what: str,
