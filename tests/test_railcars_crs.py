@@ -34,3 +34,13 @@ def test_non_metric_crs_is_refused_with_the_fix(crs, x0, y0, res):
     track = LineString([(a + (c - a) * 0.1, (b + d) / 2), (a + (c - a) * 0.9, (b + d) / 2)])
     with pytest.raises(ResolutionError, match="Reproject the image to the local UTM zone"):
         count_railcars(image, {"T1": track})
+
+
+def test_a_nan_sun_angle_is_an_input_error():
+    from changedet.errors import ChangedetError
+
+    image, grid = _image("EPSG:32652", 500000.0, 4700000.0, 0.5)
+    (a, b, c, d) = grid.bounds
+    track = LineString([(a + 2, (b + d) / 2), (c - 2, (b + d) / 2)])
+    with pytest.raises(ChangedetError, match="sun_azimuth_deg is nan"):
+        count_railcars(image, {"T1": track}, sun_azimuth_deg=float("nan"), sun_elevation_deg=40.0)

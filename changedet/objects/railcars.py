@@ -48,6 +48,7 @@ import xarray as xr
 from scipy import ndimage
 from shapely.geometry import LineString
 
+from changedet.errors import ChangedetError
 from changedet.grid import GridSpec
 from changedet.objects.checks import ResolutionError, check_features, check_metric
 from changedet.nanstats import quiet_nanmean, quiet_nanmin, quiet_nanstd
@@ -104,6 +105,10 @@ def count_railcars(
     # All-NaN strips (clouds, image edges) are expected; they are reported as unobserved.
     # Their statistics are NaN without a warning (quiet_nanmean & co.) and floating-point
     # errors on them are ignored per thread (np.errstate; a warnings filter is process-wide).
+    for name, v in (("sun_azimuth_deg", sun_azimuth_deg), ("sun_elevation_deg", sun_elevation_deg)):
+        if v is not None and not np.isfinite(v):
+            raise ChangedetError(f"{name} is {v!r}; give the scene's sun angle in degrees, or None to infer "
+                                  "what the image shows")
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         return _count_railcars(image, tracks, valid=valid, sun_azimuth_deg=sun_azimuth_deg,
                                sun_elevation_deg=sun_elevation_deg, min_contrast=min_contrast)
@@ -130,7 +135,9 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
     strips = {tid: sample_strip(pix, grid, line, half_width_m=half, step_m=step) for tid, line in tracks.items()}
     if not strips:
         return CountResult("railcars", 0, {}, (), (), grid.crs, None, 0.0)
-    refs = _empty_track_reference(strips)
+    # Lit ground on both sides of a centre says the track is empty only where a car's
+    # shade would show there: at 3-12 m the side samples lie on the next track over.
+    refs = _empty_track_reference(strips, flanked=vhr)
     if not np.all(np.isfinite(refs["shadow"])):
         refs = _shadow_from_anti_sun_sides(strips, tracks, refs, sun_azimuth_deg)
     shade = None
@@ -154,7 +161,7 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
         # Ground in a cloud's shadow looks like a car's shadow or a dark car over whole
         # stretches: those stretches are unobserved, not empty and not occupied.
         strips = {tid: _masked(s, shade, grid) for tid, s in strips.items()}
-        refs = _empty_track_reference(strips)
+        refs = _empty_track_reference(strips, flanked=vhr)
         if not np.all(np.isfinite(refs["shadow"])):
             refs = _shadow_from_anti_sun_sides(strips, tracks, refs, sun_azimuth_deg)
     # The height cue reads the ground out to just short of the nearest neighbour track's
@@ -169,7 +176,11 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
     # ratios of brightness that tell a cylinder from a flat top: it is estimated as the
     # darkest light any sample of the tracks shows (dark-object subtraction, Chavez
     # 1988: a black car in shadow reflects almost nothing).
-    path = _path_radiance(strips) if vhr else None
+    # Only with the sun known: without it no sun-side check vets what the subtraction
+    # adds to the relief (more tops passed as barrels, long roofs as locomotives).
+    path = None
+    if vhr and sun_azimuth_deg is not None and sun_elevation_deg is not None:
+        path = _path_radiance(strips, refs["shadow"])
     per_feature, detections = [], []
     total_obs, total_len = 0.0, 0.0
     est_total, est_var = 0.0, 0.0
@@ -285,7 +296,8 @@ def _empty_track_reference(strips: Mapping[str, Strip], *, flanked: bool = True)
         # In a busy yard under haze, where cars differ from ballast by two spreads or
         # less, the mode of all centres is the cars'; the centres flanked by lit ground
         # are the empty track.
-        flank_d = np.sqrt(np.mean(((flanks - first.lit) / np.maximum(first.lit_sd, 0.004)) ** 2, axis=2))
+        flank_d = np.sqrt(np.mean(((flanks - first.lit) / np.maximum(first.lit_sd, 0.02 * np.abs(first.lit))) ** 2,
+                                  axis=2))
         lit_flanked = centres[np.all(flank_d < _FLANK_LIT_SPREADS, axis=1)]
         if lit_flanked.shape[0] >= _MIN_FLANKED_CENTRES:
             candidates.append(lit_flanked)
@@ -1103,6 +1115,8 @@ def _look(strip: Strip, s0: int, s1: int, lit_b: float, *, sun_left: bool | None
     # darker there, where the sun-side wall shades its floor or load; a flat or gently
     # cambered top is within a few tenths of even. Half-way to the predicted ratio
     # decides (measured above the path radiance ``path``, which haze adds to both).
+    if np.isfinite(shading) and shading < _MIN_SHADING:
+        shading = float("nan")
     asym = _sun_asymmetry(strip, core, sun_left, path) if sun_left is not None and np.isfinite(shading) else np.nan
     glow_min = 1.0 + 0.5 * (min(shading, _MAX_SEEN_SHADING) - 1.0) if np.isfinite(asym) else np.nan
     glowing = bool(np.isfinite(asym) and asym >= glow_min)
@@ -1117,8 +1131,9 @@ def _look(strip: Strip, s0: int, s1: int, lit_b: float, *, sun_left: bool | None
     # Relief is measured above the path radiance too: haze adds the same light to the
     # crest and the flanks and would flatten a black barrel (reflecting 3-5 %) to a sheet.
     net = top - float(np.mean(path)) if path is not None else top
-    relief = (net.max() - net.min()) / max(float(net.mean()), 1e-4)
-    if relief >= _CYLINDER_RELIEF and net.max() - net.min() >= _MIN_RELIEF_STEP:
+    relief = (net.max() - net.min()) / max(float(net.mean()), 1e-4 * float(top.mean()))
+    step_min = _MIN_RELIEF_STEP * (lit_b / _TYPICAL_LIT if np.isfinite(lit_b) and lit_b > 0 else 1.0)
+    if relief >= _CYLINDER_RELIEF and net.max() - net.min() >= step_min:
         if not np.isfinite(asym) or glowing:
             return "cylinder"
         if asym <= 1.0 / glow_min:
@@ -1144,6 +1159,13 @@ _MAX_SEEN_SHADING = 2.0
 # the shot and read noise of a mean over the top; a black barrel's crest exceeds its
 # flanks by 0.02-0.03, a coal load's heaps by less.
 _MIN_RELIEF_STEP = 0.01
+# Lit ballast's visible reflectance that step is stated against; the step scales with
+# the scene's own lit ground, so digital numbers are judged as reflectance is.
+_TYPICAL_LIT = 0.18
+# Below this predicted sun-half ratio (sun near the zenith or near the track's line) a
+# cylinder's glow is within what flat roofs and loads show (about 30 %, _GLOW_RATIO):
+# the sun side is no evidence either way.
+_MIN_SHADING = 1.3
 # Radius (m) of a tank car's barrel (3.0-3.2 m wide bodies).
 _BARREL_RADIUS_M = 1.5
 
@@ -1170,16 +1192,22 @@ def _cylinder_shading(line: LineString, azimuth_deg: float | None, elevation_deg
     return float(((1 - _SKY_SHARE) * sun_half + _SKY_SHARE) / ((1 - _SKY_SHARE) * anti_half + _SKY_SHARE))
 
 
-def _path_radiance(strips: Mapping[str, Strip]) -> np.ndarray:
+def _path_radiance(strips: Mapping[str, Strip], shadow: np.ndarray) -> np.ndarray | None:
     """Per band, the darkest light the strips show (0.1th percentile): the path radiance
-    haze adds to every pixel, plus the little a black car in shadow reflects."""
+    haze adds to every pixel, plus the little a black car in shadow reflects; at most
+    half the ground's shadow colour ``shadow`` (sky light on ballast is more than haze
+    alone: without a dark object in the scene the percentile is lit ground itself, and
+    in clear air it is sky-lit shadow). None where the shadow colour is unknown."""
+    shadow = np.asarray(shadow, dtype="float64")
+    if not np.all(np.isfinite(shadow)):
+        return None
     vals = [s.values.reshape(s.values.shape[0], -1) for s in strips.values()]
     v = np.concatenate(vals, axis=1) if vals else np.empty((4, 0))
     out = np.zeros(v.shape[0])
     for b in range(v.shape[0]):
         x = v[b][np.isfinite(v[b])]
         if x.size:
-            out[b] = max(float(np.percentile(x, 0.1)), 0.0)
+            out[b] = min(max(float(np.percentile(x, 0.1)), 0.0), 0.5 * max(float(shadow[b]), 0.0))
     return out
 
 
