@@ -102,3 +102,14 @@ def test_yard_on_bright_concrete_under_a_clear_sky():
     print(f"\ntruth {teu} TEU ({slots} slots); estimate {res.total} ({est_slots:.1f} slots)")
     assert abs(est_slots - slots) <= 0.1 * slots
     assert abs(res.total - teu) <= 0.15 * teu
+
+
+def test_a_yard_of_black_boxes_is_not_taken_for_clear_sky_shade():
+    # Black tops (4-5 % in every band) lie near the line from lit concrete to its
+    # clear-sky shade: without the hue test every block vanished as shade when the apron
+    # held no shadow to learn from (no sun given: 0 of 180 slots).
+    black = np.array([[0.04, 0.04, 0.04, 0.05]] * 5, "float32")
+    img, grid, zones, teu, slots = _yard(3, 75.0, seed=8, paints=black)
+    res = count_containers(img, zones)
+    found = sum(d.attrs["ground_slots"] for d in res.detections)
+    assert abs(found - slots) <= 0.1 * slots, (found, slots)

@@ -131,7 +131,8 @@ def count_containers(
             pavement = pooled_pavement
         if model is None or inside.sum() == 0:
             per_feature.append({"id": zid, "count": 0, "by_type": {"ground_slots": 0.0, "20ft": 0.0, "40ft": 0.0},
-                                "by_type_uncertainty": {"20ft": 0.0, "40ft": 0.0}, "observed_fraction": 0.0})
+                                "by_type_uncertainty": {"20ft": 0.0, "40ft": 0.0}, "observed_fraction": 0.0,
+                                "tarped_stacks": 0, "uncertainty": 0.0})
             continue
         # Classify as far as the longest possible shadow reaches (a 5-tier stack throws
         # 36 m at 20 degrees of sun), so that a long shadow is seen to end, not cut off.
@@ -275,7 +276,14 @@ def _classify(model: GroundModel, pixels: np.ndarray) -> tuple[np.ndarray, np.nd
         return d, alpha
     blue = replace(model, shadow=model.lit * SHADE_CLEAR_SKY, shadow_sd=model.lit_sd * 0.5)
     d2, alpha2 = blue.classify(pixels)
-    nearer = d2 < d
+    # Sky-lit shade is several times bluer against the infrared than lit pavement (3.8x
+    # with the colours above); a black or dark box top (0.04-0.05 in every band) lies
+    # near the line from lit pavement to that shade too, and whole dark blocks vanished
+    # as shade. Only pixels at least 1.5x bluer than the pavement may match it.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        hue = pixels[0] / np.maximum(pixels[3], 1e-6 * np.abs(model.lit[3]))
+    sky_hue = hue >= 1.5 * float(model.lit[0] / max(float(model.lit[3]), 1e-12))
+    nearer = (d2 < d) & sky_hue
     return np.where(nearer, d2, d), np.where(nearer, alpha2, alpha)
 
 
@@ -769,6 +777,18 @@ def _filled(blob: np.ndarray, res: float | None = None) -> np.ndarray:
     rows, cols = np.nonzero(blob)
     if rows.size == 0:
         return out
+    if res is not None:
+        lab, n = ndimage.label(blob)
+        if n > 1:
+            # Each block is closed along its own rows: the principal axis of a group of
+            # blocks stacked across the rows reads 90 degrees off, and a 7 m side across
+            # the lanes filled every lane narrower than 7 m.
+            pad = int(math.ceil(math.hypot(3.5, 1.5) / res)) + 1
+            for i, sl in enumerate(ndimage.find_objects(lab), 1):
+                r0, r1 = max(sl[0].start - pad, 0), min(sl[0].stop + pad, blob.shape[0])
+                c0, c1 = max(sl[1].start - pad, 0), min(sl[1].stop + pad, blob.shape[1])
+                out[r0:r1, c0:c1] |= _filled(lab[r0:r1, c0:c1] == i, res)
+            return out | blob
     if res is None or rows.size < 3:
         sl = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
         out[sl] = ndimage.binary_fill_holes(blob[sl])
