@@ -85,6 +85,55 @@ def _band_of(name: str) -> str | None:
     return f"B{int(num.group(1))}A" if num.group(2) else f"B{int(num.group(1)):02d}"
 
 
+#: Integer types whose all-zero pixels are fill when the file declares no nodata (see
+#: :func:`_zero_is_fill`). 8-bit is left out: 8-bit products are display-stretched with
+#: the dark end clipped, so shadow and deep water can be 0 in every band of a true-colour
+#: export, and the 8-bit sources that fill with 0 declare it (NAIP: nodata = 0).
+ZERO_FILL_DTYPES = ("uint16", "uint32")
+
+
+def _zero_is_fill(path: str | Path) -> bool:
+    """Whether pixels that are 0 in every band of ``path`` are fill, not data.
+
+    True for a 16/32-bit unsigned file that declares no nodata value, mask or alpha
+    band. Sentinel-2 L1C/L2A products (JPEG2000, and their GeoTIFF/EO Browser exports)
+    write 0 for "no data" without declaring it (ESA product specification: NoData = 0;
+    since baseline 04.00 the radiometric offset keeps real surfaces above it), and a
+    surface is never exactly 0 in every band of 12-16 bit data: the sen2ships Busan
+    export (display-stretched uint16) has 906 zeros in B02 alone and none in all five
+    bands at once.
+    """
+    from rasterio.enums import MaskFlags
+
+    from changedet.io import open_raster
+
+    with open_raster(path) as src:
+        if any(str(d) not in ZERO_FILL_DTYPES for d in src.dtypes):
+            return False
+        if any(v is not None for v in src.nodatavals):
+            return False
+        # A per-dataset mask or an alpha band says which pixels are valid.
+        return all(flags == [MaskFlags.all_valid] for flags in src.mask_flag_enums)
+
+
+def _zero_fill_to_nan(da: xr.DataArray) -> xr.DataArray:
+    """``da`` with NaN in every band where all bands are exactly 0 (see :func:`_zero_is_fill`)
+    and the zeros reach the image edge: fill lies outside a swath or a tile's footprint,
+    so it touches the edge of any crop, while dark pixels inside the image (deep water,
+    shadow in one band of a single-band export) stay data."""
+    from scipy import ndimage
+
+    zero = np.asarray((da == 0).all("band").values)
+    if not zero.any():
+        return da
+    lab, n = ndimage.label(zero)
+    edge = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
+    fill = np.isin(lab, edge[edge > 0])
+    if not fill.any():
+        return da
+    return da.where(~xr.DataArray(fill, dims=("y", "x")))
+
+
 def load_image(path: str | Path, *, bands: Sequence[str] | None = None) -> xr.DataArray:
     """Read one date as ``(band, y, x)`` float32 with NaN nodata.
 
@@ -100,8 +149,11 @@ def load_image(path: str | Path, *, bands: Sequence[str] | None = None) -> xr.Da
     -------
     xarray.DataArray
         float32 reflectance or DN as stored (uint16 is converted exactly), with x/y
-        coordinates and the CRS in ``spatial_ref``. For a directory, every band is
-        resampled (bilinear) onto the grid of the finest-resolution band.
+        coordinates and the CRS in ``spatial_ref``, and the path in ``attrs["source"]``.
+        For a directory, every band is resampled (bilinear) onto the grid of the
+        finest-resolution band. In a 16/32-bit unsigned file that declares no nodata,
+        pixels that are 0 in every band are NaN (Sentinel-2 fill, see
+        :func:`_zero_is_fill`); :func:`changedet.io.read_raster` itself keeps them.
     """
     from changedet.grid import GridSpec
     from changedet.io import read_raster, reproject_to
@@ -132,8 +184,16 @@ def load_image(path: str | Path, *, bands: Sequence[str] | None = None) -> xr.Da
                 d = reproject_to(d, grid, resampling="bilinear")
             out.append(d.isel(band=0, drop=True).assign_coords(x=grid.x, y=grid.y))
         da = xr.concat(out, dim="band", coords="minimal", compat="override").assign_coords(band=want)
-        return da.transpose("band", "y", "x")
+        da = da.transpose("band", "y", "x")
+        if all(_zero_is_fill(named[b]) for b in want):
+            da = _zero_fill_to_nan(da)
+        da.attrs["source"] = str(path)
+        return da
     da = read_raster(path)
+    if _zero_is_fill(path):
+        # On all the file's bands, before --bands selects some: more bands, surer test.
+        da = _zero_fill_to_nan(da)
+    da.attrs["source"] = str(path)
     if bands:
         names = [str(b) for b in da["band"].values]
         lower = {n.lower(): n for n in names}
@@ -144,15 +204,68 @@ def load_image(path: str | Path, *, bands: Sequence[str] | None = None) -> xr.Da
     return da
 
 
+def _unnamed(names: Sequence[str]) -> bool:
+    """True when every band carries the placeholder name ``b<n>`` of a file without band
+    descriptions (:func:`changedet.io.band_names`): its bands are known only by position."""
+    return all(str(n) == f"b{i + 1}" for i, n in enumerate(names))
+
+
+def _role_of(name: str) -> str | None:
+    from changedet.bands import ROLE_NAMES
+
+    up = str(name).upper()
+    return next((role for role, aliases in ROLE_NAMES.items() if up in aliases), None)
+
+
+def _pair_bands(nb: Sequence[str], na: Sequence[str]) -> list[tuple[str, str]]:
+    """(BEFORE band, AFTER band) pairs of two named band lists, in BEFORE's order.
+
+    Same name first (case-insensitive), then same spectral role
+    (:data:`changedet.bands.ROLE_NAMES`: ``R`` = ``red`` = ``B04``, ``NIR`` = ``B08``...),
+    each AFTER band used once. Bands of neither kind are left out.
+    """
+    def key(n):
+        # B2 and B02 (Earth Engine against ESA naming) are the same band.
+        return _band_of(str(n)) or str(n).upper()
+
+    by_upper = {key(n): str(n) for n in na}
+    used: set[str] = set()
+    pairs: dict[str, str] = {}
+    for n in nb:
+        m = by_upper.get(key(n))
+        if m is not None and m not in used:
+            pairs[str(n)] = m
+            used.add(m)
+    for n in nb:
+        if str(n) in pairs:
+            continue
+        role = _role_of(n)
+        if role is None:
+            continue
+        m = next((x for x in na if str(x) not in used and _role_of(x) == role), None)
+        if m is not None:
+            pairs[str(n)] = str(m)
+            used.add(str(m))
+    return [(str(n), pairs[str(n)]) for n in nb if str(n) in pairs]
+
+
 def load_pair(
     before: str | Path, after: str | Path, *, bands: Sequence[str] | None = None
 ) -> tuple[xr.DataArray, xr.DataArray]:
-    """Load BEFORE and AFTER, keep their common bands, and put AFTER on BEFORE's grid.
+    """Load BEFORE and AFTER, pair their bands, and put AFTER on BEFORE's grid.
+
+    Bands are paired by name, then by spectral role when the two files name them
+    differently (``B04`` with ``R`` or ``red``, ``B08`` with ``NIR``: the aliases of
+    :data:`changedet.bands.ROLE_NAMES`); bands without a partner are left out. Only
+    when a file's bands are unnamed (``b1, b2, ...``: no band descriptions) are they
+    paired by position, and then both files must have the same number of bands. The
+    result carries BEFORE's band names (AFTER's when only AFTER's are named).
 
     Raises
     ------
     ChangeError
-        If they share no band name and have different band counts.
+        If both files name their bands and no band can be paired by name or role, or
+        a file's bands are unnamed and the band counts differ.
     GridError
         If AFTER does not overlap BEFORE.
     """
@@ -160,19 +273,41 @@ def load_pair(
     from changedet.io import reproject_to
 
     b = load_image(before, bands=bands)
-    a = load_image(after, bands=bands)
+    try:
+        a = load_image(after, bands=bands)
+    except ChangeError:
+        if not bands or Path(after).is_dir():
+            raise
+        # AFTER may name the selected bands by role (R, G, B, NIR for B04, B03, B02,
+        # B08): read it whole and pair by role below.
+        a = load_image(after)
     nb = [str(v) for v in b["band"].values]
     na = [str(v) for v in a["band"].values]
-    common = [n for n in nb if n in na]
-    if not common:
+    if _unnamed(nb) or _unnamed(na):
         if len(nb) != len(na):
             raise ChangeError(
-                f"{before} has bands {nb} and {after} has bands {na}: no common band names and "
-                "different counts; pass --bands or files with matching bands"
+                f"{before} has bands {nb} and {after} has bands {na}: "
+                f"{'both files' if _unnamed(nb) and _unnamed(na) else 'one file'} has unnamed bands "
+                "(paired by position) and the counts differ; pass files with the same bands, or name them "
+                "(band descriptions such as B02, B03 or R, G, B, NIR)"
             )
-        a = a.assign_coords(band=nb)  # same count, unnamed (b1, b2, ...): match by position
-        common = nb
-    b, a = b.sel(band=common), a.sel(band=common)
+        names = na if _unnamed(nb) and not _unnamed(na) else nb
+        b, a = b.assign_coords(band=names), a.assign_coords(band=names)
+        common = names
+    else:
+        pairs = _pair_bands(nb, na)
+        if not pairs:
+            raise ChangeError(
+                f"{before} has bands {nb} and {after} has bands {na}: no band of one matches a band of the "
+                "other by name or by role (blue B/B02, green G/B03, red R/B04, NIR/B08, SWIR1/B11); name the bands "
+                "alike in both files (band descriptions), or select matching bands with --bands"
+            )
+        if bands and len(pairs) < len(nb):
+            missing = [n for n in nb if n not in dict(pairs)]
+            raise ChangeError(f"{after}: has no band matching {missing} by name or role; its bands are {na}")
+        common = [p[0] for p in pairs]
+        b = b.sel(band=common)
+        a = a.sel(band=[p[1] for p in pairs]).assign_coords(band=common)
     gb = GridSpec.of(b)
     if not GridSpec.of(a).same_as(gb):
         try:
@@ -394,6 +529,9 @@ def change_score(
         raise ChangeError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if int(smooth) != smooth or smooth < 1 or smooth % 2 == 0:
         raise ChangeError(f"smooth={smooth!r} must be a positive odd window side in pixels (1 = off, 3, 5, ...)")
+    # Before masking and smoothing drop the attributes: the files, for error messages.
+    sources = (before.attrs.get("source", "BEFORE"), after.attrs.get("source", "AFTER"))
+    names = [str(b) for b in before["band"].values] if "band" in before.coords else []
     hidden = None
     if unobserved is not None:
         hidden = np.asarray(getattr(unobserved, "values", unobserved), dtype=bool)
@@ -417,7 +555,21 @@ def change_score(
         lr = K.log_ratio(before, after, eps=1e-3)
         mag = abs(lr).mean("band", skipna=False)
     elif method == "irmad":
-        res = K.irmad(before, after)
+        from changedet.kernels.irmad import ConstantBandError
+
+        try:
+            res = K.irmad(before, after)
+        except ConstantBandError as exc:
+            src = sources[0] if exc.date == "before" else sources[1]
+            flat = list(exc.bands) or [f"band {i + 1}" for i in exc.indices]
+            keep = [n for n in names if n not in flat]
+            what = (f"band {flat[0]} is constant ({exc.value:.6g} in every valid pixel)" if len(flat) == 1
+                    else f"bands {', '.join(flat)} are constant (no spread over the valid pixels)")
+            fix = (f"drop {'it' if len(flat) == 1 else 'them'} with --bands {','.join(keep)}"
+                   if len(keep) >= 2 else "too few bands with spread are left for it")
+            raise ChangeError(
+                f"{src}: {what}, and IR-MAD cannot use a band without spread; {fix}, or use --method cva / diff"
+            ) from None
         mag = res.chi2
         extras["dof"] = res.bands
         extras["p_nochange"] = res.p_nochange
@@ -527,18 +679,39 @@ def finish_change(
 
 
 def changed_area_m2(mask: xr.DataArray) -> float:
-    """Flagged area in m^2 for a projected or a geographic (lon/lat) grid.
+    """Flagged ground area in m^2 for a projected or a geographic (lon/lat) grid.
 
     Geographic grids use the geodesic area of each pixel row on the CRS ellipsoid.
+    Projected grids use pixels x pixel area in metres (any linear unit), times the
+    ground/map area ratio of each block of
+    :data:`changedet.polygons.AREA_BLOCK_PX` pixels where it departs from 1 by more
+    than :data:`changedet.polygons.AREAL_SCALE_TOLERANCE`
+    (:func:`changedet.polygons.ground_area_factors`): a Web Mercator pixel (EPSG:3857,
+    as Sentinel Hub and EO Browser export) covers about cos^2(lat) of its map area on
+    the ground (0.67 at 35 N, 0.25 at 60 N). UTM and national grids (areal scale
+    0.9992-1.002) are left as map area.
     """
     import pyproj
 
     from changedet.grid import GridSpec
     from changedet.kernels import changed_area_m2 as planar
+    from changedet.polygons import AREA_BLOCK_PX, ground_area_factors
 
     grid = GridSpec.of(mask)
     if grid.crs.is_projected:
-        return planar(mask)
+        area = planar(mask)
+        if area == 0.0:
+            return area
+        f = ground_area_factors(grid)
+        if f is None:
+            return area
+        m = mask.squeeze([d for d in mask.dims if d not in ("y", "x")], drop=True)
+        # As the planar kernel counts: non-zero finite values are changed.
+        m = m if m.dtype == bool else (m.notnull() & (m != 0))
+        counts = m.astype("int64").coarsen(y=AREA_BLOCK_PX, x=AREA_BLOCK_PX, boundary="pad").sum()
+        counts = np.asarray(counts.values, dtype="float64")
+        n = counts.sum()
+        return float(area * np.sum(counts * f) / n) if n else 0.0
     if not grid.crs.is_geographic:
         raise GridError(f"cannot compute areas in CRS {grid.crs.name!r}; reproject to UTM first")
     geod = grid.crs.get_geod() or pyproj.Geod(ellps="WGS84")

@@ -126,6 +126,17 @@ def data_band_indexes(src) -> list[int]:
     return keep or list(range(src.count))
 
 
+def _alpha_kept_as_data(src, keep: list[int]) -> bool:
+    """Whether a band GDAL labels alpha is among the data bands ``keep`` (not a mask)."""
+    from rasterio.enums import ColorInterp
+
+    try:
+        interp = list(src.colorinterp)
+    except Exception:
+        return False
+    return any(interp[i] == ColorInterp.alpha for i in keep)
+
+
 def _is_mask_band(src, i: int) -> bool:
     """Whether band ``i`` (labelled alpha) really is a mask: GDAL labels band 4 of every
     4-band 8-bit GeoTIFF written without a photometric tag alpha, NIR included. A mask
@@ -167,6 +178,27 @@ def read_raster(path: str | Path, *, bands: list[str] | None = None) -> xr.DataA
         # rounding cannot merge nodata with a neighbour.
         data = np.ma.filled(src.read(masked=True).astype("float32"), np.float32(np.nan))
         keep = data_band_indexes(src)
+        if _alpha_kept_as_data(src, keep):
+            # GDAL masks the other bands with a band it labels alpha (band 4 of every 4-band
+            # 8-bit GeoTIFF without a photometric tag); kept as data (NIR), its zeros (dark
+            # water) are not "no data". Only the bands GDAL masked *by that alpha* are read
+            # raw (an internal or .msk mask still applies), masked by their nodata and where
+            # every band is 0 (the fill under a transparent pixel; dark water keeps R, G, B).
+            from rasterio.enums import MaskFlags
+
+            raw = src.read()
+            unmasked = False
+            for j in range(src.count):
+                if MaskFlags.alpha not in src.mask_flag_enums[j]:
+                    continue
+                band = raw[j].astype("float32")
+                nd = src.nodatavals[j]
+                if nd is not None:
+                    band[raw[j] == nd] = np.nan
+                data[j] = band
+                unmasked = True
+            if unmasked:
+                data[:, np.all(raw == 0, axis=0)] = np.nan
         if len(keep) < data.shape[0]:
             # GDAL makes an alpha band the mask of the others only for gray+alpha and
             # RGB+alpha 8/16-bit files; apply it here for every layout (R, G, B, NIR + alpha...).
@@ -199,30 +231,132 @@ def read_raster(path: str | Path, *, bands: list[str] | None = None) -> xr.DataA
     return da.rio.write_transform(transform, inplace=True)
 
 
-def write_geotiff(da: xr.DataArray, path: str | Path, *, cog: bool = True, dtype: str = "float32") -> Path:
+class OutputPathError(ChangedetError):
+    """An output path cannot be written: it is a directory, or its folder cannot be
+    created or written to."""
+
+
+def check_output_path(path: str | Path, *, option: str = "--out", suffix: str = ".tif") -> Path:
+    """Refuse an output file path that cannot be written, before any work is done.
+
+    Parameters
+    ----------
+    path : path
+        The file to be written (its folders may not exist yet: they are created).
+    option : str
+        How the caller names the path in messages (the CLI flag, e.g. ``--out``).
+    suffix : str
+        File extension used in the example name the message suggests.
+
+    Returns
+    -------
+    Path
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises
+    ------
+    OutputPathError
+        ``path`` is an existing directory, a parent of it is an existing file, or its
+        folder is not writable or cannot be created (missing folders are created).
+    """
+    import re
+
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:/", str(path)):
+        # Path() would turn s3://bucket/x.tif into a local folder "s3:".
+        raise OutputPathError(f"{option} {path}: is a URL; {option} writes a local file (copy it to the "
+                              "object store afterwards, or use a command's --store option)")
+    path = Path(path)
+    if path.is_dir():
+        raise OutputPathError(f"{option} {path}: is a directory; give a file name (e.g. {path / 'result'}"
+                              f"{suffix})")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputPathError(f"{option} {path}: {parent} is a file, not a folder; choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{option} {path}: the folder {parent} is not writable; choose a writable folder")
+    # Create the missing folders now, as the write would: a folder that cannot be made
+    # (a read-only or virtual file system; root passes the access test) fails here.
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputPathError(f"{option} {path}: its folder cannot be created ({exc.strerror or exc}); "
+                              "choose a writable folder") from None
+    return path
+
+
+def atomic_write(path: str | Path, write, *, option: str | None = None) -> Path:
+    """Call ``write(tmp)`` on a temporary name beside ``path``, then move it into place.
+
+    A crash or a refused path never leaves a half-written file where a good one was, and
+    never leaves the temporary file behind; an existing file at ``path`` is only replaced
+    by a complete one.
+
+    Raises
+    ------
+    OutputPathError
+        The folder cannot be created or written, or ``path`` is a directory; the message
+        names ``option`` (the CLI flag) when given, and the path.
+    """
+    import uuid
+
+    path = Path(path)
+    what = f"{option} {path}" if option else str(path)
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(21, "is a directory")
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputPathError(f"{what}: cannot be written ({exc.strerror or exc}); give a file name in a "
+                              "writable folder") from None
+    # A name of its own: two writers of one output must not share a temporary file. Not
+    # made by mkstemp, whose 0600 mode the output would keep.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise OutputPathError(f"{what}: cannot be written ({exc.strerror or exc}); give a file name in a "
+                              "writable folder") from None
+    except BaseException:
+        # Anything else (a corrupt input read while the data is computed, GDAL's own
+        # errors) is not the output path's fault: it propagates as it is.
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return path
+
+
+def write_geotiff(da: xr.DataArray, path: str | Path, *, cog: bool = True, dtype: str = "float32",
+                  option: str | None = None) -> Path:
     """Write ``da`` as a (Cloud Optimized) GeoTIFF that QGIS opens with its CRS and band names.
 
-    Written to a temporary name and moved into place, so a crash never leaves a
-    half-written file where a good one was.
+    Written to a temporary name and moved into place (:func:`atomic_write`), so a crash
+    never leaves a half-written file where a good one was, nor a temporary file behind.
+    ``option`` (e.g. ``"--out"``) names the path in the error of an unwritable path.
+
+    Raises
+    ------
+    OutputPathError
+        ``path`` is a directory or cannot be created or written.
     """
     import rioxarray  # noqa: F401
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     out = da.astype(dtype)
     if "band" not in out.dims:
         out = out.expand_dims(band=[out.name or "value"])
     names = [str(b) for b in out["band"].values]
-    tmp = path.with_name(f".{path.name}.tmp")
     kwargs = {"driver": "COG", "compress": "DEFLATE"} if cog else {"driver": "GTiff", "compress": "DEFLATE",
                                                                     "tiled": True}
     nodata = np.nan if np.issubdtype(np.dtype(dtype), np.floating) else None
     out = out.rio.write_nodata(nodata, encoded=False) if nodata is not None else out
     # rioxarray writes a tuple long_name as the band descriptions QGIS shows.
     out.attrs["long_name"] = tuple(names)
-    out.rio.to_raster(tmp, **kwargs)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda t: out.rio.to_raster(t, **kwargs), option=option)
 
 
 def reproject_to(da: xr.DataArray, grid: GridSpec, *, resampling: str = "bilinear") -> xr.DataArray:

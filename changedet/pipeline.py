@@ -29,8 +29,9 @@ from changedet.coreg import apply_shift, coregister, provenance_fields
 from changedet.cube import Cube, clear_mask, is_url, optical_bands
 from changedet.errors import ChangedetError, CoregError, CubeError, SourceError
 from changedet.grid import GridSpec, aoi_grid
-from changedet.io import write_geotiff
-from changedet.kernels import baseline_zscore, changed_area_m2
+from changedet.io import atomic_write, write_geotiff
+from changedet.change import changed_area_m2
+from changedet.kernels import baseline_zscore
 from changedet.kernels.threshold import change_mask
 from changedet.metrics import SITE, MetricStore, to_utc
 from changedet.nanstats import quiet_nanmean
@@ -548,9 +549,8 @@ def _write_detections(res, path: Path) -> None:
     doc = res.to_json(to_crs="EPSG:4326")
     fc = {"type": "FeatureCollection",
           "features": [{"type": "Feature", "geometry": d.pop("polygon"), "properties": d} for d in doc["detections"]]}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(fc))
-    tmp.replace(path)
+    # Never a half-written file, nor a stray temporary one, where a reader looks.
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(fc)))
 
 
 def dates_between(start: date, end: date, every_days: int) -> list[date]:

@@ -19,7 +19,6 @@ and moved into place.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -53,7 +52,10 @@ class ChangePolygon:
         touching at corners).
     n_pixels : int
     area_m2 : float
-        Geodesic area on the CRS ellipsoid for geographic grids, planar otherwise.
+        Ground area: geodesic on the CRS ellipsoid for geographic grids; for projected
+        grids the planar area times the ground/map area ratio of the region's block
+        (Web Mercator: about cos^2(lat)), see :func:`ground_area_factors`; UTM and
+        national grids stay planar (:data:`AREAL_SCALE_TOLERANCE`).
     mean_magnitude, max_magnitude : float
         Of the change magnitude inside the region (NaN if no magnitude was given).
     features : tuple of str
@@ -112,12 +114,98 @@ def _block_pieces(lab: np.ndarray, mag: np.ndarray | None, transform: Affine):
     return pieces, ids, counts, sums, maxs, nfin
 
 
-def _area_m2(geom: BaseGeometry, crs: pyproj.CRS) -> float:
+#: Departure of a projection's ground/map area ratio from 1 up to which map m^2 are taken
+#: as ground m^2 unchanged. Map grids built for measuring (UTM, national grids) keep the
+#: linear scale within about +-0.1 % over their zone (UTM: 0.9996 on the central
+#: meridian, 1.001 at the zone edge, i.e. areal 0.9992-1.002), far below the pixel-edge
+#: uncertainty of any change region (one pixel of rim on a 20 x 20 px region is 20 %);
+#: leaving them as they were keeps areas equal to pixels x pixel size, as users and the
+#: planar kernel (:func:`changedet.kernels.changed_area_m2`) compute them. Web Mercator
+#: (ground/map = cos^2(lat) x the ellipsoid's curvature term: 0.67 at 35 N, 0.25 at 60 N)
+#: exceeds it beyond about 3 degrees of latitude, and is then converted to ground area.
+AREAL_SCALE_TOLERANCE = 0.0025
+#: Side (pixels) of the blocks over which the ground/map area ratio is taken as constant:
+#: 256 px of 10 m Web Mercator span 0.02 degrees of latitude, over which cos^2(lat) varies
+#: by 0.15 % at 60 N (and by about as much below as above the block's centre).
+AREA_BLOCK_PX = 256
+#: Points per block side when the block outline is moved to lon/lat for its geodesic area
+#: (a straight map edge is a curve on the ellipsoid).
+_EDGE_POINTS = 16
+
+
+def ground_area_factors(grid: GridSpec, block_px: int = AREA_BLOCK_PX) -> np.ndarray | None:
+    """Ground m^2 per map m^2 of each ``block_px`` x ``block_px`` block of a projected grid.
+
+    The ground area of a block is the geodesic area, on the CRS's ellipsoid, of its
+    outline (densified, moved to the CRS's geographic CRS); the map area is its planar
+    area in metres (the CRS's linear unit converted). Web Mercator gives about
+    cos^2(lat); UTM 1/k^2 (k = 0.9996-1.001).
+
+    Parameters
+    ----------
+    grid : GridSpec
+        A projected grid.
+    block_px : int
+        Block side in pixels; edge blocks are truncated to the grid.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        (ceil(rows / block_px), ceil(cols / block_px)) factors, or None when every block's
+        factor is within :data:`AREAL_SCALE_TOLERANCE` of 1 (map m^2 are ground m^2), or
+        when the CRS cannot be moved to lon/lat (an engineering CRS: its units are taken
+        as ground units).
+    """
+    crs = pyproj.CRS.from_user_input(grid.crs)
+    h, w = grid.shape
+    t = grid.transform
+    to_m = crs.axis_info[0].unit_conversion_factor or 1.0
+    r0 = np.arange(0, h, block_px)
+    c0 = np.arange(0, w, block_px)
+    r1, c1 = np.minimum(r0 + block_px, h), np.minimum(c0 + block_px, w)
+    u = np.linspace(0.0, 1.0, _EDGE_POINTS + 1)[:-1]
+    # Outline of the unit square, counter-clockwise in (col, row) order of 4 edges.
+    uc = np.concatenate([u, np.ones_like(u), 1 - u, np.zeros_like(u)])
+    ur = np.concatenate([np.zeros_like(u), u, np.ones_like(u), 1 - u])
+    cols = c0[None, :, None] + (c1 - c0)[None, :, None] * uc[None, None, :]
+    rows = r0[:, None, None] + (r1 - r0)[:, None, None] * ur[None, None, :]
+    cols, rows = np.broadcast_arrays(cols, rows)
+    try:
+        tr = pyproj.Transformer.from_crs(crs, crs.geodetic_crs, always_xy=True)
+        lon, lat = tr.transform(t.c + t.a * cols, t.f + t.e * rows)
+        geod = crs.get_geod() or pyproj.Geod(ellps="WGS84")
+    except Exception:  # no geographic CRS to go to: take the units as ground units
+        return None
+    lon, lat = np.asarray(lon), np.asarray(lat)
+    if not (np.isfinite(lon).all() and np.isfinite(lat).all()):
+        return None
+    ground = np.empty((r0.size, c0.size))
+    for i in range(r0.size):
+        for j in range(c0.size):
+            ground[i, j] = abs(geod.polygon_area_perimeter(lon[i, j], lat[i, j])[0])
+    planar = np.outer((r1 - r0) * abs(t.e), (c1 - c0) * abs(t.a)) * to_m * to_m
+    f = ground / planar
+    if np.all(np.abs(f - 1.0) <= AREAL_SCALE_TOLERANCE):
+        return None
+    return f
+
+
+def _area_m2(geom: BaseGeometry, crs: pyproj.CRS, grid: GridSpec | None = None,
+             factors: np.ndarray | None = None) -> float:
     if crs.is_geographic:
         geod = crs.get_geod() or pyproj.Geod(ellps="WGS84")
         return float(abs(geod.geometry_area_perimeter(geom)[0]))
     to_m = crs.axis_info[0].unit_conversion_factor or 1.0
-    return float(geom.area * to_m * to_m)
+    area = float(geom.area * to_m * to_m)
+    if factors is None or grid is None or geom.is_empty:
+        return area
+    # Ground m^2 (Web Mercator: about x cos^2(lat)) with the factor of the block holding
+    # the region, as :func:`changedet.change.changed_area_m2` counts its pixels.
+    p = geom.representative_point()
+    col, row = ~grid.transform * (p.x, p.y)
+    i = min(max(int(row // AREA_BLOCK_PX), 0), factors.shape[0] - 1)
+    j = min(max(int(col // AREA_BLOCK_PX), 0), factors.shape[1] - 1)
+    return area * float(factors[i, j])
 
 
 def _features_4326(aoi=None, features: Mapping[str, BaseGeometry] | None = None) -> dict[str, BaseGeometry]:
@@ -225,6 +313,7 @@ def change_polygons(
                 s[2] = max(s[2], float(maxs[k]))
             s[3] += int(nfin[k])
 
+    factors = ground_area_factors(grid) if not grid.crs.is_geographic else None
     feats = _features_4326(aoi, features)
     feats_native = {k: _to_crs(g, pyproj.CRS.from_epsg(4326), grid.crs) for k, g in feats.items()}
     out = []
@@ -249,7 +338,7 @@ def change_polygons(
             id=i + 1,
             geometry=geom,
             n_pixels=n,
-            area_m2=_area_m2(geom, grid.crs),
+            area_m2=_area_m2(geom, grid.crs, grid, factors),
             mean_magnitude=float(mean),
             max_magnitude=float(mx),
             features=touched,
@@ -276,24 +365,25 @@ def _records(polys: ChangePolygons) -> Iterable[dict]:
         }
 
 
-def _atomic_write(path: Path, write) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+def _atomic_write(path: Path, write, option: str | None = None) -> Path:
+    from changedet.io import OutputPathError, atomic_write
+
     try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise PolygonError(f"{path}: cannot be written ({exc.strerror or exc}); check the directory") from None
-    return path
+        return atomic_write(path, write, option=option)
+    except OutputPathError as exc:
+        # PolygonError, as before, so callers catching it keep working; the message
+        # (naming the path, and the CLI flag when given) is atomic_write's.
+        raise PolygonError(str(exc)) from None
 
 
-def write_geojson(polys: ChangePolygons, path: str | Path) -> Path:
+def write_geojson(polys: ChangePolygons, path: str | Path, *, option: str | None = None) -> Path:
     """Write the polygons as an RFC 7946 GeoJSON FeatureCollection (EPSG:4326 lon/lat).
 
     Properties per feature: ``id``, ``area_m2``, ``n_pixels``, ``mean_magnitude``,
     ``max_magnitude``, ``features`` (AOI feature ids touched); the collection's
     ``properties`` (method, threshold, ...) are written as a top-level member.
+    ``option`` (e.g. ``"--polygons"``) names the path in the error of an unwritable path
+    (:class:`PolygonError`; no temporary file is left behind).
     """
     from shapely.geometry import mapping
 
@@ -306,10 +396,10 @@ def write_geojson(polys: ChangePolygons, path: str | Path) -> Path:
             for p, r in zip(polys.polygons, _records(polys))
         ],
     }
-    return _atomic_write(Path(path), lambda t: t.write_text(json.dumps(doc)))
+    return _atomic_write(Path(path), lambda t: t.write_text(json.dumps(doc)), option)
 
 
-def write_geoparquet(polys: ChangePolygons, path: str | Path) -> Path:
+def write_geoparquet(polys: ChangePolygons, path: str | Path, *, option: str | None = None) -> Path:
     """Write the polygons as GeoParquet 1.0 (WKB ``geometry`` column, grid CRS as PROJJSON).
 
     Needs ``pyarrow``. Columns: ``id``, ``area_m2``, ``n_pixels``, ``mean_magnitude``,
@@ -353,4 +443,4 @@ def write_geoparquet(polys: ChangePolygons, path: str | Path) -> Path:
     meta[b"geo"] = json.dumps(geo).encode()
     meta[b"changedet"] = json.dumps({k: v for k, v in polys.properties.items()}, default=str).encode()
     table = table.replace_schema_metadata(meta)
-    return _atomic_write(Path(path), lambda t: pq.write_table(table, t))
+    return _atomic_write(Path(path), lambda t: pq.write_table(table, t), option)

@@ -90,8 +90,13 @@ def cmd_change(args) -> int:
     dates = _dates(args.dates) if args.dates else (None, None)
     if args.dates and not args.mask_clouds:
         raise ChangedetError("--dates is used for cloud shadows only; add --mask-clouds or drop --dates")
+    from changedet.io import check_output_path
+
+    # Refuse a bad name, a directory or an unwritable folder before the work, not after it.
+    check_output_path(args.out, option="--out")
     if args.polygons is not None:
-        _polygon_format(args.polygons)  # refuse a bad name before the work, not after it
+        _polygon_format(args.polygons)
+        check_output_path(args.polygons, option="--polygons", suffix=args.polygons.suffix or ".geojson")
     before, after = load_pair(args.before, args.after, bands=bands)
     unobserved = None
     if args.mask_clouds:
@@ -119,7 +124,7 @@ def cmd_change(args) -> int:
     out = out.assign_coords(band=names)
     if "spatial_ref" in mag.coords:
         out = out.assign_coords(spatial_ref=mag["spatial_ref"])
-    path = write_geotiff(out, args.out)
+    path = write_geotiff(out, args.out, option="--out")
     area = changed_area_m2(res.mask)
     doc = {
         "method": res.method,
@@ -155,9 +160,9 @@ def cmd_change(args) -> int:
         doc["polygon_count"] = len(polys)
     if args.polygons is not None:
         if _polygon_format(args.polygons) == "parquet":
-            write_geoparquet(polys, args.polygons)
+            write_geoparquet(polys, args.polygons, option="--polygons")
         else:
-            write_geojson(polys, args.polygons)
+            write_geojson(polys, args.polygons, option="--polygons")
         doc["polygons"] = str(args.polygons)
     if args.json:
         print(json.dumps(doc))

@@ -104,8 +104,10 @@ def clear_sky(ref, mov):
 
 def cmd_coregister(args) -> int:
     from changedet.coreg import apply_result, coregister, coregister_files
-    from changedet.io import read_raster, write_geotiff
+    from changedet.io import check_output_path, read_raster, write_geotiff
 
+    if args.out is not None:
+        check_output_path(args.out, option="--out")  # refuse a directory before the work, not after it
     for name in ("window", "step"):
         v = getattr(args, name)
         if v is not None and v < 32:
@@ -125,7 +127,7 @@ def cmd_coregister(args) -> int:
                                min_reliability=args.min_reliability, max_shift_px=args.max_shift)
         if args.out is not None:
             out_path = write_geotiff(apply_result(read_raster(args.reference), read_raster(args.moving), res),
-                                     args.out)
+                                     args.out, option="--out")
     else:
         ref = read_raster(args.reference)
         mov = read_raster(args.moving)
@@ -134,7 +136,7 @@ def cmd_coregister(args) -> int:
                                   max_shift_px=args.max_shift, local=args.local, window_px=args.window or 256,
                                   step_px=args.step, warp=args.warp, valid=valid)
         if args.out is not None:
-            out_path = write_geotiff(aligned, args.out)
+            out_path = write_geotiff(aligned, args.out, option="--out")
     doc = result_json(res)
     if out_path is not None:
         doc["out"] = str(out_path)

@@ -25,7 +25,10 @@ def add_parser(sub) -> None:
     src.add_argument("--aoi", help="AOI id (or .yaml path) whose features to use")
     src.add_argument("--features", type=Path,
                      help="GeoJSON FeatureCollection (properties id, role); EPSG:4326 unless a 'crs' member says otherwise")
-    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.add_argument("--json", action="store_true",
+                   help="print the result as one JSON object. Its detection polygons are in EPSG:4326 lon/lat when "
+                        "the features are (always with --aoi), else in the image's CRS; the object's 'crs' member "
+                        "names it (e.g. \"EPSG:4326\", or WKT for a CRS without an authority code)")
     p.add_argument("--out", type=Path, default=None, help="write detections as a GeoJSON FeatureCollection (EPSG:4326)")
     p.add_argument("--sun-azimuth", type=float, default=None,
                    help="solar azimuth, degrees clockwise from north (default: from the file's SUN_AZIMUTH tag, "
@@ -242,8 +245,10 @@ def cmd_count(args) -> int:
     import pyproj
 
     from changedet.grid import crs_of
-    from changedet.io import read_raster
+    from changedet.io import check_output_path, read_raster
 
+    if args.out is not None:
+        check_output_path(args.out, option="--out", suffix=".geojson")  # before the work, not after it
     image = read_raster(args.image)
     img_crs = pyproj.CRS.from_user_input(crs_of(image))
     ll = pyproj.CRS.from_epsg(4326)
@@ -298,8 +303,18 @@ def cmd_count(args) -> int:
 
         res = count_ships(image, sel["main"], water=sel["water"], valid=valid)
 
+    if res.observed_fraction <= 0.0:
+        # A count of 0 from an image that shows none of the features is no observation; the
+        # library still returns it (flows record observed_fraction 0), the CLI refuses it.
+        what = {"railcars": "tracks", "containers": "stack zones", "ships": "berths and water"}[args.kind]
+        raise ChangedetError(
+            f"{args.image}: nothing was observed over the {what} of {where}: every pixel there is cloud "
+            f"({MASK_BAND} band) or nodata, so no {args.kind} count can be made; use a clearer image of the site")
     out_crs = ll if feat_crs.equals(ll) else img_crs
     doc = res.to_json(to_crs=out_crs)
+    # The detection polygons are in out_crs (lon/lat, or the image's CRS for projected
+    # features): say which, so callers need not guess from the coordinates.
+    doc["crs"] = _crs_name(out_crs)
     if sun is not None:
         doc["sun"] = sun
     if args.out is not None:
@@ -324,14 +339,17 @@ def cmd_count(args) -> int:
     return 0
 
 
+def _crs_name(crs) -> str:
+    """``AUTHORITY:CODE`` of ``crs`` (e.g. ``EPSG:4326``), or its WKT when it has no code."""
+    auth = crs.to_authority()
+    return f"{auth[0]}:{auth[1]}" if auth else crs.to_wkt()
+
+
 def _write_detections(res, path: Path) -> None:
-    import os
+    from changedet.io import atomic_write
 
     doc = res.to_json(to_crs="EPSG:4326")
     feats = [{"type": "Feature", "geometry": d["polygon"],
               "properties": {k: v for k, v in d.items() if k != "polygon"}} for d in doc["detections"]]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
-    os.replace(tmp, path)
+    text = json.dumps({"type": "FeatureCollection", "features": feats})
+    atomic_write(Path(path), lambda t: t.write_text(text), option="--out")

@@ -34,7 +34,38 @@ import xarray as xr
 
 from changedet.kernels.change import KernelError, _as_dataarray, _check_same_grid, _finish
 
-__all__ = ["IRMADResult", "irmad"]
+__all__ = ["ConstantBandError", "IRMADResult", "irmad"]
+
+#: A band whose variance over the (weighted) valid pixels is below this fraction of its
+#: squared mean (plus 1e-12 for a band near 0) has no spread: its standard deviation is
+#: then under 3e-5 of its level, below one quantisation step of 12-16 bit data and of
+#: reflectance stored to 1e-4, i.e. a fill, saturated or synthetic band. The canonical
+#: correlation of such a band is undefined (its covariance block is singular) and the
+#: float64 rounding of the variance (about 1e-16 of the squared mean) stays far below.
+CONSTANT_BAND_REL_VAR = 1e-9
+
+
+class ConstantBandError(KernelError):
+    """A band of one date has no spread over the valid pixels (IR-MAD cannot use it).
+
+    Attributes
+    ----------
+    date : {"before", "after"}
+    index : int
+        0-based index of the first constant band.
+    band : str or None
+        Its name when known.
+    value : float
+        Its (weighted) mean, in input units.
+    indices, bands : tuple
+        Every constant band of that date (0-based indexes; names when known).
+    """
+
+    def __init__(self, message: str, *, date: str, index: int, band: str | None = None, value: float = float("nan"),
+                 indices: tuple[int, ...] = (), bands: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.date, self.index, self.band, self.value = date, index, band, value
+        self.indices, self.bands = tuple(indices) or (index,), tuple(bands)
 
 
 @dataclass(frozen=True)
@@ -153,13 +184,28 @@ def _solve(sums: np.ndarray, nb: int, ridge: float):
     mean = sums[1 : 1 + k] / wsum
     cov = sums[1 + k :].reshape(k, k) / wsum - np.outer(mean, mean)
     cov = 0.5 * (cov + cov.T)
+    var = np.diag(cov)
+    flat = var <= CONSTANT_BAND_REL_VAR * (mean**2 + 1e-12)
+    if flat.any():
+        j = int(np.flatnonzero(flat)[0])
+        date, idx, half = ("before", j, flat[:nb]) if j < nb else ("after", j - nb, flat[nb:])
+        raise ConstantBandError(
+            f"irmad: {date} band {idx + 1} is constant over the valid pixels ({mean[j]:.6g} everywhere); "
+            "drop the band, or use another method (cva, diff)", date=date, index=idx, value=float(mean[j]),
+            indices=tuple(int(i) for i in np.flatnonzero(half)))
     sxx, syy, sxy = cov[:nb, :nb], cov[nb:, nb:], cov[:nb, nb:]
     # A tiny ridge (relative to each band's variance) keeps constant or duplicated bands
     # from making the generalised eigenproblem singular (regularised MAD, Nielsen 2007).
     sxx = sxx + ridge * np.diag(np.maximum(np.diag(sxx), 1e-12))
     syy = syy + ridge * np.diag(np.maximum(np.diag(syy), 1e-12))
-    syy_inv = np.linalg.inv(syy)
-    lam, a = eigh(sxy @ syy_inv @ sxy.T, sxx)  # ascending rho^2, a^T Sxx a = 1
+    try:
+        syy_inv = np.linalg.inv(syy)
+        lam, a = eigh(sxy @ syy_inv @ sxy.T, sxx)  # ascending rho^2, a^T Sxx a = 1
+    except np.linalg.LinAlgError:
+        # Bands with spread that are still linearly dependent beyond what the ridge absorbs.
+        raise KernelError("irmad: the band covariance of one date is singular (bands that are exact linear "
+                          "combinations of others, e.g. duplicated bands); drop the redundant bands or use "
+                          "another method (cva, diff)") from None
     rho = np.sqrt(np.clip(lam, 0.0, 1.0))
     b = syy_inv @ sxy.T @ a
     bnorm = np.sqrt(np.einsum("ij,ik,kj->j", b, syy, b))
@@ -279,6 +325,8 @@ def irmad(
     ------
     KernelError
         If there is no band dimension, fewer than two bands or too few valid pixels.
+    ConstantBandError
+        A band of either date has no spread over the valid pixels (a KernelError).
     GridError
         If the images are on different grids.
     """
@@ -318,7 +366,20 @@ def irmad(
     converged = False
     for it in range(int(max_iter) + 1):
         sums = _reduce(zs, params, nb)
-        mean, av, bv, sigma, rho = _solve(sums, nb, float(ridge))
+        try:
+            mean, av, bv, sigma, rho = _solve(sums, nb, float(ridge))
+        except ConstantBandError as exc:
+            # Name the band as the caller knows it.
+            arr = b if exc.date == "before" else a
+            names = [str(v) for v in arr["band"].values] if "band" in arr.coords else []
+            band = names[exc.index] if exc.index < len(names) else None
+            flat = tuple(names[i] for i in exc.indices if i < len(names))
+            label = f"band {exc.index + 1}" + (f" ({band!r})" if band else "")
+            raise ConstantBandError(
+                f"irmad: the {exc.date} image's {label} is constant over the valid pixels ({exc.value:.6g} "
+                "everywhere); IR-MAD's canonical correlations are undefined for it: drop the band, or use "
+                "another method (cva, diff)", date=exc.date, index=exc.index, band=band, value=exc.value,
+                indices=exc.indices, bands=flat) from None
         # The weights of the next pass come from the *calibrated* no-change spread, not
         # from the weighted sqrt(2 (1 - rho)): with heavy-tailed no-change (cities,
         # 20 m bands resampled to 10 m, seasons) the weighted spread understates it,

@@ -108,13 +108,19 @@ def count_ships(
         Water in the image CRS; its pixels away from berths teach the water colour and
         vessels found there are reported as at anchor.
     """
+    from changedet.objects.vessels import ground_metres_per_unit
+
     grid = GridSpec.of(image)
     names = {str(b).upper() for b in image["band"].values} if "band" in image.dims else set()
     if "VV" in names:
         from changedet.objects.vessels import detect_vessels_sar
 
         return drop_sidelobes(detect_vessels_sar(image, water=water, berths=berths))
-    if grid.resolution > VHR_MAX_RES_M:
+    # Ground metres per CRS unit: a lon/lat image (pixel "size" 5e-6) is refused here with
+    # the counters' CRS check, instead of measuring hull areas in square degrees and
+    # finding no ship; Web Mercator units (1/cos(lat) too long) are converted.
+    m_per_unit = ground_metres_per_unit(grid)
+    if grid.resolution * m_per_unit > VHR_MAX_RES_M:
         # Hulls are a few pixels: colour against a berth-side water model no longer
         # works, a contrast test against the local water (CFAR) does.
         from changedet.objects.vessels import detect_vessels
@@ -123,11 +129,12 @@ def count_ships(
     if berths:
         check_features(berths, grid, what="berth")
     grid, pix, ok = prepare(image, valid)
-    res = grid.resolution
+    res = grid.resolution * m_per_unit  # ground metres per pixel
     berth_union = shapely.union_all(list(berths.values())) if berths else Polygon()
     if water is None or water.is_empty:
         water = berth_union
-    open_water = _mask(water.difference(berth_union.buffer(30.0)), grid) & ok
+    # 30 m of ground around the berths (geometries are in CRS units).
+    open_water = _mask(water.difference(berth_union.buffer(30.0 / m_per_unit)), grid) & ok
     if open_water.sum() < 20:
         open_water = _mask(water, grid) & ok
     model = GroundModel.from_samples(pix[:, open_water].T)
@@ -171,7 +178,7 @@ def count_ships(
             rect = outline.minimum_rotated_rectangle
             xs, ys = rect.exterior.coords.xy
             e = [(xs[i + 1] - xs[i], ys[i + 1] - ys[i]) for i in range(2)]
-            lens = [math.hypot(*v) for v in e]
+            lens = [math.hypot(*v) * m_per_unit for v in e]  # ground metres
             k = int(np.argmax(lens))
             length, width = lens[k], lens[1 - k]
             # Hulls are long and fill their bounding rectangle; cloud wisps and glint

@@ -85,6 +85,15 @@ TILE_M = 320.0           # local water statistics in windows of 2 tiles (640 m):
 _ROLES = {"blue": "blue", "green": "green", "red": "red", "nir": "nir", "swir": "swir1"}
 
 
+#: Coarsest resolution (ground m) the vessel detectors accept: a 3-pixel vessel is then 90 m.
+MAX_RES_M = 30.0
+#: Relative slack on :data:`MAX_RES_M`: a nominal 30 m grid measures up to 0.1 % more on
+#: the ground in UTM (scale 0.9996 at the central meridian: 30 m of map is 30.012 m), and
+#: resampled or reprojected grids carry rounding of the same order; a 1 % margin accepts
+#: every nominal 30 m product and still refuses the next common size (e.g. 40 m, 60 m).
+RES_TOLERANCE = 0.01
+
+
 def ground_metres_per_unit(grid: GridSpec) -> float:
     """Metres on the ground per CRS unit at the grid centre (Web Mercator stretches them)."""
     crs = pyproj.CRS.from_user_input(grid.crs)
@@ -97,7 +106,14 @@ def ground_metres_per_unit(grid: GridSpec) -> float:
         k = pyproj.Proj(crs).get_factors(lon, lat).meridional_scale
     except Exception:  # exotic CRS without factors: assume true metres
         k = 1.0
-    return 1.0 / k if k and math.isfinite(k) else 1.0
+    # The projection's scale is of its metres; a CRS in feet (US State Plane) has fewer
+    # metres per unit.
+    try:
+        unit = float(crs.axis_info[0].unit_conversion_factor) if crs.axis_info else 1.0
+    except (AttributeError, TypeError, ValueError):
+        unit = 1.0
+    unit = unit if math.isfinite(unit) and unit > 0 else 1.0
+    return unit / k if k and math.isfinite(k) else unit
 
 
 def _band(image: xr.DataArray, role: str, *, required: bool = True) -> np.ndarray | None:
@@ -387,8 +403,8 @@ def detect_vessels(
     if res_m < 2.0:
         raise ResolutionError(f"the image is {res_m:.2f} m per pixel; detect_vessels is for 3-30 m imagery - "
                               "use count_ships (berth polygons, VHR colour model) for finer images")
-    if res_m > 30.0:
-        raise ResolutionError(f"the image is {res_m:.1f} m per pixel; vessels need 30 m or finer "
+    if res_m > MAX_RES_M * (1.0 + RES_TOLERANCE):
+        raise ResolutionError(f"the image is {res_m:.2f} m per pixel; vessels need 30 m or finer "
                               f"(a {min_length_px:.0f}-pixel vessel is then {min_length_px * 30:.0f} m long)")
     if k_grow > k:
         raise ChangedetError(f"k_grow={k_grow} is above k={k}; the growing threshold must not exceed the "
@@ -558,8 +574,8 @@ def detect_vessels_sar(
     grid = GridSpec.of(image)
     m_per_unit = ground_metres_per_unit(grid)
     res_m = grid.resolution * m_per_unit
-    if res_m > 30.0:
-        raise ResolutionError(f"the SAR image is {res_m:.1f} m per pixel; vessel CFAR needs 30 m or finer")
+    if res_m > MAX_RES_M * (1.0 + RES_TOLERANCE):
+        raise ResolutionError(f"the SAR image is {res_m:.2f} m per pixel; vessel CFAR needs 30 m or finer")
     names = [str(b) for b in image["band"].values] if "band" in image.dims else []
     if band not in names:
         raise BandOrderError(f"no {band!r} band among {names}; name the SAR bands (VV, VH)")
@@ -568,7 +584,8 @@ def detect_vessels_sar(
     if water is not None:
         check_features({"water": water}, grid, what="water polygon")
     sig = np.asarray(image.sel(band=band).values, dtype="float64")
-    if np.nanmedian(sig) < 0:
+    # An all-NaN image has no median (numpy warns); it is reported unobserved below.
+    if np.isfinite(sig).any() and np.nanmedian(sig) < 0:
         raise BandOrderError(f"band {band!r} has negative values (decibels?); give linear sigma0 "
                              "(10 ** (dB / 10))")
     ok = np.isfinite(sig)
