@@ -121,7 +121,7 @@ def change_polygons(mask: xr.DataArray, *, magnitude: xr.DataArray | None = None
     Returns
     -------
     list of dict
-        GeoJSON features with ``area_m2`` (in the grid CRS, metres) and
+        GeoJSON features with ``area_m2`` (ground square metres) and
         ``max_magnitude``.
     """
     try:  # the pixel-change module's polygons, when that module exists
@@ -140,10 +140,18 @@ def change_polygons(mask: xr.DataArray, *, magnitude: xr.DataArray | None = None
     else:
         geoms = [shapely.geometry.shape(g) for g, v in
                  rfeatures.shapes(m.astype("uint8"), mask=m, transform=grid.transform) if v == 1]
+    import pyproj
+
+    from changedet.polygons import _area_m2, ground_area_factors
+
+    pcrs = pyproj.CRS.from_user_input(crs)
+    # Ground m^2, as the change JSON and the pipeline's metric count them (a Web Mercator
+    # grid's map m^2 overstate it by 1/cos^2(lat)).
+    factors = ground_area_factors(grid) if pcrs.is_projected else None
     out = []
     mag = None if magnitude is None else np.asarray(magnitude.values, dtype="float64")
     for geom in geoms:
-        props: dict[str, Any] = {"area_m2": round(float(geom.area), 1)}
+        props: dict[str, Any] = {"area_m2": round(_area_m2(geom, pcrs, grid, factors), 1)}
         if mag is not None:
             inside = rfeatures.geometry_mask([geom], out_shape=m.shape, transform=grid.transform, invert=True)
             vals = mag[inside & np.isfinite(mag)]

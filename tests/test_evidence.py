@@ -131,3 +131,21 @@ def test_bbox_crops_the_chips(tmp_path):
 def test_missing_pack_has_no_images(tmp_path):
     assert load_manifest(tmp_path / "nope") is None
     assert evidence_images(tmp_path / "nope") == {}
+
+
+def test_change_polygon_areas_are_ground_areas_in_web_mercator():
+    # A 50 x 50 block of 10 m Web Mercator pixels near 42.3 N covers about cos^2(lat) of
+    # its 250 000 map m^2 on the ground; in UTM the map area is the ground area.
+    import numpy as np
+    from affine import Affine
+
+    from changedet.evidence import change_polygons
+    from changedet.grid import GridSpec
+
+    m = np.zeros((100, 100), bool)
+    m[20:70, 20:70] = True
+    merc = GridSpec(crs="EPSG:3857", transform=Affine(10, 0, 14540000.0, 0, -10, 5200000.0), shape=(100, 100))
+    utm = GridSpec(crs="EPSG:32652", transform=Affine(10, 0, 500000.0, 0, -10, 4700000.0), shape=(100, 100))
+    a_merc = change_polygons(merc.attach(m))[0]["properties"]["area_m2"]
+    assert abs(a_merc - 136_860) < 0.01 * 136_860
+    assert change_polygons(utm.attach(m))[0]["properties"]["area_m2"] == 250_000.0
