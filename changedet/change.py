@@ -246,7 +246,33 @@ def _pair_bands(nb: Sequence[str], na: Sequence[str]) -> list[tuple[str, str]]:
         if m is not None:
             pairs[str(n)] = str(m)
             used.add(str(m))
+    # Then by centre wavelength where the names state one (ENVI/GDAL descriptions such as
+    # "... (Band 1):L71119038_...MTL.txt) (0.482500 Micrometers)" carry each scene's id):
+    # the nearest within 15 nm, since sensors of one family differ by a few nm (TM 485 /
+    # ETM+ 482.5) and distinct bands lie 20 nm or more apart (S2 B08 842, B8A 865).
+    for n in nb:
+        w = _wavelength_nm(n)
+        if str(n) in pairs or w is None:
+            continue
+        cands = [(abs(_wavelength_nm(x) - w), str(x)) for x in na
+                 if str(x) not in used and _wavelength_nm(x) is not None]
+        if cands and min(cands)[0] <= 15.0:
+            m = min(cands)[1]
+            pairs[str(n)] = m
+            used.add(m)
     return [(str(n), pairs[str(n)]) for n in nb if str(n) in pairs]
+
+
+_WAVELENGTH_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(micrometers?|microns?|µm|um|nanometers?|nm)\b", re.IGNORECASE)
+
+
+def _wavelength_nm(name) -> float | None:
+    """Centre wavelength (nm) stated in a band name or description, or None."""
+    m = _WAVELENGTH_RE.search(str(name))
+    if not m:
+        return None
+    v = float(m.group(1))
+    return v if m.group(2).lower().startswith("n") else v * 1000.0
 
 
 def load_pair(

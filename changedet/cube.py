@@ -335,7 +335,14 @@ class Cube:
                 return False
             n = len(doc["scenes"])
             if n and doc.get("bands") != bands:
-                raise CubeError(f"scene {scene.id} has bands {bands} but the cube holds {doc.get('bands')}")
+                held = [str(b) for b in doc.get("bands") or []]
+                hint = ""
+                if any(b.upper() in ("SCL", "CLM") and b != b.upper() for b in held):
+                    # Cubes made before CLM/SCL were read in upper case whatever the file's
+                    # case hold a lower-case "scl" or "clm" as a data band.
+                    hint = ("; the cube was made when a lower-case scl/clm band was read as data: move the cube "
+                            "aside (or use another --data-dir) and fetch again")
+                raise CubeError(f"scene {scene.id} has bands {bands} but the cube holds {held}{hint}")
             t = pd.Timestamp(scene.time).tz_convert("UTC").tz_localize(None)
             if n and not self._exists(self.path):
                 raise CubeError(f"{self.provenance_path} lists {n} scenes but the pixel store {self.path} is "

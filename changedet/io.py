@@ -257,7 +257,7 @@ def check_output_path(path: str | Path, *, option: str = "--out", suffix: str = 
     ------
     OutputPathError
         ``path`` is an existing directory, a parent of it is an existing file, or its
-        folder is not writable or cannot be created (missing folders are created).
+        folder is not writable or cannot be created (missing folders are made when the file is written).
     """
     import re
 
@@ -276,13 +276,8 @@ def check_output_path(path: str | Path, *, option: str = "--out", suffix: str = 
         raise OutputPathError(f"{option} {path}: {parent} is a file, not a folder; choose another path")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputPathError(f"{option} {path}: the folder {parent} is not writable; choose a writable folder")
-    # Create the missing folders now, as the write would: a folder that cannot be made
-    # (a read-only or virtual file system; root passes the access test) fails here.
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputPathError(f"{option} {path}: its folder cannot be created ({exc.strerror or exc}); "
-                              "choose a writable folder") from None
+    # Missing folders are made by the write (:func:`atomic_write`), not here: a command
+    # that then fails on its inputs leaves no empty folders behind.
     return path
 
 
@@ -312,7 +307,10 @@ def atomic_write(path: str | Path, write, *, option: str | None = None) -> Path:
                               "writable folder") from None
     # A name of its own: two writers of one output must not share a temporary file. Not
     # made by mkstemp, whose 0600 mode the output would keep.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+    # The name is cut so that the temporary name stays within the 255-byte file-name limit
+    # whenever the output's own name does.
+    stem = path.name.encode()[:200].decode(errors="ignore")
+    tmp = path.with_name(f".{stem}.{uuid.uuid4().hex[:12]}.tmp")
     try:
         write(tmp)
         os.replace(tmp, path)

@@ -419,3 +419,35 @@ def test_review_mends_names_zero_fill_feet_and_urls(tmp_path):
     assert abs(ground_metres_per_unit(g) - 0.3048) < 0.001
     with pytest.raises(OutputPathError, match="is a URL"):
         check_output_path("s3://bucket/x.tif")
+
+
+def test_regression_audit_mends(tmp_path):
+    from changedet.change import _pair_bands
+    from changedet.io import atomic_write, check_output_path
+
+    # ENVI descriptions carrying each scene's id pair by their stated wavelengths.
+    nb = [f"Resize (ETM+ Meta (Band {i}):L71119038_03820000317_MTL.txt) ({w} Micrometers)"
+          for i, w in enumerate(("0.482500", "0.565000", "0.660000"), 1)]
+    na = [f"Resize (TM Meta (Band {i}):L71119038_03820030206_MTL.txt) ({w} Micrometers)"
+          for i, w in enumerate(("0.485000", "0.560000", "0.660000"), 1)]
+    assert _pair_bands(nb, na) == list(zip(nb, na))
+    # A name close to the 255-byte limit still writes (its temporary name is cut).
+    long = tmp_path / ("m" * 240 + ".json")
+    atomic_write(long, lambda tmp: tmp.write_text("{}"))
+    assert long.read_text() == "{}" and [p.name for p in tmp_path.iterdir()] == [long.name]
+    # Checking an output path makes no folders (a run failing later leaves none).
+    check_output_path(tmp_path / "res" / "sub" / "mag.tif")
+    assert not (tmp_path / "res").exists()
+
+
+def test_change_cli_on_the_taizhou_landsat_pair(test_data, tmp_path, capsys):
+    # The ENVI pair names its bands with each scene's id: paired by wavelength, not refused.
+    import json
+
+    from changedet.cli import main as cli_main
+
+    d = test_data("landsat_taizhou/Taizhou")
+    rc = cli_main(["change", str(d / "2000TM"), str(d / "2003TM"), "--method", "cva",
+                   "--out", str(tmp_path / "tz.tif"), "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert rc == 0 and len(doc["bands"]) == 6 and doc["changed_pixels"] > 0
