@@ -17,19 +17,7 @@ from changedet.cli import main
 from changedet.grid import GridSpec
 from changedet.io import read_raster, write_geotiff
 
-RES = 10.0
-GRID = GridSpec.from_bounds("EPSG:32631", (440000.0, 5410000.0, 440000.0 + 80 * RES, 5410000.0 + 64 * RES), RES)
-BANDS = ["B02", "B03", "B04", "B08"]
-
-
-def _scene(seed, change):
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:64, 0:80]
-    base = np.stack([1000 + 300 * np.sin(xx / (7 + b)) + 200 * np.cos(yy / (5 + b)) for b in range(4)])
-    img = base + rng.normal(0, 15, base.shape)
-    if change:
-        img[:, 20:32, 30:46] += np.array([900, 700, 1200, -300])[:, None, None]
-    return np.clip(img, 0, 65535).astype(np.uint16)
+from tests.test_change_cli import BANDS, GRID, RES, _scene  # noqa: E402,F401  the change CLI tests' synthetic pair
 
 
 def _write(path, data, *, names=None, nodata=None, dtype=None, grid=GRID):

@@ -26,18 +26,11 @@ from shapely.geometry import LineString
 from changedet.objects import railcars as R
 from changedet.objects.strips import Strip
 
-STEP = 0.5
+from tests.test_railcar_light import STEP, _strip  # noqa: E402  (band, across, along) strips at 0.5 m
 BALLAST = np.array([0.20, 0.19, 0.18, 0.19])    # hazy lit ballast, B G R NIR
 CAR = BALLAST * 0.8                              # a grey car, about two ballast spreads darker
 SHADOW = BALLAST * 0.5                           # haze's path radiance keeps shadows bright (5014: 0.57)
 
-
-def _strip(values: np.ndarray) -> Strip:
-    nb, na, nl = values.shape
-    across = (np.arange(na) - na // 2) * STEP
-    along = np.arange(nl) * STEP
-    x, y = np.meshgrid(along, across)
-    return Strip(values.astype("float32"), along, across, x, y, STEP)
 
 
 def _busy_track(seed: int, occupied_share: float = 0.8, n_along: int = 320, car=CAR,

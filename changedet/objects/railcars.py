@@ -977,17 +977,24 @@ def _best_cuts(evidence: np.ndarray, step: float, dark: np.ndarray | None = None
     return sorted(cuts)
 
 
-def _shadow_across(line: LineString, azimuth_deg: float | None, elevation_deg: float | None) -> float:
-    """How far (m) a shadow falls sideways from the track per metre of height above the
-    ground: the across-track share of the sun's direction over the tangent of its
-    elevation. NaN when the sun is unknown or shines nearly along the track."""
+def _sun_across(line: LineString, azimuth_deg: float | None, elevation_deg: float | None) -> float:
+    """|sin| of the angle between the track and the sun's azimuth: NaN when the sun is
+    unknown or shines within about 12 degrees of the track (no side to speak of)."""
     if azimuth_deg is None or elevation_deg is None:
         return float("nan")
     (x0, y0), (x1, y1) = line.coords[0], line.coords[-1]
     d = np.array([x1 - x0, y1 - y0]) / max(math.hypot(x1 - x0, y1 - y0), 1e-9)
     az = math.radians(azimuth_deg)
     across = abs(float(d[0] * math.cos(az) - d[1] * math.sin(az)))
-    if across < 0.2:
+    return across if across >= 0.2 else float("nan")
+
+
+def _shadow_across(line: LineString, azimuth_deg: float | None, elevation_deg: float | None) -> float:
+    """How far (m) a shadow falls sideways from the track per metre of height above the
+    ground: the across-track share of the sun's direction over the tangent of its
+    elevation. NaN when the sun is unknown or shines nearly along the track."""
+    across = _sun_across(line, azimuth_deg, elevation_deg)
+    if not np.isfinite(across):
         return float("nan")
     return across / math.tan(math.radians(min(max(elevation_deg, 1.0), 89.0)))
 
@@ -1175,13 +1182,8 @@ def _cylinder_shading(line: LineString, azimuth_deg: float | None, elevation_deg
     over its other half (the bands ``_HALF_BAND_M`` off its axis, seen from above),
     with ``_SKY_SHARE`` of the light from the sky. NaN when the sun is unknown or shines
     within about 12 degrees of the track (no side to compare)."""
-    if azimuth_deg is None or elevation_deg is None:
-        return float("nan")
-    (x0, y0), (x1, y1) = line.coords[0], line.coords[-1]
-    d = np.array([x1 - x0, y1 - y0]) / max(math.hypot(x1 - x0, y1 - y0), 1e-9)
-    az = math.radians(azimuth_deg)
-    across = abs(float(d[0] * math.cos(az) - d[1] * math.sin(az)))
-    if across < 0.2:
+    across = _sun_across(line, azimuth_deg, elevation_deg)
+    if not np.isfinite(across):
         return float("nan")
     e = math.radians(min(max(elevation_deg, 1.0), 89.0))
     sn = np.linspace(_HALF_BAND_M[0], _HALF_BAND_M[1], 18) / _BARREL_RADIUS_M   # sine of the normal's tilt
