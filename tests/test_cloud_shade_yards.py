@@ -13,6 +13,7 @@ materials lit by a direct beam plus Rayleigh skylight, one cloud shadow and one 
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -151,3 +152,29 @@ def test_lit_tail_follows_the_dimming_of_the_brightest_surfaces():
     blue = half.copy()
     blue[0, 40:80, 40:80] = small[0, 40:80, 40:80] * 0.7
     assert (_lit_share(blue, w)[50:70, 50:70] < 0.1).all()
+
+
+def test_half_the_frame_in_shadow_with_the_ground_colour_the_counter_learns(monkeypatch):
+    # Review: with grass between the tracks the counter's learnt "lit" colour is grass
+    # (red 0.05), no floor for red; once half the frame was shadow the typical tile's
+    # level was the shadow's and the shadow was dropped (0.30 and 0.18 of its core marked).
+    # The tiles' lit tails now split into a sunlit and a shaded group.
+    from shapely.geometry import LineString
+
+    from changedet.objects import railcars as R
+    from changedet.objects.ground import GroundModel
+    from changedet.objects.strips import sample_strip
+
+    monkeypatch.setattr(sys.modules[__name__], "_in_shadow", lambda yy, xx, heavy=False: yy > 120.0)
+    pix, grid, cloud, truth, _ = _scene(GRASS, 21, heavy=True)
+    tracks = {f"t{i}": LineString([(500000.0, 4600000.0 - y0), (500240.0, 4600000.0 - y0)])
+              for i, y0 in enumerate(np.arange(5.0, SIZE_M - 5.0, 5.0))}
+    strips = {tid: sample_strip(pix, grid, line, half_width_m=2.6, step_m=0.5) for tid, line in tracks.items()}
+    c = R._empty_track_reference(strips, flanked=False)
+    if not np.all(np.isfinite(c["shadow"])):
+        c = R._shadow_from_anti_sun_sides(strips, tracks, c, SUN_AZ)
+    model = GroundModel(c["lit"], c["lit_sd"], c["shadow"], c["shadow_sd"])
+    shade = cloud_shade(pix, grid, cloud, model=model, sun_azimuth_deg=SUN_AZ, sun_elevation_deg=SUN_EL,
+                        object_height_m=4.0, edge_m=0.0)
+    yy = np.mgrid[0:pix.shape[1], 0:pix.shape[2]][0] * RES
+    assert shade[yy > 140.0].mean() > 0.9

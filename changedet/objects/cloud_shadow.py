@@ -164,6 +164,30 @@ def _block_any(mask: np.ndarray, f: int) -> np.ndarray:
     return mask.reshape(mask.shape[0] // f, f, mask.shape[1] // f, f).any(axis=(1, 3))
 
 
+# Tiles whose lit tails fall into two groups this far apart (ratio of their geometric
+# means) are sunlit and shaded ground: a shadow keeps at most CLOUD_SHADE_MAX_KEEP of
+# the red and NIR, so the groups lie 1/0.6 = 1.7 times apart or more, while sunlit tiles
+# of one yard (soil, grass, ballast, cars) spread by a few tens of per cent.
+SHADED_TILES_RATIO = 1.6
+
+
+def _sunlit_level(tails: np.ndarray) -> float:
+    """The typical sunlit tile's lit tail (one band) from all tiles' tails: their
+    ``SUNLIT_TILE_QUANTILE``-th percentile, or that of the brighter group when the tails
+    split into a sunlit and a shaded group (Otsu on their logarithm): with half the frame
+    or more under a cloud's shadow the typical tile is shadow, and the learnt lit ground
+    colour (grass between the tracks, say) is no floor for red."""
+    v = np.log(tails[np.isfinite(tails) & (tails > 0)])
+    if v.size >= 4 and np.ptp(v) > 0:
+        from skimage.filters import threshold_otsu
+
+        t = float(threshold_otsu(v))
+        hi, lo = v[v > t], v[v <= t]
+        if hi.size and lo.size and math.exp(hi.mean() - lo.mean()) >= SHADED_TILES_RATIO:
+            return float(np.exp(np.percentile(hi, SUNLIT_TILE_QUANTILE)))
+    return float(np.percentile(tails, SUNLIT_TILE_QUANTILE)) if tails.size else float("nan")
+
+
 def _lit_share(small: np.ndarray, w: int, lit_floor: np.ndarray | None = None) -> np.ndarray:
     """Share of each window's blocks that are lit-bright: near nil in a cloud's shadow.
 
@@ -204,8 +228,7 @@ def _lit_share(small: np.ndarray, w: int, lit_floor: np.ndarray | None = None) -
     tiles = pad.reshape(nb, tr, w, tc, w).transpose(0, 1, 3, 2, 4).reshape(nb, tr * tc, w * w)
     ok = np.isfinite(tiles[0]).mean(axis=1) >= 0.5
     if ok.any():
-        level = np.percentile(np.nanpercentile(tiles[:, ok], LIT_TAIL_PERCENTILE, axis=2), SUNLIT_TILE_QUANTILE,
-                              axis=1)
+        level = np.array([_sunlit_level(t) for t in np.nanpercentile(tiles[:, ok], LIT_TAIL_PERCENTILE, axis=2)])
     else:
         level = np.percentile(small[:, fin], LIT_TAIL_PERCENTILE, axis=1)
     if lit_floor is not None:
