@@ -44,3 +44,14 @@ def test_a_nan_sun_angle_is_an_input_error():
     track = LineString([(a + 2, (b + d) / 2), (c - 2, (b + d) / 2)])
     with pytest.raises(ChangedetError, match="sun_azimuth_deg is nan"):
         count_railcars(image, {"T1": track}, sun_azimuth_deg=float("nan"), sun_elevation_deg=40.0)
+
+
+def test_radar_bands_are_refused_without_advice_to_rename_them():
+    from changedet.errors import ChangedetError
+
+    image, grid = _image("EPSG:32652", 500000.0, 4700000.0, 0.5)
+    radar = image.isel(band=[0, 1]).assign_coords(band=["VV", "VH"])
+    (a, b, c, d) = grid.bounds
+    track = LineString([(a + 2, (b + d) / 2), (c - 2, (b + d) / 2)])
+    with pytest.raises(ChangedetError, match="radar .* no radar mode"):
+        count_railcars(radar, {"T1": track})

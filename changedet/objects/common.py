@@ -150,6 +150,13 @@ def bgrn(image: xr.DataArray, *, check_order: bool = True) -> np.ndarray:
         pix = data[[2, 1, 0, 3]]
         assumed = True
     else:
+        if {n.upper() for n in names} & {"VV", "VH", "HH", "HV"}:
+            # Renaming radar bands would not make them colour: say what is not supported.
+            raise ChangedetError(
+                f"bands {names} are radar (Sentinel-1) backscatter; this counter reads optical colour (blue, "
+                "green, red, NIR) and has no radar mode: use an optical image (Sentinel-2, Planet, VHR), or "
+                "`changedet count ships` for vessels on radar"
+            )
         raise ChangedetError(
             f"cannot identify blue, green, red and NIR among bands {names}; name them R, G, B, NIR or B02, B03, "
             "B04, B08"
