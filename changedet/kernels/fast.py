@@ -584,9 +584,13 @@ def _unrolled(nt: int):
         # part of the key, so changing one cannot leave stale machine code behind.
         made = (_make_prefetch, _make_offpath, _make_add32, _make_asfloat32, _make_signbit32)
         intrinsics = "".join(inspect.getsource(f) for f in made)
-        key = hashlib.sha256(f"{src}{intrinsics}{numba.__version__}".encode()).hexdigest()[:16]
-        name = f"bz{nt}_{key}"
         opts = dict(nogil=True, error_model="numpy", fastmath=False)
+        import llvmlite
+
+        # The options and the code generator's version change the machine code too.
+        key = hashlib.sha256(f"{src}{intrinsics}{numba.__version__}{llvmlite.__version__}{sorted(opts.items())}"
+                             .encode()).hexdigest()[:16]
+        name = f"bz{nt}_{key}"
         try:
             # numba caches only functions defined in a real file: write the source once.
             path = _cache_dir() / f"{name}.py"
