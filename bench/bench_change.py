@@ -123,10 +123,14 @@ CPU of both threads 13.33 -> 6.99 ns per pixel-band (as with one thread: the thr
 slow each other), wall 32.0 -> 14.4 (the other processes held most of the 2 cores). This
 bench at load 8.5-8.9 (15:16): 1 thread CPU whole cube 10.5 (14.3 at load 4.9 before),
 clear slab 6.5 (12.6), cloudy-date slab 11.3 (19.8), in L2 5.7 (11.0); 2-thread wall 1.14 s
-against a bound of 0.54 s at the load-collapsed copy rate (10 GB/s): 47 %. Not measured
-idle this session (the load stayed 6-9): at the earlier idle copy rates (24-33 GB/s, bound
-2.6-3.5 ns wall) 6.7-7.9 ns of core time per pixel-band would be 66-100 % of the bound if
-both cores were free and the memory kept up; 60 % needs <= 8.7-11.6 ns.
+against a bound of 0.54 s at the load-collapsed copy rate (10 GB/s): 47 %. Idle, the same
+session (16:16, load 1.2-1.3, ``--ooc-size 0``): copy 26.7 / 40.5 GB/s with 1 / 2 threads,
+bound 0.139 s, fused kernel 2 threads 0.272 s: **51 % of the bound** (target 60 %); 1 thread
+CPU whole cube 7.38 ns, clear slab 6.35, cloudy-date slab 11.10, in L2 5.76, against 6.91 ns
+of core time allowed at 60 %. A run at load 3.3 (15:43) read 19 %: the figure follows the
+machine's load. The idle copy rate of two threads is far above last session's (29.3 GB/s),
+so the bound moved too: what is left is ~15 % of the time, of which the staging copy
+(~2.5 ns, below) and the eighth of the cube under a cloudy date (general path, 11 ns).
 
 No staging copy (brief's idea; gen_inplace.py, ab_mem.py): the compute loading every date
 in place at base + t x plane (plane a compile-time constant), with the next-tile prefetch,
