@@ -224,9 +224,15 @@ def _pair_bands(nb: Sequence[str], na: Sequence[str]) -> list[tuple[str, str]]:
     (:data:`changedet.bands.ROLE_NAMES`: ``R`` = ``red`` = ``B04``, ``NIR`` = ``B08``...),
     each AFTER band used once. Bands of neither kind are left out.
     """
+    # B2 and B02 (Earth Engine against ESA naming of Sentinel-2) are the same band, but
+    # only between two files of one band set: Landsat's B2 is green and its B4 NIR, so a
+    # Landsat B1-B4 file against Sentinel-2 B02, B03, B04, B08 must not pair by number.
+    canon_b = [_band_of(str(n)) if re.fullmatch(r"B\d+A?", str(n), re.IGNORECASE) else None for n in nb]
+    canon_a = [_band_of(str(n)) if re.fullmatch(r"B\d+A?", str(n), re.IGNORECASE) else None for n in na]
+    by_number = None not in canon_b + canon_a and set(canon_b) == set(canon_a)
+
     def key(n):
-        # B2 and B02 (Earth Engine against ESA naming) are the same band.
-        return _band_of(str(n)) or str(n).upper()
+        return (_band_of(str(n)) or str(n).upper()) if by_number else str(n).upper()
 
     by_upper = {key(n): str(n) for n in na}
     used: set[str] = set()

@@ -311,12 +311,21 @@ def atomic_write(path: str | Path, write, *, option: str | None = None) -> Path:
     # whenever the output's own name does.
     stem = path.name.encode()[:200].decode(errors="ignore")
     tmp = path.with_name(f".{stem}.{uuid.uuid4().hex[:12]}.tmp")
+    import errno
+
+    from rasterio.errors import RasterioError
+
+    # Faults of the path itself; a full disk, an I/O error or a failed read of a lazy
+    # input propagate as they are (the flows retry those: transient, not the user's path).
+    path_faults = {errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG}
     try:
         write(tmp)
         os.replace(tmp, path)
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(exc, RasterioError) or exc.errno not in path_faults:
+            raise
         raise OutputPathError(f"{what}: cannot be written ({exc.strerror or exc}); give a file name in a "
                               "writable folder") from None
     except BaseException:

@@ -161,7 +161,8 @@ def test_failed_write_leaves_no_temp_and_keeps_existing_file(tmp_path):
         tmp.write_bytes(b"half")
         raise OSError(28, "No space left on device")
 
-    with pytest.raises(OutputPathError, match="keep.tif"):
+    # A full disk propagates as it is (the flows retry it); the old file stays whole.
+    with pytest.raises(OSError, match="No space left"):
         atomic_write(target, half_write, option="--out")
     assert target.read_bytes() == b"good"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.tif"]
@@ -439,3 +440,32 @@ def test_change_cli_on_the_taizhou_landsat_pair(test_data, tmp_path, capsys):
                    "--out", str(tmp_path / "tz.tif"), "--json"])
     doc = json.loads(capsys.readouterr().out)
     assert rc == 0 and len(doc["bands"]) == 6 and doc["changed_pixels"] > 0
+
+
+def test_final_review_mends(tmp_path):
+    import errno
+
+    import xarray as xr
+
+    from changedet.change import _pair_bands
+    from changedet.errors import ChangedetError
+    from changedet.io import atomic_write
+    from changedet.objects.common import bgrn
+
+    # Band numbers pair only within one band set: Landsat B2 is green, Sentinel-2 B02 blue.
+    assert _pair_bands(["B1", "B2", "B3", "B4"], ["B02", "B03", "B04", "B08"]) == []
+    # Quad-pol radar is refused, not read as unnamed R, G, B, NIR.
+    quad = xr.DataArray(np.ones((4, 8, 8), "float32"), dims=("band", "y", "x"),
+                        coords={"band": ["HH", "HV", "VH", "VV"]})
+    with pytest.raises(ChangedetError, match="radar"):
+        bgrn(quad)
+
+    # A full disk is not the output path's fault: it propagates as OSError (the flows
+    # retry it), and no temporary file is left.
+    def full(tmp):
+        tmp.write_text("partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError) as info:
+        atomic_write(tmp_path / "x.json", full)
+    assert info.value.errno == errno.ENOSPC and list(tmp_path.iterdir()) == []

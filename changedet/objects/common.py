@@ -140,6 +140,14 @@ def bgrn(image: xr.DataArray, *, check_order: bool = True) -> np.ndarray:
     if "band" not in image.dims:
         raise ChangedetError("the image needs a 'band' dimension with named bands (e.g. R, G, B, NIR)")
     names = [str(b) for b in image["band"].values]
+    if {n.upper() for n in names} & {"VV", "VH", "HH", "HV"}:
+        # Renaming radar bands would not make them colour, and four of them (quad-pol)
+        # must not pass for unnamed R, G, B, NIR either: say what is not supported.
+        raise ChangedetError(
+            f"bands {names} are radar backscatter; this counter reads optical colour (blue, green, red, NIR) "
+            "and has no radar mode: use an optical image (Sentinel-2, Planet, VHR), or `changedet count ships` "
+            "for vessels on radar"
+        )
     found = find_bands(names, ("blue", "green", "red", "nir"))
     if found is not None:
         pix = np.stack([np.asarray(image.isel(band=names.index(c)).values, dtype="float32") for c in found])
@@ -150,13 +158,6 @@ def bgrn(image: xr.DataArray, *, check_order: bool = True) -> np.ndarray:
         pix = data[[2, 1, 0, 3]]
         assumed = True
     else:
-        if {n.upper() for n in names} & {"VV", "VH", "HH", "HV"}:
-            # Renaming radar bands would not make them colour: say what is not supported.
-            raise ChangedetError(
-                f"bands {names} are radar (Sentinel-1) backscatter; this counter reads optical colour (blue, "
-                "green, red, NIR) and has no radar mode: use an optical image (Sentinel-2, Planet, VHR), or "
-                "`changedet count ships` for vessels on radar"
-            )
         raise ChangedetError(
             f"cannot identify blue, green, red and NIR among bands {names}; name them R, G, B, NIR or B02, B03, "
             "B04, B08"
