@@ -731,11 +731,12 @@ def changed_area_m2(mask: xr.DataArray) -> float:
 
     grid = GridSpec.of(mask)
     if grid.crs.is_projected:
-        area = planar(mask)
-        if area == 0.0:
-            return area
         f = ground_area_factors(grid)
-        if f is None:
+        if f is not None and mask.chunks is not None:
+            # One pass over a lazy mask for both the total and the block counts below.
+            mask = mask.compute()
+        area = planar(mask)
+        if area == 0.0 or f is None:
             return area
         m = mask.squeeze([d for d in mask.dims if d not in ("y", "x")], drop=True)
         # As the planar kernel counts: non-zero finite values are changed.

@@ -295,6 +295,7 @@ def atomic_write(path: str | Path, write, *, option: str | None = None) -> Path:
         names ``option`` (the CLI flag) when given, and the path.
     """
     import uuid
+    from glob import escape as glob_escape
 
     path = Path(path)
     what = f"{option} {path}" if option else str(path)
@@ -311,6 +312,14 @@ def atomic_write(path: str | Path, write, *, option: str | None = None) -> Path:
     # whenever the output's own name does.
     stem = path.name.encode()[:200].decode(errors="ignore")
     tmp = path.with_name(f".{stem}.{uuid.uuid4().hex[:12]}.tmp")
+    # A writer killed outright (out of memory, a lost Dask worker) leaves its temporary
+    # file; each retry would add one more full-size file. Those over a day old go.
+    with contextlib.suppress(OSError):
+        import time
+
+        for old in path.parent.glob(f".{glob_escape(stem)}.*.tmp"):
+            if time.time() - old.stat().st_mtime > 86400:
+                old.unlink()
     import errno
 
     from rasterio.errors import RasterioError

@@ -469,3 +469,22 @@ def test_final_review_mends(tmp_path):
     with pytest.raises(OSError) as info:
         atomic_write(tmp_path / "x.json", full)
     assert info.value.errno == errno.ENOSPC and list(tmp_path.iterdir()) == []
+
+
+def test_constant_band_error_pickles_and_stale_temporaries_go(tmp_path):
+    import os
+    import pickle
+    import time
+
+    from changedet.io import atomic_write
+    from changedet.kernels.irmad import ConstantBandError
+
+    e = pickle.loads(pickle.dumps(ConstantBandError("flat", date="before", index=1, band="B03", value=1000.0)))
+    assert (str(e), e.date, e.index, e.band, e.indices) == ("flat", "before", 1, "B03", (1,))
+    stale = tmp_path / ".x.json.0123456789ab.tmp"
+    fresh = tmp_path / ".x.json.ba9876543210.tmp"
+    stale.write_text("old")
+    fresh.write_text("writing")
+    os.utime(stale, (time.time() - 2 * 86400,) * 2)
+    atomic_write(tmp_path / "x.json", lambda tmp: tmp.write_text("{}"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [fresh.name, "x.json"]

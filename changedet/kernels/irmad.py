@@ -67,6 +67,16 @@ class ConstantBandError(KernelError):
         self.date, self.index, self.band, self.value = date, index, band, value
         self.indices, self.bands = tuple(indices) or (index,), tuple(bands)
 
+    def __reduce__(self):
+        # Keyword-only fields: the default pickling (args only) could not rebuild it, and
+        # a Dask worker sends its errors pickled.
+        return (_rebuild_constant_band_error, (str(self), self.date, self.index, self.band, self.value,
+                                               self.indices, self.bands))
+
+
+def _rebuild_constant_band_error(message, date, index, band, value, indices, bands):
+    return ConstantBandError(message, date=date, index=index, band=band, value=value, indices=indices, bands=bands)
+
 
 @dataclass(frozen=True)
 class IRMADResult:
