@@ -126,7 +126,7 @@ def _zero_fill_to_nan(da: xr.DataArray) -> xr.DataArray:
     zero = np.asarray((da == 0).all("band").values)
     if not zero.any():
         return da
-    lab, n = ndimage.label(zero)
+    lab, _ = ndimage.label(zero)
     edge = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
     fill = np.isin(lab, edge[edge > 0])
     if not fill.any():
@@ -220,9 +220,10 @@ def _role_of(name: str) -> str | None:
 def _pair_bands(nb: Sequence[str], na: Sequence[str]) -> list[tuple[str, str]]:
     """(BEFORE band, AFTER band) pairs of two named band lists, in BEFORE's order.
 
-    Same name first (case-insensitive), then same spectral role
-    (:data:`changedet.bands.ROLE_NAMES`: ``R`` = ``red`` = ``B04``, ``NIR`` = ``B08``...),
-    each AFTER band used once. Bands of neither kind are left out.
+    Same name first (case-insensitive; ``B2`` = ``B02`` between files of one band set),
+    then same spectral role (:data:`changedet.bands.ROLE_NAMES`: ``R`` = ``red`` =
+    ``B04``, ``NIR`` = ``B08``...), then the nearest stated centre wavelength within 15 nm
+    (:func:`_wavelength_nm`); each AFTER band used once. Other bands are left out.
     """
     # B2 and B02 (Earth Engine against ESA naming of Sentinel-2) are the same band, but
     # only between two files of one band set: Landsat's B2 is green and its B4 NIR, so a
@@ -256,12 +257,12 @@ def _pair_bands(nb: Sequence[str], na: Sequence[str]) -> list[tuple[str, str]]:
     # "... (Band 1):L71119038_...MTL.txt) (0.482500 Micrometers)" carry each scene's id):
     # the nearest within 15 nm, since sensors of one family differ by a few nm (TM 485 /
     # ETM+ 482.5) and distinct bands lie 20 nm or more apart (S2 B08 842, B8A 865).
+    wl_a = {str(x): _wavelength_nm(x) for x in na}
     for n in nb:
         w = _wavelength_nm(n)
         if str(n) in pairs or w is None:
             continue
-        cands = [(abs(_wavelength_nm(x) - w), str(x)) for x in na
-                 if str(x) not in used and _wavelength_nm(x) is not None]
+        cands = [(abs(v - w), x) for x, v in wl_a.items() if x not in used and v is not None]
         if cands and min(cands)[0] <= 15.0:
             m = min(cands)[1]
             pairs[str(n)] = m
@@ -288,7 +289,8 @@ def load_pair(
 
     Bands are paired by name, then by spectral role when the two files name them
     differently (``B04`` with ``R`` or ``red``, ``B08`` with ``NIR``: the aliases of
-    :data:`changedet.bands.ROLE_NAMES`); bands without a partner are left out. Only
+    :data:`changedet.bands.ROLE_NAMES`), then by the centre wavelength their descriptions
+    state (:func:`_pair_bands`); bands without a partner are left out. Only
     when a file's bands are unnamed (``b1, b2, ...``: no band descriptions) are they
     paired by position, and then both files must have the same number of bands. The
     result carries BEFORE's band names (AFTER's when only AFTER's are named).
@@ -296,7 +298,8 @@ def load_pair(
     Raises
     ------
     ChangeError
-        If both files name their bands and no band can be paired by name or role, or
+        If both files name their bands and no band can be paired by name, role or
+        wavelength, or
         a file's bands are unnamed and the band counts differ.
     GridError
         If AFTER does not overlap BEFORE.
@@ -331,7 +334,7 @@ def load_pair(
         if not pairs:
             raise ChangeError(
                 f"{before} has bands {nb} and {after} has bands {na}: no band of one matches a band of the "
-                "other by name or by role (blue B/B02, green G/B03, red R/B04, NIR/B08, SWIR1/B11); name the bands "
+                "other by name, role or stated wavelength (blue B/B02, green G/B03, red R/B04, NIR/B08, SWIR1/B11); name the bands "
                 "alike in both files (band descriptions), or select matching bands with --bands"
             )
         if bands and len(pairs) < len(nb):

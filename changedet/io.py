@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import time
+import uuid
+from glob import escape as glob_escape
 from pathlib import Path
 
 import numpy as np
@@ -242,7 +246,7 @@ def check_output_path(path: str | Path, *, option: str = "--out", suffix: str = 
     Parameters
     ----------
     path : path
-        The file to be written (its folders may not exist yet: they are created).
+        The file to be written (its folders may not exist yet: the write makes them).
     option : str
         How the caller names the path in messages (the CLI flag, e.g. ``--out``).
     suffix : str
@@ -256,8 +260,8 @@ def check_output_path(path: str | Path, *, option: str = "--out", suffix: str = 
     Raises
     ------
     OutputPathError
-        ``path`` is an existing directory, a parent of it is an existing file, or its
-        folder is not writable or cannot be created (missing folders are made when the file is written).
+        ``path`` is a URL, an existing directory, a parent of it is an existing file, or
+        its nearest existing folder is not writable.
     """
     import re
 
@@ -291,11 +295,12 @@ def atomic_write(path: str | Path, write, *, option: str | None = None) -> Path:
     Raises
     ------
     OutputPathError
-        The folder cannot be created or written, or ``path`` is a directory; the message
-        names ``option`` (the CLI flag) when given, and the path.
+        A fault of the path itself: a directory, a folder that cannot be made or written,
+        a name too long; the message names ``option`` (the CLI flag) when given. Other
+        errors (a full disk, an I/O error, a failed read of a lazy input) propagate as
+        they are: the flows retry those.
     """
-    import uuid
-    from glob import escape as glob_escape
+    from rasterio.errors import RasterioError
 
     path = Path(path)
     what = f"{option} {path}" if option else str(path)
@@ -306,24 +311,17 @@ def atomic_write(path: str | Path, write, *, option: str | None = None) -> Path:
     except OSError as exc:
         raise OutputPathError(f"{what}: cannot be written ({exc.strerror or exc}); give a file name in a "
                               "writable folder") from None
-    # A name of its own: two writers of one output must not share a temporary file. Not
-    # made by mkstemp, whose 0600 mode the output would keep.
-    # The name is cut so that the temporary name stays within the 255-byte file-name limit
-    # whenever the output's own name does.
+    # A name of its own: two writers of one output must not share a temporary file (not
+    # made by mkstemp, whose 0600 mode the output would keep), cut so that it stays within
+    # the 255-byte file-name limit whenever the output's own name does.
     stem = path.name.encode()[:200].decode(errors="ignore")
     tmp = path.with_name(f".{stem}.{uuid.uuid4().hex[:12]}.tmp")
     # A writer killed outright (out of memory, a lost Dask worker) leaves its temporary
     # file; each retry would add one more full-size file. Those over a day old go.
     with contextlib.suppress(OSError):
-        import time
-
         for old in path.parent.glob(f".{glob_escape(stem)}.*.tmp"):
             if time.time() - old.stat().st_mtime > 86400:
                 old.unlink()
-    import errno
-
-    from rasterio.errors import RasterioError
-
     # Faults of the path itself; a full disk, an I/O error or a failed read of a lazy
     # input propagate as they are (the flows retry those: transient, not the user's path).
     path_faults = {errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG}

@@ -182,7 +182,7 @@ def test_bands_named_differently_pair_by_role(pair, tmp_path):
 
 
 def test_named_bands_that_cannot_be_matched_are_refused(pair):
-    with pytest.raises(ChangeError, match="by name or by role"):
+    with pytest.raises(ChangeError, match="by name, role or stated wavelength"):
         load_pair(pair / "before.tif", pair / "after_foreign.tif")
 
 

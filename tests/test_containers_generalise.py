@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from changedet.objects.containers import SHADE_CLEAR_SKY, _classify, _ground_model, _shadow_lengths, count_containers
+from changedet.objects.containers import _classify, _ground_model, _shadow_lengths, count_containers
 from tests.test_objects_shadows import _yard
 
 # Shade under a clear sky: the sky's share of the light per band (B, G, R, NIR).
@@ -82,7 +82,10 @@ def test_clear_sky_shade_on_a_bright_apron_is_ground():
     # A painted top stays a top (a red box: bright in red and NIR).
     red = np.array([0.08, 0.09, 0.38, 0.48], "float32")[:, None]
     assert _classify(model, red)[0][0] > 4.0
-    assert SHADE_CLEAR_SKY.shape == (4,)
+    # A black top (4-5 % in every band) lies near the line to the clear-sky shade but is
+    # no bluer than the pavement: it stays a top.
+    black = np.array([0.04, 0.04, 0.04, 0.05], "float32")[:, None]
+    assert _classify(model, black)[0][0] > 4.0
 
 
 def test_yard_on_bright_concrete_under_a_clear_sky():

@@ -311,7 +311,7 @@ def cloud_shade(
         rows, cols = -(-cloud.shape[0] // f), -(-cloud.shape[1] // f)
         pad = np.zeros((rows * f, cols * f), bool)
         pad[:cloud.shape[0], :cloud.shape[1]] = cloud
-        small = pad.reshape(rows, f, cols, f).any(axis=(1, 3))
+        small = _block_any(pad, f)
         near = ndimage.distance_transform_edt(~small) * f <= r
         out |= np.repeat(np.repeat(near, f, axis=0), f, axis=1)[:cloud.shape[0], :cloud.shape[1]]
     if sun_azimuth_deg is not None and sun_elevation_deg is not None:

@@ -1107,9 +1107,10 @@ _PLAIN_RELIEF = 0.12
 def _look(strip: Strip, s0: int, s1: int, lit_b: float, *, sun_left: bool | None = None,
           shading: float = float("nan"), path: np.ndarray | None = None) -> str | None:
     """How the body between samples ``s0`` and ``s1`` looks across the track:
-    ``"open"`` (interior below the rims, or a flat top too dark for a roof or deck),
-    ``"cylinder"``, ``"plain"`` (a flat top even to a tenth), ``"flat"`` (other flat
-    tops), or None where the samples are not finite."""
+    ``"open"`` (interior below the rims, a flat top too dark for a roof or deck, or a top
+    with relief whose sun-facing half is the darker one: an open car's floor in its
+    sun-side wall's shade), ``"cylinder"``, ``"plain"`` (a flat top even to a tenth),
+    ``"flat"`` (other flat tops), or None where the samples are not finite."""
     a = np.abs(strip.across_m)
     n = s1 - s0
     core = slice(s0 + n // 6, s1 - n // 6) if n >= 6 else slice(s0, s1)
