@@ -196,3 +196,81 @@ def test_kernels_compile_without_a_writable_cache(monkeypatch):
     finally:
         monkeypatch.undo()
         coreg._nb.cache_clear()
+
+
+@pytest.mark.parametrize("shape", [(256, 256), (64, 98), (17, 23)])
+def test_feather_kernel_equals_gaussian_filter(monkeypatch, shape):
+    # The soft mask edge of a window with holes: ndimage.gaussian_filter's numbers, bit
+    # for bit (its double sums in its order), also on a frame barely wider than the filter.
+    rng = np.random.default_rng(11)
+    good = rng.random(shape) > 0.05
+    good[shape[0] // 3:shape[0] // 2, 2:shape[1] // 2] = False
+    good[:, -1] = False  # the mirrored edge
+    want = ndimage.gaussian_filter(good.astype(np.float32), coreg._FEATHER_SIGMA)
+    a, b = _both(monkeypatch, lambda: coreg._feather(good, "t.fe").copy())
+    np.testing.assert_array_equal(a, want)
+    np.testing.assert_array_equal(b, want)
+    assert ((want > 0.01) & (want < 0.95)).sum() > 2 * shape[0]  # a soft edge, not a copy of the mask
+    # Any float32 input, not just 0/1 (whose double sums are exact in any order).
+    img = rng.random(shape).astype(np.float32)
+    monkeypatch.setattr(coreg, "_USE_NUMBA", True)
+    out = np.full(shape, np.nan, np.float32)
+    coreg._kernels().feather(img, coreg._FEATHER_W, np.full(shape, np.nan, np.float32), out)
+    np.testing.assert_array_equal(out, ndimage.gaussian_filter(img, coreg._FEATHER_SIGMA))
+
+
+@pytest.mark.parametrize("iterations", [0, 1, 4, 5])
+def test_dilate_kernel_equals_dilate_cross(monkeypatch, iterations):
+    mask = np.random.default_rng(12).random((41, 57)) < 0.02
+    mask[0, 10] = mask[-1, -1] = mask[20, 0] = True  # edges: nothing beyond them
+    want = coreg._dilate_cross(mask, iterations)
+    monkeypatch.setattr(coreg, "_USE_NUMBA", True)
+    out = np.full(mask.shape, True)  # garbage a kernel that skipped a pixel would leave
+    coreg._kernels().dilate(mask, iterations, out, np.full(mask.shape, True))
+    np.testing.assert_array_equal(out, want)
+    if iterations:
+        np.testing.assert_array_equal(want, ndimage.binary_dilation(mask, iterations=iterations))
+
+
+@pytest.mark.parametrize("holes", [False, True])
+@pytest.mark.parametrize("shape", [(120, 97), (6, 9), (5, 40)])
+def test_full_frame_gradient_kernel_equals_ndimage(monkeypatch, holes, shape):
+    # _gradient (local mode's frame, estimate_shift): ndimage's four correlate1d passes
+    # (an antisymmetric and a near-symmetric kernel, reflect edges) bit for bit; frames
+    # as narrow as the filter's half-width use ndimage itself.
+    img = (fractal(128, seed=8)[:shape[0], :shape[1]] * 50 + 300).astype(np.float32)
+    if holes:
+        img[np.random.default_rng(4).random(img.shape) < 0.03] = np.nan
+    valid = np.isfinite(img)
+    a, b = _both(monkeypatch, lambda: tuple(x.copy() for x in coreg._gradient(img, valid)))
+    np.testing.assert_array_equal(b[0], a[0])
+    np.testing.assert_array_equal(b[1], a[1])
+    assert np.abs(a[0]).max() > 0
+
+
+def test_radix_quantile_equals_partition(monkeypatch):
+    rng = np.random.default_rng(13)
+    cases = [np.abs(rng.standard_normal(40_000)).astype(np.float32),
+             (np.round(np.abs(rng.standard_normal(5000)) * 4) / 4).astype(np.float32),  # ties
+             np.concatenate([np.zeros(3000), rng.random(2000) * 1e-30]).astype(np.float32),  # zeros, subnormals
+             np.concatenate([rng.random(3000), [np.inf, np.nan]]).astype(np.float32),
+             rng.standard_normal(4000).astype(np.float32)]  # negative values: the sort decides
+    for v in cases:
+        for q in (0.0, 50.0, 90.0, 100.0):
+            k = min(int(q / 100.0 * (v.size - 1) + 0.5), v.size - 1)
+            want = float(np.partition(v, k)[k])
+            a, b = _both(monkeypatch, lambda: coreg._quantile(v, q))
+            assert a == b == want or (np.isnan(want) and np.isnan(a) and np.isnan(b))
+
+
+def test_estimate_local_numba_equals_numpy(monkeypatch):
+    scene = fractal(400, seed=14)
+    mov = ndimage.shift(scene, (1.3, -2.2), order=3, mode="reflect")
+    ref, mov = scene[20:340, 30:350].copy(), mov[20:340, 30:350].copy()
+    ref[40:90, 100:180] = np.nan  # a cloud: feathered weights, masked clip level
+    a, b = _both(monkeypatch, lambda: coreg.estimate_local(ref, mov, window_px=128, step_px=64))
+    for k in ("row", "col", "shift_row", "shift_col", "reliability", "kept"):
+        np.testing.assert_array_equal(getattr(b, k), getattr(a, k), err_msg=k)
+    k = a.kept
+    assert k.sum() >= 0.8 * k.size
+    assert np.abs(np.median(a.shift_row[k]) + 1.3) < 0.05 and np.abs(np.median(a.shift_col[k]) - 2.2) < 0.05
