@@ -150,6 +150,49 @@ in-L2 cost of the same run; under load the copy rate collapses (3.5-9 GB/s measu
 load 5-6 against 24-33 idle) and the roofline lines then say nothing: read them from an
 idle run.
 
+Session 12 (2026-12-02 evening, same Zen 4 machine, loaded by 3-4 other engineers
+throughout: load 2.2-6.3, no idle run was possible; scripts, generated variants and
+outputs in /work/notes/s12/B/: ``ab.py`` 1 thread CPU time, old and new kernels
+alternately in one process, row blocks of a (19, 4, 4096, 4096) history in shuffled
+order; ``ab2.py`` the whole issue cube, 2 threads, wall and CPU, with the copy rate of the
+same process). Kept:
+
+- the next-tile prefetch addresses as two runs of consecutive lines per chunk (one add per
+  line) instead of a (date, line) split of every line number: in L2 5.8-6.1 -> 5.1-5.4 ns
+  CPU per pixel-band (medians of 7 rounds, two runs);
+- the general path sorts int32 bit patterns too in blocks without a sign bit (a cloud over
+  reflectance), NaN clamped to +inf's bits: a NaN date over the tile, in L2, 11.3-11.6 ->
+  8.3 (median and q10 of two runs);
+- the staging buffer aligned to a cache line (numba's allocation sat 32 bytes off one):
+  2-4 % in L2 / L3, memory-resident within noise;
+- the next tile staged during the compute into a second buffer, a block's share of every
+  date after each block, one block behind its prefetch (the brief's idea; staged a tile
+  at a time, the lines prefetched a tile ahead could not all stay in L2, where the dates
+  of a line share its sets). Alone against the kernel with the three changes above: 2
+  threads, whole cube, load 4.3-4.9, copy 13-15 GB/s (ab2_il_d13.txt): wall median 1.52
+  -> 1.16 s, best 1.10 -> 0.94; 1 thread memory-resident clear rows -3 to -15 % in three
+  runs, cloudy rows and L3-resident within noise.
+
+All four against the session's starting kernel: 1 thread (ab_final_v11.txt, 96-row
+blocks, 20 rounds, load 5.0-5.3, q10 of the rounds): in L2 6.16 -> 5.07, cloudy in L2
+11.25 -> 8.41, L3-resident at the issue's stride 6.24 -> 5.71, memory-resident clear rows
+10.88 -> 9.42, cloudy rows 16.09 -> 13.10. 2 threads, whole cube (ab2_final_v11.txt, load
+4.2-4.3, copy 16-18 GB/s): wall median 1.266 -> 0.897 s, best 0.889 -> 0.805 s, faster
+in each of 6 rounds; CPU of both threads median 11.9 -> 8.3 ns per pixel-band. This bench
+at load 4.8-5.0 (19:13, copy 23.4 GB/s with 2 threads: the other processes held the
+cores): 25 % of the bound (0.924 s against 0.235 s), 1 thread CPU whole cube 8.36, clear
+slab 8.03, cloudy-date slab 9.94, in L2 4.76 ns (session 11 idle: 7.38, 6.35, 11.10,
+5.76). Whether the idle run reaches 60 % is not measured. Under load the pass was bound by
+memory, not by the core: before the second buffer the kernel drew ~10-11 GB/s per core
+(as in the idle session-11 run: 1 thread 84 B per 7.38 ns = 11.4 GB/s) where a numpy copy
+draws 24-27 GB/s on one core; the software prefetches may be held to the L1's miss
+buffers (not proven: no hardware counters in this VM). Tried and not kept: per-block
+staging into an L1-sized buffer (worse memory-resident); prefetching only the first 13
+of 19 dates during the compute (as good as the second buffer in one 2-thread run at load
+4.5, within noise in another at load 6; a fitted fraction); every second line (worse);
+prefetch locality 0 or 3 instead of 1 (worse); an OR / max of the bit patterns in place
+of the staging copy's counts (within noise); tiles of 2048.
+
 Writes bench/results/bench_change.json.
 """
 

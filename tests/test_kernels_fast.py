@@ -189,7 +189,8 @@ def test_generated_kernel_is_vectorised_and_prefetches(tmp_path, monkeypatch):
     # (vpminsd/vpmaxsd) for sign-clear blocks, as float32 for the others.
     assert len(wide_minmax) >= 2 * len(fast.best_network(nt)), len(wide_minmax)
     wide_int = [ln for ln in asm.splitlines() if ("vpminsd" in ln or "vpmaxsd" in ln) and reg in ln]
-    assert len(wide_int) >= 2 * len(fast.best_network(nt)), len(wide_int)
+    # Two int32 networks: the sign-clear fast path and the sign-clear general path.
+    assert len(wide_int) >= 4 * len(fast.best_network(nt)), len(wide_int)
     assert "prefetcht2" in asm
     # The staging copy counts non-finite values in int32 lanes of wide registers: an
     # int64 count (numba's default integer) widens each 4 values with vpmovzxdq into
@@ -346,3 +347,102 @@ def test_a_zero_mad_from_zeros_of_both_signs_is_positive():
         ref = zscore(I, robust_baseline(H), mad_floor=1e-46).values
         got = baseline_zscore(H, I, mad_floor=1e-46, use_numba=True).values
     assert np.array_equal(np.signbit(ref), np.signbit(got)) and np.array_equal(ref, got)
+
+
+@pytest.mark.parametrize("nx", [300, 37])
+def test_general_path_int_and_float_sorts_agree(nx):
+    # A block with a NaN, infinite or huge value takes the general path; with no sign bit
+    # set anywhere in it, it sorts the int32 bit patterns (NaN clamped to +inf's bits),
+    # else the floats. Positive NaN, +inf, magnitudes >= 2**127, subnormals, +0 ties and
+    # all-invalid pixels on the int sort must give numpy's result bit for bit, and each
+    # pixel the same z as when a negative NaN or a -0.0 elsewhere in the block sends it
+    # to the float sort. Widths: a full block plus a partial one, and less than a block
+    # (neither a multiple of the 32-pixel compute chunk).
+    nt = 19
+    rng = np.random.default_rng(14)
+    h = rng.normal(0.2, 0.05, size=(nt, 1, 1, nx)).astype(np.float32)
+    img = rng.normal(0.2, 0.1, size=(1, 1, nx)).astype(np.float32)
+    h[3, 0, 0, ::3] = np.nan  # a cloudy date on a third of the pixels
+    h[:, 0, 0, 1] = np.nan  # no valid date
+    h[:12, 0, 0, 2] = np.nan  # 7 valid dates
+    h[5, 0, 0, 4] = np.inf  # +inf among finite values
+    h[:10, 0, 0, 5] = np.inf  # +inf the median
+    h[:, 0, 0, 7] = np.float32(3e38)  # >= 2**127: the median's sum overflows to +inf
+    h[:9, 0, 0, 8] = np.float32(3.4e38)
+    h[:, 0, 0, 10] = np.float32(1e-40)  # subnormal ties
+    h[::2, 0, 0, 11] = np.float32(0.0)  # +0 ties
+    h[:, 0, 0, 13] = np.uint32(0x7FC01234).view(np.float32)  # NaN with a payload
+    h[2:8, 0, 0, 14] = np.float32(np.finfo(np.float32).tiny / 8)
+    assert not np.signbit(h).any()
+    with np.errstate(invalid="ignore", over="ignore"):
+        ref = _reference(h, img)
+    got = _fused(h, img)
+    np.testing.assert_array_equal(got, ref)
+    # The same pixels with one value elsewhere in the block that has its sign bit set.
+    other = nx - 1
+    keep = np.arange(nx) != other
+    for v in (np.uint32(0xFFC00000).view(np.float32), np.float32(-0.0)):
+        g = h.copy()
+        g[6, 0, 0, other] = v
+        with np.errstate(invalid="ignore", over="ignore"):
+            np.testing.assert_array_equal(_fused(g, img), _reference(g, img))
+        np.testing.assert_array_equal(_fused(g, img)[..., keep], got[..., keep])
+
+
+@pytest.mark.parametrize("nt", [1, 5, 19, 32])
+def test_next_tile_prefetch_covers_every_line_once(nt):
+    # The compute prefetches the next tile in chunks of two runs of consecutive lines: run
+    # the generated address code for every chunk of a full tile and check it names every
+    # cache line (_PF_STEP floats) of every date of the next tile exactly once, and nothing
+    # outside it. A wrong address only costs speed, so this is where it would show.
+    import textwrap
+
+    src = fast._kernel_source(nt)
+    lines = src.splitlines()
+    a = next(i for i, ln in enumerate(lines) if ln.strip().startswith("j0 = (i0 + c0)"))
+    b = next(i for i in range(a, len(lines)) if lines[i].strip().startswith("for x in range("))
+    code = compile(textwrap.dedent("\n".join(lines[a:b])), "<prefetch>", "exec")
+    stage = fast._stage(nt)
+    plane, pnext, p2 = 1 << 40, 12345 * stage, 54321 * stage
+    lines = [t * plane + q for t in range(nt) for q in range(0, stage, fast._PF_STEP)]  # date-major
+    # sh = 0: the next tile (staged after this compute). sh = one block of every date:
+    # the next tile from its second block's share on (it is copied a block behind the
+    # prefetch during this compute), then the first share of the tile after it.
+    shift = nt * fast._BLOCK // fast._PF_STEP
+    for sh, want in ((0, [pnext + a for a in lines]),
+                     (shift, [pnext + a for a in lines[shift:]] + [p2 + a for a in lines[:shift]])):
+        got = []
+        ns = {"_prefetch": lambda arr, i: got.append(i), "plane": plane, "pnext": pnext, "p2": p2, "sh": sh,
+              "hf": None, "min": min}
+        for i0 in range(0, stage, fast._BLOCK):
+            for c0 in range(0, fast._BLOCK, fast._CHUNK):
+                exec(code, dict(ns, i0=i0, c0=c0))
+        assert sorted(got) == sorted(want)
+        assert len(got) == len(want) == nt * stage // fast._PF_STEP
+
+
+@pytest.mark.parametrize("nt,extra", [(19, 0), (19, 100), (5, 0)])
+def test_next_tile_staged_during_compute(nt, extra):
+    # Rows of full staging tiles stage the next tile (also the next row's first) into the
+    # second buffer during the compute; a narrow tile, a call's last tile and a row split
+    # between threads do not. Off-path values, NaN and negative values in tiles staged
+    # either way must give numpy's result, whatever the split into calls.
+    stage = fast._stage(nt)
+    nx = 2 * stage + extra
+    rng = np.random.default_rng(15)
+    h = rng.normal(0.2, 0.02, size=(nt, 2, 3, nx)).astype(np.float32)
+    img = rng.normal(0.2, 0.05, size=(2, 3, nx)).astype(np.float32)
+    h[1, 0, 0, stage + 300:stage + 310] = np.nan  # second tile of a row: general path
+    h[2, 0, 1, 5] = np.inf  # first tile of the next row (staged during the row before)
+    h[:, 1, 0, stage + 40] -= np.float32(0.5)  # negative values: float network
+    h[3, 1, 2, nx - 1] = -np.inf  # the last tile of the last row
+    h[:, 0, 2, :] = np.nan  # a row with no valid date
+    with np.errstate(invalid="ignore"):
+        ref = _reference(h, img)
+    for threads in (1, 2, 3):
+        np.testing.assert_array_equal(_fused(h, img, threads=threads), ref)
+    # One call per row: the next row's first tile lies outside the call, so it is not staged.
+    for b in range(2):
+        for y in range(3):
+            np.testing.assert_array_equal(_fused(h[:, b:b + 1, y:y + 1], img[b:b + 1, y:y + 1]),
+                                          ref[b:b + 1, y:y + 1])

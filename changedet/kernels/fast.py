@@ -6,9 +6,8 @@ mad_floor=...)`` gives, but reads the history once and writes only the z-scores.
 
 How (histories of up to ``MAX_UNROLLED`` dates): a kernel is generated for the number
 of dates ``nt`` as straight-line Python and compiled with numba. Per row, tiles of
-``_stage(nt)`` pixels (2048 or 4096 for 19 dates: the tile and the next tile's
-prefetched lines fill at most 60 % of the L2) are first copied date by date into one
-scratch buffer (L2), each
+``_stage(nt)`` pixels (2048 or 4096 for 19 dates: the tile and the next tile fill at
+most 60 % of the L2) are first copied date by date into a scratch buffer (L2), each
 date's run a cache line further than a multiple of the tile: read in place, the ``nt``
 values of a pixel lie a power-of-two plane stride apart (64-256 MiB in a (time, band,
 y, x) cube; with numpy's huge pages every date of a pixel falls in the same L1, L2 and
@@ -28,14 +27,22 @@ load 3.9-4.9: 11.4-13.3 ns against 9.3-10.5 with every line and the staging copy
 prefetch only where the compute did not prefetch: /work/notes/s9/K2/ab_landed.txt). A
 tile the previous compute did not prefetch (a call's first, one after a narrow tile) is
 prefetched by its own staging copy, one date ahead (the hardware prefetcher restarts at
-each 4 KiB page). With the history already in cache the prefetch instructions cost ~1-2 ns
-per pixel-band. A chunk keeps one pixel's ``nt`` values in scalars, loaded
-from the one buffer at constant offsets, so LLVM vectorises it across pixels (8 lanes
-with AVX2, 16 with AVX-512: ``_CHUNK`` must be a multiple of the widest vector, or the
-chunk runs in LLVM's narrow epilogue) with every comparator of the sorting network (the
-best known one where listed, 85 comparators for 19 dates; else Batcher's odd-even merge
-sort) as one min/max pair and no branches (loop indices are unsigned: no negative-index
-wraparound code). Per block:
+each 4 KiB page). A chunk's lines are two runs of consecutive addresses (the rest of one
+date, the start of the next): computing each line's (date, line) from its index made the
+prefetch cost as much as the staging copy (session 12: in L2 5.8 -> 5.1 ns per
+pixel-band). Where this tile and the next are full tiles of the same call, the next tile
+is not staged after the compute but during it, into a second buffer: after each block's
+compute, one block's share of every date (prefetched a block earlier) is copied. Staged
+a tile at a time, the lines prefetched a tile ahead did not stay in L2 (the dates of a
+line share its sets) and the copy waited on L3 and memory (session 12, 2 threads, whole
+issue cube under load: wall -14 to -23 %). The staging buffers are aligned to a cache
+line. A chunk keeps one pixel's
+``nt`` values in scalars, loaded from the one buffer at constant offsets, so LLVM
+vectorises it across pixels (8 lanes with AVX2, 16 with AVX-512: ``_CHUNK`` must be a
+multiple of the widest vector, or the chunk runs in LLVM's narrow epilogue) with every
+comparator of the sorting network (the best known one where listed, 85 comparators for
+19 dates; else Batcher's odd-even merge sort) as one min/max pair and no branches (loop
+indices are unsigned: no negative-index wraparound code). Per block:
 
 - fast path, blocks of finite values below ``2**127`` in magnitude: sort, median at the
   fixed ranks, and the MAD as a rank of the union of two sorted runs (the deviations of
@@ -44,7 +51,8 @@ wraparound code). Per block:
   with no sign bit set sort the int32 bit patterns (same order, integer min/max issue on
   more vector pipes), the others sort the floats;
 - a block with a NaN, infinite or huge date takes the general path: NaN become +inf
-  (sorted last),
+  (sorted last; in blocks with no sign bit set by an int32 min on the bit patterns, which
+  are then sorted as int32 like the fast path's, else as floats),
   the median is picked per pixel by the count of valid dates with branch-free
   ``max(p, min(s_k, (n - c) * inf))`` terms, the deviations (V-shaped, +inf tail:
   a bitonic sequence) are sorted by a bitonic merger pruned to the ranks the MAD pick
@@ -52,7 +60,8 @@ wraparound code). Per block:
 
 How far this is from the memory-bandwidth bound, and where the time goes, is worked out
 in ``bench/bench_change.py`` (session 11, AMD Zen 4 with AVX-512: in cache ~6.5 ns per
-pixel-band, memory-resident ~6.7-7.9 ns on one core; earlier figures there are for Zen 3).
+pixel-band, memory-resident ~6.7-7.9 ns on one core; earlier figures there are for Zen 3;
+session 12's changes and figures at its end).
 
 Rows are spread over threads (numba ``nogil`` kernels in a thread pool) for numpy
 input; dask input runs the serial kernel per block with ``map_blocks`` (whole time
@@ -218,9 +227,10 @@ def _l2_bytes() -> int:
 
 def _stage(nt: int, l2: int | None = None) -> int:
     """Pixels per staging tile for ``nt`` dates: the largest power of two from 1024 to
-    ``_STAGE`` whose staged tile plus the next tile's prefetched lines (2 x nt x 4 bytes
-    per pixel) fill at most 60 % of the L2 (``l2`` bytes, default this CPU's): the rest is
-    the image and output rows, the prefetch running ahead and other traffic.
+    ``_STAGE`` whose two staging buffers (the tile computed and the next, staged during
+    that compute: 2 x nt x 4 bytes per pixel) fill at most 60 % of the L2 (``l2`` bytes,
+    default this CPU's): the rest is the image and output rows, the prefetch running
+    ahead and other traffic.
 
     Measured (19 dates, same-process A/B, memory-resident, 1 thread): Zen 3, 512 KiB L2:
     1024-2048 best, 4096 spilled L2; Zen 4, 1 MiB L2: 4096 against 2048, 7.6 against 8.1
@@ -271,9 +281,14 @@ def _kernel_source(nt: int) -> str:
     lsh = lpt.bit_length() - 1
     # The addresses split a line number j into (date, line) with a shift and a mask.
     assert lpt > 0 and lpt & (lpt - 1) == 0, "stage // _PF_STEP must be a power of two"
-    npf = -(-lpt * nt // (stage // _CHUNK))
+    npf = lpt * nt // (stage // _CHUNK)
+    # Every chunk prefetches the same number of lines and the tile's chunks cover its lines
+    # exactly; a chunk's lines span at most two dates (npf <= lpt: nt <= MAX_UNROLLED).
+    assert npf * (stage // _CHUNK) == lpt * nt and npf <= lpt, (nt, stage)
+    nbk = stage // _BLOCK  # blocks in a full tile
+    ns = nt * sd  # floats of one staging buffer
     L = [
-        f'"""Generated by changedet.kernels.fast for {nt} history dates (v7); do not edit."""',
+        f'"""Generated by changedet.kernels.fast for {nt} history dates (v8); do not edit."""',
         "import numpy as np",
         "",
         "from changedet.kernels.fast import _add32, _asfloat32, _offpath, _prefetch, _signbit32",
@@ -283,12 +298,21 @@ def _kernel_source(nt: int) -> str:
         "    nb, ny, nx = img.shape",
         "    half = np.float32(0.5)",
         "    inf = np.float32(np.inf)",
-        f"    flags = np.zeros({stage // _BLOCK + 1}, dtype=np.int64)",
-        f"    buf = np.empty({nt * sd}, dtype=np.float32)",
-        # The same values as int32 bit patterns, for the sign-clear path.
+        "    iinf = np.int32(0x7F800000)",  # +inf's bit pattern
+        # Per block of each of the two buffers (block s of buffer k at k * (nbk + 1) + s):
+        # counts of off-path values and of values with the sign bit set (-0.0 included).
+        f"    flags = np.zeros({2 * (nbk + 1)}, dtype=np.int64)",
+        f"    negs = np.zeros({2 * (nbk + 1)}, dtype=np.int64)",
+        # Two staging buffers: the tile being computed and the next one, staged during
+        # that compute (below). Aligned to a cache line (numba's allocation of this size
+        # sat 32 bytes off one, so every 16-lane load and store of the staged values
+        # straddled two lines): in L2 / L3 at the issue's plane stride 2-4 % less CPU
+        # (same-process A/B, 1 thread, load 4.5-5), memory-resident within noise.
+        f"    bufa = np.empty({2 * ns + 16}, dtype=np.float32)",
+        "    a0 = ((64 - bufa.ctypes.data % 64) % 64) // 4",
+        f"    buf = bufa[a0:a0 + {2 * ns}]",
+        # The same values as int32 bit patterns, for the sign-clear paths.
         "    bufi = buf.view(np.int32)",
-        # Per block: count of values with the sign bit set (-0.0 included).
-        f"    negs = np.zeros({stage // _BLOCK + 1}, dtype=np.int64)",
         # Flat view for the prefetch addresses: a row's successor in the same date plane
         # is the next (band, y) row, so "the next tile" is just further along.
         "    hf = hist.reshape(-1)",
@@ -297,66 +321,96 @@ def _kernel_source(nt: int) -> str:
         # tile's compute (a call's first tile, a tile after a narrow one): its staging
         # copy then prefetches one date ahead itself.
         "    cpf = 1",
+        # The buffer holding the current tile, and 1 when the previous tile's compute
+        # staged it there already.
+        "    cur = 0",
+        "    staged = 0",
         "    for r in range(r0, r1):",
         "        b = r // ny",
         "        y = r - b * ny",
         f"        for x0 in range(0, nx, {stage}):",
         f"            w = min({stage}, nx - x0)",
         f"            nsub = (w + {_BLOCK - 1}) // {_BLOCK}",
-        "            for t in range(nsub):",
-        "                flags[t] = 0",
-        "                negs[t] = 0",
+        f"            co = cur * {ns}",
+        f"            fo = cur * {nbk + 1}",
+        "            if staged == 0:",
+        "                for t in range(nsub):",
+        "                    flags[fo + t] = 0",
+        "                    negs[fo + t] = 0",
         # Staging: one date at a time, so each read is a long contiguous run (read in
         # place, the dates of a pixel a power-of-two stride apart, it waited on memory).
-        f"            for t in range({nt}):",
-        "                src = hist[t, b, y, x0:x0 + w]",
-        f"                dst = buf[t * {sd}:t * {sd} + w]",
+        f"                for t in range({nt}):",
+        "                    src = hist[t, b, y, x0:x0 + w]",
+        f"                    dst = buf[co + t * {sd}:co + t * {sd} + w]",
         # Unless the previous compute prefetched this tile: while date t is copied, the
         # same tile of date t + 1 (after the last date: the next tile of date 0) is
         # prefetched a line at a time, one date ahead: the hardware prefetcher restarts
         # at every 4 KiB page and a tile is 2 pages per date. Done on top of the compute's
         # prefetch it only cost instructions (memory-resident, 256 MiB plane stride:
         # 1 thread 10.2 -> 9.3 ns CPU per pixel-band).
-        f"                pn = (t + 1) * plane + r * nx + x0 if t < {nt - 1} else r * nx + x0 + w",
-        "                for s in range(nsub):",
-        f"                    m = min({_BLOCK}, w - s * {_BLOCK})",
+        f"                    pn = (t + 1) * plane + r * nx + x0 if t < {nt - 1} else r * nx + x0 + w",
+        "                    for s in range(nsub):",
+        f"                        m = min({_BLOCK}, w - s * {_BLOCK})",
         # Views indexed from 0 by a range variable: no negative-index wraparound checks,
         # so LLVM vectorises the copy and the count.
-        f"                    sv = src[s * {_BLOCK}:s * {_BLOCK} + m]",
-        f"                    dv = dst[s * {_BLOCK}:s * {_BLOCK} + m]",
-        "                    for q in range(0, m * cpf, 16):",
-        f"                        _prefetch(hf, pn + s * {_BLOCK} + q)",
+        f"                        sv = src[s * {_BLOCK}:s * {_BLOCK} + m]",
+        f"                        dv = dst[s * {_BLOCK}:s * {_BLOCK} + m]",
+        "                        for q in range(0, m * cpf, 16):",
+        f"                            _prefetch(hf, pn + s * {_BLOCK} + q)",
         # An int32 count keeps the copy 8 lanes wide: numba's int64 count halved the
         # lanes and cost as much as the copy itself (0.21 against 0.12 ns per value).
-        "                    bad = np.int32(0)",
-        "                    neg = np.int32(0)",
-        "                    for i in range(m):",
-        "                        v = sv[i]",
-        "                        dv[i] = v",
+        "                        bad = np.int32(0)",
+        "                        neg = np.int32(0)",
+        "                        for i in range(m):",
+        "                            v = sv[i]",
+        "                            dv[i] = v",
         # NaN, +-inf and |v| >= 2**127 (see _offpath): those blocks take the general path.
-        "                        bad = _add32(bad, _offpath(v))",
-        "                        neg = _add32(neg, _signbit32(v))",
-        "                    flags[s] += bad",
-        "                    negs[s] += neg",
-        # Start of the next tile in every date plane (the next row's first tile after a
-        # row's last). Near the end of the array the tile prefetches itself, which keeps
-        # most prefetches inside the array (a narrow last tile or an array smaller than a
-        # tile still reaches up to a tile past its end: a prefetch never faults, it only
-        # costs a page walk on an unmapped page). A tile narrower than the stage has fewer
+        "                            bad = _add32(bad, _offpath(v))",
+        "                            neg = _add32(neg, _signbit32(v))",
+        "                        flags[fo + s] += bad",
+        "                        negs[fo + s] += neg",
+        # The next tile: the rest of this row, else the next row's first. It is staged
+        # during this tile's compute ("il") when both are full tiles and it lies in this
+        # call's rows; else it is staged on its own, after this compute.
+        "            xn = x0 + w",
+        "            rn = r",
+        "            if xn >= nx:",
+        "                xn = 0",
+        "                rn = r + 1",
+        "            pnext = rn * nx + xn",
+        f"            il = 1 if w == {stage} and rn < r1 and nx - xn >= {stage} else 0",
+        # The tile after the next, whose first block the end of this compute prefetches
+        # when the next is staged during it.
+        f"            p2 = pnext + {stage} if xn + {stage} < nx else (rn + 1) * nx",
+        f"            if p2 + {stage} > plane:",
+        "                p2 = pnext",
+        # Near the end of the array the tile prefetches itself, which keeps most
+        # prefetches inside the array (a narrow last tile or an array smaller than a tile
+        # still reaches up to a tile past its end: a prefetch never faults, it only costs
+        # a page walk on an unmapped page). A tile narrower than the stage has fewer
         # chunks than prefetch slots and covers the first dates only: the next tile's
         # staging copy then prefetches for itself (cpf).
-        "            pnext = r * nx + x0 + w",
         f"            cpf = 0 if w == {stage} else 1",
         f"            if pnext + {stage} > plane:",
         "                pnext = r * nx + x0",
         "                cpf = 1",
+        f"            no = (1 - cur) * {ns}",
+        f"            fn = (1 - cur) * {nbk + 1}",
+        # Staged during this compute, the next tile is prefetched one block ahead of its
+        # copy: lines from sh on (the first block's lines were prefetched by the previous
+        # compute, or are not: a call's first interleaved tile waits for them once).
+        f"            sh = {nt * _BLOCK // _PF_STEP} if il else 0",
+        "            if il:",
+        f"                for t in range({nbk}):",
+        "                    flags[fn + t] = 0",
+        "                    negs[fn + t] = 0",
         "            for s in range(nsub):",
         f"                i0 = s * {_BLOCK}",
         f"                m = min({_BLOCK}, w - i0)",
         "                im = img[b, y, x0 + i0:x0 + i0 + m]",
         "                o = out[b, y, x0 + i0:x0 + i0 + m]",
-        "                cb = buf[i0:]",
-        "                cbi = bufi[i0:]",
+        "                cb = buf[co + i0:]",
+        "                cbi = bufi[co + i0:]",
     ]
 
     def head(cond):
@@ -365,12 +419,29 @@ def _kernel_source(nt: int) -> str:
         L.extend([
             f"                {cond}:",
             f"                    for c0 in range(0, m, {_CHUNK}):",
-            f"                        j0 = (i0 + c0) // {_CHUNK} * {npf}",
-            f"                        for i in range({npf}):",
-            # Short histories have fewer lines than prefetch slots: the spare slots
-            # repeat the last line rather than run past the last date's plane.
-            f"                            j = min(j0 + i, {lpt * nt - 1})",
-            f"                            _prefetch(hf, (j >> {lsh}) * plane + pnext + (j & {lpt - 1}) * {_PF_STEP})",
+            # Lines j0 .. j0 + npf - 1 of the next tile, date-major: the rest of date jd
+            # from line jl, then the first lines of date jd + 1 (none when the chunk ends
+            # within jd, always so in the last date). Two runs of consecutive addresses,
+            # one add each, instead of splitting every line number into (date, line): the
+            # prefetch loop cost as much as the staging copy (19 dates, in L2, 1 thread,
+            # same-process A/B, load 2.6-3.3: 5.8 -> 5.1 ns CPU per pixel-band).
+            f"                        j0 = (i0 + c0) // {_CHUNK} * {npf} + sh",
+            # Past the next tile's last line (only when shifted by sh): the first block
+            # of the tile after it. The tile's chunks split at a multiple of npf, so a
+            # chunk's lines never straddle the two tiles.
+            "                        pb = pnext",
+            f"                        if j0 >= {lpt * nt}:",
+            f"                            j0 -= {lpt * nt}",
+            "                            pb = p2",
+            f"                        jd = j0 >> {lsh}",
+            f"                        jl = j0 & {lpt - 1}",
+            f"                        jn = min({npf}, {lpt} - jl)",
+            f"                        pa = jd * plane + pb + jl * {_PF_STEP}",
+            f"                        for i in range(jn):",
+            f"                            _prefetch(hf, pa + i * {_PF_STEP})",
+            f"                        pa = (jd + 1) * plane + pb",
+            f"                        for i in range({npf} - jn):",
+            f"                            _prefetch(hf, pa + i * {_PF_STEP})",
             f"                        for x in range(np.uint64(c0), np.uint64(min(c0 + {_CHUNK}, m))):",
         ])
 
@@ -381,7 +452,7 @@ def _kernel_source(nt: int) -> str:
     # vminps/vmaxps (AMD Zen 4, same-process A/B, 19 dates, 1 thread: in L2 7.2 -> 6.0,
     # memory-resident 7.8 -> 6.8 ns per pixel-band; the network alone on Zen 3 was 28 %
     # faster). Blocks with a sign bit set (-0.0 included) take the float network below.
-    head("if flags[s] == 0 and negs[s] == 0")
+    head("if flags[fo + s] == 0 and negs[fo + s] == 0")
 
     def load(ind):
         # Unsigned offsets: an unsigned index needs no wraparound check.
@@ -400,6 +471,15 @@ def _kernel_source(nt: int) -> str:
         L.append(f"{ind}c = -inf")
         L.extend(f"{ind}c = max(c, min({p}{k}, (n - np.float32({2 * k - 0.5})) * inf))" for k in range(hi + 1))
         L.append(f"{ind}{var} = half * (a + c)")
+
+    def general_tail(ind, p):
+        # Median and MAD of the valid dates of sorted values p0 <= ... (invalid ones +inf, last).
+        pick(ind, p, "med")
+        # No date valid: med is NaN, so is z. Invalid dates give +inf deviations (sorted last).
+        L.extend(f"{ind}d{t} = abs({p}{t} - med)" for t in range(nt))
+        exchange(ind, "d", merge)
+        pick(ind, "d", "mad")
+        L.append(f"{ind}o[x] = (im[x] - med) / max(mad * scale, floor)")
 
     def fast_path(ind, p, val):
         exchange(ind, p, net)
@@ -426,21 +506,59 @@ def _kernel_source(nt: int) -> str:
     # New names: numba would unify an int32 and a float32 s{t} to float64.
     L.extend(f"{ind}f{t} = _asfloat32(s{t})" for t in range(nt))
     tail(ind, lambda t: f"f{t}")
-    head("elif flags[s] == 0")
+    head("elif flags[fo + s] == 0")
     load(ind)
     fast_path(ind, "s", lambda t: f"s{t}")
+    # Blocks with a NaN, infinite or huge value but no sign bit set anywhere (a cloud over
+    # reflectance: the usual general-path block) sort the int32 bit patterns too: NaN
+    # (positive, so its bits lie above +inf's) becomes +inf by an integer min, and the
+    # sorted values are bit for bit those of the float network below, so the rest of
+    # the general path is shared (19 dates, a NaN date over the whole tile, in L2, 1
+    # thread, same-process A/B, load 3.5-4.3: 11.3-11.7 -> 8.3-8.5 ns CPU per pixel-band).
+    head("elif negs[fo + s] == 0")
+    L.extend(f"{ind}s{t} = cbi[x + np.uint64({t * sd})]" for t in range(nt))
+    L.append(ind + "n = " + " + ".join(f"np.float32(s{t} <= iinf)" for t in range(nt)))
+    L += [f"{ind}s{t} = min(iinf, s{t})" for t in range(nt)]
+    exchange(ind, "s", net)
+    L.extend(f"{ind}f{t} = _asfloat32(s{t})" for t in range(nt))
+    general_tail(ind, "f")
     head("else")
     load(ind)
     L.append(ind + "n = " + " + ".join(f"np.float32(s{t} == s{t})" for t in range(nt)))
     # min(inf, nan) is inf: the select keeps its first operand unless the second is smaller.
     L += [f"{ind}s{t} = min(inf, s{t})" for t in range(nt)]
     exchange(ind, "s", net)
-    pick(ind, "s", "med")
-    # No date valid: med is NaN, so is z. Invalid dates give +inf deviations (sorted last).
-    L += [f"{ind}d{t} = abs(s{t} - med)" for t in range(nt)]
-    exchange(ind, "d", merge)
-    pick(ind, "d", "mad")
-    L.append(f"{ind}o[x] = (im[x] - med) / max(mad * scale, floor)")
+    general_tail(ind, "s")
+    # After each block's compute, one block's share of the next tile (nt units of a date's
+    # _BLOCK pixels, date-major as the prefetch, whose lines were prefetched one block
+    # earlier) is copied into the other buffer. Staged a tile at a time between computes,
+    # the lines prefetched a tile ahead did not stay in L2 (the dates of a line share its
+    # sets) and the copy waited on L3 and memory; interleaved, each line is copied a block
+    # after its prefetch (19 dates, issue strides, same-process A/B, load 4.3-4.9: 2
+    # threads, whole cube, wall median 1.52 -> 1.16 s, CPU 11.1 -> 8.3 ns per pixel-band;
+    # 1 thread memory-resident 3-15 % less, cloudy rows and L3 within noise).
+    L.extend([
+        "                if il:",
+        f"                    for uu in range(s * {nt}, s * {nt} + {nt}):",
+        f"                        tu = uu // {nbk}",
+        f"                        su = uu - tu * {nbk}",
+        f"                        ps = tu * plane + pnext + su * {_BLOCK}",
+        f"                        sv = hf[ps:ps + {_BLOCK}]",
+        f"                        pd = no + tu * {sd} + su * {_BLOCK}",
+        f"                        dv = buf[pd:pd + {_BLOCK}]",
+        "                        bad = np.int32(0)",
+        "                        neg = np.int32(0)",
+        f"                        for i in range({_BLOCK}):",
+        "                            v = sv[i]",
+        "                            dv[i] = v",
+        "                            bad = _add32(bad, _offpath(v))",
+        "                            neg = _add32(neg, _signbit32(v))",
+        "                        flags[fn + su] += bad",
+        "                        negs[fn + su] += neg",
+        "            staged = il",
+        "            if il:",
+        "                cur = 1 - cur",
+    ])
     return "\n".join(L) + "\n"
 
 
