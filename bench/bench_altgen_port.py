@@ -22,6 +22,14 @@ never saw them while being developed. Scoring:
   10 m; median length error, median heading error, at_berth / at_anchor accuracy.
 
 ``--png DIR`` writes crops of the worst zones and the missed / false ships.
+
+After the containers table, a breakdown per condition and per condition and GSD of the
+signed errors, zone means: TEU, ground slots (against the visible share of the truth's)
+and tiers (TEU over slots against the truth's), so that a bias (mean) is told from a
+spread (mean absolute) and footprint errors from height errors.
+
+Seeds: yards 101-105 were used while developing the counter; 111-116 are held out
+(report them separately, and do not tune on them).
 """
 
 from __future__ import annotations
@@ -171,6 +179,37 @@ def _agg(rows, key):
     return float(np.mean(vals)) if vals else None
 
 
+def _breakdown(yards: list[dict]) -> dict:
+    """Signed TEU, slot and tier errors per condition and per condition and GSD (zone means), printed."""
+    for r in yards:
+        seen = r["visible_teu"] / max(r["truth_teu"], 1)
+        slots_truth = r["truth_ground_teu"] * seen
+        r["teu_signed"] = (r["est_teu"] - r["visible_teu"]) / max(r["visible_teu"], 1.0)
+        r["slots_signed"] = (r["est_ground_slots"] - slots_truth) / max(slots_truth, 1.0)
+        r["tiers_signed"] = ((r["est_tiers"] - r["truth_tiers"]) / r["truth_tiers"]
+                             if r["est_tiers"] is not None else None)
+    out = {}
+    print("\ncontainers breakdown (zone means, signed: + over)   zones  TEU bias  |TEU|   slots bias  |slots|"
+          "  tiers bias  |tiers|")
+    conds = sorted({r["condition"] for r in yards})
+    # Per GSD only for the conditions rendered at more than one.
+    keys = [(c, None) for c in conds] + sorted({(r["condition"], r["gsd"]) for r in yards
+                                                if len({q["gsd"] for q in yards if q["condition"] == r["condition"]}) > 1})
+    for cond, gsd in keys + [("all", None)]:
+        rs = [r for r in yards if cond in ("all", r["condition"]) and gsd in (None, r["gsd"])]
+        row = {"zones": len(rs)}
+        for k in ("teu", "slots", "tiers"):
+            v = np.array([r[f"{k}_signed"] for r in rs if r[f"{k}_signed"] is not None], float)
+            row[f"{k}_bias"] = float(v.mean()) if v.size else None
+            row[f"{k}_abs"] = float(np.abs(v).mean()) if v.size else None
+        name = cond if gsd is None else f"{cond} gsd {gsd:.1f}"
+        out[name] = row
+        f = (lambda v, sign="+": format(v, sign + "8.1%") if v is not None else "     -  ")
+        print(f"  {name:48s} {row['zones']:5d}  {f(row['teu_bias'])} {f(row['teu_abs'], '')}   "
+              f"{f(row['slots_bias'])} {f(row['slots_abs'], '')}   {f(row['tiers_bias'])} {f(row['tiers_abs'], '')}")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--yard-seeds", type=int, nargs="*", default=[101, 102],
@@ -229,6 +268,8 @@ def main() -> None:
             print(f"  {cond:24s} {len(rs):4d} {t:5d} {d:4d} {tp:4d} {p:5.2f} {rc:5.2f} {f1:5.2f} "
                   f"{fmt(s['length_err_median'], '7.1%')}  {fmt(s['heading_err_median_deg'], '6.1f')}   "
                   f"{fmt(s['state_accuracy'], '.2f')}")
+    if yards:
+        summary["containers_breakdown"] = _breakdown(yards)
     wall, cpu = time.time() - t0, _cpu() - c0
     print(f"\nwall {wall:.0f} s, CPU {cpu:.0f} s")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,13 @@ here on small synthetic scenes:
   blur of the edge: walks leaving that side at a grazing angle are not read;
 - on a bright apron without shadow samples, shade lit by a clear (blue) sky has almost
   no near infrared: compared with grey shade only, it read as container tops.
+
+And two more (session 12):
+
+- a row of tops shaded by a taller row splits a block's colour mask: the pieces are one
+  block (each piece counted its own rows and lost the shaded one);
+- a shadow under half a box's height measures no stack (it ends on a grey top behind
+  the edge), and a stack's low quantile of walks must not take it.
 """
 
 from __future__ import annotations
@@ -18,7 +25,8 @@ import math
 
 import numpy as np
 
-from changedet.objects.containers import _classify, _ground_model, _shadow_lengths, count_containers
+from changedet.objects.containers import (_blocks, _classify, _ground_model, _shadow_lengths, _stack_tiers,
+                                          _walk_to_tiers, count_containers)
 from tests.test_objects_shadows import _yard
 
 # Shade under a clear sky: the sky's share of the light per band (B, G, R, NIR).
@@ -116,3 +124,34 @@ def test_a_yard_of_black_boxes_is_not_taken_for_clear_sky_shade():
     res = count_containers(img, zones)
     found = sum(d.attrs["ground_slots"] for d in res.detections)
     assert abs(found - slots) <= 0.1 * slots, (found, slots)
+
+
+def test_pieces_of_a_block_split_by_a_shaded_row_are_one_block():
+    # 0.5 m pixels: two blocks of rows 2.44 m wide (5 px) along the columns, 8 m (16 px)
+    # of lane between them. The first block's third row is shaded from end to end (too
+    # dark for the colour test): its mask is two pieces 5 px (2.5 m) apart.
+    mask = np.zeros((80, 120), bool)
+    mask[10:20, 10:110] = True          # rows 1-2
+    mask[25:35, 10:110] = True          # rows 4-5 (row 3, 20:25, shaded)
+    mask[51:66, 10:110] = True          # the next block, across the lane
+    labels, n = _blocks(mask, 0.5)
+    assert labels[15, 50] == labels[30, 50] != 0
+    assert labels[22, 50] == labels[15, 50]          # the shaded row belongs to the block
+    assert labels[55, 50] not in (0, labels[15, 50])  # the lane is not bridged
+    assert not labels[40:48, 50].any()
+
+
+def test_walks_under_half_a_box_tall_measure_no_stack():
+    # One stack top (a single paint) 10 x 40 px; walks north from its north edge. Ten
+    # walks of 20 px (sun 45 degrees, 0.5 m pixels: 10.25 m, four tiers) and six of one
+    # pixel (0.3 tiers: the walk ended on a grey top behind the edge).
+    blob = np.zeros((40, 60), bool)
+    blob[20:30, 10:50] = True
+    pix = np.where(blob[None], np.array([0.3, 0.2, 0.1, 0.4], "float32")[:, None, None], 0.25)
+    c0 = np.arange(12, 28)
+    r0 = np.full(c0.size, 20)
+    lengths = np.where(np.arange(c0.size) < 10, 20.0, 1.0)
+    walks = (lengths, np.zeros(c0.size, bool), r0, c0)
+    heights, areas, hidden = _stack_tiers(blob, pix, walks, 0.25, _walk_to_tiers(0.5, 180.0, 45.0))
+    assert heights == [4.0] and not hidden
+

@@ -8,7 +8,8 @@ hue (chromaticity) is neither lit pavement's nor shade's is paint even when it i
 as bright as the ground (brown, dark green, pale blue boxes). Their area in 20 ft ground slots
 (6.06 x 2.44 m, ISO 668) gives the boxes on the ground; the height of each stack
 block comes from the length of the shadow it throws onto open pavement when the sun's
-position is known (tiers of 2.59 m), and TEU = ground slots x tiers. With a low sun most
+position is known (tiers of 2.59 m), and TEU = ground slots x tiers. Pieces of the colour mask less than 3 m apart are one
+block (a row of tops shaded by a taller row splits it). With a low sun most
 shadows cross the lane and run into the next block; those walks are lower bounds
 (censored), and the median shadow is the Kaplan-Meier estimate over all walks rather
 than the median of the ones seen to end, which are the short ones. Heights are measured
@@ -164,7 +165,7 @@ def count_containers(
             cand = (d <= min_contrast) & (alpha >= 0.3) & inside & ok & ~box
             tarps = _tarp_tops(cand, ground_dark, box, res, sun_azimuth_deg)
             box |= tarps
-        labels, n = ndimage.label(box & inside)
+        labels, n = _blocks(box & inside, res, min_area_m2)
         blobs = []
         for lab in range(1, n + 1):
             blob = labels == lab
@@ -793,6 +794,57 @@ def _filled(blob: np.ndarray, res: float | None = None) -> np.ndarray:
         sl = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
         out[sl] = ndimage.binary_fill_holes(blob[sl])
         return out
+    return _filled_one(blob, res)
+
+
+# Widest gap between pieces of one stack block (m): a row of lower tops shaded from end
+# to end by the taller row on its sun side (2.44 m of box and the gaps beside it) splits
+# the block's colour mask in two. Driving lanes between blocks are wider (trucks,
+# reach stackers and straddle carriers need 4 m or more).
+BLOCK_JOIN_M = 3.0
+
+
+def _blocks(mask: np.ndarray, res: float, min_area_m2: float = 8.0) -> tuple[np.ndarray, int]:
+    """Label the stack blocks of a mask of container pixels: (labels, count).
+
+    With the sun low or the stacks of uneven height, tops in the shade of taller
+    neighbours are too dark to tell from pavement by colour, and a shaded row or bay
+    splits a block into pieces. Each piece then counted its own rows (a shaded top
+    between them counted in neither: ground slots 15-35 % low at 0.3 m pixels or a sun
+    under 30 degrees), and its walks started at the shaded top beside it, measuring the
+    step between stacks rather than a height. Pieces less than ``BLOCK_JOIN_M`` apart are
+    one block; its footprint is their union with the notches of about one box closed
+    and holes filled (the 3 x 7 m rectangle along the block's rows of
+    :func:`_ground_slots`). Only pieces of at least ``min_area_m2`` join: specks in a
+    block's shadow (noise, a dark stain) would have drawn the shadow into the footprint.
+    Smaller pieces keep labels of their own.
+    """
+    pieces, n_pieces = ndimage.label(mask)
+    if n_pieces == 0:
+        return pieces, 0
+    area = ndimage.sum(mask, pieces, index=np.arange(1, n_pieces + 1)) * res * res
+    big = np.concatenate([[False], area >= min_area_m2])[pieces]
+    r = max(BLOCK_JOIN_M / 2.0 / res, 1.0)
+    k = int(math.ceil(r))
+    yy, xx = np.mgrid[-k:k + 1, -k:k + 1]
+    groups, n = ndimage.label(ndimage.binary_dilation(big, structure=yy ** 2 + xx ** 2 <= r * r))
+    small, n_small = ndimage.label(mask & ~big)
+    out = np.where(small > 0, small + n, 0).astype(np.int32)
+    for i, sl in enumerate(ndimage.find_objects(groups), start=1):
+        piece = (groups[sl] == i) & big[sl]
+        if not piece.any():
+            continue
+        whole = _filled_one(piece, res) if piece.sum() >= 3 else piece
+        view = out[sl]
+        view[whole] = i
+    return out, n + n_small
+
+
+def _filled_one(blob: np.ndarray, res: float) -> np.ndarray:
+    """All of ``blob`` (one block, in pieces or not) with holes filled and its notches of
+    about one box closed (:func:`_notch_element`), within the frame of ``blob``."""
+    rows, cols = np.nonzero(blob)
+    out = np.zeros_like(blob)
     se = _notch_element(blob, res)
     pad = se.shape[0] // 2 + 1
     r0, c0 = rows.min(), cols.min()
@@ -937,6 +989,11 @@ def _stack_tiers(blob, pix, walks, px_m2, to_tiers, back=None) -> tuple[list, li
             same = np.zeros(seg.shape, bool)
             same[inside] = labels[rr[inside], cc[inside]] == seg[inside]
             seg = np.where(same, seg, 0)
+    # A stack is at least one box tall: a shadow under half a standard box's height is
+    # not a stack's (it ends on a top in pavement colour in the row behind, or on a
+    # mixed pixel at the block's edge). Kept, such walks are a stack's low quantile and
+    # read a four-tier stack as one.
+    seg = np.where((lengths + WALK_END_PX) * to_tiers >= 0.5, seg, 0)
     heights, areas, hidden = [], [], []
     for k in np.unique(seg[seg > 0]):
         m = seg == k
