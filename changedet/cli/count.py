@@ -272,7 +272,12 @@ def cmd_count(args) -> int:
     sel = _select(feats, args.kind, where)
 
     sun = None
-    if args.kind in ("railcars", "containers") and not getattr(args, "detector", None):
+    from changedet.objects.railcars_sar import radar_bands
+
+    radar = bool(radar_bands(image))
+    # A radar image of railcars needs no sun (the Sentinel-1 estimate reads backscatter).
+    if args.kind in ("railcars", "containers") and not getattr(args, "detector", None) \
+            and not (radar and args.kind == "railcars"):
         sun = resolve_sun(args.image, image, azimuth=args.sun_azimuth, elevation=args.sun_elevation)
         if sun["azimuth_deg"] is None:
             print(f"changedet count: warning: {sun['source']}", file=sys.stderr)
@@ -291,8 +296,9 @@ def cmd_count(args) -> int:
     elif args.kind == "railcars":
         from changedet.objects.railcars import count_railcars
 
-        res = count_railcars(image, sel["main"], valid=valid, sun_azimuth_deg=sun["azimuth_deg"],
-                             sun_elevation_deg=sun["elevation_deg"])
+        res = count_railcars(image, sel["main"], valid=valid,
+                             sun_azimuth_deg=sun["azimuth_deg"] if sun else None,
+                             sun_elevation_deg=sun["elevation_deg"] if sun else None)
     elif args.kind == "containers":
         from changedet.objects.containers import count_containers
 

@@ -146,7 +146,7 @@ def bgrn(image: xr.DataArray, *, check_order: bool = True) -> np.ndarray:
         raise ChangedetError(
             f"bands {names} are radar backscatter; this counter reads optical colour (blue, green, red, NIR) "
             "and has no radar mode: use an optical image (Sentinel-2, Planet, VHR), or `changedet count ships` "
-            "for vessels on radar"
+            "for vessels on radar (`changedet count railcars` has a Sentinel-1 estimate too)"
         )
     found = find_bands(names, ("blue", "green", "red", "nir"))
     if found is not None:

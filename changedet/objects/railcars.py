@@ -81,6 +81,9 @@ def count_railcars(
     ----------
     image : xarray.DataArray (band, y, x)
         Surface reflectance with named bands (R, G, B, NIR or B02, B03, B04, B08) and a CRS.
+        Radar backscatter (bands named VV, VH, HH or HV; 3-12 m pixels) is estimated by
+        :func:`changedet.objects.railcars_sar.count_railcars_sar` instead (the sun
+        arguments are then unused).
     tracks : mapping of str to LineString
         Track centrelines in the image CRS, by track id.
     valid : xarray.DataArray (y, x) of bool, optional
@@ -109,6 +112,12 @@ def count_railcars(
         if v is not None and not np.isfinite(v):
             raise ChangedetError(f"{name} is {v!r}; give the scene's sun angle in degrees, or None to infer "
                                   "what the image shows")
+    from changedet.objects.railcars_sar import count_railcars_sar, radar_bands
+
+    if radar_bands(image):
+        # Sentinel-1 backscatter: the radar estimate (occupied length from integrated
+        # backscatter); the sun plays no part.
+        return count_railcars_sar(image, tracks, valid=valid)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         return _count_railcars(image, tracks, valid=valid, sun_azimuth_deg=sun_azimuth_deg,
                                sun_elevation_deg=sun_elevation_deg, min_contrast=min_contrast)
