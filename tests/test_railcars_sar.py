@@ -75,6 +75,8 @@ def test_unresolved_tracks_form_one_bundle_and_side_by_side_cars_count_twice():
     res = count_railcars_sar(image, tracks, n_bootstrap=20)
     (pf,) = res.per_feature
     assert pf["tracks_resolved"] is False and "estimated together" in pf["note"]
+    # The JSON contract: "id" is a feature id the caller gave; the bundle names its tracks.
+    assert pf["id"] == "T1" and pf["bundle"] == ["T1", "T2", "T3", "T4", "T5"]
     truth = len(cars)
     assert abs(res.total - truth) <= 3 * res.uncertainty, (res.total, res.uncertainty)
     # More than the length any track is occupied: side-by-side cars are not merged.
@@ -95,6 +97,26 @@ def test_an_empty_yard_reads_no_cars():
     image, tracks = _yard([100.0, 150.0], [], seed=9)
     res = count_railcars_sar(image, tracks, n_bootstrap=20)
     assert res.total <= max(1.0, 3 * res.uncertainty)
+
+
+@pytest.mark.xfail(reason="estimator limitation (issue 6, not fixed): on a lone empty track no comb passes the BIC "
+                          "test and the CFAR fallback thresholds over the rejected comb's empty level, which lies "
+                          "below the bed: 2.0 / 45 / 5.3 false cars on seeds 3 / 4 / 5 (seed 4: a comb fitted to the "
+                          "speckle's tail passes BIC). Taking the strip's lower half instead fixes these but reads a "
+                          "packed yard as empty (independent generator MAPE 0.585 -> 0.671).", strict=False)
+@pytest.mark.parametrize("seed", [3, 4, 5])
+def test_a_single_empty_track_reads_no_cars(seed):
+    image, tracks = _yard([100.0, 150.0], [], seed=seed)
+    res = count_railcars_sar(image, {"T2": tracks["T2"]}, n_bootstrap=0)
+    assert res.total < 1.0, (seed, res.total, res.per_feature)
+
+
+def test_a_track_mostly_off_the_image_learns_no_car_level_from_a_few_positions():
+    # About 10 positions of bare ground are on the image: a comb fitted to them read 3.9 cars.
+    image, _ = _yard([100.0, 150.0], [], seed=3)
+    track = {"T9": LineString([(X0 + 800.0, Y0 - 100.0), (X0 + 2000.0, Y0 - 100.0)])}
+    res = count_railcars_sar(image, track, n_bootstrap=0)
+    assert res.total < 1.0, res.total
 
 
 @pytest.mark.parametrize("values, why", [

@@ -80,6 +80,7 @@ MAX_CHANGE_RATE = 0.2
 MIN_CAR_CONTRAST = 3.0
 # Fewest empty positions (posterior mass) a fit must find over all strips: two pixels.
 MIN_EMPTY_POSITIONS = 2.0
+MIN_COMB_POSITIONS = 30
 # Fits whose log-likelihoods differ by less than this are tied; the coarser comb wins.
 LOGLIK_TIE = 0.1
 BLOCK = 6
@@ -184,7 +185,9 @@ def fit_levels(series: list[np.ndarray], n_tracks: list[int], *, init: dict | No
     """
     data = [np.atleast_2d(np.asarray(e, dtype="float64").T).T for e in series]
     data = [e[np.all(np.isfinite(e), axis=1)] for e in data]
-    if sum(e.shape[0] for e in data) < 8:
+    # A comb (empty level, car level, their spreads, change rate) fitted to a handful of
+    # positions fits speckle: below MIN_COMB_POSITIONS the counter uses the CFAR bounds.
+    if sum(e.shape[0] for e in data) < MIN_COMB_POSITIONS:
         return None
     if init is not None:
         return _em(data, n_tracks, init, max_iter)
@@ -232,8 +235,12 @@ def fit_levels(series: list[np.ndarray], n_tracks: list[int], *, init: dict | No
                   for e in data if e.shape[0] for ch in range(nch))
     fits = [f for f in fits if f["loglik"] - null_ll > 1.5 * nch * math.log(max(m, 2))]
     if not fits:
-        # No car level stands clear of the bed's speckle: only the empty level (and
-        # its spread) is kept, for the CFAR fallback of the counter.
+        # No car level stands clear of the bed's speckle: only the empty level (and its
+        # spread) of the best comb is kept, for the CFAR fallback of the counter. On a
+        # wholly empty track that level lies below the bed (the comb fitted the speckle's
+        # tail as cars) and reads a few false cars; the strip's lower half instead reads
+        # nothing on a packed yard, where no position is empty (measured on the
+        # independent generator, MAPE 0.585 against 0.671).
         return {**faint, "empty_only": True}
     best = max(f["loglik"] for f in fits)
     ok = [f for f in fits if f["loglik"] >= best - LOGLIK_TIE]
@@ -524,10 +531,13 @@ def count_railcars_sar(image: xr.DataArray, tracks: Mapping[str, LineString], *,
         n = occ / MEAN_PITCH_M
         var = (sd_occ / MEAN_PITCH_M) ** 2 + (PITCH_SPREAD * n) ** 2
         total += n
-        entry = {"id": "+".join(g), "count": round(n, 1), "by_type": {}, "occupied_m": round(occ, 1),
+        # "id" stays a feature id the caller gave (the issue's JSON contract joins counts
+        # back to features); a bundle reports under its first track and names them all.
+        entry = {"id": g[0], "count": round(n, 1), "by_type": {}, "occupied_m": round(occ, 1),
                  "uncertainty": round(math.sqrt(var), 2), "tracks": list(g), "tracks_resolved": len(g) == 1,
                  "occupied_any_m": round(any_m, 1), "observed_fraction": round(seen_frac, 4)}
         if len(g) > 1:
+            entry["bundle"] = list(g)
             entry["note"] = (f"{len(g)} tracks closer than {RESOLVED_SPACING_PX:g} pixels ({RESOLVED_SPACING_PX * res:g} "
                              "m): estimated together; cars side by side each count, which track holds them is not "
                              "resolved; occupied_any_m is the length where at least one of them holds a car")
