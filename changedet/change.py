@@ -66,6 +66,13 @@ _RASTER_EXT = (".tif", ".tiff", ".jp2", ".vrt", ".img")
 # spaces and parentheses of hand-named or browser-duplicated downloads ("sentinel2 B04.tif",
 # "S2_B04 (1).tif"); letters or digits around it ("SUB04", "B04X") make it part of a word.
 _BAND_RE = re.compile(r"(?:^|[_\-.\s()])(B(?:\d{1,2}A?|8A))(?=$|[_\-.\s()])", re.IGNORECASE)
+#: Cloud-class bands: Sentinel Hub's cloud mask (``CLM``: 0 clear, 1 cloud, 255 no data) and the
+#: Sentinel-2 L2A scene classification (``SCL``). Categories, not radiometry: they mask the
+#: pixels of their date (:func:`_class_unobserved`) and never enter the change arithmetic.
+CLASS_BANDS = ("CLM", "SCL")
+# A class band's file in a band directory, by the same token rule as _BAND_RE
+# ("T31UDQ_20170829T105019_SCL_20m.jp2", "..._CLM_(Raw).tiff").
+_CLASS_RE = re.compile(r"(?:^|[_\-.\s()])(CLM|SCL)(?=$|[_\-.\s()])", re.IGNORECASE)
 
 
 class ChangeError(ChangedetError):
@@ -134,6 +141,40 @@ def _zero_fill_to_nan(da: xr.DataArray) -> xr.DataArray:
     return da.where(~xr.DataArray(fill, dims=("y", "x")))
 
 
+def _is_class_band(name) -> bool:
+    return str(name).strip().upper() in CLASS_BANDS
+
+
+def _class_unobserved(cls: xr.DataArray, kind: str, source) -> np.ndarray:
+    """Pixels of one date without a view of the ground, from its class band.
+
+    Parameters
+    ----------
+    cls : xarray.DataArray
+        (y, x) values of the ``CLM`` or ``SCL`` band (NaN = the file's nodata).
+    kind : {"CLM", "SCL"}
+    source : path
+        The file, for error messages.
+
+    Returns
+    -------
+    numpy.ndarray of bool
+        (y, x) True where CLM is not 0 (cloud, or 255 / NaN: no data), or where SCL is
+        cloud shadow (3), cloud medium/high probability (8, 9), thin cirrus (10), no data
+        (0), saturated or defective (1), or NaN (:mod:`changedet.cloudmask`'s classes).
+    """
+    from changedet.cloudmask import SCL_CLOUD, SCL_NODATA
+
+    v = np.asarray(cls.values, dtype="float32")
+    if kind == "CLM":
+        # Only 0 is clear: Sentinel Hub writes 255 for "no data", and a pixel whose
+        # mask is unknown may be cloud.
+        return ~(v == 0)
+    if kind == "SCL":
+        return np.isin(v, SCL_CLOUD + SCL_NODATA) | np.isnan(v)
+    raise ChangeError(f"{source}: unknown class band {kind!r}; expected one of {CLASS_BANDS}")
+
+
 def load_image(path: str | Path, *, bands: Sequence[str] | None = None) -> xr.DataArray:
     """Read one date as ``(band, y, x)`` float32 with NaN nodata.
 
@@ -154,18 +195,47 @@ def load_image(path: str | Path, *, bands: Sequence[str] | None = None) -> xr.Da
         finest-resolution band. In a 16/32-bit unsigned file that declares no nodata,
         pixels that are 0 in every band are NaN (Sentinel-2 fill, see
         :func:`_zero_is_fill`); :func:`changedet.io.read_raster` itself keeps them.
+        A cloud-class band (``CLM`` or ``SCL`` in a multi-band file, a ``*_CLM.*`` /
+        ``*_SCL.*`` file in a directory) is not returned: it masks the image instead
+        (NaN where it says cloud, shadow, cirrus or no data, see :func:`_class_unobserved`).
+
+    Raises
+    ------
+    ChangeError
+        If ``bands`` names a class band (``CLM``, ``SCL``), or a band the input lacks.
     """
+    da, hidden = _load_image(path, bands=bands)
+    if hidden is not None:
+        da = da.where(~xr.DataArray(hidden, dims=("y", "x")))
+    return da
+
+
+def _load_image(path: str | Path, *, bands: Sequence[str] | None = None) -> tuple[xr.DataArray, np.ndarray | None]:
+    """:func:`load_image` without applying the class band: ``(image, unobserved)``, the
+    second (y, x) bool on the image's grid (None without a class band)."""
     from changedet.grid import GridSpec
     from changedet.io import read_raster, reproject_to
 
     path = Path(path)
+    asked = [str(b) for b in bands or () if _is_class_band(b)]
+    if asked:
+        raise ChangeError(
+            f"bands {', '.join(a.upper() for a in asked)} asked for: a cloud-class band is a mask (its cloudy and "
+            "no-data pixels are left out of both dates), never compared as a spectral band; drop it from --bands "
+            "(it is applied whenever an input has it)"
+        )
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in _RASTER_EXT)
         named = {}
+        classes = {}
         for f in files:
             b = _band_of(f.name)
             if b is not None:
                 named.setdefault(b, f)
+                continue
+            c = _CLASS_RE.findall(Path(f.name).stem)
+            if c:
+                classes.setdefault(c[-1].upper(), f)
         if not named:
             raise ChangeError(
                 f"{path}: no raster files with a band name (e.g. *_B04.tif) in the directory; "
@@ -188,20 +258,43 @@ def load_image(path: str | Path, *, bands: Sequence[str] | None = None) -> xr.Da
         if all(_zero_is_fill(named[b]) for b in want):
             da = _zero_fill_to_nan(da)
         da.attrs["source"] = str(path)
-        return da
+        hidden = None
+        for kind in CLASS_BANDS:
+            if kind in classes:
+                cls = read_raster(classes[kind], bands=[kind])
+                if not GridSpec.of(cls).same_as(grid):
+                    # Classes are categories: nearest neighbour, never interpolated (SCL is 20 m).
+                    try:
+                        cls = reproject_to(cls, grid, resampling="nearest")
+                    except GridError as exc:
+                        raise GridError(f"{classes[kind]}: does not cover the band files of {path}: {exc}") from None
+                h = _class_unobserved(cls.isel(band=0, drop=True), kind, classes[kind])
+                hidden = h if hidden is None else hidden | h
+        return da, hidden
     da = read_raster(path)
+    names = [str(b) for b in da["band"].values]
+    kinds = [n.upper() for n in names if _is_class_band(n)]
+    hidden = None
+    if kinds:
+        for kind in kinds:
+            h = _class_unobserved(da.sel(band=kind), kind, path)
+            hidden = h if hidden is None else hidden | h
+        names = [n for n in names if not _is_class_band(n)]
+        if not names:
+            raise ChangeError(f"{path}: has only the cloud-class band(s) {kinds}, no spectral band to compare")
+        da = da.sel(band=names)
     if _zero_is_fill(path):
-        # On all the file's bands, before --bands selects some: more bands, surer test.
+        # On all the file's spectral bands, before --bands selects some: more bands, surer
+        # test (a class band is 0 wherever it is clear, so it says nothing about fill).
         da = _zero_fill_to_nan(da)
     da.attrs["source"] = str(path)
     if bands:
-        names = [str(b) for b in da["band"].values]
         lower = {n.lower(): n for n in names}
         missing = [b for b in bands if str(b).lower() not in lower]
         if missing:
             raise ChangeError(f"{path}: has no band(s) {missing}; its bands are {names}")
         da = da.sel(band=[lower[str(b).lower()] for b in bands])
-    return da
+    return da, hidden
 
 
 def _unnamed(names: Sequence[str]) -> bool:
@@ -295,27 +388,33 @@ def load_pair(
     paired by position, and then both files must have the same number of bands. The
     result carries BEFORE's band names (AFTER's when only AFTER's are named).
 
+    A cloud-class band of either date (``CLM``, ``SCL``: see :func:`load_image`) is a mask,
+    never a band to compare: pixels it marks as cloud, cloud shadow, cirrus or no data
+    (AFTER's moved onto BEFORE's grid by nearest neighbour) are NaN in both results, so
+    they are nodata for every method and never change.
+
     Raises
     ------
     ChangeError
         If both files name their bands and no band can be paired by name, role or
         wavelength, or
-        a file's bands are unnamed and the band counts differ.
+        a file's bands are unnamed and the band counts differ, or ``bands`` names a
+        class band, or the class bands leave no pixel observed on both dates.
     GridError
         If AFTER does not overlap BEFORE.
     """
     from changedet.grid import GridSpec
     from changedet.io import reproject_to
 
-    b = load_image(before, bands=bands)
+    b, hidden_b = _load_image(before, bands=bands)
     try:
-        a = load_image(after, bands=bands)
+        a, hidden_a = _load_image(after, bands=bands)
     except ChangeError:
-        if not bands or Path(after).is_dir():
+        if not bands or Path(after).is_dir() or any(_is_class_band(x) for x in bands):
             raise
         # AFTER may name the selected bands by role (R, G, B, NIR for B04, B03, B02,
         # B08): read it whole and pair by role below.
-        a = load_image(after)
+        a, hidden_a = _load_image(after)
     nb = [str(v) for v in b["band"].values]
     na = [str(v) for v in a["band"].values]
     if _unnamed(nb) or _unnamed(na):
@@ -343,14 +442,30 @@ def load_pair(
         common = [p[0] for p in pairs]
         b = b.sel(band=common)
         a = a.sel(band=[p[1] for p in pairs]).assign_coords(band=common)
-    gb = GridSpec.of(b)
-    if not GridSpec.of(a).same_as(gb):
+    gb, ga = GridSpec.of(b), GridSpec.of(a)
+    if not ga.same_as(gb):
         try:
             a = reproject_to(a, gb, resampling="bilinear").assign_coords(band=common)
         except GridError as exc:
             # Name the inputs: the bare message does not say which of the two is off.
             raise GridError(f"{after} does not overlap {before} (the output grid): {exc}") from None
+        if hidden_a is not None:
+            # Classes are categories: nearest neighbour, never interpolated. Beyond AFTER's
+            # footprint the reprojected mask is NaN, not 1: those pixels are nodata in AFTER.
+            moved = reproject_to(ga.attach(hidden_a.astype("float32")), gb, resampling="nearest")
+            hidden_a = np.asarray(moved.values) == 1
     a = a.assign_coords(x=b.x, y=b.y)
+    hidden = hidden_b if hidden_a is None else hidden_a if hidden_b is None else hidden_b | hidden_a
+    if hidden is not None and hidden.any():
+        if hidden.all():
+            raise ChangeError(
+                f"{before} and {after}: their cloud bands (CLM/SCL) mark every pixel as cloud, cloud shadow, cirrus "
+                "or no data on one date or the other; nothing is left to compare. Pick clearer dates"
+            )
+        # A pixel unseen on either date is nodata on both: no change can be seen there, and
+        # a cloud edge must not enter one date's smoothing window but not the other's.
+        keep = xr.DataArray(~hidden, dims=("y", "x"))
+        b, a = b.where(keep), a.where(keep)
     return b, a
 
 
@@ -725,11 +840,32 @@ def changed_area_m2(mask: xr.DataArray) -> float:
     as Sentinel Hub and EO Browser export) covers about cos^2(lat) of its map area on
     the ground (0.67 at 35 N, 0.25 at 60 N). UTM and national grids (areal scale
     0.9992-1.002) are left as map area.
+
+    :func:`changedet.kernels.changed_area_m2` is the planar part of this (map m^2 of a
+    projected grid) and is called for it; both count pixels by one rule,
+    :func:`changedet.kernels.threshold.changed_pixels` (True, or non-zero finite: NaN is
+    nodata, not change). A lazy (dask) mask is computed once.
+
+    Parameters
+    ----------
+    mask : xarray.DataArray
+        (y, x) mask (leading dims of size 1 allowed) with coordinates and a CRS.
+
+    Returns
+    -------
+    float
+        Changed ground area in m^2.
+
+    Raises
+    ------
+    GridError
+        If the CRS is neither projected nor geographic.
     """
     import pyproj
 
     from changedet.grid import GridSpec
     from changedet.kernels import changed_area_m2 as planar
+    from changedet.kernels.threshold import changed_pixels
     from changedet.polygons import AREA_BLOCK_PX, ground_area_factors
 
     grid = GridSpec.of(mask)
@@ -741,9 +877,7 @@ def changed_area_m2(mask: xr.DataArray) -> float:
         area = planar(mask)
         if area == 0.0 or f is None:
             return area
-        m = mask.squeeze([d for d in mask.dims if d not in ("y", "x")], drop=True)
-        # As the planar kernel counts: non-zero finite values are changed.
-        m = m if m.dtype == bool else (m.notnull() & (m != 0))
+        m = changed_pixels(mask.squeeze([d for d in mask.dims if d not in ("y", "x")], drop=True))
         counts = m.astype("int64").coarsen(y=AREA_BLOCK_PX, x=AREA_BLOCK_PX, boundary="pad").sum()
         counts = np.asarray(counts.values, dtype="float64")
         n = counts.sum()
@@ -758,7 +892,8 @@ def changed_area_m2(mask: xr.DataArray) -> float:
     row_area = np.array(
         [abs(geod.polygon_area_perimeter([x0, x1, x1, x0], [a, a, b, b])[0]) for a, b in zip(y0, y1)]
     )
-    per_row = np.asarray(mask.astype(bool).sum("x").values, dtype="float64")
+    # The planar kernel's rule: NaN (nodata in a 0/1 float layer) is not change.
+    per_row = np.asarray(changed_pixels(mask).sum("x").values, dtype="float64")
     return float(np.sum(per_row * row_area))
 
 

@@ -1624,6 +1624,22 @@ def _nb_taper_impl(outv, mean_re, mean_im, weight):  # pragma: no cover - compil
             oi[2 * j + 1] = (oi[2 * j + 1] - mean_im) * wi[j]
 
 
+def _nb_reflect_row_impl(row, line, h):  # pragma: no cover - compiled by numba
+    """``line[h:h + n] = row`` with ``h`` values mirrored beyond each end (ndimage's
+    ``reflect``: ``row[h-1] ... row[0] | row | row[n-1] ... row[n-h]``), ``h <= n``."""
+    n1 = row.shape[0]
+    for j in range(n1):
+        line[h + j] = row[j]
+    for t in range(h):
+        line[h - 1 - t] = row[t]
+        line[h + n1 + t] = row[n1 - 1 - t]
+
+
+# The name the kernels call: the plain function until _nb() compiles the kernels, then its
+# compiled form, which numba resolves as a global when it compiles each caller.
+_nb_reflect_row = _nb_reflect_row_impl
+
+
 def _nb_full_gradient_impl(src, ks, kd, d1, s1, gv):  # pragma: no cover - compiled by numba
     """:func:`_gradient`'s four ``ndimage.correlate1d`` passes (reflect), bit for bit:
     along rows (axis 1) with ``kd`` into ``d1`` and with ``ks`` into ``s1``, then along
@@ -1640,12 +1656,7 @@ def _nb_full_gradient_impl(src, ks, kd, d1, s1, gv):  # pragma: no cover - compi
     acc_s = np.empty(n1)
     kd0, ks0 = kd[h], ks[h]
     for i in range(n0):
-        si = src[i]
-        for j in range(n1):
-            line[h + j] = si[j]
-        for t in range(h):
-            line[h - 1 - t] = si[t]
-            line[h + n1 + t] = si[n1 - 1 - t]
+        _nb_reflect_row(src[i], line, h)
         mid = line[h:h + n1]
         for j in range(n1):
             acc_d[j] = mid[j] * kd0
@@ -1761,12 +1772,7 @@ def _nb_feather_impl(src, w, tmp, out):  # pragma: no cover - compiled by numba
             ti[j] = np.float32(acc[j])
     line = np.empty(n1 + 2 * h)
     for i in range(n0):
-        ti = tmp[i]
-        for j in range(n1):
-            line[h + j] = ti[j]
-        for t in range(h):
-            line[h - 1 - t] = ti[t]
-            line[h + n1 + t] = ti[n1 - 1 - t]
+        _nb_reflect_row(tmp[i], line, h)
         mid = line[h:h + n1]
         for j in range(n1):
             acc[j] = mid[j] * wh
@@ -1821,9 +1827,13 @@ def _nb():
     # njit_cached: uncached where numba finds no writable cache folder.
     from changedet.kernels.fast import HAVE_NUMBA, njit_cached
 
+    global _nb_reflect_row
     if not HAVE_NUMBA:  # optional at run time: the numpy path gives the same numbers
         return None
     jit = njit_cached(nogil=True, boundscheck=False)
+    # Before the kernels that call it are compiled (at their first call): numba needs a
+    # compiled function there, not the Python one.
+    _nb_reflect_row = jit(_nb_reflect_row_impl)
     return SimpleNamespace(gradient=jit(_nb_gradient_impl), keys=jit(_nb_keys_impl), clip=jit(_nb_clip_impl),
                            taper=jit(_nb_taper_impl), feather=jit(_nb_feather_impl), dilate=jit(_nb_dilate_impl),
                            full_gradient=jit(_nb_full_gradient_impl), kth=jit(_nb_kth_impl))
@@ -2394,13 +2404,23 @@ def _blas_single_thread():
             # ThreadpoolController.limit (~15-40 us, a tenth of a window's Newton steps);
             # only the libraries not already single-threaded are set and restored.
             saved = []
-            for lib in _BLAS_CONTROLLER.lib_controllers:
-                if lib.user_api != "blas":
-                    continue
-                n = lib.get_num_threads()
-                if n is not None and n != 1:
-                    lib.set_num_threads(1)
-                    saved.append((lib, n))
+            try:
+                for lib in _BLAS_CONTROLLER.lib_controllers:
+                    if lib.user_api != "blas":
+                        continue
+                    try:
+                        n = lib.get_num_threads()
+                        if n is not None and n != 1:
+                            lib.set_num_threads(1)
+                            saved.append((lib, n))
+                    except Exception:
+                        # The limit changes speed, never results: a library whose own
+                        # thread calls fail keeps its threading, the others are limited.
+                        continue
+            except BaseException:
+                # Interrupted half-way: the libraries already limited get their setting back.
+                _restore_blas(saved)
+                raise
             _BLAS_LIMIT = saved
         _BLAS_USERS += 1
     try:
@@ -2409,9 +2429,16 @@ def _blas_single_thread():
         with _BLAS_LOCK:
             _BLAS_USERS -= 1
             if _BLAS_USERS == 0:
-                for lib, n in _BLAS_LIMIT:
-                    lib.set_num_threads(n)
-                _BLAS_LIMIT = None
+                limit, _BLAS_LIMIT = _BLAS_LIMIT, None
+                _restore_blas(limit or [])
+
+
+def _restore_blas(saved) -> None:
+    """Give each (library, threads) of ``saved`` its thread count back; one library's
+    failure does not keep the others at one thread."""
+    for lib, n in reversed(saved):
+        with contextlib.suppress(Exception):
+            lib.set_num_threads(n)
 
 
 _BLAS_CONTROLLER = None

@@ -22,6 +22,19 @@ from changedet.errors import GridError
 # imports this module for its UTM zone helper and needs neither (about 1 s of start-up).
 if TYPE_CHECKING:
     import xarray as xr
+else:
+
+    class _LazyXarray:
+        """Stands for the ``xarray`` module in the annotations (``xr.DataArray``) so that
+        :func:`typing.get_type_hints` resolves them at run time; xarray is imported at
+        the first attribute looked up, not when this module is."""
+
+        def __getattr__(self, name: str):
+            import xarray
+
+            return getattr(xarray, name)
+
+    xr = _LazyXarray()
 
 
 def utm_crs_for(lon: float, lat: float) -> pyproj.CRS:

@@ -290,20 +290,29 @@ def atomic_write(path: str | Path, write, *, option: str | None = None) -> Path:
 
     A crash or a refused path never leaves a half-written file where a good one was, and
     never leaves the temporary file behind; an existing file at ``path`` is only replaced
-    by a complete one.
+    by a complete one. A symbolic link at ``path`` is written through: its target (the
+    end of a chain of links; made when missing) is replaced atomically and the link stays
+    a link, as ``>`` in a shell or ``cp`` would do, rather than the link being replaced
+    by a regular file. ``path`` is returned as given.
 
     Raises
     ------
     OutputPathError
         A fault of the path itself: a directory, a folder that cannot be made or written,
-        a name too long; the message names ``option`` (the CLI flag) when given. Other
-        errors (a full disk, an I/O error, a failed read of a lazy input) propagate as
-        they are: the flows retry those.
+        a name too long, a loop of links; the message names ``option`` (the CLI flag)
+        when given. Other errors (a full disk, an I/O error, a failed read of a lazy
+        input) propagate as they are: the flows retry those.
     """
     from rasterio.errors import RasterioError
 
-    path = Path(path)
+    given = path = Path(path)
     what = f"{option} {path}" if option else str(path)
+    if path.is_symlink():
+        # os.replace onto a link replaces the link itself; the user meant the file it
+        # points at (an output kept on another disk, a "latest.tif" in a served folder).
+        path = Path(os.path.realpath(path))
+        if path.is_symlink():
+            raise OutputPathError(f"{what}: is a loop of symbolic links; point it at a file or remove it")
     try:
         if path.is_dir():
             raise IsADirectoryError(21, "is a directory")
@@ -341,7 +350,7 @@ def atomic_write(path: str | Path, write, *, option: str | None = None) -> Path:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    return path
+    return given
 
 
 def write_geotiff(da: xr.DataArray, path: str | Path, *, cog: bool = True, dtype: str = "float32",

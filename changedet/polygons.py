@@ -141,6 +141,14 @@ def ground_area_factors(grid: GridSpec, block_px: int = AREA_BLOCK_PX) -> np.nda
     area in metres (the CRS's linear unit converted). Web Mercator gives about
     cos^2(lat); UTM 1/k^2 (k = 0.9996-1.001).
 
+    In a normal-aspect cylindrical projection (Web Mercator, Mercator, equidistant or
+    equal-area cylindrical: latitude a function of y alone, longitude an affine function
+    of x alone, see :func:`_cylindrical`) the blocks of one block row are one outline
+    moved along the parallels, and an ellipsoid of revolution gives them one area: only
+    the first block of each row (and a narrower last one) is measured, and the factor is
+    broadcast along the row. It equals the block-by-block value to within float rounding
+    (the block-by-block values themselves differ along a row by up to ~3e-12 relative).
+
     Parameters
     ----------
     grid : GridSpec
@@ -163,31 +171,114 @@ def ground_area_factors(grid: GridSpec, block_px: int = AREA_BLOCK_PX) -> np.nda
     r0 = np.arange(0, h, block_px)
     c0 = np.arange(0, w, block_px)
     r1, c1 = np.minimum(r0 + block_px, h), np.minimum(c0 + block_px, w)
-    u = np.linspace(0.0, 1.0, _EDGE_POINTS + 1)[:-1]
-    # Outline of the unit square, counter-clockwise in (col, row) order of 4 edges.
-    uc = np.concatenate([u, np.ones_like(u), 1 - u, np.zeros_like(u)])
-    ur = np.concatenate([np.zeros_like(u), u, np.ones_like(u), 1 - u])
-    cols = c0[None, :, None] + (c1 - c0)[None, :, None] * uc[None, None, :]
-    rows = r0[:, None, None] + (r1 - r0)[:, None, None] * ur[None, None, :]
-    cols, rows = np.broadcast_arrays(cols, rows)
     try:
         tr = pyproj.Transformer.from_crs(crs, crs.geodetic_crs, always_xy=True)
-        lon, lat = tr.transform(t.c + t.a * cols, t.f + t.e * rows)
         geod = crs.get_geod() or pyproj.Geod(ellps="WGS84")
     except Exception:  # no geographic CRS to go to: take the units as ground units
         return None
-    lon, lat = np.asarray(lon), np.asarray(lat)
-    if not (np.isfinite(lon).all() and np.isfinite(lat).all()):
+    # None from here: some outline point has no lon/lat (outside the projection's domain).
+    # Blocks measured: all, or in a cylindrical grid the first of each block row and the
+    # last one when it is narrower (the others are copies of the first, see above).
+    cyl = _cylindrical(tr, t, r0, r1, c0, c1)
+    if cyl is None:
         return None
-    ground = np.empty((r0.size, c0.size))
-    for i in range(r0.size):
-        for j in range(c0.size):
-            ground[i, j] = abs(geod.polygon_area_perimeter(lon[i, j], lat[i, j])[0])
+    cols = np.unique([0, c0.size - 1]) if cyl else np.arange(c0.size)
+    ground = _outline_areas(tr, geod, t, r0, r1, c0[cols], c1[cols])
+    if ground is None:
+        return None
+    if cyl:
+        ground = ground[:, np.where(c1 - c0 == c1[0] - c0[0], 0, cols.size - 1)]
     planar = np.outer((r1 - r0) * abs(t.e), (c1 - c0) * abs(t.a)) * to_m * to_m
     f = ground / planar
     if np.all(np.abs(f - 1.0) <= AREAL_SCALE_TOLERANCE):
         return None
     return f
+
+
+def _outline_points(t: Affine, r0, r1, c0, c1):
+    """Map (x, y) of the densified outlines of blocks (rows r0:r1) x (cols c0:c1):
+    (n_rows, n_cols, 4 * :data:`_EDGE_POINTS`) each, counter-clockwise in (col, row)."""
+    u = np.linspace(0.0, 1.0, _EDGE_POINTS + 1)[:-1]
+    uc = np.concatenate([u, np.ones_like(u), 1 - u, np.zeros_like(u)])
+    ur = np.concatenate([np.zeros_like(u), u, np.ones_like(u), 1 - u])
+    cols = c0[None, :, None] + (c1 - c0)[None, :, None] * uc[None, None, :]
+    rows = r0[:, None, None] + (r1 - r0)[:, None, None] * ur[None, None, :]
+    cols, rows = np.broadcast_arrays(cols, rows)
+    return t.c + t.a * cols, t.f + t.e * rows
+
+
+def _outline_areas(tr, geod, t: Affine, r0, r1, c0, c1) -> np.ndarray | None:
+    """Geodesic area (m^2) of each block outline, or None when some outline point has no
+    lon/lat (outside the projection's domain)."""
+    ll = _lonlat(tr, *_outline_points(t, r0, r1, c0, c1))
+    if ll is None:
+        return None
+    lon, lat = ll
+    # One call per block: pyproj's polygon area takes one ring (Karney's algorithm, in C;
+    # it is the cost here, ~1 us per vertex, not this loop).
+    ground = np.empty((r0.size, c0.size))
+    for i in range(r0.size):
+        for j in range(c0.size):
+            ground[i, j] = abs(geod.polygon_area_perimeter(lon[i, j], lat[i, j])[0])
+    return ground
+
+
+def _lonlat(tr, x, y) -> tuple[np.ndarray, np.ndarray] | None:
+    """(lon, lat) of map points, or None when some point has none (outside the
+    projection's domain, or no transformation to lon/lat at all)."""
+    try:
+        lon, lat = tr.transform(x, y)
+    except Exception:  # an engineering CRS: no geographic CRS to go to
+        return None
+    lon, lat = np.asarray(lon), np.asarray(lat)
+    return (lon, lat) if np.isfinite(lon).all() and np.isfinite(lat).all() else None
+
+
+#: Departure (degrees) up to which :func:`_cylindrical` takes latitudes along a row of
+#: block corners as equal and longitude steps as affine: 1e-12 deg is 0.1 um on the
+#: ground, an area change of ~1e-12 of a block, the rounding of the transform itself.
+_CYLINDRICAL_TOL_DEG = 1e-12
+
+
+def _cylindrical(tr, t: Affine, r0, r1, c0, c1) -> bool | None:
+    """Whether the grid's outline points map to lon/lat as a normal-aspect cylindrical
+    projection: latitude depends on the row alone and longitude on the column alone,
+    affinely (equal column steps, equal longitude steps). None when a point has no
+    lon/lat.
+
+    Checked numerically on every block corner and on the densified outline points of the
+    first block row and column (the points the areas are computed from), so no list of
+    projection names is needed and a grid crossing the antimeridian (longitudes wrapping)
+    simply fails the test and is measured block by block.
+    """
+    rows = np.concatenate([r0, r1[-1:]]).astype(float)
+    cols = np.concatenate([c0, c1[-1:]]).astype(float)
+    corners = _lonlat(tr, *np.meshgrid(t.c + t.a * cols, t.f + t.e * rows))
+    first_row = _lonlat(tr, *_outline_points(t, r0[:1], r1[:1], c0, c1))
+    first_col = _lonlat(tr, *_outline_points(t, r0, r1, c0[:1], c1[:1]))
+    if corners is None or first_row is None or first_col is None:
+        return None
+    (lon, lat), (lon1, lat1), (lon2, lat2) = corners, first_row, first_col
+    tol = _CYLINDRICAL_TOL_DEG
+    if lat.shape[1] < 2:
+        return False
+    # Latitude constant along each corner row, longitude constant down each corner column.
+    if np.abs(lat - lat[:, :1]).max() > tol or np.abs(lon - lon[:1, :]).max() > tol:
+        return False
+    # Along the first block row, every block's outline is the first block's moved in
+    # longitude: same latitudes, same longitude offsets from the block's own first point.
+    full = (c1 - c0) == (c1[0] - c0[0])
+    d1 = lon1 - lon1[..., :1]
+    if np.abs(lat1[:, full] - lat1[:, :1]).max() > tol or np.abs(d1[:, full] - d1[:, :1]).max() > tol:
+        return False
+    # Down the first block column, the vertical edges are meridians (one longitude) and
+    # the latitudes of their points do not depend on the column (left edge = right edge).
+    left, right = slice(3 * _EDGE_POINTS, None), slice(_EDGE_POINTS, 2 * _EDGE_POINTS)
+    for edge in (left, right):
+        if np.abs(lon2[..., edge] - lon2[..., edge][..., :1]).max() > tol:
+            return False
+    # The left edge runs upwards (rows 1 - u), the right one downwards (rows u).
+    return bool(np.abs(lat2[..., right][..., 1:] - lat2[..., left][..., ::-1][..., :-1]).max() <= tol)
 
 
 def _area_m2(geom: BaseGeometry, crs: pyproj.CRS, grid: GridSpec | None = None,

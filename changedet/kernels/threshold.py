@@ -521,8 +521,27 @@ def change_mask(
     return _unwrap(_finish(out, mag, "change_mask"), bare)
 
 
+def changed_pixels(mask):
+    """Which pixels of a change mask count as changed: the one rule of every area count.
+
+    Parameters
+    ----------
+    mask : array-like or xarray.DataArray
+        Boolean (True = changed), or numeric where non-zero finite values are changed:
+        0 is unchanged and NaN nodata, as the ``change`` layer (0/1, NaN) the CLI writes.
+
+    Returns
+    -------
+    Same type as ``mask`` (numpy, dask or DataArray), boolean.
+    """
+    if mask.dtype == bool:
+        return mask
+    # np.isfinite dispatches to dask and xarray, so lazy input stays lazy.
+    return (mask != 0) & np.isfinite(mask)
+
+
 def changed_area_m2(mask: xr.DataArray) -> float:
-    """Area flagged in a change mask, in square metres.
+    """Area flagged in a change mask, in square metres of the map (planar pixel area).
 
     Parameters
     ----------
@@ -536,7 +555,9 @@ def changed_area_m2(mask: xr.DataArray) -> float:
     float
         ``changed pixels * |dx * dy|`` in m^2, with the pixel size derived from the x/y
         coordinates (:meth:`GridSpec.of`) and converted from the CRS's linear unit to
-        metres. Computes the count for dask input.
+        metres. Computes the count for dask input. Map area: in Web Mercator it is
+        1/cos^2(lat) times the ground area; :func:`changedet.change.changed_area_m2`
+        (built on this count) gives ground area in any CRS.
 
     Raises
     ------
@@ -563,11 +584,6 @@ def changed_area_m2(mask: xr.DataArray) -> float:
         )
     to_m = grid.crs.axis_info[0].unit_conversion_factor or 1.0
     pixel_m2 = abs(grid.transform.a * grid.transform.e) * to_m * to_m
-    data = mask.data
-    if mask.dtype == bool:
-        flagged = data
-    else:
-        flagged = (data != 0) & np.isfinite(data)
-    count = flagged.sum()
+    count = changed_pixels(mask.data).sum()
     count = count.compute() if hasattr(count, "compute") else count
     return float(int(count) * pixel_m2)

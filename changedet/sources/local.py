@@ -105,8 +105,10 @@ class LocalSource:
         ``date`` (``YYYYMMDD`` or ISO) and optionally ``time`` (``HHMMSS``). When given it
         wins over metadata.
     bands : sequence of str, optional
-        Band names for the files' bands (otherwise their descriptions, else b1, b2...).
-        Name cloud masks ``CLM`` and Sentinel-2 classifications ``SCL``.
+        Band names for the files' bands (otherwise their descriptions, else b1, b2...),
+        in any case: they are upper-cased (``b04`` is ``B04``) as the other sources and
+        the cloud masks name them. Name cloud masks ``CLM`` and Sentinel-2
+        classifications ``SCL``.
     scale : float or "auto"
         Factor from stored values to reflectance; ``auto``: 1/255 for 8-bit files, 1e-4
         for 16-bit ones (the L2A convention), 1 for floating point. Mask bands are not scaled.
@@ -125,6 +127,21 @@ class LocalSource:
     resolution_m: float | None = None
     name: str = "local"
     _headers: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.bands is None:
+            return
+        if isinstance(self.bands, str) or not all(isinstance(b, str) and b.strip() for b in self.bands):
+            raise SourceError(f"local source 'bands' {self.bands!r}: give a list of band names, one per band "
+                              "of the files, e.g. bands: [B02, B03, B04, B08, CLM]")
+        # Band names are looked up in upper case downstream (CLM, SCL, the s2cloudless
+        # B01...B12): a lower-case b04 or clm would be scaled as reflectance or not found.
+        names = [b.strip().upper() for b in self.bands]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise SourceError(f"local source 'bands' {list(self.bands)!r} names {', '.join(dup)} more than once "
+                              "(band names are case-insensitive); give each band of the files its own name")
+        self.bands = names
 
     def files(self) -> list[Path]:
         p = Path(str(self.path)).expanduser()
