@@ -173,11 +173,13 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
         refs = _empty_track_reference(strips, flanked=vhr)
         if not np.all(np.isfinite(refs["shadow"])):
             refs = _shadow_from_anti_sun_sides(strips, tracks, refs, sun_azimuth_deg)
-    # The height cue reads the ground out to just short of the nearest neighbour track's
-    # cars (see _tall), wider than the counting strip.
+    # The height cue reads the ground beside each track as far out as the lowest walled
+    # car's shadow reaches under this sun (see _tall), wider than the counting strip;
+    # where the cars of another track stand in that band it is not read (below).
     wide = {}
     if vhr and sun_azimuth_deg is not None and sun_elevation_deg is not None:
-        wide = {tid: sample_strip(pix, grid, line, half_width_m=_HEIGHT_BAND_M, step_m=step)
+        wide = {tid: sample_strip(pix, grid, line, step_m=step, half_width_m=_height_band(
+                    _shadow_across(line, sun_azimuth_deg, sun_elevation_deg)))
                 for tid, line in tracks.items()}
         if shade is not None and shade.any():
             wide = {tid: _masked(s, shade, grid) for tid, s in wide.items()}
@@ -193,9 +195,10 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
     per_feature, detections = [], []
     total_obs, total_len = 0.0, 0.0
     est_total, est_var = 0.0, 0.0
+    occupancy = {}
     for tid, strip in strips.items():
         sun_left, own_only = _sun_geometry(tracks[tid], sun_azimuth_deg, sun_elevation_deg)
-        occ, seen = _occupancy(strip, refs, min_contrast=min_contrast, vhr=vhr, sun_left=sun_left,
+        occupancy[tid] = _occupancy(strip, refs, min_contrast=min_contrast, vhr=vhr, sun_left=sun_left,
                                # Dimming by a cloud shadow's faint edge is looked for only
                                # on tracks a cloud or its shadow reaches (some samples
                                # unobserved): elsewhere dark ground is ground.
@@ -203,6 +206,13 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
                                anti_shadow_is_own=own_only,
                                shadow_tail_m=_shadow_tail(tracks[tid], sun_azimuth_deg) if sun_left is not None
                                else 0.0)
+    if wide:
+        # Another track's cars in the height band are bodies, not ground: their tops and
+        # shadows say nothing about this track's cars.
+        wide = _without_other_cars(wide, strips, {t: o for t, (o, _) in occupancy.items()}, grid)
+    for tid, strip in strips.items():
+        sun_left, _ = _sun_geometry(tracks[tid], sun_azimuth_deg, sun_elevation_deg)
+        occ, seen = occupancy[tid]
         total_obs += seen.sum() * strip.step_m
         total_len += seen.size * strip.step_m
         if vhr:
@@ -844,7 +854,8 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
             length = (s1 - s0) * step
             interior = (s0 != a) + (s1 != b)
             body = length - interior * GAP_M / 2
-            tall = (_tall(wide, s0, s1, sun_left, shadow_across_m, blur_m=blur_m)
+            tall = (_tall(wide, s0, s1, sun_left, shadow_across_m, blur_m=blur_m, path=path,
+                          lit_ground=lit)
                     if sun_left is not None and wide is not None else None)
             ctype = _classify(strip, s0, s1, body, float(quiet_nanmean(lit)), tall=tall, sun_left=sun_left,
                               shading=shading, path=path)
@@ -1013,20 +1024,85 @@ def _shadow_across(line: LineString, azimuth_deg: float | None, elevation_deg: f
 # the lowest car with walls or a roof (an open wagon, 3.5 m above the rail) at least
 # _LOW_TALL_M. Half a car body's width (m), and the blur allowed at a shadow's edge (m,
 # the default; the counter allows half a pixel, 0.2 m at least). The ground is read out to
-# _HEIGHT_BAND_M off the centreline: neighbour tracks are 4.8 m or more apart, so their
-# cars' bodies start 3.2 m or more away.
+# at least _HEIGHT_BAND_M off the centreline (neighbour tracks are 4.8 m or more apart, so
+# their cars' bodies start 3.2 m or more away), further where the sun puts the band
+# further out (_height_band), with other tracks' occupied stretches masked.
 _DECK_HEIGHT_M = 1.6
 _LOW_TALL_M = 3.4
 _HALF_BODY_M = 1.5
 _SHADOW_EDGE_BLUR_M = 0.4
 _HEIGHT_BAND_M = 3.1
+# Widest the height band is read (m off the centreline): a 3.4 m wall's shadow under a
+# 20-degree sun across the track ends 10.8 m out; past about 8 m the ground beside a yard
+# (roads, sheds) is rarely bare, and a neighbour's cars are masked anyway.
+_MAX_HEIGHT_BAND_M = 8.0
+# Half-width (m) of the zone around another track's centreline masked where it is
+# occupied: half the widest body (1.66 m) plus a pixel's blur at 0.3-0.5 m.
+_OTHER_BODY_HALF_M = 2.0
+# Least share of a band's samples along a car's core that must be readable (not another
+# track's car, not unobserved) on each side for the height cue to speak.
+_MIN_BAND_SHARE = 0.3
+
+
+def _height_band(per_m: float) -> float:
+    """Half-width (m) of the strip read for the height cue: out to where the lowest
+    walled car's shadow ends (``per_m`` from :func:`_shadow_across`), at least
+    ``_HEIGHT_BAND_M`` and at most ``_MAX_HEIGHT_BAND_M``."""
+    if not np.isfinite(per_m):
+        return _HEIGHT_BAND_M
+    return float(np.clip(_HALF_BODY_M + _LOW_TALL_M * per_m, _HEIGHT_BAND_M, _MAX_HEIGHT_BAND_M))
+
+
+def _without_other_cars(wide: Mapping[str, Strip], strips: Mapping[str, Strip], occ: Mapping[str, np.ndarray],
+                        grid: GridSpec) -> dict[str, Strip]:
+    """``wide`` with NaN wherever a sample falls on another track's occupied stretch
+    (within ``_OTHER_BODY_HALF_M`` of its centreline).
+
+    Neighbour tracks are 4.8-5.3 m apart: a band read 3-8 m off a centreline lies on the
+    next track, where a car's roof or a dark car's paint would read as this car's
+    shadow (or hide it). Where the next track is empty there, its ballast is ground like
+    any other and is read.
+    """
+    label = np.zeros(grid.shape, np.int32)
+    index = {tid: k for k, tid in enumerate(strips, start=1)}
+    for tid, s in strips.items():
+        k = index[tid]
+        o = np.asarray(occ[tid], bool)
+        near = np.abs(s.across_m) <= _OTHER_BODY_HALF_M
+        if not o.any() or not near.any():
+            continue
+        r, c = grid.rowcol(s.x[near][:, o], s.y[near][:, o])
+        r, c = np.round(r).astype(int).ravel(), np.round(c).astype(int).ravel()
+        ok = (r >= 0) & (r < grid.shape[0]) & (c >= 0) & (c < grid.shape[1])
+        label[r[ok], c[ok]] = k
+    if not label.any():
+        return dict(wide)
+    out = {}
+    for tid, w in wide.items():
+        k = index.get(tid, -1)
+        r, c = grid.rowcol(w.x, w.y)
+        r = np.clip(np.round(r).astype(int), 0, grid.shape[0] - 1)
+        c = np.clip(np.round(c).astype(int), 0, grid.shape[1] - 1)
+        lab = label[r, c]
+        hit = (lab != 0) & (lab != k)
+        values = np.where(hit[None], np.nan, w.values).astype(w.values.dtype)
+        out[tid] = Strip(values, w.along_m, w.across_m, w.x, w.y, w.step_m)
+    return out
+
+
 # Shadowed ground keeps only skylight, a fifth to a half of the sunlit ground's light;
 # the same ground lit keeps about all of it. The midpoint between them decides.
 _SHADOW_RATIO = 0.6
+# A band is lit ground when it keeps this share of the lit ground's brightness (ballast
+# and yard ground vary by about a quarter); the anti-sun band is as lit as the sun band
+# when within this ratio of it.
+_LIT_BAND_SHARE = 0.75
+_LIT_BAND_RATIO = 0.85
 
 
 def _tall(strip: Strip, s0: int, s1: int, sun_left: bool, per_m: float, *,
-          blur_m: float = _SHADOW_EDGE_BLUR_M) -> bool | None:
+          blur_m: float = _SHADOW_EDGE_BLUR_M, path: np.ndarray | None = None,
+          lit_ground: np.ndarray | None = None) -> bool | None:
     """Whether the body between samples ``s0`` and ``s1`` stands at least a wall's height
     (``_LOW_TALL_M``) above the ground, read from the width of its shadow.
 
@@ -1035,9 +1111,12 @@ def _tall(strip: Strip, s0: int, s1: int, sun_left: bool, per_m: float, *,
     shadow would end and where the lowest walled car's would, the ground on the anti-sun
     side is lit beside a flat wagon and shadowed beside a tall car; it is compared with
     the same ground, equally far out, on the sun side (same ground, lit), so the
-    ground's own colour does not matter. True for a shadow there, None where the sun's
-    geometry leaves no such band inside the strip or the band is not seen; never False:
-    a lit band may also be a neighbour's shadow darkening the sun side.
+    ground's own colour does not matter. True for a shadow there; False where both
+    bands are as bright as lit ground (``lit_ground``, the empty track's lit colour) and
+    alike (a lit anti-sun band beside a sun band darkened by a neighbour's shadow says
+    nothing); None where the sun's geometry leaves no such band inside the strip, the
+    band is mostly not seen or lies on another track's cars (NaN in ``strip``), or
+    neither holds. Brightness is read above the path radiance ``path`` (haze).
     """
     if not np.isfinite(per_m):
         return None
@@ -1050,17 +1129,38 @@ def _tall(strip: Strip, s0: int, s1: int, sun_left: bool, per_m: float, *,
         return None
     n = s1 - s0
     core = slice(s0 + n // 6, s1 - n // 6) if n >= 6 else slice(s0, s1)
-    b = quiet_nanmean(strip.values[:3, :, core], axis=0)   # visible brightness (across, along)
+    v = strip.values[:3, :, core]
+    if path is not None:
+        # Haze adds the same path radiance to shadow and sun: the ratio of the light the
+        # ground reflects is read above it (a 0.3 shadow ratio reads 0.6-0.8 in haze).
+        v = v - np.asarray(path[:3], v.dtype)[:, None, None]
+    b = quiet_nanmean(v, axis=0)   # visible brightness (across, along)
+    if np.isfinite(b[anti]).mean() < _MIN_BAND_SHARE or np.isfinite(b[sun]).mean() < _MIN_BAND_SHARE:
+        return None   # mostly another track's cars or unobserved
     dark, lit = quiet_nanmean(b[anti]), quiet_nanmean(b[sun])
     if not (np.isfinite(dark) and np.isfinite(lit) and lit > 0):
         return None
-    return True if dark < _SHADOW_RATIO * lit else None
+    if dark < _SHADOW_RATIO * lit:
+        return True
+    if lit_ground is None or not np.all(np.isfinite(lit_ground)):
+        return None
+    ground = float(np.mean(np.asarray(lit_ground[:3], "float64")
+                           - (np.asarray(path[:3], "float64") if path is not None else 0.0)))
+    # Both bands lit as open ground is: no tall body's shadow reaches the band. (A lit
+    # anti-sun band beside a sun band darkened by a neighbour's shadow says nothing.)
+    if ground > 0 and lit >= _LIT_BAND_SHARE * ground and dark >= _LIT_BAND_RATIO * lit:
+        return False
+    return None
 
 
 # Between the longest deck of a flat wagon shorter than 14.8 m (13-401: 13.4 m; loaded
 # with a container or timber it is as tall as a boxcar) and the shortest boxcar body on
 # 1520 mm gauge (11-217: 13.8 m).
 _MIN_BOXCAR_BODY_M = 13.6
+# Longest tank car body (m) with a cut misplaced by a metre or two: the 15-150 (16.6 m over
+# couplers, 15.5 m body) and shorter; and the shortest body only 80 ft flat wagons have.
+_MAX_TANK_BODY_M = 18.0
+_MIN_LONG_FLAT_BODY_M = 18.0
 
 
 def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = float("nan"), *,
@@ -1084,25 +1184,47 @@ def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = floa
     container on it: a flatcar, unless its shadow shows a tall body (``tall``, from
     :func:`_tall`): then a plain top at least a boxcar's length is a boxcar's roof
     (shorter: a container on a flat wagon) and a textured one an open wagon's load or a
-    covered hopper's hatches (the gondola class).
+    covered hopper's hatches (the gondola class). Where the height is not read
+    (``tall`` None), a plain sheet stays a flatcar and a textured top takes the
+    commonest car of its length on 1520 mm gauge (an open wagon or hopper below a
+    boxcar's length, a boxcar from it). Lengths only some stock has decide first: a
+    cylinder is a tank car up to the 15-150's length, and a plain or open top of 18 m
+    or more is an 80 ft flat wagon.
     """
     look = _look(strip, s0, s1, lit_b, sun_left=sun_left, shading=shading, path=path)
+    if body_m >= _MIN_LONG_FLAT_BODY_M and look in ("plain", "open"):
+        # No boxcar (11-280: 16.5 m) or open wagon (12.7-13.5 m) of the 1520 mm fleet is
+        # this long; 80 ft flat wagons (13-4012, 13-9004M: 18.5 m) are, bare, loaded or
+        # carrying containers. A locomotive's roof shows its fans ("flat").
+        return "flatcar"
+    if look == "cylinder" and body_m < _MAX_TANK_BODY_M:
+        # Barrels run from 11 m (15-1443) to 15.5 m (15-150, LPG cars): a cylinder is a
+        # tank car at any of these lengths.
+        return "tank"
     if body_m >= 16.9:
         return {"open": "gondola", "plain": "boxcar"}.get(look, "locomotive")
     if body_m >= 14.8:
         return "gondola" if look == "open" else "boxcar"
     if look == "open":
         return "gondola"
-    if look == "cylinder":
-        return "tank"
     if look in ("plain", "flat"):
         if tall:
             if look == "flat":
                 return "gondola"
             return "boxcar" if body_m >= _MIN_BOXCAR_BODY_M else "flatcar"
-        # Not typed gondola on the fleet's class shares alone: that traded the flat
-        # wagons' accuracy (0.20 -> 0.04 held out) for the open wagons'.
-        return "flatcar"
+        if tall is False:
+            # Lit ground where a walled car's shadow would fall: a deck, a flat wagon.
+            return "flatcar"
+        if look == "plain":
+            # A sheet even to a tenth across: a deck or a container's roof, not an open
+            # wagon's load (heaps, walls) nor a covered hopper's hatches.
+            return "flatcar"
+        # A textured flat top of unread height (the sun's geometry puts the shadow band
+        # out of reach, or another track's cars stand in it): the commonest car of that
+        # length. Open wagons and hoppers are about 60 % of the 1520 mm freight fleet
+        # against 8 % for flat wagons; a body of a boxcar's length (11-217: 14.2 m) is a
+        # boxcar or a covered hopper more often than a 13-401 flat wagon.
+        return "boxcar" if body_m >= _MIN_BOXCAR_BODY_M else "gondola"
     return "tank" if body_m < 12.7 else "flatcar"
 
 
