@@ -46,6 +46,7 @@ __all__ = [
     "ChangeResult",
     "load_image",
     "load_pair",
+    "load_pair_masked",
     "clouds_and_shadows",
     "unobserved_mask",
     "change_score",
@@ -145,13 +146,15 @@ def _is_class_band(name) -> bool:
     return str(name).strip().upper() in CLASS_BANDS
 
 
-def _class_unobserved(cls: xr.DataArray, kind: str, source) -> np.ndarray:
+def _class_unobserved(values, kind: str, source) -> np.ndarray:
     """Pixels of one date without a view of the ground, from its class band.
 
     Parameters
     ----------
-    cls : xarray.DataArray
-        (y, x) values of the ``CLM`` or ``SCL`` band (NaN = the file's nodata).
+    values : array_like
+        (y, x) values of the ``CLM`` or ``SCL`` band as stored in the file (read without
+        the file's nodata: ``read_raster(..., as_stored=CLASS_BANDS)``), NaN where there
+        are none (outside the footprint of a resampled class band).
     kind : {"CLM", "SCL"}
     source : path
         The file, for error messages.
@@ -159,19 +162,23 @@ def _class_unobserved(cls: xr.DataArray, kind: str, source) -> np.ndarray:
     Returns
     -------
     numpy.ndarray of bool
-        (y, x) True where CLM is not 0 (cloud, or 255 / NaN: no data), or where SCL is
-        cloud shadow (3), cloud medium/high probability (8, 9), thin cirrus (10), no data
-        (0), saturated or defective (1), or NaN (:mod:`changedet.cloudmask`'s classes).
+        (y, x) True where the pixel is hidden or unknown:
+
+        - ``CLM``: cloud at 0.5 and above (1, and a resampled or averaged fraction: the
+          rule of :func:`changedet.cloudmask.cloud_mask`), so 255 (no data) too; NaN
+          and negative values (no CLM code) are unknown. Clear is 0 <= CLM < 0.5.
+        - ``SCL``: cloud shadow (3), cloud medium/high probability (8, 9), thin cirrus
+          (10), no data (0), saturated or defective (1) (:mod:`changedet.cloudmask`'s
+          classes), and NaN or any value that is not a class 0-11.
     """
     from changedet.cloudmask import SCL_CLOUD, SCL_NODATA
 
-    v = np.asarray(cls.values, dtype="float32")
+    v = np.asarray(getattr(values, "values", values), dtype="float32")
     if kind == "CLM":
-        # Only 0 is clear: Sentinel Hub writes 255 for "no data", and a pixel whose
-        # mask is unknown may be cloud.
-        return ~(v == 0)
+        # NaN fails both comparisons: a pixel whose mask is unknown may be cloud.
+        return ~((v >= 0) & (v < 0.5))
     if kind == "SCL":
-        return np.isin(v, SCL_CLOUD + SCL_NODATA) | np.isnan(v)
+        return np.isin(v, SCL_CLOUD + SCL_NODATA) | ~np.isin(v, np.arange(12))
     raise ChangeError(f"{source}: unknown class band {kind!r}; expected one of {CLASS_BANDS}")
 
 
@@ -198,21 +205,35 @@ def load_image(path: str | Path, *, bands: Sequence[str] | None = None) -> xr.Da
         A cloud-class band (``CLM`` or ``SCL`` in a multi-band file, a ``*_CLM.*`` /
         ``*_SCL.*`` file in a directory) is not returned: it masks the image instead
         (NaN where it says cloud, shadow, cirrus or no data, see :func:`_class_unobserved`).
+        Its values are read as stored: the file's nodata (which GeoTIFF applies to every
+        band, e.g. 0 in a uint16 stack that would turn every clear CLM pixel into "no
+        data") does not apply to it; its own codes say where it has none.
 
     Raises
     ------
     ChangeError
         If ``bands`` names a class band (``CLM``, ``SCL``), or a band the input lacks.
     """
-    da, hidden = _load_image(path, bands=bands)
+    da, hidden, _, _ = _load_image(path, bands=bands)
     if hidden is not None:
         da = da.where(~xr.DataArray(hidden, dims=("y", "x")))
     return da
 
 
-def _load_image(path: str | Path, *, bands: Sequence[str] | None = None) -> tuple[xr.DataArray, np.ndarray | None]:
-    """:func:`load_image` without applying the class band: ``(image, unobserved)``, the
-    second (y, x) bool on the image's grid (None without a class band)."""
+def _load_image(
+    path: str | Path, *, bands: Sequence[str] | None = None
+) -> tuple[xr.DataArray, np.ndarray | None, list[str], np.ndarray | None]:
+    """:func:`load_image` without applying the class band: ``(image, unobserved, kinds, data)``.
+
+    ``unobserved`` is (y, x) bool on the image's grid (None without a class band), and
+    ``kinds`` the class bands found (``["CLM"]``...), taken out of the image's bands.
+    Pixels a class band hides are already NaN in a band directory's bands that were
+    resampled onto the finest grid (masked on their own grid first, so that bilinear
+    interpolation draws nothing from a cloud into the clear pixels around it); the
+    caller masks the rest with ``unobserved``. ``data`` is then (y, x) bool, where every
+    band had data before that early mask; None when nothing was masked early (the
+    image's finite pixels are its data).
+    """
     from changedet.grid import GridSpec
     from changedet.io import read_raster, reproject_to
 
@@ -246,11 +267,45 @@ def _load_image(path: str | Path, *, bands: Sequence[str] | None = None) -> tupl
         if missing:
             raise ChangeError(f"{path}: no file for band(s) {missing}; the directory has {sorted(named)}")
         das = [read_raster(named[b], bands=[b]) for b in want]
+        kinds = [k for k in CLASS_BANDS if k in classes]
+        cls_das = {k: read_raster(classes[k], bands=[k], as_stored=[k]) for k in kinds}
+
+        def hidden_on(g):
+            """Union of the class masks on grid ``g`` (None without a class file)."""
+            h = None
+            for kind, cls in cls_das.items():
+                gc = GridSpec.of(cls)
+                m = _class_unobserved(cls.isel(band=0, drop=True), kind, classes[kind])
+                if not gc.same_as(g):
+                    # The mask, never interpolated: nearest neighbour onto a grid as fine or
+                    # finer (SCL is 20 m), "max" onto a coarser one (a 20 m band beside a 10 m
+                    # CLM), where a pixel partly hidden is hidden. NaN beyond the class file's
+                    # footprint: unknown, hidden.
+                    coarser = gc.crs == g.crs and abs(g.transform.a) > 1.01 * abs(gc.transform.a)
+                    try:
+                        moved = reproject_to(gc.attach(m.astype("float32")), g,
+                                             resampling="max" if coarser else "nearest")
+                    except GridError as exc:
+                        raise GridError(f"{classes[kind]}: does not cover the band files of {path}: {exc}") from None
+                    m = np.asarray(moved.values) != 0
+                h = m if h is None else h | m
+            return h
+
         finest = min(das, key=lambda d: abs(float(d.x[1] - d.x[0])) if d.sizes["x"] > 1 else np.inf)
         grid = GridSpec.of(finest)
+        hidden = hidden_on(grid)
         out = []
-        for d in das:
-            if not GridSpec.of(d).same_as(grid):
+        premasked = []  # (band, where it had data before the class mask, on ``grid``)
+        for b, d in zip(want, das):
+            g = GridSpec.of(d)
+            if not g.same_as(grid):
+                h = hidden_on(g)
+                if h is not None and h.any():
+                    # Cloud out before a 20 m band is interpolated onto 10 m: GDAL leaves
+                    # NaN (nodata) sources out of the bilinear weights.
+                    had = g.attach(np.isfinite(np.asarray(d.values[0])).astype("float32"))
+                    premasked.append((b, np.asarray(reproject_to(had, grid, resampling="nearest").values) == 1))
+                    d = d.where(~xr.DataArray(h, dims=("y", "x")))
                 d = reproject_to(d, grid, resampling="bilinear")
             out.append(d.isel(band=0, drop=True).assign_coords(x=grid.x, y=grid.y))
         da = xr.concat(out, dim="band", coords="minimal", compat="override").assign_coords(band=want)
@@ -258,20 +313,16 @@ def _load_image(path: str | Path, *, bands: Sequence[str] | None = None) -> tupl
         if all(_zero_is_fill(named[b]) for b in want):
             da = _zero_fill_to_nan(da)
         da.attrs["source"] = str(path)
-        hidden = None
-        for kind in CLASS_BANDS:
-            if kind in classes:
-                cls = read_raster(classes[kind], bands=[kind])
-                if not GridSpec.of(cls).same_as(grid):
-                    # Classes are categories: nearest neighbour, never interpolated (SCL is 20 m).
-                    try:
-                        cls = reproject_to(cls, grid, resampling="nearest")
-                    except GridError as exc:
-                        raise GridError(f"{classes[kind]}: does not cover the band files of {path}: {exc}") from None
-                h = _class_unobserved(cls.isel(band=0, drop=True), kind, classes[kind])
-                hidden = h if hidden is None else hidden | h
-        return da, hidden
-    da = read_raster(path)
+        if premasked:
+            # Which pixels had data on every band before the class mask (load_pair counts
+            # those it hides): the finest band is never masked early, and carries the fill.
+            done = {b for b, _ in premasked}
+            data = np.isfinite(np.asarray(da.sel(band=[b for b in want if b not in done]).values)).all(0)
+            for _, had in premasked:
+                data &= had
+            return da, hidden, kinds, data
+        return da, hidden, kinds, None
+    da = read_raster(path, as_stored=CLASS_BANDS)
     names = [str(b) for b in da["band"].values]
     kinds = [n.upper() for n in names if _is_class_band(n)]
     hidden = None
@@ -294,7 +345,7 @@ def _load_image(path: str | Path, *, bands: Sequence[str] | None = None) -> tupl
         if missing:
             raise ChangeError(f"{path}: has no band(s) {missing}; its bands are {names}")
         da = da.sel(band=[lower[str(b).lower()] for b in bands])
-    return da, hidden
+    return da, hidden, kinds, None
 
 
 def _unnamed(names: Sequence[str]) -> bool:
@@ -391,7 +442,10 @@ def load_pair(
     A cloud-class band of either date (``CLM``, ``SCL``: see :func:`load_image`) is a mask,
     never a band to compare: pixels it marks as cloud, cloud shadow, cirrus or no data
     (AFTER's moved onto BEFORE's grid by nearest neighbour) are NaN in both results, so
-    they are nodata for every method and never change.
+    they are nodata for every method and never change. AFTER's own masked pixels are NaN
+    before it is resampled (bilinear) onto BEFORE's grid, so no cloud value leaks into
+    the clear pixels along a mask's edge. :func:`load_pair_masked` also returns the
+    pixels so masked.
 
     Raises
     ------
@@ -403,27 +457,58 @@ def load_pair(
     GridError
         If AFTER does not overlap BEFORE.
     """
+    b, a, _ = load_pair_masked(before, after, bands=bands)
+    return b, a
+
+
+def load_pair_masked(
+    before: str | Path, after: str | Path, *, bands: Sequence[str] | None = None
+) -> tuple[xr.DataArray, xr.DataArray, np.ndarray | None]:
+    """:func:`load_pair`, and the pixels its cloud-class bands took out.
+
+    Returns
+    -------
+    before, after : xarray.DataArray
+        As :func:`load_pair`.
+    unobserved : numpy.ndarray of bool or None
+        (y, x) on BEFORE's grid: True where a ``CLM``/``SCL`` band of either date hides
+        a pixel that both dates have data for (every returned band finite before the
+        mask), so ``valid + unobserved`` pixels are those with data on both dates. None
+        when neither input has a class band (no cloud mask was applied; all False when
+        one was and hid nothing).
+    """
     from changedet.grid import GridSpec
     from changedet.io import reproject_to
 
-    b, hidden_b = _load_image(before, bands=bands)
+    b, hidden_b, kinds_b, data_b = _load_image(before, bands=bands)
     try:
-        a, hidden_a = _load_image(after, bands=bands)
+        a, hidden_a, kinds_a, data_a = _load_image(after, bands=bands)
     except ChangeError:
         if not bands or Path(after).is_dir() or any(_is_class_band(x) for x in bands):
             raise
         # AFTER may name the selected bands by role (R, G, B, NIR for B04, B03, B02,
         # B08): read it whole and pair by role below.
-        a, hidden_a = _load_image(after)
+        a, hidden_a, kinds_a, data_a = _load_image(after)
     nb = [str(v) for v in b["band"].values]
     na = [str(v) for v in a["band"].values]
     if _unnamed(nb) or _unnamed(na):
         if len(nb) != len(na):
+            # Name the class bands taken out: without them the counts may well match.
+            def has(path, names, kinds):
+                return f"{path} has bands {names}" + (
+                    f" (its cloud-class band{'s' if len(kinds) > 1 else ''} {', '.join(kinds)} taken out as a mask)"
+                    if kinds else "")
+
+            hint = ""
+            if kinds_b or kinds_a:
+                unnamed_file = before if _unnamed(nb) else after
+                hint = (f"; if {unnamed_file} holds a class band too, name its bands (band descriptions, e.g. "
+                        "rio edit-info --bidx N --description CLM) so that its class band is read as a mask")
             raise ChangeError(
-                f"{before} has bands {nb} and {after} has bands {na}: "
+                f"{has(before, nb, kinds_b)} and {has(after, na, kinds_a)}: "
                 f"{'both files' if _unnamed(nb) and _unnamed(na) else 'one file'} has unnamed bands "
                 "(paired by position) and the counts differ; pass files with the same bands, or name them "
-                "(band descriptions such as B02, B03 or R, G, B, NIR)"
+                f"(band descriptions such as B02, B03 or R, G, B, NIR){hint}"
             )
         names = na if _unnamed(nb) and not _unnamed(na) else nb
         b, a = b.assign_coords(band=names), a.assign_coords(band=names)
@@ -433,8 +518,8 @@ def load_pair(
         if not pairs:
             raise ChangeError(
                 f"{before} has bands {nb} and {after} has bands {na}: no band of one matches a band of the "
-                "other by name, role or stated wavelength (blue B/B02, green G/B03, red R/B04, NIR/B08, SWIR1/B11); name the bands "
-                "alike in both files (band descriptions), or select matching bands with --bands"
+                "other by name, role or stated wavelength (blue B/B02, green G/B03, red R/B04, NIR/B08, SWIR1/B11); "
+                "name the bands alike in both files (band descriptions), or select matching bands with --bands"
             )
         if bands and len(pairs) < len(nb):
             missing = [n for n in nb if n not in dict(pairs)]
@@ -444,19 +529,35 @@ def load_pair(
         a = a.sel(band=[p[1] for p in pairs]).assign_coords(band=common)
     gb, ga = GridSpec.of(b), GridSpec.of(a)
     if not ga.same_as(gb):
+        if hidden_a is not None:
+            if data_a is None:
+                data_a = np.isfinite(np.asarray(a.values)).all(0)
+            if hidden_a.any():
+                # NaN before the bilinear resampling: GDAL leaves nodata sources out of the
+                # weights, so the clear pixels along the mask's edge carry no cloud.
+                a = a.where(~xr.DataArray(hidden_a, dims=("y", "x")))
         try:
             a = reproject_to(a, gb, resampling="bilinear").assign_coords(band=common)
         except GridError as exc:
             # Name the inputs: the bare message does not say which of the two is off.
             raise GridError(f"{after} does not overlap {before} (the output grid): {exc}") from None
-        if hidden_a is not None:
+        if hidden_a is None:
+            data_a = None  # on AFTER's grid: taken from the resampled AFTER below
+        else:
             # Classes are categories: nearest neighbour, never interpolated. Beyond AFTER's
             # footprint the reprojected mask is NaN, not 1: those pixels are nodata in AFTER.
-            moved = reproject_to(ga.attach(hidden_a.astype("float32")), gb, resampling="nearest")
-            hidden_a = np.asarray(moved.values) == 1
+            moved = reproject_to(ga.attach(np.stack([hidden_a, data_a]).astype("float32"), bands=["h", "d"]), gb,
+                                 resampling="nearest")
+            hidden_a, data_a = (np.asarray(moved.values) == 1)
     a = a.assign_coords(x=b.x, y=b.y)
     hidden = hidden_b if hidden_a is None else hidden_a if hidden_b is None else hidden_b | hidden_a
-    if hidden is not None and hidden.any():
+    if hidden is None:
+        return b, a, None
+    # Pixels with data on both dates before the class masks (taken on AFTER's own grid
+    # when it was masked there before the resampling).
+    data = ((np.isfinite(np.asarray(b.values)).all(0) if data_b is None else data_b)
+            & (np.isfinite(np.asarray(a.values)).all(0) if data_a is None else data_a))
+    if hidden.any():
         if hidden.all():
             raise ChangeError(
                 f"{before} and {after}: their cloud bands (CLM/SCL) mark every pixel as cloud, cloud shadow, cirrus "
@@ -466,7 +567,7 @@ def load_pair(
         # a cloud edge must not enter one date's smoothing window but not the other's.
         keep = xr.DataArray(~hidden, dims=("y", "x"))
         b, a = b.where(keep), a.where(keep)
-    return b, a
+    return b, a, hidden & data
 
 
 @dataclass(frozen=True)

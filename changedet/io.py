@@ -5,10 +5,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import time
 import uuid
 from glob import escape as glob_escape
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import xarray as xr
@@ -155,15 +157,19 @@ def _is_mask_band(src, i: int) -> bool:
     return bool(np.isin(sample, [0, *full]).all())
 
 
-def read_raster(path: str | Path, *, bands: list[str] | None = None) -> xr.DataArray:
+def read_raster(path: str | Path, *, bands: list[str] | None = None,
+                as_stored: Sequence[str] = ()) -> xr.DataArray:
     """Read a GeoTIFF / COG / JPEG2000 as ``DataArray(band, y, x)`` (float32, NaN for nodata).
 
     Band names are ``bands`` when given (one per band of the file), else those of
     :func:`band_names` (the file's band descriptions, ``b1, b2, ...`` for bands without
     one). Alpha bands are not returned: they mask the data bands (NaN where alpha is 0),
     see :func:`data_band_indexes`; ``bands`` may name every band of the file (the alpha's
-    name is dropped) or the data bands only. Raises :class:`RasterError` naming the file
-    for unreadable, corrupt or ungeoreferenced input.
+    name is dropped) or the data bands only. Bands named in ``as_stored`` (any case) hold
+    their values as stored, with neither the file's nodata nor its masks applied: a
+    GeoTIFF's nodata applies to every band, and a class band such as ``CLM`` (0 = clear)
+    says itself where it has no data. Raises :class:`RasterError` naming the file for
+    unreadable, corrupt or ungeoreferenced input.
     """
     import rioxarray  # noqa: F401  registers the .rio accessor
 
@@ -180,7 +186,10 @@ def read_raster(path: str | Path, *, bands: list[str] | None = None) -> xr.DataA
         # masked: nodata (per band), internal mask and alpha bands all become NaN, as
         # with rioxarray's masked=True; the mask comes from the raw values, so float32
         # rounding cannot merge nodata with a neighbour.
-        data = np.ma.filled(src.read(masked=True).astype("float32"), np.float32(np.nan))
+        stored = src.read(masked=True)
+        data = np.ma.filled(stored.astype("float32"), np.float32(np.nan))
+        # The raw values (the masked array's data, no second read) only when asked for.
+        stored = np.ma.getdata(stored) if as_stored else None
         keep = data_band_indexes(src)
         if _alpha_kept_as_data(src, keep):
             # GDAL masks the other bands with a band it labels alpha (band 4 of every 4-band
@@ -216,6 +225,11 @@ def read_raster(path: str | Path, *, bands: list[str] | None = None) -> xr.DataA
         raise RasterError(f"{path}: has {len(keep)} bands but {len(names)} band names were given"
                           + (f" (its {data.shape[0] - len(keep)} alpha band(s) are read as the validity mask, "
                              "not as data)" if len(keep) < data.shape[0] else ""))
+    if as_stored:
+        wanted = {str(n).strip().upper() for n in as_stored}
+        for j, n in enumerate(names):
+            if str(n).strip().upper() in wanted:
+                data[keep[j]] = stored[keep[j]].astype("float32")
     if len(keep) < data.shape[0]:
         # The alpha band is the mask of the others (already NaN where it is 0), never a data band.
         data = data[keep]
@@ -240,6 +254,22 @@ class OutputPathError(ChangedetError):
     created or written to."""
 
 
+def _through_link(path: Path, what: str) -> Path:
+    """The file an output ``path`` that is a symbolic link writes to: the end of its chain.
+
+    Raises :class:`OutputPathError` (naming ``what``) for a loop of links, and for a
+    dangling link, as GNU ``cp`` does ("not writing through dangling symlink"): its target
+    may lie on a disk that is not mounted, and writing it would make folders there.
+    """
+    target = Path(os.path.realpath(path))
+    if target.is_symlink():
+        raise OutputPathError(f"{what}: is a loop of symbolic links; point it at a file or remove it")
+    if not target.exists():
+        raise OutputPathError(f"{what}: not writing through dangling symbolic link (to {target}, which does not "
+                              "exist); make the target file first, point the link at an existing file, or remove it")
+    return target
+
+
 def check_output_path(path: str | Path, *, option: str = "--out", suffix: str = ".tif") -> Path:
     """Refuse an output file path that cannot be written, before any work is done.
 
@@ -261,7 +291,9 @@ def check_output_path(path: str | Path, *, option: str = "--out", suffix: str = 
     ------
     OutputPathError
         ``path`` is a URL, an existing directory, a parent of it is an existing file, or
-        its nearest existing folder is not writable.
+        its nearest existing folder is not writable. For a symbolic link, the checks are
+        on the file it points at (:func:`atomic_write` replaces that file, in its own
+        folder), and a dangling link or a loop of links is refused.
     """
     import re
 
@@ -269,20 +301,22 @@ def check_output_path(path: str | Path, *, option: str = "--out", suffix: str = 
         # Path() would turn s3://bucket/x.tif into a local folder "s3:".
         raise OutputPathError(f"{option} {path}: is a URL; {option} writes a local file (copy it to the "
                               "object store afterwards, or use a command's --store option)")
-    path = Path(path)
+    path = given = Path(path)
+    if path.is_symlink():
+        path = _through_link(path, f"{option} {path}")
     if path.is_dir():
-        raise OutputPathError(f"{option} {path}: is a directory; give a file name (e.g. {path / 'result'}"
+        raise OutputPathError(f"{option} {given}: is a directory; give a file name (e.g. {given / 'result'}"
                               f"{suffix})")
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
-        raise OutputPathError(f"{option} {path}: {parent} is a file, not a folder; choose another path")
+        raise OutputPathError(f"{option} {given}: {parent} is a file, not a folder; choose another path")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputPathError(f"{option} {path}: the folder {parent} is not writable; choose a writable folder")
+        raise OutputPathError(f"{option} {given}: the folder {parent} is not writable; choose a writable folder")
     # Missing folders are made by the write (:func:`atomic_write`), not here: a command
     # that then fails on its inputs leaves no empty folders behind.
-    return path
+    return given
 
 
 def atomic_write(path: str | Path, write, *, option: str | None = None) -> Path:
@@ -290,29 +324,34 @@ def atomic_write(path: str | Path, write, *, option: str | None = None) -> Path:
 
     A crash or a refused path never leaves a half-written file where a good one was, and
     never leaves the temporary file behind; an existing file at ``path`` is only replaced
-    by a complete one. A symbolic link at ``path`` is written through: its target (the
-    end of a chain of links; made when missing) is replaced atomically and the link stays
-    a link, as ``>`` in a shell or ``cp`` would do, rather than the link being replaced
-    by a regular file. ``path`` is returned as given.
+    by a complete one. A symbolic link at ``path`` is written through, as ``cp`` onto a
+    link does, rather than the link being replaced by a regular file: its target (the
+    end of a chain of links) is replaced atomically, in its own folder, and the link
+    stays a link. The replacement keeps the target's permission bits, and its owner and
+    group where the process may set them (root, or a group of its own); being a new
+    file, it loses the target's ACLs and extended attributes, and hard links to the old
+    file keep the old content. ``path`` is returned as given.
 
     Raises
     ------
     OutputPathError
         A fault of the path itself: a directory, a folder that cannot be made or written,
-        a name too long, a loop of links; the message names ``option`` (the CLI flag)
-        when given. Other errors (a full disk, an I/O error, a failed read of a lazy
-        input) propagate as they are: the flows retry those.
+        a name too long, a loop of links, a dangling link (its target's folder is never
+        made); the message names ``option`` (the CLI flag) when given. Other errors (a
+        full disk, an I/O error, a failed read of a lazy input) propagate as they are: the
+        flows retry those.
     """
     from rasterio.errors import RasterioError
 
     given = path = Path(path)
     what = f"{option} {path}" if option else str(path)
+    keep = None
     if path.is_symlink():
         # os.replace onto a link replaces the link itself; the user meant the file it
         # points at (an output kept on another disk, a "latest.tif" in a served folder).
-        path = Path(os.path.realpath(path))
-        if path.is_symlink():
-            raise OutputPathError(f"{what}: is a loop of symbolic links; point it at a file or remove it")
+        path = _through_link(path, what)
+        if not path.is_dir():
+            keep = path.stat()
     try:
         if path.is_dir():
             raise IsADirectoryError(21, "is a directory")
@@ -336,6 +375,8 @@ def atomic_write(path: str | Path, write, *, option: str | None = None) -> Path:
     path_faults = {errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG}
     try:
         write(tmp)
+        if keep is not None:
+            _keep_mode(tmp, keep)
         os.replace(tmp, path)
     except OSError as exc:
         with contextlib.suppress(OSError):
@@ -351,6 +392,22 @@ def atomic_write(path: str | Path, write, *, option: str | None = None) -> Path:
             tmp.unlink()
         raise
     return given
+
+
+def _keep_mode(tmp: Path, st: os.stat_result) -> None:
+    """Give ``tmp`` the owner, group and permission bits of ``st`` (the file it replaces).
+
+    Owner and group first (chown clears set-id bits); a chown the process may not do (a
+    file of another user) is skipped, and so is a mode the file system cannot store: the
+    output is written either way. A group-writable output in a shared folder stays
+    group-writable.
+    """
+    now = tmp.stat()
+    if (now.st_uid, now.st_gid) != (st.st_uid, st.st_gid):
+        with contextlib.suppress(OSError):
+            os.chown(tmp, st.st_uid, st.st_gid)
+    with contextlib.suppress(OSError):  # a file system without modes (FAT, some SMB mounts)
+        os.chmod(tmp, stat.S_IMODE(st.st_mode))
 
 
 def write_geotiff(da: xr.DataArray, path: str | Path, *, cog: bool = True, dtype: str = "float32",

@@ -277,11 +277,7 @@ def test_atomic_write_goes_through_a_symlink(tmp_path):
     # No temporary file left beside the link or the target.
     assert sorted(p.name for p in store.iterdir()) == ["result.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chain.txt", "disk2", "latest.txt"]
-    # A dangling link: its target is made.
-    dangling = tmp_path / "next.txt"
-    dangling.symlink_to(store / "new" / "file.txt")
-    atomic_write(dangling, lambda t: t.write_text("made"))
-    assert dangling.is_symlink() and (store / "new" / "file.txt").read_text() == "made"
+    # A dangling link is refused (see test_dangling_out_link_is_refused).
 
 
 def test_atomic_write_refuses_a_link_loop(tmp_path):
@@ -554,3 +550,280 @@ def test_all_cloudy_pair_is_refused(tmp_path):
         load_pair(tmp_path / "b.tif", tmp_path / "a.tif")
     rc = main(["change", str(tmp_path / "b.tif"), str(tmp_path / "a.tif"), "--out", str(tmp_path / "c.tif")])
     assert rc == 2
+
+
+# --- review of the session-13 fixes (MISC2) ----------------------------------------------------
+
+def _set_nodata(path, value):
+    with rasterio.open(path, "r+", IGNORE_COG_LAYOUT_BREAK="YES") as src:
+        src.nodata = value
+
+
+def test_clm_in_a_stack_declaring_nodata_0(tmp_path):
+    """A uint16 stack declaring nodata 0 (gdal_merge -a_nodata 0): the nodata applies to every
+    band, CLM included, but a clear CLM pixel (0) is clear, not no data."""
+    small = np.zeros(GRID.shape)
+    small[0:10, 0:20] = 1  # a small cloud on BEFORE
+    cloudy = np.zeros(GRID.shape)
+    cloudy[CLOUD] = 1
+    write_geotiff(_with_class(_scene(0, False), "CLM", small), tmp_path / "b.tif", dtype="uint16")
+    write_geotiff(_with_class(_scene(1, True, cloud=True), "CLM", cloudy), tmp_path / "a.tif", dtype="uint16")
+    for name in ("b.tif", "a.tif"):
+        _set_nodata(tmp_path / name, 0)
+    b, a = load_pair(tmp_path / "b.tif", tmp_path / "a.tif")
+    expect = (small == 1) | (cloudy == 1)
+    assert (np.isnan(b.values[0]) == expect).all() and (np.isnan(a.values[0]) == expect).all()
+    res = detect_change(b, a, method="cva")
+    assert _block_found(np.asarray(res.mask.values)) > 0.8
+    from changedet.change import load_pair_masked
+
+    assert (load_pair_masked(tmp_path / "b.tif", tmp_path / "a.tif")[2] == expect).all()
+
+
+def test_clm_file_declaring_nodata_0_in_a_band_directory(tmp_path):
+    for name, img, cloudy in (("d1", _scene(0, False), False), ("d2", _scene(1, True, cloud=True), True)):
+        sub = tmp_path / name
+        sub.mkdir()
+        da = GRID.attach(img, bands=BANDS)
+        for band in BANDS:
+            write_geotiff(da.sel(band=[band]), sub / f"S2_{band}.tif", dtype="uint16")
+        clm = np.zeros(GRID.shape, np.uint16)
+        if cloudy:
+            clm[CLOUD] = 1
+        write_geotiff(GRID.attach(clm[None], bands=["CLM"]), sub / "S2_CLM.tif", dtype="uint16")
+        _set_nodata(sub / "S2_CLM.tif", 0)
+    b, a = load_pair(tmp_path / "d1", tmp_path / "d2")
+    cloud = np.zeros(GRID.shape, bool)
+    cloud[CLOUD] = True
+    assert (np.isnan(a.values[0]) == cloud).all() and (np.isnan(b.values[0]) == cloud).all()
+
+
+def test_clm_fraction_follows_the_cloudmask_rule(tmp_path):
+    """CLM >= 0.5 is cloud (cloudmask.cloud_mask's rule): a resampled or averaged CLM of 0.3
+    is clear; 255 (no data) and negative values (no CLM code) are left out."""
+    clm = np.zeros(GRID.shape, np.float32)
+    clm[0:10] = 0.3
+    clm[10:20] = 0.5
+    clm[20:24] = 0.7
+    clm[24:26] = 255
+    clm[26:28] = -1
+    img = np.concatenate([_scene(0, False).astype(np.float32), clm[None]])
+    write_geotiff(GRID.attach(img, bands=BANDS + ["CLM"]), tmp_path / "b.tif")
+    write_geotiff(GRID.attach(_scene(1, True), bands=BANDS), tmp_path / "a.tif", dtype="uint16")
+    b, a = load_pair(tmp_path / "b.tif", tmp_path / "a.tif")
+    nan = np.isnan(b.values[0])
+    assert not nan[0:10].any() and not nan[28:].any()
+    assert nan[10:28].all()
+
+
+def test_after_cloud_is_nodata_before_it_is_resampled(tmp_path):
+    """AFTER on a grid 3 m (0.3 px) off BEFORE's: bilinear resampling mixes each output pixel
+    from two source columns, so a clear pixel by the cloud's edge took 30 % of the cloud."""
+    from affine import Affine
+
+    write_geotiff(_with_class(_scene(0, False), "CLM", np.zeros(GRID.shape)), tmp_path / "b.tif", dtype="uint16")
+    img = _scene(1, True).astype(np.float64)
+    img[(slice(None),) + CLOUD] += 40000.0
+    cloudy = np.zeros(GRID.shape)
+    cloudy[CLOUD] = 1
+    t = GRID.transform
+    shifted = GridSpec(GRID.crs, Affine(t.a, 0.0, t.c + 3.0, 0.0, t.e, t.f), GRID.shape)
+    write_geotiff(shifted.attach(np.concatenate([img, cloudy[None]]).astype(np.uint16), bands=BANDS + ["CLM"]),
+                  tmp_path / "a.tif", dtype="uint16")
+    b, a = load_pair(tmp_path / "b.tif", tmp_path / "a.tif")
+    clear_max = float(_scene(1, True).max())
+    v = a.values
+    assert np.isfinite(v).any() and np.nanmax(v) <= clear_max + 1
+    # Only the cloud (moved by nearest neighbour) and the strip beyond AFTER's footprint are nodata.
+    assert np.isnan(v[0]).sum() <= 16 * 23 + 64
+
+
+def test_20m_band_cloud_is_nodata_before_it_is_upsampled(tmp_path):
+    """A band directory: a 20 m band bilinear-upsampled next to the 10 m ones mixed a quarter
+    of a cloud's value into the clear 10 m pixels along the SCL mask's edge."""
+    coarse = GRID.scaled(20.0)
+    rng = np.random.default_rng(3)
+    for name, cloudy in (("d1", False), ("d2", True)):
+        sub = tmp_path / name
+        sub.mkdir()
+        da = GRID.attach(_scene(int(cloudy), False), bands=BANDS)
+        for band in BANDS:
+            write_geotiff(da.sel(band=[band]), sub / f"T_{band}_10m.tif", dtype="uint16")
+        b11 = 1500 + rng.normal(0, 20, coarse.shape)
+        scl = np.full(coarse.shape, 4, np.uint16)
+        if cloudy:
+            b11[20:28, 25:36] += 40000.0
+            scl[20:28, 25:36] = 9
+        write_geotiff(coarse.attach(b11[None].astype(np.uint16), bands=["B11"]), sub / "T_B11_20m.tif",
+                      dtype="uint16")
+        write_geotiff(coarse.attach(scl[None], bands=["SCL"]), sub / "T_SCL_20m.tif", dtype="uint16")
+    b, a = load_pair(tmp_path / "d1", tmp_path / "d2")
+    assert "B11" in [str(x) for x in a["band"].values]
+    assert np.nanmax(a.sel(band="B11").values) < 2000
+    cloud = np.zeros(GRID.shape, bool)
+    cloud[CLOUD] = True
+    assert (np.isnan(a.values[0]) == cloud).all()
+    # Early-masked pixels are still counted as unobserved, not as missing data.
+    from changedet.change import load_pair_masked
+
+    assert (load_pair_masked(tmp_path / "d1", tmp_path / "d2")[2] == cloud).all()
+
+
+def test_cli_unobserved_pixels_counts_class_masks(clm_pair, tmp_path, capsys):
+    args = ["change", str(clm_pair / "before.tif"), str(clm_pair / "after.tif"), "--method", "cva", "--json"]
+    assert main(args + ["--out", str(tmp_path / "c.tif")]) == 0
+    doc = json.loads(capsys.readouterr().out.strip())
+    total = GRID.shape[0] * GRID.shape[1]
+    assert doc["unobserved_pixels"] == 16 * 22
+    assert doc["valid_pixels"] + doc["unobserved_pixels"] == total
+    # A clear CLM: a cloud mask applied that hid nothing.
+    assert main(["change", str(clm_pair / "before.tif"), str(clm_pair / "after_nomask.tif"), "--method", "cva",
+                 "--json", "--out", str(tmp_path / "d.tif")]) == 0
+    assert json.loads(capsys.readouterr().out.strip())["unobserved_pixels"] == 0
+    # No class band and no --mask-clouds: no cloud mask, null (as before).
+    write_geotiff(GRID.attach(_scene(0, False), bands=BANDS), tmp_path / "b.tif", dtype="uint16")
+    assert main(["change", str(tmp_path / "b.tif"), str(clm_pair / "after_nomask.tif"), "--method", "cva",
+                 "--json", "--out", str(tmp_path / "e.tif")]) == 0
+    assert json.loads(capsys.readouterr().out.strip())["unobserved_pixels"] is None
+
+
+def test_cli_unobserved_pixels_with_mask_clouds_keeps_class_masked(tmp_path, capsys):
+    """With --mask-clouds, the s2cloudless bands are read with the CLM pixels already NaN, so
+    s2cloudless did not count them: the JSON said 0 for a 352-pixel CLM cloud."""
+    from changedet.cloudmask import S2CLOUDLESS_BANDS
+
+    rng = np.random.default_rng(0)
+    names = list(S2CLOUDLESS_BANDS) + ["B03"]
+    for name, cloud in (("b.tif", False), ("a.tif", True)):
+        img = (1500 + rng.normal(0, 50, (len(names),) + GRID.shape)).astype(np.uint16)
+        clm = np.zeros(GRID.shape, np.uint16)
+        if cloud:
+            clm[CLOUD] = 1
+            img[(slice(None),) + CLOUD] = 6000
+        write_geotiff(GRID.attach(np.concatenate([img, clm[None]]), bands=names + ["CLM"]), tmp_path / name,
+                      dtype="uint16")
+    rc = main(["change", str(tmp_path / "b.tif"), str(tmp_path / "a.tif"), "--bands", "B02,B03,B04,B08",
+               "--method", "cva", "--mask-clouds", "--out", str(tmp_path / "o.tif"), "--json"])
+    assert rc == 0
+    doc = json.loads(capsys.readouterr().out.strip())
+    assert doc["unobserved_pixels"] >= 16 * 22
+    assert doc["valid_pixels"] + doc["unobserved_pixels"] == GRID.shape[0] * GRID.shape[1]
+
+
+def test_unnamed_count_mismatch_names_the_class_band(tmp_path):
+    c = np.zeros(GRID.shape)
+    c[CLOUD] = 1
+    write_geotiff(_with_class(_scene(0, False), "CLM", c), tmp_path / "b.tif", dtype="uint16")
+    unnamed = np.concatenate([_scene(1, True), c[None].astype(np.uint16)])
+    write_geotiff(GRID.attach(unnamed, bands=[""] * 5), tmp_path / "a.tif", dtype="uint16")
+    with pytest.raises(ChangeError, match=r"cloud-class band CLM taken out.*counts differ.*name its bands"):
+        load_pair(tmp_path / "b.tif", tmp_path / "a.tif")
+
+
+def test_check_output_path_checks_the_link_targets_folder(tmp_path, monkeypatch):
+    """The write replaces the target in its own folder: that folder must be writable, not the
+    link's (a group-writable file in a folder the user cannot write)."""
+    import os
+
+    from changedet.io import OutputPathError, check_output_path
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "c.tif").write_bytes(b"old")
+    link = tmp_path / "c.tif"
+    link.symlink_to(shared / "c.tif")
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if str(p) == str(shared)
+                        else real_access(p, mode, **kw))
+    with pytest.raises(OutputPathError, match=f"--out {link}: the folder {shared} is not writable"):
+        check_output_path(link, option="--out")
+    assert check_output_path(tmp_path / "plain.tif") == tmp_path / "plain.tif"
+
+
+def test_write_through_a_link_keeps_the_target_mode(tmp_path):
+    import os
+    import stat
+
+    from changedet.io import atomic_write
+
+    target = tmp_path / "data" / "x.tif"
+    target.parent.mkdir()
+    target.write_text("old")
+    os.chmod(target, 0o664)
+    link = tmp_path / "x.tif"
+    link.symlink_to(target)
+    atomic_write(link, lambda t: t.write_text("new"))
+    assert target.read_text() == "new" and link.is_symlink()
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o664
+    st = os.stat(target)
+    assert (st.st_uid, st.st_gid) == (os.getuid(), os.getgid())
+
+
+def test_dangling_out_link_is_refused(clm_pair, tmp_path, capsys):
+    from changedet.io import OutputPathError, atomic_write, check_output_path
+
+    link = tmp_path / "latest.tif"
+    link.symlink_to(tmp_path / "mnt" / "usb" / "out.tif")  # a disk that is not mounted
+    with pytest.raises(OutputPathError, match="--out .*latest.tif: not writing through dangling symbolic link"):
+        check_output_path(link, option="--out")
+    with pytest.raises(OutputPathError, match="dangling symbolic link"):
+        atomic_write(link, lambda t: t.write_text("x"), option="--out")
+    assert not (tmp_path / "mnt").exists() and link.is_symlink()
+    rc = main(["change", str(clm_pair / "before.tif"), str(clm_pair / "after.tif"), "--out", str(link)])
+    assert rc == 2 and "dangling" in capsys.readouterr().err
+    assert not (tmp_path / "mnt").exists()
+
+
+def test_20m_band_beside_a_10m_clm_is_masked_where_partly_cloudy(tmp_path):
+    """A 10 m CLM file and a 20 m band: a 20 m pixel half under the cloud is hidden on the
+    20 m grid ("max"), where nearest neighbour kept one child and let the cloud in."""
+    coarse = GRID.scaled(20.0)
+    rows, cols = slice(41, 55), slice(51, 71)  # odd edges: every edge 20 m pixel half cloudy
+    for name, cloudy in (("d1", False), ("d2", True)):
+        sub = tmp_path / name
+        sub.mkdir()
+        da = GRID.attach(_scene(int(cloudy), False), bands=BANDS)
+        for band in BANDS:
+            write_geotiff(da.sel(band=[band]), sub / f"T_{band}_10m.tif", dtype="uint16")
+        b11 = np.full(coarse.shape, 1500.0)
+        clm = np.zeros(GRID.shape, np.uint16)
+        if cloudy:
+            b11[20:28, 25:36] += 40000.0  # every 20 m pixel the cloud touches
+            clm[rows, cols] = 1
+        write_geotiff(coarse.attach(b11[None].astype(np.uint16), bands=["B11"]), sub / "T_B11_20m.tif",
+                      dtype="uint16")
+        write_geotiff(GRID.attach(clm[None], bands=["CLM"]), sub / "T_CLM_10m.tif", dtype="uint16")
+    b, a = load_pair(tmp_path / "d1", tmp_path / "d2")
+    assert np.nanmax(a.sel(band="B11").values) < 2000
+    cloud = np.zeros(GRID.shape, bool)
+    cloud[rows, cols] = True
+    # On the 10 m grid the mask is the CLM's own: only the cloud is left out.
+    assert (np.isnan(a.sel(band="B02").values) == cloud).all()
+
+
+def test_scl_outside_its_classes_is_left_out(tmp_path):
+    """SCL read as stored: a fill value that is no SCL class (255, 65535) is not clear ground."""
+    scl = np.full(GRID.shape, 4)
+    scl[0:8] = 255
+    scl[8:12] = 65535
+    write_geotiff(_with_class(_scene(0, False), "SCL", scl), tmp_path / "b.tif", dtype="uint16")
+    write_geotiff(GRID.attach(_scene(1, True), bands=BANDS), tmp_path / "a.tif", dtype="uint16")
+    b, a = load_pair(tmp_path / "b.tif", tmp_path / "a.tif")
+    nan = np.isnan(b.values[0])
+    assert nan[:12].all() and not nan[12:].any()
+
+
+def test_read_raster_as_stored_skips_the_file_nodata(tmp_path):
+    from changedet.io import read_raster
+
+    clm = np.zeros(GRID.shape)
+    clm[CLOUD] = 1
+    img = _scene(0, False)
+    img[:, :2] = 0  # fill: nodata in the spectral bands
+    write_geotiff(_with_class(img, "CLM", clm), tmp_path / "s.tif", dtype="uint16")
+    _set_nodata(tmp_path / "s.tif", 0)
+    plain = read_raster(tmp_path / "s.tif")
+    assert np.isnan(plain.sel(band="CLM").values).sum() == GRID.shape[0] * GRID.shape[1] - 16 * 22
+    da = read_raster(tmp_path / "s.tif", as_stored=["clm"])
+    assert (da.sel(band="CLM").values == clm).all()
+    assert np.isnan(da.sel(band="B02").values[:2]).all() and np.isfinite(da.sel(band="B02").values[2:]).all()

@@ -18,7 +18,8 @@ def add_parser(sub) -> None:
         description="Detect change between two dates. BEFORE and AFTER are multi-band GeoTIFF/COG files or "
         "directories of single-band files named by band (e.g. *_B04.tif, as OSCD and EO Browser export "
         "them). AFTER is resampled onto BEFORE's grid. The output GeoTIFF holds the change magnitude and the "
-        "cleaned change mask (0/1, NaN = nodata).",
+        "cleaned change mask (0/1, NaN = nodata). A cloud-class band of an input (CLM, SCL) is its cloud mask: "
+        "those pixels are nodata on both dates (counted in the JSON's unobserved_pixels).",
     )
     p.add_argument("before", type=Path, help="earlier image (its grid is the output grid)")
     p.add_argument("after", type=Path, help="later image")
@@ -83,7 +84,7 @@ def cmd_change(args) -> int:
     import numpy as np
     import xarray as xr
 
-    from changedet.change import changed_area_m2, detect_change, load_pair
+    from changedet.change import changed_area_m2, detect_change, load_pair, load_pair_masked
     from changedet.io import write_geotiff
 
     bands = [b.strip() for b in args.bands.split(",") if b.strip()] if args.bands else None
@@ -97,7 +98,9 @@ def cmd_change(args) -> int:
     if args.polygons is not None:
         _polygon_format(args.polygons)
         check_output_path(args.polygons, option="--polygons", suffix=args.polygons.suffix or ".geojson")
-    before, after = load_pair(args.before, args.after, bands=bands)
+    # The inputs' own cloud-class bands (CLM/SCL) are applied by the load; ``hidden`` is
+    # what they took out (None without one), reported with the s2cloudless mask below.
+    before, after, hidden = load_pair_masked(args.before, args.after, bands=bands)
     unobserved = None
     if args.mask_clouds:
         from changedet.change import unobserved_mask
@@ -125,6 +128,7 @@ def cmd_change(args) -> int:
     if "spatial_ref" in mag.coords:
         out = out.assign_coords(spatial_ref=mag["spatial_ref"])
     path = write_geotiff(out, args.out, option="--out")
+    left_out = hidden if unobserved is None else unobserved if hidden is None else hidden | unobserved
     area = changed_area_m2(res.mask)
     doc = {
         "method": res.method,
@@ -132,7 +136,10 @@ def cmd_change(args) -> int:
         "threshold": _num(res.threshold),
         "bands": [str(b) for b in before["band"].values],
         "smooth": args.smooth,
-        "unobserved_pixels": None if unobserved is None else int(unobserved.sum()),
+        # Pixels with data on both dates that a cloud mask left out (NaN in the output): the
+        # CLM/SCL bands' and, with --mask-clouds, s2cloudless's clouds and shadows. null when
+        # no cloud mask applied (no class band, no --mask-clouds).
+        "unobserved_pixels": None if left_out is None else int(left_out.sum()),
         "changed_pixels": int(res.mask.sum()),
         "valid_pixels": int(np.isfinite(mag).sum()),
         "changed_area_m2": _num(area),
