@@ -827,7 +827,9 @@ def _parse_rules(
 
                 validate_params(kind, params, rule_id=str(rid))
             except RuleError as exc:
-                P.add(f"{where}: {exc}")
+                # The rule engine names the rule itself; ``where`` already does.
+                text = str(exc).removeprefix(f"rule {str(rid)!r}: ")
+                P.add(f"{where}: {text}")
                 good = False
         severity = item.get("severity")
         if "severity" in item and severity not in SEVERITIES:
@@ -897,7 +899,9 @@ def _crs_problem(member: Any) -> str | None:
 def _parse_geojson(path: Path, P: _Problems, *, aoi_id: str, yaml_name: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        # utf-8-sig: editors on Windows save GeoJSON with a byte-order mark, which RFC 8259
+        # lets a parser ignore; refusing it sent users hunting for an invisible character.
+        doc = json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as exc:
         P.add(f"line {exc.lineno}, column {exc.colno}: invalid JSON: {exc.msg}; fix the syntax there")
         return out
@@ -940,7 +944,11 @@ def _parse_geojson(path: Path, P: _Problems, *, aoi_id: str, yaml_name: str) -> 
         if "crs" in raw and (problem := _crs_problem(raw["crs"])):
             P.add(f"{where} {problem}")
             good = False
-        if not isinstance(fid, str) or not fid:
+        if fid is not None and fid != "" and not isinstance(fid, str):
+            # A number (a GIS tool's auto-numbering) is not "missing": say what to change.
+            P.add(f'{where} has properties.id {fid!r}, a {type(fid).__name__}; write it as a string, e.g. "{fid}"')
+            good = False
+        elif not isinstance(fid, str) or not fid:
             P.add(f'{where} has no properties.id; add a unique id such as "T1"')
             good = False
         elif role != SITE_ROLE:

@@ -94,13 +94,25 @@ def _num(lo: float | None = None, *, lo_open: bool = False) -> Callable[[Any], b
     return check
 
 
+#: Longest accepted span of any day-valued parameter (window, cooldown, quiet period): a
+#: century, far beyond any monitoring history, yet well inside what pandas and datetime
+#: can subtract from a date (``window_days: 1e12`` passed validation and then overflowed
+#: the time arithmetic of every run).
+MAX_DAYS = 36525.0
+
+
+def _days(*, lo_open: bool) -> Callable[[Any], bool]:
+    inner = _num(0, lo_open=lo_open)
+    return lambda v: inner(v) and v <= MAX_DAYS
+
+
 def _int(lo: int) -> Callable[[Any], bool]:
     return lambda v: _is_number(v) and float(v).is_integer() and v >= lo
 
 
 RULE_PARAMS: dict[str, dict[str, _Param]] = {
     "robust_z": {
-        "window_days": _Param(90.0, _num(0, lo_open=True), "a number of days > 0"),
+        "window_days": _Param(90.0, _days(lo_open=True), "a number of days > 0 and <= 36525 (100 years)"),
         "min_history": _Param(6, _int(1), "an integer >= 1"),
         "k": _Param(4.0, _num(0, lo_open=True), "a number > 0"),
         "min_delta": _Param(0.0, _num(0), "a number >= 0"),
@@ -114,7 +126,7 @@ RULE_PARAMS: dict[str, dict[str, _Param]] = {
         "min_delta": _Param(0.0, _num(0), "a number >= 0"),
     },
     "trend": {
-        "window_days": _Param(84.0, _num(0, lo_open=True), "a number of days > 0"),
+        "window_days": _Param(84.0, _days(lo_open=True), "a number of days > 0 and <= 36525 (100 years)"),
         # Theil-Sen needs a few points before its confidence interval means anything.
         "min_history": _Param(6, _int(3), "an integer >= 3"),
         "min_rel_growth": _Param(0.25, _num(0), "a number >= 0"),
@@ -135,8 +147,8 @@ RULE_PARAMS: dict[str, dict[str, _Param]] = {
     },
     "ewma": {
         # Baseline: observations older than recent_days, within window_days.
-        "window_days": _Param(180.0, _num(0, lo_open=True), "a number of days > 0"),
-        "recent_days": _Param(42.0, _num(0, lo_open=True), "a number of days > 0"),
+        "window_days": _Param(180.0, _days(lo_open=True), "a number of days > 0 and <= 36525 (100 years)"),
+        "recent_days": _Param(42.0, _days(lo_open=True), "a number of days > 0 and <= 36525 (100 years)"),
         "min_history": _Param(10, _int(2), "an integer >= 2"),
         "lam": _Param(0.25, lambda v: _is_number(v) and 0 < v <= 1, "a smoothing weight in (0, 1]"),
         # Above the textbook 3: the baseline's median and scale are estimated from a
@@ -148,8 +160,8 @@ RULE_PARAMS: dict[str, dict[str, _Param]] = {
         "direction": _Param("up", lambda v: v in ("up", "down"), "one of up, down"),
     },
     "cusum": {
-        "window_days": _Param(180.0, _num(0, lo_open=True), "a number of days > 0"),
-        "recent_days": _Param(42.0, _num(0, lo_open=True), "a number of days > 0"),
+        "window_days": _Param(180.0, _days(lo_open=True), "a number of days > 0 and <= 36525 (100 years)"),
+        "recent_days": _Param(42.0, _days(lo_open=True), "a number of days > 0 and <= 36525 (100 years)"),
         "min_history": _Param(10, _int(2), "an integer >= 2"),
         "k": _Param(0.5, _num(0), "an allowance in standard units >= 0"),
         "h": _Param(5.0, _num(0, lo_open=True), "a decision interval in standard units > 0"),
@@ -167,9 +179,9 @@ RULE_KINDS = tuple(RULE_PARAMS)
 #: this many times the value last notified) and ``quiet_days`` (an active alert with no
 #: finding for this long is resolved by the pipeline).
 LIFECYCLE_PARAMS: dict[str, _Param] = {
-    "cooldown_days": _Param(14.0, _num(0), "a number of days >= 0"),
+    "cooldown_days": _Param(14.0, _days(lo_open=False), "a number of days >= 0 and <= 36525 (100 years)"),
     "escalate_ratio": _Param(1.25, _num(1), "a ratio >= 1"),
-    "quiet_days": _Param(28.0, _num(0, lo_open=True), "a number of days > 0"),
+    "quiet_days": _Param(28.0, _days(lo_open=True), "a number of days > 0 and <= 36525 (100 years)"),
 }
 
 

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import numbers
 import os
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta
@@ -122,7 +123,14 @@ class RunConfig:
         if is_url(url):
             import fsspec
 
-            protocol = url.split("://", 1)[0]
+            protocol, rest = url.split("://", 1)
+            if "@" in rest.split("/", 1)[0]:
+                # s3fs and friends take no credentials from the URL: "s3://key:secret@bucket"
+                # failed deep in botocore with a traceback that printed the secret.
+                host = rest.split("/", 1)[0].rsplit("@", 1)[1]
+                raise CubeError(f"store URL {protocol}://***@{host}/... carries credentials; give "
+                                f"{protocol}://{host}/prefix and put them in the environment (AWS_ACCESS_KEY_ID, "
+                                "AWS_SECRET_ACCESS_KEY for s3://)")
             try:
                 fsspec.get_filesystem_class(protocol)
             except (ImportError, ValueError) as exc:
@@ -191,6 +199,7 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
     """
     from changedet.alerts.config import check_alerting
 
+    _refuse_future(aoi, day)
     check_alerting([aoi])
     source, spec = primary_source(aoi, cfg.seed, cfg.registry)
     res = float(spec.resolution_m)
@@ -342,17 +351,46 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
                             "feature_id": m.get("feature_id", SITE), **{k: m[k] for k in ("metric", "value")}}
                            for m in metrics])
         result.metrics = {m["metric"]: m["value"] for m in metrics if "feature_id" not in m}
-        # Pixels last: a crash before this line leaves the scene unprocessed, so a re-run
-        # redoes it (metrics are upserts) instead of skipping it as done.
-        cube.append(scene, stored, extra={"coreg": provenance["coreg"], "cloud_fraction": cloud_fraction})
+        # The full-resolution cube marks the day done (``cube.has`` above), so it is
+        # written last, after the alert rules: a run that fails or is interrupted before
+        # it leaves the day to be redone by the next run (metrics are upserts, appends of
+        # a stored scene and replayed findings change nothing) instead of skipping it as
+        # done with its alert never evaluated. The coarse cube is read only for dates
+        # strictly before the one processed, so appending it first cannot feed a day's
+        # own pixels into its baseline.
         coarse_cube.append(scene, coarse, extra={"coarsened_from_m": res})
-        result.status = "processed"
         result.alerts = _evaluate_rules(aoi, scene.time, store, Path(cfg.data_dir) / "outbox",
                                         {m["metric"] for m in metrics},
                                         evidence=(Path(cfg.data_dir) / "evidence", ev) if cfg.evidence else None)
+        result.status = "processed"
+        if any("evidence_error" in a for a in result.alerts):
+            # Left unmarked so that running the day again rebuilds the missing pack
+            # (the stored alert is not notified twice).
+            result.skipped["evidence"] = "pack not written; run this day again to rebuild it"
+        else:
+            cube.append(scene, stored, extra={"coreg": provenance["coreg"], "cloud_fraction": cloud_fraction})
     finally:
         store.close()
     return result
+
+
+def _refuse_future(aoi, day: date) -> None:
+    """Refuse a day after today at the site: no imagery of it can exist yet.
+
+    Today is taken in the AOI's timezone (a site at UTC+9 starts its day nine hours
+    before UTC). The offline simulator would otherwise render any date, and a run of a
+    future day looked like a real observation with nothing to say why.
+    """
+    from zoneinfo import ZoneInfo
+
+    from changedet.errors import DateError
+
+    if not isinstance(day, date):
+        raise DateError(f"day must be a datetime.date, not {type(day).__name__}; e.g. date(2023, 10, 5)")
+    today = datetime.now(ZoneInfo(aoi.timezone)).date()
+    if (day.date() if isinstance(day, datetime) else day) > today:
+        raise DateError(f"{day.isoformat()} is in the future at {aoi.id} (today there is {today.isoformat()}); "
+                        "no imagery of it can exist yet: give a date up to today")
 
 
 def _sha(da: xr.DataArray) -> str:
@@ -384,18 +422,30 @@ def _evaluate_rules(aoi, t: datetime, store: MetricStore, outbox_dir: Path, fres
         outbox = outbox or Outbox(outbox_dir)
         alert, action = outbox.open_or_update(finding, cooldown_days=life["cooldown_days"],
                                               escalate_ratio=life["escalate_ratio"])
-        if action in ("opened", "escalated"):
-            entry = {"action": action, "alert_id": alert.id, "rule_id": rule.id, "severity": alert.severity,
-                     "message": finding.message, "value": finding.value}
+        # A replay of the observation that fed the alert last, whose pack is missing: the
+        # earlier run stopped (or failed) between storing the alert and writing its pack.
+        rebuild = (action == "suppressed" and evidence is not None and to_utc(alert.last_time) == to_utc(t)
+                   and not (evidence[0] / alert.id / "manifest.json").exists())
+        if action in ("opened", "escalated") or rebuild:
+            event = action if not rebuild else ("opened" if to_utc(alert.opened_at) == to_utc(t) else "escalated")
+            entry = {"action": action if not rebuild else "evidence_rebuilt", "alert_id": alert.id,
+                     "rule_id": rule.id, "severity": alert.severity, "message": finding.message,
+                     "value": finding.value}
             if evidence is not None:
                 try:
-                    entry["evidence"] = str(_write_evidence(evidence[0], evidence[1], alert, action, series, rule))
+                    entry["evidence"] = str(_write_evidence(evidence[0], evidence[1], alert, event, series, rule))
                 except (ChangedetError, OSError, ValueError) as exc:
-                    # The alert is stored and will be delivered; the pack can be rebuilt
-                    # by re-running the day. Say so rather than fail the run.
+                    # The alert is stored and will be delivered; the day is left unmarked
+                    # (see run_day), so running it again rebuilds the pack. Say so rather
+                    # than fail the run.
                     log.error("evidence pack of alert %s could not be written: %s", alert.id, exc)
                     entry["evidence_error"] = str(exc)
-            out.append(entry)
+            if not rebuild:
+                out.append(entry)
+            elif "evidence_error" in entry:
+                out.append({**entry, "action": "evidence_missing"})
+            else:
+                log.info("evidence pack of alert %s rebuilt", alert.id)
     return out
 
 
@@ -554,10 +604,21 @@ def _write_detections(res, path: Path) -> None:
 
 
 def dates_between(start: date, end: date, every_days: int) -> list[date]:
-    if end < start:
-        from changedet.errors import DateError
+    """Days ``start``, ``start + every_days``, ... up to ``end`` (included).
 
+    Raises
+    ------
+    DateError
+        If ``end`` is before ``start`` or ``every_days`` is not a whole number >= 1
+        (a step of 0 or less gave no day at all, silently).
+    """
+    from changedet.errors import DateError
+
+    if end < start:
         raise DateError(f"end date {end} is before start date {start}; swap them")
+    if isinstance(every_days, bool) or not isinstance(every_days, numbers.Integral) or every_days < 1:
+        raise DateError(f"days between runs must be a whole number >= 1, not {every_days!r}; e.g. --every 7")
+    every_days = int(every_days)  # numpy integers are welcome; timedelta takes only int
     n = (end - start).days // every_days
     return [start + timedelta(days=every_days * i) for i in range(n + 1)]
 

@@ -626,7 +626,7 @@ class Outbox:
         with self._txn(f"{what} alert {alert_id_!r}") as db:
             alert = self._fetch(db, alert_id_)
             if alert is None:
-                raise StoreError(f"no alert {alert_id_!r} in outbox {self.root}; see Outbox.list()")
+                raise StoreError(f"no alert {alert_id_!r} in outbox {self.root}; list the alerts with `changedet alerts list` (Outbox.list())")
             if alert.status == status:
                 return alert  # idempotent
             if alert.status == "resolved":
@@ -705,7 +705,7 @@ class Outbox:
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot read outbox {self.root}: {exc}") from None
         if alert is None:
-            raise StoreError(f"no alert {alert_id!r} in outbox {self.root}; see Outbox.list()")
+            raise StoreError(f"no alert {alert_id!r} in outbox {self.root}; list the alerts with `changedet alerts list` (Outbox.list())")
         if not self._path(alert_id).exists():
             self._write_file(alert_id)
         return alert
@@ -754,6 +754,20 @@ class Outbox:
         """``(event_id, alert_id, event)`` of the events due on ``channel``, oldest first."""
         when = iso_utc(self._now() if now is None else now)
         return [(int(r["id"]), r["alert_id"], r["event"]) for r in self._read(_PENDING, {"channel": channel, "now": when})]
+
+    def waiting(self, channel: str, *, now: datetime | None = None) -> tuple[int, datetime | None]:
+        """Deliveries on ``channel`` that failed and wait for their retry: (how many, next due time).
+
+        ``changedet alerts deliver`` reports them, so a run that sends nothing while
+        retries are backing off does not read as "nothing to send".
+        """
+        when = iso_utc(self._now() if now is None else now)
+        row = self._read(
+            "SELECT COUNT(*) AS n, MIN(next_attempt_at) AS next FROM deliveries "
+            "WHERE channel = :channel AND status IN ('failed', 'sending') AND next_attempt_at > :now",
+            {"channel": channel, "now": when},
+        )[0]
+        return int(row["n"]), (parse_iso_utc(row["next"]) if row["next"] else None)
 
     def claim(
         self, event_id: int, channel: str, *, now: datetime | None = None, lease_s: float = 300.0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import re
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -75,6 +76,24 @@ def build_payload(
     return {"text": _cut(f"{title} — {message}", _SECTION_MAX), "blocks": blocks}
 
 
+def _without_url_parts(text: str, url: str) -> str:
+    """``text`` with the webhook URL and every piece of its path and query masked.
+
+    The secret of a webhook is its path (``/services/T.../B.../token``); a server or
+    proxy answering an error may echo the path alone, or one segment of it, which
+    removing the whole URL missed.
+    """
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(url)
+    pieces = {url, parts.path, parts.query, unquote(parts.path)}
+    pieces.update(p for p in re.split(r"[/?&=]", f"{parts.path}?{parts.query}") if len(p) >= 4)
+    pieces.update(unquote(p) for p in list(pieces))
+    for piece in sorted((p for p in pieces if p and p != "/"), key=len, reverse=True):
+        text = text.replace(piece, "***")
+    return text
+
+
 def send_slack(
     alert: Alert,
     *,
@@ -114,7 +133,7 @@ def send_slack(
             pass
         finally:
             exc.close()
-        detail = " ".join(detail.replace(webhook_url, "***").split())
+        detail = " ".join(_without_url_parts(detail, webhook_url).split())
         raise DeliveryError(f"{what} failed: HTTP {exc.code}" + (f" ({detail})" if detail else "")) from None
     except TimeoutError:
         raise DeliveryError(f"{what} timed out after {timeout_s:g} s") from None

@@ -95,6 +95,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ChangedetError, DateError) as exc:
         print(f"changedet: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # A disk that fills up or a directory that turns read-only mid-run: one line naming
+        # the path, not a traceback. Redacted, since a network error's text can carry a
+        # webhook URL with its secret in the path.
+        from changedet.alerts.outbox import _redact
+
+        print(f"changedet: error: {_redact(str(exc))}; check that the path exists, is writable and has free "
+              "space, then run the command again (days a run finished are kept)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("changedet: interrupted; finished days are kept, re-run to continue", file=sys.stderr)
         return 130

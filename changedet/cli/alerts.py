@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from changedet.cli import default_data_dir
@@ -32,13 +33,41 @@ def add_parser(sub) -> None:
         q.set_defaults(func=func)
 
 
-def _outbox(args):
-    from changedet.alerts.outbox import Outbox
+def _outbox_dir(args) -> Path:
+    return Path(args.data_dir or default_data_dir()) / "outbox"
 
-    return Outbox(Path(args.data_dir or default_data_dir()) / "outbox")
+
+def _outbox(args):
+    """The data directory's outbox; refused where none exists (a mistyped --data-dir).
+
+    Opening an outbox creates one, so ``alerts list`` on a wrong directory used to
+    make an empty outbox there and answer "no alerts".
+    """
+    from changedet.alerts.outbox import Outbox
+    from changedet.errors import StoreError
+
+    root = _outbox_dir(args)
+    if not (root / "outbox.sqlite").is_file():
+        raise StoreError(f"no outbox at {root}: no alert was ever raised under this data directory; check "
+                         "--data-dir or CHANGEDET_DATA_DIR (runs create the outbox with their first alert)")
+    return Outbox(root)
+
+
+def _no_outbox_note(args) -> str | None:
+    root = _outbox_dir(args)
+    if (root / "outbox.sqlite").is_file():
+        return None
+    return (f"no alerts: no outbox at {root} yet (runs create it with their first alert); check --data-dir "
+            "or CHANGEDET_DATA_DIR if you expected some")
 
 
 def cmd_list(args) -> int:
+    note = _no_outbox_note(args)
+    if note:
+        if args.json:
+            print("[]")
+        print(note, file=sys.stderr if args.json else sys.stdout)
+        return 0
     alerts = _outbox(args).list(status=args.status, aoi_id=args.aoi)
     if args.json:
         print(json.dumps([a.to_dict() for a in alerts], default=str, indent=1))
@@ -93,6 +122,10 @@ def cmd_deliver(args) -> int:
         print("no delivery channel configured: set CHANGEDET_SLACK_WEBHOOK_URL and/or CHANGEDET_SMTP_HOST "
               "(see infra/.env.example); alerts stay in the outbox")
         return 0
+    note = _no_outbox_note(args)
+    if note:
+        print(f"nothing to deliver; {note}")
+        return 0
     outbox = _outbox(args)
     # A channel that rules use but that is not configured would hold its alerts back
     # silently; say so (the configured channels are still served).
@@ -117,5 +150,7 @@ def cmd_deliver(args) -> int:
     result = flush(outbox, channels, recipients_for=recipients_for,
                    evidence_root=Path(args.data_dir or default_data_dir()) / "evidence")
     for channel, counts in result.items():
-        print(f"{channel}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        n_wait, next_at = outbox.waiting(channel)
+        wait = f", waiting for retry {n_wait} (next after {next_at:%Y-%m-%d %H:%M} UTC)" if n_wait else ""
+        print(f"{channel}: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + wait)
     return 1 if any(c.get("failed") for c in result.values()) else 0

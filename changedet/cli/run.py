@@ -47,8 +47,29 @@ def _config(data_dir: Path | None, seed: int, store_url: str | None = None):
     from changedet.pipeline import RunConfig
 
     cfg = RunConfig(data_dir=Path(data_dir or default_data_dir()), seed=seed, store_url=store_url)
+    _check_writable(cfg.data_dir)  # metrics, outbox and evidence always live here
     cfg.store_root()  # an unusable store URL fails here, before any work
     return cfg
+
+
+def _check_writable(data_dir: Path) -> None:
+    """Create ``data_dir`` if needed and write a file in it, or say which directory fails and why.
+
+    Asked before any work, so a read-only or mistyped data directory fails in a second
+    with its name rather than with a traceback after the first scene was fetched.
+    (``os.access`` is not enough: it says yes to root whatever the mount allows.)
+    """
+    import tempfile
+
+    from changedet.errors import StoreError
+
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=data_dir, prefix=".changedet-write-check-"):
+            pass
+    except OSError as exc:
+        raise StoreError(f"data directory {data_dir} cannot be written ({exc.strerror or exc}); pass a writable "
+                         "--data-dir or set CHANGEDET_DATA_DIR") from None
 
 
 def cmd_run(args) -> int:
@@ -59,6 +80,9 @@ def cmd_run(args) -> int:
         raise DateError("give either --date or --start/--end, not both")
     if not args.date and not (args.start and args.end):
         raise DateError("give --date YYYY-MM-DD, or --start and --end for a range")
+    if args.every is not None and args.every < 1:
+        raise DateError(f"--every {args.every}: give the days between runs as a whole number >= 1 "
+                        "(or leave it out to use each AOI's cadence)")
     cfg = _config(args.data_dir, args.seed, args.store_url)
     for aoi_id in args.aoi:
         aoi = load_aoi(aoi_id)

@@ -338,6 +338,17 @@ def _evidence_link(data_dir: Path, alert, page_dir: Path) -> tuple[str, str]:
     return _rel(data_dir / "outbox" / "alerts" / f"{alert.id}.json", page_dir), "alert record (JSON)"
 
 
+#: Metrics counted on the features of each image (changed_area_m2 needs earlier dates instead).
+_COUNT_METRICS = ("railcars", "containers_teu", "ships")
+
+
+def _uncounted(aoi, metrics: list[_MetricView], when: pd.Timestamp) -> list[str]:
+    """The AOI's count metrics with no site value recorded at ``when`` (the image's time)."""
+    near = pd.Timedelta(minutes=1)
+    recorded = {m.name for m in metrics if len(m.series) and (abs(m.series.index - when) <= near).any()}
+    return [m for m in _COUNT_METRICS if m in getattr(aoi, "metrics", ()) and m not in recorded]
+
+
 def _figure_block(src: str, alt: str, caption: str, *, gid: str) -> str:
     return (f"<figure id=\"{esc(gid)}\"><img class=\"fig\" src=\"{href(src)}\" alt=\"{esc(alt)}\">"
             f"<figcaption>{esc(caption)}</figcaption></figure>")
@@ -384,8 +395,12 @@ def _build_aoi(aoi, data_dir: Path, data: _Store, out_dir: Path, start, end, sto
             a_times = sorted({_ts(a.opened_at) for a in alerts if a.metric == metric})
             view.metrics.append(_MetricView(metric, s, band[keep], a_times))
 
-    if view.metrics or img:
-        view.status = "alert" if view.open_alerts else "ok"
+    if view.open_alerts:
+        # An open alert is the first thing an analyst must see, even when the period
+        # shows no imagery or metric of the site (data elsewhere, or a --start after it).
+        view.status = "alert"
+    elif view.metrics or img:
+        view.status = "ok"
 
     parts: list[str] = []
     name = aoi.name
@@ -423,6 +438,12 @@ def _build_aoi(aoi, data_dir: Path, data: _Store, out_dir: Path, start, end, sto
             for d in dets:
                 counts[d["type"]] = counts.get(d["type"], 0) + 1
             det_text = ", ".join(f"{n} {t}" for t, n in sorted(counts.items())) or "no detections"
+            uncounted = _uncounted(aoi, view.metrics, latest_t)
+            if uncounted:
+                # A count skipped (features under cloud, image too coarse) records no value and
+                # writes no detections: "no detections" alone read as an observed zero.
+                det_text += (f"; {', '.join(uncounted)} not counted on this image (too little of the features "
+                             "observed, e.g. under cloud): no value recorded")
             img_parts.append("<h2>Latest image</h2>")
             img_parts.append(_figure_block("latest.png", f"Latest image of {name} with detections",
                                        f"{_day(latest_t)}, scene {latest['scene_id']}: {det_text}.", gid="fig-latest"))
