@@ -193,6 +193,33 @@ of 19 dates during the compute (as good as the second buffer in one 2-thread run
 prefetch locality 0 or 3 instead of 1 (worse); an OR / max of the bit patterns in place
 of the staging copy's counts (within noise); tiles of 2048.
 
+Session 13 (2026-12-03, same Zen 4 machine, load 3-7 throughout; scripts and outputs in
+/work/notes/s13/KERNEL/): a second kernel reads the dates in place where their stride
+does not alias (``changedet.kernels.fast``: ``_inplace_source``, ``_aliases``), and
+changedet lays its own histories out so that they do not (``empty_history``: each date
+plane padded by a few cache lines; dask histories in date chunks, as a cube read from
+its store, are joined per block into that layout where a rechunk joined them before).
+This bench now times both layouts of the same values in alternating rounds:
+"contiguous" is the C-contiguous power-of-two cube (the staging kernel, as before),
+"changedet" the padded one (in place). At load 4.95-5.34 (copy rate collapsed to 10.9 GB/s,
+so the fractions are not idle figures; bench_full2.txt): 2 threads, contiguous 1.188 s
+(41 % of the bound), changedet layout 0.618 s (79 %); 1 thread CPU per pixel-band,
+contiguous / padded: whole cube 8.41 / 5.06, clear slab 8.69 / 5.42, cloudy-date slab
+10.97 / 8.36, in L2 5.81 / 3.47; the two layouts' z bit for bit equal. The contiguous
+cube is unchanged (41-51 % idle in earlier sessions): read in place at its 256 MiB date
+stride the kernel is 5x slower (ab_issue_alias.txt), so it keeps the staging copy.
+Whether the padded cube reaches 60 % idle is not measured (no idle period); under load
+it did. Other value kinds, 1 thread, 256 fresh rows (ab_signs1.txt, load 5.5), staged
+contiguous / in place padded: NDVI around 0 (mixed signs) 8.66 / 6.49, SAR dB (all
+negative) 7.83 / 5.44, reflectance with 10 % NaN 11.47 / 8.83. The out-of-core cube is
+now chunked one date per chunk (``--ooc-date-chunk``, as ``Cube.read`` gives; 0 for the
+old single chunk): 2048^2 quick run 25.8 s against 24.5 s (load 6-7; other random values:
+dask's generator follows the chunks). Each round of the 2-thread timings now also times a
+256 MiB copy, and a fraction per round (that round's copy rate) is printed beside the
+one from the single copy at the start: under a changing load the latter compares a copy
+and a kernel run at different moments (bench_full3.txt, load 5.3-9: 29 % for the padded
+cube against 79 % in bench_full2.txt at load 5).
+
 Writes bench/results/bench_change.json.
 """
 
@@ -270,10 +297,14 @@ def copy_bandwidth(nbytes: int) -> dict:
     return res
 
 
-def make_cube(T: int, B: int, N: int, seed: int = 0) -> np.ndarray:
-    """(T, B, N, N) float32 reflectance-like noise, filled one date at a time."""
+def make_cube(T: int, B: int, N: int, seed: int = 0, padded: bool = False) -> np.ndarray:
+    """(T, B, N, N) float32 reflectance-like noise, filled one date at a time: C-contiguous
+    (dates a power of two apart), or with ``padded`` in changedet's layout
+    (``changedet.kernels.fast.empty_history``: a few cache lines between dates)."""
+    from changedet.kernels.fast import empty_history
+
     rng = np.random.default_rng(seed)
-    cube = np.empty((T, B, N, N), dtype=np.float32)
+    cube = empty_history((T, B, N, N)) if padded else np.empty((T, B, N, N), dtype=np.float32)
     for t in range(T):
         for b in range(B):
             rng.standard_normal((N, N), dtype=np.float32, out=cube[t, b])
@@ -300,6 +331,11 @@ def main(argv=None) -> int:
     ap.add_argument("--ooc-size", type=int, default=None,
                     help="side of the out-of-core cube (default 4096, --quick 2048; 0 = skip)")
     ap.add_argument("--worker-mem", default="1GiB", help="memory limit of each of the 2 workers")
+    ap.add_argument("--ooc-date-chunk", type=int, default=1,
+                    help="dates per chunk of the out-of-core cube (default 1, as Cube.read gives; 0 = all)")
+    ap.add_argument("--layout", choices=("both", "contiguous", "changedet"), default="both",
+                    help="cube layouts timed: C-contiguous (power-of-two date stride), changedet's padded "
+                         "layout (empty_history), or both interleaved (default; twice the memory)")
     args = ap.parse_args(argv)
     N = args.size or (1024 if args.quick else 4096)
     M = args.ooc_size if args.ooc_size is not None else (2048 if args.quick else 4096)
@@ -309,15 +345,28 @@ def main(argv=None) -> int:
 
     from changedet.kernels import baseline_zscore, robust_baseline, zscore
     from changedet.kernels.baseline import MAD_SCALE
-    from changedet.kernels.fast import MAX_UNROLLED, _stage, _threads, _unrolled
+    from changedet.kernels.fast import MAX_UNROLLED, _in_place, _padded, _stage, _threads, _unrolled, empty_history
 
     res: dict = {"shape": [T, B, N, N], "cpus": _threads()}
     t = time.perf_counter()
-    cube = make_cube(T, B, N)
+    contiguous = args.layout in ("both", "contiguous")
+    cube = make_cube(T, B, N, padded=not contiguous)
     print(f"cube float32 {T} dates x {B} bands x {N}^2 = {cube.nbytes / 1e9:.2f} GB, made in "
           f"{time.perf_counter() - t:.1f} s (load {_load()})", flush=True)
     hist = xr.DataArray(cube[:-1], dims=("time", "band", "y", "x"))
     new = xr.DataArray(cube[-1], dims=("band", "y", "x"))
+    # The same values in changedet's padded layout, timed against the contiguous cube in
+    # the same rounds (both read in place: the padded one without the staging copy).
+    hist_p = None
+    if args.layout == "both":
+        cube_p = empty_history(cube.shape)
+        np.copyto(cube_p, cube)
+        hist_p = xr.DataArray(cube_p[:-1], dims=("time", "band", "y", "x"))
+        del cube_p
+    layouts = {"contiguous" if contiguous else "changedet": hist}
+    if hist_p is not None:
+        layouts["changedet"] = hist_p
+    res["layouts"] = {k: {"date_stride_bytes": int(v.data.strides[0])} for k, v in layouts.items()}
 
     bw = copy_bandwidth(min(cube.nbytes // 4, 1 << 30))
     res["copy_bandwidth"] = bw
@@ -328,8 +377,36 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     baseline_zscore(hist[:, :, :2, :64], new[:, :2, :64], mad_floor=MAD_FLOOR)
     res["compile_or_load_s"] = time.perf_counter() - t
+    for hl in layouts.values():
+        baseline_zscore(hl[:, :, :2, :64], new[:, :2, :64], mad_floor=MAD_FLOOR)
     load0 = _load()
-    t_fast = _best(lambda: baseline_zscore(hist, new, mad_floor=MAD_FLOOR), n=3)
+    # Rounds alternate the layouts: both see the same share of the machine. Each round
+    # also times a copy of 256 MiB, 1 and 2 threads: on a shared machine the copy rate
+    # moves with the other processes' load, so each round's fraction uses its own rate
+    # (a figure less at the mercy of when the one copy at the start ran).
+    walls: dict = {k: [] for k in layouts}
+    per_round: dict = {k: [] for k in layouts}
+    ca = np.ones(64 << 20, dtype=np.float32)
+    cb = np.empty_like(ca)
+    half = ca.size // 2
+
+    def copy_rate():
+        t1 = _best(lambda: np.copyto(cb, ca), n=2)
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            def two():
+                list(pool.map(lambda sl: np.copyto(cb[sl], ca[sl]), [slice(0, half), slice(half, None)]))
+            t2 = _best(two, n=2)
+        return 2 * ca.nbytes / min(t1, t2)
+
+    for _ in range(3):
+        for k, hl in layouts.items():
+            rate = copy_rate()
+            t = time.perf_counter()
+            baseline_zscore(hl, new, mad_floor=MAD_FLOOR)
+            walls[k].append(time.perf_counter() - t)
+            per_round[k].append(moved / rate / walls[k][-1])
+    del ca, cb
+    t_fast = min(walls[next(iter(layouts))])
     load1 = _load()
 
     # Single-thread CPU time per pixel-band: the whole cube in place (an eighth of its
@@ -339,14 +416,26 @@ def main(argv=None) -> int:
     t = time.thread_time()
     baseline_zscore(hist, new, mad_floor=MAD_FLOOR, threads=1)
     pb = {"whole cube": (time.thread_time() - t) / new.size * 1e9}
+    if hist_p is not None:
+        t = time.thread_time()
+        baseline_zscore(hist_p, new, mad_floor=MAD_FLOOR, threads=1)
+        pb["whole cube, padded"] = (time.thread_time() - t) / new.size * 1e9
     load_pb = _load()
     rows = max(64, N // 16)
+    # Slabs copied out contiguous (power-of-two date stride: the staging kernel) and, when
+    # changedet's layout is timed, into that layout (read in place).
+    padded_too = "changedet" in layouts
     for label, ys in (("clear slab", slice(N // 2, N // 2 + rows)), ("cloudy-date slab", slice(0, min(rows, N // 8)))):
-        hs = xr.DataArray(np.ascontiguousarray(hist.values[:, :, ys]), dims=hist.dims)
         ns_ = xr.DataArray(np.ascontiguousarray(new.values[:, ys]), dims=new.dims)
-        cpu = _best(lambda: baseline_zscore(hs, ns_, mad_floor=MAD_FLOOR, threads=1), n=3, clock=time.thread_time)
-        pb[label] = cpu / ns_.size * 1e9
-        del hs, ns_
+        for suffix, copy in (("", np.ascontiguousarray), (", padded", _padded if padded_too else None)):
+            if copy is None:
+                continue
+            hs = xr.DataArray(copy(hist.values[:, :, ys]), dims=hist.dims)
+            cpu = _best(lambda: baseline_zscore(hs, ns_, mad_floor=MAD_FLOOR, threads=1), n=3,
+                        clock=time.thread_time)
+            pb[label + suffix] = cpu / ns_.size * 1e9
+            del hs
+        del ns_
 
     # The same kernel with its input in L2 (one staging tile of one row, 2048 or 4096
     # pixels by the L2 size (fast._stage): 19 x 8 or 16 KiB
@@ -381,6 +470,18 @@ def main(argv=None) -> int:
         res["in_L2_page_faults_per_call"] = (_minor_faults() - f0) / (7 * reps)
         _malloc_keep_heap(False)
         pb["history in L2 (staging + compute)"] = cpu / (reps * nc.size) * 1e9
+        if padded_too:
+            # The in-place kernel on the same tile in changedet's layout: the compute alone.
+            kin = _unrolled(T - 1, inplace=True)
+            flat, st, sb, sy = _in_place(_padded(hc))
+            kin(flat, nc, *f32, oc, 0, 1, st, sb, sy)
+
+            def rounds_in_place():
+                for _ in range(reps):
+                    kin(flat, nc, *f32, oc, 0, 1, st, sb, sy)
+
+            cpu = _best(rounds_in_place, n=7, clock=time.thread_time)
+            pb["history in L2, in place (padded)"] = cpu / (reps * nc.size) * 1e9
 
     r = args.numpy_rows
     h_s, n_s = hist[:, :, N // 2: N // 2 + r], new[:, N // 2: N // 2 + r]
@@ -395,13 +496,24 @@ def main(argv=None) -> int:
     z_lib = zscore(n_s, robust_baseline(h_s), mad_floor=MAD_FLOOR).values
     z_fast = baseline_zscore(h_s, n_s, mad_floor=MAD_FLOOR).values
     identical = bool(np.array_equal(z_lib, z_fast, equal_nan=True))
+    if hist_p is not None:
+        # The whole cube: the in-place kernel on the padded layout equals the staging
+        # kernel on the contiguous one (each equals the numpy path on the slab above).
+        res["layouts_equal_whole_cube"] = bool(np.array_equal(
+            baseline_zscore(hist, new, mad_floor=MAD_FLOOR).values,
+            baseline_zscore(hist_p, new, mad_floor=MAD_FLOOR).values, equal_nan=True))
     nanmed_diff = float(np.nanmax(np.abs(out_nm["z"] - z_fast)))
 
     px = N * N
     res.update({
         "bytes_moved": moved,
         "bound_s": bound_s,
+        # The first layout timed (contiguous unless --layout changedet); every layout below.
+        "fused_layout": next(iter(layouts)),
         "fused_s": t_fast,
+        "fused_s_by_layout": {k: {"best": min(v), "rounds": v, "fraction_of_bound": bound_s / min(v),
+                                  "fraction_of_bound_per_round": per_round[k]}
+                              for k, v in walls.items()},
         "fused_load": [load0, load1],
         "fused_Mpix_s": px / t_fast / 1e6,
         "fraction_of_bound": bound_s / t_fast,
@@ -411,6 +523,9 @@ def main(argv=None) -> int:
         # other processes than wall time on a shared machine.
         "bound_cpu_ns_per_pixel_band_1thread": moved / (B * px) / bw["numpy_1thread_cpu_time_GBps"],
         "fraction_of_bound_1thread_cpu_time": moved / (B * px) / bw["numpy_1thread_cpu_time_GBps"] / pb["whole cube"],
+        "fraction_of_bound_1thread_cpu_time_padded": (moved / (B * px) / bw["numpy_1thread_cpu_time_GBps"]
+                                                      / pb["whole cube, padded"]) if "whole cube, padded" in pb
+        else None,
         "fused_1thread_cpu_load": load_pb,
         "numpy_nanmedian_1thread_cpu_ns_per_pixel_band": cpu_nm,
         "speedup_vs_numpy_1thread_cpu_time": cpu_nm / pb["clear slab"],
@@ -421,15 +536,20 @@ def main(argv=None) -> int:
         "fused_equals_library_numpy": identical,
         "fused_vs_nanmedian_max_abs_diff": nanmed_diff,
     })
-    w = 44
+    w = 60
     print(f"{'figure':{w}s} {'value':>12s} {'load':>6s}")
     print(f"{'copy bandwidth numpy 1 thread (GB/s)':{w}s} {bw['numpy_1thread_GBps']:12.1f} {bw['load']:6.2f}")
     print(f"{'copy bandwidth numpy 2 threads (GB/s)':{w}s} {bw['numpy_2threads_GBps']:12.1f} {bw['load']:6.2f}")
     print(f"{'bytes that must move (GB)':{w}s} {moved / 1e9:12.2f}")
     print(f"{'bound time (s)':{w}s} {bound_s:12.3f} {bw['load']:6.2f}")
-    label = f"fused kernel, {res['cpus']} threads (s)"
-    print(f"{label:{w}s} {t_fast:12.3f} {load1:6.2f}")
-    print(f"{'fraction of bound (target >= 60 %)':{w}s} {bound_s / t_fast:12.0%} {load1:6.2f}")
+    for k, v in walls.items():
+        label = f"fused kernel, {res['cpus']} threads, {k} (s)"
+        print(f"{label:{w}s} {min(v):12.3f} {load1:6.2f}")
+        label = f"  fraction of bound, {k} (target >= 60 %)"
+        print(f"{label:{w}s} {bound_s / min(v):12.0%} {load1:6.2f}")
+        label = "  same, copy rate of each round, best / median"
+        rr = per_round[k]
+        print(f"{label:{w}s} {max(rr):7.0%} / {float(np.median(rr)):3.0%}")
     for label, v in pb.items():
         print(f"{'fused 1 thread CPU ns/px-band, ' + label:{w}s} {v:12.2f} {load_pb:6.2f}")
     if "in_L2_page_faults_per_call" in res:
@@ -437,6 +557,10 @@ def main(argv=None) -> int:
     print(f"{'bound ns/pixel-band at 1-thread copy rate':{w}s} {res['bound_ns_per_pixel_band_1thread']:12.2f}")
     print(f"{'same, CPU time of the copy':{w}s} {res['bound_cpu_ns_per_pixel_band_1thread']:12.2f} {bw['load']:6.2f}")
     print(f"{'fraction of bound, 1 thread, CPU time':{w}s} {res['fraction_of_bound_1thread_cpu_time']:12.0%}")
+    if res["fraction_of_bound_1thread_cpu_time_padded"] is not None:
+        # CPU time against CPU time: the figure that other processes' share of the cores
+        # disturbs least (they still share the memory bus).
+        print(f"{'same, whole cube in changedet layout':{w}s} {res['fraction_of_bound_1thread_cpu_time_padded']:12.0%}")
     print(f"{'numpy nanmedian 1 thread CPU ns/pixel-band':{w}s} {cpu_nm:12.1f} {loadn:6.2f}")
     print(f"{'speed-up vs numpy, 1 thread each, CPU time':{w}s} {res['speedup_vs_numpy_1thread_cpu_time']:11.0f}x")
     label = f"numpy nanmedian 1 thread (s, {r} rows scaled)"
@@ -470,8 +594,10 @@ def main(argv=None) -> int:
                   "roofline lines are not meaningful; read them from an idle run)")
     print(f"fused == library numpy path (bit for bit): {identical}; max |fused - nanmedian pass| = "
           f"{nanmed_diff:.2g}", flush=True)
+    if "layouts_equal_whole_cube" in res:
+        print(f"whole cube, changedet layout == contiguous (bit for bit): {res['layouts_equal_whole_cube']}")
     # The slabs are views of the cube: drop them too, or the cube stays in memory.
-    del cube, hist, new, h_s, n_s, z_lib, z_fast, out_nm
+    del cube, hist, new, h_s, n_s, z_lib, z_fast, out_nm, hist_p, layouts
 
     if M:
         import dask.array as da
@@ -482,8 +608,11 @@ def main(argv=None) -> int:
         with LocalCluster(n_workers=2, threads_per_worker=1, memory_limit=args.worker_mem,
                           processes=True, dashboard_address=":0") as cl, Client(cl) as client:
             limit = client.run(lambda dask_worker: dask_worker.memory_manager.memory_limit)
+            # Dates in chunks of --ooc-date-chunk (1: as a cube read from its store, whose
+            # blocks the kernel joins into its padded layout; 0: all dates in one chunk).
+            tc = args.ooc_date_chunk or T - 1
             h = da.random.default_rng(1).standard_normal((T - 1, B, M, M), dtype=np.float32,
-                                                          chunks=(T - 1, B, chunk, chunk)) * 0.01 + 0.2
+                                                          chunks=(tc, B, chunk, chunk)) * 0.01 + 0.2
             n = da.random.default_rng(2).standard_normal((B, M, M), dtype=np.float32,
                                                          chunks=(B, chunk, chunk)) * 0.01 + 0.2
             z = baseline_zscore(xr.DataArray(h, dims=("time", "band", "y", "x")),
@@ -495,12 +624,13 @@ def main(argv=None) -> int:
         cube_gb = T * B * M * M * 4 / 1e9
         limits_gb = sum(limit.values()) / 1e9
         peak_gb = max(max(v) for v in peak.values()) / 1e9 if peak else float("nan")
-        res["out_of_core"] = {"cube_GB": cube_gb, "worker_limit_GB": max(limit.values()) / 1e9, "workers": 2,
+        res["out_of_core"] = {"cube_GB": cube_gb, "date_chunk": args.ooc_date_chunk, "worker_limit_GB": max(limit.values()) / 1e9, "workers": 2,
                               "sum_of_limits_GB": limits_gb, "seconds": t_ooc, "flagged": flagged,
                               "chunk": chunk, "peak_worker_rss_GB": peak_gb, "load": _load()}
         print(f"out of core: {cube_gb:.1f} GB cube on 2 workers limited to {max(limit.values()) / 1e9:.2f} GB each "
               f"({limits_gb:.2f} GB together): done in {t_ooc:.1f} s, peak worker RSS {peak_gb:.2f} GB, "
-              f"{flagged} values |z| > 4 ({flagged / (B * M * M):.4%}) (load {_load()})")
+              f"{flagged} values |z| > 4 ({flagged / (B * M * M):.4%}), dates per chunk "
+              f"{args.ooc_date_chunk or T - 1} (load {_load()})")
 
     out = REPO / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)

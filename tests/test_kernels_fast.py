@@ -19,6 +19,25 @@ pytestmark = pytest.mark.skipif(not fast.HAVE_NUMBA, reason="numba is pinned in 
 
 FLOOR = 0.005
 
+# Tests that read no history through the kernels run once; the others run on both
+# kernels: the staging one (every date stride taken as aliasing, as a power-of-two
+# cube's) and the in-place one (none taken as aliasing, a power-of-two cube included).
+_ONCE = {"test_networks_sort_all_zero_one_inputs", "test_best_known_network_sorts_and_is_smaller",
+         "test_generated_kernel_is_vectorised_and_prefetches", "test_staging_tile_fits_l2",
+         "test_offpath_intrinsic_matches_numpy", "test_pruned_merger_keeps_the_ranks_the_pick_reads",
+         "test_next_tile_prefetch_covers_every_line_once", "test_long_history_uses_generic_kernel"}
+
+
+@pytest.fixture(autouse=True, params=["staging", "in place"])
+def kernel_layout(request, monkeypatch):
+    if request.node.originalname in _ONCE:
+        if request.param != "staging":
+            pytest.skip("reads no history through the kernels: run once")
+        yield request.param
+        return
+    monkeypatch.setattr(fast, "_aliases", lambda stride, nt: request.param == "staging")
+    yield request.param
+
 
 def _reference(h: np.ndarray, img: np.ndarray) -> np.ndarray:
     return zscore(xr.DataArray(img, dims=("band", "y", "x")),
@@ -166,10 +185,18 @@ def test_generated_kernel_is_vectorised_and_prefetches(tmp_path, monkeypatch):
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(blocker))
     monkeypatch.setattr(fast, "_UNROLLED", {})
     nt = 9  # the network is checked above; a short history compiles faster
-    h, img = _history(nt, seed=10, nx=40)
-    np.testing.assert_array_equal(_fused(h, img), _reference(h, img))
-    kernel = fast._UNROLLED[nt]
-    asm = kernel.inspect_asm(kernel.signatures[0])
+    h, img = _history(nt, seed=10, nx=64)
+    # 2 x 8 x 64 floats a date: a 4 KiB date stride aliases, so this contiguous history
+    # goes through the staging kernel; its padded copy is read in place.
+    h, img = np.ascontiguousarray(h[:, :, :8]), np.ascontiguousarray(img[:, :8])
+    assert fast._aliases(h.strides[0], nt) and not fast._aliases(fast._padded(h).strides[0], nt)
+    for inplace, hist in ((False, h), (True, fast._padded(h))):
+        np.testing.assert_array_equal(_fused(hist, img), _reference(h, img))
+        kernel = fast._UNROLLED[(nt, inplace)]
+        _check_asm(kernel.inspect_asm(kernel.signatures[0]), nt)
+
+
+def _check_asm(asm: str, nt: int) -> None:
     # The width LLVM chose for numba's target CPU: its tuning, not only the ISA, decides
     # (zmm on Zen 4; ymm on AVX2 and on Intel AVX-512 cores, which LLVM tunes for 256 bits).
     def minmax_on(r):
@@ -189,12 +216,11 @@ def test_generated_kernel_is_vectorised_and_prefetches(tmp_path, monkeypatch):
     # (vpminsd/vpmaxsd) for sign-clear blocks, as float32 for the others.
     assert len(wide_minmax) >= 2 * len(fast.best_network(nt)), len(wide_minmax)
     wide_int = [ln for ln in asm.splitlines() if ("vpminsd" in ln or "vpmaxsd" in ln) and reg in ln]
-    # Two int32 networks: the sign-clear fast path and the sign-clear general path.
+    # At least two int32 networks: the sign-clear fast path and the sign-clear general path.
     assert len(wide_int) >= 4 * len(fast.best_network(nt)), len(wide_int)
     assert "prefetcht2" in asm
-    # The staging copy counts non-finite values in int32 lanes of wide registers: an
-    # int64 count (numba's default integer) widens each 4 values with vpmovzxdq into
-    # 64-bit lanes.
+    # The non-finite and sign counts run in int32 lanes of wide registers: an int64
+    # count (numba's default integer) widens each 4 values with vpmovzxdq into 64-bit lanes.
     assert re.search(rf"vp(add|sub)d\s.*{reg}", asm)
     assert "vpmovzxdq" not in asm and "vpaddq" not in asm
 
@@ -237,14 +263,14 @@ def test_offpath_intrinsic_matches_numpy():
     assert total == np.count_nonzero(want) > np.count_nonzero(~np.isfinite(a)) > 0
 
 
-def test_unwritable_cache_compiles_in_memory(tmp_path, monkeypatch):
+def test_unwritable_cache_compiles_in_memory(tmp_path, monkeypatch, kernel_layout):
     blocker = tmp_path / "not_a_dir"
     blocker.write_text("")
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(blocker))
     monkeypatch.setattr(fast, "_UNROLLED", {})
     h, img = _history(2, seed=8, nx=20)
     np.testing.assert_array_equal(_fused(h, img), _reference(h, img))
-    assert 2 in fast._UNROLLED
+    assert set(fast._UNROLLED) == {(2, kernel_layout == "in place")}
 
 
 def test_staging_tiles_and_non_finite_history():

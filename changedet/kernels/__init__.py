@@ -29,7 +29,7 @@ from changedet.kernels.change import (
     spectral_index,
 )
 from changedet.kernels.components import label_components
-from changedet.kernels.fast import baseline_zscore
+from changedet.kernels.fast import baseline_zscore, empty_history
 from changedet.kernels.irmad import IRMADResult, irmad
 from changedet.kernels.threshold import (
     change_mask,
@@ -48,6 +48,7 @@ __all__ = [
     "band_diff",
     "box_mean",
     "baseline_zscore",
+    "empty_history",
     "change_magnitude",
     "change_mask",
     "changed_area_m2",

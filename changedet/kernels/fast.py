@@ -63,9 +63,30 @@ in ``bench/bench_change.py`` (session 11, AMD Zen 4 with AVX-512: in cache ~6.5 
 pixel-band, memory-resident ~6.7-7.9 ns on one core; earlier figures there are for Zen 3;
 session 12's changes and figures at its end).
 
+Layout, and a second kernel that reads the dates in place (session 13): the staging
+copy is there for date strides that alias (a multiple of 4 KiB: a C-contiguous cube of
+power-of-two planes, or a dask block of such chunks). Where the dates lie a few cache
+lines off such a multiple they do not share cache sets, and ``_inplace_source``'s
+kernel reads them where they lie: per ``_CHUNK`` of pixels it prefetches every date
+``_AHEAD`` pixels on, sorts the chunk as int32 bit patterns and checks from the sorted
+minimum and maximum whether that was right (``_badsorted``), redoing a chunk that held a
+sign bit, NaN, inf or huge value on the staged kernel's other paths (the same
+arithmetic, so the same bits). No staging copy, no counting pass over clean data:
+issue-shaped history (19 x 4 x 512 x 4096 per date), same process, load 3.2, 1 thread
+7.5 -> 3.5-4.5 ns CPU per pixel-band, 2 threads wall 0.095 -> 0.047 s
+(/work/notes/s13/KERNEL/ab_pad1.txt). Which kernel runs is decided by the layout
+(``_np_block``): a float32 history whose date stride does not alias (``_aliases``: an L1
+set model) is read in place with no copy; a C-contiguous aliasing one is staged; any other
+(another dtype, a slice, reversed axes) is copied, as it was before, but into
+``empty_history``'s layout, which pads each date plane by ``_date_pad`` cache lines.
+Dask histories in several time chunks (a cube read from its store has one chunk per
+date) are joined per spatial block into that layout where a rechunk joined them before
+(``_dates_block``): the same copy, now read in place. Users building a numpy cube get
+the fast path with ``empty_history``.
+
 Rows are spread over threads (numba ``nogil`` kernels in a thread pool) for numpy
-input; dask input runs the serial kernel per block with ``map_blocks`` (whole time
-axis per block, chunked in space), so dask's threads give the parallelism. The
+input; dask input runs the serial kernel per block (whole time axis per block,
+chunked in space), so dask's threads give the parallelism. The
 generated source is written to a cache folder (``NUMBA_CACHE_DIR`` or
 ``~/.cache/changedet/kernels``) so numba's on-disk cache spares the compile
 (10-30 s for 19 dates on this machine) in later processes. Longer histories use a generic
@@ -77,6 +98,7 @@ numba is optional: without it the numpy path is used and results are identical.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import hashlib
 import importlib.util
 import inspect
@@ -92,7 +114,8 @@ from changedet.kernels.baseline import MAD_SCALE, _check_floor, robust_baseline,
 from changedet.kernels.change import KernelError, _as_dataarray, _check_same_grid, _finish, _unwrap
 from changedet.threads import cpu_budget
 
-__all__ = ["baseline_zscore", "HAVE_NUMBA", "MAX_UNROLLED", "sorting_network", "bitonic_merger", "best_network",
+__all__ = ["baseline_zscore", "empty_history", "HAVE_NUMBA", "MAX_UNROLLED", "sorting_network", "bitonic_merger",
+           "best_network",
            "prune_network"]
 
 # Found, not imported: importing numba costs about a second, paid only on first use.
@@ -243,6 +266,149 @@ def _stage(nt: int, l2: int | None = None) -> int:
     return s
 
 
+def _cache_sets() -> tuple[tuple[int, int], tuple[int, int]]:
+    """(set span in bytes, ways) of the L1 data cache and of the L2, from Linux sysfs;
+    32 KiB 8-way and 512 KiB 8-way (Zen 3) where unknown. The set span (size / ways) is
+    the address distance at which two lines fall into the same set."""
+    found = {}
+    base = Path("/sys/devices/system/cpu/cpu0/cache")
+    try:
+        for d in sorted(base.glob("index*")):
+            level = int((d / "level").read_text())
+            if level in (1, 2) and (d / "type").read_text().strip() != "Instruction":
+                size = (d / "size").read_text().strip().upper()
+                size = int(size.rstrip("KM")) * {"K": 1 << 10, "M": 1 << 20}.get(size[-1:], 1)
+                ways = int((d / "ways_of_associativity").read_text())
+                if ways > 0 and size % ways == 0:
+                    found[level] = (size // ways, ways)
+    except (OSError, ValueError):
+        pass
+    return found.get(1, (4096, 8)), found.get(2, (65536, 8))
+
+
+def _set_load(stride: int, nt: int, window: int, span: int) -> int:
+    """Most cache lines that ``nt`` windows of ``window`` bytes, ``stride`` bytes apart,
+    put into one set of a cache whose sets repeat every ``span`` bytes."""
+    lines = max(1, span // 64)
+    run = np.arange(window // 64 + 1)  # +1: a window need not start on a line
+    first = (np.arange(nt, dtype=np.int64) * stride) % span // 64
+    return int(np.bincount(((first[:, None] + run) % lines).ravel(), minlength=lines).max())
+
+
+def _aliases(stride: int, nt: int) -> bool:
+    """True when ``nt`` dates ``stride`` bytes apart crowd an L1 set as read in place.
+
+    The in-place kernel holds, per date, the lines of about two compute chunks in L1.
+    Where more than half the ways of some set would hold them (a stride that is a
+    multiple of 4 KiB puts every date's lines into the same set: 19 dates in 8 ways)
+    they evict each other before use, and the staging kernel is used. Only the L1 is
+    tested: its set is fixed by the address bits below 4 KiB, which paging keeps, and a
+    stride that spreads the dates over the L1 sets spreads them over the L2's too.
+    Measured (19 dates, 4 x 512 x 4096 per date, 1 thread, same process, load 3.2):
+    padded by 3, 35 or 67 lines or 256 bytes short of 4 KiB, 3.5-4.5 ns CPU per
+    pixel-band in place; unpadded 4.9 in place and 7.5 staged, and in another run
+    (load 4.4) unpadded in place 7.6 against 7.5 staged clear and 14.5 against 9.9 on
+    a cloudy date. At the issue cube's 256 MiB stride (19 x 4 x 4096 x 4096, load 5):
+    in place 31.7 against 6.9 staged, 2 threads 5.04 against 1.02 s: staging stays for
+    these strides.
+    """
+    (span1, ways1), _ = _cache_sets()
+    return _set_load(stride, nt, 2 * _CHUNK * 4, span1) > ways1 // 2
+
+
+@functools.lru_cache(maxsize=64)
+def _date_pad(plane: int, nt: int) -> int:
+    """Bytes to add to a date plane of ``plane`` bytes so that ``nt`` dates do not alias.
+
+    The smallest multiple of 64 bytes (a cache line: each date stays 64-byte aligned)
+    with the lightest L1 set load (:func:`_set_load`, as :func:`_aliases`) and, among
+    those, the lightest L2 load of the windows from the compute to the prefetch
+    (``_AHEAD`` pixels a date; exact with huge pages). 35 lines for the issue cube's 19
+    dates on this machine (32 KiB and 1 MiB 8-way: 19 disjoint 35-line windows in L2).
+    """
+    (span1, ways1), (span2, ways2) = _cache_sets()
+    best, pad = None, 0
+    # Up to 128 lines: far enough to give 19 dates disjoint windows in a 128 KiB L2 span.
+    for p in range(0, 128 * 64, 64):
+        stride = plane + p
+        cost = (_set_load(stride, nt, 2 * _CHUNK * 4, span1), _set_load(stride, nt, (_AHEAD + _CHUNK) * 4, span2))
+        if best is None or cost < best:
+            best, pad = cost, p
+    return pad
+
+
+def empty_history(shape, *, dtype=np.float32) -> np.ndarray:
+    """An uninitialised (time, band, y, x) array laid out for :func:`baseline_zscore`.
+
+    Each date plane is followed by a few unused cache lines (:func:`_date_pad`) so that the
+    dates of a pixel are not a power of two apart: the fused kernel then reads them in
+    place, without its staging copy (19 dates, 2 threads: about half the wall time).
+    The array is a view (``.base`` holds the buffer); everything numpy does with a
+    (time, band, y, x) array works on it, and slices along time keep the layout.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        (time, band, y, x) sizes.
+    dtype : numpy dtype, optional
+        float32 (the only dtype the fused kernel reads in place).
+
+    Returns
+    -------
+    numpy.ndarray
+        Uninitialised, C-ordered within each date, ``(y * x * band + pad) * itemsize``
+        bytes between dates.
+    """
+    shape = tuple(int(v) for v in shape)
+    if len(shape) != 4 or min(shape) < 0:
+        raise KernelError(f"empty_history shape {shape} must be four non-negative sizes (time, band, y, x)")
+    dtype = np.dtype(dtype)
+    isz = dtype.itemsize
+    if 64 % isz:
+        raise KernelError(f"empty_history dtype {dtype} has {isz}-byte items; use float32")
+    nt, nb, ny, nx = shape
+    plane = nb * ny * nx
+    st = plane + (_date_pad(plane * isz, nt) // isz if nt > 1 and plane else 0)
+    # One line more than the dates need: the start can be moved onto a cache line.
+    buf = np.empty(max(nt * st, 1) + 64 // isz, dtype=dtype)
+    a0 = (-buf.ctypes.data % 64) // isz
+    return np.lib.stride_tricks.as_strided(buf[a0:], shape=shape, strides=(st * isz, ny * nx * isz, nx * isz, isz))
+
+
+def _in_place(hist: np.ndarray):
+    """``(flat, st, sb, sy)`` for the in-place kernel where ``hist`` (float32) can be read
+    where it lies and its date stride does not alias (:func:`_aliases`), else None.
+
+    ``flat`` is a read-only 1-D view from the first element to the last, and the strides
+    are in floats (0 along an axis of length 1).
+    """
+    if hist.dtype != np.float32 or hist.size == 0 or not hist.flags.aligned:
+        return None
+    el = []
+    for n, s in zip(hist.shape, hist.strides):
+        if n == 1:
+            el.append(0)
+        elif s <= 0 or s % 4:
+            return None
+        else:
+            el.append(s // 4)
+    st, sb, sy, sx = el
+    if hist.shape[3] > 1 and sx != 1:
+        return None
+    if hist.shape[0] > 1 and _aliases(st * 4, hist.shape[0]):
+        return None
+    span = 1 + sum((n - 1) * e for n, e in zip(hist.shape, el))
+    flat = np.lib.stride_tricks.as_strided(hist, shape=(span,), strides=(4,), writeable=False)
+    return flat, st, sb, sy
+
+
+def _padded(hist: np.ndarray) -> np.ndarray:
+    """A float32 copy of ``hist`` in the :func:`empty_history` layout."""
+    out = empty_history(hist.shape)
+    np.copyto(out, hist, casting="unsafe")
+    return out
+
+
 def _kth_of_two_sorted(a: list[str], b: list[str], r: int) -> str:
     """Expression for the rank-``r`` (0-based) value of the union of sorted runs a, b."""
     k = r + 1
@@ -258,6 +424,60 @@ def _kth_of_two_sorted(a: list[str], b: list[str], r: int) -> str:
         terms = [f"min({terms[i]}, {terms[i + 1]})" if i + 1 < len(terms) else terms[i]
                  for i in range(0, len(terms), 2)]
     return terms[0]
+
+
+class _Emit:
+    """Source emitters shared by the generated kernels: lines go to ``L``, indented by ``ind``.
+
+    ``net`` sorts ``nt`` values, ``merge`` is the general path's pruned bitonic merger.
+    """
+
+    def __init__(self, L: list[str], nt: int, net, merge):
+        self.L, self.nt, self.net, self.merge = L, nt, net, merge
+        self.lo, self.hi = (nt - 1) // 2, nt // 2
+
+    def exchange(self, ind, p, pairs):
+        # min/max lower to one select each (numba), which LLVM turns into vminps/vmaxps.
+        for i, j in pairs:
+            self.L.extend([f"{ind}u = {p}{i}", f"{ind}v = {p}{j}",
+                           f"{ind}{p}{i} = min(u, v)", f"{ind}{p}{j} = max(u, v)"])
+
+    def pick(self, ind, p, var):
+        # s_lo and s_hi of the ascending run for a per-pixel count n, without branches:
+        # (n - c) * inf is +inf where rank k is within the count and -inf beyond it.
+        self.L.append(f"{ind}a = -inf")
+        self.L.extend(f"{ind}a = max(a, min({p}{k}, (n - np.float32({2 * k + 0.5})) * inf))"
+                      for k in range(self.lo + 1))
+        self.L.append(f"{ind}c = -inf")
+        self.L.extend(f"{ind}c = max(c, min({p}{k}, (n - np.float32({2 * k - 0.5})) * inf))"
+                      for k in range(self.hi + 1))
+        self.L.append(f"{ind}{var} = half * (a + c)")
+
+    def general_tail(self, ind, p):
+        # Median and MAD of the valid dates of sorted values p0 <= ... (invalid ones +inf, last).
+        self.pick(ind, p, "med")
+        # No date valid: med is NaN, so is z. Invalid dates give +inf deviations (sorted last).
+        self.L.extend(f"{ind}d{t} = abs({p}{t} - med)" for t in range(self.nt))
+        self.exchange(ind, "d", self.merge)
+        self.pick(ind, "d", "mad")
+        self.L.append(f"{ind}o[x] = (im[x] - med) / max(mad * scale, floor)")
+
+    def tail(self, ind, val):
+        # Median and MAD of the sorted values val(0) <= ... <= val(self.nt - 1), and z.
+        self.L.append(f"{ind}med = half * ({val(self.lo)} + {val(self.hi)})")
+        # Sorted, so the deviations' signs are known: med lies in [s_lo, s_hi] (rounding
+        # is monotonic), and fl(med - s) == abs(fl(s - med)) (round to nearest is
+        # symmetric; both are +0 where s == med): no abs instructions.
+        self.L.extend(f"{ind}d{t} = med - {val(t)}" if t <= self.lo else f"{ind}d{t} = {val(t)} - med"
+                      for t in range(self.nt))
+        left = [f"d{k}" for k in range(self.lo, -1, -1)]  # ascending: deviations left of the median
+        right = [f"d{k}" for k in range(self.lo + 1, self.nt)]
+        self.L.append(f"{ind}m0 = {_kth_of_two_sorted(left, right, self.lo)}")
+        self.L.append(f"{ind}m1 = {_kth_of_two_sorted(left, right, self.hi)}" if self.hi != self.lo
+                      else f"{ind}m1 = m0")
+        # abs: without abs on the deviations, two zeros of opposite sign give a -0.0
+        # MAD, and max(-0.0, +0.0 floor) keeps -0.0: z flips sign (numpy's MAD is +0).
+        self.L.append(f"{ind}o[x] = (im[x] - med) / max(abs(half * (m0 + m1)) * scale, floor)")
 
 
 def _kernel_source(nt: int) -> str:
@@ -458,47 +678,12 @@ def _kernel_source(nt: int) -> str:
         # Unsigned offsets: an unsigned index needs no wraparound check.
         L.extend(f"{ind}s{t} = cb[x + np.uint64({t * sd})]" for t in range(nt))
 
-    def exchange(ind, p, pairs):
-        # min/max lower to one select each (numba), which LLVM turns into vminps/vmaxps.
-        for i, j in pairs:
-            L.extend([f"{ind}u = {p}{i}", f"{ind}v = {p}{j}", f"{ind}{p}{i} = min(u, v)", f"{ind}{p}{j} = max(u, v)"])
-
-    def pick(ind, p, var):
-        # s_lo and s_hi of the ascending run for a per-pixel count n, without branches:
-        # (n - c) * inf is +inf where rank k is within the count and -inf beyond it.
-        L.append(f"{ind}a = -inf")
-        L.extend(f"{ind}a = max(a, min({p}{k}, (n - np.float32({2 * k + 0.5})) * inf))" for k in range(lo + 1))
-        L.append(f"{ind}c = -inf")
-        L.extend(f"{ind}c = max(c, min({p}{k}, (n - np.float32({2 * k - 0.5})) * inf))" for k in range(hi + 1))
-        L.append(f"{ind}{var} = half * (a + c)")
-
-    def general_tail(ind, p):
-        # Median and MAD of the valid dates of sorted values p0 <= ... (invalid ones +inf, last).
-        pick(ind, p, "med")
-        # No date valid: med is NaN, so is z. Invalid dates give +inf deviations (sorted last).
-        L.extend(f"{ind}d{t} = abs({p}{t} - med)" for t in range(nt))
-        exchange(ind, "d", merge)
-        pick(ind, "d", "mad")
-        L.append(f"{ind}o[x] = (im[x] - med) / max(mad * scale, floor)")
+    e = _Emit(L, nt, net, merge)
+    exchange, tail, general_tail = e.exchange, e.tail, e.general_tail
 
     def fast_path(ind, p, val):
         exchange(ind, p, net)
         tail(ind, val)
-
-    def tail(ind, val):
-        # Median and MAD of the sorted values val(0) <= ... <= val(nt - 1), and z.
-        L.append(f"{ind}med = half * ({val(lo)} + {val(hi)})")
-        # Sorted, so the deviations' signs are known: med lies in [s_lo, s_hi] (rounding
-        # is monotonic), and fl(med - s) == abs(fl(s - med)) (round to nearest is
-        # symmetric; both are +0 where s == med): no abs instructions.
-        L.extend(f"{ind}d{t} = med - {val(t)}" if t <= lo else f"{ind}d{t} = {val(t)} - med" for t in range(nt))
-        left = [f"d{k}" for k in range(lo, -1, -1)]  # ascending: deviations left of the median
-        right = [f"d{k}" for k in range(lo + 1, nt)]
-        L.append(f"{ind}m0 = {_kth_of_two_sorted(left, right, lo)}")
-        L.append(f"{ind}m1 = {_kth_of_two_sorted(left, right, hi)}" if hi != lo else f"{ind}m1 = m0")
-        # abs: without abs on the deviations, two zeros of opposite sign give a -0.0
-        # MAD, and max(-0.0, +0.0 floor) keeps -0.0: z flips sign (numpy's MAD is +0).
-        L.append(f"{ind}o[x] = (im[x] - med) / max(abs(half * (m0 + m1)) * scale, floor)")
 
     ind = " " * 28
     L.extend(f"{ind}s{t} = cbi[x + np.uint64({t * sd})]" for t in range(nt))
@@ -559,6 +744,129 @@ def _kernel_source(nt: int) -> str:
         "            if il:",
         "                cur = 1 - cur",
     ])
+    return "\n".join(L) + "\n"
+
+
+# In-place kernel (date stride that does not alias, see _aliases): pixels between the
+# prefetch and the compute, per date. Far enough ahead to cover the memory latency at
+# the copy rate (~100 ns x ~20 GB/s = 2 KiB per core in flight); near enough that the
+# window of every date (19 x AHEAD x 4 bytes) stays a small share of the L2. 256, 512,
+# 1024 and 2048 were within noise of each other (19 dates, padded, same process, load
+# 5.4: 1 thread 3.8-4.4 ns CPU per pixel-band, 2 threads 0.080-0.085 s).
+_AHEAD = 512
+
+
+def _inplace_source(nt: int, ahead: int = _AHEAD) -> str:
+    """Python source of the in-place kernel for ``nt`` history dates.
+
+    The dates are read where they lie, ``st`` floats apart in the flat buffer ``hf``
+    (a runtime argument: one compiled kernel serves every layout), with no staging
+    copy. Only for a date stride that does not alias (:func:`_aliases`): at a
+    power-of-two stride the ``nt`` lines of a pixel share one cache set and evict each
+    other before use. Each ``_CHUNK`` of pixels first prefetches, for every date, the
+    lines ``ahead`` pixels further on, then is sorted as int32 bit patterns, the fast
+    path for finite, sign-clear values: the sorted minimum and maximum tell whether it
+    was (``_badsorted``; no separate check of the values). A chunk where it was not is
+    redone on the path its counted values need (those of the staged kernel: float
+    fast, int or float general), and the chunks after it are counted before their
+    compute until one is clean again (clouds and negative data come in runs).
+    """
+    net = [tuple(int(v) for v in p) for p in best_network(nt)]
+    hi = nt // 2
+    merge = [tuple(int(v) for v in p) for p in prune_network(bitonic_merger(nt), range(hi + 1))]
+    assert ahead % 16 == 0 and _CHUNK % 16 == 0
+    L = [
+        f'"""Generated by changedet.kernels.fast for {nt} history dates, read in place (v1); do not edit."""',
+        "import numpy as np",
+        "",
+        "from changedet.kernels.fast import _add32, _asfloat32, _badsorted, _offpath, _prefetch, _signbit32",
+        "",
+        "",
+        "def kernel(hf, img, floor, scale, out, r0, r1, st, sb, sy):",
+        "    nb, ny, nx = img.shape",
+        "    half = np.float32(0.5)",
+        "    inf = np.float32(np.inf)",
+        "    iinf = np.int32(0x7F800000)",
+        "    hfi = hf.view(np.int32)",
+        # Unsigned offsets of the dates: an unsigned index needs no wraparound check.
+        "    ust = np.uint64(st)",
+    ]
+    # z{t}, not d{t}: the emitters name the deviations d{t}.
+    L += [f"    z{t} = np.uint64({t}) * ust" for t in range(nt)]
+    L += [
+        # 1 while the chunks are computed first and checked after (the last chunk was clean).
+        "    spec = 1",
+        "    for r in range(r0, r1):",
+        "        b = r // ny",
+        "        y = r - b * ny",
+        "        base = b * sb + y * sy",
+        "        cb = hf[base:]",
+        "        cbi = hfi[base:]",
+        "        im = img[b, y]",
+        "        o = out[b, y]",
+        f"        for c0 in range(0, nx, {_CHUNK}):",
+        f"            m = min({_CHUNK}, nx - c0)",
+        # Past the row's end this prefetches the next row's start (the next work when
+        # rows are contiguous); past the buffer's end a prefetch is dropped, never faults.
+        f"            pa = base + c0 + {ahead}",
+        f"            for t in range({nt}):",
+        f"                for q in range(0, {_CHUNK}, 16):",
+        "                    _prefetch(hf, pa + t * st + q)",
+        "            if spec:",
+        "                bad = np.int32(0)",
+        "                for x in range(np.uint64(c0), np.uint64(c0 + m)):",
+    ]
+    e = _Emit(L, nt, net, merge)
+    ind = " " * 20
+
+    def int_fast(ind, flag):
+        L.extend(f"{ind}s{t} = cbi[x + z{t}]" for t in range(nt))
+        e.exchange(ind, "s", net)
+        if flag:
+            L.append(f"{ind}bad = _add32(bad, _badsorted(s0, s{nt - 1}))")
+        L.extend(f"{ind}f{t} = _asfloat32(s{t})" for t in range(nt))
+        e.tail(ind, lambda t: f"f{t}")
+
+    int_fast(ind, True)
+    L += [
+        "                if bad == 0:",
+        "                    continue",
+        "                spec = 0",
+        # Count what the chunk holds (off-path values, sign bits), then take its path.
+        "            off = np.int32(0)",
+        "            neg = np.int32(0)",
+        "            for x in range(np.uint64(c0), np.uint64(c0 + m)):",
+    ]
+    L.extend(f"                v{t} = cb[x + z{t}]" for t in range(nt))
+    # Sums of int32 intrinsics: numba would widen a + b of int32 to int64.
+    for t in range(nt):
+        L.append(f"                off = _add32(off, _offpath(v{t}))")
+        L.append(f"                neg = _add32(neg, _signbit32(v{t}))")
+    ind = " " * 20
+    L += ["            if off == 0 and neg == 0:",
+          "                spec = 1",
+          "                for x in range(np.uint64(c0), np.uint64(c0 + m)):"]
+    int_fast(ind, False)
+    L += ["            elif off == 0:",
+          "                for x in range(np.uint64(c0), np.uint64(c0 + m)):"]
+    L.extend(f"{ind}s{t} = cb[x + z{t}]" for t in range(nt))
+    e.exchange(ind, "s", net)
+    e.tail(ind, lambda t: f"s{t}")
+    L += ["            elif neg == 0:",
+          "                for x in range(np.uint64(c0), np.uint64(c0 + m)):"]
+    L.extend(f"{ind}s{t} = cbi[x + z{t}]" for t in range(nt))
+    L.append(ind + "n = " + " + ".join(f"np.float32(s{t} <= iinf)" for t in range(nt)))
+    L += [f"{ind}s{t} = min(iinf, s{t})" for t in range(nt)]
+    e.exchange(ind, "s", net)
+    L.extend(f"{ind}f{t} = _asfloat32(s{t})" for t in range(nt))
+    e.general_tail(ind, "f")
+    L += ["            else:",
+          "                for x in range(np.uint64(c0), np.uint64(c0 + m)):"]
+    L.extend(f"{ind}s{t} = cb[x + z{t}]" for t in range(nt))
+    L.append(ind + "n = " + " + ".join(f"np.float32(s{t} == s{t})" for t in range(nt)))
+    L += [f"{ind}s{t} = min(inf, s{t})" for t in range(nt)]
+    e.exchange(ind, "s", net)
+    e.general_tail(ind, "s")
     return "\n".join(L) + "\n"
 
 
@@ -650,6 +958,29 @@ def _make_signbit32():
     return signbit32
 
 
+def _make_badsorted():
+    """numba intrinsic ``_badsorted(lo, hi)``: int32 1 unless the int32 bit patterns
+    ``lo <= hi`` (the smallest and largest of sorted dates) bound only finite, sign-clear
+    float32 values below ``2**127``: ``lo >= 0`` (no sign bit set, as ``lo`` is the
+    smallest) and ``hi < 0x7F000000`` (no NaN, inf or huge value, as ``hi`` is the
+    largest). What :func:`_make_offpath` and :func:`_make_signbit32` count, from two values."""
+    from llvmlite import ir
+    from numba.core import types
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def badsorted(typingctx, lo, hi):
+        def codegen(context, builder, sig, args):
+            i32 = ir.IntType(32)
+            neg = builder.icmp_signed("<", args[0], ir.Constant(i32, 0))
+            off = builder.icmp_signed(">=", args[1], ir.Constant(i32, 0x7F000000))
+            return builder.zext(builder.or_(neg, off), i32)
+
+        return types.int32(types.int32, types.int32), codegen
+
+    return badsorted
+
+
 def _make_add32():
     """numba intrinsic ``_add32(a, b)``: int32 + int32 -> int32 (numba would give int64)."""
     from numba.core import types
@@ -667,7 +998,7 @@ def _make_add32():
 
 _PREFETCH_LOCK = threading.Lock()  # not _LOCK: held by _unrolled while a kernel module imports this
 _INTRINSICS = {"_prefetch": _make_prefetch, "_offpath": _make_offpath, "_add32": _make_add32,
-               "_asfloat32": _make_asfloat32, "_signbit32": _make_signbit32}
+               "_asfloat32": _make_asfloat32, "_signbit32": _make_signbit32, "_badsorted": _make_badsorted}
 
 
 def __getattr__(name):
@@ -690,17 +1021,19 @@ def _cache_dir() -> Path:
     return Path(base) / "changedet" / "kernels"
 
 
-def _unrolled(nt: int):
-    """The compiled kernel for ``nt`` dates, from numba's disk cache when possible."""
+def _unrolled(nt: int, inplace: bool = False):
+    """The compiled kernel for ``nt`` dates, from numba's disk cache when possible:
+    the staging kernel, or with ``inplace`` the one reading the dates in place."""
     with _LOCK:
-        if nt in _UNROLLED:
-            return _UNROLLED[nt]
+        if (nt, inplace) in _UNROLLED:
+            return _UNROLLED[(nt, inplace)]
         import numba
 
-        src = _kernel_source(nt)
+        src = _inplace_source(nt) if inplace else _kernel_source(nt)
         # numba's disk cache does not see the intrinsics the kernel calls: their code is
         # part of the key, so changing one cannot leave stale machine code behind.
-        made = (_make_prefetch, _make_offpath, _make_add32, _make_asfloat32, _make_signbit32)
+        made = (_make_prefetch, _make_offpath, _make_add32, _make_asfloat32, _make_signbit32,
+                _make_badsorted)
         intrinsics = "".join(inspect.getsource(f) for f in made)
         opts = dict(nogil=True, error_model="numpy", fastmath=False)
         import llvmlite
@@ -708,7 +1041,7 @@ def _unrolled(nt: int):
         # The options and the code generator's version change the machine code too.
         key = hashlib.sha256(f"{src}{intrinsics}{numba.__version__}{llvmlite.__version__}{sorted(opts.items())}"
                              .encode()).hexdigest()[:16]
-        name = f"bz{nt}_{key}"
+        name = f"bz{nt}{'i' if inplace else ''}_{key}"
         try:
             # numba caches only functions defined in a real file: write the source once.
             path = _cache_dir() / f"{name}.py"
@@ -728,7 +1061,7 @@ def _unrolled(nt: int):
             ns: dict = {}
             exec(compile(src, f"<changedet {name}>", "exec"), ns)
             fn = numba.njit(**opts)(ns["kernel"])
-        _UNROLLED[nt] = fn
+        _UNROLLED[(nt, inplace)] = fn
         return fn
 
 
@@ -824,8 +1157,14 @@ def _build():
 
 
 def _np_block(hist: np.ndarray, img: np.ndarray, *, floor: float, threads: int = 1) -> np.ndarray:
-    """(time, band, y, x) float32 history and (band, y, x) image -> z float32 (numba)."""
-    hist = np.ascontiguousarray(hist, dtype=np.float32)
+    """(time, band, y, x) history and (band, y, x) image -> z float32 (numba).
+
+    Up to ``MAX_UNROLLED`` dates, a float32 history whose date stride does not alias is
+    read in place (:func:`_in_place`); a C-contiguous float32 one whose stride aliases
+    goes through the staging kernel; any other (another dtype, a slice, another order)
+    is copied, as it had to be anyway, into the :func:`empty_history` layout and read in
+    place.
+    """
     img = np.ascontiguousarray(img, dtype=np.float32)
     out = np.empty(img.shape, dtype=np.float32)
     nt = hist.shape[0]
@@ -836,6 +1175,7 @@ def _np_block(hist: np.ndarray, img: np.ndarray, *, floor: float, threads: int =
     if nt > MAX_UNROLLED:
         import numba
 
+        hist = np.ascontiguousarray(hist, dtype=np.float32)
         # The prange kernel would start every core's worth of numba threads; the
         # setting is per calling thread, so restore it for the caller's later work.
         before = numba.get_num_threads()
@@ -845,20 +1185,54 @@ def _np_block(hist: np.ndarray, img: np.ndarray, *, floor: float, threads: int =
         finally:
             numba.set_num_threads(before)
         return out
-    kernel = _unrolled(nt)
-    kernel(hist, img, f32_floor, f32_scale, out, 0, 0)  # compile or load here, not in the pool
+    place = _in_place(hist)
+    if place is None and not (hist.dtype == np.float32 and hist.flags.c_contiguous):
+        hist = _padded(hist)
+        place = _in_place(hist)
+    if place is None:
+        hist = np.ascontiguousarray(hist, dtype=np.float32)
+        kernel = _unrolled(nt)
+        args = (hist,)
+        extra = ()
+    else:
+        kernel = _unrolled(nt, inplace=True)
+        args = (place[0],)
+        extra = tuple(int(v) for v in place[1:])
+
+    def run(a, b):
+        kernel(*args, img, f32_floor, f32_scale, out, a, b, *extra)
+
+    run(0, 0)  # compile or load here, not in the pool
     rows = img.shape[0] * img.shape[1]
     threads = max(1, min(threads, rows))
     if threads == 1:
-        kernel(hist, img, f32_floor, f32_scale, out, 0, rows)
+        run(0, rows)
         return out
     # Several slabs per thread so a thread slowed by a busy core does not hold up the rest.
     edges = np.linspace(0, rows, 4 * threads + 1).astype(np.int64)
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-        for f in [pool.submit(kernel, hist, img, f32_floor, f32_scale, out, int(a), int(b))
-                  for a, b in zip(edges[:-1], edges[1:]) if b > a]:
+        for f in [pool.submit(run, int(a), int(b)) for a, b in zip(edges[:-1], edges[1:]) if b > a]:
             f.result()
     return out
+
+
+def _dates_block(blocks, img: np.ndarray, *, floor: float) -> np.ndarray:
+    """z of one spatial block from its history in time chunks (``blocks``, in date order).
+
+    The chunks are copied into one :func:`empty_history` array (the join a rechunk
+    would do, into the layout read in place); past ``MAX_UNROLLED`` dates, whose
+    kernel wants a C-contiguous history, into one contiguous array.
+    """
+    nt = sum(b.shape[0] for b in blocks)
+    if nt > MAX_UNROLLED:
+        hist = np.concatenate([np.asarray(b, dtype=np.float32) for b in blocks], axis=0)
+    else:
+        hist = empty_history((nt,) + tuple(blocks[0].shape[1:]))
+        t = 0
+        for b in blocks:
+            np.copyto(hist[t:t + b.shape[0]], b, casting="unsafe")
+            t += b.shape[0]
+    return _np_block(hist, img, floor=floor)
 
 
 def baseline_zscore(
@@ -915,12 +1289,20 @@ def baseline_zscore(
 
         hd = h.data if h.chunks is not None else da.from_array(h.data, chunks=(-1, -1) + img.data.chunks[1:]
                                                                 if img.chunks is not None else -1)
-        hd = hd.rechunk({0: -1, 1: -1})
+        hd = hd.rechunk({1: -1})
         idata = da.asarray(img.data).rechunk(hd.chunks[1:])
-        data = da.map_blocks(
-            lambda hb, ib: _np_block(hb, ib, floor=floor), hd, idata, dtype=np.float32, drop_axis=0,
-            chunks=idata.chunks,
-        )
+        if len(hd.chunks[0]) > 1:
+            # Dates in several chunks (a cube read from its store: one chunk per date).
+            # Their blocks are joined into one history per spatial block here, where
+            # rechunking would have joined them: the same copy, but into the padded
+            # layout that the kernel reads in place (_dates_block).
+            data = da.blockwise(_dates_block, "byx", hd, "tbyx", idata, "byx", concatenate=False,
+                                dtype=np.float32, floor=floor)
+        else:
+            data = da.map_blocks(
+                lambda hb, ib: _np_block(hb, ib, floor=floor), hd, idata, dtype=np.float32, drop_axis=0,
+                chunks=idata.chunks,
+            )
     else:
         data = _np_block(np.asarray(h.data), np.asarray(img.data), floor=floor,
                          threads=_threads() if threads is None else int(threads))
