@@ -17,7 +17,10 @@ Diagnostics (not scored): the confusion matrix of matched cars (generator type a
 the counter's class), and the count errors split by cause: a car no detection overlaps
 (``missed``), one detection over two or more cars (``merged``), a car under two or more
 detections (``split``), a lone detection off its car (``misplaced``), and detections on
-no car (``false``).
+no car (``false``). These are read from the overlaps alone and need not add up to the
+scored FN and FP: a detection over a hidden or given-up car (neutral in scoring) is
+counted ``false``, the extra pieces of a split car one of which matched are counted
+nowhere, and a merge onto a matched car is counted from the truth side only.
 """
 
 from __future__ import annotations

@@ -17,7 +17,16 @@ shadowed ground's colour is learnt on the tracks' anti-sun sides, where cars cas
 their shadows. A tank car's barrel is told from an open wagon's load by which half
 is the brighter: a lit cylinder's sun-facing half, by a ratio the sun's position
 predicts; a load's anti-sun half, the other lying in the shadow of the sun-side wall
-(both read above the path radiance haze adds).
+(both read above the path radiance haze adds). Cars are found above the darkest light
+on the tracks (dark-object subtraction), so that a shadow's share of the lit ground's
+light is read as in clear air under haze too.
+
+Typing assumes the 1520 mm-gauge freight fleet (Russia, the CIS, the Baltic states,
+Mongolia, Finland's 1524 mm): its car lengths (no boxcar or open wagon of 18 m or
+more, tank barrels up to 15.5 m) and its fleet shares (open wagons and hoppers about
+60 %, flat wagons 8 %) decide where the look is ambiguous. On 1435 mm networks (North
+America's 18-27 m boxcars and gondolas, Europe's) or at an intermodal terminal (mostly
+container flats) the counts hold but the types are less reliable.
 
 Under cloud (``valid`` given), stretches of track under a cloud or in a cloud's shadow
 (found by :func:`changedet.objects.cloud_shadow.cloud_shade`; cloud masks rarely carry
@@ -173,6 +182,30 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
         refs = _empty_track_reference(strips, flanked=vhr)
         if not np.all(np.isfinite(refs["shadow"])):
             refs = _shadow_from_anti_sun_sides(strips, tracks, refs, sun_azimuth_deg)
+    haze = None
+    if vhr:
+        # Haze adds path radiance, about the same light over every pixel, which lifts a
+        # shadow to 70-75 % of the lit ground's brightness (hazy yards: 0.14 against 0.20
+        # in blue): every rule below that reads light as a share of the lit ground's (a
+        # shadow is 8-65 % of it, a car's shade under 60 %) then misses the cars' shadows,
+        # and in a packed hazy yard the empty track's colour was learnt from the cars
+        # (0-1 of 34-40 cars found). The path radiance is removed first: the darkest light
+        # on the tracks (dark-object subtraction, Chavez 1988), then the references are
+        # learnt again from the corrected samples. Colour distances are unchanged by it.
+        # Cars are then typed on the light as recorded (as those rules were measured), with
+        # the references learnt above the darkest light.
+        haze = _dark_object_light(strips)
+        if np.any(haze > 0):
+            found = {tid: _offset(s, haze) for tid, s in strips.items()}
+            refs = _empty_track_reference(found, flanked=vhr)
+            if not np.all(np.isfinite(refs["shadow"])):
+                refs = _shadow_from_anti_sun_sides(found, tracks, refs, sun_azimuth_deg)
+        else:
+            haze = None
+    refs_above_dark = refs
+    if haze is not None:
+        # The same references in the light as recorded, for the typing rules.
+        refs = {**refs, "lit": refs["lit"] + haze, "shadow": refs["shadow"] + haze}
     # The height cue reads the ground beside each track as far out as the lowest walled
     # car's shadow reaches under this sun (see _tall), wider than the counting strip;
     # where the cars of another track stand in that band it is not read (below).
@@ -183,10 +216,9 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
                 for tid, line in tracks.items()}
         if shade is not None and shade.any():
             wide = {tid: _masked(s, shade, grid) for tid, s in wide.items()}
-    # Haze adds path radiance, the same light over every pixel, which flattens the
-    # ratios of brightness that tell a cylinder from a flat top: it is estimated as the
-    # darkest light any sample of the tracks shows (dark-object subtraction, Chavez
-    # 1988: a black car in shadow reflects almost nothing).
+    # For typing, haze's path radiance flattens the ratios of brightness that tell a
+    # cylinder from a flat top: it is the darkest light any sample of the tracks shows
+    # capped at half the shadowed ground's colour (see _path_radiance).
     # Only with the sun known: without it no sun-side check vets what the subtraction
     # adds to the relief (more tops passed as barrels, long roofs as locomotives).
     path = None
@@ -198,18 +230,32 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
     occupancy = {}
     for tid, strip in strips.items():
         sun_left, own_only = _sun_geometry(tracks[tid], sun_azimuth_deg, sun_elevation_deg)
-        occupancy[tid] = _occupancy(strip, refs, min_contrast=min_contrast, vhr=vhr, sun_left=sun_left,
-                               # Dimming by a cloud shadow's faint edge is looked for only
-                               # on tracks a cloud or its shadow reaches (some samples
-                               # unobserved): elsewhere dark ground is ground.
-                               thin_cloud=shade is not None and not np.isfinite(strip.values).all(),
+        # Dimming by a cloud shadow's faint edge is looked for only on tracks a cloud or
+        # its shadow reaches (some samples unobserved): elsewhere dark ground is ground.
+        thin = shade is not None and not np.isfinite(strip.values).all()
+        # There the light as recorded is read, as the dimming model was measured (above
+        # the darkest light, the own simulator's partly cloudy seed 31 counted 17 cars
+        # against 7 in view at the unmasked edge of a cloud's shadow).
+        lift = None if thin else haze
+        occupancy[tid] = _occupancy(strip if lift is None else _offset(strip, lift),
+                               refs if lift is None else refs_above_dark,
+                               min_contrast=min_contrast, vhr=vhr, sun_left=sun_left,
+                               thin_cloud=thin,
+                               dark_light=lift,
                                anti_shadow_is_own=own_only,
                                shadow_tail_m=_shadow_tail(tracks[tid], sun_azimuth_deg) if sun_left is not None
                                else 0.0)
     if wide:
         # Another track's cars in the height band are bodies, not ground: their tops and
         # shadows say nothing about this track's cars.
-        wide = _without_other_cars(wide, strips, {t: o for t, (o, _) in occupancy.items()}, grid)
+        # Their shadows too: out to the tallest car's on each track's anti-sun side.
+        shade_side = {}
+        for t, line in tracks.items():
+            sl, _ = _sun_geometry(line, sun_azimuth_deg, sun_elevation_deg)
+            per_m = _shadow_across(line, sun_azimuth_deg, sun_elevation_deg)
+            if sl is not None and np.isfinite(per_m):
+                shade_side[t] = (sl, _HALF_BODY_M + _MAX_CAR_HEIGHT_M * abs(per_m) + 0.5)
+        wide = _without_other_cars(wide, strips, {t: o for t, (o, _) in occupancy.items()}, grid, shade_side)
     for tid, strip in strips.items():
         sun_left, _ = _sun_geometry(tracks[tid], sun_azimuth_deg, sun_elevation_deg)
         occ, seen = occupancy[tid]
@@ -477,7 +523,8 @@ def _shadow_from_anti_sun_sides(strips: Mapping[str, Strip], tracks: Mapping[str
 
 def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
                sun_left: bool | None = None, anti_shadow_is_own: bool = False,
-               shadow_tail_m: float = 0.0, thin_cloud: bool = False) -> tuple[np.ndarray, np.ndarray]:
+               shadow_tail_m: float = 0.0, thin_cloud: bool = False,
+               dark_light: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Boolean occupied and observed (finite) flags per along-track position.
 
     Colour alone cannot tell a black tank car from shadowed ballast, nor a grey car
@@ -495,6 +542,9 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
     track (sun oblique to the track): ``shadow_tail_m`` (signed, metres along the track
     beyond a car's end on the shadow side, from :func:`_shadow_tail`) bounds the stretch
     at a run's shadow-side end occupied by those rules alone, which is trimmed.
+
+    ``dark_light`` (per band, reflectance) is the darkest light already subtracted from
+    ``strip`` and ``refs`` (haze; see :func:`_dark_object_light`); None for none.
     """
     centre, _ = _zones(strip)
     a = strip.across_m
@@ -575,8 +625,21 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
         # ground's brightness: too dark for its colour, whatever the shade around it.
         # Under a thin cloud the ground keeps its colour at a fraction of its brightness:
         # "too dark" is judged against the light reaching the ground beside the track.
-        mix = (np.linalg.pinv(np.stack([refs["lit"], refs["shadow"]], axis=1)) @ np.nan_to_num(mean)) / light
-        too_dark = (mix.sum(axis=0) < _MIN_GROUND_SCALE) | (mix.min(axis=0) < -_MAX_NEGATIVE_MIX)
+        def too_dark_for_ground(lift, scale):
+            basis = np.stack([refs["lit"] + lift, refs["shadow"] + lift], axis=1)
+            mix = (np.linalg.pinv(basis) @ np.nan_to_num(mean + lift[:, None])) / light
+            return (mix.sum(axis=0) < scale) | (mix.min(axis=0) < -_MAX_NEGATIVE_MIX)
+
+        too_dark = too_dark_for_ground(np.zeros(mean.shape[0]), _MIN_GROUND_SCALE)
+        if dark_light is not None:
+            # ``mean`` and ``refs`` are read above the darkest light (haze removed): there
+            # a shaded empty track's colour is a few hundredths, and its share of the
+            # shadowed ground's colour spreads with noise and with fouled ballast (about
+            # half as bright as clean): "too dark" is then under half that colour (at
+            # 0.65 an altgen track in a building's shadow read 40 % "too dark", 3 false
+            # cars). The light as recorded keeps the rule as it was measured.
+            too_dark = too_dark_for_ground(np.zeros(mean.shape[0]), _MIN_SCALE_ABOVE_DARK)
+            too_dark |= too_dark_for_ground(np.asarray(dark_light, dtype="float64"), _MIN_GROUND_SCALE)
         dark_car |= dark & too_dark
         texture = quiet_nanmean(quiet_nanstd(c, axis=1), axis=0) / max(float(quiet_nanmean(refs["shadow_sd"])), 1e-4)
         # Structure inside a dark centre is only trusted when the sun side is unknown: with
@@ -603,6 +666,9 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
 # ballast texture and wear keep it above ~0.75 (measured on empty track, lit and shaded);
 # a weight below -0.35 puts a colour outside every mix of the two lights.
 _MIN_GROUND_SCALE = 0.65
+# The same, for colours read above the darkest light in the scene (haze removed; see
+# _occupancy).
+_MIN_SCALE_ABOVE_DARK = 0.5
 _MAX_NEGATIVE_MIX = 0.35
 # Across-track bands (m from the centreline) compared for a cylinder's shading: inside a
 # 3 m car body, clear of the centreline where both halves meet.
@@ -1054,35 +1120,77 @@ def _height_band(per_m: float) -> float:
 
 
 def _without_other_cars(wide: Mapping[str, Strip], strips: Mapping[str, Strip], occ: Mapping[str, np.ndarray],
-                        grid: GridSpec) -> dict[str, Strip]:
+                        grid: GridSpec, shade_side: Mapping[str, tuple[bool, float]] | None = None
+                        ) -> dict[str, Strip]:
     """``wide`` with NaN wherever a sample falls on another track's occupied stretch
-    (within ``_OTHER_BODY_HALF_M`` of its centreline).
+    (within ``_OTHER_BODY_HALF_M`` of its centreline) or on the ground its cars shade.
 
     Neighbour tracks are 4.8-5.3 m apart: a band read 3-8 m off a centreline lies on the
     next track, where a car's roof or a dark car's paint would read as this car's
-    shadow (or hide it). Where the next track is empty there, its ballast is ground like
-    any other and is read.
+    shadow (or hide it), and beyond it, where that car's own shadow does (under a 24
+    degree sun a 4.2 m car on the anti-sun neighbour made a flat wagon read tall).
+    ``shade_side`` gives, per track, whether the sun is on its left and how far (m off
+    its centreline, on the other side) its tallest car's shadow reaches; without it only
+    the bodies are masked. Where the next track is empty, its ballast is ground like any
+    other and is read. The zones are painted on a raster of the strips' bounding box
+    (the samples and the midpoints between them, each on the pixel it falls in, so an
+    oblique track leaves no unpainted pixels between its samples).
     """
-    label = np.zeros(grid.shape, np.int32)
+    def rowcol(s):
+        r, c = grid.rowcol(s.x, s.y)
+        return np.asarray(r, "float64"), np.asarray(c, "float64")
+
+    placed = {tid: rowcol(w) for tid, w in wide.items()}
+    rr = [r[np.isfinite(r)] for r, _ in placed.values()]
+    cc = [c[np.isfinite(c)] for _, c in placed.values()]
+    if not rr or not sum(x.size for x in rr):
+        return dict(wide)
+    r0 = max(int(math.floor(min(float(x.min()) for x in rr if x.size))) - 1, 0)
+    c0 = max(int(math.floor(min(float(x.min()) for x in cc if x.size))) - 1, 0)
+    r1 = min(int(math.ceil(max(float(x.max()) for x in rr if x.size))) + 2, grid.shape[0])
+    c1 = min(int(math.ceil(max(float(x.max()) for x in cc if x.size))) + 2, grid.shape[1])
+    if r1 <= r0 or c1 <= c0:
+        return dict(wide)
+    label = np.zeros((r1 - r0, c1 - c0), np.int16 if len(strips) < 2 ** 15 else np.int32)
     index = {tid: k for k, tid in enumerate(strips, start=1)}
     for tid, s in strips.items():
         k = index[tid]
         o = np.asarray(occ[tid], bool)
-        near = np.abs(s.across_m) <= _OTHER_BODY_HALF_M
-        if not o.any() or not near.any():
+        if not o.any():
             continue
-        r, c = grid.rowcol(s.x[near][:, o], s.y[near][:, o])
-        r, c = np.round(r).astype(int).ravel(), np.round(c).astype(int).ravel()
-        ok = (r >= 0) & (r < grid.shape[0]) & (c >= 0) & (c < grid.shape[1])
-        label[r[ok], c[ok]] = k
+        # The wide strip reaches the shadow zone; same line and step, so same positions.
+        src = wide[tid] if tid in wide and wide[tid].values.shape[2] == o.size else s
+        zone = np.abs(src.across_m) <= _OTHER_BODY_HALF_M
+        if shade_side is not None and tid in shade_side:
+            sun_left, reach = shade_side[tid]
+            a = src.across_m if sun_left else -src.across_m
+            zone |= (a <= 0) & (a >= -reach)
+        if not zone.any():
+            continue
+        z = zone[:, None] & o[None, :]
+        pts = [(src.x[z], src.y[z])]
+        # Midpoints between neighbouring samples (across, along, diagonal): points half a
+        # step apart land on every pixel the zone covers, however the track runs.
+        for sa, sb in (((slice(None, -1), slice(None)), (slice(1, None), slice(None))),
+                       ((slice(None), slice(None, -1)), (slice(None), slice(1, None))),
+                       ((slice(None, -1), slice(None, -1)), (slice(1, None), slice(1, None)))):
+            both = z[sa] & z[sb]
+            pts.append((0.5 * (src.x[sa] + src.x[sb])[both], 0.5 * (src.y[sa] + src.y[sb])[both]))
+        r, c = grid.rowcol(np.concatenate([p[0] for p in pts]), np.concatenate([p[1] for p in pts]))
+        r, c = np.asarray(r, "float64") - r0, np.asarray(c, "float64") - c0
+        ok = np.isfinite(r) & np.isfinite(c)
+        # ``rowcol`` counts from pixel edges: the pixel a point falls in is the floor.
+        ri, ci = np.floor(r[ok]).astype(int), np.floor(c[ok]).astype(int)
+        inside = (ri >= 0) & (ri < label.shape[0]) & (ci >= 0) & (ci < label.shape[1])
+        label[ri[inside], ci[inside]] = k
     if not label.any():
         return dict(wide)
     out = {}
     for tid, w in wide.items():
         k = index.get(tid, -1)
-        r, c = grid.rowcol(w.x, w.y)
-        r = np.clip(np.round(r).astype(int), 0, grid.shape[0] - 1)
-        c = np.clip(np.round(c).astype(int), 0, grid.shape[1] - 1)
+        r, c = placed[tid]
+        r = np.clip(np.floor(np.nan_to_num(r, nan=-1.0)).astype(int) - r0, 0, label.shape[0] - 1)
+        c = np.clip(np.floor(np.nan_to_num(c, nan=-1.0)).astype(int) - c0, 0, label.shape[1] - 1)
         lab = label[r, c]
         hit = (lab != 0) & (lab != k)
         values = np.where(hit[None], np.nan, w.values).astype(w.values.dtype)
@@ -1161,6 +1269,9 @@ _MIN_BOXCAR_BODY_M = 13.6
 # couplers, 15.5 m body) and shorter; and the shortest body only 80 ft flat wagons have.
 _MAX_TANK_BODY_M = 18.0
 _MIN_LONG_FLAT_BODY_M = 18.0
+# Shortest body (m) typed from length as a long car (boxcar, or locomotive from 16.9 m)
+# unless its look is unambiguous: the longest 13-401 deck plus a misplaced cut.
+_MIN_LONG_BODY_M = 14.8
 
 
 def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = float("nan"), *,
@@ -1197,13 +1308,17 @@ def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = floa
         # this long; 80 ft flat wagons (13-4012, 13-9004M: 18.5 m) are, bare, loaded or
         # carrying containers. A locomotive's roof shows its fans ("flat").
         return "flatcar"
-    if look == "cylinder" and body_m < _MAX_TANK_BODY_M:
-        # Barrels run from 11 m (15-1443) to 15.5 m (15-150, LPG cars): a cylinder is a
-        # tank car at any of these lengths.
+    # A cylinder is vetted by which half is the brighter only with the sun across the
+    # track and high enough to shade it (see _look); relief alone is also a shunting
+    # locomotive's fans (15-16 m bodies) or a covered hopper's hatches.
+    vetted = sun_left is not None and np.isfinite(shading) and shading >= _MIN_SHADING
+    if look == "cylinder" and body_m < (_MAX_TANK_BODY_M if vetted else _MIN_LONG_BODY_M):
+        # Barrels run from 11 m (15-1443) to 15.5 m (15-150, LPG cars): a vetted cylinder
+        # is a tank car at any of these lengths; unvetted relief only below 14.8 m.
         return "tank"
     if body_m >= 16.9:
         return {"open": "gondola", "plain": "boxcar"}.get(look, "locomotive")
-    if body_m >= 14.8:
+    if body_m >= _MIN_LONG_BODY_M:
         return "gondola" if look == "open" else "boxcar"
     if look == "open":
         return "gondola"
@@ -1324,6 +1439,29 @@ def _cylinder_shading(line: LineString, azimuth_deg: float | None, elevation_deg
     sun_half = np.mean(np.clip(up + side, 0, None)) / math.sin(e)
     anti_half = np.mean(np.clip(up - side, 0, None)) / math.sin(e)
     return float(((1 - _SKY_SHARE) * sun_half + _SKY_SHARE) / ((1 - _SKY_SHARE) * anti_half + _SKY_SHARE))
+
+
+def _dark_object_light(strips: Mapping[str, Strip]) -> np.ndarray:
+    """Per band, the darkest light any sample of the strips shows (reflectance units;
+    the 0.1th percentile, so a few noisy or dead pixels do not set it; 0 where a band
+    has no finite sample or the percentile is negative).
+
+    Path radiance (haze) plus what the darkest object reflects: on a rail yard a black
+    car or wooden sleepers in shadow, a few hundredths at most in clear air.
+    """
+    v = np.concatenate([s.values.reshape(s.values.shape[0], -1) for s in strips.values()], axis=1)
+    out = np.zeros(v.shape[0])
+    for b in range(v.shape[0]):
+        x = v[b][np.isfinite(v[b])]
+        if x.size:
+            out[b] = max(float(np.percentile(x, 0.1)), 0.0)
+    return out
+
+
+def _offset(strip: Strip, light: np.ndarray) -> Strip:
+    """``strip`` with ``light`` (per band) subtracted from every sample."""
+    values = (strip.values - np.asarray(light, strip.values.dtype)[:, None, None]).astype(strip.values.dtype)
+    return Strip(values, strip.along_m, strip.across_m, strip.x, strip.y, strip.step_m)
 
 
 def _path_radiance(strips: Mapping[str, Strip], shadow: np.ndarray) -> np.ndarray | None:
