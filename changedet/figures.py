@@ -42,6 +42,8 @@ __all__ = [
     "heatmap_png",
     "series_png",
     "series_svg",
+    "series_gap_limit",
+    "GAP_FACTOR",
     "map_png",
     "select_rgb",
     "stretch_range",
@@ -638,8 +640,91 @@ def heatmap_png(magnitude: xr.DataArray, path: str | Path, *, title: str, when: 
 
 
 # -- time series --------------------------------------------------------------------------------
+#: A gap longer than this many times the series' typical spacing breaks the line. 2.5 keeps one
+#: missed acquisition (2x the spacing, plus a few hours of overpass jitter) joined and breaks at two
+#: missed in a row.
+GAP_FACTOR = 2.5
+
+
+def _utc_naive(idx: pd.DatetimeIndex) -> pd.DatetimeIndex:
+    return idx.tz_convert("UTC").tz_localize(None) if idx.tz is not None else idx
+
+
+def series_gap_limit(times: Sequence[Any], *, max_gap_days: float | None = None) -> pd.Timedelta | None:
+    """Longest time between two observations that a series plot still joins with a line.
+
+    Parameters
+    ----------
+    times : sequence of datetime
+        Times of the finite observations (any order).
+    max_gap_days : float, optional
+        Explicit limit, days (e.g. ``2.5 * aoi.cadence_days``). Default :data:`GAP_FACTOR`
+        times the typical spacing of the observations, the cadence the data actually has:
+        the smaller of the 75th percentile of the steps between consecutive observations
+        and 3 x the shortest step of at least 12 h. The 75th percentile (not the median)
+        keeps uneven but regular sampling joined (several sensors or orbits: steps of 1,
+        1, 4 days); the shortest-step bound finds a gap among few steps, or when gaps
+        are a quarter of the steps or more (07-13, 07-20, 10-05: 17.5 d, the 77-day step
+        breaks). Steps under 12 h (two scenes of one day) do not set the cadence.
+
+    Returns
+    -------
+    pandas.Timedelta or None
+        The limit; None when fewer than 3 observations give no typical spacing (nothing is broken).
+
+    Raises
+    ------
+    FigureError
+        If ``max_gap_days`` is not a positive finite number.
+    """
+    if max_gap_days is not None:
+        try:
+            days = float(max_gap_days)
+        except (TypeError, ValueError):
+            days = float("nan")
+        if not (math.isfinite(days) and days > 0):
+            raise FigureError(f"max_gap_days={max_gap_days!r} must be a positive number of days (e.g. 2 x cadence)")
+        return pd.Timedelta(days=days)
+    t = pd.DatetimeIndex(times).as_unit("ns").sort_values()   # asi8 below is then nanoseconds
+    if len(t) < 3:
+        return None
+    steps = np.diff(t.asi8).astype("float64")
+    steps = steps[steps >= pd.Timedelta(hours=12).value]
+    if not steps.size:
+        return None
+    typical = min(float(np.percentile(steps, 75)), 3.0 * float(steps.min()))
+    return pd.Timedelta(int(typical * GAP_FACTOR), unit="ns")
+
+
+def _break_at_gaps(times: pd.DatetimeIndex, *columns: np.ndarray, limit: pd.Timedelta | None):
+    """Drop non-finite points and insert a NaN row inside every gap longer than ``limit``.
+
+    Matplotlib does not join across a NaN, so a line (or a band) stops at the last
+    observation before a gap and starts again at the first one after it, instead of
+    drawing a ramp nobody observed. Returns (times, columns..., gaps as (start, end)).
+    """
+    ok = np.ones(len(times), dtype=bool)
+    for c in columns:
+        ok &= np.isfinite(np.asarray(c, dtype="float64"))
+    t = pd.DatetimeIndex(times[ok]).as_unit("ns")   # asi8 below is then nanoseconds, like Timedelta.value
+    cols = [np.asarray(c, dtype="float64")[ok] for c in columns]
+    gaps: list[tuple[pd.Timestamp, pd.Timestamp]] = []
+    if limit is None or len(t) < 2:
+        return (t, *cols, gaps)
+    where = np.nonzero(np.diff(t.asi8) > limit.as_unit("ns").value)[0]
+    if not where.size:
+        return (t, *cols, gaps)
+    gaps = [(t[i], t[i + 1]) for i in where]
+    mids = pd.DatetimeIndex([t[i] + (t[i + 1] - t[i]) / 2 for i in where])
+    pos = where + 1
+    t = pd.DatetimeIndex(np.insert(t.asi8, pos, mids.as_unit("ns").asi8).astype("datetime64[ns]"))
+    cols = [np.insert(c, pos, np.nan) for c in cols]
+    return (t, *cols, gaps)
+
+
 def _series_figure(series: pd.Series, *, title: str, units: str, baseline: pd.DataFrame | None,
-                   alerts: Sequence[datetime | date | str], width_px: int, height_px: int):
+                   alerts: Sequence[datetime | date | str], width_px: int, height_px: int,
+                   max_gap_days: float | None = None):
     import matplotlib.dates as mdates
 
     if not isinstance(series, pd.Series):
@@ -648,38 +733,50 @@ def _series_figure(series: pd.Series, *, title: str, units: str, baseline: pd.Da
         idx = pd.DatetimeIndex(series.index)
     except (TypeError, ValueError):
         raise FigureError("series index is not made of times; index it by acquisition time") from None
-    idx = idx.tz_convert("UTC").tz_localize(None) if idx.tz is not None else idx
-    s = pd.Series(np.asarray(series.values, dtype="float64"), index=idx).sort_index()
+    s = pd.Series(np.asarray(series.values, dtype="float64"), index=_utc_naive(idx)).sort_index()
+    obs = s[np.isfinite(s.values)]
+    limit = series_gap_limit(obs.index, max_gap_days=max_gap_days)
     fig = _new_figure(width_px, height_px)
     ax = fig.add_axes((70 / width_px, 40 / height_px, 1 - 90 / width_px, 1 - 76 / height_px))
+    # Only what is drawn gets a legend entry: a baseline of all-NaN rows (no history yet) is not listed.
     if baseline is not None and len(baseline):
         missing = [c for c in ("lo", "mid", "hi") if c not in baseline.columns]
         if missing:
             raise FigureError(f"baseline lacks columns {missing}; give a DataFrame with lo, mid, hi")
-        bidx = pd.DatetimeIndex(baseline.index)
-        bidx = bidx.tz_convert("UTC").tz_localize(None) if bidx.tz is not None else bidx
-        b = baseline.set_axis(bidx).sort_index()
-        ok = b[["lo", "hi"]].notna().all(axis=1)
-        ax.fill_between(b.index[ok], b["lo"][ok].astype(float), b["hi"][ok].astype(float), color=_BAND_COLOR,
-                        alpha=0.3, linewidth=0, label="normal range (median ± k·MAD)", gid="baseline-band")
-        # Whiskers too: a band defined at isolated observations has no area to fill.
-        ax.vlines(b.index[ok], b["lo"][ok].astype(float), b["hi"][ok].astype(float), color=_BAND_COLOR,
-                  alpha=0.45, linewidth=5, gid="baseline-range")
-        ax.plot(b.index, b["mid"].astype(float), color=_BAND_COLOR, linewidth=1.2, linestyle="--",
-                label="baseline median", gid="baseline-mid")
-    ax.plot(s.index, s.values, color=_LINE_COLOR, linewidth=1.6, marker="o", markersize=3.5, label="observed",
-            gid="series-line")
+        b = baseline.set_axis(_utc_naive(pd.DatetimeIndex(baseline.index))).sort_index()
+        bt, lo, hi, _ = _break_at_gaps(b.index, b["lo"].to_numpy(float), b["hi"].to_numpy(float), limit=limit)
+        if np.isfinite(lo).any():
+            ax.fill_between(bt, lo, hi, color=_BAND_COLOR, alpha=0.3, linewidth=0,
+                            label="normal range (median ± k·MAD)", gid="baseline-band")
+            # Whiskers too: a band defined at isolated observations has no area to fill.
+            fin = np.isfinite(lo)
+            ax.vlines(bt[fin], lo[fin], hi[fin], color=_BAND_COLOR, alpha=0.45, linewidth=5, gid="baseline-range")
+        mt, mid, _ = _break_at_gaps(b.index, b["mid"].to_numpy(float), limit=limit)
+        if np.isfinite(mid).any():
+            ax.plot(mt, mid, color=_BAND_COLOR, linewidth=1.2, linestyle="--", label="baseline median",
+                    gid="baseline-mid")
+    lt, lv, gaps = _break_at_gaps(obs.index, obs.to_numpy(), limit=limit)
+    for j, (g0, g1) in enumerate(gaps):
+        days = (g1 - g0) / pd.Timedelta(days=1)
+        ax.axvspan(g0, g1, color="#bdbdbd", alpha=0.25, linewidth=0, zorder=0, gid=f"gap-{j}",
+                   label=f"no observations (gap > {limit / pd.Timedelta(days=1):.3g} d)" if j == 0 else None)
+        ax.text(g0 + (g1 - g0) / 2, 0.02, f"{days:.0f} d\nno data", transform=ax.get_xaxis_transform(),
+                ha="center", va="bottom", fontsize=7, color="#555555")
+    if len(obs):
+        # Markers on every observation: an isolated point between two gaps is still seen.
+        ax.plot(lt, lv, color=_LINE_COLOR, linewidth=1.6, marker="o", markersize=3.5, label="observed",
+                gid="series-line")
     n_alert = 0
     for i, t in enumerate(alerts):
         ts = pd.Timestamp(t)
         ts = ts.tz_convert("UTC").tz_localize(None) if ts.tzinfo is not None else ts
         ax.axvline(ts, color=_ALERT_COLOR, linewidth=1.0, linestyle=":", zorder=3)
         # The marker sits on the observation at (or just before) the alert time.
-        before = s[s.index <= ts]
+        before = obs[obs.index <= ts]
         if len(before):
             y = float(before.iloc[-1])
-        elif np.isfinite(s.values).any():
-            y = float(np.nanmax(s.values))
+        elif len(obs):
+            y = float(np.nanmax(obs.values))
         else:  # no observation to sit on: no marker (NaN) for an all-NaN series, 0 for an empty one
             y = float("nan") if len(s) else 0.0
         ax.plot([ts], [y], marker="v", markersize=10, color=_ALERT_COLOR, markeredgecolor="black",
@@ -693,16 +790,22 @@ def _series_figure(series: pd.Series, *, title: str, units: str, baseline: pd.Da
     ax.xaxis.set_major_locator(loc)
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(loc))
     ax.tick_params(labelsize=8)
-    if len(s) == 0:
+    if len(obs) == 0:
         ax.text(0.5, 0.5, "no observations", transform=ax.transAxes, ha="center", va="center", color="#666666")
-    ax.legend(loc="upper left", fontsize=7, framealpha=0.85)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper left", fontsize=7, framealpha=0.85)
     return fig
 
 
 def series_png(series: pd.Series, path: str | Path, *, title: str, units: str = "",
                baseline: pd.DataFrame | None = None, alerts: Sequence[datetime | date | str] = (),
-               width_px: int = 800, height_px: int = 320) -> Path:
+               width_px: int = 800, height_px: int = 320, max_gap_days: float | None = None) -> Path:
     """Plot a metric's time series with its baseline band and alert markers as a PNG.
+
+    Observations are marked; the line (and the band) is broken at gaps longer than
+    :func:`series_gap_limit`, and each gap is shaded grey with its length in days, so a
+    jump across weeks without data does not read as a gradual change. The legend lists
+    only what is drawn.
 
     Parameters
     ----------
@@ -721,15 +824,18 @@ def series_png(series: pd.Series, path: str | Path, *, title: str, units: str = 
         Times at which alerts fired: a vermillion ▼ on the series and a dotted line.
     width_px, height_px : int
         PNG size in pixels.
+    max_gap_days : float, optional
+        Longest spacing, days, still joined by a line (e.g. ``2 * aoi.cadence_days``);
+        default :data:`GAP_FACTOR` x the series' median spacing.
     """
     fig = _series_figure(series, title=title, units=units, baseline=baseline, alerts=alerts, width_px=width_px,
-                         height_px=height_px)
+                         height_px=height_px, max_gap_days=max_gap_days)
     return _save_png(fig, path, None, title=title, extra={"changedet:alerts": str(len(alerts))})
 
 
 def series_svg(series: pd.Series, *, title: str, units: str = "", baseline: pd.DataFrame | None = None,
                alerts: Sequence[datetime | date | str] = (), width_px: int = 800, height_px: int = 320,
-               id_prefix: str = "s") -> str:
+               id_prefix: str = "s", max_gap_days: float | None = None) -> str:
     """The figure of :func:`series_png` as an SVG document fragment (``<svg ...>...</svg>``) for inline HTML.
 
     Alert markers are groups with ids ``{id_prefix}-alert-marker-{i}`` and the baseline
@@ -747,7 +853,7 @@ def series_svg(series: pd.Series, *, title: str, units: str = "", baseline: pd.D
     # A per-figure salt keeps clip-path ids unique when several SVGs share one page.
     with rc_context({"svg.fonttype": "none", "svg.hashsalt": id_prefix}):
         fig = _series_figure(series, title=title, units=units, baseline=baseline, alerts=alerts,
-                             width_px=width_px, height_px=height_px)
+                             width_px=width_px, height_px=height_px, max_gap_days=max_gap_days)
         buf = io.StringIO()
         # No RDF metadata block: inline in a page it would only add foreign URLs.
         fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None, "Format": None, "Type": None})

@@ -6,6 +6,14 @@ inline (``cid:`` references): the detection overlay, the before and after chips,
 the change heatmap and the metric plot with its baseline band.
 
 The SMTP password never appears in exceptions or logs.
+
+A server may accept some recipients of a message and refuse others (``RCPT TO``
+answered 4xx or 5xx). The message then reached the accepted ones only, and the send
+is not reported as delivered: :func:`send_email` raises :class:`RecipientsRefused`
+naming who got it and who was refused (with the server's code), so the outbox keeps
+the delivery failed and retries it, and ``changedet alerts deliver`` counts it as
+failed. A caller that records who got an event passes them as ``already_sent`` on
+the retry, and they are not sent it again.
 """
 
 from __future__ import annotations
@@ -14,7 +22,8 @@ import html
 import logging
 import smtplib
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
 from email.utils import formatdate, make_msgid
@@ -22,13 +31,49 @@ from email.utils import formatdate, make_msgid
 from changedet.alerts.delivery import SECURITIES, DeliveryError, alert_title, key_figures
 from changedet.alerts.outbox import Alert
 
-__all__ = ["IMAGE_CAPTIONS", "build_message", "send_email"]
+__all__ = ["IMAGE_CAPTIONS", "EmailOutcome", "RecipientsRefused", "build_message", "send_email"]
 
 log = logging.getLogger(__name__)
 
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+@dataclass(frozen=True)
+class EmailOutcome:
+    """Who an email reached.
+
+    Attributes
+    ----------
+    accepted : tuple of str
+        Recipients the server accepted in this send.
+    skipped : tuple of str
+        Recipients left out because they already got this event (``already_sent``).
+    refused : dict
+        ``{address: (SMTP code, server text)}`` of the recipients the server refused.
+    """
+
+    accepted: tuple[str, ...] = ()
+    skipped: tuple[str, ...] = ()
+    refused: Mapping[str, tuple[int, str]] = field(default_factory=dict)
+
+    @property
+    def permanent(self) -> tuple[str, ...]:
+        """Refused with a 5xx code: retrying the same address will not help; fix it."""
+        return tuple(a for a, (code, _) in self.refused.items() if 500 <= code < 600)
+
+
+class RecipientsRefused(DeliveryError):
+    """The server took the message for some recipients and refused the others.
+
+    ``outcome`` (:class:`EmailOutcome`) says who got it; retry with
+    ``already_sent=outcome.accepted`` (plus earlier ones) to reach only the others.
+    """
+
+    def __init__(self, message: str, outcome: EmailOutcome) -> None:
+        super().__init__(message)
+        self.outcome = outcome
 
 
 #: Captions of the evidence pictures, by role (see changedet.evidence.IMAGE_ROLES).
@@ -129,7 +174,8 @@ def send_email(
     timeout_s: float = 10,
     event: str = "opened",
     images: Mapping[str, Path] | None = None,
-) -> None:
+    already_sent: Collection[str] = (),
+) -> EmailOutcome:
     """Send an alert through an SMTP server.
 
     Parameters
@@ -139,12 +185,24 @@ def send_email(
         from the start, usually 465) or ``none`` (plain text; local relays only).
     images : mapping of role to PNG path, optional
         Evidence pictures shown inline (see :func:`build_message`).
+    already_sent : collection of str
+        Recipients that already got this event (from an earlier, partly refused
+        send); they are not sent it again (compared case-insensitively). The ``To``
+        header still names every recipient, as in the first send.
+
+    Returns
+    -------
+    EmailOutcome
+        Who got the message now and who was skipped.
 
     Raises
     ------
+    RecipientsRefused
+        If the server refused some recipients and accepted others; the error names
+        both and carries the :class:`EmailOutcome`.
     DeliveryError
-        If the server cannot be reached, refuses the login or the message. The
-        message never contains the password.
+        If the server cannot be reached, refuses the login, every recipient or the
+        message. The message never contains the password.
     """
     if security not in SECURITIES:
         raise DeliveryError(f"SMTP security {security!r} is invalid; use one of {', '.join(SECURITIES)}")
@@ -155,6 +213,12 @@ def send_email(
     recipients = [r for r in recipients if r]
     if not recipients:
         raise DeliveryError(f"no email recipients for alert {alert.id!r}")
+    done = {str(a).strip().lower() for a in already_sent if a}
+    to_send = [r for r in recipients if r.strip().lower() not in done]
+    skipped = tuple(r for r in recipients if r.strip().lower() in done)
+    if not to_send:
+        log.info("alert %s: every recipient already got it; nothing sent", alert.id)
+        return EmailOutcome(skipped=skipped)
     msg = build_message(alert, sender=sender, recipients=recipients, event=event, images=images)
     where = f"SMTP server {host}:{port}"
     try:
@@ -168,7 +232,7 @@ def send_email(
                 client.starttls(context=context)
             if username:
                 client.login(username, password or "")
-            refused = client.send_message(msg, from_addr=sender, to_addrs=recipients)
+            refused = client.send_message(msg, from_addr=sender, to_addrs=to_send)
     except smtplib.SMTPAuthenticationError as exc:
         raise DeliveryError(f"{where} refused the login of {username!r} (code {exc.smtp_code}); check CHANGEDET_SMTP_USER/PASSWORD") from None
     except (smtplib.SMTPException, OSError, ssl.SSLError) as exc:
@@ -176,6 +240,25 @@ def send_email(
         if password:
             text = text.replace(password, "***")
         raise DeliveryError(f"email of alert {alert.id!r} via {where} failed: {text[:300]}") from None
-    if refused:
-        log.warning("alert %s: %s refused recipients %s", alert.id, where, ", ".join(sorted(refused)))
-    log.info("alert %s emailed to %d recipient(s) via %s", alert.id, len(recipients) - len(refused), where)
+    refused_by = {str(a): (int(code), _decode(text)) for a, (code, text) in (refused or {}).items()}
+    outcome = EmailOutcome(accepted=tuple(r for r in to_send if r not in refused_by), skipped=skipped,
+                           refused=refused_by)
+    if refused_by:
+        # Not delivered: those refused have not got it. The error keeps the delivery failed
+        # (retried, counted, shown) instead of a log line nobody reads.
+        listed = "; ".join(f"{a} ({code} {text})" for a, (code, text) in sorted(refused_by.items()))
+        hint = ("fix or remove the address in the AOI's recipients" if outcome.permanent
+                else "the server asked to try again later")
+        text = _one_line(f"email of alert {alert.id!r} via {where} reached {len(outcome.accepted)} of "
+                         f"{len(to_send)} recipient(s) ({', '.join(outcome.accepted)}); refused: {listed}; {hint}")
+        if password:
+            text = text.replace(password, "***")
+        log.warning("%s", text)
+        raise RecipientsRefused(text[:480], outcome)
+    log.info("alert %s emailed to %d recipient(s) via %s", alert.id, len(outcome.accepted), where)
+    return outcome
+
+
+def _decode(text: bytes | str) -> str:
+    raw = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+    return _one_line(raw)[:120]
