@@ -157,6 +157,9 @@ class DayResult:
     skipped: dict[str, str] = field(default_factory=dict)
     alerts: list[dict[str, Any]] = field(default_factory=list)
     note: str = ""
+    #: Alerts whose evidence pack, missing from an earlier run of this day, was rebuilt
+    #: (no new notification: not alerts of this run).
+    rebuilt: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         head = f"{self.aoi_id} {self.day}"
@@ -170,6 +173,8 @@ class DayResult:
         text = f"{head}: " + " ".join(parts)
         for a in self.alerts:
             text += f"\n    ALERT {a['action']}: {a['message']}"
+        for alert_id in self.rebuilt:
+            text += f"\n    evidence pack of alert {alert_id} rebuilt (no new notification)"
         return text
 
 
@@ -212,9 +217,20 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
         return result
     scene = scenes[0]
     result.scene_id = scene.id
-    if cube.has(scene.id):
+    now = _now_utc()
+    if to_utc(scene.time) > now:
+        # Sources search whole UTC days, and today at a site east of UTC starts before
+        # the UTC day's acquisitions: a scene stamped after now has not been taken yet
+        # (the simulator renders any time). Nothing is stored; a later run of the day gets it.
+        result.status = "no_scene"
+        result.note = (f"scene {scene.id} is stamped {to_utc(scene.time).isoformat()}, after now "
+                       f"({now.isoformat(timespec='seconds')}): not acquired yet, run this day again later")
+        return result
+    if cube.has(scene.id) and not (cfg.evidence and _packs_pending(cfg, aoi, scene.time)):
         result.status = "already_processed"
         return result
+    # (A stored day whose evidence pack an earlier run could not write is processed again
+    # to rebuild the pack: every write below is idempotent for a stored scene.)
     reference = _reference(cube, source, aoi, spec.sensor, res)
     data = source.load(scene, grid, aoi=aoi)
     optical = spec.sensor != "s1"
@@ -361,17 +377,52 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
         coarse_cube.append(scene, coarse, extra={"coarsened_from_m": res})
         result.alerts = _evaluate_rules(aoi, scene.time, store, Path(cfg.data_dir) / "outbox",
                                         {m["metric"] for m in metrics},
-                                        evidence=(Path(cfg.data_dir) / "evidence", ev) if cfg.evidence else None)
+                                        evidence=(Path(cfg.data_dir) / "evidence", ev) if cfg.evidence else None,
+                                        skipped=result.skipped, rebuilt=result.rebuilt)
         result.status = "processed"
-        if any("evidence_error" in a for a in result.alerts):
-            # Left unmarked so that running the day again rebuilds the missing pack
-            # (the stored alert is not notified twice).
-            result.skipped["evidence"] = "pack not written; run this day again to rebuild it"
-        else:
-            cube.append(scene, stored, extra={"coreg": provenance["coreg"], "cloud_fraction": cloud_fraction})
+        # Stored even when an evidence pack failed (the outbox records the pending pack,
+        # and a run of this day rebuilds it): the day's pixels are what the report and
+        # every later pack's "before" image need.
+        # The reasons counts were skipped ride with the scene, so the report can say why an
+        # image has no count (cloud, too coarse, ...) rather than guess.
+        cube.append(scene, stored, extra={"coreg": provenance["coreg"], "cloud_fraction": cloud_fraction,
+                                          "skipped": {k: v for k, v in result.skipped.items() if k != "evidence"}})
     finally:
         store.close()
     return result
+
+
+def _packs_pending(cfg: RunConfig, aoi, t: datetime) -> bool:
+    """Whether the outbox under ``cfg.data_dir`` records a pack of ``aoi`` at ``t`` not written."""
+    outbox_dir = Path(cfg.data_dir) / "outbox"
+    if not (outbox_dir / "outbox.sqlite").exists():
+        return False
+    with Outbox(outbox_dir) as outbox:
+        return bool(outbox.pending_packs(aoi.id, t))
+
+
+def _now_utc() -> datetime:
+    """The wall clock in UTC (one place, so tests can freeze it)."""
+    from datetime import timezone
+
+    return datetime.now(timezone.utc)
+
+
+def today_at(aoi) -> date:
+    """Today's date in the AOI's timezone (a site at UTC+9 starts its day nine hours before UTC)."""
+    from zoneinfo import ZoneInfo
+
+    return _now_utc().astimezone(ZoneInfo(aoi.timezone)).date()
+
+
+def days_up_to_today(aoi, days: list[date]) -> tuple[list[date], date]:
+    """``days`` cut at today at the site, and that today (see :func:`today_at`).
+
+    A range that reaches past today is run up to today rather than refused halfway:
+    the later days have no imagery yet (callers say how many were cut).
+    """
+    today = today_at(aoi)
+    return [d for d in days if (d.date() if isinstance(d, datetime) else d) <= today], today
 
 
 def _refuse_future(aoi, day: date) -> None:
@@ -381,13 +432,11 @@ def _refuse_future(aoi, day: date) -> None:
     before UTC). The offline simulator would otherwise render any date, and a run of a
     future day looked like a real observation with nothing to say why.
     """
-    from zoneinfo import ZoneInfo
-
     from changedet.errors import DateError
 
     if not isinstance(day, date):
         raise DateError(f"day must be a datetime.date, not {type(day).__name__}; e.g. date(2023, 10, 5)")
-    today = datetime.now(ZoneInfo(aoi.timezone)).date()
+    today = today_at(aoi)
     if (day.date() if isinstance(day, datetime) else day) > today:
         raise DateError(f"{day.isoformat()} is in the future at {aoi.id} (today there is {today.isoformat()}); "
                         "no imagery of it can exist yet: give a date up to today")
@@ -400,7 +449,17 @@ def _sha(da: xr.DataArray) -> str:
 
 
 def _evaluate_rules(aoi, t: datetime, store: MetricStore, outbox_dir: Path, fresh: set[str],
-                    evidence: tuple[Path, dict] | None = None) -> list[dict]:
+                    evidence: tuple[Path, dict] | None = None, skipped: dict[str, str] | None = None,
+                    rebuilt: list[str] | None = None) -> list[dict]:
+    """Feed the observation at ``t`` to the AOI's rules; write the evidence packs due.
+
+    Returns the alerts opened or escalated by this observation. With ``evidence``, every
+    pack the outbox records as pending for this observation is written: the packs of
+    this run's events (recorded pending with them, in one transaction) and those an
+    earlier run of the same day could not write, whatever later days did to the alert.
+    A pack that fails stays pending; its reason goes to ``skipped["evidence"]``. The ids
+    of rebuilt packs (not new alerts) go to ``rebuilt``.
+    """
     out = []
     outbox = None
     for rule in aoi.rules:
@@ -421,31 +480,46 @@ def _evaluate_rules(aoi, t: datetime, store: MetricStore, outbox_dir: Path, fres
             continue
         outbox = outbox or Outbox(outbox_dir)
         alert, action = outbox.open_or_update(finding, cooldown_days=life["cooldown_days"],
-                                              escalate_ratio=life["escalate_ratio"])
-        # A replay of the observation that fed the alert last, whose pack is missing: the
-        # earlier run stopped (or failed) between storing the alert and writing its pack.
-        rebuild = (action == "suppressed" and evidence is not None and to_utc(alert.last_time) == to_utc(t)
-                   and not (evidence[0] / alert.id / "manifest.json").exists())
-        if action in ("opened", "escalated") or rebuild:
-            event = action if not rebuild else ("opened" if to_utc(alert.opened_at) == to_utc(t) else "escalated")
-            entry = {"action": action if not rebuild else "evidence_rebuilt", "alert_id": alert.id,
-                     "rule_id": rule.id, "severity": alert.severity, "message": finding.message,
-                     "value": finding.value}
-            if evidence is not None:
-                try:
-                    entry["evidence"] = str(_write_evidence(evidence[0], evidence[1], alert, event, series, rule))
-                except (ChangedetError, OSError, ValueError) as exc:
-                    # The alert is stored and will be delivered; the day is left unmarked
-                    # (see run_day), so running it again rebuilds the pack. Say so rather
-                    # than fail the run.
-                    log.error("evidence pack of alert %s could not be written: %s", alert.id, exc)
-                    entry["evidence_error"] = str(exc)
-            if not rebuild:
-                out.append(entry)
-            elif "evidence_error" in entry:
-                out.append({**entry, "action": "evidence_missing"})
-            else:
-                log.info("evidence pack of alert %s rebuilt", alert.id)
+                                              escalate_ratio=life["escalate_ratio"], pack=evidence is not None)
+        if action in ("opened", "escalated"):
+            out.append({"action": action, "alert_id": alert.id, "rule_id": rule.id, "severity": alert.severity,
+                        "message": finding.message, "value": finding.value})
+    if evidence is None:
+        return out
+    if outbox is None and (outbox_dir / "outbox.sqlite").exists():
+        outbox = Outbox(outbox_dir)
+    if outbox is None:
+        return out
+    entries = {a["alert_id"]: a for a in out}
+    rules = {r.id: r for r in aoi.rules}
+    for alert, event in outbox.pending_packs(aoi.id, t):
+        entry = entries.get(alert.id)
+        try:
+            rule = rules.get(alert.rule_id)
+            if rule is None:
+                raise ChangedetError(f"rule {alert.rule_id!r} of alert {alert.id} is no longer in the AOI file; "
+                                     "put it back to rebuild the pack")
+            path = _write_evidence(evidence[0], evidence[1], alert, event,
+                                   store.series(aoi.id, rule.metric, end=t), rule)
+        except (ChangedetError, OSError, ValueError) as exc:
+            # The alert is stored and will be delivered; the pack stays pending in the
+            # outbox, and running this day again rebuilds it. Say so rather than fail
+            # the run (the day's pixels and metrics are good).
+            log.error("evidence pack of alert %s could not be written: %s", alert.id, exc)
+            outbox.pack_failed(alert.id, t, str(exc))
+            if entry is not None:
+                entry["evidence_error"] = str(exc)
+            if skipped is not None:
+                skipped["evidence"] = (f"pack of alert {alert.id} not written ({exc}); "
+                                       "run this day again to rebuild it")
+            continue
+        outbox.pack_written(alert.id, t)
+        if entry is not None:
+            entry["evidence"] = str(path)
+        else:
+            log.info("evidence pack of alert %s (%s) rebuilt", alert.id, event)
+            if rebuilt is not None:
+                rebuilt.append(alert.id)
     return out
 
 

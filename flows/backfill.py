@@ -37,7 +37,7 @@ import dask
 from prefect import flow, get_run_logger
 
 from changedet.errors import ChangedetError
-from changedet.pipeline import chain_priorities, dates_between, day_cost
+from changedet.pipeline import chain_priorities, dates_between, day_cost, days_up_to_today
 from flows.cluster import task_runner, workers_see_this_api
 from flows.daily import default_data_dir, select_aois
 from flows.tasks import (ensure_source_limits, process_aoi_day, result_storage, run_config, source_limit_name,
@@ -464,7 +464,15 @@ def backfill(aoi_ids: list[str] | None = None, start: date = date(2023, 6, 1), e
     cfg = run_config(data_dir, seed, registry, store_url)
     ensure_source_limits({source_limit_name(a, cfg) for a in aois}, source_concurrency)
     task = process_aoi_day.with_options(result_storage=result_storage(data_dir))
-    days = {a.id: dates_between(start, end, cadence or a.cadence_days) for a in aois}
+    days = {}
+    for a in aois:
+        # A range reaching past today runs up to today (run_day refuses later days: an
+        # AOI's chain would otherwise fail at its first future day).
+        wanted = dates_between(start, end, cadence or a.cadence_days)
+        days[a.id], today = days_up_to_today(a, wanted)
+        if len(days[a.id]) < len(wanted):
+            logger.warning("[%s] range cut at today (%s at the site): %d later day(s) not run", a.id, today,
+                           len(wanted) - len(days[a.id]))
     priority = chain_priorities(days, {a.id: day_cost(a, cfg) for a in aois})
     total = sum(len(v) for v in days.values())
     todo = {a: deque(ds) for a, ds in days.items() if ds}

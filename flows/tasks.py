@@ -452,9 +452,11 @@ def _process_aoi_day(aoi_id: str, day: date, data_dir: str, seed: int, registry:
     for alert in result.alerts:
         logger.warning("[%s %s] ALERT %s %s: %s", aoi_id, day, alert["action"], alert["alert_id"], alert["message"])
     if "evidence" in result.skipped:
-        # The day is cached as done for this flow; the CLI run redoes it and rebuilds the pack.
-        logger.warning("[%s %s] evidence pack not written; rebuild it with: changedet run --aoi %s --date %s",
-                       aoi_id, day, aoi_id, day)
+        # Transient, so the task is retried and, once its retries are spent, not cached as
+        # done: the outbox keeps the pack pending and the next run of this day (a retry, a
+        # re-run of the flow or `changedet run` on the same data dir and store) rebuilds it.
+        # The day's pixels, metrics and alert are stored already.
+        raise StoreError(f"{aoi_id} {day}: evidence {result.skipped['evidence']}")
     doc = _as_dict(result)
     # Where the time went (bench/bench_flows.py sums these): run_day itself, and the task
     # including the concurrency slot. CPU is this process's (all its threads): exact

@@ -155,10 +155,25 @@ def alert_id(aoi_id: str, rule_id: str, feature_id: str, opened: datetime) -> st
 
 
 # -- secrets never leave through error text --------------------------------------------
+#: Object-store URL schemes: their path names data, not a secret, and is what an error
+#: about them must show; only credentials in the URL are masked.
+_STORE_SCHEMES = r"(?:s3a?|gs|gcs|az|abfss?|adl|hdfs|file|memory)://"
 _REDACTIONS = (
+    (re.compile(rf"(?i)\b({_STORE_SCHEMES})(?:[^/\s@]*@)?([^\s'\"<>?#]*)(?:[?#][^\s'\"<>]*)?"),
+     lambda m: m.group(1) + ("***@" if "@" in m.group(0).split("/", 3)[2] else "") + m.group(2)),
     # Webhook URLs carry their secret in the path or query (Slack, Telegram bot tokens):
     # keep only scheme and host.
-    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)(?:[^/\s@]*@)?([^/\s?#:]+)[^\s'\"<>]*"), r"\1\2/***"),
+    (re.compile(rf"(?i)\b(?!{_STORE_SCHEMES})([a-z][a-z0-9+.-]*://)(?:[^/\s@]*@)?([^/\s?#:]+)[^\s'\"<>]*"),
+     r"\1\2/***"),
+    # The same without a scheme, or the path alone (a server echoing what it was asked):
+    # Slack /services/T.../B.../secret, Discord /api/webhooks/<id>/<token>, Teams/Power
+    # Automate *.webhook.office.com/...
+    (re.compile(r"(?i)(/services/)[^/\s'\"<>]+/[^/\s'\"<>]+/[^\s'\"<>]+"), r"\1***"),
+    (re.compile(r"(?i)(/api/webhooks/)\d+/[^\s'\"<>]+"), r"\1***"),
+    (re.compile(r"(?i)\b([a-z0-9-]+\.webhook\.office\.com)/[^\s'\"<>]+"), r"\1/***"),
+    # "PASSWORD hunter2": a secret after a space (words that follow in ordinary errors kept).
+    (re.compile(r"(?i)\b(password|passwd|pwd|secret)(\s+)(?!(?:authentication|auth|for|is|was|required|"
+                r"incorrect|invalid|mismatch|missing|not|expired|must|too)\b)[^\s&,;]+"), r"\1\2***"),
     (re.compile(r"(?i)\b(bearer|basic|token)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 ***"),
     (
         re.compile(r"(?i)\b(token|api[_-]?key|key|secret|password|passwd|pwd|signature|sig|auth)([=:]\s*)[^\s&,;]+"),
@@ -229,6 +244,19 @@ _SCHEMA = (
         next_attempt_at TEXT,
         updated_at      TEXT NOT NULL,
         PRIMARY KEY (event_id, channel)
+    )
+    """,
+    # The evidence pack an alert still lacks: recorded in the transaction that records its
+    # opened/escalated event, cleared once the pack is written. A run that fails or stops
+    # in between leaves the row, and running that observation's day again rebuilds the
+    # pack, whatever later days did to the alert. One row per alert: a pack folder holds
+    # the pack of the alert's latest event, so a newer event's pack supersedes an older one.
+    """
+    CREATE TABLE IF NOT EXISTS evidence_pending (
+        alert_id     TEXT PRIMARY KEY REFERENCES alerts (id),
+        event        TEXT NOT NULL,
+        finding_time TEXT NOT NULL,
+        error        TEXT
     )
     """,
 )
@@ -495,7 +523,7 @@ class Outbox:
 
     # -- lifecycle ---------------------------------------------------------------------
     def open_or_update(
-        self, finding: Finding, *, cooldown_days: float = 14, escalate_ratio: float = 1.25
+        self, finding: Finding, *, cooldown_days: float = 14, escalate_ratio: float = 1.25, pack: bool = False
     ) -> tuple[Alert, str]:
         """Feed one finding into the alert lifecycle.
 
@@ -510,6 +538,10 @@ class Outbox:
             An active alert escalates (and notifies again) when a value is more than
             this many times the value last notified (less than 1/ratio for downward
             findings).
+        pack : bool
+            Also record, in the same transaction, that the event's evidence pack is
+            pending (see :meth:`pending_packs`), so that no stop between this call and
+            the pack loses the pack for good.
 
         Returns
         -------
@@ -564,6 +596,8 @@ class Outbox:
                 if escalate:
                     self._event(db, alert, "escalated", now)
                     action = "escalated"
+                    if pack:
+                        self._pack_pending(db, alert, action)
             else:
                 latest = db.execute(
                     "SELECT * FROM alerts WHERE aoi_id = :aoi_id AND rule_id = :rule_id "
@@ -605,6 +639,8 @@ class Outbox:
                 db.execute(_INSERT_ALERT, _params(alert))
                 self._event(db, alert, "opened", now)
                 action = "opened"
+                if pack:
+                    self._pack_pending(db, alert, action)
         self._write_file(alert.id)
         return alert, action
 
@@ -621,6 +657,42 @@ class Outbox:
                 "message": alert.message,
             },
         )
+
+    @staticmethod
+    def _pack_pending(db: sqlite3.Connection, alert: Alert, event: str) -> None:
+        db.execute(
+            "INSERT OR REPLACE INTO evidence_pending (alert_id, event, finding_time, error) "
+            "VALUES (:alert_id, :event, :t, NULL)",
+            {"alert_id": alert.id, "event": event, "t": iso_utc(alert.last_time)},
+        )
+
+    def pending_packs(self, aoi_id: str, time: datetime | str) -> list[tuple[Alert, str]]:
+        """Alerts of ``aoi_id`` whose evidence pack of the observation at ``time`` is not written.
+
+        Returns
+        -------
+        list of (Alert, str)
+            The alert as it is now and the event of the missing pack (``opened`` or
+            ``escalated``), oldest alert first.
+        """
+        rows = self._read(
+            "SELECT p.alert_id, p.event FROM evidence_pending p JOIN alerts a ON a.id = p.alert_id "
+            "WHERE a.aoi_id = :aoi_id AND p.finding_time = :t ORDER BY a.opened_at, a.id",
+            {"aoi_id": aoi_id, "t": iso_utc(to_utc(time))},
+        )
+        return [(self.get(r["alert_id"]), r["event"]) for r in rows]
+
+    def pack_written(self, alert_id: str, time: datetime | str) -> None:
+        """Clear the pending pack of ``alert_id`` for the observation at ``time`` (if it is that one)."""
+        with self._txn(f"clear the pending evidence pack of {alert_id}") as db:
+            db.execute("DELETE FROM evidence_pending WHERE alert_id = :a AND finding_time = :t",
+                       {"a": alert_id, "t": iso_utc(to_utc(time))})
+
+    def pack_failed(self, alert_id: str, time: datetime | str, error: str) -> None:
+        """Note why the pending pack of ``alert_id`` at ``time`` failed (secrets masked)."""
+        with self._txn(f"note the failed evidence pack of {alert_id}") as db:
+            db.execute("UPDATE evidence_pending SET error = :e WHERE alert_id = :a AND finding_time = :t",
+                       {"a": alert_id, "t": iso_utc(to_utc(time)), "e": _redact(str(error))})
 
     def _set_status(self, alert_id_: str, status: str, resolved_at: datetime | None, what: str) -> Alert:
         with self._txn(f"{what} alert {alert_id_!r}") as db:
@@ -759,13 +831,21 @@ class Outbox:
         """Deliveries on ``channel`` that failed and wait for their retry: (how many, next due time).
 
         ``changedet alerts deliver`` reports them, so a run that sends nothing while
-        retries are backing off does not read as "nothing to send".
+        retries are backing off does not read as "nothing to send". Deliveries another
+        sender holds (its lease not run out) are in flight, not waiting: see :meth:`in_flight`.
         """
+        return self._count_status(channel, "failed", now)
+
+    def in_flight(self, channel: str, *, now: datetime | None = None) -> tuple[int, datetime | None]:
+        """Deliveries on ``channel`` another sender claimed and is sending: (how many, lease end)."""
+        return self._count_status(channel, "sending", now)
+
+    def _count_status(self, channel: str, status: str, now: datetime | None) -> tuple[int, datetime | None]:
         when = iso_utc(self._now() if now is None else now)
         row = self._read(
             "SELECT COUNT(*) AS n, MIN(next_attempt_at) AS next FROM deliveries "
-            "WHERE channel = :channel AND status IN ('failed', 'sending') AND next_attempt_at > :now",
-            {"channel": channel, "now": when},
+            "WHERE channel = :channel AND status = :status AND next_attempt_at > :now",
+            {"channel": channel, "status": status, "now": when},
         )[0]
         return int(row["n"]), (parse_iso_utc(row["next"]) if row["next"] else None)
 

@@ -76,18 +76,30 @@ def build_payload(
     return {"text": _cut(f"{title} — {message}", _SECTION_MAX), "blocks": blocks}
 
 
-def _without_url_parts(text: str, url: str) -> str:
-    """``text`` with the webhook URL and every piece of its path and query masked.
+def _secretish(piece: str) -> bool:
+    """Whether a URL path segment or query value may be a secret: long, or 8+ characters mixing
+    digits or letter cases (``T0A1B2C3``, ``XoXb9...``). Plain words (``services``, ``json``,
+    ``webhooks``) are not, so a server's reply keeps them readable."""
+    return len(piece) >= 16 or (len(piece) >= 8 and (any(c.isdigit() for c in piece)
+                                                     or (piece.lower() != piece and piece.upper() != piece)))
 
-    The secret of a webhook is its path (``/services/T.../B.../token``); a server or
-    proxy answering an error may echo the path alone, or one segment of it, which
-    removing the whole URL missed.
+
+def _without_url_parts(text: str, url: str) -> str:
+    """``text`` with the webhook URL, its path and query and every secret-looking piece masked.
+
+    The secret of a webhook is its path (``/services/T.../B.../token``) or a query value
+    (``?token=...``); a server or proxy answering an error may echo the path alone, or
+    one segment of it, which removing the whole URL missed. Query keys and plain words
+    stay (Slack's own ``invalid_token`` must not read ``invalid_***``).
     """
-    from urllib.parse import unquote, urlsplit
+    from urllib.parse import parse_qsl, unquote, urlsplit
 
     parts = urlsplit(url)
-    pieces = {url, parts.path, parts.query, unquote(parts.path)}
-    pieces.update(p for p in re.split(r"[/?&=]", f"{parts.path}?{parts.query}") if len(p) >= 4)
+    pieces = {url, parts.path, parts.query, unquote(parts.path), parts.netloc if "@" in parts.netloc else ""}
+    pieces.update(p for p in parts.path.split("/") if _secretish(unquote(p)))
+    pieces.update(v for _k, v in parse_qsl(parts.query, keep_blank_values=True) if len(v) >= 4)
+    if parts.password:
+        pieces.add(parts.password)
     pieces.update(unquote(p) for p in list(pieces))
     for piece in sorted((p for p in pieces if p and p != "/"), key=len, reverse=True):
         text = text.replace(piece, "***")

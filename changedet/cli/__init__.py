@@ -7,12 +7,16 @@ line naming the input and the fix, with exit code 2; no tracebacks for user mist
 from __future__ import annotations
 
 import argparse
+import errno
+import logging
 import os
 import sys
 from pathlib import Path
 
 from changedet import __version__
 from changedet.errors import ChangedetError, DateError
+
+log = logging.getLogger(__name__)
 
 
 def parse_date(text: str):
@@ -83,6 +87,11 @@ def _build(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+#: OSError numbers that are about a path (missing, not writable, full): the hint applies.
+_PATH_ERRNOS = frozenset(getattr(errno, n) for n in ("ENOSPC", "EROFS", "EACCES", "EPERM", "ENOENT", "ENOTDIR",
+                                                     "EISDIR", "EDQUOT", "ENAMETOOLONG") if hasattr(errno, n))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv[0] if argv and not argv[0].startswith("-") else None)
@@ -90,19 +99,40 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
+    # CHANGEDET_DEBUG=1: errors keep their traceback (for a bug report), not one line.
+    debug = os.environ.get("CHANGEDET_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:
+        # Output piped into a reader that stopped (``| head``): exit quietly, as the
+        # Python docs advise, pointing stdout at devnull so the exit flush cannot fail again.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):  # stdout without a descriptor (captured)
+            pass
+        return 141  # 128 + SIGPIPE, what other tools in a pipe report
     except (ChangedetError, DateError) as exc:
+        if debug:
+            raise
         print(f"changedet: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        # A disk that fills up or a directory that turns read-only mid-run: one line naming
-        # the path, not a traceback. Redacted, since a network error's text can carry a
-        # webhook URL with its secret in the path.
+        if debug:
+            raise
+        log.debug("%s failed", args.command, exc_info=exc)
+        # Redacted, since a network error's text can carry a webhook URL with its secret.
         from changedet.alerts.outbox import _redact
 
-        print(f"changedet: error: {_redact(str(exc))}; check that the path exists, is writable and has free "
-              "space, then run the command again (days a run finished are kept)", file=sys.stderr)
+        text = _redact(str(exc))
+        if exc.filename is not None or exc.errno in _PATH_ERRNOS:
+            # A disk that fills up or a directory that turns read-only mid-run: one line
+            # naming the path, not a traceback.
+            print(f"changedet: error: {text}; check that the path exists, is writable and has free "
+                  "space, then run the command again (days a run finished are kept)", file=sys.stderr)
+        else:
+            # A network error, or a bug: no filesystem hint that would send the user astray.
+            print(f"changedet: error: {type(exc).__name__}: {text} (set CHANGEDET_DEBUG=1 for the traceback)",
+                  file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("changedet: interrupted; finished days are kept, re-run to continue", file=sys.stderr)

@@ -152,5 +152,7 @@ def cmd_deliver(args) -> int:
     for channel, counts in result.items():
         n_wait, next_at = outbox.waiting(channel)
         wait = f", waiting for retry {n_wait} (next after {next_at:%Y-%m-%d %H:%M} UTC)" if n_wait else ""
+        n_busy, _lease_end = outbox.in_flight(channel)
+        wait += f", in flight with another sender {n_busy}" if n_busy else ""
         print(f"{channel}: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + wait)
     return 1 if any(c.get("failed") for c in result.values()) else 0

@@ -74,7 +74,7 @@ def _check_writable(data_dir: Path) -> None:
 
 def cmd_run(args) -> int:
     from changedet.aoi import load_aoi
-    from changedet.pipeline import dates_between, run_day
+    from changedet.pipeline import _refuse_future, dates_between, days_up_to_today, run_day
 
     if args.date and (args.start or args.end):
         raise DateError("give either --date or --start/--end, not both")
@@ -83,10 +83,24 @@ def cmd_run(args) -> int:
     if args.every is not None and args.every < 1:
         raise DateError(f"--every {args.every}: give the days between runs as a whole number >= 1 "
                         "(or leave it out to use each AOI's cadence)")
-    cfg = _config(args.data_dir, args.seed, args.store_url)
+    # Every AOI and date is checked before the data directory is created or any day
+    # runs: a typo creates nothing, and a range never stops halfway on a future day.
+    plan = []
     for aoi_id in args.aoi:
         aoi = load_aoi(aoi_id)
-        days = [args.date] if args.date else dates_between(args.start, args.end, args.every or aoi.cadence_days)
+        if args.date:
+            _refuse_future(aoi, args.date)
+            days = [args.date]
+        else:
+            wanted = dates_between(args.start, args.end, args.every or aoi.cadence_days)
+            days, today = days_up_to_today(aoi, wanted)
+            if len(days) < len(wanted):
+                print(f"changedet run: {aoi.id}: range cut at today ({today} at the site): "
+                      f"{len(wanted) - len(days)} later day(s) not run, no imagery of them can exist yet",
+                      file=sys.stderr, flush=True)
+        plan.append((aoi, days))
+    cfg = _config(args.data_dir, args.seed, args.store_url)
+    for aoi, days in plan:
         for d in days:
             r = run_day(aoi, d, cfg)
             if args.json:

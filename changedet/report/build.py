@@ -349,6 +349,19 @@ def _uncounted(aoi, metrics: list[_MetricView], when: pd.Timestamp) -> list[str]
     return [m for m in _COUNT_METRICS if m in getattr(aoi, "metrics", ()) and m not in recorded]
 
 
+def _uncounted_note(aoi, metrics: list[_MetricView], when: pd.Timestamp, scene: dict, have_store: bool) -> str:
+    """Caption text for the counts with no value at ``when``, each with the reason recorded
+    with the scene by the run (``skipped``), if any; empty if every count has a value."""
+    if not have_store:
+        return "; counts not shown: there is no metrics store (metrics.sqlite) in the data directory"
+    uncounted = _uncounted(aoi, metrics, when)
+    if not uncounted:
+        return ""
+    reasons = scene.get("skipped") or {}
+    parts = [f"{m} not counted ({reasons[m]})" if reasons.get(m) else f"{m}: no value recorded" for m in uncounted]
+    return "; " + "; ".join(parts)
+
+
 def _figure_block(src: str, alt: str, caption: str, *, gid: str) -> str:
     return (f"<figure id=\"{esc(gid)}\"><img class=\"fig\" src=\"{href(src)}\" alt=\"{esc(alt)}\">"
             f"<figcaption>{esc(caption)}</figcaption></figure>")
@@ -438,12 +451,9 @@ def _build_aoi(aoi, data_dir: Path, data: _Store, out_dir: Path, start, end, sto
             for d in dets:
                 counts[d["type"]] = counts.get(d["type"], 0) + 1
             det_text = ", ".join(f"{n} {t}" for t, n in sorted(counts.items())) or "no detections"
-            uncounted = _uncounted(aoi, view.metrics, latest_t)
-            if uncounted:
-                # A count skipped (features under cloud, image too coarse) records no value and
-                # writes no detections: "no detections" alone read as an observed zero.
-                det_text += (f"; {', '.join(uncounted)} not counted on this image (too little of the features "
-                             "observed, e.g. under cloud): no value recorded")
+            # A count skipped (features under cloud, image too coarse) records no value and
+            # writes no detections: "no detections" alone read as an observed zero.
+            det_text += _uncounted_note(aoi, view.metrics, latest_t, latest, store is not None)
             img_parts.append("<h2>Latest image</h2>")
             img_parts.append(_figure_block("latest.png", f"Latest image of {name} with detections",
                                        f"{_day(latest_t)}, scene {latest['scene_id']}: {det_text}.", gid="fig-latest"))
