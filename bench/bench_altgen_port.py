@@ -23,13 +23,18 @@ never saw them while being developed. Scoring:
 
 ``--png DIR`` writes crops of the worst zones and the missed / false ships.
 
+Tarp flags: each flagged patch (``tarp_patches`` of the stack blocks) is checked on the
+truth: right when its centroid lies on a tarped stack's footprint grown by
+``TARP_TOL_M``, else on an untarped box or elsewhere; precision is right over flagged,
+and the tarped stacks with a patch on them are the patch-level recall.
+
 After the containers table, a breakdown per condition and per condition and GSD of the
 signed errors, zone means: TEU, ground slots (against the visible share of the truth's)
 and tiers (TEU over slots against the truth's), so that a bias (mean) is told from a
 spread (mean absolute) and footprint errors from height errors.
 
-Seeds: yards 101-105 were used while developing the counter; 111-116 are held out
-(report them separately, and do not tune on them).
+Seeds: yards 101-105 and 111-116 have been used while developing the counter; 117-122
+are held out (report them separately, and do not tune on them).
 """
 
 from __future__ import annotations
@@ -108,6 +113,7 @@ def run_yards(seeds, png: Path | None) -> list[dict]:
                            est_share_20ft=round(est20 / row["est_teu"], 3) if row["est_teu"] else None,
                            boxes_error=(abs(est20 - tr.n20 * seen) + abs(est40 - tr.n40 * seen))
                            / max((tr.n20 + tr.n40) * seen, 1.0))
+                row.update(_tarp_precision(sc, res, row["zone"]))
                 row.update(seed=seed * 10 + k, condition=cond, gsd=gsd, sun_el=round(sc.sun_elevation_deg, 1),
                            sun_az=round(sc.sun_azimuth_deg, 1), cpu_s=round(cpu, 2))
                 out.append(row)
@@ -120,6 +126,28 @@ def run_yards(seeds, png: Path | None) -> list[dict]:
                 if png is not None and row["teu_error"] > 0.15:
                     _png(sc.image.values, png / f"yard_{row['seed']}_{cond}_{row['zone']}.png")
     return out
+
+
+# A flagged tarp patch is right when its centroid lies on a tarped stack's footprint,
+# grown by this much (m) for the blur and the patch's shape (two stacks under one cover).
+TARP_TOL_M = 1.0
+
+
+def _tarp_precision(sc, res, zid: str) -> dict:
+    """Flagged tarp patches of a zone (``tarp_patches`` of its detections) checked on the
+    truth: on a tarped stack (right), on an untarped box (paint read as cloth), or on
+    neither (pavement, a reach stacker); and the zone's tarped stacks with a patch on them."""
+    from shapely.geometry import Point
+
+    pts = [Point(p[0], p[1]) for d in res.detections if d.feature_id == zid for p in d.attrs.get("tarp_patches", [])]
+    tarped = [s.polygon.buffer(TARP_TOL_M) for s in sc.stacks if s.tarped]
+    boxes = [s.polygon.buffer(TARP_TOL_M) for s in sc.stacks if not s.tarped]
+    right = [any(t.contains(q) for t in tarped) for q in pts]
+    on_box = [not r and any(b.contains(q) for b in boxes) for q, r in zip(pts, right)]
+    hit = sum(1 for s in sc.stacks if s.zone == zid and s.tarped
+              and any(s.polygon.buffer(TARP_TOL_M).contains(q) for q in pts))
+    return {"tarp_patches": len(pts), "tarp_patches_right": int(sum(right)),
+            "tarp_patches_on_boxes": int(sum(on_box)), "tarped_stacks_hit": hit}
 
 
 def run_ships(seeds, png: Path | None) -> tuple[list[dict], list[dict]]:
@@ -249,6 +277,19 @@ def main() -> None:
               f"   {s['tarps_found']}/{s['tarps_truth']} (flagged {s['tarps_flagged']})"
               f"   {s['share_20ft_abs_error_mean']:8.2f}   {s['boxes_error_mean']:8.1%}  "
               + "  ".join(f"{s[f'within_1sd_{k}']:3.0%}/{s[f'within_2sd_{k}']:3.0%}" for k in ("teu", "20ft", "40ft")))
+    if yards:
+        print("\ntarp flags (patches)       zones  flagged  right  on boxes  elsewhere  precision  "
+              "tarped stacks with a patch / truth")
+        for cond in sorted({r["condition"] for r in yards}) + ["all"]:
+            rs = [r for r in yards if cond in ("all", r["condition"])]
+            n, ok, box, hit, truth = (sum(r[k] for r in rs) for k in ("tarp_patches", "tarp_patches_right",
+                                                                        "tarp_patches_on_boxes", "tarped_stacks_hit",
+                                                                        "truth_tarped"))
+            prec = ok / n if n else None
+            summary["containers"][cond].update(tarp_patches=n, tarp_patches_right=ok, tarp_patches_on_boxes=box,
+                                               tarp_precision=prec, tarped_stacks_hit=hit)
+            print(f"  {cond:24s} {len(rs):5d}  {n:7d}  {ok:5d}  {box:8d}  {n - ok - box:9d}  "
+                  f"{format(prec, '9.0%') if prec is not None else '        -'}  {hit}/{truth}")
     for name, rows, rule in (("ships_vhr", vhr, "IoU>=0.5"), ("ships_sar", sar, "centre in hull+1px")):
         if not rows:
             continue

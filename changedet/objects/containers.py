@@ -28,8 +28,10 @@ or extrapolated there, and each zone reports its ``observed_fraction``.
 Tarped stacks are flagged (``tarped`` per stack block, ``tarped_stacks`` per zone and
 in total): plain patches of dull cloth colour on a block, and patches of pavement
 colour that cast a shadow along their anti-sun edge (a grey cover is told from
-concrete by its height, and then counted as containers too). The flag is
-conservative: a tarp in a saturated colour passes for container paint.
+concrete by its height, and then counted as containers too). Each block lists its
+flagged patches (``tarp_patches``: centroid x, y in the image CRS and area in m^2), so a
+flag can be checked on the ground. The flag is conservative: a tarp in a saturated
+colour passes for container paint.
 """
 
 from __future__ import annotations
@@ -174,10 +176,11 @@ def count_containers(
                 continue
             lengths = _shadow_lengths(blob, walk_box | blob, lit_ground, around & ok, res, sun_azimuth_deg,
                                       sun_elevation_deg) if have_sun else _NO_WALKS
-            n_tarps = ndimage.label((tarps & blob) | _dull_tops(blob, pix, model, px_m2))[1]
+            patches = _tarp_patches((tarps & blob) | _dull_tops(blob, pix, model, px_m2), grid)
+            n_tarps = len(patches)
             stacks = _stack_tiers(blob, pix, lengths, px_m2, _walk_to_tiers(res, sun_azimuth_deg, sun_elevation_deg),
                                   _toward_sun(sun_azimuth_deg, res)) if have_sun else None
-            blobs.append((blob, area, lengths, n_tarps, stacks, _ground_slots(blob, res), _box_runs(blob, pix, res)))
+            blobs.append((blob, area, lengths, patches, stacks, _ground_slots(blob, res), _box_runs(blob, pix, res)))
         pending.append((zid, inside, blobs))
         continue
     # Heights: a block's own shadows when enough of them fall on open pavement, else the
@@ -192,7 +195,8 @@ def count_containers(
         zone_runs = np.sum([b[6] for b in blobs] or [(0.0, 0.0, 0)], axis=0)
         zone_teu, zone_var, zone_slots, zone_tarped = 0.0, 0.0, 0.0, 0
         zone_n20, zone_n40, zone_v20, zone_v40 = 0.0, 0.0, 0.0, 0.0
-        for blob, area, lengths, n_tarps, stacks, slots, runs in blobs:
+        for blob, area, lengths, patches, stacks, slots, runs in blobs:
+            n_tarps = len(patches)
             if not have_sun:
                 tiers, tiers_sd, method = 1.0, 0.0, "assumed_one_tier"
             else:
@@ -222,7 +226,7 @@ def count_containers(
                                          "teu": round(float(teu), 1), "boxes_20ft": round(float(n20), 1),
                                          "boxes_40ft": round(float(n40), 1), "share_20ft": round(float(share), 3),
                                          "tarped": bool(n_tarps),
-                                         "tarped_stacks": int(n_tarps)}))
+                                         "tarped_stacks": int(n_tarps), "tarp_patches": patches}))
             zone_tarped += n_tarps
         total += zone_teu
         var += zone_var
@@ -326,6 +330,24 @@ def _cloud_shade(pix, grid, ok, azimuth, elevation) -> np.ndarray:
     # for a cloud's shadow.
     shade = cloud_shade(pix, grid, cloud, model=None, sun_azimuth_deg=azimuth, sun_elevation_deg=elevation)
     return np.zeros(ok.shape, bool) if shade is None else shade
+
+
+def _tarp_patches(mask: np.ndarray, grid: GridSpec) -> list[list[float]]:
+    """The flagged tarp patches of a block (``mask``: its tarp pixels) as [x, y, area]:
+    centroid in the image CRS (m) and area (m^2), so that a flag can be checked on the
+    ground (one patch is one tarped stack, or adjacent tarped stacks under one cover)."""
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        return []
+    idx = np.arange(1, n + 1)
+    rc = ndimage.center_of_mass(mask, labels, idx)
+    area = ndimage.sum(mask, labels, idx) * grid.resolution ** 2
+    out = []
+    for (r, c), a in zip(rc, area):
+        t = grid.transform
+        x, y = t.c + (c + 0.5) * t.a, t.f + (r + 0.5) * t.e
+        out.append([round(float(x), 1), round(float(y), 1), round(float(a), 1)])
+    return out
 
 
 # A tarpaulin is dull cloth: grey, olive or tan, not the saturated liveries (red,
