@@ -234,18 +234,28 @@ _CHUNK = 32
 _PF_STEP = 16
 
 
-def _l2_bytes() -> int:
-    """Per-core L2 cache size in bytes from Linux sysfs; 512 KiB (Zen 3) where unknown."""
+@functools.lru_cache(maxsize=1)
+def _data_caches() -> dict[int, tuple[int, int]]:
+    """{level: (size in bytes, ways)} of cpu0's L1 data cache and L2, from Linux sysfs
+    (read once: the kernels ask per call and per dask block); {} where unknown."""
+    found = {}
     base = Path("/sys/devices/system/cpu/cpu0/cache")
     try:
         for d in sorted(base.glob("index*")):
-            if (d / "level").read_text().strip() == "2" and (d / "type").read_text().strip() != "Instruction":
+            level = int((d / "level").read_text())
+            if level in (1, 2) and (d / "type").read_text().strip() != "Instruction":
                 size = (d / "size").read_text().strip().upper()
-                mult = {"K": 1 << 10, "M": 1 << 20}.get(size[-1:], 1)
-                return int(size.rstrip("KM")) * mult
+                size = int(size.rstrip("KM")) * {"K": 1 << 10, "M": 1 << 20}.get(size[-1:], 1)
+                ways = int((d / "ways_of_associativity").read_text())
+                found[level] = (size, ways)
     except (OSError, ValueError):
         pass
-    return 512 << 10
+    return found
+
+
+def _l2_bytes() -> int:
+    """Per-core L2 cache size in bytes; 512 KiB (Zen 3) where unknown."""
+    return _data_caches().get(2, (512 << 10, 8))[0]
 
 
 def _stage(nt: int, l2: int | None = None) -> int:
@@ -267,23 +277,12 @@ def _stage(nt: int, l2: int | None = None) -> int:
 
 
 def _cache_sets() -> tuple[tuple[int, int], tuple[int, int]]:
-    """(set span in bytes, ways) of the L1 data cache and of the L2, from Linux sysfs;
-    32 KiB 8-way and 512 KiB 8-way (Zen 3) where unknown. The set span (size / ways) is
-    the address distance at which two lines fall into the same set."""
-    found = {}
-    base = Path("/sys/devices/system/cpu/cpu0/cache")
-    try:
-        for d in sorted(base.glob("index*")):
-            level = int((d / "level").read_text())
-            if level in (1, 2) and (d / "type").read_text().strip() != "Instruction":
-                size = (d / "size").read_text().strip().upper()
-                size = int(size.rstrip("KM")) * {"K": 1 << 10, "M": 1 << 20}.get(size[-1:], 1)
-                ways = int((d / "ways_of_associativity").read_text())
-                if ways > 0 and size % ways == 0:
-                    found[level] = (size // ways, ways)
-    except (OSError, ValueError):
-        pass
-    return found.get(1, (4096, 8)), found.get(2, (65536, 8))
+    """(set span in bytes, ways) of the L1 data cache and of the L2; 32 KiB 8-way and
+    512 KiB 8-way (Zen 3) where unknown. The set span (size / ways) is the address
+    distance at which two lines fall into the same set."""
+    caches = _data_caches()
+    spans = {lvl: (size // ways, ways) for lvl, (size, ways) in caches.items() if ways > 0 and size % ways == 0}
+    return spans.get(1, (4096, 8)), spans.get(2, (65536, 8))
 
 
 def _set_load(stride: int, nt: int, window: int, span: int) -> int:
