@@ -7,7 +7,8 @@ In order of preference:
 ``SCL``
     the Sentinel-2 L2A scene classification: cloud shadow (3), cloud medium (8) and
     high (9) probability and thin cirrus (10) are cloud; no data (0) and saturated or
-    defective (1) are missing.
+    defective (1) are missing, and so is any value that is no class (not an integer
+    0-11: a fill such as 255, a corrupt or foreign class map).
 ``s2cloudless``
     Sentinel Hub's LightGBM pixel classifier (the ``s2cloudless`` package, weights
     shipped in its wheel) when the ten bands it needs (B01 B02 B04 B05 B08 B8A B09 B10
@@ -67,11 +68,43 @@ def available_method(da: xr.DataArray) -> str | None:
     return None
 
 
-def scl_cloud(scl: xr.DataArray) -> xr.DataArray:
-    """Cloud mask from a Sentinel-2 scene classification layer (1 cloud, 0 clear, NaN no data)."""
-    v = np.asarray(scl.values)
+def scl_cloud(scl: xr.DataArray, *, source: str | None = None) -> xr.DataArray:
+    """Cloud mask from a Sentinel-2 scene classification layer (1 cloud, 0 clear, NaN no data).
+
+    Parameters
+    ----------
+    scl : xarray.DataArray
+        SCL classes (integers 0-11, any dtype; NaN no data).
+    source : str, optional
+        What the band came from, for error messages (default: ``scl.attrs["source"]``).
+
+    Returns
+    -------
+    xarray.DataArray
+        float32 mask on the same grid: 1 cloud, 0 clear, NaN where the class is no
+        data or saturated (0, 1), NaN, or no SCL class at all (not an integer 0-11:
+        a fill such as 255 or 65535, or a corrupt or foreign class map). A value that
+        is no class says nothing about the ground, so it is not observed, never clear.
+
+    Raises
+    ------
+    SourceError
+        If no pixel holds an observed class (1-11) while the band holds several
+        different values that are no class: it is not an SCL band (e.g. reflectance
+        named SCL). A band that is one fill value throughout is all no data instead.
+    """
+    v = np.asarray(scl.values, dtype="float32")  # exact for any integer class code up to 2**24
+    with np.errstate(invalid="ignore"):
+        is_class = (v == np.round(v)) & (v >= 0) & (v <= 11)
+    foreign = ~is_class & ~np.isnan(v)
+    if foreign.any() and not (is_class & (v >= 1)).any() and np.unique(v[foreign]).size > 1:
+        where = source or scl.attrs.get("source") or "the image"
+        sample = ", ".join(f"{x:g}" for x in np.unique(v[foreign])[:5])
+        raise SourceError(f"band {SCL_BAND} of {where} is not a Sentinel-2 SCL band: no pixel holds an "
+                          f"observed scene class 1-11 (values such as {sample}); give the L2A scene classification layer "
+                          "as SCL, or a cloud mask as CLM, or choose another cloud mask method")
     out = np.isin(v, SCL_CLOUD).astype("float32")
-    out[np.isin(v, SCL_NODATA) | np.isnan(v.astype("float32"))] = np.nan
+    out[np.isin(v, SCL_NODATA) | ~is_class] = np.nan
     return scl.copy(data=out)
 
 
@@ -149,7 +182,7 @@ def cloud_mask(da: xr.DataArray, *, method: str = "auto") -> tuple[xr.DataArray,
         m = da.sel(band=CLOUD_BAND, drop=True).astype("float32")
         mask = m.copy(data=np.where(np.isnan(m.values), np.nan, (m.values >= 0.5)).astype("float32"))
     elif chosen == "scl":
-        mask = scl_cloud(da.sel(band=SCL_BAND, drop=True))
+        mask = scl_cloud(da.sel(band=SCL_BAND, drop=True), source=da.attrs.get("source"))
     elif chosen == "s2cloudless":
         prob = s2cloudless_probability(da)
         out = probability_to_mask(prob.values).astype("float32")

@@ -28,6 +28,14 @@ crash-safe
 O(scene)
     an append resizes the arrays and writes the new chunks only; nothing already stored
     is read or rewritten, apart from the (small) provenance record.
+
+A store that cannot be used raises :class:`CubeStoreError` naming the store (credentials
+cut out of the URL) and the fix: unknown protocol, fsspec backend not installed,
+credentials in the URL, permission denied, bucket or folder missing, disk full. One that
+does not answer (network, timeout, a 5xx, a stale NFS handle) raises
+:class:`CubeStoreUnavailable`, also a :class:`~changedet.errors.StoreError`, which the
+flows retry. Pixels of :meth:`Cube.read` are read lazily: a store failing after ``read``
+returned fails in the computation, with the backend's own error.
 """
 
 from __future__ import annotations
@@ -50,9 +58,9 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from changedet.errors import CubeError
+from changedet.errors import CubeError, StoreError
 from changedet.grid import GridSpec, with_crs
-from changedet.sources.base import CLOUD_BAND, SceneRecord
+from changedet.sources.base import CLOUD_BAND, SCL_BAND, SceneRecord
 
 _FORMAT = 1
 _FILL_U16 = 65535
@@ -78,9 +86,78 @@ class CubeLocked(CubeError):
     """Another writer holds the cube's lock longer than this writer was willing to wait."""
 
 
+class CubeStoreError(CubeError):
+    """The cube's store cannot be used: unknown protocol, backend not installed, credentials
+    in the URL, permission denied, bucket or folder missing. Retrying will not help."""
+
+
+class CubeStoreUnavailable(CubeStoreError, StoreError):
+    """The cube's store did not answer (network down, endpoint unreachable, timeout, a 5xx).
+
+    Also a :class:`~changedet.errors.StoreError`, which flows retry as transient: a later
+    attempt may succeed. Scenes already stored are kept; one cut off mid-write is not in
+    the provenance record, so readers ignore it and the next fetch stores it again."""
+
+
+#: Object-store schemes whose URLs never carry credentials (they come from the environment).
+_OBJECT_SCHEMES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"})
+_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@'\"]*@")
+_QUERY = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s?#'\"]*)[?#][^\s'\"]*")
+#: storage_options keys whose values are secrets, masked in error text.
+_SECRET_OPTION = re.compile(r"(?i)(secret|password|token|key|credential|sas|sig)")
+
+
+def _strip_credentials(text: str) -> str:
+    """``text`` with ``user:password@`` and query strings (signed URLs) cut out of every URL."""
+    return _QUERY.sub(r"\1", _CREDENTIALS.sub(r"\1", str(text)))
+
+
+def _remote_errors() -> tuple[type[BaseException], ...]:
+    """Network error classes of the fsspec backends that are installed (not OSError subclasses)."""
+    found: list[type[BaseException]] = []
+    with contextlib.suppress(ImportError):
+        from botocore.exceptions import BotoCoreError
+
+        found.append(BotoCoreError)
+    with contextlib.suppress(ImportError):
+        from aiohttp import ClientError
+
+        found.append(ClientError)
+    return tuple(found)
+
+
+def _network_error(exc: BaseException) -> bool:
+    """Whether ``exc`` says the store did not answer (worth retrying later)."""
+    import asyncio
+    import errno
+
+    if isinstance(exc, (ConnectionError, TimeoutError, asyncio.TimeoutError)):
+        return True
+    name = type(exc).__name__
+    if any(k in name for k in ("Connect", "Timeout", "Endpoint")) and not isinstance(exc, (PermissionError,
+                                                                                          FileNotFoundError)):
+        return True
+    # s3fs and gcsfs turn server-side failures (5xx, throttling) into EIO/EAGAIN/EBUSY OSErrors;
+    # a network file system (the data directory on an NFS volume) fails with EIO or ESTALE.
+    return isinstance(exc, OSError) and exc.errno in (errno.EIO, errno.EAGAIN, errno.EBUSY, errno.ETIMEDOUT,
+                                                      errno.ECONNREFUSED, errno.ECONNRESET, errno.EHOSTUNREACH,
+                                                      errno.ENETUNREACH, errno.ESTALE)
+
+
 def is_url(root: str | Path) -> bool:
     """Whether ``root`` names an fsspec store (``s3://``, ``memory://``...) rather than a local path."""
     return isinstance(root, str) and "://" in root and not root.startswith("file://")
+
+
+def _guarded(what: str):
+    """Method decorator: store failures inside become :class:`CubeStoreError` naming ``what``."""
+    def decorate(method):
+        @functools.wraps(method)
+        def wrapper(self, *args, **kwargs):
+            with self._store_errors(what):
+                return method(self, *args, **kwargs)
+        return wrapper
+    return decorate
 
 
 def _process_lock(key: str) -> threading.Lock:
@@ -125,10 +202,8 @@ class Cube:
         stem = f"{sensor}_{grid.resolution:g}m" + (f"_{product}" if product else "")
         self.remote = is_url(root)
         if self.remote:
-            import fsspec
-
             base = f"{str(root).rstrip('/')}/cubes/{aoi_id}"
-            self._fs, _ = fsspec.core.url_to_fs(base, **self.storage_options)
+            self._fs = self._filesystem(str(root), base)
             self.path: Any = f"{base}/{stem}.zarr"
             self.provenance_path: Any = f"{base}/{stem}.provenance.json"
             self.reference_path: Any = f"{base}/{stem}.reference.tif"
@@ -142,6 +217,93 @@ class Cube:
             self.provenance_path = base_p / f"{stem}.provenance.json"
             self.reference_path = base_p / f"{stem}.reference.tif"
             self._lock_path = base_p / f"{stem}.lock"
+
+    # ------------------------------------------------------------------ store errors
+    def _filesystem(self, root: str, base: str):
+        """The fsspec filesystem of a URL root, or a :class:`CubeStoreError` saying what to fix."""
+        import fsspec
+
+        protocol, _, rest = root.partition("://")
+        shown = _strip_credentials(root)
+        userinfo = rest.split("/", 1)[0].rpartition("@")[0]
+        if userinfo and (":" in userinfo or protocol.lower() in _OBJECT_SCHEMES):
+            # s3fs and friends take no credentials from the URL: "s3://key:secret@bucket" failed
+            # deep in botocore with a message that printed the secret.
+            raise CubeStoreError(f"cube store {shown}: the URL carries credentials; give {shown} and put them "
+                                 "in the environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY for s3://, "
+                                 "GOOGLE_APPLICATION_CREDENTIALS for gs://) or in storage_options")
+        try:
+            return fsspec.core.url_to_fs(base, **self.storage_options)[0]
+        except ImportError as exc:
+            raise CubeStoreError(f"cube store {shown}: the fsspec backend for {protocol}:// is not installed "
+                                 f"({self._clean(exc)}); install it (s3fs for s3://, gcsfs for gs://, adlfs for "
+                                 "az://) or use a local path") from None
+        except ValueError as exc:
+            if "protocol" not in str(exc).lower():
+                raise
+            raise CubeStoreError(f"cube store {shown}: unknown storage protocol {protocol}://; use a local path or "
+                                 "an fsspec URL such as s3://bucket/prefix, gs://bucket/prefix or file:///path"
+                                 ) from None
+
+    def _clean(self, exc: BaseException) -> str:
+        """One line of ``exc``'s text without credentials (URLs' or the storage options' secrets)."""
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        for key, value in self.storage_options.items():
+            if isinstance(value, str) and len(value) >= 4 and _SECRET_OPTION.search(str(key)):
+                text = text.replace(value, "***")
+        return _strip_credentials(text)[:300]
+
+    def _store_name(self) -> str:
+        return _strip_credentials(str(self.path))
+
+    @contextlib.contextmanager
+    def _store_errors(self, what: str) -> Iterator[None]:
+        """Turn the store's own failures (OSError, backend errors) into clear cube errors.
+
+        Errors changedet raises on purpose (:class:`CubeError`, :class:`CubeLocked`) and
+        bugs (anything else) pass through unchanged.
+        """
+        try:
+            yield
+        except CubeError:
+            raise
+        except (OSError, ImportError, *_remote_errors()) as exc:
+            raise self._store_error(exc, what) from None
+        except NotImplementedError as exc:
+            if not self.remote:
+                raise
+            # fsspec's answer when a protocol lacks an operation (http:// cannot write).
+            raise CubeStoreError(f"cube store {self._store_name()}: cannot {what}: its protocol does not support "
+                                 f"it ({self._clean(exc)}); use a writable store (a local path, s3://, gs://)"
+                                 ) from None
+
+    def _store_error(self, exc: BaseException, what: str) -> CubeStoreError:
+        import errno
+
+        where = f"cube store {self._store_name()}: cannot {what}"
+        text = f"{type(exc).__name__}: {self._clean(exc)}"
+        if isinstance(exc, ImportError):
+            return CubeStoreError(f"{where}: a package the store needs is missing ({text}); install it")
+        if isinstance(exc, PermissionError) or getattr(exc, "errno", None) in (errno.EACCES, errno.EPERM):
+            fix = ("check the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS) "
+                   "and that they may read and write under the prefix") if self.remote else (
+                   "give the user running changedet write access to it, or choose another --data-dir")
+            return CubeStoreError(f"{where}: permission denied ({text}); {fix}")
+        if isinstance(exc, FileNotFoundError):
+            fix = ("create the bucket, or fix the store URL (CHANGEDET_STORE_URL)" if self.remote
+                   else "create the folder, or fix --data-dir")
+            return CubeStoreError(f"{where}: it does not exist ({text}); {fix}")
+        if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            return CubeStoreError(f"{where}: {text}; free space or make it writable, then run again "
+                                  "(stored scenes are kept)")
+        if _network_error(exc):
+            check = ("the network, the endpoint and that the service is up" if self.remote
+                     else "the disk or network mount it is on")
+            return CubeStoreUnavailable(f"{where}: the store did not answer ({text}); check {check}, then run "
+                                        "again (stored scenes are kept; one cut off mid-write is not listed and "
+                                        "is fetched again)")
+        return CubeStoreError(f"{where}: {text}; check the store URL, credentials and that the store is "
+                              "reachable and writable")
 
     # ------------------------------------------------------------------ storage helpers
     def _exists(self, path) -> bool:
@@ -245,6 +407,7 @@ class Cube:
                     self._fs.rm_file(self._lock_path)
 
     # ------------------------------------------------------------------ provenance
+    @_guarded("read its provenance record")
     def _read_provenance(self) -> dict[str, Any]:
         text = self._read_text(self.provenance_path)
         if text is None:
@@ -279,6 +442,7 @@ class Cube:
     def has(self, scene_id: str) -> bool:
         return any(s["scene_id"] == scene_id for s in self._read_provenance()["scenes"])
 
+    @_guarded("annotate a stored scene")
     def annotate(self, scene_id: str, fields: dict[str, Any]) -> None:
         """Merge ``fields`` (e.g. ``{"coreg": {"shift_row_px": ...}}``) into a stored scene's provenance.
 
@@ -302,6 +466,7 @@ class Cube:
                                 "annotate only scenes listed by Cube.scenes()")
             self._write_provenance(doc)
 
+    @_guarded("record a skipped scene")
     def record_skipped(self, scene: SceneRecord, reason: str, **fields: Any) -> None:
         """Record that ``scene`` was not stored and why (replaces an earlier record of it)."""
         with self._locked():
@@ -329,12 +494,17 @@ class Cube:
         bands = [str(b) for b in data["band"].values]
         values = np.ascontiguousarray(np.asarray(data.values, dtype="float32"))
         digest = hashlib.sha256(values.tobytes()).hexdigest()
+        with self._store_errors(f"store scene {scene.id}"):
+            return self._append_locked(scene, data, bands, values, digest, extra)
+
+    def _append_locked(self, scene: SceneRecord, data: xr.DataArray, bands: list[str], values: np.ndarray,
+                       digest: str, extra: dict[str, Any] | None) -> bool:
         with self._locked():
             doc = self._read_provenance()
             if any(s["scene_id"] == scene.id or s.get("sha256") == digest for s in doc["scenes"]):
                 return False
             n = len(doc["scenes"])
-            if n and doc.get("bands") != bands:
+            if n and not _same_bands(doc.get("bands") or [], bands):
                 held = [str(b) for b in doc.get("bands") or []]
                 hint = ""
                 if any(b.upper() in ("SCL", "CLM") and b != b.upper() for b in held):
@@ -419,6 +589,7 @@ class Cube:
                 arr.resize((n,) + arr.shape[1:])
 
     # ------------------------------------------------------------------ reading
+    @_guarded("read its scenes")
     def read(self, *, before: datetime | None = None, last: int | None = None,
              exclude: str | None = None) -> xr.DataArray | None:
         """Stored acquisitions as a lazy ``DataArray(time, band, y, x)``, sorted by time.
@@ -444,6 +615,7 @@ class Cube:
         da = da.assign_coords(scene_id=("time", [e["scene_id"] for e in entries]))
         return with_crs(da.drop_vars("spatial_ref", errors="ignore"), self.grid.crs)
 
+    @_guarded("measure its size")
     def size_bytes(self) -> int:
         """Bytes the pixel store occupies."""
         if self.remote:
@@ -472,6 +644,7 @@ class Cube:
         }
 
     # ------------------------------------------------------------------ reference
+    @_guarded("read the registration reference")
     def reference(self) -> xr.DataArray | None:
         """The AOI's registration reference for this sensor, if one was set."""
         if self.remote:
@@ -485,6 +658,7 @@ class Cube:
         st = self.reference_path.stat()
         return _read_reference(str(self.reference_path), st.st_mtime_ns, st.st_size).copy()
 
+    @_guarded("write the registration reference")
     def set_reference(self, data: xr.DataArray) -> None:
         from changedet.io import write_geotiff
 
@@ -496,6 +670,30 @@ class Cube:
         with tempfile.TemporaryDirectory() as tmp:
             local = write_geotiff(data, Path(tmp) / "reference.tif")
             self._fs.pipe_file(self.reference_path, local.read_bytes())
+
+
+#: Bands found by their exact (upper-case) name: a lower-case "clm"/"scl" in an old cube was
+#: stored as a data band, so it is not the same band as a new scene's cloud mask.
+_EXACT_BANDS = frozenset({CLOUD_BAND, SCL_BAND})
+
+
+def _same_bands(held: list[Any], new: list[str]) -> bool:
+    """Whether a scene's bands are the cube's, in the same order, whatever their case.
+
+    Band names are case-insensitive (``b02`` from a local file is ``B02`` from a
+    catalogue); the cube keeps the names it was created with. The class bands
+    (``CLM``, ``SCL``) must match exactly, and so must names that are unique only by
+    case, where case is all that tells two bands apart.
+    """
+    held = [str(b) for b in held]
+    if held == new:
+        return True
+    if len(held) != len(new) or any(b != c and _EXACT_BANDS & {b.upper(), c.upper()} for b, c in zip(held, new)):
+        return False
+    up_held, up_new = [b.upper() for b in held], [b.upper() for b in new]
+    if len(set(up_held)) != len(up_held) or len(set(up_new)) != len(up_new):
+        return False
+    return up_held == up_new
 
 
 def _dump_provenance(doc: dict[str, Any]) -> str:
@@ -542,4 +740,4 @@ def clear_mask(da: xr.DataArray) -> xr.DataArray:
     return valid.drop_vars("band", errors="ignore")
 
 
-__all__ = ["Cube", "CubeLocked", "clear_mask", "is_url", "optical_bands"]
+__all__ = ["Cube", "CubeLocked", "CubeStoreError", "CubeStoreUnavailable", "clear_mask", "is_url", "optical_bands"]

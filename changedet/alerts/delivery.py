@@ -6,7 +6,11 @@ are due, sends each one and reports back with :meth:`Outbox.mark_delivered` or
 :meth:`Outbox.mark_failed` (which schedules the retry with exponential backoff).
 Every alert was stored before anything is sent, so a channel that is down loses
 nothing; an event marked delivered is never offered again, so nothing is sent twice
-(short of a crash between a send and its mark: at-least-once).
+(short of a crash between a send and its mark: at-least-once). An email that reached
+some recipients while the server refused others stays failed; the outbox records who
+got it, and the retry goes to the others only. A delivery that keeps failing is
+retried for as long as it takes (backoff capped at 6 h) and reported as stuck
+(:meth:`Outbox.stuck`, ``changedet alerts deliver``) for a person to fix.
 
 Channels come from the environment (:func:`channels_from_env`):
 
@@ -166,11 +170,14 @@ def send(
     event: str = "opened",
     recipients: tuple[str, ...] = (),
     evidence: str | Path | None = None,
+    already_sent: tuple[str, ...] = (),
 ) -> None:
     """Send one alert on one channel (raises :class:`DeliveryError` on failure).
 
     ``evidence`` is the alert's evidence pack folder; its pictures go inline into
-    emails and, with a public base URL, into Slack messages.
+    emails and, with a public base URL, into Slack messages. ``already_sent`` lists
+    email recipients this event already reached (a retry after a partial refusal):
+    they are not sent it again (ignored for Slack).
     """
     from changedet.evidence import evidence_images
 
@@ -211,6 +218,7 @@ def send(
         timeout_s=s.get("timeout_s", 10),
         event=event,
         images=images,
+        already_sent=already_sent,
     )
 
 
@@ -289,8 +297,20 @@ def flush(
                         c["skipped"] += 1
                         continue
                     recipients = tuple(routes[channel.name] or ())
-                send(alert, channel, event=event, recipients=recipients, evidence=evidence_dir / alert.id)
+                # Recipients a partly refused earlier attempt reached are not sent it again.
+                reached = outbox.recipients_reached(event_id, channel.name) if channel.kind == "email" else set()
+                send(alert, channel, event=event, recipients=recipients, evidence=evidence_dir / alert.id,
+                     already_sent=tuple(sorted(reached)))
             except Exception as exc:  # noqa: BLE001 - one bad send must not stop the rest
+                from changedet.alerts.email import RecipientsRefused
+
+                if isinstance(exc, RecipientsRefused) and exc.outcome.accepted:
+                    try:  # who got it is recorded before the failure, so the retry skips them
+                        outbox.mark_recipients_reached(event_id, channel.name, exc.outcome.accepted)
+                    except StoreError as store_exc:
+                        # Not fatal: the retry then reaches them again (at-least-once).
+                        log.error("cannot record the recipients of alert %s on %r: %s", alert.id, channel.name,
+                                  store_exc)
                 text = _error_text(exc, channel)
                 log.warning("delivery of alert %s (%s) on %r failed: %s", alert.id, event, channel.name, text)
                 c["failed"] += 1

@@ -12,8 +12,9 @@ answered 4xx or 5xx). The message then reached the accepted ones only, and the s
 is not reported as delivered: :func:`send_email` raises :class:`RecipientsRefused`
 naming who got it and who was refused (with the server's code), so the outbox keeps
 the delivery failed and retries it, and ``changedet alerts deliver`` counts it as
-failed. A caller that records who got an event passes them as ``already_sent`` on
-the retry, and they are not sent it again.
+failed. :func:`changedet.alerts.delivery.flush` records who got it in the outbox
+(:meth:`~changedet.alerts.outbox.Outbox.mark_recipients_reached`) and passes them as
+``already_sent`` on the retry, so they are not sent it again.
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ try:  # POSIX only; elsewhere JSON mirrors fall back to the in-process lock.
 except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["ACTIONS", "ACTIVE", "EVENTS", "STATUSES", "Alert", "Outbox", "alert_id"]
+__all__ = ["ACTIONS", "ACTIVE", "EVENTS", "STATUSES", "STUCK_ATTEMPTS", "STUCK_HOURS", "Alert", "Outbox", "alert_id"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,12 @@ STATUSES = ("open", "escalated", "acknowledged", "resolved")
 ACTIVE = ("open", "escalated", "acknowledged")
 EVENTS = ("opened", "escalated")
 ACTIONS = ("opened", "escalated", "updated", "suppressed")
+#: A delivery is reported stuck (:meth:`Outbox.stuck`) after this many failed attempts
+#: (with the default 60 s base backoff, about 8.5 h after the first failure when deliver
+#: runs often) ...
+STUCK_ATTEMPTS = 10
+#: ... or when its event is still undelivered this many hours after it was recorded.
+STUCK_HOURS = 24.0
 
 
 # -- the alert -------------------------------------------------------------------------
@@ -257,6 +263,18 @@ _SCHEMA = (
         event        TEXT NOT NULL,
         finding_time TEXT NOT NULL,
         error        TEXT
+    )
+    """,
+    # Recipients an event already reached on a channel whose server refused others of
+    # them: a retry sends it to the others only. Created if missing, so an outbox made
+    # before this table existed opens unchanged (nothing recorded = nobody reached yet).
+    """
+    CREATE TABLE IF NOT EXISTS delivery_recipients (
+        event_id   INTEGER NOT NULL REFERENCES events (id),
+        channel    TEXT NOT NULL,
+        address    TEXT NOT NULL,
+        reached_at TEXT NOT NULL,
+        PRIMARY KEY (event_id, channel, address)
     )
     """,
 )
@@ -840,6 +858,56 @@ class Outbox:
         """Deliveries on ``channel`` another sender claimed and is sending: (how many, lease end)."""
         return self._count_status(channel, "sending", now)
 
+    def stuck(
+        self, channel: str | None = None, *, now: datetime | None = None,
+        max_attempts: int = STUCK_ATTEMPTS, max_age_h: float = STUCK_HOURS,
+    ) -> list[dict[str, Any]]:
+        """Deliveries that keep failing: ``max_attempts`` failed attempts or more, or not
+        delivered ``max_age_h`` hours after the event was recorded.
+
+        They are still retried (backoff capped at ``retry_cap_s``; an alert is never
+        dropped), but a person has to fix what makes them fail (a wrong address, a
+        revoked webhook, a channel no longer configured): ``changedet alerts deliver``
+        lists them and exits non-zero. Deliveries never tried and deliveries another
+        sender holds right now are not stuck.
+
+        Parameters
+        ----------
+        channel : str, optional
+            One channel (default: every channel).
+        now : datetime, optional
+            Current time (default: the outbox clock).
+        max_attempts : int
+            Failed attempts from which a delivery is stuck (>= 1).
+        max_age_h : float
+            Hours after the event was recorded from which an undelivered, failed
+            delivery is stuck (> 0).
+
+        Returns
+        -------
+        list of dict
+            Oldest event first: ``alert_id``, ``event``, ``channel``, ``attempts``,
+            ``since`` (when the event was recorded, ISO-8601 UTC), ``last_error``,
+            ``next_attempt_at``.
+        """
+        if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+            raise StoreError(f"max_attempts={max_attempts!r} must be a whole number of attempts >= 1, e.g. 10")
+        if not (isinstance(max_age_h, (int, float)) and not isinstance(max_age_h, bool) and 0 < max_age_h < math.inf):
+            raise StoreError(f"max_age_h={max_age_h!r} must be a positive number of hours, e.g. 24")
+        t = self._now() if now is None else to_utc(now)
+        rows = self._read(
+            "SELECT e.alert_id, e.event, d.channel, d.attempts, e.created_at AS since, d.last_error, "
+            "d.next_attempt_at FROM deliveries d JOIN events e ON e.id = d.event_id "
+            "WHERE d.status <> 'delivered' AND (:channel IS NULL OR d.channel = :channel) "
+            # A claim whose lease still runs is a send in progress, not a failure.
+            "AND NOT (d.status = 'sending' AND d.next_attempt_at > :now) "
+            "AND d.attempts > 0 AND (d.attempts >= :n OR e.created_at <= :cutoff) "
+            "ORDER BY e.id, d.channel",
+            {"channel": channel, "now": iso_utc(t), "n": int(max_attempts),
+             "cutoff": iso_utc(t - timedelta(hours=float(max_age_h)))},
+        )
+        return [dict(r) for r in rows]
+
     def _count_status(self, channel: str, status: str, now: datetime | None) -> tuple[int, datetime | None]:
         when = iso_utc(self._now() if now is None else now)
         row = self._read(
@@ -991,6 +1059,34 @@ class Outbox:
 
         params = self._delivery(alert_id, event, channel, "mark failed", update, event_id)
         return None if params is None else parse_iso_utc(params["next_attempt_at"])
+
+    def recipients_reached(self, event_id: int, channel: str) -> set[str]:
+        """Addresses (lower case) that event ``event_id`` already reached on ``channel``.
+
+        Recorded by :meth:`mark_recipients_reached` when a server accepted some
+        recipients and refused others; empty when the event never partly reached it.
+        """
+        rows = self._read("SELECT address FROM delivery_recipients WHERE event_id = :e AND channel = :c",
+                          {"e": int(event_id), "c": channel})
+        return {r["address"] for r in rows}
+
+    def mark_recipients_reached(self, event_id: int, channel: str, addresses: Iterable[str]) -> None:
+        """Record that event ``event_id`` reached ``addresses`` on ``channel`` (the others are still due).
+
+        Addresses are stored stripped and in lower case (mail servers compare them so);
+        recording one twice is a no-op.
+        """
+        now = iso_utc(self._now())
+        rows = [{"e": int(event_id), "c": channel, "a": str(a).strip().lower(), "t": now}
+                for a in addresses if str(a).strip()]
+        if not rows:
+            return
+        with self._txn(f"record the recipients of event {event_id} on {channel!r}") as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO delivery_recipients (event_id, channel, address, reached_at) "
+                "VALUES (:e, :c, :a, :t)",
+                rows,
+            )
 
     def delivery_state(self, alert_id: str, event: str, channel: str) -> list[dict[str, Any]]:
         """Delivery rows of one alert's events on a channel (for inspection and tests)."""

@@ -2,11 +2,35 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
 
 from changedet.cli import default_data_dir
+
+# Literal copies of changedet.alerts.outbox.STUCK_* (checked by a test): importing the
+# outbox here would load the alert stack for every CLI command.
+STUCK_ATTEMPTS = 10
+STUCK_HOURS = 24.0
+
+#: Exit status of ``alerts deliver`` when some delivery is stuck (see DELIVER_HELP).
+EXIT_STUCK = 3
+
+DELIVER_HELP = f"""\
+Send the alert notifications that are due to the channels configured in the environment
+(CHANGEDET_SLACK_WEBHOOK_URL, CHANGEDET_SMTP_*). A failed send stays in the outbox and is
+retried by later runs with exponential backoff (1 min doubling, at most 6 h apart), for as
+long as it takes: an alert is never dropped.
+
+A delivery that keeps failing (--stuck-attempts failed attempts, default {STUCK_ATTEMPTS}, or still
+undelivered --stuck-hours after the alert event, default {STUCK_HOURS:g} h) needs a person: a wrong
+address, a revoked webhook, a channel no longer configured. Each run lists such deliveries
+under STUCK, on every channel of the outbox, with the last error.
+
+Exit status: 0 all due deliveries sent (or waiting for their retry); 1 a send failed in
+this run; {EXIT_STUCK} some delivery is stuck (whatever this run did); 2 a usage or setup error.
+"""
 
 
 def add_parser(sub) -> None:
@@ -19,7 +43,13 @@ def add_parser(sub) -> None:
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=cmd_list)
     dl = s.add_parser("deliver", help="send due alert notifications to the channels configured in the environment "
-                      "(CHANGEDET_SLACK_WEBHOOK_URL, CHANGEDET_SMTP_*); failed sends are retried by later runs")
+                      "(CHANGEDET_SLACK_WEBHOOK_URL, CHANGEDET_SMTP_*); failed sends are retried by later runs",
+                      description=DELIVER_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    dl.add_argument("--stuck-attempts", type=int, default=STUCK_ATTEMPTS, metavar="N",
+                    help=f"report a delivery as stuck after N failed attempts (default {STUCK_ATTEMPTS})")
+    dl.add_argument("--stuck-hours", type=float, default=STUCK_HOURS, metavar="H",
+                    help=f"... or when its alert event is still undelivered after H hours (default {STUCK_HOURS:g})")
+    dl.add_argument("--json", action="store_true", help="print the outcome as JSON (warnings go to stderr)")
     dl.set_defaults(func=cmd_deliver)
     ck = s.add_parser("check", help="check the AOIs' alert rules, channels and delivery settings (no network)")
     ck.add_argument("--aoi", action="append", help="AOI id or YAML path (repeatable; default: every AOI)")
@@ -112,47 +142,78 @@ def cmd_check(args) -> int:
     return 0
 
 
+def _say(args, text: str) -> None:
+    """A human line: stdout, or stderr under --json (stdout is the JSON document)."""
+    print(text, file=sys.stderr if getattr(args, "json", False) else sys.stdout)
+
+
 def cmd_deliver(args) -> int:
     from changedet.alerts.config import alerting_problems
     from changedet.alerts.delivery import channels_from_env, flush
     from changedet.aoi import load_aoi
+    from changedet.errors import StoreError
 
+    if isinstance(args.stuck_attempts, bool) or args.stuck_attempts < 1:
+        raise StoreError(f"--stuck-attempts {args.stuck_attempts} must be at least 1, e.g. {STUCK_ATTEMPTS}")
+    if not 0 < args.stuck_hours < float("inf"):
+        raise StoreError(f"--stuck-hours {args.stuck_hours:g} must be a positive number of hours, e.g. {STUCK_HOURS:g}")
     channels = channels_from_env()
     if not channels:
-        print("no delivery channel configured: set CHANGEDET_SLACK_WEBHOOK_URL and/or CHANGEDET_SMTP_HOST "
-              "(see infra/.env.example); alerts stay in the outbox")
-        return 0
+        _say(args, "no delivery channel configured: set CHANGEDET_SLACK_WEBHOOK_URL and/or CHANGEDET_SMTP_HOST "
+                   "(see infra/.env.example); alerts stay in the outbox")
     note = _no_outbox_note(args)
     if note:
-        print(f"nothing to deliver; {note}")
+        if channels:
+            _say(args, f"nothing to deliver; {note}")
+        if args.json:
+            print(json.dumps({"channels": {}, "stuck": [], "stuck_count": 0, "exit": 0}))
         return 0
     outbox = _outbox(args)
-    # A channel that rules use but that is not configured would hold its alerts back
-    # silently; say so (the configured channels are still served).
-    from changedet.errors import AOIError
+    result: dict[str, dict] = {}
+    if channels:
+        # A channel that rules use but that is not configured would hold its alerts back
+        # silently; say so (the configured channels are still served).
+        from changedet.errors import AOIError
 
-    known = []
-    for aoi_id in sorted({a.aoi_id for a in outbox.list(status=("open", "escalated", "acknowledged"))}):
-        try:
-            known.append(load_aoi(aoi_id))
-        except AOIError as exc:  # its alerts fail one by one below, with this reason
-            print(f"warning: {exc}")
-    for problem in alerting_problems(known, require_delivery=True):
-        print(f"warning: {problem}")
-    cache: dict[str, dict] = {}
+        known = []
+        for aoi_id in sorted({a.aoi_id for a in outbox.list(status=("open", "escalated", "acknowledged"))}):
+            try:
+                known.append(load_aoi(aoi_id))
+            except AOIError as exc:  # its alerts fail one by one below, with this reason
+                _say(args, f"warning: {exc}")
+        for problem in alerting_problems(known, require_delivery=True):
+            _say(args, f"warning: {problem}")
+        cache: dict[str, dict] = {}
 
-    def recipients_for(alert):
-        # Recipients by channel name come from the AOI file of the alert's site.
-        if alert.aoi_id not in cache:
-            cache[alert.aoi_id] = dict(load_aoi(alert.aoi_id).recipients)
-        return cache[alert.aoi_id]
+        def recipients_for(alert):
+            # Recipients by channel name come from the AOI file of the alert's site.
+            if alert.aoi_id not in cache:
+                cache[alert.aoi_id] = dict(load_aoi(alert.aoi_id).recipients)
+            return cache[alert.aoi_id]
 
-    result = flush(outbox, channels, recipients_for=recipients_for,
-                   evidence_root=Path(args.data_dir or default_data_dir()) / "evidence")
+        result = flush(outbox, channels, recipients_for=recipients_for,
+                       evidence_root=Path(args.data_dir or default_data_dir()) / "evidence")
+    # Stuck on any channel of the outbox, configured or not: a channel dropped from the
+    # settings holds its alerts back for good, which is exactly what must be seen.
+    stuck = outbox.stuck(max_attempts=args.stuck_attempts, max_age_h=args.stuck_hours)
+    report: dict[str, dict] = {}
     for channel, counts in result.items():
         n_wait, next_at = outbox.waiting(channel)
-        wait = f", waiting for retry {n_wait} (next after {next_at:%Y-%m-%d %H:%M} UTC)" if n_wait else ""
         n_busy, _lease_end = outbox.in_flight(channel)
+        n_stuck = sum(1 for d in stuck if d["channel"] == channel)
+        report[channel] = {**counts, "waiting": n_wait, "next_retry_at": next_at.isoformat() if next_at else None,
+                           "in_flight": n_busy, "stuck": n_stuck}
+        wait = f", waiting for retry {n_wait} (next after {next_at:%Y-%m-%d %H:%M} UTC)" if n_wait else ""
         wait += f", in flight with another sender {n_busy}" if n_busy else ""
-        print(f"{channel}: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + wait)
-    return 1 if any(c.get("failed") for c in result.values()) else 0
+        wait += f", STUCK {n_stuck}" if n_stuck else ""
+        _say(args, f"{channel}: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + wait)
+    if stuck:
+        _say(args, f"STUCK: {len(stuck)} deliver{'y' if len(stuck) == 1 else 'ies'} failing for "
+                   f"{args.stuck_attempts}+ attempts or {args.stuck_hours:g}+ h (still retried; fix the cause):")
+        for d in stuck:
+            _say(args, f"  {d['alert_id']} ({d['event']}) on {d['channel']}: {d['attempts']} failed attempt(s), "
+                       f"undelivered since {d['since']}; last error: {d['last_error'] or '-'}")
+    rc = EXIT_STUCK if stuck else (1 if any(c.get("failed") for c in result.values()) else 0)
+    if args.json:
+        print(json.dumps({"channels": report, "stuck": stuck, "stuck_count": len(stuck), "exit": rc}, indent=1))
+    return rc
