@@ -27,16 +27,20 @@ from typing import Any, Callable
 import numpy as np
 
 from changedet.cloudmask import cloud_fraction, with_cloud_band
-from changedet.cube import Cube
+from changedet.cube import Cube, optical_bands
 from changedet.errors import SourceError
 from changedet.grid import GridSpec, aoi_grid
-from changedet.sources.base import SceneRecord, check_range
+from changedet.sources.base import CLOUD_BAND, SceneRecord, check_range
 
 #: Percent of the site under cloud above which a scene is skipped, unless the AOI's
 #: source entry (``max_cloud``) or the caller says otherwise.
 DEFAULT_MAX_CLOUD = 60.0
 #: Product name of the cube that ``fetch`` fills (see :class:`changedet.cube.Cube`).
 ACQUIRED = "acquired"
+#: Scenes in a row that may fail to load before the fetch stops: one bad scene (an item
+#: without an asset, a corrupt file) must not block every later date for ever, but a
+#: source that fails every scene (credentials, an outage) is stopped, not retried N times.
+MAX_FAILURES_IN_A_ROW = 2
 
 
 @dataclass(frozen=True)
@@ -44,8 +48,10 @@ class SceneOutcome:
     """What happened to one scene of a fetch.
 
     ``status`` is ``stored``, ``already`` (id in the cube), ``duplicate`` (same pixels
-    under another id) or ``skipped`` (with ``reason``). ``cloud_fraction`` is over the
-    site, 0..1, None when not measured.
+    under another id), ``skipped`` (with ``reason``, recorded in the cube) or ``failed``
+    (the source could not load it: ``reason`` is the error; nothing is recorded, so the
+    next fetch tries it again). ``cloud_fraction`` is over the site, 0..1, None when not
+    measured.
     """
 
     scene_id: str
@@ -68,7 +74,8 @@ class FetchReport:
         return sum(1 for o in self.outcomes if o.status == status)
 
     def summary(self) -> str:
-        parts = [f"{self.count(s)} {s}" for s in ("stored", "already", "duplicate", "skipped") if self.count(s)]
+        parts = [f"{self.count(s)} {s}" for s in ("stored", "already", "duplicate", "skipped", "failed")
+                 if self.count(s)]
         return f"{self.aoi_id}/{self.sensor} from {self.source}: " + (", ".join(parts) or "nothing to do")
 
 
@@ -78,6 +85,22 @@ def site_mask(aoi, grid: GridSpec) -> np.ndarray:
 
     site = aoi.to_crs(aoi.polygon, grid.crs)
     return rasterize([(site, 1)], out_shape=grid.shape, transform=grid.transform, fill=0, dtype="uint8").astype(bool)
+
+
+def _unobserved_not_clear(data):
+    """``data`` with its ``CLM`` band NaN (no data) wherever a reflectance band is NaN.
+
+    A provider's cloud mask often says 0 (clear) over pixels it has no reflectance for (a
+    swath edge, a no-data tile corner): counted as clear, a scene with nothing over the
+    site would be stored as a 0 % cloud acquisition. Unobserved is neither cloud nor clear.
+    """
+    nodata = optical_bands(data).isnull().any("band").values
+    if not nodata.any():
+        return data
+    names = [str(b) for b in data["band"].values]
+    values = np.array(data.values, copy=True)
+    values[names.index(CLOUD_BAND)][nodata] = np.nan
+    return data.copy(data=values)
 
 
 def fetch(aoi, source, *, sensor: str, resolution_m: float, start: date, end: date,
@@ -114,8 +137,10 @@ def fetch(aoi, source, *, sensor: str, resolution_m: float, start: date, end: da
     DateError
         ``end`` before ``start``.
     SourceError
-        The search found nothing, or a scene cannot be loaded (it names the scene; scenes
-        stored before it stay stored, nothing of it is).
+        The search found nothing, or ``MAX_FAILURES_IN_A_ROW`` scenes in a row could not be
+        loaded (naming them; scenes stored before stay stored). A scene that cannot be
+        loaded is otherwise reported as ``failed`` in the returned report, nothing of it is
+        stored or recorded, and the fetch goes on with the next scene.
     """
     check_range(start, end)
     if not 0.0 <= float(max_cloud) <= 100.0:
@@ -133,9 +158,23 @@ def fetch(aoi, source, *, sensor: str, resolution_m: float, start: date, end: da
                           f"to {end}; widen the dates or check the source settings (collection, path)")
     inside = site_mask(aoi, grid)
     outcomes: list[SceneOutcome] = []
+    failed_in_a_row: list[SceneOutcome] = []
     for i, scene in enumerate(scenes, start=1):
-        outcome = _one(cube, source, scene, grid, inside, optical=optical, max_cloud=float(max_cloud),
-                       cloud_method=cloud_method)
+        try:
+            outcome = _one(cube, source, scene, grid, inside, optical=optical, max_cloud=float(max_cloud),
+                           cloud_method=cloud_method)
+        except SourceError as exc:
+            outcome = SceneOutcome(scene.id, scene.time.isoformat(), "failed", str(exc))
+            failed_in_a_row.append(outcome)
+            if len(failed_in_a_row) >= MAX_FAILURES_IN_A_ROW:
+                done = sum(1 for o in outcomes if o.status == "stored")
+                days = ", ".join(o.time[:10] for o in failed_in_a_row)
+                reasons = "; ".join(dict.fromkeys(o.reason for o in failed_in_a_row))  # once each, in order
+                raise SourceError(f"stopped after {len(failed_in_a_row)} scenes in a row failed to load ({days}): "
+                                  f"{reasons}; {done} scene(s) stored before stay stored, run the fetch again "
+                                  "once the cause is fixed") from None
+        else:
+            failed_in_a_row.clear()
         outcomes.append(outcome)
         if progress is not None:
             progress(i, len(scenes), outcome)
@@ -151,7 +190,8 @@ def _one(cube: Cube, source, scene: SceneRecord, grid: GridSpec, inside: np.ndar
     method = None
     if optical:
         data, method = with_cloud_band(data, method=cloud_method)
-        frac = cloud_fraction(data.sel(band="CLM"), within=inside)
+        data = _unobserved_not_clear(data)
+        frac = cloud_fraction(data.sel(band=CLOUD_BAND), within=inside)
     else:
         valid = np.isfinite(np.asarray(data.values)).all(axis=0)
         frac = None if not (valid & inside).any() else 0.0
@@ -175,4 +215,4 @@ def _one(cube: Cube, source, scene: SceneRecord, grid: GridSpec, inside: np.ndar
     return SceneOutcome(scene.id, when, status, reason, round(frac, 4), method)
 
 
-__all__ = ["DEFAULT_MAX_CLOUD", "FetchReport", "SceneOutcome", "fetch", "site_mask"]
+__all__ = ["DEFAULT_MAX_CLOUD", "MAX_FAILURES_IN_A_ROW", "FetchReport", "SceneOutcome", "fetch", "site_mask"]

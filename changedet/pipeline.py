@@ -183,13 +183,22 @@ def _fmt(v: float) -> str:
 
 
 def primary_source(aoi, seed: int, registry: Path | None):
-    """The first source of the AOI this installation can serve, with its spec."""
+    """The source the daily slice runs on, with its spec: the AOI's ``simulator`` entry.
+
+    The daily slice (``changedet run``, the flows) does not yet process imagery from the
+    other sources; ``changedet fetch`` acquires theirs into the AOI's ``*_acquired`` cube.
+    """
     for spec in aoi.sources:
         if spec.name == "simulator":
             return SimulatorSource(seed=seed, registry=registry), spec
+    # Say what is missing: the other sources may be installed and configured, but the daily
+    # slice does not read them (an earlier message blamed the installation).
+    names = ", ".join(s.name for s in aoi.sources) or "none"
     raise SourceError(
-        f"{aoi.id}: none of its sources {[s.name for s in aoi.sources]} is available in this installation; "
-        "add '{name: simulator, sensor: vhr, resolution_m: 0.5}' to its sources to run offline"
+        f"{aoi.id}: the daily run (changedet run, backfill, the daily flow) processes only the scene simulator "
+        f"for now, and this AOI has no simulator source (its sources: {names}); fetch real imagery into its cube "
+        f"with 'changedet fetch --aoi {aoi.id} --source NAME --start D --end D', or add "
+        "'{name: simulator, sensor: vhr, resolution_m: 0.5}' to its sources to run it on simulated scenes"
     )
 
 

@@ -238,6 +238,11 @@ class _SourceSlots:
         self._held: dict[str, _Lease] = {}
         self._thread: threading.Thread | None = None
 
+    def count(self, key: tuple[str, str]) -> int:
+        """Leases this process holds (in use or idle) on one limit of one API."""
+        with self._lock:
+            return sum(1 for x in self._held.values() if x.key == key)
+
     def take_idle(self, key: tuple[str, str]) -> _Lease | None:
         with self._lock:
             pool = self._idle.get(key)
@@ -324,7 +329,12 @@ def _acquire_source_slot(name: str) -> Iterator[None]:
 
     key = (PREFECT_API_URL.value() or "", name)
     lease = _slots.take_idle(key)
+    t_wait = time.monotonic()
+    warn_at = t_wait + SOURCE_WAIT_WARN_S
     while lease is None:
+        if time.monotonic() >= warn_at:
+            warn_at = time.monotonic() + SOURCE_WAIT_WARN_S
+            _warn_waiting(name, time.monotonic() - t_wait)
         client = _api_client()
         try:
             response = client.increment_concurrency_slots_with_lease(
@@ -349,6 +359,28 @@ def _acquire_source_slot(name: str) -> Iterator[None]:
         yield
     finally:
         _slots.put_back(lease)
+
+
+def _warn_waiting(name: str, waited: float) -> None:
+    """Say (in the task's log) that an AOI-day has waited long for a source slot, and why it may."""
+    try:
+        limit = _api_client().read_global_concurrency_limit_by_name(name)
+        state = f" (limit {limit.limit}, {limit.active_slots} held)"
+    except Exception:  # noqa: BLE001  (the warning must not fail the task)
+        state = ""
+    try:
+        logger = get_run_logger()
+    except Exception:  # noqa: BLE001  (outside a run context)
+        logger = logging.getLogger(__name__)
+    logger.warning("waited %.0f s for a slot of the global concurrency limit %s%s. If no other changedet flow run "
+                   "is using this source, its slots were left held by a run that was killed while the Prefect "
+                   "server could not expire them (a server restart forgets in-memory leases): free them with "
+                   "'prefect gcl update %s --active-slots 0'", waited, name, state, name)
+
+
+#: Seconds an AOI-day waits for a source slot before its log says so (and again each time
+#: as long again): a slot held by a run that was killed is otherwise an endless silent wait.
+SOURCE_WAIT_WARN_S = 300.0
 
 
 #: Errors a retry cannot cure are not retried: bad input or configuration (a corrupt raster,
@@ -488,20 +520,55 @@ def render_report(data_dir: str, out_dir: str, aoi_ids: list[str] | None = None,
 def ensure_source_limits(names: set[str], slots: int | None = None) -> None:
     """Create the per-source global concurrency limits that do not exist yet.
 
-    An existing limit is left as it is: operators tune quotas in the Prefect UI
-    (Concurrency → Global) or with ``prefect gcl update``.
+    An existing limit is left as it is (operators tune quotas in the Prefect UI,
+    Concurrency → Global, or with ``prefect gcl update``), except that on a temporary
+    server this process started, slots held beyond this process's own leases are freed:
+    they were left by a run killed together with its server (see :func:`_own_temporary_server`).
     """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+    from prefect.settings import PREFECT_API_URL
+
     slots = slots or int(os.environ.get("CHANGEDET_SOURCE_CONCURRENCY", DEFAULT_SOURCE_CONCURRENCY))
+    url = PREFECT_API_URL.value() or ""
+    own = _own_temporary_server(url)
     with get_client(sync_client=True) as client:
         for name in sorted(names):
             try:
-                client.read_global_concurrency_limit_by_name(name)
+                limit = client.read_global_concurrency_limit_by_name(name)
             except ObjectNotFound:
                 try:
                     client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=slots))
                 except ObjectAlreadyExists:  # another flow run created it meanwhile
                     pass
+                continue
+            mine = _slots.count((url, name))
+            if own and limit.active_slots > mine:
+                # A temporary server (``changedet backfill`` without PREFECT_API_URL) keeps its
+                # leases in memory: slots counted in the database beyond this process's own
+                # leases were held by an earlier run killed with its server, and no lease
+                # exists any more that could expire them. Left alone, every AOI-day of this run
+                # would wait for them for ever.
+                client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=mine))
+                logging.getLogger(__name__).warning(
+                    "freed %d slot(s) of %s left held by an earlier run that was killed", limit.active_slots - mine,
+                    name)
+
+
+def _own_temporary_server(api_url: str) -> bool:
+    """Whether ``api_url`` is a temporary Prefect server this process started (its leases live
+    in its memory only, so no other process can hold one)."""
+    try:
+        from prefect.server.api.server import SubprocessASGIServer
+    except ImportError:  # a client-only installation never starts one
+        return False
+    urls = {getattr(srv, "api_url", None) for srv in list(SubprocessASGIServer._instances.values())
+            if getattr(srv, "running", False)}
+    if not api_url:
+        # No PREFECT_API_URL: Prefect's ephemeral mode, the client talks to the temporary
+        # server it started in this process (the one running, if any).
+        return bool(urls)
+    return api_url.rstrip("/") in {u.rstrip("/") for u in urls if u}

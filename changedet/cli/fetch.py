@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import asdict
+from pathlib import Path
 from types import MappingProxyType
 
 from changedet.cli import default_data_dir, parse_date
@@ -16,7 +17,9 @@ def add_parser(sub) -> None:
         "fetch", help="search a source and store an AOI's scenes in its cube (cloud-masked, idempotent)",
         description="Search SOURCE for scenes over the AOI from START to END, load each on the AOI grid, "
         "mask clouds and append it to the AOI cube. Scenes already stored are left alone; scenes over "
-        "the cloud limit are recorded as skipped with the reason (see 'changedet cube info').")
+        "the cloud limit are recorded as skipped with the reason (see 'changedet cube info'). A scene the "
+        "source cannot load is listed as failed and the fetch goes on (exit status 1; run it again to retry "
+        "them); two failures in a row stop it.")
     p.add_argument("--aoi", required=True, help="AOI id (or path to its .yaml)")
     p.add_argument("--source", required=True, help="simulator, stac, local or sentinelhub; settings come from "
                    "the AOI's source entry of that name")
@@ -67,11 +70,15 @@ def cmd_fetch(args) -> int:
     spec = _spec(aoi, args.source, args.sensor, args.resolution)
     overrides = {k: v for k, v in (("path", args.path), ("pattern", args.pattern), ("url", args.url),
                                    ("collection", args.collection)) if v is not None}
+    data_dir = args.data_dir or str(default_data_dir())
+    if spec.name == "sentinelhub" and "cache_dir" not in spec.options and "://" not in data_dir:
+        # The download cache belongs to the data directory given here; the source alone only
+        # knows $CHANGEDET_DATA_DIR, so --data-dir would leave a stray ./changedet-data/cache.
+        overrides["cache_dir"] = str(Path(data_dir) / "cache" / "sentinelhub")
     source = source_from_spec(spec, **overrides)
     max_cloud = args.max_cloud if args.max_cloud is not None else float(spec.options.get("max_cloud",
                                                                                          DEFAULT_MAX_CLOUD))
     method = args.cloud_mask or spec.options.get("cloud_mask", "auto")
-    data_dir = args.data_dir or str(default_data_dir())
 
     bar = None
     progress = None
@@ -99,14 +106,20 @@ def cmd_fetch(args) -> int:
     finally:
         if bar is not None:
             bar.close()
+    # A scene the source could not load is retried by the next fetch: the exit status says
+    # the range is not complete yet (1), as a cron job or a script must see.
+    status = 1 if report.count("failed") else 0
     if args.json:
         doc = {k: v for k, v in asdict(report).items() if k != "outcomes"}
         doc["outcomes"] = [asdict(o) for o in report.outcomes]
         print(json.dumps(doc))
-        return 0
+        return status
     print(report.summary())
     for o in report.outcomes:
-        if o.status in ("skipped", "duplicate"):
+        if o.status in ("skipped", "duplicate", "failed"):
             print(f"  {o.time[:10]} {o.scene_id}: {o.status}: {o.reason}")
     print(f"cube: {report.cube_path}")
-    return 0
+    if status:
+        print(f"{report.count('failed')} scene(s) could not be loaded (listed above); run the same fetch again to "
+              "retry them", file=sys.stderr)
+    return status

@@ -5,7 +5,8 @@ pattern when one is configured, otherwise from the file's metadata (``TIFFTAG_DA
 the ``IMAGERY`` domain's ``ACQUISITIONDATETIME`` that GDAL reads from DigitalGlobe,
 Pleiades and SPOT metadata, ``DATE_ACQUIRED``, ``SENSING_TIME``, ``datetime``...), and
 last from a ``YYYYMMDD[THHMMSS]`` run of digits in the name. Pixels are reprojected
-onto the AOI grid (bilinear; nearest for classification and mask bands).
+onto the AOI grid (bilinear, or the cell average for files more than 1.5 times finer than
+the grid; nearest for classification and mask bands).
 """
 
 from __future__ import annotations
@@ -267,19 +268,38 @@ class LocalSource:
         scale = self._scale(info["dtype"])
         classes = [b for b in names if b in _CLASS_BANDS]
         values = [b for b in names if b not in _CLASS_BANDS]
+        # A file much finer than the grid (0.5 m imagery on a 10 m grid) is averaged over
+        # each grid cell; bilinear would read 4 of its 400 pixels per cell, i.e. noise.
+        fine = info["res"] is not None and float(info["res"]) * 1.5 < float(grid.resolution)
         parts = []
-        try:
-            if values:
-                parts.append(reproject_to(da.sel(band=values) * scale, grid, resampling="bilinear"))
-            if classes:
-                parts.append(reproject_to(da.sel(band=classes), grid, resampling="nearest"))
-        except GridError:
-            raise SourceError(f"{path}: does not cover the AOI {scene.aoi_id} grid; pick files over the site "
-                              "or check their CRS") from None
+        for group, source, resampling in ((values, da.sel(band=values) * scale if values else None,
+                                           "average" if fine else "bilinear"),
+                                          (classes, da.sel(band=classes) if classes else None, "nearest")):
+            if not group:
+                continue
+            try:
+                parts.append(reproject_to(source, grid, resampling=resampling))
+            except GridError:
+                if not _overlaps(info["bounds4326"], grid):
+                    raise SourceError(f"{path}: does not cover the AOI {scene.aoi_id} grid; pick files over the "
+                                      "site or check their CRS") from None
+                # The file reaches the grid but holds only no-data there (the no-data edge of a
+                # swath or tile): that is an acquisition without pixels over the site, which
+                # fetch records as skipped, not a broken file that should stop the whole fetch.
+                parts.append(grid.attach(np.full((len(group),) + grid.shape, np.nan, "float32"), bands=group))
         out = xr.concat(parts, dim="band") if len(parts) > 1 else parts[0]
         out = out.sel(band=names).astype("float32")
         out.attrs = {"scene_id": scene.id, "sensor": scene.sensor, "platform": scene.platform}
         return out
+
+
+def _overlaps(bounds4326: tuple[float, float, float, float], grid: GridSpec) -> bool:
+    """Whether a file's lon/lat bounds reach the grid's extent (both in degrees, EPSG:4326)."""
+    from rasterio.warp import transform_bounds
+
+    gx0, gy0, gx1, gy1 = transform_bounds(grid.crs, "EPSG:4326", *grid.bounds, densify_pts=21)
+    fx0, fy0, fx1, fy1 = bounds4326
+    return fx0 < gx1 and gx0 < fx1 and fy0 < gy1 and gy0 < fy1
 
 
 __all__ = ["LocalSource"]

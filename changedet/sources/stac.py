@@ -120,7 +120,8 @@ class StacSource:
         return out
 
     def load(self, scene: SceneRecord, grid: GridSpec, **_: Any) -> xr.DataArray:
-        """The scene's bands (reflectance) and ``SCL`` on ``grid``; NaN where no item has data."""
+        """The scene's bands (reflectance) and ``SCL`` on ``grid``; NaN where no item has data (all
+        NaN when none has data over the grid)."""
         import odc.stac
         import pystac
         from odc.geo.geobox import GeoBox
@@ -160,8 +161,9 @@ class StacSource:
             planes.append(values)
             names.append(out_name)
         data = np.stack(planes)
-        if np.isnan(data).all():
-            raise SourceError(f"scene {scene.id} has no data over the AOI grid; the AOI is outside its footprint")
+        # All NaN (the site in the no-data part of the tiles) is returned as such: fetch
+        # records the scene as skipped for "no data over the site" instead of failing on it
+        # at every run.
         return grid.attach(data, bands=names, name="reflectance",
                            attrs={"scene_id": scene.id, "sensor": scene.sensor, "platform": scene.platform})
 

@@ -1,0 +1,387 @@
+"""Audit of the acquisition and flow paths (session 14): each test failed on the code before it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyproj
+import pytest
+import rasterio
+import yaml
+from affine import Affine
+from rasterio.transform import from_origin
+from shapely.geometry import box, mapping
+from shapely.ops import transform as shp_transform
+
+from changedet.acquire import fetch
+from changedet.aoi import load_aoi
+from changedet.cube import Cube
+from changedet.errors import SourceError
+from changedet.grid import GridSpec, aoi_grid
+from changedet.sources.local import LocalSource
+
+AOIS = Path(__file__).resolve().parents[1] / "aois"
+CRS = "EPSG:32633"
+BOUNDS = (465000.0, 5079000.0, 466000.0, 5080000.0)  # 1 km square, 100 x 100 px at 10 m
+
+
+def _site(tmp_path: Path):
+    """An AOI whose site is the middle 700 m of BOUNDS, with a local s2 source."""
+    x0, y0, x1, y1 = BOUNDS
+    to_ll = pyproj.Transformer.from_crs(CRS, "EPSG:4326", always_xy=True).transform
+    poly = shp_transform(to_ll, box(x0 + 150, y0 + 150, x1 - 150, y1 - 150))
+    reg = tmp_path / "aois"
+    reg.mkdir()
+    (reg / "site.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"role": "site", "id": "site"}, "geometry": mapping(poly)}]}))
+    (reg / "site.yaml").write_text(yaml.safe_dump({
+        "id": "site", "name": "site", "kind": "depot", "timezone": "UTC", "cadence": "weekly",
+        "sources": [{"name": "local", "sensor": "s2", "resolution_m": 10}], "metrics": ["changed_area_m2"]}))
+    return load_aoi("site", registry=reg)
+
+
+def _write(path: Path, when: datetime, red: np.ndarray, clm: np.ndarray) -> None:
+    """A 10 m GeoTIFF over BOUNDS with bands B04 (reflectance, NaN = no data) and CLM."""
+    with rasterio.open(path, "w", driver="GTiff", height=100, width=100, count=2, dtype="float32", crs=CRS,
+                       transform=from_origin(BOUNDS[0], BOUNDS[3], 10.0, 10.0), compress="deflate") as dst:
+        dst.write(np.stack([red, clm]).astype("float32"))
+        dst.update_tags(TIFFTAG_DATETIME=when.strftime("%Y:%m:%d %H:%M:%S"))
+        dst.set_band_description(1, "B04")
+        dst.set_band_description(2, "CLM")
+
+
+def _fetch(site, folder: Path, data: Path):
+    return fetch(site, LocalSource(path=str(folder), sensor="s2"), sensor="s2", resolution_m=10.0,
+                 start=date(2023, 1, 1), end=date(2023, 12, 31), data_dir=data)
+
+
+D1 = datetime(2023, 6, 1, 10, 0, tzinfo=timezone.utc)
+D2 = datetime(2023, 6, 8, 10, 0, tzinfo=timezone.utc)
+CLEAR = np.full((100, 100), 0.12, "float32")
+
+
+@pytest.mark.parametrize("clm_value", [0.0, np.nan], ids=["mask-says-clear", "mask-no-data"])
+def test_local_file_without_data_over_the_site_is_skipped_and_the_fetch_goes_on(tmp_path, clm_value):
+    """A file over the site holding only no-data (the no-data edge of a tile) is an acquisition
+    without pixels: recorded as skipped, never stored as a clear scene, and the later files are
+    fetched. Before: with a cloud mask of 0 it was stored as a 0 % cloud scene of NaNs; with a
+    no-data mask the fetch stopped with 'does not cover the AOI grid ... check their CRS'."""
+    site = _site(tmp_path)
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    _write(imgs / "empty.tif", D1, np.full((100, 100), np.nan), np.full((100, 100), clm_value))
+    _write(imgs / "good.tif", D2, CLEAR, np.zeros((100, 100)))
+    report = _fetch(site, imgs, tmp_path / "data")
+    assert [(o.time[:10], o.status) for o in report.outcomes] == [("2023-06-01", "skipped"), ("2023-06-08", "stored")]
+    assert "no data over the site" in report.outcomes[0].reason
+    cube = Cube(tmp_path / "data", "site", "s2", aoi_grid(site, 10.0), product="acquired")
+    assert [s["time"][:10] for s in cube.scenes()] == ["2023-06-08"]
+    assert [s["time"][:10] for s in cube.info()["skipped"]] == ["2023-06-01"]
+
+
+def test_file_beside_the_grid_is_still_refused_as_not_covering(tmp_path):
+    """The no-data case above must not hide a file that really lies elsewhere."""
+    site = _site(tmp_path)
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    _write(imgs / "good.tif", D1, CLEAR, np.zeros((100, 100)))
+    src = LocalSource(path=str(imgs), sensor="s2")
+    [scene] = src.search(site, date(2023, 1, 1), date(2023, 12, 31))
+    grid = aoi_grid(site, 10.0)
+    elsewhere = GridSpec(crs=grid.crs, transform=Affine.translation(50_000, 0) @ grid.transform, shape=grid.shape)
+    with pytest.raises(SourceError, match="does not cover the AOI"):
+        src.load(scene, elsewhere)
+
+
+def test_unobserved_pixels_do_not_count_as_clear_in_the_site_cloud_fraction(tmp_path):
+    """Half the site without reflectance (its mask says 0), the other half under cloud: the
+    observed site is all cloud, so the scene is skipped. Before: the no-data half counted as
+    clear, 50 % cloud passed the 60 % limit and a fully clouded scene was stored."""
+    site = _site(tmp_path)
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    red = CLEAR.copy()
+    red[:, :50] = np.nan
+    clm = np.zeros((100, 100))
+    clm[:, 50:] = 1.0
+    _write(imgs / "half.tif", D1, red, clm)
+    [outcome] = _fetch(site, imgs, tmp_path / "data").outcomes
+    assert outcome.status == "skipped" and outcome.cloud_fraction == 1.0
+    assert "all cloud" in outcome.reason
+
+
+def test_stored_cloud_band_marks_no_data_as_unobserved(tmp_path):
+    """The stored CLM is NaN (no data), not 0 (clear), where the scene has no reflectance."""
+    site = _site(tmp_path)
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    red = CLEAR.copy()
+    red[:, :30] = np.nan
+    _write(imgs / "edge.tif", D1, red, np.zeros((100, 100)))
+    [outcome] = _fetch(site, imgs, tmp_path / "data").outcomes
+    assert outcome.status == "stored" and outcome.cloud_fraction == 0.0
+    cube = Cube(tmp_path / "data", "site", "s2", aoi_grid(site, 10.0), product="acquired")
+    stored = cube.read().isel(time=0)
+    clm = stored.sel(band="CLM").values
+    b04 = stored.sel(band="B04").values
+    assert np.isnan(clm[np.isnan(b04)]).all() and (clm[~np.isnan(b04)] == 0).all()
+
+
+def test_run_on_an_aoi_without_a_simulator_source_says_the_daily_run_is_simulator_only(tmp_path):
+    """Before: 'none of its sources ['sentinelhub'] is available in this installation', which sends
+    the user to reinstall a source that is installed; the daily slice simply does not read it."""
+    from changedet.pipeline import RunConfig, run_day
+
+    reg = tmp_path / "aois"
+    reg.mkdir()
+    doc = yaml.safe_load((AOIS / "tumangang_railyard.yaml").read_text())
+    doc["sources"] = [s for s in doc["sources"] if s["name"] != "simulator"]
+    (reg / "tumangang_railyard.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    shutil.copy(AOIS / "tumangang_railyard.geojson", reg)
+    aoi = load_aoi("tumangang_railyard", registry=reg)
+    with pytest.raises(SourceError) as err:
+        run_day(aoi, date(2023, 6, 1), RunConfig(data_dir=tmp_path / "data", registry=reg))
+    text = str(err.value)
+    assert "only the scene simulator" in text and "sentinelhub" in text
+    assert "changedet fetch --aoi tumangang_railyard" in text
+    assert "installation" not in text
+
+
+def _truncate_pixels(path: Path) -> None:
+    """Overwrite part of a GeoTIFF's compressed pixels: its header still opens, its pixels
+    cannot be decoded (a damaged copy)."""
+    with rasterio.open(path) as src:
+        offset = int(src.get_tag_item("BLOCK_OFFSET_0_0", "TIFF", bidx=1))
+        size = int(src.get_tag_item("BLOCK_SIZE_0_0", "TIFF", bidx=1))
+    blob = bytearray(path.read_bytes())
+    blob[offset + 2:offset + size] = b"\xff" * (size - 2)
+    path.write_bytes(bytes(blob))
+    with rasterio.open(path) as src, pytest.raises(rasterio.errors.RasterioIOError):
+        src.read()
+
+
+def test_one_unreadable_scene_does_not_block_the_later_dates(tmp_path, capsys):
+    """A scene the source cannot load is reported as failed and the fetch goes on; the exit
+    status is 1 and a re-run (the file repaired) stores it. Before: the fetch stopped at that
+    scene, so every later date stayed unfetched on every re-run until the file was removed."""
+    from changedet.cli import main
+
+    site = _site(tmp_path)
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    d3 = datetime(2023, 6, 15, 10, 0, tzinfo=timezone.utc)
+    for k, (name, when) in enumerate((("a.tif", D1), ("b.tif", D2), ("c.tif", d3))):
+        _write(imgs / name, when, CLEAR + 0.01 * k, np.zeros((100, 100)))  # distinct pixels: no duplicates
+    good_b = (imgs / "b.tif").read_bytes()
+    _truncate_pixels(imgs / "b.tif")
+    data = tmp_path / "data"
+    argv = ["fetch", "--aoi", str(tmp_path / "aois" / "site.yaml"), "--source", "local", "--path", str(imgs),
+            "--start", "2023-06-01", "--end", "2023-06-30", "--data-dir", str(data), "--no-progress"]
+    assert main(argv + ["--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert [(o["time"][:10], o["status"]) for o in doc["outcomes"]] == [
+        ("2023-06-01", "stored"), ("2023-06-08", "failed"), ("2023-06-15", "stored")]
+    assert "b.tif" in doc["outcomes"][1]["reason"]
+    cube = Cube(data, "site", "s2", aoi_grid(site, 10.0), product="acquired")
+    assert [s["time"][:10] for s in cube.scenes()] == ["2023-06-01", "2023-06-15"]
+    assert cube.info()["skipped"] == []  # a failure is not a skip: nothing recorded, retried next time
+    (imgs / "b.tif").write_bytes(good_b)
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "1 stored, 2 already" in out
+    assert [s["time"][:10] for s in cube.scenes()] == ["2023-06-01", "2023-06-08", "2023-06-15"]
+
+
+def test_scenes_failing_in_a_row_stop_the_fetch_naming_them(tmp_path):
+    """A source that fails every scene (say a mount gone bad) stops after two in a row, naming
+    both days and the error once, instead of trying every scene of the range."""
+    from changedet.acquire import MAX_FAILURES_IN_A_ROW
+
+    site = _site(tmp_path)
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    days = [datetime(2023, 6, d, 10, 0, tzinfo=timezone.utc) for d in (1, 8, 15, 22)]
+    for k, when in enumerate(days):
+        _write(imgs / f"s{k}.tif", when, CLEAR + 0.01 * k, np.zeros((100, 100)))
+    for k in (1, 2, 3):
+        _truncate_pixels(imgs / f"s{k}.tif")
+    assert MAX_FAILURES_IN_A_ROW == 2
+    with pytest.raises(SourceError, match=r"stopped after 2 scenes in a row failed to load \(2023-06-08, "
+                                          r"2023-06-15\).*s1\.tif.*1 scene\(s\) stored before"):
+        _fetch(site, imgs, tmp_path / "data")
+    cube = Cube(tmp_path / "data", "site", "s2", aoi_grid(site, 10.0), product="acquired")
+    assert [s["time"][:10] for s in cube.scenes()] == ["2023-06-01"]
+
+
+def _stac_item(item_id: str, when: str, files: dict[str, str]) -> dict:
+    from rasterio.warp import transform_bounds
+
+    b = transform_bounds(CRS, "EPSG:4326", *BOUNDS, densify_pts=21)
+    assets = {key: {"href": href, "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+                    "roles": ["data"], "proj:shape": [100, 100],
+                    "proj:transform": [10.0, 0.0, BOUNDS[0], 0.0, -10.0, BOUNDS[3]],
+                    "raster:bands": [{"nodata": 0, "data_type": "uint8" if key == "scl" else "uint16",
+                                      **({} if key == "scl" else {"scale": 0.0001, "offset": 0.0})}]}
+              for key, href in files.items()}
+    return {"type": "Feature", "stac_version": "1.0.0", "id": item_id, "collection": "sentinel-2-l2a",
+            "stac_extensions": ["https://stac-extensions.github.io/projection/v1.1.0/schema.json",
+                                "https://stac-extensions.github.io/raster/v1.1.0/schema.json"],
+            "geometry": mapping(box(*b)), "bbox": list(b),
+            "properties": {"datetime": when, "platform": "sentinel-2a", "eo:cloud_cover": 10.0, "proj:epsg": 32633},
+            "assets": assets, "links": []}
+
+
+def _stac_catalogue(root: Path) -> list[dict]:
+    """Three days of 10 m COGs over BOUNDS: day 1 no data over the whole tile (DN 0), day 2 an
+    item without its red asset, day 3 clear."""
+    root.mkdir()
+    items = []
+    for day, dn, scl in (("2023-06-01", 0, 0), ("2023-06-08", 1200, 4), ("2023-06-15", 1300, 4)):
+        files = {}
+        for key in ("blue", "green", "red", "nir", "scl"):
+            name = f"{day}_{key}.tif"
+            value, dtype = (scl, "uint8") if key == "scl" else (dn, "uint16")
+            with rasterio.open(root / name, "w", driver="COG", height=100, width=100, count=1, dtype=dtype, crs=CRS,
+                               transform=from_origin(BOUNDS[0], BOUNDS[3], 10.0, 10.0), nodata=0) as dst:
+                dst.write(np.full((1, 100, 100), value, dtype))
+            files[key] = name
+        if day == "2023-06-08":
+            del files["red"]
+        items.append(_stac_item(f"S2A_33TWN_{day.replace('-', '')}", f"{day}T10:00:00Z", files))
+    return items
+
+
+def test_stac_scene_without_data_is_skipped_and_an_item_without_an_asset_fails_alone(tmp_path):
+    """Before: a solar day whose tiles hold no data over the AOI raised 'has no data over the AOI
+    grid' and stopped the fetch, so the later days were never fetched (on every re-run)."""
+    from stac_server import StacServer
+
+    from changedet.sources.stac import StacSource
+
+    site = _site(tmp_path)
+    items = _stac_catalogue(tmp_path / "files")
+    with StacServer(items, tmp_path / "files") as server:
+        report = fetch(site, StacSource(url=server.url), sensor="s2", resolution_m=10.0, start=date(2023, 6, 1),
+                       end=date(2023, 6, 30), data_dir=tmp_path / "data")
+    got = [(o.time[:10], o.status) for o in report.outcomes]
+    assert got == [("2023-06-01", "skipped"), ("2023-06-08", "failed"), ("2023-06-15", "stored")]
+    assert "no data over the site" in report.outcomes[0].reason
+    assert "lack the assets ['red']" in report.outcomes[1].reason
+    assert report.summary().endswith("1 stored, 1 skipped, 1 failed")
+
+
+def test_sentinelhub_download_cache_follows_the_fetch_data_dir(tmp_path, monkeypatch):
+    """Before: 'changedet fetch --data-dir D --source sentinelhub' cached replies under
+    ./changedet-data/cache (or $CHANGEDET_DATA_DIR), a stray folder beside the data it fetched."""
+    import changedet.acquire as acquire
+    from changedet.acquire import FetchReport
+    from changedet.cli import main
+
+    monkeypatch.delenv("CHANGEDET_DATA_DIR", raising=False)
+    monkeypatch.setenv("CHANGEDET_AOIS", str(AOIS))
+    monkeypatch.setenv("SH_CLIENT_ID", "audit-client")
+    monkeypatch.setenv("SH_CLIENT_SECRET", "audit-secret-value")
+    seen = {}
+
+    def fake_fetch(aoi, source, **kw):
+        seen["cache_dir"] = source.cache_dir
+        return FetchReport(aoi.id, source.name, kw["sensor"], str(kw["data_dir"]))
+
+    monkeypatch.setattr(acquire, "fetch", fake_fetch)
+    data = tmp_path / "data"
+    assert main(["fetch", "--aoi", "tumangang_railyard", "--source", "sentinelhub", "--start", "2023-06-01",
+                 "--end", "2023-06-02", "--data-dir", str(data), "--no-progress"]) == 0
+    assert Path(seen["cache_dir"]) == data / "cache" / "sentinelhub"
+
+
+@pytest.mark.slow
+def test_slots_left_by_a_killed_run_are_freed_and_a_long_wait_is_logged(prefect_env, monkeypatch):
+    """Found by killing 'changedet backfill' (kill -9) and running it again: the killed run's
+    temporary server took its in-memory leases with it, the database kept both slots of
+    changedet-source-simulator counted, and the re-run waited for ever without a word after its
+    cached days. Now a flow on its own temporary server frees such slots, and any AOI-day that
+    waits long for a slot says so in its log with the command that frees them."""
+    import logging
+    import threading
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+
+    import flows.tasks as tasks
+
+    name = "changedet-source-audit-leak"
+    tasks.release_idle_source_slots()  # earlier tests of this process may have left idle leases
+    with get_client(sync_client=True) as client:
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+        client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=1))  # the leak
+        tasks.ensure_source_limits({name})
+        assert client.read_global_concurrency_limit_by_name(name).active_slots == 0
+        with tasks._acquire_source_slot(name):
+            assert client.read_global_concurrency_limit_by_name(name).active_slots == 1
+        assert tasks.release_idle_source_slots() == 1
+
+        # A full limit (here: held by "someone else") makes the waiting AOI-day say why.
+        client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=1))
+        monkeypatch.setattr(tasks, "SOURCE_WAIT_WARN_S", 0.5)
+        warned, got = [], threading.Event()
+        monkeypatch.setattr(tasks, "_warn_waiting", lambda n, waited: warned.append((n, waited)))
+
+        def wait_for_slot() -> None:
+            with tasks._acquire_source_slot(name):
+                got.set()
+
+        waiter = threading.Thread(target=wait_for_slot, daemon=True)
+        waiter.start()
+        deadline = time.monotonic() + 150  # the server's Retry-After may ask for up to ~40 s
+        while not warned and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert warned and warned[0][0] == name and not got.is_set()
+        client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=0))
+        waiter.join(120)
+        assert got.is_set()
+        monkeypatch.undo()
+        # (Prefect's logging set-up keeps these records from pytest's caplog: listen on the logger.)
+        records: list[str] = []
+        listener = logging.Handler()
+        listener.emit = lambda record: records.append(record.getMessage())
+        logging.getLogger("flows.tasks").addHandler(listener)
+        try:
+            tasks._warn_waiting(name, 612.0)
+        finally:
+            logging.getLogger("flows.tasks").removeHandler(listener)
+        text = " ".join(records)
+        assert "waited 612 s" in text and "(limit 1, 1 held)" in text
+        assert f"prefect gcl update {name} --active-slots 0" in text
+        tasks.release_idle_source_slots()
+
+
+def test_file_much_finer_than_the_grid_is_averaged_per_cell(tmp_path):
+    """A 2 m file on the 10 m grid: each cell is the mean of its 25 fine pixels. Before: bilinear
+    read only the few fine pixels next to each cell centre (0.016 off the cell mean everywhere on
+    this striped pattern, where the stripes' contrast is 0.2)."""
+    site = _site(tmp_path)
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    fine = np.where(np.arange(500) % 2 == 0, 0.1, 0.3).astype("float32")[None, :].repeat(500, axis=0)
+    fine = fine + np.linspace(0, 0.1, 500, dtype="float32")[:, None]  # a gentle gradient north-south
+    with rasterio.open(imgs / "fine.tif", "w", driver="GTiff", height=500, width=500, count=1, dtype="float32",
+                       crs=CRS, transform=from_origin(BOUNDS[0], BOUNDS[3], 2.0, 2.0)) as dst:
+        dst.write(fine[None])
+        dst.update_tags(TIFFTAG_DATETIME=D1.strftime("%Y:%m:%d %H:%M:%S"))
+        dst.set_band_description(1, "B04")
+    src = LocalSource(path=str(imgs), sensor="s2")
+    [scene] = src.search(site, date(2023, 1, 1), date(2023, 12, 31))
+    grid = aoi_grid(site, 10.0)
+    got = src.load(scene, grid).sel(band="B04").values
+    # the expected cell means, placed by map coordinates (the AOI grid is snapped to 10 m)
+    cells = fine.reshape(100, 5, 100, 5).mean(axis=(1, 3))
+    r0 = int(round((BOUNDS[3] - grid.transform.f) / 10.0))
+    c0 = int(round((grid.transform.c - BOUNDS[0]) / 10.0))
+    want = cells[r0:r0 + grid.shape[0], c0:c0 + grid.shape[1]]
+    assert want.shape == got.shape
+    assert np.nanmax(np.abs(got - want)) < 1e-4
