@@ -19,14 +19,17 @@ is the brighter: a lit cylinder's sun-facing half, by a ratio the sun's position
 predicts; a load's anti-sun half, the other lying in the shadow of the sun-side wall
 (both read above the path radiance haze adds). Cars are found above the darkest light
 on the tracks (dark-object subtraction), so that a shadow's share of the lit ground's
-light is read as in clear air under haze too.
+light is read as in clear air under haze too; the colours' spreads keep the floors of
+the light as recorded, and whether a colour lies outside every mix of the two lights
+(a negative weight) is judged on the recorded light only.
 
 Typing assumes the 1520 mm-gauge freight fleet (Russia, the CIS, the Baltic states,
 Mongolia, Finland's 1524 mm): its car lengths (no boxcar or open wagon of 18 m or
 more, tank barrels up to 15.5 m) and its fleet shares (open wagons and hoppers about
 60 %, flat wagons 8 %) decide where the look is ambiguous. On 1435 mm networks (North
 America's 18-27 m boxcars and gondolas, Europe's) or at an intermodal terminal (mostly
-container flats) the counts hold but the types are less reliable.
+container flats) the counts hold but the types are less reliable. At 0.75 m or finer
+a top 2.44 m wide (an ISO container's) is a container flat whatever the fleet.
 
 Under cloud (``valid`` given), stretches of track under a cloud or in a cloud's shadow
 (found by :func:`changedet.objects.cloud_shadow.cloud_shade`; cloud masks rarely carry
@@ -204,7 +207,11 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
             haze = None
     refs_above_dark = refs
     if haze is not None:
-        # The same references in the light as recorded, for the typing rules.
+        # Finding cars above the darkest light: the spreads keep the floors of the light
+        # as recorded (see _recorded_spread_floors).
+        refs_above_dark = _recorded_spread_floors(refs, haze)
+        # The same references in the light as recorded, for the typing rules and the
+        # tracks a cloud or its shadow reaches (their spreads as learnt, as measured).
         refs = {**refs, "lit": refs["lit"] + haze, "shadow": refs["shadow"] + haze}
     # The height cue reads the ground beside each track as far out as the lowest walled
     # car's shadow reaches under this sun (see _tall), wider than the counting strip;
@@ -227,7 +234,7 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
     per_feature, detections = [], []
     total_obs, total_len = 0.0, 0.0
     est_total, est_var = 0.0, 0.0
-    occupancy = {}
+    occupancy, read_on = {}, {}
     for tid, strip in strips.items():
         sun_left, own_only = _sun_geometry(tracks[tid], sun_azimuth_deg, sun_elevation_deg)
         # Dimming by a cloud shadow's faint edge is looked for only on tracks a cloud or
@@ -237,14 +244,15 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
         # the darkest light, the own simulator's partly cloudy seed 31 counted 17 cars
         # against 7 in view at the unmasked edge of a cloud's shadow).
         lift = None if thin else haze
-        occupancy[tid] = _occupancy(strip if lift is None else _offset(strip, lift),
-                               refs if lift is None else refs_above_dark,
+        read_on[tid] = (strip if lift is None else _offset(strip, lift), refs if lift is None else refs_above_dark)
+        occupancy[tid] = _occupancy(*read_on[tid],
                                min_contrast=min_contrast, vhr=vhr, sun_left=sun_left,
                                thin_cloud=thin,
                                dark_light=lift,
                                anti_shadow_is_own=own_only,
                                shadow_tail_m=_shadow_tail(tracks[tid], sun_azimuth_deg) if sun_left is not None
                                else 0.0)
+    seen_empty = {}
     if wide:
         # Another track's cars in the height band are bodies, not ground: their tops and
         # shadows say nothing about this track's cars.
@@ -255,7 +263,12 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
             per_m = _shadow_across(line, sun_azimuth_deg, sun_elevation_deg)
             if sl is not None and np.isfinite(per_m):
                 shade_side[t] = (sl, _HALF_BODY_M + _MAX_CAR_HEIGHT_M * abs(per_m) + 0.5)
-        wide = _without_other_cars(wide, strips, {t: o for t, (o, _) in occupancy.items()}, grid, shade_side)
+        # Masked wherever a car may stand: not only where cars were found (a missed dark
+        # car in the band reads as this car's shadow, a missed roof as lit ground) but
+        # everywhere except the stretches seen empty, their centre the lit ground's colour.
+        # (Review of 20f604f, finding 3.)
+        seen_empty = {t: _seen_empty(*read_on[t], occupancy[t][0], min_contrast) for t in strips}
+        wide = _without_other_cars(wide, strips, {t: ~e for t, e in seen_empty.items()}, grid, shade_side)
     for tid, strip in strips.items():
         sun_left, _ = _sun_geometry(tracks[tid], sun_azimuth_deg, sun_elevation_deg)
         occ, seen = occupancy[tid]
@@ -268,7 +281,7 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
                                shadow_across_m=_shadow_across(tracks[tid], sun_azimuth_deg, sun_elevation_deg),
                                wide=wide.get(tid), blur_m=max(0.2, 0.5 * grid.resolution),
                                shading=_cylinder_shading(tracks[tid], sun_azimuth_deg, sun_elevation_deg),
-                               path=path)
+                               path=path, resolution_m=grid.resolution, empty=seen_empty.get(tid))
             by_type: dict[str, int] = {}
             for a, b, ctype, score in cars:
                 by_type[ctype] = by_type.get(ctype, 0) + 1
@@ -625,10 +638,10 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
         # ground's brightness: too dark for its colour, whatever the shade around it.
         # Under a thin cloud the ground keeps its colour at a fraction of its brightness:
         # "too dark" is judged against the light reaching the ground beside the track.
-        def too_dark_for_ground(lift, scale):
+        def too_dark_for_ground(lift, scale, max_negative=_MAX_NEGATIVE_MIX):
             basis = np.stack([refs["lit"] + lift, refs["shadow"] + lift], axis=1)
             mix = (np.linalg.pinv(basis) @ np.nan_to_num(mean + lift[:, None])) / light
-            return (mix.sum(axis=0) < scale) | (mix.min(axis=0) < -_MAX_NEGATIVE_MIX)
+            return (mix.sum(axis=0) < scale) | (mix.min(axis=0) < -max_negative)
 
         too_dark = too_dark_for_ground(np.zeros(mean.shape[0]), _MIN_GROUND_SCALE)
         if dark_light is not None:
@@ -638,7 +651,11 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
             # half as bright as clean): "too dark" is then under half that colour (at
             # 0.65 an altgen track in a building's shadow read 40 % "too dark", 3 false
             # cars). The light as recorded keeps the rule as it was measured.
-            too_dark = too_dark_for_ground(np.zeros(mean.shape[0]), _MIN_SCALE_ABOVE_DARK)
+            # The weights' signs are judged on the light as recorded only: above the darkest
+            # light the two references are a few hundredths and nearly parallel, and
+            # another track's ballast (fouled, or clean beside fouled) fits them with a
+            # weight of -0.5 to -0.7 (altgen: empty tracks read 5-9 false cars).
+            too_dark = too_dark_for_ground(np.zeros(mean.shape[0]), _MIN_SCALE_ABOVE_DARK, np.inf)
             too_dark |= too_dark_for_ground(np.asarray(dark_light, dtype="float64"), _MIN_GROUND_SCALE)
         dark_car |= dark & too_dark
         texture = quiet_nanmean(quiet_nanstd(c, axis=1), axis=0) / max(float(quiet_nanmean(refs["shadow_sd"])), 1e-4)
@@ -854,7 +871,9 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
                 shadow_reach_m: float = 0.0,
                 shadow_across_m: float = float("nan"), wide: Strip | None = None,
                 blur_m: float = 0.4, shading: float = float("nan"),
-                path: np.ndarray | None = None) -> list[tuple[float, float, str, float]]:
+                path: np.ndarray | None = None,
+                resolution_m: float = float("nan"),
+                empty: np.ndarray | None = None) -> list[tuple[float, float, str, float]]:
     """Cut occupied runs into cars: (start_m, end_m, type, score) per car.
 
     Where the sun shines across the track (``sun_left`` known), black bodies brighter on
@@ -867,7 +886,10 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
     ``shadow_across_m`` (from :func:`_shadow_across`) is how far sideways a shadow
     falls per metre of height, which tells a flat wagon's deck from a tall car's roof
     in ``wide`` (the same track sampled wider, same along-track samples), with shadow
-    edges blurred over ``blur_m`` (see :func:`_tall`).
+    edges blurred over ``blur_m`` (see :func:`_tall`). ``resolution_m`` (m per pixel)
+    tells whether a top's width is read (:func:`_classify`); ``empty`` flags the
+    samples where this track is seen empty (:func:`_seen_empty`; the height cue's
+    reference beside an edge track, see :func:`_tall`).
     """
     step = strip.step_m
     centre, _ = _zones(strip)
@@ -921,10 +943,10 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
             interior = (s0 != a) + (s1 != b)
             body = length - interior * GAP_M / 2
             tall = (_tall(wide, s0, s1, sun_left, shadow_across_m, blur_m=blur_m, path=path,
-                          lit_ground=lit)
+                          lit_ground=lit, empty=empty)
                     if sun_left is not None and wide is not None else None)
             ctype = _classify(strip, s0, s1, body, float(quiet_nanmean(lit)), tall=tall, sun_left=sun_left,
-                              shading=shading, path=path)
+                              shading=shading, path=path, resolution_m=resolution_m)
             a_m = s0 * step + (GAP_M / 2 if s0 != a else 0)
             b_m = s1 * step - (GAP_M / 2 if s1 != b else 0)
             cut_a, cut_b = open_a and s0 == a, open_b and s1 == b
@@ -1103,8 +1125,17 @@ _HEIGHT_BAND_M = 3.1
 # (roads, sheds) is rarely bare, and a neighbour's cars are masked anyway.
 _MAX_HEIGHT_BAND_M = 8.0
 # Half-width (m) of the zone around another track's centreline masked where it is
-# occupied: half the widest body (1.66 m) plus a pixel's blur at 0.3-0.5 m.
-_OTHER_BODY_HALF_M = 2.0
+# occupied: half the widest body (1.66 m) plus the blur of its edge, a pixel (bilinear
+# sampling and the sensor's spread) and at least 0.34 m (see _other_body_half).
+_WIDEST_HALF_BODY_M = 1.66
+_MIN_BODY_BLUR_M = 0.34
+_OTHER_BODY_HALF_M = _WIDEST_HALF_BODY_M + _MIN_BODY_BLUR_M
+
+
+def _other_body_half(resolution_m: float) -> float:
+    """Half-width (m) masked around another track's centreline where a car may stand:
+    half the widest body plus a pixel of blur (``resolution_m``, m), 0.34 m at least."""
+    return _WIDEST_HALF_BODY_M + max(_MIN_BODY_BLUR_M, float(resolution_m))
 # Least share of a band's samples along a car's core that must be readable (not another
 # track's car, not unobserved) on each side for the height cue to speak.
 _MIN_BAND_SHARE = 0.3
@@ -1119,11 +1150,24 @@ def _height_band(per_m: float) -> float:
     return float(np.clip(_HALF_BODY_M + _LOW_TALL_M * per_m, _HEIGHT_BAND_M, _MAX_HEIGHT_BAND_M))
 
 
+def _seen_empty(strip: Strip, refs, occ: np.ndarray, min_contrast: float) -> np.ndarray:
+    """Along-track positions confirmed empty: seen, not occupied, and the centre within
+    ``min_contrast`` spreads of the lit empty track's colour (ground in shadow may hide
+    a dark car that was missed)."""
+    centre, _ = _zones(strip)
+    mean = quiet_nanmean(strip.values[:, centre, :], axis=1)
+    d = np.sqrt(quiet_nanmean(((mean - refs["lit"][:, None]) / refs["lit_sd"][:, None]) ** 2, axis=0))
+    return np.isfinite(d) & (d <= min_contrast) & ~np.asarray(occ, bool)
+
+
 def _without_other_cars(wide: Mapping[str, Strip], strips: Mapping[str, Strip], occ: Mapping[str, np.ndarray],
                         grid: GridSpec, shade_side: Mapping[str, tuple[bool, float]] | None = None
                         ) -> dict[str, Strip]:
     """``wide`` with NaN wherever a sample falls on another track's occupied stretch
-    (within ``_OTHER_BODY_HALF_M`` of its centreline) or on the ground its cars shade.
+    (within :func:`_other_body_half` of its centreline: half the widest body plus a
+    pixel of blur) or on the ground its cars shade. ``occ`` flags, per track, where a
+    car may stand (the counter passes every stretch not seen empty, so a car it missed
+    is masked too; see :func:`_seen_empty`).
 
     Neighbour tracks are 4.8-5.3 m apart: a band read 3-8 m off a centreline lies on the
     next track, where a car's roof or a dark car's paint would read as this car's
@@ -1140,6 +1184,7 @@ def _without_other_cars(wide: Mapping[str, Strip], strips: Mapping[str, Strip], 
         r, c = grid.rowcol(s.x, s.y)
         return np.asarray(r, "float64"), np.asarray(c, "float64")
 
+    body_half = _other_body_half(grid.resolution)
     placed = {tid: rowcol(w) for tid, w in wide.items()}
     rr = [r[np.isfinite(r)] for r, _ in placed.values()]
     cc = [c[np.isfinite(c)] for _, c in placed.values()]
@@ -1160,7 +1205,7 @@ def _without_other_cars(wide: Mapping[str, Strip], strips: Mapping[str, Strip], 
             continue
         # The wide strip reaches the shadow zone; same line and step, so same positions.
         src = wide[tid] if tid in wide and wide[tid].values.shape[2] == o.size else s
-        zone = np.abs(src.across_m) <= _OTHER_BODY_HALF_M
+        zone = np.abs(src.across_m) <= body_half
         if shade_side is not None and tid in shade_side:
             sun_left, reach = shade_side[tid]
             a = src.across_m if sun_left else -src.across_m
@@ -1198,6 +1243,11 @@ def _without_other_cars(wide: Mapping[str, Strip], strips: Mapping[str, Strip], 
     return out
 
 
+# Reach (m, either side of a car) of the same track's empty stretches whose band is the
+# reference for the car's, and the least length of them (m) to read it from: a car's
+# length, so the mean is over as much ground as the car's own band.
+_EMPTY_REF_REACH_M = 60.0
+_MIN_EMPTY_REF_M = 12.0
 # Shadowed ground keeps only skylight, a fifth to a half of the sunlit ground's light;
 # the same ground lit keeps about all of it. The midpoint between them decides.
 _SHADOW_RATIO = 0.6
@@ -1210,7 +1260,7 @@ _LIT_BAND_RATIO = 0.85
 
 def _tall(strip: Strip, s0: int, s1: int, sun_left: bool, per_m: float, *,
           blur_m: float = _SHADOW_EDGE_BLUR_M, path: np.ndarray | None = None,
-          lit_ground: np.ndarray | None = None) -> bool | None:
+          lit_ground: np.ndarray | None = None, empty: np.ndarray | None = None) -> bool | None:
     """Whether the body between samples ``s0`` and ``s1`` stands at least a wall's height
     (``_LOW_TALL_M``) above the ground, read from the width of its shadow.
 
@@ -1225,6 +1275,12 @@ def _tall(strip: Strip, s0: int, s1: int, sun_left: bool, per_m: float, *,
     nothing); None where the sun's geometry leaves no such band inside the strip, the
     band is mostly not seen or lies on another track's cars (NaN in ``strip``), or
     neither holds. Brightness is read above the path radiance ``path`` (haze).
+
+    3-8 m out the two sides need not be the same ground (an edge track beside a road or
+    grass): with ``empty`` (per along-track sample, the same track seen empty, from
+    :func:`_seen_empty`) covering at least ``_MIN_EMPTY_REF_M`` within
+    ``_EMPTY_REF_REACH_M`` of the car, the anti-sun band there, not the sun band, is the
+    lit reference (review of 20f604f, finding 2).
     """
     if not np.isfinite(per_m):
         return None
@@ -1248,6 +1304,22 @@ def _tall(strip: Strip, s0: int, s1: int, sun_left: bool, per_m: float, *,
     dark, lit = quiet_nanmean(b[anti]), quiet_nanmean(b[sun])
     if not (np.isfinite(dark) and np.isfinite(lit) and lit > 0):
         return None
+    if empty is not None:
+        # 3-8 m out the two sides need not be the same ground (an edge track beside a
+        # road, grass on one side, gravel on the other): where the same track stands
+        # empty nearby (seen, its centre lit ground), the same band there is the
+        # reference, the ground without this car's shadow.
+        near = np.zeros(strip.values.shape[2], bool)
+        reach = int(round(_EMPTY_REF_REACH_M / strip.step_m))
+        near[max(0, s0 - reach):s1 + reach] = True
+        near &= np.asarray(empty, bool)
+        if near.sum() * strip.step_m >= _MIN_EMPTY_REF_M:
+            ve = strip.values[:3][:, :, near]
+            if path is not None:
+                ve = ve - np.asarray(path[:3], ve.dtype)[:, None, None]
+            ref = quiet_nanmean(quiet_nanmean(ve, axis=0)[anti])
+            if np.isfinite(ref) and ref > 0:
+                lit = ref
     if dark < _SHADOW_RATIO * lit:
         return True
     if lit_ground is None or not np.all(np.isfinite(lit_ground)):
@@ -1276,7 +1348,7 @@ _MIN_LONG_BODY_M = 14.8
 
 def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = float("nan"), *,
               tall: bool | None = None, sun_left: bool | None = None, shading: float = float("nan"),
-              path: np.ndarray | None = None) -> str:
+              path: np.ndarray | None = None, resolution_m: float = float("nan")) -> str:
     """Type from body length, then from the look of the body across the track.
 
     Locomotives and boxcars are longest (18 and 15.7 m against 12-14 m), but a cut
@@ -1300,7 +1372,10 @@ def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = floa
     commonest car of its length on 1520 mm gauge (an open wagon or hopper below a
     boxcar's length, a boxcar from it). Lengths only some stock has decide first: a
     cylinder is a tank car up to the 15-150's length, and a plain or open top of 18 m
-    or more is an 80 ft flat wagon.
+    or more is an 80 ft flat wagon. A plain or textured top as wide as an ISO container
+    (2.44 m, :func:`_top_width`; every 1520 mm car with a top at full width is 3.1-3.3 m)
+    is a container on a flat wagon, read where pixels (``resolution_m``) are 0.75 m or
+    finer.
     """
     look = _look(strip, s0, s1, lit_b, sun_left=sun_left, shading=shading, path=path)
     if body_m >= _MIN_LONG_FLAT_BODY_M and look in ("plain", "open"):
@@ -1316,6 +1391,13 @@ def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = floa
         # Barrels run from 11 m (15-1443) to 15.5 m (15-150, LPG cars): a vetted cylinder
         # is a tank car at any of these lengths; unvetted relief only below 14.8 m.
         return "tank"
+    if look in ("plain", "flat") and resolution_m <= _MAX_WIDTH_RES_M:
+        width = _top_width(strip, s0, s1)
+        if _CONTAINER_WIDTH_M[0] <= width <= _CONTAINER_WIDTH_M[1]:
+            # A top 2.44 m wide is an ISO container's (8 ft), on a flat wagon: every
+            # 1520 mm car with a top at full width (boxcar, hopper, open wagon,
+            # locomotive) is 3.1-3.3 m wide.
+            return "flatcar"
     if body_m >= 16.9:
         return {"open": "gondola", "plain": "boxcar"}.get(look, "locomotive")
     if body_m >= _MIN_LONG_BODY_M:
@@ -1341,6 +1423,54 @@ def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = floa
         # boxcar or a covered hopper more often than a 13-401 flat wagon.
         return "boxcar" if body_m >= _MIN_BOXCAR_BODY_M else "gondola"
     return "tank" if body_m < 12.7 else "flatcar"
+
+
+# Width (m) of a top read as an ISO container's (2.44 m) with blur and sampling; car
+# bodies of the 1520 mm fleet are 3.0-3.3 m wide. Read at pixels of 0.75 m or finer:
+# each edge then moves by half a pixel or more between the two.
+_CONTAINER_WIDTH_M = (2.25, 2.6)
+_MAX_WIDTH_RES_M = 0.75
+# Least colour contrast (relative) between a top and the ground beyond it on each side
+# for its edge there to be read.
+_WIDTH_CONTRAST = 0.15
+
+
+def _top_width(strip: Strip, s0: int, s1: int) -> float:
+    """Width (m) of the top between samples ``s0`` and ``s1``: across the track, where the
+    colour leaves that of its middle (within 0.6 m of the centreline) half-way towards
+    that of the ground beyond it (2.1 m out and more), on each side; NaN where a side's
+    contrast is under ``_WIDTH_CONTRAST`` or the samples are not finite.
+
+    Both edges are read, so a sideways misregistration of the track moves the top, not
+    its width.
+    """
+    a = strip.across_m
+    n = s1 - s0
+    core = slice(s0 + n // 6, s1 - n // 6) if n >= 6 else slice(s0, s1)
+    prof = quiet_nanmean(strip.values[:, :, core], axis=2)   # (band, across)
+    if not np.all(np.isfinite(prof)):
+        return float("nan")
+    top = np.median(prof[:, np.abs(a) <= 0.6], axis=1)
+    width = 0.0
+    for side in (1, -1):
+        sel = a * side >= 0
+        aa, pp = np.abs(a[sel]), prof[:, sel]
+        order = np.argsort(aa)
+        aa, pp = aa[order], pp[:, order]
+        beyond = np.median(pp[:, aa >= 2.1], axis=1) if np.any(aa >= 2.1) else np.full(top.shape, np.nan)
+        span = float(np.linalg.norm(beyond - top))
+        if not np.isfinite(span) or span < _WIDTH_CONTRAST * max(float(np.linalg.norm(top)), 1e-6):
+            return float("nan")
+        d = np.linalg.norm(pp - top[:, None], axis=0) / span
+        out = np.flatnonzero((d >= 0.5) & (aa > 0.6))
+        if not out.size:
+            return float("nan")
+        i = int(out[0])
+        if i == 0:
+            width += float(aa[0])
+            continue
+        width += float(aa[i - 1] + (0.5 - d[i - 1]) / max(d[i] - d[i - 1], 1e-6) * (aa[i] - aa[i - 1]))
+    return width
 
 
 # Relative brightness change across the top (max - min over mean, within 1 m of the
@@ -1456,6 +1586,22 @@ def _dark_object_light(strips: Mapping[str, Strip]) -> np.ndarray:
         if x.size:
             out[b] = max(float(np.percentile(x, 0.1)), 0.0)
     return out
+
+
+def _recorded_spread_floors(refs, light: np.ndarray) -> dict[str, np.ndarray]:
+    """``refs`` (learnt above the darkest light ``light``, per band) with the floors of
+    their spreads taken on the light as recorded, as :class:`GroundModel` sets them.
+
+    The floors (0.004 + 3 % of the colour lit, 0.003 + 3 % in shadow) stand for the
+    sensor's noise and quantisation and the ground's texture, which grow with the light
+    the sensor records, path radiance included: taken on the subtracted colours (a few
+    hundredths under haze) they shrank to half, and an empty track's centre (sleepers
+    brighter than the ground between tracks) read as a car (altgen hazy 0.3 m yards:
+    58 false cars on empty tracks against 36).
+    """
+    light = np.asarray(light, dtype="float64")
+    return {**refs, "lit_sd": np.maximum(refs["lit_sd"], 0.004 + 0.03 * (refs["lit"] + light)),
+            "shadow_sd": np.maximum(refs["shadow_sd"], 0.003 + 0.03 * (refs["shadow"] + light))}
 
 
 def _offset(strip: Strip, light: np.ndarray) -> Strip:
