@@ -176,7 +176,7 @@ def count_containers(
                 continue
             lengths = _shadow_lengths(blob, walk_box | blob, lit_ground, around & ok, res, sun_azimuth_deg,
                                       sun_elevation_deg) if have_sun else _NO_WALKS
-            patches = _tarp_patches((tarps & blob) | _dull_tops(blob, pix, model, px_m2), grid)
+            patches = _tarp_patches((tarps & blob) | _dull_tops(blob, pix, px_m2), grid)
             n_tarps = len(patches)
             stacks = _stack_tiers(blob, pix, lengths, px_m2, _walk_to_tiers(res, sun_azimuth_deg, sun_elevation_deg),
                                   _toward_sun(sun_azimuth_deg, res)) if have_sun else None
@@ -352,16 +352,38 @@ def _tarp_patches(mask: np.ndarray, grid: GridSpec) -> list[list[float]]:
 
 # A tarpaulin is dull cloth: grey, olive or tan, not the saturated liveries (red,
 # orange, blue, green) of container paint nor the bright white of reefers. Chroma is
-# (max - min) / mean of the visible bands; brightness is relative to lit pavement.
+# (max - min) / mean of the visible bands. Brightness is the cloth's own surface
+# reflectance (mean of the visible bands, 0-1): mid-tone cloth reflects some 8-30 %,
+# white and light-grey paint more, black and dark-brown paint less (a ceiling of 35 %
+# flagged light-grey boxes of about 33 % in changedet's own simulator). It used to be
+# relative to the lit pavement (0.35-1.2 times it), which fits only a concrete yard
+# (about 25 %): on asphalt (about 9 %) every grey or tan cover was "too bright", and in
+# the independent yards 98 of 446 tarped stacks were missed for that alone.
 _TARP_MAX_CHROMA = 0.45
-_TARP_BRIGHTNESS = (0.35, 1.2)
+_TARP_REFLECTANCE = (0.08, 0.30)
 
 
-def _dull_tops(blob: np.ndarray, pix: np.ndarray, model: GroundModel, px_m2: float) -> np.ndarray:
+def _dull_tops(blob: np.ndarray, pix: np.ndarray, px_m2: float) -> np.ndarray:
     """Plain patches of dull colour, at least half a 20 ft slot large, in a stack block.
 
+    Parameters
+    ----------
+    blob : ndarray (y, x) of bool
+        The stack block.
+    pix : ndarray (band, y, x)
+        Surface reflectance (0-1), bands B, G, R first.
+    px_m2 : float
+        Area of a pixel (m^2).
+
+    Returns
+    -------
+    ndarray (y, x) of bool
+        The dull patches kept.
+
     Limits: a tarp in a saturated colour (bright blue) passes for container paint, and
-    a dark-brown box for a tarp (the brightness floor keeps most of those out).
+    a grey or dark-grey box (or a dull brown one) for a tarp: colour alone cannot tell
+    them, so precision is low where such boxes are common. The brightness gate assumes
+    surface reflectance; an image in other units would need it rescaled.
     """
     out = np.zeros_like(blob)
     rows, cols = np.nonzero(blob)
@@ -370,9 +392,8 @@ def _dull_tops(blob: np.ndarray, pix: np.ndarray, model: GroundModel, px_m2: flo
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = rgb.mean(axis=0)
         chroma = (rgb.max(axis=0) - rgb.min(axis=0)) / np.maximum(mean, 1e-4)
-        rel = mean / max(float(model.lit[:3].mean()), 1e-4)
-    dull = blob[r0:r1, c0:c1] & (chroma < _TARP_MAX_CHROMA) & (rel > _TARP_BRIGHTNESS[0]) \
-        & (rel < _TARP_BRIGHTNESS[1])
+    dull = blob[r0:r1, c0:c1] & (chroma < _TARP_MAX_CHROMA) & (mean > _TARP_REFLECTANCE[0]) \
+        & (mean < _TARP_REFLECTANCE[1])
     # Plain cloth: drop dull specks and strips (box edges, seams, shaded rims).
     dull = ndimage.binary_opening(dull, structure=np.ones((3, 3), bool))
     labels, n = ndimage.label(dull)
