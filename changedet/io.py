@@ -249,6 +249,52 @@ def read_raster(path: str | Path, *, bands: list[str] | None = None,
     return da.rio.write_transform(transform, inplace=True)
 
 
+#: Metadata items stating a product's reflectance quantification (reflectance = (DN + offset)
+#: / quantification), as Sentinel-2 L2A (MTD_MSIL2A.xml, BOA_*) and L1C (RADIO_*) carry them
+#: and as GDAL's SENTINEL2 driver and exporters copy them into the GeoTIFF's tags.
+QUANTIFICATION_TAGS = ("BOA_QUANTIFICATION_VALUE", "QUANTIFICATION_VALUE", "L2A_QUANTIFICATION_VALUE")
+ADD_OFFSET_TAGS = ("BOA_ADD_OFFSET", "RADIO_ADD_OFFSET")
+
+
+def read_scaling(path: str | Path) -> dict:
+    """The value scaling a raster's own metadata states, without reading its pixels.
+
+    Returns ``{"dtype": str, "bands": [{"name", "scale", "offset", "quantification",
+    "add_offset"}, ...]}`` for the data bands (alpha bands left out, names as
+    :func:`read_raster` gives them): ``scale``/``offset`` are GDAL's (physical value =
+    stored x scale + offset; 1 and 0 when the file has none), ``quantification`` and
+    ``add_offset`` the Sentinel-2 items of :data:`QUANTIFICATION_TAGS` /
+    :data:`ADD_OFFSET_TAGS` (the band's own tag, else the file's; None when absent or not
+    a number). Raises :class:`RasterError` naming the file when it cannot be opened.
+    """
+    def number(tags: dict, keys) -> float | None:
+        for k in keys:
+            if k in tags:
+                try:
+                    return float(tags[k])
+                except (TypeError, ValueError):
+                    return None
+        return None
+
+    with open_raster(path) as src:
+        keep = data_band_indexes(src)
+        names = band_names(list(src.descriptions))
+        if len(names) == src.count:
+            names = [names[i] for i in keep]
+        ds_tags = {str(k).upper(): v for k, v in src.tags().items()}
+        bands = []
+        for j, i in enumerate(keep):
+            bt = {str(k).upper(): v for k, v in src.tags(i + 1).items()}
+            q = number(bt, QUANTIFICATION_TAGS)
+            a = number(bt, ADD_OFFSET_TAGS)
+            bands.append({"name": names[j] if j < len(names) else f"b{i + 1}",
+                          "scale": float(src.scales[i]) if src.scales[i] is not None else 1.0,
+                          "offset": float(src.offsets[i]) if src.offsets[i] is not None else 0.0,
+                          "quantification": q if q is not None else number(ds_tags, QUANTIFICATION_TAGS),
+                          "add_offset": a if a is not None else number(ds_tags, ADD_OFFSET_TAGS)})
+        return {"dtype": str(src.dtypes[keep[0]] if keep else src.dtypes[0]), "bands": bands}
+
+
 class OutputPathError(ChangedetError):
     """An output path cannot be written: it is a directory, or its folder cannot be
     created or written to."""

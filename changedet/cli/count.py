@@ -41,6 +41,14 @@ def add_parser(sub) -> None:
     p.add_argument("--labels", default="object",
                    help="comma-separated class names of the --detector model's class indices")
     p.add_argument("--min-score", type=float, default=0.5, help="drop --detector boxes scoring below this")
+    p.add_argument("--reflectance-scale", type=float, default=None, metavar="S",
+                   help="surface reflectance = stored value x S + O (e.g. 0.0001 for Sentinel-2 L2A / Planet SR). "
+                        "Default: the file's scale/offset metadata (GDAL scale/offset, BOA_QUANTIFICATION_VALUE / "
+                        "BOA_ADD_OFFSET), else 1 for float and 0.0001 for 16-bit values up to 12000; other "
+                        "integer images (8-bit display RGB, DNs) need it. The JSON's 'radiometry' says which")
+    p.add_argument("--reflectance-offset", type=float, default=None, metavar="O",
+                   help="with --reflectance-scale: the O above (e.g. -0.1 for Sentinel-2 baseline 04.00+ "
+                        "without BOA_ADD_OFFSET metadata); default 0")
     p.set_defaults(func=cmd_count)
 
 
@@ -282,6 +290,12 @@ def cmd_count(args) -> int:
         if sun["azimuth_deg"] is None:
             print(f"changedet count: warning: {sun['source']}", file=sys.stderr)
 
+    radio = None
+    if not getattr(args, "detector", None) and not radar:
+        # The counters' colour rules are in surface reflectance: convert at the boundary
+        # (a detector plugin gets the values as stored, a radar image is backscatter).
+        image, radio = _to_reflectance(args, image)
+
     valid = None
     names = [str(b) for b in image["band"].values]
     if MASK_BAND in names:
@@ -323,6 +337,8 @@ def cmd_count(args) -> int:
     doc["crs"] = _crs_name(out_crs)
     if sun is not None:
         doc["sun"] = sun
+    if radio is not None:
+        doc["radiometry"] = {k: radio[k] for k in ("scale", "offset", "source")}
     if args.out is not None:
         _write_detections(res, args.out)
         doc["out"] = str(args.out)
@@ -336,6 +352,8 @@ def cmd_count(args) -> int:
     if sun is not None and sun["azimuth_deg"] is not None:
         print(f"  sun: azimuth {sun['azimuth_deg']:.1f} deg, elevation {sun['elevation_deg']:.1f} deg "
               f"({sun['source']})")
+    if radio is not None and radio["source"].startswith(("assumed", "unknown")):
+        print(f"  radiometry: {radio['source']}")
     if "tarped_stacks" in doc:
         print(f"  tarped stacks flagged: {doc['tarped_stacks']}")
     for pf in doc["per_feature"]:
@@ -343,6 +361,31 @@ def cmd_count(args) -> int:
     if args.out is not None:
         print(f"{len(doc['detections'])} detections written to {args.out}")
     return 0
+
+
+def _to_reflectance(args, image):
+    """(``image`` in surface reflectance 0-1, the ``radiometry`` of
+    :func:`changedet.objects.common.radiometry`); the CLM band is left as stored."""
+    import numpy as np
+
+    from changedet.io import read_scaling
+    from changedet.objects.common import radiometry, to_reflectance
+
+    names = [str(b) for b in image["band"].values]
+    data = [j for j, n in enumerate(names) if n.upper() != MASK_BAND]
+    # About a million values tell the scale as well as all of them (strided before the
+    # band selection copies, not after).
+    step = max(1, int(np.sqrt(image.sizes["y"] * image.sizes["x"] / 2.5e5)))
+    vals = np.asarray(image.values[:, ::step, ::step][data], dtype="float32")
+    vals = vals[np.isfinite(vals)]
+    high = float(np.percentile(vals, 99.9)) if vals.size else float("nan")
+    radio = radiometry(read_scaling(args.image), high, path=str(args.image),
+                       scale=getattr(args, "reflectance_scale", None),
+                       offset=getattr(args, "reflectance_offset", None), skip=(MASK_BAND,),
+                       unknown_ok=args.kind != "containers")
+    if radio["scale"] is None:
+        print(f"changedet count: warning: {args.image}: radiometry {radio['source']}", file=sys.stderr)
+    return to_reflectance(image, radio), radio
 
 
 def _crs_name(crs) -> str:

@@ -25,6 +25,10 @@ class ResolutionError(ChangedetError):
     """The image is too coarse (or too fine) for the method asked for."""
 
 
+class RadiometryError(ChangedetError):
+    """An image's values cannot be taken as surface reflectance (0-1) and no scale says how."""
+
+
 class BandOrderError(ChangedetError):
     """The image's bands cannot be identified, or their values contradict their names."""
 

@@ -201,3 +201,141 @@ def robust_ref(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def angle_of(x0: float, y0: float, x1: float, y1: float) -> float:
     return math.atan2(y1 - y0, x1 - x0)
+
+
+# -- radiometric scale ----------------------------------------------------------------------
+# The counters' colour rules hold absolute surface-reflectance constants (containers' dull
+# covers 0.08-0.30, the chroma floor 0.005, spread floors "0.003 + 3 %", railcar and ship
+# darkness floors): reflectance is what makes a grey tarp grey on any sensor, and a DN or a
+# display stretch does not say it. So the image is turned into reflectance 0-1 at the
+# boundary, from the file's own scale where it states one.
+
+#: Highest reflectance x 10000 a uint16 surface-reflectance product holds over land and
+#: yards (S2 L2A / Planet SR; bright roofs reach 0.6-0.9, specular glints and cloud tops a
+#: little over 1): the 99.9th percentile above this is not reflectance x 10000.
+MAX_REFLECTANCE_X10000 = 12000.0
+#: Highest 99.9th percentile of float values that can be reflectance 0-1 (glints, snow and
+#: cloud tops reach 1-1.3): a float image above it is in DNs or a scaled product.
+MAX_FLOAT_REFLECTANCE = 1.5
+_HIGH_PERCENTILE = 99.9
+
+
+def _band_factor(meta: Mapping[str, Any]) -> tuple[float, float, str] | None:
+    """(scale, offset, source) the band's metadata states, or None when it states none."""
+    if (meta.get("scale", 1.0), meta.get("offset", 0.0)) != (1.0, 0.0):
+        return float(meta["scale"]), float(meta["offset"]), "file metadata (GDAL scale/offset)"
+    q = meta.get("quantification")
+    if q is not None and q > 0:
+        add = meta.get("add_offset") or 0.0
+        return 1.0 / q, add / q, (f"file metadata (BOA_QUANTIFICATION_VALUE {q:g}"
+                                  + (f", BOA_ADD_OFFSET {add:g})" if add else ")"))
+    return None
+
+
+def radiometry(scaling: Mapping[str, Any], high_value: float, *, path: str, scale: float | None = None,
+               offset: float | None = None, skip: tuple[str, ...] = (), unknown_ok: bool = False) -> dict[str, Any]:
+    """How to turn an image's stored values into surface reflectance 0-1.
+
+    Parameters
+    ----------
+    scaling : mapping
+        :func:`changedet.io.read_scaling` of the file: its data type and each band's
+        GDAL scale/offset and Sentinel-2 quantification items.
+    high_value : float
+        The 99.9th percentile of the image's finite values in the bands scaled (stored
+        units), to tell reflectance x 10000 from other integer scales.
+    path : str
+        The file, for messages.
+    scale, offset : float, optional
+        Reflectance = stored x ``scale`` + ``offset`` as the user states it
+        (``--reflectance-scale`` / ``--reflectance-offset``); overrides the metadata.
+    skip : tuple of str
+        Bands left as stored (class bands such as the CLM cloud mask), any case.
+    unknown_ok : bool
+        When the scale cannot be told, return ``scale``/``offset`` None (values used as
+        stored, ``source`` says so) instead of raising: for counters whose outputs do not
+        hinge on reflectance (railcars, ships), not for containers (dull covers, tarp flags).
+
+    Returns
+    -------
+    dict
+        ``{"scale", "offset", "source", "bands"}``: ``scale``/``offset`` (a number, or a
+        per-band mapping when the bands differ), ``source`` how they were chosen, and
+        ``bands`` ({name: (scale, offset)} for every band to scale; empty when unknown).
+
+    Raises
+    ------
+    RadiometryError
+        8-bit values, integers above reflectance x 10000, or floats far above 1, with no
+        scale in the file's metadata nor given, unless ``unknown_ok``: the message names
+        the file and the flags. Bad flags always.
+    """
+    from changedet.objects.checks import RadiometryError
+
+    skipped = {s.upper() for s in skip}
+    bands = [b for b in scaling["bands"] if str(b["name"]).upper() not in skipped]
+    dtype = np.dtype(scaling["dtype"])
+    fix = (f"pass --reflectance-scale S [--reflectance-offset O] (reflectance = stored value x S + O, from the "
+           f"product's metadata: e.g. 0.0001 for Sentinel-2 L2A / Planet SR, with --reflectance-offset -0.1 for "
+           f"Sentinel-2 processing baseline 04.00 and later), or count on the surface-reflectance product")
+    if offset is not None and scale is None:
+        raise RadiometryError(f"{path}: --reflectance-offset needs --reflectance-scale too; {fix}")
+    if scale is not None:
+        if not (np.isfinite(scale) and scale > 0):
+            raise RadiometryError(f"{path}: --reflectance-scale must be a positive number, got {scale!r}")
+        off = 0.0 if offset is None else float(offset)
+        per = {b["name"]: (float(scale), off) for b in bands}
+        return {"scale": float(scale), "offset": off, "source": "--reflectance-scale/--reflectance-offset",
+                "bands": per}
+    stated = {b["name"]: _band_factor(b) for b in bands}
+    if bands and all(v is not None for v in stated.values()):
+        per = {k: (v[0], v[1]) for k, v in stated.items()}
+        scales, offsets = {v[0] for v in per.values()}, {v[1] for v in per.values()}
+        return {"scale": scales.pop() if len(scales) == 1 else {k: v[0] for k, v in per.items()},
+                "offset": offsets.pop() if len(offsets) == 1 else {k: v[1] for k, v in per.items()},
+                "source": next(iter(stated.values()))[2], "bands": per}
+    if any(v is not None for v in stated.values()):
+        raise RadiometryError(f"{path}: only some of bands {[b['name'] for b in bands]} state a scale in the "
+                              f"file's metadata; {fix}")
+
+    def unknown(what: str) -> dict[str, Any]:
+        if not unknown_ok:
+            raise RadiometryError(f"{path}: {what}, and the file states no scale (GDAL scale/offset or "
+                                  f"BOA_QUANTIFICATION_VALUE); the counters' colour rules (dull covers, tarp flags, "
+                                  f"shadow and ground spreads) are in reflectance; {fix}")
+        return {"scale": None, "offset": None, "bands": {},
+                "source": (f"unknown: {what}; values used as stored, so reflectance-dependent rules (darkness and "
+                           "spread floors) may not fit; pass --reflectance-scale/--reflectance-offset")}
+
+    if np.issubdtype(dtype, np.floating):
+        if np.isfinite(high_value) and high_value > MAX_FLOAT_REFLECTANCE:
+            return unknown(f"float values reach {high_value:g} (99.9th percentile), not surface reflectance 0-1")
+        return {"scale": 1.0, "offset": 0.0, "source": "float values taken as surface reflectance 0-1",
+                "bands": {b["name"]: (1.0, 0.0) for b in bands}}
+    if np.issubdtype(dtype, np.integer) and dtype.itemsize >= 2 and \
+            (not np.isfinite(high_value) or high_value <= MAX_REFLECTANCE_X10000):
+        return {"scale": 1e-4, "offset": 0.0,
+                "source": (f"assumed: {dtype.name} values without scale metadata (99.9th percentile "
+                           f"{high_value:g}) taken as reflectance x 10000 (Sentinel-2 L2A / Planet SR); if they "
+                           "are sensor DNs or carry the Sentinel-2 baseline 04.00 offset, pass "
+                           "--reflectance-scale/--reflectance-offset"),
+                "bands": {b["name"]: (1e-4, 0.0) for b in bands}}
+    return unknown("8-bit values (0-255) are display brightness, not surface reflectance" if dtype.itemsize == 1
+                   else f"{dtype.name} values reach {high_value:g} (99.9th percentile), above reflectance x 10000 "
+                        "(sensor DNs?)")
+
+
+def to_reflectance(image: xr.DataArray, radio: Mapping[str, Any]) -> xr.DataArray:
+    """``image`` with each band of ``radio["bands"]`` (from :func:`radiometry`) as stored x
+    scale + offset (float32); other bands (class bands) unchanged."""
+    names = [str(b) for b in image["band"].values]
+    if all(radio["bands"].get(n, (1.0, 0.0)) == (1.0, 0.0) for n in names):
+        return image  # float reflectance as read: no copy of a large image
+    out = image.astype("float32", copy=True)
+    for j, n in enumerate(names):
+        if n in radio["bands"]:
+            s, o = radio["bands"][n]
+            if (s, o) != (1.0, 0.0):
+                out[j] = out[j] * np.float32(s) + np.float32(o)
+    return out
+
