@@ -69,6 +69,8 @@ class FetchReport:
     sensor: str
     cube_path: str
     outcomes: tuple[SceneOutcome, ...] = field(default_factory=tuple)
+    #: Why the fetch stopped before the last scene ("" when it went through every scene).
+    stopped: str = ""
 
     def count(self, status: str) -> int:
         return sum(1 for o in self.outcomes if o.status == status)
@@ -76,7 +78,8 @@ class FetchReport:
     def summary(self) -> str:
         parts = [f"{self.count(s)} {s}" for s in ("stored", "already", "duplicate", "skipped", "failed")
                  if self.count(s)]
-        return f"{self.aoi_id}/{self.sensor} from {self.source}: " + (", ".join(parts) or "nothing to do")
+        text = f"{self.aoi_id}/{self.sensor} from {self.source}: " + (", ".join(parts) or "nothing to do")
+        return text + (" (stopped early)" if self.stopped else "")
 
 
 def site_mask(aoi, grid: GridSpec) -> np.ndarray:
@@ -88,19 +91,41 @@ def site_mask(aoi, grid: GridSpec) -> np.ndarray:
 
 
 def _unobserved_not_clear(data):
-    """``data`` with its ``CLM`` band NaN (no data) wherever a reflectance band is NaN.
+    """``data`` with its ``CLM`` band NaN (no data) where no reflectance band has data and the mask says clear.
 
     A provider's cloud mask often says 0 (clear) over pixels it has no reflectance for (a
     swath edge, a no-data tile corner): counted as clear, a scene with nothing over the
     site would be stored as a 0 % cloud acquisition. Unobserved is neither cloud nor clear.
+
+    Only a pixel that *every* reflectance band lacks is unobserved: a legitimate 0 in one
+    band of an integer product with ``nodata=0`` (NIR over water) is NaN in that band
+    alone, and the pixel was seen. A cloud verdict is kept: many products blank the
+    reflectance under the cloud they flag, and those pixels were observed as cloud.
     """
-    nodata = optical_bands(data).isnull().any("band").values
-    if not nodata.any():
+    bands = optical_bands(data)
+    if bands.sizes.get("band", 0) == 0:  # a mask alone: nothing to judge it by
         return data
     names = [str(b) for b in data["band"].values]
     values = np.array(data.values, copy=True)
-    values[names.index(CLOUD_BAND)][nodata] = np.nan
+    clm = values[names.index(CLOUD_BAND)]
+    with np.errstate(invalid="ignore"):
+        nodata = bands.isnull().all("band").values & (clm < 0.5)
+    if not nodata.any():
+        return data
+    clm[nodata] = np.nan
     return data.copy(data=values)
+
+
+class FetchStopped(SourceError):
+    """A fetch stopped because ``MAX_FAILURES_IN_A_ROW`` scene loads in a row failed.
+
+    ``report`` is the :class:`FetchReport` of the scenes handled until then (its ``stopped``
+    holds this message), so a caller can still show what was stored and what failed.
+    """
+
+    def __init__(self, message: str, report: "FetchReport"):
+        super().__init__(message)
+        self.report = report
 
 
 def fetch(aoi, source, *, sensor: str, resolution_m: float, start: date, end: date,
@@ -137,10 +162,15 @@ def fetch(aoi, source, *, sensor: str, resolution_m: float, start: date, end: da
     DateError
         ``end`` before ``start``.
     SourceError
-        The search found nothing, or ``MAX_FAILURES_IN_A_ROW`` scenes in a row could not be
-        loaded (naming them; scenes stored before stay stored). A scene that cannot be
-        loaded is otherwise reported as ``failed`` in the returned report, nothing of it is
-        stored or recorded, and the fetch goes on with the next scene.
+        The search found nothing, or a scene's cloud mask cannot be made (no band it
+        could use: a configuration error, which no re-run cures, so it stops the fetch).
+    FetchStopped
+        (a ``SourceError``) ``MAX_FAILURES_IN_A_ROW`` scene loads in a row failed, naming
+        them and earlier failures; its ``report`` holds the outcomes until then (scenes
+        stored before stay stored). A scene the source cannot load is otherwise reported
+        as ``failed`` in the returned report, nothing of it is stored or recorded, and the
+        fetch goes on with the next scene. Scenes already stored do not break a run of
+        failed loads: only a scene that loaded does.
     """
     check_range(start, end)
     if not 0.0 <= float(max_cloud) <= 100.0:
@@ -159,37 +189,54 @@ def fetch(aoi, source, *, sensor: str, resolution_m: float, start: date, end: da
     inside = site_mask(aoi, grid)
     outcomes: list[SceneOutcome] = []
     failed_in_a_row: list[SceneOutcome] = []
+
+    def report(stopped: str = "") -> FetchReport:
+        return FetchReport(aoi.id, str(getattr(source, "name", source)), sensor, str(cube.path), tuple(outcomes),
+                           stopped)
+
     for i, scene in enumerate(scenes, start=1):
-        try:
-            outcome = _one(cube, source, scene, grid, inside, optical=optical, max_cloud=float(max_cloud),
-                           cloud_method=cloud_method)
-        except SourceError as exc:
-            outcome = SceneOutcome(scene.id, scene.time.isoformat(), "failed", str(exc))
-            failed_in_a_row.append(outcome)
-            if len(failed_in_a_row) >= MAX_FAILURES_IN_A_ROW:
-                done = sum(1 for o in outcomes if o.status == "stored")
-                days = ", ".join(o.time[:10] for o in failed_in_a_row)
-                reasons = "; ".join(dict.fromkeys(o.reason for o in failed_in_a_row))  # once each, in order
-                raise SourceError(f"stopped after {len(failed_in_a_row)} scenes in a row failed to load ({days}): "
-                                  f"{reasons}; {done} scene(s) stored before stay stored, run the fetch again "
-                                  "once the cause is fixed") from None
+        if cube.has(scene.id):
+            # Nothing was loaded, so this says nothing about the source: it must not reset
+            # the count of failed loads (a re-run's missing scenes lie between stored ones).
+            outcome = SceneOutcome(scene.id, scene.time.isoformat(), "already")
         else:
-            failed_in_a_row.clear()
+            try:
+                data = source.load(scene, grid)
+            except SourceError as exc:
+                # Only the load is caught: a cloud-mask or configuration error raised later
+                # fails every scene alike, so it stops the fetch as it is (a re-run cannot cure it).
+                outcome = SceneOutcome(scene.id, scene.time.isoformat(), "failed", str(exc))
+                failed_in_a_row.append(outcome)
+            else:
+                failed_in_a_row.clear()
+                outcome = _one(cube, scene, data, grid, inside, optical=optical, max_cloud=float(max_cloud),
+                               cloud_method=cloud_method)
         outcomes.append(outcome)
         if progress is not None:
             progress(i, len(scenes), outcome)
-    return FetchReport(aoi.id, str(getattr(source, "name", source)), sensor, str(cube.path), tuple(outcomes))
+        if len(failed_in_a_row) >= MAX_FAILURES_IN_A_ROW:
+            done = sum(1 for o in outcomes if o.status == "stored")
+            days = ", ".join(o.time[:10] for o in failed_in_a_row)
+            reasons = "; ".join(dict.fromkeys(o.reason for o in failed_in_a_row))  # once each, in order
+            # Earlier isolated failures are named too: the stop must not hide them.
+            earlier = [o.time[:10] for o in outcomes if o.status == "failed" and o not in failed_in_a_row]
+            message = (f"stopped after {len(failed_in_a_row)} scenes in a row failed to load ({days}): {reasons}; "
+                       f"{done} scene(s) stored before stay stored"
+                       + (f", earlier failed: {', '.join(earlier)}" if earlier else "")
+                       + (f", {len(scenes) - i} later scene(s) not tried" if i < len(scenes) else "")
+                       + "; run the fetch again once the cause is fixed")
+            raise FetchStopped(message, report(message))
+    return report()
 
 
-def _one(cube: Cube, source, scene: SceneRecord, grid: GridSpec, inside: np.ndarray, *, optical: bool,
+def _one(cube: Cube, scene: SceneRecord, data, grid: GridSpec, inside: np.ndarray, *, optical: bool,
          max_cloud: float, cloud_method: str) -> SceneOutcome:
+    """Judge one loaded scene (``data`` on ``grid``) and store it or record it as skipped."""
     when = scene.time.isoformat()
-    if cube.has(scene.id):
-        return SceneOutcome(scene.id, when, "already")
-    data = source.load(scene, grid)
     method = None
     if optical:
-        data, method = with_cloud_band(data, method=cloud_method)
+        # The scene id names the file or item in the cloud mask's errors (scl_cloud's 'not an SCL band').
+        data, method = with_cloud_band(data, method=cloud_method, source=scene.id)
         data = _unobserved_not_clear(data)
         frac = cloud_fraction(data.sel(band=CLOUD_BAND), within=inside)
     else:
@@ -215,4 +262,5 @@ def _one(cube: Cube, source, scene: SceneRecord, grid: GridSpec, inside: np.ndar
     return SceneOutcome(scene.id, when, status, reason, round(frac, 4), method)
 
 
-__all__ = ["DEFAULT_MAX_CLOUD", "MAX_FAILURES_IN_A_ROW", "FetchReport", "SceneOutcome", "fetch", "site_mask"]
+__all__ = ["DEFAULT_MAX_CLOUD", "MAX_FAILURES_IN_A_ROW", "FetchReport", "FetchStopped", "SceneOutcome", "fetch",
+           "site_mask"]

@@ -32,8 +32,17 @@ import numpy as np
 import xarray as xr
 
 from changedet.bands import find_band
-from changedet.errors import SourceError
+from changedet.errors import RasterError, SourceError
 from changedet.sources.base import CLOUD_BAND, SCL_BAND
+
+
+class NotSCLBandError(RasterError):
+    """A band named ``SCL`` holds no Sentinel-2 scene classes (e.g. reflectance named SCL).
+
+    A :class:`~changedet.errors.RasterError`, not a :class:`~changedet.errors.SourceError`:
+    the data will not change on a retry, so flows do not retry it (``flows/tasks.py``
+    retries only SourceError, StoreError and CubeLocked among changedet's errors).
+    """
 
 #: SCL classes that hide the ground: cloud shadow, cloud medium/high probability, thin cirrus.
 SCL_CLOUD = (3, 8, 9, 10)
@@ -76,7 +85,8 @@ def scl_cloud(scl: xr.DataArray, *, source: str | None = None) -> xr.DataArray:
     scl : xarray.DataArray
         SCL classes (integers 0-11, any dtype; NaN no data).
     source : str, optional
-        What the band came from, for error messages (default: ``scl.attrs["source"]``).
+        What the band came from (a file or scene id), for error messages (default:
+        ``scl.attrs["source"]``, else the ``scene_id`` that sources set).
 
     Returns
     -------
@@ -88,7 +98,7 @@ def scl_cloud(scl: xr.DataArray, *, source: str | None = None) -> xr.DataArray:
 
     Raises
     ------
-    SourceError
+    NotSCLBandError
         If no pixel holds an observed class (1-11) while the band holds several
         different values that are no class: it is not an SCL band (e.g. reflectance
         named SCL). A band that is one fill value throughout is all no data instead.
@@ -98,14 +108,21 @@ def scl_cloud(scl: xr.DataArray, *, source: str | None = None) -> xr.DataArray:
         is_class = (v == np.round(v)) & (v >= 0) & (v <= 11)
     foreign = ~is_class & ~np.isnan(v)
     if foreign.any() and not (is_class & (v >= 1)).any() and np.unique(v[foreign]).size > 1:
-        where = source or scl.attrs.get("source") or "the image"
+        where = _source_name(scl, source)
         sample = ", ".join(f"{x:g}" for x in np.unique(v[foreign])[:5])
-        raise SourceError(f"band {SCL_BAND} of {where} is not a Sentinel-2 SCL band: no pixel holds an "
-                          f"observed scene class 1-11 (values such as {sample}); give the L2A scene classification layer "
-                          "as SCL, or a cloud mask as CLM, or choose another cloud mask method")
+        raise NotSCLBandError(f"band {SCL_BAND} of {where} is not a Sentinel-2 SCL band: no pixel holds an "
+                              f"observed scene class 1-11 (values such as {sample}); give the L2A scene "
+                              "classification layer as SCL, or a cloud mask as CLM, or choose another cloud mask "
+                              "method")
     out = np.isin(v, SCL_CLOUD).astype("float32")
     out[np.isin(v, SCL_NODATA) | ~is_class] = np.nan
     return scl.copy(data=out)
+
+
+def _source_name(da: xr.DataArray, source: str | None) -> str:
+    """What ``da`` came from, for error messages: ``source``, else its attrs, else "the image"."""
+    # Sources set "scene_id" (local, STAC, simulator); "source" is set by callers that know a file.
+    return str(source or da.attrs.get("source") or da.attrs.get("scene_id") or "the image")
 
 
 def s2cloudless_probability(da: xr.DataArray) -> xr.DataArray:
@@ -167,10 +184,12 @@ def brightness_cloud(da: xr.DataArray, *, min_brightness: float = 0.3, max_white
     return da.isel(band=0, drop=True).copy(data=out)
 
 
-def cloud_mask(da: xr.DataArray, *, method: str = "auto") -> tuple[xr.DataArray, str]:
+def cloud_mask(da: xr.DataArray, *, method: str = "auto", source: str | None = None) -> tuple[xr.DataArray, str]:
     """Cloud mask ``(y, x)`` of one acquisition (1 cloud, 0 clear, NaN no data) and the method used.
 
     ``method="auto"`` takes the first of CLM, SCL, s2cloudless, brightness the bands allow.
+    ``source`` names the acquisition (file or scene id) in errors; default: ``da``'s
+    ``attrs["source"]`` or ``attrs["scene_id"]``.
     """
     if method not in METHODS:
         raise SourceError(f"unknown cloud mask method {method!r}; use one of {list(METHODS)}")
@@ -182,7 +201,7 @@ def cloud_mask(da: xr.DataArray, *, method: str = "auto") -> tuple[xr.DataArray,
         m = da.sel(band=CLOUD_BAND, drop=True).astype("float32")
         mask = m.copy(data=np.where(np.isnan(m.values), np.nan, (m.values >= 0.5)).astype("float32"))
     elif chosen == "scl":
-        mask = scl_cloud(da.sel(band=SCL_BAND, drop=True), source=da.attrs.get("source"))
+        mask = scl_cloud(da.sel(band=SCL_BAND, drop=True), source=_source_name(da, source))
     elif chosen == "s2cloudless":
         prob = s2cloudless_probability(da)
         out = probability_to_mask(prob.values).astype("float32")
@@ -193,13 +212,14 @@ def cloud_mask(da: xr.DataArray, *, method: str = "auto") -> tuple[xr.DataArray,
     return mask.rename(CLOUD_BAND), chosen
 
 
-def with_cloud_band(da: xr.DataArray, *, method: str = "auto",
-                    drop: Sequence[str] = (SCL_BAND,)) -> tuple[xr.DataArray, str]:
+def with_cloud_band(da: xr.DataArray, *, method: str = "auto", drop: Sequence[str] = (SCL_BAND,),
+                    source: str | None = None) -> tuple[xr.DataArray, str]:
     """``da`` with its cloud mask as the ``CLM`` band (last), provider classification bands dropped.
 
     Pixels without data in the mask are NaN in every band, so they never count as clear.
+    ``source`` names the acquisition (file or scene id) in errors, as in :func:`cloud_mask`.
     """
-    mask, used = cloud_mask(da, method=method)
+    mask, used = cloud_mask(da, method=method, source=source)
     keep = [b for b in _names(da) if b not in set(drop) | {CLOUD_BAND}]
     bands = da.sel(band=keep).astype("float32")
     bands = bands.where(~np.isnan(mask.values)[None])
@@ -224,6 +244,6 @@ def cloud_fraction(mask: xr.DataArray | np.ndarray, *, within: np.ndarray | None
     return float((m[sel] >= 0.5).mean())
 
 
-__all__ = ["METHODS", "S2CLOUDLESS_BANDS", "S2CLOUDLESS_PARAMS", "SCL_CLOUD", "SCL_NODATA", "available_method",
-           "brightness_cloud", "cloud_fraction", "cloud_mask", "probability_to_mask", "s2cloudless_probability",
-           "scl_cloud", "with_cloud_band"]
+__all__ = ["METHODS", "NotSCLBandError", "S2CLOUDLESS_BANDS", "S2CLOUDLESS_PARAMS", "SCL_CLOUD", "SCL_NODATA",
+           "available_method", "brightness_cloud", "cloud_fraction", "cloud_mask", "probability_to_mask",
+           "s2cloudless_probability", "scl_cloud", "with_cloud_band"]

@@ -52,7 +52,7 @@ import time as _time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -88,28 +88,32 @@ class CubeLocked(CubeError):
 
 class CubeStoreError(CubeError):
     """The cube's store cannot be used: unknown protocol, backend not installed, credentials
-    in the URL, permission denied, bucket or folder missing. Retrying will not help."""
+    in the URL, permission denied, bucket or folder missing, disk full or read-only, an
+    invalid request, a configuration error (missing credentials, unknown region or endpoint).
+    Retrying will not help. Only these known-permanent cases are plain CubeStoreErrors."""
 
 
 class CubeStoreUnavailable(CubeStoreError, StoreError):
-    """The cube's store did not answer (network down, endpoint unreachable, timeout, a 5xx).
+    """The cube's store did not answer or failed in a way that may pass: network down,
+    endpoint unreachable, timeout, a 5xx (s3fs: ``OSError(EREMOTEIO)``), a connection or
+    payload cut mid-transfer, and any other store failure not known to be permanent.
 
     Also a :class:`~changedet.errors.StoreError`, which flows retry as transient: a later
     attempt may succeed. Scenes already stored are kept; one cut off mid-write is not in
     the provenance record, so readers ignore it and the next fetch stores it again."""
 
 
-#: Object-store schemes whose URLs never carry credentials (they come from the environment).
-_OBJECT_SCHEMES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"})
-_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@'\"]*@")
+#: ``scheme://user:secret@`` up to the *last* ``@`` of the URL: a secret may hold ``/`` or ``@``
+#: (about half of AWS secret keys hold a ``/``), so stopping at the first of either leaked it.
+_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s'\"]*@")
 _QUERY = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s?#'\"]*)[?#][^\s'\"]*")
 #: storage_options keys whose values are secrets, masked in error text.
 _SECRET_OPTION = re.compile(r"(?i)(secret|password|token|key|credential|sas|sig)")
 
 
 def _strip_credentials(text: str) -> str:
-    """``text`` with ``user:password@`` and query strings (signed URLs) cut out of every URL."""
-    return _QUERY.sub(r"\1", _CREDENTIALS.sub(r"\1", str(text)))
+    """``text`` with ``user:password@`` masked as ``***@`` and query strings (signed URLs) cut out of every URL."""
+    return _QUERY.sub(r"\1", _CREDENTIALS.sub(r"\1***@", str(text)))
 
 
 def _remote_errors() -> tuple[type[BaseException], ...]:
@@ -126,22 +130,32 @@ def _remote_errors() -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
-def _network_error(exc: BaseException) -> bool:
-    """Whether ``exc`` says the store did not answer (worth retrying later)."""
-    import asyncio
-    import errno
+#: Backend (botocore) error names that say the store's configuration is wrong: a missing or
+#: partial credential, a misspelt region or endpoint, a bad parameter. Retrying cannot help.
+_CONFIG_ERROR_NAME = re.compile(r"Credential|Validation|Config|Unknown|Invalid|Unsupported|NoRegion|ProfileNotFound"
+                                r"|EndpointResolution|NoAuthToken|MissingParameters|MissingDependency|"
+                                r"ServiceNotInRegion|Login|SSO")
 
-    if isinstance(exc, (ConnectionError, TimeoutError, asyncio.TimeoutError)):
+
+def _permanent_backend_error(exc: BaseException) -> bool:
+    """Whether a backend (botocore/aiohttp) error that is not an OSError is a configuration error.
+
+    Only the known-permanent cases are listed; every other backend error (a dropped
+    connection, a payload cut mid-transfer, a 5xx) is taken as transient, as flows retried
+    it before stores had their own error classes.
+    """
+    status = getattr(exc, "status", None)
+    if type(exc).__name__ == "ClientResponseError" or isinstance(status, int):
+        # aiohttp: a 4xx answer is final, except 408 (request timeout) and 429 (throttled).
+        return isinstance(status, int) and 400 <= status < 500 and status not in (408, 429)
+    if isinstance(exc, ValueError):  # aiohttp's InvalidURL and friends
         return True
-    name = type(exc).__name__
-    if any(k in name for k in ("Connect", "Timeout", "Endpoint")) and not isinstance(exc, (PermissionError,
-                                                                                          FileNotFoundError)):
-        return True
-    # s3fs and gcsfs turn server-side failures (5xx, throttling) into EIO/EAGAIN/EBUSY OSErrors;
-    # a network file system (the data directory on an NFS volume) fails with EIO or ESTALE.
-    return isinstance(exc, OSError) and exc.errno in (errno.EIO, errno.EAGAIN, errno.EBUSY, errno.ETIMEDOUT,
-                                                      errno.ECONNREFUSED, errno.ECONNRESET, errno.EHOSTUNREACH,
-                                                      errno.ENETUNREACH, errno.ESTALE)
+    with contextlib.suppress(ImportError):
+        from botocore.exceptions import BotoCoreError
+
+        if isinstance(exc, BotoCoreError):
+            return bool(_CONFIG_ERROR_NAME.search(type(exc).__name__))
+    return False
 
 
 def is_url(root: str | Path) -> bool:
@@ -225,11 +239,15 @@ class Cube:
 
         protocol, _, rest = root.partition("://")
         shown = _strip_credentials(root)
-        userinfo = rest.split("/", 1)[0].rpartition("@")[0]
-        if userinfo and (":" in userinfo or protocol.lower() in _OBJECT_SCHEMES):
+        if "@" in rest:
             # s3fs and friends take no credentials from the URL: "s3://key:secret@bucket" failed
-            # deep in botocore with a message that printed the secret.
-            raise CubeStoreError(f"cube store {shown}: the URL carries credentials; give {shown} and put them "
+            # deep in botocore with a message that printed the secret. Any "@" is refused, not
+            # only one before the first "/": a secret may hold "/" or "@" itself, so where the
+            # credentials end cannot be told; only the text after the last "@" is shown.
+            shown = _strip_credentials(f"{protocol}://{rest.rpartition('@')[2]}")
+            raise CubeStoreError(f"cube store {protocol}://***@{shown.partition('://')[2]}: the URL "
+                                 f"carries credentials (or an '@', which is read as credentials); give {shown} "
+                                 "and put them "
                                  "in the environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY for s3://, "
                                  "GOOGLE_APPLICATION_CREDENTIALS for gs://) or in storage_options")
         try:
@@ -293,17 +311,25 @@ class Cube:
             fix = ("create the bucket, or fix the store URL (CHANGEDET_STORE_URL)" if self.remote
                    else "create the folder, or fix --data-dir")
             return CubeStoreError(f"{where}: it does not exist ({text}); {fix}")
-        if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        code = getattr(exc, "errno", None)
+        if code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
             return CubeStoreError(f"{where}: {text}; free space or make it writable, then run again "
                                   "(stored scenes are kept)")
-        if _network_error(exc):
-            check = ("the network, the endpoint and that the service is up" if self.remote
-                     else "the disk or network mount it is on")
-            return CubeStoreUnavailable(f"{where}: the store did not answer ({text}); check {check}, then run "
-                                        "again (stored scenes are kept; one cut off mid-write is not listed and "
-                                        "is fetched again)")
-        return CubeStoreError(f"{where}: {text}; check the store URL, credentials and that the store is "
-                              "reachable and writable")
+        if isinstance(exc, (NotADirectoryError, IsADirectoryError)) or code in (
+                errno.EINVAL, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG):
+            return CubeStoreError(f"{where}: the store refused the request as invalid ({text}); check the store "
+                                  "URL (CHANGEDET_STORE_URL or --data-dir)")
+        if not isinstance(exc, OSError) and _permanent_backend_error(exc):
+            return CubeStoreError(f"{where}: the store is not configured right ({text}); check the store URL, "
+                                  "region, endpoint and credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+                                  "GOOGLE_APPLICATION_CREDENTIALS, or storage_options)")
+        # Everything else (an S3 500 is OSError(EREMOTEIO), a dropped connection, a payload cut
+        # mid-transfer, EIO on a network mount) may pass: flows retry CubeStoreUnavailable.
+        check = ("the network, the endpoint and that the service is up" if self.remote
+                 else "the disk or network mount it is on")
+        return CubeStoreUnavailable(f"{where}: the store did not answer ({text}); check {check}, then run "
+                                    "again (stored scenes are kept; one cut off mid-write is not listed and "
+                                    "is fetched again)")
 
     # ------------------------------------------------------------------ storage helpers
     def _exists(self, path) -> bool:
@@ -675,6 +701,42 @@ class Cube:
 #: Bands found by their exact (upper-case) name: a lower-case "clm"/"scl" in an old cube was
 #: stored as a data band, so it is not the same band as a new scene's cloud mask.
 _EXACT_BANDS = frozenset({CLOUD_BAND, SCL_BAND})
+
+
+def select_bands(da: xr.DataArray, names: Sequence[str]) -> xr.DataArray:
+    """``da``'s bands ``names``, matched whatever their case, labelled ``names``.
+
+    A cube keeps the band names it was created with (``b02`` from a local file) and
+    accepts scenes that spell them otherwise (``B02`` from a catalogue, see
+    :meth:`Cube.append`); readers select the cube's history with the new scene's names.
+
+    Parameters
+    ----------
+    da : xarray.DataArray
+        Has a ``band`` dimension (e.g. :meth:`Cube.read`).
+    names : sequence of str
+        Band names wanted, in this order.
+
+    Raises
+    ------
+    CubeError
+        If a name is missing, or matches only by case and more than one band.
+    """
+    held = [str(b) for b in da["band"].values]
+    exact, by_case = set(held), {}
+    for b in held:
+        by_case.setdefault(b.upper(), []).append(b)
+    picked = []
+    for n in (str(x) for x in names):
+        if n in exact:
+            picked.append(n)
+        elif len(by_case.get(n.upper(), [])) == 1:
+            picked.append(by_case[n.upper()][0])
+        else:
+            raise CubeError(f"the cube has no band {n!r} (or several differing only by case); its bands are "
+                            f"{held}: give scenes the cube's bands")
+    out = da.sel(band=picked)
+    return out if picked == list(names) else out.assign_coords(band=[str(x) for x in names])
 
 
 def _same_bands(held: list[Any], new: list[str]) -> bool:

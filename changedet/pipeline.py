@@ -27,7 +27,7 @@ from changedet.alerts.outbox import Outbox
 from changedet.bands import find_bands
 from changedet.baselines import evaluate, lifecycle_params
 from changedet.coreg import apply_shift, coregister, provenance_fields
-from changedet.cube import Cube, clear_mask, is_url, optical_bands
+from changedet.cube import Cube, clear_mask, is_url, optical_bands, select_bands
 from changedet.errors import ChangedetError, CoregError, CubeError, SourceError
 from changedet.grid import GridSpec, aoi_grid
 from changedet.io import atomic_write, write_geotiff
@@ -312,7 +312,8 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
     if history is not None and history.sizes["time"] >= 3:
         value_bands = [str(b) for b in aligned["band"].values]
         history = history.load()  # one read of the stored chunks, values and cloud band together
-        hist = history.sel(band=value_bands)
+        # The cube may spell the bands otherwise (b02 vs B02): it accepts either case.
+        hist = select_bands(history, value_bands)
         if optical:
             hist = hist.where(history.sel(band=CLOUD_BAND) < 0.5)
         new = coarse.sel(band=value_bands)
@@ -543,7 +544,7 @@ def _write_evidence(root: Path, ev: dict, alert, action: str, series, rule) -> P
     prev = cube.read(before=scene.time, last=1)
     if prev is not None and prev.sizes.get("time", 0):
         prev = prev.isel(time=-1).load()
-        before = prev.sel(band=[str(b) for b in ev["after"]["band"].values])
+        before = select_bands(prev, [str(b) for b in ev["after"]["band"].values])
         before_time = to_utc(prev["time"].values)
         prev_id = str(prev["scene_id"].item()) if "scene_id" in prev.coords else None
         scenes.append({"role": "before", "id": prev_id, "time": before_time, "sha256": _sha(before)})

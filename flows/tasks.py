@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import random
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -521,20 +522,25 @@ def ensure_source_limits(names: set[str], slots: int | None = None) -> None:
     """Create the per-source global concurrency limits that do not exist yet.
 
     An existing limit is left as it is (operators tune quotas in the Prefect UI,
-    Concurrency → Global, or with ``prefect gcl update``), except that on a temporary
-    server this process started, slots held beyond this process's own leases are freed:
-    they were left by a run killed together with its server (see :func:`_own_temporary_server`).
+    Concurrency → Global, or with ``prefect gcl update``), with one exception: on a
+    temporary server this process started, slots held beyond this process's own leases
+    are freed when no other run on the same database is alive (:func:`_other_live_runs`):
+    they were left by a run killed together with its server. While another run lives
+    they may be its live slots, so they are left alone and the log says how to free
+    them if they are not.
     """
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
     from prefect.settings import PREFECT_API_URL
 
     slots = slots or int(os.environ.get("CHANGEDET_SOURCE_CONCURRENCY", DEFAULT_SOURCE_CONCURRENCY))
     url = PREFECT_API_URL.value() or ""
+    # Every run says it is alive (for as long as its process lives) before it looks for others,
+    # so of two runs starting together at least one sees the other.
+    runs_dir = _hold_run_lock()
     own = _own_temporary_server(url)
+    log = logging.getLogger(__name__)
     with get_client(sync_client=True) as client:
         for name in sorted(names):
             try:
@@ -546,27 +552,148 @@ def ensure_source_limits(names: set[str], slots: int | None = None) -> None:
                     pass
                 continue
             mine = _slots.count((url, name))
-            if own and limit.active_slots > mine:
+            if not own or limit.active_slots <= mine:
+                continue
+            others = _other_live_runs(runs_dir)
+            if others == 0:
                 # A temporary server (``changedet backfill`` without PREFECT_API_URL) keeps its
                 # leases in memory: slots counted in the database beyond this process's own
-                # leases were held by an earlier run killed with its server, and no lease
-                # exists any more that could expire them. Left alone, every AOI-day of this run
-                # would wait for them for ever.
+                # leases, with no other run alive on this database, were held by a run killed
+                # with its server, and no lease exists any more that could expire them. Left
+                # alone, every AOI-day of this run would wait for them for ever.
                 client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=mine))
-                logging.getLogger(__name__).warning(
-                    "freed %d slot(s) of %s left held by an earlier run that was killed", limit.active_slots - mine,
-                    name)
+                log.warning("freed %d slot(s) of %s left held by an earlier run that was killed (no other changedet "
+                            "run on this Prefect database is alive)", limit.active_slots - mine, name)
+            else:
+                who = (f"{others} other changedet run(s) on this Prefect database are alive" if others
+                       else "whether another changedet run on this Prefect database is alive cannot be told here")
+                log.warning("%d slot(s) of %s are held beyond this run's own and %s, so they are left alone: they may "
+                            "be that run's live slots. If no other changedet flow run is using this source, they were "
+                            "left by a run that was killed: free them with 'prefect gcl update %s --active-slots 0'",
+                            limit.active_slots - mine, name, who, name)
+
+
+#: This process's run lock per lock folder: (file descriptor, path), held until the process ends.
+_run_locks: dict[str, tuple[int, Path]] = {}
+_run_locks_guard = threading.Lock()
+
+
+def _runs_dir() -> Path:
+    """``$PREFECT_HOME/changedet-runs/<database key>``: where the runs on one Prefect database say they are alive.
+
+    Keyed by a hash of the server database URL (never the URL: it may hold a password), so
+    a test harness or a second database under the same home does not count as the same runs.
+    """
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    db = settings.server.database.connection_url
+    db_url = db.get_secret_value() if hasattr(db, "get_secret_value") else str(db or "")
+    key = hashlib.sha256(db_url.encode()).hexdigest()[:16]
+    return Path(settings.home).expanduser() / "changedet-runs" / key
+
+
+def _hold_run_lock() -> Path | None:
+    """Hold (once per process and database) an exclusive lock on this run's own file in :func:`_runs_dir`.
+
+    The kernel drops the lock when the process ends, however it ends (``kill -9`` too),
+    so a file whose lock can be taken belongs to a run that is gone. Returns the folder,
+    or None where locks cannot be used (no ``fcntl``, a read-only home): then no slot is
+    ever freed automatically.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return None
+    try:
+        folder = _runs_dir()
+    except Exception:  # noqa: BLE001  (settings unreadable: behave as if locks were unusable)
+        return None
+    with _run_locks_guard:
+        if str(folder) in _run_locks:
+            return folder
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"{os.getpid()}-{os.urandom(4).hex()}.lock"
+            # Locked under a name no other run looks at, then renamed (the lock stays on the
+            # file): another run must never find it unlocked and remove it as a dead run's.
+            tmp = path.with_suffix(".new")
+            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a fresh file: nobody else holds it
+            os.write(fd, f"{os.getpid()}\n".encode())
+            os.replace(tmp, path)
+        except OSError as exc:
+            logging.getLogger(__name__).debug("no run lock in %s: %s", folder, exc)
+            return None
+        if not _run_locks:
+            atexit.register(_drop_run_locks)
+        _run_locks[str(folder)] = (fd, path)
+    _other_live_runs(folder)  # removes the files of runs that are gone: one file per run would pile up
+    return folder
+
+
+def _drop_run_locks() -> None:
+    """At a normal exit: remove this process's run files (and their folder once empty, such as a test
+    database's). A killed run's file stays, and the next run to look removes it."""
+    with _run_locks_guard:
+        for folder, (fd, path) in list(_run_locks.items()):
+            with contextlib.suppress(OSError):
+                path.unlink()  # before the lock goes: no other run may find it unlocked and call it dead
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            with contextlib.suppress(OSError):
+                Path(folder).rmdir()
+        _run_locks.clear()
+
+
+def _other_live_runs(folder: Path | None) -> int | None:
+    """How many other runs hold their lock in ``folder``; None when that cannot be told.
+
+    Each other run's lock is tried without waiting: taken, its run is gone (the file is
+    removed); refused, the run is alive. Never waits, so a live run never blocks this one.
+    """
+    if folder is None:
+        return None
+    import fcntl
+
+    mine = _run_locks.get(str(folder), (None, None))[1]
+    alive = 0
+    try:
+        paths = [p for p in folder.glob("*.lock") if p != mine]
+    except OSError:
+        return None
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:  # removed by another run that found it dead
+            continue
+        except OSError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                alive += 1
+                continue
+            except OSError:
+                return None
+            with contextlib.suppress(OSError):
+                path.unlink()
+        finally:
+            os.close(fd)
+    return alive
 
 
 def _own_temporary_server(api_url: str) -> bool:
     """Whether ``api_url`` is a temporary Prefect server this process started (its leases live
-    in its memory only, so no other process can hold one)."""
-    try:
-        from prefect.server.api.server import SubprocessASGIServer
-    except ImportError:  # a client-only installation never starts one
+    in its memory only, so only runs in processes alive now can hold one)."""
+    # Only looked up, never imported: a process that started a temporary server has loaded
+    # this module already, and importing Prefect's server package costs seconds per flow run.
+    server = sys.modules.get("prefect.server.api.server")
+    if server is None:
         return False
-    urls = {getattr(srv, "api_url", None) for srv in list(SubprocessASGIServer._instances.values())
-            if getattr(srv, "running", False)}
+    instances = getattr(getattr(server, "SubprocessASGIServer", None), "_instances", {})
+    urls = {getattr(srv, "api_url", None) for srv in list(instances.values()) if getattr(srv, "running", False)}
     if not api_url:
         # No PREFECT_API_URL: Prefect's ephemeral mode, the client talks to the temporary
         # server it started in this process (the one running, if any).

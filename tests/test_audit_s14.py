@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -385,3 +385,243 @@ def test_file_much_finer_than_the_grid_is_averaged_per_cell(tmp_path):
     want = cells[r0:r0 + grid.shape[0], c0:c0 + grid.shape[1]]
     assert want.shape == got.shape
     assert np.nanmax(np.abs(got - want)) < 1e-4
+
+
+# --- Review of the audit (MEND2): each test below failed on commit e1b381c. ---------------------------------------
+
+
+def _write_bands(path: Path, when: datetime, bands: dict[str, np.ndarray]) -> None:
+    """A float32 10 m GeoTIFF over BOUNDS with the named bands (NaN = no data)."""
+    with rasterio.open(path, "w", driver="GTiff", height=100, width=100, count=len(bands), dtype="float32", crs=CRS,
+                       transform=from_origin(BOUNDS[0], BOUNDS[3], 10.0, 10.0)) as dst:
+        dst.write(np.stack(list(bands.values())).astype("float32"))
+        dst.update_tags(TIFFTAG_DATETIME=when.strftime("%Y:%m:%d %H:%M:%S"))
+        for k, name in enumerate(bands, start=1):
+            dst.set_band_description(k, name)
+
+
+def test_reflectance_blanked_under_the_cloud_it_flags_counts_as_cloud(tmp_path):
+    """A product that blanks (NaN) its reflectance under the cloud its CLM flags: those pixels
+    were observed as cloud. Site columns 15-84; cloud on columns 0-79, so 65 of 70 site columns
+    are cloud (93 %) and the scene is skipped. Before: every cloud pixel turned 'unobserved', the
+    site was measured over its 5 clear columns and the scene was stored as 0 % cloud."""
+    site = _site(tmp_path)
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    red = CLEAR.copy()
+    red[:, :80] = np.nan
+    clm = np.zeros((100, 100))
+    clm[:, :80] = 1.0
+    _write(imgs / "masked.tif", D1, red, clm)
+    [outcome] = _fetch(site, imgs, tmp_path / "data").outcomes
+    assert outcome.status == "skipped"
+    assert outcome.cloud_fraction == pytest.approx(65 / 70, abs=0.01)
+
+
+def test_one_band_without_data_does_not_make_the_pixel_unobserved(tmp_path):
+    """NIR is no data over water (a legitimate 0 in a product with nodata=0 reads as NaN in that
+    band only), red is valid everywhere; cloud on site columns 60-79 of the site's 15-84: 20 of 70
+    columns, 29 %, stored. Before: every water pixel was 'unobserved', the site was measured over
+    its 25 land columns and the scene was skipped as 80 % cloud."""
+    site = _site(tmp_path)
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    nir = np.full((100, 100), 0.3, "float32")
+    nir[:, :60] = np.nan
+    clm = np.zeros((100, 100))
+    clm[:, 60:80] = 1.0
+    _write_bands(imgs / "port.tif", D1, {"B04": CLEAR, "B08": nir, "CLM": clm})
+    [outcome] = _fetch(site, imgs, tmp_path / "data").outcomes
+    assert outcome.status == "stored"
+    assert outcome.cloud_fraction == pytest.approx(20 / 70, abs=0.01)
+    stored = Cube(tmp_path / "data", "site", "s2", aoi_grid(site, 10.0), product="acquired").read().isel(time=0)
+    clm, b04, b08 = (stored.sel(band=b).values for b in ("CLM", "B04", "B08"))
+    water = np.isnan(b08) & ~np.isnan(b04)
+    assert water.any() and (clm[water] == 0).all()  # water seen clear, not unobserved
+
+
+class _Flaky(LocalSource):
+    """A local source whose loads fail on the given days (or on every day while ``outage``)."""
+
+    def __init__(self, *args, fail_days=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fail_days = set(fail_days)
+        self.outage = False
+        self.loads: list[str] = []
+
+    def load(self, scene, grid, **kwargs):
+        day = scene.time.date().isoformat()
+        self.loads.append(day)
+        if self.outage or day in self.fail_days:
+            raise SourceError(f"scene {scene.id}: HTTP 503 from the provider")
+        return super().load(scene, grid, **kwargs)
+
+
+def _weekly(imgs: Path, n: int) -> list[str]:
+    days = [datetime(2023, 6, 1, 10, tzinfo=timezone.utc) + timedelta(days=7 * k) for k in range(n)]
+    for k, when in enumerate(days):
+        _write(imgs / f"s{k}.tif", when, CLEAR + 0.01 * k, np.zeros((100, 100)))  # distinct: no duplicates
+    return [d.date().isoformat() for d in days]
+
+
+def test_rerun_during_an_outage_stops_although_stored_scenes_lie_between_the_missing_ones(tmp_path):
+    """Run 1 loses every other scene; run 2 meets a total outage. Its missing scenes alternate
+    with stored ones, which load nothing and so must not reset the failure count: two failed
+    loads stop it. Before: each stored scene reset the count and all 4 missing scenes were tried."""
+    site = _site(tmp_path)
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    days = _weekly(imgs, 8)
+    src = _Flaky(path=str(imgs), sensor="s2", fail_days=days[1::2])
+    kw = dict(sensor="s2", resolution_m=10.0, start=date(2023, 1, 1), end=date(2023, 12, 31), data_dir=tmp_path / "d")
+    assert fetch(site, src, **kw).summary() == "site/s2 from local: 4 stored, 4 failed"
+    src.outage, src.loads = True, []
+    with pytest.raises(SourceError, match=r"stopped after 2 scenes in a row failed to load \(2023-06-08, 2023-06-22\)"):
+        fetch(site, src, **kw)
+    assert src.loads == days[1:4:2]
+
+
+def test_a_cloud_mask_configuration_error_stops_the_fetch_and_is_not_listed_as_a_failed_load(tmp_path, capsys):
+    """Unnamed bands (no cloud mask possible) are a configuration error no re-run cures: the
+    fetch stops with it (exit 2). Before: listed as a failed scene 'to retry' with exit 1."""
+    from changedet.cli import main
+
+    _site(tmp_path)
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    with rasterio.open(imgs / "x_20230601.tif", "w", driver="GTiff", height=100, width=100, count=3, dtype="uint16",
+                       crs=CRS, transform=from_origin(BOUNDS[0], BOUNDS[3], 10.0, 10.0)) as dst:
+        dst.write(np.full((3, 100, 100), 900, "uint16"))
+    rc = main(["fetch", "--aoi", str(tmp_path / "aois" / "site.yaml"), "--source", "local", "--path", str(imgs),
+               "--start", "2023-06-01", "--end", "2023-06-30", "--data-dir", str(tmp_path / "data"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "no cloud mask possible for bands ['b1', 'b2', 'b3']" in err and "retry" not in err
+
+
+def test_stopped_fetch_names_earlier_failures_and_the_cli_prints_its_report(tmp_path, capsys, monkeypatch):
+    """Loads fail on 06-08 (alone), then 06-22 and 06-29 (in a row): the stop names 06-08 too,
+    and the CLI prints the report of what was done (also as the --json document) before its
+    error line, exit 2. Before: 06-08 was reported nowhere and --json printed nothing."""
+    import changedet.sources.base as base
+    from changedet.acquire import FetchStopped
+    from changedet.cli import main
+
+    site = _site(tmp_path)
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    days = _weekly(imgs, 5)
+    fail = (days[1], days[3], days[4])
+    with pytest.raises(FetchStopped, match="earlier failed: 2023-06-08") as caught:
+        fetch(site, _Flaky(path=str(imgs), sensor="s2", fail_days=fail), sensor="s2", resolution_m=10.0,
+              start=date(2023, 1, 1), end=date(2023, 12, 31), data_dir=tmp_path / "d1")
+    assert [o.status for o in caught.value.report.outcomes] == ["stored", "failed", "stored", "failed", "failed"]
+
+    monkeypatch.setattr(base, "source_from_spec", lambda spec, **kw: _Flaky(sensor="s2", fail_days=fail, **kw))
+    argv = ["fetch", "--aoi", str(tmp_path / "aois" / "site.yaml"), "--source", "local", "--path", str(imgs),
+            "--start", "2023-06-01", "--end", "2023-06-30", "--data-dir", str(tmp_path / "d2"), "--no-progress"]
+    assert main(argv + ["--json"]) == 2
+    out, err = capsys.readouterr()
+    doc = json.loads(out)
+    assert [(o["time"][:10], o["status"]) for o in doc["outcomes"]] == [
+        (days[0], "stored"), (days[1], "failed"), (days[2], "stored"), (days[3], "failed"), (days[4], "failed")]
+    assert doc["stopped"].startswith("stopped after 2 scenes in a row") and "stopped after 2" in err
+    assert main(argv) == 2  # the second run: the stored scenes between the failures do not reset the count
+    out = capsys.readouterr().out
+    assert "2 already, 2 failed (stopped early)" in out and f"{days[1]} " in out and f"{days[3]} " in out
+
+
+def test_flow_start_does_not_import_the_prefect_server_to_learn_it_runs_none():
+    """Checking for a temporary server must not import Prefect's server package (seconds per flow
+    run on a real server). Run in a fresh interpreter, where nothing imported it before."""
+    import subprocess
+    import sys
+
+    code = ("import sys, flows.tasks as t; print(t._own_temporary_server('http://127.0.0.1:4200/api'), "
+            "'prefect.server.api.server' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=Path(__file__).resolve().parents[1], check=True).stdout.split()
+    assert out == ["False", "False"]
+
+
+def test_run_locks_tell_live_runs_from_killed_ones(tmp_path, monkeypatch):
+    """A run's lock file is held as long as its process lives, so a dead run's file can be taken
+    (and is removed) while a live run's cannot. Before: no such check existed, and a second run
+    on the same database freed the live slots of the first."""
+    import subprocess
+    import sys
+
+    import flows.tasks as tasks
+
+    monkeypatch.setattr(tasks, "_runs_dir", lambda: tmp_path / "runs")
+    monkeypatch.setattr(tasks, "_run_locks", {})
+    folder = tasks._hold_run_lock()
+    assert folder == tmp_path / "runs" and tasks._other_live_runs(folder) == 0
+    (folder / "123-dead.lock").write_text("123\n")  # left by a run killed with kill -9: nobody holds it
+    holder = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_CREAT | os.O_RDWR); "
+              "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(120)")
+    live = subprocess.Popen([sys.executable, "-c", holder, str(folder / "456-live.lock")], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert live.stdout.readline().strip() == "held"
+        assert tasks._other_live_runs(folder) == 1
+        assert not (folder / "123-dead.lock").exists() and (folder / "456-live.lock").exists()
+    finally:
+        live.kill()
+        live.wait()
+    assert tasks._other_live_runs(folder) == 0  # its lock went with its process
+    assert tasks._hold_run_lock() == folder and len(list(folder.glob("*.lock"))) == 1  # once per process
+    tasks._drop_run_locks()  # what a normal exit does: no file, no folder left behind
+    assert not folder.exists()
+
+
+@pytest.mark.slow
+def test_a_second_run_leaves_the_slots_of_a_live_run_alone(prefect_env):
+    """Another run on the same Prefect database is alive (it holds its run lock): the slots
+    beyond this process's own may be its live slots, so they stay counted; once that run has
+    ended they are freed. Before: a second 'changedet backfill' zeroed the first run's live
+    slots (2 holders on a limit of 1) and logged that they were left by a killed run."""
+    import subprocess
+    import sys
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+
+    import flows.tasks as tasks
+
+    name = "changedet-source-audit-live"
+    tasks.release_idle_source_slots()
+    folder = tasks._runs_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    holder = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_CREAT | os.O_RDWR); "
+              "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(300)")
+    other = subprocess.Popen([sys.executable, "-c", holder, str(folder / "99999-otherrun.lock")],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "held"
+        with get_client(sync_client=True) as client:
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+            client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=1))  # its slot
+            tasks.ensure_source_limits({name})
+            assert client.read_global_concurrency_limit_by_name(name).active_slots == 1
+            other.kill()
+            other.wait()
+            tasks.ensure_source_limits({name})  # that run is gone: its slot was left, not held
+            assert client.read_global_concurrency_limit_by_name(name).active_slots == 0
+    finally:
+        if other.poll() is None:
+            other.kill()
+            other.wait()
+
+
+def test_a_band_named_scl_that_is_not_one_names_the_scene(tmp_path):
+    """Reflectance mislabelled SCL: the error names the scene the fetch was on (acquire passes
+    the scene id to the cloud mask), and it is not caught as a failed load: the fetch stops."""
+    site = _site(tmp_path)
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    scl = np.linspace(0.05, 0.4, 100 * 100, dtype="float32").reshape(100, 100)
+    _write_bands(imgs / "mislabelled.tif", D1, {"B04": CLEAR, "SCL": scl})
+    [scene] = LocalSource(path=str(imgs), sensor="s2").search(site, date(2023, 1, 1), date(2023, 12, 31))
+    with pytest.raises(Exception, match=f"band SCL of {scene.id} is not a Sentinel-2 SCL band"):
+        _fetch(site, imgs, tmp_path / "data")

@@ -732,7 +732,7 @@ class Outbox:
         """Acknowledge an active alert (it stays active; escalation still notifies)."""
         return self._set_status(alert_id, "acknowledged", None, "acknowledge")
 
-    def resolve(self, alert_id: str, *, time: datetime | str | None = None) -> Alert:
+    def resolve(self, alert_id: str, *, time: datetime | str | None = None, cancel_failed: bool = False) -> Alert:
         """Resolve an alert by hand.
 
         Parameters
@@ -742,9 +742,33 @@ class Outbox:
         time : datetime or str, optional
             Resolution time for the cooldown (default: now). Pass an observation time
             when resolving during a backfill.
+        cancel_failed : bool
+            Also cancel the alert's deliveries that failed and wait for a retry (or whose
+            sender's claim ran out): they are marked ``cancelled`` (kept, never deleted,
+            and no longer retried nor reported stuck). Also done when the alert is already
+            resolved. Events never tried on a channel are not touched.
         """
         when = self._now() if time is None else to_utc(time)
-        return self._set_status(alert_id, "resolved", when, "resolve")
+        alert = self._set_status(alert_id, "resolved", when, "resolve")
+        if cancel_failed:
+            self.cancel_failed(alert_id)
+        return alert
+
+    def cancel_failed(self, alert_id: str) -> int:
+        """Mark the failed (retry-pending) deliveries of ``alert_id``'s events ``cancelled``.
+
+        A claim another sender holds right now is left alone; one whose lease ran out is
+        cancelled. Returns how many deliveries were cancelled.
+        """
+        now = iso_utc(self._now())
+        with self._txn(f"cancel the failed deliveries of alert {alert_id!r}") as db:
+            cur = db.execute(
+                "UPDATE deliveries SET status = 'cancelled', updated_at = :now "
+                "WHERE event_id IN (SELECT id FROM events WHERE alert_id = :a) "
+                "AND (status = 'failed' OR (status = 'sending' AND next_attempt_at <= :now))",
+                {"a": alert_id, "now": now},
+            )
+            return int(cur.rowcount)
 
     def resolve_quiet(
         self, *, aoi_id: str, rule_id: str, feature_id: str, time: datetime | str, quiet_days: float = 28
@@ -862,8 +886,9 @@ class Outbox:
         self, channel: str | None = None, *, now: datetime | None = None,
         max_attempts: int = STUCK_ATTEMPTS, max_age_h: float = STUCK_HOURS,
     ) -> list[dict[str, Any]]:
-        """Deliveries that keep failing: ``max_attempts`` failed attempts or more, or not
-        delivered ``max_age_h`` hours after the event was recorded.
+        """Deliveries that keep failing: ``max_attempts`` failed attempts or more, or at
+        least 2 failed attempts and not delivered ``max_age_h`` hours after the event was
+        recorded. Cancelled deliveries (see :meth:`resolve`) are not stuck.
 
         They are still retried (backoff capped at ``retry_cap_s``; an alert is never
         dropped), but a person has to fix what makes them fail (a wrong address, a
@@ -888,7 +913,7 @@ class Outbox:
         list of dict
             Oldest event first: ``alert_id``, ``event``, ``channel``, ``attempts``,
             ``since`` (when the event was recorded, ISO-8601 UTC), ``last_error``,
-            ``next_attempt_at``.
+            ``next_attempt_at``, ``alert_status`` (the alert's status now).
         """
         if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
             raise StoreError(f"max_attempts={max_attempts!r} must be a whole number of attempts >= 1, e.g. 10")
@@ -897,11 +922,14 @@ class Outbox:
         t = self._now() if now is None else to_utc(now)
         rows = self._read(
             "SELECT e.alert_id, e.event, d.channel, d.attempts, e.created_at AS since, d.last_error, "
-            "d.next_attempt_at FROM deliveries d JOIN events e ON e.id = d.event_id "
-            "WHERE d.status <> 'delivered' AND (:channel IS NULL OR d.channel = :channel) "
+            "d.next_attempt_at, a.status AS alert_status FROM deliveries d JOIN events e ON e.id = d.event_id "
+            "JOIN alerts a ON a.id = e.alert_id "
+            "WHERE d.status NOT IN ('delivered', 'cancelled') AND (:channel IS NULL OR d.channel = :channel) "
             # A claim whose lease still runs is a send in progress, not a failure.
             "AND NOT (d.status = 'sending' AND d.next_attempt_at > :now) "
-            "AND d.attempts > 0 AND (d.attempts >= :n OR e.created_at <= :cutoff) "
+            # The age rule needs two failures: an event recorded long before its first try
+            # (a backlog kept while no channel was set) is not stuck after one greylisting.
+            "AND d.attempts > 0 AND (d.attempts >= :n OR (d.attempts >= 2 AND e.created_at <= :cutoff)) "
             "ORDER BY e.id, d.channel",
             {"channel": channel, "now": iso_utc(t), "n": int(max_attempts),
              "cutoff": iso_utc(t - timedelta(hours=float(max_age_h)))},

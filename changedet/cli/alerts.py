@@ -23,13 +23,20 @@ Send the alert notifications that are due to the channels configured in the envi
 retried by later runs with exponential backoff (1 min doubling, at most 6 h apart), for as
 long as it takes: an alert is never dropped.
 
-A delivery that keeps failing (--stuck-attempts failed attempts, default {STUCK_ATTEMPTS}, or still
-undelivered --stuck-hours after the alert event, default {STUCK_HOURS:g} h) needs a person: a wrong
-address, a revoked webhook, a channel no longer configured. Each run lists such deliveries
-under STUCK, on every channel of the outbox, with the last error.
+A delivery that keeps failing (--stuck-attempts failed attempts, default {STUCK_ATTEMPTS}, or 2+
+failed attempts and still undelivered --stuck-hours after the alert event, default
+{STUCK_HOURS:g} h) needs a person: a wrong address, a revoked webhook, a channel no longer
+configured. Each run lists such deliveries under STUCK, on every channel of the outbox,
+with the last error.
+
+Stuck deliveries of a resolved alert, and on a channel no longer configured, are listed
+but marked "not counted" and leave the exit status alone. `changedet alerts resolve ALERT`
+cancels the alert's failed deliveries (marked cancelled in the outbox, never deleted; run it
+again on a resolved alert to cancel what is left), which clears them from STUCK.
 
 Exit status: 0 all due deliveries sent (or waiting for their retry); 1 a send failed in
-this run; {EXIT_STUCK} some delivery is stuck (whatever this run did); 2 a usage or setup error.
+this run; {EXIT_STUCK} some counted delivery is stuck (whatever this run did); 2 a usage or
+setup error.
 """
 
 
@@ -48,7 +55,8 @@ def add_parser(sub) -> None:
     dl.add_argument("--stuck-attempts", type=int, default=STUCK_ATTEMPTS, metavar="N",
                     help=f"report a delivery as stuck after N failed attempts (default {STUCK_ATTEMPTS})")
     dl.add_argument("--stuck-hours", type=float, default=STUCK_HOURS, metavar="H",
-                    help=f"... or when its alert event is still undelivered after H hours (default {STUCK_HOURS:g})")
+                    help=f"... or when its alert event is still undelivered after H hours and 2+ failed attempts "
+                         f"(default {STUCK_HOURS:g})")
     dl.add_argument("--json", action="store_true", help="print the outcome as JSON (warnings go to stderr)")
     dl.set_defaults(func=cmd_deliver)
     ck = s.add_parser("check", help="check the AOIs' alert rules, channels and delivery settings (no network)")
@@ -57,7 +65,8 @@ def add_parser(sub) -> None:
                     help="also fail when a channel used by a rule has no settings (as deliver does)")
     ck.set_defaults(func=cmd_check)
     for name, func, helptext in (("show", cmd_show, "show one alert"), ("ack", cmd_ack, "acknowledge an alert"),
-                                 ("resolve", cmd_resolve, "resolve an alert")):
+                                 ("resolve", cmd_resolve, "resolve an alert and cancel its failed deliveries "
+                                  "(kept in the outbox marked cancelled; no longer retried or reported stuck)")):
         q = s.add_parser(name, help=helptext)
         q.add_argument("alert_id")
         q.set_defaults(func=func)
@@ -121,8 +130,12 @@ def cmd_ack(args) -> int:
 
 
 def cmd_resolve(args) -> int:
-    a = _outbox(args).resolve(args.alert_id)
-    print(f"{args.alert_id}: {getattr(a, 'status', 'resolved')}")
+    outbox = _outbox(args)
+    a = outbox.resolve(args.alert_id)
+    # Its failed deliveries would be retried (and reported stuck) for ever otherwise.
+    n = outbox.cancel_failed(args.alert_id)
+    extra = f"; {n} failed deliver{'y' if n == 1 else 'ies'} cancelled" if n else ""
+    print(f"{args.alert_id}: {getattr(a, 'status', 'resolved')}{extra}")
     return 0
 
 
@@ -196,11 +209,19 @@ def cmd_deliver(args) -> int:
     # Stuck on any channel of the outbox, configured or not: a channel dropped from the
     # settings holds its alerts back for good, which is exactly what must be seen.
     stuck = outbox.stuck(max_attempts=args.stuck_attempts, max_age_h=args.stuck_hours)
+    # ... but only what an operator can still act on sets the exit status: a resolved
+    # alert (`alerts resolve` cancels its deliveries) and a channel no longer configured
+    # are listed, marked, and not counted, so exit 3 can be cleared.
+    configured = {c.name for c in channels}
+    for d in stuck:
+        d["not_counted"] = ("alert resolved" if d.get("alert_status") == "resolved" else
+                            None if d["channel"] in configured else "channel not configured")
+    counted = [d for d in stuck if not d["not_counted"]]
     report: dict[str, dict] = {}
     for channel, counts in result.items():
         n_wait, next_at = outbox.waiting(channel)
         n_busy, _lease_end = outbox.in_flight(channel)
-        n_stuck = sum(1 for d in stuck if d["channel"] == channel)
+        n_stuck = sum(1 for d in counted if d["channel"] == channel)
         report[channel] = {**counts, "waiting": n_wait, "next_retry_at": next_at.isoformat() if next_at else None,
                            "in_flight": n_busy, "stuck": n_stuck}
         wait = f", waiting for retry {n_wait} (next after {next_at:%Y-%m-%d %H:%M} UTC)" if n_wait else ""
@@ -211,9 +232,12 @@ def cmd_deliver(args) -> int:
         _say(args, f"STUCK: {len(stuck)} deliver{'y' if len(stuck) == 1 else 'ies'} failing for "
                    f"{args.stuck_attempts}+ attempts or {args.stuck_hours:g}+ h (still retried; fix the cause):")
         for d in stuck:
+            mark = (f" [not counted: {d['not_counted']}; `changedet alerts resolve {d['alert_id']}` cancels it]"
+                    if d["not_counted"] else "")
             _say(args, f"  {d['alert_id']} ({d['event']}) on {d['channel']}: {d['attempts']} failed attempt(s), "
-                       f"undelivered since {d['since']}; last error: {d['last_error'] or '-'}")
-    rc = EXIT_STUCK if stuck else (1 if any(c.get("failed") for c in result.values()) else 0)
+                       f"undelivered since {d['since']}; last error: {d['last_error'] or '-'}{mark}")
+    rc = EXIT_STUCK if counted else (1 if any(c.get("failed") for c in result.values()) else 0)
     if args.json:
-        print(json.dumps({"channels": report, "stuck": stuck, "stuck_count": len(stuck), "exit": rc}, indent=1))
+        print(json.dumps({"channels": report, "stuck": stuck, "stuck_count": len(counted),
+                          "stuck_not_counted": len(stuck) - len(counted), "exit": rc}, indent=1))
     return rc

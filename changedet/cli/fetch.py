@@ -19,7 +19,8 @@ def add_parser(sub) -> None:
         "mask clouds and append it to the AOI cube. Scenes already stored are left alone; scenes over "
         "the cloud limit are recorded as skipped with the reason (see 'changedet cube info'). A scene the "
         "source cannot load is listed as failed and the fetch goes on (exit status 1; run it again to retry "
-        "them); two failures in a row stop it.")
+        "them); two failed loads in a row stop it (the scenes handled until then are still listed, and the exit "
+        "status is 2).")
     p.add_argument("--aoi", required=True, help="AOI id (or path to its .yaml)")
     p.add_argument("--source", required=True, help="simulator, stac, local or sentinelhub; settings come from "
                    "the AOI's source entry of that name")
@@ -62,7 +63,7 @@ def _spec(aoi, name: str, sensor: str | None, resolution: float | None):
 
 
 def cmd_fetch(args) -> int:
-    from changedet.acquire import DEFAULT_MAX_CLOUD, fetch
+    from changedet.acquire import DEFAULT_MAX_CLOUD, FetchStopped, fetch
     from changedet.aoi import load_aoi
     from changedet.sources.base import source_from_spec
 
@@ -103,23 +104,36 @@ def cmd_fetch(args) -> int:
         report = fetch(aoi, source, sensor=spec.sensor, resolution_m=spec.resolution_m, start=args.start,
                        end=args.end, data_dir=data_dir, max_cloud=max_cloud, cloud_method=method,
                        lock_timeout=args.lock_timeout, progress=progress)
+    except FetchStopped as exc:
+        # What was done before the stop is shown (and, with --json, is the document a script
+        # reads); the error line and exit status 2 follow from the CLI's error handling.
+        if bar is not None:
+            bar.close()
+            bar = None
+        _print_report(exc.report, args.json)
+        raise
     finally:
         if bar is not None:
             bar.close()
+    _print_report(report, args.json)
     # A scene the source could not load is retried by the next fetch: the exit status says
     # the range is not complete yet (1), as a cron job or a script must see.
     status = 1 if report.count("failed") else 0
-    if args.json:
+    if status and not args.json:
+        print(f"{report.count('failed')} scene(s) could not be loaded (listed above); run the same fetch again to "
+              "retry them", file=sys.stderr)
+    return status
+
+
+def _print_report(report, as_json: bool) -> None:
+    """The report on stdout: one JSON object, or a summary with the scenes that were not stored."""
+    if as_json:
         doc = {k: v for k, v in asdict(report).items() if k != "outcomes"}
         doc["outcomes"] = [asdict(o) for o in report.outcomes]
-        print(json.dumps(doc))
-        return status
+        print(json.dumps(doc), flush=True)
+        return
     print(report.summary())
     for o in report.outcomes:
         if o.status in ("skipped", "duplicate", "failed"):
             print(f"  {o.time[:10]} {o.scene_id}: {o.status}: {o.reason}")
-    print(f"cube: {report.cube_path}")
-    if status:
-        print(f"{report.count('failed')} scene(s) could not be loaded (listed above); run the same fetch again to "
-              "retry them", file=sys.stderr)
-    return status
+    print(f"cube: {report.cube_path}", flush=True)
