@@ -265,10 +265,16 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
                 shade_side[t] = (sl, _HALF_BODY_M + _MAX_CAR_HEIGHT_M * abs(per_m) + 0.5)
         # Masked wherever a car may stand: not only where cars were found (a missed dark
         # car in the band reads as this car's shadow, a missed roof as lit ground) but
-        # everywhere except the stretches seen empty, their centre the lit ground's colour.
-        # (Review of 20f604f, finding 3.)
+        # everywhere except the stretches seen empty, their centre the lit ground's colour
+        # (review of 20f604f, finding 3). Not within a track's own shadow reach on its
+        # anti-sun side: an empty neighbour there lies in this track's cars' shadow, so
+        # it is not seen empty, and masking it would blank the very band the height cue
+        # reads (review of ca3fedd, finding 1); there only found cars are masked.
         seen_empty = {t: _seen_empty(*read_on[t], occupancy[t][0], min_contrast) for t in strips}
-        wide = _without_other_cars(wide, strips, {t: ~e for t, e in seen_empty.items()}, grid, shade_side)
+        wide = _found_cars_in_own_shadow(
+            _without_other_cars(wide, strips, {t: ~e for t, e in seen_empty.items()}, grid, shade_side),
+            _without_other_cars(wide, strips, {t: occupancy[t][0] for t in strips}, grid, shade_side),
+            shade_side)
     for tid, strip in strips.items():
         sun_left, _ = _sun_geometry(tracks[tid], sun_azimuth_deg, sun_elevation_deg)
         occ, seen = occupancy[tid]
@@ -1243,6 +1249,31 @@ def _without_other_cars(wide: Mapping[str, Strip], strips: Mapping[str, Strip], 
     return out
 
 
+def _found_cars_in_own_shadow(unseen: Mapping[str, Strip], found: Mapping[str, Strip],
+                              shade_side: Mapping[str, tuple[bool, float]]) -> dict[str, Strip]:
+    """Each track's wide strip from ``unseen`` (other tracks masked wherever not seen
+    empty), but on its own anti-sun side within its shadow reach (``shade_side``: sun on
+    the left, reach in m off the centreline, as for :func:`_without_other_cars`) from
+    ``found`` (masked only where cars were found). Tracks without a sun geometry keep
+    ``unseen``.
+
+    A neighbour track in this track's cars' shadow reads as shadowed ground, not the lit
+    ground's colour, so it is never "seen empty" beside a car; masked as a possible car it
+    would blank the band where that car's shadow falls, and the height cue with it.
+    """
+    out = {}
+    for tid, u in unseen.items():
+        if tid not in shade_side or tid not in found:
+            out[tid] = u
+            continue
+        sun_left, reach = shade_side[tid]
+        a = u.across_m if sun_left else -u.across_m
+        zone = (a <= 0) & (a >= -reach)
+        values = np.where(zone[None, :, None], found[tid].values, u.values).astype(u.values.dtype)
+        out[tid] = Strip(values, u.along_m, u.across_m, u.x, u.y, u.step_m)
+    return out
+
+
 # Reach (m, either side of a car) of the same track's empty stretches whose band is the
 # reference for the car's, and the least length of them (m) to read it from: a car's
 # length, so the mean is over as much ground as the car's own band.
@@ -1373,9 +1404,10 @@ def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = floa
     boxcar's length, a boxcar from it). Lengths only some stock has decide first: a
     cylinder is a tank car up to the 15-150's length, and a plain or open top of 18 m
     or more is an 80 ft flat wagon. A plain or textured top as wide as an ISO container
-    (2.44 m, :func:`_top_width`; every 1520 mm car with a top at full width is 3.1-3.3 m)
-    is a container on a flat wagon, read where pixels (``resolution_m``) are 0.75 m or
-    finer.
+    (2.44 m, :func:`_top_width`; every 1520 mm freight car with a top at full width is
+    3.1-3.3 m) and even out to its shoulders (:func:`_shoulder_step`; a locomotive's fan
+    band or hood is as narrow but its shoulders differ) is a container on a flat wagon,
+    read where pixels (``resolution_m``) are 0.75 m or finer.
     """
     look = _look(strip, s0, s1, lit_b, sun_left=sun_left, shading=shading, path=path)
     if body_m >= _MIN_LONG_FLAT_BODY_M and look in ("plain", "open"):
@@ -1393,10 +1425,14 @@ def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = floa
         return "tank"
     if look in ("plain", "flat") and resolution_m <= _MAX_WIDTH_RES_M:
         width = _top_width(strip, s0, s1)
-        if _CONTAINER_WIDTH_M[0] <= width <= _CONTAINER_WIDTH_M[1]:
-            # A top 2.44 m wide is an ISO container's (8 ft), on a flat wagon: every
-            # 1520 mm car with a top at full width (boxcar, hopper, open wagon,
-            # locomotive) is 3.1-3.3 m wide.
+        if (_CONTAINER_WIDTH_M[0] <= width <= _CONTAINER_WIDTH_M[1]
+                and _shoulder_step(strip, s0, s1) <= _MAX_SHOULDER_STEP):
+            # A top 2.44 m wide and even out to its edges is an ISO container's (8 ft),
+            # on a flat wagon: every 1520 mm freight car with a top at full width
+            # (boxcar, hopper, open wagon) is 3.1-3.3 m wide. A locomotive's roof is
+            # not even: a band of fans or a hood narrower than the body down its middle
+            # reads about as wide as a container, but its shoulders (0.6-1.0 m out)
+            # differ from the middle.
             return "flatcar"
     if body_m >= 16.9:
         return {"open": "gondola", "plain": "boxcar"}.get(look, "locomotive")
@@ -1433,6 +1469,47 @@ _MAX_WIDTH_RES_M = 0.75
 # Least colour contrast (relative) between a top and the ground beyond it on each side
 # for its edge there to be read.
 _WIDTH_CONTRAST = 0.15
+
+
+# Most a top's shoulders (0.6-1.0 m from the centreline) may differ from its middle, as a
+# share of the middle-to-ground contrast, for the top to be read as a container's. On the
+# own simulator a container's shoulders measured 0.12-0.27, a locomotive's (fan band down
+# the roof) 0.79-0.93 (review of ca3fedd).
+_MAX_SHOULDER_STEP = 0.5
+
+
+def _shoulder_step(strip: Strip, s0: int, s1: int) -> float:
+    """Largest colour distance (relative, no unit) between the top's middle and its
+    shoulders, between samples ``s0`` and ``s1``.
+
+    The middle is the median colour within 0.6 m of the centreline, the shoulders are the
+    samples more than 0.6 m and at most 1.0 m out on either side, and the distance is
+    divided by that between the middle and the ground 2.1 m out and more (both sides).
+    An ISO container's roof (2.44 m) is even out to 1.2 m, so its shoulders step by a
+    small share; a top whose middle is a narrower band (a locomotive's fans or hood)
+    steps by most of the contrast. 0 where no sample lies on the shoulders; NaN where
+    the profile is not finite.
+
+    The shoulders are taken about the centreline, so a container on a track misregistered
+    sideways by 0.3 m or more steps by half the contrast or more and falls to the other
+    rules. About the middle of the top's two read edges instead, the simulator's
+    locomotive (edges at the fan band on the sun side, at its shadow on the other)
+    stepped by 0.21 only and passed.
+    """
+    a = strip.across_m
+    n = s1 - s0
+    core = slice(s0 + n // 6, s1 - n // 6) if n >= 6 else slice(s0, s1)
+    prof = quiet_nanmean(strip.values[:, :, core], axis=2)   # (band, across)
+    if not np.all(np.isfinite(prof)):
+        return float("nan")
+    top = np.median(prof[:, np.abs(a) <= 0.6], axis=1)
+    beyond = np.median(prof[:, np.abs(a) >= 2.1], axis=1)
+    span = float(np.linalg.norm(beyond - top))
+    shoulder = (np.abs(a) > 0.6) & (np.abs(a) <= 1.0)
+    if not shoulder.any():
+        return 0.0
+    step = np.linalg.norm(prof[:, shoulder] - top[:, None], axis=0) / max(span, 1e-6)
+    return float(step.max())
 
 
 def _top_width(strip: Strip, s0: int, s1: int) -> float:
@@ -1588,6 +1665,15 @@ def _dark_object_light(strips: Mapping[str, Strip]) -> np.ndarray:
     return out
 
 
+# Least darkest light, as a share of the lit ground's colour above it (mean over bands),
+# for the spreads' floors to be taken on the recorded light: altgen hazy yards about 2-3
+# (0.12-0.15 against 0.04-0.07), the own simulator's near-clear tumangang seed 32 0.40
+# (0.039 against 0.095). At 1.0 some altgen hazy scenes lost the floors (tuning hazy
+# MAPE 0.122 -> 0.126); at 0.5 the tuning hazy figures were those of the floors taken
+# everywhere.
+_HAZE_FLOOR_SHARE = 0.5
+
+
 def _recorded_spread_floors(refs, light: np.ndarray) -> dict[str, np.ndarray]:
     """``refs`` (learnt above the darkest light ``light``, per band) with the floors of
     their spreads taken on the light as recorded, as :class:`GroundModel` sets them.
@@ -1598,8 +1684,17 @@ def _recorded_spread_floors(refs, light: np.ndarray) -> dict[str, np.ndarray]:
     hundredths under haze) they shrank to half, and an empty track's centre (sleepers
     brighter than the ground between tracks) read as a car (altgen hazy 0.3 m yards:
     58 false cars on empty tracks against 36).
+
+    Only in haze: where the darkest light (mean over bands) is at least
+    ``_HAZE_FLOOR_SHARE`` of the lit ground's colour above it. In near-clear air the
+    darkest light is a dark material's own colour (a few hundredths), the subtraction
+    shrank the floors little, and raising them cut a low-contrast flat wagon in two
+    (own simulator, tumangang seed 32 misregistered; review of ca3fedd, finding 3).
+    There ``refs`` is returned as it is.
     """
     light = np.asarray(light, dtype="float64")
+    if not float(np.nanmean(light)) >= _HAZE_FLOOR_SHARE * float(np.nanmean(refs["lit"])):
+        return refs
     return {**refs, "lit_sd": np.maximum(refs["lit_sd"], 0.004 + 0.03 * (refs["lit"] + light)),
             "shadow_sd": np.maximum(refs["shadow_sd"], 0.003 + 0.03 * (refs["shadow"] + light))}
 
