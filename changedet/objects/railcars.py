@@ -1496,13 +1496,10 @@ def _shoulder_step(strip: Strip, s0: int, s1: int) -> float:
     locomotive (edges at the fan band on the sun side, at its shadow on the other)
     stepped by 0.21 only and passed.
     """
-    a = strip.across_m
-    n = s1 - s0
-    core = slice(s0 + n // 6, s1 - n // 6) if n >= 6 else slice(s0, s1)
-    prof = quiet_nanmean(strip.values[:, :, core], axis=2)   # (band, across)
-    if not np.all(np.isfinite(prof)):
+    got = _across_profile(strip, s0, s1)
+    if got is None:
         return float("nan")
-    top = np.median(prof[:, np.abs(a) <= 0.6], axis=1)
+    a, prof, top = got
     beyond = np.median(prof[:, np.abs(a) >= 2.1], axis=1)
     span = float(np.linalg.norm(beyond - top))
     shoulder = (np.abs(a) > 0.6) & (np.abs(a) <= 1.0)
@@ -1510,6 +1507,22 @@ def _shoulder_step(strip: Strip, s0: int, s1: int) -> float:
         return 0.0
     step = np.linalg.norm(prof[:, shoulder] - top[:, None], axis=0) / max(span, 1e-6)
     return float(step.max())
+
+
+def _across_profile(strip: Strip, s0: int, s1: int):
+    """Mean colour across the track over the middle two thirds of samples ``s0:s1``.
+
+    Returns ``(across_m, profile (band, across), top colour (band,))``, the top being the
+    median within 0.6 m of the centreline; None where the profile is not finite.
+    """
+    a = strip.across_m
+    n = s1 - s0
+    # The car's ends (couplers, gaps, the neighbour's shade) would blur the profile.
+    core = slice(s0 + n // 6, s1 - n // 6) if n >= 6 else slice(s0, s1)
+    prof = quiet_nanmean(strip.values[:, :, core], axis=2)   # (band, across)
+    if not np.all(np.isfinite(prof)):
+        return None
+    return a, prof, np.median(prof[:, np.abs(a) <= 0.6], axis=1)
 
 
 def _top_width(strip: Strip, s0: int, s1: int) -> float:
@@ -1521,13 +1534,10 @@ def _top_width(strip: Strip, s0: int, s1: int) -> float:
     Both edges are read, so a sideways misregistration of the track moves the top, not
     its width.
     """
-    a = strip.across_m
-    n = s1 - s0
-    core = slice(s0 + n // 6, s1 - n // 6) if n >= 6 else slice(s0, s1)
-    prof = quiet_nanmean(strip.values[:, :, core], axis=2)   # (band, across)
-    if not np.all(np.isfinite(prof)):
+    got = _across_profile(strip, s0, s1)
+    if got is None:
         return float("nan")
-    top = np.median(prof[:, np.abs(a) <= 0.6], axis=1)
+    a, prof, top = got
     width = 0.0
     for side in (1, -1):
         sel = a * side >= 0
