@@ -22,13 +22,27 @@ DAYS = ["2023-06-01", "2023-06-08", "2023-06-15"]
 START, END = date(2023, 6, 1), date(2023, 6, 15)
 
 
-def _task_runs(flow_run_id) -> dict[tuple[str, str], object]:
+def _task_runs(flow_run_id, *, settle_s: float = 60.0) -> dict[tuple[str, str], object]:
+    """The flow run's task runs by (AOI, day), once none is still Pending or Running.
+
+    Prefect 3 records task-run states from client events, so the API can lag the flow's
+    end by a moment on a busy machine (seen once in CI: one COMPLETED day still read
+    PENDING); a state that never settles within ``settle_s`` is returned as it is and
+    fails the caller's assertions.
+    """
+    import time
+
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return {tuple(r.name.split()): r for r in runs}
+    deadline = time.monotonic() + settle_s
+    while True:
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        unsettled = [r for r in runs if r.state is None or r.state.type.value in ("PENDING", "RUNNING", "SCHEDULED")]
+        if not unsettled or time.monotonic() > deadline:
+            return {tuple(r.name.split()): r for r in runs}
+        time.sleep(0.5)
 
 
 def _corrupt_reference_geotiff(tmp_path: Path) -> tuple[Path, Exception]:
