@@ -1289,7 +1289,9 @@ def _mask_cloud(box: np.ndarray, src, info: _RasterInfo, cls: tuple[str, int] | 
     if kind == "CLM":
         bad = ~(v == 0)
     else:
-        bad = np.isin(v, SCL_CLOUD + SCL_NODATA) | np.isnan(v)
+        # Values outside the classes 0-11 (a fill, a foreign class map) are no data, as in
+        # cloudmask.scl_cloud; NaN is not a class either.
+        bad = np.isin(v, SCL_CLOUD + SCL_NODATA) | ~np.isin(v, np.arange(12))
     box[bad] = np.nan
 
 

@@ -228,11 +228,13 @@ def test_read_raster_opens_the_file_once(tmp_path, scene, monkeypatch):
     assert da.shape == (1, 64, 64) and da.dtype == np.float32
 
 
-@pytest.mark.parametrize("kind", ["CLM", "SCL"])
+@pytest.mark.parametrize("kind", ["CLM", "SCL", "SCL255"])
 def test_window_ignores_what_the_class_band_calls_cloud(tmp_path, scene, kind):
     """A cloud sits at the same place in both files (weather, not ground): its texture
     pulls an unmasked match towards zero shift. With the CLM / SCL band of each file
-    marking it, the one-window path masks it as the whole-image path does."""
+    marking it, the one-window path masks it as the whole-image path does. ``SCL255``:
+    SCL values outside the classes 0-11 (a fill, a foreign class map) are no data, not
+    clear, as in :func:`changedet.cloudmask.scl_cloud`."""
     rng = np.random.default_rng(5)
     shift = (3.4, -2.7)
     ref = scene + rng.normal(0, 2, scene.shape)
@@ -241,9 +243,9 @@ def test_window_ignores_what_the_class_band_calls_cloud(tmp_path, scene, kind):
     cloud[120:400, 100:330] = True  # most of the central 256 px window
     haze = 6 * fractal(512, seed=99)  # strong texture of its own, identical in both
     ref, mov = np.where(cloud, haze, ref), np.where(cloud, haze, mov)
-    cloud_val, clear_val = (1, 0) if kind == "CLM" else (9, 4)
+    cloud_val, clear_val = {"CLM": (1, 0), "SCL": (9, 4), "SCL255": (255, 4)}[kind]
     cls = np.where(cloud, cloud_val, clear_val).astype("float32")
-    names = ["B04", kind]
+    names = ["B04", kind[:3]]
     a = _write(tmp_path / "ref.tif", np.stack([ref, cls]), descriptions=names)
     b = _write(tmp_path / "mov.tif", np.stack([mov, cls]), descriptions=names)
     res = coregister_files(a, b, window_px=256)
