@@ -204,3 +204,153 @@ def test_uint8_railcars_count_as_stored_with_a_note(depot, capsys):
     assert doc["radiometry"]["scale"] is None and doc["radiometry"]["offset"] is None
     assert doc["radiometry"]["source"].startswith("unknown: 8-bit values")
     assert "--reflectance-scale" in captured.err and str(path) in captured.err
+
+
+# -- s14 MEND3: review findings on the scale sniffing ---------------------------------------
+
+def _meta(dtype, names=("R", "G", "B", "NIR", "CLM"), per=None, **b):
+    per = per or {}
+    return {"dtype": dtype, "bands": [{"name": n, "scale": 1.0, "offset": 0.0, "quantification": None,
+                                       "add_offset": None, **b, **per.get(n, {})} for n in names]}
+
+
+def test_float_reflectance_with_a_copied_quantification_tag_counts_as_the_clean_file(depot, float_doc, capsys):
+    # Exporters copy BOA_QUANTIFICATION_VALUE into float products already in reflectance:
+    # dividing by 10000 again gave 0 TEU with exit 0.
+    path = _variant(depot["image"], depot["dir"] / "f_tagged.tif", dtype="float32", convert=lambda r: r,
+                    tags={"BOA_QUANTIFICATION_VALUE": "10000"})
+    doc = _count(capsys, path)
+    _same_count(doc, float_doc)
+    assert doc["radiometry"]["scale"] == 1.0 and "not applied" in doc["radiometry"]["source"]
+
+
+def test_metadata_scale_that_gives_implausible_reflectance_is_refused_or_warned():
+    from changedet.objects.checks import RadiometryError
+    from changedet.objects.common import radiometry
+
+    # A GDAL offset in DN units with scale 1: DN - 1000 is not reflectance.
+    meta = _meta("uint16", per={n: {"offset": -1000.0} for n in ("R", "G", "B", "NIR")})
+    with pytest.raises(RadiometryError, match="x.tif: .*outside the plausible"):
+        radiometry(meta, 3000.0, path="x.tif", skip=("CLM",))
+    r = radiometry(meta, 3000.0, path="x.tif", skip=("CLM",), unknown_ok=True)
+    assert r["warning"] and "warning" in r["source"] and "GDAL scale/offset" in r["source"]
+    # The same metadata on plausible values passes without a warning.
+    ok = radiometry(_meta("uint16", quantification=10000.0), 3000.0, path="x.tif", skip=("CLM",))
+    assert ok["scale"] == pytest.approx(1e-4) and not ok.get("warning")
+
+
+def test_float_file_with_an_undeclared_65535_fill_border_counts(depot, float_doc, capsys):
+    def collar(r):
+        out = r.copy()
+        out[:, :30] = 65535.0
+        return out
+
+    path = _variant(depot["image"], depot["dir"] / "f_collar.tif", dtype="float32", convert=collar)
+    doc = _count(capsys, path)
+    _same_count(doc, float_doc)
+    assert doc["radiometry"]["scale"] == 1.0
+
+
+def test_high_percentile_leaves_out_cloud_and_fill():
+    from changedet.objects.common import high_percentile
+
+    rng = np.random.default_rng(0)
+    v = rng.uniform(300, 3000, (4, 100, 100)).astype("float32")
+    cloud = np.zeros((100, 100), bool)
+    cloud[:5] = True  # 5 % of the pixels
+    v[:, cloud] = 30000.0
+    assert high_percentile(v, ~cloud, integer=True) < 3000
+    assert high_percentile(v, None, integer=True) == 30000.0
+    v[:, cloud] = 65535.0  # saturated / fill, not flagged
+    assert high_percentile(v, None, integer=True) < 3000
+    assert np.isnan(high_percentile(v[:, :, :0], None, integer=True))  # nothing left: NaN
+
+
+@pytest.mark.parametrize("flagged", [True, False])
+def test_uint16_s2_with_a_little_bright_cloud_is_not_refused(flagged):
+    # Sentinel-2 L2A, baseline 04.00 (+1000), with 1 % cloud at reflectance 0.7-1.25.
+    from changedet.objects.common import high_percentile, radiometry
+
+    rng = np.random.default_rng(1)
+    v = rng.uniform(1300, 4000, (4, 200, 200)).astype("float32")
+    cloud = rng.random((200, 200)) < 0.01
+    v[:, cloud] = rng.uniform(8000, 13500, (4, int(cloud.sum())))
+    high = high_percentile(v, ~cloud if flagged else None, integer=True)
+    r = radiometry(_meta("uint16"), high, path="s2.tif", skip=("CLM",))
+    assert r["scale"] == pytest.approx(1e-4)
+
+
+def test_uint16_with_clm_flagged_cloud_counts(depot, capsys):
+    # Cloud the CLM band flags (here fill-like 30000 values) does not set the scale.
+    with rasterio.open(depot["image"]) as src:
+        clm = src.read(src.descriptions.index("CLM") + 1)
+    rows = clm.shape[0] // 50  # 2 % of the image, top rows
+
+    def cloudy(r):
+        out = _x10000()(r)
+        out[:rows] = 30000
+        return out
+
+    path = _variant(depot["image"], depot["dir"] / "u16_cloud.tif", dtype="uint16", convert=cloudy)
+    with rasterio.open(path, "r+") as dst:
+        j = dst.descriptions.index("CLM") + 1
+        m = dst.read(j)
+        m[:rows] = 1
+        dst.write(m, j)
+    doc = _count(capsys, path)
+    assert doc["radiometry"]["scale"] == 1e-4
+
+
+def test_only_some_bands_stating_a_scale_does_not_stop_railcars():
+    from changedet.objects.checks import RadiometryError
+    from changedet.objects.common import radiometry
+
+    meta = _meta("uint16", names=("R", "G", "B", "NIR"), per={n: {"scale": 1e-4} for n in ("R", "G", "B")})
+    with pytest.raises(RadiometryError, match="only some"):
+        radiometry(meta, 3000.0, path="x.tif")
+    r = radiometry(meta, 3000.0, path="x.tif", unknown_ok=True)
+    assert r["scale"] is None and r["warning"] and r["source"].startswith("unknown: only some")
+    # A scene-classification band without a scale is a class band, not a band missing one.
+    scl = _meta("uint16", names=("R", "G", "B", "NIR", "SCL"),
+                per={n: {"scale": 1e-4} for n in ("R", "G", "B", "NIR")})
+    r = radiometry(scl, 3000.0, path="x.tif")
+    assert r["scale"] == pytest.approx(1e-4) and "SCL" not in r["bands"]
+
+
+def test_to_reflectance_in_place_adds_no_copy():
+    import xarray as xr
+
+    from changedet.objects.common import to_reflectance
+
+    vals = np.full((2, 3, 3), 2000.0, "float32")
+    image = xr.DataArray(vals, dims=("band", "y", "x"), coords={"band": ["R", "CLM"]})
+    radio = {"bands": {"R": (1e-4, -0.1)}}
+    out = to_reflectance(image, radio, inplace=True)
+    assert np.shares_memory(out.values, vals)
+    np.testing.assert_allclose(out.sel(band="R").values, 0.1, rtol=1e-6)
+    np.testing.assert_array_equal(out.sel(band="CLM").values, 2000.0)
+    # Without inplace the caller's array is left alone.
+    vals2 = np.full((2, 3, 3), 2000.0, "float32")
+    to_reflectance(xr.DataArray(vals2, dims=("band", "y", "x"), coords={"band": ["R", "CLM"]}), radio)
+    assert (vals2 == 2000.0).all()
+
+
+def test_assumed_scale_is_said_on_stderr(depot, capsys):
+    path = _variant(depot["image"], depot["dir"] / "u16_warn.tif", dtype="uint16", convert=_x10000())
+    rc = main(["count", "containers", str(path), "--aoi", "tikhoretsk_depot", "--json"])
+    err = capsys.readouterr().err
+    assert rc == 0 and "warning" in err and "assumed" in err and str(path) in err
+
+
+def test_add_offset_without_quantification_is_used_or_refused():
+    from changedet.objects.checks import RadiometryError
+    from changedet.objects.common import radiometry
+
+    meta = _meta("uint16", per={n: {"add_offset": -1000.0} for n in ("R", "G", "B", "NIR")})
+    r = radiometry(meta, 4000.0, path="x.tif", skip=("CLM",))
+    assert r["scale"] == pytest.approx(1e-4) and r["offset"] == pytest.approx(-0.1)
+    assert "BOA_ADD_OFFSET -1000" in r["source"] and "no BOA_QUANTIFICATION_VALUE" in r["source"]
+    with pytest.raises(RadiometryError, match="x.tif: .*BOA_ADD_OFFSET without BOA_QUANTIFICATION_VALUE"):
+        radiometry(meta, 40000.0, path="x.tif", skip=("CLM",))
+    r = radiometry(meta, 40000.0, path="x.tif", skip=("CLM",), unknown_ok=True)
+    assert r["scale"] is None and r["warning"]

@@ -44,7 +44,7 @@ def add_parser(sub) -> None:
     p.add_argument("--reflectance-scale", type=float, default=None, metavar="S",
                    help="surface reflectance = stored value x S + O (e.g. 0.0001 for Sentinel-2 L2A / Planet SR). "
                         "Default: the file's scale/offset metadata (GDAL scale/offset, BOA_QUANTIFICATION_VALUE / "
-                        "BOA_ADD_OFFSET), else 1 for float and 0.0001 for 16-bit values up to 12000; other "
+                        "BOA_ADD_OFFSET), else 1 for float and 0.0001 for 16-bit values up to 16000; other "
                         "integer images (8-bit display RGB, DNs) need it. The JSON's 'radiometry' says which")
     p.add_argument("--reflectance-offset", type=float, default=None, metavar="O",
                    help="with --reflectance-scale: the O above (e.g. -0.1 for Sentinel-2 baseline 04.00+ "
@@ -369,23 +369,28 @@ def _to_reflectance(args, image):
     import numpy as np
 
     from changedet.io import read_scaling
-    from changedet.objects.common import radiometry, to_reflectance
+    from changedet.objects.common import CLASS_BANDS, high_percentile, radiometry, to_reflectance
 
     names = [str(b) for b in image["band"].values]
-    data = [j for j, n in enumerate(names) if n.upper() != MASK_BAND]
+    data = [j for j, n in enumerate(names) if n.upper() not in CLASS_BANDS]
+    scaling = read_scaling(args.image)
     # About a million values tell the scale as well as all of them (strided before the
-    # band selection copies, not after).
+    # band selection copies, not after). Only pixels the CLM band calls clear count: cloud
+    # tops and masked collars are not the scale of the ground.
     step = max(1, int(np.sqrt(image.sizes["y"] * image.sizes["x"] / 2.5e5)))
-    vals = np.asarray(image.values[:, ::step, ::step][data], dtype="float32")
-    vals = vals[np.isfinite(vals)]
-    high = float(np.percentile(vals, 99.9)) if vals.size else float("nan")
-    radio = radiometry(read_scaling(args.image), high, path=str(args.image),
+    sub = image.values[:, ::step, ::step]
+    clear = None
+    if MASK_BAND in names:
+        clear = ~(sub[names.index(MASK_BAND)] >= 0.5)  # NaN CLM (nodata) counts as clear: finite check below
+    high = high_percentile(sub[data], clear, integer=np.issubdtype(np.dtype(scaling["dtype"]), np.integer))
+    radio = radiometry(scaling, high, path=str(args.image),
                        scale=getattr(args, "reflectance_scale", None),
                        offset=getattr(args, "reflectance_offset", None), skip=(MASK_BAND,),
                        unknown_ok=args.kind != "containers")
-    if radio["scale"] is None:
+    # An assumed scale is said on stderr too: the JSON's source alone goes unread in scripts.
+    if radio["scale"] is None or radio.get("warning") or radio["source"].startswith("assumed"):
         print(f"changedet count: warning: {args.image}: radiometry {radio['source']}", file=sys.stderr)
-    return to_reflectance(image, radio), radio
+    return to_reflectance(image, radio, inplace=True), radio
 
 
 def _crs_name(crs) -> str:

@@ -210,14 +210,53 @@ def angle_of(x0: float, y0: float, x1: float, y1: float) -> float:
 # display stretch does not say it. So the image is turned into reflectance 0-1 at the
 # boundary, from the file's own scale where it states one.
 
-#: Highest reflectance x 10000 a uint16 surface-reflectance product holds over land and
-#: yards (S2 L2A / Planet SR; bright roofs reach 0.6-0.9, specular glints and cloud tops a
-#: little over 1): the 99.9th percentile above this is not reflectance x 10000.
-MAX_REFLECTANCE_X10000 = 12000.0
+#: Highest 99.9th percentile a uint16 surface-reflectance product (S2 L2A / Planet SR,
+#: reflectance x 10000) holds: the float bound below (glints, snow and cloud tops reach
+#: 1-1.3) plus the 1000 the Sentinel-2 processing baseline 04.00 adds. 12000 refused real
+#: L2A with 0.5 % unmasked cloud; 14-bit and wider sensor DNs still exceed it.
+MAX_REFLECTANCE_X10000 = 16000.0
 #: Highest 99.9th percentile of float values that can be reflectance 0-1 (glints, snow and
 #: cloud tops reach 1-1.3): a float image above it is in DNs or a scaled product.
 MAX_FLOAT_REFLECTANCE = 1.5
 _HIGH_PERCENTILE = 99.9
+#: Plausible range of the converted 99.9th percentile of surface reflectance 0-1: below
+#: 0.02 even water and shadow-only scenes are brighter; above 1.5 is not reflectance. A
+#: scale taken from metadata that lands outside it was meant for other values.
+PLAUSIBLE_REFLECTANCE = (0.02, 1.5)
+#: Class bands (cloud mask, scene classification) left as stored and out of every scale check.
+CLASS_BANDS = ("CLM", "SCL")
+#: Saturation / fill values of integer sensors and exporters (16-, 12-, 11- and 8-bit full
+#: scale): an undeclared fill collar or saturated pixels at these values say nothing about
+#: the scale of the other pixels, so they are kept out of the percentile.
+FILL_VALUES = (65535.0, 4095.0, 2047.0, 255.0)
+
+
+def high_percentile(values: np.ndarray, clear: np.ndarray | None = None, *, integer: bool) -> float:
+    """The 99.9th percentile of the values that tell an image's scale (stored units).
+
+    Parameters
+    ----------
+    values : ndarray, shape (band, y, x)
+        The data bands as stored (class bands left out), any float or integer type.
+    clear : ndarray of bool, shape (y, x), optional
+        Pixels the cloud mask calls clear; cloud tops (reflectance 1-1.3) and masked
+        collars would otherwise set the percentile.
+    integer : bool
+        The file stores integers: values at a saturation / fill level (:data:`FILL_VALUES`)
+        are left out. 65535 is left out of float files too (an undeclared uint16 fill
+        carried into a float export).
+
+    Returns
+    -------
+    float
+        The percentile, NaN when no value is left.
+    """
+    v = np.asarray(values, dtype="float32")
+    if clear is not None:
+        v = v[:, np.asarray(clear, bool)]
+    v = v[np.isfinite(v)]
+    v = v[~np.isin(v, np.asarray(FILL_VALUES if integer else FILL_VALUES[:1], "float32"))]
+    return float(np.percentile(v, _HIGH_PERCENTILE)) if v.size else float("nan")
 
 
 def _band_factor(meta: Mapping[str, Any]) -> tuple[float, float, str] | None:
@@ -242,8 +281,9 @@ def radiometry(scaling: Mapping[str, Any], high_value: float, *, path: str, scal
         :func:`changedet.io.read_scaling` of the file: its data type and each band's
         GDAL scale/offset and Sentinel-2 quantification items.
     high_value : float
-        The 99.9th percentile of the image's finite values in the bands scaled (stored
-        units), to tell reflectance x 10000 from other integer scales.
+        The 99.9th percentile of the bands scaled (stored units) over clear pixels, fill
+        values left out (:func:`high_percentile`): tells reflectance x 10000 from other
+        integer scales, float reflectance from float DNs, and checks a metadata scale.
     path : str
         The file, for messages.
     scale, offset : float, optional
@@ -261,7 +301,10 @@ def radiometry(scaling: Mapping[str, Any], high_value: float, *, path: str, scal
     dict
         ``{"scale", "offset", "source", "bands"}``: ``scale``/``offset`` (a number, or a
         per-band mapping when the bands differ), ``source`` how they were chosen, and
-        ``bands`` ({name: (scale, offset)} for every band to scale; empty when unknown).
+        ``bands`` ({name: (scale, offset)} for every band to scale; empty when unknown);
+        ``warning`` True when a metadata scale gives an implausible reflectance or the
+        scale is unknown for a reason the caller should print (``unknown_ok`` only).
+        A metadata scale on float values already 0-1 is not applied (``source`` says so).
 
     Raises
     ------
@@ -272,11 +315,12 @@ def radiometry(scaling: Mapping[str, Any], high_value: float, *, path: str, scal
     """
     from changedet.objects.checks import RadiometryError
 
-    skipped = {s.upper() for s in skip}
+    skipped = {s.upper() for s in skip} | set(CLASS_BANDS)
     bands = [b for b in scaling["bands"] if str(b["name"]).upper() not in skipped]
     dtype = np.dtype(scaling["dtype"])
     fix = (f"pass --reflectance-scale S [--reflectance-offset O] (reflectance = stored value x S + O, from the "
-           f"product's metadata: e.g. 0.0001 for Sentinel-2 L2A / Planet SR, with --reflectance-offset -0.1 for "
+           f"product's metadata: e.g. 0.0001 for reflectance x 10000 such as Sentinel-2 L2A / Planet SR, 1 for a "
+           f"float file already in reflectance whose fill or cloud the file's nodata / CLM band does not mark, with --reflectance-offset -0.1 for "
            f"Sentinel-2 processing baseline 04.00 and later), or count on the surface-reflectance product")
     if offset is not None and scale is None:
         raise RadiometryError(f"{path}: --reflectance-offset needs --reflectance-scale too; {fix}")
@@ -288,15 +332,47 @@ def radiometry(scaling: Mapping[str, Any], high_value: float, *, path: str, scal
         return {"scale": float(scale), "offset": off, "source": "--reflectance-scale/--reflectance-offset",
                 "bands": per}
     stated = {b["name"]: _band_factor(b) for b in bands}
+    floating = np.issubdtype(dtype, np.floating)
+    # Exporters copy the product's scale items into a float file already in reflectance:
+    # a stated scale is applied to integers, and to floats only when they are not 0-1.
+    float_refl = floating and not (np.isfinite(high_value) and high_value > MAX_FLOAT_REFLECTANCE)
+    ignored = ""
+    if float_refl and any(v is not None for v in stated.values()):
+        ignored = (f" ({sorted({v[2] for v in stated.values() if v is not None})[0]} not applied: the float values "
+                   f"are already 0-1, 99.9th percentile {high_value:g})")
+        stated = {k: None for k in stated}
+    # GDAL's SENTINEL2 driver states BOA_ADD_OFFSET per band and the quantification per
+    # dataset, so a per-band export can keep only the offset: it is still the file's word.
+    lone = {b["name"]: float(b["add_offset"]) for b in bands
+            if stated[b["name"]] is None and b.get("add_offset") and not float_refl}
+    if lone:
+        x10000 = (np.issubdtype(dtype, np.integer) and dtype.itemsize >= 2
+                  and (not np.isfinite(high_value) or high_value <= MAX_REFLECTANCE_X10000))
+        if not x10000:
+            what = (f"bands {sorted(lone)} state BOA_ADD_OFFSET without BOA_QUANTIFICATION_VALUE, and the "
+                    f"{dtype.name} values (99.9th percentile {high_value:g}) are not reflectance x 10000")
+            if not unknown_ok:
+                raise RadiometryError(f"{path}: {what}; {fix}")
+            return {"scale": None, "offset": None, "bands": {}, "warning": True,
+                    "source": f"unknown: {what}; values used as stored; pass --reflectance-scale/--reflectance-offset"}
+        for k, add in lone.items():
+            stated[k] = (1e-4, add / 1e4, f"file metadata (BOA_ADD_OFFSET {add:g}; no BOA_QUANTIFICATION_VALUE, "
+                                         f"10000 taken from the values' range)")
     if bands and all(v is not None for v in stated.values()):
         per = {k: (v[0], v[1]) for k, v in stated.items()}
         scales, offsets = {v[0] for v in per.values()}, {v[1] for v in per.values()}
-        return {"scale": scales.pop() if len(scales) == 1 else {k: v[0] for k, v in per.items()},
-                "offset": offsets.pop() if len(offsets) == 1 else {k: v[1] for k, v in per.items()},
-                "source": next(iter(stated.values()))[2], "bands": per}
+        out = {"scale": scales.pop() if len(scales) == 1 else {k: v[0] for k, v in per.items()},
+               "offset": offsets.pop() if len(offsets) == 1 else {k: v[1] for k, v in per.items()},
+               "source": next(iter(stated.values()))[2], "bands": per}
+        return _plausible(out, high_value, path=path, unknown_ok=unknown_ok, fix=fix)
     if any(v is not None for v in stated.values()):
-        raise RadiometryError(f"{path}: only some of bands {[b['name'] for b in bands]} state a scale in the "
-                              f"file's metadata; {fix}")
+        some = (f"only some of bands {[b['name'] for b in bands]} state a scale in the file's metadata "
+                f"({[k for k, v in stated.items() if v is not None]})")
+        if not unknown_ok:
+            raise RadiometryError(f"{path}: {some}; {fix}")
+        return {"scale": None, "offset": None, "bands": {}, "warning": True,
+                "source": (f"unknown: {some}; values used as stored, so reflectance-dependent rules (darkness and "
+                           "spread floors) may not fit; pass --reflectance-scale/--reflectance-offset")}
 
     def unknown(what: str) -> dict[str, Any]:
         if not unknown_ok:
@@ -307,10 +383,11 @@ def radiometry(scaling: Mapping[str, Any], high_value: float, *, path: str, scal
                 "source": (f"unknown: {what}; values used as stored, so reflectance-dependent rules (darkness and "
                            "spread floors) may not fit; pass --reflectance-scale/--reflectance-offset")}
 
-    if np.issubdtype(dtype, np.floating):
-        if np.isfinite(high_value) and high_value > MAX_FLOAT_REFLECTANCE:
-            return unknown(f"float values reach {high_value:g} (99.9th percentile), not surface reflectance 0-1")
-        return {"scale": 1.0, "offset": 0.0, "source": "float values taken as surface reflectance 0-1",
+    if floating:
+        if not float_refl:
+            return unknown(f"float values reach {high_value:g} (99.9th percentile of clear pixels, fill values "
+                           "left out), not surface reflectance 0-1")
+        return {"scale": 1.0, "offset": 0.0, "source": "float values taken as surface reflectance 0-1" + ignored,
                 "bands": {b["name"]: (1.0, 0.0) for b in bands}}
     if np.issubdtype(dtype, np.integer) and dtype.itemsize >= 2 and \
             (not np.isfinite(high_value) or high_value <= MAX_REFLECTANCE_X10000):
@@ -322,20 +399,46 @@ def radiometry(scaling: Mapping[str, Any], high_value: float, *, path: str, scal
                 "bands": {b["name"]: (1e-4, 0.0) for b in bands}}
     return unknown("8-bit values (0-255) are display brightness, not surface reflectance" if dtype.itemsize == 1
                    else f"{dtype.name} values reach {high_value:g} (99.9th percentile), above reflectance x 10000 "
-                        "(sensor DNs?)")
+                        "(99.9th percentile of clear pixels, fill values left out: sensor DNs, or an undeclared "
+                        "fill or cloud the file's nodata / CLM band does not mark)")
 
 
-def to_reflectance(image: xr.DataArray, radio: Mapping[str, Any]) -> xr.DataArray:
+def _plausible(radio: dict[str, Any], high_value: float, *, path: str, unknown_ok: bool, fix: str) -> dict[str, Any]:
+    """``radio`` (a scale taken from the file's metadata) if it turns the 99.9th percentile
+    ``high_value`` into a plausible reflectance (:data:`PLAUSIBLE_REFLECTANCE`); else raise,
+    or with ``unknown_ok`` keep it with a warning in ``source`` (and ``warning`` True)."""
+    from changedet.objects.checks import RadiometryError
+
+    if not np.isfinite(high_value):
+        return radio
+    conv = [high_value * s + o for s, o in radio["bands"].values()]
+    lo, hi = PLAUSIBLE_REFLECTANCE
+    if all(lo <= c <= hi for c in conv):
+        return radio
+    what = (f"{radio['source']} turns the 99.9th percentile {high_value:g} into reflectance "
+            f"{min(conv):.4g}-{max(conv):.4g}, outside the plausible {lo:g}-{hi:g}: the metadata does not fit "
+            "these values")
+    if not unknown_ok:
+        raise RadiometryError(f"{path}: {what}; {fix}")
+    return dict(radio, source=f"{radio['source']}; warning: {what}", warning=True)
+
+
+def to_reflectance(image: xr.DataArray, radio: Mapping[str, Any], *, inplace: bool = False) -> xr.DataArray:
     """``image`` with each band of ``radio["bands"]`` (from :func:`radiometry`) as stored x
-    scale + offset (float32); other bands (class bands) unchanged."""
+    scale + offset (float32); other bands (class bands) unchanged.
+
+    With ``inplace`` and a float32 ``image`` (such as :func:`changedet.io.read_raster`
+    returns, a private array), the bands are scaled in ``image`` itself: a copy would add
+    the whole image to peak memory (+1.5x on large VHR mosaics)."""
     names = [str(b) for b in image["band"].values]
     if all(radio["bands"].get(n, (1.0, 0.0)) == (1.0, 0.0) for n in names):
         return image  # float reflectance as read: no copy of a large image
-    out = image.astype("float32", copy=True)
+    out = image if inplace and image.dtype == np.float32 else image.astype("float32", copy=True)
+    vals = out.values
     for j, n in enumerate(names):
         if n in radio["bands"]:
             s, o = radio["bands"][n]
             if (s, o) != (1.0, 0.0):
-                out[j] = out[j] * np.float32(s) + np.float32(o)
+                vals[j] *= np.float32(s)
+                vals[j] += np.float32(o)
     return out
-
