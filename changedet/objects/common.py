@@ -15,6 +15,7 @@ from shapely.geometry import Polygon, box
 from shapely.affinity import rotate, translate
 
 from changedet.bands import find_bands
+from changedet.change import CLASS_BANDS  # the class (mask) bands, never rescaled
 from changedet.errors import ChangedetError
 from changedet.grid import GridSpec
 
@@ -223,8 +224,6 @@ _HIGH_PERCENTILE = 99.9
 #: 0.02 even water and shadow-only scenes are brighter; above 1.5 is not reflectance. A
 #: scale taken from metadata that lands outside it was meant for other values.
 PLAUSIBLE_REFLECTANCE = (0.02, 1.5)
-#: Class bands (cloud mask, scene classification) left as stored and out of every scale check.
-CLASS_BANDS = ("CLM", "SCL")
 #: Saturation / fill values of integer sensors and exporters (16-, 12-, 11- and 8-bit full
 #: scale): an undeclared fill collar or saturated pixels at these values say nothing about
 #: the scale of the other pixels, so they are kept out of the percentile.
