@@ -290,6 +290,17 @@ def cmd_count(args) -> int:
         if sun["azimuth_deg"] is None:
             print(f"changedet count: warning: {sun['source']}", file=sys.stderr)
 
+    scaled = [f for f, v in (("--reflectance-scale", getattr(args, "reflectance_scale", None)),
+                             ("--reflectance-offset", getattr(args, "reflectance_offset", None))) if v is not None]
+    if scaled and (getattr(args, "detector", None) or radar):
+        # Silently ignoring a scale the user asked for would hide that the values are
+        # used as stored: say so and let them drop the flag.
+        why = ("a --detector model gets the values as stored (scale its input in the model)"
+               if getattr(args, "detector", None) else
+               f"{args.image} is radar backscatter ({', '.join(radar_bands(image))}), not reflectance")
+        raise ChangedetError(f"{' and '.join(scaled)} {'apply' if len(scaled) > 1 else 'applies'} only to optical images counted by the classical "
+                             f"counters; {why}: drop {' and '.join(scaled)}")
+
     radio = None
     if not getattr(args, "detector", None) and not radar:
         # The counters' colour rules are in surface reflectance: convert at the boundary
