@@ -80,6 +80,7 @@ import xarray as xr
 from scipy import fft as sfft
 from scipy import ndimage
 
+from changedet.change import CLASS_BANDS
 from changedet.errors import CoregError, GridError
 from changedet.grid import GridSpec
 from changedet.threads import cpu_budget
@@ -135,8 +136,8 @@ _PEAK_EXCLUDE = 2  # half-size of the neighbourhood excluded around the main pea
 _PREFERRED_BANDS = ("nir", "nir08", "b08", "b8", "b8a", "red", "b04", "b4")
 # Class bands (cloud mask 0/1, Sentinel-2 scene classification): categories, not
 # radiometry. They are resampled with nearest neighbour and never averaged into the
-# band mean that is matched (as changedet.sources.local reads them).
-CLASS_BANDS = ("CLM", "SCL")
+# band mean that is matched (as changedet.sources.local reads them): CLASS_BANDS,
+# imported from changedet.change (one definition for every module).
 
 
 def _is_class_band(name: str) -> bool:
