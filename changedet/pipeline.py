@@ -1,5 +1,8 @@
 """The daily slice for one AOI: acquire, co-register, store, detect change, count, record, alert.
 
+The imagery comes from the AOI's first source entry usable here (:func:`choose_source`):
+the simulator, Sentinel Hub, a STAC catalogue or a folder of local files.
+
 ``run_day`` is the unit of work the CLI, the demo and the Prefect flows all call; it is
 idempotent (a scene already in the cube is not processed twice, a finding already in the
 outbox is not re-opened), so re-running a day or a whole range is safe.
@@ -147,9 +150,17 @@ class DayResult:
 
     aoi_id: str
     day: date
-    status: str                      # processed | no_scene | cloudy | already_processed
+    #: processed | no_scene | cloudy | already_processed | not_registered | no_data (the scene
+    #: holds no pixel over the site) | no_reference (no registration reference yet for a source
+    #: without a basemap; nothing stored, a run of the day once one exists processes it) |
+    #: failed (the source could not search or load: ``note`` says why; nothing stored).
+    status: str
     scene_id: str | None = None
     sensor: str | None = None
+    #: Source entry the day ran on (``simulator``, ``sentinelhub``, ``stac``, ``local``).
+    source: str | None = None
+    #: Which entry was used and why entries listed before it were passed over.
+    source_note: str = ""
     shift_px: tuple[float, float] | None = None
     reliability: float | None = None
     cloud_fraction: float | None = None
@@ -163,8 +174,13 @@ class DayResult:
 
     def summary(self) -> str:
         head = f"{self.aoi_id} {self.day}"
+        if self.source_note and (self.source != "simulator" or "passed over" in self.source_note):
+            # The simulator's lines stay as they were; any other source says itself.
+            head += f" [{self.source_note}]"
         if self.status != "processed":
             return f"{head}: {self.status}{(' (' + self.note + ')') if self.note else ''}"
+        if self.note:
+            head += f" ({self.note})"
         parts = [f"{k}={_fmt(v)}" for k, v in self.metrics.items() if "_" not in k or k in
                  ("containers_teu", "changed_area_m2")]
         if self.shift_px is not None:
@@ -182,31 +198,186 @@ def _fmt(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else f"{v:.1f}"
 
 
-def primary_source(aoi, seed: int, registry: Path | None):
-    """The source the daily slice runs on, with its spec: the AOI's ``simulator`` entry.
+#: Site cloud fraction (0..1, over observed pixels) at most which an acquisition of a source
+#: without a basemap becomes the AOI's registration reference. Every later date is shifted
+#: onto it, so cloud in it would be structure that moves with the weather: at 5 % a
+#: railyard or quay keeps nearly all its edges, and a clear VHR or Sentinel-2 scene turns
+#: up within a few weeks at most sites (the co-registration masks the cloudy pixels anyway).
+REFERENCE_MAX_CLOUD = 0.05
+#: Site cloud limit (percent) of a simulator entry without ``max_cloud``: the limit the
+#: daily slice has always applied to it (fraction of the site not clear after the cloud
+#: buffer), kept so the shipped AOIs behave as before.
+SIMULATOR_MAX_CLOUD = 90.0
 
-    The daily slice (``changedet run``, the flows) does not yet process imagery from the
-    other sources; ``changedet fetch`` acquires theirs into the AOI's ``*_acquired`` cube.
+
+@dataclass(frozen=True)
+class SourceChoice:
+    """The source the daily slice of an AOI runs on, and why the ones listed before it were not.
+
+    Attributes
+    ----------
+    source : object
+        The source instance (``search`` and ``load``).
+    spec : changedet.aoi.SourceSpec
+        Its entry in the AOI file (sensor, resolution in metres, options).
+    passed_over : tuple of str
+        One line per higher-priority entry that cannot be used here, with the reason
+        (never a secret: the reasons name environment variables, paths and packages).
     """
+
+    source: Any
+    spec: Any
+    passed_over: tuple[str, ...] = ()
+
+    def note(self) -> str:
+        """``"local (vhr, 0.5 m)"``, plus the entries passed over and why."""
+        text = _entry(self.spec)
+        if self.passed_over:
+            text += "; passed over: " + "; ".join(self.passed_over)
+        return text
+
+
+def _entry(spec) -> str:
+    return f"{spec.name} ({spec.sensor}, {spec.resolution_m:g} m)"
+
+
+def _unusable(spec) -> str | None:
+    """Why the AOI source entry ``spec`` cannot be used on this machine now, or None.
+
+    Decided without network calls: Sentinel Hub needs credentials in the environment or a
+    sentinelhub profile (as :meth:`SHSettings.from_env` reads them), a local source needs
+    image files at its path, STAC and Sentinel Hub need their packages installed. Whether
+    a catalogue answers is learnt by searching it (a failure then is the day's ``failed``).
+    """
+    from changedet.sources.base import source_class
+
+    if spec.name == "simulator":
+        return None
+    try:
+        source_class(spec.name)
+    except SourceError as exc:
+        return str(exc)
+    if spec.name == "sentinelhub":
+        from changedet.sources.sentinelhub import SHSettings
+
+        try:
+            SHSettings.from_env(profile=spec.options.get("profile"))
+        except SourceError as exc:
+            return str(exc)
+    elif spec.name == "local":
+        path = spec.options.get("path")
+        if not path:
+            return "no 'path' given; add path: /folder/of/images (or a glob such as /data/vhr/*.tif) to the entry"
+        from changedet.sources.local import LocalSource
+
+        p = Path(str(path)).expanduser()
+        if not any(ch in str(path) for ch in "*?[") and not p.exists():
+            return f"folder {str(path)!r} does not exist; create it or fix the entry's 'path'"
+        if not LocalSource(path=str(path)).files():
+            return f"no GeoTIFF/COG/JPEG2000 files at {str(path)!r}; put the images there or fix the entry's 'path'"
+    return None
+
+
+def _build(spec, seed: int, registry: Path | None, data_dir: Path | str | None):
+    """The source instance of an AOI entry that :func:`_unusable` accepted."""
+    from changedet.sources.base import source_from_spec
+
+    if spec.name == "simulator":
+        return SimulatorSource(seed=seed, registry=registry)
+    overrides: dict[str, Any] = {}
+    if spec.name == "sentinelhub" and "cache_dir" not in spec.options and data_dir is not None \
+            and not is_url(data_dir):
+        # As `changedet fetch` does: replies are cached next to the data they fed, not in
+        # a ./changedet-data of whatever directory the worker started in.
+        overrides["cache_dir"] = str(Path(data_dir) / "cache" / "sentinelhub")
+    return source_from_spec(spec, **overrides)
+
+
+def choose_source(aoi, seed: int = 0, registry: Path | None = None,
+                  data_dir: Path | str | None = None) -> SourceChoice:
+    """The source the daily slice of ``aoi`` runs on: its first source entry usable here.
+
+    Entries are tried in the AOI file's priority order; one that cannot be used here
+    (Sentinel Hub without credentials, a local folder that does not exist or holds no
+    images, a source whose package is not installed) is passed over with its reason, see
+    :func:`_unusable`. The simulator is always usable, so the shipped AOIs (simulator
+    first) run on it as before. The choice does not depend on the day: a day without a
+    scene from the chosen source is ``no_scene``, never filled from another sensor
+    (counts from 0.5 m VHR and 10 m estimates in one metric series would fire false alerts).
+
+    Parameters
+    ----------
+    aoi : changedet.aoi.AOI
+    seed : int
+        Simulator seed.
+    registry : Path, optional
+        AOI registry (for the simulator's scenarios).
+    data_dir : path, optional
+        Data directory; Sentinel Hub replies are cached under ``<data_dir>/cache/sentinelhub``.
+
+    Raises
+    ------
+    SourceError
+        No entry is usable: each is named with its reason and the fix.
+    """
+    passed = []
     for spec in aoi.sources:
-        if spec.name == "simulator":
-            return SimulatorSource(seed=seed, registry=registry), spec
-    # Say what is missing: the other sources may be installed and configured, but the daily
-    # slice does not read them (an earlier message blamed the installation).
-    names = ", ".join(s.name for s in aoi.sources) or "none"
+        reason = _unusable(spec)
+        if reason is None:
+            return SourceChoice(_build(spec, seed, registry, data_dir), spec, tuple(passed))
+        passed.append(f"{_entry(spec)}: {reason}")
+    listed = "; ".join(passed) or "none listed"
     raise SourceError(
-        f"{aoi.id}: the daily run (changedet run, backfill, the daily flow) processes only the scene simulator "
-        f"for now, and this AOI has no simulator source (its sources: {names}); fetch real imagery into its cube "
-        f"with 'changedet fetch --aoi {aoi.id} --source NAME --start D --end D', or add "
-        "'{name: simulator, sensor: vhr, resolution_m: 0.5}' to its sources to run it on simulated scenes"
-    )
+        f"{aoi.id}: none of its imagery sources can be used here ({listed}); fix one of them, or add "
+        "'{name: simulator, sensor: vhr, resolution_m: 0.5}' to its sources to run it on simulated scenes")
+
+
+def primary_source(aoi, seed: int, registry: Path | None, data_dir: Path | str | None = None):
+    """The source the daily slice runs on, with its spec (see :func:`choose_source`)."""
+    choice = choose_source(aoi, seed, registry, data_dir)
+    return choice.source, choice.spec
+
+
+def search_day(source, spec, aoi, day: date) -> list:
+    """The acquisitions of ``aoi`` by ``source`` on the UTC day ``day``, in time order.
+
+    No catalogue cloud filter: the day is judged on the site's own pixels (as
+    :func:`changedet.acquire.fetch` does; a tile 80 % cloud may be clear over the site).
+    """
+    kwargs: dict[str, Any] = {"sensor": spec.sensor}
+    if spec.name == "simulator":
+        # Only the simulator renders at any resolution; the others deliver what they have.
+        kwargs["resolution_m"] = float(spec.resolution_m)
+    else:
+        kwargs["max_cloud"] = 100.0
+    return sorted(source.search(aoi, day, day, **kwargs), key=lambda s: s.time)
+
+
+def find_scene(aoi, day: date, cfg: "RunConfig"):
+    """The acquisition :func:`run_day` would process for ``aoi`` on ``day``, or None."""
+    choice = choose_source(aoi, cfg.seed, cfg.registry, cfg.data_dir)
+    scenes = search_day(choice.source, choice.spec, aoi, day)
+    return scenes[0] if scenes else None
 
 
 def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
     """Process the acquisition of ``aoi`` on ``day`` (if there is one).
 
+    The day runs on the AOI's first usable source (:func:`choose_source`). For sources
+    other than the simulator the scene is taken from the ``acquired`` cube when
+    ``changedet fetch`` stored it there, else loaded; it is cloud-masked and judged over
+    the site as ``changedet fetch`` does (:func:`_judge`: ``no_data``, ``cloudy``), and
+    registered onto the cube's reference, made from the entry's ``reference`` image or
+    the first acquisition at most :data:`REFERENCE_MAX_CLOUD` cloudy (``no_reference``
+    until then). A scene the source cannot search or load makes the day ``failed`` with
+    the reason, nothing stored. The simulator keeps its basemap reference and its
+    historical 90 % limit on the buffered cloud fraction.
+
     Raises
     ------
+    SourceError
+        No source of the AOI can be used here, or a source entry is wrong (a
+        ``max_cloud`` that is no percentage, a ``reference`` file that is missing).
     changedet.alerts.config.AlertConfigError
         Before any work, if the AOI's alert rules or the delivery settings in the
         environment are wrong (all problems listed).
@@ -215,13 +386,26 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
 
     _refuse_future(aoi, day)
     check_alerting([aoi])
-    source, spec = primary_source(aoi, cfg.seed, cfg.registry)
+    choice = choose_source(aoi, cfg.seed, cfg.registry, cfg.data_dir)
+    source, spec = choice.source, choice.spec
+    simulated = spec.name == "simulator"
     res = float(spec.resolution_m)
     grid = aoi_grid(aoi, res)
     root = cfg.store_root()
-    cube = Cube(root, aoi.id, spec.sensor, grid)
-    result = DayResult(aoi.id, day, "no_scene", sensor=spec.sensor)
-    scenes = source.search(aoi, day, day, sensor=spec.sensor, resolution_m=res)
+    optical = spec.sensor != "s1"
+    # (Simulator cubes keep the settings they were created with.)
+    cube = Cube(root, aoi.id, spec.sensor, grid) if simulated else Cube(root, aoi.id, spec.sensor, grid,
+                                                                        reflectance=optical)
+    result = DayResult(aoi.id, day, "no_scene", sensor=spec.sensor, source=spec.name, source_note=choice.note())
+    try:
+        scenes = search_day(source, spec, aoi, day)
+    except SourceError as exc:
+        if simulated:
+            raise  # the simulator's errors are configuration errors, as they always were
+        # A catalogue that is down or refuses the credentials: the day is not lost, a
+        # later run of it searches again (nothing was stored).
+        result.status, result.note = "failed", f"search failed: {exc}"
+        return result
     if not scenes:
         return result
     scene = scenes[0]
@@ -240,9 +424,25 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
         return result
     # (A stored day whose evidence pack an earlier run could not write is processed again
     # to rebuild the pack: every write below is idempotent for a stored scene.)
-    reference = _reference(cube, source, aoi, spec.sensor, res)
-    data = source.load(scene, grid, aoi=aoi)
-    optical = spec.sensor != "s1"
+    site = aoi.to_crs(aoi.polygon, grid.crs)
+    site_mask = _rasterize(site, grid)
+    if simulated:
+        reference = _reference(cube, source, aoi, spec.sensor, res)
+    try:
+        data = _acquired(root, aoi, spec, grid, scene) if not simulated else None
+        if data is None:
+            data = source.load(scene, grid, aoi=aoi)
+    except SourceError as exc:
+        if simulated:
+            raise
+        # Nothing is stored or recorded: a later run of the day tries the scene again.
+        result.status, result.note = "failed", f"scene {scene.id} could not be loaded: {exc}"
+        return result
+    delivered = data  # as the source gave it: what the evidence pack hashes
+    if not simulated:
+        data, observed_cloud = _judge(data, scene, spec, site_mask, result)
+        if data is None:
+            return result
     clear = clear_mask(data) if optical else data.notnull().all("band")
     if optical:
         # Cloud masks miss thin cloud and haze at cloud edges; a buffer (as Fmask and
@@ -254,13 +454,20 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
         if cloud.any():
             cloud = ndimage.binary_dilation(cloud, structure=np.ones((3, 3), bool), iterations=grow)
         clear = clear.copy(data=~cloud)
-    site = aoi.to_crs(aoi.polygon, grid.crs)
-    site_mask = _rasterize(site, grid)
-    cloud_fraction = 1.0 - float(clear.values[site_mask].mean())
-    result.cloud_fraction = round(cloud_fraction, 4)
-    if cloud_fraction > 0.9:
-        result.status, result.note = "cloudy", f"{cloud_fraction:.0%} of the site under cloud"
-        return result
+    if simulated:
+        cloud_fraction = 1.0 - float(clear.values[site_mask].mean())
+        result.cloud_fraction = round(cloud_fraction, 4)
+        limit = _max_cloud(spec, SIMULATOR_MAX_CLOUD, aoi.id) / 100.0
+        if cloud_fraction > limit:
+            result.status, result.note = "cloudy", f"{cloud_fraction:.0%} of the site under cloud"
+            return result
+    else:
+        cloud_fraction = observed_cloud
+        reference = cube.reference()
+        if reference is None:
+            reference = _first_reference(cube, data, observed_cloud, spec, scene, result)
+            if reference is None:
+                return result
 
     # Co-register onto the AOI reference; the cloud mask moves with the pixels.
     bands = optical_bands(data)
@@ -287,9 +494,11 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
     if optical:
         mask_band = (~clear_al).astype("float32").expand_dims(band=[CLOUD_BAND])
         stored = xr.concat([aligned, mask_band.assign_coords(spatial_ref=aligned.spatial_ref)], dim="band")
-    provenance = {"scene_id": scene.id, "code_version": __version__, "config_hash": cfg.hash(aoi),
+    provenance = {"scene_id": scene.id, "source": spec.name, "code_version": __version__, "config_hash": cfg.hash(aoi),
                   "coreg": {"shift_row_px": reg.shift_row_px, "shift_col_px": reg.shift_col_px,
                             "reliability": reg.reliability, "applied": reg.applied}}
+    if data.attrs.get("reused"):
+        provenance["pixels_from"] = f"{data.attrs['reused']} cube"  # as `changedet fetch` stored them
 
     metrics: list[dict[str, Any]] = []
     products = _Products(root, aoi.id, day)
@@ -300,7 +509,7 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
                           "registration": {**provenance["coreg"], **provenance_fields(reg)},
                           "cloud_fraction": cloud_fraction, "config": cfg.settings(),
                           "config_hash": provenance["config_hash"], "detections": [], "threshold": cfg.change_z,
-                          "scene_data": data}
+                          "scene_data": delivered}
 
     # Pixel change against the robust per-pixel baseline of earlier aligned dates, on a
     # coarser cube of its own (cheap to read back for every new date).
@@ -400,6 +609,133 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
     finally:
         store.close()
     return result
+
+
+def _acquired(root, aoi, spec, grid, scene) -> xr.DataArray | None:
+    """``scene`` as ``changedet fetch`` stored it in the AOI's ``acquired`` cube, or None.
+
+    Reused instead of downloading it again when that cube (same sensor and grid) holds
+    the scene id; its ``CLM`` band is the mask fetch made. A cube that cannot be read is
+    not fatal: the scene is loaded from the source instead.
+    """
+    from changedet.acquire import ACQUIRED
+
+    try:
+        acq = Cube(root, aoi.id, spec.sensor, grid, reflectance=spec.sensor != "s1", product=ACQUIRED)
+        if not acq.has(scene.id):
+            return None
+        stack = acq.read()
+        ids = [str(v) for v in stack["scene_id"].values]
+        da = stack.isel(time=ids.index(scene.id)).load()
+    except (CubeError, ValueError, OSError) as exc:
+        log.warning("%s: scene %s not read from the acquired cube (%s); loading it from %s",
+                    aoi.id, scene.id, exc, spec.name)
+        return None
+    da = da.drop_vars([c for c in ("time", "scene_id") if c in da.coords]).astype("float32")
+    da.attrs = {"scene_id": scene.id, "sensor": scene.sensor, "platform": scene.platform, "reused": ACQUIRED}
+    return da
+
+
+def _max_cloud(spec, default: float, aoi_id: str) -> float:
+    """The entry's ``max_cloud`` (percent of the site under cloud), else ``default``."""
+    limit = spec.options.get("max_cloud", default)
+    if isinstance(limit, bool) or not isinstance(limit, numbers.Real) or not 0.0 <= float(limit) <= 100.0:
+        raise SourceError(f"{aoi_id}: max_cloud {limit!r} of the {spec.name} source must be a percentage "
+                          "between 0 and 100 (e.g. max_cloud: 40); fix the source entry in the AOI file")
+    return float(limit)
+
+
+def _judge(data: xr.DataArray, scene, spec, site_mask: np.ndarray, result: DayResult):
+    """Cloud-mask a scene of a real source and judge it over the site, as ``changedet fetch`` does.
+
+    Returns ``(data with its CLM band, site cloud fraction 0..1)``, or ``(None, None)`` with
+    ``result`` set to ``no_data`` (no pixel over the site) or ``cloudy`` (over the entry's
+    ``max_cloud``, default :data:`changedet.acquire.DEFAULT_MAX_CLOUD`, or all cloud).
+    """
+    from changedet.acquire import DEFAULT_MAX_CLOUD, _unobserved_not_clear
+    from changedet.cloudmask import cloud_fraction, with_cloud_band
+
+    limit = _max_cloud(spec, DEFAULT_MAX_CLOUD, result.aoi_id)
+    method = None
+    if spec.sensor != "s1":
+        # The provider's CLM or SCL, else s2cloudless, else the brightness test (cloudmask).
+        data, method = with_cloud_band(data, method=str(spec.options.get("cloud_mask", "auto")), source=scene.id)
+        data = _unobserved_not_clear(data)
+        frac = cloud_fraction(data.sel(band=CLOUD_BAND), within=site_mask)
+    else:
+        valid = np.isfinite(np.asarray(data.values)).all(axis=0)
+        frac = None if not (valid & site_mask).any() else 0.0
+    if frac is None:
+        result.status = "no_data"
+        result.note = f"scene {scene.id} has no data over the site (outside its footprint or all no-data)"
+        return None, None
+    result.cloud_fraction = round(frac, 4)
+    if frac >= 1.0 or frac * 100.0 > float(limit):
+        result.status = "cloudy"
+        result.note = (f"all cloud over the site ({method} mask)" if frac >= 1.0 else
+                       f"{frac:.0%} of the site under cloud ({method} mask), over the {float(limit):g}% limit")
+        return None, None
+    return data, frac
+
+
+def _first_reference(cube: Cube, data: xr.DataArray, frac: float, spec, scene,
+                     result: DayResult) -> xr.DataArray | None:
+    """The registration reference of a source without a basemap, made on first need.
+
+    The entry's ``reference`` file when it names one, else this acquisition if at most
+    :data:`REFERENCE_MAX_CLOUD` of the site is cloud (cloud and no-data pixels NaN, so
+    co-registration ignores them; this day then registers with zero shift). Either is
+    stored as the cube's reference (``Cube.set_reference``) and used from then on. With
+    neither, ``result`` becomes ``no_reference`` and None is returned: nothing is stored,
+    so running the day again once a reference exists processes it.
+    """
+    bands = optical_bands(data)
+    if spec.options.get("reference"):
+        cube.set_reference(_reference_file(spec.options["reference"], spec, cube.grid, bands))
+        result.note = f"registration reference from {spec.options['reference']}"
+        return cube.reference()
+    if frac > REFERENCE_MAX_CLOUD:
+        result.status = "no_reference"
+        result.note = (f"no registration reference yet for {cube.sensor} at {cube.grid.resolution:g} m, and scene "
+                       f"{scene.id} is {frac:.0%} cloud over the site (a reference needs at most "
+                       f"{REFERENCE_MAX_CLOUD:.0%}); nothing stored: run this day again once a clear acquisition "
+                       "has been processed (it becomes the reference), or name a reference image with "
+                       "'reference: FILE' in the source entry")
+        return None
+    valid = clear_mask(data) if CLOUD_BAND in [str(b) for b in data["band"].values] else bands.notnull().all("band")
+    cube.set_reference(bands.where(valid))
+    result.note = (f"scene {scene.id} became the registration reference ({frac:.1%} cloud over the site; "
+                   "registered with zero shift)")
+    return cube.reference()
+
+
+def _reference_file(path, spec, grid: GridSpec, like: xr.DataArray) -> xr.DataArray:
+    """An AOI-named reference image on ``grid``, its bands named as the scenes' ``like``.
+
+    Only its geometry matters (co-registration matches gradients, whatever the gain and
+    offset), so its values are not scaled to reflectance.
+    """
+    from changedet.errors import GridError, RasterError
+    from changedet.io import read_raster, reproject_to
+
+    p = Path(str(path)).expanduser()
+    fix = "fix the entry's 'reference' (a GeoTIFF over the site with the scenes' bands) or remove it"
+    if not p.is_file():
+        raise SourceError(f"registration reference {str(path)!r} of the {spec.name} source does not exist; {fix}")
+    try:
+        da = read_raster(p)
+    except RasterError as exc:
+        raise SourceError(f"registration reference: {exc}; {fix}") from None
+    names = [str(b) for b in da["band"].values if str(b).upper() not in ("CLM", "SCL")]
+    want = [str(b) for b in like["band"].values]
+    if len(names) != len(want):
+        raise SourceError(f"registration reference {str(path)!r} has {len(names)} image bands, the {spec.name} "
+                          f"scenes {len(want)} ({', '.join(want)}); {fix}")
+    da = da.sel(band=names).assign_coords(band=want)
+    try:
+        return reproject_to(da, grid)
+    except GridError:
+        raise SourceError(f"registration reference {str(path)!r} does not cover the AOI grid; {fix}") from None
 
 
 def _packs_pending(cfg: RunConfig, aoi, t: datetime) -> bool:
@@ -754,7 +1090,12 @@ def chain_priorities(days: dict[str, list[date]], cost: dict[str, float]) -> dic
 
 def run_series(aoi, days: Iterable[date], cfg: RunConfig, *,
                progress: Callable[[DayResult], None] | None = None) -> list[DayResult]:
-    """Run ``run_day`` over days in order (alerts depend on the order)."""
+    """Run ``run_day`` over days in order (alerts depend on the order).
+
+    Days that end ``no_reference`` (a source without a basemap, before its first clear
+    acquisition) are not run again here: that would feed the alert rules out of order.
+    Running the range again processes them, the days done being ``already_processed``.
+    """
     out = []
     for d in sorted(days):
         r = run_day(aoi, d, cfg)

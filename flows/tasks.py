@@ -66,14 +66,24 @@ def primary_source(aoi, cfg: RunConfig):
     # concurrency limit on the very source run_day reads from.
     from changedet.pipeline import primary_source
 
-    return primary_source(aoi, cfg.seed, cfg.registry)
+    return primary_source(aoi, cfg.seed, cfg.registry, cfg.data_dir)
 
 
 def find_scene(aoi, day: date, cfg: RunConfig):
     """The acquisition ``run_day`` would process for ``aoi`` on ``day``, or None."""
-    source, spec = primary_source(aoi, cfg)
-    scenes = source.search(aoi, day, day, sensor=spec.sensor, resolution_m=float(spec.resolution_m))
-    return scenes[0] if scenes else None
+    from changedet.pipeline import find_scene as pipeline_find_scene
+
+    return pipeline_find_scene(aoi, day, cfg)
+
+
+def _has_reference(aoi, cfg: RunConfig) -> bool:
+    """Whether the cube ``run_day`` writes for ``aoi`` has its registration reference yet."""
+    from changedet.cube import Cube
+    from changedet.grid import aoi_grid
+
+    _, spec = primary_source(aoi, cfg)
+    grid = aoi_grid(aoi, float(spec.resolution_m))
+    return Cube(cfg.store_root(), aoi.id, spec.sensor, grid, reflectance=spec.sensor != "s1").reference() is not None
 
 
 def source_limit_name(aoi, cfg: RunConfig) -> str:
@@ -103,7 +113,11 @@ def aoi_day_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> st
         where = str(cfg.store_root())
         if not is_url(where):
             where = str(Path(where).resolve())
-    digest = hashlib.sha256(f"{aoi.id}\n{scene.id}\n{cfg.hash(aoi)}\n{where}".encode()).hexdigest()[:32]
+    # A day run before its cube had a registration reference ended as ``no_reference``
+    # (sources without a basemap): once a reference exists the key differs, so the day is
+    # processed rather than answered from the cache. (Simulator cubes get theirs on first use.)
+    ref = "" if scene.source == "simulator" else ("\nref" if _has_reference(aoi, cfg) else "\nnoref")
+    digest = hashlib.sha256(f"{aoi.id}\n{scene.id}\n{cfg.hash(aoi)}\n{where}{ref}".encode()).hexdigest()[:32]
     # Keys are file names in the result storage: keep them to [a-z0-9_-].
     return f"changedet-{aoi.id}-{digest}"
 
@@ -484,6 +498,11 @@ def _process_aoi_day(aoi_id: str, day: date, data_dir: str, seed: int, registry:
     logger.info("[%s %s] %s", aoi_id, day, result.summary().splitlines()[0])
     for alert in result.alerts:
         logger.warning("[%s %s] ALERT %s %s: %s", aoi_id, day, alert["action"], alert["alert_id"], alert["message"])
+    if result.status == "failed":
+        # The source could not search or load the scene (an outage, a broken file): nothing
+        # was stored. Raised so the task is retried and, failing, not cached as done: the
+        # next run of the day tries the scene again.
+        raise SourceError(f"{aoi_id} {day}: {result.note}")
     if "evidence" in result.skipped:
         # Transient, so the task is retried and, once its retries are spent, not cached as
         # done: the outbox keeps the pack pending and the next run of this day (a retry, a

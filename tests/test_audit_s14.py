@@ -131,10 +131,14 @@ def test_stored_cloud_band_marks_no_data_as_unobserved(tmp_path):
     assert np.isnan(clm[np.isnan(b04)]).all() and (clm[~np.isnan(b04)] == 0).all()
 
 
-def test_run_on_an_aoi_without_a_simulator_source_says_the_daily_run_is_simulator_only(tmp_path):
+def test_run_on_an_aoi_whose_only_source_is_unusable_says_why_not_reinstall(tmp_path, monkeypatch):
     """Before: 'none of its sources ['sentinelhub'] is available in this installation', which sends
-    the user to reinstall a source that is installed; the daily slice simply does not read it."""
+    the user to reinstall a source that is installed. The daily run now reads Sentinel Hub too
+    (changedet.pipeline.choose_source): without credentials it names what is missing."""
     from changedet.pipeline import RunConfig, run_day
+
+    for var in ("SH_CLIENT_ID", "SH_CLIENT_SECRET", "SH_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
 
     reg = tmp_path / "aois"
     reg.mkdir()
@@ -146,8 +150,8 @@ def test_run_on_an_aoi_without_a_simulator_source_says_the_daily_run_is_simulato
     with pytest.raises(SourceError) as err:
         run_day(aoi, date(2023, 6, 1), RunConfig(data_dir=tmp_path / "data", registry=reg))
     text = str(err.value)
-    assert "only the scene simulator" in text and "sentinelhub" in text
-    assert "changedet fetch --aoi tumangang_railyard" in text
+    assert "Sentinel Hub credentials are missing" in text and "sentinelhub (s2, 10 m)" in text, text
+    assert "simulator" in text
     assert "installation" not in text
 
 

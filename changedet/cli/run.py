@@ -27,7 +27,8 @@ def add_parser(sub) -> None:
     p.add_argument("--store-url", default=None, help="where cubes and products go: a path or an fsspec URL such "
                    "as s3://bucket/prefix (default: $CHANGEDET_STORE_URL, else the data directory); S3 "
                    "credentials and endpoint come from the AWS_* environment variables")
-    p.add_argument("--seed", type=int, default=0, help="simulator seed")
+    p.add_argument("--seed", type=int, default=0, help="simulator seed (AOIs whose first usable source is the "
+                   "simulator; the others run on their configured imagery)")
     p.add_argument("--json", action="store_true", help="print one JSON object per day")
     p.set_defaults(func=cmd_run)
 
@@ -100,13 +101,22 @@ def cmd_run(args) -> int:
                       file=sys.stderr, flush=True)
         plan.append((aoi, days))
     cfg = _config(args.data_dir, args.seed, args.store_url)
+    failed = []
     for aoi, days in plan:
         for d in days:
             r = run_day(aoi, d, cfg)
+            if r.status == "failed":
+                failed.append(f"{aoi.id} {d}")
             if args.json:
                 print(json.dumps(_as_json(r)))
             else:
                 print(r.summary(), flush=True)
+    if failed:
+        # A scheduler must see that a day's imagery could not be read (nothing of it was
+        # stored); running the same command again retries exactly those days.
+        print(f"changedet run: {len(failed)} day(s) failed ({', '.join(failed)}); see the reasons above and "
+              "run them again once the source is reachable", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 
@@ -146,7 +156,8 @@ def cmd_demo(args) -> int:
         shutil.rmtree(data_dir)
     total = len(aois) * len(days)
     print(f"changedet demo: {len(aois)} AOIs x {len(days)} dates ({args.start} to {args.end}, every "
-          f"{args.every} days) on the embedded simulator -> {data_dir}/", flush=True)
+          f"{args.every} days) on each AOI's first usable source (the embedded simulator for the shipped "
+          f"AOIs) -> {data_dir}/", flush=True)
     t0 = time.time()
     done = 0
     # Largest AOIs first so the pool stays busy to the end.

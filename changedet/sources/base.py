@@ -128,8 +128,9 @@ def source_from_spec(spec, **overrides: Any) -> Source:
     return get_source(spec.name, **options)
 
 
-#: Source-entry keys that configure the fetch, not the source.
-FETCH_OPTIONS = ("max_cloud", "cloud_mask")
+#: Source-entry keys that configure the fetch and the daily run, not the source
+#: (``reference``: a registration reference image for the daily run, see changedet.pipeline).
+FETCH_OPTIONS = ("max_cloud", "cloud_mask", "reference")
 
 
 def get_source(name: str, **options: Any) -> Source:
