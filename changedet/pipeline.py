@@ -574,6 +574,13 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
             for t, n in res_.by_type.items():
                 metrics.append({"metric": f"railcars_{t}", "value": float(n)})
         for pf in res_.per_feature:
+            # The site may be seen enough while one feature is half under cloud: its count
+            # covers only what was seen (nothing is extrapolated), so recorded it would read
+            # as a drop in that track's or zone's series.
+            seen = pf.get("observed_fraction")
+            if seen is not None and float(seen) < cfg.min_observed:
+                result.skipped[f"{metric}[{pf['id']}]"] = f"only {float(seen):.0%} of {pf['id']} cloud-free"
+                continue
             metrics.append({"metric": metric, "value": float(pf["count"]), "feature_id": pf["id"]})
         if cfg.write_products and res_.detections:
             with products.local(f"{metric}.geojson") as path:

@@ -47,3 +47,44 @@ def test_reflectance_offset_with_a_detector_is_refused_not_ignored(tmp_path, cap
     assert rc == 2, err
     # Refused before the detector is even loaded, naming the flag and why.
     assert "--reflectance-offset applies only to optical images" in err and "--detector model" in err
+
+
+def test_a_feature_mostly_under_cloud_is_not_recorded_as_a_drop(tmp_path, monkeypatch):
+    """The site can be seen enough (>= min_observed) while one track is half under cloud; its
+    count covers only what was seen, so its own series must not get that value."""
+    import dataclasses
+    import importlib.util
+    from datetime import date
+    from pathlib import Path
+
+    import changedet.pipeline as pipeline
+    from changedet.aoi import load_aoi
+    from changedet.metrics import MetricStore
+
+    spec = importlib.util.spec_from_file_location("_ps", Path(__file__).with_name("test_pipeline_sources.py"))
+    ps = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ps)
+    reg = ps._reduced_registry(tmp_path, [{"name": "simulator", "sensor": "vhr", "resolution_m": 0.5}])
+    aoi = load_aoi(ps.AOI, registry=reg)
+    real = pipeline.count_railcars
+
+    def half_seen_t2(*args, **kwargs):
+        res = real(*args, **kwargs)
+        per = tuple(dict(pf, observed_fraction=0.5) if pf["id"] == "T2" else dict(pf, observed_fraction=1.0)
+                    for pf in res.per_feature)
+        return dataclasses.replace(res, per_feature=per, observed_fraction=0.97)
+
+    monkeypatch.setattr(pipeline, "count_railcars", half_seen_t2)
+    cfg = pipeline.RunConfig(data_dir=tmp_path / "data", registry=reg, evidence=False, write_products=False)
+    day = date(2023, 8, 17)
+    r = pipeline.run_day(aoi, day, cfg)
+    assert r.status == "processed", r.summary()
+    assert r.skipped.get("railcars[T2]") == "only 50% of T2 cloud-free", r.skipped
+    assert "railcars" in r.metrics   # the site total is still recorded
+    store = MetricStore(cfg.store_location())
+    try:
+        t1 = store.series(ps.AOI, "railcars", feature_id="T1")
+        t2 = store.series(ps.AOI, "railcars", feature_id="T2")
+    finally:
+        store.close()
+    assert len(t1) == 1 and len(t2) == 0, (t1, t2)
