@@ -21,7 +21,12 @@ predicts; a load's anti-sun half, the other lying in the shadow of the sun-side 
 on the tracks (dark-object subtraction), so that a shadow's share of the lit ground's
 light is read as in clear air under haze too; the colours' spreads keep the floors of
 the light as recorded, and whether a colour lies outside every mix of the two lights
-(a negative weight) is judged on the recorded light only.
+(a negative weight) is judged on the recorded light only. Whatever stands on a track
+shades the ground beside it away from the sun: at 0.5 m pixels or finer, a stretch read
+as a car with lit ground where even a bare flat wagon's shadow would fall is a track
+bed unlike the ground beside it (concrete sleepers on asphalt, a cleared bed in snow),
+not a car. Along the car, a boxcar's roof is one even sheet; a covered hopper's hatches
+and end bays, an open wagon's heaped load and a locomotive's fans make the top vary.
 
 Typing assumes the 1520 mm-gauge freight fleet (Russia, the CIS, the Baltic states,
 Mongolia, Finland's 1524 mm): its car lengths (no boxcar or open wagon of 18 m or
@@ -986,9 +991,80 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
                         a_m = b_m - full
                     else:
                         b_m = a_m + full
+            if (sun_left is not None and resolution_m <= _MAX_BARE_BED_RES_M
+                    and _bare_bed(strip, s0, s1, sun_left, shadow_across_m, lit, path)):
+                # Nothing stands here: no shadow where any car's would fall (a track bed
+                # unlike the ground beside it: concrete sleepers on asphalt, ballast in snow).
+                continue
             score = float(np.clip(0.5 + 0.5 * min(1.0, body / 11.0), 0, 1))
             cars.append((a_m, b_m, ctype, score))
     return cars
+
+
+# The lowest car standing on a track: a bare flat wagon (13-401: deck 1.3 m above the
+# rail, 2.87 m wide). Its shadow is the narrowest any car casts beside the track.
+_LOWEST_DECK_M = 1.3
+_LOWEST_HALF_WIDTH_M = 1.435
+# Least width (m) of the band beside a car that the lowest car's shadow must cover for
+# a lit band there to say that nothing stands on the track.
+_MIN_BARE_BAND_M = 0.3
+# Coarsest pixels (m) the band is read at: it lies 1.8-2.6 m off the centreline, and at
+# 0.75-1 m pixels a car's blurred edge (a misregistered track's car more so) fills it
+# with the body's light mixed with its shadow's, about the ground's brightness (altgen
+# tuning scenes: 2 real cars dropped for each false one at 0.75-1 m).
+_MAX_BARE_BED_RES_M = 0.5
+# Most a band beside a bare bed may exceed the lit ground's brightness: brighter, it
+# holds a car body's edge, not ground.
+_MAX_BARE_BAND_GLOW = 1.25
+
+
+def _bare_bed(strip: Strip, s0: int, s1: int, sun_left: bool, per_m: float,
+              lit_ground: np.ndarray, path: np.ndarray | None = None) -> bool:
+    """Whether the stretch between samples ``s0`` and ``s1``, read as a car, is a bare
+    track bed: lit ground on its anti-sun side where even the lowest car's shadow would
+    fall.
+
+    Every car casts a shadow sideways past its anti-sun edge, ``h * per_m`` metres for a
+    height of h metres (``per_m`` from :func:`_shadow_across`); a bare flat wagon's deck
+    (``_LOWEST_DECK_M``) shades at least out to ``_LOWEST_HALF_WIDTH_M + 1.3 * per_m``
+    from the centreline. Beyond the widest body (``_WIDEST_HALF_BODY_M``) and inside that
+    reach (and the strip), the anti-sun band is compared with the same band on the sun
+    side, as :func:`_tall` compares them: both as bright as lit ground (``lit_ground``,
+    the empty track's lit colour as recorded; above the path radiance ``path``) and
+    alike, over the middle two thirds of the stretch, say that no body stands there. A
+    track bed whose centre differs from the ground beside it (concrete sleepers on
+    asphalt, a cleared bed in snow) otherwise reads as cars end to end. False where the
+    sun's geometry leaves a band under ``_MIN_BARE_BAND_M`` wide (a high sun, or one
+    along the track), the bands are mostly not seen, or either band is brighter than
+    ``_MAX_BARE_BAND_GLOW`` times the lit ground (a car body's blurred edge, not ground).
+    The counter reads it at pixels of ``_MAX_BARE_BED_RES_M`` or finer only.
+    """
+    if not np.isfinite(per_m) or not np.all(np.isfinite(lit_ground)):
+        return False
+    lo = _WIDEST_HALF_BODY_M + 0.1
+    hi = min(_LOWEST_HALF_WIDTH_M + _LOWEST_DECK_M * abs(per_m), float(np.abs(strip.across_m).max()))
+    if hi - lo < _MIN_BARE_BAND_M:
+        return False
+    a = strip.across_m if sun_left else -strip.across_m
+    anti = (a <= -lo) & (a >= -hi)
+    sun = (a >= lo) & (a <= hi)
+    if not anti.any() or not sun.any():
+        return False
+    n = s1 - s0
+    core = slice(s0 + n // 6, s1 - n // 6) if n >= 6 else slice(s0, s1)
+    v = strip.values[:3, :, core]
+    off = np.asarray(path[:3], "float64") if path is not None else np.zeros(3)
+    v = v - off.astype(v.dtype)[:, None, None]
+    b = quiet_nanmean(v, axis=0)
+    if np.isfinite(b[anti]).mean() < 0.5 or np.isfinite(b[sun]).mean() < 0.5:
+        return False
+    dark, lit = quiet_nanmean(b[anti]), quiet_nanmean(b[sun])
+    ground = float(np.mean(np.asarray(lit_ground[:3], "float64") - off))
+    if not (np.isfinite(dark) and np.isfinite(lit) and ground > 0 and lit > 0):
+        return False
+    return bool(lit >= _LIT_BAND_SHARE * ground and dark >= _LIT_BAND_RATIO * lit
+                and dark >= _LIT_BAND_SHARE * ground
+                and max(dark, lit) <= _MAX_BARE_BAND_GLOW * ground)
 
 
 # Unobserved samples within this distance of a run's end (m) cut the run there.
@@ -1407,7 +1483,13 @@ def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = floa
     (2.44 m, :func:`_top_width`; every 1520 mm freight car with a top at full width is
     3.1-3.3 m) and even out to its shoulders (:func:`_shoulder_step`; a locomotive's fan
     band or hood is as narrow but its shoulders differ) is a container on a flat wagon,
-    read where pixels (``resolution_m``) are 0.75 m or finer.
+    read where pixels (``resolution_m``) are 0.75 m or finer. Along the car
+    (:func:`_along_texture`), a top even end to end is a roof sheet: a boxcar's, not a
+    locomotive's, at a locomotive's length, and a tall or unread "flat" top of a boxcar's
+    length stays a boxcar only when even; a "flat" top textured along (a covered hopper's
+    hatches and sloped end bays, an open wagon's heaps) of a boxcar's length is the
+    gondola class (a 19-752 grain hopper, 14.7 m over couplers, is as long as the shorter
+    boxcars: length does not tell them apart).
     """
     look = _look(strip, s0, s1, lit_b, sun_left=sun_left, shading=shading, path=path)
     if body_m >= _MIN_LONG_FLAT_BODY_M and look in ("plain", "open"):
@@ -1434,17 +1516,38 @@ def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = floa
             # reads about as wide as a container, but its shoulders (0.6-1.0 m out)
             # differ from the middle.
             return "flatcar"
+    # Along the car: a boxcar's roof is one sheet end to end; a covered hopper's carries a
+    # row of loading hatches and sloped end bays, an open wagon's load lies in heaps, a
+    # locomotive's roof its fans and cab (see _along_texture).
+    texture = _along_texture(strip, s0, s1, path) if look in ("plain", "flat") else float("nan")
     if body_m >= 16.9:
+        if (look == "flat" and texture < _EVEN_ALONG
+                and _shoulder_step(strip, s0, s1) <= _MAX_SHOULDER_STEP):
+            # Relief across (a cambered roof) but even along and out to its shoulders: a
+            # boxcar's roof (11-280, 16.5 m body), not a locomotive's (a band of fans or
+            # a hood narrower than the body down its middle; see _shoulder_step).
+            return "boxcar"
         return {"open": "gondola", "plain": "boxcar"}.get(look, "locomotive")
     if body_m >= _MIN_LONG_BODY_M:
-        return "gondola" if look == "open" else "boxcar"
+        # Only a top with relief across too ("flat": hatches and a walkway down its
+        # middle, heaps) is read along: a plain sheet varying along is a roof part in a
+        # shadow (a neighbour's or a mast's under a low sun) or cut with a gap (own
+        # simulator: 8 boxcars typed open wagons when "plain" tops were read too).
+        if look == "open" or (look == "flat" and texture >= _TEXTURED_ALONG):
+            return "gondola"
+        return "boxcar"
     if look == "open":
         return "gondola"
     if look in ("plain", "flat"):
         if tall:
             if look == "flat":
-                return "gondola"
-            return "boxcar" if body_m >= _MIN_BOXCAR_BODY_M else "flatcar"
+                # A tall textured top: an open wagon's load or a hopper's hatches, unless
+                # it is even along and a boxcar's length (a cambered roof sheet).
+                return ("boxcar" if body_m >= _MIN_BOXCAR_BODY_M and texture < _EVEN_ALONG
+                        else "gondola")
+            if body_m >= _MIN_BOXCAR_BODY_M:
+                return "boxcar"
+            return "flatcar"
         if tall is False:
             # Lit ground where a walled car's shadow would fall: a deck, a flat wagon.
             return "flatcar"
@@ -1456,9 +1559,56 @@ def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = floa
         # out of reach, or another track's cars stand in it): the commonest car of that
         # length. Open wagons and hoppers are about 60 % of the 1520 mm freight fleet
         # against 8 % for flat wagons; a body of a boxcar's length (11-217: 14.2 m) is a
-        # boxcar or a covered hopper more often than a 13-401 flat wagon.
-        return "boxcar" if body_m >= _MIN_BOXCAR_BODY_M else "gondola"
+        # boxcar or a covered hopper more often than a 13-401 flat wagon; one textured
+        # along its length (hatches, end bays) is a covered hopper (the gondola class).
+        # (Texture unread, NaN: a sample masked, the length decides as before.)
+        if body_m >= _MIN_BOXCAR_BODY_M and not texture >= _TEXTURED_ALONG:
+            return "boxcar"
+        return "gondola"
     return "tank" if body_m < 12.7 else "flatcar"
+
+
+# Brightness variation along the top (standard deviation over mean, above the path
+# radiance, smoothed over 1 m, middle two thirds of the body): a boxcar's roof sheet is
+# even end to end (altgen tuning scenes: median 0.007-0.011, 90th percentile 0.03-0.06,
+# its ribs under a metre apart smoothed out); a covered hopper's hatches and sloped end
+# bays, an open wagon's heaped load and a locomotive's fans vary by more (hoppers: median
+# 0.06-0.08, quarter below 0.04-0.05). Below _EVEN_ALONG a top is even; from
+# _TEXTURED_ALONG it is textured; between, it says nothing.
+_EVEN_ALONG = 0.02
+_TEXTURED_ALONG = 0.04
+# Smoothing along the track (m): ribs and seams under a metre apart are not texture.
+_ALONG_SMOOTH_M = 1.0
+
+
+def _along_texture(strip: Strip, s0: int, s1: int, path: np.ndarray | None = None) -> float:
+    """Relative variation (no unit) of the top's visible brightness along the car between
+    samples ``s0`` and ``s1``: the standard deviation over the mean of the brightness
+    within 1 m of the centreline, above the path radiance ``path`` (haze adds the same
+    light everywhere and would flatten it), smoothed over ``_ALONG_SMOOTH_M`` and taken
+    over the middle two thirds of the body (its ends are couplers, gaps and the
+    neighbour's shade). NaN where fewer than 6 samples or any is not finite, or the mean
+    is not positive.
+
+    A boxcar's roof is one sheet from end to end; a covered hopper's shows its row of
+    loading hatches (round or a trough) and sloped end bays, an open wagon's load its
+    heaps, a locomotive's roof its fans, exhausts and cab.
+    """
+    n = s1 - s0
+    if n < 6:
+        return float("nan")
+    v = strip.values[:3][:, np.abs(strip.across_m) <= 1.0, s0:s1]
+    if path is not None:
+        v = v - np.asarray(path[:3], v.dtype)[:, None, None]
+    b = quiet_nanmean(v, axis=(0, 1))
+    if not np.all(np.isfinite(b)):
+        return float("nan")
+    k = max(1, int(round(_ALONG_SMOOTH_M / strip.step_m)))
+    core = ndimage.uniform_filter1d(b.astype("float64"), k, mode="nearest")[n // 6:n - n // 6]
+    mean = float(core.mean())
+    if not mean > 0:
+        return float("nan")
+    return float(core.std() / mean)
 
 
 # Width (m) of a top read as an ISO container's (2.44 m) with blur and sampling; car
