@@ -88,3 +88,28 @@ def test_a_feature_mostly_under_cloud_is_not_recorded_as_a_drop(tmp_path, monkey
     finally:
         store.close()
     assert len(t1) == 1 and len(t2) == 0, (t1, t2)
+
+
+def test_run_and_cube_info_read_aois_from_registry(tmp_path, capsys):
+    """``report`` and ``aois`` took --registry, ``run`` and ``cube info`` only $CHANGEDET_AOIS."""
+    import shutil
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    reg = tmp_path / "reg"
+    reg.mkdir()
+    (reg / "my_port.yaml").write_text((repo / "aois" / "rajin_port.yaml").read_text()
+                                      .replace("id: rajin_port", "id: my_port"))
+    (reg / "my_port.geojson").write_text((repo / "aois" / "rajin_port.geojson").read_text()
+                                         .replace('"id": "rajin_port"', '"id": "my_port"'))
+    assert not (repo / "aois" / "my_port.yaml").exists()
+    # A day in the future is refused after the AOI is loaded and before anything runs or is created.
+    rc = main(["run", "--aoi", "my_port", "--registry", str(reg), "--date", "2099-01-01",
+               "--data-dir", str(tmp_path / "d")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "is in the future at my_port" in err, err
+    assert not (tmp_path / "d").exists()
+    rc = main(["cube", "info", "my_port", "--registry", str(reg), "--data-dir", str(tmp_path / "d")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no cube of AOI my_port" in err and "changedet run --aoi my_port" in err, err
+    shutil.rmtree(reg)

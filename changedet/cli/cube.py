@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 from changedet.cli import default_data_dir
 from changedet.errors import CubeError
@@ -19,6 +20,8 @@ def add_parser(sub) -> None:
     info.add_argument("--data-dir", default=None, help="data directory or fsspec URL (default $CHANGEDET_DATA_DIR "
                       "or changedet-data)")
     info.add_argument("--sensor", default=None, help="only this sensor's cubes")
+    info.add_argument("--registry", type=Path, default=None,
+                      help="AOI folder the id is read from (default: $CHANGEDET_AOIS or aois/)")
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.set_defaults(func=cmd_info)
 
@@ -62,12 +65,12 @@ def cmd_info(args) -> int:
     from changedet.cube import Cube
     from changedet.grid import aoi_grid
 
-    aoi = load_aoi(args.aoi)
+    aoi = load_aoi(args.aoi, registry=getattr(args, "registry", None))
     data_dir = args.data_dir or str(default_data_dir())
     cubes = [(s, r, p) for s, r, p in find_cubes(data_dir, aoi.id) if args.sensor in (None, s)]
     if not cubes:
-        raise CubeError(f"no cube of AOI {aoi.id} under {data_dir}; run 'changedet fetch --aoi {aoi.id} ...' first "
-                        "or give the right --data-dir")
+        raise CubeError(f"no cube of AOI {aoi.id} under {data_dir}; 'changedet run --aoi {aoi.id} ...' (a day it "
+                        f"stores) or 'changedet fetch --aoi {aoi.id} ...' make one, or give the right --data-dir")
     infos = [Cube(data_dir, aoi.id, s, aoi_grid(aoi, r), reflectance=s != "s1", product=p).info() for s, r, p in cubes]
     if args.json:
         print(json.dumps({"aoi_id": aoi.id, "cubes": infos}, default=str))

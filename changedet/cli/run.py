@@ -29,6 +29,8 @@ def add_parser(sub) -> None:
                    "credentials and endpoint come from the AWS_* environment variables")
     p.add_argument("--seed", type=int, default=0, help="simulator seed (AOIs whose first usable source is the "
                    "simulator; the others run on their configured imagery)")
+    p.add_argument("--registry", type=Path, default=None,
+                   help="AOI folder the --aoi ids are read from (default: $CHANGEDET_AOIS or aois/)")
     p.add_argument("--json", action="store_true", help="print one JSON object per day")
     p.set_defaults(func=cmd_run)
 
@@ -44,10 +46,11 @@ def add_parser(sub) -> None:
     d.set_defaults(func=cmd_demo)
 
 
-def _config(data_dir: Path | None, seed: int, store_url: str | None = None):
+def _config(data_dir: Path | None, seed: int, store_url: str | None = None, registry: Path | None = None):
     from changedet.pipeline import RunConfig
 
-    cfg = RunConfig(data_dir=Path(data_dir or default_data_dir()), seed=seed, store_url=store_url)
+    cfg = RunConfig(data_dir=Path(data_dir or default_data_dir()), seed=seed, store_url=store_url,
+                    registry=registry)
     _check_writable(cfg.data_dir)  # metrics, outbox and evidence always live here
     cfg.store_root()  # an unusable store URL fails here, before any work
     return cfg
@@ -88,7 +91,7 @@ def cmd_run(args) -> int:
     # runs: a typo creates nothing, and a range never stops halfway on a future day.
     plan = []
     for aoi_id in args.aoi:
-        aoi = load_aoi(aoi_id)
+        aoi = load_aoi(aoi_id, registry=getattr(args, "registry", None))
         if args.date:
             _refuse_future(aoi, args.date)
             days = [args.date]
@@ -100,7 +103,7 @@ def cmd_run(args) -> int:
                       f"{len(wanted) - len(days)} later day(s) not run, no imagery of them can exist yet",
                       file=sys.stderr, flush=True)
         plan.append((aoi, days))
-    cfg = _config(args.data_dir, args.seed, args.store_url)
+    cfg = _config(args.data_dir, args.seed, args.store_url, getattr(args, "registry", None))
     failed = []
     for aoi, days in plan:
         for d in days:
