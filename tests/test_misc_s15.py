@@ -113,3 +113,28 @@ def test_run_and_cube_info_read_aois_from_registry(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "no cube of AOI my_port" in err and "changedet run --aoi my_port" in err, err
     shutil.rmtree(reg)
+
+
+def test_old_sentinel2_names_give_the_sensing_date_or_are_refused(tmp_path):
+    """``S2A_OPER_...`` names (before December 2016) start with the processing date: a 2015
+    scene processed in 2016 was stored as 2016."""
+    from datetime import date, datetime, timezone
+
+    import pytest
+
+    from changedet.errors import SourceError
+    from changedet.sources.local import LocalSource, _name_time
+
+    prd = "S2A_OPER_PRD_MSIL1C_PDMC_20160706T155721_R094_V20150821T105906_20150821T105906.tif"
+    assert _name_time(prd, None) == datetime(2015, 8, 21, 10, 59, 6, tzinfo=timezone.utc)
+    tile = "S2A_OPER_MSI_L1C_TL_EPA__20160706T155721_A000849_T30UWU_B02.tif"
+    assert _name_time(tile, None) is None
+    new = "S2A_MSIL2A_20170829T105019_N0205_R051_T31UDQ_20170829T140419.tif"
+    assert _name_time(new, None) == datetime(2017, 8, 29, 10, 50, 19, tzinfo=timezone.utc)
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    write_geotiff(GRID.attach(np.full((1, 20, 20), 0.1, "float32"), bands=["B02"]), folder / tile)
+    src = LocalSource(path=str(folder))
+    with pytest.raises(SourceError, match="processing date, not the sensing date"):
+        src.search(None, date(2015, 1, 1), date(2017, 1, 1))

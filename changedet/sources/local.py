@@ -66,6 +66,10 @@ def _parse_time(text: str) -> datetime | None:
     return ts.to_pydatetime()
 
 
+#: Old-format (pre-December 2016) Sentinel-2 product and granule names.
+_OLD_S2 = re.compile(r"(?i)^S2[AB]_OPER_")
+
+
 def _name_time(name: str, pattern: str | None) -> datetime | None:
     if pattern:
         m = re.search(pattern, name)
@@ -83,6 +87,12 @@ def _name_time(name: str, pattern: str | None) -> datetime | None:
             except ValueError:
                 return None
         return _parse_time(text)
+    if _OLD_S2.search(name):
+        # Sentinel-2 names before December 2016 (S2A_OPER_...): the first date is when the
+        # ground segment processed the product, often months after sensing. Only the
+        # product name's validity start (_V<sensing>) is the acquisition; tile and
+        # granule names carry none, so they need metadata or a pattern.
+        return _name_time(name, r"_V(?P<date>\d{8})T(?P<time>\d{6})")
     # The first run of digits that is a real date: a number before it (an order id, a
     # 20231399 typo) must not hide the date that follows.
     for m in _NAME_DATE.finditer(name):
@@ -198,6 +208,11 @@ class LocalSource:
                 if t is not None:
                     return t
         t = _name_time(path.name, None)
+        if t is None and _OLD_S2.search(path.name):
+            raise SourceError(f"{path}: an old-format Sentinel-2 name (S2A_OPER_..., before December 2016) holds the "
+                              "processing date, not the sensing date, and the file has no acquisition date in its "
+                              "metadata; give the source a 'pattern' with a named group 'date' that matches the "
+                              "sensing date in your file names, or set TIFFTAG_DATETIME")
         if t is None:
             raise SourceError(f"{path}: no acquisition date in its metadata (TIFFTAG_DATETIME, ACQUISITIONDATETIME...) "
                               "or name; give the source a 'pattern' with a named group 'date', e.g. "
