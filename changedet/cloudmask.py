@@ -52,7 +52,7 @@ S2CLOUDLESS_BANDS = ("B01", "B02", "B04", "B05", "B08", "B8A", "B09", "B10", "B1
 #: s2cloudless post-processing at 10 m, as its authors use it there: probability > 0.4
 #: after a 4 px disk average, then a 2 px disk dilation.
 S2CLOUDLESS_PARAMS = {"threshold": 0.4, "average_over": 4, "dilation_size": 2}
-METHODS = ("auto", "clm", "scl", "s2cloudless", "brightness")
+METHODS = ("auto", "clm", "scl", "s2cloudless", "brightness", "none")
 
 
 def _names(da: xr.DataArray) -> list[str]:
@@ -188,6 +188,10 @@ def cloud_mask(da: xr.DataArray, *, method: str = "auto", source: str | None = N
     """Cloud mask ``(y, x)`` of one acquisition (1 cloud, 0 clear, NaN no data) and the method used.
 
     ``method="auto"`` takes the first of CLM, SCL, s2cloudless, brightness the bands allow.
+    ``method="none"`` calls every observed pixel clear: for imagery that is cloud-free by
+    make (aerial orthophotos such as NAIP, a provider's cloud-free mosaic) or has no
+    visible bands to test, where the brightness test would take bright fields, roofs and
+    display-stretched 8-bit values for cloud.
     ``source`` names the acquisition (file or scene id) in errors; default: ``da``'s
     ``attrs["source"]`` or ``attrs["scene_id"]``.
     """
@@ -195,9 +199,15 @@ def cloud_mask(da: xr.DataArray, *, method: str = "auto", source: str | None = N
         raise SourceError(f"unknown cloud mask method {method!r}; use one of {list(METHODS)}")
     chosen = available_method(da) if method == "auto" else method
     if chosen is None:
-        raise SourceError(f"no cloud mask possible for bands {_names(da)}: need CLM, SCL, the s2cloudless bands "
-                          "or blue/green/red; name the bands (e.g. B02 B03 B04) in the source options")
-    if chosen == "clm":
+        raise SourceError(f"no cloud mask possible for bands {_names(da)} of {_source_name(da, source)}: need CLM, "
+                          "SCL, the s2cloudless bands or blue/green/red; name the bands in the source options "
+                          "(e.g. bands: [B02, B03, B04, B08], or [R, G, B, NIR] for 4-band VHR), or set "
+                          "cloud_mask: none for imagery that is cloud-free by make")
+    if chosen == "none":
+        valid = np.isfinite(np.asarray(da.values, dtype="float32")).all(axis=0)
+        out = np.where(valid, 0.0, np.nan).astype("float32")
+        mask = da.isel(band=0, drop=True).copy(data=out)
+    elif chosen == "clm":
         m = da.sel(band=CLOUD_BAND, drop=True).astype("float32")
         mask = m.copy(data=np.where(np.isnan(m.values), np.nan, (m.values >= 0.5)).astype("float32"))
     elif chosen == "scl":

@@ -138,3 +138,35 @@ def test_old_sentinel2_names_give_the_sensing_date_or_are_refused(tmp_path):
     src = LocalSource(path=str(folder))
     with pytest.raises(SourceError, match="processing date, not the sensing date"):
         src.search(None, date(2015, 1, 1), date(2017, 1, 1))
+
+
+def test_cloud_mask_none_calls_observed_pixels_clear():
+    """Aerial orthophotos (NAIP) are cloud-free by make; their bright fields, display-stretched to
+    8 bits, passed the brightness test as cloud (every NAIP date 'cloudy')."""
+    from changedet.cloudmask import cloud_mask, with_cloud_band
+
+    data = np.full((4, 20, 20), 200 / 255, "float32")    # a bright, grey, unvegetated field
+    data[3] = 150 / 255
+    data[:, :2, :] = np.nan                                # no data along the top
+    da = GRID.attach(data, bands=["R", "G", "B", "NIR"])
+    bright, used = cloud_mask(da)
+    assert used == "brightness" and np.nanmean(bright.values) > 0.9
+    mask, used = cloud_mask(da, method="none")
+    assert used == "none"
+    assert np.isnan(mask.values[:2]).all() and (mask.values[2:] == 0).all()
+    out, _ = with_cloud_band(da, method="none")
+    assert [str(b) for b in out.band.values] == ["R", "G", "B", "NIR", "CLM"]
+
+
+def test_no_cloud_mask_possible_names_the_scene_and_the_options():
+    import pytest
+
+    from changedet.cloudmask import cloud_mask
+    from changedet.errors import SourceError
+
+    da = GRID.attach(np.full((1, 20, 20), 0.2, "float32"), bands=["b1"])
+    with pytest.raises(SourceError) as err:
+        cloud_mask(da, source="scene-42")
+    text = str(err.value)
+    assert "scene-42" in text and "[R, G, B, NIR]" in text and "cloud_mask: none" in text
+    assert (cloud_mask(da, method="none")[0].values == 0).all()

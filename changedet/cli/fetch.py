@@ -34,8 +34,9 @@ def add_parser(sub) -> None:
     p.add_argument("--max-cloud", type=float, default=None,
                    help="skip scenes with more than this percent of the site under cloud (default: the entry's "
                    "max_cloud, else 60)")
-    p.add_argument("--cloud-mask", default=None, choices=("auto", "clm", "scl", "s2cloudless", "brightness"),
-                   help="cloud mask method (default auto: CLM, SCL, s2cloudless, brightness, first possible)")
+    p.add_argument("--cloud-mask", default=None, choices=("auto", "clm", "scl", "s2cloudless", "brightness", "none"),
+                   help="cloud mask method (default auto: CLM, SCL, s2cloudless, brightness, first possible; "
+                        "none: cloud-free by make, e.g. aerial orthophotos)")
     p.add_argument("--lock-timeout", type=float, default=60.0,
                    help="seconds to wait for another run writing the same cube, then skip it (default 60)")
     p.add_argument("--path", default=None, help="local source: folder or glob of images (overrides the AOI entry)")
