@@ -170,3 +170,49 @@ def test_no_cloud_mask_possible_names_the_scene_and_the_options():
     text = str(err.value)
     assert "scene-42" in text and "[R, G, B, NIR]" in text and "cloud_mask: none" in text
     assert (cloud_mask(da, method="none")[0].values == 0).all()
+
+
+def test_report_credits_each_picture_with_the_year_of_its_own_data(tmp_path, monkeypatch):
+    """Copernicus asks for the year of the data: the 'before' picture of 2022 said 2023 (the latest's)."""
+    import shutil
+    from datetime import datetime, timezone
+    from pathlib import Path
+
+    import yaml
+    from shapely.geometry import box
+
+    import changedet.figures as F
+    from changedet.aoi import load_aoi
+    from changedet.cube import Cube
+    from changedet.grid import aoi_grid
+    from changedet.report.build import build_report
+    from changedet.sources.base import SceneRecord
+
+    repo = Path(__file__).resolve().parents[1]
+    reg = tmp_path / "aois"
+    reg.mkdir()
+    shutil.copy(repo / "aois" / "rajin_port.geojson", reg)
+    doc = yaml.safe_load((repo / "aois" / "rajin_port.yaml").read_text())
+    doc["sources"] = [{"name": "local", "sensor": "s2", "resolution_m": 10, "path": str(tmp_path)}]
+    (reg / "rajin_port.yaml").write_text(yaml.safe_dump(doc))
+    aoi = load_aoi("rajin_port", registry=reg)
+    grid = aoi_grid(aoi, 10.0)
+    cube = Cube(tmp_path / "data", aoi.id, "s2", grid, reflectance=True)
+    rng = np.random.default_rng(0)
+    for t in (datetime(2022, 12, 20, 2, tzinfo=timezone.utc), datetime(2023, 1, 9, 2, tzinfo=timezone.utc)):
+        data = rng.uniform(0.02, 0.3, (5, *grid.shape)).astype("float32")
+        data[4] = 0.0
+        cube.append(SceneRecord(f"local-{t:%Y%m%d}", "local", aoi.id, "s2", t, "sentinel-2a", 0.0, box(*grid.bounds),
+                                10.0, {}), grid.attach(data, bands=["B02", "B03", "B04", "B08", "CLM"]))
+    seen = []
+    real = F.scene_png
+
+    def spy(image, path, **kw):
+        seen.append((Path(path).name, kw["when"].year, kw["attribution"]))
+        return real(image, path, **kw)
+
+    monkeypatch.setattr(F, "scene_png", spy)
+    build_report(tmp_path / "data", tmp_path / "out", registry=reg)
+    pictures = {name: (year, text) for name, year, text in seen}
+    assert pictures["before.png"] == (2022, "Contains modified Copernicus Sentinel data 2022"), seen
+    assert pictures["after.png"] == (2023, "Contains modified Copernicus Sentinel data 2023"), seen

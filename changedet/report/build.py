@@ -477,8 +477,10 @@ def _build_aoi(aoi, data_dir: Path, data: _Store, out_dir: Path, start, end, sto
                 joint = np.concatenate([F.select_rgb(b_chip), F.select_rgb(a_chip)], axis=-1)
                 vr = F.stretch_range(joint)
                 bt = _ts(before["time"])
+                # Each picture credits the year of its own data (Copernicus asks for it).
                 F.scene_png(b_chip, page_dir / "before.png", title="Before", when=bt.to_pydatetime(), sensor=img.sensor,
-                            attribution=attribution, value_range=vr, max_px=512)
+                            attribution=F.attribution_for(img.sensor, bt.year, source=img.source),
+                            value_range=vr, max_px=512)
                 F.scene_png(a_chip, page_dir / "after.png", title="After", when=when, sensor=img.sensor,
                             attribution=attribution, value_range=vr, max_px=512)
                 img_parts.append("<h2>Before and after</h2>")
@@ -496,7 +498,8 @@ def _build_aoi(aoi, data_dir: Path, data: _Store, out_dir: Path, start, end, sto
                 view.notes.append("Only one image in the period: no before/after comparison.")
             if mag is not None:
                 F.heatmap_png(mag, page_dir / "change.png", title=f"{name}: change", when=mag_t.to_pydatetime(),
-                              sensor=img.sensor, attribution=attribution, threshold=DEFAULT_CHANGE_Z)
+                              sensor=img.sensor, attribution=F.attribution_for(img.sensor, mag_t.year, source=img.source),
+                              threshold=DEFAULT_CHANGE_Z)
                 img_parts.append("<h2>Change</h2>")
                 img_parts.append(_figure_block("change.png", f"Change magnitude at {name}",
                                            f"Change magnitude on {_day(mag_t)} against the per-pixel baseline of earlier "
