@@ -501,8 +501,9 @@ def _learn_shade(start, box, lit_ground, seen, pix, res, azimuth, elevation) -> 
 # (:func:`_learn_shade`) hold mixed pixels and box tops the first pass missed, more of
 # them at coarse pixels: in an independent yard at 0.8 m (seed 1175) their MAD came out
 # at 70-90 % of the shade's level, and half the box pixels of coloured boxes on concrete
-# passed as ground (ground slots 58 of 153). Capped, 146. On the tuning yards (101-122)
-# clear 0.8 m TEU error 19.2 -> 15.5 %, slots bias -3.5 -> +3.2 %; a cap of 3 gave the same.
+# passed as ground (ground slots 58 of 153). Capped, 146. On the tuning yards (101-128, 84
+# clear 0.8 m zones) TEU error 17.6 -> 14.0 %, bias -8.6 -> -3.7 %, slots bias -2.8 -> +3.1 %;
+# on 101-122 all zones 15.39 -> 14.68 %, and a cap of 3 gave 14.79 %.
 # Limit: the cap narrows the spread, not the colour: with most samples paint, the median
 # is greyer and brighter than real shade, which is then judged by hue (darker than the
 # shade measured) and may read as box.
