@@ -153,7 +153,11 @@ class DayResult:
     #: processed | no_scene | cloudy | already_processed | not_registered | no_data (the scene
     #: holds no pixel over the site) | no_reference (no registration reference yet for a source
     #: without a basemap; nothing stored, a run of the day once one exists processes it) |
-    #: failed (the source could not search or load: ``note`` says why; nothing stored).
+    #: failed (the source could not search or load for a reason that may pass, or the series
+    #: needs a person: another source than the one it was made from, a reference deleted
+    #: under stored scenes; ``note`` says why and what to do; nothing stored) | unreadable (the
+    #: scene itself cannot be read: a corrupt file, an HTTP 4xx; recorded as skipped in the
+    #: cube with the reason, the AOI's later days go on).
     status: str
     scene_id: str | None = None
     sensor: str | None = None
@@ -204,6 +208,11 @@ def _fmt(v: float) -> str:
 #: railyard or quay keeps nearly all its edges, and a clear VHR or Sentinel-2 scene turns
 #: up within a few weeks at most sites (the co-registration masks the cloudy pixels anyway).
 REFERENCE_MAX_CLOUD = 0.05
+#: Share of the site (0..1) a scene must observe (pixels with data in every band) to become
+#: the registration reference, and a ``reference: FILE`` must cover after reprojection. A
+#: swath-edge scene seeing 8 % of the site judged "0 % cloud" would otherwise become the
+#: frame every later full scene fails to overlap (``not_registered`` for good).
+REFERENCE_MIN_OBSERVED = 0.95
 #: Site cloud limit (percent) of a simulator entry without ``max_cloud``: the limit the
 #: daily slice has always applied to it (fraction of the site not clear after the cloud
 #: buffer), kept so the shipped AOIs behave as before.
@@ -368,10 +377,14 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
     ``changedet fetch`` stored it there, else loaded; it is cloud-masked and judged over
     the site as ``changedet fetch`` does (:func:`_judge`: ``no_data``, ``cloudy``), and
     registered onto the cube's reference, made from the entry's ``reference`` image or
-    the first acquisition at most :data:`REFERENCE_MAX_CLOUD` cloudy (``no_reference``
-    until then). A scene the source cannot search or load makes the day ``failed`` with
-    the reason, nothing stored. The simulator keeps its basemap reference and its
-    historical 90 % limit on the buffered cloud fraction.
+    the first acquisition at most :data:`REFERENCE_MAX_CLOUD` cloudy that observes
+    :data:`REFERENCE_MIN_OBSERVED` of the site (``no_reference`` until then; the reference
+    is saved once its day is stored). A scene the source cannot search or load makes the
+    day ``failed`` with the reason, nothing stored, unless the scene itself is broken (a
+    corrupt file, HTTP 4xx): ``unreadable``, recorded as skipped in the cube. The series is
+    pinned to the source its cubes were made from: another source (the simulator
+    included) is ``failed``, nothing stored. The simulator keeps its basemap reference and
+    its historical 90 % limit on the buffered cloud fraction.
 
     Raises
     ------
@@ -386,12 +399,30 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
 
     _refuse_future(aoi, day)
     check_alerting([aoi])
-    choice = choose_source(aoi, cfg.seed, cfg.registry, cfg.data_dir)
+    root = cfg.store_root()
+    made_from = _series_sources(root, aoi.id)
+    try:
+        choice = choose_source(aoi, cfg.seed, cfg.registry, cfg.data_dir)
+    except SourceError as exc:
+        if not made_from:
+            raise
+        # The series exists: its source being unusable here today (a share not mounted,
+        # credentials gone) is an outage of that source, not a configuration error.
+        return DayResult(aoi.id, day, "failed", note=f"{exc}; the stored series of {aoi.id} was made from "
+                         f"{_names(made_from)}: restore its path or credentials and run this day again")
     source, spec = choice.source, choice.spec
+    if made_from and spec.name not in made_from:
+        # One series, one source: another sensor's (or the simulator's) pixels registered onto
+        # this reference and counted into the same metric series would read as real change.
+        return DayResult(aoi.id, day, "failed", sensor=spec.sensor, source=spec.name, source_note=choice.note(),
+                         note=(f"the stored series of {aoi.id} was made from {_names(made_from)} "
+                               f"({', '.join(sorted(set(made_from.values())))}), but the source usable here now "
+                               f"is {_entry(spec)}; sources are not mixed in one series, nothing stored: restore "
+                               f"{_names(made_from)} (its path or credentials, see the passed-over reasons) and run "
+                               f"this day again, or run {spec.name} with a new data dir (--data-dir)"))
     simulated = spec.name == "simulator"
     res = float(spec.resolution_m)
     grid = aoi_grid(aoi, res)
-    root = cfg.store_root()
     optical = spec.sensor != "s1"
     # (Simulator cubes keep the settings they were created with.)
     cube = Cube(root, aoi.id, spec.sensor, grid) if simulated else Cube(root, aoi.id, spec.sensor, grid,
@@ -435,14 +466,34 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
     except SourceError as exc:
         if simulated:
             raise
+        why = _unreadable(spec, scene, exc)
+        if why is not None:
+            # A retry reads the same broken bytes: recorded as skipped (as `changedet fetch`
+            # does) and the day ends, so a backfill goes on with the AOI's later days.
+            cube.record_skipped(scene, f"cannot be loaded ({why}): {exc}", permanent=True)
+            result.status = "unreadable"
+            result.note = (f"scene {scene.id} cannot be loaded ({why}): {exc}; recorded as skipped in "
+                           f"{cube.provenance_path}; replace or fix the scene and run this day again")
+            return result
         # Nothing is stored or recorded: a later run of the day tries the scene again.
         result.status, result.note = "failed", f"scene {scene.id} could not be loaded: {exc}"
         return result
     delivered = data  # as the source gave it: what the evidence pack hashes
+    new_reference, origin = None, None
     if not simulated:
         data, observed_cloud = _judge(data, scene, spec, site_mask, result)
         if data is None:
-            return result
+            return _rejected(cube, scene, result)
+        reference, origin = cube.reference(), None
+        if reference is None:
+            cres = res * max(1, int(round(cfg.change_res_m / res)))
+            made = _new_reference(cube, data, observed_cloud, spec, scene, site_mask, result, cres)
+            if made is None:
+                return _rejected(cube, scene, result)
+            reference, origin = new_reference = made
+        else:
+            origin = _reference_origin(cube)
+            _check_reference_entry(spec, origin, cube, result)
     clear = clear_mask(data) if optical else data.notnull().all("band")
     if optical:
         # Cloud masks miss thin cloud and haze at cloud edges; a buffer (as Fmask and
@@ -463,11 +514,6 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
             return result
     else:
         cloud_fraction = observed_cloud
-        reference = cube.reference()
-        if reference is None:
-            reference = _first_reference(cube, data, observed_cloud, spec, scene, result)
-            if reference is None:
-                return result
 
     # Co-register onto the AOI reference; the cloud mask moves with the pixels.
     bands = optical_bands(data)
@@ -476,13 +522,13 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
     except CoregError as exc:
         # Too little clear overlap to register: the scene cannot be trusted pixel-wise.
         result.status, result.note = "not_registered", str(exc)
-        return result
+        return result if simulated else _rejected(cube, scene, result)
     if not reg.applied:
         # Counting on tracks and zones that may sit metres off would be worse than no count.
         result.status = "not_registered"
         result.note = f"registration unreliable: {reg.reason or f'reliability {reg.reliability:.2f}'}"
         result.reliability = round(reg.reliability, 3)
-        return result
+        return result if simulated else _rejected(cube, scene, result)
     aligned = apply_shift(bands, reg.shift_row_px, reg.shift_col_px)
     # Pixels near a cloud edge after resampling count as cloudy (NaN compares False).
     moved = apply_shift(clear.astype("float32"), reg.shift_row_px, reg.shift_col_px, order=1) > 0.99
@@ -600,7 +646,11 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
         # done with its alert never evaluated. The coarse cube is read only for dates
         # strictly before the one processed, so appending it first cannot feed a day's
         # own pixels into its baseline.
-        coarse_cube.append(scene, coarse, extra={"coarsened_from_m": res})
+        if factor > 1:
+            coarse_cube.append(scene, coarse, extra={"coarsened_from_m": res})
+        # (At factor 1, a source at 2 m or coarser, the change cube is the aligned cube's own
+        # store: appended there first it marked the day done before the rules ran, and the
+        # append below, a no-op then, lost the day's registration and cloud record.)
         result.alerts = _evaluate_rules(aoi, scene.time, store, Path(cfg.data_dir) / "outbox",
                                         {m["metric"] for m in metrics},
                                         evidence=(Path(cfg.data_dir) / "evidence", ev) if cfg.evidence else None,
@@ -611,10 +661,42 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
         # every later pack's "before" image need.
         # The reasons counts were skipped ride with the scene, so the report can say why an
         # image has no count (cloud, too coarse, ...) rather than guess.
-        cube.append(scene, stored, extra={"coreg": provenance["coreg"], "cloud_fraction": cloud_fraction,
-                                          "skipped": {k: v for k, v in result.skipped.items() if k != "evidence"}})
+        extra = {"coreg": provenance["coreg"], "cloud_fraction": cloud_fraction,
+                 "skipped": {k: v for k, v in result.skipped.items() if k != "evidence"}}
+        if not simulated:
+            extra["reference_from"] = origin
+        # (At factor 1 through the change cube's handle: the store was always created by it.)
+        (cube if factor > 1 else coarse_cube).append(scene, stored, extra=extra)
+        if new_reference is not None:
+            # Saved only now that its day is stored: a day that ended otherwise (not registered,
+            # a crash) leaves no reference behind that no stored scene was registered with.
+            cube.set_reference(new_reference[0])
+            result.note = _joined(result.note, f"{new_reference[1]} became the registration reference")
+        if origin is not None and origin.startswith("scene "):
+            # Limit, said on every such day: the frame is an acquisition, not an orthophoto.
+            result.note = _joined(result.note, f"counts carry the geolocation error of reference {origin[6:]} "
+                                  "(not orthorectified; see 'reference: FILE')")
     finally:
         store.close()
+    return result
+
+
+def _rejected(cube: Cube, scene, result: DayResult) -> DayResult:
+    """``result``, its scene (of a real source) recorded as skipped with the day's status and reason.
+
+    So ``changedet cube info`` and the report can say why a judged scene is not stored
+    (``cloudy``, ``no_data``, ``no_reference``, ``not_registered``); a later run that
+    stores it drops the record (``Cube.append``). ``failed`` days are not recorded: the
+    series needs a person, not this scene. A record that cannot be written only warns.
+    """
+    if result.status == "failed":
+        return result
+    try:
+        cube.record_skipped(scene, f"{result.status}: {result.note}", permanent=False, status=result.status,
+                            cloud_fraction=result.cloud_fraction)
+    except CubeError as exc:
+        log.warning("%s %s: the %s scene %s was not recorded as skipped (%s)", result.aoi_id, result.day,
+                    result.status, scene.id, exc)
     return result
 
 
@@ -681,46 +763,172 @@ def _judge(data: xr.DataArray, scene, spec, site_mask: np.ndarray, result: DayRe
         result.status = "cloudy"
         result.note = (f"all cloud over the site ({method} mask)" if frac >= 1.0 else
                        f"{frac:.0%} of the site under cloud ({method} mask), over the {float(limit):g}% limit")
+        if method == "brightness":
+            # Its reflectance thresholds read bright fields and 8-bit stretched DN as cloud.
+            result.note += ("; if this imagery is cloud-free by make (aerial, orthophoto), set cloud_mask: none "
+                            "in the source entry")
         return None, None
     return data, frac
 
 
-def _first_reference(cube: Cube, data: xr.DataArray, frac: float, spec, scene,
-                     result: DayResult) -> xr.DataArray | None:
-    """The registration reference of a source without a basemap, made on first need.
+def _series_sources(root, aoi_id: str) -> dict[str, str]:
+    """Sources of the scenes already in the AOI's pipeline cubes under ``root``: {source: cube file}.
 
-    The entry's ``reference`` file when it names one, else this acquisition if at most
-    :data:`REFERENCE_MAX_CLOUD` of the site is cloud (cloud and no-data pixels NaN, so
-    co-registration ignores them; this day then registers with zero shift). Either is
-    stored as the cube's reference (``Cube.set_reference``) and used from then on. With
-    neither, ``result`` becomes ``no_reference`` and None is returned: nothing is stored,
-    so running the day again once a reference exists processes it.
+    Every pipeline cube of the AOI counts (all sensors and resolutions, not the
+    ``*_acquired`` cubes of ``changedet fetch``): they feed one metric series. Empty for a
+    new data dir, or a store that cannot be listed (then nothing is pinned, as before).
     """
+    import re
+
+    pattern = re.compile(r"[a-z0-9]+_[0-9.]+m\.provenance\.json")
+    try:
+        if is_url(root):
+            import fsspec
+
+            fs, base = fsspec.core.url_to_fs(f"{str(root).rstrip('/')}/cubes/{aoi_id}")
+            files = [(f, lambda f=f: fs.cat_file(f)) for f in fs.glob(f"{base}/*.provenance.json")]
+        else:
+            files = [(str(f), f.read_bytes) for f in sorted((Path(root) / "cubes" / aoi_id).glob("*.provenance.json"))]
+        found: dict[str, str] = {}
+        for name, read in files:
+            if not pattern.fullmatch(name.rsplit("/", 1)[-1]):
+                continue
+            for entry in json.loads(read()).get("scenes", []):
+                if entry.get("source"):
+                    found.setdefault(str(entry["source"]), name.rsplit("/", 1)[-1].replace(".provenance.json", ""))
+        return found
+    except Exception as exc:  # noqa: BLE001  (a store that cannot be listed: s3fs, botocore... errors)
+        # The cube itself will say what is wrong with the store when the day opens it.
+        log.warning("%s: the sources of its stored cubes could not be read (%s: %s); the source is not pinned",
+                    aoi_id, type(exc).__name__, exc)
+        return {}
+
+
+def _names(made_from: dict[str, str]) -> str:
+    return " and ".join(sorted(made_from))
+
+
+def _joined(note: str, more: str) -> str:
+    return f"{note}; {more}" if note else more
+
+
+def _unreadable(spec, scene, exc: SourceError) -> str | None:
+    """Why a load error of ``scene`` is permanent (a retry reads the same bytes), or None if it may pass.
+
+    Permanent: a local file that is there but cannot be read (corrupt, truncated, off the
+    grid); a Sentinel Hub reply HTTP 4xx other than 401/403 (credentials, fixable for every
+    scene) and 429 (rate), or no pixels for the acquisition. Everything else (a file gone
+    because a share is not mounted, timeouts, 5xx, connection errors, STAC asset reads,
+    whose 403 may be an expired signature) may pass and is retried.
+    """
+    import re
+
+    if spec.name == "local":
+        path = scene.properties.get("path")
+        if path and Path(str(path)).is_file():
+            return "the file is there but cannot be read"
+        return None
+    if spec.name == "sentinelhub":
+        text = str(exc)
+        m = re.search(r"HTTP (4\d\d)\b", text)
+        if m and m.group(1) not in ("401", "403", "429"):
+            return f"Sentinel Hub answered HTTP {m.group(1)}"
+        if "returned no data over the AOI grid" in text:
+            return "Sentinel Hub has no pixels of it over the grid"
+    return None
+
+
+def _observed_share(data: xr.DataArray, site_mask: np.ndarray) -> float:
+    """Share (0..1) of the site's pixels with data in every image band."""
+    n = int(site_mask.sum())
+    if n == 0:
+        return 0.0
+    valid = np.isfinite(np.asarray(optical_bands(data).values)).all(axis=0)
+    return float((valid & site_mask).sum()) / n
+
+
+def _new_reference(cube: Cube, data: xr.DataArray, frac: float, spec, scene, site_mask: np.ndarray,
+                   result: DayResult, coarse_res: float) -> tuple[xr.DataArray, str] | None:
+    """The registration reference of a source without a basemap, made on first need: ``(image, origin)``.
+
+    The entry's ``reference`` file when it names one (it must cover
+    :data:`REFERENCE_MIN_OBSERVED` of the site), else this acquisition if it observes at
+    least :data:`REFERENCE_MIN_OBSERVED` of the site and at most
+    :data:`REFERENCE_MAX_CLOUD` of it is cloud (cloud and no-data pixels NaN, so
+    co-registration ignores them; this day then registers with zero shift). The caller
+    stores it (``Cube.set_reference``) only once this day is stored. With neither,
+    ``result`` becomes ``no_reference`` and None is returned: nothing is stored, so running
+    the day again once a reference exists processes it. A cube that already holds scenes
+    gets no new reference (they are aligned to the one that was deleted): ``failed``.
+
+    Raises
+    ------
+    SourceError
+        The ``reference`` file is missing, unreadable, has other bands or covers too little of the site.
+    """
+    held = cube.scenes()
+    if held:
+        stem = Path(str(cube.path)).name.replace(".zarr", "")
+        coarse = f"{cube.sensor}_{coarse_res:g}m"
+        files = f"{stem}.zarr, {stem}.provenance.json" + (
+            f", {coarse}.zarr and {coarse}.provenance.json" if coarse != stem else "")
+        result.status = "failed"
+        result.note = (f"the cube {cube.path} holds {len(held)} scene(s) but its registration reference "
+                       f"{cube.reference_path} is gone; a new reference would put every later day in another "
+                       f"frame than the stored ones: restore that file, or delete {files} in "
+                       f"{Path(str(cube.path)).parent} and run the whole range again")
+        return None
     bands = optical_bands(data)
     if spec.options.get("reference"):
-        cube.set_reference(_reference_file(spec.options["reference"], spec, cube.grid, bands))
-        result.note = f"registration reference from {spec.options['reference']}"
-        return cube.reference()
+        path = spec.options["reference"]
+        return _reference_file(path, spec, cube.grid, bands, site_mask), _file_origin(path)
+    observed = _observed_share(data, site_mask)
+    why = None
     if frac > REFERENCE_MAX_CLOUD:
+        why = f"is {frac:.0%} cloud over the site (a reference needs at most {REFERENCE_MAX_CLOUD:.0%})"
+    elif observed < REFERENCE_MIN_OBSERVED:
+        why = (f"observes only {observed:.0%} of the site (a reference needs at least "
+               f"{REFERENCE_MIN_OBSERVED:.0%}; a swath or tile edge)")
+    if why is not None:
         result.status = "no_reference"
         result.note = (f"no registration reference yet for {cube.sensor} at {cube.grid.resolution:g} m, and scene "
-                       f"{scene.id} is {frac:.0%} cloud over the site (a reference needs at most "
-                       f"{REFERENCE_MAX_CLOUD:.0%}); nothing stored: run this day again once a clear acquisition "
+                       f"{scene.id} {why}; nothing stored: run this day again once a clear acquisition "
                        "has been processed (it becomes the reference), or name a reference image with "
                        "'reference: FILE' in the source entry")
         return None
     valid = clear_mask(data) if CLOUD_BAND in [str(b) for b in data["band"].values] else bands.notnull().all("band")
-    cube.set_reference(bands.where(valid))
-    result.note = (f"scene {scene.id} became the registration reference ({frac:.1%} cloud over the site; "
-                   "registered with zero shift)")
-    return cube.reference()
+    return bands.where(valid), f"scene {scene.id}"
 
 
-def _reference_file(path, spec, grid: GridSpec, like: xr.DataArray) -> xr.DataArray:
+def _file_origin(path) -> str:
+    return f"file {Path(str(path)).expanduser()}"
+
+
+def _reference_origin(cube: Cube) -> str | None:
+    """What the cube's stored reference was made from (``file ...``/``scene ...``), as its scenes record it."""
+    for entry in reversed(cube.scenes()):
+        if entry.get("reference_from"):
+            return str(entry["reference_from"])
+    return None
+
+
+def _check_reference_entry(spec, origin: str | None, cube: Cube, result: DayResult) -> None:
+    """Say (warning and day note) when the entry's ``reference`` is not the stored reference."""
+    wanted = spec.options.get("reference")
+    if not wanted or origin is None or origin == _file_origin(wanted):
+        return
+    text = (f"the entry's reference {str(wanted)!r} is not used: the cube keeps the reference it was made with "
+            f"({origin}); to change it delete the AOI's {cube.sensor} cubes and run the whole range again")
+    log.warning("%s: %s", cube.aoi_id, text)
+    result.note = _joined(result.note, text)
+
+
+def _reference_file(path, spec, grid: GridSpec, like: xr.DataArray, site_mask: np.ndarray) -> xr.DataArray:
     """An AOI-named reference image on ``grid``, its bands named as the scenes' ``like``.
 
     Only its geometry matters (co-registration matches gradients, whatever the gain and
-    offset), so its values are not scaled to reflectance.
+    offset), so its values are not scaled to reflectance. It must have data over
+    :data:`REFERENCE_MIN_OBSERVED` of the site (``site_mask``) after reprojection.
     """
     from changedet.errors import GridError, RasterError
     from changedet.io import read_raster, reproject_to
@@ -740,9 +948,15 @@ def _reference_file(path, spec, grid: GridSpec, like: xr.DataArray) -> xr.DataAr
                           f"scenes {len(want)} ({', '.join(want)}); {fix}")
     da = da.sel(band=names).assign_coords(band=want)
     try:
-        return reproject_to(da, grid)
+        out = reproject_to(da, grid)
     except GridError:
         raise SourceError(f"registration reference {str(path)!r} does not cover the AOI grid; {fix}") from None
+    cover = _observed_share(out, site_mask)
+    if cover < REFERENCE_MIN_OBSERVED:
+        raise SourceError(f"registration reference {str(path)!r} covers only {cover:.0%} of the site "
+                          f"after reprojection (it needs at least "
+                          f"{REFERENCE_MIN_OBSERVED:.0%}: every later day is registered onto it); {fix}")
+    return out
 
 
 def _packs_pending(cfg: RunConfig, aoi, t: datetime) -> bool:

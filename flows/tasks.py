@@ -499,9 +499,13 @@ def _process_aoi_day(aoi_id: str, day: date, data_dir: str, seed: int, registry:
     for alert in result.alerts:
         logger.warning("[%s %s] ALERT %s %s: %s", aoi_id, day, alert["action"], alert["alert_id"], alert["message"])
     if result.status == "failed":
-        # The source could not search or load the scene (an outage, a broken file): nothing
-        # was stored. Raised so the task is retried and, failing, not cached as done: the
-        # next run of the day tries the scene again.
+        # The source could not search or load the scene for a reason that may pass (an
+        # outage, a share not mounted), or the series needs a person (another source than
+        # the one it was made from, its reference deleted): nothing was stored. Raised so the
+        # task is retried and, failing, not cached as done: the next run of the day tries
+        # again. A scene that is itself broken (a corrupt file, HTTP 4xx) is not "failed" but
+        # "unreadable": run_day recorded it as skipped, and the result returns below, so a
+        # backfill goes on with the AOI's later days instead of stopping at it on every run.
         raise SourceError(f"{aoi_id} {day}: {result.note}")
     if "evidence" in result.skipped:
         # Transient, so the task is retried and, once its retries are spent, not cached as

@@ -201,20 +201,24 @@ def test_local_bad_input(scenes, tmp_path, no_sh_credentials, capsys):
     aoi, reg = _local_aoi(scenes, tmp_path / "b", path=imgs, pattern=r"_(?P<date>\d{8})\.tif$")
     cfg = RunConfig(data_dir=tmp_path / "data", registry=reg, evidence=False)
     broken = run_day(aoi, QUIET[1], cfg)
-    assert broken.status == "failed" and "broken_" in broken.note, broken.summary()
-    # `changedet run` says so and exits non-zero (a scheduler must see it).
+    # The file is there but broken: a retry reads the same bytes, so it is recorded as skipped.
+    assert broken.status == "unreadable" and "broken_" in broken.note, broken.summary()
     from changedet.cli import main
 
-    code = main(["run", "--aoi", str(reg / f"{AOI}.yaml"), "--date", QUIET[1].isoformat(),
-                 "--data-dir", str(cfg.data_dir)])
+    main(["run", "--aoi", str(reg / f"{AOI}.yaml"), "--date", QUIET[1].isoformat(), "--data-dir", str(cfg.data_dir)])
     out, err = capsys.readouterr()
-    assert code == 1 and "failed (" in out and "[local (vhr, 0.5 m)]" in out and "1 day(s) failed" in err
+    assert "unreadable (" in out and "[local (vhr, 0.5 m)]" in out and "recorded as skipped" in out
     assert run_day(aoi, QUIET[2], cfg).status == "cloudy"
     assert "all cloud" in run_day(aoi, QUIET[2], cfg).note
     beside = run_day(aoi, SURGE, cfg)
     assert beside.status == "no_scene", beside.summary()  # its footprint misses the site
     cube = Cube(cfg.data_dir, aoi.id, "vhr", aoi_grid(aoi, RES))
     assert cube.scenes() == [] and cube.reference() is None
+    # The broken file and the cloudy day are recorded with their reason (cube info, report).
+    skipped = {e["scene_id"]: e for e in cube.skipped()}
+    assert skipped[broken.scene_id]["permanent"] and "cannot be read" in skipped[broken.scene_id]["reason"]
+    cloudy = run_day(aoi, QUIET[2], cfg).scene_id
+    assert skipped[cloudy]["status"] == "cloudy" and not skipped[cloudy]["permanent"] and len(skipped) == 2
     wrong, _ = _local_aoi(scenes, tmp_path / "c", max_cloud="few")
     with pytest.raises(SourceError, match=r"max_cloud 'few' of the local source must be a percentage"):
         run_day(wrong, QUIET[0], RunConfig(data_dir=tmp_path / "d3", registry=reg))
@@ -248,7 +252,8 @@ def test_scene_fetched_before_is_not_loaded_again(scenes, tmp_path, monkeypatch)
     assert prov["pixels_from"] == "acquired cube" and prov["scene_id"] == r.scene_id
     # A scene not in that cube is loaded from the source.
     again = run_day(aoi, QUIET[1], cfg)
-    assert again.status == "failed" and "loaded again" in again.note  # (load patched to fail: it was tried)
+    # (load patched to fail: it was tried; the file is there, so the failure is the scene's own)
+    assert again.status == "unreadable" and "loaded again" in again.note
 
 
 def test_reference_image_named_in_the_aoi(scenes, tmp_path):
@@ -257,7 +262,8 @@ def test_reference_image_named_in_the_aoi(scenes, tmp_path):
     aoi, reg = _local_aoi(scenes, tmp_path, reference=str(ref))
     cfg = RunConfig(data_dir=tmp_path / "data", registry=reg, evidence=False)
     r = run_day(aoi, QUIET[1], cfg)
-    assert r.status == "processed" and f"registration reference from {ref}" in r.note, r.summary()
+    assert r.status == "processed" and f"file {ref} became the registration reference" in r.note, r.summary()
+    assert "geolocation error" not in r.note  # an orthophoto named by the user is the frame
     ref_shift = scenes["rendered"][QUIET[0]].truth["applied_shift_px"]
     applied = scenes["rendered"][QUIET[1]].truth["applied_shift_px"]
     assert abs(r.shift_px[0] - (ref_shift["row"] - applied["row"])) < 0.75
@@ -392,3 +398,194 @@ def test_sentinelhub_day_through_the_real_client(scenes, hub, tmp_path, caplog, 
     text += failed.summary()
     text += caplog.text + "".join(capsys.readouterr())
     assert SECRET not in text
+
+
+# -- review findings of the real-source daily run (PIPE2) --------------------------------------
+
+def _copy_imgs(scenes, dst: Path) -> Path:
+    shutil.copytree(scenes["imgs"], dst)
+    return dst
+
+
+def test_a_scene_seeing_a_strip_of_the_site_does_not_become_the_reference(scenes, tmp_path, monkeypatch):
+    """Swath edge: 0 % cloud over the few pixels it sees is no reference; the reference waits for its day."""
+    import numpy as np
+
+    import changedet.pipeline as pipeline
+    from changedet.errors import CoregError
+
+    imgs = _copy_imgs(scenes, tmp_path / "imgs")
+    first = imgs / f"tumangang_{QUIET[0]:%Y%m%d}.tif"
+
+    def strip(data):  # no data east of the western 30 % of the columns (bands and CLM)
+        data[:, :, int(data.shape[2] * 0.3):] = np.nan
+
+    _rewrite(first, first, strip)
+    aoi, reg = _local_aoi(scenes, tmp_path, path=imgs)
+    cfg = RunConfig(data_dir=tmp_path / "data", registry=reg, evidence=False)
+    cube = Cube(cfg.data_dir, aoi.id, "vhr", aoi_grid(aoi, RES))
+    r = run_day(aoi, QUIET[0], cfg)
+    assert r.status == "no_reference" and "observes only" in r.note, r.summary()
+    assert r.cloud_fraction is not None and r.cloud_fraction < 0.05  # clear over what it sees
+    assert cube.reference() is None and cube.scenes() == []
+    assert [(e["scene_id"], e["status"]) for e in cube.skipped()] == [(r.scene_id, "no_reference")]
+    # A clear full scene whose day then fails to register: no reference is left behind.
+    real = pipeline._coregister_window
+
+    def refuse(*a, **k):
+        raise CoregError("too little overlap (test)")
+
+    monkeypatch.setattr(pipeline, "_coregister_window", refuse)
+    assert run_day(aoi, QUIET[1], cfg).status == "not_registered"
+    assert cube.reference() is None
+    monkeypatch.setattr(pipeline, "_coregister_window", real)
+    ok = run_day(aoi, QUIET[1], cfg)
+    assert ok.status == "processed" and "became the registration reference" in ok.note, ok.summary()
+    assert "geolocation error of reference" in ok.note  # the limit of an acquisition as the frame
+    assert cube.reference() is not None
+    assert cube.scenes()[0]["reference_from"] == f"scene {ok.scene_id}"
+    later = run_day(aoi, QUIET[2], cfg)
+    assert later.status == "processed" and "became" not in later.note, later.summary()
+    # The not_registered record of the reference day went when the day was stored.
+    assert [e["scene_id"] for e in cube.skipped()] == [r.scene_id]
+
+
+def test_a_reference_file_must_cover_the_site(scenes, tmp_path):
+    import numpy as np
+
+    ref = tmp_path / "strip.tif"
+
+    def strip(data):
+        data[:, :, int(data.shape[2] * 0.08):] = np.nan
+
+    _rewrite(scenes["imgs"] / f"tumangang_{QUIET[0]:%Y%m%d}.tif", ref, strip)
+    aoi, reg = _local_aoi(scenes, tmp_path, reference=str(ref))
+    cfg = RunConfig(data_dir=tmp_path / "data", registry=reg, evidence=False)
+    with pytest.raises(SourceError, match=r"strip\.tif.* covers only \d+% of the site"):
+        run_day(aoi, QUIET[1], cfg)
+    cube = Cube(cfg.data_dir, aoi.id, "vhr", aoi_grid(aoi, RES))
+    assert cube.reference() is None and cube.scenes() == []
+
+
+def test_no_new_reference_under_stored_scenes_and_a_changed_reference_entry_is_named(scenes, tmp_path, caplog):
+    aoi, reg = _local_aoi(scenes, tmp_path)
+    cfg = RunConfig(data_dir=tmp_path / "data", registry=reg, evidence=False)
+    for d in QUIET[:2]:
+        assert run_day(aoi, d, cfg).status == "processed"
+    cube = Cube(cfg.data_dir, aoi.id, "vhr", aoi_grid(aoi, RES))
+    Path(cube.reference_path).unlink()  # what the README used to advise
+    r = run_day(aoi, QUIET[2], cfg)
+    assert r.status == "failed" and "holds 2 scene(s)" in r.note and "vhr_0.5m.zarr" in r.note, r.summary()
+    assert "vhr_2m.zarr" in r.note and "run the whole range again" in r.note
+    assert cube.reference() is None and len(cube.scenes()) == 2
+    # The entry names another reference than the one the cube was made with: said, not silently ignored.
+    ref_a = scenes["imgs"] / f"tumangang_{QUIET[0]:%Y%m%d}.tif"
+    ref_b = scenes["imgs"] / f"tumangang_{QUIET[1]:%Y%m%d}.tif"
+    a, reg_a = _local_aoi(scenes, tmp_path / "a", reference=str(ref_a))
+    cfg_a = RunConfig(data_dir=tmp_path / "data_a", registry=reg_a, evidence=False)
+    assert run_day(a, QUIET[1], cfg_a).status == "processed"
+    same = run_day(a, QUIET[2], cfg_a)
+    assert same.status == "processed" and "not used" not in same.note, same.summary()
+    b, _ = _local_aoi(scenes, tmp_path / "b", reference=str(ref_b))
+    with caplog.at_level(logging.WARNING, logger="changedet.pipeline"):
+        other = run_day(b, SURGE, cfg_a)
+    assert other.status == "processed", other.summary()
+    assert f"reference '{ref_b}' is not used" in other.note and f"file {ref_a}" in other.note
+    assert "is not used" in caplog.text
+
+
+def test_the_series_keeps_its_source(scenes, tmp_path, no_sh_credentials):
+    """[local, simulator]: with the share gone the simulator does not fill the real series."""
+    imgs = _copy_imgs(scenes, tmp_path / "mnt")
+    entries = [{"name": "local", "sensor": "vhr", "resolution_m": RES, "path": str(imgs)},
+               {"name": "simulator", "sensor": "vhr", "resolution_m": RES}]
+    reg = _reduced_registry(tmp_path, entries)
+    for f in (scenes["root"] / "aois" / "scenarios").iterdir():
+        shutil.copy(f, reg / "scenarios" / f.name)
+    aoi = load_aoi(AOI, registry=reg)
+    cfg = RunConfig(data_dir=tmp_path / "data", registry=reg, evidence=False)
+    assert run_day(aoi, QUIET[0], cfg).status == "processed"
+    imgs.rename(tmp_path / "unmounted")
+    r = run_day(aoi, QUIET[1], cfg)
+    assert r.status == "failed" and r.source == "simulator", r.summary()
+    assert "made from local" in r.note and "simulator" in r.note and "new data dir" in r.note
+    cube = Cube(cfg.data_dir, aoi.id, "vhr", aoi_grid(aoi, RES))
+    assert [s["source"] for s in cube.scenes()] == ["local"]
+    store = MetricStore(cfg.data_dir / "metrics.sqlite")
+    try:
+        assert len(store.series(aoi.id, "railcars")) == 1
+    finally:
+        store.close()
+    # Local only: its folder gone after it was used is a failed day (an outage), not a refusal.
+    only = replace(aoi, sources=aoi.sources[:1])
+    gone = run_day(only, QUIET[1], cfg)
+    assert gone.status == "failed" and "does not exist" in gone.note and "made from local" in gone.note
+    # A new data dir has no series yet: the simulator may start one there.
+    assert run_day(aoi, QUIET[1], RunConfig(data_dir=tmp_path / "new", registry=reg, evidence=False)).status \
+        == "processed"
+
+
+def test_load_errors_permanent_or_passing(scenes, tmp_path):
+    """A broken scene is recorded and the flows go on; an outage still raises (retried, not cached)."""
+    import contextlib
+
+    import flows.tasks as ft
+    from changedet.sources.base import SceneRecord
+
+    imgs = _copy_imgs(scenes, tmp_path / "imgs")
+    broken = imgs / f"tumangang_{QUIET[1]:%Y%m%d}.tif"
+    broken.write_bytes(broken.read_bytes()[:4096])
+    aoi, reg = _local_aoi(scenes, tmp_path, path=imgs)
+    mp = pytest.MonkeyPatch()
+    mp.setattr(ft, "get_run_logger", lambda: logging.getLogger("test"))
+    mp.setattr(ft, "_acquire_source_slot", lambda name: contextlib.nullcontext())
+    try:
+        statuses = [ft._process_aoi_day(aoi.id, d, str(tmp_path / "data"), 0, str(reg), False, None)["status"]
+                    for d in QUIET]
+    finally:
+        mp.undo()
+    assert statuses == ["processed", "unreadable", "processed"]
+    skipped = Cube(tmp_path / "data", aoi.id, "vhr", aoi_grid(aoi, RES)).skipped()
+    assert len(skipped) == 1 and skipped[0]["permanent"] and "cannot be read" in skipped[0]["reason"]
+    from changedet.pipeline import _unreadable
+    scene = SceneRecord(id="x", source="local", aoi_id=aoi.id, sensor="vhr",
+                        time=datetime(2023, 8, 1, tzinfo=timezone.utc), platform="p", cloud_cover=0.0, footprint=None,
+                        resolution_m=RES,
+                        properties={"path": str(tmp_path / "share" / "gone.tif")})
+    local = aoi.sources[0]
+    assert _unreadable(local, scene, SourceError("x")) is None  # the share is not mounted: it may come back
+    sh = replace(local, name="sentinelhub")
+    for text, permanent in [("process failed: HTTP 404: not found", True), ("HTTP 400: bad request", True),
+                            ("the service kept failing (HTTP 503) after the configured retries", False),
+                            ("refused the credentials of client 'c' (HTTP 401)", False),
+                            ("could not be reached", False)]:
+        assert (_unreadable(sh, scene, SourceError(text)) is not None) == permanent, text
+
+
+def test_a_source_at_the_change_resolution_keeps_its_registration_record(scenes, tmp_path):
+    """At 2 m the change cube is the aligned cube: the day's record (coreg, reference) must not be lost."""
+    aoi, reg = _local_aoi(scenes, tmp_path)
+    aoi = replace(aoi, sources=(replace(aoi.sources[0], resolution_m=2.0),))
+    cfg = RunConfig(data_dir=tmp_path / "data", registry=reg, evidence=False)
+    assert [run_day(aoi, d, cfg).status for d in QUIET[:2]] == ["processed", "processed"]
+    entries = Cube(cfg.data_dir, aoi.id, "vhr", aoi_grid(aoi, 2.0)).scenes()
+    assert len(entries) == 2 and all("coreg" in e and "cloud_fraction" in e for e in entries), entries
+    assert "coarsened_from_m" not in entries[-1] and entries[-1]["reference_from"].startswith("scene ")
+
+
+def test_the_brightness_mask_names_cloud_mask_none(scenes, tmp_path):
+    """Cloud-free aerial imagery read as cloud by the brightness test: the day says how to turn it off."""
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    src = scenes["imgs"] / f"tumangang_{QUIET[0]:%Y%m%d}.tif"
+    with rasterio.open(src) as s:
+        profile, data, tags, desc = s.profile, s.read(), s.tags(), s.descriptions
+    profile.update(count=3)
+    with rasterio.open(imgs / src.name, "w", **profile) as out:
+        out.write(data[:3] * 0 + 0.9)  # white roofs, no CLM band: the brightness test decides
+        out.update_tags(**tags)
+        for i, d in enumerate(desc[:3], start=1):
+            out.set_band_description(i, d)
+    aoi, reg = _local_aoi(scenes, tmp_path, path=imgs)
+    r = run_day(aoi, QUIET[0], RunConfig(data_dir=tmp_path / "data", registry=reg, evidence=False))
+    assert r.status == "cloudy" and "brightness mask" in r.note and "cloud_mask: none" in r.note, r.summary()
