@@ -104,16 +104,24 @@ def cmd_run(args) -> int:
                       file=sys.stderr, flush=True)
         plan.append((aoi, days))
     cfg = _config(args.data_dir, args.seed, args.store_url, getattr(args, "registry", None))
-    failed = []
+    failed, unreadable = [], []
     for aoi, days in plan:
         for d in days:
             r = run_day(aoi, d, cfg)
             if r.status == "failed":
                 failed.append(f"{aoi.id} {d}")
+            elif r.status == "unreadable":
+                unreadable.append(f"{aoi.id} {d}")
             if args.json:
                 print(json.dumps(_as_json(r)))
             else:
                 print(r.summary(), flush=True)
+    if unreadable:
+        # Recorded as skipped (the range goes on and re-running will not help): say so
+        # where a scheduler's log shows it, without failing the whole run for a bad file.
+        print(f"changedet run: warning: {len(unreadable)} day(s) had a scene that cannot be read "
+              f"({', '.join(unreadable)}); it is recorded as skipped: replace the file (or fix the "
+              "request) and run those days again", file=sys.stderr, flush=True)
     if failed:
         # A scheduler must see that a day's imagery could not be read (nothing of it was
         # stored); running the same command again retries exactly those days.
