@@ -190,6 +190,10 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
         refs = _empty_track_reference(strips, flanked=vhr)
         if not np.all(np.isfinite(refs["shadow"])):
             refs = _shadow_from_anti_sun_sides(strips, tracks, refs, sun_azimuth_deg)
+    # The references as first learnt, in the light as recorded: the shadow colour learnt
+    # here may not be learnt again above the darkest light (tells whether the image shows
+    # shadows, below).
+    refs_recorded = refs
     haze = None
     if vhr:
         # Haze adds path radiance, about the same light over every pixel, which lifts a
@@ -280,6 +284,13 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
             _without_other_cars(wide, strips, {t: ~e for t, e in seen_empty.items()}, grid, shade_side),
             _without_other_cars(wide, strips, {t: occupancy[t][0] for t in strips}, grid, shade_side),
             shade_side)
+    # The bare-bed test (see _bare_bed) speaks only where the image shows the sun's
+    # shadows: under diffuse light a car's shadow keeps 0.85-0.9 of the lit ground's light
+    # and every car would pass as a bare bed (review of 16264ba, finding 2). Shown: a
+    # shadow colour learnt from the image well under the lit ground's, above the path
+    # radiance or as recorded (learnt again above the darkest light, a yard of few cars
+    # may keep too few shadow samples for it).
+    shown = _shadows_shown(refs, path) or _shadows_shown(refs_recorded, None)
     for tid, strip in strips.items():
         sun_left, _ = _sun_geometry(tracks[tid], sun_azimuth_deg, sun_elevation_deg)
         occ, seen = occupancy[tid]
@@ -292,7 +303,8 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
                                shadow_across_m=_shadow_across(tracks[tid], sun_azimuth_deg, sun_elevation_deg),
                                wide=wide.get(tid), blur_m=max(0.2, 0.5 * grid.resolution),
                                shading=_cylinder_shading(tracks[tid], sun_azimuth_deg, sun_elevation_deg),
-                               path=path, resolution_m=grid.resolution, empty=seen_empty.get(tid))
+                               path=path, resolution_m=grid.resolution, empty=seen_empty.get(tid),
+                               shadows_shown=shown)
             by_type: dict[str, int] = {}
             for a, b, ctype, score in cars:
                 by_type[ctype] = by_type.get(ctype, 0) + 1
@@ -884,7 +896,8 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
                 blur_m: float = 0.4, shading: float = float("nan"),
                 path: np.ndarray | None = None,
                 resolution_m: float = float("nan"),
-                empty: np.ndarray | None = None) -> list[tuple[float, float, str, float]]:
+                empty: np.ndarray | None = None,
+                shadows_shown: bool = False) -> list[tuple[float, float, str, float]]:
     """Cut occupied runs into cars: (start_m, end_m, type, score) per car.
 
     Where the sun shines across the track (``sun_left`` known), black bodies brighter on
@@ -900,7 +913,10 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
     edges blurred over ``blur_m`` (see :func:`_tall`). ``resolution_m`` (m per pixel)
     tells whether a top's width is read (:func:`_classify`); ``empty`` flags the
     samples where this track is seen empty (:func:`_seen_empty`; the height cue's
-    reference beside an edge track, see :func:`_tall`).
+    reference beside an edge track, see :func:`_tall`). With ``shadows_shown`` (the image
+    shows the sun's shadows: :func:`_shadows_shown`), a stretch whose anti-sun ground is
+    lit where every car's shadow would fall is a bare track bed, not a car
+    (:func:`_bare_bed`, at pixels of ``_MAX_BARE_BED_RES_M`` or finer).
     """
     step = strip.step_m
     centre, _ = _zones(strip)
@@ -991,7 +1007,7 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
                         a_m = b_m - full
                     else:
                         b_m = a_m + full
-            if (sun_left is not None and resolution_m <= _MAX_BARE_BED_RES_M
+            if (shadows_shown and sun_left is not None and resolution_m <= _MAX_BARE_BED_RES_M
                     and _bare_bed(strip, s0, s1, sun_left, shadow_across_m, lit, path)):
                 # Nothing stands here: no shadow where any car's would fall (a track bed
                 # unlike the ground beside it: concrete sleepers on asphalt, ballast in snow).
@@ -1002,11 +1018,20 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
 
 
 # The lowest car standing on a track: a bare flat wagon (13-401: deck 1.3 m above the
-# rail, 2.87 m wide). Its shadow is the narrowest any car casts beside the track.
+# rail, 2.87 m wide). Its shadow reaches the least far out of any car's.
 _LOWEST_DECK_M = 1.3
 _LOWEST_HALF_WIDTH_M = 1.435
-# Least width (m) of the band beside a car that the lowest car's shadow must cover for
-# a lit band there to say that nothing stands on the track.
+# Car bodies stand on bogies: a shadow begins where the body's underside's does, not at
+# the body's edge (review of 16264ba, finding 1). A tank car's barrel has open space
+# under it (15-1443: 3.0 m across, its axis about 2.9 m above the rail); its shadow
+# begins further out than any deck's or floor's: those are 1.1-1.3 m up, and the highest
+# on the narrowest body (1.3 m, 1.435 m half-width) begins 1.3 p - 1.435 out, nearer
+# than the barrel's 2.9 p - 1.5 sqrt(1 + p**2) for every p over 0.65 (below, both lie
+# inside the widest body).
+_TANK_AXIS_M = 2.9
+_TANK_RADIUS_M = 1.5
+# Least width (m) of the band beside a car that every car's shadow must cover for a lit
+# band there to say that nothing stands on the track.
 _MIN_BARE_BAND_M = 0.3
 # Coarsest pixels (m) the band is read at: it lies 1.8-2.6 m off the centreline, and at
 # 0.75-1 m pixels a car's blurred edge (a misregistered track's car more so) fills it
@@ -1018,31 +1043,70 @@ _MAX_BARE_BED_RES_M = 0.5
 _MAX_BARE_BAND_GLOW = 1.25
 
 
+def _shadows_shown(refs, path: np.ndarray | None) -> bool:
+    """Whether the image shows the sun's shadows: the shadowed ground's colour learnt from
+    it (``refs["shadow"]``, from :func:`_empty_track_reference` or
+    :func:`_shadow_from_anti_sun_sides`: measured, never assumed) keeps under
+    ``_SHADOW_RATIO`` of the lit ground's brightness (``refs["lit"]``), both read above
+    the path radiance ``path`` (haze lifts both alike). Under diffuse light (a thin even
+    veil, bright overcast) a shadow keeps 0.85-0.9 of the lit ground's light and is not
+    learnt, or learnt above that share: False, as where either colour is unknown.
+    """
+    shadow, lit = np.asarray(refs["shadow"], "float64"), np.asarray(refs["lit"], "float64")
+    if shadow.size < 3 or lit.size < 3 or not (np.all(np.isfinite(shadow[:3])) and np.all(np.isfinite(lit[:3]))):
+        return False
+    off = np.asarray(path[:3], "float64") if path is not None else np.zeros(3)
+    sb, lb = float(np.mean(shadow[:3] - off)), float(np.mean(lit[:3] - off))
+    return bool(lb > 0 and sb < _SHADOW_RATIO * lb)
+
+
+def _bare_band(per_m: float) -> tuple[float, float]:
+    """Distances (m, from the centreline, anti-sun side) between which the shadow of every
+    car type covers the ground, for a shadow falling ``per_m`` metres sideways per metre
+    of height (:func:`_shadow_across`); the band is empty (first >= second) where none is.
+
+    A body of half-width w whose underside is h_lo and top h_hi above the ground shades
+    from ``h_lo * p - w`` to ``h_hi * p + w`` out (p = ``|per_m|``). The outer end is the
+    lowest car's (a bare flat wagon's deck, ``_LOWEST_DECK_M``, ``_LOWEST_HALF_WIDTH_M``);
+    the inner end is the furthest out any car's shadow begins: past the widest body
+    (``_WIDEST_HALF_BODY_M``, plus 0.1 m) or a tank barrel of radius r whose axis is H up
+    (``_TANK_RADIUS_M``, ``_TANK_AXIS_M``; its shadow, a cylinder's, begins
+    ``H * p - r * sqrt(1 + p**2)`` out, beyond a deck's or a floor's at every sun).
+    """
+    p = abs(float(per_m))
+    lo = max(_WIDEST_HALF_BODY_M + 0.1, _TANK_AXIS_M * p - _TANK_RADIUS_M * math.hypot(1.0, p))
+    return lo, _LOWEST_HALF_WIDTH_M + _LOWEST_DECK_M * p
+
+
 def _bare_bed(strip: Strip, s0: int, s1: int, sun_left: bool, per_m: float,
               lit_ground: np.ndarray, path: np.ndarray | None = None) -> bool:
     """Whether the stretch between samples ``s0`` and ``s1``, read as a car, is a bare
-    track bed: lit ground on its anti-sun side where even the lowest car's shadow would
-    fall.
+    track bed: lit ground on its anti-sun side where every car's shadow would fall.
 
     Every car casts a shadow sideways past its anti-sun edge, ``h * per_m`` metres for a
-    height of h metres (``per_m`` from :func:`_shadow_across`); a bare flat wagon's deck
-    (``_LOWEST_DECK_M``) shades at least out to ``_LOWEST_HALF_WIDTH_M + 1.3 * per_m``
-    from the centreline. Beyond the widest body (``_WIDEST_HALF_BODY_M``) and inside that
-    reach (and the strip), the anti-sun band is compared with the same band on the sun
-    side, as :func:`_tall` compares them: both as bright as lit ground (``lit_ground``,
-    the empty track's lit colour as recorded; above the path radiance ``path``) and
-    alike, over the middle two thirds of the stretch, say that no body stands there. A
-    track bed whose centre differs from the ground beside it (concrete sleepers on
-    asphalt, a cleared bed in snow) otherwise reads as cars end to end. False where the
-    sun's geometry leaves a band under ``_MIN_BARE_BAND_M`` wide (a high sun, or one
-    along the track), the bands are mostly not seen, or either band is brighter than
-    ``_MAX_BARE_BAND_GLOW`` times the lit ground (a car body's blurred edge, not ground).
-    The counter reads it at pixels of ``_MAX_BARE_BED_RES_M`` or finer only.
+    height of h metres (``per_m`` from :func:`_shadow_across`); cars stand on bogies, so
+    a shadow begins where the body's underside's does. Within the band every car type's
+    shadow covers (:func:`_bare_band`: out to a bare flat wagon's deck's reach, from the
+    furthest out that a deck's, a floor's or a tank barrel's shadow begins) and inside
+    the strip, the anti-sun band is compared with the same band on the sun side: where
+    the sun band is as bright as lit ground (``lit_ground``, the empty track's lit colour
+    as recorded; above the path radiance ``path``) and the anti-sun band is at least
+    ``_LIT_BAND_RATIO`` of the sun band and as bright as lit ground too (no shadow darker
+    than that; it may be brighter than the sun band, a neighbour's shadow on the sun
+    side), over the middle two thirds of the stretch, no body stands there. A track bed
+    whose centre differs from the ground beside it (concrete sleepers on asphalt, a
+    cleared bed in snow) otherwise reads as cars end to end. False where the sun's
+    geometry leaves a band under ``_MIN_BARE_BAND_M`` wide (a high sun or one along the
+    track; a low one across it, where a barrel's shadow begins beyond the strip), the
+    bands are mostly not seen, or either band is brighter than ``_MAX_BARE_BAND_GLOW``
+    times the lit ground (a car body's blurred edge, not ground). The counter reads it
+    at pixels of ``_MAX_BARE_BED_RES_M`` or finer only, and only in an image that shows
+    the sun's shadows (a car's shadow under diffuse light is too faint to tell).
     """
     if not np.isfinite(per_m) or not np.all(np.isfinite(lit_ground)):
         return False
-    lo = _WIDEST_HALF_BODY_M + 0.1
-    hi = min(_LOWEST_HALF_WIDTH_M + _LOWEST_DECK_M * abs(per_m), float(np.abs(strip.across_m).max()))
+    lo, reach = _bare_band(per_m)
+    hi = min(reach, float(np.abs(strip.across_m).max()))
     if hi - lo < _MIN_BARE_BAND_M:
         return False
     a = strip.across_m if sun_left else -strip.across_m
@@ -1484,12 +1548,16 @@ def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = floa
     3.1-3.3 m) and even out to its shoulders (:func:`_shoulder_step`; a locomotive's fan
     band or hood is as narrow but its shoulders differ) is a container on a flat wagon,
     read where pixels (``resolution_m``) are 0.75 m or finer. Along the car
-    (:func:`_along_texture`), a top even end to end is a roof sheet: a boxcar's, not a
-    locomotive's, at a locomotive's length, and a tall or unread "flat" top of a boxcar's
-    length stays a boxcar only when even; a "flat" top textured along (a covered hopper's
-    hatches and sloped end bays, an open wagon's heaps) of a boxcar's length is the
+    (:func:`_along_texture`; even under ``_EVEN_ALONG``, textured from
+    ``_TEXTURED_ALONG``), a top even end to end is a roof sheet: a boxcar's, not a
+    locomotive's, at a locomotive's length. A "flat" top of a boxcar's length textured
+    along (a covered hopper's hatches and sloped end bays, an open wagon's heaps) is the
     gondola class (a 19-752 grain hopper, 14.7 m over couplers, is as long as the shorter
-    boxcars: length does not tell them apart).
+    boxcars: length does not tell them apart), unless its shadow says it has no walls
+    (``tall`` False). Between the two: a tall "flat" top stays a boxcar only when even
+    (the gondola class from ``_EVEN_ALONG``), an unread-height one is a boxcar unless
+    textured (the boxcar up to ``_TEXTURED_ALONG``), and from 14.8 m a "flat" top is a
+    boxcar unless textured.
     """
     look = _look(strip, s0, s1, lit_b, sun_left=sun_left, shading=shading, path=path)
     if body_m >= _MIN_LONG_FLAT_BODY_M and look in ("plain", "open"):
@@ -1533,7 +1601,10 @@ def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = floa
         # middle, heaps) is read along: a plain sheet varying along is a roof part in a
         # shadow (a neighbour's or a mast's under a low sun) or cut with a gap (own
         # simulator: 8 boxcars typed open wagons when "plain" tops were read too).
-        if look == "open" or (look == "flat" and texture >= _TEXTURED_ALONG):
+        # A textured "flat" top is an open wagon's or a hopper's only where its shadow
+        # does not say it has no walls (tall False: lit ground where a wall's shadow
+        # would fall); there the length rule stands.
+        if look == "open" or (look == "flat" and texture >= _TEXTURED_ALONG and tall is not False):
             return "gondola"
         return "boxcar"
     if look == "open":
@@ -1579,6 +1650,20 @@ _EVEN_ALONG = 0.02
 _TEXTURED_ALONG = 0.04
 # Smoothing along the track (m): ribs and seams under a metre apart are not texture.
 _ALONG_SMOOTH_M = 1.0
+# A shadow crossing the track (a mast's, a catenary portal's, a lighting tower's) darkens
+# the ground beside the car where it crosses the top: beyond this distance from the
+# centreline (m; bodies are at most 1.66 m half-wide, the blurred edge included to about
+# 1.95 m) the ground on a side darker than _CROSSING_DIP of its median along the car
+# marks a crossing shadow, and the top is not read within _CROSSING_REACH_M of it (the
+# shadow may cross the track at a slant). Ballast and sleepers smoothed over a metre vary
+# by a tenth or less; a shadow keeps a fifth to two thirds of the light. The median is
+# taken over _CROSSING_WINDOW_M along the track: a mast's or a portal beam's shadow is
+# under a metre wide, and a longer shadow's edge (the car's own, a neighbour's) is a step
+# that the median follows, not a dip.
+_SIDE_GROUND_M = 1.95
+_CROSSING_DIP = 0.8
+_CROSSING_REACH_M = 1.5
+_CROSSING_WINDOW_M = 5.0
 
 
 def _along_texture(strip: Strip, s0: int, s1: int, path: np.ndarray | None = None) -> float:
@@ -1587,8 +1672,11 @@ def _along_texture(strip: Strip, s0: int, s1: int, path: np.ndarray | None = Non
     within 1 m of the centreline, above the path radiance ``path`` (haze adds the same
     light everywhere and would flatten it), smoothed over ``_ALONG_SMOOTH_M`` and taken
     over the middle two thirds of the body (its ends are couplers, gaps and the
-    neighbour's shade). NaN where fewer than 6 samples or any is not finite, or the mean
-    is not positive.
+    neighbour's shade). Where the ground beside the car (beyond ``_SIDE_GROUND_M``, either
+    side) dips under ``_CROSSING_DIP`` of its median over ``_CROSSING_WINDOW_M``, a
+    shadow crosses the track there (a mast's, a portal's): the top within
+    ``_CROSSING_REACH_M`` of it is not read. NaN where fewer than 6 samples are read or
+    any on the top is not finite, or the mean is not positive.
 
     A boxcar's roof is one sheet from end to end; a covered hopper's shows its row of
     loading hatches (round or a trough) and sloped end bays, an open wagon's load its
@@ -1597,14 +1685,35 @@ def _along_texture(strip: Strip, s0: int, s1: int, path: np.ndarray | None = Non
     n = s1 - s0
     if n < 6:
         return float("nan")
-    v = strip.values[:3][:, np.abs(strip.across_m) <= 1.0, s0:s1]
+    v = strip.values[:3][:, :, s0:s1]
     if path is not None:
         v = v - np.asarray(path[:3], v.dtype)[:, None, None]
-    b = quiet_nanmean(v, axis=(0, 1))
+    b = quiet_nanmean(v[:, np.abs(strip.across_m) <= 1.0], axis=(0, 1))
     if not np.all(np.isfinite(b)):
         return float("nan")
     k = max(1, int(round(_ALONG_SMOOTH_M / strip.step_m)))
-    core = ndimage.uniform_filter1d(b.astype("float64"), k, mode="nearest")[n // 6:n - n // 6]
+    smooth = ndimage.uniform_filter1d(b.astype("float64"), k, mode="nearest")
+    # A shadow crossing the track darkens the ground beside the car too, at the same
+    # place along it; a roof's hatches or heaps do not (review of 16264ba, finding 3).
+    crossing = np.zeros(n, bool)
+    for side in (strip.across_m >= _SIDE_GROUND_M, strip.across_m <= -_SIDE_GROUND_M):
+        if not side.any():
+            continue
+        g = quiet_nanmean(v[:, side], axis=(0, 1))
+        ok = np.isfinite(g)
+        if ok.sum() < 6:
+            continue
+        g = ndimage.uniform_filter1d(np.where(ok, g, np.nanmedian(g)).astype("float64"), k, mode="nearest")
+        # Against the ground's median within _CROSSING_WINDOW_M: a narrow shadow dips
+        # under it, the edge of a long one (the car's own, a neighbour's) does not.
+        med = ndimage.median_filter(g, size=max(3, int(round(_CROSSING_WINDOW_M / strip.step_m))) | 1,
+                                    mode="nearest")
+        crossing |= ok & (g < _CROSSING_DIP * med)
+    if crossing.any():
+        crossing = ndimage.binary_dilation(crossing, iterations=max(1, int(round(_CROSSING_REACH_M / strip.step_m))))
+    core = smooth[n // 6:n - n // 6][~crossing[n // 6:n - n // 6]]
+    if core.size < 6:
+        return float("nan")
     mean = float(core.mean())
     if not mean > 0:
         return float("nan")
