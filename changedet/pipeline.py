@@ -411,13 +411,14 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
         return DayResult(aoi.id, day, "failed", note=f"{exc}; the stored series of {aoi.id} was made from "
                          f"{_names(made_from)}: restore its path or credentials and run this day again")
     source, spec = choice.source, choice.spec
-    if made_from and spec.name not in made_from:
-        # One series, one source: another sensor's (or the simulator's) pixels registered onto
-        # this reference and counted into the same metric series would read as real change.
+    if made_from and not all(_same_entry(spec, made) for made in made_from):
+        # One series, one source entry: another sensor's (or the simulator's) pixels, or another
+        # folder or collection of the same source type, registered onto this reference and
+        # counted into the same metric series would read as real change.
         return DayResult(aoi.id, day, "failed", sensor=spec.sensor, source=spec.name, source_note=choice.note(),
                          note=(f"the stored series of {aoi.id} was made from {_names(made_from)} "
                                f"({', '.join(sorted(set(made_from.values())))}), but the source usable here now "
-                               f"is {_entry(spec)}; sources are not mixed in one series, nothing stored: restore "
+                               f"is {_entry_id(spec)}; sources are not mixed in one series, nothing stored: restore "
                                f"{_names(made_from)} (its path or credentials, see the passed-over reasons) and run "
                                f"this day again, or run {spec.name} with a new data dir (--data-dir)"))
     simulated = spec.name == "simulator"
@@ -466,6 +467,11 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
     except SourceError as exc:
         if simulated:
             raise
+        wrong = _misconfigured(spec, exc)
+        if wrong is not None:
+            # Every file of the entry fails alike: the entry needs fixing, not the scene.
+            result.status, result.note = "failed", f"scene {scene.id} could not be loaded: {exc}; {wrong}"
+            return result
         why = _unreadable(spec, scene, exc)
         if why is not None:
             # A retry reads the same broken bytes: recorded as skipped (as `changedet fetch`
@@ -647,7 +653,8 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
         # strictly before the one processed, so appending it first cannot feed a day's
         # own pixels into its baseline.
         if factor > 1:
-            coarse_cube.append(scene, coarse, extra={"coarsened_from_m": res})
+            coarse_cube.append(scene, coarse, extra={"coarsened_from_m": res,
+                                                     **({} if simulated else {"entry": _entry_id(spec)})})
         # (At factor 1, a source at 2 m or coarser, the change cube is the aligned cube's own
         # store: appended there first it marked the day done before the rules ran, and the
         # append below, a no-op then, lost the day's registration and cloud record.)
@@ -665,6 +672,8 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
                  "skipped": {k: v for k, v in result.skipped.items() if k != "evidence"}}
         if not simulated:
             extra["reference_from"] = origin
+            # The entry, not only its type, pins the series (see _series_sources).
+            extra["entry"] = _entry_id(spec)
         # (At factor 1 through the change cube's handle: the store was always created by it.)
         (cube if factor > 1 else coarse_cube).append(scene, stored, extra=extra)
         if new_reference is not None:
@@ -772,8 +781,10 @@ def _judge(data: xr.DataArray, scene, spec, site_mask: np.ndarray, result: DayRe
 
 
 def _series_sources(root, aoi_id: str) -> dict[str, str]:
-    """Sources of the scenes already in the AOI's pipeline cubes under ``root``: {source: cube file}.
+    """Source entries of the scenes already in the AOI's pipeline cubes under ``root``: {entry: cube file}.
 
+    The entry is the scene's recorded ``entry`` identity (:func:`_entry_id`), or only its
+    source type for scenes stored before entries were recorded (and the simulator's).
     Every pipeline cube of the AOI counts (all sensors and resolutions, not the
     ``*_acquired`` cubes of ``changedet fetch``): they feed one metric series. Empty for a
     new data dir, or a store that cannot be listed (then nothing is pinned, as before).
@@ -794,8 +805,9 @@ def _series_sources(root, aoi_id: str) -> dict[str, str]:
             if not pattern.fullmatch(name.rsplit("/", 1)[-1]):
                 continue
             for entry in json.loads(read()).get("scenes", []):
-                if entry.get("source"):
-                    found.setdefault(str(entry["source"]), name.rsplit("/", 1)[-1].replace(".provenance.json", ""))
+                key = entry.get("entry") or entry.get("source")
+                if key:
+                    found.setdefault(str(key), name.rsplit("/", 1)[-1].replace(".provenance.json", ""))
         return found
     except Exception as exc:  # noqa: BLE001  (a store that cannot be listed: s3fs, botocore... errors)
         # The cube itself will say what is wrong with the store when the day opens it.
@@ -808,6 +820,43 @@ def _names(made_from: dict[str, str]) -> str:
     return " and ".join(sorted(made_from))
 
 
+#: Entry options that say where a source's scenes come from (a folder, a collection, a catalogue).
+_WHERE_OPTIONS = ("path", "collection", "byoc_id", "url", "catalog", "catalog_url")
+
+
+def _entry_id(spec) -> str:
+    """Identity of an AOI source entry, ``"local vhr 0.5m path=/mnt/a"``: what one series is made from.
+
+    Name, sensor, resolution (m) and where its scenes come from (:data:`_WHERE_OPTIONS`,
+    as written in the AOI file): two entries of one source type, such as two local
+    folders, are two sources.
+    """
+    parts = [spec.name, spec.sensor, f"{float(spec.resolution_m):g}m"]
+    parts += [f"{key}={spec.options[key]}" for key in _WHERE_OPTIONS if spec.options.get(key)]
+    return " ".join(parts)
+
+
+def _same_entry(spec, made: str) -> bool:
+    """Whether the stored series key ``made`` (:func:`_series_sources`) is the entry ``spec``.
+
+    A key without an identity (a bare source type: scenes stored before identities were
+    recorded, the simulator's) is compared by type only.
+    """
+    return made == _entry_id(spec) if " " in made else made == spec.name
+
+
+def _misconfigured(spec, exc: SourceError) -> str | None:
+    """The entry option to fix when a load error of a local scene is the entry's fault, or None.
+
+    A ``bands:`` list of another length than the files' bands fails every file alike:
+    that is a configuration error (``failed``), not a broken scene to skip.
+    """
+    if spec.name == "local" and "band names were given" in str(exc):
+        return (f"the {_entry(spec)} entry's 'bands:' ({list(spec.options.get('bands') or [])}) does not match "
+                "the files: give one name per band of the files in the AOI file's 'bands:' option, or remove it")
+    return None
+
+
 def _joined(note: str, more: str) -> str:
     return f"{note}; {more}" if note else more
 
@@ -815,27 +864,61 @@ def _joined(note: str, more: str) -> str:
 def _unreadable(spec, scene, exc: SourceError) -> str | None:
     """Why a load error of ``scene`` is permanent (a retry reads the same bytes), or None if it may pass.
 
-    Permanent: a local file that is there but cannot be read (corrupt, truncated, off the
-    grid); a Sentinel Hub reply HTTP 4xx other than 401/403 (credentials, fixable for every
-    scene) and 429 (rate), or no pixels for the acquisition. Everything else (a file gone
-    because a share is not mounted, timeouts, 5xx, connection errors, STAC asset reads,
-    whose 403 may be an expired signature) may pass and is retried.
+    Permanent: a local file that is there and readable by this process but whose content
+    cannot be read (corrupt, truncated: not an OS error, :func:`_passing_read_error`); a
+    Sentinel Hub reply HTTP 4xx other than 401/403 (credentials, fixable for every scene),
+    408/409/423/425 (the server's state) and 429 (rate), or no pixels for the acquisition.
+    Everything else (a file gone because a share is not mounted, an I/O or permission
+    error of a share, timeouts, 5xx, connection errors, STAC asset reads, whose 403 may be
+    an expired signature) may pass and is retried.
     """
+    import os
     import re
 
     if spec.name == "local":
         path = scene.properties.get("path")
-        if path and Path(str(path)).is_file():
-            return "the file is there but cannot be read"
-        return None
+        if not path or not Path(str(path)).is_file() or not os.access(str(path), os.R_OK):
+            return None  # a share not mounted, a permission an admin can fix: may pass
+        if _passing_read_error(exc):
+            return None
+        return "the file is there but cannot be read"
     if spec.name == "sentinelhub":
         text = str(exc)
         m = re.search(r"HTTP (4\d\d)\b", text)
-        if m and m.group(1) not in ("401", "403", "429"):
+        # 401/403 credentials (fixable for every scene), 429 rate, 408 timeout, 409/423
+        # conflict/locked, 425 too early: the server's state, not the request's.
+        if m and m.group(1) not in ("401", "403", "408", "409", "423", "425", "429"):
             return f"Sentinel Hub answered HTTP {m.group(1)}"
         if "returned no data over the AOI grid" in text:
             return "Sentinel Hub has no pixels of it over the grid"
     return None
+
+
+#: Words of an OS read error that may pass (network shares, FUSE, permissions), lower case.
+_PASSING_READ_WORDS = ("input/output error", "permission denied", "operation not permitted", "stale file handle",
+                       "timed out", "timeout", "no such file", "resource temporarily unavailable",
+                       "transport endpoint", "connection", "host is down", "interrupted system call")
+
+
+def _passing_read_error(exc: BaseException) -> bool:
+    """Whether a load error is the file system's (it may pass), not the file's content.
+
+    True for an ``OSError`` with an errno set (EIO, EACCES, ESTALE, ETIMEDOUT...) or a
+    ``PermissionError``/``FileNotFoundError``/``TimeoutError`` anywhere in the chain of
+    causes, or a message with an OS error's words (GDAL reports an I/O error of a share as
+    text only). A format or truncation error (GDAL's own messages) is not.
+    """
+    seen = 0
+    e: BaseException | None = exc
+    while e is not None and seen < 20:
+        if isinstance(e, (PermissionError, FileNotFoundError, TimeoutError, ConnectionError)):
+            return True
+        if isinstance(e, OSError) and isinstance(e.errno, int) and e.errno != 0:
+            return True
+        if any(word in str(e).lower() for word in _PASSING_READ_WORDS):
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
 
 
 def _observed_share(data: xr.DataArray, site_mask: np.ndarray) -> float:

@@ -86,6 +86,28 @@ def _has_reference(aoi, cfg: RunConfig) -> bool:
     return Cube(cfg.store_root(), aoi.id, spec.sensor, grid, reflectance=spec.sensor != "s1").reference() is not None
 
 
+def _scene_state(aoi, cfg: RunConfig, scene_id: str) -> str | None:
+    """``"stored"`` or ``"new"`` for a real source's scene in the cube ``run_day`` writes; None if skipped for good.
+
+    None (no caching) while the cube holds a permanent skipped record of the scene: an
+    ``unreadable`` day is tried again by every run, not answered from the cache, so a
+    file or reply that was fixed under the same scene id is processed. Prefect 3 caches
+    every returned result of a task (no per-result opt-out), so the day's result of the
+    run that recorded the skip is persisted under the ``"new"`` key; once the scene is
+    stored the key is ``"stored"``, so that result is never answered again.
+    """
+    from changedet.cube import Cube
+    from changedet.grid import aoi_grid
+
+    _, spec = primary_source(aoi, cfg)
+    cube = Cube(cfg.store_root(), aoi.id, spec.sensor, aoi_grid(aoi, float(spec.resolution_m)),
+                reflectance=spec.sensor != "s1")
+    # (Only permanent records: a cloudy day stays cached, its pixels will not change.)
+    if any(s.get("scene_id") == scene_id and s.get("permanent") for s in cube.skipped()):
+        return None
+    return "stored" if cube.has(scene_id) else "new"
+
+
 def source_limit_name(aoi, cfg: RunConfig) -> str:
     return SOURCE_LIMIT_PREFIX + primary_source(aoi, cfg)[1].name
 
@@ -94,7 +116,8 @@ def aoi_day_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> st
     """Cache key of one AOI-day: (AOI, scene id, configuration hash).
 
     No scene yet means no key (no caching): a scene published late must be processed
-    by the next run, not hidden behind a cached "no scene".
+    by the next run, not hidden behind a cached "no scene". Nor does a real source's scene
+    recorded skipped for good (:func:`_scene_state`): an ``unreadable`` day is run again.
     """
     cfg = run_config(parameters["data_dir"], parameters.get("seed", 0), parameters.get("registry"),
                      parameters.get("store_url"))
@@ -117,6 +140,11 @@ def aoi_day_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> st
     # (sources without a basemap): once a reference exists the key differs, so the day is
     # processed rather than answered from the cache. (Simulator cubes get theirs on first use.)
     ref = "" if scene.source == "simulator" else ("\nref" if _has_reference(aoi, cfg) else "\nnoref")
+    if scene.source != "simulator":
+        state = _scene_state(aoi, cfg, scene.id)
+        if state is None:
+            return None
+        ref += f"\n{state}"
     digest = hashlib.sha256(f"{aoi.id}\n{scene.id}\n{cfg.hash(aoi)}\n{where}{ref}".encode()).hexdigest()[:32]
     # Keys are file names in the result storage: keep them to [a-z0-9_-].
     return f"changedet-{aoi.id}-{digest}"
@@ -505,7 +533,9 @@ def _process_aoi_day(aoi_id: str, day: date, data_dir: str, seed: int, registry:
         # task is retried and, failing, not cached as done: the next run of the day tries
         # again. A scene that is itself broken (a corrupt file, HTTP 4xx) is not "failed" but
         # "unreadable": run_day recorded it as skipped, and the result returns below, so a
-        # backfill goes on with the AOI's later days instead of stopping at it on every run.
+        # backfill goes on with the AOI's later days instead of stopping at it on every run
+        # (and is not answered from the cache by a later run: aoi_day_cache_key). An I/O or
+        # permission error of a share is "failed", not "unreadable" (pipeline._unreadable).
         raise SourceError(f"{aoi_id} {day}: {result.note}")
     if "evidence" in result.skipped:
         # Transient, so the task is retried and, once its retries are spent, not cached as

@@ -592,3 +592,132 @@ def test_the_brightness_mask_names_cloud_mask_none(scenes, tmp_path):
     aoi, reg = _local_aoi(scenes, tmp_path, path=imgs)
     r = run_day(aoi, QUIET[0], RunConfig(data_dir=tmp_path / "data", registry=reg, evidence=False))
     assert r.status == "cloudy" and "brightness mask" in r.note and "cloud_mask: none" in r.note, r.summary()
+
+
+def test_two_entries_of_one_source_type_are_two_sources(scenes, tmp_path, no_sh_credentials):
+    """[local /a, local /b]: with /a gone, /b must not fill the series /a started (review PIPE2R #1)."""
+    a = _copy_imgs(scenes, tmp_path / "a")
+    b = _copy_imgs(scenes, tmp_path / "b")
+    entries = [{"name": "local", "sensor": "vhr", "resolution_m": RES, "path": str(a)},
+               {"name": "local", "sensor": "vhr", "resolution_m": RES, "path": str(b)}]
+    reg = _reduced_registry(tmp_path, entries)
+    for f in (scenes["root"] / "aois" / "scenarios").iterdir():
+        shutil.copy(f, reg / "scenarios" / f.name)
+    aoi = load_aoi(AOI, registry=reg)
+    cfg = RunConfig(data_dir=tmp_path / "data", registry=reg, evidence=False)
+    assert run_day(aoi, QUIET[0], cfg).status == "processed"
+    cube = Cube(cfg.data_dir, aoi.id, "vhr", aoi_grid(aoi, RES))
+    a.rename(tmp_path / "unmounted")
+    r = run_day(aoi, QUIET[1], cfg)
+    assert r.status == "failed", r.summary()
+    assert cube.scenes()[0]["entry"] == f"local vhr {RES:g}m path={a}"
+    assert f"path={a}" in r.note and f"path={b}" in r.note and "new data dir" in r.note
+    assert [s["scene_id"] for s in cube.scenes()] == [cube.scenes()[0]["scene_id"]]
+    # The first folder back: the series goes on.
+    (tmp_path / "unmounted").rename(a)
+    assert run_day(aoi, QUIET[1], cfg).status == "processed"
+
+
+def test_a_passing_read_error_is_not_permanent_and_an_unreadable_day_is_not_cached(scenes, tmp_path, monkeypatch):
+    """An I/O or permission error of a share is retried; SH 408/409/423/425 too; flows rerun an unreadable day."""
+    import contextlib
+    import errno
+
+    from rasterio.errors import RasterioIOError
+
+    import changedet.io as cio
+    import flows.tasks as ft
+    from changedet.pipeline import _unreadable
+    from changedet.sources.base import SceneRecord
+
+    imgs = _copy_imgs(scenes, tmp_path / "imgs")
+    aoi, reg = _local_aoi(scenes, tmp_path, path=imgs)
+    there = imgs / f"tumangang_{QUIET[1]:%Y%m%d}.tif"
+    scene = SceneRecord(id="x", source="local", aoi_id=aoi.id, sensor="vhr",
+                        time=datetime(2023, 8, 1, tzinfo=timezone.utc), platform="p", cloud_cover=0.0, footprint=None,
+                        resolution_m=RES, properties={"path": str(there)})
+    local = aoi.sources[0]
+
+    def raised(cause: BaseException) -> SourceError:
+        try:
+            try:
+                raise cause
+            except BaseException as inner:
+                raise cio._unreadable(there, inner) from inner
+        except Exception as outer:  # noqa: BLE001
+            return SourceError(str(outer)) if not isinstance(outer, SourceError) else outer
+
+    for cause in (OSError(errno.EIO, "Input/output error"), PermissionError(errno.EACCES, "Permission denied"),
+                  OSError(errno.ESTALE, "Stale file handle"),
+                  RasterioIOError(f"Read failed: {there}: Input/output error")):
+        err = raised(cause)
+        err.__cause__ = cause
+        assert _unreadable(local, scene, err) is None, cause
+    # A format error of a file that is there stays permanent.
+    fmt = SourceError(f"{there}: cannot be read as a raster (RasterioIOError: Read failed. See previous exception "
+                      "for details.); check that the file is a complete GeoTIFF, COG or JPEG2000")
+    fmt.__cause__ = RasterioIOError("Read failed. See previous exception for details.")
+    assert _unreadable(local, scene, fmt) is not None
+    sh = replace(local, name="sentinelhub")
+    for code in ("408", "409", "423", "425"):
+        assert _unreadable(sh, scene, SourceError(f"process failed: HTTP {code}: busy")) is None, code
+
+    # The flows: one I/O error of the share is a failed (raised, retried) day, not a skipped one.
+    mp = pytest.MonkeyPatch()
+    mp.setattr(ft, "get_run_logger", lambda: logging.getLogger("test"))
+    mp.setattr(ft, "_acquire_source_slot", lambda name: contextlib.nullcontext())
+    real, calls = cio.open_raster, []
+
+    def flaky(path):
+        if str(path) == str(there) and not calls:
+            calls.append(path)
+            raise cio._unreadable(Path(path), RasterioIOError(f"Read failed: {path}: Input/output error"))
+        return real(path)
+
+    mp.setattr(cio, "open_raster", flaky)
+    data = str(tmp_path / "data")
+    try:
+        assert ft._process_aoi_day(aoi.id, QUIET[0], data, 0, str(reg), False, None)["status"] == "processed"
+        with pytest.raises(SourceError, match="Input/output error"):
+            ft._process_aoi_day(aoi.id, QUIET[1], data, 0, str(reg), False, None)
+        assert calls, "the flaky read was not reached"
+        assert ft._process_aoi_day(aoi.id, QUIET[1], data, 0, str(reg), False, None)["status"] == "processed"
+        # A day that is unreadable for good is not answered from the cache by a later run.
+        broken = imgs / f"tumangang_{QUIET[2]:%Y%m%d}.tif"
+        good = broken.read_bytes()
+        broken.write_bytes(good[:4096])
+        params = {"aoi_id": aoi.id, "day": QUIET[2], "data_dir": data, "seed": 0, "registry": str(reg)}
+        assert ft.aoi_day_cache_key(None, params) is not None
+        assert ft._process_aoi_day(aoi.id, QUIET[2], data, 0, str(reg), False, None)["status"] == "unreadable"
+        assert ft.aoi_day_cache_key(None, params) is None
+        stored = {"aoi_id": aoi.id, "day": QUIET[1], "data_dir": data, "seed": 0, "registry": str(reg)}
+        assert ft.aoi_day_cache_key(None, stored) is not None
+    finally:
+        mp.undo()
+
+
+def test_a_bands_list_that_does_not_match_the_files_is_a_configuration_error(scenes, tmp_path):
+    """``bands:`` one name short fails every file alike: ``failed`` naming the option, nothing skipped."""
+    with rasterio.open(next(Path(scenes["imgs"]).glob("*.tif"))) as src:
+        count = src.count
+    names = ["B02", "B03", "B04", "B08", "CLM", "X1", "X2"][:count - 1]
+    aoi, reg = _local_aoi(scenes, tmp_path, bands=names)
+    cfg = RunConfig(data_dir=tmp_path / "data", registry=reg, evidence=False)
+    r = run_day(aoi, QUIET[0], cfg)
+    assert r.status == "failed", r.summary()
+    assert "'bands:'" in r.note and "band names were given" in r.note
+    assert Cube(cfg.data_dir, aoi.id, "vhr", aoi_grid(aoi, RES)).skipped() == []
+
+
+def test_a_file_cut_inside_its_header_fails_only_its_own_date(scenes, tmp_path, caplog):
+    """A 200-byte file (interrupted copy) must not fail the other dates' searches (review PIPE2R #3)."""
+    imgs = _copy_imgs(scenes, tmp_path / "imgs")
+    cut = imgs / f"tumangang_{QUIET[1]:%Y%m%d}.tif"
+    cut.write_bytes(cut.read_bytes()[:200])
+    aoi, reg = _local_aoi(scenes, tmp_path, path=imgs)
+    cfg = RunConfig(data_dir=tmp_path / "data", registry=reg, evidence=False)
+    with caplog.at_level(logging.WARNING, logger="changedet.sources.local"):
+        results = [run_day(aoi, d, cfg) for d in QUIET]
+    assert [r.status for r in results] == ["processed", "failed", "processed"], [r.summary() for r in results]
+    assert cut.name in results[1].note
+    assert any(cut.name in rec.getMessage() and "header" in rec.getMessage() for rec in caplog.records)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import logging
 import math
 import re
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from shapely.geometry import box
 from changedet.errors import GridError, RasterError, SourceError
 from changedet.grid import GridSpec
 from changedet.sources.base import CLOUD_BAND, SCL_BAND, SceneRecord, check_range
+
+log = logging.getLogger(__name__)
 
 SUFFIXES = (".tif", ".tiff", ".jp2", ".j2k")
 #: Metadata items holding an acquisition time, in the order they are trusted.
@@ -245,7 +248,20 @@ class LocalSource:
                               "(a folder or a glob such as /data/vhr/*.tif)")
         out = []
         for f in files:
-            info = self.header(f)
+            try:
+                info = self.header(f)
+            except SourceError as exc:
+                if "cannot be read as a raster" not in str(exc):
+                    raise  # no CRS, a name off the pattern: the folder or entry needs fixing
+                # A file cut short inside its header (an interrupted copy, a full disk) must not
+                # fail every other date's search: it fails only the date its name gives (one
+                # whose name gives none may be of any date, so it still fails every search).
+                named = _name_time(Path(f).name, self.pattern)
+                if named is None or start <= named.date() <= end:
+                    raise
+                log.warning("%s: skipped, its header cannot be read (%s); acquisitions of other dates are "
+                            "searched", f, exc)
+                continue
             if not (start <= info["time"].date() <= end):
                 continue
             rec = self._record(f, info, aoi)
