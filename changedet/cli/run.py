@@ -125,8 +125,9 @@ def cmd_run(args) -> int:
     if failed:
         # A scheduler must see that a day's imagery could not be read (nothing of it was
         # stored); running the same command again retries exactly those days.
-        print(f"changedet run: {len(failed)} day(s) failed ({', '.join(failed)}); see the reasons above and "
-              "run them again once the source is reachable", file=sys.stderr, flush=True)
+        print(f"changedet run: {len(failed)} day(s) failed ({', '.join(failed)}); see the reasons above: fix "
+              "the configuration they name, or run them again once the source is reachable",
+              file=sys.stderr, flush=True)
         return 1
     return 0
 
