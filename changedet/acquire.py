@@ -90,6 +90,26 @@ def site_mask(aoi, grid: GridSpec) -> np.ndarray:
     return rasterize([(site, 1)], out_shape=grid.shape, transform=grid.transform, fill=0, dtype="uint8").astype(bool)
 
 
+def site_cloud(data, scene: SceneRecord, inside: np.ndarray, *, optical: bool, cloud_method: str = "auto"):
+    """``(data, method, fraction)``: an acquisition with its ``CLM`` band, and its cloud over the site.
+
+    Optical data gets its cloud mask (``cloud_method``, see :func:`changedet.cloudmask.cloud_mask`)
+    with unobserved pixels neither cloud nor clear; ``fraction`` is the cloud share (0..1)
+    of the observed site pixels (``inside``), None when the scene observes none of them.
+    Radar has no cloud: 0.0 where it has data over the site (``method`` None).
+    """
+    method = None
+    if optical:
+        # The scene id names the file or item in the cloud mask's errors (scl_cloud's 'not an SCL band').
+        data, method = with_cloud_band(data, method=cloud_method, source=scene.id)
+        data = _unobserved_not_clear(data)
+        frac = cloud_fraction(data.sel(band=CLOUD_BAND), within=inside)
+    else:
+        valid = np.isfinite(np.asarray(data.values)).all(axis=0)
+        frac = None if not (valid & inside).any() else 0.0
+    return data, method, frac
+
+
 def _unobserved_not_clear(data):
     """``data`` with its ``CLM`` band NaN (no data) where no reflectance band has data and the mask says clear.
 
@@ -233,15 +253,7 @@ def _one(cube: Cube, scene: SceneRecord, data, grid: GridSpec, inside: np.ndarra
          max_cloud: float, cloud_method: str) -> SceneOutcome:
     """Judge one loaded scene (``data`` on ``grid``) and store it or record it as skipped."""
     when = scene.time.isoformat()
-    method = None
-    if optical:
-        # The scene id names the file or item in the cloud mask's errors (scl_cloud's 'not an SCL band').
-        data, method = with_cloud_band(data, method=cloud_method, source=scene.id)
-        data = _unobserved_not_clear(data)
-        frac = cloud_fraction(data.sel(band=CLOUD_BAND), within=inside)
-    else:
-        valid = np.isfinite(np.asarray(data.values)).all(axis=0)
-        frac = None if not (valid & inside).any() else 0.0
+    data, method, frac = site_cloud(data, scene, inside, optical=optical, cloud_method=cloud_method)
     if frac is None:
         reason = "no data over the site (outside the scene footprint or all no-data)"
         cube.record_skipped(scene, reason, cloud_mask=method)

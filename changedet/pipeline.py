@@ -750,19 +750,12 @@ def _judge(data: xr.DataArray, scene, spec, site_mask: np.ndarray, result: DayRe
     ``result`` set to ``no_data`` (no pixel over the site) or ``cloudy`` (over the entry's
     ``max_cloud``, default :data:`changedet.acquire.DEFAULT_MAX_CLOUD`, or all cloud).
     """
-    from changedet.acquire import DEFAULT_MAX_CLOUD, _unobserved_not_clear
-    from changedet.cloudmask import cloud_fraction, with_cloud_band
+    from changedet.acquire import DEFAULT_MAX_CLOUD, site_cloud
 
     limit = _max_cloud(spec, DEFAULT_MAX_CLOUD, result.aoi_id)
-    method = None
-    if spec.sensor != "s1":
-        # The provider's CLM or SCL, else s2cloudless, else the brightness test (cloudmask).
-        data, method = with_cloud_band(data, method=str(spec.options.get("cloud_mask", "auto")), source=scene.id)
-        data = _unobserved_not_clear(data)
-        frac = cloud_fraction(data.sel(band=CLOUD_BAND), within=site_mask)
-    else:
-        valid = np.isfinite(np.asarray(data.values)).all(axis=0)
-        frac = None if not (valid & site_mask).any() else 0.0
+    # The provider's CLM or SCL, else s2cloudless, else the brightness test (cloudmask), as fetch judges.
+    data, method, frac = site_cloud(data, scene, site_mask, optical=spec.sensor != "s1",
+                                    cloud_method=str(spec.options.get("cloud_mask", "auto")))
     if frac is None:
         result.status = "no_data"
         result.note = f"scene {scene.id} has no data over the site (outside its footprint or all no-data)"
