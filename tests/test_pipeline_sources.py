@@ -117,12 +117,17 @@ def _rewrite(src: Path, dst: Path, edit=None, *, dx: float = 0.0, day: date | No
                 out.set_band_description(i, d)
 
 
-def _local_aoi(scenes, tmp_path, path=None, **extra):
-    entry = {"name": "local", "sensor": "vhr", "resolution_m": RES, "path": str(path or scenes["imgs"]), **extra}
-    reg = _reduced_registry(tmp_path, [entry])
+def _aoi_with(scenes, tmp_path, entries: list[dict]):
+    """The reduced AOI with these source ``entries`` and the scenes' scenario: (aoi, registry)."""
+    reg = _reduced_registry(tmp_path, entries)
     for f in (scenes["root"] / "aois" / "scenarios").iterdir():
         shutil.copy(f, reg / "scenarios" / f.name)
     return load_aoi(AOI, registry=reg), reg
+
+
+def _local_aoi(scenes, tmp_path, path=None, **extra):
+    entry = {"name": "local", "sensor": "vhr", "resolution_m": RES, "path": str(path or scenes["imgs"]), **extra}
+    return _aoi_with(scenes, tmp_path, [entry])
 
 
 @pytest.fixture
@@ -373,10 +378,7 @@ def test_sentinelhub_day_through_the_real_client(scenes, hub, tmp_path, caplog, 
     server, bands = hub
     entry = {"name": "sentinelhub", "sensor": "vhr", "resolution_m": RES, "collection": f"byoc-{BYOC}",
              "retry_sleep_s": 0.01}
-    reg = _reduced_registry(tmp_path, [entry])
-    for f in (scenes["root"] / "aois" / "scenarios").iterdir():
-        shutil.copy(f, reg / "scenarios" / f.name)
-    aoi = load_aoi(AOI, registry=reg)
+    aoi, reg = _aoi_with(scenes, tmp_path, [entry])
     cfg = RunConfig(data_dir=tmp_path / "data", registry=reg, evidence=False)
     caplog.set_level(logging.DEBUG)
     r = run_day(aoi, QUIET[0], cfg)
@@ -502,10 +504,7 @@ def test_the_series_keeps_its_source(scenes, tmp_path, no_sh_credentials):
     imgs = _copy_imgs(scenes, tmp_path / "mnt")
     entries = [{"name": "local", "sensor": "vhr", "resolution_m": RES, "path": str(imgs)},
                {"name": "simulator", "sensor": "vhr", "resolution_m": RES}]
-    reg = _reduced_registry(tmp_path, entries)
-    for f in (scenes["root"] / "aois" / "scenarios").iterdir():
-        shutil.copy(f, reg / "scenarios" / f.name)
-    aoi = load_aoi(AOI, registry=reg)
+    aoi, reg = _aoi_with(scenes, tmp_path, entries)
     cfg = RunConfig(data_dir=tmp_path / "data", registry=reg, evidence=False)
     assert run_day(aoi, QUIET[0], cfg).status == "processed"
     imgs.rename(tmp_path / "unmounted")
@@ -600,10 +599,7 @@ def test_two_entries_of_one_source_type_are_two_sources(scenes, tmp_path, no_sh_
     b = _copy_imgs(scenes, tmp_path / "b")
     entries = [{"name": "local", "sensor": "vhr", "resolution_m": RES, "path": str(a)},
                {"name": "local", "sensor": "vhr", "resolution_m": RES, "path": str(b)}]
-    reg = _reduced_registry(tmp_path, entries)
-    for f in (scenes["root"] / "aois" / "scenarios").iterdir():
-        shutil.copy(f, reg / "scenarios" / f.name)
-    aoi = load_aoi(AOI, registry=reg)
+    aoi, reg = _aoi_with(scenes, tmp_path, entries)
     cfg = RunConfig(data_dir=tmp_path / "data", registry=reg, evidence=False)
     assert run_day(aoi, QUIET[0], cfg).status == "processed"
     cube = Cube(cfg.data_dir, aoi.id, "vhr", aoi_grid(aoi, RES))
