@@ -462,8 +462,12 @@ class Cube:
         return sorted(self._read_provenance()["scenes"], key=lambda s: pd.Timestamp(s["time"]))
 
     def skipped(self) -> list[dict[str, Any]]:
-        """Scenes a fetch decided not to store (too cloudy, ...), with the reason, by time."""
-        return sorted(self._read_provenance().get("skipped", []), key=lambda s: pd.Timestamp(s["time"]))
+        """Scenes a fetch or run decided not to store (too cloudy, unreadable...), with the reason, by time.
+
+        Records a stored scene superseded are left out (:func:`_superseded`; cubes written
+        before :meth:`append` dropped them still hold them).
+        """
+        return _live_skipped(self._read_provenance())
 
     def has(self, scene_id: str) -> bool:
         return any(s["scene_id"] == scene_id for s in self._read_provenance()["scenes"])
@@ -554,7 +558,11 @@ class Cube:
                 "stored_at": datetime.now(timezone.utc).isoformat(),
                 **json.loads(json.dumps(extra or {}, default=str)),
             })
-            doc["skipped"] = [s for s in doc.get("skipped", []) if s["scene_id"] != scene.id]
+            # The acquisition is stored now: its earlier records go, also those of a file that
+            # was replaced (a new file gets a new scene id) or of another id for the same source
+            # and time, or `cube info` would list a stored day as lost.
+            path = (scene.properties or {}).get("path")
+            doc["skipped"] = [s for s in doc.get("skipped", []) if not _superseded(s, doc["scenes"][-1], path)]
             self._write_provenance(doc)
         return True
 
@@ -666,7 +674,7 @@ class Cube:
             "scenes": [{"time": e["time"], "scene_id": e["scene_id"], "source": e.get("source"),
                         "cloud_fraction": e.get("cloud_fraction"), "cloud_cover": e.get("cloud_cover"),
                         "cloud_mask": e.get("cloud_mask"), "coreg": e.get("coreg")} for e in entries],
-            "skipped": sorted(doc.get("skipped", []), key=lambda s: pd.Timestamp(s["time"])),
+            "skipped": _live_skipped(doc),
         }
 
     # ------------------------------------------------------------------ reference
@@ -756,6 +764,32 @@ def _same_bands(held: list[Any], new: list[str]) -> bool:
     if len(set(up_held)) != len(up_held) or len(set(up_new)) != len(up_new):
         return False
     return up_held == up_new
+
+
+def _superseded(record: dict[str, Any], stored: dict[str, Any], path: Any = None) -> bool:
+    """Whether the skipped ``record`` is of the acquisition the ``stored`` scene entry holds.
+
+    The same scene id; or the same source and acquisition time (a local file replaced
+    after it was found broken gets a new id, its mtime is part of it); or the same source
+    file ``path`` (given for the stored scene, recorded by the daily run for unreadable files).
+    """
+    if record.get("scene_id") == stored.get("scene_id"):
+        return True
+    if record.get("source") != stored.get("source"):
+        return False
+    if path is not None and record.get("path") is not None and str(record["path"]) == str(path):
+        return True
+    try:
+        return pd.Timestamp(record["time"]) == pd.Timestamp(stored["time"])
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def _live_skipped(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The provenance's skipped records, by time, less those a stored scene superseded."""
+    scenes = doc.get("scenes", [])
+    live = [s for s in doc.get("skipped", []) if not any(_superseded(s, e) for e in scenes)]
+    return sorted(live, key=lambda s: pd.Timestamp(s["time"]))
 
 
 def _dump_provenance(doc: dict[str, Any]) -> str:

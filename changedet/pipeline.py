@@ -31,7 +31,8 @@ from changedet.bands import find_bands
 from changedet.baselines import evaluate, lifecycle_params
 from changedet.coreg import apply_shift, coregister, provenance_fields
 from changedet.cube import Cube, clear_mask, is_url, optical_bands, select_bands
-from changedet.errors import ChangedetError, CoregError, CubeError, SourceError
+from changedet.errors import (ChangedetError, CoregError, CubeError, SceneUnreadable, SourceConfigError, SourceError,
+                              SourceUnavailable)
 from changedet.grid import GridSpec, aoi_grid
 from changedet.io import atomic_write, write_geotiff
 from changedet.change import changed_area_m2
@@ -153,11 +154,13 @@ class DayResult:
     #: processed | no_scene | cloudy | already_processed | not_registered | no_data (the scene
     #: holds no pixel over the site) | no_reference (no registration reference yet for a source
     #: without a basemap; nothing stored, a run of the day once one exists processes it) |
-    #: failed (the source could not search or load for a reason that may pass, or the series
-    #: needs a person: another source than the one it was made from, a reference deleted
-    #: under stored scenes; ``note`` says why and what to do; nothing stored) | unreadable (the
-    #: scene itself cannot be read: a corrupt file, an HTTP 4xx; recorded as skipped in the
-    #: cube with the reason, the AOI's later days go on).
+    #: failed (the source could not search or load for a reason that may pass, the source
+    #: entry is wrong (a ``bands:`` list that fits no file, a request or collection id the
+    #: provider rejects), or the series needs a person: another source than the one it was
+    #: made from, a reference deleted under stored scenes; ``note`` says why and what to do;
+    #: nothing stored) | unreadable (the scene itself cannot be read, as its source says
+    #: with :class:`~changedet.errors.SceneUnreadable`: a corrupt file, no pixels for the
+    #: acquisition; recorded as skipped in the cube with the reason, the AOI's later days go on).
     status: str
     scene_id: str | None = None
     sensor: str | None = None
@@ -379,9 +382,11 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
     registered onto the cube's reference, made from the entry's ``reference`` image or
     the first acquisition at most :data:`REFERENCE_MAX_CLOUD` cloudy that observes
     :data:`REFERENCE_MIN_OBSERVED` of the site (``no_reference`` until then; the reference
-    is saved once its day is stored). A scene the source cannot search or load makes the
-    day ``failed`` with the reason, nothing stored, unless the scene itself is broken (a
-    corrupt file, HTTP 4xx): ``unreadable``, recorded as skipped in the cube. The series is
+    is saved once its day is stored; a run stopped between the two gets it rebuilt,
+    :func:`_rebuilt_reference`). A scene the source cannot search or load makes the day
+    ``failed`` with the reason, nothing stored, unless the source says the scene itself is
+    broken (:class:`~changedet.errors.SceneUnreadable`: a corrupt file, no pixels):
+    ``unreadable``, recorded as skipped in the cube (:func:`_load_failed`). The series is
     pinned to the source its cubes were made from: another source (the simulator
     included) is ``failed``, nothing stored. The simulator keeps its basemap reference and
     its historical 90 % limit on the buffered cloud fraction.
@@ -437,6 +442,9 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
         # A catalogue that is down or refuses the credentials: the day is not lost, a
         # later run of it searches again (nothing was stored).
         result.status, result.note = "failed", f"search failed: {exc}"
+        if isinstance(exc, SourceConfigError):
+            result.note += (f"; a configuration error of the {_entry(spec)} entry"
+                            + (f", its '{exc.option}' setting" if exc.option else "") + ": fix it and run the days again")
         return result
     if not scenes:
         return result
@@ -467,22 +475,7 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
     except SourceError as exc:
         if simulated:
             raise
-        wrong = _misconfigured(spec, exc)
-        if wrong is not None:
-            # Every file of the entry fails alike: the entry needs fixing, not the scene.
-            result.status, result.note = "failed", f"scene {scene.id} could not be loaded: {exc}; {wrong}"
-            return result
-        why = _unreadable(spec, scene, exc)
-        if why is not None:
-            # A retry reads the same broken bytes: recorded as skipped (as `changedet fetch`
-            # does) and the day ends, so a backfill goes on with the AOI's later days.
-            cube.record_skipped(scene, f"cannot be loaded ({why}): {exc}", permanent=True)
-            result.status = "unreadable"
-            result.note = (f"scene {scene.id} cannot be loaded ({why}): {exc}; recorded as skipped in "
-                           f"{cube.provenance_path}; replace or fix the scene and run this day again")
-            return result
-        # Nothing is stored or recorded: a later run of the day tries the scene again.
-        result.status, result.note = "failed", f"scene {scene.id} could not be loaded: {exc}"
+        _load_failed(cube, spec, scene, exc, result)
         return result
     delivered = data  # as the source gave it: what the evidence pack hashes
     new_reference, origin = None, None
@@ -491,6 +484,9 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
         if data is None:
             return _rejected(cube, scene, result)
         reference, origin = cube.reference(), None
+        if reference is None:
+            # A run that stopped between storing the reference day and saving its reference.
+            reference = _rebuilt_reference(cube, spec, optical_bands(data), site_mask, result)
         if reference is None:
             cres = res * max(1, int(round(cfg.change_res_m / res)))
             made = _new_reference(cube, data, observed_cloud, spec, scene, site_mask, result, cres)
@@ -838,80 +834,43 @@ def _same_entry(spec, made: str) -> bool:
     return made == _entry_id(spec) if " " in made else made == spec.name
 
 
-def _misconfigured(spec, exc: SourceError) -> str | None:
-    """The entry option to fix when a load error of a local scene is the entry's fault, or None.
+def _load_failed(cube: Cube, spec, scene, exc: SourceError, result: DayResult) -> None:
+    """Set ``result`` for a scene of a real source that could not be loaded, by the error's type.
 
-    A ``bands:`` list of another length than the files' bands fails every file alike:
-    that is a configuration error (``failed``), not a broken scene to skip.
+    The source says whose the failure is (:mod:`changedet.errors`):
+    :class:`SceneUnreadable` (the scene's, for good: a corrupt file, no pixels for the
+    acquisition) is ``unreadable``, recorded as skipped (``permanent``) so a backfill
+    goes on with the AOI's later days; :class:`SourceConfigError` (the entry's: a
+    ``bands:`` list that fits no file, a request or collection id the provider rejects)
+    is ``failed`` naming the entry, nothing recorded, since every day of the entry fails
+    alike until it is fixed; anything else (:class:`SourceUnavailable`, or an untyped
+    :class:`SourceError`) may pass: ``failed``, nothing stored, a later run tries again.
     """
-    if spec.name == "local" and "band names were given" in str(exc):
-        return (f"the {_entry(spec)} entry's 'bands:' ({list(spec.options.get('bands') or [])}) does not match "
-                "the files: give one name per band of the files in the AOI file's 'bands:' option, or remove it")
-    return None
+    if isinstance(exc, SceneUnreadable):
+        # A retry reads the same broken bytes: recorded as skipped (as `changedet fetch`
+        # does) and the day ends, so a backfill goes on with the AOI's later days.
+        # (With the file's path: a replaced file, a new scene id, supersedes the record once stored.)
+        path = scene.properties.get("path")
+        cube.record_skipped(scene, f"cannot be loaded ({exc.reason}): {exc}", permanent=True,
+                            **({"path": str(path)} if path else {}))
+        result.status = "unreadable"
+        result.note = (f"scene {scene.id} cannot be loaded ({exc.reason}): {exc}; recorded as skipped in "
+                       f"{cube.provenance_path}; replace or fix the scene and run this day again")
+        return
+    result.status = "failed"
+    if isinstance(exc, SourceConfigError):
+        option = f", its '{exc.option}' setting" if exc.option else ""
+        result.note = (f"scene {scene.id} could not be loaded: {exc}; a configuration error of the "
+                       f"{_entry(spec)} entry{option} (every day of it fails alike): fix it and run the days again")
+        return
+    # Nothing is stored or recorded: a later run of the day tries the scene again.
+    result.note = f"scene {scene.id} could not be loaded: {exc}"
+    if isinstance(exc, SourceUnavailable):
+        result.note += "; it may pass: run this day again later"
 
 
 def _joined(note: str, more: str) -> str:
     return f"{note}; {more}" if note else more
-
-
-def _unreadable(spec, scene, exc: SourceError) -> str | None:
-    """Why a load error of ``scene`` is permanent (a retry reads the same bytes), or None if it may pass.
-
-    Permanent: a local file that is there and readable by this process but whose content
-    cannot be read (corrupt, truncated: not an OS error, :func:`_passing_read_error`); a
-    Sentinel Hub reply HTTP 4xx other than 401/403 (credentials, fixable for every scene),
-    408/409/423/425 (the server's state) and 429 (rate), or no pixels for the acquisition.
-    Everything else (a file gone because a share is not mounted, an I/O or permission
-    error of a share, timeouts, 5xx, connection errors, STAC asset reads, whose 403 may be
-    an expired signature) may pass and is retried.
-    """
-    import os
-    import re
-
-    if spec.name == "local":
-        path = scene.properties.get("path")
-        if not path or not Path(str(path)).is_file() or not os.access(str(path), os.R_OK):
-            return None  # a share not mounted, a permission an admin can fix: may pass
-        if _passing_read_error(exc):
-            return None
-        return "the file is there but cannot be read"
-    if spec.name == "sentinelhub":
-        text = str(exc)
-        m = re.search(r"HTTP (4\d\d)\b", text)
-        # 401/403 credentials (fixable for every scene), 429 rate, 408 timeout, 409/423
-        # conflict/locked, 425 too early: the server's state, not the request's.
-        if m and m.group(1) not in ("401", "403", "408", "409", "423", "425", "429"):
-            return f"Sentinel Hub answered HTTP {m.group(1)}"
-        if "returned no data over the AOI grid" in text:
-            return "Sentinel Hub has no pixels of it over the grid"
-    return None
-
-
-#: Words of an OS read error that may pass (network shares, FUSE, permissions), lower case.
-_PASSING_READ_WORDS = ("input/output error", "permission denied", "operation not permitted", "stale file handle",
-                       "timed out", "timeout", "no such file", "resource temporarily unavailable",
-                       "transport endpoint", "connection", "host is down", "interrupted system call")
-
-
-def _passing_read_error(exc: BaseException) -> bool:
-    """Whether a load error is the file system's (it may pass), not the file's content.
-
-    True for an ``OSError`` with an errno set (EIO, EACCES, ESTALE, ETIMEDOUT...) or a
-    ``PermissionError``/``FileNotFoundError``/``TimeoutError`` anywhere in the chain of
-    causes, or a message with an OS error's words (GDAL reports an I/O error of a share as
-    text only). A format or truncation error (GDAL's own messages) is not.
-    """
-    seen = 0
-    e: BaseException | None = exc
-    while e is not None and seen < 20:
-        if isinstance(e, (PermissionError, FileNotFoundError, TimeoutError, ConnectionError)):
-            return True
-        if isinstance(e, OSError) and isinstance(e.errno, int) and e.errno != 0:
-            return True
-        if any(word in str(e).lower() for word in _PASSING_READ_WORDS):
-            return True
-        e, seen = e.__cause__ or e.__context__, seen + 1
-    return False
 
 
 def _observed_share(data: xr.DataArray, site_mask: np.ndarray) -> float:
@@ -974,6 +933,67 @@ def _new_reference(cube: Cube, data: xr.DataArray, frac: float, spec, scene, sit
         return None
     valid = clear_mask(data) if CLOUD_BAND in [str(b) for b in data["band"].values] else bands.notnull().all("band")
     return bands.where(valid), f"scene {scene.id}"
+
+
+#: Largest shift (pixels) of a stored reference day that still counts as stored unshifted.
+#: The day registers onto itself: the estimate is 0 up to the estimator's rounding.
+REBUILD_MAX_SHIFT_PX = 1e-3
+
+
+def _rebuilt_reference(cube: Cube, spec, like: xr.DataArray, site_mask: np.ndarray,
+                       result: DayResult) -> xr.DataArray | None:
+    """The registration reference rebuilt and saved after a run stopped between storing its day and saving it.
+
+    ``run_day`` stores the reference day's scene, then saves the reference
+    (``Cube.set_reference``); a crash between the two leaves stored scenes and no
+    reference. The stored scenes say what the reference was (``reference_from``). When
+    every one of them names the same origin and that is (a) ``scene X`` with ``X`` the
+    first scene stored, registered with a zero shift (it was registered onto itself, so
+    its stored pixels are the reference's, on the cube grid, quantised to the cube's
+    1e-4 reflectance steps), the reference is its optical bands where its stored cloud
+    band is clear (NaN elsewhere: the stored mask has the cloud buffer, a little more than
+    the original's); or (b) ``file P`` with ``P`` the entry's ``reference``, that file is
+    read again. The rebuilt reference is saved at once and the day's note says so.
+    Otherwise None: the caller fails the day (:func:`_new_reference`), as a reference
+    rebuilt from anything else would put later days in another frame.
+    """
+    held = cube.scenes()
+    if not held:
+        return None
+    first = min(held, key=lambda e: int(e.get("index", 0)))
+    origin = first.get("reference_from")
+    if not origin or any(e.get("reference_from") != origin for e in held):
+        return None
+    if origin == f"scene {first['scene_id']}":
+        shift = first.get("coreg") or {}
+        try:
+            moved = max(abs(float(shift["shift_row_px"])), abs(float(shift["shift_col_px"])))
+        except (KeyError, TypeError, ValueError):
+            return None
+        if not moved <= REBUILD_MAX_SHIFT_PX:
+            return None  # its stored pixels were moved: they are not the reference's
+        stack = cube.read()
+        if stack is None:
+            return None
+        ids = [str(v) for v in stack["scene_id"].values]
+        stored = stack.isel(time=ids.index(first["scene_id"])).load()
+        stored = stored.drop_vars([c for c in ("time", "scene_id") if c in stored.coords])
+        names = [str(b) for b in stored["band"].values]
+        if CLOUD_BAND in names:
+            reference = optical_bands(stored).where(stored.sel(band=CLOUD_BAND) < 0.5)
+        else:
+            reference = optical_bands(stored)
+        reference = reference.astype("float32")
+    elif spec.options.get("reference") and origin == _file_origin(spec.options["reference"]):
+        reference = _reference_file(spec.options["reference"], spec, cube.grid, like, site_mask)
+    else:
+        return None
+    cube.set_reference(reference)
+    log.warning("%s: registration reference %s was missing under %d stored scene(s) (a run stopped after storing "
+                "its day); rebuilt from %s", cube.aoi_id, cube.reference_path, len(held), origin)
+    result.note = _joined(result.note, f"the registration reference, missing after an interrupted run, was "
+                          f"rebuilt from {origin}")
+    return cube.reference()
 
 
 def _file_origin(path) -> str:

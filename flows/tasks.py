@@ -535,7 +535,8 @@ def _process_aoi_day(aoi_id: str, day: date, data_dir: str, seed: int, registry:
         # "unreadable": run_day recorded it as skipped, and the result returns below, so a
         # backfill goes on with the AOI's later days instead of stopping at it on every run
         # (and is not answered from the cache by a later run: aoi_day_cache_key). An I/O or
-        # permission error of a share is "failed", not "unreadable" (pipeline._unreadable).
+        # permission error of a share is "failed", not "unreadable": the source raises
+        # SourceUnavailable for it (changedet.errors), and run_day dispatches on that type.
         raise SourceError(f"{aoi_id} {day}: {result.note}")
     if "evidence" in result.skipped:
         # Transient, so the task is retried and, once its retries are spent, not cached as

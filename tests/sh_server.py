@@ -128,12 +128,20 @@ class Scene:
                 "assets": {}, "links": []}
 
 
+class _NotFound(Exception):
+    """A collection the service does not hold (answered HTTP 404)."""
+
+
 class FakeSentinelHub:
     """The server; use as a context manager or call :meth:`start` / :meth:`stop`."""
 
     def __init__(self, *, client_id: str = "test-client", client_secret: str = "test-secret",
-                 token_lifetime_s: int = 3600, retry_after_ms: int = 150) -> None:
+                 token_lifetime_s: int = 3600, retry_after_ms: int = 150, strict_collections: bool = False) -> None:
         self.client_id, self.client_secret = client_id, client_secret
+        #: As the real service: a catalog or process request for a collection it does not
+        #: hold (a wrong BYOC id) is answered HTTP 404. Off by default: an unknown
+        #: collection then has no scenes (empty search, empty image).
+        self.strict_collections = strict_collections
         self.token_lifetime_s, self.retry_after_ms = token_lifetime_s, retry_after_ms
         self.scenes: list[Scene] = []
         self.tokens: dict[str, float] = {}
@@ -188,7 +196,12 @@ class FakeSentinelHub:
         return f"{self.url}/oauth/token"
 
     def fail(self, endpoint: str, kind: str, times: int = 1) -> None:
-        """Make the next ``times`` requests to ``endpoint`` (token, catalog, process) fail with ``kind``."""
+        """Make the next ``times`` requests to ``endpoint`` (token, catalog, process) fail with ``kind``.
+
+        Kinds: ``429`` (with Retry-After), ``500``, ``expire`` (the token revoked), ``bad_json``
+        and ``no_context`` (catalog), ``truncate`` (process), or any other HTTP status as digits
+        (``"400"``, ``"404"``, ``"408"``, ``"503"``...), answered with Sentinel Hub's error body.
+        """
         with self._lock:
             self._failures[endpoint].extend([kind] * times)
 
@@ -245,10 +258,16 @@ class FakeSentinelHub:
         with self._lock:
             self.tokens.pop(token, None)
 
+    def known(self, collection: str) -> bool:
+        """Whether the service holds ``collection`` (always, unless ``strict_collections``)."""
+        return not self.strict_collections or any(s.collection == collection for s in self.scenes)
+
     def search(self, body: dict) -> dict:
         collections = body.get("collections") or []
         if len(collections) != 1:
             raise ValueError("exactly one collection must be given")
+        if not self.known(collections[0]):
+            raise _NotFound(f"Collection {collections[0]} not found")
         start, end = _interval(body.get("datetime"))
         area = shape(body["intersects"]) if "intersects" in body else box(*body["bbox"]) if "bbox" in body else None
         clauses = [c for c in (body.get("filter") or "").split(" AND ") if c.strip()]
@@ -279,6 +298,8 @@ class FakeSentinelHub:
         if width > 2500 or height > 2500:
             raise ValueError(f"output size {width}x{height} exceeds the 2500 px limit")
         data = body["input"]["data"][0]
+        if not self.known(data["type"]):
+            raise _NotFound(f"Collection {data['type']} not found")
         tr = data.get("dataFilter", {}).get("timeRange", {})
         start, end = _parse(tr["from"]), _parse(tr["to"])
         area = box(*transform_bounds(crs, "EPSG:4326", xmin, ymin, xmax, ymax))
@@ -416,6 +437,8 @@ class _Handler(BaseHTTPRequestHandler):
                                {"Retry-After": str(hub.retry_after_ms)})
         if failure == "500":
             return self._error(500, "Internal server error")
+        if failure is not None and failure.isdigit():
+            return self._error(int(failure), f"simulated HTTP {failure}")
         if endpoint == "token":
             form = {k: v[0] for k, v in parse_qs(raw.decode()).items()}
             status, obj = hub.issue_token(form)
@@ -438,6 +461,8 @@ class _Handler(BaseHTTPRequestHandler):
                 reply = hub.search(body)
             except (KeyError, ValueError) as exc:
                 return self._error(400, f"invalid search: {exc}")
+            except _NotFound as exc:
+                return self._error(404, str(exc))
             if failure == "no_context":
                 reply.pop("context")
             return self._json(200, reply)
@@ -445,6 +470,8 @@ class _Handler(BaseHTTPRequestHandler):
             content, ctype = hub.process(body)
         except (KeyError, ValueError) as exc:
             return self._error(400, f"invalid process request: {exc}")
+        except _NotFound as exc:
+            return self._error(404, str(exc))
         if failure == "truncate":
             content = content[: len(content) // 2]
         return self._send(200, content, ctype)

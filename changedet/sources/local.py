@@ -11,10 +11,12 @@ the grid; nearest for classification and mask bands).
 
 from __future__ import annotations
 
+import errno
 import glob
 import hashlib
 import logging
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -25,7 +27,8 @@ import numpy as np
 import xarray as xr
 from shapely.geometry import box
 
-from changedet.errors import GridError, RasterError, SourceError
+from changedet.errors import (GridError, RasterError, SceneUnreadable, SourceConfigError, SourceError,
+                              SourceUnavailable)
 from changedet.grid import GridSpec
 from changedet.sources.base import CLOUD_BAND, SCL_BAND, SceneRecord, check_range
 
@@ -186,14 +189,18 @@ class LocalSource:
                                       "fix its georeferencing") from None
                 tags = {(dom, k): v for dom in ("", "IMAGERY") for k, v in src.tags(ns=dom or None).items()}
                 res = abs(src.transform.a) if src.crs.is_projected else None
+                from changedet.io import data_band_indexes
+
                 info = {"crs": src.crs, "bounds4326": bounds4326, "dtype": src.dtypes[0], "count": src.count,
+                        # Bands read_raster reads as data (an alpha mask band is not one).
+                        "data_count": len(data_band_indexes(src)),
                         "descriptions": list(src.descriptions), "tags": tags, "res": res}
         except SourceError:
             raise
         except Exception as exc:  # rasterio raises several types for corrupt files
-            raise SourceError(f"{path}: cannot be read as a raster ({exc.__class__.__name__}: {exc}); "
-                              "check that it is a complete GeoTIFF, COG or JPEG2000, or move it out of the folder") \
-                from None
+            raise _read_failure(path, exc, f"{path}: cannot be read as a raster ({exc.__class__.__name__}: {exc}); "
+                                "check that it is a complete GeoTIFF, COG or JPEG2000, or move it out of the "
+                                "folder")
         info["time"] = self._time(path, info["tags"])
         self._headers[key] = info
         return info
@@ -202,8 +209,9 @@ class LocalSource:
         if self.pattern:
             t = _name_time(path.name, self.pattern)
             if t is None:
-                raise SourceError(f"{path}: its name does not match the date pattern {self.pattern!r}; "
-                                  "fix the pattern (a regex with a named group 'date') or rename the file")
+                raise SourceConfigError(f"{path}: its name does not match the date pattern {self.pattern!r}; "
+                                        "fix the pattern (a regex with a named group 'date') or rename the file",
+                                        option="pattern")
             return t
         for key in DATE_TAGS:
             if key in tags:
@@ -250,12 +258,11 @@ class LocalSource:
         for f in files:
             try:
                 info = self.header(f)
-            except SourceError as exc:
-                if "cannot be read as a raster" not in str(exc):
-                    raise  # no CRS, a name off the pattern: the folder or entry needs fixing
+            except (SceneUnreadable, SourceUnavailable) as exc:
                 # A file cut short inside its header (an interrupted copy, a full disk) must not
                 # fail every other date's search: it fails only the date its name gives (one
                 # whose name gives none may be of any date, so it still fails every search).
+                # (No CRS, a name off the pattern: the folder or the entry needs fixing, raised as is.)
                 named = _name_time(Path(f).name, self.pattern)
                 if named is None or start <= named.date() <= end:
                     raise
@@ -285,16 +292,37 @@ class LocalSource:
         return 1.0
 
     def load(self, scene: SceneRecord, grid: GridSpec, **_: Any) -> xr.DataArray:
-        """The file's pixels on ``grid``, reflectance bands scaled, masks kept as classes."""
+        """The file's pixels on ``grid``, reflectance bands scaled, masks kept as classes.
+
+        Raises
+        ------
+        SourceUnavailable
+            The file is gone (a share not mounted) or the file system failed to read it
+            (an I/O, permission or stale-handle error): a later try may succeed.
+        SceneUnreadable
+            The file is there and the file system reads it, but it is no raster GDAL can
+            read (corrupt, cut short), or it holds no pixel over the grid's extent.
+        SourceConfigError
+            The entry's ``bands:`` list does not fit the file's bands.
+        """
         from changedet.io import read_raster, reproject_to
 
         path = Path(scene.properties["path"])
+        if not path.is_file():
+            raise SourceUnavailable(f"{path}: the file of scene {scene.id} is gone (a share not mounted, the file "
+                                    "moved or renamed); mount the share or put the file back, then run the day again")
         info = self.header(path)
+        if self.bands and len(self.bands) not in (info["count"], info.get("data_count", info["count"])):
+            # Every file of the folder fails alike: the entry needs fixing, not the scene.
+            raise SourceConfigError(
+                f"{path}: has {info.get('data_count', info['count'])} bands but {len(self.bands)} band names were "
+                f"given ({list(self.bands)}); give one name per band of the files in the entry's 'bands:' option, "
+                "or remove it", option="bands")
         try:
             da = read_raster(path, bands=list(self.bands) if self.bands else None)
             # read_raster reads lazily-opened files fully; a truncated file fails here.
         except RasterError as exc:
-            raise SourceError(str(exc)) from None
+            raise _read_failure(path, exc, str(exc))  # noqa: B904  (its __cause__ is set: the library error)
         names = [str(b) for b in da["band"].values]
         scale = self._scale(info["dtype"])
         classes = [b for b in names if b in _CLASS_BANDS]
@@ -312,8 +340,9 @@ class LocalSource:
                 parts.append(reproject_to(source, grid, resampling=resampling))
             except GridError:
                 if not _overlaps(info["bounds4326"], grid):
-                    raise SourceError(f"{path}: does not cover the AOI {scene.aoi_id} grid; pick files over the "
-                                      "site or check their CRS") from None
+                    raise SceneUnreadable(f"{path}: does not cover the AOI {scene.aoi_id} grid; pick files over the "
+                                          "site or check their CRS", reason="the file does not cover the site") \
+                        from None
                 # The file reaches the grid but holds only no-data there (the no-data edge of a
                 # swath or tile): that is an acquisition without pixels over the site, which
                 # fetch records as skipped, not a broken file that should stop the whole fetch.
@@ -322,6 +351,63 @@ class LocalSource:
         out = out.sel(band=names).astype("float32")
         out.attrs = {"scene_id": scene.id, "sensor": scene.sensor, "platform": scene.platform}
         return out
+
+
+#: OS errors of a file system that may pass (network shares, FUSE, permissions an admin fixes).
+_PASSING_ERRNOS = tuple(getattr(errno, name) for name in (
+    "EIO", "EACCES", "EPERM", "ESTALE", "ETIMEDOUT", "EAGAIN", "EINTR", "ENOENT", "ENOTCONN", "EHOSTDOWN",
+    "EHOSTUNREACH", "ENETDOWN", "ENETUNREACH", "ECONNRESET", "ECONNABORTED", "ECONNREFUSED", "ENODEV", "ENXIO",
+    "EBUSY", "ENOLCK", "EREMOTEIO", "ECOMM") if hasattr(errno, name))
+
+
+def _read_failure(path: Path, exc: BaseException, message: str) -> SourceError:
+    """The typed error for a file that could not be read: passing or the file's own, for good.
+
+    ``exc`` is rasterio's error or changedet's :class:`RasterError` around it (whose
+    context is rasterio's). May pass (:class:`SourceUnavailable`): the file is gone or
+    not readable by this process, an ``OSError`` with an errno or a
+    ``Permission``/``Timeout``/``Connection`` error in the chain, GDAL's file-I/O error
+    class, or GDAL's text carrying the OS's own message for such an errno (GDAL reports a
+    share's EIO as text only: ``os.strerror`` gives the words, in this OS's language).
+    Last, the file is read through with plain Python: an ``OSError`` there is the file
+    system's too. A file that reads through but that GDAL cannot decode is corrupt or
+    cut short: :class:`SceneUnreadable`. The library error is kept as ``__cause__`` (a
+    local path carries no secret).
+    """
+    chain, e = [], exc
+    while e is not None and len(chain) < 20:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    underlying = next((c for c in chain if not isinstance(c, (RasterError, SourceError))), exc)
+
+    def passing(why: str, cause: BaseException = underlying) -> SourceUnavailable:
+        out = SourceUnavailable(f"{message}; {why}: it may pass, run the day again (a share's mount, network "
+                                "or permissions)")
+        out.__cause__ = cause
+        return out
+
+    if not path.is_file():
+        return passing("the file is gone")
+    if not os.access(path, os.R_OK):
+        return passing("this process may not read it")
+    words = [os.strerror(n).lower() for n in _PASSING_ERRNOS]
+    for c in chain:  # typed first: the exception that carries the errno becomes the cause
+        if isinstance(c, (PermissionError, FileNotFoundError, TimeoutError, ConnectionError)) or (
+                isinstance(c, OSError) and isinstance(c.errno, int) and c.errno != 0):
+            return passing(f"an error of the file system ({c.__class__.__name__})", c)
+        if c.__class__.__name__ == "CPLE_FileIOError":
+            return passing("GDAL reported a file I/O error", c)
+    if any(w in str(c).lower() for c in chain for w in words):
+        return passing("the file system reported an error")
+    try:
+        with open(path, "rb") as fh:
+            while fh.read(8 << 20):
+                pass
+    except OSError as os_exc:
+        return passing(f"reading it through failed ({os_exc.__class__.__name__}: {os_exc})", os_exc)
+    out = SceneUnreadable(message, reason="the file is there but cannot be read")
+    out.__cause__ = underlying
+    return out
 
 
 def _overlaps(bounds4326: tuple[float, float, float, float], grid: GridSpec) -> bool:

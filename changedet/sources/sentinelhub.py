@@ -43,7 +43,7 @@ import xarray as xr
 from shapely.geometry import shape
 from shapely.ops import unary_union
 
-from changedet.errors import SourceError
+from changedet.errors import SceneUnreadable, SourceConfigError, SourceError, SourceUnavailable
 from changedet.grid import GridSpec
 from changedet.sources import sh_evalscripts as es
 from changedet.sources.base import CLOUD_BAND, SceneRecord, check_range
@@ -342,10 +342,12 @@ class SentinelHubSource:
             collection = {"s2": "sentinel-2-l2a", "s1": "sentinel-1-grd"}.get(sensor)
             if collection is None:
                 if sensor != "vhr":
-                    raise SourceError(f"Sentinel Hub has no sensor {sensor!r}; use 's2', 's1' or 'vhr'")
+                    raise SourceConfigError(f"Sentinel Hub has no sensor {sensor!r}; use 's2', 's1' or 'vhr'",
+                                            option="sensor")
                 if not self.byoc_id:
-                    raise SourceError("sensor 'vhr' on Sentinel Hub reads a BYOC collection: give "
-                                      "collection: byoc-<id> (or byoc_id) in the AOI's source options")
+                    raise SourceConfigError("sensor 'vhr' on Sentinel Hub reads a BYOC collection: give "
+                                            "collection: byoc-<id> (or byoc_id) in the AOI's source options",
+                                            option="byoc_id")
                 collection = f"byoc-{self.byoc_id}"
         if collection in self._collections:
             return self._collections[collection]
@@ -373,7 +375,17 @@ class SentinelHubSource:
 
     # -- errors ------------------------------------------------------------------------
     def _error(self, what: str, exc: BaseException) -> SourceError:
-        """A SourceError naming the request and the cause, with every secret redacted."""
+        """A SourceError naming the request and the cause, with every secret redacted.
+
+        Typed by the HTTP status: 400 (the request: an evalscript or band the collection
+        rejects), 401/403 (the credentials or the client's rights) and 404 (a collection,
+        such as a BYOC id, or an endpoint it does not know) are :class:`SourceConfigError`,
+        the same for every scene; 408/409/423/425/429 (the server's state), 5xx and an
+        unreachable service are :class:`SourceUnavailable`; any other 4xx is about the
+        scene's request, :class:`SceneUnreadable`. The caller raises it ``from None``: the
+        library's exception holds the request (its ``Authorization`` header), so it is not
+        kept as the cause.
+        """
         from sentinelhub.exceptions import DownloadFailedException, OutOfRequestsException
 
         status = 429 if isinstance(exc, OutOfRequestsException) else _status_of(exc)
@@ -390,7 +402,23 @@ class SentinelHubSource:
             hint = f"{exc.__class__.__name__}: {exc}"
         if status is not None and status < 500 and status not in (401, 403, 429):
             hint = f"HTTP {status}: {_server_message(exc)}"
-        return SourceError(self._redact(f"{what} failed: {hint}"))
+        text = self._redact(f"{what} failed: {hint}")
+        if status in (401, 403):
+            return SourceConfigError(text, option="credentials")
+        if status == 400:
+            return SourceConfigError(
+                f"{text}; Sentinel Hub rejects the request itself, so every scene fails alike: check the entry's "
+                "'bands' (names the collection has) and 'band_names'", option="bands")
+        if status == 404:
+            return SourceConfigError(
+                f"{text}; Sentinel Hub does not know the collection (or the endpoint): check the entry's "
+                "'collection'/'byoc_id' (the BYOC collection id) and SH_BASE_URL", option="collection")
+        if status in _PASSING_4XX or (status is not None and status >= 500) or (
+                isinstance(exc, DownloadFailedException) and status is None):
+            return SourceUnavailable(text)
+        if status is not None and 400 <= status < 500:
+            return SceneUnreadable(text, reason=f"Sentinel Hub answered HTTP {status}")
+        return SourceError(text)
 
     def _redact(self, text: str) -> str:
         return _REDACTOR.redact(text, self.settings.client_secret)
@@ -488,13 +516,13 @@ class SentinelHubSource:
 
         epsg = grid.crs.to_epsg()
         if epsg is None:
-            raise SourceError(f"the AOI grid CRS {grid.crs.name!r} has no EPSG code; Sentinel Hub needs an EPSG "
-                              "CRS (UTM zones, EPSG:4326, EPSG:3857): rebuild the grid in one")
+            raise SourceConfigError(f"the AOI grid CRS {grid.crs.name!r} has no EPSG code; Sentinel Hub needs an EPSG "
+                              "CRS (UTM zones, EPSG:4326, EPSG:3857): rebuild the grid in one", option="crs")
         try:
             sh_crs = CRS(epsg)
         except ValueError:
-            raise SourceError(f"EPSG:{epsg} of the AOI grid is not a CRS Sentinel Hub supports; use UTM, "
-                              "EPSG:4326 or EPSG:3857") from None
+            raise SourceConfigError(f"EPSG:{epsg} of the AOI grid is not a CRS Sentinel Hub supports; use UTM, "
+                                    "EPSG:4326 or EPSG:3857", option="crs") from None
         sensor = scene.sensor
         area = _grid_lonlat(grid)
         if scene.footprint is not None and not scene.footprint.intersects(area):
@@ -549,16 +577,17 @@ class SentinelHubSource:
             except SourceError as exc:
                 _drop(path)
                 if not cached[i]:
-                    raise SourceError(f"{where}: {exc}; it was not cached, retry") from None
+                    # A reply cut short or garbled on the way: another request may get it whole.
+                    raise SourceUnavailable(f"{where}: {exc}; it was not cached, retry") from None
                 # A cache entry cut short (a crash while sentinelhub wrote it): fetch that tile again.
                 LOGGER.warning("%s: cached reply unreadable (%s); fetching it again", where, exc)
                 arrays = self._unpack(self._download([requests[i]], what)[0], script, tile, where=where)
             window = (slice(None), slice(tile.row0, tile.row0 + tile.rows), slice(tile.col0, tile.col0 + tile.cols))
             out[window] = arrays
         if np.isnan(out).all():
-            raise SourceError(f"{what}: Sentinel Hub returned no data over the AOI grid (the scene's pixels do not "
+            raise SceneUnreadable(f"{what}: Sentinel Hub returned no data over the AOI grid (the scene's pixels do not "
                               "reach it or the acquisition was not found in its one-pass time window); search "
-                              "again for scenes over this AOI")
+                              "again for scenes over this AOI", reason="Sentinel Hub has no pixels of it over the grid")
         band_list = list(names) + ([CLOUD_BAND] if sensor == "s2" else [])
         kind = {"s2": "reflectance", "s1": "sigma0" if self.backscatter.startswith("SIGMA") else "backscatter"}
         attrs = {"scene_id": scene.id, "sensor": sensor, "platform": scene.platform, "source": self.name,
@@ -646,18 +675,21 @@ class SentinelHubSource:
             SentinelHubDownloadClient(config=self._config).get_session()
         except Exception as exc:
             if exc.__class__.__name__ == "InsecureTransportError":
-                raise SourceError(f"{what}: the token URL {self.settings.token_url} is plain http; use https, "
-                                  "or set OAUTHLIB_INSECURE_TRANSPORT=1 for a local test server") from None
+                raise SourceConfigError(f"{what}: the token URL {self.settings.token_url} is plain http; use https, "
+                                  "or set OAUTHLIB_INSECURE_TRANSPORT=1 for a local test server",
+                                  option="SH_TOKEN_URL") from None
             status = _status_of(exc)
             if status is None and exc.__class__.__module__.startswith("oauthlib"):
                 status = getattr(exc, "status_code", 401)
             if status in (400, 401, 403):
-                raise SourceError(self._redact(
+                raise SourceConfigError(self._redact(
                     f"{what}: authentication at {self.settings.token_url} failed for client "
                     f"{self.settings.client_id!r} ({exc.__class__.__name__}); check {ENV_CLIENT_ID} and "
-                    f"{ENV_CLIENT_SECRET} (or the sentinelhub profile) and {ENV_TOKEN_URL}")) from None
-            raise SourceError(self._redact(f"{what}: authentication at {self.settings.token_url} failed "
-                                           f"({exc.__class__.__name__}: {exc})")) from None
+                    f"{ENV_CLIENT_SECRET} (or the sentinelhub profile) and {ENV_TOKEN_URL}"),
+                    option="credentials") from None
+            # The token service down, unreachable or slow: it may pass.
+            raise SourceUnavailable(self._redact(f"{what}: authentication at {self.settings.token_url} failed "
+                                                 f"({exc.__class__.__name__}: {exc})")) from None
 
 
 def _grid_lonlat(grid: GridSpec):
@@ -671,6 +703,10 @@ def _grid_lonlat(grid: GridSpec):
     ys = np.concatenate([np.full(n, ymin), np.linspace(ymin, ymax, n), np.full(n, ymax), np.linspace(ymax, ymin, n)])
     lon, lat = pyproj.Transformer.from_crs(grid.crs, 4326, always_xy=True).transform(xs, ys)
     return Polygon(zip(lon, lat))
+
+
+#: 4xx answers about the server's state, not the request: timeout, conflict, locked, too early, rate.
+_PASSING_4XX = (408, 409, 423, 425, 429)
 
 
 def _status_of(exc: BaseException) -> int | None:

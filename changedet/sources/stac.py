@@ -16,6 +16,7 @@ logged or put in error messages.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
@@ -26,7 +27,7 @@ import xarray as xr
 from shapely.geometry import mapping, shape
 from shapely.ops import unary_union
 
-from changedet.errors import SourceError
+from changedet.errors import SourceConfigError, SourceError, SourceUnavailable
 from changedet.grid import GridSpec
 from changedet.sources.base import SCL_BAND, SceneRecord, check_range
 
@@ -93,7 +94,7 @@ class StacSource:
             items = list(search.items())
         except Exception as exc:
             raise SourceError(f"STAC search of {self.collection} at {self.url} failed ({exc.__class__.__name__}: "
-                              f"{str(exc)[:200]}); check the collection id and retry later") from None
+                              f"{_without_queries(str(exc))[:200]}); check the collection id and retry later") from None
         groups: dict[date, list] = defaultdict(list)
         for item in items:
             cc = item.properties.get("eo:cloud_cover")
@@ -132,8 +133,8 @@ class StacSource:
             keys[SCL_BAND] = self.scl_asset
         missing = sorted({k for i in items for k in keys.values() if k not in i.assets})
         if missing:
-            raise SourceError(f"scene {scene.id}: items lack the assets {missing}; set the source's 'assets' to "
-                              f"the keys this collection has")
+            raise SourceConfigError(f"scene {scene.id}: items lack the assets {missing}; set the source's 'assets' "
+                                    f"to the keys this collection has", option="assets")
         geobox = GeoBox(grid.shape, grid.transform, grid.crs.to_wkt())
         odc.stac.configure_rio(cloud_defaults=True)
         try:
@@ -141,9 +142,12 @@ class StacSource:
                                resampling={"*": "bilinear", **({self.scl_asset: "nearest"} if self.scl_asset else {})},
                                fail_on_error=True)
         except Exception as exc:
-            raise SourceError(f"scene {scene.id}: loading its assets failed ({exc.__class__.__name__}: "
-                              f"{str(exc)[:200]}); the files may be missing or corrupt, retry or skip the date") \
-                from None
+            # May pass: a 403 of a signed asset URL is often an expired signature, a 5xx or a
+            # dropped connection the service's; a file missing for good cannot be told from them.
+            # The cause is not kept and URLs lose their query: signed URLs carry tokens.
+            raise SourceUnavailable(f"scene {scene.id}: loading its assets failed ({exc.__class__.__name__}: "
+                                    f"{_without_queries(str(exc))[:200]}); the files may be missing or corrupt, "
+                                    "retry or skip the date") from None
         if ds.sizes.get("time", 0) != 1:
             raise SourceError(f"scene {scene.id}: its items span {ds.sizes.get('time', 0)} solar days, expected 1")
         planes, names = [], []
@@ -166,6 +170,14 @@ class StacSource:
         # at every run.
         return grid.attach(data, bands=names, name="reflectance",
                            attrs={"scene_id": scene.id, "sensor": scene.sensor, "platform": scene.platform})
+
+
+_URL_QUERY = re.compile(r"(?i)\b((?:https?|s3|gs|az|abfs|abfss)://[^\s'\"?#]+)[?#][^\s'\"]*")
+
+
+def _without_queries(text: str) -> str:
+    """``text`` with every URL's query and fragment replaced by ``?...`` (SAS, presigned tokens)."""
+    return _URL_QUERY.sub(r"\1?...", text)
 
 
 def _scale_offset(item, key: str) -> tuple[float, float]:
