@@ -32,7 +32,8 @@ Method (global translation, one match per call):
    accurate.
 
 Local mode (:func:`estimate_local`, ``coregister(..., local=True)``): the same two
-stages on a grid of windows, all windows batched through one set of FFTs; a window
+stages on a grid of windows, all windows batched through one set of FFTs (the surfaces
+a few windows at a time, in cache-sized buffers); a window
 counts as a tie point when its peak ratio is above noise and its edges are not all
 parallel (structure-tensor coherence, the aperture problem); tie points inconsistent
 with a robust affine fit of the others are rejected (residual beyond 3 robust standard
@@ -273,17 +274,25 @@ def _along_rows(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     return ndimage.correlate1d(np.ascontiguousarray(img.T), kernel, axis=1, mode="reflect").T
 
 
-def _gradient(img: np.ndarray, valid: np.ndarray, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+def _gradient(img: np.ndarray, valid: np.ndarray, dtype=np.float32, *,
+              mean64: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Complex gradient ``gx + i*gy`` of ``img`` and the mask of pixels it is valid on.
 
     Sobel of the Gaussian-smoothed image (sigma :data:`_SMOOTH_SIGMA`, reflected at the
-    frame edge), computed with the composed separable kernels.
+    frame edge), computed with the composed separable kernels. Invalid pixels are filled
+    with the mean of the valid ones, summed in ``img``'s precision or, with ``mean64``,
+    in double precision (as for a float64 ``img``: a float32 frame then gives the same
+    numbers as its float64 copy, without the copy).
     """
     all_valid = bool(valid.all())
     if all_valid:
         filled = np.ascontiguousarray(img, dtype=dtype)
     else:
-        filled = np.where(valid, img, img[valid].mean()).astype(dtype, copy=False)
+        vals = img[valid]
+        # float32 -> float64 is exact, and the copy is contiguous: the same pairwise sum
+        # (so the same mean, bit for bit) as on a float64 frame.
+        fill = np.asarray(vals, np.float64).mean() if mean64 else vals.mean()
+        filled = np.where(valid, img, fill).astype(dtype, copy=False)
     grad = np.empty(filled.shape, np.complex64 if dtype == np.float32 else np.complex128)
     nb = _kernels() if grad.dtype == np.complex64 and _K_PAIRED else None
     if nb is not None and min(filled.shape) > _K_SMOOTH.size // 2:
@@ -1627,6 +1636,17 @@ def _nb_taper_impl(outv, mean_re, mean_im, weight):  # pragma: no cover - compil
             oi[2 * j + 1] = (oi[2 * j + 1] - mean_im) * wi[j]
 
 
+def _nb_taper_weighted_impl(outv, mean_re, mean_im, weight, taper):  # pragma: no cover - compiled by numba
+    """``out = ((out - mean) * weight) * taper`` on the float view of a complex window,
+    rounded after each step as numpy's three in-place passes (:func:`_window_stack`)."""
+    rows, cols = weight.shape
+    for i in range(rows):
+        wi, ti, oi = weight[i], taper[i], outv[i]
+        for j in range(cols):
+            oi[2 * j] = ((oi[2 * j] - mean_re) * wi[j]) * ti[j]
+            oi[2 * j + 1] = ((oi[2 * j + 1] - mean_im) * wi[j]) * ti[j]
+
+
 def _nb_reflect_row_impl(row, line, h):  # pragma: no cover - compiled by numba
     """``line[h:h + n] = row`` with ``h`` values mirrored beyond each end (ndimage's
     ``reflect``: ``row[h-1] ... row[0] | row | row[n-1] ... row[n-h]``), ``h <= n``."""
@@ -1838,7 +1858,8 @@ def _nb():
     # compiled function there, not the Python one.
     _nb_reflect_row = jit(_nb_reflect_row_impl)
     return SimpleNamespace(gradient=jit(_nb_gradient_impl), keys=jit(_nb_keys_impl), clip=jit(_nb_clip_impl),
-                           taper=jit(_nb_taper_impl), feather=jit(_nb_feather_impl), dilate=jit(_nb_dilate_impl),
+                           taper=jit(_nb_taper_impl), taper_weighted=jit(_nb_taper_weighted_impl),
+                           feather=jit(_nb_feather_impl), dilate=jit(_nb_dilate_impl),
                            full_gradient=jit(_nb_full_gradient_impl), kth=jit(_nb_kth_impl))
 
 
@@ -2301,6 +2322,9 @@ _MAD_CAP_PX = 1.5           # and never looser than this (random shifts must not
 # is 0 for isotropic texture and 1 for parallel edges; above this the window is dropped
 # (eigenvalue ratio below ~0.1).
 _MAX_COHERENCE = 0.8
+# Windows per pass of estimate_local's surfaces: 8 windows of 256 px are 4 MB of work
+# buffers (in cache), and the batched transforms still amortise their set-up.
+_LOCAL_CHUNK = 8
 
 
 @dataclass(frozen=True)
@@ -2332,13 +2356,20 @@ def _full_gradient(img: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.n
     invalid); the weight is None when every pixel is clean (a weight of ones)."""
     # Single precision: smoothed gradients are far above float32 rounding, and it halves
     # the cost of the filters, every FFT and every product downstream.
-    grad, good = _gradient(img, valid, np.float32)
+    grad, good = _gradient(img, valid, np.float32, mean64=True)
     all_good = bool(good.all())
     if not all_good and good.sum() < 16:
         return np.zeros(img.shape, np.complex64), np.zeros(img.shape, np.float32)
     mag = np.abs(grad)
     clip = _quantile(mag if all_good else mag[good], _CLIP_PERCENTILE)
-    if clip > 0:
+    nb = _kernels()
+    if clip > 0 and nb is not None and grad.flags.c_contiguous:
+        # The window path's clip loop in place (element by element: reading and writing
+        # the same sample is safe): the numpy lines below in one pass, bit for bit, and
+        # without their two frame-sized temporaries.
+        gv = grad.view(np.float32)
+        nb.clip(gv, mag, np.float32(clip), gv)
+    elif clip > 0:
         np.minimum(np.float32(clip) / np.maximum(mag, np.float32(1e-30)), np.float32(1.0), out=mag)
         grad *= mag
     if all_good:
@@ -2347,12 +2378,22 @@ def _full_gradient(img: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.n
     return grad, weight
 
 
-def _cut(arr: np.ndarray, r0: np.ndarray, c0: np.ndarray, ws: int) -> np.ndarray:
-    """Stack of ``ws`` x ``ws`` windows with upper-left corners (r0, c0); outside -> 0."""
+def _cut(arr: np.ndarray, r0: np.ndarray, c0: np.ndarray, ws: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Stack of ``ws`` x ``ws`` windows with upper-left corners (r0, c0); outside -> 0.
+    ``out``: a buffer to cut into (its leading part), used when it is C-contiguous, of
+    ``arr``'s dtype and large enough; else a new array is made."""
     rows, cols = arr.shape
     inside = (r0 >= 0) & (c0 >= 0) & (r0 + ws <= rows) & (c0 + ws <= cols)
-    # Zero-filled only when some window reaches outside the frame.
-    out = (np.empty if inside.all() else np.zeros)((len(r0), ws, ws), dtype=arr.dtype)
+    shape = (len(r0), ws, ws)
+    if out is not None and not (out.flags.c_contiguous and out.dtype == arr.dtype and out.size >= math.prod(shape)):
+        out = None
+    if out is not None:
+        out = out.reshape(-1)[:math.prod(shape)].reshape(shape)
+        if not inside.all():
+            out.fill(0)
+    else:
+        # Zero-filled only when some window reaches outside the frame.
+        out = (np.empty if inside.all() else np.zeros)(shape, dtype=arr.dtype)
     for i, (r, c) in enumerate(zip(r0.tolist(), c0.tolist())):
         # Plain slices (memcpy) are several times faster than fancy indexing here.
         ra, rb = max(r, 0), min(r + ws, rows)
@@ -2362,22 +2403,35 @@ def _cut(arr: np.ndarray, r0: np.ndarray, c0: np.ndarray, ws: int) -> np.ndarray
     return out
 
 
-def _window_stack(grad, weight, r0, c0, ws, taper):
-    """Zero-mean, feathered and tapered gradient windows, and each window's valid share."""
-    g = _cut(grad, r0, c0, ws)
+def _window_stack(grad, weight, r0, c0, ws, taper, out=None):
+    """Zero-mean, feathered and tapered gradient windows, and each window's valid share
+    (``out``: a buffer to build the stack in, see :func:`_cut`)."""
+    g = _cut(grad, r0, c0, ws, out)
     rows, cols = grad.shape
+    # The numba loops fuse the in-place passes below (one pass over the 25 MB stack of
+    # 49 windows of 256 px instead of two or three), same arithmetic, bit for bit.
+    nb = _kernels() if g.dtype == np.complex64 and taper.dtype == np.float32 else None
     if weight is None and np.all((r0 >= 0) & (c0 >= 0) & (r0 + ws <= rows) & (c0 + ws <= cols)):
         # Every pixel of every window is clean: plain means, no feathering.
-        g -= g.mean(axis=(1, 2), keepdims=True)
-        g *= taper
+        mean = g.mean(axis=(1, 2), keepdims=True)
+        if nb is None:
+            g -= mean
+            g *= taper
+        else:
+            for gi, mi in zip(g, mean[:, 0, 0]):
+                nb.taper(gi.view(np.float32), np.float32(mi.real), np.float32(mi.imag), taper)
         return g, np.ones(len(r0))
     w = _cut(np.ones(grad.shape, np.float32) if weight is None else weight, r0, c0, ws)
     inside = w > 0
     count = inside.sum(axis=(1, 2))
-    mean = g.sum(axis=(1, 2), where=inside) / np.maximum(count, 1)
-    g -= mean[:, None, None].astype(g.dtype)
-    g *= w
-    g *= taper
+    mean = (g.sum(axis=(1, 2), where=inside) / np.maximum(count, 1)).astype(g.dtype)
+    if nb is None or w.dtype != np.float32:
+        g -= mean[:, None, None]
+        g *= w
+        g *= taper
+    else:
+        for gi, mi, wi in zip(g, mean, w):
+            nb.taper_weighted(gi.view(np.float32), np.float32(mi.real), np.float32(mi.imag), wi, taper)
     return g, count / float(ws * ws)
 
 
@@ -2543,8 +2597,12 @@ def estimate_local(
     CoregError
         Arrays of different shapes, or no window with enough valid pixels.
     """
-    ref = np.asarray(reference, dtype="float64")
-    mov = np.asarray(moving, dtype="float64")
+    # float32 frames (read_raster's) stay float32: the gradients are float32 anyway, the
+    # hole fill is averaged in double precision (_gradient's mean64), so the numbers are
+    # those of a float64 copy, without the copies (2 x 8 MB for 1024 px frames).
+    same32 = np.asarray(reference).dtype == np.float32 and np.asarray(moving).dtype == np.float32
+    ref = np.asarray(reference, dtype=np.float32 if same32 else np.float64)
+    mov = np.asarray(moving, dtype=np.float32 if same32 else np.float64)
     if ref.ndim != 2 or ref.shape != mov.shape:
         raise CoregError(
             f"estimate_local needs two 2-D arrays of the same shape, got {ref.shape} and {mov.shape}"
@@ -2570,6 +2628,7 @@ def estimate_local(
     r0 = cr - ws // 2
     c0 = cc - ws // 2
     a, fa_good = _window_stack(g_ref, w_ref, r0, c0, ws, taper)
+    del g_ref, w_ref  # (freed now, they lower the call's peak memory: less to fault in again)
     # Moving content that lands at r came from r - shift.
     b, fb_good = _window_stack(g_mov, w_mov, r0 - pri[0], c0 - pri[1], ws, taper)
     use = (fa_good >= _MIN_WINDOW_GOOD) & (fb_good >= _MIN_WINDOW_GOOD)
@@ -2590,22 +2649,36 @@ def estimate_local(
     prod = sfft.fft2(b, workers=cpu_budget(), overwrite_x=True)
     np.conjugate(prod, out=prod)
     prod *= fa
-    mag = np.abs(prod)
-    floor = 1e-12 * mag.max(axis=(1, 2), keepdims=True) + 1e-30
-    np.maximum(mag, floor.astype(mag.dtype), out=mag)
-    # Times the reciprocal, as estimate_window: numpy divides complex by real as complex
-    # by complex (several times the CPU of the multiply); the two differ by an ulp.
-    surf = np.abs(sfft.ifft2(prod * np.reciprocal(mag, out=mag), workers=cpu_budget(), overwrite_x=True))
-    del mag
-    flat = surf.reshape(n, -1)
-    pk = flat.argmax(axis=1)
-    pr, pc = np.unravel_index(pk, (ws, ws))
-    peak = flat[np.arange(n), pk]
+    # The two surfaces (phase, then plain) are taken a few windows at a time in two small
+    # buffers (moduli, inverse transforms in place): every window's numbers are those of
+    # the whole stack at once, and the passes run on data in cache instead of on fresh
+    # stack-sized arrays (38 MB for 49 windows of 256 px: faulted in and streamed through
+    # memory on every call).
+    chunk = min(n, _LOCAL_CHUNK)
+    mag_buf = np.empty((chunk, ws, ws), np.float32)
+    work_buf = np.empty((chunk, ws, ws), prod.dtype)
+    pr, pc = np.empty(n, np.intp), np.empty(n, np.intp)
+    peak, second = np.empty(n, mag_buf.dtype), np.empty(n, mag_buf.dtype)
     excl = np.arange(-_PEAK_EXCLUDE, _PEAK_EXCLUDE + 1)
-    er = (pr[:, None] + excl[None, :]) % ws
-    ec = (pc[:, None] + excl[None, :]) % ws
-    surf[np.arange(n)[:, None, None], er[:, :, None], ec[:, None, :]] = 0.0  # peak read: the rest are others
-    second = flat.max(axis=1)
+    for s in range(0, n, chunk):
+        p = prod[s:s + chunk]
+        m = len(p)
+        mag = np.abs(p, out=mag_buf[:m])
+        floor = 1e-12 * mag.max(axis=(1, 2), keepdims=True) + 1e-30
+        np.maximum(mag, floor.astype(mag.dtype), out=mag)
+        # Times the reciprocal, as estimate_window: numpy divides complex by real as
+        # complex by complex (several times the CPU of the multiply); the two differ by an ulp.
+        work = np.multiply(p, np.reciprocal(mag, out=mag), out=work_buf[:m])
+        work = sfft.ifft2(work, workers=cpu_budget(), overwrite_x=True)
+        surf = np.abs(work, out=mag)
+        flat = surf.reshape(m, -1)
+        pk = flat.argmax(axis=1)
+        pr[s:s + m], pc[s:s + m] = np.unravel_index(pk, (ws, ws))
+        peak[s:s + m] = flat[np.arange(m), pk]
+        er = (pr[s:s + m, None] + excl[None, :]) % ws
+        ec = (pc[s:s + m, None] + excl[None, :]) % ws
+        surf[np.arange(m)[:, None, None], er[:, :, None], ec[:, None, :]] = 0.0  # peak read: the rest are others
+        second[s:s + m] = flat.max(axis=1)
     ratio = np.where(second > 0, peak / np.maximum(second, 1e-300), np.inf)
     rel = np.clip((ratio - _RATIO_NOISE) / (_RATIO_GOOD - _RATIO_NOISE), 0.0, 1.0)
     rel = np.where(coherence > _MAX_COHERENCE, 0.0, rel)
@@ -2616,7 +2689,10 @@ def estimate_local(
     tot = pri[None, :] + ishift
     moved = np.any(ishift != 0, axis=1)
     if moved.any():
-        b2, _ = _window_stack(g_mov, w_mov, r0[moved] - tot[moved, 0], c0[moved] - tot[moved, 1], ws, taper)
+        # When every window moves, the first product is not needed any more: the re-cut
+        # stack is built in its buffer (a fresh stack is 25 MB faulted in on every call).
+        b2, _ = _window_stack(g_mov, w_mov, r0[moved] - tot[moved, 0], c0[moved] - tot[moved, 1], ws, taper,
+                              out=prod if moved.all() else None)
         fb2 = sfft.fft2(b2, workers=cpu_budget(), overwrite_x=True)
         np.conjugate(fb2, out=fb2)
         if moved.all():  # (as a mask, indexing would copy fa and prod: tens of MB)
@@ -2625,10 +2701,19 @@ def estimate_local(
         else:
             fb2 *= fa[moved]
             prod[moved] = fb2
+        del b2, fb2
+    del a, fa  # (the first spectra are read: freed before the second surface)
     prod2 = prod
     # Newton starts at the integer maximum of the plain cross-correlation, as in
     # estimate_shift; a start more than a pixel from the phase peak marks an ambiguous window.
-    ccs = np.abs(sfft.ifft2(prod2, workers=cpu_budget())).reshape(n, -1).argmax(axis=1)
+    ccs = np.empty(n, np.intp)
+    for s in range(0, n, chunk):
+        m = len(prod2[s:s + chunk])
+        work = work_buf[:m]
+        np.copyto(work, prod2[s:s + m])
+        work = sfft.ifft2(work, workers=cpu_budget(), overwrite_x=True)
+        ccs[s:s + m] = np.abs(work, out=mag_buf[:m]).reshape(m, -1).argmax(axis=1)
+    del work_buf, mag_buf
     k0 = np.stack(np.unravel_index(ccs, (ws, ws)), axis=1).astype(float)
     k0 = np.where(k0 > ws // 2, k0 - ws, k0)
     fine = _newton_peak(prod2, k0)
