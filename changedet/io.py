@@ -157,6 +157,54 @@ def _is_mask_band(src, i: int) -> bool:
     return bool(np.isin(sample, [0, *full]).all())
 
 
+def _read_masked(src) -> tuple[np.ndarray, np.ndarray]:
+    """``(stored, data)``: a dataset's values as stored, and as float32 with NaN where it has no data.
+
+    "No data" is what GDAL's mask bands say (``read(masked=True)``). Bands whose only
+    mask is their nodata value (or that have none) are masked here, from the raw values,
+    with GDAL's comparison (NaN nodata matches NaN; the value is compared in the band's
+    type): GDAL would build a mask band block by block for them, which costs 2-3x the read
+    itself for a float file (4 x 1024^2 float32: 36 ms against 11 ms). Internal, ``.msk``
+    and alpha masks, and an integer band's nodata its type cannot hold exactly (GDAL's own
+    rounding rules apply), stay GDAL's.
+    """
+    from rasterio.enums import MaskFlags
+
+    flags = [list(f) for f in src.mask_flag_enums]
+    simple = all(f in ([MaskFlags.all_valid], [MaskFlags.nodata]) for f in flags)
+    if simple:
+        simple = all(_holds(nd, np.dtype(dt)) for nd, dt in zip(src.nodatavals, src.dtypes) if nd is not None)
+    if not simple:
+        stored = src.read(masked=True)
+        return np.ma.getdata(stored), np.ma.filled(stored.astype("float32"), np.float32(np.nan))
+    raw = src.read()
+    data = raw.astype("float32")
+    for j, f in enumerate(flags):
+        nd = src.nodatavals[j]
+        if f != [MaskFlags.nodata] or nd is None:
+            continue
+        if np.isnan(nd):
+            if raw.dtype.kind == "f":
+                data[j][np.isnan(raw[j])] = np.nan
+            continue
+        data[j][raw[j] == raw.dtype.type(nd)] = np.nan
+    return raw, data
+
+
+def _holds(nd: float, dtype: np.dtype) -> bool:
+    """Whether a band of ``dtype`` holds the nodata value ``nd`` exactly enough to compare as GDAL does.
+
+    Integer types: a whole number in range. Float types: NaN, or a value within range (a
+    float32 band's 1e40 would round to inf).
+    """
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return not np.isnan(nd) and float(nd).is_integer() and info.min <= nd <= info.max
+    if dtype.kind == "f":
+        return bool(np.isnan(nd) or abs(nd) <= np.finfo(dtype).max)
+    return False  # complex and other types: GDAL's masks
+
+
 def read_raster(path: str | Path, *, bands: list[str] | None = None,
                 as_stored: Sequence[str] = ()) -> xr.DataArray:
     """Read a GeoTIFF / COG / JPEG2000 as ``DataArray(band, y, x)`` (float32, NaN for nodata).
@@ -186,10 +234,9 @@ def read_raster(path: str | Path, *, bands: list[str] | None = None,
         # masked: nodata (per band), internal mask and alpha bands all become NaN, as
         # with rioxarray's masked=True; the mask comes from the raw values, so float32
         # rounding cannot merge nodata with a neighbour.
-        stored = src.read(masked=True)
-        data = np.ma.filled(stored.astype("float32"), np.float32(np.nan))
-        # The raw values (the masked array's data, no second read) only when asked for.
-        stored = np.ma.getdata(stored) if as_stored else None
+        stored, data = _read_masked(src)
+        # The raw values (no second read) only when asked for.
+        stored = stored if as_stored else None
         keep = data_band_indexes(src)
         if _alpha_kept_as_data(src, keep):
             # GDAL masks the other bands with a band it labels alpha (band 4 of every 4-band
