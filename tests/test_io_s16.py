@@ -74,3 +74,33 @@ def test_as_stored_band_keeps_raw_values(tmp_path):
     da = read_raster(path, bands=["B04", "CLM"], as_stored=["clm"])
     assert np.array_equal(da.sel(band="CLM").values, raw[1].astype("float32"))
     assert np.isnan(da.sel(band="B04").values[:5, :5]).all()
+
+
+NEAR = [("float32", -9999.0), ("float32", 0.1), ("float32", -3.4028230607370965e+38), ("float64", -1e30),
+        ("float64", 12.5), ("float32", 1e-30)]
+
+
+@pytest.mark.parametrize("dtype,nodata", NEAR, ids=[f"{d}-{n}" for d, n in NEAR])
+def test_pixels_a_few_ulps_from_the_nodata_tag_are_masked_as_gdal_masks_them(tmp_path, dtype, nodata):
+    # GDAL's nodata mask takes floats within ~2 float32 epsilons (relative) of the tag as
+    # no data (an ESRI file's -FLT_MAX pixels under a tag rounded to -3.402823e+38; LERC).
+    n = np.array(nodata, dtype)
+    vals = [n]
+    for direction in (np.inf, -np.inf):
+        x = n.copy()
+        for _ in range(12):
+            x = np.nextafter(x, np.array(direction, dtype))
+            vals.append(x.copy())
+    if nodata == -3.4028230607370965e+38:
+        vals.append(np.array(-np.finfo(np.float32).max, dtype))  # the ESRI layout
+    vals = np.array(vals, dtype)
+    path = tmp_path / "near.tif"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with rasterio.open(path, "w", driver="GTiff", height=1, width=vals.size, count=1, dtype=dtype,
+                           crs="EPSG:32633", transform=from_origin(500000, 4000001, 1, 1), nodata=nodata) as dst:
+            dst.write(vals.reshape(1, 1, -1))
+    got, want = read_raster(path).values, _gdal(path)
+    assert np.isnan(want).sum() > 1  # GDAL does merge near neighbours: the case is live
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    assert np.array_equal(got, want, equal_nan=True)
