@@ -2409,7 +2409,9 @@ def _window_stack(grad, weight, r0, c0, ws, taper, out=None):
     g = _cut(grad, r0, c0, ws, out)
     rows, cols = grad.shape
     # The numba loops fuse the in-place passes below (one pass over the 25 MB stack of
-    # 49 windows of 256 px instead of two or three), same arithmetic, bit for bit.
+    # 49 windows of 256 px instead of two or three), same arithmetic and the same values;
+    # where a feather weight is 0 the loop may give -0 where numpy gives +0 (equal values,
+    # and every later step treats them alike).
     nb = _kernels() if g.dtype == np.complex64 and taper.dtype == np.float32 else None
     if weight is None and np.all((r0 >= 0) & (c0 >= 0) & (r0 + ws <= rows) & (c0 + ws <= cols)):
         # Every pixel of every window is clean: plain means, no feathering.
