@@ -33,9 +33,10 @@ signed errors, zone means: TEU, ground slots (against the visible share of the t
 and tiers (TEU over slots against the truth's), so that a bias (mean) is told from a
 spread (mean absolute) and footprint errors from height errors.
 
-Seeds: yards 101-128 have been used while developing the counter (tuning; 123-128 were
-held out in session 14 and looked at in session 15); 129-134 are held out since session
-15 (report them separately, summary table only, and do not tune on them).
+Seeds: yards 101-140 have been used while developing the counter (tuning; 123-128 were
+held out in session 14, 129-134 and 135-140 in session 15, each then looked at); 141-146
+are held out since session 16 (report them separately, summary table only, and do not
+tune on them).
 """
 
 from __future__ import annotations
