@@ -23,6 +23,11 @@ from pathlib import Path
 import numpy as np
 from shapely.geometry import box
 
+import sys
+
+# This tree's changedet first (a copy of the repo run as a script would import the installed one).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from changedet.cube import Cube
 from changedet.grid import GridSpec
 from changedet.sources.base import SceneRecord

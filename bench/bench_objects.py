@@ -43,6 +43,11 @@ from scipy import ndimage
 from shapely.geometry import shape
 from shapely.strtree import STRtree
 
+import sys
+
+# This tree's changedet first (a copy of the repo run as a script would import the installed one).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from changedet.aoi import default_registry, load_aoi
 from changedet.coreg import apply_shift, estimate_shift
 from changedet.objects.containers import _mask, count_containers, observed_mask

@@ -290,6 +290,11 @@ import xarray as xr
 from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 
+import sys
+
+# This tree's changedet first (a copy of the repo run as a script would import the installed one).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from changedet.grid import GridSpec
 from changedet.io import read_raster
 from changedet.objects.vessels import (_sea, detect_vessels, ground_metres_per_unit, optical_candidates,

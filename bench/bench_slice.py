@@ -18,6 +18,11 @@ from pathlib import Path
 import numpy as np
 import shapely
 
+import sys
+
+# This tree's changedet first (a copy of the repo run as a script would import the installed one).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from changedet.aoi import default_registry, load_aoi
 from changedet.coreg import apply_shift
 from changedet.cube import clear_mask, optical_bands
