@@ -25,10 +25,8 @@ the light as recorded, and whether a colour lies outside every mix of the two li
 shades the ground beside it away from the sun: at 0.5 m pixels or finer, a stretch read
 as a car with lit ground where even a bare flat wagon's shadow would fall is a track
 bed unlike the ground beside it (concrete sleepers on asphalt, a cleared bed in snow),
-not a car; and a shadow beside a lit centre in the narrow band where a bare flat
-wagon's deck shades the ground (under a high sun) is a car. Along the car, a boxcar's
-roof is one even sheet; a covered hopper's hatches and end bays, an open wagon's heaped
-load and a locomotive's fans make the top vary.
+not a car. Along the car, a boxcar's roof is one even sheet; a covered hopper's hatches
+and end bays, an open wagon's heaped load and a locomotive's fans make the top vary.
 
 Typing assumes the 1520 mm-gauge freight fleet (Russia, the CIS, the Baltic states,
 Mongolia, Finland's 1524 mm): its car lengths (no boxcar or open wagon of 18 m or
@@ -262,9 +260,7 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
                                dark_light=lift,
                                anti_shadow_is_own=own_only,
                                shadow_tail_m=_shadow_tail(tracks[tid], sun_azimuth_deg) if sun_left is not None
-                               else 0.0,
-                               shadow_across_m=_shadow_across(tracks[tid], sun_azimuth_deg, sun_elevation_deg),
-                               blur_m=max(0.2, 0.5 * grid.resolution))
+                               else 0.0)
     seen_empty = {}
     if wide:
         # Another track's cars in the height band are bodies, not ground: their tops and
@@ -564,8 +560,7 @@ def _shadow_from_anti_sun_sides(strips: Mapping[str, Strip], tracks: Mapping[str
 def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
                sun_left: bool | None = None, anti_shadow_is_own: bool = False,
                shadow_tail_m: float = 0.0, thin_cloud: bool = False,
-               dark_light: np.ndarray | None = None,
-               shadow_across_m: float = float("nan"), blur_m: float = 0.4) -> tuple[np.ndarray, np.ndarray]:
+               dark_light: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Boolean occupied and observed (finite) flags per along-track position.
 
     Colour alone cannot tell a black tank car from shadowed ballast, nor a grey car
@@ -586,12 +581,6 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
 
     ``dark_light`` (per band, reflectance) is the darkest light already subtracted from
     ``strip`` and ``refs`` (haze; see :func:`_dark_object_light`); None for none.
-
-    With the sun's side known, the narrow band where a bare flat wagon's deck shades the
-    ground (``shadow_across_m``: metres sideways per metre of height, from
-    :func:`_shadow_across`; edges blurred over ``blur_m`` metres) in shadow beside a lit
-    centre is a car too (:func:`_own_deck_shadow`) where no other rule finds one: it adds
-    stretches, it does not lengthen or join the runs the other rules found.
     """
     centre, _ = _zones(strip)
     a = strip.across_m
@@ -697,23 +686,9 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
         # a known sun, the edge of a neighbour's shadow crossing the centre mimics it.
         structured = texture > 4.0 if sun_left is None else np.zeros_like(dark)
         occ = colourful | (dark & (sun_lit | structured)) | dark_car | (anti_dark & (~dark | anti_shadow_is_own))
-        centre_lit = ~dark
         solid = colourful | dark_car
     else:
         solid = occ
-        centre_lit = quiet_nanmean(mean, axis=0) >= _SHADOW_RATIO * float(quiet_nanmean(refs["lit"]))
-    if sun_left is not None and vhr:
-        # A bare flat wagon's deck shades only a narrow band beside it (see _own_deck_shadow);
-        # only something on this track shades its anti-sun side while its centre stays lit.
-        # It adds the cars no other rule sees, not ends to runs the others found: under an
-        # oblique sun a tall car's shadow runs along that band past the car's end and
-        # across the coupler gaps that split a consist's run, and a run grown by it is cut into
-        # cars of other lengths (own simulator: 3 cars typed otherwise).
-        deck = _own_deck_shadow(strip, sun_left, shadow_across_m, int(1.0 / strip.step_m) | 1,
-                                blur_m=blur_m) & centre_lit
-        lab, _ = ndimage.label(deck | occ)
-        touched = np.unique(lab[occ & (lab > 0)])
-        occ = occ | (deck & ~np.isin(lab, touched))
     occ &= seen
     if vhr:
         # Close sub-metre holes (specular glints, noise) and drop specks shorter than 4 m.
@@ -725,67 +700,6 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
     else:
         occ = _drop_short(occ, 1)
     return occ & seen, seen
-
-
-def _own_deck_shadow(strip: Strip, sun_left: bool, per_m: float, k: int, *, blur_m: float = 0.4) -> np.ndarray:
-    """Per along-track sample: whether the ground beside the track on its anti-sun side is
-    in shadow where even the lowest car's shadow (a bare flat wagon's deck) falls.
-
-    Parameters
-    ----------
-    strip : Strip
-        The track's samples (reflectance; above the path radiance where haze was removed).
-    sun_left : bool
-        Whether the sun is on the strip's left (positive ``across_m``).
-    per_m : float
-        Metres a shadow falls sideways per metre of height (:func:`_shadow_across`); NaN
-        when the sun is unknown or along the track.
-    k : int
-        Smoothing along the track (samples, odd).
-    blur_m : float
-        Blur of a shadow's edge (m): half a pixel, 0.2 m at least.
-
-    Returns
-    -------
-    numpy.ndarray of bool
-        True where the band is darker than ``_SHADOW_RATIO`` of its lit level.
-
-    Notes
-    -----
-    A deck ``_LOWEST_DECK_M`` up and ``_LOWEST_HALF_WIDTH_M`` half-wide (13-401: 1.3 m,
-    2.87 m wide) shades the ground from its edge out to ``1.435 + 1.3 * per_m`` m: under
-    a sun 45-70 degrees high across the track, 1.9-2.3 m out. The band read is that one,
-    each end moved in by half the blur; the 1.95-2.6 m band :func:`_occupancy` reads for
-    taller cars' shadows is two thirds lit there, and a ballast-coloured deck went unseen
-    (altgen tuning scenes: 315 of 947 flat wagons had no detection over them, most under
-    such a sun). A wider body in the band is a car as well. The band's lit level is its
-    90th percentile along this track: the ground beside this track as it is lit, yard
-    gravel brighter than fouled ballast say, not the track centre's colour. Only
-    something on this track shades its anti-sun side while its centre stays lit (the
-    caller's condition): a neighbour's or a mast's shadow reaches the centre first. All
-    False where the band is under ``_MIN_OWN_SHADOW_BAND_M`` wide (a high sun or one
-    along the track), holds no sample, or fewer than 10 samples are seen.
-    """
-    n = strip.values.shape[2]
-    if not np.isfinite(per_m):
-        return np.zeros(n, bool)
-    a = strip.across_m if sun_left else -strip.across_m
-    lo = _LOWEST_HALF_WIDTH_M + blur_m / 2
-    hi = min(_LOWEST_HALF_WIDTH_M + _LOWEST_DECK_M * abs(float(per_m)) - blur_m / 2,
-             float(np.abs(strip.across_m).max()))
-    band = (a <= -lo) & (a >= -hi)
-    if hi - lo < _MIN_OWN_SHADOW_BAND_M or not band.any():
-        return np.zeros(n, bool)
-    b = _nan_smooth(quiet_nanmean(strip.values[:3][:, band, :], axis=(0, 1)), k)
-    fin = b[np.isfinite(b)]
-    if fin.size < 10:
-        return np.zeros(n, bool)
-    ref = float(np.quantile(fin, 0.9))
-    return np.isfinite(b) & (b < _SHADOW_RATIO * ref) if ref > 0 else np.zeros(n, bool)
-
-
-# Narrowest band (m) beside the track a deck's shadow must cover to be read.
-_MIN_OWN_SHADOW_BAND_M = 0.15
 
 
 # Ground brightness relative to its learnt colour under the same mix of sun and skylight:
