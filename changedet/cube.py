@@ -221,6 +221,7 @@ class Cube:
             self.path: Any = f"{base}/{stem}.zarr"
             self.provenance_path: Any = f"{base}/{stem}.provenance.json"
             self.reference_path: Any = f"{base}/{stem}.reference.tif"
+            self.pending_reference_path: Any = f"{base}/{stem}.reference.pending.tif"
             self._lock_path: Any = f"{base}/{stem}.lock"
         else:
             if isinstance(root, str) and root.startswith("file://"):
@@ -230,6 +231,7 @@ class Cube:
             self.path = base_p / f"{stem}.zarr"
             self.provenance_path = base_p / f"{stem}.provenance.json"
             self.reference_path = base_p / f"{stem}.reference.tif"
+            self.pending_reference_path = base_p / f"{stem}.reference.pending.tif"
             self._lock_path = base_p / f"{stem}.lock"
 
     # ------------------------------------------------------------------ store errors
@@ -552,17 +554,19 @@ class Cube:
             else:
                 self._create(data, bands, t)
                 doc["bands"] = bands
+            path = (scene.properties or {}).get("path")
             doc["scenes"].append({
                 "index": n, "scene_id": scene.id, "time": scene.time.isoformat(), "source": scene.source,
                 "platform": scene.platform, "cloud_cover": _number(scene.cloud_cover), "sha256": digest,
                 "stored_at": datetime.now(timezone.utc).isoformat(),
+                # The source file, if any: a later record of it is matched by path and time.
+                **({"path": str(path)} if path else {}),
                 **json.loads(json.dumps(extra or {}, default=str)),
             })
             # The acquisition is stored now: its earlier records go, also those of a file that
-            # was replaced (a new file gets a new scene id) or of another id for the same source
-            # and time, or `cube info` would list a stored day as lost.
-            path = (scene.properties or {}).get("path")
-            doc["skipped"] = [s for s in doc.get("skipped", []) if not _superseded(s, doc["scenes"][-1], path)]
+            # was replaced (a new file gets a new scene id), or `cube info` would list a stored
+            # day as lost. Only records of this acquisition (see _superseded): they are deleted.
+            doc["skipped"] = [s for s in doc.get("skipped", []) if not _superseded(s, doc["scenes"][-1])]
             self._write_provenance(doc)
         return True
 
@@ -693,17 +697,43 @@ class Cube:
         return _read_reference(str(self.reference_path), st.st_mtime_ns, st.st_size).copy()
 
     @_guarded("write the registration reference")
-    def set_reference(self, data: xr.DataArray) -> None:
+    def set_reference(self, data: xr.DataArray, *, pending: bool = False) -> None:
+        """Save ``data`` as the registration reference.
+
+        With ``pending`` it is written under :attr:`pending_reference_path` and becomes the
+        reference only by :meth:`promote_reference`: a run saves the reference made from a
+        day before it stores that day and promotes it after, so a crash in between leaves
+        the exact reference on disk (promoted by the next run) rather than stored scenes
+        without one.
+        """
         from changedet.io import write_geotiff
 
+        target = self.pending_reference_path if pending else self.reference_path
         if not self.remote:
-            write_geotiff(data, self.reference_path)
+            write_geotiff(data, target)
             return
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
             local = write_geotiff(data, Path(tmp) / "reference.tif")
-            self._fs.pipe_file(self.reference_path, local.read_bytes())
+            self._fs.pipe_file(target, local.read_bytes())
+
+    @_guarded("promote the pending registration reference")
+    def promote_reference(self) -> bool:
+        """Make the pending reference (:meth:`set_reference` ``pending=True``) the reference.
+
+        Returns False, changing nothing, when there is no pending reference. The rename
+        replaces an existing reference file.
+        """
+        if self.remote:
+            if not self._fs.exists(self.pending_reference_path):
+                return False
+            self._fs.mv(self.pending_reference_path, self.reference_path)
+            return True
+        if not self.pending_reference_path.exists():
+            return False
+        os.replace(self.pending_reference_path, self.reference_path)  # atomic on one file system
+        return True
 
 
 #: Bands found by their exact (upper-case) name: a lower-case "clm"/"scl" in an old cube was
@@ -766,29 +796,65 @@ def _same_bands(held: list[Any], new: list[str]) -> bool:
     return up_held == up_new
 
 
-def _superseded(record: dict[str, Any], stored: dict[str, Any], path: Any = None) -> bool:
+def _superseded(record: dict[str, Any], stored: dict[str, Any]) -> bool:
     """Whether the skipped ``record`` is of the acquisition the ``stored`` scene entry holds.
 
-    The same scene id; or the same source and acquisition time (a local file replaced
-    after it was found broken gets a new id, its mtime is part of it); or the same source
-    file ``path`` (given for the stored scene, recorded by the daily run for unreadable files).
+    The same scene id; or, at the same acquisition time, the same source file (``path``,
+    when the record names one: a local file replaced after it was found broken gets a new
+    id, its mtime is part of it) or, for a record without a path, the same series entry
+    (``entry``, e.g. ``"local vhr 0.5m path=/mnt/a"``). Two tiles of one day, or two
+    folders of one source type, are other acquisitions; so is another day's file at the
+    same path (a drop folder's ``latest.tif``). A record naming neither is superseded only
+    by its own id.
     """
-    if record.get("scene_id") == stored.get("scene_id"):
+    return _superseded_in(record, _supersede_keys([stored]))
+
+
+def _supersede_keys(scenes: list[dict[str, Any]]) -> tuple[set, set, set]:
+    """``(ids, (path, time) pairs, (entry, time) pairs)`` of stored scene entries, for :func:`_superseded_in`."""
+    ids, paths, entries = set(), set(), set()
+    for e in scenes:
+        ids.add(e.get("scene_id"))
+        t = _when(e.get("time"))
+        if t is None:
+            continue
+        if e.get("path"):
+            paths.add((str(e["path"]), t))
+        if e.get("entry"):
+            entries.add((str(e["entry"]), t))
+    return ids, paths, entries
+
+
+def _superseded_in(record: dict[str, Any], keys: tuple[set, set, set]) -> bool:
+    ids, paths, entries = keys
+    if record.get("scene_id") in ids:
         return True
-    if record.get("source") != stored.get("source"):
+    t = _when(record.get("time"))
+    if t is None:
         return False
-    if path is not None and record.get("path") is not None and str(record["path"]) == str(path):
-        return True
+    if record.get("path"):
+        return (str(record["path"]), t) in paths
+    return bool(record.get("entry")) and (str(record["entry"]), t) in entries
+
+
+def _when(value: Any) -> pd.Timestamp | None:
+    """An acquisition time as a UTC timestamp (None when unreadable), for matching records to scenes."""
     try:
-        return pd.Timestamp(record["time"]) == pd.Timestamp(stored["time"])
-    except (KeyError, TypeError, ValueError):
-        return False
+        t = pd.Timestamp(value)
+    except (TypeError, ValueError):
+        return None
+    if t is pd.NaT:
+        return None
+    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
 
 
 def _live_skipped(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """The provenance's skipped records, by time, less those a stored scene superseded."""
-    scenes = doc.get("scenes", [])
-    live = [s for s in doc.get("skipped", []) if not any(_superseded(s, e) for e in scenes)]
+    """The provenance's skipped records, by time, less those a stored scene superseded.
+
+    One set lookup per record (the flows' cache key calls this for every AOI-day).
+    """
+    keys = _supersede_keys(doc.get("scenes", []))
+    live = [s for s in doc.get("skipped", []) if not _superseded_in(s, keys)]
     return sorted(live, key=lambda s: pd.Timestamp(s["time"]))
 
 

@@ -482,7 +482,7 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
     if not simulated:
         data, observed_cloud = _judge(data, scene, spec, site_mask, result)
         if data is None:
-            return _rejected(cube, scene, result)
+            return _rejected(cube, spec, scene, result)
         reference, origin = cube.reference(), None
         if reference is None:
             # A run that stopped between storing the reference day and saving its reference.
@@ -491,7 +491,7 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
             cres = res * max(1, int(round(cfg.change_res_m / res)))
             made = _new_reference(cube, data, observed_cloud, spec, scene, site_mask, result, cres)
             if made is None:
-                return _rejected(cube, scene, result)
+                return _rejected(cube, spec, scene, result)
             reference, origin = new_reference = made
         else:
             origin = _reference_origin(cube)
@@ -524,13 +524,13 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
     except CoregError as exc:
         # Too little clear overlap to register: the scene cannot be trusted pixel-wise.
         result.status, result.note = "not_registered", str(exc)
-        return result if simulated else _rejected(cube, scene, result)
+        return result if simulated else _rejected(cube, spec, scene, result)
     if not reg.applied:
         # Counting on tracks and zones that may sit metres off would be worse than no count.
         result.status = "not_registered"
         result.note = f"registration unreliable: {reg.reason or f'reliability {reg.reliability:.2f}'}"
         result.reliability = round(reg.reliability, 3)
-        return result if simulated else _rejected(cube, scene, result)
+        return result if simulated else _rejected(cube, spec, scene, result)
     aligned = apply_shift(bands, reg.shift_row_px, reg.shift_col_px)
     # Pixels near a cloud edge after resampling count as cloudy (NaN compares False).
     moved = apply_shift(clear.astype("float32"), reg.shift_row_px, reg.shift_col_px, order=1) > 0.99
@@ -670,12 +670,17 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
             extra["reference_from"] = origin
             # The entry, not only its type, pins the series (see _series_sources).
             extra["entry"] = _entry_id(spec)
+        if new_reference is not None:
+            # Saved under a pending name before its day is stored and promoted only once it is:
+            # a day that ended otherwise (not registered, a crash before the append) leaves no
+            # reference that no stored scene was registered with (the next reference day
+            # overwrites the pending file), and a crash after the append leaves the exact
+            # reference for the next run to promote (_rebuilt_reference).
+            cube.set_reference(new_reference[0], pending=True)
         # (At factor 1 through the change cube's handle: the store was always created by it.)
         (cube if factor > 1 else coarse_cube).append(scene, stored, extra=extra)
         if new_reference is not None:
-            # Saved only now that its day is stored: a day that ended otherwise (not registered,
-            # a crash) leaves no reference behind that no stored scene was registered with.
-            cube.set_reference(new_reference[0])
+            cube.promote_reference()
             result.note = _joined(result.note, f"{new_reference[1]} became the registration reference")
         if origin is not None and origin.startswith("scene "):
             # Limit, said on every such day: the frame is an acquisition, not an orthophoto.
@@ -686,7 +691,7 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
     return result
 
 
-def _rejected(cube: Cube, scene, result: DayResult) -> DayResult:
+def _rejected(cube: Cube, spec, scene, result: DayResult) -> DayResult:
     """``result``, its scene (of a real source) recorded as skipped with the day's status and reason.
 
     So ``changedet cube info`` and the report can say why a judged scene is not stored
@@ -697,8 +702,10 @@ def _rejected(cube: Cube, scene, result: DayResult) -> DayResult:
     if result.status == "failed":
         return result
     try:
+        # With the entry: a record without a file path is superseded by a stored scene of the
+        # same entry and time (Cube.append), never by another entry's.
         cube.record_skipped(scene, f"{result.status}: {result.note}", permanent=False, status=result.status,
-                            cloud_fraction=result.cloud_fraction)
+                            cloud_fraction=result.cloud_fraction, entry=_entry_id(spec))
     except CubeError as exc:
         log.warning("%s %s: the %s scene %s was not recorded as skipped (%s)", result.aoi_id, result.day,
                     result.status, scene.id, exc)
@@ -852,7 +859,7 @@ def _load_failed(cube: Cube, spec, scene, exc: SourceError, result: DayResult) -
         # (With the file's path: a replaced file, a new scene id, supersedes the record once stored.)
         path = scene.properties.get("path")
         cube.record_skipped(scene, f"cannot be loaded ({exc.reason}): {exc}", permanent=True,
-                            **({"path": str(path)} if path else {}))
+                            entry=_entry_id(spec), **({"path": str(path)} if path else {}))
         result.status = "unreadable"
         result.note = (f"scene {scene.id} cannot be loaded ({exc.reason}): {exc}; recorded as skipped in "
                        f"{cube.provenance_path}; replace or fix the scene and run this day again")
@@ -908,10 +915,12 @@ def _new_reference(cube: Cube, data: xr.DataArray, frac: float, spec, scene, sit
         files = f"{stem}.zarr, {stem}.provenance.json" + (
             f", {coarse}.zarr and {coarse}.provenance.json" if coarse != stem else "")
         result.status = "failed"
-        result.note = (f"the cube {cube.path} holds {len(held)} scene(s) but its registration reference "
-                       f"{cube.reference_path} is gone; a new reference would put every later day in another "
-                       f"frame than the stored ones: restore that file, or delete {files} in "
-                       f"{Path(str(cube.path)).parent} and run the whole range again")
+        # (Joined: _rebuilt_reference may have said why the reference could not be rebuilt.)
+        result.note = _joined(result.note, (
+            f"the cube {cube.path} holds {len(held)} scene(s) but its registration reference "
+            f"{cube.reference_path} is gone; a new reference would put every later day in another "
+            f"frame than the stored ones: restore that file, or delete {files} in "
+            f"{Path(str(cube.path)).parent} and run the whole range again"))
         return None
     bands = optical_bands(data)
     if spec.options.get("reference"):
@@ -942,20 +951,26 @@ REBUILD_MAX_SHIFT_PX = 1e-3
 
 def _rebuilt_reference(cube: Cube, spec, like: xr.DataArray, site_mask: np.ndarray,
                        result: DayResult) -> xr.DataArray | None:
-    """The registration reference rebuilt and saved after a run stopped between storing its day and saving it.
+    """The registration reference restored after a run stopped between storing its day and saving it.
 
-    ``run_day`` stores the reference day's scene, then saves the reference
-    (``Cube.set_reference``); a crash between the two leaves stored scenes and no
-    reference. The stored scenes say what the reference was (``reference_from``). When
-    every one of them names the same origin and that is (a) ``scene X`` with ``X`` the
+    ``run_day`` writes a new reference under a pending name, stores the reference day's
+    scene, then promotes the pending file (``Cube.promote_reference``). A crash after the
+    append leaves stored scenes, no reference and the pending file: it is promoted, the
+    exact reference. Cubes written before that order (the reference saved after the
+    append) hold no pending file; their reference is rebuilt when every stored scene
+    names the same origin (``reference_from``) and that is (a) ``scene X`` with ``X`` the
     first scene stored, registered with a zero shift (it was registered onto itself, so
     its stored pixels are the reference's, on the cube grid, quantised to the cube's
-    1e-4 reflectance steps), the reference is its optical bands where its stored cloud
-    band is clear (NaN elsewhere: the stored mask has the cloud buffer, a little more than
-    the original's); or (b) ``file P`` with ``P`` the entry's ``reference``, that file is
-    read again. The rebuilt reference is saved at once and the day's note says so.
-    Otherwise None: the caller fails the day (:func:`_new_reference`), as a reference
-    rebuilt from anything else would put later days in another frame.
+    1e-4 reflectance steps): its optical bands, NaN only where they are NaN (the stored
+    cloud band is buffered by up to 30 m, and masking by it could leave a day of scattered
+    small clouds with no pixel; the day had at most :data:`REFERENCE_MAX_CLOUD` cloud, and
+    co-registration masks the moving image by its own clear mask), accepted only if it
+    observes :data:`REFERENCE_MIN_OBSERVED` of the site as a new reference must; or (b)
+    ``file P`` with ``P`` the entry's ``reference``, that file read again. The reference is
+    saved at once and the day's note says so. Otherwise None, with the reason in
+    ``result.note`` when there is one: the caller fails the day (:func:`_new_reference`),
+    as a reference rebuilt from anything else would put later days in another frame. A
+    reference file that is gone or unreadable is such a reason, never raised.
     """
     held = cube.scenes()
     if not held:
@@ -964,6 +979,12 @@ def _rebuilt_reference(cube: Cube, spec, like: xr.DataArray, site_mask: np.ndarr
     origin = first.get("reference_from")
     if not origin or any(e.get("reference_from") != origin for e in held):
         return None
+    if cube.promote_reference():
+        log.warning("%s: registration reference %s was pending under %d stored scene(s) (a run stopped after "
+                    "storing its day); promoted", cube.aoi_id, cube.reference_path, len(held))
+        result.note = _joined(result.note, f"the registration reference of {origin}, left pending by an "
+                              "interrupted run, was put in place")
+        return cube.reference()
     if origin == f"scene {first['scene_id']}":
         shift = first.get("coreg") or {}
         try:
@@ -978,14 +999,22 @@ def _rebuilt_reference(cube: Cube, spec, like: xr.DataArray, site_mask: np.ndarr
         ids = [str(v) for v in stack["scene_id"].values]
         stored = stack.isel(time=ids.index(first["scene_id"])).load()
         stored = stored.drop_vars([c for c in ("time", "scene_id") if c in stored.coords])
-        names = [str(b) for b in stored["band"].values]
-        if CLOUD_BAND in names:
-            reference = optical_bands(stored).where(stored.sel(band=CLOUD_BAND) < 0.5)
-        else:
-            reference = optical_bands(stored)
-        reference = reference.astype("float32")
+        reference = optical_bands(stored).astype("float32")
+        observed = _observed_share(reference, site_mask)
+        if observed < REFERENCE_MIN_OBSERVED:
+            result.note = _joined(result.note, (
+                f"the stored reference day {first['scene_id']} observes only {observed:.0%} of the site, under "
+                f"the {REFERENCE_MIN_OBSERVED:.0%} a reference needs, so the lost reference is not rebuilt "
+                "from it"))
+            return None
     elif spec.options.get("reference") and origin == _file_origin(spec.options["reference"]):
-        reference = _reference_file(spec.options["reference"], spec, cube.grid, like, site_mask)
+        try:
+            reference = _reference_file(spec.options["reference"], spec, cube.grid, like, site_mask)
+        except SourceError as exc:
+            log.warning("%s: the lost registration reference cannot be read again from the entry's file: %s",
+                        cube.aoi_id, exc)
+            result.note = _joined(result.note, f"the lost reference cannot be rebuilt: {exc}")
+            return None
     else:
         return None
     cube.set_reference(reference)

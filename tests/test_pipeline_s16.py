@@ -323,22 +323,38 @@ def test_cube_info_hides_a_record_an_older_cube_kept(tmp_path):
     cube = Cube(tmp_path, "a", "vhr", grid)
     t1, t2 = datetime(2023, 8, 24, 2, tzinfo=timezone.utc), datetime(2023, 8, 31, 2, tzinfo=timezone.utc)
 
-    def rec(sid, t):
+    def rec(sid, t, path=None):
         return SceneRecord(id=sid, source="local", aoi_id="a", sensor="vhr", time=t, platform="p", cloud_cover=0.0,
-                           footprint=box(0, 0, 1, 1), resolution_m=1.0)
+                           footprint=box(0, 0, 1, 1), resolution_m=1.0,
+                           properties={"path": path} if path else {})
 
     data = grid.attach(np.full((2, 8, 8), 0.1, "float32"), bands=["B04", "CLM"])
-    cube.append(rec("new-24", t1), data)
+    cube.append(rec("new-24", t1, "/imgs/site_20230824.tif"), data, extra={"entry": "local vhr 1m path=/imgs"})
     # As the old code left it: a permanent record of the replaced file, written after the store.
     cube.record_skipped(rec("old-24", t1), "cannot be loaded (the file is there but cannot be read): ...",
-                        permanent=True)
+                        permanent=True, path="/imgs/site_20230824.tif")
+    # Of the same time but no record of this acquisition (review PIPE #5): a fetch's cloudy record
+    # of another tile (no path, no entry) and a record of another folder (entry) stay listed.
+    cube.record_skipped(rec("tile2-24", t1), "83% of the site under cloud")
+    cube.record_skipped(rec("other-24", t1), "cloudy: ...", entry="local vhr 1m path=/other")
     cube.record_skipped(rec("cut-31", t2), "cannot be loaded: ...", permanent=True)
-    assert [s["scene_id"] for s in cube._read_provenance()["skipped"]] == ["old-24", "cut-31"]
-    assert [s["scene_id"] for s in cube.skipped()] == ["cut-31"]
-    assert [s["scene_id"] for s in cube.info()["skipped"]] == ["cut-31"]
+    assert [s["scene_id"] for s in cube._read_provenance()["skipped"]] == ["old-24", "tile2-24", "other-24", "cut-31"]
+    assert [s["scene_id"] for s in cube.skipped()] == ["tile2-24", "other-24", "cut-31"]
+    assert [s["scene_id"] for s in cube.info()["skipped"]] == ["tile2-24", "other-24", "cut-31"]
 
 
 # -- 3. a crash between storing the reference day and saving its reference --------------------
+
+def _crash_after_the_append(monkeypatch, aoi, day, cfg):
+    """Run ``day`` (the reference day) and stop it after its scene was stored, before its reference is in place."""
+    def crash(self):
+        raise KeyboardInterrupt("killed between cube.append and promote_reference")
+
+    with monkeypatch.context() as m:
+        m.setattr(Cube, "promote_reference", crash)
+        with pytest.raises(KeyboardInterrupt):
+            run_day(aoi, day, cfg)
+
 
 def test_a_reference_lost_after_its_day_was_stored_is_rebuilt(scenes, tmp_path, monkeypatch):
     """The run stops in Cube.set_reference of the reference day: the next day rebuilds the reference
@@ -354,16 +370,10 @@ def test_a_reference_lost_after_its_day_was_stored_is_rebuilt(scenes, tmp_path, 
     ref_ok = Cube(ok.data_dir, aoi.id, "vhr", grid).reference()
 
     cfg = RunConfig(data_dir=tmp_path / "data", registry=reg, evidence=False)
-    real = Cube.set_reference
-
-    def crash(self, data):
-        raise KeyboardInterrupt("killed between cube.append and set_reference")
-
-    monkeypatch.setattr(Cube, "set_reference", crash)
-    with pytest.raises(KeyboardInterrupt):
-        run_day(aoi, QUIET[0], cfg)
-    monkeypatch.setattr(Cube, "set_reference", real)
+    _crash_after_the_append(monkeypatch, aoi, QUIET[0], cfg)
     cube = Cube(cfg.data_dir, aoi.id, "vhr", grid)
+    # As a run before the pending order left it (the reference saved after the append): no pending file.
+    Path(cube.pending_reference_path).unlink()
     held = cube.scenes()
     assert len(held) == 1 and cube.reference() is None
     # What the rebuild relies on: the reference day was stored registered onto itself, unshifted.
@@ -391,11 +401,9 @@ def test_a_lost_reference_is_not_rebuilt_from_a_moved_scene(scenes, tmp_path, mo
     imgs = _copy_imgs(scenes, tmp_path / "imgs")
     aoi, reg = _local_aoi(scenes, tmp_path, path=imgs)
     cfg = RunConfig(data_dir=tmp_path / "data", registry=reg, evidence=False)
-    monkeypatch.setattr(Cube, "set_reference", lambda self, data: (_ for _ in ()).throw(KeyboardInterrupt()))
-    with pytest.raises(KeyboardInterrupt):
-        run_day(aoi, QUIET[0], cfg)
-    monkeypatch.undo()
+    _crash_after_the_append(monkeypatch, aoi, QUIET[0], cfg)
     cube = Cube(cfg.data_dir, aoi.id, "vhr", aoi_grid(aoi, RES))
+    Path(cube.pending_reference_path).unlink()  # as a run before the pending order left it
     doc = json.loads(Path(cube.provenance_path).read_text())
     doc["scenes"][0]["coreg"]["shift_row_px"] = 0.4
     Path(cube.provenance_path).write_text(json.dumps(doc))
@@ -441,6 +449,17 @@ def test_stac_load_errors_are_typed_and_show_no_signed_query(tmp_path):
             src.load(dc_replace(scene, properties=signed), grid)
         assert "S3CRET" not in str(info.value) and secret not in str(info.value), str(info.value)
         assert info.value.__cause__ is None  # the library's error holds the signed URL: not kept
+        # A 404 names no URL (review PIPE #8): an asset that is there but no raster makes GDAL quote
+        # the whole signed URL ("... not recognized as being in a supported file format").
+        (folder / "page.html").write_text("<html><body>Sign in</body></html>")
+        signed["items"] = json.loads(json.dumps(scene.properties["items"]).replace(
+            "red.tif", f"page.html?se=2030&{secret}"))
+        with pytest.raises(SourceUnavailable) as info:
+            src.load(dc_replace(scene, properties=signed), grid)
+        text = str(info.value)
+        assert "page.html?..." in text, text  # the library's message, with the URL it quotes redacted
+        assert "S3CRET" not in text and "se=2030" not in text, text
+        assert info.value.__cause__ is None and info.value.__suppress_context__
         lacking = dict(scene.properties)
         lacking["items"] = [{**i, "assets": {k: v for k, v in i["assets"].items() if k != "nir"}}
                             for i in lacking["items"]]
@@ -463,3 +482,338 @@ def _stac_aoi(tmp_path, grid):
 
     x0, y0, x1, y1 = grid.bounds
     return make_aoi(tmp_path / "aois", "stacsite", (x0 + 100, y0 + 100, x1 - 100, y1 - 100), "EPSG:32631")
+
+
+# -- review PIPE of 5f17f66 ---------------------------------------------------------------------
+
+def _rgba_file(path, *, day: str | None = None, alpha_is_mask: bool = True, seed: int = 0, count: int = 4):
+    """A 4-band 8-bit GeoTIFF without a photometric tag (GDAL labels band 4 alpha), 1024^2 at 0.5 m
+    (``count=3``: its first three bands only, no alpha)."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    rng = np.random.default_rng(seed)
+    with rasterio.open(path, "w", driver="GTiff", width=1024, height=1024, count=count, dtype="uint8",
+                       crs="EPSG:32652", transform=from_origin(500000, 4700000, 0.5, 0.5)) as ds:
+        ds.write(rng.integers(1, 255, (3, 1024, 1024)).astype("uint8"), [1, 2, 3])
+        band4 = (np.where(rng.random((1024, 1024)) < 0.5, 0, 255) if alpha_is_mask
+                 else rng.integers(1, 200, (1024, 1024)))
+        if count == 4:
+            ds.write(band4.astype("uint8"), 4)
+        if day:
+            ds.update_tags(TIFFTAG_DATETIME=day)
+    return path
+
+
+class _World:
+    from shapely.geometry import box
+
+    polygon = box(-180, -90, 180, 90)
+    id = "x"
+
+
+def test_search_reads_no_pixel_and_a_cut_rgba_file_fails_only_its_load(tmp_path, monkeypatch):
+    """Review PIPE #1: header() is metadata only, so an RGBA file cut in its pixels, in a folder without
+    'pattern', leaves the search of another date alone and is found for its own date (its load says
+    unreadable); bands: is still checked against the data bands in load()."""
+    from datetime import date
+
+    import changedet.io as cio
+    from changedet.sources.local import LocalSource
+
+    _rgba_file(tmp_path / "a.tif", day="2024:01:05 02:00:00")
+    cut = _rgba_file(tmp_path / "b.tif", day="2024:02:07 02:00:00", seed=1)
+    cut.write_bytes(cut.read_bytes()[: int(cut.stat().st_size * 0.6)])
+    reads = []
+    real = cio._is_mask_band
+    monkeypatch.setattr(cio, "_is_mask_band", lambda src, i: reads.append(i) or real(src, i))
+    src = LocalSource(path=str(tmp_path))
+    assert [s.properties["path"] for s in src.search(_World(), date(2024, 1, 5), date(2024, 1, 5))] == \
+        [str((tmp_path / "a.tif").resolve())]
+    (own,) = src.search(_World(), date(2024, 2, 7), date(2024, 2, 7))
+    assert reads == []  # no pixel read by either search
+    grid = _rgba_grid()
+    with pytest.raises(SceneUnreadable):
+        src.load(own, grid)
+
+    # The bands: check, now in load(): 3 names (the alpha is a mask) or 4 load, 2 names do not.
+    (scene,) = src.search(_World(), date(2024, 1, 5), date(2024, 1, 5))
+    for names in (["B02", "B03", "B04"], ["B02", "B03", "B04", "A"]):
+        assert list(LocalSource(path=str(tmp_path), bands=names).load(scene, grid)["band"].values) == names[:3]
+    with pytest.raises(SourceConfigError) as info:
+        LocalSource(path=str(tmp_path), bands=["B02", "B03"]).load(scene, grid)
+    assert info.value.option == "bands"
+    # Band 4 labelled alpha but holding NIR is data: 3 names do not fit it.
+    (tmp_path / "nir").mkdir()
+    nir = _rgba_file(tmp_path / "nir" / "n.tif", day="2024:01:05 02:00:00", alpha_is_mask=False)
+    (scene,) = LocalSource(path=str(nir.parent)).search(_World(), date(2024, 1, 5), date(2024, 1, 5))
+    with pytest.raises(SourceConfigError, match="has 4 bands but 3 band names"):
+        LocalSource(path=str(nir.parent), bands=["B02", "B03", "B04"]).load(scene, grid)
+
+
+def _rgba_grid():
+    import pyproj
+    from affine import Affine
+
+    from changedet.grid import GridSpec
+
+    return GridSpec(crs=pyproj.CRS.from_epsg(32652), transform=Affine(2, 0, 500100, 0, -2, 4699900), shape=(64, 64))
+
+
+def test_a_passing_gdal_read_error_of_an_intact_file_is_read_again(tmp_path, monkeypatch, caplog):
+    """Review PIPE #3: libtiff's short-read error once on an intact file (a share's passing EIO): the
+    read-through succeeds, a second GDAL read too, and the scene loads; a file cut on disk fails both
+    reads and stays SceneUnreadable."""
+    from datetime import date
+
+    import changedet.io as cio
+    from changedet.errors import RasterError
+    from changedet.sources.local import LocalSource
+
+    _rgba_file(tmp_path / "site_20240105.tif", count=3)
+    cut = _rgba_file(tmp_path / "site_20240106.tif", seed=2, count=3)
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    src = LocalSource(path=str(tmp_path), pattern=r"(?P<date>\d{8})")
+    (good,) = src.search(_World(), date(2024, 1, 5), date(2024, 1, 5))
+    (bad,) = src.search(_World(), date(2024, 1, 6), date(2024, 1, 6))
+    with pytest.raises(RasterError) as real_err:
+        cio.read_raster(cut)
+    real, calls = cio.read_raster, []
+
+    def flaky(path, **kw):  # the share fails the first read only, as a cut file's error
+        calls.append(path)
+        if len(calls) == 1:
+            raise real_err.value
+        return real(path, **kw)
+
+    monkeypatch.setattr(cio, "read_raster", flaky)
+    with caplog.at_level(logging.WARNING):
+        out = src.load(good, _rgba_grid())
+    assert len(calls) == 2 and np.isfinite(out.values).any()
+    assert "read it the second time" in caplog.text
+    calls.clear()
+    with pytest.raises(SceneUnreadable):
+        src.load(bad, _rgba_grid())
+    assert len(calls) == 2  # read twice before it is called the file's own
+
+
+def test_a_crash_after_the_append_leaves_the_exact_reference(scenes, tmp_path, monkeypatch):
+    """Review PIPE #2, first fix: the reference is written pending before its day is stored and promoted
+    after; a crash in between leaves it for the next run, which puts the exact reference in place."""
+    imgs = _copy_imgs(scenes, tmp_path / "imgs")
+    aoi, reg = _local_aoi(scenes, tmp_path, path=imgs)
+    grid = aoi_grid(aoi, RES)
+    ok = RunConfig(data_dir=tmp_path / "ok", registry=reg, evidence=False)
+    want = [run_day(aoi, d, ok) for d in QUIET[:2]]
+    ok_cube = Cube(ok.data_dir, aoi.id, "vhr", grid)
+    assert not Path(ok_cube.pending_reference_path).exists()  # promoted
+
+    cfg = RunConfig(data_dir=tmp_path / "data", registry=reg, evidence=False)
+    _crash_after_the_append(monkeypatch, aoi, QUIET[0], cfg)
+    cube = Cube(cfg.data_dir, aoi.id, "vhr", grid)
+    assert len(cube.scenes()) == 1 and cube.reference() is None
+    r = run_day(aoi, QUIET[1], cfg)
+    assert r.status == "processed" and "left pending by an interrupted run" in r.note, r.summary()
+    a, b = np.asarray(cube.reference().values), np.asarray(ok_cube.reference().values)
+    assert np.array_equal(a, b, equal_nan=True)  # the reference itself, not a rebuild
+    assert r.shift_px == want[1].shift_px and r.metrics == want[1].metrics
+
+    # A crash before the append stores nothing: its pending file is no reference of anything.
+    cfg2 = RunConfig(data_dir=tmp_path / "data2", registry=reg, evidence=False)
+    with monkeypatch.context() as m:
+        m.setattr(Cube, "append", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+        with pytest.raises(KeyboardInterrupt):
+            run_day(aoi, QUIET[0], cfg2)
+    c2 = Cube(cfg2.data_dir, aoi.id, "vhr", grid)
+    assert c2.scenes() == [] and c2.reference() is None
+    assert [run_day(aoi, d, cfg2).status for d in QUIET[:2]] == ["processed", "processed"]
+    assert np.array_equal(np.asarray(c2.reference().values), b, equal_nan=True)
+
+
+def _old_cube(tmp_path, cloud_share: float, *, res: float = 0.5, n: int = 400, nodata_rows: int = 0):
+    """A cube as a run before the pending order left it after a crash: its reference day stored
+    unshifted (CLM buffered by 30 m, as run_day stores it), no reference, no pending file."""
+    from datetime import datetime as dt
+
+    import pyproj
+    from affine import Affine
+    from scipy import ndimage
+    from shapely.geometry import box
+
+    from changedet.grid import GridSpec
+    from changedet.sources.base import SceneRecord
+
+    grid = GridSpec(crs=pyproj.CRS.from_epsg(32652), transform=Affine(res, 0, 500000, 0, -res, 4000000), shape=(n, n))
+    rng = np.random.default_rng(0)
+    cloud = np.zeros((n, n), bool)
+    while cloud.mean() < cloud_share:  # scattered 3 m puffs
+        r, c = rng.integers(0, n - 6, 2)
+        cloud[r:r + 6, c:c + 6] = True
+    buffered = ndimage.binary_dilation(cloud, np.ones((3, 3), bool), iterations=max(3, round(30 / res)))
+    img = rng.uniform(0.05, 0.3, (3, n, n)).astype("float32")
+    img[:, :nodata_rows] = np.nan
+    data = grid.attach(np.concatenate([img, buffered[None].astype("float32")]), bands=["B02", "B03", "B04", "CLM"])
+    sc = SceneRecord(id="ref-day", source="local", aoi_id="a", sensor="vhr",
+                     time=dt(2024, 1, 5, 2, tzinfo=timezone.utc), platform="p", cloud_cover=100 * cloud_share, footprint=box(0, 0, 1, 1), resolution_m=res)
+    cube = Cube(tmp_path, "a", "vhr", grid)
+    cube.append(sc, data, extra={"reference_from": "scene ref-day",
+                                 "coreg": {"shift_row_px": 0.0, "shift_col_px": 0.0}})
+    return cube, img, np.ones((n, n), bool)
+
+
+def test_a_rebuilt_reference_of_a_cloudy_day_keeps_its_pixels(tmp_path):
+    """Review PIPE #2: the reference day had 4 % cloud in small puffs; its stored CLM is buffered by 30 m
+    (nearly the whole site at 0.5 m). The rebuild masks only where the stored bands have no data."""
+    import types
+
+    import changedet.pipeline as P
+
+    cube, img, site = _old_cube(tmp_path, 0.04)
+    result = P.DayResult("a", QUIET[1], "no_scene")
+    ref = P._rebuilt_reference(cube, types.SimpleNamespace(options={}, name="local"), None, site, result)
+    assert ref is not None and "rebuilt from scene ref-day" in result.note
+    assert np.isfinite(np.asarray(ref.values)).all()
+    assert np.nanmax(np.abs(np.asarray(ref.values) - img)) <= 1e-4 + 1e-6  # the cube's quantisation
+
+
+def test_a_rebuilt_reference_seeing_too_little_of_the_site_is_not_saved(tmp_path):
+    """Review PIPE #2: a stored reference day with data over less than REFERENCE_MIN_OBSERVED of the site
+    is no reference: nothing is saved and the day fails with the restore-or-delete message."""
+    import types
+
+    import changedet.pipeline as P
+
+    cube, _, site = _old_cube(tmp_path, 0.0, n=100, nodata_rows=10)  # 90 % observed
+    result = P.DayResult("a", QUIET[1], "no_scene")
+    spec = types.SimpleNamespace(options={}, name="local")
+    assert P._rebuilt_reference(cube, spec, None, site, result) is None
+    assert cube.reference() is None and "observes only 90% of the site" in result.note
+    data = cube.read().isel(time=0).drop_vars(["time", "scene_id"])
+    assert P._new_reference(cube, data, 0.0, spec, None, site, result, 2.0) is None
+    assert result.status == "failed" and "is gone" in result.note and "observes only 90%" in result.note
+
+
+def test_a_missing_reference_file_during_the_rebuild_fails_the_day(tmp_path):
+    """Review PIPE #6: the cube's reference and the entry's reference: file are both gone: the day is
+    `failed` with the reason and the restore-or-delete message, nothing raised out of the rebuild."""
+    import types
+
+    import changedet.pipeline as P
+
+    cube, img, site = _old_cube(tmp_path, 0.0, n=40)
+    doc = cube._read_provenance()
+    gone = tmp_path / "basemaps" / "site.tif"
+    doc["scenes"][0]["reference_from"] = f"file {gone}"
+    cube._write_provenance(doc)
+    spec = types.SimpleNamespace(options={"reference": str(gone)}, name="local")
+    like = cube.read().isel(time=0).sel(band=["B02", "B03", "B04"])
+    result = P.DayResult("a", QUIET[1], "no_scene")
+    assert P._rebuilt_reference(cube, spec, like, site, result) is None
+    assert "does not exist" in result.note
+    data = cube.read().isel(time=0).drop_vars(["time", "scene_id"])
+    assert P._new_reference(cube, data, 0.0, spec, None, site, result, 2.0) is None
+    assert result.status == "failed" and "is gone" in result.note and "does not exist" in result.note
+
+
+def test_a_stored_scene_supersedes_only_records_of_its_own_acquisition(tmp_path):
+    """Review PIPE #5: another tile of the same day (same source type and time, another file) and another
+    day's file at the same path keep their records; the replaced file (same path, same time) and a
+    record of the same entry and time go."""
+    import pyproj
+    from affine import Affine
+    from shapely.geometry import box
+
+    from changedet.grid import GridSpec
+    from changedet.sources.base import SceneRecord
+
+    grid = GridSpec(crs=pyproj.CRS.from_epsg(32652), transform=Affine(1, 0, 500000, 0, -1, 4000008), shape=(8, 8))
+    data = grid.attach(np.full((2, 8, 8), 0.1, "float32"), bands=["B04", "CLM"])
+    d5, d6 = datetime(2024, 1, 5, tzinfo=timezone.utc), datetime(2024, 1, 6, 2, tzinfo=timezone.utc)
+
+    def rec(sid, t, path):
+        return SceneRecord(id=sid, source="local", aoi_id="a", sensor="vhr", time=t, platform="p", cloud_cover=0.0,
+                           footprint=box(0, 0, 1, 1), resolution_m=1.0, properties={"path": path})
+
+    c = Cube(tmp_path / "a", "a", "vhr", grid)
+    c.record_skipped(rec("t1", d5, "/imgs/site_20240105_T1.tif"), "83% of the site under cloud")  # fetch: no path
+    c.record_skipped(rec("t1b", d5, "/imgs/site_20240105_T1.tif"), "cloudy", entry="local vhr 1m path=/other")
+    c.record_skipped(rec("t2-old", d5, "/imgs/site_20240105_T2.tif"), "unreadable", permanent=True,
+                     path="/imgs/site_20240105_T2.tif", entry="local vhr 1m path=/imgs")
+    c.record_skipped(rec("t2-cloudy", d5, "/imgs/site_20240105_T2.tif"), "cloudy", entry="local vhr 1m path=/imgs")
+    c.append(rec("t2-new", d5, "/imgs/site_20240105_T2.tif"), data, extra={"entry": "local vhr 1m path=/imgs"})
+    assert [s["scene_id"] for s in c._read_provenance()["skipped"]] == ["t1", "t1b"]
+
+    c = Cube(tmp_path / "b", "a", "vhr", grid)
+    c.record_skipped(rec("latest-111", datetime(2024, 1, 5, 2, tzinfo=timezone.utc), "/drop/latest.tif"),
+                     "cannot be loaded", permanent=True, path="/drop/latest.tif")
+    c.append(rec("latest-222", d6, "/drop/latest.tif"), data)
+    assert [s["scene_id"] for s in c._read_provenance()["skipped"]] == ["latest-111"]
+    assert [s["scene_id"] for s in c.skipped()] == ["latest-111"]
+
+
+def test_live_skipped_is_one_lookup_per_record():
+    """Review PIPE #7: hiding superseded records of a long series costs set lookups, not pairs of parsed
+    times (800 stored x 1000 skipped took 5 s a call)."""
+    import time as _time
+    from datetime import timedelta
+
+    from changedet.cube import _live_skipped
+
+    t0 = datetime(2020, 1, 1, 2, tzinfo=timezone.utc)
+    scenes = [{"scene_id": f"s{i}", "time": (t0 + timedelta(days=i)).isoformat(), "entry": "e",
+               "path": f"/p/{i}.tif"} for i in range(800)]
+    skipped = [{"scene_id": f"k{i}", "time": scenes[i % 800]["time"], "entry": "e" if i % 2 else "other"}
+               for i in range(1000)]
+    start = _time.perf_counter()
+    live = _live_skipped({"scenes": scenes, "skipped": skipped})
+    took = _time.perf_counter() - start
+    assert {s["scene_id"] for s in live} == {f"k{i}" for i in range(0, 1000, 2)}
+    assert took < 1.0, took
+
+
+def test_a_broken_header_is_not_read_through_on_every_search(tmp_path, monkeypatch):
+    """Review PIPE #4: a file whose header GDAL cannot read is read through (start and end only) once for
+    the search that must type it, remembered by (path, size, mtime), and never read through for the
+    searches of other dates (with a pattern its header is not even opened)."""
+    from datetime import date
+
+    import changedet.sources.local as local_mod
+    from changedet.sources.local import LocalSource
+
+    _rgba_file(tmp_path / "site_20240105.tif", count=3)
+    big = tmp_path / "site_20240106.tif"
+    with open(big, "wb") as fh:  # a corrupt header on a large file
+        fh.write(b"II*\x00" + b"\xff" * 4096)
+        fh.truncate(40 << 20)
+    opened = []
+    real_open = open
+
+    def counting_open(file, mode="r", *a, **k):
+        if str(file) == str(big) and "b" in mode:
+            opened.append(file)
+        return real_open(file, mode, *a, **k)
+
+    monkeypatch.setattr(local_mod, "open", counting_open, raising=False)
+    monkeypatch.setattr(local_mod, "_BROKEN_HEADERS", {})
+    read = []
+    real_read = local_mod._read_failure
+    monkeypatch.setattr(local_mod, "_read_failure",
+                        lambda path, *a, **k: read.append((path, k.get("through"))) or real_read(path, *a, **k))
+    for pattern in (r"(?P<date>\d{8})", None):
+        for _ in range(3):  # daily runs build a new source each day
+            src = LocalSource(path=str(tmp_path), pattern=pattern)
+            with pytest.raises(SceneUnreadable):
+                src.search(_World(), date(2024, 1, 6), date(2024, 1, 6))
+    # Typed once (the read-through bounded to the file's ends), then remembered.
+    assert read == [(big, local_mod._HEADER_READ_THROUGH)], read
+    assert len(opened) == 1
+    read.clear()
+    for pattern in (r"(?P<date>\d{8})", None):
+        found = LocalSource(path=str(tmp_path), pattern=pattern).search(_World(), date(2024, 1, 5), date(2024, 1, 5))
+        assert [s.properties["path"] for s in found] == [str((tmp_path / "site_20240105.tif").resolve())]
+    assert read == [] and len(opened) == 1
+    # A replaced file (another size or mtime) is looked at again.
+    big.write_bytes(big.read_bytes()[: 30 << 20])
+    with pytest.raises(SceneUnreadable):
+        LocalSource(path=str(tmp_path), pattern=None).search(_World(), date(2024, 1, 6), date(2024, 1, 6))
+    assert len(read) == 1

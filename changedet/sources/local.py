@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import xarray as xr
@@ -169,8 +169,16 @@ class LocalSource:
                      if Path(f).suffix.lower() in SUFFIXES and Path(f).is_file()]
         return found
 
-    def header(self, path: Path) -> dict[str, Any]:
-        """CRS, footprint, dtype and acquisition time of one file, without reading pixels."""
+    def header(self, path: Path, *, classify: bool = True) -> dict[str, Any]:
+        """CRS, footprint, dtype and acquisition time of one file, without reading pixels.
+
+        A header that cannot be read raises :class:`SceneUnreadable` or
+        :class:`SourceUnavailable` (:func:`_read_failure`, which reads the start and end of
+        the file through to tell them apart). With ``classify=False`` (a file ``search``
+        skips whatever the class) it raises :class:`SourceUnavailable` without that read.
+        A :class:`SceneUnreadable` header is remembered for the process by the file's path,
+        size and mtime, so a daily search does not read a broken file again.
+        """
         import rasterio
         from rasterio.warp import transform_bounds
 
@@ -178,6 +186,15 @@ class LocalSource:
         if key in self._headers:
             return self._headers[key]
         try:
+            st = path.stat()
+            stamp = (key, st.st_size, st.st_mtime_ns)
+        except OSError:
+            stamp = None
+        known = _BROKEN_HEADERS.get(stamp) if stamp else None
+        if known is not None:
+            raise SceneUnreadable(str(known), reason=known.reason)
+
+        def read() -> dict[str, Any]:
             with rasterio.open(path) as src:
                 if src.crs is None:
                     raise SourceError(f"{path}: has no CRS (unknown coordinate system); georeference it "
@@ -189,18 +206,34 @@ class LocalSource:
                                       "fix its georeferencing") from None
                 tags = {(dom, k): v for dom in ("", "IMAGERY") for k, v in src.tags(ns=dom or None).items()}
                 res = abs(src.transform.a) if src.crs.is_projected else None
-                from changedet.io import data_band_indexes
-
-                info = {"crs": src.crs, "bounds4326": bounds4326, "dtype": src.dtypes[0], "count": src.count,
-                        # Bands read_raster reads as data (an alpha mask band is not one).
-                        "data_count": len(data_band_indexes(src)),
+                return {"crs": src.crs, "bounds4326": bounds4326, "dtype": src.dtypes[0], "count": src.count,
+                        # Bands that may be an alpha mask, from metadata only (search reads every
+                        # file's header: no pixel is read here); load() tells mask from NIR.
+                        "alpha_labelled": _alpha_labelled(src),
                         "descriptions": list(src.descriptions), "tags": tags, "res": res}
-        except SourceError:
-            raise
-        except Exception as exc:  # rasterio raises several types for corrupt files
-            raise _read_failure(path, exc, f"{path}: cannot be read as a raster ({exc.__class__.__name__}: {exc}); "
-                                "check that it is a complete GeoTIFF, COG or JPEG2000, or move it out of the "
-                                "folder")
+
+        def message(exc: BaseException) -> str:
+            return (f"{path}: cannot be read as a raster ({exc.__class__.__name__}: {exc}); check that it is a "
+                    "complete GeoTIFF, COG or JPEG2000, or move it out of the folder")
+
+        if not classify:
+            try:
+                info = read()
+            except SourceError:
+                raise
+            except Exception as exc:  # rasterio raises several types for corrupt files
+                raise SourceUnavailable(message(exc)) from exc
+        else:
+            try:
+                # The header is at the start or the end of a TIFF: reading those through is enough
+                # to see a file system error, and a multi-GB file is not read whole for its header.
+                info = _read_or_type(path, read, message, through=_HEADER_READ_THROUGH)
+            except SceneUnreadable as exc:
+                if stamp is not None:
+                    if len(_BROKEN_HEADERS) >= 4096:
+                        _BROKEN_HEADERS.clear()
+                    _BROKEN_HEADERS[stamp] = exc
+                raise
         info["time"] = self._time(path, info["tags"])
         self._headers[key] = info
         return info
@@ -256,15 +289,19 @@ class LocalSource:
                               "(a folder or a glob such as /data/vhr/*.tif)")
         out = []
         for f in files:
+            named = _name_time(Path(f).name, self.pattern)
+            ours = named is None or start <= named.date() <= end
+            if self.pattern and not ours:
+                continue  # the pattern gives the time from the name alone: no header to read
             try:
-                info = self.header(f)
+                # Typed only where the failure is raised: a file of another date is skipped either way.
+                info = self.header(f, classify=ours)
             except (SceneUnreadable, SourceUnavailable) as exc:
                 # A file cut short inside its header (an interrupted copy, a full disk) must not
                 # fail every other date's search: it fails only the date its name gives (one
                 # whose name gives none may be of any date, so it still fails every search).
                 # (No CRS, a name off the pattern: the folder or the entry needs fixing, raised as is.)
-                named = _name_time(Path(f).name, self.pattern)
-                if named is None or start <= named.date() <= end:
+                if ours:
                     raise
                 log.warning("%s: skipped, its header cannot be read (%s); acquisitions of other dates are "
                             "searched", f, exc)
@@ -278,6 +315,35 @@ class LocalSource:
                 continue
             out.append(rec)
         return sorted(out, key=lambda r: r.time)
+
+    def _check_band_count(self, path: Path, info: dict[str, Any]) -> None:
+        """Raise :class:`SourceConfigError` when ``bands:`` names neither every band of ``path`` nor its data bands.
+
+        Data bands are those :func:`changedet.io.read_raster` returns: a band GDAL labels
+        alpha is a mask only if its pixels say so (a 4-band 8-bit file's NIR is labelled
+        alpha too), so this reads a sample of such a band; it runs in ``load``, where the
+        file is read anyway, never in ``search``. A file that fails here is typed as a
+        failed read (:func:`_read_failure`).
+        """
+        data_count = info["count"]
+        if info.get("alpha_labelled") and len(self.bands) == info["count"] - info["alpha_labelled"]:
+            import rasterio
+
+            from changedet.io import data_band_indexes
+
+            def read() -> int:
+                with rasterio.open(path) as src:
+                    return len(data_band_indexes(src))
+
+            data_count = _read_or_type(path, read, lambda exc: (
+                f"{path}: cannot be read as a raster ({exc.__class__.__name__}: {exc}); check that it is a "
+                "complete GeoTIFF, COG or JPEG2000"))
+        if len(self.bands) not in (info["count"], data_count):
+            # Every file of the folder fails alike: the entry needs fixing, not the scene.
+            raise SourceConfigError(
+                f"{path}: has {data_count} bands but {len(self.bands)} band names were given "
+                f"({list(self.bands)}); give one name per band of the files in the entry's 'bands:' option, "
+                "or remove it", option="bands")
 
     def _scale(self, dtype: str) -> float:
         if self.scale != "auto":
@@ -312,17 +378,11 @@ class LocalSource:
             raise SourceUnavailable(f"{path}: the file of scene {scene.id} is gone (a share not mounted, the file "
                                     "moved or renamed); mount the share or put the file back, then run the day again")
         info = self.header(path)
-        if self.bands and len(self.bands) not in (info["count"], info.get("data_count", info["count"])):
-            # Every file of the folder fails alike: the entry needs fixing, not the scene.
-            raise SourceConfigError(
-                f"{path}: has {info.get('data_count', info['count'])} bands but {len(self.bands)} band names were "
-                f"given ({list(self.bands)}); give one name per band of the files in the entry's 'bands:' option, "
-                "or remove it", option="bands")
-        try:
-            da = read_raster(path, bands=list(self.bands) if self.bands else None)
-            # read_raster reads lazily-opened files fully; a truncated file fails here.
-        except RasterError as exc:
-            raise _read_failure(path, exc, str(exc))  # noqa: B904  (its __cause__ is set: the library error)
+        if self.bands and len(self.bands) != info["count"]:
+            self._check_band_count(path, info)
+        # read_raster reads lazily-opened files fully; a truncated file fails here.
+        da = _read_or_type(path, lambda: read_raster(path, bands=list(self.bands) if self.bands else None), str,
+                           catch=RasterError)
         names = [str(b) for b in da["band"].values]
         scale = self._scale(info["dtype"])
         classes = [b for b in names if b in _CLASS_BANDS]
@@ -360,7 +420,45 @@ _PASSING_ERRNOS = tuple(getattr(errno, name) for name in (
     "EBUSY", "ENOLCK", "EREMOTEIO", "ECOMM") if hasattr(errno, name))
 
 
-def _read_failure(path: Path, exc: BaseException, message: str) -> SourceError:
+#: Bytes read through from each end of a file whose header GDAL cannot read (see LocalSource.header).
+_HEADER_READ_THROUGH = 16 << 20
+
+#: SceneUnreadable header errors by (resolved path, size, mtime_ns), for the process.
+_BROKEN_HEADERS: dict[tuple[str, int, int], SceneUnreadable] = {}
+
+
+def _read_or_type(path: Path, read: Callable[[], Any], message: Callable[[BaseException], str], *,
+                  catch: type[BaseException] | tuple[type[BaseException], ...] = Exception,
+                  through: int | None = None) -> Any:
+    """``read()``'s result; a failure of it raised typed (:func:`_read_failure`).
+
+    A failure that :func:`_read_failure` finds to be the file's own (its bytes read through
+    with plain Python, GDAL cannot decode them) is tried once more with a fresh ``read()``
+    first: libtiff reports a share's passing EIO as the short read of a cut file, and when
+    the share has recovered by the read-through only a second GDAL read tells the two
+    apart. Only a second failure makes it :class:`SceneUnreadable`. changedet's own
+    :class:`SourceError` (no CRS, a name off the pattern) passes unchanged.
+    """
+    try:
+        return read()
+    except SourceError:
+        raise
+    except catch as exc:  # rasterio raises several types for corrupt files
+        err = _read_failure(path, exc, message(exc), through=through)
+        if not isinstance(err, SceneUnreadable):
+            raise err  # noqa: B904  (its __cause__ is set: the library error)
+    try:
+        out = read()
+    except SourceError:
+        raise
+    except catch:
+        raise err from err.__cause__  # the same error twice on bytes the file system serves: the file's own
+    log.warning("%s: GDAL failed to read it once and read it the second time (a passing error of the file "
+                "system reported as a short read)", path)
+    return out
+
+
+def _read_failure(path: Path, exc: BaseException, message: str, *, through: int | None = None) -> SourceError:
     """The typed error for a file that could not be read: passing or the file's own, for good.
 
     ``exc`` is rasterio's error or changedet's :class:`RasterError` around it (whose
@@ -369,7 +467,8 @@ def _read_failure(path: Path, exc: BaseException, message: str) -> SourceError:
     ``Permission``/``Timeout``/``Connection`` error in the chain, GDAL's file-I/O error
     class, or GDAL's text carrying the OS's own message for such an errno (GDAL reports a
     share's EIO as text only: ``os.strerror`` gives the words, in this OS's language).
-    Last, the file is read through with plain Python: an ``OSError`` there is the file
+    Last, the file is read through with plain Python (with ``through``, only its first and
+    last ``through`` bytes, where a TIFF's header lives): an ``OSError`` there is the file
     system's too. A file that reads through but that GDAL cannot decode is corrupt or
     cut short: :class:`SceneUnreadable`. The library error is kept as ``__cause__`` (a
     local path carries no secret).
@@ -401,13 +500,33 @@ def _read_failure(path: Path, exc: BaseException, message: str) -> SourceError:
         return passing("the file system reported an error")
     try:
         with open(path, "rb") as fh:
-            while fh.read(8 << 20):
-                pass
+            if through is None or path.stat().st_size <= 2 * through:
+                while fh.read(8 << 20):
+                    pass
+            else:  # a header's failure: where a TIFF's header lives, the start and the end
+                fh.read(through)
+                fh.seek(-through, os.SEEK_END)
+                fh.read(through)
     except OSError as os_exc:
         return passing(f"reading it through failed ({os_exc.__class__.__name__}: {os_exc})", os_exc)
     out = SceneUnreadable(message, reason="the file is there but cannot be read")
     out.__cause__ = underlying
     return out
+
+
+def _alpha_labelled(src) -> int:
+    """How many bands of open dataset ``src`` GDAL labels alpha with no other description (metadata only).
+
+    Each may be a mask (:func:`changedet.io.data_band_indexes` decides from its pixels).
+    """
+    from rasterio.enums import ColorInterp
+
+    try:
+        interp = list(src.colorinterp)
+    except Exception:  # a driver without colour interpretation: no alpha band
+        return 0
+    return sum(1 for ci, d in zip(interp, src.descriptions)
+               if ci == ColorInterp.alpha and (d or "").strip().lower() in ("", "alpha", "mask", "a"))
 
 
 def _overlaps(bounds4326: tuple[float, float, float, float], grid: GridSpec) -> bool:
