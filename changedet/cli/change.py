@@ -80,6 +80,46 @@ def _polygon_format(path: Path) -> str:
     raise ChangedetError(f"--polygons {path}: unknown format; end the name in .geojson or .parquet")
 
 
+def check_band_order(image, path) -> None:
+    """Refuse a date whose red and NIR bands look swapped (vegetation darker in 'NIR').
+
+    Bands are paired across dates by name, or by position when unnamed; a file whose
+    names (or, unnamed, whose order) are wrong was compared band against the wrong band
+    without a word: on NAIP 2018 / 2019, a 2019 file reversed (NIR, B, G, R) gave
+    8.0 km2 of "change" instead of 0.59 km2. Checked with the counters' test
+    (:func:`changedet.objects.common.check_red_nir`) where the bands are named blue,
+    green, red and NIR (any alias), or unnamed with exactly four bands (taken as R, G,
+    B, NIR, the VHR and NAIP order); other band sets (named otherwise, or an index
+    stack) are not checked.
+
+    Raises
+    ------
+    ChangedetError
+        Naming ``path`` and the fix.
+    """
+    from changedet.bands import find_bands
+    from changedet.io import band_names, open_raster
+    from changedet.objects.checks import BandOrderError
+    from changedet.objects.common import bgrn, check_red_nir
+
+    names = [str(b) for b in image["band"].values]
+    unnamed = names == [f"b{i + 1}" for i in range(len(names))]
+    if find_bands(names, ("blue", "green", "red", "nir")) is None and not (unnamed and len(names) == 4):
+        return
+    # The pair carries BEFORE's names on both dates: whether this file itself names its
+    # bands (else they were paired by position) is read from the file, for the message.
+    own = None
+    if not Path(path).is_dir():
+        with open_raster(path) as src:
+            own = band_names(list(src.descriptions))
+    assumed = unnamed or (own is not None and own == [f"b{i + 1}" for i in range(len(own))])
+    try:
+        check_red_nir(bgrn(image, check_order=False), names, assumed=assumed)
+    except BandOrderError as exc:
+        raise ChangedetError(f"{path}: {exc}. If the bands are not blue/green/red/NIR reflectance at all, "
+                             "give them other band descriptions (e.g. PC1..PC4) to skip this check") from None
+
+
 def cmd_change(args) -> int:
     import numpy as np
     import xarray as xr
@@ -101,6 +141,8 @@ def cmd_change(args) -> int:
     # The inputs' own cloud-class bands (CLM/SCL) are applied by the load; ``hidden`` is
     # what they took out (None without one), reported with the s2cloudless mask below.
     before, after, hidden = load_pair_masked(args.before, args.after, bands=bands)
+    for path, image in ((args.before, before), (args.after, after)):
+        check_band_order(image, path)
     unobserved = None
     if args.mask_clouds:
         from changedet.change import unobserved_mask

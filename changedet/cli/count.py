@@ -20,11 +20,17 @@ class FeatureError(ChangedetError):
 def add_parser(sub) -> None:
     p = sub.add_parser("count", help="count railcars, containers (TEU) or ships in one image")
     p.add_argument("kind", choices=KINDS, help="what to count")
-    p.add_argument("image", type=Path, help="georeferenced raster with named bands (R, G, B, NIR [, CLM])")
+    p.add_argument("image", type=Path,
+                   help="georeferenced raster with named bands (R, G, B, NIR [, CLM]), or a folder of single-band "
+                        "files named by band (*_B02*.tif, *_B03*, *_B04*, *_B08* [, *_B11*, *_CLM*]), as Sentinel Hub "
+                        "EO Browser and Sentinel-2 products deliver them; bands of other resolutions are resampled "
+                        "onto the finest band's grid")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--aoi", help="AOI id (or .yaml path) whose features to use")
     src.add_argument("--features", type=Path,
-                     help="GeoJSON FeatureCollection (properties id, role); EPSG:4326 unless a 'crs' member says otherwise")
+                     help="GeoJSON FeatureCollection (properties id, role: track for railcars, stack_zone for "
+                          "containers, berth [, anchorage, water] for ships); EPSG:4326 unless a 'crs' member says "
+                          "otherwise")
     p.add_argument("--json", action="store_true",
                    help="print the result as one JSON object. Its detection polygons are in EPSG:4326 lon/lat when "
                         "the features are (always with --aoi), else in the image's CRS; the object's 'crs' member "
@@ -142,15 +148,62 @@ def _select(feats: list[dict], kind: str, where: str) -> dict[str, Any]:
     else:
         main = [f for f in feats if f["role"] == "berth"]
         need = "berth (Polygon)"
+    anchorages = [f for f in feats if kind == "ships" and f["role"] == "anchorage"]
+    if not feats:
+        raise FeatureError(f"{where}: has no features; draw at least one {need} feature with property role "
+                           f"{need.split()[0]!r}")
     if not main:
         roles = sorted({str(f["role"]) for f in feats}) or ["none"]
         raise FeatureError(f"{where}: no {need} features to count {kind} on (roles present: {', '.join(roles)}); "
-                           f"give features with role {need.split()[0]!r}")
+                           f"give features with role {need.split()[0]!r}"
+                           + (" (anchorage polygons are reported beside the berths, not instead of them)"
+                              if kind == "ships" and anchorages else ""))
     water = None
     if kind == "ships":
         ws = [f["geometry"] for f in feats if f["role"] == "water"]
         water = shapely.union_all(ws) if ws else None
-    return {"main": {f["id"]: f["geometry"] for f in main}, "water": water}
+    return {"main": {f["id"]: f["geometry"] for f in main}, "water": water,
+            "anchorage": {f["id"]: f["geometry"] for f in anchorages}}
+
+
+#: Share of a vessel's outline that must lie in an anchorage polygon to be counted there
+#: (the rule the ship counters use for a berth: the region holding most of the vessel).
+ANCHORAGE_SHARE = 0.5
+
+
+def per_anchorage(res, anchorages: dict, grid) -> Any:
+    """``res`` with one ``per_feature`` entry per anchorage polygon (role ``anchorage``).
+
+    The counters report vessels per berth; a vessel not in a berth polygon (at anchor,
+    or alongside a quay nobody drew) was in the total but in no feature. Each vessel
+    not already assigned to a berth is counted in the anchorage holding at least
+    :data:`ANCHORAGE_SHARE` of its outline, and its detection names that anchorage.
+    Entries carry ``role: "anchorage"`` to tell them from the berths.
+
+    Raises
+    ------
+    FeatureExtentError
+        An anchorage is empty or lies outside the image.
+    """
+    from dataclasses import replace
+
+    from changedet.objects.checks import check_features
+
+    if not anchorages:
+        return res
+    check_features(anchorages, grid, what="anchorage")
+    dets = list(res.detections)
+    entries = []
+    for aid, poly in anchorages.items():
+        types: dict[str, int] = {}
+        for i, d in enumerate(dets):
+            if d.feature_id is not None or d.polygon.is_empty:
+                continue
+            if d.polygon.intersection(poly).area >= ANCHORAGE_SHARE * d.polygon.area:
+                dets[i] = replace(d, feature_id=aid)
+                types[d.type] = types.get(d.type, 0) + 1
+        entries.append({"id": aid, "role": "anchorage", "count": sum(types.values()), "by_type": types})
+    return replace(res, per_feature=tuple(res.per_feature) + tuple(entries), detections=tuple(dets))
 
 
 # -- sun ------------------------------------------------------------------------------------
@@ -248,16 +301,44 @@ def resolve_sun(path: Path, image, *, azimuth: float | None, elevation: float | 
                       "metadata, no date in its name): shadows are not used, counts may be lower; pass the flags"}
 
 
+# -- image ----------------------------------------------------------------------------------
+def read_image(path: Path):
+    """``(image, metadata file)``: the image to count on and the file whose tags say its
+    sun, acquisition time and value scaling.
+
+    A folder is read as :func:`changedet.change.load_image` reads one date for
+    ``changedet change``: its single-band files named by band (``*_B04*.tif``), resampled
+    onto the finest band's grid, a ``*_CLM*`` / ``*_SCL*`` file masking the others (NaN).
+    Its metadata file is the first band file by name: Sentinel Hub and Sentinel-2 band
+    files of one acquisition carry the same tags and date in their names.
+
+    Raises
+    ------
+    ChangedetError
+        A folder without band files (the message lists what it needs).
+    """
+    from changedet.io import read_raster
+
+    path = Path(path)
+    if not path.is_dir():
+        return read_raster(path), path
+    from changedet.change import _RASTER_EXT, _band_of, load_image
+
+    image = load_image(path)
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in _RASTER_EXT and _band_of(p.name) is not None)
+    return image, files[0]
+
+
 # -- command --------------------------------------------------------------------------------
 def cmd_count(args) -> int:
     import pyproj
 
     from changedet.grid import crs_of
-    from changedet.io import check_output_path, read_raster
+    from changedet.io import check_output_path
 
     if args.out is not None:
         check_output_path(args.out, option="--out", suffix=".geojson")  # before the work, not after it
-    image = read_raster(args.image)
+    image, meta = read_image(args.image)
     img_crs = pyproj.CRS.from_user_input(crs_of(image))
     ll = pyproj.CRS.from_epsg(4326)
 
@@ -286,9 +367,16 @@ def cmd_count(args) -> int:
     # A radar image of railcars needs no sun (the Sentinel-1 estimate reads backscatter).
     if args.kind in ("railcars", "containers") and not getattr(args, "detector", None) \
             and not (radar and args.kind == "railcars"):
-        sun = resolve_sun(args.image, image, azimuth=args.sun_azimuth, elevation=args.sun_elevation)
-        if sun["azimuth_deg"] is None:
-            print(f"changedet count: warning: {sun['source']}", file=sys.stderr)
+        sun = resolve_sun(meta, image, azimuth=args.sun_azimuth, elevation=args.sun_elevation)
+    if args.kind == "containers" and not getattr(args, "detector", None):
+        # An image too coarse (or not in metres) is refused before its radiometry is
+        # judged: asking for --reflectance-scale first only to refuse the image after it
+        # was given wastes the analyst's next try (an 8-bit 5 m image met both).
+        from changedet.grid import GridSpec
+        from changedet.objects.checks import check_metric, check_resolution
+
+        check_resolution(GridSpec.of(image), "containers")
+        check_metric(GridSpec.of(image), "container")
 
     scaled = [f for f, v in (("--reflectance-scale", getattr(args, "reflectance_scale", None)),
                              ("--reflectance-offset", getattr(args, "reflectance_offset", None))) if v is not None]
@@ -305,7 +393,7 @@ def cmd_count(args) -> int:
     if not getattr(args, "detector", None) and not radar:
         # The counters' colour rules are in surface reflectance: convert at the boundary
         # (a detector plugin gets the values as stored, a radar image is backscatter).
-        image, radio = _to_reflectance(args, image)
+        image, radio = _to_reflectance(args, image, meta)
 
     valid = None
     names = [str(b) for b in image["band"].values]
@@ -333,6 +421,10 @@ def cmd_count(args) -> int:
         from changedet.objects.ships import count_ships
 
         res = count_ships(image, sel["main"], water=sel["water"], valid=valid)
+    if args.kind == "ships":
+        from changedet.grid import GridSpec
+
+        res = per_anchorage(res, sel["anchorage"], GridSpec.of(image))
 
     if res.observed_fraction <= 0.0:
         # A count of 0 from an image that shows none of the features is no observation; the
@@ -341,6 +433,9 @@ def cmd_count(args) -> int:
         raise ChangedetError(
             f"{args.image}: nothing was observed over the {what} of {where}: every pixel there is cloud "
             f"({MASK_BAND} band) or nodata, so no {args.kind} count can be made; use a clearer image of the site")
+    if sun is not None and sun["azimuth_deg"] is None:
+        # Said once the count stands: before an error that refuses the image it is noise.
+        print(f"changedet count: warning: {sun['source']}", file=sys.stderr)
     out_crs = ll if feat_crs.equals(ll) else img_crs
     doc = res.to_json(to_crs=out_crs)
     # The detection polygons are in out_crs (lon/lat, or the image's CRS for projected
@@ -374,7 +469,7 @@ def cmd_count(args) -> int:
     return 0
 
 
-def _to_reflectance(args, image):
+def _to_reflectance(args, image, meta: Path | None = None):
     """(``image`` in surface reflectance 0-1, the ``radiometry`` of
     :func:`changedet.objects.common.radiometry`); the CLM band is left as stored."""
     import numpy as np
@@ -384,7 +479,7 @@ def _to_reflectance(args, image):
 
     names = [str(b) for b in image["band"].values]
     data = [j for j, n in enumerate(names) if n.upper() not in CLASS_BANDS]
-    scaling = read_scaling(args.image)
+    scaling = read_scaling(meta if meta is not None else args.image)
     # About a million values tell the scale as well as all of them (strided before the
     # band selection copies, not after). Only pixels the CLM band calls clear count: cloud
     # tops and masked collars are not the scale of the ground.
