@@ -25,8 +25,10 @@ the light as recorded, and whether a colour lies outside every mix of the two li
 shades the ground beside it away from the sun: at 0.5 m pixels or finer, a stretch read
 as a car with lit ground where even a bare flat wagon's shadow would fall is a track
 bed unlike the ground beside it (concrete sleepers on asphalt, a cleared bed in snow),
-not a car. Along the car, a boxcar's roof is one even sheet; a covered hopper's hatches
-and end bays, an open wagon's heaped load and a locomotive's fans make the top vary.
+not a car; and a shadow beside a lit centre in the narrow band where a bare flat
+wagon's deck shades the ground (under a high sun) is a car. Along the car, a boxcar's
+roof is one even sheet; a covered hopper's hatches and end bays, an open wagon's heaped
+load and a locomotive's fans make the top vary.
 
 Typing assumes the 1520 mm-gauge freight fleet (Russia, the CIS, the Baltic states,
 Mongolia, Finland's 1524 mm): its car lengths (no boxcar or open wagon of 18 m or
@@ -260,7 +262,9 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
                                dark_light=lift,
                                anti_shadow_is_own=own_only,
                                shadow_tail_m=_shadow_tail(tracks[tid], sun_azimuth_deg) if sun_left is not None
-                               else 0.0)
+                               else 0.0,
+                               shadow_across_m=_shadow_across(tracks[tid], sun_azimuth_deg, sun_elevation_deg),
+                               blur_m=max(0.2, 0.5 * grid.resolution))
     seen_empty = {}
     if wide:
         # Another track's cars in the height band are bodies, not ground: their tops and
@@ -560,7 +564,8 @@ def _shadow_from_anti_sun_sides(strips: Mapping[str, Strip], tracks: Mapping[str
 def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
                sun_left: bool | None = None, anti_shadow_is_own: bool = False,
                shadow_tail_m: float = 0.0, thin_cloud: bool = False,
-               dark_light: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+               dark_light: np.ndarray | None = None,
+               shadow_across_m: float = float("nan"), blur_m: float = 0.4) -> tuple[np.ndarray, np.ndarray]:
     """Boolean occupied and observed (finite) flags per along-track position.
 
     Colour alone cannot tell a black tank car from shadowed ballast, nor a grey car
@@ -581,6 +586,12 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
 
     ``dark_light`` (per band, reflectance) is the darkest light already subtracted from
     ``strip`` and ``refs`` (haze; see :func:`_dark_object_light`); None for none.
+
+    With the sun's side known, the narrow band where a bare flat wagon's deck shades the
+    ground (``shadow_across_m``: metres sideways per metre of height, from
+    :func:`_shadow_across`; edges blurred over ``blur_m`` metres) in shadow beside a lit
+    centre is a car too (:func:`_own_deck_shadow`) where no other rule finds one: it adds
+    stretches, it does not lengthen or join the runs the other rules found.
     """
     centre, _ = _zones(strip)
     a = strip.across_m
@@ -686,13 +697,37 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
         # a known sun, the edge of a neighbour's shadow crossing the centre mimics it.
         structured = texture > 4.0 if sun_left is None else np.zeros_like(dark)
         occ = colourful | (dark & (sun_lit | structured)) | dark_car | (anti_dark & (~dark | anti_shadow_is_own))
+        centre_lit = ~dark
         solid = colourful | dark_car
     else:
         solid = occ
+        centre_lit = quiet_nanmean(mean, axis=0) >= _SHADOW_RATIO * float(quiet_nanmean(refs["lit"]))
+    if sun_left is not None and vhr:
+        # A bare flat wagon's deck shades only a narrow band beside it (see _own_deck_shadow);
+        # only something on this track shades its anti-sun side while its centre stays lit.
+        # It adds the cars no other rule sees, not ends to runs the others found: under an
+        # oblique sun a tall car's shadow runs along that band past the car's end and
+        # across the coupler gaps that split a consist's run, and a run grown by it is cut into
+        # cars of other lengths (own simulator: 3 cars typed otherwise).
+        deck = _own_deck_shadow(strip, refs, sun_left, shadow_across_m, int(1.0 / strip.step_m) | 1,
+                                blur_m=blur_m, dark_light=dark_light) & centre_lit & seen
+        # "Found by another rule" means a run that survives the closing and the 4 m drop
+        # below: a 1 m speck of colour on a deck (a lashed crate, a glint) is dropped there
+        # and must not veto the deck it lies on.
+        kept = _drop_short(ndimage.binary_closing(occ & seen, structure=np.ones(_closing_k(strip) + 1, bool)),
+                           int(4.0 / strip.step_m))
+        lab, _ = ndimage.label(deck | kept)
+        touched = np.unique(lab[kept & (lab > 0)])
+        added = deck & ~np.isin(lab, touched)
+        occ = occ | added
+        # A deck read by its shadow is the car itself, not a shadow tail past its end: it
+        # is not trimmed under an oblique sun (the deck's shadow shifts along the track by
+        # 1.3 m times the along reach, about 1 m, not the 4.1 m a tall car's does).
+        solid = solid | added
     occ &= seen
     if vhr:
         # Close sub-metre holes (specular glints, noise) and drop specks shorter than 4 m.
-        k = max(1, int(round(0.6 / strip.step_m)))
+        k = _closing_k(strip)
         occ = ndimage.binary_closing(occ, structure=np.ones(k + 1, bool))
         if shadow_tail_m:
             occ = _trim_tails(occ, occ & ~solid, shadow_tail_m, strip.step_m)
@@ -700,6 +735,113 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
     else:
         occ = _drop_short(occ, 1)
     return occ & seen, seen
+
+
+def _closing_k(strip: Strip) -> int:
+    """Samples closed over along the track (0.6 m: sub-metre holes, specular glints)."""
+    return max(1, int(round(0.6 / strip.step_m)))
+
+
+def _own_deck_shadow(strip: Strip, refs, sun_left: bool, per_m: float, k: int, *, blur_m: float = 0.4,
+                     dark_light: np.ndarray | None = None) -> np.ndarray:
+    """Per along-track sample: whether the ground beside the track on its anti-sun side is
+    in shadow where even the lowest car's shadow (a bare flat wagon's deck) falls.
+
+    Parameters
+    ----------
+    strip : Strip
+        The track's samples (reflectance; above the darkest light ``dark_light`` where
+        haze was removed).
+    refs : mapping
+        Learnt ground colours (reflectance per band, on the same basis as ``strip``):
+        ``lit``, ``lit_sd`` and, where learnt, ``shadow`` (NaN otherwise).
+    sun_left : bool
+        Whether the sun is on the strip's left (positive ``across_m``).
+    per_m : float
+        Metres a shadow falls sideways per metre of height (:func:`_shadow_across`); NaN
+        when the sun is unknown or along the track.
+    k : int
+        Smoothing along the track (samples, odd).
+    blur_m : float
+        Blur of a shadow's edge (m): half a pixel, 0.2 m at least.
+    dark_light : numpy.ndarray or None
+        Per band, the darkest light already subtracted from ``strip`` and ``refs``
+        (reflectance); None for none.
+
+    Returns
+    -------
+    numpy.ndarray of bool
+        True where every band of the band beside the track has darkened towards the
+        ground's shadow colour (see Notes).
+
+    Notes
+    -----
+    A deck ``_LOWEST_DECK_M`` up and ``_LOWEST_HALF_WIDTH_M`` half-wide (13-401: 1.3 m,
+    2.87 m wide) shades the ground from its edge out to ``1.435 + 1.3 * per_m`` m: 1.9 m
+    out under a sun 70 degrees high across the track, 2.3 m under one 56 degrees high and
+    the whole strip (2.6 m) under one 48 degrees high or lower. The band read is that one,
+    each end moved in by half the blur; the 1.95-2.6 m band :func:`_occupancy` reads for
+    taller cars' shadows is two thirds lit there, and a ballast-coloured deck went unseen
+    (altgen tuning scenes: 315 of 947 flat wagons had no detection over them, most under
+    such a sun). A wider body in the band is a car as well.
+
+    The band is judged against the learnt lit ground (``refs["lit"]``), not against its
+    own level along this track (a concrete apron or snow beside part of the track set
+    that level, and plain ballast then read as shadow along the rest), in the light as
+    recorded (above the darkest light a shaded band and lit ballast differ by noise), on
+    all four bands: a shadow is lit by the sky alone and darkens near infrared too, which
+    weeds (dark in visible light, bright in near infrared) do not. Every band must drop
+    ``_DECK_DROP_SD`` lit spreads below the lit ground and, where a shadow colour was
+    learnt, be nearer it than the lit colour with the colour a mix of the two (a darker
+    ground's own colour, fouled ballast or a puddle, lies off that mix); where none was
+    learnt, every band must be under ``_SHADOW_RATIO`` of the lit ground.
+
+    Only something on this track shades its anti-sun side while its centre stays lit (the
+    caller's condition): a neighbour's or a mast's shadow reaches the centre first. All
+    False where the band is under ``_MIN_OWN_SHADOW_BAND_M`` wide (a high sun or one
+    along the track), holds no sample, or the lit colour is unknown.
+    """
+    n = strip.values.shape[2]
+    lit = np.asarray(refs["lit"], dtype="float64")
+    if not np.isfinite(per_m) or not np.all(np.isfinite(lit)):
+        return np.zeros(n, bool)
+    a = strip.across_m if sun_left else -strip.across_m
+    lo = _LOWEST_HALF_WIDTH_M + blur_m / 2
+    hi = min(_LOWEST_HALF_WIDTH_M + _LOWEST_DECK_M * abs(float(per_m)) - blur_m / 2,
+             float(np.abs(strip.across_m).max()))
+    band = (a <= -lo) & (a >= -hi)
+    if hi - lo < _MIN_OWN_SHADOW_BAND_M or not band.any():
+        return np.zeros(n, bool)
+    lift = np.zeros(lit.size) if dark_light is None else np.asarray(dark_light, dtype="float64")
+    b = quiet_nanmean(strip.values[:, band, :], axis=1)  # (band, along), above the darkest light
+    b = np.stack([_nan_smooth(x, k) for x in b]) + lift[:, None]   # as recorded
+    lit_rec = lit + lift
+    if not np.all(lit_rec > 0):
+        return np.zeros(n, bool)
+    sd = np.asarray(refs["lit_sd"], dtype="float64")
+    with np.errstate(invalid="ignore"):
+        ok = np.all(np.isfinite(b), axis=0)
+        ok &= np.all(lit_rec[:, None] - b > _DECK_DROP_SD * sd[:, None], axis=0)
+        shadow = np.asarray(refs.get("shadow", np.full(lit.size, np.nan)), dtype="float64")
+        if np.all(np.isfinite(shadow)) and np.all(shadow < lit):
+            # Per band, the share of the way from the lit colour to the shadow colour.
+            share = (lit[:, None] + lift[:, None] - b) / (lit - shadow)[:, None]
+            ok &= np.all(share > 0.5, axis=0)
+            ok &= (share.max(axis=0) - share.min(axis=0)) < _DECK_SHARE_SPREAD
+        else:
+            ok &= np.all(b < _SHADOW_RATIO * lit_rec[:, None], axis=0)
+    return ok
+
+
+# Lit spreads (refs["lit_sd"], per band) the deck band must drop below the lit ground.
+_DECK_DROP_SD = 3.0
+# A shadow is a mix of the lit and shadowed ground's colours, the same share in every
+# band; a darker ground's own colour is not (fouled ballast 0.55 as bright as clean: shares 0.61-0.75).
+_DECK_SHARE_SPREAD = 0.1
+
+
+# Narrowest band (m) beside the track a deck's shadow must cover to be read.
+_MIN_OWN_SHADOW_BAND_M = 0.15
 
 
 # Ground brightness relative to its learnt colour under the same mix of sun and skylight:
