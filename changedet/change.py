@@ -93,6 +93,63 @@ def _band_of(name: str) -> str | None:
     return f"B{int(num.group(1))}A" if num.group(2) else f"B{int(num.group(1)):02d}"
 
 
+# What else in a band file's name differs between the bands of one acquisition: the
+# resolution of Sentinel-2 products ("..._B05_20m.jp2"), Landsat Collection 2's surface
+# reflectance / temperature product ("..._SR_B4.TIF", "..._ST_B10.TIF") and a browser's
+# duplicate-download suffix ("S2_B04 (1).tif", which is then a second B04, see _acquisition_of).
+_NOT_ACQUISITION_RE = re.compile(r"(?:(?<=^)|(?<=[_\-.\s]))(?:\d{1,3}m|SR|ST)(?=$|[_\-.\s()])|\s*\(\d+\)\s*$",
+                                 re.IGNORECASE)
+
+
+def _acquisition_of(name: str) -> str:
+    """A band or class file's name without its band token: the same for every file of one
+    acquisition (``2023-04-26-..._L2A_B02_(Raw).tiff`` and ``..._B11_(Raw).tiff``), another
+    for another date or download."""
+    stem = Path(name).stem
+    for rx in (_BAND_RE, _CLASS_RE):
+        m = list(rx.finditer(stem))
+        if m:
+            stem = stem[:m[-1].start(1)] + stem[m[-1].end(1):]
+            break
+    return re.sub(r"[_\-.\s]+", "_", _NOT_ACQUISITION_RE.sub("", stem)).strip("_").lower()
+
+
+def _check_one_acquisition(folder: Path, named: dict, classes: dict) -> None:
+    """Refuse a band folder whose files are not one acquisition, each band once.
+
+    Mixing two downloads took each band from whichever file sorted first: B02-B04 from
+    one date and B08 from another, without a word. Files are grouped by their names
+    without the band token (:func:`_acquisition_of`); the folder is refused when a band
+    has more than one file, or when the groups' names carry different dates. Groups that
+    differ in name only (a band file renamed by hand, without a date) are one image.
+
+    Raises
+    ------
+    ChangeError
+        Naming the acquisitions (or the files of a repeated band) and the fix.
+    """
+    from changedet.sources.local import _name_time
+
+    groups: dict[str, list[str]] = {}
+    for files in list(named.values()) + list(classes.values()):
+        for f in files:
+            groups.setdefault(_acquisition_of(f.name), []).append(f.name)
+    twice = {b: fs for b, fs in {**named, **classes}.items() if len(fs) > 1}
+    days = set()
+    for names in groups.values():
+        when = _name_time(sorted(names)[0], None)
+        if when is not None:
+            days.add(when.date())
+    if len(groups) > 1 and (twice or len(days) > 1):
+        listed = "; ".join(f"{len(v)} file(s) like {sorted(v)[0]}" for _, v in sorted(groups.items()))
+        raise ChangeError(f"{folder}: holds {len(groups)} acquisitions ({listed}); the bands of one image must "
+                          "come from one acquisition: pass a folder holding the band files of one date only")
+    if twice:
+        listed = "; ".join(f"{b}: {', '.join(f.name for f in fs)}" for b, fs in sorted(twice.items()))
+        raise ChangeError(f"{folder}: more than one file for the same band ({listed}); keep one file per band "
+                          "in the folder (move or delete the duplicate downloads)")
+
+
 #: Integer types whose all-zero pixels are fill when the file declares no nodata (see
 #: :func:`_zero_is_fill`). 8-bit is left out: 8-bit products are display-stretched with
 #: the dark end clipped, so shadow and deep water can be 0 in every band of a true-colour
@@ -252,11 +309,14 @@ def _load_image(
         for f in files:
             b = _band_of(f.name)
             if b is not None:
-                named.setdefault(b, f)
+                named.setdefault(b, []).append(f)
                 continue
             c = _CLASS_RE.findall(Path(f.name).stem)
             if c:
-                classes.setdefault(c[-1].upper(), f)
+                classes.setdefault(c[-1].upper(), []).append(f)
+        _check_one_acquisition(path, named, classes)
+        named = {b: fs[0] for b, fs in named.items()}
+        classes = {c: fs[0] for c, fs in classes.items()}
         if not named:
             raise ChangeError(
                 f"{path}: no raster files with a band name (e.g. *_B04.tif) in the directory; "

@@ -292,3 +292,186 @@ def test_berths_outside_the_drawn_water_are_still_searched(folder_and_stack, cas
     assert without["inner_basin_c"] > 0
     for berth in ("inner_basin_w", "inner_basin_c"):
         assert drawn[berth] == without[berth]
+
+
+# -- review AUD (AUD2): anchorages at VHR, anchorage geometry, paired band order, folders --
+def _vhr_harbour(tmp_path, anchorage):
+    """The s11 synthetic 1 m harbour with a second hull at anchor, and features: berth B1,
+    water W and ``anchorage`` = (id, shapely geometry) (None: no anchorage), in UTM 52N."""
+    from shapely.geometry import box, mapping
+
+    from tests.test_audit_s11 import HARBOUR, _harbour, _write
+
+    img = _harbour("all")
+    img[:, 200:214, 40:140] = np.array([0.25, 0.25, 0.25, 0.30])[:, None, None]  # a hull at anchor
+    _write(tmp_path / "h.tif", img, names=["B", "G", "R", "NIR"], grid=HARBOUR, dtype="float32")
+    feats = [("B1", box(500140.0, 4700150.0, 500290.0, 4700220.0), "berth"),
+             ("W", box(500000.0, 4700000.0, 500300.0, 4700300.0), "water")]
+    if anchorage is not None:
+        feats.append((anchorage[0], anchorage[1], "anchorage"))
+    doc = {"type": "FeatureCollection", "crs": {"type": "name", "properties": {"name": "EPSG:32652"}},
+           "features": [{"type": "Feature", "properties": {"id": k, "role": r}, "geometry": mapping(g)}
+                        for k, g, r in feats]}
+    (tmp_path / "f.geojson").write_text(json.dumps(doc))
+    return ["count", "ships", str(tmp_path / "h.tif"), "--features", str(tmp_path / "f.geojson"), "--json"]
+
+
+def test_vhr_drawn_anchorage_takes_its_vessels_from_the_counters_own_entry(tmp_path, capsys):
+    """At 1 m the counter reports the water outside the berths as its own entry 'anchorage';
+    a drawn anchorage counted the same vessel again (sum of per_feature 3, total 2)."""
+    from shapely.geometry import box
+
+    assert main(_vhr_harbour(tmp_path, None)) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert {pf["id"]: pf["count"] for pf in plain["per_feature"]} == {"B1": 1, "anchorage": 1}
+    assert main(_vhr_harbour(tmp_path, ("outer", box(500000.0, 4700000.0, 500160.0, 4700140.0)))) == 0
+    doc = json.loads(capsys.readouterr().out)
+    counts = {pf["id"]: pf["count"] for pf in doc["per_feature"]}
+    assert counts == {"B1": 1, "outer": 1} and doc["total"] == 2
+    assert sum(counts.values()) == sum(d["feature_id"] is not None for d in doc["detections"]) <= doc["total"]
+    # An anchorage that misses the hull leaves the counter's entry as it was.
+    assert main(_vhr_harbour(tmp_path, ("east", box(500200.0, 4700000.0, 500300.0, 4700100.0)))) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert {pf["id"]: pf["count"] for pf in doc["per_feature"]} == {"B1": 1, "anchorage": 1, "east": 0}
+
+
+@pytest.mark.parametrize("fid", ["anchorage", "B1"])
+def test_reserved_or_repeated_feature_ids_are_refused(tmp_path, capsys, fid):
+    from shapely.geometry import box
+
+    rc = main(_vhr_harbour(tmp_path, (fid, box(500000.0, 4700000.0, 500160.0, 4700140.0))))
+    err = capsys.readouterr().err
+    assert rc != 0 and repr(fid) in err and ("reserved" if fid == "anchorage" else "more than once") in err
+
+
+@pytest.mark.parametrize("kind", ["point", "line"])
+def test_anchorage_must_be_a_polygon(tmp_path, capsys, kind):
+    """A Point anchorage crashed (ZeroDivisionError) after the count; a line reported 0."""
+    from shapely.geometry import LineString, Point
+
+    geom = Point(500080, 4700080) if kind == "point" else LineString([(500010, 4700080), (500150, 4700080)])
+    rc = main(_vhr_harbour(tmp_path, ("A", geom)))
+    err = capsys.readouterr().err
+    assert rc == 2 and "anchorage 'A'" in err and "not a polygon" in err and "Traceback" not in err
+
+
+def test_anchorage_outside_the_image_is_refused_before_the_count(tmp_path, capsys, monkeypatch):
+    from shapely.geometry import box
+
+    import changedet.objects.ships as ships
+
+    def boom(*a, **k):
+        raise AssertionError("counted before the anchorage was checked")
+
+    monkeypatch.setattr(ships, "count_ships", boom)
+    rc = main(_vhr_harbour(tmp_path, ("far", box(600000.0, 4700000.0, 600100.0, 4700100.0))))
+    err = capsys.readouterr().err
+    assert rc != 0 and "anchorage 'far' lies outside the image" in err
+
+
+@pytest.mark.parametrize("order", [(4, 1, 2, 3), (4, 3, 2, 1)], ids=["cir", "reversed"])
+def test_change_pairs_two_unnamed_dates_in_the_same_order(test_data, tmp_path, capsys, order):
+    """Unnamed bands are paired by position: two dates in the same non-RGBN order (colour
+    infrared NIR, R, G, B; both reversed) compare like bands and give the RGBN pair's
+    change. Each date was judged alone as R, G, B, NIR and refused."""
+    docs = []
+    for o in (order, (1, 2, 3, 4)):
+        b = _reordered(test_data(NAIP.format("20180716")), tmp_path / "b.tif", o)
+        a = _reordered(test_data(NAIP.format("20190904")), tmp_path / "a.tif", o)
+        rc = main(["change", str(b), str(a), "--method", "cva", "--out", str(tmp_path / "c.tif"), "--json"])
+        captured = capsys.readouterr()
+        assert rc == 0, captured.err
+        docs.append(json.loads(captured.out))
+    assert docs[0]["changed_pixels"] == docs[1]["changed_pixels"] > 0
+
+
+def test_change_refuses_an_unnamed_date_reversed_against_a_named_one(test_data, tmp_path, capsys):
+    before = _reordered(test_data(NAIP.format("20180716")), tmp_path / "b.tif", (1, 2, 3, 4), ("R", "G", "B", "NIR"))
+    after = _reordered(test_data(NAIP.format("20190904")), tmp_path / "a.tif", (4, 3, 2, 1))
+    rc = main(["change", str(before), str(after), "--method", "cva", "--out", str(tmp_path / "c.tif"), "--json"])
+    err = capsys.readouterr().err
+    assert rc != 0 and str(after) in err and "band order looks wrong" in err and "paired by position" in err
+
+
+def _band_folder(folder, names, value=100):
+    """Single-band uint16 files ``names`` (10 m, UTM 52N, 16 x 16) in ``folder``."""
+    folder.mkdir(exist_ok=True)
+    for i, n in enumerate(names):
+        with rasterio.open(folder / n, "w", driver="GTiff", width=16, height=16, count=1, dtype="uint16",
+                           crs="EPSG:32652", transform=from_origin(500000.0, 3890000.0, 10.0, 10.0)) as dst:
+            dst.write(np.full((1, 16, 16), value + i, "uint16"))
+    return folder
+
+
+def test_band_folder_with_two_downloads_is_refused_naming_them(tmp_path, capsys):
+    """Two EO Browser downloads in one folder: B02-B04 came from one date and B08 from the
+    other (the first date had B8A), without a word."""
+    from changedet.change import ChangeError, load_image
+
+    first = "2023-04-26-00_00_2023-04-26-23_59_Sentinel-2_L2A_{}_(Raw).tiff"
+    second = "2023-05-06-00_00_2023-05-06-23_59_Sentinel-2_L2A_{}_(Raw).tiff"
+    mixed = _band_folder(tmp_path / "mixed", [first.format(b) for b in ("B02", "B03", "B04", "B8A")]
+                         + [second.format(b) for b in ("B02", "B03", "B04", "B08")])
+    with pytest.raises(ChangeError, match="holds 2 acquisitions") as exc:
+        load_image(mixed)
+    assert first.format("B02") in str(exc.value) and second.format("B02") in str(exc.value)
+    # `change` shares the loader: a date folder is refused the same way.
+    one = _band_folder(tmp_path / "one", [second.format(b) for b in ("B02", "B03", "B04", "B08")])
+    rc = main(["change", str(mixed), str(one), "--out", str(tmp_path / "c.tif"), "--json"])
+    assert rc != 0 and "holds 2 acquisitions" in capsys.readouterr().err
+    # One acquisition, whatever else its names carry (resolutions, a class file), loads.
+    s2 = _band_folder(tmp_path / "safe", ["T31UDQ_20170829T105019_B02_10m.jp2".replace(".jp2", ".tif"),
+                                          "T31UDQ_20170829T105019_B05_20m.tif", "T31UDQ_20170829T105019_SCL_20m.tif"])
+    assert [str(b) for b in load_image(s2)["band"].values] == ["B02", "B05"]
+
+
+def test_band_folder_with_a_band_twice_is_refused_naming_the_files(tmp_path):
+    from changedet.change import ChangeError, load_image
+
+    dup = _band_folder(tmp_path / "dup", ["S2_B02.tif", "S2_B03.tif", "S2_B04.tif", "S2_B04 (1).tif"])
+    with pytest.raises(ChangeError, match=r"more than one file for the same band \(B04: S2_B04 \(1\)\.tif, S2_B04\.tif"):
+        load_image(dup)
+
+
+def test_anchorage_counts_no_vessel_lying_at_a_berth():
+    """A vessel the 10 m detector calls at_berth (alongside a quay nobody drew) is moored:
+    an anchorage polygon reaching the quay counted it "at the anchorage" (Busan: 14 of 23)."""
+    from shapely.geometry import box
+
+    from changedet.cli.count import per_anchorage
+    from changedet.grid import GridSpec
+    from changedet.objects.common import CountResult, Detection
+
+    grid = GridSpec.from_bounds("EPSG:32652", (0.0, 0.0, 1000.0, 1000.0), 10.0)
+    dets = (Detection("ship", "at_berth", box(100, 100, 200, 120), 0.9, None, {}),
+            Detection("ship", "at_anchor", box(400, 400, 500, 420), 0.9, None, {}))
+    res = CountResult(kind="ships", total=2, by_type={"at_berth": 1, "at_anchor": 1}, per_feature=(),
+                      detections=dets, crs=grid.crs, observed_fraction=1.0)
+    out = per_anchorage(res, {"roads": box(0, 0, 1000, 1000)}, grid, roles=True)
+    assert out.per_feature == ({"id": "roads", "role": "anchorage", "count": 1, "by_type": {"at_anchor": 1}},)
+    assert [d.feature_id for d in out.detections] == [None, "roads"]
+
+
+def test_vhr_ship_entries_all_say_their_role_and_observed_fraction(tmp_path, capsys):
+    """Berth entries had no role, the drawn anchorages no observed_fraction: a consumer
+    told the counter's own 'anchorage' entry from a berth only by a missing key."""
+    from shapely.geometry import box
+
+    assert main(_vhr_harbour(tmp_path, None)) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert {pf["id"]: pf["role"] for pf in doc["per_feature"]} == {"B1": "berth", "anchorage": "anchorage"}
+    assert main(_vhr_harbour(tmp_path, ("east", box(500200.0, 4700000.0, 500300.0, 4700100.0)))) == 0
+    doc = json.loads(capsys.readouterr().out)
+    for pf in doc["per_feature"]:
+        assert {"id", "role", "count", "by_type", "observed_fraction"} <= set(pf)
+    assert [pf["observed_fraction"] for pf in doc["per_feature"] if pf["id"] == "east"] == [1.0]
+
+
+def test_band_folder_with_two_dates_in_disjoint_bands_is_refused(tmp_path):
+    """No band twice, but the visible bands of one date and NIR of another: two images."""
+    from changedet.change import ChangeError, load_image
+
+    d = _band_folder(tmp_path / "d", [f"2023-04-26_S2_{b}.tif" for b in ("B02", "B03", "B04")]
+                     + ["2023-05-06_S2_B08.tif"])
+    with pytest.raises(ChangeError, match="holds 2 acquisitions"):
+        load_image(d)

@@ -80,44 +80,94 @@ def _polygon_format(path: Path) -> str:
     raise ChangedetError(f"--polygons {path}: unknown format; end the name in .geojson or .parquet")
 
 
-def check_band_order(image, path) -> None:
-    """Refuse a date whose red and NIR bands look swapped (vegetation darker in 'NIR').
-
-    Bands are paired across dates by name, or by position when unnamed; a file whose
-    names (or, unnamed, whose order) are wrong was compared band against the wrong band
-    without a word: on NAIP 2018 / 2019, a 2019 file reversed (NIR, B, G, R) gave
-    8.0 km2 of "change" instead of 0.59 km2. Checked with the counters' test
-    (:func:`changedet.objects.common.check_red_nir`) where the bands are named blue,
-    green, red and NIR (any alias), or unnamed with exactly four bands (taken as R, G,
-    B, NIR, the VHR and NAIP order); other band sets (named otherwise, or an index
-    stack) are not checked.
-
-    Raises
-    ------
-    ChangedetError
-        Naming ``path`` and the fix.
-    """
-    from changedet.bands import find_bands
+def _own_names(path, image) -> list[str] | None:
+    """The band names ``path`` gives its bands itself (None: unnamed, b1..bN; a band
+    folder names them by its file names, ``image``'s)."""
     from changedet.io import band_names, open_raster
+
+    if Path(path).is_dir():
+        return [str(b) for b in image["band"].values]
+    with open_raster(path) as src:
+        own = band_names(list(src.descriptions))
+    return None if own == [f"b{i + 1}" for i in range(len(own))] else own
+
+
+def _looks(image) -> tuple[str | None, str]:
+    """(``"reversed"`` / ``"normal"`` / None when it cannot tell, the reversed-test message)
+    of ``image``'s red and NIR planes (blue, green, red, NIR by name, else the first four
+    bands taken as R, G, B, NIR)."""
+    import numpy as np
+
     from changedet.objects.checks import BandOrderError
     from changedet.objects.common import bgrn, check_red_nir
 
     names = [str(b) for b in image["band"].values]
-    unnamed = names == [f"b{i + 1}" for i in range(len(names))]
-    if find_bands(names, ("blue", "green", "red", "nir")) is None and not (unnamed and len(names) == 4):
-        return
-    # The pair carries BEFORE's names on both dates: whether this file itself names its
-    # bands (else they were paired by position) is read from the file, for the message.
-    own = None
-    if not Path(path).is_dir():
-        with open_raster(path) as src:
-            own = band_names(list(src.descriptions))
-    assumed = unnamed or (own is not None and own == [f"b{i + 1}" for i in range(len(own))])
+    pix = bgrn(image, check_order=False)
     try:
-        check_red_nir(bgrn(image, check_order=False), names, assumed=assumed)
+        check_red_nir(pix, names, assumed=True)
     except BandOrderError as exc:
-        raise ChangedetError(f"{path}: {exc}. If the bands are not blue/green/red/NIR reflectance at all, "
-                             "give them other band descriptions (e.g. PC1..PC4) to skip this check") from None
+        return "reversed", str(exc)
+    try:
+        # The same test with red and NIR swapped: vegetation, bright in NIR, shows as the
+        # reversed case there, so the date looks the normal way round.
+        check_red_nir(pix[np.array([0, 1, 3, 2])], names, assumed=True)
+    except BandOrderError:
+        return "normal", ""
+    return None, ""
+
+
+def check_band_order(before, after, paths) -> None:
+    """Refuse a pair whose red and NIR bands look swapped on one date (vegetation darker in 'NIR').
+
+    Bands are paired across dates by name, or by position when a file leaves them unnamed;
+    a file whose names (or, unnamed, whose order) are wrong was compared band against the
+    wrong band without a word: on NAIP 2018 / 2019, a 2019 file reversed (NIR, B, G, R)
+    gave 8.0 km2 of "change" instead of 0.59 km2. Checked with the counters' test
+    (:func:`changedet.objects.common.check_red_nir`):
+
+    * a date whose own bands are named blue, green, red and NIR (any alias) is judged
+      alone: its names say what each band is;
+    * when a date's bands are unnamed (paired by position) and the pair has four bands or
+      names them blue/green/red/NIR, the two dates are compared: refused only when one
+      looks reversed and the other the normal way round. Both in the same order (a
+      colour-infrared NIR, R, G, B pair, a SWIR composite) pair correctly and pass.
+
+    Other band sets (named otherwise, or an index stack) are not checked.
+
+    Raises
+    ------
+    ChangedetError
+        Naming the offending path and the fix.
+    """
+    from changedet.bands import find_bands
+    from changedet.objects.checks import BandOrderError
+    from changedet.objects.common import bgrn, check_red_nir
+
+    fix = (". If the bands are not blue/green/red/NIR reflectance at all, give them other band descriptions "
+           "(e.g. PC1..PC4) to skip this check")
+    images = (before, after)
+    names = [[str(b) for b in im["band"].values] for im in images]
+    own = [_own_names(p, im) for p, im in zip(paths, images)]
+    own_bgrn = [o is not None and find_bands(o, ("blue", "green", "red", "nir")) is not None for o in own]
+    for im, n, ok, path in zip(images, names, own_bgrn, paths):
+        if ok:
+            try:
+                check_red_nir(bgrn(im, check_order=False), n, assumed=False)
+            except BandOrderError as exc:
+                raise ChangedetError(f"{path}: {exc}{fix}") from None
+    if all(o is not None for o in own):
+        return  # both named: paired by name, each judged above when it could be
+    if any(o is not None and not ok for o, ok in zip(own, own_bgrn)):
+        return  # a date named otherwise (PC1..PC4, an index stack): not reflectance to judge
+    if not (len(names[0]) == 4 or find_bands(names[0], ("blue", "green", "red", "nir")) is not None):
+        return
+    looks = [_looks(im) for im in images]
+    for i in (0, 1):
+        if looks[i][0] == "reversed" and looks[1 - i][0] == "normal":
+            how = ("its bands are unnamed and were paired by position with " if own[i] is None else
+                   "its bands were paired by position with the unnamed bands of ")
+            raise ChangedetError(f"{paths[i]}: {looks[i][1]}. {how}{paths[1 - i]}, whose red and NIR look the "
+                                 f"normal way round{fix}")
 
 
 def cmd_change(args) -> int:
@@ -141,8 +191,7 @@ def cmd_change(args) -> int:
     # The inputs' own cloud-class bands (CLM/SCL) are applied by the load; ``hidden`` is
     # what they took out (None without one), reported with the s2cloudless mask below.
     before, after, hidden = load_pair_masked(args.before, args.after, bands=bands)
-    for path, image in ((args.before, before), (args.after, after)):
-        check_band_order(image, path)
+    check_band_order(before, after, (args.before, args.after))
     unobserved = None
     if args.mask_clouds:
         from changedet.change import unobserved_mask

@@ -160,25 +160,58 @@ def _select(feats: list[dict], kind: str, where: str) -> dict[str, Any]:
                               if kind == "ships" and anchorages else ""))
     water = None
     if kind == "ships":
+        bad = [f"{f['id']!r} ({f['geometry'].geom_type})" for f in anchorages
+               if f["geometry"].geom_type not in ("Polygon", "MultiPolygon")]
+        if bad:
+            # A point or line has no area to hold a vessel: it would divide by zero, or
+            # report 0 vessels whatever lies at anchor.
+            raise FeatureError(f"{where}: anchorage {', '.join(bad)} is not a polygon; draw each anchorage as a "
+                               "Polygon (or MultiPolygon) around the anchored vessels")
+        # Every vessel's detection names one feature id, and the VHR counter reports the
+        # water outside every berth as its own entry ``anchorage``: an id used twice (or
+        # that one) would make two per_feature entries indistinguishable.
+        ids = [f["id"] for f in main] + [f["id"] for f in anchorages]
+        twice = sorted({i for i in ids if ids.count(i) > 1})
+        if twice:
+            raise FeatureError(f"{where}: berth/anchorage id(s) {', '.join(map(repr, twice))} used more than once; "
+                               "give each berth and anchorage its own id")
+        if RESERVED_ID in ids:
+            raise FeatureError(f"{where}: the id {RESERVED_ID!r} is reserved for the counter's entry of the water "
+                               "outside every berth; give your berth or anchorage another id (e.g. 'anchorage_north')")
         ws = [f["geometry"] for f in feats if f["role"] == "water"]
         water = shapely.union_all(ws) if ws else None
     return {"main": {f["id"]: f["geometry"] for f in main}, "water": water,
             "anchorage": {f["id"]: f["geometry"] for f in anchorages}}
 
 
+#: ``per_feature`` id of the VHR ship counter's own entry (vessels on the water outside
+#: every berth, :func:`changedet.objects.ships.count_ships`); no drawn feature may use it.
+RESERVED_ID = "anchorage"
+
 #: Share of a vessel's outline that must lie in an anchorage polygon to be counted there
 #: (the rule the ship counters use for a berth: the region holding most of the vessel).
 ANCHORAGE_SHARE = 0.5
 
 
-def per_anchorage(res, anchorages: dict, grid) -> Any:
+def per_anchorage(res, anchorages: dict, grid, *, ok=None, roles: bool = False) -> Any:
     """``res`` with one ``per_feature`` entry per anchorage polygon (role ``anchorage``).
 
     The counters report vessels per berth; a vessel not in a berth polygon (at anchor,
     or alongside a quay nobody drew) was in the total but in no feature. Each vessel
     not already assigned to a berth is counted in the anchorage holding at least
     :data:`ANCHORAGE_SHARE` of its outline, and its detection names that anchorage.
-    Entries carry ``role: "anchorage"`` to tell them from the berths.
+    Entries carry ``role: "anchorage"`` to tell them from the berths. The VHR counter's
+    own entry :data:`RESERVED_ID` (every vessel on the water outside the berths) gives up
+    the vessels a drawn anchorage takes, and is dropped when none is left: each vessel is
+    counted in one entry at most. A vessel the counter calls ``at_berth`` is not counted in
+    an anchorage: it lies alongside a quay nobody drew as a berth, moored, not anchored,
+    even where the polygon reaches the quay (a ``--detector``'s classes are counted
+    whatever they are).
+
+    ``ok`` (bool (rows, cols) on ``grid``: pixels with data and clear) gives each
+    anchorage entry the ``observed_fraction`` the VHR counter gives its berths (share of
+    the polygon's pixels observed). ``roles`` gives every entry a ``role`` (``berth``, or
+    ``anchorage`` for the counter's own entry and the drawn ones), to tell them apart.
 
     Raises
     ------
@@ -190,6 +223,9 @@ def per_anchorage(res, anchorages: dict, grid) -> Any:
     from changedet.objects.checks import check_features
 
     if not anchorages:
+        if roles:
+            res = replace(res, per_feature=tuple(dict(pf, role=RESERVED_ID if pf.get("id") == RESERVED_ID else "berth")
+                                                 for pf in res.per_feature))
         return res
     check_features(anchorages, grid, what="anchorage")
     dets = list(res.detections)
@@ -197,13 +233,36 @@ def per_anchorage(res, anchorages: dict, grid) -> Any:
     for aid, poly in anchorages.items():
         types: dict[str, int] = {}
         for i, d in enumerate(dets):
-            if d.feature_id is not None or d.polygon.is_empty:
+            if d.feature_id is not None or d.polygon.is_empty or d.type == "at_berth":
                 continue
             if d.polygon.intersection(poly).area >= ANCHORAGE_SHARE * d.polygon.area:
                 dets[i] = replace(d, feature_id=aid)
                 types[d.type] = types.get(d.type, 0) + 1
-        entries.append({"id": aid, "role": "anchorage", "count": sum(types.values()), "by_type": types})
-    return replace(res, per_feature=tuple(res.per_feature) + tuple(entries), detections=tuple(dets))
+        entry = {"id": aid, "role": "anchorage", "count": sum(types.values()), "by_type": types}
+        if ok is not None:
+            from changedet.objects.containers import _mask  # the VHR counter's rasterisation
+
+            m = _mask(poly, grid)
+            entry["observed_fraction"] = round(float((m & ok).sum() / m.sum()), 4) if m.any() else 0.0
+        entries.append(entry)
+    taken: dict[str, int] = {}
+    for e in entries:
+        for t, n in e["by_type"].items():
+            taken[t] = taken.get(t, 0) + n
+    kept = []
+    for pf in res.per_feature:
+        if pf.get("id") == RESERVED_ID and "role" not in pf:
+            # The counter's entry held the vessels with no feature id: those a drawn
+            # anchorage took are counted there now, not twice.
+            by = {t: n - taken.get(t, 0) for t, n in pf.get("by_type", {}).items()}
+            by = {t: n for t, n in by.items() if n > 0}
+            if not by:
+                continue
+            pf = dict(pf, count=sum(by.values()), by_type=by)
+        if roles and "role" not in pf:
+            pf = dict(pf, role=RESERVED_ID if pf.get("id") == RESERVED_ID else "berth")
+        kept.append(pf)
+    return replace(res, per_feature=tuple(kept) + tuple(entries), detections=tuple(dets))
 
 
 # -- sun ------------------------------------------------------------------------------------
@@ -315,7 +374,8 @@ def read_image(path: Path):
     Raises
     ------
     ChangedetError
-        A folder without band files (the message lists what it needs).
+        A folder without band files (the message lists what it needs), or holding more
+        than one acquisition or one band twice (the message names the files).
     """
     from changedet.io import read_raster
 
@@ -359,6 +419,12 @@ def cmd_count(args) -> int:
                 "image's CRS, or export the features as EPSG:4326")
     feats = [dict(f, geometry=_project(f["geometry"], feat_crs, img_crs)) for f in feats]
     sel = _select(feats, args.kind, where)
+    if sel["anchorage"]:
+        # Before minutes of counting, not after them.
+        from changedet.grid import GridSpec
+        from changedet.objects.checks import check_features
+
+        check_features(sel["anchorage"], GridSpec.of(image), what="anchorage")
 
     sun = None
     from changedet.objects.railcars_sar import radar_bands
@@ -424,7 +490,17 @@ def cmd_count(args) -> int:
     if args.kind == "ships":
         from changedet.grid import GridSpec
 
-        res = per_anchorage(res, sel["anchorage"], GridSpec.of(image))
+        ok = None
+        if any("observed_fraction" in pf for pf in res.per_feature):
+            # The VHR counter says how much of each berth it saw: the anchorages say it too.
+            import numpy as np
+
+            ok = np.isfinite(np.asarray(image.values)).all(0)
+            if valid is not None:
+                ok &= np.asarray(valid.values, bool)
+        # A --detector's entries keep the plain {id, count, by_type} of the contract.
+        res = per_anchorage(res, sel["anchorage"], GridSpec.of(image), ok=ok,
+                            roles=not getattr(args, "detector", None))
 
     if res.observed_fraction <= 0.0:
         # A count of 0 from an image that shows none of the features is no observation; the
