@@ -475,3 +475,19 @@ def test_band_folder_with_two_dates_in_disjoint_bands_is_refused(tmp_path):
                      + ["2023-05-06_S2_B08.tif"])
     with pytest.raises(ChangeError, match="holds 2 acquisitions"):
         load_image(d)
+
+
+def test_an_anchorage_drawn_partly_outside_the_water_polygon_is_water():
+    # The 10 m detector keeps vessels lying mostly in water U berths; an anchorage is water
+    # by definition, so its vessels must not be dropped before it is counted.
+    from shapely.geometry import box
+
+    from changedet.cli.count import _select
+
+    feats = [{"id": "B1", "role": "berth", "geometry": box(0, 0, 10, 10)},
+             {"id": "W", "role": "water", "geometry": box(0, 0, 100, 100)},
+             {"id": "roads", "role": "anchorage", "geometry": box(90, 90, 200, 200)}]
+    sel = _select(feats, "ships", "port.geojson")
+    assert sel["water"].covers(box(90, 90, 200, 200))
+    # Without a water feature nothing is drawn as water: the image's own water decides.
+    assert _select([feats[0], feats[2]], "ships", "port.geojson")["water"] is None

@@ -179,7 +179,9 @@ def _select(feats: list[dict], kind: str, where: str) -> dict[str, Any]:
             raise FeatureError(f"{where}: the id {RESERVED_ID!r} is reserved for the counter's entry of the water "
                                "outside every berth; give your berth or anchorage another id (e.g. 'anchorage_north')")
         ws = [f["geometry"] for f in feats if f["role"] == "water"]
-        water = shapely.union_all(ws) if ws else None
+        # An anchorage is water by definition: drawn partly outside the water polygon, its
+        # vessels would otherwise be dropped by the water selection before it is counted.
+        water = shapely.union_all(ws + [f["geometry"] for f in anchorages]) if ws else None
     return {"main": {f["id"]: f["geometry"] for f in main}, "water": water,
             "anchorage": {f["id"]: f["geometry"] for f in anchorages}}
 
