@@ -16,37 +16,18 @@ import numpy as np
 import pytest
 import shapely
 import xarray as xr
-from scipy import ndimage
 from shapely.geometry import Polygon, box
 
 from changedet.grid import GridSpec
 from changedet.io import read_raster
 from changedet.objects.vessels import SELECT_FRACTION, detect_vessels
+from tests.test_ships_sen2ships import _synthetic  # the sen2ships tests' synthetic sea and hull
 
 
 def _sea_with_hull(heading_deg: float = 30.0, length_m: float = 200.0, beam_m: float = 30.0):
     """Dark noisy sea (10 m pixels, 1.6 km square) with one bright hull, land along the south edge."""
-    rng = np.random.default_rng(0)
-    n, res_m = 160, 10.0
-    grid = GridSpec.from_bounds("EPSG:32652", (500000.0, 4000000.0, 500000.0 + n * res_m, 4000000.0 + n * res_m),
-                                res_m)
-    xs, ys = np.meshgrid(grid.x, grid.y)
-    cx, cy = grid.x[n // 2], grid.y[int(n * 0.375)]
-    h = math.radians(heading_deg)
-    along = (xs - cx) * math.sin(h) + (ys - cy) * math.cos(h)
-    across = (xs - cx) * math.cos(h) - (ys - cy) * math.sin(h)
-    hull = (np.abs(along) <= length_m / 2) & (np.abs(across) <= beam_m / 2)
-    land = np.arange(n)[:, None] >= int(n * 0.8)
-    base = {"B02": 0.06, "B03": 0.05, "B04": 0.03, "B08": 0.015, "B11": 0.01}
-    bright = {"B02": 0.15, "B03": 0.15, "B04": 0.15, "B08": 0.2, "B11": 0.15}
-    landv = {"B02": 0.08, "B03": 0.1, "B04": 0.12, "B08": 0.3, "B11": 0.25}
-    data = []
-    for b in base:
-        v = base[b] * (1 + 0.05 * rng.standard_normal((n, n)))
-        v = np.where(hull, bright[b], v)
-        v = np.where(land, landv[b] * (1 + 0.1 * rng.standard_normal((n, n))), v)
-        data.append(ndimage.uniform_filter(v, 2))
-    return grid.attach(np.stack(data).astype("float32"), bands=list(base)), grid, (cx, cy), h
+    img, grid, centre = _synthetic(10.0, heading_deg, length_m, beam_m)
+    return img, grid, centre, math.radians(heading_deg)
 
 
 def _west_of_line(grid: GridSpec, cx: float, cy: float, h: float, offset_m: float) -> Polygon:
