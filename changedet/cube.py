@@ -214,24 +214,27 @@ class Cube:
         self.lock_timeout = lock_timeout
         self.storage_options = dict(storage_options or {})
         stem = f"{sensor}_{grid.resolution:g}m" + (f"_{product}" if product else "")
+        self._stem = stem
         self.remote = is_url(root)
         if self.remote:
             base = f"{str(root).rstrip('/')}/cubes/{aoi_id}"
+            self._base: Any = base
             self._fs = self._filesystem(str(root), base)
             self.path: Any = f"{base}/{stem}.zarr"
             self.provenance_path: Any = f"{base}/{stem}.provenance.json"
             self.reference_path: Any = f"{base}/{stem}.reference.tif"
-            self.pending_reference_path: Any = f"{base}/{stem}.reference.pending.tif"
+            self.pending_reference_path: Any = f"{base}/{stem}.reference.pending.tif"  # d889378's, never promoted
             self._lock_path: Any = f"{base}/{stem}.lock"
         else:
             if isinstance(root, str) and root.startswith("file://"):
                 root = root[len("file://"):]
             base_p = Path(root) / "cubes" / aoi_id
+            self._base = base_p
             self._fs = None
             self.path = base_p / f"{stem}.zarr"
             self.provenance_path = base_p / f"{stem}.provenance.json"
             self.reference_path = base_p / f"{stem}.reference.tif"
-            self.pending_reference_path = base_p / f"{stem}.reference.pending.tif"
+            self.pending_reference_path = base_p / f"{stem}.reference.pending.tif"  # d889378's, never promoted
             self._lock_path = base_p / f"{stem}.lock"
 
     # ------------------------------------------------------------------ store errors
@@ -512,11 +515,15 @@ class Cube:
             self._write_provenance(doc)
 
     # ------------------------------------------------------------------ writing
-    def append(self, scene: SceneRecord, data: xr.DataArray, *, extra: dict[str, Any] | None = None) -> bool:
+    def append(self, scene: SceneRecord, data: xr.DataArray, *, extra: dict[str, Any] | None = None,
+               first: bool = False) -> bool:
         """Store one acquisition (already on the cube grid).
 
         Returns False, storing nothing, if a scene with that id or exactly those pixels
-        is already there.
+        is already there. With ``first`` (the day whose pixels made the cube's registration
+        reference) the scene is stored only as the cube's first: when another run stored a
+        scene meanwhile (two runs of a new AOI that both found no reference) it raises
+        :class:`CubeError`, storing nothing, rather than keep two days in two frames.
         """
         if not GridSpec.of(data).same_as(self.grid):
             raise CubeError(f"scene {scene.id} is not on the cube grid of {self.aoi_id}/{self.sensor}; "
@@ -527,15 +534,20 @@ class Cube:
         values = np.ascontiguousarray(np.asarray(data.values, dtype="float32"))
         digest = hashlib.sha256(values.tobytes()).hexdigest()
         with self._store_errors(f"store scene {scene.id}"):
-            return self._append_locked(scene, data, bands, values, digest, extra)
+            return self._append_locked(scene, data, bands, values, digest, extra, first)
 
     def _append_locked(self, scene: SceneRecord, data: xr.DataArray, bands: list[str], values: np.ndarray,
-                       digest: str, extra: dict[str, Any] | None) -> bool:
+                       digest: str, extra: dict[str, Any] | None, first: bool = False) -> bool:
         with self._locked():
             doc = self._read_provenance()
             if any(s["scene_id"] == scene.id or s.get("sha256") == digest for s in doc["scenes"]):
                 return False
             n = len(doc["scenes"])
+            if first and n:
+                held = min(doc["scenes"], key=lambda e: int(e.get("index", 0)))["scene_id"]
+                raise CubeError(f"scene {scene.id} was registered onto a reference made from its own pixels, but "
+                                f"another run stored scene {held} in {self.path} meanwhile, with its own reference; "
+                                "nothing was stored. Run this day again: it is then registered onto that reference")
             if n and not _same_bands(doc.get("bands") or [], bands):
                 held = [str(b) for b in doc.get("bands") or []]
                 hint = ""
@@ -561,6 +573,9 @@ class Cube:
                 "stored_at": datetime.now(timezone.utc).isoformat(),
                 # The source file, if any: a later record of it is matched by path and time.
                 **({"path": str(path)} if path else {}),
+                # Entries from here on name their file (``path``) or series (``entry``) when they
+                # have one; older entries are matched to records by source and time (_superseded_in).
+                "format": _ENTRY_FORMAT,
                 **json.loads(json.dumps(extra or {}, default=str)),
             })
             # The acquisition is stored now: its earlier records go, also those of a file that
@@ -696,19 +711,35 @@ class Cube:
         st = self.reference_path.stat()
         return _read_reference(str(self.reference_path), st.st_mtime_ns, st.st_size).copy()
 
+    def pending_reference_of(self, scene_id: str) -> Any:
+        """Where the reference made from scene ``scene_id`` waits to be promoted (a path or URL).
+
+        One file per scene: two runs of a new AOI that both found no reference each write
+        their own, and only the file of the cube's first stored scene is ever promoted.
+        """
+        # A scene id may hold any character: a readable part plus a digest of the whole id.
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", str(scene_id))[:80]
+        digest = hashlib.sha1(str(scene_id).encode()).hexdigest()[:10]
+        name = f"{self._stem}.reference.pending.{safe}.{digest}.tif"
+        return f"{self._base}/{name}" if self.remote else self._base / name
+
     @_guarded("write the registration reference")
-    def set_reference(self, data: xr.DataArray, *, pending: bool = False) -> None:
+    def set_reference(self, data: xr.DataArray, *, pending: str | None = None) -> None:
         """Save ``data`` as the registration reference.
 
-        With ``pending`` it is written under :attr:`pending_reference_path` and becomes the
-        reference only by :meth:`promote_reference`: a run saves the reference made from a
-        day before it stores that day and promotes it after, so a crash in between leaves
-        the exact reference on disk (promoted by the next run) rather than stored scenes
-        without one.
+        With ``pending`` (the id of the scene ``data`` was made from) it is written under
+        :meth:`pending_reference_of` and becomes the reference only by
+        :meth:`promote_reference` once that scene is the cube's first stored one: a run
+        saves the reference made from a day before it stores that day and promotes it
+        after, so a crash in between leaves the exact reference on disk (promoted by the
+        next run) rather than stored scenes without one.
         """
         from changedet.io import write_geotiff
 
-        target = self.pending_reference_path if pending else self.reference_path
+        if pending is not None and not isinstance(pending, str):
+            raise CubeError(f"set_reference(pending={pending!r}): give the id of the scene the reference was "
+                            "made from (pending='<scene id>')")
+        target = self.pending_reference_of(pending) if pending is not None else self.reference_path
         if not self.remote:
             write_geotiff(data, target)
             return
@@ -719,21 +750,43 @@ class Cube:
             self._fs.pipe_file(target, local.read_bytes())
 
     @_guarded("promote the pending registration reference")
-    def promote_reference(self) -> bool:
-        """Make the pending reference (:meth:`set_reference` ``pending=True``) the reference.
+    def promote_reference(self, scene_id: str) -> bool:
+        """Make the reference pending for ``scene_id`` (:meth:`set_reference`) the reference.
 
-        Returns False, changing nothing, when there is no pending reference. The rename
-        replaces an existing reference file.
+        Only when ``scene_id`` is the cube's first stored scene (the day the reference was
+        made from, so every stored day is in its frame) and its pending file exists; else
+        returns False, changing nothing. Checked and renamed under the cube lock, so a run
+        storing a scene meanwhile cannot slip between. The rename replaces an existing
+        reference file.
         """
-        if self.remote:
-            if not self._fs.exists(self.pending_reference_path):
+        with self._locked():
+            scenes = self._read_provenance().get("scenes", [])
+            if not scenes or min(scenes, key=lambda e: int(e.get("index", 0)))["scene_id"] != scene_id:
                 return False
-            self._fs.mv(self.pending_reference_path, self.reference_path)
+            pending = self.pending_reference_of(scene_id)
+            if self.remote:
+                if not self._fs.exists(pending):
+                    return False
+                self._fs.mv(pending, self.reference_path)
+                return True
+            if not pending.exists():
+                return False
+            os.replace(pending, self.reference_path)  # atomic on one file system
             return True
-        if not self.pending_reference_path.exists():
-            return False
-        os.replace(self.pending_reference_path, self.reference_path)  # atomic on one file system
-        return True
+
+    @_guarded("remove a pending registration reference")
+    def discard_pending_reference(self, scene_id: str) -> None:
+        """Remove the reference pending for ``scene_id``, if any (its day was not stored)."""
+        pending = self.pending_reference_of(scene_id)
+        if self.remote:
+            if self._fs.exists(pending):
+                self._fs.rm_file(pending)
+        else:
+            pending.unlink(missing_ok=True)
+
+
+#: Format of scene entries that name their file (``path``) or series (``entry``) when they have one.
+_ENTRY_FORMAT = 2
 
 
 #: Bands found by their exact (upper-case) name: a lower-case "clm"/"scl" in an old cube was
@@ -810,9 +863,10 @@ def _superseded(record: dict[str, Any], stored: dict[str, Any]) -> bool:
     return _superseded_in(record, _supersede_keys([stored]))
 
 
-def _supersede_keys(scenes: list[dict[str, Any]]) -> tuple[set, set, set]:
-    """``(ids, (path, time) pairs, (entry, time) pairs)`` of stored scene entries, for :func:`_superseded_in`."""
-    ids, paths, entries = set(), set(), set()
+def _supersede_keys(scenes: list[dict[str, Any]]) -> tuple[set, set, set, dict]:
+    """``(ids, (path, time) pairs, (entry, time) pairs, {(source, time): stored_at})`` of stored
+    scene entries, for :func:`_superseded_in`; the last only of older entries (see there)."""
+    ids, paths, entries, legacy = set(), set(), set(), {}
     for e in scenes:
         ids.add(e.get("scene_id"))
         t = _when(e.get("time"))
@@ -822,11 +876,16 @@ def _supersede_keys(scenes: list[dict[str, Any]]) -> tuple[set, set, set]:
             paths.add((str(e["path"]), t))
         if e.get("entry"):
             entries.add((str(e["entry"]), t))
-    return ids, paths, entries
+        if not e.get("path") and e.get("format") is None:
+            at = _when(e.get("stored_at"))
+            key = (e.get("source"), t)
+            if at is not None:
+                legacy[key] = max(at, legacy.get(key, at))
+    return ids, paths, entries, legacy
 
 
-def _superseded_in(record: dict[str, Any], keys: tuple[set, set, set]) -> bool:
-    ids, paths, entries = keys
+def _superseded_in(record: dict[str, Any], keys: tuple[set, set, set, dict]) -> bool:
+    ids, paths, entries, legacy = keys
     if record.get("scene_id") in ids:
         return True
     t = _when(record.get("time"))
@@ -834,7 +893,18 @@ def _superseded_in(record: dict[str, Any], keys: tuple[set, set, set]) -> bool:
         return False
     if record.get("path"):
         return (str(record["path"]), t) in paths
-    return bool(record.get("entry")) and (str(record["entry"]), t) in entries
+    if record.get("entry"):
+        return (str(record["entry"]), t) in entries
+    # Cubes written before entries named their file (86ae115 and earlier) kept the record of
+    # a replaced file (old id, no path, no entry) beside the stored scene of the new file (no
+    # path, no "format"): such a record is matched by source and time, as 5f17f66 did, when
+    # it was recorded before that scene was stored (a record written later is of another
+    # acquisition, e.g. another tile of the day). New entries carry "format".
+    at = legacy.get((record.get("source"), t))
+    if at is None:
+        return False
+    recorded = _when(record.get("recorded_at"))
+    return recorded is None or recorded <= at
 
 
 def _when(value: Any) -> pd.Timestamp | None:

@@ -671,17 +671,33 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
             # The entry, not only its type, pins the series (see _series_sources).
             extra["entry"] = _entry_id(spec)
         if new_reference is not None:
-            # Saved under a pending name before its day is stored and promoted only once it is:
-            # a day that ended otherwise (not registered, a crash before the append) leaves no
-            # reference that no stored scene was registered with (the next reference day
-            # overwrites the pending file), and a crash after the append leaves the exact
-            # reference for the next run to promote (_rebuilt_reference).
-            cube.set_reference(new_reference[0], pending=True)
+            # Saved under this scene's pending name before its day is stored and promoted only
+            # once it is the cube's first stored scene: a day that ended otherwise (not
+            # registered, a crash before the append) leaves no reference that no stored scene
+            # was registered with, a crash after the append leaves the exact reference for the
+            # next run to promote (_rebuilt_reference), and a second run of a new AOI that also
+            # found no reference neither promotes this file nor stores its day (append first=).
+            cube.set_reference(new_reference[0], pending=scene.id)
         # (At factor 1 through the change cube's handle: the store was always created by it.)
-        (cube if factor > 1 else coarse_cube).append(scene, stored, extra=extra)
+        try:
+            (cube if factor > 1 else coarse_cube).append(scene, stored, extra=extra,
+                                                          first=new_reference is not None)
+        except CubeError:  # refused before storing anything (first=, bands, lock): its reference is no one's
+            if new_reference is not None:
+                with contextlib.suppress(Exception):  # the append's error is the one to report
+                    cube.discard_pending_reference(scene.id)
+            raise
         if new_reference is not None:
-            cube.promote_reference()
-            result.note = _joined(result.note, f"{new_reference[1]} became the registration reference")
+            if cube.promote_reference(scene.id):
+                result.note = _joined(result.note, f"{new_reference[1]} became the registration reference")
+            elif cube.reference() is not None and _reference_origin(cube) == new_reference[1]:
+                # Another run promoted it meanwhile (_rebuilt_reference of this same scene's file).
+                result.note = _joined(result.note, f"{new_reference[1]} became the registration reference")
+            else:
+                log.warning("%s: the reference made from %s was stored with its day but could not be put in "
+                            "place (%s)", aoi.id, scene.id, cube.reference_path)
+                result.note = _joined(result.note, f"the reference made from {new_reference[1]} could not be put "
+                                      f"in place ({cube.reference_path}); the next run restores it")
         if origin is not None and origin.startswith("scene "):
             # Limit, said on every such day: the frame is an acquisition, not an orthophoto.
             result.note = _joined(result.note, f"counts carry the geolocation error of reference {origin[6:]} "
@@ -953,10 +969,11 @@ def _rebuilt_reference(cube: Cube, spec, like: xr.DataArray, site_mask: np.ndarr
                        result: DayResult) -> xr.DataArray | None:
     """The registration reference restored after a run stopped between storing its day and saving it.
 
-    ``run_day`` writes a new reference under a pending name, stores the reference day's
-    scene, then promotes the pending file (``Cube.promote_reference``). A crash after the
-    append leaves stored scenes, no reference and the pending file: it is promoted, the
-    exact reference. Cubes written before that order (the reference saved after the
+    ``run_day`` writes a new reference under its scene's pending name, stores the reference
+    day's scene, then promotes that file (``Cube.promote_reference``). A crash after the
+    append leaves stored scenes, no reference and the pending file: the file of the first
+    stored scene is promoted, the exact reference (a pending file of another scene, a run
+    that stored nothing, never is). Cubes written before that order (the reference saved after the
     append) hold no pending file; their reference is rebuilt when every stored scene
     names the same origin (``reference_from``) and that is (a) ``scene X`` with ``X`` the
     first scene stored, registered with a zero shift (it was registered onto itself, so
@@ -979,7 +996,9 @@ def _rebuilt_reference(cube: Cube, spec, like: xr.DataArray, site_mask: np.ndarr
     origin = first.get("reference_from")
     if not origin or any(e.get("reference_from") != origin for e in held):
         return None
-    if cube.promote_reference():
+    # Only the file written for the first stored scene (set_reference pending=): the run
+    # that made it may have stopped after its append; a file of another scene is another frame.
+    if cube.promote_reference(str(first["scene_id"])):
         log.warning("%s: registration reference %s was pending under %d stored scene(s) (a run stopped after "
                     "storing its day); promoted", cube.aoi_id, cube.reference_path, len(held))
         result.note = _joined(result.note, f"the registration reference of {origin}, left pending by an "

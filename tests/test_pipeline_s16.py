@@ -347,7 +347,7 @@ def test_cube_info_hides_a_record_an_older_cube_kept(tmp_path):
 
 def _crash_after_the_append(monkeypatch, aoi, day, cfg):
     """Run ``day`` (the reference day) and stop it after its scene was stored, before its reference is in place."""
-    def crash(self):
+    def crash(self, *a, **k):
         raise KeyboardInterrupt("killed between cube.append and promote_reference")
 
     with monkeypatch.context() as m:
@@ -373,7 +373,7 @@ def test_a_reference_lost_after_its_day_was_stored_is_rebuilt(scenes, tmp_path, 
     _crash_after_the_append(monkeypatch, aoi, QUIET[0], cfg)
     cube = Cube(cfg.data_dir, aoi.id, "vhr", grid)
     # As a run before the pending order left it (the reference saved after the append): no pending file.
-    Path(cube.pending_reference_path).unlink()
+    Path(cube.pending_reference_of(cube.scenes()[0]["scene_id"])).unlink()
     held = cube.scenes()
     assert len(held) == 1 and cube.reference() is None
     # What the rebuild relies on: the reference day was stored registered onto itself, unshifted.
@@ -403,7 +403,7 @@ def test_a_lost_reference_is_not_rebuilt_from_a_moved_scene(scenes, tmp_path, mo
     cfg = RunConfig(data_dir=tmp_path / "data", registry=reg, evidence=False)
     _crash_after_the_append(monkeypatch, aoi, QUIET[0], cfg)
     cube = Cube(cfg.data_dir, aoi.id, "vhr", aoi_grid(aoi, RES))
-    Path(cube.pending_reference_path).unlink()  # as a run before the pending order left it
+    Path(cube.pending_reference_of(cube.scenes()[0]["scene_id"])).unlink()  # as a run before the pending order
     doc = json.loads(Path(cube.provenance_path).read_text())
     doc["scenes"][0]["coreg"]["shift_row_px"] = 0.4
     Path(cube.provenance_path).write_text(json.dumps(doc))
@@ -606,7 +606,7 @@ def test_a_crash_after_the_append_leaves_the_exact_reference(scenes, tmp_path, m
     ok = RunConfig(data_dir=tmp_path / "ok", registry=reg, evidence=False)
     want = [run_day(aoi, d, ok) for d in QUIET[:2]]
     ok_cube = Cube(ok.data_dir, aoi.id, "vhr", grid)
-    assert not Path(ok_cube.pending_reference_path).exists()  # promoted
+    assert not list(Path(ok_cube.reference_path).parent.glob("*.pending*"))  # promoted
 
     cfg = RunConfig(data_dir=tmp_path / "data", registry=reg, evidence=False)
     _crash_after_the_append(monkeypatch, aoi, QUIET[0], cfg)
@@ -804,16 +804,256 @@ def test_a_broken_header_is_not_read_through_on_every_search(tmp_path, monkeypat
             src = LocalSource(path=str(tmp_path), pattern=pattern)
             with pytest.raises(SceneUnreadable):
                 src.search(_World(), date(2024, 1, 6), date(2024, 1, 6))
-    # Typed once (the read-through bounded to the file's ends), then remembered.
-    assert read == [(big, local_mod._HEADER_READ_THROUGH)], read
-    assert len(opened) == 1
+    # Typed once (each of the two GDAL failures classified, its read-through bounded to the file's
+    # ends: review PIPE2 #2), then remembered.
+    assert read == [(big, local_mod._HEADER_READ_THROUGH)] * 2, read
+    assert len(opened) == 2
     read.clear()
     for pattern in (r"(?P<date>\d{8})", None):
         found = LocalSource(path=str(tmp_path), pattern=pattern).search(_World(), date(2024, 1, 5), date(2024, 1, 5))
         assert [s.properties["path"] for s in found] == [str((tmp_path / "site_20240105.tif").resolve())]
-    assert read == [] and len(opened) == 1
+    assert read == [] and len(opened) == 2
     # A replaced file (another size or mtime) is looked at again.
     big.write_bytes(big.read_bytes()[: 30 << 20])
     with pytest.raises(SceneUnreadable):
         LocalSource(path=str(tmp_path), pattern=None).search(_World(), date(2024, 1, 6), date(2024, 1, 6))
-    assert len(read) == 1
+    assert len(read) == 2
+
+
+# -- review PIPE2 (on d889378) ------------------------------------------------------------------
+
+def _tiny_cube(root, grid=None):
+    import pyproj
+    from affine import Affine
+
+    from changedet.grid import GridSpec
+
+    grid = grid or GridSpec(crs=pyproj.CRS.from_epsg(32652), transform=Affine(1, 0, 500000, 0, -1, 4000000),
+                            shape=(32, 32))
+    return grid, Cube(root, "a", "vhr", grid)
+
+
+def _tiny_scene(sid, day):
+    from shapely.geometry import box
+
+    from changedet.sources.base import SceneRecord
+
+    return SceneRecord(id=sid, source="local", aoi_id="a", sensor="vhr",
+                       time=datetime(2024, 1, day, 2, tzinfo=timezone.utc), platform="p", cloud_cover=0,
+                       footprint=box(0, 0, 1, 1), resolution_m=1)
+
+
+def test_two_runs_of_a_new_aoi_keep_one_frame(tmp_path):
+    """Review PIPE2 #1: two runs that both found no reference each write the pending file of their own
+    scene; the first to store promotes its own, the second is refused (nothing stored) instead of
+    storing a day in its own frame, and its promote is refused too; a run whose append failed leaves
+    its file unpromoted, never promoted by another run."""
+    from changedet.errors import CubeError
+
+    grid, a = _tiny_cube(tmp_path / "b")
+    b = Cube(tmp_path / "b", "a", "vhr", grid)  # a second process's handle
+    img = lambda v: grid.attach(np.full((3, 32, 32), v, "float32"), bands=["B02", "B03", "B04"])  # noqa: E731
+    extra = lambda sid: {"reference_from": f"scene {sid}", "coreg": {"shift_row_px": 0, "shift_col_px": 0}}  # noqa
+
+    # (b) both store, interleaved.
+    a.set_reference(img(0.1), pending="D1")
+    b.set_reference(img(0.2), pending="D2")
+    assert a.append(_tiny_scene("D1", 5), img(0.1), extra=extra("D1"), first=True)
+    assert a.promote_reference("D1")
+    with pytest.raises(CubeError, match="another run stored scene D1.*nothing was stored"):
+        b.append(_tiny_scene("D2", 9), img(0.2), extra=extra("D2"), first=True)
+    assert not b.promote_reference("D2")
+    assert [e["scene_id"] for e in a.scenes()] == ["D1"]
+    assert float(np.nanmean(a.reference().values)) == pytest.approx(0.1, abs=1e-4)
+    assert not a.promote_reference("D1")  # done: nothing pending any more
+
+    # (a) A writes its file after B, then A's append fails (CubeLocked, killed): B promotes its own.
+    grid, c = _tiny_cube(tmp_path / "c")
+    c.set_reference(img(0.2), pending="D2")
+    c.set_reference(img(0.1), pending="D1")
+    assert c.append(_tiny_scene("D2", 9), img(0.2), extra=extra("D2"), first=True)
+    assert not c.promote_reference("D1")  # not the stored first scene's
+    assert c.promote_reference("D2")
+    assert float(np.nanmean(c.reference().values)) == pytest.approx(0.2, abs=1e-4)
+
+
+def test_a_rebuild_promotes_only_the_first_stored_scenes_pending_file(tmp_path):
+    """Review PIPE2 #1: _rebuilt_reference puts in place the pending file of the cube's first stored
+    scene only; another scene's (a run that never stored its day) is another frame and stays out."""
+    from changedet.pipeline import DayResult, _rebuilt_reference
+
+    grid, cube = _tiny_cube(tmp_path)
+    img = lambda v: grid.attach(np.full((3, 32, 32), v, "float32"), bands=["B02", "B03", "B04"])  # noqa: E731
+    # Stored moved (shift 0.4 px), so it cannot be rebuilt from pixels either.
+    cube.append(_tiny_scene("D1", 5), img(0.1), extra={"reference_from": "scene D1",
+                                                         "coreg": {"shift_row_px": 0.4, "shift_col_px": 0}})
+    cube.set_reference(img(0.3), pending="D7")  # a run of day 7 that was refused or killed
+    site = np.ones((32, 32), bool)
+    result = DayResult(aoi_id="a", day=datetime(2024, 1, 9).date(), status="failed")
+    assert _rebuilt_reference(cube, None, img(0.0), site, result) is None
+    assert cube.reference() is None and Path(cube.pending_reference_of("D7")).exists()
+
+    cube.set_reference(img(0.1), pending="D1")  # the file of the run that stored D1
+    got = _rebuilt_reference(cube, None, img(0.0), site, result)
+    assert got is not None and float(np.nanmean(got.values)) == pytest.approx(0.1, abs=1e-4)
+    assert "left pending by an interrupted run" in result.note
+
+
+def test_run_day_checks_that_its_reference_was_put_in_place(scenes, tmp_path, monkeypatch):
+    """Review PIPE2 #1: a promote that did not happen is not reported as 'became the registration
+    reference'; the day says so and the next run puts the reference in place."""
+    imgs = _copy_imgs(scenes, tmp_path / "imgs")
+    aoi, reg = _local_aoi(scenes, tmp_path, path=imgs)
+    cfg = RunConfig(data_dir=tmp_path / "data", registry=reg, evidence=False)
+    real = Cube.promote_reference
+    with monkeypatch.context() as m:
+        m.setattr(Cube, "promote_reference", lambda self, sid: False)
+        r = run_day(aoi, QUIET[0], cfg)
+    assert r.status == "processed", r.summary()
+    assert "became the registration reference" not in r.note and "could not be put in place" in r.note, r.note
+    cube = Cube(cfg.data_dir, aoi.id, "vhr", aoi_grid(aoi, RES))
+    assert cube.reference() is None
+    assert Cube.promote_reference is real
+    r2 = run_day(aoi, QUIET[1], cfg)
+    assert r2.status == "processed" and "left pending by an interrupted run" in r2.note, r2.summary()
+
+
+def test_a_second_read_that_meets_the_file_system_is_not_the_files_fault(tmp_path, monkeypatch):
+    """Review PIPE2 #2: the second GDAL failure is classified on its own: an EIO there is
+    SourceUnavailable (may pass), and nothing is cached, so the next search reads the file again."""
+    from datetime import date
+
+    import rasterio
+
+    import changedet.sources.local as local_mod
+    from changedet.sources.local import LocalSource, _read_or_type
+
+    f = tmp_path / "site_20240105.tif"
+    _rgba_file(f, count=3)
+    n = {"k": 0}
+
+    def rd():
+        n["k"] += 1
+        if n["k"] == 1:
+            raise rasterio.errors.RasterioIOError("Read failed. See previous exception for details.")
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    with pytest.raises(SourceUnavailable):
+        _read_or_type(f, rd, str)
+    assert n["k"] == 2
+
+    monkeypatch.setattr(local_mod, "_BROKEN_HEADERS", {})
+    real_open = rasterio.open
+    calls = {"n": 0}
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise rasterio.errors.RasterioIOError("Read failed. See previous exception for details.")
+        if calls["n"] == 2:
+            raise OSError(errno.EIO, os.strerror(errno.EIO), str(f))
+        return real_open(*a, **k)
+
+    monkeypatch.setattr(rasterio, "open", flaky)
+    with pytest.raises(SourceUnavailable):
+        LocalSource(path=str(tmp_path), pattern=r"(?P<date>\d{8})").header(f)
+    assert local_mod._BROKEN_HEADERS == {}
+    found = LocalSource(path=str(tmp_path), pattern=r"(?P<date>\d{8})").search(_World(), date(2024, 1, 5),
+                                                                                date(2024, 1, 5))
+    assert len(found) == 1
+
+
+def test_a_restored_header_is_read_again_and_verdicts_expire(tmp_path, monkeypatch):
+    """Review PIPE2 #3: a damaged file restored with its size and mtime (cp -p, rsync -a) is read again
+    (the cache key holds inode and ctime), and a cached verdict expires after BROKEN_HEADER_TTL_S."""
+    import changedet.sources.local as local_mod
+    from changedet.sources.local import LocalSource
+
+    monkeypatch.setattr(local_mod, "_BROKEN_HEADERS", {})
+    f = tmp_path / "site_20240105.tif"
+    _rgba_file(f, count=3)
+    good = f.read_bytes()
+    st = f.stat()
+    damaged = bytearray(good)
+    damaged[0:8] = b"\0" * 8
+    f.write_bytes(bytes(damaged))
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    src = lambda: LocalSource(path=str(tmp_path), pattern=r"(?P<date>\d{8})")  # noqa: E731
+    with pytest.raises(SceneUnreadable):
+        src().header(f)
+    import time as _t
+
+    _t.sleep(0.05)  # past the file system's timestamp tick, as any real restore is
+    f.write_bytes(good)
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (f.stat().st_size, f.stat().st_mtime_ns) == (st.st_size, st.st_mtime_ns)
+    assert src().header(f)["count"] == 3
+
+    # Expiry: the same unchanged broken file is looked at again once its verdict is old.
+    f.write_bytes(bytes(damaged))
+    with pytest.raises(SceneUnreadable):
+        src().header(f)
+    read = []
+    real_read = local_mod._read_failure
+    monkeypatch.setattr(local_mod, "_read_failure", lambda *a, **k: read.append(1) or real_read(*a, **k))
+    with pytest.raises(SceneUnreadable):
+        src().header(f)
+    assert read == []  # cached
+    now = local_mod._time.monotonic()
+    monkeypatch.setattr(local_mod._time, "monotonic", lambda: now + local_mod.BROKEN_HEADER_TTL_S + 1)
+    with pytest.raises(SceneUnreadable):
+        src().header(f)
+    assert read, "an expired verdict was not checked again"
+
+
+def test_an_86ae115_cube_hides_the_record_of_its_replaced_file(tmp_path):
+    """Review PIPE2 #4: a cube in 86ae115's format (provenance JSON written here as that code wrote it:
+    stored entries without path or format, records without path or entry) hides the permanent record of
+    a replaced file by source and time, as 5f17f66 did; a record written after the store stays."""
+    import json
+
+    grid, cube = _tiny_cube(tmp_path)
+    t1, t2 = "2023-08-24T02:00:00+00:00", "2023-08-31T02:00:00+00:00"
+    rec = lambda sid, t, at, reason: {"scene_id": sid, "time": t, "source": "local", "platform": "p",  # noqa: E731
+                                      "cloud_cover": 0.0, "reason": reason, "recorded_at": at, "permanent": True}
+    doc = {"aoi_id": "a", "sensor": "vhr", "bands": ["B04", "CLM"], "scenes": [
+        {"index": 0, "scene_id": "local-site_20230824-new", "time": t1, "source": "local", "platform": "p",
+         "cloud_cover": 0.0, "sha256": "0" * 64, "stored_at": "2023-09-02T00:00:00+00:00",
+         "reference_from": "scene local-site_20230824-new", "entry": "local vhr 1m path=/imgs"}],
+        "skipped": [rec("local-site_20230824-old", t1, "2023-09-01T00:00:00+00:00", "cannot be loaded (corrupt): x"),
+                    rec("tile2", t1, "2023-09-03T00:00:00+00:00", "83% of the site under cloud"),
+                    rec("cut-31", t2, "2023-09-01T00:00:00+00:00", "cannot be loaded: x")]}
+    Path(cube.provenance_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(cube.provenance_path).write_text(json.dumps(doc))
+    assert [s["scene_id"] for s in cube.skipped()] == ["tile2", "cut-31"]
+    assert [s["scene_id"] for s in cube.info()["skipped"]] == ["tile2", "cut-31"]
+    # A new entry (it carries "format") is not matched that way: other tiles of its day stay listed.
+    from changedet.cube import _live_skipped
+
+    new = dict(doc["scenes"][0], format=2)
+    assert [s["scene_id"] for s in _live_skipped({"scenes": [new], "skipped": doc["skipped"]})] == [
+        "local-site_20230824-old", "tile2", "cut-31"]
+
+
+def test_a_remote_cube_promotes_only_its_first_scenes_pending_reference():
+    """Review PIPE2 #1 on an fsspec store (memory://): per-scene pending files, promoted under the
+    cube's lease only for the first stored scene, and discarded on request."""
+    import uuid
+
+    import pyproj
+    from affine import Affine
+
+    from changedet.grid import GridSpec
+
+    grid = GridSpec(crs=pyproj.CRS.from_epsg(32652), transform=Affine(1, 0, 500000, 0, -1, 4000000), shape=(16, 16))
+    cube = Cube(f"memory://cubes-{uuid.uuid4().hex}", "a", "vhr", grid)
+    img = lambda v: grid.attach(np.full((3, 16, 16), v, "float32"), bands=["B02", "B03", "B04"])  # noqa: E731
+    cube.set_reference(img(0.1), pending="D1")
+    cube.set_reference(img(0.2), pending="D2")
+    assert not cube.promote_reference("D1")  # nothing stored yet
+    cube.append(_tiny_scene("D1", 5), img(0.1), extra={"reference_from": "scene D1"}, first=True)
+    assert not cube.promote_reference("D2")
+    assert cube.promote_reference("D1") and not cube.promote_reference("D1")
+    assert float(np.nanmean(cube.reference().values)) == pytest.approx(0.1, abs=1e-4)
+    cube.discard_pending_reference("D2")
+    assert not cube._fs.exists(cube.pending_reference_of("D2"))

@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import re
+import time as _time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -176,8 +177,10 @@ class LocalSource:
         :class:`SourceUnavailable` (:func:`_read_failure`, which reads the start and end of
         the file through to tell them apart). With ``classify=False`` (a file ``search``
         skips whatever the class) it raises :class:`SourceUnavailable` without that read.
-        A :class:`SceneUnreadable` header is remembered for the process by the file's path,
-        size and mtime, so a daily search does not read a broken file again.
+        A :class:`SceneUnreadable` header (two GDAL reads and the read-through agreed) is
+        remembered for :data:`BROKEN_HEADER_TTL_S` by the file's path, size, mtime, inode and
+        ctime (a restore with ``cp -p`` keeps size and mtime, not ctime), so a daily search
+        does not read a broken file again and a worker looks again within the hour.
         """
         import rasterio
         from rasterio.warp import transform_bounds
@@ -187,12 +190,15 @@ class LocalSource:
             return self._headers[key]
         try:
             st = path.stat()
-            stamp = (key, st.st_size, st.st_mtime_ns)
+            stamp = (key, st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
         except OSError:
             stamp = None
-        known = _BROKEN_HEADERS.get(stamp) if stamp else None
-        if known is not None:
-            raise SceneUnreadable(str(known), reason=known.reason)
+        cached = _BROKEN_HEADERS.get(stamp) if stamp else None
+        if cached is not None:
+            known, at = cached
+            if _time.monotonic() - at < BROKEN_HEADER_TTL_S:
+                raise SceneUnreadable(str(known), reason=known.reason)
+            _BROKEN_HEADERS.pop(stamp, None)
 
         def read() -> dict[str, Any]:
             with rasterio.open(path) as src:
@@ -232,7 +238,7 @@ class LocalSource:
                 if stamp is not None:
                     if len(_BROKEN_HEADERS) >= 4096:
                         _BROKEN_HEADERS.clear()
-                    _BROKEN_HEADERS[stamp] = exc
+                    _BROKEN_HEADERS[stamp] = (exc, _time.monotonic())
                 raise
         info["time"] = self._time(path, info["tags"])
         self._headers[key] = info
@@ -423,8 +429,13 @@ _PASSING_ERRNOS = tuple(getattr(errno, name) for name in (
 #: Bytes read through from each end of a file whose header GDAL cannot read (see LocalSource.header).
 _HEADER_READ_THROUGH = 16 << 20
 
-#: SceneUnreadable header errors by (resolved path, size, mtime_ns), for the process.
-_BROKEN_HEADERS: dict[tuple[str, int, int], SceneUnreadable] = {}
+#: Seconds a header found unreadable is not read again (LocalSource.header): long-lived
+#: workers look at the file again after this, whatever its stat says.
+BROKEN_HEADER_TTL_S = 3600.0
+
+#: SceneUnreadable header errors and when (time.monotonic()) they were found, by
+#: (resolved path, size, mtime_ns, inode, ctime_ns), for the process.
+_BROKEN_HEADERS: dict[tuple[str, int, int, int, int], tuple[SceneUnreadable, float]] = {}
 
 
 def _read_or_type(path: Path, read: Callable[[], Any], message: Callable[[BaseException], str], *,
@@ -436,7 +447,9 @@ def _read_or_type(path: Path, read: Callable[[], Any], message: Callable[[BaseEx
     with plain Python, GDAL cannot decode them) is tried once more with a fresh ``read()``
     first: libtiff reports a share's passing EIO as the short read of a cut file, and when
     the share has recovered by the read-through only a second GDAL read tells the two
-    apart. Only a second failure makes it :class:`SceneUnreadable`. changedet's own
+    apart. The second failure is classified on its own: the error is
+    :class:`SceneUnreadable` only when both reads and the read-through say so (a share's
+    EIO on the second read is :class:`SourceUnavailable`). changedet's own
     :class:`SourceError` (no CRS, a name off the pattern) passes unchanged.
     """
     try:
@@ -451,8 +464,11 @@ def _read_or_type(path: Path, read: Callable[[], Any], message: Callable[[BaseEx
         out = read()
     except SourceError:
         raise
-    except catch:
-        raise err from err.__cause__  # the same error twice on bytes the file system serves: the file's own
+    except catch as exc2:
+        err2 = _read_failure(path, exc2, message(exc2), through=through)
+        if not isinstance(err2, SceneUnreadable):
+            raise err2  # noqa: B904  (the second read met the file system's error: it may pass)
+        raise err from err.__cause__  # the same verdict twice on bytes the file system serves: the file's own
     log.warning("%s: GDAL failed to read it once and read it the second time (a passing error of the file "
                 "system reported as a short read)", path)
     return out
