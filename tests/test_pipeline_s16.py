@@ -18,10 +18,9 @@ import errno
 import logging
 import os
 import pickle
-import shutil
 import sys
 from dataclasses import replace
-from datetime import datetime, time, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +33,7 @@ from changedet.pipeline import RunConfig, run_day
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_pipeline_sources import (  # noqa: E402
-    BYOC, CLIENT, QUIET, RES, SECRET, _aoi_with, _copy_imgs, _local_aoi, scenes)
+    BYOC, CLIENT, QUIET, RES, SECRET, _aoi_with, _copy_imgs, _local_aoi, scenes, serve_hub)
 
 __all__ = ["scenes"]  # the module-scoped fixture, shared with test_pipeline_sources
 
@@ -167,29 +166,8 @@ def test_the_daily_run_reads_the_type_not_the_words(scenes, tmp_path, monkeypatc
 @pytest.fixture
 def strict_hub(scenes, monkeypatch):
     """The fake Sentinel Hub holding one BYOC scene, answering 404 for collections it does not hold."""
-    from sh_server import FakeSentinelHub, Scene
-
-    if shutil.which("node") is None:
-        pytest.skip("Node.js is needed by the fake Sentinel Hub (it runs the evalscripts)")
-    server = FakeSentinelHub(client_id=CLIENT, client_secret=SECRET, strict_collections=True)
-    d = QUIET[0]
-    sim = scenes["rendered"][d]
-    server.add_scene(Scene(id=f"vhr-{d:%Y%m%d}", collection=f"byoc-{BYOC}",
-                           time=datetime.combine(d, time(2, 0), tzinfo=timezone.utc), platform="sim-vhr",
-                           crs=sim.grid.crs.to_string(), transform=sim.grid.transform,
-                           bands={b: sim.data[i].astype("float32") for i, b in enumerate(sim.bands)},
-                           cloud_cover=0.0, gsd=RES))
-    from sentinelhub import SentinelHubDownloadClient
-
-    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")
-    monkeypatch.setenv("SH_CLIENT_ID", CLIENT)
-    monkeypatch.setenv("SH_CLIENT_SECRET", SECRET)
-    SentinelHubDownloadClient.clear_cache()
-    with server:
-        monkeypatch.setenv("SH_BASE_URL", server.url)
-        monkeypatch.setenv("SH_TOKEN_URL", server.token_url)
+    with serve_hub(scenes, monkeypatch, strict_collections=True) as (server, _):
         yield server
-    SentinelHubDownloadClient.clear_cache()
 
 
 def test_sentinelhub_400_and_404_fail_the_day_naming_the_entry(scenes, strict_hub, tmp_path, caplog):

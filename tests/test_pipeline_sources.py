@@ -12,6 +12,7 @@ import json
 import logging
 import shutil
 import sys
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import date, datetime, time, timezone
 from pathlib import Path
@@ -347,14 +348,16 @@ CLIENT = "changedet-pipe-test"
 BYOC = "5e6f7a8b-0000-4c1d-9e2f-pipe"
 
 
-@pytest.fixture
-def hub(scenes, monkeypatch):
+@contextmanager
+def serve_hub(scenes, monkeypatch, **server_options):
+    """A fake Sentinel Hub on 127.0.0.1 holding the first quiet day's VHR scene as a BYOC
+    collection, with the client's environment set: ``(server, band names)``."""
     sys.path.insert(0, str(Path(__file__).parent))
     from sh_server import FakeSentinelHub, Scene  # noqa: E402
 
     if shutil.which("node") is None:
         pytest.skip("Node.js is needed by the fake Sentinel Hub (it runs the evalscripts)")
-    server = FakeSentinelHub(client_id=CLIENT, client_secret=SECRET)
+    server = FakeSentinelHub(client_id=CLIENT, client_secret=SECRET, **server_options)
     d = QUIET[0]
     sim = scenes["rendered"][d]
     bands = {b: sim.data[i].astype("float32") for i, b in enumerate(sim.bands)}
@@ -368,11 +371,19 @@ def hub(scenes, monkeypatch):
     monkeypatch.setenv("SH_CLIENT_ID", CLIENT)
     monkeypatch.setenv("SH_CLIENT_SECRET", SECRET)
     SentinelHubDownloadClient.clear_cache()
-    with server:
-        monkeypatch.setenv("SH_BASE_URL", server.url)
-        monkeypatch.setenv("SH_TOKEN_URL", server.token_url)
-        yield server, sorted(bands)
-    SentinelHubDownloadClient.clear_cache()
+    try:
+        with server:
+            monkeypatch.setenv("SH_BASE_URL", server.url)
+            monkeypatch.setenv("SH_TOKEN_URL", server.token_url)
+            yield server, sorted(bands)
+    finally:
+        SentinelHubDownloadClient.clear_cache()
+
+
+@pytest.fixture
+def hub(scenes, monkeypatch):
+    with serve_hub(scenes, monkeypatch) as served:
+        yield served
 
 
 def test_sentinelhub_day_through_the_real_client(scenes, hub, tmp_path, caplog, capsys):
