@@ -86,6 +86,11 @@ class CubeLocked(CubeError):
     """Another writer holds the cube's lock longer than this writer was willing to wait."""
 
 
+class CubeRaced(CubeError):
+    """Another run stored a series' first day while this one made its own reference: nothing
+    was stored, and a run of the day again registers it onto that run's reference (transient)."""
+
+
 class CubeStoreError(CubeError):
     """The cube's store cannot be used: unknown protocol, backend not installed, credentials
     in the URL, permission denied, bucket or folder missing, disk full or read-only, an
@@ -510,6 +515,8 @@ class Cube:
             skipped.append({"scene_id": scene.id, "time": scene.time.isoformat(), "source": scene.source,
                             "platform": scene.platform, "cloud_cover": _number(scene.cloud_cover), "reason": reason,
                             "recorded_at": datetime.now(timezone.utc).isoformat(),
+                            # Records from here on are told from older ones (_superseded_in).
+                            "format": _ENTRY_FORMAT,
                             **json.loads(json.dumps(fields, default=str))})
             doc["skipped"] = skipped
             self._write_provenance(doc)
@@ -545,7 +552,7 @@ class Cube:
             n = len(doc["scenes"])
             if first and n:
                 held = min(doc["scenes"], key=lambda e: int(e.get("index", 0)))["scene_id"]
-                raise CubeError(f"scene {scene.id} was registered onto a reference made from its own pixels, but "
+                raise CubeRaced(f"scene {scene.id} was registered onto a reference made from its own pixels, but "
                                 f"another run stored scene {held} in {self.path} meanwhile, with its own reference; "
                                 "nothing was stored. Run this day again: it is then registered onto that reference")
             if n and not _same_bands(doc.get("bands") or [], bands):
@@ -857,15 +864,16 @@ def _superseded(record: dict[str, Any], stored: dict[str, Any]) -> bool:
     id, its mtime is part of it) or, for a record without a path, the same series entry
     (``entry``, e.g. ``"local vhr 0.5m path=/mnt/a"``). Two tiles of one day, or two
     folders of one source type, are other acquisitions; so is another day's file at the
-    same path (a drop folder's ``latest.tif``). A record naming neither is superseded only
-    by its own id.
+    same path (a drop folder's ``latest.tif``). A record naming neither is superseded by
+    its own id only, except one written before records carried ``format`` (86ae115 and
+    earlier): a scene of its source and time stored after it was recorded supersedes that.
     """
     return _superseded_in(record, _supersede_keys([stored]))
 
 
 def _supersede_keys(scenes: list[dict[str, Any]]) -> tuple[set, set, set, dict]:
     """``(ids, (path, time) pairs, (entry, time) pairs, {(source, time): stored_at})`` of stored
-    scene entries, for :func:`_superseded_in`; the last only of older entries (see there)."""
+    scene entries, for :func:`_superseded_in` (the last for records of the old format, see there)."""
     ids, paths, entries, legacy = set(), set(), set(), {}
     for e in scenes:
         ids.add(e.get("scene_id"))
@@ -876,11 +884,13 @@ def _supersede_keys(scenes: list[dict[str, Any]]) -> tuple[set, set, set, dict]:
             paths.add((str(e["path"]), t))
         if e.get("entry"):
             entries.add((str(e["entry"]), t))
-        if not e.get("path") and e.get("format") is None:
-            at = _when(e.get("stored_at"))
-            key = (e.get("source"), t)
-            if at is not None:
-                legacy[key] = max(at, legacy.get(key, at))
+        # Every entry, old or new format: a record naming neither path nor entry is of the
+        # old format (new records always name one), and a stored scene of its source and
+        # time stored after it supersedes it, whichever code stored that scene.
+        at = _when(e.get("stored_at"))
+        key = (e.get("source"), t)
+        if at is not None:
+            legacy[key] = max(at, legacy.get(key, at))
     return ids, paths, entries, legacy
 
 
@@ -895,11 +905,12 @@ def _superseded_in(record: dict[str, Any], keys: tuple[set, set, set, dict]) -> 
         return (str(record["path"]), t) in paths
     if record.get("entry"):
         return (str(record["entry"]), t) in entries
-    # Cubes written before entries named their file (86ae115 and earlier) kept the record of
-    # a replaced file (old id, no path, no entry) beside the stored scene of the new file (no
-    # path, no "format"): such a record is matched by source and time, as 5f17f66 did, when
-    # it was recorded before that scene was stored (a record written later is of another
-    # acquisition, e.g. another tile of the day). New entries carry "format".
+    # Cubes written before records named their file (86ae115 and earlier) hold records of a
+    # broken file with neither path nor entry nor format: such a record is matched by source and time,
+    # as 5f17f66 did, against any scene stored after it was recorded (the replaced file, run
+    # again with old or new code); a record written later is of another acquisition.
+    if record.get("format") is not None:
+        return False  # a record of this code naming neither (changedet fetch): only its own id
     at = legacy.get((record.get("source"), t))
     if at is None:
         return False

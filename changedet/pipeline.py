@@ -648,9 +648,9 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
         # done with its alert never evaluated. The coarse cube is read only for dates
         # strictly before the one processed, so appending it first cannot feed a day's
         # own pixels into its baseline.
-        if factor > 1:
-            coarse_cube.append(scene, coarse, extra={"coarsened_from_m": res,
-                                                     **({} if simulated else {"entry": _entry_id(spec)})})
+        coarse_extra = {"coarsened_from_m": res, **({} if simulated else {"entry": _entry_id(spec)})}
+        if factor > 1 and new_reference is None:
+            coarse_cube.append(scene, coarse, extra=coarse_extra)
         # (At factor 1, a source at 2 m or coarser, the change cube is the aligned cube's own
         # store: appended there first it marked the day done before the rules ran, and the
         # append below, a no-op then, lost the day's registration and cloud record.)
@@ -687,6 +687,14 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
                 with contextlib.suppress(Exception):  # the append's error is the one to report
                     cube.discard_pending_reference(scene.id)
             raise
+        if factor > 1 and new_reference is not None:
+            # A series' first day goes into the change cube only once the aligned cube took
+            # it: a run that lost the race for the first day (append first= refused above)
+            # must leave no step in the change cube registered onto its own reference, which
+            # a run of the day again would not replace (an append of a stored id is a no-op).
+            # A crash between the two leaves this one date out of the change history, never
+            # a date in another frame.
+            coarse_cube.append(scene, coarse, extra=coarse_extra)
         if new_reference is not None:
             if cube.promote_reference(scene.id):
                 result.note = _joined(result.note, f"{new_reference[1]} became the registration reference")

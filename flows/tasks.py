@@ -28,7 +28,7 @@ from prefect import get_run_logger, task
 from prefect.context import TaskRunContext
 
 from changedet.aoi import load_aoi
-from changedet.cube import CubeLocked, is_url
+from changedet.cube import CubeLocked, CubeRaced, is_url
 from changedet.errors import ChangedetError, SourceError, StoreError
 from changedet.pipeline import RunConfig, run_day
 from changedet.threads import dask_worker_threads, limited as threads_limited
@@ -431,7 +431,7 @@ SOURCE_WAIT_WARN_S = 300.0
 #: 30 s later. Of changedet's own errors only these may be passing: an imagery provider or
 #: metric store that is down, a cube another run holds locked. Anything else (network
 #: errors, a killed process) is retried as before.
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (SourceError, StoreError, CubeLocked)
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (SourceError, StoreError, CubeLocked, CubeRaced)
 
 
 def worth_retrying(task, task_run, state) -> bool:

@@ -1005,12 +1005,16 @@ def test_an_86ae115_cube_hides_the_record_of_its_replaced_file(tmp_path):
     Path(cube.provenance_path).write_text(json.dumps(doc))
     assert [s["scene_id"] for s in cube.skipped()] == ["tile2", "cut-31"]
     assert [s["scene_id"] for s in cube.info()["skipped"]] == ["tile2", "cut-31"]
-    # A new entry (it carries "format") is not matched that way: other tiles of its day stay listed.
+    # The replaced file stored by the new code (its entry carries "format" and a path) hides the
+    # old record all the same (review PIPE3 #3); records of this code are matched by their own
+    # path, entry or id only, so another tile's new record of that day stays listed.
     from changedet.cube import _live_skipped
 
-    new = dict(doc["scenes"][0], format=2)
+    new = dict(doc["scenes"][0], format=2, path="/imgs/site_20230824.tif")
     assert [s["scene_id"] for s in _live_skipped({"scenes": [new], "skipped": doc["skipped"]})] == [
-        "local-site_20230824-old", "tile2", "cut-31"]
+        "tile2", "cut-31"]
+    tile = dict(rec("tile3", t1, "2023-09-01T00:00:00+00:00", "cloudy"), format=2)
+    assert [s["scene_id"] for s in _live_skipped({"scenes": [new], "skipped": [tile]})] == ["tile3"]
 
 
 def test_a_remote_cube_promotes_only_its_first_scenes_pending_reference():
@@ -1035,3 +1039,74 @@ def test_a_remote_cube_promotes_only_its_first_scenes_pending_reference():
     assert float(np.nanmean(cube.reference().values)) == pytest.approx(0.1, abs=1e-4)
     cube.discard_pending_reference("D2")
     assert not cube._fs.exists(cube.pending_reference_of("D2"))
+
+
+# -- review PIPE3 (5b7e531) ------------------------------------------------------------------
+
+def test_a_run_that_loses_the_race_for_the_first_day_leaves_no_step_in_the_change_cube(scenes, tmp_path, monkeypatch):
+    """At factor > 1 the change cube took the losing run's day in its own frame before the
+    aligned cube refused it, and a run of the day again could not replace it."""
+    from changedet.cube import CubeRaced
+
+    imgs = _copy_imgs(scenes, tmp_path / "imgs")
+    aoi, reg = _local_aoi(scenes, tmp_path, path=imgs)
+    cfg = RunConfig(data_dir=tmp_path / "data", registry=reg, evidence=False)
+    assert run_day(aoi, QUIET[0], cfg).status == "processed"  # run A: the reference day
+    fine = Cube(cfg.data_dir, aoi.id, "vhr", aoi_grid(aoi, RES))
+    coarse = Cube(cfg.data_dir, aoi.id, "vhr", aoi_grid(aoi, 2.0))
+    real_scenes = Cube.scenes
+    with monkeypatch.context() as m:
+        # Run B decided "no reference, empty cube" before A stored (the race).
+        m.setattr(Cube, "reference", lambda self: None)
+        m.setattr(Cube, "scenes", lambda self: [] if self.path.name.startswith("vhr_0.5m") else real_scenes(self))
+        with pytest.raises(CubeRaced):
+            run_day(aoi, QUIET[1], cfg)
+    assert len(fine.scenes()) == 1 and len(coarse.scenes()) == 1  # nothing of B's day anywhere
+    again = run_day(aoi, QUIET[1], cfg)
+    assert again.status == "processed", again.summary()
+    assert len(fine.scenes()) == 2 and len(coarse.scenes()) == 2
+
+
+def test_the_refused_first_day_is_retried_by_the_flows():
+    from changedet.cube import CubeError, CubeRaced
+    from flows.tasks import TRANSIENT_ERRORS
+
+    assert issubclass(CubeRaced, CubeError) and issubclass(CubeRaced, TRANSIENT_ERRORS)
+
+
+def test_an_old_record_is_superseded_by_a_scene_the_new_code_stores(tmp_path):
+    """An 86ae115 record (no path, no entry) of a file replaced after the upgrade: the new
+    code stores the replacement with a path and the format marker; the record must go."""
+    import json
+
+    import pyproj
+    from affine import Affine
+    from shapely.geometry import box
+
+    from changedet.grid import GridSpec
+    from changedet.sources.base import SceneRecord
+
+    grid = GridSpec(crs=pyproj.CRS.from_epsg(32652), transform=Affine(1, 0, 500000, 0, -1, 4000000), shape=(16, 16))
+    cube = Cube(tmp_path, "a", "vhr", grid)
+
+    def img(v):
+        return grid.attach(np.full((3, 16, 16), v, "float32"), bands=["B02", "B03", "B04"])
+
+    t0, t1 = datetime(2023, 8, 17, 2, tzinfo=timezone.utc), datetime(2023, 8, 24, 2, tzinfo=timezone.utc)
+    cube.append(SceneRecord(id="local-site_20230817-a", source="local", aoi_id="a", sensor="vhr", time=t0,
+                            platform="p", cloud_cover=0, footprint=box(0, 0, 1, 1), resolution_m=1),
+                img(0.1), extra={"reference_from": "scene x"})
+    doc = json.loads(Path(cube.provenance_path).read_text())
+    for e in doc["scenes"]:  # as 86ae115 wrote entries: no path, no format
+        e.pop("path", None)
+        e.pop("format", None)
+    doc["skipped"] = [{"scene_id": "local-site_20230824-old", "time": t1.isoformat(), "source": "local",
+                       "platform": "p", "cloud_cover": 0.0, "reason": "cannot be loaded (corrupt): x",
+                       "recorded_at": "2023-09-01T00:00:00+00:00", "permanent": True}]
+    Path(cube.provenance_path).write_text(json.dumps(doc))
+    assert [s["scene_id"] for s in cube.skipped()] == ["local-site_20230824-old"]
+    new = SceneRecord(id="local-site_20230824-new", source="local", aoi_id="a", sensor="vhr", time=t1, platform="p",
+                      cloud_cover=0, footprint=box(0, 0, 1, 1), resolution_m=1,
+                      properties={"path": "/imgs/site_20230824.tif"})
+    assert cube.append(new, img(0.2), extra={"reference_from": "scene x", "entry": "local vhr 1m path=/imgs"})
+    assert cube.skipped() == [] and cube.info()["skipped"] == []
