@@ -228,7 +228,6 @@ class Cube:
             self.path: Any = f"{base}/{stem}.zarr"
             self.provenance_path: Any = f"{base}/{stem}.provenance.json"
             self.reference_path: Any = f"{base}/{stem}.reference.tif"
-            self.pending_reference_path: Any = f"{base}/{stem}.reference.pending.tif"  # d889378's, never promoted
             self._lock_path: Any = f"{base}/{stem}.lock"
         else:
             if isinstance(root, str) and root.startswith("file://"):
@@ -239,7 +238,6 @@ class Cube:
             self.path = base_p / f"{stem}.zarr"
             self.provenance_path = base_p / f"{stem}.provenance.json"
             self.reference_path = base_p / f"{stem}.reference.tif"
-            self.pending_reference_path = base_p / f"{stem}.reference.pending.tif"  # d889378's, never promoted
             self._lock_path = base_p / f"{stem}.lock"
 
     # ------------------------------------------------------------------ store errors
@@ -474,7 +472,7 @@ class Cube:
     def skipped(self) -> list[dict[str, Any]]:
         """Scenes a fetch or run decided not to store (too cloudy, unreadable...), with the reason, by time.
 
-        Records a stored scene superseded are left out (:func:`_superseded`; cubes written
+        Records a stored scene superseded are left out (:func:`_superseded_in`; cubes written
         before :meth:`append` dropped them still hold them).
         """
         return _live_skipped(self._read_provenance())
@@ -587,8 +585,9 @@ class Cube:
             })
             # The acquisition is stored now: its earlier records go, also those of a file that
             # was replaced (a new file gets a new scene id), or `cube info` would list a stored
-            # day as lost. Only records of this acquisition (see _superseded): they are deleted.
-            doc["skipped"] = [s for s in doc.get("skipped", []) if not _superseded(s, doc["scenes"][-1])]
+            # day as lost. Only records of this acquisition (see _superseded_in): they are deleted.
+            keys = _supersede_keys([doc["scenes"][-1]])
+            doc["skipped"] = [s for s in doc.get("skipped", []) if not _superseded_in(s, keys)]
             self._write_provenance(doc)
         return True
 
@@ -856,24 +855,9 @@ def _same_bands(held: list[Any], new: list[str]) -> bool:
     return up_held == up_new
 
 
-def _superseded(record: dict[str, Any], stored: dict[str, Any]) -> bool:
-    """Whether the skipped ``record`` is of the acquisition the ``stored`` scene entry holds.
-
-    The same scene id; or, at the same acquisition time, the same source file (``path``,
-    when the record names one: a local file replaced after it was found broken gets a new
-    id, its mtime is part of it) or, for a record without a path, the same series entry
-    (``entry``, e.g. ``"local vhr 0.5m path=/mnt/a"``). Two tiles of one day, or two
-    folders of one source type, are other acquisitions; so is another day's file at the
-    same path (a drop folder's ``latest.tif``). A record naming neither is superseded by
-    its own id only, except one written before records carried ``format`` (86ae115 and
-    earlier): a scene of its source and time stored after it was recorded supersedes that.
-    """
-    return _superseded_in(record, _supersede_keys([stored]))
-
-
-def _supersede_keys(scenes: list[dict[str, Any]]) -> tuple[set, set, set, dict]:
+def _supersede_keys(scenes: list[dict[str, Any]], old_records: bool = True) -> tuple[set, set, set, dict]:
     """``(ids, (path, time) pairs, (entry, time) pairs, {(source, time): stored_at})`` of stored
-    scene entries, for :func:`_superseded_in` (the last for records of the old format, see there)."""
+    scene entries, for :func:`_superseded_in`; the last is built only with ``old_records`` (:func:`_old_format`)."""
     ids, paths, entries, legacy = set(), set(), set(), {}
     for e in scenes:
         ids.add(e.get("scene_id"))
@@ -884,17 +868,27 @@ def _supersede_keys(scenes: list[dict[str, Any]]) -> tuple[set, set, set, dict]:
             paths.add((str(e["path"]), t))
         if e.get("entry"):
             entries.add((str(e["entry"]), t))
-        # Every entry, old or new format: a record naming neither path nor entry is of the
-        # old format (new records always name one), and a stored scene of its source and
-        # time stored after it supersedes it, whichever code stored that scene.
-        at = _when(e.get("stored_at"))
-        key = (e.get("source"), t)
-        if at is not None:
-            legacy[key] = max(at, legacy.get(key, at))
+        # Every entry, old or new format, for the old-format records (see _superseded_in).
+        if old_records:
+            at = _when(e.get("stored_at"))
+            key = (e.get("source"), t)
+            if at is not None:
+                legacy[key] = max(at, legacy.get(key, at))
     return ids, paths, entries, legacy
 
 
 def _superseded_in(record: dict[str, Any], keys: tuple[set, set, set, dict]) -> bool:
+    """Whether the skipped ``record`` is of an acquisition a stored scene entry holds (``keys``:
+    :func:`_supersede_keys` of those entries).
+
+    The same scene id; or, at the same acquisition time, the same source file (``path``,
+    when the record names one: a local file replaced after it was found broken gets a new
+    id, its mtime is part of it) or, for a record without a path, the same series entry
+    (``entry``, e.g. ``"local vhr 0.5m path=/mnt/a"``). Two tiles of one day, or two
+    folders of one source type, are other acquisitions; so is another day's file at the
+    same path (a drop folder's ``latest.tif``). A record naming neither is superseded by
+    its own id only, except an 86ae115-era record of a broken local file (:func:`_old_format`).
+    """
     ids, paths, entries, legacy = keys
     if record.get("scene_id") in ids:
         return True
@@ -905,17 +899,26 @@ def _superseded_in(record: dict[str, Any], keys: tuple[set, set, set, dict]) -> 
         return (str(record["path"]), t) in paths
     if record.get("entry"):
         return (str(record["entry"]), t) in entries
-    # Cubes written before records named their file (86ae115 and earlier) hold records of a
-    # broken file with neither path nor entry nor format: such a record is matched by source and time,
-    # as 5f17f66 did, against any scene stored after it was recorded (the replaced file, run
-    # again with old or new code); a record written later is of another acquisition.
-    if record.get("format") is not None:
-        return False  # a record of this code naming neither (changedet fetch): only its own id
+    if not _old_format(record):
+        return False  # e.g. a changedet fetch record (cloud): only its own id
     at = legacy.get((record.get("source"), t))
     if at is None:
         return False
     recorded = _when(record.get("recorded_at"))
     return recorded is None or recorded <= at
+
+
+def _old_format(record: dict[str, Any]) -> bool:
+    """Whether ``record`` is an 86ae115-era "cannot be loaded" record of a local file.
+
+    Such a record (permanent, no path, no entry, no format) is matched by source and time,
+    as 5f17f66 did, against any scene stored after it was recorded: the replaced file, run
+    again with old or new code. Other records naming neither (``changedet fetch``'s cloud
+    records of any code, which name no file: another tile of the same datatake shares their
+    time) are matched by their own id only.
+    """
+    return (record.get("source") == "local" and bool(record.get("permanent")) and record.get("format") is None
+            and not record.get("path") and not record.get("entry"))
 
 
 def _when(value: Any) -> pd.Timestamp | None:
@@ -934,8 +937,9 @@ def _live_skipped(doc: dict[str, Any]) -> list[dict[str, Any]]:
 
     One set lookup per record (the flows' cache key calls this for every AOI-day).
     """
-    keys = _supersede_keys(doc.get("scenes", []))
-    live = [s for s in doc.get("skipped", []) if not _superseded_in(s, keys)]
+    skipped = doc.get("skipped", [])
+    keys = _supersede_keys(doc.get("scenes", []), old_records=any(_old_format(s) for s in skipped))
+    live = [s for s in skipped if not _superseded_in(s, keys)]
     return sorted(live, key=lambda s: pd.Timestamp(s["time"]))
 
 

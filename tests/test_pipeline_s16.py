@@ -1110,3 +1110,25 @@ def test_an_old_record_is_superseded_by_a_scene_the_new_code_stores(tmp_path):
                       properties={"path": "/imgs/site_20230824.tif"})
     assert cube.append(new, img(0.2), extra={"reference_from": "scene x", "entry": "local vhr 1m path=/imgs"})
     assert cube.skipped() == [] and cube.info()["skipped"] == []
+
+
+def test_a_cloud_record_of_another_tile_written_before_the_format_marker_is_kept(tmp_path):
+    """Review FINAL #1: `changedet fetch` records name no file, and before 905b330 none carried a
+    format marker: another scene of their source and time (the next tile of a datatake) must not
+    delete them; only an 86ae115-era permanent record of a local file is matched by time."""
+    import json
+
+    grid, cube = _tiny_cube(tmp_path)
+    t1 = "2023-08-24T02:00:00+00:00"
+    doc = {"aoi_id": "a", "sensor": "vhr", "bands": ["B04", "CLM"], "scenes": [],
+           "skipped": [{"scene_id": "S2A_52SDG_20230824_0_L2A", "time": t1, "source": "sentinelhub",
+                        "platform": "sentinel-2a", "cloud_cover": 0.8, "reason": "83% of the site under cloud",
+                        "recorded_at": "2023-09-01T00:00:00+00:00"}]}
+    Path(cube.provenance_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(cube.provenance_path).write_text(json.dumps(doc))
+    from changedet.cube import _live_skipped
+
+    stored = {"index": 0, "scene_id": "S2A_52SDH_20230824_0_L2A", "time": t1, "source": "sentinelhub",
+              "stored_at": "2023-09-02T00:00:00+00:00", "format": 2}
+    assert [s["scene_id"] for s in _live_skipped({"scenes": [stored], "skipped": doc["skipped"]})] == [
+        "S2A_52SDG_20230824_0_L2A"]
