@@ -143,13 +143,31 @@ def _alpha_kept_as_data(src, keep: list[int]) -> bool:
     return any(interp[i] == ColorInterp.alpha for i in keep)
 
 
+#: Descriptions an alpha-labelled band may carry and still be a mask (any other names data).
+_MASK_DESCRIPTIONS = ("", "alpha", "mask", "a")
+
+
+def alpha_candidates(src) -> list[int]:
+    """0-based indexes of the bands of open dataset ``src`` GDAL labels alpha with no other
+    description, from metadata only: each may be a mask (:func:`_is_mask_band` decides from
+    its pixels)."""
+    from rasterio.enums import ColorInterp
+
+    try:
+        interp = list(src.colorinterp)
+    except Exception:  # a driver without colour interpretation: no alpha band
+        return []
+    return [i for i, ci in enumerate(interp)
+            if ci == ColorInterp.alpha and (src.descriptions[i] or "").strip().lower() in _MASK_DESCRIPTIONS]
+
+
 def _is_mask_band(src, i: int) -> bool:
     """Whether band ``i`` (labelled alpha) really is a mask: GDAL labels band 4 of every
     4-band 8-bit GeoTIFF written without a photometric tag alpha, NIR included. A mask
     has no other description than alpha/mask and holds only 0 and full scale (1, 255,
     65535 or the type's maximum)."""
     desc = (src.descriptions[i] or "").strip().lower()
-    if desc not in ("", "alpha", "mask", "a"):
+    if desc not in _MASK_DESCRIPTIONS:
         return False
     h, w = src.height, src.width
     sample = src.read(i + 1, out_shape=(min(h, 512), min(w, 512)))

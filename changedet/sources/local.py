@@ -31,6 +31,7 @@ from shapely.geometry import box
 from changedet.errors import (GridError, RasterError, SceneUnreadable, SourceConfigError, SourceError,
                               SourceUnavailable)
 from changedet.grid import GridSpec
+from changedet.io import alpha_candidates
 from changedet.sources.base import CLOUD_BAND, SCL_BAND, SceneRecord, check_range
 
 log = logging.getLogger(__name__)
@@ -215,7 +216,7 @@ class LocalSource:
                 return {"crs": src.crs, "bounds4326": bounds4326, "dtype": src.dtypes[0], "count": src.count,
                         # Bands that may be an alpha mask, from metadata only (search reads every
                         # file's header: no pixel is read here); load() tells mask from NIR.
-                        "alpha_labelled": _alpha_labelled(src),
+                        "alpha_labelled": len(alpha_candidates(src)),
                         "descriptions": list(src.descriptions), "tags": tags, "res": res}
 
         def message(exc: BaseException) -> str:
@@ -528,21 +529,6 @@ def _read_failure(path: Path, exc: BaseException, message: str, *, through: int 
     out = SceneUnreadable(message, reason="the file is there but cannot be read")
     out.__cause__ = underlying
     return out
-
-
-def _alpha_labelled(src) -> int:
-    """How many bands of open dataset ``src`` GDAL labels alpha with no other description (metadata only).
-
-    Each may be a mask (:func:`changedet.io.data_band_indexes` decides from its pixels).
-    """
-    from rasterio.enums import ColorInterp
-
-    try:
-        interp = list(src.colorinterp)
-    except Exception:  # a driver without colour interpretation: no alpha band
-        return 0
-    return sum(1 for ci, d in zip(interp, src.descriptions)
-               if ci == ColorInterp.alpha and (d or "").strip().lower() in ("", "alpha", "mask", "a"))
 
 
 def _overlaps(bounds4326: tuple[float, float, float, float], grid: GridSpec) -> bool:
