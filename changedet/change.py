@@ -505,7 +505,8 @@ def load_pair(
     they are nodata for every method and never change. AFTER's own masked pixels are NaN
     before it is resampled (bilinear) onto BEFORE's grid, so no cloud value leaks into
     the clear pixels along a mask's edge. :func:`load_pair_masked` also returns the
-    pixels so masked.
+    pixels so masked. When AFTER was resampled, ``after.attrs["history"]`` says from which
+    CRS, pixel size and shape (absent when AFTER was already on BEFORE's grid).
 
     Raises
     ------
@@ -519,6 +520,19 @@ def load_pair(
     """
     b, a, _ = load_pair_masked(before, after, bands=bands)
     return b, a
+
+
+def _crs_label(crs) -> str:
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg else repr(crs.name)
+
+
+def _crs_unit(crs) -> str:
+    try:
+        unit = crs.axis_info[0].unit_name
+    except (IndexError, AttributeError):
+        return "CRS-unit"
+    return {"metre": "m", "degree": "deg"}.get(unit, unit)
 
 
 def load_pair_masked(
@@ -596,8 +610,13 @@ def load_pair_masked(
                 # NaN before the bilinear resampling: GDAL leaves nodata sources out of the
                 # weights, so the clear pixels along the mask's edge carry no cloud.
                 a = a.where(~xr.DataArray(hidden_a, dims=("y", "x")))
+        # Said, not silent: the JSON of ``changedet change`` reports it (CF ``history``).
+        moved_from = (f"{after} resampled (bilinear) from {_crs_label(ga.crs)}, "
+                      f"{abs(ga.transform.a):.6g} x {abs(ga.transform.e):.6g} {_crs_unit(ga.crs)} pixels, "
+                      f"{ga.shape[0]} x {ga.shape[1]} px, onto the grid of {before}")
         try:
             a = reproject_to(a, gb, resampling="bilinear").assign_coords(band=common)
+            a.attrs["history"] = moved_from
         except GridError as exc:
             # Name the inputs: the bare message does not say which of the two is off.
             raise GridError(f"{after} does not overlap {before} (the output grid): {exc}") from None

@@ -234,6 +234,9 @@ def cmd_change(args) -> int:
         "changed_pixels": int(res.mask.sum()),
         "valid_pixels": int(np.isfinite(mag).sum()),
         "changed_area_m2": _num(area),
+        # AFTER on another grid (CRS, pixel size, extent) is resampled onto BEFORE's:
+        # how, or null when it was already on it.
+        "after_resampled": after.attrs.get("history"),
         "out": str(path),
     }
     from changedet.polygons import change_polygons, write_geojson, write_geoparquet
@@ -265,6 +268,8 @@ def cmd_change(args) -> int:
     if args.json:
         print(json.dumps(doc))
         return 0
+    if doc["after_resampled"]:
+        print(f"note: {doc['after_resampled']}")
     print(f"{res.method}: threshold {res.threshold:.4g} ({res.threshold_method}), "
           f"{doc['changed_pixels']} of {doc['valid_pixels']} valid pixels changed, "
           f"{area / 1e4:.2f} ha")
