@@ -60,6 +60,20 @@ def reading(path: str | Path):
         raise _unreadable(Path(path), exc) from None
 
 
+def _no_crs_message(path: Path, src) -> str:
+    """The fix for a raster without CRS; without a geotransform too, the corners are needed."""
+    if src.transform.is_identity and not src.gcps[0]:
+        # No world file, no geotransform, no GCPs (a photo, a screenshot, a PNG export):
+        # the CRS alone would not place it; its corner coordinates are needed as well.
+        head = (f"{path}: has no CRS and no georeferencing (no geotransform, world file or ground control "
+                "points); georeference it with its corner coordinates, e.g. ")
+        if path.suffix.lower() in (".tif", ".tiff"):
+            return head + f"gdal_edit.py -a_srs EPSG:xxxx -a_ullr ULX ULY LRX LRY {path.name}"
+        return head + (f"gdal_translate -of GTiff -a_srs EPSG:xxxx -a_ullr ULX ULY LRX LRY {path.name} "
+                       f"{path.stem}_georef.tif, and pass the GeoTIFF")
+    return f"{path}: has no CRS; georeference it (e.g. gdal_edit.py -a_srs EPSG:xxxx) first"
+
+
 @contextlib.contextmanager
 def open_raster(path: str | Path):
     """Open a georeferenced raster with rasterio, with :func:`read_raster`'s errors.
@@ -77,8 +91,15 @@ def open_raster(path: str | Path):
     path = Path(path)
     if not path.exists():
         raise RasterError(f"{path}: no such file; check the path")
+    import warnings
+
+    from rasterio.errors import NotGeoreferencedWarning
+
     try:
-        src = rasterio.open(path)
+        # A plain JPEG/PNG opens with NotGeoreferencedWarning; the error below says it better.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            src = rasterio.open(path)
     except Exception as exc:  # rasterio raises several types for corrupt files
         raise _unreadable(path, exc) from None
     with src:
@@ -87,7 +108,7 @@ def open_raster(path: str | Path):
         except Exception as exc:
             raise _unreadable(path, exc) from None
         if crs is None:
-            raise RasterError(f"{path}: has no CRS; georeference it (e.g. gdal_edit.py -a_srs EPSG:xxxx) first")
+            raise RasterError(_no_crs_message(path, src))
         with reading(path):
             yield src
 

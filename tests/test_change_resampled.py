@@ -34,3 +34,31 @@ def test_json_says_null_when_after_is_on_befores_grid(pair, tmp_path, capsys):  
                "--out", str(tmp_path / "c.tif"), "--json"])
     assert rc == 0
     assert json.loads(capsys.readouterr().out)["after_resampled"] is None
+
+
+def test_plain_jpeg_error_gives_the_corner_fix_and_no_raw_warning(tmp_path, recwarn):
+    import numpy as np
+    import pytest
+    import rasterio
+
+    from changedet.errors import RasterError
+    from changedet.io import read_raster
+
+    path = tmp_path / "photo.png"
+    with rasterio.open(path, "w", driver="PNG", width=8, height=6, count=3, dtype="uint8") as dst:
+        dst.write(np.zeros((3, 6, 8), "uint8"))
+    recwarn.clear()  # writing it warned
+    with pytest.raises(RasterError) as err:
+        read_raster(path)
+    msg = str(err.value)
+    assert "photo.png" in msg and "-a_ullr" in msg and "-a_srs" in msg
+    assert not [w for w in recwarn if "NotGeoreferenced" in type(w.message).__name__]
+
+    # A georeferenced grid without a CRS needs only the CRS.
+    path = tmp_path / "nocrs.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=8, height=6, count=1, dtype="uint8",
+                       transform=rasterio.transform.from_origin(500000, 4000000, 10, 10)) as dst:
+        dst.write(np.zeros((1, 6, 8), "uint8"))
+    with pytest.raises(RasterError, match="has no CRS; georeference it") as err:
+        read_raster(path)
+    assert "-a_ullr" not in str(err.value)
