@@ -22,7 +22,10 @@ class ObjectType:
     Attributes
     ----------
     length_m, width_m : float
-        Footprint seen from above (body, without couplers).
+        Footprint seen from above, m. Railcar lengths are the real lengths over couplers
+        (see the module docstring); the layout draws each as one footprint and adds a
+        coupler gap (:data:`COUPLER_GAP_M`) between cars, so a simulated train is a
+        little longer than a real one of the same cars.
     height_m : float
         Top above ground, used for shadows.
     paints : tuple of (b, g, r, nir)
