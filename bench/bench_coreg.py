@@ -47,9 +47,11 @@ synthetic cases is printed too). The real pair's only reference is AROSICS' own 
 output, which favours AROSICS; the independent estimate is a third opinion.
 
 AROSICS runs in its own virtualenv (``.venv-arosics``, see README / shared NOTES.md for
-the GDAL recipe) through a subprocess; its wall time is measured inside that process
-around the AROSICS calls only (imports and file writing excluded), ours around
-the calls above from the same files. If AROSICS cannot be imported the
+the GDAL recipe) in one long-lived subprocess (:class:`ArosicsRunner`), case by case
+right after ours on the same case (interleaved: the machine's load drifts within a
+minute, so both sides of a ratio are timed back to back); its wall time is measured
+inside that process around the AROSICS calls only (imports and file writing
+excluded), ours around the calls above from the same files. If AROSICS cannot be imported the
 reason is printed and the comparison falls back to full-image upsampled phase
 correlation (``skimage.registration.phase_cross_correlation``, upsample 100).
 
@@ -64,6 +66,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -87,9 +90,11 @@ def cpu():
 
 import numpy as np
 from arosics import COREG, COREG_LOCAL
-cases = json.load(open(sys.argv[1]))
-out = []
-for c in cases:
+print("@@READY", flush=True)
+# One case per line on stdin, one result line per case on stdout (marked: AROSICS may
+# print too), so that the parent can time its own side of each case just before.
+for line in sys.stdin:
+    c = json.loads(line)
     times, cpus, res = [], [], None
     for _ in range(c["repeat"]):
         t = time.perf_counter()
@@ -102,8 +107,7 @@ for c in cases:
             res = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
     res["wall_s"] = min(times)
     res["cpu_s"] = min(cpus)
-    out.append(res)
-print(json.dumps(out))
+    print("@@RESULT " + json.dumps(res), flush=True)
 '''
 
 _AROSICS_CASE = r'''
@@ -187,22 +191,77 @@ def crop_real(which: str, x: float, y: float, half: int, out: Path) -> Path:
     return write(out, arr, float(win.x[0]) - RES / 2, float(win.y[0]) + RES / 2)
 
 
-def run_arosics(cases: list[dict], tmp: Path) -> tuple[list[dict] | None, str]:
-    if not AROSICS_PY.exists():
-        return None, f"{AROSICS_PY} does not exist (create .venv-arosics with the GDAL recipe in shared NOTES.md)"
-    probe = subprocess.run([str(AROSICS_PY), "-c", "import arosics; print(arosics.__version__)"],
-                           capture_output=True, text=True, timeout=300)
-    if probe.returncode != 0:
-        return None, "import arosics failed: " + probe.stderr.strip().splitlines()[-1]
-    spec = tmp / "cases.json"
-    spec.write_text(json.dumps(cases))
-    runner = tmp / "runner.py"
-    head, tail = _AROSICS_RUNNER.split("cases = json.load", 1)
-    runner.write_text(head + _AROSICS_CASE + "\ncases = json.load" + tail)
-    r = subprocess.run([str(AROSICS_PY), str(runner), str(spec)], capture_output=True, text=True, timeout=3600)
-    if r.returncode != 0:
-        return None, "AROSICS run failed: " + r.stderr.strip()[-2000:]
-    return json.loads(r.stdout.strip().splitlines()[-1]), "arosics " + probe.stdout.strip()
+class ArosicsRunner:
+    """AROSICS in its own virtualenv, one long-lived process: ``run(case)`` sends a case
+    and returns its result (best of ``case["repeat"]`` calls, wall and CPU measured in
+    that process around the AROSICS calls). One process for all cases keeps the
+    imports (~2-10 s) out of the loop, so that each case is run on both sides back to
+    back: on a shared machine the load changes within a minute, and a ratio of two
+    timings taken minutes apart measures the load as much as the tools."""
+
+    def __init__(self, tmp: Path, timeout_s: float = 3600.0):
+        self.proc, self.note = None, ""
+        if not AROSICS_PY.exists():
+            self.note = f"{AROSICS_PY} does not exist (create .venv-arosics with the GDAL recipe in shared NOTES.md)"
+            return
+        probe = subprocess.run([str(AROSICS_PY), "-c", "import arosics; print(arosics.__version__)"],
+                               capture_output=True, text=True, timeout=300)
+        if probe.returncode != 0:
+            self.note = "import arosics failed: " + probe.stderr.strip().splitlines()[-1]
+            return
+        runner = tmp / "runner.py"
+        head, tail = _AROSICS_RUNNER.split("import numpy as np\nfrom arosics", 1)
+        runner.write_text(head + _AROSICS_CASE + "import numpy as np\nfrom arosics" + tail)
+        self.stderr = open(tmp / "arosics_stderr.txt", "w+")
+        self.proc = subprocess.Popen([str(AROSICS_PY), str(runner)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.stderr, text=True)
+        # A hung AROSICS must not block the bench: killed after the old one-run limit,
+        # its closed output ends _read, and the comparison falls back.
+        self.timed_out = False
+        self._watchdog = threading.Timer(timeout_s, self._kill)
+        self._watchdog.daemon = True
+        self._watchdog.start()
+        if self._read("@@READY") is None:
+            return
+        self.note = "arosics " + probe.stdout.strip()
+
+    def _kill(self) -> None:
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            self.timed_out = True
+            proc.kill()
+
+    def _read(self, marker: str) -> str | None:
+        for line in self.proc.stdout:
+            if line.startswith(marker):
+                return line[len(marker):].strip()
+        self._gone()
+        return None
+
+    def _gone(self) -> None:
+        self.stderr.seek(0)
+        self.note = ("AROSICS run failed" + (" (killed after the time limit)" if self.timed_out else "") + ": "
+                     + self.stderr.read().strip()[-2000:])
+        self.proc = None
+
+    def run(self, case: dict) -> dict | None:
+        if self.proc is None:
+            return None
+        try:
+            self.proc.stdin.write(json.dumps(case) + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):  # the process died after the last case
+            self._gone()
+            return None
+        out = self._read("@@RESULT ")
+        return None if out is None else json.loads(out)
+
+    def close(self) -> None:
+        if hasattr(self, "_watchdog"):
+            self._watchdog.cancel()
+        if self.proc is not None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=60)
 
 
 def timed(fn, repeat: int):
@@ -381,6 +440,8 @@ def main() -> int:
     from changedet.coreg import estimate_local
 
     ours, ours_same, ours_mem, loads, lk_refs = [], [], [], [], []
+    aro_runner = ArosicsRunner(tmp)
+    aro, aro_mem = [], []
     for c in cases:
         def run(c=c):
             ref_da, mov_da = read_raster(c["ref"]), read_raster(c["tgt"])
@@ -408,10 +469,14 @@ def main() -> int:
                 estimate_window(a, b, filter_margin=f, search_margin=m, max_shift_px=c["max_shift"]), to_m),
                 c["repeat"]) + (os.getloadavg()[0],))
         loads.append(os.getloadavg()[0])
-
-    n_cases = len(cases)
-    aro_all, aro_note = run_arosics(cases + [dict(c, mem=True) for c in cases if c["mode"] == "global"], tmp)
-    aro, aro_mem = (None, None) if aro_all is None else (aro_all[:n_cases], aro_all[n_cases:])
+        # AROSICS on the same case right after ours (same-task, then compute only).
+        aro.append(aro_runner.run(c))
+        if c["mode"] == "global":
+            aro_mem.append(aro_runner.run(dict(c, mem=True)))
+    aro_runner.close()
+    aro_note = aro_runner.note
+    if any(p is None for p in aro + aro_mem):
+        aro, aro_mem = None, None
     fallback = None
     if aro is None:
         from skimage.registration import phase_cross_correlation
