@@ -30,7 +30,7 @@ import json
 import logging
 import math
 import shutil
-import tempfile
+import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -274,7 +274,11 @@ def build_evidence(
     final = root / alert_id
     try:
         root.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{alert_id[:40]}-", dir=root))
+        # Not mkdtemp: its 0700 mode stays on the pack after the rename, and a web server
+        # publishing the data directory (CHANGEDET_PUBLIC_BASE_URL, whose picture links Slack
+        # messages carry) or the analysts' group could not open it. 0777 less the umask.
+        work = root / f".{alert_id[:40]}-{uuid.uuid4().hex[:12]}"
+        work.mkdir(mode=0o777)
     except OSError as exc:
         raise StoreError(f"cannot create evidence folder under {root}: {exc}") from None
     try:

@@ -786,6 +786,12 @@ def _series_figure(series: pd.Series, *, title: str, units: str, baseline: pd.Da
     ax.set_title(str(title), fontsize=11, loc="left")
     ax.set_ylabel(str(units) if units else "value", fontsize=9)
     ax.grid(True, color="#e0e0e0", linewidth=0.6)
+    # One date alone has no time span: matplotlib would pad it to several years (ticks
+    # 2022-2025 around one June day). Show a month around it instead.
+    drawn = list(obs.index) + [pd.Timestamp(t).tz_convert("UTC").tz_localize(None) if pd.Timestamp(t).tzinfo
+                                is not None else pd.Timestamp(t) for t in alerts]
+    if drawn and min(drawn) == max(drawn):
+        ax.set_xlim(drawn[0] - pd.Timedelta(days=15), drawn[0] + pd.Timedelta(days=15))
     loc = mdates.AutoDateLocator(minticks=3, maxticks=8)
     ax.xaxis.set_major_locator(loc)
     ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(loc))

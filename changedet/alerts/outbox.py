@@ -38,8 +38,8 @@ import math
 import os
 import re
 import sqlite3
-import tempfile
 import threading
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
@@ -503,7 +503,11 @@ class Outbox:
                 alert = self._fetch(self._db, alert_id_)
                 if alert is None:
                     return
-                fd, tmp = tempfile.mkstemp(dir=self.alerts_dir, prefix=".tmp-", suffix=".json")
+                # Not mkstemp: its 0600 mode would stay on the file after the replace, so the
+                # analysts' group or a web server publishing the data directory could not read
+                # alerts; 0666 less the umask, like every other output (0644 by default).
+                tmp = str(self.alerts_dir / f".tmp-{uuid.uuid4().hex}.json")
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
                 try:
                     with os.fdopen(fd, "w", encoding="utf-8") as fh:
                         fh.write(self._render(alert))

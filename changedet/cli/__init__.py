@@ -92,6 +92,11 @@ _PATH_ERRNOS = frozenset(getattr(errno, n) for n in ("ENOSPC", "EROFS", "EACCES"
                                                      "EISDIR", "EDQUOT", "ENAMETOOLONG") if hasattr(errno, n))
 
 
+#: Commands that work day by day and keep each finished day: only their errors and
+#: interruptions say so (a failed ``simulate`` or ``report`` has no days to keep).
+_RUN_COMMANDS = frozenset({"run", "demo", "fetch", "backfill"})
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv[0] if argv and not argv[0].startswith("-") else None)
@@ -127,15 +132,19 @@ def main(argv: list[str] | None = None) -> int:
         if exc.filename is not None or exc.errno in _PATH_ERRNOS:
             # A disk that fills up or a directory that turns read-only mid-run: one line
             # naming the path, not a traceback.
+            kept = " (days a run finished are kept)" if args.command in _RUN_COMMANDS else ""
             print(f"changedet: error: {text}; check that the path exists, is writable and has free "
-                  "space, then run the command again (days a run finished are kept)", file=sys.stderr)
+                  f"space, then run the command again{kept}", file=sys.stderr)
         else:
             # A network error, or a bug: no filesystem hint that would send the user astray.
             print(f"changedet: error: {type(exc).__name__}: {text} (set CHANGEDET_DEBUG=1 for the traceback)",
                   file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("changedet: interrupted; finished days are kept, re-run to continue", file=sys.stderr)
+        if args.command in _RUN_COMMANDS:
+            print("changedet: interrupted; finished days are kept, re-run to continue", file=sys.stderr)
+        else:
+            print("changedet: interrupted", file=sys.stderr)
         return 130
 
 

@@ -44,12 +44,18 @@ def add_parser(sub) -> None:
     p = sub.add_parser("alerts", help="list, show, ack, resolve, deliver and check alerts")
     p.add_argument("--data-dir", type=Path, default=None, help="default: $CHANGEDET_DATA_DIR or ./changedet-data")
     s = p.add_subparsers(dest="alerts_command", metavar="ACTION", required=True)
-    ls = s.add_parser("list", help="list alerts")
+    # Also after the action (`changedet alerts list --data-dir data/`), where run, report,
+    # fetch and cube take it; SUPPRESS keeps a value given before the action.
+    data_dir = argparse.ArgumentParser(add_help=False)
+    data_dir.add_argument("--data-dir", type=Path, default=argparse.SUPPRESS,
+                          help="default: $CHANGEDET_DATA_DIR or ./changedet-data")
+    ls = s.add_parser("list", help="list alerts", parents=[data_dir])
     ls.add_argument("--status", choices=["open", "escalated", "acknowledged", "resolved"])
     ls.add_argument("--aoi")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=cmd_list)
-    dl = s.add_parser("deliver", help="send due alert notifications to the channels configured in the environment "
+    dl = s.add_parser("deliver", parents=[data_dir],
+                      help="send due alert notifications to the channels configured in the environment "
                       "(CHANGEDET_SLACK_WEBHOOK_URL, CHANGEDET_SMTP_*); failed sends are retried by later runs",
                       description=DELIVER_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     dl.add_argument("--stuck-attempts", type=int, default=STUCK_ATTEMPTS, metavar="N",
@@ -67,7 +73,7 @@ def add_parser(sub) -> None:
     for name, func, helptext in (("show", cmd_show, "show one alert"), ("ack", cmd_ack, "acknowledge an alert"),
                                  ("resolve", cmd_resolve, "resolve an alert and cancel its failed deliveries "
                                   "(kept in the outbox marked cancelled; no longer retried or reported stuck)")):
-        q = s.add_parser(name, help=helptext)
+        q = s.add_parser(name, help=helptext, parents=[data_dir])
         q.add_argument("alert_id")
         q.set_defaults(func=func)
 

@@ -46,7 +46,10 @@ def add_parser(sub) -> None:
                    "are found from the sun's position on those dates")
     p.add_argument("--min-area", type=int, default=9, help="minimum mapping unit in pixels (default 9)")
     p.add_argument("--opening", type=int, default=1, help="opening radius in pixels, 0 = none (default 1)")
-    p.add_argument("--out", type=Path, required=True, help="output GeoTIFF (COG): bands magnitude, change")
+    # Optional as in ``coregister``: the README's --json examples only want the figures.
+    p.add_argument("--out", type=Path, default=None,
+                   help="output GeoTIFF (COG): bands magnitude, change (default: not written; the figures are "
+                        "printed all the same)")
     p.add_argument("--polygons", type=Path, default=None,
                    help="write change polygons: .geojson (lon/lat) or .parquet (GeoParquet, image CRS)")
     p.add_argument("--aoi", default=None, help="AOI id or YAML path: polygons list the AOI features they touch")
@@ -184,7 +187,8 @@ def cmd_change(args) -> int:
     from changedet.io import check_output_path
 
     # Refuse a bad name, a directory or an unwritable folder before the work, not after it.
-    check_output_path(args.out, option="--out")
+    if args.out is not None:
+        check_output_path(args.out, option="--out")
     if args.polygons is not None:
         _polygon_format(args.polygons)
         check_output_path(args.polygons, option="--polygons", suffix=args.polygons.suffix or ".geojson")
@@ -218,7 +222,7 @@ def cmd_change(args) -> int:
     out = out.assign_coords(band=names)
     if "spatial_ref" in mag.coords:
         out = out.assign_coords(spatial_ref=mag["spatial_ref"])
-    path = write_geotiff(out, args.out, option="--out")
+    path = write_geotiff(out, args.out, option="--out") if args.out is not None else None
     left_out = hidden if unobserved is None else unobserved if hidden is None else hidden | unobserved
     area = changed_area_m2(res.mask)
     doc = {
@@ -237,7 +241,7 @@ def cmd_change(args) -> int:
         # AFTER on another grid (CRS, pixel size, extent) is resampled onto BEFORE's:
         # how, or null when it was already on it.
         "after_resampled": after.attrs.get("history"),
-        "out": str(path),
+        "out": None if path is None else str(path),
     }
     from changedet.polygons import change_polygons, write_geojson, write_geoparquet
 
@@ -277,5 +281,8 @@ def cmd_change(args) -> int:
         print(f"{doc['polygon_count']} change polygons written to {args.polygons}")
     else:
         print(f"{doc['polygon_count']} change polygons (not written; add --polygons FILE to write them)")
-    print(f"magnitude and change mask written to {path}")
+    if path is not None:
+        print(f"magnitude and change mask written to {path}")
+    else:
+        print("magnitude and change mask not written (add --out FILE.tif to write them)")
     return 0

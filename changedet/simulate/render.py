@@ -316,6 +316,46 @@ class SimScene:
     cloud_mask: np.ndarray | None
 
 
+#: Most pixels of the supersampled render grid: several arrays of this size are held at
+#: once (materials, object ids, coverage), so past this a render runs out of memory.
+MAX_RENDER_PIXELS = 200_000_000
+#: Fewest pixels along each side of a scene: below this there is no site to see.
+MIN_SCENE_PIXELS = 8
+
+
+def _checked_resolution(resolution_m) -> float:
+    """``resolution_m`` as a positive finite float (metres), else a ChangedetError."""
+    try:
+        res = float(resolution_m)
+    except (TypeError, ValueError):
+        res = math.nan
+    if not (math.isfinite(res) and res > 0):
+        raise ChangedetError(f"resolution {resolution_m!r} m is not a positive number of metres; give a pixel "
+                             "size such as 0.5 (VHR) or 10 (Sentinel-2/-1), or leave it out for the sensor's own")
+    return res
+
+
+def _check_grid_size(aoi, grid: GridSpec, res: float, spec: SensorSpec) -> None:
+    """Refuse a resolution whose scene is too small to show the site or too large to render."""
+    rows, cols = grid.shape
+    fine = rows * cols * spec.supersample ** 2
+    aoi_id = aoi.id
+    if min(rows, cols) < MIN_SCENE_PIXELS:
+        # The coarsest usable size from the grid's extent at the sensor's own pixel size
+        # (a huge pixel's grid is snapped out far beyond the site).
+        base = aoi_grid(aoi, spec.resolution_m)
+        coarsest = min(base.shape) * spec.resolution_m / MIN_SCENE_PIXELS
+        raise ChangedetError(
+            f"resolution {res:g} m gives AOI {aoi_id} a scene of only {rows} x {cols} pixels; give a finer "
+            f"resolution (at most {coarsest:.3g} m here, the sensor's own is {spec.resolution_m:g} m)")
+    if fine > MAX_RENDER_PIXELS:
+        finest = res * math.sqrt(fine / MAX_RENDER_PIXELS)
+        raise ChangedetError(
+            f"resolution {res:g} m gives AOI {aoi_id} a scene of {rows} x {cols} pixels, too large to render "
+            f"in memory; give a coarser resolution (at least {finest:.3g} m here, the sensor's own is "
+            f"{spec.resolution_m:g} m)")
+
+
 def render_scene(aoi, day: date, sensor: str, *, seed: int = 0, resolution_m: float | None = None,
                  registry: Path | None = None, clear: bool = False, misregistration: bool = True,
                  tarp_fraction: float | None = None) -> SimScene:
@@ -327,19 +367,29 @@ def render_scene(aoi, day: date, sensor: str, *, seed: int = 0, resolution_m: fl
     on the exact grid (a reference basemap). ``tarp_fraction`` (0-1), when given,
     replaces the scenario's share of container stacks covered by tarpaulin (an opt-in
     test scenario; None keeps the scenario's own, and the output is then unchanged).
+    ``resolution_m`` is the pixel size in metres (None: the sensor's own).
+
+    Raises
+    ------
+    ChangedetError
+        An unknown sensor; a resolution that is not a positive number of metres, or that
+        gives a scene under ``MIN_SCENE_PIXELS`` a side or over ``MAX_RENDER_PIXELS``
+        supersampled pixels (the message gives the usable bound).
     """
     if sensor not in SENSORS:
         raise ChangedetError(f"unknown sensor {sensor!r}; use one of {sorted(SENSORS)}")
     if tarp_fraction is not None and not 0.0 <= float(tarp_fraction) <= 1.0:
         raise ChangedetError(f"tarp_fraction must lie in [0, 1], got {tarp_fraction!r}")
     spec = SENSORS[sensor]
-    res = float(resolution_m or spec.resolution_m)
+    # ``resolution_m or default`` would turn an explicit 0 into the sensor's default.
+    res = spec.resolution_m if resolution_m is None else _checked_resolution(resolution_m)
+    grid = aoi_grid(aoi, res)
+    _check_grid_size(aoi, grid, res, spec)
     if registry is None:
         from changedet.aoi import default_registry
         registry = default_registry()
     scenario = scenario_for(aoi.id, Path(registry))
     static = _static(aoi)
-    grid = aoi_grid(aoi, res)
     cond = conditions(aoi, day, sensor, seed=seed, scenario=scenario)
     if clear:
         cond = replace(cond, cloud_fraction=0.0, haze=0.0, snow=0.0)
