@@ -141,6 +141,16 @@ _PREFERRED_BANDS = ("nir", "nir08", "b08", "b8", "b8a", "red", "b04", "b4")
 # imported from changedet.change (one definition for every module).
 
 
+def below_min_reliability(rel: float, min_reliability: float) -> str:
+    """Why an estimate is left unapplied: its reliability under the threshold.
+
+    Rounded down (three decimals), so that 0.4996 under 0.5 reads "0.499 below
+    min_reliability 0.500", never "0.50 below 0.50".
+    """
+    shown = math.floor(float(rel) * 1000.0) / 1000.0
+    return f"reliability {shown:.3f} below min_reliability {float(min_reliability):.3f}"
+
+
 def _is_class_band(name: str) -> bool:
     return str(name).upper() in CLASS_BANDS
 
@@ -1075,7 +1085,7 @@ def coregister(
             extra["residual_rmse_px"] = rmse
             length = float(np.sqrt(field_r**2 + field_c**2).max())
             if rel < min_reliability:
-                reason = f"reliability {rel:.2f} below min_reliability {min_reliability:.2f}"
+                reason = below_min_reliability(rel, min_reliability)
             elif length > max_shift_px:
                 reason = f"warp moves pixels {length:.2f} px, more than max_shift_px {max_shift_px:.2f}"
         extra["tie_points"] = kept
@@ -1089,7 +1099,7 @@ def coregister(
         sim_before = _ncc(grads["ref"], grads["mov"], grads["good"])
         length = math.hypot(row, col)
         if rel < min_reliability:
-            reason = f"reliability {rel:.2f} below min_reliability {min_reliability:.2f}"
+            reason = below_min_reliability(rel, min_reliability)
         elif length > max_shift_px:
             reason = f"shift {length:.2f} px exceeds max_shift_px {max_shift_px:.2f}"
 
@@ -2272,7 +2282,7 @@ def coregister_files(
     length = math.hypot(row, col)
     reason = ""
     if rel < min_reliability:
-        reason = f"reliability {rel:.2f} below min_reliability {min_reliability:.2f}"
+        reason = below_min_reliability(rel, min_reliability)
     elif length > max_shift_px:
         reason = f"shift {length:.2f} px exceeds max_shift_px {max_shift_px:.2f}"
     elif np.isfinite(sim_before) and np.isfinite(sim_after) and sim_after < sim_before - 0.01:
@@ -3223,7 +3233,7 @@ def _network_stack(stack, ref, valid, cube, scheduler, scene_ids, kwargs):
         if not np.all(np.isfinite(t[i])):
             reason = "no reliable match links this date to the reference"
         elif rel < min_rel:
-            reason = f"reliability {rel:.2f} below min_reliability {min_rel:.2f}"
+            reason = below_min_reliability(rel, min_rel)
         elif math.hypot(row, col) > max_shift:
             reason = f"shift {math.hypot(row, col):.2f} px exceeds max_shift_px {max_shift:.2f}"
         ok = np.isfinite(ref_img) & np.isfinite(img)

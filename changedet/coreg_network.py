@@ -80,7 +80,7 @@ import numpy as np
 import xarray as xr
 from scipy import ndimage
 
-from changedet.coreg import apply_shift, estimate_local, solve_network
+from changedet.coreg import apply_shift, below_min_reliability, estimate_local, solve_network
 from changedet.coreg_check import lk_window_fit, pool_windows, robust_mean
 from changedet.errors import CoregError
 from changedet.grid import GridSpec
@@ -787,7 +787,7 @@ def windows_stack(stack: xr.DataArray, reference: xr.DataArray, *, valid=None, p
             elif not np.all(np.isfinite(t)):
                 reason = "no reliable windowed match links this date to the reference"
             elif rel < min_rel:
-                reason = f"reliability {rel:.2f} below min_reliability {min_rel:.2f}"
+                reason = below_min_reliability(rel, min_rel)
             elif math.hypot(*t) > max_shift:
                 reason = f"shift {math.hypot(*t):.2f} px exceeds max_shift_px {max_shift:.2f}"
             if kk == 0:

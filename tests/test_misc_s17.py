@@ -1,4 +1,4 @@
-"""`changedet change` says when AFTER was resampled onto BEFORE's grid (it used to do so silently)."""
+"""Lead's small fixes of session 17: `changedet change` says when AFTER was resampled (it was silent); a plain image with no georeferencing is told to add its corners; the reliability reason never reads equal to its threshold."""
 
 from __future__ import annotations
 
@@ -62,3 +62,10 @@ def test_plain_jpeg_error_gives_the_corner_fix_and_no_raw_warning(tmp_path, recw
     with pytest.raises(RasterError, match="has no CRS; georeference it") as err:
         read_raster(path)
     assert "-a_ullr" not in str(err.value)
+
+
+def test_reliability_reason_never_reads_equal_to_its_threshold():
+    from changedet.coreg import below_min_reliability
+
+    assert below_min_reliability(0.4996, 0.5) == "reliability 0.499 below min_reliability 0.500"
+    assert below_min_reliability(0.12345, 0.3) == "reliability 0.123 below min_reliability 0.300"
