@@ -130,14 +130,24 @@ def test_report_pages_and_figures(built):
         assert im.text["Copyright"] == "Simulated scene (changedet)"
     # Each alert is a row; the one with an evidence pack links to it, the other to its JSON record.
     links = [(t, u) for t, u in _parse(page).urls if t == "a"]
-    evidence = [unquote(u) for t, u in links if "evidence" in u or "outbox" in u]
+    evidence = [unquote(u) for t, u in links if "evidence" in u or u.startswith("alerts/")]
     assert len(evidence) == len(built["alerts"])
     last = built["alerts"][-1]["alert_id"]
     targets = {(page.parent / u).resolve() for u in evidence}
     assert all(t.exists() for t in targets), evidence
-    expected = {(built["data"] / "evidence" / a["alert_id"]).resolve() for a in built["alerts"][:-1]}
-    expected.add((built["data"] / "outbox" / "alerts" / f"{last}.json").resolve())
+    # Copied into the report folder, so that it works copied or zipped on its own: the
+    # pack's pictures and vectors (not its GeoTIFF chips), the record JSON byte for byte.
+    expected = {(page.parent / "evidence" / a["alert_id"]).resolve() for a in built["alerts"][:-1]}
+    expected.add((page.parent / "alerts" / f"{last}.json").resolve())
     assert targets == expected
+    assert all(t.is_relative_to(page.parent.resolve()) for t in targets)
+    record = built["data"] / "outbox" / "alerts" / f"{last}.json"
+    assert (page.parent / "alerts" / f"{last}.json").read_bytes() == record.read_bytes()
+    for a in built["alerts"][:-1]:
+        pack, copy = built["data"] / "evidence" / a["alert_id"], page.parent / "evidence" / a["alert_id"]
+        travels = sorted(f.name for f in pack.iterdir() if f.suffix != ".tif")
+        assert travels and sorted(f.name for f in copy.iterdir()) == travels
+        assert any(n.endswith(".png") for n in travels)
     # Nothing is fetched from anywhere else.
     for tag, url in _parse(page).urls + _parse(built["index"]).urls:
         assert not re.match(r"^(https?:)?//", url), (tag, url)

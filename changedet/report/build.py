@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -328,14 +329,54 @@ def _rel(target: Path, start_dir: Path) -> str:
     return os.path.relpath(Path(target).resolve(), Path(start_dir).resolve())
 
 
+#: Evidence files left in the data directory when a report takes a copy of a pack: the
+#: GeoTIFF chips (several MB each, for QGIS); pictures, GeoJSON, CSV and JSON travel.
+_EVIDENCE_LEFT_OUT = (".tif", ".tiff")
+
+
+def _take_copy(src: Path, dst: Path) -> None:
+    """``dst`` made the same file as ``src``: a hard link where the filesystem allows (no
+    space used), else a copy; an up-to-date ``dst`` is left alone."""
+    try:
+        st, dt = src.stat(), dst.stat()
+        if st.st_size == dt.st_size and int(st.st_mtime) == int(dt.st_mtime):
+            return
+    except FileNotFoundError:
+        pass
+    tmp = dst.with_name(f".{dst.name}.part")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
+
+
 def _evidence_link(data_dir: Path, alert, page_dir: Path) -> tuple[str, str]:
-    """(relative link, label) to the alert's evidence pack, else its outbox JSON."""
+    """(relative link, label) to the alert's evidence, copied into the report.
+
+    The report folder must work on its own (copied, zipped, mailed): the pack's pictures,
+    GeoJSON, CSV and JSON go to ``<page>/evidence/<alert id>/`` (hard links where the
+    filesystem allows), its GeoTIFF chips stay in the data directory. Without a pack, the
+    alert's outbox record is copied to ``<page>/alerts/<alert id>.json``.
+    """
     ev = data_dir / "evidence" / alert.id
     if ev.is_dir():
-        idx = ev / "index.html"
+        dst = page_dir / "evidence" / alert.id
+        dst.mkdir(parents=True, exist_ok=True)
+        for f in sorted(ev.iterdir()):
+            if f.is_file() and not f.name.startswith(".") and f.suffix.lower() not in _EVIDENCE_LEFT_OUT:
+                _take_copy(f, dst / f.name)
+        idx = dst / "index.html"
         # Without a page of its own the folder itself is linked (browsers list its files).
-        return (_rel(idx, page_dir) if idx.exists() else _rel(ev, page_dir) + "/"), "evidence pack"
-    return _rel(data_dir / "outbox" / "alerts" / f"{alert.id}.json", page_dir), "alert record (JSON)"
+        return (_rel(idx, page_dir) if idx.exists() else _rel(dst, page_dir) + "/"), "evidence pack"
+    record = data_dir / "outbox" / "alerts" / f"{alert.id}.json"
+    if not record.exists():
+        return _rel(record, page_dir), "alert record (JSON)"
+    dst = page_dir / "alerts" / record.name
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    _take_copy(record, dst)
+    return _rel(dst, page_dir), "alert record (JSON)"
 
 
 #: Metrics counted on the features of each image (changed_area_m2 needs earlier dates instead).
