@@ -51,6 +51,7 @@ __all__ = [
     "SourceSpec",
     "default_registry",
     "list_aois",
+    "scan_registry",
     "load_aoi",
     "validate",
     "is_known_metric",
@@ -377,6 +378,19 @@ def list_aois(registry: Path | None = None) -> list[AOI]:
     if errors:
         raise _combine(errors, f"AOI registry {reg}")
     return sorted(aois, key=lambda a: a.id)
+
+
+def scan_registry(registry: Path | None = None) -> tuple[list[AOI], list[AOIError]]:
+    """The valid AOIs of ``registry`` (sorted by id) and the problems of the others.
+
+    For whoever must go on with the good AOIs when one file is broken (the daily run,
+    ``changedet aois list``): an analyst's typo in one site's YAML must not stop the
+    monitoring of every other site. The registry itself missing or empty is one error
+    and no AOI.
+    """
+    reg = Path(registry) if registry is not None else default_registry()
+    aois, errors = _scan(reg)
+    return sorted(aois, key=lambda a: a.id), errors
 
 
 def validate(path: Path | None = None) -> list[AOIError]:

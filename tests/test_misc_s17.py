@@ -69,3 +69,26 @@ def test_reliability_reason_never_reads_equal_to_its_threshold():
 
     assert below_min_reliability(0.4996, 0.5) == "reliability 0.499 below min_reliability 0.500"
     assert below_min_reliability(0.12345, 0.3) == "reliability 0.123 below min_reliability 0.300"
+
+
+def test_aois_list_shows_the_good_aois_when_one_file_is_broken(tmp_path, capsys):
+    import shutil
+
+    from changedet.aoi import default_registry, scan_registry
+    from changedet.cli import main
+
+    reg = tmp_path / "aois"
+    shutil.copytree(default_registry(), reg)
+    good = sorted(p.stem for p in reg.glob("*.yaml"))
+    (reg / f"{good[0]}.yaml").write_text("id: [unclosed\n")  # an analyst's typo in one site
+    aois, errors = scan_registry(reg)
+    assert [a.id for a in aois] == good[1:] and len(errors) == 1 and good[0] in str(errors[0])
+
+    rc = main(["aois", "list", "--registry", str(reg)])
+    out, err = capsys.readouterr()
+    assert rc == 1
+    assert all(g in out for g in good[1:]) and good[0] not in out.split("\n", 1)[1]
+    assert f"{good[0]}.yaml" in err and "validate" in err
+    rc = main(["aois", "list", "--registry", str(reg), "--json"])
+    out, _ = capsys.readouterr()
+    assert rc == 1 and sorted(d["id"] for d in json.loads(out)) == good[1:]

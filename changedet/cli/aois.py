@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from shapely.geometry import mapping
 
-from changedet.aoi import AOI, AlertRule, default_registry, list_aois, load_aoi, validate
+from changedet.aoi import AOI, AlertRule, default_registry, list_aois, load_aoi, scan_registry, validate
 
 #: Role order used in listings: the order a reader scans a site in.
 _ROLE_ORDER = ("track", "berth", "stack_zone", "water")
@@ -74,11 +75,23 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    """Print a table (or a JSON list) of every AOI in the registry."""
-    aois = list_aois(args.registry)
+    """Print a table (or a JSON list) of every AOI in the registry.
+
+    A broken AOI file does not hide the others: the valid ones are listed, the problems go
+    to stderr, and the exit status is 1.
+    """
+    aois, errors = scan_registry(args.registry)
+    if not aois:
+        # Nothing to list: the registry missing or empty, or every AOI broken.
+        list_aois(args.registry)
+    if errors:
+        reg = args.registry or default_registry()
+        lines = "\n".join(f"  - {e}" for e in errors)
+        print(f"changedet aois list: {len(errors)} problem(s) in AOI registry {reg}; the AOIs they belong to are "
+              f"not listed (and not run) until fixed (changedet aois validate):\n{lines}", file=sys.stderr)
     if args.json:
         print(json.dumps([_summary(a) for a in aois], indent=2))
-        return 0
+        return 1 if errors else 0
     rows = [("ID", "KIND", "NAME", "FEATURES", "SOURCES", "CADENCE")]
     for a in aois:
         rows.append(
@@ -92,7 +105,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             )
         )
     print(_table(rows))
-    return 0
+    return 1 if errors else 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
