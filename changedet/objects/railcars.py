@@ -3,7 +3,8 @@
 VHR (about 1 m or finer): each track is unrolled into a strip; positions whose centre
 colour departs from the empty track (ballast and rails, lit or in shadow) are
 occupied; occupied runs are cut into cars where coupler gaps and colour edges are,
-with car lengths kept near real rolling-stock lengths by dynamic programming; each car
+with car lengths kept near real rolling-stock lengths, or near the pitch at which the
+run's own look repeats (a block of identical cars), by dynamic programming; each car
 is typed from its length and look.
 
 With the sun's position known, light is read as geometry, not as colour alone: a black
@@ -308,7 +309,7 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
                                wide=wide.get(tid), blur_m=max(0.2, 0.5 * grid.resolution),
                                shading=_cylinder_shading(tracks[tid], sun_azimuth_deg, sun_elevation_deg),
                                path=path, resolution_m=grid.resolution, empty=seen_empty.get(tid),
-                               shadows_shown=shown)
+                               shadows_shown=shown, shadow=refs["shadow"])
             by_type: dict[str, int] = {}
             for a, b, ctype, score in cars:
                 by_type[ctype] = by_type.get(ctype, 0) + 1
@@ -1039,7 +1040,8 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
                 path: np.ndarray | None = None,
                 resolution_m: float = float("nan"),
                 empty: np.ndarray | None = None,
-                shadows_shown: bool = False) -> list[tuple[float, float, str, float]]:
+                shadows_shown: bool = False,
+                shadow: np.ndarray | None = None) -> list[tuple[float, float, str, float]]:
     """Cut occupied runs into cars: (start_m, end_m, type, score) per car.
 
     Where the sun shines across the track (``sun_left`` known), black bodies brighter on
@@ -1058,7 +1060,9 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
     reference beside an edge track, see :func:`_tall`). With ``shadows_shown`` (the image
     shows the sun's shadows: :func:`_shadows_shown`), a stretch whose anti-sun ground is
     lit where every car's shadow would fall is a bare track bed, not a car
-    (:func:`_bare_bed`, at pixels of ``_MAX_BARE_BED_RES_M`` or finer).
+    (:func:`_bare_bed`, at pixels of ``_MAX_BARE_BED_RES_M`` or finer). ``shadow`` (per
+    band, reflectance; NaN or None: unknown) is the track's shadowed ground, which sets
+    how dark a run may be before its own pitch is no longer read (:func:`_pitch_dim_level`).
     """
     step = strip.step_m
     centre, _ = _zones(strip)
@@ -1090,6 +1094,14 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
     # Black car bodies (well below the empty track's brightness, lit or shaded).
     dark = mean.mean(axis=0) < 0.5 * float(quiet_nanmean(lit))
     dim = dark.copy()
+    shaded = mean.mean(axis=0) < _pitch_dim_level(lit, shadow)
+    # The ground beside the track on its sun side (both sides where the sun's side is
+    # unknown): a car's own shadow never falls there.
+    if sun_left is None:
+        ground_rows = sides
+    else:
+        ground_rows = (strip.across_m if sun_left else -strip.across_m) >= 1.95
+    ground = np.nan_to_num(quiet_nanmean(strip.values[:, ground_rows, :], axis=1))
     if sun_left is not None and np.isfinite(ground_sd):
         dark &= _sun_side_glow(strip, sun_left, ground_sd, int(1.0 / step) | 1)
     cars = []
@@ -1104,8 +1116,19 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
         if run_len < (_MIN_OPEN_RUN_M if (open_a or open_b) else 7.0):
             continue
         lead, trail = _shadow_lead(dim[a:b], shadow_reach_m, step)
+        # Trains are made up of blocks of one car type: a run whose look repeats at one
+        # pitch is cut at that pitch where the couplers hardly show (see _run_pitch).
+        # Not on a run mostly as dark as shadowed ground or darker (shadow or black
+        # bodies): a neighbour's train casts its shadow there with its own pitch, which
+        # repeats as well as a train does.
+        own = (_run_pitch(mean[:, a:b], step) if shaded[a:b].mean() < _MAX_PITCH_DIM_SHARE
+               else None)
+        # Nor where the ground beside the track repeats at that pitch too: shadows of
+        # posts or masts, or a neighbour's, cross the track and its bed alike.
+        if own is not None and _ground_repeats(ground[:, a:b], own, step):
+            own = None
         cuts = _best_cuts(evidence[a:b], step, dark[a:b], lead_m=lead, trail_m=trail,
-                          open_start=open_a, open_end=open_b)
+                          open_start=open_a, open_end=open_b, run_pitch_m=own)
         edges = [a] + [a + c for c in cuts] + [b]
         for s0, s1 in zip(edges[:-1], edges[1:]):
             length = (s1 - s0) * step
@@ -1301,9 +1324,245 @@ def _shadow_lead(dim: np.ndarray, reach_m: float, step: float) -> tuple[float, f
     return (lead, 0.0) if reach_m < 0 else (0.0, lead)
 
 
+# A run's own pitch (:func:`_run_pitch`) is read where its look repeats along the run:
+# the autocorrelation of the centre's colour at the pitch at least _MIN_PITCH_CORR of its
+# variance, over windows of _PITCH_WINDOW_M (m) holding at least _MIN_PITCH_REPEATS
+# pitches; pitches are searched over the DP's segment lengths, _MIN_SEG_M to _MAX_SEG_M
+# (m), where no multiple of one car pitch is another (2 x 10.5 > 20) - but multiples of
+# shorter repeats (roof ribs, hatches, post shadows) are, so rivals are checked (see
+# _window_pitch). Before it, the colour's
+# mean over _PITCH_DETREND_M is removed: a change of block (another car type, another
+# colour) is a step, which correlates at every lag.
+_MIN_SEG_M = 10.5
+_MAX_SEG_M = 20.0
+_MIN_PITCH_CORR = 0.5
+_MIN_PITCH_REPEATS = 2.4
+_PITCH_WINDOW_M = 50.0
+_PITCH_DETREND_M = 15.0
+_PITCH_WINDOW_STEP_M = 5.0
+# The share of a run counted as shadowed (below _pitch_dim_level) from which its pitch is
+# not read.
+_MAX_PITCH_DIM_SHARE = 0.5
+# Repeats from _MIN_TEXTURE_M (m; roof ribs, hatches) up are compared with the pitch: one
+# that correlates within _PITCH_RIVAL_CORR (of the variance) of it, more than
+# _PITCH_RIVAL_M (m) from it, leaves the pitch unread (see _window_pitch).
+_MIN_TEXTURE_M = 2.0
+# How far (share of the way from the shadowed ground's brightness to the lit ground's)
+# above shadowed ground a run's sample still counts as shadowed (see _pitch_dim_level).
+_PITCH_SHADOW_MARGIN = 0.25
+_PITCH_LAG_STEP_M = 0.1
+_PITCH_RIVAL_CORR = 0.15
+_PITCH_RIVAL_M = 1.5
+
+
+def _pitch_dim_level(lit: np.ndarray, shadow: np.ndarray | None) -> float:
+    """The brightness (band mean, reflectance) below which a run's sample counts as
+    shadowed for :func:`_run_pitch`'s guard in :func:`_split_cars`.
+
+    Half the lit ground's brightness, or, where the track's shadowed ground is known and
+    brighter than that (haze, thin overcast, path radiance: skylight lights shadows),
+    that ground's brightness plus ``_PITCH_SHADOW_MARGIN`` of the way up to the lit
+    ground's: a neighbour train's shadow is then not told from a train by a fixed half.
+
+    Parameters
+    ----------
+    lit : ndarray, shape (bands,)
+        The lit empty track's colour (reflectance).
+    shadow : ndarray, shape (bands,), or None
+        The shadowed empty track's colour (reflectance); NaN or None where unknown.
+
+    Returns
+    -------
+    float
+        The level (reflectance, band mean).
+    """
+    lit_b = float(quiet_nanmean(np.asarray(lit, float)))
+    level = 0.5 * lit_b
+    if shadow is not None:
+        sh = np.asarray(shadow, float)
+        if sh.size and np.all(np.isfinite(sh)):
+            sh_b = float(np.mean(sh))
+            if sh_b < lit_b:
+                level = max(level, sh_b + _PITCH_SHADOW_MARGIN * (lit_b - sh_b))
+    return level
+
+
+def _ground_repeats(ground: np.ndarray, pitch: np.ndarray, step: float) -> bool:
+    """Whether the ground beside a run repeats at the run's pitch as well as a train.
+
+    Parameters
+    ----------
+    ground : ndarray, shape (bands, n)
+        Mean colour of the ground beside the track per along-track sample (reflectance).
+    pitch : ndarray, shape (n,)
+        The run's pitch per sample (m; NaN: none), from :func:`_run_pitch`.
+    step : float
+        Along-track sample spacing (m).
+
+    Returns
+    -------
+    bool
+        True where the ground's colour (less its mean over ``_PITCH_DETREND_M``)
+        correlates at the run's median pitch (within a sample) by ``_MIN_PITCH_CORR`` of
+        its variance or more.
+    """
+    fin = np.isfinite(pitch)
+    if not fin.any():
+        return False
+    g = np.asarray(ground, float)
+    n = g.shape[1]
+    lag = int(round(float(np.median(pitch[fin])) / step))
+    if lag + 1 >= n:
+        return False
+    k = max(1, int(round(_PITCH_DETREND_M / step)))
+    g = g - ndimage.uniform_filter1d(g, k, axis=1, mode="nearest")
+    var = float(np.sum(g * g)) / n
+    if not np.isfinite(var) or var <= 1e-10:
+        return False
+    r = max(float(np.sum(g[:, :-q] * g[:, q:])) / (n - q) for q in (lag - 1, lag, lag + 1)) / var
+    return r >= _MIN_PITCH_CORR
+
+
+def _window_pitch(x: np.ndarray, step: float) -> float:
+    """The pitch (m) at which one window's detrended colour repeats, or NaN.
+
+    Parameters
+    ----------
+    x : ndarray, shape (bands, n)
+        The centre's colour less its running mean (reflectance), one window of a run.
+    step : float
+        Along-track sample spacing (m).
+
+    Returns
+    -------
+    float
+        The pitch in metres (see :func:`_run_pitch`), NaN where none repeats.
+    """
+    n = x.shape[1]
+    lo, hi = int(np.floor(_MIN_SEG_M / step)), int(np.ceil(_MAX_SEG_M / step))
+    hi = min(hi, int(n / _MIN_PITCH_REPEATS) + 1)
+    if hi - lo < 2 or hi + 1 >= n:
+        return float("nan")
+    var = float(np.sum(x * x)) / n
+    # No variation to speak of (below a 1e-5 reflectance spread): nothing repeats.
+    if not np.isfinite(var) or var <= 1e-10:
+        return float("nan")
+    # Lags are read on a grid of at most _PITCH_LAG_STEP_M (the colour interpolated
+    # linearly): at a coarse step a pitch between two samples loses much of its
+    # correlation, and a texture's multiple that falls on a sample may then outscore it.
+    up = max(1, int(np.ceil(step / _PITCH_LAG_STEP_M - 1e-9)))
+    fine = step / up
+    if up > 1:
+        u = np.arange((n - 1) * up + 1) / up
+        x = np.stack([np.interp(u, np.arange(n), band) for band in x])
+    m = x.shape[1]
+    size = 1 << int(np.ceil(np.log2(2 * m)))
+    spec = np.fft.rfft(x, size, axis=1)
+    acf = np.fft.irfft(np.sum(np.abs(spec) ** 2, axis=0), size)[:m]
+    short = max(1, int(np.floor(_MIN_TEXTURE_M / fine)))
+    lo_f, hi_f = int(np.floor(_MIN_SEG_M / fine)), min(int(np.ceil(hi * step / fine)), m - 2)
+    lags = np.arange(short - 1, hi_f + 2)
+    # Unbiased: each lag's products are averaged over the pairs it has.
+    r = acf[lags] / (m - lags) / (acf[0] / m)
+    peaks = [i for i in range(1, lags.size - 1) if r[i] >= r[i - 1] and r[i] >= r[i + 1]]
+    in_range = [i for i in peaks if lags[i] >= lo_f]
+    if not in_range:
+        return float("nan")
+    at = max(in_range, key=lambda i: (r[i], -i))
+    best = r[at]
+    if best < _MIN_PITCH_CORR:
+        return float("nan")
+    # Only a car's own repeat is a pitch. Texture inside a car (roof ribs, hatches,
+    # corrugations, containers) or shadows across the train (posts, masts) repeat too,
+    # and their multiples and beats fall among car lengths: where a repeat shorter than
+    # a car, or another lag among car lengths, correlates nearly as well, which one is
+    # the cars' is not told by colour alone, and no pitch is read (the catalogue's
+    # lengths decide, as without this reading).
+    rival = _PITCH_RIVAL_M / fine
+    for i in peaks:
+        if i != at and abs(lags[i] - lags[at]) > rival and r[i] >= best - _PITCH_RIVAL_CORR:
+            return float("nan")
+        # A repeat shorter than a car that holds at each of its multiples up to the pitch
+        # (a comb of ribs) is texture, and the pitch one of its multiples.
+        if lags[i] < lo_f and r[i] >= _MIN_PITCH_CORR:
+            k = int(round(lags[at] / lags[i]))
+            if k >= 2 and abs(lags[at] - k * lags[i]) * fine <= _PITCH_RIVAL_M / 3:
+                near = max(1, int(round(0.2 / fine)))
+                if all(r[max(0, j * lags[i] - near - lags[0]):j * lags[i] + near + 1 - lags[0]].max()
+                       >= _MIN_PITCH_CORR for j in range(1, k)):
+                    return float("nan")
+    den = r[at - 1] - 2 * r[at] + r[at + 1]
+    off = 0.5 * (r[at - 1] - r[at + 1]) / den if den < 0 else 0.0
+    pitch = (lags[at] + float(np.clip(off, -0.5, 0.5))) * fine
+    if n * step < _MIN_PITCH_REPEATS * pitch or not _MIN_SEG_M <= pitch <= _MAX_SEG_M:
+        return float("nan")
+    return float(pitch)
+
+
+def _run_pitch(centre: np.ndarray, step: float) -> np.ndarray:
+    """The pitch (m, car body plus coupler gap) at which an occupied run's look repeats,
+    per along-track sample.
+
+    Trains are made up of blocks of identical cars (unit trains, blocks of one type
+    between marshalling yards), so along a block the centre's colour repeats car by car:
+    end walls, coupler gaps, domes, hatches, loads. The colour (all bands, less its mean
+    over ``_PITCH_DETREND_M``) is autocorrelated over windows of ``_PITCH_WINDOW_M``
+    (the whole run where shorter), every ``_PITCH_WINDOW_STEP_M``, at lags from
+    ``_MIN_SEG_M`` to ``_MAX_SEG_M``; a window's highest local maximum there is its
+    pitch, refined between samples by a parabola, where it reaches ``_MIN_PITCH_CORR``
+    of the variance and the window holds ``_MIN_PITCH_REPEATS`` pitches, and where no
+    rival repeat correlates nearly as well: no other lag from ``_MIN_TEXTURE_M`` up,
+    more than ``_PITCH_RIVAL_M`` off, within ``_PITCH_RIVAL_CORR`` of it, and no repeat
+    shorter than a car that holds at each of its multiples up to the pitch (roof ribs,
+    hatches); lags are read on a grid of
+    ``_PITCH_LAG_STEP_M`` (the colour interpolated between samples). Each sample
+    takes the pitch of the nearest window centre that has one within half a window;
+    mixed cars, too short a run or a featureless one give NaN.
+
+    Parameters
+    ----------
+    centre : ndarray, shape (bands, n)
+        Mean colour across the track's centre per along-track sample (reflectance).
+    step : float
+        Along-track sample spacing (m).
+
+    Returns
+    -------
+    ndarray, shape (n,)
+        The pitch in metres at each sample, NaN where none repeats.
+    """
+    x = np.asarray(centre, float)
+    n = x.shape[1]
+    out = np.full(n, np.nan)
+    if n * step < _MIN_PITCH_REPEATS * _MIN_SEG_M:
+        return out
+    k = max(1, int(round(_PITCH_DETREND_M / step)))
+    x = x - ndimage.uniform_filter1d(x, k, axis=1, mode="nearest")
+    w = min(n, int(round(_PITCH_WINDOW_M / step)))
+    stride = max(1, int(round(_PITCH_WINDOW_STEP_M / step)))
+    starts = list(range(0, n - w + 1, stride))
+    if starts[-1] != n - w:
+        starts.append(n - w)
+    centres, pitches = [], []
+    for s0 in starts:
+        p = _window_pitch(x[:, s0:s0 + w], step)
+        if np.isfinite(p):
+            centres.append(s0 + w / 2)
+            pitches.append(p)
+    if not centres:
+        return out
+    centres, pitches = np.array(centres), np.array(pitches)
+    idx = np.arange(n)
+    near = np.abs(idx[:, None] - centres[None, :])
+    j = np.argmin(near, axis=1)
+    ok = near[idx, j] <= w / 2
+    out[ok] = pitches[j[ok]]
+    return out
+
+
 def _best_cuts(evidence: np.ndarray, step: float, dark: np.ndarray | None = None, *,
                lead_m: float = 0.0, trail_m: float = 0.0, open_start: bool = False,
-               open_end: bool = False) -> list[int]:
+               open_end: bool = False, run_pitch_m: np.ndarray | None = None) -> list[int]:
     """Cut positions (indices into the run) that split it into plausible cars.
 
     Dynamic programming over cut positions: every segment (car body plus a coupler gap)
@@ -1315,12 +1574,24 @@ def _best_cuts(evidence: np.ndarray, step: float, dark: np.ndarray | None = None
     a car's own shadow cast along the track: their length is matched to a pitch
     anywhere within that tolerance. With ``open_start`` (``open_end``) the run is cut
     there by an unobserved stretch: its first (last) segment is the visible part of a
-    car, of any length from 3 m up to a pitch.
+    car, of any length from 3 m up to a pitch. ``run_pitch_m`` (one per sample, m, from
+    :func:`_run_pitch`; NaN: none) is the pitch at which the run's look repeats there:
+    a segment also fits the pitch read at its middle, free of the black-car prior (it is
+    measured, not assumed).
     """
     n = evidence.size
     names = list(CAR_LENGTHS_M)
     pitches = np.array([CAR_LENGTHS_M[t] + GAP_M for t in names])
     tank = np.array([t == "tank" for t in names])
+    own = np.full(n, np.nan) if run_pitch_m is None else np.asarray(run_pitch_m, float)
+    if own.shape != (n,):
+        raise ValueError(f"run_pitch_m has shape {own.shape}, the run {n} samples: pass one pitch (m, NaN "
+                         f"for none) per sample of the run, as _run_pitch gives")
+    # Where a pitch of the run's own is read, a segment's length cost is the lower of the
+    # catalogue's and the own pitch's, which like the tank's carries no black-car cost;
+    # elsewhere the catalogue's alone, as before (a scalar, to keep the DP's inner loop).
+    has_own = bool(np.isfinite(own).any())
+    own_list = own.tolist()   # plain floats: cheap to read per segment in the loop below
     lo, hi = int(10.5 / step), int(20.0 / step)
     lo_open = int(3.0 / step)
     # Too short for two cars; a run cut by an unobserved stretch may hold the visible
@@ -1360,6 +1631,12 @@ def _best_cuts(evidence: np.ndarray, step: float, dark: np.ndarray | None = None
             short = 0.0 if cut_seg else np.clip(pitches - seg, 0, None)
             miss = np.clip(seg - ext - pitches, 0, None) + short
             length_cost = float(np.min(miss ** 2 * 0.8 + type_cost))
+            if has_own:
+                p = own_list[(i + j - 1) // 2]
+                if p == p:   # not NaN
+                    short_own = 0.0 if cut_seg else max(p - seg, 0.0)
+                    miss_own = max(seg - ext - p, 0.0) + short_own
+                    length_cost = min(length_cost, 0.8 * miss_own * miss_own)
             cut_reward = ev[j] if j < n else 0.0
             c = best[i] + length_cost - cut_reward + 0.3
             if c < best[j]:
