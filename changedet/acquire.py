@@ -28,7 +28,7 @@ import numpy as np
 
 from changedet.cloudmask import cloud_fraction, with_cloud_band
 from changedet.cube import Cube, optical_bands
-from changedet.errors import SourceError
+from changedet.errors import SourceConfigError, SourceError
 from changedet.grid import GridSpec, aoi_grid
 from changedet.sources.base import CLOUD_BAND, SceneRecord, check_range
 
@@ -137,15 +137,29 @@ def _unobserved_not_clear(data):
 
 
 class FetchStopped(SourceError):
-    """A fetch stopped because ``MAX_FAILURES_IN_A_ROW`` scene loads in a row failed.
+    """A fetch stopped because ``MAX_FAILURES_IN_A_ROW`` scene loads in a row failed, or one
+    failed on a configuration error of the source (``option`` then names the setting).
 
     ``report`` is the :class:`FetchReport` of the scenes handled until then (its ``stopped``
     holds this message), so a caller can still show what was stored and what failed.
     """
 
-    def __init__(self, message: str, report: "FetchReport"):
+    def __init__(self, message: str, report: "FetchReport", option: str | None = None):
         super().__init__(message)
         self.report = report
+        self.option = option
+
+
+def _config_stop(aoi, source, exc: SourceConfigError, scene: SceneRecord, outcomes: list[SceneOutcome],
+                 left: int) -> str:
+    """Why a fetch stopped at ``scene`` on a configuration error: the AOI file, source, setting and the fix."""
+    name = getattr(source, "name", source)
+    where = f"the {name} entry" + (f" of {aoi.source_path}" if getattr(aoi, "source_path", None) else "")
+    done = sum(1 for o in outcomes if o.status == "stored")
+    return (f"stopped at {scene.time.date().isoformat()} ({scene.id}): a configuration error of {where}"
+            + (f", its '{exc.option}' setting" if exc.option else "") + f": {exc}; every scene of it fails alike; "
+            f"{done} scene(s) stored before stay stored" + (f", {left} later scene(s) not tried" if left else "")
+            + "; fix the setting (in the AOI file or the command's options) and run the fetch again")
 
 
 def fetch(aoi, source, *, sensor: str, resolution_m: float, start: date, end: date,
@@ -185,7 +199,9 @@ def fetch(aoi, source, *, sensor: str, resolution_m: float, start: date, end: da
         The search found nothing, or a scene's cloud mask cannot be made (no band it
         could use: a configuration error, which no re-run cures, so it stops the fetch).
     FetchStopped
-        (a ``SourceError``) ``MAX_FAILURES_IN_A_ROW`` scene loads in a row failed, naming
+        (a ``SourceError``) A scene load failed on a configuration error of the source
+        (:class:`~changedet.errors.SourceConfigError`: at once, naming the AOI file, the
+        setting and the fix), or ``MAX_FAILURES_IN_A_ROW`` scene loads in a row failed, naming
         them and earlier failures; its ``report`` holds the outcomes until then (scenes
         stored before stay stored). A scene the source cannot load is otherwise reported
         as ``failed`` in the returned report, nothing of it is stored or recorded, and the
@@ -226,6 +242,15 @@ def fetch(aoi, source, *, sensor: str, resolution_m: float, start: date, end: da
                 # Only the load is caught: a cloud-mask or configuration error raised later
                 # fails every scene alike, so it stops the fetch as it is (a re-run cannot cure it).
                 outcome = SceneOutcome(scene.id, scene.time.isoformat(), "failed", str(exc))
+                if isinstance(exc, SourceConfigError):
+                    # The entry is wrong (bands:, a request or collection id the provider
+                    # rejects, credentials): every later scene fails alike, so the fetch stops
+                    # at this one rather than after MAX_FAILURES_IN_A_ROW loads.
+                    outcomes.append(outcome)
+                    if progress is not None:
+                        progress(i, len(scenes), outcome)
+                    message = _config_stop(aoi, source, exc, scene, outcomes, len(scenes) - i)
+                    raise FetchStopped(message, report(message), option=exc.option) from None
                 failed_in_a_row.append(outcome)
             else:
                 failed_in_a_row.clear()

@@ -178,6 +178,21 @@ class DayResult:
     #: Alerts whose evidence pack, missing from an earlier run of this day, was rebuilt
     #: (no new notification: not alerts of this run).
     rebuilt: list[str] = field(default_factory=list)
+    #: Set when the day ``failed`` on a configuration error of the source entry
+    #: (:class:`~changedet.errors.SourceConfigError`), which every later day of the entry
+    #: meets alike: ``{"aoi_id", "file" (the AOI file or None), "entry" (e.g. ``local (vhr,
+    #: 0.5 m)``), "option" (the setting to fix, e.g. ``bands``, or None)}``. Callers stop
+    #: the AOI's range there instead of failing each later day (and do not retry it).
+    misconfigured: dict[str, str | None] | None = None
+
+    def config_problem(self) -> str:
+        """``"AOI x (aois/x.yaml), source entry local (vhr, 0.5 m), setting 'bands'"``; "" if none."""
+        m = self.misconfigured
+        if not m:
+            return ""
+        return (f"AOI {m['aoi_id']}" + (f" ({m['file']})" if m.get("file") else "")
+                + (f", source entry {m['entry']}" if m.get("entry") else "")
+                + (f", setting '{m['option']}'" if m.get("option") else ""))
 
     def summary(self) -> str:
         head = f"{self.aoi_id} {self.day}"
@@ -216,6 +231,10 @@ REFERENCE_MAX_CLOUD = 0.05
 #: swath-edge scene seeing 8 % of the site judged "0 % cloud" would otherwise become the
 #: frame every later full scene fails to overlap (``not_registered`` for good).
 REFERENCE_MIN_OBSERVED = 0.95
+#: Pauses (s) before each new try of an AOI-day that failed in a way that passes (another run
+#: holding the cube's lock, or storing the series' first day meanwhile: ``CubeLocked``,
+#: ``CubeRaced``): the flows' task retries and ``changedet run`` use the same policy.
+RETRY_DELAYS_S: tuple[float, ...] = (5.0, 30.0)
 #: Site cloud limit (percent) of a simulator entry without ``max_cloud``: the limit the
 #: daily slice has always applied to it (fraction of the site not clear after the cloud
 #: buffer), kept so the shipped AOIs behave as before.
@@ -391,11 +410,21 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
     included) is ``failed``, nothing stored. The simulator keeps its basemap reference and
     its historical 90 % limit on the buffered cloud fraction.
 
+    A configuration error of the entry (:class:`~changedet.errors.SourceConfigError` from
+    the source's search or load: a ``bands:`` list that fits no file, a request or
+    collection id the provider rejects) is ``failed`` with ``result.misconfigured`` naming
+    the AOI file, the entry and the setting: every later day of the entry fails alike, so
+    callers stop the AOI there. A stored day the change cube lacks (a run stopped between
+    a series' first day's two appends) is put back first (:func:`_heal_change_cube`).
+
     Raises
     ------
     SourceError
-        No source of the AOI can be used here, or a source entry is wrong (a
-        ``max_cloud`` that is no percentage, a ``reference`` file that is missing).
+        No source of the AOI can be used here.
+    SourceConfigError
+        A setting of the source entry run_day reads itself is wrong: a ``max_cloud`` that
+        is no percentage (option ``max_cloud``), a ``reference`` file that is missing,
+        unreadable or covers too little of the site (option ``reference``).
     changedet.alerts.config.AlertConfigError
         Before any work, if the AOI's alert rules or the delivery settings in the
         environment are wrong (all problems listed).
@@ -443,8 +472,7 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
         # later run of it searches again (nothing was stored).
         result.status, result.note = "failed", f"search failed: {exc}"
         if isinstance(exc, SourceConfigError):
-            result.note += (f"; a configuration error of the {_entry(spec)} entry"
-                            + (f", its '{exc.option}' setting" if exc.option else "") + ": fix it and run the days again")
+            result.note += "; " + _config_failure(aoi, spec, exc, result)
         return result
     if not scenes:
         return result
@@ -459,6 +487,16 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
         result.note = (f"scene {scene.id} is stamped {to_utc(scene.time).isoformat()}, after now "
                        f"({now.isoformat(timespec='seconds')}): not acquired yet, run this day again later")
         return result
+    # Pixel change runs on a coarser cube of its own (see below); a stored day it lacks (a run
+    # stopped between the aligned and the change-cube append of a series' first day) is put
+    # back before this day is judged done or reads its baseline.
+    factor = max(1, int(round(cfg.change_res_m / res)))
+    cgrid = aoi_grid(aoi, res * factor)
+    coarse_cube = Cube(root, aoi.id, spec.sensor, cgrid, reflectance=optical)
+    healed = _heal_change_cube(cube, coarse_cube, factor, res)
+    if healed:
+        result.note = _joined(result.note, f"the change cube lacked stored day(s) {', '.join(healed)} (a run "
+                              "stopped between its two appends): coarsened from the stored aligned step(s)")
     if cube.has(scene.id) and not (cfg.evidence and _packs_pending(cfg, aoi, scene.time)):
         result.status = "already_processed"
         return result
@@ -475,7 +513,7 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
     except SourceError as exc:
         if simulated:
             raise
-        _load_failed(cube, spec, scene, exc, result)
+        _load_failed(cube, spec, scene, exc, result, aoi=aoi)
         return result
     delivered = data  # as the source gave it: what the evidence pack hashes
     new_reference, origin = None, None
@@ -561,9 +599,6 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
 
     # Pixel change against the robust per-pixel baseline of earlier aligned dates, on a
     # coarser cube of its own (cheap to read back for every new date).
-    factor = max(1, int(round(cfg.change_res_m / res)))
-    cgrid = aoi_grid(aoi, res * factor)
-    coarse_cube = Cube(root, aoi.id, spec.sensor, cgrid, reflectance=optical)
     coarse = _coarsen(stored, factor, cgrid)
     history = coarse_cube.read(before=scene.time, last=cfg.baseline_dates)
     if history is not None and history.sizes["time"] >= 3:
@@ -692,8 +727,9 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
             # it: a run that lost the race for the first day (append first= refused above)
             # must leave no step in the change cube registered onto its own reference, which
             # a run of the day again would not replace (an append of a stored id is a no-op).
-            # A crash between the two leaves this one date out of the change history, never
-            # a date in another frame.
+            # A failure between the two (a store error, a crash) leaves this date out of the
+            # change cube, never a date in another frame; the next run of any day of the AOI
+            # puts it back from the stored aligned step (_heal_change_cube).
             coarse_cube.append(scene, coarse, extra=coarse_extra)
         if new_reference is not None:
             if cube.promote_reference(scene.id):
@@ -713,6 +749,62 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
     finally:
         store.close()
     return result
+
+
+def _heal_change_cube(cube: Cube, coarse_cube: Cube, factor: int, res: float) -> list[str]:
+    """Append to the change cube every day the aligned cube holds and it lacks; their acquisition dates.
+
+    ``run_day`` stores a series' first day in the aligned cube first and in the change cube
+    (``coarse_cube``, ``factor`` times coarser) second, so that a run that lost the race for
+    the first day leaves nothing in either. A failure between the two appends (a store
+    error, a crash) leaves the day stored, so every later run finds it done, and the change
+    history without it. Such a day is coarsened here from its stored aligned step (values
+    and ``CLM`` band as stored: reflectance quantised to the cube's 1e-4 steps, which the
+    block mean of ``factor``² pixels averages further) and appended with the aligned entry's
+    identity (scene id, time, source, file path, entry). Nothing is done at factor 1 (one
+    cube) or when nothing is missing: the cost is reading the two provenance records.
+
+    Raises
+    ------
+    CubeError
+        The stored step cannot be read or the change cube not written (a store error);
+        the day is then not done and a later run tries again.
+    """
+    if factor == 1:
+        return []
+    held = cube.scenes()
+    if not held:
+        return []
+    have = {e["scene_id"] for e in coarse_cube.scenes()}
+    missing = [e for e in held if e["scene_id"] not in have]
+    if not missing:
+        return []
+    from changedet.sources.base import SceneRecord
+
+    stack = cube.read()
+    if stack is None:
+        return []
+    ids = [str(v) for v in stack["scene_id"].values]
+    done = []
+    for entry in missing:
+        step = stack.isel(time=ids.index(entry["scene_id"])).load()
+        step = step.drop_vars([c for c in ("time", "scene_id") if c in step.coords]).astype("float32")
+        when = datetime.fromisoformat(str(entry["time"]))
+        cover = entry.get("cloud_cover")
+        record = SceneRecord(
+            id=str(entry["scene_id"]), source=str(entry.get("source") or ""), aoi_id=cube.aoi_id,
+            sensor=cube.sensor, time=when, platform=str(entry.get("platform") or ""),
+            cloud_cover=float("nan") if cover is None else float(cover),
+            footprint=shapely.Polygon(),  # (not stored: the cube keeps no footprint)
+            resolution_m=float(res), properties={"path": entry["path"]} if entry.get("path") else {})
+        extra = {"coarsened_from_m": res, "healed_from": "the stored aligned step",
+                 **({"entry": entry["entry"]} if entry.get("entry") else {})}
+        coarse_cube.append(record, _coarsen(step, factor, coarse_cube.grid), extra=extra)
+        log.warning("%s: scene %s was stored in %s but missing from the change cube %s (a run stopped between "
+                    "the two appends); coarsened from the stored aligned step and appended", cube.aoi_id,
+                    entry["scene_id"], cube.path, coarse_cube.path)
+        done.append(when.date().isoformat())
+    return done
 
 
 def _rejected(cube: Cube, spec, scene, result: DayResult) -> DayResult:
@@ -765,8 +857,9 @@ def _max_cloud(spec, default: float, aoi_id: str) -> float:
     """The entry's ``max_cloud`` (percent of the site under cloud), else ``default``."""
     limit = spec.options.get("max_cloud", default)
     if isinstance(limit, bool) or not isinstance(limit, numbers.Real) or not 0.0 <= float(limit) <= 100.0:
-        raise SourceError(f"{aoi_id}: max_cloud {limit!r} of the {spec.name} source must be a percentage "
-                          "between 0 and 100 (e.g. max_cloud: 40); fix the source entry in the AOI file")
+        raise SourceConfigError(f"{aoi_id}: max_cloud {limit!r} of the {spec.name} source must be a percentage "
+                                "between 0 and 100 (e.g. max_cloud: 40); fix the source entry in the AOI file",
+                                option="max_cloud")
     return float(limit)
 
 
@@ -865,7 +958,18 @@ def _same_entry(spec, made: str) -> bool:
     return made == _entry_id(spec) if " " in made else made == spec.name
 
 
-def _load_failed(cube: Cube, spec, scene, exc: SourceError, result: DayResult) -> None:
+def _config_failure(aoi, spec, exc: SourceConfigError, result: DayResult) -> str:
+    """Record on ``result`` (``misconfigured``) that its day failed on a configuration error of
+    ``spec``; returns the note's text naming the AOI file, the entry and the setting to fix."""
+    path = getattr(aoi, "source_path", None) if aoi is not None else None
+    result.misconfigured = {"aoi_id": result.aoi_id, "file": str(path) if path else None, "entry": _entry(spec),
+                            "option": exc.option}
+    return (f"a configuration error of the {_entry(spec)} entry" + (f" of {path}" if path else "")
+            + (f", its '{exc.option}' setting" if exc.option else "")
+            + " (every day of it fails alike): fix it and run the days again")
+
+
+def _load_failed(cube: Cube, spec, scene, exc: SourceError, result: DayResult, aoi=None) -> None:
     """Set ``result`` for a scene of a real source that could not be loaded, by the error's type.
 
     The source says whose the failure is (:mod:`changedet.errors`):
@@ -874,7 +978,8 @@ def _load_failed(cube: Cube, spec, scene, exc: SourceError, result: DayResult) -
     goes on with the AOI's later days; :class:`SourceConfigError` (the entry's: a
     ``bands:`` list that fits no file, a request or collection id the provider rejects)
     is ``failed`` naming the entry, nothing recorded, since every day of the entry fails
-    alike until it is fixed; anything else (:class:`SourceUnavailable`, or an untyped
+    alike until it is fixed (``result.misconfigured`` says so; ``aoi`` gives the AOI file
+    its note names); anything else (:class:`SourceUnavailable`, or an untyped
     :class:`SourceError`) may pass: ``failed``, nothing stored, a later run tries again.
     """
     if isinstance(exc, SceneUnreadable):
@@ -890,9 +995,7 @@ def _load_failed(cube: Cube, spec, scene, exc: SourceError, result: DayResult) -
         return
     result.status = "failed"
     if isinstance(exc, SourceConfigError):
-        option = f", its '{exc.option}' setting" if exc.option else ""
-        result.note = (f"scene {scene.id} could not be loaded: {exc}; a configuration error of the "
-                       f"{_entry(spec)} entry{option} (every day of it fails alike): fix it and run the days again")
+        result.note = f"scene {scene.id} could not be loaded: {exc}; " + _config_failure(aoi, spec, exc, result)
         return
     # Nothing is stored or recorded: a later run of the day tries the scene again.
     result.note = f"scene {scene.id} could not be loaded: {exc}"
@@ -1081,33 +1184,64 @@ def _reference_file(path, spec, grid: GridSpec, like: xr.DataArray, site_mask: n
     Only its geometry matters (co-registration matches gradients, whatever the gain and
     offset), so its values are not scaled to reflectance. It must have data over
     :data:`REFERENCE_MIN_OBSERVED` of the site (``site_mask``) after reprojection.
+
+    Raises
+    ------
+    SourceUnavailable
+        The file's folder is not there or not readable (a share not mounted), or reading
+        the file met an error of the file system (EIO, a timeout, permissions): it may
+        pass, as for the scenes on that share (the flows retry it).
+    SourceConfigError
+        (option ``reference``) The folder is there but holds no such file, or the file
+        reads but does not fit: not a raster GDAL decodes, other bands, no cover of the
+        site, a CRS that cannot be put on the grid.
     """
     from changedet.errors import GridError, RasterError
     from changedet.io import read_raster, reproject_to
+    from changedet.sources.local import _read_failure
 
     p = Path(str(path)).expanduser()
     fix = "fix the entry's 'reference' (a GeoTIFF over the site with the scenes' bands) or remove it"
+
+    def _bad_reference(message: str) -> SourceConfigError:
+        return SourceConfigError(message, option="reference")
+
     if not p.is_file():
-        raise SourceError(f"registration reference {str(path)!r} of the {spec.name} source does not exist; {fix}")
+        folder = p.parent
+        if not folder.is_dir() or not os.access(folder, os.R_OK | os.X_OK):
+            # Same verdict as the local source's for its scenes: a share not mounted now
+            # is not a wrong entry.
+            raise SourceUnavailable(
+                f"registration reference {str(path)!r} of the {spec.name} source: its folder {folder} is not there "
+                "or not readable (a share not mounted?); it may pass: run the day again once it is mounted, or "
+                f"{fix}")
+        what = "is not a file" if p.exists() else f"does not exist (its folder {folder} does)"
+        raise _bad_reference(f"registration reference {str(path)!r} of the {spec.name} source {what}; {fix}")
     try:
         da = read_raster(p)
-    except RasterError as exc:
-        raise SourceError(f"registration reference: {exc}; {fix}") from None
+    except (RasterError, OSError) as exc:
+        # The local source's judge: an error of the file system (errno, GDAL's file-I/O
+        # class, a read-through failing) may pass; bytes that read but GDAL cannot
+        # decode are the file's own.
+        err = _read_failure(p, exc, f"registration reference of the {spec.name} source: {exc}")
+        if isinstance(err, SourceUnavailable):
+            raise err from err.__cause__
+        raise _bad_reference(f"registration reference: {exc}; {fix}") from None
     names = [str(b) for b in da["band"].values if str(b).upper() not in ("CLM", "SCL")]
     want = [str(b) for b in like["band"].values]
     if len(names) != len(want):
-        raise SourceError(f"registration reference {str(path)!r} has {len(names)} image bands, the {spec.name} "
-                          f"scenes {len(want)} ({', '.join(want)}); {fix}")
+        raise _bad_reference(f"registration reference {str(path)!r} has {len(names)} image bands, the {spec.name} "
+                             f"scenes {len(want)} ({', '.join(want)}); {fix}")
     da = da.sel(band=names).assign_coords(band=want)
     try:
         out = reproject_to(da, grid)
     except GridError:
-        raise SourceError(f"registration reference {str(path)!r} does not cover the AOI grid; {fix}") from None
+        raise _bad_reference(f"registration reference {str(path)!r} does not cover the AOI grid; {fix}") from None
     cover = _observed_share(out, site_mask)
     if cover < REFERENCE_MIN_OBSERVED:
-        raise SourceError(f"registration reference {str(path)!r} covers only {cover:.0%} of the site "
-                          f"after reprojection (it needs at least "
-                          f"{REFERENCE_MIN_OBSERVED:.0%}: every later day is registered onto it); {fix}")
+        raise _bad_reference(f"registration reference {str(path)!r} covers only {cover:.0%} of the site "
+                             f"after reprojection (it needs at least "
+                             f"{REFERENCE_MIN_OBSERVED:.0%}: every later day is registered onto it); {fix}")
     return out
 
 

@@ -39,24 +39,27 @@ from prefect import flow, get_run_logger
 from changedet.errors import ChangedetError
 from changedet.pipeline import chain_priorities, dates_between, day_cost, days_up_to_today
 from flows.cluster import task_runner, workers_see_this_api
-from flows.daily import default_data_dir, select_aois
+from flows.daily import broken_text, default_data_dir, select_runnable_aois
 from flows.tasks import (ensure_source_limits, process_aoi_day, result_storage, run_config, source_limit_name,
                          store_url_for)
 
 
 class BackfillFailed(ChangedetError):
-    """Some AOI-days of a backfill failed; the message names each AOI, day and error.
+    """Some AOI-days of a backfill failed, or AOI files of the registry are broken; the message
+    names each AOI, day and error, and each broken file and its problem.
 
     ``results`` holds what did complete (as the flow returns it), ``failures`` one
-    :class:`DayFailure` per failed AOI.
+    :class:`DayFailure` per failed AOI, ``broken`` one problem text (the file's path first)
+    per broken AOI file, not run.
     """
 
-    def __init__(self, message: str, results: dict[str, list[dict]], failures: list["DayFailure"]) -> None:
+    def __init__(self, message: str, results: dict[str, list[dict]], failures: list["DayFailure"],
+                 broken: list[str] | tuple[str, ...] = ()) -> None:
         super().__init__(message)
-        self.results, self.failures = results, failures
+        self.results, self.failures, self.broken = results, failures, list(broken)
 
     def __reduce__(self):  # picklable with its fields (Prefect keeps the flow's exception)
-        return type(self), (str(self), self.results, self.failures)
+        return type(self), (str(self), self.results, self.failures, self.broken)
 
 
 @dataclass(frozen=True)
@@ -448,7 +451,11 @@ def backfill(aoi_ids: list[str] | None = None, start: date = date(2023, 6, 1), e
         run ends Failed, its message naming each failed AOI, the day, the error and the
         days not run. Everything that completed is stored and cached; running the same
         backfill again (``changedet backfill --submit`` re-schedules the failed run)
-        skips the completed days and resumes each failed AOI at its failed day.
+        skips the completed days and resumes each failed AOI at its failed day. Also
+        when (``aoi_ids`` not given) an AOI file of the registry is broken: the valid AOIs
+        run, and the message names each broken file and its problem (``broken``).
+    AOIError
+        At once, when a named AOI is unknown or broken, or no AOI of the registry is valid.
     BackfillInterrupted
         As soon as the Dask cluster is lost (its scheduler unreachable, or no worker for
         ``worker_grace_s``) or nothing ended for ``stall_limit_s``: the message names the
@@ -458,7 +465,9 @@ def backfill(aoi_ids: list[str] | None = None, start: date = date(2023, 6, 1), e
     logger = get_run_logger()
     watch = ClusterWatch(*check_watch_settings(worker_grace_s, stall_limit_s),
                          log=lambda level, msg: getattr(logger, level)(msg))
-    aois = select_aois(aoi_ids, registry)
+    aois, broken = select_runnable_aois(aoi_ids, registry)
+    if broken:
+        logger.error("backfill: %s", broken_text(broken))
     data_dir = data_dir or default_data_dir()
     store_url = store_url_for(store_url)
     cfg = run_config(data_dir, seed, registry, store_url)
@@ -542,12 +551,16 @@ def backfill(aoi_ids: list[str] | None = None, start: date = date(2023, 6, 1), e
         except _Interrupt as why:
             raise _interrupted(why, out, failures, in_flight, days_of, todo, done, total, logger,
                                completed) from None
-    if failures:
-        head = (f"backfill: {len(failures)} of {len(out)} AOIs did not finish ({done} of {total} AOI-days "
-                f"done and kept); run the same backfill again to resume them")
+    if failures or broken:
         # The AOIs that failed first, then those fail_fast stopped.
         order = sorted(failures.values(), key=lambda x: (x.stopped, x.aoi_id))
-        raise BackfillFailed(head + ": " + "; ".join(x.line() for x in order), out, order)
+        message = (f"backfill: {len(failures)} of {len(out)} AOIs did not finish ({done} of {total} AOI-days "
+                   f"done and kept); run the same backfill again to resume them: "
+                   + "; ".join(x.line() for x in order)) if failures else \
+            f"backfill: all {len(out)} AOIs that could run finished ({done} of {total} AOI-days done and kept)"
+        if broken:
+            message += "; and " + broken_text(broken)
+        raise BackfillFailed(message, out, order, broken)
     return out
 
 

@@ -9,10 +9,31 @@ from zoneinfo import ZoneInfo
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from changedet.aoi import list_aois, load_aoi
+from changedet.aoi import list_aois, load_aoi, scan_registry
+from changedet.errors import AOIError, ChangedetError
 from flows.cluster import task_runner, workers_see_this_api
 from flows.tasks import (ensure_source_limits, process_aoi_day, result_storage, run_config, source_limit_name,
                          store_url_for)
+
+
+class DailyFailed(ChangedetError):
+    """Some AOIs of a daily run failed, or AOI files of the registry are broken; raised once
+    every AOI's day has ended.
+
+    The message names each failed AOI, its day and error (a configuration error names the
+    AOI file, source entry and setting to fix), and each broken AOI file with its problem;
+    ``results`` holds the days that completed (as the flow returns them), ``failures`` one
+    ``(aoi_id, day ISO, error)`` per failed AOI, ``broken`` one problem text (starting with
+    the file's path) per broken AOI file, not run.
+    """
+
+    def __init__(self, message: str, results: list[dict], failures: list[tuple[str, str, str]],
+                 broken: list[str] | tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.results, self.failures, self.broken = results, failures, list(broken)
+
+    def __reduce__(self):  # picklable with its fields (Prefect keeps the flow's exception)
+        return type(self), (str(self), self.results, self.failures, self.broken)
 
 
 def default_data_dir() -> str:
@@ -20,10 +41,53 @@ def default_data_dir() -> str:
 
 
 def select_aois(aoi_ids: list[str] | None, registry: str | None = None):
+    """The AOIs named (or the whole registry's); raises :class:`AOIError` if any of them is broken."""
     from pathlib import Path
 
     reg = Path(registry) if registry else None
     return [load_aoi(a, registry=reg) for a in aoi_ids] if aoi_ids else list_aois(reg)
+
+
+def select_runnable_aois(aoi_ids: list[str] | None, registry: str | None = None) -> tuple[list, list[str]]:
+    """``(AOIs to run, problems of the broken AOI files not run)``.
+
+    One analyst's typo in one site's file must not stop the monitoring of every other
+    site, so the valid AOIs run and each broken file's problem (its path first) is
+    returned for the flow to fail with once the others ran. That holds for named
+    ``aoi_ids`` too (the served daily deployments name their timezone's AOIs, and a file
+    may break after ``changedet serve`` started); an id with no file in the registry
+    (a typo in the ids themselves) raises :class:`AOIError` at once. A selection that
+    yields no valid AOI at all raises at once.
+    """
+    from pathlib import Path
+
+    from changedet.aoi import _combine, default_registry
+
+    if aoi_ids:
+        reg = Path(registry) if registry else default_registry()
+        aois, errors = [], []
+        for a in aoi_ids:
+            try:
+                aois.append(load_aoi(a, registry=reg))
+            except AOIError as exc:
+                if not ((reg / f"{a}.yaml").exists() or (reg / f"{a}.geojson").exists()):
+                    raise
+                errors.append(exc)
+        if not aois:
+            raise _combine(errors, "the named AOIs")
+        return aois, [str(e) for e in errors]
+    aois, errors = scan_registry(Path(registry) if registry else None)
+    if not aois:
+        raise _combine(errors, "the AOI registry") if errors else AOIError("the AOI registry holds no AOI")
+    return aois, [str(e) for e in errors]
+
+
+def broken_text(broken: list[str]) -> str:
+    """The flows' words for the broken AOI files of a run (``""`` when none)."""
+    if not broken:
+        return ""
+    return (f"{len(broken)} AOI file(s) of the registry are broken and were not run (fix them, "
+            f"`changedet aois validate` checks): " + "; ".join(broken))
 
 
 def day_for(aoi, scheduled: datetime | None) -> date:
@@ -66,24 +130,64 @@ def daily_monitor(aoi_ids: list[str] | None = None, day: date | None = None, dat
         Where cubes and products go (a path or fsspec URL such as ``s3://bucket/prefix``;
         default ``$CHANGEDET_STORE_URL``, else ``data_dir``). Metrics, outbox, evidence
         and task results stay under ``data_dir``.
+
+    Returns
+    -------
+    list of dict
+        One result per AOI (``changedet.pipeline.DayResult`` as a dict).
+
+    Raises
+    ------
+    DailyFailed
+        Once every AOI's day has ended, when any failed or (``aoi_ids`` not given) an AOI
+        file of the registry is broken: the message names each failed AOI, its day and
+        error, and each broken file and its problem; the other AOIs' days are done and kept.
+    AOIError
+        At once, when a named AOI is unknown or broken, or no AOI of the registry is valid.
     """
     logger = get_run_logger()
-    aois = select_aois(aoi_ids, registry)
+    aois, broken = select_runnable_aois(aoi_ids, registry)
+    if broken:
+        logger.error("daily_monitor: %s", broken_text(broken))
     scheduled = flow_run.scheduled_start_time if flow_run.id else None
     data_dir = data_dir or default_data_dir()
     store_url = store_url_for(store_url)
     cfg = run_config(data_dir, seed, registry, store_url)
     ensure_source_limits({source_limit_name(a, cfg) for a in aois}, source_concurrency)
+    from flows.backfill import _error_text, _final_state  # here: flows.backfill imports this module
+
     task = process_aoi_day.with_options(result_storage=result_storage(data_dir))
-    futures = []
+    futures, submitted = [], []
     with workers_see_this_api():
         for a in aois:
             d = day or day_for(a, scheduled)
             logger.info("[%s %s] submitted (scheduled start %s)", a.id, d, scheduled)
             futures.append(task.submit(a.id, d, data_dir, seed, registry, kernels_on_cluster, store_url))
-        results = [f.result() for f in futures]
+            submitted.append((a, d))
+        # Every AOI's day ends before any failure is raised: AOIs are independent, and one
+        # AOI's error (a configuration error fails at once, without retries) must not end
+        # the flow, and its task runner with the days of the other AOIs still running.
+        states = [_final_state(f) for f in futures]
+    results, failures = [], []
+    for (a, d), state in zip(submitted, states):
+        if state.is_completed():
+            results.append(state.result())
+        else:
+            failures.append((a.id, d.isoformat(), _error_text(state)))
     alerts = [al for r in results for al in r["alerts"]]
     logger.info("%d AOIs processed, %d alerts opened or escalated", len(results), len(alerts))
+    if failures or broken:
+        parts = []
+        if failures:
+            parts.append(f"{len(failures)} of {len(futures)} AOIs failed (the others completed and are kept): "
+                         + "; ".join(f"{a} failed on {d}: {e}" for a, d, e in failures))
+        else:
+            parts.append(f"all {len(futures)} AOIs that could run completed (kept)")
+        if broken:
+            parts.append(broken_text(broken))
+        message = "daily_monitor: " + "; and ".join(parts)
+        logger.error("%s", message)
+        raise DailyFailed(message, results, failures, broken)
     return results
 
 

@@ -29,8 +29,8 @@ from prefect.context import TaskRunContext
 
 from changedet.aoi import load_aoi
 from changedet.cube import CubeLocked, CubeRaced, is_url
-from changedet.errors import ChangedetError, SourceError, StoreError
-from changedet.pipeline import RunConfig, run_day
+from changedet.errors import ChangedetError, SourceConfigError, SourceError, StoreError
+from changedet.pipeline import RETRY_DELAYS_S, RunConfig, run_day
 from changedet.threads import dask_worker_threads, limited as threads_limited
 
 #: Prefix of the global concurrency limit of each imagery source ("changedet-source-simulator").
@@ -96,16 +96,19 @@ def _scene_state(aoi, cfg: RunConfig, scene_id: str) -> str | None:
     run that recorded the skip is persisted under the ``"new"`` key; once the scene is
     stored the key is ``"stored"``, so that result is never answered again.
     """
-    from changedet.cube import Cube
+    from changedet.cube import Cube, _live_skipped
     from changedet.grid import aoi_grid
 
     _, spec = primary_source(aoi, cfg)
     cube = Cube(cfg.store_root(), aoi.id, spec.sensor, aoi_grid(aoi, float(spec.resolution_m)),
                 reflectance=spec.sensor != "s1")
+    # One read of the provenance record for both questions (Cube.skipped() and Cube.has()
+    # read it once each: a GET each on an object store, for every AOI-day's cache key).
+    doc = cube._read_provenance()
     # (Only permanent records: a cloudy day stays cached, its pixels will not change.)
-    if any(s.get("scene_id") == scene_id and s.get("permanent") for s in cube.skipped()):
+    if any(s.get("scene_id") == scene_id and s.get("permanent") for s in _live_skipped(doc)):
         return None
-    return "stored" if cube.has(scene_id) else "new"
+    return "stored" if any(s["scene_id"] == scene_id for s in doc["scenes"]) else "new"
 
 
 def source_limit_name(aoi, cfg: RunConfig) -> str:
@@ -432,11 +435,16 @@ SOURCE_WAIT_WARN_S = 300.0
 #: metric store that is down, a cube another run holds locked. Anything else (network
 #: errors, a killed process) is retried as before.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (SourceError, StoreError, CubeLocked, CubeRaced)
+#: Source errors that are the AOI entry's and never pass (a ``bands:`` list that fits no file,
+#: HTTP 400/401/403/404 from the provider, a wrong collection id): not retried.
+PERMANENT_ERRORS: tuple[type[BaseException], ...] = (SourceConfigError,)
 
 
 def worth_retrying(task, task_run, state) -> bool:
     """Prefect ``retry_condition_fn``: False for a changedet error that is not transient."""
     exc = state.data if isinstance(state.data, BaseException) else state.result(raise_on_failure=False)
+    if isinstance(exc, PERMANENT_ERRORS):
+        return False
     return not isinstance(exc, ChangedetError) or isinstance(exc, TRANSIENT_ERRORS)
 
 
@@ -485,8 +493,8 @@ def portable_error(exc: BaseException) -> BaseException:
     return exc if sendable(exc) else RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
-@task(retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=worth_retrying, cache_key_fn=aoi_day_cache_key,
-      persist_result=True, task_run_name="{aoi_id} {day}")
+@task(retries=len(RETRY_DELAYS_S), retry_delay_seconds=list(RETRY_DELAYS_S), retry_condition_fn=worth_retrying,
+      cache_key_fn=aoi_day_cache_key, persist_result=True, task_run_name="{aoi_id} {day}")
 def process_aoi_day(aoi_id: str, day: date, data_dir: str, seed: int = 0, registry: str | None = None,
                     on_cluster: bool = True, store_url: str | None = None) -> dict[str, Any]:
     """Run the daily slice for one AOI and day; every log line names the AOI and the date.
@@ -537,6 +545,13 @@ def _process_aoi_day(aoi_id: str, day: date, data_dir: str, seed: int, registry:
         # (and is not answered from the cache by a later run: aoi_day_cache_key). An I/O or
         # permission error of a share is "failed", not "unreadable": the source raises
         # SourceUnavailable for it (changedet.errors), and run_day dispatches on that type.
+        if result.misconfigured:
+            # The entry is wrong (bands:, a request or collection id the provider rejects,
+            # credentials): every day of it fails alike, so it is not retried
+            # (worth_retrying), and the state says which AOI file, entry and setting to fix
+            # first (the flows' summaries cut long messages).
+            raise SourceConfigError(f"{aoi_id} {day}: configuration error of {result.config_problem()}: fix it and "
+                                    f"run the days again; {result.note}", option=result.misconfigured.get("option"))
         raise SourceError(f"{aoi_id} {day}: {result.note}")
     if "evidence" in result.skipped:
         # Transient, so the task is retried and, once its retries are spent, not cached as

@@ -392,9 +392,10 @@ def test_a_lost_reference_is_not_rebuilt_from_a_moved_scene(scenes, tmp_path, mo
 
 
 def test_stac_load_errors_are_typed_and_show_no_signed_query(tmp_path):
-    """Through the real odc-stac reader and the 127.0.0.1 STAC server: an asset that cannot be read is
-    SourceUnavailable whose message keeps the file but not the URL's signature; an asset key the
-    items lack is SourceConfigError('assets')."""
+    """Through the real odc-stac reader and the 127.0.0.1 STAC server: an asset gone at the item's
+    href too, or one that is there but cannot be read, is SourceUnavailable (it may pass), whose
+    messages keep the file but not the URL's signature; an asset key the items lack is
+    SourceConfigError('assets')."""
     import json
     from dataclasses import replace as dc_replace
     from datetime import date
@@ -423,10 +424,18 @@ def test_stac_load_errors_are_typed_and_show_no_signed_query(tmp_path):
         secret = "sig=S3CRETtoken%2Fvalue"
         signed = dict(scene.properties)
         signed["items"] = json.loads(json.dumps(signed["items"]).replace("red.tif", f"gone_red.tif?se=2030&{secret}"))
+        # An asset answering 404 is fetched again from the catalogue (session 17): the item's href
+        # there (red.tif) loads; an asset gone there too may be replication lag: SourceUnavailable
+        # (more in test_pipeline_s17).
+        assert np.isfinite(src.load(dc_replace(scene, properties=signed), grid).values).any()
+        item["assets"]["red"]["href"] = "also_gone_red.tif"  # the catalogue's href is gone too
         with pytest.raises(SourceUnavailable) as info:
             src.load(dc_replace(scene, properties=signed), grid)
+        assert "missing (HTTP 404)" in str(info.value), str(info.value)
         assert "S3CRET" not in str(info.value) and secret not in str(info.value), str(info.value)
-        assert info.value.__cause__ is None  # the library's error holds the signed URL: not kept
+        # The library's error holds the signed URL: kept neither as cause nor as context.
+        assert info.value.__cause__ is None and info.value.__context__ is None
+        item["assets"]["red"]["href"] = "red.tif"
         # A 404 names no URL (review PIPE #8): an asset that is there but no raster makes GDAL quote
         # the whole signed URL ("... not recognized as being in a supported file format").
         (folder / "page.html").write_text("<html><body>Sign in</body></html>")
@@ -681,6 +690,7 @@ def test_a_missing_reference_file_during_the_rebuild_fails_the_day(tmp_path):
     cube, img, site = _old_cube(tmp_path, 0.0, n=40)
     doc = cube._read_provenance()
     gone = tmp_path / "basemaps" / "site.tif"
+    gone.parent.mkdir()  # the folder is there, the file not (a missing folder may be a share not mounted)
     doc["scenes"][0]["reference_from"] = f"file {gone}"
     cube._write_provenance(doc)
     spec = types.SimpleNamespace(options={"reference": str(gone)}, name="local")

@@ -19,8 +19,9 @@ def add_parser(sub) -> None:
         "mask clouds and append it to the AOI cube. Scenes already stored are left alone; scenes over "
         "the cloud limit are recorded as skipped with the reason (see 'changedet cube info'). A scene the "
         "source cannot load is listed as failed and the fetch goes on (exit status 1; run it again to retry "
-        "them); two failed loads in a row stop it (the scenes handled until then are still listed, and the exit "
-        "status is 2).")
+        "them); two failed loads in a row stop it, and so does one failed on a configuration error of the source "
+        "(a bands: list that fits no file, a request or collection id the provider rejects, credentials; the error "
+        "names the setting): the scenes handled until then are still listed, and the exit status is 2.")
     p.add_argument("--aoi", required=True, help="AOI id (or path to its .yaml)")
     p.add_argument("--source", required=True, help="simulator, stac, local or sentinelhub; settings come from "
                    "the AOI's source entry of that name")
@@ -49,8 +50,16 @@ def add_parser(sub) -> None:
 
 
 def _spec(aoi, name: str, sensor: str | None, resolution: float | None):
-    from changedet.aoi import SourceSpec
+    import difflib
 
+    from changedet.aoi import SourceSpec
+    from changedet.sources.base import SOURCE_CLASSES
+
+    if name not in SOURCE_CLASSES:
+        # A typo of the kind, not a missing entry: asking for a 'stak' entry in the YAML misleads.
+        close = difflib.get_close_matches(name, list(SOURCE_CLASSES), n=1)
+        raise SourceError(f"unknown source {name!r} for --source: the known source kinds are "
+                          f"{', '.join(SOURCE_CLASSES)}" + (f" (did you mean {close[0]!r}?)" if close else ""))
     for spec in aoi.sources:
         if spec.name == name and (sensor is None or spec.sensor == sensor):
             if resolution is not None:

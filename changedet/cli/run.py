@@ -78,7 +78,9 @@ def _check_writable(data_dir: Path) -> None:
 
 def cmd_run(args) -> int:
     from changedet.aoi import load_aoi
-    from changedet.pipeline import _refuse_future, dates_between, days_up_to_today, run_day
+    from changedet.cube import CubeLocked, CubeRaced
+    from changedet.errors import SourceConfigError, SourceUnavailable
+    from changedet.pipeline import RETRY_DELAYS_S, DayResult, _refuse_future, dates_between, days_up_to_today, run_day
 
     if args.date and (args.start or args.end):
         raise DateError("give either --date or --start/--end, not both")
@@ -104,10 +106,30 @@ def cmd_run(args) -> int:
                       file=sys.stderr, flush=True)
         plan.append((aoi, days))
     cfg = _config(args.data_dir, args.seed, args.store_url, getattr(args, "registry", None))
-    failed, unreadable = [], []
+    failed, unreadable, stopped = [], [], []
     for aoi, days in plan:
-        for d in days:
-            r = run_day(aoi, d, cfg)
+        for i, d in enumerate(days):
+            stop = ""
+            try:
+                r = _run_day_retrying(run_day, aoi, d, cfg)
+            except SourceConfigError as exc:
+                # Raised by run_day for a setting it reads itself (max_cloud, reference): as a
+                # source's configuration error, it is the entry's and every later day's.
+                r = DayResult(aoi.id, d, "failed", note=str(exc), misconfigured={
+                    "aoi_id": aoi.id, "file": str(aoi.source_path) if aoi.source_path else None, "entry": None,
+                    "option": exc.option})
+            except SourceUnavailable as exc:
+                # Raised by run_day for a file it reads itself (a reference: on a share not
+                # mounted now): passing, but the AOI's later days would need it too.
+                r = DayResult(aoi.id, d, "failed", note=str(exc))
+                stop = "a file it needs could not be read now (it may pass: run the range again)"
+            except (CubeRaced, CubeLocked) as exc:
+                # Still there after the retries: another run holds or took this AOI's cube. Its
+                # later days would read a history with this day missing, and alerts depend on
+                # the order: they are not run (a run of the range again does them).
+                r = DayResult(aoi.id, d, "failed", note=f"{type(exc).__name__} after {len(RETRY_DELAYS_S) + 1} "
+                              f"tries: {exc}")
+                stop = f"the cube stayed busy ({type(exc).__name__}) after {len(RETRY_DELAYS_S)} retries"
             if r.status == "failed":
                 failed.append(f"{aoi.id} {d}")
             elif r.status == "unreadable":
@@ -116,6 +138,17 @@ def cmd_run(args) -> int:
                 print(json.dumps(_as_json(r)))
             else:
                 print(r.summary(), flush=True)
+            if r.misconfigured:
+                # Every later day of the entry fails alike until it is fixed: the AOI stops here
+                # (its later days not run, named), the other AOIs go on.
+                stop = f"configuration error of {r.config_problem()}"
+            if stop:
+                rest = days[i + 1:]
+                line = (f"{aoi.id} stopped on {d}: {stop}"
+                        + (f"; {len(rest)} later day(s) not run ({rest[0]}..{rest[-1]})" if rest else ""))
+                stopped.append(line)
+                print(f"changedet run: {line}; the other AOIs go on", file=sys.stderr, flush=True)
+                break
     if unreadable:
         # Recorded as skipped (the range goes on and re-running will not help): say so
         # where a scheduler's log shows it, without failing the whole run for a bad file.
@@ -126,10 +159,38 @@ def cmd_run(args) -> int:
         # A scheduler must see that a day's imagery could not be read (nothing of it was
         # stored); running the same command again retries exactly those days.
         print(f"changedet run: {len(failed)} day(s) failed ({', '.join(failed)}); see the reasons above: fix "
-              "the configuration they name, or run them again once the source is reachable",
+              "the configuration they name, or run them again once the source is reachable"
+              + (f"; AOIs stopped: {'; '.join(stopped)}" if stopped else ""),
               file=sys.stderr, flush=True)
         return 1
     return 0
+
+
+#: Sleep between tries (a name of its own, so tests need not wait).
+_sleep = time.sleep
+
+
+def _run_day_retrying(run_day, aoi, day: date, cfg):
+    """``run_day(aoi, day, cfg)``, tried again after a pause when the cube was busy.
+
+    ``CubeLocked`` (another run held the cube's lock) and ``CubeRaced`` (another run stored
+    the series' first day meanwhile; nothing was stored, and the next try registers the day
+    onto that run's reference) pass: tried again after each of
+    :data:`changedet.pipeline.RETRY_DELAYS_S` (s), the flows' policy, each retry said on
+    stderr. The last try's error is raised.
+    """
+    from changedet.cube import CubeLocked, CubeRaced
+    from changedet.pipeline import RETRY_DELAYS_S
+
+    tries = len(RETRY_DELAYS_S) + 1
+    for attempt, delay in enumerate(RETRY_DELAYS_S, start=1):
+        try:
+            return run_day(aoi, day, cfg)
+        except (CubeRaced, CubeLocked) as exc:
+            print(f"changedet run: {aoi.id} {day}: {type(exc).__name__}: {exc}; retrying in {float(delay):g} s "
+                  f"(try {attempt + 1} of {tries})", file=sys.stderr, flush=True)
+            _sleep(float(delay))
+    return run_day(aoi, day, cfg)  # the last try: its error is the one reported
 
 
 def _as_json(r) -> dict:
@@ -154,18 +215,37 @@ def _demo_worker(aoi_id: str, days: list[date], data_dir: str, seed: int) -> lis
     return out
 
 
+#: File the demo writes into its data dir: only a folder holding it (or an empty one) is
+#: deleted when the demo starts afresh.
+DEMO_MARKER = ".changedet-demo"
+
+
 def cmd_demo(args) -> int:
     import shutil
 
     from changedet.alerts.outbox import Outbox
     from changedet.aoi import list_aois
+    from changedet.errors import ChangedetError
     from changedet.pipeline import dates_between
 
     aois = [a for a in list_aois() if not args.aoi or a.id in args.aoi]
     days = dates_between(args.start, args.end, args.every)
     data_dir = Path(args.data_dir)
+    marker = data_dir / DEMO_MARKER
     if data_dir.exists() and not args.keep:
+        if not data_dir.is_dir():
+            raise ChangedetError(f"--data-dir {data_dir} is a file; name a folder for the demo")
+        # Start afresh only in a folder the demo made (or an empty one): --data-dir may well
+        # be the user's real data dir (metrics, outbox, evidence), and that is never wiped.
+        if any(data_dir.iterdir()) and not marker.exists():
+            raise ChangedetError(
+                f"--data-dir {data_dir} holds files the demo did not write (it lacks {DEMO_MARKER}), and the demo "
+                "starts afresh by deleting its folder; name another --data-dir (default changedet-demo), add "
+                "--keep to add to it, or delete the folder yourself if it is an old demo's")
         shutil.rmtree(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if not args.keep or not any(data_dir.iterdir()):
+        marker.write_text("written by `changedet demo`: it deletes this folder when run again without --keep\n")
     total = len(aois) * len(days)
     print(f"changedet demo: {len(aois)} AOIs x {len(days)} dates ({args.start} to {args.end}, every "
           f"{args.every} days) on each AOI's first usable source (the embedded simulator for the shipped "

@@ -16,7 +16,9 @@ logged or put in error messages.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
+import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
@@ -27,11 +29,22 @@ import xarray as xr
 from shapely.geometry import mapping, shape
 from shapely.ops import unary_union
 
-from changedet.errors import SourceConfigError, SourceError, SourceUnavailable
+from changedet.errors import SceneUnreadable, SourceConfigError, SourceError, SourceUnavailable
 from changedet.grid import GridSpec
 from changedet.sources.base import SCL_BAND, SceneRecord, check_range
 
 EARTH_SEARCH = "https://earth-search.aws.element84.com/v1"
+#: Times a scene's items are fetched again from the catalogue (fresh hrefs and signatures)
+#: after its assets answered HTTP 403 or 404, before the load gives up for this run.
+REFETCH_TRIES = 2
+#: Seconds one probe of an asset URL (a one-byte range request) may wait on the socket.
+PROBE_TIMEOUT_S = 5.0
+#: Probes run at once (threads): the 5 assets of an S2 item fit in one wave.
+PROBE_WORKERS = 8
+#: Loggers whose records (odc logs each failed read at ERROR with its full URL) lose URL
+#: queries while a load runs: a re-fetched item's signature is valid, unlike the expired one.
+_LIBRARY_LOGGERS = ("odc", "odc.stac", "odc.loader", "odc.loader._rio", "odc.geo", "rasterio", "rasterio._env",
+                    "rasterio._base", "rasterio._io", "rasterio.env", "rasterio._filepath")
 #: Output band name -> asset key of Earth Search's sentinel-2-l2a collection.
 S2_L2A_ASSETS: Mapping[str, str] = {"B02": "blue", "B03": "green", "B04": "red", "B08": "nir"}
 
@@ -122,7 +135,19 @@ class StacSource:
 
     def load(self, scene: SceneRecord, grid: GridSpec, **_: Any) -> xr.DataArray:
         """The scene's bands (reflectance) and ``SCL`` on ``grid``; NaN where no item has data (all
-        NaN when none has data over the grid)."""
+        NaN when none has data over the grid).
+
+        Raises
+        ------
+        SourceConfigError
+            (option ``assets``) The items lack an asset key of ``assets``/``scl_asset``.
+        SceneUnreadable
+            The catalogue no longer lists an item (see :meth:`_load_refetched`).
+        SourceUnavailable
+            Any other load failure: a 5xx, a dropped connection, a catalogue that does not
+            answer, or an asset answering HTTP 403/404 even after its item was fetched again
+            (fresh href and signature); it may pass.
+        """
         import odc.stac
         import pystac
         from odc.geo.geobox import GeoBox
@@ -137,17 +162,16 @@ class StacSource:
                                     f"to the keys this collection has", option="assets")
         geobox = GeoBox(grid.shape, grid.transform, grid.crs.to_wkt())
         odc.stac.configure_rio(cloud_defaults=True)
+        first = None
         try:
-            ds = odc.stac.load(items, bands=list(keys.values()), geobox=geobox, groupby="solar_day",
-                               resampling={"*": "bilinear", **({self.scl_asset: "nearest"} if self.scl_asset else {})},
-                               fail_on_error=True)
-        except Exception as exc:
-            # May pass: a 403 of a signed asset URL is often an expired signature, a 5xx or a
-            # dropped connection the service's; a file missing for good cannot be told from them.
+            ds = self._odc_load(items, keys, geobox)
+        except Exception as exc:  # noqa: BLE001  (odc, rasterio and HTTP errors alike; judged below)
             # The cause is not kept and URLs lose their query: signed URLs carry tokens.
-            raise SourceUnavailable(f"scene {scene.id}: loading its assets failed ({exc.__class__.__name__}: "
-                                    f"{_without_queries(str(exc))[:200]}); the files may be missing or corrupt, "
-                                    "retry or skip the date") from None
+            first = f"{exc.__class__.__name__}: {_without_queries(str(exc))[:200]}"
+        if first is not None:
+            # Outside the except block: the library's error (it may quote a signed URL) must
+            # not ride along as the context of what is raised.
+            ds, items = self._load_refetched(scene, items, keys, geobox, first)
         if ds.sizes.get("time", 0) != 1:
             raise SourceError(f"scene {scene.id}: its items span {ds.sizes.get('time', 0)} solar days, expected 1")
         planes, names = [], []
@@ -172,12 +196,189 @@ class StacSource:
                            attrs={"scene_id": scene.id, "sensor": scene.sensor, "platform": scene.platform})
 
 
+    def _odc_load(self, items: list, keys: Mapping[str, str], geobox):
+        import odc.stac
+
+        with _queries_stripped_from_library_logs():
+            return odc.stac.load(items, bands=list(keys.values()), geobox=geobox, groupby="solar_day",
+                                 resampling={"*": "bilinear",
+                                             **({self.scl_asset: "nearest"} if self.scl_asset else {})},
+                                 fail_on_error=True)
+
+    def _load_refetched(self, scene: SceneRecord, items: list, keys: Mapping[str, str], geobox, first: str):
+        """``(dataset, items)`` of a scene whose assets failed to load, from its items fetched again.
+
+        A 403 of an asset is often an expired signature and a 404 may be a signed URL's
+        too. Each asset URL is probed (a one-byte range request, :func:`_first_refused_or_missing`):
+        none answering 403 or 404 (a 5xx, a dropped connection, an asset that is there but
+        unreadable this time) is :class:`SourceUnavailable` at once. Otherwise the items are
+        fetched again from the catalogue (fresh hrefs and signatures, up to
+        :data:`REFETCH_TRIES` times) and loaded, which heals an expired signature in the
+        same run. A 403 or 404 still met after that is :class:`SourceUnavailable` too: within
+        one run it cannot be told from a passing refusal (a rate limiter, a WAF or CDN, an
+        asset not yet replicated, a probe lacking the loader's GDAL auth), so the flows retry
+        it and a later run may read the scene. Only an item the catalogue no longer lists is
+        :class:`SceneUnreadable` (in :meth:`_refetch`). A catalogue that does not answer is
+        :class:`SourceUnavailable`. Messages name assets without their URL's query.
+        """
+        def unavailable(why: str) -> SourceUnavailable:
+            return SourceUnavailable(f"scene {scene.id}: loading its assets failed ({first}){why}; it may pass: "
+                                     "retry the date later")
+
+        met = _first_refused_or_missing(items, keys)
+        if met is None:
+            raise unavailable("") from None
+        for attempt in range(1, REFETCH_TRIES + 1):
+            items = self._refetch(scene, items)
+            try:
+                return self._odc_load(items, keys, geobox), items
+            except Exception as exc:  # noqa: BLE001
+                first = f"{exc.__class__.__name__}: {_without_queries(str(exc))[:200]}"
+            met = _first_refused_or_missing(items, keys)
+            if met is None:
+                raise unavailable(f", and again after the items were fetched again (try {attempt})") from None
+            if met[3] == 404:
+                break  # a fresh href answering 404: a third search would give the same href
+        i, k, href, status = met
+        what = "refused (HTTP 403)" if status == 403 else "missing (HTTP 404)"
+        check = ("check the access to the assets: the signing or token service, rate limits, an auth header "
+                 "GDAL needs (GDAL_HTTP_HEADERS)" if status == 403 else
+                 "check whether the item's files were withdrawn from the archive (a newly published item's "
+                 "files may still be replicating)")
+        raise SourceUnavailable(
+            f"scene {scene.id}: asset '{k}' of item {i} was {what} at {_without_queries(href)} even after the item "
+            f"was fetched again from {self.url} ({attempt} time(s), fresh href and signature); it may pass (retry the "
+            f"date later); if it lasts, {check}") from None
+
+    def _refetch(self, scene: SceneRecord, items: list) -> list:
+        """The scene's items as the catalogue gives them now (fresh asset hrefs and signatures)."""
+        import pystac
+
+        ids = [i.id for i in items]
+        times = [i.datetime for i in items if i.datetime is not None] or [scene.time]
+        lo, hi = min(times) - timedelta(hours=1), max(times) + timedelta(hours=1)
+        client = self._client()
+        try:
+            # By id, within the items' time: a catalogue that ignores the ids filter returns
+            # that hour's items only, and those are matched by id below.
+            search = client.search(collections=[self.collection], ids=ids,
+                                   datetime=f"{lo.astimezone(timezone.utc):%Y-%m-%dT%H:%M:%SZ}/"
+                                            f"{hi.astimezone(timezone.utc):%Y-%m-%dT%H:%M:%SZ}",
+                                   max_items=self.max_items, limit=100)
+            found = {i.id: i for i in search.items() if i.id in ids}
+        except Exception as exc:  # noqa: BLE001
+            raise SourceUnavailable(f"scene {scene.id}: its items could not be fetched again from {self.url} "
+                                    f"({exc.__class__.__name__}: {_without_queries(str(exc))[:200]}); it may pass: "
+                                    "retry the date later") from None
+        lost = [i for i in ids if i not in found]
+        if lost:
+            raise SceneUnreadable(f"scene {scene.id}: the catalogue {self.url} no longer lists item(s) "
+                                  f"{', '.join(lost)} of collection {self.collection}",
+                                  reason="its items were withdrawn from the catalogue") from None
+        return [pystac.Item.from_dict(found[i].to_dict(transform_hrefs=False)) for i in ids]
+
+
+def _first_refused_or_missing(items: list, keys: Mapping[str, str]) -> tuple[str, str, str, int] | None:
+    """``(item id, asset key, href, 403 or 404)`` of an asset a load reads that is refused or
+    missing, or None when no probe answers so.
+
+    The probes run in parallel (:data:`PROBE_WORKERS` threads) and the first 403/404 ends the
+    wait. Worst case, when no host answers: ``ceil(assets / PROBE_WORKERS)`` waves of
+    :data:`PROBE_TIMEOUT_S` each, 5 s for one S2 item (5 assets), 10 s for a scene of two
+    tiles; a load probes at most ``1 + REFETCH_TRIES`` times (15 s and 30 s). The timeout
+    bounds each socket wait, so a host trickling bytes can stretch one probe (it reads 1 byte).
+    """
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    assets = [(item.id, key, item.assets[key].href) for item in items for key in keys.values()]
+    pool = ThreadPoolExecutor(max_workers=min(PROBE_WORKERS, max(len(assets), 1)))
+    try:
+        futures = {pool.submit(_http_status, href): (i, k, href) for i, k, href in assets}
+        for future in as_completed(futures):
+            status = future.result()
+            if status in (403, 404):
+                return (*futures[future], status)
+        return None
+    finally:
+        # Probes still queued are dropped; running ones end within their timeout.
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _http_status(href: str) -> int | None:
+    """The HTTP status of a one-byte range request for ``href``; None when not HTTP(S) or no answer.
+
+    A GET, not a HEAD: a presigned S3 URL is signed for GET, and HEAD answers 403 to it.
+    Nothing of the answer is kept (the URL may carry a signature).
+    """
+    import urllib.error
+    import urllib.request
+
+    if not href.lower().startswith(("http://", "https://")):
+        return None
+    request = urllib.request.Request(href, headers={"Range": "bytes=0-0"})
+    try:
+        with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_S) as answer:  # noqa: S310  (http(s) only)
+            return int(answer.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except Exception:  # noqa: BLE001  (no answer: timeouts, refused connections, TLS errors)
+        return None
+
+
 _URL_QUERY = re.compile(r"(?i)\b((?:https?|s3|gs|az|abfs|abfss)://[^\s'\"?#]+)[?#][^\s'\"]*")
 
 
 def _without_queries(text: str) -> str:
     """``text`` with every URL's query and fragment replaced by ``?...`` (SAS, presigned tokens)."""
     return _URL_QUERY.sub(r"\1?...", text)
+
+
+class _StripQueries(logging.Filter):
+    """Rewrites a record's message with :func:`_without_queries` (signed URLs lose their token)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            text = record.getMessage()
+        except Exception:  # noqa: BLE001  (a malformed record: leave it to logging's own handling)
+            return True
+        record.msg, record.args = _without_queries(text), None
+        return True
+
+
+_STRIP = _StripQueries()
+_STRIP_LOCK = threading.Lock()
+_STRIP_USERS = 0
+
+
+class _queries_stripped_from_library_logs:
+    """While in the block, odc's and rasterio's loggers strip URL queries from their records.
+
+    A logger's filter sees only the records logged on that very logger, so it goes on each
+    named logger and on every ``odc.*``/``rasterio.*`` logger that exists. Counted, so that
+    loads in parallel threads share one filter and the last one out removes it.
+    """
+
+    def _loggers(self):
+        names = set(_LIBRARY_LOGGERS) | {n for n in list(logging.root.manager.loggerDict)
+                                         if n.split(".")[0] in ("odc", "rasterio")}
+        return [logging.getLogger(n) for n in sorted(names)]
+
+    def __enter__(self):
+        global _STRIP_USERS
+        with _STRIP_LOCK:
+            _STRIP_USERS += 1
+            for logger in self._loggers():
+                if _STRIP not in logger.filters:
+                    logger.addFilter(_STRIP)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        global _STRIP_USERS
+        with _STRIP_LOCK:
+            _STRIP_USERS -= 1
+            if _STRIP_USERS == 0:
+                for logger in self._loggers():
+                    logger.removeFilter(_STRIP)
 
 
 def _scale_offset(item, key: str) -> tuple[float, float]:
