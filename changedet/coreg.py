@@ -144,11 +144,11 @@ _PREFERRED_BANDS = ("nir", "nir08", "b08", "b8", "b8a", "red", "b04", "b4")
 def below_min_reliability(rel: float, min_reliability: float) -> str:
     """Why an estimate is left unapplied: its reliability under the threshold.
 
-    Rounded down (three decimals), so that 0.4996 under 0.5 reads "0.499 below
-    min_reliability 0.500", never "0.50 below 0.50".
+    The reliability rounded down (three decimals), the threshold as given, so that
+    0.4996 under 0.5 reads "0.499 below min_reliability 0.5", never "0.50 below 0.50".
     """
     shown = math.floor(float(rel) * 1000.0) / 1000.0
-    return f"reliability {shown:.3f} below min_reliability {float(min_reliability):.3f}"
+    return f"reliability {shown:.3f} below min_reliability {float(min_reliability):g}"
 
 
 def _is_class_band(name: str) -> bool:

@@ -91,15 +91,10 @@ def open_raster(path: str | Path):
     path = Path(path)
     if not path.exists():
         raise RasterError(f"{path}: no such file; check the path")
-    import warnings
-
-    from rasterio.errors import NotGeoreferencedWarning
-
     try:
-        # A plain JPEG/PNG opens with NotGeoreferencedWarning; the error below says it better.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            src = rasterio.open(path)
+        # A plain JPEG/PNG opens with NotGeoreferencedWarning; the error below says it
+        # better, and the command line silences the warning (never here: threads).
+        src = rasterio.open(path)
     except Exception as exc:  # rasterio raises several types for corrupt files
         raise _unreadable(path, exc) from None
     with src:

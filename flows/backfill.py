@@ -452,10 +452,11 @@ def backfill(aoi_ids: list[str] | None = None, start: date = date(2023, 6, 1), e
         days not run. Everything that completed is stored and cached; running the same
         backfill again (``changedet backfill --submit`` re-schedules the failed run)
         skips the completed days and resumes each failed AOI at its failed day. Also
-        when (``aoi_ids`` not given) an AOI file of the registry is broken: the valid AOIs
+        when an AOI file (of the registry, or a named one) is broken: the valid AOIs
         run, and the message names each broken file and its problem (``broken``).
     AOIError
-        At once, when a named AOI is unknown or broken, or no AOI of the registry is valid.
+        At once, when a named AOI has no file in the registry, or no selected AOI is valid
+        (a broken file among several is reported at the end, the others run).
     BackfillInterrupted
         As soon as the Dask cluster is lost (its scheduler unreachable, or no worker for
         ``worker_grace_s``) or nothing ended for ``stall_limit_s``: the message names the

@@ -70,7 +70,8 @@ def select_runnable_aois(aoi_ids: list[str] | None, registry: str | None = None)
             try:
                 aois.append(load_aoi(a, registry=reg))
             except AOIError as exc:
-                if not ((reg / f"{a}.yaml").exists() or (reg / f"{a}.geojson").exists()):
+                # An id or path with a file behind it is a broken file; nothing there is a typo.
+                if not (Path(a).is_file() or (reg / f"{a}.yaml").exists() or (reg / f"{a}.geojson").exists()):
                     raise
                 errors.append(exc)
         if not aois:
@@ -139,11 +140,12 @@ def daily_monitor(aoi_ids: list[str] | None = None, day: date | None = None, dat
     Raises
     ------
     DailyFailed
-        Once every AOI's day has ended, when any failed or (``aoi_ids`` not given) an AOI
-        file of the registry is broken: the message names each failed AOI, its day and
+        Once every AOI's day has ended, when any failed or an AOI file (of the registry,
+        or a named one) is broken: the message names each failed AOI, its day and
         error, and each broken file and its problem; the other AOIs' days are done and kept.
     AOIError
-        At once, when a named AOI is unknown or broken, or no AOI of the registry is valid.
+        At once, when a named AOI has no file in the registry, or no selected AOI is valid
+        (a broken file among several is reported at the end, the others run).
     """
     logger = get_run_logger()
     aois, broken = select_runnable_aois(aoi_ids, registry)

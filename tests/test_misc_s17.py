@@ -52,6 +52,11 @@ def test_plain_jpeg_error_gives_the_corner_fix_and_no_raw_warning(tmp_path, recw
         read_raster(path)
     msg = str(err.value)
     assert "photo.png" in msg and "-a_ullr" in msg and "-a_srs" in msg
+    # The command line prints changedet's error alone, without rasterio's warning beside it.
+    from changedet.cli import main
+
+    recwarn.clear()
+    assert main(["coregister", str(path), str(path), "--json"]) == 2
     assert not [w for w in recwarn if "NotGeoreferenced" in type(w.message).__name__]
 
     # A georeferenced grid without a CRS needs only the CRS.
@@ -67,8 +72,9 @@ def test_plain_jpeg_error_gives_the_corner_fix_and_no_raw_warning(tmp_path, recw
 def test_reliability_reason_never_reads_equal_to_its_threshold():
     from changedet.coreg import below_min_reliability
 
-    assert below_min_reliability(0.4996, 0.5) == "reliability 0.499 below min_reliability 0.500"
-    assert below_min_reliability(0.12345, 0.3) == "reliability 0.123 below min_reliability 0.300"
+    assert below_min_reliability(0.4996, 0.5) == "reliability 0.499 below min_reliability 0.5"
+    assert below_min_reliability(0.12345, 0.3) == "reliability 0.123 below min_reliability 0.3"
+    assert below_min_reliability(0.3332, 0.3333) == "reliability 0.333 below min_reliability 0.3333"
 
 
 def test_aois_list_shows_the_good_aois_when_one_file_is_broken(tmp_path, capsys):
@@ -92,3 +98,14 @@ def test_aois_list_shows_the_good_aois_when_one_file_is_broken(tmp_path, capsys)
     rc = main(["aois", "list", "--registry", str(reg), "--json"])
     out, _ = capsys.readouterr()
     assert rc == 1 and sorted(d["id"] for d in json.loads(out)) == good[1:]
+
+
+def test_report_copies_evidence_never_links_it(tmp_path):
+    from changedet.report.build import _take_copy
+
+    src, dst = tmp_path / "a.png", tmp_path / "b.png"
+    src.write_bytes(b"evidence")
+    _take_copy(src, dst)
+    assert dst.read_bytes() == b"evidence" and dst.stat().st_ino != src.stat().st_ino
+    dst.write_bytes(b"EDITED")  # an edit in the report folder leaves the evidence alone
+    assert src.read_bytes() == b"evidence"

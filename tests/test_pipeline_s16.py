@@ -450,6 +450,12 @@ def test_stac_load_errors_are_typed_and_show_no_signed_query(tmp_path):
         lacking = dict(scene.properties)
         lacking["items"] = [{**i, "assets": {k: v for k, v in i["assets"].items() if k != "nir"}}
                             for i in lacking["items"]]
+        # Other items of the search have 'nir': this scene's items are defective, not the setting.
+        assert "nir" in lacking["collection_assets"]
+        with pytest.raises(SceneUnreadable, match="lack the assets"):
+            src.load(dc_replace(scene, properties=lacking), grid)
+        # No item of the search has it: the 'assets' setting is wrong.
+        lacking["collection_assets"] = [k for k in lacking["collection_assets"] if k != "nir"]
         with pytest.raises(SourceConfigError, match="lack the assets") as info:
             src.load(dc_replace(scene, properties=lacking), grid)
         assert info.value.option == "assets"

@@ -633,6 +633,9 @@ def test_the_flows_pick_the_valid_aois_and_name_the_broken_files(scenes, tmp_pat
     assert [a.id for a in aois] == [GOOD] and len(broken) == 1 and str(reg / f"{BROKEN}.yaml") in broken[0]
     with pytest.raises(AOIError):
         select_runnable_aois([BROKEN], str(reg))
+    # Named by its path, a broken file is still a broken file, not an unknown id.
+    aois, broken = select_runnable_aois([GOOD, str(reg / f"{BROKEN}.yaml")], str(reg))
+    assert [a.id for a in aois] == [GOOD] and len(broken) == 1
     with pytest.raises(AOIError):
         select_runnable_aois([GOOD, "no_such_site"], str(reg))
     # A registry with no valid AOI at all is an error at once, not an empty run.

@@ -11,6 +11,7 @@ import errno
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from changedet import __version__
@@ -104,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
+    # rasterio's NotGeoreferencedWarning only repeats what changedet's own error about an
+    # image without georeferencing says (io.open_raster): silenced once, process-wide, here
+    # at the application's entry, never in library code that runs in threads.
+    warnings.filterwarnings("ignore", message="Dataset has no geotransform")
     # CHANGEDET_DEBUG=1: errors keep their traceback (for a bug report), not one line.
     debug = os.environ.get("CHANGEDET_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
     try:

@@ -335,20 +335,17 @@ _EVIDENCE_LEFT_OUT = (".tif", ".tiff")
 
 
 def _take_copy(src: Path, dst: Path) -> None:
-    """``dst`` made the same file as ``src``: a hard link where the filesystem allows (no
-    space used), else a copy; an up-to-date ``dst`` is left alone."""
+    """``dst`` a copy of ``src`` (a copy, not a hard link: editing or chmod-ing the report
+    must never touch the evidence); an up-to-date ``dst`` is left alone."""
     try:
         st, dt = src.stat(), dst.stat()
-        if st.st_size == dt.st_size and int(st.st_mtime) == int(dt.st_mtime):
+        if st.st_size == dt.st_size and st.st_mtime_ns == dt.st_mtime_ns:
             return
     except FileNotFoundError:
         pass
     tmp = dst.with_name(f".{dst.name}.part")
     tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copy2(src, tmp)
+    shutil.copy2(src, tmp)
     os.replace(tmp, dst)
 
 
@@ -356,17 +353,20 @@ def _evidence_link(data_dir: Path, alert, page_dir: Path) -> tuple[str, str]:
     """(relative link, label) to the alert's evidence, copied into the report.
 
     The report folder must work on its own (copied, zipped, mailed): the pack's pictures,
-    GeoJSON, CSV and JSON go to ``<page>/evidence/<alert id>/`` (hard links where the
-    filesystem allows), its GeoTIFF chips stay in the data directory. Without a pack, the
+    GeoJSON, CSV and JSON are copied to ``<page>/evidence/<alert id>/``, its GeoTIFF chips stay in the data directory. Without a pack, the
     alert's outbox record is copied to ``<page>/alerts/<alert id>.json``.
     """
     ev = data_dir / "evidence" / alert.id
     if ev.is_dir():
         dst = page_dir / "evidence" / alert.id
         dst.mkdir(parents=True, exist_ok=True)
-        for f in sorted(ev.iterdir()):
-            if f.is_file() and not f.name.startswith(".") and f.suffix.lower() not in _EVIDENCE_LEFT_OUT:
-                _take_copy(f, dst / f.name)
+        travels = {f.name: f for f in ev.iterdir()
+                   if f.is_file() and not f.name.startswith(".") and f.suffix.lower() not in _EVIDENCE_LEFT_OUT}
+        for name, f in sorted(travels.items()):
+            _take_copy(f, dst / name)
+        for old in dst.iterdir():
+            if old.is_file() and old.name not in travels:
+                old.unlink()  # a file a rebuilt pack no longer has
         idx = dst / "index.html"
         # Without a page of its own the folder itself is linked (browsers list its files).
         return (_rel(idx, page_dir) if idx.exists() else _rel(dst, page_dir) + "/"), "evidence pack"

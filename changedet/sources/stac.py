@@ -116,6 +116,9 @@ class StacSource:
             lon = shape(item.geometry).centroid.x if item.geometry else 0.0
             t = item.datetime or datetime.fromisoformat(item.properties["start_datetime"].replace("Z", "+00:00"))
             groups[solar_day(t, lon)].append(item)
+        # Asset keys any item of the search has: a key missing from one scene's items but
+        # present elsewhere is that scene's defect, not a wrong 'assets' setting (load).
+        collection_assets = sorted({k for i in items for k in i.assets})
         out = []
         for day, group in sorted(groups.items()):
             group.sort(key=lambda i: i.id)
@@ -129,7 +132,8 @@ class StacSource:
                 cloud_cover=float(np.mean(covers)) if covers else float("nan"),
                 footprint=unary_union([shape(i.geometry) for i in group]), resolution_m=self.resolution_m,
                 properties={"items": [i.to_dict(transform_hrefs=False) for i in group], "solar_day": day.isoformat(),
-                            "item_ids": [i.id for i in group], "stac_url": self.url},
+                            "item_ids": [i.id for i in group], "stac_url": self.url,
+                            "collection_assets": collection_assets},
             ))
         return out
 
@@ -140,9 +144,11 @@ class StacSource:
         Raises
         ------
         SourceConfigError
-            (option ``assets``) The items lack an asset key of ``assets``/``scl_asset``.
+            (option ``assets``) The items lack an asset key of ``assets``/``scl_asset``
+            that no item of the search had either (a wrong setting).
         SceneUnreadable
-            The catalogue no longer lists an item (see :meth:`_load_refetched`).
+            The catalogue no longer lists an item (see :meth:`_load_refetched`), or the
+            scene's items lack an asset key other items of the search have.
         SourceUnavailable
             Any other load failure: a 5xx, a dropped connection, a catalogue that does not
             answer, or an asset answering HTTP 403/404 even after its item was fetched again
@@ -158,6 +164,13 @@ class StacSource:
             keys[SCL_BAND] = self.scl_asset
         missing = sorted({k for i in items for k in keys.values() if k not in i.assets})
         if missing:
+            seen = scene.properties.get("collection_assets")
+            if seen is not None and set(missing) <= set(seen):
+                # Other items of the search have these keys: the entry is right and this
+                # scene's item is defective (the other scenes read), not the setting.
+                raise SceneUnreadable(f"scene {scene.id}: its items lack the assets {missing}, which other items of "
+                                      f"{self.collection} have; this scene cannot be read (the others are)",
+                                      reason=f"items lack the assets {missing}")
             raise SourceConfigError(f"scene {scene.id}: items lack the assets {missing}; set the source's 'assets' "
                                     f"to the keys this collection has", option="assets")
         geobox = GeoBox(grid.shape, grid.transform, grid.crs.to_wkt())
