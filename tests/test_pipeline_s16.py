@@ -402,20 +402,11 @@ def test_stac_load_errors_are_typed_and_show_no_signed_query(tmp_path):
 
     pytest.importorskip("odc.stac")
     from stac_server import StacServer
-    from test_sources_stac import _item, _write_cog
 
     from changedet.sources.stac import StacSource
 
     grid = _grid()
-    folder = tmp_path / "files"
-    folder.mkdir()
-    files = {}
-    for key in ("blue", "green", "red", "nir"):
-        _write_cog(folder / f"{key}.tif", np.full(grid.shape, 1200, "uint16"), grid, "uint16")
-        files[key] = f"{key}.tif"
-    _write_cog(folder / "scl.tif", np.full(grid.shape, 4, "uint8"), grid, "uint8")
-    files["scl"] = "scl.tif"
-    item = _item("S2A_T_20230817", "2023-08-17T10:50:00Z", grid, files, cloud=1.0, offset=0.0)
+    folder, item = _stac_files(tmp_path, grid)
     aoi = _stac_aoi(tmp_path, grid)
     with StacServer([item], folder, page_size=10) as srv:
         src = StacSource(url=srv.url)
@@ -459,6 +450,21 @@ def test_stac_load_errors_are_typed_and_show_no_signed_query(tmp_path):
         with pytest.raises(SourceConfigError, match="lack the assets") as info:
             src.load(dc_replace(scene, properties=lacking), grid)
         assert info.value.option == "assets"
+
+
+def _stac_files(tmp_path, grid):
+    """A folder of one Sentinel-2-like item's COGs (blue, green, red, nir, scl) and its STAC item."""
+    from test_sources_stac import _item, _write_cog
+
+    folder = tmp_path / "files"
+    folder.mkdir()
+    files = {}
+    for key in ("blue", "green", "red", "nir"):
+        _write_cog(folder / f"{key}.tif", np.full(grid.shape, 1200, "uint16"), grid, "uint16")
+        files[key] = f"{key}.tif"
+    _write_cog(folder / "scl.tif", np.full(grid.shape, 4, "uint8"), grid, "uint8")
+    files["scl"] = "scl.tif"
+    return folder, _item("S2A_T_20230817", "2023-08-17T10:50:00Z", grid, files, cloud=1.0, offset=0.0)
 
 
 def _grid():

@@ -135,17 +135,24 @@ def test_run_stops_a_misconfigured_aoi_at_its_first_day_and_the_others_go_on(sce
     assert "the other AOIs go on" in err and "1 day(s) failed" in err, err
 
 
-def test_run_stops_an_aoi_whose_entry_setting_run_day_refuses(scenes, tmp_path, capsys):
-    """A setting run_day reads itself (max_cloud) raises SourceConfigError: that AOI stops, the others go on."""
+def _run_two_and_see_the_first_stop(reg, tmp_path, capsys):
+    """`changedet run --json` of AOI (whose first day fails) and GOOD over two quiet weeks: exit 1, AOI stopped
+    after its failed day, GOOD's two days processed; (day docs, stderr)."""
     from changedet.cli import main
 
-    reg, _ = _two_aois(scenes, tmp_path, max_cloud="few")
     rc = main(["run", "--aoi", AOI, "--aoi", GOOD, "--start", str(QUIET[0]), "--end", str(QUIET[1]),
                "--every", "7", "--registry", str(reg), "--data-dir", str(tmp_path / "data"), "--json"])
     out, err = capsys.readouterr()
     assert rc == 1, (out, err)
     docs = [json.loads(x) for x in out.splitlines()]
     assert [(d["aoi_id"], d["status"]) for d in docs] == [(AOI, "failed"), (GOOD, "processed"), (GOOD, "processed")]
+    return docs, err
+
+
+def test_run_stops_an_aoi_whose_entry_setting_run_day_refuses(scenes, tmp_path, capsys):
+    """A setting run_day reads itself (max_cloud) raises SourceConfigError: that AOI stops, the others go on."""
+    reg, _ = _two_aois(scenes, tmp_path, max_cloud="few")
+    docs, err = _run_two_and_see_the_first_stop(reg, tmp_path, capsys)
     assert docs[0]["misconfigured"]["option"] == "max_cloud" and "max_cloud 'few'" in docs[0]["note"]
     assert f"{AOI} stopped on {QUIET[0]}" in err and "setting 'max_cloud'; 1 later day(s) not run" in err, err
 
@@ -410,21 +417,12 @@ class _SignedStac:
 @pytest.fixture
 def signed_stac(tmp_path):
     pytest.importorskip("odc.stac")
-    from test_pipeline_s16 import _grid, _stac_aoi
-    from test_sources_stac import _item, _write_cog
+    from test_pipeline_s16 import _grid, _stac_aoi, _stac_files
 
     from changedet.sources.stac import StacSource
 
     grid = _grid()
-    folder = tmp_path / "files"
-    folder.mkdir()
-    files = {}
-    for key in ("blue", "green", "red", "nir"):
-        _write_cog(folder / f"{key}.tif", np.full(grid.shape, 1200, "uint16"), grid, "uint16")
-        files[key] = f"{key}.tif"
-    _write_cog(folder / "scl.tif", np.full(grid.shape, 4, "uint8"), grid, "uint8")
-    files["scl"] = "scl.tif"
-    item = _item("S2A_T_20230817", "2023-08-17T10:50:00Z", grid, files, cloud=1.0, offset=0.0)
+    folder, item = _stac_files(tmp_path, grid)
     stac = _SignedStac([item], folder)
     with stac.server as srv:
         src = StacSource(url=srv.url)
@@ -592,16 +590,10 @@ def test_a_reference_on_a_share_not_mounted_may_pass_and_a_wrong_one_is_the_entr
 
 def test_run_stops_an_aoi_whose_reference_share_is_not_mounted_and_the_flows_retry_it(scenes, tmp_path, capsys):
     """The unmounted reference is a failed day (exit 1), that AOI stops, the other goes on; not exit 2."""
-    from changedet.cli import main
     from flows.tasks import PERMANENT_ERRORS
 
     reg, _ = _two_aois(scenes, tmp_path, reference=str(tmp_path / "share_not_mounted" / "ref.tif"))
-    rc = main(["run", "--aoi", AOI, "--aoi", GOOD, "--start", str(QUIET[0]), "--end", str(QUIET[1]),
-               "--every", "7", "--registry", str(reg), "--data-dir", str(tmp_path / "data"), "--json"])
-    out, err = capsys.readouterr()
-    assert rc == 1, (out, err)
-    docs = [json.loads(x) for x in out.splitlines()]
-    assert [(d["aoi_id"], d["status"]) for d in docs] == [(AOI, "failed"), (GOOD, "processed"), (GOOD, "processed")]
+    docs, err = _run_two_and_see_the_first_stop(reg, tmp_path, capsys)
     assert "share_not_mounted is not there" in docs[0]["note"] and not docs[0]["misconfigured"], docs[0]
     assert f"{AOI} stopped on {QUIET[0]}" in err and "1 later day(s) not run" in err, err
     assert not issubclass(SourceUnavailable, PERMANENT_ERRORS)
