@@ -45,6 +45,7 @@ import functools
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import threading
@@ -58,9 +59,11 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from changedet.errors import CubeError, StoreError
+from changedet.errors import ChangedetError, CubeError, StoreError
 from changedet.grid import GridSpec, with_crs
 from changedet.sources.base import CLOUD_BAND, SCL_BAND, SceneRecord
+
+log = logging.getLogger(__name__)
 
 _FORMAT = 1
 _FILL_U16 = 65535
@@ -228,6 +231,7 @@ class Cube:
             self.path: Any = f"{base}/{stem}.zarr"
             self.provenance_path: Any = f"{base}/{stem}.provenance.json"
             self.reference_path: Any = f"{base}/{stem}.reference.tif"
+            self.registration_path: Any = f"{base}/{stem}.registration.tif"
             self._lock_path: Any = f"{base}/{stem}.lock"
         else:
             if isinstance(root, str) and root.startswith("file://"):
@@ -238,6 +242,7 @@ class Cube:
             self.path = base_p / f"{stem}.zarr"
             self.provenance_path = base_p / f"{stem}.provenance.json"
             self.reference_path = base_p / f"{stem}.reference.tif"
+            self.registration_path = base_p / f"{stem}.registration.tif"
             self._lock_path = base_p / f"{stem}.lock"
 
     # ------------------------------------------------------------------ store errors
@@ -748,12 +753,15 @@ class Cube:
         target = self.pending_reference_of(pending) if pending is not None else self.reference_path
         if not self.remote:
             write_geotiff(data, target)
-            return
-        import tempfile
+        else:
+            import tempfile
 
-        with tempfile.TemporaryDirectory() as tmp:
-            local = write_geotiff(data, Path(tmp) / "reference.tif")
-            self._fs.pipe_file(target, local.read_bytes())
+            with tempfile.TemporaryDirectory() as tmp:
+                local = write_geotiff(data, Path(tmp) / "reference.tif")
+                self._fs.pipe_file(target, local.read_bytes())
+        if pending is None:
+            # A new reference: a registration window made from another one is stale.
+            self._drop_stale_registration(reference_digest(data))
 
     @_guarded("promote the pending registration reference")
     def promote_reference(self, scene_id: str) -> bool:
@@ -774,11 +782,113 @@ class Cube:
                 if not self._fs.exists(pending):
                     return False
                 self._fs.mv(pending, self.reference_path)
+                # (Its digest is not computed here (a download): the window is remade next run.)
+                self._drop_stale_registration(None)
                 return True
             if not pending.exists():
                 return False
+            digest = _pixels_digest_of(str(pending))
             os.replace(pending, self.reference_path)  # atomic on one file system
+            self._drop_stale_registration(digest)
             return True
+
+    def _drop_stale_registration(self, digest: str | None) -> None:
+        """Remove the registration window reference unless it was made from the reference of pixel digest ``digest``.
+
+        The window is a cache of the cube's reference read on a wider window (tag
+        ``changedet_reference_digest``); once another reference is set it would register
+        days into the old frame. Unreadable or untagged: removed too (it is remade).
+        """
+        try:
+            if self.remote:
+                if not self._fs.exists(self.registration_path):
+                    return
+                import tempfile
+
+                import rasterio
+
+                with tempfile.TemporaryDirectory() as tmp:
+                    local = Path(tmp) / "registration.tif"
+                    local.write_bytes(self._fs.cat_file(self.registration_path))
+                    with rasterio.open(local) as src:
+                        tag = src.tags().get("changedet_reference_digest")
+                if digest is None or tag != digest:
+                    self._fs.rm(self.registration_path)
+                return
+            if not self.registration_path.exists():
+                return
+            import rasterio
+
+            try:
+                with rasterio.open(self.registration_path) as src:
+                    tag = src.tags().get("changedet_reference_digest")
+            except rasterio.errors.RasterioError:
+                tag = None  # a broken cache file: removed
+            if digest is None or tag != digest:
+                self.registration_path.unlink(missing_ok=True)
+        except OSError as exc:
+            # Harmless to leave: a window whose digest is not the reference's is refused and remade.
+            log.warning("%s: the stale registration window %s was not removed (%s)", self.aoi_id,
+                        self.registration_path, exc)
+
+    @_guarded("read the registration window reference")
+    def registration_reference(self) -> tuple[xr.DataArray, dict[str, str]] | None:
+        """The reference on the registration window (wider than the grid), with its provenance; None if none.
+
+        An addition to :meth:`reference` (which stays the reference on the cube's grid):
+        a small site gives the shift estimate too few pixels, so sources that can read
+        the ground around the site register on a wider window of the same lattice. The
+        provenance (:data:`REGISTRATION_TAGS`) says which window and which reference it
+        was made from; the caller checks both before using it.
+        """
+        if self.remote:
+            if not self._fs.exists(self.registration_path):
+                return None
+            info = self._fs.info(self.registration_path)
+            stamp = str(info.get("mtime", info.get("LastModified", "")))
+            da, tags = _read_remote_tagged(self.registration_path, stamp, int(info.get("size", 0)), self)
+        else:
+            if not self.registration_path.exists():
+                return None
+            st = self.registration_path.stat()
+            da, tags = _read_tagged(str(self.registration_path), st.st_mtime_ns, st.st_size)
+        return da.copy(), dict(tags)
+
+    @_guarded("write the registration window reference")
+    def set_registration_reference(self, data: xr.DataArray, *, origin: str, window_px: int,
+                                   reference_digest: str) -> None:
+        """Save ``data`` (on a window around the cube's grid, same pixel size) as the registration window reference.
+
+        Written whole or not at all (a temporary file moved into place; one PUT on a store
+        URL), with its provenance in the file's tags: ``origin`` (what the cube's reference
+        was made from, ``scene ID`` or ``file PATH``), ``window_px`` (the registration
+        window side, pixels), ``reference_digest`` (:func:`reference_digest` of the cube's
+        reference on its grid: the window is stale once that reference is another) and the
+        window's bounds and the cube grid's bounds (map units).
+        """
+        from changedet.io import write_geotiff
+
+        if not isinstance(origin, str) or not origin:
+            raise CubeError(f"set_registration_reference(origin={origin!r}): give what the reference was made from "
+                            "('scene <id>' or 'file <path>')")
+        if not isinstance(reference_digest, str) or not reference_digest:
+            raise CubeError(f"set_registration_reference(reference_digest={reference_digest!r}): give "
+                            "reference_digest(<the cube's reference>) so a later reference makes this window stale")
+        out = data.copy()
+        win = GridSpec.of(data)
+        out.attrs = {**{k: v for k, v in data.attrs.items() if k not in REGISTRATION_TAGS},
+                     "changedet_reference_from": origin, "changedet_window_px": str(int(window_px)),
+                     "changedet_reference_digest": reference_digest,
+                     "changedet_window_bounds": json.dumps([round(v, 6) for v in win.bounds]),
+                     "changedet_grid_bounds": json.dumps([round(v, 6) for v in self.grid.bounds])}
+        if not self.remote:
+            write_geotiff(out, self.registration_path)
+            return
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            local = write_geotiff(out, Path(tmp) / "registration.tif")
+            self._fs.pipe_file(self.registration_path, local.read_bytes())
 
     @_guarded("remove a pending registration reference")
     def discard_pending_reference(self, scene_id: str) -> None:
@@ -969,6 +1079,61 @@ def _read_remote_reference(path: str, stamp: str, size: int, cube: Cube) -> xr.D
         local = Path(tmp) / "reference.tif"
         local.write_bytes(cube._fs.cat_file(path))
         return read_raster(local)
+
+
+#: Provenance tags of the registration window reference (:meth:`Cube.set_registration_reference`).
+REGISTRATION_TAGS = ("changedet_reference_from", "changedet_window_px", "changedet_reference_digest",
+                     "changedet_window_bounds", "changedet_grid_bounds")
+
+
+def reference_digest(data: xr.DataArray) -> str:
+    """A digest (sha256 hex) of a reference's pixels: its image bands as float32, NaN canonical.
+
+    Identifies the cube's reference whatever its values' scale or CRS (the stored GeoTIFF is
+    float32, so the digest of the array written equals that of the file read back). The
+    cloud band, when present, is left out (:func:`optical_bands`).
+    """
+    bands = optical_bands(data) if "band" in data.dims else data
+    values = np.asarray(bands.values, dtype="float32")
+    values = np.where(np.isfinite(values), values, np.float32(np.nan))  # one NaN bit pattern
+    h = hashlib.sha256(repr(values.shape).encode())
+    h.update(np.ascontiguousarray(values).tobytes())
+    return h.hexdigest()
+
+
+def _pixels_digest_of(path: str) -> str | None:
+    """:func:`reference_digest` of a reference file; None when it cannot be read."""
+    from changedet.io import read_raster
+
+    try:
+        return reference_digest(read_raster(path))
+    except (ChangedetError, OSError, ValueError):
+        return None
+
+
+def _tagged(path: str) -> tuple[xr.DataArray, dict[str, str]]:
+    import rasterio
+
+    from changedet.io import read_raster
+
+    with rasterio.open(path) as src:
+        tags = {k: v for k, v in src.tags().items() if k in REGISTRATION_TAGS}
+    return read_raster(path), tags
+
+
+@functools.lru_cache(maxsize=4)
+def _read_tagged(path: str, mtime_ns: int, size: int) -> tuple[xr.DataArray, dict[str, str]]:
+    # Keyed on mtime and size so a replaced file is re-read.
+    return _tagged(path)
+
+
+def _read_remote_tagged(path: str, stamp: str, size: int, cube: Cube) -> tuple[xr.DataArray, dict[str, str]]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "registration.tif"
+        local.write_bytes(cube._fs.cat_file(path))
+        return _tagged(str(local))
 
 
 def optical_bands(da: xr.DataArray) -> xr.DataArray:

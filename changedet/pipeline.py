@@ -70,7 +70,12 @@ class RunConfig:
         Pixel size of the change cube: VHR is averaged to this before the per-pixel
         baseline (vehicles and stacks stay visible; the work drops by the square).
     coreg_window_px : int
-        Side of the window around the site used to estimate the global shift.
+        Side (pixels) of the window around the site used to estimate the global shift.
+        A site grid smaller than this is registered, for sources in
+        :data:`WIDE_REGISTRATION_SOURCES`, on a window of this side read around the site
+        (same pixel size and lattice; the shift is then applied to the site grid), else on
+        the site grid alone. A shift the reliability gate refuses on that window leaves the
+        day ``not_registered`` (its note says so); it is not tried again on the site grid.
     metrics_url : str, optional
         Metric store: a SQLite path or URL, or ``postgresql://...``. Default:
         ``$CHANGEDET_METRICS_URL``, else ``<data_dir>/metrics.sqlite``.
@@ -402,9 +407,15 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
     the first acquisition at most :data:`REFERENCE_MAX_CLOUD` cloudy that observes
     :data:`REFERENCE_MIN_OBSERVED` of the site (``no_reference`` until then; the reference
     is saved once its day is stored; a run stopped between the two gets it rebuilt,
-    :func:`_rebuilt_reference`). A scene the source cannot search or load makes the day
-    ``failed`` with the reason, nothing stored, unless the source says the scene itself is
-    broken (:class:`~changedet.errors.SceneUnreadable`: a corrupt file, no pixels):
+    :func:`_rebuilt_reference`). A site grid smaller than ``cfg.coreg_window_px`` of a
+    local source is registered on a window of that side around the site
+    (:func:`_registration_window`; the shift is applied to the site grid); a shift the
+    gate refuses there makes the day ``not_registered`` with "(on the registration
+    window, RxC px)" in its note and skipped record, without a second try on the site
+    grid (only a window with too little data for any estimate falls back). A scene the
+    source cannot search or load makes the day ``failed`` with the reason, nothing
+    stored, unless the source says the scene itself is broken
+    (:class:`~changedet.errors.SceneUnreadable`: a corrupt file, no pixels):
     ``unreadable``, recorded as skipped in the cube (:func:`_load_failed`). The series is
     pinned to the source its cubes were made from: another source (the simulator
     included) is ``failed``, nothing stored. The simulator keeps its basemap reference and
@@ -536,15 +547,7 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
             _check_reference_entry(spec, origin, cube, result)
     clear = clear_mask(data) if optical else data.notnull().all("band")
     if optical:
-        # Cloud masks miss thin cloud and haze at cloud edges; a buffer (as Fmask and
-        # s2cloudless users apply) keeps those pixels out of change and counts.
-        from scipy import ndimage
-
-        cloud = ~np.asarray(clear.values, bool)
-        grow = max(3, int(round(cfg.cloud_buffer_m / res)))
-        if cloud.any():
-            cloud = ndimage.binary_dilation(cloud, structure=np.ones((3, 3), bool), iterations=grow)
-        clear = clear.copy(data=~cloud)
+        clear = _buffered(clear, cfg.cloud_buffer_m, res)
     if simulated:
         cloud_fraction = 1.0 - float(clear.values[site_mask].mean())
         result.cloud_fraction = round(cloud_fraction, 4)
@@ -557,8 +560,32 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
 
     # Co-register onto the AOI reference; the cloud mask moves with the pixels.
     bands = optical_bands(data)
+    # A small site gives the estimate too few pixels (NAIP at 5 m: a 500 m site left all 9
+    # later dates not registered): where the source can read the ground around the site,
+    # the shift is estimated on a registration window of the same lattice and applied here.
+    wide, window_note = None, None
+    if not simulated and spec.name in WIDE_REGISTRATION_SOURCES:
+        reg_grid = _registration_grid(grid, cfg.coreg_window_px, site)
+        if reg_grid is not None:
+            wide, window_note = _registration_window(
+                cube, source, spec, aoi, scene, site, grid, reg_grid, optical_bands(reference), origin,
+                made_here=new_reference is not None, optical=optical, site_data=data, cfg=cfg)
+    window = {"on": "site grid", "rows": grid.shape[0], "cols": grid.shape[1]}
+    reg = None
+    if wide is not None:
+        try:
+            reg = _coregister_window(*wide, site, window=cfg.coreg_window_px)
+            wgrid = GridSpec.of(wide[1])
+            window = {"on": "registration window", "rows": wgrid.shape[0], "cols": wgrid.shape[1],
+                      "bounds": [round(v, 3) for v in wgrid.bounds]}
+        except CoregError as exc:
+            # No estimate at all there (a window mostly off the files: under 10 % valid), which
+            # is no verdict on the shift: the site grid is tried as before.
+            log.info("%s %s: not registered on the registration window (%s); the site grid is used", aoi.id, day, exc)
+            window_note = None
     try:
-        reg = _coregister_window(optical_bands(reference), bands, clear, site, window=cfg.coreg_window_px)
+        if reg is None:
+            reg = _coregister_window(optical_bands(reference), bands, clear, site, window=cfg.coreg_window_px)
     except CoregError as exc:
         # Too little clear overlap to register: the scene cannot be trusted pixel-wise.
         result.status, result.note = "not_registered", str(exc)
@@ -567,6 +594,10 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
         # Counting on tracks and zones that may sit metres off would be worse than no count.
         result.status = "not_registered"
         result.note = f"registration unreliable: {reg.reason or f'reliability {reg.reliability:.2f}'}"
+        if window["on"] == "registration window":
+            # Refused on the wider window is final (no second try on the site grid, which
+            # would give the gate two chances); say so, as the skipped record keeps the note.
+            result.note += f" (on the registration window, {window['rows']}x{window['cols']} px)"
         result.reliability = round(reg.reliability, 3)
         return result if simulated else _rejected(cube, spec, scene, result)
     aligned = apply_shift(bands, reg.shift_row_px, reg.shift_col_px)
@@ -583,6 +614,11 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
     provenance = {"scene_id": scene.id, "source": spec.name, "code_version": __version__, "config_hash": cfg.hash(aoi),
                   "coreg": {"shift_row_px": reg.shift_row_px, "shift_col_px": reg.shift_col_px,
                             "reliability": reg.reliability, "applied": reg.applied}}
+    if not simulated:
+        # Which pixels the shift was estimated on (the site grid, or the wider window and its bounds).
+        provenance["coreg"]["window"] = window
+    if window_note:
+        result.note = _joined(result.note, window_note)
     if data.attrs.get("reused"):
         provenance["pixels_from"] = f"{data.attrs['reused']} cube"  # as `changedet fetch` stored them
 
@@ -1039,7 +1075,7 @@ def _new_reference(cube: Cube, data: xr.DataArray, frac: float, spec, scene, sit
     if held:
         stem = Path(str(cube.path)).name.replace(".zarr", "")
         coarse = f"{cube.sensor}_{coarse_res:g}m"
-        files = f"{stem}.zarr, {stem}.provenance.json" + (
+        files = f"{stem}.zarr, {stem}.provenance.json, {stem}.registration.tif" + (
             f", {coarse}.zarr and {coarse}.provenance.json" if coarse != stem else "")
         result.status = "failed"
         # (Joined: _rebuilt_reference may have said why the reference could not be rebuilt.)
@@ -1173,7 +1209,8 @@ def _check_reference_entry(spec, origin: str | None, cube: Cube, result: DayResu
     if not wanted or origin is None or origin == _file_origin(wanted):
         return
     text = (f"the entry's reference {str(wanted)!r} is not used: the cube keeps the reference it was made with "
-            f"({origin}); to change it delete the AOI's {cube.sensor} cubes and run the whole range again")
+            f"({origin}); to change it delete the AOI's {cube.sensor} cubes (with their reference.tif and "
+            f"registration.tif files) and run the whole range again")
     log.warning("%s: %s", cube.aoi_id, text)
     result.note = _joined(result.note, text)
 
@@ -1458,6 +1495,247 @@ def _coregister_window(reference: xr.DataArray, moving: xr.DataArray, clear: xr.
     win = {"y": slice(r0, r0 + h), "x": slice(c0, c0 + w)}
     _, reg = coregister(reference.isel(win), moving.isel(win), valid=clear.isel(win))
     return reg
+
+
+#: Sources whose scenes the daily run reads again on a registration window wider than the
+#: site grid when the grid is smaller than ``coreg_window_px``: a local file holds the ground
+#: around the site, and reading it costs a local read only. Sentinel Hub bills by area and
+#: STAC reads over the network: a wider window there is the source's cost to weigh (not yet).
+WIDE_REGISTRATION_SOURCES = ("local",)
+#: Most a registration window reference newly read from the cube's reference origin may
+#: differ from the cube's reference where they overlap to count as the same image: median
+#: absolute difference as a fraction of the reference's spread (2nd to 98th percentile),
+#: so reflectance, 8-bit and 16-bit files are judged alike. The same file read in another
+#: CRS differs by resampling only (NAIP in EPSG:4326: 0.07 DN of a ~200 DN spread, 3e-4);
+#: the same image 1 px off differs by ~0.02 and another acquisition by ~0.1.
+REGISTRATION_MATCH = 5e-3
+
+
+def _buffered(clear: xr.DataArray, buffer_m: float, res: float) -> xr.DataArray:
+    """``clear`` with every cloud grown by ``buffer_m`` metres (at least 3 pixels of ``res`` m).
+
+    Cloud masks miss thin cloud and haze at cloud edges; a buffer (as Fmask and
+    s2cloudless users apply) keeps those pixels out of change, counts and registration.
+    """
+    from scipy import ndimage
+
+    cloud = ~np.asarray(clear.values, bool)
+    grow = max(3, int(round(buffer_m / res)))
+    if cloud.any():
+        cloud = ndimage.binary_dilation(cloud, structure=np.ones((3, 3), bool), iterations=grow)
+    return clear.copy(data=~cloud)
+
+
+def _registration_grid(grid: GridSpec, window: int, site=None) -> GridSpec | None:
+    """The registration window of a site grid smaller than ``window`` pixels on a side: a block on its lattice.
+
+    Same CRS, pixel size and lattice as ``grid`` (integer offset), so a shift (pixels)
+    estimated on it applies to ``grid`` unchanged. Along an axis where ``grid`` is
+    shorter than ``window`` the block is ``window`` pixels, ``grid`` centred in it; along
+    an axis where it is longer the block is the ``window`` pixels of ``grid`` around the
+    site's centroid (``site``, in the grid's CRS; the grid's centre if None) that
+    :func:`_coregister_window` would cut, so a long thin site reads ``window`` x
+    ``window`` pixels, never the whole strip. None when ``grid`` is ``window`` pixels or
+    more on both axes (the window is then cut from the grid itself).
+
+    Limit: a file in a geographic or web-mercator CRS is warped with GDAL's approximate
+    transformer, whose error depends on the destination extent, so its read on this
+    block and on ``grid`` can sit ~0.06 px apart (review REG 6); that cancels when the
+    reference and the day's files share a CRS, else it is a bias of that size.
+    """
+    from affine import Affine
+
+    window = int(window)
+    rows, cols = grid.shape
+    if rows >= window and cols >= window:
+        return None
+    if site is not None:
+        r, c = grid.rowcol(site.centroid.x, site.centroid.y)
+    else:
+        r, c = rows / 2.0, cols / 2.0
+
+    def axis(n: int, centre: float) -> int:
+        if n < window:
+            return -((window - n) // 2)  # grid centred; the odd pixel goes after it
+        return int(np.clip(round(float(centre)) - window // 2, 0, n - window))  # as _coregister_window
+
+    r0, c0 = axis(rows, r), axis(cols, c)
+    return GridSpec(grid.crs, grid.transform @ Affine.translation(c0, r0), (window, window))
+
+
+def _overlap(outer: GridSpec, grid: GridSpec) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+    """``((rows, cols) of outer, (rows, cols) of grid)``: where two grids of one lattice overlap."""
+    r0 = int(round((grid.transform.f - outer.transform.f) / outer.transform.e))
+    c0 = int(round((grid.transform.c - outer.transform.c) / outer.transform.a))
+    ra, rb = max(0, r0), min(outer.shape[0], r0 + grid.shape[0])
+    ca, cb = max(0, c0), min(outer.shape[1], c0 + grid.shape[1])
+    return (slice(ra, rb), slice(ca, cb)), (slice(ra - r0, rb - r0), slice(ca - c0, cb - c0))
+
+
+def _window_clear_pixels(clear: np.ndarray, grid: GridSpec, site, window: int) -> int:
+    """Clear pixels in the window :func:`_coregister_window` cuts from ``grid`` around the site."""
+    rows, cols = grid.shape
+    r, c = grid.rowcol(site.centroid.x, site.centroid.y)
+    h, w = min(window, rows), min(window, cols)
+    r0 = int(np.clip(round(float(r)) - h // 2, 0, rows - h))
+    c0 = int(np.clip(round(float(c)) - w // 2, 0, cols - w))
+    return int(np.asarray(clear, bool)[r0:r0 + h, c0:c0 + w].sum())
+
+
+def _clear_on(data: xr.DataArray, scene, spec, site_mask: np.ndarray, *, optical: bool,
+              cfg: RunConfig) -> tuple[xr.DataArray, xr.DataArray]:
+    """``(scene with its CLM band, clear mask buffered as the daily run's)`` of a scene loaded on a
+    registration window (radar: no CLM, clear where every band has data)."""
+    from changedet.acquire import site_cloud
+
+    if optical:
+        data, _, _ = site_cloud(data, scene, site_mask, optical=True,
+                                cloud_method=str(spec.options.get("cloud_mask", "auto")))
+        clear = _buffered(clear_mask(data), cfg.cloud_buffer_m, float(spec.resolution_m))
+    else:
+        clear = data.notnull().all("band")
+    return data, clear
+
+
+def _registration_window(cube: Cube, source, spec, aoi, scene, site, grid: GridSpec, reg_grid: GridSpec,
+                         reference: xr.DataArray, origin: str | None, *, made_here: bool, optical: bool,
+                         site_data: xr.DataArray, cfg: RunConfig):
+    """``((reference, image, clear) on reg_grid, note or None)``, or ``(None, None)``: then register on the site grid.
+
+    The scene is read again on ``reg_grid`` (:func:`_registration_grid`). The reference
+    on it is the cube's registration window reference (:meth:`Cube.registration_reference`)
+    when it was made from the cube's reference (``origin``) on this window; else it is made
+    from that origin, read on ``reg_grid``: this scene when it is the new reference
+    (``made_here``), the entry's ``reference`` file, or the stored reference scene found
+    again by the source (older cubes get theirs on their next run). A window reference is
+    identified by the digest of the cube's ``reference`` (:func:`~changedet.cube.reference_digest`,
+    in its tags): a window made from another reference is stale and made again. A window
+    newly made is used only when, where it overlaps the site grid, it is the cube's
+    ``reference`` (:func:`_same_image`): a reference file changed since would register
+    the day into another frame. A window file that cannot be read is a cache: it is
+    treated as absent (warning) and made again. The site grid is used as before when the
+    window cannot be made that way, or when it holds no more clear pixels than the site
+    grid (a site at the edge of its files; counted before the cloud buffer, which also
+    erodes the data from the files' edges).
+    """
+    from changedet.cube import reference_digest
+
+    try:
+        moving = source.load(scene, reg_grid, aoi=aoi)
+        wide_mask = _rasterize(site, reg_grid)
+        moving, clear = _clear_on(moving, scene, spec, wide_mask, optical=optical, cfg=cfg)
+        bands = optical_bands(moving)
+    except ChangedetError as exc:
+        log.info("%s: scene %s not read on the registration window (%s); registered on the site grid",
+                 aoi.id, scene.id, exc)
+        return None, None
+    window = int(cfg.coreg_window_px)
+    seen_wide = _window_clear_pixels(_unbuffered(moving, optical), reg_grid, site, window)
+    if seen_wide <= _window_clear_pixels(_unbuffered(site_data, optical), grid, site, window):
+        return None, None  # the files end at the site: the window adds nothing
+    if not origin:
+        return None, None
+    names = [str(b) for b in reference["band"].values]
+    digest = reference_digest(reference)
+    try:
+        stored = cube.registration_reference()
+    except (ChangedetError, OSError, ValueError) as exc:
+        # A derived cache (an interrupted copy or sync, a disk fault): made again below and
+        # written over atomically, rather than failing every later day of the AOI.
+        log.warning("%s: the registration window reference %s cannot be read (%s); it is made again",
+                    aoi.id, cube.registration_path, exc)
+        stored = None
+    if stored is not None:
+        da, tags = stored
+        # Made from this very reference (its digest), on this window: a file left by a
+        # deleted cube, by another reference or by an older version of this code is not.
+        if tags.get("changedet_reference_digest") == digest and tags.get("changedet_reference_from") == origin \
+                and GridSpec.of(da).same_as(reg_grid) and da.sizes.get("band") == len(names):
+            return (da.assign_coords(band=names), bands, clear), None
+    ref = _window_reference(cube, source, spec, aoi, scene, reg_grid, origin, made_here=made_here,
+                            moving=moving, like=reference, optical=optical)
+    if ref is None:
+        return None, None
+    ref = ref.assign_coords(band=names)
+    if not _same_image(ref, reg_grid, reference, grid):
+        log.warning("%s: the registration window read from %s is not the cube's reference on the site grid (the "
+                    "file changed since?); registered on the site grid", aoi.id, origin)
+        return None, None
+    note = f"registration window reference made from {origin} ({reg_grid.shape[0]}x{reg_grid.shape[1]} px)"
+    try:
+        cube.set_registration_reference(ref, origin=origin, window_px=window, reference_digest=digest)
+    except ChangedetError as exc:  # used this run; the next run makes it again
+        log.warning("%s: registration window reference not saved (%s)", aoi.id, exc)
+        note += ", not saved: " + str(exc)
+    return (ref, bands, clear), note
+
+
+def _unbuffered(data: xr.DataArray, optical: bool) -> np.ndarray:
+    """Pixels with data in every band and, where there is a CLM band, not cloud (no buffer)."""
+    return np.asarray((clear_mask(data) if optical else data.notnull().all("band")).values, bool)
+
+
+def _reference_pixels(data: xr.DataArray, optical: bool) -> xr.DataArray:
+    """A scene's image bands as a reference: NaN where cloudy or without data (as :func:`_new_reference`)."""
+    if optical and CLOUD_BAND in [str(b) for b in data["band"].values]:
+        return optical_bands(data).where(clear_mask(data))
+    return optical_bands(data).where(optical_bands(data).notnull().all("band"))
+
+
+def _same_image(wide: xr.DataArray, reg_grid: GridSpec, reference: xr.DataArray, grid: GridSpec) -> bool:
+    """Whether ``wide`` (on ``reg_grid``) is ``reference`` (on ``grid``, same lattice) where they overlap.
+
+    Median absolute difference over the pixels both have, at most :data:`REGISTRATION_MATCH`
+    of the reference's spread (2nd to 98th percentile there): independent of the values'
+    scale (reflectance, 8-bit or 16-bit DN). The pixels both have must be at least half of
+    the reference's in the overlap, and the overlap not empty.
+    """
+    (wr, wc), (gr, gc) = _overlap(reg_grid, grid)
+    va = np.asarray(wide.isel(y=wr, x=wc).values, "float32")
+    vb = np.asarray(reference.isel(y=gr, x=gc).values, "float32")
+    if va.shape != vb.shape or va.size == 0:
+        return False
+    both = np.isfinite(va) & np.isfinite(vb)
+    if not both.any() or both.sum() < 0.5 * np.isfinite(vb).sum():
+        return False
+    lo, hi = np.percentile(vb[both], [2, 98])
+    spread = float(hi - lo)
+    diff = float(np.median(np.abs(va[both] - vb[both])))
+    if spread <= 0:  # a flat reference: only the same values match
+        return diff == 0.0
+    return diff <= REGISTRATION_MATCH * spread
+
+
+def _window_reference(cube: Cube, source, spec, aoi, scene, reg_grid: GridSpec, origin: str, *, made_here: bool,
+                      moving: xr.DataArray, like: xr.DataArray, optical: bool) -> xr.DataArray | None:
+    """The cube's reference (made from ``origin``) read again on ``reg_grid``, or None when it cannot be."""
+    if made_here and origin == f"scene {scene.id}":
+        # As _new_reference: cloud and no-data NaN (not the buffer: the day had <= 5 % cloud).
+        return _reference_pixels(moving, optical)
+    try:
+        if origin.startswith("file ") and spec.options.get("reference") \
+                and origin == _file_origin(spec.options["reference"]):
+            return _reference_file(spec.options["reference"], spec, reg_grid, like,
+                                   _rasterize(aoi.to_crs(aoi.polygon, reg_grid.crs), reg_grid))
+        if origin.startswith("scene "):
+            wanted = origin[len("scene "):]
+            held = [e for e in cube.scenes() if str(e.get("scene_id")) == wanted]
+            if not held:
+                return None
+            when = datetime.fromisoformat(str(held[0]["time"]))
+            found = [s for s in search_day(source, spec, aoi, when.date()) if s.id == wanted]
+            if not found:
+                return None  # the file is gone or changed (a new id): the site grid it is
+            raw = source.load(found[0], reg_grid, aoi=aoi)
+            if optical:
+                from changedet.acquire import site_cloud
+
+                raw, _, _ = site_cloud(raw, found[0], _rasterize(aoi.to_crs(aoi.polygon, reg_grid.crs), reg_grid),
+                                       optical=True, cloud_method=str(spec.options.get("cloud_mask", "auto")))
+            return _reference_pixels(raw, optical)
+    except (ChangedetError, OSError, ValueError) as exc:
+        log.info("%s: the reference %s could not be read on the registration window (%s)", aoi.id, origin, exc)
+    return None
 
 
 def _change_magnitude(history: xr.DataArray, image: xr.DataArray, *, mad_floor: float) -> xr.DataArray:
