@@ -28,7 +28,7 @@ import numpy as np
 
 from changedet.cloudmask import cloud_fraction, with_cloud_band
 from changedet.cube import Cube, optical_bands
-from changedet.errors import SourceConfigError, SourceError
+from changedet.errors import SourceConfigError, SourceError, SourceUnavailable
 from changedet.grid import GridSpec, aoi_grid
 from changedet.sources.base import CLOUD_BAND, SceneRecord, check_range
 
@@ -148,6 +148,78 @@ class FetchStopped(SourceError):
         super().__init__(message)
         self.report = report
         self.option = option
+
+
+def unusable_sources_error(aoi, exc: BaseException, *, seed: int = 0, registry: Path | None = None,
+                           data_dir: str | Path | None = None, store_root: str | Path | None = None
+                           ) -> SourceConfigError | SourceUnavailable | None:
+    """What ``exc`` is when no source entry of ``aoi`` can be used here: configuration, or may pass.
+
+    :func:`changedet.pipeline.run_day` raises a plain :class:`SourceError` for an AOI
+    without a stored series none of whose source entries can be used on this machine
+    (Sentinel Hub credentials missing, a local folder that does not exist or holds no
+    images, a source package not installed; :func:`changedet.pipeline.choose_source`).
+    This asks ``choose_source`` again (its checks make no network call) to tell the two
+    kinds of that case apart:
+
+    - every entry lacks something no wait can bring (credentials or a profile, a package,
+      a local entry without ``path``): a :class:`SourceConfigError` (option ``sources``),
+      not retried, naming the AOI file, each entry with what it lacks (the variables or
+      setting to fix, never a secret's value) and the fix;
+    - a local entry's folder is missing or empty, which is also what a share not mounted
+      (or an empty mount point) looks like, or the store root itself is missing (then
+      whether a series exists cannot be told: an existing series that loses its source
+      is a passing ``failed`` day): a :class:`SourceUnavailable`, tried again.
+
+    Parameters
+    ----------
+    aoi : changedet.aoi.AOI
+    exc : BaseException
+        What ``run_day`` raised; anything but a plain ``SourceError`` gives None.
+    seed, registry, data_dir
+        As in the run's :class:`changedet.pipeline.RunConfig`.
+    store_root : str or Path, optional
+        Where the run's cubes are (``RunConfig.store_root()``; default ``data_dir``).
+
+    Returns
+    -------
+    SourceConfigError, SourceUnavailable or None
+        The error to raise instead of ``exc``; None when ``exc`` is something else
+        (a source is usable now).
+    """
+    if type(exc) is not SourceError:
+        return None
+    from changedet.cube import is_url
+    from changedet.pipeline import choose_source  # here: importing the pipeline loads most of changedet
+
+    try:
+        choose_source(aoi, seed, registry, data_dir)
+    except SourceConfigError:
+        return None  # a setting of a usable entry: raised as it is by run_day
+    except SourceError:
+        pass
+    else:
+        return None  # a source can be used (now): exc was something else
+    where = f"AOI file {aoi.source_path}" if getattr(aoi, "source_path", None) else f"AOI {aoi.id}"
+    root = store_root if store_root is not None else data_dir
+    if root is not None and not is_url(root) and not Path(root).is_dir():
+        return SourceUnavailable(
+            f"{where}: no source entry can be used now and the data directory {str(root)!r} does not exist (a "
+            f"share not mounted?), so whether the AOI has a stored series cannot be told; tried again later: {exc}")
+    # Every entry was passed over (choose_source failed): a local entry with a path was for a
+    # missing or empty folder, which a remount cures. No wait cures the other reasons.
+    waiting = [f"{spec.name} ({spec.options.get('path')})" for spec in aoi.sources
+               if spec.name == "local" and spec.options.get("path")]
+    if waiting:
+        return SourceUnavailable(
+            f"{where}: no source entry can be used now; the local folder(s) {', '.join(waiting)} are missing or "
+            "empty, as a share not mounted is: tried again later (if the path is wrong, fix the entry's 'path'): "
+            f"{exc}")
+    # exc names each entry and what it lacks; this adds the file, where to set it and that waiting is no cure.
+    return SourceConfigError(
+        f"{where}: no source entry can be used on this machine and a retry cannot help (set what an entry lacks "
+        "where the AOI runs: the shell of `changedet run`, the environment of the Prefect worker or `changedet "
+        f"serve`; or fix the entries in the file; then run the days again): {exc}", option="sources")
 
 
 def _config_stop(aoi, source, exc: SourceConfigError, scene: SceneRecord, outcomes: list[SceneOutcome],
@@ -300,4 +372,4 @@ def _one(cube: Cube, scene: SceneRecord, data, grid: GridSpec, inside: np.ndarra
 
 
 __all__ = ["DEFAULT_MAX_CLOUD", "MAX_FAILURES_IN_A_ROW", "FetchReport", "FetchStopped", "SceneOutcome", "fetch",
-           "site_mask"]
+           "site_mask", "unusable_sources_error"]

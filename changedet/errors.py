@@ -5,12 +5,58 @@ message (no traceback) and exits non-zero.
 """
 
 
+def _rebuilt(cls: type, args: tuple) -> "ChangedetError":
+    """An instance of the exception class ``cls`` with ``args``, made without its ``__init__``.
+
+    The unpickling half of :meth:`ChangedetError.__reduce__`; the attributes follow as the
+    pickled state.
+    """
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    return exc
+
+
 class ChangedetError(Exception):
-    """Base class for every error changedet raises on purpose."""
+    """Base class for every error changedet raises on purpose.
+
+    Every subclass pickles with its message and attributes, whatever its ``__init__``
+    takes: errors cross process boundaries (a Dask worker sends its errors to the flow,
+    Prefect keeps a task's exception in its state), and the default pickling of an
+    exception calls ``cls(*args)``, which fails for an ``__init__`` with other required
+    arguments (the receiving side then sees a ``TypeError`` instead of the error).
+    """
+
+    def __reduce__(self):
+        if any(base.__basicsize__ > Exception.__basicsize__ for base in type(self).__mro__
+               if base.__module__ == "builtins"):
+            # Mixed with a built-in that keeps fields in C slots (OSError's errno and filename,
+            # UnicodeError's, StopIteration's value), which _rebuilt would lose: that base's own
+            # pickling, which knows them (it calls the class with them, as before).
+            return super().__reduce__()
+        # Rebuilt without calling __init__: args (the message) as raised, attributes as state.
+        return _rebuilt, (type(self), self.args), dict(self.__dict__)
 
 
 class AOIError(ChangedetError):
     """An AOI file (GeoJSON or YAML) is malformed or inconsistent."""
+
+
+def problems_by_file(problems) -> dict[str, list[str]]:
+    """The problems of broken AOI files, grouped by file: ``{path: [problem, ...]}``, in order.
+
+    Problems are :class:`AOIError` (or their text) as :func:`changedet.aoi.scan_registry`
+    and the AOI loaders give them: each starts with its file's path and ``": "``; one
+    error that lists several (``"2 problems in AOI 'x':\n  - path: ..."``) counts each
+    listed line. Whoever says "N broken AOI file(s)" counts the keys, not the problems
+    (one file with two typos is one broken file).
+    """
+    out: dict[str, list[str]] = {}
+    for problem in problems:
+        text = str(problem)
+        listed = [line.strip()[2:] for line in text.splitlines()[1:] if line.strip().startswith("- ")]
+        for item in listed or [text]:
+            out.setdefault(item.split(": ", 1)[0] if ": " in item else item, []).append(item)
+    return out
 
 
 class GridError(ChangedetError):
@@ -29,10 +75,8 @@ class SourceError(ChangedetError):
 
 
 class _Typed(SourceError):
-    # Rebuilt from the message and the attributes (flows send errors between processes;
-    # the default pickling passes only the message to __init__).
-    def __reduce__(self):
-        return (self.__class__, (str(self),), dict(self.__dict__))
+    # The typed source errors (pickled as every ChangedetError, see its __reduce__).
+    pass
 
 
 class SourceUnavailable(_Typed):

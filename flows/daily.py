@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from changedet.aoi import list_aois, load_aoi, scan_registry
+from changedet.aoi import load_aoi, scan_registry
 from changedet.errors import AOIError, ChangedetError
 from flows.cluster import task_runner, workers_see_this_api
 from flows.tasks import (ensure_source_limits, process_aoi_day, result_storage, run_config, source_limit_name,
@@ -38,14 +38,6 @@ class DailyFailed(ChangedetError):
 
 def default_data_dir() -> str:
     return os.environ.get("CHANGEDET_DATA_DIR", "changedet-data")
-
-
-def select_aois(aoi_ids: list[str] | None, registry: str | None = None):
-    """The AOIs named (or the whole registry's); raises :class:`AOIError` if any of them is broken."""
-    from pathlib import Path
-
-    reg = Path(registry) if registry else None
-    return [load_aoi(a, registry=reg) for a in aoi_ids] if aoi_ids else list_aois(reg)
 
 
 def select_runnable_aois(aoi_ids: list[str] | None, registry: str | None = None) -> tuple[list, list[str]]:
@@ -84,11 +76,42 @@ def select_runnable_aois(aoi_ids: list[str] | None, registry: str | None = None)
 
 
 def broken_text(broken: list[str]) -> str:
-    """The flows' words for the broken AOI files of a run (``""`` when none)."""
+    """The flows' words for the broken AOI files of a run (``""`` when none).
+
+    ``broken`` holds problems, several per file possible: files are counted.
+    """
+    from changedet.errors import problems_by_file
+
     if not broken:
         return ""
-    return (f"{len(broken)} AOI file(s) of the registry are broken and were not run (fix them, "
+    return (f"{len(problems_by_file(broken))} AOI file(s) of the registry are broken and were not run (fix them, "
             f"`changedet aois validate` checks): " + "; ".join(broken))
+
+
+def unscheduled_aois(ids: list[str] | None, registry: str | None, have: set[str]) -> tuple[list, list[str]]:
+    """``(AOIs to run, problems)`` of the AOI files ``changedet serve`` found broken and did not schedule.
+
+    Checked on every run of the daily deployment they were given to
+    (:func:`flows.deploy.build_deployments`): one still broken is a problem the run fails
+    with (named, as a file that breaks later is); one that parses now is run with this
+    deployment (and a warning says to restart serve, which schedules it at its own
+    timezone's hour). An id whose files left the registry is no longer wanted. Ids in
+    ``have`` (run anyway) are skipped.
+    """
+    from pathlib import Path
+
+    from changedet.aoi import default_registry
+
+    reg = Path(registry) if registry else default_registry()
+    aois, problems = [], []
+    for aoi_id in ids or []:
+        if aoi_id in have or not ((reg / f"{aoi_id}.yaml").exists() or (reg / f"{aoi_id}.geojson").exists()):
+            continue
+        try:
+            aois.append(load_aoi(aoi_id, registry=reg))
+        except AOIError as exc:
+            problems.append(str(exc))
+    return aois, problems
 
 
 def day_for(aoi, scheduled: datetime | None) -> date:
@@ -106,7 +129,8 @@ def day_for(aoi, scheduled: datetime | None) -> date:
 @flow(name="daily_monitor", log_prints=True, task_runner=task_runner())
 def daily_monitor(aoi_ids: list[str] | None = None, day: date | None = None, data_dir: str | None = None,
                   seed: int = 0, registry: str | None = None, source_concurrency: int | None = None,
-                  kernels_on_cluster: bool = True, store_url: str | None = None) -> list[dict]:
+                  kernels_on_cluster: bool = True, store_url: str | None = None,
+                  unscheduled: list[str] | None = None) -> list[dict]:
     """Acquire, co-register, count and alert for each AOI on one day.
 
     Parameters
@@ -131,6 +155,10 @@ def daily_monitor(aoi_ids: list[str] | None = None, day: date | None = None, dat
         Where cubes and products go (a path or fsspec URL such as ``s3://bucket/prefix``;
         default ``$CHANGEDET_STORE_URL``, else ``data_dir``). Metrics, outbox, evidence
         and task results stay under ``data_dir``.
+    unscheduled : list of str, optional
+        AOI ids whose files ``changedet serve`` found broken when it started (it gives them
+        to one daily deployment): each run fails naming those still broken, and runs
+        those that parse now (see :func:`unscheduled_aois`).
 
     Returns
     -------
@@ -149,6 +177,12 @@ def daily_monitor(aoi_ids: list[str] | None = None, day: date | None = None, dat
     """
     logger = get_run_logger()
     aois, broken = select_runnable_aois(aoi_ids, registry)
+    late, still_broken = unscheduled_aois(unscheduled if aoi_ids else None, registry, {a.id for a in aois})
+    aois, broken = aois + late, broken + still_broken
+    if late:
+        logger.warning("daily_monitor: %s broken when `changedet serve` started, valid now: run with this "
+                       "deployment; restart `changedet serve` to schedule them at their own timezone's hour",
+                       ", ".join(a.id for a in late))
     if broken:
         logger.error("daily_monitor: %s", broken_text(broken))
     scheduled = flow_run.scheduled_start_time if flow_run.id else None

@@ -27,6 +27,7 @@ from typing import Any, Iterator
 from prefect import get_run_logger, task
 from prefect.context import TaskRunContext
 
+from changedet.acquire import unusable_sources_error
 from changedet.aoi import load_aoi
 from changedet.cube import CubeLocked, CubeRaced, is_url
 from changedet.errors import ChangedetError, SourceConfigError, SourceError, StoreError
@@ -112,7 +113,17 @@ def _scene_state(aoi, cfg: RunConfig, scene_id: str) -> str | None:
 
 
 def source_limit_name(aoi, cfg: RunConfig) -> str:
-    return SOURCE_LIMIT_PREFIX + primary_source(aoi, cfg)[1].name
+    """The global concurrency limit of the source ``run_day`` reads ``aoi`` from.
+
+    An AOI none of whose sources can be used here (credentials missing, no folder) gets
+    its first entry's: the flow must not fail for every AOI before any ran (the limit is
+    asked for in the flow), and its AOI-day then fails alone with the configuration
+    error that names the fix.
+    """
+    try:
+        return SOURCE_LIMIT_PREFIX + primary_source(aoi, cfg)[1].name
+    except SourceError:
+        return SOURCE_LIMIT_PREFIX + (aoi.sources[0].name if aoi.sources else "none")
 
 
 def aoi_day_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
@@ -128,7 +139,12 @@ def aoi_day_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> st
     day = parameters["day"]
     if isinstance(day, str):
         day = date.fromisoformat(day)
-    scene = find_scene(aoi, day, cfg)
+    try:
+        scene = find_scene(aoi, day, cfg)
+    except SourceError:
+        # No source usable here, or its catalogue is down: no key (no caching), and the task
+        # body meets the same error and reports it (Prefect would log a traceback for it here).
+        return None
     if scene is None:
         return None
     # A store apart from data_dir is part of the key: the same AOI-day written to another
@@ -527,7 +543,19 @@ def _process_aoi_day(aoi_id: str, day: date, data_dir: str, seed: int, registry:
         t_got = time.perf_counter()
         with kernels_on_cluster(on_cluster):
             t_in, c_in = time.perf_counter(), time.process_time()
-            result = run_day(aoi, day, cfg)
+            try:
+                result = run_day(aoi, day, cfg)
+            except SourceError as exc:
+                # A new AOI none of whose sources can be used here: missing credentials are the
+                # AOI file's configuration (not retried, worth_retrying); a missing local folder
+                # may be a share not mounted (SourceUnavailable, retried).
+                typed = unusable_sources_error(aoi, exc, seed=cfg.seed, registry=cfg.registry,
+                                               data_dir=cfg.data_dir, store_root=cfg.store_root())
+                if typed is None:
+                    raise
+                if isinstance(typed, SourceConfigError):
+                    raise SourceConfigError(f"{aoi_id} {day}: {typed}", option=typed.option) from None
+                raise type(typed)(f"{aoi_id} {day}: {typed}") from None
             work = (time.perf_counter() - t_in, time.process_time() - c_in)
         t_done = time.perf_counter()
     t_released = time.perf_counter()
@@ -574,15 +602,37 @@ def _process_aoi_day(aoi_id: str, day: date, data_dir: str, seed: int, registry:
     return doc
 
 
-@task(retries=1, retry_delay_seconds=10, persist_result=False, task_run_name="report {out_dir}")
+def report_worth_retrying(task, task_run, state) -> bool:
+    """Prefect ``retry_condition_fn`` of :func:`render_report`: False only for what a second build
+    gives alike, an AOI file's problem (``AOIError``, ``ReportIncomplete``); anything else (a data
+    directory on a share not mounted for a moment, a store busy) keeps its one retry."""
+    from changedet.errors import AOIError
+    from changedet.report import ReportIncomplete  # here: the report module is optional for the flows
+
+    exc = state.data if isinstance(state.data, BaseException) else state.result(raise_on_failure=False)
+    return not isinstance(exc, (AOIError, ReportIncomplete))
+
+
+@task(retries=1, retry_delay_seconds=10, retry_condition_fn=report_worth_retrying, persist_result=False,
+      task_run_name="report {out_dir}")
 def render_report(data_dir: str, out_dir: str, aoi_ids: list[str] | None = None, start: date | None = None,
                   end: date | None = None, registry: str | None = None) -> str:
-    """Build the analyst report (``changedet.report.build_report``) and return its path."""
-    from changedet.report import build_report  # imported here: the report module is optional for the flows
+    """Build the analyst report (``changedet.report.build_report``) and return its path.
+
+    A broken AOI file of the registry leaves the report of the other AOIs written (its
+    path logged) and fails the task with :class:`changedet.report.ReportIncomplete`,
+    naming each broken file; that and an AOI error are not retried (a retry builds the same
+    report), any other failure is retried once (:func:`report_worth_retrying`).
+    """
+    from changedet.report import ReportIncomplete, build_report  # here: the report module is optional
 
     logger = get_run_logger()
-    path = build_report(Path(data_dir), Path(out_dir), aoi_ids=aoi_ids, start=start, end=end,
-                        registry=_registry(registry))
+    try:
+        path = build_report(Path(data_dir), Path(out_dir), aoi_ids=aoi_ids, start=start, end=end,
+                            registry=_registry(registry))
+    except ReportIncomplete as exc:
+        logger.error("report for the valid AOIs written to %s; %s", exc.index, exc)
+        raise
     logger.info("report for %s (%s..%s) written to %s", aoi_ids or "all AOIs", start or "start", end or "now", path)
     return str(path)
 

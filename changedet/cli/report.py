@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from changedet.cli import default_data_dir, parse_date
@@ -26,11 +27,18 @@ def add_parser(sub) -> None:
 
 
 def cmd_report(args) -> int:
-    from changedet.report import build_report
+    """Build the report; exit 1 (after writing it) when AOI files of the registry are broken."""
+    from changedet.report import ReportIncomplete, build_report
 
-    index = build_report(args.data_dir or default_data_dir(), args.out, aoi_ids=args.aoi, start=args.start,
-                         end=args.end, registry=args.registry, store_url=args.store_url,
-                         metrics_url=args.metrics_url)
+    try:
+        index = build_report(args.data_dir or default_data_dir(), args.out, aoi_ids=args.aoi, start=args.start,
+                             end=args.end, registry=args.registry, store_url=args.store_url,
+                             metrics_url=args.metrics_url)
+    except ReportIncomplete as exc:
+        # The valid AOIs are in the report: say where it is, then what is missing from it.
+        print(f"report: {exc.index}")
+        print(f"changedet report: {exc}", file=sys.stderr)
+        return 1
     print(f"report: {index}")
     if args.aoi and len(args.aoi) == 1:
         print(f"  {args.aoi[0]}: {index.parent / args.aoi[0] / 'index.html'}")

@@ -111,16 +111,18 @@ def cmd_run(args) -> int:
         for i, d in enumerate(days):
             stop = ""
             try:
-                r = _run_day_retrying(run_day, aoi, d, cfg)
+                r = _run_day_typed(run_day, aoi, d, cfg)
             except SourceConfigError as exc:
-                # Raised by run_day for a setting it reads itself (max_cloud, reference): as a
-                # source's configuration error, it is the entry's and every later day's.
+                # Raised by run_day for a setting it reads itself (max_cloud, reference), or for
+                # an AOI none of whose sources can be used here: as a source's configuration
+                # error, it is the entry's (the AOI file's) and every later day's.
                 r = DayResult(aoi.id, d, "failed", note=str(exc), misconfigured={
                     "aoi_id": aoi.id, "file": str(aoi.source_path) if aoi.source_path else None, "entry": None,
                     "option": exc.option})
             except SourceUnavailable as exc:
                 # Raised by run_day for a file it reads itself (a reference: on a share not
-                # mounted now): passing, but the AOI's later days would need it too.
+                # mounted now), or for an AOI whose local imagery folder is missing or empty
+                # (_run_day_typed): passing, but the AOI's later days would need it too.
                 r = DayResult(aoi.id, d, "failed", note=str(exc))
                 stop = "a file it needs could not be read now (it may pass: run the range again)"
             except (CubeRaced, CubeLocked) as exc:
@@ -168,6 +170,25 @@ def cmd_run(args) -> int:
 
 #: Sleep between tries (a name of its own, so tests need not wait).
 _sleep = time.sleep
+
+
+def _run_day_typed(run_day, aoi, day: date, cfg):
+    """:func:`_run_day_retrying`, with a new AOI none of whose sources can be used here raised as
+    what it is (:func:`changedet.acquire.unusable_sources_error`): a configuration error
+    (credentials missing: the AOI stops), or a failure that may pass (a local folder missing
+    or empty, as on a share not mounted: a passing ``failed`` day, the AOI stops and a run
+    of the range again does its days)."""
+    from changedet.acquire import unusable_sources_error
+    from changedet.errors import SourceError
+
+    try:
+        return _run_day_retrying(run_day, aoi, day, cfg)
+    except SourceError as exc:
+        typed = unusable_sources_error(aoi, exc, seed=cfg.seed, registry=cfg.registry, data_dir=cfg.data_dir,
+                                       store_root=cfg.store_root())
+        if typed is None:
+            raise
+        raise typed from None
 
 
 def _run_day_retrying(run_day, aoi, day: date, cfg):

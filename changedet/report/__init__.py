@@ -5,6 +5,6 @@ an analyst can open from disk or publish as is; the figures come from
 :mod:`changedet.figures` (scale bar, north arrow, date, sensor, attribution on every map).
 """
 
-from changedet.report.build import ReportError, baseline_band, build_report
+from changedet.report.build import ReportError, ReportIncomplete, baseline_band, build_report
 
-__all__ = ["ReportError", "baseline_band", "build_report"]
+__all__ = ["ReportError", "ReportIncomplete", "baseline_band", "build_report"]

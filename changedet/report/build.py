@@ -23,10 +23,10 @@ import pandas as pd
 import xarray as xr
 
 from changedet import __version__
-from changedet.errors import ChangedetError
+from changedet.errors import ChangedetError, problems_by_file
 from changedet.report.html import esc, fmt_num, href, page, rel_href, sparkline, table
 
-__all__ = ["ReportError", "build_report", "baseline_band"]
+__all__ = ["ReportError", "ReportIncomplete", "build_report", "baseline_band"]
 
 #: Change magnitude threshold drawn on heatmaps: the pipeline default
 #: (:attr:`changedet.pipeline.RunConfig.change_z`); runs do not record theirs.
@@ -38,6 +38,23 @@ _METRIC_UNITS = {"railcars": "railcars", "containers_teu": "TEU", "ships": "ship
 
 class ReportError(ChangedetError):
     """The report cannot be built (unknown AOI, unreadable data directory, bad period)."""
+
+
+class ReportIncomplete(ReportError):
+    """The report was written for the valid AOIs of the registry, but AOI files are broken.
+
+    Attributes
+    ----------
+    index : pathlib.Path
+        The ``index.html`` written (it lists the broken files too).
+    broken : list of str
+        Each problem of the broken AOI files, its path first (one file may have several;
+        :func:`changedet.errors.problems_by_file` groups them).
+    """
+
+    def __init__(self, message: str, index: Path, broken: Sequence[str]) -> None:
+        super().__init__(message)
+        self.index, self.broken = Path(index), list(broken)
 
 
 @dataclass
@@ -638,7 +655,7 @@ def _footer() -> str:
 
 
 # -- index -------------------------------------------------------------------------------------
-def _index(views: list[_AOIView], out_dir: Path, start, end) -> Path:
+def _index(views: list[_AOIView], out_dir: Path, start, end, broken: Sequence[str] = ()) -> Path:
     rows = []
     for v in views:
         sparks = []
@@ -665,8 +682,16 @@ def _index(views: list[_AOIView], out_dir: Path, start, end) -> Path:
         f"{sum(v.open_alerts for v in views)} open alert(s)</p>",
         table(["site", "status", "latest acquisition", "metrics (period; ● alert)", "open alerts"], rows,
               cls="index", numeric=(4,)),
-        _footer(),
     ]
+    if broken:
+        # Whoever reads the report must see that sites are missing from it, and why.
+        # Files are counted (one file with two typos is one site missing), each with its problems.
+        files = problems_by_file(broken)
+        body.append(f"<h2 id=\"broken-aois\">Not in this report: {len(files)} broken AOI file(s)</h2>"
+                    "<p>Fix them (<code>changedet aois validate</code> checks) and build the report again.</p><ul>"
+                    + "".join(f"<li>{esc(path)}<ul>" + "".join(f"<li>{esc(p)}</li>" for p in problems)
+                              + "</ul></li>" for path, problems in files.items()) + "</ul>")
+    body.append(_footer())
     path = out_dir / "index.html"
     path.write_text(page("changedet report", "\n".join(body)), encoding="utf-8")
     return path
@@ -707,11 +732,16 @@ def build_report(data_dir: str | Path, out_dir: str | Path, *, aoi_ids: Sequence
     ------
     ReportError
         Missing data directory or an inverted period.
+    ReportIncomplete
+        (a ``ReportError``) Over the whole registry, after the report of its valid AOIs was
+        written: AOI files of the registry are broken (named in the message, in ``broken``
+        and on the index page). One analyst's typo in one site's file does not keep the
+        other sites out of the report.
     AOIError
-        Unknown or invalid AOI.
+        A named AOI is unknown or invalid, or the registry holds no valid AOI.
     """
     from changedet.alerts.outbox import Outbox
-    from changedet.aoi import list_aois, load_aoi
+    from changedet.aoi import list_aois, load_aoi, scan_registry
     from changedet.metrics import MetricStore, is_postgres_url, sqlite_path
 
     data_dir, out_dir = Path(data_dir), Path(out_dir)
@@ -719,7 +749,14 @@ def build_report(data_dir: str | Path, out_dir: str | Path, *, aoi_ids: Sequence
         raise ReportError(f"data directory {data_dir} does not exist; give the --data-dir your runs wrote to")
     s, e = _period(start, end)
     reg = Path(registry) if registry is not None else None
-    aois = [load_aoi(i, registry=reg) for i in aoi_ids] if aoi_ids else list_aois(reg)
+    broken: list[str] = []
+    if aoi_ids:
+        aois = [load_aoi(i, registry=reg) for i in aoi_ids]
+    else:
+        aois, problems = scan_registry(reg)
+        if not aois:
+            list_aois(reg)  # raises: the registry missing or empty, or every file broken (all named)
+        broken = [str(problem) for problem in problems]
     out_dir.mkdir(parents=True, exist_ok=True)
     # The same resolution as the runs (RunConfig), so a report sees what `changedet run` wrote.
     from changedet.pipeline import RunConfig
@@ -736,9 +773,16 @@ def build_report(data_dir: str | Path, out_dir: str | Path, *, aoi_ids: Sequence
         # filters, which other threads (a Dask worker, a flow's task runner) share.
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             views = [_build_aoi(a, data_dir, data, out_dir, s, e, store, outbox) for a in aois]
-        return _index(views, out_dir, s, e)
+        index = _index(views, out_dir, s, e, broken)
     finally:
         if store is not None:
             store.close()
         if outbox is not None:
             outbox.close()
+    if broken:
+        lines = "\n".join(f"  - {b}" for b in broken)
+        raise ReportIncomplete(f"report {index} written for {len(aois)} AOI(s); {len(problems_by_file(broken))} "
+                               "AOI file(s) of the "
+                               f"registry are broken and not in it:\n{lines}\nfix them (`changedet aois validate` "
+                               "checks) and build the report again", index, broken)
+    return index

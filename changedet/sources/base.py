@@ -24,7 +24,7 @@ from typing import Any, Mapping, Protocol
 import xarray as xr
 from shapely.geometry import Polygon
 
-from changedet.errors import DateError, SourceError
+from changedet.errors import DateError, SourceConfigError, SourceError
 from changedet.grid import GridSpec
 
 CLOUD_BAND = "CLM"
@@ -99,7 +99,7 @@ def source_class(name: str) -> type:
     import importlib
 
     if name not in SOURCE_CLASSES:
-        raise SourceError(f"unknown source {name!r}; use one of {sorted(SOURCE_CLASSES)}")
+        raise SourceConfigError(f"unknown source {name!r}; use one of {sorted(SOURCE_CLASSES)}", option="name")
     module_name, cls_name = SOURCE_CLASSES[name].split(":")
     try:
         return getattr(importlib.import_module(module_name), cls_name)
@@ -143,5 +143,5 @@ def get_source(name: str, **options: Any) -> Source:
     try:
         return cls(**options)
     except TypeError as exc:
-        raise SourceError(f"source {name!r} does not take the options {sorted(options)} ({exc}); "
-                          "check the source entry in the AOI file") from None
+        raise SourceConfigError(f"source {name!r} does not take the options {sorted(options)} ({exc}); "
+                                "check the source entry in the AOI file", option="options") from None

@@ -151,15 +151,16 @@ class LocalSource:
         if self.bands is None:
             return
         if isinstance(self.bands, str) or not all(isinstance(b, str) and b.strip() for b in self.bands):
-            raise SourceError(f"local source 'bands' {self.bands!r}: give a list of band names, one per band "
-                              "of the files, e.g. bands: [B02, B03, B04, B08, CLM]")
+            raise SourceConfigError(f"local source 'bands' {self.bands!r}: give a list of band names, one per "
+                                    "band of the files, e.g. bands: [B02, B03, B04, B08, CLM]", option="bands")
         # Band names are looked up in upper case downstream (CLM, SCL, the s2cloudless
         # B01...B12): a lower-case b04 or clm would be scaled as reflectance or not found.
         names = [b.strip().upper() for b in self.bands]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
-            raise SourceError(f"local source 'bands' {list(self.bands)!r} names {', '.join(dup)} more than once "
-                              "(band names are case-insensitive); give each band of the files its own name")
+            raise SourceConfigError(f"local source 'bands' {list(self.bands)!r} names {', '.join(dup)} more than "
+                                    "once (band names are case-insensitive); give each band of the files its own "
+                                    "name", option="bands")
         self.bands = names
 
     def files(self) -> list[Path]:

@@ -158,7 +158,8 @@ class SHSettings:
     def deployment(cls, name: str, client_id: str, client_secret: str) -> "SHSettings":
         """Settings for a known deployment, ``"sentinel-hub"`` or ``"cdse"``."""
         if name not in DEPLOYMENTS:
-            raise SourceError(f"unknown Sentinel Hub deployment {name!r}; use one of {sorted(DEPLOYMENTS)}")
+            raise SourceConfigError(f"unknown Sentinel Hub deployment {name!r}; use one of {sorted(DEPLOYMENTS)}",
+                                    option="deployment")
         base, token = DEPLOYMENTS[name]
         return cls(client_id, client_secret, base, token)
 
@@ -168,14 +169,17 @@ class SHSettings:
 
         Raises
         ------
-        SourceError
-            Naming the environment variables to set when no client id or secret is found.
+        SourceConfigError
+            (a ``SourceError``; option ``credentials``, ``profile`` or ``SH_DEPLOYMENT``) Naming
+            the environment variables to set when no client id or secret is found, or the
+            profile or deployment that is wrong; never a secret's value.
         """
         env = os.environ if environ is None else environ
         deployment = env.get(ENV_DEPLOYMENT) or None
         if deployment is not None and deployment not in DEPLOYMENTS:
-            raise SourceError(f"{ENV_DEPLOYMENT}={deployment!r} is not a known deployment; "
-                              f"use one of {sorted(DEPLOYMENTS)} or set {ENV_BASE_URL} and {ENV_TOKEN_URL}")
+            raise SourceConfigError(f"{ENV_DEPLOYMENT}={deployment!r} is not a known deployment; "
+                                    f"use one of {sorted(DEPLOYMENTS)} or set {ENV_BASE_URL} and {ENV_TOKEN_URL}",
+                                    option=ENV_DEPLOYMENT)
         base, token = DEPLOYMENTS[deployment or "sentinel-hub"]
         client_id, secret = env.get(ENV_CLIENT_ID, ""), env.get(ENV_CLIENT_SECRET, "")
         profile = profile or env.get(ENV_PROFILE) or None
@@ -185,11 +189,13 @@ class SHSettings:
             try:
                 cfg = SHConfig.load(profile=profile)
             except KeyError:
-                raise SourceError(f"sentinelhub profile {profile!r} is not in {SHConfig.get_config_location()}; "
-                                  "create it with `sentinelhub.config --profile NAME ...` or unset SH_PROFILE") from None
+                raise SourceConfigError(f"sentinelhub profile {profile!r} is not in "
+                                        f"{SHConfig.get_config_location()}; create it with `sentinelhub.config "
+                                        "--profile NAME ...` or unset SH_PROFILE", option="profile") from None
             except Exception as exc:
-                raise SourceError(f"cannot read sentinelhub profile {profile!r} from "
-                                  f"{SHConfig.get_config_location()} ({exc.__class__.__name__}); fix the file") from None
+                raise SourceConfigError(f"cannot read sentinelhub profile {profile!r} from "
+                                        f"{SHConfig.get_config_location()} ({exc.__class__.__name__}); fix the file",
+                                        option="profile") from None
             client_id = client_id or cfg.sh_client_id
             secret = secret or cfg.sh_client_secret
             if deployment is None:
@@ -197,10 +203,13 @@ class SHSettings:
         base = env.get(ENV_BASE_URL) or base
         token = env.get(ENV_TOKEN_URL) or token
         if not client_id or not secret:
-            raise SourceError(
-                f"Sentinel Hub credentials are missing: set {ENV_CLIENT_ID} and {ENV_CLIENT_SECRET} "
-                f"(and {ENV_DEPLOYMENT}=cdse or {ENV_BASE_URL}/{ENV_TOKEN_URL} for another deployment), "
-                "or name a sentinelhub profile with SH_PROFILE")
+            # Which of the two is missing, never the value of the other (a secret).
+            lacking = " and ".join(n for n, v in ((ENV_CLIENT_ID, client_id), (ENV_CLIENT_SECRET, secret)) if not v)
+            raise SourceConfigError(
+                f"Sentinel Hub credentials are missing ({lacking} not set): set {ENV_CLIENT_ID} and "
+                f"{ENV_CLIENT_SECRET} in the environment of the process that fetches (and {ENV_DEPLOYMENT}=cdse or "
+                f"{ENV_BASE_URL}/{ENV_TOKEN_URL} for another deployment), or name a sentinelhub profile with "
+                "SH_PROFILE", option="credentials")
         return cls(client_id, secret, base, token)
 
 
@@ -283,35 +292,43 @@ class SentinelHubSource:
         from sentinelhub import SHConfig
 
         if unknown:
-            raise SourceError(f"unknown Sentinel Hub source option(s) {sorted(unknown)}; known: collection, "
-                              "byoc_id, bands, band_names, cloud_band, s1_units, backscatter, orthorectify, max_px, "
-                              "cache, cache_dir, page_size, download_attempts, retry_sleep_s, rate_limit_retries, "
-                              "max_threads, timeout_s, resolution_m, profile")
+            raise SourceConfigError(f"unknown Sentinel Hub source option(s) {sorted(unknown)}; known: collection, "
+                                    "byoc_id, bands, band_names, cloud_band, s1_units, backscatter, orthorectify, "
+                                    "max_px, cache, cache_dir, page_size, download_attempts, retry_sleep_s, "
+                                    "rate_limit_retries, max_threads, timeout_s, resolution_m, profile",
+                                    option="options")
 
         self.settings = settings if settings is not None else SHSettings.from_env(profile=profile)
+        # Wrong entry settings are the AOI file's (SourceConfigError): no retry cures them.
         if cloud_band not in ("SCL", "CLM"):
-            raise SourceError(f"cloud_band={cloud_band!r}: use 'SCL' (scene classification) or 'CLM' (s2cloudless)")
+            raise SourceConfigError(f"cloud_band={cloud_band!r}: use 'SCL' (scene classification) or 'CLM' "
+                                    "(s2cloudless)", option="cloud_band")
         if s1_units not in ("linear", "db"):
-            raise SourceError(f"s1_units={s1_units!r}: use 'linear' or 'db'")
+            raise SourceConfigError(f"s1_units={s1_units!r}: use 'linear' or 'db'", option="s1_units")
         if backscatter not in es.S1_BACKSCATTER:
-            raise SourceError(f"backscatter={backscatter!r}: use one of {list(es.S1_BACKSCATTER)}")
+            raise SourceConfigError(f"backscatter={backscatter!r}: use one of {list(es.S1_BACKSCATTER)}",
+                                    option="backscatter")
         if backscatter == "GAMMA0_TERRAIN" and not orthorectify:
-            raise SourceError("backscatter='GAMMA0_TERRAIN' (terrain flattening) needs orthorectify=True")
+            raise SourceConfigError("backscatter='GAMMA0_TERRAIN' (terrain flattening) needs orthorectify=True",
+                                    option="orthorectify")
         if not 1 <= int(max_px) <= MAX_PX:
-            raise SourceError(f"max_px={max_px}: must be between 1 and the Process API cap {MAX_PX}")
+            raise SourceConfigError(f"max_px={max_px}: must be between 1 and the Process API cap {MAX_PX}",
+                                    option="max_px")
         if not 1 <= int(page_size) <= 100:
-            raise SourceError(f"page_size={page_size}: the Catalog API returns 1 to 100 items per page")
+            raise SourceConfigError(f"page_size={page_size}: the Catalog API returns 1 to 100 items per page",
+                                    option="page_size")
         if collection is not None and not (collection in ("sentinel-2-l2a", "sentinel-1-grd")
                                            or collection.startswith("byoc-")):
-            raise SourceError(f"collection {collection!r} is not supported; use 'sentinel-2-l2a', "
-                              "'sentinel-1-grd' or 'byoc-<collection id>'")
+            raise SourceConfigError(f"collection {collection!r} is not supported; use 'sentinel-2-l2a', "
+                                    "'sentinel-1-grd' or 'byoc-<collection id>'", option="collection")
         if collection is not None and collection.startswith("byoc-"):
             byoc_id = byoc_id or collection[len("byoc-"):]
         self.collection, self.byoc_id = collection, byoc_id
         self.bands = tuple(bands) if bands is not None else None
         self.band_names = tuple(band_names) if band_names is not None else None
         if self.bands is not None and self.band_names is not None and len(self.bands) != len(self.band_names):
-            raise SourceError(f"bands {self.bands} and band_names {self.band_names} differ in length")
+            raise SourceConfigError(f"bands {self.bands} and band_names {self.band_names} differ in length",
+                                    option="band_names")
         self.cloud_band, self.s1_units, self.backscatter = cloud_band, s1_units, backscatter
         self.orthorectify, self.max_px, self.page_size = bool(orthorectify), int(max_px), int(page_size)
         self.max_threads, self.resolution_m = int(max_threads), resolution_m

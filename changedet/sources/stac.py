@@ -304,9 +304,11 @@ def _first_refused_or_missing(items: list, keys: Mapping[str, str]) -> tuple[str
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
     assets = [(item.id, key, item.assets[key].href) for item in items for key in keys.values()]
+    # Read here, not in the probe threads: GDAL options set in this thread are thread-local.
+    headers = _loader_headers()
     pool = ThreadPoolExecutor(max_workers=min(PROBE_WORKERS, max(len(assets), 1)))
     try:
-        futures = {pool.submit(_http_status, href): (i, k, href) for i, k, href in assets}
+        futures = {pool.submit(_http_status, href, headers): (i, k, href) for i, k, href in assets}
         for future in as_completed(futures):
             status = future.result()
             if status in (403, 404):
@@ -317,10 +319,165 @@ def _first_refused_or_missing(items: list, keys: Mapping[str, str]) -> tuple[str
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _http_status(href: str) -> int | None:
+def _gdal_option(name: str) -> str | None:
+    """A GDAL configuration option as the asset loader sees it (set in GDAL, else the environment)."""
+    import os
+
+    try:
+        from rasterio._env import get_gdal_config
+
+        value = get_gdal_config(name, normalize=False)
+    except Exception:  # noqa: BLE001  (no rasterio binding: GDAL reads the environment)
+        value = None
+    return value if value is not None else os.environ.get(name)
+
+
+def _loader_headers() -> dict[str, str]:
+    """The HTTP headers GDAL sends with every asset request of a load, from its configuration.
+
+    The loads read assets through GDAL (``/vsicurl/``), which adds the headers of
+    ``GDAL_HTTP_HEADERS`` (``"Key: value"`` entries separated by commas, values with a
+    comma in double quotes, or by CRLF; see :func:`_gdal_header_entries`) and of the
+    ``GDAL_HTTP_HEADER_FILE`` (one ``Key: value`` a line), and an ``Authorization`` from
+    ``GDAL_HTTP_USERPWD`` (preemptive Basic only when ``GDAL_HTTP_AUTH`` is unset or
+    ``BASIC``, as curl does; with ANY, ANYSAFE, DIGEST, NTLM or NEGOTIATE curl sends no
+    credentials before the server asks, so neither does the probe) or ``GDAL_HTTP_BEARER``
+    (``GDAL_HTTP_AUTH=BEARER``). An explicit Authorization header, in any letter case, wins.
+    A probe without them is refused (403) by a protected archive that the load itself can
+    read, and that refusal costs the scene a fetch of its items again and a retry. Cookies
+    and ``.netrc`` are not read. The values are secrets: never logged, and never sent to
+    another host on a redirect (:func:`_http_status`).
+    """
+    import base64
+
+    headers: dict[str, str] = {}
+    spelled: dict[str, str] = {}  # lower-case name -> the key used: header names ignore case
+
+    def add(line: str) -> None:
+        key, sep, value = line.partition(":")
+        key = key.strip()
+        if sep and key:
+            old = spelled.setdefault(key.lower(), key)
+            headers[old] = value.strip()  # the later one wins, as in curl's list
+
+    path = _gdal_option("GDAL_HTTP_HEADER_FILE")
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    add(line)
+        except OSError:
+            pass  # GDAL fails the load on it; the probe goes without
+    text = _gdal_option("GDAL_HTTP_HEADERS")
+    if text:
+        for entry in _gdal_header_entries(text):
+            add(entry)
+    if "authorization" in spelled:
+        return headers  # an Authorization given explicitly replaces the one curl makes from the options
+    auth = (_gdal_option("GDAL_HTTP_AUTH") or "").strip().upper()
+    bearer, userpwd = _gdal_option("GDAL_HTTP_BEARER"), _gdal_option("GDAL_HTTP_USERPWD")
+    if auth == "BEARER" and bearer:
+        headers["Authorization"] = f"Bearer {bearer}"
+    elif userpwd and auth in ("", "BASIC"):
+        headers["Authorization"] = "Basic " + base64.b64encode(userpwd.encode()).decode()
+    return headers
+
+
+def _gdal_header_entries(text: str) -> list[str]:
+    """The header lines of a ``GDAL_HTTP_HEADERS`` value, split as GDAL splits it (cpl_http.cpp).
+
+    CRLF separates the lines when there is one. Otherwise GDAL's compatibility rule: a value
+    with a comma and no ``:`` after its first comma is ONE header (``Accept: text/plain,
+    application/json``); else a comma list (:func:`_comma_list`).
+    """
+    if "\r\n" in text:
+        return text.split("\r\n")
+    comma = text.find(",")
+    if comma >= 0 and ":" not in text[comma:]:
+        return [text]
+    return _comma_list(text)
+
+
+def _comma_list(text: str) -> list[str]:
+    """GDAL's comma-separated list (CSLTokenizeString2 with CSLT_HONOURSTRINGS): a double-quoted
+    part keeps its commas and loses its quotes; in it, a backslash before ``"`` or ``\\``
+    escapes that character, and any other backslash is kept as it is."""
+    entries, current, quoted, i = [], [], False, 0
+    while i < len(text):
+        ch = text[i]
+        if quoted and ch == "\\" and i + 1 < len(text) and text[i + 1] in ('"', "\\"):
+            current.append(text[i + 1])
+            i += 1
+        elif ch == '"':
+            quoted = not quoted
+        elif ch == "," and not quoted:
+            entries.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+        i += 1
+    entries.append("".join(current))
+    return entries
+
+
+#: Request headers that carry credentials: dropped when a redirect leaves the first origin.
+_CREDENTIAL_HEADERS = ("authorization", "cookie", "proxy-authorization")
+
+
+def _same_origin(a: str, b: str) -> bool:
+    """Whether URLs ``a`` and ``b`` have the same scheme, host and port (default ports filled in)."""
+    from urllib.parse import urlsplit
+
+    ua, ub = urlsplit(a), urlsplit(b)
+    default = {"http": 80, "https": 443}
+
+    def port(u):
+        try:
+            return u.port or default.get(u.scheme.lower())
+        except ValueError:  # a malformed port: not the same origin
+            return None
+
+    return (ua.scheme.lower() == ub.scheme.lower() and (ua.hostname or "") == (ub.hostname or "")
+            and port(ua) is not None and port(ua) == port(ub))
+
+
+def _credential_safe_opener():
+    """A urllib opener that follows redirects like curl without CURLOPT_UNRESTRICTED_AUTH.
+
+    urllib copies every request header to the redirect target whatever its host; libcurl
+    (GDAL's loader) sends Authorization and Cookie only to the first URL's host. A protected
+    archive often answers an asset URL with a 302 to a CDN or a presigned bucket: the
+    password must not go there. Credentials are dropped once a redirect leaves the first
+    URL's origin (scheme, host, port), and stay dropped for the rest of the chain.
+    """
+    import urllib.request
+
+    class _Redirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, req, fp, code, msg, headers, newurl):
+            new = super().redirect_request(req, fp, code, msg, headers, newurl)
+            if new is not None:
+                first = getattr(req, "_changedet_first_url", req.full_url)
+                new._changedet_first_url = first
+                if not _same_origin(first, new.full_url) or getattr(req, "_changedet_dropped", False):
+                    new._changedet_dropped = True
+                    for name in list(new.headers):
+                        if name.lower() in _CREDENTIAL_HEADERS:
+                            del new.headers[name]
+                    for name in list(new.unredirected_hdrs):
+                        if name.lower() in _CREDENTIAL_HEADERS:
+                            del new.unredirected_hdrs[name]
+            return new
+
+    return urllib.request.build_opener(_Redirect)
+
+
+def _http_status(href: str, headers: Mapping[str, str] | None = None) -> int | None:
     """The HTTP status of a one-byte range request for ``href``; None when not HTTP(S) or no answer.
 
     A GET, not a HEAD: a presigned S3 URL is signed for GET, and HEAD answers 403 to it.
+    ``headers`` (the loader's, :func:`_loader_headers`) go with it, so a protected archive
+    answers the probe as it answers the load; redirects are followed, but credentials go
+    to the first URL's origin only (:func:`_credential_safe_opener`), as the loader does.
     Nothing of the answer is kept (the URL may carry a signature).
     """
     import urllib.error
@@ -328,9 +485,9 @@ def _http_status(href: str) -> int | None:
 
     if not href.lower().startswith(("http://", "https://")):
         return None
-    request = urllib.request.Request(href, headers={"Range": "bytes=0-0"})
+    request = urllib.request.Request(href, headers={**dict(headers or {}), "Range": "bytes=0-0"})
     try:
-        with urllib.request.urlopen(request, timeout=PROBE_TIMEOUT_S) as answer:  # noqa: S310  (http(s) only)
+        with _credential_safe_opener().open(request, timeout=PROBE_TIMEOUT_S) as answer:  # (http(s) only)
             return int(answer.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)
