@@ -179,19 +179,25 @@ class _Records(logging.Handler):
         self.records.append(record)
 
 
+def _deploy_logged(reg):
+    """``build_deployments`` on registry ``reg``: ``(deployments, records logged by flows.deploy)``."""
+    from flows.deploy import build_deployments
+
+    seen, logger = _Records(), logging.getLogger("flows.deploy")
+    logger.addHandler(seen)
+    try:
+        return build_deployments(registry=str(reg), data_dir="/data"), seen
+    finally:
+        logger.removeHandler(seen)
+
+
 def test_serve_deploys_the_valid_aois_and_names_the_broken_file(tmp_path):
     from changedet.aoi import scan_registry
-    from flows.deploy import build_deployments
 
     reg = _shipped_registry_with_a_broken_file(tmp_path)
     valid = sorted(a.id for a in scan_registry(reg)[0])
     assert valid and BROKEN not in valid
-    seen, logger = _Records(), logging.getLogger("flows.deploy")
-    logger.addHandler(seen)
-    try:
-        deps = build_deployments(registry=str(reg), data_dir="/data")
-    finally:
-        logger.removeHandler(seen)
+    deps, seen = _deploy_logged(reg)
     daily = [d for d in deps if d.name.startswith("daily-")]
     assert sorted(i for d in daily for i in d.parameters["aoi_ids"]) == valid
     assert {d.name for d in deps} >= {"changedet-backfill", "changedet-report"}
@@ -685,16 +691,10 @@ def test_serve_gives_the_broken_files_to_one_daily_deployment_and_counts_files(t
     deployment (checked on each of its runs); one file with two typos is ONE broken file."""
     from changedet.aoi import scan_registry
     from flows.daily import broken_text
-    from flows.deploy import build_deployments
 
     reg = _registry_with_a_two_typo_file(tmp_path)
     assert len(scan_registry(reg)[1]) == 2  # two problems, one file
-    seen, logger = _Records(), logging.getLogger("flows.deploy")
-    logger.addHandler(seen)
-    try:
-        deps = build_deployments(registry=str(reg), data_dir="/data")
-    finally:
-        logger.removeHandler(seen)
+    deps, seen = _deploy_logged(reg)
     daily = sorted((d for d in deps if d.name.startswith("daily-")), key=lambda d: d.name)
     assert len(daily) == 2
     assert daily[0].parameters["unscheduled"] == ["bad_site"], daily[0].parameters

@@ -209,6 +209,21 @@ def test_registration_grid_keeps_the_lattice_and_is_none_for_big_grids():
     assert _registration_grid(big, 768) is None
 
 
+def _run_2010_onto_reference_file(tmp_path, folders, aoi_id, ring, reference):
+    """Run the 2010 date alone (its own folder) for an AOI whose entry names ``reference``:
+    ``(aoi, cfg, result)``."""
+    only_2010 = tmp_path / "only_2010"
+    only_2010.mkdir()
+    shutil.copy(folders["plain"] / Path(NAIP.format(f"{DAY:%Y%m%d}")).name, only_2010)
+    aoi, reg = _aoi(tmp_path, aoi_id, ring, only_2010)
+    doc = yaml.safe_load((reg / f"{aoi_id}.yaml").read_text())
+    doc["sources"][0]["reference"] = str(reference)
+    (reg / f"{aoi_id}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    aoi = load_aoi(aoi_id, registry=reg)
+    cfg = RunConfig(data_dir=tmp_path / "data", registry=reg, evidence=False, write_products=False)
+    return aoi, cfg, run_day(aoi, DAY, cfg)
+
+
 def test_cube_registration_reference_round_trip(tmp_path):
     """Written whole with its provenance tags beside the reference, which it never replaces."""
     grid = GridSpec.from_bounds(pyproj.CRS.from_epsg(32614), (0.0, 0.0, 100.0, 100.0), 5.0)
@@ -236,16 +251,7 @@ def test_a_reference_file_is_read_on_the_registration_window_too(folders, tmp_pa
     (origin ``file ...`` in its tags), and the 2010 file registers onto it as onto the 2009 scene."""
     ring = _site(0.5, 0.5)
     ref_file = folders["plain"] / Path(NAIP.format(f"{REF_DAY:%Y%m%d}")).name
-    only_2010 = tmp_path / "only_2010"
-    only_2010.mkdir()
-    shutil.copy(folders["plain"] / Path(NAIP.format(f"{DAY:%Y%m%d}")).name, only_2010)
-    aoi, reg = _aoi(tmp_path, "naip_file", ring, only_2010)
-    doc = yaml.safe_load((reg / "naip_file.yaml").read_text())
-    doc["sources"][0]["reference"] = str(ref_file)
-    (reg / "naip_file.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
-    aoi = load_aoi("naip_file", registry=reg)
-    cfg = RunConfig(data_dir=tmp_path / "data", registry=reg, evidence=False, write_products=False)
-    r = run_day(aoi, DAY, cfg)
+    aoi, cfg, r = _run_2010_onto_reference_file(tmp_path, folders, "naip_file", ring, ref_file)
     assert r.status == "processed", r.summary()
     assert r.shift_px == pytest.approx((-0.22, -0.46), abs=0.15), r.shift_px
     _, tags = Cube(cfg.data_dir, aoi.id, "vhr", aoi_grid(aoi, RES)).registration_reference()
@@ -376,16 +382,7 @@ def test_a_reference_file_in_another_crs_registers_on_the_window(folders, tmp_pa
         with rasterio.open(dst, "w", **prof) as o:
             for b in range(1, s.count + 1):
                 reproject(rasterio.band(s, b), rasterio.band(o, b), resampling=Resampling.bilinear)
-    only_2010 = tmp_path / "only_2010"
-    only_2010.mkdir()
-    shutil.copy(folders["plain"] / Path(NAIP.format(f"{DAY:%Y%m%d}")).name, only_2010)
-    aoi, reg = _aoi(tmp_path, "naip_crs", _site(0.5, 0.5), only_2010)
-    doc = yaml.safe_load((reg / "naip_crs.yaml").read_text())
-    doc["sources"][0]["reference"] = str(dst)
-    (reg / "naip_crs.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
-    aoi = load_aoi("naip_crs", registry=reg)
-    cfg = RunConfig(data_dir=tmp_path / "data", registry=reg, evidence=False, write_products=False)
-    r = run_day(aoi, DAY, cfg)
+    aoi, cfg, r = _run_2010_onto_reference_file(tmp_path, folders, "naip_crs", _site(0.5, 0.5), dst)
     assert r.status == "processed", r.summary()
     assert r.shift_px == pytest.approx((-0.22, -0.46), abs=0.15), r.shift_px
     rec = _coreg_record(cfg, aoi, r.scene_id)
