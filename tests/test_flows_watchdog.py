@@ -340,7 +340,8 @@ def test_watch_tolerates_a_worker_its_nanny_restarts_but_not_an_empty_cluster(cl
             if logged and logged[-1][0] == "info":
                 break
             time.sleep(0.2)
-        assert [level for level, _ in logged] == ["warning", "info"], logged
+        # the worker's log (its nanny's lines included) says why, should it not come back
+        assert [level for level, _ in logged] == ["warning", "info"], (logged, cluster.log("worker0"))
         assert f"the Dask cluster at {cluster.address} has no worker; waiting up to 60 s" in logged[0][1]
         assert "has 1 worker(s) again" in logged[1][1]
         assert watch.unhealthy_since is None
