@@ -151,8 +151,7 @@ class FetchStopped(SourceError):
 
 
 def unusable_sources_error(aoi, exc: BaseException, *, seed: int = 0, registry: Path | None = None,
-                           data_dir: str | Path | None = None, store_root: str | Path | None = None
-                           ) -> SourceConfigError | SourceUnavailable | None:
+                           data_dir: str | Path | None = None) -> SourceConfigError | SourceUnavailable | None:
     """What ``exc`` is when no source entry of ``aoi`` can be used here: configuration, or may pass.
 
     :func:`changedet.pipeline.run_day` raises a plain :class:`SourceError` for an AOI
@@ -167,9 +166,13 @@ def unusable_sources_error(aoi, exc: BaseException, *, seed: int = 0, registry: 
       not retried, naming the AOI file, each entry with what it lacks (the variables or
       setting to fix, never a secret's value) and the fix;
     - a local entry's folder is missing or empty, which is also what a share not mounted
-      (or an empty mount point) looks like, or the store root itself is missing (then
-      whether a series exists cannot be told: an existing series that loses its source
-      is a passing ``failed`` day): a :class:`SourceUnavailable`, tried again.
+      (or an empty mount point) looks like: a :class:`SourceUnavailable`, tried again.
+
+    Whether the data directory exists does not enter: when every entry lacks credentials,
+    a package or a path, that is what must be fixed on this machine, and a data directory
+    not made yet (a first run, a store folder written only with the first cube) is not a
+    share not mounted. (An existing series found in the store whose source cannot be used
+    here is a passing ``failed`` day of ``run_day``; this is not asked then.)
 
     Parameters
     ----------
@@ -178,8 +181,6 @@ def unusable_sources_error(aoi, exc: BaseException, *, seed: int = 0, registry: 
         What ``run_day`` raised; anything but a plain ``SourceError`` gives None.
     seed, registry, data_dir
         As in the run's :class:`changedet.pipeline.RunConfig`.
-    store_root : str or Path, optional
-        Where the run's cubes are (``RunConfig.store_root()``; default ``data_dir``).
 
     Returns
     -------
@@ -189,7 +190,6 @@ def unusable_sources_error(aoi, exc: BaseException, *, seed: int = 0, registry: 
     """
     if type(exc) is not SourceError:
         return None
-    from changedet.cube import is_url
     from changedet.pipeline import choose_source  # here: importing the pipeline loads most of changedet
 
     try:
@@ -201,11 +201,6 @@ def unusable_sources_error(aoi, exc: BaseException, *, seed: int = 0, registry: 
     else:
         return None  # a source can be used (now): exc was something else
     where = f"AOI file {aoi.source_path}" if getattr(aoi, "source_path", None) else f"AOI {aoi.id}"
-    root = store_root if store_root is not None else data_dir
-    if root is not None and not is_url(root) and not Path(root).is_dir():
-        return SourceUnavailable(
-            f"{where}: no source entry can be used now and the data directory {str(root)!r} does not exist (a "
-            f"share not mounted?), so whether the AOI has a stored series cannot be told; tried again later: {exc}")
     # Every entry was passed over (choose_source failed): a local entry with a path was for a
     # missing or empty folder, which a remount cures. No wait cures the other reasons.
     waiting = [f"{spec.name} ({spec.options.get('path')})" for spec in aoi.sources

@@ -435,7 +435,9 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
     SourceConfigError
         A setting of the source entry run_day reads itself is wrong: a ``max_cloud`` that
         is no percentage (option ``max_cloud``), a ``reference`` file that is missing,
-        unreadable or covers too little of the site (option ``reference``).
+        unreadable or covers too little of the site (option ``reference``); or one the
+        source rejects when it is made (a local ``bands:`` list naming a band twice, an
+        option the source does not take), for a new AOI and a stored series alike.
     changedet.alerts.config.AlertConfigError
         Before any work, if the AOI's alert rules or the delivery settings in the
         environment are wrong (all problems listed).
@@ -448,6 +450,10 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
     made_from = _series_sources(root, aoi.id)
     try:
         choice = choose_source(aoi, cfg.seed, cfg.registry, cfg.data_dir)
+    except SourceConfigError:
+        # A setting the source itself rejects (a band named twice, an unknown option): every
+        # day fails alike, whether or not a series exists; not an outage of the source.
+        raise
     except SourceError as exc:
         if not made_from:
             raise

@@ -550,7 +550,7 @@ def _process_aoi_day(aoi_id: str, day: date, data_dir: str, seed: int, registry:
                 # AOI file's configuration (not retried, worth_retrying); a missing local folder
                 # may be a share not mounted (SourceUnavailable, retried).
                 typed = unusable_sources_error(aoi, exc, seed=cfg.seed, registry=cfg.registry,
-                                               data_dir=cfg.data_dir, store_root=cfg.store_root())
+                                               data_dir=cfg.data_dir)
                 if typed is None:
                     raise
                 if isinstance(typed, SourceConfigError):

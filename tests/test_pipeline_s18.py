@@ -611,9 +611,10 @@ def test_a_series_whose_share_is_not_mounted_is_retried_not_a_configuration_erro
     assert "yard stopped on 2024-01-02" in err and "may pass" in err and "setting 'sources'" not in err, err
 
 
-def test_no_usable_source_with_the_data_directory_missing_is_not_called_a_configuration_error(tmp_path,
-                                                                                              monkeypatch):
-    """Review finding 3: without the store, whether a series exists cannot be told."""
+def test_no_usable_source_is_a_configuration_error_whether_or_not_the_data_directory_exists(tmp_path,
+                                                                                            monkeypatch):
+    """Review FINAL 3: a data directory not made yet (a first run, a store folder written with the
+    first cube) is no share not mounted; credentials missing are what to fix either way."""
     import yaml
 
     from changedet.acquire import unusable_sources_error
@@ -632,8 +633,9 @@ def test_no_usable_source_with_the_data_directory_missing_is_not_called_a_config
         choose_source(aoi, 0, reg, data)
     kind = unusable_sources_error(aoi, info.value, registry=reg, data_dir=data)
     assert isinstance(kind, SourceConfigError) and kind.option == "sources"  # the store is there
-    kind = unusable_sources_error(aoi, info.value, registry=reg, data_dir=tmp_path / "gone")
-    assert isinstance(kind, SourceUnavailable) and "gone" in str(kind), kind
+    kind = unusable_sources_error(aoi, info.value, registry=reg, data_dir=tmp_path / "not_made_yet")
+    assert isinstance(kind, SourceConfigError) and kind.option == "sources", kind
+    assert not isinstance(kind, SourceUnavailable)
 
 
 def test_a_changedet_error_mixed_with_a_builtin_keeps_the_builtins_fields_when_pickled():
@@ -770,3 +772,38 @@ def test_the_report_task_retries_a_passing_failure_but_not_a_broken_aoi_file(tmp
     assert retry(None, None, Failed(data=ReportError("data directory /mnt/share/data does not exist")))
     assert not retry(None, None, Failed(data=ReportIncomplete("1 broken", tmp_path / "index.html", ["x: bad"])))
     assert not retry(None, None, Failed(data=AOIError("/reg/x.yaml: bad cadence")))
+
+
+# -- review FINAL ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stored_series", [True, False])
+def test_a_setting_the_source_rejects_stops_the_aoi_with_or_without_a_stored_series(tmp_path, capsys,
+                                                                                    stored_series):
+    """Review FINAL 1: a local ``bands:`` list naming a band twice was, for an AOI with a stored
+    series, a passing ``failed`` day ("restore its path or credentials") on every later day;
+    now it stops the AOI naming the setting, as it did for a new AOI."""
+    import numpy as np
+    import rasterio
+    import yaml
+    from rasterio.transform import from_origin
+
+    from changedet.cli import main
+
+    reg, share, data = _series_on_a_share(tmp_path)
+    with rasterio.open(share / "imagery" / "a_20240102.tif", "w", driver="GTiff", width=8, height=8, count=2,
+                       dtype="uint8", crs="EPSG:32637", transform=from_origin(500000, 5000000, 0.5, 0.5)) as f:
+        f.write(np.ones((2, 8, 8), "uint8"))
+    doc = yaml.safe_load((reg / "yard.yaml").read_text())
+    doc["sources"][0]["bands"] = ["B02", "b02"]   # an edit: one band named twice
+    (reg / "yard.yaml").write_text(yaml.safe_dump(doc))
+    if not stored_series:
+        (data / "cubes" / "yard" / "vhr_0.5m.provenance.json").unlink()
+    rc = main(["run", "--aoi", "yard", "--start", "2024-01-02", "--end", "2024-01-16", "--every", "7",
+               "--registry", str(reg), "--data-dir", str(data), "--json"])
+    out, err = capsys.readouterr()
+    docs = [json.loads(line) for line in out.splitlines()]
+    assert rc == 1
+    assert [(d["day"], d["status"]) for d in docs] == [("2024-01-02", "failed")], docs
+    assert docs[0]["misconfigured"]["option"] == "bands", docs[0]
+    assert "yard stopped on 2024-01-02" in err and "setting 'bands'" in err and "2 later day(s) not run" in err, err

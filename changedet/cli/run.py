@@ -184,8 +184,7 @@ def _run_day_typed(run_day, aoi, day: date, cfg):
     try:
         return _run_day_retrying(run_day, aoi, day, cfg)
     except SourceError as exc:
-        typed = unusable_sources_error(aoi, exc, seed=cfg.seed, registry=cfg.registry, data_dir=cfg.data_dir,
-                                       store_root=cfg.store_root())
+        typed = unusable_sources_error(aoi, exc, seed=cfg.seed, registry=cfg.registry, data_dir=cfg.data_dir)
         if typed is None:
             raise
         raise typed from None
