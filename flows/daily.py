@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 from prefect import flow, get_run_logger
@@ -115,15 +115,20 @@ def unscheduled_aois(ids: list[str] | None, registry: str | None, have: set[str]
 
 
 def day_for(aoi, scheduled: datetime | None) -> date:
-    """The local calendar day of a scheduled start in the AOI's timezone.
+    """The day a daily run scheduled at ``scheduled`` processes: the local calendar day
+    BEFORE the scheduled start, in the AOI's timezone.
 
-    Deriving the day from the *scheduled* time (not the wall clock) makes a late or
-    re-run schedule process the day it was meant for.
+    The daily schedule starts at 06:00 local (``flows.deploy.DAILY_CRON``): the day that
+    has just begun holds no acquisition yet (sun-synchronous optical passes are ~10:30
+    local, and sources search a whole UTC day), while yesterday's are catalogued by then.
+    Deriving the day from the *scheduled* time (not the wall clock) makes a late or re-run
+    schedule process the day it was meant for. An AOI run by another timezone's deployment
+    (one fixed after ``changedet serve`` started) gets its own local yesterday too.
     """
     when = scheduled or datetime.now(timezone.utc)
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
-    return when.astimezone(ZoneInfo(aoi.timezone)).date()
+    return when.astimezone(ZoneInfo(aoi.timezone)).date() - timedelta(days=1)
 
 
 @flow(name="daily_monitor", log_prints=True, task_runner=task_runner())
@@ -138,8 +143,9 @@ def daily_monitor(aoi_ids: list[str] | None = None, day: date | None = None, dat
     aoi_ids : list of str, optional
         AOIs to process (default: the whole registry).
     day : date, optional
-        Day to process; default: the local day, in each AOI's timezone, of the flow run's
-        *scheduled* start (so a late or re-run schedule processes the day it was for).
+        Day to process; default: the local day before the flow run's *scheduled* start, in
+        each AOI's timezone (:func:`day_for`; a late or re-run schedule processes the day it
+        was for).
     data_dir : str, optional
         Cubes, metrics and outbox (default: ``$CHANGEDET_DATA_DIR`` or ``changedet-data``).
     seed : int

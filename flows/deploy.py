@@ -129,7 +129,7 @@ def build_deployments(*, aoi_ids: list[str] | None = None, data_dir: str | None 
             name=name, schedules=[Cron(daily_cron, timezone=tz)], paused=paused,
             parameters={"aoi_ids": sorted(ids), **extra, **common}, tags=["changedet", "daily"],
             description=f"Daily monitoring of {', '.join(sorted(ids))} at {daily_cron!r} {tz}; the day "
-                        "processed is the local day of the scheduled start.", **kw))
+                        "processed is the local day before the scheduled start (yesterday's acquisitions).", **kw))
     out.append(backfill.to_deployment(
         name="changedet-backfill", parameters={"aoi_ids": aoi_ids, **common}, tags=["changedet", "backfill"],
         description="Backfill a date range; submit with `changedet backfill --submit` (idempotent).", **kw))

@@ -22,8 +22,12 @@ def test_day_for_uses_the_aoi_timezone():
     from flows.daily import day_for
 
     aoi = load_aoi("tumangang_railyard")  # Asia/Pyongyang, UTC+9
-    assert day_for(aoi, datetime(2023, 10, 4, 16, 30, tzinfo=timezone.utc)) == date(2023, 10, 5)
-    assert day_for(aoi, datetime(2023, 10, 4, 14, 0, tzinfo=timezone.utc)) == date(2023, 10, 4)
+    # The local day before the scheduled start: at 06:00 local today holds no acquisition yet.
+    assert day_for(aoi, datetime(2023, 10, 4, 21, 0, tzinfo=timezone.utc)) == date(2023, 10, 4)  # 06:00 Oct 5
+    assert day_for(aoi, datetime(2023, 10, 4, 14, 0, tzinfo=timezone.utc)) == date(2023, 10, 3)  # 23:00 Oct 4
+    moscow = load_aoi("tikhoretsk_depot")  # Europe/Moscow, UTC+3: run by Pyongyang's 06:00 (21:00 UTC)
+    assert moscow.timezone == "Europe/Moscow"
+    assert day_for(moscow, datetime(2023, 10, 4, 21, 0, tzinfo=timezone.utc)) == date(2023, 10, 4)
 
 
 def test_cache_key_is_aoi_scene_and_config(tmp_path, monkeypatch):

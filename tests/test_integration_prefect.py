@@ -34,7 +34,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -208,8 +208,9 @@ def test_daily_deployment_runs_on_the_scheduled_day_and_alerts(stack):
 
     results = []
     for day in DAYS:
-        # Midnight UTC is 10:00 in Vladivostok: the run must process that local day.
-        when = datetime(day.year, day.month, day.day, 0, 0, tzinfo=timezone.utc)
+        # Midnight UTC after `day` is 10:00 of the next day in Vladivostok: the run must
+        # process the local day before its scheduled start, `day`.
+        when = datetime(day.year, day.month, day.day, 0, 0, tzinfo=timezone.utc) + timedelta(days=1)
         run = run_deployment("daily_monitor/daily-asia-vladivostok", parameters={"aoi_ids": [AOI]},
                              scheduled_time=when, timeout=0, as_subflow=False)
         run = _run_state(run.id, 240, stack["procs"])
