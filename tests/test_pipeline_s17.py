@@ -50,16 +50,21 @@ def _two_aois(scenes, tmp_path, **bad_entry):
     ``GOOD`` (the same site under another id) with a correct entry; ``(registry, imgs)``."""
     imgs = _copy_imgs(scenes, tmp_path / "imgs")
     _, reg = _local_aoi(scenes, tmp_path, path=imgs, **bad_entry)
-    doc = yaml.safe_load((reg / f"{AOI}.yaml").read_text())
-    doc["id"] = GOOD
-    doc["sources"] = [{"name": "local", "sensor": "vhr", "resolution_m": RES, "path": str(imgs)}]
-    (reg / f"{GOOD}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
-    gj = json.loads((reg / f"{AOI}.geojson").read_text())
+    _copy_aoi(reg, AOI, GOOD, [{"name": "local", "sensor": "vhr", "resolution_m": RES, "path": str(imgs)}])
+    return reg, imgs
+
+
+def _copy_aoi(reg, aoi_id: str, new_id: str, sources: list[dict]) -> None:
+    """Write AOI ``new_id`` into registry ``reg``: ``aoi_id``'s site and features with ``sources``."""
+    doc = yaml.safe_load((reg / f"{aoi_id}.yaml").read_text())
+    doc["id"] = new_id
+    doc["sources"] = sources
+    (reg / f"{new_id}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    gj = json.loads((reg / f"{aoi_id}.geojson").read_text())
     for f in gj["features"]:
         if f["properties"].get("role") == "site":
-            f["properties"]["id"] = GOOD
-    (reg / f"{GOOD}.geojson").write_text(json.dumps(gj))
-    return reg, imgs
+            f["properties"]["id"] = new_id
+    (reg / f"{new_id}.geojson").write_text(json.dumps(gj))
 
 
 # -- 1. configuration errors -------------------------------------------------------------------

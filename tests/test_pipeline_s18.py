@@ -274,25 +274,14 @@ NEW = "new_yard"
 def no_usable_source(scenes, tmp_path, monkeypatch):
     """A registry with ``NEW`` (the reduced railyard) whose entries are Sentinel Hub without a client id
     (the secret set) and a local entry without a path, beside ``GOOD`` (a working local entry)."""
-    import json
-
-    import yaml
-    from test_pipeline_s17 import AOI, _two_aois
+    from test_pipeline_s17 import AOI, _copy_aoi, _two_aois
 
     for var in ("SH_CLIENT_ID", "SH_PROFILE", "CHANGEDET_SH_DEPLOYMENT", "SH_BASE_URL", "SH_TOKEN_URL"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("SH_CLIENT_SECRET", SECRET)
     reg, _ = _two_aois(scenes, tmp_path)
-    doc = yaml.safe_load((reg / f"{AOI}.yaml").read_text())
-    doc["id"] = NEW
-    doc["sources"] = [{"name": "sentinelhub", "sensor": "s2", "resolution_m": 10},
-                      {"name": "local", "sensor": "vhr", "resolution_m": 0.5}]  # no path: the entry's own
-    (reg / f"{NEW}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
-    gj = json.loads((reg / f"{AOI}.geojson").read_text())
-    for f in gj["features"]:
-        if f["properties"].get("role") == "site":
-            f["properties"]["id"] = NEW
-    (reg / f"{NEW}.geojson").write_text(json.dumps(gj))
+    _copy_aoi(reg, AOI, NEW, [{"name": "sentinelhub", "sensor": "s2", "resolution_m": 10},
+                              {"name": "local", "sensor": "vhr", "resolution_m": 0.5}])  # no path: the entry's own
     (reg / f"{AOI}.yaml").unlink()  # only NEW and GOOD
     (reg / f"{AOI}.geojson").unlink()
     (tmp_path / "data").mkdir()  # the store exists, and holds no series of NEW: a new AOI
