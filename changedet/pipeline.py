@@ -374,19 +374,121 @@ def primary_source(aoi, seed: int, registry: Path | None, data_dir: Path | str |
     return choice.source, choice.spec
 
 
+def scene_day(aoi, spec, when) -> date:
+    """The day whose run processes an acquisition of ``spec``'s source stamped ``when``.
+
+    The AOI's local calendar day (``aoi.timezone``, DST days 23 or 25 h): the served daily
+    runs process local days, and a site at UTC+12 takes its ~10:30-local pass on the UTC day
+    before. Each instant has exactly one local date, so every acquisition belongs to one day
+    of the daily runs and backfills alike (they key the store by scene id).
+
+    Two exceptions keep a date its own day: a time of exactly 00:00:00 UTC is a date without
+    a time of day (a file named or tagged with the date only, which the local source reads
+    as midnight UTC), whose local date west of UTC would be the evening before the named
+    date; and the simulator's scenes, rendered for a day and stamped with a nominal 01:30
+    UTC, stay on the day they were rendered for (their ids, weather and truth are that day's;
+    for the shipped AOIs, UTC+3..+10, the two rules agree).
+
+    Parameters
+    ----------
+    aoi : changedet.aoi.AOI
+    spec : changedet.aoi.SourceSpec
+        The source entry (its ``name`` tells the simulator).
+    when : datetime, str or numpy.datetime64
+        The acquisition time (naive values are UTC), as a scene record or cube stores it.
+
+    Returns
+    -------
+    date
+        The day (at the site) whose :func:`search_day` returns the acquisition.
+    """
+    from zoneinfo import ZoneInfo
+
+    t = to_utc(when)
+    if spec.name == "simulator" or (t.hour, t.minute, t.second, t.microsecond) == (0, 0, 0, 0):
+        return t.date()
+    return t.astimezone(ZoneInfo(aoi.timezone)).date()
+
+
+def _utc_days(aoi, day: date) -> tuple[date, date]:
+    """First and last UTC day that the local day ``day`` of ``aoi`` overlaps (a superset).
+
+    Local midnight is mapped with both folds (a DST change at midnight makes it missing or
+    repeated): the span covers every instant whose local date is ``day``, and always the UTC
+    day ``day`` itself (where a date-only stamp lies, see :func:`scene_day`).
+    """
+    from datetime import time, timezone
+    from zoneinfo import ZoneInfo
+
+    tz = ZoneInfo(aoi.timezone)
+
+    def utc(d: date, fold: int) -> datetime:
+        return datetime.combine(d, time.min, tzinfo=tz).replace(fold=fold).astimezone(timezone.utc)
+
+    first = min(utc(day, f) for f in (0, 1)).date()
+    last = (max(utc(day + timedelta(days=1), f) for f in (0, 1)) - timedelta(microseconds=1)).date()
+    return min(first, day), max(last, day)
+
+
 def search_day(source, spec, aoi, day: date) -> list:
-    """The acquisitions of ``aoi`` by ``source`` on the UTC day ``day``, in time order.
+    """The acquisitions of ``aoi`` by ``source`` on its local day ``day``, in time order.
+
+    Sources search whole UTC days: the UTC days the local day overlaps (one for a site on
+    UTC, two elsewhere) are searched and the acquisitions :func:`scene_day` gives to ``day``
+    kept, so each belongs to exactly one day. Searching more than the local day also keeps
+    a pass that crosses UTC midnight whole (the STAC and Sentinel Hub sources group the
+    granules of a pass into one record, and the id depends on the group). The simulator
+    renders any day and is searched on the UTC day ``day`` as before (see :func:`scene_day`).
 
     No catalogue cloud filter: the day is judged on the site's own pixels (as
     :func:`changedet.acquire.fetch` does; a tile 80 % cloud may be clear over the site).
     """
+    if isinstance(day, datetime):
+        day = day.date()   # (a datetime never equals the date of scene_day)
     kwargs: dict[str, Any] = {"sensor": spec.sensor}
     if spec.name == "simulator":
         # Only the simulator renders at any resolution; the others deliver what they have.
         kwargs["resolution_m"] = float(spec.resolution_m)
-    else:
-        kwargs["max_cloud"] = 100.0
-    return sorted(source.search(aoi, day, day, **kwargs), key=lambda s: s.time)
+        return sorted(source.search(aoi, day, day, **kwargs), key=lambda s: s.time)
+    kwargs["max_cloud"] = 100.0
+    first, last = _utc_days(aoi, day)
+    try:
+        found = source.search(aoi, first, last, **kwargs)
+    except SceneUnreadable:
+        if first == last:
+            raise
+        found = _search_each_utc_day(source, spec, aoi, day, first, last, kwargs)
+    return sorted((s for s in found if scene_day(aoi, spec, s.time) == day), key=lambda s: s.time)
+
+
+def _search_each_utc_day(source, spec, aoi, day: date, first: date, last: date, kwargs: dict) -> list:
+    """:func:`search_day`'s search again, one UTC day at a time, after a broken file failed it.
+
+    A local folder fails the search of the UTC date a broken file's name gives
+    (:class:`~changedet.errors.SceneUnreadable`: an interrupted copy must not pass for "no
+    acquisition"). The UTC day ``day`` fails the day as it always did; a neighbouring UTC
+    day, searched only for the hours of ``day`` it holds, fails it only when ``day`` has no
+    acquisition of its own (the broken file may be this day's pass, taken the UTC day before
+    east of UTC): a broken file of yesterday's does not also fail today's run. (A failure
+    that may pass, :class:`~changedet.errors.SourceUnavailable`, fails the day as it is: a
+    later run searches again.)
+    """
+    found, broken = [], None
+    u = first
+    while u <= last:
+        try:
+            found += source.search(aoi, u, u, **kwargs)
+        except SceneUnreadable as exc:
+            if u == day:
+                raise
+            broken = exc
+        u += timedelta(days=1)
+    if broken is not None:
+        if not any(scene_day(aoi, spec, s.time) == day for s in found):
+            raise broken
+        log.warning("%s %s: the search of the UTC day next to it failed (%s); the day's own acquisitions are "
+                    "processed", aoi.id, day, broken)
+    return found
 
 
 def find_scene(aoi, day: date, cfg: "RunConfig"):
@@ -497,9 +599,9 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
     result.scene_id = scene.id
     now = _now_utc()
     if to_utc(scene.time) > now:
-        # Sources search whole UTC days, and today at a site east of UTC starts before
-        # the UTC day's acquisitions: a scene stamped after now has not been taken yet
-        # (the simulator renders any time). Nothing is stored; a later run of the day gets it.
+        # A run of today (at the site) can find a scene stamped later today: it has not been
+        # taken yet (the simulator renders any day, at a nominal 01:30 UTC). Nothing is
+        # stored; a later run of the day gets it.
         result.status = "no_scene"
         result.note = (f"scene {scene.id} is stamped {to_utc(scene.time).isoformat()}, after now "
                        f"({now.isoformat(timespec='seconds')}): not acquired yet, run this day again later")
@@ -1728,8 +1830,9 @@ def _window_reference(cube: Cube, source, spec, aoi, scene, reg_grid: GridSpec, 
             held = [e for e in cube.scenes() if str(e.get("scene_id")) == wanted]
             if not held:
                 return None
-            when = datetime.fromisoformat(str(held[0]["time"]))
-            found = [s for s in search_day(source, spec, aoi, when.date()) if s.id == wanted]
+            # The day its run found it on (the local-day rule of search_day), not its UTC date.
+            found = [s for s in search_day(source, spec, aoi, scene_day(aoi, spec, held[0]["time"]))
+                     if s.id == wanted]
             if not found:
                 return None  # the file is gone or changed (a new id): the site grid it is
             raw = source.load(found[0], reg_grid, aoi=aoi)

@@ -408,7 +408,11 @@ def backfill(aoi_ids: list[str] | None = None, start: date = date(2023, 6, 1), e
     aoi_ids : list of str, optional
         AOIs (default: the whole registry).
     start, end : date
-        First and last day (inclusive).
+        First and last day (inclusive), days at each AOI's site: each is searched as the
+        AOI's local day, as the daily runs search it (:func:`changedet.pipeline.search_day`),
+        so a backfill and the daily runs over the same days find each acquisition on the
+        same one day (the store keys it by scene id: stored once, ``already_processed``
+        the second time).
     cadence : int, optional
         Days between runs; default: each AOI's own cadence.
     data_dir, seed, registry, source_concurrency, kernels_on_cluster, store_url

@@ -120,7 +120,11 @@ def day_for(aoi, scheduled: datetime | None) -> date:
 
     The daily schedule starts at 06:00 local (``flows.deploy.DAILY_CRON``): the day that
     has just begun holds no acquisition yet (sun-synchronous optical passes are ~10:30
-    local, and sources search a whole UTC day), while yesterday's are catalogued by then.
+    local), while yesterday's are catalogued by then. The day is searched as the AOI's
+    local day (:func:`changedet.pipeline.search_day`: the UTC days it overlaps, each
+    acquisition kept on the one local day its time falls in), so the ~10:30-local pass of
+    a site east of about UTC+10, taken on the UTC day before, is this day's, and a backfill
+    over the same days finds each acquisition on the same day.
     Deriving the day from the *scheduled* time (not the wall clock) makes a late or re-run
     schedule process the day it was meant for. An AOI run by another timezone's deployment
     (one fixed after ``changedet serve`` started) gets its own local yesterday too.
