@@ -18,7 +18,9 @@ import logging
 import math
 import os
 import re
+import threading
 import time as _time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -389,8 +391,8 @@ class LocalSource:
         if self.bands and len(self.bands) != info["count"]:
             self._check_band_count(path, info)
         # read_raster reads lazily-opened files fully; a truncated file fails here.
-        da = _read_or_type(path, lambda: read_raster(path, bands=list(self.bands) if self.bands else None), str,
-                           catch=RasterError)
+        da = _decoded(path, tuple(self.bands or ()), lambda: _read_or_type(
+            path, lambda: read_raster(path, bands=list(self.bands) if self.bands else None), str, catch=RasterError))
         names = [str(b) for b in da["band"].values]
         scale = self._scale(info["dtype"])
         classes = [b for b in names if b in _CLASS_BANDS]
@@ -438,6 +440,68 @@ BROKEN_HEADER_TTL_S = 3600.0
 #: SceneUnreadable header errors and when (time.monotonic()) they were found, by
 #: (resolved path, size, mtime_ns, inode, ctime_ns), for the process.
 _BROKEN_HEADERS: dict[tuple[str, int, int, int, int], tuple[SceneUnreadable, float]] = {}
+
+
+#: Most bytes of decoded files :func:`_decoded` keeps (all entries together), and how many files.
+DECODED_CACHE_BYTES = 512 << 20
+DECODED_CACHE_FILES = 2
+#: Seconds a decoded file is served again: the daily run reads it twice within a minute.
+DECODED_CACHE_TTL_S = 300.0
+
+#: Decoded files (read_raster's DataArray, read-only) and when they were read, by
+#: (resolved path, size, mtime_ns, inode, ctime_ns, band names); oldest first.
+_DECODED: OrderedDict[tuple, tuple[xr.DataArray, float]] = OrderedDict()
+_DECODED_LOCK = threading.Lock()
+
+
+def _stamp(path: Path) -> tuple | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns
+
+
+def _decoded(path: Path, bands: tuple[str, ...], read: Callable[[], xr.DataArray]) -> xr.DataArray:
+    """``read()``'s decoded file, or the same DataArray from a read of the same file moments ago.
+
+    The daily run loads a scene on the site grid and then, for a small site, on the
+    registration window around it: the file was decoded twice. The decoded pixels are kept
+    (read-only) for :data:`DECODED_CACHE_TTL_S`, at most :data:`DECODED_CACHE_FILES` files
+    and :data:`DECODED_CACHE_BYTES` in all (a larger file is not kept), by the file's path,
+    size, mtime, inode and ctime: a file replaced or rewritten is read again. Every load
+    resamples from the same decoded values, so its pixels are the same as without the cache.
+    """
+    before = _stamp(path)
+    key = before + (bands,) if before is not None else None
+    now = _time.monotonic()
+    if key is not None:
+        with _DECODED_LOCK:
+            for k in [k for k, (_, at) in _DECODED.items() if now - at > DECODED_CACHE_TTL_S]:
+                del _DECODED[k]
+            hit = _DECODED.get(key)
+            if hit is not None:
+                _DECODED.move_to_end(key)
+                return hit[0]
+    da = read()
+    size = int(da.nbytes)
+    # Kept only when the file did not change while it was read (its stat is the key).
+    if key is None or size > DECODED_CACHE_BYTES or _stamp(path) != before:
+        return da
+    da.values.flags.writeable = False  # shared by later loads: nobody may write into it
+    with _DECODED_LOCK:
+        _DECODED[key] = (da, now)
+        _DECODED.move_to_end(key)
+        while len(_DECODED) > DECODED_CACHE_FILES or sum(int(d.nbytes) for d, _ in _DECODED.values()) \
+                > DECODED_CACHE_BYTES:
+            _DECODED.popitem(last=False)
+    return da
+
+
+def clear_decoded_cache() -> None:
+    """Forget every decoded file kept by :func:`_decoded` (frees their memory now)."""
+    with _DECODED_LOCK:
+        _DECODED.clear()
 
 
 def _read_or_type(path: Path, read: Callable[[], Any], message: Callable[[BaseException], str], *,
