@@ -598,13 +598,15 @@ def reproject_to(da: xr.DataArray, grid: GridSpec, *, resampling: str = "bilinea
     (not GDAL's per-chunk estimate), so a pixel's value does not depend on the target
     grid's extent: the same file read onto a site grid and onto a larger grid of the same
     lattice agrees on their common pixels (within 0.001 px). A ``da`` already in ``grid``'s
-    CRS is resampled as before (an affine map, exact either way).
+    CRS is resampled as before (an affine map, exact either way), and so, with GDAL's
+    approximate transformer, are geographic rasters with longitudes past +-180 (a tile
+    across the antimeridian, a 0..360 product) and inputs not shaped (band,) y, x.
     """
     import rioxarray  # noqa: F401
     from rasterio.enums import Resampling
 
     src_crs = crs_of(da)  # clear error when the input has no CRS
-    if src_crs == grid.crs:
+    if src_crs == grid.crs or not _exact_warp_fits(da, src_crs):
         # Float with NaN nodata whatever the input type: outside the footprint must read as missing.
         src = da.astype("float32").rio.write_nodata(np.nan, encoded=False)
         template = grid.attach(np.zeros(grid.shape, dtype="float32"))
@@ -615,6 +617,21 @@ def reproject_to(da: xr.DataArray, grid: GridSpec, *, resampling: str = "bilinea
     if bool(np.all(np.isnan(out.values))):
         raise GridError("the raster does not overlap the target grid; check its CRS and that it covers the AOI")
     return with_crs(out, grid.crs)
+
+
+def _exact_warp_fits(da: xr.DataArray, src_crs) -> bool:
+    """Whether :func:`_warp_exact` can warp ``da``: (band,) y, x dims, and in a geographic CRS
+    longitudes within -180..180. A tile written across the antimeridian (179.9..180.1) or a
+    0..360 product: its crop window (from bounds GDAL gives in -180..180) and the WarpedVRT
+    both lose the part past 180, which rioxarray's reproject fills (review REG 1)."""
+    if da.ndim not in (2, 3) or da.dims[-2:] != ("y", "x"):
+        return False
+    if getattr(src_crs, "is_geographic", False) and da.sizes["x"] > 0:
+        x = np.asarray(da["x"].values, dtype="float64")
+        half = abs(float(x[1] - x[0])) / 2 if x.size > 1 else 0.0
+        if float(np.nanmin(x)) - half < -180.0 or float(np.nanmax(x)) + half > 180.0:
+            return False
+    return True
 
 
 def _warp_scales(src_crs, src_transform, grid: GridSpec) -> tuple[float, float]:

@@ -179,3 +179,33 @@ def test_cross_crs_grid_off_the_file_is_a_clear_error(tmp_path):
     site, _, _ = _grids(10.0, lat=LAT + 1.0)  # 110 km north of the file
     with pytest.raises(GridError, match="does not overlap"):
         reproject_to(da, site)
+
+
+def _geographic(lon0: float, lat0: float, n: int = 600, step: float = 1e-4):
+    """A smooth pattern on an EPSG:4326 lattice whose first column is centred at ``lon0``."""
+    from changedet.grid import with_crs
+
+    import xarray as xr
+
+    lons = lon0 + step * np.arange(n)
+    lats = lat0 - step * np.arange(n)
+    vals = np.sin(lons[None, :] * 900.0) + np.cos(lats[:, None] * 700.0)
+    da = xr.DataArray(vals[None].astype("float32"), dims=("band", "y", "x"),
+                      coords={"band": ["b"], "y": lats, "x": lons})
+    return with_crs(da, pyproj.CRS.from_epsg(4326))
+
+
+@pytest.mark.parametrize("lon0, site_lon, lat", [
+    (179.97, 179.998, -17.0),    # a tile gdalwarp wrote across the antimeridian (179.97..180.03)
+    (179.97, -179.995, -17.0),   # the same tile, a site east of 180 (UTM zone 1)
+    (259.97, -99.99, 40.0),      # a product in the 0..360 longitude convention
+])
+def test_geographic_file_past_180_degrees_is_read_whole(lon0, site_lon, lat):
+    # Review REG 1: the exact warp's crop window (bounds in -180..180) and its WarpedVRT lost
+    # every pixel past 180 (NaN columns, or 'does not overlap' for a site east of 180).
+    src = _geographic(lon0, lat + 0.03)
+    crs = utm_crs_for(site_lon, lat)
+    x, y = pyproj.Transformer.from_crs(4326, crs, always_xy=True).transform(site_lon, lat + 0.003)
+    grid = GridSpec.from_bounds(crs, (x - 1000.0, y - 1000.0, x + 1000.0, y + 1000.0), 10.0)
+    out = reproject_to(src, grid)
+    assert not np.isnan(out.values).any()

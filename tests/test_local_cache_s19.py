@@ -161,3 +161,28 @@ def test_kept_pixels_are_read_only_and_expire(tmp_path, reads, monkeypatch):
     monkeypatch.setattr(local, "DECODED_CACHE_TTL_S", 0.0)
     src.load(_scene(path), window)
     assert len(reads) == 2
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_run_day_frees_the_decoded_files_it_kept(monkeypatch, fails):
+    # Review REG 2: nothing cleared the cache, so a worker kept up to 512 MiB of decoded pixels
+    # after its last day; run_day now forgets them when the day ends, however it ends.
+    import xarray as xr
+
+    from changedet import pipeline
+    from changedet.sources import local
+
+    def body(aoi, day, cfg):
+        with local._DECODED_LOCK:
+            local._DECODED[("f", 1, 2, 3, 4, ("b",))] = (xr.DataArray(np.zeros((4, 4))), 0.0)
+        if fails:
+            raise RuntimeError("the day failed")
+        return "done"
+
+    monkeypatch.setattr(pipeline, "_run_day", body)
+    if fails:
+        with pytest.raises(RuntimeError):
+            pipeline.run_day(None, None, None)
+    else:
+        assert pipeline.run_day(None, None, None) == "done"
+    assert not local._DECODED
