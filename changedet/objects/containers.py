@@ -21,11 +21,9 @@ stacks above that bound (Kaplan-Meier over stacks). The TEU of a block splits in
 and 40 ft boxes by the share of its row length in runs of one paint about 6 m long
 (20 ft boxes) against about 12 m (40 ft boxes, or two 20 ft boxes of one colour).
 
-Under cloud (``valid`` given), pixels under the cloud's thin edge and in its shadow are
-unobserved like the cloud itself (:func:`observed_mask`): the shadow of a cloud in the
-frame where the cloud mask projects it, that of a cloud outside the frame by the colour
-of the frame's pavement, dimmed over a whole 40 m window with nothing sunlit in it.
-Nothing is counted or extrapolated there, and each zone reports its ``observed_fraction``.
+Under cloud (``valid`` given), pixels under the cloud's thin edge and in its projected
+shadow are unobserved like the cloud itself (:func:`observed_mask`); nothing is counted
+or extrapolated there, and each zone reports its ``observed_fraction``.
 
 Tarped stacks are flagged (``tarped`` per stack block, ``tarped_stacks`` per zone and
 in total): plain patches of dull cloth colour on a block, and patches of pavement
@@ -306,9 +304,7 @@ def observed_mask(
 
     Under a cloud's shadow the pavement is as dark as a stack's shadow everywhere, so
     stack heights would come out as tall as the walks allow: those pixels are left
-    unobserved (nothing is counted there), like the cloud itself. Shadows of clouds
-    outside the frame are found by colour (:func:`_cloud_shade`) only when the cloud mask
-    marks some cloud in the frame.
+    unobserved (nothing is counted there), like the cloud itself.
     """
     return _observed(image, valid, sun_azimuth_deg, sun_elevation_deg)[2]
 
@@ -327,70 +323,12 @@ def _aprons(zones: Mapping[str, Polygon], grid: GridSpec) -> np.ndarray:
     return out
 
 
-# Chroma ((max - min) / mean of the visible bands) under which a pixel may be pavement
-# for the frame's ground colour (:func:`_frame_ground`): asphalt, concrete and gravel are
-# grey (under 0.15 lit, a little more in a cloud's shadow, where the sky's blue adds to
-# what is left of the sun's light), while container liveries lie at 0.5-1.5 and only
-# white, grey and black boxes pass. A stack's own shade (sky light alone) is bluer still
-# (about 0.8) and stays out: the shade the model learns is the cloud's, not the stacks'.
-FRAME_GROUND_MAX_CHROMA = 0.25
-# Samples enough for the frame's ground colour: quantiles of more only cost time.
-FRAME_GROUND_SAMPLES = 200_000
-
-
-def _frame_ground(pix: np.ndarray, clear: np.ndarray) -> GroundModel | None:
-    """Lit and shaded colour of the frame's pavement, for the cloud-shadow colour cue.
-
-    Parameters
-    ----------
-    pix : ndarray (band, row, col)
-        Blue, green, red, NIR surface reflectance (0-1).
-    clear : ndarray (row, col) of bool
-        Pixels neither cloud nor no data.
-
-    Returns
-    -------
-    GroundModel or None
-        :meth:`GroundModel.from_samples` of the grey pixels (chroma under
-        ``FRAME_GROUND_MAX_CHROMA``): the brighter 40 % of them give sunlit pavement and
-        the darker ones the pavement in a cloud's shadow; None with under 10 grey pixels.
-
-    It cannot be the zones' aprons: :func:`observed_mask` is read without the zones, and
-    what the counter leaves unobserved must be what the scoring of its count and its
-    callers leave out. A yard is mostly pavement, so its grey pixels are mostly pavement.
-    """
-    p = pix[:, clear]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = p[:3].mean(axis=0)
-        chroma = (p[:3].max(axis=0) - p[:3].min(axis=0)) / np.maximum(mean, 1e-4)
-    s = p[:, chroma < FRAME_GROUND_MAX_CHROMA].T
-    if s.shape[0] > FRAME_GROUND_SAMPLES:
-        s = s[::s.shape[0] // FRAME_GROUND_SAMPLES + 1]
-    return GroundModel.from_samples(s)
-
-
 def _cloud_shade(pix, grid, ok, azimuth, elevation) -> np.ndarray:
-    """Pixels in a cloud's shadow or under its thin edge (row, col), from the whole frame.
-
-    The projection of the cloud mask finds the shadows of clouds in the frame; the
-    colour cue of :func:`cloud_shade` those of clouds outside it (at 300-1500 m of
-    cloud height and 40-60 degrees of sun, a shadow falls 200-1800 m from its cloud,
-    often beyond a VHR frame). Under such a shadow the apron is dimmed like the
-    ground between the stacks: a ground model fitted on a half-shaded apron spreads over
-    both and no box stands out of it, and the walks from boxes in the shadow run over
-    shaded pavement to its far edge (tiers too many). On the independent partly cloudy
-    yards (1013-1083) the projection alone left over 80 % of the cloud
-    shadow over the zones observed.
-    The colour cue's guard against stack shadows taller than a fifth of its window is
-    off here (``object_height_m`` 0): its lit-share test does that work in a yard, where
-    every sunlit window holds sunlit box tops, bright in red and NIR.
-    """
     cloud = ~ok & np.all(np.isfinite(pix), axis=0)
-    if not cloud.any():
-        return np.zeros(ok.shape, bool)
-    model = _frame_ground(pix, np.all(np.isfinite(pix), axis=0) & ~cloud)
-    shade = cloud_shade(pix, grid, cloud, model=model, sun_azimuth_deg=azimuth, sun_elevation_deg=elevation,
-                        object_height_m=0.0)
+    # Projection of the cloud mask and its thin edge only: the colour cue (shaded
+    # pavement over a whole 40 m window) takes a packed yard, dark between its blocks,
+    # for a cloud's shadow.
+    shade = cloud_shade(pix, grid, cloud, model=None, sun_azimuth_deg=azimuth, sun_elevation_deg=elevation)
     return np.zeros(ok.shape, bool) if shade is None else shade
 
 
