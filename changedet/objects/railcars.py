@@ -1870,7 +1870,11 @@ def _tall(strip: Strip, s0: int, s1: int, sun_left: bool, per_m: float, *,
     grass): with ``empty`` (per along-track sample, the same track seen empty, from
     :func:`_seen_empty`) covering at least ``_MIN_EMPTY_REF_M`` within
     ``_EMPTY_REF_REACH_M`` of the car, the anti-sun band there, not the sun band, is the
-    lit reference (review of 20f604f, finding 2).
+    lit reference (review of 20f604f, finding 2) where at least ``_MIN_BAND_SHARE`` of
+    that band is read and the sun band there, where read, is within ``_LIT_BAND_RATIO``
+    of the sun band beside the car (the same ground along the track; else None). The sun
+    band beside the car is still required: without it a ground change along the track or
+    a dark car missed on the anti-sun neighbour reads as a shadow.
     """
     if not np.isfinite(per_m):
         return None
@@ -1889,6 +1893,10 @@ def _tall(strip: Strip, s0: int, s1: int, sun_left: bool, per_m: float, *,
         # ground reflects is read above it (a 0.3 shadow ratio reads 0.6-0.8 in haze).
         v = v - np.asarray(path[:3], v.dtype)[:, None, None]
     b = quiet_nanmean(v, axis=0)   # visible brightness (across, along)
+    # Both bands, also with an empty stretch's reference: without the sun band beside the
+    # car nothing says the reference is this car's ground (grass beside the car, gravel
+    # where the track is empty; a dark car missed on the anti-sun neighbour reads as a
+    # shadow against a lit reference) (review of the session 19 change, finding 2).
     if np.isfinite(b[anti]).mean() < _MIN_BAND_SHARE or np.isfinite(b[sun]).mean() < _MIN_BAND_SHARE:
         return None   # mostly another track's cars or unobserved
     dark, lit = quiet_nanmean(b[anti]), quiet_nanmean(b[sun])
@@ -1907,9 +1915,22 @@ def _tall(strip: Strip, s0: int, s1: int, sun_left: bool, per_m: float, *,
             ve = strip.values[:3][:, :, near]
             if path is not None:
                 ve = ve - np.asarray(path[:3], ve.dtype)[:, None, None]
-            ref = quiet_nanmean(quiet_nanmean(ve, axis=0)[anti])
-            if np.isfinite(ref) and ref > 0:
-                lit = ref
+            be = quiet_nanmean(ve, axis=0)
+            # Read from as much of its band as the car's own (a few samples left between
+            # masked cars are a blurred car end as likely as ground).
+            if np.isfinite(be[anti]).mean() >= _MIN_BAND_SHARE:
+                ref = quiet_nanmean(be[anti])
+                if np.isfinite(be[sun]).mean() >= _MIN_BAND_SHARE:
+                    # The sun band, unshaded by the car, is the same ground beside the
+                    # car and at the empty stretch when as alike as two lit bands
+                    # (``_LIT_BAND_RATIO``); else the ground changes along the track and
+                    # neither side's band is this car's reference.
+                    sun_ref = quiet_nanmean(be[sun])
+                    if not (np.isfinite(sun_ref) and sun_ref > 0
+                            and min(lit, sun_ref) >= _LIT_BAND_RATIO * max(lit, sun_ref)):
+                        return None
+                if np.isfinite(ref) and ref > 0:
+                    lit = ref
     if dark < _SHADOW_RATIO * lit:
         return True
     if lit_ground is None or not np.all(np.isfinite(lit_ground)):
@@ -1960,8 +1981,12 @@ def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = floa
     covered hopper's hatches (the gondola class). Where the height is not read
     (``tall`` None), a plain sheet stays a flatcar and a textured top takes the
     commonest car of its length on 1520 mm gauge (an open wagon or hopper below a
-    boxcar's length, a boxcar from it). Lengths only some stock has decide first: a
-    cylinder is a tank car up to the 15-150's length, and a plain or open top of 18 m
+    boxcar's length, a boxcar from it), and a plain sheet of a boxcar's length at least
+    ``_MIN_FULL_TOP_M`` wide (:func:`_top_width`: a roof over a 3.1-3.3 m body, wider
+    than a flat wagon's 2.87 m deck) is a boxcar; a tall plain top shorter than that
+    as wide is the gondola class (a covered hopper's roof); both width rules only where
+    pixels (``resolution_m``, m) are ``_MAX_FULL_TOP_RES_M`` or finer. Lengths only some stock has
+    decide first: a cylinder is a tank car up to the 15-150's length, and a plain or open top of 18 m
     or more is an 80 ft flat wagon. A plain or textured top as wide as an ISO container
     (2.44 m, :func:`_top_width`; every 1520 mm freight car with a top at full width is
     3.1-3.3 m) and even out to its shoulders (:func:`_shoulder_step`; a locomotive's fan
@@ -2037,13 +2062,22 @@ def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = floa
                         else "gondola")
             if body_m >= _MIN_BOXCAR_BODY_M:
                 return "boxcar"
-            return "flatcar"
+            # A tall even top shorter than a boxcar: a container on a flat wagon, unless
+            # it spans a walled car's full width (a covered hopper's roof, an even load).
+            return ("gondola" if resolution_m <= _MAX_FULL_TOP_RES_M
+                    and _top_width(strip, s0, s1) >= _MIN_FULL_TOP_M else "flatcar")
         if tall is False:
             # Lit ground where a walled car's shadow would fall: a deck, a flat wagon.
             return "flatcar"
         if look == "plain":
             # A sheet even to a tenth across: a deck or a container's roof, not an open
-            # wagon's load (heaps, walls) nor a covered hopper's hatches.
+            # wagon's load (heaps, walls) nor a covered hopper's hatches; but a sheet of
+            # a boxcar's length as wide as its roof (3.1-3.3 m) is wider than any flat
+            # wagon's deck (2.87 m) or container (2.44 m): a boxcar's roof. (Shorter, a
+            # 20 ft container pair or a loaded deck is as likely as a covered hopper.)
+            if (body_m >= _MIN_BOXCAR_BODY_M and resolution_m <= _MAX_FULL_TOP_RES_M
+                    and _top_width(strip, s0, s1) >= _MIN_FULL_TOP_M):
+                return "boxcar"
             return "flatcar"
         # A textured flat top of unread height (the sun's geometry puts the shadow band
         # out of reach, or another track's cars stand in it): the commonest car of that
@@ -2144,6 +2178,13 @@ def _along_texture(strip: Strip, s0: int, s1: int, path: np.ndarray | None = Non
 # each edge then moves by half a pixel or more between the two.
 _CONTAINER_WIDTH_M = (2.25, 2.6)
 _MAX_WIDTH_RES_M = 0.75
+# Coarsest pixel (m) at which a top's width (:func:`_top_width`) tells a roof over a
+# 3.1-3.3 m body from a flat wagon's 2.87 m deck (:data:`_MIN_FULL_TOP_M`): the two differ
+# by 0.2-0.4 m, under half a pixel from 0.75 m. There the read drifts by as much (a 3.3 m
+# roof read 3.27, 3.17 and 3.04 m at 0.5, 0.75 and 1.0 m) and a deck-coloured ballast
+# shoulder beside a deck widens it, so 0.75-1.0 m decks read as roofs (review of the
+# session 19 width rule, finding 1).
+_MAX_FULL_TOP_RES_M = 0.5
 # Least colour contrast (relative) between a top and the ground beyond it on each side
 # for its edge there to be read.
 _WIDTH_CONTRAST = 0.15
@@ -2154,6 +2195,12 @@ _WIDTH_CONTRAST = 0.15
 # own simulator a container's shoulders measured 0.12-0.27, a locomotive's (fan band down
 # the roof) 0.79-0.93 (review of ca3fedd).
 _MAX_SHOULDER_STEP = 0.5
+# Least top width (m, :func:`_top_width`) read as a top at a walled or roofed car's full
+# width: the 1520 mm boxcars, hoppers and open wagons are 3.1-3.3 m wide over the body,
+# a flat wagon's deck (13-401, 13-9004) 2.87 m and an ISO container 2.44 m. Between the
+# deck and the narrowest full-width top (3.1 m), nearer the deck: altgen tuning boxcar
+# roofs read 2.97-3.4 m at 0.3-0.75 m pixels (a few 2.5-2.8 m at 1 m), decks 2.7-2.9 m.
+_MIN_FULL_TOP_M = 2.95
 
 
 def _shoulder_step(strip: Strip, s0: int, s1: int) -> float:
