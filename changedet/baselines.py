@@ -38,7 +38,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 import numpy as np
@@ -362,6 +362,14 @@ class _Ctx:
     aoi_name: str
     metric: str
     feature_id: str
+    day_of: Callable[[pd.Timestamp], date] | None = None
+
+    def day(self, t: pd.Timestamp | datetime) -> str:
+        """The date of an observation in messages and figures: the day of the run that made it
+        (``day_of``: the AOI's local day, the ``--date`` that reproduces it), else its UTC date."""
+        if self.day_of is not None:
+            return self.day_of(pd.Timestamp(t)).isoformat()
+        return _day(t)
 
     def finding(self, t: pd.Timestamp, value: float, figures: dict[str, Any], message: str) -> Finding:
         return Finding(
@@ -397,7 +405,7 @@ def _robust_z(ctx: _Ctx, p: dict, t: pd.Timestamp, value: float, history: pd.Ser
     if sign * z < p["k"] or sign * delta < p["min_delta"]:
         return None
     extreme = float(history.max() if sign > 0 else history.min())
-    since = _day(history.index[0])
+    since = ctx.day(history.index[0])
     figures = {
         "median": median,
         "mad": mad,
@@ -414,7 +422,7 @@ def _robust_z(ctx: _Ctx, p: dict, t: pd.Timestamp, value: float, history: pd.Ser
     }
     word, rank = ("above", "highest") if sign > 0 else ("below", "lowest")
     message = (
-        f"{_fmt(value)} {ctx.metric} at {_place(ctx.aoi_name, ctx.feature_id)} on {_day(t)}; "
+        f"{_fmt(value)} {ctx.metric} at {_place(ctx.aoi_name, ctx.feature_id)} on {ctx.day(t)}; "
         f"{rank} since {since} was {_fmt(extreme)}; "
         f"{abs(z):.1f} MAD {word} the {_fmt(p['window_days'])}-day median of {_fmt(median)}."
     )
@@ -428,11 +436,11 @@ def _historical_max(ctx: _Ctx, p: dict, t: pd.Timestamp, value: float, history: 
     # Strictly above: with an all-zero history, factor * max == 0 must not flag a 0.
     if not (value > hmax and value >= p["factor"] * hmax and value - hmax >= p["min_delta"]):
         return None
-    since = _day(history.index[0])
+    since = ctx.day(history.index[0])
     ratio = value / hmax if hmax > 0 else math.inf
     figures = {
         "history_max": hmax,
-        "history_max_time": _day(history.idxmax()),
+        "history_max_time": ctx.day(history.idxmax()),
         "history_median": float(history.median()),
         "history_n": len(history),
         "since": since,
@@ -443,7 +451,7 @@ def _historical_max(ctx: _Ctx, p: dict, t: pd.Timestamp, value: float, history: 
     }
     times = f", {ratio:.1f} times that" if math.isfinite(ratio) else ""
     message = (
-        f"{_fmt(value)} {ctx.metric} at {_place(ctx.aoi_name, ctx.feature_id)} on {_day(t)}; "
+        f"{_fmt(value)} {ctx.metric} at {_place(ctx.aoi_name, ctx.feature_id)} on {ctx.day(t)}; "
         f"highest since {since} was {_fmt(hmax)} on {figures['history_max_time']}{times}."
     )
     return ctx.finding(t, value, figures, message)
@@ -496,7 +504,7 @@ def _trend(ctx: _Ctx, p: dict, t: pd.Timestamp, value: float, history: pd.Series
         "window_n": len(window),
         "window_days": p["window_days"],
         "span_days": span,
-        "since": _day(window.index[0]),
+        "since": ctx.day(window.index[0]),
         "sign": 1,
     }
     baseline = history[(history.index < window.index[0]) & (history.index >= window.index[0] - p["window_days"] * _DAY)]
@@ -508,7 +516,7 @@ def _trend(ctx: _Ctx, p: dict, t: pd.Timestamp, value: float, history: pd.Series
     message = (
         f"{ctx.metric} at {_place(ctx.aoi_name, ctx.feature_id)} grew from about {_about(start_level)} "
         f"to {_about(end_level)} over {weeks_text} week{'' if weeks_text == '1' else 's'} "
-        f"({pct}{_signed(slope * 7)} per week) to {_day(t)}."
+        f"({pct}{_signed(slope * 7)} per week) to {ctx.day(t)}."
     )
     return ctx.finding(t, value, figures, message)
 
@@ -558,12 +566,12 @@ def _seasonal(ctx: _Ctx, p: dict, t: pd.Timestamp, value: float, history: pd.Ser
         "season_n": len(same),
         "season_years": len(years),
         "halfwidth_days": p["halfwidth_days"],
-        "since": _day(same.index[0]),
+        "since": ctx.day(same.index[0]),
         "sign": sign,
     }
     word = "above" if sign > 0 else "below"
     message = (
-        f"{_fmt(value)} {ctx.metric} at {_place(ctx.aoi_name, ctx.feature_id)} on {_day(t)}; "
+        f"{_fmt(value)} {ctx.metric} at {_place(ctx.aoi_name, ctx.feature_id)} on {ctx.day(t)}; "
         f"{abs(z):.1f} MAD {word} the seasonal median of {_fmt(median)} "
         f"(same weeks of {span}, {len(same)} observations)."
     )
@@ -609,7 +617,7 @@ def _ewma(ctx: _Ctx, p: dict, t: pd.Timestamp, value: float, history: pd.Series)
         "ewma_level": level,
         "recent_n": n,
         "baseline_n": len(baseline),
-        "since": _day(recent.index[0]),
+        "since": ctx.day(recent.index[0]),
         "delta": value - median,
         "sign": sign,
     }
@@ -618,7 +626,7 @@ def _ewma(ctx: _Ctx, p: dict, t: pd.Timestamp, value: float, history: pd.Series)
         f"{ctx.metric} at {_place(ctx.aoi_name, ctx.feature_id)} has run {word} normal over the "
         f"{n} acquisition{'s' if n != 1 else ''} since {figures['since']}: smoothed level about "
         f"{_about(level)} against a median of {_fmt(median)} before, {z / se:.1f} standard errors "
-        f"(limit {p['limit']:g}); {_fmt(value)} on {_day(t)}."
+        f"(limit {p['limit']:g}); {_fmt(value)} on {ctx.day(t)}."
     )
     return ctx.finding(t, value, figures, message)
 
@@ -651,7 +659,7 @@ def _cusum_rule(ctx: _Ctx, p: dict, t: pd.Timestamp, value: float, history: pd.S
         "run_n": len(run),
         "run_mean": float(run.mean()),
         "baseline_n": len(baseline),
-        "since": _day(start),
+        "since": ctx.day(start),
         "delta": value - median,
         "sign": sign,
     }
@@ -660,7 +668,7 @@ def _cusum_rule(ctx: _Ctx, p: dict, t: pd.Timestamp, value: float, history: pd.S
         f"{ctx.metric} at {_place(ctx.aoi_name, ctx.feature_id)} has stayed {word} normal since "
         f"{figures['since']}: {len(run)} acquisition{'s' if len(run) != 1 else ''} averaging "
         f"{_about(figures['run_mean'])} against a median of {_fmt(median)} before "
-        f"(CUSUM {s_:.1f}, threshold {p['h']:g}); {_fmt(value)} on {_day(t)}."
+        f"(CUSUM {s_:.1f}, threshold {p['h']:g}); {_fmt(value)} on {ctx.day(t)}."
     )
     return ctx.finding(t, value, figures, message)
 
@@ -676,11 +684,11 @@ _RULES: dict[str, Callable[[_Ctx, dict, pd.Timestamp, float, pd.Series], Finding
 
 
 # -- public API ------------------------------------------------------------------------
-def _prepare(series, rule_id, kind, params, severity, aoi_id, aoi_name, metric, feature_id):
+def _prepare(series, rule_id, kind, params, severity, aoi_id, aoi_name, metric, feature_id, day_of=None):
     p = validate_params(kind, params, rule_id=rule_id)
     if severity not in SEVERITIES:
         raise RuleError(f"rule {rule_id!r}: severity {severity!r} must be one of {', '.join(SEVERITIES)}")
-    ctx = _Ctx(rule_id, kind, severity, aoi_id, aoi_name, metric, feature_id)
+    ctx = _Ctx(rule_id, kind, severity, aoi_id, aoi_name, metric, feature_id, day_of)
     return ctx, p, _clean(series, rule_id)
 
 
@@ -700,6 +708,7 @@ def evaluate(
     metric: str,
     feature_id: str = SITE,
     at: datetime | str | None = None,
+    day_of: Callable[[pd.Timestamp], date] | None = None,
 ) -> Finding | None:
     """Evaluate one observation of a metric series against the history before it.
 
@@ -714,6 +723,10 @@ def evaluate(
     at : datetime or str, optional
         Evaluate the latest observation at or before this time (default: the last
         observation). History is every observation strictly before it.
+    day_of : callable, optional
+        The day an observation's time belongs to (the run's day at the site, e.g.
+        :func:`changedet.pipeline.scene_day`), for the dates in messages and figures;
+        default its UTC date.
 
     Returns
     -------
@@ -727,7 +740,7 @@ def evaluate(
         Unknown kind, invalid parameters or severity, or a series that is not numeric
         on a time index.
     """
-    ctx, p, s = _prepare(series, rule_id, kind, params, severity, aoi_id, aoi_name, metric, feature_id)
+    ctx, p, s = _prepare(series, rule_id, kind, params, severity, aoi_id, aoi_name, metric, feature_id, day_of)
     if s.empty:
         return None
     if at is None:
@@ -754,12 +767,13 @@ def evaluate_all(
     aoi_name: str,
     metric: str,
     feature_id: str = SITE,
+    day_of: Callable[[pd.Timestamp], date] | None = None,
 ) -> list[Finding]:
     """Evaluate every observation in turn (backfills, tests); findings in time order.
 
     Each observation sees only the history before it, exactly as :func:`evaluate`
     with ``at`` set to its time would.
     """
-    ctx, p, s = _prepare(series, rule_id, kind, params, severity, aoi_id, aoi_name, metric, feature_id)
+    ctx, p, s = _prepare(series, rule_id, kind, params, severity, aoi_id, aoi_name, metric, feature_id, day_of)
     found = (_at_position(s, ctx, p, i) for i in range(len(s)))
     return [f for f in found if f is not None]

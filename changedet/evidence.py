@@ -32,7 +32,7 @@ import math
 import shutil
 import uuid
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -220,6 +220,7 @@ def build_evidence(
     config_hash: str | None = None,
     code_version: str | None = None,
     rgb: Sequence[str] | None = None,
+    day: date | None = None,
 ) -> Path:
     """Write (or rewrite) the evidence pack of one alert; return its manifest path.
 
@@ -258,6 +259,11 @@ def build_evidence(
         Band names for red, green, blue in pictures.
     source : str, optional
         Name of the imagery source (e.g. ``"simulator"``), for the pictures' attribution.
+    day : date, optional
+        The day whose run processed ``after`` (the AOI's local day, see
+        :func:`changedet.pipeline.scene_day`): the ``--date`` of the manifest's
+        ``reproduce`` command, which finds the scene only on that day. Default: the UTC
+        date of ``when`` (the day of a pack built outside a run).
 
     Returns
     -------
@@ -272,6 +278,7 @@ def build_evidence(
     """
     root = Path(root)
     final = root / alert_id
+    run_day = day if day is not None else pd.Timestamp(when).date()
     try:
         root.mkdir(parents=True, exist_ok=True)
         # Not mkdtemp: its 0700 mode stays on the pack after the rename, and a web server
@@ -338,7 +345,8 @@ def build_evidence(
             "config": dict(config or {}),
             "config_hash": config_hash,
             "code_version": code_version,
-            "reproduce": f"changedet run --aoi {alert.get('aoi_id')} --date {pd.Timestamp(when).date().isoformat()}",
+            "day": run_day.isoformat(),
+            "reproduce": f"changedet run --aoi {alert.get('aoi_id')} --date {run_day.isoformat()}",
             "images": images,
             "image_errors": image_errors,
             "files": {name: {"role": role, "sha256": _file_sha256(work / name), "bytes": (work / name).stat().st_size}

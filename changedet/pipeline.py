@@ -410,6 +410,40 @@ def scene_day(aoi, spec, when) -> date:
     return t.astimezone(ZoneInfo(aoi.timezone)).date()
 
 
+def stored_day(aoi, spec, entry: dict) -> date:
+    """The day whose run stored (or skipped) the cube entry ``entry``.
+
+    The ``day`` the run recorded with it; an entry written before runs recorded it gets
+    :func:`scene_day` of its time (the rule of the local-day search; the UTC date that runs
+    before it used is the same day for the simulator, date-only files and every
+    acquisition whose local and UTC dates agree).
+
+    Parameters
+    ----------
+    aoi : changedet.aoi.AOI
+    spec : changedet.aoi.SourceSpec or None
+        The entry's source (None: read from the entry's ``source``, which only tells the
+        simulator apart, all :func:`scene_day` asks).
+    entry : dict
+        A scene or skipped record of :meth:`changedet.cube.Cube.scenes` or ``info()``.
+
+    Returns
+    -------
+    date
+    """
+    recorded = entry.get("day")
+    if recorded:
+        try:
+            return date.fromisoformat(str(recorded))
+        except ValueError:
+            pass  # (hand-edited: the rule below is the run's)
+    if spec is None:
+        from types import SimpleNamespace
+
+        spec = SimpleNamespace(name=str(entry.get("source") or ""))
+    return scene_day(aoi, spec, entry["time"])
+
+
 def _utc_days(aoi, day: date) -> tuple[date, date]:
     """First and last UTC day that the local day ``day`` of ``aoi`` overlaps (a superset).
 
@@ -467,9 +501,11 @@ def _search_each_utc_day(source, spec, aoi, day: date, first: date, last: date, 
     A local folder fails the search of the UTC date a broken file's name gives
     (:class:`~changedet.errors.SceneUnreadable`: an interrupted copy must not pass for "no
     acquisition"). The UTC day ``day`` fails the day as it always did; a neighbouring UTC
-    day, searched only for the hours of ``day`` it holds, fails it only when ``day`` has no
-    acquisition of its own (the broken file may be this day's pass, taken the UTC day before
-    east of UTC): a broken file of yesterday's does not also fail today's run. (A failure
+    day, searched only for the hours of ``day`` it holds, fails it only when a file named on
+    it may be ``day``'s (:func:`_named_days`: a name with a time of day that falls on
+    ``day``, the pass taken the UTC day before east of UTC) and ``day`` has no acquisition of
+    its own; a broken file whose name ties it to another day (``site_YYYYMMDD.tif``) only
+    warns: a broken file of yesterday's does not also fail today's run. (A failure
     that may pass, :class:`~changedet.errors.SourceUnavailable`, fails the day as it is: a
     later run searches again.)
     """
@@ -481,7 +517,14 @@ def _search_each_utc_day(source, spec, aoi, day: date, first: date, last: date, 
         except SceneUnreadable as exc:
             if u == day:
                 raise
-            broken = exc
+            if day not in _named_days(source, spec, aoi, u):
+                # Every file the name of which puts it on that UTC day belongs by the same name
+                # to another day (a date-only name, ``site_YYYYMMDD.tif``, is its own date):
+                # the broken one is not this day's pass, and fails only its own day.
+                log.warning("%s %s: a file of the neighbouring UTC day %s cannot be read (%s); it belongs to "
+                            "another day, which its run reports", aoi.id, day, u, exc)
+            else:
+                broken = exc
         u += timedelta(days=1)
     if broken is not None:
         if not any(scene_day(aoi, spec, s.time) == day for s in found):
@@ -489,6 +532,29 @@ def _search_each_utc_day(source, spec, aoi, day: date, first: date, last: date, 
         log.warning("%s %s: the search of the UTC day next to it failed (%s); the day's own acquisitions are "
                     "processed", aoi.id, day, broken)
     return found
+
+
+def _named_days(source, spec, aoi, u: date) -> set[date]:
+    """The days (:func:`scene_day`) of the files of ``source`` whose names give the UTC date ``u``.
+
+    What a local folder's search of ``u`` reads headers of: a broken file among them fails
+    that search, and its name tells the day it belongs to without reading it. A source
+    that does not list files (a catalogue) gives every day of ``u``'s neighbourhood: its
+    failure cannot be tied to a file, so it is never taken for another day's.
+    """
+    from changedet.sources.local import _name_time
+
+    files = getattr(source, "files", None)
+    if not callable(files):
+        return {u - timedelta(days=1), u, u + timedelta(days=1)}
+    pattern = getattr(source, "pattern", None)
+    days = set()
+    for f in files():
+        t = _name_time(Path(str(f)).name, pattern)
+        # (A name without a date fails the search of every day, the day's own UTC day too.)
+        if t is not None and t.date() == u:
+            days.add(scene_day(aoi, spec, t))
+    return days
 
 
 def find_scene(aoi, day: date, cfg: "RunConfig"):
@@ -624,7 +690,7 @@ def _run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
     factor = max(1, int(round(cfg.change_res_m / res)))
     cgrid = aoi_grid(aoi, res * factor)
     coarse_cube = Cube(root, aoi.id, spec.sensor, cgrid, reflectance=optical)
-    healed = _heal_change_cube(cube, coarse_cube, factor, res)
+    healed = _heal_change_cube(cube, coarse_cube, factor, res, day_of=lambda e: stored_day(aoi, spec, e))
     if healed:
         result.note = _joined(result.note, f"the change cube lacked stored day(s) {', '.join(healed)} (a run "
                               "stopped between its two appends): coarsened from the stored aligned step(s)")
@@ -745,7 +811,8 @@ def _run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
     metrics: list[dict[str, Any]] = []
     products = _Products(root, aoi.id, day)
     # What an evidence pack needs if a rule fires on this day.
-    ev: dict[str, Any] = {"scene": scene, "sensor": spec.sensor, "after": aligned, "cube": cube, "site": site,
+    ev: dict[str, Any] = {"scene": scene, "day": day, "sensor": spec.sensor, "after": aligned, "cube": cube,
+                          "site": site,
                           # Similarity before/after says how well the shift explains the scene;
                           # the residual is set in local mode only (tie points against the warp).
                           "registration": {**provenance["coreg"], **provenance_fields(reg)},
@@ -848,14 +915,17 @@ def _run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
         result.alerts = _evaluate_rules(aoi, scene.time, store, Path(cfg.data_dir) / "outbox",
                                         {m["metric"] for m in metrics},
                                         evidence=(Path(cfg.data_dir) / "evidence", ev) if cfg.evidence else None,
-                                        skipped=result.skipped, rebuilt=result.rebuilt)
+                                        skipped=result.skipped, rebuilt=result.rebuilt, spec=spec)
         result.status = "processed"
         # Stored even when an evidence pack failed (the outbox records the pending pack,
         # and a run of this day rebuilds it): the day's pixels are what the report and
         # every later pack's "before" image need.
         # The reasons counts were skipped ride with the scene, so the report can say why an
         # image has no count (cloud, too coarse, ...) rather than guess.
-        extra = {"coreg": provenance["coreg"], "cloud_fraction": cloud_fraction,
+        # The day of the run (the products folder and what `changedet run --date` must be
+        # given to find the scene again): recorded, not re-derived, so the report and every
+        # date a person may rerun from follow the rule this run used (see stored_day).
+        extra = {"day": day.isoformat(), "coreg": provenance["coreg"], "cloud_fraction": cloud_fraction,
                  "skipped": {k: v for k, v in result.skipped.items() if k != "evidence"}}
         if not simulated:
             extra["reference_from"] = origin
@@ -907,8 +977,12 @@ def _run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
     return result
 
 
-def _heal_change_cube(cube: Cube, coarse_cube: Cube, factor: int, res: float) -> list[str]:
-    """Append to the change cube every day the aligned cube holds and it lacks; their acquisition dates.
+def _heal_change_cube(cube: Cube, coarse_cube: Cube, factor: int, res: float, *,
+                      day_of: Callable[[dict], date] | None = None) -> list[str]:
+    """Append to the change cube every day the aligned cube holds and it lacks; their days.
+
+    The days are those of the runs that stored them (``day_of`` of the aligned entry, e.g.
+    :func:`stored_day`; the acquisition's UTC date without it).
 
     ``run_day`` stores a series' first day in the aligned cube first and in the change cube
     (``coarse_cube``, ``factor`` times coarser) second, so that a run that lost the race for
@@ -954,12 +1028,13 @@ def _heal_change_cube(cube: Cube, coarse_cube: Cube, factor: int, res: float) ->
             footprint=shapely.Polygon(),  # (not stored: the cube keeps no footprint)
             resolution_m=float(res), properties={"path": entry["path"]} if entry.get("path") else {})
         extra = {"coarsened_from_m": res, "healed_from": "the stored aligned step",
-                 **({"entry": entry["entry"]} if entry.get("entry") else {})}
+                 **({"entry": entry["entry"]} if entry.get("entry") else {}),
+                 **({"day": entry["day"]} if entry.get("day") else {})}
         coarse_cube.append(record, _coarsen(step, factor, coarse_cube.grid), extra=extra)
         log.warning("%s: scene %s was stored in %s but missing from the change cube %s (a run stopped between "
                     "the two appends); coarsened from the stored aligned step and appended", cube.aoi_id,
                     entry["scene_id"], cube.path, coarse_cube.path)
-        done.append(when.date().isoformat())
+        done.append((day_of(entry) if day_of is not None else when.date()).isoformat())
     return done
 
 
@@ -977,7 +1052,8 @@ def _rejected(cube: Cube, spec, scene, result: DayResult) -> DayResult:
         # With the entry: a record without a file path is superseded by a stored scene of the
         # same entry and time (Cube.append), never by another entry's.
         cube.record_skipped(scene, f"{result.status}: {result.note}", permanent=False, status=result.status,
-                            cloud_fraction=result.cloud_fraction, entry=_entry_id(spec))
+                            cloud_fraction=result.cloud_fraction, entry=_entry_id(spec),
+                            day=result.day.isoformat())
     except CubeError as exc:
         log.warning("%s %s: the %s scene %s was not recorded as skipped (%s)", result.aoi_id, result.day,
                     result.status, scene.id, exc)
@@ -1460,7 +1536,7 @@ def _sha(da: xr.DataArray) -> str:
 
 def _evaluate_rules(aoi, t: datetime, store: MetricStore, outbox_dir: Path, fresh: set[str],
                     evidence: tuple[Path, dict] | None = None, skipped: dict[str, str] | None = None,
-                    rebuilt: list[str] | None = None) -> list[dict]:
+                    rebuilt: list[str] | None = None, spec=None) -> list[dict]:
     """Feed the observation at ``t`` to the AOI's rules; write the evidence packs due.
 
     Returns the alerts opened or escalated by this observation. With ``evidence``, every
@@ -1468,8 +1544,11 @@ def _evaluate_rules(aoi, t: datetime, store: MetricStore, outbox_dir: Path, fres
     this run's events (recorded pending with them, in one transaction) and those an
     earlier run of the same day could not write, whatever later days did to the alert.
     A pack that fails stays pending; its reason goes to ``skipped["evidence"]``. The ids
-    of rebuilt packs (not new alerts) go to ``rebuilt``.
+    of rebuilt packs (not new alerts) go to ``rebuilt``. With ``spec`` (the series' source
+    entry), the dates of alert messages are the runs' days (:func:`scene_day`), the
+    ``--date`` that reproduces each observation; without it, UTC dates.
     """
+    day_of = (lambda when: scene_day(aoi, spec, when)) if spec is not None else None
     out = []
     outbox = None
     for rule in aoi.rules:
@@ -1479,7 +1558,8 @@ def _evaluate_rules(aoi, t: datetime, store: MetricStore, outbox_dir: Path, fres
         params = {k: v for k, v in rule.params.items() if k not in life}
         series = store.series(aoi.id, rule.metric, end=t)
         finding = evaluate(series, rule_id=rule.id, kind=rule.kind, params=params,
-                           severity=rule.severity, aoi_id=aoi.id, aoi_name=aoi.name, metric=rule.metric, at=t)
+                           severity=rule.severity, aoi_id=aoi.id, aoi_name=aoi.name, metric=rule.metric, at=t,
+                           day_of=day_of)
         if finding is None or finding.time != series.index[-1]:
             # A quiet observation: an alert of this rule with no finding for quiet_days resolves.
             if outbox is None and (outbox_dir / "outbox.sqlite").exists():
@@ -1561,7 +1641,7 @@ def _write_evidence(root: Path, ev: dict, alert, action: str, series, rule) -> P
         baseline=band, bbox=(minx - margin, miny - margin, maxx + margin, maxy + margin),
         registration=ev["registration"], cloud_fraction=ev["cloud_fraction"], scenes=scenes, config=ev["config"],
         source=getattr(scene, "source", None),
-        config_hash=ev["config_hash"], code_version=__version__, rgb=_rgb_bands(ev["after"]),
+        config_hash=ev["config_hash"], code_version=__version__, rgb=_rgb_bands(ev["after"]), day=ev.get("day"),
     )
 
 

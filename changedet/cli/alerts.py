@@ -120,7 +120,8 @@ def cmd_list(args) -> int:
     if not alerts:
         print("no alerts")
     for a in alerts:
-        print(f"{a.id}  {a.status:<12} {a.severity:<6} {a.last_time.date()}  {a.message}")
+        # Labelled: the alert keeps a time, not the run's day (its message names that day).
+        print(f"{a.id}  {a.status:<12} {a.severity:<6} {a.last_time.date()} UTC  {a.message}")
     return 0
 
 

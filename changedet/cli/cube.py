@@ -64,6 +64,7 @@ def cmd_info(args) -> int:
     from changedet.aoi import load_aoi
     from changedet.cube import Cube
     from changedet.grid import aoi_grid
+    from changedet.pipeline import stored_day
 
     aoi = load_aoi(args.aoi, registry=getattr(args, "registry", None))
     data_dir = args.data_dir or str(default_data_dir())
@@ -72,11 +73,17 @@ def cmd_info(args) -> int:
         raise CubeError(f"no cube of AOI {aoi.id} under {data_dir}; 'changedet run --aoi {aoi.id} ...' (a day it "
                         f"stores) or 'changedet fetch --aoi {aoi.id} ...' make one, or give the right --data-dir")
     infos = [Cube(data_dir, aoi.id, s, aoi_grid(aoi, r), reflectance=s != "s1", product=p).info() for s, r, p in cubes]
+    for info in infos:
+        # The day of the run that stored or skipped each scene: what `changedet run --date`
+        # (or a backfill) must be given to process it again, the AOI's local day, not
+        # always the UTC date of its time.
+        for s in info["scenes"] + info["skipped"]:
+            s["day"] = stored_day(aoi, None, s).isoformat()
     if args.json:
         print(json.dumps({"aoi_id": aoi.id, "cubes": infos}, default=str))
         return 0
     for info in infos:
-        times = [s["time"][:10] for s in info["scenes"]]
+        times = [s["day"] for s in info["scenes"]]
         span = f"{times[0]} .. {times[-1]}" if times else "empty"
         print(f"{info['aoi_id']} {info['sensor']} {info['resolution_m']:g} m {info['product']}  {info['path']}")
         print(f"  grid {info['shape'][0]} x {info['shape'][1]} px, {info['crs']}; bands {', '.join(info['bands'])}")
@@ -84,12 +91,12 @@ def cmd_info(args) -> int:
               + (", ".join(f"{k} {v}" for k, v in info["sources"].items()) or "none")
               + f"; {len(info['skipped'])} skipped; {info['size_bytes'] / 1e6:.1f} MB")
         if info["scenes"]:
-            print(f"  {'date':<10}  {'cloud':>6}  {'mask':<11}  {'shift r,c px':<13}  scene")
+            print(f"  {'day':<10}  {'cloud':>6}  {'mask':<11}  {'shift r,c px':<13}  scene")
             for s in info["scenes"]:
                 cf = s["cloud_fraction"]
                 cloud = "-" if cf is None else f"{100 * float(cf):5.1f}%"
-                print(f"  {s['time'][:10]:<10}  {cloud:>6}  {str(s['cloud_mask'] or '-'):<11}  "
+                print(f"  {s['day']:<10}  {cloud:>6}  {str(s['cloud_mask'] or '-'):<11}  "
                       f"{_fmt_shift(s['coreg']):<13}  {s['scene_id']}")
         for s in info["skipped"]:
-            print(f"  skipped {s['time'][:10]} {s['scene_id']}: {s['reason']}")
+            print(f"  skipped {s['day']} {s['scene_id']}: {s['reason']}")
     return 0

@@ -286,7 +286,7 @@ def cmd_demo(args) -> int:
     print()
     print(f"Alerts ({len(alerts)}), as an analyst would have received them:")
     for a in alerts:
-        print(f"  [{a.severity.upper()}] {a.aoi_id} / {a.rule_id}: opened {a.opened_at.date()}, "
+        print(f"  [{a.severity.upper()}] {a.aoi_id} / {a.rule_id}: opened {a.opened_at.date()} UTC, "
               f"{a.findings} finding(s), status {a.status}; latest:")
         print(f"      {a.message}")
     quiet = [a.id for a in aois if not any(al.aoi_id == a.id for al in alerts)]

@@ -71,6 +71,7 @@ class _AOIView:
     status: str
     latest: pd.Timestamp | None
     sensor: str | None
+    latest_day: str | None = None   # the run day of the latest image
     metrics: list[_MetricView] = field(default_factory=list)
     alerts: list[Any] = field(default_factory=list)
     open_alerts: int = 0
@@ -102,6 +103,19 @@ def _in(t: pd.Timestamp, start, end) -> bool:
 
 def _day(t) -> str:
     return _ts(t).strftime("%Y-%m-%d")
+
+
+def _utc_day(t) -> str:
+    """The UTC date of a time, labelled: a caption of a time with no run day known (a metric
+    value, an alert); an unlabelled date in the report is always a run's day."""
+    return f"{_day(t)} UTC"
+
+
+def _run_day(aoi, img: "_Imagery", entry: dict) -> str:
+    """The day of the run that stored ``entry`` (the ``--date`` that finds the scene again)."""
+    from changedet.pipeline import stored_day
+
+    return stored_day(aoi, img.spec, entry).isoformat()
 
 
 # -- baseline band -----------------------------------------------------------------------------
@@ -169,6 +183,8 @@ class _Imagery:
     source: str                  # SourceSpec.name, e.g. "simulator"
     cube: Any
     scenes: list[dict]           # in the period, sorted by time
+    spec: Any = None             # the SourceSpec
+    legacy_rule: str | None = None  # see _products_dir (found once per AOI)
 
 
 class _Store:
@@ -249,7 +265,7 @@ def _imagery(aoi, data: _Store, start, end) -> _Imagery | None:
             continue
         scenes = [s for s in cube.scenes() if _in(_ts(s["time"]), start, end)]
         if scenes:
-            return _Imagery(spec.sensor, spec.name, cube, scenes)
+            return _Imagery(spec.sensor, spec.name, cube, scenes, spec)
     return None
 
 
@@ -267,18 +283,52 @@ def _scene_image(img: _Imagery, entry: dict) -> xr.DataArray:
     return da
 
 
-def _products_dir(data: _Store, aoi_id: str, t: pd.Timestamp) -> str | None:
-    """The ``products/<aoi>/<day>`` day of an acquisition: the run day nearest its time (within a day)."""
-    best, best_d = None, None
-    for name in data.product_days(aoi_id):
-        try:
-            day = date.fromisoformat(name)
-        except ValueError:
-            continue
-        gap = abs((_ts(day) + pd.Timedelta(hours=12)) - t)
-        if gap <= pd.Timedelta(hours=36) and (best_d is None or gap < best_d):
-            best, best_d = name, gap
-    return best
+def _products_dir(data: _Store, aoi, img: _Imagery, entry: dict) -> str | None:
+    """The ``products/<aoi>/<day>`` folder of the stored scene ``entry``, or None if it has none.
+
+    The run of a day writes its products under that day, and the runs' day is the AOI's
+    local day (:func:`changedet.pipeline.scene_day`): a scene taken 22:40 UTC on D-1 at
+    UTC+12 is in folder D, and folder D-1 holds the day before's. Runs record their day
+    with the scene (``day``), which is used as it is. A scene stored before they did was
+    written under its UTC date (runs before the local-day search) or its local day (runs
+    since): where only one of the two folders exists it is that one; where both do, the
+    rule of the cube's other such scenes decides (:func:`_legacy_rule`). A scene whose
+    day has no folder (no change map or detection yet) has no products: never a
+    neighbouring day's.
+    """
+    from changedet.pipeline import scene_day
+
+    names = set(data.product_days(aoi.id))
+    if entry.get("day"):
+        name = str(entry["day"])
+        return name if name in names else None
+    t = _ts(entry["time"])
+    utc = t.date().isoformat()
+    local = scene_day(aoi, img.spec, entry["time"]).isoformat()
+    found = [n for n in dict.fromkeys((utc, local)) if n in names]
+    if len(found) <= 1:
+        return found[0] if found else None
+    if img.legacy_rule is None:
+        img.legacy_rule = _legacy_rule(names, aoi, img)
+    return local if img.legacy_rule == "local" else utc
+
+
+def _legacy_rule(names: set[str], aoi, img: _Imagery) -> str:
+    """``"utc"`` or ``"local"``: the rule the runs that stored the cube's unrecorded days named folders by.
+
+    A folder that only one rule gives any of those scenes (the UTC date of one, no
+    scene's local day; or the reverse) was written by that rule. Without such a folder,
+    the UTC date (the folders of every run before the local-day search).
+    """
+    from changedet.pipeline import scene_day
+
+    held = img.cube.scenes()
+    old = [e for e in held if not e.get("day")]
+    names = names - {str(e["day"]) for e in held if e.get("day")}  # (the folders of recorded days)
+    utc = {_ts(e["time"]).date().isoformat() for e in old}
+    local = {scene_day(aoi, img.spec, e["time"]).isoformat() for e in old}
+    only_utc, only_local = len((utc - local) & names), len((local - utc) & names)
+    return "local" if only_local > only_utc else "utc"
 
 
 def _detections(data: _Store, aoi_id: str, prod: str | None, crs) -> list[dict]:
@@ -434,7 +484,8 @@ def _build_aoi(aoi, data_dir: Path, data: _Store, out_dir: Path, start, end, sto
     page_dir.mkdir(parents=True, exist_ok=True)
     img = _imagery(aoi, data, start, end)
     latest_t = _ts(img.scenes[-1]["time"]) if img else None
-    view = _AOIView(aoi, "no data", latest_t, img.sensor if img else None)
+    view = _AOIView(aoi, "no data", latest_t, img.sensor if img else None,
+                    _run_day(aoi, img, img.scenes[-1]) if img else None)
 
     # Alerts of this AOI in the period (opened in it, or still active at its end).
     alerts = []
@@ -494,7 +545,7 @@ def _build_aoi(aoi, data_dir: Path, data: _Store, out_dir: Path, start, end, sto
             crs = da.rio.crs
             when = latest_t.to_pydatetime()
             attribution = F.attribution_for(img.sensor, latest_t.year, source=img.source)
-            prod = _products_dir(data, aoi.id, latest_t)
+            prod = _products_dir(data, aoi, img, latest)
             dets = _detections(data, aoi.id, prod, crs)
             feats = _features(aoi, crs)
             F.map_png(da, page_dir / "map.png", title=f"{name}: site and features", when=when, sensor=img.sensor,
@@ -502,7 +553,7 @@ def _build_aoi(aoi, data_dir: Path, data: _Store, out_dir: Path, start, end, sto
             img_parts.append("<h2>Site and features</h2>")
             img_parts.append(_figure_block("map.png", f"Map of {name} with its features",
                                        f"Site outline and mapped features ({', '.join(sorted({f['role'] for f in feats}))}) "
-                                       f"over the image of {_day(latest_t)}.", gid="fig-map"))
+                                       f"over the image of {view.latest_day}.", gid="fig-map"))
             F.scene_png(da, page_dir / "latest.png", title=f"{name}: latest image", when=when, sensor=img.sensor,
                         attribution=attribution, detections=dets)
             counts: dict[str, int] = {}
@@ -514,17 +565,17 @@ def _build_aoi(aoi, data_dir: Path, data: _Store, out_dir: Path, start, end, sto
             det_text += _uncounted_note(aoi, view.metrics, latest_t, latest, store is not None)
             img_parts.append("<h2>Latest image</h2>")
             img_parts.append(_figure_block("latest.png", f"Latest image of {name} with detections",
-                                       f"{_day(latest_t)}, scene {latest['scene_id']}: {det_text}.", gid="fig-latest"))
+                                       f"{view.latest_day}, scene {latest['scene_id']}: {det_text}.", gid="fig-latest"))
 
             # Change heatmap of the latest date that has one in the period.
             mag, mag_t = None, None
             for entry in reversed(img.scenes):
                 t = _ts(entry["time"])
-                pdir = _products_dir(data, aoi.id, t)
+                pdir = _products_dir(data, aoi, img, entry)
                 tifs = [f for f in data.files(aoi.id, pdir, ".tif")
                         if f.rsplit("/", 1)[-1] == "change_magnitude.tif"] if pdir is not None else []
                 if tifs:
-                    mag, mag_t = data.read_raster(tifs[0]), t
+                    mag, mag_t, mag_day = data.read_raster(tifs[0]), t, _run_day(aoi, img, entry)
                     break
             centre = _change_centre(mag, aoi, crs)
             if len(img.scenes) >= 2:
@@ -534,7 +585,7 @@ def _build_aoi(aoi, data_dir: Path, data: _Store, out_dir: Path, start, end, sto
                 a_chip, b_chip = da.isel(win), bda.isel(win)
                 joint = np.concatenate([F.select_rgb(b_chip), F.select_rgb(a_chip)], axis=-1)
                 vr = F.stretch_range(joint)
-                bt = _ts(before["time"])
+                bt, b_day = _ts(before["time"]), _run_day(aoi, img, before)
                 # Each picture credits the year of its own data (Copernicus asks for it).
                 F.scene_png(b_chip, page_dir / "before.png", title="Before", when=bt.to_pydatetime(), sensor=img.sensor,
                             attribution=F.attribution_for(img.sensor, bt.year, source=img.source),
@@ -544,9 +595,9 @@ def _build_aoi(aoi, data_dir: Path, data: _Store, out_dir: Path, start, end, sto
                 img_parts.append("<h2>Before and after</h2>")
                 img_parts.append(
                     "<div class=\"pair\">"
-                    + _figure_block("before.png", f"Before: {_day(bt)}", f"{_day(bt)} (first image of the period)",
+                    + _figure_block("before.png", f"Before: {b_day}", f"{b_day} (first image of the period)",
                                     gid="fig-before")
-                    + _figure_block("after.png", f"After: {_day(latest_t)}", f"{_day(latest_t)} (latest image)",
+                    + _figure_block("after.png", f"After: {view.latest_day}", f"{view.latest_day} (latest image)",
                                     gid="fig-after")
                     + "</div><p class=\"muted\">Same "
                     + esc(f"{CHIP_M:g} m")
@@ -560,7 +611,7 @@ def _build_aoi(aoi, data_dir: Path, data: _Store, out_dir: Path, start, end, sto
                               threshold=DEFAULT_CHANGE_Z)
                 img_parts.append("<h2>Change</h2>")
                 img_parts.append(_figure_block("change.png", f"Change magnitude at {name}",
-                                           f"Change magnitude on {_day(mag_t)} against the per-pixel baseline of earlier "
+                                           f"Change magnitude on {mag_day} against the per-pixel baseline of earlier "
                                            f"dates; outlined: above {DEFAULT_CHANGE_Z:g} (the default threshold).",
                                            gid="fig-change"))
             else:
@@ -588,7 +639,7 @@ def _build_aoi(aoi, data_dir: Path, data: _Store, out_dir: Path, start, end, sto
         parts.append(
             f"<h3>{esc(m.name)}</h3><figure class=\"series\" id=\"series-{i}\" data-metric=\"{esc(m.name)}\" "
             f"data-alerts=\"{len(m.alert_times)}\">{svg}<figcaption>Latest {esc(fmt_num(m.series.iloc[-1]))} "
-            f"on {esc(_day(m.series.index[-1]))}. Band: median ± {esc(fmt_num(p['k']))}·MAD of the previous "
+            f"on {esc(_utc_day(m.series.index[-1]))}. Band: median ± {esc(fmt_num(p['k']))}·MAD of the previous "
             f"{esc(fmt_num(p['window_days']))} days, once {esc(p['min_history'])} observations are in the window; "
             f"▼ alerts. <a href=\"{href(f'series_{i}.png')}\">PNG</a></figcaption></figure>"
         )
@@ -601,7 +652,7 @@ def _build_aoi(aoi, data_dir: Path, data: _Store, out_dir: Path, start, end, sto
         rows.append([
             f"<span class=\"sev-{esc(a.severity)}\">{esc(a.severity)}</span>",
             esc(a.status),
-            esc(_day(a.opened_at)),
+            esc(_utc_day(a.opened_at)),
             esc(a.rule_id),
             esc(a.metric),
             esc(feature),
@@ -671,7 +722,7 @@ def _index(views: list[_AOIView], out_dir: Path, start, end, broken: Sequence[st
             f"<a class=\"aoi-link\" href=\"{href(v.aoi.id, 'index.html')}\">{esc(v.aoi.name)}</a>"
             f"<br><span class=\"muted\">{esc(v.aoi.id)} · {esc(v.aoi.kind)}</span>",
             f"<span class=\"badge {esc(_badge(v.status))}\">{esc(v.status)}</span>",
-            esc(_day(v.latest)) if v.latest is not None else "<span class=\"muted\">none</span>",
+            esc(v.latest_day) if v.latest_day is not None else "<span class=\"muted\">none</span>",
             "".join(sparks) or "<span class=\"muted\">no metric recorded</span>",
             esc(v.open_alerts),
         ])
