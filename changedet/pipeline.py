@@ -535,7 +535,8 @@ def _search_each_utc_day(source, spec, aoi, day: date, first: date, last: date, 
 
 
 def _named_days(source, spec, aoi, u: date) -> set[date]:
-    """The days (:func:`scene_day`) of the files of ``source`` whose names give the UTC date ``u``.
+    """The days (:func:`scene_day`) of the files of ``source`` whose names give the UTC date ``u``
+    by the source's ``pattern`` (the acquisition time then comes from the name alone).
 
     What a local folder's search of ``u`` reads headers of: a broken file among them fails
     that search, and its name tells the day it belongs to without reading it. A source
@@ -548,6 +549,12 @@ def _named_days(source, spec, aoi, u: date) -> set[date]:
     if not callable(files):
         return {u - timedelta(days=1), u, u + timedelta(days=1)}
     pattern = getattr(source, "pattern", None)
+    if not pattern:
+        # Without a pattern a file's header time wins over its name (a file named by its UTC date
+        # may hold a pass past midnight there, i.e. this day's): a broken file cannot be tied to
+        # another day by its name, and taking it for one would record this day no_scene and lose
+        # its pass once the file is repaired (review PIPE2 1). The day fails and is run again.
+        return {u - timedelta(days=1), u, u + timedelta(days=1)}
     days = set()
     for f in files():
         t = _name_time(Path(str(f)).name, pattern)

@@ -156,11 +156,13 @@ def test_cube_info_lists_skipped_and_stored_scenes_by_the_runs_day(tmp_path, cap
 @pytest.mark.parametrize("tz, other", [("Asia/Pyongyang", date(2023, 8, 18)),
                                        ("America/Anchorage", date(2023, 8, 16))])
 def test_a_broken_date_only_file_fails_only_the_date_it_names(tmp_path, tz, other, caplog):
-    """``site_YYYYMMDD.tif`` is 00:00 UTC of its date and that date's (scene_day): cut inside its header, it
-    fails its date, not the neighbouring local day whose search also covers that UTC date (a warning)."""
+    """With a date-only ``pattern``, ``site_YYYYMMDD.tif`` is 00:00 UTC of its date and that date's
+    (scene_day): cut inside its header, it fails its date, not the neighbouring local day whose search
+    also covers that UTC date (a warning)."""
     from changedet.errors import SceneUnreadable
 
-    aoi, cfg = _site(tmp_path, tz, {"site_20230815": None, "site_20230817": None, "site_20230820": None})
+    aoi, cfg = _site(tmp_path, tz, {"site_20230815": None, "site_20230817": None, "site_20230820": None},
+                     pattern=r"(?P<date>\d{8})")
     cut = tmp_path / "imgs" / "site_20230817.tif"
     cut.write_bytes(cut.read_bytes()[:200])
     with pytest.raises(SceneUnreadable, match="site_20230817"):
@@ -180,3 +182,34 @@ def test_a_broken_file_whose_name_gives_a_time_on_this_day_still_fails_it(tmp_pa
     cut.write_bytes(cut.read_bytes()[:200])
     with pytest.raises(SceneUnreadable, match="pass_20230816T224000"):
         _found(aoi, cfg, date(2023, 8, 17))
+
+
+def test_without_a_pattern_a_broken_file_named_by_its_utc_date_fails_the_day_its_pass_may_be(tmp_path):
+    """Review PIPE2 1: Kamchatka, ``site_20230816.tif`` stamped 22:40 UTC in its header is Aug 17's pass.
+    Cut short, Aug 17 must fail (and be run again once repaired), not say no_scene and lose the pass."""
+    from changedet.errors import SceneUnreadable
+
+    aoi, cfg = _site(tmp_path, KAMCHATKA, {"site_20230816": _utc(2023, 8, 16, 22, 40)})
+    assert _found(aoi, cfg, date(2023, 8, 17)) == ["site_20230816"]
+    assert _found(aoi, cfg, date(2023, 8, 16)) == []
+    cut = tmp_path / "imgs" / "site_20230816.tif"
+    good = cut.read_bytes()
+    cut.write_bytes(good[:200])
+    with pytest.raises(SceneUnreadable, match="site_20230816"):
+        _found(aoi, cfg, date(2023, 8, 17))
+    cut.write_bytes(good)
+    assert _found(aoi, cfg, date(2023, 8, 17)) == ["site_20230816"]
+
+
+def test_a_report_of_the_run_day_shows_the_scene_that_run_stored(scenes, tmp_path):
+    """Review PIPE2 2: ``--start/--end`` D showed 'No stored imagery' for the Kamchatka pass the run of D
+    stored (22:40 UTC on D-1), and a report of D-1 showed it captioned D."""
+    from changedet.report import build_report
+
+    aoi, cfg, r, d = _kamchatka_run(scenes, tmp_path)
+    shown = {}
+    for day in (d, d - timedelta(days=1)):
+        index = build_report(cfg.data_dir, tmp_path / f"rep{day}", aoi_ids=[AOI], registry=cfg.registry,
+                             start=day, end=day)
+        shown[day] = r.scene_id in (index.parent / AOI / "index.html").read_text()
+    assert shown == {d: True, d - timedelta(days=1): False}

@@ -101,6 +101,11 @@ def _in(t: pd.Timestamp, start, end) -> bool:
     return (start is None or t >= start) and (end is None or t <= end)
 
 
+def _day_in(day: date, start, end) -> bool:
+    """Whether ``day`` lies in the period's days (:func:`_period`'s bounds, by their UTC dates)."""
+    return (start is None or day >= start.date()) and (end is None or day <= end.date())
+
+
 def _day(t) -> str:
     return _ts(t).strftime("%Y-%m-%d")
 
@@ -263,7 +268,12 @@ def _imagery(aoi, data: _Store, start, end) -> _Imagery | None:
         exists = data.fs.exists(str(cube.path)) if data.remote else Path(cube.path).exists()
         if not exists:
             continue
-        scenes = [s for s in cube.scenes() if _in(_ts(s["time"]), start, end)]
+        # Scenes by the day of the run that stored them (what their captions show and what
+        # `changedet run --date` takes), not their UTC time: at Kamchatka the run of D stores a pass
+        # of 22:40 UTC on D-1, which a UTC filter put in D-1's report labelled D (review PIPE2 2).
+        from changedet.pipeline import stored_day
+
+        scenes = [s for s in cube.scenes() if _day_in(stored_day(aoi, spec, s), start, end)]
         if scenes:
             return _Imagery(spec.sensor, spec.name, cube, scenes, spec)
     return None
