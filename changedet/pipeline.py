@@ -1227,7 +1227,8 @@ def _load_failed(cube: Cube, spec, scene, exc: SourceError, result: DayResult, a
         # (With the file's path: a replaced file, a new scene id, supersedes the record once stored.)
         path = scene.properties.get("path")
         cube.record_skipped(scene, f"cannot be loaded ({exc.reason}): {exc}", permanent=True,
-                            entry=_entry_id(spec), **({"path": str(path)} if path else {}))
+                            entry=_entry_id(spec), day=result.day.isoformat(),
+                            **({"path": str(path)} if path else {}))
         result.status = "unreadable"
         result.note = (f"scene {scene.id} cannot be loaded ({exc.reason}): {exc}; recorded as skipped in "
                        f"{cube.provenance_path}; replace or fix the scene and run this day again")

@@ -112,21 +112,19 @@ def _legacy_img(times_days, folders, tz=KAMCHATKA):
 
 
 def test_products_of_stores_written_before_runs_recorded_their_day():
-    """Entries without ``day``: the folder of the rule the store was written by (UTC date before the
-    local-day search, local day since), told by a folder only one rule gives; a recorded day as is."""
+    """Entries without ``day`` were written by runs that named folders by the UTC date (the local-day
+    search came with the recorded day); a recorded day is the folder as is; a day without a folder has
+    no products, never a neighbouring day's (review PIPE2 3)."""
     from changedet.report.build import _products_dir
 
     times = [_utc(2023, 8, 15 + i, 22, 40) for i in range(4)]   # local days Aug 16..19
-    # Written by UTC-day runs: folders Aug 15..18 (Aug 15 is no scene's local day).
     aoi, img, data, entries = _legacy_img([(t, None) for t in times], ["2023-08-15", "2023-08-16", "2023-08-17",
                                                                        "2023-08-18"])
     assert [_products_dir(data, aoi, img, e) for e in entries] == ["2023-08-15", "2023-08-16", "2023-08-17",
                                                                     "2023-08-18"]
-    # Written by local-day runs: folders Aug 16..19 (Aug 19 is no scene's UTC date).
-    aoi, img, data, entries = _legacy_img([(t, None) for t in times], ["2023-08-16", "2023-08-17", "2023-08-18",
-                                                                       "2023-08-19"])
-    assert [_products_dir(data, aoi, img, e) for e in entries] == ["2023-08-16", "2023-08-17", "2023-08-18",
-                                                                    "2023-08-19"]
+    # The run of UTC Aug 16 wrote no products: its scene has none (Aug 17 is the next scene's).
+    aoi, img, data, entries = _legacy_img([(t, None) for t in times], ["2023-08-15", "2023-08-17", "2023-08-18"])
+    assert [_products_dir(data, aoi, img, e) for e in entries] == ["2023-08-15", None, "2023-08-17", "2023-08-18"]
     # A recorded day is the folder (none if it has no products: never a neighbour's).
     aoi, img, data, entries = _legacy_img([(times[0], "2023-08-16"), (times[1], "2023-08-17")],
                                           ["2023-08-15", "2023-08-16"])

@@ -189,7 +189,6 @@ class _Imagery:
     cube: Any
     scenes: list[dict]           # in the period, sorted by time
     spec: Any = None             # the SourceSpec
-    legacy_rule: str | None = None  # see _products_dir (found once per AOI)
 
 
 class _Store:
@@ -300,45 +299,13 @@ def _products_dir(data: _Store, aoi, img: _Imagery, entry: dict) -> str | None:
     local day (:func:`changedet.pipeline.scene_day`): a scene taken 22:40 UTC on D-1 at
     UTC+12 is in folder D, and folder D-1 holds the day before's. Runs record their day
     with the scene (``day``), which is used as it is. A scene stored before they did was
-    written under its UTC date (runs before the local-day search) or its local day (runs
-    since): where only one of the two folders exists it is that one; where both do, the
-    rule of the cube's other such scenes decides (:func:`_legacy_rule`). A scene whose
-    day has no folder (no change map or detection yet) has no products: never a
-    neighbouring day's.
+    written by a run that named its folder by the scene's UTC date (the local-day search
+    and the recorded day came together). A scene whose day has no folder (no change map or
+    detection yet) has no products: never a neighbouring day's (review PIPE2 3).
     """
-    from changedet.pipeline import scene_day
-
     names = set(data.product_days(aoi.id))
-    if entry.get("day"):
-        name = str(entry["day"])
-        return name if name in names else None
-    t = _ts(entry["time"])
-    utc = t.date().isoformat()
-    local = scene_day(aoi, img.spec, entry["time"]).isoformat()
-    found = [n for n in dict.fromkeys((utc, local)) if n in names]
-    if len(found) <= 1:
-        return found[0] if found else None
-    if img.legacy_rule is None:
-        img.legacy_rule = _legacy_rule(names, aoi, img)
-    return local if img.legacy_rule == "local" else utc
-
-
-def _legacy_rule(names: set[str], aoi, img: _Imagery) -> str:
-    """``"utc"`` or ``"local"``: the rule the runs that stored the cube's unrecorded days named folders by.
-
-    A folder that only one rule gives any of those scenes (the UTC date of one, no
-    scene's local day; or the reverse) was written by that rule. Without such a folder,
-    the UTC date (the folders of every run before the local-day search).
-    """
-    from changedet.pipeline import scene_day
-
-    held = img.cube.scenes()
-    old = [e for e in held if not e.get("day")]
-    names = names - {str(e["day"]) for e in held if e.get("day")}  # (the folders of recorded days)
-    utc = {_ts(e["time"]).date().isoformat() for e in old}
-    local = {scene_day(aoi, img.spec, e["time"]).isoformat() for e in old}
-    only_utc, only_local = len((utc - local) & names), len((local - utc) & names)
-    return "local" if only_local > only_utc else "utc"
+    name = str(entry["day"]) if entry.get("day") else _ts(entry["time"]).date().isoformat()
+    return name if name in names else None
 
 
 def _detections(data: _Store, aoi_id: str, prod: str | None, crs) -> list[dict]:
