@@ -6,14 +6,15 @@ Scenes come from ``tests/altgen/railyard.py``, written from real 1520 mm-gauge r
 stock and sensor physics without reading ``changedet/simulate``: for each condition
 (clear, hazy, partly cloudy, low sun) and each GSD (0.3, 0.5, 0.75, 1.0 m), ``--seeds``
 scenes, indices ``--first-seed`` on (:func:`scene_seed`; the tests use seeds below 100).
-Indices 0-25 (``--first-seed 0 --seeds 26``) are the tuning set. 26-29 (``--first-seed
-26 --seeds 4``) were held out in session 18 (RAIL11 and TYPE1 each ran them twice, before and after, summary
-lines only) and count as tuning from now; the next held-out set is 30-33 (``--first-seed 30 --seeds
-4``), to be run once, after tuning. (Until session 12 the tuning set was 0-1 and 2-5
-were held out; in session 13 it was 0-5, with 6-9 held out; in session 14 0-9, with
-10-13 held out; in session 15 0-13, with 14-17 held out; in session 16 0-17, with 18-21
-held out; in session 17 0-21, with 22-25 held out, which were seen before tuning and
-count as tuning since.)
+Indices 0-33 (``--first-seed 0 --seeds 34``) are the tuning set (26-29 were held out in
+session 18 and 30-33 in session 19, each run twice, before and after, summary lines only,
+and count as tuning since). From session 20 two held-out sets: 34-37 (``--first-seed 34
+--seeds 4``) for railcar types and 38-41 (``--first-seed 38 --seeds 4``) for railcar
+counts, each to be run at most twice (before and after), summary lines only. (Until session
+12 the tuning set was 0-1 and 2-5 were held out; in session 13 it was 0-5, with 6-9 held
+out; in session 14 0-9, with 10-13 held out; in session 15 0-13, with 14-17 held out; in
+session 16 0-17, with 18-21 held out; in session 17 0-21, with 22-25 held out, which were
+seen before tuning and count as tuning since.)
 Scored per track (count APE), per car (F1 at IoU >= 0.5) and per type (the counter's
 class of each matched car), pooled per condition and per GSD. Targets from issue 6:
 MAPE <= 5 %, F1 >= 0.9, type accuracy >= 85 %.
