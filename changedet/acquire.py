@@ -245,7 +245,9 @@ def fetch(aoi, source, *, sensor: str, resolution_m: float, start: date, end: da
     resolution_m : float
         Pixel size of the AOI grid, metres.
     start, end : date
-        Inclusive, UTC days.
+        Inclusive days at the site (``aoi.timezone``), as the daily runs take them
+        (:func:`changedet.pipeline.scene_day`: a pass at 22:40 UTC on D-1 is D's at UTC+12;
+        the simulator's scenes are their UTC date's).
     data_dir : path or fsspec URL
         Where cubes live (see :class:`changedet.cube.Cube`).
     max_cloud : float
@@ -284,8 +286,22 @@ def fetch(aoi, source, *, sensor: str, resolution_m: float, start: date, end: da
     # slices and skips scene ids it already has, so sharing one would hide these scenes.
     cube = Cube(data_dir, aoi.id, sensor, grid, reflectance=optical, lock_timeout=lock_timeout,
                 storage_options=storage_options, product=ACQUIRED)
-    scenes: list[SceneRecord] = sorted(source.search(aoi, start, end, sensor=sensor, max_cloud=100.0),
-                                       key=lambda s: s.time)
+    from types import SimpleNamespace
+
+    from changedet.pipeline import _utc_days, scene_day
+
+    spec = SimpleNamespace(name=str(getattr(source, "name", "")))
+
+    def day_of(t) -> date:
+        return scene_day(aoi, spec, t)
+
+    first, last = (start, end) if spec.name == "simulator" else (_utc_days(aoi, start)[0], _utc_days(aoi, end)[1])
+    kwargs: dict[str, Any] = {"sensor": sensor, "max_cloud": 100.0}
+    if getattr(source, "pattern", None):
+        # The names give the times: a broken file of a day outside the range is not read.
+        kwargs["keep_time"] = lambda t: start <= day_of(t) <= end
+    scenes: list[SceneRecord] = sorted((s for s in source.search(aoi, first, last, **kwargs)
+                                        if start <= day_of(s.time) <= end), key=lambda s: s.time)
     if not scenes:
         raise SourceError(f"{getattr(source, 'name', source)} has no {sensor} scene over {aoi.id} from {start} "
                           f"to {end}; widen the dates or check the source settings (collection, path)")
@@ -322,7 +338,7 @@ def fetch(aoi, source, *, sensor: str, resolution_m: float, start: date, end: da
             else:
                 failed_in_a_row.clear()
                 outcome = _one(cube, scene, data, grid, inside, optical=optical, max_cloud=float(max_cloud),
-                               cloud_method=cloud_method)
+                               cloud_method=cloud_method, day=day_of(scene.time))
         outcomes.append(outcome)
         if progress is not None:
             progress(i, len(scenes), outcome)
@@ -342,13 +358,14 @@ def fetch(aoi, source, *, sensor: str, resolution_m: float, start: date, end: da
 
 
 def _one(cube: Cube, scene: SceneRecord, data, grid: GridSpec, inside: np.ndarray, *, optical: bool,
-         max_cloud: float, cloud_method: str) -> SceneOutcome:
-    """Judge one loaded scene (``data`` on ``grid``) and store it or record it as skipped."""
+         max_cloud: float, cloud_method: str, day: date) -> SceneOutcome:
+    """Judge one loaded scene (``data`` on ``grid``) and store it or record it as skipped,
+    with the ``day`` at the site it belongs to (as the daily runs record it)."""
     when = scene.time.isoformat()
     data, method, frac = site_cloud(data, scene, inside, optical=optical, cloud_method=cloud_method)
     if frac is None:
         reason = "no data over the site (outside the scene footprint or all no-data)"
-        cube.record_skipped(scene, reason, cloud_mask=method)
+        cube.record_skipped(scene, reason, cloud_mask=method, day=day.isoformat())
         return SceneOutcome(scene.id, when, "skipped", reason, None, method)
     if optical and frac * 100.0 > max_cloud:
         if frac >= 1.0:
@@ -356,9 +373,10 @@ def _one(cube: Cube, scene: SceneRecord, data, grid: GridSpec, inside: np.ndarra
         else:
             reason = f"{frac:.0%} of the site under cloud ({method} mask), over the {max_cloud:g}% limit"
         cube.record_skipped(scene, reason, cloud_fraction=round(frac, 4), cloud_mask=method,
-                            max_cloud=max_cloud)
+                            max_cloud=max_cloud, day=day.isoformat())
         return SceneOutcome(scene.id, when, "skipped", reason, round(frac, 4), method)
-    extra = {"cloud_fraction": round(frac, 4), "cloud_mask": method, "resolution_m": grid.resolution,
+    extra = {"day": day.isoformat(), "cloud_fraction": round(frac, 4), "cloud_mask": method,
+             "resolution_m": grid.resolution,
              "catalogue_cloud_cover": None if math.isnan(scene.cloud_cover) else scene.cloud_cover}
     stored = cube.append(scene, data, extra=extra)
     status = "stored" if stored else ("already" if cube.has(scene.id) else "duplicate")

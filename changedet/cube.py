@@ -703,7 +703,9 @@ class Cube:
             "size_bytes": self.size_bytes(),
             "scenes": [{"time": e["time"], "scene_id": e["scene_id"], "source": e.get("source"),
                         "cloud_fraction": e.get("cloud_fraction"), "cloud_cover": e.get("cloud_cover"),
-                        "cloud_mask": e.get("cloud_mask"), "coreg": e.get("coreg")} for e in entries],
+                        "cloud_mask": e.get("cloud_mask"), "coreg": e.get("coreg"),
+                        # The day of the run that stored it (at the site), where the run recorded it.
+                        **({"day": e["day"]} if e.get("day") else {})} for e in entries],
             "skipped": _live_skipped(doc),
         }
 

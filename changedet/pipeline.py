@@ -485,11 +485,15 @@ def search_day(source, spec, aoi, day: date) -> list:
         kwargs["resolution_m"] = float(spec.resolution_m)
         return sorted(source.search(aoi, day, day, **kwargs), key=lambda s: s.time)
     kwargs["max_cloud"] = 100.0
+    if getattr(source, "pattern", None):
+        # The name gives the time: files of other local days are not read, so a broken one
+        # fails only its own day (and one of this day fails it, whatever its UTC date).
+        kwargs["keep_time"] = lambda t: scene_day(aoi, spec, t) == day
     first, last = _utc_days(aoi, day)
     try:
         found = source.search(aoi, first, last, **kwargs)
     except SceneUnreadable:
-        if first == last:
+        if first == last or "keep_time" in kwargs:
             raise
         found = _search_each_utc_day(source, spec, aoi, day, first, last, kwargs)
     return sorted((s for s in found if scene_day(aoi, spec, s.time) == day), key=lambda s: s.time)
@@ -498,16 +502,16 @@ def search_day(source, spec, aoi, day: date) -> list:
 def _search_each_utc_day(source, spec, aoi, day: date, first: date, last: date, kwargs: dict) -> list:
     """:func:`search_day`'s search again, one UTC day at a time, after a broken file failed it.
 
-    A local folder fails the search of the UTC date a broken file's name gives
+    A source fails the search of the UTC date a broken file's name gives
     (:class:`~changedet.errors.SceneUnreadable`: an interrupted copy must not pass for "no
-    acquisition"). The UTC day ``day`` fails the day as it always did; a neighbouring UTC
-    day, searched only for the hours of ``day`` it holds, fails it only when a file named on
-    it may be ``day``'s (:func:`_named_days`: a name with a time of day that falls on
-    ``day``, the pass taken the UTC day before east of UTC) and ``day`` has no acquisition of
-    its own; a broken file whose name ties it to another day (``site_YYYYMMDD.tif``) only
-    warns: a broken file of yesterday's does not also fail today's run. (A failure
-    that may pass, :class:`~changedet.errors.SourceUnavailable`, fails the day as it is: a
-    later run searches again.)
+    acquisition"); without a ``pattern`` the file's time is in its unreadable header, so it
+    may be any day's whose search covers that date. The UTC day ``day`` fails the day as it
+    always did; a neighbouring UTC day, searched only for the hours of ``day`` it holds,
+    fails it only when ``day`` has no acquisition of its own (the broken file may be its
+    only pass, taken the UTC day before east of UTC: recording ``no_scene`` would lose it
+    once the file is repaired). (A failure that may pass,
+    :class:`~changedet.errors.SourceUnavailable`, fails the day as it is: a later run
+    searches again.)
     """
     found, broken = [], None
     u = first
@@ -517,14 +521,7 @@ def _search_each_utc_day(source, spec, aoi, day: date, first: date, last: date, 
         except SceneUnreadable as exc:
             if u == day:
                 raise
-            if day not in _named_days(source, spec, aoi, u):
-                # Every file the name of which puts it on that UTC day belongs by the same name
-                # to another day (a date-only name, ``site_YYYYMMDD.tif``, is its own date):
-                # the broken one is not this day's pass, and fails only its own day.
-                log.warning("%s %s: a file of the neighbouring UTC day %s cannot be read (%s); it belongs to "
-                            "another day, which its run reports", aoi.id, day, u, exc)
-            else:
-                broken = exc
+            broken = exc
         u += timedelta(days=1)
     if broken is not None:
         if not any(scene_day(aoi, spec, s.time) == day for s in found):
@@ -532,36 +529,6 @@ def _search_each_utc_day(source, spec, aoi, day: date, first: date, last: date, 
         log.warning("%s %s: the search of the UTC day next to it failed (%s); the day's own acquisitions are "
                     "processed", aoi.id, day, broken)
     return found
-
-
-def _named_days(source, spec, aoi, u: date) -> set[date]:
-    """The days (:func:`scene_day`) of the files of ``source`` whose names give the UTC date ``u``
-    by the source's ``pattern`` (the acquisition time then comes from the name alone).
-
-    What a local folder's search of ``u`` reads headers of: a broken file among them fails
-    that search, and its name tells the day it belongs to without reading it. A source
-    that does not list files (a catalogue) gives every day of ``u``'s neighbourhood: its
-    failure cannot be tied to a file, so it is never taken for another day's.
-    """
-    from changedet.sources.local import _name_time
-
-    files = getattr(source, "files", None)
-    if not callable(files):
-        return {u - timedelta(days=1), u, u + timedelta(days=1)}
-    pattern = getattr(source, "pattern", None)
-    if not pattern:
-        # Without a pattern a file's header time wins over its name (a file named by its UTC date
-        # may hold a pass past midnight there, i.e. this day's): a broken file cannot be tied to
-        # another day by its name, and taking it for one would record this day no_scene and lose
-        # its pass once the file is repaired (review PIPE2 1). The day fails and is run again.
-        return {u - timedelta(days=1), u, u + timedelta(days=1)}
-    days = set()
-    for f in files():
-        t = _name_time(Path(str(f)).name, pattern)
-        # (A name without a date fails the search of every day, the day's own UTC day too.)
-        if t is not None and t.date() == u:
-            days.add(scene_day(aoi, spec, t))
-    return days
 
 
 def find_scene(aoi, day: date, cfg: "RunConfig"):
@@ -624,7 +591,8 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
     finally:
         # The local source keeps a decoded file for the day's second read (the registration
         # window); a worker holding it after the day would keep up to its 512 MiB (review REG 2).
-        clear_decoded_cache()
+        # Only this thread's: days running on other threads of the worker keep theirs.
+        clear_decoded_cache(this_thread=True)
 
 
 def _run_day(aoi, day: date, cfg: RunConfig) -> DayResult:

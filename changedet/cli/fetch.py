@@ -25,8 +25,9 @@ def add_parser(sub) -> None:
     p.add_argument("--aoi", required=True, help="AOI id (or path to its .yaml)")
     p.add_argument("--source", required=True, help="simulator, stac, local or sentinelhub; settings come from "
                    "the AOI's source entry of that name")
-    p.add_argument("--start", type=parse_date, required=True, help="first day YYYY-MM-DD (UTC)")
-    p.add_argument("--end", type=parse_date, required=True, help="last day YYYY-MM-DD (UTC), inclusive")
+    p.add_argument("--start", type=parse_date, required=True,
+                   help="first day YYYY-MM-DD at the site (the AOI's timezone, as changedet run takes it)")
+    p.add_argument("--end", type=parse_date, required=True, help="last day YYYY-MM-DD at the site, inclusive")
     p.add_argument("--sensor", default=None, help="vhr, s2 or s1 (default: that of the AOI's source entry)")
     p.add_argument("--resolution", type=float, default=None, help="pixel size in metres (default: the entry's)")
     p.add_argument("--data-dir", default=None,

@@ -477,17 +477,32 @@ def _build_aoi(aoi, data_dir: Path, data: _Store, out_dir: Path, start, end, sto
 
     # Metric series (site level) with their baseline band; the window reaches back before the period.
     if store is not None:
+        from changedet.pipeline import scene_day
+
+        # A value is stamped with its image's time and belongs to the day of the run that
+        # counted it, as the images do (a pass at 22:40 UTC on D-1 is D's at UTC+12): the
+        # store is read a day past the period's UTC end and the values selected by that day.
+        spec = img.spec if img else (aoi.sources[0] if getattr(aoi, "sources", None) else None)
+
+        def value_day(t) -> date:
+            return scene_day(aoi, spec, t) if spec is not None else _ts(t).date()
+
         for metric in store.metrics(aoi.id):
             if SITE not in store.features(aoi.id, metric):
                 continue
-            full = store.series(aoi.id, metric, feature_id=SITE, end=end) if end is not None else \
-                store.series(aoi.id, metric, feature_id=SITE)
+            full = store.series(aoi.id, metric, feature_id=SITE, end=end + pd.Timedelta(days=1)) \
+                if end is not None else store.series(aoi.id, metric, feature_id=SITE)
             if full is None or len(full) == 0:
                 continue
             full.index = pd.DatetimeIndex(full.index)
             full.index = full.index.tz_localize("UTC") if full.index.tz is None else full.index.tz_convert("UTC")
+            days = [value_day(t) for t in full.index]
+            upto = [_day_in(d, None, end) for d in days]
+            full, days = full[upto], [d for d, u in zip(days, upto) if u]
+            if len(full) == 0:
+                continue
             band = baseline_band(full, **_band_params(aoi, metric))
-            keep = [(_in(t, start, end)) for t in full.index]
+            keep = [_day_in(d, start, end) for d in days]
             s = full[keep]
             if len(s) == 0:
                 continue

@@ -291,7 +291,15 @@ class LocalSource:
         )
 
     def search(self, aoi, start: date, end: date, *, sensor: str | None = None,
-               max_cloud: float = 100.0, **_: Any) -> list[SceneRecord]:
+               max_cloud: float = 100.0, keep_time: Callable[[datetime], bool] | None = None,
+               **_: Any) -> list[SceneRecord]:
+        """The acquisitions over ``aoi`` on the UTC dates ``start`` to ``end``.
+
+        ``keep_time``: with a ``pattern`` (the time comes from the name alone) a file whose
+        name's time it refuses is skipped unread, so a broken file of another day cannot
+        fail this search (:func:`changedet.pipeline.search_day` passes the site's local
+        day). Without a pattern every file of the dates is read: the header's time wins.
+        """
         check_range(start, end)
         files = self.files()
         if not files:
@@ -301,7 +309,8 @@ class LocalSource:
         for f in files:
             named = _name_time(Path(f).name, self.pattern)
             ours = named is None or start <= named.date() <= end
-            if self.pattern and not ours:
+            if self.pattern and (not ours or (named is not None and keep_time is not None
+                                              and not keep_time(named))):
                 continue  # the pattern gives the time from the name alone: no header to read
             try:
                 # Typed only where the failure is raised: a file of another date is skipped either way.
@@ -448,9 +457,9 @@ DECODED_CACHE_FILES = 2
 #: Seconds a decoded file is served again: the daily run reads it twice within a minute.
 DECODED_CACHE_TTL_S = 300.0
 
-#: Decoded files (read_raster's DataArray, read-only) and when they were read, by
-#: (resolved path, size, mtime_ns, inode, ctime_ns, band names); oldest first.
-_DECODED: OrderedDict[tuple, tuple[xr.DataArray, float]] = OrderedDict()
+#: Decoded files (read_raster's DataArray, read-only), when they were read and the thread
+#: that read them, by (resolved path, size, mtime_ns, inode, ctime_ns, band names); oldest first.
+_DECODED: OrderedDict[tuple, tuple[xr.DataArray, float, int]] = OrderedDict()
 _DECODED_LOCK = threading.Lock()
 
 
@@ -477,7 +486,7 @@ def _decoded(path: Path, bands: tuple[str, ...], read: Callable[[], xr.DataArray
     now = _time.monotonic()
     if key is not None:
         with _DECODED_LOCK:
-            for k in [k for k, (_, at) in _DECODED.items() if now - at > DECODED_CACHE_TTL_S]:
+            for k in [k for k, (_, at, _t) in _DECODED.items() if now - at > DECODED_CACHE_TTL_S]:
                 del _DECODED[k]
             hit = _DECODED.get(key)
             if hit is not None:
@@ -490,18 +499,28 @@ def _decoded(path: Path, bands: tuple[str, ...], read: Callable[[], xr.DataArray
         return da
     da.values.flags.writeable = False  # shared by later loads: nobody may write into it
     with _DECODED_LOCK:
-        _DECODED[key] = (da, now)
+        _DECODED[key] = (da, now, threading.get_ident())
         _DECODED.move_to_end(key)
-        while len(_DECODED) > DECODED_CACHE_FILES or sum(int(d.nbytes) for d, _ in _DECODED.values()) \
+        while len(_DECODED) > DECODED_CACHE_FILES or sum(int(d.nbytes) for d, _, _t in _DECODED.values()) \
                 > DECODED_CACHE_BYTES:
             _DECODED.popitem(last=False)
     return da
 
 
-def clear_decoded_cache() -> None:
-    """Forget every decoded file kept by :func:`_decoded` (frees their memory now)."""
+def clear_decoded_cache(*, this_thread: bool = False) -> None:
+    """Forget the decoded files kept by :func:`_decoded` (frees their memory now).
+
+    ``this_thread``: only those the calling thread read, and any past
+    :data:`DECODED_CACHE_TTL_S` (a day ending on one worker thread must not drop the file
+    another thread's day is about to read again).
+    """
     with _DECODED_LOCK:
-        _DECODED.clear()
+        if not this_thread:
+            _DECODED.clear()
+            return
+        me, now = threading.get_ident(), _time.monotonic()
+        for k in [k for k, (_, at, t) in _DECODED.items() if t == me or now - at > DECODED_CACHE_TTL_S]:
+            del _DECODED[k]
 
 
 def _read_or_type(path: Path, read: Callable[[], Any], message: Callable[[BaseException], str], *,
