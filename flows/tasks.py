@@ -127,7 +127,11 @@ def source_limit_name(aoi, cfg: RunConfig) -> str:
 
 
 def aoi_day_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
-    """Cache key of one AOI-day: (AOI, scene id, configuration hash).
+    """Cache key of one AOI-day: (AOI, day, scene id, configuration hash).
+
+    The day is part of it: a result names its day (the flow summary, the report), and the
+    scene an earlier rule gave to another day (runs searched UTC days before they searched
+    the site's local day) must not answer for this one from the cache.
 
     No scene yet means no key (no caching): a scene published late must be processed
     by the next run, not hidden behind a cached "no scene". Nor does a real source's scene
@@ -164,7 +168,7 @@ def aoi_day_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> st
         if state is None:
             return None
         ref += f"\n{state}"
-    digest = hashlib.sha256(f"{aoi.id}\n{scene.id}\n{cfg.hash(aoi)}\n{where}{ref}".encode()).hexdigest()[:32]
+    digest = hashlib.sha256(f"{aoi.id}\n{day.isoformat()}\n{scene.id}\n{cfg.hash(aoi)}\n{where}{ref}".encode()).hexdigest()[:32]
     # Keys are file names in the result storage: keep them to [a-z0-9_-].
     return f"changedet-{aoi.id}-{digest}"
 

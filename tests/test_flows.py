@@ -42,10 +42,18 @@ def test_cache_key_is_aoi_scene_and_config(tmp_path, monkeypatch):
     assert aoi_day_cache_key(None, {**params, "seed": 1}) != key
     # The key does not depend on where the data lives (results are stored there anyway).
     assert aoi_day_cache_key(None, {**params, "data_dir": str(tmp_path / "x")}) == key
+    import flows.tasks
+    from changedet.aoi import load_aoi
+
+    # The day is part of the key: a scene found for another day (the rule that gave scenes to
+    # days changed, session 19) is not answered from that day's cached result.
+    scene = flows.tasks.find_scene(load_aoi("dunai_port"), date(2023, 6, 1), flows.tasks.run_config(
+        str(tmp_path), 0, None, None))
+    monkeypatch.setattr(flows.tasks, "find_scene", lambda aoi, day, cfg: scene)
+    assert aoi_day_cache_key(None, params) == key
+    assert aoi_day_cache_key(None, {**params, "day": date(2023, 6, 2)}) not in (key, None)
     # A day without an acquisition is never cached: a late scene must still be processed.
     # (The simulator's VHR source has a scene every day, so the empty catalogue is simulated.)
-    import flows.tasks
-
     monkeypatch.setattr(flows.tasks, "find_scene", lambda aoi, day, cfg: None)
     assert aoi_day_cache_key(None, params) is None
 

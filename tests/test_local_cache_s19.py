@@ -8,6 +8,8 @@ The decoded file is now kept, bounded, for the second load; nothing of the pixel
 from __future__ import annotations
 
 import os
+import threading
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -130,7 +132,7 @@ def test_memory_is_bounded(tmp_path, reads, monkeypatch):
     for p in paths:
         src.load(_scene(p), site)
     assert len(local._DECODED) == local.DECODED_CACHE_FILES == 2
-    assert sum(d.nbytes for d, _ in local._DECODED.values()) == 2 * one
+    assert sum(d.nbytes for d, _, _t in local._DECODED.values()) == 2 * one
     src.load(_scene(paths[0]), site)
     assert reads == [p.name for p in paths] + [paths[0].name]
     # a file larger than the byte bound is not kept
@@ -153,7 +155,7 @@ def test_kept_pixels_are_read_only_and_expire(tmp_path, reads, monkeypatch):
     src = LocalSource(path=str(tmp_path))
     out = src.load(_scene(path), site)
     out.values[:] = 0  # the caller's result is its own
-    (kept, _), = local._DECODED.values()
+    (kept, _, _t), = local._DECODED.values()
     assert not kept.values.flags.writeable
     assert np.array_equal(src.load(_scene(path), site).values, LocalSource(path=str(tmp_path)).load(
         _scene(path), site).values, equal_nan=True)
@@ -174,7 +176,8 @@ def test_run_day_frees_the_decoded_files_it_kept(monkeypatch, fails):
 
     def body(aoi, day, cfg):
         with local._DECODED_LOCK:
-            local._DECODED[("f", 1, 2, 3, 4, ("b",))] = (xr.DataArray(np.zeros((4, 4))), 0.0)
+            local._DECODED[("f", 1, 2, 3, 4, ("b",))] = (xr.DataArray(np.zeros((4, 4))), time.monotonic(),
+                                                        threading.get_ident())
         if fails:
             raise RuntimeError("the day failed")
         return "done"
@@ -185,4 +188,30 @@ def test_run_day_frees_the_decoded_files_it_kept(monkeypatch, fails):
             pipeline.run_day(None, None, None)
     else:
         assert pipeline.run_day(None, None, None) == "done"
+    assert not local._DECODED
+
+
+def test_a_day_ending_on_one_thread_keeps_the_file_another_thread_read():
+    """run_day frees only its own thread's decoded files (and any expired): another worker
+    thread's day reads its file again on its registration window without a second decode."""
+    import xarray as xr
+
+    clear_decoded_cache()
+    other = ("other", 1, 2, 3, 4, ("b",))
+    expired = ("old", 1, 2, 3, 4, ("b",))
+
+    def keep(key, at):
+        with local._DECODED_LOCK:
+            local._DECODED[key] = (xr.DataArray(np.zeros((4, 4))), at, threading.get_ident())
+
+    t = threading.Thread(target=keep, args=(other, time.monotonic()))
+    t.start()
+    t.join()
+    t = threading.Thread(target=keep, args=(expired, time.monotonic() - 2 * local.DECODED_CACHE_TTL_S))
+    t.start()
+    t.join()
+    keep(("mine", 1, 2, 3, 4, ("b",)), time.monotonic())
+    clear_decoded_cache(this_thread=True)
+    assert list(local._DECODED) == [other]
+    clear_decoded_cache()
     assert not local._DECODED
