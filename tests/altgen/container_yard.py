@@ -95,6 +95,11 @@ class YardScene:
     truth: dict[str, ZoneTruth]
     stacks: tuple[StackTruth, ...]
     equipment: tuple[Polygon, ...] = field(default=())
+    # Partly cloudy only (else None), at output resolution (row, col), 0-1: the cloud's
+    # opacity (``valid`` is ``cloud_op < 0.4``) and the share of the direct beam its
+    # shadow blocks, over 0.85 (the ground keeps the sky light under a cloud's shadow).
+    cloud_op: np.ndarray | None = None
+    cloud_shadow: np.ndarray | None = None
 
 
 def _smooth_noise(rng, shape, sigma_px):
@@ -338,10 +343,12 @@ def make_yard(seed: int, *, gsd: float = 0.5, condition: str = "clear", n_zones:
     img = np.clip(np.round(img * 4095) / 4095, 0, 1).astype("float32")
     image = out_grid.attach(img, bands=["B", "G", "R", "NIR"])
     valid = None
+    op_out = shadow_out = None
     if condition == "partly_cloudy":
         # A cloud mask flags the thick cloud; its thin edge passes as clear.
         op_out = cloud_op.reshape(rows, 3, cols, 3).mean(axis=(1, 3))
         valid = out_grid.attach(op_out < 0.4)
+        shadow_out = cloud_shadow.reshape(rows, 3, cols, 3).mean(axis=(1, 3))
     zones = {zid: translate(rotate(p_, yard_angle, origin=(0, 0)), x_off, y_off)
              for zid, p_ in zones_local.items()}
     truth = {}
@@ -353,7 +360,7 @@ def make_yard(seed: int, *, gsd: float = 0.5, condition: str = "clear", n_zones:
         teu = n20 + 2 * n40
         truth[zid] = ZoneTruth(teu, n20, n40, ground, teu / max(ground, 1), sum(s.tarped for s in ss), len(ss))
     return YardScene(image, valid, zones, azimuth, elevation, gsd, condition, truth, tuple(truth_stacks),
-                     tuple(equipment))
+                     tuple(equipment), op_out, shadow_out)
 
 
 def score_yard(scene: YardScene, result, observed: np.ndarray | None = None) -> list[dict]:
