@@ -18,6 +18,7 @@ searched without a cloud filter and every scene is judged on its own pixels.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from datetime import date
@@ -28,9 +29,11 @@ import numpy as np
 
 from changedet.cloudmask import cloud_fraction, with_cloud_band
 from changedet.cube import Cube, optical_bands
-from changedet.errors import SourceConfigError, SourceError, SourceUnavailable
+from changedet.errors import SceneUnreadable, SourceConfigError, SourceError, SourceUnavailable
 from changedet.grid import GridSpec, aoi_grid
 from changedet.sources.base import CLOUD_BAND, SceneRecord, check_range
+
+log = logging.getLogger(__name__)
 
 #: Percent of the site under cloud above which a scene is skipped, unless the AOI's
 #: source entry (``max_cloud``) or the caller says otherwise.
@@ -51,7 +54,9 @@ class SceneOutcome:
     under another id), ``skipped`` (with ``reason``, recorded in the cube) or ``failed``
     (the source could not load it: ``reason`` is the error; nothing is recorded, so the
     next fetch tries it again). ``cloud_fraction`` is over the site, 0..1, None when not
-    measured.
+    measured. ``time`` is the acquisition time (ISO 8601 UTC); ``day`` the day at the site
+    it belongs to (ISO date, :func:`changedet.pipeline.scene_day`: what ``--start``/``--end``
+    and ``changedet run --date`` take), "" when not known.
     """
 
     scene_id: str
@@ -60,6 +65,7 @@ class SceneOutcome:
     reason: str = ""
     cloud_fraction: float | None = None
     cloud_mask: str | None = None
+    day: str = ""
 
 
 @dataclass(frozen=True)
@@ -223,7 +229,7 @@ def _config_stop(aoi, source, exc: SourceConfigError, scene: SceneRecord, outcom
     name = getattr(source, "name", source)
     where = f"the {name} entry" + (f" of {aoi.source_path}" if getattr(aoi, "source_path", None) else "")
     done = sum(1 for o in outcomes if o.status == "stored")
-    return (f"stopped at {scene.time.date().isoformat()} ({scene.id}): a configuration error of {where}"
+    return (f"stopped at {outcomes[-1].day or scene.time.date().isoformat()} ({scene.id}): a configuration error of {where}"
             + (f", its '{exc.option}' setting" if exc.option else "") + f": {exc}; every scene of it fails alike; "
             f"{done} scene(s) stored before stay stored" + (f", {left} later scene(s) not tried" if left else "")
             + "; fix the setting (in the AOI file or the command's options) and run the fetch again")
@@ -300,8 +306,8 @@ def fetch(aoi, source, *, sensor: str, resolution_m: float, start: date, end: da
     if getattr(source, "pattern", None):
         # The names give the times: a broken file of a day outside the range is not read.
         kwargs["keep_time"] = lambda t: start <= day_of(t) <= end
-    scenes: list[SceneRecord] = sorted((s for s in source.search(aoi, first, last, **kwargs)
-                                        if start <= day_of(s.time) <= end), key=lambda s: s.time)
+    found = _search_range(source, aoi, start, end, first, last, kwargs, day_of)
+    scenes: list[SceneRecord] = sorted((s for s in found if start <= day_of(s.time) <= end), key=lambda s: s.time)
     if not scenes:
         raise SourceError(f"{getattr(source, 'name', source)} has no {sensor} scene over {aoi.id} from {start} "
                           f"to {end}; widen the dates or check the source settings (collection, path)")
@@ -317,14 +323,15 @@ def fetch(aoi, source, *, sensor: str, resolution_m: float, start: date, end: da
         if cube.has(scene.id):
             # Nothing was loaded, so this says nothing about the source: it must not reset
             # the count of failed loads (a re-run's missing scenes lie between stored ones).
-            outcome = SceneOutcome(scene.id, scene.time.isoformat(), "already")
+            outcome = SceneOutcome(scene.id, scene.time.isoformat(), "already", day=day_of(scene.time).isoformat())
         else:
             try:
                 data = source.load(scene, grid)
             except SourceError as exc:
                 # Only the load is caught: a cloud-mask or configuration error raised later
                 # fails every scene alike, so it stops the fetch as it is (a re-run cannot cure it).
-                outcome = SceneOutcome(scene.id, scene.time.isoformat(), "failed", str(exc))
+                outcome = SceneOutcome(scene.id, scene.time.isoformat(), "failed", str(exc),
+                                       day=day_of(scene.time).isoformat())
                 if isinstance(exc, SourceConfigError):
                     # The entry is wrong (bands:, a request or collection id the provider
                     # rejects, credentials): every later scene fails alike, so the fetch stops
@@ -344,10 +351,10 @@ def fetch(aoi, source, *, sensor: str, resolution_m: float, start: date, end: da
             progress(i, len(scenes), outcome)
         if len(failed_in_a_row) >= MAX_FAILURES_IN_A_ROW:
             done = sum(1 for o in outcomes if o.status == "stored")
-            days = ", ".join(o.time[:10] for o in failed_in_a_row)
+            days = ", ".join(o.day for o in failed_in_a_row)
             reasons = "; ".join(dict.fromkeys(o.reason for o in failed_in_a_row))  # once each, in order
             # Earlier isolated failures are named too: the stop must not hide them.
-            earlier = [o.time[:10] for o in outcomes if o.status == "failed" and o not in failed_in_a_row]
+            earlier = [o.day for o in outcomes if o.status == "failed" and o not in failed_in_a_row]
             message = (f"stopped after {len(failed_in_a_row)} scenes in a row failed to load ({days}): {reasons}; "
                        f"{done} scene(s) stored before stay stored"
                        + (f", earlier failed: {', '.join(earlier)}" if earlier else "")
@@ -355,6 +362,44 @@ def fetch(aoi, source, *, sensor: str, resolution_m: float, start: date, end: da
                        + "; run the fetch again once the cause is fixed")
             raise FetchStopped(message, report(message))
     return report()
+
+
+def _search_range(source, aoi, start: date, end: date, first: date, last: date, kwargs: dict,
+                  day_of: Callable[[Any], date]) -> list[SceneRecord]:
+    """:func:`fetch`'s search of the UTC days ``first``..``last`` that the site days
+    ``start``..``end`` overlap.
+
+    Without a file-name ``pattern`` a broken file's time is in its unreadable header, so a
+    source fails the search of the UTC date its name or folder gives
+    (:class:`~changedet.errors.SceneUnreadable`). A broken file dated inside ``start``..``end``
+    (UTC) fails the fetch, as it always did. One on a UTC date searched only for the hours
+    of the range's first or last site day it holds (the day before ``start`` east of UTC,
+    the day after ``end`` west of it) fails it only when that site day has no acquisition
+    of its own, as :func:`changedet.pipeline.search_day` decides for a run: the broken file
+    may be that day's only pass; otherwise it most likely belongs to the neighbouring day,
+    outside the range, and is named in a warning.
+    """
+    try:
+        return list(source.search(aoi, first, last, **kwargs))
+    except SceneUnreadable:
+        if "keep_time" in kwargs or (first, last) == (start, end):
+            raise
+    found = list(source.search(aoi, max(first, start), min(last, end), **kwargs))
+    broken: list[tuple[date, SceneUnreadable]] = []
+    for u, site_day in ((first, start), (last, end)):
+        if start <= u <= end:
+            continue
+        try:
+            found += source.search(aoi, u, u, **kwargs)
+        except SceneUnreadable as exc:
+            broken.append((site_day, exc))
+    for site_day, exc in broken:
+        if not any(day_of(s.time) == site_day for s in found):
+            raise exc
+        log.warning(
+            "%s: the search of the UTC day next to %s failed (%s); that day's own acquisitions are fetched",
+            aoi.id, site_day, exc)
+    return found
 
 
 def _one(cube: Cube, scene: SceneRecord, data, grid: GridSpec, inside: np.ndarray, *, optical: bool,
@@ -366,7 +411,7 @@ def _one(cube: Cube, scene: SceneRecord, data, grid: GridSpec, inside: np.ndarra
     if frac is None:
         reason = "no data over the site (outside the scene footprint or all no-data)"
         cube.record_skipped(scene, reason, cloud_mask=method, day=day.isoformat())
-        return SceneOutcome(scene.id, when, "skipped", reason, None, method)
+        return SceneOutcome(scene.id, when, "skipped", reason, None, method, day.isoformat())
     if optical and frac * 100.0 > max_cloud:
         if frac >= 1.0:
             reason = f"all cloud: every observed pixel of the site is cloud ({method} mask)"
@@ -374,14 +419,14 @@ def _one(cube: Cube, scene: SceneRecord, data, grid: GridSpec, inside: np.ndarra
             reason = f"{frac:.0%} of the site under cloud ({method} mask), over the {max_cloud:g}% limit"
         cube.record_skipped(scene, reason, cloud_fraction=round(frac, 4), cloud_mask=method,
                             max_cloud=max_cloud, day=day.isoformat())
-        return SceneOutcome(scene.id, when, "skipped", reason, round(frac, 4), method)
+        return SceneOutcome(scene.id, when, "skipped", reason, round(frac, 4), method, day.isoformat())
     extra = {"day": day.isoformat(), "cloud_fraction": round(frac, 4), "cloud_mask": method,
              "resolution_m": grid.resolution,
              "catalogue_cloud_cover": None if math.isnan(scene.cloud_cover) else scene.cloud_cover}
     stored = cube.append(scene, data, extra=extra)
     status = "stored" if stored else ("already" if cube.has(scene.id) else "duplicate")
     reason = "" if stored else ("" if status == "already" else "identical pixels are already stored under another id")
-    return SceneOutcome(scene.id, when, status, reason, round(frac, 4), method)
+    return SceneOutcome(scene.id, when, status, reason, round(frac, 4), method, day.isoformat())
 
 
 __all__ = ["DEFAULT_MAX_CLOUD", "MAX_FAILURES_IN_A_ROW", "FetchReport", "FetchStopped", "SceneOutcome", "fetch",

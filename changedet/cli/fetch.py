@@ -103,13 +103,13 @@ def cmd_fetch(args) -> int:
         def progress(i, n, outcome):
             nonlocal bar
             if tqdm is None:
-                print(f"\r{aoi.id} {spec.sensor}: {i}/{n} scenes, {outcome.time[:10]} {outcome.status}   ",
+                print(f"\r{aoi.id} {spec.sensor}: {i}/{n} scenes, {outcome.day or outcome.time[:10]} {outcome.status}   ",
                       end="\n" if i == n else "", file=sys.stderr, flush=True)
                 return
             if bar is None:
                 bar = tqdm(total=n, unit="scene", desc=f"{aoi.id} {spec.sensor}", file=sys.stderr,
                            dynamic_ncols=True)
-            bar.set_postfix_str(f"{outcome.time[:10]} {outcome.status}", refresh=False)
+            bar.set_postfix_str(f"{outcome.day or outcome.time[:10]} {outcome.status}", refresh=False)
             bar.update(1)
     try:
         report = fetch(aoi, source, sensor=spec.sensor, resolution_m=spec.resolution_m, start=args.start,
@@ -146,5 +146,5 @@ def _print_report(report, as_json: bool) -> None:
     print(report.summary())
     for o in report.outcomes:
         if o.status in ("skipped", "duplicate", "failed"):
-            print(f"  {o.time[:10]} {o.scene_id}: {o.status}: {o.reason}")
+            print(f"  {o.day or o.time[:10]} {o.scene_id}: {o.status}: {o.reason}")
     print(f"cube: {report.cube_path}", flush=True)

@@ -97,10 +97,6 @@ def _period(start, end) -> tuple[pd.Timestamp | None, pd.Timestamp | None]:
     return s, e
 
 
-def _in(t: pd.Timestamp, start, end) -> bool:
-    return (start is None or t >= start) and (end is None or t <= end)
-
-
 def _day_in(day: date, start, end) -> bool:
     """Whether ``day`` lies in the period's days (:func:`_period`'s bounds, by their UTC dates)."""
     return (start is None or day >= start.date()) and (end is None or day <= end.date())
@@ -111,8 +107,8 @@ def _day(t) -> str:
 
 
 def _utc_day(t) -> str:
-    """The UTC date of a time, labelled: a caption of a time with no run day known (a metric
-    value, an alert); an unlabelled date in the report is always a run's day."""
+    """The UTC date of a time, labelled (an image's time beside its run's day); an
+    unlabelled date in the report is always a run's day."""
     return f"{_day(t)} UTC"
 
 
@@ -276,6 +272,26 @@ def _imagery(aoi, data: _Store, start, end) -> _Imagery | None:
         if scenes:
             return _Imagery(spec.sensor, spec.name, cube, scenes, spec)
     return None
+
+
+def _series_spec(aoi, data: _Store, img: "_Imagery | None"):
+    """The source entry the AOI's stored series was made from (the scenes' recorded entry,
+    :func:`changedet.pipeline._series_sources`); else the imagery's, else the first listed;
+    None for an AOI with no sources.
+
+    It decides which day a value or an alert belongs to (the simulator keeps its UTC date):
+    a simulator fallback behind a real first entry of the same sensor and resolution shares
+    its cube, so the cube alone does not tell them apart."""
+    from changedet.pipeline import _same_entry, _series_sources
+
+    specs = list(getattr(aoi, "sources", None) or [])
+    made_from = _series_sources(data.root, aoi.id)
+    for spec in specs:
+        if any(_same_entry(spec, made) for made in made_from):
+            return spec
+    if img is not None:
+        return img.spec
+    return specs[0] if specs else None
 
 
 def _scene_image(img: _Imagery, entry: dict) -> xr.DataArray:
@@ -464,29 +480,31 @@ def _build_aoi(aoi, data_dir: Path, data: _Store, out_dir: Path, start, end, sto
     view = _AOIView(aoi, "no data", latest_t, img.sensor if img else None,
                     _run_day(aoi, img, img.scenes[-1]) if img else None)
 
-    # Alerts of this AOI in the period (opened in it, or still active at its end).
+    from changedet.pipeline import scene_day
+
+    # A value is stamped with its image's time and belongs to the day of the run that
+    # counted it, as the images do (a pass at 22:40 UTC on D-1 is D's at UTC+12); so does
+    # the alert it opened (``opened_at`` is that value's time, not the wall clock).
+    spec = _series_spec(aoi, data, img)
+
+    def value_day(t) -> date:
+        return scene_day(aoi, spec, t) if spec is not None else _ts(t).date()
+
+    # Alerts of this AOI in the period (opened by a run of one of its days, or opened
+    # before its end and still active).
     alerts = []
     if outbox is not None:
         for a in outbox.list(aoi_id=aoi.id):
-            opened = _ts(a.opened_at)
+            opened = value_day(a.opened_at)
             active = a.status != "resolved"
-            if _in(opened, start, end) or (active and (end is None or opened <= end)):
+            if _day_in(opened, start, end) or (active and _day_in(opened, None, end)):
                 alerts.append(a)
     view.alerts = alerts
     view.open_alerts = sum(1 for a in alerts if a.status in ACTIVE)
 
     # Metric series (site level) with their baseline band; the window reaches back before the period.
     if store is not None:
-        from changedet.pipeline import scene_day
-
-        # A value is stamped with its image's time and belongs to the day of the run that
-        # counted it, as the images do (a pass at 22:40 UTC on D-1 is D's at UTC+12): the
-        # store is read a day past the period's UTC end and the values selected by that day.
-        spec = img.spec if img else (aoi.sources[0] if getattr(aoi, "sources", None) else None)
-
-        def value_day(t) -> date:
-            return scene_day(aoi, spec, t) if spec is not None else _ts(t).date()
-
+        # The store is read a day past the period's UTC end and the values selected by their day.
         for metric in store.metrics(aoi.id):
             if SITE not in store.features(aoi.id, metric):
                 continue
@@ -631,7 +649,7 @@ def _build_aoi(aoi, data_dir: Path, data: _Store, out_dir: Path, start, end, sto
         parts.append(
             f"<h3>{esc(m.name)}</h3><figure class=\"series\" id=\"series-{i}\" data-metric=\"{esc(m.name)}\" "
             f"data-alerts=\"{len(m.alert_times)}\">{svg}<figcaption>Latest {esc(fmt_num(m.series.iloc[-1]))} "
-            f"on {esc(_utc_day(m.series.index[-1]))}. Band: median ± {esc(fmt_num(p['k']))}·MAD of the previous "
+            f"on {esc(value_day(m.series.index[-1]).isoformat())} (image of {esc(_utc_day(m.series.index[-1]))}). Band: median ± {esc(fmt_num(p['k']))}·MAD of the previous "
             f"{esc(fmt_num(p['window_days']))} days, once {esc(p['min_history'])} observations are in the window; "
             f"▼ alerts. <a href=\"{href(f'series_{i}.png')}\">PNG</a></figcaption></figure>"
         )
@@ -644,7 +662,7 @@ def _build_aoi(aoi, data_dir: Path, data: _Store, out_dir: Path, start, end, sto
         rows.append([
             f"<span class=\"sev-{esc(a.severity)}\">{esc(a.severity)}</span>",
             esc(a.status),
-            esc(_utc_day(a.opened_at)),
+            f"<span title=\"{esc(_ts(a.opened_at).strftime('%Y-%m-%d %H:%M UTC'))}\">{esc(value_day(a.opened_at).isoformat())}</span>",
             esc(a.rule_id),
             esc(a.metric),
             esc(feature),
