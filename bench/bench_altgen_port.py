@@ -34,8 +34,8 @@ whole is not scored on it) and is kept as a second column, ``teu_error_counter``
 (``visible_teu_counter``). Per zone, ``masked_share`` is the share of the visible TEU
 the counter leaves unobserved; zones it masks (nearly) whole (``masked_share`` >=
 ``FULLY_MASKED``) are counted apart with their visible TEU. ``cloud_shadow_share`` is
-the share of the visible TEU under a cloud's shadow (the generator's ``cloud_shadow``,
-the part of the direct beam blocked, at least 0.5); a partly cloudy zone is "in cloud
+the share of the visible TEU under a cloud's shadow (the generator's ``cloud_shadow``
+at least 0.5; the generator blocks 0.85 of the direct beam where it is 1); a partly cloudy zone is "in cloud
 shadow" when that share is at least half, "sunlit" when under ``SUNLIT_MAX``, "part
 shadow" between, and the table after the containers table gives the errors by kind.
 
@@ -182,7 +182,8 @@ def run_yards(seeds, png: Path | None, conditions=None) -> list[dict]:
                 row.update(visible_teu_counter=row["visible_teu"], teu_error_counter=row["teu_error"],
                            visible_teu=round(v["visible_teu"], 1),
                            teu_error=abs(row["est_teu"] - v["visible_teu"]) / max(v["visible_teu"], 1.0),
-                           ground_error=abs(est_slots - v["visible_slots"]) / max(tr.ground_teu, 1),
+                           visible_slots=round(v["visible_slots"], 1),
+                           ground_error=abs(est_slots - v["visible_slots"]) / max(v["visible_slots"], 1.0),
                            masked_share=(max(0.0, 1.0 - v["visible_teu_counter"] / v["visible_teu"])
                                          if v["visible_teu"] >= 1.0 else 0.0),
                            cloud_shadow_share=v["shadow_teu"] / v["visible_teu"] if v["visible_teu"] >= 1.0 else 0.0)
@@ -211,7 +212,7 @@ def run_yards(seeds, png: Path | None, conditions=None) -> list[dict]:
                          if cond == "partly_cloudy" else "")
                 print(f"  yard {cond:13s} gsd {gsd:.1f} seed {row['seed']:5d} el {row['sun_el']:4.1f} {row['zone']}: "
                       f"TEU truth {row['visible_teu']:6.1f} est {row['est_teu']:6.1f} err {row['teu_error']:5.1%}{cloud} | "
-                      f"slots {row['truth_ground_teu']:4d}/{row['est_ground_slots']:6.1f} | tiers "
+                      f"slots {row['visible_slots']:6.1f}/{row['est_ground_slots']:6.1f} | tiers "
                       f"{row['truth_tiers']:.2f}/{row['est_tiers']} | tarps {row['truth_tarped']}/"
                       f"{row['est_tarped']} found {row['tarped_found']} | 20ft {tr.n20 * seen:5.0f}/{est20:5.0f} "
                       f"40ft {tr.n40 * seen:5.0f}/{est40:5.0f}", flush=True)
@@ -302,8 +303,8 @@ def _agg(rows, key):
 def _breakdown(yards: list[dict]) -> dict:
     """Signed TEU, slot and tier errors per condition and per condition and GSD (zone means), printed."""
     for r in yards:
-        seen = r["visible_teu"] / max(r["truth_teu"], 1)
-        slots_truth = r["truth_ground_teu"] * seen
+        # The visible share of each stack's slots (as the main column scores them).
+        slots_truth = r.get("visible_slots", r["truth_ground_teu"])
         r["teu_signed"] = (r["est_teu"] - r["visible_teu"]) / max(r["visible_teu"], 1.0)
         r["slots_signed"] = (r["est_ground_slots"] - slots_truth) / max(slots_truth, 1.0)
         r["tiers_signed"] = ((r["est_tiers"] - r["truth_tiers"]) / r["truth_tiers"]

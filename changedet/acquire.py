@@ -306,7 +306,7 @@ def fetch(aoi, source, *, sensor: str, resolution_m: float, start: date, end: da
     if getattr(source, "pattern", None):
         # The names give the times: a broken file of a day outside the range is not read.
         kwargs["keep_time"] = lambda t: start <= day_of(t) <= end
-    found = _search_range(source, aoi, start, end, first, last, kwargs, day_of)
+    found = _search_range(source, aoi, start, end, first, last, kwargs)
     scenes: list[SceneRecord] = sorted((s for s in found if start <= day_of(s.time) <= end), key=lambda s: s.time)
     if not scenes:
         raise SourceError(f"{getattr(source, 'name', source)} has no {sensor} scene over {aoi.id} from {start} "
@@ -364,8 +364,8 @@ def fetch(aoi, source, *, sensor: str, resolution_m: float, start: date, end: da
     return report()
 
 
-def _search_range(source, aoi, start: date, end: date, first: date, last: date, kwargs: dict,
-                  day_of: Callable[[Any], date]) -> list[SceneRecord]:
+def _search_range(source, aoi, start: date, end: date, first: date, last: date,
+                  kwargs: dict) -> list[SceneRecord]:
     """:func:`fetch`'s search of the UTC days ``first``..``last`` that the site days
     ``start``..``end`` overlap.
 
@@ -374,10 +374,10 @@ def _search_range(source, aoi, start: date, end: date, first: date, last: date, 
     (:class:`~changedet.errors.SceneUnreadable`). A broken file dated inside ``start``..``end``
     (UTC) fails the fetch, as it always did. One on a UTC date searched only for the hours
     of the range's first or last site day it holds (the day before ``start`` east of UTC,
-    the day after ``end`` west of it) fails it only when that site day has no acquisition
-    of its own, as :func:`changedet.pipeline.search_day` decides for a run: the broken file
-    may be that day's only pass; otherwise it most likely belongs to the neighbouring day,
-    outside the range, and is named in a warning.
+    the day after ``end`` west of it) is passed over with a warning naming it: it may be a
+    day's outside the range, and unlike a run (which would record ``no_scene``) a fetch
+    records nothing for a day without a scene, so the next fetch after the file is repaired
+    takes it.
     """
     try:
         return list(source.search(aoi, first, last, **kwargs))
@@ -385,20 +385,14 @@ def _search_range(source, aoi, start: date, end: date, first: date, last: date, 
         if "keep_time" in kwargs or (first, last) == (start, end):
             raise
     found = list(source.search(aoi, max(first, start), min(last, end), **kwargs))
-    broken: list[tuple[date, SceneUnreadable]] = []
     for u, site_day in ((first, start), (last, end)):
         if start <= u <= end:
             continue
         try:
             found += source.search(aoi, u, u, **kwargs)
         except SceneUnreadable as exc:
-            broken.append((site_day, exc))
-    for site_day, exc in broken:
-        if not any(day_of(s.time) == site_day for s in found):
-            raise exc
-        log.warning(
-            "%s: the search of the UTC day next to %s failed (%s); that day's own acquisitions are fetched",
-            aoi.id, site_day, exc)
+            log.warning("%s: the search of UTC %s, next to %s, failed (%s); passed over: if the file is a pass of "
+                        "%s, fetch that day again once it is repaired", aoi.id, u, site_day, exc, site_day)
     return found
 
 

@@ -118,31 +118,48 @@ def test_fetch_without_a_pattern_passes_over_a_broken_file_of_the_day_before_the
     assert any(r.name == "changedet.acquire" and "a_20230816" in r.getMessage() for r in caplog.records)
 
 
-def test_fetch_without_a_pattern_still_fails_when_the_broken_file_may_be_the_edge_days_only_pass(tmp_path):
+def test_fetch_without_a_pattern_passes_over_a_broken_edge_file_when_the_edge_day_has_no_scene(tmp_path, caplog):
+    """Review LD2: a multi-day fetch whose first day has no scene stored nothing (the broken file
+    may be a pass of the day before the range; a fetch records nothing for a day without a scene,
+    so passing it over loses nothing). A broken file dated inside the range still fails it."""
     from changedet.acquire import fetch
     from changedet.errors import SceneUnreadable
     from changedet.sources.local import LocalSource
 
     aoi = _kamchatka_broken_before(tmp_path, keep_good=False)
+    from test_local_day_s19 import _tiny
+
+    _tiny(tmp_path / "imgs" / "g_20230818.tif", aoi, _utc(2023, 8, 18, 1, 0))
     src = LocalSource(path=str(tmp_path / "imgs"), sensor="vhr")
-    # Aug 17 has no scene of its own: the file of UTC Aug 16 may be its 22:40 pass.
+    kw = dict(sensor="vhr", resolution_m=aoi.sources[0].resolution_m, data_dir=tmp_path / "data", cloud_method="none")
+    with caplog.at_level(logging.WARNING, logger="changedet.acquire"):
+        report = fetch(aoi, src, start=date(2023, 8, 17), end=date(2023, 8, 20), **kw)
+    assert [(o.status, o.day) for o in report.outcomes] == [("stored", "2023-08-18")]
+    assert any(r.name == "changedet.acquire" and "a_20230816" in r.getMessage() for r in caplog.records)
     with pytest.raises(SceneUnreadable, match="a_20230816"):
-        fetch(aoi, src, sensor="vhr", resolution_m=aoi.sources[0].resolution_m, start=date(2023, 8, 17),
-              end=date(2023, 8, 17), data_dir=tmp_path / "data", cloud_method="none")
+        fetch(aoi, src, start=date(2023, 8, 16), end=date(2023, 8, 20), **kw)
 
 
 def test_fetch_outcomes_and_the_cli_name_the_sites_day(tmp_path, capsys):
+    """Kamchatka: the passes of 22:40 UTC on Aug 16 and 17 are the site's Aug 17 and 18 (the second,
+    the same pixels, is a duplicate): the JSON, the progress bar and the listed lines say so."""
     from changedet.cli import main
 
-    aoi, cfg = _site(tmp_path, KAMCHATKA, {"k_20230816T224000": None}, pattern=PATTERN)
-    rc = main(["fetch", "--aoi", str(cfg.registry / f"{AOI}.yaml"), "--source", "local", "--start", "2023-08-17",
-               "--end", "2023-08-17", "--data-dir", str(tmp_path / "data"), "--cloud-mask", "none", "--no-progress",
-               "--json"])
+    aoi, cfg = _site(tmp_path, KAMCHATKA, {"k_20230816T224000": None, "k_20230817T224000": None}, pattern=PATTERN)
+    args = ["fetch", "--aoi", str(cfg.registry / f"{AOI}.yaml"), "--source", "local", "--start", "2023-08-17",
+            "--end", "2023-08-18", "--data-dir", str(tmp_path / "data"), "--cloud-mask", "none"]
+    rc = main(args + ["--no-progress", "--json"])
     out = capsys.readouterr().out
-    doc = _json_doc(out)
     assert rc == 0, out
-    (o,) = doc["outcomes"]
-    assert o["time"].startswith("2023-08-16T22:40") and o["day"] == "2023-08-17"
+    doc = _json_doc(out)
+    assert [(o["time"][:16], o["day"], o["status"]) for o in doc["outcomes"]] == [
+        ("2023-08-16T22:40", "2023-08-17", "stored"), ("2023-08-17T22:40", "2023-08-18", "duplicate")]
+    rc = main(args + ["--data-dir", str(tmp_path / "data2")])
+    captured = capsys.readouterr()
+    assert rc == 0
+    listed = [line for line in captured.out.splitlines() if "duplicate:" in line]
+    assert len(listed) == 1 and listed[0].strip().startswith("2023-08-18 "), captured.out
+    assert "2023-08-18 duplicate" in captured.err and "2023-08-17 duplicate" not in captured.err, captured.err
 
 
 def _json_doc(out: str) -> dict:
