@@ -6,12 +6,13 @@ Scenes come from ``tests/altgen/railyard.py``, written from real 1520 mm-gauge r
 stock and sensor physics without reading ``changedet/simulate``: for each condition
 (clear, hazy, partly cloudy, low sun) and each GSD (0.3, 0.5, 0.75, 1.0 m), ``--seeds``
 scenes, indices ``--first-seed`` on (:func:`scene_seed`; the tests use seeds below 100).
-Indices 0-41 (``--first-seed 0 --seeds 42``) are the tuning set (26-29 were held out in
-session 18, 30-33 in session 19, 34-37 (types) and 38-41 (counts) in session 20, each run
-twice, before and after, summary lines only, and count as tuning since). From session 21
-two held-out sets: 42-45 (``--first-seed 42 --seeds 4``) for railcar types and 46-49
-(``--first-seed 46 --seeds 4``) for railcar counts, each to be run at most twice (before
-and after), summary lines only. (Until session
+Indices 0-49 (``--first-seed 0 --seeds 50``) are the tuning set (26-29 were held out in
+session 18, 30-33 in session 19, 34-37 (types) and 38-41 (counts) in session 20, 42-45
+(types) and 46-49 (counts) in session 21, each run twice, before and after, summary lines
+only, and count as tuning since). From session 22 two held-out sets: 50-53
+(``--first-seed 50 --seeds 4``) for railcar types and 54-57 (``--first-seed 54 --seeds 4``)
+for railcar counts, each to be run at most twice (before and after), summary lines only.
+(Until session
 12 the tuning set was 0-1 and 2-5 were held out; in session 13 it was 0-5, with 6-9 held
 out; in session 14 0-9, with 10-13 held out; in session 15 0-13, with 14-17 held out; in
 session 16 0-17, with 18-21 held out; in session 17 0-21, with 22-25 held out, which were
@@ -168,8 +169,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=2, help="scenes per condition and GSD")
     ap.add_argument("--first-seed", type=int, default=0,
-                    help="index of the first scene per condition and GSD (0-41: tuning set; 42-45 and "
-                         "46-49: held out from session 21, see the module docstring)")
+                    help="index of the first scene per condition and GSD (0-49: tuning set; 50-53 and "
+                         "54-57: held out from session 22, see the module docstring)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "altgen_rail.json"))
     ap.add_argument("--crops", default=None, help="folder for PNG crops of failures")
     args = ap.parse_args(argv)
