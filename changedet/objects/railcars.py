@@ -594,6 +594,12 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
     centre is a car too (:func:`_own_deck_shadow`) where no other rule finds one: it adds
     stretches, it does not lengthen or join the runs the other rules found.
     """
+    yard_refs = refs
+    if vhr:
+        # A wide yard lit spread also holds what differs between tracks and between lit
+        # and shadowed stretches; a car is told from this track's ballast by the spread
+        # the ballast shows at one place (see _local_lit_spread).
+        refs = _local_lit_spread(strip, refs, dark_light=dark_light)
     centre, _ = _zones(strip)
     a = strip.across_m
     left = (a >= 1.95) & (a <= 2.6)
@@ -710,7 +716,9 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
         # oblique sun a tall car's shadow runs along that band past the car's end and
         # across the coupler gaps that split a consist's run, and a run grown by it is cut into
         # cars of other lengths (own simulator: 3 cars typed otherwise).
-        deck = _own_deck_shadow(strip, refs, sun_left, shadow_across_m, int(1.0 / strip.step_m) | 1,
+        # (The deck-shadow test keeps the yard's spread: a narrowed one read fouled or wet
+        # ground beside an empty track as a deck's shadow.)
+        deck = _own_deck_shadow(strip, yard_refs, sun_left, shadow_across_m, int(1.0 / strip.step_m) | 1,
                                 blur_m=blur_m, dark_light=dark_light) & centre_lit & seen
         # "Found by another rule" means a run that survives the closing and the 4 m drop
         # below: a 1 m speck of colour on a deck (a lashed crate, a glint) is dropped there
@@ -736,6 +744,87 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
     else:
         occ = _drop_short(occ, 1)
     return occ & seen, seen
+
+
+def _local_lit_spread(strip: Strip, refs, *, dark_light: np.ndarray | None = None) -> dict:
+    """``refs`` with the lit empty-track spread no wider than the local spread of this
+    track's centre colour.
+
+    Parameters
+    ----------
+    strip : Strip
+        The track's samples (reflectance; above the darkest light ``dark_light`` where
+        haze was removed).
+    refs : mapping
+        Learnt ground colours per band (reflectance, on the same basis as ``strip``):
+        ``lit`` and ``lit_sd`` are read; every entry is kept.
+    dark_light : numpy.ndarray or None, keyword-only
+        Per band, the darkest light already subtracted from ``strip`` and ``refs``
+        (reflectance); None for none.
+
+    Returns
+    -------
+    dict
+        ``refs`` with ``lit_sd`` (reflectance, per band) replaced by the smaller of the
+        yard's lit spread and the local one (never under the :class:`GroundModel`
+        floor); ``refs`` unchanged where the lit colour is unknown, the yard's spread is
+        an ordinary one (under ``_WIDE_SPREAD_SHARE`` of the lit colour) or the track
+        holds too few observed samples (20 pairs).
+
+    Notes
+    -----
+    The yard's lit spread is learnt from all tracks' ground and empty centres together,
+    so it also holds what differs between them: clean and fouled beds (fouled ballast
+    is about half as bright), and the mix of lit, penumbral and shadowed samples where
+    a low sun shades most of the ground between tracks or 0.75-1 m pixels blur car
+    edges and shadows into the 0.6 m side band. That spread (a third to a half of the
+    lit colour in such yards against a tenth in open ones) hid every car within a few
+    hundredths of ballast brightness. The spread that tells a car from ballast at one
+    place is the ballast's texture and the sensor's noise there: read as the robust
+    spread (scaled MAD over root two) of the centre colour's differences
+    ``_LOCAL_LAG_M`` apart along the track, clear of one pixel's blur at 1 m. Over a
+    stretch of one kind (ballast, a roof, a load) the difference is texture and noise;
+    steps between them (car ends, shadow edges, another bed) are the minority the
+    median passes over; slow changes (lighting, bed colour along the track) cancel.
+    The spread is only ever narrowed. Its floor is :class:`GroundModel`'s (0.004 + 3 %
+    of the lit colour), taken on the light as recorded in haze as
+    :func:`_recorded_spread_floors` takes it.
+    """
+    lit_sd = np.asarray(refs["lit_sd"], dtype="float64")
+    lit = np.asarray(refs["lit"], dtype="float64")
+    if not (np.all(np.isfinite(lit_sd)) and np.all(np.isfinite(lit))):
+        return dict(refs)
+    if float(np.median(lit_sd / np.maximum(lit, 1e-6))) < _WIDE_SPREAD_SHARE:
+        # An ordinary yard spread (about a tenth of the colour) is what tells a clean or
+        # brighter bed, or sleepers, from the yard's lit colour: narrowed, whole empty
+        # tracks 25-35 % brighter than it read as trains (review RMISS).
+        return dict(refs)
+    centre, _ = _zones(strip)
+    c = quiet_nanmean(strip.values[:, centre, :], axis=1)   # (band, along)
+    lag = max(1, int(round(_LOCAL_LAG_M / strip.step_m)))
+    if c.shape[1] <= lag:
+        return dict(refs)
+    d = c[:, lag:] - c[:, :-lag]
+    d = d[:, np.all(np.isfinite(d), axis=0)]
+    if d.shape[1] < _MIN_LOCAL_PAIRS:
+        return dict(refs)
+    local = 1.4826 * np.median(np.abs(d), axis=1) / math.sqrt(2.0)
+    light = np.zeros(lit.size) if dark_light is None else np.asarray(dark_light, dtype="float64")
+    if not float(np.nanmean(light)) >= _HAZE_FLOOR_SHARE * float(np.nanmean(lit)):
+        light = np.zeros(lit.size)
+    floor = 0.004 + 0.03 * (lit + light)
+    return {**refs, "lit_sd": np.minimum(lit_sd, np.maximum(local, floor))}
+
+
+# Lag (m) along the track of the colour differences that give the local spread: clear of
+# a 1 m pixel's blur (pixel and PSF), short against a car.
+_LOCAL_LAG_M = 2.0
+# Fewest pairs (observed centre samples that far apart) to read the local spread from.
+_MIN_LOCAL_PAIRS = 20
+# Yard lit spread (median share of the lit colour over bands) from which it is taken as
+# mixing beds and lights and narrowed per track: open yards show about a tenth, yards
+# under a low sun or at 0.75-1 m pixels a fifth to a half.
+_WIDE_SPREAD_SHARE = 0.2
 
 
 def _closing_k(strip: Strip) -> int:
