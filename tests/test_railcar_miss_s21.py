@@ -13,12 +13,15 @@ found, plain ballast with the same texture is not.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 
 from changedet.objects import railcars as R
-from changedet.objects.strips import Strip
 
-STEP = 0.5
+sys.path.insert(0, str(Path(__file__).parent))
+from test_railcar_light import STEP, _strip  # noqa: E402  (0.5 m samples)
 LIT = np.array([0.12, 0.13, 0.14, 0.16])          # sunlit ballast, B G R NIR
 SHADOW = LIT * np.array([0.32, 0.27, 0.24, 0.22])  # the same ballast lit by the sky only
 FLOOR = 0.004 + 0.03 * LIT                        # GroundModel's floor of a lit spread
@@ -28,14 +31,6 @@ WIDE = {"lit": LIT, "lit_sd": 0.3 * LIT, "shadow": SHADOW, "shadow_sd": 0.003 + 
 # A car a little off ballast's colour: a wooden deck or a rusty body, bluer light lost,
 # more near infrared (about one wide spread off in blue and NIR).
 CAR = LIT * np.array([0.65, 0.75, 0.95, 1.35])
-
-
-def _strip(values: np.ndarray) -> Strip:
-    nb, na, nl = values.shape
-    across = (np.arange(na) - na // 2) * STEP
-    along = np.arange(nl) * STEP
-    x, y = np.meshgrid(along, across)
-    return Strip(values.astype("float32"), along, across, x, y, STEP)
 
 
 def _ballast(n_along: int, colour: np.ndarray = LIT, seed: int = 0) -> np.ndarray:
