@@ -809,10 +809,9 @@ def _local_lit_spread(strip: Strip, refs, *, dark_light: np.ndarray | None = Non
     if d.shape[1] < _MIN_LOCAL_PAIRS:
         return dict(refs)
     local = 1.4826 * np.median(np.abs(d), axis=1) / math.sqrt(2.0)
-    light = np.zeros(lit.size) if dark_light is None else np.asarray(dark_light, dtype="float64")
-    if not float(np.nanmean(light)) >= _HAZE_FLOOR_SHARE * float(np.nanmean(lit)):
-        light = np.zeros(lit.size)
-    floor = 0.004 + 0.03 * (lit + light)
+    floor = 0.004 + 0.03 * lit   # GroundModel's
+    if dark_light is not None:
+        floor = _recorded_spread_floors({**refs, "lit_sd": floor}, dark_light)["lit_sd"]
     return {**refs, "lit_sd": np.minimum(lit_sd, np.maximum(local, floor))}
 
 
