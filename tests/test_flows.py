@@ -188,11 +188,9 @@ def test_backfill_days_carry_prefect_lineage_but_no_dask_dependency(prefect_env,
     """
     from distributed import LocalCluster
     from distributed.diagnostics.plugin import SchedulerPlugin
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
     from flows.backfill import backfill
     from flows.cluster import task_runner
+    from tests.prefect_runs import settled_task_runs
 
     class Deps(SchedulerPlugin):
         def __init__(self):
@@ -213,8 +211,8 @@ def test_backfill_days_carry_prefect_lineage_but_no_dask_dependency(prefect_env,
     out = state.result()
     assert [r["day"] for r in out["dunai_port"]] == ["2023-07-06", "2023-07-13", "2023-07-20"]
     assert len(plugin.deps) == 3 and set(plugin.deps.values()) == {0}, plugin.deps
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    runs = settled_task_runs(state.state_details.flow_run_id, expect=[("dunai_port", d) for d in (
+        "2023-07-06", "2023-07-13", "2023-07-20")]).values()
     by_day = {r.name.split()[-1]: r for r in runs}
     assert sorted(by_day) == ["2023-07-06", "2023-07-13", "2023-07-20"]
     waits = {d: {i.id for i in r.task_inputs.get("wait_for", [])} for d, r in by_day.items()}

@@ -17,32 +17,11 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from tests.prefect_runs import settled_task_runs
+
 AOIS = ["dunai_port", "chongjin_port", "rajin_port"]
 DAYS = ["2023-06-01", "2023-06-08", "2023-06-15"]
 START, END = date(2023, 6, 1), date(2023, 6, 15)
-
-
-def _task_runs(flow_run_id, *, settle_s: float = 60.0) -> dict[tuple[str, str], object]:
-    """The flow run's task runs by (AOI, day), once none is still Pending or Running.
-
-    Prefect 3 records task-run states from client events, so the API can lag the flow's
-    end by a moment on a busy machine (seen once in CI: one COMPLETED day still read
-    PENDING); a state that never settles within ``settle_s`` is returned as it is and
-    fails the caller's assertions.
-    """
-    import time
-
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    deadline = time.monotonic() + settle_s
-    while True:
-        with get_client(sync_client=True) as client:
-            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-        unsettled = [r for r in runs if r.state is None or r.state.type.value in ("PENDING", "RUNNING", "SCHEDULED")]
-        if not unsettled or time.monotonic() > deadline:
-            return {tuple(r.name.split()): r for r in runs}
-        time.sleep(0.5)
 
 
 def _corrupt_reference_geotiff(tmp_path: Path) -> tuple[Path, Exception]:
@@ -157,7 +136,8 @@ def _backfill_fail_and_resume(flow, data: Path, ref: Path, good: bytes) -> None:
             assert [x.day.isoformat(), *(d.isoformat() for d in x.not_run)] == DAYS[len(done):]
         else:
             assert done == DAYS
-    runs = _task_runs(state.state_details.flow_run_id)
+    runs = settled_task_runs(state.state_details.flow_run_id, expect=[("dunai_port", "2023-06-08")] + [
+        (a, r["day"]) for a in ("chongjin_port", "rajin_port") for r in err.results[a]])
     assert {r.state.type.value for r in runs.values()} <= {"COMPLETED", "FAILED"}, runs
     assert [k for k, r in runs.items() if r.state.type.value == "FAILED"] == [("dunai_port", "2023-06-08")]
     assert ("dunai_port", "2023-06-15") not in runs
@@ -184,7 +164,8 @@ def _backfill_fail_and_resume(flow, data: Path, ref: Path, good: bytes) -> None:
     # The other AOIs ran every day; the failed one kept its first day.
     assert {a: [r["day"] for r in v] for a, v in err.results.items()} == {
         "dunai_port": DAYS[:1], "chongjin_port": DAYS, "rajin_port": DAYS}
-    runs = _task_runs(state.state_details.flow_run_id)
+    runs = settled_task_runs(state.state_details.flow_run_id, expect=[
+        (a, d) for a in AOIS for d in DAYS if (a, d) != ("dunai_port", "2023-06-15")])
     assert ("dunai_port", "2023-06-15") not in runs        # never submitted
     assert len(runs) == 8
     states = {k: r.state.type.value for k, r in runs.items()}
@@ -202,7 +183,7 @@ def _backfill_fail_and_resume(flow, data: Path, ref: Path, good: bytes) -> None:
     out = state.result()
     assert {a: [r["day"] for r in v] for a, v in out.items()} == {a: DAYS for a in AOIS}
     assert [r["status"] for r in out["dunai_port"]][1:] == ["processed", "processed"]
-    runs = _task_runs(state.state_details.flow_run_id)
+    runs = settled_task_runs(state.state_details.flow_run_id, expect=[(a, d) for a in AOIS for d in DAYS])
     ran = sorted(k for k, r in runs.items() if r.state.name == "Completed")
     assert ran == [("dunai_port", "2023-06-08"), ("dunai_port", "2023-06-15")]
     assert sum(r.state.name == "Cached" for r in runs.values()) == 7

@@ -24,6 +24,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from tests.prefect_runs import settled_task_runs
+
 REPO = Path(__file__).resolve().parents[1]
 AOIS = ["chongjin_port", "dunai_port"]
 START, END = date(2023, 6, 1), date(2023, 6, 15)
@@ -169,15 +171,6 @@ def _run(flow, handler: logging.Handler | None, **kw):
             logger.removeHandler(handler)
 
 
-def _task_runs(flow_run_id) -> dict[tuple[str, str], str]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return {tuple(r.name.split()): r.state.type.value for r in runs}
-
-
 def _cube_days(data: Path, aoi: str) -> set[str]:
     days = set()
     for prov in (data / "cubes" / aoi).glob("*.provenance.json"):
@@ -232,7 +225,8 @@ def test_backfill_survives_a_restarted_worker_and_fails_within_the_grace_period_
     done = {a: [r["day"] for r in err.results[a]] for a in AOIS}
     n_done = sum(map(len, done.values()))
     assert n_done >= 4 and f"{n_done} of 6 AOI-days done and kept, {6 - n_done} not done" in msg, msg
-    runs = _task_runs(state.state_details.flow_run_id)
+    runs = {k: r.state.type.value for k, r in settled_task_runs(
+        state.state_details.flow_run_id, expect=[(a, d) for a in AOIS for d in done[a]]).items()}
     for a in AOIS:
         assert done[a] == DAYS[:len(done[a])], done
         assert set(done[a]) <= _cube_days(data, a), (a, done[a])

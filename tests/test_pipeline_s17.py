@@ -200,7 +200,7 @@ def test_flows_over_several_aois_go_on_past_a_misconfigured_one(scenes, tmp_path
     reg, _ = _two_aois(scenes, tmp_path, bands=BAD_BANDS)
     data = str(tmp_path / "data")
     kw = dict(data_dir=data, registry=str(reg), kernels_on_cluster=False, return_state=True)
-    state = backfill.with_options(task_runner=ThreadPoolTaskRunner(max_workers=2))(
+    state = backfill_state = backfill.with_options(task_runner=ThreadPoolTaskRunner(max_workers=2))(
         [AOI, GOOD], QUIET[0], QUIET[1], cadence=7, **kw)
     assert state.is_failed()
     err = state.result(raise_on_failure=False)
@@ -222,12 +222,11 @@ def test_flows_over_several_aois_go_on_past_a_misconfigured_one(scenes, tmp_path
     assert "setting 'bands'" in err.failures[0][2] and "setting 'bands'" in state.message
 
     # Not retried: each failed day ran once.
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+    from tests.prefect_runs import settled_task_runs
 
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=AOI)))
-    failed = [r for r in runs if r.state.type.value == "FAILED"]
+    runs = [*settled_task_runs(backfill_state.state_details.flow_run_id, expect=[(AOI, QUIET[0].isoformat())]).values(),
+            *settled_task_runs(state.state_details.flow_run_id, expect=[(AOI, QUIET[2].isoformat())]).values()]
+    failed = [r for r in runs if r.name.split()[0] == AOI and r.state.type.value == "FAILED"]
     assert len(failed) == 2 and all(r.run_count == 1 for r in failed), [(r.name, r.run_count) for r in failed]
 
 

@@ -342,12 +342,11 @@ def test_the_daily_flow_runs_the_other_aois_and_fails_the_new_one_without_retrie
                                                                                   prefect_env):
     """Before: the flow asked for each AOI's source limit first, so one AOI without credentials
     failed the whole run (plain SourceError) before any AOI ran."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterFlowRunId, TaskRunFilterName
     from prefect.task_runners import ThreadPoolTaskRunner
 
     from flows.daily import DailyFailed, daily_monitor
     from test_pipeline_s17 import GOOD, QUIET
+    from tests.prefect_runs import settled_task_runs
 
     state = daily_monitor.with_options(task_runner=ThreadPoolTaskRunner(max_workers=2))(
         aoi_ids=[NEW, GOOD], day=QUIET[0], data_dir=str(tmp_path / "data"), registry=str(no_usable_source),
@@ -358,12 +357,9 @@ def test_the_daily_flow_runs_the_other_aois_and_fails_the_new_one_without_retrie
     assert [(r["aoi_id"], r["status"]) for r in err.results] == [(GOOD, "processed")]
     [(aoi_id, day, text)] = err.failures
     assert aoi_id == NEW and "SourceConfigError" in text and f"{NEW}.yaml" in text and SECRET not in text, text
-    with get_client(sync_client=True) as client:
-        # this flow run's task runs only: other tests on the shared server run NEW's day too
-        runs = client.read_task_runs(task_run_filter=TaskRunFilter(
-            name=TaskRunFilterName(like_=f"{NEW} {day}"),
-            flow_run_id=TaskRunFilterFlowRunId(any_=[state.state_details.flow_run_id])))
-    failed = [r for r in runs if r.state.type.value == "FAILED"]
+    # this flow run's task runs only: other tests on the shared server run NEW's day too
+    runs = settled_task_runs(state.state_details.flow_run_id, expect=[(NEW, str(day))])
+    failed = [r for k, r in runs.items() if k == (NEW, str(day)) and r.state.type.value == "FAILED"]
     assert len(failed) == 1 and failed[0].run_count == 1, [(r.name, r.run_count) for r in failed]
 
 
