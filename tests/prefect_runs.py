@@ -23,7 +23,7 @@ def settled_task_runs(flow_run_id, *, expect=(), settle_s: float = 60.0) -> dict
         with get_client(sync_client=True) as client:
             runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
         got = {tuple(r.name.split()): r for r in runs}
-        unsettled = [r for r in runs if r.state is None or r.state.type.value in ("PENDING", "RUNNING", "SCHEDULED")]
+        unsettled = any(r.state is None or r.state.type.value in ("PENDING", "RUNNING", "SCHEDULED") for r in runs)
         if (not unsettled and all(k in got for k in expect)) or time.monotonic() > deadline:
             return got
         time.sleep(0.5)

@@ -358,9 +358,8 @@ def test_the_daily_flow_runs_the_other_aois_and_fails_the_new_one_without_retrie
     [(aoi_id, day, text)] = err.failures
     assert aoi_id == NEW and "SourceConfigError" in text and f"{NEW}.yaml" in text and SECRET not in text, text
     # this flow run's task runs only: other tests on the shared server run NEW's day too
-    runs = settled_task_runs(state.state_details.flow_run_id, expect=[(NEW, str(day))])
-    failed = [r for k, r in runs.items() if k == (NEW, str(day)) and r.state.type.value == "FAILED"]
-    assert len(failed) == 1 and failed[0].run_count == 1, [(r.name, r.run_count) for r in failed]
+    run = settled_task_runs(state.state_details.flow_run_id, expect=[(NEW, str(day))]).get((NEW, str(day)))
+    assert run is not None and run.state.type.value == "FAILED" and run.run_count == 1, run
 
 
 # -- 5. STAC probes send the loader's headers -------------------------------------------------
