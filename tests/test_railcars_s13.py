@@ -70,10 +70,16 @@ def test_a_long_barrel_is_a_tank_car():
     # car, not a boxcar (the old table typed every body of 14.8 m or more by length).
     # (Review of 20f604f: only a cylinder vetted by the sun, brighter on its sun-facing
     # half, is a tank at that length; see test_unvetted_relief_is_a_tank_only_when_short.)
+    # (Session 23: a barrel carries a dome, manhole platform and walkway at mid-length,
+    # which a boxcar's cambered roof, as curved across, lacks: relief even end to end
+    # at a boxcar's length is now a boxcar; see test_railcar_type_s22.)
     a = _across()
     s = _strip(_top(a, lambda x: 0.04 + 0.16 * np.cos(np.clip(x / 1.5, -1, 1) * math.pi / 2)
                     * np.where(x > 0, 1.0, 0.5)), n_along=31)
+    dome = np.abs(s.across_m) <= 1.0
+    s.values[:, dome, 13:18] += 0.06                 # the dome and platform, 2.5 m long
     lit_b = float(LIT[:3].mean())
+    assert R._along_texture(s, 0, 31) >= R._EVEN_ALONG
     assert R._look(s, 0, 31, lit_b, sun_left=True, shading=2.0) == "cylinder"
     assert R._classify(s, 0, 31, 15.5, lit_b, sun_left=True, shading=2.0) == "tank"
 
