@@ -613,6 +613,9 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
 
     d_lit = dist(mean, refs["lit"], refs["lit_sd"])
     occ = d_lit > min_contrast
+    # How far the centre is off the empty track's colour, lit or (below) in any mix of
+    # sun and shade: read in the gaps between cars (see _fill_car_gaps).
+    d_off = d_lit
     if thin_cloud and not np.all(np.isfinite(refs["shadow"])) and left.any() and right.any():
         # Without a shadowed-ground colour only the lit one is known: under a thin cloud
         # (or a cloud shadow's faint edge) the ground keeps it at the light share read on
@@ -629,6 +632,7 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
         alpha = np.clip(np.nansum((mean - sh) * span, axis=0) / max(float((span ** 2).sum()), 1e-9), 0, 1)
         sd = refs["shadow_sd"][:, None] + alpha * (refs["lit_sd"] - refs["shadow_sd"])[:, None]
         d_ground = np.sqrt(quiet_nanmean(((mean - (sh + alpha * span)) / sd) ** 2, axis=0))
+        d_off = d_ground
         ground_like = d_ground <= min_contrast
         dark = ground_like & (alpha < 0.5)
         colourful = ~ground_like
@@ -740,10 +744,137 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
         occ = ndimage.binary_closing(occ, structure=np.ones(k + 1, bool))
         if shadow_tail_m:
             occ = _trim_tails(occ, occ & ~solid, shadow_tail_m, strip.step_m)
+        # Pieces too short to be a car, a hole inside one car apart, are that car: join
+        # them before short specks are dropped here and short runs in _split_cars.
+        occ = _join_car_pieces(occ, seen, strip.step_m)
         occ = _drop_short(occ, int(4.0 / strip.step_m))
+        occ = _fill_car_gaps(occ, seen, d_off, 0.75 * min_contrast, strip.step_m)
     else:
         occ = _drop_short(occ, 1)
     return occ & seen, seen
+
+
+def _join_car_pieces(occ: np.ndarray, seen: np.ndarray, step_m: float) -> np.ndarray:
+    """``occ`` with runs shorter than a car joined across short, observed holes.
+
+    Parameters
+    ----------
+    occ : numpy.ndarray of bool
+        Occupied flags per along-track sample.
+    seen : numpy.ndarray of bool
+        Observed flags per along-track sample (a hole must be observed to be filled).
+    step_m : float
+        Along-track sample spacing (m).
+
+    Returns
+    -------
+    numpy.ndarray of bool
+        ``occ`` with each observed hole of at most ``_MAX_PIECE_GAP_M`` between two runs
+        both ``_MIN_PIECE_M`` long or longer and shorter than ``_MAX_PIECE_M`` filled
+        (chains of such pieces become one run).
+
+    Notes
+    -----
+    No freight car's body is much shorter than 10 m (a short mineral hopper; tank cars
+    11-12 m), and the splitter drops runs under 7 m as specks. A car whose top is only
+    partly off the ballast's colour (a tank's dome and walkway, a hopper's hatches, a
+    gondola's heaped load, a flat wagon's container with the bare deck beside it, a roof
+    crossed by a mast's shadow) is read as two or three such pieces with holes of a
+    metre or so between them, and was dropped whole: two pieces that short, that close, cannot be
+    two cars (each would be a car under 7 m). A piece beside a run a car long is left
+    alone: it may be the next car's end as well as this car's.
+    """
+    occ = np.asarray(occ, bool)
+    rs = runs(occ)
+    if len(rs) < 2:
+        return occ
+    out = occ.copy()
+    short = int(round(_MAX_PIECE_M / step_m))
+    least = int(round(_MIN_PIECE_M / step_m))
+    gap = int(round(_MAX_PIECE_GAP_M / step_m))
+    for (a0, b0), (a1, b1) in zip(rs[:-1], rs[1:]):
+        if (least <= b0 - a0 < short and least <= b1 - a1 < short and a1 - b0 <= gap
+                and np.all(seen[b0:a1])):
+            out[b0:a1] = True
+    return out
+
+
+def _fill_car_gaps(occ: np.ndarray, seen: np.ndarray, d_off: np.ndarray, contrast: float,
+                   step_m: float) -> np.ndarray:
+    """``occ`` with each car-long gap between two cars filled where its centre is off
+    the empty track's colour by ``contrast`` spreads over most of it.
+
+    Parameters
+    ----------
+    occ : numpy.ndarray of bool
+        Occupied flags per along-track sample (short specks already dropped).
+    seen : numpy.ndarray of bool
+        Observed flags per along-track sample (a gap must be observed throughout).
+    d_off : numpy.ndarray
+        Distance of the centre colour from the empty track's, in its spreads, per sample
+        (NaN where unobserved): from any mix of its lit and shadowed colours where the
+        shadowed one is known (a shadow across the gap is ground), else from the lit one.
+    contrast : float
+        Spreads above which a sample of such a gap counts as off the ballast's colour
+        (under the occupancy threshold).
+    step_m : float
+        Along-track sample spacing (m).
+
+    Returns
+    -------
+    numpy.ndarray of bool
+        ``occ`` with the gap filled, less a coupler gap's half at each end, so that the
+        car stays a run of its own beside its neighbours.
+
+    Notes
+    -----
+    Freight cars stand coupled in cuts, their bodies a coupler gap (about 1 m) apart. A
+    stretch between two runs each a car long (``_MIN_NEIGHBOUR_RUN_M``), itself as long
+    as a car body with its two coupler gaps (``_CAR_GAP_M``), whose centre is off the
+    ballast's colour at ``_GAP_OFF_SHARE`` of its samples and at its median, is a car
+    whose top is within the yard-wide threshold of ballast (a wooden deck, a grey roof,
+    a dark load in shade): the neighbours say a car stands there more often than not,
+    and a lower bar of colour is enough to tell which. Gaps elsewhere, at a track's ends
+    or beside a speck, keep the threshold.
+    """
+    occ = np.asarray(occ, bool)
+    rs = runs(occ)
+    if len(rs) < 2:
+        return occ
+    out = occ.copy()
+    least = int(round(_MIN_NEIGHBOUR_RUN_M / step_m))
+    lo, hi = (int(round(x / step_m)) for x in _CAR_GAP_M)
+    half = max(1, int(round(0.5 * GAP_M / step_m)))
+    d = np.asarray(d_off, dtype="float64")
+    for (a0, b0), (a1, b1) in zip(rs[:-1], rs[1:]):
+        if b0 - a0 < least or b1 - a1 < least or not lo <= a1 - b0 <= hi or not np.all(seen[b0:a1]):
+            continue
+        inner = d[b0 + half:a1 - half]
+        if inner.size == 0 or not np.all(np.isfinite(inner)):
+            continue
+        if float(np.median(inner)) > contrast and float(np.mean(inner > contrast)) >= _GAP_OFF_SHARE:
+            out[b0 + half:a1 - half] = True
+    return out
+
+
+# Gap lengths (m) that hold one car: the shortest body (about 10 m, less the ends its
+# neighbours' blurred runs reach into) to the longest (a 19.6 m flat wagon) with its gaps.
+_CAR_GAP_M = (8.0, 21.0)
+# A neighbour is a car: a run as long as _split_cars counts.
+_MIN_NEIGHBOUR_RUN_M = 7.0
+# Share of the gap's samples off the ballast's colour.
+_GAP_OFF_SHARE = 0.6
+
+
+# Runs shorter than this (m) are pieces of a car, not a car (_split_cars drops them).
+_MAX_PIECE_M = 7.0
+# Shortest piece (m) joined: a car's structure (a dome, a hatch bay, a container) spans
+# metres; sub-metre flecks strung along an empty bed are its texture or stains at the
+# threshold, and joined they read as cars (tuning: chains of 0.5-2 m flecks, 16 m long).
+_MIN_PIECE_M = 2.0
+# Widest hole (m) inside one car's run: no wider than a coupler gap (1-1.5 m); blur
+# narrows a hole, it never widens one.
+_MAX_PIECE_GAP_M = 1.5
 
 
 def _local_lit_spread(strip: Strip, refs, *, dark_light: np.ndarray | None = None) -> dict:
