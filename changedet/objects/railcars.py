@@ -2167,9 +2167,7 @@ def _tall(strip: Strip, s0: int, s1: int, sun_left: bool, per_m: float, *,
 # with a container or timber it is as tall as a boxcar) and the shortest boxcar body on
 # 1520 mm gauge (11-217: 13.8 m).
 _MIN_BOXCAR_BODY_M = 13.6
-# Longest tank car body (m) with a cut misplaced by a metre or two: the 15-150 (16.6 m over
-# couplers, 15.5 m body) and shorter; and the shortest body only 80 ft flat wagons have.
-_MAX_TANK_BODY_M = 18.0
+# Shortest body (m) only 80 ft flat wagons have (13-4012, 13-9004M: 18.5 m).
 _MIN_LONG_FLAT_BODY_M = 18.0
 # Shortest body (m) typed from length as a long car (boxcar, or locomotive from 16.9 m)
 # unless its look is unambiguous: the longest 13-401 deck plus a misplaced cut.
@@ -2205,8 +2203,9 @@ def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = floa
     than a flat wagon's 2.87 m deck) is a boxcar; a tall plain top shorter than that
     as wide is the gondola class (a covered hopper's roof); both width rules only where
     pixels (``resolution_m``, m) are ``_MAX_FULL_TOP_RES_M`` or finer. Lengths only some stock has
-    decide first: a cylinder is a tank car up to the 15-150's length, and a plain or open top of 18 m
-    or more is an 80 ft flat wagon. A plain or textured top as wide as an ISO container
+    decide first: a cylinder is a tank car up to the 15-150's length (vetted by its brighter
+    sun-facing half, at any length: a longer body is a barrel with its cut misplaced), and a plain
+    or open top of 18 m or more is an 80 ft flat wagon. A plain or textured top as wide as an ISO container
     (2.44 m, :func:`_top_width`; every 1520 mm freight car with a top at full width is
     3.1-3.3 m) and even out to its shoulders (:func:`_shoulder_step`; a locomotive's fan
     band or hood is as narrow but its shoulders differ) is a container on a flat wagon,
@@ -2242,9 +2241,15 @@ def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = floa
         # length (16.9 m) relief even along is also a hood or a fan band down the roof:
         # the rules below decide.
         return "boxcar"
-    if look == "cylinder" and body_m < (_MAX_TANK_BODY_M if vetted else _MIN_LONG_BODY_M):
+    if look == "cylinder" and (vetted or body_m < _MIN_LONG_BODY_M):
         # Barrels run from 11 m (15-1443) to 15.5 m (15-150, LPG cars): a vetted cylinder
-        # is a tank car at any of these lengths; unvetted relief only below 14.8 m.
+        # is a tank car at any of these lengths; unvetted relief only below 14.8 m. A
+        # vetted cylinder read longer than any barrel is still one: tank cars are the
+        # commonest and among the shortest cars, so a body that long is a barrel with its
+        # cut misplaced (a coupler in shadow) or run into its neighbour, while no
+        # locomotive carries a barrel (its roof is a cambered sheet with fans; session 23,
+        # tuning 0-15: vetted cylinders from 18 m typed locomotives were 43 tank cars and
+        # no locomotive).
         return "tank"
     if look in ("plain", "flat") and resolution_m <= _MAX_WIDTH_RES_M:
         width = _top_width(strip, s0, s1)
