@@ -132,3 +132,21 @@ def test_gap_filling_needs_a_car_long_observed_gap_between_two_cars():
     hidden = seen.copy(); hidden[55] = False
     assert not R._fill_car_gaps(occ, hidden, d, 3.0, STEP)[41:69].any()
     assert not R._fill_car_gaps(occ, seen, np.full(n, 2.5), 3.0, STEP)[41:69].any()
+
+
+def test_no_gap_is_filled_without_a_shadowed_ground_colour():
+    # Review R of 3b69c29: with the shadow colour unknown (no sun given, none learnt),
+    # a gap in a building's or a cloud's shade, 0.8 of lit ballast, is as far off the lit
+    # colour as a faint car, and it was filled.
+    dim = LIT * 0.8
+    no_shadow = dict(REFS, shadow=np.full(4, np.nan), shadow_sd=np.full(4, np.nan))
+    strip = _strip(_consist(dim))
+    occ, seen = R._occupancy(strip, no_shadow, min_contrast=4.0, vhr=True)
+    assert len(R._split_cars(strip, occ, seen, REFS["lit_sd"], REFS["lit"])) == 2
+    # Under a thin cloud dimming the whole strip likewise.
+    strip = _strip(_consist(None) * 0.8)
+    occ, seen = R._occupancy(strip, no_shadow, min_contrast=4.0, vhr=True, thin_cloud=True)
+    assert len(R._split_cars(strip, occ, seen, REFS["lit_sd"], REFS["lit"])) == 2
+    occ = np.zeros(200, bool)
+    occ[10:40] = occ[70:100] = True
+    assert np.array_equal(R._fill_car_gaps(occ, np.ones(200, bool), None, 3.0, STEP), occ)

@@ -58,9 +58,21 @@ def test_without_a_dark_object_the_path_stays_under_the_shadow_colour(haze):
     # keeps the shadow its skylight share above the estimate, in clear air and in haze.
     lit, shadow = LIT - HAZE + haze * HAZE, SHADOW - HAZE + haze * HAZE
     path = R._path_radiance({"a": _flat(lit)}, shadow, lit)
-    s = R._MIN_SHADOW_SKY_SHARE
+    s = R._sky_share(4)
     assert np.all(path < shadow)
     assert np.allclose(shadow - path, s * (lit - path), atol=1e-6)
     # Unknown shadow or lit colours: as before.
     assert R._path_radiance({"a": _flat(lit)}, np.full(4, np.nan), lit) is None
     assert np.allclose(R._path_radiance({"a": _flat(lit)}, shadow, np.full(4, np.nan)), 0.5 * shadow)
+
+
+def test_a_clear_scene_without_a_dark_object_keeps_its_shadow_sky_lit_per_band():
+    # Review R of 48a585a: in clear air (no path radiance) with no car darker than
+    # sky-lit shadow, one share for all bands (0.1) read the shadow at a tenth of lit in
+    # blue, where it is a third; the cap is now per band.
+    lit = np.array([0.10, 0.12, 0.14, 0.30])
+    shadow = lit * np.array([0.32, 0.27, 0.24, 0.22])
+    path = R._path_radiance({"a": _flat(lit), "b": _flat(shadow)}, shadow, lit)
+    read = (shadow - path) / (lit - path)
+    assert np.all(read >= R._sky_share(4) - 1e-9)
+    assert read[0] >= 0.2 and read[1] >= 0.14

@@ -54,3 +54,21 @@ def test_a_vetted_barrel_longer_than_any_tank_car_is_still_a_tank_car(body_m):
     # Unvetted (no sun across the track) the same relief may be a locomotive's fans:
     # the length rules stand.
     assert R._classify(tank, 0, n, body_m, LIT_B, resolution_m=0.75) == "locomotive"
+
+
+@pytest.mark.filterwarnings("ignore:Mean of empty slice:RuntimeWarning")
+@pytest.mark.parametrize("body_m", [16.5, 17.5, 20.0])
+def test_a_vetted_cambered_roof_even_along_is_a_boxcar_at_any_length(body_m):
+    # Review R of 3bb0797: the even, sun-vetted roof that is a boxcar at 16.5 m became a
+    # tank car from 16.9 m (a boxcar's cut misplaced by half a metre changed its type).
+    n = int(round(body_m / STEP))
+    b = 0.04 + 0.16 * np.cos(np.clip(ACROSS / 1.5, -1, 1) * np.pi / 2) * np.where(ACROSS > 0, 1.0, 0.5)
+    body = np.abs(ACROSS) <= 1.5
+    prof = np.where(body[None], b[None] * np.ones((4, 1)), LIT[:, None])
+    even = _strip(np.repeat(prof[:, :, None], n, axis=2))
+    assert R._look(even, 0, n, LIT_B, sun_left=True, shading=2.0) == "cylinder"
+    assert R._along_texture(even, 0, n) < R._EVEN_ALONG
+    kw = {"sun_left": True, "shading": 2.0, "resolution_m": 0.75}
+    assert R._classify(even, 0, n, body_m, LIT_B, **kw) == "boxcar"
+    # With its dome and walkway it is a barrel at the same lengths.
+    assert R._classify(_barrel(n), 0, n, body_m, LIT_B, **kw) == "tank"

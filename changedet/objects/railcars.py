@@ -613,9 +613,11 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
 
     d_lit = dist(mean, refs["lit"], refs["lit_sd"])
     occ = d_lit > min_contrast
-    # How far the centre is off the empty track's colour, lit or (below) in any mix of
-    # sun and shade: read in the gaps between cars (see _fill_car_gaps).
-    d_off = d_lit
+    # How far the centre is off the empty track's colour in any mix of sun and shade
+    # (below), read in the gaps between cars (see _fill_car_gaps). Unknown without a
+    # shadowed-ground colour: a gap in a building's shade or under a thin cloud is as far
+    # off the lit colour as a faint car (review R of 3b69c29).
+    d_off = None
     if thin_cloud and not np.all(np.isfinite(refs["shadow"])) and left.any() and right.any():
         # Without a shadowed-ground colour only the lit one is known: under a thin cloud
         # (or a cloud shadow's faint edge) the ground keeps it at the light share read on
@@ -799,7 +801,7 @@ def _join_car_pieces(occ: np.ndarray, seen: np.ndarray, step_m: float) -> np.nda
     return out
 
 
-def _fill_car_gaps(occ: np.ndarray, seen: np.ndarray, d_off: np.ndarray, contrast: float,
+def _fill_car_gaps(occ: np.ndarray, seen: np.ndarray, d_off: np.ndarray | None, contrast: float,
                    step_m: float) -> np.ndarray:
     """``occ`` with each car-long gap between two cars filled where its centre is off
     the empty track's colour by ``contrast`` spreads over most of it.
@@ -810,10 +812,11 @@ def _fill_car_gaps(occ: np.ndarray, seen: np.ndarray, d_off: np.ndarray, contras
         Occupied flags per along-track sample (short specks already dropped).
     seen : numpy.ndarray of bool
         Observed flags per along-track sample (a gap must be observed throughout).
-    d_off : numpy.ndarray
+    d_off : numpy.ndarray or None
         Distance of the centre colour from the empty track's, in its spreads, per sample
-        (NaN where unobserved): from any mix of its lit and shadowed colours where the
-        shadowed one is known (a shadow across the gap is ground), else from the lit one.
+        (NaN where unobserved), from any mix of its lit and shadowed colours (a shadow
+        across the gap is ground). None where the shadowed colour is unknown: nothing is
+        filled, since a gap in shade is then as far off the lit colour as a faint car.
     contrast : float
         Spreads above which a sample of such a gap counts as off the ballast's colour
         (under the occupancy threshold).
@@ -839,7 +842,7 @@ def _fill_car_gaps(occ: np.ndarray, seen: np.ndarray, d_off: np.ndarray, contras
     """
     occ = np.asarray(occ, bool)
     rs = runs(occ)
-    if len(rs) < 2:
+    if d_off is None or len(rs) < 2:
         return occ
     out = occ.copy()
     least = int(round(_MIN_NEIGHBOUR_RUN_M / step_m))
@@ -2169,6 +2172,9 @@ def _tall(strip: Strip, s0: int, s1: int, sun_left: bool, per_m: float, *,
 _MIN_BOXCAR_BODY_M = 13.6
 # Shortest body (m) only 80 ft flat wagons have (13-4012, 13-9004M: 18.5 m).
 _MIN_LONG_FLAT_BODY_M = 18.0
+# Shortest body (m) typed a locomotive from its length: a shunter's section (TEM2,
+# ChME3: 16.9-17.2 m over couplers) with its cut placed well.
+_MIN_LOCOMOTIVE_BODY_M = 16.9
 # Shortest body (m) typed from length as a long car (boxcar, or locomotive from 16.9 m)
 # unless its look is unambiguous: the longest 13-401 deck plus a misplaced cut.
 _MIN_LONG_BODY_M = 14.8
@@ -2200,12 +2206,15 @@ def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = floa
     commonest car of its length on 1520 mm gauge (an open wagon or hopper below a
     boxcar's length, a boxcar from it), and a plain sheet of a boxcar's length at least
     ``_MIN_FULL_TOP_M`` wide (:func:`_top_width`: a roof over a 3.1-3.3 m body, wider
-    than a flat wagon's 2.87 m deck) is a boxcar; a tall plain top shorter than that
-    as wide is the gondola class (a covered hopper's roof); both width rules only where
-    pixels (``resolution_m``, m) are ``_MAX_FULL_TOP_RES_M`` or finer. Lengths only some stock has
-    decide first: a cylinder is a tank car up to the 15-150's length (vetted by its brighter
-    sun-facing half, at any length: a longer body is a barrel with its cut misplaced), and a plain
-    or open top of 18 m or more is an 80 ft flat wagon. A plain or textured top as wide as an ISO container
+    than a flat wagon's 2.87 m deck) is a boxcar; a plain top shorter than that as wide,
+    tall or of unread height, is the gondola class (a covered hopper's roof, an open
+    wagon's even load); both width rules only where pixels (``resolution_m``, m) are
+    ``_MAX_FULL_TOP_RES_M`` or finer. Lengths only some stock has decide first: a
+    cylinder of a boxcar's length or more that is even along (no dome, platform or
+    walkway) is a boxcar's cambered roof (up to a locomotive's length, or at any length
+    when vetted); otherwise a cylinder is a tank car up to the 15-150's length (vetted by
+    its brighter sun-facing half, at any length: a longer body is a barrel with its cut
+    misplaced), and a plain or open top of 18 m or more is an 80 ft flat wagon. A plain or textured top as wide as an ISO container
     (2.44 m, :func:`_top_width`; every 1520 mm freight car with a top at full width is
     3.1-3.3 m) and even out to its shoulders (:func:`_shoulder_step`; a locomotive's fan
     band or hood is as narrow but its shoulders differ) is a container on a flat wagon,
@@ -2231,15 +2240,18 @@ def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = floa
     # track and high enough to shade it (see _look); relief alone is also a shunting
     # locomotive's fans (15-16 m bodies) or a covered hopper's hatches.
     vetted = sun_left is not None and np.isfinite(shading) and shading >= _MIN_SHADING
-    if (look == "cylinder" and _MIN_BOXCAR_BODY_M <= body_m < 16.9
+    if (look == "cylinder" and _MIN_BOXCAR_BODY_M <= body_m
+            and (body_m < _MIN_LOCOMOTIVE_BODY_M or vetted)
             and _along_texture(strip, s0, s1, path) < _EVEN_ALONG):
         # Relief across but even end to end over a boxcar's length: a cambered roof
         # sheet seen blurred (0.75-1 m pixels spread its sun-lit half), not a barrel,
         # which carries a dome, manhole platform and walkway at mid-length (session 22,
         # tuning 0-15: tank tops vary along by 0.04 or more in nine in ten, boxcar roofs
-        # read "cylinder" under 0.02 in most; see _EVEN_ALONG). From a locomotive's
-        # length (16.9 m) relief even along is also a hood or a fan band down the roof:
-        # the rules below decide.
+        # read "cylinder" under 0.02 in most; see _EVEN_ALONG). Vetted (its sun-lit half
+        # the brighter, as a cambered roof's is too) the same holds at any length, since
+        # a vetted cylinder is never a locomotive (below). Unvetted from a locomotive's
+        # length, relief even along is also a hood or a fan band down the roof: the
+        # rules below decide.
         return "boxcar"
     if look == "cylinder" and (vetted or body_m < _MIN_LONG_BODY_M):
         # Barrels run from 11 m (15-1443) to 15.5 m (15-150, LPG cars): a vetted cylinder
@@ -2266,7 +2278,7 @@ def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = floa
     # row of loading hatches and sloped end bays, an open wagon's load lies in heaps, a
     # locomotive's roof its fans and cab (see _along_texture).
     texture = _along_texture(strip, s0, s1, path) if look in ("plain", "flat") else float("nan")
-    if body_m >= 16.9:
+    if body_m >= _MIN_LOCOMOTIVE_BODY_M:
         if (look == "flat" and texture < _EVEN_ALONG
                 and _shoulder_step(strip, s0, s1) <= _MAX_SHOULDER_STEP):
             # Relief across (a cambered roof) but even along and out to its shoulders: a
@@ -2677,10 +2689,22 @@ def _offset(strip: Strip, light: np.ndarray) -> Strip:
 
 
 # Least share of the lit ground's light (above the path radiance) that shadowed ground
-# keeps from the sky in the visible bands: the diffuse share of the irradiance on flat
-# ground is a tenth (red, clear air, high sun) to a third (blue, low sun) and more under
-# haze, which scatters the sun's light into the sky.
-_MIN_SHADOW_SKY_SHARE = 0.1
+# keeps from the sky, per band (blue, green, red; then any other band): the diffuse share
+# of the irradiance on flat ground in clear air under a high sun, about a fifth in blue,
+# a seventh in green and a tenth in red, and more under haze, which scatters the sun's
+# light into the sky, or a low sun. Per band, because one share for all (0.1) read a
+# clear scene's sky-lit shadow, with no darker object in it, as mostly path radiance in
+# blue (review R of 48a585a: shadow read at 0.10 of lit where it is 0.32).
+_MIN_SHADOW_SKY_SHARE = (0.2, 0.14, 0.1)
+_MIN_SHADOW_SKY_SHARE_OTHER = 0.1
+
+
+def _sky_share(n_bands: int) -> np.ndarray:
+    """``_MIN_SHADOW_SKY_SHARE`` for an image of ``n_bands`` bands (B, G, R first)."""
+    share = np.full(n_bands, _MIN_SHADOW_SKY_SHARE_OTHER)
+    k = min(n_bands, len(_MIN_SHADOW_SKY_SHARE))
+    share[:k] = _MIN_SHADOW_SKY_SHARE[:k]
+    return share
 
 
 def _path_radiance(strips: Mapping[str, Strip], shadow: np.ndarray,
@@ -2688,7 +2712,7 @@ def _path_radiance(strips: Mapping[str, Strip], shadow: np.ndarray,
     """Per band, the darkest light the strips show (0.1th percentile): the path radiance
     haze adds to every pixel, plus the little a black car in shadow reflects; capped
     where the ground's shadow colour ``shadow`` would keep less than
-    ``_MIN_SHADOW_SKY_SHARE`` of the lit ground's colour ``lit`` above it (both as
+    its share ``_MIN_SHADOW_SKY_SHARE`` of the lit ground's colour ``lit`` above it (both as
     recorded, per band): shadowed ground still reflects the sky's light, so without a
     dark object in the scene (the percentile is then lit ground itself, or in clear air
     sky-lit shadow) the cap holds the estimate under the shadow's own colour. Without
@@ -2708,7 +2732,8 @@ def _path_radiance(strips: Mapping[str, Strip], shadow: np.ndarray,
     lit = None if lit is None else np.asarray(lit, dtype="float64")
     if lit is not None and lit.shape == shadow.shape and np.all(np.isfinite(lit)):
         # (shadow - p) >= s * (lit - p)  <=>  p <= (shadow - s * lit) / (1 - s)
-        cap = np.clip((shadow - _MIN_SHADOW_SKY_SHARE * lit) / (1.0 - _MIN_SHADOW_SKY_SHARE), 0.0, None)
+        s = _sky_share(shadow.size)
+        cap = np.clip((shadow - s * lit) / (1.0 - s), 0.0, None)
     else:
         cap = 0.5 * np.clip(shadow, 0.0, None)
     vals = [s.values.reshape(s.values.shape[0], -1) for s in strips.values()]
