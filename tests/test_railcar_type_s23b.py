@@ -10,22 +10,17 @@ with its cut misplaced or run into its neighbour, and no locomotive carries a ba
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from changedet.objects import railcars as R
 from changedet.objects.strips import Strip
 
-STEP = 0.25
-LIT = np.array([0.14, 0.15, 0.16, 0.20])   # ballast B G R NIR
-LIT_B = float(LIT[:3].mean())
-ACROSS = np.arange(-2.6, 2.6 + 1e-9, STEP)
-
-
-def _strip(values: np.ndarray) -> Strip:
-    along = np.arange(values.shape[2]) * STEP
-    x, y = np.meshgrid(along, ACROSS)
-    return Strip(values.astype("float32"), along, ACROSS, x, y, STEP)
+sys.path.insert(0, str(Path(__file__).parent))
+from test_railcar_type_s22 import ACROSS, LIT, LIT_B, STEP, _strip  # noqa: E402  (0.25 m samples)
 
 
 def _barrel(n_along: int) -> Strip:
