@@ -1254,6 +1254,58 @@ def _drop_short(mask: np.ndarray, min_len: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------ splitting
+# Rows of a strip (m off the track's axis) that are a car body's shoulders: beyond the
+# middle metre either side, where roof equipment (fans, exhausts, hatches, domes: 0.8-1.5 m
+# across) stands, within the narrowest body (a flat wagon's 2.87 m deck).
+_SHOULDER_M = 1.45
+# Share of the middle's cut evidence a coupler gap shows on the body's shoulders at least:
+# the gap is open across the whole body, but the shoulder rows mix in the body's edges
+# and the ground beside it (blur), so they read a weaker step than the middle. (Session
+# 24, tuning 0-15: 0.35, 0.5 and 0.7 read alike, F1 0.853-0.854; at 0.5 and 0.7 the
+# sun-along-the-tracks scene of tests/test_objects_altgen_rail.py loses a car.)
+_GAP_SHOULDER_SHARE = 0.35
+
+
+def _gap_evidence(mean: np.ndarray, side: np.ndarray, step: float) -> np.ndarray:
+    """Evidence of a gap between two cars at each along-track sample (reflectance).
+
+    Parameters
+    ----------
+    mean : ndarray, shape (bands, n)
+        Mean colour of some rows of the track (reflectance) per along-track sample.
+    side : ndarray, shape (bands, n)
+        Mean colour of the ground beside the track (reflectance) per sample.
+    step : float
+        Along-track sample spacing (m).
+
+    Returns
+    -------
+    ndarray, shape (n,)
+        The strongest of a colour edge between car ends, a dip towards the ground beside
+        the track and a narrow band unlike both sides (counted twice), in reflectance.
+    """
+    # a colour edge between neighbouring car ends ...
+    k = max(1, int(round(1.0 / step)))
+    edge = np.zeros(mean.shape[1])
+    if mean.shape[1] > 2 * k:
+        edge[k:-k] = np.linalg.norm(mean[:, 2 * k:] - mean[:, :-2 * k], axis=0)
+    # ... or a coupler gap: the rows briefly look like the ground beside the track.
+    d = np.linalg.norm(mean - side, axis=0)
+    k2 = max(1, int(round(1.5 / step)))
+    around = np.minimum(np.roll(d, k2), np.roll(d, -k2))
+    dip = np.clip(around - d, 0, None)
+    # ... or any narrow band across the track unlike the bodies on both sides: with a low
+    # sun the gap is lit or shaded unlike the ground beside the track, which is itself
+    # part lit, part in the cars' shadows.
+    ridge = np.zeros_like(d)
+    if mean.shape[1] > 2 * k2:
+        ridge[k2:-k2] = np.minimum(np.linalg.norm(mean[:, k2:-k2] - mean[:, :-2 * k2], axis=0),
+                                   np.linalg.norm(mean[:, k2:-k2] - mean[:, 2 * k2:], axis=0))
+    # A narrow band is specific to a gap; a colour step rises over a metre either side of
+    # it (blur, car end walls), and a lit gap between two cars shows as two steps.
+    return np.maximum(np.maximum(edge, dip), 2.0 * ridge)
+
+
 def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
                 lit: np.ndarray, *, sun_left: bool | None = None, ground_sd: float = float("nan"),
                 shadow_reach_m: float = 0.0,
@@ -1266,6 +1318,9 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
                 shadow: np.ndarray | None = None) -> list[tuple[float, float, str, float]]:
     """Cut occupied runs into cars: (start_m, end_m, type, score) per car.
 
+    A cut is where a gap shows (:func:`_gap_evidence`) on the body's middle and on its
+    shoulders alike: a coupler gap opens across the whole body, while a locomotive's fans
+    or a hopper's hatches change only the middle.
     Where the sun shines across the track (``sun_left`` known), black bodies brighter on
     their sun-facing half are cylinders (tank cars) and get the tank car's pitch; other
     black bodies (open cars seen into, black boxcars) get no preference. Without the sun
@@ -1292,27 +1347,16 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
     mean = np.nan_to_num(quiet_nanmean(strip.values[:, centre, :], axis=1))
     side = np.nan_to_num(quiet_nanmean(strip.values[:, sides, :], axis=1))
     sigma = max(float(quiet_nanmean(sd)), 1e-3)
-    # Cut evidence, in units of the empty track's colour spread:
-    # a colour edge between neighbouring car ends ...
-    k = max(1, int(round(1.0 / step)))
-    edge = np.zeros(mean.shape[1])
-    if mean.shape[1] > 2 * k:
-        edge[k:-k] = np.linalg.norm(mean[:, 2 * k:] - mean[:, :-2 * k], axis=0)
-    # ... or a coupler gap: the centre briefly looks like the ground beside the track.
-    d = np.linalg.norm(mean - side, axis=0)
-    k2 = max(1, int(round(1.5 / step)))
-    around = np.minimum(np.roll(d, k2), np.roll(d, -k2))
-    dip = np.clip(around - d, 0, None)
-    # ... or any narrow band across the track unlike the bodies on both sides: with a low
-    # sun the gap is lit or shaded unlike the ground beside the track, which is itself
-    # part lit, part in the cars' shadows.
-    ridge = np.zeros_like(d)
-    if mean.shape[1] > 2 * k2:
-        ridge[k2:-k2] = np.minimum(np.linalg.norm(mean[:, k2:-k2] - mean[:, :-2 * k2], axis=0),
-                                   np.linalg.norm(mean[:, k2:-k2] - mean[:, 2 * k2:], axis=0))
-    # A narrow band is specific to a gap; a colour step rises over a metre either side of
-    # it (blur, car end walls), and a lit gap between two cars shows as two steps.
-    evidence = np.maximum(np.maximum(edge, dip), 2.0 * ridge) / sigma
+    # Cut evidence, in units of the empty track's colour spread (see _gap_evidence). A
+    # coupler gap runs across the whole body, so its shoulders change with its middle;
+    # roof equipment down the middle (a locomotive's fans and exhausts, a hopper's
+    # hatches, a tank's dome) leaves the shoulders as they are and is no gap.
+    evidence = _gap_evidence(mean, side, step)
+    shoulders = (np.abs(strip.across_m) > 1.0) & (np.abs(strip.across_m) <= _SHOULDER_M)
+    if shoulders.any():
+        shoulder = np.nan_to_num(quiet_nanmean(strip.values[:, shoulders, :], axis=1))
+        evidence = np.minimum(evidence, _gap_evidence(shoulder, side, step) / _GAP_SHOULDER_SHARE)
+    evidence = evidence / sigma
     # Black car bodies (well below the empty track's brightness, lit or shaded).
     dark = mean.mean(axis=0) < 0.5 * float(quiet_nanmean(lit))
     dim = dark.copy()
