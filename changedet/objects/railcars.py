@@ -60,12 +60,14 @@ occupied length over the mean car pitch, with an uncertainty.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Mapping
 
 import numpy as np
 import xarray as xr
 from scipy import ndimage
+from shapely.affinity import translate
 from shapely.geometry import LineString
 
 from changedet.errors import ChangedetError
@@ -76,6 +78,7 @@ from changedet.objects.cloud_shadow import cloud_shade
 from changedet.objects.common import CountResult, Detection, bgrn, oriented_rect, robust_ref, runs
 from changedet.objects.ground import GroundModel
 from changedet.objects.strips import Strip, sample_strip
+from changedet.objects.track_register import estimate_track_shift
 
 # Real lengths over the body (m) and the pitch they occupy with a coupler gap.
 CAR_LENGTHS_M = {"tank": 12.0, "flatcar": 13.4, "gondola": 13.9, "boxcar": 15.7, "locomotive": 18.0}
@@ -159,6 +162,14 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
     if valid is not None:
         pix = np.where(np.asarray(valid.values, bool)[None], pix, np.nan)
     vhr = grid.resolution <= VHR_MAX_RES_M
+    # The centrelines are a map's, the image has its own georeferencing error: at VHR
+    # every reading across a car is made about the centreline, so the tracks are moved
+    # onto the image first (one shift for the scene, zero when the evidence is weak), and
+    # the detections moved back at the end (results are in the AOI's frame, the same
+    # for every image of the site).
+    shift = estimate_track_shift(pix, grid, tracks, sun_azimuth_deg=sun_azimuth_deg) if vhr else None
+    if shift is not None and shift.applied:
+        tracks = shift.apply(tracks)
     step = min(grid.resolution, 0.5) if vhr else grid.resolution
     half = 2.6 if vhr else max(2.6, grid.resolution)
     strips = {tid: sample_strip(pix, grid, line, half_width_m=half, step_m=step) for tid, line in tracks.items()}
@@ -341,6 +352,12 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
                                 "tracks_resolved": bool(spacing >= 1.5 * grid.resolution),
                                 "observed_fraction": round(float(seen.mean()) if seen.size else 0.0, 4)})
     observed = total_obs / total_len if total_len else 0.0
+    if shift is not None:
+        moved = [round(shift.dx_m, 2), round(shift.dy_m, 2)]
+        per_feature = [{**p, "registration_shift_m": moved} for p in per_feature]
+        if shift.applied:
+            detections = [dataclasses.replace(d, polygon=translate(d.polygon, -shift.dx_m, -shift.dy_m))
+                          for d in detections]
     if vhr:
         by_type_all: dict[str, int] = {}
         for d in detections:
