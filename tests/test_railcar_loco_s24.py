@@ -118,3 +118,25 @@ def test_gap_evidence_needs_the_shoulders_to_change():
                              np.nanmean(strip_gap.values[:, side], axis=1), step)
     assert np.nanmax(ev_fan) < 0.01 < 0.2 < np.nanmax(ev_gap)
 
+
+
+@pytest.mark.parametrize("step", [0.3, 0.5])
+def test_a_gap_blurred_on_the_shoulders_is_still_cut(step):
+    # Lengths with no common pitch (13.9, 16.4, 12.1 m), so the length prior alone cannot
+    # place the cuts; in each 1 m gap the middle shows the shadowed ground while the
+    # shoulder rows, which mix the body's edge and the ground beside it, change by only
+    # 45 % as much: still a gap (the veto asks for _GAP_SHOULDER_SHARE of the middle's).
+    bodies = [(4.0, 17.9), (18.9, 35.3), (36.3, 48.4)]
+    vals = _scene(step, bodies, [])
+    across = np.arange(-2.6, 2.6 + 1e-9, step)
+    along = np.arange(vals.shape[2]) * step
+    middle = np.abs(across) <= 1.0
+    shoulder = (np.abs(across) > 1.0) & (np.abs(across) <= 1.6)
+    for (_, b), (a, _) in zip(bodies[:-1], bodies[1:]):
+        cols = (along >= b) & (along < a)
+        vals[:, np.ix_(middle, cols)[0], np.ix_(middle, cols)[1]] = SHADOW[:, None, None]
+        vals[:, np.ix_(shoulder, cols)[0], np.ix_(shoulder, cols)[1]] = (ROOF + 0.45 * (SHADOW - ROOF))[:, None, None]
+    cars = _cars(vals, step, bodies)
+    assert len(cars) == 3
+    for (s, e, _, _), (a, b) in zip(cars, bodies):
+        assert abs(s - a) <= 0.6 and abs(e - b) <= 0.6

@@ -1335,9 +1335,11 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
                 shadow: np.ndarray | None = None) -> list[tuple[float, float, str, float]]:
     """Cut occupied runs into cars: (start_m, end_m, type, score) per car.
 
-    A cut is where a gap shows (:func:`_gap_evidence`) on the body's middle and on its
-    shoulders alike: a coupler gap opens across the whole body, while a locomotive's fans
-    or a hopper's hatches change only the middle.
+    A cut is where a gap shows (:func:`_gap_evidence`) on the body's middle and, at least
+    ``_GAP_SHOULDER_SHARE`` as strongly, on the mean of its shoulder rows (1.0-1.45 m off
+    the axis; the rows sampled there need not be symmetric about it): a coupler gap opens
+    across the whole body, while a locomotive's fans or a hopper's hatches change only
+    the middle.
     Where the sun shines across the track (``sun_left`` known), black bodies brighter on
     their sun-facing half are cylinders (tank cars) and get the tank car's pitch; other
     black bodies (open cars seen into, black boxcars) get no preference. Without the sun
@@ -1369,7 +1371,8 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
     # roof equipment down the middle (a locomotive's fans and exhausts, a hopper's
     # hatches, a tank's dome) leaves the shoulders as they are and is no gap.
     evidence = _gap_evidence(mean, side, step)
-    shoulders = (np.abs(strip.across_m) > 1.0) & (np.abs(strip.across_m) <= _SHOULDER_M)
+    off_axis = np.abs(np.round(strip.across_m, 6))  # -1.0000000000000004 is the 1.0 m row
+    shoulders = (off_axis > 1.0) & (off_axis <= _SHOULDER_M)
     if shoulders.any():
         shoulder = np.nan_to_num(quiet_nanmean(strip.values[:, shoulders, :], axis=1))
         evidence = np.minimum(evidence, _gap_evidence(shoulder, side, step) / _GAP_SHOULDER_SHARE)
