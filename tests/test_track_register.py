@@ -149,9 +149,18 @@ def test_refused_on_weak_evidence():
 
 
 def test_shift_beyond_the_cap_is_refused():
+    # Two tracks 5 m apart: the search stops at 0.45 x 5 = 2.25 m; a 2.6 m shift is beyond
+    # it, while 1.2 m is found.
+    pix, grid, true = _yard(0.5, n_tracks=2, seed=7)
+    line = next(iter(true.values()))
+    (x0, y0), (x1, y1) = line.coords[0], line.coords[-1]
+    L = math.hypot(x1 - x0, y1 - y0)
+    n = np.array([-(y1 - y0) / L, (x1 - x0) / L])
+    near = estimate_track_shift(pix, grid, shift_tracks(true, *(-1.2 * n)), sun_azimuth_deg=200.0, max_shift_m=3.0)
+    assert near.applied and abs(float(np.dot([near.dx_m, near.dy_m], n)) - 1.2) < 0.15
+    far = estimate_track_shift(pix, grid, shift_tracks(true, *(-2.6 * n)), sun_azimuth_deg=200.0, max_shift_m=3.0)
+    assert not far.applied and (far.dx_m, far.dy_m) == (0.0, 0.0)
     pix, grid, true = _yard(0.5, n_tracks=1, seed=7)
-    est = estimate_track_shift(pix, grid, shift_tracks(true, 0.0, 0.0), sun_azimuth_deg=200.0, max_shift_m=3.0)
-    assert est.applied or math.hypot(est.dx_m, est.dy_m) == 0.0
     line = next(iter(true.values()))
     (x0, y0), (x1, y1) = line.coords[0], line.coords[-1]
     L = math.hypot(x1 - x0, y1 - y0)
@@ -199,3 +208,30 @@ def test_a_shift_under_a_fraction_of_a_pixel_is_not_applied():
     pix, grid, true = _yard(1.0, cars=False, seed=9)
     est = estimate_track_shift(pix, grid, true, sun_azimuth_deg=200.0)
     assert math.hypot(est.dx_m, est.dy_m) == 0.0 and "pixel" in est.reason, est
+
+
+def test_a_lone_track_is_not_moved():
+    # One track cannot be checked against another: a platform or road flush along one
+    # side of it would read as a shift (review R3: 0.2-0.6 m on an unshifted scene).
+    pix, grid, true = _yard(0.5, n_tracks=1, seed=3)
+    line = next(iter(true.values()))
+    (x0, y0), (x1, y1) = line.coords[0], line.coords[-1]
+    L = math.hypot(x1 - x0, y1 - y0)
+    n = np.array([-(y1 - y0) / L, (x1 - x0) / L])
+    est = estimate_track_shift(pix, grid, shift_tracks(true, *(-1.0 * n)), sun_azimuth_deg=200.0)
+    assert not est.applied and (est.dx_m, est.dy_m) == (0.0, 0.0) and "one readable track" in est.reason
+
+
+@pytest.mark.parametrize("order", ["crossover first", "crossover last"])
+def test_spacing_comes_from_tracks_side_by_side_not_from_crossovers(order):
+    from shapely.geometry import LineString
+
+    from changedet.objects.track_register import _closest_spacing
+
+    a = LineString([(0, 0), (400, 0)])
+    b = LineString([(0, 5), (120, 5)])                 # a short neighbour 5 m away
+    cross = LineString([(150, 0), (190, 5)])          # a crossover between them
+    square = LineString([(300, -50), (300, 50)])     # a track crossing at right angles
+    lines = [cross, square, a, b] if order == "crossover first" else [a, b, square, cross]
+    assert _closest_spacing(lines) == pytest.approx(5.0, abs=1e-6)
+    assert _closest_spacing([a, square]) == math.inf

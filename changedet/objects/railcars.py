@@ -354,7 +354,8 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
     observed = total_obs / total_len if total_len else 0.0
     if shift is not None:
         moved = [round(shift.dx_m, 2), round(shift.dy_m, 2)]
-        per_feature = [{**p, "registration_shift_m": moved} for p in per_feature]
+        per_feature = [{**p, "registration_shift_m": moved, "registration": shift.reason or "applied"}
+                       for p in per_feature]
         if shift.applied:
             detections = [dataclasses.replace(d, polygon=translate(d.polygon, -shift.dx_m, -shift.dy_m))
                           for d in detections]

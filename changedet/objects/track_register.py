@@ -19,7 +19,8 @@ candidate offset along its own normal; a 2-D shift ``d`` costs every window the 
 alike. Where all tracks are parallel only the common cross-track component is read (the
 along-track one shifts nothing the image shows about the tracks).
 
-Kept at zero (refused) where the evidence is weak: too few windows, a cost minimum that is
+Kept at zero (refused) where the evidence is weak: too few windows, a single readable track
+(nothing to check a platform or road flush along its side against), a cost minimum that is
 shallow, an optimum at the edge of the search (then the features are wrong, not
 misregistered: the correction must stay small), tracks whose own offsets disagree with
 one common shift, or a shift under a tenth of a pixel.
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 import numpy as np
+import shapely
 from scipy import ndimage
 from shapely.affinity import translate
 from shapely.geometry import LineString
@@ -61,6 +63,11 @@ _MIN_SUN_ACROSS = 0.2
 # stops short of half the closest spacing (_MAX_SPACING_SHARE).
 MAX_SHIFT_M = 3.0
 _MAX_SPACING_SHARE = 0.45
+# Two stretches of track are side by side (their spacing limits the search) within this
+# angle (degrees): tracks of a yard run parallel (concentric on curves) to within about a
+# degree, while a crossover or turnout leaves at 5-10 degrees (1:6 to 1:11 frogs); neither
+# it nor a track crossing at an angle is a spacing.
+_PARALLEL_DEG = 3.0
 # A minimum within this (m) of the search limit is refused: it may be the slope of one
 # beyond (a lone track over bare ground: tests/test_objects_altgen_rail.py's plain tops,
 # a 2.95 m shift found where there is none).
@@ -137,6 +144,45 @@ def shift_tracks(tracks: Mapping[str, LineString], dx_m: float, dy_m: float) -> 
     if dx_m == 0.0 and dy_m == 0.0:
         return dict(tracks)
     return {tid: translate(line, dx_m, dy_m) for tid, line in tracks.items()}
+
+
+def _closest_spacing(lines: list[LineString]) -> float:
+    """Smallest spacing (m) between two near-parallel stretches of different tracks.
+
+    Read at nine points along each line against every other line, both ways, where the
+    other line runs within ``_PARALLEL_DEG`` of it at its closest point: a crossover,
+    ladder or a track crossing at an angle limits nothing (where lines meet, the distance
+    falls to 0 across a junction that is not a spacing). Infinite when no two tracks run
+    side by side.
+    """
+    if len(lines) < 2:
+        return math.inf
+    s = np.linspace(0.1, 0.9, 9)
+    sin_max = math.sin(math.radians(_PARALLEL_DEG))
+
+    def direction(line, at):
+        a = shapely.line_interpolate_point(line, np.clip(at - 1.0, 0, line.length))
+        b = shapely.line_interpolate_point(line, np.clip(at + 1.0, 0, line.length))
+        d = shapely.get_coordinates(b) - shapely.get_coordinates(a)
+        return d / np.maximum(np.hypot(d[:, 0], d[:, 1]), 1e-12)[:, None]
+
+    pts = [shapely.line_interpolate_point(ln, s * ln.length) for ln in lines]
+    dirs = [direction(ln, s * ln.length) for ln in lines]
+    best = math.inf
+    for a, la in enumerate(lines):
+        for b, lb in enumerate(lines):
+            if a == b:
+                continue
+            dist = shapely.distance(pts[a], lb)
+            near = dist > 0.5
+            if not near.any() or float(dist[near].min()) >= best:
+                continue
+            tb = direction(lb, shapely.line_locate_point(lb, pts[a]))
+            cross = np.abs(dirs[a][:, 0] * tb[:, 1] - dirs[a][:, 1] * tb[:, 0])
+            ok = near & (cross <= sin_max)
+            if ok.any():
+                best = min(best, float(dist[ok].min()))
+    return best
 
 
 def window_costs(pix: np.ndarray, grid: GridSpec, line: LineString, *, search_m: float,
@@ -237,8 +283,16 @@ def estimate_track_shift(pix: np.ndarray, grid: GridSpec, tracks: Mapping[str, L
         (shadows) without counting against a candidate centre.
     max_shift_m : float
         Largest shift (m) looked for; also capped at ``_MAX_SPACING_SHARE`` of the
-        closest spacing between two tracks (a yard is symmetric about the midline between
-        two tracks too).
+        closest spacing between two tracks side by side (a yard is symmetric about the
+        midline between two tracks too), and a minimum within ``_EDGE_MARGIN_M`` of that
+        limit is refused.
+
+    Notes
+    -----
+    Known limits (review R3, session 24): without the sun azimuth both sides weigh alike
+    and cast shadows pull the estimate by about 0.1 m at 0.5 m pixels; tracks fanning out
+    by under about 10 degrees are searched along their mean normal only; off-nadir roof
+    displacement pulls it towards the roofs (0.1-0.3 m for 0.5-1 m of lean).
 
     Returns
     -------
@@ -246,14 +300,8 @@ def estimate_track_shift(pix: np.ndarray, grid: GridSpec, tracks: Mapping[str, L
         The shift to add to the centrelines (zero, with the reason, when refused).
     """
     lines = [ln for ln in tracks.values() if ln is not None and not ln.is_empty and ln.length > 0]
-    search = float(max_shift_m)
-    for a in range(len(lines)):
-        for b in range(a + 1, len(lines)):
-            # The distance between their middles: parallel tracks' spacing, a crossing's 0
-            # (no limit from lines that meet somewhere else).
-            gap = lines[a].interpolate(0.5, normalized=True).distance(lines[b])
-            if gap > 0.5:
-                search = min(search, _MAX_SPACING_SHARE * gap)
+    gap = _closest_spacing(lines)
+    search = min(float(max_shift_m), _MAX_SPACING_SHARE * gap) if math.isfinite(gap) else float(max_shift_m)
     if search < 2 * _ACROSS_STEP_M:
         return TrackShift(0.0, 0.0, False, "tracks too close together to search", 0.0, 0)
     offsets, normals, costs, per_track, track_normal, track_n = None, [], [], {}, {}, {}
@@ -276,6 +324,11 @@ def estimate_track_shift(pix: np.ndarray, grid: GridSpec, tracks: Mapping[str, L
     n = int(sum(c.shape[0] for c in costs))
     if n < _MIN_WINDOWS:
         return TrackShift(0.0, 0.0, False, f"only {n} windows of track readable", 0.0, n, per_track)
+    if len(track_normal) < 2:
+        # One track cannot be checked against another: a platform, road or verge flush
+        # along one side of it reads as a shift of 0.2-0.6 m (review R3, session 24).
+        return TrackShift(0.0, 0.0, False, "one readable track: a platform or road beside it cannot be told "
+                          "from misregistration", 0.0, n, per_track)
     normals = np.concatenate(normals)
     costs = np.concatenate(costs)
     # Candidate shifts: along the common normal where the tracks are parallel, else a disk.
