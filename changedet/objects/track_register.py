@@ -227,10 +227,13 @@ def window_costs(pix: np.ndarray, grid: GridSpec, line: LineString, *, search_m:
     if n_win == 0 or pix.shape[0] == 0:
         return empty
     along = (np.arange(n_win * per) + 0.5) * step
-    pts = np.array([line.interpolate(s).coords[0][:2] for s in along])
+    def at(d):  # points along the line (one GEOS call, not one per point)
+        return shapely.get_coordinates(shapely.line_interpolate_point(line, d))
+
+    pts = at(along)
     # Normals from the direction over a metre either way: a curve's, not a vertex's.
-    ahead = np.array([line.interpolate(min(s + 1.0, length)).coords[0][:2] for s in along])
-    behind = np.array([line.interpolate(max(s - 1.0, 0.0)).coords[0][:2] for s in along])
+    ahead = at(np.minimum(along + 1.0, length))
+    behind = at(np.maximum(along - 1.0, 0.0))
     tangent = ahead - behind
     tangent /= np.maximum(np.hypot(tangent[:, 0], tangent[:, 1]), 1e-12)[:, None]
     normal = np.column_stack([-tangent[:, 1], tangent[:, 0]])
@@ -345,10 +348,11 @@ def estimate_track_shift(pix: np.ndarray, grid: GridSpec, tracks: Mapping[str, L
         gx, gy = np.meshgrid(g, g, indexing="ij")
         cand = np.column_stack([gx.ravel(), gy.ravel()])
         shape = gx.shape
-    proj = cand @ normals.T   # (candidate, window): each window's offset under the shift
     total = np.zeros(cand.shape[0])
-    for w in range(n):
-        total += np.interp(proj[:, w], offsets, costs[w], left=np.inf, right=np.inf)
+    for w0 in range(0, n, 1024):  # chunks: candidates x windows grows large on big yards
+        proj = cand @ normals[w0:w0 + 1024].T   # (candidate, window): each window's offset under the shift
+        for w in range(proj.shape[1]):
+            total += np.interp(proj[:, w], offsets, costs[w0 + w], left=np.inf, right=np.inf)
     total /= n
     inside = np.isfinite(total)
     if len(shape) == 2:
