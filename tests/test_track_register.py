@@ -90,6 +90,14 @@ def _cross(d, line):
     return d[0] * -(y1 - y0) / L + d[1] * (x1 - x0) / L
 
 
+def _first_normal(true) -> np.ndarray:
+    """Unit normal (x, y; left of its direction) of the first straight track."""
+    line = next(iter(true.values()))
+    (x0, y0), (x1, y1) = line.coords[0], line.coords[-1]
+    L = math.hypot(x1 - x0, y1 - y0)
+    return np.array([-(y1 - y0) / L, (x1 - x0) / L])
+
+
 @pytest.mark.parametrize("res", [0.5, 1.0])
 @pytest.mark.parametrize("shift", [(0.9, -0.4), (-0.6, 1.1)])
 def test_known_shift_recovered_on_parallel_tracks(res, shift):
@@ -152,19 +160,13 @@ def test_shift_beyond_the_cap_is_refused():
     # Two tracks 5 m apart: the search stops at 0.45 x 5 = 2.25 m; a 2.6 m shift is beyond
     # it, while 1.2 m is found.
     pix, grid, true = _yard(0.5, n_tracks=2, seed=7)
-    line = next(iter(true.values()))
-    (x0, y0), (x1, y1) = line.coords[0], line.coords[-1]
-    L = math.hypot(x1 - x0, y1 - y0)
-    n = np.array([-(y1 - y0) / L, (x1 - x0) / L])
+    n = _first_normal(true)
     near = estimate_track_shift(pix, grid, shift_tracks(true, *(-1.2 * n)), sun_azimuth_deg=200.0, max_shift_m=3.0)
     assert near.applied and abs(float(np.dot([near.dx_m, near.dy_m], n)) - 1.2) < 0.15
     far = estimate_track_shift(pix, grid, shift_tracks(true, *(-2.6 * n)), sun_azimuth_deg=200.0, max_shift_m=3.0)
     assert not far.applied and (far.dx_m, far.dy_m) == (0.0, 0.0)
     pix, grid, true = _yard(0.5, n_tracks=1, seed=7)
-    line = next(iter(true.values()))
-    (x0, y0), (x1, y1) = line.coords[0], line.coords[-1]
-    L = math.hypot(x1 - x0, y1 - y0)
-    n = np.array([-(y1 - y0) / L, (x1 - x0) / L])
+    n = _first_normal(true)
     far = shift_tracks(true, *(3.6 * n))
     est = estimate_track_shift(pix, grid, far, sun_azimuth_deg=200.0, max_shift_m=3.0)
     assert not est.applied and (est.dx_m, est.dy_m) == (0.0, 0.0)
@@ -195,10 +197,7 @@ def test_counter_registers_and_reports_in_the_aoi_frame():
 def test_tracks_that_disagree_on_the_shift_are_not_moved():
     # Each centreline off by its own amount (mapped one by one): no one shift fits them.
     pix, grid, true = _yard(0.5, seed=8)
-    line = next(iter(true.values()))
-    (x0, y0), (x1, y1) = line.coords[0], line.coords[-1]
-    L = math.hypot(x1 - x0, y1 - y0)
-    n = np.array([-(y1 - y0) / L, (x1 - x0) / L])
+    n = _first_normal(true)
     given = {tid: shift_tracks({tid: ln}, *(o * n))[tid] for (tid, ln), o in zip(true.items(), (1.2, -1.2, 0.0))}
     est = estimate_track_shift(pix, grid, given, sun_azimuth_deg=200.0)
     assert not est.applied and "disagree" in est.reason, est
@@ -214,10 +213,7 @@ def test_a_lone_track_is_not_moved():
     # One track cannot be checked against another: a platform or road flush along one
     # side of it would read as a shift (review R3: 0.2-0.6 m on an unshifted scene).
     pix, grid, true = _yard(0.5, n_tracks=1, seed=3)
-    line = next(iter(true.values()))
-    (x0, y0), (x1, y1) = line.coords[0], line.coords[-1]
-    L = math.hypot(x1 - x0, y1 - y0)
-    n = np.array([-(y1 - y0) / L, (x1 - x0) / L])
+    n = _first_normal(true)
     est = estimate_track_shift(pix, grid, shift_tracks(true, *(-1.0 * n)), sun_azimuth_deg=200.0)
     assert not est.applied and (est.dx_m, est.dy_m) == (0.0, 0.0) and "one readable track" in est.reason
 
