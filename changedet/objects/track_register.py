@@ -217,7 +217,6 @@ def window_costs(pix: np.ndarray, grid: GridSpec, line: LineString, *, search_m:
     k = int(math.floor(search_m / _ACROSS_STEP_M + 1e-9))
     j = int(round(_SYMMETRY_RADIUS_M / _ACROSS_STEP_M))
     offsets = np.arange(-k, k + 1) * _ACROSS_STEP_M
-    half = (k + j) * _ACROSS_STEP_M
     across = np.arange(-(k + j), k + j + 1) * _ACROSS_STEP_M
     length = float(line.length)
     step = min(grid.resolution, 0.5)
@@ -227,6 +226,7 @@ def window_costs(pix: np.ndarray, grid: GridSpec, line: LineString, *, search_m:
     if n_win == 0 or pix.shape[0] == 0:
         return empty
     along = (np.arange(n_win * per) + 0.5) * step
+
     def at(d):  # points along the line (one GEOS call, not one per point)
         return shapely.get_coordinates(shapely.line_interpolate_point(line, d))
 
@@ -240,8 +240,8 @@ def window_costs(pix: np.ndarray, grid: GridSpec, line: LineString, *, search_m:
     x = pts[None, :, 0] + across[:, None] * normal[None, :, 0]
     y = pts[None, :, 1] + across[:, None] * normal[None, :, 1]
     rows, cols = grid.rowcol(x, y)
-    vals = np.stack([ndimage.map_coordinates(np.asarray(b, dtype="float32"), [rows, cols], order=1,
-                                             mode="constant", cval=np.nan) for b in pix])
+    vals = np.stack([ndimage.map_coordinates(b, [rows, cols], order=1, mode="constant", cval=np.nan)
+                     for b in pix])
     # (band, across, window): window means, then logs (a shadow is a factor on the light).
     prof = vals.reshape(vals.shape[0], across.size, n_win, per).mean(axis=3)
     ok = np.all(np.isfinite(prof), axis=(0, 1)) & np.all(prof > 0, axis=(0, 1))
@@ -302,6 +302,8 @@ def estimate_track_shift(pix: np.ndarray, grid: GridSpec, tracks: Mapping[str, L
     TrackShift
         The shift to add to the centrelines (zero, with the reason, when refused).
     """
+    # float32 once for all tracks (each band is read once per track)
+    pix = np.asarray(pix, dtype="float32")
     lines = [ln for ln in tracks.values() if ln is not None and not ln.is_empty and ln.length > 0]
     gap = _closest_spacing(lines)
     search = min(float(max_shift_m), _MAX_SPACING_SHARE * gap) if math.isfinite(gap) else float(max_shift_m)
