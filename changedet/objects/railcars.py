@@ -113,8 +113,11 @@ def count_railcars(
         False where the image must not be trusted (clouds, nodata).
     sun_azimuth_deg : float, optional
         Solar azimuth at acquisition (degrees clockwise from north, from the scene
-        metadata). Tells which side of each track its cars' shadows fall on; inferred
-        from the image when not given.
+        metadata). Tells which side of each track its cars' shadows fall on. When not
+        given, only the occupancy test reads a side from the image (the clearly darker
+        side of each track, where there is one) and uses it there; elsewhere the cues
+        that need the sun's side (shadow tails, the deck-shadow and bare-bed tests, the
+        track registration's shadow weighting) are not used.
     sun_elevation_deg : float, optional
         Solar elevation at acquisition (degrees). With a high sun, a shadow beside a
         track can only be cast by a car on that track, which resolves dark cars.
