@@ -322,6 +322,7 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
                                shadow_across_m=_shadow_across(tracks[tid], sun_azimuth_deg, sun_elevation_deg),
                                wide=wide.get(tid), blur_m=max(0.2, 0.5 * grid.resolution),
                                shading=_cylinder_shading(tracks[tid], sun_azimuth_deg, sun_elevation_deg),
+                               flank_glow=_flank_glow(tracks[tid], sun_azimuth_deg, sun_elevation_deg),
                                path=path, resolution_m=grid.resolution, empty=seen_empty.get(tid),
                                shadows_shown=shown, shadow=refs["shadow"])
             by_type: dict[str, int] = {}
@@ -1099,6 +1100,10 @@ _MAX_NEGATIVE_MIX = 0.35
 # Across-track bands (m from the centreline) compared for a cylinder's shading: inside a
 # 3 m car body, clear of the centreline where both halves meet.
 _HALF_BAND_M = (0.25, 1.1)
+# The flanks of a barrel (m from the centreline): clear of what its crest carries (a
+# dome and manhole platform, a walkway, up to about 0.5 m either side of the axis), bare
+# curved plate whose tilt (24-47 degrees for a 1.5 m radius) shades it most.
+_FLANK_BAND_M = (0.6, 1.1)
 # A Lambertian cylinder lit from the side is 2-3 times brighter on its sun-facing half;
 # ground, flat roofs and loads stay within about 30 %.
 _GLOW_RATIO = 1.35
@@ -1336,7 +1341,8 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
                 resolution_m: float = float("nan"),
                 empty: np.ndarray | None = None,
                 shadows_shown: bool = False,
-                shadow: np.ndarray | None = None) -> list[tuple[float, float, str, float]]:
+                shadow: np.ndarray | None = None,
+                flank_glow: float = float("nan")) -> list[tuple[float, float, str, float]]:
     """Cut occupied runs into cars: (start_m, end_m, type, score) per car.
 
     A cut is where a gap shows (:func:`_gap_evidence`) on the body's middle and, at least
@@ -1363,6 +1369,8 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
     (:func:`_bare_bed`, at pixels of ``_MAX_BARE_BED_RES_M`` or finer). ``shadow`` (per
     band, reflectance; NaN or None: unknown) is the track's shadowed ground, which sets
     how dark a run may be before its own pitch is no longer read (:func:`_pitch_dim_level`).
+    ``flank_glow`` is the sun-half ratio from which a top's flanks alone show a barrel
+    (:func:`_flank_glow`; see :func:`_look`).
     """
     step = strip.step_m
     centre, _ = _zones(strip)
@@ -1428,7 +1436,7 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
                           lit_ground=lit, empty=empty)
                     if sun_left is not None and wide is not None else None)
             ctype = _classify(strip, s0, s1, body, float(quiet_nanmean(lit)), tall=tall, sun_left=sun_left,
-                              shading=shading, path=path, resolution_m=resolution_m)
+                              shading=shading, path=path, resolution_m=resolution_m, flank_glow=flank_glow)
             a_m = s0 * step + (GAP_M / 2 if s0 != a else 0)
             b_m = s1 * step - (GAP_M / 2 if s1 != b else 0)
             cut_a, cut_b = open_a and s0 == a, open_b and s1 == b
@@ -1445,7 +1453,8 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
                 if cut_b:
                     b_m = (b + int(np.argmax(~seen[b:b + tol]))) * step
                 body = b_m - a_m
-                look = _look(strip, s0, s1, float(quiet_nanmean(lit)), sun_left=sun_left, shading=shading, path=path)
+                look = _look(strip, s0, s1, float(quiet_nanmean(lit)), sun_left=sun_left, shading=shading, path=path,
+                             flank_glow=flank_glow)
                 # The same table as _classify's for the longest bodies: a body cut in two
                 # by a narrow stretch must not have both halves counted.
                 longest = {"open": "gondola", "plain": "boxcar"}.get(look, "locomotive")
@@ -2250,7 +2259,8 @@ _MIN_LONG_BODY_M = 14.8
 
 def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = float("nan"), *,
               tall: bool | None = None, sun_left: bool | None = None, shading: float = float("nan"),
-              path: np.ndarray | None = None, resolution_m: float = float("nan")) -> str:
+              path: np.ndarray | None = None, resolution_m: float = float("nan"),
+              flank_glow: float = float("nan")) -> str:
     """Type from body length, then from the look of the body across the track.
 
     Locomotives and boxcars are longest (18 and 15.7 m against 12-14 m), but a cut
@@ -2265,7 +2275,7 @@ def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = floa
     whose shading changes by a quarter or more of its brightness across the top
     whatever the sun's position (a Lambertian cylinder seen within +-40 degrees of its
     crest), and with the sun across the track it is brighter on its sun-facing half
-    (``sun_left``, ``shading``: see :func:`_look`). A brighter flat top is a deck or a
+    (``sun_left``, ``shading``, ``flank_glow``: see :func:`_look`). A brighter flat top is a deck or a
     container on it: a flatcar, unless its shadow shows a tall body (``tall``, from
     :func:`_tall`): then a plain top at least a boxcar's length is a boxcar's roof
     (shorter: a container on a flat wagon) and a textured one an open wagon's load or a
@@ -2298,7 +2308,7 @@ def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = floa
     textured (the boxcar up to ``_TEXTURED_ALONG``), and from 14.8 m a "flat" top is a
     boxcar unless textured.
     """
-    look = _look(strip, s0, s1, lit_b, sun_left=sun_left, shading=shading, path=path)
+    look = _look(strip, s0, s1, lit_b, sun_left=sun_left, shading=shading, path=path, flank_glow=flank_glow)
     if body_m >= _MIN_LONG_FLAT_BODY_M and look in ("plain", "open"):
         # No boxcar (11-280: 16.5 m) or open wagon (12.7-13.5 m) of the 1520 mm fleet is
         # this long; 80 ft flat wagons (13-4012, 13-9004M: 18.5 m) are, bare, loaded or
@@ -2609,12 +2619,22 @@ _PLAIN_RELIEF = 0.12
 
 
 def _look(strip: Strip, s0: int, s1: int, lit_b: float, *, sun_left: bool | None = None,
-          shading: float = float("nan"), path: np.ndarray | None = None) -> str | None:
+          shading: float = float("nan"), path: np.ndarray | None = None,
+          flank_glow: float = float("nan")) -> str | None:
     """How the body between samples ``s0`` and ``s1`` looks across the track:
     ``"open"`` (interior below the rims, a flat top too dark for a roof or deck, or a top
     with relief whose sun-facing half is the darker one: an open car's floor in its
     sun-side wall's shade), ``"cylinder"``, ``"plain"`` (a flat top even to a tenth),
-    ``"flat"`` (other flat tops), or None where the samples are not finite."""
+    ``"flat"`` (other flat tops), or None where the samples are not finite.
+
+    A top glows (its sun-facing half the brighter, half-way to the ratio ``shading``
+    predicts for a cylinder) over the half bands ``_HALF_BAND_M`` or, failing that, over
+    its flanks alone (``_FLANK_BAND_M``) by ``flank_glow`` or more (from
+    :func:`_flank_glow`; NaN: not read): a barrel's crest carries a dome, a manhole
+    platform or a walkway, as bright or as dark on both sides of the axis, which pulls
+    the half ratio towards one (session 25, altgen tuning 0-15 at 0.5 m: tank cars typed
+    open wagons with a relief of 1.2-1.8 read a half ratio of 1.1-1.3 against 1.5
+    required)."""
     a = np.abs(strip.across_m)
     n = s1 - s0
     core = slice(s0 + n // 6, s1 - n // 6) if n >= 6 else slice(s0, s1)
@@ -2632,6 +2652,11 @@ def _look(strip: Strip, s0: int, s1: int, lit_b: float, *, sun_left: bool | None
     asym = _sun_asymmetry(strip, core, sun_left, path) if sun_left is not None and np.isfinite(shading) else np.nan
     glow_min = 1.0 + 0.5 * (min(shading, _MAX_SEEN_SHADING) - 1.0) if np.isfinite(asym) else np.nan
     glowing = bool(np.isfinite(asym) and asym >= glow_min)
+    if np.isfinite(asym) and not glowing and np.isfinite(flank_glow):
+        # The flanks alone, against their own threshold: the crest's fittings, symmetric
+        # about the axis, are left out.
+        flank = _sun_asymmetry(strip, core, sun_left, path, _FLANK_BAND_M)
+        glowing = bool(np.isfinite(flank) and flank >= flank_glow)
     if np.isfinite(inner) and np.all(np.isfinite(walls)) and inner < 0.8 * max(walls) and (
             not glowing or inner < 0.8 * min(walls)):
         # A lit cylinder's sun-side flank is brighter than its crest, but never its other
@@ -2682,21 +2707,52 @@ _MIN_SHADING = 1.3
 _BARREL_RADIUS_M = 1.5
 
 
-def _cylinder_shading(line: LineString, azimuth_deg: float | None, elevation_deg: float | None) -> float:
-    """Brightness of a Lambertian cylinder lying along the track on its sun-facing half
-    over its other half (the bands ``_HALF_BAND_M`` off its axis, seen from above),
-    with ``_SKY_SHARE`` of the light from the sky. NaN when the sun is unknown or shines
-    within about 12 degrees of the track (no side to compare)."""
+def _cylinder_shading(line: LineString, azimuth_deg: float | None, elevation_deg: float | None,
+                      band_m: tuple[float, float] = _HALF_BAND_M, radius_m: float = _BARREL_RADIUS_M) -> float:
+    """Brightness of a Lambertian cylinder of radius ``radius_m`` (m) lying along the
+    track on its sun-facing half over its other half (the bands ``band_m`` off its axis,
+    m, seen from above), with ``_SKY_SHARE`` of the light from the sky. NaN when the sun
+    is unknown or shines within about 12 degrees of the track (no side to compare)."""
     across = _sun_across(line, azimuth_deg, elevation_deg)
     if not np.isfinite(across):
         return float("nan")
     e = math.radians(min(max(elevation_deg, 1.0), 89.0))
-    sn = np.linspace(_HALF_BAND_M[0], _HALF_BAND_M[1], 18) / _BARREL_RADIUS_M   # sine of the normal's tilt
+    sn = np.linspace(band_m[0], band_m[1], 18) / radius_m   # sine of the normal's tilt
     up = np.sqrt(1.0 - sn ** 2) * math.sin(e)
     side = sn * math.cos(e) * across
     sun_half = np.mean(np.clip(up + side, 0, None)) / math.sin(e)
     anti_half = np.mean(np.clip(up - side, 0, None)) / math.sin(e)
     return float(((1 - _SKY_SHARE) * sun_half + _SKY_SHARE) / ((1 - _SKY_SHARE) * anti_half + _SKY_SHARE))
+
+
+# Radius (m) of an arched car roof (boxcars, covered hoppers): rising about 0.3 m from
+# the eaves to the ridge over a 3.2-3.3 m body, its flanks tilt 8-15 degrees where a
+# barrel's tilt 24-47.
+_ROOF_RADIUS_M = 4.4
+
+
+def _flank_glow(line: LineString, azimuth_deg: float | None, elevation_deg: float | None) -> float:
+    """Sun-half over other-half ratio of a top's flanks (``_FLANK_BAND_M``) from which it
+    is read as a barrel: half-way between what an arched roof (``_ROOF_RADIUS_M``) and
+    a barrel (``_BARREL_RADIUS_M``, at most ``_MAX_SEEN_SHADING``) would show under
+    this sun (:func:`_cylinder_shading`); no unit. NaN where the sun is unknown or shines
+    within about 12 degrees of the track, or where the roof's ratio reaches the barrel's
+    capped one (a sun under about 22 degrees square to the track): nothing parts them.
+
+    Under a low sun an arched roof's flanks differ by up to 1.9 times (25 degrees, the sun
+    square to the track), as much as the barrel's capped ratio allows: the threshold
+    rises with it, so roofs are not read as barrels there (session 25, altgen tuning
+    16-31 at 0.3 m, mostly under a low sun: 30 more covered hoppers typed tank cars with
+    the threshold half-way from one to the barrel's ratio instead).
+    """
+    barrel = _cylinder_shading(line, azimuth_deg, elevation_deg, band_m=_FLANK_BAND_M)
+    roof = _cylinder_shading(line, azimuth_deg, elevation_deg, band_m=_FLANK_BAND_M, radius_m=_ROOF_RADIUS_M)
+    if not (np.isfinite(barrel) and np.isfinite(roof)):
+        return float("nan")
+    top = min(barrel, _MAX_SEEN_SHADING)
+    if top <= roof:
+        return float("nan")
+    return 0.5 * (roof + top)
 
 
 def _dark_object_light(strips: Mapping[str, Strip]) -> np.ndarray:
@@ -2814,11 +2870,12 @@ def _path_radiance(strips: Mapping[str, Strip], shadow: np.ndarray,
     return out
 
 
-def _sun_asymmetry(strip: Strip, core: slice, sun_left: bool, path: np.ndarray | None) -> float:
+def _sun_asymmetry(strip: Strip, core: slice, sun_left: bool, path: np.ndarray | None,
+                   band_m: tuple[float, float] = _HALF_BAND_M) -> float:
     """Visible brightness above the path radiance on the sun-facing half of the body
-    over that on its other half (bands ``_HALF_BAND_M`` off the centreline)."""
+    over that on its other half (bands ``band_m`` off the centreline, m)."""
     a = strip.across_m if sun_left else -strip.across_m
-    lo, hi = _HALF_BAND_M
+    lo, hi = band_m
     v = strip.values[:3, :, core]
     if path is not None:
         v = v - np.asarray(path[:3], v.dtype)[:, None, None]
