@@ -288,52 +288,8 @@ def _classify(model: GroundModel, pixels: np.ndarray) -> tuple[np.ndarray, np.nd
     with np.errstate(divide="ignore", invalid="ignore"):
         hue = pixels[0] / np.maximum(pixels[3], 1e-6 * np.abs(model.lit[3]))
     sky_hue = hue >= 1.5 * float(model.lit[0] / max(float(model.lit[3]), 1e-12))
-    # Beside a tall stack the shade sees less of the sky than the open lane the clear-sky
-    # colour stands for, and is darker in proportion, with the same hue: ground too.
-    d2 = np.minimum(d2, _deep_shade_distance(blue.shadow, blue.shadow_sd, pixels))
     nearer = (d2 < d) & sky_hue
     return np.where(nearer, d2, d), np.where(nearer, alpha2, alpha)
-
-
-# Least sky view beside a stack that deep shade is read down to: at the foot of a wall
-# whose top is 60 degrees above the horizon (a 4-tier stack 6 m away, a 2-tier one 3 m
-# away) a quarter of the open lane's sky is seen (cos^2 of the rim's elevation).
-DEEP_SHADE_MIN_SKY = 0.25
-# Spread floor of a deep-shade pixel (surface reflectance): the sensor's noise in the
-# dark (some 0.002-0.004 for 11-12 bit VHR after atmospheric correction), plus 3 % of
-# the level, the relative texture floor of :class:`GroundModel`.
-DEEP_SHADE_NOISE = 0.003
-
-
-def _deep_shade_distance(shadow: np.ndarray, shadow_sd: np.ndarray, pixels: np.ndarray) -> np.ndarray:
-    """Distance (in spreads) of (band, ...) pixels to shade seen by less of the sky.
-
-    Parameters
-    ----------
-    shadow, shadow_sd : ndarray (band,)
-        Colour and spread of shade in an open lane (surface reflectance, 0-1).
-    pixels : ndarray (band, ...)
-        Surface reflectance.
-
-    Returns
-    -------
-    ndarray (...)
-        Distance to the segment from ``DEEP_SHADE_MIN_SKY`` times ``shadow`` to ``shadow``
-        (shade lit by that share of its sky), in spreads that shrink with the level down
-        to ``DEEP_SHADE_NOISE`` plus 3 %; NaN where a pixel has no band.
-
-    Shade is lit by the sky alone, so the part of the sky a stack hides scales its
-    colour without changing its hue. Under a clear sky with the sun above 50 degrees,
-    shade beside a 4-tier stack measured 4-7 % of lit concrete (an independent yard at
-    0.8 m), against the 6.5-25 % of an open lane: read as box, the shadow grew the
-    footprint and left no shadow to walk, and the stacks counted one tier.
-    """
-    shape = pixels.shape[1:]
-    p = pixels.reshape(pixels.shape[0], -1)
-    sh = shadow[:, None]
-    t = np.clip(np.nansum(p * sh, axis=0) / max(float((sh ** 2).sum()), 1e-12), DEEP_SHADE_MIN_SKY, 1.0)
-    sd = np.maximum(shadow_sd[:, None] * t, DEEP_SHADE_NOISE + 0.03 * t * sh)
-    return np.sqrt(quiet_nanmean(((p - t * sh) / sd) ** 2, axis=0)).reshape(shape)
 
 
 def observed_mask(
