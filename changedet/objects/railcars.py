@@ -2737,13 +2737,15 @@ def _flank_glow(line: LineString, azimuth_deg: float | None, elevation_deg: floa
     a barrel (``_BARREL_RADIUS_M``, at most ``_MAX_SEEN_SHADING``) would show under
     this sun (:func:`_cylinder_shading`); no unit. NaN where the sun is unknown or shines
     within about 12 degrees of the track, or where the roof's ratio reaches the barrel's
-    capped one (a sun under about 22 degrees square to the track): nothing parts them.
+    capped one (a sun under about 24 degrees square to the track): nothing parts them.
 
     Under a low sun an arched roof's flanks differ by up to 1.9 times (25 degrees, the sun
     square to the track), as much as the barrel's capped ratio allows: the threshold
-    rises with it, so roofs are not read as barrels there (session 25, altgen tuning
-    16-31 at 0.3 m, mostly under a low sun: 30 more covered hoppers typed tank cars with
-    the threshold half-way from one to the barrel's ratio instead).
+    rises with it, so this reading does not take roofs for barrels there (session 25,
+    altgen tuning 16-31 at 0.3 m, mostly under a low sun: 30 more covered hoppers typed
+    tank cars with the threshold half-way from one to the barrel's ratio instead). The
+    half-band test before it is not so guarded: it already types a 4.4 m arched roof a
+    tank car under a sun of 30 degrees or lower.
     """
     barrel = _cylinder_shading(line, azimuth_deg, elevation_deg, band_m=_FLANK_BAND_M)
     roof = _cylinder_shading(line, azimuth_deg, elevation_deg, band_m=_FLANK_BAND_M, radius_m=_ROOF_RADIUS_M)
@@ -2873,7 +2875,15 @@ def _path_radiance(strips: Mapping[str, Strip], shadow: np.ndarray,
 def _sun_asymmetry(strip: Strip, core: slice, sun_left: bool, path: np.ndarray | None,
                    band_m: tuple[float, float] = _HALF_BAND_M) -> float:
     """Visible brightness above the path radiance on the sun-facing half of the body
-    over that on its other half (bands ``band_m`` off the centreline, m)."""
+    over that on its other half (bands ``band_m`` off the centreline, m).
+
+    Known limit: the strip's samples across (``-2.6 + k * step``) are not symmetric about
+    the centreline at steps of 0.3 and 0.5 m, so the two halves are read at different
+    offsets (at 0.5 m the flank band is one sample on the positive side, two on the
+    negative), and the result depends on which side the sun is on. A review measured it
+    (altgen tuning 48-63, 0.5 m): tank cars typed tank 254/315 with the sun on the left,
+    139/156 on the right. Reading both halves at mirrored positions removes the
+    dependence but scores lower until the thresholds are set again on such reads."""
     a = strip.across_m if sun_left else -strip.across_m
     lo, hi = band_m
     v = strip.values[:3, :, core]
