@@ -304,21 +304,18 @@ def estimate_track_shift(pix: np.ndarray, grid: GridSpec, tracks: Mapping[str, L
     """
     # float32 once for all tracks (each band is read once per track)
     pix = np.asarray(pix, dtype="float32")
-    lines = [ln for ln in tracks.values() if ln is not None and not ln.is_empty and ln.length > 0]
-    gap = _closest_spacing(lines)
+    usable = {tid: ln for tid, ln in tracks.items() if ln is not None and not ln.is_empty and ln.length > 0}
+    gap = _closest_spacing(list(usable.values()))
     search = min(float(max_shift_m), _MAX_SPACING_SHARE * gap) if math.isfinite(gap) else float(max_shift_m)
     if search < 2 * _ACROSS_STEP_M:
         return TrackShift(0.0, 0.0, False, "tracks too close together to search", 0.0, 0)
     offsets, normals, costs, per_track, track_normal, track_n = None, [], [], {}, {}, {}
-    for tid, line in tracks.items():
-        if line is None or line.is_empty or line.length <= 0:
-            continue
+    for tid, line in usable.items():
         offsets, nrm, c = window_costs(pix, grid, line, search_m=search, sun_azimuth_deg=sun_azimuth_deg)
         med = np.median(c, axis=1) if c.size else np.zeros(0)
         keep = med > 0
         nrm, c = nrm[keep], c[keep] / med[keep, None]
-        if _COST_CAP is not None:
-            c = np.minimum(c, _COST_CAP)
+        c = np.minimum(c, _COST_CAP)
         normals.append(nrm)
         costs.append(c)
         per_track[tid] = float(offsets[int(np.argmin(c.mean(axis=0)))]) if c.shape[0] >= 3 else float("nan")
