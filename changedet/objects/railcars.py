@@ -773,6 +773,7 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
         occ = _join_car_pieces(occ, seen, strip.step_m)
         occ = _drop_short(occ, int(4.0 / strip.step_m))
         occ = _fill_car_gaps(occ, seen, d_off, 0.75 * min_contrast, strip.step_m)
+        occ = occ | _coupled_block(strip, occ, seen, sun_left, refs)
     else:
         occ = _drop_short(occ, 1)
     return occ & seen, seen
@@ -880,6 +881,173 @@ def _fill_car_gaps(occ: np.ndarray, seen: np.ndarray, d_off: np.ndarray | None, 
         if float(np.median(inner)) > contrast and float(np.mean(inner > contrast)) >= _GAP_OFF_SHARE:
             out[b0 + half:a1 - half] = True
     return out
+
+
+def _coupled_block(strip: Strip, occ: np.ndarray, seen: np.ndarray, sun_left: bool | None, refs) -> np.ndarray:
+    """Car bodies between the coupler gaps of a block of like cars, where colour alone
+    saw none.
+
+    Parameters
+    ----------
+    strip : Strip
+        The track's samples (reflectance).
+    occ : numpy.ndarray of bool
+        Occupied flags per along-track sample (after the other rules).
+    seen : numpy.ndarray of bool
+        Observed flags per along-track sample.
+    sun_left : bool or None
+        Whether the sun is on the strip's left; None: unknown or along the track.
+    refs : mapping
+        Learnt ground colours on the same basis as ``strip``: ``lit`` and ``shadow``
+        (reflectance per band; NaN where unknown) set how dark a stretch may be.
+
+    Returns
+    -------
+    numpy.ndarray of bool
+        The samples to add: each stretch between two neighbouring gaps of a chain, less
+        half a coupler gap at each end, where the other rules found it mostly empty
+        (observed throughout); and a block's end car (see Notes).
+
+    Notes
+    -----
+    A flat wagon's bare deck (wood, grey steel) or a grey container may lie within the
+    empty track's colour spread, but the cars stand coupled a gap of about a metre
+    apart, and through that gap the ground under the cars shows, in their shade: a
+    narrow band across the track unlike the bodies on both sides (:func:`_gap_evidence`'s
+    ridge, ``_NOTCH_SPREADS`` local spreads off both, the spread read as
+    :func:`_local_lit_spread` reads it), on the body's middle and its shoulders alike,
+    and darker than both. A block of one car type repeats it at one pitch:
+    ``_MIN_CHAIN_GAPS`` or more such gaps in a row, each ``_CHAIN_PITCH_M`` from the
+    next and the spacings within ``_PITCH_RIVAL_M`` of each other, bound cars. A block's
+    end car has a gap on one side only; it is taken where the pitch beyond the last gap
+    ends at a colour step as strong (the car's end against the ground).
+
+    Ballast shows no such band (sleepers repeat at 0.55 m, catenary masts at 50-70 m).
+    A shadow crossing the track from elsewhere (a mast's) crosses the ground on the sun
+    side too, where no car on this track casts one: a band seen there as well is not a
+    gap. Nor is a chain over a stretch mostly as dark as shadowed ground
+    (:func:`_pitch_dim_level`): there a neighbour train's shadow, lit through its
+    coupler gaps, repeats that train's pitch across the track (bright streaks, which
+    run diagonally under an oblique sun and may miss the sun-side band).
+    """
+    occ = np.asarray(occ, bool)
+    n = occ.size
+    step = strip.step_m
+    add = np.zeros(n, bool)
+    if not occ.any():
+        # A track where no other rule found a car: dark patches in the bed itself (fouled
+        # ballast at rail joints every 12.5 m) repeat at a car's pitch too (review REVIEW1,
+        # session 26: 12 phantom cars on 7 empty altgen tracks with such patches painted
+        # 40 % darker); a block is only looked for beside cars found otherwise.
+        return add
+    k = max(1, int(round(_NOTCH_HALF_M / step)))
+    if n <= 2 * k + 2:
+        return add
+    centre, _ = _zones(strip)
+    off_axis = np.abs(np.round(strip.across_m, 6))
+    shoulders = (off_axis > 1.0) & (off_axis <= _SHOULDER_M)
+    if sun_left is None:
+        ground_rows = off_axis >= 1.95
+    else:
+        ground_rows = (strip.across_m if sun_left else -strip.across_m) >= 1.95
+    if not ground_rows.any():
+        return add
+    mid = quiet_nanmean(strip.values[:, centre, :], axis=1)
+    lag = max(1, int(round(_LOCAL_LAG_M / step)))
+    d = mid[:, lag:] - mid[:, :-lag]
+    d = d[:, np.all(np.isfinite(d), axis=0)]
+    if d.shape[1] < _MIN_LOCAL_PAIRS:
+        return add
+    sigma = float(np.linalg.norm(1.4826 * np.median(np.abs(d), axis=1) / math.sqrt(2.0)))
+    if not np.isfinite(sigma) or sigma <= 0:
+        return add
+
+    def ridge(x):
+        r = np.zeros(n)
+        c = x[:, k:-k]
+        r[k:-k] = np.minimum(np.linalg.norm(c - x[:, :-2 * k], axis=0), np.linalg.norm(c - x[:, 2 * k:], axis=0))
+        return np.nan_to_num(r)
+
+    r_mid = ridge(mid)
+    # No shoulder rows sampled (a grid with none 1.0-1.45 m off the axis): the middle alone.
+    r_sh = ridge(quiet_nanmean(strip.values[:, shoulders, :], axis=1)) if shoulders.any() else r_mid
+    ground = quiet_nanmean(strip.values[:, ground_rows, :], axis=1)
+    r_gr = ndimage.maximum_filter1d(ridge(ground), 2 * k + 1)
+    thr = _NOTCH_SPREADS * sigma
+    peak = (r_mid >= ndimage.maximum_filter1d(r_mid, 2 * k + 1)) & (r_mid >= thr)
+    peak &= (r_sh >= _GAP_SHOULDER_SHARE * r_mid) & (r_gr < 0.5 * r_mid)
+    # Darker than the bodies on both sides: the ground seen through the gap lies in the
+    # cars' shade (an open wagon's lit end walls make bright bands at its ends instead).
+    bright = np.nan_to_num(quiet_nanmean(mid, axis=0))
+    darker = np.zeros(n, bool)
+    darker[k:-k] = bright[k:-k] < np.minimum(bright[:-2 * k], bright[2 * k:])
+    peak &= darker
+    peak &= ndimage.minimum_filter1d(seen.astype(np.uint8), 2 * k + 1).astype(bool)
+    # The sun-side ground must be seen too: unobserved (off the image, under the cloud
+    # mask) it cannot tell a shadow crossing the whole track from a coupler gap.
+    ground_seen = np.all(np.isfinite(ground), axis=0)
+    peak &= ndimage.minimum_filter1d(ground_seen.astype(np.uint8), 2 * k + 1).astype(bool)
+    notches = np.flatnonzero(peak)
+    lo, hi = (x / step for x in _CHAIN_PITCH_M)
+    rival = _PITCH_RIVAL_M / step
+    chains, cur = [], [int(notches[0])] if notches.size else []
+    for p in notches[1:]:
+        gap = p - cur[-1]
+        if gap < lo:
+            # Two bands closer than a car: the stronger is the gap (the other a container's
+            # end on a deck, or the same gap's flat floor), where the chain's spacing holds.
+            # The replacement must keep the chain's spacing as an appended band would.
+            if r_mid[p] > r_mid[cur[-1]] and (len(cur) < 2 or (lo <= p - cur[-2] <= hi and (
+                    len(cur) < 3 or abs((p - cur[-2]) - (cur[-2] - cur[-3])) <= rival))):
+                cur[-1] = int(p)
+        elif gap <= hi and (len(cur) < 2 or abs(gap - (cur[-1] - cur[-2])) <= rival):
+            cur.append(int(p))
+        else:
+            chains.append(cur)
+            cur = [int(p)]
+    if cur:
+        chains.append(cur)
+    half = max(1, int(round(0.5 * GAP_M / step)))
+    dim_level = _pitch_dim_level(np.asarray(refs["lit"], float), np.asarray(refs["shadow"], float))
+    # A colour step across the track (a car's end against the ground or another car).
+    edge = np.zeros(n)
+    edge[k:-k] = np.nan_to_num(np.linalg.norm(mid[:, 2 * k:] - mid[:, :-2 * k], axis=0))
+
+    def body(a, b):
+        return (0 <= a < b <= n and seen[a:b].all() and occ[a:b].mean() < 0.5
+                and (bright[a:b] < dim_level).mean() < _MAX_PITCH_DIM_SHARE)
+
+    for ch in chains:
+        if len(ch) < _MIN_CHAIN_GAPS:
+            continue
+        for p0, p1 in zip(ch[:-1], ch[1:]):
+            if body(p0 + half, p1 - half):
+                add[p0 + half:p1 - half] = True
+        # The block's end cars have a gap on one side only: each is taken where the
+        # block's pitch beyond its last gap ends at a colour step (the car's end).
+        for end, pitch in ((ch[0], ch[0] - ch[1]), (ch[-1], ch[-1] - ch[-2])):
+            far = end + pitch
+            w0, w1 = int(round(far - rival)), int(round(far + rival)) + 1
+            if w0 < k or w1 > n - k or edge[w0:w1].max() < thr:
+                continue
+            a, b = sorted((end + (half if pitch > 0 else -half), far - (half if pitch > 0 else -half)))
+            if body(a, b):
+                add[a:b] = True
+    return add
+
+
+# Half-width (m) of the window a coupler gap's band is compared across: past a 1-1.5 m
+# gap blurred by a 1 m pixel, on the car bodies either side.
+_NOTCH_HALF_M = 1.5
+# Local spreads (norm over bands) a coupler gap's band stands off both car bodies.
+_NOTCH_SPREADS = 4.0
+# Spacing (m) of neighbouring gaps in a block: a car body and its coupler gap, from the
+# shortest (a 10-12 m tank or hopper) to the longest 1520 mm flat wagon (19.6 m body,
+# 1-1.5 m gap), each gap placed to within a 1 m pixel.
+_CHAIN_PITCH_M = (10.5, 22.0)
+# Fewest gaps in a row that make a block (two whole cars between them): two bands a car
+# apart may be chance, three at one pitch are a train's.
+_MIN_CHAIN_GAPS = 3
 
 
 # Gap lengths (m) that hold one car: the shortest body (about 10 m, less the ends its
