@@ -929,6 +929,14 @@ def _coupled_block(strip: Strip, occ: np.ndarray, seen: np.ndarray, sun_left: bo
     (:func:`_pitch_dim_level`): there a neighbour train's shadow, lit through its
     coupler gaps, repeats that train's pitch across the track (bright streaks, which
     run diagonally under an oblique sun and may miss the sun-side band).
+
+    Bed features can repeat at a car's pitch: fouled or mud-pumped ballast at the rail
+    joints (every 11.9-12.5 m on jointed track) is a dark band across the bed, darker
+    than both sides, on the shoulders too and inside the sun-side ground. Blocks are
+    therefore only looked for on tracks where another rule found a car (``occ`` not all
+    False); such patches on a track that also holds cars are still read as a block (a
+    known limit). Nor does the rule ask for the deck's shadow: at 1 m with a low oblique
+    sun a 1.3 m deck's shadow does not reach the ground band 1.95-2.6 m off the axis.
     """
     occ = np.asarray(occ, bool)
     n = occ.size
