@@ -961,12 +961,10 @@ def _coupled_block(strip: Strip, occ: np.ndarray, seen: np.ndarray, sun_left: bo
     if not ground_rows.any():
         return add
     mid = quiet_nanmean(strip.values[:, centre, :], axis=1)
-    lag = max(1, int(round(_LOCAL_LAG_M / step)))
-    d = mid[:, lag:] - mid[:, :-lag]
-    d = d[:, np.all(np.isfinite(d), axis=0)]
-    if d.shape[1] < _MIN_LOCAL_PAIRS:
+    spread = _local_spread(mid, step)
+    if spread is None:
         return add
-    sigma = float(np.linalg.norm(1.4826 * np.median(np.abs(d), axis=1) / math.sqrt(2.0)))
+    sigma = float(np.linalg.norm(spread))
     if not np.isfinite(sigma) or sigma <= 0:
         return add
 
@@ -1132,19 +1130,40 @@ def _local_lit_spread(strip: Strip, refs, *, dark_light: np.ndarray | None = Non
         # tracks 25-35 % brighter than it read as trains (review RMISS).
         return dict(refs)
     centre, _ = _zones(strip)
-    c = quiet_nanmean(strip.values[:, centre, :], axis=1)   # (band, along)
-    lag = max(1, int(round(_LOCAL_LAG_M / strip.step_m)))
-    if c.shape[1] <= lag:
+    local = _local_spread(quiet_nanmean(strip.values[:, centre, :], axis=1), strip.step_m)
+    if local is None:
         return dict(refs)
-    d = c[:, lag:] - c[:, :-lag]
-    d = d[:, np.all(np.isfinite(d), axis=0)]
-    if d.shape[1] < _MIN_LOCAL_PAIRS:
-        return dict(refs)
-    local = 1.4826 * np.median(np.abs(d), axis=1) / math.sqrt(2.0)
     floor = 0.004 + 0.03 * lit   # GroundModel's
     if dark_light is not None:
         floor = _recorded_spread_floors({**refs, "lit_sd": floor}, dark_light)["lit_sd"]
     return {**refs, "lit_sd": np.minimum(lit_sd, np.maximum(local, floor))}
+
+
+def _local_spread(colour: np.ndarray, step_m: float) -> np.ndarray | None:
+    """Spread of a track's centre colour at one place (see :func:`_local_lit_spread`).
+
+    Parameters
+    ----------
+    colour : numpy.ndarray (band, along)
+        Mean centre colour per along-track sample (reflectance; NaN unobserved).
+    step_m : float
+        Along-track sample spacing (m).
+
+    Returns
+    -------
+    numpy.ndarray (band,) or None
+        The robust spread (scaled MAD over root two) of the colour's differences
+        ``_LOCAL_LAG_M`` apart, per band (reflectance); None with fewer than
+        ``_MIN_LOCAL_PAIRS`` pairs observed in every band.
+    """
+    lag = max(1, int(round(_LOCAL_LAG_M / step_m)))
+    if colour.shape[1] <= lag:
+        return None
+    d = colour[:, lag:] - colour[:, :-lag]
+    d = d[:, np.all(np.isfinite(d), axis=0)]
+    if d.shape[1] < _MIN_LOCAL_PAIRS:
+        return None
+    return 1.4826 * np.median(np.abs(d), axis=1) / math.sqrt(2.0)
 
 
 # Lag (m) along the track of the colour differences that give the local spread: clear of
