@@ -969,10 +969,7 @@ def _coupled_block(strip: Strip, occ: np.ndarray, seen: np.ndarray, sun_left: bo
         return add
 
     def ridge(x):
-        r = np.zeros(n)
-        c = x[:, k:-k]
-        r[k:-k] = np.minimum(np.linalg.norm(c - x[:, :-2 * k], axis=0), np.linalg.norm(c - x[:, 2 * k:], axis=0))
-        return np.nan_to_num(r)
+        return np.nan_to_num(_band_ridge(x, k)).astype("float64")
 
     r_mid = ridge(mid)
     # No shoulder rows sampled (a grid with none 1.0-1.45 m off the axis): the middle alone.
@@ -1518,13 +1515,25 @@ def _gap_evidence(mean: np.ndarray, side: np.ndarray, step: float) -> np.ndarray
     # ... or any narrow band across the track unlike the bodies on both sides: with a low
     # sun the gap is lit or shaded unlike the ground beside the track, which is itself
     # part lit, part in the cars' shadows.
-    ridge = np.zeros_like(d)
-    if mean.shape[1] > 2 * k2:
-        ridge[k2:-k2] = np.minimum(np.linalg.norm(mean[:, k2:-k2] - mean[:, :-2 * k2], axis=0),
-                                   np.linalg.norm(mean[:, k2:-k2] - mean[:, 2 * k2:], axis=0))
+    ridge = _band_ridge(mean, k2)
     # A narrow band is specific to a gap; a colour step rises over a metre either side of
     # it (blur, car end walls), and a lit gap between two cars shows as two steps.
     return np.maximum(np.maximum(edge, dip), 2.0 * ridge)
+
+
+def _band_ridge(colour: np.ndarray, k: int) -> np.ndarray:
+    """How far a narrow band across the track stands off both sides, per sample.
+
+    ``colour`` (band, n) is a mean colour per along-track sample (reflectance); the
+    result (n,) is the smaller of its distances (norm over bands) to the samples ``k``
+    before and ``k`` after, 0 within ``k`` of either end (NaN where one of the three is NaN).
+    """
+    # In the colour's precision (float32 strips stay float32), as the distances are.
+    ridge = np.zeros(colour.shape[1], dtype=np.result_type(colour.dtype, np.float16))
+    if colour.shape[1] > 2 * k:
+        ridge[k:-k] = np.minimum(np.linalg.norm(colour[:, k:-k] - colour[:, :-2 * k], axis=0),
+                                 np.linalg.norm(colour[:, k:-k] - colour[:, 2 * k:], axis=0))
+    return ridge
 
 
 def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
