@@ -49,14 +49,15 @@ signed errors, zone means: TEU, ground slots (against the visible share of the t
 and tiers (TEU over slots against the truth's), so that a bias (mean) is told from a
 spread (mean absolute) and footprint errors from height errors.
 
-Seeds: yards 101-206 have been used while developing the counter (tuning; 123-128 were
+Seeds: yards 101-212 have been used while developing the counter (tuning; 123-128 were
 held out in session 14, 129-134 and 135-140 in session 15, 141-146 in session 16,
 147-152 in session 17, 153-158 in session 18, 159-164 in session 19, 165-170 in session
 20, 171-176 in session 21, 177-182 in session 22, 183-188 in session 23, 189-194 in
-session 24, 195-200 in session 25 and 201-206 in session 26 (run once, no container
-change landed), each then looked at, the last eleven as summary tables only, and they
-count as tuning now); 207-212 are held out from session 27 (report them separately,
-summary table only, run them at most twice a session, and do not tune on them).
+session 24, 195-200 in session 25, 201-206 in session 26 (run once, no container
+change landed) and 207-212 in session 27 (before and after the cloud-shadow reading),
+each then looked at, the last twelve as summary tables only, and they count as tuning
+now); 213-218 are held out from session 28 (report them separately, summary table
+only, run them at most twice a session, and do not tune on them).
 """
 
 from __future__ import annotations

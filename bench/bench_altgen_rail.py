@@ -6,14 +6,15 @@ Scenes come from ``tests/altgen/railyard.py``, written from real 1520 mm-gauge r
 stock and sensor physics without reading ``changedet/simulate``: for each condition
 (clear, hazy, partly cloudy, low sun) and each GSD (0.3, 0.5, 0.75, 1.0 m), ``--seeds``
 scenes, indices ``--first-seed`` on (:func:`scene_seed`; the tests use seeds below 100).
-Indices 0-117 (``--first-seed 0 --seeds 118``) are the tuning set (26-29 were held out in
+Indices 0-125 (``--first-seed 0 --seeds 126``) are the tuning set (26-29 were held out in
 session 18, 30-33 in session 19, 34-37 (types) and 38-41 (counts) in session 20, 42-45,
 46-49, 50-53 and 54-57 in session 21, 58-61 (types) and 62-65 (counts) in session 22,
 66-69 and 74-77 (types), 70-73 and 78-81 (counts) in session 23, 82-85, 86-89, 90-93,
 94-97 and 98-101 in session 24, 102-105 (types) and 106-109 (counts) in session 25,
-110-113 (types) and 114-117 (counts) in session 26, each run at most twice, before and
-after, summary lines only, and count as tuning since). From session 27 two held-out sets:
-118-121 (``--first-seed 118 --seeds 4``) for railcar types and 122-125 (``--first-seed 122
+110-113 (types) and 114-117 (counts) in session 26, 118-121 (types) and 122-125 (counts)
+in session 27 (run once, no railcar change landed), each run at most twice, before and
+after, summary lines only, and count as tuning since). From session 28 two held-out sets:
+126-129 (``--first-seed 126 --seeds 4``) for railcar types and 130-133 (``--first-seed 130
 --seeds 4``) for railcar counts, each to be run at most twice (before and after), summary
 lines only.
 (Until session
@@ -173,8 +174,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=2, help="scenes per condition and GSD")
     ap.add_argument("--first-seed", type=int, default=0,
-                    help="index of the first scene per condition and GSD (0-117: tuning set; 118-121 and "
-                         "122-125: held out from session 27, see the module docstring)")
+                    help="index of the first scene per condition and GSD (0-125: tuning set; 126-129 and "
+                         "130-133: held out from session 28, see the module docstring)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "altgen_rail.json"))
     ap.add_argument("--crops", default=None, help="folder for PNG crops of failures")
     args = ap.parse_args(argv)
