@@ -19,10 +19,16 @@ from shapely.geometry import box as sbox
 
 from changedet.grid import GridSpec
 from changedet.objects.containers import TIER_M, count_containers, observed_mask
-# The apron, sky light and paints of session 13's physics yard (beam plus Rayleigh sky).
-from tests.test_containers_s13 import CONCRETE, PAINTS, RES, SIZE_M, SKY, SUN_AZ, SUN_EL
 
-CLOUD_CUT = 0.95            # share of the direct beam a cumulus core removes (session 13: 0.85)
+RES = 0.5
+SIZE_M = 240.0
+CONCRETE = np.array([0.24, 0.26, 0.27, 0.30])
+# Share of the light on flat ground that comes from the sky, per band (B, G, R, NIR).
+SKY = np.array([0.30, 0.20, 0.13, 0.08])
+CLOUD_CUT = 0.95            # share of the direct beam a cumulus core removes
+PAINTS = np.array([[0.52, 0.40, 0.22, 0.45], [0.08, 0.09, 0.38, 0.48], [0.12, 0.42, 0.52, 0.58],
+                   [0.15, 0.28, 0.10, 0.40], [0.62, 0.64, 0.64, 0.62], [0.08, 0.24, 0.52, 0.55]])
+SUN_AZ, SUN_EL = 180.0, 45.0
 SHADOW_FROM_M = 120.0       # south of this the ground lies in a cloud's shadow
 BLOCKS = {"SUN": (50.0, 60.0), "SHADE": (170.0, 60.0)}   # north edge y, west edge x (m)
 ROWS, BAYS, TIERS = 5, 8, 3
