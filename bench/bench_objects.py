@@ -200,8 +200,8 @@ def container_row(seed: int, day: date, condition: str) -> dict:
     res = count_containers(image, zones, valid=valid, **sun)
     truth_all = sc.truth["counts"]["containers_teu"]
     # Scored: the TEU the counter could see (each stack's TEU times the share of its
-    # footprint on pixels it reads: not cloud nor its thin edge; since session 27 a
-    # cloud's shadow is read) against its count, which is not extrapolated.
+    # footprint on pixels it reads: not cloud, not cloud shadow) against its count, which
+    # is not extrapolated.
     # Old scoring (kept as *_extrapolated): the whole yard's TEU against the count
     # scaled by the observed share of the zones under partial cloud.
     seen = observed_mask(image, valid=valid, **sun)

@@ -847,9 +847,8 @@ def _run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
         count("ships", count_ships, aligned, berths, water=shapely.union_all(water) if water else None,
               valid=clear_al)
     for metric, res_ in counts:
-        seen_site = cloud_free(res_.observed_fraction, res_.extras.get("shaded_fraction"))
-        if seen_site < cfg.min_observed:
-            result.skipped[metric] = f"only {seen_site:.0%} of features cloud-free"
+        if res_.observed_fraction < cfg.min_observed:
+            result.skipped[metric] = f"only {res_.observed_fraction:.0%} of features cloud-free"
             continue
         metrics.append({"metric": metric, "value": float(res_.total)})
         if metric == "railcars":
@@ -860,8 +859,6 @@ def _run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
             # covers only what was seen (nothing is extrapolated), so recorded it would read
             # as a drop in that track's or zone's series.
             seen = pf.get("observed_fraction")
-            if seen is not None:
-                seen = cloud_free(seen, pf.get("shaded_fraction"))
             if seen is not None and float(seen) < cfg.min_observed:
                 result.skipped[f"{metric}[{pf['id']}]"] = f"only {float(seen):.0%} of {pf['id']} cloud-free"
                 continue
@@ -2068,15 +2065,3 @@ def run_series(aoi, days: Iterable[date], cfg: RunConfig, *,
         if progress:
             progress(r)
     return out
-
-
-def cloud_free(observed: float, shaded: float | None = None) -> float:
-    """Share of a feature (or site) counted in clear sunlight: ``observed_fraction`` less
-    the ``shaded_fraction`` a counter read in a cloud's shadow (containers).
-
-    The boxes in a cloud's shadow are counted (the count is returned, and scored), but
-    with heights copied from sunlit blocks and a footprint that misses dark paint: a
-    zone read mostly there would enter the series as a drop, so for the
-    ``min_observed`` gate that share is not observed, as when it was masked.
-    """
-    return float(observed) - float(shaded or 0.0)

@@ -123,7 +123,7 @@ def test_heights_from_shadows_cut_short_by_the_next_block(tiers, elevation):
     assert abs(res.total / est_slots - mean_tiers) <= 0.5
 
 
-def test_thin_cloud_edge_is_unobserved():
+def test_thin_cloud_edge_and_its_shadow_are_unobserved():
     image, grid, zones, _, _ = _yard(2, 50.0, n_blocks=1)
     cloud = np.zeros(grid.shape, bool)
     cloud[:40, :60] = True

@@ -514,14 +514,6 @@ def cmd_count(args) -> int:
     if sun is not None and sun["azimuth_deg"] is None:
         # Said once the count stands: before an error that refuses the image it is noise.
         print(f"changedet count: warning: {sun['source']}", file=sys.stderr)
-    shaded = float(res.extras.get("shaded_fraction") or 0.0)
-    if shaded > 0.0:
-        # Boxes under a cloud's shadow are counted from the sky light alone (footprint from
-        # hue, heights copied from sunlit blocks): a number with a wide uncertainty, which
-        # the flows keep out of the series (pipeline.cloud_free); say so to a CLI user too.
-        print(f"changedet count: warning: {shaded:.0%} of the {args.kind} features lie in a cloud's shadow; "
-              "their count is read from the sky light alone (heights copied from sunlit stacks) and is "
-              "uncertain (see uncertainty); use a clearer image for a measurement", file=sys.stderr)
     out_crs = ll if feat_crs.equals(ll) else img_crs
     doc = res.to_json(to_crs=out_crs)
     # The detection polygons are in out_crs (lon/lat, or the image's CRS for projected
@@ -540,8 +532,7 @@ def cmd_count(args) -> int:
     unit = "TEU" if args.kind == "containers" else args.kind
     types = ", ".join(f"{k} {v}" for k, v in doc["by_type"].items()) or "none"
     unc = f" +- {doc['uncertainty']}" if "uncertainty" in doc else ""
-    shade = f" ({shaded:.0%} in a cloud's shadow)" if shaded > 0.0 else ""
-    print(f"{args.kind}: {doc['total']}{unc} {unit} (by type: {types}); observed {doc['observed_fraction']:.0%}{shade}")
+    print(f"{args.kind}: {doc['total']}{unc} {unit} (by type: {types}); observed {doc['observed_fraction']:.0%}")
     if sun is not None and sun["azimuth_deg"] is not None:
         print(f"  sun: azimuth {sun['azimuth_deg']:.1f} deg, elevation {sun['elevation_deg']:.1f} deg "
               f"({sun['source']})")

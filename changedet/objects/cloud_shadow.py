@@ -188,8 +188,7 @@ def _sunlit_level(tails: np.ndarray) -> float:
     return float(np.percentile(tails, SUNLIT_TILE_QUANTILE)) if tails.size else float("nan")
 
 
-def _lit_share(small: np.ndarray, w: int, lit_floor: np.ndarray | None = None,
-               level: np.ndarray | None = None) -> np.ndarray:
+def _lit_share(small: np.ndarray, w: int, lit_floor: np.ndarray | None = None) -> np.ndarray:
     """Share of each window's blocks that are lit-bright: near nil in a cloud's shadow.
 
     Parameters
@@ -214,8 +213,7 @@ def _lit_share(small: np.ndarray, w: int, lit_floor: np.ndarray | None = None,
         sunlit window darker than the ballast (soil, grass, dark cars) keeps lit roofs
         and shoulders near the scene's level, and vegetation stays bright in NIR.
         Zero for windows with under ``MIN_VOTERS`` of their in-frame blocks voting
-        (beside a cloud) and when no block votes. ``level`` (red, NIR reflectance),
-        when given, is the sunlit level instead of the tiles'.
+        (beside a cloud) and when no block votes.
     """
     fin = np.all(np.isfinite(small), axis=0)
     if not fin.any():
@@ -229,9 +227,7 @@ def _lit_share(small: np.ndarray, w: int, lit_floor: np.ndarray | None = None,
     pad[:, :fin.shape[0], :fin.shape[1]] = np.where(fin[None], small, np.nan)
     tiles = pad.reshape(nb, tr, w, tc, w).transpose(0, 1, 3, 2, 4).reshape(nb, tr * tc, w * w)
     ok = np.isfinite(tiles[0]).mean(axis=1) >= 0.5
-    if level is not None:
-        level = np.asarray(level, float)
-    elif ok.any():
+    if ok.any():
         level = np.array([_sunlit_level(t) for t in np.nanpercentile(tiles[:, ok], LIT_TAIL_PERCENTILE, axis=2)])
     else:
         level = np.percentile(small[:, fin], LIT_TAIL_PERCENTILE, axis=1)
@@ -359,76 +355,4 @@ def cloud_shade(
         # The thin shadow edge fades out over tens of metres beyond the window.
         region = ndimage.binary_dilation(region, iterations=max(1, w // 2))
         out[:rows, :cols] |= np.repeat(np.repeat(region, f, axis=0), f, axis=1)
-    return out & ~cloud
-
-
-def unlit_windows(pix: np.ndarray, grid: GridSpec, cloud: np.ndarray, lit: np.ndarray, *,
-                  window_m: float = CLOUD_SHADE_WINDOW_M) -> np.ndarray:
-    """Pixels whose surroundings hold (almost) no surface lit by the sun: a cloud's shadow.
-
-    The lit-share test of :func:`cloud_shade` (:func:`_lit_share`) against the lit
-    colour of the ground itself (``lit``: a stack yard's sunlit apron), without the
-    ground-colour test. A cloud's shadow dims every surface in it, the brightest
-    included and most in red and NIR (skylight is blue); in direct sun a window
-    ``window_m`` wide always holds lit surfaces: lit pavement, and the tops of the
-    stacks or cars, which nothing shades. The lit level is the ground's own, not the
-    scene's typical tile: in a yard of bright boxes on dark asphalt the tiles' tails
-    are the boxes, and sunlit asphalt between blocks fell under 0.6 of them (81 % of a
-    sunlit independent yard was taken for a cloud's shadow). The windows found are
-    widened, since a window is judged unlit only when nearly all of it is, to the
-    shadow's edge. Blocks within ``CLOUD_VEIL_M`` of the cloud mask do not
-    vote (the cloud's bright thin margin).
-
-    Parameters
-    ----------
-    pix : ndarray (4, row, col)
-        Blue, green, red, NIR reflectance; NaN where there is no data.
-    grid : GridSpec
-        Grid of ``pix`` (metres).
-    cloud : ndarray (row, col) of bool
-        Cloud pixels (the mask).
-    lit : ndarray (4,)
-        Colour of the sunlit ground (blue, green, red, NIR reflectance).
-    window_m : float
-        Width of the window (m), far wider than any object's shadow.
-
-    Returns
-    -------
-    ndarray (row, col) of bool
-        True in a cloud's shadow, False under the cloud itself.
-    """
-    cloud = np.asarray(cloud, bool)
-    out = np.zeros(cloud.shape, bool)
-    f = max(1, int(round(2.0 / grid.resolution)))
-    rows, cols = (cloud.shape[0] // f) * f, (cloud.shape[1] // f) * f
-    if rows == 0 or cols == 0:
-        return out
-    clear = np.where(cloud[None], np.nan, pix)
-    with np.errstate(invalid="ignore"):
-        small = quiet_nanmean(clear[:, :rows, :cols].reshape(pix.shape[0], rows // f, f, cols // f, f), axis=(2, 4))
-    cb = _block_any(cloud[:rows, :cols], f)
-    veil = ndimage.distance_transform_edt(~cb) * grid.resolution * f <= CLOUD_VEIL_M if cb.any() else cb
-    w = max(3, int(round(window_m / (grid.resolution * f))))
-    level = np.asarray(lit, float)[list(_LIT_BANDS)]
-    share = _lit_share(np.where(veil[None], np.nan, small), w, level=level)
-    fin = np.all(np.isfinite(small), axis=0) & ~veil
-    # A window with too few voters (beside a cloud) has no say (``_lit_share`` gives it 0):
-    # here that is no shadow, the sunlit pass then reads it as before.
-    n_fin = ndimage.uniform_filter(fin.astype("float32"), w, mode="constant")
-    n_in = ndimage.uniform_filter(np.ones(fin.shape, "float32"), w, mode="constant")
-    unlit = 1 - LIT_TAIL_PERCENTILE / 100
-    region = (share < unlit) & fin & (n_fin >= MIN_VOTERS * n_in)
-    # A window across a straight shadow edge is unlit once under ``unlit`` of it lies in
-    # the sun: its centre is (1/2 - unlit) of a window inside the shadow. Widened by that
-    # much, the region's edge is the shadow's (not half a window beyond, over sunlit ground
-    # and the stacks' own shadows there); by a disc, the same distance across an edge at
-    # any angle (a cross-shaped step reaches only 0.7 of it across a diagonal edge).
-    r = max(1, int(round((0.5 - unlit) * w)))
-    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
-    region = ndimage.binary_dilation(region, structure=yy ** 2 + xx ** 2 <= r * r)
-    out[:rows, :cols] = np.repeat(np.repeat(region, f, axis=0), f, axis=1)
-    if rows < cloud.shape[0]:
-        out[rows:, :cols] = out[rows - 1:rows, :cols]
-    if cols < cloud.shape[1]:
-        out[:, cols:] = out[:, cols - 1:cols]
     return out & ~cloud

@@ -21,19 +21,9 @@ stacks above that bound (Kaplan-Meier over stacks). The TEU of a block splits in
 and 40 ft boxes by the share of its row length in runs of one paint about 6 m long
 (20 ft boxes) against about 12 m (40 ft boxes, or two 20 ft boxes of one colour).
 
-Under cloud (``valid`` given), pixels under the cloud's thin edge are unobserved like
-the cloud itself (:func:`observed_mask`); nothing is counted or extrapolated there, and
-each zone reports its ``observed_fraction``. A cloud's shadow (the cloud mask projected
-along the sun, or 40 m windows with no surface as bright as the sunlit aprons) is read
-apart: the boxes there, lit by the sky alone, are told from pavement against the
-aprons' colour in that shadow, and having no shadow of their own to measure, their
-blocks take the heights measured on the zone's sunlit blocks (else the image's), with
-a tier more of uncertainty (``tiers_method`` ``cloud_shade_zone``, ``cloud_shade_image``),
-added once per zone, and the shaded pass's footprint error (``SHADE_SLOTS_SD``). The
-windows are confirmed on the open ground near each zone (dimmed and bluer: lit by the
-sky alone), judged against the zone's own pavement. Each zone (and ``extras``) reports
-the ``shaded_fraction`` read in a cloud's shadow: the pipeline's gate takes it as not
-observed.
+Under cloud (``valid`` given), pixels under the cloud's thin edge and in its projected
+shadow are unobserved like the cloud itself (:func:`observed_mask`); nothing is counted
+or extrapolated there, and each zone reports its ``observed_fraction``.
 
 Tarped stacks are flagged (``tarped`` per stack block, ``tarped_stacks`` per zone and
 in total): plain patches of dull cloth colour on a block, and patches of pavement
@@ -59,8 +49,7 @@ from shapely.geometry import Polygon, shape
 from changedet.grid import GridSpec
 from changedet.objects.checks import check_features, check_metric, check_resolution
 from changedet.nanstats import quiet_nanmean
-from changedet.objects.cloud_shadow import (CLOUD_SHADE_MAX_KEEP, CLOUD_SHADE_WINDOW_M, cloud_shade, cloud_shadow_mask,
-                                            unlit_windows)
+from changedet.objects.cloud_shadow import cloud_shade
 from changedet.objects.common import CountResult, Detection, prepare, robust_ref
 from changedet.objects.ground import GroundModel
 
@@ -114,107 +103,118 @@ def count_containers(
         (one standard deviation of each box count) is given per zone and in ``extras``.
         The split comes from the lengths of single-paint runs along the rows
         (:func:`_box_runs`): two 20 ft boxes of one colour end to end read as a 40 ft box.
-        Each zone and ``extras`` also give ``observed_fraction`` (the share of the zone
-        not under cloud, its thin edge or nodata) and ``shaded_fraction`` (the share read
-        in a cloud's shadow, from the sky light alone, with heights copied from sunlit
-        blocks and a wider uncertainty; 0 in clear scenes). The flows take the shaded
-        share as not observed (:func:`changedet.pipeline.cloud_free`).
     """
     grid = GridSpec.of(image)
     check_resolution(grid, "containers")
     check_metric(grid, "container")
     check_features(zones, grid, what="stack zone")
-    grid, pix, ok, sky, sky_by_zone = _illumination(image, valid, sun_azimuth_deg, sun_elevation_deg, zones)
+    grid, pix, ok = _observed(image, valid, sun_azimuth_deg, sun_elevation_deg)
     res = grid.resolution
+    px_m2 = res * res
     per_feature, detections = [], []
     total, var, seen_total, area_total = 0.0, 0.0, 0.0, 0.0
     have_sun = sun_azimuth_deg is not None and sun_elevation_deg is not None
-    pending, shaded_px = [], {}
-    # Pooled aprons by illumination, and the pixels in direct sun (read by the shaded pass).
-    pooled = {"sunlit_px": ok & ~sky}
+    pending = []
+    pooled = None
+    pooled_pavement = np.empty((0, pix.shape[0]), pix.dtype)
     for zid, zone in zones.items():
         inside = _mask(zone, grid)
         apron = _mask(zone.buffer(3.0 * max(res, 1.0)), grid) & ~_mask(zone.buffer(-1.0), grid)
         area_total += inside.sum()
         seen_total += (inside & ok).sum()
-        # Ground in direct sun and ground in a cloud's shadow (lit by the sky alone) are
-        # two illuminations: each gets its own ground colour and its own blocks. Without
-        # a cloud's shadow the second pass is empty and the first is the whole zone.
-        blobs = None
-        zone_sky = sky_by_zone[zid]
-        for in_shade, part in ((False, ok & ~zone_sky), (True, ok & zone_sky)):
-            if in_shade and not (inside & part).any():
-                continue
-            got = _zone_blobs(zone, inside, apron, part, pix, grid, zones, pooled, in_shade,
-                              sun_azimuth_deg if have_sun else None, sun_elevation_deg if have_sun else None,
-                              min_contrast, min_area_m2)
-            if got is not None:
-                blobs = (blobs or []) + got
-        if blobs is None or inside.sum() == 0:
+        pavement = pix[:, apron & ok].T
+        model = _ground_model(pavement)
+        if model is None and (inside & ok).any():
+            # The zone's own apron is under cloud: the pavement of the other zones' aprons.
+            if pooled is None:
+                pooled_pavement = pix[:, _aprons(zones, grid) & ok].T
+                pooled = _ground_model(pooled_pavement) or False
+            model = pooled or None
+            # The lit pavement's hue is then read from the samples the model was fitted on.
+            pavement = pooled_pavement
+        if model is None or inside.sum() == 0:
             per_feature.append({"id": zid, "count": 0, "by_type": {"ground_slots": 0.0, "20ft": 0.0, "40ft": 0.0},
                                 "by_type_uncertainty": {"20ft": 0.0, "40ft": 0.0}, "observed_fraction": 0.0,
-                                "shaded_fraction": 0.0, "tarped_stacks": 0, "uncertainty": 0.0})
+                                "tarped_stacks": 0, "uncertainty": 0.0})
             continue
-        shaded_px[zid] = (inside & ok & zone_sky).sum()
+        # Classify as far as the longest possible shadow reaches (a 5-tier stack throws
+        # 36 m at 20 degrees of sun), so that a long shadow is seen to end, not cut off.
+        around = _mask(zone.buffer(max(_reach_m(sun_elevation_deg), 20.0) if have_sun else 20.0), grid)
+        # Outside ``around`` every band is NaN on purpose: those pixels get distance NaN.
+        d, alpha = _classify(model, np.where(around[None], pix, np.nan))
+        box = (d > min_contrast) & around & ok
+        lit_ground = (d <= min_contrast) & (alpha >= 0.5) & around & ok
+        box = ndimage.binary_opening(box, structure=np.ones((2, 2), bool))
+        box = ndimage.binary_closing(box, structure=np.ones((2, 2), bool))
+        walk_box = box
+        if have_sun:
+            shade = _learn_shade(box & inside, box, lit_ground, around & ok, pix, res, sun_azimuth_deg,
+                                 sun_elevation_deg)
+            if shade is not None:
+                model, d, alpha, off_hue = _reclassify(model, shade, pavement, pix, around)
+                box = ((d > min_contrast) | (off_hue > min_contrast)) & around & ok
+                # Lit pavement, where shadow walks end, stays as first classified: the
+                # hue test adds boxes, it does not say where a shadow ends.
+                box = ndimage.binary_opening(box, structure=np.ones((2, 2), bool))
+                box = ndimage.binary_closing(box, structure=np.ones((2, 2), bool))
+                d = np.where(box, np.inf, d)
+                # Outside the zone the hue test also flags other materials (bare soil):
+                # walks that end on lit soil would be cut short there.
+                walk_box = np.where(inside, box, walk_box)
+        ground_dark = (d <= min_contrast) & (alpha < 0.5) & around & ok
+        tarps = np.zeros_like(box)
+        if have_sun:
+            cand = (d <= min_contrast) & (alpha >= 0.3) & inside & ok & ~box
+            tarps = _tarp_tops(cand, ground_dark, box, res, sun_azimuth_deg)
+            box |= tarps
+        labels, n = _blocks(box & inside, res, min_area_m2)
+        blobs = []
+        for lab in range(1, n + 1):
+            blob = labels == lab
+            area = blob.sum() * px_m2
+            if area < min_area_m2:
+                continue
+            lengths = _shadow_lengths(blob, walk_box | blob, lit_ground, around & ok, res, sun_azimuth_deg,
+                                      sun_elevation_deg) if have_sun else _NO_WALKS
+            patches = _tarp_patches((tarps & blob) | _dull_tops(blob, pix, px_m2), grid)
+            n_tarps = len(patches)
+            stacks = _stack_tiers(blob, pix, lengths, px_m2, _walk_to_tiers(res, sun_azimuth_deg, sun_elevation_deg),
+                                  _toward_sun(sun_azimuth_deg, res)) if have_sun else None
+            blobs.append((blob, area, lengths, patches, stacks, _ground_slots(blob, res), _box_runs(blob, pix, res)))
         pending.append((zid, inside, blobs))
+        continue
     # Heights: a block's own shadows when enough of them fall on open pavement, else the
     # zone's, else the whole image's (blocks packed tight shade each other, not the ground).
     all_lengths = _pool([b[2] for _, _, bl in pending for b in bl])
     # Box sizes likewise: a block's own runs, else its zone's, else the image's.
     all_runs = np.sum([b[6] for _, _, bl in pending for b in bl] or [(0.0, 0.0, 0)], axis=0)
-    # Heights of the blocks in direct sun first: the blocks in a cloud's shadow cast no
-    # shadow to measure and take theirs (their zone's, else the image's).
-    heights = {}
-    for i, (zid, inside, blobs) in enumerate(pending):
-        zone_lengths = _pool([b[2] for b in blobs])
-        for j, (blob, area, lengths, patches, stacks, slots, runs, in_shade) in enumerate(blobs):
-            if in_shade:
-                continue
-            if not have_sun:
-                heights[i, j] = (1.0, 0.0, "assumed_one_tier", slots, 0)
-                continue
-            tiers, tiers_sd, method = _tiers_from(lengths[:2], zone_lengths, all_lengths, res,
-                                                  sun_azimuth_deg, sun_elevation_deg)
-            est = _block_tiers(stacks, tiers)
-            n_stacks = 0
-            if est is not None:
-                tiers, method, n_stacks = est[0], "shadow_stacks", est[1]
-                tiers_sd = min(est[2], 2.0) / math.sqrt(est[1]) + 0.25
-            heights[i, j] = (tiers, tiers_sd, method, slots, n_stacks)
     tarped_total = 0
     n20_total, n40_total, n20_var, n40_var = 0.0, 0.0, 0.0, 0.0
-    for i, (zid, inside, blobs) in enumerate(pending):
+    for zid, inside, blobs in pending:
         zone_lengths = _pool([b[2] for b in blobs])
         zone_runs = np.sum([b[6] for b in blobs] or [(0.0, 0.0, 0)], axis=0)
         zone_teu, zone_var, zone_slots, zone_tarped = 0.0, 0.0, 0.0, 0
         zone_n20, zone_n40, zone_v20, zone_v40 = 0.0, 0.0, 0.0, 0.0
-        # Errors shared by the zone's blocks in a cloud's shadow (TEU, 20 ft, 40 ft boxes):
-        # one copied height, one colour test. Added linearly, once per zone.
-        shared_h, shared_fp = np.zeros(3), np.zeros(3)
-        for j, (blob, area, lengths, patches, stacks, slots, runs, in_shade) in enumerate(blobs):
+        for blob, area, lengths, patches, stacks, slots, runs in blobs:
             n_tarps = len(patches)
-            if not in_shade:
-                tiers, tiers_sd, method = heights[i, j][:3]
+            if not have_sun:
+                tiers, tiers_sd, method = 1.0, 0.0, "assumed_one_tier"
             else:
-                tiers, tiers_sd, method = _shaded_tiers(heights, i, zone_lengths, all_lengths, res,
-                                                        sun_azimuth_deg, sun_elevation_deg, have_sun)
+                tiers, tiers_sd, method = _tiers_from(lengths[:2], zone_lengths, all_lengths, res,
+                                                      sun_azimuth_deg, sun_elevation_deg)
+                est = _block_tiers(stacks, tiers)
+                if est is not None:
+                    tiers, method = est[0], "shadow_stacks"
+                    tiers_sd = min(est[2], 2.0) / math.sqrt(est[1]) + 0.25
             teu = slots * tiers
             # Footprint area is uncertain by about half a pixel along the outline.
             perim = (blob ^ ndimage.binary_erosion(blob)).sum() * res
             slots_sd = perim * res * 0.5 / SLOT_M2
-            share, share_sd = _share_20ft(runs, zone_runs, all_runs, res)
-            if in_shade:
-                # The copied height is the same for every shaded block of the zone, and
-                # so is the shaded pass's footprint loss (``SHADE_SLOTS_SD``).
-                split = np.array([1.0, share, (1.0 - share) / 2.0])
-                shared_h += split * slots * tiers_sd
-                shared_fp += split * slots * tiers * SHADE_SLOTS_SD
-                teu_var = (slots_sd * tiers) ** 2
-            else:
-                teu_var = (slots_sd * tiers) ** 2 + (slots * tiers_sd) ** 2
+            teu_var = (slots_sd * tiers) ** 2 + (slots * tiers_sd) ** 2
             zone_var += teu_var
             zone_teu += teu
             zone_slots += slots
+            share, share_sd = _share_20ft(runs, zone_runs, all_runs, res)
             n20, n40 = float(share * teu), float((1.0 - share) * teu / 2.0)
             # TEU = n20 + 2 n40 exactly; the share's spread moves boxes between the sizes.
             v20 = (share_sd * teu) ** 2 + share ** 2 * teu_var
@@ -228,9 +228,6 @@ def count_containers(
                                          "tarped": bool(n_tarps),
                                          "tarped_stacks": int(n_tarps), "tarp_patches": patches}))
             zone_tarped += n_tarps
-        if shared_h.any() or shared_fp.any():
-            shared = shared_h ** 2 + shared_fp ** 2
-            zone_var, zone_v20, zone_v40 = zone_var + shared[0], zone_v20 + shared[1], zone_v40 + shared[2]
         total += zone_teu
         var += zone_var
         tarped_total += zone_tarped
@@ -243,150 +240,15 @@ def count_containers(
                                                     "40ft": round(math.sqrt(zone_v40), 1)},
                             "tarped_stacks": int(zone_tarped),
                             "uncertainty": round(math.sqrt(zone_var), 1),
-                            "observed_fraction": round(float((inside & ok).sum() / max(inside.sum(), 1)), 4),
-                            "shaded_fraction": round(float(shaded_px[zid] / max(inside.sum(), 1)), 4)})
+                            "observed_fraction": round(float((inside & ok).sum() / max(inside.sum(), 1)), 4)})
     observed = seen_total / area_total if area_total else 0.0
-    shaded = sum(shaded_px.values()) / area_total if area_total else 0.0
     result = CountResult("containers", round(total, 1),
                          {"teu": round(total, 1), "20ft": round(n20_total, 1), "40ft": round(n40_total, 1)},
                          tuple(per_feature), tuple(detections), grid.crs, math.sqrt(var), observed,
-                         {"tarped_stacks": int(tarped_total), "shaded_fraction": round(float(shaded), 4),
+                         {"tarped_stacks": int(tarped_total),
                           "by_type_uncertainty": {"20ft": round(math.sqrt(n20_var), 1),
                                                   "40ft": round(math.sqrt(n40_var), 1)}})
     return result
-
-
-# Spread of block heights within a yard (tiers): blocks of empties stand 4-5 high, of
-# import boxes 2-3, so a block whose own height is not measured (in a cloud's shadow)
-# is uncertain by about a tier about its neighbours' mean.
-BLOCK_TIERS_SD = 1.0
-# Footprint error of the shaded pass (share of its ground slots, one standard deviation):
-# dark paint under the sky alone keeps pavement's hue and is missed. Measured on the tuning
-# yards 101-130 (session 26's change, partly cloudy): zones with at least half their
-# visible TEU in a cloud's shadow held (truth - estimate) / estimate of ground slots of
-# 0.82 rms over 15 zones (mean +0.69: a loss, not a spread).
-SHADE_SLOTS_SD = 0.8
-
-
-def _shaded_tiers(heights, zone, zone_lengths, all_lengths, res, azimuth, elevation,
-                  have_sun) -> tuple[float, float, str]:
-    """Tiers (and their standard deviation) of a block in a cloud's shadow.
-
-    Under a cloud the stacks are lit by the sky alone and throw no shadow to measure:
-    the block takes the mean height of the sunlit blocks of its zone whose stacks were
-    measured (weighted by ground slots), else of the image's (``heights``: (zone, block)
-    -> (tiers, sd, method, slots, stacks measured); at least ``KM_MIN_STACKS`` stacks:
-    the blocks that fell back on pooled walks, their own shadows lost to the cloud's,
-    say nothing of their own), else the median of the pooled shadow walks
-    (:func:`_tiers_from`). Its spread adds the spread of block heights in a yard
-    (``BLOCK_TIERS_SD``) to the spread of those heights.
-    """
-    for sel, method in ((lambda k: k[0] == zone, "cloud_shade_zone"), (lambda k: True, "cloud_shade_image")):
-        h = [v for k, v in heights.items() if sel(k) and v[3] > 0 and v[4] > 0]
-        if sum(v[4] for v in h) >= KM_MIN_STACKS:
-            t, sd, w = (np.array([v[n] for v in h], float) for n in (0, 1, 3))
-            mean = float(np.average(t, weights=w))
-            spread = math.sqrt(float(np.average((t - mean) ** 2 + sd ** 2, weights=w)))
-            return mean, math.hypot(spread, BLOCK_TIERS_SD), method
-    if not have_sun:
-        return 1.0, 0.0, "assumed_one_tier"
-    tiers, sd, method = _tiers_from(_NO_WALKS[:2], zone_lengths, all_lengths, res, azimuth, elevation)
-    return tiers, math.hypot(sd, BLOCK_TIERS_SD), "cloud_shade_" + method
-
-
-def _zone_blobs(zone, inside, apron, part, pix, grid, zones, pooled, in_shade, sun_azimuth_deg,
-                sun_elevation_deg, min_contrast, min_area_m2) -> list[tuple] | None:
-    """The stack blocks of one zone on the pixels ``part`` (row, col) of one illumination.
-
-    Each block is (mask, area m^2, shadow walks, tarp patches, stack heights, ground
-    slots, box runs, ``in_shade``); None when no ground colour can be learnt. With
-    ``in_shade`` the pixels lie in a cloud's shadow (:func:`_illumination`): the ground
-    colour is learnt from the aprons there, and no shadow is walked (the stacks cast
-    none, or a faint one under a thin cloud: heights come from the sunlit blocks, see
-    :func:`count_containers`) nor tarp looked for (its brightness gate is a surface
-    reflectance, and the sky alone lights these tops). Pooled aprons are cached in
-    ``pooled`` by illumination (``pooled['sunlit_px']``: the pixels read in direct sun).
-    """
-    res = grid.resolution
-    px_m2 = res * res
-    have_sun = sun_azimuth_deg is not None and sun_elevation_deg is not None and not in_shade
-    pavement = pix[:, apron & part].T
-    model = _ground_model(pavement)
-    if model is None and (inside & part).any():
-        # The zone's own apron is under cloud: the pavement of the other zones' aprons.
-        if in_shade not in pooled:
-            samples = pix[:, _aprons(zones, grid) & part].T
-            pooled[in_shade] = (_ground_model(samples) or False, samples)
-        model = pooled[in_shade][0] or None
-        # The lit pavement's hue is then read from the samples the model was fitted on.
-        pavement = pooled[in_shade][1]
-    if model is None:
-        return None
-    # Classify as far as the longest possible shadow reaches (a 5-tier stack throws
-    # 36 m at 20 degrees of sun), so that a long shadow is seen to end, not cut off.
-    around = _mask(zone.buffer(max(_reach_m(sun_elevation_deg), 20.0) if have_sun else 20.0), grid)
-    # Outside ``around`` every band is NaN on purpose: those pixels get distance NaN.
-    d, alpha = _classify(model, np.where(around[None], pix, np.nan))
-    box = (d > min_contrast) & around & part
-    if in_shade:
-        # In a cloud's shadow the pavement is lit by the sky alone, as in a stack's shadow:
-        # the aprons there are the shade colour, and the sunlit aprons the lit one
-        # (:func:`_reclassify`). Ground is then any mix of the two (the shadow's soft edge,
-        # where the cloud thins out) or darker in the same hue (a lane that sees less of
-        # the sky); paint is off that hue or brighter. The aprons in the shadow alone,
-        # as lit ground, spread over that soft edge and hid the boxes within it.
-        if "sunlit" not in pooled:
-            samples = pix[:, _aprons(zones, grid) & pooled["sunlit_px"]].T
-            pooled["sunlit"] = (_ground_model(samples), samples)
-        sun, sun_samples = pooled["sunlit"]
-        shade = pavement[np.all(np.isfinite(pavement), axis=1)]
-        if sun is not None:
-            # The shadow's widened margin holds sunlit pavement too: the shade colour is
-            # that of the aprons dimmed as a cloud's shadow dims them (red and NIR under
-            # CLOUD_SHADE_MAX_KEEP of the sunlit aprons').
-            shade = shade[np.all(shade[:, 2:4] < CLOUD_SHADE_MAX_KEEP * sun.lit[2:4], axis=1)]
-        if sun is not None and shade.shape[0] >= SHADE_MIN_SAMPLES:
-            model, d, alpha, off_hue = _reclassify(sun, shade, sun_samples, pix, around)
-            box = ((d > min_contrast) | (off_hue > min_contrast)) & around & part
-    lit_ground = (d <= min_contrast) & (alpha >= 0.5) & around & part
-    box = ndimage.binary_opening(box, structure=np.ones((2, 2), bool))
-    box = ndimage.binary_closing(box, structure=np.ones((2, 2), bool))
-    walk_box = box
-    if have_sun:
-        shade = _learn_shade(box & inside, box, lit_ground, around & part, pix, res, sun_azimuth_deg,
-                             sun_elevation_deg)
-        if shade is not None:
-            model, d, alpha, off_hue = _reclassify(model, shade, pavement, pix, around)
-            box = ((d > min_contrast) | (off_hue > min_contrast)) & around & part
-            # Lit pavement, where shadow walks end, stays as first classified: the
-            # hue test adds boxes, it does not say where a shadow ends.
-            box = ndimage.binary_opening(box, structure=np.ones((2, 2), bool))
-            box = ndimage.binary_closing(box, structure=np.ones((2, 2), bool))
-            d = np.where(box, np.inf, d)
-            # Outside the zone the hue test also flags other materials (bare soil):
-            # walks that end on lit soil would be cut short there.
-            walk_box = np.where(inside, box, walk_box)
-    ground_dark = (d <= min_contrast) & (alpha < 0.5) & around & part
-    tarps = np.zeros_like(box)
-    if have_sun:
-        cand = (d <= min_contrast) & (alpha >= 0.3) & inside & part & ~box
-        tarps = _tarp_tops(cand, ground_dark, box, res, sun_azimuth_deg)
-        box |= tarps
-    labels, n = _blocks(box & inside, res, min_area_m2)
-    blobs = []
-    for lab in range(1, n + 1):
-        blob = labels == lab
-        area = blob.sum() * px_m2
-        if area < min_area_m2:
-            continue
-        lengths = _shadow_lengths(blob, walk_box | blob, lit_ground, around & part, res, sun_azimuth_deg,
-                                  sun_elevation_deg) if have_sun else _NO_WALKS
-        patches = [] if in_shade else _tarp_patches((tarps & blob) | _dull_tops(blob, pix, px_m2), grid)
-        stacks = _stack_tiers(blob, pix, lengths, px_m2, _walk_to_tiers(res, sun_azimuth_deg, sun_elevation_deg),
-                              _toward_sun(sun_azimuth_deg, res)) if have_sun else None
-        blobs.append((blob, area, lengths, patches, stacks, _ground_slots(blob, res), _box_runs(blob, pix, res),
-                      in_shade))
-    return blobs
 
 
 # Shade is pavement lit by the sky alone: its colour is lit pavement's times the sky's
@@ -438,135 +300,20 @@ def observed_mask(
     sun_elevation_deg: float | None = None,
 ) -> np.ndarray:
     """The pixels :func:`count_containers` reads (row, col): finite, ``valid``, and not
-    under a cloud's thin edge (within ``CLOUD_EDGE_M`` of the mask: the cloud veils
-    the boxes there, brighter and flatter in colour).
+    in a cloud's shadow.
 
-    A cloud's shadow is read: the boxes are there, lit by the sky alone; they are
-    counted against the ground colour of the shadow, with heights from the sunlit
-    blocks (:func:`_illumination`).
+    Under a cloud's shadow the pavement is as dark as a stack's shadow everywhere, so
+    stack heights would come out as tall as the walks allow: those pixels are left
+    unobserved (nothing is counted there), like the cloud itself.
     """
-    return _illumination(image, valid, sun_azimuth_deg, sun_elevation_deg)[2]
+    return _observed(image, valid, sun_azimuth_deg, sun_elevation_deg)[2]
 
 
-def _illumination(image, valid, azimuth, elevation, zones: Mapping[str, Polygon] | None = None
-                  ) -> tuple[GridSpec, np.ndarray, np.ndarray, np.ndarray, dict]:
-    """Grid, pixels, the pixels read (:func:`observed_mask`), those of them in a cloud's
-    shadow (row, col of bool) and the same per zone (``zones``' ids: the map each zone
-    is read with). A cloud's shadow is the cloud mask slid away from the sun onto the
-    darkest ground (:func:`cloud_shadow_mask`, clouds in the frame) or, with ``zones``,
-    windows of 40 m with (almost) no surface as bright as the zone's sunlit aprons
-    (:func:`unlit_windows`: also the shadows of clouds outside the frame), kept only
-    where the open ground near the zone confirms it (:func:`_sky_lit_near`). Both only
-    where a cloud mask marks cloud and the sun's position is known."""
+def _observed(image, valid, azimuth, elevation) -> tuple[GridSpec, np.ndarray, np.ndarray]:
     grid, pix, ok = prepare(image, valid)
-    sky = np.zeros(ok.shape, bool)
-    by_zone = {}
     if valid is not None:
-        cloud = ~ok & np.all(np.isfinite(pix), axis=0)
-        if cloud.any():
-            ok &= ~cloud_shade(pix, grid, cloud, model=None)
-            if azimuth is not None and elevation is not None:
-                sky |= cloud_shadow_mask(quiet_nanmean(pix[:3], axis=0), cloud, grid, sun_azimuth_deg=azimuth,
-                                         sun_elevation_deg=elevation) & ok
-                if zones:
-                    by_zone = _sky_lit_near(pix, grid, ok, cloud, zones, azimuth, elevation)
-    by_zone = {zid: sky | by_zone.get(zid, False) for zid in (zones or {})}
-    for part in by_zone.values():
-        sky = sky | part
-    return grid, pix, ok, sky, by_zone
-
-
-# A surface lit by the sky alone is bluer than the same surface in direct sun: skylight
-# is Rayleigh-scattered (about lambda^-4), some 25-30 % of the light in blue against
-# 10-15 % in red under a clear sky, so a cloud's shadow that keeps under 0.6 of the red
-# (CLOUD_SHADE_MAX_KEEP) raises blue / red by 1.2-2.5 (1.2 with 40 % of the beam
-# left, more as the cloud thickens). Grey pavements (asphalt beside concrete, old
-# beside new) differ in brightness at the same blue / red, within about 5 %.
-SKY_BLUER = 1.15
-# Least open ground (m^2) that must confirm a cloud's shadow near a zone: a few lanes'
-# worth (a 40 m window's strip 2.5 m wide); with less, nothing is flagged (the sunlit read).
-SKY_OPEN_MIN_M2 = 100.0
-# Least share of the open ground in the windows found that must be so dimmed and bluer.
-# The windows are widened to the shadow's edge, so in a cloud's shadow most of their open
-# ground lies in it (a band along the edge, near a zone, about half); in direct sun only
-# the shade of things outside the zones (vehicles, lamp posts, sheds) is, a small share.
-SKY_OPEN_SHARE = 1.0 / 3.0
-# Only the open ground beside a zone (m beyond its outline) confirms its windows: a cloud's
-# shadow, hundreds of metres across, that covers the blocks covers the ground right beside
-# them too, while ground farther off may be dim and bluish for other reasons (the harbour
-# at the quay, a shed's shadow, a darker blue-grey pavement) that say nothing of the zone.
-# 12 m is how far the windows found are widened ((1/2 - 1/5) of 40 m, :func:`unlit_windows`).
-SKY_OPEN_NEAR_M = 12.0
-
-
-def _sky_lit_near(pix, grid, ok, cloud, zones, azimuth, elevation) -> dict:
-    """Per zone, the pixels near it (within ``CLOUD_SHADE_WINDOW_M``) in the shadow of a
-    cloud, possibly outside the frame (row, col of bool; absent: none).
-
-    The lit level is the zone's own sunlit apron (the brighter part, :class:`GroundModel`):
-    a yard may be paved in asphalt here and concrete there, and sunlit asphalt is
-    darker than 0.6 of sunlit concrete. Only when that apron is itself a sky-lit
-    version of the pooled aprons (darker in red and NIR as a cloud's shadow leaves,
-    and bluer by ``SKY_BLUER``: the zone's apron lies wholly in the shadow) is the
-    pooled level used. The windows found (:func:`unlit_windows`) are then confirmed on
-    open ground beside the zone (within ``SKY_OPEN_NEAR_M``): pavement beyond every
-    zone's reach away from the sun, which no stack can shade. In a cloud's shadow it
-    is dimmed as the windows are and bluer, lit by the sky alone (``SKY_OPEN_SHARE``
-    of it, at least ``SKY_OPEN_MIN_M2``); in direct sun it is lit, however dark the
-    paint of the stacks (tops of little NIR) or long their shadows (a low sun filling
-    the lanes), which windows over a block alone cannot tell from a cloud's shadow.
-    """
-    res = grid.resolution
-    inside = {zid: _mask(z, grid) for zid, z in zones.items()}
-    stacks = np.logical_or.reduce(list(inside.values()))
-    # Ground a stack may shade: every zone swept away from the sun by its longest shadow.
-    az, reach = math.radians(azimuth), _reach_m(elevation)
-    cast = stacks.copy()
-    for k in range(1, int(math.ceil(reach / res)) + 1):
-        dr, dc = int(round(k * math.cos(az))), int(round(-k * math.sin(az)))
-        cast |= _shifted(stacks, dr, dc)
-    open_ground = ok & ~cast & np.all(np.isfinite(pix), axis=0)
-    pooled = _ground_model(pix[:, _aprons(zones, grid) & ok].T)
-    out = {}
-    for zid, zone in zones.items():
-        apron = _mask(zone.buffer(3.0 * max(res, 1.0)), grid) & ~_mask(zone.buffer(-1.0), grid)
-        own = _ground_model(pix[:, apron & ok].T)
-        level = own
-        if own is None or (pooled is not None and _sky_dimmed(own.lit, pooled.lit)):
-            level = pooled
-        if level is None:
-            continue
-        near = _mask(zone.buffer(CLOUD_SHADE_WINDOW_M), grid)
-        region = unlit_windows(pix, grid, cloud, level.lit) & near & ok
-        probe = region & open_ground & _mask(zone.buffer(SKY_OPEN_NEAR_M), grid)
-        dimmed = _sky_dimmed(pix[:, probe].T, level.lit).sum()
-        if dimmed * res * res >= SKY_OPEN_MIN_M2 and dimmed >= SKY_OPEN_SHARE * probe.sum():
-            out[zid] = region
-    return out
-
-
-def _sky_dimmed(colour: np.ndarray, lit: np.ndarray) -> np.ndarray | bool:
-    """Whether ``colour`` (B, G, R, NIR; or (n, band) of them) is ``lit`` seen in a cloud's
-    shadow: red and NIR under ``CLOUD_SHADE_MAX_KEEP`` of lit, and blue / red raised by
-    ``SKY_BLUER``."""
-    colour, lit = np.asarray(colour, float), np.asarray(lit, float)
-    if colour.shape[-1] < 4 or lit.size < 4 or not lit[2] > 0:
-        return np.zeros(colour.shape[:-1], bool) if colour.ndim > 1 else False
-    with np.errstate(invalid="ignore", divide="ignore"):
-        darker = np.all(colour[..., 2:4] < CLOUD_SHADE_MAX_KEEP * lit[2:4], axis=-1)
-        bluer = colour[..., 0] * lit[2] >= SKY_BLUER * lit[0] * colour[..., 2]
-    out = darker & bluer & (colour[..., 2] > 0)
-    return out if colour.ndim > 1 else bool(out)
-
-
-def _shifted(mask: np.ndarray, dr: int, dc: int) -> np.ndarray:
-    """``mask`` moved by (dr, dc) pixels, nothing wrapped round."""
-    out = np.zeros_like(mask)
-    r0, r1 = max(dr, 0), mask.shape[0] + min(dr, 0)
-    c0, c1 = max(dc, 0), mask.shape[1] + min(dc, 0)
-    if r1 > r0 and c1 > c0:
-        out[r0:r1, c0:c1] = mask[r0 - dr:r1 - dr, c0 - dc:c1 - dc]
-    return out
+        ok &= ~_cloud_shade(pix, grid, ok, azimuth, elevation)
+    return grid, pix, ok
 
 
 def _aprons(zones: Mapping[str, Polygon], grid: GridSpec) -> np.ndarray:
@@ -574,6 +321,15 @@ def _aprons(zones: Mapping[str, Polygon], grid: GridSpec) -> np.ndarray:
     for zone in zones.values():
         out |= _mask(zone.buffer(3.0 * max(grid.resolution, 1.0)), grid) & ~_mask(zone.buffer(-1.0), grid)
     return out
+
+
+def _cloud_shade(pix, grid, ok, azimuth, elevation) -> np.ndarray:
+    cloud = ~ok & np.all(np.isfinite(pix), axis=0)
+    # Projection of the cloud mask and its thin edge only: the colour cue (shaded
+    # pavement over a whole 40 m window) takes a packed yard, dark between its blocks,
+    # for a cloud's shadow.
+    shade = cloud_shade(pix, grid, cloud, model=None, sun_azimuth_deg=azimuth, sun_elevation_deg=elevation)
+    return np.zeros(ok.shape, bool) if shade is None else shade
 
 
 def _tarp_patches(mask: np.ndarray, grid: GridSpec) -> list[list[float]]:
