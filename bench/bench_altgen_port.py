@@ -54,7 +54,7 @@ held out in session 14, 129-134 and 135-140 in session 15, 141-146 in session 16
 147-152 in session 17, 153-158 in session 18, 159-164 in session 19, 165-170 in session
 20, 171-176 in session 21, 177-182 in session 22, 183-188 in session 23, 189-194 in
 session 24, 195-200 in session 25, 201-206 in session 26 (run once, no container
-change landed) and 207-212 in session 27 (before and after the cloud-shadow reading),
+change landed) and 207-212 in session 27 (before and after a cloud-shadow reading, reverted),
 each then looked at, the last twelve as summary tables only, and they count as tuning
 now); 213-218 are held out from session 28 (report them separately, summary table
 only, run them at most twice a session, and do not tune on them).
