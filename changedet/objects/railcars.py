@@ -916,7 +916,11 @@ def _coupled_block(strip: Strip, occ: np.ndarray, seen: np.ndarray, sun_left: bo
     narrow band across the track unlike the bodies on both sides (:func:`_gap_evidence`'s
     ridge, ``_NOTCH_SPREADS`` local spreads off both, the spread read as
     :func:`_local_lit_spread` reads it), on the body's middle and its shoulders alike,
-    and darker than both. A block of one car type repeats it at one pitch:
+    and darker than both; or, where the bodies are off every mix of the empty track's
+    lit and shadowed colours and alike on both sides, nearer that ground by
+    ``_GROUND_SHOWN_SHARE`` (:func:`_ground_offset`): a low deck (1.3 m) shades a gap only
+    under a low sun along the track, and the lit ballast shows through it, brighter than
+    a dark deck. A block of one car type repeats it at one pitch:
     ``_MIN_CHAIN_GAPS`` or more such gaps in a row, each ``_CHAIN_PITCH_M`` from the
     next and the spacings within ``_PITCH_RIVAL_M`` of each other, bound cars. A block's
     end car has a gap on one side only; it is taken where the pitch beyond the last gap
@@ -925,10 +929,15 @@ def _coupled_block(strip: Strip, occ: np.ndarray, seen: np.ndarray, sun_left: bo
     Ballast shows no such band (sleepers repeat at 0.55 m, catenary masts at 50-70 m).
     A shadow crossing the track from elsewhere (a mast's) crosses the ground on the sun
     side too, where no car on this track casts one: a band seen there as well is not a
-    gap. Nor is a chain over a stretch mostly as dark as shadowed ground
-    (:func:`_pitch_dim_level`): there a neighbour train's shadow, lit through its
-    coupler gaps, repeats that train's pitch across the track (bright streaks, which
-    run diagonally under an oblique sun and may miss the sun-side band).
+    gap, unless the band is the ground showing between decks, that ground is lit at
+    the band and nowhere in the window as dark as a shadow, and the band there is
+    weaker than on the axis (there it is the decks' own blurred edges, which reach it at
+    0.75-1 m pixels; a band across the whole bed, such as a boarded crossing or a bare
+    strip in a grassed bed, is as strong there). Nor is a chain over a stretch
+    mostly as dark as shadowed ground (:func:`_pitch_dim_level`): there a neighbour
+    train's shadow, lit through its coupler gaps, repeats that train's pitch across the
+    track (bright streaks, which run diagonally under an oblique sun and may miss the
+    sun-side band).
 
     Bed features can repeat at a car's pitch: fouled or mud-pumped ballast at the rail
     joints (every 11.9-12.5 m on jointed track) is a dark band across the bed, darker
@@ -978,13 +987,43 @@ def _coupled_block(strip: Strip, occ: np.ndarray, seen: np.ndarray, sun_left: bo
     r_gr = ndimage.maximum_filter1d(ridge(ground), 2 * k + 1)
     thr = _NOTCH_SPREADS * sigma
     peak = (r_mid >= ndimage.maximum_filter1d(r_mid, 2 * k + 1)) & (r_mid >= thr)
-    peak &= (r_sh >= _GAP_SHOULDER_SHARE * r_mid) & (r_gr < 0.5 * r_mid)
+    peak &= r_sh >= _GAP_SHOULDER_SHARE * r_mid
+    crossing = r_gr >= 0.5 * r_mid
     # Darker than the bodies on both sides: the ground seen through the gap lies in the
     # cars' shade (an open wagon's lit end walls make bright bands at its ends instead).
     bright = np.nan_to_num(quiet_nanmean(mid, axis=0))
     darker = np.zeros(n, bool)
     darker[k:-k] = bright[k:-k] < np.minimum(bright[:-2 * k], bright[2 * k:])
-    peak &= darker
+    # Or the ground itself: bodies on both sides off every mix of the empty track's lit and
+    # shadowed colours (by the band's threshold), the band nearer that ground by the share
+    # of it a blurred gap shows. A low deck (a flat wagon's, 1.3 m up) shades a 1 m gap
+    # only under a low sun along the track; the lit ballast seen through it is brighter
+    # than a dark deck. A lit end wall, or a bright band on ballast, is no nearer the ground.
+    lit = np.asarray(refs["lit"], dtype="float64")
+    shadow = np.asarray(refs["shadow"], dtype="float64")
+    if np.all(np.isfinite(lit)) and np.all(np.isfinite(shadow)):
+        off = _ground_offset(np.nan_to_num(mid).astype("float64"), lit, shadow)
+        bodies = np.minimum(off[:-2 * k], off[2 * k:])
+        shows = np.zeros(n, bool)
+        # Like cars either side (a block): the step across the band is under the band's own
+        # contrast, where a block's end (a deck against a bed unlike the yard's) is a step.
+        alike = np.linalg.norm(np.nan_to_num(mid[:, 2 * k:] - mid[:, :-2 * k]), axis=0) < r_mid[k:-k]
+        shows[k:-k] = (bodies >= thr) & (off[k:-k] <= _GROUND_SHOWN_SHARE * bodies) & alike
+        darker |= shows
+        # A shadow crossing the track darkens the sun-side ground at the band (a mast's), or
+        # lies on both sides of it (a neighbour train's, lit through its gaps). Where that
+        # ground is lit at the band and nowhere in the window as dark as a shadow, its band
+        # is the deck's own blurred edge (at 0.75-1 m pixels a 1.435 m half-deck reaches
+        # the 1.95-2.6 m rows and dims them) giving way to ground at the gap.
+        lit_b = float(np.mean(lit))
+        gb = np.nan_to_num(quiet_nanmean(ground, axis=0))
+        unshaded = ndimage.minimum_filter1d(gb, 2 * k + 1) > _MAX_SHADOW_SHARE * lit_b
+        # A deck's blurred edge carries only part of the band's contrast 0.5-1.2 m past the
+        # deck; a feature across the whole bed (boarded crossing, bare strip in a grassed or
+        # snowed bed) is as strong there as on the axis, and stays a crossing.
+        blurred = r_gr < _DECK_BLUR_RIDGE_SHARE * r_mid
+        crossing &= ~(shows & unshaded & blurred & (gb > _SUN_LIT_SHARE * lit_b))
+    peak &= darker & ~crossing
     peak &= ndimage.minimum_filter1d(seen.astype(np.uint8), 2 * k + 1).astype(bool)
     # The sun-side ground must be seen too: unobserved (off the image, under the cloud
     # mask) it cannot tell a shadow crossing the whole track from a coupler gap.
@@ -1039,6 +1078,40 @@ def _coupled_block(strip: Strip, occ: np.ndarray, seen: np.ndarray, sun_left: bo
     return add
 
 
+def _ground_offset(colour: np.ndarray, lit: np.ndarray, shadow: np.ndarray) -> np.ndarray:
+    """Distance (norm over bands, reflectance) of each colour from the nearest mix of the
+    empty track's lit and shadowed colours.
+
+    Parameters
+    ----------
+    colour : numpy.ndarray (band, n)
+        Colours per along-track sample (reflectance).
+    lit, shadow : numpy.ndarray (band,)
+        The empty track's lit and shadowed colours (reflectance, same basis).
+
+    Returns
+    -------
+    numpy.ndarray (n,)
+        Distance to the segment between ``shadow`` and ``lit`` (reflectance).
+    """
+    span = lit - shadow
+    alpha = np.clip(((colour - shadow[:, None]) * span[:, None]).sum(axis=0) / max(float((span ** 2).sum()), 1e-12),
+                    0.0, 1.0)
+    return np.linalg.norm(colour - (shadow[:, None] + alpha * span[:, None]), axis=0)
+
+
+# Most a coupler gap's band may keep of its bodies' offset from the ground's colour (see
+# _coupled_block): a 0.8-1.5 m gap fills a third or more of a 0.75-1 m pixel blurred by
+# the optics, the rest being the decks either side.
+_GROUND_SHOWN_SHARE = 2.0 / 3.0
+# Shares of the lit ground's brightness: above the first the ground beside a track is lit
+# (as _occupancy's sun-side test reads it); a shadow keeps 8-65 % of it (GroundModel's).
+_SUN_LIT_SHARE = 0.75
+_MAX_SHADOW_SHARE = 0.65
+# Most of a ground-showing band's ridge (share of the axis's) that the sun-side ground
+# rows, 0.5-1.2 m past a 1.435 m half-deck, may show and still be the deck's blurred edge
+# at 0.75-1 m pixels (0.61-0.66 in altgen 6636); a band across the whole bed shows all of it.
+_DECK_BLUR_RIDGE_SHARE = 0.8
 # Half-width (m) of the window a coupler gap's band is compared across: past a 1-1.5 m
 # gap blurred by a 1 m pixel, on the car bodies either side.
 _NOTCH_HALF_M = 1.5
