@@ -6,17 +6,17 @@ Scenes come from ``tests/altgen/railyard.py``, written from real 1520 mm-gauge r
 stock and sensor physics without reading ``changedet/simulate``: for each condition
 (clear, hazy, partly cloudy, low sun) and each GSD (0.3, 0.5, 0.75, 1.0 m), ``--seeds``
 scenes, indices ``--first-seed`` on (:func:`scene_seed`; the tests use seeds below 100).
-Indices 0-125 (``--first-seed 0 --seeds 126``) are the tuning set (26-29 were held out in
+Indices 0-133 (``--first-seed 0 --seeds 134``) are the tuning set (26-29 were held out in
 session 18, 30-33 in session 19, 34-37 (types) and 38-41 (counts) in session 20, 42-45,
 46-49, 50-53 and 54-57 in session 21, 58-61 (types) and 62-65 (counts) in session 22,
 66-69 and 74-77 (types), 70-73 and 78-81 (counts) in session 23, 82-85, 86-89, 90-93,
 94-97 and 98-101 in session 24, 102-105 (types) and 106-109 (counts) in session 25,
 110-113 (types) and 114-117 (counts) in session 26, 118-121 (types) and 122-125 (counts)
-in session 27 (run once, no railcar change landed), each run at most twice, before and
-after, summary lines only, and count as tuning since). From session 28 two held-out sets:
-126-129 (``--first-seed 126 --seeds 4``) for railcar types and 130-133 (``--first-seed 130
---seeds 4``) for railcar counts, each to be run at most twice (before and after), summary
-lines only.
+in session 27 (run once, no railcar change landed), 126-129 (types) and 130-133 (counts)
+in session 28, each run at most twice, before and after, summary lines only, and count as
+tuning since). From session 29 two held-out sets: 134-137 (``--first-seed 134 --seeds 4``)
+for railcar types and 138-141 (``--first-seed 138 --seeds 4``) for railcar counts, each to
+be run at most twice (before and after), summary lines only.
 (Until session
 12 the tuning set was 0-1 and 2-5 were held out; in session 13 it was 0-5, with 6-9 held
 out; in session 14 0-9, with 10-13 held out; in session 15 0-13, with 14-17 held out; in
