@@ -16,6 +16,32 @@ from changedet.nanstats import quiet_nanmean
 from changedet.objects.common import robust_ref
 
 
+def ground_mix(colours: np.ndarray, lit: np.ndarray, shadow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest mix of lit and shadowed ground to each colour.
+
+    Ground under any mix of direct sun and skylight (a shadow edge crossing a pixel) has
+    a colour on the segment between its lit and its shadowed colour.
+
+    Parameters
+    ----------
+    colours : numpy.ndarray (band, n)
+        Colours to place (reflectance); NaN bands are left out of the fit.
+    lit, shadow : numpy.ndarray (band,)
+        The ground's lit and shadowed colours (reflectance).
+
+    Returns
+    -------
+    alpha : numpy.ndarray (n,)
+        Lit share of the nearest mix, 0 (shadow) to 1 (lit).
+    nearest : numpy.ndarray (band, n)
+        That mix's colour (reflectance).
+    """
+    lit, sh = np.asarray(lit)[:, None], np.asarray(shadow)[:, None]
+    span = lit - sh
+    alpha = np.clip(np.nansum((colours - sh) * span, axis=0) / max(float((span ** 2).sum()), 1e-9), 0, 1)
+    return alpha, sh + alpha * span
+
+
 @dataclass(frozen=True)
 class GroundModel:
     """Lit and shadowed ground colours (band,) with their spreads."""
@@ -69,9 +95,7 @@ class GroundModel:
         """
         shape = pixels.shape[1:]
         p = pixels.reshape(pixels.shape[0], -1)
-        lit, sh = self.lit[:, None], self.shadow[:, None]
-        span = lit - sh
-        alpha = np.clip(np.nansum((p - sh) * span, axis=0) / max(float((span ** 2).sum()), 1e-9), 0, 1)
+        alpha, nearest = ground_mix(p, self.lit, self.shadow)
         sd = self.shadow_sd[:, None] + alpha * (self.lit_sd - self.shadow_sd)[:, None]
-        d = np.sqrt(quiet_nanmean(((p - (sh + alpha * span)) / sd) ** 2, axis=0))  # NaN for a pixel with no band
+        d = np.sqrt(quiet_nanmean(((p - nearest) / sd) ** 2, axis=0))  # NaN for a pixel with no band
         return d.reshape(shape), alpha.reshape(shape)

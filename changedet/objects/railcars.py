@@ -76,7 +76,7 @@ from changedet.objects.checks import ResolutionError, check_features, check_metr
 from changedet.nanstats import quiet_nanmean, quiet_nanmin, quiet_nanstd
 from changedet.objects.cloud_shadow import cloud_shade
 from changedet.objects.common import CountResult, Detection, bgrn, oriented_rect, robust_ref, runs
-from changedet.objects.ground import GroundModel
+from changedet.objects.ground import GroundModel, ground_mix
 from changedet.objects.strips import Strip, sample_strip
 from changedet.objects.track_register import estimate_track_shift
 
@@ -651,11 +651,9 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
     if np.all(np.isfinite(refs["shadow"])) and left.any() and right.any():
         # Ground is any mix of lit and shadowed ballast (a shadow edge may cross the
         # centre): measure the distance to the segment between the two references.
-        lit, sh = refs["lit"][:, None], refs["shadow"][:, None]
-        span = lit - sh
-        alpha = np.clip(np.nansum((mean - sh) * span, axis=0) / max(float((span ** 2).sum()), 1e-9), 0, 1)
+        alpha, nearest = ground_mix(mean, refs["lit"], refs["shadow"])
         sd = refs["shadow_sd"][:, None] + alpha * (refs["lit_sd"] - refs["shadow_sd"])[:, None]
-        d_ground = np.sqrt(quiet_nanmean(((mean - (sh + alpha * span)) / sd) ** 2, axis=0))
+        d_ground = np.sqrt(quiet_nanmean(((mean - nearest) / sd) ** 2, axis=0))
         d_off = d_ground
         ground_like = d_ground <= min_contrast
         dark = ground_like & (alpha < 0.5)
@@ -918,7 +916,7 @@ def _coupled_block(strip: Strip, occ: np.ndarray, seen: np.ndarray, sun_left: bo
     :func:`_local_lit_spread` reads it), on the body's middle and its shoulders alike,
     and darker than both; or, where the bodies are off every mix of the empty track's
     lit and shadowed colours and alike on both sides, nearer that ground by
-    ``_GROUND_SHOWN_SHARE`` (:func:`_ground_offset`): a low deck (1.3 m) shades a gap only
+    ``_GROUND_SHOWN_SHARE`` (:func:`~changedet.objects.ground.ground_mix`): a low deck (1.3 m) shades a gap only
     under a low sun along the track, and the lit ballast shows through it, brighter than
     a dark deck. A block of one car type repeats it at one pitch:
     ``_MIN_CHAIN_GAPS`` or more such gaps in a row, each ``_CHAIN_PITCH_M`` from the
@@ -1002,7 +1000,9 @@ def _coupled_block(strip: Strip, occ: np.ndarray, seen: np.ndarray, sun_left: bo
     lit = np.asarray(refs["lit"], dtype="float64")
     shadow = np.asarray(refs["shadow"], dtype="float64")
     if np.all(np.isfinite(lit)) and np.all(np.isfinite(shadow)):
-        off = _ground_offset(np.nan_to_num(mid).astype("float64"), lit, shadow)
+        colour = np.nan_to_num(mid).astype("float64")
+        # Distance (reflectance) to the nearest mix of the empty track's lit and shadowed colours.
+        off = np.linalg.norm(colour - ground_mix(colour, lit, shadow)[1], axis=0)
         bodies = np.minimum(off[:-2 * k], off[2 * k:])
         shows = np.zeros(n, bool)
         # Like cars either side (a block): the step across the band is under the band's own
@@ -1076,28 +1076,6 @@ def _coupled_block(strip: Strip, occ: np.ndarray, seen: np.ndarray, sun_left: bo
             if body(a, b):
                 add[a:b] = True
     return add
-
-
-def _ground_offset(colour: np.ndarray, lit: np.ndarray, shadow: np.ndarray) -> np.ndarray:
-    """Distance (norm over bands, reflectance) of each colour from the nearest mix of the
-    empty track's lit and shadowed colours.
-
-    Parameters
-    ----------
-    colour : numpy.ndarray (band, n)
-        Colours per along-track sample (reflectance).
-    lit, shadow : numpy.ndarray (band,)
-        The empty track's lit and shadowed colours (reflectance, same basis).
-
-    Returns
-    -------
-    numpy.ndarray (n,)
-        Distance to the segment between ``shadow`` and ``lit`` (reflectance).
-    """
-    span = lit - shadow
-    alpha = np.clip(((colour - shadow[:, None]) * span[:, None]).sum(axis=0) / max(float((span ** 2).sum()), 1e-12),
-                    0.0, 1.0)
-    return np.linalg.norm(colour - (shadow[:, None] + alpha * span[:, None]), axis=0)
 
 
 # Most a coupler gap's band may keep of its bodies' offset from the ground's colour (see
