@@ -30,6 +30,16 @@ track. The occupied length is the backscatter above the empty level over ``c``,
 summed along, which counts two cars side by side twice and a car's end by the part it
 covers.
 
+On a busy bundle no position along it is empty and the comb's empty level lands on
+cars (which then read as the bed, and two or three cars' step as one car). Where the
+strip can be prolonged past the tracks' ends onto bare ground (the yard's throat), the
+empty level is read there instead (:func:`_bed_estimate`; raised to the track's own
+bare stretches where it has them, the rails lift a yard's bed), and one car's level is
+taken from two physical handles rather than from the comb: at most one car per track
+(the bright stretches over the number of tracks) and the car-to-car spread of the
+returns (the variance of the excess over its mean); their disagreement widens the
+uncertainty. The comb then only says whether cars are present at all.
+
 Cars = occupied length over a mean car length (:data:`MEAN_PITCH_M`, with its spread
 :data:`PITCH_SPREAD`); the uncertainty combines speckle and the fit of ``b`` and ``c``
 (a block bootstrap along the strips, refitting both) with the car-length spread.
@@ -41,6 +51,7 @@ import math
 from typing import Mapping
 
 import numpy as np
+import shapely
 import xarray as xr
 from scipy import special, stats
 from shapely.geometry import LineString
@@ -84,6 +95,27 @@ MIN_COMB_POSITIONS = 30
 # Fits whose log-likelihoods differ by less than this are tied; the coarser comb wins.
 LOGLIK_TIE = 0.1
 BLOCK = 6
+# The empty bed is read beyond the tracks' ends (the yard's throat and ladder: the same
+# ballast, no car stands there), from BEYOND_GAP_M to BEYOND_GAP_M + BEYOND_LENGTH_M
+# past each end: a car at the very end spreads over about one resolution cell (20 x 22
+# m) and the centrelines may be misregistered by a few metres.
+BEYOND_GAP_M = 20.0
+BEYOND_LENGTH_M = 40.0
+# The bed beyond the ends need not match the bed under the cars exactly: ballast and
+# ground sigma0 drift by about 0.6 dB (15 %) over a few hundred metres.
+BED_REL_SPREAD = 0.15
+# The bed along a yard track may read up to this factor (3 dB) above the ground past its
+# ends (the rails' and wires' line returns, cleaner ballast); and the fewest positions
+# (50 m of track) that read that low for their level to stand for the yard's bed.
+BED_LIFT = 2.0
+MIN_BARE_POSITIONS = 5
+# Cars are present when the track's mean excess over that bed exceeds this many of its
+# standard errors (speckle of the few bed positions and the 15 % drift), or a comb is learnt.
+PRESENCE_Z = 3.0
+# Spread (natural log) of the car level learnt from one scene when its two estimates
+# agree: each rests on an assumption (the brightest stretches full; cars' returns
+# varying about as much as their mean) that holds only to tens of per cent.
+CAR_LEVEL_LOG_SD = 0.35
 
 
 def radar_bands(image: xr.DataArray) -> list[str]:
@@ -163,7 +195,7 @@ def _signed_offset(axis: LineString, line: LineString) -> float:
 
 # ------------------------------------------------------------------------------ levels
 def fit_levels(series: list[np.ndarray], n_tracks: list[int], *, init: dict | None = None,
-               max_iter: int = 200) -> dict | None:
+               max_iter: int = 200, empty: list[np.ndarray] | None = None) -> dict | None:
     """Fit the levels ``E = b_k + n c`` (n = 0 .. n_tracks[k] cars side by side) to the
     strips' integrated backscatter.
 
@@ -184,13 +216,17 @@ def fit_levels(series: list[np.ndarray], n_tracks: list[int], *, init: dict | No
         are too few positions or no level stands above the empty one.
     """
     data = [np.atleast_2d(np.asarray(e, dtype="float64").T).T for e in series]
-    data = [e[np.all(np.isfinite(e), axis=1)] for e in data]
+    fin = [np.all(np.isfinite(e), axis=1) for e in data]
+    if empty is None:
+        empty = [np.zeros(e.shape[0], bool) for e in data]
+    known = [np.asarray(z, bool)[f] for z, f in zip(empty, fin)]
+    data = [e[f] for e, f in zip(data, fin)]
     # A comb (empty level, car level, their spreads, change rate) fitted to a handful of
     # positions fits speckle: below MIN_COMB_POSITIONS the counter uses the CFAR bounds.
     if sum(e.shape[0] for e in data) < MIN_COMB_POSITIONS:
         return None
     if init is not None:
-        return _em(data, n_tracks, init, max_iter)
+        return _em(data, n_tracks, init, max_iter, known)
     nch = data[0].shape[1]
     lows = np.full((nch, len(data)), np.nan)
     spreads = np.full((nch, len(data)), np.nan)
@@ -201,6 +237,8 @@ def fit_levels(series: list[np.ndarray], n_tracks: list[int], *, init: dict | No
         # The empty bed is the low end of each strip (ladders, gaps between strings).
         for ch in range(nch):
             low = np.sort(e[:, ch])[: max(3, e.shape[0] // 5)]
+            if known[k].sum() >= 3:
+                low = e[known[k], ch]
             lows[ch, k] = float(np.median(low))
             spreads[ch, k] = float(np.std(low)) + 1e-12
             tops[ch] = max(tops[ch], float(np.max(e[:, ch]) - lows[ch, k]))
@@ -212,7 +250,7 @@ def fit_levels(series: list[np.ndarray], n_tracks: list[int], *, init: dict | No
     for frac in np.geomspace(max(2 * sd0[0] / tops[0], 0.05), 1.0, 12):
         c0 = frac * tops
         f = _em(data, n_tracks, {"b": b0, "c": c0, "v0": sd0 ** 2, "v1": 0.1 * c0 ** 2, "rho": 0.1,
-                                 "v0_floor": 0.25 * sd0 ** 2}, max_iter)
+                                 "v0_floor": 0.25 * sd0 ** 2}, max_iter, known)
         if f is not None:
             fits.append(f)
     if not fits:
@@ -312,7 +350,7 @@ def _log_density(e: np.ndarray, mu: np.ndarray, var: np.ndarray) -> np.ndarray:
             - (k * np.log(theta))[None])
 
 
-def _em(data, n_tracks, start, max_iter):
+def _em(data, n_tracks, start, max_iter, known=None):
     K, nch = len(data), data[0].shape[1]
     b = np.array(start["b"], dtype="float64").reshape(nch, K).copy()
     c = np.array(start["c"], dtype="float64").reshape(nch).copy()
@@ -331,6 +369,8 @@ def _em(data, n_tracks, start, max_iter):
                 resp.append(np.zeros((0, n.size)))
                 continue
             logp = sum(_log_density(e[:, ch], b[ch, k] + n * c[ch], v0[ch] + n * v1[ch]) for ch in range(nch))
+            if known is not None and known[k].any():
+                logp[known[k], 1:] = -1e30
             g, xi, lk = _forward_backward(logp, _transitions(n.size, rho))
             ll += lk
             resp.append(g)
@@ -406,6 +446,141 @@ def _occupied_m(e: np.ndarray, fit: dict, k: int, n_max: int, step: float) -> fl
     return float(np.clip(n, 0.0, n_max).sum() * step)
 
 
+def _extended(line: LineString, ext_m: float) -> LineString | None:
+    """``line`` prolonged by ``ext_m`` metres beyond both ends, or None where it cannot be
+    (a multi-part track, or one too short to give a direction).
+
+    Each end's direction is taken from the chord to the point BEYOND_GAP_M (or half the
+    track) in from it, not from the last segment: digitised tracks carry repeated or
+    sub-metre end vertices whose direction is arbitrary, and a prolongation that is not
+    ``ext_m`` long would shift every position along the strip."""
+    if line.geom_type != "LineString" or line.length <= 0:
+        return None
+    pts = np.asarray(line.coords, dtype="float64")[:, :2]
+    inner = min(BEYOND_GAP_M, line.length / 2.0)
+    a = np.asarray(line.interpolate(inner).coords[0][:2])
+    z = np.asarray(line.interpolate(line.length - inner).coords[0][:2])
+    d0, d1 = pts[0] - a, pts[-1] - z
+    n0, n1 = float(np.hypot(*d0)), float(np.hypot(*d1))
+    if min(n0, n1) < 1e-3 * inner:
+        return None
+    return LineString(np.vstack([pts[0] + ext_m * d0 / n0, pts, pts[-1] + ext_m * d1 / n1]))
+
+
+def _beyond_bed(e: np.ndarray, along: np.ndarray, length: float) -> np.ndarray:
+    """Positions beyond the track's ends that read as empty bed (bool over ``along``).
+
+    An end is used only where its median lies below the track's 75th percentile: an end
+    brighter than most of the track holds something (cars on a track the features cut
+    short, a building), not bare ballast."""
+    span = (along >= 0.0) & (along <= length) & np.isfinite(e)
+    out = np.zeros(along.size, bool)
+    if span.sum() < 5:
+        return out
+    top = float(np.percentile(e[span], 75))
+    ends = []
+    for end in ((along < -BEYOND_GAP_M), (along > length + BEYOND_GAP_M)):
+        end = end & np.isfinite(e)
+        if end.sum() >= 2 and float(np.median(e[end])) <= top:
+            ends.append((float(np.median(e[end])), end))
+    # Two ends further apart than the bed's lift (3 dB) are not the same bare ground: cars
+    # only add backscatter, so the brighter one holds cars (a track the features cut short
+    # or continuing into the next yard); the darker is kept.
+    if len(ends) == 2 and max(ends[0][0], ends[1][0]) > BED_LIFT * min(ends[0][0], ends[1][0]):
+        ends = [min(ends, key=lambda t: t[0])]
+    for _, end in ends:
+        out |= end
+    return out
+
+
+def _car_level(x: np.ndarray, bed_var: float, n_tracks: int) -> tuple[float, float] | None:
+    """One car's backscatter per position (sigma0 x metres) from a track's excess ``x``
+    over the empty bed, and the spread (natural log) of that estimate.
+
+    Two estimates, each from a physical bound or law, combined in log space:
+
+    * from above the occupancy: no position holds more than one car per track, so
+      ``c >= excess / n_tracks``; the 90th percentile of a 3-position (30 m, two cars)
+      running mean stands for the bright stretches, which are full on a busy track (one
+      bright car or a speckle peak does not set it). Low where a yard is sparse.
+    * from the spread of the excess: a car's return comes from a few dominant
+      scatterers (bogies, wall-ground corners, open tops) of random phase, and cars differ
+      by type and load, so one car's return varies about as much as its mean (a
+      coefficient of variation near 1): the excess's variance (less the bed's speckle)
+      over its mean is then about ``c``. High where occupancy also varies along.
+
+    Their disagreement widens the spread. None when either is not positive."""
+    if x.size < 5 or not np.mean(x) > 0:
+        return None
+    run = np.convolve(x, np.ones(3) / 3.0, mode="same")
+    c_full = float(np.percentile(run, 90)) / n_tracks
+    c_disp = (float(np.var(x)) - bed_var) / float(np.mean(x))
+    if not (c_full > 0 and c_disp > 0):
+        return None
+    c = math.sqrt(c_full * c_disp)
+    return c, math.hypot(CAR_LEVEL_LOG_SD, 0.5 * abs(math.log(c_disp / c_full)))
+
+
+def _bed_estimate(e: np.ndarray, bed: np.ndarray, n_tracks: int, step: float,
+                  comb: bool) -> tuple[float, float, float, dict]:
+    """Occupied metres, their standard deviation and the length holding at least one car
+    along a strip whose empty bed is read beyond its ends (``e``: first channel over the
+    track; ``bed``: the positions beyond the ends).
+
+    The occupied length is the excess over the bed summed along, over one car's level
+    (:func:`_car_level`), clipped per position to 0 .. ``n_tracks`` cars. Cars are taken
+    as present where a comb was learnt (``comb``) or the mean excess stands
+    :data:`PRESENCE_Z` standard errors above the bed; else the CFAR bounds over that bed
+    are used (:func:`_bounds_from`)."""
+    f = e[np.isfinite(e)]
+    b, sdb = float(np.median(bed)), float(np.std(bed))
+    if f.size >= 5:
+        # The yard's own bed (ballast, the rails' line return, contact wires) may read
+        # brighter than the ground past the track ends, by up to BED_LIFT; stretches of
+        # the track that low (30 m running mean) are bare bed and give its level where
+        # there are enough of them (a gap between strings), brighter ones hold cars.
+        run = np.convolve(f, np.ones(3) / 3.0, mode="same")
+        bare = f[run <= BED_LIFT * b]
+        if bare.size >= MIN_BARE_POSITIONS:
+            b = max(b, float(np.median(bare)))
+    x = f - b
+    # Neighbouring positions share speckle (correlated over about two pixels): the bed's
+    # positions count as half as many independent ones.
+    sd_b = math.hypot(sdb / math.sqrt(max(bed.size / 2.0, 1.0)), BED_REL_SPREAD * b)
+    k = (b / max(sdb, 1e-12)) ** 2 if b > 0 else 1.0
+    thr = float(stats.gamma.isf(CFAR_PFA, k, scale=max(b, 1e-12) / k))
+    info = {"empty_level": b, "empty_spread": sdb, "threshold": thr}
+    level = _car_level(x, sdb ** 2, n_tracks) if f.size >= 5 else None
+    if level is None or not (comb or float(np.mean(x)) > PRESENCE_Z * sd_b):
+        if f.size < 5:
+            info["car_level"] = None
+            return 0.0, 0.0, 0.0, info
+        # No cars stand clear of the bed, so most of the track is bed too: its lower half
+        # (deviations below its median, which no car reaches) measures the speckle's
+        # spread over many more positions than the few beyond the ends, whose spread
+        # alone sets the CFAR threshold too low as often as not.
+        med = float(np.median(f))
+        sd_low = 1.4826 * float(np.median(med - f[f <= med]))
+        sd = max(sdb, sd_low)
+        k = (b / max(sd, 1e-12)) ** 2 if b > 0 else 1.0
+        thr = float(stats.gamma.isf(CFAR_PFA, k, scale=max(b, 1e-12) / k))
+        occ, sd_occ, any_m = _bounds_from(f, thr, n_tracks, step)
+        if level is not None:
+            # The mean excess, within the bed's drift, may still be a few cars' worth
+            # (a sparse yard): the uncertainty keeps the length it would make, each car
+            # at least MIN_CAR_CONTRAST spreads of the bed (a fainter one is not seen).
+            c_h = max(level[0], MIN_CAR_CONTRAST * sd)
+            sd_occ = math.hypot(sd_occ, max(float(np.mean(x)), 0.0) * f.size * step / c_h)
+        info.update(car_level=None, threshold=thr)
+        return occ, sd_occ, any_m, info
+    c, sig = level
+    occ = float(np.clip(x / c, 0.0, n_tracks).sum() * step)
+    # The car level's spread scales the whole length; the bed's error shifts every position.
+    sd = math.hypot(occ * sig, f.size * step * sd_b / c)
+    info.update(car_level=c, car_level_log_sd=sig)
+    return occ, sd, float((f > thr).sum() * step), info
+
+
 # ------------------------------------------------------------------------------ counter
 def count_railcars_sar(image: xr.DataArray, tracks: Mapping[str, LineString], *,
                        valid: xr.DataArray | None = None, band: str | list[str] | None = None,
@@ -477,30 +652,61 @@ def count_railcars_sar(image: xr.DataArray, tracks: Mapping[str, LineString], *,
         sig = np.where(np.asarray(valid.values, bool)[None], sig, np.nan)
     res = grid.resolution
     groups = bundles(tracks, RESOLVED_SPACING_PX * res)
-    series, n_tr, meta = [], [], []
+    series, fit_series, known, n_tr, meta = [], [], [], [], []
     for g in groups:
         axis = max((tracks[t] for t in g), key=lambda ln: ln.length)
         offs = [_signed_offset(axis, tracks[t]) for t in g]
         # Every member's cars and one pixel beyond (the impulse response and the
         # interpolation spread a car's backscatter about that far).
         lo, hi = min(offs) - CAR_WIDTH_M / 2 - res, max(offs) + CAR_WIDTH_M / 2 + res
-        st = sample_strip(sig, grid, axis, half_width_m=max(abs(lo), abs(hi)), step_m=res)
+        ext = BEYOND_GAP_M + BEYOND_LENGTH_M
+        line = _extended(axis, ext)
+        if line is None:
+            line, ext = axis, 0.0
+        st = sample_strip(sig, grid, line, half_width_m=max(abs(lo), abs(hi)), step_m=res)
+        along = st.along_m - ext
         inside = (st.across_m >= lo) & (st.across_m <= hi)
         v = st.values[:, inside, :]                                  # (channel, across, along)
-        seen = np.all(np.isfinite(v), axis=(0, 1))
+        seen_all = np.all(np.isfinite(v), axis=(0, 1))
         # Backscatter integrated across the strip (sigma0 x metres) per position along it.
-        e = np.where(seen[:, None], np.nansum(v, axis=1).T * st.step_m, np.nan)
-        series.append(e)
+        e_all = np.where(seen_all[:, None], np.nansum(v, axis=1).T * st.step_m, np.nan)
+        span = (along >= -1e-6) & (along <= axis.length + 1e-6)
+        # Past the ends, a position whose band across the strip meets another given track
+        # (the same track cut into features at a switch, a staggered neighbour) may hold
+        # that track's cars (bodies 3 m wide): it is not bed. A parallel bundle beside the
+        # band only spills its blur in, as it does along the tracks.
+        others = [tracks[t] for t in tracks if t not in g]
+        free = np.ones(along.size, bool)
+        if others:
+            i0, i1 = np.flatnonzero(inside)[[0, -1]]
+            cuts = shapely.linestrings(np.stack([np.stack([st.x[i0], st.y[i0]], -1),
+                                                 np.stack([st.x[i1], st.y[i1]], -1)], axis=1))
+            free = ~shapely.intersects(cuts, shapely.union_all(others).buffer(CAR_WIDTH_M / 2))
+        bed = _beyond_bed(np.where(free, e_all[:, 0], np.nan), along, axis.length)
+        series.append(e_all[span])
+        fit_series.append(e_all[span | bed])
+        known.append(bed[span | bed])
         n_tr.append(len(g))
-        meta.append({"length_m": axis.length, "seen": seen})
-    fit = fit_levels(series, n_tr)
+        meta.append({"length_m": axis.length, "seen": seen_all[span], "bed": e_all[bed, 0]})
+    # The comb is learnt with the positions beyond the ends held empty (where they read as bed).
+    fit = fit_levels(fit_series, n_tr, empty=known)
+    comb = fit is not None and not fit.get("empty_only")
+    # The comb is learnt over all strips at once: it says cars are present on a strip only
+    # where its posterior puts at least one car's length (two positions) in a car state
+    # there, else an empty track beside a busy bundle would take the bundle's word for it.
+    present = [float((1.0 - r[:, 0]).sum()) >= 2.0 for r in fit["posterior"]] if comb else [False] * len(groups)
+    # Strips with a bed read beyond their ends are estimated from it (_bed_estimate); the
+    # others (ends off the image or not bare) from the comb or the CFAR fallback.
+    direct = [m["bed"].size >= 3 for m in meta]
     empty_only = fit if fit is not None and fit.get("empty_only") else None
     if empty_only is not None:
         fit = None
-    boot = _bootstrap(series, n_tr, fit, res, n_bootstrap, seed) if fit is not None else None
+    boot = _bootstrap(series, n_tr, fit, res, n_bootstrap, seed) if fit is not None and not all(direct) else None
     per_feature, total = [], 0.0
     total_seen, total_len = 0.0, 0.0
     thresholds = None
+    bed_info: list[dict] = []
+    sd_direct2 = 0.0
     if fit is not None:
         # The occupied/empty decision: the first channel above its empty level's gamma
         # law (mean b, variance v0) at the CFAR false-alarm rate.
@@ -511,7 +717,11 @@ def count_railcars_sar(image: xr.DataArray, tracks: Mapping[str, LineString], *,
         seen_frac = float(m["seen"].mean()) if m["seen"].size else 0.0
         total_seen += seen_frac * m["length_m"] * len(g)
         total_len += m["length_m"] * len(g)
-        if fit is None:
+        if direct[k]:
+            occ, sd_occ, any_m, info = _bed_estimate(e[:, 0], m["bed"], len(g), res, present[k])
+            bed_info.append(info)
+            sd_direct2 += sd_occ ** 2
+        elif fit is None:
             # No comb of car levels could be learnt (too few cars, or a bed whose texture
             # swings as much as a car): positions above a CFAR threshold over the empty
             # level hold at least one car and at most one per track. The estimate
@@ -554,19 +764,34 @@ def count_railcars_sar(image: xr.DataArray, tracks: Mapping[str, LineString], *,
     observed = total_seen / total_len if total_len else 0.0
     # The bundles share one car level: their bootstrap lengths are summed per draw. The
     # car-length term is shared by the whole yard (one fleet mix): it scales the total.
-    sd_speckle = float(boot.sum(axis=1).std()) / MEAN_PITCH_M if boot is not None else 0.0
+    rest = [k for k in range(len(groups)) if not direct[k]]
+    sd_speckle = float(boot[:, rest].sum(axis=1).std()) / MEAN_PITCH_M if boot is not None else 0.0
     sd_comb = 0.0
-    if fit is None:
+    if not rest:
+        pass
+    elif fit is None:
         extras["levels"] = ("no car level could be learnt from the scene: occupied length from CFAR detections, "
                             "between one car per detected position and one per track")
-        sd_speckle = math.sqrt(sum(_bounds_estimate(e[:, 0], len(g), res, _empty_of(empty_only, k))[1] ** 2
-                                   for k, (g, e) in enumerate(zip(groups, series)))) / MEAN_PITCH_M
+        sd_speckle = math.sqrt(sum(_bounds_estimate(series[k][:, 0], len(groups[k]), res, _empty_of(empty_only, k))[1]
+                                   ** 2 for k in rest)) / MEAN_PITCH_M
     else:
-        tot_m = np.array([sum(_occupied_m(e, m, k, len(g), res) for k, (g, e) in enumerate(zip(groups, series)))
+        tot_m = np.array([sum(_occupied_m(series[k], m, k, len(groups[k]), res) for k in rest)
                           for m in fit["modes"]])
         w = np.array([m["weight"] for m in fit["modes"]])
         sd_comb = math.sqrt(float((w * (tot_m - (w * tot_m).sum()) ** 2).sum())) / MEAN_PITCH_M
         sd_speckle = math.hypot(sd_speckle, sd_comb)
+    if bed_info:
+        # Strips estimated over the bed beyond their ends: each learnt its own car level.
+        sd_speckle = math.hypot(sd_speckle, math.sqrt(sd_direct2) / MEAN_PITCH_M)
+        extras["bed_beyond_ends"] = {
+            "strips": [groups[k][0] for k in range(len(groups)) if direct[k]],
+            "empty_levels": [round(i["empty_level"], 4) for i in bed_info],
+            "car_levels": [None if i["car_level"] is None else round(i["car_level"], 4) for i in bed_info],
+            "car_level_log_sd": [round(i.get("car_level_log_sd", 0.0), 3) for i in bed_info],
+            "units": "sigma0 x metres across the strip, per position along it",
+            "note": (f"empty bed read {BEYOND_GAP_M:g}-{BEYOND_GAP_M + BEYOND_LENGTH_M:g} m beyond the track ends; "
+                     "car level from the bright stretches (at most one car per track) and the spread of the "
+                     "backscatter above the bed; null: no cars stand clear of the bed, CFAR bounds used")}
     sd_total = math.hypot(sd_speckle, PITCH_SPREAD * total)
     extras["uncertainty_terms"] = {"speckle_and_levels": round(sd_speckle, 2), "comb_choice": round(sd_comb, 2),
                                    "car_length": round(PITCH_SPREAD * total, 2)}
