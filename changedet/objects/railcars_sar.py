@@ -547,8 +547,7 @@ def _bed_estimate(e: np.ndarray, bed: np.ndarray, n_tracks: int, step: float,
     # Neighbouring positions share speckle (correlated over about two pixels): the bed's
     # positions count as half as many independent ones.
     sd_b = math.hypot(sdb / math.sqrt(max(bed.size / 2.0, 1.0)), BED_REL_SPREAD * b)
-    k = (b / max(sdb, 1e-12)) ** 2 if b > 0 else 1.0
-    thr = float(stats.gamma.isf(CFAR_PFA, k, scale=max(b, 1e-12) / k))
+    thr = _cfar_threshold(b, sdb)
     info = {"empty_level": b, "empty_spread": sdb, "threshold": thr}
     level = _car_level(x, sdb ** 2, n_tracks) if f.size >= 5 else None
     if level is None or not (comb or float(np.mean(x)) > PRESENCE_Z * sd_b):
@@ -559,11 +558,8 @@ def _bed_estimate(e: np.ndarray, bed: np.ndarray, n_tracks: int, step: float,
         # (deviations below its median, which no car reaches) measures the speckle's
         # spread over many more positions than the few beyond the ends, whose spread
         # alone sets the CFAR threshold too low as often as not.
-        med = float(np.median(f))
-        sd_low = 1.4826 * float(np.median(med - f[f <= med]))
-        sd = max(sdb, sd_low)
-        k = (b / max(sd, 1e-12)) ** 2 if b > 0 else 1.0
-        thr = float(stats.gamma.isf(CFAR_PFA, k, scale=max(b, 1e-12) / k))
+        sd = max(sdb, _lower_half(f)[1])
+        thr = _cfar_threshold(b, sd)
         occ, sd_occ, any_m = _bounds_from(f, thr, n_tracks, step)
         if level is not None:
             # The mean excess, within the bed's drift, may still be a few cars' worth
@@ -816,19 +812,25 @@ def _bounds_estimate(e: np.ndarray, n_tracks: int, step: float,
     if f.size < 5:
         return 0.0, 0.0, 0.0
     if empty is not None and empty[0] > 0 and empty[1] > 0:
-        med, sd = empty
-        k = (med / sd) ** 2
-        thr = float(stats.gamma.isf(CFAR_PFA, k, scale=med / k))
-        return _bounds_from(f, thr, n_tracks, step)
-    # The empty level from the lower half (cars only raise a position): its median, and
-    # its spread from the deviations below that median, which no car reaches.
+        return _bounds_from(f, _cfar_threshold(*empty), n_tracks, step)
+    med, sd = _lower_half(f)
+    return _bounds_from(f, _cfar_threshold(med, sd), n_tracks, step)
+
+
+def _lower_half(f: np.ndarray) -> tuple[float, float]:
+    """The empty level of a strip's positions ``f`` from their lower half (cars only raise
+    a position): its median, and its spread from the deviations below that median, which
+    no car reaches (normal-consistent median absolute deviation)."""
     med = float(np.median(f))
-    below = f[f <= med]
-    sd = max(1.4826 * float(np.median(med - below)), 1e-12)
-    # Speckle's tail is a gamma law's, heavier than a normal one.
-    k = (med / sd) ** 2 if med > 0 else 1.0
-    thr = float(stats.gamma.isf(CFAR_PFA, k, scale=max(med, 1e-12) / k))
-    return _bounds_from(f, thr, n_tracks, step)
+    return med, 1.4826 * float(np.median(med - f[f <= med]))
+
+
+def _cfar_threshold(level: float, spread: float) -> float:
+    """Level exceeded with probability :data:`CFAR_PFA` by an empty position whose
+    integrated backscatter has mean ``level`` and standard deviation ``spread``: speckle's
+    tail is a gamma law's, heavier than a normal one."""
+    k = (level / max(spread, 1e-12)) ** 2 if level > 0 else 1.0
+    return float(stats.gamma.isf(CFAR_PFA, k, scale=max(level, 1e-12) / k))
 
 
 def _bounds_from(f: np.ndarray, thr: float, n_tracks: int, step: float) -> tuple[float, float, float]:
