@@ -694,10 +694,11 @@ def count_railcars_sar(image: xr.DataArray, tracks: Mapping[str, LineString], *,
     # Strips with a bed read beyond their ends are estimated from it (_bed_estimate); the
     # others (ends off the image or not bare) from the comb or the CFAR fallback.
     direct = [m["bed"].size >= 3 for m in meta]
+    rest = [k for k in range(len(groups)) if not direct[k]]
     empty_only = fit if fit is not None and fit.get("empty_only") else None
     if empty_only is not None:
         fit = None
-    boot = _bootstrap(series, n_tr, fit, res, n_bootstrap, seed) if fit is not None and not all(direct) else None
+    boot = _bootstrap(series, n_tr, fit, res, n_bootstrap, seed) if fit is not None and rest else None
     per_feature, total = [], 0.0
     total_seen, total_len = 0.0, 0.0
     thresholds = None
@@ -750,7 +751,9 @@ def count_railcars_sar(image: xr.DataArray, tracks: Mapping[str, LineString], *,
         per_feature.append(entry)
     extras: dict = {"method": "sentinel-1 integrated backscatter (levels learnt from the scene)", "bands": use,
                     "scale": scales, "mean_car_length_m": MEAN_PITCH_M, "car_length_spread": PITCH_SPREAD}
-    if fit is not None:
+    if fit is not None and rest:
+        # The comb's levels, where some strip was estimated from them (else the comb only
+        # said whether cars are present, and bed_beyond_ends gives the levels used).
         extras.update({
             "car_level": {b: round(float(fit["c"][i]), 4) for i, b in enumerate(use)},
             "empty_levels": {b: [round(float(x), 4) for x in fit["b"][i]] for i, b in enumerate(use)},
@@ -760,17 +763,14 @@ def count_railcars_sar(image: xr.DataArray, tracks: Mapping[str, LineString], *,
     observed = total_seen / total_len if total_len else 0.0
     # The bundles share one car level: their bootstrap lengths are summed per draw. The
     # car-length term is shared by the whole yard (one fleet mix): it scales the total.
-    rest = [k for k in range(len(groups)) if not direct[k]]
     sd_speckle = float(boot[:, rest].sum(axis=1).std()) / MEAN_PITCH_M if boot is not None else 0.0
     sd_comb = 0.0
-    if not rest:
-        pass
-    elif fit is None:
+    if rest and fit is None:
         extras["levels"] = ("no car level could be learnt from the scene: occupied length from CFAR detections, "
                             "between one car per detected position and one per track")
         sd_speckle = math.sqrt(sum(_bounds_estimate(series[k][:, 0], len(groups[k]), res, _empty_of(empty_only, k))[1]
                                    ** 2 for k in rest)) / MEAN_PITCH_M
-    else:
+    elif rest:
         tot_m = np.array([sum(_occupied_m(series[k], m, k, len(groups[k]), res) for k in rest)
                           for m in fit["modes"]])
         w = np.array([m["weight"] for m in fit["modes"]])
