@@ -682,7 +682,7 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
         light = np.fmax(light_l, light_r) if sun_left is None else (light_l if sun_left else light_r)
         if sun_left is None:
             sun_lit = (bl > 0.75 * lit_b) | (br > 0.75 * lit_b)
-            anti_dark = np.zeros_like(sun_lit)
+            anti_dark = risen = np.zeros_like(sun_lit)
         else:
             sun_b, anti_b = (bl, br) if sun_left else (br, bl)
             sun_lit = sun_b > 0.75 * lit_b
@@ -691,6 +691,11 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
             # Under a thin cloud the sun side is dimmed as much: darkness is judged
             # against the light there.
             anti_dark = anti_b < 0.6 * lit_b * light
+            # A lit centre between two shaded sides stands out of a shadow: the track lies in
+            # a neighbour's shadow (its sun side too), and only a body tall enough to rise
+            # into the sun is lit there. A car's own shadow running past its end leaves the
+            # sun side lit, so such a stretch is not a shadow tail.
+            risen = ~dark & anti_dark & (sun_b < 0.6 * lit_b * light)
         if sun_left is not None:
             # A sunlit convex body (a tank car's cylinder) is brighter on its sun-facing half;
             # a shadow cast onto the track darkens the sun-facing half first, and shadowed
@@ -731,7 +736,7 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
         structured = texture > 4.0 if sun_left is None else np.zeros_like(dark)
         occ = colourful | (dark & (sun_lit | structured)) | dark_car | (anti_dark & (~dark | anti_shadow_is_own))
         centre_lit = ~dark
-        solid = colourful | dark_car
+        solid = colourful | dark_car | risen
     else:
         solid = occ
         centre_lit = quiet_nanmean(mean, axis=0) >= _SHADOW_RATIO * float(quiet_nanmean(refs["lit"]))
