@@ -2558,8 +2558,9 @@ def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = floa
     band or hood is as narrow but its shoulders differ) is a container on a flat wagon,
     read where pixels (``resolution_m``) are 0.75 m or finer. Along the car
     (:func:`_along_texture`; even under ``_EVEN_ALONG``, textured from
-    ``_TEXTURED_ALONG``), a top even end to end is a roof sheet: a boxcar's, not a
-    locomotive's, at a locomotive's length. A "flat" top of a boxcar's length textured
+    ``_TEXTURED_ALONG``), a top not textured along and even out to its shoulders is a
+    roof sheet at a locomotive's length: a boxcar's, not a locomotive's (whose fans and
+    cab texture it). A "flat" top of a boxcar's length textured
     along (a covered hopper's hatches and sloped end bays, an open wagon's heaps) is the
     gondola class (a 19-752 grain hopper, 14.7 m over couplers, is as long as the shorter
     boxcars: length does not tell them apart), unless its shadow says it has no walls
@@ -2617,11 +2618,19 @@ def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = floa
     # locomotive's roof its fans and cab (see _along_texture).
     texture = _along_texture(strip, s0, s1, path) if look in ("plain", "flat") else float("nan")
     if body_m >= _MIN_LOCOMOTIVE_BODY_M:
-        if (look == "flat" and texture < _EVEN_ALONG
+        if (look == "flat" and texture < _TEXTURED_ALONG
                 and _shoulder_step(strip, s0, s1) <= _MAX_SHOULDER_STEP):
-            # Relief across (a cambered roof) but even along and out to its shoulders: a
-            # boxcar's roof (11-280, 16.5 m body), not a locomotive's (a band of fans or
-            # a hood narrower than the body down its middle; see _shoulder_step).
+            # Relief across (a cambered roof) but not textured along and even out to its
+            # shoulders: a boxcar's roof (11-280, 16.5 m body), not a locomotive's (a band
+            # of fans or a hood narrower than the body down its middle; see
+            # _shoulder_step). A locomotive's roof is textured along: its fans, exhausts,
+            # radiator grilles and cab, each a metre or two long, make it vary by
+            # _TEXTURED_ALONG or more (session 30, altgen tuning 100-103: locomotives from
+            # 16.9 m read 0.046 and more, median 0.15). A variation between _EVEN_ALONG
+            # and _TEXTURED_ALONG says nothing either way (a roof sheet's seams, a
+            # neighbour's blurred shade; all 14 such tops there were boxcars),
+            # and the commoner car of this length decides, as from 14.8 m below: a
+            # locomotive hauls a train of 50-70 cars, so few units in a yard are one.
             return "boxcar"
         return {"open": "gondola", "plain": "boxcar"}.get(look, "locomotive")
     if body_m >= _MIN_LONG_BODY_M:
