@@ -8,7 +8,10 @@ car's own shadow makes past its end under an oblique sun, and :func:`_trim_tails
 to 6.5 m of it away: a 6 m container on a flat wagon, grey like the lit ballast, vanished
 (altgen tuning scene 6628, low sun, 0.75 m: 4 of the 6 container flats on track T4 without
 any detection).
-A shadow tail leaves the sun side lit; a stretch lit between two shaded sides is not one.
+A shadow tail leaves the sun side lit; a stretch lit between two shaded sides is not one,
+unless the sun side is shaded by something else (a neighbour's shadow edge between the
+centre and the band, a mast's shadow; review RRISEN): a body in a track-wide shadow ends
+on shaded track, a shadow tail (or dark ground beside an empty track) on lit track.
 
 Synthetic strips with known answers (no generator), and the altgen tuning scene.
 """
@@ -71,6 +74,28 @@ def test_a_shadow_tail_past_a_cars_end_is_still_trimmed():
     occ, u = _occ(vals)
     assert occ[(u >= 42.0) & (u < 53.0)].all()
     assert not occ[u >= 56.5].any()
+
+
+DARK = np.array([0.02, 0.02, 0.02, 0.03])
+
+
+@pytest.mark.parametrize("body", ["dark", "grey"])
+def test_a_tail_beside_a_neighbours_shadow_is_still_trimmed(body):
+    # A neighbour's shadow edge lies on the sun-side band (1.6 m out) all along; the car's
+    # own shadow runs 6 m past its high end on the anti-sun side.
+    vals = _paint(_ground(90, LIT), 40.0, 55.0, DARK if body == "dark" else GREY, np.abs(ACROSS) <= 1.5)
+    vals = _paint(vals, 40.0, 61.0, SHADOW, ACROSS < -1.5)
+    vals = _paint(vals, 0.0, 90.0, SHADOW, ACROSS > 1.6)
+    occ, u = _occ(vals)
+    assert occ[(u >= 42.0) & (u < 53.0)].all()
+    assert not occ[u >= 56.5].any()
+
+
+def test_dark_ground_beside_an_empty_track_in_a_neighbours_shadow_edge_is_no_car():
+    vals = _paint(_ground(90, LIT), 0.0, 90.0, SHADOW, ACROSS > 1.6)
+    vals = _paint(vals, 40.0, 45.0, SHADOW * 1.2, ACROSS < -1.6)
+    occ, u = _occ(vals)
+    assert not occ.any()
 
 
 @pytest.mark.slow

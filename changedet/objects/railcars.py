@@ -696,6 +696,19 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
             # into the sun is lit there. A car's own shadow running past its end leaves the
             # sun side lit, so such a stretch is not a shadow tail.
             risen = ~dark & anti_dark & (sun_b < 0.6 * lit_b * light)
+            # The sun side is also shaded where a neighbour's shadow edge, a mast's or a
+            # cloud's falls between the centre and the sun-side band: past a car's end its
+            # own shadow then reads the same, and so does dark ground (asphalt, a road
+            # crossing) beside an empty track. A body in a track-wide shadow ends on shaded
+            # track; a shadow tail ends on lit track. A stretch is risen only if the centre
+            # within 1.5 m past its shadow-side end is shaded ground or unobserved (review
+            # RRISEN).
+            if shadow_tail_m:
+                m = max(1, int(round(1.5 / strip.step_m)))
+                for ra, rb in runs(risen):
+                    past = slice(rb, rb + m) if shadow_tail_m > 0 else slice(max(0, ra - m), ra)
+                    if past.start < past.stop and not (dark[past] | ~seen[past]).any():
+                        risen[ra:rb] = False
         if sun_left is not None:
             # A sunlit convex body (a tank car's cylinder) is brighter on its sun-facing half;
             # a shadow cast onto the track darkens the sun-facing half first, and shadowed
