@@ -8,7 +8,6 @@ siding in the same scene as a busy bundle. Hand-built yards (ground -13 dB, cars
 
 from __future__ import annotations
 
-import pytest
 from shapely.geometry import LineString, MultiLineString
 
 from changedet.objects.railcars_sar import count_railcars_sar
@@ -68,10 +67,8 @@ def test_a_parallel_bundle_beside_the_ends_leaves_the_bed_beyond_them():
     assert abs(res.total - len(cars)) <= 0.3 * len(cars), (len(cars), res.total, res.uncertainty)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known limit: one train along a bundle of unresolved tracks holds one car at every position, so the "
-    "excess is flat and no handle tells one car from several side by side; read N times high (248 +- 146 "
-    "on 5 tracks, truth 52), with an uncertainty that nearly covers it"))
+# Was a strict xfail in session 29 (read 248 +- 146 of 52): the width of the cars' backscatter
+# across the bundle now says they stand on one track (session 30).
 def test_one_train_along_a_five_track_bundle_reads_its_length():
     cars = []
     x = 210.0

@@ -38,7 +38,11 @@ bare stretches where it has them, the rails lift a yard's bed), and one car's le
 taken from two physical handles rather than from the comb: at most one car per track
 (the bright stretches over the number of tracks) and the car-to-car spread of the
 returns (the variance of the excess over its mean); their disagreement widens the
-uncertainty. The comb then only says whether cars are present at all.
+uncertainty. The comb then only says whether cars are present at all. One train
+along a bundle holds one car at every position it covers, which those handles read as
+several side by side: where the cars' backscatter across the bundle is no wider than
+one track's (:func:`_occupied_tracks`, the sensor's blur read from the speckle), one
+car's level is the mean excess where a car stands.
 
 Cars = occupied length over a mean car length (:data:`MEAN_PITCH_M`, with its spread
 :data:`PITCH_SPREAD`); the uncertainty combines speckle and the fit of ``b`` and ``c``
@@ -53,7 +57,7 @@ from typing import Mapping
 import numpy as np
 import shapely
 import xarray as xr
-from scipy import special, stats
+from scipy import ndimage, optimize, special, stats
 from shapely.geometry import LineString
 
 from changedet.grid import GridSpec
@@ -116,6 +120,19 @@ PRESENCE_Z = 3.0
 # agree: each rests on an assumption (the brightest stretches full; cars' returns
 # varying about as much as their mean) that holds only to tens of per cent.
 CAR_LEVEL_LOG_SD = 0.35
+# Ground farther than this from every given track (m) measures the speckle's correlation
+# between neighbouring pixels (cars, rails and ballast lie within it), over the
+# tracks' box widened by SPECKLE_MARGIN_M; the local mean it is divided by spans
+# SPECKLE_WINDOW_PX pixels (texture coarser than that is not speckle).
+SPECKLE_CLEAR_M = 30.0
+SPECKLE_MARGIN_M = 300.0
+SPECKLE_WINDOW_PX = 9
+# A bundle's cars are taken to stand on one track where their width across it is nearer
+# one track's than two tracks' (fewer than 1.5 tracks wide).
+ONE_TRACK_WIDTH = 1.5
+# Scatter (relative, in variance) of a profile's fitted width over one track, from the
+# speckle of a few hundred metres of track.
+WIDTH_VAR_SCATTER = 0.15
 
 
 def radar_bands(image: xr.DataArray) -> list[str]:
@@ -493,7 +510,162 @@ def _beyond_bed(e: np.ndarray, along: np.ndarray, length: float) -> np.ndarray:
     return out
 
 
-def _car_level(x: np.ndarray, bed_var: float, n_tracks: int) -> tuple[float, float] | None:
+def _blur_sigma(plane: np.ndarray, grid: GridSpec, tracks: Mapping[str, LineString]) -> float:
+    """Standard deviation (m) of the sensor's intensity impulse response, read from the
+    speckle of ``plane`` (first band, linear).
+
+    Fully developed speckle is the impulse response's fingerprint: intensities ``r``
+    apart are correlated as ``exp(-r^2 / (4 s^2))`` for a Gaussian intensity response of
+    standard deviation ``s`` (Sentinel-1 IW GRDH, 20 x 22 m resolution: ``s`` about 9 m,
+    neighbouring 10 m pixels correlated about 0.7; pixels of independent looks: 0). It
+    is measured on the ground clear of the tracks, each pixel over its local mean
+    (texture coarser than that window is not speckle)."""
+    res = grid.resolution
+    union = shapely.union_all(list(tracks.values()))
+    x0, y0, x1, y1 = union.bounds
+    r0, c0 = grid.rowcol(np.array([x0 - SPECKLE_MARGIN_M, x1 + SPECKLE_MARGIN_M]),
+                         np.array([y1 + SPECKLE_MARGIN_M, y0 - SPECKLE_MARGIN_M]))
+    rows = slice(max(int(math.floor(min(r0))), 0), max(int(math.ceil(max(r0))) + 1, 0))
+    cols = slice(max(int(math.floor(min(c0))), 0), max(int(math.ceil(max(c0))) + 1, 0))
+    img = np.asarray(plane, dtype="float64")[rows, cols]
+    if min(img.shape) < 3:
+        return 0.0
+    rr, cc = np.meshgrid(np.arange(rows.start, rows.start + img.shape[0]),
+                         np.arange(cols.start, cols.start + img.shape[1]), indexing="ij")
+    xs, ys = grid.xy(rr, cc)
+    ground = ~shapely.contains_xy(union.buffer(SPECKLE_CLEAR_M), xs, ys)
+    fin = np.isfinite(img) & (img > 0)
+    filled = np.where(fin, img, 0.0)
+    mean = ndimage.uniform_filter(filled, SPECKLE_WINDOW_PX) / np.maximum(
+        ndimage.uniform_filter(fin.astype("float64"), SPECKLE_WINDOW_PX), 1e-12)
+    ratio = np.where(fin & ground, filled / np.maximum(mean, 1e-30) - 1.0, np.nan)
+    rhos = []
+    for a, b in ((ratio[:-1], ratio[1:]), (ratio[:, :-1], ratio[:, 1:])):
+        ok = np.isfinite(a) & np.isfinite(b)
+        if ok.sum() >= 50:
+            rhos.append(float(np.corrcoef(a[ok], b[ok])[0, 1]))
+    rho = float(np.mean(rhos)) if rhos else 0.0
+    return math.sqrt(-res ** 2 / (4.0 * math.log(min(rho, 0.95)))) if rho > 0.01 else 0.0
+
+
+def _profile_width(prof: np.ndarray, across: np.ndarray, mid: float, half: float,
+                   res: float) -> tuple[float, float] | None:
+    """Centre and standard deviation (m) of a Gaussian over a constant fitted to an
+    across-track profile; None where it does not fit (no peak, or wider than the window)."""
+    ok = np.isfinite(prof)
+    if ok.sum() < 8 or not np.nanmax(prof) > 0:
+        return None
+    a, p = across[ok], prof[ok]
+    top = float(a.max() - a.min()) / 2.0
+
+    def resid(q):
+        return q[0] * np.exp(-0.5 * ((a - q[1]) / q[2]) ** 2) + q[3] - p
+
+    try:
+        q = optimize.least_squares(resid, [float(p.max()), mid, max(top / 3.0, res), 0.0],
+                                   bounds=([0.0, mid - half - res, res / 8.0, -np.inf],
+                                           [np.inf, mid + half + res, top, np.inf])).x
+    except (ValueError, np.linalg.LinAlgError):
+        return None
+    if not q[0] > 0 or q[2] >= 0.99 * top:
+        return None
+    return float(q[1]), float(q[2])
+
+
+def _occupied_tracks(plane: np.ndarray, grid: GridSpec, st, lines: list[LineString], offs: list[float],
+                     hi: np.ndarray, bed: np.ndarray, blur_m: float,
+                     others: list[float] = ()) -> tuple[float, float] | None:
+    """How many tracks of a bundle hold its cars, from the width of their backscatter
+    across it; None where the profile cannot be fitted.
+
+    The excess across the strip (positions ``hi`` along it, the brighter half, less the
+    bed ``bed`` beyond the ends), sampled at a quarter pixel, is fitted with a Gaussian
+    over a constant. One train along the bundle is as wide as one track, cars on every
+    track as wide as the bundle; misregistration shifts the profile but does not widen
+    it. The widths of one track and of all are not taken from a formula but measured
+    the same way on the bundle drawn with the sensor's blur (``blur_m``, from the
+    speckle) on the image's own pixels: the pixel grid and the resampling widen a line
+    by an amount that depends on where it falls in its pixels. For ``k`` equally loaded
+    neighbours the variance grows as ``k^2 - 1``. ``others``: offsets (m) of other given
+    tracks beside the bundle; the profile stops halfway to the nearest on each side (their
+    cars are not this bundle's)."""
+    res = grid.resolution
+    offs_a = np.asarray(offs, dtype="float64")
+    if hi.sum() < 3 or bed.sum() < 2 or np.ptp(offs_a) <= 0:
+        return None
+    half = float(np.ptp(offs_a)) / 2.0
+    mid = float(offs_a.max() + offs_a.min()) / 2.0
+    # The flanks down to the bed: four blur spreads and two pixels beyond the outer tracks.
+    pad = 4.0 * blur_m + 2.0 * res
+    lo, hi_m = mid - half - pad, mid + half + pad
+    for o in others:
+        if offs_a.min() - pad < o < offs_a.min():
+            lo = max(lo, (o + offs_a.min()) / 2.0)
+        elif offs_a.max() < o < offs_a.max() + pad:
+            hi_m = min(hi_m, (o + offs_a.max()) / 2.0)
+    across = np.arange(lo, hi_m + 1e-9, res / 4.0)
+    nx = (st.x[1] - st.x[0]) / st.step_m
+    ny = (st.y[1] - st.y[0]) / st.step_m
+    cx, cy = st.x[0] - st.across_m[0] * nx, st.y[0] - st.across_m[0] * ny
+    cols = hi | bed
+    r, c = grid.rowcol(cx[None, cols] + across[:, None] * nx[None, cols],
+                       cy[None, cols] + across[:, None] * ny[None, cols])
+    r0 = max(int(math.floor(np.nanmin(r))) - 2, 0)
+    c0 = max(int(math.floor(np.nanmin(c))) - 2, 0)
+    r1 = min(int(math.ceil(np.nanmax(r))) + 3, plane.shape[0])
+    c1 = min(int(math.ceil(np.nanmax(c))) + 3, plane.shape[1])
+    if r1 - r0 < 2 or c1 - c0 < 2:
+        return None
+    hi_c, bed_c = hi[cols], bed[cols]
+
+    def profile(img):
+        v = ndimage.map_coordinates(img, [r - r0, c - c0], order=1, mode="constant", cval=np.nan)
+        # Samples off the image are NaN; a row of them gives a NaN point, dropped by the fit.
+        n_hi, n_bed = np.isfinite(v[:, hi_c]).sum(axis=1), np.isfinite(v[:, bed_c]).sum(axis=1)
+        s_hi = np.nansum(v[:, hi_c], axis=1) / np.where(n_hi > 0, n_hi, np.nan)
+        return s_hi - np.nansum(v[:, bed_c], axis=1) / np.where(n_bed > 0, n_bed, np.nan)
+
+    seen = _profile_width(profile(np.asarray(plane, dtype="float64")[r0:r1, c0:c1]), across, mid, half, res)
+    if seen is None:
+        return None
+    # Each track drawn as a line of unit backscatter blurred by the sensor, integrated
+    # over the image's pixels (4 x 4 points each), then read as the scene was.
+    sub = (np.arange(4) + 0.5) / 4.0 - 0.5
+    rr, cc = np.meshgrid(np.arange(r0, r1), np.arange(c0, c1), indexing="ij")
+    pr = np.broadcast_to(rr[..., None, None] + sub[:, None], rr.shape + (4, 4)).ravel()
+    pc = np.broadcast_to(cc[..., None, None] + sub[None, :], rr.shape + (4, 4)).ravel()
+    px, py = grid.xy(pr, pc)
+    pts = shapely.points(px, py)
+    s_line = math.hypot(blur_m, CAR_WIDTH_M / math.sqrt(12.0))
+    drawn = []
+    for ln in lines:
+        dist = shapely.distance(pts, ln)
+        drawn.append(np.exp(-0.5 * (dist / s_line) ** 2).reshape(rr.shape + (16,)).mean(axis=-1))
+    widths = [_profile_width(profile(img), across, mid, half, res) for img in drawn + [sum(drawn)]]
+    if any(w is None for w in widths):
+        return None
+    # The single-track width where the cars are (the track nearest the profile's centre).
+    one = widths[int(np.argmin(np.abs(offs_a - seen[0])))][1]
+    full = widths[-1][1]
+    n = len(lines)
+    # Cars on every track must widen the profile clearly beyond one track's: the fit's
+    # width scatters by about 15 % in variance over a few hundred metres of speckle
+    # (ENL 4.4), so a bundle whose full width adds less than twice that (two or three
+    # tracks 5 m apart under Sentinel-1's 20 x 22 m resolution) cannot tell one track
+    # from all, and keeps every track.
+    if not full ** 2 >= (1.0 + 2.0 * WIDTH_VAR_SCATTER) * one ** 2:
+        return None
+    k2 = 1.0 + (n ** 2 - 1) * (seen[1] ** 2 - one ** 2) / (full ** 2 - one ** 2)
+    # The chance that the cars stand on more tracks than one track's width allows: the
+    # fitted variance scatters by WIDTH_VAR_SCATTER of one track's, which moves k^2 by
+    # (n^2 - 1) times that over the bundle's widening.
+    sd_k2 = (n ** 2 - 1) * WIDTH_VAR_SCATTER * one ** 2 / (full ** 2 - one ** 2)
+    p_more = float(stats.norm.sf((ONE_TRACK_WIDTH ** 2 - k2) / sd_k2))
+    return float(min(max(math.sqrt(max(k2, 1.0)), 1.0), n)), p_more
+
+
+def _car_level(x: np.ndarray, bed_var: float, n_tracks: int,
+               one_track: float | None = None) -> tuple[float, float] | None:
     """One car's backscatter per position (sigma0 x metres) from a track's excess ``x``
     over the empty bed, and the spread (natural log) of that estimate.
 
@@ -509,11 +681,24 @@ def _car_level(x: np.ndarray, bed_var: float, n_tracks: int) -> tuple[float, flo
       coefficient of variation near 1): the excess's variance (less the bed's speckle)
       over its mean is then about ``c``. High where occupancy also varies along.
 
-    Their disagreement widens the spread. None when either is not positive."""
+    Their disagreement widens the spread. None when either is not positive.
+
+    ``one_track``: the cars stand on one track of a bundle (their width across it), and
+    a position above the bed by more than this (its CFAR threshold) holds one car."""
     if x.size < 5 or not np.mean(x) > 0:
         return None
     run = np.convolve(x, np.ones(3) / 3.0, mode="same")
-    c_full = float(np.percentile(run, 90)) / n_tracks
+    top = float(np.percentile(run, 90))
+    if one_track is not None:
+        # One train along the bundle: each position where a car stands (above the bed's
+        # CFAR threshold) holds one car, so their mean excess is one car's level,
+        # whatever the mix of types along the train. The spread handle would see only
+        # the car-to-car variation (small in a unit train of identical cars), the bound
+        # (over all tracks) a fraction of a car.
+        on = x[x > one_track]
+        c = float(np.mean(on)) if on.size >= 2 else 0.0
+        return (c, CAR_LEVEL_LOG_SD) if c > 0 else None
+    c_full = top / n_tracks
     c_disp = (float(np.var(x)) - bed_var) / float(np.mean(x))
     if not (c_full > 0 and c_disp > 0):
         return None
@@ -522,7 +707,7 @@ def _car_level(x: np.ndarray, bed_var: float, n_tracks: int) -> tuple[float, flo
 
 
 def _bed_estimate(e: np.ndarray, bed: np.ndarray, n_tracks: int, step: float,
-                  comb: bool) -> tuple[float, float, float, dict]:
+                  comb: bool, n_occupied: float | None = None) -> tuple[float, float, float, dict]:
     """Occupied metres, their standard deviation and the length holding at least one car
     along a strip whose empty bed is read beyond its ends (``e``: first channel over the
     track; ``bed``: the positions beyond the ends).
@@ -531,7 +716,8 @@ def _bed_estimate(e: np.ndarray, bed: np.ndarray, n_tracks: int, step: float,
     (:func:`_car_level`), clipped per position to 0 .. ``n_tracks`` cars. Cars are taken
     as present where a comb was learnt (``comb``) or the mean excess stands
     :data:`PRESENCE_Z` standard errors above the bed; else the CFAR bounds over that bed
-    are used (:func:`_bounds_from`)."""
+    are used (:func:`_bounds_from`). ``n_occupied``: how many of the tracks hold the
+    cars (:func:`_occupied_tracks`; default all), the most cars side by side."""
     f = e[np.isfinite(e)]
     b, sdb = float(np.median(bed)), float(np.std(bed))
     if f.size >= 5:
@@ -549,7 +735,11 @@ def _bed_estimate(e: np.ndarray, bed: np.ndarray, n_tracks: int, step: float,
     sd_b = math.hypot(sdb / math.sqrt(max(bed.size / 2.0, 1.0)), BED_REL_SPREAD * b)
     thr = _cfar_threshold(b, sdb)
     info = {"empty_level": b, "empty_spread": sdb, "threshold": thr}
-    level = _car_level(x, sdb ** 2, n_tracks) if f.size >= 5 else None
+    # A bundle whose cars' width across it is one track's holds one car at most per
+    # position; otherwise every track may hold one (a lone track keeps the two handles).
+    one_track = n_occupied is not None and n_occupied[0] < ONE_TRACK_WIDTH
+    info["occupied_tracks"] = 1.0 if one_track else float(n_tracks)
+    level = _car_level(x, sdb ** 2, n_tracks, thr - b if one_track else None) if f.size >= 5 else None
     if level is None or not (comb or float(np.mean(x)) > PRESENCE_Z * sd_b):
         if f.size < 5:
             info["car_level"] = None
@@ -573,6 +763,16 @@ def _bed_estimate(e: np.ndarray, bed: np.ndarray, n_tracks: int, step: float,
     occ = float(np.clip(x / c, 0.0, n_tracks).sum() * step)
     # The car level's spread scales the whole length; the bed's error shifts every position.
     sd = math.hypot(occ * sig, f.size * step * sd_b / c)
+    if one_track:
+        # The width fit tells one track from several only to its scatter: where the cars
+        # may stand on more tracks, the all-track reading (the two handles) stays within
+        # the uncertainty, weighted by that chance.
+        alt = _car_level(x, sdb ** 2, n_tracks)
+        if alt is not None:
+            occ_all = float(np.clip(x / alt[0], 0.0, n_tracks).sum() * step)
+            w = n_occupied[1]
+            sd = math.hypot(sd, w * max(occ_all - occ, 0.0))
+            info["p_more_tracks"] = w
     info.update(car_level=c, car_level_log_sd=sig)
     return occ, sd, float((f > thr).sum() * step), info
 
@@ -649,6 +849,7 @@ def count_railcars_sar(image: xr.DataArray, tracks: Mapping[str, LineString], *,
     res = grid.resolution
     groups = bundles(tracks, RESOLVED_SPACING_PX * res)
     series, fit_series, known, n_tr, meta = [], [], [], [], []
+    blur = None
     for g in groups:
         axis = max((tracks[t] for t in g), key=lambda ln: ln.length)
         offs = [_signed_offset(axis, tracks[t]) for t in g]
@@ -679,11 +880,24 @@ def count_railcars_sar(image: xr.DataArray, tracks: Mapping[str, LineString], *,
                                                  np.stack([st.x[i1], st.y[i1]], -1)], axis=1))
             free = ~shapely.intersects(cuts, shapely.union_all(others).buffer(CAR_WIDTH_M / 2))
         bed = _beyond_bed(np.where(free, e_all[:, 0], np.nan), along, axis.length)
+        # A bundle's cars may stand on only some of its tracks (one train along five
+        # tracks): the width of their backscatter across it says on how many.
+        n_occ = None
+        if len(g) > 1 and bed.sum() >= 3:
+            if blur is None:
+                blur = _blur_sigma(sig[0], grid, tracks)
+            fin = span & np.isfinite(e_all[:, 0])
+            bright = fin & (e_all[:, 0] > (np.median(e_all[fin, 0]) if fin.any() else np.inf))
+            reach = max(abs(lo), abs(hi)) + 4.0 * blur + 2.0 * res
+            beside = [_signed_offset(axis, tracks[t]) for t in tracks
+                      if t not in g and tracks[t].distance(axis) < reach]
+            n_occ = _occupied_tracks(sig[0], grid, st, [tracks[t] for t in g], offs, bright, bed, blur, beside)
         series.append(e_all[span])
         fit_series.append(e_all[span | bed])
         known.append(bed[span | bed])
         n_tr.append(len(g))
-        meta.append({"length_m": axis.length, "seen": seen_all[span], "bed": e_all[bed, 0]})
+        meta.append({"length_m": axis.length, "seen": seen_all[span], "bed": e_all[bed, 0],
+                     "n_occupied": n_occ})
     # The comb is learnt with the positions beyond the ends held empty (where they read as bed).
     fit = fit_levels(fit_series, n_tr, empty=known)
     comb = fit is not None and not fit.get("empty_only")
@@ -715,7 +929,8 @@ def count_railcars_sar(image: xr.DataArray, tracks: Mapping[str, LineString], *,
         total_seen += seen_frac * m["length_m"] * len(g)
         total_len += m["length_m"] * len(g)
         if direct[k]:
-            occ, sd_occ, any_m, info = _bed_estimate(e[:, 0], m["bed"], len(g), res, present[k])
+            occ, sd_occ, any_m, info = _bed_estimate(e[:, 0], m["bed"], len(g), res, present[k],
+                                                     n_occupied=m["n_occupied"])
             bed_info.append(info)
             sd_direct2 += sd_occ ** 2
         elif fit is None:
@@ -784,6 +999,7 @@ def count_railcars_sar(image: xr.DataArray, tracks: Mapping[str, LineString], *,
             "empty_levels": [round(i["empty_level"], 4) for i in bed_info],
             "car_levels": [None if i["car_level"] is None else round(i["car_level"], 4) for i in bed_info],
             "car_level_log_sd": [round(i.get("car_level_log_sd", 0.0), 3) for i in bed_info],
+            "occupied_tracks": [round(i["occupied_tracks"], 2) for i in bed_info],
             "units": "sigma0 x metres across the strip, per position along it",
             "note": (f"empty bed read {BEYOND_GAP_M:g}-{BEYOND_GAP_M + BEYOND_LENGTH_M:g} m beyond the track ends; "
                      "car level from the bright stretches (at most one car per track) and the spread of the "
