@@ -15,8 +15,10 @@ session 18, 30-33 in session 19, 34-37 (types) and 38-41 (counts) in session 20,
 in session 27 (run once, no railcar change landed), 126-129 (types) and 130-133 (counts)
 in session 28, each run at most twice, before and after, summary lines only, and count as
 tuning since). From session 29 two held-out sets: 134-137 (``--first-seed 134 --seeds 4``)
-for railcar types and 138-141 (``--first-seed 138 --seeds 4``) for railcar counts, each to
-be run at most twice (before and after), summary lines only.
+for railcar types and 138-141 (``--first-seed 138 --seeds 4``) for railcar counts, each
+run twice (before in session 29, after in session 30) and tuning since. From session 31:
+142-145 (types) and 146-149 (counts), each to be run at most twice (before and after),
+summary lines only.
 (Until session
 12 the tuning set was 0-1 and 2-5 were held out; in session 13 it was 0-5, with 6-9 held
 out; in session 14 0-9, with 10-13 held out; in session 15 0-13, with 14-17 held out; in

@@ -29,6 +29,9 @@ Seeds: indices 0-59 were used to develop the estimate in session 29 (chosen on 0
 confirmed on 40-59); 100-123 were held out then (run twice: before, MAPE 0.607, truth
 within 1u / 2u 12 / 25 %; after, 0.352, 71 / 92 %) and count as tuning now. Next held-out
 set: 124-147 (``--first-seed 124 --seeds 24``); report it separately, summary only.
+Session 30 tuned on 0-59 (one-track regime; confirmed on 60-123) and ran 124-147 twice
+(before and after: identical, MAPE 0.304, 1u / 2u 75 / 92 %: no scene there takes the
+regime); 124-147 count as tuning from session 31, the next held-out set is 148-171.
 """
 
 from __future__ import annotations
