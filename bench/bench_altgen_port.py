@@ -28,8 +28,8 @@ a case keeps its scene seed (yard seed x 10 + its index in ``YARD_CASES``).
 
 Partial cloud: a cloud's shadow is not unobservable (the boxes are there, lit by the
 sky), so the reference counts them. Until session 20 the reference was the TEU on the
-pixels the counter itself reads (its ``observed_mask``: the cloud, its thin edge, its
-projected shadow left out); that rewarded masking (a counter that masks a hard zone
+pixels the counter itself reads (its ``observed_mask``: the cloud, its thin edge and,
+until session 30, its projected shadow left out); that rewarded masking (a counter that masks a hard zone
 whole is not scored on it) and is kept as a second column, ``teu_error_counter``
 (``visible_teu_counter``). Per zone, ``masked_share`` is the share of the visible TEU
 the counter leaves unobserved; zones it masks (nearly) whole (``masked_share`` >=

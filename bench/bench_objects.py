@@ -21,7 +21,8 @@ image shows: at most half under the cloud mask and centred on track the counter 
 observed (stretches it finds in cloud shadow are unobserved; ``observed_fraction`` per
 row says how much track it gave up, ``truth_all`` how many cars stood in the yard).
 Containers (tikhoretsk): TEU error against the TEU the counter could see (each stack's
-TEU times the share of its footprint on pixels it reads: not cloud, not cloud shadow),
+TEU times the share of its footprint on pixels it reads: not cloud nor its thin edge; since
+session 30 a cloud's projected shadow is read for footprints),
 its count not extrapolated; ``teu_error_extrapolated`` keeps the earlier scoring (whole-yard TEU
 against the count scaled by the observed share under partial cloud). Without cloud the
 two are the same. Targets from the issue: MAPE <= 5 %, F1 >= 0.9, type accuracy >= 85 %,
@@ -200,7 +201,8 @@ def container_row(seed: int, day: date, condition: str) -> dict:
     res = count_containers(image, zones, valid=valid, **sun)
     truth_all = sc.truth["counts"]["containers_teu"]
     # Scored: the TEU the counter could see (each stack's TEU times the share of its
-    # footprint on pixels it reads: not cloud, not cloud shadow) against its count, which
+    # footprint on pixels it reads, its observed_mask: not cloud nor its thin edge, the
+    # cloud's shadow read since session 30) against its count, which
     # is not extrapolated.
     # Old scoring (kept as *_extrapolated): the whole yard's TEU against the count
     # scaled by the observed share of the zones under partial cloud.

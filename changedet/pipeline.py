@@ -859,8 +859,13 @@ def _run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
             # covers only what was seen (nothing is extrapolated), so recorded it would read
             # as a drop in that track's or zone's series.
             seen = pf.get("observed_fraction")
+            # Under a cloud's shadow a zone is seen but not measured like one in the sun
+            # (fewer boxes found, heights borrowed): a series keeps to zones in the sun.
+            if seen is not None:
+                seen = float(seen) - float(pf.get("cloud_shadow_fraction", 0.0))
             if seen is not None and float(seen) < cfg.min_observed:
-                result.skipped[f"{metric}[{pf['id']}]"] = f"only {float(seen):.0%} of {pf['id']} cloud-free"
+                where = "cloud-free and out of cloud shadow" if pf.get("cloud_shadow_fraction") else "cloud-free"
+                result.skipped[f"{metric}[{pf['id']}]"] = f"only {float(seen):.0%} of {pf['id']} {where}"
                 continue
             metrics.append({"metric": metric, "value": float(pf["count"]), "feature_id": pf["id"]})
         if cfg.write_products and res_.detections:

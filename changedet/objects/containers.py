@@ -3,7 +3,9 @@
 Inside each stack zone, pixels whose colour is not ground (lit or shadowed pavement,
 learnt from the zone's apron) are container tops. The apron seldom holds enough shadow
 to show the colour of shade, which is bluer than lit pavement (lit by the sky alone):
-when the sun is known it is measured inside the stacks' own shadows, and a pixel whose
+when the sun is known it is measured inside the stacks' own shadows (a zone where none
+can be, such as one under a cloud's shadow, takes the shade over lit pavement measured
+in the other zones: the sky's share of the light, the same over the image), and a pixel whose
 hue (chromaticity) is neither lit pavement's nor shade's is paint even when it is about
 as bright as the ground (brown, dark green, pale blue boxes). Their area in 20 ft ground slots
 (6.06 x 2.44 m, ISO 668) gives the boxes on the ground; the height of each stack
@@ -21,9 +23,12 @@ stacks above that bound (Kaplan-Meier over stacks). The TEU of a block splits in
 and 40 ft boxes by the share of its row length in runs of one paint about 6 m long
 (20 ft boxes) against about 12 m (40 ft boxes, or two 20 ft boxes of one colour).
 
-Under cloud (``valid`` given), pixels under the cloud's thin edge and in its projected
-shadow are unobserved like the cloud itself (:func:`observed_mask`); nothing is counted
-or extrapolated there, and each zone reports its ``observed_fraction``.
+Under cloud (``valid`` given), pixels under the cloud's thin edge are unobserved like the
+cloud itself (:func:`observed_mask`); nothing is counted or extrapolated there, and each
+zone reports its ``observed_fraction``. In the cloud's projected shadow the boxes are
+still seen (lit by the sky) and their footprints counted, but no shadow is measured there
+nor pavement colour learnt: blocks under it take the heights of the zone's or image's
+stacks in the sun.
 
 Tarped stacks are flagged (``tarped`` per stack block, ``tarped_stacks`` per zone and
 in total): plain patches of dull cloth colour on a block, and patches of pavement
@@ -108,7 +113,9 @@ def count_containers(
     check_resolution(grid, "containers")
     check_metric(grid, "container")
     check_features(zones, grid, what="stack zone")
-    grid, pix, ok = _observed(image, valid, sun_azimuth_deg, sun_elevation_deg)
+    # ``ok``: pixels whose boxes can be seen (footprints); ``sunlit``: those also in the
+    # sun, where pavement colour is learnt and shadows are measured.
+    grid, pix, ok, sunlit = _observed(image, valid, sun_azimuth_deg, sun_elevation_deg)
     res = grid.resolution
     px_m2 = res * res
     per_feature, detections = [], []
@@ -117,17 +124,24 @@ def count_containers(
     pending = []
     pooled = None
     pooled_pavement = np.empty((0, pix.shape[0]), pix.dtype)
-    for zid, zone in zones.items():
+    # Shade over lit pavement, per band, in the zones where shade was measured: the sky's
+    # share of the light, the same over the whole image.
+    sky_share = []
+    # A zone where no shade can be measured (under a cloud's shadow no stack throws one)
+    # comes round again after the others (``retry``) and takes their sky share.
+    work = [(zid, zone, False) for zid, zone in zones.items()]
+    for zid, zone, retry in work:
         inside = _mask(zone, grid)
         apron = _mask(zone.buffer(3.0 * max(res, 1.0)), grid) & ~_mask(zone.buffer(-1.0), grid)
-        area_total += inside.sum()
-        seen_total += (inside & ok).sum()
-        pavement = pix[:, apron & ok].T
+        if not retry:
+            area_total += inside.sum()
+            seen_total += (inside & ok).sum()
+        pavement = pix[:, apron & sunlit].T
         model = _ground_model(pavement)
         if model is None and (inside & ok).any():
             # The zone's own apron is under cloud: the pavement of the other zones' aprons.
             if pooled is None:
-                pooled_pavement = pix[:, _aprons(zones, grid) & ok].T
+                pooled_pavement = pix[:, _aprons(zones, grid) & sunlit].T
                 pooled = _ground_model(pooled_pavement) or False
             model = pooled or None
             # The lit pavement's hue is then read from the samples the model was fitted on.
@@ -143,13 +157,24 @@ def count_containers(
         # Outside ``around`` every band is NaN on purpose: those pixels get distance NaN.
         d, alpha = _classify(model, np.where(around[None], pix, np.nan))
         box = (d > min_contrast) & around & ok
-        lit_ground = (d <= min_contrast) & (alpha >= 0.5) & around & ok
+        lit_ground = (d <= min_contrast) & (alpha >= 0.5) & around & sunlit
         box = ndimage.binary_opening(box, structure=np.ones((2, 2), bool))
         box = ndimage.binary_closing(box, structure=np.ones((2, 2), bool))
         walk_box = box
         if have_sun:
-            shade = _learn_shade(box & inside, box, lit_ground, around & ok, pix, res, sun_azimuth_deg,
+            shade = _learn_shade(box & inside, box, lit_ground, around & sunlit, pix, res, sun_azimuth_deg,
                                  sun_elevation_deg)
+            if shade is not None:
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    share = shade / model.lit
+                # A band with no lit pavement light (zero, masked) has no share to lend.
+                if np.all(np.isfinite(share)):
+                    sky_share.append(share)
+            elif not retry:
+                work.append((zid, zone, True))
+                continue
+            elif sky_share:
+                shade = np.concatenate(sky_share) * model.lit
             if shade is not None:
                 model, d, alpha, off_hue = _reclassify(model, shade, pavement, pix, around)
                 box = ((d > min_contrast) | (off_hue > min_contrast)) & around & ok
@@ -161,10 +186,10 @@ def count_containers(
                 # Outside the zone the hue test also flags other materials (bare soil):
                 # walks that end on lit soil would be cut short there.
                 walk_box = np.where(inside, box, walk_box)
-        ground_dark = (d <= min_contrast) & (alpha < 0.5) & around & ok
+        ground_dark = (d <= min_contrast) & (alpha < 0.5) & around & sunlit
         tarps = np.zeros_like(box)
         if have_sun:
-            cand = (d <= min_contrast) & (alpha >= 0.3) & inside & ok & ~box
+            cand = (d <= min_contrast) & (alpha >= 0.3) & inside & sunlit & ~box
             tarps = _tarp_tops(cand, ground_dark, box, res, sun_azimuth_deg)
             box |= tarps
         labels, n = _blocks(box & inside, res, min_area_m2)
@@ -174,7 +199,7 @@ def count_containers(
             area = blob.sum() * px_m2
             if area < min_area_m2:
                 continue
-            lengths = _shadow_lengths(blob, walk_box | blob, lit_ground, around & ok, res, sun_azimuth_deg,
+            lengths = _shadow_lengths(blob, walk_box | blob, lit_ground, around & sunlit, res, sun_azimuth_deg,
                                       sun_elevation_deg) if have_sun else _NO_WALKS
             patches = _tarp_patches((tarps & blob) | _dull_tops(blob, pix, px_m2), grid)
             n_tarps = len(patches)
@@ -183,6 +208,8 @@ def count_containers(
             blobs.append((blob, area, lengths, patches, stacks, _ground_slots(blob, res), _box_runs(blob, pix, res)))
         pending.append((zid, inside, blobs))
         continue
+    # Zones that came round again back in their given order.
+    pending.sort(key=lambda z: list(zones).index(z[0]))
     # Heights: a block's own shadows when enough of them fall on open pavement, else the
     # zone's, else the whole image's (blocks packed tight shade each other, not the ground).
     all_lengths = _pool([b[2] for _, _, bl in pending for b in bl])
@@ -240,7 +267,12 @@ def count_containers(
                                                     "40ft": round(math.sqrt(zone_v40), 1)},
                             "tarped_stacks": int(zone_tarped),
                             "uncertainty": round(math.sqrt(zone_var), 1),
-                            "observed_fraction": round(float((inside & ok).sum() / max(inside.sum(), 1)), 4)})
+                            "observed_fraction": round(float((inside & ok).sum() / max(inside.sum(), 1)), 4),
+                            # Share under a cloud's projected shadow: read for footprints (a
+                            # third to a half of the paint found, against four fifths in the
+                            # sun), heights borrowed from stacks in the sun.
+                            "cloud_shadow_fraction": round(float((inside & ok & ~sunlit).sum()
+                                                                 / max(inside.sum(), 1)), 4)})
     observed = seen_total / area_total if area_total else 0.0
     result = CountResult("containers", round(total, 1),
                          {"teu": round(total, 1), "20ft": round(n20_total, 1), "40ft": round(n40_total, 1)},
@@ -299,21 +331,28 @@ def observed_mask(
     sun_azimuth_deg: float | None = None,
     sun_elevation_deg: float | None = None,
 ) -> np.ndarray:
-    """The pixels :func:`count_containers` reads (row, col): finite, ``valid``, and not
-    in a cloud's shadow.
+    """The pixels :func:`count_containers` reads footprints on (row, col): finite,
+    ``valid``, and not under a cloud's thin edge.
 
-    Under a cloud's shadow the pavement is as dark as a stack's shadow everywhere, so
-    stack heights would come out as tall as the walks allow: those pixels are left
-    unobserved (nothing is counted there), like the cloud itself.
+    A cloud's shadow is read for footprints but not for heights: the boxes under it are
+    there, lit by the sky, and their paint still differs from the pavement's; but the
+    pavement around them is as dark as a stack's shadow, so no shadow can be measured
+    there (heights come from the stacks in the sun).
     """
     return _observed(image, valid, sun_azimuth_deg, sun_elevation_deg)[2]
 
 
-def _observed(image, valid, azimuth, elevation) -> tuple[GridSpec, np.ndarray, np.ndarray]:
+def _observed(image, valid, azimuth, elevation) -> tuple[GridSpec, np.ndarray, np.ndarray, np.ndarray]:
+    """Grid, pixels, the pixels readable for footprints and those also in the sun."""
     grid, pix, ok = prepare(image, valid)
+    sunlit = ok
     if valid is not None:
-        ok &= ~_cloud_shade(pix, grid, ok, azimuth, elevation)
-    return grid, pix, ok
+        edge, shadow = _cloud_shade(pix, grid, ok, azimuth, elevation)
+        # Under the thin edge the cloud's own light is added to the ground's (brighter,
+        # greyer: pavement reads as box); in its shadow the ground is only dimmed.
+        ok = ok & ~edge
+        sunlit = ok & ~shadow
+    return grid, pix, ok, sunlit
 
 
 def _aprons(zones: Mapping[str, Polygon], grid: GridSpec) -> np.ndarray:
@@ -323,13 +362,18 @@ def _aprons(zones: Mapping[str, Polygon], grid: GridSpec) -> np.ndarray:
     return out
 
 
-def _cloud_shade(pix, grid, ok, azimuth, elevation) -> np.ndarray:
+def _cloud_shade(pix, grid, ok, azimuth, elevation) -> tuple[np.ndarray, np.ndarray]:
+    """(thin edge, shadow) of the clouds ``ok`` leaves out, each (row, col) of bool."""
     cloud = ~ok & np.all(np.isfinite(pix), axis=0)
+    none = np.zeros(ok.shape, bool)
+    # The veil within a few metres of the cloud mask: without the sun, only it.
+    edge = cloud_shade(pix, grid, cloud, model=None)
     # Projection of the cloud mask and its thin edge only: the colour cue (shaded
     # pavement over a whole 40 m window) takes a packed yard, dark between its blocks,
     # for a cloud's shadow.
     shade = cloud_shade(pix, grid, cloud, model=None, sun_azimuth_deg=azimuth, sun_elevation_deg=elevation)
-    return np.zeros(ok.shape, bool) if shade is None else shade
+    edge = none if edge is None else edge
+    return edge, (none if shade is None else shade & ~edge)
 
 
 def _tarp_patches(mask: np.ndarray, grid: GridSpec) -> list[list[float]]:
@@ -1180,6 +1224,11 @@ def _tiers_from(own, zone, everything, res, azimuth, elevation) -> tuple[float, 
             continue
         tiers = float(np.clip((med + WALK_END_PX) * to_tiers, 1.0, MAX_TIERS))
         spread = float(np.std(lengths) * to_tiers)
+        if method != "shadow_block":
+            # Borrowed (no walk of its own, e.g. a block under a cloud's shadow): the block
+            # is one of the zone's or image's stacks, not their mean, so its height is
+            # uncertain by their spread, however many walks were pooled.
+            return tiers, min(spread, 2.0) + 0.25, method
         return tiers, min(spread, 2.0) / math.sqrt(max(lengths.size / 10.0, 1.0)) + 0.25, method
     lengths, censored = everything
     if lengths.size and censored.any():
