@@ -392,7 +392,8 @@ def test_the_counter_finds_cars_in_haze_with_the_recorded_floors(monkeypatch):
     assert len(floors) == 1
     (refs_in, light), _, raised = floors[0]
     assert raised is not refs_in and np.all(raised["lit_sd"] >= refs_in["lit_sd"])
-    assert len(occ) == 1 and occ[0][0][1] is raised
+    # (The references read may add the track's own bed, session 30: the raised ones kept.)
+    assert len(occ) == 1 and all(occ[0][0][1][k] is raised[k] for k in raised)
     assert len(res.detections) == 4
 
 

@@ -270,7 +270,16 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
         # the darkest light, the own simulator's partly cloudy seed 31 counted 17 cars
         # against 7 in view at the unmasked edge of a cloud's shadow).
         lift = None if thin else haze
-        read_on[tid] = (strip if lift is None else _offset(strip, lift), refs if lift is None else refs_above_dark)
+        on = strip if lift is None else _offset(strip, lift)
+        # The centre of an empty track is judged against its own bed's colour too (see
+        # _with_bed): on the light as recorded the path radiance is ``haze`` (if any).
+        read_on[tid] = (on, refs if lift is None else refs_above_dark)
+        if vhr and grid.resolution <= _BED_MAX_RES_M:
+            read_on[tid] = (on, _with_bed(on, read_on[tid][1],
+                                          per_m=_local_shadow_across(on, sun_azimuth_deg, sun_elevation_deg)
+                                          * (1.0 if np.isfinite(_shadow_across(tracks[tid], sun_azimuth_deg,
+                                                                               sun_elevation_deg)) else np.nan),
+                                          path=haze if lift is None else None, floor_light=lift))
         occupancy[tid] = _occupancy(*read_on[tid],
                                min_contrast=min_contrast, vhr=vhr, sun_left=sun_left,
                                thin_cloud=thin,
@@ -460,6 +469,164 @@ def _empty_track_reference(strips: Mapping[str, Strip], *, flanked: bool = True)
             "shadow_sd": nan if model.shadow_sd is None else model.shadow_sd}
 
 
+def _with_bed(strip: Strip, refs, *, per_m: float, path: np.ndarray | None = None,
+              floor_light: np.ndarray | None = None) -> dict:
+    """``refs`` with the colour of this track's own empty bed, where the image shows it.
+
+    Parameters
+    ----------
+    strip : Strip
+        The track's samples (reflectance, on the same basis as ``refs``).
+    refs : mapping
+        Learnt ground colours per band: ``lit`` and ``lit_sd`` (the ground beside the
+        tracks) mark the side bands that are lit ground; ``shadow`` gives the bed's
+        colour in shade. Every entry is kept.
+    per_m : float
+        Metres a shadow falls sideways per metre of height (:func:`_shadow_across`;
+        NaN with the sun unknown or along the track).
+    path : numpy.ndarray or None
+        Per band, the path radiance still in ``strip`` and ``refs`` (reflectance): the
+        light a shadowed bed keeps besides its own skylight. None for none.
+    floor_light : numpy.ndarray or None
+        Per band, the darkest light already subtracted from ``strip`` and ``refs``: the
+        spread's floor is taken on the light as recorded (see :func:`_recorded_spread_floors`).
+
+    Returns
+    -------
+    dict
+        ``refs`` with ``bed`` and ``bed_sd`` (lit bed colour and its spread, per band)
+        and ``bed_shadow`` (the bed in shade); ``refs`` unchanged where the evidence is
+        thin (see Notes).
+
+    Notes
+    -----
+    The centre 2 m of a track is rails and sleepers as much as ballast: sleepers cover
+    40-50 % of it at a 0.6 m pitch, and concrete ones (reflectance ~0.3) make an empty
+    centre 1.2-1.5 times as bright as the ground beside the track, creosoted wooden ones
+    (~0.05) or fouled ballast a quarter to 0.6 of it. Judged against the ground beside
+    the track alone, such an empty centre reads as a bright or a dark car over its
+    length. Its own colour is learnt where this track is seen empty (see
+    :func:`_flanked_centres`) over ``_MIN_FLANKED_CENTRES`` samples (20 m), per track
+    (beds differ between tracks: clean or fouled, concrete or wooden sleepers); else the
+    side colour is used alone, as before (a packed track, the sun along the track or
+    high). The caller learns it only at pixels of ``_BED_MAX_RES_M`` or finer (see
+    there). The bed in shade keeps the shadowed ground's share of the lit ground's light
+    per band (the same sun and skylight on another material).
+    """
+    lit = np.asarray(refs["lit"], dtype="float64")
+    shadow = np.asarray(refs["shadow"], dtype="float64")
+    if not (np.all(np.isfinite(lit)) and np.all(np.isfinite(shadow))):
+        return refs
+    lit_sd = np.asarray(refs["lit_sd"], dtype="float64")
+    mode = _bed_mode(_flanked_centres(strip, refs, per_m), lit_sd)
+    if mode is None:
+        return refs
+    colour, spread = mode
+    light = np.zeros_like(colour) if floor_light is None else np.asarray(floor_light, dtype="float64")
+    if not float(np.nanmean(light)) >= _HAZE_FLOOR_SHARE * float(np.mean(lit)):
+        light = np.zeros_like(colour)
+    # A mean over the 2 m centre varies less than one sample of the ground beside the
+    # track: a wider spread is the blurred ends of wagons among the flanked centres.
+    spread = np.minimum(spread, np.asarray(refs["lit_sd"], dtype="float64"))
+    spread = np.maximum(spread, 0.004 + 0.03 * (colour + light))   # GroundModel's floor
+    p = np.zeros_like(colour) if path is None else np.asarray(path, dtype="float64")
+    bed_shadow = p + (colour - p) * (shadow - p) / np.maximum(lit - p, 1e-6)
+    return {**refs, "bed": colour, "bed_sd": spread, "bed_shadow": bed_shadow}
+
+
+def _flanked_centres(strip: Strip, refs, per_m: float) -> np.ndarray:
+    """Centre colours (n, band) of the stretches of a track seen empty: lit ground on both
+    sides under a sun that makes any car on the track shade its anti-sun side band.
+
+    The lowest body, a flat wagon's deck ``_LOWEST_DECK_M`` up and
+    ``_LOWEST_HALF_WIDTH_M`` half-wide, casts its shadow past ``_FLANK_BAND_MID_M`` off
+    the axis where ``per_m`` (metres a shadow falls sideways per metre of height) is
+    large enough; with the sun along the track, high or unknown a flanked centre may be
+    a car, and none is returned.
+    Side bands are lit ground within ``_FLANK_LIT_SPREADS`` of ``refs["lit"]``.
+    """
+    lit = np.asarray(refs["lit"], dtype="float64")
+    lit_sd = np.asarray(refs["lit_sd"], dtype="float64")
+    none = np.empty((0, lit.size))
+    if not (np.all(np.isfinite(lit)) and np.all(np.isfinite(lit_sd))):
+        return none
+    # Per sample along (a curved track's legs face the sun differently; review RBED F1).
+    per_m = np.broadcast_to(np.asarray(per_m, dtype="float64"), strip.along_m.shape)
+    casts = np.isfinite(per_m) & (_LOWEST_HALF_WIDTH_M + _LOWEST_DECK_M * np.nan_to_num(per_m) >= _FLANK_BAND_MID_M)
+    if not casts.any():
+        return none
+    centre, side = _zones(strip)
+    a = strip.across_m
+    centres = quiet_nanmean(strip.values[:, centre, :], axis=1).T
+    sd = np.maximum(lit_sd, 0.02 * np.abs(lit))
+    flanked = np.all(np.isfinite(centres), axis=1) & casts
+    for half in (side & (a > 0), side & (a < 0)):
+        if not half.any():
+            return none
+        flank = quiet_nanmean(strip.values[:, half, :], axis=1).T
+        d = np.sqrt(np.mean(((flank - lit) / sd) ** 2, axis=1))
+        # And as bright as sunlit ground (as _occupancy reads the sun side): where low sun
+        # or coarse pixels widen the yard's lit spread to a third or half of its colour,
+        # 1.5 spreads also take in a car's shadow, which keeps under 65 % of the light.
+        lit_flank = np.mean(flank, axis=1) > _SUN_LIT_SHARE * float(np.mean(lit))
+        flanked &= np.isfinite(d) & (d < _FLANK_LIT_SPREADS) & lit_flank
+    return centres[flanked]
+
+
+def _local_shadow_across(strip: Strip, azimuth_deg: float | None, elevation_deg: float | None) -> np.ndarray:
+    """:func:`_shadow_across` per sample along ``strip``, from the track's local direction
+    (over about 10 m): NaN where the sun is unknown or shines within about 12 degrees of it."""
+    n = strip.along_m.size
+    if azimuth_deg is None or elevation_deg is None or n < 2:
+        return np.full(n, np.nan)
+    i0 = int(np.argmin(np.abs(strip.across_m)))
+    k = max(1, int(round(5.0 / strip.step_m)))
+    x, y = strip.x[i0], strip.y[i0]
+    lo, hi = np.clip(np.arange(n) - k, 0, n - 1), np.clip(np.arange(n) + k, 0, n - 1)
+    dx, dy = x[hi] - x[lo], y[hi] - y[lo]
+    norm = np.maximum(np.hypot(dx, dy), 1e-9)
+    az = math.radians(azimuth_deg)
+    across = np.abs(dx * math.cos(az) - dy * math.sin(az)) / norm
+    per_m = across / math.tan(math.radians(min(max(elevation_deg, 1.0), 89.0)))
+    return np.where(across >= 0.2, per_m, np.nan)
+
+
+def _bed_mode(centres: np.ndarray, lit_sd: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Median and spread (per band) of the mode of flanked centre colours (n, band):
+    clipped at three spreads around their median until it settles (a penumbra, a stray
+    wagon's blurred end); None with under ``_MIN_FLANKED_CENTRES`` left, or with a
+    spread over ``_MIXED_SPREAD_RATIO`` times the lit ground's ``lit_sd`` (per band)."""
+    bed = centres
+    for _ in range(5):
+        if bed.shape[0] < _MIN_FLANKED_CENTRES:
+            return None
+        med, mad = robust_ref(bed)
+        close = np.all(np.abs(bed - med) <= 3.0 * np.maximum(mad, 1e-4), axis=1)
+        if close.all():
+            break
+        bed = bed[close]
+    if bed.shape[0] < _MIN_FLANKED_CENTRES:
+        return None
+    colour, spread = robust_ref(bed)
+    if np.mean(spread) > _MIXED_SPREAD_RATIO * np.mean(lit_sd):
+        # Far wider than the ground's own spread: a mix (beds of two kinds, or bed and
+        # a wagon's deck), not one bed.
+        return None
+    return colour, spread
+
+
+# Distance (m) off the axis that the lowest car's shadow (see _LOWEST_DECK_M) must reach
+# for lit ground in the side band (2.0-2.6 m) to say that no car stands on the track:
+# the band's middle, where a shade over its inner half moves the band's mean colour by
+# more than the flank test allows.
+_FLANK_BAND_MID_M = 2.3
+# Coarsest pixel (m) at which a track's own bed is learnt: the side band starts 0.34 m
+# past the widest body (1.66 m half-width); a coarser pixel's blur carries a bright
+# body's light into it over the body's own shadow, and lit-looking flanks then lie
+# beside cars (altgen, low sun at 1 m: 19-81 flanked centres per track, most on cars).
+_BED_MAX_RES_M = 0.5
+
+
 def _lit_weighted(samples: np.ndarray) -> np.ndarray:
     """Side samples to learn the ground from, such that lit ground is at least 40 % of them.
 
@@ -634,6 +801,11 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
         return np.sqrt(quiet_nanmean(((x - ref[:, None]) / sd[:, None]) ** 2, axis=0))
 
     d_lit = dist(mean, refs["lit"], refs["lit_sd"])
+    # The centre is judged against the track's own empty bed too, where it was seen (see
+    # _with_bed); the side tests below keep the ground beside the track.
+    has_bed = "bed" in refs
+    if has_bed:
+        d_lit = np.fmin(d_lit, dist(mean, refs["bed"], refs["bed_sd"]))
     occ = d_lit > min_contrast
     # How far the centre is off the empty track's colour in any mix of sun and shade
     # (below), read in the gaps between cars (see _fill_car_gaps). Unknown without a
@@ -647,7 +819,10 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
         k = int(1.0 / strip.step_m) | 1
         light = np.fmax(_light_share(strip.values[:, left, :], refs, k),
                         _light_share(strip.values[:, right, :], refs, k))
-        occ = dist(mean / light, refs["lit"], refs["lit_sd"]) > min_contrast
+        d_lit = dist(mean / light, refs["lit"], refs["lit_sd"])
+        if has_bed:
+            d_lit = np.fmin(d_lit, dist(mean / light, refs["bed"], refs["bed_sd"]))
+        occ = d_lit > min_contrast
     if np.all(np.isfinite(refs["shadow"])) and left.any() and right.any():
         # Ground is any mix of lit and shadowed ballast (a shadow edge may cross the
         # centre): measure the distance to the segment between the two references.
@@ -682,7 +857,7 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
         light = np.fmax(light_l, light_r) if sun_left is None else (light_l if sun_left else light_r)
         if sun_left is None:
             sun_lit = (bl > 0.75 * lit_b) | (br > 0.75 * lit_b)
-            anti_dark = risen = np.zeros_like(sun_lit)
+            anti_dark = np.zeros_like(sun_lit)
         else:
             sun_b, anti_b = (bl, br) if sun_left else (br, bl)
             sun_lit = sun_b > 0.75 * lit_b
@@ -691,6 +866,24 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
             # Under a thin cloud the sun side is dimmed as much: darkness is judged
             # against the light there.
             anti_dark = anti_b < 0.6 * lit_b * light
+        on_bed = fits_bed = np.zeros(mean.shape[1], bool)
+        if has_bed and np.all(np.isfinite(refs["bed_shadow"])):
+            # The track's own bed in any mix of sun and shade (see _with_bed) is ground too,
+            # where nothing says a car stands there (its anti-sun side lit: a car shades it):
+            # where the bed is the nearer ground, or fits at all, its lit share says whether
+            # the centre is lit (a wooden-sleepered bed keeps the side ground's spectrum at
+            # half its brightness, which the side ground's own mix reads as half in shade).
+            d_bed, alpha_bed = _bed_distance(mean, refs)
+            fits_bed = d_bed <= np.fmax(d_ground, min_contrast)
+            on_bed = fits_bed & ~anti_dark
+            d_ground = np.where(on_bed, d_bed, d_ground)
+            alpha = np.where(on_bed, alpha_bed, alpha)
+            d_off = d_ground
+            ground_like = d_ground <= min_contrast
+            dark = ground_like & (alpha < 0.5)
+            colourful = ~ground_like
+        risen = np.zeros(mean.shape[1], bool)
+        if sun_left is not None:
             # A lit centre between two shaded sides stands out of a shadow: the track lies in
             # a neighbour's shadow (its sun side too), and only a body tall enough to rise
             # into the sun is lit there. A car's own shadow running past its end leaves the
@@ -729,6 +922,11 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
             return (mix.sum(axis=0) < scale) | (mix.min(axis=0) < -max_negative)
 
         too_dark = too_dark_for_ground(np.zeros(mean.shape[0]), _MIN_GROUND_SCALE)
+        if dark_light is None and has_bed:
+            # Not too dark for the bed's own colour in sun and shade (a wooden-sleepered
+            # or fouled bed is a quarter to 0.6 of the side ground's brightness).
+            too_dark &= ~fits_bed | _too_dark_for_bed(mean, refs, np.zeros(mean.shape[0]), light, _MIN_GROUND_SCALE,
+                                                      _MAX_NEGATIVE_MIX)
         if dark_light is not None:
             # ``mean`` and ``refs`` are read above the darkest light (haze removed): there
             # a shaded empty track's colour is a few hundredths, and its share of the
@@ -742,6 +940,11 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
             # weight of -0.5 to -0.7 (altgen: empty tracks read 5-9 false cars).
             too_dark = too_dark_for_ground(np.zeros(mean.shape[0]), _MIN_SCALE_ABOVE_DARK, np.inf)
             too_dark |= too_dark_for_ground(np.asarray(dark_light, dtype="float64"), _MIN_GROUND_SCALE)
+            if has_bed:
+                too_dark &= ~on_bed | (
+                    _too_dark_for_bed(mean, refs, np.zeros(mean.shape[0]), light, _MIN_SCALE_ABOVE_DARK, np.inf)
+                    | _too_dark_for_bed(mean, refs, np.asarray(dark_light, dtype="float64"), light,
+                                        _MIN_GROUND_SCALE, _MAX_NEGATIVE_MIX))
         dark_car |= dark & too_dark
         texture = quiet_nanmean(quiet_nanstd(c, axis=1), axis=0) / max(float(quiet_nanmean(refs["shadow_sd"])), 1e-4)
         # Structure inside a dark centre is only trusted when the sun side is unknown: with
@@ -793,6 +996,27 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
     else:
         occ = _drop_short(occ, 1)
     return occ & seen, seen
+
+
+def _bed_distance(mean: np.ndarray, refs) -> tuple[np.ndarray, np.ndarray]:
+    """Distance (in spreads) of centre colours ``mean`` (band, along) from any mix of the
+    track's bed lit and in shade (``refs["bed"]``, ``refs["bed_shadow"]``; see
+    :func:`_with_bed`), and the lit share of the nearest mix."""
+    alpha, nearest = ground_mix(mean, refs["bed"], refs["bed_shadow"])
+    # The bed's spread in shade: the shadowed ground's, scaled as the colour is.
+    shade_sd = refs["bed_sd"] * refs["bed_shadow"] / np.maximum(refs["bed"], 1e-6)
+    shade_sd = np.maximum(shade_sd, refs["shadow_sd"])
+    sd = shade_sd[:, None] + alpha * (refs["bed_sd"] - shade_sd)[:, None]
+    return np.sqrt(quiet_nanmean(((mean - nearest) / sd) ** 2, axis=0)), alpha
+
+
+def _too_dark_for_bed(mean: np.ndarray, refs, lift: np.ndarray, light: np.ndarray, scale: float,
+                      max_negative: float) -> np.ndarray:
+    """:func:`_occupancy`'s "too dark for ground" test against the track's own bed, lit and
+    in shade (``refs["bed"]``, ``refs["bed_shadow"]``), ``lift`` added back to both."""
+    basis = np.stack([refs["bed"] + lift, refs["bed_shadow"] + lift], axis=1)
+    mix = (np.linalg.pinv(basis) @ np.nan_to_num(mean + lift[:, None])) / light
+    return (mix.sum(axis=0) < scale) | (mix.min(axis=0) < -max_negative)
 
 
 def _join_car_pieces(occ: np.ndarray, seen: np.ndarray, step_m: float) -> np.ndarray:
@@ -1021,6 +1245,10 @@ def _coupled_block(strip: Strip, occ: np.ndarray, seen: np.ndarray, sun_left: bo
         colour = np.nan_to_num(mid).astype("float64")
         # Distance (reflectance) to the nearest mix of the empty track's lit and shadowed colours.
         off = np.linalg.norm(colour - ground_mix(colour, lit, shadow)[1], axis=0)
+        if "bed" in refs and np.all(np.isfinite(refs["bed_shadow"])):
+            # The track's own empty bed is ground too (see _with_bed).
+            off = np.fmin(off, np.linalg.norm(colour - ground_mix(colour, refs["bed"], refs["bed_shadow"])[1],
+                                              axis=0))
         bodies = np.minimum(off[:-2 * k], off[2 * k:])
         shows = np.zeros(n, bool)
         # Like cars either side (a block): the step across the band is under the band's own
@@ -2294,6 +2522,10 @@ def _seen_empty(strip: Strip, refs, occ: np.ndarray, min_contrast: float) -> np.
     centre, _ = _zones(strip)
     mean = quiet_nanmean(strip.values[:, centre, :], axis=1)
     d = np.sqrt(quiet_nanmean(((mean - refs["lit"][:, None]) / refs["lit_sd"][:, None]) ** 2, axis=0))
+    if "bed" in refs:
+        # Or within them of the track's own empty bed (see _with_bed).
+        d = np.fmin(d, np.sqrt(quiet_nanmean(((mean - refs["bed"][:, None]) / refs["bed_sd"][:, None]) ** 2,
+                                             axis=0)))
     return np.isfinite(d) & (d <= min_contrast) & ~np.asarray(occ, bool)
 
 
