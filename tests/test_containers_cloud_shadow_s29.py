@@ -35,49 +35,69 @@ ROWS, BAYS, TIERS = 5, 4, 2
 Y_SHADED, Y_LIT, X0 = 40.0, 120.0, 20.0
 
 
-def _scene(seed=0):
-    """Two blocks of 40 ft boxes (``ROWS`` x ``BAYS``, ``TIERS`` high) on concrete, sun due
-    south at ``EL``; a cloud at ``CLOUD_H`` over the south of the frame (flagged invalid)
-    whose shadow falls ``CLOUD_H / tan(EL)`` further north, over the first block. Rendered
-    at a third of ``RES``, averaged, blurred, with noise."""
+def render_blocks(block_tops, height, width, *, paints, sky, in_shadow, cloud=None, seed=0):
+    """Blocks of 40 ft boxes (``ROWS`` x ``BAYS``, ``TIERS`` high, north edges at
+    ``block_tops`` m from the image's top) on concrete, sun due south at ``EL``.
+    ``in_shadow(yy, xx)``: where a cloud's shadow leaves ``CLOUD_DIRECT`` of the direct
+    beam; ``cloud(yy, xx)``: the cloud itself (flagged invalid), or None. Rendered at a
+    third of ``RES``, averaged, blurred, with noise. Returns (band, row, col) reflectance
+    and the valid mask (None without a cloud)."""
     rng = np.random.default_rng(seed)
     f = 3
     fine = RES / f
-    height, width = 350.0, 110.0
     nr, nc = int(height / RES) * f, int(width / RES) * f
     yy, xx = (np.mgrid[0:nr, 0:nc] + 0.5) * fine
     alb = np.broadcast_to(CONCRETE[:, None, None], (4, nr, nc)).copy()
     alb *= 1.0 + 0.04 * rng.standard_normal((nr, nc))[None]
     h = np.zeros((nr, nc))
-    for y0 in (Y_SHADED, Y_LIT):
+    for y0 in block_tops:
         for r in range(ROWS):
             for k in range(BAYS):
                 ya, xa = y0 + r * (BOX_W + GAP_V), X0 + k * (BOX_L + GAP_U)
                 m = (yy >= ya) & (yy < ya + BOX_W) & (xx >= xa) & (xx < xa + BOX_L)
                 h[m] = TIERS * 2.59
-                alb[:, m] = (PAINTS[rng.integers(len(PAINTS))] * rng.uniform(0.85, 1.1))[:, None]
+                alb[:, m] = (paints[rng.integers(len(paints))] * rng.uniform(0.85, 1.1))[:, None]
     # Direct beam reaching each pixel: none in a stack's shadow, a little in the cloud's.
     direct = np.ones((nr, nc))
     rise = fine * math.tan(math.radians(EL))
     for k in range(1, int(h.max() / rise) + 2):
         direct[:-k][h[k:] > h[:-k] + k * rise] = 0.0
-    cloud_y = (Y_SHADED - 25.0, Y_SHADED + 45.0)
-    shift = CLOUD_H / math.tan(math.radians(EL))
-    cloud = (yy >= cloud_y[0] + shift) & (yy < cloud_y[1] + shift) & (xx >= 5.0) & (xx < 100.0)
-    in_shadow = (yy >= cloud_y[0]) & (yy < cloud_y[1]) & (xx >= 5.0) & (xx < 100.0)
-    direct = np.where(in_shadow, direct * CLOUD_DIRECT, direct)
-    pix = alb * ((1 - SKY)[:, None, None] * direct[None] + SKY[:, None, None])
-    pix = np.where(cloud[None], 0.75, pix)
+    direct = np.where(in_shadow(yy, xx), direct * CLOUD_DIRECT, direct)
+    pix = alb * ((1 - sky)[:, None, None] * direct[None] + sky[:, None, None])
+    valid = None
+    if cloud is not None:
+        over = cloud(yy, xx)
+        pix = np.where(over[None], 0.75, pix)
+        valid = ~(over.reshape(nr // f, f, nc // f, f).mean(axis=(1, 3)) > 0.0)
     pix = pix.reshape(4, nr // f, f, nc // f, f).mean(axis=(2, 4))
     pix = ndimage.gaussian_filter(pix, (0, 0.6, 0.6)) + rng.normal(0, 0.002, (4, nr // f, nc // f))
-    valid = ~(cloud.reshape(nr // f, f, nc // f, f).mean(axis=(1, 3)) > 0.0)
-    top, left = 4600000.0, 500000.0
-    grid = GridSpec.from_bounds("EPSG:32633", (left, top - height, left + width, top), RES)
+    return pix, valid
+
+
+def block_zones(named_tops, top, left):
+    """Stack zones 3 m round each block (``named_tops``: id -> north edge, m)."""
     x1 = X0 + BAYS * (BOX_L + GAP_U) - GAP_U
     zones = {}
-    for zid, y0 in (("shaded", Y_SHADED), ("lit", Y_LIT)):
+    for zid, y0 in named_tops.items():
         y1 = y0 + ROWS * (BOX_W + GAP_V) - GAP_V
         zones[zid] = sbox(left + X0 - 3.0, top - y1 - 3.0, left + x1 + 3.0, top - y0 + 3.0)
+    return zones
+
+
+def _scene(seed=0):
+    """Two blocks; a cloud at ``CLOUD_H`` over the south of the frame (flagged invalid)
+    whose shadow falls ``CLOUD_H / tan(EL)`` further north, over the first block."""
+    height, width = 350.0, 110.0
+    cloud_y = (Y_SHADED - 25.0, Y_SHADED + 45.0)
+    shift = CLOUD_H / math.tan(math.radians(EL))
+    pix, valid = render_blocks(
+        (Y_SHADED, Y_LIT), height, width, paints=PAINTS, sky=SKY, seed=seed,
+        in_shadow=lambda yy, xx: (yy >= cloud_y[0]) & (yy < cloud_y[1]) & (xx >= 5.0) & (xx < 100.0),
+        cloud=lambda yy, xx: ((yy >= cloud_y[0] + shift) & (yy < cloud_y[1] + shift) & (xx >= 5.0)
+                              & (xx < 100.0)))
+    top, left = 4600000.0, 500000.0
+    grid = GridSpec.from_bounds("EPSG:32633", (left, top - height, left + width, top), RES)
+    zones = block_zones({"shaded": Y_SHADED, "lit": Y_LIT}, top, left)
     image = grid.attach(pix.astype("float32"), bands=["B", "G", "R", "NIR"])
     return image, grid.attach(valid), zones
 

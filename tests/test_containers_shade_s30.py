@@ -11,69 +11,33 @@ zone now takes it from the zones where it was measured.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
-from scipy import ndimage
-from shapely.geometry import box as sbox
 
 from changedet.grid import GridSpec
 from changedet.objects.containers import count_containers
+from tests.test_containers_cloud_shadow_s29 import BAYS, EL, RES, ROWS, TIERS, block_zones, render_blocks
 
-CONCRETE = np.array([0.24, 0.26, 0.27, 0.30])
 # Share of the light on open flat ground that comes from the sky, per band (B, G, R, NIR):
 # a clear, dry sky (a stack's shadow on concrete at 4-12 % of the sunlit pavement).
 SKY = np.array([0.12, 0.08, 0.06, 0.04])
-# Share of the direct beam a cumulus lets through.
-CLOUD_DIRECT = 0.15
 # Paint of about the concrete's brightness, told from it by hue alone: dark green, brown,
 # pale blue, maroon.
 PAINTS = np.array([[0.10, 0.22, 0.10, 0.30], [0.12, 0.12, 0.20, 0.30], [0.30, 0.25, 0.18, 0.30],
                    [0.12, 0.08, 0.20, 0.30]])
-BOX_L, BOX_W, GAP_U, GAP_V = 12.19, 2.44, 0.4, 0.35
-RES, EL = 0.5, 45.0
-ROWS, BAYS, TIERS = 5, 4, 2
 # North edges of the blocks (m from the image's top): the first under the cloud's
 # shadow, the other two in the sun.
-Y_SHADED, Y_LIT, X0 = 40.0, (110.0, 170.0), 20.0
+Y_SHADED, Y_LIT = 40.0, (110.0, 170.0)
 
 
 def _scene(seed=0):
     """Three blocks of 40 ft boxes on concrete, sun due south at ``EL``; the shadow of a
-    cloud outside the frame over the first block (``CLOUD_DIRECT`` of the beam left).
-    Rendered at a third of ``RES``, averaged, blurred, with noise."""
-    rng = np.random.default_rng(seed)
-    f = 3
-    fine = RES / f
+    cloud outside the frame over the first block (``CLOUD_DIRECT`` of the beam left)."""
     height, width = 230.0, 110.0
-    nr, nc = int(height / RES) * f, int(width / RES) * f
-    yy, xx = (np.mgrid[0:nr, 0:nc] + 0.5) * fine
-    alb = np.broadcast_to(CONCRETE[:, None, None], (4, nr, nc)).copy()
-    alb *= 1.0 + 0.04 * rng.standard_normal((nr, nc))[None]
-    h = np.zeros((nr, nc))
-    for y0 in (Y_SHADED,) + Y_LIT:
-        for r in range(ROWS):
-            for k in range(BAYS):
-                ya, xa = y0 + r * (BOX_W + GAP_V), X0 + k * (BOX_L + GAP_U)
-                m = (yy >= ya) & (yy < ya + BOX_W) & (xx >= xa) & (xx < xa + BOX_L)
-                h[m] = TIERS * 2.59
-                alb[:, m] = (PAINTS[rng.integers(len(PAINTS))] * rng.uniform(0.85, 1.1))[:, None]
-    direct = np.ones((nr, nc))
-    rise = fine * math.tan(math.radians(EL))
-    for k in range(1, int(h.max() / rise) + 2):
-        direct[:-k][h[k:] > h[:-k] + k * rise] = 0.0
-    in_shadow = (yy < Y_SHADED + 45.0)
-    direct = np.where(in_shadow, direct * CLOUD_DIRECT, direct)
-    pix = alb * ((1 - SKY)[:, None, None] * direct[None] + SKY[:, None, None])
-    pix = pix.reshape(4, nr // f, f, nc // f, f).mean(axis=(2, 4))
-    pix = ndimage.gaussian_filter(pix, (0, 0.6, 0.6)) + rng.normal(0, 0.002, (4, nr // f, nc // f))
+    pix, _ = render_blocks((Y_SHADED,) + Y_LIT, height, width, paints=PAINTS, sky=SKY, seed=seed,
+                           in_shadow=lambda yy, xx: yy < Y_SHADED + 45.0)
     top, left = 4600000.0, 500000.0
     grid = GridSpec.from_bounds("EPSG:32633", (left, top - height, left + width, top), RES)
-    x1 = X0 + BAYS * (BOX_L + GAP_U) - GAP_U
-    zones = {}
-    for zid, y0 in (("shaded", Y_SHADED), ("lit1", Y_LIT[0]), ("lit2", Y_LIT[1])):
-        y1 = y0 + ROWS * (BOX_W + GAP_V) - GAP_V
-        zones[zid] = sbox(left + X0 - 3.0, top - y1 - 3.0, left + x1 + 3.0, top - y0 + 3.0)
+    zones = block_zones({"shaded": Y_SHADED, "lit1": Y_LIT[0], "lit2": Y_LIT[1]}, top, left)
     return grid.attach(pix.astype("float32"), bands=["B", "G", "R", "NIR"]), zones
 
 
