@@ -469,7 +469,7 @@ def _empty_track_reference(strips: Mapping[str, Strip], *, flanked: bool = True)
             "shadow_sd": nan if model.shadow_sd is None else model.shadow_sd}
 
 
-def _with_bed(strip: Strip, refs, *, per_m: float, path: np.ndarray | None = None,
+def _with_bed(strip: Strip, refs, *, per_m: float | np.ndarray, path: np.ndarray | None = None,
               floor_light: np.ndarray | None = None) -> dict:
     """``refs`` with the colour of this track's own empty bed, where the image shows it.
 
@@ -481,9 +481,10 @@ def _with_bed(strip: Strip, refs, *, per_m: float, path: np.ndarray | None = Non
         Learnt ground colours per band: ``lit`` and ``lit_sd`` (the ground beside the
         tracks) mark the side bands that are lit ground; ``shadow`` gives the bed's
         colour in shade. Every entry is kept.
-    per_m : float
-        Metres a shadow falls sideways per metre of height (:func:`_shadow_across`;
-        NaN with the sun unknown or along the track).
+    per_m : float or numpy.ndarray
+        Metres a shadow falls sideways per metre of height, for the whole track or per
+        sample along it (:func:`_local_shadow_across`: a curved track's legs face the sun
+        differently); NaN with the sun unknown or along the track.
     path : numpy.ndarray or None
         Per band, the path radiance still in ``strip`` and ``refs`` (reflectance): the
         light a shadowed bed keeps besides its own skylight. None for none.
@@ -534,7 +535,7 @@ def _with_bed(strip: Strip, refs, *, per_m: float, path: np.ndarray | None = Non
     return {**refs, "bed": colour, "bed_sd": spread, "bed_shadow": bed_shadow}
 
 
-def _flanked_centres(strip: Strip, refs, per_m: float) -> np.ndarray:
+def _flanked_centres(strip: Strip, refs, per_m: float | np.ndarray) -> np.ndarray:
     """Centre colours (n, band) of the stretches of a track seen empty: lit ground on both
     sides under a sun that makes any car on the track shade its anti-sun side band.
 
