@@ -918,9 +918,7 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
         # Under a thin cloud the ground keeps its colour at a fraction of its brightness:
         # "too dark" is judged against the light reaching the ground beside the track.
         def too_dark_for_ground(lift, scale, max_negative=_MAX_NEGATIVE_MIX):
-            basis = np.stack([refs["lit"] + lift, refs["shadow"] + lift], axis=1)
-            mix = (np.linalg.pinv(basis) @ np.nan_to_num(mean + lift[:, None])) / light
-            return (mix.sum(axis=0) < scale) | (mix.min(axis=0) < -max_negative)
+            return _too_dark(mean, refs["lit"], refs["shadow"], lift, light, scale, max_negative)
 
         too_dark = too_dark_for_ground(np.zeros(mean.shape[0]), _MIN_GROUND_SCALE)
         if dark_light is None and has_bed:
@@ -1011,13 +1009,22 @@ def _bed_distance(mean: np.ndarray, refs) -> tuple[np.ndarray, np.ndarray]:
     return np.sqrt(quiet_nanmean(((mean - nearest) / sd) ** 2, axis=0)), alpha
 
 
-def _too_dark_for_bed(mean: np.ndarray, refs, lift: np.ndarray, light: np.ndarray, scale: float,
-                      max_negative: float) -> np.ndarray:
-    """:func:`_occupancy`'s "too dark for ground" test against the track's own bed, lit and
-    in shade (``refs["bed"]``, ``refs["bed_shadow"]``), ``lift`` added back to both."""
-    basis = np.stack([refs["bed"] + lift, refs["bed_shadow"] + lift], axis=1)
+def _too_dark(mean: np.ndarray, lit: np.ndarray, shadow: np.ndarray, lift: np.ndarray, light: np.ndarray,
+              scale: float, max_negative: float) -> np.ndarray:
+    """Centre colours ``mean`` (band, along) too dark for a ground of colour ``lit`` in the
+    sun and ``shadow`` in shade (``lift`` added back to all three): the weights of the two
+    colours, over the ``light`` reaching the ground, sum under ``scale`` or one is under
+    ``-max_negative`` (see :func:`_occupancy`)."""
+    basis = np.stack([lit + lift, shadow + lift], axis=1)
     mix = (np.linalg.pinv(basis) @ np.nan_to_num(mean + lift[:, None])) / light
     return (mix.sum(axis=0) < scale) | (mix.min(axis=0) < -max_negative)
+
+
+def _too_dark_for_bed(mean: np.ndarray, refs, lift: np.ndarray, light: np.ndarray, scale: float,
+                      max_negative: float) -> np.ndarray:
+    """:func:`_too_dark` against the track's own bed, lit and in shade (``refs["bed"]``,
+    ``refs["bed_shadow"]``)."""
+    return _too_dark(mean, refs["bed"], refs["bed_shadow"], lift, light, scale, max_negative)
 
 
 def _join_car_pieces(occ: np.ndarray, seen: np.ndarray, step_m: float) -> np.ndarray:
