@@ -576,7 +576,8 @@ def _occupied_tracks(plane: np.ndarray, grid: GridSpec, st, lines: list[LineStri
                      hi: np.ndarray, bed: np.ndarray, blur_m: float,
                      others: list[float] = ()) -> tuple[float, float] | None:
     """How many tracks of a bundle hold its cars, from the width of their backscatter
-    across it; None where the profile cannot be fitted.
+    across it, and the chance that the cars stand on more tracks than one track's width
+    allows (the fit's scatter); None where the profile cannot be fitted.
 
     The excess across the strip (positions ``hi`` along it, the brighter half, less the
     bed ``bed`` beyond the ends), sampled at a quarter pixel, is fitted with a Gaussian
@@ -707,7 +708,7 @@ def _car_level(x: np.ndarray, bed_var: float, n_tracks: int,
 
 
 def _bed_estimate(e: np.ndarray, bed: np.ndarray, n_tracks: int, step: float,
-                  comb: bool, n_occupied: float | None = None) -> tuple[float, float, float, dict]:
+                  comb: bool, n_occupied: tuple[float, float] | None = None) -> tuple[float, float, float, dict]:
     """Occupied metres, their standard deviation and the length holding at least one car
     along a strip whose empty bed is read beyond its ends (``e``: first channel over the
     track; ``bed``: the positions beyond the ends).
@@ -717,7 +718,8 @@ def _bed_estimate(e: np.ndarray, bed: np.ndarray, n_tracks: int, step: float,
     as present where a comb was learnt (``comb``) or the mean excess stands
     :data:`PRESENCE_Z` standard errors above the bed; else the CFAR bounds over that bed
     are used (:func:`_bounds_from`). ``n_occupied``: how many of the tracks hold the
-    cars (:func:`_occupied_tracks`; default all), the most cars side by side."""
+    cars and the chance that more do (:func:`_occupied_tracks`; None: all), the most cars
+    side by side."""
     f = e[np.isfinite(e)]
     b, sdb = float(np.median(bed)), float(np.std(bed))
     if f.size >= 5:
