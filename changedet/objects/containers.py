@@ -209,7 +209,8 @@ def count_containers(
         pending.append((zid, inside, blobs))
         continue
     # Zones that came round again back in their given order.
-    pending.sort(key=lambda z: list(zones).index(z[0]))
+    order = {zid: i for i, zid in enumerate(zones)}
+    pending.sort(key=lambda z: order[z[0]])
     # Heights: a block's own shadows when enough of them fall on open pavement, else the
     # zone's, else the whole image's (blocks packed tight shade each other, not the ground).
     all_lengths = _pool([b[2] for _, _, bl in pending for b in bl])

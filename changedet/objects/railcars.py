@@ -274,11 +274,11 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
         # The centre of an empty track is judged against its own bed's colour too (see
         # _with_bed): on the light as recorded the path radiance is ``haze`` (if any).
         read_on[tid] = (on, refs if lift is None else refs_above_dark)
-        if vhr and grid.resolution <= _BED_MAX_RES_M:
+        # Learnt only where the track as a whole has a sun side (sun_left): without one,
+        # _occupancy has no anti-sun test to keep a car off the bed.
+        if vhr and grid.resolution <= _BED_MAX_RES_M and sun_left is not None:
             read_on[tid] = (on, _with_bed(on, read_on[tid][1],
-                                          per_m=_local_shadow_across(on, sun_azimuth_deg, sun_elevation_deg)
-                                          * (1.0 if np.isfinite(_shadow_across(tracks[tid], sun_azimuth_deg,
-                                                                               sun_elevation_deg)) else np.nan),
+                                          per_m=_local_shadow_across(on, sun_azimuth_deg, sun_elevation_deg),
                                           path=haze if lift is None else None, floor_light=lift))
         occupancy[tid] = _occupancy(*read_on[tid],
                                min_contrast=min_contrast, vhr=vhr, sun_left=sun_left,
