@@ -66,6 +66,7 @@ from typing import Mapping
 
 import numpy as np
 import xarray as xr
+from affine import Affine
 from scipy import ndimage
 from shapely.affinity import translate
 from shapely.geometry import LineString
@@ -74,7 +75,7 @@ from changedet.errors import ChangedetError
 from changedet.grid import GridSpec
 from changedet.objects.checks import ResolutionError, check_features, check_metric
 from changedet.nanstats import quiet_nanmean, quiet_nanmin, quiet_nanstd
-from changedet.objects.cloud_shadow import cloud_shade
+from changedet.objects.cloud_shadow import CLOUD_EDGE_M, cloud_shade
 from changedet.objects.common import CountResult, Detection, bgrn, oriented_rect, robust_ref, runs
 from changedet.objects.ground import GroundModel, ground_mix
 from changedet.objects.strips import Strip, sample_strip
@@ -183,7 +184,7 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
     refs = _empty_track_reference(strips, flanked=vhr)
     if not np.all(np.isfinite(refs["shadow"])):
         refs = _shadow_from_anti_sun_sides(strips, tracks, refs, sun_azimuth_deg)
-    shade = None
+    shade = dimmed = None
     if valid is not None:
         cloud = ~np.asarray(valid.values, bool) & np.all(np.isfinite(bgrn(image, check_order=False)), axis=0)
         # The cloud-shade colour cue judges all the ground in 40 m windows, yard gravel
@@ -200,6 +201,8 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
             model = GroundModel(crefs["lit"], crefs["lit_sd"], crefs["shadow"], crefs["shadow_sd"])
         shade = cloud_shade(pix, grid, cloud, model=model, sun_azimuth_deg=sun_azimuth_deg,
                             sun_elevation_deg=sun_elevation_deg, object_height_m=_MAX_CAR_HEIGHT_M)
+        if shade is not None:
+            dimmed = _dimmed_near_tracks(shade, cloud, grid, strips)
     if shade is not None and shade.any():
         # Ground in a cloud's shadow looks like a car's shadow or a dark car over whole
         # stretches: those stretches are unobserved, not empty and not occupied.
@@ -263,32 +266,47 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
     occupancy, read_on = {}, {}
     for tid, strip in strips.items():
         sun_left, own_only = _sun_geometry(tracks[tid], sun_azimuth_deg, sun_elevation_deg)
-        # Dimming by a cloud shadow's faint edge is looked for only on tracks a cloud or
-        # its shadow reaches (some samples unobserved): elsewhere dark ground is ground.
-        thin = shade is not None and not np.isfinite(strip.values).all()
-        # There the light as recorded is read, as the dimming model was measured (above
-        # the darkest light, the own simulator's partly cloudy seed 31 counted 17 cars
-        # against 7 in view at the unmasked edge of a cloud's shadow).
-        lift = None if thin else haze
-        on = strip if lift is None else _offset(strip, lift)
-        # The centre of an empty track is judged against its own bed's colour too (see
-        # _with_bed): on the light as recorded the path radiance is ``haze`` (if any).
-        read_on[tid] = (on, refs if lift is None else refs_above_dark)
-        # Learnt only where the track as a whole has a sun side (sun_left): without one,
-        # _occupancy has no anti-sun test to keep a car off the bed.
-        if vhr and grid.resolution <= _BED_MAX_RES_M and sun_left is not None:
-            read_on[tid] = (on, _with_bed(on, read_on[tid][1],
-                                          per_m=_local_shadow_across(on, sun_azimuth_deg, sun_elevation_deg),
-                                          path=haze if lift is None else None, floor_light=lift))
-        occupancy[tid] = _occupancy(*read_on[tid],
-                               min_contrast=min_contrast, vhr=vhr, sun_left=sun_left,
-                               thin_cloud=thin,
-                               dark_light=lift,
-                               anti_shadow_is_own=own_only,
-                               shadow_tail_m=_shadow_tail(tracks[tid], sun_azimuth_deg) if sun_left is not None
-                               else 0.0,
-                               shadow_across_m=_shadow_across(tracks[tid], sun_azimuth_deg, sun_elevation_deg),
-                               blur_m=max(0.2, 0.5 * grid.resolution))
+        # Dimming by a cloud shadow's faint edge is looked for only where the track passes
+        # within EDGE_DIMMING_M of a cloud's shadow (see _dimmed_near_tracks): elsewhere
+        # dark ground is ground, beside a cloud, the image's edge or nodata too.
+        edge = _hidden_along(*dimmed, strip) if dimmed is not None else None
+        thin = edge is not None and bool(edge.any())
+
+        def read(thin_cloud: bool):
+            # Under the faint edge the light as recorded is read, as the dimming model
+            # was measured (above the darkest light, the own simulator's partly cloudy
+            # seed 31 counted 17 cars against 7 in view at the unmasked edge of a cloud's
+            # shadow).
+            lift = None if thin_cloud else haze
+            on = strip if lift is None else _offset(strip, lift)
+            # The centre of an empty track is judged against its own bed's colour too
+            # (see _with_bed): on the light as recorded the path radiance is ``haze``.
+            got = (on, refs if lift is None else refs_above_dark)
+            # Learnt only where the track as a whole has a sun side (sun_left): without
+            # one, _occupancy has no anti-sun test to keep a car off the bed.
+            if vhr and grid.resolution <= _BED_MAX_RES_M and sun_left is not None:
+                got = (on, _with_bed(on, got[1],
+                                     per_m=_local_shadow_across(on, sun_azimuth_deg, sun_elevation_deg),
+                                     path=haze if lift is None else None, floor_light=lift))
+            occ = _occupancy(*got,
+                             min_contrast=min_contrast, vhr=vhr, sun_left=sun_left,
+                             thin_cloud=thin_cloud,
+                             dark_light=lift,
+                             anti_shadow_is_own=own_only,
+                             shadow_tail_m=_shadow_tail(tracks[tid], sun_azimuth_deg) if sun_left is not None
+                             else 0.0,
+                             shadow_across_m=_shadow_across(tracks[tid], sun_azimuth_deg, sun_elevation_deg),
+                             blur_m=max(0.2, 0.5 * grid.resolution))
+            return got, occ
+
+        # Each reading with the positions it speaks for (the two merged per position).
+        near_on, occupancy[tid] = read(thin)
+        read_on[tid] = [(near_on, None)]
+        if thin and not edge.all():
+            far_on, (occ_far, seen_far) = read(False)
+            occ_near, seen_near = occupancy[tid]
+            occupancy[tid] = (np.where(edge, occ_near, occ_far), np.where(edge, seen_near, seen_far))
+            read_on[tid] = [(near_on, edge), (far_on, ~edge)]
     seen_empty = {}
     if wide:
         # Another track's cars in the height band are bodies, not ground: their tops and
@@ -307,7 +325,12 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
         # anti-sun side: an empty neighbour there lies in this track's cars' shadow, so
         # it is not seen empty, and masking it would blank the very band the height cue
         # reads (review of ca3fedd, finding 1); there only found cars are masked.
-        seen_empty = {t: _seen_empty(*read_on[t], occupancy[t][0], min_contrast) for t in strips}
+        seen_empty = {}
+        for t in strips:
+            seen_empty[t] = np.zeros(occupancy[t][0].shape, bool)
+            for on, where in read_on[t]:
+                got = _seen_empty(*on, occupancy[t][0], min_contrast)
+                seen_empty[t] = got if where is None else np.where(where, got, seen_empty[t])
         wide = _found_cars_in_own_shadow(
             _without_other_cars(wide, strips, {t: ~e for t, e in seen_empty.items()}, grid, shade_side),
             _without_other_cars(wide, strips, {t: occupancy[t][0] for t in strips}, grid, shade_side),
@@ -380,6 +403,68 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
                            grid.crs, None, observed)
     return CountResult("railcars", round(est_total, 1), {}, tuple(per_feature), (), grid.crs,
                        math.sqrt(est_var), observed)
+
+
+# Reach (m, in the plane) of a cloud shadow's faint edge past the shade found: the
+# penumbra of a cloud 1-4 km up is 9-37 m wide (the sun's disc spans 0.53 degrees), and a
+# cloud's thinning margin dims the ground over a few tens of metres.
+EDGE_DIMMING_M = 40.0
+# Margin (m) past CLOUD_EDGE_M by which the cloud's own thin edge is taken off the shade:
+# cloud_shade draws that edge on coarse blocks, so it reaches up to a block's diagonal
+# past CLOUD_EDGE_M (review RCLOUD: fragments of it at 0.3 m grew into 40 m zones).
+_EDGE_RING_SLACK_M = 2.0
+
+
+def _dimmed_near_tracks(shade: np.ndarray, cloud: np.ndarray, grid: GridSpec,
+                        strips: Mapping[str, Strip]) -> tuple[np.ndarray, GridSpec]:
+    """Pixels within ``EDGE_DIMMING_M`` of a cloud's shadow, on a window around the
+    strips (and that window's grid).
+
+    The shadow is the shade found (``cloud_shade``) less the cloud's own thin edge
+    (``CLOUD_EDGE_M`` around the mask): a cloud's veil adds light; only its shadow,
+    hundreds of metres away along the anti-sun direction, dims the ground. Only the
+    window around the tracks is computed (a yard in a large scene), wide enough that
+    every shadow pixel within reach of a track and the cloud within its edge lie in it.
+    """
+    ring = CLOUD_EDGE_M + max(_EDGE_RING_SLACK_M, grid.resolution)
+    pad = (EDGE_DIMMING_M + 2.0 * ring + 2.0) / grid.resolution
+    rows, cols = zip(*(grid.rowcol(s.x, s.y) for s in strips.values()))
+    r0 = max(int(math.floor(min(float(np.nanmin(r)) for r in rows) - pad)), 0)
+    r1 = min(int(math.ceil(max(float(np.nanmax(r)) for r in rows) + pad)) + 1, grid.shape[0])
+    c0 = max(int(math.floor(min(float(np.nanmin(c)) for c in cols) - pad)), 0)
+    c1 = min(int(math.ceil(max(float(np.nanmax(c)) for c in cols) + pad)) + 1, grid.shape[1])
+    if r1 <= r0 or c1 <= c0:
+        # No track near the image: nothing to dim (a one-pixel window of nothing).
+        return np.zeros((1, 1), bool), GridSpec(grid.crs, grid.transform, (1, 1))
+    t = grid.transform
+    window = GridSpec(grid.crs, Affine(t.a, 0.0, t.c + c0 * t.a, 0.0, t.e, t.f + r0 * t.e), (r1 - r0, c1 - c0))
+    shadow = shade[r0:r1, c0:c1] & ~_near(cloud[r0:r1, c0:c1], window, ring)
+    return _near(shadow, window, EDGE_DIMMING_M, block_m=EDGE_DIMMING_M / 8), window
+
+
+def _near(mask: np.ndarray, grid: GridSpec, dist_m: float, *, block_m: float = 1.0) -> np.ndarray:
+    """Pixels within ``dist_m`` of ``mask`` (row, col), on blocks of about ``block_m``
+    (exact to within a block's diagonal)."""
+    f = max(1, int(block_m // grid.resolution))
+    rows, cols = -(-mask.shape[0] // f), -(-mask.shape[1] // f)
+    pad = np.zeros((rows * f, cols * f), bool)
+    pad[:mask.shape[0], :mask.shape[1]] = mask
+    small = pad.reshape(rows, f, cols, f).any(axis=(1, 3))
+    if not small.any():
+        return np.zeros(mask.shape, bool)
+    near = ndimage.distance_transform_edt(~small) * f * grid.resolution <= dist_m
+    return np.repeat(np.repeat(near, f, axis=0), f, axis=1)[:mask.shape[0], :mask.shape[1]]
+
+
+def _hidden_along(mask: np.ndarray, grid: GridSpec, strip: Strip) -> np.ndarray:
+    """Positions along ``strip`` where any sample across it falls on ``mask`` (row, col
+    of ``grid``; nearest pixel; off the grid: not masked)."""
+    r, c = grid.rowcol(strip.x, strip.y)
+    r, c = np.rint(r).astype(int), np.rint(c).astype(int)
+    inside = (r >= 0) & (r < mask.shape[0]) & (c >= 0) & (c < mask.shape[1])
+    hit = np.zeros(r.shape, bool)
+    hit[inside] = mask[r[inside], c[inside]]
+    return hit.any(axis=0)
 
 
 def _masked(strip: Strip, mask: np.ndarray, grid: GridSpec) -> Strip:
