@@ -46,7 +46,7 @@ them. A car cut by such a stretch is counted where its centre lies: when the vis
 part is at least half the longest car its look allows, with its hidden end placed at
 its type's length. The same holds, with or without ``valid``, for a car cut by the
 image's edge or by nodata pixels (the convention that counts each car once across
-tiles). On tracks a cloud or its shadow reaches, the faint edge of a cloud's shadow
+tiles). Within ``EDGE_DIMMING_M`` (40 m) of a cloud's shadow, the shadow's faint edge
 may still dim the ground and the cars alike: darkness is judged there against the
 share of light read on the ground beside the track (modelled as grey dimming, as the
 simulator draws it; a thin cloud over the ground, which adds light, is not modelled). Each track reports ``observed_fraction``,
