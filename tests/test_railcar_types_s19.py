@@ -97,7 +97,11 @@ def test_the_width_rules_are_not_applied_at_coarse_pixels(gsd):
     # neither width rule speaks (TYPE2's version typed these boxcar and gondola).
     roof = _strip(_sheet(1.65))
     assert R._top_width(roof, 0, 60) >= R._MIN_FULL_TOP_M      # the width itself is read
-    assert R._classify(roof, 0, 60, 14.2, LIT_B, tall=None, resolution_m=gsd) == "flatcar"
+    # Session 31: a plain top of unread height there takes the commonest car of its
+    # length whatever its width; the width decides nothing (a deck is typed the same).
+    deck = _strip(_sheet(1.435))
+    assert (R._classify(roof, 0, 60, 14.2, LIT_B, tall=None, resolution_m=gsd)
+            == R._classify(deck, 0, 60, 14.2, LIT_B, tall=None, resolution_m=gsd))
     assert R._classify(roof, 0, 60, 12.5, LIT_B, tall=True, resolution_m=gsd) == "flatcar"
     # Resolution unknown (NaN): not applied either.
     assert R._classify(roof, 0, 60, 14.2, LIT_B, tall=None) == "flatcar"
@@ -124,15 +128,21 @@ def _pixel_profile(edges: list[tuple[float, np.ndarray]], gsd: float, step: floa
                  np.broadcast_to(a[:, None], (a.size, 60)).copy(), step)
 
 
-def test_a_flat_deck_on_a_ballast_shoulder_at_075_m_stays_a_flat_wagon():
+def test_a_flat_deck_misread_wide_at_075_m_is_typed_as_a_deck_read_narrow():
     # Review, finding 1: a galvanised 2.87 m deck, ballast out to 2.3 m, asphalt beyond;
     # at 0.75 m pixels its width reads as a roof's (the half-way point towards the dark
     # asphalt lies out in the ballast), and TYPE2's version typed it a boxcar.
     deck = _pixel_profile([(1.435, [0.26, 0.27, 0.28, 0.29]), (2.3, LIT), (9.0, [0.07, 0.08, 0.09, 0.11])], 0.75)
     assert R._look(deck, 0, 60, LIT_B) == "plain"
     assert R._top_width(deck, 0, 60) >= R._MIN_FULL_TOP_M        # misread, so the gate matters
+    # Session 31: at 0.75 m a plain top of unread height takes the commonest car of its
+    # length; the misread width must not decide it (typed as a deck read narrow is).
+    narrow = _pixel_profile([(1.435, [0.26, 0.27, 0.28, 0.29]), (9.0, LIT)], 0.75)
     for sun in ({}, {"sun_left": True, "shading": 1.0}):
-        assert R._classify(deck, 0, 60, 14.0, LIT_B, tall=None, resolution_m=0.75, **sun) == "flatcar"
+        assert (R._classify(deck, 0, 60, 14.0, LIT_B, tall=None, resolution_m=0.75, **sun)
+                == R._classify(narrow, 0, 60, 14.0, LIT_B, tall=None, resolution_m=0.75, **sun))
+        # A shadow saying no walls keeps it a flat wagon.
+        assert R._classify(deck, 0, 60, 14.0, LIT_B, tall=False, resolution_m=0.75, **sun) == "flatcar"
 
 
 @pytest.mark.parametrize("sun_left", [True, False])

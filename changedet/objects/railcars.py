@@ -2878,14 +2878,16 @@ def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = floa
     :func:`_tall`): then a plain top at least a boxcar's length is a boxcar's roof
     (shorter: a container on a flat wagon) and a textured one an open wagon's load or a
     covered hopper's hatches (the gondola class). Where the height is not read
-    (``tall`` None), a plain sheet stays a flatcar and a textured top takes the
+    (``tall`` None), a plain sheet stays a flatcar where its width is read (pixels of
+    ``_MAX_FULL_TOP_RES_M`` or finer) and a textured top takes the
     commonest car of its length on 1520 mm gauge (an open wagon or hopper below a
     boxcar's length, a boxcar from it), and a plain sheet of a boxcar's length at least
     ``_MIN_FULL_TOP_M`` wide (:func:`_top_width`: a roof over a 3.1-3.3 m body, wider
     than a flat wagon's 2.87 m deck) is a boxcar; a plain top shorter than that as wide,
     tall or of unread height, is the gondola class (a covered hopper's roof, an open
     wagon's even load); both width rules only where pixels (``resolution_m``, m) are
-    ``_MAX_FULL_TOP_RES_M`` or finer. Lengths only some stock has decide first: a
+    ``_MAX_FULL_TOP_RES_M`` or finer. Coarser, where no width tells a deck from a roof, a
+    plain sheet of unread height takes the commonest car of its length too. Lengths only some stock has decide first: a
     cylinder of a boxcar's length or more that is even along (no dome, platform or
     walkway) is a boxcar's cambered roof (up to a locomotive's length, or at any length
     when vetted); otherwise a cylinder is a tank car up to the 15-150's length (vetted by
@@ -3009,7 +3011,14 @@ def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = floa
             # class, as for a tall top above). (Session 22: tuning 0-15 plain short tops
             # of unread height at 0.3-0.5 m: 60 open wagons and hoppers, 15 flat wagons
             # read that wide.)
-            if resolution_m <= _MAX_FULL_TOP_RES_M and _top_width(strip, s0, s1) >= _MIN_FULL_TOP_M:
+            # Coarser than _MAX_FULL_TOP_RES_M the width no longer tells a 2.87 m deck
+            # from a 3.1-3.3 m roof, and a sheet even across is a deck, a container's or
+            # a roofed or walled car's roof alike: the commonest car of its length, as
+            # for a textured top below (flat wagons are about 8 % of the 1520 mm fleet).
+            # (Session 31, altgen tuning 100-103 and 0-3 at 0.75-1 m: such tops were 110
+            # hoppers, boxcars and open wagons against 11 flat wagons.)
+            if (resolution_m > _MAX_FULL_TOP_RES_M
+                    or resolution_m <= _MAX_FULL_TOP_RES_M and _top_width(strip, s0, s1) >= _MIN_FULL_TOP_M):
                 return "boxcar" if body_m >= _MIN_BOXCAR_BODY_M else "gondola"
             return "flatcar"
         # A textured flat top of unread height (the sun's geometry puts the shadow band
