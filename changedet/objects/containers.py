@@ -56,7 +56,7 @@ from changedet.objects.checks import check_features, check_metric, check_resolut
 from changedet.nanstats import quiet_nanmean
 from changedet.objects.cloud_shadow import cloud_shade
 from changedet.objects.common import CountResult, Detection, prepare, robust_ref
-from changedet.objects.ground import GroundModel
+from changedet.objects.ground import GroundModel, shadow_spread_floor
 
 SLOT_M2 = 6.06 * 2.44
 TIER_M = 2.59
@@ -598,7 +598,7 @@ def _reclassify(model: GroundModel, shade_samples: np.ndarray, apron_samples: np
     boxes under a blue sky counts none.
     """
     shadow, shadow_sd = robust_ref(shade_samples)
-    shadow_sd = np.maximum(np.minimum(shadow_sd, _shade_spread_cap(model, shadow)), 0.003 + 0.03 * shadow)
+    shadow_sd = np.maximum(np.minimum(shadow_sd, _shade_spread_cap(model, shadow)), shadow_spread_floor(shadow))
     model = replace(model, shadow=shadow, shadow_sd=shadow_sd)
     # Pixels outside ``around`` (all bands NaN) come out NaN; FP errors of the chromaticity
     # of black pixels are NaN too (np.errstate is per thread, unlike warnings filters).

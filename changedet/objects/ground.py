@@ -16,6 +16,19 @@ from changedet.nanstats import quiet_nanmean
 from changedet.objects.common import robust_ref
 
 
+def lit_spread_floor(colour: np.ndarray) -> np.ndarray:
+    """Least spread (reflectance, per band) of lit ground of ``colour``: about 0.004 of
+    sensor noise and quantisation plus 3 % of texture (ballast stones, grain) that even
+    the most uniform surface shows at sub-metre pixels."""
+    return 0.004 + 0.03 * np.asarray(colour)
+
+
+def shadow_spread_floor(colour: np.ndarray) -> np.ndarray:
+    """Least spread (reflectance, per band) of shadowed ground of ``colour``: the same 3 %
+    of texture over a noise of about 0.003 (darker pixels are quieter)."""
+    return 0.003 + 0.03 * np.asarray(colour)
+
+
 def ground_mix(colours: np.ndarray, lit: np.ndarray, shadow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Nearest mix of lit and shadowed ground to each colour.
 
@@ -74,12 +87,12 @@ class GroundModel:
             if close.shape[0] >= 20:
                 lit_c, sd_c = robust_ref(close)
                 lit, lit_sd = lit_c, np.maximum(sd_c, lit_sd * 0.5)
-        lit_sd = np.maximum(lit_sd, 0.004 + 0.03 * lit)
+        lit_sd = np.maximum(lit_sd, lit_spread_floor(lit))
         ratio = bright / max(float(lit.mean()), 1e-6)
         dark = s[(ratio < 0.65) & (ratio > 0.08)]
         if dark.shape[0] >= max(20, 0.03 * s.shape[0]):
             shadow, shadow_sd = robust_ref(dark)
-            shadow_sd = np.maximum(shadow_sd, 0.003 + 0.03 * shadow)
+            shadow_sd = np.maximum(shadow_sd, shadow_spread_floor(shadow))
         elif assume_shadow:
             # No shadow seen: assume the usual 20-35 % of direct light.
             shadow, shadow_sd = lit * 0.3, lit_sd * 0.5

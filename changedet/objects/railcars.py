@@ -77,7 +77,7 @@ from changedet.objects.checks import ResolutionError, check_features, check_metr
 from changedet.nanstats import quiet_nanmean, quiet_nanmin, quiet_nanstd
 from changedet.objects.cloud_shadow import CLOUD_EDGE_M, cloud_shade
 from changedet.objects.common import CountResult, Detection, bgrn, oriented_rect, robust_ref, runs
-from changedet.objects.ground import GroundModel, ground_mix
+from changedet.objects.ground import GroundModel, ground_mix, lit_spread_floor, shadow_spread_floor
 from changedet.objects.strips import Strip, sample_strip
 from changedet.objects.track_register import estimate_track_shift
 
@@ -614,7 +614,7 @@ def _with_bed(strip: Strip, refs, *, per_m: float | np.ndarray, path: np.ndarray
     # A mean over the 2 m centre varies less than one sample of the ground beside the
     # track: a wider spread is the blurred ends of wagons among the flanked centres.
     spread = np.minimum(spread, np.asarray(refs["lit_sd"], dtype="float64"))
-    spread = np.maximum(spread, 0.004 + 0.03 * (colour + light))   # GroundModel's floor
+    spread = np.maximum(spread, lit_spread_floor(colour + light))
     p = np.zeros_like(colour) if path is None else np.asarray(path, dtype="float64")
     bed_shadow = p + (colour - p) * (shadow - p) / np.maximum(lit - p, 1e-6)
     return {**refs, "bed": colour, "bed_sd": spread, "bed_shadow": bed_shadow}
@@ -782,7 +782,7 @@ def _with_shadow(model: GroundModel, samples: np.ndarray) -> GroundModel:
     if dark.shape[0] < max(20, 0.03 * s.shape[0]):
         return model
     shadow, shadow_sd = robust_ref(dark)
-    return GroundModel(model.lit, model.lit_sd, shadow, np.maximum(shadow_sd, 0.003 + 0.03 * shadow))
+    return GroundModel(model.lit, model.lit_sd, shadow, np.maximum(shadow_sd, shadow_spread_floor(shadow)))
 
 
 # Distance (in spreads of the lit ground colour) within which a track's side band is
@@ -834,7 +834,7 @@ def _shadow_from_anti_sun_sides(strips: Mapping[str, Strip], tracks: Mapping[str
     if dark.shape[0] < _MIN_SHADOW_SAMPLES:
         return refs
     shadow, shadow_sd = robust_ref(dark)
-    return {**refs, "shadow": shadow, "shadow_sd": np.maximum(shadow_sd, 0.003 + 0.03 * shadow)}
+    return {**refs, "shadow": shadow, "shadow_sd": np.maximum(shadow_sd, shadow_spread_floor(shadow))}
 
 
 def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
@@ -1520,7 +1520,7 @@ def _local_lit_spread(strip: Strip, refs, *, dark_light: np.ndarray | None = Non
     local = _local_spread(quiet_nanmean(strip.values[:, centre, :], axis=1), strip.step_m)
     if local is None:
         return dict(refs)
-    floor = 0.004 + 0.03 * lit   # GroundModel's
+    floor = lit_spread_floor(lit)
     if dark_light is not None:
         floor = _recorded_spread_floors({**refs, "lit_sd": floor}, dark_light)["lit_sd"]
     return {**refs, "lit_sd": np.minimum(lit_sd, np.maximum(local, floor))}
@@ -3420,8 +3420,8 @@ def _recorded_spread_floors(refs, light: np.ndarray) -> dict[str, np.ndarray]:
     light = np.asarray(light, dtype="float64")
     if not float(np.nanmean(light)) >= _HAZE_FLOOR_SHARE * float(np.nanmean(refs["lit"])):
         return refs
-    return {**refs, "lit_sd": np.maximum(refs["lit_sd"], 0.004 + 0.03 * (refs["lit"] + light)),
-            "shadow_sd": np.maximum(refs["shadow_sd"], 0.003 + 0.03 * (refs["shadow"] + light))}
+    return {**refs, "lit_sd": np.maximum(refs["lit_sd"], lit_spread_floor(refs["lit"] + light)),
+            "shadow_sd": np.maximum(refs["shadow_sd"], shadow_spread_floor(refs["shadow"] + light))}
 
 
 def _offset(strip: Strip, light: np.ndarray) -> Strip:
