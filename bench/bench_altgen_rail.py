@@ -6,7 +6,7 @@ Scenes come from ``tests/altgen/railyard.py``, written from real 1520 mm-gauge r
 stock and sensor physics without reading ``changedet/simulate``: for each condition
 (clear, hazy, partly cloudy, low sun) and each GSD (0.3, 0.5, 0.75, 1.0 m), ``--seeds``
 scenes, indices ``--first-seed`` on (:func:`scene_seed`; the tests use seeds below 100).
-Indices 0-133 (``--first-seed 0 --seeds 134``) are the tuning set (26-29 were held out in
+Indices 0-149 (``--first-seed 0 --seeds 150``) are the tuning set (26-29 were held out in
 session 18, 30-33 in session 19, 34-37 (types) and 38-41 (counts) in session 20, 42-45,
 46-49, 50-53 and 54-57 in session 21, 58-61 (types) and 62-65 (counts) in session 22,
 66-69 and 74-77 (types), 70-73 and 78-81 (counts) in session 23, 82-85, 86-89, 90-93,

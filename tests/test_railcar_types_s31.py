@@ -13,34 +13,11 @@ rules; a shadow saying no walls (``tall`` False) keeps a flat wagon.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from changedet.objects import railcars as R
-from changedet.objects.strips import Strip
-
-STEP = 0.25
-LIT = np.array([0.14, 0.15, 0.16, 0.20])   # ballast B G R NIR
-LIT_B = float(LIT[:3].mean())
-ACROSS = np.arange(-2.6, 2.6 + 1e-9, STEP)
-
-
-def _strip(values: np.ndarray) -> Strip:
-    along = np.arange(values.shape[2]) * STEP
-    x, y = np.meshgrid(along, ACROSS)
-    return Strip(values.astype("float32"), along, ACROSS, x, y, STEP)
-
-
-def _cover(a: np.ndarray, half_width_m: float) -> np.ndarray:
-    lo, hi = np.maximum(a - STEP / 2, -half_width_m), np.minimum(a + STEP / 2, half_width_m)
-    return np.clip(hi - lo, 0, None) / STEP
-
-
-def _sheet(half_width_m: float, n_along: int = 60, top: float = 0.22) -> Strip:
-    """A plain grey top ``half_width_m`` either side of the centreline on ballast."""
-    w = _cover(ACROSS, half_width_m)
-    prof = w[None] * top + (1 - w)[None] * LIT[:, None]
-    return _strip(np.repeat(prof[:, :, None], n_along, axis=2))
+# The ballast, strip builder and plain sheet of the session-22 width tests.
+from tests.test_railcar_type_s22 import LIT_B, _sheet
 
 
 @pytest.mark.parametrize("gsd", [0.75, 1.0])
