@@ -114,3 +114,16 @@ def test_block_quantiles_match_numpy():
         with np.errstate(invalid="ignore"), pytest.warns(RuntimeWarning):
             ref = np.nanpercentile(x, q, axis=3)
         np.testing.assert_allclose(_block_quantiles(x, q), ref, rtol=0, atol=1e-12, equal_nan=True)
+
+
+def test_grass_between_tracks_in_a_thinner_cloud_shadow_does_not_light_it(monkeypatch):
+    # Review RCSHADE: a shadow that keeps 0.3 of the beam over grass strips between the
+    # tracks: the grass reaches the lit level in NIR by its leaves' albedo, not by sun.
+    monkeypatch.setattr(Y, "CLOUD_CUT", 0.70)
+    pix, grid, cloud, truth, model = Y._scene(Y.GRASS, 1, heavy=True)
+    shade = cloud_shade(pix, grid, cloud, model=model, sun_azimuth_deg=Y.SUN_AZ, sun_elevation_deg=Y.SUN_EL,
+                        object_height_m=4.0, edge_m=0.0)
+    n = truth.shape[0]
+    yy, xx = np.mgrid[0:n, 0:n] * Y.RES
+    core = (yy > 80) & ~Y._near_cloud(yy, xx, 95.0)
+    assert shade[core].mean() > 0.9
