@@ -87,6 +87,17 @@ def test_sunlit_yard_between_two_clouds_is_observed():
     assert shade_lost == n_shade
 
 
+def _shadow_core_marked(between, seed: int) -> float:
+    """Share of the heavy shadow's core (clear of the cloud) that cloud_shade marks, on
+    test_cloud_shade_yards' scene with ``between`` the tracks."""
+    pix, grid, cloud, truth, model = Y._scene(between, seed, heavy=True)
+    shade = cloud_shade(pix, grid, cloud, model=model, sun_azimuth_deg=Y.SUN_AZ, sun_elevation_deg=Y.SUN_EL,
+                        object_height_m=4.0, edge_m=0.0)
+    n = truth.shape[0]
+    yy, xx = np.mgrid[0:n, 0:n] * Y.RES
+    return float(shade[(yy > 80) & ~Y._near_cloud(yy, xx, 95.0)].mean())
+
+
 @pytest.mark.parametrize("seed", [1, 2])
 def test_white_cars_in_a_thick_cloud_shadow_do_not_light_it(monkeypatch, seed):
     # Review RCSHADE: a block's brightest pixels vote lit against the scene's sunlit
@@ -94,13 +105,7 @@ def test_white_cars_in_a_thick_cloud_shadow_do_not_light_it(monkeypatch, seed):
     # Skylit pixels (bluer than the lit ground) do not vote by their peak: the shadow's
     # core over a yard of half white, half black cars stays marked.
     monkeypatch.setattr(Y, "CAR_TOPS", np.array([[0.65, 0.68, 0.70, 0.72], [0.05, 0.05, 0.05, 0.06]]))
-    pix, grid, cloud, truth, model = Y._scene(Y.DARK_GRAVEL, seed, heavy=True)
-    shade = cloud_shade(pix, grid, cloud, model=model, sun_azimuth_deg=Y.SUN_AZ, sun_elevation_deg=Y.SUN_EL,
-                        object_height_m=4.0, edge_m=0.0)
-    n = truth.shape[0]
-    yy, xx = np.mgrid[0:n, 0:n] * Y.RES
-    core = (yy > 80) & ~Y._near_cloud(yy, xx, 95.0)
-    assert shade[core].mean() > 0.9
+    assert _shadow_core_marked(Y.DARK_GRAVEL, seed) > 0.9
 
 
 def test_block_quantiles_match_numpy():
@@ -120,10 +125,4 @@ def test_grass_between_tracks_in_a_thinner_cloud_shadow_does_not_light_it(monkey
     # Review RCSHADE: a shadow that keeps 0.3 of the beam over grass strips between the
     # tracks: the grass reaches the lit level in NIR by its leaves' albedo, not by sun.
     monkeypatch.setattr(Y, "CLOUD_CUT", 0.70)
-    pix, grid, cloud, truth, model = Y._scene(Y.GRASS, 1, heavy=True)
-    shade = cloud_shade(pix, grid, cloud, model=model, sun_azimuth_deg=Y.SUN_AZ, sun_elevation_deg=Y.SUN_EL,
-                        object_height_m=4.0, edge_m=0.0)
-    n = truth.shape[0]
-    yy, xx = np.mgrid[0:n, 0:n] * Y.RES
-    core = (yy > 80) & ~Y._near_cloud(yy, xx, 95.0)
-    assert shade[core].mean() > 0.9
+    assert _shadow_core_marked(Y.GRASS, 1) > 0.9
