@@ -853,7 +853,9 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
     * shadow on the anti-sun side with lit ground on the sun side is a car's own
       shadow, whatever the car's colour;
     * a track dark across its whole width lies in a neighbour's shadow: occupied only
-      if its centre shows structure (a cylinder's highlight, a gondola's rim).
+      if its centre shows structure (a cylinder's highlight, a gondola's rim), rises
+      into the sun, or is lit well above both the shadow and the shaded side bands (a
+      body lit by the sky; see ``_BODY_IN_SHADE_LIT_SHARE``).
 
     The last two rules also fire past a car's end where its own shadow runs along the
     track (sun oblique to the track): ``shadow_tail_m`` (signed, metres along the track
@@ -952,7 +954,7 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
             # Under a thin cloud the sun side is dimmed as much: darkness is judged
             # against the light there.
             anti_dark = anti_b < 0.6 * lit_b * light
-        on_bed = fits_bed = np.zeros(mean.shape[1], bool)
+        on_bed = fits_bed = bed_in_shade = np.zeros(mean.shape[1], bool)
         if has_bed and np.all(np.isfinite(refs["bed_shadow"])):
             # The track's own bed in any mix of sun and shade (see _with_bed) is ground too,
             # where nothing says a car stands there (its anti-sun side lit: a car shades it):
@@ -962,6 +964,9 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
             d_bed, alpha_bed = _bed_distance(mean, refs)
             fits_bed = d_bed <= np.fmax(d_ground, min_contrast)
             on_bed = fits_bed & ~anti_dark
+            # The track's own bed in shade (concrete sleepers and rails brighter than the
+            # side ground) is ground in a track-wide shadow too (see body_in_shade below).
+            bed_in_shade = fits_bed & (alpha_bed < _BODY_IN_SHADE_LIT_SHARE)
             d_ground = np.where(on_bed, d_bed, d_ground)
             alpha = np.where(on_bed, alpha_bed, alpha)
             d_off = d_ground
@@ -974,7 +979,20 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
             # a neighbour's shadow (its sun side too), and only a body tall enough to rise
             # into the sun is lit there. A car's own shadow running past its end leaves the
             # sun side lit, so such a stretch is not a shadow tail.
-            risen = ~dark & anti_dark & (sun_b < 0.6 * lit_b * light)
+            shaded_both = anti_dark & (sun_b < 0.6 * lit_b * light)
+            # A cast shadow is one band across the track (from the caster outwards), so
+            # ground between two shaded side bands is in that shadow too: skylight only,
+            # a lit share near 0 (an empty bed: at most its own brightness over the side
+            # ground's, see _BODY_IN_SHADE_LIT_SHARE). A centre lit well above the shadow
+            # and the side bands is a body (its top sees the whole sky, or rises into the
+            # sun), not a mix of lit and shaded ground (the low sun's neighbour shadows,
+            # 10-12 m long, hide whole consists this way).
+            side_b = 0.5 * (bl + br)
+            centre_b = quiet_nanmean(mean, axis=0)
+            body_in_shade = (shaded_both & ground_like & (alpha >= _BODY_IN_SHADE_LIT_SHARE)
+                             & (centre_b >= _BODY_IN_SHADE_RATIO * side_b) & ~bed_in_shade)
+            dark = dark & ~body_in_shade
+            risen = ~dark & shaded_both
             # The sun side is also shaded where a neighbour's shadow edge, a mast's or a
             # cloud's falls between the centre and the sun-side band: past a car's end its
             # own shadow then reads the same, and so does dark ground (asphalt, a road
@@ -1679,6 +1697,19 @@ _MIN_GROUND_SCALE = 0.65
 # _occupancy).
 _MIN_SCALE_ABOVE_DARK = 0.5
 _MAX_NEGATIVE_MIX = 0.35
+# A centre between two shaded side bands lies in the same cast shadow when it is ground.
+# Its lit share (see ground_mix) is then (f - 1) s / (1 - s) for a bed f times as bright as
+# the side ground and a shadow keeping s of the lit light: ballast (f ~ 1) stays near 0,
+# texture and wear moving it by about 0.1; concrete sleepers (f 1.2-1.8, altgen empty
+# beds 1.4-1.8 in a low sun) reach 0.07-0.23 at their 90th percentile with s 0.2-0.3
+# (review RLOWSUN). A body standing in the shadow, its top seeing the whole sky or rising
+# into the sun, reads 0.2-0.45 (altgen low sun, grey and dark-grey tanks): 0.3 keeps
+# the bright beds out at some cost in dark bodies. The ratio gate (1.3 times the side
+# bands) keeps out uniform partial shade (a cloud shadow across the whole track), whose
+# share may exceed 0.3 but whose centre is as bright as its sides. Skies that keep more
+# than ~0.35 of the light in shadow (haze) bring bright beds near the gate again.
+_BODY_IN_SHADE_LIT_SHARE = 0.3
+_BODY_IN_SHADE_RATIO = 1.3
 # Across-track bands (m from the centreline) compared for a cylinder's shading: inside a
 # 3 m car body, clear of the centreline where both halves meet.
 _HALF_BAND_M = (0.25, 1.1)
