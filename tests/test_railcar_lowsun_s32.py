@@ -20,43 +20,16 @@ import numpy as np
 import pytest
 
 from changedet.objects import railcars as R
-from changedet.objects.railcars import Strip
 
-STEP = 0.5
-LIT = np.array([0.153, 0.174, 0.187, 0.223])       # sunlit ballast, B G R NIR
-SHADOW = np.array([0.038, 0.035, 0.030, 0.031])    # the same ground lit by the sky only
-REFS = {"lit": LIT, "lit_sd": np.array([0.017, 0.019, 0.024, 0.030]), "shadow": SHADOW,
-        "shadow_sd": np.array([0.013, 0.014, 0.015, 0.018])}
-ACROSS = np.arange(-2.6, 2.6 + 1e-9, STEP)         # as sample_strip's grid at VHR
-KW = dict(min_contrast=4.0, vhr=True, sun_left=True, shadow_tail_m=6.0, shadow_across_m=1.12, blur_m=0.375)
+# The strip grid, references and painting helpers of the session-30 tests of lit tops in a
+# neighbour's shadow (the same sunlit ballast and its skylit shadow).
+from tests.test_railcar_risen_s30 import ACROSS, LIT, REFS, SHADOW, _ground, _occ, _paint
+
 # A dark-grey tank's top lit by the sky only (altgen 6628-like: lit share ~0.33 between
 # LIT and SHADOW, 2.5 times the shaded ground's brightness).
 SKYLIT_GREY = np.array([0.075, 0.080, 0.083, 0.094])
 # A darker body in skylight (lit share ~0.21, 1.9 times the shaded ground) is not found
 # by this rule: it reads like a concrete bed in shade (see _BODY_IN_SHADE_LIT_SHARE).
-
-
-def _ground(length_m: float, colour, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    n = int(length_m / STEP)
-    tex = 1 + 0.05 * rng.standard_normal((1, ACROSS.size, n))
-    return colour[:, None, None] * tex + 0.002 * rng.standard_normal((4, ACROSS.size, n))
-
-
-def _paint(vals, u0, u1, colour, rows):
-    u = np.arange(vals.shape[2]) * STEP
-    out = vals.copy()
-    m = rows[:, None] & ((u >= u0) & (u < u1))[None, :]
-    out[:, m] = colour[:, None]
-    return out
-
-
-def _occ(vals, refs=REFS):
-    n = vals.shape[2]
-    x, y = np.meshgrid(np.arange(n) * STEP, ACROSS)
-    strip = Strip(vals.astype("float32"), np.arange(n) * STEP, ACROSS, x, y, STEP)
-    occ, seen = R._occupancy(strip, refs, **KW)
-    return occ, np.arange(n) * STEP
 
 
 def test_a_skylit_body_in_a_track_wide_shadow_is_a_car():
@@ -128,15 +101,5 @@ def test_the_tracks_own_bed_in_shade_is_ground():
     assert not occ.any()
 
 
-@pytest.mark.slow
-def test_altgen_cars_in_a_neighbours_shadow():
-    from tests.altgen.railyard import make_railyard, score
-
-    sc = make_railyard(6628, gsd_m=0.75, condition="low_sun")
-    res = R.count_railcars(sc.image, sc.tracks, valid=sc.valid, sun_azimuth_deg=sc.sun_azimuth_deg,
-                           sun_elevation_deg=sc.sun_elevation_deg)
-    s = score(sc, res)
-    # Track T1's first cars stand wholly in T2's cars' shadow. Without the rule TP 52,
-    # FP 4 (19 of 71 missed); with it TP 56, FP 6 (a lit-share gate of 0.2 found 64 but
-    # let bright concrete beds in shade through: see _BODY_IN_SHADE_LIT_SHARE).
-    assert s["tp"] >= 55 and s["fp"] <= 6, (s["tp"], s["fp"])
+# The altgen scene (6628, low sun, 0.75 m: T1's first cars wholly in T2's cars' shadow) is
+# checked in tests/test_railcar_risen_s30.py::test_altgen_container_flats_in_a_neighbours_shadow.

@@ -49,11 +49,11 @@ def _paint(vals, u0, u1, colour, rows):
     return out
 
 
-def _occ(vals):
+def _occ(vals, refs=REFS):
     n = vals.shape[2]
     x, y = np.meshgrid(np.arange(n) * STEP, ACROSS)
     strip = Strip(vals.astype("float32"), np.arange(n) * STEP, ACROSS, x, y, STEP)
-    occ, seen = R._occupancy(strip, REFS, **KW)
+    occ, seen = R._occupancy(strip, refs, **KW)
     return occ, np.arange(n) * STEP
 
 
@@ -117,7 +117,9 @@ def test_altgen_container_flats_in_a_neighbours_shadow():
                 if d.feature_id == "T4" and d.polygon.intersects(t)]
         found += bool(ious) and max(ious) >= 0.5
     # Before: 2 of the 6 found at IoU 0.5 (TP 49, FP 3 in the scene); with the rule 3 (TP 52, FP 4).
-    # Session 32's sky-lit bodies in a neighbour's shadow (_BODY_IN_SHADE_LIT_SHARE): TP 56,
-    # FP 6 (cars on T1 found, two re-cut into an extra piece).
+    # Session 32's sky-lit bodies in a neighbour's shadow (_BODY_IN_SHADE_LIT_SHARE; track
+    # T1's first cars stand wholly in T2's cars' shadow): TP 52 -> 56, FP 4 -> 6 (two cars
+    # re-cut into an extra piece). A lit-share gate of 0.2 found 64 but let bright concrete
+    # beds in shade through.
     assert found >= 3, (found, len(flats))
-    assert s["tp"] >= 51 and s["fp"] <= 6, (s["tp"], s["fp"])
+    assert s["tp"] >= 55 and s["fp"] <= 6, (s["tp"], s["fp"])
