@@ -11,7 +11,8 @@ neighbour's shadow, read unoccupied). A cast shadow is one band across the track
 between two shaded side bands lies in that shadow too, its lit share near 0 and its
 brightness that of the shaded ground beside it. A centre well above both is a body.
 
-Synthetic strips with known answers (no generator), and the altgen tuning scene.
+Synthetic strips with known answers (no generator); the altgen tuning scene is checked in
+tests/test_railcar_risen_s30.py.
 """
 
 from __future__ import annotations
