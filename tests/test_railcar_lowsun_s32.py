@@ -8,8 +8,9 @@ share 0.2-0.45), which :func:`changedet.objects.railcars._occupancy` took for gr
 partial shade (lit share under 0.5), and the track was read empty there (altgen tuning
 scenes 100-103, low sun at 0.75-1 m: 38 of the 82 cars missed lay wholly in a
 neighbour's shadow, read unoccupied). A cast shadow is one band across the track: ground
-between two shaded side bands lies in that shadow too, its lit share near 0 and its
-brightness that of the shaded ground beside it. A centre well above both is a body.
+between two shaded side bands lies in that shadow too, its lit share near 0 (a concrete
+bed 1.6-1.8 times as bright as the side ground stays under 0.3). A centre lit well above
+the shadow and the side bands is a body.
 
 Synthetic strips with known answers (no generator); the altgen tuning scene is checked in
 tests/test_railcar_risen_s30.py.
