@@ -87,6 +87,13 @@ def test_no_bed_is_learnt_where_a_car_need_not_shade_the_side_band():
     for per_m in (_per_m(64.0), _per_m(45.0, azimuth=95.0), float("nan")):
         assert R._flanked_centres(strip, _refs(), per_m).shape[0] == 0
         assert "bed" not in R._with_bed(strip, _refs(), per_m=per_m)
+    # (At 64 degrees no 0.5 m sample lies inside the deck's shadow band, 1.44-2.07 m less
+    # the blur, so nothing is read there: session 32.) With the 2.0 m samples shaded, the
+    # deck's shadow is drawn, and the track is not empty either.
+    deck = _strip(np.broadcast_to((1.35 * GROUND)[:, None], (4, N)))
+    deck.values[:, np.isclose(ACROSS, 2.0), :] = (0.35 * GROUND)[:, None, None]
+    assert R._flanked_centres(deck, _refs(), _per_m(64.0)).shape[0] == 0
+    assert "bed" not in R._with_bed(deck, _refs(), per_m=_per_m(64.0))
 
 
 def test_cars_shading_their_anti_sun_side_are_not_learnt_as_bed():
@@ -181,7 +188,11 @@ def test_no_bed_is_learnt_on_a_curved_tracks_leg_along_the_sun(elevation):
     x, y = cx[None] + ACROSS[:, None] * nx[None], cy[None] + ACROSS[:, None] * ny[None]
     strip = Strip(v, al, ACROSS, x, y, STEP)
     refs = R._with_bed(strip, _refs(), per_m=R._local_shadow_across(strip, 180.0, elevation))
-    assert "bed" not in refs
+    # Where a bed is learnt it is the empty track's, not the cars' tops (session 32: at 35
+    # degrees the first metres of the north leg, where the local direction still sees the
+    # sun 14-18 degrees off the track, are read past the deck's edge; with the empty
+    # stretch across the corner and the coupler gaps they reach the 40 samples).
+    assert "bed" not in refs or np.allclose(refs["bed"], GROUND, rtol=0.05)
 
 
 def test_a_dark_cars_shadow_tail_on_a_dark_bed_is_not_a_car():

@@ -622,13 +622,19 @@ def _with_bed(strip: Strip, refs, *, per_m: float | np.ndarray, path: np.ndarray
 
 def _flanked_centres(strip: Strip, refs, per_m: float | np.ndarray) -> np.ndarray:
     """Centre colours (n, band) of the stretches of a track seen empty: lit ground on both
-    sides under a sun that makes any car on the track shade its anti-sun side band.
+    sides under a sun that makes any car on the track shade its anti-sun side band, or the
+    ground just past the lowest deck's edge.
 
     The lowest body, a flat wagon's deck ``_LOWEST_DECK_M`` up and
     ``_LOWEST_HALF_WIDTH_M`` half-wide, casts its shadow past ``_FLANK_BAND_MID_M`` off
     the axis where ``per_m`` (metres a shadow falls sideways per metre of height) is
-    large enough; with the sun along the track, high or unknown a flanked centre may be
-    a car, and none is returned.
+    large enough. Under a higher sun it still shades the ground just past its edge: where
+    that band is readable (``_MIN_OWN_SHADOW_BAND_M`` wider than a blurred edge, with a
+    sample inside it on each side) a centre is flanked only if every sample from the
+    deck's edge outwards is lit as well, and mirror samples match (a pale deck's blur is
+    symmetric, its shadow is not; ``_FLANK_MIRROR_SHARE``). With the
+    sun along the track, very high or unknown a flanked centre may be a car, and none is
+    returned.
     Side bands are lit ground within ``_FLANK_LIT_SPREADS`` of ``refs["lit"]``.
     """
     lit = np.asarray(refs["lit"], dtype="float64")
@@ -638,14 +644,53 @@ def _flanked_centres(strip: Strip, refs, per_m: float | np.ndarray) -> np.ndarra
         return none
     # Per sample along (a curved track's legs face the sun differently; review RBED F1).
     per_m = np.broadcast_to(np.asarray(per_m, dtype="float64"), strip.along_m.shape)
-    casts = np.isfinite(per_m) & (_LOWEST_HALF_WIDTH_M + _LOWEST_DECK_M * np.nan_to_num(per_m) >= _FLANK_BAND_MID_M)
-    if not casts.any():
+    reach = _LOWEST_DECK_M * np.nan_to_num(per_m)
+    casts = np.isfinite(per_m) & (_LOWEST_HALF_WIDTH_M + reach >= _FLANK_BAND_MID_M)
+    # Under a higher sun the lowest deck's shadow stops short of the side band, but it
+    # still covers the ground from the deck's edge out to 1.435 + 1.3 * per_m m (as
+    # _own_deck_shadow reads it; the caller learns the bed only at pixels of 0.5 m or
+    # finer), and every taller body's shadow starts at its own edge (1.66 m at most) and
+    # runs further out: where that deck band is at least _MIN_OWN_SHADOW_BAND_M wide past
+    # the edge's blur, a centre is seen empty if every sample from the deck's edge
+    # outwards, on both sides, is lit (a shadow keeps under 65 % of the light).
+    blur = max(0.2, 0.5 * strip.step_m)
+    near_read = np.isfinite(per_m) & ~casts & (reach - blur >= _MIN_OWN_SHADOW_BAND_M)
+    if not (casts | near_read).any():
         return none
     centre, side = _zones(strip)
     a = strip.across_m
     centres = quiet_nanmean(strip.values[:, centre, :], axis=1).T
     sd = np.maximum(lit_sd, 0.02 * np.abs(lit))
-    flanked = np.all(np.isfinite(centres), axis=1) & casts
+    flanked = np.all(np.isfinite(centres), axis=1) & (casts | near_read)
+    if near_read.any():
+        k = int(1.0 / strip.step_m) | 1
+        inner = np.abs(a) >= _LOWEST_HALF_WIDTH_M + blur / 2
+        # Brightness per across sample (rows) along the track, smoothed over 1 m.
+        b = np.stack([_nan_smooth(x, k) for x in quiet_nanmean(strip.values, axis=0)])
+        with np.errstate(invalid="ignore"):
+            all_lit = np.all(b[inner] > _SUN_LIT_SHARE * float(np.mean(lit)), axis=0)
+        # At 0.5 m the one sample in a 0.4-0.6 m deck band mixes the pale deck's blurred
+        # light with its shadow and may read lit (review RBRIGHTBED: whole trains of pale
+        # flat decks learnt as the bed). The blur is the same on both sides of the axis,
+        # the shadow is not: the sides must match within _FLANK_MIRROR_SHARE at every
+        # inner offset, and each side needs a sample inside the band the deck shades.
+        band_end = _LOWEST_HALF_WIDTH_M + reach - blur / 2
+        for sign in (1.0, -1.0):
+            out = sign * a >= _LOWEST_HALF_WIDTH_M + blur / 2
+            nearest = float(np.min(sign * a[out])) if out.any() else np.inf
+            all_lit &= band_end >= nearest
+        offsets = np.unique(np.abs(a[inner]))
+        for t in offsets[offsets <= min(-a.min(), a.max()) + 1e-9]:
+            # Both sides at the same offset (the across grid, ascending, need not be
+            # symmetric about the axis): linear between the two nearest samples.
+            pair = []
+            for v in (-t, t):
+                i = int(np.clip(np.searchsorted(a, v) - 1, 0, a.size - 2))
+                w = (v - a[i]) / (a[i + 1] - a[i])
+                pair.append((1.0 - w) * b[i] + w * b[i + 1])
+            with np.errstate(invalid="ignore"):
+                all_lit &= np.fmin(*pair) >= (1.0 - _FLANK_MIRROR_SHARE) * np.fmax(*pair)
+        flanked &= casts | all_lit
     for half in (side & (a > 0), side & (a < 0)):
         if not half.any():
             return none
@@ -706,6 +751,10 @@ def _bed_mode(centres: np.ndarray, lit_sd: np.ndarray) -> tuple[np.ndarray, np.n
 # the band's middle, where a shade over its inner half moves the band's mean colour by
 # more than the flank test allows.
 _FLANK_BAND_MID_M = 2.3
+# Most two mirror samples of lit ground beside an empty track may differ, as a share of
+# the brighter: texture and wear move ground by about a tenth, a shadow keeps under 65 %
+# of the light (see _flanked_centres).
+_FLANK_MIRROR_SHARE = 0.25
 # Coarsest pixel (m) at which a track's own bed is learnt: the side band starts 0.34 m
 # past the widest body (1.66 m half-width); a coarser pixel's blur carries a bright
 # body's light into it over the body's own shadow, and lit-looking flanks then lie
