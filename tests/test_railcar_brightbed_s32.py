@@ -14,8 +14,6 @@ seen empty there when every sample from the deck's edge outwards, on both sides,
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,16 +22,12 @@ from shapely.geometry import LineString
 from changedet.objects import railcars as R
 from changedet.objects.strips import Strip
 
+# The session-30 bed tests' ground, references, sun geometry and altgen runner.
+from tests.test_railcar_bed_s30 import GROUND, SHADOW, _altgen, _per_m, _refs
+
 STEP = 0.3
 ACROSS = np.round(np.arange(-2.4, 2.4 + 1e-9, STEP), 6)
-EAST = LineString([(0.0, 0.0), (200.0, 0.0)])
 N = 400
-GROUND = np.array([0.14, 0.15, 0.16, 0.20])
-SHADOW = 0.3 * GROUND
-
-
-def _refs():
-    return {"lit": GROUND.copy(), "lit_sd": 0.08 * GROUND, "shadow": SHADOW.copy(), "shadow_sd": 0.08 * SHADOW}
 
 
 def _strip(centre: np.ndarray, side: np.ndarray | None = None, anti_sun: dict | None = None, seed: int = 0) -> Strip:
@@ -51,10 +45,6 @@ def _strip(centre: np.ndarray, side: np.ndarray | None = None, anti_sun: dict | 
     along = np.arange(N) * STEP
     x, y = np.meshgrid(along, ACROSS)
     return Strip(v, along, ACROSS, x, y, STEP)
-
-
-def _per_m(elevation: float, azimuth: float = 180.0) -> float:
-    return R._shadow_across(EAST, azimuth, elevation)
 
 
 def _occ(strip, refs, elevation):
@@ -96,17 +86,6 @@ def test_no_bed_where_the_deck_shadow_is_under_a_pixel():
     strip = _strip(1.45 * GROUND)
     for per_m in (_per_m(78.0), _per_m(55.0, azimuth=100.0), float("nan")):
         assert R._flanked_centres(strip, _refs(), per_m).shape[0] == 0
-
-
-def _altgen(cell, index, gsd, cond):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-    from bench_altgen_rail import scene_seed
-    from tests.altgen.railyard import make_railyard, score
-
-    sc = make_railyard(scene_seed(cell, index), gsd_m=gsd, condition=cond)
-    res = R.count_railcars(sc.image, sc.tracks, valid=sc.valid, sun_azimuth_deg=sc.sun_azimuth_deg,
-                           sun_elevation_deg=sc.sun_elevation_deg)
-    return res, score(sc, res)
 
 
 @pytest.mark.slow
