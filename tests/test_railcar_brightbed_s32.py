@@ -14,7 +14,6 @@ seen empty there when every sample from the deck's edge outwards, on both sides,
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 from shapely.geometry import LineString
