@@ -91,6 +91,21 @@ def test_a_concrete_bed_in_a_track_wide_shadow_is_empty(f):
     assert not occ.any()
 
 
+@pytest.mark.parametrize("f", [1.1, 1.3, 1.5])
+def test_a_skylit_body_on_a_track_with_a_bright_learnt_bed_is_a_car(f):
+    # The track's own bed learnt f times as bright as the ground (concrete sleepers): a
+    # sky-lit grey body in a track-wide shadow is still a car (review RFINAL: with the
+    # ground's 0.3 gate on the bed's line every such body read as bed in shade).
+    vals = _paint(_ground(80, SHADOW), 34.0, 46.0, SKYLIT_GREY, np.abs(ACROSS) <= 1.5)
+    refs = dict(REFS, bed=f * LIT, bed_sd=f * REFS["lit_sd"], bed_shadow=f * SHADOW)
+    occ, u = _occ(vals, refs)
+    assert occ[(u >= 35.0) & (u < 45.0)].all()
+    # And that bed in shade, textured, is not.
+    for seed in range(3):
+        occ, _ = _occ(_paint(_ground(80, SHADOW, seed=seed), 0.0, 80.0, f * SHADOW, np.abs(ACROSS) <= 1.0), refs)
+        assert not occ.any(), seed
+
+
 def test_the_tracks_own_bed_in_shade_is_ground():
     # A bed bright enough to pass both gates in shade (2.5 times the ground: lit share
     # ~0.36) is ground where the track's own bed was learnt with that colour; without the

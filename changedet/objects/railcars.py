@@ -595,8 +595,8 @@ def _with_bed(strip: Strip, refs, *, per_m: float | np.ndarray, path: np.ndarray
     :func:`_flanked_centres`) over ``_MIN_FLANKED_CENTRES`` samples (20 m), per track
     (beds differ between tracks: clean or fouled, concrete or wooden sleepers); else the
     side colour is used alone, as before (a packed track, the sun along the track or
-    high). The caller learns it only at pixels of ``_BED_MAX_RES_M`` or finer (see
-    there). The bed in shade keeps the shadowed ground's share of the lit ground's light
+    very high: see :func:`_flanked_centres`). The caller learns it only at pixels of
+    ``_BED_MAX_RES_M`` or finer (see there). The bed in shade keeps the shadowed ground's share of the lit ground's light
     per band (the same sun and skylight on another material).
     """
     lit = np.asarray(refs["lit"], dtype="float64")
@@ -682,14 +682,19 @@ def _flanked_centres(strip: Strip, refs, per_m: float | np.ndarray) -> np.ndarra
         offsets = np.unique(np.abs(a[inner]))
         for t in offsets[offsets <= min(-a.min(), a.max()) + 1e-9]:
             # Both sides at the same offset (the across grid, ascending, need not be
-            # symmetric about the axis): linear between the two nearest samples.
+            # symmetric about the axis): linear between the two nearest samples. The
+            # innermost offset may borrow part of a sample inside the deck's edge (the
+            # deck's or bed's light): that only makes the sides less alike, so a pale
+            # deck is refused more surely and a very bright bed (over ~2 times the
+            # ground) may go unlearnt (review RFINAL).
             pair = []
             for v in (-t, t):
                 i = int(np.clip(np.searchsorted(a, v) - 1, 0, a.size - 2))
                 w = (v - a[i]) / (a[i + 1] - a[i])
                 pair.append((1.0 - w) * b[i] + w * b[i + 1])
             with np.errstate(invalid="ignore"):
-                all_lit &= np.fmin(*pair) >= (1.0 - _FLANK_MIRROR_SHARE) * np.fmax(*pair)
+                # A missing mirror sample (NaN) does not show the track empty.
+                all_lit &= np.minimum(*pair) >= (1.0 - _FLANK_MIRROR_SHARE) * np.maximum(*pair)
         flanked &= casts | all_lit
     for half in (side & (a > 0), side & (a < 0)):
         if not half.any():
@@ -1014,8 +1019,9 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
             fits_bed = d_bed <= np.fmax(d_ground, min_contrast)
             on_bed = fits_bed & ~anti_dark
             # The track's own bed in shade (concrete sleepers and rails brighter than the
-            # side ground) is ground in a track-wide shadow too (see body_in_shade below).
-            bed_in_shade = fits_bed & (alpha_bed < _BODY_IN_SHADE_LIT_SHARE)
+            # side ground) is ground in a track-wide shadow too (see body_in_shade below):
+            # its colour is known, so only its texture's share of light is allowed.
+            bed_in_shade = fits_bed & (alpha_bed < _BED_IN_SHADE_LIT_SHARE)
             d_ground = np.where(on_bed, d_bed, d_ground)
             alpha = np.where(on_bed, alpha_bed, alpha)
             d_off = d_ground
@@ -1759,6 +1765,12 @@ _MAX_NEGATIVE_MIX = 0.35
 # than ~0.35 of the light in shadow (haze) bring bright beds near the gate again.
 _BODY_IN_SHADE_LIT_SHARE = 0.3
 _BODY_IN_SHADE_RATIO = 1.3
+# Where the track's own bed was learnt (see _with_bed) a centre on the line from that bed
+# in shade to that bed lit is ground when its lit share there stays within the ballast's
+# texture and wear (about 0.1): the bed's brightness is already in its colour. A sky-lit
+# grey body on a 1.1-1.6 times bed reads 0.15-0.3 on that line (review RFINAL: with the
+# ground gate of 0.3 every such body on a bed brighter than the ground was taken for bed).
+_BED_IN_SHADE_LIT_SHARE = 0.12
 # Across-track bands (m from the centreline) compared for a cylinder's shading: inside a
 # 3 m car body, clear of the centreline where both halves meet.
 _HALF_BAND_M = (0.25, 1.1)
