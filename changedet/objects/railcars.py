@@ -596,8 +596,9 @@ def _with_bed(strip: Strip, refs, *, per_m: float | np.ndarray, path: np.ndarray
     (beds differ between tracks: clean or fouled, concrete or wooden sleepers); else the
     side colour is used alone, as before (a packed track, the sun along the track or
     very high: see :func:`_flanked_centres`). The caller learns it only at pixels of
-    ``_BED_MAX_RES_M`` or finer (see there). The bed in shade keeps the shadowed ground's share of the lit ground's light
-    per band (the same sun and skylight on another material).
+    ``_BED_MAX_RES_M`` or finer (see there). The bed in shade keeps the shadowed
+    ground's share of the lit ground's light per band (the same sun and skylight on
+    another material).
     """
     lit = np.asarray(refs["lit"], dtype="float64")
     shadow = np.asarray(refs["shadow"], dtype="float64")
@@ -632,9 +633,8 @@ def _flanked_centres(strip: Strip, refs, per_m: float | np.ndarray) -> np.ndarra
     that band is readable (``_MIN_OWN_SHADOW_BAND_M`` wider than a blurred edge, with a
     sample inside it on each side) a centre is flanked only if every sample from the
     deck's edge outwards is lit as well, and mirror samples match (a pale deck's blur is
-    symmetric, its shadow is not; ``_FLANK_MIRROR_SHARE``). With the
-    sun along the track, very high or unknown a flanked centre may be a car, and none is
-    returned.
+    symmetric, its shadow is not; ``_FLANK_MIRROR_SHARE``). With the sun along the
+    track, very high or unknown a flanked centre may be a car, and none is returned.
     Side bands are lit ground within ``_FLANK_LIT_SPREADS`` of ``refs["lit"]``.
     """
     lit = np.asarray(refs["lit"], dtype="float64")
