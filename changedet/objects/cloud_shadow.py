@@ -148,10 +148,9 @@ LIT_TAIL_PERCENTILE = 80.0
 SUNLIT_TILE_QUANTILE = 50.0
 #: Width of a cloud's bright thin margin beyond its mask (m), whose blocks vote in the
 #: lit-share test on their bright-to-dark spread only: its light is the cloud's, not the
-#: sun's on the ground. Opacity fades over tens
-#: of metres past a mask's threshold (Fmask buffers its mask by 90 m); in our
-#: simulator's Tumangang scene shadowed ballast beside a cloud read 0.10-0.13 within
-#: 20 m of the mask, 0.05 beyond (lit 0.13).
+#: sun's on the ground. Opacity fades over tens of metres past a mask's threshold
+#: (Fmask buffers its mask by 90 m); in our simulator's Tumangang scene shadowed ballast
+#: beside a cloud read 0.10-0.13 within 20 m of the mask, 0.05 beyond (lit 0.13).
 CLOUD_VEIL_M = 20.0
 #: Share of a window's blocks that must vote for the lit-share test to have a say.
 #: Beside a cloud a window's voters lie on its far side only; under a quarter of them
