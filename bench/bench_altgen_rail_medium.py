@@ -77,6 +77,10 @@ from affine import Affine  # noqa: E402
 from changedet.grid import GridSpec  # noqa: E402
 from tests.altgen.railyard import CONDITIONS, make_railyard  # noqa: E402
 
+sys.path.insert(0, str(REPO / "bench"))
+# Scored as the Sentinel-1 estimate is (the same groups: MAPE, bias, truth within 1/2u).
+from bench_altgen_sar_rail import _fmt, _group as group, _num  # noqa: E402
+
 SEED0 = 33000
 FINE_GSD_M = 1.0
 # Optics PSF sigma in coarse pixels (system MTF at Nyquist ~0.24 with the pixel's aperture).
@@ -111,13 +115,6 @@ def truth_per_track(scene) -> dict[str, int]:
     return out
 
 
-def _num(v):
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
 
 def score_features(res, per_track: dict[str, int]) -> list[dict]:
     rows, seen = [], set()
@@ -144,22 +141,6 @@ def score_features(res, per_track: dict[str, int]) -> list[dict]:
     return rows
 
 
-def group(rows: list[dict]) -> dict:
-    pos = [r for r in rows if r["truth"] > 0 and r["est"] is not None]
-    ape = [abs(r["est"] - r["truth"]) / r["truth"] for r in pos]
-    spe = [(r["est"] - r["truth"]) / r["truth"] for r in pos]
-    zs = [r["z"] for r in rows if r.get("z") is not None]
-    empty = [round(r["est"], 1) for r in rows if r["truth"] == 0 and r["est"] is not None]
-    return {"n": len(rows), "cars": int(sum(r["truth"] for r in rows)),
-            "mape": float(np.mean(ape)) if ape else None, "median_ape": float(np.median(ape)) if ape else None,
-            "bias": float(np.mean(spe)) if spe else None,
-            "within_1u": float(np.mean([abs(z) <= 1 for z in zs])) if zs else None,
-            "within_2u": float(np.mean([abs(z) <= 2 for z in zs])) if zs else None,
-            "empty_est": empty}
-
-
-def _fmt(v, spec):
-    return format(v, spec) if v is not None else "-".rjust(len(format(0.0, spec)))
 
 
 def main(argv=None) -> int:
@@ -215,11 +196,12 @@ def main(argv=None) -> int:
 
     def line(name, g):
         groups[name] = g
-        if not g["n"]:
+        if not g["scenes"]:
             return
-        print(f"{name:24s} {g['n']:4d} {g['cars']:5d} {_fmt(g['mape'], '6.3f')} {_fmt(g['median_ape'], '6.3f')} "
+        empty = [round(e, 1) for e in g["empty_scenes_abs_err"]]
+        print(f"{name:24s} {g['scenes']:4d} {g['cars']:5d} {_fmt(g['mape'], '6.3f')} {_fmt(g['median_ape'], '6.3f')} "
               f"{_fmt(g['bias'], '+6.3f')} {_fmt(g['within_1u'], '5.2f')} {_fmt(g['within_2u'], '5.2f')}"
-              + (f"  empty: {g['empty_est']}" if g["empty_est"] else ""))
+              + (f"  empty: {empty}" if empty else ""))
 
     for g in args.gsd:
         line(f"{g} m all", group([r for r in ok if r["gsd"] == g]))
