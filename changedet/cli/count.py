@@ -514,6 +514,8 @@ def cmd_count(args) -> int:
     if sun is not None and sun["azimuth_deg"] is None:
         # Said once the count stands: before an error that refuses the image it is noise.
         print(f"changedet count: warning: {sun['source']}", file=sys.stderr)
+    if res.extras.get("caveat"):
+        print(f"changedet count: warning: {args.image}: {res.extras['caveat']}", file=sys.stderr)
     out_crs = ll if feat_crs.equals(ll) else img_crs
     doc = res.to_json(to_crs=out_crs)
     # The detection polygons are in out_crs (lon/lat, or the image's CRS for projected

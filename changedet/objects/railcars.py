@@ -90,6 +90,11 @@ GAP_M = 1.1
 MEAN_PITCH_M = 15.0   # mixed freight consist, body plus coupler gap
 VHR_MAX_RES_M = 1.5
 MEDIUM_MAX_RES_M = 12.0   # Sentinel-2's 10 m pixels, with room for a reprojected grid
+# Said with every optical 3-12 m estimate (JSON "caveat", a CLI warning): measured on the
+# independent generator (bench/bench_altgen_rail_medium.py, session 33) it reads about 0.
+MEDIUM_OPTICAL_CAVEAT = ("the optical 3-12 m railcar estimate is not validated: on an independent scene generator "
+                         "it misses most cars (scene totals 92-98 % low at 3-10 m); use VHR imagery (1.5 m or "
+                         "finer), or Sentinel-1 for a medium-resolution estimate")
 
 
 def count_railcars(
@@ -404,7 +409,7 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
         return CountResult("railcars", len(detections), by_type_all, tuple(per_feature), tuple(detections),
                            grid.crs, None, observed)
     return CountResult("railcars", round(est_total, 1), {}, tuple(per_feature), (), grid.crs,
-                       math.sqrt(est_var), observed)
+                       math.sqrt(est_var), observed, extras={"caveat": MEDIUM_OPTICAL_CAVEAT})
 
 
 # Reach (m, in the plane) of a cloud shadow's faint edge past the shade found: the
