@@ -847,6 +847,12 @@ def _run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
         count("ships", count_ships, aligned, berths, water=shapely.union_all(water) if water else None,
               valid=clear_al)
     for metric, res_ in counts:
+        if res_.extras.get("caveat"):
+            # An estimate its own counter calls unvalidated (railcars on 3-12 m optical
+            # imagery read about 0 on an independent generator) would enter the series the
+            # baselines and alert rules read: a gap, with the reason, not a false low.
+            result.skipped[metric] = str(res_.extras["caveat"])
+            continue
         if res_.observed_fraction < cfg.min_observed:
             result.skipped[metric] = f"only {res_.observed_fraction:.0%} of features cloud-free"
             continue

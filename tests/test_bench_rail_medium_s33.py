@@ -58,3 +58,27 @@ def test_coarse_image_keeps_the_light_and_the_pixel_centres(factor):
     want = fv.reshape(rows, factor, cols, factor).all(axis=(1, 3))
     assert np.array_equal(np.asarray(valid.values, bool), want)
     assert not want.all(), "a partly cloudy scene has a cloud to aggregate"
+
+
+@pytest.mark.parametrize("factor", [3, 10])
+def test_a_point_of_light_is_blurred_and_integrated_not_sampled(factor):
+    """Review RFINAL M2: a coarsening that sampled single pixels, or skipped the PSF, passed
+    the test above on a smooth yard. A point of light must keep its total (blur and pixel
+    integration move light, they do not make or lose it), and the PSF (sigma 0.45 coarse
+    pixels) must spread it: the brightest coarse pixel holds under 60 % of it, while no
+    blur at all would leave it whole in one pixel."""
+    from types import SimpleNamespace
+
+    bench = _bench()
+    n = 12 * factor
+    grid = GridSpec.from_bounds("EPSG:32652", (500000.0, 4000000.0, 500000.0 + n, 4000000.0 + n), 1.0)
+    fine = np.zeros((4, n, n), "float32")
+    centre = 6 * factor + factor // 2          # the middle of a coarse pixel
+    fine[:, centre, centre] = 1.0
+    scene = SimpleNamespace(image=grid.attach(fine, bands=["B", "G", "R", "NIR"]), valid=None)
+    image, valid = bench.coarsen(scene, factor)
+    coarse = np.asarray(image.values, np.float64)
+    assert valid is None
+    assert coarse.sum(axis=(1, 2)) * factor ** 2 == pytest.approx(np.ones(4), rel=1e-3)
+    share = coarse.max(axis=(1, 2)) / coarse.sum(axis=(1, 2))
+    assert np.all(share < 0.6) and np.all(share > 0.2), share

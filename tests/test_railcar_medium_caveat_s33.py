@@ -1,9 +1,10 @@
-"""The optical 3-12 m railcar estimate says it is not validated, in the JSON and on the CLI.
+"""The optical railcar estimate on pixels coarser than 1.5 m says it is not validated: in
+the JSON, on the CLI, and in the daily run (which skips the metric).
 
 On the independent generator (``bench/bench_altgen_rail_medium.py``, session 33) it reads
 about 0 at 3-10 m (scene totals 92-98 % low): an analyst counting a Sentinel-2 or
 PlanetScope image must be told, not handed a number that looks like an observation.
-VHR counts and the Sentinel-1 estimate carry no such caveat.
+VHR counts carry no such caveat.
 """
 
 from __future__ import annotations
@@ -45,3 +46,37 @@ def test_cli_warns_and_keeps_one_json_object(tmp_path, capsys):
     assert "not validated" in cap.err and "VHR" in cap.err
     lines = [ln for ln in cap.out.splitlines() if ln.strip()]
     assert len(lines) == 1 and json.loads(lines[0])["caveat"] == MEDIUM_OPTICAL_CAVEAT
+
+
+def test_a_daily_run_on_a_10m_optical_scene_leaves_the_railcar_series_a_gap(tmp_path):
+    """Review RFINAL H1: the daily run stored the 10 m optical estimate (about 0 on the
+    independent generator) as the site's railcars value, the series its baselines and alert
+    rules read; it now skips the metric with the caveat as its reason."""
+    import importlib.util
+    from datetime import date, timedelta
+    from pathlib import Path
+
+    import changedet.pipeline as pipeline
+    from changedet.aoi import load_aoi
+    from changedet.metrics import MetricStore
+
+    spec = importlib.util.spec_from_file_location("_ps", Path(__file__).with_name("test_pipeline_sources.py"))
+    ps = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ps)
+    reg = ps._reduced_registry(tmp_path, [{"name": "simulator", "sensor": "s2", "resolution_m": 10}])
+    aoi = load_aoi(ps.AOI, registry=reg)
+    assert "railcars" in aoi.metrics
+    cfg = pipeline.RunConfig(data_dir=tmp_path / "data", registry=reg, evidence=False, write_products=False)
+    # The first Sentinel-2 acquisition of the simulated series that is clear enough.
+    for offset in range(30):
+        r = pipeline.run_day(aoi, date(2023, 8, 1) + timedelta(days=offset), cfg)
+        if r.status == "processed":
+            break
+    assert r.status == "processed", r.summary()
+    assert r.skipped.get("railcars") == MEDIUM_OPTICAL_CAVEAT, r.skipped
+    assert "railcars" not in r.metrics
+    store = MetricStore(cfg.store_location())
+    try:
+        assert len(store.series(ps.AOI, "railcars")) == 0
+    finally:
+        store.close()

@@ -48,16 +48,20 @@ where the stretch, seen on both sides, is a locomotive's length or more: a car s
 both ends of it would be 30 m long), with its hidden end placed at its type's length.
 The same holds, with or without ``valid``, for a car cut by the image's edge or by
 nodata pixels; where they run to the strip's end the longest car's half always applies
-(the convention that counts each car once across tiles). Within ``EDGE_DIMMING_M`` (40 m) of a cloud's shadow, the shadow's faint edge
-may still dim the ground and the cars alike: darkness is judged there against the
+(the convention that counts each car once across tiles). Within ``EDGE_DIMMING_M`` (40 m)
+of a cloud's shadow, the shadow's faint edge may still dim the ground and the cars alike: darkness is judged there against the
 share of light read on the ground beside the track (modelled as grey dimming, as the
 simulator draws it; a thin cloud over the ground, which adds light, is not modelled). Each track reports ``observed_fraction``,
 ``unobserved_m`` and the unobserved stretches (``unobserved_runs_m``, metres along the
 centreline), so a reader can scale or discard a partly seen track.
 
-Medium resolution (coarser than ~1.5 m: Sentinel-2, Planet): cars are narrower than a
+Medium resolution (coarser than 1.5 m: Sentinel-2, Planet): cars are narrower than a
 pixel, so only the occupied track length is measured and the count is estimated as
-occupied length over the mean car pitch, with an uncertainty.
+occupied length over the mean car pitch, with an uncertainty. **Not validated**: on an
+independent scene generator (``bench/bench_altgen_rail_medium.py``) it reads about 0 at
+3-10 m (scene totals 92-98 % low) and its uncertainty does not cover the truth; every
+such result carries ``extras["caveat"]`` (:data:`MEDIUM_OPTICAL_CAVEAT`), which the CLI
+prints as a warning and the daily run takes as a reason to skip the metric.
 """
 
 from __future__ import annotations
@@ -90,11 +94,12 @@ GAP_M = 1.1
 MEAN_PITCH_M = 15.0   # mixed freight consist, body plus coupler gap
 VHR_MAX_RES_M = 1.5
 MEDIUM_MAX_RES_M = 12.0   # Sentinel-2's 10 m pixels, with room for a reprojected grid
-# Said with every optical 3-12 m estimate (JSON "caveat", a CLI warning): measured on the
-# independent generator (bench/bench_altgen_rail_medium.py, session 33) it reads about 0.
-MEDIUM_OPTICAL_CAVEAT = ("the optical 3-12 m railcar estimate is not validated: on an independent scene generator "
-                         "it misses most cars (scene totals 92-98 % low at 3-10 m); use VHR imagery (1.5 m or "
-                         "finer), or Sentinel-1 for a medium-resolution estimate")
+# Said with every optical estimate on pixels coarser than VHR_MAX_RES_M (JSON "caveat", a CLI
+# warning; the daily run skips the metric): measured on the independent generator
+# (bench/bench_altgen_rail_medium.py, session 33) it reads about 0.
+MEDIUM_OPTICAL_CAVEAT = ("the optical railcar estimate on pixels coarser than 1.5 m is not validated: on an "
+                         "independent scene generator it misses most cars (scene totals 92-98 % low at 3-10 m); "
+                         "use VHR imagery (1.5 m or finer), or Sentinel-1 for a medium-resolution estimate")
 
 
 def count_railcars(
@@ -384,8 +389,10 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
             est_var += var
             # Cars are 3 m wide: on a track whose neighbour is closer than 1.5 pixels,
             # a car covers a fraction of a pixel shared with the neighbour's cars, and
-            # low-contrast cars go unseen. The estimate then undercounts (by ~40 % on the
-            # simulator's 5 m-spaced yards at 10 m) beyond the stated uncertainty.
+            # low-contrast cars go unseen. The estimate then undercounts (by 15-45 % on the
+            # simulator's 5 m-spaced busy yards at 10 m, quiet yards read 0; 92-98 % on an
+            # independent generator at 3-10 m, resolved tracks too) beyond the stated
+            # uncertainty: see MEDIUM_OPTICAL_CAVEAT.
             others = [tracks[o] for o in tracks if o != tid]
             spacing = min((tracks[tid].interpolate(0.5, normalized=True).distance(o) for o in others),
                           default=float("inf"))
