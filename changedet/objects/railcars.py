@@ -50,8 +50,9 @@ The same holds, with or without ``valid``, for a car cut by the image's edge or 
 nodata pixels; where they run to the strip's end the longest car's half always applies
 (the convention that counts each car once across tiles). Within ``EDGE_DIMMING_M`` (40 m)
 of a cloud's shadow, the shadow's faint edge may still dim the ground and the cars alike:
-darkness is judged there against the share of light read on the ground beside the track (modelled as grey dimming, as the
-simulator draws it; a thin cloud over the ground, which adds light, is not modelled). Each track reports ``observed_fraction``,
+darkness is judged there against the share of light read on the ground beside the track
+(modelled as grey dimming, as the simulator draws it; a thin cloud over the ground, which
+adds light, is not modelled). Each track reports ``observed_fraction``,
 ``unobserved_m`` and the unobserved stretches (``unobserved_runs_m``, metres along the
 centreline), so a reader can scale or discard a partly seen track.
 
