@@ -72,6 +72,7 @@ import math
 from typing import Mapping
 
 import numpy as np
+import shapely
 import xarray as xr
 from affine import Affine
 from scipy import ndimage
@@ -154,6 +155,7 @@ def count_railcars(
                                   "what the image shows")
     from changedet.objects.railcars_sar import count_railcars_sar, radar_bands
 
+    tracks = _centrelines(tracks)
     if radar_bands(image):
         # Sentinel-1 backscatter: the radar estimate (occupied length from integrated
         # backscatter); the sun plays no part.
@@ -161,6 +163,30 @@ def count_railcars(
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         return _count_railcars(image, tracks, valid=valid, sun_azimuth_deg=sun_azimuth_deg,
                                sun_elevation_deg=sun_elevation_deg, min_contrast=min_contrast)
+
+
+def _centrelines(tracks: Mapping[str, LineString]) -> dict[str, LineString]:
+    """Each track as one 2-D line: heights dropped (they play no part in the image's plane;
+    GeoJSON exports often carry them), parts that meet end to end merged into one
+    centreline. Parts that do not join, or a geometry that is not a line, are refused:
+    the counter reads a track's direction, sides and ends from one continuous line."""
+    out = {}
+    for tid, geom in tracks.items():
+        if geom is None or geom.is_empty:
+            out[tid] = geom   # check_features names it
+            continue
+        line = shapely.force_2d(geom)
+        if line.geom_type == "MultiLineString":
+            line = shapely.line_merge(line)
+        if line.geom_type == "MultiLineString":
+            raise ChangedetError(
+                f"track {tid!r} is a MultiLineString of {len(line.geoms)} parts that do not join end to end; a "
+                "track is one centreline: give each part as its own track feature (its own id), or join the parts")
+        if line.geom_type != "LineString":
+            raise ChangedetError(f"track {tid!r} is a {geom.geom_type}; a track is a centreline (LineString) "
+                                 "along the rails: draw it as a line")
+        out[tid] = line
+    return out
 
 
 def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg, min_contrast) -> CountResult:
