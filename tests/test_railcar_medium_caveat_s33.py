@@ -11,20 +11,13 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 from shapely.geometry import LineString
 
 from changedet.cli import main
-from changedet.grid import GridSpec
 from changedet.objects.railcars import MEDIUM_OPTICAL_CAVEAT, count_railcars
 from tests.test_audit_s16 import _synthetic
-
-
-def _image(res: float, n: int = 64):
-    grid = GridSpec.from_bounds("EPSG:32652", (500000.0, 4000000.0, 500000.0 + n * res, 4000000.0 + n * res), res)
-    data = (0.12 + 0.01 * np.random.default_rng(1).standard_normal((4,) + grid.shape)).astype("float32")
-    return grid.attach(data, bands=["R", "G", "B", "NIR"]), grid
+from tests.test_objects_inputs import _image
 
 
 @pytest.mark.parametrize("res,caveat", [(10.0, True), (3.0, True), (0.5, False)])
@@ -52,17 +45,13 @@ def test_a_daily_run_on_a_10m_optical_scene_leaves_the_railcar_series_a_gap(tmp_
     """Review RFINAL H1: the daily run stored the 10 m optical estimate (about 0 on the
     independent generator) as the site's railcars value, the series its baselines and alert
     rules read; it now skips the metric with the caveat as its reason."""
-    import importlib.util
     from datetime import date, timedelta
-    from pathlib import Path
 
     import changedet.pipeline as pipeline
     from changedet.aoi import load_aoi
     from changedet.metrics import MetricStore
+    from tests import test_pipeline_sources as ps
 
-    spec = importlib.util.spec_from_file_location("_ps", Path(__file__).with_name("test_pipeline_sources.py"))
-    ps = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ps)
     reg = ps._reduced_registry(tmp_path, [{"name": "simulator", "sensor": "s2", "resolution_m": 10}])
     aoi = load_aoi(ps.AOI, registry=reg)
     assert "railcars" in aoi.metrics
