@@ -47,8 +47,12 @@ part is at least half the longest car its look allows (half a common car of its 
 where the stretch, seen on both sides, is a locomotive's length or more: a car seen at
 both ends of it would be 30 m long), with its hidden end placed at its type's length.
 The same holds, with or without ``valid``, for a car cut by the image's edge or by
-nodata pixels; where they run to the strip's end the longest car's half always applies
-(the convention that counts each car once across tiles). Within ``EDGE_DIMMING_M`` (40 m)
+nodata pixels; where an unobserved stretch runs to the strip's end the longest car's
+half applies (the convention that counts each car once across tiles), unless the
+stretch's first locomotive's length lies on the image's own data (inside the frame,
+recorded): it is then this image's mask, which hides the car's other part in every
+tile, and counts as one seen on both sides. Nodata must be NaN in the image for this
+(a finite pixel only flagged in ``valid`` reads as cloud). Within ``EDGE_DIMMING_M`` (40 m)
 of a cloud's shadow, the shadow's faint edge may still dim the ground and the cars alike:
 darkness is judged there against the share of light read on the ground beside the track
 (modelled as grey dimming, as the simulator draws it; a thin cloud over the ground, which
@@ -125,7 +129,11 @@ def count_railcars(
     tracks : mapping of str to LineString
         Track centrelines in the image CRS, by track id.
     valid : xarray.DataArray (y, x) of bool, optional
-        False where the image must not be trusted (clouds, nodata).
+        False where the image must not be trusted (clouds, nodata). Nodata should be NaN
+        in ``image`` too (as :func:`changedet.io.read_raster` and the pipeline give it):
+        a finite pixel that is False here is read as this image's cloud, which hides a
+        car cut by it in every tile of the image, whereas nodata another image or tile
+        may fill (see the module's notes on cut cars).
     sun_azimuth_deg : float, optional
         Solar azimuth at acquisition (degrees clockwise from north, from the scene
         metadata). Tells which side of each track its cars' shadows fall on. When not
@@ -224,8 +232,14 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
     if not np.all(np.isfinite(refs["shadow"])):
         refs = _shadow_from_anti_sun_sides(strips, tracks, refs, sun_azimuth_deg)
     shade = dimmed = None
+    recorded = {}
     if valid is not None:
         cloud = ~np.asarray(valid.values, bool) & np.all(np.isfinite(bgrn(image, check_order=False)), axis=0)
+        # Where each centreline lies on the image's own data (inside the frame, every band
+        # recorded, under a cloud or not): a stretch hidden there is this image's mask,
+        # which no other tile of the image shows otherwise (see _hidden_run_m). Without
+        # ``valid`` every unobserved stretch is nodata or off the frame.
+        recorded = {tid: _recorded_along(s, pix, cloud, grid) for tid, s in strips.items()}
         # The cloud-shade colour cue judges all the ground in 40 m windows, yard gravel
         # and dirty ballast included, against the ground's colour: it keeps the colour of
         # the mode of all track centres, which spans that ground. The empty track's own
@@ -395,7 +409,7 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
                                shading=_cylinder_shading(tracks[tid], sun_azimuth_deg, sun_elevation_deg),
                                flank_glow=_flank_glow(tracks[tid], sun_azimuth_deg, sun_elevation_deg),
                                path=path, resolution_m=grid.resolution, empty=seen_empty.get(tid),
-                               shadows_shown=shown, shadow=refs["shadow"])
+                               shadows_shown=shown, shadow=refs["shadow"], recorded=recorded.get(tid))
             by_type: dict[str, int] = {}
             for a, b, ctype, score in cars:
                 by_type[ctype] = by_type.get(ctype, 0) + 1
@@ -2069,7 +2083,8 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
                 empty: np.ndarray | None = None,
                 shadows_shown: bool = False,
                 shadow: np.ndarray | None = None,
-                flank_glow: float = float("nan")) -> list[tuple[float, float, str, float]]:
+                flank_glow: float = float("nan"),
+                recorded: np.ndarray | None = None) -> list[tuple[float, float, str, float]]:
     """Cut occupied runs into cars: (start_m, end_m, type, score) per car.
 
     A cut is where a gap shows (:func:`_gap_evidence`) on the body's middle and, at least
@@ -2097,7 +2112,10 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
     band, reflectance; NaN or None: unknown) is the track's shadowed ground, which sets
     how dark a run may be before its own pitch is no longer read (:func:`_pitch_dim_level`).
     ``flank_glow`` is the sun-half ratio from which a top's flanks alone show a barrel
-    (:func:`_flank_glow`; see :func:`_look`).
+    (:func:`_flank_glow`; see :func:`_look`). ``recorded`` (n_along bool; None: nowhere)
+    is where the centreline lies on the image's own data (:func:`_recorded_along`): an
+    unobserved stretch running to the strip's end whose first ``_WIDE_STRETCH_M`` lie
+    there is the image's mask, and its length counts (see :func:`_hidden_run_m`).
     """
     step = strip.step_m
     centre, _ = _zones(strip)
@@ -2185,21 +2203,24 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
                 # The same table as _classify's for the longest bodies: a body cut in two
                 # by a narrow stretch must not have both halves counted.
                 longest = {"open": "gondola", "plain": "boxcar"}.get(look, "locomotive")
-                if ((not cut_a or _hidden_run_m(seen, a, -1, step) >= _WIDE_STRETCH_M)
-                        and (not cut_b or _hidden_run_m(seen, b - 1, 1, step) >= _WIDE_STRETCH_M)):
-                    # A stretch of a locomotive's length or more, seen on both sides: a
+                if ((not cut_a or _hidden_run_m(seen, a, -1, step, recorded) >= _WIDE_STRETCH_M)
+                        and (not cut_b or _hidden_run_m(seen, b - 1, 1, step, recorded) >= _WIDE_STRETCH_M)):
+                    # A stretch of a locomotive's length or more, seen on both sides (a
                     # car showing 6 m or more at both ends of it would be 30 m long or
-                    # more, so there is no double count to guard against, and the
-                    # centre-in-view rule is fair only at the car's own half length. The
-                    # longest (a locomotive's 18 m: a few units per 50-70 car train)
-                    # dropped most cut tank cars and open wagons whose centre was in view
-                    # (a 12 m tank car needs 9 of its 12 m seen, so 1 in 4 was counted
-                    # where 1 in 2 is due). A barrel takes a tank car's half; a flat or
-                    # unread top the gondola class's 13.9 m, not a common car of that look
-                    # (flat-topped 1520 mm stock is 14.7-19.6 m): it counts some long cars
-                    # whose centre is hidden (review RPCLOUD: 10 of 35 cars added on 128
-                    # altgen partly cloudy scenes), but a boxcar's half found 16 cut cars
-                    # with their centre in view where this finds 29.
+                    # more), or running to the strip's end under this image's own mask
+                    # over its first locomotive's length (the whole hidden part of any
+                    # car cut by it lies there, which no other tile shows): there is no
+                    # double count to guard against, and the centre-in-view rule is fair
+                    # only at the car's own half length. The longest (a locomotive's
+                    # 18 m: a few units per 50-70 car train) dropped most cut tank cars
+                    # and open wagons whose centre was in view (a 12 m tank car needs 9
+                    # of its 12 m seen, so 1 in 4 was counted where 1 in 2 is due). A
+                    # barrel takes a tank car's half; a flat or unread top the gondola
+                    # class's 13.9 m, not a common car of that look (flat-topped 1520 mm
+                    # stock is 14.7-19.6 m): it counts some long cars whose centre is
+                    # hidden (review RPCLOUD: 10 of 35 cars added on 128 altgen partly
+                    # cloudy scenes), but a boxcar's half found 16 cut cars with their
+                    # centre in view where this finds 29.
                     longest = {"open": "gondola", "plain": "boxcar", "cylinder": "tank"}.get(look, "gondola")
                 if body < CAR_LENGTHS_M[longest] / 2:
                     continue
@@ -2351,25 +2372,54 @@ _MIN_OPEN_RUN_M = 6.0
 _WIDE_STRETCH_M = CAR_LENGTHS_M["locomotive"]
 
 
-def _hidden_run_m(seen: np.ndarray, i: int, direction: int, step: float) -> float:
+def _hidden_run_m(seen: np.ndarray, i: int, direction: int, step: float,
+                  recorded: np.ndarray | None = None) -> float:
     """Length (m) of the unobserved stretch that a run ending at sample ``i`` meets in
     ``direction`` (+1: after it, -1: before it), within ``_GAP_EDGE_M`` of ``i``.
 
-    Zero where the stretch runs to the strip's end: what lies beyond (another tile, the
-    rest of the track off the image) may show the car's other part, so the convention
-    that counts each car once across tiles keeps the longest car's half there.
+    Zero where the stretch runs to the strip's end, unless its first ``_WIDE_STRETCH_M``
+    lie on the image's own data (``recorded``, per along-track sample; None: nowhere),
+    so are hidden by this image's mask (a cloud, its shadow), which hides them in every
+    tile of the image. Otherwise (off the frame, nodata another image or tile may fill)
+    what lies beyond may show the car's other part, and the convention that counts each
+    car once across tiles keeps the longest car's half there. A car cut by the stretch
+    is at most 20 m long with 6 m or more of it in view, so its hidden part (14 m at
+    most) lies within those first metres: nothing past them can show it.
     """
     tol = max(1, int(round(_GAP_EDGE_M / step)))
     j = i + direction
     while 0 <= j < seen.size and seen[j] and abs(j - i) <= tol:
         j += direction
+    first = j
     n = 0
     while 0 <= j < seen.size and not seen[j]:
         j += direction
         n += 1
     if not 0 <= j < seen.size:
-        return 0.0
+        near = first + direction * np.arange(min(n, int(math.ceil(_WIDE_STRETCH_M / step - 1e-9))))
+        if recorded is None or not np.all(recorded[near]):
+            return 0.0
     return n * step
+
+
+def _recorded_along(strip: Strip, pix: np.ndarray, cloud: np.ndarray, grid: GridSpec) -> np.ndarray:
+    """Whether each centreline sample of ``strip`` lies on the image's own data: its
+    pixel (the nearest, as :func:`_masked` reads a mask) inside ``grid`` with every band
+    of ``pix`` (band, row, col; NaN where nodata or not ``valid``) finite, or on ``cloud``
+    (row, col; not ``valid`` but recorded). Only the strip's pixels are read.
+
+    Nodata must be NaN in the image (as :func:`changedet.io.read_raster` reads a file's
+    nodata and the pipeline's resampling leaves it): pixels only flagged in ``valid``
+    with finite values cannot be told from a cloud and count as recorded.
+    """
+    k = int(np.argmin(np.abs(strip.across_m)))
+    rows, cols = grid.rowcol(strip.x[k], strip.y[k])
+    # Integer rows and cols are pixel centres: the nearest pixel is the one within half
+    # a pixel, a half-open interval as map_coordinates(order=0) rounds.
+    r, c = np.floor(rows + 0.5).astype(int), np.floor(cols + 0.5).astype(int)
+    inside = (r >= 0) & (r < cloud.shape[0]) & (c >= 0) & (c < cloud.shape[1])
+    r, c = np.where(inside, r, 0), np.where(inside, c, 0)
+    return inside & (cloud[r, c] | np.all(np.isfinite(pix[:, r, c]), axis=0))
 
 
 def _shadow_lead(dim: np.ndarray, reach_m: float, step: float) -> tuple[float, float]:
