@@ -176,8 +176,10 @@ def test_nodata_next_to_the_car_keeps_the_tile_convention(seed, gsd, track, u0):
 def test_track_running_off_the_image_counts_on_its_cloud_next_to_the_car():
     # The yard along x (track angle 0), cropped so that the tracks run off the image:
     # 30 m of cloud inside the frame past the car's seen part hold its hidden part, so it
-    # is counted; 10 m of cloud, then off the frame, do not (the rest of the car may lie
-    # on another tile): the tile convention holds.
+    # is counted; 10 m of cloud (15 m of hidden stretch with the edge ring), then off the
+    # frame, are less than the 18 m that must lie on this image's data (_WIDE_STRETCH_M),
+    # so the tile convention holds there (a conservative margin: a cut car hides at most
+    # 14 m of itself).
     scene = make_railyard(3, gsd_m=0.3, condition="clear", track_angle_deg=0.0)
     car = _car(scene, "T5", 130.79)
     u = _u(scene)

@@ -132,8 +132,8 @@ def count_railcars(
         False where the image must not be trusted (clouds, nodata). Nodata should be NaN
         in ``image`` too (as :func:`changedet.io.read_raster` and the pipeline give it):
         a finite pixel that is False here is read as this image's cloud, which hides a
-        car cut by it in every tile of the image, whereas nodata another image or tile
-        may fill (see the module's notes on cut cars).
+        car cut by it in every tile of the image, whereas NaN nodata is taken as a gap
+        another image or tile may fill (see the module's notes on cut cars).
     sun_azimuth_deg : float, optional
         Solar azimuth at acquisition (degrees clockwise from north, from the scene
         metadata). Tells which side of each track its cars' shadows fall on. When not
@@ -2368,7 +2368,10 @@ _MIN_OPEN_RUN_M = 6.0
 
 # Unobserved stretch (m) from which a car cut by it is counted on a common car's half length
 # for its look, not the longest car's: a locomotive's length, so a car seen at both ends of
-# it would be 30 m or more (6 m or more seen on each side).
+# it would be 30 m or more (6 m or more seen on each side). Also the length of a stretch
+# running to the strip's end that must lie on the image's own data before it counts as
+# this image's mask (_hidden_run_m): a cut car hides at most 14 m of itself (20 m long, 6 m
+# seen), so its hidden part lies within that length, with room for the gap tolerance.
 _WIDE_STRETCH_M = CAR_LENGTHS_M["locomotive"]
 
 
@@ -2415,7 +2418,9 @@ def _recorded_along(strip: Strip, pix: np.ndarray, cloud: np.ndarray, grid: Grid
     k = int(np.argmin(np.abs(strip.across_m)))
     rows, cols = grid.rowcol(strip.x[k], strip.y[k])
     # Integer rows and cols are pixel centres: the nearest pixel is the one within half
-    # a pixel, a half-open interval as map_coordinates(order=0) rounds.
+    # a pixel (inside the frame as map_coordinates(order=0) rounds; the outer half pixel
+    # beyond the border pixels' centres counts as on the image too, which no 18 m test
+    # can turn).
     r, c = np.floor(rows + 0.5).astype(int), np.floor(cols + 0.5).astype(int)
     inside = (r >= 0) & (r < cloud.shape[0]) & (c >= 0) & (c < cloud.shape[1])
     r, c = np.where(inside, r, 0), np.where(inside, c, 0)
