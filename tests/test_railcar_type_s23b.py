@@ -67,3 +67,12 @@ def test_a_vetted_cambered_roof_even_along_is_a_boxcar_at_any_length(body_m):
     assert R._classify(even, 0, n, body_m, LIT_B, **kw) == "boxcar"
     # With its dome and walkway it is a barrel at the same lengths.
     assert R._classify(_barrel(n), 0, n, body_m, LIT_B, **kw) == "tank"
+    # Session 34: a barrel's shading even along (no dome nor walkway), its anti-sun flank
+    # keeping 0.4 of its crest's light and its shadow beside it, is a barrel at 0.5-1 m
+    # pixels, however even along (_anti_flank_share); finer, the rules above stand.
+    # (With lit ballast on both sides, as above, the share is not read: _ANTI_GROUND_M.)
+    ground = np.where(ACROSS < 0, 0.3, 1.0)[None] * LIT[:, None]   # its shadow on the anti-sun side
+    prof = np.where((np.abs(ACROSS) <= 1.5)[None], b[None] * np.ones((4, 1)), ground)
+    plain_barrel = _strip(np.repeat(prof[:, :, None], n, axis=2))
+    assert R._classify(plain_barrel, 0, n, body_m, LIT_B, **kw) == "tank"
+    assert R._classify(plain_barrel, 0, n, body_m, LIT_B, **{**kw, "resolution_m": 0.3}) == "boxcar"

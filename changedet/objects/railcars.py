@@ -408,6 +408,7 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
                                wide=wide.get(tid), blur_m=max(0.2, 0.5 * grid.resolution),
                                shading=_cylinder_shading(tracks[tid], sun_azimuth_deg, sun_elevation_deg),
                                flank_glow=_flank_glow(tracks[tid], sun_azimuth_deg, sun_elevation_deg),
+                               anti_flank=_anti_flank_limits(tracks[tid], sun_azimuth_deg, sun_elevation_deg),
                                path=path, resolution_m=grid.resolution, empty=seen_empty.get(tid),
                                shadows_shown=shown, shadow=refs["shadow"], recorded=recorded.get(tid))
             by_type: dict[str, int] = {}
@@ -2084,6 +2085,7 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
                 shadows_shown: bool = False,
                 shadow: np.ndarray | None = None,
                 flank_glow: float = float("nan"),
+                anti_flank: tuple[float, float] = (float("nan"), float("nan")),
                 recorded: np.ndarray | None = None) -> list[tuple[float, float, str, float]]:
     """Cut occupied runs into cars: (start_m, end_m, type, score) per car.
 
@@ -2112,12 +2114,18 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
     band, reflectance; NaN or None: unknown) is the track's shadowed ground, which sets
     how dark a run may be before its own pitch is no longer read (:func:`_pitch_dim_level`).
     ``flank_glow`` is the sun-half ratio from which a top's flanks alone show a barrel
-    (:func:`_flank_glow`; see :func:`_look`). ``recorded`` (n_along bool; None: nowhere)
-    is where the centreline lies on the image's own data (:func:`_recorded_along`): an
-    unobserved stretch running to the strip's end whose first ``_WIDE_STRETCH_M`` lie
-    there is the image's mask, and its length counts (see :func:`_hidden_run_m`).
+    (:func:`_flank_glow`; see :func:`_look`), ``anti_flank`` the anti-sun flank shares
+    under which a top is a barrel and from which it is none, NaN where this sun does not
+    part them (:func:`_anti_flank_limits`; see :func:`_look`). ``recorded`` (n_along
+    bool; None: nowhere) is where the centreline lies on the image's own data
+    (:func:`_recorded_along`): an unobserved stretch running to the strip's end whose
+    first ``_WIDE_STRETCH_M`` lie there is the image's mask, and its length counts (see
+    :func:`_hidden_run_m`).
     """
     step = strip.step_m
+    # The anti-sun flank's light is visible light: so is the lit ground it is held against
+    # (NIR, bright on vegetation, would read lit grass as shadow).
+    lit_visible = float(quiet_nanmean(np.asarray(lit, "float64")[:3]))
     centre, _ = _zones(strip)
     sides = np.abs(strip.across_m) >= 1.95
     mean = np.nan_to_num(quiet_nanmean(strip.values[:, centre, :], axis=1))
@@ -2181,7 +2189,8 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
                           lit_ground=lit, empty=empty)
                     if sun_left is not None and wide is not None else None)
             ctype = _classify(strip, s0, s1, body, float(quiet_nanmean(lit)), tall=tall, sun_left=sun_left,
-                              shading=shading, path=path, resolution_m=resolution_m, flank_glow=flank_glow)
+                              shading=shading, path=path, resolution_m=resolution_m, flank_glow=flank_glow,
+                              anti_flank=anti_flank, lit_visible=lit_visible)
             a_m = s0 * step + (GAP_M / 2 if s0 != a else 0)
             b_m = s1 * step - (GAP_M / 2 if s1 != b else 0)
             cut_a, cut_b = open_a and s0 == a, open_b and s1 == b
@@ -2199,7 +2208,8 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
                     b_m = (b + int(np.argmax(~seen[b:b + tol]))) * step
                 body = b_m - a_m
                 look = _look(strip, s0, s1, float(quiet_nanmean(lit)), sun_left=sun_left, shading=shading, path=path,
-                             flank_glow=flank_glow)
+                             flank_glow=flank_glow, resolution_m=resolution_m, anti_flank=anti_flank,
+                             lit_visible=lit_visible)
                 # The same table as _classify's for the longest bodies: a body cut in two
                 # by a narrow stretch must not have both halves counted.
                 longest = {"open": "gondola", "plain": "boxcar"}.get(look, "locomotive")
@@ -3089,7 +3099,9 @@ _MIN_LONG_BODY_M = 14.8
 def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = float("nan"), *,
               tall: bool | None = None, sun_left: bool | None = None, shading: float = float("nan"),
               path: np.ndarray | None = None, resolution_m: float = float("nan"),
-              flank_glow: float = float("nan")) -> str:
+              flank_glow: float = float("nan"),
+              anti_flank: tuple[float, float] | None = None,
+              lit_visible: float | None = None) -> str:
     """Type from body length, then from the look of the body across the track.
 
     Locomotives and boxcars are longest (18 and 15.7 m against 12-14 m), but a cut
@@ -3139,8 +3151,15 @@ def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = floa
     (the gondola class from ``_EVEN_ALONG``), an unread-height one is a boxcar unless
     textured (the boxcar up to ``_TEXTURED_ALONG``), and from 14.8 m a "flat" top is a
     boxcar unless textured.
+
+    A cylinder whose anti-sun flank is as dark as only a barrel's (under ``anti_flank[0]``,
+    ``_BARREL_ANTI_FLANK`` where the sun parts it from a roof,
+    :func:`_anti_flank_share`, at pixels of ``_CREST_BLUR_RES_M`` or coarser; ``anti_flank``
+    and ``lit_visible``: see :func:`_look`) is a tank car at any length, whether or not the
+    sun-half ratio vets it and however even along.
     """
-    look = _look(strip, s0, s1, lit_b, sun_left=sun_left, shading=shading, path=path, flank_glow=flank_glow)
+    look = _look(strip, s0, s1, lit_b, sun_left=sun_left, shading=shading, path=path, flank_glow=flank_glow,
+                 resolution_m=resolution_m, anti_flank=anti_flank, lit_visible=lit_visible)
     if body_m >= _MIN_LONG_FLAT_BODY_M and look in ("plain", "open"):
         # No boxcar (11-280: 16.5 m) or open wagon (12.7-13.5 m) of the 1520 mm fleet is
         # this long; 80 ft flat wagons (13-4012, 13-9004M: 18.5 m) are, bare, loaded or
@@ -3150,7 +3169,18 @@ def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = floa
     # track and high enough to shade it (see _look); relief alone is also a shunting
     # locomotive's fans (15-16 m bodies) or a covered hopper's hatches.
     vetted = sun_left is not None and np.isfinite(shading) and shading >= _MIN_SHADING
-    if (look == "cylinder" and _MIN_BOXCAR_BODY_M <= body_m
+    # A cylinder whose anti-sun flank is as dark as only a barrel's (anti_flank[0]) is one
+    # at any length and however even along: a boxcar's arched roof keeps 0.67-0.81 of its
+    # crest's light there (altgen tuning 100-103 and 60-63, boxcars read "cylinder") where
+    # the sun stands high enough across the track (see _anti_flank_limits), and that holds
+    # with the sun at a slant to the track too, where the sun-half ratio does not vet it
+    # (tank cars of 15.1-15.8 m were typed boxcars there).
+    n = s1 - s0
+    barrel = bool(look == "cylinder" and _anti_flank_share(
+        strip, slice(s0 + n // 6, s1 - n // 6) if n >= 6 else slice(s0, s1), sun_left, path,
+        resolution_m, lit_b if lit_visible is None else lit_visible) < (
+        _BARREL_ANTI_FLANK if anti_flank is None else anti_flank[0]))
+    if (look == "cylinder" and not barrel and _MIN_BOXCAR_BODY_M <= body_m
             and (body_m < _MIN_LOCOMOTIVE_BODY_M or vetted)
             and _along_texture(strip, s0, s1, path) < _EVEN_ALONG):
         # Relief across but even end to end over a boxcar's length: a cambered roof
@@ -3163,7 +3193,7 @@ def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = floa
         # length, relief even along is also a hood or a fan band down the roof: the
         # rules below decide.
         return "boxcar"
-    if look == "cylinder" and (vetted or body_m < _MIN_LONG_BODY_M):
+    if look == "cylinder" and (vetted or barrel or body_m < _MIN_LONG_BODY_M):
         # Barrels run from 11 m (15-1443) to 15.5 m (15-150, LPG cars): a vetted cylinder
         # is a tank car at any of these lengths; unvetted relief only below 14.8 m. A
         # vetted cylinder read longer than any barrel is still one: tank cars are the
@@ -3467,7 +3497,9 @@ _PLAIN_RELIEF = 0.12
 
 def _look(strip: Strip, s0: int, s1: int, lit_b: float, *, sun_left: bool | None = None,
           shading: float = float("nan"), path: np.ndarray | None = None,
-          flank_glow: float = float("nan")) -> str | None:
+          flank_glow: float = float("nan"), resolution_m: float = float("nan"),
+          anti_flank: tuple[float, float] | None = None,
+          lit_visible: float | None = None) -> str | None:
     """How the body between samples ``s0`` and ``s1`` looks across the track:
     ``"open"`` (interior below the rims, a flat top too dark for a roof or deck, or a top
     with relief whose sun-facing half is the darker one: an open car's floor in its
@@ -3481,7 +3513,20 @@ def _look(strip: Strip, s0: int, s1: int, lit_b: float, *, sun_left: bool | None
     platform or a walkway, as bright or as dark on both sides of the axis, which pulls
     the half ratio towards one (session 25, altgen tuning 0-15 at 0.5 m: tank cars typed
     open wagons with a relief of 1.2-1.8 read a half ratio of 1.1-1.3 against 1.5
-    required)."""
+    required).
+
+    Where pixels (``resolution_m``, m) are ``_CREST_BLUR_RES_M`` or coarser, the anti-sun
+    flank is read too (:func:`_anti_flank_share`): a top with relief whose sun-facing half
+    glows is no cylinder when that flank keeps ``_FLAT_ANTI_FLANK`` or more of its crest's
+    light (a dark load with the lit ground beside it blurred into that half: session 34,
+    altgen tuning 100-103, 66 open wagons typed tank cars at 0.5-1 m), and a top with
+    relief that does not glow, or a top too dark for a roof, is one when that flank keeps
+    under ``_BARREL_ANTI_FLANK`` (a bright walkway evening the halves, a black barrel's
+    relief under ``_MIN_RELIEF_STEP``). ``anti_flank`` holds these two shares for the
+    scene's sun, NaN where it does not part a barrel from a roof or a flat top
+    (:func:`_anti_flank_limits`; None: both read whatever the sun), and
+    ``lit_visible`` the lit ground's visible brightness the flank's guard holds the ground
+    beside it against (None: ``lit_b``)."""
     a = np.abs(strip.across_m)
     n = s1 - s0
     core = slice(s0 + n // 6, s1 - n // 6) if n >= 6 else slice(s0, s1)
@@ -3517,14 +3562,36 @@ def _look(strip: Strip, s0: int, s1: int, lit_b: float, *, sun_left: bool | None
     net = top - float(np.mean(path)) if path is not None else top
     relief = (net.max() - net.min()) / max(float(net.mean()), 1e-4 * float(top.mean()))
     step_min = _MIN_RELIEF_STEP * (lit_b / _TYPICAL_LIT if np.isfinite(lit_b) and lit_b > 0 else 1.0)
+    # A barrel shades its own anti-sun flank; a flat top (a load levelled in a wagon, a
+    # roof, a deck) does not, whatever light the ground beside it blurs into its
+    # sun-facing half (see _anti_flank_share).
+    anti = _anti_flank_share(strip, core, sun_left, path, resolution_m, lit_b if lit_visible is None else lit_visible)
+    barrel_max, flat_min = (_BARREL_ANTI_FLANK, _FLAT_ANTI_FLANK) if anti_flank is None else anti_flank
     if relief >= _CYLINDER_RELIEF and net.max() - net.min() >= step_min:
         if not np.isfinite(asym) or glowing:
+            if np.isfinite(asym) and anti >= flat_min:
+                # A glow without a shaded flank: lit ground blurred into the sun-facing
+                # half of a dark top. Only where the sun shines across the track (asym
+                # read): with the sun along it a barrel's flanks are lit alike, and as
+                # brightly as the ground blurred onto them.
+                return "flat"
             return "cylinder"
         if asym <= 1.0 / glow_min:
             return "open"
+        if anti < barrel_max:
+            # Relief with no glow, but a flank as dark as only a barrel's: the crest's
+            # walkway or dome (galvanised, 5 times a black barrel's light) made the
+            # halves even.
+            return "cylinder"
         # Relief evenly spread over both halves: a load's heaps, hatches, containers.
         return "flat"
     if np.isfinite(lit_b) and top.mean() < 0.5 * lit_b:
+        if relief >= _CYLINDER_RELIEF and anti < barrel_max:
+            # A black barrel (3-5 % reflectance) changes across its top by less than
+            # _MIN_RELIEF_STEP in reflectance, but its anti-sun flank is still as dark,
+            # against its crest, as only a barrel's; a dark load's is not (the car's
+            # shadow on the ground beside it is brighter than coal).
+            return "cylinder"
         return "open"
     return "plain" if relief < _PLAIN_RELIEF else "flat"
 
@@ -3717,6 +3784,132 @@ def _path_radiance(strips: Mapping[str, Strip], shadow: np.ndarray,
         if x.size:
             out[b] = min(max(float(np.percentile(x, 0.1)), 0.0), float(cap[b]))
     return out
+
+
+# Offset (m) from the centreline at which a top's anti-sun flank is read: on a 1.5 m
+# barrel its plate faces 42 degrees away from the crest, inside every 3.0-3.2 m body and
+# clear of the dome, platform and walkway its crest carries (0.5 m either side).
+_ANTI_FLANK_M = 1.0
+# Share of the crest's visible light (above the path radiance) that the anti-sun flank
+# keeps. A barrel's flank, tilted 42 degrees away, gets at most cos(42) = 0.75 of the
+# crest's direct light under a sun along the track and less with the sun across it (0.1-
+# 0.6 under the scenes' suns), its dark lower half and the car's shadow blurred in; a
+# flat top, a roof cambered by a few degrees or a load levelled in an open wagon keeps all
+# its light there under a sun high enough across the track (under a low one an arched
+# roof's flank is shaded too, and a high one lights a barrel's: _anti_flank_limits reads
+# each threshold only where it parts them), less the blur of its edge into the shadow
+# beyond (altgen tuning 100-103, tops with relief: tank cars 0.05-0.66 at 0.3-1 m
+# pixels, nine in ten under 0.6; every other car 0.62 and more, nine in ten 0.7 and
+# more). Under
+# _BARREL_ANTI_FLANK a top with relief is a barrel though its halves are even (a bright
+# walkway on its crest); from _FLAT_ANTI_FLANK it is not one, though its sun-facing half
+# glows (a dark load, the lit ground beside it blurred into that half); between, the
+# glow decides.
+_BARREL_ANTI_FLANK = 0.6
+_FLAT_ANTI_FLANK = 0.7
+# Finest pixel (m) at which the anti-sun flank is read: from half a metre the blur (a
+# pixel and the PSF) carries the lit ground beside a 3.0-3.2 m body (from 1.5 m out)
+# into the sun-facing half band (out to 1.1 m, _HALF_BAND_M), where it passes for a
+# barrel's glow, and spreads a walkway (0.5 m wide) on a barrel's crest over both half
+# bands, evening them. Finer, both are resolved and the half bands are read as they are
+# (at 0.3 m the crest's own fittings, a dark walkway on a white barrel, set the crest's
+# light apart from the plate's: altgen tuning 100-103, 5 such tank cars read 0.8-0.9).
+_CREST_BLUR_RES_M = 0.5
+# Offset (m) of the ground beside the body on the anti-sun side, checked for the car's
+# own shadow: clear of the widest body's edge (1.66 m) by about half a metre.
+_ANTI_GROUND_M = 2.1
+# Least ratio of the crest's visible light to that of the shadowed ground beside the body
+# on the anti-sun side (_ANTI_GROUND_M out, both above the path radiance) for the flank's
+# share to tell a shape. At 0.75-1 m pixels the sample 1.0 m out takes a quarter to a
+# third of its light from the ground beyond the body's edge (1.5 m out): where that
+# ground, its albedo times the sky's share, is about as bright as the crest (a black
+# barrel, 3.5 %, beside its shadow on ballast, sand or snow), the share reads the
+# ground's albedo against the car's, not the barrel's shading, and a black barrel's
+# reads as high as a coal load's (review RTYPE of session 34, H1: 0.71-0.87 under a sun
+# of 45-62 degrees at 0.75-1 m, ground 0.2). Half as bright again, the ground's part
+# lifts a barrel's share by at most about 0.2, inside the margin to _FLAT_ANTI_FLANK.
+_CREST_OVER_SHADOW = 1.5
+
+
+def _anti_flank_share(strip: Strip, core: slice, sun_left: bool | None, path: np.ndarray | None,
+                      resolution_m: float, lit_b: float = float("nan")) -> float:
+    """Visible brightness above the path radiance ``path`` on the anti-sun flank
+    (``_ANTI_FLANK_M`` off the centreline) over that on the centreline, over the along-track
+    samples ``core``; no unit. NaN where the sun's side is unknown (``sun_left`` None), the
+    pixels (``resolution_m``, m) are finer than ``_CREST_BLUR_RES_M`` (or NaN), either
+    brightness is not finite or the centreline's is not positive, and where the ground
+    beside the body on the anti-sun side (``_ANTI_GROUND_M`` out) is lit: at least
+    ``_SHADOW_RATIO`` of the lit ballast's visible brightness ``lit_b`` (as recorded;
+    NaN: not checked). There the blur carries lit ground onto the flank, not the car's
+    own shadow: under a sun of 25 degrees or lower a tank car's shadow falls beyond the
+    open space under its barrel, and a black barrel's flank keeps as much light as a flat
+    top's (own simulator, test_railcars_s15: barrels under an 18 degree sun).
+
+    Both are interpolated across from the strip's rows, so the reading does not depend on
+    where its samples fall about the centreline (``-2.6 + k * step``, not symmetric at
+    0.3 and 0.5 m steps; see :func:`_sun_asymmetry`) nor on the side the sun is on.
+    """
+    if sun_left is None or not resolution_m >= _CREST_BLUR_RES_M:
+        return float("nan")
+    v = strip.values[:3, :, core]
+    if path is not None:
+        v = v - np.asarray(path[:3], v.dtype)[:, None, None]
+    b = quiet_nanmean(v, axis=(0, 2))
+    a = strip.across_m if sun_left else -strip.across_m
+    ok = np.isfinite(b)
+    if ok.sum() < 2:
+        return float("nan")
+    order = np.argsort(a[ok])
+    aa, bb = a[ok][order], b[ok][order]
+    if aa[0] > -_ANTI_FLANK_M or aa[-1] < 0.0:
+        return float("nan")
+    if aa[0] > -_ANTI_GROUND_M:
+        return float("nan")
+    ground = float(np.interp(-_ANTI_GROUND_M, aa, bb))
+    if np.isfinite(lit_b):
+        lit = lit_b - (float(np.mean(np.asarray(path[:3], "float64"))) if path is not None else 0.0)
+        if ground >= _SHADOW_RATIO * lit:
+            return float("nan")
+    crest = float(np.interp(0.0, aa, bb))
+    flank = float(np.interp(-_ANTI_FLANK_M, aa, bb))
+    if not (crest > 0 and crest >= _CREST_OVER_SHADOW * ground):
+        return float("nan")
+    return flank / crest
+
+
+def _anti_flank_limits(line: LineString, azimuth_deg: float | None,
+                       elevation_deg: float | None) -> tuple[float, float]:
+    """Anti-sun flank shares (:func:`_anti_flank_share`; no unit) under which a top is a
+    barrel (``_BARREL_ANTI_FLANK``) and from which it is none (``_FLAT_ANTI_FLANK``), each
+    NaN (not read) where this sun does not part the shapes it stands between: a Lambertian
+    arched roof (``_ROOF_RADIUS_M``) and a barrel (``_BARREL_RADIUS_M``), ``_ANTI_FLANK_M``
+    off the axis, with ``_SKY_SHARE`` of the light from the sky, unblurred.
+
+    Only the sun's elevation in the plane across the track counts (the flanks' normals lie
+    in it): tan of it is tan(elevation) over |sin| of the angle between the track and the
+    sun's azimuth (NaN azimuth or elevation: both NaN). Under a low sun across the track an
+    arched roof's anti-sun flank is shaded too (0.61 of its crest at 25 degrees, 0.51 at
+    20: review RTYPE of session 34, H2, boxcar roofs typed tank cars under an 18-22 degree
+    sun), so the barrel share is read only where the roof's keeps ``_FLAT_ANTI_FLANK`` or
+    more (about 31 degrees or higher across the track). Under a high sun a barrel's anti-sun
+    flank is lit too (0.54 at 65 degrees, 0.64 at 75), so the flat share is read only where
+    the barrel's keeps under ``_BARREL_ANTI_FLANK`` (up to about 67 degrees).
+    """
+    if azimuth_deg is None or elevation_deg is None:
+        return float("nan"), float("nan")
+    (x0, y0), (x1, y1) = line.coords[0], line.coords[-1]
+    d = np.array([x1 - x0, y1 - y0]) / max(math.hypot(x1 - x0, y1 - y0), 1e-9)
+    az = math.radians(azimuth_deg)
+    across = abs(float(d[0] * math.cos(az) - d[1] * math.sin(az)))
+    cot = across / math.tan(math.radians(min(max(elevation_deg, 1.0), 89.0)))
+
+    def share(radius_m: float) -> float:
+        sn = _ANTI_FLANK_M / radius_m   # sine of the flank's tilt
+        return (1 - _SKY_SHARE) * max(math.sqrt(1.0 - sn ** 2) - sn * cot, 0.0) + _SKY_SHARE
+
+    barrel_max = _BARREL_ANTI_FLANK if share(_ROOF_RADIUS_M) >= _FLAT_ANTI_FLANK else float("nan")
+    flat_min = _FLAT_ANTI_FLANK if share(_BARREL_RADIUS_M) < _BARREL_ANTI_FLANK else float("nan")
+    return barrel_max, flat_min
 
 
 def _sun_asymmetry(strip: Strip, core: slice, sun_left: bool, path: np.ndarray | None,
