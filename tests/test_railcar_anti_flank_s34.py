@@ -274,3 +274,20 @@ def test_the_lit_ground_guard_compares_visible_light():
     before = R._classify(strip, 0, N, 11.5, four, **kw)
     assert before == "gondola"
     assert R._classify(strip, 0, N, 11.5, four, resolution_m=0.75, lit_visible=vis, **kw) == before
+
+
+@pytest.mark.parametrize("res", [0.5, 0.75])
+def test_a_brown_arched_roof_is_not_vetoed_as_a_flat_top(res):
+    # Review RTYPEM H1: a brown (0.1) arched boxcar roof under a 30 degree sun square to
+    # the track glows on its sun half and keeps its far flank light; the veto meant for a
+    # dark load beside lit ground read it as a flat top. Only a top under half the lit
+    # ground's light is vetoed, so the roof is read as the rules without the reading read it.
+    kw = _sun(180.0, 30.0)
+    roof = _barrel(elevation=30.0, albedo=0.1, blur_m=res, radius=4.4, half_width=1.6)
+    limits = R._anti_flank_limits(EAST, 180.0, 30.0)
+    off = (float("nan"), float("nan"))
+    read = R._look(roof, 0, N, LIT_B, resolution_m=res, anti_flank=limits, **kw)
+    assert read != "flat"
+    assert read == R._look(roof, 0, N, LIT_B, resolution_m=res, anti_flank=off, **kw)
+    # The dark load the veto is for is still vetoed.
+    assert R._look(_dark_load(), 0, N, LIT_B, resolution_m=1.0, **_sun(180.0, 45.0)) == "flat"

@@ -3569,11 +3569,16 @@ def _look(strip: Strip, s0: int, s1: int, lit_b: float, *, sun_left: bool | None
     barrel_max, flat_min = (_BARREL_ANTI_FLANK, _FLAT_ANTI_FLANK) if anti_flank is None else anti_flank
     if relief >= _CYLINDER_RELIEF and net.max() - net.min() >= step_min:
         if not np.isfinite(asym) or glowing:
-            if np.isfinite(asym) and anti >= flat_min:
+            if (np.isfinite(asym) and anti >= flat_min and np.isfinite(lit_b)
+                    and net.mean() < 0.5 * (lit_b - (float(np.mean(path)) if path is not None else 0.0))):
                 # A glow without a shaded flank: lit ground blurred into the sun-facing
                 # half of a dark top. Only where the sun shines across the track (asym
                 # read): with the sun along it a barrel's flanks are lit alike, and as
-                # brightly as the ground blurred onto them.
+                # brightly as the ground blurred onto them. Only on a top under half the
+                # lit ground's light (coal, ore; review RTYPEM H1): an arched roof or a
+                # pale barrel with a dark walkway keeps its far flank light too, and is
+                # no flat top (brown boxcar roofs under a 20-35 degree sun became
+                # flatcars, white tank cars with a dark walkway gondolas).
                 return "flat"
             return "cylinder"
         if asym <= 1.0 / glow_min:
