@@ -291,3 +291,32 @@ def test_a_brown_arched_roof_is_not_vetoed_as_a_flat_top(res):
     assert read == R._look(roof, 0, N, LIT_B, resolution_m=res, anti_flank=off, **kw)
     # The dark load the veto is for is still vetoed.
     assert R._look(_dark_load(), 0, N, LIT_B, resolution_m=1.0, **_sun(180.0, 45.0)) == "flat"
+
+
+def test_the_counter_passes_the_flank_limits_down(monkeypatch):
+    """Wiring (review RTYPEM M1): ``count_railcars`` hands each track's sun limits to the
+    classifier (``_split_cars`` defaults to none, which leaves the reading off). On the
+    independent generator's hazy 0.5 m scene of tuning index 54, with the flank glow left
+    unread so that the anti-sun flank types the barrels alone."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from bench_altgen_rail import scene_seed
+    from tests.altgen.railyard import make_railyard, score
+
+    scene = make_railyard(scene_seed(1 * 4 + 1, 54), gsd_m=0.5, condition="hazy")
+    monkeypatch.setattr(R, "_flank_glow", lambda *a, **k: float("nan"))
+
+    def tanks_typed_right():
+        res = R.count_railcars(scene.image, scene.tracks, valid=scene.valid,
+                               sun_azimuth_deg=scene.sun_azimuth_deg, sun_elevation_deg=scene.sun_elevation_deg)
+        sc = score(scene, res)
+        dets = list(res.detections)
+        return sum(sc["truth"][i].counter_type == "tank" and dets[j].type == "tank" for i, j in sc["matched"])
+
+    with_limits = tanks_typed_right()
+    monkeypatch.setattr(R, "_anti_flank_limits", lambda *a, **k: (float("nan"), float("nan")))
+    without = tanks_typed_right()
+    # Measured by the review: 23 tank cars typed tank with the limits passed, 10 without.
+    assert with_limits >= without + 8, (with_limits, without)
