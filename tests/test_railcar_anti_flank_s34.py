@@ -308,12 +308,10 @@ def test_the_counter_passes_the_flank_limits_down(monkeypatch):
     scene = make_railyard(scene_seed(1 * 4 + 1, 54), gsd_m=0.5, condition="hazy")
     monkeypatch.setattr(R, "_flank_glow", lambda *a, **k: float("nan"))
 
+    from tests.test_railcar_flank_s25 import tanks_typed_tank
+
     def tanks_typed_right():
-        res = R.count_railcars(scene.image, scene.tracks, valid=scene.valid,
-                               sun_azimuth_deg=scene.sun_azimuth_deg, sun_elevation_deg=scene.sun_elevation_deg)
-        sc = score(scene, res)
-        dets = list(res.detections)
-        return sum(sc["truth"][i].counter_type == "tank" and dets[j].type == "tank" for i, j in sc["matched"])
+        return tanks_typed_tank(scene, score)
 
     with_limits = tanks_typed_right()
     monkeypatch.setattr(R, "_anti_flank_limits", lambda *a, **k: (float("nan"), float("nan")))

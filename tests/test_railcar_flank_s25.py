@@ -113,6 +113,16 @@ def test_roofs_and_open_cars_do_not_glow_by_their_flanks():
     assert R._look(gondola, 0, N, LIT_B, sun_left=sun_left, shading=half, flank_glow=flank) == "open"
 
 
+def tanks_typed_tank(scene, score) -> int:
+    """Matched true tank cars the counter types tank on an altgen ``scene`` (``score``:
+    tests.altgen.railyard.score)."""
+    res = R.count_railcars(scene.image, scene.tracks, valid=scene.valid,
+                           sun_azimuth_deg=scene.sun_azimuth_deg, sun_elevation_deg=scene.sun_elevation_deg)
+    sc = score(scene, res)
+    dets = list(res.detections)
+    return sum(sc["truth"][i].counter_type == "tank" and dets[j].type == "tank" for i, j in sc["matched"])
+
+
 def test_the_counter_uses_the_flank_reading(monkeypatch):
     """Wiring, on a whole scene of the independent generator (tuning index 54, hazy,
     0.5 m): the counter passes the flank threshold down to the classifier (a review
@@ -128,11 +138,7 @@ def test_the_counter_uses_the_flank_reading(monkeypatch):
     scene = make_railyard(scene_seed(cell, 54), gsd_m=0.5, condition="hazy")
 
     def tanks_typed_right():
-        res = R.count_railcars(scene.image, scene.tracks, valid=scene.valid,
-                               sun_azimuth_deg=scene.sun_azimuth_deg, sun_elevation_deg=scene.sun_elevation_deg)
-        sc = score(scene, res)
-        dets = list(res.detections)
-        return sum(sc["truth"][i].counter_type == "tank" and dets[j].type == "tank" for i, j in sc["matched"])
+        return tanks_typed_tank(scene, score)
 
     # The anti-sun flank's share (session 34, _anti_flank_share) types most of the same
     # barrels on its own: it is left unread in both runs, so the difference is the flank
