@@ -3897,7 +3897,7 @@ def _anti_flank_limits(line: LineString, azimuth_deg: float | None,
     20: review RTYPE of session 34, H2, boxcar roofs typed tank cars under an 18-22 degree
     sun), so the barrel share is read only where the roof's keeps ``_FLAT_ANTI_FLANK`` or
     more (about 31 degrees or higher across the track). Under a high sun a barrel's anti-sun
-    flank is lit too (0.54 at 65 degrees, 0.64 at 75), so the flat share is read only where
+    flank is lit too (0.58 at 65 degrees, 0.67 at 75), so the flat share is read only where
     the barrel's keeps under ``_BARREL_ANTI_FLANK`` (up to about 67 degrees).
     """
     if azimuth_deg is None or elevation_deg is None:
