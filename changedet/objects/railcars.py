@@ -2789,11 +2789,17 @@ def _sun_across(line: LineString, azimuth_deg: float | None, elevation_deg: floa
     unknown or shines within about 12 degrees of the track (no side to speak of)."""
     if azimuth_deg is None or elevation_deg is None:
         return float("nan")
+    across = _across_share(line, azimuth_deg)
+    return across if across >= 0.2 else float("nan")
+
+
+def _across_share(line: LineString, azimuth_deg: float) -> float:
+    """|sin| of the angle between the track (its first to its last point) and the sun's
+    azimuth (degrees clockwise from north)."""
     (x0, y0), (x1, y1) = line.coords[0], line.coords[-1]
     d = np.array([x1 - x0, y1 - y0]) / max(math.hypot(x1 - x0, y1 - y0), 1e-9)
     az = math.radians(azimuth_deg)
-    across = abs(float(d[0] * math.cos(az) - d[1] * math.sin(az)))
-    return across if across >= 0.2 else float("nan")
+    return abs(float(d[0] * math.cos(az) - d[1] * math.sin(az)))
 
 
 def _shadow_across(line: LineString, azimuth_deg: float | None, elevation_deg: float | None) -> float:
@@ -3902,11 +3908,7 @@ def _anti_flank_limits(line: LineString, azimuth_deg: float | None,
     """
     if azimuth_deg is None or elevation_deg is None:
         return float("nan"), float("nan")
-    (x0, y0), (x1, y1) = line.coords[0], line.coords[-1]
-    d = np.array([x1 - x0, y1 - y0]) / max(math.hypot(x1 - x0, y1 - y0), 1e-9)
-    az = math.radians(azimuth_deg)
-    across = abs(float(d[0] * math.cos(az) - d[1] * math.sin(az)))
-    cot = across / math.tan(math.radians(min(max(elevation_deg, 1.0), 89.0)))
+    cot = _across_share(line, azimuth_deg) / math.tan(math.radians(min(max(elevation_deg, 1.0), 89.0)))
 
     def share(radius_m: float) -> float:
         sn = _ANTI_FLANK_M / radius_m   # sine of the flank's tilt
