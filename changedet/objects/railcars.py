@@ -3163,6 +3163,13 @@ def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = floa
     :func:`_anti_flank_share`, at pixels of ``_CREST_BLUR_RES_M`` or coarser; ``anti_flank``
     and ``lit_visible``: see :func:`_look`) is a tank car at any length, whether or not the
     sun-half ratio vets it and however even along.
+
+    A plain or flat top shorter than ``_MIN_LONG_BODY_M`` that the rules above give the
+    gondola class, textured along (from ``_TEXTURED_ALONG``) only by one step near mid-car
+    between two even plateaus and narrower than a walled body where its width is read
+    (:func:`_container_joint`: two 20 ft containers on a flat wagon), is the flatcar class.
+    An even top keeps the rules above: an open wagon's levelled load (trimmed coal, ore,
+    stone, sand) is as even along as a roof sheet.
     """
     look = _look(strip, s0, s1, lit_b, sun_left=sun_left, shading=shading, path=path, flank_glow=flank_glow,
                  resolution_m=resolution_m, anti_flank=anti_flank, lit_visible=lit_visible)
@@ -3254,51 +3261,72 @@ def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = floa
     if look == "open":
         return "gondola"
     if look in ("plain", "flat"):
-        if tall:
-            if look == "flat":
-                # A tall textured top: an open wagon's load or a hopper's hatches, unless
-                # it is even along and a boxcar's length (a cambered roof sheet).
-                return ("boxcar" if body_m >= _MIN_BOXCAR_BODY_M and texture < _EVEN_ALONG
-                        else "gondola")
-            if body_m >= _MIN_BOXCAR_BODY_M:
-                return "boxcar"
-            # A tall even top shorter than a boxcar: a container on a flat wagon, unless
-            # it spans a walled car's full width (a covered hopper's roof, an even load).
-            return ("gondola" if resolution_m <= _MAX_FULL_TOP_RES_M
-                    and _top_width(strip, s0, s1) >= _MIN_FULL_TOP_M else "flatcar")
-        if tall is False:
-            # Lit ground where a walled car's shadow would fall: a deck, a flat wagon.
+        ctype = _short_top(strip, s0, s1, body_m, look, tall, texture, resolution_m)
+        if ctype == "gondola" and texture >= _TEXTURED_ALONG and _container_joint(strip, s0, s1, path):
+            # Textured along by one step at mid-car between two even plateaus, on a top
+            # narrower than a walled body: two 20 ft containers, each one colour, meeting
+            # at the middle of a 13-9004 flat wagon (or a box beside an empty slot's
+            # deck), not an open wagon's heaps or a hopper's hatches, which vary within
+            # each half, nor a single heap's two faces, which span the body's full width
+            # (see _container_joint). An even top is not read as a sheet here: an open
+            # wagon's levelled load is as even along as a boxcar's roof.
             return "flatcar"
-        if look == "plain":
-            # A sheet even to a tenth across: a deck or a container's roof, not an open
-            # wagon's load (heaps, walls) nor a covered hopper's hatches; but a sheet as
-            # wide as a walled or roofed body (3.1-3.3 m) is wider than any flat wagon's
-            # deck (2.87 m) or container (2.44 m): at a boxcar's length a boxcar's roof,
-            # shorter a covered hopper's roof or an open wagon's even load (the gondola
-            # class, as for a tall top above). (Session 22: tuning 0-15 plain short tops
-            # of unread height at 0.3-0.5 m: 60 open wagons and hoppers, 15 flat wagons
-            # read that wide.)
-            # Coarser than _MAX_FULL_TOP_RES_M the width no longer tells a 2.87 m deck
-            # from a 3.1-3.3 m roof, and a sheet even across is a deck, a container's or
-            # a roofed or walled car's roof alike: the commonest car of its length, as
-            # for a textured top below (flat wagons are about 8 % of the 1520 mm fleet).
-            # (Session 31, altgen tuning 100-103 and 0-3 at 0.75-1 m: such tops were 110
-            # hoppers, boxcars and open wagons against 11 flat wagons.)
-            if (resolution_m > _MAX_FULL_TOP_RES_M
-                    or resolution_m <= _MAX_FULL_TOP_RES_M and _top_width(strip, s0, s1) >= _MIN_FULL_TOP_M):
-                return "boxcar" if body_m >= _MIN_BOXCAR_BODY_M else "gondola"
-            return "flatcar"
-        # A textured flat top of unread height (the sun's geometry puts the shadow band
-        # out of reach, or another track's cars stand in it): the commonest car of that
-        # length. Open wagons and hoppers are about 60 % of the 1520 mm freight fleet
-        # against 8 % for flat wagons; a body of a boxcar's length (11-217: 14.2 m) is a
-        # boxcar or a covered hopper more often than a 13-401 flat wagon; one textured
-        # along its length (hatches, end bays) is a covered hopper (the gondola class).
-        # (Texture unread, NaN: a sample masked, the length decides as before.)
-        if body_m >= _MIN_BOXCAR_BODY_M and not texture >= _TEXTURED_ALONG:
-            return "boxcar"
-        return "gondola"
+        return ctype
     return "tank" if body_m < 12.7 else "flatcar"
+
+
+def _short_top(strip: Strip, s0: int, s1: int, body_m: float, look: str, tall: bool | None, texture: float,
+               resolution_m: float) -> str:
+    """Class of a plain or flat (``look``) top shorter than ``_MIN_LONG_BODY_M`` between
+    samples ``s0`` and ``s1``, from its height (``tall``: True walls or a roof, False no
+    walls, None unread), length (``body_m``, m), width (:func:`_top_width`, read where the
+    pixel size ``resolution_m`` (m) is ``_MAX_FULL_TOP_RES_M`` or finer) and texture along
+    (``texture``, no unit, :func:`_along_texture`): the rules of :func:`_classify` for the
+    shorter cars, before the container-joint check (:func:`_container_joint`)."""
+    if tall:
+        if look == "flat":
+            # A tall textured top: an open wagon's load or a hopper's hatches, unless
+            # it is even along and a boxcar's length (a cambered roof sheet).
+            return ("boxcar" if body_m >= _MIN_BOXCAR_BODY_M and texture < _EVEN_ALONG
+                    else "gondola")
+        if body_m >= _MIN_BOXCAR_BODY_M:
+            return "boxcar"
+        # A tall even top shorter than a boxcar: a container on a flat wagon, unless
+        # it spans a walled car's full width (a covered hopper's roof, an even load).
+        return ("gondola" if resolution_m <= _MAX_FULL_TOP_RES_M
+                and _top_width(strip, s0, s1) >= _MIN_FULL_TOP_M else "flatcar")
+    if tall is False:
+        # Lit ground where a walled car's shadow would fall: a deck, a flat wagon.
+        return "flatcar"
+    if look == "plain":
+        # A sheet even to a tenth across: a deck or a container's roof, not an open
+        # wagon's load (heaps, walls) nor a covered hopper's hatches; but a sheet as
+        # wide as a walled or roofed body (3.1-3.3 m) is wider than any flat wagon's
+        # deck (2.87 m) or container (2.44 m): at a boxcar's length a boxcar's roof,
+        # shorter a covered hopper's roof or an open wagon's even load (the gondola
+        # class, as for a tall top above). (Session 22: tuning 0-15 plain short tops
+        # of unread height at 0.3-0.5 m: 60 open wagons and hoppers, 15 flat wagons
+        # read that wide.)
+        # Coarser than _MAX_FULL_TOP_RES_M the width no longer tells a 2.87 m deck
+        # from a 3.1-3.3 m roof, and a sheet even across is a deck, a container's or
+        # a roofed or walled car's roof alike: the commonest car of its length, as
+        # for a textured top below (flat wagons are about 8 % of the 1520 mm fleet).
+        # (Session 31, altgen tuning 100-103 and 0-3 at 0.75-1 m: such tops were 110
+        # hoppers, boxcars and open wagons against 11 flat wagons.)
+        if (resolution_m > _MAX_FULL_TOP_RES_M
+                or resolution_m <= _MAX_FULL_TOP_RES_M and _top_width(strip, s0, s1) >= _MIN_FULL_TOP_M):
+            return "boxcar" if body_m >= _MIN_BOXCAR_BODY_M else "gondola"
+        return "flatcar"
+    # A textured flat top of unread height (the sun's geometry puts the shadow band
+    # out of reach, or another track's cars stand in it): the commonest car of that
+    # length. Open wagons and hoppers are about 60 % of the 1520 mm freight fleet
+    # against 8 % for flat wagons; a body of a boxcar's length (11-217: 14.2 m) is a
+    # boxcar or a covered hopper more often than a 13-401 flat wagon; one textured
+    # along its length (hatches, end bays) is a covered hopper (the gondola class).
+    # (Texture unread, NaN: a sample masked, the length decides as before.)
+    if body_m >= _MIN_BOXCAR_BODY_M and not texture >= _TEXTURED_ALONG:
+        return "boxcar"
+    return "gondola"
 
 
 # Brightness variation along the top (standard deviation over mean, above the path
@@ -3344,15 +3372,33 @@ def _along_texture(strip: Strip, s0: int, s1: int, path: np.ndarray | None = Non
     loading hatches (round or a trough) and sloped end bays, an open wagon's load its
     heaps, a locomotive's roof its fans, exhausts and cab.
     """
+    core, _ = _along_core(strip, s0, s1, path)
+    if core is None or core.size < 6:
+        return float("nan")
+    mean = float(core.mean())
+    if not mean > 0:
+        return float("nan")
+    return float(core.std() / mean)
+
+
+def _along_core(strip: Strip, s0: int, s1: int,
+                path: np.ndarray | None = None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The top's brightness along the car that :func:`_along_texture` reads: within 1 m of
+    the centreline, above the path radiance ``path`` (reflectance units), smoothed over
+    ``_ALONG_SMOOTH_M``, over the middle two thirds of the body between samples ``s0``
+    and ``s1``, less the samples within ``_CROSSING_REACH_M`` of a shadow crossing the
+    track. Returns the brightness and each value's sample index from ``s0``; (None, None)
+    where fewer than 6 samples span the body or any on the top is not finite.
+    """
     n = s1 - s0
     if n < 6:
-        return float("nan")
+        return None, None
     v = strip.values[:3][:, :, s0:s1]
     if path is not None:
         v = v - np.asarray(path[:3], v.dtype)[:, None, None]
     b = quiet_nanmean(v[:, np.abs(strip.across_m) <= 1.0], axis=(0, 1))
     if not np.all(np.isfinite(b)):
-        return float("nan")
+        return None, None
     k = max(1, int(round(_ALONG_SMOOTH_M / strip.step_m)))
     smooth = ndimage.uniform_filter1d(b.astype("float64"), k, mode="nearest")
     # A shadow crossing the track darkens the ground beside the car too, at the same
@@ -3373,13 +3419,64 @@ def _along_texture(strip: Strip, s0: int, s1: int, path: np.ndarray | None = Non
         crossing |= ok & (g < _CROSSING_DIP * med)
     if crossing.any():
         crossing = ndimage.binary_dilation(crossing, iterations=max(1, int(round(_CROSSING_REACH_M / strip.step_m))))
-    core = smooth[n // 6:n - n // 6][~crossing[n // 6:n - n // 6]]
-    if core.size < 6:
-        return float("nan")
-    mean = float(core.mean())
-    if not mean > 0:
-        return float("nan")
-    return float(core.std() / mean)
+    keep = ~crossing[n // 6:n - n // 6]
+    return smooth[n // 6:n - n // 6][keep], np.arange(n // 6, n - n // 6)[keep]
+
+
+# Two 20 ft ISO containers (6.06 m) on a 13-9004 flat wagon (12.6 m body) meet 6.5 m from
+# its end, at 0.52 of the body (either end first: 0.48-0.52); a cut misplaced by up to
+# 1.5 m moves that by 0.12 of the body. The span is taken about mid-car.
+_JOINT_SPAN = (0.38, 0.62)
+# Most the along-track brightness may vary about its best two-plateau fit, as a share of
+# its variation about its mean, for the top to be read as two even boxes: the step then
+# explains nine tenths of its variance (altgen tuning 100-103, flat or plain tops textured
+# along, median by GSD: container wagons 0.28-0.41, open wagons' heaps 0.81-0.86, hoppers'
+# hatches and end bays 0.44-0.67).
+_JOINT_RESIDUAL_SHARE = 0.35
+
+
+def _container_joint(strip: Strip, s0: int, s1: int, path: np.ndarray | None = None) -> bool:
+    """Whether the top between samples ``s0`` and ``s1`` is two even plateaus along the car
+    meeting near its middle (``_JOINT_SPAN`` of the body) on a top narrower than a walled
+    body: two 20 ft containers of their own colours on a flat wagon, or a box beside an
+    empty slot's deck.
+
+    The brightness along the car is read as :func:`_along_texture` reads it
+    (:func:`_along_core`: above the path radiance ``path``, smoothed over
+    ``_ALONG_SMOOTH_M``, middle two thirds of the body, a shadow crossing the track masked
+    out); its best fit by two levels (one step) must leave under ``_JOINT_RESIDUAL_SHARE``
+    of its standard deviation. An open wagon's heaps (2-4 along the car) and a covered
+    hopper's four hatches and sloped end bays vary within each half and leave more. A
+    single conical heap with the sun along the track shows two faces, lit and shaded,
+    meeting at mid-car, as one step would; but it spans the walled body's full width
+    (3.1-3.3 m), so where the top's width (:func:`_top_width`, m) is read it must be
+    under ``_MAX_JOINT_WIDTH_M``. False where the body spans fewer than 12 samples or
+    fewer than 5 are read.
+    """
+    if s1 - s0 < 12:
+        return False
+    width = _top_width(strip, s0, s1)
+    if np.isfinite(width) and width >= _MAX_JOINT_WIDTH_M:
+        return False
+    core, idx = _along_core(strip, s0, s1, path)
+    if core is None or core.size < 5:
+        return False
+    m = core.size
+    sd = float(core.std())
+    if not sd > 0:
+        return False
+    # Residual sum of squares of a two-level fit split before each read sample j, two or
+    # more samples on either side.
+    c1 = np.cumsum(core)
+    c2 = np.cumsum(core ** 2)
+    j = np.arange(2, m - 1)
+    left = c2[j - 1] - c1[j - 1] ** 2 / j
+    right = (c2[-1] - c2[j - 1]) - (c1[-1] - c1[j - 1]) ** 2 / (m - j)
+    rss = left + right
+    best = int(np.argmin(rss))
+    residual = float(np.sqrt(max(rss[best], 0.0) / m))
+    where = idx[j[best]] / (s1 - s0)
+    return residual < _JOINT_RESIDUAL_SHARE * sd and _JOINT_SPAN[0] <= where <= _JOINT_SPAN[1]
 
 
 # Width (m) of a top read as an ISO container's (2.44 m) with blur and sampling; car
@@ -3410,6 +3507,14 @@ _MAX_SHOULDER_STEP = 0.5
 # deck and the narrowest full-width top (3.1 m), nearer the deck: altgen tuning boxcar
 # roofs read 2.97-3.4 m at 0.3-0.75 m pixels (a few 2.5-2.8 m at 1 m), decks 2.7-2.9 m.
 _MIN_FULL_TOP_M = 2.95
+# Least top width (m, :func:`_top_width`) at which a step at mid-car is not read as two
+# containers' joint (:func:`_container_joint`): ISO containers are 2.44 m wide and read
+# 2.5-2.75 m at 1 m pixels (altgen tuning 100-103), while an open wagon's load or a
+# hopper's roof spans its 3.1-3.3 m body (roofs read 2.63-3.04 m at 1 m there, a blurred
+# dark load 2.68-2.84 m; 3.0-3.3 m at 0.3-0.5 m). At 1 m the two overlap by a tenth of a
+# metre: the gate drops only the clearly full-width tops (a single heap's two faces, lit
+# and shaded, make such a step), and the step's shape decides the rest.
+_MAX_JOINT_WIDTH_M = 2.75
 
 
 def _shoulder_step(strip: Strip, s0: int, s1: int) -> float:
