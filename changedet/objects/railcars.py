@@ -31,6 +31,18 @@ wagon's deck shades the ground (under a high sun) is a car. Along the car, a box
 roof is one even sheet; a covered hopper's hatches and end bays, an open wagon's heaped
 load and a locomotive's fans make the top vary.
 
+A track is read in one direction whatever end its centreline was drawn from (towards
+the image grid's north, its CRS's +y, not true north; eastwards on a line exactly along
+the grid's x): the strip's samples, the side read as the sun's and the cutting of runs
+into cars all follow the reading direction, so a line and its reverse give the same
+cars and types, optical and radar alike. What is measured along a track
+(``unobserved_runs_m``) is given along the line as drawn, clipped to the line (0 to its
+length: a per-feature value at a line's end may differ from session 34's by up to a
+step). The counter itself is not mirror-symmetric: a track within a few degrees of the
+grid's east-west may be read the other way after a tiny redraw or a change of CRS (grid
+convergence: about +1.1 deg in UTM zone 52 and -3.0 deg in zone 53 at Tumangang), and
+its count can then move by several cars (review RRDIR M1: up to 8 on an altgen yard).
+
 Typing assumes the 1520 mm-gauge freight fleet (Russia, the CIS, the Baltic states,
 Mongolia, Finland's 1524 mm): its car lengths (no boxcar or open wagon of 18 m or
 more, tank barrels up to 15.5 m) and its fleet shares (open wagons and hoppers about
@@ -166,11 +178,68 @@ def count_railcars(
     tracks = _centrelines(tracks)
     if radar_bands(image):
         # Sentinel-1 backscatter: the radar estimate (occupied length from integrated
-        # backscatter); the sun plays no part.
-        return count_railcars_sar(image, tracks, valid=valid)
+        # backscatter); the sun plays no part. Read in the same direction as the optical
+        # counter (see _reads_reversed): its along-track sampling starts at the line's
+        # start too (review RRDIR M2: tuning scenes moved by up to 4.3 cars with the
+        # drawing). It reports no along-track positions, so nothing is mapped back.
+        return count_railcars_sar(image, {tid: _read_way(line) for tid, line in tracks.items()}, valid=valid)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         return _count_railcars(image, tracks, valid=valid, sun_azimuth_deg=sun_azimuth_deg,
                                sun_elevation_deg=sun_elevation_deg, min_contrast=min_contrast)
+
+
+def _reads_reversed(line: LineString) -> bool:
+    """Whether ``line`` is read from its last point to its first: every track is read in
+    a direction fixed by its geometry, not by the end it was drawn from.
+
+    Towards the image grid's north (the CRS's +y, not true north), eastwards (+x) on a
+    line whose ends lie exactly on one grid row: the direction in which every reading and
+    threshold of this counter was measured and tuned (the altgen yards of
+    ``bench/bench_altgen_rail.py`` draw every track heading north of east-west, in a
+    north-up UTM grid of the northern hemisphere, under a sun anywhere in the southern half
+    of the sky, so the sun lies on either side of the tracks as read, as before). In the
+    southern hemisphere, or in a grid whose +y is not north (polar stereographic), the
+    grid-northward reading is not that tuned configuration (already so in session 34).
+    The direction is fixed by the grid, not by the sun, so a track is read the same way
+    on every date (the pipeline reprojects the tracks into the AOI grid's CRS): a rule
+    against the sun would flip with the season and the pass time, a change no car made,
+    and measured no better over three tuning slices (session 35, RDIR).
+    The rule is discontinuous at east-west: a line within a few degrees of the grid's x
+    axis may be read the other way after re-digitising or reprojection to another CRS
+    (grid convergence of 1-3 deg), with other cars. After reprojection ``dy`` is hardly
+    ever exactly 0, so the eastwards branch is for lines drawn on the grid itself.
+    A closed line's ends are one point: its two orientations are compared as vertex
+    sequences, so it is read in the orientation whose second vertex sorts first (a loop
+    drawn from another start vertex may be read the other way round). A line split into
+    parts is read part by part (a curved track's parts may be read in opposite
+    directions).
+    """
+    (x0, y0), (x1, y1) = line.coords[0][:2], line.coords[-1][:2]
+    # Exact under reversal: swapping the ends negates dx and dy, so both drawings of a line
+    # pick the same direction.
+    dx, dy = x1 - x0, y1 - y0
+    if dy != 0.0:
+        return dy < 0
+    if dx != 0.0:
+        return dx < 0
+    coords = [tuple(c) for c in line.coords]
+    return coords[::-1] < coords
+
+
+def _read_way(line):
+    """``line`` in the direction it is read in (see :func:`_reads_reversed`); anything
+    that is not a non-empty line is returned as it is (``check_features`` names it)."""
+    if not isinstance(line, LineString) or line.is_empty:
+        return line
+    return line.reverse() if _reads_reversed(line) else line
+
+
+def _along_drawn(spans: list[tuple[float, float]], length_m: float, flipped: bool) -> list[list[float]]:
+    """Stretches ``(start, end)`` in metres along a track as read, in metres along the
+    track as drawn (from its first point), rounded to 0.1 m and kept on the line."""
+    if flipped:
+        spans = [(length_m - b, length_m - a) for a, b in spans[::-1]]
+    return [[round(max(a, 0.0), 1), round(min(b, length_m), 1)] for a, b in spans]
 
 
 def _centrelines(tracks: Mapping[str, LineString]) -> dict[str, LineString]:
@@ -209,6 +278,14 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
             f"length over a mean car pitch of {MEAN_PITCH_M:g} m, with an uncertainty) needs "
             f"{MEDIUM_MAX_RES_M:g} m or finer")
     check_features(tracks, grid, what="track")
+    # An analyst draws a centreline from either end; the strip's across-track samples, its
+    # along-track phase, the side read as the sun's and the cutting of runs into cars all
+    # follow the line's direction, so each track is read in one direction fixed by the
+    # geometry (see _reads_reversed) and its along-track results are mapped back to the
+    # line as drawn: the same cars, types and stretches whichever end it was drawn from.
+    drawn = tracks
+    flipped = {tid: _reads_reversed(line) for tid, line in tracks.items()}
+    tracks = {tid: line.reverse() if flipped[tid] else line for tid, line in tracks.items()}
     pix = bgrn(image)
     if valid is not None:
         pix = np.where(np.asarray(valid.values, bool)[None], pix, np.nan)
@@ -412,15 +489,16 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
                                path=path, resolution_m=grid.resolution, empty=seen_empty.get(tid),
                                shadows_shown=shown, shadow=refs["shadow"], recorded=recorded.get(tid))
             by_type: dict[str, int] = {}
-            for a, b, ctype, score in cars:
+            # Listed from the drawn line's start.
+            for a, b, ctype, score in (cars[::-1] if flipped[tid] else cars):
                 by_type[ctype] = by_type.get(ctype, 0) + 1
                 detections.append(_detection(strip, a, b, ctype, score, tid))
             per_feature.append({"id": tid, "count": len(cars), "by_type": by_type,
                                 "observed_fraction": round(float(seen.mean()) if seen.size else 0.0, 4),
                                 "unobserved_m": round(float((~seen).sum() * strip.step_m), 1),
-                                "unobserved_runs_m": [[round(float(strip.along_m[a]), 1),
-                                                       round(float(strip.along_m[b - 1] + strip.step_m), 1)]
-                                                      for a, b in runs(~seen)]})
+                                "unobserved_runs_m": _along_drawn(
+                                    [(float(strip.along_m[a]), float(strip.along_m[b - 1] + strip.step_m))
+                                     for a, b in runs(~seen)], drawn[tid].length, flipped[tid])})
         else:
             occupied_m = float(occ.sum() * strip.step_m)
             n = occupied_m / MEAN_PITCH_M
@@ -2120,7 +2198,8 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
     bool; None: nowhere) is where the centreline lies on the image's own data
     (:func:`_recorded_along`): an unobserved stretch running to the strip's end whose
     first ``_WIDE_STRETCH_M`` lie there is the image's mask, and its length counts (see
-    :func:`_hidden_run_m`).
+    :func:`_hidden_run_m`). Two cars placed into one unobserved stretch from its two sides
+    must fit there with a coupler gap between them (:func:`_without_overlapping_cut_cars`).
     """
     step = strip.step_m
     # The anti-sun flank's light is visible light: so is the lit ground it is held against
@@ -2156,6 +2235,8 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
     if sun_left is not None and np.isfinite(ground_sd):
         dark &= _sun_side_glow(strip, sun_left, ground_sd, int(1.0 / step) | 1)
     cars = []
+    # Per car: (reaches into a stretch at its start, at its end, length seen in m).
+    cut_seen = []
     n_all = occ.size
     tol = max(1, int(round(_GAP_EDGE_M / step)))
     for a, b in runs(occ):
@@ -2207,6 +2288,7 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
                 if cut_b:
                     b_m = (b + int(np.argmax(~seen[b:b + tol]))) * step
                 body = b_m - a_m
+                shown_m = body
                 look = _look(strip, s0, s1, float(quiet_nanmean(lit)), sun_left=sun_left, shading=shading, path=path,
                              flank_glow=flank_glow, resolution_m=resolution_m, anti_flank=anti_flank,
                              lit_visible=lit_visible)
@@ -2252,7 +2334,47 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
                 continue
             score = float(np.clip(0.5 + 0.5 * min(1.0, body / 11.0), 0, 1))
             cars.append((a_m, b_m, ctype, score))
-    return cars
+            cut_seen.append((cut_a, cut_b, shown_m if (cut_a or cut_b) else b_m - a_m))
+    return _without_overlapping_cut_cars(cars, cut_seen)
+
+
+def _without_overlapping_cut_cars(cars: list[tuple[float, float, str, float]],
+                                  cut_seen: list[tuple[bool, bool, float]]) -> list[tuple[float, float, str, float]]:
+    """``cars`` without the shorter-seen of two cars placed into one unobserved stretch
+    from its two sides that would overlap.
+
+    A car cut by an unobserved stretch is placed at its type's full length into it (see
+    :func:`_split_cars`). Two cars met from the stretch's two sides both stand there only
+    if their bodies fit with a coupler gap between them: seen lengths ``v1``, ``v2`` (m)
+    either side of a stretch ``g`` long need ``v1 + g + v2 >= L1 + L2 + GAP_M``. Where
+    they do not, the two pieces are at most one car's worth of track (one car cut in its
+    middle, or a stretch of shadowed ground read as two car ends, review RRDIR H1: two
+    cars overlapping by 6.1 m): the one seen over the longer length is kept.
+
+    Parameters
+    ----------
+    cars : list of (start_m, end_m, type, score)
+        Cars in along-track order (m along the strip).
+    cut_seen : list of (bool, bool, float)
+        Per car: whether it reaches into an unobserved stretch at its start and at its
+        end, and the length (m) of it that was seen.
+
+    Returns
+    -------
+    list of (start_m, end_m, type, score)
+        ``cars`` in the same order, less the dropped ones.
+    """
+    keep = [True] * len(cars)
+    for i in range(len(cars) - 1):
+        j = i + 1
+        if not (keep[i] and cut_seen[i][1] and cut_seen[j][0]):
+            continue
+        if cars[i][1] + GAP_M <= cars[j][0]:
+            continue
+        # Equal seen lengths: the earlier car is kept (every track is read one way,
+        # see _reads_reversed, so the choice does not depend on the drawing).
+        keep[i if cut_seen[i][2] < cut_seen[j][2] else j] = False
+    return [car for car, k in zip(cars, keep) if k]
 
 
 # The lowest car standing on a track: a bare flat wagon (13-401: deck 1.3 m above the
