@@ -127,12 +127,15 @@ _END = [(3, 0.3, "T3", 125.43), (1, 0.75, "T4", 206.26)]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("reverse", [False, True], ids=["cloud_at_start", "cloud_at_end"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["drawn_forward", "drawn_reversed"])
 @pytest.mark.parametrize("seed,gsd,track,u0", _START)
 def test_car_cut_by_a_cloud_from_the_yards_start_is_counted(seed, gsd, track, u0, reverse):
     # The cloud covers the yard from its start to 7.5 m (plus the edge the counter leaves
-    # out) before the car's far end: drawn forward it meets the strip's start, reversed
-    # its end, so both sides of the rule are checked on the same car and cloud.
+    # out) before the car's far end. Session 34 drew the line both ways to check the rule
+    # at the strip's start and at its end; since session 35 a track is read in one
+    # direction whichever end it was drawn from (railcars._reads_reversed), so both
+    # drawings read the cut at the strip's start, and the reversed one checks that the
+    # drawing does not matter.
     scene = make_railyard(seed, gsd_m=gsd, condition="clear")
     car = _car(scene, track, u0)
     res, tracks = _count(scene, scene.image, _u(scene) >= car.u1_m - 7.5 - CLOUD_EDGE_M, reverse=reverse)
@@ -148,7 +151,7 @@ def test_car_cut_by_a_cloud_from_the_yards_start_is_counted(seed, gsd, track, u0
 # RPCLOUD2, M3). Reading a cut car's part at the strip's start as at its end is not
 # established by this: a yard clouded at its southern end is still read with the cut at
 # the strip's start.
-@pytest.mark.parametrize("reverse", [False, True], ids=["cloud_at_end", "cloud_at_start"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["drawn_forward", "drawn_reversed"])
 @pytest.mark.parametrize("seed,gsd,track,u0", _END)
 def test_car_cut_by_a_cloud_to_the_yards_end_is_counted(seed, gsd, track, u0, reverse):
     scene = make_railyard(seed, gsd_m=gsd, condition="clear")
