@@ -478,7 +478,7 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
         total_obs += seen.sum() * strip.step_m
         total_len += seen.size * strip.step_m
         if vhr:
-            cars = _split_cars(strip, occ, seen, refs["lit_sd"], refs["lit"], sun_left=sun_left,
+            cars = _split_cars(strip, occ, seen, refs["lit_sd"], refs["lit"], sun_left=sun_left, provenance=True,
                                ground_sd=float(quiet_nanmean(refs["shadow_sd"])),
                                shadow_reach_m=_shadow_reach(tracks[tid], sun_azimuth_deg, sun_elevation_deg),
                                shadow_across_m=_shadow_across(tracks[tid], sun_azimuth_deg, sun_elevation_deg),
@@ -490,9 +490,9 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
                                shadows_shown=shown, shadow=refs["shadow"], recorded=recorded.get(tid))
             by_type: dict[str, int] = {}
             # Listed from the drawn line's start.
-            for a, b, ctype, score in (cars[::-1] if flipped[tid] else cars):
+            for a, b, ctype, score, type_from in (cars[::-1] if flipped[tid] else cars):
                 by_type[ctype] = by_type.get(ctype, 0) + 1
-                detections.append(_detection(strip, a, b, ctype, score, tid))
+                detections.append(_detection(strip, a, b, ctype, score, tid, type_from))
             per_feature.append({"id": tid, "count": len(cars), "by_type": by_type,
                                 "observed_fraction": round(float(seen.mean()) if seen.size else 0.0, 4),
                                 "unobserved_m": round(float((~seen).sum() * strip.step_m), 1),
@@ -2164,8 +2164,11 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
                 shadow: np.ndarray | None = None,
                 flank_glow: float = float("nan"),
                 anti_flank: tuple[float, float] = (float("nan"), float("nan")),
-                recorded: np.ndarray | None = None) -> list[tuple[float, float, str, float]]:
-    """Cut occupied runs into cars: (start_m, end_m, type, score) per car.
+                recorded: np.ndarray | None = None,
+                provenance: bool = False) -> list[tuple]:
+    """Cut occupied runs into cars: (start_m, end_m, type, score) per car; with
+    ``provenance``, (start_m, end_m, type, score, type_from), ``type_from`` "neighbours"
+    where the class is its coupled neighbours' (:func:`_block_types`), else "image".
 
     A cut is where a gap shows (:func:`_gap_evidence`) on the body's middle and, at least
     ``_GAP_SHOULDER_SHARE`` as strongly, on the mean of its shoulder rows (1.0-1.45 m off
@@ -2200,6 +2203,9 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
     first ``_WIDE_STRETCH_M`` lie there is the image's mask, and its length counts (see
     :func:`_hidden_run_m`). Two cars placed into one unobserved stretch from its two sides
     must fit there with a coupler gap between them (:func:`_without_overlapping_cut_cars`).
+    A lone car typed only by a fallback rule of :func:`_classify_rule` (``_WEAK_RULES``)
+    between two coupled cars of one class takes their class (:func:`_block_types`), after
+    the double counts are dropped (a dropped car does not vote).
     """
     step = strip.step_m
     # The anti-sun flank's light is visible light: so is the lit ground it is held against
@@ -2235,6 +2241,8 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
     if sun_left is not None and np.isfinite(ground_sd):
         dark &= _sun_side_glow(strip, sun_left, ground_sd, int(1.0 / step) | 1)
     cars = []
+    # Per car: whether its class came from a fallback rule (_WEAK_RULES; see _block_types).
+    weak = []
     # Per car: (reaches into a stretch at its start, at its end, length seen in m).
     cut_seen = []
     n_all = occ.size
@@ -2269,9 +2277,10 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
             tall = (_tall(wide, s0, s1, sun_left, shadow_across_m, blur_m=blur_m, path=path,
                           lit_ground=lit, empty=empty)
                     if sun_left is not None and wide is not None else None)
-            ctype = _classify(strip, s0, s1, body, float(quiet_nanmean(lit)), tall=tall, sun_left=sun_left,
-                              shading=shading, path=path, resolution_m=resolution_m, flank_glow=flank_glow,
-                              anti_flank=anti_flank, lit_visible=lit_visible)
+            ctype, rule = _classify_rule(strip, s0, s1, body, float(quiet_nanmean(lit)), tall=tall,
+                                         sun_left=sun_left, shading=shading, path=path,
+                                         resolution_m=resolution_m, flank_glow=flank_glow,
+                                         anti_flank=anti_flank, lit_visible=lit_visible)
             a_m = s0 * step + (GAP_M / 2 if s0 != a else 0)
             b_m = s1 * step - (GAP_M / 2 if s1 != b else 0)
             cut_a, cut_b = open_a and s0 == a, open_b and s1 == b
@@ -2319,7 +2328,7 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
                 if look == "plain":
                     # Length cannot tell a boxcar from a flatcar here; a top plain to a
                     # tenth is a roof sheet (a flatcar's deck or load shows its edges).
-                    ctype = "boxcar"
+                    ctype, rule = "boxcar", "roof_sheet"
                 full = CAR_LENGTHS_M[ctype]
                 if body < full and not (cut_a and cut_b):
                     # The hidden end is placed at the car's length.
@@ -2334,8 +2343,91 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
                 continue
             score = float(np.clip(0.5 + 0.5 * min(1.0, body / 11.0), 0, 1))
             cars.append((a_m, b_m, ctype, score))
+            weak.append(rule in _WEAK_RULES)
             cut_seen.append((cut_a, cut_b, shown_m if (cut_a or cut_b) else b_m - a_m))
-    return _without_overlapping_cut_cars(cars, cut_seen)
+    # Double counts go first: a car dropped as the other half of a cut car must not vote.
+    kept = [car[4] for car in _without_overlapping_cut_cars([c + (k,) for k, c in enumerate(cars)], cut_seen)]
+    typed, from_neighbours = _block_types([cars[k] for k in kept], [weak[k] for k in kept])
+    if not provenance:
+        return typed
+    return [car + ("neighbours" if f else "image",) for car, f in zip(typed, from_neighbours)]
+
+
+# Widest gap (m) between two detected bodies read as coupled in one train: coupled bodies
+# stand 1.0-1.3 m apart (couplers and buffers, GAP_M), and each end read may be off by
+# about half a pixel of blur (up to 0.5 m at 1 m pixels); uncoupled cars stand apart.
+_COUPLED_GAP_M = 2.0
+
+
+# Rules of _classify_rule (tags) that give a class without reading it from the image:
+# the commonest car of a length on 1520 mm gauge with the height unread (the shadow band
+# out of reach or under another track's cars). "short_plain_by_length": an even sheet
+# shorter than a boxcar at pixels coarser than _MAX_FULL_TOP_RES_M, where half a pixel
+# (0.25-0.5 m) is as much as the gap between a 2.87 m deck and a 3.1-3.3 m roof;
+# "short_flat_by_length", "long_flat_by_length": a top with relief across typed by its
+# length and texture along (a cut misplaced by a metre or two moves it across the length
+# rules, and hoppers' and locomotives' tops overlap in texture along); "no_look": samples
+# not finite. Every other rule reads the class from what the image shows (a measured top
+# width at 0.3-0.5 m pixels, an ISO container's 2.44 m width, the joint between two
+# containers, an open car seen into, a barrel, a height from the shadow, a roof sheet of
+# a boxcar's length) and is never overridden by the neighbours.
+_WEAK_RULES = frozenset({"short_plain_by_length", "short_flat_by_length", "long_flat_by_length", "no_look"})
+
+
+def _block_types(cars: list[tuple], weak: list[bool] | None = None) -> tuple[list[tuple], list[bool]]:
+    """``cars`` with a lone car typed unlike both its coupled neighbours, which agree,
+    given their class, where its own class came from a fallback rule (``weak``, per car:
+    its :func:`_classify_rule` tag in ``_WEAK_RULES``; None: every car).
+
+    Freight trains on 1520 mm gauge run largely as blocks or whole trains of one car type
+    (unit trains of tank cars, of open wagons for coal and ore, of hoppers, of container
+    flats), so a car between two coupled cars of one class is of that class far more
+    often than a single car of another type marshalled into the block. Its own look
+    misleads most where the rules of :func:`_classify_rule` fall back on the commonest car
+    of a length: a cut misplaced by a metre or two (a boxcar read 12-13 m long, the
+    gondola class), a height unread at 0.75-1 m pixels. Only a car with a coupled
+    neighbour on both sides (bodies within ``_COUPLED_GAP_M``) is changed, and only where
+    the two neighbours agree: a block's end car and a car standing alone keep their own
+    class. The neighbours' classes are the ones read before any change, and a car next to
+    another such lone car keeps its class: a run alternating between two classes (a mixed
+    train, or one whose cuts read every other car wrong) is no block with one odd car in
+    it, and says nothing about which read is right.
+
+    A locomotive is never changed, nor does a pair of locomotives make a block: a
+    mid-train helper or distributed-power unit, a banker behind a loaded train or a
+    locomotive run round on a yard track stands between cars of one class, and is the
+    class an analyst reads as a train about to move. A car whose class was read from
+    what the image shows (any rule outside ``_WEAK_RULES``) keeps it: mixed trains exist
+    (a classification yard's tracks are sorted by destination, not by type), and there a
+    car's own read is right where its neighbours' agreement is not evidence.
+
+    Parameters
+    ----------
+    cars : list of (start_m, end_m, type, score, ...)
+        Cars in along-track order (m along the strip); further elements are kept.
+    weak : list of bool, optional
+        Per car, whether its class came from a fallback rule (``_WEAK_RULES``).
+
+    Returns
+    -------
+    cars : list of tuple
+        The same cars, in the same order and of the same shape, with their classes.
+    from_neighbours : list of bool
+        Per car, whether its class is its neighbours' (changed here).
+    """
+    if weak is None:
+        weak = [True] * len(cars)
+    lone = [0 < k < len(cars) - 1
+            and cars[k - 1][2] == cars[k + 1][2] != cars[k][2]
+            and cars[k][0] - cars[k - 1][1] <= _COUPLED_GAP_M
+            and cars[k + 1][0] - cars[k][1] <= _COUPLED_GAP_M for k in range(len(cars))]
+    out, changed = list(cars), [False] * len(cars)
+    for k, car in enumerate(cars):
+        if (lone[k] and weak[k] and not lone[k - 1] and not lone[k + 1]
+                and "locomotive" not in (car[2], cars[k - 1][2])):
+            out[k] = car[:2] + (cars[k - 1][2],) + car[3:]
+            changed[k] = True
+    return out, changed
 
 
 def _without_overlapping_cut_cars(cars: list[tuple[float, float, str, float]],
@@ -3224,13 +3316,20 @@ _MIN_LOCOMOTIVE_BODY_M = 16.9
 _MIN_LONG_BODY_M = 14.8
 
 
-def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = float("nan"), *,
+def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = float("nan"), **kw) -> str:
+    """Type of the body between samples ``s0`` and ``s1`` (``body_m`` long, m): the class
+    of :func:`_classify_rule`, which documents the rules and the keywords ``kw``."""
+    return _classify_rule(strip, s0, s1, body_m, lit_b, **kw)[0]
+
+
+def _classify_rule(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = float("nan"), *,
               tall: bool | None = None, sun_left: bool | None = None, shading: float = float("nan"),
               path: np.ndarray | None = None, resolution_m: float = float("nan"),
               flank_glow: float = float("nan"),
               anti_flank: tuple[float, float] | None = None,
-              lit_visible: float | None = None) -> str:
-    """Type from body length, then from the look of the body across the track.
+              lit_visible: float | None = None) -> tuple[str, str]:
+    """Type from body length, then from the look of the body across the track, and
+    the rule that decided it (a tag: see ``_WEAK_RULES``).
 
     Locomotives and boxcars are longest (18 and 15.7 m against 12-14 m), but a cut
     misplaced by a metre or two (a coupler hidden in shadow) makes an open car or a
@@ -3299,7 +3398,7 @@ def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = floa
         # No boxcar (11-280: 16.5 m) or open wagon (12.7-13.5 m) of the 1520 mm fleet is
         # this long; 80 ft flat wagons (13-4012, 13-9004M: 18.5 m) are, bare, loaded or
         # carrying containers. A locomotive's roof shows its fans ("flat").
-        return "flatcar"
+        return "flatcar", "long_flat_wagon"
     # A cylinder is vetted by which half is the brighter only with the sun across the
     # track and high enough to shade it (see _look); relief alone is also a shunting
     # locomotive's fans (15-16 m bodies) or a covered hopper's hatches.
@@ -3327,7 +3426,7 @@ def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = floa
         # a vetted cylinder is never a locomotive (below). Unvetted from a locomotive's
         # length, relief even along is also a hood or a fan band down the roof: the
         # rules below decide.
-        return "boxcar"
+        return "boxcar", "even_cylinder_roof"
     if look == "cylinder" and (vetted or barrel or body_m < _MIN_LONG_BODY_M):
         # Barrels run from 11 m (15-1443) to 15.5 m (15-150, LPG cars): a vetted cylinder
         # is a tank car at any of these lengths; unvetted relief only below 14.8 m. A
@@ -3337,7 +3436,7 @@ def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = floa
         # locomotive carries a barrel (its roof is a cambered sheet with fans; session 23,
         # tuning 0-15: vetted cylinders from 18 m typed locomotives were 43 tank cars and
         # no locomotive).
-        return "tank"
+        return "tank", "barrel"
     if look in ("plain", "flat") and resolution_m <= _MAX_WIDTH_RES_M:
         width = _top_width(strip, s0, s1)
         if (_CONTAINER_WIDTH_M[0] <= width <= _CONTAINER_WIDTH_M[1]
@@ -3348,11 +3447,15 @@ def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = floa
             # not even: a band of fans or a hood narrower than the body down its middle
             # reads about as wide as a container, but its shoulders (0.6-1.0 m out)
             # differ from the middle.
-            return "flatcar"
+            return "flatcar", "container_width"
     # Along the car: a boxcar's roof is one sheet end to end; a covered hopper's carries a
     # row of loading hatches and sloped end bays, an open wagon's load lies in heaps, a
     # locomotive's roof its fans and cab (see _along_texture).
     texture = _along_texture(strip, s0, s1, path) if look in ("plain", "flat") else float("nan")
+    # A "flat" top from a boxcar's length on is typed by its length and texture along, not
+    # by anything that tells a hopper from a locomotive or a boxcar (the two overlap in
+    # texture along, 0.1-0.24), unless its shadow read its height.
+    long_flat = "long_flat_by_length" if tall is None else "long_flat_height_read"
     if body_m >= _MIN_LOCOMOTIVE_BODY_M:
         if (look == "flat" and texture < _TEXTURED_ALONG
                 and _shoulder_step(strip, s0, s1) <= _MAX_SHOULDER_STEP):
@@ -3367,8 +3470,10 @@ def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = floa
             # neighbour's blurred shade; all 14 such tops there were boxcars),
             # and the commoner car of this length decides, as from 14.8 m below: a
             # locomotive hauls a train of 50-70 cars, so few units in a yard are one.
-            return "boxcar"
-        return {"open": "gondola", "plain": "boxcar"}.get(look, "locomotive")
+            return "boxcar", long_flat
+        return {"open": ("gondola", "open"), "plain": ("boxcar", "roof_sheet"),
+                "flat": ("locomotive", long_flat)}.get(look, ("locomotive", "no_look" if look is None
+                                                              else "cylinder_by_length"))
     if body_m >= _MIN_LONG_BODY_M:
         # Only a top with relief across too ("flat": hatches and a walkway down its
         # middle, heaps) is read along: a plain sheet varying along is a roof part in a
@@ -3377,13 +3482,15 @@ def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = floa
         # A textured "flat" top is an open wagon's or a hopper's only where its shadow
         # does not say it has no walls (tall False: lit ground where a wall's shadow
         # would fall); there the length rule stands.
-        if look == "open" or (look == "flat" and texture >= _TEXTURED_ALONG and tall is not False):
-            return "gondola"
-        return "boxcar"
+        if look == "open":
+            return "gondola", "open"
+        if look == "flat" and texture >= _TEXTURED_ALONG and tall is not False:
+            return "gondola", long_flat
+        return "boxcar", {"flat": long_flat, "plain": "roof_sheet", None: "no_look"}.get(look, "cylinder_by_length")
     if look == "open":
-        return "gondola"
+        return "gondola", "open"
     if look in ("plain", "flat"):
-        ctype = _short_top(strip, s0, s1, body_m, look, tall, texture, resolution_m)
+        ctype, rule = _short_top_rule(strip, s0, s1, body_m, look, tall, texture, resolution_m)
         if ctype == "gondola" and texture >= _TEXTURED_ALONG and _container_joint(strip, s0, s1, path):
             # Textured along by one step at mid-car between two even plateaus, on a top
             # narrower than a walled body: two 20 ft containers, each one colour, meeting
@@ -3392,34 +3499,35 @@ def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = floa
             # each half, nor a single heap's two faces, which span the body's full width
             # (see _container_joint). An even top is not read as a sheet here: an open
             # wagon's levelled load is as even along as a boxcar's roof.
-            return "flatcar"
-        return ctype
-    return "tank" if body_m < 12.7 else "flatcar"
+            return "flatcar", "container_joint"
+        return ctype, rule
+    return ("tank" if body_m < 12.7 else "flatcar"), "no_look"
 
 
-def _short_top(strip: Strip, s0: int, s1: int, body_m: float, look: str, tall: bool | None, texture: float,
-               resolution_m: float) -> str:
+def _short_top_rule(strip: Strip, s0: int, s1: int, body_m: float, look: str, tall: bool | None, texture: float,
+                    resolution_m: float) -> tuple[str, str]:
     """Class of a plain or flat (``look``) top shorter than ``_MIN_LONG_BODY_M`` between
     samples ``s0`` and ``s1``, from its height (``tall``: True walls or a roof, False no
     walls, None unread), length (``body_m``, m), width (:func:`_top_width`, read where the
     pixel size ``resolution_m`` (m) is ``_MAX_FULL_TOP_RES_M`` or finer) and texture along
     (``texture``, no unit, :func:`_along_texture`): the rules of :func:`_classify` for the
-    shorter cars, before the container-joint check (:func:`_container_joint`)."""
+    shorter cars, before the container-joint check (:func:`_container_joint`), and the
+    rule that decided it (a tag: see ``_WEAK_RULES``)."""
     if tall:
         if look == "flat":
             # A tall textured top: an open wagon's load or a hopper's hatches, unless
             # it is even along and a boxcar's length (a cambered roof sheet).
             return ("boxcar" if body_m >= _MIN_BOXCAR_BODY_M and texture < _EVEN_ALONG
-                    else "gondola")
+                    else "gondola"), "height_read"
         if body_m >= _MIN_BOXCAR_BODY_M:
-            return "boxcar"
+            return "boxcar", "height_read"
         # A tall even top shorter than a boxcar: a container on a flat wagon, unless
         # it spans a walled car's full width (a covered hopper's roof, an even load).
         return ("gondola" if resolution_m <= _MAX_FULL_TOP_RES_M
-                and _top_width(strip, s0, s1) >= _MIN_FULL_TOP_M else "flatcar")
+                and _top_width(strip, s0, s1) >= _MIN_FULL_TOP_M else "flatcar"), "height_read"
     if tall is False:
         # Lit ground where a walled car's shadow would fall: a deck, a flat wagon.
-        return "flatcar"
+        return "flatcar", "height_read"
     if look == "plain":
         # A sheet even to a tenth across: a deck or a container's roof, not an open
         # wagon's load (heaps, walls) nor a covered hopper's hatches; but a sheet as
@@ -3435,10 +3543,11 @@ def _short_top(strip: Strip, s0: int, s1: int, body_m: float, look: str, tall: b
         # for a textured top below (flat wagons are about 8 % of the 1520 mm fleet).
         # (Session 31, altgen tuning 100-103 and 0-3 at 0.75-1 m: such tops were 110
         # hoppers, boxcars and open wagons against 11 flat wagons.)
-        if (resolution_m > _MAX_FULL_TOP_RES_M
-                or resolution_m <= _MAX_FULL_TOP_RES_M and _top_width(strip, s0, s1) >= _MIN_FULL_TOP_M):
-            return "boxcar" if body_m >= _MIN_BOXCAR_BODY_M else "gondola"
-        return "flatcar"
+        if resolution_m > _MAX_FULL_TOP_RES_M:
+            return ("boxcar" if body_m >= _MIN_BOXCAR_BODY_M else "gondola"), "short_plain_by_length"
+        if resolution_m <= _MAX_FULL_TOP_RES_M and _top_width(strip, s0, s1) >= _MIN_FULL_TOP_M:
+            return ("boxcar" if body_m >= _MIN_BOXCAR_BODY_M else "gondola"), "top_width"
+        return "flatcar", "top_width"
     # A textured flat top of unread height (the sun's geometry puts the shadow band
     # out of reach, or another track's cars stand in it): the commonest car of that
     # length. Open wagons and hoppers are about 60 % of the 1520 mm freight fleet
@@ -3447,8 +3556,8 @@ def _short_top(strip: Strip, s0: int, s1: int, body_m: float, look: str, tall: b
     # along its length (hatches, end bays) is a covered hopper (the gondola class).
     # (Texture unread, NaN: a sample masked, the length decides as before.)
     if body_m >= _MIN_BOXCAR_BODY_M and not texture >= _TEXTURED_ALONG:
-        return "boxcar"
-    return "gondola"
+        return "boxcar", "short_flat_by_length"
+    return "gondola", "short_flat_by_length"
 
 
 # Brightness variation along the top (standard deviation over mean, above the path
@@ -4171,11 +4280,23 @@ def _sun_asymmetry(strip: Strip, core: slice, sun_left: bool, path: np.ndarray |
     return float(sun_h / max(anti_h, 1e-4))
 
 
-def _detection(strip: Strip, a_m: float, b_m: float, ctype: str, score: float, tid: str) -> Detection:
+def _detection(strip: Strip, a_m: float, b_m: float, ctype: str, score: float, tid: str,
+               type_from: str = "image") -> Detection:
+    """The detection of the car from ``a_m`` to ``b_m`` (m along ``strip``) typed ``ctype``.
+
+    ``attrs`` carries ``length_m`` (m) and, where the class is its coupled neighbours'
+    (``type_from`` "neighbours", :func:`_block_types`), ``type_from`` = "neighbours" so
+    that such a class can be told from one read from the image (absent: read from the
+    image). ``score`` is the detection's confidence and does not change with it: the car
+    was found as surely either way.
+    """
     x0, y0 = strip.point(a_m)
     x1, y1 = strip.point(b_m)
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
     angle = math.atan2(y1 - y0, x1 - x0)
     length = math.hypot(x1 - x0, y1 - y0)
+    attrs = {"length_m": round(length, 2)}
+    if type_from == "neighbours":
+        attrs["type_from"] = "neighbours"
     return Detection("railcar", ctype, oriented_rect(cx, cy, angle, length, CAR_WIDTHS_M[ctype]), score, tid,
-                     {"length_m": round(length, 2)})
+                     attrs)
