@@ -3323,11 +3323,11 @@ def _classify(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = floa
 
 
 def _classify_rule(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float = float("nan"), *,
-              tall: bool | None = None, sun_left: bool | None = None, shading: float = float("nan"),
-              path: np.ndarray | None = None, resolution_m: float = float("nan"),
-              flank_glow: float = float("nan"),
-              anti_flank: tuple[float, float] | None = None,
-              lit_visible: float | None = None) -> tuple[str, str]:
+                   tall: bool | None = None, sun_left: bool | None = None, shading: float = float("nan"),
+                   path: np.ndarray | None = None, resolution_m: float = float("nan"),
+                   flank_glow: float = float("nan"),
+                   anti_flank: tuple[float, float] | None = None,
+                   lit_visible: float | None = None) -> tuple[str, str]:
     """Type from body length, then from the look of the body across the track, and
     the rule that decided it (a tag: see ``_WEAK_RULES``).
 
@@ -3545,6 +3545,7 @@ def _short_top_rule(strip: Strip, s0: int, s1: int, body_m: float, look: str, ta
         # hoppers, boxcars and open wagons against 11 flat wagons.)
         if resolution_m > _MAX_FULL_TOP_RES_M:
             return ("boxcar" if body_m >= _MIN_BOXCAR_BODY_M else "gondola"), "short_plain_by_length"
+        # An unknown pixel size (NaN) passes neither test and keeps the flatcar class.
         if resolution_m <= _MAX_FULL_TOP_RES_M and _top_width(strip, s0, s1) >= _MIN_FULL_TOP_M:
             return ("boxcar" if body_m >= _MIN_BOXCAR_BODY_M else "gondola"), "top_width"
         return "flatcar", "top_width"
