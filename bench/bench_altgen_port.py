@@ -31,7 +31,11 @@ sky), so the reference counts them. Until session 20 the reference was the TEU o
 pixels the counter itself reads (its ``observed_mask``: the cloud, its thin edge and,
 until session 30, its projected shadow left out); that rewarded masking (a counter that masks a hard zone
 whole is not scored on it) and is kept as a second column, ``teu_error_counter``
-(``visible_teu_counter``). Per zone, ``masked_share`` is the share of the visible TEU
+(``visible_teu_counter``). Since session 37 the container counter counts the boxes
+under its thin edge by interpolation (it still reads only its ``observed_mask``), so its
+count covers more than that mask and this column reads high against earlier sessions'
+(partly cloudy, yards 207-212: 13.4 % before, 24.1 % after); compare across sessions on
+``teu_error``. Per zone, ``masked_share`` is the share of the visible TEU
 the counter leaves unobserved; zones it masks (nearly) whole (``masked_share`` >=
 ``FULLY_MASKED``) are counted apart with their visible TEU. ``cloud_shadow_share`` is
 the share of the visible TEU under a cloud's shadow (the generator's ``cloud_shadow``

@@ -862,8 +862,11 @@ def _run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
                 metrics.append({"metric": f"railcars_{t}", "value": float(n)})
         for pf in res_.per_feature:
             # The site may be seen enough while one feature is half under cloud: its count
-            # covers only what was seen (nothing is extrapolated), so recorded it would read
-            # as a drop in that track's or zone's series.
+            # covers only what was seen (nothing is extrapolated under the cloud; a
+            # container zone counts the cloud's thin edge, which the mask passes as clear,
+            # by interpolation from the stacks around it, while ``observed_fraction``
+            # stays the share actually read), so recorded it would read as a drop in that
+            # track's or zone's series.
             seen = pf.get("observed_fraction")
             # Under a cloud's shadow a zone is seen but not measured like one in the sun
             # (fewer boxes found, heights borrowed): a series keeps to zones in the sun.

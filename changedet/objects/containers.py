@@ -23,12 +23,14 @@ stacks above that bound (Kaplan-Meier over stacks). The TEU of a block splits in
 and 40 ft boxes by the share of its row length in runs of one paint about 6 m long
 (20 ft boxes) against about 12 m (40 ft boxes, or two 20 ft boxes of one colour).
 
-Under cloud (``valid`` given), pixels under the cloud's thin edge are unobserved like the
-cloud itself (:func:`observed_mask`); nothing is counted or extrapolated there, and each
-zone reports its ``observed_fraction``. In the cloud's projected shadow the boxes are
-still seen (lit by the sky) and their footprints counted, but no shadow is measured there
-nor pavement colour learnt: blocks under it take the heights of the zone's or image's
-stacks in the sun.
+Under cloud (``valid`` given), pixels under the cloud's thin edge are not read, like the
+cloud itself (:func:`observed_mask`), and each zone reports its ``observed_fraction``; but
+the boxes under that edge are there and seen by any reader of the image (the cloud mask
+passes it as clear), so they are counted at the TEU density of the stacks read within
+25 m of it (:func:`_thin_edge_fill`). Under the thick cloud nothing is counted. In the
+cloud's projected shadow the boxes are still seen (lit by the sky) and their footprints
+counted, but no shadow is measured there nor pavement colour learnt: blocks under it take
+the heights of the zone's or image's stacks in the sun.
 
 Tarped stacks are flagged (``tarped`` per stack block, ``tarped_stacks`` per zone and
 in total): plain patches of dull cloth colour on a block, and patches of pavement
@@ -108,6 +110,12 @@ def count_containers(
         (one standard deviation of each box count) is given per zone and in ``extras``.
         The split comes from the lengths of single-paint runs along the rows
         (:func:`_box_runs`): two 20 ft boxes of one colour end to end read as a 40 ft box.
+        Under cloud each zone's ``count``, ``by_type`` and uncertainties include the
+        boxes under the cloud's thin edge (:func:`_thin_edge_fill`), which no detection
+        carries: the detections' TEU can sum to less than the zone's count. The zone's
+        ``observed_fraction`` is the share actually read (thin edge left out). A fill
+        from stacks read in a cloud's shadow under-fills as those do (fewer footprints
+        found there).
     """
     grid = GridSpec.of(image)
     check_resolution(grid, "containers")
@@ -115,7 +123,7 @@ def count_containers(
     check_features(zones, grid, what="stack zone")
     # ``ok``: pixels whose boxes can be seen (footprints); ``sunlit``: those also in the
     # sun, where pavement colour is learnt and shadows are measured.
-    grid, pix, ok, sunlit = _observed(image, valid, sun_azimuth_deg, sun_elevation_deg)
+    grid, pix, ok, sunlit, thin = _observed(image, valid, sun_azimuth_deg, sun_elevation_deg)
     res = grid.resolution
     px_m2 = res * res
     per_feature, detections = [], []
@@ -226,6 +234,7 @@ def count_containers(
         zone_runs = np.sum([b[6] for b in blobs] or [(0.0, 0.0, 0)], axis=0)
         zone_teu, zone_var, zone_slots, zone_tarped = 0.0, 0.0, 0.0, 0
         zone_n20, zone_n40, zone_v20, zone_v40 = 0.0, 0.0, 0.0, 0.0
+        block_teu = []
         for blob, area, lengths, patches, stacks, slots, runs in blobs:
             n_tarps = len(patches)
             if not have_sun:
@@ -251,6 +260,7 @@ def count_containers(
             v20 = (share_sd * teu) ** 2 + share ** 2 * teu_var
             v40 = (share_sd * teu / 2.0) ** 2 + (1.0 - share) ** 2 * teu_var / 4.0
             zone_n20, zone_n40, zone_v20, zone_v40 = zone_n20 + n20, zone_n40 + n40, zone_v20 + v20, zone_v40 + v40
+            block_teu.append((blob, (teu, slots, n20, n40)))
             detections.append(Detection("container_stack", "stack", _polygon(blob, grid), 1.0, zid,
                                         {"area_m2": round(float(area), 1), "ground_slots": round(float(slots), 1),
                                          "tiers": round(float(tiers), 2), "tiers_method": method,
@@ -259,6 +269,20 @@ def count_containers(
                                          "tarped": bool(n_tarps),
                                          "tarped_stacks": int(n_tarps), "tarp_patches": patches}))
             zone_tarped += n_tarps
+        # The thin cloud edge the mask passes but the counter leaves unread: the boxes
+        # there are seen through the veil by any reader of the image, so they are counted
+        # at the density of the stacks read around it (TEU, ground slots and box sizes
+        # alike, so TEU = 20ft + 2 x 40ft still holds and the slots carry no tier error).
+        (fill, fill_slots, fill_n20, fill_n40), fill_var = _thin_edge_fill(block_teu, inside, ok, thin, res)
+        if fill > 0.0 and zone_teu > 0.0:
+            # The read part's error (tiers above all) applies to the fill as well: fully
+            # correlated, so it scales by k; the fill's own sampling spread adds to it, and
+            # splits between the sizes as the filled TEU does (s20 in 20 ft, s40 in 40 ft).
+            k = (zone_teu + fill) / zone_teu
+            s20, s40 = fill_n20 / fill, fill_n40 / fill
+            zone_n20, zone_n40 = zone_n20 + fill_n20, zone_n40 + fill_n40
+            zone_v20, zone_v40 = zone_v20 * k * k + s20 ** 2 * fill_var, zone_v40 * k * k + s40 ** 2 * fill_var
+            zone_teu, zone_var, zone_slots = zone_teu + fill, zone_var * k * k + fill_var, zone_slots + fill_slots
         total += zone_teu
         var += zone_var
         tarped_total += zone_tarped
@@ -346,17 +370,126 @@ def observed_mask(
     return _observed(image, valid, sun_azimuth_deg, sun_elevation_deg)[2]
 
 
-def _observed(image, valid, azimuth, elevation) -> tuple[GridSpec, np.ndarray, np.ndarray, np.ndarray]:
-    """Grid, pixels, the pixels readable for footprints and those also in the sun."""
+def _observed(image, valid, azimuth, elevation) -> tuple[GridSpec, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Grid, pixels, and the masks (row, col of bool) of what is read and what is not.
+
+    Returns the grid, the pixels, the pixels readable for footprints, those also in the
+    sun, and the thin cloud edge: pixels the cloud mask passes as clear that are left out
+    of both (the cloud's own light added to the ground's).
+    """
     grid, pix, ok = prepare(image, valid)
     sunlit = ok
+    thin = np.zeros(ok.shape, bool)
     if valid is not None:
         edge, shadow = _cloud_shade(pix, grid, ok, azimuth, elevation)
         # Under the thin edge the cloud's own light is added to the ground's (brighter,
         # greyer: pavement reads as box); in its shadow the ground is only dimmed.
+        thin = ok & edge
         ok = ok & ~edge
         sunlit = ok & ~shadow
-    return grid, pix, ok, sunlit
+    return grid, pix, ok, sunlit, thin
+
+
+#: Reach (m) around a cloud's masked thin edge over which the stacks read stand for the
+#: ones under it: about one block of 4-6 rows (10-15 m) and its lane on either side. A
+#: yard's stacking density changes from block to block (empty slots, reefer rows,
+#: equipment lanes); a cloud's edge falls on the yard regardless of its layout, so the
+#: blocks beside it are the best sample of what it hides.
+THIN_EDGE_REACH_M = 25.0
+#: Relative spread (1 sigma) of the TEU density under the thin edge against the density
+#: around it (stacks 0-5 tiers, blocks and lanes 10-25 m wide against an edge 5 m wide).
+THIN_EDGE_REL_SD = 0.5
+#: Depth (m) of a stack zone's outer strip, from its outline. A yard's stack blocks are
+#: set back from the zone's drawn outline by its perimeter or truck lane, fence line or
+#: apron margin (a lane is 4-8 m wide), then come the first rows of boxes: the density of
+#: boxes changes with the depth into the zone there, and mostly along it (blocks run
+#: parallel to the perimeter). When a cloud lies outside the zone its thin edge clips only
+#: the outermost metres, and the stacks 25 m inside would over-fill them; so an edge pixel
+#: in the strip takes the density read at its own depth (bands of ``ZONE_BAND_M``), those
+#: deeper the density read deeper than the strip.
+ZONE_BORDER_M = 10.0
+#: Width (m) of the depth bands in the outer strip: well under a lane's width and about a
+#: row of boxes (2.44 m) less its gap, so a band does not mix lane and stack.
+ZONE_BAND_M = 1.0
+#: Least read area (m^2) a band's density is taken from: a 20 ft box's footprint; below
+#: it the band's density is noise, and the whole strip's (or ring's) is taken instead.
+MIN_RING_M2 = 14.8
+
+
+def _thin_edge_fill(block_teu, inside, ok, thin, res) -> tuple[tuple[float, float, float, float], float]:
+    """TEU, ground slots and boxes under the zone's masked thin cloud edge, from the stacks read around it.
+
+    The density (per pixel) is that of the read pixels of the zone within
+    ``THIN_EDGE_REACH_M`` of the edge (the ring), stratified by depth into the zone: an
+    edge pixel in the zone's outer strip (``ZONE_BORDER_M`` from its outline) takes the
+    density of ring pixels in its own ``ZONE_BAND_M`` depth band, one deeper that of ring
+    pixels deeper than the strip (see ``ZONE_BORDER_M`` for why). A stratum with less than
+    ``MIN_RING_M2`` read falls back to the whole strip, then to the whole ring. A ring in a
+    cloud's shadow under-fills as the read part there does (fewer footprints found).
+
+    Parameters
+    ----------
+    block_teu : list of (ndarray (row, col) of bool, (float, float, float, float))
+        Each stack block's footprint and its TEU, ground slots (20 ft slots), 20 ft and
+        40 ft boxes.
+    inside, ok, thin : ndarray (row, col) of bool
+        The zone; the pixels read for footprints; the thin cloud edge the cloud mask
+        passes as clear but the counter does not read.
+    res : float
+        Pixel size (m).
+
+    Returns
+    -------
+    ((float, float, float, float), float)
+        TEU, ground slots, 20 ft and 40 ft boxes added, and the variance of the TEU added
+        (TEU^2); zeros without a thin edge in the zone or read pixels within
+        ``THIN_EDGE_REACH_M`` of it.
+    """
+    none = (0.0, 0.0, 0.0, 0.0), 0.0
+    if not (inside & thin).any():
+        return none
+    # Work on the zone's bounding box, one pixel wider so that its outline is inside it:
+    # the edge and the ring both lie in the zone, so nothing outside it counts.
+    rows, cols = np.nonzero(inside)
+    r0, r1 = max(rows.min() - 1, 0), min(rows.max() + 2, inside.shape[0])
+    c0, c1 = max(cols.min() - 1, 0), min(cols.max() + 2, inside.shape[1])
+    win = (slice(r0, r1), slice(c0, c1))
+    zone = inside[win]
+    edge = zone & thin[win]
+    near = zone & ok[win] & (ndimage.distance_transform_edt(~edge) * res <= THIN_EDGE_REACH_M)
+    if not near.any():
+        return none
+    # Depth into the zone (m) from its outline: the window's border rows and columns are
+    # outside the zone, except where the zone runs off the image, whose edge is no outline
+    # (the distance transform does not take the array's border for background).
+    depth = ndimage.distance_transform_edt(zone) * res if not zone.all() else np.full(zone.shape, np.inf)
+    strip = depth < ZONE_BORDER_M
+    band = np.where(strip, np.floor(depth / ZONE_BAND_M), -1).astype(int)
+    blobs = [(blob[win], np.asarray(v, float)) for blob, v in block_teu]
+    sizes = [max(int(b.sum()), 1) for b, _ in blobs]
+    min_px = MIN_RING_M2 / (res * res)
+
+    def density(ring):
+        # Each block's TEU, slots and boxes spread evenly over its footprint: per pixel of the ring.
+        tot = sum((v * (b & ring).sum() / n for (b, v), n in zip(blobs, sizes)), np.zeros(4))
+        return tot / ring.sum()
+
+    def first_dense(*rings):
+        for ring in rings:
+            if ring.sum() >= min_px:
+                return density(ring)
+        return density(near)
+
+    fill = np.zeros(4)
+    for b in np.unique(band[edge]):
+        n_part = int((edge & (band == b)).sum())
+        if b >= 0:
+            # In the strip: the read pixels at the same depth, else the whole strip's.
+            fill += n_part * first_dense(near & (band == b), near & strip)
+        else:
+            fill += n_part * first_dense(near & ~strip)
+    teu, slots, n20, n40 = (float(x) for x in fill)
+    return (teu, slots, n20, n40), (THIN_EDGE_REL_SD * teu) ** 2
 
 
 def _aprons(zones: Mapping[str, Polygon], grid: GridSpec) -> np.ndarray:
