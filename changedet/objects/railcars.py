@@ -412,12 +412,36 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
             # The centre of an empty track is judged against its own bed's colour too
             # (see _with_bed): on the light as recorded the path radiance is ``haze``.
             got = (on, refs if lift is None else refs_above_dark)
-            # Learnt only where the track as a whole has a sun side (sun_left): without
-            # one, _occupancy has no anti-sun test to keep a car off the bed.
+            # Learnt from lit flanks (_with_bed) only where the track as a whole has a sun
+            # side (sun_left): without one, _occupancy has no anti-sun test to keep a car
+            # off the bed. Without a sun side a bed may still be learnt from the track's
+            # uniformity (_uniform_bed, below), which then rests on uniformity alone.
+            per_m = _local_shadow_across(on, sun_azimuth_deg, sun_elevation_deg)
+            # The blur at a body's edge is the pixel's (half a pixel, 0.2 m at least, as
+            # _occupancy takes it), not the 0.5 m samples' (review RRAILF L1).
+            blur_m = max(0.2, 0.5 * grid.resolution)
             if vhr and grid.resolution <= _BED_MAX_RES_M and sun_left is not None:
-                got = (on, _with_bed(on, got[1],
-                                     per_m=_local_shadow_across(on, sun_azimuth_deg, sun_elevation_deg),
+                got = (on, _with_bed(on, got[1], per_m=per_m, blur_m=blur_m,
                                      path=haze if lift is None else None, floor_light=lift))
+            if (vhr and "bed" not in got[1]
+                    and (sun_left is None or not _deck_shadow_readable(on, per_m, blur_m=blur_m))
+                    and _gaps_shaded(on, sun_azimuth_deg, sun_elevation_deg)):
+                # A track uniform along most of its length is its own empty bed (see
+                # _uniform_bed), but only where uniformity can tell it from a string of
+                # cars: where every coupler gap of such a string would lie in the deck
+                # ahead's shadow along the track (_gaps_shaded: the sun near the
+                # track's axis and under about 52 degrees), so cars break the
+                # uniformity at each car end.
+                # Under a high sun, or one across the track, a train of pale flat
+                # wagons shows its gaps lit and is as uniform as a concrete bed (30 m
+                # window ranges 0.07-0.19, review RRAILF H1/H2): it would be erased, so
+                # the track stays as before, at any pixel size (at 1 m too, where the
+                # anti-sun test cannot rescue such decks). Nor where a flat deck's shadow
+                # beside the track is readable: there _with_bed tells decks from the bed
+                # by their shadows, which uniformity would undo (review RBRIGHTBED).
+                # The bench (altgen) draws suns of 20-65 degrees only; the high-sun
+                # cases are covered by tests/test_railcar_uniform_bed_gate_s37.py.
+                got = (on, _uniform_bed(on, got[1], path=haze if lift is None else None, floor_light=lift))
             occ = _occupancy(*got,
                              min_contrast=min_contrast, vhr=vhr, sun_left=sun_left,
                              thin_cloud=thin_cloud,
@@ -689,7 +713,7 @@ def _empty_track_reference(strips: Mapping[str, Strip], *, flanked: bool = True)
 
 
 def _with_bed(strip: Strip, refs, *, per_m: float | np.ndarray, path: np.ndarray | None = None,
-              floor_light: np.ndarray | None = None) -> dict:
+              floor_light: np.ndarray | None = None, blur_m: float | None = None) -> dict:
     """``refs`` with the colour of this track's own empty bed, where the image shows it.
 
     Parameters
@@ -710,6 +734,8 @@ def _with_bed(strip: Strip, refs, *, per_m: float | np.ndarray, path: np.ndarray
     floor_light : numpy.ndarray or None
         Per band, the darkest light already subtracted from ``strip`` and ``refs``: the
         spread's floor is taken on the light as recorded (see :func:`_recorded_spread_floors`).
+    blur_m : float or None
+        Blur at a body's edge (m), as in :func:`_deck_shadow_bands`; None: the samples'.
 
     Returns
     -------
@@ -739,10 +765,36 @@ def _with_bed(strip: Strip, refs, *, per_m: float | np.ndarray, path: np.ndarray
     if not (np.all(np.isfinite(lit)) and np.all(np.isfinite(shadow))):
         return refs
     lit_sd = np.asarray(refs["lit_sd"], dtype="float64")
-    mode = _bed_mode(_flanked_centres(strip, refs, per_m), lit_sd)
+    mode = _bed_mode(_flanked_centres(strip, refs, per_m, blur_m=blur_m), lit_sd)
     if mode is None:
         return refs
-    colour, spread = mode
+    return _bed_refs(refs, *mode, path=path, floor_light=floor_light)
+
+
+def _bed_refs(refs, colour: np.ndarray, spread: np.ndarray, *, path: np.ndarray | None = None,
+              floor_light: np.ndarray | None = None) -> dict:
+    """``refs`` with a track's learnt bed.
+
+    Parameters
+    ----------
+    refs : mapping
+        Learnt ground colours per band (reflectance): ``lit`` and ``shadow`` are used,
+        every entry is kept.
+    colour, spread : numpy.ndarray
+        The bed's lit colour and its spread per band (reflectance), as :func:`_bed_mode`
+        gives them.
+    path, floor_light : numpy.ndarray or None
+        As in :func:`_with_bed` (per band, reflectance).
+
+    Returns
+    -------
+    dict
+        ``refs`` with ``bed`` and ``bed_sd`` (the lit bed and its spread, the spread
+        clipped as described in :func:`_with_bed`) and ``bed_shadow`` (the bed in shade),
+        per band, reflectance.
+    """
+    lit = np.asarray(refs["lit"], dtype="float64")
+    shadow = np.asarray(refs["shadow"], dtype="float64")
     light = np.zeros_like(colour) if floor_light is None else np.asarray(floor_light, dtype="float64")
     if not float(np.nanmean(light)) >= _HAZE_FLOOR_SHARE * float(np.mean(lit)):
         light = np.zeros_like(colour)
@@ -755,7 +807,118 @@ def _with_bed(strip: Strip, refs, *, per_m: float | np.ndarray, path: np.ndarray
     return {**refs, "bed": colour, "bed_sd": spread, "bed_shadow": bed_shadow}
 
 
-def _flanked_centres(strip: Strip, refs, per_m: float | np.ndarray) -> np.ndarray:
+def _uniform_bed(strip: Strip, refs, *, path: np.ndarray | None = None,
+                 floor_light: np.ndarray | None = None) -> dict:
+    """``refs`` with this track's bed learnt from its uniform stretches, where most of the
+    track is uniform along its length (an empty track); ``refs`` unchanged otherwise.
+
+    Parameters
+    ----------
+    strip : Strip
+        The track's samples (reflectance, on the same basis as ``refs``).
+    refs : mapping
+        Learnt ground colours per band (reflectance): ``lit``, ``lit_sd`` and ``shadow``
+        must be finite; every entry is kept.
+    path, floor_light : numpy.ndarray or None
+        As in :func:`_with_bed` (per band, reflectance).
+
+    Returns
+    -------
+    dict
+        ``refs`` with ``bed``, ``bed_sd`` and ``bed_shadow`` (see :func:`_with_bed`), or
+        ``refs`` itself.
+
+    Notes
+    -----
+    A track bed is one ballast and one kind of sleeper over its whole length: its centre
+    2 m (sleepers at a 0.6 m pitch, averaged by the pixel and the 1 m smoothing) keeps
+    one brightness along the track, broken only where a mast's or a neighbour's shadow
+    crosses it. A string of cars changes its look at every car end, every 12-21 m (a
+    coupler gap 1.0-1.3 m long showing the bed or a shadow, the end walls, another car's
+    paint): in any ``_UNIFORM_WINDOW_M`` window (two car lengths and more) the centre's
+    brightness spans more than ``_UNIFORM_RANGE`` of its level (5th to 95th percentile).
+    Where over ``_UNIFORM_TRACK_SHARE`` of a track's windows are uniform, the track is
+    mostly empty, and the mode of their centre colours (:func:`_bed_mode`) is its bed,
+    if brighter than the lit ground beside the track by more than its spread (concrete
+    sleepers, clean ballast, snow; a string of dark bodies can be as uniform as a dark
+    bed, see the comment in the code). This needs no sun side, so it also holds with the
+    sun along the track, where a car shades neither side and :func:`_with_bed` learns
+    nothing. A track shorter than two windows is left as it is.
+
+    The counter asks it only where uniformity can tell a bed from cars:
+
+    * where the sun would shade the coupler gaps of a string of cars along the track
+      (:func:`_gaps_shaded`: the lowest deck's shadow along it covers a 1 m gap). Under a
+      high sun or one across the track a train of pale flat wagons shows lit gaps and is
+      as uniform as a concrete bed (review RRAILF H1, H2);
+    * and where no flat deck's shadow can be read beside the track
+      (:func:`_deck_shadow_readable`), or the sun has no side: where those shadows show,
+      they tell decks from the bed (:func:`_with_bed`), which uniformity would undo.
+
+    Even so, pale bodies whose gaps do not read dark (a lit end wall seen off-nadir
+    hiding the gap) would be taken for a pale bed.
+    """
+    lit = np.asarray(refs["lit"], dtype="float64")
+    lit_sd = np.asarray(refs["lit_sd"], dtype="float64")
+    shadow = np.asarray(refs["shadow"], dtype="float64")
+    if not (np.all(np.isfinite(lit)) and np.all(np.isfinite(lit_sd)) and np.all(np.isfinite(shadow))):
+        return refs
+    step = strip.step_m
+    w = int(round(_UNIFORM_WINDOW_M / step))
+    n = strip.along_m.size
+    if n < 2 * w:
+        return refs
+    centre, _ = _zones(strip)
+    centres = quiet_nanmean(strip.values[:, centre, :], axis=1).T  # (n, band)
+    b = _nan_smooth(quiet_nanmean(centres[:, :3], axis=1), int(1.0 / step) | 1)
+    uniform = np.zeros(n, bool)
+    n_win = n_uniform = 0
+    # Windows overlap by three quarters (a 7.5 m stride): every car end lies well inside
+    # some window, not only at a window's edge.
+    for i in range(0, n - w + 1, max(1, w // 4)):
+        x = b[i:i + w]
+        ok = np.isfinite(x)
+        # A window with over a tenth of its samples unseen (off the image, masked cloud)
+        # is not judged: a hole may hide the car end that would break it.
+        if ok.mean() < 0.9:
+            continue
+        x = x[ok]
+        level = float(np.median(x))
+        n_win += 1
+        if level > 0 and (np.percentile(x, 95) - np.percentile(x, 5)) < _UNIFORM_RANGE * level:
+            n_uniform += 1
+            uniform[i:i + w] = True
+    if n_win == 0 or n_uniform <= _UNIFORM_TRACK_SHARE * n_win:
+        return refs
+    got = centres[uniform & np.all(np.isfinite(centres), axis=1)]
+    mode = _bed_mode(got, lit_sd)
+    if mode is None:
+        return refs
+    # Only a bed brighter than the lit ground beside the track (concrete sleepers, clean
+    # ballast, snow): between dark bodies (black tank cars, rusty flat decks) the coupler
+    # gap lies in their shade and is as dark as they are, so a string of dark cars can be
+    # as uniform as a dark bed; between pale bodies the shaded gap breaks the uniformity.
+    # (Session 37: uniform strings of dark flat decks and dark cars were learnt as the bed
+    # and 7-8 cars lost per track; with this no car was lost on 4 altgen slices, while
+    # wooden-sleepered and fouled beds stay unlearnt here.)
+    if not float(np.mean(mode[0][:3])) > float(np.mean(lit[:3] + lit_sd[:3])):
+        return refs
+    return _bed_refs(refs, *mode, path=path, floor_light=floor_light)
+
+
+# Window (m) over which a track's centre is judged uniform along (see _uniform_bed): two
+# of the longer cars (14-21 m), so at least one car end lies inside any window on cars.
+_UNIFORM_WINDOW_M = 30.0
+# Most a uniform window's centre brightness may span (5th-95th percentile, as a share of
+# its median): on empty tracks the median window spans 0.23-0.40 (shadows of masts
+# crossing the bed, noise), on tracks of cars 0.45-5 (coupler gaps, end walls, paint;
+# altgen tuning seeds 20-23 and 100-103, 0.5-1 m pixels).
+_UNIFORM_RANGE = 0.35
+# Share of a track's windows that must be uniform for it to count as mostly empty.
+_UNIFORM_TRACK_SHARE = 0.5
+
+
+def _flanked_centres(strip: Strip, refs, per_m: float | np.ndarray, *, blur_m: float | None = None) -> np.ndarray:
     """Centre colours (n, band) of the stretches of a track seen empty: lit ground on both
     sides under a sun that makes any car on the track shade its anti-sun side band, or the
     ground just past the lowest deck's edge.
@@ -769,7 +932,8 @@ def _flanked_centres(strip: Strip, refs, per_m: float | np.ndarray) -> np.ndarra
     deck's edge outwards is lit as well, and mirror samples match (a pale deck's blur is
     symmetric, its shadow is not; ``_FLANK_MIRROR_SHARE``). With the sun along the
     track, very high or unknown a flanked centre may be a car, and none is returned.
-    Side bands are lit ground within ``_FLANK_LIT_SPREADS`` of ``refs["lit"]``.
+    Side bands are lit ground within ``_FLANK_LIT_SPREADS`` of ``refs["lit"]``. ``blur_m``
+    (m or None) is the blur at a body's edge, as in :func:`_deck_shadow_bands`.
     """
     lit = np.asarray(refs["lit"], dtype="float64")
     lit_sd = np.asarray(refs["lit_sd"], dtype="float64")
@@ -778,17 +942,15 @@ def _flanked_centres(strip: Strip, refs, per_m: float | np.ndarray) -> np.ndarra
         return none
     # Per sample along (a curved track's legs face the sun differently; review RBED F1).
     per_m = np.broadcast_to(np.asarray(per_m, dtype="float64"), strip.along_m.shape)
-    reach = _LOWEST_DECK_M * np.nan_to_num(per_m)
-    casts = np.isfinite(per_m) & (_LOWEST_HALF_WIDTH_M + reach >= _FLANK_BAND_MID_M)
     # Under a higher sun the lowest deck's shadow stops short of the side band, but it
     # still covers the ground from the deck's edge out to 1.435 + 1.3 * per_m m (as
-    # _own_deck_shadow reads it; the caller learns the bed only at pixels of 0.5 m or
-    # finer), and every taller body's shadow starts at its own edge (1.66 m at most) and
-    # runs further out: where that deck band is at least _MIN_OWN_SHADOW_BAND_M wide past
+    # _own_deck_shadow reads it; the caller learns the bed only at pixels of
+    # _BED_MAX_RES_M or finer and passes the pixel's blur, see _deck_shadow_bands), and
+    # every taller body's shadow starts at its own edge (1.66 m at most) and runs
+    # further out: where that deck band is at least _MIN_OWN_SHADOW_BAND_M wide past
     # the edge's blur, a centre is seen empty if every sample from the deck's edge
     # outwards, on both sides, is lit (a shadow keeps under 65 % of the light).
-    blur = max(0.2, 0.5 * strip.step_m)
-    near_read = np.isfinite(per_m) & ~casts & (reach - blur >= _MIN_OWN_SHADOW_BAND_M)
+    casts, near_read, reach, blur = _deck_shadow_bands(strip, per_m, blur_m=blur_m)
     if not (casts | near_read).any():
         return none
     centre, side = _zones(strip)
@@ -843,6 +1005,112 @@ def _flanked_centres(strip: Strip, refs, per_m: float | np.ndarray) -> np.ndarra
     return centres[flanked]
 
 
+def _deck_shadow_bands(strip: Strip, per_m: float | np.ndarray, *,
+                       blur_m: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Where along ``strip`` a flat deck's shadow beside the track can be read.
+
+    Parameters
+    ----------
+    strip : Strip
+        The track's samples.
+    per_m : float or numpy.ndarray
+        Metres a shadow falls sideways per metre of height (float, or per sample; NaN:
+        the sun unknown or along the track).
+    blur_m : float or None
+        Blur at a body's edge (m): half the pixel, 0.2 m at least (as ``_occupancy``
+        takes it). None: half the sample step, 0.2 m at least (the samples are 0.5 m at
+        most, so this understates a 0.75-1 m pixel's blur).
+
+    Returns
+    -------
+    casts : numpy.ndarray of bool
+        Per sample, whether the lowest deck's shadow reaches the side band's middle
+        (``_FLANK_BAND_MID_M`` off the axis).
+    near_read : numpy.ndarray of bool
+        Per sample, whether, short of it, the band it shades past the deck's edge is at
+        least ``_MIN_OWN_SHADOW_BAND_M`` wider than the blur.
+    reach : numpy.ndarray
+        Per sample, how far (m) the lowest deck's shadow falls sideways (0 where NaN).
+    blur : float
+        The blur used (m). See :func:`_flanked_centres`, which reads the flanks there.
+    """
+    per_m = np.broadcast_to(np.asarray(per_m, dtype="float64"), strip.along_m.shape)
+    reach = _LOWEST_DECK_M * np.nan_to_num(per_m)
+    casts = np.isfinite(per_m) & (_LOWEST_HALF_WIDTH_M + reach >= _FLANK_BAND_MID_M)
+    blur = max(0.2, 0.5 * strip.step_m)
+    if blur_m is not None:
+        blur = max(blur, float(blur_m))
+    near_read = np.isfinite(per_m) & ~casts & (reach - blur >= _MIN_OWN_SHADOW_BAND_M)
+    return casts, near_read, reach, blur
+
+
+def _deck_shadow_readable(strip: Strip, per_m: float | np.ndarray, *, blur_m: float | None = None) -> bool:
+    """Whether a flat deck's shadow beside the track can be read anywhere along ``strip``
+    under this sun (``per_m``, m per m of height, and ``blur_m``, m, as in
+    :func:`_deck_shadow_bands`): where it can, an empty bed is told from a train of low
+    decks by lit flanks (:func:`_with_bed`)."""
+    casts, near_read, _, _ = _deck_shadow_bands(strip, per_m, blur_m=blur_m)
+    return bool((casts | near_read).any())
+
+
+def _gaps_shaded(strip: Strip, azimuth_deg: float | None, elevation_deg: float | None) -> bool:
+    """Whether, were ``strip`` a string of cars, the sun would shade their coupler gaps.
+
+    Parameters
+    ----------
+    strip : Strip
+        The track's samples (its direction per sample is taken over about 10 m).
+    azimuth_deg, elevation_deg : float or None
+        The sun's azimuth (degrees clockwise from north) and elevation (degrees); None:
+        unknown (then False).
+
+    Returns
+    -------
+    bool
+        True where, over most of the track (the median sample), the lowest deck's
+        shadow along the track, ``_LOWEST_DECK_M`` times the along-track share of the
+        sun's direction over the tangent of its elevation (m), covers the shortest
+        coupler gap, ``_MIN_COUPLER_GAP_M``.
+
+    Notes
+    -----
+    Cars stand 1.0-1.3 m apart (buffers and couplers, ``GAP_M``). A car end casts its
+    shadow along the track into the gap behind it: a flat deck 1.3 m up casts
+    1.3 * along / tan(elevation) m, any walled car more. Where that shadow covers the
+    whole gap, every gap of a string of cars is a dark break a metre long, and the
+    string breaks a track's uniformity at each car end (see :func:`_uniform_bed`); an
+    empty bed does not. Where it covers only part of the gap, the rest shows the bed,
+    as pale as a pale deck on concrete sleepers, and the dark part is narrower than a
+    metre: smoothed by the pixel and the 1 m smoothing it no longer breaks the
+    uniformity (a synthetic train of pale flat wagons under a 65-degree sun along the
+    track, 0.61 m of each 1 m gap shaded, was learnt as the bed at 1 m pixels and
+    erased). No allowance is made for the blur: it smears the shaded part as much as
+    the lit rest. So the sun must be within about 52 degrees of the horizon with the
+    sun exactly along the track, 51 at 20 degrees off the axis, 43 at 45 degrees off;
+    under a higher sun, or one across the track, a train of pale flat wagons shows lit
+    gaps and is as uniform as a concrete bed (review RRAILF H1, H2).
+    """
+    n = strip.along_m.size
+    if azimuth_deg is None or elevation_deg is None or n < 2:
+        return False
+    i0 = int(np.argmin(np.abs(strip.across_m)))
+    k = max(1, int(round(5.0 / strip.step_m)))
+    x, y = strip.x[i0], strip.y[i0]
+    lo, hi = np.clip(np.arange(n) - k, 0, n - 1), np.clip(np.arange(n) + k, 0, n - 1)
+    dx, dy = x[hi] - x[lo], y[hi] - y[lo]
+    norm = np.maximum(np.hypot(dx, dy), 1e-9)
+    az = math.radians(azimuth_deg)
+    # The sun's horizontal direction is (sin az, cos az) in (east, north).
+    along = np.abs(dx * math.sin(az) + dy * math.cos(az)) / norm
+    length = _LOWEST_DECK_M * along / math.tan(math.radians(min(max(elevation_deg, 1.0), 89.0)))
+    return bool(np.median(length) >= _MIN_COUPLER_GAP_M)
+
+
+# Shortest coupler gap between two cars' bodies (m): buffers and couplers keep car ends
+# 1.0-1.3 m apart (GAP_M); flat wagons' decks end at their headstocks.
+_MIN_COUPLER_GAP_M = 1.0
+
+
 def _local_shadow_across(strip: Strip, azimuth_deg: float | None, elevation_deg: float | None) -> np.ndarray:
     """:func:`_shadow_across` per sample along ``strip``, from the track's local direction
     (over about 10 m): NaN where the sun is unknown or shines within about 12 degrees of it."""
@@ -894,11 +1162,16 @@ _FLANK_BAND_MID_M = 2.3
 # the brighter: texture and wear move ground by about a tenth, a shadow keeps under 65 %
 # of the light (see _flanked_centres).
 _FLANK_MIRROR_SHARE = 0.25
-# Coarsest pixel (m) at which a track's own bed is learnt: the side band starts 0.34 m
+# Coarsest pixel (m) at which a track's own bed is learnt from lit flanks (_with_bed; the
+# uniform bed, _uniform_bed, is gated by the sun instead): the side band starts 0.34 m
 # past the widest body (1.66 m half-width); a coarser pixel's blur carries a bright
 # body's light into it over the body's own shadow, and lit-looking flanks then lie
 # beside cars (altgen, low sun at 1 m: 19-81 flanked centres per track, most on cars).
-_BED_MAX_RES_M = 0.5
+# At 0.75 m the blur (about half a pixel, 0.4 m) still leaves most of the band's 0.6 m
+# outside a body's edge, and the deck-band and mirror tests of _flanked_centres vet the
+# rest: learnt there, empty beds under a low sun stopped reading as cars (session 37,
+# altgen tuning seeds 100-103: 6 false cars fewer at 0.75 m, none lost); 1 m stays out.
+_BED_MAX_RES_M = 0.75
 
 
 def _lit_weighted(samples: np.ndarray) -> np.ndarray:
