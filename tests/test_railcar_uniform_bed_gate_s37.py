@@ -76,6 +76,16 @@ def test_pale_flat_wagons_under_a_high_sun_keep_their_cars(gsd, elevation, phase
     assert _pale_deck_train(gsd, elevation, phase, sun_south) >= 4
 
 
+def _to_image(img: np.ndarray, f: int, w: float, h: float, gsd: float, seed: int):
+    """A (band, y, x) scene drawn on a fine grid, integrated over ``f`` x ``f`` fine pixels
+    to ``gsd`` (m), blurred by 0.4 pixel, north up, with 3 % noise, as a reflectance image."""
+    img = img.reshape(4, img.shape[1] // f, f, img.shape[2] // f, f).mean(axis=(2, 4))
+    img = np.stack([ndimage.gaussian_filter(b, 0.4) for b in img])[:, ::-1, :]
+    img = img * (1 + 0.03 * np.random.default_rng(seed).standard_normal(img.shape))
+    grid = GridSpec.from_bounds(32633, (0.0, 0.0, w, h), gsd)
+    return grid.attach(img.astype("float32"), bands=["R", "G", "B", "NIR"], name="reflectance")
+
+
 def _along_yard(gsd: float, elevation: float, *, cars: bool, seed: int = 1) -> tuple[int, bool]:
     """A track running east on a concrete bed (|across| <= 1.8 m, 1.45 times the ground)
     under a sun from the east at ``elevation``, at ``gsd`` m pixels (drawn at 0.05 m,
@@ -102,11 +112,7 @@ def _along_yard(gsd: float, elevation: float, *, cars: bool, seed: int = 1) -> t
             img[:, bed[:, None] & shade[None, :]] *= 0.6
             img[:, (np.abs(acr) <= 1.435)[:, None] & deck[None, :]] = (1.5 * GROUND)[:, None]
             x += 20.62
-    img = img.reshape(4, ys.size // f, f, xs.size // f, f).mean(axis=(2, 4))
-    img = np.stack([ndimage.gaussian_filter(b, 0.4) for b in img])[:, ::-1, :]
-    img = img * (1 + 0.03 * np.random.default_rng(seed).standard_normal(img.shape))
-    grid = GridSpec.from_bounds(32633, (0.0, 0.0, w, h), gsd)
-    image = grid.attach(img.astype("float32"), bands=["R", "G", "B", "NIR"], name="reflectance")
+    image = _to_image(img, f, w, h, gsd, seed)
     learnt = []
     orig = R._uniform_bed
 
@@ -173,11 +179,7 @@ def _across_yard(gsd: float, elevation: float = 35.0, seed: int = 2) -> tuple[in
         img[:, north[:, None] & body[None, :]] *= 0.35
         img[:, (np.abs(ys - 6.0) <= 1.5)[:, None] & body[None, :]] = (1.3 * GROUND)[:, None]
         x += 16.2
-    img = img.reshape(4, ys.size // f, f, xs.size // f, f).mean(axis=(2, 4))
-    img = np.stack([ndimage.gaussian_filter(b, 0.4) for b in img])[:, ::-1, :]
-    img = img * (1 + 0.03 * np.random.default_rng(seed).standard_normal(img.shape))
-    grid = GridSpec.from_bounds(32633, (0.0, 0.0, w, h), gsd)
-    image = grid.attach(img.astype("float32"), bands=["R", "G", "B", "NIR"], name="reflectance")
+    image = _to_image(img, f, w, h, gsd, seed)
     tracks = {"T1": LineString([(5.0, 14.0), (115.0, 14.0)]), "T2": LineString([(5.0, 6.0), (115.0, 6.0)])}
     res = R.count_railcars(image, tracks, sun_azimuth_deg=180.0, sun_elevation_deg=elevation)
     return (sum(1 for d in res.detections if d.feature_id == "T1"),

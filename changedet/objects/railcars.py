@@ -1090,20 +1090,10 @@ def _gaps_shaded(strip: Strip, azimuth_deg: float | None, elevation_deg: float |
     under a higher sun, or one across the track, a train of pale flat wagons shows lit
     gaps and is as uniform as a concrete bed (review RRAILF H1, H2).
     """
-    n = strip.along_m.size
-    if azimuth_deg is None or elevation_deg is None or n < 2:
+    if azimuth_deg is None or elevation_deg is None or strip.along_m.size < 2:
         return False
-    i0 = int(np.argmin(np.abs(strip.across_m)))
-    k = max(1, int(round(5.0 / strip.step_m)))
-    x, y = strip.x[i0], strip.y[i0]
-    lo, hi = np.clip(np.arange(n) - k, 0, n - 1), np.clip(np.arange(n) + k, 0, n - 1)
-    dx, dy = x[hi] - x[lo], y[hi] - y[lo]
-    norm = np.maximum(np.hypot(dx, dy), 1e-9)
-    az = math.radians(azimuth_deg)
-    # The sun's horizontal direction is (sin az, cos az) in (east, north).
-    along = np.abs(dx * math.sin(az) + dy * math.cos(az)) / norm
-    length = _LOWEST_DECK_M * along / math.tan(math.radians(min(max(elevation_deg, 1.0), 89.0)))
-    return bool(np.median(length) >= _MIN_COUPLER_GAP_M)
+    along, _, tan_el = _sun_on_track(strip, azimuth_deg, elevation_deg)
+    return bool(np.median(_LOWEST_DECK_M * along / tan_el) >= _MIN_COUPLER_GAP_M)
 
 
 # Shortest coupler gap between two cars' bodies (m): buffers and couplers keep car ends
@@ -1117,6 +1107,15 @@ def _local_shadow_across(strip: Strip, azimuth_deg: float | None, elevation_deg:
     n = strip.along_m.size
     if azimuth_deg is None or elevation_deg is None or n < 2:
         return np.full(n, np.nan)
+    _, across, tan_el = _sun_on_track(strip, azimuth_deg, elevation_deg)
+    return np.where(across >= 0.2, across / tan_el, np.nan)
+
+
+def _sun_on_track(strip: Strip, azimuth_deg: float, elevation_deg: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """Per sample along ``strip`` (at least two), the shares of the sun's horizontal
+    direction along and across the track's local direction (over about 10 m; absolute
+    values, 0-1), and the tangent of the sun's elevation (clipped to 1-89 degrees)."""
+    n = strip.along_m.size
     i0 = int(np.argmin(np.abs(strip.across_m)))
     k = max(1, int(round(5.0 / strip.step_m)))
     x, y = strip.x[i0], strip.y[i0]
@@ -1124,9 +1123,10 @@ def _local_shadow_across(strip: Strip, azimuth_deg: float | None, elevation_deg:
     dx, dy = x[hi] - x[lo], y[hi] - y[lo]
     norm = np.maximum(np.hypot(dx, dy), 1e-9)
     az = math.radians(azimuth_deg)
+    # The sun's horizontal direction is (sin az, cos az) in (east, north).
+    along = np.abs(dx * math.sin(az) + dy * math.cos(az)) / norm
     across = np.abs(dx * math.cos(az) - dy * math.sin(az)) / norm
-    per_m = across / math.tan(math.radians(min(max(elevation_deg, 1.0), 89.0)))
-    return np.where(across >= 0.2, per_m, np.nan)
+    return along, across, math.tan(math.radians(min(max(elevation_deg, 1.0), 89.0)))
 
 
 def _bed_mode(centres: np.ndarray, lit_sd: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
