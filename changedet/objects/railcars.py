@@ -85,7 +85,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import shapely
@@ -390,6 +390,21 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
     path = None
     if vhr and sun_azimuth_deg is not None and sun_elevation_deg is not None:
         path = _path_radiance(strips, refs["shadow"], refs["lit"])
+    # Each track's own bed where its lit flanks show it (see _with_bed), learnt first on
+    # every track: a busy track seen empty only between cuts of cars takes one of these
+    # where its few empty centres match it. On the light above the darkest light, as the
+    # tracks are read outside a cloud's faint edge (below).
+    beds = {}
+    if vhr and grid.resolution <= _BED_MAX_RES_M:
+        for tid, strip in strips.items():
+            if _sun_geometry(tracks[tid], sun_azimuth_deg, sun_elevation_deg)[0] is None:
+                continue
+            on = strip if haze is None else _offset(strip, haze)
+            got = _with_bed(on, refs if haze is None else refs_above_dark,
+                            per_m=_local_shadow_across(on, sun_azimuth_deg, sun_elevation_deg),
+                            blur_m=max(0.2, 0.5 * grid.resolution), floor_light=haze)
+            if "bed" in got:
+                beds[tid] = (got["bed"], got["bed_sd"])
     per_feature, detections = [], []
     total_obs, total_len = 0.0, 0.0
     est_total, est_var = 0.0, 0.0
@@ -422,7 +437,9 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
             blur_m = max(0.2, 0.5 * grid.resolution)
             if vhr and grid.resolution <= _BED_MAX_RES_M and sun_left is not None:
                 got = (on, _with_bed(on, got[1], per_m=per_m, blur_m=blur_m,
-                                     path=haze if lift is None else None, floor_light=lift))
+                                     path=haze if lift is None else None, floor_light=lift,
+                                     beds_elsewhere=[] if thin_cloud else
+                                     [b for t, b in beds.items() if t != tid]))
             if (vhr and "bed" not in got[1]
                     and (sun_left is None or not _deck_shadow_readable(on, per_m, blur_m=blur_m))
                     and _gaps_shaded(on, sun_azimuth_deg, sun_elevation_deg)):
@@ -713,7 +730,8 @@ def _empty_track_reference(strips: Mapping[str, Strip], *, flanked: bool = True)
 
 
 def _with_bed(strip: Strip, refs, *, per_m: float | np.ndarray, path: np.ndarray | None = None,
-              floor_light: np.ndarray | None = None, blur_m: float | None = None) -> dict:
+              floor_light: np.ndarray | None = None, blur_m: float | None = None,
+              beds_elsewhere: Sequence[tuple[np.ndarray, np.ndarray]] = ()) -> dict:
     """``refs`` with the colour of this track's own empty bed, where the image shows it.
 
     Parameters
@@ -736,6 +754,10 @@ def _with_bed(strip: Strip, refs, *, per_m: float | np.ndarray, path: np.ndarray
         spread's floor is taken on the light as recorded (see :func:`_recorded_spread_floors`).
     blur_m : float or None
         Blur at a body's edge (m), as in :func:`_deck_shadow_bands`; None: the samples'.
+    beds_elsewhere : sequence of (numpy.ndarray, numpy.ndarray)
+        The beds (lit colour and spread per band, reflectance, on the basis of ``strip``)
+        learnt on the image's other tracks: one that this track's few empty centres
+        match is taken as its bed (see Notes).
 
     Returns
     -------
@@ -759,16 +781,116 @@ def _with_bed(strip: Strip, refs, *, per_m: float | np.ndarray, path: np.ndarray
     ``_BED_MAX_RES_M`` or finer (see there). The bed in shade keeps the shadowed
     ground's share of the lit ground's light per band (the same sun and skylight on
     another material).
+
+    A track seen empty over less than those 20 m (a busy track: gaps between cuts of
+    cars) takes the bed learnt on another track of the image where its own empty
+    centres, over ``_MIN_CORROBORATING_M`` at least and with one contiguous empty
+    stretch of ``_MIN_CORROBORATING_RUN_M`` among them (a real gap between cuts, not
+    samples scattered over a packed track's car tops), match it: their median within
+    ``_CORROBORATING_SPREADS`` of that bed's spread and ``_CORROBORATING_SHARE`` of its
+    colour in every band. The other beds are learnt first, each from its own track's
+    20 m or more (see ``_count_railcars``). A yard's tracks are
+    mostly laid alike (one sleeper type, ballast clean or fouled), and the few centres
+    seen empty here are this track's own evidence that its bed is that one; a bed of
+    another kind (wooden against concrete sleepers: a quarter against 1.2-1.5 times the
+    side ground's light) does not match and is left unlearnt, as before.
     """
     lit = np.asarray(refs["lit"], dtype="float64")
     shadow = np.asarray(refs["shadow"], dtype="float64")
     if not (np.all(np.isfinite(lit)) and np.all(np.isfinite(shadow))):
         return refs
     lit_sd = np.asarray(refs["lit_sd"], dtype="float64")
-    mode = _bed_mode(_flanked_centres(strip, refs, per_m, blur_m=blur_m), lit_sd)
+    every, flanked = _flanked_mask(strip, refs, per_m, blur_m=blur_m)
+    centres = every[flanked]
+    mode = _bed_mode(centres, lit_sd)
+    if mode is None and centres.shape[0] < _MIN_FLANKED_CENTRES:
+        # Too little seen empty to learn from (not a mix _bed_mode refused). Only a real
+        # gap between cuts of cars corroborates: one contiguous empty stretch of
+        # _MIN_CORROBORATING_RUN_M, not samples scattered over car tops (review RRCOUNT H2).
+        mode = _corroborated_bed(centres, beds_elsewhere, strip.step_m,
+                                 longest_run_m=_longest_run(flanked) * strip.step_m)
     if mode is None:
         return refs
     return _bed_refs(refs, *mode, path=path, floor_light=floor_light)
+
+
+def _longest_run(mask: np.ndarray) -> int:
+    """Length (samples) of the longest run of consecutive True values in a 1-D mask.
+
+    Parameters
+    ----------
+    mask : numpy.ndarray
+        Boolean per sample along a track, in order along it.
+
+    Returns
+    -------
+    int
+        The longest run of True samples; 0 for none.
+    """
+    m = np.concatenate(([False], np.asarray(mask, dtype=bool), [False])).astype(np.int8)
+    edges = np.flatnonzero(np.diff(m))
+    if edges.size == 0:
+        return 0
+    return int(np.max(edges[1::2] - edges[0::2]))
+
+
+def _corroborated_bed(centres: np.ndarray, beds: Sequence[tuple[np.ndarray, np.ndarray]],
+                      step_m: float, *, longest_run_m: float = np.inf) -> tuple[np.ndarray, np.ndarray] | None:
+    """The bed of another track that a track's few empty centres match (see :func:`_with_bed`).
+
+    Parameters
+    ----------
+    centres : numpy.ndarray
+        (n, band) centre colours of the stretches of this track seen empty (reflectance).
+    beds : sequence of (numpy.ndarray, numpy.ndarray)
+        Beds learnt on other tracks: lit colour and spread per band (reflectance).
+    step_m : float
+        Sample spacing along the track (m).
+    longest_run_m : float
+        Length (m) of the longest contiguous stretch of this track seen empty (the
+        caller's flanked mask, see :func:`_flanked_mask`); infinite: not checked.
+
+    Returns
+    -------
+    tuple of numpy.ndarray or None
+        The matched bed's colour and spread per band (of several, the nearest in
+        spreads); None with under ``_MIN_CORROBORATING_M`` of empty centres in all,
+        no contiguous stretch of ``_MIN_CORROBORATING_RUN_M``, no bed elsewhere, or
+        none matching.
+    """
+    c = centres[np.all(np.isfinite(centres), axis=1)] if centres.size else centres
+    if not beds or c.shape[0] < max(3, int(round(_MIN_CORROBORATING_M / step_m))):
+        return None
+    if not longest_run_m >= _MIN_CORROBORATING_RUN_M:
+        return None
+    med = np.median(c, axis=0)
+    tol = np.minimum(_CORROBORATING_SPREADS * np.asarray([np.maximum(sd, 0.02 * np.abs(col)) for col, sd in beds]),
+                     _CORROBORATING_SHARE * np.abs(np.asarray([col for col, _ in beds])))
+    hits = [(col, sd) for (col, sd), t in zip(beds, tol) if np.all(np.abs(med - col) <= t)]
+    if not hits:
+        return None
+    # Beds of two tracks both matching (close kinds): the one nearest in spreads.
+    return min(hits, key=lambda b: float(np.mean(np.abs(med - b[0]) / np.maximum(b[1], 1e-4))))
+
+
+# Least total length (m) of a track's flanked centres (samples, not necessarily one
+# stretch) that may corroborate a bed learnt on another track (see _with_bed): enough
+# for a stable median.
+_MIN_CORROBORATING_M = 5.0
+# Least length (m) of one contiguous empty stretch among them. Between two cuts of cars
+# a real gap is several metres (couplers alone keep car ends ~1 m apart, and yards leave
+# gaps of a car length or more), while flanked samples on a packed track's car tops come
+# in runs of 0.5-2 m (pale roofs blurred with penumbra at 0.75 m, review RRCOUNT H2: 33
+# samples in 21 runs on a track of 18 cars end to end). 3 m is above those runs and
+# below the real gaps this rule is for (3.3-6.5 m measured on slices 190 and 120).
+_MIN_CORROBORATING_RUN_M = 3.0
+# Spreads of the other track's bed, and share of its colour, within which this track's
+# empty centres' median must lie in every band to take that bed. The share tells the
+# same sleepers on clean ballast from fouled (concrete: about 0.19 against 0.16 in
+# reflectance, 17 % apart; wooden: 0.095 against 0.06) where a hazy or cloudy scene's
+# spreads are wide.
+_CORROBORATING_SPREADS = 3.0
+_CORROBORATING_SHARE = 0.15
 
 
 def _bed_refs(refs, colour: np.ndarray, spread: np.ndarray, *, path: np.ndarray | None = None,
@@ -919,7 +1041,18 @@ _UNIFORM_TRACK_SHARE = 0.5
 
 
 def _flanked_centres(strip: Strip, refs, per_m: float | np.ndarray, *, blur_m: float | None = None) -> np.ndarray:
-    """Centre colours (n, band) of the stretches of a track seen empty: lit ground on both
+    """Centre colours (n, band) of the stretches of a track seen empty (reflectance).
+
+    Parameters and rules as :func:`_flanked_mask`, of which this keeps the flanked rows.
+    """
+    every, flanked = _flanked_mask(strip, refs, per_m, blur_m=blur_m)
+    return every[flanked]
+
+
+def _flanked_mask(strip: Strip, refs, per_m: float | np.ndarray, *,
+                  blur_m: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Centre colours (n, band) of every sample along a track, and which of them are
+    seen empty (n,): lit ground on both
     sides under a sun that makes any car on the track shade its anti-sun side band, or the
     ground just past the lowest deck's edge.
 
@@ -932,12 +1065,16 @@ def _flanked_centres(strip: Strip, refs, per_m: float | np.ndarray, *, blur_m: f
     deck's edge outwards is lit as well, and mirror samples match (a pale deck's blur is
     symmetric, its shadow is not; ``_FLANK_MIRROR_SHARE``). With the sun along the
     track, very high or unknown a flanked centre may be a car, and none is returned.
-    Side bands are lit ground within ``_FLANK_LIT_SPREADS`` of ``refs["lit"]``. ``blur_m``
-    (m or None) is the blur at a body's edge, as in :func:`_deck_shadow_bands`.
+    Side bands are lit ground within ``_FLANK_LIT_SPREADS`` of ``refs["lit"]``, or of
+    the side's own lit ground where that is darker ground in the sun (see
+    :func:`_own_side_lit`). ``blur_m`` (m or None) is the blur at a body's edge, as in
+    :func:`_deck_shadow_bands`. With nothing readable both arrays are empty (0 rows).
+    The mask keeps the order along the track, so callers can measure contiguous empty
+    stretches (see :func:`_corroborated_bed`).
     """
     lit = np.asarray(refs["lit"], dtype="float64")
     lit_sd = np.asarray(refs["lit_sd"], dtype="float64")
-    none = np.empty((0, lit.size))
+    none = (np.empty((0, lit.size)), np.zeros(0, dtype=bool))
     if not (np.all(np.isfinite(lit)) and np.all(np.isfinite(lit_sd))):
         return none
     # Per sample along (a curved track's legs face the sun differently; review RBED F1).
@@ -957,14 +1094,24 @@ def _flanked_centres(strip: Strip, refs, per_m: float | np.ndarray, *, blur_m: f
     a = strip.across_m
     centres = quiet_nanmean(strip.values[:, centre, :], axis=1).T
     sd = np.maximum(lit_sd, 0.02 * np.abs(lit))
+    # Each side's own lit ground (see _own_side_lit): grass, soil or fouled ballast
+    # beside this track may be darker than the yard's lit ground.
+    halves = (side & (a > 0), side & (a < 0))
+    if not all(h.any() for h in halves):
+        return none
+    flanks = [quiet_nanmean(strip.values[:, h, :], axis=1).T for h in halves]
+    own = [_own_side_lit(f, lit, sd, refs.get("shadow", np.full(lit.size, np.nan))) for f in flanks]
+    level = [float(np.mean(o[0])) for o in own]
     flanked = np.all(np.isfinite(centres), axis=1) & (casts | near_read)
     if near_read.any():
         k = int(1.0 / strip.step_m) | 1
         inner = np.abs(a) >= _LOWEST_HALF_WIDTH_M + blur / 2
         # Brightness per across sample (rows) along the track, smoothed over 1 m.
         b = np.stack([_nan_smooth(x, k) for x in quiet_nanmean(strip.values, axis=0)])
+        # Each side against its own lit ground's level.
+        thr = _SUN_LIT_SHARE * np.where(a > 0, level[0], level[1])
         with np.errstate(invalid="ignore"):
-            all_lit = np.all(b[inner] > _SUN_LIT_SHARE * float(np.mean(lit)), axis=0)
+            all_lit = np.all(b[inner] > thr[inner, None], axis=0)
         # At 0.5 m the one sample in a 0.4-0.6 m deck band mixes the pale deck's blurred
         # light with its shadow and may read lit (review RBRIGHTBED: whole trains of pale
         # flat decks learnt as the bed). The blur is the same on both sides of the axis,
@@ -992,17 +1139,94 @@ def _flanked_centres(strip: Strip, refs, per_m: float | np.ndarray, *, blur_m: f
                 # A missing mirror sample (NaN) does not show the track empty.
                 all_lit &= np.minimum(*pair) >= (1.0 - _FLANK_MIRROR_SHARE) * np.maximum(*pair)
         flanked &= casts | all_lit
-    for half in (side & (a > 0), side & (a < 0)):
-        if not half.any():
-            return none
-        flank = quiet_nanmean(strip.values[:, half, :], axis=1).T
-        d = np.sqrt(np.mean(((flank - lit) / sd) ** 2, axis=1))
+    for flank, (side_lit, side_sd), side_level in zip(flanks, own, level):
+        d = np.sqrt(np.mean(((flank - side_lit) / side_sd) ** 2, axis=1))
         # And as bright as sunlit ground (as _occupancy reads the sun side): where low sun
         # or coarse pixels widen the yard's lit spread to a third or half of its colour,
         # 1.5 spreads also take in a car's shadow, which keeps under 65 % of the light.
-        lit_flank = np.mean(flank, axis=1) > _SUN_LIT_SHARE * float(np.mean(lit))
+        lit_flank = np.mean(flank, axis=1) > _SUN_LIT_SHARE * side_level
         flanked &= np.isfinite(d) & (d < _FLANK_LIT_SPREADS) & lit_flank
-    return centres[flanked]
+    return centres, flanked
+
+
+def _own_side_lit(flank: np.ndarray, lit: np.ndarray, sd: np.ndarray,
+                  shadow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The lit ground beside one side of a track: its own, where darker than the yard's.
+
+    Parameters
+    ----------
+    flank : numpy.ndarray
+        (n, band) mean colour of the side band at each sample along the track
+        (reflectance).
+    lit, sd : numpy.ndarray
+        Per band, the yard's lit ground colour and the spread used to judge it
+        (reflectance).
+    shadow : numpy.ndarray
+        Per band, the yard's shadowed ground colour (reflectance); NaN: unknown (then
+        the yard's lit ground is kept).
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        Per band, the lit colour and spread this side's band is judged against: the
+        yard's, or the side's own (see Notes), its spread no tighter than the yard's
+        scaled to its brightness, nor than 2 % of its colour.
+
+    Notes
+    -----
+    The yard's lit ground is learnt from every track's side bands, and in a yard of
+    clean ballast between grass, soil or fouled ballast it is the brightest of them.
+    Beside a track whose side band is darker ground (grass 0.10 against ballast 0.15,
+    reflectance), lit ground there keeps 0.6-0.75 of the yard's colour and never reads
+    as lit, so no stretch of that track is ever seen empty and its bed is never learnt.
+    Its own lit ground is the bright mode of the band along the track (the brighter
+    40 % of its samples, as :meth:`GroundModel.from_samples` takes lit ground), taken
+    where it is darker than the yard's but brighter than any shadow could be
+    (``_OWN_LIT_MIN_SHARE`` of the yard's lit brightness: a shadow keeps 8-65 % of the
+    light) over at least ``_MIN_FLANKED_CENTRES`` samples, and where it is not the
+    yard's ground in part shade: its colour must lie ``_OWN_LIT_MIN_OFF_SPREADS`` off
+    the line between the yard's lit and shadowed ground (see the comment in the code). A side mostly in cars'
+    shadows has a bright mode in shade and keeps the yard's colour.
+    """
+    ok = np.all(np.isfinite(flank), axis=1)
+    f = flank[ok]
+    if f.shape[0] < _MIN_FLANKED_CENTRES:
+        return lit, sd
+    b = f.mean(axis=1)
+    colour, spread = robust_ref(f[b >= np.percentile(b, 60)])
+    share = float(np.mean(colour)) / max(float(np.mean(lit)), 1e-6)
+    if not _OWN_LIT_MIN_SHARE <= share < 1.0:
+        return lit, sd
+    # Not the yard's ground in part shade. Any mix of the yard's ground in sun and in
+    # shade (penumbra, a blurred body edge at 0.75 m, bright shade on snow, a band half
+    # beside cars' shadows) lies ON the line between the yard's lit and shadowed ground,
+    # under any sky; other ground in the sun (grass, soil) has its own spectrum and lies
+    # OFF it. Where along the line a colour lies cannot tell the two apart (a band half
+    # lit is halfway along by construction, review RRCOUNT H1), how far off it can:
+    # measured 0.1-0.3 spreads for the blur and penumbra mixes beside packed tracks
+    # under a low sun, 1.3-1.5 for dry grass beside clean ballast. Darker ground of the
+    # yard's own spectrum (grey fouled ballast) is refused too: colour cannot tell it
+    # from shade, and refusing keeps the yard's lit colour, as before.
+    sh = np.asarray(shadow, dtype="float64")
+    if not np.all(np.isfinite(sh)):
+        return lit, sd
+    _, nearest = ground_mix(colour[:, None], np.asarray(lit, dtype="float64"), sh)
+    off = float(np.sqrt(np.mean(((colour - nearest[:, 0]) / sd) ** 2)))
+    if not off >= _OWN_LIT_MIN_OFF_SPREADS:
+        return lit, sd
+    return colour, np.maximum(np.maximum(spread, 0.02 * np.abs(colour)), sd * share)
+
+
+# Least share of the yard's lit brightness a side's own lit ground may keep (see
+# _own_side_lit): above the 65 % that a shadow keeps under a clear sky (GroundModel's
+# limit). Under haze, a low sun or on snow shade keeps more and this floor alone does
+# not refuse it (the off-line test below does); it refuses a car's shadow falling on
+# ground of another spectrum, which lies off the line but keeps under 65 % of the light.
+_OWN_LIT_MIN_SHARE = 0.65
+# Least RMS distance (in the yard's lit spreads) of a side's own lit ground from the
+# line between the yard's lit and shadowed ground (see _own_side_lit): part shade lies
+# on it (0.1-0.3 measured), other ground in the sun off it (1.3-1.5 measured).
+_OWN_LIT_MIN_OFF_SPREADS = 0.75
 
 
 def _deck_shadow_bands(strip: Strip, per_m: float | np.ndarray, *,
