@@ -215,7 +215,8 @@ def count_containers(
             patches = _tarp_patches((tarps & blob) | _dull_tops(blob, pix, px_m2), grid)
             n_tarps = len(patches)
             stacks = _stack_tiers(blob, pix, lengths, px_m2, _walk_to_tiers(res, sun_azimuth_deg, sun_elevation_deg),
-                                  _toward_sun(sun_azimuth_deg, res)) if have_sun else None
+                                  _toward_sun(sun_azimuth_deg, res), azimuth=sun_azimuth_deg,
+                                  res=res) if have_sun else None
             blobs.append((blob, area, lengths, patches, stacks, _ground_slots(blob, res), _box_runs(blob, pix, res)))
         pending.append((zid, inside, blobs))
         continue
@@ -1262,7 +1263,8 @@ def _toward_sun(azimuth: float, res: float) -> tuple[np.ndarray, np.ndarray]:
     return np.round(-k * math.cos(az)).astype(int), np.round(k * math.sin(az)).astype(int)
 
 
-def _stack_tiers(blob, pix, walks, px_m2, to_tiers, back=None) -> tuple[list, list, list] | None:
+def _stack_tiers(blob, pix, walks, px_m2, to_tiers, back=None, azimuth=None,
+                 res=None) -> tuple[list, list, list] | None:
     """Mean tiers of a block from the heights of the stacks along its anti-sun edge.
 
     A shadow walk is attributed to the stack it starts from. It measures that stack's
@@ -1275,6 +1277,13 @@ def _stack_tiers(blob, pix, walks, px_m2, to_tiers, back=None) -> tuple[list, li
 
     With ``back`` (:func:`_toward_sun`), a walk whose ray back towards the sun leaves
     its stack within ``CORNER_M`` (past the stack's corner) is not attributed to it.
+
+    With ``azimuth`` (degrees) and ``res`` (m, pixel size), where the pixel is too coarse
+    to show the gap between stacks (``res > 2 * STACK_GAP_M``), a top larger than any one
+    stack's (``MAX_TOP_M2``: several stacks' tops merged where the gaps between them blur
+    away) is not read as one stack: its walks are split into pieces
+    of the edge at least ``STACK_SIDE_M`` wide (:func:`_edge_pieces`), each a stack's
+    height, each weighted by the top's area times its share of the walks.
 
     Returns the heights (tiers) of the stacks whose shadows were seen to end, their
     areas (pixels), and (lower bound, area) of the stacks whose shadows were all cut
@@ -1300,11 +1309,39 @@ def _stack_tiers(blob, pix, walks, px_m2, to_tiers, back=None) -> tuple[list, li
     # read a four-tier stack as one.
     seg = np.where((lengths + WALK_END_PX) * to_tiers >= 0.5, seg, 0)
     heights, areas, hidden = [], [], []
+    groups = []
     for k in np.unique(seg[seg > 0]):
         m = seg == k
         if m.sum() < 3:
             continue
         area = float((labels == k).sum())
+        if (azimuth is not None and res is not None and res > 2.0 * STACK_GAP_M
+                and area * px_m2 > MAX_TOP_M2):
+            # Only where the pixel is too coarse to show the gap between two stacks
+            # (res > 2 * STACK_GAP_M) do whole rows of neighbouring tops blur into one
+            # along the edge, so that each piece of the edge stands for the stacks
+            # behind it. With finer pixels the gaps still show; a top this large is then
+            # mostly tops of one paint joined across rows at different heights, and the
+            # edge stack a piece reads is no proxy for the lower or taller tops behind it.
+            # The gate is a proxy for "the gaps blurred away" (merged tops occur at
+            # 0.3-0.5 m too; any threshold between 0.5 and 0.8 m reads the same on the
+            # altgen bench). Several stacks under one top: one stack's height per piece.
+            # Known misreads (review RYARD, session 38): a piece's weight (the top's area
+            # times its share of the walks) is not bounded by one stack's depth, so a
+            # piece starting on no stack can carry half a large label (yard 2065 zone 3:
+            # 9.2 -> 80 % TEU error); under a low sun at 0.8 m (never rendered by the
+            # bench) a piece has few walks and reads tall (yards 195-200 off-bench:
+            # 16.4 -> 17.3 %, tier bias +6.3 -> +9.9 %); the split moves the tier and TEU
+            # bias at 0.8 m up by 3-6 points (195-200: tiers -1.5 -> +4.4 %).
+            pieces = _edge_pieces(r0[m], c0[m], azimuth, res)
+            idx = np.nonzero(m)[0]
+            for piece in pieces:
+                one = np.zeros_like(m)
+                one[idx[piece]] = True
+                groups.append((one, area * piece.sum() / m.sum()))
+            continue
+        groups.append((m, area))
+    for m, area in groups:
         q = _km_quantile(lengths[m], censored[m], STACK_QUANTILE)
         if q is None:
             # Less one step: the pixel where the walk met the next block may be half wall.
@@ -1315,6 +1352,70 @@ def _stack_tiers(blob, pix, walks, px_m2, to_tiers, back=None) -> tuple[list, li
     if not heights and not hidden:
         return None
     return heights, areas, hidden
+
+
+# The largest top one stack shows (m^2): a 40 ft box, 12.19 x 2.44 m (29.7 m^2), with a
+# pixel's blur around it at 0.8 m pixels (about 45 m^2 in all). A top larger than this holds
+# several stacks whose gaps (0.2-0.5 m) blurred away.
+MAX_TOP_M2 = 45.0
+# The gap between neighbouring stacks in a block (m): the placement clearance a crane
+# leaves between boxes, about 0.3-0.5 m in RTG/RMG blocks (wider in straddle-carrier
+# yards; the 0.35-0.45 m at _STACK_EDGE lies in it). A gap shows as a dark line or a colour
+# step above _STACK_EDGE only while it fills about half a pixel after the sensor's blur,
+# i.e. at pixels up to about twice the gap; at 0.8 m pixels neighbouring tops merge. The
+# lower end (0.3 m) is taken so that 0.6 m pixels still count as showing the gaps: a
+# proxy for where the gaps blur away, not a derived limit (see _stack_tiers).
+STACK_GAP_M = 0.3
+# The narrowest side a stack shows across the sun's direction (m): a box is 2.44 m wide,
+# and a 2.44 x 6.06 m (or 12.19 m) rectangle is at least 2.44 m wide seen from any side.
+STACK_SIDE_M = 2.44
+
+
+def _edge_pieces(r0: np.ndarray, c0: np.ndarray, azimuth: float, res: float) -> list[np.ndarray]:
+    """Split the walks leaving one top into pieces of the edge, each about one stack wide.
+
+    Walks run away from the sun; their starts are placed along the axis across that
+    direction. Sorted along it, the walks are cut into runs whose starts span at least
+    ``STACK_SIDE_M`` (their pixels a little more) and of at least three walks (a
+    Kaplan-Meier quantile needs a few): a piece spans one stack, or parts of two
+    neighbours at most. A run left at the end with fewer walks joins the one before it.
+
+    Parameters
+    ----------
+    r0, c0 : numpy.ndarray
+        Row and column (pixels) where each walk starts.
+    azimuth : float
+        Sun azimuth (degrees clockwise from north).
+    res : float
+        Pixel size (m).
+
+    Returns
+    -------
+    list of numpy.ndarray
+        Boolean masks over the walks, one per piece.
+    """
+    az = math.radians(azimuth)
+    # Walks run along (cos az, -sin az) in (row, col); the axis across them is
+    # (sin az, cos az).
+    pos = (r0 * math.sin(az) + c0 * math.cos(az)) * res
+    order = np.argsort(pos, kind="stable")
+    pieces, start = [], 0
+    for i in range(1, order.size + 1):
+        wide = i == order.size or pos[order[i]] - pos[order[start]] >= STACK_SIDE_M
+        if wide and i - start >= 3:
+            pieces.append(order[start:i])
+            start = i
+    if start < order.size:
+        if pieces:
+            pieces[-1] = np.concatenate([pieces[-1], order[start:]])
+        else:
+            pieces.append(order[start:])
+    out = []
+    for p in pieces:
+        m = np.zeros(order.size, bool)
+        m[p] = True
+        out.append(m)
+    return out
 
 
 def _block_tiers(stacks, fallback: float) -> tuple[float, int, float] | None:
