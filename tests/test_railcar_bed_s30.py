@@ -6,7 +6,7 @@ or fouled ballast a quarter to 0.6 of it. Judged against the side ground alone, 
 centre read as a bright or a dark car over its length (altgen tuning: single empty
 tracks read 5-17 false cars). The bed's colour is now learnt where the track is seen
 empty, lit ground on both sides under a sun that makes any car shade its anti-sun side
-(:func:`railcars._flanked_centres`, :func:`railcars._with_bed`), and the centre is
+(:func:`railcars._flanked_mask`, :func:`railcars._with_bed`), and the centre is
 judged against it as well as against the side ground.
 """
 
@@ -85,14 +85,14 @@ def test_no_bed_is_learnt_where_a_car_need_not_shade_the_side_band():
     # shadow does not reach the side band, so lit flanks do not say the track is empty.
     strip = _strip(np.broadcast_to((1.35 * GROUND)[:, None], (4, N)))
     for per_m in (_per_m(64.0), _per_m(45.0, azimuth=95.0), float("nan")):
-        assert R._flanked_centres(strip, _refs(), per_m).shape[0] == 0
+        assert not R._flanked_mask(strip, _refs(), per_m)[1].any()
         assert "bed" not in R._with_bed(strip, _refs(), per_m=per_m)
     # (At 64 degrees no 0.5 m sample lies inside the deck's shadow band, 1.44-2.07 m less
     # the blur, so nothing is read there: session 32.) With the 2.0 m samples shaded, the
     # deck's shadow is drawn, and the track is not empty either.
     deck = _strip(np.broadcast_to((1.35 * GROUND)[:, None], (4, N)))
     deck.values[:, np.isclose(ACROSS, 2.0), :] = (0.35 * GROUND)[:, None, None]
-    assert R._flanked_centres(deck, _refs(), _per_m(64.0)).shape[0] == 0
+    assert not R._flanked_mask(deck, _refs(), _per_m(64.0))[1].any()
     assert "bed" not in R._with_bed(deck, _refs(), per_m=_per_m(64.0))
 
 
@@ -100,7 +100,7 @@ def test_cars_shading_their_anti_sun_side_are_not_learnt_as_bed():
     # Cars over the whole track shade its anti-sun band: no centre is flanked by lit ground.
     car = np.broadcast_to((0.6 * GROUND)[:, None], (4, N))
     strip = _strip(car, anti_sun=np.broadcast_to(SHADOW[:, None], (4, N)))
-    assert R._flanked_centres(strip, _refs(), _per_m(40.0)).shape[0] == 0
+    assert not R._flanked_mask(strip, _refs(), _per_m(40.0))[1].any()
     assert "bed" not in R._with_bed(strip, _refs(), per_m=_per_m(40.0))
     # A packed track with only a short empty stretch (10 m) keeps the side colour alone.
     anti = np.broadcast_to(SHADOW[:, None], (4, N)).copy()

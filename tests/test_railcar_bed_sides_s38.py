@@ -80,7 +80,7 @@ def test_a_side_in_the_cars_shadow_keeps_the_yards_lit_ground():
     flank = R.quiet_nanmean(strip.values[:, ACROSS >= 2.0, :], axis=1).T
     lit, sd = R._own_side_lit(flank, GROUND, 0.08 * GROUND, SHADOW)
     assert np.allclose(lit, GROUND)
-    assert R._flanked_centres(strip, _refs(), _per_m()).shape[0] == 0
+    assert not R._flanked_mask(strip, _refs(), _per_m())[1].any()
 
 
 def _busy_track(bed: np.ndarray) -> Strip:
@@ -175,7 +175,7 @@ def test_a_side_band_of_part_shade_beside_a_packed_track_is_not_its_own_lit_grou
     # learnt from them, and the track keeps its cars.
     strip = _packed_track(PALE_ROOF, _const(mix))
     per_m = _per_m(25.0)
-    assert R._flanked_centres(strip, refs, per_m).shape[0] == 0
+    assert not R._flanked_mask(strip, refs, per_m)[1].any()
     got = R._with_bed(strip, refs, per_m=per_m, beds_elsewhere=[(PALE_ROOF, 0.05 * PALE_ROOF)])
     assert "bed" not in got
     kw = dict(min_contrast=3.0, vhr=True, sun_left=False, shadow_across_m=per_m)
@@ -191,7 +191,8 @@ def test_a_packed_track_with_scattered_lit_gaps_does_not_take_a_matching_bed():
     for start in range(10, N, 30):
         lit_runs[start:start + 3] = True
     strip = _packed_track(CONCRETE_BED, _const(SHADOW), lit_runs)
-    flanked = R._flanked_centres(strip, _refs(), _per_m())
+    every, seen = R._flanked_mask(strip, _refs(), _per_m())
+    flanked = every[seen]
     assert 10 <= flanked.shape[0] < R._MIN_FLANKED_CENTRES   # enough in all to corroborate
     got = R._with_bed(strip, _refs(), per_m=_per_m(), beds_elsewhere=[(CONCRETE_BED, 0.04 * CONCRETE_BED)])
     assert "bed" not in got

@@ -4,7 +4,7 @@ A concrete-sleepered bed makes an empty centre 1.2-1.5 times as bright as the gr
 beside the track (more above the darkest light), and the colourful rule of
 :func:`railcars._occupancy` read such stretches as cars (altgen tuning, hazy 0.3 m: 10
 false cars on the empty tracks of index 102). The per-track bed (session 30,
-:func:`railcars._flanked_centres`) was never learnt there: under a sun over about 56
+:func:`railcars._flanked_mask`) was never learnt there: under a sun over about 56
 degrees (across the track) the lowest car's shadow, a bare flat wagon's deck, stops short
 of the side band's middle, and no centre was taken as seen empty. The deck's shadow still
 covers the ground just past its edge (as :func:`railcars._own_deck_shadow` reads it), and
@@ -71,12 +71,12 @@ def test_a_train_of_pale_flat_decks_under_a_high_sun_is_not_learnt_as_bed():
     per_m = _per_m(66.0)
     assert R._LOWEST_HALF_WIDTH_M + R._LOWEST_DECK_M * per_m < 2.1
     strip = _strip(1.45 * GROUND, anti_sun={1.8: 0.35 * GROUND})
-    assert R._flanked_centres(strip, _refs(), per_m).shape[0] == 0
+    assert not R._flanked_mask(strip, _refs(), per_m)[1].any()
     assert "bed" not in R._with_bed(strip, _refs(), per_m=per_m)
     # And a pale roof 1.6 m half-wide, 4 m high: its shadow covers 1.6-2.7 m.
     roof = _strip(3.5 * GROUND, anti_sun={1.2: 3.5 * GROUND, 1.5: 3.5 * GROUND, 1.8: SHADOW, 2.1: SHADOW,
                                             2.4: SHADOW})
-    assert R._flanked_centres(roof, _refs(), _per_m(75.0)).shape[0] == 0
+    assert not R._flanked_mask(roof, _refs(), _per_m(75.0))[1].any()
 
 
 def test_no_bed_where_the_deck_shadow_is_under_a_pixel():
@@ -84,7 +84,7 @@ def test_no_bed_where_the_deck_shadow_is_under_a_pixel():
     # wider than the edge's blur, and nothing tells a pale deck from a bed.
     strip = _strip(1.45 * GROUND)
     for per_m in (_per_m(78.0), _per_m(55.0, azimuth=100.0), float("nan")):
-        assert R._flanked_centres(strip, _refs(), per_m).shape[0] == 0
+        assert not R._flanked_mask(strip, _refs(), per_m)[1].any()
 
 
 @pytest.mark.slow

@@ -774,10 +774,10 @@ def _with_bed(strip: Strip, refs, *, per_m: float | np.ndarray, path: np.ndarray
     (~0.05) or fouled ballast a quarter to 0.6 of it. Judged against the ground beside
     the track alone, such an empty centre reads as a bright or a dark car over its
     length. Its own colour is learnt where this track is seen empty (see
-    :func:`_flanked_centres`) over ``_MIN_FLANKED_CENTRES`` samples (20 m), per track
+    :func:`_flanked_mask`) over ``_MIN_FLANKED_CENTRES`` samples (20 m), per track
     (beds differ between tracks: clean or fouled, concrete or wooden sleepers); else the
     side colour is used alone, as before (a packed track, the sun along the track or
-    very high: see :func:`_flanked_centres`). The caller learns it only at pixels of
+    very high: see :func:`_flanked_mask`). The caller learns it only at pixels of
     ``_BED_MAX_RES_M`` or finer (see there). The bed in shade keeps the shadowed
     ground's share of the lit ground's light per band (the same sun and skylight on
     another material).
@@ -1040,15 +1040,6 @@ _UNIFORM_RANGE = 0.35
 _UNIFORM_TRACK_SHARE = 0.5
 
 
-def _flanked_centres(strip: Strip, refs, per_m: float | np.ndarray, *, blur_m: float | None = None) -> np.ndarray:
-    """Centre colours (n, band) of the stretches of a track seen empty (reflectance).
-
-    Parameters and rules as :func:`_flanked_mask`, of which this keeps the flanked rows.
-    """
-    every, flanked = _flanked_mask(strip, refs, per_m, blur_m=blur_m)
-    return every[flanked]
-
-
 def _flanked_mask(strip: Strip, refs, per_m: float | np.ndarray, *,
                   blur_m: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Centre colours (n, band) of every sample along a track, and which of them are
@@ -1256,7 +1247,7 @@ def _deck_shadow_bands(strip: Strip, per_m: float | np.ndarray, *,
     reach : numpy.ndarray
         Per sample, how far (m) the lowest deck's shadow falls sideways (0 where NaN).
     blur : float
-        The blur used (m). See :func:`_flanked_centres`, which reads the flanks there.
+        The blur used (m). See :func:`_flanked_mask`, which reads the flanks there.
     """
     per_m = np.broadcast_to(np.asarray(per_m, dtype="float64"), strip.along_m.shape)
     reach = _LOWEST_DECK_M * np.nan_to_num(per_m)
@@ -1384,7 +1375,7 @@ def _bed_mode(centres: np.ndarray, lit_sd: np.ndarray) -> tuple[np.ndarray, np.n
 _FLANK_BAND_MID_M = 2.3
 # Most two mirror samples of lit ground beside an empty track may differ, as a share of
 # the brighter: texture and wear move ground by about a tenth, a shadow keeps under 65 %
-# of the light (see _flanked_centres).
+# of the light (see _flanked_mask).
 _FLANK_MIRROR_SHARE = 0.25
 # Coarsest pixel (m) at which a track's own bed is learnt from lit flanks (_with_bed; the
 # uniform bed, _uniform_bed, is gated by the sun instead): the side band starts 0.34 m
@@ -1392,7 +1383,7 @@ _FLANK_MIRROR_SHARE = 0.25
 # body's light into it over the body's own shadow, and lit-looking flanks then lie
 # beside cars (altgen, low sun at 1 m: 19-81 flanked centres per track, most on cars).
 # At 0.75 m the blur (about half a pixel, 0.4 m) still leaves most of the band's 0.6 m
-# outside a body's edge, and the deck-band and mirror tests of _flanked_centres vet the
+# outside a body's edge, and the deck-band and mirror tests of _flanked_mask vet the
 # rest: learnt there, empty beds under a low sun stopped reading as cars (session 37,
 # altgen tuning seeds 100-103: 6 false cars fewer at 0.75 m, none lost); 1 m stays out.
 _BED_MAX_RES_M = 0.75
