@@ -939,8 +939,9 @@ def _uniform_bed(strip: Strip, refs, *, path: np.ndarray | None = None,
     strip : Strip
         The track's samples (reflectance, on the same basis as ``refs``).
     refs : mapping
-        Learnt ground colours per band (reflectance): ``lit``, ``lit_sd`` and ``shadow``
-        must be finite; every entry is kept.
+        Learnt ground colours per band (reflectance): ``lit`` and ``lit_sd`` must be
+        finite; ``shadow`` may be NaN (unknown: the sun along the tracks), and the bed
+        in shade is then NaN too. Every entry is kept.
     path, floor_light : numpy.ndarray or None
         As in :func:`_with_bed` (per band, reflectance).
 
@@ -982,8 +983,15 @@ def _uniform_bed(strip: Strip, refs, *, path: np.ndarray | None = None,
     """
     lit = np.asarray(refs["lit"], dtype="float64")
     lit_sd = np.asarray(refs["lit_sd"], dtype="float64")
-    shadow = np.asarray(refs["shadow"], dtype="float64")
-    if not (np.all(np.isfinite(lit)) and np.all(np.isfinite(lit_sd)) and np.all(np.isfinite(shadow))):
+    # The shadowed ground's colour is not needed: uniformity along the track is read on
+    # the centre's brightness alone, and with the sun along the tracks (the case this
+    # test is for) no car shades the ground beside its track, so no shadow colour is
+    # learnt from the side bands (refs["shadow"] NaN; see _shadow_from_anti_sun_sides).
+    # The bed in shade is then unknown too (NaN, from _bed_refs) and only the lit bed
+    # is read (_occupancy's colour test, as it reads the lit ground without a shadow).
+    # Refusing it there left a concrete-sleepered empty track under a low sun along the
+    # yard read as 15 cars end to end (altgen low sun 0.75 m, tuning index 152).
+    if not (np.all(np.isfinite(lit)) and np.all(np.isfinite(lit_sd))):
         return refs
     step = strip.step_m
     w = int(round(_UNIFORM_WINDOW_M / step))

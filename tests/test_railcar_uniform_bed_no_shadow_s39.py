@@ -1,0 +1,74 @@
+"""Railcars, session 39 (issue 6): the uniform bed is learnt where no shadow colour is.
+
+With the sun along the tracks no car shades the ground beside its track, so the shadowed
+ground's colour is learnt from no side band (``refs["shadow"]`` NaN; see
+:func:`railcars._shadow_from_anti_sun_sides`). That is the very case the uniform-bed test
+(:func:`railcars._uniform_bed`) is for, yet it refused to learn a bed without a shadow
+colour, which it needs only for the bed in shade. A concrete-sleepered empty track under a
+low sun along the yard then read as pale cars end to end (altgen low sun, 0.75 m, tuning
+index 152: 15 false cars on one empty track). The lit bed is now learnt without it (the bed
+in shade is NaN, unknown), and a string of cars, its coupler gaps in the shade of the car
+ahead, is still not taken for a bed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from changedet.objects import railcars as R
+from tests.test_railcar_uniform_bed_s37 import GROUND, N, _cars, _strip
+
+
+def _refs_without_shadow():
+    """The ground's lit colour learnt, its shadow not (the sun along every track)."""
+    nan = np.full(4, np.nan)
+    return {"lit": GROUND.copy(), "lit_sd": 0.08 * GROUND, "shadow": nan, "shadow_sd": nan.copy()}
+
+
+def test_a_uniform_concrete_bed_is_learnt_without_a_shadow_colour():
+    bed = 1.45 * GROUND
+    strip = _strip(np.broadcast_to(bed[:, None], (4, N)))
+    refs = R._uniform_bed(strip, _refs_without_shadow())
+    assert "bed" in refs
+    assert np.allclose(refs["bed"], bed, rtol=0.03)
+    # The bed in shade is unknown, not guessed.
+    assert not np.any(np.isfinite(refs["bed_shadow"]))
+    # Against the side ground alone the whole empty track is a pale car; against its own
+    # bed nothing stands there.
+    kw = dict(min_contrast=3.0, vhr=True, sun_left=None)
+    assert R._occupancy(strip, _refs_without_shadow(), **kw)[0].mean() > 0.9
+    assert R._occupancy(strip, refs, **kw)[0].mean() < 0.05
+
+
+def test_a_string_of_cars_is_still_not_a_bed_without_a_shadow_colour():
+    # Pale roofs with shaded coupler gaps every 15 m (phantom-train guard, the other way
+    # round: cars must not be erased as a bed).
+    strip = _strip(_cars(1.45 * GROUND))
+    refs = R._uniform_bed(strip, _refs_without_shadow())
+    assert "bed" not in refs
+    occ, _ = R._occupancy(strip, refs, min_contrast=3.0, vhr=True, sun_left=None)
+    assert occ.mean() > 0.8
+
+
+def test_a_dark_uniform_stretch_is_still_not_a_bed_without_a_shadow_colour():
+    # A string of dark bodies is as uniform as a wooden-sleepered bed: not learnt.
+    refs = R._uniform_bed(_strip(np.broadcast_to((0.5 * GROUND)[:, None], (4, N))), _refs_without_shadow())
+    assert "bed" not in refs
+
+
+def test_an_empty_concrete_track_under_a_low_sun_along_the_yard_holds_no_cars():
+    # The altgen tuning scene (low sun, 0.75 m, index 152, seed 7460): the sun 1 degree
+    # off the tracks' axis, 21 degrees up, so no side band of any track is shaded and no
+    # shadow colour is learnt. Its empty concrete-sleepered track T3 read as 15 cars end
+    # to end; the busy tracks beside it keep their cars.
+    from tests.altgen.railyard import make_railyard
+
+    sc = make_railyard(7460, gsd_m=0.75, condition="low_sun")
+    res = R.count_railcars(sc.image, sc.tracks, valid=sc.valid, sun_azimuth_deg=sc.sun_azimuth_deg,
+                           sun_elevation_deg=sc.sun_elevation_deg)
+    est = {p["id"]: p["count"] for p in res.per_feature}
+    truth = {t: sum(1 for c in sc.cars if c.track_id == t) for t in sc.tracks}
+    assert truth["T3"] == 0 and truth["T2"] == 0
+    assert est["T3"] <= 1 and est["T2"] <= 1
+    for tid in ("T1", "T4", "T5", "T6"):
+        assert abs(est[tid] - truth[tid]) <= 3
