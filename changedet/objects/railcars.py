@@ -3867,8 +3867,10 @@ def _classify_rule(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float =
     misplaced), and a plain or open top of 18 m or more is an 80 ft flat wagon. A plain or textured top as wide as an ISO container
     (2.44 m, :func:`_top_width`; every 1520 mm freight car with a top at full width is
     3.1-3.3 m) and even out to its shoulders (:func:`_shoulder_step`; a locomotive's fan
-    band or hood is as narrow but its shoulders differ) is a container on a flat wagon,
-    read where pixels (``resolution_m``) are 0.75 m or finer. Along the car
+    band or hood is as narrow but its shoulders differ; at pixels of
+    ``_MAX_CONTAINER_SHOULDER_RES_M`` (0.5 m) or finer they step by
+    ``_MAX_CONTAINER_SHOULDER_STEP`` at most, a heaped load's falling away) is a
+    container on a flat wagon, read where pixels (``resolution_m``) are 0.75 m or finer. Along the car
     (:func:`_along_texture`; even under ``_EVEN_ALONG``, textured from
     ``_TEXTURED_ALONG``), a top not textured along and even out to its shoulders is a
     roof sheet at a locomotive's length: a boxcar's, not a locomotive's (whose fans and
@@ -3945,8 +3947,15 @@ def _classify_rule(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float =
         return "tank", "barrel"
     if look in ("plain", "flat") and resolution_m <= _MAX_WIDTH_RES_M:
         width = _top_width(strip, s0, s1)
+        # At pixels of _MAX_CONTAINER_SHOULDER_RES_M or finer the shoulders (0.6-1.0 m
+        # out) lie inside a container's 1.22 m half-width, mostly clear of its blurred
+        # edge at 0.3 m and partly blurred by it at 0.5 m: they step by
+        # _MAX_CONTAINER_SHOULDER_STEP at most (see there); coarser, the edge blurs into
+        # them and only a locomotive's fan band is told apart (_MAX_SHOULDER_STEP).
+        shoulder_max = (_MAX_CONTAINER_SHOULDER_STEP if resolution_m <= _MAX_CONTAINER_SHOULDER_RES_M
+                        else _MAX_SHOULDER_STEP)
         if (_CONTAINER_WIDTH_M[0] <= width <= _CONTAINER_WIDTH_M[1]
-                and _shoulder_step(strip, s0, s1) <= _MAX_SHOULDER_STEP):
+                and _shoulder_step(strip, s0, s1) <= shoulder_max):
             # A top 2.44 m wide and even out to its edges is an ISO container's (8 ft),
             # on a flat wagon: every 1520 mm freight car with a top at full width
             # (boxcar, hopper, open wagon) is 3.1-3.3 m wide. A locomotive's roof is
@@ -4331,6 +4340,33 @@ _WIDTH_CONTRAST = 0.15
 # own simulator a container's shoulders measured 0.12-0.27, a locomotive's (fan band down
 # the roof) 0.79-0.93 (review of ca3fedd).
 _MAX_SHOULDER_STEP = 0.5
+# Most a container's shoulders may step (:func:`_shoulder_step`) at pixels of
+# _MAX_CONTAINER_SHOULDER_RES_M or finer. An ISO container's roof is one sheet out to
+# 1.22 m from the centreline, so its shoulders (0.6-1.0 m out) are its roof: the own
+# simulator's containers stepped 0.12-0.27 (review of ca3fedd), altgen container wagons
+# read by their width at 0.3-0.5 m 0.17-0.18 at the median and 0.23-0.24 at the 90th
+# percentile (tuning 20-23 and 50-53). A bulk load heaped inside an open wagon's walls,
+# read as narrow as a container where its crest stands clear of the walls, falls away
+# towards its flanks (same scenes: open wagons 0.33-0.35 at the median).
+# Cost, measured on altgen (64 scenes a slice, session 39): container wagons lost to the
+# other rules 1, 1, 1, 4, 2 on slices 20, 50, 120, 170, 140 and 4, 5 on 80, 180, against
+# open wagons and hoppers gained 18, 8, 8, 0, 6 and 20, 10 (170 is a net loss of 4).
+# The margin over the own simulator's largest container step (0.27) is only 0.03.
+# Risks: the step is divided by the middle-to-ground contrast, so a low-contrast
+# container (a grey box on grey concrete) reads a larger step, as does a dented,
+# snow-patched or two-coloured roof near its shoulders; and a track misregistered
+# sideways by more than about 0.2-0.25 m now fails the test (about 0.3 m under
+# _MAX_SHOULDER_STEP; see _shoulder_step).
+_MAX_CONTAINER_SHOULDER_STEP = 0.3
+# Coarsest pixel (m) at which _MAX_CONTAINER_SHOULDER_STEP applies (coarser,
+# _MAX_SHOULDER_STEP). At 0.3 m the shoulder samples lie clear of the container's blurred
+# edge (1.22 m out) and an ideal centred container steps about 0.01; at 0.5 m the outer
+# shoulder sample (1.0 m) lies within a pixel and the blur of that edge and the step is
+# already about 0.09 (RRAILT's probe, PSF sigma 0.4 px); at 0.75 m the edge blurs well
+# into the shoulders and altgen container wagons stepped 0.23 at the median (tuning
+# 20-23 and 50-53), so there the limit would drop containers. Its own constant, not
+# _MAX_FULL_TOP_RES_M (the same value, set for reading a full top's width).
+_MAX_CONTAINER_SHOULDER_RES_M = 0.5
 # Least top width (m, :func:`_top_width`) read as a top at a walled or roofed car's full
 # width: the 1520 mm boxcars, hoppers and open wagons are 3.1-3.3 m wide over the body,
 # a flat wagon's deck (13-401, 13-9004) 2.87 m and an ISO container 2.44 m. Between the
@@ -4360,8 +4396,14 @@ def _shoulder_step(strip: Strip, s0: int, s1: int) -> float:
     the profile is not finite.
 
     The shoulders are taken about the centreline, so a container on a track misregistered
-    sideways by 0.3 m or more steps by half the contrast or more and falls to the other
-    rules. About the middle of the top's two read edges instead, the simulator's
+    sideways steps more the further it is shifted. An ideal container roof (pixel box,
+    PSF sigma 0.4 px; RRAILT's probe, session 39) shifted by 0, 0.1, 0.2 and 0.3 m
+    stepped by 0.09, 0.15, 0.26 and 0.41 at 0.5 m pixels and by 0.01, 0.04, 0.14 and
+    0.35 at 0.3 m pixels. At these pixels the old limit alone (``_MAX_SHOULDER_STEP``,
+    0.5, still used coarser than ``_MAX_CONTAINER_SHOULDER_RES_M``, not probed there)
+    tolerated a shift of about 0.3 m; ``_MAX_CONTAINER_SHOULDER_STEP`` (0.3) tolerates
+    only about 0.2-0.25 m, and a container shifted further falls to the other rules (a
+    known cost of the stricter limit). About the middle of the top's two read edges instead, the simulator's
     locomotive (edges at the fan band on the sun side, at its shadow on the other)
     stepped by 0.21 only and passed.
     """
