@@ -68,6 +68,24 @@ MAX_TIERS = 5
 # outline, gaps included.
 GAP_ACROSS_M = 0.35
 GAP_ALONG_M = 0.45
+# Pixels a footprint's classified outline adds across a run of boxes (both sides together).
+# A pixel on a box's edge holds a fraction f of box, uniform over (0, 1) as the edge falls
+# anywhere on the pixel grid; read as box when f exceeds some f*, it moves the outline out
+# by (1 - 2 f*) / 2 pixels on average. The box test is 4 noise spreads, so f* depends on
+# how far the paint stands from the pavement: paint within 8 spreads of it has f* over a
+# half and its outline SHRINKS (by up to about 0.3 px a side with a PSF of sigma 0.4 px),
+# while bright paint has f* near 0 and the sensor's PSF (a Gaussian of about half a pixel
+# for an imager with an MTF at Nyquist of 0.1-0.3) spreads its light past half a pixel a
+# side (up to about 1.1 px; review RYARDW's 1-D check). No single value is right for every
+# paint: 0.5 px in all (a quarter a side) is the bench's choice between 0.5 and 1.0 on
+# yards 231-242 (1.0 overshot the slots by -2 to -4 %), confirmed on yards 189-194 and
+# 201-206 (slots bias +6 to +7 % -> about 0 at 0.8 m) and flat on 213-218. Known limit:
+# mid-tone boxes on concrete (tests/test_containers_s15.py at 0.8 m) lose 1-3 more slots
+# of 36 (slots -1..-2.5 % -> -2..-8 %); pansharpened products widen outlines more and
+# sharpened ones less than assumed. A blur read from each block's paint contrast would
+# be the better rule. Only subtracted at pixels coarser than 2 * STACK_GAP_M (see
+# _ground_slots). MAX_TOP_M2 allows a whole pixel around a top: a bound, not this mean.
+EDGE_BLUR_PX = 0.5
 
 
 def count_containers(
@@ -770,11 +788,25 @@ def _ground_slots(blob: np.ndarray, res: float) -> float:
     part. Area over the box's own 14.8 m^2 then counts the gaps as boxes (+20 % in a
     full block). Instead, the block is turned so its rows run along the columns; at each
     step along the row, every run of block pixels across it holds
-    round((run + gap) / (2.44 + gap)) rows, whether the gaps between its rows filled in
-    or not, and the rounding also drops the blur at the block's sides. Row length over
-    the 20 ft pitch along the row (6.06 m + gap, an end gap added per row) gives the
-    slots. The long axis of the block is taken as the rows' direction; where it is not
-    (a block one or two bays long) the row count still rounds whole boxes.
+    round((run - blur + gap) / (2.44 + gap)) rows, whether the gaps between its rows
+    filled in or not; ``blur`` is the outline's mixed pixels read as box
+    (``EDGE_BLUR_PX``, only at pixels coarser than ``2 * STACK_GAP_M``; elsewhere
+    zero), and the rounding drops what is left of it. Row length, less the same blur per
+    row, over the 20 ft pitch along the row (6.06 m + gap, an end gap added per row)
+    gives the slots. The long axis of the block is taken as the rows' direction; where it
+    is not (a block one or two bays long) the row count still rounds whole boxes.
+
+    Parameters
+    ----------
+    blob : numpy.ndarray of bool
+        The block's footprint (row, column), on the image's grid.
+    res : float
+        Pixel size (m).
+
+    Returns
+    -------
+    float
+        20 ft ground slots (a 40 ft box covers two).
     """
     rows, cols = np.nonzero(blob)
     if rows.size < 3:
@@ -797,11 +829,21 @@ def _ground_slots(blob: np.ndarray, res: float) -> float:
     starts = np.nonzero((t[1:] & ~t[:-1]).T)
     ends = np.nonzero((~t[1:] & t[:-1]).T)
     run_m = (ends[1] - starts[1]) * res
-    per_run = np.round((run_m + GAP_ACROSS_M) / (2.44 + GAP_ACROSS_M))
+    # Mixed pixels read as box at every pixel size; STACK_GAP_M serves here only as the
+    # pixel-size threshold _stack_tiers also uses. At 0.3-0.5 m the widening (0.15-0.25 m
+    # at EDGE_BLUR_PX) plus the grid's +-half pixel stays under half a row pitch and the
+    # slots there already read -5 to +1.4 %, so subtracting would under-count. At 0.8 m a
+    # run across n rows was often half a row pitch (2.79 m) too long and a block of n rows
+    # read n + 1 (ground slots +6 to +7 % on yards 189-194, 231-242).
+    blur = EDGE_BLUR_PX * res if res > 2.0 * STACK_GAP_M else 0.0
+    per_run = np.round((run_m - blur + GAP_ACROSS_M) / (2.44 + GAP_ACROSS_M))
     n_rows = np.bincount(starts[0], weights=per_run, minlength=t.shape[1])
     # A row (or a piece of one) begins wherever the count of rows steps up along the row.
     row_ends = np.maximum(np.diff(n_rows, prepend=0.0), 0.0).sum()
-    return float((n_rows.sum() * res + row_ends * GAP_ALONG_M) / (6.06 + GAP_ALONG_M))
+    # The same blur lengthens each row (piece) along: EDGE_BLUR_PX over its two ends.
+    # (row_ends <= n_rows.sum(), so the length stays positive while EDGE_BLUR_PX <= 1.)
+    length = n_rows.sum() * res - row_ends * blur
+    return float((length + row_ends * GAP_ALONG_M) / (6.06 + GAP_ALONG_M))
 
 
 # Along a row, a box's end shows as a change of paint or a dark gap between boxes. Runs of
@@ -1355,7 +1397,8 @@ def _stack_tiers(blob, pix, walks, px_m2, to_tiers, back=None, azimuth=None,
 
 
 # The largest top one stack shows (m^2): a 40 ft box, 12.19 x 2.44 m (29.7 m^2), with a
-# pixel's blur around it at 0.8 m pixels (about 45 m^2 in all). A top larger than this holds
+# pixel's blur around it at 0.8 m pixels (about 45 m^2 in all; a bound, so a whole pixel
+# a side, where EDGE_BLUR_PX takes the mean widening). A top larger than this holds
 # several stacks whose gaps (0.2-0.5 m) blurred away.
 MAX_TOP_M2 = 45.0
 # The gap between neighbouring stacks in a block (m): the placement clearance a crane
