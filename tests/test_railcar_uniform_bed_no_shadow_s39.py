@@ -16,13 +16,12 @@ from __future__ import annotations
 import numpy as np
 
 from changedet.objects import railcars as R
-from tests.test_railcar_uniform_bed_s37 import GROUND, N, _cars, _strip
+from tests.test_railcar_uniform_bed_s37 import GROUND, N, _refs, _strip
 
 
 def _refs_without_shadow():
     """The ground's lit colour learnt, its shadow not (the sun along every track)."""
-    nan = np.full(4, np.nan)
-    return {"lit": GROUND.copy(), "lit_sd": 0.08 * GROUND, "shadow": nan, "shadow_sd": nan.copy()}
+    return _refs(shadow_known=False)
 
 
 def test_a_uniform_concrete_bed_is_learnt_without_a_shadow_colour():
@@ -38,22 +37,6 @@ def test_a_uniform_concrete_bed_is_learnt_without_a_shadow_colour():
     kw = dict(min_contrast=3.0, vhr=True, sun_left=None)
     assert R._occupancy(strip, _refs_without_shadow(), **kw)[0].mean() > 0.9
     assert R._occupancy(strip, refs, **kw)[0].mean() < 0.05
-
-
-def test_a_string_of_cars_is_still_not_a_bed_without_a_shadow_colour():
-    # Pale roofs with shaded coupler gaps every 15 m (phantom-train guard, the other way
-    # round: cars must not be erased as a bed).
-    strip = _strip(_cars(1.45 * GROUND))
-    refs = R._uniform_bed(strip, _refs_without_shadow())
-    assert "bed" not in refs
-    occ, _ = R._occupancy(strip, refs, min_contrast=3.0, vhr=True, sun_left=None)
-    assert occ.mean() > 0.8
-
-
-def test_a_dark_uniform_stretch_is_still_not_a_bed_without_a_shadow_colour():
-    # A string of dark bodies is as uniform as a wooden-sleepered bed: not learnt.
-    refs = R._uniform_bed(_strip(np.broadcast_to((0.5 * GROUND)[:, None], (4, N))), _refs_without_shadow())
-    assert "bed" not in refs
 
 
 def test_an_empty_concrete_track_under_a_low_sun_along_the_yard_holds_no_cars():

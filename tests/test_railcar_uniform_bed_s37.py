@@ -17,6 +17,7 @@ beside the track and the sun would shade a string of cars' coupler gaps along it
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from scipy import ndimage
 from shapely.geometry import LineString
 
@@ -32,8 +33,11 @@ GROUND = np.array([0.14, 0.15, 0.16, 0.20])
 SHADOW = 0.3 * GROUND
 
 
-def _refs():
-    return {"lit": GROUND.copy(), "lit_sd": 0.08 * GROUND, "shadow": SHADOW.copy(), "shadow_sd": 0.08 * SHADOW}
+def _refs(shadow_known: bool = True):
+    """The yard's learnt ground colours; without a shadow colour where the sun runs along
+    every track (no side band is shaded: ``shadow`` NaN, session 39)."""
+    shadow = SHADOW.copy() if shadow_known else np.full(4, np.nan)
+    return {"lit": GROUND.copy(), "lit_sd": 0.08 * GROUND, "shadow": shadow, "shadow_sd": 0.08 * shadow}
 
 
 def _strip(centre: np.ndarray, seed: int = 0, anti_sun: np.ndarray | None = None) -> Strip:
@@ -75,18 +79,21 @@ def test_a_uniform_empty_concrete_bed_is_learnt_without_a_sun_side():
     assert R._occupancy(strip, refs, **kw)[0].mean() < 0.05
 
 
-def test_a_uniform_dark_stretch_is_not_learnt_as_a_bed():
+@pytest.mark.parametrize("shadow_known", [True, False])
+def test_a_uniform_dark_stretch_is_not_learnt_as_a_bed(shadow_known):
     # As uniform as a wooden-sleepered bed is a string of dark bodies whose coupler gaps
     # lie in their own shade: a dark uniform stretch is not taken for the bed.
     bed = 0.5 * GROUND
-    refs = R._uniform_bed(_strip(np.broadcast_to(bed[:, None], (4, N))), _refs())
+    refs = R._uniform_bed(_strip(np.broadcast_to(bed[:, None], (4, N))), _refs(shadow_known))
     assert "bed" not in refs
 
 
-def test_a_string_of_cars_is_not_learnt_as_a_bed():
-    # Pale roofs with coupler gaps every 15 m: every 30 m window holds a car end.
+@pytest.mark.parametrize("shadow_known", [True, False])
+def test_a_string_of_cars_is_not_learnt_as_a_bed(shadow_known):
+    # Pale roofs with coupler gaps every 15 m: every 30 m window holds a car end (also
+    # where no shadow colour is learnt: cars must not be erased as a bed).
     strip = _strip(_cars(1.45 * GROUND))
-    refs = R._uniform_bed(strip, _refs())
+    refs = R._uniform_bed(strip, _refs(shadow_known))
     assert "bed" not in refs
     occ, _ = R._occupancy(strip, refs, min_contrast=3.0, vhr=True, sun_left=None)
     assert occ.mean() > 0.8
