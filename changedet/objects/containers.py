@@ -344,9 +344,56 @@ SHADE_GREY = np.array([0.30, 0.30, 0.30, 0.30])
 SHADE_CLEAR_SKY = np.array([0.25, 0.16, 0.11, 0.065])
 
 
+# Least ratio of shade's blue/infrared to lit pavement's (see _sky_lit): 1, skylight is
+# never redder than sunlight (a grey hazy sky gives about 1, a clear one 2-4); the
+# physical bound, not tuned: do not tune it. Under a grey haze true shade sits at about 1
+# and noise decides whether it passes; a rejected shade falls back to the assumed grey
+# shade (SHADE_GREY), so the coin toss is harmless. Yard bench, all conditions, mean zone
+# |TEU| (session 39): yards 189-194 17.8 -> 15.0 %, 225-230 12.3 -> 11.4 % (tuning),
+# 207-212 11.8 -> 10.5 % (check), review's fresh 213-218 11.8 -> 11.5 %.
+SHADE_MIN_BLUING = 1.0
+
+
+def _sky_lit(lit: np.ndarray, shade: np.ndarray) -> bool:
+    """Whether ``shade`` (band,) can be ``lit`` (band,) pavement lit by the sky alone.
+
+    Shade is lit by the sky alone, and skylight is never redder than direct sunlight:
+    Rayleigh scattering (about lambda^-4) makes a clear sky several times bluer, and haze
+    (Mie scattering) greys it at most. So shade on pavement keeps a blue/infrared ratio
+    at least that of the same pavement in the sun (``SHADE_MIN_BLUING`` times it). The
+    limit: shade also takes light bounced off sunlit surfaces beside it, and in a narrow
+    alley between red or brown boxes that light can make it redder than lit pavement; it
+    is then rejected and the assumed grey shade is used instead (mild harm).
+    A "shade" colour redder than lit pavement is something else: on a very dark asphalt
+    apron (yard 1905, clear 0.8 m) the apron's dark samples are mixed box-edge and
+    penumbra pixels and the "shade" learnt in walks that never ended is lit asphalt
+    itself (blue/infrared 0.81-0.84 of lit's); taken as shade, lit asphalt read as
+    shade, no shadow walk ended and the stacks read 5-6 tiers for 2. Without four bands
+    (blue first, infrared last) there is no hue to judge: True.
+
+    Parameters
+    ----------
+    lit, shade : numpy.ndarray
+        Colours (band,), surface reflectance.
+
+    Returns
+    -------
+    bool
+    """
+    if lit.size != SHADE_CLEAR_SKY.size or shade is None or shade.size != lit.size:
+        return True
+    lit_hue = float(lit[0]) / max(float(lit[3]), 1e-12)
+    shade_hue = float(shade[0]) / max(float(shade[3]), 1e-12)
+    # (1 - 1e-9): a shade of exactly the lit hue (grey haze) passes despite rounding.
+    return bool(shade_hue >= SHADE_MIN_BLUING * lit_hue * (1.0 - 1e-9))
+
+
 def _ground_model(samples: np.ndarray) -> GroundModel | None:
-    """Ground model of pavement samples; grey shade (30 % of lit) when they hold none."""
+    """Ground model of pavement samples; grey shade (30 % of lit) when they hold none,
+    or when their dark samples are not bluer than the lit ones (:func:`_sky_lit`: not shade)."""
     model = GroundModel.from_samples(samples, assume_shadow=False)
+    if model is not None and model.shadow is not None and not _sky_lit(model.lit, model.shadow):
+        model = replace(model, shadow=None, shadow_sd=None)
     if model is None or model.shadow is not None:
         return model
     return replace(model, shadow=model.lit * SHADE_GREY[:model.lit.size], shadow_sd=model.lit_sd * 0.5)
