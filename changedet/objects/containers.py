@@ -390,7 +390,8 @@ def _sky_lit(lit: np.ndarray, shade: np.ndarray) -> bool:
 
 def _ground_model(samples: np.ndarray) -> GroundModel | None:
     """Ground model of pavement samples; grey shade (30 % of lit) when they hold none,
-    or when their dark samples are not bluer than the lit ones (:func:`_sky_lit`: not shade)."""
+    or when their dark samples are redder (blue/infrared) than the lit ones
+    (:func:`_sky_lit`: not shade)."""
     model = GroundModel.from_samples(samples, assume_shadow=False)
     if model is not None and model.shadow is not None and not _sky_lit(model.lit, model.shadow):
         model = replace(model, shadow=None, shadow_sd=None)
