@@ -7,36 +7,14 @@ ground's colour is learnt from no side band (``refs["shadow"]`` NaN; see
 colour, which it needs only for the bed in shade. A concrete-sleepered empty track under a
 low sun along the yard then read as pale cars end to end (altgen low sun, 0.75 m, tuning
 index 152: 15 false cars on one empty track). The lit bed is now learnt without it (the bed
-in shade is NaN, unknown), and a string of cars, its coupler gaps in the shade of the car
-ahead, is still not taken for a bed.
+in shade is NaN, unknown). The unit cases (a uniform bed learnt, a string of cars or a dark
+uniform stretch not taken for one, each with and without a shadow colour) are parametrised in
+test_railcar_uniform_bed_s37.py; this file keeps the scene.
 """
 
 from __future__ import annotations
 
-import numpy as np
-
 from changedet.objects import railcars as R
-from tests.test_railcar_uniform_bed_s37 import GROUND, N, _refs, _strip
-
-
-def _refs_without_shadow():
-    """The ground's lit colour learnt, its shadow not (the sun along every track)."""
-    return _refs(shadow_known=False)
-
-
-def test_a_uniform_concrete_bed_is_learnt_without_a_shadow_colour():
-    bed = 1.45 * GROUND
-    strip = _strip(np.broadcast_to(bed[:, None], (4, N)))
-    refs = R._uniform_bed(strip, _refs_without_shadow())
-    assert "bed" in refs
-    assert np.allclose(refs["bed"], bed, rtol=0.03)
-    # The bed in shade is unknown, not guessed.
-    assert not np.any(np.isfinite(refs["bed_shadow"]))
-    # Against the side ground alone the whole empty track is a pale car; against its own
-    # bed nothing stands there.
-    kw = dict(min_contrast=3.0, vhr=True, sun_left=None)
-    assert R._occupancy(strip, _refs_without_shadow(), **kw)[0].mean() > 0.9
-    assert R._occupancy(strip, refs, **kw)[0].mean() < 0.05
 
 
 def test_an_empty_concrete_track_under_a_low_sun_along_the_yard_holds_no_cars():
