@@ -3898,7 +3898,11 @@ def _classify_rule(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float =
     between two even plateaus and narrower than a walled body where its width is read
     (:func:`_container_joint`: two 20 ft containers on a flat wagon), is the flatcar class.
     An even top keeps the rules above: an open wagon's levelled load (trimmed coal, ore,
-    stone, sand) is as even along as a roof sheet.
+    stone, sand) is as even along as a roof sheet. Except for a "flat" top of unread
+    height shorter than a boxcar (the commonest-car fallback of :func:`_short_top_rule`):
+    even along (under ``_EVEN_ALONG``) it is a flat wagon's deck with a container on it
+    (the flatcar class; tag ``"even_short_flat"``), not the gondola class, where pixels
+    are coarser than ``_MAX_WIDTH_RES_M`` and the top is not dark (coal, ore).
     """
     look = _look(strip, s0, s1, lit_b, sun_left=sun_left, shading=shading, path=path, flank_glow=flank_glow,
                  resolution_m=resolution_m, anti_flank=anti_flank, lit_visible=lit_visible)
@@ -4039,7 +4043,7 @@ def _classify_rule(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float =
         return "gondola", "open"
     if look in ("plain", "flat"):
         ctype, rule = _short_top_rule(strip, s0, s1, body_m, look, tall, texture, resolution_m, path,
-                                      along=along)
+                                      along=along, lit_b=lit_b)
         if (ctype == "gondola" and texture >= _TEXTURED_ALONG
                 and _container_joint(strip, s0, s1, path, along=along)):
             # Textured along by one step at mid-car between two even plateaus, on a top
@@ -4056,7 +4060,8 @@ def _classify_rule(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float =
 
 def _short_top_rule(strip: Strip, s0: int, s1: int, body_m: float, look: str, tall: bool | None, texture: float,
                     resolution_m: float, path: np.ndarray | None = None, *,
-                    along: tuple[np.ndarray | None, np.ndarray | None] | None = None) -> tuple[str, str]:
+                    along: tuple[np.ndarray | None, np.ndarray | None] | None = None,
+                    lit_b: float = float("nan")) -> tuple[str, str]:
     """Class of a plain or flat (``look``) top shorter than ``_MIN_LONG_BODY_M`` between
     samples ``s0`` and ``s1``, from its height (``tall``: True walls or a roof, False no
     walls, None unread), length (``body_m``, m), width (:func:`_top_width`, read where the
@@ -4065,9 +4070,12 @@ def _short_top_rule(strip: Strip, s0: int, s1: int, body_m: float, look: str, ta
     :func:`_classify` for the shorter cars, before the container-joint check
     (:func:`_container_joint`), and the rule that decided it (a tag: see ``_WEAK_RULES``;
     ``"textured_narrow_top"``: a plain top of unread height narrower than a walled body
-    but textured along, the gondola class). ``along``: the top's brightness along the car
+    but textured along, the gondola class; ``"even_short_flat"``: a flat top of unread
+    height shorter than ``_MIN_BOXCAR_BODY_M``, even along and not dark, at pixels coarser
+    than ``_MAX_WIDTH_RES_M``: the flatcar class). ``along``: the top's brightness along the car
     as :func:`_along_core` returns it for ``path``, where the caller has read it (else
-    read here)."""
+    read here). ``lit_b``: the lit ballast's brightness (reflectance as recorded; NaN:
+    unknown, and no top even along is typed a flat wagon)."""
     if tall:
         if look == "flat":
             # A tall textured top: an open wagon's load or a hopper's hatches, unless
@@ -4129,7 +4137,58 @@ def _short_top_rule(strip: Strip, s0: int, s1: int, body_m: float, look: str, ta
     # (Texture unread, NaN: a sample masked, the length decides as before.)
     if body_m >= _MIN_BOXCAR_BODY_M and not texture >= _TEXTURED_ALONG:
         return "boxcar", "short_flat_by_length"
+    if (resolution_m > _MAX_WIDTH_RES_M and texture < _EVEN_ALONG
+            and _top_dark(strip, s0, s1, lit_b, path) is False):
+        # Shorter than a boxcar and even end to end (under _EVEN_ALONG, as a roof sheet
+        # is), with relief across: a flat wagon's deck with a container narrower than it
+        # (2.44 m on a 2.87 m deck) or a single 40 ft box, each one sheet end to end. An
+        # open wagon's load lies in heaps along the car where the loading chute or grab
+        # dropped it (a peak every few metres) and a covered hopper carries a row of
+        # hatches and sloped end bays: both vary along by more (see _EVEN_ALONG,
+        # _TEXTURED_ALONG). Not a top darker than half the lit ground (_top_dark):
+        # coal, ore or coke levelled end to end by the loading gauge's planer (and sprayed
+        # against dust on 1520 mm lines) is as even as a deck, and darker than most decks,
+        # containers and roofs the sun lights (dark-painted boxes and bare steel or wood
+        # decks at 5-10 % stay in the gondola class, as before). Known misreads: a pale
+        # load (sand, crushed stone, wood chips) trimmed level, and a pale covered hopper
+        # whose small hatches blur away at 1 m, are typed flat wagons. (Session 40, altgen tuning 20-23,
+        # 50-53, 170-173 and 100-107 at 1.0 m, such tops shorter than
+        # _MIN_BOXCAR_BODY_M, all typed the gondola class before: about 40 flat and
+        # container wagons, 25 boxcars cut short (wrong either way), 17 open wagons and
+        # hoppers (5 of them darker than half the lit ground, with 4 container wagons)
+        # and 1 tank car. Review RRAILT1 on fresh slices 70-73 and 150-153 at 1.0 m: type
+        # accuracy 0.573 -> 0.583, container wagons +13, open wagons and hoppers -4, tank
+        # cars -1; 32 boxcars read too short moved from the gondola class to flatcar, so
+        # flatcar precision there fell 0.68 -> 0.48.) Only at pixels coarser than _MAX_WIDTH_RES_M (0.75 m), where
+        # no width rule reads an ISO container (_CONTAINER_WIDTH_M) and evenness is the
+        # one cue left, and where the rule was measured; finer (or the pixel size
+        # unknown, NaN), the width rules have had their say on containers and the
+        # fallback stays as it was.
+        return "flatcar", "even_short_flat"
     return "gondola", "short_flat_by_length"
+
+
+def _top_dark(strip: Strip, s0: int, s1: int, lit_b: float, path: np.ndarray | None) -> bool | None:
+    """Whether the top between samples ``s0`` and ``s1`` is darker than half the lit
+    ballast ``lit_b`` (reflectance as recorded), both above the path radiance ``path``.
+
+    The top is read within 1.0 m of the centreline over the middle two thirds of the body,
+    as :func:`_look` reads it: coal and ore reflect 4-8 %, the ballast 15-30 %.
+
+    Returns
+    -------
+    bool or None
+        None where ``lit_b`` or the top is not finite (unknown).
+    """
+    if not np.isfinite(lit_b):
+        return None
+    n = s1 - s0
+    core = slice(s0 + n // 6, s1 - n // 6) if n >= 6 else slice(s0, s1)
+    top = quiet_nanmean(strip.values[:, np.abs(strip.across_m) <= 1.0, core], axis=(0, 2))
+    if not (top.size and np.all(np.isfinite(top))):
+        return None
+    pm = float(np.mean(path)) if path is not None else 0.0
+    return bool(float(np.mean(top - pm)) < 0.5 * (lit_b - pm))
 
 
 # Brightness variation along the top (standard deviation over mean, above the path
@@ -4505,8 +4564,10 @@ def _look(strip: Strip, s0: int, s1: int, lit_b: float, *, sun_left: bool | None
     altgen tuning 100-103, 66 open wagons typed tank cars at 0.5-1 m), and a top with
     relief that does not glow, or a top too dark for a roof, is one when that flank keeps
     under ``_BARREL_ANTI_FLANK`` (a bright walkway evening the halves, a black barrel's
-    relief under ``_MIN_RELIEF_STEP``). ``anti_flank`` holds these two shares for the
-    scene's sun, NaN where it does not part a barrel from a roof or a flat top
+    relief under ``_MIN_RELIEF_STEP``). Where pixels are coarser than
+    ``_ANY_TOP_FLANK_RES_M`` (0.75 m) the first guard holds for a top of any brightness (a
+    pale top's glow is the lit ground blurred over its 3 m width too). ``anti_flank`` holds these two
+    shares for the scene's sun, NaN where it does not part a barrel from a roof or a flat top
     (:func:`_anti_flank_limits`; None: both read whatever the sun), and
     ``lit_visible`` the lit ground's visible brightness the flank's guard holds the ground
     beside it against (None: ``lit_b``)."""
@@ -4552,16 +4613,21 @@ def _look(strip: Strip, s0: int, s1: int, lit_b: float, *, sun_left: bool | None
     barrel_max, flat_min = (_BARREL_ANTI_FLANK, _FLAT_ANTI_FLANK) if anti_flank is None else anti_flank
     if relief >= _CYLINDER_RELIEF and net.max() - net.min() >= step_min:
         if not np.isfinite(asym) or glowing:
+            dark_top = _top_dark(strip, s0, s1, lit_b, path) is True
+            # Coarser than _ANY_TOP_FLANK_RES_M the flank's share decides for a top of any
+            # brightness: see there.
             if (np.isfinite(asym) and anti >= flat_min and np.isfinite(lit_b)
-                    and net.mean() < 0.5 * (lit_b - (float(np.mean(path)) if path is not None else 0.0))):
+                    and (dark_top or resolution_m > _ANY_TOP_FLANK_RES_M)):
                 # A glow without a shaded flank: lit ground blurred into the sun-facing
                 # half of a dark top. Only where the sun shines across the track (asym
                 # read): with the sun along it a barrel's flanks are lit alike, and as
-                # brightly as the ground blurred onto them. Only on a top under half the
-                # lit ground's light (coal, ore; review RTYPEM H1): an arched roof or a
-                # pale barrel with a dark walkway keeps its far flank light too, and is
-                # no flat top (brown boxcar roofs under a 20-35 degree sun became
-                # flatcars, white tank cars with a dark walkway gondolas).
+                # brightly as the ground blurred onto them. At _ANY_TOP_FLANK_RES_M and
+                # finer only on a top under half the lit ground's light (coal, ore; review
+                # RTYPEM H1): an arched roof or a pale barrel with a dark walkway keeps its
+                # far flank light too, and is no flat top (brown boxcar roofs under a 20-35
+                # degree sun became flatcars, white tank cars with a dark walkway
+                # gondolas); coarser, on any top (the walkway is under half a pixel: see
+                # _ANY_TOP_FLANK_RES_M).
                 return "flat"
             return "cylinder"
         if asym <= 1.0 / glow_min:
@@ -4803,6 +4869,24 @@ _FLAT_ANTI_FLANK = 0.7
 # (at 0.3 m the crest's own fittings, a dark walkway on a white barrel, set the crest's
 # light apart from the plate's: altgen tuning 100-103, 5 such tank cars read 0.8-0.9).
 _CREST_BLUR_RES_M = 0.5
+# Pixel size (m) coarser than which a top whose sun-facing half glows but whose anti-sun
+# flank keeps _FLAT_ANTI_FLANK or more of its crest's light is no barrel whatever its
+# brightness (not only a top darker than half the lit ground, as finer): a barrel's
+# plate 1.0 m off its axis faces 42 degrees away from the crest and, with the sun high
+# enough across the track to part the shapes (_anti_flank_limits), gets under 0.6 of the
+# crest's light; a pale barrel's dark walkway (0.5 m wide on its crest), which at finer
+# pixels darkens the crest sample and lifts that share (review RTYPEM H1), covers at most
+# half of a pixel coarser than 0.75 m and is blurred with the bright plate beside it.
+# The glow of a pale flat top there is the lit ground beside its sun-facing edge
+# blurred over the 3 m body (three pixels). Coarser than 0.75 m no width rule reads a
+# roof as a container (_MAX_WIDTH_RES_M), so a cambered roof read "flat" keeps its
+# length rules (boxcar). (Session 40, altgen tuning 20-23, 50-53, 170-173 at 1.0 m,
+# cylinders whose flank share was read: tank cars 0.68 at most, none from 0.7 in 146;
+# 23 of 43 open wagons, hoppers, container wagons, boxcars and locomotives from 0.7;
+# review RRAILT1, fresh slices 70-73 and 150-153: no car gained alone, 1 with the
+# even-short-flat rule of _short_top_rule: kept for its physics, not its gain.)
+# The same limit as _MAX_WIDTH_RES_M, on which the boxcar roofs' safety above rests.
+_ANY_TOP_FLANK_RES_M = _MAX_WIDTH_RES_M
 # Offset (m) of the ground beside the body on the anti-sun side, checked for the car's
 # own shadow: clear of the widest body's edge (1.66 m) by about half a metre.
 _ANTI_GROUND_M = 2.1
