@@ -4151,19 +4151,19 @@ def _short_top_rule(strip: Strip, s0: int, s1: int, body_m: float, look: str, ta
         # containers and roofs the sun lights (dark-painted boxes and bare steel or wood
         # decks at 5-10 % stay in the gondola class, as before). Known misreads: a pale
         # load (sand, crushed stone, wood chips) trimmed level, and a pale covered hopper
-        # whose small hatches blur away at 1 m, are typed flat wagons. (Session 40, altgen tuning 20-23,
-        # 50-53, 170-173 and 100-107 at 1.0 m, such tops shorter than
-        # _MIN_BOXCAR_BODY_M, all typed the gondola class before: about 40 flat and
+        # whose small hatches blur away at 1 m, are typed flat wagons. Only at pixels
+        # coarser than _MAX_WIDTH_RES_M (0.75 m), where no width rule reads an ISO
+        # container (_CONTAINER_WIDTH_M) and evenness is the one cue left, and where the
+        # rule was measured; finer (or the pixel size unknown, NaN), the width rules have
+        # had their say on containers and the fallback stays as it was. (Session 40,
+        # altgen tuning 20-23, 50-53, 170-173 and 100-107 at 1.0 m, such tops shorter
+        # than _MIN_BOXCAR_BODY_M, all typed the gondola class before: about 40 flat and
         # container wagons, 25 boxcars cut short (wrong either way), 17 open wagons and
         # hoppers (5 of them darker than half the lit ground, with 4 container wagons)
         # and 1 tank car. Review RRAILT1 on fresh slices 70-73 and 150-153 at 1.0 m: type
         # accuracy 0.573 -> 0.583, container wagons +13, open wagons and hoppers -4, tank
         # cars -1; 32 boxcars read too short moved from the gondola class to flatcar, so
-        # flatcar precision there fell 0.68 -> 0.48.) Only at pixels coarser than _MAX_WIDTH_RES_M (0.75 m), where
-        # no width rule reads an ISO container (_CONTAINER_WIDTH_M) and evenness is the
-        # one cue left, and where the rule was measured; finer (or the pixel size
-        # unknown, NaN), the width rules have had their say on containers and the
-        # fallback stays as it was.
+        # flatcar precision there fell 0.68 -> 0.48.)
         return "flatcar", "even_short_flat"
     return "gondola", "short_flat_by_length"
 
@@ -4566,11 +4566,11 @@ def _look(strip: Strip, s0: int, s1: int, lit_b: float, *, sun_left: bool | None
     under ``_BARREL_ANTI_FLANK`` (a bright walkway evening the halves, a black barrel's
     relief under ``_MIN_RELIEF_STEP``). Where pixels are coarser than
     ``_ANY_TOP_FLANK_RES_M`` (0.75 m) the first guard holds for a top of any brightness (a
-    pale top's glow is the lit ground blurred over its 3 m width too). ``anti_flank`` holds these two
-    shares for the scene's sun, NaN where it does not part a barrel from a roof or a flat top
-    (:func:`_anti_flank_limits`; None: both read whatever the sun), and
-    ``lit_visible`` the lit ground's visible brightness the flank's guard holds the ground
-    beside it against (None: ``lit_b``)."""
+    pale top's glow is the lit ground blurred over its 3 m width too). ``anti_flank``
+    holds these two shares for the scene's sun, NaN where it does not part a barrel from
+    a roof or a flat top (:func:`_anti_flank_limits`; None: both read whatever the sun),
+    and ``lit_visible`` the lit ground's visible brightness the flank's guard holds the
+    ground beside it against (None: ``lit_b``)."""
     a = np.abs(strip.across_m)
     n = s1 - s0
     core = slice(s0 + n // 6, s1 - n // 6) if n >= 6 else slice(s0, s1)
@@ -4613,11 +4613,8 @@ def _look(strip: Strip, s0: int, s1: int, lit_b: float, *, sun_left: bool | None
     barrel_max, flat_min = (_BARREL_ANTI_FLANK, _FLAT_ANTI_FLANK) if anti_flank is None else anti_flank
     if relief >= _CYLINDER_RELIEF and net.max() - net.min() >= step_min:
         if not np.isfinite(asym) or glowing:
-            dark_top = _top_dark(strip, s0, s1, lit_b, path) is True
-            # Coarser than _ANY_TOP_FLANK_RES_M the flank's share decides for a top of any
-            # brightness: see there.
             if (np.isfinite(asym) and anti >= flat_min and np.isfinite(lit_b)
-                    and (dark_top or resolution_m > _ANY_TOP_FLANK_RES_M)):
+                    and (resolution_m > _ANY_TOP_FLANK_RES_M or _top_dark(strip, s0, s1, lit_b, path) is True)):
                 # A glow without a shaded flank: lit ground blurred into the sun-facing
                 # half of a dark top. Only where the sun shines across the track (asym
                 # read): with the sun along it a barrel's flanks are lit alike, and as
