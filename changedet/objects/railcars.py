@@ -3870,8 +3870,8 @@ def _classify_rule(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float =
     band or hood is as narrow but its shoulders differ; at pixels of
     ``_MAX_CONTAINER_SHOULDER_RES_M`` (0.5 m) or finer they step by
     ``_MAX_CONTAINER_SHOULDER_STEP`` at most, a heaped load's falling away) is a
-    container on a flat wagon, read where pixels (``resolution_m``) are 0.75 m or finer. Along the car
-    (:func:`_along_texture`; even under ``_EVEN_ALONG``, textured from
+    container on a flat wagon, read where pixels (``resolution_m``) are 0.75 m or finer.
+    Along the car (:func:`_along_texture`; even under ``_EVEN_ALONG``, textured from
     ``_TEXTURED_ALONG``), a top not textured along and even out to its shoulders is a
     roof sheet at a locomotive's length: a boxcar's, not a locomotive's (whose fans and
     cab texture it). A "flat" top of a boxcar's length textured
@@ -4462,9 +4462,9 @@ def _shoulder_step(strip: Strip, s0: int, s1: int) -> float:
     0.5, still used coarser than ``_MAX_CONTAINER_SHOULDER_RES_M``, not probed there)
     tolerated a shift of about 0.3 m; ``_MAX_CONTAINER_SHOULDER_STEP`` (0.3) tolerates
     only about 0.2-0.25 m, and a container shifted further falls to the other rules (a
-    known cost of the stricter limit). About the middle of the top's two read edges instead, the simulator's
-    locomotive (edges at the fan band on the sun side, at its shadow on the other)
-    stepped by 0.21 only and passed.
+    known cost of the stricter limit). About the middle of the top's two read edges
+    instead, the simulator's locomotive (edges at the fan band on the sun side, at its
+    shadow on the other) stepped by 0.21 only and passed.
     """
     got = _across_profile(strip, s0, s1)
     if got is None:
