@@ -224,6 +224,52 @@ changed; F1 stays 0.571 / 0.643 (target 0.7 not reached). Scripts: /work/notes/s
   prevents (Busan: the two labelled boats it turns down reach 2.5 and 3.5 SWIR spreads,
   the seven it rightly drops 0.8-3.9).
 
+Ninth round (issue 6 session 41): six tries, nothing kept; F1 stays 0.571 / 0.643. Busan
+was the tuning port and Casablanca the check; every try was scored on both ports in one run.
+  Diagnosis, by eye on 6-9x crops (true colour, B08 with the candidate masks, B11):
+  - 12 of the 30 misses (Busan 7: labels 6, 21, 25, 29, 30, 36, 44; Casablanca 5: 0, 1,
+    8, 9, 13) are large hulls alongside (117-270 m, several pixels of beam), clearly
+    visible; 10 of the 12 look red or green. This is the group a 10 m detector could
+    fix. Four of them (Busan 25, 29, 30, Casablanca 1) lie along a pier head next to its
+    corner. There the shore direction of the quay-line opening is ill-defined, so the
+    opening leaves the hull and the corner's rim as one L- or V-shaped strip. That strip
+    fails ``stubby``, or matches the label below IoU 0.1 (``in_other_body``).
+  - 12 Busan misses are boats moored abreast in rafts (mostly the fishing quay at rows
+    519-590, cols 605-665, boats moored bow- or stern-on, and the marina pier at rows
+    386-425, cols 444-480). At 8.3 m they form one body, or merge with the pier. 16 of
+    Busan's 54 label boxes overlap another label box at IoU >= 0.1 (Casablanca 0 of 15).
+    Those labels are found about as often as the rest (9 of 16 against 21 of 38), so
+    crowding alone does not explain the misses.
+  - 5 Busan misses are dim small boats on open water (z 3.7-4.7 under k = 5, or SWIR 2.5 /
+    3.5 spreads under k_swir = 4). This is a sensor limit, not a rule to loosen.
+  - the last miss (Casablanca 12) is a small craft beside a pier (``not_convex``).
+  Tried, not kept (F1 Busan / Casablanca, against 0.571 / 0.643):
+  - straight arms of quayside strips that fail ``stubby`` / ``too_long`` / ``not_convex``.
+    The idea: a hull is a rigid straight box. Each failing strip was opened with a 10 px
+    line (2 px beam x the hull proportion 5) in 12 directions, and every piece passing the
+    quayside tests was kept. 0.484 / 0.611: TP +1 / +2 (Busan 25; Casablanca 1, 13), FP +22
+    / +6, because most stubby strips along quays hold a straight, hull-shaped piece.
+    Requiring the arm to lie within 7.5 / 15 / 30 degrees of the local shore gave 0.544 /
+    0.621, 0.508 / 0.667 and 0.488 / 0.611. Requiring it to touch a body grown on the water
+    gave 0.556 / 0.529, or 0.561 / 0.581 with 15 degrees as well. The spectral spread
+    across an arm does not separate hulls from quay pieces (true 0.87-1.85, false 0.43-2.53).
+  - red hulls. Many missed hulls are red: the 75th percentile of R/G over a missed label's
+    land-class pixels is >= 1.4 for 9 of 19 Busan and 4 of 6 Casablanca misses; the median
+    over quay strips is 1.07-1.10. But 4 of the 57 Busan quay strips that were turned down
+    and match no label are also above 1.4. Two tries: the red pixels of a failing strip,
+    judged as a strip, at R/G >= 1.2-1.5: 0.579-0.585 / 0.643; red components within 50 m of
+    the water, at 1.3 / 1.5: 0.574 / 0.579 and 0.643. Hull paint is a convention, not
+    physics, so neither was kept.
+  - the pier-head corners: the quay kept where the 400 m line fits along the shore direction
+    at the present scale (land smoothed 40 m, tensor 65 m) or at a second scale (x 0.3 /
+    0.5 / 2, so the direction follows each side of a pier head up to its corner): 0.559 /
+    0.533, 0.542 / 0.552, 0.561 / 0.621.
+  - the water mask from B08 alone, at 10 m, so that the 20 m B11 would not spill land over
+    the quay's first water pixel: 0.420 / 0.400.
+  - the water-part fallback skipped when a joined body holds several water parts: 0.556 /
+    0.583; skipped when its water parts together span more than a ship (400 m): 0.557 /
+    0.643.
+
 Where the F1 is lost now (``gap()``, printed as "Why vessels >= 3 px are missed"; IoU rule):
 
   misses (Busan 24 / Casablanca 6)
