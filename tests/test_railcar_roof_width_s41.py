@@ -7,6 +7,7 @@ import numpy as np
 
 from changedet.objects import railcars as R
 from changedet.objects.strips import Strip
+from tests.test_railcar_types_coarse_s40 import _strip as _uniform_strip
 
 
 # Offsets across (m) at which the counter samples a strip at 1 m pixels (0.5 m steps),
@@ -27,12 +28,7 @@ _CONTAINER = [0.295, 0.257, 0.161, 0.083, 0.072, 0.133, 0.272, 0.373, 0.398, 0.3
 def _strip(profile: list[float], n_along: int = 48) -> Strip:
     """A strip sampled every 0.5 m whose brightness across (3 bands) is ``profile``, the
     same at every sample along."""
-    col = np.asarray(profile, dtype="float32")
-    values = np.repeat(np.repeat(col[None, :, None], 3, axis=0), n_along, axis=2)
-    along = np.arange(n_along) * 0.5
-    x = np.repeat(along[None, :], _ACROSS.size, axis=0)
-    y = np.repeat(_ACROSS[:, None], n_along, axis=1)
-    return Strip(values, along, _ACROSS, x, y, 0.5)
+    return _uniform_strip(profile, n_along, across=_ACROSS)
 
 
 def test_even_short_top_as_wide_as_a_roof_is_a_boxcar_at_1m():

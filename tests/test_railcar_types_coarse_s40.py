@@ -15,15 +15,15 @@ from changedet.objects.strips import Strip
 _ACROSS = np.round(np.arange(-2.6, 2.4 + 1e-9, 0.5), 2)
 
 
-def _strip(profile: list[float], n_along: int = 48) -> Strip:
-    """A strip sampled every 0.5 m whose brightness across (reflectance at ``_ACROSS``,
+def _strip(profile: list[float], n_along: int = 48, *, across: np.ndarray = _ACROSS) -> Strip:
+    """A strip sampled every 0.5 m whose brightness across (reflectance at ``across``, m,
     3 bands) is ``profile``, the same at every sample along."""
     col = np.asarray(profile, dtype="float32")
     values = np.repeat(np.repeat(col[None, :, None], 3, axis=0), n_along, axis=2)
     along = np.arange(n_along) * 0.5
-    x = np.repeat(along[None, :], _ACROSS.size, axis=0)
-    y = np.repeat(_ACROSS[:, None], n_along, axis=1)
-    return Strip(values, along, _ACROSS, x, y, 0.5)
+    x = np.repeat(along[None, :], across.size, axis=0)
+    y = np.repeat(across[:, None], n_along, axis=1)
+    return Strip(values, along, across, x, y, 0.5)
 
 
 # Sun on the left (positive offsets): lit ground (0.30) from +1.9 m, the body's sun-facing

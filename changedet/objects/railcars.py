@@ -3707,6 +3707,29 @@ _LIT_BAND_SHARE = 0.75
 _LIT_BAND_RATIO = 0.85
 
 
+def _core_brightness(strip: Strip, s0: int, s1: int, path: np.ndarray | None) -> np.ndarray:
+    """Visible brightness (reflectance above the path radiance ``path``, per band; None for
+    none), mean of the three visible bands, across by along over the middle two thirds of
+    the body between samples ``s0`` and ``s1`` (its ends blur into the coupler gaps).
+
+    Haze adds the same path radiance to shadow and sun, so shadow tests read the ratio of
+    the light the ground reflects above it (a 0.3 shadow ratio reads 0.6-0.8 in haze).
+    """
+    n = s1 - s0
+    core = slice(s0 + n // 6, s1 - n // 6) if n >= 6 else slice(s0, s1)
+    v = strip.values[:3, :, core]
+    if path is not None:
+        v = v - np.asarray(path[:3], v.dtype)[:, None, None]
+    return quiet_nanmean(v, axis=0)
+
+
+def _visible_above_path(colour: np.ndarray, path: np.ndarray | None) -> float:
+    """Mean of the three visible bands of ``colour`` (reflectance) above the path radiance
+    ``path`` (per band; None for none)."""
+    return float(np.mean(np.asarray(colour[:3], "float64")
+                         - (np.asarray(path[:3], "float64") if path is not None else 0.0)))
+
+
 def _tall(strip: Strip, s0: int, s1: int, sun_left: bool, per_m: float, *,
           blur_m: float = _SHADOW_EDGE_BLUR_M, path: np.ndarray | None = None,
           lit_ground: np.ndarray | None = None, empty: np.ndarray | None = None) -> bool | None:
@@ -3744,14 +3767,7 @@ def _tall(strip: Strip, s0: int, s1: int, sun_left: bool, per_m: float, *,
     sun = (a >= lo) & (a <= hi)
     if hi - lo < 0.2 or not anti.any() or not sun.any():
         return None
-    n = s1 - s0
-    core = slice(s0 + n // 6, s1 - n // 6) if n >= 6 else slice(s0, s1)
-    v = strip.values[:3, :, core]
-    if path is not None:
-        # Haze adds the same path radiance to shadow and sun: the ratio of the light the
-        # ground reflects is read above it (a 0.3 shadow ratio reads 0.6-0.8 in haze).
-        v = v - np.asarray(path[:3], v.dtype)[:, None, None]
-    b = quiet_nanmean(v, axis=0)   # visible brightness (across, along)
+    b = _core_brightness(strip, s0, s1, path)   # visible brightness (across, along)
     # Both bands, also with an empty stretch's reference: without the sun band beside the
     # car nothing says the reference is this car's ground (grass beside the car, gravel
     # where the track is empty; a dark car missed on the anti-sun neighbour reads as a
@@ -3794,8 +3810,7 @@ def _tall(strip: Strip, s0: int, s1: int, sun_left: bool, per_m: float, *,
         return True
     if lit_ground is None or not np.all(np.isfinite(lit_ground)):
         return None
-    ground = float(np.mean(np.asarray(lit_ground[:3], "float64")
-                           - (np.asarray(path[:3], "float64") if path is not None else 0.0)))
+    ground = _visible_above_path(lit_ground, path)
     # Both bands lit as open ground is: no tall body's shadow reaches the band. (A lit
     # anti-sun band beside a sun band darkened by a neighbour's shadow says nothing.)
     if ground > 0 and lit >= _LIT_BAND_SHARE * ground and dark >= _LIT_BAND_RATIO * lit:
@@ -3869,16 +3884,10 @@ def _low_deck(strip: Strip, s0: int, s1: int, sun_left: bool, per_m: float, *,
     point = (a <= -x) & (a >= -(x + 0.5 * resolution_m))
     if not point.any():
         return None
-    n = s1 - s0
-    core = slice(s0 + n // 6, s1 - n // 6) if n >= 6 else slice(s0, s1)
-    v = strip.values[:3, :, core]
-    if path is not None:
-        v = v - np.asarray(path[:3], v.dtype)[:, None, None]
-    b = quiet_nanmean(v, axis=0)[point]
+    b = _core_brightness(strip, s0, s1, path)[point]
     if np.isfinite(b).mean() < _MIN_BAND_SHARE:
         return None
-    ground = float(np.mean(np.asarray(lit_ground[:3], "float64")
-                           - (np.asarray(path[:3], "float64") if path is not None else 0.0)))
+    ground = _visible_above_path(lit_ground, path)
     got = quiet_nanmean(b)
     if not (np.isfinite(got) and ground > 0):
         return None
