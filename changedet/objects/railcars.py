@@ -3866,11 +3866,11 @@ def _low_deck(strip: Strip, s0: int, s1: int, sun_left: bool, per_m: float, *,
     bool or None
         True where the point keeps at least ``_LIT_BAND_SHARE`` of the lit ground's
         brightness and at most its inverse (lit ground: nothing as tall as a roof
-        there); False where it keeps under
-        ``_SHADOW_RATIO`` of it (shadowed). None where the sun's geometry puts the point
-        less than half a pixel inside the lowest roof's shadow (a lit point would not
-        tell a roof from a deck), outside the strip, the point is mostly not readable
-        (under ``_MIN_BAND_SHARE`` of it), or the reading lies between the two.
+        there); False where it keeps under ``_SHADOW_RATIO`` of it (shadowed). None
+        where the sun's geometry puts the point less than half a pixel inside the lowest
+        roof's shadow (a lit point would not tell a roof from a deck) or outside the
+        strip, where the point is mostly not readable (under ``_MIN_BAND_SHARE`` of it),
+        or where the reading lies between the two.
     """
     if (not np.isfinite(per_m) or not np.isfinite(resolution_m) or lit_ground is None
             or not np.all(np.isfinite(lit_ground))):
