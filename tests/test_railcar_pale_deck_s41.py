@@ -16,6 +16,7 @@ from scipy import ndimage
 
 from changedet.objects import railcars as R
 from changedet.objects.strips import Strip
+from tests.test_railcar_types_coarse_s40 import _strip as _uniform_strip
 
 _FINE = np.arange(-14.0, 14.0, 0.01)
 _WIDE = np.round(np.arange(-8.1, 8.1 + 1e-9, 0.5), 2)
@@ -38,11 +39,9 @@ def _profile(width_m: float, top: float, height_m: float, p: float, psf_px: floa
     return np.interp(_WIDE, centres, pixels)
 
 
-def _strip(col: np.ndarray, across: np.ndarray, n_along: int = 48) -> Strip:
-    values = np.repeat(np.repeat(np.asarray(col, "float32")[None, :, None], 3, axis=0), n_along, axis=2)
-    along = np.arange(n_along) * 0.5
-    return Strip(values, along, across, np.repeat(along[None], across.size, 0),
-                 np.repeat(across[:, None], n_along, 1), 0.5)
+def _strip(col: np.ndarray, across: np.ndarray) -> Strip:
+    """A strip 48 samples (24 m) long whose brightness across (at ``across``, m) is ``col``."""
+    return _uniform_strip(col, across=across)
 
 
 def _read(width_m, top, height_m, p, psf_px, phase=0.0):
