@@ -230,6 +230,9 @@ def count_containers(
                 continue
             lengths = _shadow_lengths(blob, walk_box | blob, lit_ground, around & sunlit, res, sun_azimuth_deg,
                                       sun_elevation_deg, shade_share) if have_sun else _NO_WALKS
+            if have_sun:
+                # Each walk measured from the roof edge, not from its start pixel's centre.
+                lengths = _from_roof_edge(lengths, pix, sun_azimuth_deg, blob, shade_share)
             patches = _tarp_patches((tarps & blob) | _dull_tops(blob, pix, px_m2), grid)
             n_tarps = len(patches)
             stacks = _stack_tiers(blob, pix, lengths, px_m2, _walk_to_tiers(res, sun_azimuth_deg, sun_elevation_deg),
@@ -1024,7 +1027,9 @@ def _shadow_lengths(blob, box, lit_ground, seen, res, azimuth, elevation,
 
     With ``shade_share`` (rows, cols: each pavement pixel's share of shade, 0 lit to 1
     shaded; NaN where not pavement), a walk seen to end is read to a fraction of a
-    pixel from the two pixels across its end (:func:`_sub_pixel_end`).
+    pixel from the two pixels across its end (:func:`_sub_pixel_end`). The walk still
+    starts at the start pixel's centre: the caller (``count_containers``) moves it to
+    the roof edge with :func:`_from_roof_edge`.
     """
     el = math.radians(max(elevation, 5.0))
     az = math.radians(azimuth)
@@ -1112,6 +1117,132 @@ def _sub_pixel_end(length, rr, cc, dr, dc, shade_share) -> np.ndarray:
     last = np.where(np.isfinite(last), last, 1.0)
     first = np.where(np.isfinite(first), first, 0.0)
     return length - 1.0 + last + first
+
+
+# Least contrast between a top and its shadow (reflectance, L2 over the bands) for the
+# roof edge to be located by its colour: below it a pixel's share is lost in the noise.
+# With signal-dependent noise of 1 % + 0.003 reflectance per band, the offset's sd is
+# about 0.12 px at a contrast of 0.05 and 0.02-0.04 px at a red or grey-tarp top's contrast
+# (s42 review, noise-free 1-D profiles plus that noise); set once, not tuned.
+ROOF_EDGE_MIN_CONTRAST = 0.04
+# Range of the edge offset (pixels beyond the start pixel's centre). Blocks are classed
+# by colour distance, so the start pixel is mostly top (offset >= -1/2) and the first
+# walk pixel, not a box, holds a small roof share only (offset <= 1). A wrong reference
+# sample can move a walk by no more than this.
+ROOF_EDGE_OFFSET_PX = (-0.5, 1.0)
+
+
+def _roof_edge_offset(length, rr, cc, dr, dc, pix, blob, shade_share) -> np.ndarray:
+    """Where the roof edge lies along each walk, in pixels beyond its start pixel's centre.
+
+    A shadow is cast from the roof edge; seen from above (nadir) the edge and the foot of
+    the wall coincide, so the shadow is ``h / tan(el)`` long from the roof edge's ground
+    position to its end. The walk starts on the block's last pixel, classified by its
+    colour distance from pavement, not at half contrast, so the true edge lies off its
+    centre by up to about a pixel, more beyond it than before it (widened by a bright
+    top's blur, narrowed by a dull one's); the offset read is clipped to
+    ``ROOF_EDGE_OFFSET_PX`` (-1/2 to 1 pixel). Each pixel integrates the light over its
+    area after the sensor's PSF: the start pixel and the first walk pixel are mixtures
+    of the top's colour (read two pixels back towards the sun, on the top) and the
+    shadow's (two pixels along the walk; both samples two whole pixels away along the
+    walk's major axis, so never the first walk pixel itself), and their roof shares
+    ``f0 + f1`` add up to the edge's distance beyond the start pixel's centre plus one
+    half, as at the shadow's end (:func:`_sub_pixel_end`). The edge stays at the start pixel's
+    centre (offset 0) where a reference sample is not what it is taken for: the top's
+    sample is not on the block (a gap, a neighbour's top), or the shadow's is not
+    pavement at least half in shade (``shade_share`` under 1/2 or NaN: a lit gap, a
+    painted line, another box); where the top is about as dark as its shadow (contrast
+    under ``ROOF_EDGE_MIN_CONTRAST``); or where the walk is under three pixels (no
+    shadow pixel to read).
+
+    Limits: the first walk pixel is not checked. A lit pixel there (a lit gap at the
+    roof edge) is read as roof and shortens the walk by up to half a pixel; the clip
+    bounds it. ``f0 + f1 = e + 1/2`` is exact for walks along a pixel axis only: on
+    rotated, blurred synthetic edges (8x8 area integration, PSF 0.45-0.75 px, noise-free)
+    walks 30-45 degrees off a pixel axis keep a bias of about +0.18 px (within 6 degrees
+    of an axis +0.02 px; the start pixel's centre alone: +0.45 to +0.60). Samples taken at
+    two steps along the walk instead round, within about 3.6 degrees of a diagonal, to
+    the first walk pixel itself (its share then reads 0): that left +0.24 px.
+
+    Parameters
+    ----------
+    length : numpy.ndarray
+        Walk lengths (pixels).
+    rr, cc : numpy.ndarray
+        Start pixel (row, col) of each walk.
+    dr, dc : float
+        Unit step away from the sun (row, col).
+    pix : numpy.ndarray
+        Reflectance (bands, rows, cols).
+    blob : numpy.ndarray
+        The block the walks start on (bool, rows, cols): the top's sample must lie on it.
+    shade_share : numpy.ndarray
+        Each pavement pixel's share of shade (0 lit to 1 shaded; NaN where not pavement,
+        rows, cols): the shadow's sample must be at least half in shade.
+
+    Returns
+    -------
+    numpy.ndarray
+        Edge offset (pixels) beyond each start pixel's centre: subtract it from the walk.
+    """
+    _, rows, cols = pix.shape
+
+    # Two whole pixels along the walk's major axis: 2 steps on an axis, 2.83 on a diagonal.
+    ref = 2.0 / max(abs(dr), abs(dc))
+
+    def at(k):
+        r = np.round(rr + k * dr).astype(int)
+        c = np.round(cc + k * dc).astype(int)
+        inb = (r >= 0) & (r < rows) & (c >= 0) & (c < cols)
+        return np.clip(r, 0, rows - 1), np.clip(c, 0, cols - 1), inb
+
+    rt, ct, in_t = at(-ref)
+    r0, c0, _ = at(0)
+    r1, c1, _ = at(1)
+    rs, cs, in_s = at(ref)
+    top, p0, p1, shadow = pix[:, rt, ct], pix[:, r0, c0], pix[:, r1, c1], pix[:, rs, cs]
+    with np.errstate(invalid="ignore"):
+        refs_ok = in_t & blob[rt, ct] & in_s & (shade_share[rs, cs] >= 0.5)
+    v = top - shadow
+    norm2 = (v * v).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f0 = np.clip(((p0 - shadow) * v).sum(axis=0) / norm2, 0.0, 1.0)
+        f1 = np.clip(((p1 - shadow) * v).sum(axis=0) / norm2, 0.0, 1.0)
+    e = np.clip(f0 + f1 - 0.5, *ROOF_EDGE_OFFSET_PX)
+    ok = refs_ok & (np.sqrt(norm2) >= ROOF_EDGE_MIN_CONTRAST) & (length >= 3) & np.isfinite(e)
+    return np.where(ok, e, 0.0)
+
+
+def _from_roof_edge(walks: tuple[np.ndarray, ...], pix: np.ndarray, azimuth: float, blob: np.ndarray,
+                    shade_share: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Shadow walks (:func:`_shadow_lengths`) measured from the roof edge.
+
+    Parameters
+    ----------
+    walks : tuple of numpy.ndarray
+        Lengths (pixels), censored flags, start rows and columns.
+    pix : numpy.ndarray
+        Reflectance (bands, rows, cols).
+    azimuth : float
+        Sun azimuth (degrees clockwise from north).
+    blob : numpy.ndarray
+        The block the walks start on (bool, rows, cols).
+    shade_share : numpy.ndarray
+        Each pavement pixel's share of shade (rows, cols; NaN where not pavement).
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        The same walks, each length less the roof edge's offset beyond its start pixel's
+        centre (:func:`_roof_edge_offset`), so that ``length + WALK_END_PX`` is the shadow
+        from the roof edge to its end (pixels).
+    """
+    lengths, censored, r0, c0 = walks
+    if lengths.size == 0:
+        return walks
+    az = math.radians(azimuth)
+    off = _roof_edge_offset(lengths, r0, c0, math.cos(az), -math.sin(az), pix, blob, shade_share)
+    return lengths - off, censored, r0, c0
 
 
 # Least sine of the angle between a walk and the block's edge it leaves. The walk ends
@@ -1291,10 +1422,16 @@ def _walk_to_tiers(res: float, azimuth: float, elevation: float) -> float:
     return res * math.tan(math.radians(max(elevation, 5.0))) / TIER_M
 
 
-# A walk counts the shaded pixel centres beyond the block's last pixel, whose centre lies
-# anywhere within half a pixel of the true edge: n = floor(L / res + U), U uniform on
-# (-1/2, 1/2), so E[n] = L / res - 1/2 and the shadow is (n + 1/2) pixels long. Half a
-# pixel is 0.17 tiers at 60 degrees of sun (0.5 m pixels), 0.04 at 20.
+# Half a pixel added back to every walk. A walk read at both ends (count_containers:
+# _sub_pixel_end, then _from_roof_edge) is length = s - e - 1/2 pixels, s the shadow's
+# end and e the roof edge, both beyond the start pixel's centre: _sub_pixel_end's
+# reading is half a pixel short of the end, and + WALK_END_PX restores it, so
+# length + WALK_END_PX = s - e, the shadow from the roof edge (no statistics involved).
+# A walk whose edge falls back to the start pixel's centre (e = 0: no contrast, a
+# reference sample off the top or out of the shade, walks under 3 px) keeps the
+# whole-pixel argument: that centre lies within about half a pixel of the true edge, so
+# on average the start pixel's own half pixel is missing, and the same + 1/2 restores it.
+# Half a pixel is 0.17 tiers at 60 degrees of sun (0.5 m pixels), 0.04 at 20.
 WALK_END_PX = 0.5
 
 
