@@ -372,12 +372,6 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
         # The same references in the light as recorded, for the typing rules and the
         # tracks a cloud or its shadow reaches (their spreads as learnt, as measured).
         refs = {**refs, "lit": refs["lit"] + haze, "shadow": refs["shadow"] + haze}
-    # The lit ground beside the tracks, learnt on the sun-side flanks themselves (see
-    # _flank_lit_reference): a low deck's shadow falls on that ground, not on the ballast
-    # of the track centres that ``refs["lit"]`` is learnt from. Learnt only where it is read
-    # (the blur _occupancy receives at least _FLANK_REF_MIN_BLUR_M: 0.75 m pixels and coarser).
-    flank_lit = (_flank_lit_reference(strips, tracks, sun_azimuth_deg, sun_elevation_deg)
-                 if vhr and max(0.2, 0.5 * grid.resolution) >= _FLANK_REF_MIN_BLUR_M else None)
     # The height cue reads the ground beside each track as far out as the lowest walled
     # car's shadow reaches under this sun (see _tall), wider than the counting strip;
     # where the cars of another track stand in that band it is not read (below).
@@ -473,7 +467,7 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
                              shadow_tail_m=_shadow_tail(tracks[tid], sun_azimuth_deg) if sun_left is not None
                              else 0.0,
                              shadow_across_m=_shadow_across(tracks[tid], sun_azimuth_deg, sun_elevation_deg),
-                             blur_m=max(0.2, 0.5 * grid.resolution), flank_lit=flank_lit)
+                             blur_m=max(0.2, 0.5 * grid.resolution))
             return got, occ
 
         # Each reading with the positions it speaks for (the two merged per position).
@@ -1531,8 +1525,7 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
                sun_left: bool | None = None, anti_shadow_is_own: bool = False,
                shadow_tail_m: float = 0.0, thin_cloud: bool = False,
                dark_light: np.ndarray | None = None,
-               shadow_across_m: float = float("nan"), blur_m: float = 0.4,
-               flank_lit: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+               shadow_across_m: float = float("nan"), blur_m: float = 0.4) -> tuple[np.ndarray, np.ndarray]:
     """Boolean occupied and observed (finite) flags per along-track position.
 
     Colour alone cannot tell a black tank car from shadowed ballast, nor a grey car
@@ -1560,9 +1553,7 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
     ground (``shadow_across_m``: metres sideways per metre of height, from
     :func:`_shadow_across`; edges blurred over ``blur_m`` metres) in shadow beside a lit
     centre is a car too (:func:`_own_deck_shadow`) where no other rule finds one: it adds
-    stretches, it does not lengthen or join the runs the other rules found. ``flank_lit``
-    (per band median and spread of the lit flank ground, reflectance as recorded; see
-    :func:`_flank_lit_reference`) is passed on to that test; None for none.
+    stretches, it does not lengthen or join the runs the other rules found.
     """
     yard_refs = refs
     if vhr:
@@ -1759,14 +1750,10 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
         # oblique sun a tall car's shadow runs along that band past the car's end and
         # across the coupler gaps that split a consist's run, and a run grown by it is cut into
         # cars of other lengths (own simulator: 3 cars typed otherwise).
-        # (The lit-colour deck-shadow test keeps the yard's spread: a narrowed one read
-        # fouled or wet ground beside an empty track as a deck's shadow. At 0.75 m pixels and
-        # coarser the flank branch reads the flank ground's own narrow spread instead; what
-        # stands in for the yard spread there is a learnt shadow colour (so that the lit
-        # centre is judged against it), a reference that agrees with the lit ground between
-        # the tracks, and the run gates.)
+        # (The deck-shadow test keeps the yard's spread: a narrowed one read fouled or wet
+        # ground beside an empty track as a deck's shadow.)
         deck = _own_deck_shadow(strip, yard_refs, sun_left, shadow_across_m, int(1.0 / strip.step_m) | 1,
-                                blur_m=blur_m, dark_light=dark_light, flank_lit=flank_lit) & centre_lit & seen
+                                blur_m=blur_m, dark_light=dark_light) & centre_lit & seen
         # "Found by another rule" means a run that survives the closing and the 4 m drop
         # below: a 1 m speck of colour on a deck (a lashed crate, a glint) is dropped there
         # and must not veto the deck it lies on.
@@ -2286,8 +2273,7 @@ def _closing_k(strip: Strip) -> int:
 
 
 def _own_deck_shadow(strip: Strip, refs, sun_left: bool, per_m: float, k: int, *, blur_m: float = 0.4,
-                     dark_light: np.ndarray | None = None,
-                     flank_lit: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+                     dark_light: np.ndarray | None = None) -> np.ndarray:
     """Per along-track sample: whether the ground beside the track on its anti-sun side is
     in shadow where even the lowest car's shadow (a bare flat wagon's deck) falls.
 
@@ -2311,16 +2297,12 @@ def _own_deck_shadow(strip: Strip, refs, sun_left: bool, per_m: float, k: int, *
     dark_light : numpy.ndarray or None
         Per band, the darkest light already subtracted from ``strip`` and ``refs``
         (reflectance); None for none.
-    flank_lit : tuple of numpy.ndarray or None
-        Per band, the median and spread (reflectance, as recorded) of the lit ground
-        beside the tracks (:func:`_flank_lit_reference`); None for none.
 
     Returns
     -------
     numpy.ndarray of bool
         True where every band of the band beside the track has darkened towards the
-        ground's shadow colour, or (at 0.75 m pixels and coarser) well under the lit
-        flank ground (see Notes).
+        ground's shadow colour (see Notes).
 
     Notes
     -----
@@ -2348,17 +2330,6 @@ def _own_deck_shadow(strip: Strip, refs, sun_left: bool, per_m: float, k: int, *
     caller's condition): a neighbour's or a mast's shadow reaches the centre first. All
     False where the band is under ``_MIN_OWN_SHADOW_BAND_M`` wide (a high sun or one
     along the track), holds no sample, or the lit colour is unknown.
-    At pixels of 0.75 m and coarser (``blur_m`` at least ``_FLANK_REF_MIN_BLUR_M``) the
-    band is also read against the lit flank ground itself (``flank_lit``): every band
-    ``_FLANK_DROP_SD`` of that ground's own spreads under its median. The yard lit spread
-    there is 30-50 % of the lit colour (tracks, lit and shaded stretches mixed), so three
-    of them exceed the colour itself and the test above cannot fire, and the ballast of
-    the track centres may be a quarter darker than the ground beside them (packed gravel
-    yards), so a deck's shadow on that ground stays near the centres' colour. The deck's
-    shadow falls on the flank ground, so that ground in the sun is the reference to read
-    it against. That branch reads only where a shadow colour was learnt (without one the
-    caller's lit-centre test cannot see a neighbour's shadow over the centre; rail seed
-    6502, snow under a 25 degree sun: an empty track read as 14 cars).
     """
     n = strip.values.shape[2]
     lit = np.asarray(refs["lit"], dtype="float64")
@@ -2379,8 +2350,7 @@ def _own_deck_shadow(strip: Strip, refs, sun_left: bool, per_m: float, k: int, *
         return np.zeros(n, bool)
     sd = np.asarray(refs["lit_sd"], dtype="float64")
     with np.errstate(invalid="ignore"):
-        seen_b = np.all(np.isfinite(b), axis=0)
-        ok = seen_b.copy()
+        ok = np.all(np.isfinite(b), axis=0)
         ok &= np.all(lit_rec[:, None] - b > _DECK_DROP_SD * sd[:, None], axis=0)
         shadow = np.asarray(refs.get("shadow", np.full(lit.size, np.nan)), dtype="float64")
         if np.all(np.isfinite(shadow)) and np.all(shadow < lit):
@@ -2390,242 +2360,7 @@ def _own_deck_shadow(strip: Strip, refs, sun_left: bool, per_m: float, k: int, *
             ok &= (share.max(axis=0) - share.min(axis=0)) < _DECK_SHARE_SPREAD
         else:
             ok &= np.all(b < _SHADOW_RATIO * lit_rec[:, None], axis=0)
-        # Only where a shadow colour was learnt (review ROCCF H1): without one the caller's
-        # lit-centre test cannot tell a neighbour's shadow over the centre from lit ballast,
-        # so the premise that only this track shades its anti-sun side is unchecked.
-        # The learnt shadow colour must also be darker than the lit one (review ROCCF2 L4):
-        # the lit-centre test splits the lit-shadow mix at half way, which reads a centre
-        # as lit only if that colour is the darker end. Darker over the bands, not in each
-        # band as the lit-colour branch above needs: shadows on snow are lit by the blue
-        # sky (rail seed 5005, 0.75 m, snow: shadow 0.083 against lit 0.081 in blue, half
-        # the lit colour in the others; every band required lost its 14 recovered cars).
-        if (flank_lit is not None and blur_m >= _FLANK_REF_MIN_BLUR_M
-                and np.all(np.isfinite(shadow)) and float(np.mean(shadow)) < float(np.mean(lit))):
-            f_med, f_sd = (np.asarray(x, dtype="float64") for x in flank_lit)
-            if np.all(np.isfinite(f_med)) and np.all(np.isfinite(f_sd)):
-                under = (f_med - _FLANK_DROP_SD * f_sd)[:, None]
-                ok |= seen_b & np.all(b < under, axis=0)
     return ok
-
-
-def _flank_lit_reference(strips: Mapping[str, Strip], tracks: Mapping[str, LineString],
-                         azimuth_deg: float | None, elevation_deg: float | None,
-                         ) -> tuple[np.ndarray, np.ndarray] | None:
-    """The lit ground beside the tracks: per band median and spread of the sun-side flank.
-
-    Parameters
-    ----------
-    strips : mapping of str to Strip
-        Every track's samples (reflectance as recorded; NaN where unobserved or masked).
-    tracks : mapping of str to shapely.geometry.LineString
-        The centrelines, read in the strips' direction.
-    azimuth_deg, elevation_deg : float or None
-        The sun's azimuth and elevation (degrees); None: unknown (no reference).
-
-    Returns
-    -------
-    tuple of numpy.ndarray or None
-        Per band, the median (reflectance) of the sun-side flank band
-        (``_FLANK_BAND_M_SIDE``, m off the axis) over every track with a sun side, each
-        along-track sample the band's mean smoothed over 1 m, and its spread (1.4826 x the
-        median absolute deviation, at least ``_FLANK_SD_FLOOR`` of the median). None where
-        the sun is unknown, fewer than ``_FLANK_MIN_SAMPLES`` samples were read, or that
-        ground is brighter (mean ratio over the bands), by more than ``_FLANK_INSIDE_TOL``,
-        than the lit level of the flanks between the tracks (:func:`_inside_lit_level`).
-
-    Notes
-    -----
-    A car shades only its anti-sun side, so the sun-side flank of every track, occupied or
-    empty, is lit ground except where another track's car shadows it; over a scene most of
-    it is lit, and the median is that ground in the sun, with the spread the ground itself
-    shows (texture, wear) rather than the spread of the track centres between tracks and
-    between lit and shaded stretches. Flank samples another track's cars could shade are
-    left out (:func:`_flank_shadable`): in a packed yard (tracks 4.5-5 m apart) nearly
-    every sun-side flank lies in the next track's cars' shadow, and with them the median
-    and spread were those of a mix of lit and shaded ground (rail seed 8374, 1 m, a packed
-    gravel yard: spread 18-45 % of the median, as wide as the yard's; 5-9 % without them).
-
-    The flanks no other track shades are, in a yard, the outermost track's: ground outside
-    the yard (a paved apron, a road, snow or sand), which may be brighter than the trodden
-    ground between the tracks where the decks' shadows fall. The reference is therefore
-    kept only where it agrees with the lit level of the between-track (shadable) flanks,
-    taken so that a small bright share of that ground (a level crossing, a service lane,
-    snow or litter patches) does not set it (:func:`_inside_lit_level`). Where there are
-    too few between-track samples (a lone siding, tracks too far apart for one's cars to
-    shade the other's flank) the reference is kept unchecked: no ground the decks' shadows
-    fall on is left to compare it with (review ROCCF2 lone-track probe: no false car in 24
-    runs with a sun-side strip up to 1.5 x brighter). A full-length bright road between two
-    tracks is a second inter-track ground that one scene-wide reference cannot serve (a
-    known limit; a per-track reference would).
-    """
-    if azimuth_deg is None or elevation_deg is None:
-        return None
-    got, inside = [], []
-    for tid, strip in strips.items():
-        sun_left, _ = _sun_geometry(tracks[tid], azimuth_deg, elevation_deg)
-        if sun_left is None:
-            continue
-        a = strip.across_m if sun_left else -strip.across_m
-        band = (a >= _FLANK_BAND_M_SIDE[0]) & (a <= _FLANK_BAND_M_SIDE[1])
-        if not band.any():
-            continue
-        k = int(1.0 / strip.step_m) | 1
-        b = np.stack([_nan_smooth(x, k) for x in quiet_nanmean(strip.values[:, band, :], axis=1)])
-        seen = np.all(np.isfinite(b), axis=0)
-        shadable = _flank_shadable(strip, a, tid, tracks, azimuth_deg, elevation_deg)
-        got.append(b[:, seen & ~shadable])
-        inside.append(b[:, seen & shadable])
-    if not got:
-        return None
-    got = np.concatenate(got, axis=1)
-    if got.shape[1] < _FLANK_MIN_SAMPLES:
-        return None
-    med = np.median(got, axis=1)
-    inside = np.concatenate(inside, axis=1)
-    if inside.shape[1] >= _FLANK_MIN_SAMPLES:
-        # The reference is read only where the outside ground is no brighter (by
-        # _FLANK_INSIDE_TOL) than the lit ground between the tracks (see Notes).
-        # Brightness over the four bands, not band by band: a different ground is brighter
-        # in every band, while one band alone may differ by a weed share (near infrared:
-        # rail seed 8374, a gravel yard, 1.16 x in near infrared, 1.02-1.09 x in the others).
-        q = _inside_lit_level(inside)
-        if not np.all(q > 0) or float(np.mean(med / q)) > 1.0 + _FLANK_INSIDE_TOL:
-            return None
-    sd = 1.4826 * np.median(np.abs(got - med[:, None]), axis=1)
-    return med, np.maximum(sd, _FLANK_SD_FLOOR * np.abs(med))
-
-
-def _inside_lit_level(inside: np.ndarray) -> np.ndarray:
-    """The lit level of the between-track flank ground: per band, the
-    ``_FLANK_INSIDE_PCT`` percentile of the brighter class of a two-class (Otsu) split of
-    the samples' band-mean brightness.
-
-    Parameters
-    ----------
-    inside : numpy.ndarray
-        Bands x samples (reflectance, as recorded; all finite), the sun-side flank samples
-        another track's cars could shade.
-
-    Returns
-    -------
-    numpy.ndarray
-        Per band, that level (reflectance).
-
-    Notes
-    -----
-    Neighbours' trains shade much of that ground, under a low sun nearly all of it (rail
-    seed 5991, 21 degrees, a packed gravel yard: the 90th percentile of all samples was
-    still shade), so the lit level is an upper part of the samples; but a top percentile
-    of them all is set by any small bright share (a level crossing 8 m wide is some 4 % of
-    them; review ROCCF2 H1, probe scene 5526: 1 -> 8 false cars on an empty track). The
-    split separates the shaded from the lit ground however small the lit share, and a
-    bright minority within the lit class (a crossing, lanes, 5 % snow patches) lies above
-    its ``_FLANK_INSIDE_PCT`` percentile, so it does not set the level. Where nearly all
-    of the ground is shaded and a bright patch is the only lit part, the patch is the
-    brighter class: the check then keeps the reference, as the 97.5th percentile of all
-    samples did.
-    """
-    m = inside.mean(axis=0)
-    order = np.argsort(m, kind="stable")
-    xs = m[order]
-    n = xs.size
-    if n < 2 or xs[0] == xs[-1]:
-        upper = np.ones(n, bool)
-    else:
-        # Between-class variance for every split after the i-th sorted sample (i = 1..n-1),
-        # only between distinct values.
-        cs = np.cumsum(xs)
-        i = np.arange(1, n)
-        mu0 = cs[:-1] / i
-        mu1 = (cs[-1] - cs[:-1]) / (n - i)
-        var = i * (n - i) * (mu0 - mu1) ** 2
-        var[xs[1:] == xs[:-1]] = -1.0
-        cut = int(np.argmax(var)) + 1
-        upper = np.zeros(n, bool)
-        upper[order[cut:]] = True
-    return np.percentile(inside[:, upper], _FLANK_INSIDE_PCT, axis=1)
-
-
-def _flank_shadable(strip: Strip, a: np.ndarray, tid: str, tracks: Mapping[str, LineString],
-                    azimuth_deg: float, elevation_deg: float) -> np.ndarray:
-    """Per along-track sample: whether a car on another track could shade the middle of
-    ``strip``'s sun-side flank band.
-
-    Parameters
-    ----------
-    strip : Strip
-        The track's samples.
-    a : numpy.ndarray
-        Across-track offsets (m), positive on the sun side.
-    tid : str
-        The track's id in ``tracks``.
-    tracks : mapping of str to shapely.geometry.LineString
-        Every centreline (the strips' frame, metres).
-    azimuth_deg, elevation_deg : float
-        The sun's azimuth (degrees clockwise from north) and elevation (degrees).
-
-    Returns
-    -------
-    numpy.ndarray of bool
-        True where another track's centreline passes within ``_HALF_BODY_M`` plus a
-        margin of the ground point's line towards the sun, out to where the tallest car
-        (``_MAX_CAR_HEIGHT_M``) still shades it: a car standing there, seen or not, would
-        put that ground in its shadow (occupancy is not used: whole strings of low cars
-        are missed).
-    """
-    n = strip.values.shape[2]
-    others = [line for t, line in tracks.items() if t != tid]
-    if not others or not (0.0 < elevation_deg < 90.0):
-        return np.zeros(n, bool)
-    j = int(np.argmin(np.abs(a - 0.5 * sum(_FLANK_BAND_M_SIDE))))
-    reach = _MAX_CAR_HEIGHT_M / math.tan(math.radians(elevation_deg))
-    az = math.radians(azimuth_deg)
-    dx, dy = reach * math.sin(az), reach * math.cos(az)   # towards the sun, x east, y north
-    x0, y0 = strip.x[j], strip.y[j]
-    ok = np.isfinite(x0) & np.isfinite(y0)
-    out = np.zeros(n, bool)
-    if not ok.any():
-        return out
-    segs = shapely.linestrings(np.stack([np.stack([x0[ok], y0[ok]], -1), np.stack([x0[ok] + dx, y0[ok] + dy], -1)], 1))
-    near = np.zeros(int(ok.sum()), bool)
-    for line in others:
-        near |= shapely.distance(segs, line) <= _HALF_BODY_M + _SHADE_MARGIN_M
-    out[ok] = near
-    return out
-
-
-# Margin (m) past a body's half width within which another track's car is taken to shade a
-# flank point: the blur of a 1 m pixel's shadow edge and a car's overhang.
-_SHADE_MARGIN_M = 0.5
-# The sun-side flank band (m off the axis) the lit side ground is learnt on: past a 3.3 m
-# body's half width and its edge blur, within the counting strip (as _occupancy's side bands).
-_FLANK_BAND_M_SIDE = (1.95, 2.6)
-# Fewest along-track samples (0.5 m each at VHR: 50 m of flank) to learn it from.
-_FLANK_MIN_SAMPLES = 100
-# Smallest spread of the lit flank ground, as a share of its median: sensor noise and
-# the ground's texture keep at least a few per cent (uniform snow, fresh asphalt).
-_FLANK_SD_FLOOR = 0.03
-# Spreads of the lit flank ground the deck band must drop below it (rail 210-213, 0.75-1 m,
-# with the flanks a neighbour's cars shade taken from the truth: 3 spreads read 4 m or more
-# of shadow beside 43 of 73 unmatched flat-class cars, and on 23 stretches of empty track
-# of 4 m or more, before the centre and run tests of _occupancy).
-_FLANK_DROP_SD = 3.0
-# The flank reference is read at blurs of 0.375 m and more (pixels of 0.75 m and coarser):
-# at 0.5 m pixels the lit-colour test already fires on low decks (session 40 RAILM), and at
-# 0.75 m the flank branch gains (review ROCCF, rail 30-33: 0.75 m missed cars 23 -> 17).
-_FLANK_REF_MIN_BLUR_M = 0.375
-# Percentile, within the brighter (Otsu) class of the between-track (shadable) sun-side
-# flank samples, taken as the lit level of the ground inside the yard (_inside_lit_level):
-# the upper quarter of the lit ground's own texture, with room above it for a bright
-# minority (review ROCCF2 probe, 5526 with a crossing or 5 % patches at 1.5 x: ratio
-# 1.35-1.36, against 1.05-1.08 for the 97.5th percentile of all samples).
-_FLANK_INSIDE_PCT = 75.0
-# How much brighter (share) the reference ground (outside the yard) may be than that lit
-# level. Measured on bench scenes (ROCCF2 diag5, band-mean ratios): the same ground inside
-# and outside 1.01-1.12 (5991, 8374, 6934, 6502; 5526 1.04), a probe apron 1.5 x the yard's
-# ground 1.38, snow beside the yard (8391) 1.22; the x 1.25 and x 1.5 figures are probe
-# factors (review ROCCF probe3: x 1.5, 7 false cars on an empty track), not field values.
-_FLANK_INSIDE_TOL = 0.15
 
 
 # Lit spreads (refs["lit_sd"], per band) the deck band must drop below the lit ground.
