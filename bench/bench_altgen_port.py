@@ -77,10 +77,11 @@ merged-top split at coarse pixels: 14.0 %, clear 0.8 m 19.8 -> 17.0 %, every oth
 unchanged) and count as tuning since; 243-248 were held out in session 39 (run before: TEU
 error 15.1 %; after the 0.8 m outline blur and the not-redder shade: 14.7 %, clear 13.1 -> 11.8 %
 (0.8 m 17.2 -> 13.3 %), low sun 18.2 -> 18.6 %, partly cloudy 20.0 -> 21.0 %, hazy unchanged) and
-count as tuning since; 249-254 are held out from session 40 (run once in session 40, before:
-TEU error 13.0 %, clear 12.1, hazy 11.9, low sun 15.6, partly cloudy 14.3 %; no container change
-landed, so they stay held out for one more run, after the next container change; summary tables
-only).
+count as tuning since; 249-254 were held out in sessions 40-42 (run before in session 40: TEU
+error 13.0 %, clear 12.1, hazy 11.9, low sun 15.6, partly cloudy 14.3 %; after session 42's
+sub-pixel roof edge: 12.7 %, clear 12.2, hazy 11.1, low sun 15.6, partly cloudy 12.8 %) and count
+as tuning since; 255-260 are held out from session 43 (run at most twice, before and after a
+container change; summary tables only).
 """
 
 from __future__ import annotations
