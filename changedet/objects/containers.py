@@ -680,8 +680,7 @@ def _tarp_tops(cand: np.ndarray, ground_dark: np.ndarray, boxes: np.ndarray, res
     labels, n = ndimage.label(cand)
     if n == 0:
         return out
-    az = math.radians(azimuth)
-    dr, dc = math.cos(az), -math.sin(az)
+    dr, dc = _anti_sun_step(azimuth)
     rows, cols = cand.shape
     px_m2 = res * res
     objs = ndimage.find_objects(labels)
@@ -731,8 +730,7 @@ def _learn_shade(start, box, lit_ground, seen, pix, res, azimuth, elevation) -> 
     ok = ~censored & (lengths >= 3)
     if ok.sum() < 5:
         return None
-    az = math.radians(azimuth)
-    dr, dc = math.cos(az), -math.sin(az)
+    dr, dc = _anti_sun_step(azimuth)
     rows, cols = [], []
     for k in range(2, int(lengths[ok].max())):
         m = ok & (lengths > k)
@@ -1007,6 +1005,23 @@ def _pool(walks: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([w[0] for w in walks]), np.concatenate([w[1] for w in walks])
 
 
+def _anti_sun_step(azimuth: float) -> tuple[float, float]:
+    """One pixel's step away from the sun, (row, col): +row is south, +col is east.
+
+    Parameters
+    ----------
+    azimuth : float
+        Sun azimuth (degrees clockwise from north).
+
+    Returns
+    -------
+    tuple of float
+        The unit step (rows, cols) along which shadows fall.
+    """
+    az = math.radians(azimuth)
+    return math.cos(az), -math.sin(az)
+
+
 def _shadow_lengths(blob, box, lit_ground, seen, res, azimuth, elevation,
                    shade_share=None) -> tuple[np.ndarray, ...]:
     """Shadow walks beyond a block's anti-sun edge: lengths (pixels), censored flags and
@@ -1032,9 +1047,7 @@ def _shadow_lengths(blob, box, lit_ground, seen, res, azimuth, elevation,
     the roof edge with :func:`_from_roof_edge`.
     """
     el = math.radians(max(elevation, 5.0))
-    az = math.radians(azimuth)
-    # Away from the sun, in (row, col) steps: +row is south, +col is east.
-    dr, dc = math.cos(az), -math.sin(az)
+    dr, dc = _anti_sun_step(azimuth)
     max_len_px = int(math.ceil(MAX_TIERS * TIER_M / math.tan(el) / res)) + 2
     rr, cc = np.nonzero(blob)
     rows, cols = blob.shape
@@ -1240,8 +1253,7 @@ def _from_roof_edge(walks: tuple[np.ndarray, ...], pix: np.ndarray, azimuth: flo
     lengths, censored, r0, c0 = walks
     if lengths.size == 0:
         return walks
-    az = math.radians(azimuth)
-    off = _roof_edge_offset(lengths, r0, c0, math.cos(az), -math.sin(az), pix, blob, shade_share)
+    off = _roof_edge_offset(lengths, r0, c0, *_anti_sun_step(azimuth), pix, blob, shade_share)
     return lengths - off, censored, r0, c0
 
 
