@@ -10,7 +10,7 @@ scored (all of them, here).
 
 Measured (``pytest -s``; also ``python bench/bench_ships.py``, which adds a centre-in-box
 rule, recall split by alongside / open water, figures per size class and where each
-vessel is lost): Busan F1 0.57 (P 0.59, R 0.56), Casablanca F1 0.64 (P 0.69, R 0.60) -
+vessel is lost): Busan F1 0.60 (P 0.67, R 0.54), Casablanca F1 0.67 (P 0.75, R 0.60) -
 still below the 0.7 the issue asks for.
 Open-water vessels are found (recall 0.67 and 1.00); vessels moored alongside quays,
 which most labels are (39 of 54 and 13 of 15), merge with the quay at 10 m; the
@@ -32,10 +32,16 @@ rim; no parameter fitted, the idea came from misses on both ports) - to 0.54 / 0
 convexity test on bodies 200 m or longer (resolved hulls are convex, piers with rims are
 not; 0.6 in the middle of Busan's plateau 0.55-0.65) and the beam limit lowered from 70 m
 to the widest ship's 61.5 m (62 m) - to 0.57 / 0.62; a three-pixel seed (a vessel at least
-3 px long lifts three pixels; 2 -> 3 on Busan removed a false alarm) - to 0.571 / 0.643.
-The floors below
-sit a margin under the measured figures so that a regression fails; they are not the
-target.
+3 px long lifts three pixels; 2 -> 3 on Busan removed a false alarm) - to 0.571 / 0.643;
+water parts of joined bodies that ran along a pier or quay (``too_big``) must be 3 times
+longer than wide (``part_elongation``, s43: they are fragments - pier rims, pier heads, raft
+pieces; 3 is what a 50 x 10 m hull measures at 10 m; Busan FP 21 -> 14 for one labelled and
+one unlabelled boat lost) - to 0.598 / 0.667.
+The floors below sit a margin under the measured figures so that a regression fails; they
+are not the target. Since s43 the margin is tight on purpose (0.018 / 0.017, about one
+object): the floors pin the s43 gain (both fail at the 0.571 / 0.643 before it), so one more
+lost vessel on either port (Busan 0.577, Casablanca 0.593) fails, one more false alarm on
+Busan (0.592) does not.
 """
 
 from __future__ import annotations
@@ -60,7 +66,7 @@ from changedet.simulate.render import render_scene
 
 PORTS = {"busan": "2022-05-14", "casablanca": "2023-04-26"}
 # Measured F1 minus a margin (see the module docstring): regression floors.
-F1_FLOOR = {"busan": 0.54, "casablanca": 0.60}
+F1_FLOOR = {"busan": 0.58, "casablanca": 0.65}
 MATCH_IOU = 0.1
 
 
