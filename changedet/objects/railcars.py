@@ -2774,7 +2774,7 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
                           lit_ground=lit, empty=empty)
                     if sun_left is not None and wide is not None else None)
             # A bare deck's short shadow, read on one side (see _low_deck): only the even
-            # short top's width rule (even_short_roof) listens to it.
+            # tops' width rules (even_short_roof, even_dark_roof) listen to it.
             low = (_low_deck(wide, s0, s1, sun_left, shadow_across_m, resolution_m=resolution_m,
                              path=path, lit_ground=lit)
                    if sun_left is not None and wide is not None else None)
@@ -4000,6 +4000,21 @@ def _classify_rule(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float =
     and ``lit_visible``: see :func:`_look`) is a tank car at any length, whether or not the
     sun-half ratio vets it and however even along.
 
+    A top read "open" but even end to end (under ``_EVEN_ALONG``) where pixels
+    (``resolution_m``) are ``_MAX_FULL_TOP_RES_M`` (0.5 m) or finer, read at least
+    ``_MIN_FULL_TOP_M`` wide and ``_MIN_LONG_BODY_M`` or longer, is a dark boxcar roof
+    (tag ``"even_dark_roof"``), unless the shadow reads a bare deck (``low`` True or
+    ``tall`` False: no roof stands there). Evenness tells a roof only from a heaped load
+    (a load tipped from a chute or grab lies in heaps a few metres apart, which vary along
+    at that scale). A level load (coal or ore trimmed flat at loading) is as even as a roof
+    sheet and is kept out by length alone: open wagon bodies are 12.7-13.5 m (13.9 m over
+    couplers), and ``_MIN_LONG_BODY_M`` is the longest of them read with a cut misplaced
+    by a metre. A covered hopper is kept out only by the texture of its hatches and sloped
+    end bays. So, as with the pale-roof rules above, a level-loaded dark open wagon read
+    14.8 m or longer, and a dark covered hopper whose roof spans its ends with hatches the
+    roof's colour (19-7017: 15.9 m), are misread boxcars, a cost the altgen scenes (heaped
+    loads only, dark hatches on every hopper) do not measure.
+
     A plain or flat top shorter than ``_MIN_LONG_BODY_M`` that the rules above give the
     gondola class, textured along (from ``_TEXTURED_ALONG``) only by one step near mid-car
     between two even plateaus and narrower than a walled body where its width is read
@@ -4024,6 +4039,19 @@ def _classify_rule(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float =
         # this long; 80 ft flat wagons (13-4012, 13-9004M: 18.5 m) are, bare, loaded or
         # carrying containers. A locomotive's roof shows its fans ("flat").
         return "flatcar", "long_flat_wagon"
+    if (look == "open" and resolution_m <= _MAX_FULL_TOP_RES_M and body_m >= _MIN_LONG_BODY_M
+            and low is not True and tall is not False
+            and _along_texture(strip, s0, s1, path) < _EVEN_ALONG
+            and _top_width(strip, s0, s1) >= _MIN_FULL_TOP_M):
+        # "Open" (a top darker than its rims or than half the lit ballast) but even end to
+        # end at 0.3-0.5 m, as wide as a roofed body (3.1-3.3 m; a flat wagon's deck is
+        # 2.87 m) and as long as only long cars read: a dark-painted or weathered boxcar
+        # roof, not a heaped load, whose heaps vary along at that scale. A load trimmed
+        # level is as even: only length (_MIN_LONG_BODY_M) keeps an open wagon out, and
+        # the shadow (low True, tall False) a bare deck. Coarser pixels blur heaps away
+        # and no width is read: the rule stands down there. (Session 43, altgen rail
+        # 50, 140, 180 and 226 at 0.3-0.5 m: 26 boxcars against 1 flat wagon caught.)
+        return "boxcar", "even_dark_roof"
     # A cylinder is vetted by which half is the brighter only with the sun across the
     # track and high enough to shade it (see _look); relief alone is also a shunting
     # locomotive's fans (15-16 m bodies) or a covered hopper's hatches.
