@@ -1,7 +1,8 @@
 """Vessels on water at medium resolution: optical (Sentinel-2) and radar (Sentinel-1).
 
 Optical (about 3-30 m): water absorbs near- and short-wave infrared, so the darker
-class of ``max(NIR, SWIR)`` (Otsu) is water; large water bodies are the sea, and
+class of ``max(NIR, SWIR)`` (Otsu) is water; large water bodies are the sea (so are
+smaller ones that lie in the drawn water or berths: see :data:`MIN_BASIN_M2`), and
 small non-water islands inside them (up to a large ship's footprint) are put back into
 it. A vessel is seeded by a pixel group on the sea (at least ``min_seed_px``) brighter
 than the water around it by ``k`` robust spreads (a constant-false-alarm-rate test
@@ -65,6 +66,17 @@ MAX_ELONGATION = 10.0    # hull length/beam stays under ~9 for every vessel clas
 QUAY_ELONGATION = 5.0    # merchant hulls are 5-9 times longer than wide; shore bumps that are not hulls are stubbier
 K_SWIR = 4.0             # SWIR contrast (robust spreads) an open-water hull must show; foam shows little
 MIN_SEA_M2 = 5.0e5       # a water body smaller than this is a pond or a shadow, not a port basin
+# MIN_SEA_M2 judges a water body by its size. A smaller body that lies mostly inside the
+# water or berths drawn for the site is a port basin all the same, judged on MIN_BASIN_M2:
+# its author says it is water (a berth is drawn on the water where ships lie). Wet docks
+# behind lock gates and small harbour basins are 0.05-0.5 km2 and enclosed (the simulator's
+# port basins are 0.12-0.2 km2: 0 of 14 ships found without this, 14 of 14 with it; s43).
+# It must still be at least twice the largest ship's footprint (400 x 62 m, about 0.05 km2,
+# 500 pixels at 10 m): a smaller piece is no basin a ship lies in, nor enough water for the
+# local water statistics. Bodies the image frame cuts are not vouched for by the frame:
+# rivers, canals and flooded fields that the frame cuts are water too, and their bridges
+# and banks were most of what a frame rule found on the OSCD cities (s43 RSHIPSIM).
+MIN_BASIN_M2 = 2 * MAX_LENGTH_M * MAX_BEAM_M
 MIN_WATER_FRACTION = 0.05  # a hull grown into its blurred rim takes in water-class pixels; land does not
 HULL_NDWI = 0.0          # steel, paint and decks reflect at least as much NIR as green; water and foam less
 SHORE_ELONGATION = 2.0   # alongside a shore a body under twice as long as wide is a pier head, not a hull
@@ -184,15 +196,37 @@ def optical_water(image: xr.DataArray, *, valid: np.ndarray | None = None) -> np
     return water
 
 
-def _sea(water: np.ndarray, res_m: float, *, given: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(open water, sea domain): big water bodies, and those with ship-sized islands filled."""
+def _sea(water: np.ndarray, res_m: float, *, given: np.ndarray | None = None,
+         drawn: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(open water, sea domain): big water bodies, and those with ship-sized islands filled.
+
+    Parameters
+    ----------
+    water : numpy.ndarray of bool (row, col)
+        Water class of the image.
+    res_m : float
+        Ground resolution, metres per pixel.
+    given : numpy.ndarray of bool, optional
+        Water known beforehand (radar with a water polygon): the sea is the water class
+        inside it, whatever the size of its bodies.
+    drawn : numpy.ndarray of bool, optional
+        Water and berths drawn for the site: a body with at least half of its pixels
+        inside them is a basin from :data:`MIN_BASIN_M2` (about 0.05 km2) on; other
+        bodies must reach :data:`MIN_SEA_M2` (0.5 km2).
+    """
     if given is not None:
         water = water & given
     lab, n = ndimage.label(water)
     if n == 0:
         return water, water
-    sizes = ndimage.sum(water, lab, index=np.arange(1, n + 1)) * res_m * res_m
-    big = np.isin(lab, 1 + np.nonzero(sizes >= MIN_SEA_M2)[0]) if given is None else water
+    idx = np.arange(1, n + 1)
+    sizes = ndimage.sum(water, lab, index=idx) * res_m * res_m
+    # See MIN_BASIN_M2: drawn water vouches for a body.
+    basin = np.zeros(n, bool)
+    if drawn is not None:
+        basin = np.asarray(ndimage.mean(drawn, lab, index=idx)) >= 0.5
+    floor = np.where(basin, MIN_BASIN_M2, MIN_SEA_M2)
+    big = np.isin(lab, idx[sizes >= floor]) if given is None else water
     holes = ndimage.binary_fill_holes(big) & ~big
     hl, nh = ndimage.label(holes)
     hs = ndimage.sum(holes, hl, index=np.arange(1, nh + 1)) * res_m * res_m if nh else np.array([])
@@ -327,12 +361,16 @@ def detect_vessels(
         count, not where they are searched. The search, the local water statistics and
         the quayside strips always come from the image's own water class (NIR/SWIR
         darkness; the sea is its large bodies), unclipped: a hand-drawn polygon's edge
-        through open water is not a shore. A vessel is reported when at least
-        ``SELECT_FRACTION`` (half) of its pixels lie inside ``water`` or a berth; the
-        others are listed in ``rejected`` as ``outside_water``. Without it every vessel
-        found counts.
+        through open water is not a shore. It (with the berths) only vouches for
+        water-class bodies lying mostly inside it: they are the sea from about 0.05 km2
+        (:data:`MIN_BASIN_M2`, an enclosed dock) instead of 0.5 km2 (:data:`MIN_SEA_M2`).
+        A vessel is reported when at least ``SELECT_FRACTION`` (half) of its pixels lie
+        inside ``water`` or a berth; the others are listed in ``rejected`` as
+        ``outside_water``. Without it every vessel found counts.
     berths : mapping of str to Polygon, optional
-        Berth polygons (image CRS): a vessel overlapping one is reported there.
+        Berth polygons (image CRS): a vessel overlapping one is reported there. A berth is
+        drawn on the water where ships lie, so, like ``water``, berths vouch for the
+        water-class bodies lying mostly inside them (and the water).
     valid : xarray.DataArray (y, x) of bool, optional
         False where the image must not be trusted (cloud, nodata).
     k : float
@@ -503,8 +541,10 @@ def detect_vessels(
         # stopping at the basins' mouths lost every vessel at its berths: Casablanca,
         # 13 -> 8 detections), so vessels in the berths count too.
         select = _mask(shapely.union_all([water, *(berths or {}).values()]), grid)
+    # A berth is drawn on the water where ships lie: like the water, it vouches for a basin.
+    vouch = [g for g in [water, *(berths or {}).values()] if g is not None]
     cand = optical_candidates(image, valid=valid, k=k, k_grow=k_grow, min_seed_px=min_seed_px,
-                              quayside=quayside)
+                              quayside=quayside, drawn=_mask(shapely.union_all(vouch), grid) if vouch else None)
     hull_px = None
     if hull_ndwi is not None:
         green, nir = _band(image, "green"), _band(image, "nir")
@@ -572,14 +612,22 @@ def optical_candidates(
     k_grow: float = 3.0,
     min_seed_px: int = MIN_SEED_PX,
     quayside: bool = True,
+    drawn: np.ndarray | None = None,
 ) -> OpticalCandidates:
     """Candidate hull pixels of an optical image: the search of :func:`detect_vessels` without its tests.
 
-    Parameters are those of :func:`detect_vessels` (same units and defaults). The search
-    comes from the image alone (drawn water only selects which vessels count, see
-    :func:`detect_vessels`). Useful to see where a vessel was lost: a hull that is in no
-    candidate body or strip was never searched for (e.g. moored inside the quay's land class along a curved shore); one
-    that is in a candidate but not reported failed a shape or spectral test.
+    Useful to see where a vessel was lost: a hull that is in no candidate body or strip
+    was never searched for (e.g. moored inside the quay's land class along a curved shore);
+    one that is in a candidate but not reported failed a shape or spectral test.
+
+    Parameters
+    ----------
+    image, valid, k, k_grow, min_seed_px, quayside
+        As in :func:`detect_vessels` (same units and defaults).
+    drawn : numpy.ndarray of bool (row, col), optional
+        The water and berths drawn for the site, rasterised on the image grid. The search
+        comes from the image; drawn water only lets a smaller water-class body that lies
+        mostly inside it be the sea (see :data:`MIN_BASIN_M2`).
 
     Returns
     -------
@@ -592,7 +640,7 @@ def optical_candidates(
     # np.errstate (per thread, unlike a warnings filter) keeps them quiet.
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         wmask = optical_water(image, valid=ok)
-        sea, dom = _sea(wmask, res_m)
+        sea, dom = _sea(wmask, res_m, drawn=drawn)
         tile = max(16, int(round(TILE_M / res_m)))
         zs = []
         vis = _band(image, "blue") + _band(image, "green") + _band(image, "red")
