@@ -43,6 +43,7 @@ from changedet.nanstats import quiet_nanmean
 from changedet.objects.containers import count_containers
 from changedet.objects.railcars import count_railcars
 from changedet.objects.ships import count_ships
+from changedet.objects.vessels import no_sea_reason
 from changedet.sources.base import CLOUD_BAND
 from changedet.sources.simulator import SimulatorSource
 
@@ -538,6 +539,18 @@ def find_scene(aoi, day: date, cfg: "RunConfig"):
     return scenes[0] if scenes else None
 
 
+def _unobserved_reason(metric: str, res, image, *, valid=None, water=None, berths=None) -> str:
+    """Why a count too little observed to record was skipped (the day's ``skipped`` entry).
+
+    Cloud is the usual reason. A vessel search on a medium-resolution image that found no
+    sea over clear water reads as unobserved too (no water body big enough, or none drawn
+    as the site's water: :func:`changedet.objects.vessels.no_sea_reason`); blaming a cloud
+    that is not there would send the analyst to the wrong fix.
+    """
+    why = no_sea_reason(image, valid=valid, water=water, berths=berths) if metric == "ships" else None
+    return why or f"only {res.observed_fraction:.0%} of features cloud-free"
+
+
 def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
     """Process the acquisition of ``aoi`` on ``day`` (if there is one).
 
@@ -844,8 +857,8 @@ def _run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
     if "ships" in aoi.metrics and optical:
         berths = {f.id: aoi.to_crs(f.geometry, grid.crs) for f in aoi.features_by_role("berth")}
         water = [aoi.to_crs(f.geometry, grid.crs) for f in aoi.features_by_role("water")]
-        count("ships", count_ships, aligned, berths, water=shapely.union_all(water) if water else None,
-              valid=clear_al)
+        ship_water = shapely.union_all(water) if water else None
+        count("ships", count_ships, aligned, berths, water=ship_water, valid=clear_al)
     for metric, res_ in counts:
         if res_.extras.get("caveat"):
             # An estimate its own counter calls unvalidated (railcars on 3-12 m optical
@@ -854,7 +867,9 @@ def _run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
             result.skipped[metric] = str(res_.extras["caveat"])
             continue
         if res_.observed_fraction < cfg.min_observed:
-            result.skipped[metric] = f"only {res_.observed_fraction:.0%} of features cloud-free"
+            result.skipped[metric] = _unobserved_reason(
+                metric, res_, aligned, valid=clear_al,
+                **({"water": ship_water, "berths": berths} if metric == "ships" else {}))
             continue
         metrics.append({"metric": metric, "value": float(res_.total)})
         if metric == "railcars":

@@ -391,46 +391,6 @@ def read_image(path: Path):
     return image, files[0]
 
 
-def _no_sea(image, valid, sel) -> str | None:
-    """Why the medium-resolution vessel search saw none of the berths and water, when some
-    of their pixels are clear (else None: then cloud or nodata is why, or the image is VHR).
-
-    That search takes only the image's own water bodies of ``MIN_SEA_M2`` (0.5 km2) for
-    the sea, or of ``MIN_BASIN_M2`` (0.05 km2) lying mostly in the drawn water or berths
-    (:mod:`changedet.objects.vessels`): an image cut to a small port finds no sea at all.
-    """
-    import numpy as np
-    import shapely
-    from scipy import ndimage
-
-    from changedet.grid import GridSpec
-    from changedet.objects.ships import VHR_MAX_RES_M
-    from changedet.objects.vessels import MIN_BASIN_M2, MIN_SEA_M2, _mask, ground_metres_per_unit, optical_water
-
-    grid = GridSpec.of(image)
-    res_m = grid.resolution * ground_metres_per_unit(grid)
-    if res_m <= VHR_MAX_RES_M:
-        return None
-    ok = np.isfinite(np.asarray(image.values)).all(0)
-    if valid is not None:
-        ok &= np.asarray(valid.values, bool)
-    drawn = [g for g in [sel["water"], *sel["main"].values()] if g is not None]
-    if drawn and not (_mask(shapely.union_all(drawn), grid) & ok).any():
-        return None
-    lab, n = ndimage.label(optical_water(image, valid=ok))
-    big = float(np.bincount(lab.ravel())[1:].max()) * res_m * res_m / 1e6 if n else 0.0
-    sea, basin = MIN_SEA_M2 / 1e6, MIN_BASIN_M2 / 1e6
-    if big >= sea:
-        return (f"the sea the vessel search found ({big:.2f} km2 of water) lies outside them; check that the "
-                "water and berth polygons cover the basins where the ships lie")
-    fix = ("draw the site's water (a feature with role 'water' over its basins; a berth vouches only for a "
-           "basin it mostly covers)" if sel["water"] is None else
-           "check that the water polygon covers the port's basins")
-    return (f"no water body in the image is the sea to the vessel search: the largest is {big:.2f} km2, and it "
-            f"needs {sea:.1f} km2, or {basin:.2f} km2 lying at least half inside the drawn water and berths; "
-            f"{fix}, or use an image reaching further out to the open water")
-
-
 # -- command --------------------------------------------------------------------------------
 def cmd_count(args) -> int:
     import pyproj
@@ -549,7 +509,9 @@ def cmd_count(args) -> int:
         # library still returns it (flows record observed_fraction 0), the CLI refuses it.
         what = {"railcars": "tracks", "containers": "stack zones", "ships": "berths and water"}[args.kind]
         if args.kind == "ships" and not getattr(args, "detector", None) and not radar:
-            why = _no_sea(image, valid, sel)
+            from changedet.objects.vessels import no_sea_reason
+
+            why = no_sea_reason(image, valid=valid, water=sel["water"], berths=sel["main"])
             if why:
                 raise ChangedetError(f"{args.image}: the {what} of {where} are seen (not cloud or nodata), but {why}")
         raise ChangedetError(

@@ -604,6 +604,61 @@ class OpticalCandidates:
     observed: float
 
 
+def no_sea_reason(image: xr.DataArray, *, valid: xr.DataArray | None = None, water: Polygon | None = None,
+                  berths: Mapping[str, Polygon] | None = None) -> str | None:
+    """Why the medium-resolution optical vessel search found no sea over a site whose water
+    or berths are seen, in words a user can act on; None where that is not why.
+
+    The search (:func:`detect_vessels`) takes only the image's own water bodies of
+    :data:`MIN_SEA_M2` (0.5 km2) for the sea, or of :data:`MIN_BASIN_M2` (about 0.05 km2)
+    lying at least half inside the drawn water and berths: an image cut close around a
+    small port, with no water drawn, finds no sea at all and reports nothing observed,
+    which reads like cloud. Callers that refuse or skip a count for want of an observation
+    ask this first, so the reason they give is the right one.
+
+    Parameters
+    ----------
+    image : xarray.DataArray (band, y, x)
+        The optical image the vessel search ran on.
+    valid : xarray.DataArray of bool (y, x), optional
+        Usable pixels (not cloud).
+    water, berths : Polygon, mapping of str to Polygon, optional
+        The site's water and berths in the image CRS.
+
+    Returns
+    -------
+    str or None
+        The reason and its fix; None for VHR or radar images (other methods), or when none
+        of the drawn water and berths is clear (then cloud or nodata is the reason).
+    """
+    from changedet.objects.ships import VHR_MAX_RES_M
+
+    grid = GridSpec.of(image)
+    names = {str(b).upper() for b in image["band"].values} if "band" in image.dims else set()
+    res_m = grid.resolution * ground_metres_per_unit(grid)
+    if res_m <= VHR_MAX_RES_M or "VV" in names:
+        return None
+    ok = np.isfinite(np.asarray(image.values)).all(0)
+    if valid is not None:
+        ok &= np.asarray(valid.values, bool)
+    drawn = [g for g in [water, *(berths or {}).values()] if g is not None]
+    if drawn and not (_mask(shapely.union_all(drawn), grid) & ok).any():
+        return None
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        lab, n = ndimage.label(optical_water(image, valid=ok))
+    big = float(np.bincount(lab.ravel())[1:].max()) * res_m * res_m / 1e6 if n else 0.0
+    sea, basin = MIN_SEA_M2 / 1e6, MIN_BASIN_M2 / 1e6
+    if big >= sea:
+        return (f"the sea the vessel search found ({big:.2f} km2 of water) lies outside them; check that the "
+                "water and berth polygons cover the basins where the ships lie")
+    fix = ("draw the site's water (a feature with role 'water' over its basins; a berth vouches only for a "
+           "basin it mostly covers)" if water is None else
+           "check that the water polygon covers the port's basins")
+    return (f"no water body in the image is the sea to the vessel search: the largest is {big:.2f} km2, and it "
+            f"needs {sea:.1f} km2, or {basin:.2f} km2 lying at least half inside the drawn water and berths; "
+            f"{fix}, or use an image reaching further out to the open water")
+
+
 def optical_candidates(
     image: xr.DataArray,
     *,
