@@ -2702,6 +2702,11 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
     A lone car typed only by a fallback rule of :func:`_classify_rule` (``_WEAK_RULES``)
     between two coupled cars of one class takes their class (:func:`_block_types`), after
     the double counts are dropped (a dropped car does not vote).
+    At pixels coarser than ``_LONE_LOAD_MIN_RES_M`` a closed run of ``_LONE_LOAD_M``
+    (too short for any car) with room for a car beside it is a flat wagon's lone load,
+    counted as the wagon (:func:`_lone_load`), where it casts a standing body's shadow
+    (:func:`_load_stands`; so only with the sun's side and ``shadow_across_m`` known),
+    and only up to ``_LONE_LOAD_MAX_RES_M``.
     """
     step = strip.step_m
     # The anti-sun flank's light is visible light: so is the lit ground it is held against
@@ -2743,13 +2748,30 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
     cut_seen = []
     n_all = occ.size
     tol = max(1, int(round(_GAP_EDGE_M / step)))
-    for a, b in runs(occ):
+    all_runs = runs(occ)
+    for r_i, (a, b) in enumerate(all_runs):
         run_len = (b - a) * step
         # A run ending at an unobserved stretch (cloud, cloud shadow) is cut there, not
         # at a car's end: the car there reaches into the stretch by an unknown length.
         open_a = bool(a > 0 and not seen[max(0, a - tol):a].all())
         open_b = bool(b < n_all and not seen[b:b + tol].all())
         if run_len < (_MIN_OPEN_RUN_M if (open_a or open_b) else 7.0):
+            lone = (_lone_load(all_runs, r_i, seen, step, open_a or open_b)
+                    if _LONE_LOAD_MIN_RES_M < resolution_m <= _LONE_LOAD_MAX_RES_M + 1e-9
+                    else None)
+            # Only where something stands up on the piece: its shadow on the anti-sun
+            # side, against the same ground beyond the piece's ends (_load_stands). A
+            # stain, a patch of ground colour or another object's shadow casts none.
+            if lone is not None and not _load_stands(strip, a, b, occ, sun_left, shadow_across_m,
+                                                     shadow_reach_m, path):
+                lone = None
+            if lone is not None:
+                a_m, b_m = lone
+                # Counted as the container wagon it most often is; its class a fallback
+                # that coupled neighbours of one class override (_block_types).
+                cars.append((a_m, b_m, "flatcar", 0.5))
+                weak.append(True)
+                cut_seen.append((False, False, b_m - a_m))
             continue
         lead, trail = _shadow_lead(dim[a:b], shadow_reach_m, step)
         # Trains are made up of blocks of one car type: a run whose look repeats at one
@@ -2852,6 +2874,208 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
     if not provenance:
         return typed
     return [car + ("neighbours" if f else "image",) for car, f in zip(typed, from_neighbours)]
+
+
+# A lone load on a flat wagon: an ISO 20 ft container is 6.06 m long, 2.44 m wide and
+# 2.6 m high, and the 13-9004 wagon (13.7 m over couplers, 12.6 m deck) carries one or two.
+# Where the bare deck is within the ballast's colour (a steel or wooden deck 1.3 m up, its
+# shadow within a pixel of it under a high sun) only the container is read: a run of
+# 5-7 m, which _split_cars drops as shorter than any car. Runs of this length whose
+# flanks leave room for a car are read as a container wagon centred on its load (loads
+# sit over the bogies' centre or at the deck's ends; centring misplaces an end load by
+# 3.4 m, still within IoU 0.5 of a 12.6 m deck).
+_LONE_LOAD_M = (5.0, 7.0)
+# Read only at pixels coarser than this (m): at _MAX_WIDTH_RES_M or finer a deck 2.87 m
+# wide spans four pixels or more and shows its own edges and shadow, so a bare deck that
+# is there is read with its load and a lone 5-7 m run is something else (altgen tuning:
+# at 0.3-0.75 m, seeds 40-41, 6 such runs off any car for 5 cars found; at 1 m, seeds
+# 40-43 and 130-133, 1 off any car for 22 found). The piece read need not be a container
+# (a tank's dome and walkway, a hopper's hatch bay do as well: 10 of those 22); the class
+# is a fallback (_WEAK_RULES), which coupled neighbours of one class override.
+_LONE_LOAD_MIN_RES_M = 0.75   # the value of _MAX_WIDTH_RES_M (defined below)
+# Nor at pixels coarser than this (m): all the evidence is at 1.0 m, and coarser the
+# anti-sun band _load_stands reads (1.5-2.6 m off the axis) is under one pixel and a 5-7 m
+# run only 4-5 pixels, so the shadow test has nothing to read a standing body from.
+_LONE_LOAD_MAX_RES_M = 1.0
+
+
+def _lone_load(all_runs: list[tuple[int, int]], i: int, seen: np.ndarray, step: float,
+               open_end: bool) -> tuple[float, float] | None:
+    """Start and end (m along the strip) of a container wagon carrying run ``i`` of
+    ``all_runs`` as its one load, or None.
+
+    Parameters
+    ----------
+    all_runs : list of (int, int)
+        Occupied runs (start, end sample indices) of the track, in order.
+    i : int
+        The run read.
+    seen : ndarray of bool
+        Observed flags per along-track sample.
+    step : float
+        Along-track sample spacing (m).
+    open_end : bool
+        The run ends at an unobserved stretch (its length is not the load's).
+
+    Returns
+    -------
+    (float, float) or None
+        The wagon's body (m), ``CAR_LENGTHS_M["flatcar"]`` long, centred on the run and
+        kept a coupler gap's half clear of the runs beside it, where the run is
+        ``_LONE_LOAD_M`` long, closed, and that room, observed throughout, holds a body
+        at least ``_MIN_SEG_M`` long; else None.
+    """
+    a, b = all_runs[i]
+    length = (b - a) * step
+    if open_end or not _LONE_LOAD_M[0] <= length < _LONE_LOAD_M[1]:
+        return None
+    half = CAR_LENGTHS_M["flatcar"] / 2
+    mid = 0.5 * (a + b) * step
+    lo = all_runs[i - 1][1] * step + GAP_M / 2 if i > 0 else 0.0
+    hi = all_runs[i + 1][0] * step - GAP_M / 2 if i + 1 < len(all_runs) else seen.size * step
+    a_m, b_m = max(mid - half, lo), min(mid + half, hi)
+    if b_m - a_m < _MIN_SEG_M:
+        return None
+    i0, i1 = int(a_m / step), int(math.ceil(b_m / step))
+    if not seen[max(i0, 0):min(i1, seen.size)].all():
+        return None
+    return a_m, b_m
+
+
+# A lone load stands up: an ISO 20 ft container on a flat wagon's deck tops out about
+# 3.7 m above the ground beside the track (2.59 m box on a deck 1.1-1.35 m up), a tank's
+# dome or a hopper's hatch bay read alone at least as high (their bodies 3.5-4.7 m). Its
+# shadow falls _LOAD_TOP_M * shadow_across m sideways from its 1.22 m half-width on the
+# anti-sun side, shifted along the track as the sun's along-track share puts it. Read
+# from the widest body's edge (_HALF_BODY_M) out to that shadow's end plus the blur
+# allowed, within the strip. A patch of ground colour, an oil stain or another object's
+# shadow lying on the bed has no height and casts none.
+# What is tested is weaker than a container's height: the counter's strip ends at +-2.6 m,
+# so for any sun below about 69 degrees the band is clipped to 1.5-2.6 m whatever
+# _LOAD_TOP_M is, and the test says only that some shadow reaches 1.5-2.6 m off the axis
+# on the anti-sun side over the piece. Known pass-throughs: low objects (a 1 m sleeper
+# stack passes half the time at sun 55 degrees and always at 34; 0.5 m ones at low sun;
+# 5-7 m long low objects on a running line are rare), and ground darkened on the anti-sun
+# side only (an oil patch or stain reaching 1.5 m or more out on that side, another
+# object's shadow ending at the piece on that side).
+_LOAD_TOP_M = 3.7
+_LOAD_HALF_M = 1.22
+# The reference: the same band along the track, from _LOAD_REF_GAP_M to _LOAD_REF_GAP_M +
+# _LOAD_REF_M beyond each end of the piece and of its shadow (the same ground, no body),
+# skipping other occupied runs and a metre round them (their bodies and shadows).
+_LOAD_REF_GAP_M = 1.5
+_LOAD_REF_M = 5.0
+# A standing body's shadow darkens the anti-sun band beside it: at 1 m pixels the band
+# (1.5 to at most 2.6 m off the axis in the counter's strip) is one to two pixels, partly
+# covered by a 1-2.3 m wide shadow and blurred, so the test is loose: it keeps at most
+# _LOAD_SHADOW_RATIO of the light the band has beyond the piece's ends, and it is darkened
+# more than the sun-side band at the same offsets is (a dark band across the whole
+# track, a cloud's or mast's shadow or a change of ground, darkens both sides alike).
+# The two bands are picked by |across| in 1.5..hi from the strip's own offsets, which at
+# 1 m are -2.6, -2.1, ..., 2.4 (not symmetric): the negative side's band is read at -2.6,
+# -2.1, -1.6 and the positive side's at 1.9, 2.4, so the gate's sensitivity depends on
+# the sun's side (the -1.6 sample lies nearer the body, in more of its blur and of its
+# shadow); not measured which way, and left as is (not mirrored).
+# (altgen tuning 40-43, 130-133, 100-107 at 1 m, of the 51 lone loads counted without
+# this test: 24 of the 33 that matched a car kept, 16 of the 18 that did not dropped,
+# among them all 5 lying off any car, one of them on an empty track.)
+_LOAD_SHADOW_RATIO = 0.9
+# And the anti-sun band keeps at most _LOAD_SIDE_MARGIN of the sun-side band's own in/out
+# ratio. A shadow lying across the whole bed (or a neighbour car's shadow around a flat
+# piece) gives two ratios equal up to blur, pixel phase and noise, and without a margin
+# passes about half the time; the margin must exceed that scatter of two equally shaded
+# one-pixel bands (probe, 1 m pixels at 40 phases, 0.01 noise: whole-bed shadow kept
+# 16-23/40 with none, 0/40 with 0.85; a 3.7 m container with its own shadow kept 40/40
+# at sun 55 and 34 deg, 23-25/40 at 73 deg, against 24/40 with none).
+_LOAD_SIDE_MARGIN = 0.85
+# Least share of samples (in each of the four windows) that must be readable (not NaN).
+_LOAD_MIN_READ = 0.5
+
+
+def _load_stands(strip: Strip, a: int, b: int, occ: np.ndarray, sun_left: bool | None,
+                 per_m: float, reach_m: float, path: np.ndarray | None) -> bool:
+    """Whether the piece of track between samples ``a`` and ``b`` casts a standing body's
+    shadow on its anti-sun side: some shadow 1.5 m or more off the axis over the piece,
+    darker than the same band beyond its ends, and clearly darker (``_LOAD_SIDE_MARGIN``)
+    than the sun side's band is there. The band is sized for a container's height
+    (``_LOAD_TOP_M``), but clipped to the strip (+-2.6 m at 1 m) for any sun below about
+    69 degrees, so a low object (0.5-1 m) passes at moderate and low sun, and so does
+    ground darkened on the anti-sun side only (see the notes above ``_LOAD_TOP_M``).
+
+    Parameters
+    ----------
+    strip : Strip
+        The track's strip (reflectance, per band, across by along; 0.5 m along).
+    a, b : int
+        The piece's first and past-last samples along the strip.
+    occ : ndarray of bool
+        Occupied samples of the track (other runs are kept out of the reference).
+    sun_left : bool or None
+        Whether the sun lies on the strip's positive ``across_m`` side; None: unknown or
+        along the track (no side band to read).
+    per_m : float
+        Sideways shadow (m per m of height, :func:`_shadow_across`); NaN: unknown.
+    reach_m : float
+        Along-track reach (m, signed) of the tallest car's shadow
+        (:func:`_shadow_reach`, for ``_MAX_CAR_HEIGHT_M``); scaled to ``_LOAD_TOP_M``.
+    path : ndarray or None
+        Path radiance per band (reflectance), subtracted before ratios are taken.
+
+    Returns
+    -------
+    bool
+        True where the anti-sun band beside the piece (from ``_HALF_BODY_M`` to the load's
+        shadow end, plus half a metre of blur, within the strip) keeps at most
+        ``_LOAD_SHADOW_RATIO`` of its light beyond the piece's ends, and at most
+        ``_LOAD_SIDE_MARGIN`` times what the sun-side band (at the mirrored strip offsets
+        with the same ``|across|``, which need not be symmetric) keeps of its own; False
+        otherwise, and where it cannot be read (sun side
+        or elevation unknown, band outside the strip, windows under ``_LOAD_MIN_READ``
+        readable): a lone piece is counted only on evidence that something stands there.
+    """
+    if sun_left is None or not np.isfinite(per_m):
+        return False
+    step = strip.step_m
+    lo = _HALF_BODY_M
+    hi = min(_LOAD_HALF_M + _LOAD_TOP_M * abs(per_m) + 0.5, float(np.abs(strip.across_m).max()))
+    if hi - lo < step:
+        return False
+    across = strip.across_m if sun_left else -strip.across_m
+    anti = (across <= -lo) & (across >= -hi)
+    sun = (across >= lo) & (across <= hi)
+    if not anti.any() or not sun.any():
+        return False
+    n = strip.values.shape[2]
+    shift = int(round(_LOAD_TOP_M / _MAX_CAR_HEIGHT_M * reach_m / step))
+    i0, i1 = max(0, a + shift + 1), min(n, b + shift - 1)    # the piece's shadow, ends blurred
+    if i1 - i0 < 2:
+        return False
+    busy = np.asarray(occ, bool).copy()
+    busy[a:b] = False
+    pad = int(round(1.0 / step))
+    busy = np.convolve(busy.astype(float), np.ones(2 * pad + 1), "same") > 0
+    gap, ref = int(round(_LOAD_REF_GAP_M / step)), int(round(_LOAD_REF_M / step))
+    lo_end, hi_end = min(a, a + shift), max(b, b + shift)
+    out = np.zeros(n, bool)
+    out[max(0, lo_end - gap - ref):max(0, lo_end - gap)] = True
+    out[min(n, hi_end + gap):min(n, hi_end + gap + ref)] = True
+    out &= ~busy
+    v = strip.values[:3]
+    if path is not None:
+        v = v - np.asarray(path[:3], v.dtype)[:, None, None]
+    bright = quiet_nanmean(v, axis=0)    # visible brightness, across by along
+
+    def level(rows: np.ndarray, cols) -> float:
+        x = bright[rows][:, cols]
+        if x.size == 0 or np.isfinite(x).mean() < _LOAD_MIN_READ:
+            return float("nan")
+        return float(quiet_nanmean(x))
+
+    inside = slice(i0, i1)
+    ai, ao, si, so = level(anti, inside), level(anti, out), level(sun, inside), level(sun, out)
+    if not (np.isfinite([ai, ao, si, so]).all() and ao > 0 and so > 0 and si > 0):
+        return False
+    return bool(ai <= _LOAD_SHADOW_RATIO * ao and ai / ao <= _LOAD_SIDE_MARGIN * si / so)
 
 
 # Widest gap (m) between two detected bodies read as coupled in one train: coupled bodies
