@@ -3040,9 +3040,7 @@ def _load_stands(strip: Strip, a: int, b: int, occ: np.ndarray, sun_left: bool |
     hi = min(_LOAD_HALF_M + _LOAD_TOP_M * abs(per_m) + 0.5, float(np.abs(strip.across_m).max()))
     if hi - lo < step:
         return False
-    across = strip.across_m if sun_left else -strip.across_m
-    anti = (across <= -lo) & (across >= -hi)
-    sun = (across >= lo) & (across <= hi)
+    anti, sun = _side_bands(strip, lo, hi, sun_left)
     if not anti.any() or not sun.any():
         return False
     n = strip.values.shape[2]
@@ -3255,6 +3253,14 @@ def _bare_band(per_m: float) -> tuple[float, float]:
     return lo, _LOWEST_HALF_WIDTH_M + _LOWEST_DECK_M * p
 
 
+def _side_bands(strip: Strip, lo: float, hi: float, sun_left: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``strip`` from ``lo`` to ``hi`` metres off the axis on the anti-sun side and
+    on the sun side (bool per across row: ``anti``, ``sun``); ``sun_left`` says whether the
+    sun lies on the positive ``across_m`` side."""
+    a = strip.across_m if sun_left else -strip.across_m
+    return (a <= -lo) & (a >= -hi), (a >= lo) & (a <= hi)
+
+
 def _bare_bed(strip: Strip, s0: int, s1: int, sun_left: bool, per_m: float,
               lit_ground: np.ndarray, path: np.ndarray | None = None) -> bool:
     """Whether the stretch between samples ``s0`` and ``s1``, read as a car, is a bare
@@ -3286,9 +3292,7 @@ def _bare_bed(strip: Strip, s0: int, s1: int, sun_left: bool, per_m: float,
     hi = min(reach, float(np.abs(strip.across_m).max()))
     if hi - lo < _MIN_BARE_BAND_M:
         return False
-    a = strip.across_m if sun_left else -strip.across_m
-    anti = (a <= -lo) & (a >= -hi)
-    sun = (a >= lo) & (a <= hi)
+    anti, sun = _side_bands(strip, lo, hi, sun_left)
     if not anti.any() or not sun.any():
         return False
     n = s1 - s0
@@ -3986,9 +3990,7 @@ def _tall(strip: Strip, s0: int, s1: int, sun_left: bool, per_m: float, *,
         return None
     lo = _HALF_BODY_M + _DECK_HEIGHT_M * per_m + blur_m
     hi = min(_HALF_BODY_M + _LOW_TALL_M * per_m - blur_m, float(np.abs(strip.across_m).max()))
-    a = strip.across_m if sun_left else -strip.across_m
-    anti = (a <= -lo) & (a >= -hi)
-    sun = (a >= lo) & (a <= hi)
+    anti, sun = _side_bands(strip, lo, hi, sun_left)
     if hi - lo < 0.2 or not anti.any() or not sun.any():
         return None
     b = _core_brightness(strip, s0, s1, path)   # visible brightness (across, along)
