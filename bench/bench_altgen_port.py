@@ -81,7 +81,9 @@ count as tuning since; 249-254 were held out in sessions 40-42 (run before in se
 error 13.0 %, clear 12.1, hazy 11.9, low sun 15.6, partly cloudy 14.3 %; after session 42's
 sub-pixel roof edge: 12.7 %, clear 12.2, hazy 11.1, low sun 15.6, partly cloudy 12.8 %) and count
 as tuning since; 255-260 are held out from session 43 (run at most twice, before and after a
-container change; summary tables only).
+container change; summary tables only; run once in session 43, before: TEU error 12.5 %, clear
+10.7, hazy 8.6, low sun 10.7, partly cloudy 23.7 %, with no container change landed after it, so
+the next session may use that run as its "before" on an unchanged counter and run "after" once).
 """
 
 from __future__ import annotations
