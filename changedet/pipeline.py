@@ -543,11 +543,13 @@ def _unobserved_reason(metric: str, res, image, *, valid=None, water=None, berth
     """Why a count too little observed to record was skipped (the day's ``skipped`` entry).
 
     Cloud is the usual reason. A vessel search on a medium-resolution image that found no
-    sea over clear water reads as unobserved too (no water body big enough, or none drawn
-    as the site's water: :func:`changedet.objects.vessels.no_sea_reason`); blaming a cloud
-    that is not there would send the analyst to the wrong fix.
+    sea over clear water reads as wholly unobserved too (no water body big enough, or none
+    drawn as the site's water: :func:`changedet.objects.vessels.no_sea_reason`); blaming a
+    cloud that is not there would send the analyst to the wrong fix. A search that saw
+    part of the water was stopped by cloud, so only a count that saw nothing is asked.
     """
-    why = no_sea_reason(image, valid=valid, water=water, berths=berths) if metric == "ships" else None
+    why = (no_sea_reason(image, valid=valid, water=water, berths=berths)
+           if metric == "ships" and res.observed_fraction <= 0.0 else None)
     return why or f"only {res.observed_fraction:.0%} of features cloud-free"
 
 

@@ -40,6 +40,9 @@ def test_no_sea_over_clear_water_is_named_with_its_fix():
     assert why is not None and "no water body" in why and "role 'water'" in why and "km2" in why
     skipped = _unobserved_reason("ships", res, image, berths=berths)
     assert skipped == why and "cloud" not in skipped
+    # A search that saw part of the water (cloud over the rest) keeps the cloud reason.
+    part = SimpleNamespace(observed_fraction=0.3)
+    assert _unobserved_reason("ships", part, image, berths=berths) == "only 30% of features cloud-free"
 
 
 def test_no_reason_when_the_sea_is_found_or_cloud_is_why():
