@@ -533,6 +533,10 @@ def detect_vessels(
     select = None
     if water is not None:
         check_features({"water": water}, grid, what="water polygon")
+    # A berth is drawn on the water where ships lie: like the water, it vouches for a basin.
+    vouch = [g for g in [water, *(berths or {}).values()] if g is not None]
+    drawn_px = _mask(shapely.union_all(vouch), grid) if vouch else None
+    if water is not None:
         # The drawn water only selects what counts. Clipping the search to it made its
         # edges through open water a shore: the quayside search took the polygon's edge
         # for a quay and the shore tests judged hulls near it as moored (Busan, features
@@ -540,11 +544,9 @@ def detect_vessels(
         # vessels lie, whether or not the water drawn covers it (a rough water polygon
         # stopping at the basins' mouths lost every vessel at its berths: Casablanca,
         # 13 -> 8 detections), so vessels in the berths count too.
-        select = _mask(shapely.union_all([water, *(berths or {}).values()]), grid)
-    # A berth is drawn on the water where ships lie: like the water, it vouches for a basin.
-    vouch = [g for g in [water, *(berths or {}).values()] if g is not None]
+        select = drawn_px
     cand = optical_candidates(image, valid=valid, k=k, k_grow=k_grow, min_seed_px=min_seed_px,
-                              quayside=quayside, drawn=_mask(shapely.union_all(vouch), grid) if vouch else None)
+                              quayside=quayside, drawn=drawn_px)
     hull_px = None
     if hull_ndwi is not None:
         green, nir = _band(image, "green"), _band(image, "nir")
