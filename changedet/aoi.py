@@ -725,6 +725,10 @@ def _parse_sources(raw: Any, P: _Problems) -> tuple[SourceSpec, ...] | None:
         if "resolution_m" in item and not (_is_number(res) and res > 0):
             P.add(f"{where}: resolution_m must be a positive number of metres, not {res!r}; e.g. resolution_m: 0.5")
             ok = False
+        if "registration_window" in item and not isinstance(item["registration_window"], bool):
+            P.add(f"{where}: registration_window must be true or false, not {item['registration_window']!r}; "
+                  "false registers a small site on its own grid only (see README, daily run)")
+            ok = False
         if ok:
             options = {k: v for k, v in item.items() if k not in ("name", "sensor", "resolution_m")}
             specs.append(SourceSpec(name=name, sensor=sensor, resolution_m=float(res), options=_freeze(options)))

@@ -565,7 +565,8 @@ def run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
     :data:`REFERENCE_MIN_OBSERVED` of the site (``no_reference`` until then; the reference
     is saved once its day is stored; a run stopped between the two gets it rebuilt,
     :func:`_rebuilt_reference`). A site grid smaller than ``cfg.coreg_window_px`` of a
-    local source is registered on a window of that side around the site
+    local, STAC or Sentinel Hub source (:func:`reads_registration_window`) is registered
+    on a window of that side around the site
     (:func:`_registration_window`; the shift is applied to the site grid); a shift the
     gate refuses there makes the day ``not_registered`` with "(on the registration
     window, RxC px)" in its note and skipped record, without a second try on the site
@@ -740,7 +741,7 @@ def _run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
     # later dates not registered): where the source can read the ground around the site,
     # the shift is estimated on a registration window of the same lattice and applied here.
     wide, window_note = None, None
-    if not simulated and spec.name in WIDE_REGISTRATION_SOURCES:
+    if not simulated and reads_registration_window(spec):
         reg_grid = _registration_grid(grid, cfg.coreg_window_px, site)
         if reg_grid is not None:
             wide, window_note = _registration_window(
@@ -1705,10 +1706,29 @@ def _coregister_window(reference: xr.DataArray, moving: xr.DataArray, clear: xr.
 
 
 #: Sources whose scenes the daily run reads again on a registration window wider than the
-#: site grid when the grid is smaller than ``coreg_window_px``: a local file holds the ground
-#: around the site, and reading it costs a local read only. Sentinel Hub bills by area and
-#: STAC reads over the network: a wider window there is the source's cost to weigh (not yet).
-WIDE_REGISTRATION_SOURCES = ("local",)
+#: site grid when the grid is smaller than ``coreg_window_px``. Every source that can read
+#: ground around the site: a local file at the cost of a local read, STAC COGs by a few more
+#: range requests, Sentinel Hub by one more Process API request per day (a 768 px window of
+#: four float32 bands is about 6 processing units; the site grid of a 950 x 600 m port at
+#: 10 m, 95 x 60 px, is billed the 0.01 minimum), once more for the reference when the
+#: window reference is made. Without it a site that small at 10 m is refused by the
+#: reliability gate day after day (too few pixels for a trustworthy shift), so no count is
+#: ever made. An entry opts out with ``registration_window: false`` (and a local entry's
+#: may too); the simulator renders the site grid only.
+WIDE_REGISTRATION_SOURCES = ("local", "sentinelhub", "stac")
+
+
+def reads_registration_window(spec) -> bool:
+    """Whether the daily run registers the AOI source entry ``spec`` on a registration window.
+
+    The entry's ``registration_window`` option (true or false) decides; without it, whether
+    its source is one of :data:`WIDE_REGISTRATION_SOURCES`. Only site grids smaller than
+    ``coreg_window_px`` are concerned (:func:`_registration_grid`).
+    """
+    choice = spec.options.get("registration_window")
+    if choice is not None:
+        return bool(choice)
+    return spec.name in WIDE_REGISTRATION_SOURCES
 #: Most a registration window reference newly read from the cube's reference origin may
 #: differ from the cube's reference where they overlap to count as the same image: median
 #: absolute difference as a fraction of the reference's spread (2nd to 98th percentile),

@@ -129,8 +129,9 @@ def source_from_spec(spec, **overrides: Any) -> Source:
 
 
 #: Source-entry keys that configure the fetch and the daily run, not the source
-#: (``reference``: a registration reference image for the daily run, see changedet.pipeline).
-FETCH_OPTIONS = ("max_cloud", "cloud_mask", "reference")
+#: (``reference``: a registration reference image for the daily run; ``registration_window``:
+#: whether the daily run registers a small site on a wider window, see changedet.pipeline).
+FETCH_OPTIONS = ("max_cloud", "cloud_mask", "reference", "registration_window")
 
 
 def get_source(name: str, **options: Any) -> Source:
