@@ -73,7 +73,8 @@ class RunConfig:
     coreg_window_px : int
         Side (pixels) of the window around the site used to estimate the global shift.
         A site grid smaller than this is registered, for sources in
-        :data:`WIDE_REGISTRATION_SOURCES`, on a window of this side read around the site
+        :func:`reads_registration_window` (local, STAC and Sentinel Hub entries unless they
+        say ``registration_window: false``), on a window of this side read around the site
         (same pixel size and lattice; the shift is then applied to the site grid), else on
         the site grid alone. A shift the reliability gate refuses on that window leaves the
         day ``not_registered`` (its note says so); it is not tried again on the site grid.
