@@ -72,8 +72,8 @@ class RunConfig:
         baseline (vehicles and stacks stay visible; the work drops by the square).
     coreg_window_px : int
         Side (pixels) of the window around the site used to estimate the global shift.
-        A site grid smaller than this is registered, for sources in
-        :func:`reads_registration_window` (local, STAC and Sentinel Hub entries unless they
+        A site grid smaller than this is registered, for entries that
+        :func:`reads_registration_window` accepts (local, STAC and Sentinel Hub entries unless they
         say ``registration_window: false``), on a window of this side read around the site
         (same pixel size and lattice; the shift is then applied to the site grid), else on
         the site grid alone. A shift the reliability gate refuses on that window leaves the
