@@ -745,9 +745,16 @@ def _run_day(aoi, day: date, cfg: RunConfig) -> DayResult:
     if not simulated and reads_registration_window(spec):
         reg_grid = _registration_grid(grid, cfg.coreg_window_px, site)
         if reg_grid is not None:
-            wide, window_note = _registration_window(
-                cube, source, spec, aoi, scene, site, grid, reg_grid, optical_bands(reference), origin,
-                made_here=new_reference is not None, optical=optical, site_data=data, cfg=cfg)
+            try:
+                wide, window_note = _registration_window(
+                    cube, source, spec, aoi, scene, site, grid, reg_grid, optical_bands(reference), origin,
+                    made_here=new_reference is not None, optical=optical, site_data=data, cfg=cfg)
+            except SourceUnavailable as exc:
+                # A passing outage of the window read (a 5xx, 429, a dropped connection) is the
+                # day's, as on the site load: failed, retried, not a site-grid fallback.
+                _load_failed(cube, spec, scene, exc, result, aoi=aoi)
+                result.note = (result.note or "") + " (on the registration window)"
+                return result
     window = {"on": "site grid", "rows": grid.shape[0], "cols": grid.shape[1]}
     reg = None
     if wide is not None:
@@ -1709,13 +1716,14 @@ def _coregister_window(reference: xr.DataArray, moving: xr.DataArray, clear: xr.
 #: Sources whose scenes the daily run reads again on a registration window wider than the
 #: site grid when the grid is smaller than ``coreg_window_px``. Every source that can read
 #: ground around the site: a local file at the cost of a local read, STAC COGs by a few more
-#: range requests, Sentinel Hub by one more Process API request per day (a 768 px window of
-#: four float32 bands is about 6 processing units; the site grid of a 950 x 600 m port at
-#: 10 m, 95 x 60 px, is billed the 0.01 minimum), once more for the reference when the
-#: window reference is made. Without it a site that small at 10 m is refused by the
-#: reliability gate day after day (too few pixels for a trustworthy shift), so no count is
-#: ever made. An entry opts out with ``registration_window: false`` (and a local entry's
-#: may too); the simulator renders the site grid only.
+#: range requests, Sentinel Hub by one more Process API request per processed day (a 768 px
+#: window of Sentinel-2 L2A, four float32 bands and the cloud band, is 7.5 processing units,
+#: 6 for four-band BYOC or Sentinel-1, against 0.07 for the site grid of a 950 x 600 m port
+#: at 10 m, 95 x 60 px: about 100 times more), once more when the window reference is made.
+#: Without it a site that small at 10 m is refused by the reliability gate day after day (too
+#: few pixels for a trustworthy shift), so no count is ever made. Any entry, local ones
+#: included, opts out with ``registration_window: false``; the simulator renders the site
+#: grid only.
 WIDE_REGISTRATION_SOURCES = ("local", "sentinelhub", "stac")
 
 
@@ -1849,10 +1857,14 @@ def _registration_window(cube: Cube, source, spec, aoi, scene, site, grid: GridS
     from changedet.cube import reference_digest
 
     try:
-        moving = source.load(scene, reg_grid, aoi=aoi)
+        # Not kept in a download cache: the day's window is read once (the reference's window
+        # is stored beside the cube), and a Sentinel Hub window reply is ~10 MB a day.
+        moving = source.load(scene, reg_grid, aoi=aoi, **({"cache": False} if spec.name == "sentinelhub" else {}))
         wide_mask = _rasterize(site, reg_grid)
         moving, clear = _clear_on(moving, scene, spec, wide_mask, optical=optical, cfg=cfg)
         bands = optical_bands(moving)
+    except SourceUnavailable:
+        raise  # it may pass: the day fails and is run again (run_day)
     except ChangedetError as exc:
         log.info("%s: scene %s not read on the registration window (%s); registered on the site grid",
                  aoi.id, scene.id, exc)
@@ -1962,6 +1974,8 @@ def _window_reference(cube: Cube, source, spec, aoi, scene, reg_grid: GridSpec, 
                 raw, _, _ = site_cloud(raw, found[0], _rasterize(aoi.to_crs(aoi.polygon, reg_grid.crs), reg_grid),
                                        optical=True, cloud_method=str(spec.options.get("cloud_mask", "auto")))
             return _reference_pixels(raw, optical)
+    except SourceUnavailable:
+        raise  # it may pass: the day fails and is run again, as on the window's own read
     except (ChangedetError, OSError, ValueError) as exc:
         log.info("%s: the reference %s could not be read on the registration window (%s)", aoi.id, origin, exc)
     return None

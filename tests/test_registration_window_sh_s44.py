@@ -136,6 +136,9 @@ def test_a_small_sentinelhub_site_registers_on_the_window_with_the_known_shift(t
     assert rec["coreg"]["window"]["on"] == "registration window", rec["coreg"]
     # Read from the API on the window: the reference day's window (the new reference) and the later day's.
     assert window_requests >= 2, window_requests
+    # The day's window reply is not kept in the download cache (~10 MB a day on Sentinel Hub).
+    cached = [json.loads(p.read_text()) for p in (cfg.data_dir / "cache" / "sentinelhub").rglob("request.json")]
+    assert cached and not any(json.dumps(c).count('"width": 768') for c in cached), len(cached)
     # Moved DX m east and DY m north: the shift back is -DX/RES columns and +DY/RES rows.
     d_row = moved.shift_px[0] - plain.shift_px[0]
     d_col = moved.shift_px[1] - plain.shift_px[1]
@@ -159,3 +162,25 @@ def test_the_option_is_validated_and_decides(tmp_path):
     assert not reads_registration_window(aoi.sources[0])
     with pytest.raises(AOIError, match="registration_window must be true or false, not 'no'"):
         _aoi(tmp_path, "opt_bad", registration_window="no")
+
+
+def test_a_passing_outage_on_the_window_request_fails_the_day(test_data, tmp_path, monkeypatch):
+    """A 503 on the window request (review RREGWIN): the day is ``failed`` and run again later,
+    nothing recorded; before, the site grid alone was tried and the day stayed ``not_registered``
+    for good, its note blaming the imagery."""
+    from changedet.errors import SourceUnavailable
+    from changedet.sources.sentinelhub import SentinelHubSource
+
+    real = SentinelHubSource.load
+
+    def flaky(self, scene, grid, **kw):
+        if grid.shape == (768, 768) and "2010" in scene.id:
+            raise SourceUnavailable(f"Sentinel Hub process request for scene {scene.id}: HTTP 503; it may pass")
+        return real(self, scene, grid, **kw)
+
+    monkeypatch.setattr(SentinelHubSource, "load", flaky)
+    with _hub(test_data, monkeypatch, moved=False):
+        aoi, cfg, r = _days(tmp_path, "sh_flaky")
+    assert r.status == "failed" and "(on the registration window)" in r.note, r.summary()
+    cube = Cube(cfg.data_dir, aoi.id, "vhr", aoi_grid(aoi, RES))
+    assert cube.skipped() == [] and [e["scene_id"] for e in cube.scenes()] == [f"naip-{REF_DAY:%Y%m%d}"]

@@ -527,8 +527,12 @@ class SentinelHubSource:
         return self._error(what, exc)
 
     # -- load --------------------------------------------------------------------------
-    def load(self, scene: SceneRecord, grid: GridSpec, *, aoi=None) -> xr.DataArray:
-        """Fetch the scene on ``grid``: bands, plus ``CLM`` for Sentinel-2 (NaN = no data)."""
+    def load(self, scene: SceneRecord, grid: GridSpec, *, aoi=None, cache: bool = True) -> xr.DataArray:
+        """Fetch the scene on ``grid``: bands, plus ``CLM`` for Sentinel-2 (NaN = no data).
+
+        ``cache=False`` neither reads nor writes the download cache for this load (a reply
+        used once, such as the daily run's registration window).
+        """
         from sentinelhub import CRS, BBox, MimeType, MosaickingOrder, SentinelHubRequest
 
         epsg = grid.crs.to_epsg()
@@ -562,7 +566,7 @@ class SentinelHubSource:
         tiles = _tiles(grid.shape, self.max_px)
         t = grid.transform
         requests, paths = [], []
-        folder = str(self.cache_dir) if self.cache_dir is not None else None
+        folder = str(self.cache_dir) if self.cache_dir is not None and cache else None
         for tile in tiles:
             x0, y1 = t.c + tile.col0 * t.a, t.f + tile.row0 * t.e
             bbox = BBox((x0, y1 + tile.rows * t.e, x0 + tile.cols * t.a, y1), crs=sh_crs)
