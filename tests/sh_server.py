@@ -33,6 +33,7 @@ import tempfile
 import threading
 import time
 from collections import Counter, defaultdict, deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -485,3 +486,26 @@ def scene_from_files(paths: dict[str, Path], *, scale: float = 1.0, **kwargs) ->
             bands[name] = src.read(1).astype("float32") * scale
             crs, transform = src.crs.to_string(), src.transform
     return Scene(crs=crs, transform=transform, bands=bands, **kwargs)
+
+
+@contextmanager
+def serving(server: "FakeSentinelHub", monkeypatch):
+    """Start ``server`` and point the real ``sentinelhub`` client at it for the block.
+
+    Sets the client's credentials (the server's own), its base and token URLs and plain
+    HTTP (``OAUTHLIB_INSECURE_TRANSPORT``) through ``monkeypatch``, and drops the client's
+    cached sessions before and after, so no token of another test's server is reused.
+    """
+    from sentinelhub import SentinelHubDownloadClient
+
+    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")
+    monkeypatch.setenv("SH_CLIENT_ID", server.client_id)
+    monkeypatch.setenv("SH_CLIENT_SECRET", server.client_secret)
+    SentinelHubDownloadClient.clear_cache()
+    try:
+        with server:
+            monkeypatch.setenv("SH_BASE_URL", server.url)
+            monkeypatch.setenv("SH_TOKEN_URL", server.token_url)
+            yield server
+    finally:
+        SentinelHubDownloadClient.clear_cache()

@@ -353,7 +353,7 @@ def serve_hub(scenes, monkeypatch, **server_options):
     """A fake Sentinel Hub on 127.0.0.1 holding the first quiet day's VHR scene as a BYOC
     collection, with the client's environment set: ``(server, band names)``."""
     sys.path.insert(0, str(Path(__file__).parent))
-    from sh_server import FakeSentinelHub, Scene  # noqa: E402
+    from sh_server import FakeSentinelHub, Scene, serving  # noqa: E402
 
     if shutil.which("node") is None:
         pytest.skip("Node.js is needed by the fake Sentinel Hub (it runs the evalscripts)")
@@ -365,19 +365,8 @@ def serve_hub(scenes, monkeypatch, **server_options):
                            time=datetime.combine(d, time(2, 0), tzinfo=timezone.utc), platform="sim-vhr",
                            crs=sim.grid.crs.to_string(), transform=sim.grid.transform,
                            bands=bands, cloud_cover=0.0, gsd=RES))
-    from sentinelhub import SentinelHubDownloadClient
-
-    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")
-    monkeypatch.setenv("SH_CLIENT_ID", CLIENT)
-    monkeypatch.setenv("SH_CLIENT_SECRET", SECRET)
-    SentinelHubDownloadClient.clear_cache()
-    try:
-        with server:
-            monkeypatch.setenv("SH_BASE_URL", server.url)
-            monkeypatch.setenv("SH_TOKEN_URL", server.token_url)
-            yield server, sorted(bands)
-    finally:
-        SentinelHubDownloadClient.clear_cache()
+    with serving(server, monkeypatch):
+        yield server, sorted(bands)
 
 
 @pytest.fixture

@@ -71,8 +71,7 @@ def _scenes(test_data, moved: bool):
 
 
 def _run(test_data, tmp: Path, monkeypatch, aoi_id: str, *, moved: bool, drop_window: bool):
-    from sh_server import FakeSentinelHub
-    from sentinelhub import SentinelHubDownloadClient
+    from sh_server import FakeSentinelHub, serving
 
     if shutil.which("node") is None:
         pytest.skip("node needed")
@@ -80,10 +79,6 @@ def _run(test_data, tmp: Path, monkeypatch, aoi_id: str, *, moved: bool, drop_wi
     server = FakeSentinelHub(client_id=CLIENT, client_secret=SECRET)
     for s in scenes:
         server.add_scene(s)
-    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")
-    monkeypatch.setenv("SH_CLIENT_ID", CLIENT)
-    monkeypatch.setenv("SH_CLIENT_SECRET", SECRET)
-    SentinelHubDownloadClient.clear_cache()
     r0, c0 = full.shape[0] // 2, full.shape[1] // 2
     x, y = full.xy(r0, c0)
     to_ll = pyproj.Transformer.from_crs(UTM, "EPSG:4326", always_xy=True).transform
@@ -98,19 +93,14 @@ def _run(test_data, tmp: Path, monkeypatch, aoi_id: str, *, moved: bool, drop_wi
         "metrics": ["changed_area_m2"], "rules": [], "recipients": {}}, sort_keys=False))
     aoi = load_aoi(aoi_id, registry=reg)
     cfg = RunConfig(data_dir=tmp / f"data_{aoi_id}", registry=reg, evidence=False, write_products=False)
-    try:
-        with server:
-            monkeypatch.setenv("SH_BASE_URL", server.url)
-            monkeypatch.setenv("SH_TOKEN_URL", server.token_url)
-            first = run_day(aoi, T1.date(), cfg)
-            assert first.status == "processed", first.summary()
-            cube = Cube(cfg.data_dir, aoi.id, "s2", aoi_grid(aoi, RES))
-            if drop_window:
-                Path(cube.registration_path).unlink()
-            second = run_day(aoi, T2.date(), cfg)
-            n768 = sum(1 for b in server.bodies["process"] if b["output"]["width"] == 768)
-    finally:
-        SentinelHubDownloadClient.clear_cache()
+    with serving(server, monkeypatch):
+        first = run_day(aoi, T1.date(), cfg)
+        assert first.status == "processed", first.summary()
+        cube = Cube(cfg.data_dir, aoi.id, "s2", aoi_grid(aoi, RES))
+        if drop_window:
+            Path(cube.registration_path).unlink()
+        second = run_day(aoi, T2.date(), cfg)
+        n768 = sum(1 for b in server.bodies["process"] if b["output"]["width"] == 768)
     rec = {e["scene_id"]: e for e in cube.scenes()}
     return second, rec, cube, n768
 

@@ -21,7 +21,6 @@ from contextlib import contextmanager
 from datetime import date, datetime, time, timezone
 from pathlib import Path
 
-import numpy as np
 import pyproj
 import pytest
 import rasterio
@@ -86,7 +85,7 @@ def _read(path: Path, *, dx: float = 0.0, dy: float = 0.0):
 @contextmanager
 def _hub(test_data, monkeypatch, *, moved: bool):
     sys.path.insert(0, str(Path(__file__).parent))
-    from sh_server import FakeSentinelHub, Scene  # noqa: E402
+    from sh_server import FakeSentinelHub, Scene, serving  # noqa: E402
 
     if shutil.which("node") is None:
         pytest.skip("Node.js is needed by the fake Sentinel Hub (it runs the evalscripts)")
@@ -96,19 +95,8 @@ def _hub(test_data, monkeypatch, *, moved: bool):
         server.add_scene(Scene(id=f"naip-{day:%Y%m%d}", collection=f"byoc-{BYOC}",
                                time=datetime.combine(day, time(17, 0), tzinfo=timezone.utc), platform="naip",
                                crs="EPSG:26914", transform=transform, bands=bands, cloud_cover=0.0, gsd=1.0))
-    from sentinelhub import SentinelHubDownloadClient
-
-    monkeypatch.setenv("OAUTHLIB_INSECURE_TRANSPORT", "1")
-    monkeypatch.setenv("SH_CLIENT_ID", CLIENT)
-    monkeypatch.setenv("SH_CLIENT_SECRET", SECRET)
-    SentinelHubDownloadClient.clear_cache()
-    try:
-        with server:
-            monkeypatch.setenv("SH_BASE_URL", server.url)
-            monkeypatch.setenv("SH_TOKEN_URL", server.token_url)
-            yield server
-    finally:
-        SentinelHubDownloadClient.clear_cache()
+    with serving(server, monkeypatch):
+        yield server
 
 
 def _days(tmp: Path, aoi_id: str, **entry_options):
