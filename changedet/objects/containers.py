@@ -30,9 +30,7 @@ passes it as clear), so they are counted at the TEU density of the stacks read w
 25 m of it (:func:`_thin_edge_fill`). Under the thick cloud nothing is counted. In the
 cloud's projected shadow the boxes are still seen (lit by the sky) and their footprints
 counted, but no shadow is measured there nor pavement colour learnt: blocks under it take
-the heights of the zone's or image's stacks in the sun. A zone whose whole surround is that
-dim against the other zones' (the shadow of a cloud outside the frame, which the projection
-cannot find) is read the same way (:func:`_zones_in_cloud_shadow`).
+the heights of the zone's or image's stacks in the sun.
 
 Tarped stacks are flagged (``tarped`` per stack block, ``tarped_stacks`` per zone and
 in total): plain patches of dull cloth colour on a block, and patches of pavement
@@ -58,7 +56,7 @@ from shapely.geometry import Polygon, shape
 from changedet.grid import GridSpec
 from changedet.objects.checks import check_features, check_metric, check_resolution
 from changedet.nanstats import quiet_nanmean
-from changedet.objects.cloud_shadow import CLOUD_SHADE_MAX_KEEP, cloud_shade
+from changedet.objects.cloud_shadow import cloud_shade
 from changedet.objects.common import CountResult, Detection, prepare, robust_ref
 from changedet.objects.ground import GroundModel, shadow_spread_floor
 
@@ -144,13 +142,6 @@ def count_containers(
     # ``ok``: pixels whose boxes can be seen (footprints); ``sunlit``: those also in the
     # sun, where pavement colour is learnt and shadows are measured.
     grid, pix, ok, sunlit, thin = _observed(image, valid, sun_azimuth_deg, sun_elevation_deg)
-    if valid is not None and _cloud_flagged(pix, valid):
-        # Zones whose whole surround lies in the shadow of a cloud outside the frame (or
-        # one the projection missed): read for footprints, not for heights, as above. Only
-        # on a partly cloudy image: on a clear day a zone paved in asphalt beside one in
-        # concrete (albedo ~0.1-0.2 against ~0.3-0.4) is as dim against it, and a cloud's
-        # shadow without any cloud flagged in the scene is the rarer case.
-        sunlit = sunlit & ~_zones_in_cloud_shadow(pix, zones, grid, ok & ~thin)
     res = grid.resolution
     px_m2 = res * res
     per_feature, detections = [], []
@@ -569,72 +560,6 @@ def _thin_edge_fill(block_teu, inside, ok, thin, res) -> tuple[tuple[float, floa
             fill += n_part * first_dense(near & ~strip)
     teu, slots, n20, n40 = (float(x) for x in fill)
     return (teu, slots, n20, n40), (THIN_EDGE_REL_SD * teu) ** 2
-
-
-#: Share of its red and NIR light a surface keeps at most in a cloud's shadow
-#: (:data:`changedet.objects.cloud_shadow.CLOUD_SHADE_MAX_KEEP`: the direct beam cut,
-#: the sky light left, 0.1-0.4 under a cumulus core and at most 0.6 under a thin edge).
-ZONE_SHADE_MAX_KEEP = CLOUD_SHADE_MAX_KEEP
-#: Upper percentile (%) of a zone's surround that stands for its brightest surfaces
-#: (lit pavement, lit box tops): a stack's own shadow darkens the anti-sun side of the
-#: surround only, a cloud's shadow darkens all of it, the brightest surfaces too.
-ZONE_LIT_TAIL_PERCENTILE = 80.0
-
-
-def _cloud_flagged(pix: np.ndarray, valid) -> bool:
-    """Whether the cloud mask ``valid`` flags any pixel that has data (a partly cloudy image)."""
-    has_data = np.all(np.isfinite(pix), axis=0)
-    return bool((has_data & ~np.asarray(getattr(valid, "values", valid), bool)).any())
-
-
-def _zones_in_cloud_shadow(pix: np.ndarray, zones: Mapping[str, Polygon], grid: GridSpec,
-                           seen: np.ndarray) -> np.ndarray:
-    """Pixels (row, col of bool) of the zones, and their surrounds, under a cloud's shadow
-    that the projection of the cloud mask does not find (a cloud outside the frame).
-
-    Under a cloud's shadow the direct beam is cut and every surface keeps only the sky's
-    light: the zone's surround (its apron ring: pavement and the boxes along its edge)
-    keeps, at its brightest (``ZONE_LIT_TAIL_PERCENTILE``), under ``ZONE_SHADE_MAX_KEEP``
-    of the red and NIR of the brightest zone surround of the image (the same yard, the
-    same pavement and paint, in the sun). A stack's own shadow falls on the anti-sun side
-    of the ring only and leaves the sun side's pavement lit, so the tail stays lit. With
-    one zone (no sunlit surround to compare with), or all zones in shadow, none is found.
-
-    Parameters
-    ----------
-    pix : ndarray (4, row, col)
-        Blue, green, red, NIR reflectance.
-    zones : mapping of id to Polygon
-        Stack zones (image CRS, metres).
-    grid : GridSpec
-    seen : ndarray (row, col) of bool
-        Pixels read (not cloud, not its thin edge).
-
-    Returns
-    -------
-    ndarray (row, col) of bool
-    """
-    out = np.zeros(grid.shape, bool)
-    if pix.shape[0] < 4 or len(zones) < 2:
-        return out
-    res = grid.resolution
-    tails, areas = {}, {}
-    for zid, zone in zones.items():
-        grow = zone.buffer(3.0 * max(res, 1.0))
-        ring = _mask(grow, grid) & ~_mask(zone.buffer(-1.0), grid)
-        ring_seen = ring & seen
-        # Half the ring read at least: a ring mostly under the cloud says little.
-        if ring_seen.sum() < max(20, 0.5 * ring.sum()):
-            continue
-        tails[zid] = np.percentile(pix[2:4][:, ring_seen], ZONE_LIT_TAIL_PERCENTILE, axis=1)
-        areas[zid] = grow
-    if len(tails) < 2:
-        return out
-    lit = np.max(np.stack(list(tails.values())), axis=0)
-    for zid, tail in tails.items():
-        if np.all(tail < ZONE_SHADE_MAX_KEEP * lit):
-            out |= _mask(areas[zid], grid)
-    return out
 
 
 def _aprons(zones: Mapping[str, Polygon], grid: GridSpec) -> np.ndarray:
