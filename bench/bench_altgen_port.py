@@ -84,7 +84,7 @@ as tuning since; 255-260 are held out from session 43 (run at most twice, before
 container change; summary tables only; run once in session 43, before: TEU error 12.5 %, clear
 10.7, hazy 8.6, low sun 10.7, partly cloudy 23.7 %, with no container change landed after it, so
 the next session may use that run as its "before" on an unchanged counter and run "after" once).
-They were run after in session 44, after the off-frame cloud-shadow zones (``_zones_in_cloud_shadow``): identical
+They were run after in session 44, after an off-frame cloud-shadow zone rule (since reverted on review): identical
 (TEU error 12.5 %, partly cloudy 23.7 %: the rule fired on no zone there), and count as tuning since; 261-266 are
 held out from session 45 (run at most twice, before and after a container change; summary tables only).
 """
