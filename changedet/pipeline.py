@@ -1738,6 +1738,8 @@ def reads_registration_window(spec) -> bool:
     if choice is not None:
         return bool(choice)
     return spec.name in WIDE_REGISTRATION_SOURCES
+
+
 #: Most a registration window reference newly read from the cube's reference origin may
 #: differ from the cube's reference where they overlap to count as the same image: median
 #: absolute difference as a fraction of the reference's spread (2nd to 98th percentile),

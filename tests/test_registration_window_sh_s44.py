@@ -2,9 +2,9 @@
 
 Until session 43 only ``local`` entries were read again on a window wider than the site
 grid; Sentinel Hub and STAC entries registered on the site grid alone. A site that small
-(a 950 x 600 m port at 10 m is 95 x 60 px; a 500 m site at 5 m, 100 px) is then refused
-by the reliability gate day after day, so no count is ever made. Here real NAIP (
-EPSG:26914, 5 m) is served by a fake Sentinel Hub on 127.0.0.1 to the real ``sentinelhub``
+(a 950 x 600 m port at 10 m is 95 x 60 px; a 500 m site at 5 m, 109 px) is then refused
+by the reliability gate day after day, so no count is ever made. Here real NAIP
+(EPSG:26914, 5 m) is served by a fake Sentinel Hub on 127.0.0.1 to the real ``sentinelhub``
 client as a BYOC collection and read at 5 m on a 500 m site: with the window (the default
 now) the day registers, and the 2010 file moved by a known offset in its geotransform
 registers with the shift of the unmoved file plus that offset; with
