@@ -47,6 +47,7 @@ from changedet.errors import SceneUnreadable, SourceConfigError, SourceError, So
 from changedet.grid import GridSpec
 from changedet.sources import sh_evalscripts as es
 from changedet.sources.base import CLOUD_BAND, SceneRecord, check_range
+from changedet.sources.sh_cache import default_cache_dir, mark_used
 
 LOGGER = logging.getLogger(__name__)
 
@@ -268,8 +269,9 @@ class SentinelHubSource:
     max_px : int
         Largest request side, pixels (the Process API cap is 2500).
     cache_dir : path, optional
-        Download cache; default ``$CHANGEDET_DATA_DIR/cache/sentinelhub``. ``cache=False``
-        disables it.
+        Download cache; default ``$CHANGEDET_DATA_DIR/cache/sentinelhub`` (a local
+        ``~/.cache/changedet/sentinelhub`` where the data directory is a URL). ``cache=False``
+        disables it. Nothing in a run removes entries: ``changedet cache prune`` does.
     page_size : int
         Catalog results per page (1–100).
     download_attempts, retry_sleep_s : int, float
@@ -333,8 +335,7 @@ class SentinelHubSource:
         self.orthorectify, self.max_px, self.page_size = bool(orthorectify), int(max_px), int(page_size)
         self.max_threads, self.resolution_m = int(max_threads), resolution_m
         if cache:
-            root = Path(os.environ.get("CHANGEDET_DATA_DIR", "changedet-data")) / "cache" / "sentinelhub"
-            self.cache_dir: Path | None = Path(cache_dir) if cache_dir is not None else root
+            self.cache_dir: Path | None = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         else:
             self.cache_dir = None
         # use_defaults: never read or write the user's sentinelhub config file behind their back.
@@ -582,6 +583,8 @@ class SentinelHubSource:
             pu = es.estimate_pu(tile.cols, tile.rows, input_bands=script.input_bands, float32=script.float32,
                                 orthorectify=sensor == "s1" and self.orthorectify)
             hit = path is not None and os.path.isdir(path) and any(n.startswith("response") for n in os.listdir(path))
+            if hit:
+                mark_used(path)  # `changedet cache prune --max-size` removes the least recently used first
             cached.append(hit)
             total += 0.0 if hit else pu
             LOGGER.info("Sentinel Hub %s %dx%d px at (%d, %d): %s", scene.id, tile.cols, tile.rows, tile.row0,
