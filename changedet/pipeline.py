@@ -325,9 +325,11 @@ def _build(spec, seed: int, registry: Path | None, data_dir: Path | str | None):
     overrides: dict[str, Any] = {}
     if spec.name == "sentinelhub" and "cache_dir" not in spec.options and data_dir is not None \
             and not is_url(data_dir):
+        from changedet.sources.sh_cache import default_cache_dir
+
         # As `changedet fetch` does: replies are cached next to the data they fed, not in
         # a ./changedet-data of whatever directory the worker started in.
-        overrides["cache_dir"] = str(Path(data_dir) / "cache" / "sentinelhub")
+        overrides["cache_dir"] = str(default_cache_dir(data_dir))
     return source_from_spec(spec, **overrides)
 
 

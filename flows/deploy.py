@@ -2,7 +2,7 @@
 
 ``build_deployments`` makes one scheduled ``daily_monitor`` deployment per AOI timezone
 (cron evaluated in that timezone, the AOIs of that timezone as its parameter), plus
-unscheduled ``backfill`` and weekly ``report`` deployments. Every parameter is editable
+unscheduled ``backfill``, weekly ``report`` and weekly download-cache prune deployments. Every parameter is editable
 in the Prefect UI (a custom run, or the deployment's defaults). A broken AOI file of the
 registry does not stop ``changedet serve``: the valid AOIs are deployed and the broken files
 are named with their problems (:func:`deployable_aois`).
@@ -23,6 +23,7 @@ from typing import Any
 
 DAILY_CRON = "0 6 * * *"      # 06:00 local time: the morning's acquisitions are catalogued by then
 REPORT_CRON = "0 7 * * 1"     # Mondays 07:00 UTC
+PRUNE_CRON = "0 3 * * 0"      # Sundays 03:00 UTC: hours before any timezone's daily run
 BACKFILL_DEPLOYMENT = "backfill/changedet-backfill"
 
 
@@ -104,6 +105,7 @@ def build_deployments(*, aoi_ids: list[str] | None = None, data_dir: str | None 
 
     from flows.backfill import backfill
     from flows.daily import daily_monitor
+    from flows.maintenance import prune_download_cache
     from flows.report import report
 
     aois, broken = deployable_aois(aoi_ids, registry)
@@ -137,6 +139,10 @@ def build_deployments(*, aoi_ids: list[str] | None = None, data_dir: str | None 
         name="changedet-report", schedules=[Cron(report_cron, timezone="UTC")], paused=paused,
         parameters={"aoi_ids": aoi_ids, **common}, tags=["changedet", "report"],
         description="Weekly analyst report.", **kw))
+    out.append(prune_download_cache.to_deployment(
+        name="changedet-cache-prune", schedules=[Cron(PRUNE_CRON, timezone="UTC")], paused=paused,
+        parameters={"data_dir": data_dir}, tags=["changedet", "maintenance"],
+        description="Weekly: remove Sentinel Hub replies no run used for 90 days (max_gb caps the cache too).", **kw))
     return out
 
 

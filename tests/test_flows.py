@@ -314,3 +314,28 @@ def test_store_url_is_resolved_by_the_flow_and_keys_the_cache(tmp_path, monkeypa
     assert len({plain, on_a, on_b}) == 3
     with pytest.raises(CubeError, match="nosuchscheme://.*CHANGEDET_STORE_URL"):
         store_url_for("nosuchscheme://bucket/x")
+
+
+def test_cache_prune_flow_and_its_deployment(prefect_env, tmp_path):
+    """The weekly flow removes cached Sentinel Hub replies unused for longer than its age,
+    from the data directory's cache, and keeps the rest (s45)."""
+    import time as _time
+
+    from flows.deploy import PRUNE_CRON, build_deployments
+    from flows.maintenance import prune_download_cache
+
+    root = tmp_path / "data" / "cache" / "sentinelhub"
+    for name, age_days in (("old", 120), ("used", 3)):
+        entry = root / name
+        entry.mkdir(parents=True)
+        (entry / "request.json").write_text("{}")
+        (entry / "response.tiff").write_bytes(b"\0" * 100)
+        when = _time.time() - age_days * 86400
+        for f in (entry / "request.json", entry / "response.tiff", entry):
+            os.utime(f, (when, when))
+    out = prune_download_cache(data_dir=str(tmp_path / "data"), older_than_days=90)
+    assert (out["removed_entries"], out["kept_entries"]) == (1, 1) and not (root / "old").exists()
+    assert (root / "used" / "response.tiff").exists()
+    deps = {d.name: d for d in build_deployments(data_dir="/data")}
+    [sched] = deps["changedet-cache-prune"].schedules
+    assert sched.schedule.cron == PRUNE_CRON and deps["changedet-cache-prune"].parameters == {"data_dir": "/data"}

@@ -12,9 +12,12 @@ def add_parser(sub) -> None:
 
     p = sub.add_parser("cache", help="size of the Sentinel Hub download cache; prune it by age or to a size cap")
     csub = p.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
-    where = f"cache folder (default: {default_cache_dir()}, from $CHANGEDET_DATA_DIR; a source's cache_dir option)"
+    where = "cache folder, where a source entry names its own cache_dir (default: the data directory's)"
+    data = ("data directory whose cache/sentinelhub is meant (default $CHANGEDET_DATA_DIR or changedet-data: "
+            f"{default_cache_dir()}; ~/.cache/changedet/sentinelhub for a URL)")
     info = csub.add_parser("info", help="entries, size and age of the cache")
     info.add_argument("--cache-dir", type=Path, default=None, help=where)
+    info.add_argument("--data-dir", default=None, help=data)
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.set_defaults(func=cmd_info)
     prune = csub.add_parser(
@@ -24,6 +27,7 @@ def add_parser(sub) -> None:
                     "(a run beside the prune may be reading them); a removed reply is fetched (and paid for in "
                     "processing units) again the next time a run needs it.")
     prune.add_argument("--cache-dir", type=Path, default=None, help=where)
+    prune.add_argument("--data-dir", default=None, help=data)
     prune.add_argument("--older-than", default=None, metavar="AGE",
                        help="remove entries unused for longer than AGE (30d, 12h, 45m; a bare number is days)")
     prune.add_argument("--max-size", default=None, metavar="SIZE",
@@ -46,7 +50,7 @@ def _size(n: int) -> str:
 def cmd_info(args) -> int:
     from changedet.sources.sh_cache import cache_entries, default_cache_dir
 
-    root = args.cache_dir or default_cache_dir()
+    root = args.cache_dir or default_cache_dir(args.data_dir)
     entries = cache_entries(root)
     now = time.time()
     out = {"cache_dir": str(root), "exists": Path(root).exists(), "entries": len(entries),
@@ -67,7 +71,7 @@ def cmd_info(args) -> int:
 def cmd_prune(args) -> int:
     from changedet.sources.sh_cache import default_cache_dir, parse_age, parse_size, prune_cache
 
-    root = args.cache_dir or default_cache_dir()
+    root = args.cache_dir or default_cache_dir(args.data_dir)
     report = prune_cache(root, older_than_s=None if args.older_than is None else parse_age(args.older_than),
                          max_bytes=None if args.max_size is None else parse_size(args.max_size),
                          keep_recent_s=parse_age(args.keep_recent), dry_run=args.dry_run)

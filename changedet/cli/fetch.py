@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import asdict
-from pathlib import Path
 from types import MappingProxyType
 
 from changedet.cli import default_data_dir, parse_date
@@ -86,7 +85,9 @@ def cmd_fetch(args) -> int:
     if spec.name == "sentinelhub" and "cache_dir" not in spec.options and "://" not in data_dir:
         # The download cache belongs to the data directory given here; the source alone only
         # knows $CHANGEDET_DATA_DIR, so --data-dir would leave a stray ./changedet-data/cache.
-        overrides["cache_dir"] = str(Path(data_dir) / "cache" / "sentinelhub")
+        from changedet.sources.sh_cache import default_cache_dir
+
+        overrides["cache_dir"] = str(default_cache_dir(data_dir))
     source = source_from_spec(spec, **overrides)
     max_cloud = args.max_cloud if args.max_cloud is not None else float(spec.options.get("max_cloud",
                                                                                          DEFAULT_MAX_CLOUD))

@@ -84,13 +84,15 @@ class PruneReport:
                 "kept_bytes": self.kept_bytes, "dry_run": self.dry_run}
 
 
-def default_cache_dir() -> Path:
-    """The cache folder `SentinelHubSource` uses when its entry names none.
+def default_cache_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """The cache folder of a data directory's Sentinel Hub replies (where a source entry names
+    no ``cache_dir``).
 
-    ``$CHANGEDET_DATA_DIR/cache/sentinelhub``; where the data directory is a URL (an object
-    store: the ``sentinelhub`` client writes local files only), ``~/.cache/changedet/sentinelhub``.
+    ``<data_dir>/cache/sentinelhub`` (``data_dir`` defaults to ``$CHANGEDET_DATA_DIR``, else
+    ``changedet-data``); where the data directory is a URL (an object store: the
+    ``sentinelhub`` client writes local files only), ``~/.cache/changedet/sentinelhub``.
     """
-    data_dir = os.environ.get("CHANGEDET_DATA_DIR", "changedet-data")
+    data_dir = str(data_dir) if data_dir is not None else os.environ.get("CHANGEDET_DATA_DIR", "changedet-data")
     if "://" in data_dir:
         return Path.home() / ".cache" / "changedet" / "sentinelhub"
     return Path(data_dir) / "cache" / "sentinelhub"
