@@ -544,6 +544,11 @@ def main() -> int:
         speed_cpu = (p.get("cpu_s") or float("nan")) / cpu_s
         entry["speedup"] = speed
         entry["speedup_cpu"] = speed_cpu
+        # A ratio against a run that found no match times the peer's failing, not a
+        # registration: say so beside it rather than let it pass for a like-for-like figure.
+        entry["peer_failed"] = aro is not None and not p.get("ok")
+        if entry["peer_failed"]:
+            note += "; AROSICS FAILED here: its time is the time to fail, the ratio is not like for like"
         rows.append(entry)
         print(f"{c['name']:<22} {entry['ours_err_px']:>11.4f} {entry['same_task_err_px']:>9.4f} "
               f"{entry['peer_err_px']:>11.4f} {wall:>7.2f} {wall_s:>7.3f} "
