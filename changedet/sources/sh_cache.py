@@ -173,33 +173,31 @@ def prune_cache(cache_dir: str | os.PathLike, *, older_than_s: float | None = No
     entries = cache_entries(cache_dir)
     total = sum(e.bytes for e in entries)
     doomed: list[CacheEntry] = []
-    incomplete = 0
     for e in entries:
         age = now - e.last_used
         if age < keep_recent_s:
             continue
         if not e.complete or (older_than_s is not None and age > older_than_s):
             doomed.append(e)
-            incomplete += int(not e.complete)
     if max_bytes is not None:
         left = total - sum(e.bytes for e in doomed)
-        gone = {e.path for e in doomed}
+        doomed_paths = {e.path for e in doomed}
         for e in entries:  # least recently used first
             if left <= max_bytes:
                 break
-            if e.path in gone or now - e.last_used < keep_recent_s:
+            if e.path in doomed_paths or now - e.last_used < keep_recent_s:
                 continue
             doomed.append(e)
             left -= e.bytes
-    removed = 0
+    gone: list[CacheEntry] = []
     for e in doomed:
         if not dry_run:
             shutil.rmtree(e.path, ignore_errors=True)
             if e.path.exists():
-                continue  # not ours to remove (permissions): say so through the counts
-        removed += e.bytes
-    kept_out = sum(1 for e in doomed if not dry_run and e.path.exists())
-    return PruneReport(str(cache_dir), len(entries), total, len(doomed) - kept_out, removed, incomplete, dry_run)
+                continue  # not removable here (permissions): it counts as kept
+        gone.append(e)
+    return PruneReport(str(cache_dir), len(entries), total, len(gone), sum(e.bytes for e in gone),
+                       sum(not e.complete for e in gone), dry_run)
 
 
 def parse_size(text: str) -> int:
