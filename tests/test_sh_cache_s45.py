@@ -71,6 +71,22 @@ def test_entries_are_listed_least_recently_used_first_and_foreign_folders_ignore
     assert entries[0].bytes == 1000 + 2 and abs(entries[0].last_used - (NOW - 40 * DAY)) < 1
 
 
+def test_an_entry_removed_while_listed_is_skipped_not_an_error(cache, monkeypatch):
+    # A second prune (or a rewrite) may remove a folder or a file between the listing and the
+    # stat; the listing goes on without it.
+    real_stat = Path.stat
+
+    def racing_stat(self, *a, **k):
+        if self.name in ("mid", "response.tiff") and self.parent.name in ("cache", "new"):
+            raise FileNotFoundError(2, "No such file or directory", str(self))
+        return real_stat(self, *a, **k)
+
+    monkeypatch.setattr(Path, "stat", racing_stat)
+    entries = {e.path.name: e for e in cache_entries(cache)}
+    assert set(entries) == {"old", "new", "now", "cut"}
+    assert entries["new"].bytes == 2  # its vanished response is not counted; request.json is
+
+
 def test_prune_by_age_removes_old_and_cut_short_entries_only(cache):
     report = prune_cache(cache, older_than_s=30 * DAY, now=NOW)
     assert _left(cache) == {"mid", "new", "now", "not_a_cache_entry"}

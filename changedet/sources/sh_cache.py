@@ -110,15 +110,21 @@ def mark_used(path: str | os.PathLike | None) -> None:
 
 
 def _entry(folder: Path) -> CacheEntry | None:
+    # A prune or a cache write beside this one may remove or replace the folder or a file between
+    # the listing and the stat: such an entry is skipped (or its vanished file not counted), never
+    # an error for the whole listing.
     try:
         files = [f for f in folder.iterdir() if f.is_file()]
+        if not any(f.name == "request.json" for f in files):
+            return None
+        size, last = 0, folder.stat().st_mtime
     except OSError:
         return None
-    if not any(f.name == "request.json" for f in files):
-        return None
-    size, last = 0, folder.stat().st_mtime
     for f in files:
-        st = f.stat()
+        try:
+            st = f.stat()
+        except OSError:
+            continue
         size += st.st_size
         last = max(last, st.st_mtime)
     return CacheEntry(folder, size, last, any(f.name.startswith("response") for f in files))
