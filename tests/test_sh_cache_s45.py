@@ -74,11 +74,15 @@ def test_entries_are_listed_least_recently_used_first_and_foreign_folders_ignore
 def test_an_entry_removed_while_listed_is_skipped_not_an_error(cache, monkeypatch):
     # A second prune (or a rewrite) may remove a folder or a file between the listing and the
     # stat; the listing goes on without it.
+    # stat's first call (is_dir / is_file in the listing) sees the path; the next one does not.
     real_stat = Path.stat
+    seen: set[str] = set()
 
     def racing_stat(self, *a, **k):
-        if self.name in ("mid", "response.tiff") and self.parent.name in ("cache", "new"):
-            raise FileNotFoundError(2, "No such file or directory", str(self))
+        if (self.name, self.parent.name) in (("mid", "cache"), ("response.tiff", "new")):
+            if str(self) in seen:
+                raise FileNotFoundError(2, "No such file or directory", str(self))
+            seen.add(str(self))
         return real_stat(self, *a, **k)
 
     monkeypatch.setattr(Path, "stat", racing_stat)
