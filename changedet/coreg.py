@@ -1108,7 +1108,15 @@ def coregister(
     if not reason:
         shifted = _warp_bands(aligned_grid, *field) if local else _shift_bands(aligned_grid, row, col)
         mov_after = _select_band(shifted, use_band, "moving")
-        sim_after = _gradient_ncc(ref_img, mov_after, ok, cache=ncc_cache)
+        seen = ok & np.isfinite(mov_after)
+        if not np.array_equal(seen, ok):
+            # The move leaves a border the moving image no longer covers (one row or column
+            # for a sub-pixel shift; more with the gradient's halo). Before and after are
+            # compared on the same pixels: on a small frame (a port at 10 m, 60 x 95 px)
+            # the border rows alone moved the measure by 0.02, enough to refuse a correct
+            # 0.3 px shift as "no improvement".
+            sim_before = _gradient_ncc(ref_img, mov_img, seen, cache=ncc_cache)
+        sim_after = _gradient_ncc(ref_img, mov_after, seen, cache=ncc_cache)
         if np.isfinite(sim_before) and np.isfinite(sim_after) and sim_after < sim_before - 0.01:
             # A correct shift cannot make the edges agree less; keep the input.
             reason = f"shift did not improve gradient similarity ({sim_before:.3f} -> {sim_after:.3f})"
@@ -3242,7 +3250,12 @@ def _network_stack(stack, ref, valid, cube, scheduler, scene_ids, kwargs):
         out = on_grid
         if not reason:
             out = apply_shift(on_grid, row, col)
-            sim_after = _gradient_ncc(ref_img, _select_band(out, use_band, "moving"), ok)
+            moved = _select_band(out, use_band, "moving")
+            seen = ok & np.isfinite(moved)
+            if ok.sum() >= 16 and not np.array_equal(seen, ok):
+                # Before and after on the same pixels (the move uncovers a border): see coregister.
+                sim_before = _gradient_ncc(ref_img, img, seen)
+            sim_after = _gradient_ncc(ref_img, moved, seen)
         outs.append(out)
         results.append(CoregResult(row, col, col * xres, -row * yres, rel, n_kept, float(sim_before),
                                    float(sim_after), not reason, reason, mode="network",
