@@ -636,7 +636,9 @@ def _refine_masked(ref: np.ndarray, mov: np.ndarray, ref_ok: np.ndarray, mov_ok:
         d = d + np.clip(delta, -0.5, 0.5)
         if np.hypot(*(d - np.array(shift))) > 1.0:
             return None
-        if np.abs(delta).max() < 2e-3:
+        # Steps shrink by ~0.6-0.8 an iteration on real pairs (changed pixels, clipping):
+        # stopping at 5 thousandths leaves ~0.01-0.02 px, a tenth of the bias removed.
+        if np.abs(delta).max() < 5e-3:
             return float(d[0]), float(d[1])
     return None
 
