@@ -513,22 +513,38 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
     # radiance or as recorded (learnt again above the darkest light, a yard of few cars
     # may keep too few shadow samples for it).
     shown = _shadows_shown(refs, path) or _shadows_shown(refs_recorded, None)
+    split = {}
+    if vhr:
+        for tid, strip in strips.items():
+            sun_left, _ = _sun_geometry(tracks[tid], sun_azimuth_deg, sun_elevation_deg)
+            occ, seen = occupancy[tid]
+            split[tid] = _split_cars(strip, occ, seen, refs["lit_sd"], refs["lit"], sun_left=sun_left,
+                                     provenance=True, ground_sd=float(quiet_nanmean(refs["shadow_sd"])),
+                                     shadow_reach_m=_shadow_reach(tracks[tid], sun_azimuth_deg, sun_elevation_deg),
+                                     shadow_across_m=_shadow_across(tracks[tid], sun_azimuth_deg, sun_elevation_deg),
+                                     wide=wide.get(tid), blur_m=max(0.2, 0.5 * grid.resolution),
+                                     shading=_cylinder_shading(tracks[tid], sun_azimuth_deg, sun_elevation_deg),
+                                     flank_glow=_flank_glow(tracks[tid], sun_azimuth_deg, sun_elevation_deg),
+                                     anti_flank=_anti_flank_limits(tracks[tid], sun_azimuth_deg, sun_elevation_deg),
+                                     path=path, resolution_m=grid.resolution, empty=seen_empty.get(tid),
+                                     shadows_shown=shown, shadow=refs["shadow"], recorded=recorded.get(tid))
+        # A colour seen at the ends of two tracks, with the anti-sun ground lit beside it,
+        # is the yard's bare bed, and so is every piece of that colour and light (see
+        # _end_bed_pieces). Tracks whose own bed was learnt (_with_bed) are read by it.
+        bare = _end_bed_pieces(
+            {tid: s if haze is None else _offset(s, haze) for tid, s in strips.items()},
+            split, {tid: _sun_geometry(tracks[tid], sun_azimuth_deg, sun_elevation_deg)[0] for tid in strips},
+            (refs if haze is None else refs_above_dark)["lit"],
+            skip={tid for tid in strips if any("bed" in got[1] for got, _ in read_on[tid])})
+        split = {tid: [c for k, c in enumerate(cars) if k not in bare.get(tid, ())]
+                 for tid, cars in split.items()}
     for tid, strip in strips.items():
         sun_left, _ = _sun_geometry(tracks[tid], sun_azimuth_deg, sun_elevation_deg)
         occ, seen = occupancy[tid]
         total_obs += seen.sum() * strip.step_m
         total_len += seen.size * strip.step_m
         if vhr:
-            cars = _split_cars(strip, occ, seen, refs["lit_sd"], refs["lit"], sun_left=sun_left, provenance=True,
-                               ground_sd=float(quiet_nanmean(refs["shadow_sd"])),
-                               shadow_reach_m=_shadow_reach(tracks[tid], sun_azimuth_deg, sun_elevation_deg),
-                               shadow_across_m=_shadow_across(tracks[tid], sun_azimuth_deg, sun_elevation_deg),
-                               wide=wide.get(tid), blur_m=max(0.2, 0.5 * grid.resolution),
-                               shading=_cylinder_shading(tracks[tid], sun_azimuth_deg, sun_elevation_deg),
-                               flank_glow=_flank_glow(tracks[tid], sun_azimuth_deg, sun_elevation_deg),
-                               anti_flank=_anti_flank_limits(tracks[tid], sun_azimuth_deg, sun_elevation_deg),
-                               path=path, resolution_m=grid.resolution, empty=seen_empty.get(tid),
-                               shadows_shown=shown, shadow=refs["shadow"], recorded=recorded.get(tid))
+            cars = split[tid]
             by_type: dict[str, int] = {}
             # Listed from the drawn line's start.
             for a, b, ctype, score, type_from in (cars[::-1] if flipped[tid] else cars):
@@ -3310,6 +3326,107 @@ def _bare_bed(strip: Strip, s0: int, s1: int, sun_left: bool, per_m: float,
     return bool(lit >= _LIT_BAND_SHARE * ground and dark >= _LIT_BAND_RATIO * lit
                 and dark >= _LIT_BAND_SHARE * ground
                 and max(dark, lit) <= _MAX_BARE_BAND_GLOW * ground)
+
+
+# How near a track's end (m) a piece must begin or end to show that end's bed (see
+# _end_bed_pieces): a cut at the strip's first or last sample lies within a sample or
+# two of it.
+_END_BED_M = 1.5
+# Most a piece's colour may differ from a bed seen at two track ends to be that bed, in
+# every band, as the log of their ratio (about 15 %; see _end_bed_pieces): the share
+# within which a bed corroborated on another track is matched (_CORROBORATING_SHARE).
+_END_BED_SHARE = _CORROBORATING_SHARE
+
+
+def _end_bed_pieces(strips: Mapping[str, Strip], cars: Mapping[str, Sequence[tuple]],
+                    sun_sides: Mapping[str, bool | None], lit: np.ndarray, *,
+                    skip: frozenset[str] | set[str] = frozenset()) -> dict[str, set[int]]:
+    """Indices (per track) of the pieces read as cars that are the yard's bare bed.
+
+    Parameters
+    ----------
+    strips : mapping of str to Strip
+        Each track's samples (reflectance, on the same basis as ``lit``).
+    cars : mapping of str to sequence of tuple
+        Each track's cars from :func:`_split_cars` (start and end, m along the strip,
+        first).
+    sun_sides : mapping of str to bool or None
+        Per track, whether the sun lies on the positive ``across_m`` side (None: the
+        track has no sun side, and its pieces are neither read nor dropped).
+    lit : numpy.ndarray
+        Per band, the yard's lit ground colour (reflectance).
+    skip : set of str
+        Tracks whose own bed was learnt (:func:`_with_bed`): read by it, left alone.
+
+    Returns
+    -------
+    dict of str to set of int
+        Per track, the indices into ``cars[track]`` to drop.
+
+    Notes
+    -----
+    Where no bed is learnt (a high sun leaves no flat deck's shadow to tell a bed from
+    a deck, or pixels coarser than ``_BED_MAX_RES_M``), a bed darker or brighter than
+    the ground beside it (wooden or concrete sleepers, fouled ballast, a bed cleared of
+    snow) reads as cars wherever the track is empty: between cuts of cars and at the
+    track's ends. A yard track's ends are where it is most often empty: cars stand
+    clear of the switch's fouling point at one end and short of the buffer stop or the
+    next switch at the other, so the line drawn from end to end runs past its last
+    cars. A yard's tracks are mostly laid alike (see :func:`_with_bed`), so the bed
+    shows one colour at the ends of several tracks, while cars standing at two tracks'
+    very ends are of one colour only by chance. A piece beginning or ending within
+    ``_END_BED_M`` of its track's end, whose anti-sun ground band (1.95-2.6 m off the
+    axis, as :func:`_occupancy` reads it) is lit (``_SUN_LIT_SHARE`` of the lit
+    ground's brightness: no shadow there), and whose centre colour matches such a
+    piece at another track's end within ``_END_BED_SHARE`` in every band (the log of
+    their ratio), shows the bed; every piece of the image whose centre matches that colour as closely, its
+    anti-sun band lit as well, is that bed, at the tracks' ends or between cuts of cars.
+    Two pieces at the two ends of one track do not show it: a unit train of like cars
+    may fill one track end to end. A car whose anti-sun band lies in its own shadow is
+    never dropped, whatever its colour. One whose band is lit (a bare flat wagon; a
+    walled car under a sun along the track, or one blurred at coarse pixels) and whose
+    colour matches the bed is dropped with it: that is this rule's risk.
+    """
+    lit = np.asarray(lit, dtype="float64")
+    if not (np.all(np.isfinite(lit)) and np.all(lit > 0)):
+        return {}
+    lit_b = float(np.mean(lit))
+    pieces = []  # (track, index, centre colour, at the track's end)
+    for tid, strip in strips.items():
+        sun_left = sun_sides.get(tid)
+        if sun_left is None or tid in skip or strip.along_m.size < 2:
+            continue
+        centre, _ = _zones(strip)
+        a = strip.across_m if sun_left else -strip.across_m
+        anti = (a <= -1.95) & (a >= -2.6)
+        if not anti.any():
+            continue
+        first, last = float(strip.along_m[0]), float(strip.along_m[-1] + strip.step_m)
+        for k, car in enumerate(cars.get(tid, ())):
+            s0, s1 = float(car[0]), float(car[1])
+            # Its middle only: a blurred neighbour's end or a shadow tail at its ends.
+            core = (strip.along_m >= s0 + 1.0) & (strip.along_m <= s1 - 1.0)
+            if core.sum() < 2:
+                continue
+            colour = quiet_nanmean(strip.values[:, centre][:, :, core], axis=(1, 2))
+            anti_b = float(quiet_nanmean(strip.values[:, anti][:, :, core]))
+            if not (np.all(np.isfinite(colour)) and np.all(colour > 0) and np.isfinite(anti_b)):
+                continue
+            if anti_b < _SUN_LIT_SHARE * lit_b:
+                continue
+            at_end = s0 <= first + _END_BED_M or s1 >= last - _END_BED_M
+            pieces.append((tid, k, colour, at_end))
+
+    def alike(x: np.ndarray, y: np.ndarray) -> bool:
+        return bool(np.all(np.abs(np.log(x / y)) <= _END_BED_SHARE))
+
+    beds = [c for t, _, c, end in pieces
+            if end and any(e and u != t and alike(c, d) for u, _, d, e in pieces)]
+    bare: dict[str, set[int]] = {}
+    for tid, k, colour, _ in pieces:
+        if any(alike(colour, b) for b in beds):
+            bare.setdefault(tid, set()).add(k)
+    return bare
 
 
 # Unobserved samples within this distance of a run's end (m) cut the run there.
