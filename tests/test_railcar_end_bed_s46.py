@@ -65,11 +65,16 @@ def _yard_track(seed: int, car_colour=RED, shaded=True):
     return strip, _cars(spans), spans
 
 
-def test_a_bed_seen_at_two_tracks_ends_drops_its_pieces_and_keeps_the_cars():
+def _two_tracks(sun_left: bool) -> tuple[dict, set[int]]:
+    """The pieces dropped on two yard tracks (red and grey cars) and the bed pieces' indices."""
     s1, c1, spans = _yard_track(1)
     s2, c2, _ = _yard_track(2, car_colour=GREY)
-    bare = R._end_bed_pieces({"T1": s1, "T2": s2}, {"T1": c1, "T2": c2}, {"T1": False, "T2": False}, GROUND)
-    beds = {i for i, sp in enumerate(spans) if sp in BED_SPANS}
+    bare = R._end_bed_pieces({"T1": s1, "T2": s2}, {"T1": c1, "T2": c2}, {"T1": sun_left, "T2": sun_left}, GROUND)
+    return bare, {i for i, sp in enumerate(spans) if sp in BED_SPANS}
+
+
+def test_a_bed_seen_at_two_tracks_ends_drops_its_pieces_and_keeps_the_cars():
+    bare, beds = _two_tracks(sun_left=False)
     # Before: no such rule (the function did not exist); every bed piece was a car.
     assert bare == {"T1": beds, "T2": beds}
 
@@ -116,10 +121,7 @@ def test_the_anti_sun_side_follows_the_sun():
     # The same yard with the sun on the left: the shaded band (left) is now the sun side,
     # the lit right band the anti-sun one, so the cars read as lit on their anti-sun side
     # and the bed's colour alone decides: bed pieces still go, cars of other colours stay.
-    s1, c1, spans = _yard_track(1)
-    s2, c2, _ = _yard_track(2, car_colour=GREY)
-    bare = R._end_bed_pieces({"T1": s1, "T2": s2}, {"T1": c1, "T2": c2}, {"T1": True, "T2": True}, GROUND)
-    beds = {i for i, sp in enumerate(spans) if sp in BED_SPANS}
+    bare, beds = _two_tracks(sun_left=True)
     assert bare == {"T1": beds, "T2": beds}
 
 
