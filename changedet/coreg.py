@@ -555,26 +555,9 @@ def _estimate(ref: np.ndarray, mov: np.ndarray, v: np.ndarray, *, upsample_facto
     return shift_row, shift_col, reliability
 
 
-#: High-pass of the masked refinement (pixels): the band kept is sigma 1 to 4, where the
-#: translation lives and illumination and season differences mostly do not.
-_REFINE_SIGMAS = (1.0, 4.0)
-#: Fewest pixels the masked refinement needs (a 40 x 40 px patch of clear ground).
+#: Fewest pixels the masked refinement needs (about a 32 x 32 px patch of clear ground,
+#: as :data:`MIN_VALID_PIXELS` for any estimate).
 _REFINE_MIN_PIXELS = 1000
-
-
-def _masked_highpass(img: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Band-pass of ``img`` from the pixels of ``mask`` only (normalised convolution), and
-    where it is trustworthy (at least 90 % of the wider kernel's weight on ``mask``)."""
-    m = mask.astype(np.float32)
-    f = np.where(mask, img, 0.0).astype(np.float32)
-    lo_s, hi_s = _REFINE_SIGMAS
-    w_lo = ndimage.gaussian_filter(m, lo_s, mode="constant")
-    w_hi = ndimage.gaussian_filter(m, hi_s, mode="constant")
-    with np.errstate(invalid="ignore", divide="ignore"):
-        hp = (ndimage.gaussian_filter(f, lo_s, mode="constant") / w_lo
-              - ndimage.gaussian_filter(f, hi_s, mode="constant") / w_hi)
-    good = mask & (w_hi >= 0.75) & (w_lo >= 0.75)
-    return np.where(good, hp, 0.0).astype(np.float32), good
 
 
 def _refine_masked(ref: np.ndarray, mov: np.ndarray, ref_ok: np.ndarray, mov_ok: np.ndarray,
@@ -1105,6 +1088,14 @@ def coregister(
         the band mean is used, a band selection that is not 2-D, or fewer than
         :data:`MIN_VALID_PIXELS` / :data:`MIN_VALID_FRACTION` valid overlapping pixels
         (e.g. everything cloudy).
+
+    Notes
+    -----
+    Global mode: upsampled phase correlation of the clipped gradients; on a frame with
+    masked or missing pixels (``valid``, NaN edges) that estimate is refined by least
+    squares on the pixels both images see (the common mask pulls the phase peak towards
+    zero shift). The similarity before and after is read on the same pixels, with the
+    masked pixels moved with the image.
     """
     ref_grid = _grid(reference, "reference")
     to_m = _metres_per_unit(ref_grid)
