@@ -1118,9 +1118,12 @@ def coregister(
             "moving band is all NaN (or nodata) on the reference grid; the acquisition has no data here"
         )
 
-    ok = np.isfinite(ref_img) & np.isfinite(mov_img)
+    # The moving image's usable pixels on the reference grid (reprojected once: the mask
+    # also bounds the refinement and moves with the image for the similarity after).
+    mov_ok = np.isfinite(mov_img)
     if valid is not None:
-        ok &= _valid_on_grid(valid, reference, ref_grid)
+        mov_ok &= _valid_on_grid(valid, reference, ref_grid)
+    ok = np.isfinite(ref_img) & mov_ok
     n_ok = int(ok.sum())
     frac = n_ok / ok.size
     if n_ok < MIN_VALID_PIXELS or frac < MIN_VALID_FRACTION:
@@ -1179,8 +1182,6 @@ def coregister(
         if rel >= min_reliability and not ok.all():
             # A masked frame (cloud, nodata): the phase peak is pulled towards zero by the
             # common mask; refine on the pixels both images see (_refine_masked).
-            mov_ok = np.isfinite(mov_img) if valid is None else (
-                np.isfinite(mov_img) & _valid_on_grid(valid, reference, ref_grid))
             refined = _refine_masked(ref_img, mov_img, np.isfinite(ref_img), mov_ok, (row, col))
             if refined is not None:
                 row, col = refined
@@ -1200,7 +1201,7 @@ def coregister(
             # spread into the clear pixels beside it, which the mask of the input no longer
             # covers (a 256 px Sentinel-2 window 30 % under cloud read 0.07 -> 0.05 after a
             # correct shift). The similarity is read with the masked pixels as NaN, moved.
-            mov_masked = np.where(_valid_on_grid(valid, reference, ref_grid), mov_img, np.nan)
+            mov_masked = np.where(mov_ok, mov_img, np.nan)
             mov_after = (apply_warp(mov_masked, *field) if local
                          else apply_shift(mov_masked, row, col))
         seen = ok & np.isfinite(mov_after)
