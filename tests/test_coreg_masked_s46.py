@@ -75,7 +75,7 @@ def test_known_shift_under_a_third_of_cloud_on_real_texture(test_data, source, s
         assert res.applied, res.reason
         # The content moved by `true`: the shift that registers it is -true.
         errors.append(max(abs(res.shift_row_px + true[0]), abs(res.shift_col_px + true[1])))
-    assert max(errors) < 0.03, errors  # phase correlation alone: 0.11-0.20 px max here
+    assert max(errors) < 0.03, errors  # phase correlation alone (checked): 0.07-0.13 px max on these draws
 
 
 def test_simulated_cloudy_10m_port_days_are_registered_within_a_fifth_of_a_pixel():
