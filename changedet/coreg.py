@@ -555,6 +555,10 @@ def _estimate(ref: np.ndarray, mov: np.ndarray, v: np.ndarray, *, upsample_facto
     return shift_row, shift_col, reliability
 
 
+#: Windows with a smaller share of valid pixels than this are refined (local mode and
+#: :func:`estimate_window`).
+_REFINE_BELOW_SHARE = 0.99
+
 #: Fewest pixels the masked refinement needs (about a 32 x 32 px patch of clear ground,
 #: as :data:`MIN_VALID_PIXELS` for any estimate).
 _REFINE_MIN_PIXELS = 1000
@@ -574,6 +578,9 @@ def _refine_masked(ref: np.ndarray, mov: np.ndarray, ref_ok: np.ndarray, mov_ok:
     Returns the refined (row, col), or None when it does not converge, moves more than
     a pixel from ``shift`` or has too few pixels (the phase estimate is then kept).
     """
+    # Double precision whatever the input: float32 and float64 copies of a frame give the
+    # same shifts (the hole fill's mean would otherwise round differently).
+    ref, mov = np.asarray(ref, np.float64), np.asarray(mov, np.float64)
     ref_ok = ref_ok & np.isfinite(ref)
     ga, good_a = _gradient(np.where(ref_ok, ref, np.nan), ref_ok, np.float64)
     mok = mov_ok & np.isfinite(mov)
@@ -1095,7 +1102,8 @@ def coregister(
     masked or missing pixels (``valid``, NaN edges) that estimate is refined by least
     squares on the pixels both images see (the common mask pulls the phase peak towards
     zero shift). The similarity before and after is read on the same pixels, with the
-    masked pixels moved with the image.
+    masked pixels moved with the image. Local mode refines every masked tie-point window
+    the same way (:func:`estimate_local`).
     """
     ref_grid = _grid(reference, "reference")
     to_m = _metres_per_unit(ref_grid)
@@ -2135,7 +2143,8 @@ def _newton_peak_one_impl(cross: np.ndarray, start: np.ndarray, *, iterations: i
 
 
 def estimate_window(reference: np.ndarray, moving: np.ndarray, *, filter_margin: int = _FILTER_MARGIN,
-                    search_margin: int, max_shift_px: float | None = None) -> dict:
+                    search_margin: int, max_shift_px: float | None = None,
+                    refine_min_reliability: float = 0.5) -> dict:
     """Shift, reliability and similarity of one window pair (the core of
     :func:`coregister_files`).
 
@@ -2153,6 +2162,11 @@ def estimate_window(reference: np.ndarray, moving: np.ndarray, *, filter_margin:
     max_shift_px : float, optional
         Reported shifts longer than this get their reliability capped at 0.25 only when
         the peak lies beyond the search margin (the re-cut is then impossible).
+    refine_min_reliability : float
+        A window with masked or missing pixels (NaN: cloud, nodata) whose estimate is
+        at least this reliable is refined by least squares on the pixels both windows
+        see (the common mask pulls the phase peak towards zero shift; see
+        :func:`coregister`).
 
     Returns
     -------
@@ -2260,6 +2274,15 @@ def estimate_window(reference: np.ndarray, moving: np.ndarray, *, filter_margin:
                                                            (row, col)))
     if max_shift_px is not None and math.hypot(row, col) > max_shift_px + 0.5 and base == (0, 0):
         reliability = min(reliability, 0.25)
+    if (not all_good and good.mean() < _REFINE_BELOW_SHARE and reliability >= refine_min_reliability
+            and max(abs(row), abs(col)) <= m - 1):
+        # The reference window on the moving window's lattice (NaN beyond it), so that
+        # the moving content the shift brings in is read from the search margin.
+        ref_pad = np.full(mov.shape, np.nan, np.float32)
+        ref_pad[m:m + ws + 2 * f, m:m + ws + 2 * f] = ref
+        refined = _refine_masked(ref_pad, mov, np.isfinite(ref_pad), np.isfinite(mov), (row, col))
+        if refined is not None:
+            row, col = refined
     # Similarity after: the moving gradient resampled at the estimated shift (filtering
     # and translation commute, so this is the gradient of the shifted window, without
     # resampling and filtering the image again).
@@ -2373,7 +2396,8 @@ def coregister_files(
     if found is not None:
         a, b, f, m = found
         try:
-            est = estimate_window(a, b, filter_margin=f, search_margin=m, max_shift_px=max_shift_px)
+            est = estimate_window(a, b, filter_margin=f, search_margin=m, max_shift_px=max_shift_px,
+                                  refine_min_reliability=min_reliability)
         except CoregError:
             est = None  # too few clean pixels in a small window: use the whole images
     if est is None:
@@ -2681,6 +2705,7 @@ def estimate_local(
     step_px: int | None = None,
     prior_shift: tuple[float, float] = (0.0, 0.0),
     max_shift_px: float = 20.0,
+    refine_masked: bool = True,
 ) -> TiePoints:
     """Shift and reliability on a grid of windows (tie points), with outlier rejection.
 
@@ -2699,6 +2724,12 @@ def estimate_local(
         integer part so that large shifts stay inside the windows.
     max_shift_px : float
         Tie points whose shift differs from ``prior_shift`` by more are dropped.
+    refine_masked : bool
+        Refine the shift of every window with masked or missing pixels (clouds, nodata,
+        the frame's edge) by least squares on the pixels both images see, as
+        :func:`coregister` does for a whole masked frame: the window's phase peak is
+        pulled towards zero shift by the common mask (real texture a third under cloud,
+        128 px windows: 0.09 px RMS -> under 0.01).
 
     Returns
     -------
@@ -2748,13 +2779,15 @@ def estimate_local(
     # Moving content that lands at r came from r - shift.
     b, fb_good = _window_stack(g_mov, w_mov, r0 - pri[0], c0 - pri[1], ws, taper)
     use = (fa_good >= _MIN_WINDOW_GOOD) & (fb_good >= _MIN_WINDOW_GOOD)
+    # A few masked pixels barely pull the peak; refining costs about a window's estimate.
+    masked = (fa_good < _REFINE_BELOW_SHARE) | (fb_good < _REFINE_BELOW_SHARE)
     if not use.any():
         raise CoregError(
             f"no {ws} x {ws} px window has {_MIN_WINDOW_GOOD:.0%} valid pixels in both images; "
             "use a smaller window_px or an acquisition with less cloud / nodata"
         )
     if not use.all():  # (indexing copies both stacks, tens of MB, even when it keeps all)
-        a, b, cr, cc, r0, c0 = a[use], b[use], cr[use], cc[use], r0[use], c0[use]
+        a, b, cr, cc, r0, c0, masked = a[use], b[use], cr[use], cc[use], r0[use], c0[use], masked[use]
     n = len(cr)
 
     # Integer stage and reliability on the phase-normalised surface, as estimate_shift.
@@ -2837,9 +2870,28 @@ def estimate_local(
     if np.any(np.abs(fine) > 1.1):
         rel = np.where(np.abs(fine).max(axis=1) > 1.1, np.minimum(rel, 0.25), rel)
 
+    if refine_masked:
+        _refine_windows(ref, mov, v_ref, v_mov, r0, c0, ws, shift, masked & (rel >= _LOCAL_MIN_RELIABILITY))
     kept = (rel >= _LOCAL_MIN_RELIABILITY) & (np.hypot(*(shift - np.asarray(prior_shift)).T) <= max_shift_px)
     kept = _reject_outliers(cr.astype(float), cc.astype(float), shift, kept)
     return TiePoints(cr.astype(float), cc.astype(float), shift[:, 0], shift[:, 1], rel, kept)
+
+
+def _refine_windows(ref, mov, v_ref, v_mov, r0, c0, ws: int, shift: np.ndarray, which: np.ndarray) -> None:
+    """:func:`_refine_masked` on the windows ``which`` (in place in ``shift``).
+
+    Each window is refined on its own pixels plus the filter's margin and the shift's
+    reach, so that the moving content the shift brings in is read, not made up.
+    """
+    rows, cols = ref.shape
+    for i in np.flatnonzero(which):
+        pad = _FILTER_MARGIN + int(math.ceil(np.abs(shift[i]).max()))
+        ra, rb = max(int(r0[i]) - pad, 0), min(int(r0[i]) + ws + pad, rows)
+        ca, cb = max(int(c0[i]) - pad, 0), min(int(c0[i]) + ws + pad, cols)
+        box = (slice(ra, rb), slice(ca, cb))
+        refined = _refine_masked(ref[box], mov[box], v_ref[box], v_mov[box], (float(shift[i, 0]), float(shift[i, 1])))
+        if refined is not None:
+            shift[i] = refined
 
 
 def _affine_design(row: np.ndarray, col: np.ndarray, scale: float) -> np.ndarray:
