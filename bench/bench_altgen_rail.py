@@ -72,6 +72,8 @@ change landed after it; run once more in session 46, after the yard's bare bed r
 out; in session 14 0-9, with 10-13 held out; in session 15 0-13, with 14-17 held out; in
 session 16 0-17, with 18-21 held out; in session 17 0-21, with 22-25 held out, which were
 seen before tuning and count as tuning since.)
+``--conditions hazy clear`` runs only those conditions, each scene with the seed it has in
+the full run (a per-condition slice of the same scenes).
 ``--reverse-tracks`` reverses every track centreline before counting (scene and truth
 unchanged): a run with it against one without measures how much the counts and types
 depend on the end a track was drawn from (issue 6; they should not).
@@ -264,6 +266,8 @@ def main(argv=None) -> int:
                     help="reverse every track centreline before counting (the scene and its truth unchanged): "
                          "an analyst may draw a track from either end, and the counts and types should not "
                          "depend on which; compare with a run without it")
+    ap.add_argument("--conditions", nargs="+", default=None, choices=CONDITIONS,
+                    help="run only these conditions (the scene seeds stay those of the full run)")
     args = ap.parse_args(argv)
     crops = Path(args.crops) if args.crops else None
     if crops:
@@ -275,6 +279,8 @@ def main(argv=None) -> int:
     for cond in CONDITIONS:
         for gsd in GSDS:
             for s in range(args.first_seed, args.first_seed + args.seeds):
+                if args.conditions and cond not in args.conditions:
+                    continue
                 seed = scene_seed(cell, s)
                 t0 = time.process_time()
                 scene = make_railyard(seed, gsd_m=gsd, condition=cond)
@@ -313,7 +319,8 @@ def main(argv=None) -> int:
                       f"types {sc['type_ok']:3d} given-up {sc['given_up']:2d} ({t2 - t1:.1f} s)"
                       + (f" ERROR {error}" if error else ""), flush=True)
             cell += 1
-    summary = {"per_condition": {c: _pool([r for r in rows if r["condition"] == c]) for c in CONDITIONS},
+    conds = [c for c in CONDITIONS if not args.conditions or c in args.conditions]
+    summary = {"per_condition": {c: _pool([r for r in rows if r["condition"] == c]) for c in conds},
                "per_gsd": {str(g): _pool([r for r in rows if r["gsd_m"] == g]) for g in GSDS},
                "all": _pool(rows)}
     types = sorted({t for r in rows for t in r["by_type"]})
@@ -344,7 +351,7 @@ def main(argv=None) -> int:
     for t in truths:
         print(f"{t:16s}" + "".join(f"{confusion.get(f'{t}->{c}', 0):11d}" for c in classes))
     causes = {}
-    for name, sel in [*[(c, [r for r in rows if r["condition"] == c]) for c in CONDITIONS],
+    for name, sel in [*[(c, [r for r in rows if r["condition"] == c]) for c in conds],
                       *[(f"gsd {g} m", [r for r in rows if r["gsd_m"] == g]) for g in GSDS], ("all", rows)]:
         causes[name] = {k: sum(r["causes"][k] for r in sel)
                         for k in ("missed", "merged", "split", "misplaced", "false")}

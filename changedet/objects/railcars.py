@@ -1737,11 +1737,17 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
             # half as bright as clean): "too dark" is then under half that colour (at
             # 0.65 an altgen track in a building's shadow read 40 % "too dark", 3 false
             # cars). The light as recorded keeps the rule as it was measured.
-            # The weights' signs are judged on the light as recorded only: above the darkest
-            # light the two references are a few hundredths and nearly parallel, and
-            # another track's ballast (fouled, or clean beside fouled) fits them with a
-            # weight of -0.5 to -0.7 (altgen: empty tracks read 5-9 false cars).
-            too_dark = too_dark_for_ground(np.zeros(mean.shape[0]), _MIN_SCALE_ABOVE_DARK, np.inf)
+            # The weights' signs are judged on the light as recorded with the usual limit:
+            # above the darkest light the two references are a few hundredths and nearly
+            # parallel, and another track's ballast (fouled, or clean beside fouled) fits
+            # them with a weight of -0.5 to -0.7 (altgen: empty tracks read 5-9 false cars).
+            # But under haze the light as recorded carries the veil, added to the centre
+            # and both references alike, and a dark car's share of it projects onto the
+            # bluish skylit colour with a positive weight: sunlit paint on a shaded track
+            # (a rust-brown deck, a boxcar) passes as ground there. Above the darkest light
+            # its weight stays well under the ballast's: the signs are judged there too,
+            # with a limit past the ballast's (_MAX_NEGATIVE_ABOVE_DARK).
+            too_dark = too_dark_for_ground(np.zeros(mean.shape[0]), _MIN_SCALE_ABOVE_DARK, _MAX_NEGATIVE_ABOVE_DARK)
             too_dark |= too_dark_for_ground(np.asarray(dark_light, dtype="float64"), _MIN_GROUND_SCALE)
             if has_bed:
                 too_dark &= ~on_bed | (
@@ -2398,6 +2404,12 @@ _MIN_GROUND_SCALE = 0.65
 # _occupancy).
 _MIN_SCALE_ABOVE_DARK = 0.5
 _MAX_NEGATIVE_MIX = 0.35
+# The same, for colours read above the darkest light (haze removed): there other tracks'
+# ballast (fouled, or clean beside fouled) reaches -0.5 to -0.7, and sunlit paint that
+# the veil hides on the light as recorded (a rust-brown deck: -0.8 to -1.9 in altgen hazy
+# 1.0 m yards rendered again without haze, where the recorded-light test found them)
+# lies past it.
+_MAX_NEGATIVE_ABOVE_DARK = 0.75
 # A centre between two shaded side bands lies in the same cast shadow when it is ground.
 # Its lit share (see ground_mix) is then (f - 1) s / (1 - s) for a bed f times as bright as
 # the side ground and a shadow keeping s of the lit light: ballast (f ~ 1) stays near 0,
