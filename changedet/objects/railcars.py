@@ -4471,6 +4471,15 @@ def _classify_rule(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float =
     roof's colour (19-7017: 15.9 m), are misread boxcars, a cost the altgen scenes (heaped
     loads only, dark hatches on every hopper) do not measure.
 
+    A locomotive section's roof is textured along unevenly (:func:`_half_asymmetry`: the
+    cab at one end, the cooling fans over the other; ``_LOCOMOTIVE_HALF_ASYMMETRY``): a
+    "flat" top textured along (from ``_TEXTURED_ALONG``) whose halves differ that much is a
+    locomotive from ``_MIN_LOCOMOTIVE_SECTION_BODY_M`` (a section's body between the
+    coupler gaps, shorter than ``_MIN_LOCOMOTIVE_BODY_M``; tag ``"uneven_halves"``;
+    session 47). A top textured alike in its halves keeps the length rules (from
+    ``_MIN_LOCOMOTIVE_BODY_M`` still a locomotive): a roof with small fans or a light
+    grille differs little between its halves too.
+
     A plain or flat top shorter than ``_MIN_LONG_BODY_M`` that the rules above give the
     gondola class, textured along (from ``_TEXTURED_ALONG``) only by one step near mid-car
     between two even plateaus and narrower than a walled body where its width is read
@@ -4600,6 +4609,19 @@ def _classify_rule(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float =
         if look == "open":
             return "gondola", "open"
         if look == "flat" and texture >= _TEXTURED_ALONG and tall is not False:
+            if (body_m >= _MIN_LOCOMOTIVE_SECTION_BODY_M
+                    and _half_asymmetry(strip, s0, s1, path, along=along) >= _LOCOMOTIVE_HALF_ASYMMETRY):
+                # A locomotive section's body (16.9-18.2 m over couplers, 15.8-17.1 m
+                # between the coupler gaps) is shorter than _MIN_LOCOMOTIVE_BODY_M, which
+                # only a cut misplaced outward reaches; its roof is textured along like a
+                # hopper's, but unevenly: the cab at one end, the cooling section's fans
+                # (and exhausts) over the other, so its two halves differ by
+                # _LOCOMOTIVE_HALF_ASYMMETRY or more, while a hopper's hatches and end bays
+                # repeat end to end (session 47, altgen tuning 200-207: typed so 28
+                # locomotives against 6 hoppers, 4 container wagons, 1 open wagon and 1
+                # tank car, all typed by the gondola class's length rule before; see
+                # _half_asymmetry).
+                return "locomotive", "uneven_halves"
             return "gondola", long_flat
         if (look == "plain" and texture >= _TEXTURED_ALONG and tall is not False
                 and not _stepped_along(strip, s0, s1, path, along=along)):
@@ -5003,6 +5025,53 @@ def _one_step(strip: Strip, s0: int, s1: int, path: np.ndarray | None = None, *,
     best = int(np.argmin(rss))
     residual = float(np.sqrt(max(rss[best], 0.0) / m))
     return residual / sd, float(idx[j[best]] / (s1 - s0))
+
+
+# Least difference between the mean brightness of a top's two halves along the car, as a
+# share of its mean (:func:`_half_asymmetry`), from which a textured roof is read as a
+# locomotive's. A diesel locomotive section carries its equipment unevenly along the roof:
+# the cab (windscreens, a lower roof) at one end, the cooling section's radiator fans and
+# exhausts over the other (2TE10, 2TE116; a shunter's long hood, TEM2, ChME3, its radiator
+# at the hood's far end); a covered hopper's loading hatches are evenly spaced between
+# sloped end bays at both ends, an open wagon's load lies in heaps along the whole car, a
+# boxcar's roof is one sheet. Altgen tuning 200-207, "flat" tops textured along read
+# 15.3 m or longer, the same halves read by a diagnostic (within 0.6 m of the centreline,
+# the haze not taken off; median by GSD): locomotives 0.26-0.46 at 0.3-0.75 m pixels (0.08
+# at 1 m, the fans blurred), hoppers 0.16-0.18 (a quarter above 0.2-0.3), boxcars under
+# 0.01. The threshold keeps out three in four hoppers; the rest, and container wagons read
+# this long (an empty slot, boxes of two colours), are typed locomotives. It asks for a
+# marked difference: fans 0.8-1.2 m across, dark on a 0.25 roof (tests/test_railcars_s15.py's
+# roof), make the halves differ by only 0.06-0.13, and such a roof keeps the length rules.
+_LOCOMOTIVE_HALF_ASYMMETRY = 0.2
+# Shortest body (m) typed a locomotive by its uneven halves: the shortest locomotive
+# sections (TEM2, 2TE10: 16.97 m over couplers) less the coupler gap (GAP_M) and a cut
+# misplaced by half a metre inward. Longer than the covered hoppers (19-7017: 14.8 m
+# body) and open wagons (12.7-13.5 m) read with their cuts placed well.
+_MIN_LOCOMOTIVE_SECTION_BODY_M = 15.3
+
+
+def _half_asymmetry(strip: Strip, s0: int, s1: int, path: np.ndarray | None = None, *,
+                    along: tuple[np.ndarray | None, np.ndarray | None] | None = None) -> float:
+    """Difference (no unit) between the mean brightness of the two halves of the top along
+    the car between samples ``s0`` and ``s1``, over the mean of both: the top read as
+    :func:`_along_texture` reads it (:func:`_along_core`: within 1 m of the centreline,
+    above the path radiance ``path``, smoothed over ``_ALONG_SMOOTH_M``, the middle two
+    thirds of the body, a shadow crossing the track masked out), split at the body's
+    middle. A top whose roof equipment is concentrated at one end (a locomotive's cab and
+    fans) differs between its halves; evenly spaced hatches, heaps along the car or one
+    roof sheet do not (see ``_LOCOMOTIVE_HALF_ASYMMETRY``). NaN where fewer than 6
+    samples are read, fewer than 2 in either half, or the mean is not positive.
+    ``along``: what :func:`_along_core` returns for these arguments, where the caller has
+    read it already (None: read here).
+    """
+    core, idx = _along_core(strip, s0, s1, path) if along is None else along
+    if core is None or core.size < 6:
+        return float("nan")
+    mean = float(core.mean())
+    first = idx < 0.5 * (s1 - s0)
+    if not mean > 0 or first.sum() < 2 or (~first).sum() < 2:
+        return float("nan")
+    return float(abs(core[first].mean() - core[~first].mean()) / mean)
 
 
 def _stepped_along(strip: Strip, s0: int, s1: int, path: np.ndarray | None = None, *,
