@@ -264,8 +264,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, default=2, help="scenes per condition and GSD")
     ap.add_argument("--first-seed", type=int, default=0,
-                    help="index of the first scene per condition and GSD (0-253: tuning set; 254-257 and "
-                         "258-261: held out from session 45, see the module docstring)")
+                    help="index of the first scene per condition and GSD (0-269: tuning set; 270-273 and "
+                         "274-277: held out from session 48, see the module docstring)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "altgen_rail.json"))
     ap.add_argument("--crops", default=None, help="folder for PNG crops of failures")
     ap.add_argument("--reverse-tracks", action="store_true",
