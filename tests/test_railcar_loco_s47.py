@@ -19,29 +19,24 @@ from ``railcars._MIN_LOCOMOTIVE_SECTION_BODY_M`` (15.3 m) an uneven top is a loc
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from changedet.objects import railcars as R
 from changedet.objects.strips import Strip
 
-STEP = 0.25
-LIT = np.array([0.14, 0.15, 0.16, 0.20])   # ballast B G R NIR
-LIT_B = float(LIT[:3].mean())
-ACROSS = np.arange(-2.6, 2.6 + 1e-9, STEP)
-
-
-def _strip(values: np.ndarray) -> Strip:
-    along = np.arange(values.shape[2]) * STEP
-    x, y = np.meshgrid(along, ACROSS)
-    return Strip(values.astype("float32"), along, ACROSS, x, y, STEP)
+sys.path.insert(0, str(Path(__file__).parent))
+# 0.25 m samples, ballast B G R NIR, the strip builder of the s22 typing tests.
+from test_railcar_type_s22 import ACROSS, LIT, LIT_B, STEP, _strip  # noqa: E402
+from test_railcar_type_s22 import _cover as _cover_at  # noqa: E402
 
 
 def _cover(half_width_m: float) -> np.ndarray:
     """Share of each across sample covered by a band ``half_width_m`` either side."""
-    lo = np.maximum(ACROSS - STEP / 2, -half_width_m)
-    hi = np.minimum(ACROSS + STEP / 2, half_width_m)
-    return np.clip(hi - lo, 0, None) / STEP
+    return _cover_at(ACROSS, half_width_m)
 
 
 def _roof(level: np.ndarray) -> Strip:
