@@ -2735,9 +2735,10 @@ def estimate_local(
     -------
     TiePoints
         Every window with at least half of its pixels valid in both images; ``kept``
-        marks those with reliability >= 0.3 that are consistent with an affine model
-        of the others (residual within 3 robust standard deviations, at least
-        0.25 px).
+        marks those with reliability >= ``_LOCAL_MIN_RELIABILITY`` (0.1) within
+        ``max_shift_px`` of ``prior_shift`` that are consistent with an affine model of
+        the others (residual within 3 robust standard deviations, at least 0.25 px,
+        at most 1.5 px).
 
     Raises
     ------
