@@ -2274,7 +2274,7 @@ def estimate_window(reference: np.ndarray, moving: np.ndarray, *, filter_margin:
                                                            (row, col)))
     if max_shift_px is not None and math.hypot(row, col) > max_shift_px + 0.5 and base == (0, 0):
         reliability = min(reliability, 0.25)
-    if (not all_good and good.mean() < _REFINE_BELOW_SHARE and reliability >= refine_min_reliability
+    if (good.mean() < _REFINE_BELOW_SHARE and reliability >= refine_min_reliability
             and max(abs(row), abs(col)) <= m - 1):
         # The reference window on the moving window's lattice (NaN beyond it), so that
         # the moving content the shift brings in is read from the search margin.
