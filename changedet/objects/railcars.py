@@ -408,7 +408,7 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
     per_feature, detections = [], []
     total_obs, total_len = 0.0, 0.0
     est_total, est_var = 0.0, 0.0
-    occupancy, read_on = {}, {}
+    occupancy, read_on, decks = {}, {}, {}
     for tid, strip in strips.items():
         sun_left, own_only = _sun_geometry(tracks[tid], sun_azimuth_deg, sun_elevation_deg)
         # Dimming by a cloud shadow's faint edge is looked for only where the track passes
@@ -459,7 +459,8 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
                 # The bench (altgen) draws suns of 20-65 degrees only; the high-sun
                 # cases are covered by tests/test_railcar_uniform_bed_gate_s37.py.
                 got = (on, _uniform_bed(on, got[1], path=haze if lift is None else None, floor_light=lift))
-            occ = _occupancy(*got,
+            deck = np.zeros(strip.values.shape[2], bool)
+            occ = _occupancy(*got, decks=deck,
                              min_contrast=min_contrast, vhr=vhr, sun_left=sun_left,
                              thin_cloud=thin_cloud,
                              dark_light=lift,
@@ -468,15 +469,16 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
                              else 0.0,
                              shadow_across_m=_shadow_across(tracks[tid], sun_azimuth_deg, sun_elevation_deg),
                              blur_m=max(0.2, 0.5 * grid.resolution))
-            return got, occ
+            return got, occ, deck
 
         # Each reading with the positions it speaks for (the two merged per position).
-        near_on, occupancy[tid] = read(thin)
+        near_on, occupancy[tid], decks[tid] = read(thin)
         read_on[tid] = [(near_on, None)]
         if thin and not edge.all():
-            far_on, (occ_far, seen_far) = read(False)
+            far_on, (occ_far, seen_far), deck_far = read(False)
             occ_near, seen_near = occupancy[tid]
             occupancy[tid] = (np.where(edge, occ_near, occ_far), np.where(edge, seen_near, seen_far))
+            decks[tid] = np.where(edge, decks[tid], deck_far)
             read_on[tid] = [(near_on, edge), (far_on, ~edge)]
     seen_empty = {}
     if wide:
@@ -538,6 +540,8 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
             skip={tid for tid in strips if any("bed" in got[1] for got, _ in read_on[tid])})
         split = {tid: [c for k, c in enumerate(cars) if k not in bare.get(tid, ())]
                  for tid, cars in split.items()}
+        # A car found by its deck's colour alone is a bare flat wagon (see _deck_colour_flat).
+        split = {tid: _deck_colour_flat(cars, strips[tid], decks.get(tid)) for tid, cars in split.items()}
     for tid, strip in strips.items():
         sun_left, _ = _sun_geometry(tracks[tid], sun_azimuth_deg, sun_elevation_deg)
         occ, seen = occupancy[tid]
@@ -1541,7 +1545,8 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
                sun_left: bool | None = None, anti_shadow_is_own: bool = False,
                shadow_tail_m: float = 0.0, thin_cloud: bool = False,
                dark_light: np.ndarray | None = None,
-               shadow_across_m: float = float("nan"), blur_m: float = 0.4) -> tuple[np.ndarray, np.ndarray]:
+               shadow_across_m: float = float("nan"), blur_m: float = 0.4,
+               decks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Boolean occupied and observed (finite) flags per along-track position.
 
     Colour alone cannot tell a black tank car from shadowed ballast, nor a grey car
@@ -1570,8 +1575,17 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
     :func:`_shadow_across`; edges blurred over ``blur_m`` metres) in shadow beside a lit
     centre is a car too (:func:`_own_deck_shadow`) where no other rule finds one: it adds
     stretches, it does not lengthen or join the runs the other rules found.
+
+    A lit stretch off every mix of the ground's lit and shadowed colours (a deck of wood
+    or rusted steel about as bright as the ballast; :func:`_off_light_mix`), not found by
+    another rule and itself at least ``_MIN_DECK_OFF_M`` long, is a bare flat wagon's deck
+    (not under a thin cloud). It may touch a run found otherwise (a deck coupled to a tall
+    car): the length test, not adjacency, keeps a tall car's blurred end and its coupler
+    gap (a metre or two off that mix) from joining two cars. ``decks`` (bool, along), if
+    given, is set where such decks were added, for :func:`_deck_colour_flat`.
     """
     yard_refs = refs
+    shape_off = None
     if vhr:
         # A wide yard lit spread also holds what differs between tracks and between lit
         # and shadowed stretches; a car is told from this track's ballast by the spread
@@ -1674,6 +1688,14 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
             ground_like = d_ground <= min_contrast
             dark = ground_like & (alpha < 0.5)
             colourful = ~ground_like
+        if vhr and not thin_cloud:
+            # A body whose brightness lies within the beds' spread may still differ from
+            # every bed in spectral shape (see _off_light_mix). Not under a thin cloud or
+            # a cloud shadow's faint edge: the cloud's own light adds to every band (not a
+            # multiple of the ground's colour) and moves bare ground off that plane.
+            shape_off = _off_light_mix(mean, refs["lit"], refs["shadow"], strip.step_m, min_contrast)
+            if has_bed and np.all(np.isfinite(refs["bed_shadow"])):
+                shape_off &= _off_light_mix(mean, refs["bed"], refs["bed_shadow"], strip.step_m, min_contrast)
         risen = np.zeros(mean.shape[1], bool)
         if sun_left is not None:
             # A lit centre between two shaded sides stands out of a shadow: the track lies in
@@ -1789,6 +1811,25 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
         # is not trimmed under an oblique sun (the deck's shadow shifts along the track by
         # 1.3 m times the along reach, about 1 m, not the 4.1 m a tall car's does).
         solid = solid | added
+    if shape_off is not None and shape_off.any():
+        # Stretches off the ground's light mix (a bare deck of wood or rusted steel) that no
+        # other rule found. A tall car's end blurred with the ground, and the coupler gap
+        # between two cars, are off that mix too, but for a metre or two: only a stretch
+        # at least _MIN_DECK_OFF_M long of its own (small holes closed: at 1 m a deck's
+        # samples are off by 2-6 spreads) is a deck. Such a deck may touch a run found
+        # otherwise (coupled to a boxcar), which the earlier add-only rule (session 46 v2)
+        # refused, and so lost half the decks; a stretch between two found cars shorter
+        # than a deck joins nothing (session 46 v1 bridged a boxcar and a flat wagon).
+        kept = _drop_short(ndimage.binary_closing(occ & seen, structure=np.ones(_closing_k(strip) + 1, bool)),
+                           int(4.0 / strip.step_m))
+        new = shape_off & seen & centre_lit & ~kept
+        hole = max(1, int(round(_DECK_OFF_HOLE_M / strip.step_m)))
+        new = ndimage.binary_closing(new, structure=np.ones(hole + 1, bool)) & seen & ~kept
+        new = _drop_short(new, int(round(_MIN_DECK_OFF_M / strip.step_m)))
+        occ = occ | new
+        solid = solid | new
+        if decks is not None:
+            decks[:] = new
     occ &= seen
     if vhr:
         # Close sub-metre holes (specular glints, noise) and drop specks shorter than 4 m.
@@ -1805,6 +1846,126 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
     else:
         occ = _drop_short(occ, 1)
     return occ & seen, seen
+
+
+def _off_light_mix(mean: np.ndarray, lit: np.ndarray, shadow: np.ndarray, step_m: float,
+                   min_contrast: float) -> np.ndarray:
+    """Per along-track sample: whether the centre colour ``mean`` (band, along) lies off
+    every non-negative mix of the ground's lit and shadowed colours, at any brightness,
+    by more than ``min_contrast`` times the track's local spread.
+
+    Parameters
+    ----------
+    mean : numpy.ndarray (band, along)
+        Mean centre colour per sample (reflectance; NaN unobserved).
+    lit, shadow : numpy.ndarray (band,)
+        The ground's lit and shadowed colours (reflectance).
+    step_m : float
+        Along-track sample spacing (m), for the local spread (:func:`_local_spread`).
+    min_contrast : float
+        Spreads off that plane that make a sample not ground.
+
+    Returns
+    -------
+    numpy.ndarray of bool
+        True where the sample is off the plane; all False where the references or the
+        local spread are unknown.
+
+    Notes
+    -----
+    What differs between the beds of one yard and along one bed (clean or fouled
+    ballast, wet patches, sleepers' share of a pixel, the stones' own shading and
+    texture) scales the ground's brightness in every band alike (a grey stone is grey
+    whether clean or dirty), and a shadow edge mixes the ground's lit and skylit
+    colours: the ground's colours span the plane of non-negative multiples of ``lit``
+    and ``shadow``. The yard's lit spread holds all that brightness variation (a tenth
+    to a half of the lit colour), and a bare flat wagon's deck of about the ballast's
+    brightness lies within it (altgen tuning, 1 m: 41 of 51 bare flat wagons unseen on
+    seeds 204-207, their decks 2-4 yard spreads off the lit colour). Its spectral shape
+    is its own material's (wood, rusted or painted steel: reflectance rising towards the
+    red and near infrared), off that plane by several of the track's local spreads (the
+    texture and noise at one place, :func:`_local_spread`): missed decks' samples median
+    3.5, 90th percentile 6.4, where bare bed keeps 0.3 and 1.3 (altgen tuning 204-211,
+    1 m). The residual of the best non-negative two-light fit
+    is judged against the local spread, floored at ``_MIN_SHAPE_SPREAD`` (sensor noise).
+    Green vegetation (NDVI over ``_MIN_PLANT_NDVI``) is off the plane as well and is not
+    flagged; sparse weeds, snow patches or rust-stained ballast that change the bed's
+    spectral shape along the track are a known limit (none in the bench scenes).
+    """
+    n = mean.shape[1]
+    lit = np.asarray(lit, dtype="float64")
+    shadow = np.asarray(shadow, dtype="float64")
+    if not (np.all(np.isfinite(lit)) and np.all(np.isfinite(shadow))):
+        return np.zeros(n, bool)
+    local = _local_spread(mean, step_m)
+    if local is None or not np.all(np.isfinite(local)):
+        return np.zeros(n, bool)
+    sd = np.maximum(local, _MIN_SHAPE_SPREAD)
+    x = np.nan_to_num(np.asarray(mean, dtype="float64"))
+    basis = np.stack([lit, shadow], axis=1)  # (band, 2)
+    coef, *_ = np.linalg.lstsq(basis, x, rcond=None)  # (2, along)
+    # Non-negative weights only (no light takes away another's): where one weight is
+    # negative, the best multiple of the other light alone.
+    for j in (0, 1):
+        neg = coef[j] < 0
+        if neg.any():
+            o = basis[:, 1 - j]
+            coef[j, neg] = 0.0
+            coef[1 - j, neg] = np.maximum(o @ x[:, neg] / max(float(o @ o), 1e-12), 0.0)
+    resid = x - basis @ coef
+    d = np.sqrt(np.mean((resid / sd[:, None]) ** 2, axis=0))
+    # Green vegetation in the bed (a grass-grown siding, weeds) is off the plane too, by
+    # its red edge: a centre whose NDVI (third and fourth bands: red, near infrared) is that of
+    # living plants is left to the other rules. Bare wood and rusted steel stay well
+    # under it (altgen decks 0.20-0.29 above the darkest light).
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ndvi = (x[3] - x[2]) / (x[3] + x[2])
+    green = np.nan_to_num(ndvi) > _MIN_PLANT_NDVI
+    return np.all(np.isfinite(mean), axis=0) & (d > min_contrast) & ~green
+
+
+# Least local spread (reflectance, per band) the spectral-shape test of _off_light_mix
+# divides by: twice the quantisation noise of 8-bit reflectance (1/255 / sqrt(12)).
+_MIN_SHAPE_SPREAD = 0.002
+# NDVI from which a centre is taken for green vegetation, not a car (living plants read
+# 0.4-0.9; bare soil, dry grass, wood and rust under about 0.3).
+_MIN_PLANT_NDVI = 0.4
+# Least length (m) of a stretch off the ground's light mix, found by no other rule, that is
+# read as a bare deck (_occupancy). Shorter than the shortest flat wagon's deck (12.6 m on
+# a 13.7 m wagon, CAR_LENGTHS_M["flatcar"]) by its two ends blurred into the ground or into
+# a coupled car's run (up to 2 m each at 1 m pixels); longer than anything else off that
+# mix between or beside found cars: a tall car's end blurred with the ground (a pixel or
+# two), a coupler gap (about 1 m) with both cars' blurred ends, a lone 6 m container's
+# bare deck end (about 3 m each side).
+_MIN_DECK_OFF_M = 8.0
+# Holes (m) closed in such a stretch before its length is read: at 1 m a bare deck's
+# samples lie 2-6 local spreads off the mix (median 3.5), so under min_contrast on about
+# half of them, in holes of one or two pixels.
+_DECK_OFF_HOLE_M = 2.0
+
+
+def _deck_colour_flat(cars: list[tuple], strip: Strip, decks: np.ndarray) -> list[tuple]:
+    """Cars (start_m, end_m, type, score, type_from) from :func:`_split_cars` whose body
+    lies mostly (over half its samples) on a deck read by its colour alone (``decks``, from
+    :func:`_occupancy`) typed ``"flatcar"`` (``type_from`` ``"deck_colour"``).
+
+    Such a stretch was found by nothing but its spectral shape: as bright as the ballast
+    (not off the lit colour), its anti-sun ground not shaded by a tall body, its
+    reflectance rising towards the red and near infrared (wood, rust). That is a low deck
+    of another material than the bed: a bare flat wagon's, whatever its length reads (at
+    1 m a deck's ends blur, and the length alone typed most such decks as tank or gondola
+    cars: session 46, flat wagons found at 1 m typed right 0.15).
+    """
+    if decks is None or not decks.any():
+        return cars
+    out = []
+    for car in cars:
+        a_m, b_m = car[0], car[1]
+        inside = (strip.along_m >= a_m) & (strip.along_m < b_m)
+        if inside.any() and decks[inside].mean() > 0.5:
+            car = (a_m, b_m, "flatcar", car[3], "deck_colour") + tuple(car[5:])
+        out.append(car)
+    return out
 
 
 def _bed_distance(mean: np.ndarray, refs) -> tuple[np.ndarray, np.ndarray]:
