@@ -1159,7 +1159,8 @@ def coregister(
     extra: dict = {}
     if local:
         sim_before = _gradient_ncc(ref_img, mov_img, ok, cache=ncc_cache)
-        tp = estimate_local(ref_img, mov_img, valid=ok, window_px=window_px, step_px=step_px,
+        tp = estimate_local(ref_img, mov_img, valid=np.isfinite(ref_img), moving_valid=mov_ok,
+                            window_px=window_px, step_px=step_px,
                             max_shift_px=max_shift_px)
         kept = int(tp.kept.sum())
         table = tuple((float(r), float(c), float(dr), float(dc), float(q), bool(k)) for r, c, dr, dc, q, k in
@@ -2715,6 +2716,7 @@ def estimate_local(
     prior_shift: tuple[float, float] = (0.0, 0.0),
     max_shift_px: float = 20.0,
     refine_masked: bool = True,
+    moving_valid: np.ndarray | None = None,
 ) -> TiePoints:
     """Shift and reliability on a grid of windows (tie points), with outlier rejection.
 
@@ -2739,6 +2741,12 @@ def estimate_local(
         :func:`coregister` does for a whole masked frame: the window's phase peak is
         pulled towards zero shift by the common mask (real texture a third under cloud,
         128 px windows: 0.09 px RMS -> under 0.01).
+    moving_valid : numpy.ndarray of bool, optional
+        Usable pixels of the moving image alone (its clouds, on that grid). The windows'
+        phase correlation masks them in both images, as ``valid``; the refinement of a
+        masked window moves them with the moving image (the reference keeps its own
+        pixels there), as :func:`coregister`'s global mode does. Without it the
+        refinement masks ``valid`` and the moving image's NaN in both images, in place.
 
     Returns
     -------
@@ -2764,11 +2772,19 @@ def estimate_local(
         raise CoregError(
             f"estimate_local needs two 2-D arrays of the same shape, got {ref.shape} and {mov.shape}"
         )
+    fixed = None if valid is None else np.asarray(valid, dtype=bool)
+    if moving_valid is not None:
+        # The moving image's own mask, where it is: the refinement moves it with the image.
+        refine_ref = np.isfinite(ref) if fixed is None else np.isfinite(ref) & fixed
+        refine_mov = np.isfinite(mov) & np.asarray(moving_valid, dtype=bool)
+        valid = refine_mov if fixed is None else fixed & np.asarray(moving_valid, dtype=bool)
     base = np.isfinite(ref) & np.isfinite(mov)
     if valid is not None:
         base &= np.asarray(valid, dtype=bool)
     v_ref = np.isfinite(ref) & (base if valid is None else np.asarray(valid, bool))
     v_mov = np.isfinite(mov) & (np.ones_like(base) if valid is None else np.asarray(valid, bool))
+    if moving_valid is None:
+        refine_ref, refine_mov = v_ref, v_mov
     if v_ref.sum() < MIN_VALID_PIXELS or v_mov.sum() < MIN_VALID_PIXELS:
         raise CoregError(
             "too few valid pixels for local co-registration; use an acquisition with less cloud / nodata"
@@ -2881,7 +2897,8 @@ def estimate_local(
         rel = np.where(np.abs(fine).max(axis=1) > 1.1, np.minimum(rel, 0.25), rel)
 
     if refine_masked:
-        _refine_windows(ref, mov, v_ref, v_mov, r0, c0, ws, shift, masked & (rel >= _LOCAL_MIN_RELIABILITY))
+        _refine_windows(ref, mov, refine_ref, refine_mov, r0, c0, ws, shift,
+                        masked & (rel >= _LOCAL_MIN_RELIABILITY))
     kept = (rel >= _LOCAL_MIN_RELIABILITY) & (np.hypot(*(shift - np.asarray(prior_shift)).T) <= max_shift_px)
     kept = _reject_outliers(cr.astype(float), cc.astype(float), shift, kept)
     return TiePoints(cr.astype(float), cc.astype(float), shift[:, 0], shift[:, 1], rel, kept)
