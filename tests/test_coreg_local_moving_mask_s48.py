@@ -15,20 +15,8 @@ import numpy as np
 import xarray as xr
 
 from changedet import coreg
-from test_coreg_masked_s46 import _clouds, _frame
-from test_coreg_masked_windows_s47 import _draw, s2_texture  # noqa: F401 (fixture)
-
-
-def _cloudy_pair(scene, rng, size=384, reach=24, shift_scale=1.0):
-    big, moved, true = _draw(scene, rng, size, reach)
-    if shift_scale != 1.0:
-        from test_coreg_masked_s46 import _fourier_shift
-        true = true * shift_scale
-        moved = _fourier_shift(big, true) + rng.normal(0, 0.01 * big.std(), big.shape)
-    ref, mov = big[reach:-reach, reach:-reach], moved[reach:-reach, reach:-reach]
-    clear = _clouds(ref.shape, 0.3, rng)
-    mov = np.where(clear, mov, np.nanmax(ref) * 1.5)  # bright cloud on the moving date, masked
-    return ref, mov, clear, true
+from test_coreg_masked_s46 import _frame
+from test_coreg_masked_windows_s47 import _cloudy_pair, _local_tie_errors, s2_texture  # noqa: F401 (fixture)
 
 
 def test_the_refinement_gets_the_references_own_pixels_and_the_moving_mask(s2_texture, monkeypatch):
@@ -74,13 +62,5 @@ def test_local_tie_points_with_shifts_of_several_pixels_under_cloud(s2_texture):
     rng = np.random.default_rng(13)
     errors = []
     for _ in range(2):
-        ref, mov, clear, true = _cloudy_pair(s2_texture, rng, shift_scale=6.0)
-        valid = xr.DataArray(clear, dims=("y", "x"), coords=_frame(ref).coords)
-        _, res = coreg.coregister(_frame(ref), _frame(mov), valid=valid, local=True, window_px=128,
-                                  warp="affine")
-        assert res.applied, res.reason
-        tab = np.array(res.tie_point_table)
-        kept = tab[:, 5].astype(bool)
-        assert kept.sum() >= 8
-        errors += list(np.maximum(abs(tab[kept, 2] + true[0]), abs(tab[kept, 3] + true[1])))
+        errors += _local_tie_errors(*_cloudy_pair(s2_texture, rng, max_shift=6.0))[1]
     assert np.sqrt(np.mean(np.square(errors))) < 0.02 and max(errors) < 0.05, errors

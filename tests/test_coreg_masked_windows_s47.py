@@ -27,34 +27,46 @@ def s2_texture(test_data) -> np.ndarray:
         return f.read(1, window=((1600, 2624), (600, 1624))).astype(float)
 
 
-def _draw(scene, rng, size, reach):
-    """A ``size`` + 2 ``reach`` px crop, its copy moved by a known sub-pixel shift (+ noise)."""
+def _draw(scene, rng, size, reach, max_shift=1.0):
+    """A ``size`` + 2 ``reach`` px crop, its copy moved by a known shift of up to
+    ``max_shift`` px per axis (+ noise)."""
     n = size + 2 * reach
     r0 = int(rng.integers(0, scene.shape[0] - n))
     c0 = int(rng.integers(0, scene.shape[1] - n))
     big = scene[r0:r0 + n, c0:c0 + n]
-    true = rng.uniform(-1, 1, 2)
+    true = rng.uniform(-1, 1, 2) * max_shift
     moved = _fourier_shift(big, true) + rng.normal(0, 0.01 * big.std(), big.shape)
     return big, moved, true
+
+
+def _cloudy_pair(scene, rng, *, size=384, reach=24, max_shift=1.0):
+    """(reference, moving with a third under bright masked cloud, clear mask, true shift)."""
+    big, moved, true = _draw(scene, rng, size, reach, max_shift)
+    ref, mov = big[reach:-reach, reach:-reach], moved[reach:-reach, reach:-reach]
+    clear = _clouds(ref.shape, 0.3, rng)
+    return ref, np.where(clear, mov, np.nanmax(ref) * 1.5), clear, true
+
+
+def _local_tie_errors(ref, mov, clear, true):
+    """``coregister(local=True)`` (128 px windows, affine) with ``clear`` as the valid mask:
+    the result and the kept tie points' errors (px, larger axis)."""
+    valid = xr.DataArray(clear, dims=("y", "x"), coords=_frame(ref).coords)
+    _, res = coreg.coregister(_frame(ref), _frame(mov), valid=valid, local=True, window_px=128, warp="affine")
+    assert res.applied, res.reason
+    tab = np.array(res.tie_point_table)
+    kept = tab[:, 5].astype(bool)
+    assert kept.sum() >= 8
+    # The content moved by `true`: the shift that registers it is -true.
+    return res, list(np.maximum(abs(tab[kept, 2] + true[0]), abs(tab[kept, 3] + true[1])))
 
 
 def test_local_tie_points_under_a_third_of_cloud(s2_texture):
     rng = np.random.default_rng(5)
     errors = []
     for _ in range(2):
-        big, moved, true = _draw(s2_texture, rng, 384, 24)
-        ref, mov = big[24:-24, 24:-24], moved[24:-24, 24:-24]
-        clear = _clouds(ref.shape, 0.3, rng)
-        mov = np.where(clear, mov, ref.max() * 1.5)  # bright cloud, masked
-        valid = xr.DataArray(clear, dims=("y", "x"), coords=_frame(ref).coords)
-        _, res = coreg.coregister(_frame(ref), _frame(mov), valid=valid, local=True, window_px=128,
-                                  warp="affine")
-        assert res.applied, res.reason
-        tab = np.array(res.tie_point_table)
-        kept = tab[:, 5].astype(bool)
-        assert kept.sum() >= 8
-        # The content moved by `true`: the shift that registers it is -true.
-        errors += list(np.maximum(abs(tab[kept, 2] + true[0]), abs(tab[kept, 3] + true[1])))
+        ref, mov, clear, true = _cloudy_pair(s2_texture, rng)
+        res, err = _local_tie_errors(ref, mov, clear, true)
+        errors += err
         assert max(abs(res.shift_row_px + true[0]), abs(res.shift_col_px + true[1])) < 0.02
     # Phase correlation alone on these draws (checked): 0.078 px RMS, up to 0.12 px (the warp's
     # mean 0.067 and 0.078 px off).
