@@ -2773,18 +2773,21 @@ def estimate_local(
             f"estimate_local needs two 2-D arrays of the same shape, got {ref.shape} and {mov.shape}"
         )
     fixed = None if valid is None else np.asarray(valid, dtype=bool)
-    if moving_valid is not None:
-        # The moving image's own mask, where it is: the refinement moves it with the image.
-        refine_ref = np.isfinite(ref) if fixed is None else np.isfinite(ref) & fixed
-        refine_mov = np.isfinite(mov) & np.asarray(moving_valid, dtype=bool)
-        valid = refine_mov if fixed is None else fixed & np.asarray(moving_valid, dtype=bool)
+    moving = None if moving_valid is None else np.asarray(moving_valid, dtype=bool)
+    if moving is not None:
+        valid = moving if fixed is None else fixed & moving
     base = np.isfinite(ref) & np.isfinite(mov)
     if valid is not None:
         base &= np.asarray(valid, dtype=bool)
     v_ref = np.isfinite(ref) & (base if valid is None else np.asarray(valid, bool))
     v_mov = np.isfinite(mov) & (np.ones_like(base) if valid is None else np.asarray(valid, bool))
-    if moving_valid is None:
+    if moving is None:
         refine_ref, refine_mov = v_ref, v_mov
+    else:
+        # The moving image's own mask where it is (the refinement moves it with the image);
+        # the reference keeps its own pixels.
+        refine_ref = np.isfinite(ref) if fixed is None else np.isfinite(ref) & fixed
+        refine_mov = np.isfinite(mov) & moving
     if v_ref.sum() < MIN_VALID_PIXELS or v_mov.sum() < MIN_VALID_PIXELS:
         raise CoregError(
             "too few valid pixels for local co-registration; use an acquisition with less cloud / nodata"
