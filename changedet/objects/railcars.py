@@ -1944,7 +1944,7 @@ _MIN_DECK_OFF_M = 8.0
 _DECK_OFF_HOLE_M = 2.0
 
 
-def _deck_colour_flat(cars: list[tuple], strip: Strip, decks: np.ndarray) -> list[tuple]:
+def _deck_colour_flat(cars: list[tuple], strip: Strip, decks: np.ndarray | None) -> list[tuple]:
     """Cars (start_m, end_m, type, score, type_from) from :func:`_split_cars` whose body
     lies mostly (over half its samples) on a deck read by its colour alone (``decks``, from
     :func:`_occupancy`) typed ``"flatcar"`` (``type_from`` ``"deck_colour"``).
