@@ -4588,10 +4588,7 @@ def _classify_rule(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float =
     walkway) is a boxcar's cambered roof (up to a locomotive's length, or at any length
     when vetted); otherwise a cylinder is a tank car up to the 15-150's length (vetted by
     its brighter sun-facing half, at any length: a longer body is a barrel with its cut
-    misplaced), and a plain or open top of 18 m or more is an 80 ft flat wagon, unless it is a plain
-    sheet read ``_MIN_FULL_TOP_M`` wide or more at pixels of ``_MAX_FULL_TOP_RES_M`` or finer
-    whose shadow does not read a bare deck (``low`` True, ``tall`` False): a boxcar's roof read
-    long (tag ``"long_roof_width"``). A plain or textured top as wide as an ISO container
+    misplaced), and a plain or open top of 18 m or more is an 80 ft flat wagon. A plain or textured top as wide as an ISO container
     (2.44 m, :func:`_top_width`; every 1520 mm freight car with a top at full width is
     3.1-3.3 m) and even out to its shoulders (:func:`_shoulder_step`; a locomotive's fan
     band or hood is as narrow but its shoulders differ; at pixels of
@@ -4667,23 +4664,6 @@ def _classify_rule(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float =
         # No boxcar (11-280: 16.5 m) or open wagon (12.7-13.5 m) of the 1520 mm fleet is
         # this long; 80 ft flat wagons (13-4012, 13-9004M: 18.5 m) are, bare, loaded or
         # carrying containers. A locomotive's roof shows its fans ("flat").
-        if (look == "plain" and resolution_m <= _MAX_FULL_TOP_RES_M
-                and low is not True and tall is not False
-                and _top_width(strip, s0, s1) >= _MIN_FULL_TOP_M):
-            # ... but an 80 ft flat wagon's deck is 2.87 m wide and its containers 2.44 m,
-            # while a plain sheet read _MIN_FULL_TOP_M (2.95 m) wide or more at 0.5 m
-            # pixels or finer spans a roofed body's full width (boxcars 3.25-3.3 m): a
-            # boxcar's roof read this long, its cut misplaced by a metre or two at a
-            # coupler hidden in shadow or run into its neighbour (a 16.5 m body read
-            # 18 m), as the pale-roof width rule (top_width) reads it at shorter lengths.
-            # Not where the shadow says no roof stands there (low True, tall False: a
-            # bare deck, which with its own shadow beside it can read as wide). Known
-            # misread: a flat wagon carrying a load as wide as the loading gauge allows
-            # (timber, machinery, 3.0-3.2 m), under a plain top, is typed a boxcar.
-            # (Session 49, altgen tuning 204-211, plain tops from 18 m typed flat wagons
-            # at 0.3-0.5 m: 18 boxcars read this wide against 5 container wagons and
-            # 2 flat wagons; decks read 2.5-2.9 m at 0.3 m.)
-            return "boxcar", "long_roof_width"
         return "flatcar", "long_flat_wagon"
     if (look == "open" and resolution_m <= _MAX_FULL_TOP_RES_M and body_m >= _MIN_LONG_BODY_M
             and low is not True and tall is not False
