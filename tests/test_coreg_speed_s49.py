@@ -14,20 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy import ndimage
 
 from changedet import coreg
-from test_coreg import fractal
-
-
-def _pair(shift, seed, *, ws=256, m=22, size=400):
-    f = coreg._FILTER_MARGIN
-    scene = fractal(size, seed=seed)
-    mov = ndimage.shift(scene, shift, order=3, mode="reflect")
-    c = (size - ws - 2 * (f + m)) // 2
-    ref = scene[c + m:c + m + ws + 2 * f, c + m:c + m + ws + 2 * f].astype(np.float32)
-    mv = mov[c:c + ws + 2 * (f + m), c:c + ws + 2 * (f + m)].astype(np.float32)
-    return ref, mv, f, m
+from test_coreg_fast_numba import _pair  # a fractal scene and its shifted copy, cut as window + margins
 
 
 @pytest.mark.parametrize("vertex", [(0.3, -0.2), (-0.45, 0.1), (0.0, 0.0)])
