@@ -2260,9 +2260,10 @@ def estimate_window(reference: np.ndarray, moving: np.ndarray, *, filter_margin:
     # The share of valid pixels, counted once: an exact integer count over the size equals
     # good.mean() bit for bit (a sum of ones is exact in double), at a fifth of the CPU
     # of a boolean mean (which converts every pixel to double; ~40-60 us a call, twice).
-    valid_share = 1.0 if all_good else np.count_nonzero(good) / good.size
-    if not all_good and good.sum() < MIN_VALID_PIXELS:
-        raise CoregError(f"only {int(good.sum())} valid overlapping pixels in the {ws} px window "
+    n_good = good.size if all_good else np.count_nonzero(good)
+    valid_share = n_good / good.size
+    if not all_good and n_good < MIN_VALID_PIXELS:
+        raise CoregError(f"only {n_good} valid overlapping pixels in the {ws} px window "
                          f"(need {MIN_VALID_PIXELS}); use a larger window or an acquisition with less cloud")
     # Magnitudes once: for the clip level, the weights and the similarity scores.
     mag_ref = np.abs(g_ref, out=_scratch("ew.mag_ref", (ws, ws), np.float32))
