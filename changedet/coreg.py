@@ -347,15 +347,32 @@ def _quantile(values: np.ndarray, q: float) -> float:
     ``np.percentile``'s cost; one order statistic further is immaterial for a clip level)."""
     flat = values.ravel()
     k = min(int(q / 100.0 * (flat.size - 1) + 0.5), flat.size - 1)
+    return _kth(flat, k)
+
+
+def _kth(flat: np.ndarray, k: int) -> float:
+    """``np.partition(flat, k)[k]`` (``flat`` 1-D)."""
     nb = _kernels()
-    if nb is not None and flat.dtype == np.float32 and flat.size >= 1024:
+    if nb is not None and flat.dtype in (np.float32, np.float64) and flat.size >= 1024:
         # The same order statistic (a value of the array: no rounding) by radix selection
         # on the float bits, a quarter of the partial sort's CPU; -1 when a value has its
         # sign bit set (bits then do not order as values): the sort decides.
-        v = float(nb.kth(np.ascontiguousarray(flat), k))
+        kth = nb.kth if flat.dtype == np.float32 else nb.kth64
+        v = float(kth(np.ascontiguousarray(flat), k))
         if v >= 0:
             return v
     return float(np.partition(flat, k)[k])
+
+
+def _median(r: np.ndarray) -> float:
+    """``np.median`` of the 1-D float64 array ``r``, bit for bit: the middle order
+    statistic, or the mean of the two middle ones (their sum halved) for an even count."""
+    n = r.size
+    if _kernels() is None or n < 1024 or not np.isfinite(r).all():  # (np.median answers NaN on a NaN)
+        return float(np.median(r))
+    if n % 2:
+        return _kth(r, n // 2)
+    return float((np.float64(_kth(r, n // 2 - 1)) + np.float64(_kth(r, n // 2))) / 2.0)
 
 
 def _prepare(img: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -603,8 +620,12 @@ def _refine_masked(ref: np.ndarray, mov: np.ndarray, ref_ok: np.ndarray, mov_ok:
     # same shifts (the hole fill's mean would otherwise round differently).
     ref, mov = np.asarray(ref, np.float64), np.asarray(mov, np.float64)
     ref_ok = ref_ok & np.isfinite(ref)
-    ga, good_a = _gradient(np.where(ref_ok, ref, np.nan), ref_ok, np.float64)
     mok = mov_ok & np.isfinite(mov)
+    nb = _kernels()
+    if nb is not None and _K_PAIRED:
+        out = _refine_masked_box(nb, ref, ref_ok, mov, mok, shift, iterations)
+        if out is not NotImplemented:
+            return out
     filled = np.where(mok, mov, np.nanmean(np.where(mok, mov, np.nan)))
     # Translations by the separable taps of apply_shift (the interpolant of
     # ndimage.shift(order=3, mode="nearest"), a fifth of its cost); the frame is padded
@@ -622,6 +643,7 @@ def _refine_masked(ref: np.ndarray, mov: np.ndarray, ref_ok: np.ndarray, mov_ok:
         clip = _quantile(mag[use], _CLIP_PERCENTILE)
         return g * np.minimum(1.0, clip / np.maximum(mag, 1e-30)) if clip > 0 else g
 
+    ga, good_a = _gradient(np.where(ref_ok, ref, np.nan), ref_ok, np.float64)
     d = np.array(shift, dtype=float)
     for _ in range(iterations):
         w = translate(coef, d, 3)
@@ -641,26 +663,212 @@ def _refine_masked(ref: np.ndarray, mov: np.ndarray, ref_ok: np.ndarray, mov_ok:
         jr = 0.5 * (ja_r + jb_r)[use]
         jc = 0.5 * (ja_c + jb_c)[use]
         e = (b - a)[use]
-        # Tukey biweight on the residual's size: changed pixels (a ship that left, a new
-        # stack) weigh nothing beyond ~4.7 robust spreads.
-        r = np.abs(e)
-        scale = 1.4826 * float(np.median(r)) or 1.0
-        u = r / (4.685 * scale)
-        wt = np.where(u < 1.0, (1.0 - u * u) ** 2, 0.0)
-        A = np.array([[np.sum(wt * (jr.conj() * jr).real), np.sum(wt * (jr.conj() * jc).real)],
-                      [np.sum(wt * (jc.conj() * jr).real), np.sum(wt * (jc.conj() * jc).real)]])
-        if np.linalg.eigvalsh(A)[0] <= 1e-9 * max(A[0, 0] + A[1, 1], 1e-30):
+        d, done = _lk_step(jr, jc, e, d, shift)
+        if done is not None:
+            return done
+        if d is None:
             return None
-        # w(x; d + delta) = mov(x - d - delta) ~ w - grad(w) . delta = ref  =>  A delta = J^H e
-        delta = np.linalg.solve(A, np.array([np.sum(wt * (jr.conj() * e).real), np.sum(wt * (jc.conj() * e).real)]))
-        d = d + np.clip(delta, -0.5, 0.5)
-        if np.hypot(*(d - np.array(shift))) > 1.0:
-            return None
-        # Steps shrink by ~0.6-0.8 an iteration on real pairs (changed pixels, clipping):
-        # stopping at 5 thousandths leaves ~0.01-0.02 px, a tenth of the bias removed.
-        if np.abs(delta).max() < 5e-3:
-            return float(d[0]), float(d[1])
     return None
+
+
+def _lk_step(jr: np.ndarray, jc: np.ndarray, e: np.ndarray, d: np.ndarray, shift: tuple[float, float]):
+    """One Gauss-Newton step of :func:`_refine_masked` from the Jacobian (``jr``, ``jc``:
+    complex, per used pixel) and residual ``e``: (new shift, None) to go on, (None,
+    None) to give up, or (shift, (row, col)) when it has converged. The temporaries are
+    this thread's work buffers (the same ufuncs as the expressions in the comments, so
+    the same numbers), and each conjugate is taken once."""
+    n = e.size
+
+    def buf(name, dtype):
+        return _scratch_any("lk." + name, (n,), dtype)
+
+    # Tukey biweight on the residual's size: changed pixels (a ship that left, a new
+    # stack) weigh nothing beyond ~4.7 robust spreads.
+    r = np.abs(e, out=buf("r", np.float64))
+    scale = 1.4826 * _median(r) or 1.0
+    u = np.divide(r, 4.685 * scale, out=r)  # r / (4.685 * scale)
+    wt = np.multiply(u, u, out=buf("wt", np.float64))  # np.where(u < 1, (1 - u * u) ** 2, 0)
+    np.subtract(1.0, wt, out=wt)
+    np.square(wt, out=wt)
+    np.copyto(wt, 0.0, where=np.logical_not(np.less(u, 1.0, out=buf("near", bool)), out=buf("far", bool)))
+    cr = np.conjugate(jr, out=buf("cr", np.complex128))
+    cc = np.conjugate(jc, out=buf("cc", np.complex128))
+    prod = buf("prod", np.complex128)
+    term = buf("term", np.float64)
+
+    def wsum(conj, other):  # np.sum(wt * (conj * other).real)
+        np.multiply(conj, other, out=prod)
+        return np.sum(np.multiply(wt, prod.real, out=term))
+
+    A = np.array([[wsum(cr, jr), wsum(cr, jc)], [wsum(cc, jr), wsum(cc, jc)]])
+    if np.linalg.eigvalsh(A)[0] <= 1e-9 * max(A[0, 0] + A[1, 1], 1e-30):
+        return None, None
+    # w(x; d + delta) = mov(x - d - delta) ~ w - grad(w) . delta = ref  =>  A delta = J^H e
+    delta = np.linalg.solve(A, np.array([wsum(cr, e), wsum(cc, e)]))
+    d = d + np.clip(delta, -0.5, 0.5)
+    if np.hypot(*(d - np.array(shift))) > 1.0:
+        return None, None
+    # Steps shrink by ~0.6-0.8 an iteration on real pairs (changed pixels, clipping):
+    # stopping at 5 thousandths leaves ~0.01-0.02 px, a tenth of the bias removed.
+    if np.abs(delta).max() < 5e-3:
+        return d, (float(d[0]), float(d[1]))
+    return d, None
+
+
+def _inner(box: tuple, grown: tuple) -> tuple:
+    """The slices ``box`` relative to the slices ``grown`` that contain them."""
+    return tuple(slice(b.start - g.start, b.stop - g.start) for b, g in zip(box, grown))
+
+
+def _gradient64_box(nb, img: np.ndarray, valid: np.ndarray, fill: float | None, box: tuple, grown: tuple,
+                    tag: str) -> np.ndarray:
+    """:func:`_gradient` (float64, compiled kernel) of ``img`` on the slices ``box``,
+    filtered on the slices ``grown`` (``box`` plus the filter's reach, or up to the
+    frame edge: every output in ``box`` then sums the same inputs in the same order as
+    on the whole frame). ``fill``: the value of invalid pixels, the mean of the whole
+    frame's valid ones (None when all are valid). The result is this thread's ``tag``
+    buffer (:func:`_scratch`)."""
+    sub = img[grown]
+    filled = _scratch_any(tag + ".f", sub.shape, np.float64)
+    np.copyto(filled, sub)
+    if fill is not None:
+        np.copyto(filled, fill, where=np.logical_not(valid[grown], out=_scratch_any(tag + ".nv", sub.shape, bool)))
+    grad = _scratch_any(tag + ".g", sub.shape, np.complex128)
+    nb.full_gradient(filled, _K_SMOOTH, _K_DIFF, _scratch_any(tag + ".d1", sub.shape, np.float64),
+                     _scratch_any(tag + ".s1", sub.shape, np.float64), grad.view(np.float64))
+    out = _scratch_any(tag, tuple(b.stop - b.start for b in box), np.complex128)
+    np.copyto(out, grad[_inner(box, grown)])  # contiguous: every later pass reads it
+    return out
+
+
+def _good64_box(nb, valid: np.ndarray, box: tuple, grown: tuple, tag: str) -> np.ndarray:
+    """:func:`_gradient`'s clean mask (not within the filter halo of an invalid pixel) on
+    the slices ``box``, dilated on ``grown`` (at least the halo beyond ``box``), in this
+    thread's ``tag`` buffer."""
+    sub = valid[grown]
+    inv = np.logical_not(sub, out=_scratch_any(tag + ".inv", sub.shape, bool))
+    bad = _scratch_any(tag + ".bad", sub.shape, bool)
+    nb.dilate(inv, 1 + int(math.ceil(3 * _SMOOTH_SIGMA)), bad, _scratch_any(tag + ".tmp", sub.shape, bool))
+    return np.logical_not(bad[_inner(box, grown)], out=_scratch_any(tag, tuple(b.stop - b.start for b in box), bool))
+
+
+def _refine_masked_box(nb, ref: np.ndarray, ref_ok: np.ndarray, mov: np.ndarray, mok: np.ndarray,
+                       shift: tuple[float, float], iterations: int) -> tuple[float, float] | None:
+    """:func:`_refine_masked` with the compiled kernels, the same numbers (bit for bit)
+    at less than half the CPU: the gradients and every per-pixel array are formed only
+    on the bounding box of the reference's clean pixels (outside it no pixel is used;
+    where the reference window has nodata, the box is about half the frame), the two
+    translations run in one pass (:func:`_translate_pair`), the clipped, normalised
+    gradients and their central differences only where they are read
+    (:func:`_nb_lk_norm_impl`, :func:`_nb_lk_terms_impl`), and the frames live in this
+    thread's work buffers (:func:`_scratch`: fresh megabyte arrays are page-faulted in
+    again on every call). The hole fills are still the means over the whole frame, as
+    :func:`_gradient` and ``np.nanmean`` take them. NotImplemented when the box is too
+    thin for the compiled filter (the caller then runs the numpy code)."""
+    rows, cols = ref.shape
+    full = (slice(0, rows), slice(0, cols))
+    reach = _K_SMOOTH.size // 2  # the composed filter's half-width (px)
+    all_a = bool(ref_ok.all())
+    good_full = np.ones(ref.shape, bool) if all_a else _good64_box(nb, ref_ok, full, full, "rm.gf")
+    rr, cc = np.flatnonzero(good_full.any(axis=1)), np.flatnonzero(good_full.any(axis=0))
+    if rr.size == 0:
+        return None  # no clean reference pixel: nothing to use
+    box = (slice(int(rr[0]), int(rr[-1]) + 1), slice(int(cc[0]), int(cc[-1]) + 1))
+    grown = (slice(max(box[0].start - reach, 0), min(box[0].stop + reach, rows)),
+             slice(max(box[1].start - reach, 0), min(box[1].stop + reach, cols)))
+    if min(g.stop - g.start for g in grown) <= reach:
+        return NotImplemented  # too thin for the compiled filter's mirroring: the numpy path
+    bshape = (box[0].stop - box[0].start, box[1].stop - box[1].start)
+    # The moving frame's hole fill, as np.nanmean sums it (NaN replaced by 0, the whole
+    # frame) and divides by the count; then the fill, the edge padding and the prefilter.
+    pad = max(_SPLINE_PAD, int(math.ceil(np.abs(shift).max())) + 4)
+    invalid = np.logical_not(mok, out=_scratch_any("rm.nmok", mok.shape, bool))
+    filled = _scratch_any("rm.filled", mov.shape, np.float64)
+    np.copyto(filled, mov)
+    np.copyto(filled, 0.0, where=invalid)
+    np.copyto(filled, np.float64(np.sum(filled) / np.intp(np.count_nonzero(mok))), where=invalid)
+    padded = _scratch_any("rm.padded", (rows + 2 * pad, cols + 2 * pad), np.float64)
+    padded[pad:pad + rows, pad:pad + cols] = filled  # np.pad(filled, pad, mode="edge"), in place
+    padded[pad:pad + rows, :pad] = filled[:, :1]
+    padded[pad:pad + rows, pad + cols:] = filled[:, -1:]
+    padded[:pad] = padded[pad]
+    padded[pad + rows:] = padded[pad + rows - 1]
+    coef = ndimage.spline_filter(padded, 3, output=_scratch_any("rm.coef", padded.shape, np.float64), mode="nearest")
+    outside = _scratch_any("rm.outside", padded.shape, np.float64)
+    outside.fill(1.0)
+    outside[pad:pad + rows, pad:pad + cols] = invalid
+    ga = _gradient64_box(nb, ref, ref_ok, None if all_a else ref[ref_ok].mean(), box, grown, "rm.ga")
+    good_a = good_full[box]
+    # The reference's magnitudes do not change between steps (only the pixels used do).
+    mag_a = np.abs(ga, out=_scratch_any("rm.mag_a", bshape, np.float64))
+    d = np.array(shift, dtype=float)
+    for _ in range(iterations):
+        w, w_ok = _translate_pair(nb, coef, outside, d, pad, rows, cols)
+        all_b = bool(w_ok.all())
+        gb = _gradient64_box(nb, w, w_ok, None if all_b else w[w_ok].mean(), box, grown, "rm.gb")
+        good_ab = good_a & _good64_box(nb, w_ok, box, grown, "rm.gbok") if not all_b else good_a
+        use = _erode_cross(good_ab)
+        n_use = int(np.count_nonzero(use))
+        if n_use < _REFINE_MIN_PIXELS:
+            return None
+        mag_b = np.abs(gb, out=_scratch_any("rm.mag_b", bshape, np.float64))
+        # The used pixels packed (as boolean indexing packs them) and clipped, in two
+        # compiled passes instead of six numpy ones.
+        au = _scratch_any("rm.au", (n_use,), np.complex128)
+        bu = _scratch_any("rm.bu", (n_use,), np.complex128)
+        mu_a = _scratch_any("rm.mu_a", (n_use,), np.float64)
+        mu_b = _scratch_any("rm.mu_b", (n_use,), np.float64)
+        nb.lk_gather(ga.view(np.float64), gb.view(np.float64), mag_a, mag_b, use, au.view(np.float64),
+                     bu.view(np.float64), mu_a, mu_b)
+        clip_a = _quantile(mu_a, _CLIP_PERCENTILE)
+        clip_b = _quantile(mu_b, _CLIP_PERCENTILE)
+        if clip_a > 0:
+            nb.lk_clip(au.view(np.float64), mu_a, float(clip_a))
+        if clip_b > 0:
+            nb.lk_clip(bu.view(np.float64), mu_b, float(clip_b))
+        ra, rb = np.sqrt(np.mean(np.abs(au) ** 2)), np.sqrt(np.mean(np.abs(bu) ** 2))
+        if ra <= 0 or rb <= 0:
+            return None
+        an, bn = _scratch_any("rm.an", bshape, np.complex128), _scratch_any("rm.bn", bshape, np.complex128)
+        # numpy divides a complex array by a real scalar as a product with 1 / scalar.
+        nb.lk_norm(ga.view(np.float64), mag_a, float(clip_a), float(1.0 / ra), an.view(np.float64))
+        nb.lk_norm(gb.view(np.float64), mag_b, float(clip_b), float(1.0 / rb), bn.view(np.float64))
+        jr, jc, e = (_scratch_any(name, (n_use,), np.complex128) for name in ("rm.jr", "rm.jc", "rm.e"))
+        nb.lk_terms(an.view(np.float64), bn.view(np.float64), use, jr.view(np.float64), jc.view(np.float64),
+                    e.view(np.float64))
+        d, done = _lk_step(jr, jc, e, d, shift)
+        if done is not None:
+            return done
+        if d is None:
+            return None
+    return None
+
+
+def _translate_taps(shift: float, order: int, pad: int) -> tuple[np.ndarray, np.ndarray]:
+    """(start offsets into the padded axis, weights) of :func:`_translate_axis`'s taps,
+    zero weights left out as it leaves them out."""
+    i0 = math.floor(-shift)
+    first, w = _bspline_weights(-shift - i0, order)
+    keep = [k for k in range(w.size) if w[k] != 0.0]
+    return (np.array([pad + i0 + first + k for k in keep], np.int64), np.ascontiguousarray(w[keep], np.float64))
+
+
+def _translate_pair(nb, coef: np.ndarray, outside: np.ndarray, d: np.ndarray, pad: int, rows: int,
+                    cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_refine_masked`'s two translations by ``d`` (row, col px) in one compiled
+    pass: the cubic one of the spline coefficients ``coef`` and the mask of outputs whose
+    bilinear sources in ``outside`` (1 = invalid or beyond the frame) are all clear
+    (weight < 1e-3); bit for bit :func:`_translate_axis` along rows then columns. Both
+    are this thread's work buffers (:func:`_scratch`), valid until the next call."""
+    cr, wr = _translate_taps(float(d[0]), 3, pad)
+    cc, wc = _translate_taps(float(d[1]), 3, pad)
+    lr, vr = _translate_taps(float(d[0]), 1, pad)
+    lc, vc = _translate_taps(float(d[1]), 1, pad)
+    w = _scratch_any("tp.w", (rows, cols), np.float64)
+    ok = _scratch_any("tp.ok", (rows, cols), bool)
+    nb.translate_pair(coef, cr, wr, cc, wc, outside, lr, vr, lc, vc, np.empty(coef.shape[1]),
+                      np.empty(outside.shape[1]), w, ok)
+    return w, ok
 
 
 def _quadrant_agreement(ref: np.ndarray, mov: np.ndarray, v: np.ndarray, shift: tuple[float, float],
@@ -1565,8 +1773,12 @@ _GAUSS_TAPS = (_GAUSS_TAPS / (2 * _GAUSS_TAPS.sum() - _GAUSS_TAPS[0])).astype(np
 # Per-thread work buffers of the window match, kept between calls up to this many
 # elements each (a 512 px window with a 20 px search margin; ~15 buffers of at most
 # 4 MB). glibc returns the freed heap to the system after every call and faults it in
-# again on the next (~1400 page faults, about half of a 256 px match's CPU).
+# again on the next (~1400 page faults, about half of a 256 px match's CPU). The masked
+# refinement keeps its frames here too (~30 more buffers, float64: ~10 MB for a 256 px
+# window), so the table holds up to _SCRATCH_KEYS buffers before it starts afresh (64
+# overflowed on every window with masked pixels and dropped the match's buffers too).
 _SCRATCH_MAX = 600 * 600
+_SCRATCH_KEYS = 128
 _SCRATCH = threading.local()
 
 
@@ -1583,10 +1795,23 @@ def _scratch(name: str, shape: tuple[int, ...], dtype, *, zero: bool = False) ->
     key = (name, tuple(shape), np.dtype(dtype).str)
     buf = bufs.get(key)
     if buf is None:
-        if len(bufs) > 64:  # window sizes changed many times: start afresh
+        if len(bufs) > _SCRATCH_KEYS:  # window sizes changed many times: start afresh
             bufs.clear()
         buf = bufs[key] = np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
     return buf
+
+
+def _scratch_any(name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """:func:`_scratch` for arrays whose shape changes from call to call (the masked
+    refinement's boxes and packed pixels): a contiguous view of a buffer of this thread
+    whose size is ``shape``'s rounded up to a power of two, so that a few buffers per
+    name serve every shape (one per shape would soon fill the buffer table, whose
+    overflow drops every buffer of the window match too)."""
+    size = math.prod(shape)
+    if size > _SCRATCH_MAX:
+        return np.empty(shape, dtype)
+    cap = min(max(1 << max(size - 1, 0).bit_length(), 1024), _SCRATCH_MAX)
+    return _scratch(name, (cap,), dtype)[:size].reshape(shape)
 
 
 def _window_gradient(img: np.ndarray, tag: str) -> tuple[np.ndarray, np.ndarray]:
@@ -1872,6 +2097,133 @@ def _nb_full_gradient_impl(src, ks, kd, d1, s1, gv):  # pragma: no cover - compi
             row[2 * j + 1] = acc_s[j]
 
 
+def _nb_translate_pair_impl(coef, cr, wr, cc, wc, outside, lr, vr, lc, vc, line, line2, w, ok):  # pragma: no cover
+    """:func:`_translate_pair`: ``coef`` translated with the taps (``cr``, ``wr``) along
+    rows and (``cc``, ``wc``) along columns into ``w``, and ``ok`` = ``outside``
+    translated with the linear taps (``lr``, ``vr``), (``lc``, ``vc``) below 1e-3; one
+    output row at a time (``line``, ``line2``: the row pass of each), each sum in
+    :func:`_translate_axis`'s order (first tap times its weight, then each further
+    product added), double precision."""
+    rows, cols = w.shape
+    n1, m1 = coef.shape[1], outside.shape[1]
+    val = np.empty(cols)
+    for i in range(rows):
+        src, w0 = coef[cr[0] + i], wr[0]
+        for j in range(n1):
+            line[j] = src[j] * w0
+        for k in range(1, cr.shape[0]):
+            src, wk = coef[cr[k] + i], wr[k]
+            for j in range(n1):
+                line[j] += src[j] * wk
+        wi = w[i]
+        seg, w0 = line[cc[0]:cc[0] + cols], wc[0]
+        for j in range(cols):
+            wi[j] = seg[j] * w0
+        for k in range(1, cc.shape[0]):
+            seg, wk = line[cc[k]:cc[k] + cols], wc[k]
+            for j in range(cols):
+                wi[j] += seg[j] * wk
+        src, w0 = outside[lr[0] + i], vr[0]
+        for j in range(m1):
+            line2[j] = src[j] * w0
+        for k in range(1, lr.shape[0]):
+            src, wk = outside[lr[k] + i], vr[k]
+            for j in range(m1):
+                line2[j] += src[j] * wk
+        seg, w0 = line2[lc[0]:lc[0] + cols], vc[0]
+        for j in range(cols):
+            val[j] = seg[j] * w0
+        for k in range(1, lc.shape[0]):
+            seg, wk = line2[lc[k]:lc[k] + cols], vc[k]
+            for j in range(cols):
+                val[j] += seg[j] * wk
+        oki = ok[i]
+        for j in range(cols):
+            oki[j] = val[j] < 1e-3
+
+
+def _nb_lk_norm_impl(g, mag, clip, s, out):  # pragma: no cover - compiled by numba
+    """The clipped, normalised gradient as numpy forms it in :func:`_refine_masked`:
+    ``g * minimum(1, clip / maximum(mag, 1e-30))`` (when ``clip > 0``) times ``s`` =
+    1 / rms, per part (``g``, ``out``: float64 views of complex images; a complex times
+    a real is the product of each part, and numpy divides by a real scalar as a product
+    with its reciprocal)."""
+    n0, n1 = mag.shape
+    m = np.empty(n1)
+    for i in range(n0):
+        mi, gi, oi = mag[i], g[i], out[i]
+        if clip > 0:
+            for j in range(n1):
+                q = clip / max(mi[j], 1e-30)
+                m[j] = q if q < 1.0 else 1.0
+        else:
+            m[:] = 1.0
+        for j in range(n1):
+            oi[2 * j] = (gi[2 * j] * m[j]) * s
+            oi[2 * j + 1] = (gi[2 * j + 1] * m[j]) * s
+
+
+def _nb_lk_gather_impl(ga, gb, mag_a, mag_b, use, au, bu, mu_a, mu_b):  # pragma: no cover - numba
+    """``ga[use]``, ``gb[use]``, ``mag_a[use]``, ``mag_b[use]`` (row-major, as boolean
+    indexing packs them) in one pass (``ga``, ``gb``, ``au``, ``bu``: float64 views of
+    complex arrays)."""
+    n0, n1 = use.shape
+    k = 0
+    for i in range(n0):
+        ui, gai, gbi, mai, mbi = use[i], ga[i], gb[i], mag_a[i], mag_b[i]
+        for j in range(n1):
+            if ui[j]:
+                au[2 * k], au[2 * k + 1] = gai[2 * j], gai[2 * j + 1]
+                bu[2 * k], bu[2 * k + 1] = gbi[2 * j], gbi[2 * j + 1]
+                mu_a[k], mu_b[k] = mai[j], mbi[j]
+                k += 1
+
+
+def _nb_lk_clip_impl(g, mag, clip):  # pragma: no cover - compiled by numba
+    """``g *= minimum(1, clip / maximum(mag, 1e-30))`` in place (``g``: the float64 view
+    of a 1-D complex array; a complex times a real is the product of each part)."""
+    for k in range(mag.shape[0]):
+        q = clip / max(mag[k], 1e-30)
+        m = q if q < 1.0 else 1.0
+        g[2 * k] = g[2 * k] * m
+        g[2 * k + 1] = g[2 * k + 1] * m
+
+
+def _nb_lk_terms_impl(a, b, use, jr, jc, e):  # pragma: no cover - compiled by numba
+    """:func:`_refine_masked`'s Jacobian and residual at the pixels ``use`` (row-major, the
+    order of a boolean index) of the normalised gradients ``a`` and ``b``
+    (:func:`_nb_lk_norm_impl`), bit for bit as numpy's ``0.5 * (gradient(a) +
+    gradient(b))`` and ``b - a`` there: central differences halved twice are exact
+    scalings, so one product by 0.25. ``use`` is False on the frame's outer ring (an
+    eroded mask): no one-sided edge difference is needed. Each row is computed whole
+    (vectorised: real and imaginary parts interleave, a column's neighbours are 2 floats
+    away) and then packed. ``a``, ``b``, ``jr``, ``jc``, ``e``: float64 views of complex
+    arrays."""
+    n0, n1 = use.shape
+    tr = np.empty(2 * n1)
+    tc = np.empty(2 * n1)
+    te = np.empty(2 * n1)
+    k = 0
+    for i in range(1, n0 - 1):
+        ui = use[i]
+        any_used = False
+        for j in range(1, n1 - 1):
+            any_used |= ui[j]
+        if not any_used:
+            continue
+        au, ad, ac, bu, bd, bc = a[i - 1], a[i + 1], a[i], b[i - 1], b[i + 1], b[i]
+        for q in range(2, 2 * n1 - 2):
+            tr[q] = ((ad[q] - au[q]) + (bd[q] - bu[q])) * 0.25
+            tc[q] = ((ac[q + 2] - ac[q - 2]) + (bc[q + 2] - bc[q - 2])) * 0.25
+            te[q] = bc[q] - ac[q]
+        for j in range(1, n1 - 1):
+            if ui[j]:
+                jr[2 * k], jr[2 * k + 1] = tr[2 * j], tr[2 * j + 1]
+                jc[2 * k], jc[2 * k + 1] = tc[2 * j], tc[2 * j + 1]
+                e[2 * k], e[2 * k + 1] = te[2 * j], te[2 * j + 1]
+                k += 1
+
+
 def _nb_kth_impl(v, k):  # pragma: no cover - compiled by numba
     """The ``k``-th smallest (0-based) of the float32 values ``v`` (1-D), exactly
     ``np.partition(v, k)[k]``: the bit patterns of values without sign bit order as the
@@ -1917,6 +2269,57 @@ def _nb_kth_impl(v, k):  # pragma: no cover - compiled by numba
     out = np.empty(1, np.uint32)
     out[0] = (p2 << np.uint32(10)) | np.uint32(b)
     return out.view(np.float32)[0]
+
+
+def _nb_kth64_impl(v, k):  # pragma: no cover - compiled by numba
+    """The ``k``-th smallest (0-based) of the float64 values ``v`` (1-D), exactly
+    ``np.partition(v, k)[k]`` (as :func:`_nb_kth_impl` for float32: the bit patterns of
+    values without sign bit order as the values, NaN last): a histogram of the top 16
+    bits over all values, then 16 bits at a time over the few values left in the chosen
+    bucket. -1 when some value has its sign bit set."""
+    bits = v.view(np.uint64)
+    n = bits.shape[0]
+    hist = np.zeros(65536, np.int64)
+    sign = np.uint64(0x8000000000000000)
+    for i in range(n):
+        x = bits[i]
+        if x >= sign:
+            return -1.0
+        hist[x >> np.uint64(48)] += 1
+    c = 0
+    b = 0
+    while c + hist[b] <= k:
+        c += hist[b]
+        b += 1
+    k -= c
+    left = np.empty(hist[b], np.uint64)
+    top = np.uint64(b)
+    m = 0
+    for i in range(n):
+        x = bits[i]
+        if (x >> np.uint64(48)) == top:
+            left[m] = x
+            m += 1
+    for sh in (32, 16, 0):
+        shift = np.uint64(sh)
+        hist[:] = 0
+        for i in range(m):
+            hist[(left[i] >> shift) & np.uint64(0xFFFF)] += 1
+        c = 0
+        b = 0
+        while c + hist[b] <= k:
+            c += hist[b]
+            b += 1
+        k -= c
+        digit = np.uint64(b)
+        kept = 0
+        for i in range(m):
+            x = left[i]
+            if ((x >> shift) & np.uint64(0xFFFF)) == digit:
+                left[kept] = x
+                kept += 1
+        m = kept
+    return left[:1].view(np.float64)[0]
 
 
 def _nb_feather_impl(src, w, tmp, out):  # pragma: no cover - compiled by numba
@@ -2014,7 +2417,11 @@ def _nb():
     return SimpleNamespace(gradient=jit(_nb_gradient_impl), keys=jit(_nb_keys_impl), clip=jit(_nb_clip_impl),
                            taper=jit(_nb_taper_impl), taper_weighted=jit(_nb_taper_weighted_impl),
                            feather=jit(_nb_feather_impl), dilate=jit(_nb_dilate_impl),
-                           full_gradient=jit(_nb_full_gradient_impl), kth=jit(_nb_kth_impl))
+                           full_gradient=jit(_nb_full_gradient_impl), kth=jit(_nb_kth_impl),
+                           kth64=jit(_nb_kth64_impl),
+                           translate_pair=jit(_nb_translate_pair_impl), lk_norm=jit(_nb_lk_norm_impl),
+                           lk_terms=jit(_nb_lk_terms_impl), lk_gather=jit(_nb_lk_gather_impl),
+                           lk_clip=jit(_nb_lk_clip_impl))
 
 
 def _kernels():
