@@ -99,7 +99,12 @@ def test_a_long_roof_even_along_is_a_boxcar_not_a_locomotive():
     # make the roof textured.)
     loco, l0, l1 = _roof_strip(17.0, hatches=4)
     assert R._along_texture(loco, l0, l1) >= R._TEXTURED_ALONG
-    assert R._classify(loco, l0, l1, 17.0, LIT_B) == "locomotive"
+    # Session 50: four discs evenly spaced end to end are textured alike in both halves,
+    # a covered hopper's hatches (read this long with a cut misplaced), not a locomotive's
+    # cab at one end and fans over the other: the gondola class. A locomotive's uneven
+    # roof of this length stays one (tests/test_railcar_loco_halves_s50.py,
+    # tests/test_railcar_loco_s47.py).
+    assert R._classify(loco, l0, l1, 17.0, LIT_B) == "gondola"
 
 
 

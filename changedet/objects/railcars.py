@@ -4632,14 +4632,18 @@ def _classify_rule(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float =
     roof's colour (19-7017: 15.9 m), are misread boxcars, a cost the altgen scenes (heaped
     loads only, dark hatches on every hopper) do not measure.
 
-    A locomotive section's roof is textured along unevenly (:func:`_half_asymmetry`: the
-    cab at one end, the cooling fans over the other; ``_LOCOMOTIVE_HALF_ASYMMETRY``): a
-    "flat" top textured along (from ``_TEXTURED_ALONG``) whose halves differ that much is a
-    locomotive from ``_MIN_LOCOMOTIVE_SECTION_BODY_M`` (a section's body between the
-    coupler gaps, shorter than ``_MIN_LOCOMOTIVE_BODY_M``; tag ``"uneven_halves"``;
-    session 47). A top textured alike in its halves keeps the length rules (from
-    ``_MIN_LOCOMOTIVE_BODY_M`` still a locomotive): a roof with small fans or a light
-    grille differs little between its halves too.
+    A locomotive section's roof is textured along unevenly (:func:`_uneven_roof`: the
+    cab at one end, the cooling fans over the other; at pixels of ``_MAX_BAND_RES_M`` or
+    finer the fan band, darker than its shoulders over one half, :func:`_band_halves`;
+    coarser the halves' brightness, :func:`_half_asymmetry`): a "flat" top textured along
+    (from ``_TEXTURED_ALONG``) read so is a locomotive from
+    ``_MIN_LOCOMOTIVE_SECTION_BODY_M`` (a section's body between the coupler gaps, shorter
+    than ``_MIN_LOCOMOTIVE_BODY_M``; tag ``"uneven_halves"``; session 47, the fan band
+    session 50). From ``_MIN_LOCOMOTIVE_BODY_M`` (session 50) a "flat" top textured
+    along but not read so is no locomotive either: the gondola class (a hopper's or open
+    wagon's top read long, container boxes); where its height reads no walls (``tall``
+    False), it is even along, or the test is not read, the length rule stands. A roof
+    with small fans or a light grille differs little between its halves and is missed.
 
     A plain or flat top shorter than ``_MIN_LONG_BODY_M`` that the rules above give the
     gondola class, textured along (from ``_TEXTURED_ALONG``) only by one step near mid-car
@@ -4760,6 +4764,21 @@ def _classify_rule(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float =
             # and the commoner car of this length decides, as from 14.8 m below: a
             # locomotive hauls a train of 50-70 cars, so few units in a yard are one.
             return "boxcar", long_flat
+        if (look == "flat" and tall is not False and texture >= _TEXTURED_ALONG
+                and _uneven_roof(strip, s0, s1, path, resolution_m, along=along) is False):
+            # Relief across and textured along, but not as a locomotive's roof is: not the
+            # cab at one end and the cooling fans and exhausts over the other (the test of
+            # the "uneven_halves" rule below, at any length from here; see _uneven_roof).
+            # Hatches or heaps repeated end to end are a covered hopper's or an open
+            # wagon's top read this long with a cut misplaced (or two run together), or a
+            # container wagon's boxes: the gondola class, the commonest textured car (the
+            # tag stays a fallback that a coupled block's class overrides). Altgen tuning
+            # 204-211 (session 50, base code): "flat" tops from 16.9 m typed locomotives
+            # by length were 62 other cars (22 hoppers, 15 boxcars, 12 container and flat
+            # wagons, 7 tank cars, 6 open wagons) against 25 locomotives. A top even along
+            # with uneven shoulders (a fan band down the whole roof, review of ca3fedd)
+            # and one whose test is not read (None) keep the length rule.
+            return "gondola", long_flat
         return {"open": ("gondola", "open"), "plain": ("boxcar", "roof_sheet"),
                 "flat": ("locomotive", long_flat)}.get(look, ("locomotive", "no_look" if look is None
                                                               else "cylinder_by_length"))
@@ -4771,7 +4790,7 @@ def _classify_rule(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float =
             return "gondola", "open"
         if look == "flat" and texture >= _TEXTURED_ALONG and tall is not False:
             if (body_m >= _MIN_LOCOMOTIVE_SECTION_BODY_M
-                    and _half_asymmetry(strip, s0, s1, path, along=along) >= _LOCOMOTIVE_HALF_ASYMMETRY):
+                    and _uneven_roof(strip, s0, s1, path, resolution_m, along=along)):
                 # A locomotive section's body (16.9-18.2 m over couplers, 15.8-17.1 m
                 # between the coupler gaps) is shorter than _MIN_LOCOMOTIVE_BODY_M, which
                 # only a cut misplaced outward reaches; its roof is textured along like a
@@ -5233,6 +5252,93 @@ def _half_asymmetry(strip: Strip, s0: int, s1: int, path: np.ndarray | None = No
     if not mean > 0 or first.sum() < 2 or (~first).sum() < 2:
         return float("nan")
     return float(abs(core[first].mean() - core[~first].mean()) / mean)
+
+
+# Least difference between a top's two halves along the car in how much darker its middle
+# is than its shoulders (:func:`_band_halves`, as a share of the top's brightness), from
+# which a roof is read as a locomotive's. A diesel section's radiator fans and exhausts
+# (2TE10, 2TE116: fans 1.2-1.6 m across down the roof's middle; a shunter's hood) are a
+# band narrower than the body over its cooling section, at one end, while the cab's roof
+# at the other is one sheet out to its shoulders: the middle dips below the shoulders over
+# one half only. A container wagon with boxes of two colours or an empty slot changes its
+# middle and shoulders together (a box is 2.44 m wide), a covered hopper's hatches and an
+# open wagon's heaps repeat in both halves, a roof sheet has none. Altgen tuning 208-211
+# and 240-247 (session 50, base code), "flat" tops textured along read 15.3 m or longer
+# (the candidates of the "uneven_halves" and length rules), at 0.3-0.75 m pixels: 71 of
+# the 72 locomotives read 0.1 or more, against 28 other cars (typed locomotive before:
+# 62 locomotives and 66 other cars; by _half_asymmetry from 0.2 alone: 58 and 36).
+_LOCOMOTIVE_BAND_HALVES = 0.1
+# Least band difference (:func:`_band_halves`) with which halves of unequal brightness
+# (_half_asymmetry from _LOCOMOTIVE_HALF_ASYMMETRY) still read as a locomotive's: fans
+# dark across most of the roof darken the shoulders too, and the band then differs less,
+# but a top whose middle and shoulders change together (boxes of two colours on a
+# container wagon, a load heaped higher at one end) differs hardly at all. Same scenes:
+# 72 locomotives against 31 other cars with it, 71 against 28 without.
+_MIN_BAND_HALVES_UNEVEN = 0.05
+# Coarsest pixel (m) at which the middle (within 0.5 m of the centreline) and the
+# shoulders (0.75-1.2 m out) are read apart (:func:`_band_halves`); coarser, a fan band
+# 1.2-1.6 m across blurs into its shoulders (same scenes at 1 m: 13 of 20 locomotives
+# from 0.1 against 29 other cars; by _half_asymmetry from 0.2: 13 against 22), and the
+# halves' brightness (_half_asymmetry) decides.
+_MAX_BAND_RES_M = 0.75
+
+
+def _band_halves(strip: Strip, s0: int, s1: int, path: np.ndarray | None = None) -> float:
+    """Difference (no unit) between the two halves of the top between samples ``s0`` and
+    ``s1`` in how much darker the middle is than the shoulders, over the top's mean
+    brightness.
+
+    Per sample along the car, visible bands, above the path radiance ``path``
+    (reflectance units; None: as recorded): the shoulders' mean (0.75-1.2 m from the
+    centreline, inside every 1520 mm car body's 1.5-1.65 m half-width) less the middle's
+    (within 0.5 m), smoothed over 1 m, a metre off each end (the coupler gaps' and end
+    walls' shade); the difference between the means of its two halves, divided by the
+    top's mean brightness within 1.2 m. A locomotive's fan band over its cooling section
+    makes it large (see ``_LOCOMOTIVE_BAND_HALVES``). NaN where no sample lies in the
+    middle or on the shoulders, fewer than 2 samples in either half are read, or the
+    top's mean is not positive.
+    """
+    v = strip.values[:3][:, :, s0:s1]
+    if path is not None:
+        v = v - np.asarray(path[:3], v.dtype)[:, None, None]
+    off = np.abs(strip.across_m)
+    middle, shoulders = off <= 0.5, (off >= 0.75) & (off <= 1.2)
+    if not middle.any() or not shoulders.any():
+        return float("nan")
+    dip = (quiet_nanmean(v[:, shoulders], axis=(0, 1)) - quiet_nanmean(v[:, middle], axis=(0, 1))).astype("float64")
+    top = quiet_nanmean(v[:, off <= 1.2], axis=(0, 1))
+    end = max(1, int(round(1.0 / strip.step_m)))
+    if not np.isfinite(dip).any():
+        return float("nan")
+    dip = ndimage.uniform_filter1d(np.where(np.isfinite(dip), dip, float(np.nanmedian(dip))), end,
+                                   mode="nearest")[end:s1 - s0 - end]
+    mean = float(quiet_nanmean(top[end:s1 - s0 - end])) if dip.size else float("nan")
+    half = dip.size // 2
+    if half < 2 or not mean > 0:
+        return float("nan")
+    return float(abs(dip[:half].mean() - dip[half:].mean()) / mean)
+
+
+def _uneven_roof(strip: Strip, s0: int, s1: int, path: np.ndarray | None, resolution_m: float, *,
+                 along: tuple[np.ndarray | None, np.ndarray | None] | None = None) -> bool | None:
+    """Whether the top between samples ``s0`` and ``s1`` is textured along unevenly as a
+    locomotive section's roof is (its cab at one end, its cooling fans over the other);
+    None where it is not read.
+
+    At pixels (``resolution_m``, m) of ``_MAX_BAND_RES_M`` or finer, by the fan band over
+    one half (:func:`_band_halves` from ``_LOCOMOTIVE_BAND_HALVES``), or by halves of
+    unequal brightness (:func:`_half_asymmetry` from ``_LOCOMOTIVE_HALF_ASYMMETRY``) with
+    the band differing by ``_MIN_BAND_HALVES_UNEVEN`` or more; coarser or of unknown size,
+    by the halves' brightness alone. ``path``, ``along``: as for :func:`_half_asymmetry`.
+    """
+    halves = _half_asymmetry(strip, s0, s1, path, along=along)
+    if not resolution_m <= _MAX_BAND_RES_M:
+        return None if not np.isfinite(halves) else bool(halves >= _LOCOMOTIVE_HALF_ASYMMETRY)
+    band = _band_halves(strip, s0, s1, path)
+    if not np.isfinite(band):
+        return None
+    return bool(band >= _LOCOMOTIVE_BAND_HALVES
+                or (halves >= _LOCOMOTIVE_HALF_ASYMMETRY and band >= _MIN_BAND_HALVES_UNEVEN))
 
 
 def _stepped_along(strip: Strip, s0: int, s1: int, path: np.ndarray | None = None, *,
