@@ -114,15 +114,18 @@ def test_a_short_stretch_off_the_mix_is_not_a_deck(monkeypatch):
     assert not _occupancy(strip).any()
 
 
-def test_no_deck_by_colour_under_a_thin_cloud(monkeypatch):
-    # A thin cloud adds its own light to every band, which moves bare ground off the light
-    # mix: the reading under a cloud's faint edge keeps the other rules only.
+def test_deck_by_colour_near_a_cloud_shadow_but_no_veiled_ballast(monkeypatch):
+    # The reading near a cloud's shadow (``thin_cloud``: within EDGE_DIMMING_M of it) sees
+    # the shadow's faint edge dim every band alike, which keeps bare ground on the light
+    # mix: a bare deck is read by its colour there too (session 50: altgen partly cloudy
+    # tuning 200-203 at 1 m, F1 0.642 -> 0.672; until then this test asserted that no
+    # deck was read there).
     strip = _strip([(40.0, 69.2, DECK, 0.03)])
     decks = np.zeros(strip.along_m.size, bool)
     got = _occupancy(strip, thin_cloud=True, decks=decks)
-    assert np.array_equal(got, _without_shape_rule(monkeypatch, lambda: _occupancy(strip, thin_cloud=True)))
-    assert not decks.any()
-    # Bare ballast under the cloud's veil (light added to every band) is not a deck either.
+    assert decks.any()
+    assert not np.array_equal(got, _without_shape_rule(monkeypatch, lambda: _occupancy(strip, thin_cloud=True)))
+    # Bare ballast under a cloud's veil (light added to every band) is not a deck.
     veiled = Strip(strip.values * 0 + (_strip().values * 0.8 + 0.03).astype("float32"), strip.along_m,
                    strip.across_m, strip.x, strip.y, strip.step_m)
     assert not _occupancy(veiled, thin_cloud=True).any()

@@ -405,6 +405,18 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
                             blur_m=max(0.2, 0.5 * grid.resolution), floor_light=haze)
             if "bed" in got:
                 beds[tid] = (got["bed"], got["bed_sd"])
+    # Tracks whose sun-side band no car can shade (see _sun_band_unshaded): there a sun
+    # band that is not lit ground lies in a cloud's shadow (see _occupancy). Only in an
+    # image with a cloud in it (``valid``): a cloud's shadow needs a cloud, and without one
+    # the sun band's light is left to the other rules (on altgen clear scenes the sun band
+    # of an outer track reads darker than the ground further out: median 0.151 against
+    # 0.177 at 5-8 m on seed 8200 at 0.3 m, 0.087 against 0.145 on 8271 at 1 m; applied in
+    # every image as a veto of the darkness rules, the sun-band test lost 48 of 1365
+    # matched cars on 35 scenes of tuning 200-203).
+    clouded = valid is not None and bool(cloud.any())
+    sun_band_lit = {tid: vhr and clouded and _sun_band_unshaded(line, [t for o, t in tracks.items() if o != tid],
+                                                                sun_azimuth_deg, sun_elevation_deg)
+                    for tid, line in tracks.items()}
     per_feature, detections = [], []
     total_obs, total_len = 0.0, 0.0
     est_total, est_var = 0.0, 0.0
@@ -460,7 +472,7 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
                 # cases are covered by tests/test_railcar_uniform_bed_gate_s37.py.
                 got = (on, _uniform_bed(on, got[1], path=haze if lift is None else None, floor_light=lift))
             deck = np.zeros(strip.values.shape[2], bool)
-            occ = _occupancy(*got, decks=deck,
+            occ = _occupancy(*got, decks=deck, sun_band_lit=sun_band_lit[tid],
                              min_contrast=min_contrast, vhr=vhr, sun_left=sun_left,
                              thin_cloud=thin_cloud,
                              dark_light=lift,
@@ -1541,12 +1553,23 @@ def _shadow_from_anti_sun_sides(strips: Mapping[str, Strip], tracks: Mapping[str
     return {**refs, "shadow": shadow, "shadow_sd": np.maximum(shadow_sd, shadow_spread_floor(shadow))}
 
 
+# Share of the lit ground's brightness from which a side band is lit ground (ballast and
+# yard ground vary by about a quarter).
+_SUN_LIT_SHARE = 0.75
+# Least length (m) of a stretch whose unshadeable sun band is not lit that is read as a
+# cloud's shadow (_occupancy): about half the smallest cloud shadow cloud_shade misses
+# (15 m), longer than a mast's or a signal's shadow across the band.
+_MIN_CLOUD_SHADE_M = 8.0
+# Inner edge (m off the centreline) of the side bands _occupancy reads beside a track.
+_SIDE_BAND_INNER_M = 1.95
+
+
 def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
                sun_left: bool | None = None, anti_shadow_is_own: bool = False,
                shadow_tail_m: float = 0.0, thin_cloud: bool = False,
                dark_light: np.ndarray | None = None,
                shadow_across_m: float = float("nan"), blur_m: float = 0.4,
-               decks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+               decks: np.ndarray | None = None, sun_band_lit: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Boolean occupied and observed (finite) flags per along-track position.
 
     Colour alone cannot tell a black tank car from shadowed ballast, nor a grey car
@@ -1578,11 +1601,19 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
 
     A lit stretch off every mix of the ground's lit and shadowed colours (a deck of wood
     or rusted steel about as bright as the ballast; :func:`_off_light_mix`), not found by
-    another rule and itself at least ``_MIN_DECK_OFF_M`` long, is a bare flat wagon's deck
-    (not under a thin cloud). It may touch a run found otherwise (a deck coupled to a tall
-    car): the length test, not adjacency, keeps a tall car's blurred end and its coupler
-    gap (a metre or two off that mix) from joining two cars. ``decks`` (bool, along), if
-    given, is set where such decks were added, for :func:`_deck_colour_flat`.
+    another rule and itself at least ``_MIN_DECK_OFF_M`` long, is a bare flat wagon's deck.
+    It may touch a run found otherwise (a deck coupled to a tall car): the length test, not
+    adjacency, keeps a tall car's blurred end and its coupler gap (a metre or two off that
+    mix) from joining two cars. ``decks`` (bool, along), if
+    given, is set where such decks were added, for :func:`_deck_colour_flat`. Near a cloud's
+    shadow (``thin_cloud``) decks are read too: the shadow's faint edge dims every band
+    alike, which keeps bare ground on the ground's light mix.
+
+    ``sun_band_lit`` says that no car can shade the sun-side band (see
+    :func:`_sun_band_unshaded`; set by :func:`count_railcars` only in an image with a
+    cloud): stretches of at least ``_MIN_CLOUD_SHADE_M`` where that band is not lit ground
+    lie in a cloud's shadow too small for ``cloud_shade`` and are unobserved (neither
+    empty nor occupied).
     """
     yard_refs = refs
     shape_off = None
@@ -1658,11 +1689,11 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
             light_l = light_r = np.ones(mean.shape[1])
         light = np.fmax(light_l, light_r) if sun_left is None else (light_l if sun_left else light_r)
         if sun_left is None:
-            sun_lit = (bl > 0.75 * lit_b) | (br > 0.75 * lit_b)
+            sun_lit = (bl > _SUN_LIT_SHARE * lit_b) | (br > _SUN_LIT_SHARE * lit_b)
             anti_dark = np.zeros_like(sun_lit)
         else:
             sun_b, anti_b = (bl, br) if sun_left else (br, bl)
-            sun_lit = sun_b > 0.75 * lit_b
+            sun_lit = sun_b > _SUN_LIT_SHARE * lit_b
             # Only something standing on this track can shade its anti-sun side while
             # its centre stays lit: a shadow cast from the sun side would cover the centre.
             # Under a thin cloud the sun side is dimmed as much: darkness is judged
@@ -1688,11 +1719,14 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
             ground_like = d_ground <= min_contrast
             dark = ground_like & (alpha < 0.5)
             colourful = ~ground_like
-        if vhr and not thin_cloud:
+        if vhr:
             # A body whose brightness lies within the beds' spread may still differ from
-            # every bed in spectral shape (see _off_light_mix). Not under a thin cloud or
-            # a cloud shadow's faint edge: the cloud's own light adds to every band (not a
-            # multiple of the ground's colour) and moves bare ground off that plane.
+            # every bed in spectral shape (see _off_light_mix). Near a cloud's shadow too
+            # (``thin_cloud``): the shadow's faint edge dims every band alike (the dimming
+            # model above), which keeps bare ground on that plane, while the cloud's own
+            # thin edge, whose light adds to every band, is left unobserved (CLOUD_EDGE_M).
+            # Read there, long flat wagons at 1 m beside cloud shadows are found (session
+            # 50: altgen partly cloudy tuning 200-203, 1.0 m F1 0.642 -> 0.672).
             shape_off = _off_light_mix(mean, refs["lit"], refs["shadow"], strip.step_m, min_contrast)
             if has_bed and np.all(np.isfinite(refs["bed_shadow"])):
                 shape_off &= _off_light_mix(mean, refs["bed"], refs["bed_shadow"], strip.step_m, min_contrast)
@@ -1777,6 +1811,23 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
                     | _too_dark_for_bed(mean, refs, np.asarray(dark_light, dtype="float64"), light,
                                         _MIN_GROUND_SCALE, _MAX_NEGATIVE_MIX))
         dark_car |= dark & too_dark
+        if sun_band_lit and sun_left is not None and _HALF_BODY_M + blur_m < _SIDE_BAND_INNER_M:
+            # No car can shade this track's sun-side band (no neighbour within the
+            # tallest car's shadow on that side, and a car never shades its own sun
+            # side): where that band is not lit ground for _MIN_CLOUD_SHADE_M or more,
+            # the track lies in a cloud's shadow (or a building's). Small soft cloud
+            # shadows (15-25 m across) are not all found by cloud_shade, whose colour
+            # test needs shade over a 40 m window; their ground keeps 0.4-0.6 of the lit
+            # ground's brightness, which reads as black paint and as a car's own shadow
+            # (own simulator, partly cloudy seed 31: 3 false cars). A dark car there
+            # cannot be told from the dimmed ground: the stretch is unobserved, as
+            # cloud_shade's are. Only where the band lies clear of a car body's blurred
+            # edge (``blur_m``, half a pixel: pixels under 0.9 m): at 1 m a dark body
+            # darkens the band itself (altgen partly cloudy tuning 204-207, 1.0 m: MAPE
+            # 0.115 -> 0.150 with it).
+            with np.errstate(invalid="ignore"):
+                band_shaded = (sun_b < _SUN_LIT_SHARE * lit_b * light) & seen
+            seen = seen & ~_drop_short(band_shaded, int(round(_MIN_CLOUD_SHADE_M / strip.step_m)))
         texture = quiet_nanmean(quiet_nanstd(c, axis=1), axis=0) / max(float(quiet_nanmean(refs["shadow_sd"])), 1e-4)
         # Structure inside a dark centre is only trusted when the sun side is unknown: with
         # a known sun, the edge of a neighbour's shadow crossing the centre mimics it.
@@ -2646,6 +2697,52 @@ _GROUND_FIT = 4.0
 def _nan_smooth_2d(x: np.ndarray, k: int) -> np.ndarray:
     """:func:`_nan_smooth` along the last axis of each row of ``x`` (band, along)."""
     return np.stack([_nan_smooth(row, k) for row in x])
+
+
+def _sun_band_unshaded(line: LineString, others: Sequence[LineString], azimuth_deg: float | None,
+                       elevation_deg: float | None) -> bool:
+    """Whether no car can shade the ground band on the sun side of ``line``.
+
+    Parameters
+    ----------
+    line : shapely.geometry.LineString
+        The track's centreline (metres, in the image's CRS).
+    others : sequence of shapely.geometry.LineString
+        The other tracks' centrelines.
+    azimuth_deg, elevation_deg : float or None
+        The sun's azimuth (degrees clockwise from north) and elevation (degrees).
+
+    Returns
+    -------
+    bool
+        True where the sun shines across the track (a sun side exists) and no other track
+        lies on that side within reach of the band's outer edge (2.6 m off the centreline,
+        as :func:`_occupancy` reads it): a body's half width (``_HALF_BODY_M``) plus the
+        tallest car's shadow sideways (``_MAX_CAR_HEIGHT_M`` times :func:`_shadow_across`)
+        and the blur. A car on this track never shades its own sun side. False where the
+        sun is unknown or shines along the track.
+    """
+    per_m = _shadow_across(line, azimuth_deg, elevation_deg)
+    sun_left, _ = _sun_geometry(line, azimuth_deg, elevation_deg)
+    if not np.isfinite(per_m) or sun_left is None:
+        return False
+    reach = 2.6 + _HALF_BODY_M + _MAX_CAR_HEIGHT_M * abs(per_m) + _SHADOW_EDGE_BLUR_M
+    (x0, y0), (x1, y1) = line.coords[0], line.coords[-1]
+    d = np.array([x1 - x0, y1 - y0]) / max(math.hypot(x1 - x0, y1 - y0), 1e-9)
+    left = np.array([-d[1], d[0]])
+    for other in others:
+        if other.distance(line) > reach:
+            continue
+        # The side the other track lies on, from its points within reach (a yard's tracks
+        # converge at its throats: any point on the sun side counts).
+        for f in np.linspace(0.0, 1.0, 41):
+            p = other.interpolate(f, normalized=True)
+            if p.distance(line) > reach:
+                continue
+            q = line.interpolate(line.project(p))
+            if (float(np.dot([p.x - q.x, p.y - q.y], left)) > 0) == sun_left:
+                return False
+    return True
 
 
 def _sun_side_glow(strip: Strip, sun_left: bool, ground_sd: float, k: int) -> np.ndarray:
