@@ -2097,6 +2097,38 @@ def _nb_full_gradient_impl(src, ks, kd, d1, s1, gv):  # pragma: no cover - compi
             row[2 * j + 1] = acc_s[j]
 
 
+def _nb_rows_sum_impl(src, offs, wts, i, out):  # pragma: no cover - compiled by numba
+    """``out`` = the sum over taps ``k`` of row ``offs[k] + i`` of ``src`` times
+    ``wts[k]``, in :func:`_translate_axis`'s order (first tap times its weight, then
+    each further product added)."""
+    n = out.shape[0]
+    row, w0 = src[offs[0] + i], wts[0]
+    for j in range(n):
+        out[j] = row[j] * w0
+    for k in range(1, offs.shape[0]):
+        row, wk = src[offs[k] + i], wts[k]
+        for j in range(n):
+            out[j] += row[j] * wk
+
+
+def _nb_line_sum_impl(line, offs, wts, out):  # pragma: no cover - compiled by numba
+    """``out[j]`` = the sum over taps ``k`` of ``line[offs[k] + j]`` times ``wts[k]``, in
+    the order of :func:`_nb_rows_sum_impl`."""
+    n = out.shape[0]
+    seg, w0 = line[offs[0]:offs[0] + n], wts[0]
+    for j in range(n):
+        out[j] = seg[j] * w0
+    for k in range(1, offs.shape[0]):
+        seg, wk = line[offs[k]:offs[k] + n], wts[k]
+        for j in range(n):
+            out[j] += seg[j] * wk
+
+
+# The names _nb_translate_pair_impl calls (see _nb_reflect_row).
+_nb_rows_sum = _nb_rows_sum_impl
+_nb_line_sum = _nb_line_sum_impl
+
+
 def _nb_translate_pair_impl(coef, cr, wr, cc, wc, outside, lr, vr, lc, vc, line, line2, w, ok):  # pragma: no cover
     """:func:`_translate_pair`: ``coef`` translated with the taps (``cr``, ``wr``) along
     rows and (``cc``, ``wc``) along columns into ``w``, and ``ok`` = ``outside``
@@ -2105,38 +2137,12 @@ def _nb_translate_pair_impl(coef, cr, wr, cc, wc, outside, lr, vr, lc, vc, line,
     :func:`_translate_axis`'s order (first tap times its weight, then each further
     product added), double precision."""
     rows, cols = w.shape
-    n1, m1 = coef.shape[1], outside.shape[1]
     val = np.empty(cols)
     for i in range(rows):
-        src, w0 = coef[cr[0] + i], wr[0]
-        for j in range(n1):
-            line[j] = src[j] * w0
-        for k in range(1, cr.shape[0]):
-            src, wk = coef[cr[k] + i], wr[k]
-            for j in range(n1):
-                line[j] += src[j] * wk
-        wi = w[i]
-        seg, w0 = line[cc[0]:cc[0] + cols], wc[0]
-        for j in range(cols):
-            wi[j] = seg[j] * w0
-        for k in range(1, cc.shape[0]):
-            seg, wk = line[cc[k]:cc[k] + cols], wc[k]
-            for j in range(cols):
-                wi[j] += seg[j] * wk
-        src, w0 = outside[lr[0] + i], vr[0]
-        for j in range(m1):
-            line2[j] = src[j] * w0
-        for k in range(1, lr.shape[0]):
-            src, wk = outside[lr[k] + i], vr[k]
-            for j in range(m1):
-                line2[j] += src[j] * wk
-        seg, w0 = line2[lc[0]:lc[0] + cols], vc[0]
-        for j in range(cols):
-            val[j] = seg[j] * w0
-        for k in range(1, lc.shape[0]):
-            seg, wk = line2[lc[k]:lc[k] + cols], vc[k]
-            for j in range(cols):
-                val[j] += seg[j] * wk
+        _nb_rows_sum(coef, cr, wr, i, line)
+        _nb_line_sum(line, cc, wc, w[i])
+        _nb_rows_sum(outside, lr, vr, i, line2)
+        _nb_line_sum(line2, lc, vc, val)
         oki = ok[i]
         for j in range(cols):
             oki[j] = val[j] < 1e-3
@@ -2407,13 +2413,14 @@ def _nb():
     # njit_cached: uncached where numba finds no writable cache folder.
     from changedet.kernels.fast import HAVE_NUMBA, njit_cached
 
-    global _nb_reflect_row
+    global _nb_reflect_row, _nb_rows_sum, _nb_line_sum
     if not HAVE_NUMBA:  # optional at run time: the numpy path gives the same numbers
         return None
     jit = njit_cached(nogil=True, boundscheck=False)
     # Before the kernels that call it are compiled (at their first call): numba needs a
     # compiled function there, not the Python one.
     _nb_reflect_row = jit(_nb_reflect_row_impl)
+    _nb_rows_sum, _nb_line_sum = jit(_nb_rows_sum_impl), jit(_nb_line_sum_impl)
     return SimpleNamespace(gradient=jit(_nb_gradient_impl), keys=jit(_nb_keys_impl), clip=jit(_nb_clip_impl),
                            taper=jit(_nb_taper_impl), taper_weighted=jit(_nb_taper_weighted_impl),
                            feather=jit(_nb_feather_impl), dilate=jit(_nb_dilate_impl),

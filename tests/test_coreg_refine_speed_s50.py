@@ -18,7 +18,7 @@ import pytest
 from scipy import ndimage
 
 from changedet import coreg
-from test_coreg_fast_numba import _pair, _poisoned_scratch, _real_pair
+from test_coreg_fast_numba import _both, _pair, _real_pair
 
 
 def _masked_case(seed: int):
@@ -43,13 +43,7 @@ def _numpy_and_kernels(monkeypatch, fn):
     """``fn()`` on the numpy path, then with the kernels twice: on fresh buffers filled
     with garbage (an output the compiled path left partly unwritten would show it) and
     on the reused per-thread buffers."""
-    monkeypatch.setattr(coreg, "_USE_NUMBA", False)
-    a = fn()
-    monkeypatch.setattr(coreg, "_USE_NUMBA", True)
-    assert coreg._kernels() is not None
-    with monkeypatch.context() as mp:
-        mp.setattr(coreg, "_scratch", _poisoned_scratch)
-        b = fn()
+    a, b = _both(monkeypatch, fn)
     c = fn()
     if isinstance(a, dict):
         for k in a:
