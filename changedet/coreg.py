@@ -1774,9 +1774,11 @@ _GAUSS_TAPS = (_GAUSS_TAPS / (2 * _GAUSS_TAPS.sum() - _GAUSS_TAPS[0])).astype(np
 # elements each (a 512 px window with a 20 px search margin; ~15 buffers of at most
 # 4 MB). glibc returns the freed heap to the system after every call and faults it in
 # again on the next (~1400 page faults, about half of a 256 px match's CPU). The masked
-# refinement keeps its frames here too (~30 more buffers, float64: ~10 MB for a 256 px
-# window), so the table holds up to _SCRATCH_KEYS buffers before it starts afresh (64
-# overflowed on every window with masked pixels and dropped the match's buffers too).
+# refinement keeps its frames here too (46 buffers in all after one, float64 and complex:
+# ~37 MB per thread once windows of a 256 px match with their 30 px margin have been
+# refined, measured in s50's review), so the table holds up to _SCRATCH_KEYS buffers before
+# it starts afresh (64 overflowed on every window with masked pixels and dropped the
+# match's buffers too).
 _SCRATCH_MAX = 600 * 600
 _SCRATCH_KEYS = 128
 _SCRATCH = threading.local()
@@ -1804,14 +1806,26 @@ def _scratch(name: str, shape: tuple[int, ...], dtype, *, zero: bool = False) ->
 def _scratch_any(name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
     """:func:`_scratch` for arrays whose shape changes from call to call (the masked
     refinement's boxes and packed pixels): a contiguous view of a buffer of this thread
-    whose size is ``shape``'s rounded up to a power of two, so that a few buffers per
-    name serve every shape (one per shape would soon fill the buffer table, whose
-    overflow drops every buffer of the window match too)."""
+    whose size is the largest asked for under ``name`` so far, rounded up to a power of
+    two, so that one buffer per name serves every shape (one per shape would soon fill
+    the buffer table, whose overflow drops every buffer of the window match too)."""
     size = math.prod(shape)
     if size > _SCRATCH_MAX:
         return np.empty(shape, dtype)
-    cap = min(max(1 << max(size - 1, 0).bit_length(), 1024), _SCRATCH_MAX)
-    return _scratch(name, (cap,), dtype)[:size].reshape(shape)
+    caps = getattr(_SCRATCH, "caps", None)
+    if caps is None:
+        caps = _SCRATCH.caps = {}
+    key = (name, np.dtype(dtype).str)
+    old = caps.get(key, 0)
+    if size > old:
+        # Grown, never shrunk: one buffer per name, however the sizes alternate (a
+        # buffer per power of two would add a table entry whenever the count of used
+        # pixels crossed one).
+        caps[key] = min(max(1 << max(size - 1, 0).bit_length(), 1024), _SCRATCH_MAX)
+        bufs = getattr(_SCRATCH, "bufs", None)
+        if old and bufs is not None:
+            bufs.pop((name, (old,), key[1]), None)
+    return _scratch(name, (caps[key],), dtype)[:size].reshape(shape)
 
 
 def _window_gradient(img: np.ndarray, tag: str) -> tuple[np.ndarray, np.ndarray]:

@@ -96,6 +96,26 @@ def test_sun_band_unshaded_reads_the_neighbours_on_the_sun_side():
     assert R._sun_band_unshaded(line, [far], 270.0, 63.0)
 
 
+
+def test_sun_band_unshaded_sees_a_short_swing_in_and_follows_bends():
+    """A neighbour that comes within reach on the sun side over a few metres only (a throat,
+    a crossover) may shade the band there; sampling the neighbour at 41 points missed it on a
+    1 km track (review of s50). The side is the local one on a bent track, and a track that
+    meets this one at a switch on the anti-sun side does not count."""
+    line = LineString([(0.0, 0.0), (0.0, 1000.0)])     # drawn northwards; left is west
+    for y in (505.0, 517.0, 523.0):
+        swing = LineString([(-20.0, 0.0), (-20.0, y - 6.0), (-3.0, y), (-20.0, y + 6.0), (-20.0, 1000.0)])
+        assert not R._sun_band_unshaded(line, [swing], 270.0, 63.0), y
+        assert R._sun_band_unshaded(line, [swing], 90.0, 63.0), y   # the swing is on the anti-sun side
+    # A track bending east, drawn northwards then eastwards: a neighbour 5 m north of its
+    # eastward leg lies on its left (sun) side there, though east of the chord's start.
+    bent = LineString([(0.0, 0.0), (0.0, 100.0), (100.0, 100.0)])
+    north = LineString([(20.0, 105.0), (100.0, 105.0)])
+    assert not R._sun_band_unshaded(bent, [north], 315.0, 63.0)
+    # A branch leaving at a switch on the anti-sun (east) side.
+    branch = LineString([(0.0, 100.0), (30.0, 160.0)])
+    assert R._sun_band_unshaded(line, [branch], 270.0, 63.0)
+
 @pytest.mark.slow
 def test_no_false_cars_on_the_small_cloud_shadows_of_seed_31():
     """Two of the three false cars of the matrix test's partly cloudy seed 31 (own

@@ -88,7 +88,7 @@ def test_a_covered_hopper_of_a_boxcars_length_is_the_gondola_class(body_m):
         assert R._classify(box, b0, b1, body_m, LIT_B, tall=tall) == "boxcar"
 
 
-def test_a_long_roof_even_along_is_a_boxcar_not_a_locomotive():
+def test_a_long_roof_even_along_is_not_a_locomotive():
     # 11-280 boxcar: 16.5-17 m body, a cambered roof ("flat" across) even end to end.
     box, s0, s1 = _roof_strip(17.0, ribs=True)
     assert R._look(box, s0, s1, LIT_B) == "flat"

@@ -661,3 +661,49 @@ def test_strip_and_rim_finds_a_ship_at_busans_container_quay(test_data):
     with_rim, without = matched(res), matched(detect_vessels(image, strip_rim_px=0))
     assert without <= with_rim and 36 in with_rim - without, (sorted(without), sorted(with_rim))
     assert any(d.attrs["found_as"] == "strip_rim" for d in res.detections)
+
+
+@pytest.mark.parametrize("ragged", [False, True])
+def test_strip_rim_judges_only_a_failing_deck_with_the_rim_that_touches_it(ragged):
+    """A deck strip that passes the quayside test alone is left to that test (reported as
+    ``quayside``, its own outline, as without ``strip_rim_px``); a deck that fails it is judged
+    with its rim, and grown pixels two pixels off the deck with nothing grown between (here
+    the rim along the quay) are not judged with it, nor as a vessel of their own. Both failed
+    before the review of s50's ``strip_rims`` (the passing deck came out as ``strip_rim`` with a
+    larger outline; the cut-off rim was judged as a piece of its own)."""
+    from changedet.objects.vessels import _vessels_from
+
+    _, grid, _ = _synthetic(heading_deg=0.0)
+    n = grid.shape[0]
+    dom = np.ones((n, n), bool)
+    dom[80:] = False                                     # the quay
+    deck = np.zeros((n, n), bool)
+    deck[76:80, 20:46] = True                            # a 260 x 40 m hull alongside
+    edge = np.zeros((n, n), bool)
+    if ragged:
+        for c in range(20, 46, 4):
+            edge[76:78, c:c + 2] = True                  # its ragged water-side edge: water class
+    deck &= ~edge
+    dom[deck] = False
+    target = edge.copy()
+    target[74, 5:120] = True                             # the rim along the quay, 2 px off the deck
+    target[75:78, 48] = True                             # joined to the deck's end
+    target[77, 46:48] = True
+    for c in range(60, 120, 8):
+        target[70:74, c] = True                          # crane booms over the water
+    z = np.where(target | deck, 8.0, 0.0)
+
+    def run(px):
+        rejected: list = []
+        res = _vessels_from(target, dom, z, grid, 1.0, {}, min_length_px=3.0, observed=1.0, max_elongation=10.0,
+                            quayside=deck, join_quayside=True, quay_min_fill=0.8, shore_elongation=2.0,
+                            part_elongation=3.0, long_min_solidity=0.6, rejected=rejected, strip_rim_px=px)
+        return [(d.attrs["found_as"], d.attrs["bbox_px"]) for d in res.detections], rejected
+
+    off, _ = run(0)
+    on, rejected = run(2)
+    assert not [r for s, r, b in rejected if s == "strip_rim"], rejected
+    if ragged:
+        assert off == [] and on == [("strip_rim", [20, 76, 28, 4])]
+    else:
+        assert on == off == [("quayside", [20, 76, 26, 4])]

@@ -1560,8 +1560,10 @@ _SUN_LIT_SHARE = 0.75
 # cloud's shadow (_occupancy): about half the smallest cloud shadow cloud_shade misses
 # (15 m), longer than a mast's or a signal's shadow across the band.
 _MIN_CLOUD_SHADE_M = 8.0
-# Inner edge (m off the centreline) of the side bands _occupancy reads beside a track.
+# Inner and outer edges (m off the centreline) of the side bands _occupancy reads beside a
+# track.
 _SIDE_BAND_INNER_M = 1.95
+_SIDE_BAND_OUTER_M = 2.6
 
 
 def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
@@ -1610,7 +1612,7 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
     alike, which keeps bare ground on the ground's light mix.
 
     ``sun_band_lit`` says that no car can shade the sun-side band (see
-    :func:`_sun_band_unshaded`; set by :func:`count_railcars` only in an image with a
+    :func:`_sun_band_unshaded`; set by :func:`_count_railcars` only in an image with a
     cloud): stretches of at least ``_MIN_CLOUD_SHADE_M`` where that band is not lit ground
     lie in a cloud's shadow too small for ``cloud_shade`` and are unobserved (neither
     empty nor occupied).
@@ -1624,8 +1626,8 @@ def _occupancy(strip: Strip, refs, *, min_contrast: float, vhr: bool,
         refs = _local_lit_spread(strip, refs, dark_light=dark_light)
     centre, _ = _zones(strip)
     a = strip.across_m
-    left = (a >= 1.95) & (a <= 2.6)
-    right = (a <= -1.95) & (a >= -2.6)
+    left = (a >= _SIDE_BAND_INNER_M) & (a <= _SIDE_BAND_OUTER_M)
+    right = (a <= -_SIDE_BAND_INNER_M) & (a >= -_SIDE_BAND_OUTER_M)
     c = strip.values[:, centre, :]
     seen = np.all(np.isfinite(c), axis=(0, 1))
     mean = quiet_nanmean(c, axis=1)  # (band, along)
@@ -2358,9 +2360,8 @@ def _coupled_block(strip: Strip, occ: np.ndarray, seen: np.ndarray, sun_left: bo
 # _coupled_block): a 0.8-1.5 m gap fills a third or more of a 0.75-1 m pixel blurred by
 # the optics, the rest being the decks either side.
 _GROUND_SHOWN_SHARE = 2.0 / 3.0
-# Shares of the lit ground's brightness: above the first the ground beside a track is lit
-# (as _occupancy's sun-side test reads it); a shadow keeps 8-65 % of it (GroundModel's).
-_SUN_LIT_SHARE = 0.75
+# Share of the lit ground's brightness a shadow keeps at most (8-65 %, GroundModel's); the
+# ground beside a track is lit above _SUN_LIT_SHARE (as _occupancy's sun-side test reads it).
 _MAX_SHADOW_SHARE = 0.65
 # Most of a ground-showing band's ridge (share of the axis's) that the sun-side ground
 # rows, 0.5-1.2 m past a 1.435 m half-deck, may show and still be the deck's blurred edge
@@ -2726,23 +2727,14 @@ def _sun_band_unshaded(line: LineString, others: Sequence[LineString], azimuth_d
     sun_left, _ = _sun_geometry(line, azimuth_deg, elevation_deg)
     if not np.isfinite(per_m) or sun_left is None:
         return False
-    reach = 2.6 + _HALF_BODY_M + _MAX_CAR_HEIGHT_M * abs(per_m) + _SHADOW_EDGE_BLUR_M
-    (x0, y0), (x1, y1) = line.coords[0], line.coords[-1]
-    d = np.array([x1 - x0, y1 - y0]) / max(math.hypot(x1 - x0, y1 - y0), 1e-9)
-    left = np.array([-d[1], d[0]])
-    for other in others:
-        if other.distance(line) > reach:
-            continue
-        # The side the other track lies on, from its points within reach (a yard's tracks
-        # converge at its throats: any point on the sun side counts).
-        for f in np.linspace(0.0, 1.0, 41):
-            p = other.interpolate(f, normalized=True)
-            if p.distance(line) > reach:
-                continue
-            q = line.interpolate(line.project(p))
-            if (float(np.dot([p.x - q.x, p.y - q.y], left)) > 0) == sun_left:
-                return False
-    return True
+    reach = _SIDE_BAND_OUTER_M + _HALF_BODY_M + _MAX_CAR_HEIGHT_M * abs(per_m) + _SHADOW_EDGE_BLUR_M
+    # The whole sun side within reach, following the track's bends (shapely's one-sided
+    # buffer: positive to the left of the drawn direction), less a strip along the
+    # centreline itself, so that a track meeting this one at a switch on the other side
+    # does not count; any neighbour reaching into it, over however short a stretch (a
+    # throat, a crossover), may shade the band.
+    side = line.buffer(reach if sun_left else -reach, single_sided=True).difference(line.buffer(0.5))
+    return not any(other.intersects(side) for other in others)
 
 
 def _sun_side_glow(strip: Strip, sun_left: bool, ground_sd: float, k: int) -> np.ndarray:
@@ -4874,7 +4866,10 @@ def _classify_rule(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float =
             # by length were 62 other cars (22 hoppers, 15 boxcars, 12 container and flat
             # wagons, 7 tank cars, 6 open wagons) against 25 locomotives. A top even along
             # with uneven shoulders (a fan band down the whole roof, review of ca3fedd)
-            # and one whose test is not read (None) keep the length rule.
+            # and one whose test is not read (None) keep the length rule. At 1 m pixels the
+            # halves' brightness alone decides (_uneven_roof), which misses about a third of
+            # the locomotives there (_MAX_BAND_RES_M); held-out 286-289 / 290-293 at 1.0 m
+            # type 0.655 -> 0.657 / 0.659 -> 0.657 with this rule and the fan band.
             return "gondola", long_flat
         return {"open": ("gondola", "open"), "plain": ("boxcar", "roof_sheet"),
                 "flat": ("locomotive", long_flat)}.get(look, ("locomotive", "no_look" if look is None

@@ -1085,9 +1085,16 @@ def _vessels_from(target: np.ndarray, dom: np.ndarray, z: np.ndarray, grid: Grid
             if (length_px < min_length_px or width_px < shore_min_width_px
                     or taken[ndimage.binary_dilation(deck, square)].any()):
                 continue
+            if (QUAY_ELONGATION * width_px <= length_px <= max_elongation * width_px
+                    and length_px * res_m <= MAX_LENGTH_M and st.area >= quay_min_fill * length_px * width_px):
+                continue   # a hull's shape alone: the quayside pass below reports it as it is
             rim = ndimage.binary_dilation(deck, square, iterations=strip_rim_px) & grown & ~taken
-            for piece in regionprops(label(deck | rim, connectivity=2), offset=(top, left)):
-                water_body(_InImage(piece, top, left), "strip_rim", "strip_rim", QUAY_ELONGATION)
+            # Only the rim that touches the deck: rim pixels cut off from it (the grown
+            # pixels a dilation step reaches past a gap) belong to something else.
+            pieces = label(deck | rim, connectivity=2)
+            own = pieces == pieces[st.coords[0, 0], st.coords[0, 1]]
+            water_body(_InImage(regionprops(own.astype(np.uint8), offset=(top, left))[0], top, left),
+                       "strip_rim", "strip_rim", QUAY_ELONGATION)
 
     for rp in regionprops(lab):
         extended = joined is not target and not target[tuple(rp.coords.T)].all()
