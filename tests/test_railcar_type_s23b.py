@@ -46,9 +46,17 @@ def test_a_vetted_barrel_longer_than_any_tank_car_is_still_a_tank_car(body_m):
     assert R._look(tank, 0, n, LIT_B, sun_left=True, shading=2.0) == "cylinder"
     # The old code typed it a locomotive from 18 m.
     assert R._classify(tank, 0, n, body_m, LIT_B, **kw) == "tank"
-    # Unvetted (no sun across the track) the same relief may be a locomotive's fans:
-    # the length rules stand.
-    assert R._classify(tank, 0, n, body_m, LIT_B, resolution_m=0.75) == "locomotive"
+    # Unvetted (no sun across the track) the same relief was kept a locomotive by length
+    # here (session 23: "may be a locomotive's fans"). Session 50 (RCYL) re-decided it: a
+    # dome and a walkway at mid-length, textured along, on a crest brighter than its
+    # shoulders are a barrel's, not fans (which stand over one end, as a band darker than
+    # the shoulders) and tank cars far outnumber locomotives: a tank car read long.
+    assert R._classify(tank, 0, n, body_m, LIT_B, resolution_m=0.75) == "tank"
+    # Relief even along unvetted (no dome: a hood, a fan band down the roof) keeps the
+    # length rule.
+    even = _strip(np.repeat(tank.values[:, :, :1], n, axis=2))
+    assert R._along_texture(even, 0, n) < R._TEXTURED_ALONG
+    assert R._classify(even, 0, n, body_m, LIT_B, resolution_m=0.75) == "locomotive"
 
 
 @pytest.mark.filterwarnings("ignore:Mean of empty slice:RuntimeWarning")

@@ -4733,6 +4733,12 @@ def _classify_rule(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float =
     wagon's top read long, container boxes); where its height reads no walls (``tall``
     False), it is even along, or the test is not read, the length rule stands. A roof
     with small fans or a light grille differs little between its halves and is missed.
+    A cylinder not vetted by its sun-lit half from ``_MIN_LOCOMOTIVE_BODY_M`` (session 50)
+    is a tank car read long where it is textured along (from ``_TEXTURED_ALONG``: a
+    barrel's dome, manhole platform and walkway; tag ``"cylinder_by_length"``) and its
+    crest is not markedly darker than its shoulders (:func:`_crest_relief` from
+    ``_MIN_BARREL_CREST``); even along, or dark down the middle (a hood, a fan band), it
+    stays a locomotive by length.
 
     A plain or flat top shorter than ``_MIN_LONG_BODY_M`` that the rules above give the
     gondola class, textured along (from ``_TEXTURED_ALONG``) only by one step near mid-car
@@ -4871,6 +4877,27 @@ def _classify_rule(strip: Strip, s0: int, s1: int, body_m: float, lit_b: float =
             # the locomotives there (_MAX_BAND_RES_M); held-out 286-289 / 290-293 at 1.0 m
             # type 0.655 -> 0.657 / 0.659 -> 0.657 with this rule and the fan band.
             return "gondola", long_flat
+        if (look == "cylinder" and _along_texture(strip, s0, s1, path) >= _TEXTURED_ALONG
+                and not _crest_relief(strip, s0, s1, path) < _MIN_BARREL_CREST):
+            # Relief across not vetted by its sun-lit half (the sun along the track, or too
+            # high to shade it) and textured along as a barrel is (its dome, manhole
+            # platform and walkway at mid-length; session 22: nine in ten tank tops vary
+            # along by _TEXTURED_ALONG or more): a tank car read long, a cut misplaced or
+            # run into its neighbour, as a vetted barrel is at any length (above). No
+            # length parts the two: 1520 mm tank cars are 12-16 m over couplers but the
+            # 8-axle and LPG ones about 21 m, locomotive sections 17-23 m; but tank cars
+            # are the commonest cars and a locomotive one or two in a train of 50-70, and
+            # a locomotive's cooling section reads "flat" (a fan band down the middle) far
+            # more often (RLOCO, altgen tuning 204-211 and 240-247, base code: such tops
+            # typed locomotives by length were 17 tank cars, 6 open wagons and hoppers, 4
+            # container wagons and 3 boxcars against 2 locomotives; all tank cars among
+            # them varied along by 0.097 or more). Relief even along (under
+            # _TEXTURED_ALONG: no dome or walkway) keeps the length rule below: a hood or
+            # a fan band down the whole roof (session 22), as a boxcar's cambered roof
+            # unvetted at this length does too; so does a top whose middle is markedly
+            # darker than its shoulders (_crest_relief under _MIN_BARREL_CREST), as a
+            # fan band's or a hood's is and a barrel's crest is not. Session 50 (RCYL).
+            return "tank", "cylinder_by_length"
         return {"open": ("gondola", "open"), "plain": ("boxcar", "roof_sheet"),
                 "flat": ("locomotive", long_flat)}.get(look, ("locomotive", "no_look" if look is None
                                                               else "cylinder_by_length"))
@@ -5373,6 +5400,44 @@ _MIN_BAND_HALVES_UNEVEN = 0.05
 # from 0.1 against 29 other cars; by _half_asymmetry from 0.2: 13 against 22), and the
 # halves' brightness (_half_asymmetry) decides.
 _MAX_BAND_RES_M = 0.75
+
+
+# Lowest crest reading (:func:`_crest_relief`) of a barrel: its middle less its shoulders
+# over the top's brightness. A barrel is convex: its crest faces the sky and, whatever
+# the sun's position short of a low sun across the track (which the sun-lit half vets
+# instead), is its brightest part; a walkway or dome on it is narrower than the middle
+# band read here (within 0.5 m of the axis) and darkens it only in part. A middle markedly
+# darker than the shoulders is a band of fans or a hood down a locomotive's roof, or an
+# open car's load below its rims. Altgen tuning 204-211 and 240-247 (session 50, base
+# code), unvetted "cylinder" tops from 16.9 m typed locomotives by length: all 17 tank
+# cars read -0.131 or more, the 2 locomotives -0.117 and -0.317, 5 of 6 open wagons and
+# hoppers -0.285 or less; tests/test_railcar_types_s30.py's 2TE10 roof (four fans over
+# one half) reads -0.25.
+_MIN_BARREL_CREST = -0.2
+
+
+def _crest_relief(strip: Strip, s0: int, s1: int, path: np.ndarray | None = None) -> float:
+    """How much brighter (no unit) the middle of the top between samples ``s0`` and ``s1``
+    is than its shoulders, over the top's mean brightness; negative where darker.
+
+    Over the middle two thirds of the body along (the coupler gaps' and ends' shade left
+    out), visible bands, above the path radiance ``path`` (reflectance units; None: as
+    recorded): the mean within 0.5 m of the centreline less the mean 0.75-1.2 m out
+    (inside every 1520 mm body's 1.5-1.65 m half-width), over the mean within 1.2 m.
+    NaN where either band has no finite sample or the top's mean is not positive.
+    """
+    n = s1 - s0
+    core = slice(s0 + n // 6, s1 - n // 6) if n >= 6 else slice(s0, s1)
+    v = strip.values[:3][:, :, core]
+    if path is not None:
+        v = v - np.asarray(path[:3], v.dtype)[:, None, None]
+    off = np.abs(strip.across_m)
+    middle = quiet_nanmean(v[:, off <= 0.5])
+    shoulders = quiet_nanmean(v[:, (off >= 0.75) & (off <= 1.2)])
+    top = quiet_nanmean(v[:, off <= 1.2])
+    if not (np.isfinite(middle) and np.isfinite(shoulders) and top > 0):
+        return float("nan")
+    return float((middle - shoulders) / top)
 
 
 def _band_halves(strip: Strip, s0: int, s1: int, path: np.ndarray | None = None) -> float:
