@@ -2244,6 +2244,21 @@ def _nb_lk_terms_impl(a, b, use, jr, jc, e):  # pragma: no cover - compiled by n
                 k += 1
 
 
+def _nb_bucket_impl(hist, k):  # pragma: no cover - compiled by numba
+    """The bucket of ``hist`` (counts, in value order) that holds the ``k``-th smallest
+    value (0-based), and that value's rank within the bucket."""
+    c = 0
+    b = 0
+    while c + hist[b] <= k:
+        c += hist[b]
+        b += 1
+    return b, k - c
+
+
+# The name the selection kernels call (see _nb_reflect_row).
+_nb_bucket = _nb_bucket_impl
+
+
 def _nb_kth_impl(v, k):  # pragma: no cover - compiled by numba
     """The ``k``-th smallest (0-based) of the float32 values ``v`` (1-D), exactly
     ``np.partition(v, k)[k]``: the bit patterns of values without sign bit order as the
@@ -2257,35 +2272,21 @@ def _nb_kth_impl(v, k):  # pragma: no cover - compiled by numba
         if x >= np.uint32(0x80000000):
             return np.float32(-1.0)
         hist[x >> np.uint32(21)] += 1
-    c = 0
-    b = 0
-    while c + hist[b] <= k:
-        c += hist[b]
-        b += 1
-    k -= c
+    b, k = _nb_bucket(hist, k)
     p1 = np.uint32(b)
     hist[:] = 0
     for i in range(n):
         x = bits[i]
         if (x >> np.uint32(21)) == p1:
             hist[(x >> np.uint32(10)) & np.uint32(0x7FF)] += 1
-    c = 0
-    b = 0
-    while c + hist[b] <= k:
-        c += hist[b]
-        b += 1
-    k -= c
+    b, k = _nb_bucket(hist, k)
     p2 = (p1 << np.uint32(11)) | np.uint32(b)
     hist[:1024] = 0
     for i in range(n):
         x = bits[i]
         if (x >> np.uint32(10)) == p2:
             hist[x & np.uint32(0x3FF)] += 1
-    c = 0
-    b = 0
-    while c + hist[b] <= k:
-        c += hist[b]
-        b += 1
+    b, k = _nb_bucket(hist, k)
     out = np.empty(1, np.uint32)
     out[0] = (p2 << np.uint32(10)) | np.uint32(b)
     return out.view(np.float32)[0]
@@ -2306,12 +2307,7 @@ def _nb_kth64_impl(v, k):  # pragma: no cover - compiled by numba
         if x >= sign:
             return -1.0
         hist[x >> np.uint64(48)] += 1
-    c = 0
-    b = 0
-    while c + hist[b] <= k:
-        c += hist[b]
-        b += 1
-    k -= c
+    b, k = _nb_bucket(hist, k)
     left = np.empty(hist[b], np.uint64)
     top = np.uint64(b)
     m = 0
@@ -2325,12 +2321,7 @@ def _nb_kth64_impl(v, k):  # pragma: no cover - compiled by numba
         hist[:] = 0
         for i in range(m):
             hist[(left[i] >> shift) & np.uint64(0xFFFF)] += 1
-        c = 0
-        b = 0
-        while c + hist[b] <= k:
-            c += hist[b]
-            b += 1
-        k -= c
+        b, k = _nb_bucket(hist, k)
         digit = np.uint64(b)
         kept = 0
         for i in range(m):
@@ -2427,7 +2418,7 @@ def _nb():
     # njit_cached: uncached where numba finds no writable cache folder.
     from changedet.kernels.fast import HAVE_NUMBA, njit_cached
 
-    global _nb_reflect_row, _nb_rows_sum, _nb_line_sum
+    global _nb_reflect_row, _nb_rows_sum, _nb_line_sum, _nb_bucket
     if not HAVE_NUMBA:  # optional at run time: the numpy path gives the same numbers
         return None
     jit = njit_cached(nogil=True, boundscheck=False)
@@ -2435,6 +2426,7 @@ def _nb():
     # compiled function there, not the Python one.
     _nb_reflect_row = jit(_nb_reflect_row_impl)
     _nb_rows_sum, _nb_line_sum = jit(_nb_rows_sum_impl), jit(_nb_line_sum_impl)
+    _nb_bucket = jit(_nb_bucket_impl)
     return SimpleNamespace(gradient=jit(_nb_gradient_impl), keys=jit(_nb_keys_impl), clip=jit(_nb_clip_impl),
                            taper=jit(_nb_taper_impl), taper_weighted=jit(_nb_taper_weighted_impl),
                            feather=jit(_nb_feather_impl), dilate=jit(_nb_dilate_impl),

@@ -592,6 +592,33 @@ def test_long_bodies_must_be_convex_and_no_wider_than_a_ship():
         detect_vessels(image, long_min_solidity=1.5)
 
 
+def _hull_alongside(n: int, *, ragged: bool = True):
+    """A quay (rows 80 on) with a 260 x 40 m hull alongside (rows 76-79, columns 20-45 at
+    10 m): the sea domain, the deck strip and its ragged water-side edge (water class)."""
+    dom = np.ones((n, n), bool)
+    dom[80:] = False
+    deck = np.zeros((n, n), bool)
+    deck[76:80, 20:46] = True
+    edge = np.zeros((n, n), bool)
+    if ragged:
+        for c in range(20, 46, 4):
+            edge[76:78, c:c + 2] = True
+    deck &= ~edge
+    return dom, deck, edge
+
+
+def _judge_quay(target, dom, z, grid, quayside, px):
+    """``_vessels_from`` with the quayside settings of the sen2ships scenes and
+    ``strip_rim_px`` = ``px``: (result, rejected)."""
+    from changedet.objects.vessels import _vessels_from
+
+    rejected: list = []
+    res = _vessels_from(target, dom, z, grid, 1.0, {}, min_length_px=3.0, observed=1.0, max_elongation=10.0,
+                        quayside=quayside, join_quayside=True, quay_min_fill=0.8, shore_elongation=2.0,
+                        part_elongation=3.0, long_min_solidity=0.6, rejected=rejected, strip_rim_px=px)
+    return res, rejected
+
+
 def test_quayside_strip_of_a_body_along_a_quay_is_judged_with_its_own_rim():
     """A hull alongside a quay whose water-grown rim runs on along the quay (crane booms,
     the quay's rim: a ``too_big`` joined body) is its deck strip plus the mixed pixels of its
@@ -600,18 +627,11 @@ def test_quayside_strip_of_a_body_along_a_quay_is_judged_with_its_own_rim():
     convex hull and is found as ``strip_rim``. A one-pixel strip (a pier or quay edge) beside
     the same rim is not reported. Fails before s50 (no ``strip_rim_px``)."""
     from changedet.errors import ChangedetError
-    from changedet.objects.vessels import STRIP_RIM_PX, _vessels_from
+    from changedet.objects.vessels import STRIP_RIM_PX
 
     _, grid, _ = _synthetic(heading_deg=0.0)
     n = grid.shape[0]
-    dom = np.ones((n, n), bool)
-    dom[80:] = False                                     # the quay
-    deck = np.zeros((n, n), bool)
-    deck[76:80, 20:46] = True                            # a 260 x 40 m hull alongside
-    edge = np.zeros((n, n), bool)
-    for c in range(20, 46, 4):
-        edge[76:78, c:c + 2] = True                      # its ragged water-side edge: water class
-    deck &= ~edge
+    dom, deck, edge = _hull_alongside(n)
     thin = np.zeros((n, n), bool)
     thin[79, 80:110] = True                              # a one-pixel quay edge sticking out
     dom[deck | thin] = False
@@ -623,11 +643,7 @@ def test_quayside_strip_of_a_body_along_a_quay_is_judged_with_its_own_rim():
     z = np.where(target | deck, 8.0, 0.0)
 
     def run(px):
-        rejected: list = []
-        res = _vessels_from(target, dom, z, grid, 1.0, {}, min_length_px=3.0, observed=1.0, max_elongation=10.0,
-                            quayside=deck | thin, join_quayside=True, quay_min_fill=0.8, shore_elongation=2.0,
-                            part_elongation=3.0, long_min_solidity=0.6, rejected=rejected, strip_rim_px=px)
-        return res, rejected
+        return _judge_quay(target, dom, z, grid, deck | thin, px)
 
     off, rejected = run(0)
     assert off.total == 0, off.to_json()
@@ -671,19 +687,9 @@ def test_strip_rim_judges_only_a_failing_deck_with_the_rim_that_touches_it(ragge
     the rim along the quay) are not judged with it, nor as a vessel of their own. Both failed
     before the review of s50's ``strip_rims`` (the passing deck came out as ``strip_rim`` with a
     larger outline; the cut-off rim was judged as a piece of its own)."""
-    from changedet.objects.vessels import _vessels_from
-
     _, grid, _ = _synthetic(heading_deg=0.0)
     n = grid.shape[0]
-    dom = np.ones((n, n), bool)
-    dom[80:] = False                                     # the quay
-    deck = np.zeros((n, n), bool)
-    deck[76:80, 20:46] = True                            # a 260 x 40 m hull alongside
-    edge = np.zeros((n, n), bool)
-    if ragged:
-        for c in range(20, 46, 4):
-            edge[76:78, c:c + 2] = True                  # its ragged water-side edge: water class
-    deck &= ~edge
+    dom, deck, edge = _hull_alongside(n, ragged=ragged)
     dom[deck] = False
     target = edge.copy()
     target[74, 5:120] = True                             # the rim along the quay, 2 px off the deck
@@ -694,10 +700,7 @@ def test_strip_rim_judges_only_a_failing_deck_with_the_rim_that_touches_it(ragge
     z = np.where(target | deck, 8.0, 0.0)
 
     def run(px):
-        rejected: list = []
-        res = _vessels_from(target, dom, z, grid, 1.0, {}, min_length_px=3.0, observed=1.0, max_elongation=10.0,
-                            quayside=deck, join_quayside=True, quay_min_fill=0.8, shore_elongation=2.0,
-                            part_elongation=3.0, long_min_solidity=0.6, rejected=rejected, strip_rim_px=px)
+        res, rejected = _judge_quay(target, dom, z, grid, deck, px)
         return [(d.attrs["found_as"], d.attrs["bbox_px"]) for d in res.detections], rejected
 
     off, _ = run(0)
