@@ -130,8 +130,10 @@ def test_coarser_than_the_band_pixels_the_halves_decide(monkeypatch):
     loco = _fan_band_roof(n)
     monkeypatch.setattr(R, "_band_halves", lambda *a, **k: 0.0)
     assert R._uneven_roof(loco, 0, n, None, 0.5) is False
-    assert R._uneven_roof(loco, 0, n, None, 1.0) is (R._half_asymmetry(loco, 0, n) >= R._LOCOMOTIVE_HALF_ASYMMETRY)
-    assert R._uneven_roof(loco, 0, n, None, float("nan")) is not None
+    coarse = R._half_asymmetry(loco, 0, n) >= R._LOCOMOTIVE_HALF_ASYMMETRY
+    assert R._uneven_roof(loco, 0, n, None, 1.0) is coarse
+    # A pixel of unknown size is read as a coarse one: by the halves' brightness.
+    assert R._uneven_roof(loco, 0, n, None, float("nan")) is coarse
 
 
 def test_a_hopper_roof_has_no_fan_band():

@@ -5488,14 +5488,17 @@ def _uneven_roof(strip: Strip, s0: int, s1: int, path: np.ndarray | None, resolu
     the band differing by ``_MIN_BAND_HALVES_UNEVEN`` or more; coarser or of unknown size,
     by the halves' brightness alone. ``path``, ``along``: as for :func:`_half_asymmetry`.
     """
-    halves = _half_asymmetry(strip, s0, s1, path, along=along)
     if not resolution_m <= _MAX_BAND_RES_M:
+        halves = _half_asymmetry(strip, s0, s1, path, along=along)
         return None if not np.isfinite(halves) else bool(halves >= _LOCOMOTIVE_HALF_ASYMMETRY)
     band = _band_halves(strip, s0, s1, path)
     if not np.isfinite(band):
         return None
-    return bool(band >= _LOCOMOTIVE_BAND_HALVES
-                or (halves >= _LOCOMOTIVE_HALF_ASYMMETRY and band >= _MIN_BAND_HALVES_UNEVEN))
+    if band >= _LOCOMOTIVE_BAND_HALVES:
+        return True
+    # The halves' brightness is read only where the band alone does not decide.
+    return bool(band >= _MIN_BAND_HALVES_UNEVEN
+                and _half_asymmetry(strip, s0, s1, path, along=along) >= _LOCOMOTIVE_HALF_ASYMMETRY)
 
 
 def _stepped_along(strip: Strip, s0: int, s1: int, path: np.ndarray | None = None, *,
