@@ -10,7 +10,7 @@ scored (all of them, here).
 
 Measured (``pytest -s``; also ``python bench/bench_ships.py``, which adds a centre-in-box
 rule, recall split by alongside / open water, figures per size class and where each
-vessel is lost): Busan F1 0.61 (P 0.68, R 0.56), Casablanca F1 0.67 (P 0.75, R 0.60) -
+vessel is lost): Busan F1 0.625 (P 0.71, R 0.56), Casablanca F1 0.67 (P 0.75, R 0.60) -
 still below the 0.7 the issue asks for.
 Open-water vessels are found (recall 0.67 and 1.00); vessels moored alongside quays,
 which most labels are (39 of 54 and 13 of 15), merge with the quay at 10 m; the
@@ -38,12 +38,15 @@ longer than wide (``part_elongation``, s43: they are fragments - pier rims, pier
 pieces; 3 is what a 50 x 10 m hull measures at 10 m; Busan FP 21 -> 14 for one labelled and
 one unlabelled boat lost) - to 0.598 / 0.667; a quayside strip of a joined body that ran
 along a quay (``too_big``) judged with its own water-side rim (``strip_rim_px`` = 2, s50:
-one ship more alongside Busan's container quay, Casablanca unchanged) - to 0.612 / 0.667.
+one ship more alongside Busan's container quay, Casablanca unchanged) - to 0.612 / 0.667;
+water parts of such bodies must be straight (``part_max_bend_deg`` = 45, s51: a hull's side
+is straight, the rim of a pier head or quay corner turns; two Busan false alarms removed,
+Casablanca unchanged) - to 0.625 / 0.667.
 The floors below sit a margin under the measured figures so that a regression fails; they
 are not the target. The margins are tight on purpose (about one object): Casablanca's
 (0.65, s43) fails at the 0.643 before s43 and at one more lost vessel (0.593); Busan's
-(0.605, s50) fails at the 0.598 before s50 and at one more lost vessel (0.598), and passes
-with one more false alarm (0.606).
+(0.615, s51) fails at the 0.612 before s51 and at one more lost vessel (0.604), and passes
+with one more false alarm (0.619).
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ from changedet.simulate.render import render_scene
 
 PORTS = {"busan": "2022-05-14", "casablanca": "2023-04-26"}
 # Measured F1 minus a margin (see the module docstring): regression floors.
-F1_FLOOR = {"busan": 0.605, "casablanca": 0.65}
+F1_FLOOR = {"busan": 0.615, "casablanca": 0.65}
 MATCH_IOU = 0.1
 
 
