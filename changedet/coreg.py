@@ -602,6 +602,38 @@ _REFINE_BELOW_SHARE = 0.99
 _REFINE_MIN_PIXELS = 1000
 
 
+def _as_float64(arr: np.ndarray, tag: str) -> np.ndarray:
+    """``np.asarray(arr, np.float64)``: ``arr`` itself when it is a float64 array, else
+    its values in this thread's ``tag`` work buffer (:func:`_scratch_any`). A fresh
+    frame-sized array is page-faulted in again on every call: two float64 copies of a
+    316 px frame cost ~330 minor page faults (~0.8 ms of CPU on a loaded machine) per
+    masked window, their copy ~0.04 ms."""
+    arr = np.asarray(arr)
+    if arr.dtype == np.float64:
+        return arr
+    out = _scratch_any(tag, arr.shape, np.float64)
+    np.copyto(out, arr, casting="unsafe")
+    return out
+
+
+def _masked_values(arr: np.ndarray, ok: np.ndarray, tag: str) -> np.ndarray:
+    """``arr[ok]``: the values of the 2-D ``arr`` where the boolean ``ok`` is set, in C
+    order, contiguous, so that a mean or sum of them is the same bit for bit as of
+    boolean indexing's copy. With the compiled kernels they are copied into this
+    thread's ``tag`` work buffer (valid until the next call with ``tag``) instead of a
+    fresh array, which is page-faulted in again on every call (a float64 frame's
+    clean pixels: up to ~200 faults, ~2 us each on a loaded machine); otherwise
+    ``arr[ok]`` itself."""
+    nb = _kernels()
+    if (nb is None or arr.ndim != 2 or ok.shape != arr.shape or ok.dtype != np.bool_
+            or arr.dtype not in (np.float32, np.float64)):
+        return arr[ok]
+    out = _scratch_any(tag, (int(np.count_nonzero(ok)),), arr.dtype)
+    # (np.compress into ``out`` would still build a megabyte index array first.)
+    nb.masked_copy(arr, ok, out)
+    return out
+
+
 def _refine_masked(ref: np.ndarray, mov: np.ndarray, ref_ok: np.ndarray, mov_ok: np.ndarray,
                    shift: tuple[float, float], *, iterations: int = 8) -> tuple[float, float] | None:
     """Least-squares (Lucas-Kanade) refinement of ``shift`` on the pixels both images see.
@@ -618,9 +650,11 @@ def _refine_masked(ref: np.ndarray, mov: np.ndarray, ref_ok: np.ndarray, mov_ok:
     """
     # Double precision whatever the input: float32 and float64 copies of a frame give the
     # same shifts (the hole fill's mean would otherwise round differently).
-    ref, mov = np.asarray(ref, np.float64), np.asarray(mov, np.float64)
-    ref_ok = ref_ok & np.isfinite(ref)
-    mok = mov_ok & np.isfinite(mov)
+    ref, mov = _as_float64(ref, "rm.ref64"), _as_float64(mov, "rm.mov64")
+    ref_ok = np.logical_and(ref_ok, np.isfinite(ref, out=_scratch_any("rm.rok", ref.shape, bool)),
+                            out=_scratch_any("rm.rok", ref.shape, bool))
+    mok = np.logical_and(mov_ok, np.isfinite(mov, out=_scratch_any("rm.mok", mov.shape, bool)),
+                         out=_scratch_any("rm.mok", mov.shape, bool))
     nb = _kernels()
     if nb is not None and _K_PAIRED:
         out = _refine_masked_box(nb, ref, ref_ok, mov, mok, shift, iterations)
@@ -700,7 +734,12 @@ def _lk_step(jr: np.ndarray, jc: np.ndarray, e: np.ndarray, d: np.ndarray, shift
         np.multiply(conj, other, out=prod)
         return np.sum(np.multiply(wt, prod.real, out=term))
 
-    A = np.array([[wsum(cr, jr), wsum(cr, jc)], [wsum(cc, jr), wsum(cc, jc)]])
+    # Re(conj(jr) jc) and Re(conj(jc) jr) are the same numbers bit for bit: numpy's
+    # complex product forms the real part from the same two (exactly commuting) real
+    # products, with or without a fused multiply-add; so the matrix's off-diagonal pair
+    # is one sum, not two.
+    off = wsum(cr, jc)
+    A = np.array([[wsum(cr, jr), off], [off, wsum(cc, jc)]])
     if np.linalg.eigvalsh(A)[0] <= 1e-9 * max(A[0, 0] + A[1, 1], 1e-30):
         return None, None
     # w(x; d + delta) = mov(x - d - delta) ~ w - grad(w) . delta = ref  =>  A delta = J^H e
@@ -797,7 +836,8 @@ def _refine_masked_box(nb, ref: np.ndarray, ref_ok: np.ndarray, mov: np.ndarray,
     outside = _scratch_any("rm.outside", padded.shape, np.float64)
     outside.fill(1.0)
     outside[pad:pad + rows, pad:pad + cols] = invalid
-    ga = _gradient64_box(nb, ref, ref_ok, None if all_a else ref[ref_ok].mean(), box, grown, "rm.ga")
+    ga = _gradient64_box(nb, ref, ref_ok, None if all_a else _masked_values(ref, ref_ok, "rm.va").mean(), box,
+                         grown, "rm.ga")
     good_a = good_full[box]
     # The reference's magnitudes do not change between steps (only the pixels used do).
     mag_a = np.abs(ga, out=_scratch_any("rm.mag_a", bshape, np.float64))
@@ -805,7 +845,8 @@ def _refine_masked_box(nb, ref: np.ndarray, ref_ok: np.ndarray, mov: np.ndarray,
     for _ in range(iterations):
         w, w_ok = _translate_pair(nb, coef, outside, d, pad, rows, cols)
         all_b = bool(w_ok.all())
-        gb = _gradient64_box(nb, w, w_ok, None if all_b else w[w_ok].mean(), box, grown, "rm.gb")
+        gb = _gradient64_box(nb, w, w_ok, None if all_b else _masked_values(w, w_ok, "rm.vb").mean(), box,
+                             grown, "rm.gb")
         good_ab = good_a & _good64_box(nb, w_ok, box, grown, "rm.gbok") if not all_b else good_a
         use = _erode_cross(good_ab)
         n_use = int(np.count_nonzero(use))
@@ -1817,7 +1858,7 @@ def _scratch_any(name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
         caps = _SCRATCH.caps = {}
     key = (name, np.dtype(dtype).str)
     old = caps.get(key, 0)
-    if size > old:
+    if size > old or not old:  # (also a first request for no elements: a buffer to slice)
         # Grown, never shrunk: one buffer per name, however the sizes alternate (a
         # buffer per power of two would add a table entry whenever the count of used
         # pixels crossed one).
@@ -2259,6 +2300,19 @@ def _nb_bucket_impl(hist, k):  # pragma: no cover - compiled by numba
 _nb_bucket = _nb_bucket_impl
 
 
+def _nb_masked_copy_impl(arr, ok, out):  # pragma: no cover - compiled by numba
+    """``out[:n] = arr[ok]`` (row-major order, as boolean indexing packs them) for a 2-D
+    ``arr`` and mask ``ok`` of its shape; ``out`` holds at least their count ``n``."""
+    k = 0
+    for i in range(arr.shape[0]):
+        ai, oi = arr[i], ok[i]
+        for j in range(arr.shape[1]):
+            if oi[j]:
+                out[k] = ai[j]
+                k += 1
+    return k
+
+
 def _nb_kth_impl(v, k):  # pragma: no cover - compiled by numba
     """The ``k``-th smallest (0-based) of the float32 values ``v`` (1-D), exactly
     ``np.partition(v, k)[k]``: the bit patterns of values without sign bit order as the
@@ -2434,7 +2488,7 @@ def _nb():
                            kth64=jit(_nb_kth64_impl),
                            translate_pair=jit(_nb_translate_pair_impl), lk_norm=jit(_nb_lk_norm_impl),
                            lk_terms=jit(_nb_lk_terms_impl), lk_gather=jit(_nb_lk_gather_impl),
-                           lk_clip=jit(_nb_lk_clip_impl))
+                           lk_clip=jit(_nb_lk_clip_impl), masked_copy=jit(_nb_masked_copy_impl))
 
 
 def _kernels():
@@ -2541,7 +2595,7 @@ def _ncc_mag(ma: np.ndarray, mb: np.ndarray, good: np.ndarray, all_good: bool) -
         b = np.subtract(mb, np.float32(mb.mean(dtype=np.float64)), out=_scratch("ncc.b", mb.shape, np.float32))
         a, b = a.ravel(), b.ravel()
     else:
-        a, b = ma[good], mb[good]
+        a, b = _masked_values(ma, good, "ncc.va"), _masked_values(mb, good, "ncc.vb")
         a -= np.float32(a.mean(dtype=np.float64))
         b -= np.float32(b.mean(dtype=np.float64))
     den = math.sqrt(float(np.einsum("i,i->", a, a)) * float(np.einsum("i,i->", b, b)))
@@ -2759,9 +2813,15 @@ def estimate_window(reference: np.ndarray, moving: np.ndarray, *, filter_margin:
             and max(abs(row), abs(col)) <= m - 1):
         # The reference window on the moving window's lattice (NaN beyond it), so that
         # the moving content the shift brings in is read from the search margin.
-        ref_pad = np.full(mov.shape, np.nan, np.float32)
+        # Both frames in double precision (as _refine_masked takes them) and their masks,
+        # in this thread's work buffers: as fresh frame-sized arrays they were faulted in
+        # again on every call (~1.5 ms of CPU for these four under load, 0.07 ms reused).
+        ref_pad = _scratch("ew.rpad", mov.shape, np.float64)
+        ref_pad.fill(np.nan)
         ref_pad[m:m + ws + 2 * f, m:m + ws + 2 * f] = ref
-        refined = _refine_masked(ref_pad, mov, np.isfinite(ref_pad), np.isfinite(mov), (row, col))
+        mov64 = _as_float64(mov, "ew.mov64")
+        refined = _refine_masked(ref_pad, mov64, np.isfinite(ref_pad, out=_scratch("ew.rpok", mov.shape, bool)),
+                                 np.isfinite(mov64, out=_scratch("ew.movok", mov.shape, bool)), (row, col))
         if refined is not None:
             row, col = refined
     # Similarity after: the moving gradient resampled at the estimated shift (filtering
