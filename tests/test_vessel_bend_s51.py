@@ -101,7 +101,11 @@ def test_bend_removes_busan_pier_rims_and_no_vessel(test_data):
         dets = [d.attrs["bbox_px"] for d in res.detections]
         return {j for j, t in enumerate(labels) if any(_iou(d, t) >= MATCH_IOU for d in dets)}
 
-    on, off = detect_vessels(image), detect_vessels(image, part_max_bend_deg=None)
+    # The long-strip cut (s51 SHIPBIG) is off in both runs: the rim beside the ship, kept
+    # without the bend test, takes the ship's strip, so with the cut the two runs would also
+    # differ by that ship (tests/test_vessel_longstrip_s51.py).
+    on = detect_vessels(image, cut_long_strips=False)
+    off = detect_vessels(image, part_max_bend_deg=None, cut_long_strips=False)
     assert matched(off) <= matched(on), (sorted(matched(off)), sorted(matched(on)))
     gone = sorted(d.attrs["bbox_px"] for d in off.detections
                   if d.attrs["bbox_px"] not in [e.attrs["bbox_px"] for e in on.detections])
