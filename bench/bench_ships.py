@@ -391,9 +391,9 @@ Casablanca the check; both scored in one run per setting). Scripts: /work/notes/
                           across its long axis) meet at no more than 45 degrees. A hull is a
                           rigid straight box, so the rim it lends such a body runs along one
                           side; the rim of a pier head or quay corner turns. A one-pixel rim
-                          turning a right-angled corner measures 34-56 degrees by this split
-                          (short arm a quarter to a third of the long one), more with a longer
-                          arm; 45 is the middle of that. Busan: FP 14 -> 12 (the diagonal pier's
+                          turning a right-angled corner measures 25-34 degrees by this split
+                          with a short arm a quarter of the long one, 45 with a third (kept:
+                          a tie counts as straight), more with a longer arm. Busan: FP 14 -> 12 (the diagonal pier's
                           head, 81 degrees; the rim beside ship 21, 52), no vessel lost; F1 0.612
                           -> 0.625. Casablanca unchanged (its two false water parts measure 18
                           and 40). The labelled water parts found measure 4-44 degrees; the 44.4

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from shapely.geometry import LineString
 
 from changedet.objects import railcars as R
@@ -205,3 +206,42 @@ def test_altgen_flat_wagons_beside_a_busy_track_keep_their_cars_at_05m():
     assert scene_seed(1, 247) == 8939
     got = _count(1, 247, 0.5)
     assert got["T1"][1] == 12 and got["T1"][0] >= 12
+
+
+def _unrolled(line):
+    from changedet.grid import GridSpec
+    from changedet.objects.strips import sample_strip
+
+    grid = GridSpec.from_bounds(32633, (-50.0, -250.0, 250.0, 250.0), 0.5)
+    image = np.zeros((4, *grid.shape), "float32")
+    x0, y0 = grid.transform.c, grid.transform.f
+    line = LineString([(x0 + 50.0 + x, y0 - 250.0 + y) for x, y in line.coords])
+    return sample_strip(image, grid, line, half_width_m=3.0), line
+
+
+@pytest.mark.parametrize("heading_deg", [0.0, 35.0, 90.0, 160.0, 250.0, 300.0])
+@pytest.mark.parametrize("azimuth_deg", [20.0, 135.0, 200.0, 290.0])
+def test_a_straight_tracks_sun_side_is_its_chords(heading_deg, azimuth_deg):
+    # Review of session 51 (M1): the one-sided flank witness takes the sun side from the chord
+    # (_sun_geometry); on a straight track every stretch agrees, and _steady_sun_side keeps it.
+    h = np.radians(heading_deg)
+    strip, line = _unrolled(LineString([(0.0, 0.0), (150.0 * np.sin(h), 150.0 * np.cos(h))]))
+    side = R._sun_geometry(line, azimuth_deg, 40.0)[0]
+    assert R._steady_sun_side(strip, azimuth_deg, side) is side
+
+
+def test_a_curve_turning_the_sun_to_its_other_side_gives_no_sun_side():
+    # Chord heading east, sun from 120 degrees (south-east: on the right of the chord), a leg
+    # heading 150 degrees on the way (the sun on its left): the anti-sun side of that leg is the
+    # chord's sun side, where a car on the track casts its shadow, so no side is trusted.
+    pts = [(0.0, 0.0), (60.0, 0.0)]
+    x, y = 60.0, 0.0
+    for _ in range(6):   # 60 m heading 150 degrees
+        x, y = x + 10.0 * np.sin(np.radians(150.0)), y + 10.0 * np.cos(np.radians(150.0))
+        pts.append((x, y))
+    pts.append((x + 120.0, y))
+    strip, line = _unrolled(LineString(pts))
+    side = R._sun_geometry(line, 120.0, 40.0)[0]
+    assert side is False
+    assert R._steady_sun_side(strip, 120.0, side) is None
+    assert R._steady_sun_side(strip, 120.0, None) is None

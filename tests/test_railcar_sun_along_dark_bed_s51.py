@@ -140,3 +140,39 @@ def test_a_string_of_black_cars_filling_the_track_is_not_learnt_as_a_bed():
     assert "bed" not in refs
     kw = dict(min_contrast=3.0, vhr=True, sun_left=None)
     assert R._occupancy(strip, refs, **kw)[0].mean() > 0.9
+
+
+@pytest.mark.parametrize("top_share, gap_m, gap_share", [
+    (0.45, 1.0, 0.3), (0.5, 1.0, 0.25), (0.5, 1.3, 0.25), (0.6, 1.0, 0.3), (0.7, 1.0, 0.35)])
+def test_a_string_of_grey_cars_with_shaded_coupler_gaps_is_not_learnt(top_share, gap_m, gap_share):
+    # Review of session 51 (H1): 14 m grey tops at 0.45-0.7 of the ground's light, their 1-1.3 m
+    # coupler gaps in their shade (a quarter to a third of the ground's). Smoothed over 1 m a gap
+    # is no shade of half the tops' light, and the uniformity windows drop it; two gaps a car's
+    # length apart tell the string from a bed.
+    pos = np.arange(N) * STEP
+    centre = _uniform(top_share * GROUND)
+    centre[:, (pos % (14.0 + gap_m)) >= 14.0] = (gap_share * GROUND)[:, None]
+    strip = _strip(centre)
+    refs = R._uniform_bed(strip, _refs(), sun_along_m=ALONG_M)
+    assert "bed" not in refs
+    assert R._occupancy(strip, refs, min_contrast=3.0, vhr=True, sun_left=None)[0].mean() > 0.9
+
+
+def test_two_stains_closer_than_a_car_do_not_veto_the_bed():
+    # Two 1 m oil stains 4 m apart (and a third 60 m on): no two a car's length apart.
+    centre = _uniform(WOODEN_BED)
+    for a in (100, 108, 228):
+        centre[:, a:a + 2] = (WOODEN_BED * 0.6)[:, None]
+    assert "bed" in R._uniform_bed(_strip(centre), _refs(), sun_along_m=ALONG_M)
+
+
+def test_a_path_radiance_does_not_make_rusty_tops_grey():
+    # Review of session 51 (M2): 0.08 of haze or thin cloud added over every pixel brings the
+    # rusty tops' band ratios to the ground within 1.45 of each other; read with the path taken
+    # off (as the thin-cloud pass gives it), they are no bed.
+    path = np.full(4, 0.08)
+    strip = _strip(_uniform(RUSTY_TOPS + path))
+    refs = _refs()
+    refs["lit"] = GROUND + path
+    assert R._grey_bed(RUSTY_TOPS + path, GROUND + path)
+    assert "bed" not in R._uniform_bed(strip, refs, sun_along_m=ALONG_M, path=path)

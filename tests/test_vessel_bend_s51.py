@@ -27,7 +27,8 @@ MATCH_IOU = 0.1
 def test_bend_of_straight_and_cornered_regions():
     """A straight bar, a one-pixel staircase and a two-pixel diagonal measure (about) 0; a
     one-pixel rim turning a right-angled corner with a short arm a third of the long one
-    measures 45 or more, and a blob at the end of a line (a pier head) about 90."""
+    measures 45 (the limit), with a short arm of 5 on a 14 px one about 56, and a blob at the
+    end of a line (a pier head) about 90."""
     bar = np.array([(r, c) for r in (30, 31) for c in range(5, 31)])
     stair = np.array([(i // 3, i) for i in range(30)])
     diag = np.array([(i + d, i) for i in range(20) for d in (0, 1)])
@@ -35,7 +36,9 @@ def test_bend_of_straight_and_cornered_regions():
     head = np.array([(r, 10) for r in range(20, 40)] + [(r, c) for r in range(14, 20) for c in range(7, 14)])
     for straight in (bar, stair, diag):
         assert _bend_deg(straight) < 5.0, _bend_deg(straight)
-    assert _bend_deg(corner) >= PART_MAX_BEND_DEG - 1e-9, _bend_deg(corner)
+    assert abs(_bend_deg(corner) - 45.0) < 1e-6, _bend_deg(corner)
+    sharp = np.array([(r, 10) for r in range(20, 34)] + [(20, c) for c in range(11, 16)])
+    assert _bend_deg(sharp) > PART_MAX_BEND_DEG + 5.0, _bend_deg(sharp)
     assert _bend_deg(head) > 80.0, _bend_deg(head)
 
 

@@ -403,7 +403,8 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
             on = strip if haze is None else _offset(strip, haze)
             got = _learnt_bed(on, refs if haze is None else refs_above_dark, resolution_m=grid.resolution,
                               per_m=_local_shadow_across(on, sun_azimuth_deg, sun_elevation_deg),
-                              blur_m=max(0.2, 0.5 * grid.resolution), floor_light=haze, sun_left=sun_left_here)
+                              blur_m=max(0.2, 0.5 * grid.resolution), floor_light=haze,
+                              sun_left=_steady_sun_side(on, sun_azimuth_deg, sun_left_here))
             if "bed" in got:
                 beds[tid] = (got["bed"], got["bed_sd"])
     # Tracks whose sun-side band no car can shade (see _sun_band_unshaded): there a sun
@@ -452,7 +453,8 @@ def _count_railcars(image, tracks, *, valid, sun_azimuth_deg, sun_elevation_deg,
                 got = (on, _learnt_bed(on, got[1], resolution_m=grid.resolution, per_m=per_m, blur_m=blur_m,
                                      path=haze if lift is None else None, floor_light=lift,
                                      beds_elsewhere=[] if thin_cloud else
-                                     [b for t, b in beds.items() if t != tid], sun_left=sun_left))
+                                     [b for t, b in beds.items() if t != tid],
+                                     sun_left=_steady_sun_side(on, sun_azimuth_deg, sun_left)))
             if (vhr and "bed" not in got[1]
                     and (sun_left is None or not _deck_shadow_readable(on, per_m, blur_m=blur_m))
                     and _gaps_shaded(on, sun_azimuth_deg, sun_elevation_deg)):
@@ -822,8 +824,9 @@ def _with_bed(strip: Strip, refs, *, per_m: float | np.ndarray, path: np.ndarray
     :func:`_flanked_mask`) over ``_MIN_FLANKED_CENTRES`` samples (20 m), per track
     (beds differ between tracks: clean or fouled, concrete or wooden sleepers); else the
     side colour is used alone, as before (a packed track, the sun along the track or
-    very high: see :func:`_flanked_mask`). The caller learns it only at pixels of
-    ``_BED_MAX_RES_M`` or finer (see there). The bed in shade keeps the shadowed
+    very high: see :func:`_flanked_mask`). The caller learns it from lit flanks alone at
+    pixels of ``_BED_MAX_RES_M`` or finer (see there), up to 1 m only where the track's
+    uniformity agrees (:func:`_learnt_bed`). The bed in shade keeps the shadowed
     ground's share of the lit ground's light per band (the same sun and skylight on
     another material).
 
@@ -1109,8 +1112,9 @@ def _uniform_bed(strip: Strip, refs, *, path: np.ndarray | None = None,
       while the dark bodies that make uniform strings (rusted steel, oxide paint,
       timber decks) lose far more blue than near infrared;
     * no body's shadow falls on the track (:func:`_own_shadow_along`): with the sun
-      along the track a shadow on its centre can only be cast by something standing
-      on the track itself (a mast's or a building's beside it runs beside it), and a
+      along the track a shadow on its centre is cast by something standing on the
+      track itself or spanning it (a footbridge, a signal gantry: the bed is then left
+      unlearnt, as before), not by a mast or a building beside it, and a
       string of cars shades the bed past its end away from the sun over at least a
       coupler gap's length.
 
@@ -1171,8 +1175,15 @@ def _uniform_bed(strip: Strip, refs, *, path: np.ndarray | None = None,
         # With the sun along the track a dark bed can still be told from dark bodies by
         # its colour and by the shadows a string of bodies casts along the track (see
         # Notes); with a sun side _with_bed learns it from the lit flanks instead.
-        if not (sun_along_m is not None and _grey_bed(mode[0], lit)
-                and not _own_shadow_along(b, float(np.mean(mode[0][:3])), step, sun_along_m)):
+        # The ratios and shares below are of light reflected off the ground: a path
+        # radiance added over every pixel (``path``, a thin cloud's or haze's) pushes every
+        # band ratio toward one and lifts shade toward the bed, so it is taken off first.
+        p = np.zeros(mode[0].shape) if path is None else np.asarray(path, dtype="float64")
+        p3 = float(np.mean(p[:3]))
+        level = float(np.mean(mode[0][:3])) - p3
+        if not (sun_along_m is not None and _grey_bed(mode[0] - p, lit - p)
+                and not _own_shadow_along(b - p3, level, step, sun_along_m)
+                and not _gaps_at_car_spacing(quiet_nanmean(centres[:, :3], axis=1) - p3, level, step)):
             return refs
     return _bed_refs(refs, *mode, path=path, floor_light=floor_light)
 
@@ -1198,10 +1209,13 @@ def _grey_bed(colour: np.ndarray, lit: np.ndarray) -> bool:
     Black and dark grey paint (tank cars, weathered roofs: reflectance 0.03-0.06) is grey
     too, and a string of such cars, its coupler gaps in its own shade, is as uniform as a
     bed. Over vegetation it fails the band ratio (grass is dark in the visible, bright in
-    the near infrared); over gravel, concrete, soil or snow (0.12 and brighter in every
-    band) it keeps under ``_GREY_BED_MIN_SHARE`` of the ground's light, while the empty
-    dark beds measured (creosoted sleepers, fouled ballast) kept 0.49-0.88 of it. Over
-    dark asphalt (~0.1) such a string is still taken for the bed.
+    the near infrared); black paint (up to ~0.045) over gravel, concrete, soil or snow (0.12
+    and brighter in every band) keeps under ``_GREY_BED_MIN_SHARE`` of the ground's light,
+    while the empty dark beds measured (creosoted sleepers, fouled ballast) kept 0.49-0.88
+    of it. Dark grey paint (0.05-0.06) over gravel of 0.12-0.15 keeps 0.33-0.5, and dark
+    paint over dark asphalt (~0.1) more: those strings pass here and are told from a bed
+    by their coupler gaps (:func:`_gaps_at_car_spacing`) or their end shadow
+    (:func:`_own_shadow_along`) only.
     """
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.asarray(colour, dtype="float64") / np.asarray(lit, dtype="float64")
@@ -1245,6 +1259,55 @@ def _own_shadow_along(brightness: np.ndarray, level: float, step_m: float, longe
     with np.errstate(invalid="ignore"):
         shaded = np.asarray(brightness) < _SHADE_SHARE * level
     return any(lo <= b - a <= hi for a, b in runs(shaded))
+
+
+def _gaps_at_car_spacing(brightness: np.ndarray, level: float, step_m: float) -> bool:
+    """Whether a track's centre dips, briefly, at a car's spacing: the coupler gaps of a
+    string of cars.
+
+    Parameters
+    ----------
+    brightness : numpy.ndarray
+        The centre's brightness along the track, unsmoothed (reflectance; NaN where
+        unseen).
+    level : float
+        The brightness of the track's candidate bed (reflectance).
+    step_m : float
+        Sample spacing along the track (m).
+
+    Returns
+    -------
+    bool
+        True where two dips (under ``_GAP_DIP_SHARE`` of ``level`` after a 0.5 m
+        smoothing, each from one sample to ``_MAX_GAP_DIP_M`` long) lie a car's length
+        apart (``_CAR_SPACING_M``).
+
+    Notes
+    -----
+    With the sun along the track a grey car's coupler gap lies in its shade (a quarter to
+    a third of the ground's light), no more than half as dark again as a grey top of half
+    the ground's light, and a metre long: smoothed over 1 m it no longer reads as a shade
+    (:func:`_own_shadow_along`), and the uniformity windows' 5th percentile drops it (a
+    metre of 30). A single dip is an oil stain or a crossing as well; two of them a car's
+    length apart are a string of cars. (Review of session 51: strings of tops at 0.45-0.7
+    of the ground's light with 1 m gaps were learnt as the bed and every car lost.)
+    """
+    k = max(1, int(round(0.5 / step_m))) | 1
+    with np.errstate(invalid="ignore"):
+        dip = _nan_smooth(np.asarray(brightness, dtype="float64"), k) < _GAP_DIP_SHARE * level
+    hi = int(round(_MAX_GAP_DIP_M / step_m))
+    centres = [0.5 * (a + b) * step_m for a, b in runs(dip) if 1 <= b - a <= hi]
+    lo_m, hi_m = _CAR_SPACING_M
+    return any(lo_m <= c1 - c0 <= hi_m for c0, c1 in zip(centres, centres[1:]))
+
+
+# A coupler gap read as a dip of a string of grey cars (see _gaps_at_car_spacing): under
+# this share of the candidate bed's brightness; no longer than this (m: a gap of 1-1.5 m
+# and a pixel's blur either side at 1 m); and the span of car lengths between two gaps (m:
+# a 10 m ore wagon to a 25.5 m long flat wagon, each with its gap).
+_GAP_DIP_SHARE = 0.8
+_MAX_GAP_DIP_M = 3.0
+_CAR_SPACING_M = (9.5, 27.0)
 
 
 # Most the per-band ratios of a dark bed to the lit ground may differ (largest over
@@ -1313,8 +1376,8 @@ def _flanked_mask(strip: Strip, refs, per_m: float | np.ndarray, *,
     per_m = np.broadcast_to(np.asarray(per_m, dtype="float64"), strip.along_m.shape)
     # Under a higher sun the lowest deck's shadow stops short of the side band, but it
     # still covers the ground from the deck's edge out to 1.435 + 1.3 * per_m m (as
-    # _own_deck_shadow reads it; the caller learns the bed only at pixels of
-    # _BED_MAX_RES_M or finer and passes the pixel's blur, see _deck_shadow_bands), and
+    # _own_deck_shadow reads it; the caller learns the bed from lit flanks
+    # alone at _BED_MAX_RES_M or finer, up to 1 m only with _learnt_bed's uniformity, and passes the pixel's blur, see _deck_shadow_bands), and
     # every taller body's shadow starts at its own edge (1.66 m at most) and runs
     # further out: where that deck band is at least _MIN_OWN_SHADOW_BAND_M wide past
     # the edge's blur, a centre is seen empty if every sample from the deck's edge
@@ -1601,6 +1664,32 @@ def _local_shadow_across(strip: Strip, azimuth_deg: float | None, elevation_deg:
     return np.where(across >= 0.2, across / tan_el, np.nan)
 
 
+def _steady_sun_side(strip: Strip, azimuth_deg: float | None, sun_left: bool | None) -> bool | None:
+    """``sun_left`` (the sun's side of the track from its chord, see :func:`_sun_geometry`)
+    where the sun lies on that side of the track's local direction (over about 10 m) all
+    along it, else None.
+
+    :func:`_flanked_mask` lets the anti-sun side alone show a track empty where its sun
+    side is shaded; on a curve whose leg turns the sun to its other side (a balloon loop,
+    a throat) that side is the one a car on the track shades, and a string of cars would
+    be seen empty there (review of session 51). Samples with the sun within about 12
+    degrees of the local direction (no side) do not count against it.
+    """
+    if sun_left is None or azimuth_deg is None or strip.along_m.size < 2:
+        return sun_left
+    i0 = int(np.argmin(np.abs(strip.across_m)))
+    k = max(1, int(round(5.0 / strip.step_m)))
+    n = strip.along_m.size
+    x, y = strip.x[i0], strip.y[i0]
+    lo, hi = np.clip(np.arange(n) - k, 0, n - 1), np.clip(np.arange(n) + k, 0, n - 1)
+    dx, dy = x[hi] - x[lo], y[hi] - y[lo]
+    az = math.radians(azimuth_deg)
+    # The sun's share across the local direction, positive to its left (as _sun_geometry).
+    signed = (dx * math.cos(az) - dy * math.sin(az)) / np.maximum(np.hypot(dx, dy), 1e-9)
+    other = signed < -0.2 if sun_left else signed > 0.2
+    return None if bool(np.any(other)) else sun_left
+
+
 def _sun_on_track(strip: Strip, azimuth_deg: float, elevation_deg: float) -> tuple[np.ndarray, np.ndarray, float]:
     """Per sample along ``strip`` (at least two), the shares of the sun's horizontal
     direction along and across the track's local direction (over about 10 m; absolute
@@ -1660,7 +1749,8 @@ _FLANK_MIRROR_SHARE = 0.25
 # At 0.75 m the blur (about half a pixel, 0.4 m) still leaves most of the band's 0.6 m
 # outside a body's edge, and the deck-band and mirror tests of _flanked_mask vet the
 # rest: learnt there, empty beds under a low sun stopped reading as cars (session 37,
-# altgen tuning seeds 100-103: 6 false cars fewer at 0.75 m, none lost); 1 m stays out.
+# altgen tuning seeds 100-103: 6 false cars fewer at 0.75 m, none lost); at 1 m lit flanks alone do not
+# show a track empty (a bed is learnt there only where its uniformity agrees: _learnt_bed).
 _BED_MAX_RES_M = 0.75
 
 

@@ -129,10 +129,14 @@ STRIP_RIM_PX = 2
 # part's two halves (split at its centroid across its long axis) must therefore lie along
 # one line: their long axes may meet at no more than 45 degrees. A straight digitised side
 # measures 0 plus staircase noise; a one-pixel rim turning a right-angled corner measures
-# 34-56 degrees when its short arm is a quarter to a third of its long one (the corner
-# half is itself an L, whose axis lies between its arms) and up to 90 with a longer arm.
-# 45 is the middle of that corner range; it was checked on Busan (see ``part_max_bend_deg``).
+# 25-34 degrees when its short arm is a quarter of its long one, 45 when a third (the
+# corner half is itself an L, whose axis lies between its arms), more with a longer arm or
+# on a small part (a 9 + 3 px L: 63). 45 keeps an L up to a one-third arm (a tie kept, see
+# _BEND_TIE_DEG); it was checked on Busan (see ``part_max_bend_deg``).
 PART_MAX_BEND_DEG = 45.0
+# A bend within this of the limit counts as at it (kept): a one-third L measures 45 up to the
+# last bit of its moments (15 + 5 px 45.00000000000001, 21 + 7 px 44.999999999999986).
+_BEND_TIE_DEG = 1e-6
 # A hull moored alongside sticks out of the straightened quay line by its whole beam along its
 # parallel body and narrows only at its bow and stern; the quay's own edge that the line
 # opening leaves beside it is a mixed-pixel rim one pixel wide (the reason every deck must be
@@ -522,8 +526,9 @@ def detect_vessels(
         own long axis (see :func:`_bend_deg`). A hull is straight, so the water-side rim it
         lends such a body runs along one side; a rim that turns a pier head or a quay corner
         (an L or an arc) is the shore's, and is turned down as ``bent``. Default 45
-        (:data:`PART_MAX_BEND_DEG`: the middle of what a one-pixel rim turning a right-angled
-        corner measures, 34-56 degrees). None switches the test off. On the sen2ships scenes
+        (:data:`PART_MAX_BEND_DEG`: a one-pixel rim turning a right-angled corner measures
+        25-34 degrees with a short arm a quarter of the long one, 45 with a third, more
+        with a longer arm; a one-third L is kept). None switches the test off. On the sen2ships scenes
         (Busan the tuning port, Casablanca the check, both scored in every run) it removes two
         Busan false alarms (a pier head on the diagonal pier, 81 degrees, and a rim turning
         beside a ship, 52; FP 14 -> 12, F1 0.612 -> 0.625) and changes nothing on Casablanca
@@ -1090,7 +1095,7 @@ def _vessels_from(target: np.ndarray, dom: np.ndarray, z: np.ndarray, grid: Grid
         if ashore and length_px < elongation * width_px:
             reject(source, "shore_stubby", rp.bbox)
             return "shore_stubby"
-        if ashore and max_bend is not None and _bend_deg(rp.coords) > max_bend:
+        if ashore and max_bend is not None and _bend_deg(rp.coords) > max_bend + _BEND_TIE_DEG:
             reject(source, "bent", rp.bbox)
             return "bent"
         if open_check is not None and not ashore and open_check[0][r0:r1, c0:c1].max() < open_check[1]:
@@ -1257,8 +1262,8 @@ def _bend_deg(coords: np.ndarray) -> float:
     -------
     float
         0-90 degrees: about 0 for a straight body (the halves lie along one line, up to the
-        digitisation's staircase), 34-56 for a one-pixel L whose short arm is a quarter to a
-        third of its long one, up to 90 for a T or a blob on a line. The halves are split at
+        digitisation's staircase), 25-34 for a one-pixel L whose short arm is a quarter of
+        its long one, 45 for a third (from a 12 px long arm; more on smaller parts), up to 90 for a T or a blob on a line. The halves are split at
         the centroid across the region's own long axis (second moments); a half of fewer
         than two pixels has no axis and counts as along the region's.
     """
