@@ -1664,6 +1664,18 @@ def _local_shadow_across(strip: Strip, azimuth_deg: float | None, elevation_deg:
     return np.where(across >= 0.2, across / tan_el, np.nan)
 
 
+def _local_direction(strip: Strip) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per sample along ``strip`` (at least two), the track's direction over about 10 m on
+    its centreline: map offsets ``dx``, ``dy`` (m) and their length (at least 1e-9)."""
+    n = strip.along_m.size
+    i0 = int(np.argmin(np.abs(strip.across_m)))
+    k = max(1, int(round(5.0 / strip.step_m)))
+    x, y = strip.x[i0], strip.y[i0]
+    lo, hi = np.clip(np.arange(n) - k, 0, n - 1), np.clip(np.arange(n) + k, 0, n - 1)
+    dx, dy = x[hi] - x[lo], y[hi] - y[lo]
+    return dx, dy, np.maximum(np.hypot(dx, dy), 1e-9)
+
+
 def _steady_sun_side(strip: Strip, azimuth_deg: float | None, sun_left: bool | None) -> bool | None:
     """``sun_left`` (the sun's side of the track from its chord, see :func:`_sun_geometry`)
     where the sun lies on that side of the track's local direction (over about 10 m) all
@@ -1677,15 +1689,10 @@ def _steady_sun_side(strip: Strip, azimuth_deg: float | None, sun_left: bool | N
     """
     if sun_left is None or azimuth_deg is None or strip.along_m.size < 2:
         return sun_left
-    i0 = int(np.argmin(np.abs(strip.across_m)))
-    k = max(1, int(round(5.0 / strip.step_m)))
-    n = strip.along_m.size
-    x, y = strip.x[i0], strip.y[i0]
-    lo, hi = np.clip(np.arange(n) - k, 0, n - 1), np.clip(np.arange(n) + k, 0, n - 1)
-    dx, dy = x[hi] - x[lo], y[hi] - y[lo]
+    dx, dy, norm = _local_direction(strip)
     az = math.radians(azimuth_deg)
     # The sun's share across the local direction, positive to its left (as _sun_geometry).
-    signed = (dx * math.cos(az) - dy * math.sin(az)) / np.maximum(np.hypot(dx, dy), 1e-9)
+    signed = (dx * math.cos(az) - dy * math.sin(az)) / norm
     other = signed < -0.2 if sun_left else signed > 0.2
     return None if bool(np.any(other)) else sun_left
 
@@ -1694,13 +1701,7 @@ def _sun_on_track(strip: Strip, azimuth_deg: float, elevation_deg: float) -> tup
     """Per sample along ``strip`` (at least two), the shares of the sun's horizontal
     direction along and across the track's local direction (over about 10 m; absolute
     values, 0-1), and the tangent of the sun's elevation (clipped to 1-89 degrees)."""
-    n = strip.along_m.size
-    i0 = int(np.argmin(np.abs(strip.across_m)))
-    k = max(1, int(round(5.0 / strip.step_m)))
-    x, y = strip.x[i0], strip.y[i0]
-    lo, hi = np.clip(np.arange(n) - k, 0, n - 1), np.clip(np.arange(n) + k, 0, n - 1)
-    dx, dy = x[hi] - x[lo], y[hi] - y[lo]
-    norm = np.maximum(np.hypot(dx, dy), 1e-9)
+    dx, dy, norm = _local_direction(strip)
     az = math.radians(azimuth_deg)
     # The sun's horizontal direction is (sin az, cos az) in (east, north).
     along = np.abs(dx * math.sin(az) + dy * math.cos(az)) / norm
