@@ -582,8 +582,8 @@ def detect_vessels(
         or ``"quayside"`` (a strip sticking out of the quay line). They are not equally sure: on the two sen2ships port
         scenes 8 of 13 ``water_part`` detections were labelled vessels (8 of 15 before
         ``part_max_bend_deg``, 9 of 24 before ``part_elongation``), against 13 of 18
-        ``water``, 11 of 15 ``joined``, 6 of 7 ``quayside`` and 1 of 1 ``strip_rim``
-        (``bench/bench_ships.py``).
+        ``water``, 11 of 15 ``joined``, 6 of 7 ``quayside``, 1 of 1 ``strip_rim`` and 1 of 1
+        ``quay_cut`` (``bench/bench_ships.py``).
     """
     grid = GridSpec.of(image)
     m_per_unit = ground_metres_per_unit(grid)
