@@ -915,13 +915,19 @@ def _learnt_bed(strip: Strip, refs, *, resolution_m: float, per_m: float | np.nd
     uniform = _uniform_bed(strip, refs, path=path, floor_light=floor_light)
     if "bed" not in uniform:
         return refs
-    colour = np.asarray(flanked["bed"], dtype="float64")
-    tol = np.minimum(_CORROBORATING_SPREADS * np.maximum(np.asarray(flanked["bed_sd"], dtype="float64"),
-                                                         0.02 * np.abs(colour)),
-                     _CORROBORATING_SHARE * np.abs(colour))
-    if not np.all(np.abs(np.asarray(uniform["bed"], dtype="float64") - colour) <= tol):
+    if not _same_bed(uniform["bed"], flanked["bed"], flanked["bed_sd"]):
         return refs
     return flanked
+
+
+def _same_bed(colour: np.ndarray, bed: np.ndarray, bed_sd: np.ndarray) -> bool:
+    """Whether ``colour`` (per band, reflectance) is the bed ``bed`` (its spread ``bed_sd``):
+    within ``_CORROBORATING_SPREADS`` of its spread (at least 2 % of its colour) and
+    ``_CORROBORATING_SHARE`` of its colour in every band."""
+    bed = np.asarray(bed, dtype="float64")
+    tol = np.minimum(_CORROBORATING_SPREADS * np.maximum(np.asarray(bed_sd, dtype="float64"), 0.02 * np.abs(bed)),
+                     _CORROBORATING_SHARE * np.abs(bed))
+    return bool(np.all(np.abs(np.asarray(colour, dtype="float64") - bed) <= tol))
 
 
 # Coarsest pixel (m) at which a track's own bed may be learnt at all (see _learnt_bed):
@@ -980,9 +986,7 @@ def _corroborated_bed(centres: np.ndarray, beds: Sequence[tuple[np.ndarray, np.n
     if not longest_run_m >= _MIN_CORROBORATING_RUN_M:
         return None
     med = np.median(c, axis=0)
-    tol = np.minimum(_CORROBORATING_SPREADS * np.asarray([np.maximum(sd, 0.02 * np.abs(col)) for col, sd in beds]),
-                     _CORROBORATING_SHARE * np.abs(np.asarray([col for col, _ in beds])))
-    hits = [(col, sd) for (col, sd), t in zip(beds, tol) if np.all(np.abs(med - col) <= t)]
+    hits = [(col, sd) for col, sd in beds if _same_bed(med, col, sd)]
     if not hits:
         return None
     # Beds of two tracks both matching (close kinds): the one nearest in spreads.
