@@ -91,3 +91,17 @@ def test_walls_test_is_silent_where_only_a_roof_would_shadow_the_point(psf_px):
     low, walls, rule = _read(3.2, _DARK, 3.5, 0.25, psf_px, 0.5)
     assert walls is None
     assert rule == ("gondola", "open")
+
+
+@pytest.mark.parametrize("top", [_DARK, 0.15, 0.3])
+@pytest.mark.parametrize("width_m, height_m", [(2.87, 1.35), (3.2, 3.5), (3.1, 4.3)])
+@pytest.mark.parametrize("p", [0.25, 0.5, 0.8, 1.2])
+@pytest.mark.parametrize("res_m", [0.5, 1.0])
+def test_the_walls_reading_is_the_roofs_with_the_walls_gate(top, width_m, height_m, p, res_m):
+    # _split_cars does not read the point twice: the walls' reading is the roof's where the
+    # walls' shadow would cover the point (_low_deck_reads), the same light read against a
+    # lower body, and nothing else.
+    low, walls, _ = _read(width_m, top, height_m, p, 0.6, res_m)
+    shortcut = True if low is True and R._low_deck_reads(p, res_m, top_m=R._LOW_TALL_M,
+                                                         half_m=R._OPEN_WAGON_HALF_M) else None
+    assert shortcut == (True if walls is True else None)

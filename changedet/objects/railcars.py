@@ -3409,10 +3409,10 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
                              path=path, lit_ground=lit)
                    if sun_left is not None and wide is not None else None)
             # The same point read against an open wagon's walls, lower than any roof: only
-            # the "open" look listens to it (rule open_low_deck).
-            low_walls = (_low_deck(wide, s0, s1, sun_left, shadow_across_m, resolution_m=resolution_m,
-                                   path=path, lit_ground=lit, top_m=_LOW_TALL_M, half_m=_OPEN_WAGON_HALF_M)
-                         if low is True else low)
+            # the "open" look listens to it (rule open_low_deck). The point and its light are
+            # the same; only whether the walls' shadow would cover it differs.
+            low_walls = (True if low is True and _low_deck_reads(shadow_across_m, resolution_m, top_m=_LOW_TALL_M,
+                                                                  half_m=_OPEN_WAGON_HALF_M) else None)
             ctype, rule = _classify_rule(strip, s0, s1, body, float(quiet_nanmean(lit)), tall=tall,
                                          low=low, low_walls=low_walls, sun_left=sun_left, shading=shading, path=path,
                                          resolution_m=resolution_m, flank_glow=flank_glow,
@@ -4874,6 +4874,16 @@ _MIN_ROOF_TOP_M = 4.0
 _OPEN_WAGON_HALF_M = 1.55
 
 
+def _low_deck_reads(per_m: float, resolution_m: float, *, top_m: float = _MIN_ROOF_TOP_M,
+                    half_m: float = _ROOF_HALF_M) -> bool:
+    """Whether :func:`_low_deck`'s point (a pixel past a bare deck's shadow on the anti-sun
+    side, ``per_m`` metres of shadow sideways per metre of height, pixels of
+    ``resolution_m``) lies at least half a pixel (the blur) inside the shadow of the lowest
+    body ``top_m`` high and ``half_m`` half-wide (m): only there does its light tell the two."""
+    x = _BARE_DECK_HALF_M + _BARE_DECK_TOP_M * per_m + resolution_m
+    return bool(half_m + top_m * per_m >= x + 0.5 * resolution_m)
+
+
 def _low_deck(strip: Strip, s0: int, s1: int, sun_left: bool, per_m: float, *,
               resolution_m: float, path: np.ndarray | None = None,
               lit_ground: np.ndarray | None = None, top_m: float = _MIN_ROOF_TOP_M,
@@ -4926,10 +4936,9 @@ def _low_deck(strip: Strip, s0: int, s1: int, sun_left: bool, per_m: float, *,
     if (not np.isfinite(per_m) or not np.isfinite(resolution_m) or lit_ground is None
             or not np.all(np.isfinite(lit_ground))):
         return None
-    x = _BARE_DECK_HALF_M + _BARE_DECK_TOP_M * per_m + resolution_m
-    # The point must lie at least half a pixel inside the lowest roof's shadow (blur).
-    if half_m + top_m * per_m < x + 0.5 * resolution_m:
+    if not _low_deck_reads(per_m, resolution_m, top_m=top_m, half_m=half_m):
         return None
+    x = _BARE_DECK_HALF_M + _BARE_DECK_TOP_M * per_m + resolution_m
     a = strip.across_m if sun_left else -strip.across_m
     # The samples across within half a pixel beyond the point (0.5 m apart: one or two).
     point = (a <= -x) & (a >= -(x + 0.5 * resolution_m))
