@@ -21,16 +21,26 @@ Registration and check use disjoint pixels and, by default, different estimators
   (:func:`changedet.coreg_check.adjust_residuals`) that combines all 45 pair
   measurements into each pair's residual, and the check's own noise floor measured on two
   halves of its pixels (:func:`changedet.coreg_check.split_half`).
+* ``--fold both``: the registration on each colour, each checked on the other, and the
+  two folds split by :func:`changedet.coreg_check.cross_fit`. The colours' disagreement
+  (the translation fitting one colour's content is not the other's) enters the folds
+  with opposite signs: their half-difference is that disagreement (what a held-out check
+  reads even for a registration exactly right on its own colour; a registration on all
+  the pixels carries about half of it), their mean what both share - the registration's
+  bias against the check's estimator on the pixels it was given. The row ``<method>/x``
+  gives the mean with its bootstrap floor and the folds' chi2/dof; its "floor split"
+  column is the floor implied by the half-difference.
 
 Prints per band and method the residual per pair (raw and adjusted) with standard
-errors, the max over pairs, and writes JSON to bench/results/bench_naip_fold<F>_<estimator>_<checks>.json.
+errors, the max over pairs, and writes JSON to bench/results/bench_naip_fold<F>_<estimator>_<checks>.json
+(``<F>`` 0, 1 or both).
 
 Each band and check also prints the per-date residuals (row, col) and the floor the
 check would report after a registration exactly as precise as itself (its split-half
 variance doubled: what an ``--estimator lk`` registration on the other colour can at best
 reach).
 
-Usage: ``python bench/bench_naip.py [--bands b4] [--fold 0] [--methods before,whole,windows] [--estimator pc+lk]
+Usage: ``python bench/bench_naip.py [--bands b4] [--fold 0|1|both] [--methods before,whole,windows] [--estimator pc+lk]
 [--check weighted,huber]``
 """
 
@@ -170,6 +180,7 @@ def measure(arr: np.ndarray, band: int, fold: int, n_boot: int, check: str = "we
         "pairs_over_0.1px_adjusted": int((adj.magnitude_px > 0.1).sum()),
         "floor_bootstrap": floor, "floor_split_half": half["floor"], "floor_check_plus_equal_registration": both,
         "sigma_date_split_half_px": half["sigma_date_px"], "sigma_date_bootstrap_px": half["sigma_date_bootstrap_px"],
+        "_adjusted": adj,
     }
 
 
@@ -232,13 +243,82 @@ def diagnose(stack, bands: list[int], names: list[str], n_boot: int) -> list[dic
     return rows
 
 
+def _print_run(m: dict, method: str, check: str, band: str, cpu: float, dates: list[str], per_pair: bool,
+               fold: int | None) -> None:
+    """One fold's row (and per-date / per-pair lines) of the table."""
+    label = method if fold is None else f"{method}/{fold}"
+    print(f"{label:<8} {check:<8} {band:<4} {m['raw_median_px']:8.3f} {m['raw_max_px']:8.3f} "
+          f"{m['raw_median_stderr_px']:7.3f} | {m['adjusted_median_px']:8.3f} {m['adjusted_max_px']:8.3f} "
+          f"{str(tuple(m['adjusted_max_pair'])):>8} {m['adjusted_max_stderr_px']:6.3f} "
+          f"{m['pairs_over_0.1px_adjusted']:5d} {m['chi2_dof']:8.2f} | "
+          f"{m['floor_bootstrap']['median_px'][0]:8.3f}/{m['floor_bootstrap']['max_px'][0]:.3f} "
+          f"{m['floor_split_half']['median_px'][0]:9.3f}/{m['floor_split_half']['max_px'][0]:.3f} | "
+          f"{cpu:9.1f}", flush=True)
+    fb = m["floor_check_plus_equal_registration"]
+    print(f"    floor of check + a registration as precise as the check (split-half x2): median "
+          f"{fb['median_px'][0]:.3f} (95 % {fb['median_px'][1]:.3f}), max {fb['max_px'][0]:.3f} "
+          f"(95 % {fb['max_px'][1]:.3f})")
+    print("    per date (row, col) px: " + "  ".join(f"{dates[t][2:4]} {r:+.3f} {c:+.3f}"
+                                                  for t, (r, c) in enumerate(m["per_date_px"])), flush=True)
+    if per_pair:
+        for p, r, rs, a, s, w, wt in zip(m["pairs"], m["raw_px"], m["raw_stderr_px"], m["adjusted_px"],
+                                         m["adjusted_stderr_px"], m["windows"], m["windows_total"]):
+            print(f"    {dates[p[0]]}-{dates[p[1]]}: raw {r:.3f} +- {rs:.3f} ({w}/{wt} windows)  "
+                  f"adjusted {a:.3f} +- {s:.3f}")
+
+
+def _cross_fit_run(adj0, adj1) -> dict:
+    """The two folds' mean and half-difference (:func:`changedet.coreg_check.cross_fit`), JSON-ready."""
+    from changedet.coreg_check import cross_fit
+
+    cf = cross_fit([adj0, adj1])
+    adj = cf["adjusted"]
+    k = int(np.argmax(adj.magnitude_px))
+    return {
+        "pairs": adj.pairs.tolist(), "adjusted_px": adj.magnitude_px.tolist(),
+        "adjusted_stderr_px": adj.stderr.max(axis=1).tolist(), "adjusted_row_col_px": adj.residual.tolist(),
+        "per_date_px": adj.per_date.tolist(), "fold_chi2_dof": cf["fold_chi2_dof"],
+        "adjusted_median_px": float(np.median(adj.magnitude_px)), "adjusted_max_px": float(adj.magnitude_px[k]),
+        "adjusted_max_pair": [int(v) for v in adj.pairs[k]], "adjusted_max_stderr_px": float(adj.stderr[k].max()),
+        "adjusted_median_stderr_px": float(np.median(adj.stderr.max(axis=1))),
+        "pairs_over_0.1px_adjusted": int((adj.magnitude_px > 0.1).sum()),
+        # Pairs over 0.1 px by more than two standard errors (of the larger component).
+        "pairs_over_0.1px_2se": int((adj.magnitude_px - 2 * adj.stderr.max(axis=1) > 0.1).sum()),
+        "floor_bootstrap": cf["floor"], "floor_fold_diff": cf["floor_fold_diff"],
+        "sigma_date_fold_diff_px": cf["sigma_date_fold_diff_px"], "fold_diff_px": cf["fold_diff"].tolist(),
+        "fold_diff_max_px": cf["fold_diff_max_px"],
+        "fold_diff_pair_px": np.hypot(*(cf["fold_diff"][adj.pairs[:, 1]]
+                                        - cf["fold_diff"][adj.pairs[:, 0]]).T).tolist(),
+    }
+
+
+def _print_cross(m: dict, method: str, check: str, band: str, dates: list[str], per_pair: bool, folds) -> None:
+    """The ``<method>/x`` row: the folds' mean, its floors and the folds' agreement."""
+    print(f"{method + '/x':<8} {check:<8} {band:<4} {'':>8} {'':>8} {'':>7} | {m['adjusted_median_px']:8.3f} "
+          f"{m['adjusted_max_px']:8.3f} {str(tuple(m['adjusted_max_pair'])):>8} {m['adjusted_max_stderr_px']:6.3f} "
+          f"{m['pairs_over_0.1px_adjusted']:5d} {m['fold_chi2_dof']:8.2f} | "
+          f"{m['floor_bootstrap']['median_px'][0]:8.3f}/{m['floor_bootstrap']['max_px'][0]:.3f} "
+          f"{m['floor_fold_diff']['median_px'][0]:9.3f}/{m['floor_fold_diff']['max_px'][0]:.3f} |", flush=True)
+    print(f"    folds' mean: pairs over 0.1 px by > 2 SE: {m['pairs_over_0.1px_2se']}; folds' half-difference max "
+          f"{m['fold_diff_max_px']:.3f} px; bootstrap floor 95 %: median {m['floor_bootstrap']['median_px'][1]:.3f}, "
+          f"max {m['floor_bootstrap']['max_px'][1]:.3f}")
+    print("    per date (row, col) px: " + "  ".join(f"{dates[t][2:4]} {r:+.3f} {c:+.3f}"
+                                                  for t, (r, c) in enumerate(m["per_date_px"])), flush=True)
+    if per_pair:
+        for k, p in enumerate(m["pairs"]):
+            print(f"    {dates[p[0]]}-{dates[p[1]]}: fold 0 {folds[0].magnitude_px[k]:.3f}  fold 1 "
+                  f"{folds[1].magnitude_px[k]:.3f}  mean {m['adjusted_px'][k]:.3f} +- "
+                  f"{m['adjusted_stderr_px'][k]:.3f}  half-difference {m['fold_diff_pair_px'][k]:.3f}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bands", default="b1,b2,b3,b4", help="bands to check (b1..b4 = R,G,B,NIR)")
     ap.add_argument("--methods", default="before,whole,windows",
                     help="before, whole (network, NIR), windows (windowed network per band), global, local (NIR)")
-    ap.add_argument("--fold", type=int, default=0, choices=(0, 1),
-                    help="checkerboard colour used for registration (the other is checked)")
+    ap.add_argument("--fold", default="0", choices=("0", "1", "both"),
+                    help="checkerboard colour used for registration (the other is checked); both: each colour in "
+                         "turn, then the folds' mean and half-difference (coreg_check.cross_fit)")
     ap.add_argument("--boot", type=int, default=200, help="bootstrap resamples per pair")
     ap.add_argument("--check", default="weighted",
                     help="weighted: 12 px windows, Cramer-Rao weights, biweight (default); huber: 64 px windows; "
@@ -262,10 +342,12 @@ def main() -> int:
     stack, dates = load_stack(args.grid_offset)
     names = [str(b) for b in stack["band"].values]
     bands = [names.index(b) for b in args.bands.split(",")]
-    out = {"dates": dates, "cell_px": CELL, "check": args.check, "fold": args.fold, "estimator": args.estimator,
+    out = {"dates": dates, "cell_px": CELL, "check": args.check,
+           "fold": args.fold if args.fold == "both" else int(args.fold), "estimator": args.estimator,
            "grid_offset_px": args.grid_offset, "load": os.getloadavg()[0], "runs": []}
+    held = "the other fold" if args.fold == "both" else f"fold {1 - int(args.fold)}"
     print(f"NAIP {len(dates)} dates {stack.shape[-2:]} px, checkerboard {CELL} px, registration on fold "
-          f"{args.fold} ({args.estimator} pairs), {args.check} check on fold {1 - args.fold}; "
+          f"{args.fold} ({args.estimator} pairs), {args.check} check on {held}; "
           f"load {os.getloadavg()[0]:.1f}")
     print(f"{'method':<8} {'check':<8} {'band':<4} {'raw med':>8} {'raw max':>8} {'raw SE':>7} | {'adj med':>8} "
           f"{'adj max':>8} {'(pair)':>8} {'SE':>6} {'>0.1':>5} {'chi2/dof':>8} | {'floor boot med/max':>18} "
@@ -273,38 +355,35 @@ def main() -> int:
     if args.diagnose:
         out["diagnose"] = diagnose(stack, bands, names, args.boot)
         args.methods = ""
+    folds = (0, 1) if args.fold == "both" else (int(args.fold),)
     for method in filter(None, args.methods.split(",")):
-        c = time.process_time()
         # Each band is registered on itself (per band), so registering only the checked
         # bands gives them the same shifts at a fraction of the cost.
         # The NIR-driven methods (whole, global, local) need b4 in the stack.
         subset = method in ("before", "windows")
-        arr, shifts = register(stack.isel(band=bands) if subset else stack, method, args.fold, args.estimator)
-        cpu = time.process_time() - c
+        per_fold = {}
+        for fold in folds:
+            c = time.process_time()
+            arr, shifts = register(stack.isel(band=bands) if subset else stack, method, fold, args.estimator)
+            cpu = time.process_time() - c
+            for b, check in itertools.product(range(len(bands)), checks):
+                plane = b if subset else bands[b]  # the band's plane in arr and shifts
+                m = measure(arr, plane, fold, args.boot, check)
+                per_fold[fold, b, check] = m.pop("_adjusted")
+                m.update({"method": method, "band": names[bands[b]], "check": check, "fold": fold,
+                          "register_cpu_s": cpu,
+                          "shifts_px": np.where(np.isfinite(shifts[:, plane]), shifts[:, plane], None).tolist()})
+                out["runs"].append(m)
+                _print_run(m, method, check, names[bands[b]], cpu, dates, args.per_pair,
+                           fold if len(folds) > 1 else None)
+        if len(folds) < 2:
+            continue
         for b, check in itertools.product(range(len(bands)), checks):
-            plane = b if subset else bands[b]  # the band's plane in arr and shifts
-            m = measure(arr, plane, args.fold, args.boot, check)
-            m.update({"method": method, "band": names[bands[b]], "check": check, "register_cpu_s": cpu,
-                      "shifts_px": np.where(np.isfinite(shifts[:, plane]), shifts[:, plane], None).tolist()})
+            m = _cross_fit_run(per_fold[0, b, check], per_fold[1, b, check])
+            m.update({"method": method, "band": names[bands[b]], "check": check, "fold": "both"})
             out["runs"].append(m)
-            print(f"{method:<8} {check:<8} {names[bands[b]]:<4} {m['raw_median_px']:8.3f} {m['raw_max_px']:8.3f} "
-                  f"{m['raw_median_stderr_px']:7.3f} | {m['adjusted_median_px']:8.3f} {m['adjusted_max_px']:8.3f} "
-                  f"{str(tuple(m['adjusted_max_pair'])):>8} {m['adjusted_max_stderr_px']:6.3f} "
-                  f"{m['pairs_over_0.1px_adjusted']:5d} {m['chi2_dof']:8.2f} | "
-                  f"{m['floor_bootstrap']['median_px'][0]:8.3f}/{m['floor_bootstrap']['max_px'][0]:.3f} "
-                  f"{m['floor_split_half']['median_px'][0]:9.3f}/{m['floor_split_half']['max_px'][0]:.3f} | "
-                  f"{cpu:9.1f}", flush=True)
-            fb = m["floor_check_plus_equal_registration"]
-            print(f"    floor of check + a registration as precise as the check (split-half x2): median "
-                  f"{fb['median_px'][0]:.3f} (95 % {fb['median_px'][1]:.3f}), max {fb['max_px'][0]:.3f} "
-                  f"(95 % {fb['max_px'][1]:.3f})")
-            print("    per date (row, col) px: " + "  ".join(f"{dates[t][2:4]} {r:+.3f} {c:+.3f}"
-                                                          for t, (r, c) in enumerate(m["per_date_px"])), flush=True)
-            if args.per_pair:
-                for p, r, rs, a, s, w, wt in zip(m["pairs"], m["raw_px"], m["raw_stderr_px"], m["adjusted_px"],
-                                                 m["adjusted_stderr_px"], m["windows"], m["windows_total"]):
-                    print(f"    {dates[p[0]]}-{dates[p[1]]}: raw {r:.3f} +- {rs:.3f} ({w}/{wt} windows)  "
-                          f"adjusted {a:.3f} +- {s:.3f}")
+            _print_cross(m, method, check, names[bands[b]], dates, args.per_pair,
+                         [per_fold[f, b, check] for f in (0, 1)])
     out["wall_s"] = time.perf_counter() - t0
     out["cpu_s"] = resource.getrusage(resource.RUSAGE_SELF).ru_utime
     dest = ROOT / "bench" / "results"

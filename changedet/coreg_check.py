@@ -43,6 +43,18 @@ get no weight (biweight), the shift cut is taken from the iteration's start, and
 pair is re-measured from its pooled shift until that is a fixed point: injected shifts
 are then recovered within 0.04 px on the worst (June / September) pair
 (``tests/test_naip_check_weighted.py``).
+
+One checkerboard fold (register on one colour, check on the other) reads the colours'
+disagreement as residual: the translation that fits one colour's content is not the
+one that fits the other's, and a registration fit to one colour is checked against the
+other. :func:`cross_fit` splits the two folds into that disagreement (their
+half-difference, opposite in the two folds) and what they share (their mean: the
+registration's bias against the check's estimator on the same pixels). On NAIP NIR
+(``bench/bench_naip.py --fold both``) the folds' per-date residuals are nearly opposite:
+the pairs over 0.1 px of one fold are the colours' disagreement, not a bias of the
+registration (which finds what the weighted check finds on its own pixels, within ~0.02 px;
+the 64 px Huber check disagrees with itself across the colours by up to 0.6 px on the
+first date, so it cannot judge this).
 """
 
 from __future__ import annotations
@@ -56,9 +68,9 @@ from scipy import ndimage
 
 from changedet.errors import CoregError
 
-__all__ = ["AdjustedResiduals", "BandResidual", "PairResidual", "WindowFit", "adjust_residuals", "lk_window_fit",
-           "lk_window_shifts", "noise_floor", "pairwise_residuals", "pool_windows", "robust_mean", "split_half",
-           "stack_residuals", "window_shifts"]
+__all__ = ["AdjustedResiduals", "BandResidual", "PairResidual", "WindowFit", "adjust_residuals", "cross_fit",
+           "lk_window_fit", "lk_window_shifts", "noise_floor", "pairwise_residuals", "pool_windows", "robust_mean",
+           "split_half", "stack_residuals", "window_shifts"]
 
 
 @dataclass(frozen=True)
@@ -1119,3 +1131,99 @@ def split_half(stack, *, band: int, mask, cell_px: int, window_px: int | None = 
     sigma_boot = np.sqrt(0.5 * np.mean(boot, axis=0) / 2.0)
     return {"sigma_date_px": sigma.tolist(), "sigma_date_bootstrap_px": sigma_boot.tolist(), "floor": floor,
             "halves": [h.tolist() for h in halves]}
+
+
+def cross_fit(folds: list[AdjustedResiduals], *, draws: int = 4000, seed: int = 0) -> dict:
+    """Split a checkerboard check into what both folds share and what the colours disagree on.
+
+    Fold ``f`` registers on colour ``f`` and is checked on the other colour ``g``. For a
+    translation-equivariant check its per-date residual is
+
+    ``e_f = s + (T_f - C_f) + (C_f - C_g)``
+
+    with ``T_f`` the registration's and ``C_f`` the check's translation estimate on
+    colour ``f``'s pixels and ``s`` any residual common to both. ``C_0 - C_1`` is the
+    colours' disagreement: the translation that fits one colour's content is not the
+    one that fits the other's (content sampling, changed fields, relief, distortion at
+    the scale of the cells), and it enters the two folds with opposite signs. So
+
+    * the folds' mean ``(e_0 + e_1) / 2 = s + mean_f (T_f - C_f)`` is the bias of the
+      registration against the check's (different) estimator on the same pixels, plus
+      what both share: it is small when the registration finds what an independent
+      estimator finds in the pixels it was given. It is *not* a held-out measurement:
+      the colours' content error cancels in it instead of being measured;
+    * the folds' half-difference ``(e_0 - e_1) / 2`` is ``C_0 - C_1`` plus the
+      estimators' disagreement: the content error a held-out check reads (a
+      registration fit to one colour is checked against the other). A registration on
+      all the pixels fits both colours' content, so its own content error is about
+      half of this (if the colours' errors are independent and equal).
+
+    Parameters
+    ----------
+    folds : list of AdjustedResiduals
+        The two folds (:func:`adjust_residuals` of each fold's check), same dates,
+        each with its covariance.
+    draws, seed : int
+        Monte Carlo draws and seed of the noise floor (:func:`noise_floor`).
+
+    Returns
+    -------
+    dict
+        ``adjusted``: an :class:`AdjustedResiduals` of the mean over folds (residual,
+        standard error from the checks' bootstrap covariances, per-date residual and
+        covariance; its ``chi2_dof`` is the folds' agreement); ``floor``: its
+        :func:`noise_floor`; ``fold_chi2_dof``: chi-square per degree of freedom of the
+        folds against each other (about 1 when they differ by their bootstrap errors
+        alone);
+        ``fold_diff``: (time, 2) half the folds' per-date difference (pixels);
+        ``fold_diff_max_px``: max over pairs of that difference's length (pixels);
+        ``sigma_date_fold_diff_px`` (row, col) and ``floor_fold_diff``: the per-date
+        standard error (pixels) and :func:`noise_floor` implied by the spread of that
+        difference (what a held-out check of a registration exactly right for its own
+        colour would read).
+
+    Raises
+    ------
+    CoregError
+        With other than two folds, folds of different dates, or folds without a
+        covariance.
+    """
+    if len(folds) != 2:
+        raise CoregError(f"cross_fit needs the two folds of a checkerboard, got {len(folds)}")
+    if any(f.covariance is None for f in folds):
+        raise CoregError("a fold without a covariance; compute each fold with adjust_residuals")
+    n = folds[0].per_date.shape[0]
+    if any(f.per_date.shape != (n, 2) for f in folds):
+        raise CoregError(f"folds of different dates: {[f.per_date.shape[0] for f in folds]}")
+    k = len(folds)
+    per_date = np.mean([f.per_date for f in folds], axis=0)
+    # Folds use disjoint pixels for both registration and check: independent errors.
+    cov = np.sum([f.covariance for f in folds], axis=0) / k**2
+    pairs = np.array(list(itertools.combinations(range(n), 2)), int)
+    res = per_date[pairs[:, 1]] - per_date[pairs[:, 0]]
+    err = np.stack([np.sqrt(cv[pairs[:, 0], pairs[:, 0]] + cv[pairs[:, 1], pairs[:, 1]]
+                            - 2 * cv[pairs[:, 0], pairs[:, 1]]) for cv in cov], axis=1)
+    # Agreement of the folds: chi-square of each fold against their precision-weighted
+    # mean (n - 1 degrees of freedom per component). The estimate itself is
+    # the plain mean: only equal weights cancel the colours' disagreement.
+    chi2 = 0.0
+    for c in range(2):
+        inv = [np.linalg.inv(f.covariance[c][1:, 1:]) for f in folds]
+        gls = np.linalg.solve(np.sum(inv, axis=0), np.sum([w @ f.per_date[1:, c] for w, f in zip(inv, folds)], axis=0))
+        chi2 += float(sum((f.per_date[1:, c] - gls) @ w @ (f.per_date[1:, c] - gls) for w, f in zip(inv, folds)))
+    dof = 2 * (k - 1) * (n - 1)
+    adjusted = AdjustedResiduals(pairs, res, err, np.hypot(res[:, 0], res[:, 1]), per_date, chi2 / max(dof, 1), cov)
+    diff = 0.5 * (folds[0].per_date - folds[1].per_date)
+    dd = diff[pairs[:, 1]] - diff[pairs[:, 0]]
+    # Spread of the half-difference over pairs: per-date errors, date-specific ones
+    # included (the bootstrap covariance has only the check's window sampling).
+    sigma = np.sqrt(np.mean(dd**2, axis=0) / 2.0)
+    cov_d = np.zeros((2, n, n))
+    for c in range(2):
+        cov_d[c, 1:, 1:] = sigma[c] ** 2 * (np.eye(n - 1) + 1.0)
+    floor_d = noise_floor(AdjustedResiduals(pairs, None, None, None, np.zeros((n, 2)), math.nan, cov_d),
+                          draws=draws, seed=seed)
+    return {"adjusted": adjusted, "floor": noise_floor(adjusted, draws=draws, seed=seed),
+            "floor_fold_diff": floor_d, "sigma_date_fold_diff_px": sigma.tolist(),
+            "fold_chi2_dof": chi2 / max(dof, 1), "fold_diff": diff,
+            "fold_diff_max_px": float(np.hypot(dd[:, 0], dd[:, 1]).max())}

@@ -10,7 +10,7 @@ scored (all of them, here).
 
 Measured (``pytest -s``; also ``python bench/bench_ships.py``, which adds a centre-in-box
 rule, recall split by alongside / open water, figures per size class and where each
-vessel is lost): Busan F1 0.639 (P 0.72, R 0.57), Casablanca F1 0.67 (P 0.75, R 0.60) -
+vessel is lost): Busan F1 0.653 (P 0.73, R 0.59), Casablanca F1 0.67 (P 0.75, R 0.60) -
 still below the 0.7 the issue asks for.
 Open-water vessels are found (recall 0.67 and 1.00); vessels moored alongside quays,
 which most labels are (39 of 54 and 13 of 15), merge with the quay at 10 m; the
@@ -44,12 +44,14 @@ is straight, the rim of a pier head or quay corner turns; two Busan false alarms
 Casablanca unchanged) - to 0.625 / 0.667; quayside strips too long for one ship cut where they
 narrow under a deck's two pixels (``cut_long_strips``, s51 SHIPBIG: a hull alongside sticks out
 of the quay line by its whole beam, the quay edge beyond it is a one-pixel rim; a 270 m Busan
-ship found, Casablanca unchanged) - to 0.639 / 0.667.
+ship found, Casablanca unchanged) - to 0.639 / 0.667; stubby bodies grown on the water alongside
+cut at the saddles of their contrast into hulls abreast (``split_abreast``, s52: one boat of a
+pair abreast at the Busan fishing quay found, Casablanca unchanged) - to 0.653 / 0.667.
 The floors below sit a margin under the measured figures so that a regression fails; they
 are not the target. The margins are tight on purpose (about one object): Casablanca's
 (0.65, s43) fails at the 0.643 before s43 and at one more lost vessel (0.593); Busan's
-(0.63, s51 SHIPBIG) fails at the 0.625 before the long-strip cut and at one more lost vessel
-(0.625), and passes with one more false alarm (0.633).
+(0.645, s52) fails at the 0.639 before the split of hulls abreast and at one more lost vessel
+(0.639), and passes with one more false alarm (0.646).
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ from changedet.simulate.render import render_scene
 
 PORTS = {"busan": "2022-05-14", "casablanca": "2023-04-26"}
 # Measured F1 minus a margin (see the module docstring): regression floors.
-F1_FLOOR = {"busan": 0.63, "casablanca": 0.65}
+F1_FLOOR = {"busan": 0.645, "casablanca": 0.65}
 MATCH_IOU = 0.1
 
 

@@ -83,12 +83,12 @@ def test_water_parts_of_bodies_along_a_quay_show_a_hulls_proportions(test_data):
 def test_part_elongation_two_is_the_old_fallback_and_bad_values_are_refused(test_data):
     """``part_elongation`` = ``shore_elongation`` (2) judges water parts as whole bodies, as
     before (51 detections on Busan); a value under ``shore_elongation`` is refused rather
-    than raised to it silently. The strip-and-rim fallback (s50) and the bend test on water
-    parts (s51) are off in both runs, so the count is the detector before s43 and the
-    comparison is of ``part_elongation`` alone."""
+    than raised to it silently. The strip-and-rim fallback (s50), the bend test on water
+    parts (s51) and the split of hulls abreast (s52) are off in both runs, so the count is the
+    detector before s43 and the comparison is of ``part_elongation`` alone."""
     image = _scene(test_data, "busan")
-    old = detect_vessels(image, part_elongation=2.0, strip_rim_px=0, part_max_bend_deg=None)
-    new = detect_vessels(image, strip_rim_px=0, part_max_bend_deg=None)
+    old = detect_vessels(image, part_elongation=2.0, strip_rim_px=0, part_max_bend_deg=None, split_abreast=False)
+    new = detect_vessels(image, strip_rim_px=0, part_max_bend_deg=None, split_abreast=False)
     assert old.total == 51, old.total
     assert new.total < old.total
     # Only water parts are removed: every other detection is the same.

@@ -3347,8 +3347,12 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
     else:
         ground_rows = (strip.across_m if sun_left else -strip.across_m) >= 1.95
     ground = np.nan_to_num(quiet_nanmean(strip.values[:, ground_rows, :], axis=1))
+    # Black bodies shown to be lit cylinders (brighter on their sun-facing half, which no
+    # shadow is): bodies, not a neighbour's shadow (see the run's own pitch below).
+    cylinders = np.zeros_like(dark)
     if sun_left is not None and np.isfinite(ground_sd):
         dark &= _sun_side_glow(strip, sun_left, ground_sd, int(1.0 / step) | 1)
+        cylinders = dark
     cars = []
     # Per car: whether its class came from a fallback rule (_WEAK_RULES; see _block_types).
     weak = []
@@ -3386,9 +3390,12 @@ def _split_cars(strip: Strip, occ: np.ndarray, seen: np.ndarray, sd: np.ndarray,
         # pitch is cut at that pitch where the couplers hardly show (see _run_pitch).
         # Not on a run mostly as dark as shadowed ground or darker (shadow or black
         # bodies): a neighbour's train casts its shadow there with its own pitch, which
-        # repeats as well as a train does.
-        own = (_run_pitch(mean[:, a:b], step) if shaded[a:b].mean() < _MAX_PITCH_DIM_SHARE
-               else None)
+        # repeats as well as a train does. Black cylinders brighter on their sun-facing
+        # half (``cylinders``, read only with the sun's side known) are bodies, not a
+        # shadow: a block of black tank cars is read at its own pitch (long tank cars of
+        # 14.8-16.6 m were otherwise cut at the short tank's pitch, into more cars).
+        own = (_run_pitch(mean[:, a:b], step)
+               if (shaded[a:b] & ~cylinders[a:b]).mean() < _MAX_PITCH_DIM_SHARE else None)
         # Nor where the ground beside the track repeats at that pitch too: shadows of
         # posts or masts, or a neighbour's, cross the track and its bed alike.
         if own is not None and _ground_repeats(ground[:, a:b], own, step):
@@ -4368,22 +4375,31 @@ def _best_cuts(evidence: np.ndarray, step: float, dark: np.ndarray | None = None
     car, of any length from 3 m up to a pitch. ``run_pitch_m`` (one per sample, m, from
     :func:`_run_pitch`; NaN: none) is the pitch at which the run's look repeats there:
     a segment also fits the pitch read at its middle, free of the black-car prior (it is
-    measured, not assumed). A segment that repeats the previous segment's length (within
-    ``_BLOCK_PITCH_TOL_M``) pays ``_BLOCK_PITCH_REPEAT_SHARE`` of the length cost, and one
-    that does not pays ``_BLOCK_PITCH_CHANGE_COST`` where the gap between them is weak:
-    trains run in blocks of identical cars, so along a block the pitch repeats.
+    measured, not assumed), and a segment mostly of black bodies (``dark``) that pitch
+    alone. The catalogue holds the long tank cars' pitches too
+    (``_LONG_TANK_PITCHES_M``), under the black-car prior. A segment that repeats the
+    previous segment's length (within ``_BLOCK_PITCH_TOL_M``) pays
+    ``_BLOCK_PITCH_REPEAT_SHARE`` of the length cost, and one that does not pays
+    ``_BLOCK_PITCH_CHANGE_COST`` where the gap between them is weak: trains run in blocks
+    of identical cars, so along a block the pitch repeats.
     """
     n = evidence.size
     names = list(CAR_LENGTHS_M)
-    pitches = np.array([CAR_LENGTHS_M[t] + GAP_M for t in names])
-    tank = np.array([t == "tank" for t in names])
+    pitches = np.array([CAR_LENGTHS_M[t] + GAP_M for t in names] + list(_LONG_TANK_PITCHES_M))
+    tank = np.array([t == "tank" for t in names] + [True] * len(_LONG_TANK_PITCHES_M))
     own = np.full(n, np.nan) if run_pitch_m is None else np.asarray(run_pitch_m, float)
     if own.shape != (n,):
         raise ValueError(f"run_pitch_m has shape {own.shape}, the run {n} samples: pass one pitch (m, NaN "
                          f"for none) per sample of the run, as _run_pitch gives")
     # Where a pitch of the run's own is read, a segment's length cost is the lower of the
     # catalogue's and the own pitch's, which like the tank's carries no black-car cost;
-    # elsewhere the catalogue's alone, as before (a scalar, to keep the DP's inner loop).
+    # on a segment mostly of black bodies (``dark``, at least _OWN_PITCH_DARK_SHARE) the
+    # own pitch's alone: the cut evidence inside a black barrel is mostly noise (a dome,
+    # ladders, the barrel's ends), and with the short tank's pitch beside the measured one
+    # at no cost, cuts on that noise split a block of long tank cars into more, shorter
+    # ones. On lit bodies the catalogue stays beside it: a pitch read off repeats inside
+    # the cars (a locomotive's fans) must not hold the cuts. Elsewhere the catalogue's
+    # alone, as before (a scalar, to keep the DP's inner loop).
     has_own = bool(np.isfinite(own).any())
     own_list = own.tolist()   # plain floats: cheap to read per segment in the loop below
     lo, hi = int(10.5 / step), int(20.0 / step)
@@ -4466,7 +4482,9 @@ def _best_cuts(evidence: np.ndarray, step: float, dark: np.ndarray | None = None
                 if p == p:   # not NaN
                     short_own = 0.0 if cut_seg else max(p - seg, 0.0)
                     miss_own = max(seg - ext - p, 0.0) + short_own
-                    length_cost = min(length_cost, 0.8 * miss_own * miss_own)
+                    own_cost = 0.8 * miss_own * miss_own
+                    length_cost = (own_cost if dark_share >= _OWN_PITCH_DARK_SHARE
+                                   else min(length_cost, own_cost))
             cut_reward = ev[j] if j < n else 0.0
             # This segment's length in samples (coupler gap included), 0 where it does not
             # tell the pitch (shadow along the track, cut by an unobserved stretch) and for
@@ -4526,6 +4544,18 @@ def _best_cuts(evidence: np.ndarray, step: float, dark: np.ndarray | None = None
         j = i
     return sorted(cuts)
 
+
+# Lengths over couplers (m) of long tank cars: LPG tanks (about 14.8 m) and long
+# light-product tanks (about 16.6 m; the altgen generator's catalogue values, not checked
+# against a 1520 mm fleet register), besides the common 12.02 m oil tank whose pitch
+# CAR_LENGTHS_M gives. A black body is most often a tank car (the
+# black-car prior of _best_cuts), and so is a block of long black cylinders: held to the
+# short tank's pitch alone, such a block was cut into more, shorter cars straddling the
+# real couplers.
+_LONG_TANK_PITCHES_M = (14.8, 16.6)
+# Least share of a segment's samples that are black bodies (``dark`` in _best_cuts) for
+# the run's own pitch to replace the catalogue's in its length cost: most of it.
+_OWN_PITCH_DARK_SHARE = 0.5
 
 # A block's pitch (see _best_cuts): segments within _BLOCK_PITCH_TOL_M (m) of the previous
 # one's length repeat it (cars of one type differ by millimetres; the cuts' own scatter on
